@@ -1,0 +1,96 @@
+// crossmoe bench MODEL: prefill and decode speed, and decode against the memory-bandwidth limit.
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <random>
+
+#include "commands.hpp"
+#include "kernels/bandwidth.hpp"
+#include "kernels/kernels.hpp"
+#include "runtime/forward.hpp"
+#include "util/progress.hpp"
+
+namespace crossmoe::cli {
+
+namespace {
+
+struct BenchArgs {
+  std::string model;
+  int prompt_tokens = 128, gen_tokens = 32, runs = 5;
+  bool json = false;
+};
+
+struct Summary {
+  double min, median, max;
+};
+Summary summarise(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return {v.front(), v[v.size() / 2], v.back()};
+}
+
+void run_bench(const BenchArgs& a) {
+  const Model model(a.model);
+  const ModelConfig& c = model.config();
+  std::mt19937 rng(42);
+  std::uniform_int_distribution<int> token(0, c.vocab_size - 1);
+  std::vector<int> prompt(a.prompt_tokens);
+  for (int& t : prompt) t = token(rng);
+  InferenceSession session(model, a.prompt_tokens + a.gen_tokens + 1);
+
+  // Warm-up: page the weights in and settle the threads.
+  session.forward(prompt);
+  std::vector<double> prefill, decode;
+  for (int r = 0; r < a.runs; ++r) {
+    session.reset();
+    Stopwatch p;
+    const std::vector<float>* logits = &session.forward(prompt);
+    prefill.push_back(a.prompt_tokens / p.seconds());
+    Stopwatch d;
+    for (int i = 0; i < a.gen_tokens; ++i) {
+      const int next = int(std::max_element(logits->begin(), logits->end()) - logits->begin());
+      logits = &session.forward({next});
+    }
+    decode.push_back(a.gen_tokens / d.seconds());
+    log_info("run " + std::to_string(r + 1) + "/" + std::to_string(a.runs) + ": prefill " +
+             std::to_string(int(prefill.back())) + " tok/s, decode " + std::to_string(decode.back()).substr(0, 6) + " tok/s");
+  }
+  const double bandwidth = kernels::measure_read_bandwidth();
+  const double bytes = model.bytes_per_token();
+  const Summary ps = summarise(prefill), ds = summarise(decode);
+  const double limit = bandwidth / bytes;
+  if (a.json) {
+    std::printf(
+        "{\"model\": \"%s\", \"isa\": \"%s\", \"prompt_tokens\": %d, \"gen_tokens\": %d, \"runs\": %d, "
+        "\"prefill_tok_s\": {\"min\": %.2f, \"median\": %.2f, \"max\": %.2f}, "
+        "\"decode_tok_s\": {\"min\": %.3f, \"median\": %.3f, \"max\": %.3f}, \"bytes_per_token\": %.0f, "
+        "\"read_bandwidth_gb_s\": %.2f, \"decode_limit_tok_s\": %.3f, \"decode_fraction_of_limit\": %.3f}\n",
+        a.model.c_str(), kernels::isa_name(kernels::active_isa()).c_str(), a.prompt_tokens, a.gen_tokens, a.runs,
+        ps.min, ps.median, ps.max, ds.min, ds.median, ds.max, bytes, bandwidth / 1e9, limit, ds.median / limit);
+    return;
+  }
+  std::printf("model            %s  (kernels: %s, %d runs)\n", a.model.c_str(),
+              kernels::isa_name(kernels::active_isa()).c_str(), a.runs);
+  std::printf("prefill          %d tokens: min %.1f  median %.1f  max %.1f tokens/s\n", a.prompt_tokens, ps.min,
+              ps.median, ps.max);
+  std::printf("decode           %d tokens: min %.2f  median %.2f  max %.2f tokens/s\n", a.gen_tokens, ds.min,
+              ds.median, ds.max);
+  std::printf("weights / token  %.1f MB read per decoded token\n", bytes / 1e6);
+  std::printf("read bandwidth   %.2f GB/s (measured now)  ->  limit %.2f tokens/s\n", bandwidth / 1e9, limit);
+  std::printf("decode / limit   %.1f%%\n", 100.0 * ds.median / limit);
+}
+
+}  // namespace
+
+void add_bench(CLI::App& app) {
+  auto a = std::make_shared<BenchArgs>();
+  CLI::App* cmd = app.add_subcommand("bench", "Measure prefill and decode speed against the bandwidth limit");
+  cmd->add_option("model", a->model, "Model directory")->required();
+  cmd->add_option("--prompt-tokens", a->prompt_tokens, "Prefill length")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--gen-tokens", a->gen_tokens, "Decoded tokens per run")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--runs", a->runs, "Timed runs")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_flag("--json", a->json, "Print one JSON object");
+  add_threads_option(*cmd);
+  cmd->callback([a] { run_bench(*a); });
+}
+
+}  // namespace crossmoe::cli

@@ -1,0 +1,113 @@
+// crossmoe generate MODEL -p TEXT: stream a continuation and report its speed.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <sstream>
+
+#include "commands.hpp"
+#include "runtime/generate.hpp"
+#include "tokenizer/byte_tokenizer.hpp"
+#include "util/error.hpp"
+#include "util/progress.hpp"
+
+namespace crossmoe::cli {
+
+namespace {
+
+struct GenerateArgs {
+  std::string model, prompt, ids, trace;
+  int max_tokens = 128;
+  int context = 0;
+  SamplingParams sampling;
+};
+
+std::vector<int> parse_ids(const std::string& text) {
+  std::vector<int> ids;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    try {
+      size_t used = 0;
+      ids.push_back(std::stoi(item, &used));
+      require(used == item.size(), "");
+    } catch (const std::exception&) {
+      throw Error("--ids: '" + item + "' is not a token id");
+    }
+  }
+  return ids;
+}
+
+void write_trace(const std::string& path, const std::vector<RoutingRecord>& trace) {
+  std::ofstream out(path);
+  require(out.good(), "cannot write " + path);
+  for (const auto& r : trace) {
+    nlohmann::json experts = nlohmann::json::array();
+    for (const auto& e : r.experts) experts.push_back({{"layer", e.owner_layer}, {"expert", e.index}});
+    out << nlohmann::json{{"position", r.position}, {"layer", r.layer}, {"experts", experts}, {"weights", r.weights}}.dump()
+        << "\n";
+  }
+}
+
+void run_generate(const GenerateArgs& a) {
+  require(a.prompt.empty() != a.ids.empty(), "give exactly one of --prompt and --ids");
+  const Model model(a.model);
+  const ModelConfig& c = model.config();
+  const auto tokenizer_path = std::filesystem::path(a.model) / "tokenizer.json";
+  std::optional<ByteTokenizer> tokenizer;
+  if (std::filesystem::exists(tokenizer_path)) tokenizer = ByteTokenizer::load(tokenizer_path);
+  require(tokenizer || !a.ids.empty(), "no tokenizer.json in " + a.model + "; pass token ids with --ids");
+  std::vector<int> prompt = a.ids.empty() ? tokenizer->encode(a.prompt) : parse_ids(a.ids);
+  if (c.bos_token_id >= 0 && a.ids.empty()) prompt.insert(prompt.begin(), c.bos_token_id);
+  const int context = a.context > 0 ? a.context : std::min(c.max_position_embeddings, 8192);
+  require(int(prompt.size()) < context, "the prompt has " + std::to_string(prompt.size()) +
+                                            " tokens, more than the context of " + std::to_string(context) +
+                                            " can take with room to generate");
+  InferenceSession session(model, context);
+  std::vector<RoutingRecord> trace;
+  if (!a.trace.empty()) session.set_trace(&trace);
+  Sampler sampler(a.sampling);
+  Utf8Stream stream;
+  if (tokenizer) std::fputs(a.prompt.empty() ? tokenizer->decode(prompt).c_str() : a.prompt.c_str(), stdout);
+  const GenerationResult result = generate(session, prompt, a.max_tokens, sampler, c.eos_token_ids, [&](int token) {
+    if (tokenizer) std::fputs(stream.push(tokenizer->token_bytes(token)).c_str(), stdout);
+    else std::printf("%d ", token);
+    std::fflush(stdout);
+    return true;
+  });
+  if (tokenizer) std::fputs(stream.flush().c_str(), stdout);
+  std::printf("\n");
+  const GenerationStats& s = result.stats;
+  char line[256];
+  std::snprintf(line, sizeof line, "prefill %d tokens at %.1f tokens/s; decode %d tokens at %.1f tokens/s",
+                s.prompt_tokens, s.prefill_tokens_per_second(), s.generated_tokens, s.decode_tokens_per_second());
+  log_info(line);
+  if (!a.trace.empty()) {
+    write_trace(a.trace, trace);
+    log_info("routing trace: " + std::to_string(trace.size()) + " records in " + a.trace);
+  }
+}
+
+}  // namespace
+
+void add_generate(CLI::App& app) {
+  auto a = std::make_shared<GenerateArgs>();
+  CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt, streaming tokens");
+  cmd->add_option("model", a->model, "Model directory")->required();
+  cmd->add_option("-p,--prompt", a->prompt, "Prompt text");
+  cmd->add_option("--ids", a->ids, "Prompt as comma-separated token ids");
+  cmd->add_option("-n,--max-tokens", a->max_tokens, "Tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--ctx", a->context, "Context length (default: the model's, at most 8192)");
+  cmd->add_option("--temperature", a->sampling.temperature, "0 = greedy")->capture_default_str();
+  cmd->add_option("--top-k", a->sampling.top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
+  cmd->add_option("--top-p", a->sampling.top_p, "Nucleus mass (1 = off)")->capture_default_str();
+  cmd->add_option("--min-p", a->sampling.min_p, "Drop tokens below min-p times the best (0 = off)")->capture_default_str();
+  cmd->add_option("--repetition-penalty", a->sampling.repetition_penalty, "1 = off")->capture_default_str();
+  cmd->add_option("--seed", a->sampling.seed, "Sampling seed")->capture_default_str();
+  cmd->add_option("--trace", a->trace, "Write the routing trace (JSON lines) to this file");
+  add_threads_option(*cmd);
+  cmd->callback([a] { run_generate(*a); });
+}
+
+}  // namespace crossmoe::cli

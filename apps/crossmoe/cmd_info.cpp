@@ -1,0 +1,80 @@
+// crossmoe info MODEL: layout, cross-layer groups, parameter counts and memory needed.
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+
+#include "commands.hpp"
+#include "model/checkpoint.hpp"
+#include "model/config.hpp"
+#include "model/hf_config.hpp"
+
+namespace crossmoe::cli {
+
+namespace {
+
+std::string human(double n, const char* unit) {
+  const char* prefixes[] = {"", "K", "M", "G", "T"};
+  int i = 0;
+  while (n >= 1000 && i < 4) n /= 1000, ++i;
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.2f %s%s", n, prefixes[i], unit);
+  return buf;
+}
+
+void run_info(const std::string& dir, int context) {
+  const ModelConfig c = read_model_config(dir);
+  const ParamCounts p = count_parameters(c);
+  std::printf("model        %s (%s)\n", dir.c_str(), c.model_type.c_str());
+  std::printf("shape        %d layers, hidden %d, %d heads / %d kv heads of %d, vocab %d\n", c.num_layers,
+              c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size);
+  std::printf("attention    q/k norm %s, rope %s theta %g%s%s\n", to_string(c.qk_norm).c_str(),
+              to_string(c.rope.type).c_str(), c.rope.theta, c.tie_word_embeddings ? ", tied embeddings" : "",
+              c.sliding_window ? (", sliding window " + std::to_string(c.sliding_window)).c_str() : "");
+  int moe_layers = 0, groups = 0;
+  for (const auto& plan : c.layers) moe_layers += plan.is_moe, groups = std::max(groups, plan.group + 1);
+  if (moe_layers == 0) {
+    std::printf("ffn          dense SwiGLU, width %d\n", c.intermediate_size);
+  } else {
+    const MoeConfig& m = c.moe;
+    std::printf("moe          %d of %d layers; %d experts per pool of width %d, top-%d, shared width %d\n",
+                moe_layers, c.num_layers, m.num_experts, m.expert_intermediate_size, m.top_k,
+                m.shared_intermediate_size);
+    std::printf("router       %s%s%s, scaling %g%s\n", to_string(m.scoring).c_str(),
+                m.score_correction_bias ? " + correction bias" : "", m.norm_topk_prob ? ", renormalised" : "",
+                m.routed_scaling_factor, m.pre_gated ? ", pre-gated (reads the previous layer)" : "");
+    std::printf("cross-layer  %s, r = %d, %d groups\n", to_string(m.cross_layer).c_str(), m.group_size, groups);
+    std::printf("layers       ");
+    for (int l = 0; l < c.num_layers; ++l) {
+      const LayerPlan& plan = c.layers[l];
+      if (!plan.is_moe) std::printf("%d:dense ", l);
+      else std::printf("%d:g%d%s/%zu ", l, plan.group, plan.owns_experts ? "*" : "", plan.candidates.size());
+    }
+    std::printf("  (* owns a pool, /N router candidates)\n");
+  }
+  std::printf("parameters   %s stored, %s active per token (%s / %s without embeddings)\n",
+              human(double(p.stored), "").c_str(), human(double(p.active), "").c_str(),
+              human(double(p.stored_non_embedding()), "").c_str(), human(double(p.active_non_embedding()), "").c_str());
+  const double kv_bytes = 2.0 * c.num_layers * c.num_kv_heads * c.head_dim * 4.0 * context;
+  if (std::filesystem::exists(std::filesystem::path(dir) / "model.safetensors") ||
+      std::filesystem::exists(std::filesystem::path(dir) / "model.safetensors.index.json")) {
+    const Checkpoint ck(dir);
+    std::printf("memory       %s of weights in %zu tensors, + %s KV cache for %d tokens\n",
+                human(double(ck.total_bytes()), "B").c_str(), ck.num_tensors(), human(kv_bytes, "B").c_str(), context);
+  } else {
+    std::printf("memory       %s of weights at bf16, + %s KV cache for %d tokens\n",
+                human(2.0 * double(p.stored), "B").c_str(), human(kv_bytes, "B").c_str(), context);
+  }
+}
+
+}  // namespace
+
+void add_info(CLI::App& app) {
+  auto dir = std::make_shared<std::string>();
+  auto context = std::make_shared<int>(4096);
+  CLI::App* cmd = app.add_subcommand("info", "Show a model's layout, parameters and memory needs");
+  cmd->add_option("model", *dir, "Model directory (config.json, safetensors)")->required();
+  cmd->add_option("--ctx", *context, "Context length for the KV cache estimate")->capture_default_str();
+  cmd->callback([dir, context] { run_info(*dir, *context); });
+}
+
+}  // namespace crossmoe::cli

@@ -1,0 +1,15 @@
+#pragma once
+// Each subcommand adds itself to the CLI and runs through a callback; all real work is in src/.
+#include <CLI/CLI.hpp>
+
+namespace crossmoe::cli {
+
+void add_init(CLI::App& app);
+void add_info(CLI::App& app);
+void add_generate(CLI::App& app);
+void add_bench(CLI::App& app);
+
+// --threads N for any command that computes.
+void add_threads_option(CLI::App& cmd);
+
+}  // namespace crossmoe::cli

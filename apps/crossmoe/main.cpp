@@ -1,0 +1,36 @@
+// crossmoe: run, benchmark and make Mixture-of-Experts models whose layers share experts.
+#include <omp.h>
+
+#include <cstdio>
+#include <exception>
+
+#include "commands.hpp"
+#include "util/error.hpp"
+
+namespace crossmoe::cli {
+
+void add_threads_option(CLI::App& cmd) {
+  cmd.add_option_function<int>(
+         "--threads", [](int n) { omp_set_num_threads(n); }, "Worker threads (default: all cores)")
+      ->check(CLI::PositiveNumber);
+}
+
+}  // namespace crossmoe::cli
+
+int main(int argc, char** argv) {
+  CLI::App app{"crossmoe: run, benchmark and make Mixture-of-Experts models whose layers share experts"};
+  app.require_subcommand(1);
+  crossmoe::cli::add_init(app);
+  crossmoe::cli::add_info(app);
+  crossmoe::cli::add_generate(app);
+  crossmoe::cli::add_bench(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

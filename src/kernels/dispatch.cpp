@@ -1,0 +1,82 @@
+#include <omp.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/kernels.hpp"
+#include "util/error.hpp"
+
+namespace crossmoe::kernels {
+
+namespace {
+
+const KernelTable& table_for(Isa isa) {
+  switch (isa) {
+    case Isa::Avx512: return avx512_kernels();
+    case Isa::Avx2: return avx2_kernels();
+    default: return generic_kernels();
+  }
+}
+
+// The best ISA this CPU runs, unless CROSSMOE_ISA=generic|avx2|avx512 asks for another.
+const KernelTable* choose() {
+  Isa isa = Isa::Generic;
+  if (isa_supported(Isa::Avx512)) isa = Isa::Avx512;
+  else if (isa_supported(Isa::Avx2)) isa = Isa::Avx2;
+  if (const char* env = std::getenv("CROSSMOE_ISA")) {
+    for (Isa candidate : {Isa::Generic, Isa::Avx2, Isa::Avx512})
+      if (isa_name(candidate) == env && isa_supported(candidate)) isa = candidate;
+  }
+  return &table_for(isa);
+}
+
+const KernelTable*& active() {
+  static const KernelTable* table = choose();
+  return table;
+}
+
+}  // namespace
+
+bool isa_supported(Isa isa) {
+  __builtin_cpu_init();
+  switch (isa) {
+    case Isa::Avx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    case Isa::Avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+    default: return true;
+  }
+}
+
+std::string isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Avx512: return "avx512";
+    case Isa::Avx2: return "avx2";
+    default: return "generic";
+  }
+}
+
+Isa active_isa() { return active()->isa; }
+
+void set_isa(Isa isa) {
+  require(isa_supported(isa), "this CPU does not support " + isa_name(isa));
+  active() = &table_for(isa);
+}
+
+void matmul(const Matrix& w, const float* x, int tokens, float* y) {
+  const KernelTable& k = *active();
+  // Blocks of 16 rows keep each thread on whole tiles; small matrices stay on one thread.
+  constexpr int64_t kBlock = 16;
+  const int64_t blocks = (w.rows + kBlock - 1) / kBlock;
+  const bool parallel = w.rows * w.cols * int64_t(tokens) >= (1 << 15) && blocks > 1;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t b = 0; b < blocks; ++b)
+    k.matmul_rows(w, x, tokens, y, b * kBlock, std::min(w.rows, (b + 1) * kBlock));
+}
+
+float dot(const float* a, const float* b, int n) { return active()->dot(a, b, n); }
+void axpy(float a, const float* x, float* y, int n) { active()->axpy(a, x, y, n); }
+
+}  // namespace crossmoe::kernels

@@ -1,0 +1,60 @@
+#pragma once
+// CPU math. Activations are f32; weights stay in their stored dtype (f32, f16, bf16) and are
+// widened to f32 in registers, so a bf16 model is never converted as a whole.
+// One dispatch point picks AVX-512, AVX2 or portable code at run time.
+#include <cstdint>
+#include <string>
+
+#include "util/dtype.hpp"
+
+namespace crossmoe::kernels {
+
+// A row-major [rows, cols] weight matrix in its stored dtype.
+struct Matrix {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
+// y[t, r] = sum_c x[t, c] * w[r, c] for t < tokens.  x: [tokens, cols], y: [tokens, rows].
+// Rows are split over all threads.
+void matmul(const Matrix& w, const float* x, int tokens, float* y);
+
+float dot(const float* a, const float* b, int n);
+void axpy(float a, const float* x, float* y, int n);  // y += a * x
+
+// out = x / sqrt(mean(x^2) + eps) * weight
+void rmsnorm(const float* x, const float* weight, int n, float eps, float* out);
+// In place: x = softmax(x)
+void softmax(float* x, int n);
+// In place: gate = silu(gate) * up
+void silu_mul(float* gate, const float* up, int n);
+// Rotates pairs (i, i + dim/2) of each of `heads` vectors of size dim (the rotate_half layout
+// of Hugging Face models): cos and sin hold dim/2 values for one position.
+void rope(float* x, int heads, int dim, const float* cos, const float* sin);
+
+// Copies a stored row of n elements into f32.
+void to_f32(const void* src, DType dtype, int64_t n, float* dst);
+
+enum class Isa { Generic, Avx2, Avx512 };
+Isa active_isa();
+std::string isa_name(Isa isa);
+bool isa_supported(Isa isa);
+// For tests and benchmarks: use another ISA (must be supported).
+void set_isa(Isa isa);
+
+// The per-ISA entry points behind the dispatch.
+struct KernelTable {
+  Isa isa;
+  // Computes rows [row_begin, row_end) of matmul on the calling thread.
+  void (*matmul_rows)(const Matrix& w, const float* x, int tokens, float* y, int64_t row_begin,
+                      int64_t row_end);
+  float (*dot)(const float* a, const float* b, int n);
+  void (*axpy)(float a, const float* x, float* y, int n);
+};
+const KernelTable& generic_kernels();
+const KernelTable& avx2_kernels();
+const KernelTable& avx512_kernels();
+
+}  // namespace crossmoe::kernels

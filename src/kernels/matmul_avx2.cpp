@@ -1,0 +1,42 @@
+// AVX2 + FMA + F16C kernels: 8 floats per vector. Compiled with -mavx2 -mfma -mf16c only.
+#include <immintrin.h>
+
+#include "kernels/matmul_impl.hpp"
+
+namespace crossmoe::kernels {
+
+namespace {
+struct Avx2 {
+  using V = __m256;
+  static constexpr int width = 8;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V broadcast(float a) { return _mm256_set1_ps(a); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V fma(V a, V b, V acc) { return _mm256_fmadd_ps(a, b, acc); }
+  static float sum(V v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  template <DType D> static V widen(const impl::Stored<D>* p) {
+    if constexpr (D == DType::F32) {
+      return _mm256_loadu_ps(p);
+    } else {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      if constexpr (D == DType::BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+      else
+        return _mm256_cvtph_ps(h);
+    }
+  }
+};
+}  // namespace
+
+const KernelTable& avx2_kernels() {
+  static const KernelTable table = impl::make_table<Avx2>(Isa::Avx2);
+  return table;
+}
+
+}  // namespace crossmoe::kernels

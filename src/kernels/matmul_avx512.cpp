@@ -1,0 +1,37 @@
+// AVX-512 (F, BW, VL, DQ) kernels: 16 floats per vector. Compiled with AVX-512 flags only.
+#include <immintrin.h>
+
+#include "kernels/matmul_impl.hpp"
+
+namespace crossmoe::kernels {
+
+namespace {
+struct Avx512 {
+  using V = __m512;
+  static constexpr int width = 16;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V broadcast(float a) { return _mm512_set1_ps(a); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V fma(V a, V b, V acc) { return _mm512_fmadd_ps(a, b, acc); }
+  static float sum(V v) { return _mm512_reduce_add_ps(v); }
+  template <DType D> static V widen(const impl::Stored<D>* p) {
+    if constexpr (D == DType::F32) {
+      return _mm512_loadu_ps(p);
+    } else {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      if constexpr (D == DType::BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+      else
+        return _mm512_cvtph_ps(h);
+    }
+  }
+};
+}  // namespace
+
+const KernelTable& avx512_kernels() {
+  static const KernelTable table = impl::make_table<Avx512>(Isa::Avx512);
+  return table;
+}
+
+}  // namespace crossmoe::kernels

@@ -1,0 +1,110 @@
+#pragma once
+// The matmul / dot / axpy bodies, written once over a SIMD "lane" type S. Each ISA's .cpp file
+// includes this with its own S, compiled with that ISA's flags.
+//   S::V            vector of S::width floats
+//   S::zero(), S::load(const float*), S::store(float*, V), S::fma(a, b, acc), S::sum(V)
+//   S::widen<D>(const Stored<D>*)   load S::width stored elements as floats
+#include <algorithm>
+
+#include <bit>
+
+#include "kernels/kernels.hpp"
+
+// Internal linkage on purpose: each ISA file gets its own copy of every function here, so the
+// linker can never hand AVX-512 code to a caller on a machine without it.
+namespace crossmoe::kernels {
+namespace impl {
+namespace {
+
+template <DType D> struct StoredOf { using type = uint16_t; };
+template <> struct StoredOf<DType::F32> { using type = float; };
+template <DType D> using Stored = typename StoredOf<D>::type;
+
+template <DType D> inline float scalar_widen(Stored<D> v) {
+  if constexpr (D == DType::F32) return v;
+  else if constexpr (D == DType::BF16) return std::bit_cast<float>(uint32_t(v) << 16);
+  else return f16_to_f32(v);
+}
+
+// ROWS weight rows times TOK token vectors: every weight vector loaded once feeds TOK FMAs,
+// every token vector loaded once feeds ROWS FMAs.
+template <class S, DType D, int ROWS, int TOK>
+inline void tile(const Stored<D>* w, int64_t ld, const float* x, int64_t cols, int64_t ldx, float* y,
+                 int64_t ldy) {
+  typename S::V acc[ROWS][TOK];
+  for (int r = 0; r < ROWS; ++r)
+    for (int t = 0; t < TOK; ++t) acc[r][t] = S::zero();
+  int64_t c = 0;
+  for (; c + S::width <= cols; c += S::width) {
+    typename S::V xv[TOK];
+    for (int t = 0; t < TOK; ++t) xv[t] = S::load(x + t * ldx + c);
+    for (int r = 0; r < ROWS; ++r) {
+      const typename S::V wv = S::template widen<D>(w + r * ld + c);
+      for (int t = 0; t < TOK; ++t) acc[r][t] = S::fma(wv, xv[t], acc[r][t]);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r)
+    for (int t = 0; t < TOK; ++t) {
+      float s = S::sum(acc[r][t]);
+      for (int64_t k = c; k < cols; ++k) s += scalar_widen<D>(w[r * ld + k]) * x[t * ldx + k];
+      y[t * ldy + r] = s;
+    }
+}
+
+template <class S, DType D, int TOK>
+inline void rows_for_tokens(const Stored<D>* w, int64_t cols, const float* x, int64_t ldy, float* y,
+                            int64_t r0, int64_t r1) {
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) tile<S, D, 4, TOK>(w + r * cols, cols, x, cols, cols, y + r, ldy);
+  for (; r < r1; ++r) tile<S, D, 1, TOK>(w + r * cols, cols, x, cols, cols, y + r, ldy);
+}
+
+template <class S, DType D>
+void matmul_rows_typed(const Matrix& m, const float* x, int tokens, float* y, int64_t r0, int64_t r1) {
+  const auto* w = static_cast<const Stored<D>*>(m.data);
+  const int64_t cols = m.cols, ldy = m.rows;
+  int t = 0;
+  for (; t + 4 <= tokens; t += 4) rows_for_tokens<S, D, 4>(w, cols, x + t * cols, ldy, y + t * ldy, r0, r1);
+  for (; t < tokens; ++t) rows_for_tokens<S, D, 1>(w, cols, x + t * cols, ldy, y + t * ldy, r0, r1);
+}
+
+template <class S>
+void matmul_rows(const Matrix& m, const float* x, int tokens, float* y, int64_t r0, int64_t r1) {
+  switch (m.dtype) {
+    case DType::F32: return matmul_rows_typed<S, DType::F32>(m, x, tokens, y, r0, r1);
+    case DType::BF16: return matmul_rows_typed<S, DType::BF16>(m, x, tokens, y, r0, r1);
+    case DType::F16: return matmul_rows_typed<S, DType::F16>(m, x, tokens, y, r0, r1);
+    default: return;  // dtypes are checked when weights are bound
+  }
+}
+
+template <class S>
+float dot(const float* a, const float* b, int n) {
+  typename S::V acc0 = S::zero(), acc1 = S::zero();
+  int i = 0;
+  for (; i + 2 * S::width <= n; i += 2 * S::width) {
+    acc0 = S::fma(S::load(a + i), S::load(b + i), acc0);
+    acc1 = S::fma(S::load(a + i + S::width), S::load(b + i + S::width), acc1);
+  }
+  for (; i + S::width <= n; i += S::width) acc0 = S::fma(S::load(a + i), S::load(b + i), acc0);
+  float s = S::sum(acc0) + S::sum(acc1);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+template <class S>
+void axpy(float alpha, const float* x, float* y, int n) {
+  const typename S::V a = S::broadcast(alpha);
+  int i = 0;
+  for (; i + S::width <= n; i += S::width) S::store(y + i, S::fma(a, S::load(x + i), S::load(y + i)));
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
+template <class S>
+KernelTable make_table(Isa isa) {
+  return KernelTable{isa, &matmul_rows<S>, &dot<S>, &axpy<S>};
+}
+
+}  // namespace
+}  // namespace impl
+}  // namespace crossmoe::kernels

@@ -1,0 +1,51 @@
+// Element-wise and per-vector operations: O(n) per token, so plain loops suffice.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/kernels.hpp"
+
+namespace crossmoe::kernels {
+
+void rmsnorm(const float* x, const float* weight, int n, float eps, float* out) {
+  double ss = 0.0;
+  for (int i = 0; i < n; ++i) ss += double(x[i]) * x[i];
+  const float inv = 1.0f / std::sqrt(float(ss / n) + eps);
+  for (int i = 0; i < n; ++i) out[i] = x[i] * inv * weight[i];
+}
+
+void softmax(float* x, int n) {
+  const float m = *std::max_element(x, x + n);
+  float sum = 0.0f;
+  for (int i = 0; i < n; ++i) sum += (x[i] = std::exp(x[i] - m));
+  const float inv = 1.0f / sum;
+  for (int i = 0; i < n; ++i) x[i] *= inv;
+}
+
+void silu_mul(float* gate, const float* up, int n) {
+  for (int i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+void rope(float* x, int heads, int dim, const float* cos, const float* sin) {
+  const int half = dim / 2;
+  for (int h = 0; h < heads; ++h) {
+    float* v = x + h * dim;
+    for (int i = 0; i < half; ++i) {
+      const float a = v[i], b = v[i + half];
+      v[i] = a * cos[i] - b * sin[i];
+      v[i + half] = b * cos[i] + a * sin[i];
+    }
+  }
+}
+
+void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
+  const auto* h = static_cast<const uint16_t*>(src);
+  switch (dtype) {
+    case DType::F32: std::memcpy(dst, src, size_t(n) * 4); break;
+    case DType::BF16: for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(h[i]); break;
+    case DType::F16: for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(h[i]); break;
+    default: break;  // dtypes are checked when weights are bound
+  }
+}
+
+}  // namespace crossmoe::kernels

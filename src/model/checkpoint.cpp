@@ -1,0 +1,65 @@
+#include "model/checkpoint.hpp"
+
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "util/error.hpp"
+#include "util/json_file.hpp"
+
+namespace crossmoe {
+
+Checkpoint::Checkpoint(const std::filesystem::path& model_dir) : dir_(model_dir) {
+  namespace fs = std::filesystem;
+  require(fs::is_directory(model_dir), "model directory " + model_dir.string() + " does not exist");
+  const fs::path index_path = model_dir / "model.safetensors.index.json";
+  if (fs::exists(index_path)) {
+    const nlohmann::json index = read_json_file(index_path);
+    require(index.is_object() && index.contains("weight_map") && index.at("weight_map").is_object(),
+            index_path.string() + ": missing 'weight_map'");
+    std::set<std::string> shards;
+    for (const auto& [name, file] : index.at("weight_map").items()) {
+      require(file.is_string(), index_path.string() + ": weight_map entry '" + name + "' is not a file name");
+      const std::string shard = file.get<std::string>();
+      require(fs::path(shard).filename() == shard,
+              index_path.string() + ": shard name '" + shard + "' must be a plain file name");
+      shards.insert(shard);
+    }
+    for (const auto& shard : shards)
+      files_.push_back(std::make_unique<SafetensorsFile>(model_dir / shard));
+    for (const auto& file : files_)
+      for (const auto& [name, view] : file->tensors()) index_[name] = &view;
+    for (const auto& [name, file] : index.at("weight_map").items())
+      require(index_.count(name), index_path.string() + ": tensor '" + name + "' is not in shard " +
+                                      file.get<std::string>());
+  } else {
+    const fs::path single = model_dir / "model.safetensors";
+    require(fs::exists(single), "no model.safetensors or model.safetensors.index.json in " + model_dir.string());
+    files_.push_back(std::make_unique<SafetensorsFile>(single));
+    for (const auto& [name, view] : files_[0]->tensors()) index_[name] = &view;
+  }
+}
+
+const TensorView* Checkpoint::find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : it->second;
+}
+
+const TensorView& Checkpoint::get(const std::string& name, const std::vector<int64_t>& shape) const {
+  const TensorView* t = find(name);
+  require(t != nullptr, "checkpoint " + dir_.string() + " is missing tensor '" + name + "'");
+  if (t->shape != shape) {
+    TensorView expected;
+    expected.shape = shape;
+    throw Error("tensor '" + name + "' has shape " + t->shape_string() + ", expected " +
+                expected.shape_string());
+  }
+  return *t;
+}
+
+size_t Checkpoint::total_bytes() const {
+  size_t n = 0;
+  for (const auto& [name, t] : index_) n += t->nbytes;
+  return n;
+}
+
+}  // namespace crossmoe

@@ -1,0 +1,31 @@
+#pragma once
+// A Hugging Face model directory's weights: model.safetensors, or shards listed in
+// model.safetensors.index.json. Tensors are looked up by name with their shape checked.
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/safetensors.hpp"
+
+namespace crossmoe {
+
+class Checkpoint {
+ public:
+  explicit Checkpoint(const std::filesystem::path& model_dir);
+
+  // nullptr when absent.
+  const TensorView* find(const std::string& name) const;
+  // The tensor, which must exist with exactly this shape; errors name the tensor and directory.
+  const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) const;
+  size_t total_bytes() const;
+  size_t num_tensors() const { return index_.size(); }
+  const std::filesystem::path& dir() const { return dir_; }
+
+ private:
+  std::filesystem::path dir_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, const TensorView*> index_;
+};
+
+}  // namespace crossmoe

@@ -1,0 +1,159 @@
+#include "model/config.hpp"
+
+#include "util/error.hpp"
+
+namespace crossmoe {
+
+namespace {
+
+void require_positive(int value, const char* key) {
+  require(value > 0, std::string("config: '") + key + "' must be positive, got " +
+                         std::to_string(value));
+}
+
+}  // namespace
+
+std::string to_string(CrossLayer mode) {
+  switch (mode) {
+    case CrossLayer::Local: return "local";
+    case CrossLayer::SharedPool: return "shared_pool";
+    case CrossLayer::Reuse: return "reuse";
+  }
+  return "?";
+}
+
+std::string to_string(Scoring scoring) { return scoring == Scoring::Softmax ? "softmax" : "sigmoid"; }
+
+std::string to_string(RopeType type) {
+  switch (type) {
+    case RopeType::Default: return "default";
+    case RopeType::Linear: return "linear";
+    case RopeType::Dynamic: return "dynamic";
+    case RopeType::Yarn: return "yarn";
+    case RopeType::Llama3: return "llama3";
+  }
+  return "?";
+}
+
+std::string to_string(QkNorm norm) {
+  switch (norm) {
+    case QkNorm::None: return "none";
+    case QkNorm::PerHead: return "per_head";
+    case QkNorm::Full: return "full";
+  }
+  return "?";
+}
+
+std::vector<int> ModelConfig::group_layers(int group) const {
+  std::vector<int> out;
+  for (int l = 0; l < num_layers; ++l)
+    if (layers[l].group == group) out.push_back(l);
+  return out;
+}
+
+void ModelConfig::finalize() {
+  require_positive(vocab_size, "vocab_size");
+  require_positive(hidden_size, "hidden_size");
+  require_positive(num_layers, "num_hidden_layers");
+  require_positive(num_heads, "num_attention_heads");
+  require_positive(num_kv_heads, "num_key_value_heads");
+  require_positive(head_dim, "head_dim");
+  require(head_dim % 2 == 0, "config: 'head_dim' must be even for RoPE, got " + std::to_string(head_dim));
+  require(num_heads % num_kv_heads == 0,
+          "config: 'num_attention_heads' (" + std::to_string(num_heads) +
+              ") must be a multiple of 'num_key_value_heads' (" + std::to_string(num_kv_heads) + ")");
+  require(rms_norm_eps > 0, "config: 'rms_norm_eps' must be positive");
+  require(rope.theta > 0, "config: 'rope_theta' must be positive");
+  require(sliding_window >= 0, "config: 'sliding_window' must not be negative");
+  if (rope.type != RopeType::Default)
+    require(rope.factor > 0, "config: rope scaling 'factor' must be positive");
+  if (rope.type == RopeType::Yarn || rope.type == RopeType::Llama3)
+    require(rope.original_max_position_embeddings > 0,
+            "config: rope scaling needs 'original_max_position_embeddings'");
+  if (layer_is_moe.empty()) layer_is_moe.assign(num_layers, false);
+  require(static_cast<int>(layer_is_moe.size()) == num_layers,
+          "config: MoE layer list does not match 'num_hidden_layers'");
+
+  bool any_moe = false, any_dense = false;
+  for (bool m : layer_is_moe) (m ? any_moe : any_dense) = true;
+  if (any_dense) require_positive(intermediate_size, "intermediate_size");
+  if (any_moe) {
+    require_positive(moe.num_experts, "num_experts");
+    require_positive(moe.top_k, "num_experts_per_tok");
+    require_positive(moe.expert_intermediate_size, "moe_intermediate_size");
+    require_positive(moe.group_size, "cross_layer_group_size");
+    require(moe.shared_intermediate_size >= 0, "config: shared expert width must not be negative");
+    if (moe.cross_layer == CrossLayer::Local)
+      require(moe.group_size == 1, "config: a layer-local MoE has 'cross_layer_group_size' 1");
+  }
+
+  // Groups: the o-th MoE layer (in layer order) belongs to group o / r.
+  layers.assign(num_layers, LayerPlan{});
+  int ordinal = 0;
+  for (int l = 0; l < num_layers; ++l) {
+    if (!layer_is_moe[l]) continue;
+    layers[l].is_moe = true;
+    layers[l].group = ordinal / moe.group_size;
+    layers[l].owns_experts =
+        moe.cross_layer != CrossLayer::SharedPool || ordinal % moe.group_size == 0;
+    ++ordinal;
+  }
+  for (int l = 0; l < num_layers; ++l) {
+    LayerPlan& plan = layers[l];
+    if (!plan.is_moe) continue;
+    std::vector<int> owners;
+    if (moe.cross_layer == CrossLayer::Reuse) {
+      owners = group_layers(plan.group);
+    } else if (moe.cross_layer == CrossLayer::SharedPool) {
+      owners = {group_layers(plan.group).front()};
+    } else {
+      owners = {l};
+    }
+    for (int owner : owners)
+      for (int j = 0; j < moe.num_experts; ++j) plan.candidates.push_back({owner, j});
+    const int n = static_cast<int>(plan.candidates.size());
+    require(moe.top_k <= n, "config: 'num_experts_per_tok' (" + std::to_string(moe.top_k) +
+                                ") exceeds the " + std::to_string(n) + " router candidates of layer " +
+                                std::to_string(l));
+    require(moe.n_group >= 1 && n % moe.n_group == 0,
+            "config: 'n_group' (" + std::to_string(moe.n_group) + ") must divide the " +
+                std::to_string(n) + " router candidates");
+    require(moe.topk_group >= 1 && moe.topk_group <= moe.n_group,
+            "config: 'topk_group' must be between 1 and 'n_group'");
+    require(moe.n_group == 1 || moe.topk_group * (n / moe.n_group) >= moe.top_k,
+            "config: 'topk_group' groups hold fewer than 'num_experts_per_tok' experts");
+  }
+}
+
+ParamCounts count_parameters(const ModelConfig& c) {
+  ParamCounts p;
+  const int64_t d = c.hidden_size;
+  const int64_t q_width = int64_t(c.num_heads) * c.head_dim;
+  const int64_t kv_width = int64_t(c.num_kv_heads) * c.head_dim;
+  p.embedding = int64_t(c.vocab_size) * d;
+  p.lm_head = c.tie_word_embeddings ? 0 : int64_t(c.vocab_size) * d;
+  p.stored = p.active = p.embedding + p.lm_head + d;  // + final norm
+  const int64_t swiglu_per_width = 3 * d;
+  const int64_t expert = swiglu_per_width * c.moe.expert_intermediate_size;
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerPlan& plan = c.layers[l];
+    int64_t common = 2 * d + d * q_width + 2 * d * kv_width + q_width * d;
+    if (c.attention_bias) common += q_width + 2 * kv_width;
+    if (c.qk_norm == QkNorm::PerHead) common += 2 * c.head_dim;
+    if (c.qk_norm == QkNorm::Full) common += q_width + kv_width;
+    if (!plan.is_moe) {
+      common += swiglu_per_width * c.intermediate_size;
+    } else {
+      const int64_t n = static_cast<int64_t>(plan.candidates.size());
+      common += n * d + (c.moe.score_correction_bias ? n : 0);
+      common += swiglu_per_width * c.moe.shared_intermediate_size;
+      if (plan.owns_experts) p.stored += expert * c.moe.num_experts;
+      p.active += expert * c.moe.top_k;
+    }
+    p.stored += common;
+    p.active += common;
+  }
+  return p;
+}
+
+}  // namespace crossmoe

@@ -1,0 +1,117 @@
+#pragma once
+// The one model description every layout maps onto.
+//
+// A model is a pre-norm decoder:  h = x + Attn(RMSNorm(x));  y = h + FFN_l(RMSNorm(h)).
+// FFN_l is a dense SwiGLU or a mixture of experts. All MoE layouts are one mechanism:
+// consecutive MoE layers form groups of r; each group has expert pools owned by some of
+// its layers; a layer's router scores the concatenation of the group's pools in layer order.
+//   layer-local  r = 1                        candidates = own E experts
+//   shared pool  (Megrez2) leader owns E      candidates = the leader's E experts
+//   reuse        (ReXMoE) every layer owns E  candidates = r*E experts of the group
+// Readers of real config.json files (hf_config.hpp) fill this struct and call finalize().
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace crossmoe {
+
+enum class RopeType { Default, Linear, Dynamic, Yarn, Llama3 };
+
+struct RopeConfig {
+  RopeType type = RopeType::Default;
+  double theta = 10000.0;
+  double factor = 1.0;
+  int original_max_position_embeddings = 0;
+  double low_freq_factor = 1.0;    // llama3
+  double high_freq_factor = 4.0;   // llama3
+  double beta_fast = 32.0;         // yarn
+  double beta_slow = 1.0;          // yarn
+  double attention_factor = 0.0;   // yarn; 0 means 0.1*ln(factor)+1
+  bool truncate = true;            // yarn: round the correction range to whole dims
+};
+
+enum class QkNorm { None, PerHead, Full };   // Qwen3 normalises each head; OLMoE the whole projection
+enum class Scoring { Softmax, Sigmoid };
+enum class CrossLayer { Local, SharedPool, Reuse };
+enum class TensorNaming { HuggingFace, Mixtral };  // Mixtral: block_sparse_moe.experts.j.w1/w2/w3
+
+struct MoeConfig {
+  int num_experts = 0;               // E, experts in one pool
+  int top_k = 0;                     // K
+  int expert_intermediate_size = 0;  // width of one routed expert
+  int shared_intermediate_size = 0;  // total width of the shared experts; 0 = none
+  Scoring scoring = Scoring::Softmax;
+  bool norm_topk_prob = false;
+  double routed_scaling_factor = 1.0;
+  bool score_correction_bias = false;  // sigmoid routers with e_score_correction_bias
+  int n_group = 1;                     // grouped top-k: pick topk_group of n_group groups first
+  int topk_group = 1;
+  CrossLayer cross_layer = CrossLayer::Local;
+  int group_size = 1;                  // r
+  bool pre_gated = false;              // router of layer l reads the FFN input of layer l-1
+};
+
+struct ExpertRef {
+  int owner_layer = 0;  // layer whose tensors hold the expert
+  int index = 0;        // expert number inside that layer's pool
+  bool operator==(const ExpertRef&) const = default;
+};
+
+struct LayerPlan {
+  bool is_moe = false;
+  int group = -1;                     // cross-layer group; -1 for dense layers
+  bool owns_experts = false;
+  std::vector<ExpertRef> candidates;  // one per router output, in router order
+};
+
+struct ModelConfig {
+  std::string model_type;
+  TensorNaming naming = TensorNaming::HuggingFace;
+  int vocab_size = 0;
+  int hidden_size = 0;
+  int num_layers = 0;
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int intermediate_size = 0;         // dense FFN width
+  double rms_norm_eps = 1e-6;
+  int max_position_embeddings = 0;
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;
+  std::optional<double> clip_qkv;    // OLMoE: clamp q, k, v after projection
+  int sliding_window = 0;            // 0 = full attention
+  QkNorm qk_norm = QkNorm::None;
+  RopeConfig rope;
+  std::vector<bool> layer_is_moe;    // one per layer
+  MoeConfig moe;
+  int bos_token_id = -1;
+  std::vector<int> eos_token_ids;
+
+  // Filled by finalize(): which experts each layer may route to and who owns them.
+  std::vector<LayerPlan> layers;
+
+  // Checks consistency (naming the offending key) and computes `layers`.
+  void finalize();
+  int num_candidates(int layer) const { return static_cast<int>(layers[layer].candidates.size()); }
+  // Layers of the cross-layer group `group`, in order.
+  std::vector<int> group_layers(int group) const;
+};
+
+struct ParamCounts {
+  int64_t stored = 0;            // every parameter in the checkpoint
+  int64_t active = 0;            // parameters one token uses (K routed experts per MoE layer)
+  int64_t embedding = 0;         // input embedding table
+  int64_t lm_head = 0;           // output projection (0 when tied)
+  int64_t active_non_embedding() const { return active - embedding - lm_head; }
+  int64_t stored_non_embedding() const { return stored - embedding - lm_head; }
+};
+
+ParamCounts count_parameters(const ModelConfig& config);
+
+std::string to_string(CrossLayer mode);
+std::string to_string(Scoring scoring);
+std::string to_string(RopeType type);
+std::string to_string(QkNorm norm);
+
+}  // namespace crossmoe

@@ -1,0 +1,201 @@
+#include "model/safetensors.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "util/error.hpp"
+
+namespace crossmoe {
+
+namespace {
+constexpr uint64_t kMaxHeaderBytes = 100u << 20;  // the reference implementation's limit
+constexpr size_t kMaxRank = 8;
+}  // namespace
+
+int64_t TensorView::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::string TensorView::shape_string() const {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : label_(path.string()) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  require(fd >= 0, "cannot open " + label_ + ": " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw Error(label_ + ": not a regular file");
+  }
+  const size_t size = static_cast<size_t>(st.st_size);
+  if (size < 8) {
+    ::close(fd);
+    throw Error(label_ + ": file too short for a safetensors header (" + std::to_string(size) + " bytes)");
+  }
+  void* m = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  require(m != MAP_FAILED, "cannot map " + label_ + ": " + std::strerror(errno));
+  mapping_ = m;
+  mapping_size_ = size;
+  try {
+    parse(static_cast<const std::byte*>(m), size);
+  } catch (...) {
+    ::munmap(mapping_, mapping_size_);
+    throw;
+  }
+}
+
+SafetensorsFile::SafetensorsFile(const std::byte* bytes, size_t size, const std::string& label)
+    : label_(label) {
+  parse(bytes, size);
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (mapping_) ::munmap(mapping_, mapping_size_);
+}
+
+void SafetensorsFile::parse(const std::byte* bytes, size_t size) {
+  using nlohmann::json;
+  const auto fail = [&](const std::string& what) { throw Error(label_ + ": " + what); };
+  if (size < 8) fail("file too short for a safetensors header");
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | std::to_integer<uint64_t>(bytes[i]);
+  if (header_len > kMaxHeaderBytes) fail("header length " + std::to_string(header_len) + " is too large");
+  if (header_len > size - 8)
+    fail("header length " + std::to_string(header_len) + " exceeds the file size " + std::to_string(size));
+  const char* header = reinterpret_cast<const char*>(bytes + 8);
+  json j;
+  try {
+    j = json::parse(header, header + header_len);
+  } catch (const json::exception& e) {
+    fail(std::string("header is not valid JSON: ") + e.what());
+  }
+  if (!j.is_object()) fail("header is not a JSON object");
+
+  const std::byte* data = bytes + 8 + header_len;
+  const uint64_t data_size = size - 8 - header_len;
+  std::vector<std::pair<uint64_t, uint64_t>> spans;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& name = it.key();
+    const json& e = it.value();
+    if (name == "__metadata__") {
+      if (!e.is_object()) fail("__metadata__ is not an object");
+      for (auto m = e.begin(); m != e.end(); ++m) {
+        if (!m.value().is_string()) fail("__metadata__ value '" + m.key() + "' is not a string");
+        metadata_[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    const std::string where = "tensor '" + name + "': ";
+    if (!e.is_object()) fail(where + "entry is not an object");
+    if (!e.contains("dtype") || !e["dtype"].is_string()) fail(where + "missing or bad 'dtype'");
+    if (!e.contains("shape") || !e["shape"].is_array()) fail(where + "missing or bad 'shape'");
+    if (!e.contains("data_offsets") || !e["data_offsets"].is_array() || e["data_offsets"].size() != 2)
+      fail(where + "missing or bad 'data_offsets'");
+    TensorView v;
+    v.name = name;
+    const std::string dtype = e["dtype"].get<std::string>();
+    if (!parse_dtype(dtype, &v.dtype)) fail(where + "unknown dtype '" + dtype + "'");
+    if (e["shape"].size() > kMaxRank) fail(where + "rank " + std::to_string(e["shape"].size()) + " is too large");
+    uint64_t numel = 1;
+    for (const json& d : e["shape"]) {
+      if (!d.is_number_unsigned()) fail(where + "shape entries must be non-negative integers");
+      const uint64_t dim = d.get<uint64_t>();
+      if (dim > uint64_t(INT64_MAX) || __builtin_mul_overflow(numel, dim, &numel))
+        fail(where + "shape is too large");
+      v.shape.push_back(static_cast<int64_t>(dim));
+    }
+    uint64_t nbytes = 0;
+    if (__builtin_mul_overflow(numel, uint64_t(dtype_size(v.dtype)), &nbytes) || numel > uint64_t(INT64_MAX))
+      fail(where + "shape is too large");
+    const json& off = e["data_offsets"];
+    if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned())
+      fail(where + "data_offsets must be non-negative integers");
+    const uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
+    if (begin > end || end > data_size)
+      fail(where + "data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
+           "] lie outside the data buffer of " + std::to_string(data_size) + " bytes");
+    if (end - begin != nbytes)
+      fail(where + "shape " + v.shape_string() + " of " + dtype + " needs " + std::to_string(nbytes) +
+           " bytes but data_offsets span " + std::to_string(end - begin));
+    v.data = data + begin;
+    v.nbytes = nbytes;
+    if (nbytes > 0 && reinterpret_cast<uintptr_t>(v.data) % dtype_size(v.dtype) != 0)
+      fail(where + "data is not aligned to its element size");
+    spans.push_back({begin, end});
+    tensors_.emplace(name, std::move(v));
+  }
+  // Like the reference implementation: the tensors tile the buffer exactly, no gaps or overlaps.
+  std::sort(spans.begin(), spans.end());
+  uint64_t cursor = 0;
+  for (const auto& [begin, end] : spans) {
+    if (begin != cursor) fail("tensor data overlaps or leaves a gap at byte " + std::to_string(begin));
+    cursor = end;
+  }
+  if (cursor != data_size)
+    fail("data buffer is " + std::to_string(data_size) + " bytes but tensors cover " + std::to_string(cursor));
+}
+
+void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  write_safetensors(
+      path, tensors,
+      [&](size_t i, std::byte* out) {
+        uint64_t n = dtype_size(tensors[i].dtype);
+        for (int64_t d : tensors[i].shape) n *= static_cast<uint64_t>(d);
+        std::memcpy(out, tensors[i].data, n);
+      },
+      metadata);
+}
+
+void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
+                       const std::function<void(size_t, std::byte*)>& fill,
+                       const std::map<std::string, std::string>& metadata) {
+  using nlohmann::json;
+  json header = json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  std::vector<uint64_t> sizes;
+  for (const auto& t : tensors) {
+    uint64_t n = dtype_size(t.dtype);
+    for (int64_t d : t.shape) n *= static_cast<uint64_t>(d);
+    header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}};
+    offset += n;
+    sizes.push_back(n);
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned
+  const auto tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    require(out.good(), "cannot write " + tmp);
+    uint64_t len = text.size();
+    char len_bytes[8];
+    for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<char>((len >> (8 * i)) & 0xff);
+    out.write(len_bytes, 8);
+    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+    std::vector<std::byte> buffer;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      buffer.resize(sizes[i]);
+      fill(i, buffer.data());
+      out.write(reinterpret_cast<const char*>(buffer.data()), static_cast<std::streamsize>(sizes[i]));
+    }
+    out.flush();
+    require(out.good(), "failed writing " + tmp);
+  }
+  std::filesystem::rename(tmp, path);
+}
+
+}  // namespace crossmoe

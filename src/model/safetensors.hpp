@@ -1,0 +1,71 @@
+#pragma once
+// safetensors files: read by mmap with the header treated as untrusted input, and written
+// atomically (temporary file + rename).
+//
+// Format: 8-byte little-endian header length N, N bytes of JSON
+//   {"name": {"dtype": "BF16", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}}
+// then the data buffer. Every entry is checked before any byte of data is touched: known dtype,
+// non-negative shape whose byte size does not overflow and equals end - begin, offsets inside
+// the buffer, entries contiguous from 0 to the buffer's end, data aligned to its element size.
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "util/dtype.hpp"
+
+namespace crossmoe {
+
+struct TensorView {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  const std::byte* data = nullptr;
+  size_t nbytes = 0;
+  int64_t numel() const;
+  std::string shape_string() const;  // "[64, 320]"
+};
+
+class SafetensorsFile {
+ public:
+  // Opens and validates; throws Error naming the file and the problem.
+  explicit SafetensorsFile(const std::filesystem::path& path);
+  // Validates an in-memory image (the fuzz test's entry point); `bytes` must outlive this.
+  SafetensorsFile(const std::byte* bytes, size_t size, const std::string& label);
+  ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  const std::map<std::string, TensorView>& tensors() const { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const std::string& label() const { return label_; }
+
+ private:
+  void parse(const std::byte* bytes, size_t size);
+  std::string label_;
+  void* mapping_ = nullptr;
+  size_t mapping_size_ = 0;
+  std::map<std::string, TensorView> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+struct TensorToWrite {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  const void* data;  // numel * dtype_size bytes
+};
+
+void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+// Streaming form: fill(i, out) writes tensor i's bytes into `out`, one tensor at a time, so a
+// model larger than memory can be written. The `data` fields of `tensors` are ignored.
+void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
+                       const std::function<void(size_t, std::byte*)>& fill,
+                       const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace crossmoe

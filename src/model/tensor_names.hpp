@@ -1,0 +1,40 @@
+#pragma once
+// The tensor-name table: where each weight of the description lives in a Hugging Face
+// checkpoint. The loader and the checkpoint writer both go through it, so names are spelled once.
+#include <string>
+#include <vector>
+
+#include "model/config.hpp"
+
+namespace crossmoe {
+
+enum class Proj { Gate, Up, Down };  // SwiGLU projections: down(silu(gate(u)) * up(u))
+
+namespace tensor_names {
+std::string embed();
+std::string lm_head();
+std::string final_norm();
+std::string input_norm(int layer);
+std::string post_attention_norm(int layer);
+std::string attn(int layer, char which);            // which: 'q', 'k', 'v', 'o'
+std::string attn_bias(int layer, char which);       // 'q', 'k', 'v'
+std::string qk_norm(int layer, char which);         // 'q', 'k'
+std::string dense_mlp(int layer, Proj proj);
+std::string router(const ModelConfig& c, int layer);
+std::string router_bias(const ModelConfig& c, int layer);
+std::string expert(const ModelConfig& c, int layer, int expert, Proj proj);
+std::string shared_expert(int layer, Proj proj);
+}  // namespace tensor_names
+
+enum class TensorRole { Norm, Weight, Bias };
+
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  TensorRole role;
+};
+
+// Every tensor a checkpoint of this description holds, with its shape.
+std::vector<TensorSpec> expected_tensors(const ModelConfig& config);
+
+}  // namespace crossmoe

@@ -1,0 +1,201 @@
+#include "runtime/forward.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "util/error.hpp"
+
+namespace crossmoe {
+
+namespace k = kernels;
+
+InferenceSession::InferenceSession(const Model& model, int context_length, int chunk)
+    : model_(model), c_(model.config()), context_(context_length), chunk_(std::max(1, chunk)),
+      rope_(c_.rope, c_.head_dim, c_.max_position_embeddings) {
+  require(context_length > 0, "context length must be positive");
+  const size_t kvw = size_t(c_.num_kv_heads) * c_.head_dim;
+  k_cache_.resize(size_t(c_.num_layers) * context_length * kvw);
+  v_cache_.resize(k_cache_.size());
+  const size_t T = chunk_, d = c_.hidden_size, qw = size_t(c_.num_heads) * c_.head_dim;
+  size_t widest = c_.intermediate_size;
+  widest = std::max<size_t>(widest, c_.moe.expert_intermediate_size);
+  widest = std::max<size_t>(widest, c_.moe.shared_intermediate_size);
+  size_t candidates = 0;
+  for (const auto& plan : c_.layers) candidates = std::max(candidates, plan.candidates.size());
+  for (auto* b : {&x_, &xn_, &u_, &u_prev_, &ffn_, &tmp_, &rows_in_, &rows_out_}) b->resize(T * d);
+  q_.resize(T * qw);
+  att_.resize(T * qw);
+  k_.resize(T * kvw);
+  v_.resize(T * kvw);
+  h1_.resize(T * widest);
+  h2_.resize(T * widest);
+  router_.resize(T * candidates);
+}
+
+const std::vector<float>& InferenceSession::forward(const std::vector<int>& tokens, bool all_logits) {
+  const int n = static_cast<int>(tokens.size());
+  require(n > 0, "forward needs at least one token");
+  require(position_ + n <= context_, std::to_string(position_ + n) + " tokens exceed the context length of " +
+                                         std::to_string(context_));
+  for (int t : tokens)
+    require(t >= 0 && t < c_.vocab_size, "token id " + std::to_string(t) + " is outside the vocabulary of " +
+                                             std::to_string(c_.vocab_size));
+  const size_t V = c_.vocab_size;
+  logits_.assign((all_logits ? n : 1) * V, 0.0f);
+  for (int start = 0; start < n; start += chunk_) {
+    const int T = std::min(chunk_, n - start);
+    const bool last = start + T == n;
+    if (all_logits) run_chunk(tokens.data() + start, T, true, logits_.data() + size_t(start) * V);
+    else run_chunk(tokens.data() + start, T, false, last ? logits_.data() : nullptr);
+  }
+  return logits_;
+}
+
+void InferenceSession::run_chunk(const int* tokens, int T, bool all_logits, float* logits) {
+  const ModelWeights& w = model_.weights();
+  const int d = c_.hidden_size;
+  const float eps = float(c_.rms_norm_eps);
+  for (int t = 0; t < T; ++t) {
+    const size_t row_bytes = size_t(d) * dtype_size(w.embed.dtype);
+    k::to_f32(static_cast<const std::byte*>(w.embed.data) + size_t(tokens[t]) * row_bytes, w.embed.dtype, d,
+              x_.data() + size_t(t) * d);
+  }
+  for (int l = 0; l < c_.num_layers; ++l) {
+    const LayerWeights& L = w.layers[l];
+    for (int t = 0; t < T; ++t) k::rmsnorm(&x_[size_t(t) * d], L.input_norm.data(), d, eps, &xn_[size_t(t) * d]);
+    attention(l, T);
+    k::matmul(L.o, att_.data(), T, tmp_.data());
+    for (size_t i = 0; i < size_t(T) * d; ++i) x_[i] += tmp_[i];
+
+    for (int t = 0; t < T; ++t) k::rmsnorm(&x_[size_t(t) * d], L.post_attention_norm.data(), d, eps, &u_[size_t(t) * d]);
+    if (c_.layers[l].is_moe) {
+      // Pre-gated routers read the previous layer's FFN input.
+      const bool pre = c_.moe.pre_gated && l > 0;
+      moe(l, pre ? u_prev_.data() : u_.data(), T);
+    } else {
+      swiglu(L.dense, u_.data(), T, ffn_.data());
+    }
+    for (size_t i = 0; i < size_t(T) * d; ++i) x_[i] += ffn_[i];
+    std::swap(u_, u_prev_);
+  }
+  if (logits) {
+    const int first = all_logits ? 0 : T - 1;
+    for (int t = first; t < T; ++t)
+      k::rmsnorm(&x_[size_t(t) * d], w.final_norm.data(), d, eps, &xn_[size_t(t - first) * d]);
+    k::matmul(w.lm_head, xn_.data(), T - first, logits);
+  }
+  position_ += T;
+}
+
+void InferenceSession::attention(int l, int T) {
+  const LayerWeights& L = model_.weights().layers[l];
+  const int hd = c_.head_dim, Hq = c_.num_heads, Hkv = c_.num_kv_heads;
+  const int qw = Hq * hd, kvw = Hkv * hd;
+  const float eps = float(c_.rms_norm_eps);
+  k::matmul(L.q, xn_.data(), T, q_.data());
+  k::matmul(L.k, xn_.data(), T, k_.data());
+  k::matmul(L.v, xn_.data(), T, v_.data());
+  std::vector<float> cos(hd / 2), sin(hd / 2), tmp(std::max(qw, kvw));
+  for (int t = 0; t < T; ++t) {
+    float* q = &q_[size_t(t) * qw];
+    float* kk = &k_[size_t(t) * kvw];
+    float* v = &v_[size_t(t) * kvw];
+    if (!L.q_bias.empty()) {
+      for (int i = 0; i < qw; ++i) q[i] += L.q_bias[i];
+      for (int i = 0; i < kvw; ++i) kk[i] += L.k_bias[i], v[i] += L.v_bias[i];
+    }
+    if (c_.clip_qkv) {
+      const float c = float(*c_.clip_qkv);
+      for (float* p : {q, kk, v})
+        for (int i = 0, n = p == q ? qw : kvw; i < n; ++i) p[i] = std::clamp(p[i], -c, c);
+    }
+    if (c_.qk_norm == QkNorm::PerHead) {
+      for (int h = 0; h < Hq; ++h) k::rmsnorm(q + h * hd, L.q_norm.data(), hd, eps, q + h * hd);
+      for (int h = 0; h < Hkv; ++h) k::rmsnorm(kk + h * hd, L.k_norm.data(), hd, eps, kk + h * hd);
+    } else if (c_.qk_norm == QkNorm::Full) {
+      k::rmsnorm(q, L.q_norm.data(), qw, eps, q);
+      k::rmsnorm(kk, L.k_norm.data(), kvw, eps, kk);
+    }
+    const int pos = position_ + t;
+    rope_.at(pos, position_ + T, cos.data(), sin.data());
+    k::rope(q, Hq, hd, cos.data(), sin.data());
+    k::rope(kk, Hkv, hd, cos.data(), sin.data());
+    const size_t slot = (size_t(l) * context_ + pos) * kvw;
+    std::copy(kk, kk + kvw, &k_cache_[slot]);
+    std::copy(v, v + kvw, &v_cache_[slot]);
+  }
+  const float scale = 1.0f / std::sqrt(float(hd));
+  const int group = Hq / Hkv;
+  const float* kc = &k_cache_[size_t(l) * context_ * kvw];
+  const float* vc = &v_cache_[size_t(l) * context_ * kvw];
+#pragma omp parallel
+  {
+    std::vector<float> scores(context_);
+#pragma omp for collapse(2) schedule(dynamic, 1)
+    for (int t = 0; t < T; ++t)
+      for (int h = 0; h < Hq; ++h) {
+        const int pos = position_ + t;
+        const int begin = c_.sliding_window > 0 ? std::max(0, pos - c_.sliding_window + 1) : 0;
+        const float* q = &q_[size_t(t) * qw + size_t(h) * hd];
+        const int g = h / group;
+        float m = -INFINITY;
+        for (int j = begin; j <= pos; ++j) {
+          scores[j] = k::dot(q, kc + size_t(j) * kvw + size_t(g) * hd, hd) * scale;
+          m = std::max(m, scores[j]);
+        }
+        float sum = 0.0f;
+        for (int j = begin; j <= pos; ++j) sum += (scores[j] = std::exp(scores[j] - m));
+        float* out = &att_[size_t(t) * qw + size_t(h) * hd];
+        std::fill(out, out + hd, 0.0f);
+        const float inv = 1.0f / sum;
+        for (int j = begin; j <= pos; ++j) k::axpy(scores[j] * inv, vc + size_t(j) * kvw + size_t(g) * hd, out, hd);
+      }
+  }
+}
+
+void InferenceSession::swiglu(const SwiGluWeights& e, const float* in, int T, float* out) {
+  const int I = e.width();
+  k::matmul(e.gate, in, T, h1_.data());
+  k::matmul(e.up, in, T, h2_.data());
+  k::silu_mul(h1_.data(), h2_.data(), T * I);
+  k::matmul(e.down, h1_.data(), T, out);
+}
+
+void InferenceSession::moe(int l, const float* router_in, int T) {
+  const LayerWeights& L = model_.weights().layers[l];
+  const LayerPlan& plan = c_.layers[l];
+  const int d = c_.hidden_size;
+  const int n = static_cast<int>(plan.candidates.size());
+  k::matmul(L.router, router_in, T, router_.data());
+
+  // Route every token, then bucket tokens by the candidate they chose.
+  std::vector<std::vector<std::pair<int, float>>> chosen_by(n);
+  Route route;
+  for (int t = 0; t < T; ++t) {
+    route_token(c_.moe, &router_[size_t(t) * n], n, L.router_bias.empty() ? nullptr : L.router_bias.data(), route);
+    for (size_t i = 0; i < route.candidates.size(); ++i) chosen_by[route.candidates[i]].push_back({t, route.weights[i]});
+    if (trace_) {
+      RoutingRecord rec{position_ + t, l, {}, route.weights};
+      for (int cand : route.candidates) rec.experts.push_back(plan.candidates[cand]);
+      trace_->push_back(std::move(rec));
+    }
+  }
+  if (L.shared.gate.rows > 0) swiglu(L.shared, u_.data(), T, ffn_.data());
+  else std::fill(ffn_.begin(), ffn_.begin() + size_t(T) * d, 0.0f);
+
+  // Each chosen expert runs once on the batch of tokens that chose it.
+  for (int cand = 0; cand < n; ++cand) {
+    const auto& tokens = chosen_by[cand];
+    if (tokens.empty()) continue;
+    const int nt = static_cast<int>(tokens.size());
+    for (int i = 0; i < nt; ++i)
+      std::copy_n(&u_[size_t(tokens[i].first) * d], d, &rows_in_[size_t(i) * d]);
+    swiglu(model_.weights().expert(plan.candidates[cand]), rows_in_.data(), nt, rows_out_.data());
+    for (int i = 0; i < nt; ++i)
+      k::axpy(tokens[i].second, &rows_out_[size_t(i) * d], &ffn_[size_t(tokens[i].first) * d], d);
+  }
+}
+
+}  // namespace crossmoe

@@ -1,0 +1,62 @@
+#pragma once
+// The forward pass over the model description: batched prefill (in chunks, so memory stays
+// bounded) and single-token decode share one code path; a KV cache holds past keys and values.
+//
+// Per layer, for a chunk of T tokens:
+//   xn = RMSNorm(x); q, k, v = xn Wq, xn Wk, xn Wv (+ q/k norm, RoPE); x += Attn(q, K, V) Wo
+//   u = RMSNorm(x); x += FFN_l(u)
+// An MoE FFN routes each token (its router reads u, or u of the previous layer when pre-gated),
+// then runs every chosen expert once on all the tokens that chose it.
+#include <cstdint>
+#include <vector>
+
+#include "runtime/rope.hpp"
+#include "runtime/routing.hpp"
+#include "runtime/weights.hpp"
+
+namespace crossmoe {
+
+// Which experts each MoE layer chose, per token.
+struct RoutingRecord {
+  int position;
+  int layer;
+  std::vector<ExpertRef> experts;
+  std::vector<float> weights;
+};
+
+class InferenceSession {
+ public:
+  // context_length: KV cache size in tokens; chunk: tokens per prefill step.
+  InferenceSession(const Model& model, int context_length, int chunk = 128);
+
+  // Appends tokens to the sequence. Returns logits, [1, vocab] for the last token or
+  // [n, vocab] for every token when all_logits.
+  const std::vector<float>& forward(const std::vector<int>& tokens, bool all_logits = false);
+
+  void reset() { position_ = 0; }
+  int position() const { return position_; }
+  int context_length() const { return context_; }
+  const Model& model() const { return model_; }
+  // When set, every routing decision is appended here.
+  void set_trace(std::vector<RoutingRecord>* trace) { trace_ = trace; }
+
+ private:
+  void run_chunk(const int* tokens, int T, bool all_logits, float* logits);
+  void attention(int layer, int T);
+  void swiglu(const SwiGluWeights& e, const float* in, int T, float* out);
+  void moe(int layer, const float* router_in, int T);
+
+  const Model& model_;
+  const ModelConfig& c_;
+  int context_;
+  int chunk_;
+  int position_ = 0;
+  RopeTable rope_;
+  std::vector<float> k_cache_, v_cache_;  // [layer][position][kv heads * head_dim]
+  // Scratch for one chunk.
+  std::vector<float> x_, xn_, q_, k_, v_, att_, u_, u_prev_, ffn_, tmp_, h1_, h2_, rows_in_, rows_out_, router_;
+  std::vector<float> logits_;
+  std::vector<RoutingRecord>* trace_ = nullptr;
+};
+
+}  // namespace crossmoe

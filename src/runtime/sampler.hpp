@@ -1,0 +1,32 @@
+#pragma once
+// Next-token sampling, in Hugging Face's order: repetition penalty, temperature, top-k, top-p,
+// min-p, then a draw. Temperature 0 is greedy (argmax, ties to the lower id).
+#include <cstdint>
+#include <random>
+#include <vector>
+
+namespace crossmoe {
+
+struct SamplingParams {
+  float temperature = 0.0f;
+  int top_k = 0;                     // 0 = off
+  float top_p = 1.0f;                // 1 = off
+  float min_p = 0.0f;                // 0 = off
+  float repetition_penalty = 1.0f;   // 1 = off
+  uint64_t seed = 0;
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& params);
+  // `history` holds the tokens seen so far (prompt and generated), for the repetition penalty.
+  int sample(const float* logits, int vocab, const std::vector<int>& history);
+  // The probabilities sample() draws from (after every filter), for tests.
+  std::vector<float> distribution(const float* logits, int vocab, const std::vector<int>& history) const;
+
+ private:
+  SamplingParams p_;
+  std::mt19937_64 rng_;
+};
+
+}  // namespace crossmoe

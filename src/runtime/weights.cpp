@@ -1,0 +1,106 @@
+#include "runtime/weights.hpp"
+
+#include "model/hf_config.hpp"
+#include "model/tensor_names.hpp"
+#include "util/error.hpp"
+
+namespace crossmoe {
+
+namespace {
+
+namespace n = tensor_names;
+
+class Binder {
+ public:
+  Binder(const ModelConfig& c, const Checkpoint& ck) : c_(c), ck_(ck) {}
+
+  kernels::Matrix matrix(const std::string& name, int64_t rows, int64_t cols) const {
+    const TensorView& t = ck_.get(name, {rows, cols});
+    check_dtype(t);
+    return kernels::Matrix{t.data, t.dtype, rows, cols};
+  }
+  std::vector<float> vector(const std::string& name, int64_t size) const {
+    const TensorView& t = ck_.get(name, {size});
+    check_dtype(t);
+    std::vector<float> out(size);
+    kernels::to_f32(t.data, t.dtype, size, out.data());
+    return out;
+  }
+  SwiGluWeights swiglu(auto name_of, int64_t width) const {
+    const int64_t d = c_.hidden_size;
+    return {matrix(name_of(Proj::Gate), width, d), matrix(name_of(Proj::Up), width, d),
+            matrix(name_of(Proj::Down), d, width)};
+  }
+
+ private:
+  static void check_dtype(const TensorView& t) {
+    require(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16,
+            "tensor '" + t.name + "' has dtype " + dtype_name(t.dtype) + "; supported: F32, BF16, F16");
+  }
+  const ModelConfig& c_;
+  const Checkpoint& ck_;
+};
+
+}  // namespace
+
+size_t SwiGluWeights::bytes() const {
+  const auto b = [](const kernels::Matrix& m) { return size_t(m.rows * m.cols) * dtype_size(m.dtype); };
+  return b(gate) + b(up) + b(down);
+}
+
+ModelWeights bind_weights(const ModelConfig& c, const Checkpoint& ck) {
+  const Binder b(c, ck);
+  const int64_t d = c.hidden_size, V = c.vocab_size;
+  const int64_t qw = int64_t(c.num_heads) * c.head_dim, kvw = int64_t(c.num_kv_heads) * c.head_dim;
+  ModelWeights w;
+  w.embed = b.matrix(n::embed(), V, d);
+  w.lm_head = c.tie_word_embeddings ? w.embed : b.matrix(n::lm_head(), V, d);
+  w.final_norm = b.vector(n::final_norm(), d);
+  w.layers.resize(c.num_layers);
+  for (int l = 0; l < c.num_layers; ++l) {
+    LayerWeights& L = w.layers[l];
+    const LayerPlan& plan = c.layers[l];
+    L.input_norm = b.vector(n::input_norm(l), d);
+    L.post_attention_norm = b.vector(n::post_attention_norm(l), d);
+    L.q = b.matrix(n::attn(l, 'q'), qw, d);
+    L.k = b.matrix(n::attn(l, 'k'), kvw, d);
+    L.v = b.matrix(n::attn(l, 'v'), kvw, d);
+    L.o = b.matrix(n::attn(l, 'o'), d, qw);
+    if (c.attention_bias) {
+      L.q_bias = b.vector(n::attn_bias(l, 'q'), qw);
+      L.k_bias = b.vector(n::attn_bias(l, 'k'), kvw);
+      L.v_bias = b.vector(n::attn_bias(l, 'v'), kvw);
+    }
+    if (c.qk_norm != QkNorm::None) {
+      const bool full = c.qk_norm == QkNorm::Full;
+      L.q_norm = b.vector(n::qk_norm(l, 'q'), full ? qw : c.head_dim);
+      L.k_norm = b.vector(n::qk_norm(l, 'k'), full ? kvw : c.head_dim);
+    }
+    if (!plan.is_moe) {
+      L.dense = b.swiglu([&](Proj p) { return n::dense_mlp(l, p); }, c.intermediate_size);
+      continue;
+    }
+    L.router = b.matrix(n::router(c, l), static_cast<int64_t>(plan.candidates.size()), d);
+    if (c.moe.score_correction_bias)
+      L.router_bias = b.vector(n::router_bias(c, l), static_cast<int64_t>(plan.candidates.size()));
+    if (plan.owns_experts)
+      for (int j = 0; j < c.moe.num_experts; ++j)
+        L.experts.push_back(b.swiglu([&](Proj p) { return n::expert(c, l, j, p); }, c.moe.expert_intermediate_size));
+    if (c.moe.shared_intermediate_size > 0)
+      L.shared = b.swiglu([&](Proj p) { return n::shared_expert(l, p); }, c.moe.shared_intermediate_size);
+  }
+  return w;
+}
+
+Model::Model(const std::filesystem::path& dir)
+    : dir_(dir), config_(read_model_config(dir)), checkpoint_(dir), weights_(bind_weights(config_, checkpoint_)) {}
+
+double Model::bytes_per_token() const {
+  const ParamCounts p = count_parameters(config_);
+  const double bytes_per_param = dtype_size(weights_.layers.empty() ? weights_.embed.dtype : weights_.layers[0].q.dtype);
+  const double embed_row = double(config_.hidden_size);
+  const double lm_head = config_.tie_word_embeddings ? double(p.embedding) : double(p.lm_head);
+  return (double(p.active_non_embedding()) + lm_head + embed_row) * bytes_per_param;
+}
+
+}  // namespace crossmoe

@@ -1,0 +1,60 @@
+#pragma once
+// The checkpoint's tensors bound to the model description: matrices stay in the mmapped file in
+// their stored dtype; the small vectors (norms, biases) are widened to f32 once.
+#include <filesystem>
+#include <vector>
+
+#include "kernels/kernels.hpp"
+#include "model/checkpoint.hpp"
+#include "model/config.hpp"
+
+namespace crossmoe {
+
+struct SwiGluWeights {
+  kernels::Matrix gate, up, down;
+  int width() const { return static_cast<int>(gate.rows); }
+  size_t bytes() const;
+};
+
+struct LayerWeights {
+  std::vector<float> input_norm, post_attention_norm;
+  kernels::Matrix q, k, v, o;
+  std::vector<float> q_bias, k_bias, v_bias;  // empty without attention_bias
+  std::vector<float> q_norm, k_norm;          // empty without q/k norm
+  SwiGluWeights dense;                        // dense layers
+  kernels::Matrix router;                     // MoE layers: [candidates, hidden]
+  std::vector<float> router_bias;             // sigmoid routers with e_score_correction_bias
+  std::vector<SwiGluWeights> experts;         // only in layers that own a pool
+  SwiGluWeights shared;                       // rows == 0 when there are no shared experts
+};
+
+struct ModelWeights {
+  kernels::Matrix embed, lm_head;
+  std::vector<float> final_norm;
+  std::vector<LayerWeights> layers;
+  const SwiGluWeights& expert(const ExpertRef& ref) const { return layers[ref.owner_layer].experts[ref.index]; }
+};
+
+// Checks that every expected tensor is present with the right shape and a supported dtype.
+ModelWeights bind_weights(const ModelConfig& config, const Checkpoint& checkpoint);
+
+// A loaded model: description, mapped checkpoint and bound weights.
+class Model {
+ public:
+  explicit Model(const std::filesystem::path& dir);
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  const Checkpoint& checkpoint() const { return checkpoint_; }
+  const std::filesystem::path& dir() const { return dir_; }
+  // Bytes of weights one decoded token reads: everything a token uses except the embedding
+  // table, of which it reads one row.
+  double bytes_per_token() const;
+
+ private:
+  std::filesystem::path dir_;
+  ModelConfig config_;
+  Checkpoint checkpoint_;
+  ModelWeights weights_;
+};
+
+}  // namespace crossmoe

@@ -1,0 +1,68 @@
+#include "util/dtype.hpp"
+
+#include <cmath>
+
+namespace crossmoe {
+
+namespace {
+struct DTypeInfo {
+  DType type;
+  const char* name;
+  size_t size;
+};
+constexpr DTypeInfo kDTypes[] = {
+    {DType::F32, "F32", 4},   {DType::F16, "F16", 2},   {DType::BF16, "BF16", 2},
+    {DType::F64, "F64", 8},   {DType::I64, "I64", 8},   {DType::I32, "I32", 4},
+    {DType::I16, "I16", 2},   {DType::I8, "I8", 1},     {DType::U64, "U64", 8},
+    {DType::U32, "U32", 4},   {DType::U16, "U16", 2},   {DType::U8, "U8", 1},
+    {DType::BOOL, "BOOL", 1}, {DType::F8_E4M3, "F8_E4M3", 1}, {DType::F8_E5M2, "F8_E5M2", 1}};
+}  // namespace
+
+size_t dtype_size(DType t) {
+  for (const auto& d : kDTypes)
+    if (d.type == t) return d.size;
+  return 0;
+}
+
+std::string dtype_name(DType t) {
+  for (const auto& d : kDTypes)
+    if (d.type == t) return d.name;
+  return "?";
+}
+
+bool parse_dtype(const std::string& name, DType* out) {
+  for (const auto& d : kDTypes)
+    if (name == d.name) {
+      *out = d.type;
+      return true;
+    }
+  return false;
+}
+
+float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000) << 16;
+  const uint32_t exp = (h >> 10) & 0x1f;
+  const uint32_t mant = h & 0x3ff;
+  if (exp == 0) {  // zero or subnormal: mant * 2^-24
+    const float v = std::ldexp(float(mant), -24);
+    return sign ? -v : v;
+  }
+  if (exp == 31) return std::bit_cast<float>(sign | 0x7f800000u | (mant << 13));
+  return std::bit_cast<float>(sign | ((exp + 112) << 23) | (mant << 13));
+}
+
+uint16_t f32_to_f16(float f) {
+  const uint32_t u = std::bit_cast<uint32_t>(f);
+  const uint16_t sign = uint16_t((u >> 16) & 0x8000);
+  const float a = std::fabs(f);
+  if (std::isnan(f)) return sign | 0x7e00;
+  if (a >= 65520.0f) return sign | 0x7c00;  // rounds to infinity
+  if (a < 6.103515625e-05f) {               // subnormal: round a * 2^24 to nearest even
+    return sign | uint16_t(std::nearbyint(a * 16777216.0f));
+  }
+  uint32_t abs = u & 0x7fffffffu;
+  abs += 0xfffu + ((abs >> 13) & 1u);  // round mantissa to 10 bits, nearest even
+  return sign | uint16_t(((abs >> 23) - 112) << 10 | ((abs >> 13) & 0x3ff));
+}
+
+}  // namespace crossmoe

@@ -1,0 +1,32 @@
+#pragma once
+// Element types of stored tensors and the scalar conversions between them.
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+namespace crossmoe {
+
+// The safetensors dtypes. The runtime computes with F32, F16 and BF16 weights; the others are
+// recognised so that a file holding them is read (and rejected only where used).
+enum class DType { F32, F16, BF16, F64, I64, I32, I16, I8, U64, U32, U16, U8, BOOL, F8_E4M3, F8_E5M2 };
+
+size_t dtype_size(DType t);
+std::string dtype_name(DType t);          // "F32", "BF16", ... as safetensors writes them
+bool parse_dtype(const std::string& name, DType* out);
+
+inline float bf16_to_f32(uint16_t h) { return std::bit_cast<float>(uint32_t(h) << 16); }
+
+// Round to nearest even, as torch does; NaN stays NaN.
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t u = std::bit_cast<uint32_t>(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+
+}  // namespace crossmoe
