@@ -18,6 +18,8 @@ struct Case {
   kernels::Isa isa;
 };
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.model << "/" << kernels::isa_name(c.isa); }
+
 class HfReference : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {

@@ -1,1 +1,306 @@
+// Megrez2 sharing and ReXMoE reuse, which transformers lacks, against a deliberately plain
+// reference forward written here straight from the formulas in shared/notes/model-family.md:
+// double precision, no KV cache, no batching, and its own reading of which experts a router
+// may choose (it does not use ModelConfig::layers).
 #include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <numeric>
+
+#include "kernels/kernels.hpp"
+#include "model/init.hpp"
+#include "model/tensor_names.hpp"
+#include "runtime/generate.hpp"
+#include "util/json_file.hpp"
+
+using namespace crossmoe;
+namespace n = crossmoe::tensor_names;
+
+namespace {
+
+using Vec = std::vector<double>;
+
+class PlainReference {
+ public:
+  PlainReference(const ModelConfig& c, const Checkpoint& ck) : c_(c), ck_(ck) {}
+
+  std::vector<Vec> logits(const std::vector<int>& tokens) const {
+    const int T = int(tokens.size()), d = c_.hidden_size, hd = c_.head_dim;
+    std::vector<Vec> x(T), u_prev(T);
+    for (int t = 0; t < T; ++t) x[t] = row(n::embed(), tokens[t]);
+    int moe_ordinal = 0;
+    for (int l = 0; l < c_.num_layers; ++l) {
+      // Attention.
+      std::vector<Vec> q(T), k(T), v(T);
+      for (int t = 0; t < T; ++t) {
+        const Vec h = rmsnorm(x[t], tensor(n::input_norm(l)));
+        q[t] = matvec(n::attn(l, 'q'), h);
+        k[t] = matvec(n::attn(l, 'k'), h);
+        v[t] = matvec(n::attn(l, 'v'), h);
+        for (int head = 0; head < c_.num_heads; ++head) headwise(q[t], head, l, 'q', t);
+        for (int head = 0; head < c_.num_kv_heads; ++head) headwise(k[t], head, l, 'k', t);
+      }
+      const int per_kv = c_.num_heads / c_.num_kv_heads;
+      for (int t = 0; t < T; ++t) {
+        Vec att(size_t(c_.num_heads) * hd, 0.0);
+        for (int head = 0; head < c_.num_heads; ++head) {
+          const int g = head / per_kv;
+          Vec s(t + 1);
+          for (int j = 0; j <= t; ++j) {
+            double dot = 0;
+            for (int i = 0; i < hd; ++i) dot += q[t][head * hd + i] * k[j][g * hd + i];
+            s[j] = dot / std::sqrt(double(hd));
+          }
+          softmax(s);
+          for (int j = 0; j <= t; ++j)
+            for (int i = 0; i < hd; ++i) att[head * hd + i] += s[j] * v[j][g * hd + i];
+        }
+        add(x[t], matvec(n::attn(l, 'o'), att));
+      }
+      // FFN.
+      const bool is_moe = c_.layer_is_moe[l];
+      std::vector<Vec> u(T);
+      for (int t = 0; t < T; ++t) u[t] = rmsnorm(x[t], tensor(n::post_attention_norm(l)));
+      for (int t = 0; t < T; ++t) {
+        if (!is_moe) {
+          add(x[t], swiglu([&](Proj p) { return n::dense_mlp(l, p); }, u[t]));
+          continue;
+        }
+        const Vec& router_in = c_.moe.pre_gated && l > 0 ? u_prev[t] : u[t];
+        add(x[t], moe(l, moe_ordinal, router_in, u[t]));
+      }
+      moe_ordinal += is_moe;
+      u_prev = u;
+    }
+    std::vector<Vec> out(T);
+    const std::string head = c_.tie_word_embeddings ? n::embed() : n::lm_head();
+    for (int t = 0; t < T; ++t) out[t] = matvec(head, rmsnorm(x[t], tensor(n::final_norm())));
+    return out;
+  }
+
+ private:
+  Vec tensor(const std::string& name) const {
+    const TensorView* t = ck_.find(name);
+    EXPECT_NE(t, nullptr) << name;
+    std::vector<float> f(t->numel());
+    kernels::to_f32(t->data, t->dtype, t->numel(), f.data());
+    return Vec(f.begin(), f.end());
+  }
+  Vec row(const std::string& name, int r) const {
+    const Vec all = tensor(name);
+    const int d = c_.hidden_size;
+    return Vec(all.begin() + size_t(r) * d, all.begin() + size_t(r + 1) * d);
+  }
+  Vec matvec(const std::string& name, const Vec& x) const {
+    const Vec w = tensor(name);
+    const size_t cols = x.size(), rows = w.size() / cols;
+    Vec y(rows, 0.0);
+    for (size_t r = 0; r < rows; ++r)
+      for (size_t c = 0; c < cols; ++c) y[r] += w[r * cols + c] * x[c];
+    return y;
+  }
+  Vec rmsnorm(const Vec& x, const Vec& g) const {
+    double ss = 0;
+    for (double v : x) ss += v * v;
+    const double inv = 1.0 / std::sqrt(ss / x.size() + c_.rms_norm_eps);
+    Vec y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * g[i];
+    return y;
+  }
+  static void softmax(Vec& s) {
+    const double m = *std::max_element(s.begin(), s.end());
+    double sum = 0;
+    for (double& v : s) sum += (v = std::exp(v - m));
+    for (double& v : s) v /= sum;
+  }
+  static void add(Vec& x, const Vec& y) {
+    for (size_t i = 0; i < x.size(); ++i) x[i] += y[i];
+  }
+  // Per-head q/k norm, then RoPE (default type) on pairs (i, i + hd/2).
+  void headwise(Vec& v, int head, int l, char which, int pos) const {
+    const int hd = c_.head_dim;
+    Vec h(v.begin() + head * hd, v.begin() + (head + 1) * hd);
+    if (c_.qk_norm == QkNorm::PerHead) h = rmsnorm(h, tensor(n::qk_norm(l, which)));
+    for (int i = 0; i < hd / 2; ++i) {
+      const double angle = pos * std::pow(c_.rope.theta, -2.0 * i / hd);
+      const double a = h[i], b = h[i + hd / 2];
+      h[i] = a * std::cos(angle) - b * std::sin(angle);
+      h[i + hd / 2] = b * std::cos(angle) + a * std::sin(angle);
+    }
+    std::copy(h.begin(), h.end(), v.begin() + head * hd);
+  }
+  template <class Names>
+  Vec swiglu(Names name_of, const Vec& u) const {
+    Vec g = matvec(name_of(Proj::Gate), u);
+    const Vec up = matvec(name_of(Proj::Up), u);
+    for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1 + std::exp(-g[i])) * up[i];
+    return matvec(name_of(Proj::Down), g);
+  }
+  // The o-th MoE layer belongs to group o / r; the group's layers are the MoE layers with
+  // ordinals group*r .. group*r + r - 1.
+  std::vector<int> pools(int l, int ordinal) const {
+    const int r = c_.moe.group_size, group = ordinal / r;
+    std::vector<int> members;
+    for (int layer = 0, o = 0; layer < c_.num_layers; ++layer)
+      if (c_.layer_is_moe[layer]) {
+        if (o / r == group) members.push_back(layer);
+        ++o;
+      }
+    if (c_.moe.cross_layer == CrossLayer::Reuse) return members;
+    if (c_.moe.cross_layer == CrossLayer::SharedPool) return {members.front()};
+    return {l};
+  }
+  Vec moe(int l, int ordinal, const Vec& router_in, const Vec& u) const {
+    const MoeConfig& m = c_.moe;
+    const std::vector<int> owners = pools(l, ordinal);
+    const Vec s = matvec(n::router(c_, l), router_in);
+    const int N = int(s.size());
+    EXPECT_EQ(N, int(owners.size()) * m.num_experts);
+    Vec p = s;
+    if (m.scoring == Scoring::Softmax) softmax(p);
+    else for (double& v : p) v = 1 / (1 + std::exp(-v));
+    Vec choice = p;
+    if (m.score_correction_bias) add(choice, tensor(n::router_bias(c_, l)));
+    if (m.n_group > 1) {  // keep the topk_group groups with the best sum of their top two
+      const int per = N / m.n_group;
+      std::vector<std::pair<double, int>> groups;
+      for (int g = 0; g < m.n_group; ++g) {
+        Vec members(choice.begin() + g * per, choice.begin() + (g + 1) * per);
+        std::sort(members.rbegin(), members.rend());
+        groups.push_back({members[0] + members[1], g});
+      }
+      std::sort(groups.begin(), groups.end(), [](auto a, auto b) { return a.first > b.first; });
+      for (int i = m.topk_group; i < m.n_group; ++i)
+        for (int j = 0; j < per; ++j) choice[groups[i].second * per + j] = -1e300;
+    }
+    std::vector<int> order(N);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return choice[a] > choice[b]; });
+    double sum = 0;
+    for (int i = 0; i < m.top_k; ++i) sum += p[order[i]];
+    Vec out(u.size(), 0.0);
+    for (int i = 0; i < m.top_k; ++i) {
+      const int cand = order[i];
+      const int owner = owners[cand / m.num_experts], expert = cand % m.num_experts;
+      double w = p[cand] * m.routed_scaling_factor;
+      if (m.norm_topk_prob) w /= sum;
+      const Vec y = swiglu([&](Proj pr) { return n::expert(c_, owner, expert, pr); }, u);
+      for (size_t j = 0; j < out.size(); ++j) out[j] += w * y[j];
+    }
+    if (m.shared_intermediate_size > 0) add(out, swiglu([&](Proj pr) { return n::shared_expert(l, pr); }, u));
+    return out;
+  }
+
+  const ModelConfig& c_;
+  const Checkpoint& ck_;
+};
+
+ModelConfig small(const std::string& layout) {
+  ModelConfig c = layout_preset(layout);
+  c.hidden_size = 64;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 16;
+  c.intermediate_size = 96;
+  c.moe.expert_intermediate_size = 32;
+  c.vocab_size = 300;
+  return c;
+}
+
+struct Layout {
+  std::string name;
+  ModelConfig config;
+};
+
+std::vector<Layout> layouts() {
+  std::vector<Layout> out;
+  out.push_back({"dense", small("dense")});
+  out.push_back({"layer_local", small("moe")});
+  out.push_back({"megrez2_pregated", small("megrez2")});
+  ModelConfig m = small("megrez2");
+  m.moe.pre_gated = false;
+  m.moe.n_group = 4;
+  m.moe.topk_group = 2;
+  m.moe.routed_scaling_factor = 2.5;
+  m.tie_word_embeddings = true;
+  out.push_back({"megrez2_grouped_topk", m});
+  out.push_back({"rexmoe_r2", small("rexmoe")});
+  ModelConfig r4 = small("rexmoe");
+  r4.moe.group_size = 4;  // 6 MoE layers: groups of 4 and 2 (the last group is shorter)
+  r4.moe.scoring = Scoring::Sigmoid;
+  r4.moe.score_correction_bias = true;
+  r4.moe.pre_gated = true;
+  r4.moe.shared_intermediate_size = 64;
+  out.push_back({"rexmoe_r4_sigmoid_pregated", r4});
+  for (auto& l : out) l.config.finalize();
+  return out;
+}
+
+void PrintTo(const Layout& layout, std::ostream* os) { *os << layout.name; }
+
+class ReferenceForward : public ::testing::TestWithParam<Layout> {};
+
+TEST_P(ReferenceForward, FastPathMatchesPlainDoubleReference) {
+  const ModelConfig& config = GetParam().config;
+  const auto dir = std::filesystem::temp_directory_path() / ("crossmoe_ref_" + GetParam().name);
+  InitOptions options;
+  options.seed = 7;
+  options.norm_noise = 0.2f;
+  write_random_model(config, dir, options);
+  const Model model(dir);
+  const Checkpoint& ck = model.checkpoint();
+
+  const std::vector<int> tokens = {5, 77, 123, 9, 250, 31, 64, 199, 2, 18, 42};
+  const auto expected = PlainReference(model.config(), ck).logits(tokens);
+  for (int chunk : {1, 4, 64}) {
+    InferenceSession session(model, 32, chunk);
+    const std::vector<float>& logits = session.forward(tokens, true);
+    const int V = config.vocab_size;
+    double max_diff = 0;
+    for (size_t t = 0; t < tokens.size(); ++t)
+      for (int v = 0; v < V; ++v) max_diff = std::max(max_diff, std::fabs(logits[t * V + v] - expected[t][v]));
+    EXPECT_LT(max_diff, 2e-4) << "chunk " << chunk;
+  }
+  std::filesystem::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, ReferenceForward, ::testing::ValuesIn(layouts()),
+                         [](const auto& info) { return info.param.name; });
+
+TEST(ReferenceForward, PreGatingChangesTheRouterInput) {
+  // Same weights, pre_gate on and off: the routing trace must differ, or the flag is ignored.
+  ModelConfig c = small("megrez2");
+  c.finalize();
+  const auto dir = std::filesystem::temp_directory_path() / "crossmoe_pregate";
+  write_random_model(c, dir, {});
+  const Model on(dir);
+  ModelConfig off_config = on.config();
+  off_config.moe.pre_gated = false;
+  std::vector<std::vector<RoutingRecord>> traces(2);
+  {
+    InferenceSession s(on, 16);
+    s.set_trace(&traces[0]);
+    s.forward({1, 2, 3, 4, 5, 6});
+  }
+  nlohmann::json cfg = read_json_file(dir / "config.json");
+  cfg["pre_gate"] = false;
+  write_json_file(dir / "config.json", cfg);
+  const Model off(dir);
+  {
+    InferenceSession s(off, 16);
+    s.set_trace(&traces[1]);
+    s.forward({1, 2, 3, 4, 5, 6});
+  }
+  ASSERT_EQ(traces[0].size(), traces[1].size());
+  int differing = 0;
+  for (size_t i = 0; i < traces[0].size(); ++i) differing += traces[0][i].experts != traces[1][i].experts;
+  EXPECT_GT(differing, 0);
+  // Megrez2 followers route into their group leader's pool.
+  for (const auto& r : traces[0])
+    for (const auto& e : r.experts) EXPECT_EQ(e.owner_layer, on.config().group_layers(on.config().layers[r.layer].group).front());
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
