@@ -1,1 +1,172 @@
+// config.json readers, the layer plan (groups, owners, candidates) and parameter counts.
 #include <gtest/gtest.h>
+
+#include "model/checkpoint.hpp"
+#include "model/hf_config.hpp"
+#include "model/init.hpp"
+#include "util/error.hpp"
+
+using namespace crossmoe;
+using nlohmann::json;
+
+namespace {
+
+const std::string kHf = std::string(CROSSMOE_FIXTURES) + "/hf/";
+
+// Megrez2-Preview's shape as the notes publish it (kv heads and head size are not given there:
+// 4 kv heads of 128 is an assumption that affects only the small attention share).
+json megrez2_preview() {
+  return {{"model_type", "megrez_moe"}, {"vocab_size", 128880}, {"hidden_size", 2048},
+          {"num_hidden_layers", 31}, {"num_attention_heads", 16}, {"num_key_value_heads", 4},
+          {"head_dim", 128}, {"intermediate_size", 10944}, {"moe_intermediate_size", 1408},
+          {"n_routed_experts", 64}, {"n_shared_experts", 4}, {"num_experts_per_tok", 6},
+          {"first_k_dense_replace", 1}, {"moe_layer_freq", 1}, {"experts_shared_frequency", 3},
+          {"pre_gate", true}, {"scoring_func", "sigmoid"}, {"topk_method", "noaux_tc"},
+          {"n_group", 8}, {"topk_group", 4}, {"norm_topk_prob", true}, {"routed_scaling_factor", 1.0},
+          {"rope_theta", 5000000.0}, {"tie_word_embeddings", false}, {"max_position_embeddings", 32768}};
+}
+
+TEST(Config, ReadsEveryFixtureAndCountsItsTensors) {
+  for (const char* name : {"llama", "qwen3", "qwen3_moe", "olmoe", "mixtral"}) {
+    const ModelConfig c = read_model_config(kHf + name);
+    const Checkpoint ck(kHf + name);
+    // Each fixture stores all its tensors in one dtype.
+    const int64_t stored = int64_t(ck.total_bytes() / dtype_size(ck.find("model.embed_tokens.weight")->dtype));
+    EXPECT_EQ(count_parameters(c).stored, stored) << name;
+  }
+}
+
+TEST(Config, MapsRealModelTypesOntoTheDescription) {
+  const ModelConfig llama = read_model_config(kHf + "llama");
+  EXPECT_EQ(llama.rope.type, RopeType::Llama3);
+  EXPECT_DOUBLE_EQ(llama.rope.theta, 50000.0);
+  EXPECT_EQ(llama.qk_norm, QkNorm::None);
+  const ModelConfig qwen3 = read_model_config(kHf + "qwen3");
+  EXPECT_EQ(qwen3.head_dim, 24);
+  EXPECT_TRUE(qwen3.tie_word_embeddings);
+  EXPECT_EQ(qwen3.qk_norm, QkNorm::PerHead);
+  const ModelConfig qmoe = read_model_config(kHf + "qwen3_moe");
+  EXPECT_FALSE(qmoe.layers[0].is_moe);  // mlp_only_layers = [0]
+  EXPECT_TRUE(qmoe.layers[1].is_moe && qmoe.layers[2].is_moe);
+  EXPECT_EQ(qmoe.num_candidates(1), 8);
+  EXPECT_TRUE(qmoe.moe.norm_topk_prob);
+  const ModelConfig olmoe = read_model_config(kHf + "olmoe");
+  EXPECT_EQ(olmoe.qk_norm, QkNorm::Full);
+  EXPECT_FALSE(olmoe.moe.norm_topk_prob);
+  const ModelConfig mixtral = read_model_config(kHf + "mixtral");
+  EXPECT_EQ(mixtral.naming, TensorNaming::Mixtral);
+  EXPECT_EQ(mixtral.moe.top_k, 2);
+}
+
+TEST(Config, RopeSettingsAtTopLevelOrInRopeParameters) {
+  json top = {{"model_type", "llama"}, {"vocab_size", 10}, {"hidden_size", 8}, {"num_hidden_layers", 1},
+              {"num_attention_heads", 2}, {"intermediate_size", 16}, {"rope_theta", 500000.0},
+              {"rope_scaling", {{"rope_type", "linear"}, {"factor", 2.0}}}};
+  ModelConfig a = parse_model_config(top);
+  EXPECT_EQ(a.rope.type, RopeType::Linear);
+  EXPECT_DOUBLE_EQ(a.rope.theta, 500000.0);
+  json nested = top;
+  nested.erase("rope_theta");
+  nested.erase("rope_scaling");
+  nested["rope_parameters"] = {{"rope_type", "linear"}, {"factor", 2.0}, {"rope_theta", 500000.0}};
+  ModelConfig b = parse_model_config(nested);
+  EXPECT_EQ(b.rope.type, RopeType::Linear);
+  EXPECT_DOUBLE_EQ(b.rope.theta, 500000.0);
+  json mixtral = {{"model_type", "mixtral"}, {"vocab_size", 10}, {"hidden_size", 8}, {"num_hidden_layers", 1},
+                  {"num_attention_heads", 2}, {"intermediate_size", 16}, {"num_local_experts", 2},
+                  {"num_experts_per_tok", 1}};
+  EXPECT_DOUBLE_EQ(parse_model_config(mixtral).rope.theta, 1e6);  // Mixtral's own default
+}
+
+TEST(Config, Megrez2PreviewSharesOnePoolPerGroupOfThree) {
+  const ModelConfig c = parse_model_config(megrez2_preview());
+  EXPECT_FALSE(c.layers[0].is_moe);
+  EXPECT_EQ(c.moe.cross_layer, CrossLayer::SharedPool);
+  EXPECT_TRUE(c.moe.pre_gated);
+  // Layers 1,2,3 form group 0 led by layer 1; 4,5,6 group 1 led by 4; ...
+  for (int l = 1; l < 31; ++l) {
+    EXPECT_EQ(c.layers[l].group, (l - 1) / 3);
+    EXPECT_EQ(c.layers[l].owns_experts, (l - 1) % 3 == 0) << l;
+    ASSERT_EQ(c.num_candidates(l), 64);
+    EXPECT_EQ(c.layers[l].candidates[5], (ExpertRef{1 + 3 * ((l - 1) / 3), 5}));
+  }
+  // The published sizes: 7.5B stored, 3B active (the active figure excludes embeddings).
+  const ParamCounts p = count_parameters(c);
+  EXPECT_NEAR(double(p.stored) / 1e9, 7.5, 0.1);
+  EXPECT_NEAR(double(p.active_non_embedding()) / 1e9, 3.0, 0.1);
+}
+
+TEST(Config, RexMoeRoutersScoreTheWholeGroup) {
+  ModelConfig c = layout_preset("rexmoe");
+  c.num_layers = 5;
+  c.layer_is_moe = {false, true, true, true, true};
+  c.moe.group_size = 3;
+  c.finalize();
+  // MoE layers 1..4: group 0 = {1, 2, 3}, group 1 = {4} (the last group is shorter).
+  EXPECT_EQ(c.num_candidates(2), 3 * c.moe.num_experts);
+  EXPECT_EQ(c.layers[2].candidates[c.moe.num_experts], (ExpertRef{2, 0}));
+  EXPECT_EQ(c.layers[2].candidates.back(), (ExpertRef{3, c.moe.num_experts - 1}));
+  EXPECT_EQ(c.num_candidates(4), c.moe.num_experts);
+  // Reuse adds router width only: stored experts equal the layer-local model's.
+  ModelConfig local = c;
+  local.moe.cross_layer = CrossLayer::Local;
+  local.moe.group_size = 1;
+  local.finalize();
+  const int64_t extra_router = int64_t(c.hidden_size) * c.moe.num_experts * (2 + 2 + 2 + 0);
+  EXPECT_EQ(count_parameters(c).stored - count_parameters(local).stored, extra_router);
+}
+
+TEST(Config, CrossmoeTypeRoundTrips) {
+  for (const auto& layout : layout_names()) {
+    ModelConfig c = layout_preset(layout);
+    c.finalize();
+    const ModelConfig back = parse_model_config(to_crossmoe_json(c));
+    EXPECT_EQ(back.layer_is_moe, c.layer_is_moe) << layout;
+    EXPECT_EQ(back.moe.cross_layer, c.moe.cross_layer);
+    EXPECT_EQ(back.moe.pre_gated, c.moe.pre_gated);
+    for (int l = 0; l < c.num_layers; ++l) EXPECT_EQ(back.layers[l].candidates, c.layers[l].candidates);
+    EXPECT_EQ(count_parameters(back).stored, count_parameters(c).stored);
+  }
+}
+
+void expect_error(const json& j, const std::string& fragment) {
+  try {
+    parse_model_config(j);
+    FAIL() << "no error for " << fragment;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+  }
+}
+
+TEST(Config, BadConfigsNameTheKey) {
+  json base = megrez2_preview();
+  json j = base;
+  j["model_type"] = "gpt_neox";
+  expect_error(j, "unknown model_type 'gpt_neox'");
+  j = base;
+  j.erase("hidden_size");
+  expect_error(j, "'hidden_size'");
+  j = base;
+  j["num_key_value_heads"] = 3;
+  expect_error(j, "'num_key_value_heads'");
+  j = base;
+  j["num_experts_per_tok"] = 100;
+  expect_error(j, "'num_experts_per_tok'");
+  j = base;
+  j["n_routed_experts"] = "many";
+  expect_error(j, "'n_routed_experts' must be an integer");
+  j = base;
+  j["scoring_func"] = "relu";
+  expect_error(j, "'scoring_func'");
+  j = base;
+  j["n_group"] = 7;
+  expect_error(j, "'n_group'");
+  j = base;
+  j.erase("model_type");
+  expect_error(j, "'model_type'");
+  j = base;
+  j["rope_scaling"] = {{"rope_type", "longrope"}};
+  expect_error(j, "longrope");
+}
+
+}  // namespace

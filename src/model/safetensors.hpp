@@ -6,7 +6,8 @@
 //   {"name": {"dtype": "BF16", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}}
 // then the data buffer. Every entry is checked before any byte of data is touched: known dtype,
 // non-negative shape whose byte size does not overflow and equals end - begin, offsets inside
-// the buffer, entries contiguous from 0 to the buffer's end, data aligned to its element size.
+// the buffer, entries contiguous from 0 to the buffer's end. (Alignment is the runtime's concern:
+// the format does not promise it, though every common writer pads the header to 8 bytes.)
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>

@@ -36,6 +36,8 @@ class Binder {
   static void check_dtype(const TensorView& t) {
     require(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16,
             "tensor '" + t.name + "' has dtype " + dtype_name(t.dtype) + "; supported: F32, BF16, F16");
+    require(reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) == 0,
+            "tensor '" + t.name + "' is not aligned to its element size (re-save the checkpoint)");
   }
   const ModelConfig& c_;
   const Checkpoint& ck_;
