@@ -1,1 +1,116 @@
+// Router math and sampling.
 #include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+
+#include "runtime/routing.hpp"
+#include "runtime/sampler.hpp"
+
+using namespace crossmoe;
+
+namespace {
+
+TEST(Routing, SoftmaxWithAndWithoutRenormalisation) {
+  MoeConfig m;
+  m.top_k = 2;
+  const std::vector<float> s = {0.0f, 2.0f, 1.0f, -1.0f};
+  Route r;
+  route_token(m, s.data(), 4, nullptr, r);
+  double z = 0;
+  for (float v : s) z += std::exp(v);
+  EXPECT_EQ(r.candidates, (std::vector<int>{1, 2}));
+  EXPECT_NEAR(r.weights[0], std::exp(2.0) / z, 1e-6);  // OLMoE: raw probabilities
+  m.norm_topk_prob = true;
+  route_token(m, s.data(), 4, nullptr, r);
+  EXPECT_NEAR(r.weights[0] + r.weights[1], 1.0, 1e-6);
+  EXPECT_NEAR(r.weights[0], std::exp(2.0) / (std::exp(2.0) + std::exp(1.0)), 1e-6);
+}
+
+TEST(Routing, SigmoidBiasChoosesButDoesNotWeigh) {
+  MoeConfig m;
+  m.top_k = 1;
+  m.scoring = Scoring::Sigmoid;
+  m.routed_scaling_factor = 2.5;
+  const std::vector<float> s = {1.0f, 0.5f};
+  const std::vector<float> bias = {0.0f, 0.3f};
+  Route r;
+  route_token(m, s.data(), 2, bias.data(), r);
+  EXPECT_EQ(r.candidates[0], 1);  // 0.622 + 0.3 beats 0.731
+  EXPECT_NEAR(r.weights[0], 2.5 / (1 + std::exp(-0.5)), 1e-6);
+  m.norm_topk_prob = true;
+  route_token(m, s.data(), 2, bias.data(), r);
+  EXPECT_NEAR(r.weights[0], 2.5, 1e-6);
+}
+
+TEST(Routing, GroupedTopKAndMasks) {
+  MoeConfig m;
+  m.top_k = 2;
+  m.scoring = Scoring::Sigmoid;
+  m.n_group = 2;
+  m.topk_group = 1;
+  // Group 0 = {0,1,2}: best two 3+2; group 1 = {3,4,5}: 4 + (-5). Group 0 wins though 3 is the best.
+  const std::vector<float> s = {3.0f, 2.0f, -4.0f, 4.0f, -5.0f, -6.0f};
+  Route r;
+  route_token(m, s.data(), 6, nullptr, r);
+  EXPECT_EQ(r.candidates, (std::vector<int>{0, 1}));
+  m.n_group = 1;
+  const unsigned char allowed[] = {0, 1, 1, 0, 1, 1};
+  route_token(m, s.data(), 6, nullptr, r, allowed);
+  EXPECT_EQ(r.candidates, (std::vector<int>{1, 2}));
+}
+
+TEST(Sampler, GreedyAndFilters) {
+  const std::vector<float> logits = {1.0f, 3.0f, 2.0f, 0.0f};
+  Sampler greedy({});
+  EXPECT_EQ(greedy.sample(logits.data(), 4, {}), 1);
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.top_k = 2;
+  auto d = Sampler(p).distribution(logits.data(), 4, {});
+  EXPECT_EQ(d[0], 0.0f);
+  EXPECT_EQ(d[3], 0.0f);
+  EXPECT_NEAR(d[1], std::exp(1.0) / (std::exp(1.0) + 1.0), 1e-6);
+  p.top_k = 0;
+  p.top_p = 0.6f;  // p(1) = 0.644 alone reaches 0.6
+  d = Sampler(p).distribution(logits.data(), 4, {});
+  EXPECT_FLOAT_EQ(d[1], 1.0f);
+  p.top_p = 1.0f;
+  p.min_p = 0.3f;  // keeps tokens with p >= 0.3 * p_max: e^2, e^3 (e^1/e^3 = 0.135 is dropped)
+  d = Sampler(p).distribution(logits.data(), 4, {});
+  EXPECT_EQ(d[0], 0.0f);
+  EXPECT_GT(d[2], 0.0f);
+  p.min_p = 0.0f;
+  p.repetition_penalty = 2.0f;  // once per distinct token: 3 -> 1.5 (not 0.75)
+  d = Sampler(p).distribution(logits.data(), 4, {1, 1, 1});
+  double z = std::exp(1.0) + std::exp(1.5) + std::exp(2.0) + 1.0;
+  EXPECT_NEAR(d[1], std::exp(1.5) / z, 1e-6);
+}
+
+TEST(Sampler, DrawsFollowTheDistributionAndSeedsRepeat) {
+  SamplingParams p;
+  p.temperature = 0.7f;
+  p.seed = 99;
+  const std::vector<float> logits = {0.5f, 1.0f, 0.0f, 1.5f};
+  Sampler a(p), b(p);
+  const auto expected = a.distribution(logits.data(), 4, {});
+  std::map<int, int> counts;
+  constexpr int kDraws = 40000;
+  for (int i = 0; i < kDraws; ++i) {
+    const int t = a.sample(logits.data(), 4, {});
+    EXPECT_EQ(t, b.sample(logits.data(), 4, {}));
+    ++counts[t];
+  }
+  for (int t = 0; t < 4; ++t) EXPECT_NEAR(double(counts[t]) / kDraws, expected[t], 0.01);
+}
+
+TEST(Sampler, RejectsBadParameters) {
+  SamplingParams p;
+  p.top_p = 0.0f;
+  EXPECT_ANY_THROW(Sampler{p});
+  p = {};
+  p.temperature = -1.0f;
+  EXPECT_ANY_THROW(Sampler{p});
+}
+
+}  // namespace
