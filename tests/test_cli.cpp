@@ -1,1 +1,122 @@
+// The crossmoe command as a user runs it: bad input gives one line starting with "error:" and
+// a non-zero exit; good input works.
 #include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "util/json_file.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int code;
+  std::string out;
+};
+
+Result run(const std::string& args, bool merge_stderr = true) {
+  const std::string cmd = std::string(CROSSMOE_BIN) + " " + args + (merge_stderr ? " 2>&1" : " 2>/dev/null");
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+void expect_one_line_error(const Result& r, const std::string& fragment) {
+  EXPECT_NE(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.rfind("error: ", 0), 0u) << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+  EXPECT_NE(r.out.find(fragment), std::string::npos) << r.out;
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = fs::temp_directory_path() / "crossmoe_cli";
+    fs::remove_all(dir_);
+    ASSERT_EQ(run("init " + (dir_ / "good").string() + " --layout megrez2 --hidden 64 --layers 4 --vocab 300").code, 0);
+  }
+  fs::path copy_of_good(const std::string& name) {
+    const fs::path d = dir_ / name;
+    fs::remove_all(d);
+    fs::copy(dir_ / "good", d);
+    return d;
+  }
+  static fs::path dir_;
+};
+fs::path Cli::dir_;
+
+TEST_F(Cli, GeneratesInfoAndTrace) {
+  const fs::path good = dir_ / "good";
+  const Result gen = run("generate " + good.string() + " -p 'Hello' -n 8 --trace " + (dir_ / "trace.jsonl").string(), false);
+  EXPECT_EQ(gen.code, 0);
+  EXPECT_EQ(gen.out.rfind("Hello", 0), 0u) << gen.out;
+  // 3 MoE layers x (5 prompt tokens + 7 decoded) routing records, unless an eos came early.
+  std::ifstream trace(dir_ / "trace.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(trace, line);) ++lines;
+  EXPECT_GT(lines, 0);
+  EXPECT_EQ(lines % 3, 0);
+  const Result info = run("info " + good.string());
+  EXPECT_EQ(info.code, 0);
+  EXPECT_NE(info.out.find("shared_pool, r = 3"), std::string::npos) << info.out;
+  EXPECT_EQ(run("--help").code, 0);
+  EXPECT_EQ(run("generate --help").code, 0);
+}
+
+TEST_F(Cli, SamplingIsReproducibleWithASeed) {
+  const std::string args = "generate " + (dir_ / "good").string() + " -p 'abc' -n 12 --temperature 1 --top-p 0.9 --seed 5";
+  EXPECT_EQ(run(args, false).out, run(args, false).out);
+}
+
+TEST_F(Cli, MissingModelDirectory) { expect_one_line_error(run("info /nonexistent/model"), "config.json"); }
+
+TEST_F(Cli, UnknownModelType) {
+  const fs::path d = copy_of_good("unknown_type");
+  auto cfg = crossmoe::read_json_file(d / "config.json");
+  cfg["model_type"] = "gpt2";
+  crossmoe::write_json_file(d / "config.json", cfg);
+  expect_one_line_error(run("info " + d.string()), "unknown model_type 'gpt2'");
+}
+
+TEST_F(Cli, TruncatedWeights) {
+  const fs::path d = copy_of_good("truncated");
+  fs::resize_file(d / "model.safetensors", fs::file_size(d / "model.safetensors") - 100);
+  expect_one_line_error(run("generate " + d.string() + " -p hi"), "model.safetensors");
+}
+
+TEST_F(Cli, WrongShapeAndMissingTensor) {
+  fs::path d = copy_of_good("wrong_shape");
+  auto cfg = crossmoe::read_json_file(d / "config.json");
+  cfg["moe_intermediate_size"] = 64;
+  crossmoe::write_json_file(d / "config.json", cfg);
+  expect_one_line_error(run("generate " + d.string() + " -p hi"), "has shape");
+  d = copy_of_good("missing_tensor");
+  cfg = crossmoe::read_json_file(d / "config.json");
+  cfg["attention_bias"] = true;
+  crossmoe::write_json_file(d / "config.json", cfg);
+  expect_one_line_error(run("generate " + d.string() + " -p hi"), "missing tensor 'model.layers.0.self_attn.q_proj.bias'");
+}
+
+TEST_F(Cli, PromptLongerThanContext) {
+  expect_one_line_error(run("generate " + (dir_ / "good").string() + " --ctx 8 -p 'a prompt that is far too long'"),
+                        "context");
+}
+
+TEST_F(Cli, BadArguments) {
+  expect_one_line_error(run("generate " + (dir_ / "good").string() + " --ids 1,x,3"), "'x' is not a token id");
+  expect_one_line_error(run("generate " + (dir_ / "good").string() + " --ids 1,99999"), "outside the vocabulary");
+  expect_one_line_error(run("init " + (dir_ / "good").string()), "--force");
+  expect_one_line_error(run("init " + (dir_ / "x").string() + " --layout nope"), "unknown layout 'nope'");
+  EXPECT_NE(run("frobnicate").code, 0);
+}
+
+}  // namespace
