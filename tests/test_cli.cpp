@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -40,10 +41,12 @@ void expect_one_line_error(const Result& r, const std::string& fragment) {
 class Cli : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = fs::temp_directory_path() / "crossmoe_cli";
+    // One directory per process: ctest runs the tests of this suite in parallel processes.
+    dir_ = fs::temp_directory_path() / ("crossmoe_cli_" + std::to_string(getpid()));
     fs::remove_all(dir_);
     ASSERT_EQ(run("init " + (dir_ / "good").string() + " --layout megrez2 --hidden 64 --layers 4 --vocab 300").code, 0);
   }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
   fs::path copy_of_good(const std::string& name) {
     const fs::path d = dir_ / name;
     fs::remove_all(d);

@@ -1,6 +1,8 @@
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <vector>
 #include <cstring>
 
 #include "kernels/kernels.hpp"
@@ -66,14 +68,29 @@ void set_isa(Isa isa) {
 }
 
 void matmul(const Matrix& w, const float* x, int tokens, float* y) {
+  const MatmulJob job{w, x, tokens, y};
+  matmul_batch(&job, 1);
+}
+
+void matmul_batch(const MatmulJob* jobs, int count) {
   const KernelTable& k = *active();
-  // Blocks of 16 rows keep each thread on whole tiles; small matrices stay on one thread.
+  // Blocks of 16 rows keep each thread on whole tiles; small work stays on one thread.
   constexpr int64_t kBlock = 16;
-  const int64_t blocks = (w.rows + kBlock - 1) / kBlock;
-  const bool parallel = w.rows * w.cols * int64_t(tokens) >= (1 << 15) && blocks > 1;
+  std::vector<int64_t> first_block(count + 1, 0);
+  int64_t work = 0;
+  for (int j = 0; j < count; ++j) {
+    first_block[j + 1] = first_block[j] + (jobs[j].w.rows + kBlock - 1) / kBlock;
+    work += jobs[j].w.rows * jobs[j].w.cols * int64_t(jobs[j].tokens);
+  }
+  const int64_t blocks = first_block[count];
+  const bool parallel = work >= (1 << 15) && blocks > 1;
 #pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t b = 0; b < blocks; ++b)
-    k.matmul_rows(w, x, tokens, y, b * kBlock, std::min(w.rows, (b + 1) * kBlock));
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int j = int(std::upper_bound(first_block.begin(), first_block.end(), b) - first_block.begin()) - 1;
+    const MatmulJob& job = jobs[j];
+    const int64_t row = (b - first_block[j]) * kBlock;
+    k.matmul_rows(job.w, job.x, job.tokens, job.y, row, std::min(job.w.rows, row + kBlock));
+  }
 }
 
 float dot(const float* a, const float* b, int n) { return active()->dot(a, b, n); }

@@ -21,6 +21,16 @@ struct Matrix {
 // Rows are split over all threads.
 void matmul(const Matrix& w, const float* x, int tokens, float* y);
 
+// Several independent matmuls in one parallel region: for many small matrices (the experts
+// one token chose, or q, k and v) this saves a fork and join per matrix.
+struct MatmulJob {
+  Matrix w;
+  const float* x;
+  int tokens;
+  float* y;
+};
+void matmul_batch(const MatmulJob* jobs, int count);
+
 float dot(const float* a, const float* b, int n);
 void axpy(float a, const float* x, float* y, int n);  // y += a * x
 

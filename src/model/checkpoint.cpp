@@ -39,6 +39,10 @@ Checkpoint::Checkpoint(const std::filesystem::path& model_dir) : dir_(model_dir)
   }
 }
 
+void Checkpoint::copy_into_memory() {
+  for (auto& file : files_) file->copy_into_memory();
+}
+
 const TensorView* Checkpoint::find(const std::string& name) const {
   auto it = index_.find(name);
   return it == index_.end() ? nullptr : it->second;

@@ -13,6 +13,8 @@ namespace crossmoe {
 class Checkpoint {
  public:
   explicit Checkpoint(const std::filesystem::path& model_dir);
+  // Copies the weights out of the file mappings into anonymous memory (see SafetensorsFile).
+  void copy_into_memory();
 
   // nullptr when absent.
   const TensorView* find(const std::string& name) const;

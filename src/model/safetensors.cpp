@@ -66,6 +66,29 @@ SafetensorsFile::~SafetensorsFile() {
   if (mapping_) ::munmap(mapping_, mapping_size_);
 }
 
+void SafetensorsFile::copy_into_memory() {
+  if (!mapping_ || tensors_.empty()) return;
+  const std::byte* file = static_cast<const std::byte*>(mapping_);
+  const std::byte* begin = tensors_.begin()->second.data;
+  const std::byte* end = begin;
+  for (const auto& [name, t] : tensors_) {
+    begin = std::min(begin, t.data);
+    end = std::max(end, t.data + t.nbytes);
+  }
+  // Keep the offset of the data within a page, so alignment is what it was in the file.
+  const size_t lead = size_t(begin - file) % 4096;
+  const size_t size = lead + size_t(end - begin);
+  void* m = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  require(m != MAP_FAILED, label_ + ": cannot allocate " + std::to_string(size) + " bytes for the weights");
+  ::madvise(m, size, MADV_HUGEPAGE);
+  std::byte* copy = static_cast<std::byte*>(m) + lead;
+  std::memcpy(copy, begin, size_t(end - begin));
+  for (auto& [name, t] : tensors_) t.data = copy + (t.data - begin);
+  ::munmap(mapping_, mapping_size_);
+  mapping_ = m;
+  mapping_size_ = size;
+}
+
 void SafetensorsFile::parse(const std::byte* bytes, size_t size) {
   using nlohmann::json;
   const auto fail = [&](const std::string& what) { throw Error(label_ + ": " + what); };

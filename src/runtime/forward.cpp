@@ -19,18 +19,20 @@ InferenceSession::InferenceSession(const Model& model, int context_length, int c
   k_cache_.resize(size_t(c_.num_layers) * context_length * kvw);
   v_cache_.resize(k_cache_.size());
   const size_t T = chunk_, d = c_.hidden_size, qw = size_t(c_.num_heads) * c_.head_dim;
-  size_t widest = c_.intermediate_size;
-  widest = std::max<size_t>(widest, c_.moe.expert_intermediate_size);
-  widest = std::max<size_t>(widest, c_.moe.shared_intermediate_size);
+  // FFN scratch: a dense FFN, or K routed experts per token plus the shared experts.
+  const size_t ffn_width = std::max<size_t>(
+      c_.intermediate_size, size_t(c_.moe.top_k) * c_.moe.expert_intermediate_size + c_.moe.shared_intermediate_size);
   size_t candidates = 0;
   for (const auto& plan : c_.layers) candidates = std::max(candidates, plan.candidates.size());
-  for (auto* b : {&x_, &xn_, &u_, &u_prev_, &ffn_, &tmp_, &rows_in_, &rows_out_}) b->resize(T * d);
+  for (auto* b : {&x_, &xn_, &u_, &u_prev_, &ffn_, &tmp_}) b->resize(T * d);
+  rows_in_.resize(T * std::max(1, c_.moe.top_k) * d);
+  rows_out_.resize(rows_in_.size());
   q_.resize(T * qw);
   att_.resize(T * qw);
   k_.resize(T * kvw);
   v_.resize(T * kvw);
-  h1_.resize(T * widest);
-  h2_.resize(T * widest);
+  h1_.resize(T * ffn_width);
+  h2_.resize(T * ffn_width);
   router_.resize(T * candidates);
 }
 
@@ -75,7 +77,7 @@ void InferenceSession::run_chunk(const int* tokens, int T, bool all_logits, floa
       const bool pre = c_.moe.pre_gated && l > 0;
       moe(l, pre ? u_prev_.data() : u_.data(), T);
     } else {
-      swiglu(L.dense, u_.data(), T, ffn_.data());
+      swiglu({{&L.dense, u_.data(), T, ffn_.data()}});
     }
     for (size_t i = 0; i < size_t(T) * d; ++i) x_[i] += ffn_[i];
     std::swap(u_, u_prev_);
@@ -94,9 +96,9 @@ void InferenceSession::attention(int l, int T) {
   const int hd = c_.head_dim, Hq = c_.num_heads, Hkv = c_.num_kv_heads;
   const int qw = Hq * hd, kvw = Hkv * hd;
   const float eps = float(c_.rms_norm_eps);
-  k::matmul(L.q, xn_.data(), T, q_.data());
-  k::matmul(L.k, xn_.data(), T, k_.data());
-  k::matmul(L.v, xn_.data(), T, v_.data());
+  const k::MatmulJob qkv[] = {{L.q, xn_.data(), T, q_.data()}, {L.k, xn_.data(), T, k_.data()},
+                              {L.v, xn_.data(), T, v_.data()}};
+  k::matmul_batch(qkv, 3);
   std::vector<float> cos(hd / 2), sin(hd / 2), tmp(std::max(qw, kvw));
   for (int t = 0; t < T; ++t) {
     float* q = &q_[size_t(t) * qw];
@@ -155,12 +157,21 @@ void InferenceSession::attention(int l, int T) {
   }
 }
 
-void InferenceSession::swiglu(const SwiGluWeights& e, const float* in, int T, float* out) {
-  const int I = e.width();
-  k::matmul(e.gate, in, T, h1_.data());
-  k::matmul(e.up, in, T, h2_.data());
-  k::silu_mul(h1_.data(), h2_.data(), T * I);
-  k::matmul(e.down, h1_.data(), T, out);
+void InferenceSession::swiglu(const std::vector<SwiGluRun>& runs) {
+  std::vector<k::MatmulJob> jobs;
+  std::vector<size_t> offsets;
+  size_t offset = 0;
+  for (const SwiGluRun& r : runs) {
+    offsets.push_back(offset);
+    jobs.push_back({r.weights->gate, r.in, r.tokens, &h1_[offset]});
+    jobs.push_back({r.weights->up, r.in, r.tokens, &h2_[offset]});
+    offset += size_t(r.tokens) * r.weights->width();
+  }
+  k::matmul_batch(jobs.data(), int(jobs.size()));
+  k::silu_mul(h1_.data(), h2_.data(), int(offset));
+  jobs.clear();
+  for (size_t i = 0; i < runs.size(); ++i) jobs.push_back({runs[i].weights->down, &h1_[offsets[i]], runs[i].tokens, runs[i].out});
+  k::matmul_batch(jobs.data(), int(jobs.size()));
 }
 
 void InferenceSession::moe(int l, const float* router_in, int T) {
@@ -182,20 +193,29 @@ void InferenceSession::moe(int l, const float* router_in, int T) {
       trace_->push_back(std::move(rec));
     }
   }
-  if (L.shared.gate.rows > 0) swiglu(L.shared, u_.data(), T, ffn_.data());
-  else std::fill(ffn_.begin(), ffn_.begin() + size_t(T) * d, 0.0f);
 
-  // Each chosen expert runs once on the batch of tokens that chose it.
+  // Each chosen expert runs once on the rows of the tokens that chose it; the shared experts
+  // run on every token, straight into the output.
+  std::vector<SwiGluRun> runs;
+  std::vector<int> chosen;
+  size_t row = 0;
   for (int cand = 0; cand < n; ++cand) {
     const auto& tokens = chosen_by[cand];
     if (tokens.empty()) continue;
-    const int nt = static_cast<int>(tokens.size());
-    for (int i = 0; i < nt; ++i)
-      std::copy_n(&u_[size_t(tokens[i].first) * d], d, &rows_in_[size_t(i) * d]);
-    swiglu(model_.weights().expert(plan.candidates[cand]), rows_in_.data(), nt, rows_out_.data());
-    for (int i = 0; i < nt; ++i)
-      k::axpy(tokens[i].second, &rows_out_[size_t(i) * d], &ffn_[size_t(tokens[i].first) * d], d);
+    for (size_t i = 0; i < tokens.size(); ++i)
+      std::copy_n(&u_[size_t(tokens[i].first) * d], d, &rows_in_[(row + i) * d]);
+    runs.push_back({&model_.weights().expert(plan.candidates[cand]), &rows_in_[row * d], int(tokens.size()),
+                    &rows_out_[row * d]});
+    chosen.push_back(cand);
+    row += tokens.size();
   }
+  const bool shared = L.shared.gate.rows > 0;
+  if (shared) runs.push_back({&L.shared, u_.data(), T, ffn_.data()});
+  swiglu(runs);
+  if (!shared) std::fill(ffn_.begin(), ffn_.begin() + size_t(T) * d, 0.0f);
+  row = 0;
+  for (int cand : chosen)
+    for (const auto& [t, weight] : chosen_by[cand]) k::axpy(weight, &rows_out_[row++ * d], &ffn_[size_t(t) * d], d);
 }
 
 }  // namespace crossmoe

@@ -43,7 +43,15 @@ class InferenceSession {
  private:
   void run_chunk(const int* tokens, int T, bool all_logits, float* logits);
   void attention(int layer, int T);
-  void swiglu(const SwiGluWeights& e, const float* in, int T, float* out);
+  // One SwiGLU FFN applied to `tokens` rows of `in`, written to `out`.
+  struct SwiGluRun {
+    const SwiGluWeights* weights;
+    const float* in;
+    int tokens;
+    float* out;
+  };
+  // Runs several FFNs with one parallel region per projection stage.
+  void swiglu(const std::vector<SwiGluRun>& runs);
   void moe(int layer, const float* router_in, int T);
 
   const Model& model_;

@@ -1,5 +1,7 @@
 #include "runtime/weights.hpp"
 
+#include <unistd.h>
+
 #include "model/hf_config.hpp"
 #include "model/tensor_names.hpp"
 #include "util/error.hpp"
@@ -94,8 +96,16 @@ ModelWeights bind_weights(const ModelConfig& c, const Checkpoint& ck) {
   return w;
 }
 
-Model::Model(const std::filesystem::path& dir)
-    : dir_(dir), config_(read_model_config(dir)), checkpoint_(dir), weights_(bind_weights(config_, checkpoint_)) {}
+Model::Model(const std::filesystem::path& dir, WeightResidency residency)
+    : dir_(dir), config_(read_model_config(dir)), checkpoint_(dir) {
+  if (residency == WeightResidency::Auto) {
+    const double available = double(sysconf(_SC_AVPHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
+    residency = double(checkpoint_.total_bytes()) < 0.5 * available ? WeightResidency::InMemory
+                                                                     : WeightResidency::Mapped;
+  }
+  if (residency == WeightResidency::InMemory) checkpoint_.copy_into_memory();
+  weights_ = bind_weights(config_, checkpoint_);
+}
 
 double Model::bytes_per_token() const {
   const ParamCounts p = count_parameters(config_);

@@ -39,9 +39,14 @@ struct ModelWeights {
 ModelWeights bind_weights(const ModelConfig& config, const Checkpoint& checkpoint);
 
 // A loaded model: description, mapped checkpoint and bound weights.
+// Where the weights are read from: the file mapping (lazy, shares the page cache) or a copy in
+// anonymous memory (read once at load; decode streams it faster). Auto copies when the
+// weights take less than half of the memory available.
+enum class WeightResidency { Auto, Mapped, InMemory };
+
 class Model {
  public:
-  explicit Model(const std::filesystem::path& dir);
+  explicit Model(const std::filesystem::path& dir, WeightResidency residency = WeightResidency::Auto);
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
   const Checkpoint& checkpoint() const { return checkpoint_; }
