@@ -1,8 +1,11 @@
-// The runtime against Hugging Face transformers: tiny random checkpoints of real architectures
-// saved by transformers, with the logits transformers computed for them (fixtures/hf, made by
-// fixtures/make_hf_reference.py). Checked for every kernel ISA this CPU runs.
+// The runtime against Hugging Face transformers, for every kernel ISA this CPU runs:
+// - hf/*: tiny random checkpoints of real architectures saved by transformers, with the logits
+//   transformers computed (made by fixtures/make_hf_reference.py);
+// - crossmoe_init/*: models written by `crossmoe init`, read by transformers as Qwen3 and
+//   Qwen3-MoE from crossmoe's own safetensors (fixtures/check_init_with_transformers.py).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/kernels.hpp"
@@ -32,7 +35,7 @@ class HfReference : public ::testing::TestWithParam<Case> {
 };
 
 TEST_P(HfReference, LogitsAndGreedyTokensMatchTransformers) {
-  const std::string dir = std::string(CROSSMOE_FIXTURES) + "/hf/" + GetParam().model;
+  const std::string dir = std::string(CROSSMOE_FIXTURES) + "/" + GetParam().model;
   const auto ref = read_json_file(dir + "/reference.json");
   const std::vector<int> prompt = ref["prompt"].get<std::vector<int>>();
   const auto expected = ref["logits"].get<std::vector<std::vector<float>>>();
@@ -61,13 +64,16 @@ TEST_P(HfReference, LogitsAndGreedyTokensMatchTransformers) {
 
 std::vector<Case> cases() {
   std::vector<Case> out;
-  for (const char* m : {"llama", "qwen3", "qwen3_moe", "olmoe", "mixtral"})
+  for (const char* m : {"hf/llama", "hf/qwen3", "hf/qwen3_moe", "hf/olmoe", "hf/mixtral", "crossmoe_init/dense",
+                        "crossmoe_init/moe"})
     for (auto isa : {kernels::Isa::Generic, kernels::Isa::Avx2, kernels::Isa::Avx512}) out.push_back({m, isa});
   return out;
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, HfReference, ::testing::ValuesIn(cases()), [](const auto& info) {
-  return info.param.model + "_" + kernels::isa_name(info.param.isa);
+  std::string name = info.param.model + "_" + kernels::isa_name(info.param.isa);
+  std::replace(name.begin(), name.end(), '/', '_');
+  return name;
 });
 
 }  // namespace

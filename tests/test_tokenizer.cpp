@@ -48,6 +48,16 @@ TEST(ByteTokenizer, RejectsWhatItCannotRead) {
   EXPECT_THROW(ByteTokenizer::load(path), Error);
 }
 
+TEST(ByteTokenizer, MatchesHuggingFaceTokenizersOnItsOwnFile) {
+  // The tokenizers library read the tokenizer.json that crossmoe init wrote and encoded these
+  // strings (fixtures/check_init_with_transformers.py).
+  const std::string dir = std::string(CROSSMOE_FIXTURES) + "/crossmoe_init/dense";
+  const ByteTokenizer t = ByteTokenizer::load(dir + "/tokenizer.json");
+  const auto golden = read_json_file(dir + "/reference.json")["tokenizer"];
+  ASSERT_GE(golden.size(), 5u);
+  for (const auto& [text, ids] : golden.items()) EXPECT_EQ(t.encode(text), ids.get<std::vector<int>>()) << text;
+}
+
 TEST(Utf8Stream, HoldsBackIncompleteCharacters) {
   Utf8Stream s;
   const std::string smile = "🙂";  // 4 bytes
