@@ -5,6 +5,9 @@
 #include "model/hf_config.hpp"
 #include "model/init.hpp"
 #include "util/error.hpp"
+#include "util/json_file.hpp"
+
+#include <filesystem>
 
 using namespace crossmoe;
 using nlohmann::json;
@@ -127,6 +130,16 @@ TEST(Config, CrossmoeTypeRoundTrips) {
     for (int l = 0; l < c.num_layers; ++l) EXPECT_EQ(back.layers[l].candidates, c.layers[l].candidates);
     EXPECT_EQ(count_parameters(back).stored, count_parameters(c).stored);
   }
+}
+
+TEST(Config, GenerationConfigAddsStopTokens) {
+  const auto dir = std::filesystem::temp_directory_path() / "crossmoe_genconfig";
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(kHf + "llama/config.json", dir / "config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  write_json_file(dir / "generation_config.json", {{"eos_token_id", {2, 7}}});
+  EXPECT_EQ(read_model_config(dir).eos_token_ids, (std::vector<int>{2, 7}));
+  std::filesystem::remove_all(dir);
 }
 
 void expect_error(const json& j, const std::string& fragment) {

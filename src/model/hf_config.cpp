@@ -280,7 +280,17 @@ ModelConfig parse_model_config(const json& j) {
 }
 
 ModelConfig read_model_config(const std::filesystem::path& model_dir) {
-  return parse_model_config(read_json_file(model_dir / "config.json"));
+  ModelConfig c = parse_model_config(read_json_file(model_dir / "config.json"));
+  // Generation stops at the eos tokens of generation_config.json too, as transformers' generate does.
+  const auto generation = model_dir / "generation_config.json";
+  if (std::filesystem::exists(generation)) {
+    const nlohmann::json g = read_json_file(generation);
+    if (g.is_object())
+      for (int id : Keys(g).int_list("eos_token_id"))
+        if (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), id) == c.eos_token_ids.end())
+          c.eos_token_ids.push_back(id);
+  }
+  return c;
 }
 
 json to_crossmoe_json(const ModelConfig& c) {
