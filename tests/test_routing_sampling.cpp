@@ -6,6 +6,7 @@
 
 #include "runtime/routing.hpp"
 #include "runtime/sampler.hpp"
+#include "util/json_file.hpp"
 
 using namespace crossmoe;
 
@@ -58,6 +59,41 @@ TEST(Routing, GroupedTopKAndMasks) {
   const unsigned char allowed[] = {0, 1, 1, 0, 1, 1};
   route_token(m, s.data(), 6, nullptr, r, allowed);
   EXPECT_EQ(r.candidates, (std::vector<int>{1, 2}));
+}
+
+TEST(Routing, MatchesTransformersDeepSeekV3Router) {
+  // Sigmoid + correction bias + grouped top-k, as Megrez2 routes: golden decisions from
+  // transformers' DeepseekV3TopkRouter (fixtures/make_deepseek_routing.py).
+  const auto cases = read_json_file(std::string(CROSSMOE_FIXTURES) + "/deepseek_routing.json");
+  ASSERT_EQ(cases.size(), 3u);
+  for (const auto& c : cases) {
+    MoeConfig m;
+    m.scoring = Scoring::Sigmoid;
+    m.score_correction_bias = true;
+    m.top_k = c["top_k"];
+    m.n_group = c["n_group"];
+    m.topk_group = c["topk_group"];
+    m.norm_topk_prob = c["norm_topk_prob"];
+    m.routed_scaling_factor = c["routed_scaling_factor"];
+    const auto bias = c["bias"].get<std::vector<float>>();
+    const int n = c["n_experts"];
+    for (size_t t = 0; t < c["logits"].size(); ++t) {
+      const auto logits = c["logits"][t].get<std::vector<float>>();
+      Route r;
+      route_token(m, logits.data(), n, bias.data(), r);
+      // transformers returns the top-k unsorted: compare as index -> weight maps.
+      std::map<int, float> ours, theirs;
+      for (int i = 0; i < m.top_k; ++i) {
+        ours[r.candidates[i]] = r.weights[i];
+        theirs[c["indices"][t][i].get<int>()] = c["weights"][t][i].get<float>();
+      }
+      ASSERT_EQ(ours.size(), theirs.size());
+      for (const auto& [expert, weight] : theirs) {
+        ASSERT_TRUE(ours.count(expert)) << "token " << t << " expert " << expert;
+        EXPECT_NEAR(ours[expert], weight, 1e-5);
+      }
+    }
+  }
 }
 
 TEST(Sampler, GreedyAndFilters) {
