@@ -108,11 +108,21 @@ Model::Model(const std::filesystem::path& dir, WeightResidency residency)
 }
 
 double Model::bytes_per_token() const {
-  const ParamCounts p = count_parameters(config_);
-  const double bytes_per_param = dtype_size(weights_.layers.empty() ? weights_.embed.dtype : weights_.layers[0].q.dtype);
-  const double embed_row = double(config_.hidden_size);
-  const double lm_head = config_.tie_word_embeddings ? double(p.embedding) : double(p.lm_head);
-  return (double(p.active_non_embedding()) + lm_head + embed_row) * bytes_per_param;
+  const auto bytes = [](const kernels::Matrix& m) { return double(m.rows * m.cols) * dtype_size(m.dtype); };
+  const ModelWeights& w = weights_;
+  double total = bytes(w.lm_head) + bytes(w.embed) / double(w.embed.rows);  // one embedding row
+  for (int l = 0; l < config_.num_layers; ++l) {
+    const LayerWeights& L = w.layers[l];
+    total += bytes(L.q) + bytes(L.k) + bytes(L.v) + bytes(L.o);
+    if (!config_.layers[l].is_moe) {
+      total += L.dense.bytes();
+      continue;
+    }
+    // K routed experts (all experts of a model have one shape and dtype), the router, the shared ones.
+    total += bytes(L.router) + config_.moe.top_k * w.expert(config_.layers[l].candidates[0]).bytes();
+    if (L.shared.gate.rows > 0) total += L.shared.bytes();
+  }
+  return total;
 }
 
 }  // namespace crossmoe

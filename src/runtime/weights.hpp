@@ -51,8 +51,9 @@ class Model {
   const ModelWeights& weights() const { return weights_; }
   const Checkpoint& checkpoint() const { return checkpoint_; }
   const std::filesystem::path& dir() const { return dir_; }
-  // Bytes of weights one decoded token reads: everything a token uses except the embedding
-  // table, of which it reads one row.
+  // Bytes of weights one decoded token reads: attention, the dense FFN or K experts plus router
+  // and shared experts, the LM head, and one row of the embedding table. Vectors (norms,
+  // biases) are left out: they are tiny and read from cache.
   double bytes_per_token() const;
 
  private:
