@@ -8,7 +8,7 @@
 
 #include "commands.hpp"
 #include "runtime/generate.hpp"
-#include "tokenizer/byte_tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 #include "util/error.hpp"
 #include "util/progress.hpp"
 
@@ -55,8 +55,8 @@ void run_generate(const GenerateArgs& a) {
   const Model model(a.model);
   const ModelConfig& c = model.config();
   const auto tokenizer_path = std::filesystem::path(a.model) / "tokenizer.json";
-  std::optional<ByteTokenizer> tokenizer;
-  if (std::filesystem::exists(tokenizer_path)) tokenizer = ByteTokenizer::load(tokenizer_path);
+  std::optional<Tokenizer> tokenizer;
+  if (std::filesystem::exists(tokenizer_path)) tokenizer = Tokenizer::load(tokenizer_path);
   require(tokenizer || !a.ids.empty(), "no tokenizer.json in " + a.model + "; pass token ids with --ids");
   std::vector<int> prompt = a.ids.empty() ? tokenizer->encode(a.prompt) : parse_ids(a.ids);
   if (c.bos_token_id >= 0 && a.ids.empty()) prompt.insert(prompt.begin(), c.bos_token_id);
@@ -68,15 +68,17 @@ void run_generate(const GenerateArgs& a) {
   std::vector<RoutingRecord> trace;
   if (!a.trace.empty()) session.set_trace(&trace);
   Sampler sampler(a.sampling);
-  Utf8Stream stream;
-  if (tokenizer) std::fputs(a.prompt.empty() ? tokenizer->decode(prompt).c_str() : a.prompt.c_str(), stdout);
+  std::optional<DecodeStream> stream;
+  if (tokenizer) {
+    std::fputs(a.prompt.empty() ? tokenizer->decode(prompt).c_str() : a.prompt.c_str(), stdout);
+    stream.emplace(*tokenizer, true);
+  }
   const GenerationResult result = generate(session, prompt, a.max_tokens, sampler, c.eos_token_ids, [&](int token) {
-    if (tokenizer) std::fputs(stream.push(tokenizer->token_bytes(token)).c_str(), stdout);
+    if (stream) std::fputs(stream->push(token).c_str(), stdout);
     else std::printf("%d ", token);
     std::fflush(stdout);
     return true;
   });
-  if (tokenizer) std::fputs(stream.flush().c_str(), stdout);
   std::printf("\n");
   const GenerationStats& s = result.stats;
   char line[256];

@@ -6,7 +6,7 @@
 #include "commands.hpp"
 #include "model/config.hpp"
 #include "model/init.hpp"
-#include "tokenizer/byte_tokenizer.hpp"
+#include "tokenizer/bpe_trainer.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
 #include "util/progress.hpp"
@@ -66,7 +66,8 @@ void run_init(const InitArgs& a) {
   Stopwatch watch;
   write_random_model(c, a.dir, options);
   const fs::path dir(a.dir);
-  write_json_file(dir / "tokenizer.json", ByteTokenizer::make_json({"<|endoftext|>", "<|im_start|>", "<|im_end|>"}));
+  // One token per byte until a tokenizer is trained for the model (crossmoe tokenizer train).
+  write_json_file(dir / "tokenizer.json", BpeTrainer::tokenizer_json({}, {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}));
   write_json_file(dir / "tokenizer_config.json",
                   {{"tokenizer_class", "PreTrainedTokenizerFast"}, {"eos_token", "<|endoftext|>"},
                    {"bos_token", nullptr}, {"model_max_length", c.max_position_embeddings}});

@@ -1,0 +1,93 @@
+// crossmoe tokenize MODEL TEXT, and crossmoe tokenizer train FILES...
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <memory>
+
+#include "commands.hpp"
+#include "tokenizer/bpe_trainer.hpp"
+#include "tokenizer/tokenizer.hpp"
+#include "util/error.hpp"
+#include "util/json_file.hpp"
+#include "util/progress.hpp"
+
+namespace crossmoe::cli {
+
+namespace {
+
+std::filesystem::path tokenizer_file(const std::string& model_or_file) {
+  const std::filesystem::path p(model_or_file);
+  return std::filesystem::is_directory(p) ? p / "tokenizer.json" : p;
+}
+
+void run_tokenize(const std::string& model, const std::string& text, bool add_special, bool json_out) {
+  Tokenizer t = Tokenizer::load(tokenizer_file(model));
+  const std::vector<int> ids = t.encode(text, add_special);
+  if (json_out) {
+    nlohmann::json pieces = nlohmann::json::array();
+    for (int id : ids) pieces.push_back(t.id_to_token(id));
+    std::printf("%s\n", nlohmann::json{{"ids", ids}, {"tokens", pieces}}.dump().c_str());
+    return;
+  }
+  for (int id : ids) {
+    // The piece as the text it stands for (byte tokens of partial characters show as U+FFFD).
+    std::printf("%8d  %s\n", id, nlohmann::json(t.decode({id})).dump().c_str());
+  }
+  std::printf("%zu tokens\n", ids.size());
+}
+
+struct TrainArgs {
+  std::vector<std::string> files;
+  std::string out;
+  BpeTrainingOptions options;
+};
+
+void run_train(TrainArgs a) {
+  Stopwatch watch;
+  a.options.progress = [&](int done, int wanted) {
+    std::fprintf(stderr, "\r  %d / %d tokens learned (%.1f s)", done, wanted, watch.seconds());
+  };
+  BpeTrainer trainer(a.options);
+  size_t bytes = 0;
+  for (const auto& f : a.files) {
+    std::ifstream in(f, std::ios::binary);
+    require(in.good(), "cannot open " + f);
+    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    bytes += text.size();
+    trainer.add_text(text);
+  }
+  log_info("training a " + std::to_string(a.options.vocab_size) + "-token byte-level BPE on " +
+           std::to_string(bytes / 1000) + " kB from " + std::to_string(a.files.size()) + " files");
+  const nlohmann::json tokenizer = trainer.train();
+  std::fprintf(stderr, "\n");
+  std::filesystem::create_directories(a.out);
+  write_json_file(std::filesystem::path(a.out) / "tokenizer.json", tokenizer);
+  log_info("wrote " + (std::filesystem::path(a.out) / "tokenizer.json").string());
+}
+
+}  // namespace
+
+void add_tokenizer(CLI::App& app) {
+  auto model = std::make_shared<std::string>(), text = std::make_shared<std::string>();
+  auto special = std::make_shared<bool>(false), json_out = std::make_shared<bool>(false);
+  CLI::App* tok = app.add_subcommand("tokenize", "Show the token ids and pieces of a text");
+  tok->add_option("model", *model, "Model directory or tokenizer.json")->required();
+  tok->add_option("text", *text, "Text to tokenize")->required();
+  tok->add_flag("--special", *special, "Add the special tokens of the post-processor");
+  tok->add_flag("--json", *json_out, "Print {\"ids\": [...], \"tokens\": [...]}");
+  tok->callback([=] { run_tokenize(*model, *text, *special, *json_out); });
+
+  auto a = std::make_shared<TrainArgs>();
+  CLI::App* group = app.add_subcommand("tokenizer", "Tokenizer tools");
+  group->require_subcommand(1);
+  CLI::App* train = group->add_subcommand("train", "Train a byte-level BPE tokenizer on text files");
+  train->add_option("files", a->files, "Text files (UTF-8)")->required()->check(CLI::ExistingFile);
+  train->add_option("-o,--out", a->out, "Output directory for tokenizer.json")->required();
+  train->add_option("--vocab-size", a->options.vocab_size, "Tokens in all: bytes, merges, specials")->capture_default_str();
+  train->add_option("--min-frequency", a->options.min_frequency, "Merge only pairs seen this often")->capture_default_str();
+  train->add_option("--special", a->options.special_tokens, "Special tokens (replace the defaults)");
+  train->callback([a] { run_train(*a); });
+}
+
+}  // namespace crossmoe::cli

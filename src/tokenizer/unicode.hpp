@@ -1,0 +1,26 @@
+#pragma once
+// UTF-8 helpers, Unicode normalisation (utf8proc) and GPT-2's byte <-> character map.
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace crossmoe::unicode {
+
+// Length of the valid UTF-8 sequence at s[i], or 0 when the bytes there are not one.
+size_t valid_sequence_length(std::string_view s, size_t i);
+// Offset of the first byte that does not start a valid UTF-8 sequence, or npos.
+size_t first_invalid_byte(std::string_view s);
+void append_utf8(std::string& out, char32_t cp);
+// Decodes the valid sequence at s[i] (see valid_sequence_length).
+char32_t decode_at(std::string_view s, size_t i, size_t len);
+
+enum class NormalForm { NFC, NFD, NFKC, NFKD };
+std::string normalize(std::string_view s, NormalForm form);  // s must be valid UTF-8
+std::string lowercase(std::string_view s);
+
+// GPT-2's map: bytes 33..126, 161..172 and 174..255 stand for themselves, the other 68 bytes
+// for U+0100 onwards, so that every byte is a printable character.
+const std::string& byte_to_char(uint8_t byte);  // the character, UTF-8 encoded
+int char_to_byte(char32_t cp);                  // the byte, or -1 when cp is not in the map
+
+}  // namespace crossmoe::unicode
