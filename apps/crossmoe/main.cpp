@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   crossmoe::cli::add_generate(app);
   crossmoe::cli::add_bench(app);
   crossmoe::cli::add_tokenizer(app);
+  crossmoe::cli::add_chat(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
