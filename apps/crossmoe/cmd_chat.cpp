@@ -84,6 +84,7 @@ void run_chat(const ChatArgs& a) {
       return true;
     });
     std::fputs("\n", stdout);
+    std::fflush(stdout);
     char stats[160];
     std::snprintf(stats, sizeof stats, "[%d prompt tokens, %d generated at %.1f tokens/s]", r.stats.prompt_tokens,
                   r.stats.generated_tokens, r.stats.decode_tokens_per_second());

@@ -80,6 +80,7 @@ void run_generate(const GenerateArgs& a) {
     return true;
   });
   std::printf("\n");
+  std::fflush(stdout);  // the speed line goes to stderr: keep it after the text
   const GenerationStats& s = result.stats;
   char line[256];
   std::snprintf(line, sizeof line, "prefill %d tokens at %.1f tokens/s; decode %d tokens at %.1f tokens/s",

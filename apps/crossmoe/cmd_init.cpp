@@ -2,11 +2,13 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include "commands.hpp"
 #include "model/config.hpp"
 #include "model/init.hpp"
 #include "tokenizer/bpe_trainer.hpp"
+#include "tokenizer/tokenizer.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
 #include "util/progress.hpp"
@@ -22,6 +24,7 @@ struct InitArgs {
   int vocab = 0, hidden = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, intermediate = 0;
   int experts = 0, top_k = 0, expert_size = 0, shared_size = -1, group_size = 0, first_dense = -1, context = 0;
   std::string pre_gate;
+  std::string tokenizer;  // a tokenizer.json to ship with the model
 };
 
 void run_init(const InitArgs& a) {
@@ -53,6 +56,18 @@ void run_init(const InitArgs& a) {
     if (moe)
       for (int l = first; l < c.num_layers; ++l) c.layer_is_moe[l] = true;
   }
+  // The model's vocabulary covers the tokenizer's; stop at its end-of-text tokens.
+  std::optional<Tokenizer> tokenizer;
+  if (!a.tokenizer.empty()) {
+    tokenizer = Tokenizer::load(a.tokenizer);
+    if (a.vocab == 0) c.vocab_size = (tokenizer->vocab_size() + 63) / 64 * 64;
+    require(c.vocab_size >= tokenizer->vocab_size(), "--vocab " + std::to_string(c.vocab_size) +
+                                                         " is smaller than the tokenizer's " +
+                                                         std::to_string(tokenizer->vocab_size()));
+    c.eos_token_ids.clear();
+    for (const char* eos : {"<|endoftext|>", "<|im_end|>"})
+      if (tokenizer->token_to_id(eos) >= 0) c.eos_token_ids.push_back(tokenizer->token_to_id(eos));
+  }
   require(c.vocab_size >= 259, "--vocab must be at least 259 (256 bytes and 3 special tokens)");
   c.finalize();
   InitOptions options;
@@ -66,8 +81,9 @@ void run_init(const InitArgs& a) {
   Stopwatch watch;
   write_random_model(c, a.dir, options);
   const fs::path dir(a.dir);
-  // One token per byte until a tokenizer is trained for the model (crossmoe tokenizer train).
-  write_json_file(dir / "tokenizer.json", BpeTrainer::tokenizer_json({}, {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}));
+  // Without --tokenizer: one token per byte (train one with `crossmoe tokenizer train`).
+  if (tokenizer) fs::copy_file(a.tokenizer, dir / "tokenizer.json", fs::copy_options::overwrite_existing);
+  else write_json_file(dir / "tokenizer.json", BpeTrainer::tokenizer_json({}, {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}));
   // ChatML, as Qwen models use; a reply ends with <|im_end|>.
   const char* chatml =
       "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -104,6 +120,8 @@ void add_init(CLI::App& app) {
   cmd->add_option("--group-size", a->group_size, "Layers per cross-layer group (r)");
   cmd->add_option("--first-dense", a->first_dense, "Number of leading dense layers");
   cmd->add_option("--pre-gate", a->pre_gate, "Pre-gated routing: on or off")->check(CLI::IsMember({"on", "off"}));
+  cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.json to use (default: one token per byte)")
+      ->check(CLI::ExistingFile);
   cmd->add_flag("--force", a->force, "Overwrite model files in a non-empty directory");
   add_threads_option(*cmd);
   cmd->callback([a] { run_init(*a); });
