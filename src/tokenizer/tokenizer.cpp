@@ -572,7 +572,10 @@ Tokenizer::Tokenizer(const json& j) {
                    a.value("lstrip", false),         a.value("rstrip", false),          a.value("single_word", false),
                    a.value("normalized", !a.value("special", false))};
       require(!t.content.empty() && t.id >= 0, "tokenizer.json: bad entry in 'added_tokens'");
-      added_by_first_byte_[static_cast<unsigned char>(t.content[0])].push_back(int(added_.size()));
+      t.pattern = t.content;
+      if (t.normalized && normalizer_) normalizer_->apply(t.pattern);
+      if (t.pattern.empty()) continue;
+      added_by_first_byte_[static_cast<unsigned char>(t.pattern[0])].push_back(int(added_.size()));
       added_.push_back(std::move(t));
     }
 }
@@ -589,11 +592,11 @@ std::vector<Tokenizer::Segment> Tokenizer::split_added(std::string_view text, bo
     int best = -1;
     for (int idx : added_by_first_byte_[static_cast<unsigned char>(text[i])]) {
       const AddedToken& t = added_[idx];
-      if (t.normalized != normalized_tokens || text.compare(i, t.content.size(), t.content) != 0) continue;
-      if (best >= 0 && t.content.size() <= added_[best].content.size()) continue;
+      if (t.normalized != normalized_tokens || text.compare(i, t.pattern.size(), t.pattern) != 0) continue;
+      if (best >= 0 && t.pattern.size() <= added_[best].pattern.size()) continue;
       if (t.single_word) {
         size_t b;
-        const size_t end = i + t.content.size();
+        const size_t end = i + t.pattern.size();
         if (i > 0 && is_word_char(char_before(text, i, &b))) continue;
         if (end < text.size()) {
           const size_t len = std::max<size_t>(1, unicode::valid_sequence_length(text, end));
@@ -607,7 +610,7 @@ std::vector<Tokenizer::Segment> Tokenizer::split_added(std::string_view text, bo
       continue;
     }
     const AddedToken& t = added_[best];
-    size_t begin = i, end = i + t.content.size();
+    size_t begin = i, end = i + t.pattern.size();
     if (t.lstrip)
       for (size_t b; begin > plain_start && is_whitespace(char_before(text, begin, &b));) begin = b;
     if (t.rstrip)
@@ -697,8 +700,9 @@ int Tokenizer::token_to_id(std::string_view token) const {
 }
 
 std::string Tokenizer::id_to_token(int id) const {
+  // A normalized added token reads back in its normalised form, as in tokenizers.
   for (const AddedToken& t : added_)
-    if (t.id == id) return t.content;
+    if (t.id == id) return t.normalized ? t.pattern : t.content;
   return model_->id_to_token(id);
 }
 

@@ -32,6 +32,7 @@ struct AddedToken {
   int id;
   std::string content;
   bool special, lstrip, rstrip, single_word, normalized;
+  std::string pattern;  // what is matched: the content, normalised for `normalized` tokens
 };
 
 class Tokenizer {
