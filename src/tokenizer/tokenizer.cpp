@@ -570,9 +570,8 @@ Tokenizer::Tokenizer(const json& j) {
     for (const auto& a : j["added_tokens"]) {
       AddedToken t{a.at("id").get<int>(),          a.at("content").get<std::string>(), a.value("special", false),
                    a.value("lstrip", false),         a.value("rstrip", false),          a.value("single_word", false),
-                   a.value("normalized", !a.value("special", false))};
+                   a.value("normalized", !a.value("special", false)), a.at("content").get<std::string>()};
       require(!t.content.empty() && t.id >= 0, "tokenizer.json: bad entry in 'added_tokens'");
-      t.pattern = t.content;
       if (t.normalized && normalizer_) normalizer_->apply(t.pattern);
       if (t.pattern.empty()) continue;
       added_by_first_byte_[static_cast<unsigned char>(t.pattern[0])].push_back(int(added_.size()));
