@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "tokenizer/tokenizer.hpp"
+#include "util/error.hpp"
 #include "util/json_file.hpp"
 
 using namespace crossmoe;
@@ -45,5 +46,23 @@ TEST_P(HfTokenizer, EncodeAndDecodeMatchTokenizers) {
 
 INSTANTIATE_TEST_SUITE_P(Real, HfTokenizer, ::testing::Values("qwen3", "llama3", "llama2", "deepseek_v3", "trained", "added"),
                          [](const auto& info) { return info.param; });
+
+}  // namespace
+
+namespace {
+
+TEST(HfTokenizer, InvalidUtf8IsAnErrorOutsideByteLevelModels) {
+  // Byte-level vocabularies encode any byte (test_tokenizer.cpp); SentencePiece-style ones
+  // work on characters, so broken UTF-8 is refused with its offset.
+  Tokenizer llama2 = Tokenizer::load(tokenizer_path("llama2"));
+  try {
+    llama2.encode("ok \xff then");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not valid UTF-8 (byte 3)"), std::string::npos) << e.what();
+  }
+  Tokenizer qwen3 = Tokenizer::load(tokenizer_path("qwen3"));
+  EXPECT_FALSE(qwen3.encode("ok \xff then").empty());
+}
 
 }  // namespace
