@@ -1,0 +1,77 @@
+#include "games/arena.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "util/error.hpp"
+
+namespace crossmoe::games {
+
+EpisodeResult play_episode(const Game& game, const std::vector<Agent*>& agents, Rng& rng, const RewardShaping& shaping) {
+  auto state = game.initial_state();
+  const int n = state->num_players();
+  require(int(agents.size()) == n, "this game needs " + std::to_string(n) + " players");
+  EpisodeResult r;
+  r.valid_turns.assign(size_t(n), 0);
+  while (!state->is_terminal()) {
+    if (state->is_chance()) {
+      const auto outcomes = state->chance_outcomes();
+      std::vector<double> p;
+      for (const auto& o : outcomes) p.push_back(o.second);
+      state->apply(outcomes[std::discrete_distribution<size_t>(p.begin(), p.end())(rng)].first);
+      continue;
+    }
+    const int player = state->current_player();
+    const int action = agents[size_t(player)]->act(game, *state, rng);
+    const auto legal = state->legal_actions();
+    if (std::find(legal.begin(), legal.end(), action) == legal.end()) {
+      r.invalid_player = player;
+      break;
+    }
+    ++r.valid_turns[size_t(player)];
+    state->apply(action);
+  }
+  r.shaped.assign(size_t(n), 0.0);
+  if (r.invalid_player >= 0) {
+    // The invalid player loses; in a cooperative game everyone does.
+    r.returns.assign(size_t(n), game.info().cooperative ? shaping.loss : shaping.win);
+    r.returns[size_t(r.invalid_player)] = shaping.loss;
+    for (int p = 0; p < n; ++p)
+      r.shaped[size_t(p)] = p == r.invalid_player ? shaping.invalid
+                                                  : r.returns[size_t(p)] + shaping.valid_turn * r.valid_turns[size_t(p)];
+    return r;
+  }
+  r.returns = state->returns();
+  for (int p = 0; p < n; ++p) {
+    const double g = r.returns[size_t(p)];
+    const double outcome = game.info().cooperative ? g : g > 0 ? shaping.win : g < 0 ? shaping.loss : shaping.draw;
+    r.shaped[size_t(p)] = outcome + shaping.valid_turn * r.valid_turns[size_t(p)];
+  }
+  return r;
+}
+
+Proportion wilson(int successes, int trials) {
+  if (trials == 0) return {0, 0, 1};
+  const double z = 1.959963984540054, n = trials, p = successes / n;
+  const double denom = 1 + z * z / n;
+  const double center = (p + z * z / (2 * n)) / denom;
+  const double half = z * std::sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom;
+  return {p, std::max(0.0, center - half), std::min(1.0, center + half)};
+}
+
+MatchStats play_match(const Game& game, Agent& p0, Agent& p1, int games, uint64_t seed) {
+  MatchStats m;
+  Rng rng(seed);
+  for (int g = 0; g < games; ++g) {
+    const EpisodeResult r = play_episode(game, {&p0, &p1}, rng);
+    ++m.games;
+    m.invalid += r.invalid_player >= 0;
+    const double v = r.returns[0];
+    (v > 0 ? m.wins : v < 0 ? m.losses : m.draws)++;
+    m.mean_return += (v - m.mean_return) / m.games;
+    m.mean_shaped += (r.shaped[0] - m.mean_shaped) / m.games;
+  }
+  return m;
+}
+
+}  // namespace crossmoe::games

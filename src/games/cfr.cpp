@@ -1,0 +1,183 @@
+#include "games/cfr.hpp"
+
+#include <algorithm>
+#include <functional>
+#include <numeric>
+
+#include "util/error.hpp"
+
+namespace crossmoe::games {
+
+namespace {
+
+std::vector<double> regret_matching(const std::vector<double>& regret) {
+  std::vector<double> s(regret.size());
+  double total = 0;
+  for (size_t a = 0; a < regret.size(); ++a) total += (s[a] = std::max(regret[a], 0.0));
+  for (double& p : s) p = total > 0 ? p / total : 1.0 / double(regret.size());
+  return s;
+}
+
+}  // namespace
+
+CfrSolver::CfrSolver(const Game& game) : game_(game) {
+  require(game.info().num_players == 2 && !game.info().cooperative, "CFR here solves two-player zero-sum games");
+}
+
+void CfrSolver::iterate(int iterations) {
+  for (int i = 0; i < iterations; ++i) {
+    ++iteration_;
+    for (int player = 0; player < 2; ++player) {
+      traverse(*game_.initial_state(), player, 1.0, 1.0);
+      // The strategy stays fixed for a whole traversal (an information state is reached by
+      // many histories); regrets change, floored at zero, only once it is over.
+      for (auto& [key, node] : nodes_)
+        for (size_t a = 0; a < node.pending.size(); ++a) {
+          node.regret[a] = std::max(0.0, node.regret[a] + node.pending[a]);
+          node.pending[a] = 0.0;
+        }
+    }
+  }
+}
+
+double CfrSolver::traverse(const State& s, int player, double reach_player, double reach_others) {
+  if (s.is_terminal()) return s.returns()[size_t(player)];
+  if (s.is_chance()) {
+    double v = 0;
+    for (const auto& [action, p] : s.chance_outcomes()) {
+      auto child = s.clone();
+      child->apply(action);
+      v += p * traverse(*child, player, reach_player, reach_others * p);
+    }
+    return v;
+  }
+  const int actor = s.current_player();
+  InfoNode& node = nodes_[s.information_state(actor)];
+  if (node.actions.empty()) {
+    node.actions = s.legal_actions();
+    node.regret.assign(node.actions.size(), 0.0);
+    node.strategy_sum.assign(node.actions.size(), 0.0);
+    node.pending.assign(node.actions.size(), 0.0);
+  }
+  const std::vector<double> strategy = regret_matching(node.regret);
+  std::vector<double> values(node.actions.size());
+  double value = 0;
+  for (size_t a = 0; a < node.actions.size(); ++a) {
+    auto child = s.clone();
+    child->apply(node.actions[a]);
+    values[a] = actor == player ? traverse(*child, player, reach_player * strategy[a], reach_others)
+                                : traverse(*child, player, reach_player, reach_others * strategy[a]);
+    value += strategy[a] * values[a];
+  }
+  if (actor == player) {  // std::map keeps `node` valid while children are inserted
+    for (size_t a = 0; a < node.actions.size(); ++a) {
+      node.pending[a] += reach_others * (values[a] - value);
+      node.strategy_sum[a] += double(iteration_) * reach_player * strategy[a];
+    }
+  }
+  return value;
+}
+
+Policy CfrSolver::average_policy() const {
+  Policy policy;
+  for (const auto& [key, node] : nodes_) {
+    const double total = std::accumulate(node.strategy_sum.begin(), node.strategy_sum.end(), 0.0);
+    auto& entry = policy[key];
+    for (size_t a = 0; a < node.actions.size(); ++a)
+      entry.push_back({node.actions[a], total > 0 ? node.strategy_sum[a] / total : 1.0 / double(node.actions.size())});
+  }
+  return policy;
+}
+
+std::vector<std::pair<int, double>> policy_at(const Policy& policy, const State& state) {
+  auto it = policy.find(state.information_state(state.current_player()));
+  if (it != policy.end()) return it->second;
+  std::vector<std::pair<int, double>> uniform;
+  const auto legal = state.legal_actions();
+  for (int a : legal) uniform.push_back({a, 1.0 / double(legal.size())});
+  return uniform;
+}
+
+std::vector<double> expected_returns(const Game& game, const Policy& policy) {
+  std::function<std::vector<double>(const State&)> value = [&](const State& s) {
+    if (s.is_terminal()) return s.returns();
+    const auto moves = s.is_chance() ? s.chance_outcomes() : policy_at(policy, s);
+    std::vector<double> v(size_t(s.num_players()), 0.0);
+    for (const auto& [action, p] : moves) {
+      auto child = s.clone();
+      child->apply(action);
+      const auto cv = value(*child);
+      for (size_t k = 0; k < v.size(); ++k) v[k] += p * cv[k];
+    }
+    return v;
+  };
+  return value(*game.initial_state());
+}
+
+double best_response_value(const Game& game, const Policy& policy, int player) {
+  // Each of the player's information states gathers its histories and the probability that
+  // chance and the others reach them; its best action is chosen against that mixture. Perfect
+  // recall makes the choices of deeper states independent of shallower ones.
+  std::map<std::string, std::vector<std::pair<std::unique_ptr<State>, double>>> histories;
+  std::function<void(const State&, double)> collect = [&](const State& s, double reach) {
+    if (s.is_terminal() || reach == 0.0) return;
+    if (!s.is_chance() && s.current_player() == player) {
+      histories[s.information_state(player)].push_back({s.clone(), reach});
+      for (int a : s.legal_actions()) {
+        auto child = s.clone();
+        child->apply(a);
+        collect(*child, reach);
+      }
+      return;
+    }
+    for (const auto& [action, p] : s.is_chance() ? s.chance_outcomes() : policy_at(policy, s)) {
+      auto child = s.clone();
+      child->apply(action);
+      collect(*child, reach * p);
+    }
+  };
+  collect(*game.initial_state(), 1.0);
+
+  std::map<std::string, int> choice;
+  std::function<double(const State&)> value;
+  std::function<int(const std::string&)> decide = [&](const std::string& key) {
+    auto known = choice.find(key);
+    if (known != choice.end()) return known->second;
+    const auto& hs = histories.at(key);
+    int best = -1;
+    double best_value = -1e300;
+    for (int a : hs.front().first->legal_actions()) {
+      double v = 0;
+      for (const auto& [h, reach] : hs) {
+        auto child = h->clone();
+        child->apply(a);
+        v += reach * value(*child);
+      }
+      if (v > best_value) best_value = v, best = a;
+    }
+    return choice[key] = best;
+  };
+  value = [&](const State& s) -> double {
+    if (s.is_terminal()) return s.returns()[size_t(player)];
+    if (!s.is_chance() && s.current_player() == player) {
+      auto child = s.clone();
+      child->apply(decide(s.information_state(player)));
+      return value(*child);
+    }
+    double v = 0;
+    for (const auto& [action, p] : s.is_chance() ? s.chance_outcomes() : policy_at(policy, s)) {
+      if (p == 0.0) continue;  // unreachable: its states were not collected
+      auto child = s.clone();
+      child->apply(action);
+      v += p * value(*child);
+    }
+    return v;
+  };
+  return value(*game.initial_state());
+}
+
+double exploitability(const Game& game, const Policy& policy) {
+  return (best_response_value(game, policy, 0) + best_response_value(game, policy, 1)) / 2.0;
+}
+
+}  // namespace crossmoe::games

@@ -1,0 +1,45 @@
+#pragma once
+// Counterfactual regret minimisation (CFR+: regrets floored at zero, alternating updates,
+// linearly weighted average strategy) over the full game tree, chance outcomes enumerated; and
+// the measures that say how good a policy is: expected value and exploitability.
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "games/game.hpp"
+
+namespace crossmoe::games {
+
+// information state -> (action, probability) for each legal action
+using Policy = std::map<std::string, std::vector<std::pair<int, double>>>;
+
+class CfrSolver {
+ public:
+  explicit CfrSolver(const Game& game);
+  void iterate(int iterations = 1);
+  int iterations() const { return iteration_; }
+  Policy average_policy() const;
+
+ private:
+  struct InfoNode {
+    std::vector<int> actions;
+    std::vector<double> regret, strategy_sum;
+    std::vector<double> pending;  // regret gained in the current traversal, applied at its end
+  };
+  double traverse(const State& s, int player, double reach_player, double reach_others);
+  const Game& game_;
+  std::map<std::string, InfoNode> nodes_;
+  int iteration_ = 0;
+};
+
+// The probabilities a policy gives at a state (uniform over legal actions where it has none).
+std::vector<std::pair<int, double>> policy_at(const Policy& policy, const State& state);
+// Expected returns when every player follows `policy`.
+std::vector<double> expected_returns(const Game& game, const Policy& policy);
+// What `player` gets by best-responding to everyone else playing `policy`.
+double best_response_value(const Game& game, const Policy& policy, int player);
+// Two-player zero-sum: (best response value of player 0 + of player 1) / 2; zero at a Nash equilibrium.
+double exploitability(const Game& game, const Policy& policy);
+
+}  // namespace crossmoe::games
