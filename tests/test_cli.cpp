@@ -108,6 +108,22 @@ TEST_F(Cli, BadTokenizerFile) {
   expect_one_line_error(run("generate " + d.string() + " -p hi"), "unsupported model 'WordPiece'");
 }
 
+TEST_F(Cli, GamesPlayAndSolve) {
+  const Result play = run("games play tic_tac_toe --p0 mcts --p1 random -n 20 --mcts-simulations 200", false);
+  EXPECT_EQ(play.code, 0);
+  EXPECT_NE(play.out.find("loss       0"), std::string::npos) << play.out;
+  const std::string policy = (dir_ / "kuhn.json").string();
+  const Result solve = run("games solve kuhn_poker --iterations 500 -o " + policy, false);
+  EXPECT_NE(solve.out.find("value for player 0 -0.055"), std::string::npos) << solve.out;
+  EXPECT_EQ(run("games play kuhn_poker --p0 cfr:" + policy + " --p1 random -n 50", false).code, 0);
+  // A random-weight model cannot answer in the protocol's format: every game is lost as invalid.
+  const Result model = run("games play kuhn_poker --p0 model:" + (dir_ / "good").string() + " --p1 cfr -n 2", false);
+  EXPECT_NE(model.out.find("invalid answers: 2"), std::string::npos) << model.out;
+  expect_one_line_error(run("games play chess"), "unknown game 'chess'");
+  expect_one_line_error(run("games play kuhn_poker --p0 mcts"), "perfect-information");
+  expect_one_line_error(run("games play leduc_poker --p0 cfr:" + policy), "not leduc_poker");
+}
+
 TEST_F(Cli, MissingModelDirectory) { expect_one_line_error(run("info /nonexistent/model"), "config.json"); }
 
 TEST_F(Cli, UnknownModelType) {
