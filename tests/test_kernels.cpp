@@ -54,6 +54,23 @@ TEST(Kernels, MatmulMatchesDoubleLoopForEveryDtypeAndShape) {
   }
 }
 
+TEST(Kernels, MatmulReadsRowsWithAStride) {
+  // The left 5 columns of a [7, 12] matrix, as attention reads a window of its caches.
+  std::vector<float> w(7 * 12), x(2 * 5), y(2 * 7);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = float(i % 13) - 6.0f;
+  for (size_t i = 0; i < x.size(); ++i) x[i] = 0.5f * float(i) - 1.0f;
+  for (Isa isa : supported()) {
+    IsaGuard guard(isa);
+    matmul(Matrix{w.data(), DType::F32, 7, 5, 12}, x.data(), 2, y.data());
+    for (int t = 0; t < 2; ++t)
+      for (int r = 0; r < 7; ++r) {
+        float ref = 0;
+        for (int c = 0; c < 5; ++c) ref += w[size_t(r * 12 + c)] * x[size_t(t * 5 + c)];
+        EXPECT_FLOAT_EQ(y[size_t(t * 7 + r)], ref) << isa_name(isa);
+      }
+  }
+}
+
 TEST(Kernels, DotAndAxpyHandleTails) {
   for (Isa isa : supported()) {
     IsaGuard guard(isa);

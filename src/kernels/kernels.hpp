@@ -9,12 +9,15 @@
 
 namespace crossmoe::kernels {
 
-// A row-major [rows, cols] weight matrix in its stored dtype.
+// A row-major [rows, cols] weight matrix in its stored dtype; row r starts at element r * stride
+// (stride 0 means cols: rows packed back to back).
 struct Matrix {
   const void* data = nullptr;
   DType dtype = DType::F32;
   int64_t rows = 0;
   int64_t cols = 0;
+  int64_t stride = 0;
+  int64_t row_stride() const { return stride ? stride : cols; }
 };
 
 // y[t, r] = sum_c x[t, c] * w[r, c] for t < tokens.  x: [tokens, cols], y: [tokens, rows].

@@ -52,20 +52,20 @@ inline void tile(const Stored<D>* w, int64_t ld, const float* x, int64_t cols, i
 }
 
 template <class S, DType D, int TOK>
-inline void rows_for_tokens(const Stored<D>* w, int64_t cols, const float* x, int64_t ldy, float* y,
+inline void rows_for_tokens(const Stored<D>* w, int64_t ld, int64_t cols, const float* x, int64_t ldy, float* y,
                             int64_t r0, int64_t r1) {
   int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) tile<S, D, 4, TOK>(w + r * cols, cols, x, cols, cols, y + r, ldy);
-  for (; r < r1; ++r) tile<S, D, 1, TOK>(w + r * cols, cols, x, cols, cols, y + r, ldy);
+  for (; r + 4 <= r1; r += 4) tile<S, D, 4, TOK>(w + r * ld, ld, x, cols, cols, y + r, ldy);
+  for (; r < r1; ++r) tile<S, D, 1, TOK>(w + r * ld, ld, x, cols, cols, y + r, ldy);
 }
 
 template <class S, DType D>
 void matmul_rows_typed(const Matrix& m, const float* x, int tokens, float* y, int64_t r0, int64_t r1) {
   const auto* w = static_cast<const Stored<D>*>(m.data);
-  const int64_t cols = m.cols, ldy = m.rows;
+  const int64_t cols = m.cols, ld = m.row_stride(), ldy = m.rows;
   int t = 0;
-  for (; t + 4 <= tokens; t += 4) rows_for_tokens<S, D, 4>(w, cols, x + t * cols, ldy, y + t * ldy, r0, r1);
-  for (; t < tokens; ++t) rows_for_tokens<S, D, 1>(w, cols, x + t * cols, ldy, y + t * ldy, r0, r1);
+  for (; t + 4 <= tokens; t += 4) rows_for_tokens<S, D, 4>(w, ld, cols, x + t * cols, ldy, y + t * ldy, r0, r1);
+  for (; t < tokens; ++t) rows_for_tokens<S, D, 1>(w, ld, cols, x + t * cols, ldy, y + t * ldy, r0, r1);
 }
 
 template <class S>
