@@ -124,35 +124,48 @@ void InferenceSession::attention(int l, int T) {
     rope_.at(pos, position_ + T, cos.data(), sin.data());
     k::rope(q, Hq, hd, cos.data(), sin.data());
     k::rope(kk, Hkv, hd, cos.data(), sin.data());
-    const size_t slot = (size_t(l) * context_ + pos) * kvw;
-    std::copy(kk, kk + kvw, &k_cache_[slot]);
-    std::copy(v, v + kvw, &v_cache_[slot]);
+    // Keys per head in position order; values per head transposed ([dim][position]), so that
+    // both products below are plain matrix products over the cache.
+    for (int g = 0; g < Hkv; ++g) {
+      const size_t head = size_t(l) * Hkv + size_t(g);
+      std::copy(kk + g * hd, kk + (g + 1) * hd, &k_cache_[(head * context_ + size_t(pos)) * size_t(hd)]);
+      for (int d = 0; d < hd; ++d) v_cache_[(head * size_t(hd) + size_t(d)) * context_ + size_t(pos)] = v[g * hd + d];
+    }
   }
+  // Per head, for blocks of queries: scores = Q K^T (scaled, causal, windowed), softmax, out = P V.
+  constexpr int kQueryBlock = 32;
   const float scale = 1.0f / std::sqrt(float(hd));
   const int group = Hq / Hkv;
-  const float* kc = &k_cache_[size_t(l) * context_ * kvw];
-  const float* vc = &v_cache_[size_t(l) * context_ * kvw];
+  const int length = position_ + T;
 #pragma omp parallel
   {
-    std::vector<float> scores(context_);
+    std::vector<float> q(size_t(kQueryBlock) * hd), scores(size_t(kQueryBlock) * length), out(size_t(kQueryBlock) * hd);
 #pragma omp for collapse(2) schedule(dynamic, 1)
-    for (int t = 0; t < T; ++t)
-      for (int h = 0; h < Hq; ++h) {
-        const int pos = position_ + t;
-        const int begin = c_.sliding_window > 0 ? std::max(0, pos - c_.sliding_window + 1) : 0;
-        const float* q = &q_[size_t(t) * qw + size_t(h) * hd];
-        const int g = h / group;
-        float m = -INFINITY;
-        for (int j = begin; j <= pos; ++j) {
-          scores[j] = k::dot(q, kc + size_t(j) * kvw + size_t(g) * hd, hd) * scale;
-          m = std::max(m, scores[j]);
+    for (int h = 0; h < Hq; ++h)
+      for (int t0 = 0; t0 < T; t0 += kQueryBlock) {
+        const int tn = std::min(kQueryBlock, T - t0);
+        const size_t head = size_t(l) * Hkv + size_t(h / group);
+        for (int t = 0; t < tn; ++t)
+          std::copy_n(&q_[size_t(t0 + t) * qw + size_t(h) * hd], hd, &q[size_t(t) * hd]);
+        const k::Matrix keys{&k_cache_[head * context_ * size_t(hd)], DType::F32, length, hd, hd};
+        k::matmul(keys, q.data(), tn, scores.data());
+        for (int t = 0; t < tn; ++t) {
+          float* row = &scores[size_t(t) * length];
+          const int pos = position_ + t0 + t;
+          const int begin = c_.sliding_window > 0 ? std::max(0, pos - c_.sliding_window + 1) : 0;
+          float m = -INFINITY;
+          for (int j = begin; j <= pos; ++j) m = std::max(m, row[j] *= scale);
+          float sum = 0.0f;
+          for (int j = begin; j <= pos; ++j) sum += (row[j] = std::exp(row[j] - m));
+          const float inv = 1.0f / sum;
+          for (int j = begin; j <= pos; ++j) row[j] *= inv;
+          std::fill(row, row + begin, 0.0f);
+          std::fill(row + pos + 1, row + length, 0.0f);
         }
-        float sum = 0.0f;
-        for (int j = begin; j <= pos; ++j) sum += (scores[j] = std::exp(scores[j] - m));
-        float* out = &att_[size_t(t) * qw + size_t(h) * hd];
-        std::fill(out, out + hd, 0.0f);
-        const float inv = 1.0f / sum;
-        for (int j = begin; j <= pos; ++j) k::axpy(scores[j] * inv, vc + size_t(j) * kvw + size_t(g) * hd, out, hd);
+        const k::Matrix values{&v_cache_[head * size_t(hd) * context_], DType::F32, hd, length, int64_t(context_)};
+        k::matmul(values, scores.data(), tn, out.data());
+        for (int t = 0; t < tn; ++t)
+          std::copy_n(&out[size_t(t) * hd], hd, &att_[size_t(t0 + t) * qw + size_t(h) * hd]);
       }
   }
 }

@@ -60,7 +60,8 @@ class InferenceSession {
   int chunk_;
   int position_ = 0;
   RopeTable rope_;
-  std::vector<float> k_cache_, v_cache_;  // [layer][position][kv heads * head_dim]
+  std::vector<float> k_cache_;  // [layer][kv head][position][head_dim]
+  std::vector<float> v_cache_;  // [layer][kv head][head_dim][position]: transposed for P V
   // Scratch for one chunk.
   std::vector<float> x_, xn_, q_, k_, v_, att_, u_, u_prev_, ffn_, tmp_, h1_, h2_, rows_in_, rows_out_, router_;
   std::vector<float> logits_;
