@@ -22,6 +22,13 @@ namespace {
 
 const char* kRanks = "JQK";
 
+// Every card left in the deck is equally likely.
+std::vector<std::pair<int, double>> uniform_deal(const std::vector<int>& cards) {
+  std::vector<std::pair<int, double>> out;
+  for (int c : cards) out.push_back({c, 1.0 / double(cards.size())});
+  return out;
+}
+
 void check_legal(const State& s, int action) {
   const auto legal = s.legal_actions();
   require(std::find(legal.begin(), legal.end(), action) != legal.end(),
@@ -46,12 +53,7 @@ class KuhnState : public State {
     }
     return {0, 1};
   }
-  std::vector<std::pair<int, double>> chance_outcomes() const override {
-    std::vector<std::pair<int, double>> out;
-    const auto cards = legal_actions();
-    for (int c : cards) out.push_back({c, 1.0 / double(cards.size())});
-    return out;
-  }
+  std::vector<std::pair<int, double>> chance_outcomes() const override { return uniform_deal(legal_actions()); }
   void apply(int action) override {
     check_legal(*this, action);
     if (is_chance()) {
@@ -123,12 +125,7 @@ class LeducState : public State {
     if (raises_ < 2) out.push_back(Raise);
     return out;
   }
-  std::vector<std::pair<int, double>> chance_outcomes() const override {
-    std::vector<std::pair<int, double>> out;
-    const auto cards = legal_actions();
-    for (int c : cards) out.push_back({c, 1.0 / double(cards.size())});
-    return out;
-  }
+  std::vector<std::pair<int, double>> chance_outcomes() const override { return uniform_deal(legal_actions()); }
   void apply(int action) override {
     check_legal(*this, action);
     if (is_chance()) {

@@ -494,7 +494,6 @@ struct PostProcessor {
   virtual void apply(std::vector<int>& ids) const = 0;
 };
 struct TemplatePost : PostProcessor {
-  std::vector<std::vector<int>> before, after;  // special ids around the single sequence "A"
   std::vector<int> prefix, suffix;
   void apply(std::vector<int>& ids) const override {
     ids.insert(ids.begin(), prefix.begin(), prefix.end());
