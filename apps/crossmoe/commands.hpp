@@ -11,6 +11,7 @@ void add_bench(CLI::App& app);
 void add_tokenizer(CLI::App& app);  // tokenize, tokenizer train
 void add_chat(CLI::App& app);
 void add_games(CLI::App& app);  // games play, games solve
+void add_data(CLI::App& app);   // data prepare
 
 // --threads N for any command that computes.
 void add_threads_option(CLI::App& cmd);

@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   crossmoe::cli::add_tokenizer(app);
   crossmoe::cli::add_chat(app);
   crossmoe::cli::add_games(app);
+  crossmoe::cli::add_data(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
