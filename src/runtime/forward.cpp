@@ -99,7 +99,7 @@ void InferenceSession::attention(int l, int T) {
   const k::MatmulJob qkv[] = {{L.q, xn_.data(), T, q_.data()}, {L.k, xn_.data(), T, k_.data()},
                               {L.v, xn_.data(), T, v_.data()}};
   k::matmul_batch(qkv, 3);
-  std::vector<float> cos(hd / 2), sin(hd / 2), tmp(std::max(qw, kvw));
+  std::vector<float> cos(hd / 2), sin(hd / 2);
   for (int t = 0; t < T; ++t) {
     float* q = &q_[size_t(t) * qw];
     float* kk = &k_[size_t(t) * kvw];
