@@ -44,11 +44,6 @@ bool is_han_run_char(char32_t c) {  // re_han_default
          c == '+' || c == '#' || c == '&' || c == '.' || c == '_' || c == '%' || c == '-';
 }
 
-bool is_py_space(char32_t c) {  // Python's str.isspace(), which re's \s follows
-  return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
-}
-
 bool is_ascii_alnum(char32_t c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); }
 
 bool is_unicode_digit(char32_t c) {  // re's \d on str: Unicode decimal digits
@@ -116,7 +111,9 @@ std::vector<std::string> Jieba::cut(const std::string& text) const {
       cut_run(s.substr(i, j - i), words);
     } else {
       while (j < s.size() && !is_han_run_char(s[j])) ++j;
-      for (size_t k = i; k < j;) {  // "\r\n" and single whitespace are kept whole; others char by char
+      // jieba splits these at "\r\n" and whitespace (re_skip) and yields the rest character by
+      // character: so every character stands alone, except that "\r\n" stays together.
+      for (size_t k = i; k < j;) {
         if (s[k] == '\r' && k + 1 < j && s[k + 1] == '\n') {
           words.push_back(U"\r\n");
           k += 2;
