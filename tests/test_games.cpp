@@ -113,6 +113,60 @@ TEST(LeducPoker, CfrExploitabilityFalls) {
   EXPECT_NEAR(expected_returns(*game, policy)[0], -0.0856, 0.002);  // the game's value for player 0
 }
 
+TEST(Hanabi, DealsPlaysHintsAndScores) {
+  // Chance action 0 deals the first card left; the deck starts R1 R1 R1 R2 R2 R3 R3 R4 R4 R5 Y1 ...
+  auto s = make_game("hanabi")->initial_state();
+  EXPECT_EQ(s->chance_outcomes().size(), 50u);  // 5 colors x (3 + 2 + 2 + 2 + 1)
+  for (int i = 0; i < 10; ++i) s->apply(0);       // player 0: R1 R1 R1 R2 R2; player 1: R3 R3 R4 R4 R5
+  EXPECT_EQ(s->current_player(), 0);
+  // Information tokens are full: no discards. Plays 5..9, reveal color R (10), ranks 3, 4, 5.
+  EXPECT_EQ(s->legal_actions(), (std::vector<int>{5, 6, 7, 8, 9, 10, 17, 18, 19}));
+  EXPECT_NE(s->observation(0).find("Player 1's hand (you see it): R3 R3 R4 R4 R5"), std::string::npos);
+  EXPECT_EQ(s->observation(1).find("R3 R3"), std::string::npos);  // nobody sees their own cards
+  s->apply(5);  // player 0 plays R1: firework R1
+  EXPECT_TRUE(s->is_chance());
+  s->apply(0);  // player 0 draws R1 (the next card)
+  s->apply(10 + 5 + 0);  // player 1 reveals rank 1 to player 0
+  EXPECT_NE(s->observation(0).find("[0: ?1]"), std::string::npos) << s->observation(0);
+  EXPECT_NE(s->observation(0).find("[3: ?? not 1]"), std::string::npos);
+  s->apply(5);  // player 0 plays R1 again: wrong, a life lost
+  s->apply(0);
+  EXPECT_NE(s->observation(1).find("Lives: 2 of 3"), std::string::npos);
+  EXPECT_NE(s->observation(1).find("Information tokens: 7 of 8"), std::string::npos);
+  s->apply(0);  // player 1 discards R3: a token back
+  s->apply(0);
+  EXPECT_NE(s->observation(0).find("Information tokens: 8 of 8"), std::string::npos);
+  EXPECT_EQ(s->returns(), (std::vector<double>{1, 1}));  // the R firework stands at 1
+}
+
+TEST(Hanabi, LosingEveryLifeScoresZeroAndGamesEnd) {
+  auto s = make_game("hanabi")->initial_state();
+  for (int i = 0; i < 10; ++i) s->apply(0);
+  s->apply(5);  // R1: good
+  s->apply(0);
+  s->apply(5 + 1);  // player 1 plays R3: wrong
+  s->apply(0);
+  s->apply(5 + 1);  // player 0 plays R1: wrong
+  s->apply(0);
+  s->apply(5);  // player 1 plays R3: wrong, no lives left
+  EXPECT_TRUE(s->is_terminal());
+  EXPECT_EQ(s->returns(), (std::vector<double>{0, 0}));
+  // Whole games end, cooperatively scored; the rule-based pair beats random players.
+  const auto game = make_game("hanabi");
+  auto partner = make_hanabi_partner();
+  RandomAgent random;
+  Rng rng(5);
+  double rules = 0, randoms = 0;
+  for (int g = 0; g < 200; ++g) {
+    const EpisodeResult r = play_episode(*game, {partner.get(), partner.get()}, rng);
+    EXPECT_EQ(r.returns[0], r.returns[1]);
+    rules += r.returns[0];
+    randoms += play_episode(*game, {&random, &random}, rng).returns[0];
+  }
+  EXPECT_GT(rules / 200, 5.0);
+  EXPECT_LT(randoms / 200, 1.0);
+}
+
 TEST(Mcts, NeverLosesTicTacToeToRandom) {
   const auto game = make_game("tic_tac_toe");
   MctsAgent mcts(1000);

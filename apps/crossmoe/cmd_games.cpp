@@ -89,6 +89,10 @@ std::unique_ptr<Agent> make_agent(const std::string& spec, const Game& game, con
     solver.iterate(a.cfr_iterations);
     return std::make_unique<PolicyAgent>(solver.average_policy(), "cfr");
   }
+  if (spec == "rules") {
+    require(game.info().name == "hanabi", "'rules' is the rule-based Hanabi partner");
+    return make_hanabi_partner();
+  }
   if (spec == "human") {
     return std::make_unique<TextAgent>(
         [](const std::string& prompt) {
@@ -105,7 +109,7 @@ std::unique_ptr<Agent> make_agent(const std::string& spec, const Game& game, con
     auto responder = std::make_shared<ModelResponder>(spec.substr(6));
     return std::make_unique<TextAgent>([responder](const std::string& p) { return (*responder)(p); }, spec);
   }
-  throw Error("unknown player '" + spec + "' (random, mcts, cfr, cfr:POLICY.json, human, model:DIR)");
+  throw Error("unknown player '" + spec + "' (random, mcts, cfr, cfr:POLICY.json, rules, human, model:DIR)");
 }
 
 void run_play(const PlayArgs& a) {
@@ -120,6 +124,11 @@ void run_play(const PlayArgs& a) {
   };
   std::printf("%s: %s (player 0) vs %s (player 1), %d games, %.1f s\n", a.game.c_str(), p0->name().c_str(),
               p1->name().c_str(), m.games, watch.seconds());
+  if (game->info().cooperative) {  // one shared score: report its mean
+    std::printf("  mean score %.2f (sd %.2f), invalid answers: %d, mean shaped reward %.3f\n", m.mean_return,
+                m.return_sd(), m.invalid, m.mean_shaped);
+    return;
+  }
   std::printf("  player 0 outcome, count, rate, 95%% Wilson interval\n");
   show("win", m.wins);
   show("draw", m.draws);
@@ -159,7 +168,7 @@ void add_games(CLI::App& app) {
   auto a = std::make_shared<PlayArgs>();
   CLI::App* play = games->add_subcommand("play", "Play a match and report player 0's results with 95% intervals");
   play->add_option("game", a->game, "One of: " + names)->required();
-  const std::string players = "random, mcts, cfr (solved now), cfr:POLICY.json, human, model:DIR";
+  const std::string players = "random, mcts, cfr (solved now), cfr:POLICY.json, rules (Hanabi), human, model:DIR";
   play->add_option("--p0", a->p0, "Player 0: " + players)->capture_default_str();
   play->add_option("--p1", a->p1, "Player 1: " + players)->capture_default_str();
   play->add_option("-n,--games", a->games, "Games to play")->capture_default_str()->check(CLI::PositiveNumber);

@@ -64,4 +64,8 @@ class TextAgent : public Agent {
   std::string name_, last_error_;
 };
 
+// A rule-based Hanabi partner (see hanabi.cpp): plays known-playable cards, hints playable
+// cards to partners, discards the oldest card otherwise.
+std::unique_ptr<Agent> make_hanabi_partner();
+
 }  // namespace crossmoe::games

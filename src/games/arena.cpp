@@ -68,7 +68,9 @@ MatchStats play_match(const Game& game, Agent& p0, Agent& p1, int games, uint64_
     m.invalid += r.invalid_player >= 0;
     const double v = r.returns[0];
     (v > 0 ? m.wins : v < 0 ? m.losses : m.draws)++;
+    const double before = m.mean_return;
     m.mean_return += (v - m.mean_return) / m.games;
+    m.sum_squared_deviation += (v - before) * (v - m.mean_return);
     m.mean_shaped += (r.shaped[0] - m.mean_shaped) / m.games;
   }
   return m;

@@ -1,5 +1,6 @@
 #pragma once
 // Playing episodes and matches between agents, with the protocol's reward shaping.
+#include <cmath>
 #include <vector>
 
 #include "games/agents.hpp"
@@ -26,6 +27,8 @@ struct MatchStats {
   int games = 0, wins = 0, draws = 0, losses = 0, invalid = 0;  // from player 0's side
   double mean_return = 0;                                        // player 0's game payoff
   double mean_shaped = 0;
+  double sum_squared_deviation = 0;                              // of player 0's payoff (Welford)
+  double return_sd() const { return games > 1 ? std::sqrt(sum_squared_deviation / (games - 1)) : 0.0; }
 };
 
 MatchStats play_match(const Game& game, Agent& p0, Agent& p1, int games, uint64_t seed);

@@ -14,7 +14,8 @@ const std::map<std::string, std::function<std::unique_ptr<Game>()>>& registry() 
       {"tic_tac_toe", make_tic_tac_toe},
       {"connect_four", make_connect_four},
       {"kuhn_poker", make_kuhn_poker},
-      {"leduc_poker", make_leduc_poker}};
+      {"leduc_poker", make_leduc_poker},
+      {"hanabi", make_hanabi}};
   return games;
 }
 }  // namespace

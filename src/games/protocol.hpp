@@ -7,6 +7,7 @@
 //            else is invalid and loses the game for that player.
 //   rewards: win +1, loss -1, draw 0.1, +0.05 for every valid turn; an invalid answer scores
 //            -11 instead and ends the game (the opponent wins; in cooperative games, both lose).
+//            In cooperative games (Hanabi) the outcome part is the shared score itself.
 #include <optional>
 #include <string>
 
