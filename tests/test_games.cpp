@@ -167,6 +167,18 @@ TEST(Hanabi, LosingEveryLifeScoresZeroAndGamesEnd) {
   EXPECT_LT(randoms / 200, 1.0);
 }
 
+TEST(Hanabi, ParametersAsOpenSpielGameStrings) {
+  // Two colors of five ranks: 2 x (3 + 2 + 2 + 2 + 1) cards; hands of 2.
+  auto s = make_game("hanabi(colors=2,ranks=5,hand_size=2,max_information_tokens=3,max_life_tokens=1)")->initial_state();
+  EXPECT_EQ(s->chance_outcomes().size(), 20u);
+  for (int i = 0; i < 4; ++i) s->apply(0);
+  EXPECT_NE(s->observation(0).find("Information tokens: 3 of 3. Lives: 1 of 1."), std::string::npos);
+  EXPECT_THROW(make_game("hanabi(bogus=1)"), Error);
+  EXPECT_THROW(make_game("hanabi(colors=9)"), Error);
+  EXPECT_THROW(make_game("kuhn_poker(players=3)"), Error);
+  EXPECT_THROW(make_game("hanabi(colors=2"), Error);
+}
+
 TEST(Mcts, NeverLosesTicTacToeToRandom) {
   const auto game = make_game("tic_tac_toe");
   MctsAgent mcts(1000);

@@ -2,6 +2,7 @@
 // Games for self-play RL, with one interface (modelled on OpenSpiel's, whose rules they follow):
 // players, whose turn, legal actions, chance outcomes, per-player observations that hide what
 // a player may not see, apply, terminal, returns.
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -51,7 +52,10 @@ class Game {
   virtual std::unique_ptr<State> initial_state() const = 0;
 };
 
-std::unique_ptr<Game> make_game(const std::string& name);  // throws Error listing the known games
+using GameParameters = std::map<std::string, int>;
+// "hanabi" or, with parameters, "hanabi(colors=2,ranks=5,hand_size=2)" (OpenSpiel's game
+// strings). Throws Error listing the known games, or naming a bad parameter.
+std::unique_ptr<Game> make_game(const std::string& spec);
 std::vector<std::string> game_names();
 
 }  // namespace crossmoe::games

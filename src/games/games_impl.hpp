@@ -24,6 +24,6 @@ std::unique_ptr<Game> make_tic_tac_toe();
 std::unique_ptr<Game> make_connect_four();
 std::unique_ptr<Game> make_kuhn_poker();
 std::unique_ptr<Game> make_leduc_poker();
-std::unique_ptr<Game> make_hanabi();
+std::unique_ptr<Game> make_hanabi(const GameParameters& params);
 
 }  // namespace crossmoe::games

@@ -253,6 +253,8 @@ class HanabiGame : public Game {
   explicit HanabiGame(HanabiParams p) : p_(p) {
     require(p.players >= 2 && p.players <= 5, "hanabi: players must be 2 to 5");
     require(p.colors >= 1 && p.colors <= 5 && p.ranks >= 1 && p.ranks <= 5, "hanabi: 1-5 colors and ranks");
+    require(p.hand_size >= 1 && p.max_information_tokens >= 1 && p.max_life_tokens >= 1,
+            "hanabi: hand_size, max_information_tokens and max_life_tokens must be positive");
     info_ = {"hanabi",
              "Hanabi, a cooperative card game. Cards have a color (" + std::string(kColors, size_t(p.colors)) +
                  ") and a rank (1-" + std::to_string(p.ranks) +
@@ -293,6 +295,21 @@ class HanabiRuleAgent : public Agent {
 
 std::unique_ptr<Agent> make_hanabi_partner() { return std::make_unique<HanabiRuleAgent>(); }
 
-std::unique_ptr<Game> make_hanabi() { return std::make_unique<HanabiGame>(HanabiParams{}); }
+std::unique_ptr<Game> make_hanabi(const GameParameters& params) {
+  HanabiParams p;
+  const std::map<std::string, int*> fields = {{"players", &p.players},
+                                              {"colors", &p.colors},
+                                              {"ranks", &p.ranks},
+                                              {"hand_size", &p.hand_size},
+                                              {"max_information_tokens", &p.max_information_tokens},
+                                              {"max_life_tokens", &p.max_life_tokens}};
+  for (const auto& [key, value] : params) {
+    auto it = fields.find(key);
+    require(it != fields.end(), "unknown parameter '" + key +
+                                    "' (players, colors, ranks, hand_size, max_information_tokens, max_life_tokens)");
+    *it->second = value;
+  }
+  return std::make_unique<HanabiGame>(p);
+}
 
 }  // namespace crossmoe::games
