@@ -167,7 +167,10 @@ void add_games(CLI::App& app) {
 
   auto a = std::make_shared<PlayArgs>();
   CLI::App* play = games->add_subcommand("play", "Play a match and report player 0's results with 95% intervals");
-  play->add_option("game", a->game, "One of: " + names)->required();
+  play->add_option("game", a->game,
+                   "One of: " + names + "; Hanabi takes OpenSpiel-style parameters, e.g. "
+                   "'hanabi(colors=2,ranks=5,hand_size=2,max_information_tokens=3,max_life_tokens=1)'")
+      ->required();
   const std::string players = "random, mcts, cfr (solved now), cfr:POLICY.json, rules (Hanabi), human, model:DIR";
   play->add_option("--p0", a->p0, "Player 0: " + players)->capture_default_str();
   play->add_option("--p1", a->p1, "Player 1: " + players)->capture_default_str();
