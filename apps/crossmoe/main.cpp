@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   crossmoe::cli::add_chat(app);
   crossmoe::cli::add_games(app);
   crossmoe::cli::add_data(app);
+  crossmoe::cli::add_eval(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

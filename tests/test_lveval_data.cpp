@@ -1,0 +1,64 @@
+// LV-Eval data: per-line validation of jsonl files, and the factrecall-style generator.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "eval/lveval_data.hpp"
+
+using namespace crossmoe;
+
+namespace {
+
+TEST(LvEvalData, BadLinesAreReportedAndTheRestIsRead) {
+  const auto path = std::filesystem::temp_directory_path() / "crossmoe_lveval.jsonl";
+  const std::string good =
+      R"({"input": "Q?", "context": "C", "answers": ["A"], "length": 5, "dataset": "cmrc_mixup", "language": "zh", "answer_keywords": "A", "confusing_facts": []})";
+  std::ofstream(path) << good << "\n"
+                      << R"({"input": "Q?", "answers": ["A"], "dataset": "d", "language": "en"})" << "\n"
+                      << "\n"
+                      << R"({"input": "Q?", "context": "C", "answers": ["A"], "dataset": "d", "language": "fr"})" << "\n"
+                      << "{\"input\": \"\xff\", \"context\": \"C\", \"answers\": [], \"dataset\": \"d\", \"language\": \"en\"}\n"
+                      << "not json\n"
+                      << R"({"input": "Q?", "context": "C", "answers": "A", "dataset": "d", "language": "en"})" << "\n"
+                      << good << "\n";
+  const eval::LvFile f = eval::read_lveval_jsonl(path);
+  ASSERT_EQ(f.samples.size(), 2u);
+  EXPECT_EQ(f.sample_lines, (std::vector<int>{1, 8}));
+  EXPECT_EQ(f.samples[0].answers, (std::vector<std::string>{"A"}));
+  EXPECT_EQ(f.samples[0].answer_keywords, "A");
+  ASSERT_EQ(f.errors.size(), 5u);
+  EXPECT_EQ(f.errors[0].line, 2);
+  EXPECT_EQ(f.errors[0].message, "missing field 'context'");
+  EXPECT_NE(f.errors[1].message.find("\"fr\""), std::string::npos);
+  EXPECT_NE(f.errors[2].message.find("not valid UTF-8"), std::string::npos);
+  EXPECT_EQ(f.errors[3].message, "not a JSON object");
+  EXPECT_NE(f.errors[4].message.find("'answers' must be a list"), std::string::npos);
+  std::filesystem::remove(path);
+}
+
+TEST(LvEvalData, FactRecallPutsTheNeedleAtItsDepth) {
+  std::string filler;
+  for (int i = 0; i < 100; ++i) filler += "word" + std::to_string(i) + " ";
+  eval::FactRecallOptions o;
+  o.length = 5000;
+  o.depth = 0.25;
+  o.seed = 7;
+  const eval::LvSample s = eval::make_fact_recall(filler, o);
+  ASSERT_EQ(s.answers.size(), 1u);
+  const std::string needle = s.answers[0] + " is the one who discovered";
+  const size_t at = s.context.find(needle);
+  ASSERT_NE(at, std::string::npos);
+  EXPECT_EQ(s.context.find(needle, at + 1), std::string::npos);  // stated once
+  EXPECT_NEAR(double(at) / double(s.context.size()), 0.25, 0.02);
+  ASSERT_EQ(s.confusing_facts.size(), 3u);
+  for (const auto& f : s.confusing_facts) {
+    EXPECT_NE(s.context.find(f), std::string::npos);
+    EXPECT_EQ(f.find(s.answers[0]), std::string::npos);  // about someone else
+  }
+  EXPECT_EQ(eval::to_jsonl_line(s), eval::to_jsonl_line(eval::make_fact_recall(filler, o)));  // seeded
+  o.seed = 8;
+  EXPECT_NE(eval::to_jsonl_line(s), eval::to_jsonl_line(eval::make_fact_recall(filler, o)));
+}
+
+}  // namespace
