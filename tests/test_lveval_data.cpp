@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "eval/lveval_data.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 using namespace crossmoe;
 
@@ -35,6 +36,17 @@ TEST(LvEvalData, BadLinesAreReportedAndTheRestIsRead) {
   EXPECT_EQ(f.errors[3].message, "not a JSON object");
   EXPECT_NE(f.errors[4].message.find("'answers' must be a list"), std::string::npos);
   std::filesystem::remove(path);
+}
+
+TEST(LvEvalData, MiddleTruncationKeepsBothEnds) {
+  Tokenizer t(nlohmann::json::parse(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2, "<s>": 3}, "merges": []},
+      "added_tokens": [{"id": 3, "content": "<s>", "special": true}],
+      "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>"}}, {"Sequence": {"id": "A"}}],
+                         "special_tokens": {"<s>": {"id": "<s>", "ids": [3]}}}})"));
+  EXPECT_EQ(eval::truncate_middle(t, "abcabc", 10), "abcabc");  // 7 tokens with <s>: fits
+  // 7 tokens > 4: the first 2 (<s> a, decoded without <s>: "a") and the last 2 ("b c": with no
+  // decoder, tokens are joined by spaces, as in tokenizers).
+  EXPECT_EQ(eval::truncate_middle(t, "abcabc", 4), "ab c");
 }
 
 TEST(LvEvalData, FactRecallPutsTheNeedleAtItsDepth) {

@@ -149,6 +149,15 @@ LvSample make_fact_recall(const std::string& filler, const FactRecallOptions& o)
   return s;
 }
 
+std::string truncate_middle(Tokenizer& tokenizer, const std::string& prompt, int max_length) {
+  require(max_length >= 2, "max_length must be at least 2");
+  const std::vector<int> ids = tokenizer.encode(prompt, true);
+  if (int(ids.size()) <= max_length) return prompt;
+  const size_t half = size_t(max_length / 2);
+  return tokenizer.decode(std::vector<int>(ids.begin(), ids.begin() + std::ptrdiff_t(half)), true) +
+         tokenizer.decode(std::vector<int>(ids.end() - std::ptrdiff_t(half), ids.end()), true);
+}
+
 std::string to_jsonl_line(const LvSample& s) {
   return json{{"input", s.input},
               {"context", s.context},

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "tokenizer/tokenizer.hpp"
+
 namespace crossmoe::eval {
 
 struct LvSample {
@@ -47,5 +49,10 @@ struct FactRecallOptions {
 LvSample make_fact_recall(const std::string& filler, const FactRecallOptions& options);
 
 std::string to_jsonl_line(const LvSample& sample);
+
+// LongBench's middle truncation, which LV-Eval uses: when the prompt (encoded with special
+// tokens, as transformers' tokenizer() does) is longer than max_length tokens, keep the first and
+// the last max_length/2 tokens and decode each half without special tokens.
+std::string truncate_middle(Tokenizer& tokenizer, const std::string& prompt, int max_length);
 
 }  // namespace crossmoe::eval
