@@ -46,6 +46,13 @@ std::string render(const std::string& source, const Json& vars = Json::object())
   return ChatTemplate(source).render(vars);
 }
 
+TEST(ChatTemplate, WhitespaceMatchesJinja2) {
+  // Goldens from Jinja2 with trim_blocks and lstrip_blocks (fixtures/make_jinja_goldens.py).
+  const auto goldens = read_json_file(std::string(CROSSMOE_FIXTURES) + "/jinja_whitespace.json");
+  ASSERT_GT(goldens.size(), 15u);
+  for (const auto& g : goldens) EXPECT_EQ(render(g[0].get<std::string>()), g[1].get<std::string>()) << g[0];
+}
+
 TEST(ChatTemplate, WhitespaceControlLikeTransformersJinja) {
   // trim_blocks drops the newline after a block tag; lstrip_blocks the indent before one.
   EXPECT_EQ(render("{% if true %}\n  yes\n{% endif %}\nend"), "  yes\nend");

@@ -674,7 +674,20 @@ struct Segment {
 
 // Splits the source into text, {{ }} and {% %} (comments dropped), applying whitespace control
 // as transformers configures Jinja: trim_blocks and lstrip_blocks, plus explicit - and +.
-std::vector<Segment> segment(const std::string& src) {
+std::vector<Segment> segment(std::string src) {
+  // Like Jinja's lexer: newlines become "\n", and one trailing newline is dropped
+  // (keep_trailing_newline is off).
+  std::string normalized;
+  for (size_t k = 0; k < src.size(); ++k) {
+    if (src[k] == '\r') {
+      normalized += '\n';
+      if (k + 1 < src.size() && src[k + 1] == '\n') ++k;
+    } else {
+      normalized += src[k];
+    }
+  }
+  src = std::move(normalized);
+  if (!src.empty() && src.back() == '\n') src.pop_back();
   std::vector<Segment> out;
   size_t i = 0;
   int line = 1;
@@ -695,7 +708,6 @@ std::vector<Segment> segment(const std::string& src) {
     std::string chunk = src.substr(i, start - i);
     if (trim_next) chunk.erase(0, chunk.find_first_not_of(" \t\r\n") == std::string::npos ? chunk.size() : chunk.find_first_not_of(" \t\r\n"));
     else if (trim_newline && !chunk.empty() && chunk[0] == '\n') chunk.erase(0, 1);
-    else if (trim_newline && chunk.compare(0, 2, "\r\n") == 0) chunk.erase(0, 2);
     trim_next = trim_newline = false;
     text += chunk;
     if (start >= src.size()) break;
@@ -711,11 +723,13 @@ std::vector<Segment> segment(const std::string& src) {
     if (strip_after) inner.pop_back();
     if (strip_before) {
       text.erase(text.find_last_not_of(" \t\r\n") == std::string::npos ? 0 : text.find_last_not_of(" \t\r\n") + 1);
-    } else if (kind != '{' && !keep_before) {  // lstrip_blocks: a block tag alone at a line start
+    } else if (kind != '{' && !keep_before) {
+      // lstrip_blocks: spaces and tabs between a line start (or the template's start) and a
+      // block or comment tag are dropped; after another tag on the same line they stay.
       const size_t nl = text.find_last_of('\n');
+      const bool line_start = nl != std::string::npos || (out.empty() && i == 0);
       const size_t from = nl == std::string::npos ? 0 : nl + 1;
-      const bool at_line_start = nl != std::string::npos || (out.empty() || out.back().kind != Segment::Text);
-      if (text.find_first_not_of(" \t", from) == std::string::npos && (at_line_start || from == 0)) text.erase(from);
+      if (line_start && text.find_first_not_of(" \t", from) == std::string::npos) text.erase(from);
     }
     line += int(std::count(src.begin() + std::ptrdiff_t(i), src.begin() + std::ptrdiff_t(end), '\n'));
     flush_text();
