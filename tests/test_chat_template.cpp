@@ -53,6 +53,15 @@ TEST(ChatTemplate, WhitespaceMatchesJinja2) {
   for (const auto& g : goldens) EXPECT_EQ(render(g[0].get<std::string>()), g[1].get<std::string>()) << g[0];
 }
 
+TEST(ChatTemplate, ExpressionsMatchJinja2) {
+  // Goldens from Jinja2's sandbox with transformers' tojson (fixtures/make_jinja_expression_goldens.py).
+  std::ifstream in(std::string(CROSSMOE_FIXTURES) + "/jinja_expressions.json");
+  const Json golden = Json::parse(in);
+  ASSERT_GT(golden["cases"].size(), 20u);
+  for (const auto& c : golden["cases"])
+    EXPECT_EQ(render(c[0].get<std::string>(), golden["variables"]), c[1].get<std::string>()) << c[0];
+}
+
 TEST(ChatTemplate, WhitespaceControlLikeTransformersJinja) {
   // trim_blocks drops the newline after a block tag; lstrip_blocks the indent before one.
   EXPECT_EQ(render("{% if true %}\n  yes\n{% endif %}\nend"), "  yes\nend");

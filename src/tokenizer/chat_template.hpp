@@ -11,6 +11,7 @@
 // join default string int list items reverse replace capitalize title safe unique;
 // string / dict methods (startswith endswith split strip lstrip rstrip upper lower replace
 // title items keys values get); globals namespace range raise_exception strftime_now.
+// Known difference: a tuple literal is a list here, so {{ (1, 2) }} prints [1, 2], not (1, 2).
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
