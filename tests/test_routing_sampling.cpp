@@ -8,6 +8,8 @@
 #include "runtime/sampler.hpp"
 #include "util/json_file.hpp"
 
+#include <filesystem>
+
 using namespace crossmoe;
 
 namespace {
@@ -138,6 +140,20 @@ TEST(Sampler, DrawsFollowTheDistributionAndSeedsRepeat) {
     ++counts[t];
   }
   for (int t = 0; t < 4; ++t) EXPECT_NEAR(double(counts[t]) / kDraws, expected[t], 0.01);
+}
+
+TEST(Sampler, DefaultsFromGenerationConfig) {
+  const auto dir = std::filesystem::temp_directory_path() / "crossmoe_genconfig_sampling";
+  std::filesystem::create_directories(dir);
+  EXPECT_EQ(generation_defaults(dir).temperature, 0.0f);  // no file: greedy
+  write_json_file(dir / "generation_config.json", {{"do_sample", true}, {"temperature", 0.7}, {"top_p", 0.8}});
+  const SamplingParams p = generation_defaults(dir);
+  EXPECT_FLOAT_EQ(p.temperature, 0.7f);
+  EXPECT_FLOAT_EQ(p.top_p, 0.8f);
+  EXPECT_EQ(p.top_k, 50);  // transformers' default when sampling
+  write_json_file(dir / "generation_config.json", {{"do_sample", false}, {"temperature", 0.7}});
+  EXPECT_EQ(generation_defaults(dir).temperature, 0.0f);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Sampler, RejectsBadParameters) {

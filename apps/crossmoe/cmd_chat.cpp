@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "commands.hpp"
+#include "sampling_options.hpp"
 #include "runtime/generate.hpp"
 #include "tokenizer/chat_template.hpp"
 #include "tokenizer/tokenizer.hpp"
@@ -26,7 +27,7 @@ struct ChatArgs {
   int context = 0;
   bool render_only = false;
   bool no_thinking = false;
-  SamplingParams sampling;
+  SamplingOptions sampling;
 };
 
 void run_chat(const ChatArgs& a) {
@@ -49,7 +50,7 @@ void run_chat(const ChatArgs& a) {
   ChatRequest request;
   if (!a.system.empty()) request.messages.push_back({{"role", "system"}, {"content", a.system}});
   if (a.no_thinking) request.extra["enable_thinking"] = false;
-  Sampler sampler(a.sampling);
+  Sampler sampler(a.sampling.resolve(dir));
   const bool interactive = isatty(fileno(stdin));
   if (interactive) log_info("chatting with " + a.model + " (/reset clears the conversation, /quit or Ctrl-D ends)");
   for (std::string line;;) {
@@ -102,9 +103,7 @@ void add_chat(CLI::App& app) {
   cmd->add_option("--system", a->system, "System prompt");
   cmd->add_option("-n,--max-tokens", a->max_tokens, "Tokens per reply")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--ctx", a->context, "Context length (default: the model's, at most 8192)");
-  cmd->add_option("--temperature", a->sampling.temperature, "0 = greedy")->capture_default_str();
-  cmd->add_option("--top-p", a->sampling.top_p, "Nucleus mass (1 = off)")->capture_default_str();
-  cmd->add_option("--seed", a->sampling.seed, "Sampling seed")->capture_default_str();
+  a->sampling.add_to(*cmd);
   cmd->add_flag("--render", a->render_only, "Print the rendered prompt of each turn instead of generating");
   cmd->add_flag("--no-thinking", a->no_thinking, "Pass enable_thinking=false to the template (Qwen3)");
   add_threads_option(*cmd);

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "commands.hpp"
+#include "sampling_options.hpp"
 #include "runtime/generate.hpp"
 #include "tokenizer/tokenizer.hpp"
 #include "util/error.hpp"
@@ -20,7 +21,7 @@ struct GenerateArgs {
   std::string model, prompt, ids, trace;
   int max_tokens = 128;
   int context = 0;
-  SamplingParams sampling;
+  SamplingOptions sampling;
 };
 
 std::vector<int> parse_ids(const std::string& text) {
@@ -67,7 +68,7 @@ void run_generate(const GenerateArgs& a) {
   InferenceSession session(model, context);
   std::vector<RoutingRecord> trace;
   if (!a.trace.empty()) session.set_trace(&trace);
-  Sampler sampler(a.sampling);
+  Sampler sampler(a.sampling.resolve(a.model));
   std::optional<DecodeStream> stream;
   if (tokenizer) {
     std::fputs(a.prompt.empty() ? tokenizer->decode(prompt).c_str() : a.prompt.c_str(), stdout);
@@ -102,12 +103,7 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--ids", a->ids, "Prompt as comma-separated token ids");
   cmd->add_option("-n,--max-tokens", a->max_tokens, "Tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--ctx", a->context, "Context length (default: the model's, at most 8192)");
-  cmd->add_option("--temperature", a->sampling.temperature, "0 = greedy")->capture_default_str();
-  cmd->add_option("--top-k", a->sampling.top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
-  cmd->add_option("--top-p", a->sampling.top_p, "Nucleus mass (1 = off)")->capture_default_str();
-  cmd->add_option("--min-p", a->sampling.min_p, "Drop tokens below min-p times the best (0 = off)")->capture_default_str();
-  cmd->add_option("--repetition-penalty", a->sampling.repetition_penalty, "1 = off")->capture_default_str();
-  cmd->add_option("--seed", a->sampling.seed, "Sampling seed")->capture_default_str();
+  a->sampling.add_to(*cmd);
   cmd->add_option("--trace", a->trace, "Write the routing trace (JSON lines) to this file");
   add_threads_option(*cmd);
   cmd->callback([a] { run_generate(*a); });

@@ -5,8 +5,26 @@
 #include <numeric>
 
 #include "util/error.hpp"
+#include "util/json_file.hpp"
 
 namespace crossmoe {
+
+SamplingParams generation_defaults(const std::filesystem::path& model_dir) {
+  SamplingParams p;
+  const auto path = model_dir / "generation_config.json";
+  if (!std::filesystem::exists(path)) return p;
+  const nlohmann::json g = read_json_file(path);
+  if (!g.is_object() || !g.value("do_sample", false)) return p;
+  const auto number = [&](const char* key, double fallback) {
+    return g.contains(key) && g[key].is_number() ? g[key].get<double>() : fallback;
+  };
+  p.temperature = float(number("temperature", 1.0));
+  p.top_k = int(number("top_k", 50));
+  p.top_p = float(number("top_p", 1.0));
+  p.min_p = float(number("min_p", 0.0));
+  p.repetition_penalty = float(number("repetition_penalty", 1.0));
+  return p;
+}
 
 Sampler::Sampler(const SamplingParams& params) : p_(params), rng_(params.seed) {
   require(params.temperature >= 0, "temperature must not be negative");

@@ -2,6 +2,7 @@
 // Next-token sampling, in Hugging Face's order: repetition penalty, temperature, top-k, top-p,
 // min-p, then a draw. Temperature 0 is greedy (argmax, ties to the lower id).
 #include <cstdint>
+#include <filesystem>
 #include <random>
 #include <vector>
 
@@ -15,6 +16,11 @@ struct SamplingParams {
   float repetition_penalty = 1.0f;   // 1 = off
   uint64_t seed = 0;
 };
+
+// The sampling a model directory asks for in generation_config.json, as transformers reads it:
+// do_sample false (or no file) is greedy; do_sample true takes temperature, top_k (default 50),
+// top_p, min_p and repetition_penalty from the file.
+SamplingParams generation_defaults(const std::filesystem::path& model_dir);
 
 class Sampler {
  public:
