@@ -574,6 +574,8 @@ Tokenizer::Tokenizer(const json& j) {
       if (t.normalized && normalizer_) normalizer_->apply(t.pattern);
       if (t.pattern.empty()) continue;
       added_by_first_byte_[static_cast<unsigned char>(t.pattern[0])].push_back(int(added_.size()));
+      added_by_id_[t.id] = added_.size();
+      added_ids_[t.content] = t.id;
       added_.push_back(std::move(t));
     }
 }
@@ -692,22 +694,21 @@ std::string Tokenizer::decode(const std::vector<int>& ids, bool skip_special_tok
 }
 
 int Tokenizer::token_to_id(std::string_view token) const {
-  for (const AddedToken& t : added_)
-    if (t.content == token) return t.id;
-  return model_->token_to_id(token);
+  auto it = added_ids_.find(std::string(token));
+  return it != added_ids_.end() ? it->second : model_->token_to_id(token);
 }
 
 std::string Tokenizer::id_to_token(int id) const {
   // A normalized added token reads back in its normalised form, as in tokenizers.
-  for (const AddedToken& t : added_)
-    if (t.id == id) return t.normalized ? t.pattern : t.content;
-  return model_->id_to_token(id);
+  auto it = added_by_id_.find(id);
+  if (it == added_by_id_.end()) return model_->id_to_token(id);
+  const AddedToken& t = added_[it->second];
+  return t.normalized ? t.pattern : t.content;
 }
 
 bool Tokenizer::is_special(int id) const {
-  for (const AddedToken& t : added_)
-    if (t.id == id) return t.special;
-  return false;
+  auto it = added_by_id_.find(id);
+  return it != added_by_id_.end() && added_[it->second].special;
 }
 
 int Tokenizer::vocab_size() const {

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "tokenizer/bpe.hpp"
@@ -70,6 +71,8 @@ class Tokenizer {
   std::unique_ptr<tokenizer_parts::PostProcessor> post_processor_;
   std::vector<AddedToken> added_;
   std::vector<std::vector<int>> added_by_first_byte_;  // indices into added_, per first byte
+  std::unordered_map<int, size_t> added_by_id_;          // id -> index into added_
+  std::unordered_map<std::string, int> added_ids_;       // content -> id
   bool byte_level_ = false;
 };
 
