@@ -1,16 +1,12 @@
 // crossmoe init DIR: a random-initialised model directory of any layout.
 #include <filesystem>
-#include <iostream>
 #include <memory>
-#include <optional>
 
 #include "commands.hpp"
+#include "model_options.hpp"
 #include "model/config.hpp"
 #include "model/init.hpp"
-#include "tokenizer/bpe_trainer.hpp"
-#include "tokenizer/tokenizer.hpp"
 #include "util/error.hpp"
-#include "util/json_file.hpp"
 #include "util/progress.hpp"
 
 namespace crossmoe::cli {
@@ -18,12 +14,10 @@ namespace crossmoe::cli {
 namespace {
 
 struct InitArgs {
-  std::string dir, layout = "megrez2", dtype = "bf16";
+  std::string dir, dtype = "bf16";
   uint64_t seed = 0;
   bool force = false;
-  int vocab = 0, hidden = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, intermediate = 0;
-  int experts = 0, top_k = 0, expert_size = 0, shared_size = -1, group_size = 0, first_dense = -1, context = 0;
-  std::string pre_gate;
+  ModelShapeArgs shape;
   std::string tokenizer;  // a tokenizer.json to ship with the model
 };
 
@@ -31,67 +25,18 @@ void run_init(const InitArgs& a) {
   namespace fs = std::filesystem;
   if (fs::exists(a.dir) && !fs::is_empty(a.dir) && !a.force)
     throw Error(a.dir + " exists and is not empty; pass --force to overwrite its model files");
-  ModelConfig c = layout_preset(a.layout);
-  const auto set = [](int value, int& field) { if (value > 0) field = value; };
-  set(a.vocab, c.vocab_size);
-  set(a.hidden, c.hidden_size);
-  set(a.heads, c.num_heads);
-  set(a.kv_heads, c.num_kv_heads);
-  set(a.head_dim, c.head_dim);
-  set(a.intermediate, c.intermediate_size);
-  set(a.context, c.max_position_embeddings);
-  set(a.experts, c.moe.num_experts);
-  set(a.top_k, c.moe.top_k);
-  set(a.expert_size, c.moe.expert_intermediate_size);
-  set(a.group_size, c.moe.group_size);
-  if (a.shared_size >= 0) c.moe.shared_intermediate_size = a.shared_size;
-  if (!a.pre_gate.empty()) c.moe.pre_gated = a.pre_gate == "on";
-  const bool moe = a.layout != "dense";
-  if (a.layers > 0 || a.first_dense >= 0) {
-    set(a.layers, c.num_layers);
-    int first = 0;
-    for (; first < int(c.layer_is_moe.size()) && !c.layer_is_moe[first]; ++first) {}
-    if (a.first_dense >= 0) first = a.first_dense;
-    c.layer_is_moe.assign(c.num_layers, false);
-    if (moe)
-      for (int l = first; l < c.num_layers; ++l) c.layer_is_moe[l] = true;
-  }
-  // The model's vocabulary covers the tokenizer's; stop at its end-of-text tokens.
-  std::optional<Tokenizer> tokenizer;
-  if (!a.tokenizer.empty()) {
-    tokenizer = Tokenizer::load(a.tokenizer);
-    if (a.vocab == 0) c.vocab_size = (tokenizer->vocab_size() + 63) / 64 * 64;
-    require(c.vocab_size >= tokenizer->vocab_size(), "--vocab " + std::to_string(c.vocab_size) +
-                                                         " is smaller than the tokenizer's " +
-                                                         std::to_string(tokenizer->vocab_size()));
-    c.eos_token_ids.clear();
-    for (const char* eos : {"<|endoftext|>", "<|im_end|>"})
-      if (tokenizer->token_to_id(eos) >= 0) c.eos_token_ids.push_back(tokenizer->token_to_id(eos));
-  }
-  require(c.vocab_size >= 259, "--vocab must be at least 259 (256 bytes and 3 special tokens)");
-  c.finalize();
+  const ModelConfig c = build_model_config(a.shape, a.tokenizer);
   InitOptions options;
   options.seed = a.seed;
   require(parse_dtype(a.dtype == "f32" ? "F32" : a.dtype == "f16" ? "F16" : a.dtype == "bf16" ? "BF16" : "?",
                       &options.dtype),
           "--dtype must be f32, bf16 or f16");
   const ParamCounts p = count_parameters(c);
-  log_info("writing " + a.layout + " model to " + a.dir + ": " + std::to_string(p.stored) + " parameters (" +
+  log_info("writing " + a.shape.layout + " model to " + a.dir + ": " + std::to_string(p.stored) + " parameters (" +
            std::to_string(p.active) + " active per token)");
   Stopwatch watch;
   write_random_model(c, a.dir, options);
-  const fs::path dir(a.dir);
-  // Without --tokenizer: one token per byte (train one with `crossmoe tokenizer train`).
-  if (tokenizer) fs::copy_file(a.tokenizer, dir / "tokenizer.json", fs::copy_options::overwrite_existing);
-  else write_json_file(dir / "tokenizer.json", BpeTrainer::tokenizer_json({}, {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}));
-  // ChatML, as Qwen models use; a reply ends with <|im_end|>.
-  const char* chatml =
-      "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-      "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-  write_json_file(dir / "tokenizer_config.json",
-                  {{"tokenizer_class", "PreTrainedTokenizerFast"}, {"eos_token", "<|im_end|>"},
-                   {"pad_token", "<|endoftext|>"}, {"bos_token", nullptr},
-                   {"model_max_length", c.max_position_embeddings}, {"chat_template", chatml}});
+  write_tokenizer_files(a.dir, a.tokenizer, c.max_position_embeddings);
   log_info("done in " + std::to_string(watch.seconds()).substr(0, 5) + " s");
 }
 
@@ -101,25 +46,9 @@ void add_init(CLI::App& app) {
   auto a = std::make_shared<InitArgs>();
   CLI::App* cmd = app.add_subcommand("init", "Write a random-initialised model directory (HF format)");
   cmd->add_option("dir", a->dir, "Output model directory")->required();
-  cmd->add_option("--layout", a->layout, "dense, moe (layer-local), megrez2 (shared pool) or rexmoe (reuse)")
-      ->capture_default_str();
   cmd->add_option("--dtype", a->dtype, "Weight dtype: f32, bf16 or f16")->capture_default_str();
   cmd->add_option("--seed", a->seed, "Random seed")->capture_default_str();
-  cmd->add_option("--vocab", a->vocab, "Vocabulary size");
-  cmd->add_option("--hidden", a->hidden, "Hidden size");
-  cmd->add_option("--layers", a->layers, "Number of layers");
-  cmd->add_option("--heads", a->heads, "Attention heads");
-  cmd->add_option("--kv-heads", a->kv_heads, "Key/value heads (GQA)");
-  cmd->add_option("--head-dim", a->head_dim, "Head dimension");
-  cmd->add_option("--intermediate", a->intermediate, "Dense FFN width");
-  cmd->add_option("--context", a->context, "max_position_embeddings");
-  cmd->add_option("--experts", a->experts, "Experts per pool (E)");
-  cmd->add_option("--top-k", a->top_k, "Experts per token (K)");
-  cmd->add_option("--expert-size", a->expert_size, "Width of one expert");
-  cmd->add_option("--shared-size", a->shared_size, "Total width of the shared experts (0 = none)");
-  cmd->add_option("--group-size", a->group_size, "Layers per cross-layer group (r)");
-  cmd->add_option("--first-dense", a->first_dense, "Number of leading dense layers");
-  cmd->add_option("--pre-gate", a->pre_gate, "Pre-gated routing: on or off")->check(CLI::IsMember({"on", "off"}));
+  add_model_shape_options(*cmd, a->shape);
   cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.json to use (default: one token per byte)")
       ->check(CLI::ExistingFile);
   cmd->add_flag("--force", a->force, "Overwrite model files in a non-empty directory");

@@ -13,6 +13,7 @@ void add_chat(CLI::App& app);
 void add_games(CLI::App& app);  // games play, games solve
 void add_data(CLI::App& app);   // data prepare
 void add_eval(CLI::App& app);   // eval generate, eval check
+void add_train(CLI::App& app);  // needs libtorch; otherwise says so
 
 // --threads N for any command that computes.
 void add_threads_option(CLI::App& cmd);

@@ -15,6 +15,16 @@ void add_threads_option(CLI::App& cmd) {
       ->check(CLI::PositiveNumber);
 }
 
+#ifndef CROSSMOE_HAVE_TORCH
+void add_train(CLI::App& app) {
+  CLI::App* cmd = app.add_subcommand("train", "Pre-train a model (needs a build with libtorch)");
+  cmd->allow_extras();
+  cmd->callback([] {
+    throw Error("this crossmoe was built without libtorch: install libtorch-dev (scripts/setup.sh does) and rebuild");
+  });
+}
+#endif
+
 }  // namespace crossmoe::cli
 
 int main(int argc, char** argv) {
@@ -29,6 +39,7 @@ int main(int argc, char** argv) {
   crossmoe::cli::add_games(app);
   crossmoe::cli::add_data(app);
   crossmoe::cli::add_eval(app);
+  crossmoe::cli::add_train(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -108,8 +108,12 @@ void write_random_model(const ModelConfig& config, const std::filesystem::path& 
         for (int64_t i = 0; i < n; ++i) store(offset + scale * uniform_pm1(options.seed, t, uint64_t(i)), options.dtype, out, i);
       },
       {{"format", "pt"}});
+  write_config_files(config, dir, options.dtype);
+}
+
+void write_config_files(const ModelConfig& config, const std::filesystem::path& dir, DType dtype) {
   nlohmann::json cfg = to_crossmoe_json(config);
-  cfg["torch_dtype"] = options.dtype == DType::F32 ? "float32" : options.dtype == DType::F16 ? "float16" : "bfloat16";
+  cfg["torch_dtype"] = dtype == DType::F32 ? "float32" : dtype == DType::F16 ? "float16" : "bfloat16";
   write_json_file(dir / "config.json", cfg);
   nlohmann::json gen = {{"do_sample", false}};
   if (!config.eos_token_ids.empty()) gen["eos_token_id"] = config.eos_token_ids;

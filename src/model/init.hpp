@@ -28,4 +28,7 @@ struct InitOptions {
 // Writes the model files into dir (created if needed). Deterministic for a seed.
 void write_random_model(const ModelConfig& config, const std::filesystem::path& dir, const InitOptions& options);
 
+// config.json (crossmoe type, torch_dtype from dtype) and generation_config.json (greedy, eos).
+void write_config_files(const ModelConfig& config, const std::filesystem::path& dir, DType dtype);
+
 }  // namespace crossmoe

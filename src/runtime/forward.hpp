@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "runtime/rope.hpp"
+#include "model/rope.hpp"
 #include "runtime/routing.hpp"
 #include "runtime/weights.hpp"
 

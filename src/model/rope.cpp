@@ -1,4 +1,4 @@
-#include "runtime/rope.hpp"
+#include "model/rope.hpp"
 
 #include <algorithm>
 #include <cmath>

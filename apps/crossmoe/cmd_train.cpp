@@ -1,0 +1,105 @@
+// crossmoe train: pre-train a model of any layout on prepared token data (libtorch).
+#include <omp.h>
+
+#include <filesystem>
+#include <memory>
+
+#include "commands.hpp"
+#include "model_options.hpp"
+#include "model/hf_config.hpp"
+#include "train/trainer.hpp"
+#include "util/error.hpp"
+#include "util/json_file.hpp"
+#include "util/progress.hpp"
+
+namespace crossmoe::cli {
+
+namespace {
+
+struct TrainArgs {
+  train::TrainOptions options;
+  ModelShapeArgs shape;
+  std::string bf16 = "auto", export_dtype = "bf16", init;
+};
+
+void run_train(TrainArgs& a) {
+  namespace fs = std::filesystem;
+  train::TrainOptions& o = a.options;
+  require(fs::exists(o.data_dir / "meta.json"),
+          o.data_dir.string() + " has no meta.json: make it with `crossmoe data prepare --tokenizer T -o DIR`");
+  const std::string tokenizer = read_json_file(o.data_dir / "meta.json").at("tokenizer").get<std::string>();
+  require(fs::exists(tokenizer), "the tokenizer named in meta.json is missing: " + tokenizer);
+  o.init_model = a.init;
+  o.bf16 = a.bf16 == "auto" ? o.device.rfind("cuda", 0) == 0 : a.bf16 == "on";
+  require(parse_dtype(a.export_dtype == "f32" ? "F32" : a.export_dtype == "bf16" ? "BF16" : "?", &o.export_dtype),
+          "--export-dtype must be f32 or bf16");
+  if (o.resume && fs::exists(o.out_dir / "checkpoints" / "latest")) {
+    log_info("resuming in " + o.out_dir.string());
+  } else if (fs::exists(o.out_dir) && !fs::is_empty(o.out_dir) && !o.resume) {
+    throw Error(o.out_dir.string() + " is not empty: pass --resume to continue that run, or choose another --out");
+  }
+  const ModelConfig config = a.init.empty() ? build_model_config(a.shape, tokenizer) : read_model_config(a.init);
+  const ParamCounts p = count_parameters(config);
+  log_info("training " + config.model_type + " (" + (a.init.empty() ? a.shape.layout : a.init) + "): " +
+           std::to_string(p.stored) + " parameters, " + std::to_string(p.active) + " active per token");
+  // libtorch defaults to one thread per physical core; use what --threads (or OpenMP) says.
+  at::set_num_threads(omp_get_max_threads());
+  train::TrainResult r;
+  try {
+    r = train::train_model(config, o);
+  } catch (const c10::Error& e) {  // libtorch's message without its C++ backtrace
+    throw Error(std::string("libtorch: ") + e.what_without_backtrace());
+  }
+  if (r.model_dir.empty()) return;  // stopped early: nothing exported yet
+  write_tokenizer_files(r.model_dir, tokenizer, config.max_position_embeddings);
+  std::printf("%s\n", r.model_dir.string().c_str());
+}
+
+}  // namespace
+
+void add_train(CLI::App& app) {
+  auto a = std::make_shared<TrainArgs>();
+  train::TrainOptions& o = a->options;
+  CLI::App* cmd = app.add_subcommand("train", "Pre-train a model on token data from `crossmoe data prepare`");
+  cmd->set_config("--config", "", "Read options from a TOML/INI file (keys are the long flag names)");
+  cmd->add_option("--data", o.data_dir, "Directory with train.bin, val.bin and meta.json")->required();
+  cmd->add_option("-o,--out", o.out_dir, "Output directory (log, plot, checkpoints, model/)")->required();
+  cmd->add_option("--init", a->init, "Start from this model directory instead of a random init")
+      ->check(CLI::ExistingDirectory);
+  add_model_shape_options(*cmd, a->shape);
+  cmd->add_option("--steps", o.steps, "Optimizer steps")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--batch", o.batch_size, "Sequences per micro-batch")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--seq-len", o.seq_len, "Tokens per sequence")->capture_default_str()->check(CLI::Range(2, 1 << 20));
+  cmd->add_option("--accum", o.grad_accum, "Micro-batches per step (gradient accumulation)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--lr", o.lr, "Peak learning rate")->capture_default_str();
+  cmd->add_option("--min-lr-ratio", o.min_lr_ratio, "Cosine floor as a fraction of --lr")->capture_default_str();
+  cmd->add_option("--warmup", o.warmup, "Linear warmup steps")->capture_default_str();
+  cmd->add_option("--weight-decay", o.weight_decay, "AdamW weight decay (matrices only)")->capture_default_str();
+  cmd->add_option("--beta1", o.beta1, "AdamW beta1")->capture_default_str();
+  cmd->add_option("--beta2", o.beta2, "AdamW beta2")->capture_default_str();
+  cmd->add_option("--clip", o.grad_clip, "Max gradient norm (0 = off)")->capture_default_str();
+  cmd->add_option("--aux-loss", o.aux_loss_weight, "Load-balancing loss weight")->capture_default_str();
+  cmd->add_option("--bias-rate", o.bias_update_rate, "Aux-loss-free bias update rate (sigmoid routers)")
+      ->capture_default_str();
+  cmd->add_option("--capacity-factor", o.capacity_factor, "Cap each expert's tokens (0 = no cap, nothing dropped)")
+      ->capture_default_str();
+  cmd->add_option("--psr-start", o.psr.start, "ReXMoE progressive scaling routing: first step of growth")
+      ->capture_default_str();
+  cmd->add_option("--psr-end", o.psr.end, "Step where the pool reaches r*E (0 = PSR off)")->capture_default_str();
+  cmd->add_option("--eval-every", o.eval_every, "Validation every N steps")->capture_default_str();
+  cmd->add_option("--eval-batches", o.eval_batches, "Validation batches")->capture_default_str();
+  cmd->add_option("--save-every", o.save_every, "Checkpoint every N steps (and at the end)")->capture_default_str();
+  cmd->add_option("--log-every", o.log_every, "CSV row every N steps")->capture_default_str();
+  cmd->add_option("--seed", o.seed, "Seed for the init, batches and PSR masks")->capture_default_str();
+  cmd->add_option("--device", o.device, "cpu or cuda")->capture_default_str();
+  cmd->add_option("--bf16", a->bf16, "bf16 matrix products: auto (on for cuda), on, off")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
+  cmd->add_option("--export-dtype", a->export_dtype, "Dtype of the exported weights: bf16 or f32")->capture_default_str();
+  cmd->add_option("--stop-after", o.stop_after, "Checkpoint and stop after this step (continue later with --resume)");
+  cmd->add_flag("--resume", o.resume, "Continue from the output directory's latest checkpoint");
+  add_threads_option(*cmd);
+  cmd->callback([a] { run_train(*a); });
+}
+
+}  // namespace crossmoe::cli

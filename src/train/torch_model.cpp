@@ -1,0 +1,322 @@
+#include "train/torch_model.hpp"
+
+#include <torch/version.h>
+
+#include <cmath>
+
+#include "model/checkpoint.hpp"
+#include "model/hf_config.hpp"
+#include "model/init.hpp"
+#include "model/safetensors.hpp"
+#include "model/tensor_names.hpp"
+#include "util/error.hpp"
+#include "util/json_file.hpp"
+
+namespace crossmoe::train {
+
+namespace tn = tensor_names;
+
+int psr_pool_size(int experts, int r, int64_t step, const PsrSchedule& s) {
+  if (!s.enabled() || step >= s.end) return r * experts;
+  if (step < s.start) return experts;
+  const double progress = double(step - s.start) / double(s.end - s.start);
+  return static_cast<int>(std::floor((1.0 + (r - 1) * progress) * experts));
+}
+
+namespace {
+
+torch::ScalarType torch_type(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return torch::kFloat32;
+    case DType::BF16: return torch::kBFloat16;
+    case DType::F16: return torch::kFloat16;
+    default: throw Error("trainer: unsupported dtype " + dtype_name(dtype));
+  }
+}
+
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, torch::ScalarType compute) {
+  return torch::matmul(x.to(compute), weight.to(compute).t());
+}
+
+// Norms, softmax, residuals and the loss run in float32, or in double when everything is double
+// (the gradient check).
+torch::ScalarType accumulate_type(torch::ScalarType compute) {
+  return compute == torch::kDouble ? torch::kDouble : torch::kFloat32;
+}
+
+torch::Tensor rmsnorm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  const torch::Tensor xf = x.to(accumulate_type(weight.scalar_type()));
+  return xf * torch::rsqrt(xf.pow(2).mean(-1, true) + eps) * weight.to(xf.scalar_type());
+}
+
+// HF's rotate_half convention: dims i and i + hd/2 form a pair.
+torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  const torch::Tensor a = x.narrow(-1, 0, half), b = x.narrow(-1, half, half);
+  return torch::cat({a * cos - b * sin, b * cos + a * sin}, -1);
+}
+
+}  // namespace
+
+TorchModel::TorchModel(const ModelConfig& config, torch::Device device)
+    : config_(config), device_(device), rope_(config.rope, config.head_dim, config.max_position_embeddings) {
+  require(!config_.layers.empty(), "trainer: the model description is not finalized");
+}
+
+TorchModel::TorchModel(const ModelConfig& config, uint64_t seed, torch::Device device, torch::ScalarType dtype)
+    : TorchModel(config, device) {
+  torch::manual_seed(seed);
+  const double out_scale = 1.0 / std::sqrt(2.0 * config.num_layers);
+  for (const TensorSpec& spec : expected_tensors(config)) {
+    torch::Tensor t;
+    const auto opts = torch::TensorOptions().dtype(torch::kFloat32);
+    if (spec.role == TensorRole::Norm) {
+      t = torch::ones(spec.shape, opts);
+    } else if (spec.role == TensorRole::Bias) {
+      t = torch::zeros(spec.shape, opts);
+    } else {
+      const bool output = spec.name.find("o_proj") != std::string::npos || spec.name.find("down_proj") != std::string::npos ||
+                          spec.name.find(".w2.") != std::string::npos;
+      t = torch::randn(spec.shape, opts) * (0.02 * (output ? out_scale : 1.0));
+    }
+    tensors_[spec.name] = t.to(device, dtype);
+  }
+}
+
+TorchModel TorchModel::load(const std::filesystem::path& model_dir, torch::Device device, torch::ScalarType dtype) {
+  TorchModel model(read_model_config(model_dir), device);
+  Checkpoint ckpt(model_dir);
+  for (const TensorSpec& spec : expected_tensors(model.config_)) {
+    const TensorView& v = ckpt.get(spec.name, spec.shape);
+    torch::Tensor t = torch::from_blob(const_cast<std::byte*>(v.data), v.shape, torch::TensorOptions().dtype(torch_type(v.dtype)));
+    model.tensors_[spec.name] = t.to(device, dtype, false, true);
+  }
+  return model;
+}
+
+std::vector<std::string> TorchModel::trainable_names() const {
+  std::vector<std::string> names;
+  for (const auto& [name, t] : tensors_)
+    if (name.find("e_score_correction_bias") == std::string::npos) names.push_back(name);
+  return names;
+}
+
+ForwardResult TorchModel::forward(const torch::Tensor& tokens, const ForwardOptions& options) const {
+  const ModelConfig& c = config_;
+  require(tokens.dim() == 2, "trainer: tokens must be [batch, time]");
+  const int64_t B = tokens.size(0), T = tokens.size(1);
+  const torch::ScalarType cd = options.compute_dtype, acc = accumulate_type(cd);
+  ForwardResult result;
+  torch::Tensor x = w(tn::embed()).index_select(0, tokens.reshape(-1)).view({B, T, c.hidden_size}).to(acc);
+  torch::Tensor aux = torch::zeros({}, torch::TensorOptions().device(device_).dtype(acc));
+  int moe_layers = 0;
+  torch::Tensor u_prev;
+  result.expert_load.resize(c.num_layers);
+  // cos/sin per position from the shared RoPE table (float32, as Hugging Face computes them),
+  // copied into tensors that autograd may keep for the backward pass.
+  const int64_t half = c.head_dim / 2;
+  std::vector<float> cos(size_t(T * half)), sin(size_t(T * half));
+  for (int64_t t = 0; t < T; ++t) rope_.at(int(t), int(T), &cos[size_t(t * half)], &sin[size_t(t * half)]);
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+  const torch::Tensor cos_t = torch::from_blob(cos.data(), {T, 1, half}, f32).to(device_, acc, false, true);
+  const torch::Tensor sin_t = torch::from_blob(sin.data(), {T, 1, half}, f32).to(device_, acc, false, true);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const torch::Tensor xn = rmsnorm(x, w(tn::input_norm(l)), c.rms_norm_eps);
+    x = x + linear(attention(l, xn, cos_t, sin_t, options), w(tn::attn(l, 'o')), cd).to(acc);
+    const torch::Tensor u = rmsnorm(x, w(tn::post_attention_norm(l)), c.rms_norm_eps);
+    torch::Tensor ffn;
+    if (c.layers[l].is_moe) {
+      const bool pre = c.moe.pre_gated && l > 0;
+      ffn = moe(l, u.view({B * T, -1}), (pre ? u_prev : u).view({B * T, -1}), options, aux, result.expert_load[l])
+                .view({B, T, -1});
+      ++moe_layers;
+    } else {
+      ffn = swiglu(u, tn::dense_mlp(l, Proj::Gate), tn::dense_mlp(l, Proj::Up), tn::dense_mlp(l, Proj::Down), cd);
+    }
+    x = x + ffn.to(acc);
+    u_prev = u;
+  }
+  const torch::Tensor xn = rmsnorm(x, w(tn::final_norm()), c.rms_norm_eps);
+  result.logits = linear(xn, w(c.tie_word_embeddings ? tn::embed() : tn::lm_head()), cd).to(acc);
+  result.aux_loss = moe_layers > 0 ? aux / moe_layers : aux;
+  return result;
+}
+
+torch::Tensor TorchModel::attention(int l, const torch::Tensor& xn, const torch::Tensor& cos_t, const torch::Tensor& sin_t,
+                                    const ForwardOptions& options) const {
+  const ModelConfig& c = config_;
+  const int64_t B = xn.size(0), T = xn.size(1), hd = c.head_dim, Hq = c.num_heads, Hkv = c.num_kv_heads;
+  const torch::ScalarType cd = options.compute_dtype, acc = accumulate_type(cd);
+  torch::Tensor q = linear(xn, w(tn::attn(l, 'q')), cd).to(acc);
+  torch::Tensor k = linear(xn, w(tn::attn(l, 'k')), cd).to(acc);
+  torch::Tensor v = linear(xn, w(tn::attn(l, 'v')), cd).to(acc);
+  if (c.attention_bias) {
+    q = q + w(tn::attn_bias(l, 'q'));
+    k = k + w(tn::attn_bias(l, 'k'));
+    v = v + w(tn::attn_bias(l, 'v'));
+  }
+  if (c.clip_qkv) {
+    const double clip = *c.clip_qkv;
+    q = q.clamp(-clip, clip), k = k.clamp(-clip, clip), v = v.clamp(-clip, clip);
+  }
+  if (c.qk_norm == QkNorm::Full) {
+    q = rmsnorm(q, w(tn::qk_norm(l, 'q')), c.rms_norm_eps);
+    k = rmsnorm(k, w(tn::qk_norm(l, 'k')), c.rms_norm_eps);
+  }
+  q = q.view({B, T, Hq, hd});
+  k = k.view({B, T, Hkv, hd});
+  v = v.view({B, T, Hkv, hd});
+  if (c.qk_norm == QkNorm::PerHead) {
+    q = rmsnorm(q, w(tn::qk_norm(l, 'q')), c.rms_norm_eps);
+    k = rmsnorm(k, w(tn::qk_norm(l, 'k')), c.rms_norm_eps);
+  }
+  q = apply_rope(q, cos_t, sin_t).transpose(1, 2).to(cd);  // [B, Hq, T, hd]
+  k = apply_rope(k, cos_t, sin_t).transpose(1, 2).to(cd);
+  v = v.transpose(1, 2).to(cd);
+  if (Hq != Hkv) {
+    k = k.repeat_interleave(Hq / Hkv, 1);
+    v = v.repeat_interleave(Hq / Hkv, 1);
+  }
+  torch::Tensor out;
+#if TORCH_VERSION_MAJOR >= 2
+  if (c.sliding_window == 0) out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, true);
+#endif
+  if (!out.defined()) {
+    // Causal (and windowed) softmax attention, written out for libtorch 1.x and sliding windows.
+    const torch::Tensor pos = torch::arange(T, torch::TensorOptions().device(device_));
+    torch::Tensor blocked = pos.unsqueeze(0) > pos.unsqueeze(1);  // key after query
+    if (c.sliding_window > 0) blocked = blocked | (pos.unsqueeze(0) <= pos.unsqueeze(1) - c.sliding_window);
+    torch::Tensor scores = torch::matmul(q, k.transpose(-2, -1)).to(acc) / std::sqrt(double(hd));
+    scores = scores.masked_fill(blocked, -std::numeric_limits<float>::infinity()).softmax(-1);
+    out = torch::matmul(scores.to(cd), v);
+  }
+  return out.transpose(1, 2).reshape({B, T, Hq * hd});
+}
+
+torch::Tensor TorchModel::swiglu(const torch::Tensor& u, const std::string& gate, const std::string& up,
+                                 const std::string& down, torch::ScalarType cd) const {
+  return linear(torch::silu(linear(u, w(gate), cd)) * linear(u, w(up), cd), w(down), cd);
+}
+
+torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor& router_in, const ForwardOptions& options,
+                              torch::Tensor& aux, torch::Tensor& load) const {
+  const ModelConfig& c = config_;
+  const MoeConfig& m = c.moe;
+  const LayerPlan& plan = c.layers[l];
+  const int64_t N = u.size(0), C = int64_t(plan.candidates.size()), K = m.top_k;
+  const torch::ScalarType cd = options.compute_dtype, acc = accumulate_type(cd);
+  const double neg_inf = -std::numeric_limits<double>::infinity();
+
+  torch::Tensor scores = linear(router_in, w(tn::router(c, l)), cd).to(acc);  // [N, C]
+  const bool masked = l < int(options.allowed.size()) && options.allowed[l].defined();
+  if (masked) scores = scores.masked_fill(options.allowed[l].logical_not(), neg_inf);
+  const torch::Tensor prob = m.scoring == Scoring::Softmax ? scores.softmax(-1) : scores.sigmoid();
+
+  // The choice: top-K of p (+ bias), within the best topk_group groups when grouped. No gradient
+  // flows through the choice; it flows through the weights gathered from p.
+  torch::Tensor top;
+  {
+    torch::NoGradGuard no_grad;
+    torch::Tensor choice = prob.detach();
+    if (m.score_correction_bias) choice = choice + w(tn::router_bias(c, l));
+    if (masked) choice = choice.masked_fill(options.allowed[l].logical_not(), neg_inf);
+    if (m.n_group > 1) {
+      const torch::Tensor grouped = choice.view({N, m.n_group, C / m.n_group});
+      const torch::Tensor group_score = std::get<0>(grouped.topk(std::min<int64_t>(2, C / m.n_group), -1)).sum(-1);
+      const torch::Tensor keep = torch::zeros({N, m.n_group}, torch::TensorOptions().dtype(torch::kBool).device(device_))
+                                     .scatter(1, std::get<1>(group_score.topk(m.topk_group, -1)), true);
+      choice = grouped.masked_fill(keep.logical_not().unsqueeze(-1), neg_inf).view({N, C});
+    }
+    top = std::get<1>(choice.topk(K, -1));  // [N, K]
+  }
+  torch::Tensor weight = prob.gather(1, top);
+  if (m.norm_topk_prob) weight = weight / (weight.sum(-1, true) + 1e-20);
+  weight = weight * m.routed_scaling_factor;
+
+  // Dispatch: sort the N*K (token, candidate) pairs by candidate; each expert runs on its rows.
+  const torch::Tensor flat = top.reshape(-1);
+  const torch::Tensor order = std::get<1>(flat.sort(c10::optional<bool>(true), 0));  // stable
+  const torch::Tensor counts = torch::bincount(flat, {}, C);
+  load = counts.detach();
+  const torch::Tensor token_of = torch::div(order, K, "floor");
+  const torch::Tensor rows = u.index_select(0, token_of);
+  const torch::Tensor row_weight = weight.reshape(-1).index_select(0, order).unsqueeze(1);
+  const torch::Tensor counts_cpu = counts.cpu();
+  const int64_t* count = counts_cpu.data_ptr<int64_t>();
+  const int64_t capacity = options.capacity_factor > 0
+                               ? int64_t(std::ceil(options.capacity_factor * double(N * K) / double(C)))
+                               : N * K;
+  std::vector<torch::Tensor> outputs, kept;
+  int64_t begin = 0;
+  for (int64_t cand = 0; cand < C; ++cand) {
+    const int64_t n = std::min(count[cand], capacity);
+    if (n > 0) {
+      const ExpertRef& e = plan.candidates[size_t(cand)];
+      const torch::Tensor y = swiglu(rows.narrow(0, begin, n), tn::expert(c, e.owner_layer, e.index, Proj::Gate),
+                                     tn::expert(c, e.owner_layer, e.index, Proj::Up),
+                                     tn::expert(c, e.owner_layer, e.index, Proj::Down), cd);
+      outputs.push_back(y.to(acc) * row_weight.narrow(0, begin, n));
+      kept.push_back(token_of.narrow(0, begin, n));
+    }
+    begin += count[cand];
+  }
+  torch::Tensor out = m.shared_intermediate_size > 0
+                          ? swiglu(u, tn::shared_expert(l, Proj::Gate), tn::shared_expert(l, Proj::Up),
+                                   tn::shared_expert(l, Proj::Down), cd)
+                                .to(acc)
+                          : torch::zeros_like(u, torch::TensorOptions().dtype(acc));
+  out = out.index_add(0, torch::cat(kept), torch::cat(outputs));
+
+  // Load-balancing loss over the candidates this step allows: f_i = share of the N*K picks,
+  // P_i = mean routing probability (sigmoid scores normalised per token to sum 1).
+  const torch::Tensor p_norm = m.scoring == Scoring::Softmax ? prob : prob / (prob.sum(-1, true) + 1e-20);
+  const double available = masked ? options.allowed[l].sum().item<double>() : double(C);
+  const torch::Tensor f = counts.to(acc) / double(N * K);
+  aux = aux + available * (f * p_norm.mean(0)).sum();
+  return out;
+}
+
+void TorchModel::update_router_biases(const std::vector<torch::Tensor>& expert_load,
+                                      const std::vector<torch::Tensor>& allowed, double rate) {
+  if (!config_.moe.score_correction_bias || rate == 0.0) return;
+  torch::NoGradGuard no_grad;
+  for (int l = 0; l < config_.num_layers; ++l) {
+    if (!config_.layers[l].is_moe || !expert_load[size_t(l)].defined()) continue;
+    torch::Tensor load = expert_load[size_t(l)].to(torch::kFloat32);
+    torch::Tensor step = torch::sign(load.mean() - load);
+    if (l < int(allowed.size()) && allowed[size_t(l)].defined()) {
+      const torch::Tensor on = allowed[size_t(l)];
+      step = torch::sign(load.masked_select(on).mean() - load) * on.to(torch::kFloat32);
+    }
+    tensors_.at(tensor_names::router_bias(config_, l)).add_(step, rate);
+  }
+}
+
+void save_tensors(const std::filesystem::path& path, const std::map<std::string, torch::Tensor>& tensors, DType dtype) {
+  std::vector<torch::Tensor> host;
+  std::vector<TensorToWrite> entries;
+  for (const auto& [name, t] : tensors) {
+    host.push_back(t.detach().to(torch::kCPU, torch_type(dtype)).contiguous());
+    entries.push_back({name, dtype, host.back().sizes().vec(), host.back().data_ptr()});
+  }
+  write_safetensors(path, entries, {{"format", "pt"}});
+}
+
+std::map<std::string, torch::Tensor> load_tensors(const std::filesystem::path& path, torch::Device device) {
+  SafetensorsFile file(path);
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& [name, v] : file.tensors()) {
+    const torch::Tensor t = torch::from_blob(const_cast<std::byte*>(v.data), v.shape,
+                                             torch::TensorOptions().dtype(torch_type(v.dtype)));
+    out[name] = t.to(device, torch::kFloat32, false, true);
+  }
+  return out;
+}
+
+void TorchModel::export_hf(const std::filesystem::path& dir, DType dtype) const {
+  std::filesystem::create_directories(dir);
+  save_tensors(dir / "model.safetensors", tensors_, dtype);
+  write_config_files(config_, dir, dtype);
+}
+
+}  // namespace crossmoe::train

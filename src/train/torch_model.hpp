@@ -1,0 +1,101 @@
+#pragma once
+// The model in libtorch, built from the same description (ModelConfig) as the runtime, for every
+// layout. Parameters live in a map keyed by their Hugging Face tensor names (model/tensor_names),
+// so loading a checkpoint, exporting one and the runtime all agree on names by construction.
+//
+// One MoE layer, for the N tokens of a batch (u = the layer's FFN input, u_prev = the previous
+// layer's when the model is pre-gated):
+//   s = W_router u_prev_or_u           [N, C] one logit per candidate (C = the group's pools)
+//   masked candidates (progressive scaling routing) get s = -inf
+//   p = softmax(s) or sigmoid(s);  pick top-K of p (+ correction bias; grouped top-k first)
+//   w = p[top] (renormalised if norm_topk_prob) * routed_scaling_factor
+//   out = sum_k w_k Expert_{top_k}(u) + Shared(u)
+// Dispatch sorts the N*K (token, candidate) pairs by candidate and runs each expert once on its
+// rows; nothing is dropped unless a capacity factor is given.
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "model/config.hpp"
+#include "model/rope.hpp"
+#include "util/dtype.hpp"
+
+namespace crossmoe::train {
+
+// ReXMoE progressive scaling routing: the pool a router may choose from grows from E to r*E
+// between steps start and end (the note's N_t); disabled when end <= start.
+struct PsrSchedule {
+  int64_t start = 0, end = 0;
+  bool enabled() const { return end > start; }
+};
+// N_t for a pool of `experts` per layer and group size `r` (candidates = r * experts).
+int psr_pool_size(int experts, int r, int64_t step, const PsrSchedule& schedule);
+
+struct ForwardOptions {
+  // Per layer: empty, or a bool tensor [candidates] of the candidates a router may pick this step.
+  std::vector<torch::Tensor> allowed;
+  // Matrix products run in this type (bf16 on GPU); norms, softmax and the loss stay in float32.
+  torch::ScalarType compute_dtype = torch::kFloat32;
+  // 0 = no cap; otherwise an expert takes at most ceil(factor * N * K / C) rows, the rest dropped.
+  double capacity_factor = 0.0;
+};
+
+struct ForwardResult {
+  torch::Tensor logits;                 // [B, T, vocab], float32
+  torch::Tensor aux_loss;               // mean over MoE layers of C * sum_i f_i * P_i (0 without MoE)
+  std::vector<torch::Tensor> expert_load;  // per layer: tokens routed to each candidate [C] (empty: dense)
+};
+
+class TorchModel {
+ public:
+  // Random initialisation: weights ~ N(0, 0.02), output projections scaled by 1/sqrt(2 layers),
+  // norms 1, correction biases 0. Deterministic for a seed.
+  TorchModel(const ModelConfig& config, uint64_t seed, torch::Device device, torch::ScalarType dtype = torch::kFloat32);
+  // Weights from a Hugging Face model directory that the runtime can load.
+  static TorchModel load(const std::filesystem::path& model_dir, torch::Device device,
+                         torch::ScalarType dtype = torch::kFloat32);
+
+  const ModelConfig& config() const { return config_; }
+  torch::Device device() const { return device_; }
+
+  // tokens: [B, T] int64. u_{l} of a pre-gated model is the previous layer's FFN input.
+  ForwardResult forward(const torch::Tensor& tokens, const ForwardOptions& options = {}) const;
+
+  // Trainable tensors (everything but the routers' correction biases), in name order.
+  std::vector<std::string> trainable_names() const;
+  torch::Tensor& tensor(const std::string& name) { return tensors_.at(name); }
+  const std::map<std::string, torch::Tensor>& tensors() const { return tensors_; }
+
+  // Aux-loss-free balancing (DeepSeek-V3): b_i += rate * sign(mean load - load_i) over the
+  // candidates allowed this step, for every router with a correction bias.
+  void update_router_biases(const std::vector<torch::Tensor>& expert_load, const std::vector<torch::Tensor>& allowed,
+                            double rate);
+
+  // Writes config.json, generation_config.json and model.safetensors (tensors converted to dtype).
+  void export_hf(const std::filesystem::path& dir, DType dtype) const;
+
+ private:
+  TorchModel(const ModelConfig& config, torch::Device device);
+  torch::Tensor attention(int layer, const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                          const ForwardOptions& options) const;
+  torch::Tensor swiglu(const torch::Tensor& u, const std::string& gate, const std::string& up, const std::string& down,
+                       torch::ScalarType compute) const;
+  torch::Tensor moe(int layer, const torch::Tensor& u, const torch::Tensor& router_in, const ForwardOptions& options,
+                    torch::Tensor& aux, torch::Tensor& load) const;
+  const torch::Tensor& w(const std::string& name) const { return tensors_.at(name); }
+
+  ModelConfig config_;
+  torch::Device device_;
+  std::map<std::string, torch::Tensor> tensors_;
+  RopeTable rope_;
+};
+
+// Writes name -> tensor maps as safetensors (float32, or converted to dtype); reads them back.
+void save_tensors(const std::filesystem::path& path, const std::map<std::string, torch::Tensor>& tensors,
+                  DType dtype = DType::F32);
+std::map<std::string, torch::Tensor> load_tensors(const std::filesystem::path& path, torch::Device device);
+
+}  // namespace crossmoe::train
