@@ -20,7 +20,16 @@ struct TrainArgs {
   train::TrainOptions options;
   ModelShapeArgs shape;
   std::string bf16 = "auto", export_dtype = "bf16", init;
+  double peak_tflops = 0;
 };
+
+// Model FLOPs per trained token: 6 x (active non-embedding parameters, lm_head included) for the
+// matrix products forward and backward, plus causal attention scores and values (6 x H x hd x T / 2 x 2).
+double flops_per_token(const ModelConfig& c, int seq_len) {
+  const ParamCounts p = count_parameters(c);
+  const double matrices = double(p.active - p.embedding + (c.tie_word_embeddings ? p.embedding : 0));
+  return 6.0 * matrices + 6.0 * c.num_layers * c.num_heads * c.head_dim * double(seq_len);
+}
 
 void run_train(TrainArgs& a) {
   namespace fs = std::filesystem;
@@ -50,6 +59,9 @@ void run_train(TrainArgs& a) {
   } catch (const c10::Error& e) {  // libtorch's message without its C++ backtrace
     throw Error(std::string("libtorch: ") + e.what_without_backtrace());
   }
+  if (a.peak_tflops > 0)
+    std::printf("crossmoe loss %.4f  %10.0f tokens/s  MFU %.1f%%\n", r.final_train_loss, r.tokens_per_second,
+                100.0 * r.tokens_per_second * flops_per_token(config, o.seq_len) / (a.peak_tflops * 1e12));
   if (r.model_dir.empty()) return;  // stopped early: nothing exported yet
   write_tokenizer_files(r.model_dir, tokenizer, config.max_position_embeddings);
   std::printf("%s\n", r.model_dir.string().c_str());
@@ -97,6 +109,7 @@ void add_train(CLI::App& app) {
       ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
   cmd->add_option("--export-dtype", a->export_dtype, "Dtype of the exported weights: bf16 or f32")->capture_default_str();
   cmd->add_option("--stop-after", o.stop_after, "Checkpoint and stop after this step (continue later with --resume)");
+  cmd->add_option("--peak-tflops", a->peak_tflops, "Device peak TFLOP/s: print model FLOPs utilisation at the end");
   cmd->add_flag("--resume", o.resume, "Continue from the output directory's latest checkpoint");
   add_threads_option(*cmd);
   cmd->callback([a] { run_train(*a); });

@@ -28,6 +28,8 @@ void add_model_shape_options(CLI::App& cmd, ModelShapeArgs& a) {
   cmd.add_option("--group-size", a.group_size, "Layers per cross-layer group (r)");
   cmd.add_option("--first-dense", a.first_dense, "Number of leading dense layers");
   cmd.add_option("--pre-gate", a.pre_gate, "Pre-gated routing: on or off")->check(CLI::IsMember({"on", "off"}));
+  cmd.add_option("--scoring", a.scoring, "Router scoring: softmax, or sigmoid with correction bias")
+      ->check(CLI::IsMember({"softmax", "sigmoid"}));
 }
 
 ModelConfig build_model_config(const ModelShapeArgs& a, const std::string& tokenizer_path) {
@@ -46,6 +48,10 @@ ModelConfig build_model_config(const ModelShapeArgs& a, const std::string& token
   set(a.group_size, c.moe.group_size);
   if (a.shared_size >= 0) c.moe.shared_intermediate_size = a.shared_size;
   if (!a.pre_gate.empty()) c.moe.pre_gated = a.pre_gate == "on";
+  if (!a.scoring.empty()) {
+    c.moe.scoring = a.scoring == "sigmoid" ? Scoring::Sigmoid : Scoring::Softmax;
+    c.moe.score_correction_bias = c.moe.scoring == Scoring::Sigmoid;
+  }
   const bool moe = a.layout != "dense";
   if (a.layers > 0 || a.first_dense >= 0) {
     set(a.layers, c.num_layers);

@@ -13,7 +13,7 @@ struct ModelShapeArgs {
   std::string layout = "megrez2";
   int vocab = 0, hidden = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, intermediate = 0;
   int experts = 0, top_k = 0, expert_size = 0, shared_size = -1, group_size = 0, first_dense = -1, context = 0;
-  std::string pre_gate;
+  std::string pre_gate, scoring;
 };
 
 void add_model_shape_options(CLI::App& cmd, ModelShapeArgs& args);
