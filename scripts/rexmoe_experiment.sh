@@ -9,9 +9,9 @@ data=$1; out=$2; steps=${3:-1000}; gpus=${4:-1}; per_gpu=${5:-2}; seeds=${6:-"1 
 bin=${CROSSMOE_BIN:-./build/crossmoe}
 mkdir -p "$out"
 base=(--hidden 256 --layers 8 --heads 4 --kv-heads 2 --head-dim 64 --experts 8 --top-k 2 --expert-size 256
-      --shared-size 0 --first-dense 0 --scoring softmax --pre-gate off)
-train=(--steps "$steps" --batch 32 --seq-len 256 --lr 3e-3 --warmup $((steps / 20)) --eval-every $((steps / 10))
-       --eval-batches 20 --save-every 0 --log-every 20 --device cuda)
+      --shared-size 0 --first-dense 0 --scoring softmax)
+train=(--steps "$steps" --batch "${BATCH:-32}" --seq-len 256 --lr 3e-3 --warmup $((steps / 20)) --eval-every $((steps / 10))
+       --eval-batches "${EVAL_BATCHES:-20}" --save-every 0 --log-every 20 --device "${DEVICE:-cuda}")
 psr=(--psr-start $((steps / 10)) --psr-end $((steps / 2)))
 declare -A runs=(
   [local]="--layout moe"
@@ -19,7 +19,7 @@ declare -A runs=(
   [rexmoe_r4]="--layout rexmoe --group-size 4"
   [rexmoe_r4_psr]="--layout rexmoe --group-size 4 ${psr[*]}"
   [rexmoe_r8_psr]="--layout rexmoe --group-size 8 ${psr[*]}"
-  [megrez2_r3]="--layout megrez2 --group-size 3"
+  [megrez2_r3]="--layout megrez2 --group-size 3 --pre-gate off"
   [megrez2_r3_pregate]="--layout megrez2 --group-size 3 --pre-gate on"
 )
 order=(local rexmoe_r2 rexmoe_r4 rexmoe_r4_psr rexmoe_r8_psr megrez2_r3 megrez2_r3_pregate)
