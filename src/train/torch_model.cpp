@@ -35,7 +35,7 @@ torch::ScalarType torch_type(DType dtype) {
 }
 
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, torch::ScalarType compute) {
-  return torch::matmul(x.to(compute), weight.to(compute).t());
+  return at::linear(x.to(compute), weight.to(compute));
 }
 
 // Norms, softmax, residuals and the loss run in float32, or in double when everything is double

@@ -51,39 +51,44 @@ torch::Tensor next_token_loss(const torch::Tensor& logits, const torch::Tensor& 
   return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape(-1));
 }
 
-// PyTorch's AdamW (decoupled weight decay, bias-corrected moments), state kept by tensor name so
-// that checkpoints store it under readable names.
+// PyTorch's AdamW (decoupled weight decay, bias-corrected moments) with multi-tensor (_foreach)
+// kernels, state kept by tensor name so that checkpoints store it under readable names. Tensors
+// without a gradient this step (experts nobody chose) are left alone, as torch.optim does.
 struct AdamW {
   std::map<std::string, torch::Tensor> m, v;
 
   void step(TorchModel& model, const std::vector<std::string>& names, const TrainOptions& o, double lr, int64_t t) {
     torch::NoGradGuard no_grad;
-    const double bc1 = 1.0 - std::pow(o.beta1, double(t)), bc2 = 1.0 - std::pow(o.beta2, double(t));
+    std::vector<torch::Tensor> params, grads, ms, vs, decayed;
     for (const std::string& name : names) {
       torch::Tensor& p = model.tensor(name);
       if (!p.grad().defined()) continue;
-      const torch::Tensor g = p.grad();
       auto [mi, fresh] = m.try_emplace(name);
       if (fresh) mi->second = torch::zeros_like(p), v[name] = torch::zeros_like(p);
-      torch::Tensor& mt = mi->second;
-      torch::Tensor& vt = v[name];
-      if (o.weight_decay > 0 && p.dim() >= 2) p.mul_(1.0 - lr * o.weight_decay);
-      mt.mul_(o.beta1).add_(g, 1.0 - o.beta1);
-      vt.mul_(o.beta2).addcmul_(g, g, 1.0 - o.beta2);
-      p.addcdiv_(mt, (vt.sqrt() / std::sqrt(bc2)).add_(o.adam_eps), -lr / bc1);
+      params.push_back(p), grads.push_back(p.grad()), ms.push_back(mi->second), vs.push_back(v[name]);
+      if (p.dim() >= 2) decayed.push_back(p);
     }
+    if (params.empty()) return;
+    const double bc1 = 1.0 - std::pow(o.beta1, double(t)), bc2 = 1.0 - std::pow(o.beta2, double(t));
+    if (o.weight_decay > 0 && !decayed.empty()) at::_foreach_mul_(decayed, 1.0 - lr * o.weight_decay);
+    at::_foreach_mul_(ms, o.beta1);
+    at::_foreach_add_(ms, grads, 1.0 - o.beta1);
+    at::_foreach_mul_(vs, o.beta2);
+    at::_foreach_addcmul_(vs, grads, grads, 1.0 - o.beta2);
+    std::vector<torch::Tensor> denom = at::_foreach_sqrt(vs);
+    at::_foreach_div_(denom, std::sqrt(bc2));
+    at::_foreach_add_(denom, o.adam_eps);
+    at::_foreach_addcdiv_(params, ms, denom, -lr / bc1);
   }
 };
 
 double clip_gradients(TorchModel& model, const std::vector<std::string>& names, double max_norm) {
   torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> norms;
+  std::vector<torch::Tensor> grads;
   for (const auto& name : names)
-    if (model.tensor(name).grad().defined()) norms.push_back(model.tensor(name).grad().pow(2).sum());
-  const double norm = std::sqrt(torch::stack(norms).sum().item<double>());
-  if (max_norm > 0 && norm > max_norm)
-    for (const auto& name : names)
-      if (model.tensor(name).grad().defined()) model.tensor(name).grad().mul_(max_norm / (norm + 1e-6));
+    if (model.tensor(name).grad().defined()) grads.push_back(model.tensor(name).grad());
+  const double norm = torch::stack(at::_foreach_norm(grads, 2)).norm().item<double>();
+  if (max_norm > 0 && norm > max_norm) at::_foreach_mul_(grads, max_norm / (norm + 1e-6));
   return norm;
 }
 
@@ -264,7 +269,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     const std::vector<torch::Tensor> allowed = psr_masks(config, o, step);
     ForwardOptions fo{allowed, compute, o.capacity_factor};
     std::vector<torch::Tensor> load(static_cast<size_t>(config.num_layers));
-    double loss_sum = 0, aux_sum = 0;
+    torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device)), aux_sum = loss_sum.clone();
     for (int micro = 0; micro < o.grad_accum; ++micro) {
       auto rng = stream_rng(o.seed, kBatches, uint64_t(step) * uint64_t(o.grad_accum) + uint64_t(micro));
       std::uniform_int_distribution<int64_t> pick(0, max_start);
@@ -274,8 +279,8 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
       const ForwardResult r = model->forward(in, fo);
       const torch::Tensor loss = next_token_loss(r.logits, target);
       ((loss + o.aux_loss_weight * r.aux_loss) / double(o.grad_accum)).backward();
-      loss_sum += loss.item<double>();
-      aux_sum += r.aux_loss.item<double>();
+      loss_sum += loss.detach();
+      aux_sum += r.aux_loss.detach().to(torch::kFloat32);
       for (size_t l = 0; l < load.size(); ++l)
         if (r.expert_load[l].defined()) load[l] = load[l].defined() ? load[l] + r.expert_load[l] : r.expert_load[l];
     }
@@ -290,8 +295,8 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     row.step = step + 1;
     row.tokens = tokens_seen;
     row.lr = lr;
-    row.loss = loss_sum / o.grad_accum;
-    row.aux = aux_sum / o.grad_accum;
+    row.loss = loss_sum.item<double>() / o.grad_accum;
+    row.aux = aux_sum.item<double>() / o.grad_accum;
     require(std::isfinite(row.loss), "train: the loss became " + std::to_string(row.loss) + " at step " +
                                          std::to_string(step + 1) + " (lower the learning rate?)");
     const bool last = step + 1 == o.steps;
