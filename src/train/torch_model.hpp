@@ -34,6 +34,10 @@ struct PsrSchedule {
 // N_t for a pool of `experts` per layer and group size `r` (candidates = r * experts).
 int psr_pool_size(int experts, int r, int64_t step, const PsrSchedule& schedule);
 
+// How routed experts run: a loop over experts, each on its rows (best on CPU), or three batched
+// products over all experts with rows padded to the busiest expert (fewer kernels: best on GPU).
+enum class GroupedExperts { Auto, On, Off };
+
 struct ForwardOptions {
   // Per layer: empty, or a bool tensor [candidates] of the candidates a router may pick this step.
   std::vector<torch::Tensor> allowed;
@@ -41,6 +45,7 @@ struct ForwardOptions {
   torch::ScalarType compute_dtype = torch::kFloat32;
   // 0 = no cap; otherwise an expert takes at most ceil(factor * N * K / C) rows, the rest dropped.
   double capacity_factor = 0.0;
+  GroupedExperts grouped_experts = GroupedExperts::Auto;  // Auto: batched on CUDA, loop on CPU
 };
 
 struct ForwardResult {
