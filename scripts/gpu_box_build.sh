@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Builds the crossmoe CLI (trainer included) on the lent GPU machine, which has a CUDA libtorch
+# (from its Python torch) and g++ but none of our Debian -dev packages and no network.
+#   here:    bash scripts/gpu_box_build.sh prepare .carry   # headers + static libs + token data
+#   there:   bash scripts/gpu_box_build.sh build .carry     # -> .carry/crossmoe
+# (.carry is listed in .git/info/exclude and passed to the device tool's `carry`.)
+set -euo pipefail
+mode=$1; dir=$2
+if [ "$mode" = prepare ]; then
+  mkdir -p "$dir/include" "$dir/lib" "$dir/data"
+  cp -r /usr/include/nlohmann /usr/include/CLI /usr/include/pcre2.h /usr/include/utf8proc.h "$dir/include/"
+  cp /usr/lib/x86_64-linux-gnu/libpcre2-8.a /usr/lib/x86_64-linux-gnu/libutf8proc.a "$dir/lib/"
+  data=${3:-build/demo/data}
+  cp "$data"/train.bin "$data"/val.bin "$dir/data/"
+  tok=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['tokenizer'])" "$data/meta.json")
+  cp "$tok" "$dir/data/tokenizer.json"
+  python3 - "$data/meta.json" "$dir/data" <<'PY'
+import json, sys
+meta = json.load(open(sys.argv[1])); meta["tokenizer"] = sys.argv[2] + "/tokenizer.json"
+json.dump(meta, open(sys.argv[2] + "/meta.json", "w"), indent=1)
+PY
+  exit 0
+fi
+TORCH=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
+ABI=$(python3 -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')
+mkdir -p "$dir/obj"
+flags="-std=c++20 -O3 -DNDEBUG -fopenmp -D_GLIBCXX_USE_CXX11_ABI=$ABI -DCROSSMOE_HAVE_TORCH -Isrc -I$dir/include
+       -I$TORCH/include -I$TORCH/include/torch/csrc/api/include"
+srcs=$(ls src/*/*.cpp apps/crossmoe/*.cpp)
+objs=()
+for f in $srcs; do objs+=("$dir/obj/$(echo "$f" | tr / _).o"); done
+for f in $srcs; do
+  isa=""
+  case $f in
+    *avx2*) isa="-mavx2 -mfma -mf16c" ;;
+    *avx512*) isa="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c" ;;
+  esac
+  echo "g++ $flags $isa -c $f -o $dir/obj/$(echo "$f" | tr / _).o"
+done | xargs -P "$(nproc)" -I{} sh -c "{}"
+g++ -fopenmp -o "$dir/crossmoe" "${objs[@]}" "$dir/lib/libpcre2-8.a" "$dir/lib/libutf8proc.a" \
+  -L"$TORCH/lib" -Wl,-rpath,"$TORCH/lib" -Wl,--no-as-needed -ltorch -ltorch_cuda -ltorch_cpu -lc10_cuda -lc10
+echo "built $dir/crossmoe"
