@@ -13,6 +13,7 @@
 #include "model/init.hpp"
 #include "model/tensor_names.hpp"
 #include "runtime/generate.hpp"
+#include "small_models.hpp"
 #include "util/json_file.hpp"
 
 using namespace crossmoe;
@@ -197,17 +198,7 @@ class PlainReference {
   const Checkpoint& ck_;
 };
 
-ModelConfig small(const std::string& layout) {
-  ModelConfig c = layout_preset(layout);
-  c.hidden_size = 64;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 16;
-  c.intermediate_size = 96;
-  c.moe.expert_intermediate_size = 32;
-  c.vocab_size = 300;
-  return c;
-}
+using testing_models::small;
 
 struct Layout {
   std::string name;

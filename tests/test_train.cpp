@@ -11,6 +11,7 @@
 #include "model/init.hpp"
 #include "model/tensor_names.hpp"
 #include "runtime/forward.hpp"
+#include "small_models.hpp"
 #include "train/corpus.hpp"
 #include "train/trainer.hpp"
 #include "util/json_file.hpp"
@@ -21,14 +22,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// The shared tiny presets with 4 layers and a vocabulary of 320.
 ModelConfig small(const std::string& layout) {
-  ModelConfig c = layout_preset(layout);
-  c.hidden_size = 64;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 16;
-  c.intermediate_size = 96;
-  c.moe.expert_intermediate_size = 32;
+  ModelConfig c = testing_models::small(layout);
   c.vocab_size = 320;
   c.num_layers = 4;
   c.layer_is_moe.resize(4);
