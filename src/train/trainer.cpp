@@ -301,7 +301,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
                                          std::to_string(step + 1) + " (lower the learning rate?)");
     const bool last = step + 1 == o.steps;
     const bool eval_now = last || (o.eval_every > 0 && (step + 1) % o.eval_every == 0);
-    if (eval_now || last || (step + 1) % std::max<int64_t>(o.log_every, 1) == 0) {
+    if (eval_now || (step + 1) % std::max<int64_t>(o.log_every, 1) == 0) {
       row.tokens_per_s = double(window_tokens) / std::max(window.seconds(), 1e-9);
       row.elapsed = elapsed_before + watch.seconds();
       row.val_loss.reset();
