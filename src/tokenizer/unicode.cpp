@@ -89,15 +89,68 @@ std::string normalize(std::string_view s, NormalForm form) {
   return std::string(reinterpret_cast<const char*>(out), size_t(n));
 }
 
+namespace {
+bool is_cased(char32_t c) {
+  const auto cat = utf8proc_category(utf8proc_int32_t(c));
+  return cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LL || cat == UTF8PROC_CATEGORY_LT;
+}
+bool is_case_ignorable(char32_t c) {
+  switch (utf8proc_category(utf8proc_int32_t(c))) {
+    case UTF8PROC_CATEGORY_MN: case UTF8PROC_CATEGORY_ME: case UTF8PROC_CATEGORY_CF: case UTF8PROC_CATEGORY_LM:
+    case UTF8PROC_CATEGORY_SK:
+      return true;
+    default:  // Word_Break MidLetter, MidNumLet and Single_Quote
+      return c == '\'' || c == '.' || c == ':' || c == 0xb7 || c == 0x387 || c == 0x5f4 || c == 0x2018 ||
+             c == 0x2019 || c == 0x2024 || c == 0x2027 || c == 0xfe13 || c == 0xfe52 || c == 0xfe55 ||
+             c == 0xff07 || c == 0xff0e || c == 0xff1a;
+  }
+}
+}  // namespace
+
 std::string lowercase(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
+  // Full lower-case mapping as Python's str.lower() and Rust's to_lowercase() do it: utf8proc's
+  // simple mapping plus the two special cases of SpecialCasing.txt that apply everywhere:
+  // U+0130 becomes "i" + U+0307, and a capital sigma that ends a word becomes final sigma.
+  std::u32string cps;
   for (size_t i = 0; i < s.size();) {
     const size_t len = valid_sequence_length(s, i);
-    append_utf8(out, char32_t(utf8proc_tolower(utf8proc_int32_t(decode_at(s, i, len)))));
+    require(len > 0, "lowercase: the text is not valid UTF-8");
+    cps += decode_at(s, i, len);
     i += len;
   }
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < cps.size(); ++i) {
+    const char32_t c = cps[i];
+    if (c == 0x130) {
+      out += "i\u0307";
+    } else if (c == 0x3a3) {
+      size_t b = i, a = i + 1;
+      while (b > 0 && is_case_ignorable(cps[b - 1])) --b;
+      while (a < cps.size() && is_case_ignorable(cps[a])) ++a;
+      const bool final = b > 0 && is_cased(cps[b - 1]) && !(a < cps.size() && is_cased(cps[a]));
+      append_utf8(out, final ? 0x3c2 : 0x3c3);
+    } else {
+      append_utf8(out, char32_t(utf8proc_tolower(utf8proc_int32_t(c))));
+    }
+  }
   return out;
+}
+
+bool is_python_space(char32_t c) {
+  return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
+         (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
+}
+
+bool is_python_word_char(char32_t c) {
+  if (c < 0x80) return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+  switch (utf8proc_category(utf8proc_int32_t(c))) {
+    case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT: case UTF8PROC_CATEGORY_LM:
+    case UTF8PROC_CATEGORY_LO: case UTF8PROC_CATEGORY_ND: case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_NO:
+      return true;
+    default:
+      return false;
+  }
 }
 
 namespace {

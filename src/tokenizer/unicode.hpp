@@ -18,6 +18,12 @@ enum class NormalForm { NFC, NFD, NFKC, NFKD };
 std::string normalize(std::string_view s, NormalForm form);  // s must be valid UTF-8
 std::string lowercase(std::string_view s);
 
+// Character classes as Python's str methods and re module see them (the LV-Eval metric is Python):
+// str.split() splits on is_python_space; re's \w on str matches is_python_word_char (letters,
+// numbers, underscore).
+bool is_python_space(char32_t cp);
+bool is_python_word_char(char32_t cp);
+
 // GPT-2's map: bytes 33..126, 161..172 and 174..255 stand for themselves, the other 68 bytes
 // for U+0100 onwards, so that every byte is a printable character.
 const std::string& byte_to_char(uint8_t byte);  // the character, UTF-8 encoded
