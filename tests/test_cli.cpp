@@ -124,6 +124,68 @@ TEST_F(Cli, GamesPlayAndSolve) {
   expect_one_line_error(run("games play leduc_poker --p0 cfr:" + policy), "not leduc_poker");
 }
 
+std::vector<nlohmann::json> read_jsonl(const fs::path& path) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+TEST_F(Cli, LvEvalRunsResumesAndReports) {
+  std::ofstream(dir_ / "filler_en.txt") << "The river ran past the old mill where the miller kept his grain . ";
+  std::ofstream(dir_ / "filler_zh.txt") << "河水流过老磨坊，磨坊主在那里存放粮食。";
+  const fs::path data = dir_ / "lv_data", out = dir_ / "lv_out";
+  ASSERT_EQ(run("eval generate --text " + (dir_ / "filler_en.txt").string() + " -o " + data.string() +
+                " --length 300,1500 -n 3").code, 0);
+  ASSERT_EQ(run("eval generate --language zh --text " + (dir_ / "filler_zh.txt").string() + " -o " + data.string() +
+                " --length 300 -n 3").code, 0);
+  ASSERT_TRUE(fs::exists(data / "factrecall_en_1k.jsonl"));
+  const std::string lveval = "eval lveval " + (dir_ / "good").string() + " --data " + data.string() + " -o " +
+                             out.string() + " --max-length 200";
+  const Result first = run(lveval, false);
+  ASSERT_EQ(first.code, 0) << first.out;
+  EXPECT_NE(first.out.find("| factrecall_en |"), std::string::npos) << first.out;
+  EXPECT_NE(first.out.find("| **average** |"), std::string::npos) << first.out;
+  for (const char* f : {"report.md", "results.json", "score_by_length.svg", "predictions/factrecall_zh_1k.jsonl"})
+    EXPECT_TRUE(fs::exists(out / f)) << f;
+  const fs::path preds = out / "predictions" / "factrecall_en_1k.jsonl";
+  const auto rows = read_jsonl(preds);
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[2]["line"], 3);
+  EXPECT_TRUE(rows[0]["truncated"].get<bool>());  // 300 words do not fit in 200 tokens
+  EXPECT_LE(rows[0]["prompt_tokens"].get<int>(), 200 + 2);
+
+  // Interrupted while writing the third line: a rerun redoes that line only, and agrees.
+  std::ifstream in(preds);
+  std::string a, b;
+  std::getline(in, a);
+  std::getline(in, b);
+  in.close();
+  std::ofstream(preds) << a << "\n" << b << "\n" << R"({"line": 3, "pred": "par)";
+  const Result second = run(lveval, true);
+  ASSERT_EQ(second.code, 0) << second.out;
+  EXPECT_NE(second.out.find("factrecall_en_1k: 3 samples, 2 already predicted"), std::string::npos) << second.out;
+  EXPECT_EQ(read_jsonl(preds), rows);
+  // The same output directory with other settings would mix runs.
+  expect_one_line_error(run(lveval + "0"), "other settings");
+
+  // eval score: another system's predictions, with bad lines reported and the rest scored.
+  const fs::path theirs = dir_ / "multifieldqa_en_mixup_16k.jsonl";
+  std::ofstream(theirs) << R"({"pred": "The Eiffel Tower", "answers": ["Eiffel Tower"], "gold_ans": "Eiffel"})" << "\n"
+                        << R"({"pred": "Paris", "answers": ["Rome"], "gold_ans": "Rome"})" << "\n"
+                        << R"({"answers": ["x"]})" << "\n"
+                        << R"({"pred": "x", "answers": ["x"], "gold_ans": "the"})" << "\n"
+                        << R"({"pred": "x", "answers": [], "gold_ans": null})" << "\n";
+  const Result scored = run("eval score " + theirs.string() + " --report " + (dir_ / "their_report").string(), false);
+  ASSERT_EQ(scored.code, 0) << scored.out;
+  // (1 + 0 + 0) / 3 samples = 33.33; two bad lines named.
+  EXPECT_NE(scored.out.find("33.33  (3 samples, 2 bad lines)"), std::string::npos) << scored.out;
+  EXPECT_NE(scored.out.find("line 3: missing field 'pred'"), std::string::npos) << scored.out;
+  EXPECT_NE(scored.out.find("line 4: answer_keywords normalise to no token"), std::string::npos) << scored.out;
+  EXPECT_TRUE(fs::exists(dir_ / "their_report" / "report.md"));
+  expect_one_line_error(run("eval score " + (dir_ / "filler_en.txt").string()), "unknown LV-Eval dataset");
+}
+
 TEST_F(Cli, MissingModelDirectory) { expect_one_line_error(run("info /nonexistent/model"), "config.json"); }
 
 TEST_F(Cli, UnknownModelType) {

@@ -1,5 +1,5 @@
-// crossmoe eval generate | check: LV-Eval-style data made from real text, and validation of
-// LV-Eval jsonl files.
+// crossmoe eval lveval | score | generate | check: LV-Eval on a model, the metric on any
+// predictions file, LV-Eval-style data made from real text, and validation of data files.
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -8,6 +8,9 @@
 
 #include "commands.hpp"
 #include "eval/lveval_data.hpp"
+#include "eval/lveval_datasets.hpp"
+#include "eval/lveval_run.hpp"
+#include "util/json_file.hpp"
 #include "util/error.hpp"
 #include "util/progress.hpp"
 
@@ -17,7 +20,7 @@ namespace {
 
 struct GenerateDataArgs {
   std::string text, out, language = "en";
-  int64_t length = 16000;
+  std::vector<int64_t> lengths = {16000};
   int samples = 10, confusing = 3;
   uint64_t seed = 0;
 };
@@ -27,20 +30,22 @@ void run_generate_data(const GenerateDataArgs& a) {
   require(in.good(), "cannot open " + a.text);
   const std::string filler((std::istreambuf_iterator<char>(in)), {});
   std::filesystem::create_directories(a.out);
-  const std::string level = std::to_string((a.length + 999) / 1000) + "k";
-  const auto path = std::filesystem::path(a.out) / ("factrecall_" + a.language + "_" + level + ".jsonl");
-  std::ofstream out(path);
-  require(out.good(), "cannot write " + path.string());
-  for (int i = 0; i < a.samples; ++i) {
-    eval::FactRecallOptions o;
-    o.language = a.language;
-    o.length = a.length;
-    o.depth = a.samples > 1 ? double(i) / double(a.samples - 1) : 0.5;  // needles from start to end
-    o.confusing_facts = a.confusing;
-    o.seed = a.seed + uint64_t(i);
-    out << eval::to_jsonl_line(eval::make_fact_recall(filler, o)) << "\n";
+  for (const int64_t length : a.lengths) {
+    const std::string level = std::to_string((length + 999) / 1000) + "k";
+    const auto path = std::filesystem::path(a.out) / ("factrecall_" + a.language + "_" + level + ".jsonl");
+    std::ofstream out(path);
+    require(out.good(), "cannot write " + path.string());
+    for (int i = 0; i < a.samples; ++i) {
+      eval::FactRecallOptions o;
+      o.language = a.language;
+      o.length = length;
+      o.depth = a.samples > 1 ? double(i) / double(a.samples - 1) : 0.5;  // needles from start to end
+      o.confusing_facts = a.confusing;
+      o.seed = a.seed + uint64_t(i);
+      out << eval::to_jsonl_line(eval::make_fact_recall(filler, o)) << "\n";
+    }
+    log_info("wrote " + std::to_string(a.samples) + " samples to " + path.string());
   }
-  log_info("wrote " + std::to_string(a.samples) + " samples to " + path.string());
 }
 
 void run_check(const std::vector<std::string>& files) {
@@ -55,11 +60,107 @@ void run_check(const std::vector<std::string>& files) {
   require(bad == 0, std::to_string(bad) + " bad lines");
 }
 
+// jieba's tables sit next to the binary (build/jieba, made by scripts/setup.sh) unless --jieba says.
+std::filesystem::path jieba_dir(const std::string& given) {
+  if (!given.empty()) return given;
+  return std::filesystem::read_symlink("/proc/self/exe").parent_path() / "jieba";
+}
+
+eval::Jieba load_jieba(const std::string& given) {
+  const auto dir = jieba_dir(given);
+  require(std::filesystem::exists(dir / "dict.txt"),
+          "jieba's dictionary is not in " + dir.string() + " (scripts/setup.sh writes it; or give --jieba DIR)");
+  return eval::Jieba(dir / "dict.txt", dir / "hmm.json");
+}
+
+void print_scores(const std::vector<eval::ScoredFile>& scores) {
+  for (const auto& s : scores) {
+    std::printf("%-32s %-24s %6s %8.2f  (%d samples", s.name.c_str(), s.dataset.c_str(), s.level.c_str(), s.score,
+                s.samples);
+    std::printf(s.errors.empty() ? ")\n" : ", %zu bad lines)\n", s.errors.size());
+    for (const auto& e : s.errors) std::printf("    line %d: %s\n", e.line, e.message.c_str());
+  }
+  std::printf("\n%s", eval::report_table(scores).c_str());
+}
+
+struct LvEvalArgs {
+  std::string model, data, out, prompts, jieba;
+  std::vector<std::string> datasets, levels;
+  int max_length = 0, limit = 0;
+};
+
+void run_lveval_command(const LvEvalArgs& a) {
+  const eval::Jieba jieba = load_jieba(a.jieba);
+  const eval::LvMetric metric(jieba);
+  const Model model(a.model);
+  const auto tokenizer_path = std::filesystem::path(a.model) / "tokenizer.json";
+  require(std::filesystem::exists(tokenizer_path), "no tokenizer.json in " + a.model);
+  Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
+  eval::LvEvalOptions o;
+  o.data_dir = a.data;
+  o.out_dir = a.out.empty() ? "lveval-" + std::filesystem::path(a.model).lexically_normal().filename().string() : a.out;
+  o.datasets = a.datasets;
+  o.levels = a.levels;
+  o.max_length = a.max_length;
+  o.limit = a.limit;
+  if (!a.prompts.empty()) o.prompts = read_json_file(a.prompts).get<std::map<std::string, std::string>>();
+  const auto scores = eval::run_lveval(model, tokenizer, metric, o);
+  eval::write_report(scores, o.out_dir, a.model);
+  print_scores(scores);
+  log_info("report: " + (o.out_dir / "report.md").string() + ", plot: " + (o.out_dir / "score_by_length.svg").string());
+}
+
+struct ScoreArgs {
+  std::vector<std::string> files;
+  std::string dataset, report, jieba;
+};
+
+void run_score(const ScoreArgs& a) {
+  const eval::Jieba jieba = load_jieba(a.jieba);
+  const eval::LvMetric metric(jieba);
+  std::vector<eval::ScoredFile> scores;
+  for (const auto& f : a.files) scores.push_back(eval::score_predictions(metric, f, a.dataset));
+  print_scores(scores);
+  if (!a.report.empty()) {
+    eval::write_report(scores, a.report, "predictions");
+    log_info("report: " + (std::filesystem::path(a.report) / "report.md").string());
+  }
+}
+
 }  // namespace
 
 void add_eval(CLI::App& app) {
-  CLI::App* ev = app.add_subcommand("eval", "LV-Eval data (the metric and the eval run are still to come)");
+  CLI::App* ev = app.add_subcommand("eval", "LV-Eval: run it on a model, score predictions, make and check data");
   ev->require_subcommand(1);
+
+  auto l = std::make_shared<LvEvalArgs>();
+  CLI::App* lv = ev->add_subcommand("lveval", "Run LV-Eval on a model: predictions (resumable), scores, report and plot");
+  lv->add_option("model", l->model, "Model directory")->required()->check(CLI::ExistingDirectory);
+  lv->add_option("--data", l->data, "Directory of LV-Eval files named {dataset}_{level}.jsonl")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  lv->add_option("-o,--out", l->out, "Output directory (default: lveval-<model name>); a rerun resumes there");
+  lv->add_option("--datasets", l->datasets, "Only these datasets (default: all found)")->delimiter(',');
+  lv->add_option("--levels", l->levels, "Only these length levels, e.g. 16k,32k (default: all found)")->delimiter(',');
+  lv->add_option("--max-length", l->max_length, "Prompt tokens kept, middle truncated (default: the model's window - 500)")
+      ->check(CLI::NonNegativeNumber);
+  lv->add_option("--limit", l->limit, "At most this many samples per file (default: all)")->check(CLI::NonNegativeNumber);
+  lv->add_option("--prompts", l->prompts, "JSON file {dataset: template with {context} and {input}} replacing built-in prompts")
+      ->check(CLI::ExistingFile);
+  lv->add_option("--jieba", l->jieba, "Directory with jieba's dict.txt and hmm.json (default: next to the binary)");
+  add_threads_option(*lv);
+  lv->callback([l] { run_lveval_command(*l); });
+
+  auto sc = std::make_shared<ScoreArgs>();
+  CLI::App* score = ev->add_subcommand("score", "Score predictions files (pred, answers, gold_ans per line) with the LV-Eval metric");
+  score->add_option("files", sc->files, "Predictions jsonl files, named {dataset}_{level}.jsonl unless --dataset")
+      ->required()
+      ->check(CLI::ExistingFile);
+  score->add_option("--dataset", sc->dataset, "The dataset all files belong to (default: from each file name)");
+  score->add_option("--report", sc->report, "Also write report.md, results.json and score_by_length.svg here");
+  score->add_option("--jieba", sc->jieba, "Directory with jieba's dict.txt and hmm.json (default: next to the binary)");
+  score->callback([sc] { run_score(*sc); });
+
   auto a = std::make_shared<GenerateDataArgs>();
   CLI::App* gen = ev->add_subcommand("generate", "Write LV-Eval-style factrecall samples made from real text");
   gen->add_option("--text", a->text, "Filler text (UTF-8), e.g. build/text/english.txt")->required()->check(CLI::ExistingFile);
@@ -67,7 +168,10 @@ void add_eval(CLI::App& app) {
   gen->add_option("--language", a->language, "en (length in words) or zh (in characters)")
       ->capture_default_str()
       ->check(CLI::IsMember({"en", "zh"}));
-  gen->add_option("--length", a->length, "Context length")->capture_default_str()->check(CLI::PositiveNumber);
+  gen->add_option("--length", a->lengths, "Context lengths, one file each (level = length rounded up to thousands)")
+      ->delimiter(',')
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   gen->add_option("-n,--samples", a->samples, "Samples (needle depths spread from 0 to 1)")->capture_default_str()->check(CLI::PositiveNumber);
   gen->add_option("--confusing-facts", a->confusing, "Confusing facts inserted per sample")->capture_default_str();
   gen->add_option("--seed", a->seed, "Seed")->capture_default_str();

@@ -12,7 +12,7 @@ void add_tokenizer(CLI::App& app);  // tokenize, tokenizer train
 void add_chat(CLI::App& app);
 void add_games(CLI::App& app);  // games play, games solve
 void add_data(CLI::App& app);   // data prepare
-void add_eval(CLI::App& app);   // eval generate, eval check
+void add_eval(CLI::App& app);   // eval lveval, score, generate, check
 void add_train(CLI::App& app);  // needs libtorch; otherwise says so
 
 // --threads N for any command that computes.

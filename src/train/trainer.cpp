@@ -12,6 +12,7 @@
 #include "util/error.hpp"
 #include "util/json_file.hpp"
 #include "util/progress.hpp"
+#include "util/svg_plot.hpp"
 
 namespace crossmoe::train {
 
@@ -354,35 +355,18 @@ void write_loss_svg(const fs::path& csv, const fs::path& svg) {
     if (!f[6].empty()) val.push_back({std::stod(f[1]), std::stod(f[6])});
   }
   if (train.empty()) return;
-  double x1 = 0, y0 = 1e30, y1 = -1e30;
-  for (const auto* s : {&train, &val})
-    for (const auto& p : *s) x1 = std::max(x1, p[0]), y0 = std::min(y0, p[1]), y1 = std::max(y1, p[1]);
-  if (y1 - y0 < 1e-9) y1 = y0 + 1;
-  constexpr double W = 640, H = 400, L = 60, R = 20, T = 30, B = 50;
-  auto px = [&](double x) { return L + (W - L - R) * x / std::max(x1, 1.0); };
-  auto py = [&](double y) { return T + (H - T - B) * (1.0 - (y - y0) / (y1 - y0)); };
-  std::ostringstream s;
-  s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" font-family=\"sans-serif\" "
-    << "font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  s << "<text x=\"" << W / 2 << "\" y=\"18\" text-anchor=\"middle\">loss against tokens seen</text>\n";
+  LinePlot plot;
+  plot.title = "loss against tokens seen";
+  plot.x_label = "tokens";
+  const double last = std::max(train.back()[0], val.empty() ? 0.0 : val.back()[0]);
   for (int i = 0; i <= 4; ++i) {
-    const double y = y0 + (y1 - y0) * i / 4, x = x1 * i / 4;
-    s << "<line x1=\"" << L << "\" x2=\"" << W - R << "\" y1=\"" << py(y) << "\" y2=\"" << py(y) << "\" stroke=\"#ddd\"/>\n";
-    s << "<text x=\"" << L - 6 << "\" y=\"" << py(y) + 4 << "\" text-anchor=\"end\">" << std::round(y * 100) / 100 << "</text>\n";
-    s << "<text x=\"" << px(x) << "\" y=\"" << H - B + 18 << "\" text-anchor=\"middle\">" << std::round(x / 1e3) / 1e3 << "M</text>\n";
+    std::ostringstream label;
+    label << std::round(last * i / 4 / 1e3) / 1e3 << "M";
+    plot.x_ticks.push_back({last * i / 4, label.str()});
   }
-  s << "<text x=\"" << W / 2 << "\" y=\"" << H - 10 << "\" text-anchor=\"middle\">tokens</text>\n";
-  auto polyline = [&](const std::vector<std::array<double, 2>>& pts, const char* colour, const char* label, int row) {
-    s << "<polyline fill=\"none\" stroke=\"" << colour << "\" stroke-width=\"1.5\" points=\"";
-    for (const auto& p : pts) s << px(p[0]) << "," << py(p[1]) << " ";
-    s << "\"/>\n<text x=\"" << W - R - 110 << "\" y=\"" << T + 16 * row << "\" fill=\"" << colour << "\">" << label << "</text>\n";
-  };
-  polyline(train, "#1f77b4", "train loss", 1);
-  if (!val.empty()) polyline(val, "#d62728", "validation loss", 2);
-  s << "</svg>\n";
-  const fs::path tmp = svg.string() + ".tmp";
-  std::ofstream(tmp) << s.str();
-  fs::rename(tmp, svg);
+  plot.series.push_back({"train loss", train});
+  if (!val.empty()) plot.series.push_back({"validation loss", val});
+  write_svg(plot, svg);
 }
 
 }  // namespace crossmoe::train
