@@ -6,6 +6,7 @@
 
 #include "eval/lveval_data.hpp"
 #include "tokenizer/tokenizer.hpp"
+#include "util/error.hpp"
 
 using namespace crossmoe;
 
@@ -52,7 +53,7 @@ TEST(LvEvalData, MiddleTruncationKeepsBothEnds) {
 TEST(LvEvalData, FactRecallPutsTheNeedleAtItsDepth) {
   std::string filler;
   for (int i = 0; i < 100; ++i) filler += "word" + std::to_string(i) + " ";
-  eval::FactRecallOptions o;
+  eval::SampleOptions o;
   o.length = 5000;
   o.depth = 0.25;
   o.seed = 7;
@@ -71,6 +72,53 @@ TEST(LvEvalData, FactRecallPutsTheNeedleAtItsDepth) {
   EXPECT_EQ(eval::to_jsonl_line(s), eval::to_jsonl_line(eval::make_fact_recall(filler, o)));  // seeded
   o.seed = 8;
   EXPECT_NE(eval::to_jsonl_line(s), eval::to_jsonl_line(eval::make_fact_recall(filler, o)));
+}
+
+size_t count_of(const std::string& text, const std::string& part) {
+  size_t n = 0;
+  for (size_t at = text.find(part); at != std::string::npos; at = text.find(part, at + 1)) ++n;
+  return n;
+}
+
+void expect_answerable_cloze(const eval::LvSample& s, const std::string& open_quote, const std::string& close_quote,
+                             const std::string& keyword) {
+  ASSERT_EQ(s.answers.size(), 1u);
+  const std::string& answer = s.answers[0];
+  EXPECT_EQ(s.answer_keywords, answer);
+  const size_t from = s.input.find(open_quote) + open_quote.size(), to = s.input.rfind(close_quote);
+  std::string quoted = s.input.substr(from, to - from);
+  ASSERT_NE(quoted.find("____"), std::string::npos) << s.input;
+  quoted.replace(quoted.find("____"), 4, answer);
+  EXPECT_EQ(count_of(s.context, quoted), 1u) << quoted;  // the true sentence, once
+  EXPECT_EQ(s.context.find(keyword), std::string::npos) << keyword << " survived the replacement";
+  ASSERT_EQ(s.confusing_facts.size(), 3u);
+  for (const auto& f : s.confusing_facts) {
+    EXPECT_NE(s.context.find(f), std::string::npos);
+    EXPECT_EQ(f.find(answer), std::string::npos) << f;
+    EXPECT_NE(f, quoted);
+  }
+}
+
+TEST(LvEvalData, ClozeQaReplacesTheKeywordEverywhereAndStaysAnswerable) {
+  std::string filler;
+  for (int i = 0; i < 40; ++i)
+    filler += "Line " + std::to_string(i) + " says that Atlanta and the river " + (i % 2 ? "flows" : "bends") + " slowly .\n";
+  eval::SampleOptions o;
+  o.length = 600;
+  o.depth = 0.5;
+  o.seed = 3;
+  const eval::LvSample en = eval::make_cloze_qa(filler, o);
+  EXPECT_EQ(en.dataset, "multifieldqa_en_mixup");
+  expect_answerable_cloze(en, "\"", "\"", "Atlanta");
+  EXPECT_GE(std::count(en.context.begin(), en.context.end(), ' '), 600);
+
+  std::string zh;
+  for (int i = 0; i < 40; ++i) zh += "北京第" + std::to_string(i) + "条河水" + (i % 2 ? "很慢" : "很急") + "。\n";
+  o.language = "zh";
+  const eval::LvSample z = eval::make_cloze_qa(zh, o);
+  EXPECT_EQ(z.dataset, "multifieldqa_zh_mixup");
+  expect_answerable_cloze(z, "“", "”", "北京");
+  EXPECT_THROW(eval::make_cloze_qa("no names here at all .", eval::SampleOptions{}), Error);
 }
 
 }  // namespace

@@ -19,7 +19,7 @@ namespace crossmoe::cli {
 namespace {
 
 struct GenerateDataArgs {
-  std::string text, out, language = "en";
+  std::string text, out, language = "en", kind = "factrecall";
   std::vector<int64_t> lengths = {16000};
   int samples = 10, confusing = 3;
   uint64_t seed = 0;
@@ -32,17 +32,19 @@ void run_generate_data(const GenerateDataArgs& a) {
   std::filesystem::create_directories(a.out);
   for (const int64_t length : a.lengths) {
     const std::string level = std::to_string((length + 999) / 1000) + "k";
-    const auto path = std::filesystem::path(a.out) / ("factrecall_" + a.language + "_" + level + ".jsonl");
+    const std::string dataset = a.kind == "factrecall" ? "factrecall_" + a.language : "multifieldqa_" + a.language + "_mixup";
+    const auto path = std::filesystem::path(a.out) / (dataset + "_" + level + ".jsonl");
     std::ofstream out(path);
     require(out.good(), "cannot write " + path.string());
     for (int i = 0; i < a.samples; ++i) {
-      eval::FactRecallOptions o;
+      eval::SampleOptions o;  // answers spread from the start to the end
       o.language = a.language;
       o.length = length;
-      o.depth = a.samples > 1 ? double(i) / double(a.samples - 1) : 0.5;  // needles from start to end
+      o.depth = a.samples > 1 ? double(i) / double(a.samples - 1) : 0.5;
       o.confusing_facts = a.confusing;
       o.seed = a.seed + uint64_t(i);
-      out << eval::to_jsonl_line(eval::make_fact_recall(filler, o)) << "\n";
+      out << eval::to_jsonl_line(a.kind == "factrecall" ? eval::make_fact_recall(filler, o) : eval::make_cloze_qa(filler, o))
+          << "\n";
     }
     log_info("wrote " + std::to_string(a.samples) + " samples to " + path.string());
   }
@@ -162,9 +164,12 @@ void add_eval(CLI::App& app) {
   score->callback([sc] { run_score(*sc); });
 
   auto a = std::make_shared<GenerateDataArgs>();
-  CLI::App* gen = ev->add_subcommand("generate", "Write LV-Eval-style factrecall samples made from real text");
+  CLI::App* gen = ev->add_subcommand("generate", "Write LV-Eval-style samples made from real text (factrecall or cloze QA)");
   gen->add_option("--text", a->text, "Filler text (UTF-8), e.g. build/text/english.txt")->required()->check(CLI::ExistingFile);
   gen->add_option("-o,--out", a->out, "Output directory")->required();
+  gen->add_option("--kind", a->kind, "factrecall (a needle names a discoverer) or qa (a blanked sentence of the text)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"factrecall", "qa"}));
   gen->add_option("--language", a->language, "en (length in words) or zh (in characters)")
       ->capture_default_str()
       ->check(CLI::IsMember({"en", "zh"}));

@@ -35,18 +35,27 @@ struct LvFile {
 // tag or text that is not UTF-8 becomes an error naming the line and the field.
 LvFile read_lveval_jsonl(const std::filesystem::path& path);
 
-struct FactRecallOptions {
+struct SampleOptions {
   std::string language = "en";  // "en": length in words; "zh": in characters
   int64_t length = 16000;
-  double depth = 0.5;           // where the needle sits, as a fraction of the context
+  double depth = 0.5;           // where the answer sits, as a fraction of the context
   int confusing_facts = 3;      // CFI: plausible but wrong statements elsewhere in the context
   uint64_t seed = 0;
 };
 
-// A factrecall-style sample: `filler` (real text) cut to the length, with a needle that states
-// who discovered a thing inserted at `depth`. KPR: the discoverer is a made-up name, replaced
-// consistently in the needle and the answer, so that no memorised fact answers it.
-LvSample make_fact_recall(const std::string& filler, const FactRecallOptions& options);
+// A factrecall-style sample (factrecall_en / factrecall_zh): `filler` (real text) cut to the
+// length, with a needle that states who discovered a thing inserted at `depth`. KPR: the
+// discoverer is a made-up name, the same in the needle and the answer, so that no memorised fact
+// answers it.
+LvSample make_fact_recall(const std::string& filler, const SampleOptions& options);
+
+// A QA sample on the real text itself (multifieldqa_en_mixup / multifieldqa_zh_mixup): the context
+// is sentences of `filler` (one per line, or split at sentence ends) from a random place. KPR: a
+// keyword of the sentence at `depth` (a capitalised name in English, two Han characters in
+// Chinese) is replaced by a made-up word everywhere in the context; the question quotes that
+// sentence with the word blanked, and the made-up word is the answer. CFI: copies of the sentence
+// with another made-up word and one other word changed, at random places.
+LvSample make_cloze_qa(const std::string& filler, const SampleOptions& options);
 
 std::string to_jsonl_line(const LvSample& sample);
 
