@@ -18,27 +18,6 @@ constexpr double kMinFloat = -3.14e100;  // jieba's stand-in for log(0)
 enum State { B = 0, E = 1, M = 2, S = 3 };  // in jieba's tie-break order: max() prefers later letters
 const char kStateNames[] = "BEMS";
 
-std::u32string decode(const std::string& s) {
-  std::u32string out;
-  for (size_t i = 0; i < s.size();) {
-    size_t len = unicode::valid_sequence_length(s, i);
-    if (len == 0) {  // invalid byte: U+FFFD, as Python's "replace" decoding would give
-      out += U'\uFFFD';
-      ++i;
-      continue;
-    }
-    out += unicode::decode_at(s, i, len);
-    i += len;
-  }
-  return out;
-}
-
-std::string encode(const std::u32string& s) {
-  std::string out;
-  for (char32_t c : s) unicode::append_utf8(out, c);
-  return out;
-}
-
 bool is_han_run_char(char32_t c) {  // re_han_default
   return (c >= 0x4E00 && c <= 0x9FD5) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
          c == '+' || c == '#' || c == '&' || c == '.' || c == '_' || c == '%' || c == '-';
@@ -66,7 +45,7 @@ Jieba::Jieba(const std::filesystem::path& dict_txt, const std::filesystem::path&
     const size_t sp = line.find(' ');
     require(sp != std::string::npos, dict_txt.string() + ":" + std::to_string(lineno) + ": expected 'word freq'");
     const size_t sp2 = line.find(' ', sp + 1);
-    const std::u32string word = decode(line.substr(0, sp));
+    const std::u32string word = unicode::to_utf32(line.substr(0, sp));
     long long f = 0;
     try {
       f = std::stoll(line.substr(sp + 1, sp2 == std::string::npos ? std::string::npos : sp2 - sp - 1));
@@ -90,7 +69,7 @@ Jieba::Jieba(const std::filesystem::path& dict_txt, const std::filesystem::path&
       trans_[s][t] = row.contains(to) ? row[to].get<double>() : kMinFloat;
     }
     for (const auto& [ch, p] : hmm.at("emit").at(name).items()) {
-      const std::u32string c = decode(ch);
+      const std::u32string c = unicode::to_utf32(ch);
       if (c.size() == 1) emit_[s][c[0]] = p.get<double>();
     }
   }
@@ -102,7 +81,7 @@ long long Jieba::freq(const std::u32string& word) const {
 }
 
 std::vector<std::string> Jieba::cut(const std::string& text) const {
-  const std::u32string s = decode(text);
+  const std::u32string s = unicode::to_utf32(text);
   std::vector<std::u32string> words;
   for (size_t i = 0; i < s.size();) {
     size_t j = i;
@@ -127,7 +106,7 @@ std::vector<std::string> Jieba::cut(const std::string& text) const {
   }
   std::vector<std::string> out;
   out.reserve(words.size());
-  for (const auto& w : words) out.push_back(encode(w));
+  for (const auto& w : words) out.push_back(unicode::to_utf8(w));
   return out;
 }
 

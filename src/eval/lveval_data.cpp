@@ -63,7 +63,18 @@ LvSample parse_sample(const std::string& line) {
   return s;
 }
 
-// Words of English filler, or characters of Chinese filler, up to `length`.
+// The characters of a UTF-8 string, each as its bytes (a stray byte stands alone).
+std::vector<std::string> characters_of(const std::string& s) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < s.size();) {
+    const size_t len = std::max<size_t>(1, unicode::valid_sequence_length(s, i));
+    out.push_back(s.substr(i, len));
+    i += len;
+  }
+  return out;
+}
+
+// Words of English filler, or characters of Chinese filler.
 std::vector<std::string> units(const std::string& text, const std::string& language) {
   std::vector<std::string> out;
   if (language == "en") {
@@ -76,11 +87,8 @@ std::vector<std::string> units(const std::string& text, const std::string& langu
       i = e;
     }
   } else {
-    for (size_t i = 0; i < text.size();) {
-      const size_t len = std::max<size_t>(1, unicode::valid_sequence_length(text, i));
-      if (!std::isspace(static_cast<unsigned char>(text[i]))) out.push_back(text.substr(i, len));
-      i += len;
-    }
+    for (auto& c : characters_of(text))
+      if (!std::isspace(static_cast<unsigned char>(c[0]))) out.push_back(std::move(c));
   }
   return out;
 }
@@ -196,16 +204,6 @@ bool is_plain_word(const std::string& w) {
 }
 
 bool is_han(char32_t c) { return c >= 0x4E00 && c <= 0x9FFF; }
-
-std::vector<std::string> characters_of(const std::string& s) {
-  std::vector<std::string> out;
-  for (size_t i = 0; i < s.size();) {
-    const size_t len = std::max<size_t>(1, unicode::valid_sequence_length(s, i));
-    out.push_back(s.substr(i, len));
-    i += len;
-  }
-  return out;
-}
 
 bool han_at(const std::vector<std::string>& chars, size_t i) {
   const std::string& c = chars[i];

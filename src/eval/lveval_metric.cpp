@@ -31,23 +31,6 @@ const std::u32string kAsciiPunctuation = U"!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
 const std::u32string kChinesePunctuation =
     U"！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏.";
 
-std::u32string decode(const std::string& s) {
-  std::u32string out;
-  for (size_t i = 0; i < s.size();) {
-    const size_t len = unicode::valid_sequence_length(s, i);
-    require(len > 0, "text is not valid UTF-8");
-    out += unicode::decode_at(s, i, len);
-    i += len;
-  }
-  return out;
-}
-
-std::string encode(const std::u32string& s) {
-  std::string out;
-  for (char32_t c : s) unicode::append_utf8(out, c);
-  return out;
-}
-
 // Python's str.split(): runs of non-whitespace.
 std::vector<std::u32string> split_whitespace(const std::u32string& s) {
   std::vector<std::u32string> out;
@@ -125,7 +108,7 @@ std::vector<std::string> rouge_sentences(const std::string& text) {
   for (const std::string& piece : split_on(text, '.')) {
     if (piece.empty()) continue;
     std::vector<std::string> words;
-    for (const auto& w : split_whitespace(decode(piece))) words.push_back(encode(w));
+    for (const auto& w : split_whitespace(unicode::to_utf32(piece))) words.push_back(unicode::to_utf8(w));
     out.push_back(join(words, " "));
   }
   return out;
@@ -155,7 +138,7 @@ std::vector<std::string> english_tokens(const std::string& text) {
   // lower -> remove ASCII punctuation -> remove \b(a|an|the)\b -> split. An article match is a
   // maximal run of word characters, since \b needs a non-word character (or an end) both sides.
   std::u32string s;
-  for (char32_t c : decode(unicode::lowercase(text)))
+  for (char32_t c : unicode::to_utf32(unicode::lowercase(text)))
     if (kAsciiPunctuation.find(c) == std::u32string::npos) s += c;
   std::u32string out;
   for (size_t i = 0; i < s.size();) {
@@ -170,17 +153,17 @@ std::vector<std::string> english_tokens(const std::string& text) {
     i = e;
   }
   std::vector<std::string> tokens;
-  for (const auto& w : split_whitespace(out)) tokens.push_back(encode(w));
+  for (const auto& w : split_whitespace(out)) tokens.push_back(unicode::to_utf8(w));
   return tokens;
 }
 
 std::string normalize_zh(const std::string& text) {
   std::u32string out;
-  for (char32_t c : decode(unicode::lowercase(text)))
+  for (char32_t c : unicode::to_utf32(unicode::lowercase(text)))
     if (kAsciiPunctuation.find(c) == std::u32string::npos && kChinesePunctuation.find(c) == std::u32string::npos &&
         !unicode::is_python_space(c))
       out += c;
-  return encode(out);
+  return unicode::to_utf8(out);
 }
 
 double token_f1(const std::vector<std::string>& prediction, const std::vector<std::string>& truth) {

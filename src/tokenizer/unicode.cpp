@@ -69,6 +69,22 @@ void append_utf8(std::string& out, char32_t cp) {
   }
 }
 
+std::u32string to_utf32(std::string_view s) {
+  std::u32string out;
+  for (size_t i = 0; i < s.size();) {
+    const size_t len = valid_sequence_length(s, i);
+    out += len ? decode_at(s, i, len) : U'\uFFFD';
+    i += len ? len : 1;
+  }
+  return out;
+}
+
+std::string to_utf8(std::u32string_view s) {
+  std::string out;
+  for (char32_t c : s) append_utf8(out, c);
+  return out;
+}
+
 std::string normalize(std::string_view s, NormalForm form) {
   // ASCII is invariant under every normal form: skip the library for it.
   bool ascii = true;

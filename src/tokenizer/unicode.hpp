@@ -13,6 +13,9 @@ size_t first_invalid_byte(std::string_view s);
 void append_utf8(std::string& out, char32_t cp);
 // Decodes the valid sequence at s[i] (see valid_sequence_length).
 char32_t decode_at(std::string_view s, size_t i, size_t len);
+// Whole strings: bytes that are not valid UTF-8 become U+FFFD, as Python's errors="replace".
+std::u32string to_utf32(std::string_view s);
+std::string to_utf8(std::u32string_view s);
 
 enum class NormalForm { NFC, NFD, NFKC, NFKD };
 std::string normalize(std::string_view s, NormalForm form);  // s must be valid UTF-8
