@@ -168,6 +168,13 @@ TEST_F(Cli, LvEvalRunsResumesAndReports) {
   EXPECT_EQ(read_jsonl(preds), rows);
   // The same output directory with other settings would mix runs.
   expect_one_line_error(run(lveval + "0"), "other settings");
+  // A chat model: the prompt goes through the chat template (ChatML here) as one user turn.
+  const Result chat = run("eval lveval " + (dir_ / "good").string() + " --data " + data.string() + " -o " +
+                              (dir_ / "lv_chat").string() + " --max-length 200 --chat --levels 1k", false);
+  ASSERT_EQ(chat.code, 0) << chat.out;
+  const auto chat_rows = read_jsonl(dir_ / "lv_chat" / "predictions" / "factrecall_en_1k.jsonl");
+  ASSERT_EQ(chat_rows.size(), 3u);
+  EXPECT_GT(chat_rows[0]["prompt_tokens"].get<int>(), rows[0]["prompt_tokens"].get<int>());  // the template's tokens
 
   // eval score: another system's predictions, with bad lines reported and the rest scored.
   const fs::path theirs = dir_ / "multifieldqa_en_mixup_16k.jsonl";

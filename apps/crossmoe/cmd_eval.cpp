@@ -1,5 +1,6 @@
 // crossmoe eval lveval | score | generate | check: LV-Eval on a model, the metric on any
 // predictions file, LV-Eval-style data made from real text, and validation of data files.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -89,6 +90,7 @@ struct LvEvalArgs {
   std::string model, data, out, prompts, jieba;
   std::vector<std::string> datasets, levels;
   int max_length = 0, limit = 0;
+  bool chat = false;
 };
 
 void run_lveval_command(const LvEvalArgs& a) {
@@ -105,7 +107,13 @@ void run_lveval_command(const LvEvalArgs& a) {
   o.levels = a.levels;
   o.max_length = a.max_length;
   o.limit = a.limit;
-  if (!a.prompts.empty()) o.prompts = read_json_file(a.prompts).get<std::map<std::string, std::string>>();
+  if (!a.prompts.empty()) {
+    const nlohmann::json prompts = read_json_file(a.prompts);
+    require(prompts.is_object() && std::all_of(prompts.begin(), prompts.end(), [](const auto& v) { return v.is_string(); }),
+            a.prompts + " must be a JSON object {dataset: template}");
+    o.prompts = prompts.get<std::map<std::string, std::string>>();
+  }
+  if (a.chat) o.chat_config = read_json_file(std::filesystem::path(a.model) / "tokenizer_config.json");
   const auto scores = eval::run_lveval(model, tokenizer, metric, o);
   eval::write_report(scores, o.out_dir, a.model);
   print_scores(scores);
@@ -149,6 +157,7 @@ void add_eval(CLI::App& app) {
   lv->add_option("--limit", l->limit, "At most this many samples per file (default: all)")->check(CLI::NonNegativeNumber);
   lv->add_option("--prompts", l->prompts, "JSON file {dataset: template with {context} and {input}} replacing built-in prompts")
       ->check(CLI::ExistingFile);
+  lv->add_flag("--chat", l->chat, "Wrap each prompt in the model's chat template as one user turn (chat models)");
   lv->add_option("--jieba", l->jieba, "Directory with jieba's dict.txt and hmm.json (default: next to the binary)");
   add_threads_option(*lv);
   lv->callback([l] { run_lveval_command(*l); });

@@ -10,6 +10,7 @@
 
 #include "eval/lveval_datasets.hpp"
 #include "runtime/generate.hpp"
+#include "tokenizer/chat_template.hpp"
 #include "tokenizer/unicode.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
@@ -93,12 +94,19 @@ std::set<int> lines_done(const fs::path& path) {
 }
 
 // The prompt's tokens with at most `room` of them: LongBench's middle truncation to max_length,
-// then encoded again as LV-Eval does; if that re-encoding grew past the session's room, the
-// middle is cut once more on the ids.
-std::vector<int> prompt_ids(Tokenizer& tokenizer, const std::string& prompt, int max_length, int room, bool& truncated) {
-  const std::string text = truncate_middle(tokenizer, prompt, max_length);
+// then, for chat models, the chat template around it; encoded again as LV-Eval does (with the
+// tokenizer's special tokens for a plain prompt; a rendered chat already has them). If that
+// grew past the session's room, the middle is cut once more on the ids.
+std::vector<int> prompt_ids(Tokenizer& tokenizer, const nlohmann::json& chat_config, const std::string& prompt,
+                            int max_length, int room, bool& truncated) {
+  std::string text = truncate_middle(tokenizer, prompt, max_length);
   truncated = text != prompt;
-  std::vector<int> ids = tokenizer.encode(text, true);
+  if (!chat_config.is_null()) {
+    ChatRequest request;
+    request.messages.push_back({{"role", "user"}, {"content", text}});
+    text = apply_chat_template(chat_config, request);
+  }
+  std::vector<int> ids = tokenizer.encode(text, chat_config.is_null());
   if (int(ids.size()) > room) {
     const size_t half = size_t(room / 2);
     std::vector<int> cut(ids.begin(), ids.begin() + std::ptrdiff_t(half));
@@ -182,7 +190,8 @@ std::vector<ScoredFile> run_lveval(const Model& model, Tokenizer& tokenizer, con
   fs::create_directories(o.out_dir / "predictions");
   const json settings = {{"model", fs::absolute(model.dir()).lexically_normal().string()},
                          {"max_length", max_length},
-                         {"prompts", o.prompts}};
+                         {"prompts", o.prompts},
+                         {"chat", !o.chat_config.is_null()}};
   const fs::path settings_file = o.out_dir / "run.json";
   if (fs::exists(settings_file)) {
     require(read_json_file(settings_file) == settings,
@@ -194,6 +203,12 @@ std::vector<ScoredFile> run_lveval(const Model& model, Tokenizer& tokenizer, con
 
   InferenceSession session(model, context);
   Sampler greedy(SamplingParams{});
+  // The model's eos ids, and for chat models the end-of-turn token tokenizer_config names.
+  std::vector<int> stop = c.eos_token_ids;
+  if (o.chat_config.contains("eos_token") && o.chat_config["eos_token"].is_string()) {
+    const int eos = tokenizer.token_to_id(o.chat_config["eos_token"].get<std::string>());
+    if (eos >= 0) stop.push_back(eos);
+  }
   std::vector<ScoredFile> scores;
   for (const fs::path& data : files) {
     const std::string stem = data.stem().string();
@@ -218,12 +233,12 @@ std::vector<ScoredFile> run_lveval(const Model& model, Tokenizer& tokenizer, con
       if (done.count(line)) continue;
       bool truncated = false;
       const std::vector<int> ids =
-          prompt_ids(tokenizer, build_prompt(prompt_template, s.context, s.input), max_length, context - d.max_new_tokens, truncated);
+          prompt_ids(tokenizer, o.chat_config, build_prompt(prompt_template, s.context, s.input), max_length,
+                     context - d.max_new_tokens, truncated);
       session.reset();
-      const GenerationResult r = generate(session, ids, d.max_new_tokens, greedy, c.eos_token_ids);
+      const GenerationResult r = generate(session, ids, d.max_new_tokens, greedy, stop);
       std::vector<int> answer = r.tokens;
-      if (!answer.empty() && std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), answer.back()) != c.eos_token_ids.end())
-        answer.pop_back();
+      if (!answer.empty() && std::find(stop.begin(), stop.end(), answer.back()) != stop.end()) answer.pop_back();
       const std::string pred = tokenizer.decode(answer, true);
       json row = {{"line", line},          {"pred", pred},         {"answers", s.answers},
                   {"gold_ans", s.answer_keywords}, {"dataset", d.name}, {"length", s.length},

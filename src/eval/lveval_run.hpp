@@ -5,6 +5,7 @@
 // a plot of score against length.
 #include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,9 @@ struct LvEvalOptions {
   int max_length = 0;                 // prompt tokens kept; 0: the model's window minus 500
   int limit = 0;                      // samples per file; 0: all
   std::map<std::string, std::string> prompts;  // dataset -> template, overriding the built-in ones
+  // For chat models: tokenizer_config.json, whose chat template wraps each (truncated) prompt as
+  // one user turn, as LV-Eval does for chat models; null: the prompt as it is.
+  nlohmann::json chat_config;
 };
 
 // Generates greedily for every sample not yet in out_dir/predictions/<file>.jsonl, appending one
