@@ -12,9 +12,20 @@
 
 namespace crossmoe::eval {
 
-namespace {
-
 using nlohmann::json;
+
+json parse_jsonl_object(const std::string& line) {
+  const size_t bad = unicode::first_invalid_byte(line);
+  require(bad == std::string::npos, "not valid UTF-8 (byte " + std::to_string(bad) + ")");
+  json j;
+  try {
+    j = json::parse(line);
+  } catch (const json::exception&) {
+    throw Error("not a JSON object");
+  }
+  require(j.is_object(), "not a JSON object");
+  return j;
+}
 
 std::string string_field(const json& j, const char* key) {
   require(j.contains(key), std::string("missing field '") + key + "'");
@@ -36,16 +47,10 @@ std::vector<std::string> string_list(const json& j, const char* key, bool requir
   return out;
 }
 
+namespace {
+
 LvSample parse_sample(const std::string& line) {
-  const size_t bad = unicode::first_invalid_byte(line);
-  require(bad == std::string::npos, "not valid UTF-8 (byte " + std::to_string(bad) + ")");
-  json j;
-  try {
-    j = json::parse(line);
-  } catch (const json::exception&) {
-    throw Error("not a JSON object");
-  }
-  require(j.is_object(), "not a JSON object");
+  const json j = parse_jsonl_object(line);
   LvSample s;
   s.input = string_field(j, "input");
   s.context = string_field(j, "context");

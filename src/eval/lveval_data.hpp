@@ -3,6 +3,7 @@
 // fact-recall samples from real text, since the real dataset cannot be downloaded here.
 #include <cstdint>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,12 @@ struct LvFile {
   std::vector<int> sample_lines;  // the line each sample came from
   std::vector<LineError> errors;  // lines that could not be read; the others still are
 };
+
+// One line of a jsonl file as a JSON object; otherwise Error "not valid UTF-8 (byte N)" or "not
+// a JSON object". The field readers' errors name the field.
+nlohmann::json parse_jsonl_object(const std::string& line);
+std::string string_field(const nlohmann::json& object, const char* key);
+std::vector<std::string> string_list(const nlohmann::json& object, const char* key, bool required);
 
 // Fields as LV-Eval writes them; a line with a missing or mistyped field, an unknown language
 // tag or text that is not UTF-8 becomes an error naming the line and the field.

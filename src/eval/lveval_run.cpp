@@ -11,7 +11,6 @@
 #include "eval/lveval_datasets.hpp"
 #include "runtime/generate.hpp"
 #include "tokenizer/chat_template.hpp"
-#include "tokenizer/unicode.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
 #include "util/progress.hpp"
@@ -52,19 +51,6 @@ void for_each_line(const fs::path& path, F&& f) {
   }
 }
 
-json parse_object(const std::string& line) {
-  const size_t bad = unicode::first_invalid_byte(line);
-  require(bad == std::string::npos, "not valid UTF-8 (byte " + std::to_string(bad) + ")");
-  json j;
-  try {
-    j = json::parse(line);
-  } catch (const json::exception&) {
-    throw Error("not a JSON object");
-  }
-  require(j.is_object(), "not a JSON object");
-  return j;
-}
-
 // A predictions file cut back to its last complete line: what a killed run was writing is gone
 // and will be redone.
 void drop_partial_last_line(const fs::path& path) {
@@ -83,7 +69,7 @@ std::set<int> lines_done(const fs::path& path) {
   if (!fs::exists(path)) return done;
   for_each_line(path, [&](int n, const std::string& line) {
     try {
-      const json j = parse_object(line);
+      const json j = parse_jsonl_object(line);
       require(j.contains("line") && j["line"].is_number_integer(), "no 'line' field");
       done.insert(j["line"].get<int>());
     } catch (const Error& e) {
@@ -128,21 +114,12 @@ ScoredFile score_predictions(const LvMetric& metric, const fs::path& file, const
   double total = 0;
   for_each_line(file, [&](int n, const std::string& line) {
     try {
-      const json j = parse_object(line);
-      require(j.contains("pred") && j["pred"].is_string(), "missing field 'pred' (a string)");
-      require(j.contains("answers") && j["answers"].is_array(), "missing field 'answers' (a list of strings)");
-      std::vector<std::string> answers;
-      for (const auto& a : j["answers"]) {
-        require(a.is_string(), "field 'answers' must be a list of strings");
-        answers.push_back(a.get<std::string>());
-      }
-      std::string keywords;
-      if (j.contains("gold_ans") && !j["gold_ans"].is_null()) {
-        require(j["gold_ans"].is_string(), "field 'gold_ans' must be a string");
-        keywords = j["gold_ans"].get<std::string>();
-      }
+      const json j = parse_jsonl_object(line);
+      const std::string pred = string_field(j, "pred");
+      const std::vector<std::string> answers = string_list(j, "answers", true);
+      const std::string keywords = j.contains("gold_ans") && !j["gold_ans"].is_null() ? string_field(j, "gold_ans") : "";
       // Only the first answer counts (the official loop breaks after it); none scores 0.
-      const double s = answers.empty() ? 0.0 : metric.score(d.metric, j["pred"].get<std::string>(), answers[0], keywords);
+      const double s = answers.empty() ? 0.0 : metric.score(d.metric, pred, answers[0], keywords);
       total += s;
       ++out.samples;
     } catch (const Error& e) {
