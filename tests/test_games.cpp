@@ -179,6 +179,17 @@ TEST(Hanabi, ParametersAsOpenSpielGameStrings) {
   EXPECT_THROW(make_game("hanabi(colors=2"), Error);
 }
 
+TEST(Hanabi, SmallPresets) {
+  // mini: one colour of 3 + 2 + 2 + 2 + 1 cards; simple: two colours. Parameters still override.
+  EXPECT_EQ(make_game("mini_hanabi")->initial_state()->chance_outcomes().size(), 10u);
+  EXPECT_EQ(make_game("simple_hanabi")->initial_state()->chance_outcomes().size(), 20u);
+  EXPECT_EQ(make_game("simple_hanabi(colors=3)")->initial_state()->chance_outcomes().size(), 30u);
+  auto s = make_game("mini_hanabi")->initial_state();
+  for (int i = 0; i < 4; ++i) s->apply(0);
+  EXPECT_NE(s->observation(0).find("Information tokens: 3 of 3. Lives: 1 of 1."), std::string::npos);
+  EXPECT_TRUE(make_game("mini_hanabi")->info().cooperative);
+}
+
 TEST(Mcts, NeverLosesTicTacToeToRandom) {
   const auto game = make_game("tic_tac_toe");
   MctsAgent mcts(1000);

@@ -16,13 +16,29 @@ std::unique_ptr<Game> without_parameters(const GameParameters& params) {
   return make();
 }
 
+// Hanabi with preset parameters that the game string may still override. MARS trains on "Mini
+// Hanabi" and holds out "Simple Hanabi"; its exact parameters could not be checked here, so these
+// are the Hanabi Learning Environment's two small presets: Hanabi-Very-Small (one colour) and
+// Hanabi-Small (two colours), both five ranks, hands of 2, 3 information tokens, 1 life.
+std::function<std::unique_ptr<Game>(const GameParameters&)> hanabi_preset(GameParameters preset) {
+  return [preset](const GameParameters& params) {
+    GameParameters merged = preset;
+    for (const auto& [key, value] : params) merged[key] = value;
+    return make_hanabi(merged);
+  };
+}
+
 const std::map<std::string, std::function<std::unique_ptr<Game>(const GameParameters&)>>& registry() {
   static const std::map<std::string, std::function<std::unique_ptr<Game>(const GameParameters&)>> games = {
       {"tic_tac_toe", without_parameters<make_tic_tac_toe>},
       {"connect_four", without_parameters<make_connect_four>},
       {"kuhn_poker", without_parameters<make_kuhn_poker>},
       {"leduc_poker", without_parameters<make_leduc_poker>},
-      {"hanabi", make_hanabi}};
+      {"hanabi", make_hanabi},
+      {"mini_hanabi",
+       hanabi_preset({{"colors", 1}, {"ranks", 5}, {"hand_size", 2}, {"max_information_tokens", 3}, {"max_life_tokens", 1}})},
+      {"simple_hanabi",
+       hanabi_preset({{"colors", 2}, {"ranks", 5}, {"hand_size", 2}, {"max_information_tokens", 3}, {"max_life_tokens", 1}})}};
   return games;
 }
 

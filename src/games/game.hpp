@@ -54,7 +54,7 @@ class Game {
 
 using GameParameters = std::map<std::string, int>;
 // "hanabi" or, with parameters, "hanabi(colors=2,ranks=5,hand_size=2)" (OpenSpiel's game
-// strings). Throws Error listing the known games, or naming a bad parameter.
+// strings); mini_hanabi and simple_hanabi are Hanabi with small presets (game.cpp says which). Throws Error listing the known games, or naming a bad parameter.
 std::unique_ptr<Game> make_game(const std::string& spec);
 std::vector<std::string> game_names();
 
