@@ -11,21 +11,24 @@ if [ "$mode" = prepare ]; then
   cp -r /usr/include/nlohmann /usr/include/CLI /usr/include/pcre2.h /usr/include/utf8proc.h "$dir/include/"
   cp /usr/lib/x86_64-linux-gnu/libpcre2-8.a /usr/lib/x86_64-linux-gnu/libutf8proc.a "$dir/lib/"
   data=${3:-build/demo/data}
-  cp "$data"/train.bin "$data"/val.bin "$dir/data/"
-  tok=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['tokenizer'])" "$data/meta.json")
-  cp "$tok" "$dir/data/tokenizer.json"
-  python3 - "$data/meta.json" "$dir/data" <<'PY'
+  if [ -d "$data" ]; then  # token data for `train` runs (RL runs need none)
+    cp "$data"/train.bin "$data"/val.bin "$dir/data/"
+    tok=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['tokenizer'])" "$data/meta.json")
+    cp "$tok" "$dir/data/tokenizer.json"
+    python3 - "$data/meta.json" "$dir/data" <<'PY'
 import json, sys
 meta = json.load(open(sys.argv[1])); meta["tokenizer"] = sys.argv[2] + "/tokenizer.json"
 json.dump(meta, open(sys.argv[2] + "/meta.json", "w"), indent=1)
 PY
+  fi
   exit 0
 fi
 TORCH=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 ABI=$(python3 -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')
 mkdir -p "$dir/obj"
-flags="-std=c++20 -O3 -DNDEBUG -fopenmp -D_GLIBCXX_USE_CXX11_ABI=$ABI -DCROSSMOE_HAVE_TORCH -Isrc -I$dir/include
-       -I$TORCH/include -I$TORCH/include/torch/csrc/api/include"
+# One line: each compile command below is one line of xargs input.
+flags="-std=c++20 -O3 -DNDEBUG -fopenmp -D_GLIBCXX_USE_CXX11_ABI=$ABI -DCROSSMOE_HAVE_TORCH -Isrc -I$dir/include"
+flags="$flags -I$TORCH/include -I$TORCH/include/torch/csrc/api/include"
 srcs=$(ls src/*/*.cpp apps/crossmoe/*.cpp)
 objs=()
 for f in $srcs; do objs+=("$dir/obj/$(echo "$f" | tr / _).o"); done

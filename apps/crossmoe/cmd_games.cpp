@@ -1,4 +1,5 @@
-// crossmoe games play | solve: matches between opponents, models and humans; CFR solutions.
+// crossmoe games play | solve | transcripts: matches between opponents, models and humans; CFR
+// solutions; conversations of reference players for supervised warm starts.
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +10,7 @@
 #include "commands.hpp"
 #include "games/arena.hpp"
 #include "games/cfr.hpp"
+#include "games/conversation.hpp"
 #include "runtime/generate.hpp"
 #include "tokenizer/chat_template.hpp"
 #include "tokenizer/tokenizer.hpp"
@@ -137,6 +139,36 @@ void run_play(const PlayArgs& a) {
               m.mean_shaped);
 }
 
+// The reference player for a game: MCTS for perfect information, CFR+ for poker, the rule-based
+// partner for Hanabi.
+std::string reference_player(const Game& game) {
+  if (game.info().perfect_information) return "mcts";
+  return game.info().name == "hanabi" ? "rules" : "cfr";
+}
+
+void run_transcripts(PlayArgs a, const std::string& out) {
+  const auto game = make_game(a.game);
+  if (a.p0.empty()) a.p0 = reference_player(*game);
+  if (a.p1.empty()) a.p1 = reference_player(*game);
+  auto p0 = make_agent(a.p0, *game, a);
+  auto p1 = make_agent(a.p1, *game, a);
+  std::ofstream file(out, std::ios::trunc);
+  require(file.good(), "cannot write " + out);
+  Rng rng(a.seed);
+  int conversations = 0;
+  for (int g = 0; g < a.games; ++g) {
+    for (const auto& messages : play_transcript(*game, {p0.get(), p1.get()}, rng)) {
+      if (messages.empty()) continue;
+      file << nlohmann::ordered_json{{"messages", messages}}.dump() << "\n";
+      ++conversations;
+    }
+  }
+  file.close();
+  require(file.good(), "cannot write " + out);
+  std::printf("%s: %d games of %s vs %s, %d conversations written to %s\n", a.game.c_str(), a.games, p0->name().c_str(),
+              p1->name().c_str(), conversations, out.c_str());
+}
+
 void run_solve(const std::string& game_name, int iterations, const std::string& out) {
   const auto game = make_game(game_name);
   CfrSolver solver(*game);
@@ -160,7 +192,8 @@ void run_solve(const std::string& game_name, int iterations, const std::string& 
 }  // namespace
 
 void add_games(CLI::App& app) {
-  CLI::App* games = app.add_subcommand("games", "Games for self-play RL: play matches, solve poker with CFR");
+  CLI::App* games =
+      app.add_subcommand("games", "Games for self-play RL: play matches, solve poker with CFR, write transcripts");
   games->require_subcommand(1);
   std::string names;
   for (const auto& n : game_names()) names += (names.empty() ? "" : ", ") + n;
@@ -179,6 +212,22 @@ void add_games(CLI::App& app) {
   play->add_option("--mcts-simulations", a->mcts_simulations, "MCTS simulations per move")->capture_default_str();
   play->add_option("--cfr-iterations", a->cfr_iterations, "CFR+ iterations for 'cfr'")->capture_default_str();
   play->callback([a] { run_play(*a); });
+
+  auto t = std::make_shared<PlayArgs>();
+  t->p0 = t->p1 = "";
+  auto transcripts_out = std::make_shared<std::string>();
+  CLI::App* transcripts = games->add_subcommand(
+      "transcripts", "Write chat conversations (jsonl, one {\"messages\": [...]} per game and seat) of reference "
+                     "players playing through the text protocol: SFT data for `train --sft`");
+  transcripts->add_option("game", t->game, "One of: " + names)->required();
+  transcripts->add_option("-n,--games", t->games, "Games to play")->capture_default_str()->check(CLI::PositiveNumber);
+  transcripts->add_option("-o,--out", *transcripts_out, "Output jsonl file")->required();
+  transcripts->add_option("--p0", t->p0, "Player 0 (default: mcts, cfr for poker, rules for Hanabi): " + players);
+  transcripts->add_option("--p1", t->p1, "Player 1 (default as --p0)");
+  transcripts->add_option("--seed", t->seed, "Seed for chance and the players")->capture_default_str();
+  transcripts->add_option("--mcts-simulations", t->mcts_simulations, "MCTS simulations per move")->capture_default_str();
+  transcripts->add_option("--cfr-iterations", t->cfr_iterations, "CFR+ iterations for 'cfr'")->capture_default_str();
+  transcripts->callback([t, transcripts_out] { run_transcripts(*t, *transcripts_out); });
 
   auto game = std::make_shared<std::string>(), out = std::make_shared<std::string>();
   auto iterations = std::make_shared<int>(1000);

@@ -14,6 +14,7 @@ void add_games(CLI::App& app);  // games play, games solve
 void add_data(CLI::App& app);   // data prepare
 void add_eval(CLI::App& app);   // eval lveval, score, generate, check
 void add_train(CLI::App& app);  // needs libtorch; otherwise says so
+void add_rl(CLI::App& app);     // rl selfplay; needs libtorch
 
 // --threads N for any command that computes.
 void add_threads_option(CLI::App& cmd);

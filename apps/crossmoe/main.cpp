@@ -23,6 +23,13 @@ void add_train(CLI::App& app) {
     throw Error("this crossmoe was built without libtorch: install libtorch-dev (scripts/setup.sh does) and rebuild");
   });
 }
+void add_rl(CLI::App& app) {
+  CLI::App* cmd = app.add_subcommand("rl", "Self-play RL (needs a build with libtorch)");
+  cmd->allow_extras();
+  cmd->callback([] {
+    throw Error("this crossmoe was built without libtorch: install libtorch-dev (scripts/setup.sh does) and rebuild");
+  });
+}
 #endif
 
 }  // namespace crossmoe::cli
@@ -40,6 +47,7 @@ int main(int argc, char** argv) {
   crossmoe::cli::add_data(app);
   crossmoe::cli::add_eval(app);
   crossmoe::cli::add_train(app);
+  crossmoe::cli::add_rl(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -105,6 +105,103 @@ std::vector<std::string> TorchModel::trainable_names() const {
 ForwardResult TorchModel::forward(const torch::Tensor& tokens, const ForwardOptions& options) const {
   const ModelConfig& c = config_;
   require(tokens.dim() == 2, "trainer: tokens must be [batch, time]");
+  const int64_t T = tokens.size(1);
+  // cos/sin per position from the shared RoPE table (float32, as Hugging Face computes them),
+  // copied into tensors that autograd may keep for the backward pass.
+  const int64_t half = c.head_dim / 2;
+  std::vector<float> cos(size_t(T * half)), sin(size_t(T * half));
+  for (int64_t t = 0; t < T; ++t) rope_.at(int(t), int(T), &cos[size_t(t * half)], &sin[size_t(t * half)]);
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+  const torch::ScalarType acc = accumulate_type(options.compute_dtype);
+  const torch::Tensor cos_t = torch::from_blob(cos.data(), {T, 1, half}, f32).to(device_, acc, false, true);
+  const torch::Tensor sin_t = torch::from_blob(sin.data(), {T, 1, half}, f32).to(device_, acc, false, true);
+  return run(tokens, cos_t, sin_t, options, nullptr);
+}
+
+struct TorchModel::CachedStep {
+  KvCache* cache;
+  torch::Tensor rows;          // [R] cache rows of the batch, on the device (undefined: all, in order)
+  torch::Tensor write_row;     // [n] cache row of each real (non-padding) new token
+  torch::Tensor write_pos;     // [n] its position
+  torch::Tensor write_index;   // [n] its index in the flattened [R * S] batch
+  torch::Tensor allowed;       // [R, 1, S, L] which cached keys each query sees
+  int64_t keys = 0;            // L: keys visible to the batch (longest row after the step)
+  torch::Tensor last_index;    // [R] flattened index of each row's last new token: logits only there
+};
+
+KvCache TorchModel::new_cache(int64_t rows, int64_t capacity, torch::ScalarType compute_dtype) const {
+  KvCache cache;
+  cache.capacity = capacity;
+  cache.lengths.assign(size_t(rows), 0);
+  const auto opts = torch::TensorOptions().device(device_).dtype(compute_dtype);
+  for (int l = 0; l < config_.num_layers; ++l) {
+    cache.k.push_back(torch::zeros({rows, capacity, config_.num_kv_heads, config_.head_dim}, opts));
+    cache.v.push_back(torch::zeros({rows, capacity, config_.num_kv_heads, config_.head_dim}, opts));
+  }
+  return cache;
+}
+
+ForwardResult TorchModel::forward_cached(const torch::Tensor& tokens, const std::vector<int64_t>& counts,
+                                         const std::vector<int64_t>& rows, KvCache& cache,
+                                         const ForwardOptions& options, bool last_only) const {
+  const ModelConfig& c = config_;
+  require(tokens.dim() == 2 && tokens.size(0) == int64_t(rows.size()) && counts.size() == rows.size(),
+          "forward_cached: tokens must be [rows, time] with one count per row");
+  const int64_t R = tokens.size(0), S = tokens.size(1), half = c.head_dim / 2;
+  std::vector<float> cos(size_t(R * S * half)), sin(size_t(R * S * half));
+  std::vector<int64_t> write_row, write_pos, write_index;
+  std::vector<unsigned char> allowed;
+  int64_t keys = 0;
+  bool all_rows_in_order = R == int64_t(cache.lengths.size());
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t row = rows[size_t(r)], n = counts[size_t(r)];
+    require(row >= 0 && row < int64_t(cache.lengths.size()), "forward_cached: no cache row " + std::to_string(row));
+    require(n >= 1 && n <= S, "forward_cached: a row's token count is outside [1, time]");
+    require(cache.lengths[size_t(row)] + n <= cache.capacity,
+            "forward_cached: a sequence would exceed the cache's " + std::to_string(cache.capacity) + " tokens");
+    all_rows_in_order = all_rows_in_order && row == r;
+    keys = std::max(keys, cache.lengths[size_t(row)] + S);
+  }
+  keys = std::min(keys, cache.capacity);
+  allowed.assign(size_t(R * S * keys), 0);
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t row = rows[size_t(r)], start = cache.lengths[size_t(row)], n = counts[size_t(r)];
+    for (int64_t j = 0; j < S; ++j) {
+      // Padding queries take the last real position, so every query sees at least one key.
+      const int64_t pos = start + std::min(j, n - 1);
+      rope_.at(int(pos), int(start + n), &cos[size_t((r * S + j) * half)], &sin[size_t((r * S + j) * half)]);
+      const int64_t first = c.sliding_window > 0 ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
+      for (int64_t key = first; key <= pos; ++key) allowed[size_t((r * S + j) * keys + key)] = 1;
+      if (j < n) write_row.push_back(row), write_pos.push_back(start + j), write_index.push_back(r * S + j);
+    }
+  }
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  const torch::ScalarType acc = accumulate_type(options.compute_dtype);
+  const torch::Tensor cos_t = torch::from_blob(cos.data(), {R, S, 1, half}, f32).to(device_, acc);
+  const torch::Tensor sin_t = torch::from_blob(sin.data(), {R, S, 1, half}, f32).to(device_, acc);
+  CachedStep step;
+  step.cache = &cache;
+  if (!all_rows_in_order) step.rows = torch::tensor(rows, i64).to(device_);
+  step.write_row = torch::tensor(write_row, i64).to(device_);
+  step.write_pos = torch::tensor(write_pos, i64).to(device_);
+  step.write_index = torch::tensor(write_index, i64).to(device_);
+  step.allowed = torch::from_blob(allowed.data(), {R, 1, S, keys}, torch::TensorOptions().dtype(torch::kUInt8))
+                     .to(device_, torch::kBool);
+  step.keys = keys;
+  if (last_only) {
+    std::vector<int64_t> last(static_cast<size_t>(R));
+    for (int64_t r = 0; r < R; ++r) last[size_t(r)] = r * S + counts[size_t(r)] - 1;
+    step.last_index = torch::tensor(last, i64).to(device_);
+  }
+  ForwardResult result = run(tokens, cos_t, sin_t, options, &step);
+  for (int64_t r = 0; r < R; ++r) cache.lengths[size_t(rows[size_t(r)])] += counts[size_t(r)];
+  return result;
+}
+
+ForwardResult TorchModel::run(const torch::Tensor& tokens, const torch::Tensor& cos_t, const torch::Tensor& sin_t,
+                              const ForwardOptions& options, CachedStep* step) const {
+  const ModelConfig& c = config_;
   const int64_t B = tokens.size(0), T = tokens.size(1);
   const torch::ScalarType cd = options.compute_dtype, acc = accumulate_type(cd);
   ForwardResult result;
@@ -113,17 +210,9 @@ ForwardResult TorchModel::forward(const torch::Tensor& tokens, const ForwardOpti
   int moe_layers = 0;
   torch::Tensor u_prev;
   result.expert_load.resize(c.num_layers);
-  // cos/sin per position from the shared RoPE table (float32, as Hugging Face computes them),
-  // copied into tensors that autograd may keep for the backward pass.
-  const int64_t half = c.head_dim / 2;
-  std::vector<float> cos(size_t(T * half)), sin(size_t(T * half));
-  for (int64_t t = 0; t < T; ++t) rope_.at(int(t), int(T), &cos[size_t(t * half)], &sin[size_t(t * half)]);
-  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
-  const torch::Tensor cos_t = torch::from_blob(cos.data(), {T, 1, half}, f32).to(device_, acc, false, true);
-  const torch::Tensor sin_t = torch::from_blob(sin.data(), {T, 1, half}, f32).to(device_, acc, false, true);
   for (int l = 0; l < c.num_layers; ++l) {
     const torch::Tensor xn = rmsnorm(x, w(tn::input_norm(l)), c.rms_norm_eps);
-    x = x + linear(attention(l, xn, cos_t, sin_t, options), w(tn::attn(l, 'o')), cd).to(acc);
+    x = x + linear(attention(l, xn, cos_t, sin_t, options, step), w(tn::attn(l, 'o')), cd).to(acc);
     const torch::Tensor u = rmsnorm(x, w(tn::post_attention_norm(l)), c.rms_norm_eps);
     torch::Tensor ffn;
     if (c.layers[l].is_moe) {
@@ -137,6 +226,7 @@ ForwardResult TorchModel::forward(const torch::Tensor& tokens, const ForwardOpti
     x = x + ffn.to(acc);
     u_prev = u;
   }
+  if (step && step->last_index.defined()) x = x.reshape({B * T, -1}).index_select(0, step->last_index).view({B, 1, -1});
   const torch::Tensor xn = rmsnorm(x, w(tn::final_norm()), c.rms_norm_eps);
   result.logits = linear(xn, w(c.tie_word_embeddings ? tn::embed() : tn::lm_head()), cd).to(acc);
   result.aux_loss = moe_layers > 0 ? aux / moe_layers : aux;
@@ -144,7 +234,7 @@ ForwardResult TorchModel::forward(const torch::Tensor& tokens, const ForwardOpti
 }
 
 torch::Tensor TorchModel::attention(int l, const torch::Tensor& xn, const torch::Tensor& cos_t, const torch::Tensor& sin_t,
-                                    const ForwardOptions& options) const {
+                                    const ForwardOptions& options, CachedStep* step) const {
   const ModelConfig& c = config_;
   const int64_t B = xn.size(0), T = xn.size(1), hd = c.head_dim, Hq = c.num_heads, Hkv = c.num_kv_heads;
   const torch::ScalarType cd = options.compute_dtype, acc = accumulate_type(cd);
@@ -172,16 +262,35 @@ torch::Tensor TorchModel::attention(int l, const torch::Tensor& xn, const torch:
     k = rmsnorm(k, w(tn::qk_norm(l, 'k')), c.rms_norm_eps);
   }
   q = apply_rope(q, cos_t, sin_t).transpose(1, 2).to(cd);  // [B, Hq, T, hd]
-  k = apply_rope(k, cos_t, sin_t).transpose(1, 2).to(cd);
-  v = v.transpose(1, 2).to(cd);
+  k = apply_rope(k, cos_t, sin_t).to(cd);
+  v = v.to(cd);
+  torch::Tensor allowed;  // cached path: which keys each query sees; otherwise causal
+  if (step) {
+    // Store the new tokens' keys and values, then attend over each row's cached prefix.
+    torch::Tensor& kc = step->cache->k[size_t(l)];
+    torch::Tensor& vc = step->cache->v[size_t(l)];
+    kc.index_put_({step->write_row, step->write_pos}, k.reshape({B * T, Hkv, hd}).index_select(0, step->write_index));
+    vc.index_put_({step->write_row, step->write_pos}, v.reshape({B * T, Hkv, hd}).index_select(0, step->write_index));
+    k = (step->rows.defined() ? kc.index_select(0, step->rows) : kc).narrow(1, 0, step->keys);
+    v = (step->rows.defined() ? vc.index_select(0, step->rows) : vc).narrow(1, 0, step->keys);
+    allowed = step->allowed;
+  }
+  k = k.transpose(1, 2);
+  v = v.transpose(1, 2);
   if (Hq != Hkv) {
     k = k.repeat_interleave(Hq / Hkv, 1);
     v = v.repeat_interleave(Hq / Hkv, 1);
   }
   torch::Tensor out;
 #if TORCH_VERSION_MAJOR >= 2
-  if (c.sliding_window == 0) out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, true);
+  if (allowed.defined()) out = at::scaled_dot_product_attention(q, k, v, allowed, 0.0, false);
+  else if (c.sliding_window == 0) out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, true);
 #endif
+  if (!out.defined() && allowed.defined()) {
+    torch::Tensor scores = torch::matmul(q, k.transpose(-2, -1)).to(acc) / std::sqrt(double(hd));
+    scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity()).softmax(-1);
+    out = torch::matmul(scores.to(cd), v);
+  }
   if (!out.defined()) {
     // Causal (and windowed) softmax attention, written out for libtorch 1.x and sliding windows.
     const torch::Tensor pos = torch::arange(T, torch::TensorOptions().device(device_));

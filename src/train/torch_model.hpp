@@ -48,6 +48,14 @@ struct ForwardOptions {
   GroupedExperts grouped_experts = GroupedExperts::Auto;  // Auto: batched on CUDA, loop on CPU
 };
 
+// Keys and values of past tokens for incremental decoding: one row per sequence, each with its
+// own length, so sequences of different lengths decode in one batch.
+struct KvCache {
+  std::vector<torch::Tensor> k, v;  // per layer [rows, capacity, kv_heads, head_dim], compute dtype
+  std::vector<int64_t> lengths;     // tokens cached per row
+  int64_t capacity = 0;
+};
+
 struct ForwardResult {
   torch::Tensor logits;                 // [B, T, vocab], float32
   torch::Tensor aux_loss;               // mean over MoE layers of C * sum_i f_i * P_i (0 without MoE)
@@ -69,6 +77,16 @@ class TorchModel {
   // tokens: [B, T] int64. u_{l} of a pre-gated model is the previous layer's FFN input.
   ForwardResult forward(const torch::Tensor& tokens, const ForwardOptions& options = {}) const;
 
+  // An empty cache of `rows` sequences of up to `capacity` tokens.
+  KvCache new_cache(int64_t rows, int64_t capacity, torch::ScalarType compute_dtype = torch::kFloat32) const;
+  // Appends tokens[i, :counts[i]] to row rows[i] of the cache (tokens [R, S] int64 on the model's
+  // device, right-padded; 1 <= counts[i] <= S) and returns the logits of those positions [R, S, vocab]
+  // (padding positions hold garbage), or with last_only [R, 1, vocab] at each row's last new token.
+  // The same layers as forward(): one model, two attention paths.
+  ForwardResult forward_cached(const torch::Tensor& tokens, const std::vector<int64_t>& counts,
+                               const std::vector<int64_t>& rows, KvCache& cache, const ForwardOptions& options = {},
+                               bool last_only = false) const;
+
   // Trainable tensors (everything but the routers' correction biases), in name order.
   std::vector<std::string> trainable_names() const;
   torch::Tensor& tensor(const std::string& name) { return tensors_.at(name); }
@@ -84,8 +102,11 @@ class TorchModel {
 
  private:
   TorchModel(const ModelConfig& config, torch::Device device);
+  struct CachedStep;  // where forward_cached's new tokens go and what they may attend to
+  ForwardResult run(const torch::Tensor& tokens, const torch::Tensor& cos, const torch::Tensor& sin,
+                    const ForwardOptions& options, CachedStep* step) const;
   torch::Tensor attention(int layer, const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                          const ForwardOptions& options) const;
+                          const ForwardOptions& options, CachedStep* step) const;
   torch::Tensor swiglu(const torch::Tensor& u, const std::string& gate, const std::string& up, const std::string& down,
                        torch::ScalarType compute) const;
   torch::Tensor moe(int layer, const torch::Tensor& u, const torch::Tensor& router_in, const ForwardOptions& options,

@@ -9,6 +9,7 @@
 
 #include "model/hf_config.hpp"
 #include "train/corpus.hpp"
+#include "train/optimizer.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
 #include "util/progress.hpp"
@@ -28,12 +29,6 @@ double learning_rate(const TrainOptions& o, int64_t step) {
 
 namespace {
 
-// Random numbers that depend only on (seed, stream, index): batches and masks of a step are
-// the same whether the run was resumed or not, so resuming reproduces the run bit for bit.
-std::mt19937_64 stream_rng(uint64_t seed, uint64_t stream, uint64_t index) {
-  std::seed_seq seq{uint32_t(seed), uint32_t(seed >> 32), uint32_t(stream), uint32_t(index), uint32_t(index >> 32)};
-  return std::mt19937_64(seq);
-}
 enum Stream : uint64_t { kBatches = 1, kPsrMasks = 2 };
 
 // Input and target windows [B, T] starting at the given offsets.
@@ -50,47 +45,6 @@ std::pair<torch::Tensor, torch::Tensor> windows(const std::vector<uint32_t>& tok
 
 torch::Tensor next_token_loss(const torch::Tensor& logits, const torch::Tensor& targets) {
   return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape(-1));
-}
-
-// PyTorch's AdamW (decoupled weight decay, bias-corrected moments) with multi-tensor (_foreach)
-// kernels, state kept by tensor name so that checkpoints store it under readable names. Tensors
-// without a gradient this step (experts nobody chose) are left alone, as torch.optim does.
-struct AdamW {
-  std::map<std::string, torch::Tensor> m, v;
-
-  void step(TorchModel& model, const std::vector<std::string>& names, const TrainOptions& o, double lr, int64_t t) {
-    torch::NoGradGuard no_grad;
-    std::vector<torch::Tensor> params, grads, ms, vs, decayed;
-    for (const std::string& name : names) {
-      torch::Tensor& p = model.tensor(name);
-      if (!p.grad().defined()) continue;
-      auto [mi, fresh] = m.try_emplace(name);
-      if (fresh) mi->second = torch::zeros_like(p), v[name] = torch::zeros_like(p);
-      params.push_back(p), grads.push_back(p.grad()), ms.push_back(mi->second), vs.push_back(v[name]);
-      if (p.dim() >= 2) decayed.push_back(p);
-    }
-    if (params.empty()) return;
-    const double bc1 = 1.0 - std::pow(o.beta1, double(t)), bc2 = 1.0 - std::pow(o.beta2, double(t));
-    if (o.weight_decay > 0 && !decayed.empty()) at::_foreach_mul_(decayed, 1.0 - lr * o.weight_decay);
-    at::_foreach_mul_(ms, o.beta1);
-    at::_foreach_add_(ms, grads, 1.0 - o.beta1);
-    at::_foreach_mul_(vs, o.beta2);
-    at::_foreach_addcmul_(vs, grads, grads, 1.0 - o.beta2);
-    std::vector<torch::Tensor> denom = at::_foreach_sqrt(vs);
-    at::_foreach_div_(denom, std::sqrt(bc2));
-    at::_foreach_add_(denom, o.adam_eps);
-    at::_foreach_addcdiv_(params, ms, denom, -lr / bc1);
-  }
-};
-
-double clip_gradients(TorchModel& model, const std::vector<std::string>& names, double max_norm) {
-  torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> grads;
-  for (const auto& name : names)
-    if (model.tensor(name).grad().defined()) grads.push_back(model.tensor(name).grad());
-  const double norm = torch::stack(at::_foreach_norm(grads, 2)).norm().item<double>();
-  if (max_norm > 0 && norm > max_norm) at::_foreach_mul_(grads, max_norm / (norm + 1e-6));
-  return norm;
 }
 
 // Per MoE layer of a reuse layout with PSR on: the candidates its router may pick this step.
@@ -287,7 +241,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     }
     const double lr = learning_rate(o, step);
     row.grad_norm = clip_gradients(*model, trainable, o.grad_clip);
-    adam.step(*model, trainable, o, lr, step + 1);
+    adam.step(*model, trainable, {o.beta1, o.beta2, o.adam_eps, o.weight_decay}, lr, step + 1);
     for (const auto& name : trainable) model->tensor(name).mutable_grad() = torch::Tensor();
     model->update_router_biases(load, allowed, o.bias_update_rate);
     tokens_seen += tokens_per_step;

@@ -1,0 +1,178 @@
+// crossmoe rl selfplay: self-play RL post-training (MARS) of a model on text games (libtorch).
+#include <omp.h>
+
+#include <filesystem>
+#include <memory>
+#include <sstream>
+
+#include "commands.hpp"
+#include "rl/rollout.hpp"
+#include "rl/selfplay.hpp"
+#include "train/torch_model.hpp"
+#include "util/error.hpp"
+#include "util/progress.hpp"
+
+namespace crossmoe::cli {
+
+namespace {
+
+struct RlArgs {
+  rl::SelfPlayOptions options;
+  std::string games = "tic_tac_toe,kuhn_poker,mini_hanabi", advantage = "mars", bf16 = "auto";
+  bool no_turn_scores = false, no_seat_norm = false;
+};
+
+void run_selfplay(RlArgs& a) {
+  namespace fs = std::filesystem;
+  rl::SelfPlayOptions& o = a.options;
+  o.games.clear();
+  std::stringstream ss(a.games);
+  for (std::string g; std::getline(ss, g, ',');)
+    if (!g.empty()) o.games.push_back(g);
+  require(!o.games.empty(), "--game names no game");
+  o.credit = a.advantage == "mars" ? rl::CreditOptions::mars()
+             : a.advantage == "grpo" ? rl::CreditOptions::grpo()
+                                     : rl::CreditOptions::reinforce();
+  if (a.no_turn_scores) o.credit.turn_scores = false;
+  if (a.no_seat_norm) o.credit.per_seat = false;
+  o.bf16 = a.bf16 == "auto" ? o.device.rfind("cuda", 0) == 0 : a.bf16 == "on";
+  require(fs::exists(o.model_dir / "config.json"), o.model_dir.string() + " is not a model directory (no config.json)");
+  if (fs::exists(o.out_dir) && !fs::is_empty(o.out_dir) && !o.resume)
+    throw Error(o.out_dir.string() + " is not empty: pass --resume to continue that run, or choose another --out");
+  at::set_num_threads(omp_get_max_threads());
+  try {
+    rl::run_selfplay(o);
+  } catch (const c10::Error& e) {  // libtorch's message without its C++ backtrace
+    throw Error(std::string("libtorch: ") + e.what_without_backtrace());
+  }
+}
+
+struct BenchArgs {
+  std::string model, device = "cpu", bf16 = "auto";
+  int sequences = 256, prompt_tokens = 256, new_tokens = 128;
+  uint64_t seed = 0;
+};
+
+// Generated tokens per second of the rollout engine for one sequence and for a ragged batch
+// (prompt lengths drawn from [prompt/2, 3 prompt/2]), sampling as MARS does, no early stops.
+void run_bench(const BenchArgs& a) {
+  const torch::Device device(a.device);
+  if (device.is_cuda()) require(torch::cuda::is_available(), "--device cuda but no CUDA device is available");
+  const bool bf16 = a.bf16 == "auto" ? device.is_cuda() : a.bf16 == "on";
+  at::set_num_threads(omp_get_max_threads());
+  const train::TorchModel model = train::TorchModel::load(a.model, device);
+  const int vocab = int(model.config().vocab_size);
+  std::mt19937_64 rng(a.seed);
+  const int capacity = a.prompt_tokens * 3 / 2 + a.new_tokens + 2;
+  rl::RolloutEngine engine(model, a.sequences, capacity, bf16 ? torch::kBFloat16 : torch::kFloat32);
+  auto measure = [&](int n) {
+    std::vector<rl::GenerationRequest> requests;
+    for (int i = 0; i < n; ++i) {
+      rl::GenerationRequest r;
+      r.sequence = i;
+      const int len = std::max(1, a.prompt_tokens / 2 + int(rng() % uint64_t(std::max(a.prompt_tokens, 1) + 1)));
+      for (int t = 0; t < len; ++t) r.append.push_back(int(rng() % uint64_t(vocab)));
+      r.max_new_tokens = a.new_tokens;
+      requests.push_back(std::move(r));
+    }
+    engine.reset();
+    if (device.is_cuda()) torch::cuda::synchronize();
+    const rl::RolloutStats before = engine.stats();
+    Stopwatch watch;
+    engine.generate(requests, {}, rl::SamplingOptions{}, rng);
+    if (device.is_cuda()) torch::cuda::synchronize();
+    const double seconds = watch.seconds();
+    return double(engine.stats().generated_tokens - before.generated_tokens) / seconds;
+  };
+  measure(std::min(a.sequences, 4));  // warm up (CUDA kernels, allocator)
+  const double one = measure(1), many = measure(a.sequences);
+  std::printf("rollout %s%s: prompts ~%d tokens, %d new tokens each\n", a.device.c_str(), bf16 ? " bf16" : "",
+              a.prompt_tokens, a.new_tokens);
+  std::printf("  1 sequence      %10.0f generated tokens/s\n", one);
+  std::printf("  %-4d sequences  %10.0f generated tokens/s  (%.1fx one sequence)\n", a.sequences, many, many / one);
+}
+
+}  // namespace
+
+void add_rl(CLI::App& app) {
+  CLI::App* rl_cmd = app.add_subcommand("rl", "Reinforcement learning: self-play on text games (MARS)");
+  rl_cmd->require_subcommand(1);
+  auto a = std::make_shared<RlArgs>();
+  rl::SelfPlayOptions& o = a->options;
+  CLI::App* cmd = rl_cmd->add_subcommand(
+      "selfplay", "Iterations of self-play rollouts and a clipped policy update with a KL loss to the starting model; "
+                  "log.csv, progress.svg, resumable checkpoints, model/ at the end");
+  cmd->add_option("model", o.model_dir, "Model directory (config, weights, tokenizer with a chat template)")
+      ->required()->check(CLI::ExistingDirectory);
+  cmd->add_option("-o,--out", o.out_dir, "Output directory")->required();
+  cmd->add_option("--game", a->games, "Training games, comma-separated (two-player)")->capture_default_str();
+  cmd->add_option("--iterations", o.iterations, "Rollout-and-update iterations")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--games-per-iteration", o.games_per_iteration, "Self-play games per training game and iteration")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-new-tokens", o.max_new_tokens, "Longest answer; a longer one loses the game")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-sequence", o.max_sequence, "Longest conversation of one seat, in tokens")
+      ->capture_default_str()->check(CLI::Range(16, 1 << 20));
+  cmd->add_option("--max-turns", o.max_turns, "Actions per game before it is cut off")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--temperature", o.sampling.temperature, "Sampling temperature (0 = greedy)")->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-p", o.sampling.top_p, "Nucleus sampling mass")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--top-k", o.sampling.top_k, "Candidates per draw (0 = all)")->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--advantage", a->advantage,
+                  "Credit assignment: mars (turn-level returns, per-game and per-seat normalisation, whitening), "
+                  "grpo (episode reward standardised per game), reinforce (raw episode reward)")
+      ->capture_default_str()->check(CLI::IsMember({"mars", "grpo", "reinforce"}));
+  cmd->add_flag("--no-turn-scores", a->no_turn_scores, "Ablation: the episode's reward on the last turn only");
+  cmd->add_flag("--no-seat-norm", a->no_seat_norm, "Ablation: normalise rewards per game, not per seat");
+  cmd->add_option("--clip", o.loss.clip, "PPO ratio clip")->capture_default_str();
+  cmd->add_option("--dual-clip", o.loss.dual_clip, "Dual clip for negative advantages (true/false)")->capture_default_str();
+  cmd->add_option("--kl-coef", o.loss.kl_coef, "KL loss weight (k3 estimator, to the starting model)")
+      ->capture_default_str();
+  cmd->add_option("--lr", o.lr, "Learning rate (constant after warmup)")->capture_default_str();
+  cmd->add_option("--warmup", o.warmup, "Optimizer steps of linear warmup")->capture_default_str();
+  cmd->add_option("--weight-decay", o.weight_decay, "AdamW weight decay (matrices only)")->capture_default_str();
+  cmd->add_option("--grad-clip", o.grad_clip, "Max gradient norm (0 = off)")->capture_default_str();
+  cmd->add_option("--minibatch", o.minibatch, "Sequences per optimizer step (one epoch per iteration)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--eval-every", o.eval_every, "Evaluate every N iterations (0 = never)")->capture_default_str();
+  cmd->add_option("--eval-games", o.eval_games, "Evaluation games per game, opponent and seat")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--mcts-simulations", o.mcts_simulations, "MCTS opponent's simulations per move")
+      ->capture_default_str();
+  cmd->add_option("--cfr-iterations", o.cfr_iterations, "CFR+ iterations for the poker opponent")->capture_default_str();
+  cmd->add_option("--device", o.device, "cpu or cuda")->capture_default_str();
+  cmd->add_option("--bf16", a->bf16, "bf16 matrix products: auto (on for cuda), on, off")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
+  cmd->add_option("--seed", o.seed, "Seed for sampling, chance and opponents")->capture_default_str();
+  cmd->add_option("--stop-after", o.stop_after, "Checkpoint and stop after this iteration (continue with --resume)");
+  cmd->add_flag("--resume", o.resume, "Continue from the output directory's latest checkpoint");
+  add_threads_option(*cmd);
+  cmd->callback([a] { run_selfplay(*a); });
+
+  auto b = std::make_shared<BenchArgs>();
+  CLI::App* bench = rl_cmd->add_subcommand("bench", "Rollout engine throughput: one sequence against a ragged batch");
+  bench->add_option("model", b->model, "Model directory")->required()->check(CLI::ExistingDirectory);
+  bench->add_option("--sequences", b->sequences, "Sequences in the batch")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  bench->add_option("--prompt-tokens", b->prompt_tokens, "Mean prompt length (random tokens)")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  bench->add_option("--new-tokens", b->new_tokens, "Tokens generated per sequence")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  bench->add_option("--device", b->device, "cpu or cuda")->capture_default_str();
+  bench->add_option("--bf16", b->bf16, "bf16 matrix products: auto (on for cuda), on, off")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
+  bench->add_option("--seed", b->seed, "Seed for the prompts and sampling")->capture_default_str();
+  add_threads_option(*bench);
+  bench->callback([b] {
+    try {
+      run_bench(*b);
+    } catch (const c10::Error& e) {
+      throw Error(std::string("libtorch: ") + e.what_without_backtrace());
+    }
+  });
+}
+
+}  // namespace crossmoe::cli

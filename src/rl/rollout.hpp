@@ -1,0 +1,81 @@
+#pragma once
+// The rollout engine: the trainer's model (train/torch_model) generating for many sequences at
+// once. Every sequence owns a row of one KV cache and only ever grows (a conversation: prompt,
+// answer, next message, answer, ...); a call appends each request's new tokens (a ragged batch,
+// prefilled together) and then decodes all of them in lock step, one token per sequence per step,
+// until each stops or reaches its limit. Finished sequences leave the batch.
+//
+// Sampling, as MARS configures vLLM: temperature, then top-k, then top-p (the smallest set of
+// most likely tokens whose probability reaches top_p), then a draw; temperature 0 is greedy.
+// For every generated token the engine keeps the policy's log-probability (the model's own
+// distribution, temperature 1), which the PPO ratio and the KL use.
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "train/torch_model.hpp"
+
+namespace crossmoe::rl {
+
+struct SamplingOptions {
+  double temperature = 0.6;
+  double top_p = 0.99;
+  int top_k = 100;  // 0 = off
+};
+
+struct GenerationRequest {
+  int sequence = 0;               // row of the engine
+  std::vector<int> append;        // tokens to add before generating (at least one)
+  int max_new_tokens = 256;
+};
+
+struct Generation {
+  std::vector<int> tokens;        // generated, the stop token included when one came
+  std::vector<float> log_probs;   // policy log-probability of each generated token
+  bool stopped = false;           // ended on a stop token (false: hit max_new_tokens)
+};
+
+struct RolloutStats {
+  int64_t prefill_tokens = 0, generated_tokens = 0;
+  double seconds = 0;
+};
+
+class RolloutEngine {
+ public:
+  // sequences: rows; capacity: tokens per row. The model is used, not copied: updated weights are
+  // seen by the next call.
+  RolloutEngine(const train::TorchModel& model, int sequences, int capacity, torch::ScalarType compute_dtype,
+                int max_batch_tokens = 16384);
+
+  // Empties every row.
+  void reset();
+  int sequences() const { return int(tokens_.size()); }
+  int capacity() const { return int(cache_.capacity); }
+  const std::vector<int>& tokens(int sequence) const { return tokens_.at(size_t(sequence)); }
+  int free_space(int sequence) const { return int(cache_.capacity) - int(tokens_.at(size_t(sequence)).size()); }
+
+  // Appends and generates for each request (distinct sequences). Requests must fit: appended
+  // tokens + max_new_tokens <= free_space.
+  std::vector<Generation> generate(const std::vector<GenerationRequest>& requests, const std::vector<int>& stop_tokens,
+                                   const SamplingOptions& sampling, std::mt19937_64& rng);
+
+  const RolloutStats& stats() const { return stats_; }
+
+ private:
+  // Runs `tokens` (ragged) through the cache rows `rows`; returns the logits at each row's last
+  // token [R, vocab]. The caller keeps tokens_ (the sequences) up to date.
+  torch::Tensor append(const std::vector<int>& rows, const std::vector<std::vector<int>>& tokens);
+
+  const train::TorchModel& model_;
+  torch::ScalarType compute_;
+  int max_batch_tokens_;
+  train::KvCache cache_;
+  std::vector<std::vector<int>> tokens_;
+  RolloutStats stats_;
+};
+
+// Draws one token from the top-k candidates of one row (logits sorted in descending order, with
+// their ids), after temperature and top-p. Returns the index into the candidates.
+int sample_candidate(const float* sorted_logits, int count, const SamplingOptions& sampling, std::mt19937_64& rng);
+
+}  // namespace crossmoe::rl

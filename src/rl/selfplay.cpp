@@ -1,0 +1,648 @@
+#include "rl/selfplay.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <optional>
+#include <sstream>
+
+#include "games/cfr.hpp"
+#include "games/conversation.hpp"
+#include "tokenizer/chat_template.hpp"
+#include "tokenizer/tokenizer.hpp"
+#include "train/optimizer.hpp"
+#include "util/error.hpp"
+#include "util/json_file.hpp"
+#include "util/progress.hpp"
+#include "util/svg_plot.hpp"
+
+namespace crossmoe::rl {
+
+namespace fs = std::filesystem;
+using games::Game;
+using games::State;
+
+namespace {
+
+enum Stream : uint64_t { kRollout = 11, kEvaluation = 12, kShuffle = 13 };
+
+// The model's tokenizer and chat template: how conversations become tokens.
+struct Chat {
+  Tokenizer tokenizer;
+  nlohmann::json config;
+  std::vector<int> stop;
+};
+
+Chat load_chat(const fs::path& model_dir, const ModelConfig& model) {
+  const fs::path tok = model_dir / "tokenizer.json", cfg = model_dir / "tokenizer_config.json";
+  require(fs::exists(tok), model_dir.string() + " has no tokenizer.json: self-play needs the model's tokenizer");
+  Chat chat{Tokenizer::load(tok), nlohmann::json::object(), model.eos_token_ids};
+  if (fs::exists(cfg)) chat.config = read_json_file(cfg);
+  require(chat.config.contains("chat_template") && chat.config["chat_template"].is_string(),
+          model_dir.string() + " has no chat template (tokenizer_config.json \"chat_template\"): self-play talks to the "
+                               "model in conversations");
+  // The end of an answer: the model's eos tokens and the chat template's (tokenizer_config's eos_token,
+  // e.g. ChatML's <|im_end|>).
+  if (chat.config.contains("eos_token")) {
+    const auto& e = chat.config["eos_token"];
+    const std::string text = e.is_string() ? e.get<std::string>() : e.is_object() ? e.value("content", "") : "";
+    const int id = text.empty() ? -1 : chat.tokenizer.token_to_id(text);
+    if (id >= 0 && std::find(chat.stop.begin(), chat.stop.end(), id) == chat.stop.end()) chat.stop.push_back(id);
+  }
+  require(!chat.stop.empty(), model_dir.string() + " names no end-of-turn token (eos_token_id, eos_token)");
+  return chat;
+}
+
+struct Seat {
+  int row = -1;                       // engine row; -1 when a fixed agent plays the seat
+  games::Agent* agent = nullptr;
+  nlohmann::ordered_json messages = nlohmann::ordered_json::array();
+  std::string covered;                // the text the row's tokens stand for
+  std::string pending_stop;           // text of the stop token that ended the last answer
+  std::vector<std::pair<int, int>> answers;  // [begin, end) token ranges of the seat's answers
+  std::vector<float> log_probs;       // rollout log-prob of every answer token, in order
+  std::vector<double> turn_reward;
+};
+
+struct Match {
+  std::string game_name;
+  const Game* game = nullptr;
+  std::unique_ptr<State> state;
+  std::vector<Seat> seats;
+  bool done = false;
+  int turns = 0;
+  int invalid_seat = -1;              // seat whose answer ended the game
+  std::vector<double> returns;        // the game's payoffs (empty when it ended otherwise)
+};
+
+struct RolloutCounts {
+  int answers = 0, invalid = 0, overlong = 0;
+  int64_t answer_tokens = 0;
+};
+
+double outcome_reward(const games::RewardShaping& shaping, double game_return) {
+  return game_return == 0.0 ? shaping.draw : game_return;
+}
+
+void finish(Match& m, const games::RewardShaping& shaping) {
+  m.done = true;
+  m.returns = m.state->returns();
+  for (size_t s = 0; s < m.seats.size(); ++s)
+    if (!m.seats[s].turn_reward.empty()) m.seats[s].turn_reward.back() += outcome_reward(shaping, m.returns[s]);
+}
+
+void end_invalid(Match& m, int seat, const games::RewardShaping& shaping) {
+  m.done = true;
+  m.invalid_seat = seat;
+  Seat& s = m.seats[size_t(seat)];
+  if (s.turn_reward.empty()) s.turn_reward.push_back(0.0);
+  s.turn_reward.back() = shaping.invalid;
+}
+
+// Plays every match to the end: fixed agents move at once, the policy's seats answer in batches.
+RolloutCounts play(std::vector<Match>& matches, RolloutEngine& engine, Chat& chat, const SelfPlayOptions& o,
+                   std::mt19937_64& rng) {
+  engine.reset();
+  RolloutCounts counts;
+  while (true) {
+    std::vector<GenerationRequest> requests;
+    std::vector<size_t> owner;
+    for (size_t mi = 0; mi < matches.size(); ++mi) {
+      Match& m = matches[mi];
+      while (!m.done) {
+        State& st = *m.state;
+        if (st.is_chance()) {
+          const auto outcomes = st.chance_outcomes();
+          std::vector<double> p;
+          for (const auto& oc : outcomes) p.push_back(oc.second);
+          st.apply(outcomes[std::discrete_distribution<size_t>(p.begin(), p.end())(rng)].first);
+          continue;
+        }
+        if (st.is_terminal()) {
+          finish(m, o.rewards);
+          break;
+        }
+        if (m.turns >= o.max_turns) {  // truncated, as MARS stops at max_actions_per_traj
+          m.done = true;
+          break;
+        }
+        const int seat = st.current_player();
+        Seat& s = m.seats[size_t(seat)];
+        if (s.row < 0) {
+          st.apply(s.agent->act(*m.game, st, rng));
+          ++m.turns;
+          continue;
+        }
+        if (s.messages.empty())
+          s.messages.push_back({{"role", "system"}, {"content", games::seat_system_message(m.game->info(), seat)}});
+        s.messages.push_back({{"role", "user"}, {"content", games::seat_turn_message(st, seat)}});
+        ChatRequest request;
+        request.messages = s.messages;
+        const std::string text = apply_chat_template(chat.config, request);
+        require(text.compare(0, s.covered.size(), s.covered) == 0,
+                "the model's chat template does not render a conversation as an extension of its earlier turns; "
+                "self-play needs one that does (ChatML, as `crossmoe init` writes, does)");
+        std::string delta = text.substr(s.covered.size());
+        if (!s.pending_stop.empty() && delta.compare(0, s.pending_stop.size(), s.pending_stop) == 0)
+          delta = delta.substr(s.pending_stop.size());
+        s.covered = text;
+        s.pending_stop.clear();
+        std::vector<int> append = chat.tokenizer.encode(delta);
+        if (int(append.size()) + o.max_new_tokens > engine.free_space(s.row)) {
+          // The conversation outgrew max_sequence: that seat loses, as MARS's overlong sequences do.
+          ++counts.overlong;
+          end_invalid(m, seat, o.rewards);
+          break;
+        }
+        requests.push_back({s.row, std::move(append), o.max_new_tokens});
+        owner.push_back(mi);
+        break;
+      }
+    }
+    if (requests.empty()) break;
+    const std::vector<Generation> gens = engine.generate(requests, chat.stop, o.sampling, rng);
+    for (size_t i = 0; i < gens.size(); ++i) {
+      Match& m = matches[owner[i]];
+      const int seat = m.state->current_player();
+      Seat& s = m.seats[size_t(seat)];
+      const Generation& g = gens[i];
+      const int end = int(engine.tokens(s.row).size()), begin = end - int(g.tokens.size());
+      s.answers.push_back({begin, end});
+      s.log_probs.insert(s.log_probs.end(), g.log_probs.begin(), g.log_probs.end());
+      std::vector<int> content_tokens = g.tokens;
+      if (g.stopped) content_tokens.pop_back();
+      const std::string content = chat.tokenizer.decode(content_tokens);
+      s.covered += content;
+      if (g.stopped) s.pending_stop = chat.tokenizer.decode({g.tokens.back()});
+      s.messages.push_back({{"role", "assistant"}, {"content", content}});
+      ++counts.answers;
+      counts.answer_tokens += int64_t(g.tokens.size());
+      const games::ParsedAnswer parsed =
+          g.stopped ? games::parse_answer(content, *m.state) : games::ParsedAnswer{-1, "no end within the limit"};
+      if (parsed.action < 0) {
+        ++counts.invalid;
+        if (!g.stopped) ++counts.overlong;
+        s.turn_reward.push_back(0.0);
+        end_invalid(m, seat, o.rewards);
+        continue;
+      }
+      s.turn_reward.push_back(o.rewards.valid_turn);
+      m.state->apply(parsed.action);
+      ++m.turns;
+    }
+  }
+  return counts;
+}
+
+// A seat's conversation in the update's form.
+struct Sequence {
+  std::vector<int> tokens;
+  SeatTrajectory trajectory;
+  std::vector<float> rollout_log_probs;  // [positions], 0 off the model's tokens
+};
+
+std::vector<Sequence> sequences_of(const std::vector<Match>& matches, const RolloutEngine& engine) {
+  std::vector<Sequence> out;
+  for (const Match& m : matches)
+    for (size_t seat = 0; seat < m.seats.size(); ++seat) {
+      const Seat& s = m.seats[seat];
+      if (s.row < 0 || s.answers.empty()) continue;
+      Sequence q;
+      q.tokens = engine.tokens(s.row);
+      SeatTrajectory& t = q.trajectory;
+      t.game = m.game_name;
+      t.seat = int(seat);
+      t.positions = int(q.tokens.size()) - 1;
+      t.response.assign(size_t(t.positions), 0);
+      q.rollout_log_probs.assign(size_t(t.positions), 0.0f);
+      size_t lp = 0;
+      for (const auto& [begin, end] : s.answers) {
+        for (int tok = begin; tok < end; ++tok) {
+          t.response[size_t(tok - 1)] = 1;
+          q.rollout_log_probs[size_t(tok - 1)] = s.log_probs[lp++];
+        }
+        t.turn_end.push_back(end - 2);
+      }
+      t.turn_reward = s.turn_reward;
+      out.push_back(std::move(q));
+    }
+  return out;
+}
+
+// The [B, T] batch of some sequences (right-padded with 0) and [B, T - 1] tensors aligned with
+// positions: the mask of the model's tokens and any per-position values.
+torch::Tensor padded_tokens(const std::vector<const Sequence*>& batch, int64_t T) {
+  torch::Tensor t = torch::zeros({int64_t(batch.size()), T}, torch::kInt64);
+  for (size_t b = 0; b < batch.size(); ++b)
+    std::copy(batch[b]->tokens.begin(), batch[b]->tokens.end(), t.data_ptr<int64_t>() + int64_t(b) * T);
+  return t;
+}
+
+template <typename F>
+torch::Tensor per_position(const std::vector<const Sequence*>& batch, int64_t T, F value) {
+  torch::Tensor t = torch::zeros({int64_t(batch.size()), T - 1}, torch::kFloat64);
+  double* p = t.data_ptr<double>();
+  for (size_t b = 0; b < batch.size(); ++b)
+    for (int i = 0; i < batch[b]->trajectory.positions; ++i) p[int64_t(b) * (T - 1) + i] = value(b, i);
+  return t;
+}
+
+// Log-probs of each next token [B, T - 1] (float32), and the mean entropy over masked positions.
+torch::Tensor token_log_probs(const train::TorchModel& model, const torch::Tensor& tokens, torch::ScalarType compute,
+                              const torch::Tensor* mask, double* entropy_sum) {
+  train::ForwardOptions fo;
+  fo.compute_dtype = compute;
+  const int64_t T = tokens.size(1);
+  const torch::Tensor logits = model.forward(tokens.narrow(1, 0, T - 1), fo).logits;
+  const torch::Tensor log_probs = logits.log_softmax(-1);
+  if (entropy_sum) {
+    torch::NoGradGuard no_grad;
+    *entropy_sum += (entropy_from_logits(logits) * *mask).sum().item<double>();
+  }
+  return log_probs.gather(-1, tokens.narrow(1, 1, T - 1).unsqueeze(-1)).squeeze(-1);
+}
+
+struct UpdateStats {
+  double pg = 0, kl = 0, entropy = 0, clip_fraction = 0, grad_norm = 0, log_prob_gap = 0;
+  int64_t tokens = 0, steps = 0;
+  double seconds = 0;
+};
+
+struct Evaluation {
+  std::map<std::string, double> values;  // column -> value
+  int answers = 0, invalid = 0;
+};
+
+std::string csv_number(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+void write_checkpoint(const fs::path& out_dir, const train::TorchModel& model, const train::AdamW& adam, int iteration,
+                      int64_t optimizer_steps, double elapsed, const fs::path& start_model) {
+  const fs::path root = out_dir / "checkpoints";
+  char name[32];
+  std::snprintf(name, sizeof name, "iter-%05d", iteration);
+  const fs::path final_dir = root / name, tmp = root / (std::string(name) + ".tmp");
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  train::save_tensors(tmp / "model.safetensors", model.tensors());
+  std::map<std::string, torch::Tensor> opt;
+  for (const auto& [k, t] : adam.m) opt["m." + k] = t;
+  for (const auto& [k, t] : adam.v) opt["v." + k] = t;
+  train::save_tensors(tmp / "optimizer.safetensors", opt);
+  write_json_file(tmp / "state.json", {{"iteration", iteration},
+                                       {"optimizer_steps", optimizer_steps},
+                                       {"elapsed_s", elapsed},
+                                       {"start_model", fs::absolute(start_model).lexically_normal().string()}});
+  fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+  {
+    std::ofstream latest(root / "latest.tmp", std::ios::trunc);
+    latest << name << "\n";
+    require(latest.good(), "cannot write " + (root / "latest.tmp").string());
+  }
+  fs::rename(root / "latest.tmp", root / "latest");
+  for (const auto& entry : fs::directory_iterator(root))
+    if (entry.is_directory() && entry.path().filename() != name) fs::remove_all(entry.path());
+}
+
+// Keeps log.csv's header and the rows of iterations up to `iteration`.
+void truncate_log(const fs::path& csv, const std::vector<std::string>& columns, int iteration) {
+  std::string header;
+  for (const auto& c : columns) header += (header.empty() ? "" : ",") + c;
+  std::vector<std::string> keep{header};
+  if (std::ifstream in(csv); in) {
+    std::string line;
+    std::getline(in, line);
+    require(line == header, csv.string() + " has other columns than this run writes (other --games?)");
+    while (std::getline(in, line))
+      if (!line.empty() && std::stoi(line.substr(0, line.find(','))) <= iteration) keep.push_back(line);
+  }
+  std::ofstream out(csv, std::ios::trunc);
+  for (const auto& line : keep) out << line << "\n";
+  require(out.good(), "cannot write " + csv.string());
+}
+
+void write_progress_svg(const fs::path& csv, const fs::path& svg) {
+  std::ifstream in(csv);
+  std::string line;
+  std::getline(in, line);
+  std::vector<std::string> columns;
+  std::stringstream hs(line);
+  for (std::string c; std::getline(hs, c, ',');) columns.push_back(c);
+  LinePlot plot;
+  plot.title = "self-play: evaluation against iterations";
+  plot.x_label = "iteration";
+  std::map<size_t, PlotSeries> series;
+  for (size_t c = 0; c < columns.size(); ++c) {
+    const std::string& n = columns[c];
+    auto ends_with = [&](const std::string& tail) {
+      return n.size() >= tail.size() && n.compare(n.size() - tail.size(), tail.size(), tail) == 0;
+    };
+    if (ends_with("_win") || ends_with("_score") || n == "invalid_rate") series[c].label = n;
+  }
+  while (std::getline(in, line)) {
+    std::vector<std::string> f;
+    std::stringstream ss(line);
+    for (std::string cell; std::getline(ss, cell, ',');) f.push_back(cell);
+    for (auto& [c, s] : series)
+      if (c < f.size() && !f[c].empty()) s.points.push_back({std::stod(f[0]), std::stod(f[c])});
+  }
+  for (auto& [c, s] : series)
+    if (!s.points.empty()) plot.series.push_back(std::move(s));
+  if (!plot.series.empty()) write_svg(plot, svg);
+}
+
+}  // namespace
+
+std::vector<std::string> selfplay_columns(const std::vector<std::string>& games_list) {
+  std::vector<std::string> c = {"iteration",    "trajectories", "answers",     "invalid_rate",     "overlong_rate",
+                                "answer_tokens", "reward_mean",  "pg_loss",     "kl",               "entropy",
+                                "clip_fraction", "grad_norm",    "log_prob_gap", "rollout_tokens_per_s",
+                                "update_tokens_per_s", "lr"};
+  for (const auto& name : games_list) {
+    const auto game = games::make_game(name);
+    if (game->info().cooperative) {
+      c.push_back(name + "_score");
+      continue;
+    }
+    for (const char* order : {"first", "second"})
+      for (const char* r : {"win", "draw", "loss"}) c.push_back(name + "_" + order + "_" + r);
+  }
+  c.push_back("eval_invalid_rate");
+  c.push_back("elapsed_s");
+  return c;
+}
+
+IterationLog run_selfplay(const SelfPlayOptions& o) {
+  require(!o.games.empty(), "self-play needs at least one game");
+  require(o.iterations > 0 && o.games_per_iteration > 0 && o.minibatch > 0 && o.max_new_tokens > 0,
+          "iterations, games per iteration, minibatch and max new tokens must be positive");
+  const torch::Device device(o.device);
+  if (device.is_cuda()) require(torch::cuda::is_available(), "rl: --device cuda but no CUDA device is available");
+  const torch::ScalarType compute = o.bf16 ? torch::kBFloat16 : torch::kFloat32;
+
+  // The games, their evaluation opponents, and the columns of the log.
+  std::map<std::string, std::unique_ptr<Game>> games;
+  std::map<std::string, std::unique_ptr<games::Agent>> opponents;
+  for (const auto& name : o.games) {
+    require(!games.count(name), "--game names " + name + " twice");
+    games[name] = games::make_game(name);
+    const Game& g = *games[name];
+    require(g.info().num_players == 2, name + ": self-play here is for two-player games");
+    if (g.info().cooperative) continue;
+    if (g.info().perfect_information) {
+      opponents[name] = std::make_unique<games::MctsAgent>(o.mcts_simulations);
+    } else {
+      games::CfrSolver solver(g);
+      solver.iterate(o.cfr_iterations);
+      opponents[name] = std::make_unique<games::PolicyAgent>(solver.average_policy(), "cfr");
+    }
+  }
+  const std::vector<std::string> columns = selfplay_columns(o.games);
+
+  // Policy (the start model or the resumed checkpoint), frozen reference, optimiser.
+  train::TorchModel policy = train::TorchModel::load(o.model_dir, device);
+  const train::TorchModel reference = train::TorchModel::load(o.model_dir, device);
+  Chat chat = load_chat(o.model_dir, policy.config());
+  train::AdamW adam;
+  int start_iteration = 0;
+  int64_t optimizer_steps = 0;
+  double elapsed_before = 0;
+  fs::create_directories(o.out_dir);
+  if (o.resume) {
+    std::ifstream latest(o.out_dir / "checkpoints" / "latest");
+    std::string name;
+    if (latest && std::getline(latest, name) && !name.empty()) {
+      const fs::path dir = o.out_dir / "checkpoints" / name;
+      require(fs::exists(dir / "state.json"), "checkpoint " + dir.string() + " named by 'latest' is incomplete");
+      const nlohmann::json state = read_json_file(dir / "state.json");
+      require(state.at("start_model").get<std::string>() == fs::absolute(o.model_dir).lexically_normal().string(),
+              "--resume: this run started from " + state.at("start_model").get<std::string>() + ", not " +
+                  o.model_dir.string());
+      auto weights = train::load_tensors(dir / "model.safetensors", device);
+      for (const auto& [tensor_name, t] : policy.tensors()) {
+        require(weights.count(tensor_name), "checkpoint " + dir.string() + " lacks " + tensor_name);
+        policy.tensor(tensor_name) = weights.at(tensor_name).to(t.scalar_type());
+      }
+      for (auto& [key, t] : train::load_tensors(dir / "optimizer.safetensors", device))
+        (key[0] == 'm' ? adam.m : adam.v)[key.substr(2)] = t;
+      start_iteration = state.at("iteration").get<int>();
+      optimizer_steps = state.at("optimizer_steps").get<int64_t>();
+      elapsed_before = state.value("elapsed_s", 0.0);
+      log_info("resuming from " + dir.string() + " after iteration " + std::to_string(start_iteration));
+    }
+  }
+  const fs::path csv = o.out_dir / "log.csv";
+  truncate_log(csv, columns, start_iteration);
+  const std::vector<std::string> trainable = policy.trainable_names();
+  for (const auto& name : trainable) policy.tensor(name).set_requires_grad(true);
+
+  // One engine for rollouts and evaluations, with a row per seat the policy plays.
+  // (Evaluation: one policy seat in each of 2 x eval_games matches, or both seats in eval_games.)
+  const int rows = int(o.games.size()) * 2 * std::max(o.games_per_iteration, o.eval_every > 0 ? o.eval_games : 0);
+  RolloutEngine engine(policy, rows, o.max_sequence, compute);
+
+  const train::AdamWHyper hyper{o.beta1, o.beta2, 1e-8, o.weight_decay};
+  ProgressBar bar(o.iterations, start_iteration);
+  Stopwatch watch;
+  IterationLog log;
+  log.columns = columns;
+  for (int iteration = start_iteration; iteration < o.iterations; ++iteration) {
+    std::map<std::string, double> row;
+    // Rollout: self-play on every training game.
+    auto rng = train::stream_rng(o.seed, kRollout, uint64_t(iteration));
+    std::vector<Match> matches;
+    int next_row = 0;
+    for (const auto& name : o.games)
+      for (int g = 0; g < o.games_per_iteration; ++g) {
+        Match m;
+        m.game_name = name;
+        m.game = games.at(name).get();
+        m.state = m.game->initial_state();
+        m.seats.resize(2);
+        for (auto& s : m.seats) s.row = next_row++;
+        matches.push_back(std::move(m));
+      }
+    const RolloutStats before = engine.stats();
+    Stopwatch rollout_watch;
+    const RolloutCounts counts = play(matches, engine, chat, o, rng);
+    const double rollout_seconds = rollout_watch.seconds();
+    const int64_t generated = engine.stats().generated_tokens - before.generated_tokens;
+    std::vector<Sequence> seqs = sequences_of(matches, engine);
+    row["trajectories"] = double(seqs.size());
+    row["answers"] = counts.answers;
+    row["invalid_rate"] = counts.answers ? double(counts.invalid) / counts.answers : 0.0;
+    row["overlong_rate"] = counts.answers ? double(counts.overlong) / counts.answers : 0.0;
+    row["answer_tokens"] = counts.answers ? double(counts.answer_tokens) / counts.answers : 0.0;
+    row["rollout_tokens_per_s"] = double(generated) / std::max(rollout_seconds, 1e-9);
+    double reward_sum = 0;
+    for (const auto& q : seqs)
+      for (double r : q.trajectory.turn_reward) reward_sum += r;
+    row["reward_mean"] = seqs.empty() ? 0.0 : reward_sum / double(seqs.size());
+
+    // Update: credit, old and reference log-probs, one epoch of minibatches.
+    UpdateStats u;
+    Stopwatch update_watch;
+    if (!seqs.empty()) {
+      std::vector<SeatTrajectory> trajectories;
+      for (const auto& q : seqs) trajectories.push_back(q.trajectory);
+      const Credit credit = assign_credit(trajectories, o.credit);
+      std::vector<size_t> order(seqs.size());
+      std::iota(order.begin(), order.end(), 0);
+      auto shuffle_rng = train::stream_rng(o.seed, kShuffle, uint64_t(iteration));
+      std::shuffle(order.begin(), order.end(), shuffle_rng);
+      int64_t masked_tokens = 0;
+      for (size_t first = 0; first < order.size(); first += size_t(o.minibatch)) {
+        std::vector<const Sequence*> batch;
+        std::vector<size_t> index;
+        int64_t T = 0;
+        for (size_t k = first; k < std::min(order.size(), first + size_t(o.minibatch)); ++k) {
+          batch.push_back(&seqs[order[k]]);
+          index.push_back(order[k]);
+          T = std::max<int64_t>(T, int64_t(seqs[order[k]].tokens.size()));
+        }
+        const torch::Tensor tokens = padded_tokens(batch, T).to(device);
+        const torch::Tensor mask =
+            per_position(batch, T, [&](size_t b, int i) { return double(batch[b]->trajectory.response[size_t(i)]); })
+                .to(device, torch::kFloat32);
+        const torch::Tensor advantages =
+            per_position(batch, T, [&](size_t b, int i) { return credit.advantages[index[b]][size_t(i)]; })
+                .to(device, torch::kFloat32);
+        const torch::Tensor rollout_lp =
+            per_position(batch, T, [&](size_t b, int i) { return double(batch[b]->rollout_log_probs[size_t(i)]); })
+                .to(device, torch::kFloat32);
+        torch::Tensor old_lp, ref_lp;
+        {
+          torch::NoGradGuard no_grad;
+          old_lp = token_log_probs(policy, tokens, compute, &mask, &u.entropy);
+          ref_lp = token_log_probs(reference, tokens, compute, nullptr, nullptr);
+          u.log_prob_gap += ((old_lp - rollout_lp).abs() * mask).sum().item<double>();
+        }
+        const torch::Tensor lp = token_log_probs(policy, tokens, compute, nullptr, nullptr);
+        const PolicyLoss loss = policy_loss(lp, old_lp, ref_lp, advantages, mask, o.loss);
+        require(std::isfinite(loss.total.item<double>()), "rl: the loss is not finite (lower --lr?)");
+        loss.total.backward();
+        const double lr = o.lr * std::min(1.0, double(optimizer_steps + 1) / double(std::max<int64_t>(o.warmup, 1)));
+        u.grad_norm += train::clip_gradients(policy, trainable, o.grad_clip);
+        adam.step(policy, trainable, hyper, lr, ++optimizer_steps);
+        for (const auto& name : trainable) policy.tensor(name).mutable_grad() = torch::Tensor();
+        row["lr"] = lr;
+        u.pg += loss.pg.item<double>();
+        u.kl += loss.kl.item<double>();
+        u.clip_fraction += loss.clip_fraction.item<double>();
+        ++u.steps;
+        masked_tokens += int64_t(mask.sum().item<double>());
+        for (const Sequence* q : batch) u.tokens += int64_t(q->tokens.size());
+      }
+      u.entropy /= double(std::max<int64_t>(masked_tokens, 1));
+      u.log_prob_gap /= double(std::max<int64_t>(masked_tokens, 1));
+    }
+    u.seconds = update_watch.seconds();
+    const double steps = double(std::max<int64_t>(u.steps, 1));
+    row["pg_loss"] = u.pg / steps;
+    row["kl"] = u.kl / steps;
+    row["entropy"] = u.entropy;
+    row["clip_fraction"] = u.clip_fraction / steps;
+    row["grad_norm"] = u.grad_norm / steps;
+    row["log_prob_gap"] = u.log_prob_gap;
+    row["update_tokens_per_s"] = double(u.tokens) / std::max(u.seconds, 1e-9);
+    if (!row.count("lr")) row["lr"] = 0.0;
+
+    // Evaluation against the fixed opponents, and the Hanabi self-play score.
+    const bool evaluate = o.eval_every > 0 && ((iteration + 1) % o.eval_every == 0 || iteration + 1 == o.iterations);
+    if (evaluate) {
+      torch::NoGradGuard no_grad;
+      auto eval_rng = train::stream_rng(o.seed, kEvaluation, uint64_t(iteration));
+      std::vector<Match> evals;
+      std::vector<int> policy_seat;
+      int r = 0;
+      for (const auto& name : o.games) {
+        const Game* g = games.at(name).get();
+        for (int order = 0; order < (g->info().cooperative ? 1 : 2); ++order)
+          for (int k = 0; k < o.eval_games; ++k) {
+            Match m;
+            m.game_name = name;
+            m.game = g;
+            m.state = g->initial_state();
+            m.seats.resize(2);
+            for (int seat = 0; seat < 2; ++seat) {
+              if (g->info().cooperative || seat == order) m.seats[size_t(seat)].row = r++;
+              else m.seats[size_t(seat)].agent = opponents.at(name).get();
+            }
+            policy_seat.push_back(order);
+            evals.push_back(std::move(m));
+          }
+      }
+      const RolloutCounts ec = play(evals, engine, chat, o, eval_rng);
+      row["eval_invalid_rate"] = ec.answers ? double(ec.invalid) / ec.answers : 0.0;
+      std::map<std::string, std::array<double, 3>> tally;  // column prefix -> win, draw, loss
+      std::map<std::string, std::pair<double, int>> scores;
+      for (size_t i = 0; i < evals.size(); ++i) {
+        const Match& m = evals[i];
+        if (m.game->info().cooperative) {
+          auto& [sum, n] = scores[m.game_name];
+          sum += m.returns.empty() ? 0.0 : m.returns[0];
+          ++n;
+          continue;
+        }
+        const int seat = policy_seat[i];
+        const std::string prefix = m.game_name + (seat == 0 ? "_first" : "_second");
+        auto& t = tally[prefix];
+        const double ret = m.invalid_seat == seat ? -1.0 : m.invalid_seat >= 0 ? 1.0
+                           : m.returns.empty()    ? 0.0
+                                                  : m.returns[size_t(seat)];
+        t[ret > 0 ? 0 : ret == 0 ? 1 : 2] += 1.0 / o.eval_games;
+      }
+      for (const auto& [prefix, t] : tally) {
+        row[prefix + "_win"] = t[0];
+        row[prefix + "_draw"] = t[1];
+        row[prefix + "_loss"] = t[2];
+      }
+      for (const auto& [name, s] : scores) row[name + "_score"] = s.first / std::max(s.second, 1);
+    }
+
+    const double elapsed = elapsed_before + watch.seconds();
+    row["iteration"] = iteration + 1;
+    row["elapsed_s"] = elapsed;
+    {
+      std::ofstream out(csv, std::ios::app);
+      std::string line;
+      log.values.clear();
+      for (const auto& c : columns) {
+        const auto it = row.find(c);
+        line += (line.empty() ? "" : ",") + (it == row.end() ? std::string() : csv_number(it->second));
+        log.values.push_back(it == row.end() ? std::nan("") : it->second);
+      }
+      out << line << "\n";
+      require(out.good(), "cannot write " + csv.string());
+    }
+    write_progress_svg(csv, o.out_dir / "progress.svg");
+    char status[200];
+    std::snprintf(status, sizeof status, "invalid %.0f%% reward %.3f kl %.4f entropy %.3f rollout %.0f tok/s update %.0f tok/s",
+                  100 * row["invalid_rate"], row["reward_mean"], row["kl"], row["entropy"], row["rollout_tokens_per_s"],
+                  row["update_tokens_per_s"]);
+    bar.update(iteration + 1, status);
+    const bool last = iteration + 1 == o.iterations;
+    const bool stop = o.stop_after > 0 && iteration + 1 == o.stop_after && !last;
+    write_checkpoint(o.out_dir, policy, adam, iteration + 1, optimizer_steps, elapsed, o.model_dir);
+    if (stop) {
+      bar.finish("stopped after iteration " + std::to_string(iteration + 1) + " (continue with --resume)");
+      return log;
+    }
+  }
+  bar.finish("self-play done: " + std::to_string(o.iterations) + " iterations");
+  const fs::path model_out = o.out_dir / "model";
+  policy.export_hf(model_out, DType::BF16);
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+    if (fs::exists(o.model_dir / f)) fs::copy_file(o.model_dir / f, model_out / f, fs::copy_options::overwrite_existing);
+  log_info("exported " + model_out.string());
+  return log;
+}
+
+}  // namespace crossmoe::rl

@@ -1,0 +1,72 @@
+#pragma once
+// Self-play RL (MARS): iterations of rollout, then update.
+//
+// Rollout: for every training game, games_per_iteration games are played by the current policy
+// on both seats (both partners in Hanabi), all at once through the rollout engine. Each seat is a
+// growing chat conversation (games/conversation) in one engine row. An answer that does not parse,
+// names an illegal action or does not end within max_new_tokens ends the game with the invalid
+// penalty for that seat; the other seat's turns keep their rewards.
+// Rewards (MARS): +valid_turn for every valid turn; at the end the outcome lands on each seat's
+// last turn (its return in the game, a draw scored as `draw`; the shared score in Hanabi).
+// Update: credit assignment (rl/credit), log-probs of the policy before the update and of the
+// frozen reference (the starting model), then one epoch of minibatches of the clipped objective
+// with the KL loss (rl/policy_loss), AdamW. The engine reads the updated weights in place.
+// Evaluation: the policy against fixed opponents (MCTS for perfect-information games, a CFR+
+// policy for poker) as first and as second player, and the self-play score in Hanabi.
+//
+// Output directory:
+//   log.csv, progress.svg          one row per iteration; evaluation rates against iterations
+//   checkpoints/iter-NNNNN/        model.safetensors, optimizer.safetensors, state.json
+//   checkpoints/latest             name of the newest complete checkpoint (renamed into place)
+//   model/                         the final policy (config, weights, tokenizer files)
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "games/protocol.hpp"
+#include "rl/credit.hpp"
+#include "rl/policy_loss.hpp"
+#include "rl/rollout.hpp"
+
+namespace crossmoe::rl {
+
+struct SelfPlayOptions {
+  std::filesystem::path model_dir, out_dir;
+  std::vector<std::string> games = {"tic_tac_toe", "kuhn_poker", "mini_hanabi"};
+  int iterations = 10;
+  int games_per_iteration = 32;   // per training game
+  int max_new_tokens = 256;       // per answer
+  int max_sequence = 4096;        // tokens of one seat's conversation
+  int max_turns = 50;             // actions per game (MARS's max_actions_per_traj)
+  SamplingOptions sampling;
+  CreditOptions credit;
+  PolicyLossOptions loss;
+  games::RewardShaping rewards;
+  double lr = 1e-6;
+  int64_t warmup = 10;            // optimizer steps of linear warmup
+  double weight_decay = 0.05, beta1 = 0.9, beta2 = 0.95, grad_clip = 1.0;
+  int minibatch = 8;              // sequences per optimizer step
+  int eval_every = 1;             // iterations between evaluations (0 = never)
+  int eval_games = 16;            // per game, opponent and seat
+  int mcts_simulations = 100;
+  int cfr_iterations = 1000;
+  std::string device = "cpu";
+  bool bf16 = false;
+  uint64_t seed = 0;
+  bool resume = false;
+  int stop_after = 0;             // > 0: checkpoint and stop after this iteration
+};
+
+// One iteration's numbers, as log.csv holds them.
+struct IterationLog {
+  std::vector<std::string> columns;
+  std::vector<double> values;
+};
+
+// Runs (or resumes) a self-play run; returns the last iteration's row.
+IterationLog run_selfplay(const SelfPlayOptions& options);
+
+// log.csv's columns for a list of training games.
+std::vector<std::string> selfplay_columns(const std::vector<std::string>& games);
+
+}  // namespace crossmoe::rl

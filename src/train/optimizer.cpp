@@ -1,0 +1,47 @@
+#include "train/optimizer.hpp"
+
+#include <cmath>
+
+namespace crossmoe::train {
+
+void AdamW::step(TorchModel& model, const std::vector<std::string>& names, const AdamWHyper& h, double lr, int64_t t) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> params, grads, ms, vs, decayed;
+  for (const std::string& name : names) {
+    torch::Tensor& p = model.tensor(name);
+    if (!p.grad().defined()) continue;
+    auto [mi, fresh] = m.try_emplace(name);
+    if (fresh) mi->second = torch::zeros_like(p), v[name] = torch::zeros_like(p);
+    params.push_back(p), grads.push_back(p.grad()), ms.push_back(mi->second), vs.push_back(v[name]);
+    if (p.dim() >= 2) decayed.push_back(p);
+  }
+  if (params.empty()) return;
+  const double bc1 = 1.0 - std::pow(h.beta1, double(t)), bc2 = 1.0 - std::pow(h.beta2, double(t));
+  if (h.weight_decay > 0 && !decayed.empty()) at::_foreach_mul_(decayed, 1.0 - lr * h.weight_decay);
+  at::_foreach_mul_(ms, h.beta1);
+  at::_foreach_add_(ms, grads, 1.0 - h.beta1);
+  at::_foreach_mul_(vs, h.beta2);
+  at::_foreach_addcmul_(vs, grads, grads, 1.0 - h.beta2);
+  std::vector<torch::Tensor> denom = at::_foreach_sqrt(vs);
+  at::_foreach_div_(denom, std::sqrt(bc2));
+  at::_foreach_add_(denom, h.eps);
+  at::_foreach_addcdiv_(params, ms, denom, -lr / bc1);
+}
+
+double clip_gradients(TorchModel& model, const std::vector<std::string>& names, double max_norm) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> grads;
+  for (const auto& name : names)
+    if (model.tensor(name).grad().defined()) grads.push_back(model.tensor(name).grad());
+  if (grads.empty()) return 0.0;
+  const double norm = torch::stack(at::_foreach_norm(grads, 2)).norm().item<double>();
+  if (max_norm > 0 && norm > max_norm) at::_foreach_mul_(grads, max_norm / (norm + 1e-6));
+  return norm;
+}
+
+std::mt19937_64 stream_rng(uint64_t seed, uint64_t stream, uint64_t index) {
+  std::seed_seq seq{uint32_t(seed), uint32_t(seed >> 32), uint32_t(stream), uint32_t(index), uint32_t(index >> 32)};
+  return std::mt19937_64(seq);
+}
+
+}  // namespace crossmoe::train

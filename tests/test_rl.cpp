@@ -1,0 +1,465 @@
+// Self-play RL (src/rl): credit assignment against MARS's own code (goldens made by
+// tests/fixtures/make_rl_goldens.py from roll/utils/functionals.py) and against hand-computed
+// trajectories; the clipped loss and its gradient against ROLL's loss on the same inputs and
+// against finite differences; the rollout engine's per-token log-probs against a plain full
+// forward, and its greedy tokens against the CPU runtime; the self-play command end to end.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "games/conversation.hpp"
+#include "model/init.hpp"
+#include "rl/credit.hpp"
+#include "rl/policy_loss.hpp"
+#include "rl/rollout.hpp"
+#include "runtime/generate.hpp"
+#include "small_models.hpp"
+#include "util/error.hpp"
+#include "util/json_file.hpp"
+
+using namespace crossmoe;
+using namespace crossmoe::rl;
+namespace fs = std::filesystem;
+
+namespace {
+
+SeatTrajectory trajectory_from_json(const nlohmann::json& j) {
+  SeatTrajectory t;
+  t.game = j.at("game").get<std::string>();
+  t.seat = j.at("seat").get<int>();
+  t.positions = j.at("positions").get<int>();
+  for (int r : j.at("response").get<std::vector<int>>()) t.response.push_back(static_cast<unsigned char>(r));
+  t.turn_end = j.at("turn_end").get<std::vector<int>>();
+  t.turn_reward = j.at("turn_reward").get<std::vector<double>>();
+  return t;
+}
+
+Normalization norm_from_json(const nlohmann::json& j) {
+  if (j.is_null() || j == "identity") return Normalization::None;
+  return j == "mean" ? Normalization::Mean : Normalization::MeanStd;
+}
+
+const nlohmann::json& goldens() {
+  static const nlohmann::json j = read_json_file(fs::path(CROSSMOE_FIXTURES) / "rl_goldens.json");
+  return j;
+}
+
+}  // namespace
+
+TEST(RlCredit, MatchesMarsFunctionals) {
+  int cases = 0;
+  for (const auto& c : goldens().at("credit")) {
+    const auto& o = c.at("options");
+    CreditOptions opts;
+    opts.turn_scores = o.at("turn_scores").get<bool>();
+    opts.reward_norm = norm_from_json(o.at("reward_norm"));
+    opts.per_seat = o.at("per_seat").get<bool>();
+    opts.whiten_rewards = o.at("whiten_rewards").get<bool>();
+    opts.advantage_norm = norm_from_json(o.at("advantage_norm"));
+    opts.whiten_advantages = o.at("whiten_advantages").get<bool>();
+    std::vector<SeatTrajectory> batch;
+    for (const auto& t : c.at("trajectories")) batch.push_back(trajectory_from_json(t));
+    const Credit credit = assign_credit(batch, opts);
+    const auto& want = c.at("advantages");
+    ASSERT_EQ(credit.advantages.size(), want.size());
+    for (size_t b = 0; b < want.size(); ++b) {
+      ASSERT_EQ(credit.advantages[b].size(), want[b].size());
+      for (size_t i = 0; i < want[b].size(); ++i)
+        ASSERT_NEAR(credit.advantages[b][i], want[b][i].get<double>(), 2e-5)
+            << c.at("batch") << " / " << c.at("config") << " trajectory " << b << " position " << i;
+    }
+    ++cases;
+  }
+  EXPECT_EQ(cases, 9);
+}
+
+// A two-player game by hand: turn rewards centred per seat, no whitening, so every token of a
+// turn carries the sum of the seat's centred rewards from that turn on.
+TEST(RlCredit, TwoPlayerTurnReturnsByHand) {
+  auto seat = [](int seat, std::vector<double> rewards) {
+    SeatTrajectory t;
+    t.game = "tic_tac_toe";
+    t.seat = seat;
+    // prompt (2 positions), then per turn: 3 answer tokens and 2 message tokens
+    t.response = {0, 0};
+    for (size_t k = 0; k < rewards.size(); ++k) {
+      t.response.insert(t.response.end(), {1, 1, 1});
+      t.turn_end.push_back(int(t.response.size()) - 1);
+      t.response.insert(t.response.end(), {0, 0});
+    }
+    t.positions = int(t.response.size());
+    t.turn_reward = rewards;
+    return t;
+  };
+  // Seat 0 wins game 1 and loses game 2; seat 1 the opposite. Seat means: 0.05 and 0.05.
+  const std::vector<SeatTrajectory> batch = {seat(0, {0.05, 1.05}), seat(1, {0.05, -0.95}), seat(0, {0.05, -0.95}),
+                                             seat(1, {0.05, 1.05})};
+  CreditOptions o;
+  o.whiten_rewards = o.whiten_advantages = false;
+  o.advantage_norm = Normalization::None;
+  const Credit c = assign_credit(batch, o);
+  // Centred turn rewards of seat 0, game 1: {0, 1} -> returns {1, 1}; game 2: {0, -1} -> {-1, -1}.
+  const std::vector<double> want0 = {0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0};
+  const std::vector<double> want1 = {0, 0, -1, -1, -1, 0, 0, -1, -1, -1, 0, 0};
+  for (size_t i = 0; i < want0.size(); ++i) {
+    EXPECT_NEAR(c.advantages[0][i], want0[i], 1e-12) << i;
+    EXPECT_NEAR(c.advantages[1][i], want1[i], 1e-12) << i;
+    EXPECT_NEAR(c.advantages[2][i], want1[i], 1e-12) << i;
+    EXPECT_NEAR(c.advantages[3][i], want0[i], 1e-12) << i;
+  }
+  // Returns before masking: the message tokens between turns carry the next turn's return.
+  EXPECT_NEAR(c.returns[0][5], 1.0, 1e-12);
+  EXPECT_NEAR(c.returns[0][0], 1.0, 1e-12);
+}
+
+// A cooperative game by hand: the seats share the outcome but are centred separately; the
+// second seat's first turn gets everything that follows in its own conversation only.
+TEST(RlCredit, CooperativeSeatsNormalisedSeparately) {
+  auto seat = [](int s, std::vector<double> rewards) {
+    SeatTrajectory t;
+    t.game = "mini_hanabi";
+    t.seat = s;
+    t.response = {0};
+    for (size_t k = 0; k < rewards.size(); ++k) {
+      t.response.insert(t.response.end(), {1, 1});
+      t.turn_end.push_back(int(t.response.size()) - 1);
+      t.response.push_back(0);
+    }
+    t.positions = int(t.response.size());
+    t.turn_reward = rewards;
+    return t;
+  };
+  // Game 1 scores 3, game 2 scores 1; seat 0 moves 2 then 1 times, seat 1 once each.
+  const std::vector<SeatTrajectory> batch = {seat(0, {0.05, 3.05}), seat(1, {3.05}), seat(0, {1.05}), seat(1, {1.05})};
+  CreditOptions o;
+  o.whiten_rewards = o.whiten_advantages = false;
+  o.advantage_norm = Normalization::None;
+  Credit c = assign_credit(batch, o);
+  // Seat 0 rewards {0.05, 3.05, 1.05}: mean 1.4167 -> {-1.3667, 1.6333, -0.3667}; seat 1 {3.05, 1.05}: mean 2.05.
+  const double m0 = (0.05 + 3.05 + 1.05) / 3;
+  EXPECT_NEAR(c.advantages[0][1], (0.05 - m0) + (3.05 - m0), 1e-12);
+  EXPECT_NEAR(c.advantages[0][4], 3.05 - m0, 1e-12);
+  EXPECT_NEAR(c.advantages[1][1], 1.0, 1e-12);
+  EXPECT_NEAR(c.advantages[2][2], 1.05 - m0, 1e-12);
+  EXPECT_NEAR(c.advantages[3][2], -1.0, 1e-12);
+  // Normalised together, seat 1 would share seat 0's mean (1.65).
+  o.per_seat = false;
+  c = assign_credit(batch, o);
+  EXPECT_NEAR(c.advantages[1][1], 3.05 - 1.65, 1e-12);
+}
+
+TEST(RlCredit, RejectsInconsistentTrajectories) {
+  SeatTrajectory t;
+  t.game = "kuhn_poker";
+  t.positions = 3;
+  t.response = {0, 1, 1};
+  t.turn_end = {0};  // not one of the model's tokens
+  t.turn_reward = {1.0};
+  EXPECT_THROW(assign_credit({t}, CreditOptions::mars()), Error);
+  t.turn_end = {2};
+  t.turn_reward = {};
+  EXPECT_THROW(assign_credit({t}, CreditOptions::mars()), Error);
+}
+
+TEST(RlLoss, MatchesRollLossAndGradient) {
+  for (const auto& c : goldens().at("loss")) {
+    auto tensor = [&](const char* key) {
+      const auto rows = c.at(key).get<std::vector<std::vector<double>>>();
+      torch::Tensor t = torch::empty({int64_t(rows.size()), int64_t(rows[0].size())}, torch::kFloat64);
+      for (size_t r = 0; r < rows.size(); ++r)
+        for (size_t i = 0; i < rows[r].size(); ++i) t[int64_t(r)][int64_t(i)] = rows[r][i];
+      return t;
+    };
+    PolicyLossOptions o;
+    o.clip = c.at("clip").get<double>();
+    o.dual_clip = c.at("dual_clip").get<bool>();
+    o.kl_coef = c.at("kl_coef").get<double>();
+    const torch::Tensor lp = tensor("new").requires_grad_(true);
+    const PolicyLoss loss = policy_loss(lp, tensor("old"), tensor("ref"), tensor("advantages"), tensor("mask"), o);
+    EXPECT_NEAR(loss.pg.item<double>(), c.at("pg_loss").get<double>(), 1e-12);
+    EXPECT_NEAR(loss.kl.item<double>(), c.at("kl_loss").get<double>(), 1e-12);
+    EXPECT_NEAR(loss.total.item<double>(), c.at("total").get<double>(), 1e-12);
+    loss.total.backward();
+    EXPECT_LT((lp.grad() - tensor("grad")).abs().max().item<double>(), 1e-12);
+  }
+}
+
+// The gradient by central differences, with ratios inside and outside the clip range and both
+// signs of advantage (where the dual clip bites).
+TEST(RlLoss, GradientMatchesFiniteDifferences) {
+  torch::manual_seed(7);
+  const int64_t B = 3, T = 6;
+  const torch::Tensor old = -torch::rand({B, T}, torch::kFloat64) * 2;
+  const torch::Tensor ref = old + torch::randn({B, T}, torch::kFloat64) * 0.2;
+  const torch::Tensor start = old + torch::randn({B, T}, torch::kFloat64) * 0.5;
+  const torch::Tensor adv = torch::randn({B, T}, torch::kFloat64) * 2;
+  const torch::Tensor mask = (torch::rand({B, T}) > 0.25).to(torch::kFloat64);
+  const PolicyLossOptions o;
+  torch::Tensor lp = start.clone().requires_grad_(true);
+  policy_loss(lp, old, ref, adv, mask, o).total.backward();
+  const double h = 1e-6;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < T; ++i) {
+      torch::Tensor up = start.clone(), down = start.clone();
+      up[b][i] += h;
+      down[b][i] -= h;
+      const double numeric = (policy_loss(up, old, ref, adv, mask, o).total.item<double>() -
+                              policy_loss(down, old, ref, adv, mask, o).total.item<double>()) /
+                             (2 * h);
+      EXPECT_NEAR(lp.grad()[b][i].item<double>(), numeric, 1e-6) << b << "," << i;
+    }
+  // By hand: one token, ratio e^0.5 > 1.2 with A > 0 is clipped (no policy gradient), and with
+  // A = -1 the dual clip caps the loss at 1.4 |A| (again no gradient); only the KL term remains.
+  for (double a : {1.0, -1.0}) {
+    torch::Tensor one = torch::full({1, 1}, 0.5, torch::kFloat64).requires_grad_(true);
+    const torch::Tensor zero = torch::zeros({1, 1}, torch::kFloat64);
+    const PolicyLoss l = policy_loss(one, zero, zero, torch::full({1, 1}, a, torch::kFloat64), torch::ones({1, 1}), o);
+    l.total.backward();
+    const double pg = a > 0 ? -1.2 : std::min(std::exp(0.5), 1.4);
+    EXPECT_NEAR(l.pg.item<double>(), pg, 1e-12);
+    // d/dx of 0.2 (e^{-x} + x - 1) at 0.5
+    EXPECT_NEAR(one.grad().item<double>(), 0.2 * (1 - std::exp(-0.5)), 1e-12);
+  }
+}
+
+namespace {
+
+train::TorchModel tiny_model(const std::string& layout, uint64_t seed) {
+  ModelConfig c = testing_models::small(layout);
+  c.num_layers = 2;
+  c.layer_is_moe.assign(2, layout != "dense");
+  c.finalize();
+  return train::TorchModel(c, seed, torch::kCPU);
+}
+
+// Full-forward log-probs of tokens[1:] of one sequence.
+std::vector<float> full_log_probs(const train::TorchModel& m, const std::vector<int>& tokens) {
+  torch::NoGradGuard no_grad;
+  std::vector<int64_t> ids(tokens.begin(), tokens.end());
+  const torch::Tensor t = torch::tensor(ids, torch::kInt64).unsqueeze(0);
+  const torch::Tensor lp = m.forward(t).logits.log_softmax(-1)[0];
+  std::vector<float> out;
+  for (size_t i = 1; i < tokens.size(); ++i) out.push_back(lp[int64_t(i) - 1][tokens[i]].item<float>());
+  return out;
+}
+
+}  // namespace
+
+// Ragged prompts, several rounds of appending and sampling per row (the rows' lengths all
+// differ), rows leaving the batch at different steps: every kept log-prob equals the full
+// forward's over the final sequence.
+TEST(RlRollout, LogProbsEqualFullForward) {
+  for (const std::string layout : {"dense", "megrez2", "rexmoe"}) {
+    SCOPED_TRACE(layout);
+    const train::TorchModel model = tiny_model(layout, 3);
+    RolloutEngine engine(model, 5, 96, torch::kFloat32, /*max_batch_tokens=*/24);
+    std::mt19937_64 rng(1), draw(5);
+    std::vector<std::vector<std::pair<int, float>>> kept(5);  // (token index, log-prob)
+    for (int round = 0; round < 3; ++round) {
+      std::vector<GenerationRequest> requests;
+      for (int row = 0; row < 5; ++row) {
+        if (round == 2 && row == 1) continue;  // a row that sits a round out
+        GenerationRequest r;
+        r.sequence = row;
+        const int n = 1 + int(draw() % 9);
+        for (int i = 0; i < n; ++i) r.append.push_back(int(draw() % 300));
+        r.max_new_tokens = 2 + int(draw() % 6);
+        requests.push_back(r);
+      }
+      const std::vector<Generation> gens = engine.generate(requests, {7, 11}, SamplingOptions{1.0, 0.95, 40}, rng);
+      for (size_t i = 0; i < gens.size(); ++i) {
+        const int row = requests[i].sequence;
+        const int end = int(engine.tokens(row).size());
+        for (size_t k = 0; k < gens[i].tokens.size(); ++k)
+          kept[size_t(row)].push_back({end - int(gens[i].tokens.size()) + int(k), gens[i].log_probs[k]});
+      }
+    }
+    for (int row = 0; row < 5; ++row) {
+      const std::vector<float> full = full_log_probs(model, engine.tokens(row));
+      ASSERT_FALSE(kept[size_t(row)].empty());
+      for (const auto& [index, lp] : kept[size_t(row)]) EXPECT_NEAR(lp, full[size_t(index) - 1], 2e-4) << row << " " << index;
+    }
+  }
+}
+
+// Greedy decoding of the exported model: the engine (batched, ragged) and the CPU runtime pick
+// the same tokens.
+TEST(RlRollout, GreedyTokensEqualRuntime) {
+  const fs::path dir = fs::temp_directory_path() / ("crossmoe_rl_greedy_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  const train::TorchModel model = tiny_model("megrez2", 9);
+  model.export_hf(dir, DType::F32);
+  RolloutEngine engine(model, 3, 64, torch::kFloat32);
+  const std::vector<std::vector<int>> prompts = {{5, 17, 200, 3}, {42}, {9, 9, 9, 100, 250, 1, 2}};
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < 3; ++i) requests.push_back({i, prompts[size_t(i)], 12});
+  std::mt19937_64 rng(0);
+  const auto gens = engine.generate(requests, {}, SamplingOptions{0.0, 1.0, 0}, rng);
+  Model runtime(dir);
+  for (int i = 0; i < 3; ++i) {
+    InferenceSession session(runtime, 64);
+    Sampler greedy(SamplingParams{});
+    const GenerationResult r = generate(session, prompts[size_t(i)], 12, greedy, {});
+    EXPECT_EQ(gens[size_t(i)].tokens, r.tokens) << "prompt " << i;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(RlRollout, SamplingFilters) {
+  const float logits[4] = {2.0f, 1.0f, 0.5f, -3.0f};
+  std::mt19937_64 rng(3);
+  // Greedy, and a top-p small enough to keep one token.
+  EXPECT_EQ(sample_candidate(logits, 4, {0.0, 1.0, 0}, rng), 0);
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(sample_candidate(logits, 4, {0.6, 0.5, 100}, rng), 0);
+  // Temperature 1, top-p 1: frequencies follow the softmax.
+  std::vector<int> hits(4);
+  const int n = 40000;
+  for (int i = 0; i < n; ++i) ++hits[size_t(sample_candidate(logits, 4, {1.0, 1.0, 100}, rng))];
+  double z = 0;
+  for (float l : logits) z += std::exp(l);
+  for (int k = 0; k < 4; ++k) EXPECT_NEAR(double(hits[size_t(k)]) / n, std::exp(logits[k]) / z, 0.01) << k;
+}
+
+namespace {
+
+struct RunResult {
+  int code;
+  std::string out;
+};
+
+RunResult run_cli(const std::string& args) {
+  const std::string cmd = std::string(CROSSMOE_BIN) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::vector<std::vector<std::string>> read_csv(const fs::path& p) {
+  std::vector<std::vector<std::string>> rows;
+  std::ifstream in(p);
+  for (std::string line; std::getline(in, line);) {
+    std::vector<std::string> cells;
+    std::stringstream ss(line);
+    for (std::string c; std::getline(ss, c, ',');) cells.push_back(c);
+    if (!line.empty() && line.back() == ',') cells.push_back("");
+    rows.push_back(cells);
+  }
+  return rows;
+}
+
+}  // namespace
+
+// The loop end to end on a tiny random model (byte tokens, ChatML): its answers never parse, so
+// every game ends at the first answer with MARS's -11 for that seat; a run split by --stop-after
+// and --resume ends with the same weights and log as one run.
+TEST(RlSelfPlay, EndToEndResumeEqualsUninterrupted) {
+  const fs::path dir = fs::temp_directory_path() / ("crossmoe_rl_selfplay_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  const fs::path model = dir / "model";
+  ASSERT_EQ(run_cli("init " + model.string() + " --layout moe --layers 2 --hidden 32 --heads 2 --kv-heads 1 "
+                    "--head-dim 16 --intermediate 64 --experts 4 --top-k 2 --expert-size 16 --context 512")
+                .code,
+            0);
+  const std::string common = " --game tic_tac_toe,kuhn_poker,mini_hanabi --iterations 2 --games-per-iteration 3 "
+                             "--max-new-tokens 6 --max-sequence 480 --eval-games 2 --mcts-simulations 4 "
+                             "--cfr-iterations 20 --lr 1e-3 --minibatch 4 --seed 5 --threads 1";
+  const RunResult whole = run_cli("rl selfplay " + model.string() + " -o " + (dir / "whole").string() + common);
+  ASSERT_EQ(whole.code, 0) << whole.out;
+  const RunResult first = run_cli("rl selfplay " + model.string() + " -o " + (dir / "split").string() + common +
+                                  " --stop-after 1");
+  ASSERT_EQ(first.code, 0) << first.out;
+  EXPECT_FALSE(fs::exists(dir / "split" / "model"));
+  const RunResult rest = run_cli("rl selfplay " + model.string() + " -o " + (dir / "split").string() + common + " --resume");
+  ASSERT_EQ(rest.code, 0) << rest.out;
+
+  const auto whole_csv = read_csv(dir / "whole" / "log.csv"), split_csv = read_csv(dir / "split" / "log.csv");
+  ASSERT_EQ(whole_csv.size(), 3u);
+  ASSERT_EQ(split_csv.size(), 3u);
+  const std::vector<std::string>& header = whole_csv[0];
+  EXPECT_EQ(header, selfplay_columns({"tic_tac_toe", "kuhn_poker", "mini_hanabi"}));
+  auto col = [&](const std::string& name) {
+    const auto it = std::find(header.begin(), header.end(), name);
+    EXPECT_NE(it, header.end()) << name;
+    return size_t(it - header.begin());
+  };
+  for (const char* c : {"invalid_rate", "answer_tokens", "kl", "entropy", "rollout_tokens_per_s", "update_tokens_per_s",
+                        "tic_tac_toe_first_win", "tic_tac_toe_second_loss", "kuhn_poker_first_win", "mini_hanabi_score"})
+    col(c);
+  for (size_t r = 1; r < 3; ++r) {
+    const auto& row = whole_csv[r];
+    EXPECT_EQ(std::stod(row[col("invalid_rate")]), 1.0);
+    EXPECT_EQ(std::stod(row[col("trajectories")]), 9.0);  // seat 0 of 3 games x 3 games: seat 1 never moves
+    EXPECT_EQ(std::stod(row[col("reward_mean")]), -11.0);
+    EXPECT_EQ(std::stod(row[col("tic_tac_toe_first_loss")]), 1.0);
+    EXPECT_EQ(std::stod(row[col("mini_hanabi_score")]), 0.0);
+    EXPECT_GT(std::stod(row[col("entropy")]), 0.0);
+    // Same numbers split or not, timing columns aside.
+    for (size_t c = 0; c < header.size(); ++c) {
+      const std::string& n = header[c];
+      if (n.find("per_s") != std::string::npos || n == "elapsed_s") continue;
+      EXPECT_EQ(row[c], split_csv[r][c]) << n << " row " << r;
+    }
+  }
+  EXPECT_EQ(read_file(dir / "whole" / "checkpoints" / "iter-00002" / "model.safetensors"),
+            read_file(dir / "split" / "checkpoints" / "iter-00002" / "model.safetensors"));
+  EXPECT_NE(read_file(dir / "whole" / "checkpoints" / "iter-00002" / "model.safetensors").size(), 0u);
+  EXPECT_TRUE(fs::exists(dir / "whole" / "model" / "tokenizer_config.json"));
+  EXPECT_TRUE(fs::exists(dir / "whole" / "progress.svg"));
+
+  // Bad input: no chat template; an unknown game; a non-empty output without --resume.
+  fs::remove(model / "tokenizer_config.json");
+  RunResult r = run_cli("rl selfplay " + model.string() + " -o " + (dir / "x").string() + common);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("error: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("chat template"), std::string::npos) << r.out;
+  r = run_cli("rl selfplay " + model.string() + " -o " + (dir / "y").string() + " --game chess");
+  EXPECT_NE(r.code, 0);
+  EXPECT_EQ(r.out.rfind("error: ", 0), 0u) << r.out;
+  r = run_cli("rl selfplay " + model.string() + " -o " + (dir / "whole").string());
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--resume"), std::string::npos) << r.out;
+  fs::remove_all(dir);
+}
+
+// Transcripts: one conversation per game and seat, system + (user, assistant) pairs whose answers
+// parse under the protocol.
+TEST(RlTranscripts, ConversationsOfReferencePlayers) {
+  const fs::path out = fs::temp_directory_path() / ("crossmoe_rl_transcripts_" + std::to_string(getpid()) + ".jsonl");
+  const RunResult r = run_cli("games transcripts tic_tac_toe -n 3 -o " + out.string() + " --mcts-simulations 20");
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::ifstream in(out);
+  int lines = 0;
+  for (std::string line; std::getline(in, line); ++lines) {
+    const auto j = nlohmann::json::parse(line);
+    const auto& m = j.at("messages");
+    ASSERT_GE(m.size(), 3u);
+    EXPECT_EQ(m[0].at("role"), "system");
+    for (size_t i = 1; i < m.size(); ++i) {
+      EXPECT_EQ(m[i].at("role"), i % 2 ? "user" : "assistant");
+      if (i % 2 == 0) {
+        const std::string a = m[i].at("content");
+        EXPECT_NE(a.find("<think>"), std::string::npos);
+        EXPECT_NE(a.find("</answer>"), std::string::npos);
+      }
+    }
+  }
+  EXPECT_EQ(lines, 6);  // both seats of 3 games move in tic-tac-toe
+  fs::remove(out);
+}
