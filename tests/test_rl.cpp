@@ -18,6 +18,7 @@
 #include "rl/credit.hpp"
 #include "rl/policy_loss.hpp"
 #include "rl/rollout.hpp"
+#include "rl/selfplay.hpp"
 #include "runtime/generate.hpp"
 #include "small_models.hpp"
 #include "util/error.hpp"
@@ -374,11 +375,11 @@ TEST(RlSelfPlay, EndToEndResumeEqualsUninterrupted) {
   fs::remove_all(dir);
   const fs::path model = dir / "model";
   ASSERT_EQ(run_cli("init " + model.string() + " --layout moe --layers 2 --hidden 32 --heads 2 --kv-heads 1 "
-                    "--head-dim 16 --intermediate 64 --experts 4 --top-k 2 --expert-size 16 --context 512")
+                    "--head-dim 16 --intermediate 64 --experts 4 --top-k 2 --expert-size 16 --context 4096")
                 .code,
             0);
   const std::string common = " --game tic_tac_toe,kuhn_poker,mini_hanabi --iterations 2 --games-per-iteration 3 "
-                             "--max-new-tokens 6 --max-sequence 480 --eval-games 2 --mcts-simulations 4 "
+                             "--max-new-tokens 6 --max-sequence 4000 --eval-games 2 --mcts-simulations 4 "
                              "--cfr-iterations 20 --lr 1e-3 --minibatch 4 --seed 5 --threads 1";
   const RunResult whole = run_cli("rl selfplay " + model.string() + " -o " + (dir / "whole").string() + common);
   ASSERT_EQ(whole.code, 0) << whole.out;

@@ -2,13 +2,14 @@
 
 namespace crossmoe::rl {
 
+// ROLL adds 1e-8 to both counts, but to an integer mask's sum, which promotes to float32, where
+// the 1e-8 vanishes: plain counts reproduce it exactly.
 torch::Tensor sequence_mean(const torch::Tensor& values, const torch::Tensor& mask) {
   const torch::Tensor m = mask.to(values.scalar_type());
   const torch::Tensor count = m.sum(-1);
-  const torch::Tensor per_sequence =
-      torch::where(count > 0, (values * m).sum(-1) / (count + 1e-8), torch::zeros_like(count));
+  const torch::Tensor per_sequence = torch::where(count > 0, (values * m).sum(-1) / count.clamp_min(1), torch::zeros_like(count));
   const torch::Tensor valid = (count > 0).to(values.scalar_type());
-  return (per_sequence * valid).sum() / (valid.sum() + 1e-8);
+  return (per_sequence * valid).sum() / valid.sum().clamp_min(1);
 }
 
 PolicyLoss policy_loss(const torch::Tensor& log_probs, const torch::Tensor& old_log_probs,

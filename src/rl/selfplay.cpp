@@ -79,7 +79,7 @@ struct Match {
 };
 
 struct RolloutCounts {
-  int answers = 0, invalid = 0, overlong = 0;
+  int answers = 0, invalid = 0, overlong = 0;  // overlong: answers cut off at max_new_tokens
   int64_t answer_tokens = 0;
 };
 
@@ -153,7 +153,6 @@ RolloutCounts play(std::vector<Match>& matches, RolloutEngine& engine, Chat& cha
         std::vector<int> append = chat.tokenizer.encode(delta);
         if (int(append.size()) + o.max_new_tokens > engine.free_space(s.row)) {
           // The conversation outgrew max_sequence: that seat loses, as MARS's overlong sequences do.
-          ++counts.overlong;
           end_invalid(m, seat, o.rewards);
           break;
         }
