@@ -306,8 +306,10 @@ void write_checkpoint(const fs::path& out_dir, const train::TorchModel& model, c
     require(latest.good(), "cannot write " + (root / "latest.tmp").string());
   }
   fs::rename(root / "latest.tmp", root / "latest");
+  std::vector<fs::path> older;  // listed first: a directory is not changed while it is read
   for (const auto& entry : fs::directory_iterator(root))
-    if (entry.is_directory() && entry.path().filename() != name) fs::remove_all(entry.path());
+    if (entry.is_directory() && entry.path().filename() != name) older.push_back(entry.path());
+  for (const auto& p : older) fs::remove_all(p);
 }
 
 // Keeps log.csv's header and the rows of iterations up to `iteration`.
