@@ -22,8 +22,16 @@ int main(int argc, char** argv) {
     while (watch.seconds() < budget) {
       auto s = game->initial_state();
       while (!s->is_terminal()) {
-        const auto legal = s->legal_actions();
-        s->apply(legal[rng() % legal.size()]);  // chance outcomes are uniform in these games
+        if (s->is_chance()) {  // Hanabi deals kinds of card by how many are left
+          const auto outcomes = s->chance_outcomes();
+          double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+          size_t i = 0;
+          while (i + 1 < outcomes.size() && u >= outcomes[i].second) u -= outcomes[i++].second;
+          s->apply(outcomes[i].first);
+        } else {
+          const auto legal = s->legal_actions();
+          s->apply(legal[rng() % legal.size()]);
+        }
         ++steps;
       }
       ++episodes;
