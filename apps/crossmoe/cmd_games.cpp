@@ -135,6 +135,7 @@ class HumanAgent : public Agent {
 struct PlayArgs {
   std::string game, p0 = "mcts", p1 = "random";
   int games = 100, cfr_iterations = 1000;
+  std::string cfr_variant = "cfr";
   MctsOptions mcts;
   ModelOptions model;
   uint64_t seed = 0;
@@ -144,6 +145,7 @@ struct PlayArgs {
 void validate_play(const PlayArgs& a, const Game& game) {
   validate(a.mcts);
   require(a.cfr_iterations >= 1, "--cfr-iterations must be at least 1, got " + std::to_string(a.cfr_iterations));
+  require(a.cfr_variant == "cfr" || a.cfr_variant == "cfr+", "--cfr-variant must be cfr or cfr+, got " + a.cfr_variant);
   require(a.model.max_tokens >= 1, "--max-tokens must be at least 1, got " + std::to_string(a.model.max_tokens));
   require(std::isfinite(a.model.temperature) && a.model.temperature >= 0, "--temperature must be a number >= 0");
   for (const std::string* spec : {&a.p0, &a.p1}) {
@@ -175,8 +177,9 @@ std::unique_ptr<Agent> make_agent(const std::string& spec, const Game& game, con
   if (spec == "nash") return std::make_unique<PolicyAgent>(nash_policy(game), "nash");
   if (spec.rfind("cfr:", 0) == 0) return std::make_unique<PolicyAgent>(read_policy_file(spec.substr(4), game), spec);
   if (spec == "cfr") {
-    log_info("solving " + game.info().name + " with " + std::to_string(a.cfr_iterations) + " CFR+ iterations");
-    CfrSolver solver(game);
+    log_info("solving " + game.info().name + " with " + std::to_string(a.cfr_iterations) + " " + a.cfr_variant +
+             " iterations");
+    CfrSolver solver(game, a.cfr_variant == "cfr" ? CfrSolver::Variant::Cfr : CfrSolver::Variant::CfrPlus);
     solver.iterate(a.cfr_iterations);
     return std::make_unique<PolicyAgent>(solver.average_policy(), "cfr");
   }
@@ -285,7 +288,11 @@ void add_play_command(CLI::App& games) {
       ->capture_default_str();
   play->add_option("--mcts-rollouts", a->mcts.rollouts, "Random rollouts per MCTS leaf (MARS: 10)")->capture_default_str();
   play->add_option("--mcts-uct-c", a->mcts.uct_c, "MCTS exploration constant (MARS: 2)")->capture_default_str();
-  play->add_option("--cfr-iterations", a->cfr_iterations, "CFR+ iterations for 'cfr'")->capture_default_str();
+  play->add_option("--cfr-iterations", a->cfr_iterations, "Iterations for 'cfr' (MARS's Kuhn opponent: 1000)")
+      ->capture_default_str();
+  play->add_option("--cfr-variant", a->cfr_variant,
+                   "Solver for 'cfr': cfr (OpenSpiel's CFRSolver, as MARS's Kuhn opponent) or cfr+")
+      ->capture_default_str();
   play->add_option("--max-tokens", a->model.max_tokens, "Model player: tokens per answer at most (MARS: 4096)")
       ->capture_default_str();
   play->add_option("--temperature", a->model.temperature, "Model player: sampling temperature, 0 = greedy (MARS: 0.6)")

@@ -25,7 +25,7 @@ std::vector<double> regret_matching(const std::vector<double>& regret) {
 
 }  // namespace
 
-CfrSolver::CfrSolver(const Game& game) : game_(game) {
+CfrSolver::CfrSolver(const Game& game, Variant variant) : game_(game), variant_(variant) {
   require(game.info().num_players == 2 && !game.info().cooperative, "CFR here solves two-player zero-sum games");
 }
 
@@ -35,10 +35,11 @@ void CfrSolver::iterate(int iterations) {
     for (int player = 0; player < 2; ++player) {
       traverse(*game_.initial_state(), player, 1.0, 1.0);
       // The strategy stays fixed for a whole traversal (an information state is reached by
-      // many histories); regrets change, floored at zero, only once it is over.
+      // many histories); regrets change (floored at zero in CFR+) only once it is over.
       for (auto& [key, node] : nodes_)
         for (size_t a = 0; a < node.pending.size(); ++a) {
-          node.regret[a] = std::max(0.0, node.regret[a] + node.pending[a]);
+          node.regret[a] += node.pending[a];
+          if (variant_ == Variant::CfrPlus) node.regret[a] = std::max(0.0, node.regret[a]);
           node.pending[a] = 0.0;
         }
     }
@@ -75,9 +76,10 @@ double CfrSolver::traverse(const State& s, int player, double reach_player, doub
     value += strategy[a] * values[a];
   }
   if (actor == player) {  // std::map keeps `node` valid while children are inserted
+    const double weight = variant_ == Variant::CfrPlus ? double(iteration_) : 1.0;
     for (size_t a = 0; a < node.actions.size(); ++a) {
       node.pending[a] += reach_others * (values[a] - value);
-      node.strategy_sum[a] += double(iteration_) * reach_player * strategy[a];
+      node.strategy_sum[a] += weight * reach_player * strategy[a];
     }
   }
   return value;

@@ -1,7 +1,9 @@
 #pragma once
-// Counterfactual regret minimisation (CFR+: regrets floored at zero, alternating updates,
-// linearly weighted average strategy) over the full game tree, chance outcomes enumerated; and
-// the measures that say how good a policy is: expected value and exploitability.
+// Counterfactual regret minimisation over the full game tree, chance outcomes enumerated, with
+// alternating updates: CFR+ (regrets floored at zero, linearly weighted average strategy) or
+// vanilla CFR (regrets kept signed, uniformly weighted average), the two of OpenSpiel's
+// CFRPlusSolver and CFRSolver; and the measures that say how good a policy is: expected value
+// and exploitability.
 #include <map>
 #include <string>
 #include <utility>
@@ -16,7 +18,8 @@ using Policy = std::map<std::string, std::vector<std::pair<int, double>>>;
 
 class CfrSolver {
  public:
-  explicit CfrSolver(const Game& game);
+  enum class Variant { CfrPlus, Cfr };
+  explicit CfrSolver(const Game& game, Variant variant = Variant::CfrPlus);
   void iterate(int iterations = 1);
   int iterations() const { return iteration_; }
   Policy average_policy() const;
@@ -29,6 +32,7 @@ class CfrSolver {
   };
   double traverse(const State& s, int player, double reach_player, double reach_others);
   const Game& game_;
+  Variant variant_;
   std::map<std::string, InfoNode> nodes_;
   int iteration_ = 0;
 };
