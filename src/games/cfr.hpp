@@ -6,6 +6,7 @@
 // and exploitability.
 #include <map>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -28,12 +29,13 @@ class CfrSolver {
   struct InfoNode {
     std::vector<int> actions;
     std::vector<double> regret, strategy_sum;
-    std::vector<double> pending;  // regret gained in the current traversal, applied at its end
+    std::vector<double> pending;   // regret gained in the current traversal, applied at its end
+    std::vector<double> strategy;  // regret matching of `regret`, refreshed when regrets change
   };
   double traverse(const State& s, int player, double reach_player, double reach_others);
   const Game& game_;
   Variant variant_;
-  std::map<std::string, InfoNode> nodes_;
+  std::unordered_map<std::string, InfoNode> nodes_;  // node-based: references survive inserts
   int iteration_ = 0;
 };
 
