@@ -368,7 +368,7 @@ std::vector<std::vector<std::string>> read_csv(const fs::path& p) {
 }  // namespace
 
 // The loop end to end on a tiny random model (byte tokens, ChatML): its answers never parse, so
-// every game ends at the first answer with MARS's -11 for that seat; a run split by --stop-after
+// every game ends at the first answer with MARS's forfeit for that seat; a run split by --stop-after
 // and --resume ends with the same weights and log as one run.
 TEST(RlSelfPlay, EndToEndResumeEqualsUninterrupted) {
   const fs::path dir = fs::temp_directory_path() / ("crossmoe_rl_selfplay_" + std::to_string(getpid()));
@@ -407,7 +407,8 @@ TEST(RlSelfPlay, EndToEndResumeEqualsUninterrupted) {
     const auto& row = whole_csv[r];
     EXPECT_EQ(std::stod(row[col("invalid_rate")]), 1.0);
     EXPECT_EQ(std::stod(row[col("trajectories")]), 9.0);  // seat 0 of 3 games x 3 games: seat 1 never moves
-    EXPECT_EQ(std::stod(row[col("reward_mean")]), -11.0);
+    // MARS forfeits: -(stake) - 10: 1 in Tic-Tac-Toe, the ante in Kuhn, the score (0) in Hanabi.
+    EXPECT_NEAR(std::stod(row[col("reward_mean")]), (6 * -11.0 + 3 * -10.0) / 9, 1e-3);
     EXPECT_EQ(std::stod(row[col("tic_tac_toe_first_loss")]), 1.0);
     EXPECT_EQ(std::stod(row[col("mini_hanabi_score")]), 0.0);
     EXPECT_GT(std::stod(row[col("entropy")]), 0.0);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "games/protocol.hpp"
 #include "util/error.hpp"
 
 namespace crossmoe::games {
@@ -12,7 +13,7 @@ std::string seat_system_message(const GameInfo& info, int seat) {
          "legal action, in this format:\n<think>your reasoning</think><answer>ACTION</answer>";
 }
 
-std::string seat_turn_message(const State& state, int seat) {
+std::string seat_turn_message(const Game& game, const State& state, int seat) {
   std::string m = state.observation(seat);
   if (!m.empty() && m.back() != '\n') m += "\n";
   std::string history;
@@ -20,14 +21,14 @@ std::string seat_turn_message(const State& state, int seat) {
     if (h != "deal") history += "- " + h + "\n";
   m += history.empty() ? "No moves have been made yet.\n" : "Moves so far:\n" + history;
   m += "Legal actions:";
-  for (int a : state.legal_actions()) m += " " + state.action_to_string(a);
+  for (int a : state.legal_actions()) m += " " + answer_text(game, state, a);
   return m;
 }
 
-std::string reference_answer(const State& state, int action, const std::string& player_name) {
+std::string reference_answer(const Game& game, const State& state, int action, const std::string& player_name) {
   std::string legal;
-  for (int a : state.legal_actions()) legal += (legal.empty() ? "" : ", ") + state.action_to_string(a);
-  const std::string move = state.action_to_string(action);
+  for (int a : state.legal_actions()) legal += (legal.empty() ? "" : ", ") + answer_text(game, state, a);
+  const std::string move = answer_text(game, state, action);
   return "<think>The legal actions are " + legal + ". The " + player_name + " player's choice here is " + move +
          ".</think><answer>" + move + "</answer>";
 }
@@ -48,12 +49,12 @@ std::vector<nlohmann::ordered_json> play_transcript(const Game& game, const std:
     const int seat = state->current_player();
     auto& messages = seats[size_t(seat)];
     if (messages.empty()) messages.push_back({{"role", "system"}, {"content", seat_system_message(game.info(), seat)}});
-    messages.push_back({{"role", "user"}, {"content", seat_turn_message(*state, seat)}});
+    messages.push_back({{"role", "user"}, {"content", seat_turn_message(game, *state, seat)}});
     const int action = agents[size_t(seat)]->act(game, *state, rng);
     const auto legal = state->legal_actions();
     require(std::find(legal.begin(), legal.end(), action) != legal.end(),
             "the " + agents[size_t(seat)]->name() + " player chose an illegal action");
-    messages.push_back({{"role", "assistant"}, {"content", reference_answer(*state, action, agents[size_t(seat)]->name())}});
+    messages.push_back({{"role", "assistant"}, {"content", reference_answer(game, *state, action, agents[size_t(seat)]->name())}});
     state->apply(action);
   }
   return seats;

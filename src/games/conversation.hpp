@@ -14,9 +14,10 @@
 namespace crossmoe::games {
 
 std::string seat_system_message(const GameInfo& info, int seat);
-std::string seat_turn_message(const State& state, int seat);
+// Legal actions are written as the protocol's answer_text (what an answer must say).
+std::string seat_turn_message(const Game& game, const State& state, int seat);
 // A short reasoning and the answer for `action`, as a reference player's reply.
-std::string reference_answer(const State& state, int action, const std::string& player_name);
+std::string reference_answer(const Game& game, const State& state, int action, const std::string& player_name);
 
 // Plays one game between reference agents and returns each seat's conversation (messages with
 // role and content); seats that never moved get none. Chance outcomes are drawn from rng.

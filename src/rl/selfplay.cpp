@@ -83,23 +83,37 @@ struct RolloutCounts {
   int64_t answer_tokens = 0;
 };
 
-double outcome_reward(const games::RewardShaping& shaping, double game_return) {
-  return game_return == 0.0 ? shaping.draw : game_return;
+// The step rewards of the move that led to the current state: the mover's own turn gets its part
+// when the move was the policy's answer (added by the caller); every other seat's last turn gets its.
+void share_step_rewards(Match& m, int mover, const games::MarsRewards& r, double* mover_reward) {
+  const std::vector<double> step = games::step_rewards(*m.game, *m.state, r);
+  for (size_t s = 0; s < m.seats.size(); ++s) {
+    if (int(s) == mover) {
+      if (mover_reward) *mover_reward = step[s];
+      continue;
+    }
+    if (!m.seats[s].turn_reward.empty()) m.seats[s].turn_reward.back() += step[s];
+  }
+  if (m.state->is_terminal()) {
+    m.done = true;
+    m.returns = m.state->returns();
+  }
 }
 
-void finish(Match& m, const games::RewardShaping& shaping) {
-  m.done = true;
-  m.returns = m.state->returns();
-  for (size_t s = 0; s < m.seats.size(); ++s)
-    if (!m.seats[s].turn_reward.empty()) m.seats[s].turn_reward.back() += outcome_reward(shaping, m.returns[s]);
-}
-
-void end_invalid(Match& m, int seat, const games::RewardShaping& shaping) {
+// `seat` forfeits (an invalid, over-long or out-of-room answer): MARS's losing state.
+void end_invalid(Match& m, int seat, const games::MarsRewards& r, int response_tokens) {
+  const games::Forfeit f = games::forfeit(*m.game, *m.state, seat, r);
   m.done = true;
   m.invalid_seat = seat;
-  Seat& s = m.seats[size_t(seat)];
-  if (s.turn_reward.empty()) s.turn_reward.push_back(0.0);
-  s.turn_reward.back() = shaping.invalid;
+  m.returns = f.returns;
+  for (size_t s = 0; s < m.seats.size(); ++s) {
+    Seat& st = m.seats[s];
+    if (int(s) == seat && st.turn_reward.empty()) st.turn_reward.push_back(0.0);
+    if (st.turn_reward.empty()) continue;
+    st.turn_reward.back() += f.rewards[s];
+    if (int(s) == seat)
+      st.turn_reward.back() += games::format_reward(false, r) + games::length_penalty(response_tokens, r);
+  }
 }
 
 // Plays every match to the end: fixed agents move at once, the policy's seats answer in batches.
@@ -122,7 +136,8 @@ RolloutCounts play(std::vector<Match>& matches, RolloutEngine& engine, Chat& cha
           continue;
         }
         if (st.is_terminal()) {
-          finish(m, o.rewards);
+          m.done = true;
+          m.returns = st.returns();
           break;
         }
         if (m.turns >= o.max_turns) {  // truncated, as MARS stops at max_actions_per_traj
@@ -134,11 +149,12 @@ RolloutCounts play(std::vector<Match>& matches, RolloutEngine& engine, Chat& cha
         if (s.row < 0) {
           st.apply(s.agent->act(*m.game, st, rng));
           ++m.turns;
+          share_step_rewards(m, seat, o.rewards, nullptr);
           continue;
         }
         if (s.messages.empty())
           s.messages.push_back({{"role", "system"}, {"content", games::seat_system_message(m.game->info(), seat)}});
-        s.messages.push_back({{"role", "user"}, {"content", games::seat_turn_message(st, seat)}});
+        s.messages.push_back({{"role", "user"}, {"content", games::seat_turn_message(*m.game, st, seat)}});
         ChatRequest request;
         request.messages = s.messages;
         const std::string text = apply_chat_template(chat.config, request);
@@ -153,7 +169,7 @@ RolloutCounts play(std::vector<Match>& matches, RolloutEngine& engine, Chat& cha
         std::vector<int> append = chat.tokenizer.encode(delta);
         if (int(append.size()) + o.max_new_tokens > engine.free_space(s.row)) {
           // The conversation outgrew max_sequence: that seat loses, as MARS's overlong sequences do.
-          end_invalid(m, seat, o.rewards);
+          end_invalid(m, seat, o.rewards, 0);
           break;
         }
         requests.push_back({s.row, std::move(append), o.max_new_tokens});
@@ -179,18 +195,22 @@ RolloutCounts play(std::vector<Match>& matches, RolloutEngine& engine, Chat& cha
       s.messages.push_back({{"role", "assistant"}, {"content", content}});
       ++counts.answers;
       counts.answer_tokens += int64_t(g.tokens.size());
-      const games::ParsedAnswer parsed =
-          g.stopped ? games::parse_answer(content, *m.state) : games::ParsedAnswer{-1, "no end within the limit"};
+      const int tokens = int(g.tokens.size());
+      const bool too_long = !g.stopped || games::overlong(tokens, engine.free_space(s.row), o.rewards);
+      const games::ParsedAnswer parsed = too_long ? games::ParsedAnswer{-1, "no end within the limit"}
+                                                  : games::parse_answer(content, *m.game, *m.state);
       if (parsed.action < 0) {
         ++counts.invalid;
-        if (!g.stopped) ++counts.overlong;
+        if (too_long) ++counts.overlong;
         s.turn_reward.push_back(0.0);
-        end_invalid(m, seat, o.rewards);
+        end_invalid(m, seat, o.rewards, tokens);
         continue;
       }
-      s.turn_reward.push_back(o.rewards.valid_turn);
       m.state->apply(parsed.action);
       ++m.turns;
+      double own = 0;
+      share_step_rewards(m, seat, o.rewards, &own);
+      s.turn_reward.push_back(own + games::format_reward(true, o.rewards) + games::length_penalty(tokens, o.rewards));
     }
   }
   return counts;
@@ -398,7 +418,7 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
     require(g.info().num_players == 2, name + ": self-play here is for two-player games");
     if (g.info().cooperative) continue;
     if (g.info().perfect_information) {
-      opponents[name] = std::make_unique<games::MctsAgent>(o.mcts_simulations);
+      opponents[name] = std::make_unique<games::MctsAgent>(games::MctsOptions{2.0, o.mcts_simulations, 10});
     } else {
       games::CfrSolver solver(g);
       solver.iterate(o.cfr_iterations);

@@ -6,8 +6,9 @@
 // growing chat conversation (games/conversation) in one engine row. An answer that does not parse,
 // names an illegal action or does not end within max_new_tokens ends the game with the invalid
 // penalty for that seat; the other seat's turns keep their rewards.
-// Rewards (MARS): +valid_turn for every valid turn; at the end the outcome lands on each seat's
-// last turn (its return in the game, a draw scored as `draw`; the shared score in Hanabi).
+// Rewards (MARS, games/protocol.hpp): a valid turn earns the move's step reward, the format reward
+// and the length term; later moves' step rewards land on each other seat's last turn; an invalid
+// answer forfeits (the stake plus 10 for that seat).
 // Update: credit assignment (rl/credit), log-probs of the policy before the update and of the
 // frozen reference (the starting model), then one epoch of minibatches of the clipped objective
 // with the KL loss (rl/policy_loss), AdamW. The engine reads the updated weights in place.
@@ -41,7 +42,7 @@ struct SelfPlayOptions {
   SamplingOptions sampling;
   CreditOptions credit;
   PolicyLossOptions loss;
-  games::RewardShaping rewards;
+  games::MarsRewards rewards;
   double lr = 1e-6;
   int64_t warmup = 10;            // optimizer steps of linear warmup
   double weight_decay = 0.05, beta1 = 0.9, beta2 = 0.95, grad_clip = 1.0;
