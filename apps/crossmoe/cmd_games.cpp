@@ -174,7 +174,7 @@ void add_games(CLI::App& app) {
   const std::string players = "random, mcts, cfr (solved now), cfr:POLICY.json, rules (Hanabi), human, model:DIR";
   play->add_option("--p0", a->p0, "Player 0: " + players)->capture_default_str();
   play->add_option("--p1", a->p1, "Player 1: " + players)->capture_default_str();
-  play->add_option("-n,--games", a->games, "Games to play")->capture_default_str()->check(CLI::PositiveNumber);
+  play->add_option("-n,--games", a->games, "Games to play")->capture_default_str()->check(positive());
   play->add_option("--seed", a->seed, "Seed for chance and random players")->capture_default_str();
   play->add_option("--mcts-simulations", a->mcts_simulations, "MCTS simulations per move")->capture_default_str();
   play->add_option("--cfr-iterations", a->cfr_iterations, "CFR+ iterations for 'cfr'")->capture_default_str();
@@ -184,7 +184,7 @@ void add_games(CLI::App& app) {
   auto iterations = std::make_shared<int>(1000);
   CLI::App* solve = games->add_subcommand("solve", "Solve kuhn_poker or leduc_poker with CFR+ and save the policy");
   solve->add_option("game", *game, "kuhn_poker or leduc_poker")->required();
-  solve->add_option("--iterations", *iterations, "CFR+ iterations")->capture_default_str()->check(CLI::PositiveNumber);
+  solve->add_option("--iterations", *iterations, "CFR+ iterations")->capture_default_str()->check(positive());
   solve->add_option("-o,--out", *out, "Write the average policy (JSON) here");
   solve->callback([=] { run_solve(*game, *iterations, *out); });
 }
