@@ -324,8 +324,8 @@ TEST(StopStrings, StopsBeforeTheStringEvenWhenSplitAcrossPushes) {
   EXPECT_EQ(t.flush(), "E");  // generation ended: the held tail is text
   EXPECT_FALSE(t.stopped());
 
-  crossmoe::StopStrings u({"bc", "abcd"});  // the earliest stop wins
-  EXPECT_EQ(u.push("xabcd"), "xa");
+  crossmoe::StopStrings u({"bc", "abcd"});  // the stop that starts first wins
+  EXPECT_EQ(u.push("xabcd"), "x");
   crossmoe::StopStrings none({""});  // an empty stop string stops nothing
   EXPECT_EQ(none.push("abc"), "abc");
 }

@@ -131,6 +131,11 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
     std::string message = e.what();
+    if (app.get_subcommands().empty() && !app.remaining().empty()) {  // `crossmoe frobnicate`, `crossmoe --bogus`
+      std::string commands;
+      for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) commands += (commands.empty() ? "" : ", ") + sub->get_name();
+      message = "'" + app.remaining().front() + "' is not a command (commands: " + commands + ")";
+    }
     if (!message.empty()) message[0] = char(std::tolower(static_cast<unsigned char>(message[0])));
     const std::string path = command_path(app);
     print_error(path + ": " + message + " (see " + path + " --help)");
