@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# crossmoe bench at the default thread count and at one thread, on an idle machine and beside
+# crossmoe bench at the default thread count and at one thread, alone and beside
 # busy processes (a shell loop per busy core, pinned with taskset), all in one run, printing
 # decode and prefill medians and the ratios default / one thread. With BASELINE=path/to/old/crossmoe
 # the same table is measured for that binary in the same run, and new / old ratios are printed.
@@ -46,7 +46,7 @@ measure() {
 }
 results=$(mktemp)
 for ((r = 1; r <= repeats; ++r)); do
-  for load in idle busy; do
+  for load in alone busy; do
     [ "$load" = busy ] && start_busy
     for bin in "${bins[@]}"; do
       for threads in default 1; do
@@ -69,14 +69,14 @@ def med(bin, load, threads, col):
     return statistics.median(float(r[col]) for r in rows if r[:3] == [bin, load, threads])
 for bin in bins:
     print(f"{bin}")
-    for load in ("idle", "busy"):
+    for load in ("alone", "busy"):
         d, o = med(bin, load, "default", 4), med(bin, load, "1", 4)
         pd, po = med(bin, load, "default", 3), med(bin, load, "1", 3)
         print(f"  {load:4}  decode default {d:9.2f}  1 thread {o:9.2f}  ratio {d / o:5.2f}"
               f"   prefill default {pd:9.1f}  1 thread {po:9.1f}  ratio {pd / po:5.2f}")
 if len(bins) == 2:
     new, old = bins
-    for load in ("idle", "busy"):
+    for load in ("alone", "busy"):
         for threads in ("default", "1"):
             print(f"new / old  {load:4} threads={threads:7}  decode {med(new, load, threads, 4) / med(old, load, threads, 4):5.2f}"
                   f"  prefill {med(new, load, threads, 3) / med(old, load, threads, 3):5.2f}")

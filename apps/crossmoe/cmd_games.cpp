@@ -22,19 +22,6 @@ namespace {
 
 using namespace crossmoe::games;
 
-nlohmann::json policy_to_json(const std::string& game, const Policy& policy) {
-  nlohmann::json p = nlohmann::json::object();
-  for (const auto& [key, moves] : policy) p[key] = moves;
-  return {{"game", game}, {"policy", p}};
-}
-
-Policy policy_from_json(const nlohmann::json& j, const std::string& game, const std::string& path) {
-  require(j.value("game", "") == game, path + " holds a policy for '" + j.value("game", "?") + "', not " + game);
-  Policy policy;
-  for (const auto& [key, moves] : j.at("policy").items()) policy[key] = moves.get<std::vector<std::pair<int, double>>>();
-  return policy;
-}
-
 // A language model as a player: the turn prompt goes through its chat template.
 class ModelResponder {
  public:

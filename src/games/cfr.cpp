@@ -1,6 +1,8 @@
 #include "games/cfr.hpp"
 
 #include <algorithm>
+#include <climits>
+#include <cmath>
 #include <functional>
 #include <numeric>
 
@@ -89,9 +91,49 @@ Policy CfrSolver::average_policy() const {
   return policy;
 }
 
+nlohmann::json policy_to_json(const std::string& game, const Policy& policy) {
+  nlohmann::json p = nlohmann::json::object();
+  for (const auto& [key, moves] : policy) p[key] = moves;
+  return {{"game", game}, {"policy", p}};
+}
+
+Policy policy_from_json(const nlohmann::json& j, const std::string& game, const std::string& source) {
+  require(j.is_object() && j.contains("game") && j["game"].is_string(), source + ": expected {\"game\": name, \"policy\": {...}}");
+  const std::string file_game = j["game"].get<std::string>();
+  require(file_game == game, source + " holds a policy for '" + file_game + "', not " + game);
+  require(j.contains("policy") && j["policy"].is_object(), source + ": 'policy' must be an object");
+  Policy policy;
+  for (const auto& [key, moves] : j["policy"].items()) {
+    const std::string where = source + ": information state '" + key + "': ";
+    require(moves.is_array() && !moves.empty(), where + "expected a non-empty list of [action, probability]");
+    double total = 0;
+    auto& out = policy[key];
+    for (const auto& move : moves) {
+      require(move.is_array() && move.size() == 2 && move[0].is_number_integer() && move[1].is_number(),
+              where + "each move must be [action, probability]");
+      const int64_t action = move[0].get<int64_t>();
+      const double p = move[1].get<double>();
+      require(action >= 0 && action <= INT32_MAX, where + "action " + std::to_string(action) + " is out of range");
+      require(std::isfinite(p) && p >= 0, where + "probabilities must be finite and not negative");
+      total += p;
+      out.push_back({int(action), p});
+    }
+    require(total > 0, where + "the probabilities are all zero");
+    for (auto& move : out) move.second /= total;
+  }
+  return policy;
+}
+
 std::vector<std::pair<int, double>> policy_at(const Policy& policy, const State& state) {
-  auto it = policy.find(state.information_state(state.current_player()));
-  if (it != policy.end()) return it->second;
+  const std::string key = state.information_state(state.current_player());
+  auto it = policy.find(key);
+  if (it != policy.end()) {
+    const auto legal = state.legal_actions();
+    for (const auto& [action, p] : it->second)
+      require(std::binary_search(legal.begin(), legal.end(), action),
+              "the policy plays " + std::to_string(action) + ", not a legal action, at information state '" + key + "'");
+    return it->second;
+  }
   std::vector<std::pair<int, double>> uniform;
   const auto legal = state.legal_actions();
   for (int a : legal) uniform.push_back({a, 1.0 / double(legal.size())});

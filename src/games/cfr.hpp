@@ -3,6 +3,7 @@
 // linearly weighted average strategy) over the full game tree, chance outcomes enumerated; and
 // the measures that say how good a policy is: expected value and exploitability.
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
@@ -33,7 +34,15 @@ class CfrSolver {
   int iteration_ = 0;
 };
 
+// A policy file as `games solve -o` writes it: {"game": name, "policy": {information state:
+// [[action, probability], ...]}}.
+nlohmann::json policy_to_json(const std::string& game, const Policy& policy);
+// Reads one back for `game`, each move list normalised to sum 1. Error, naming `source`, for a file of another game, a malformed
+// entry, an empty move list, a probability that is negative or not finite, or all zero.
+Policy policy_from_json(const nlohmann::json& j, const std::string& game, const std::string& source);
+
 // The probabilities a policy gives at a state (uniform over legal actions where it has none).
+// Error when the policy's moves there are not legal actions of the state.
 std::vector<std::pair<int, double>> policy_at(const Policy& policy, const State& state);
 // Expected returns when every player follows `policy`.
 std::vector<double> expected_returns(const Game& game, const Policy& policy);
