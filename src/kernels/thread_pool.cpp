@@ -24,11 +24,13 @@ inline void cpu_relax() {
 // machine, short enough not to hold a shared core.
 constexpr int kSpinRounds = 1000;
 
+constexpr int kItemsPerThread = 4;
+
 thread_local bool inside_body = false;
 
 // One job at a time, described by one atomic word so that a worker can never claim an item of a
 // job other than the one it read: bits 0-19 the next unclaimed item, 20-39 the item count, 40-63
-// the job's number.
+// the job's number (threads x kItemsPerThread items fit easily).
 constexpr uint64_t kItemBits = 20, kMaxItems = (uint64_t(1) << kItemBits) - 1;
 
 uint64_t next_item(uint64_t word) { return word & kMaxItems; }
@@ -49,8 +51,11 @@ class Pool {
   int threads() const { return int(workers_.size()) + 1; }
 
   void run(int64_t count, const std::function<void(int64_t)>& body) {
-    // More indices than one job word holds: each item is a run of consecutive indices.
-    per_item_ = (count + int64_t(kMaxItems) - 1) / int64_t(kMaxItems);
+    // Items are runs of consecutive indices, a few per thread: long runs keep each thread
+    // streaming its own rows (claiming single matmul blocks interleaved the threads' memory
+    // streams and read slower), several per thread let whoever is running take a late thread's share.
+    const int64_t items_wanted = std::min<int64_t>(count, int64_t(threads()) * kItemsPerThread);
+    per_item_ = (count + items_wanted - 1) / items_wanted;
     count_ = count;
     body_ = &body;
     const uint64_t items = uint64_t((count + per_item_ - 1) / per_item_);
