@@ -5,7 +5,6 @@
 // CFRPlusSolver and CFRSolver; and the measures that say how good a policy is: expected value
 // and exploitability.
 #include <map>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -40,15 +39,7 @@ class CfrSolver {
   int iteration_ = 0;
 };
 
-// A policy file as `games solve -o` writes it: {"game": name, "policy": {information state:
-// [[action, probability], ...]}}.
-nlohmann::json policy_to_json(const std::string& game, const Policy& policy);
-// Reads one back for `game`, each move list normalised to sum 1. Error, naming `source`, for a file of another game, a malformed
-// entry, an empty move list, a probability that is negative or not finite, or all zero.
-Policy policy_from_json(const nlohmann::json& j, const std::string& game, const std::string& source);
-
 // The probabilities a policy gives at a state (uniform over legal actions where it has none).
-// Error when the policy's moves there are not legal actions of the state.
 std::vector<std::pair<int, double>> policy_at(const Policy& policy, const State& state);
 // Expected returns when every player follows `policy`.
 std::vector<double> expected_returns(const Game& game, const Policy& policy);
@@ -56,5 +47,22 @@ std::vector<double> expected_returns(const Game& game, const Policy& policy);
 double best_response_value(const Game& game, const Policy& policy, int player);
 // Two-player zero-sum: (best response value of player 0 + of player 1) / 2; zero at a Nash equilibrium.
 double exploitability(const Game& game, const Policy& policy);
+
+// CFR walks the whole game tree every iteration: it is for two-player zero-sum games of
+// imperfect information with small trees (kuhn_poker, leduc_poker). Throws Error saying why
+// not (and what to use instead) for any other game, before any work.
+void require_cfr_solvable(const Game& game);
+
+// Policy files: {"game": NAME, "policy": {INFORMATION STATE: [[action, probability], ...]}}.
+void write_policy_file(const std::string& path, const Game& game, const Policy& policy);
+// Reads and checks a policy for `game` (`source` names it in errors): every information state
+// is one of the game's, its moves are exactly the legal actions there, each probability is
+// finite and >= 0 and they sum to 1 (within 1e-4; then normalised).
+Policy parse_policy(const std::string& text, const Game& game, const std::string& source);
+Policy read_policy_file(const std::string& path, const Game& game);
+
+// The Nash equilibrium that ships with crossmoe for leduc_poker (MARS's Leduc opponent):
+// data/games/leduc_poker_nash.json, made by our CFR+ (docs/games.md says how), compiled in.
+Policy nash_policy(const Game& game);
 
 }  // namespace crossmoe::games
