@@ -52,7 +52,8 @@ void run_info(const std::string& spec) {
                                                                       : "own chips in the pot",
               mars.forfeit_extra, mars.format_penalty);
   std::printf("  opponents            %s\n", info.perfect_information ? "random, mcts (MARS: uct_c 2, 100 or 1000 simulations, 10 rollouts)"
-                                          : info.cooperative          ? "self-play, random, rules (hanabi)"
+                                          : info.family == "hanabi"   ? "self-play (MARS), random, rules"
+                                          : info.cooperative          ? "self-play, random"
                                           : info.name == "leduc_poker" ? "random, cfr, nash (MARS's Leduc opponent)"
                                                                        : "random, cfr (MARS: 1000 iterations)");
   std::printf("  rules                %s\n", info.rules.c_str());
@@ -66,7 +67,8 @@ struct ModelOptions {
   int top_k = 100;
 };
 
-// A language model as a player: the turn prompt goes through its chat template.
+// A language model as a player: the turn prompt goes through its chat template and, as MARS
+// does, the reply is started with "<think>\n", which counts as part of the answer.
 class ModelResponder {
  public:
   ModelResponder(const std::string& dir, const ModelOptions& options, uint64_t seed)
@@ -87,6 +89,7 @@ class ModelResponder {
       request.messages.push_back({{"role", "user"}, {"content", prompt}});
       text = apply_chat_template(config_, request);
     }
+    text += kThinkStart;
     const std::vector<int> ids = tokenizer_.encode(text);
     if (int(ids.size()) >= context_) return "";  // no room to answer: an invalid answer
     session_.reset();
@@ -94,10 +97,11 @@ class ModelResponder {
     sampling_.seed++;
     const auto result = generate(session_, ids, std::min(max_tokens_, context_ - int(ids.size())), sampler,
                                  model_.config().eos_token_ids);
-    return tokenizer_.decode(result.tokens, true);
+    return kThinkStart + tokenizer_.decode(result.tokens, true);
   }
 
  private:
+  static constexpr const char* kThinkStart = "<think>\n";
   Model model_;
   Tokenizer tokenizer_;
   InferenceSession session_;
@@ -117,6 +121,7 @@ class HumanAgent : public Agent {
       std::string line;
       if (!std::getline(std::cin, line)) {
         std::printf("\n");
+        std::fflush(stdout);  // the error line goes to stderr: keep it after the prompt
         throw Error("standard input ended before the game did");
       }
       const ParsedAnswer move = parse_human_move(line, game, state);
