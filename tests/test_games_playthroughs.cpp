@@ -3,7 +3,9 @@
 // names, chance probabilities, rewards, returns and board, the same terminal step and returns.
 // The facts are committed in tests/fixtures/openspiel_playthroughs.json (made from the files by
 // tests/fixtures/make_openspiel_playthroughs.py); with CROSSMOE_OPENSPIEL_DIR pointing at an
-// unpacked OpenSpiel, the files themselves are read too and must say the same.
+// unpacked OpenSpiel, the files themselves are read too and must say the same. Beyond those
+// single games, tests/fixtures/openspiel_random_games.json holds random games that OpenSpiel
+// itself played (tests/fixtures/make_openspiel_random_games.cpp), with a digest of every state.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -137,6 +139,58 @@ TEST(OpenSpielPlaythroughs, ReplayTheCommittedRecords) {
   const json records = golden();
   ASSERT_EQ(records.size(), std::size(kFiles));
   for (const char* file : kFiles) replay(file, records.at(file));
+}
+
+// FNV-1a, and the text it digests, as make_openspiel_random_games.cpp writes them.
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+std::string describe(const State& s) {
+  char buf[64];
+  std::string out = "p" + std::to_string(s.current_player()) + (s.is_terminal() ? "T" : "") + "|";
+  for (int a : s.legal_actions()) out += std::to_string(a) + "=" + s.action_to_string(a) + ";";
+  out += "|";
+  for (const auto& [a, p] : s.chance_outcomes()) {
+    std::snprintf(buf, sizeof buf, "%d:%.9f;", a, p);
+    out += buf;
+  }
+  out += "|";
+  if (!s.is_chance()) {
+    for (double r : s.rewards()) std::snprintf(buf, sizeof buf, "%.3f;", r), out += buf;
+    out += "|";
+  }
+  for (double r : s.returns()) std::snprintf(buf, sizeof buf, "%.3f;", r), out += buf;
+  return out;
+}
+
+TEST(OpenSpielPlaythroughs, RandomGamesOpenSpielPlayed) {
+  std::ifstream in(std::string(CROSSMOE_FIXTURES) + "/openspiel_random_games.json");
+  const json records = json::parse(in);
+  int games = 0, states = 0;
+  for (const auto& [game_string, played] : records.items()) {
+    const auto game = make_game(game_string);
+    for (const json& record : played) {
+      SCOPED_TRACE(game_string + " game " + std::to_string(games));
+      auto s = game->initial_state();
+      const auto& actions = record["actions"];
+      const auto& digests = record["digests"];
+      ASSERT_EQ(digests.size(), actions.size() + 1);
+      for (size_t i = 0; i < digests.size(); ++i) {
+        char hex[16];
+        std::snprintf(hex, sizeof hex, "%08llx", static_cast<unsigned long long>(fnv1a(describe(*s)) >> 32));
+        ASSERT_EQ(hex, digests[i].get<std::string>()) << "state " << i << ": " << describe(*s);
+        ++states;
+        if (i < actions.size()) s->apply(actions[i].get<int>());
+      }
+      EXPECT_TRUE(s->is_terminal());
+      ++games;
+    }
+  }
+  EXPECT_EQ(games, 215);
+  EXPECT_EQ(states, 2954);
 }
 
 TEST(OpenSpielPlaythroughs, ReplayTheFilesThemselves) {

@@ -122,6 +122,8 @@ TEST(Protocol, ParsesAnswersStrictlyAsMars) {
   EXPECT_EQ(action("<think>Q is middling.</think><answer><BET></answer>"), 1);
   EXPECT_EQ(action("<think>\nhmm\n</think>\n  <answer> <PASS> </answer>\n"), 0);  // spaces; one final newline
   EXPECT_EQ(action("<think>a</think><answer><PASS> || <BET></answer>"), 0);          // the first action counts
+  EXPECT_EQ(action("<think>a</think><answer> || <BET> || <PASS></answer>"), 1);      // the first non-empty one
+  EXPECT_EQ(action("<think>a</think><answer> || </answer>"), -1);
   EXPECT_EQ(action("<think>a</think><answer><|im_end|><BET></answer>"), 1);          // special tokens dropped
   EXPECT_EQ(action("<think>a</think> x <answer><BET></answer>"), -1);   // text between the blocks
   EXPECT_EQ(action("<answer><BET></answer>"), -1);                     // no think block

@@ -54,9 +54,18 @@ class GridState : public State {
   }
   double forfeit_stake(int) const override { return 1.0; }  // a forfeit turns the game into a loss
   std::string action_to_string(int action) const override {  // OpenSpiel's: x(row,col) or x<col>
-    const char mark = player_ == 0 ? 'x' : 'o';
-    if (gravity_) return mark + std::to_string(action);
-    return mark + ("(" + std::to_string(action / cols_) + "," + std::to_string(action % cols_) + ")");
+    // Appended in place (every move records it): no temporaries shifted by a prefix.
+    std::string s(1, player_ == 0 ? 'x' : 'o');
+    const auto number = [&](int n) { n < 10 ? s += char('0' + n) : s += std::to_string(n); };
+    if (gravity_) {
+      number(action);
+      return s;
+    }
+    s += '(';
+    number(action / cols_);
+    s += ',';
+    number(action % cols_);
+    return s += ')';
   }
   std::string observation(int player) const override {
     std::string s = "You play " + std::string(player == 0 ? "x" : "o") + ". Board:\n";
@@ -98,13 +107,21 @@ class GridState : public State {
 class TicTacToeState : public GridState {
  public:
   TicTacToeState() : GridState(3, 3, 3, false) {}
-  std::unique_ptr<State> clone() const override { return std::make_unique<TicTacToeState>(*this); }
+  std::unique_ptr<State> clone() const override {
+    auto copy = std::make_unique<TicTacToeState>();
+    static_cast<GridState&>(*copy) = *this;  // assigning keeps the room reserved for the game's history
+    return copy;
+  }
 };
 
 class ConnectFourState : public GridState {
  public:
   ConnectFourState() : GridState(6, 7, 4, true) {}
-  std::unique_ptr<State> clone() const override { return std::make_unique<ConnectFourState>(*this); }
+  std::unique_ptr<State> clone() const override {
+    auto copy = std::make_unique<ConnectFourState>();
+    static_cast<GridState&>(*copy) = *this;  // assigning keeps the room reserved for the game's history
+    return copy;
+  }
 };
 
 }  // namespace

@@ -64,11 +64,13 @@ class HanabiState : public State {
     std::vector<int> out;
     if (is_terminal()) return out;
     if (is_chance()) {
+      out.reserve(deck_count_.size());
       for (size_t card = 0; card < deck_count_.size(); ++card)
         if (deck_count_[card] > 0) out.push_back(int(card));
       return out;
     }
     const int h = p_.hand_size, n = int(hands_[size_t(player_)].size());
+    out.reserve(size_t(2 * h + (p_.players - 1) * (p_.colors + p_.ranks)));  // every move id: one allocation
     if (info_ < p_.max_information_tokens)
       for (int i = 0; i < n; ++i) out.push_back(i);
     for (int i = 0; i < n; ++i) out.push_back(h + i);
@@ -86,18 +88,20 @@ class HanabiState : public State {
           if (std::any_of(target.begin(), target.end(), [&](const Card& k) { return k.rank == r; }))
             out.push_back(2 * h + (p_.players - 1) * p_.colors + (o - 1) * p_.ranks + r);
       }
-    std::sort(out.begin(), out.end());
-    return out;
+    return out;  // ascending already: each group and each loop above goes up the numbering
   }
   std::vector<std::pair<int, double>> chance_outcomes() const override {
     std::vector<std::pair<int, double>> out;
     if (!is_chance()) return out;
-    for (int card : legal_actions()) out.push_back({card, double(deck_count_[size_t(card)]) / double(deck_size_)});
+    out.reserve(deck_count_.size());
+    for (size_t card = 0; card < deck_count_.size(); ++card)  // the cards legal_actions() deals
+      if (deck_count_[card] > 0) out.push_back({int(card), double(deck_count_[card]) / double(deck_size_)});
     return out;
   }
   void apply(int action) override {
     const auto legal = legal_actions();
-    require(std::find(legal.begin(), legal.end(), action) != legal.end(), "illegal action " + std::to_string(action));
+    if (std::find(legal.begin(), legal.end(), action) == legal.end())  // the message is built only when needed
+      throw Error("illegal action " + std::to_string(action));
     if (is_chance()) {
       const int to = dealing();
       hands_[size_t(to)].push_back({action / p_.ranks, action % p_.ranks});

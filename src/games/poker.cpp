@@ -65,7 +65,7 @@ class KuhnState : public State {
     return !is_terminal() && (action == 0 || action == 1);
   }
   std::vector<std::pair<int, double>> chance_outcomes() const override {
-    if (!is_chance()) return uniform_deal(legal_actions());
+    if (!is_chance()) return {};  // as OpenSpiel: no outcomes where chance does not move
     std::vector<std::pair<int, double>> out;  // uniform_deal(legal_actions()) in one allocation
     out.reserve(3);
     for (int c = 0; c < 3; ++c)
@@ -167,7 +167,10 @@ class LeducState : public State {
     if (action == Fold) return contrib_[player_] < contrib_[1 - player_];
     return action == Call || (action == Raise && raises_ < 2);
   }
-  std::vector<std::pair<int, double>> chance_outcomes() const override { return uniform_deal(legal_actions()); }
+  std::vector<std::pair<int, double>> chance_outcomes() const override {
+    if (!is_chance()) return {};  // as OpenSpiel: no outcomes where chance does not move
+    return uniform_deal(legal_actions());
+  }
   void apply(int action) override {
     check_legal(*this, action);
     if (is_chance()) {

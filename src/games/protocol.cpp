@@ -134,9 +134,14 @@ ParsedAnswer parse_answer(const std::string& response, const Game& game, const S
     replace_all(content, special, "");
     content = trim(content);
   }
-  // Only the first of several actions joined by "||" counts.
-  const size_t sep = content.find("||");
-  const std::string said = trim(sep == std::string::npos ? content : content.substr(0, sep));
+  // Only the first non-empty one of several actions joined by "||" counts.
+  std::string said;
+  for (size_t at = 0; at <= content.size() && said.empty();) {
+    size_t sep = content.find("||", at);
+    if (sep == std::string::npos) sep = content.size();
+    said = trim(content.substr(at, sep - at));
+    at = sep + 2;
+  }
   if (said.empty()) return {-1, "empty answer"};
   for (int a : state.legal_actions())
     if (answer_text(game, state, a) == said) return {a, ""};
