@@ -6,6 +6,7 @@
 namespace crossmoe {
 
 nlohmann::json read_json_file(const std::filesystem::path& path);
+// Atomic: written to PATH.tmp, then renamed over PATH.
 void write_json_file(const std::filesystem::path& path, const nlohmann::json& value);
 
 }  // namespace crossmoe
