@@ -101,7 +101,7 @@ void add_chat(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("chat", "Chat with a model through its chat template (reads lines from stdin)");
   cmd->add_option("model", a->model, "Model directory (tokenizer.json, tokenizer_config.json)")->required();
   cmd->add_option("--system", a->system, "System prompt");
-  cmd->add_option("-n,--max-tokens", a->max_tokens, "Tokens per reply")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("-n,--max-tokens", a->max_tokens, "Tokens per reply")->capture_default_str()->check(positive());
   cmd->add_option("--ctx", a->context, "Context length (default: the model's, at most 8192)");
   a->sampling.add_to(*cmd);
   cmd->add_flag("--render", a->render_only, "Print the rendered prompt of each turn instead of generating");
