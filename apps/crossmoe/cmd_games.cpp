@@ -42,7 +42,7 @@ class ModelResponder {
       : model_(dir), tokenizer_(Tokenizer::load(std::filesystem::path(dir) / "tokenizer.json")),
         session_(model_, std::min(model_.config().max_position_embeddings, 8192)) {
     const auto config_path = std::filesystem::path(dir) / "tokenizer_config.json";
-    if (std::filesystem::exists(config_path)) config_ = read_json_file(config_path);
+    if (std::filesystem::exists(config_path)) config_ = read_tokenizer_config(dir);
     sampling_.temperature = 0.6f;  // MARS samples at 0.6
   }
   std::string operator()(const std::string& prompt) {
