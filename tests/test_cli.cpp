@@ -128,6 +128,12 @@ TEST_F(Cli, LvEvalRunsResumesAndReports) {
   ASSERT_EQ(run("eval generate --language zh --text " + (dir_ / "filler_zh.txt").string() + " -o " + data.string() +
                 " --length 300 -n 3").code, 0);
   ASSERT_TRUE(fs::exists(data / "factrecall_en_1k.jsonl"));
+  ASSERT_TRUE(fs::exists(data / "factrecall_en_2k.jsonl"));
+  // Two lengths in one thousand would be one file, the second overwriting the first: refused.
+  expect_one_line_error(run("eval generate --text " + (dir_ / "filler_en.txt").string() + " -o " +
+                            (dir_ / "lv_same_level").string() + " --length 300,600"),
+                        "--length 300 and 600 would both be written as level 1k");
+  EXPECT_FALSE(fs::exists(dir_ / "lv_same_level" / "factrecall_en_1k.jsonl"));
   const std::string lveval = "eval lveval " + (dir_ / "good").string() + " --data " + data.string() + " -o " +
                              out.string() + " --max-length 200";
   const Result first = run(lveval, false);
@@ -176,8 +182,28 @@ TEST_F(Cli, LvEvalRunsResumesAndReports) {
   // (1 + 0 + 0) / 3 samples = 33.33; two bad lines named.
   EXPECT_NE(scored.out.find("33.33  (3 samples, 2 bad lines)"), std::string::npos) << scored.out;
   EXPECT_NE(scored.out.find("line 3: missing field 'pred'"), std::string::npos) << scored.out;
-  EXPECT_NE(scored.out.find("line 4: answer_keywords normalise to no token"), std::string::npos) << scored.out;
+  EXPECT_NE(scored.out.find("line 4: gold_ans (the answer keywords) normalises to no token"), std::string::npos)
+      << scored.out;
   EXPECT_TRUE(fs::exists(dir_ / "their_report" / "report.md"));
+  // A file none of whose lines can be scored has no score (not 0): shown so, left out of the
+  // average, and the command fails naming it.
+  const fs::path none = dir_ / "cmrc_mixup_16k.jsonl";
+  std::ofstream(none) << R"({"pred": "x", "answers": ["。"]})" << "\n" << R"({"answers": ["x"]})" << "\n";
+  const Result unscored = run("eval score " + theirs.string() + " " + none.string() + " --report " +
+                              (dir_ / "none_report").string(), false);
+  EXPECT_NE(unscored.code, 0) << unscored.out;
+  EXPECT_NE(unscored.out.find("no score  (0 samples, 2 bad lines)"), std::string::npos) << unscored.out;
+  EXPECT_NE(unscored.out.find("line 1: the answer (standing in for the empty gold_ans) normalises to no token"),
+            std::string::npos) << unscored.out;
+  EXPECT_NE(unscored.out.find("| **average** | **33.33** |"), std::string::npos) << unscored.out;
+  const auto results = crossmoe::read_json_file(dir_ / "none_report" / "results.json");
+  EXPECT_TRUE(results["files"][1]["score"].is_null()) << results.dump();
+  EXPECT_EQ(results["average_by_level"]["16k"], 33.33) << results.dump();
+  const Result unscored_error = run("eval score " + none.string());
+  EXPECT_NE(unscored_error.code, 0);
+  const size_t error_at = unscored_error.out.find("error: no line could be scored in " + none.string() + "\n");
+  ASSERT_NE(error_at, std::string::npos) << unscored_error.out;
+  EXPECT_TRUE(error_at == 0 || unscored_error.out[error_at - 1] == '\n') << unscored_error.out;
   expect_one_line_error(run("eval score " + (dir_ / "filler_en.txt").string()), "unknown LV-Eval dataset");
 }
 

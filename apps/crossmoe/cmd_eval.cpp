@@ -28,14 +28,22 @@ struct GenerateDataArgs {
 };
 
 void run_generate_data(const GenerateDataArgs& a) {
+  // One file per length, named by LV-Eval's level (the length in thousands, rounded up): lengths
+  // that share a level would overwrite each other's file, so they are refused before any work.
+  const auto level_of = [](int64_t length) { return std::to_string((length + 999) / 1000) + "k"; };
+  for (size_t i = 0; i < a.lengths.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      require(level_of(a.lengths[i]) != level_of(a.lengths[j]),
+              "--length " + std::to_string(a.lengths[j]) + " and " + std::to_string(a.lengths[i]) +
+                  " would both be written as level " + level_of(a.lengths[i]) +
+                  " (files are named by length in thousands, rounded up); give lengths in different thousands");
   std::ifstream in(a.text, std::ios::binary);
   require(in.good(), "cannot open " + a.text);
   const std::string filler((std::istreambuf_iterator<char>(in)), {});
   std::filesystem::create_directories(a.out);
   for (const int64_t length : a.lengths) {
-    const std::string level = std::to_string((length + 999) / 1000) + "k";
     const std::string dataset = a.kind == "factrecall" ? "factrecall_" + a.language : "multifieldqa_" + a.language + "_mixup";
-    const auto path = std::filesystem::path(a.out) / (dataset + "_" + level + ".jsonl");
+    const auto path = std::filesystem::path(a.out) / (dataset + "_" + level_of(length) + ".jsonl");
     std::ofstream out(path);
     require(out.good(), "cannot write " + path.string());
     for (int i = 0; i < a.samples; ++i) {
@@ -79,8 +87,11 @@ eval::Jieba load_jieba(const std::string& given) {
 
 void print_scores(const std::vector<eval::ScoredFile>& scores) {
   for (const auto& s : scores) {
-    std::printf("%-32s %-24s %6s %8.2f  (%d samples", s.name.c_str(), s.dataset.c_str(), s.level.c_str(), s.score,
-                s.samples);
+    if (s.score)
+      std::printf("%-32s %-24s %6s %8.2f  (%d samples", s.name.c_str(), s.dataset.c_str(), s.level.c_str(), *s.score,
+                  s.samples);
+    else
+      std::printf("%-32s %-24s %6s no score  (0 samples", s.name.c_str(), s.dataset.c_str(), s.level.c_str());
     std::printf(s.errors.empty() ? ")\n" : ", %zu bad lines)\n", s.errors.size());
     for (const auto& e : s.errors) std::printf("    line %d: %s\n", e.line, e.message.c_str());
   }
@@ -136,6 +147,10 @@ void run_score(const ScoreArgs& a) {
     eval::write_report(scores, a.report, "predictions");
     log_info("report: " + (std::filesystem::path(a.report) / "report.md").string());
   }
+  std::string unscored;
+  for (size_t i = 0; i < scores.size(); ++i)
+    if (!scores[i].score) unscored += (unscored.empty() ? "" : ", ") + a.files[i];
+  require(unscored.empty(), "no line could be scored in " + unscored);
 }
 
 }  // namespace
@@ -172,6 +187,7 @@ void add_eval(CLI::App& app) {
   score->add_option("--report", sc->report, "Also write report.md, results.json and score_by_length.svg here");
   score->add_option("--jieba", sc->jieba, "Directory with jieba's dict.txt and hmm.json (default: next to the binary)");
   score->callback([sc] { run_score(*sc); });
+  score->footer("Exits with an error when some file has no line that could be scored.");
 
   auto a = std::make_shared<GenerateDataArgs>();
   CLI::App* gen = ev->add_subcommand("generate", "Write LV-Eval-style samples made from real text (factrecall or cloze QA)");

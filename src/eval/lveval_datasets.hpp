@@ -1,6 +1,7 @@
 #pragma once
 // The eleven LV-Eval datasets as the official config.py describes them: prompt template, answer
 // token limit and metric; and how a data file's name maps to its dataset and length level.
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -19,9 +20,13 @@ struct LvDataset {
 const std::vector<LvDataset>& lveval_datasets();
 const LvDataset& lveval_dataset(const std::string& name);  // throws Error naming the known ones
 
+// A data or predictions file's name up to its first '.', as evaluation.py names the file's
+// dataset and level: "factrecall_en_16k.jsonl" -> "factrecall_en_16k".
+std::string lveval_file_stem(const std::filesystem::path& file);
 // "loogle_SD_mixup_16k" -> "loogle_SD_mixup", as evaluation.py's re.split('_.{1,3}k', name)[0].
 std::string dataset_of_file_stem(const std::string& stem);
-// "loogle_SD_mixup_16k" -> "16k"; "" when the name carries no level.
+// "loogle_SD_mixup_16k" -> "16k": what follows the last '_', as evaluation.py takes the length;
+// "" when the name carries no level (no match of '_.{1,3}k').
 std::string level_of_file_stem(const std::string& stem);
 int level_thousands(const std::string& level);  // "16k" -> 16; 0 when not a level
 

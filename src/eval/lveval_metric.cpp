@@ -66,10 +66,11 @@ bool contains(const std::vector<std::string>& list, const std::string& word) {
 }
 
 // Keyword recall: Counter(prediction) & Counter(keywords), blacklisted words left out, over the
-// number of keyword tokens.
+// number of keyword tokens. `field` names where the keywords came from, for the error the
+// official scorer would crash with (a division by zero) when they normalise to no token.
 double keyword_recall(const std::vector<std::string>& prediction, const std::vector<std::string>& keywords,
-                      const std::vector<std::string>& blacklist) {
-  require(!keywords.empty(), "answer_keywords normalise to no token (the official scorer divides by zero here)");
+                      const std::vector<std::string>& blacklist, const std::string& field) {
+  require(!keywords.empty(), field + " normalises to no token (the official scorer divides by zero here)");
   std::map<std::string, int> left;
   for (const auto& k : keywords) ++left[k];
   int same = 0;
@@ -207,15 +208,18 @@ std::vector<std::string> LvMetric::chinese_tokens(const std::string& text) const
 }
 
 double LvMetric::rouge_zh_blacklist(const std::string& prediction, const std::string& truth) const {
-  // As the official code does it: cut, join with spaces, cut the joined text again, drop
-  // blacklisted words, join with spaces.
-  const auto recut = [&](const std::string& text) {
+  // As the official code does it: cut, join with spaces, cut the joined text again, normalise each
+  // token (empty ones stay, as spaces that rouge later collapses), drop blacklisted words, join
+  // with spaces.
+  const auto prepare = [&](const std::string& text) {
     std::vector<std::string> kept;
-    for (auto& w : jieba_.cut(join(jieba_.cut(text), " ")))
-      if (!contains(kAbandonWordsZh, w)) kept.push_back(std::move(w));
+    for (const auto& w : jieba_.cut(join(jieba_.cut(text), " "))) {
+      std::string n = normalize_zh(w);
+      if (!contains(kAbandonWordsZh, n)) kept.push_back(std::move(n));
+    }
     return join(kept, " ");
   };
-  return rouge_l_f(recut(prediction), recut(truth));
+  return rouge_l_f(prepare(prediction), prepare(truth));
 }
 
 double LvMetric::score(LvMetricKind kind, const std::string& prediction, const std::string& truth,
@@ -225,13 +229,20 @@ double LvMetric::score(LvMetricKind kind, const std::string& prediction, const s
     case LvMetricKind::F1Zh: return token_f1(chinese_tokens(prediction), chinese_tokens(truth));
     case LvMetricKind::GatedF1En: {
       const auto p = english_tokens(prediction);
-      if (!gold_keywords.empty() && keyword_recall(p, english_tokens(gold_keywords), kAbandonWordsEn) < 0.2) return 0;
+      if (!gold_keywords.empty() &&
+          keyword_recall(p, english_tokens(gold_keywords), kAbandonWordsEn, "gold_ans (the answer keywords)") < 0.2)
+        return 0;
       return token_f1(p, english_tokens(truth));
     }
     case LvMetricKind::GatedF1Zh: {
       const auto p = chinese_tokens(prediction);
-      const std::string& keywords = gold_keywords.empty() ? truth : gold_keywords;
-      if (!keywords.empty() && keyword_recall(p, chinese_tokens(keywords), kAbandonWordsZh) < 0.4) return 0;
+      // Without keywords the answer stands in for them.
+      const bool own = !gold_keywords.empty();
+      const std::string& keywords = own ? gold_keywords : truth;
+      if (!keywords.empty() &&
+          keyword_recall(p, chinese_tokens(keywords), kAbandonWordsZh,
+                         own ? "gold_ans (the answer keywords)" : "the answer (standing in for the empty gold_ans)") < 0.4)
+        return 0;
       return token_f1(p, chinese_tokens(truth));
     }
     case LvMetricKind::RougeZhBlacklist: return rouge_zh_blacklist(prediction, truth);

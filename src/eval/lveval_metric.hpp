@@ -9,7 +9,9 @@
 //   - keyword recall: tokens shared by the prediction and the answer keywords, blacklisted common
 //     words left out, over the number of keyword tokens (blacklisted ones included); below the gate
 //     (0.2 English, 0.4 Chinese) the sample scores 0, otherwise token F1 against the answer.
-//   - dureader_mixup: Rouge-L F of the jieba-segmented prediction and answer, blacklist removed.
+//   - dureader_mixup: jieba cuts the text, the pieces are joined with spaces and cut again; each
+//     token is normalised as above (empty ones kept), blacklisted ones dropped, the rest joined
+//     with spaces; then Rouge-L F of prediction against answer.
 #include <string>
 #include <vector>
 
@@ -42,9 +44,10 @@ class LvMetric {
  public:
   explicit LvMetric(const Jieba& jieba) : jieba_(jieba) {}
 
-  // One prediction against one gold answer; gold_keywords is the sample's answer_keywords ("" for
-  // none). Throws Error where the official scorer would crash (keywords that normalise to no
-  // token divide by zero there).
+  // One prediction against one gold answer; gold_keywords is the sample's answer_keywords (the
+  // predictions file's gold_ans; "" for none). Throws Error where the official scorer would crash:
+  // keywords that normalise to no token divide by zero there; the message names gold_ans, or the
+  // answer where it stood in for empty Chinese keywords.
   double score(LvMetricKind kind, const std::string& prediction, const std::string& truth,
                const std::string& gold_keywords) const;
 

@@ -31,9 +31,10 @@ double round2(double x) {
   return std::strtod(buf, nullptr);
 }
 
-std::string format2(double x) {
+std::string format2(const std::optional<double>& x) {
+  if (!x) return "no score";
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.2f", x);
+  std::snprintf(buf, sizeof buf, "%.2f", *x);
   return buf;
 }
 
@@ -107,9 +108,11 @@ std::vector<int> prompt_ids(Tokenizer& tokenizer, const nlohmann::json& chat_con
 
 ScoredFile score_predictions(const LvMetric& metric, const fs::path& file, const std::string& dataset) {
   ScoredFile out;
-  out.name = file.stem().string();
-  out.dataset = dataset.empty() ? dataset_of_file_stem(out.name) : dataset;
-  out.level = level_of_file_stem(out.name);
+  out.name = file.filename().string();
+  if (out.name.size() > 6 && out.name.compare(out.name.size() - 6, 6, ".jsonl") == 0) out.name.resize(out.name.size() - 6);
+  const std::string stem = lveval_file_stem(file);
+  out.dataset = dataset.empty() ? dataset_of_file_stem(stem) : dataset;
+  out.level = level_of_file_stem(stem);
   const LvDataset& d = lveval_dataset(out.dataset);
   double total = 0;
   for_each_line(file, [&](int n, const std::string& line) {
@@ -126,7 +129,7 @@ ScoredFile score_predictions(const LvMetric& metric, const fs::path& file, const
       out.errors.push_back({n, e.what()});
     }
   });
-  out.score = out.samples ? round2(100 * total / out.samples) : 0.0;
+  if (out.samples > 0) out.score = round2(100 * total / out.samples);
   return out;
 }
 
@@ -148,7 +151,7 @@ std::vector<ScoredFile> run_lveval(const Model& model, Tokenizer& tokenizer, con
   std::vector<fs::path> files;
   for (const auto& e : fs::directory_iterator(o.data_dir)) {
     if (e.path().extension() != ".jsonl") continue;
-    const std::string stem = e.path().stem().string(), dataset = dataset_of_file_stem(stem);
+    const std::string stem = lveval_file_stem(e.path()), dataset = dataset_of_file_stem(stem);
     const bool known = std::any_of(lveval_datasets().begin(), lveval_datasets().end(),
                                    [&](const LvDataset& d) { return d.name == dataset; });
     if (!known) {
@@ -189,7 +192,7 @@ std::vector<ScoredFile> run_lveval(const Model& model, Tokenizer& tokenizer, con
   std::vector<ScoredFile> scores;
   for (const fs::path& data : files) {
     const std::string stem = data.stem().string();
-    const LvDataset& d = lveval_dataset(dataset_of_file_stem(stem));
+    const LvDataset& d = lveval_dataset(dataset_of_file_stem(lveval_file_stem(data)));
     const std::string& prompt_template = o.prompts.count(d.name) ? o.prompts.at(d.name) : d.prompt;
     const LvFile file = read_lveval_jsonl(data);
     for (const auto& e : file.errors) log_info(data.string() + ":" + std::to_string(e.line) + ": " + e.message);
@@ -244,8 +247,9 @@ std::vector<ScoredFile> run_lveval(const Model& model, Tokenizer& tokenizer, con
 namespace {
 struct Grid {
   std::vector<std::string> datasets, levels;      // rows in the official order, columns by length
-  std::map<std::pair<std::string, std::string>, double> cell;
-  std::map<std::string, double> average;          // per level, over the datasets that have it
+  // A file's score; a file whose lines could none be scored is there without one.
+  std::map<std::pair<std::string, std::string>, std::optional<double>> cell;
+  std::map<std::string, std::optional<double>> average;  // per level, over the scored files
 };
 
 Grid grid_of(const std::vector<ScoredFile>& scores) {
@@ -263,8 +267,8 @@ Grid grid_of(const std::vector<ScoredFile>& scores) {
     double sum = 0;
     int count = 0;
     for (const auto& d : g.datasets)
-      if (g.cell.count({d, level})) sum += g.cell.at({d, level}), ++count;
-    g.average[level] = round2(sum / count);
+      if (g.cell.count({d, level}) && g.cell.at({d, level})) sum += *g.cell.at({d, level}), ++count;
+    g.average[level] = count > 0 ? std::optional<double>(round2(sum / count)) : std::nullopt;
   }
   return g;
 }
@@ -293,9 +297,11 @@ void write_report(const std::vector<ScoredFile>& scores, const fs::path& out_dir
   fs::create_directories(out_dir);
   const Grid g = grid_of(scores);
   std::ostringstream md;
-  md << "# LV-Eval: " << title << "\n\nScore per dataset and length level (the official metric, mean x 100):\n\n"
-     << report_table(scores) << "\n| file | samples scored | bad lines |\n|---|---:|---:|\n";
-  for (const auto& s : scores) md << "| " << s.name << " | " << s.samples << " | " << s.errors.size() << " |\n";
+  md << "# LV-Eval: " << title << "\n\nScore per dataset and length level (the official metric, mean x 100; a file none of "
+        "whose lines could be scored has no score and is left out of the average):\n\n"
+     << report_table(scores) << "\n| file | score | samples scored | bad lines |\n|---|---:|---:|---:|\n";
+  for (const auto& s : scores)
+    md << "| " << s.name << " | " << format2(s.score) << " | " << s.samples << " | " << s.errors.size() << " |\n";
   for (const auto& s : scores)
     for (const auto& e : s.errors) md << "\n- " << s.name << " line " << e.line << ": " << e.message;
   md << "\n";
@@ -306,9 +312,11 @@ void write_report(const std::vector<ScoredFile>& scores, const fs::path& out_dir
     json errors = json::array();
     for (const auto& e : s.errors) errors.push_back({{"line", e.line}, {"message", e.message}});
     results.push_back({{"file", s.name}, {"dataset", s.dataset}, {"level", s.level}, {"samples", s.samples},
-                       {"score", s.score}, {"bad_lines", errors}});
+                       {"score", s.score ? json(*s.score) : json(nullptr)}, {"bad_lines", errors}});
   }
-  write_json_file(out_dir / "results.json", {{"files", results}, {"average_by_level", g.average}});
+  json averages = json::object();
+  for (const auto& [level, average] : g.average) averages[level] = average ? json(*average) : json(nullptr);
+  write_json_file(out_dir / "results.json", {{"files", results}, {"average_by_level", averages}});
 
   // Score against length: one line per dataset, the average thicker; x is log2 of the level.
   LinePlot plot;
@@ -320,11 +328,12 @@ void write_report(const std::vector<ScoredFile>& scores, const fs::path& out_dir
   for (const auto& d : g.datasets) {
     PlotSeries s{d, {}, 1.2, true};
     for (const auto& l : g.levels)
-      if (g.cell.count({d, l})) s.points.push_back({x_of(l), g.cell.at({d, l})});
+      if (g.cell.count({d, l}) && g.cell.at({d, l})) s.points.push_back({x_of(l), *g.cell.at({d, l})});
     plot.series.push_back(std::move(s));
   }
   PlotSeries avg{"average", {}, 3.0, true};
-  for (const auto& l : g.levels) avg.points.push_back({x_of(l), g.average.at(l)});
+  for (const auto& l : g.levels)
+    if (g.average.at(l)) avg.points.push_back({x_of(l), *g.average.at(l)});
   plot.series.push_back(std::move(avg));
   write_svg(plot, out_dir / "score_by_length.svg");
 }

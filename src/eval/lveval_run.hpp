@@ -5,6 +5,7 @@
 // a plot of score against length.
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -17,18 +18,21 @@
 namespace crossmoe::eval {
 
 struct ScoredFile {
-  std::string name;     // file stem, e.g. factrecall_en_16k
+  std::string name;     // file name without .jsonl, e.g. factrecall_en_16k
   std::string dataset;  // e.g. factrecall_en
   std::string level;    // e.g. 16k; "" when the name has none
   int samples = 0;      // lines scored
-  double score = 0;     // mean x 100, rounded to 2 decimals as evaluation.py does
+  // Mean x 100, rounded to 2 decimals as evaluation.py does; none when no line could be scored
+  // (such a file is shown as having no score and left out of the averages).
+  std::optional<double> score;
   std::vector<LineError> errors;
 };
 
 // Scores a predictions file: one JSON object per line with "pred", "answers" (a list; only the
 // first counts, an empty list scores 0) and optionally "gold_ans" (the answer keywords), as
 // LV-Eval's prediction script writes them. The dataset is `dataset` when given, otherwise the
-// file name's (factrecall_en_16k.jsonl -> factrecall_en). Bad lines are reported and skipped.
+// file name's (factrecall_en_16k.jsonl -> factrecall_en). Bad lines (where the official script
+// would stop with an exception) are reported and skipped.
 ScoredFile score_predictions(const LvMetric& metric, const std::filesystem::path& file, const std::string& dataset = "");
 
 struct LvEvalOptions {

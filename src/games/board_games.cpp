@@ -12,13 +12,16 @@ namespace {
 class GridState : public State {
  public:
   GridState(int rows, int cols, int line, bool gravity)
-      : rows_(rows), cols_(cols), line_(line), gravity_(gravity), cells_(size_t(rows * cols), '.') {}
+      : rows_(rows), cols_(cols), line_(line), gravity_(gravity), cells_(size_t(rows * cols), '.') {
+    history_.reserve(size_t(rows * cols));  // one allocation per game, not one per doubling
+  }
 
   int num_players() const override { return 2; }
   int current_player() const override { return winner_ >= 0 || full() ? kTerminalPlayer : player_; }
   std::vector<int> legal_actions() const override {
     std::vector<int> out;
     if (is_terminal()) return out;
+    out.reserve(size_t(gravity_ ? cols_ : rows_ * cols_ - moves_));  // one allocation
     if (gravity_) {
       for (int c = 0; c < cols_; ++c)
         if (cells_[size_t(c)] == '.') out.push_back(c);
@@ -29,8 +32,10 @@ class GridState : public State {
     return out;
   }
   void apply(int action) override {
-    const auto legal = legal_actions();
-    require(std::find(legal.begin(), legal.end(), action) != legal.end(), "illegal move " + std::to_string(action));
+    // legal_actions() without building it: an empty cell; with gravity, a column whose top
+    // cell (the same index, row 0) is empty.
+    if (is_terminal() || action < 0 || action >= (gravity_ ? cols_ : rows_ * cols_) || cells_[size_t(action)] != '.')
+      throw Error("illegal move " + std::to_string(action));
     int cell = action;
     if (gravity_) {  // the piece falls to the lowest empty row of the column
       int r = rows_ - 1;
@@ -63,17 +68,16 @@ class GridState : public State {
   bool wins(int cell) const {
     const char me = cells_[size_t(cell)];
     const int r0 = cell / cols_, c0 = cell % cols_;
-    for (auto [dr, dc] : {std::pair{0, 1}, {1, 0}, {1, 1}, {1, -1}}) {
-      int count = 1;
-      for (int sign : {1, -1})
-        for (int k = 1;; ++k) {
-          const int r = r0 + sign * k * dr, c = c0 + sign * k * dc;
-          if (r < 0 || r >= rows_ || c < 0 || c >= cols_ || cells_[size_t(r * cols_ + c)] != me) break;
-          ++count;
-        }
-      if (count >= line_) return true;
-    }
-    return false;
+    // How many of `me` follow the cell in direction (dr, dc), the cell itself not counted.
+    const auto run = [&](int dr, int dc) {
+      int n = 0;
+      for (int r = r0 + dr, c = c0 + dc;
+           r >= 0 && r < rows_ && c >= 0 && c < cols_ && cells_[size_t(r * cols_ + c)] == me; r += dr, c += dc)
+        ++n;
+      return n;
+    };
+    return 1 + run(0, 1) + run(0, -1) >= line_ || 1 + run(1, 0) + run(-1, 0) >= line_ ||
+           1 + run(1, 1) + run(-1, -1) >= line_ || 1 + run(1, -1) + run(-1, 1) >= line_;
   }
   int rows_, cols_, line_;
   bool gravity_;

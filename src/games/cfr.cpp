@@ -10,17 +10,17 @@ namespace crossmoe::games {
 
 namespace {
 
-std::vector<double> regret_matching(const std::vector<double>& regret) {
-  std::vector<double> s(regret.size());
+// The strategy in proportion to the positive regrets (uniform when none is positive).
+void regret_matching(const std::vector<double>& regret, std::vector<double>& s) {
+  s.resize(regret.size());
   double total = 0;
   for (size_t a = 0; a < regret.size(); ++a) total += (s[a] = std::max(regret[a], 0.0));
   for (double& p : s) p = total > 0 ? p / total : 1.0 / double(regret.size());
-  return s;
 }
 
 }  // namespace
 
-CfrSolver::CfrSolver(const Game& game) : game_(game) {
+CfrSolver::CfrSolver(const Game& game, Variant variant) : game_(game), variant_(variant) {
   require(game.info().num_players == 2 && !game.info().cooperative, "CFR here solves two-player zero-sum games");
 }
 
@@ -30,18 +30,24 @@ void CfrSolver::iterate(int iterations) {
     for (int player = 0; player < 2; ++player) {
       traverse(*game_.initial_state(), player, 1.0, 1.0);
       // The strategy stays fixed for a whole traversal (an information state is reached by
-      // many histories); regrets change, floored at zero, only once it is over.
+      // many histories); regrets change (floored at zero in CFR+) only once it is over.
       for (auto& [key, node] : nodes_)
         for (size_t a = 0; a < node.pending.size(); ++a) {
-          node.regret[a] = std::max(0.0, node.regret[a] + node.pending[a]);
+          node.regret[a] += node.pending[a];
+          if (variant_ == Variant::CfrPlus) node.regret[a] = std::max(0.0, node.regret[a]);
           node.pending[a] = 0.0;
         }
+      for (auto& [key, node] : nodes_) regret_matching(node.regret, node.strategy);
     }
   }
 }
 
 double CfrSolver::traverse(const State& s, int player, double reach_player, double reach_others) {
   if (s.is_terminal()) return s.returns()[size_t(player)];
+  // Reached by no player (chance never has probability 0): nothing below can change a regret
+  // or an average, since every update is weighted by one of the two reaches. OpenSpiel prunes
+  // the same way.
+  if (reach_player == 0.0 && reach_others == 0.0) return 0.0;
   if (s.is_chance()) {
     double v = 0;
     for (const auto& [action, p] : s.chance_outcomes()) {
@@ -58,8 +64,9 @@ double CfrSolver::traverse(const State& s, int player, double reach_player, doub
     node.regret.assign(node.actions.size(), 0.0);
     node.strategy_sum.assign(node.actions.size(), 0.0);
     node.pending.assign(node.actions.size(), 0.0);
+    regret_matching(node.regret, node.strategy);
   }
-  const std::vector<double> strategy = regret_matching(node.regret);
+  const std::vector<double>& strategy = node.strategy;
   std::vector<double> values(node.actions.size());
   double value = 0;
   for (size_t a = 0; a < node.actions.size(); ++a) {
@@ -69,10 +76,11 @@ double CfrSolver::traverse(const State& s, int player, double reach_player, doub
                                 : traverse(*child, player, reach_player, reach_others * strategy[a]);
     value += strategy[a] * values[a];
   }
-  if (actor == player) {  // std::map keeps `node` valid while children are inserted
+  if (actor == player) {  // the node map keeps `node` valid while children are inserted
+    const double weight = variant_ == Variant::CfrPlus ? double(iteration_) : 1.0;
     for (size_t a = 0; a < node.actions.size(); ++a) {
       node.pending[a] += reach_others * (values[a] - value);
-      node.strategy_sum[a] += double(iteration_) * reach_player * strategy[a];
+      node.strategy_sum[a] += weight * reach_player * strategy[a];
     }
   }
   return value;

@@ -1,9 +1,12 @@
 #pragma once
-// Counterfactual regret minimisation (CFR+: regrets floored at zero, alternating updates,
-// linearly weighted average strategy) over the full game tree, chance outcomes enumerated; and
-// the measures that say how good a policy is: expected value and exploitability.
+// Counterfactual regret minimisation over the full game tree, chance outcomes enumerated, with
+// alternating updates: CFR+ (regrets floored at zero, linearly weighted average strategy) or
+// vanilla CFR (regrets kept signed, uniformly weighted average), the two of OpenSpiel's
+// CFRPlusSolver and CFRSolver; and the measures that say how good a policy is: expected value
+// and exploitability.
 #include <map>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -16,7 +19,8 @@ using Policy = std::map<std::string, std::vector<std::pair<int, double>>>;
 
 class CfrSolver {
  public:
-  explicit CfrSolver(const Game& game);
+  enum class Variant { CfrPlus, Cfr };
+  explicit CfrSolver(const Game& game, Variant variant = Variant::CfrPlus);
   void iterate(int iterations = 1);
   int iterations() const { return iteration_; }
   Policy average_policy() const;
@@ -25,11 +29,13 @@ class CfrSolver {
   struct InfoNode {
     std::vector<int> actions;
     std::vector<double> regret, strategy_sum;
-    std::vector<double> pending;  // regret gained in the current traversal, applied at its end
+    std::vector<double> pending;   // regret gained in the current traversal, applied at its end
+    std::vector<double> strategy;  // regret matching of `regret`, refreshed when regrets change
   };
   double traverse(const State& s, int player, double reach_player, double reach_others);
   const Game& game_;
-  std::map<std::string, InfoNode> nodes_;
+  Variant variant_;
+  std::unordered_map<std::string, InfoNode> nodes_;  // node-based: references survive inserts
   int iteration_ = 0;
 };
 

@@ -25,18 +25,24 @@ const char* kRanks = "JQK";
 // Every card left in the deck is equally likely.
 std::vector<std::pair<int, double>> uniform_deal(const std::vector<int>& cards) {
   std::vector<std::pair<int, double>> out;
+  out.reserve(cards.size());
   for (int c : cards) out.push_back({c, 1.0 / double(cards.size())});
   return out;
 }
 
-void check_legal(const State& s, int action) {
-  const auto legal = s.legal_actions();
-  require(std::find(legal.begin(), legal.end(), action) != legal.end(),
-          "illegal action " + std::to_string(action));
+// Each state's is_legal(action) answers as legal_actions() would, without building the list.
+template <class S>
+void check_legal(const S& s, int action) {
+  if (!s.is_legal(action)) throw Error("illegal action " + std::to_string(action));
 }
 
 class KuhnState : public State {
  public:
+  KuhnState() {  // room for a whole game: one allocation each instead of one per doubling
+    cards_.reserve(2);
+    actions_.reserve(3);
+    history_.reserve(5);
+  }
   int num_players() const override { return 2; }
   int current_player() const override {
     if (cards_.size() < 2) return kChancePlayer;
@@ -47,13 +53,25 @@ class KuhnState : public State {
     if (is_terminal()) return {};
     if (is_chance()) {
       std::vector<int> out;
+      out.reserve(3);
       for (int c = 0; c < 3; ++c)
         if (std::find(cards_.begin(), cards_.end(), c) == cards_.end()) out.push_back(c);
       return out;
     }
     return {0, 1};
   }
-  std::vector<std::pair<int, double>> chance_outcomes() const override { return uniform_deal(legal_actions()); }
+  bool is_legal(int action) const {
+    if (is_chance()) return action >= 0 && action < 3 && std::find(cards_.begin(), cards_.end(), action) == cards_.end();
+    return !is_terminal() && (action == 0 || action == 1);
+  }
+  std::vector<std::pair<int, double>> chance_outcomes() const override {
+    if (!is_chance()) return uniform_deal(legal_actions());
+    std::vector<std::pair<int, double>> out;  // uniform_deal(legal_actions()) in one allocation
+    out.reserve(3);
+    for (int c = 0; c < 3; ++c)
+      if (std::find(cards_.begin(), cards_.end(), c) == cards_.end()) out.push_back({c, 1.0 / double(3 - cards_.size())});
+    return out;
+  }
   void apply(int action) override {
     check_legal(*this, action);
     if (is_chance()) {
@@ -62,6 +80,7 @@ class KuhnState : public State {
       return;
     }
     actions_.push_back(action);
+    seq_ += action == 0 ? 'p' : 'b';
     history_.push_back(std::string("Player ") + char('0' + (actions_.size() - 1) % 2) + ": " + action_to_string(action));
   }
   std::vector<double> returns() const override {
@@ -89,21 +108,22 @@ class KuhnState : public State {
   std::unique_ptr<State> clone() const override { return std::make_unique<KuhnState>(*this); }
 
  private:
-  std::string seq() const {
-    std::string h;
-    for (int a : actions_) h += a == 0 ? 'p' : 'b';
-    return h;
-  }
-  bool finished() const {
-    const std::string h = seq();
-    return h == "pp" || h == "bb" || h == "bp" || h == "pbp" || h == "pbb";
+  const std::string& seq() const { return seq_; }
+  bool finished() const {  // pp, bb, bp, pbp, pbb: every sequence of three, and of two but pb
+    return seq_.size() == 3 || (seq_.size() == 2 && seq_ != "pb");
   }
   std::vector<int> cards_, actions_;
+  std::string seq_;  // the betting so far, 'p' for a pass and 'b' for a bet
 };
 
 class LeducState : public State {
  public:
   enum Action { Fold = 0, Call = 1, Raise = 2 };
+
+  LeducState() {  // room for a whole game (3 deals, at most 4 moves a round)
+    private_.reserve(2);
+    history_.reserve(11);
+  }
 
   int num_players() const override { return 2; }
   int current_player() const override {
@@ -115,15 +135,23 @@ class LeducState : public State {
     if (is_terminal()) return {};
     if (is_chance()) {
       std::vector<int> out;
+      out.reserve(6);
       for (int c = 0; c < 6; ++c)
         if (std::count(private_.begin(), private_.end(), c) == 0) out.push_back(c);
       return out;
     }
     std::vector<int> out;
+    out.reserve(3);
     if (contrib_[player_] < contrib_[1 - player_]) out.push_back(Fold);
     out.push_back(Call);
     if (raises_ < 2) out.push_back(Raise);
     return out;
+  }
+  bool is_legal(int action) const {
+    if (is_chance()) return action >= 0 && action < 6 && std::count(private_.begin(), private_.end(), action) == 0;
+    if (is_terminal()) return false;
+    if (action == Fold) return contrib_[player_] < contrib_[1 - player_];
+    return action == Call || (action == Raise && raises_ < 2);
   }
   std::vector<std::pair<int, double>> chance_outcomes() const override { return uniform_deal(legal_actions()); }
   void apply(int action) override {
