@@ -110,6 +110,7 @@ TEST(ChatTemplate, BrokenTemplatesAreErrorsWithALine) {
   EXPECT_NE(error_of("{{ 'unterminated }}").find("unterminated"), std::string::npos);
   EXPECT_NE(error_of("{{ raise_exception('Only user and assistant roles') }}").find("Only user"), std::string::npos);
   EXPECT_NE(error_of("{{ x | nosuchfilter }}").find("nosuchfilter"), std::string::npos);
+  EXPECT_NE(error_of("a {{-}} b").find("unexpected"), std::string::npos);  // found by fuzz_chat_template
   EXPECT_NE(error_of("{{ 1 + 'a' }}").find("unsupported operands"), std::string::npos);
 }
 

@@ -819,8 +819,8 @@ std::vector<Segment> segment(std::string src) {
     std::string inner = src.substr(start + 2, end - start - 2);
     const bool strip_before = !inner.empty() && inner[0] == '-';
     const bool keep_before = !inner.empty() && inner[0] == '+';
-    const bool strip_after = !inner.empty() && inner.back() == '-';
     if (strip_before || keep_before) inner.erase(0, 1);
+    const bool strip_after = !inner.empty() && inner.back() == '-';  // in "{{-}}" the one '-' strips before only
     if (strip_after) inner.pop_back();
     if (strip_before) {
       text.erase(text.find_last_not_of(" \t\r\n") == std::string::npos ? 0 : text.find_last_not_of(" \t\r\n") + 1);
