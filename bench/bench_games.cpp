@@ -87,7 +87,7 @@ void cfr(const std::string& label, CfrSolver::Variant variant, const std::string
 // Searches from the initial state, as MARS's MCTS opponent searches, counting simulations.
 void mcts(const std::string& game_name, double budget, int simulations, double uct_c, int rollouts) {
   const auto game = make_game(game_name);
-  MctsAgent agent(simulations, uct_c);
+  MctsAgent agent({uct_c, simulations, rollouts});
   Rng rng(0);
   const auto root = game->initial_state();
   long searches = 0;

@@ -100,16 +100,73 @@ TEST_F(Cli, GamesPlayAndSolve) {
   const Result play = run("games play tic_tac_toe --p0 mcts --p1 random -n 20 --mcts-simulations 200", false);
   EXPECT_EQ(play.code, 0);
   EXPECT_NE(play.out.find("loss       0"), std::string::npos) << play.out;
+  EXPECT_NE(run("games play tic_tac_toe -n 3 --mcts-simulations 20").out.find("3 / 3 games"), std::string::npos);
   const std::string policy = (dir_ / "kuhn.json").string();
   const Result solve = run("games solve kuhn_poker --iterations 500 -o " + policy, false);
   EXPECT_NE(solve.out.find("value for player 0 -0.055"), std::string::npos) << solve.out;
   EXPECT_EQ(run("games play kuhn_poker --p0 cfr:" + policy + " --p1 random -n 50", false).code, 0);
+  EXPECT_EQ(run("games play leduc_poker --p0 nash --p1 random -n 50", false).code, 0);
   // A random-weight model cannot answer in the protocol's format: every game is lost as invalid.
-  const Result model = run("games play kuhn_poker --p0 model:" + (dir_ / "good").string() + " --p1 cfr -n 2", false);
+  const Result model = run("games play kuhn_poker --p0 model:" + (dir_ / "good").string() +
+                               " --p1 cfr -n 2 --max-tokens 8 --temperature 0.9 --threads 1",
+                           false);
   EXPECT_NE(model.out.find("invalid answers: 2"), std::string::npos) << model.out;
+  const Result info = run("games info mini_hanabi", false);
+  EXPECT_NE(info.out.find("colors=2, hand_size=3, max_information_tokens=3, max_life_tokens=3, players=2, ranks=2"),
+            std::string::npos)
+      << info.out;
+  EXPECT_NE(run("games info simple_hanabi", false).out.find("colors=3, hand_size=5, max_information_tokens=8"),
+            std::string::npos);
+  EXPECT_NE(run("games info full_hanabi", false).out.find("ranks=3"), std::string::npos);
+  EXPECT_NE(run("games info connect_four", false).out.find("distinct actions     7"), std::string::npos);
+}
+
+TEST_F(Cli, GamesCheckEveryInputBeforeWorking) {
   expect_one_line_error(run("games play chess"), "unknown game 'chess'");
+  expect_one_line_error(run("games info chess"), "unknown game 'chess'");
   expect_one_line_error(run("games play kuhn_poker --p0 mcts"), "perfect-information");
-  expect_one_line_error(run("games play leduc_poker --p0 cfr:" + policy), "not leduc_poker");
+  expect_one_line_error(run("games play tic_tac_toe --mcts-simulations 0"), "--mcts-simulations must be at least 2");
+  expect_one_line_error(run("games play tic_tac_toe --mcts-simulations -5"), "--mcts-simulations");
+  expect_one_line_error(run("games play tic_tac_toe --mcts-rollouts 0"), "--mcts-rollouts");
+  expect_one_line_error(run("games play tic_tac_toe --mcts-uct-c -1"), "--mcts-uct-c");
+  expect_one_line_error(run("games play kuhn_poker --p0 cfr --cfr-iterations 0"), "--cfr-iterations must be at least 1");
+  expect_one_line_error(run("games play kuhn_poker --p0 cfr --cfr-iterations -3"), "--cfr-iterations");
+  expect_one_line_error(run("games solve kuhn_poker --iterations 0"), "--iterations must be at least 1");
+  expect_one_line_error(run("games solve kuhn_poker --iterations -1"), "--iterations");
+  // CFR would walk Connect Four's tree forever: refused at once, with what to use instead.
+  expect_one_line_error(run("games solve connect_four"), "use mcts");
+  expect_one_line_error(run("games play connect_four --p0 cfr"), "use mcts");
+  expect_one_line_error(run("games play mini_hanabi --p0 cfr --p1 cfr"), "cooperative");
+  expect_one_line_error(run("games play kuhn_poker --p0 nash"), "leduc_poker only");
+  expect_one_line_error(run("games play kuhn_poker --p0 random --p1 model:/nonexistent"), "--p1 model:/nonexistent");
+  expect_one_line_error(run("games play kuhn_poker --p0 cfr --max-tokens 0"), "--max-tokens");
+  const std::string bad = (dir_ / "bad_policy.json").string();
+  for (const std::string& policy : {std::string(R"({"K:": []})"), std::string(R"({"K:": [[0, -1], [1, 2]]})"),
+                                    std::string(R"({"K:": [[0, 0], [1, 0]]})")}) {
+    std::ofstream(bad) << R"({"game": "kuhn_poker", "policy": )" << policy << "}";
+    expect_one_line_error(run("games play kuhn_poker --p0 cfr:" + bad), bad);
+  }
+  std::ofstream(bad) << R"({"game": "kuhn_poker", "policy": {}})";
+  expect_one_line_error(run("games play leduc_poker --p0 cfr:" + bad), "not leduc_poker");
+}
+
+TEST_F(Cli, GamesHumanMovesAreExplainedAndTheEndShown) {
+  // The person tries an occupied or unknown cell first; each is explained and asked again.
+  const fs::path moves = dir_ / "moves.txt";
+  std::ofstream(moves) << "nonsense\n<X(9,9)>\n<X(1,1)>\n<X(1,1)>\n0\n1\n2\n3\n5\n6\n7\n8\n";
+  const Result r = run("games play tic_tac_toe --p0 human --p1 random -n 1 < " + moves.string(), false);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("'nonsense' is not a legal move. Legal moves: <X(0,0)>"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("'<X(1,1)>' is not a legal move"), std::string::npos) << r.out;  // taken by then
+  EXPECT_NE(r.out.find("Game 1 is over:"), std::string::npos) << r.out;
+  EXPECT_TRUE(r.out.find("player 0 wins") != std::string::npos || r.out.find("player 1 wins") != std::string::npos ||
+              r.out.find("a draw") != std::string::npos)
+      << r.out;
+  // Input that ends mid-game is an error, not a hang.
+  std::ofstream(moves) << "<X(1,1)>\n";
+  const Result ended = run("games play tic_tac_toe --p0 human -n 1 < " + moves.string());
+  EXPECT_NE(ended.code, 0);
+  EXPECT_NE(ended.out.find("\nerror: standard input ended before the game did\n"), std::string::npos) << ended.out;
 }
 
 std::vector<nlohmann::json> read_jsonl(const fs::path& path) {

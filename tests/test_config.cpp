@@ -1,12 +1,15 @@
 // config.json readers, the layer plan (groups, owners, candidates) and parameter counts.
 #include <gtest/gtest.h>
 
+#include "temp_dir.hpp"
+
 #include "model/checkpoint.hpp"
 #include "model/hf_config.hpp"
 #include "model/init.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
 
+#include <cmath>
 #include <filesystem>
 
 using namespace crossmoe;
@@ -133,7 +136,7 @@ TEST(Config, CrossmoeTypeRoundTrips) {
 }
 
 TEST(Config, GenerationConfigAddsStopTokens) {
-  const auto dir = std::filesystem::temp_directory_path() / "crossmoe_genconfig";
+  const auto dir = testing_paths::temp_path("genconfig");
   std::filesystem::create_directories(dir);
   std::filesystem::copy_file(kHf + "llama/config.json", dir / "config.json",
                              std::filesystem::copy_options::overwrite_existing);
@@ -149,6 +152,71 @@ void expect_error(const json& j, const std::string& fragment) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
   }
+}
+
+// Megrez2's config semantics as its published inference code (vLLM's megrez_moe) reads them.
+TEST(Config, Megrez2GroupsByLayerIndexWithMoeLayerFreq) {
+  json j = megrez2_preview();
+  j["num_hidden_layers"] = 9;
+  j["first_k_dense_replace"] = 2;
+  j["moe_layer_freq"] = 2;
+  j["experts_shared_frequency"] = 4;
+  const ModelConfig c = parse_model_config(j);
+  // MoE layers: l >= 2 and l % 2 == 0. Groups: (l - 2) / 4, so {2, 4} led by 2 and {6, 8} led by 6.
+  for (int l = 0; l < 9; ++l) EXPECT_EQ(c.layers[l].is_moe, l >= 2 && l % 2 == 0) << l;
+  for (int l : {2, 4}) {
+    EXPECT_EQ(c.layers[l].group, 0);
+    EXPECT_EQ(c.layers[l].candidates[0].owner_layer, 2);
+  }
+  for (int l : {6, 8}) {
+    EXPECT_EQ(c.layers[l].group, 1);
+    EXPECT_EQ(c.layers[l].candidates[0].owner_layer, 6);
+  }
+  EXPECT_TRUE(c.layers[2].owns_experts && c.layers[6].owns_experts);
+  EXPECT_FALSE(c.layers[4].owns_experts || c.layers[8].owns_experts);
+  // A group whose first layer (by index) is dense has nobody to own its experts.
+  j["first_k_dense_replace"] = 1;
+  j["experts_shared_frequency"] = 2;
+  expect_error(j, "not an MoE layer");
+}
+
+TEST(Config, Megrez2RequiresTheKeysItsCodeReads) {
+  for (const char* key : {"pre_gate", "experts_shared_frequency", "n_shared_experts", "topk_group"}) {
+    json j = megrez2_preview();
+    j.erase(key);
+    expect_error(j, std::string("missing key '") + key + "'");
+  }
+  json j = megrez2_preview();
+  j.erase("topk_group");
+  j["n_group"] = 1;
+  EXPECT_NO_THROW(parse_model_config(j));  // topk_group is needed only with groups
+  j = megrez2_preview();
+  j["first_k_dense_replace"] = 0;
+  expect_error(j, "'pre_gate' needs 'first_k_dense_replace'");
+  j["pre_gate"] = false;
+  EXPECT_NO_THROW(parse_model_config(j));
+}
+
+TEST(Config, Megrez2YarnTakesFactorAsGivenAndTheTopLevelOriginalLength) {
+  json j = megrez2_preview();
+  j["rope_scaling"] = {{"type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 4096},
+                       {"attn_factor", 1.5}};
+  j["original_max_position_embeddings"] = 8192;
+  ModelConfig c = parse_model_config(j);
+  EXPECT_EQ(c.rope.type, RopeType::Yarn);
+  EXPECT_DOUBLE_EQ(c.rope.factor, 4.0);  // transformers would take 32768 / 8192
+  EXPECT_EQ(c.rope.original_max_position_embeddings, 8192);
+  EXPECT_DOUBLE_EQ(c.rope.attention_factor, (0.1 * std::log(4.0) + 1.0) * 1.5);
+  j.erase("original_max_position_embeddings");
+  EXPECT_EQ(parse_model_config(j).rope.original_max_position_embeddings, 4096);
+  j["rope_scaling"].erase("original_max_position_embeddings");
+  expect_error(j, "yarn needs 'original_max_position_embeddings'");
+  j = megrez2_preview();
+  j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 2.0}};
+  j["rope_parameters"] = {{"rope_type", "linear"}, {"factor", 2.0}};
+  expect_error(j, "not both");
+  j.erase("rope_scaling");
+  expect_error(j, "'rope_parameters' is not read");
 }
 
 TEST(Config, BadConfigsNameTheKey) {

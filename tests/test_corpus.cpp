@@ -1,6 +1,8 @@
 // Training data: Brown corpus tags, the document split, token files.
 #include <gtest/gtest.h>
 
+#include "temp_dir.hpp"
+
 #include <filesystem>
 #include <fstream>
 
@@ -19,7 +21,7 @@ TEST(Corpus, StripsBrownTags) {
 }
 
 TEST(Corpus, SplitsDocumentsAndRoundTripsTokens) {
-  const fs::path dir = fs::temp_directory_path() / "crossmoe_brown";
+  const fs::path dir = testing_paths::temp_path("brown");
   fs::remove_all(dir);
   fs::create_directories(dir);
   std::ofstream(dir / "ca01") << "\tOne/cd doc/nn ./.\n";

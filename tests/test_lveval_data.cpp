@@ -1,6 +1,8 @@
 // LV-Eval data: per-line validation of jsonl files, and the factrecall-style generator.
 #include <gtest/gtest.h>
 
+#include "temp_dir.hpp"
+
 #include <filesystem>
 #include <fstream>
 
@@ -13,7 +15,7 @@ using namespace crossmoe;
 namespace {
 
 TEST(LvEvalData, BadLinesAreReportedAndTheRestIsRead) {
-  const auto path = std::filesystem::temp_directory_path() / "crossmoe_lveval.jsonl";
+  const auto path = testing_paths::temp_path("lveval.jsonl");
   const std::string good =
       R"({"input": "Q?", "context": "C", "answers": ["A"], "length": 5, "dataset": "cmrc_mixup", "language": "zh", "answer_keywords": "A", "confusing_facts": []})";
   std::ofstream(path) << good << "\n"

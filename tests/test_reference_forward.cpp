@@ -1,8 +1,11 @@
 // Megrez2 sharing and ReXMoE reuse, which transformers lacks, against a deliberately plain
-// reference forward written here straight from the formulas in shared/notes/model-family.md:
-// double precision, no KV cache, no batching, and its own reading of which experts a router
-// may choose (it does not use ModelConfig::layers).
+// reference forward written here straight from the formulas in shared/notes/model-family.md and
+// Megrez2's published inference code (vLLM's megrez_moe): double precision, no KV cache, no
+// batching, and its own reading of config.json for which layers are MoE, which experts a router
+// may choose and RoPE (it does not use ModelConfig::layers or ModelConfig::rope).
 #include <gtest/gtest.h>
+
+#include "temp_dir.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -14,6 +17,7 @@
 #include "model/tensor_names.hpp"
 #include "runtime/generate.hpp"
 #include "small_models.hpp"
+#include "util/error.hpp"
 #include "util/json_file.hpp"
 
 using namespace crossmoe;
@@ -25,13 +29,20 @@ using Vec = std::vector<double>;
 
 class PlainReference {
  public:
-  PlainReference(const ModelConfig& c, const Checkpoint& ck) : c_(c), ck_(ck) {}
+  PlainReference(const ModelConfig& c, const Checkpoint& ck, const nlohmann::json& raw)
+      : c_(c), ck_(ck), raw_(raw) {
+    first_dense_ = raw.value("first_k_dense_replace", 0);
+    freq_ = raw.value("moe_layer_freq", 1);
+    const bool megrez = raw.at("model_type") == "megrez_moe";
+    r_ = megrez ? raw.value("experts_shared_frequency", 1) : raw.value("cross_layer_group_size", 1);
+    mode_ = megrez ? (r_ > 1 ? "shared_pool" : "local") : raw.value("cross_layer_mode", "local");
+    rope_inv_freq();
+  }
 
   std::vector<Vec> logits(const std::vector<int>& tokens) const {
     const int T = int(tokens.size()), d = c_.hidden_size, hd = c_.head_dim;
     std::vector<Vec> x(T), u_prev(T);
     for (int t = 0; t < T; ++t) x[t] = row(n::embed(), tokens[t]);
-    int moe_ordinal = 0;
     for (int l = 0; l < c_.num_layers; ++l) {
       // Attention.
       std::vector<Vec> q(T), k(T), v(T);
@@ -61,7 +72,7 @@ class PlainReference {
         add(x[t], matvec(n::attn(l, 'o'), att));
       }
       // FFN.
-      const bool is_moe = c_.layer_is_moe[l];
+      const bool is_moe = layer_is_moe(l);
       std::vector<Vec> u(T);
       for (int t = 0; t < T; ++t) u[t] = rmsnorm(x[t], tensor(n::post_attention_norm(l)));
       for (int t = 0; t < T; ++t) {
@@ -70,9 +81,8 @@ class PlainReference {
           continue;
         }
         const Vec& router_in = c_.moe.pre_gated && l > 0 ? u_prev[t] : u[t];
-        add(x[t], moe(l, moe_ordinal, router_in, u[t]));
+        add(x[t], moe(l, router_in, u[t]));
       }
-      moe_ordinal += is_moe;
       u_prev = u;
     }
     std::vector<Vec> out(T);
@@ -119,16 +129,42 @@ class PlainReference {
   static void add(Vec& x, const Vec& y) {
     for (size_t i = 0; i < x.size(); ++i) x[i] += y[i];
   }
-  // Per-head q/k norm, then RoPE (default type) on pairs (i, i + hd/2).
+  // RoPE frequencies: plain, or YaRN as Megrez2's code reads it (rope_scaling's factor as given,
+  // a top-level original_max_position_embeddings first, attn_factor times 0.1 ln(factor) + 1).
+  void rope_inv_freq() {
+    const int hd = c_.head_dim;
+    const double theta = raw_.value("rope_theta", 10000.0);
+    for (int i = 0; i < hd / 2; ++i) inv_freq_.push_back(std::pow(theta, -2.0 * i / hd));
+    if (!raw_.contains("rope_scaling") || raw_.at("rope_scaling").is_null()) return;
+    const nlohmann::json& s = raw_.at("rope_scaling");
+    EXPECT_EQ(s.value("type", s.value("rope_type", "")), "yarn") << "the reference knows YaRN only";
+    const double factor = s.at("factor");
+    const double original = raw_.contains("original_max_position_embeddings")
+                                ? double(raw_.at("original_max_position_embeddings"))
+                                : double(s.at("original_max_position_embeddings"));
+    const auto dim_of = [&](double rotations) {
+      return hd * std::log(original / (rotations * 2 * M_PI)) / (2 * std::log(theta));
+    };
+    const double low = std::max(std::floor(dim_of(s.value("beta_fast", 32.0))), 0.0);
+    double high = std::min(std::ceil(dim_of(s.value("beta_slow", 1.0))), double(hd - 1));
+    if (low == high) high += 0.001;
+    for (int i = 0; i < hd / 2; ++i) {
+      const double extrapolate = 1 - std::clamp((i - low) / (high - low), 0.0, 1.0);
+      inv_freq_[i] = inv_freq_[i] / factor * (1 - extrapolate) + inv_freq_[i] * extrapolate;
+    }
+    rope_scale_ = (0.1 * std::log(factor) + 1.0) * s.value("attn_factor", 1.0);
+  }
+  // Per-head q/k norm, then RoPE on pairs (i, i + hd/2).
   void headwise(Vec& v, int head, int l, char which, int pos) const {
     const int hd = c_.head_dim;
     Vec h(v.begin() + head * hd, v.begin() + (head + 1) * hd);
     if (c_.qk_norm == QkNorm::PerHead) h = rmsnorm(h, tensor(n::qk_norm(l, which)));
     for (int i = 0; i < hd / 2; ++i) {
-      const double angle = pos * std::pow(c_.rope.theta, -2.0 * i / hd);
+      const double angle = pos * inv_freq_[i];
+      const double cos = std::cos(angle) * rope_scale_, sin = std::sin(angle) * rope_scale_;
       const double a = h[i], b = h[i + hd / 2];
-      h[i] = a * std::cos(angle) - b * std::sin(angle);
-      h[i + hd / 2] = b * std::cos(angle) + a * std::sin(angle);
+      h[i] = a * cos - b * sin;
+      h[i + hd / 2] = b * cos + a * sin;
     }
     std::copy(h.begin(), h.end(), v.begin() + head * hd);
   }
@@ -139,23 +175,23 @@ class PlainReference {
     for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1 + std::exp(-g[i])) * up[i];
     return matvec(name_of(Proj::Down), g);
   }
-  // The o-th MoE layer belongs to group o / r; the group's layers are the MoE layers with
-  // ordinals group*r .. group*r + r - 1.
-  std::vector<int> pools(int l, int ordinal) const {
-    const int r = c_.moe.group_size, group = ordinal / r;
-    std::vector<int> members;
-    for (int layer = 0, o = 0; layer < c_.num_layers; ++layer)
-      if (c_.layer_is_moe[layer]) {
-        if (o / r == group) members.push_back(layer);
-        ++o;
-      }
-    if (c_.moe.cross_layer == CrossLayer::Reuse) return members;
-    if (c_.moe.cross_layer == CrossLayer::SharedPool) return {members.front()};
-    return {l};
+  bool layer_is_moe(int l) const {
+    return raw_.contains("n_routed_experts") && l >= first_dense_ && l % freq_ == 0;
   }
-  Vec moe(int l, int ordinal, const Vec& router_in, const Vec& u) const {
+  // MoE layer l is in group (l - first_k_dense_replace) / r by layer index; a shared pool is
+  // owned by the group's first layer, first_k_dense_replace + group * r.
+  std::vector<int> pools(int l) const {
+    const int group = (l - first_dense_) / r_;
+    if (mode_ == "shared_pool") return {first_dense_ + group * r_};
+    if (mode_ == "local") return {l};
+    std::vector<int> members;
+    for (int layer = 0; layer < c_.num_layers; ++layer)
+      if (layer_is_moe(layer) && (layer - first_dense_) / r_ == group) members.push_back(layer);
+    return members;
+  }
+  Vec moe(int l, const Vec& router_in, const Vec& u) const {
     const MoeConfig& m = c_.moe;
-    const std::vector<int> owners = pools(l, ordinal);
+    const std::vector<int> owners = pools(l);
     const Vec s = matvec(n::router(c_, l), router_in);
     const int N = int(s.size());
     EXPECT_EQ(N, int(owners.size()) * m.num_experts);
@@ -165,12 +201,12 @@ class PlainReference {
     Vec choice = p;
     if (m.score_correction_bias) add(choice, tensor(n::router_bias(c_, l)));
     if (m.n_group > 1) {  // keep the topk_group groups with the best sum of their top two
-      const int per = N / m.n_group;
+      const int per = N / m.n_group;  // (with a correction bias), or with the best expert (without)
       std::vector<std::pair<double, int>> groups;
       for (int g = 0; g < m.n_group; ++g) {
         Vec members(choice.begin() + g * per, choice.begin() + (g + 1) * per);
         std::sort(members.rbegin(), members.rend());
-        groups.push_back({members[0] + members[1], g});
+        groups.push_back({m.score_correction_bias ? members[0] + members[1] : members[0], g});
       }
       std::sort(groups.begin(), groups.end(), [](auto a, auto b) { return a.first > b.first; });
       for (int i = m.topk_group; i < m.n_group; ++i)
@@ -196,6 +232,11 @@ class PlainReference {
 
   const ModelConfig& c_;
   const Checkpoint& ck_;
+  const nlohmann::json& raw_;
+  int first_dense_ = 0, freq_ = 1, r_ = 1;
+  std::string mode_;
+  std::vector<double> inv_freq_;
+  double rope_scale_ = 1.0;
 };
 
 using testing_models::small;
@@ -203,7 +244,27 @@ using testing_models::small;
 struct Layout {
   std::string name;
   ModelConfig config;
+  // Non-null: config.json is rewritten as a Megrez2 (megrez_moe) config with these keys added.
+  nlohmann::json megrez = nullptr;
 };
+
+// crossmoe's config.json for the same weights, spelled as Megrez2's published configs spell it.
+void rewrite_as_megrez(const std::filesystem::path& dir, const nlohmann::json& extra) {
+  nlohmann::json j = read_json_file(dir / "config.json");
+  j["model_type"] = "megrez_moe";
+  j["experts_shared_frequency"] = j["cross_layer_group_size"];
+  j["hidden_act"] = "silu";
+  for (const char* key : {"cross_layer_mode", "cross_layer_group_size", "qk_norm"}) j.erase(key);
+  j.update(extra);
+  write_json_file(dir / "config.json", j);
+}
+
+// A Megrez2-shaped model without q/k norms (Megrez2 uses LLaMA attention).
+ModelConfig small_megrez() {
+  ModelConfig m = small("megrez2");
+  m.qk_norm = QkNorm::None;
+  return m;
+}
 
 std::vector<Layout> layouts() {
   std::vector<Layout> out;
@@ -225,6 +286,27 @@ std::vector<Layout> layouts() {
   r4.moe.pre_gated = true;
   r4.moe.shared_intermediate_size = 64;
   out.push_back({"rexmoe_r4_sigmoid_pregated", r4});
+  // Megrez2 checkpoints read with its published semantics. moe_layer_freq 2: MoE layers 2, 4, 6,
+  // 8, groups by layer index {2, 4} and {6, 8} (by position among MoE layers all four would share).
+  ModelConfig freq2 = small_megrez();
+  freq2.num_layers = 9;
+  freq2.layer_is_moe.assign(9, false);
+  for (int l = 2; l < 9; l += 2) freq2.layer_is_moe[l] = true;
+  freq2.moe.group_start_layer = 2;
+  freq2.moe.group_size = 4;
+  out.push_back({"megrez_moe_layer_freq2", freq2, nlohmann::json::object()});
+  // YaRN with a factor unlike the ratio of the lengths, and a top-level original length that
+  // overrides rope_scaling's.
+  out.push_back({"megrez_moe_yarn", small_megrez(),
+                 {{"rope_scaling", {{"type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 48},
+                                    {"beta_fast", 32}, {"beta_slow", 1}, {"attn_factor", 1.2}}},
+                  {"original_max_position_embeddings", 96}}});
+  // Grouped top-k without a correction bias: a group scores as its best expert.
+  ModelConfig no_bias = small_megrez();
+  no_bias.moe.score_correction_bias = false;
+  no_bias.moe.n_group = 4;
+  no_bias.moe.topk_group = 2;
+  out.push_back({"megrez_moe_grouped_no_bias", no_bias, nlohmann::json::object()});
   for (auto& l : out) l.config.finalize();
   return out;
 }
@@ -235,16 +317,18 @@ class ReferenceForward : public ::testing::TestWithParam<Layout> {};
 
 TEST_P(ReferenceForward, FastPathMatchesPlainDoubleReference) {
   const ModelConfig& config = GetParam().config;
-  const auto dir = std::filesystem::temp_directory_path() / ("crossmoe_ref_" + GetParam().name);
+  const auto dir = testing_paths::temp_path("ref_" + GetParam().name);
   InitOptions options;
   options.seed = 7;
   options.norm_noise = 0.2f;
   write_random_model(config, dir, options);
+  if (!GetParam().megrez.is_null()) rewrite_as_megrez(dir, GetParam().megrez);
   const Model model(dir);
   const Checkpoint& ck = model.checkpoint();
 
   const std::vector<int> tokens = {5, 77, 123, 9, 250, 31, 64, 199, 2, 18, 42};
-  const auto expected = PlainReference(model.config(), ck).logits(tokens);
+  const nlohmann::json raw = read_json_file(dir / "config.json");
+  const auto expected = PlainReference(model.config(), ck, raw).logits(tokens);
   for (int chunk : {1, 4, 64}) {
     InferenceSession session(model, 32, chunk);
     const std::vector<float>& logits = session.forward(tokens, true);
@@ -264,7 +348,7 @@ TEST(ReferenceForward, PreGatingChangesTheRouterInput) {
   // Same weights, pre_gate on and off: the routing trace must differ, or the flag is ignored.
   ModelConfig c = small("megrez2");
   c.finalize();
-  const auto dir = std::filesystem::temp_directory_path() / "crossmoe_pregate";
+  const auto dir = testing_paths::temp_path("pregate");
   write_random_model(c, dir, {});
   const Model on(dir);
   ModelConfig off_config = on.config();
@@ -291,6 +375,25 @@ TEST(ReferenceForward, PreGatingChangesTheRouterInput) {
   // Megrez2 followers route into their group leader's pool.
   for (const auto& r : traces[0])
     for (const auto& e : r.experts) EXPECT_EQ(e.owner_layer, on.config().group_layers(on.config().layers[r.layer].group).front());
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+
+namespace {
+
+TEST(ReferenceForward, Megrez2RefusesACorrectionBiasItsRouterWouldIgnore) {
+  ModelConfig c = small_megrez();  // sigmoid + e_score_correction_bias tensors
+  c.finalize();
+  const auto dir = testing_paths::temp_path("unused_bias");
+  write_random_model(c, dir, {});
+  rewrite_as_megrez(dir, {{"topk_method", "greedy"}});
+  try {
+    const Model model(dir);
+    ADD_FAILURE() << "loaded a correction bias that routing ignores";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("e_score_correction_bias' is present"), std::string::npos) << e.what();
+  }
   std::filesystem::remove_all(dir);
 }
 

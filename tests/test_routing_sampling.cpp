@@ -1,6 +1,8 @@
 // Router math and sampling.
 #include <gtest/gtest.h>
 
+#include "temp_dir.hpp"
+
 #include <cmath>
 #include <map>
 
@@ -52,11 +54,16 @@ TEST(Routing, GroupedTopKAndMasks) {
   m.scoring = Scoring::Sigmoid;
   m.n_group = 2;
   m.topk_group = 1;
-  // Group 0 = {0,1,2}: best two 3+2; group 1 = {3,4,5}: 4 + (-5). Group 0 wins though 3 is the best.
+  // Group 0 = {0,1,2}, group 1 = {3,4,5}. With a correction bias (here zero) a group scores as
+  // its best two: group 0 wins (3 + 2 against 4 - 5 before the sigmoid). Without one it scores as
+  // its best expert (group_limited_greedy): group 1 wins with 4.
   const std::vector<float> s = {3.0f, 2.0f, -4.0f, 4.0f, -5.0f, -6.0f};
+  const std::vector<float> zero_bias(6, 0.0f);
   Route r;
-  route_token(m, s.data(), 6, nullptr, r);
+  route_token(m, s.data(), 6, zero_bias.data(), r);
   EXPECT_EQ(r.candidates, (std::vector<int>{0, 1}));
+  route_token(m, s.data(), 6, nullptr, r);
+  EXPECT_EQ(r.candidates, (std::vector<int>{3, 4}));
   m.n_group = 1;
   const unsigned char allowed[] = {0, 1, 1, 0, 1, 1};
   route_token(m, s.data(), 6, nullptr, r, allowed);
@@ -143,7 +150,7 @@ TEST(Sampler, DrawsFollowTheDistributionAndSeedsRepeat) {
 }
 
 TEST(Sampler, DefaultsFromGenerationConfig) {
-  const auto dir = std::filesystem::temp_directory_path() / "crossmoe_genconfig_sampling";
+  const auto dir = testing_paths::temp_path("genconfig_sampling");
   std::filesystem::create_directories(dir);
   EXPECT_EQ(generation_defaults(dir).temperature, 0.0f);  // no file: greedy
   write_json_file(dir / "generation_config.json", {{"do_sample", true}, {"temperature", 0.7}, {"top_p", 0.8}});

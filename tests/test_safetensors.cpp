@@ -1,6 +1,8 @@
 // safetensors reading and writing, and the checkpoint directory on top of it.
 #include <gtest/gtest.h>
 
+#include "temp_dir.hpp"
+
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -16,7 +18,7 @@ namespace fs = std::filesystem;
 namespace {
 
 fs::path temp_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("crossmoe_st_" + name);
+  const fs::path d = testing_paths::temp_path("st_" + name);
   fs::remove_all(d);
   fs::create_directories(d);
   return d;

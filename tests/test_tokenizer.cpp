@@ -1,6 +1,8 @@
 // Tokenizers: crossmoe's own byte-level files, BPE training, streaming decode, bad input.
 #include <gtest/gtest.h>
 
+#include "temp_dir.hpp"
+
 #include <filesystem>
 #include <fstream>
 
@@ -88,7 +90,7 @@ TEST(Tokenizer, RejectsWhatItCannotRead) {
   j = BpeTrainer::tokenizer_json({}, {});
   j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}, {"behavior", "Isolated"}};
   EXPECT_THROW(Tokenizer{j}, Error);
-  const auto path = std::filesystem::temp_directory_path() / "crossmoe_bad_tokenizer.json";
+  const auto path = testing_paths::temp_path("bad_tokenizer.json");
   std::ofstream(path) << "{ not json";
   EXPECT_THROW(Tokenizer::load(path), Error);
   std::filesystem::remove(path);

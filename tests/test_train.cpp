@@ -50,6 +50,16 @@ std::vector<Layout> layouts() {
   g.moe.routed_scaling_factor = 2.5;
   g.tie_word_embeddings = true;
   out.push_back({"megrez2_grouped_topk_tied", g, {}});
+  ModelConfig f2 = small("megrez2");  // every other layer MoE from layer 2, grouped by layer index
+  f2.num_layers = 7;                  // ({2, 4} share layer 2's pool, 6 owns its own), and grouped
+  f2.layer_is_moe.assign(7, false);   // top-k without a correction bias
+  for (int l = 2; l < 7; l += 2) f2.layer_is_moe[l] = true;
+  f2.moe.group_start_layer = 2;
+  f2.moe.group_size = 4;
+  f2.moe.score_correction_bias = false;
+  f2.moe.n_group = 4;
+  f2.moe.topk_group = 2;
+  out.push_back({"megrez2_layer_freq2_grouped_no_bias", f2, {}});
   out.push_back({"rexmoe_r2_psr", small("rexmoe"), {1, 4}});
   ModelConfig r4 = small("rexmoe");
   r4.num_layers = 6;

@@ -1,6 +1,6 @@
 #pragma once
-// Players: random, MCTS (perfect-information games), a fixed policy (CFR solutions), and text
-// agents that answer the protocol's prompts (a human at the terminal, or a language model).
+// Players: random, MCTS (perfect-information games), a fixed policy (CFR solutions, the Leduc
+// Nash equilibrium), and text agents that answer the protocol's prompts (a language model).
 #include <functional>
 #include <memory>
 #include <random>
@@ -27,16 +27,30 @@ class RandomAgent : public Agent {
   std::string name() const override { return "random"; }
 };
 
-// UCT with random rollouts; takes an immediately winning move when there is one.
+// OpenSpiel's MCTSBot as MARS configures it (uct_c 2.0, 100 or 1000 simulations, a
+// RandomRolloutEvaluator of 10 rollouts, solve=False): each simulation descends by UCT (an
+// unvisited child first; a terminal child is worth its outcome), expands a node the second
+// time it is reached with its children in random order, evaluates the leaf by the mean return
+// of `rollouts` random playouts (or its outcome when terminal) and backs the value up to every
+// node for the player who moved into it. The move is the child with a winning outcome, else
+// the most visited, else the highest total.
+struct MctsOptions {
+  double uct_c = 2.0;
+  int simulations = 100;
+  int rollouts = 10;
+};
+// Throws Error naming the flag when an option is out of range (simulations >= 2, rollouts >= 1,
+// uct_c >= 0 and finite).
+void validate(const MctsOptions& options);
+
 class MctsAgent : public Agent {
  public:
-  explicit MctsAgent(int simulations = 1000, double uct_c = 2.0) : simulations_(simulations), uct_c_(uct_c) {}
+  explicit MctsAgent(MctsOptions options = {});
   int act(const Game&, const State& state, Rng& rng) override;
   std::string name() const override { return "mcts"; }
 
  private:
-  int simulations_;
-  double uct_c_;
+  MctsOptions options_;
 };
 
 class PolicyAgent : public Agent {
@@ -50,7 +64,7 @@ class PolicyAgent : public Agent {
   std::string name_;
 };
 
-// Asks `respond` with the protocol prompt and parses its answer.
+// Asks `respond` with the protocol prompt and parses its answer (protocol.hpp).
 class TextAgent : public Agent {
  public:
   TextAgent(std::function<std::string(const std::string& prompt)> respond, std::string name)

@@ -7,12 +7,13 @@
 
 namespace crossmoe::games {
 
-EpisodeResult play_episode(const Game& game, const std::vector<Agent*>& agents, Rng& rng, const RewardShaping& shaping) {
+EpisodeResult play_episode(const Game& game, const std::vector<Agent*>& agents, Rng& rng, const MarsRewards& rewards) {
   auto state = game.initial_state();
   const int n = state->num_players();
   require(int(agents.size()) == n, "this game needs " + std::to_string(n) + " players");
   EpisodeResult r;
   r.valid_turns.assign(size_t(n), 0);
+  r.mars_reward.assign(size_t(n), 0.0);
   while (!state->is_terminal()) {
     if (state->is_chance()) {
       const auto outcomes = state->chance_outcomes();
@@ -26,27 +27,19 @@ EpisodeResult play_episode(const Game& game, const std::vector<Agent*>& agents, 
     const auto legal = state->legal_actions();
     if (std::find(legal.begin(), legal.end(), action) == legal.end()) {
       r.invalid_player = player;
-      break;
+      const Forfeit f = forfeit(game, *state, player, rewards);
+      r.returns = f.returns;
+      for (int p = 0; p < n; ++p) r.mars_reward[size_t(p)] += f.rewards[size_t(p)];
+      r.final_state = std::move(state);
+      return r;
     }
     ++r.valid_turns[size_t(player)];
     state->apply(action);
-  }
-  r.shaped.assign(size_t(n), 0.0);
-  if (r.invalid_player >= 0) {
-    // The invalid player loses; in a cooperative game everyone does.
-    r.returns.assign(size_t(n), game.info().cooperative ? shaping.loss : shaping.win);
-    r.returns[size_t(r.invalid_player)] = shaping.loss;
-    for (int p = 0; p < n; ++p)
-      r.shaped[size_t(p)] = p == r.invalid_player ? shaping.invalid
-                                                  : r.returns[size_t(p)] + shaping.valid_turn * r.valid_turns[size_t(p)];
-    return r;
+    const auto step = step_rewards(game, *state, rewards);
+    for (int p = 0; p < n; ++p) r.mars_reward[size_t(p)] += step[size_t(p)];
   }
   r.returns = state->returns();
-  for (int p = 0; p < n; ++p) {
-    const double g = r.returns[size_t(p)];
-    const double outcome = game.info().cooperative ? g : g > 0 ? shaping.win : g < 0 ? shaping.loss : shaping.draw;
-    r.shaped[size_t(p)] = outcome + shaping.valid_turn * r.valid_turns[size_t(p)];
-  }
+  r.final_state = std::move(state);
   return r;
 }
 
@@ -59,7 +52,8 @@ Proportion wilson(int successes, int trials) {
   return {p, std::max(0.0, center - half), std::min(1.0, center + half)};
 }
 
-MatchStats play_match(const Game& game, Agent& p0, Agent& p1, int games, uint64_t seed) {
+MatchStats play_match(const Game& game, Agent& p0, Agent& p1, int games, uint64_t seed,
+                      const std::function<void(const EpisodeResult&, const MatchStats&)>& after_game) {
   MatchStats m;
   Rng rng(seed);
   for (int g = 0; g < games; ++g) {
@@ -71,7 +65,8 @@ MatchStats play_match(const Game& game, Agent& p0, Agent& p1, int games, uint64_
     const double before = m.mean_return;
     m.mean_return += (v - m.mean_return) / m.games;
     m.sum_squared_deviation += (v - before) * (v - m.mean_return);
-    m.mean_shaped += (r.shaped[0] - m.mean_shaped) / m.games;
+    m.mean_mars_reward += (r.mars_reward[0] - m.mean_mars_reward) / m.games;
+    if (after_game) after_game(r, m);
   }
   return m;
 }

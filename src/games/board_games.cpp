@@ -52,7 +52,21 @@ class GridState : public State {
     if (winner_ < 0) return {0.0, 0.0};
     return winner_ == 0 ? std::vector<double>{1.0, -1.0} : std::vector<double>{-1.0, 1.0};
   }
-  std::string action_to_string(int action) const override { return std::to_string(action); }
+  double forfeit_stake(int) const override { return 1.0; }  // a forfeit turns the game into a loss
+  std::string action_to_string(int action) const override {  // OpenSpiel's: x(row,col) or x<col>
+    // Appended in place (every move records it): no temporaries shifted by a prefix.
+    std::string s(1, player_ == 0 ? 'x' : 'o');
+    const auto number = [&](int n) { n < 10 ? s += char('0' + n) : s += std::to_string(n); };
+    if (gravity_) {
+      number(action);
+      return s;
+    }
+    s += '(';
+    number(action / cols_);
+    s += ',';
+    number(action % cols_);
+    return s += ')';
+  }
   std::string observation(int player) const override {
     std::string s = "You play " + std::string(player == 0 ? "x" : "o") + ". Board:\n";
     for (int r = 0; r < rows_; ++r) {
@@ -62,6 +76,11 @@ class GridState : public State {
     return s;
   }
   std::string information_state(int) const override { return cells_; }
+  std::string to_string() const override {
+    std::string s;
+    for (int r = 0; r < rows_; ++r) s += cells_.substr(size_t(r * cols_), size_t(cols_)) + "\n";
+    return s;
+  }
 
  protected:
   bool full() const { return moves_ == rows_ * cols_; }
@@ -88,33 +107,50 @@ class GridState : public State {
 class TicTacToeState : public GridState {
  public:
   TicTacToeState() : GridState(3, 3, 3, false) {}
-  std::unique_ptr<State> clone() const override { return std::make_unique<TicTacToeState>(*this); }
+  std::unique_ptr<State> clone() const override {
+    auto copy = std::make_unique<TicTacToeState>();
+    static_cast<GridState&>(*copy) = *this;  // assigning keeps the room reserved for the game's history
+    return copy;
+  }
 };
 
 class ConnectFourState : public GridState {
  public:
   ConnectFourState() : GridState(6, 7, 4, true) {}
-  std::unique_ptr<State> clone() const override { return std::make_unique<ConnectFourState>(*this); }
+  std::unique_ptr<State> clone() const override {
+    auto copy = std::make_unique<ConnectFourState>();
+    static_cast<GridState&>(*copy) = *this;  // assigning keeps the room reserved for the game's history
+    return copy;
+  }
 };
 
 }  // namespace
 
 std::unique_ptr<Game> make_tic_tac_toe() {
-  return make_simple_game<TicTacToeState>(
-      {"tic_tac_toe",
-       "Tic-Tac-Toe on a 3x3 board. Players alternate placing their mark (x moves first) in an empty cell. Cells "
-       "are numbered 0 to 8, left to right and top to bottom. Three of your marks in a row, column or diagonal "
-       "win; a full board without a line is a draw. An action is the number of an empty cell.",
-       true, false, 2});
+  GameInfo info;
+  info.name = info.family = "tic_tac_toe";
+  info.rules =
+      "Tic-Tac-Toe on a 3x3 board. Players alternate placing their mark (X moves first, then O) in an empty cell. "
+      "Three of your marks in a row, column or diagonal win; a full board without a line is a draw. A move is "
+      "written <X(row,column)> (O for the second player), rows and columns numbered 0 to 2 from the top left.";
+  info.num_distinct_actions = 9;
+  info.min_utility = -1, info.max_utility = 1;
+  info.zero_terminal_reward_is_draw = true;
+  return make_simple_game<TicTacToeState>(info);
 }
 
 std::unique_ptr<Game> make_connect_four() {
-  return make_simple_game<ConnectFourState>(
-      {"connect_four",
-       "Connect Four on a board of 6 rows and 7 columns. Players alternate dropping a piece (x moves first) into a "
-       "column numbered 0 to 6; it falls to the lowest empty row. Four of your pieces in a row, column or diagonal "
-       "win; a full board is a draw. An action is the number of a column that is not full.",
-       true, false, 2});
+  GameInfo info;
+  info.name = info.family = "connect_four";
+  info.rules =
+      "Connect Four on a board of 6 rows and 7 columns. Players alternate dropping a piece (X moves first, then O) "
+      "into a column numbered 0 to 6 from the left; it falls to the lowest empty row. Four of your pieces in a "
+      "row, column or diagonal win; a full board is a draw. A move is written <X(column)> (O for the second "
+      "player) and needs a column that is not full.";
+  info.num_distinct_actions = 7;
+  info.min_utility = -1, info.max_utility = 1;
+  info.zero_terminal_reward_is_draw = true;
+  return make_simple_game<ConnectFourState>(info);
 }
 
 }  // namespace crossmoe::games

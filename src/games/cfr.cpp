@@ -1,8 +1,13 @@
 #include "games/cfr.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <numeric>
+#include <sstream>
 
 #include "util/error.hpp"
 
@@ -186,6 +191,119 @@ double best_response_value(const Game& game, const Policy& policy, int player) {
 
 double exploitability(const Game& game, const Policy& policy) {
   return (best_response_value(game, policy, 0) + best_response_value(game, policy, 1)) / 2.0;
+}
+
+}  // namespace crossmoe::games
+
+namespace crossmoe::games {
+
+namespace {
+
+// Every decision state's information-state key and legal actions, walking at most `limit`
+// histories: false when the tree is larger.
+bool collect_information_states(const Game& game, size_t limit, std::map<std::string, std::vector<int>>* out) {
+  size_t visited = 0;
+  std::function<bool(const State&)> walk = [&](const State& s) {
+    if (++visited > limit) return false;
+    if (s.is_terminal()) return true;
+    if (!s.is_chance() && out) (*out)[s.information_state(s.current_player())] = s.legal_actions();
+    for (int a : s.legal_actions()) {
+      auto child = s.clone();
+      child->apply(a);
+      if (!walk(*child)) return false;
+    }
+    return true;
+  };
+  return walk(*game.initial_state());
+}
+
+constexpr size_t kCfrHistoryLimit = 1'000'000;
+
+}  // namespace
+
+void require_cfr_solvable(const Game& game) {
+  const GameInfo& info = game.info();
+  const std::string why = "CFR solves two-player zero-sum games of imperfect information with small trees "
+                          "(kuhn_poker, leduc_poker); ";
+  require(info.num_players == 2 && !info.cooperative, why + info.name + " is " +
+                                                          (info.cooperative ? "cooperative" : "not two-player"));
+  require(!info.perfect_information, why + info.name + " is a perfect-information game: use mcts");
+  require(collect_information_states(game, kCfrHistoryLimit, nullptr),
+          why + info.name + " has more than " + std::to_string(kCfrHistoryLimit) + " histories");
+}
+
+void write_policy_file(const std::string& path, const Game& game, const Policy& policy) {
+  // One information state per line, so that files diff well.
+  std::string text = "{\"game\": " + nlohmann::json(game.info().name).dump() + ", \"policy\": {\n";
+  size_t i = 0;
+  for (const auto& [key, moves] : policy)
+    text += nlohmann::json(key).dump() + ": " + nlohmann::json(moves).dump() + (++i < policy.size() ? ",\n" : "\n");
+  text += "}}\n";
+  std::ofstream out(path);
+  require(out.good(), "cannot write " + path);
+  out << text;
+  require(out.good(), "failed writing " + path);
+}
+
+Policy parse_policy(const std::string& text, const Game& game, const std::string& source) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception&) {
+    throw Error(source + ": not valid JSON");
+  }
+  const std::string name = game.info().name;
+  require(j.is_object() && j.contains("policy") && j["policy"].is_object(),
+          source + ": expected {\"game\": ..., \"policy\": {information state: [[action, probability], ...]}}");
+  require(j.contains("game") && j["game"].is_string() && j["game"].get<std::string>() == name,
+          source + " holds a policy for '" + (j.contains("game") ? j["game"].dump() : std::string("?")) + "', not " + name);
+  require_cfr_solvable(game);
+  std::map<std::string, std::vector<int>> states;
+  collect_information_states(game, kCfrHistoryLimit, &states);
+  Policy policy;
+  for (const auto& [key, moves] : j["policy"].items()) {
+    const std::string where = source + ": information state '" + key + "'";
+    auto it = states.find(key);
+    require(it != states.end(), where + " is not one of " + name + "'s");
+    require(moves.is_array() && !moves.empty(), where + ": expected a non-empty list of [action, probability]");
+    std::vector<std::pair<int, double>> entry;
+    double total = 0;
+    for (const auto& m : moves) {
+      require(m.is_array() && m.size() == 2 && m[0].is_number_integer() && m[1].is_number(),
+              where + ": expected [action, probability] pairs");
+      const double p = m[1].get<double>();
+      require(std::isfinite(p) && p >= 0, where + ": probabilities must be finite and >= 0, got " + m[1].dump());
+      entry.push_back({m[0].get<int>(), p});
+      total += p;
+    }
+    std::vector<int> actions;
+    for (const auto& [a, p] : entry) actions.push_back(a);
+    std::sort(actions.begin(), actions.end());
+    require(actions == it->second, where + ": the moves must be exactly the legal actions there");
+    require(std::abs(total - 1.0) <= 1e-4, where + ": probabilities sum to " + std::to_string(total) + ", not 1");
+    for (auto& [a, p] : entry) p /= total;
+    policy[key] = entry;
+  }
+  return policy;
+}
+
+Policy read_policy_file(const std::string& path, const Game& game) {
+  std::error_code ec;
+  require(std::filesystem::is_regular_file(path, ec), "policy file " + path + " does not exist or is not a regular file");
+  std::ifstream in(path);
+  require(in.good(), "cannot open " + path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return parse_policy(text.str(), game, path);
+}
+
+extern const char kLeducPokerNashPolicy[];  // generated from data/games/leduc_poker_nash.json
+
+Policy nash_policy(const Game& game) {
+  require(game.info().name == "leduc_poker", "a Nash policy ships for leduc_poker only; for " + game.info().name +
+                                                 (game.info().perfect_information ? " use mcts" : " use cfr"));
+  static const Policy leduc = parse_policy(kLeducPokerNashPolicy, game, "the built-in Leduc Nash policy");
+  return leduc;
 }
 
 }  // namespace crossmoe::games

@@ -48,4 +48,21 @@ double best_response_value(const Game& game, const Policy& policy, int player);
 // Two-player zero-sum: (best response value of player 0 + of player 1) / 2; zero at a Nash equilibrium.
 double exploitability(const Game& game, const Policy& policy);
 
+// CFR walks the whole game tree every iteration: it is for two-player zero-sum games of
+// imperfect information with small trees (kuhn_poker, leduc_poker). Throws Error saying why
+// not (and what to use instead) for any other game, before any work.
+void require_cfr_solvable(const Game& game);
+
+// Policy files: {"game": NAME, "policy": {INFORMATION STATE: [[action, probability], ...]}}.
+void write_policy_file(const std::string& path, const Game& game, const Policy& policy);
+// Reads and checks a policy for `game` (`source` names it in errors): every information state
+// is one of the game's, its moves are exactly the legal actions there, each probability is
+// finite and >= 0 and they sum to 1 (within 1e-4; then normalised).
+Policy parse_policy(const std::string& text, const Game& game, const std::string& source);
+Policy read_policy_file(const std::string& path, const Game& game);
+
+// The Nash equilibrium that ships with crossmoe for leduc_poker (MARS's Leduc opponent):
+// data/games/leduc_poker_nash.json, made by our CFR+ (docs/games.md says how), compiled in.
+Policy nash_policy(const Game& game);
+
 }  // namespace crossmoe::games

@@ -8,7 +8,23 @@
 
 namespace crossmoe::games {
 
+std::vector<double> State::rewards() const {
+  return is_terminal() ? returns() : std::vector<double>(size_t(num_players()), 0.0);
+}
+
 namespace {
+
+using Factory = std::function<std::unique_ptr<Game>(const GameParameters&)>;
+
+// The two-player games take OpenSpiel's `players` parameter only at its value 2, as MARS plays
+// them ("kuhn_poker(players=2)" is the game of OpenSpiel's kuhn_poker_2p playthrough).
+template <std::unique_ptr<Game> (*make)()>
+std::unique_ptr<Game> two_player(const GameParameters& params) {
+  for (const auto& [key, value] : params)
+    require(key == "players" && value == 2, key == "players" ? "only players=2 is supported"
+                                                             : "unknown parameter '" + key + "' (players=2)");
+  return make();
+}
 
 template <std::unique_ptr<Game> (*make)()>
 std::unique_ptr<Game> without_parameters(const GameParameters& params) {
@@ -16,29 +32,44 @@ std::unique_ptr<Game> without_parameters(const GameParameters& params) {
   return make();
 }
 
-// Hanabi with preset parameters that the game string may still override. MARS trains on "Mini
-// Hanabi" and holds out "Simple Hanabi"; its exact parameters could not be checked here, so these
-// are the Hanabi Learning Environment's two small presets: Hanabi-Very-Small (one colour) and
-// Hanabi-Small (two colours), both five ranks, hands of 2, 3 information tokens, 1 life.
-std::function<std::unique_ptr<Game>(const GameParameters&)> hanabi_preset(GameParameters preset) {
-  return [preset](const GameParameters& params) {
+// Hanabi under a preset name: MARS's parameters, which the game string may override.
+Factory hanabi_preset(const std::string& name, GameParameters preset) {
+  return [name, preset](const GameParameters& params) {
     GameParameters merged = preset;
     for (const auto& [key, value] : params) merged[key] = value;
-    return make_hanabi(merged);
+    return make_hanabi(merged, name);
   };
 }
 
-const std::map<std::string, std::function<std::unique_ptr<Game>(const GameParameters&)>>& registry() {
-  static const std::map<std::string, std::function<std::unique_ptr<Game>(const GameParameters&)>> games = {
+const std::map<std::string, Factory>& registry() {
+  // MARS's Hanabi settings (roll/agentic/env/hanabi/config.py and the evaluation tags
+  // MiniHanabi, SimpleHanabi and FullHanabi of examples/hanabi/agentic_val_hanabi_selfplay.yaml):
+  // two players; mini trains, simple is held out, full is an extra evaluation.
+  static const std::map<std::string, Factory> games = {
       {"tic_tac_toe", without_parameters<make_tic_tac_toe>},
       {"connect_four", without_parameters<make_connect_four>},
-      {"kuhn_poker", without_parameters<make_kuhn_poker>},
-      {"leduc_poker", without_parameters<make_leduc_poker>},
-      {"hanabi", make_hanabi},
-      {"mini_hanabi",
-       hanabi_preset({{"colors", 1}, {"ranks", 5}, {"hand_size", 2}, {"max_information_tokens", 3}, {"max_life_tokens", 1}})},
-      {"simple_hanabi",
-       hanabi_preset({{"colors", 2}, {"ranks", 5}, {"hand_size", 2}, {"max_information_tokens", 3}, {"max_life_tokens", 1}})}};
+      {"kuhn_poker", two_player<make_kuhn_poker>},
+      {"leduc_poker", two_player<make_leduc_poker>},
+      {"hanabi", [](const GameParameters& params) { return make_hanabi(params, "hanabi"); }},
+      {"mini_hanabi", hanabi_preset("mini_hanabi", {{"players", 2},
+                                                    {"colors", 2},
+                                                    {"ranks", 2},
+                                                    {"hand_size", 3},
+                                                    {"max_information_tokens", 3},
+                                                    {"max_life_tokens", 3}})},
+      {"simple_hanabi", hanabi_preset("simple_hanabi", {{"players", 2},
+                                                        {"colors", 3},
+                                                        {"ranks", 2},
+                                                        {"hand_size", 5},
+                                                        {"max_information_tokens", 8},
+                                                        {"max_life_tokens", 3}})},
+      {"full_hanabi", hanabi_preset("full_hanabi", {{"players", 2},
+                                                    {"colors", 3},
+                                                    {"ranks", 3},
+                                                    {"hand_size", 5},
+                                                    {"max_information_tokens", 8},
+                                                    {"max_life_tokens", 3}})},
+      {"tiny_hanabi", without_parameters<make_tiny_hanabi>}};
   return games;
 }
 

@@ -24,6 +24,8 @@ std::unique_ptr<Game> make_tic_tac_toe();
 std::unique_ptr<Game> make_connect_four();
 std::unique_ptr<Game> make_kuhn_poker();
 std::unique_ptr<Game> make_leduc_poker();
-std::unique_ptr<Game> make_hanabi(const GameParameters& params);
+// `name` is what the game is called (a preset's name or "hanabi").
+std::unique_ptr<Game> make_hanabi(const GameParameters& params, const std::string& name);
+std::unique_ptr<Game> make_tiny_hanabi();
 
 }  // namespace crossmoe::games

@@ -9,6 +9,7 @@
 // runs out. Every player's return is the score: the sum of the fireworks.
 #include <algorithm>
 #include <array>
+#include <numeric>
 #include <sstream>
 
 #include "games/agents.hpp"
@@ -36,11 +37,13 @@ struct Knowledge {            // what a player knows of one card in their hand f
 
 class HanabiState : public State {
  public:
-  explicit HanabiState(const HanabiParams& p) : p_(p), hands_(size_t(p.players)), knowledge_(size_t(p.players)) {
+  explicit HanabiState(const HanabiParams& p)
+      : p_(p), hands_(size_t(p.players)), knowledge_(size_t(p.players)), turns_to_play_(p.players) {
     for (int c = 0; c < p.colors; ++c)
       for (int r = 0; r < p.ranks; ++r) {
         const int copies = r == 0 ? 3 : r == p.ranks - 1 ? 1 : 2;
-        for (int k = 0; k < copies; ++k) deck_.push_back({c, r});
+        deck_count_.push_back(copies);
+        deck_size_ += copies;
       }
     fireworks_.assign(size_t(p.colors), 0);
     info_ = p.max_information_tokens;
@@ -53,17 +56,21 @@ class HanabiState : public State {
     if (dealing() >= 0) return kChancePlayer;
     return player_;
   }
-  // Actions: [0, h) discard card i; [h, 2h) play card i; then reveal color c to player offset o
-  // (o = 1 .. players-1) at 2h + (o-1)*colors + c; then reveal rank r at
-  // 2h + (players-1)*colors + (o-1)*ranks + r.
+  // Moves, numbered as the Hanabi Learning Environment numbers them: [0, h) discard card i;
+  // [h, 2h) play card i; then reveal color c to the player at offset o (o = 1 .. players-1)
+  // at 2h + (o-1)*colors + c; then reveal rank r at 2h + (players-1)*colors + (o-1)*ranks + r.
+  // Chance outcomes are the card dealt: color * ranks + rank.
   std::vector<int> legal_actions() const override {
     std::vector<int> out;
     if (is_terminal()) return out;
     if (is_chance()) {
-      for (size_t i = 0; i < deck_.size(); ++i) out.push_back(int(i));
+      out.reserve(deck_count_.size());
+      for (size_t card = 0; card < deck_count_.size(); ++card)
+        if (deck_count_[card] > 0) out.push_back(int(card));
       return out;
     }
     const int h = p_.hand_size, n = int(hands_[size_t(player_)].size());
+    out.reserve(size_t(2 * h + (p_.players - 1) * (p_.colors + p_.ranks)));  // every move id: one allocation
     if (info_ < p_.max_information_tokens)
       for (int i = 0; i < n; ++i) out.push_back(i);
     for (int i = 0; i < n; ++i) out.push_back(h + i);
@@ -81,26 +88,31 @@ class HanabiState : public State {
           if (std::any_of(target.begin(), target.end(), [&](const Card& k) { return k.rank == r; }))
             out.push_back(2 * h + (p_.players - 1) * p_.colors + (o - 1) * p_.ranks + r);
       }
-    std::sort(out.begin(), out.end());
-    return out;
+    return out;  // ascending already: each group and each loop above goes up the numbering
   }
   std::vector<std::pair<int, double>> chance_outcomes() const override {
     std::vector<std::pair<int, double>> out;
-    for (size_t i = 0; i < deck_.size(); ++i) out.push_back({int(i), 1.0 / double(deck_.size())});
+    if (!is_chance()) return out;
+    out.reserve(deck_count_.size());
+    for (size_t card = 0; card < deck_count_.size(); ++card)  // the cards legal_actions() deals
+      if (deck_count_[card] > 0) out.push_back({int(card), double(deck_count_[card]) / double(deck_size_)});
     return out;
   }
   void apply(int action) override {
     const auto legal = legal_actions();
-    require(std::find(legal.begin(), legal.end(), action) != legal.end(), "illegal action " + std::to_string(action));
+    if (std::find(legal.begin(), legal.end(), action) == legal.end())  // the message is built only when needed
+      throw Error("illegal action " + std::to_string(action));
     if (is_chance()) {
       const int to = dealing();
-      hands_[size_t(to)].push_back(deck_[size_t(action)]);
+      hands_[size_t(to)].push_back({action / p_.ranks, action % p_.ranks});
       knowledge_[size_t(to)].push_back({});
-      deck_.erase(deck_.begin() + action);
+      --deck_count_[size_t(action)];
+      --deck_size_;
       history_.push_back("deal");
-      if (deck_.empty() && turns_left_ < 0) turns_left_ = p_.players;  // one more round each
       return;
     }
+    previous_score_ = score();
+    if (deck_size_ == 0) --turns_to_play_;  // after the last card is drawn, everyone plays once more
     history_.push_back("Player " + std::to_string(player_) + ": " + action_to_string(action));
     const int h = p_.hand_size;
     auto& hand = hands_[size_t(player_)];
@@ -119,7 +131,6 @@ class HanabiState : public State {
         --lives_;
         discards_.push_back(card);
       }
-      refill_ = player_;  // the player draws, if cards remain
     } else {
       --info_;
       const int color_actions = (p_.players - 1) * p_.colors;
@@ -140,34 +151,34 @@ class HanabiState : public State {
         }
       }
     }
-    if (turns_left_ > 0) --turns_left_;
     player_ = (player_ + 1) % p_.players;
   }
-  std::vector<double> returns() const override {
-    int score = 0;
-    if (lives_ > 0)
-      for (int f : fireworks_) score += f;
-    return std::vector<double>(size_t(p_.players), double(score));
+  // The score so far, shared by every player: OpenSpiel's returns at every state, and rewards
+  // as its change with each move (negative when the last life is lost).
+  std::vector<double> returns() const override { return std::vector<double>(size_t(p_.players), double(score())); }
+  std::vector<double> rewards() const override {
+    return std::vector<double>(size_t(p_.players), double(score() - previous_score_));
   }
-  std::string action_to_string(int action) const override {
-    if (is_chance()) return "deal";
+  double forfeit_stake(int) const override { return score(); }
+  std::string action_to_string(int action) const override {  // as the Hanabi Learning Environment writes moves
+    if (is_chance()) return "(Deal " + card_name({action / p_.ranks, action % p_.ranks}) + ")";
     const int h = p_.hand_size;
-    if (action < h) return "Discard " + std::to_string(action);
-    if (action < 2 * h) return "Play " + std::to_string(action - h);
+    if (action < h) return "(Discard " + std::to_string(action) + ")";
+    if (action < 2 * h) return "(Play " + std::to_string(action - h) + ")";
     const int color_actions = (p_.players - 1) * p_.colors;
     const int k = action - 2 * h;
     const bool by_color = k < color_actions;
     const int offset = 1 + (by_color ? k / p_.colors : (k - color_actions) / p_.ranks);
-    std::string target = p_.players == 2 ? "" : " player +" + std::to_string(offset);
-    if (by_color) return "Reveal" + target + " color " + std::string(1, kColors[k % p_.colors]);
-    return "Reveal" + target + " rank " + std::to_string((k - color_actions) % p_.ranks + 1);
+    const std::string target = "(Reveal player +" + std::to_string(offset);
+    if (by_color) return target + " color " + std::string(1, kColors[k % p_.colors]) + ")";
+    return target + " rank " + std::to_string((k - color_actions) % p_.ranks + 1) + ")";
   }
   std::string observation(int player) const override {
     std::ostringstream s;
     s << "Fireworks:";
     for (int c = 0; c < p_.colors; ++c) s << " " << kColors[c] << fireworks_[size_t(c)];
     s << "\nInformation tokens: " << info_ << " of " << p_.max_information_tokens << ". Lives: " << lives_
-      << " of " << p_.max_life_tokens << ". Cards in the deck: " << deck_.size() << ".\n";
+      << " of " << p_.max_life_tokens << ". Cards in the deck: " << deck_size_ << ".\n";
     s << "Discarded:";
     for (const Card& c : discards_) s << " " << card_name(c);
     s << (discards_.empty() ? " none" : "") << "\n";
@@ -186,6 +197,22 @@ class HanabiState : public State {
     std::string key = observation(player);
     for (const auto& h : history_) key += h + ";";
     return key;
+  }
+  std::string to_string() const override {
+    std::ostringstream s;
+    s << "Fireworks:";
+    for (int c = 0; c < p_.colors; ++c) s << " " << kColors[c] << fireworks_[size_t(c)];
+    s << "\nScore: " << score() << ". Information tokens: " << info_ << ". Lives: " << lives_
+      << ". Cards in the deck: " << deck_size_ << ".\n";
+    for (int p = 0; p < p_.players; ++p) {
+      s << "Player " << p << "'s hand:";
+      for (const Card& c : hands_[size_t(p)]) s << " " << card_name(c);
+      s << "\n";
+    }
+    s << "Discarded:";
+    for (const Card& c : discards_) s << " " << card_name(c);
+    s << (discards_.empty() ? " none" : "") << "\n";
+    return s.str();
   }
   std::unique_ptr<State> clone() const override { return std::make_unique<HanabiState>(*this); }
 
@@ -216,19 +243,19 @@ class HanabiState : public State {
   bool can_discard() const { return info_ < p_.max_information_tokens; }
 
  private:
-  // The player who receives the next card, or -1: hands are filled in player order at the
-  // start, and a player who played or discarded draws a replacement.
+  // The player who receives the next card, or -1: the first player, in seat order, whose hand
+  // is not full while cards remain (the Hanabi Learning Environment's rule).
   int dealing() const {
-    if (deck_.empty()) return -1;
-    if (refill_ >= 0) return int(hands_[size_t(refill_)].size()) < p_.hand_size ? refill_ : -1;
+    if (deck_size_ == 0) return -1;
     for (int q = 0; q < p_.players; ++q)
       if (int(hands_[size_t(q)].size()) < p_.hand_size) return q;
     return -1;
   }
-  bool over() const {
-    if (lives_ <= 0 || turns_left_ == 0) return true;
-    return std::all_of(fireworks_.begin(), fireworks_.end(), [&](int f) { return f == p_.ranks; });
+  int score() const {
+    if (lives_ <= 0) return 0;
+    return std::accumulate(fireworks_.begin(), fireworks_.end(), 0);
   }
+  bool over() const { return lives_ <= 0 || score() == p_.colors * p_.ranks || turns_to_play_ <= 0; }
   std::string card_name(const Card& c) const { return std::string(1, kColors[c.color]) + std::to_string(c.rank + 1); }
   std::string hint_text(const Knowledge& k) const {
     std::string s = k.color >= 0 ? std::string(1, kColors[k.color]) : "?";
@@ -241,31 +268,51 @@ class HanabiState : public State {
   }
 
   HanabiParams p_;
-  std::vector<Card> deck_, discards_;
+  std::vector<int> deck_count_;  // cards left of each kind, color * ranks + rank
+  int deck_size_ = 0;
+  std::vector<Card> discards_;
   std::vector<std::vector<Card>> hands_;
   std::vector<std::vector<Knowledge>> knowledge_;
   std::vector<int> fireworks_;
-  int info_ = 0, lives_ = 0, player_ = 0, refill_ = -1, turns_left_ = -1;
+  int info_ = 0, lives_ = 0, player_ = 0, turns_to_play_ = 0, previous_score_ = 0;
 };
 
 class HanabiGame : public Game {
  public:
-  explicit HanabiGame(HanabiParams p) : p_(p) {
-    require(p.players >= 2 && p.players <= 5, "hanabi: players must be 2 to 5");
-    require(p.colors >= 1 && p.colors <= 5 && p.ranks >= 1 && p.ranks <= 5, "hanabi: 1-5 colors and ranks");
-    require(p.hand_size >= 1 && p.max_information_tokens >= 1 && p.max_life_tokens >= 1,
-            "hanabi: hand_size, max_information_tokens and max_life_tokens must be positive");
-    info_ = {"hanabi",
-             "Hanabi, a cooperative card game. Cards have a color (" + std::string(kColors, size_t(p.colors)) +
-                 ") and a rank (1-" + std::to_string(p.ranks) +
-                 "). You see your partners' cards but not your own. Together you build one firework per color "
-                 "by playing its ranks in order from 1. On your turn: Play a card from your hand (a wrong play "
-                 "costs a life), Discard one (only when information tokens are below the maximum; it regains a "
-                 "token), or spend a token to Reveal to a partner all their cards of one color or one rank. "
-                 "Completing a firework regains a token. The game ends when lives run out (score 0), all "
-                 "fireworks are complete, or one round after the deck is empty. The score, shared by all "
-                 "players, is the sum of the fireworks. Cards in your hand are numbered from 0.",
-             false, true, p.players};
+  HanabiGame(HanabiParams p, const std::string& name) : p_(p) {
+    require(p.players >= 2 && p.players <= 5, "players must be 2 to 5");
+    require(p.colors >= 1 && p.colors <= 5 && p.ranks >= 1 && p.ranks <= 5, "colors and ranks must be 1 to 5");
+    require(p.hand_size >= 1 && p.hand_size <= 10, "hand_size must be 1 to 10");
+    require(p.max_information_tokens >= 1 && p.max_information_tokens <= 100 && p.max_life_tokens >= 1 &&
+                p.max_life_tokens <= 100,
+            "max_information_tokens and max_life_tokens must be 1 to 100");
+    info_.name = name;
+    info_.family = "hanabi";
+    info_.rules =
+        "Hanabi, a cooperative card game. Cards have a color (" + std::string(kColors, size_t(p.colors)) +
+        ") and a rank (1-" + std::to_string(p.ranks) +
+        "). You see your partners' cards but not your own. Together you build one firework per color "
+        "by playing its ranks in order from 1. On your turn: play a card from your hand (<Play card i>; a "
+        "wrong play costs a life), discard one (<Discard card i>, only when information tokens are below the "
+        "maximum; it regains a token), or spend a token to reveal to the player k seats on all their cards of "
+        "one color or one rank (<Reveal player +k color C>, <Reveal player +k rank R>). "
+        "Completing a firework regains a token. The game ends when lives run out (score 0), all "
+        "fireworks are complete, or one round after the deck is empty. The score, shared by all "
+        "players, is the sum of the fireworks. Cards in your hand are numbered from 0.";
+    info_.perfect_information = false;
+    info_.cooperative = true;
+    info_.num_players = p.players;
+    info_.num_distinct_actions = 2 * p.hand_size + (p.players - 1) * (p.colors + p.ranks);
+    info_.max_chance_outcomes = p.colors * p.ranks;
+    info_.min_utility = 0;
+    info_.max_utility = p.colors * p.ranks;
+    info_.parameters = {{"players", p.players},
+                        {"colors", p.colors},
+                        {"ranks", p.ranks},
+                        {"hand_size", p.hand_size},
+                        {"max_information_tokens", p.max_information_tokens},
+                        {"max_life_tokens", p.max_life_tokens}};
+    info_.zero_terminal_reward_is_draw = true;
   }
   const GameInfo& info() const override { return info_; }
   std::unique_ptr<State> initial_state() const override { return std::make_unique<HanabiState>(p_); }
@@ -295,7 +342,7 @@ class HanabiRuleAgent : public Agent {
 
 std::unique_ptr<Agent> make_hanabi_partner() { return std::make_unique<HanabiRuleAgent>(); }
 
-std::unique_ptr<Game> make_hanabi(const GameParameters& params) {
+std::unique_ptr<Game> make_hanabi(const GameParameters& params, const std::string& name) {
   HanabiParams p;
   const std::map<std::string, int*> fields = {{"players", &p.players},
                                               {"colors", &p.colors},
@@ -309,7 +356,9 @@ std::unique_ptr<Game> make_hanabi(const GameParameters& params) {
                                     "' (players, colors, ranks, hand_size, max_information_tokens, max_life_tokens)");
     *it->second = value;
   }
-  return std::make_unique<HanabiGame>(p);
+  // The Hanabi Learning Environment deals 4 cards to each of 4 or 5 players unless told.
+  if (!params.count("hand_size")) p.hand_size = p.players < 4 ? 5 : 4;
+  return std::make_unique<HanabiGame>(p, name);
 }
 
 }  // namespace crossmoe::games

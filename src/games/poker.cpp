@@ -65,7 +65,7 @@ class KuhnState : public State {
     return !is_terminal() && (action == 0 || action == 1);
   }
   std::vector<std::pair<int, double>> chance_outcomes() const override {
-    if (!is_chance()) return uniform_deal(legal_actions());
+    if (!is_chance()) return {};  // as OpenSpiel: no outcomes where chance does not move
     std::vector<std::pair<int, double>> out;  // uniform_deal(legal_actions()) in one allocation
     out.reserve(3);
     for (int c = 0; c < 3; ++c)
@@ -84,6 +84,7 @@ class KuhnState : public State {
     history_.push_back(std::string("Player ") + char('0' + (actions_.size() - 1) % 2) + ": " + action_to_string(action));
   }
   std::vector<double> returns() const override {
+    if (!is_terminal()) return {0.0, 0.0};
     const std::string h = seq();
     if (h == "pbp") return {-1, 1};   // player 0 folds to a bet
     if (h == "bp") return {1, -1};    // player 1 folds
@@ -91,8 +92,14 @@ class KuhnState : public State {
     const double sign = cards_[0] > cards_[1] ? 1.0 : -1.0;
     return {sign * pot_share, -sign * pot_share};
   }
+  double forfeit_stake(int player) const override {  // the ante and any bet
+    double chips = 1;
+    for (size_t i = 0; i < actions_.size(); ++i)
+      if (int(i % 2) == player) chips += actions_[i];
+    return chips;
+  }
   std::string action_to_string(int action) const override {
-    if (is_chance()) return std::string(1, kRanks[action]);
+    if (is_chance()) return "Deal:" + std::to_string(action);
     return action == 0 ? "Pass" : "Bet";
   }
   std::string observation(int player) const override {
@@ -104,6 +111,13 @@ class KuhnState : public State {
   }
   std::string information_state(int player) const override {
     return std::string(1, kRanks[cards_[size_t(player)]]) + ":" + seq();
+  }
+  std::string to_string() const override {
+    std::string s = "Cards:";
+    for (size_t p = 0; p < cards_.size(); ++p) s += " player " + std::to_string(p) + " " + kRanks[cards_[p]];
+    s += "\nBets:";
+    for (int a : actions_) s += a == 0 ? " Pass" : " Bet";
+    return s + "\n";
   }
   std::unique_ptr<State> clone() const override { return std::make_unique<KuhnState>(*this); }
 
@@ -153,7 +167,10 @@ class LeducState : public State {
     if (action == Fold) return contrib_[player_] < contrib_[1 - player_];
     return action == Call || (action == Raise && raises_ < 2);
   }
-  std::vector<std::pair<int, double>> chance_outcomes() const override { return uniform_deal(legal_actions()); }
+  std::vector<std::pair<int, double>> chance_outcomes() const override {
+    if (!is_chance()) return {};  // as OpenSpiel: no outcomes where chance does not move
+    return uniform_deal(legal_actions());
+  }
   void apply(int action) override {
     check_legal(*this, action);
     if (is_chance()) {
@@ -187,6 +204,7 @@ class LeducState : public State {
     player_ = 1 - player_;
   }
   std::vector<double> returns() const override {
+    if (!is_terminal()) return {0.0, 0.0};
     if (folded_ >= 0) {
       const double lost = contrib_[folded_];
       return folded_ == 0 ? std::vector<double>{-lost, lost} : std::vector<double>{lost, -lost};
@@ -200,8 +218,9 @@ class LeducState : public State {
     if (a == b) return {0.0, 0.0};
     return a > b ? std::vector<double>{pot, -pot} : std::vector<double>{-pot, pot};
   }
+  double forfeit_stake(int player) const override { return contrib_[player]; }
   std::string action_to_string(int action) const override {
-    if (is_chance()) return card(action);
+    if (is_chance()) return "Chance outcome:" + std::to_string(action);
     return action == Fold ? "Fold" : action == Call ? "Call" : "Raise";
   }
   std::string observation(int player) const override {
@@ -213,6 +232,14 @@ class LeducState : public State {
   }
   std::string information_state(int player) const override {
     return card(private_[size_t(player)]) + (public_ >= 0 ? card(public_) : "") + ":" + past_rounds_ + round_actions_;
+  }
+  std::string to_string() const override {
+    std::string s = "Cards:";
+    for (size_t p = 0; p < private_.size(); ++p) s += " player " + std::to_string(p) + " " + card(private_[p]);
+    if (public_ >= 0) s += ", public " + card(public_);
+    s += "\nChips in the pot: player 0 " + std::to_string(contrib_[0]) + ", player 1 " + std::to_string(contrib_[1]) +
+         "\nBetting: " + past_rounds_ + round_actions_ + (folded_ >= 0 ? " (player " + std::to_string(folded_) + " folded)" : "");
+    return s + "\n";
   }
   std::unique_ptr<State> clone() const override { return std::make_unique<LeducState>(*this); }
 
@@ -228,24 +255,36 @@ class LeducState : public State {
 }  // namespace
 
 std::unique_ptr<Game> make_kuhn_poker() {
-  return make_simple_game<KuhnState>(
-      {"kuhn_poker",
-       "Kuhn poker. The deck has three cards: J < Q < K. Each player antes 1 chip and is dealt one card the other "
-       "player cannot see. Player 0 acts first. Actions: Pass or Bet (1 chip). After Pass-Pass, Bet-Bet or "
-       "Pass-Bet-Bet the higher card wins the pot; a player who passes facing a bet folds and loses the pot.",
-       false, false, 2});
+  GameInfo info;
+  info.name = info.family = "kuhn_poker";
+  info.rules =
+      "Kuhn poker. The deck has three cards: J < Q < K. Each player antes 1 chip and is dealt one card the other "
+      "player cannot see. Player 0 acts first. Actions: <PASS> or <BET> (1 chip). After Pass-Pass, Bet-Bet or "
+      "Pass-Bet-Bet the higher card wins the pot; a player who passes facing a bet folds and loses the pot.";
+  info.perfect_information = false;
+  info.num_distinct_actions = 2;
+  info.max_chance_outcomes = 3;
+  info.min_utility = -2, info.max_utility = 2;
+  info.parameters = {{"players", 2}};
+  return make_simple_game<KuhnState>(info);
 }
 
 std::unique_ptr<Game> make_leduc_poker() {
-  return make_simple_game<LeducState>(
-      {"leduc_poker",
-       "Leduc hold'em. The deck has six cards: J, Q and K in two suits (s, h). Each player antes 1 chip and gets one "
-       "private card. There are two betting rounds; after the first a public card is dealt. Player 0 acts first in "
-       "each round. Actions: Fold (only when facing a raise), Call (match the opponent, or check when nothing is "
-       "owed) and Raise (2 chips in round one, 4 in round two; at most two raises per round). A round ends when a "
-       "raise is called or both players check. At showdown a private card that pairs the public card wins; "
-       "otherwise the higher rank wins; equal ranks split the pot.",
-       false, false, 2});
+  GameInfo info;
+  info.name = info.family = "leduc_poker";
+  info.rules =
+      "Leduc hold'em. The deck has six cards: J, Q and K in two suits (s, h). Each player antes 1 chip and gets one "
+      "private card. There are two betting rounds; after the first a public card is dealt. Player 0 acts first in "
+      "each round. Actions: <FOLD> (only when facing a raise), <CALL> (match the opponent, or check when nothing "
+      "is owed) and <RAISE> (2 chips in round one, 4 in round two; at most two raises per round). A round ends when a "
+      "raise is called or both players check. At showdown a private card that pairs the public card wins; "
+      "otherwise the higher rank wins; equal ranks split the pot.";
+  info.perfect_information = false;
+  info.num_distinct_actions = 3;
+  info.max_chance_outcomes = 6;
+  info.min_utility = -13, info.max_utility = 13;
+  info.parameters = {{"players", 2}};
+  return make_simple_game<LeducState>(info);
 }
 
 }  // namespace crossmoe::games

@@ -3,19 +3,97 @@
 #include <algorithm>
 #include <cctype>
 
+#include "util/error.hpp"
+
 namespace crossmoe::games {
 
 namespace {
-std::string lower_trim(std::string s) {
-  const auto first = s.find_first_not_of(" \t\r\n");
-  if (first == std::string::npos) return "";
-  s = s.substr(first, s.find_last_not_of(" \t\r\n") - first + 1);
+
+bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+
+std::string trim(const std::string& s) {
+  size_t a = 0, b = s.size();
+  while (a < b && is_space(s[a])) ++a;
+  while (b > a && is_space(s[b - 1])) --b;
+  return s.substr(a, b - a);
+}
+
+std::string lower(std::string s) {
   for (char& c : s) c = char(std::tolower(static_cast<unsigned char>(c)));
   return s;
 }
+
+void replace_all(std::string& s, const std::string& from, const std::string& to) {
+  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) s.replace(at, from.size(), to);
+}
+
+bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
 }  // namespace
 
-std::string turn_prompt(const GameInfo& info, const State& state) {
+std::vector<double> step_rewards(const Game& game, const State& state, const MarsRewards& r) {
+  std::vector<double> out = state.rewards();
+  if (state.is_terminal() && game.info().zero_terminal_reward_is_draw)
+    for (double& v : out)
+      if (v == 0.0) v = r.draw;
+  return out;
+}
+
+Forfeit forfeit(const Game& game, const State& state, int player, const MarsRewards& r) {
+  const int n = state.num_players();
+  require(player >= 0 && player < n, "forfeit: no player " + std::to_string(player));
+  const double stake = state.forfeit_stake(player);
+  Forfeit f;
+  f.rewards.assign(size_t(n), 0.0);
+  f.rewards[size_t(player)] = -stake - r.forfeit_extra;
+  if (game.info().cooperative) {
+    f.returns = state.returns();
+  } else {
+    f.returns.assign(size_t(n), stake);
+    f.returns[size_t(player)] = -stake;
+  }
+  return f;
+}
+
+double format_reward(bool answer_valid, const MarsRewards& r) {
+  return answer_valid ? std::max(r.format_penalty, 0.0) : std::min(r.format_penalty, 0.0);
+}
+
+double length_penalty(int response_tokens, const MarsRewards& r) {
+  double v = r.length_coef - double(response_tokens - r.length_min) / double(r.length_max - r.length_min);
+  if (v > 0) v *= r.length_upper;
+  if (v < 0) v *= r.length_lower;
+  return v;
+}
+
+bool overlong(int response_tokens, int tokens_left, const MarsRewards& r) {
+  return response_tokens >= r.overlong_response_tokens || tokens_left <= r.min_tokens_left;
+}
+
+std::string answer_text(const Game& game, const State& state, int action) {
+  const std::string& family = game.info().family;
+  const char mark = state.current_player() == 1 ? 'O' : 'X';
+  if (family == "tic_tac_toe")
+    return std::string("<") + mark + "(" + std::to_string(action / 3) + "," + std::to_string(action % 3) + ")>";
+  if (family == "connect_four") return std::string("<") + mark + "(" + std::to_string(action) + ")>";
+  if (family == "kuhn_poker") return action == 0 ? "<PASS>" : "<BET>";
+  if (family == "leduc_poker") return action == 0 ? "<FOLD>" : action == 1 ? "<CALL>" : "<RAISE>";
+  std::string s = state.action_to_string(action);
+  if (family == "hanabi") {  // "(Play 0)" -> "<Play card 0>"
+    std::replace(s.begin(), s.end(), '(', '<');
+    std::replace(s.begin(), s.end(), ')', '>');
+    replace_all(s, "Play", "Play card");
+    replace_all(s, "Discard", "Discard card");
+    return s;
+  }
+  return "<" + s + ">";
+}
+
+std::string turn_prompt(const Game& game, const State& state) {
+  const GameInfo& info = game.info();
   const int player = state.current_player();
   std::string p = "You are playing " + info.name + ".\n\nRules: " + info.rules + "\n\n";
   p += "You are Player " + std::to_string(player) + ".\n" + state.observation(player);
@@ -24,26 +102,60 @@ std::string turn_prompt(const GameInfo& info, const State& state) {
     if (h != "deal") history += "- " + h + "\n";
   p += history.empty() ? "No moves have been made yet.\n" : "Moves so far:\n" + history;
   p += "Legal actions:";
-  for (int a : state.legal_actions()) p += " " + state.action_to_string(a);
-  p += "\n\nThink, then answer with exactly one legal action, in this format:\n"
-       "<think>your reasoning</think><answer>ACTION</answer>";
+  const auto legal = state.legal_actions();
+  for (int a : legal) p += " " + answer_text(game, state, a);
+  p += "\n\nThink briefly, then give exactly one legal action, written as listed, in this format and "
+       "with nothing after it:\n<think>your reasoning</think><answer>" +
+       answer_text(game, state, legal.front()) + "</answer>";
   return p;
 }
 
-ParsedAnswer parse_answer(const std::string& text, const State& state) {
-  if (text.size() > kMaxAnswerBytes) return {-1, "answer longer than " + std::to_string(kMaxAnswerBytes) + " bytes"};
-  const size_t open = text.rfind("<answer>");
-  if (open == std::string::npos) return {-1, "no <answer> tag"};
-  const size_t close = text.find("</answer>", open);
-  if (close == std::string::npos) return {-1, "unclosed <answer> tag"};
-  const size_t think_open = text.find("<think>"), think_close = text.find("</think>");
-  if (think_open != std::string::npos && (think_close == std::string::npos || think_close > open))
-    return {-1, "<think> is not closed before <answer>"};
-  const std::string said = lower_trim(text.substr(open + 8, close - open - 8));
+ParsedAnswer parse_answer(const std::string& response, const Game& game, const State& state) {
+  if (response.size() > kMaxAnswerBytes) return {-1, "response longer than " + std::to_string(kMaxAnswerBytes) + " bytes"};
+  // MARS matches ^<think>(.*?)</think>\s*<answer>(.*?)</answer>$ (Python's $ also before a
+  // final newline).
+  std::string text = response;
+  if (ends_with(text, "\n")) text.pop_back();
+  if (!starts_with(text, "<think>")) return {-1, "the response does not start with <think>"};
+  if (!ends_with(text, "</answer>")) return {-1, "the response does not end with </answer>"};
+  const size_t end = text.size() - 9;
+  size_t answer_open = std::string::npos;
+  for (size_t close = text.find("</think>", 7); close != std::string::npos; close = text.find("</think>", close + 1)) {
+    size_t at = close + 8;
+    while (at < text.size() && is_space(text[at])) ++at;
+    if (starts_with(text.substr(at, 8), "<answer>") && at + 8 <= end) {
+      answer_open = at + 8;
+      break;
+    }
+  }
+  if (answer_open == std::string::npos) return {-1, "no </think> followed by <answer>"};
+  std::string content = text.substr(answer_open, end - answer_open);
+  for (const char* special : {"<think>", "</think>", "<answer>", "</answer>", "<|im_start|>", "<|im_end|>"}) {
+    replace_all(content, special, "");
+    content = trim(content);
+  }
+  // Only the first non-empty one of several actions joined by "||" counts.
+  std::string said;
+  for (size_t at = 0; at <= content.size() && said.empty();) {
+    size_t sep = content.find("||", at);
+    if (sep == std::string::npos) sep = content.size();
+    said = trim(content.substr(at, sep - at));
+    at = sep + 2;
+  }
   if (said.empty()) return {-1, "empty answer"};
   for (int a : state.legal_actions())
-    if (lower_trim(state.action_to_string(a)) == said) return {a, ""};
+    if (answer_text(game, state, a) == said) return {a, ""};
   return {-1, "'" + said + "' is not a legal action"};
+}
+
+ParsedAnswer parse_human_move(const std::string& line, const Game& game, const State& state) {
+  const std::string said = lower(trim(line));
+  if (said.empty()) return {-1, "empty move"};
+  for (int a : state.legal_actions())
+    if (said == lower(answer_text(game, state, a)) || said == lower(state.action_to_string(a)) ||
+        said == std::to_string(a))
+      return {a, ""};
+  return {-1, "'" + trim(line) + "' is not a legal move"};
 }
 
 }  // namespace crossmoe::games

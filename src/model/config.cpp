@@ -1,5 +1,7 @@
 #include "model/config.hpp"
 
+#include <algorithm>
+
 #include "util/error.hpp"
 
 namespace crossmoe {
@@ -87,16 +89,30 @@ void ModelConfig::finalize() {
       require(moe.group_size == 1, "config: a layer-local MoE has 'cross_layer_group_size' 1");
   }
 
-  // Groups: the o-th MoE layer (in layer order) belongs to group o / r.
+  // Groups by layer index: MoE layer l belongs to group (l - start) / r. In a shared pool the
+  // group's first layer, start + g*r, owns the experts (as Megrez2's published code loads them),
+  // so that layer must be an MoE layer.
   layers.assign(num_layers, LayerPlan{});
-  int ordinal = 0;
+  int start = moe.group_start_layer;
+  if (start < 0)
+    start = static_cast<int>(std::find(layer_is_moe.begin(), layer_is_moe.end(), true) - layer_is_moe.begin());
+  int group = -1, previous_key = -1;
   for (int l = 0; l < num_layers; ++l) {
     if (!layer_is_moe[l]) continue;
-    layers[l].is_moe = true;
-    layers[l].group = ordinal / moe.group_size;
-    layers[l].owns_experts =
-        moe.cross_layer != CrossLayer::SharedPool || ordinal % moe.group_size == 0;
-    ++ordinal;
+    require(l >= start, "config: MoE layer " + std::to_string(l) + " comes before layer " +
+                            std::to_string(start) + ", where the cross-layer groups start");
+    const int key = (l - start) / moe.group_size;
+    if (key != previous_key) ++group, previous_key = key;
+    const int leader = start + key * moe.group_size;
+    LayerPlan& plan = layers[l];
+    plan.is_moe = true;
+    plan.group = group;
+    plan.owns_experts = moe.cross_layer != CrossLayer::SharedPool || l == leader;
+    if (moe.cross_layer == CrossLayer::SharedPool)
+      require(layer_is_moe[leader], "config: layer " + std::to_string(leader) + " leads the expert-sharing group of layer " +
+                                        std::to_string(l) + " (layers " + std::to_string(leader) + ".." +
+                                        std::to_string(leader + moe.group_size - 1) +
+                                        ") and must own its experts, but it is not an MoE layer");
   }
   for (int l = 0; l < num_layers; ++l) {
     LayerPlan& plan = layers[l];

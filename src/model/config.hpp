@@ -49,6 +49,10 @@ struct MoeConfig {
   int topk_group = 1;
   CrossLayer cross_layer = CrossLayer::Local;
   int group_size = 1;                  // r
+  // Layer index where cross-layer group 0 starts: MoE layer l is in group (l - start) / r, by
+  // layer index, not by position among MoE layers (Megrez2: first_k_dense_replace). -1: the
+  // first MoE layer.
+  int group_start_layer = -1;
   bool pre_gated = false;              // router of layer l reads the FFN input of layer l-1
 };
 
@@ -60,7 +64,7 @@ struct ExpertRef {
 
 struct LayerPlan {
   bool is_moe = false;
-  int group = -1;                     // cross-layer group; -1 for dense layers
+  int group = -1;                     // cross-layer group, numbered 0, 1, ... in layer order; -1 for dense layers
   bool owns_experts = false;
   std::vector<ExpertRef> candidates;  // one per router output, in router order
 };

@@ -218,13 +218,67 @@ void read_deepseek_style_moe(const Keys& k, ModelConfig& c) {
   require(first_dense >= 0 && first_dense <= c.num_layers,
           "config.json: 'first_k_dense_replace' must be between 0 and 'num_hidden_layers'");
   for (int l = 0; l < c.num_layers; ++l) c.layer_is_moe[l] = l >= first_dense && l % freq == 0;
+  c.moe.group_start_layer = first_dense;
 }
 
+// RoPE as Megrez2's published inference code (vLLM's megrez_moe) reads it: rope_theta and
+// rope_scaling only; a top-level original_max_position_embeddings overrides the one in
+// rope_scaling; YaRN takes 'factor' as given (transformers would use the ratio of the two
+// lengths) and 'attn_factor' multiplies its default attention scale. Keys that code would read
+// differently from transformers, or not at all, are errors rather than silent differences.
+RopeConfig read_megrez_rope(const Keys& k) {
+  require(!(k.has("rope_parameters") && k.has("rope_scaling")),
+          "config.json: megrez_moe: give RoPE settings in 'rope_scaling' or 'rope_parameters', not both");
+  require(!k.has("rope_parameters"),
+          "config.json: megrez_moe: 'rope_parameters' is not read by Megrez2's code; use 'rope_theta' and 'rope_scaling'");
+  RopeConfig r;
+  r.theta = k.number("rope_theta", 10000.0);
+  if (!k.has("rope_scaling")) return r;
+  const json& scaling = k.raw().at("rope_scaling");
+  require(scaling.is_object(), "config.json: 'rope_scaling' must be an object");
+  const Keys s(scaling);
+  r.type = rope_type_from(s.string("rope_type", s.string("type", "default")));
+  require(r.type != RopeType::Dynamic,
+          "config.json: megrez_moe: 'dynamic' RoPE scaling is computed differently by Megrez2's code and is not supported");
+  r.factor = s.number("factor", 1.0);
+  r.original_max_position_embeddings = k.has("original_max_position_embeddings")
+                                           ? k.integer("original_max_position_embeddings")
+                                           : s.integer("original_max_position_embeddings", 0);
+  r.low_freq_factor = s.number("low_freq_factor", 1.0);
+  r.high_freq_factor = s.number("high_freq_factor", 4.0);
+  if (r.type != RopeType::Yarn) return r;
+  require(s.has("factor"), "config.json: megrez_moe: yarn 'rope_scaling' needs 'factor'");
+  require(r.original_max_position_embeddings > 0,
+          "config.json: megrez_moe: yarn needs 'original_max_position_embeddings' (in 'rope_scaling' or at the top level)");
+  require(!s.has("attention_factor"),
+          "config.json: megrez_moe: yarn 'attention_factor' is not read by Megrez2's code; use 'attn_factor'");
+  require(s.number("extrapolation_factor", 1.0) == 1.0,
+          "config.json: megrez_moe: yarn 'extrapolation_factor' other than 1 is not supported");
+  require(s.boolean("truncate", true), "config.json: megrez_moe: yarn 'truncate' false is not supported");
+  r.beta_fast = s.number("beta_fast", 32.0);
+  r.beta_slow = s.number("beta_slow", 1.0);
+  const double default_scale = r.factor <= 1 ? 1.0 : 0.1 * std::log(r.factor) + 1.0;
+  r.attention_factor = default_scale * s.number("attn_factor", 1.0);
+  return r;
+}
+
+// Megrez2 as its published inference code (vLLM's megrez_moe) reads config.json. Keys that code
+// requires are required here too: a default would surface later as a "missing tensor".
 ModelConfig read_megrez_moe(const Keys& k) {
+  for (const char* key : {"pre_gate", "experts_shared_frequency", "n_shared_experts"})
+    require(k.has(key), std::string("config.json: megrez_moe: missing key '") + key + "'");
+  if (k.integer("n_group", 1) > 1)
+    require(k.has("topk_group"), "config.json: megrez_moe: missing key 'topk_group' (required when 'n_group' > 1)");
   ModelConfig c = read_decoder(k, 10000.0);
+  c.rope = read_megrez_rope(k);
   read_deepseek_style_moe(k, c);
-  c.moe.group_size = k.integer("experts_shared_frequency", 1);
+  c.moe.group_size = k.integer("experts_shared_frequency");
+  require(c.moe.group_size > 0, "config.json: 'experts_shared_frequency' must be positive");
   c.moe.cross_layer = c.moe.group_size > 1 ? CrossLayer::SharedPool : CrossLayer::Local;
+  // The published code splits each layer's input from first_k_dense_replace on into (router
+  // input, hidden state), which only the layer before can provide.
+  require(!c.moe.pre_gated || k.integer("first_k_dense_replace", 0) > 0,
+          "config.json: megrez_moe: 'pre_gate' needs 'first_k_dense_replace' >= 1 (a layer before the first MoE layer)");
   return c;
 }
 
@@ -324,14 +378,21 @@ json to_crossmoe_json(const ModelConfig& c) {
   if (c.bos_token_id >= 0) j["bos_token_id"] = c.bos_token_id;
   if (!c.eos_token_ids.empty()) j["eos_token_id"] = c.eos_token_ids;
   j["torch_dtype"] = "bfloat16";
-  // MoE layers are expressed as first_k_dense_replace + moe_layer_freq; check that is exact.
-  int first_moe = c.num_layers;
-  for (int l = 0; l < c.num_layers; ++l)
-    if (c.layer_is_moe[l]) { first_moe = l; break; }
-  if (first_moe < c.num_layers) {
-    for (int l = 0; l < c.num_layers; ++l)
-      require(c.layer_is_moe[l] == (l >= first_moe),
-              "crossmoe config: MoE layers must be all layers from the first MoE layer on");
+  // MoE layers are expressed as first_k_dense_replace + moe_layer_freq (l >= first and
+  // l % freq == 0), with the cross-layer groups starting at first_k_dense_replace.
+  const auto first_moe = std::find(c.layer_is_moe.begin(), c.layer_is_moe.end(), true);
+  if (first_moe != c.layer_is_moe.end()) {
+    const int first = c.moe.group_start_layer >= 0 ? c.moe.group_start_layer
+                                                   : static_cast<int>(first_moe - c.layer_is_moe.begin());
+    const auto pattern_is = [&](int freq) {
+      for (int l = 0; l < c.num_layers; ++l)
+        if (c.layer_is_moe[l] != (l >= first && l % freq == 0)) return false;
+      return true;
+    };
+    int freq = 1;
+    while (freq <= c.num_layers && !pattern_is(freq)) ++freq;
+    require(freq <= c.num_layers, "crossmoe config: the MoE layers must be every moe_layer_freq-th layer from "
+                                  "first_k_dense_replace on");
     j["n_routed_experts"] = c.moe.num_experts;
     j["num_experts_per_tok"] = c.moe.top_k;
     j["moe_intermediate_size"] = c.moe.expert_intermediate_size;
@@ -345,8 +406,8 @@ json to_crossmoe_json(const ModelConfig& c) {
     j["norm_topk_prob"] = c.moe.norm_topk_prob;
     j["routed_scaling_factor"] = c.moe.routed_scaling_factor;
     j["pre_gate"] = c.moe.pre_gated;
-    j["first_k_dense_replace"] = first_moe;
-    j["moe_layer_freq"] = 1;
+    j["first_k_dense_replace"] = first;
+    j["moe_layer_freq"] = freq;
     j["cross_layer_mode"] = to_string(c.moe.cross_layer);
     j["cross_layer_group_size"] = c.moe.group_size;
   }

@@ -30,7 +30,10 @@ void route_token(const MoeConfig& moe, const float* logits, int n, const float* 
     std::vector<float> group_score(moe.n_group);
     for (int g = 0; g < moe.n_group; ++g) {
       std::vector<float> members(choice.begin() + g * per, choice.begin() + (g + 1) * per);
-      const int best = std::min(2, per);
+      // A group scores as the sum of its best two biased scores with a correction bias
+      // (DeepSeek-V3's noaux_tc), as its best expert without one (DeepSeek-V2's
+      // group_limited_greedy), as Megrez2's and DeepSeek's published code route.
+      const int best = bias ? std::min(2, per) : 1;
       std::partial_sort(members.begin(), members.begin() + best, members.end(), std::greater<>());
       group_score[g] = std::accumulate(members.begin(), members.begin() + best, 0.0f);
     }

@@ -87,6 +87,10 @@ ModelWeights bind_weights(const ModelConfig& c, const Checkpoint& ck) {
     L.router = b.matrix(n::router(c, l), static_cast<int64_t>(plan.candidates.size()), d);
     if (c.moe.score_correction_bias)
       L.router_bias = b.vector(n::router_bias(c, l), static_cast<int64_t>(plan.candidates.size()));
+    else  // A correction bias that routing would ignore means the config and the weights disagree.
+      require(!ck.find(n::router_bias(c, l)),
+              "tensor '" + n::router_bias(c, l) +
+                  "' is present but the router uses no correction bias (topk_method is not noaux_tc)");
     if (plan.owns_experts)
       for (int j = 0; j < c.moe.num_experts; ++j)
         L.experts.push_back(b.swiglu([&](Proj p) { return n::expert(c, l, j, p); }, c.moe.expert_intermediate_size));

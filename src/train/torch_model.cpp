@@ -223,7 +223,9 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
     if (masked) choice = choice.masked_fill(options.allowed[l].logical_not(), neg_inf);
     if (m.n_group > 1) {
       const torch::Tensor grouped = choice.view({N, m.n_group, C / m.n_group});
-      const torch::Tensor group_score = std::get<0>(grouped.topk(std::min<int64_t>(2, C / m.n_group), -1)).sum(-1);
+      // As the runtime's route_token: best two with a correction bias, best one without.
+      const int64_t best = m.score_correction_bias ? std::min<int64_t>(2, C / m.n_group) : 1;
+      const torch::Tensor group_score = std::get<0>(grouped.topk(best, -1)).sum(-1);
       const torch::Tensor keep = torch::zeros({N, m.n_group}, torch::TensorOptions().dtype(torch::kBool).device(device_))
                                      .scatter(1, std::get<1>(group_score.topk(m.topk_group, -1)), true);
       choice = grouped.masked_fill(keep.logical_not().unsqueeze(-1), neg_inf).view({N, C});
