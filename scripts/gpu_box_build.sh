@@ -3,6 +3,7 @@
 # (from its Python torch) and g++ but none of our Debian -dev packages and no network.
 #   here:    bash scripts/gpu_box_build.sh prepare .carry   # headers + static libs + token data
 #   there:   bash scripts/gpu_box_build.sh build .carry     # -> .carry/crossmoe
+#   check:   bash scripts/gpu_box_build.sh commands .carry  # the compile commands, one per line
 # (.carry is listed in .git/info/exclude and passed to the device tool's `carry`.)
 set -euo pipefail
 mode=$1; dir=$2
@@ -11,6 +12,8 @@ if [ "$mode" = prepare ]; then
   cp -r /usr/include/nlohmann /usr/include/CLI /usr/include/pcre2.h /usr/include/utf8proc.h "$dir/include/"
   cp /usr/lib/x86_64-linux-gnu/libpcre2-8.a /usr/lib/x86_64-linux-gnu/libutf8proc.a "$dir/lib/"
   data=${3:-build/demo/data}
+  # The commit for `crossmoe --version` (the GPU machine gets no .git).
+  echo "#define CROSSMOE_GIT_COMMIT \"$(git rev-parse --short=12 HEAD 2>/dev/null)\"" > "$dir/include/git_commit.h"
   cp "$data"/train.bin "$data"/val.bin "$dir/data/"
   tok=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['tokenizer'])" "$data/meta.json")
   cp "$tok" "$dir/data/tokenizer.json"
@@ -21,22 +24,33 @@ json.dump(meta, open(sys.argv[2] + "/meta.json", "w"), indent=1)
 PY
   exit 0
 fi
-TORCH=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
-ABI=$(python3 -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')
+# The torch install: from the Python torch, or TORCH_DIR / TORCH_ABI when set (to try the script
+# elsewhere, e.g. `bash scripts/gpu_box_build.sh commands DIR` prints the compile commands).
+TORCH=${TORCH_DIR:-$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')}
+ABI=${TORCH_ABI:-$(python3 -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')}
+flags=(-std=c++20 -O3 -DNDEBUG -fopenmp "-D_GLIBCXX_USE_CXX11_ABI=$ABI" -DCROSSMOE_HAVE_TORCH -Isrc "-I$dir/include"
+       "-I$TORCH/include" "-I$TORCH/include/torch/csrc/api/include")
+srcs=(src/*/*.cpp apps/crossmoe/*.cpp)
+object() { echo "$dir/obj/$(echo "$1" | tr / _).o"; }
+# One compile command per line, each word quoted for bash, so no flag list can break a line.
+compile_commands() {
+  local f isa
+  for f in "${srcs[@]}"; do
+    isa=()
+    case $f in
+      *avx2*) isa=(-mavx2 -mfma -mf16c) ;;
+      *avx512*) isa=(-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c) ;;
+    esac
+    printf '%q ' g++ "${flags[@]}" "${isa[@]}" -c "$f" -o "$(object "$f")"
+    printf '\n'
+  done
+}
+if [ "$mode" = commands ]; then compile_commands; exit 0; fi
+[ "$mode" = build ] || { echo "error: mode must be prepare, build or commands, got '$mode'" >&2; exit 2; }
 mkdir -p "$dir/obj"
-flags="-std=c++20 -O3 -DNDEBUG -fopenmp -D_GLIBCXX_USE_CXX11_ABI=$ABI -DCROSSMOE_HAVE_TORCH -Isrc -I$dir/include
-       -I$TORCH/include -I$TORCH/include/torch/csrc/api/include"
-srcs=$(ls src/*/*.cpp apps/crossmoe/*.cpp)
+compile_commands | xargs -d '\n' -P "$(nproc)" -I{} bash -c '{}'
 objs=()
-for f in $srcs; do objs+=("$dir/obj/$(echo "$f" | tr / _).o"); done
-for f in $srcs; do
-  isa=""
-  case $f in
-    *avx2*) isa="-mavx2 -mfma -mf16c" ;;
-    *avx512*) isa="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c" ;;
-  esac
-  echo "g++ $flags $isa -c $f -o $dir/obj/$(echo "$f" | tr / _).o"
-done | xargs -P "$(nproc)" -I{} sh -c "{}"
+for f in "${srcs[@]}"; do objs+=("$(object "$f")"); done
 g++ -fopenmp -o "$dir/crossmoe" "${objs[@]}" "$dir/lib/libpcre2-8.a" "$dir/lib/libutf8proc.a" \
   -L"$TORCH/lib" -Wl,-rpath,"$TORCH/lib" -Wl,--no-as-needed -ltorch -ltorch_cuda -ltorch_cpu -lc10_cuda -lc10
 echo "built $dir/crossmoe"

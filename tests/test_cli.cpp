@@ -302,7 +302,7 @@ TEST_F(Cli, BadArguments) {
   expect_one_line_error(run("generate " + (dir_ / "good").string() + " --ids 1,x,3"), "'x' is not a token id");
   expect_one_line_error(run("generate " + (dir_ / "good").string() + " --ids 1,99999"), "outside the vocabulary");
   expect_one_line_error(run("init " + (dir_ / "good").string()), "--force");
-  expect_one_line_error(run("init " + (dir_ / "x").string() + " --layout nope"), "unknown layout 'nope'");
+  expect_one_line_error(run("init " + (dir_ / "x").string() + " --layout nope"), "--layout: nope not in");
   EXPECT_NE(run("frobnicate").code, 0);
 }
 

@@ -1,10 +1,15 @@
 // Kernels of every ISA this CPU runs against a double-precision loop, per weight dtype.
 #include <gtest/gtest.h>
 
+#include <omp.h>
+
+#include <atomic>
 #include <cmath>
+#include <memory>
 #include <random>
 
 #include "kernels/kernels.hpp"
+#include "kernels/thread_pool.hpp"
 
 using namespace crossmoe;
 using namespace crossmoe::kernels;
@@ -115,6 +120,29 @@ TEST(Kernels, NormSoftmaxSiluRope) {
   EXPECT_FLOAT_EQ(v[0], 0);
   EXPECT_FLOAT_EQ(v[2], 1);
   EXPECT_FLOAT_EQ(v[3], 1);
+}
+
+// The worker pool runs every index exactly once, for any thread count, for more indices than one
+// job word holds, back to back (workers arriving late must not touch the next job), and nested.
+TEST(ThreadPool, RunsEveryIndexExactlyOnce) {
+  const int threads_before = omp_get_max_threads();
+  for (int threads : {1, 2, 3, 4}) {
+    omp_set_num_threads(threads);
+    for (int64_t count : {int64_t(0), int64_t(1), int64_t(2), int64_t(17), int64_t(1000), int64_t(1 << 20) + 5}) {
+      std::unique_ptr<std::atomic<int>[]> hits(new std::atomic<int>[size_t(count) + 1]());
+      parallel_for(count, [&](int64_t i) { hits[size_t(i)].fetch_add(1); });
+      int64_t wrong = 0;
+      for (int64_t i = 0; i < count; ++i) wrong += hits[size_t(i)].load() != 1;
+      EXPECT_EQ(wrong, 0) << threads << " threads, " << count << " indices";
+    }
+    std::atomic<int64_t> sum{0};
+    for (int job = 0; job < 2000; ++job) parallel_for(3, [&](int64_t i) { sum += i + 1; });
+    EXPECT_EQ(sum.load(), 2000 * 6);
+    std::atomic<int64_t> nested{0};
+    parallel_for(8, [&](int64_t) { parallel_for(8, [&](int64_t j) { nested += j; }); });
+    EXPECT_EQ(nested.load(), 8 * 28);
+  }
+  omp_set_num_threads(threads_before);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include "kernels/bandwidth.hpp"
 #include "kernels/kernels.hpp"
 #include "runtime/forward.hpp"
+#include "util/error.hpp"
 #include "util/progress.hpp"
 
 namespace crossmoe::cli {
@@ -31,6 +32,10 @@ Summary summarise(std::vector<double> v) {
 void run_bench(const BenchArgs& a) {
   const Model model(a.model);
   const ModelConfig& c = model.config();
+  require(int64_t(a.prompt_tokens) + a.gen_tokens < c.max_position_embeddings,
+          "--prompt-tokens " + std::to_string(a.prompt_tokens) + " + --gen-tokens " + std::to_string(a.gen_tokens) +
+              " do not fit the model's context of " + std::to_string(c.max_position_embeddings) +
+              " tokens (max_position_embeddings in config.json)");
   std::mt19937 rng(42);
   std::uniform_int_distribution<int> token(0, c.vocab_size - 1);
   std::vector<int> prompt(a.prompt_tokens);
@@ -92,9 +97,9 @@ void add_bench(CLI::App& app) {
   auto a = std::make_shared<BenchArgs>();
   CLI::App* cmd = app.add_subcommand("bench", "Measure prefill and decode speed against the bandwidth limit");
   cmd->add_option("model", a->model, "Model directory")->required();
-  cmd->add_option("--prompt-tokens", a->prompt_tokens, "Prefill length")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--gen-tokens", a->gen_tokens, "Decoded tokens per run")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--runs", a->runs, "Timed runs")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--prompt-tokens", a->prompt_tokens, "Prefill length")->capture_default_str()->check(positive());
+  cmd->add_option("--gen-tokens", a->gen_tokens, "Decoded tokens per run")->capture_default_str()->check(positive());
+  cmd->add_option("--runs", a->runs, "Timed runs")->capture_default_str()->check(positive());
   cmd->add_flag("--json", a->json, "Print one JSON object");
   add_threads_option(*cmd);
   cmd->callback([a] { run_bench(*a); });

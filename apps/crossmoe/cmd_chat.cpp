@@ -330,8 +330,8 @@ void add_chat(CLI::App& app) {
                   "\"tools\": [...], \"add_generation_prompt\": bool, ...} (other keys are template variables). "
                   "With --render its rendering is printed; otherwise the chat goes on from it")
       ->check(CLI::ExistingFile);
-  cmd->add_option("-n,--max-tokens", a->max_tokens, "Tokens per reply")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--ctx", a->context, "Context length (default: the model's, at most 8192)")->check(CLI::PositiveNumber);
+  cmd->add_option("-n,--max-tokens", a->max_tokens, "Tokens per reply")->capture_default_str()->check(positive());
+  cmd->add_option("--ctx", a->context, "Context length (default: the model's, at most 8192)")->check(positive());
   a->sampling.add_to(*cmd);
   cmd->add_flag("--render", a->render_only,
                 "Print the rendered prompt (of --messages, or of each turn read from stdin) instead of generating");

@@ -169,8 +169,8 @@ void add_eval(CLI::App& app) {
   lv->add_option("--datasets", l->datasets, "Only these datasets (default: all found)")->delimiter(',');
   lv->add_option("--levels", l->levels, "Only these length levels, e.g. 16k,32k (default: all found)")->delimiter(',');
   lv->add_option("--max-length", l->max_length, "Prompt tokens kept, middle truncated (default: the model's window - 500)")
-      ->check(CLI::NonNegativeNumber);
-  lv->add_option("--limit", l->limit, "At most this many samples per file (default: all)")->check(CLI::NonNegativeNumber);
+      ->check(whole_number(0));
+  lv->add_option("--limit", l->limit, "At most this many samples per file (default: all)")->check(whole_number(0));
   lv->add_option("--prompts", l->prompts, "JSON file {dataset: template with {context} and {input}} replacing built-in prompts")
       ->check(CLI::ExistingFile);
   lv->add_flag("--chat", l->chat, "Wrap each prompt in the model's chat template as one user turn (chat models)");
@@ -202,8 +202,8 @@ void add_eval(CLI::App& app) {
   gen->add_option("--length", a->lengths, "Context lengths, one file each (level = length rounded up to thousands)")
       ->delimiter(',')
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  gen->add_option("-n,--samples", a->samples, "Samples (needle depths spread from 0 to 1)")->capture_default_str()->check(CLI::PositiveNumber);
+      ->check(positive());
+  gen->add_option("-n,--samples", a->samples, "Samples (needle depths spread from 0 to 1)")->capture_default_str()->check(positive());
   gen->add_option("--confusing-facts", a->confusing, "Confusing facts inserted per sample")->capture_default_str();
   gen->add_option("--seed", a->seed, "Seed")->capture_default_str();
   gen->callback([a] { run_generate_data(*a); });

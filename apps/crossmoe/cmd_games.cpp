@@ -287,7 +287,7 @@ void add_play_command(CLI::App& games) {
       "human, model:DIR";
   play->add_option("--p0", a->p0, "Player 0: " + players)->capture_default_str();
   play->add_option("--p1", a->p1, "Player 1: " + players)->capture_default_str();
-  play->add_option("-n,--games", a->games, "Games to play")->capture_default_str()->check(CLI::PositiveNumber);
+  play->add_option("-n,--games", a->games, "Games to play")->capture_default_str()->check(positive());
   play->add_option("--seed", a->seed, "Seed for chance, random players and model sampling")->capture_default_str();
   play->add_option("--mcts-simulations", a->mcts.simulations, "MCTS simulations per move (MARS: 100 or 1000)")
       ->capture_default_str();

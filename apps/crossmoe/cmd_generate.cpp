@@ -1,7 +1,11 @@
 // crossmoe generate MODEL -p TEXT: stream a continuation and report its speed.
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -9,6 +13,7 @@
 #include "commands.hpp"
 #include "sampling_options.hpp"
 #include "runtime/generate.hpp"
+#include "runtime/stop_strings.hpp"
 #include "tokenizer/tokenizer.hpp"
 #include "util/error.hpp"
 #include "util/progress.hpp"
@@ -18,11 +23,32 @@ namespace crossmoe::cli {
 namespace {
 
 struct GenerateArgs {
-  std::string model, prompt, ids, trace;
+  std::string model, prompt, prompt_file, ids, trace;
+  std::vector<std::string> stops;
   int max_tokens = 128;
   int context = 0;
   SamplingOptions sampling;
 };
+
+std::string read_all(std::istream& in) { return std::string(std::istreambuf_iterator<char>(in), {}); }
+
+// The prompt text from -p TEXT, -p - (stdin), -f FILE, or stdin when it is piped and no other
+// source is given; nullopt when the prompt is token ids (--ids).
+std::optional<std::string> prompt_text(const GenerateArgs& a) {
+  const int sources = !a.prompt.empty() + !a.prompt_file.empty() + !a.ids.empty();
+  if (sources > 1) throw UsageError("give only one of --prompt, --file and --ids");
+  if (!a.ids.empty()) return std::nullopt;
+  if (!a.prompt_file.empty()) {
+    // A pipe is fine here (-f <(command)); a directory is not.
+    if (std::filesystem::is_directory(a.prompt_file)) throw Error("--file " + a.prompt_file + ": is a directory, expected a text file");
+    std::ifstream in(a.prompt_file, std::ios::binary);
+    require(in.good(), "--file " + a.prompt_file + ": cannot open it");
+    return read_all(in);
+  }
+  if (a.prompt == "-" || (a.prompt.empty() && !isatty(STDIN_FILENO))) return read_all(std::cin);
+  if (a.prompt.empty()) throw UsageError("give a prompt: -p TEXT, -f FILE, --ids 1,2,3, or pipe it into stdin");
+  return a.prompt;
+}
 
 std::vector<int> parse_ids(const std::string& text) {
   std::vector<int> ids;
@@ -52,15 +78,20 @@ void write_trace(const std::string& path, const std::vector<RoutingRecord>& trac
 }
 
 void run_generate(const GenerateArgs& a) {
-  require(a.prompt.empty() != a.ids.empty(), "give exactly one of --prompt and --ids");
+  const std::optional<std::string> text = prompt_text(a);
   const Model model(a.model);
   const ModelConfig& c = model.config();
   const auto tokenizer_path = std::filesystem::path(a.model) / "tokenizer.json";
   std::optional<Tokenizer> tokenizer;
   if (std::filesystem::exists(tokenizer_path)) tokenizer = Tokenizer::load(tokenizer_path);
-  require(tokenizer || !a.ids.empty(), "no tokenizer.json in " + a.model + "; pass token ids with --ids");
-  std::vector<int> prompt = a.ids.empty() ? tokenizer->encode(a.prompt) : parse_ids(a.ids);
-  if (c.bos_token_id >= 0 && a.ids.empty()) prompt.insert(prompt.begin(), c.bos_token_id);
+  require(tokenizer || !text, "no tokenizer.json in " + a.model + "; pass token ids with --ids");
+  if (!tokenizer && !a.stops.empty()) throw Error("--stop needs a tokenizer.json in " + a.model + " to turn tokens into text");
+  std::vector<int> prompt = text ? tokenizer->encode(*text) : parse_ids(a.ids);
+  require(!prompt.empty(), "the prompt is empty");
+  if (c.bos_token_id >= 0 && text) prompt.insert(prompt.begin(), c.bos_token_id);
+  require(a.context <= c.max_position_embeddings,
+          "--ctx " + std::to_string(a.context) + " is more than the model's context of " +
+              std::to_string(c.max_position_embeddings) + " tokens (max_position_embeddings in config.json)");
   const int context = a.context > 0 ? a.context : std::min(c.max_position_embeddings, 8192);
   require(int(prompt.size()) < context, "the prompt has " + std::to_string(prompt.size()) +
                                             " tokens, more than the context of " + std::to_string(context) +
@@ -70,16 +101,18 @@ void run_generate(const GenerateArgs& a) {
   if (!a.trace.empty()) session.set_trace(&trace);
   Sampler sampler(a.sampling.resolve(a.model));
   std::optional<DecodeStream> stream;
+  StopStrings stops(a.stops);
   if (tokenizer) {
-    std::fputs(a.prompt.empty() ? tokenizer->decode(prompt).c_str() : a.prompt.c_str(), stdout);
+    std::fputs(text ? text->c_str() : tokenizer->decode(prompt).c_str(), stdout);
     stream.emplace(*tokenizer, true);
   }
   const GenerationResult result = generate(session, prompt, a.max_tokens, sampler, c.eos_token_ids, [&](int token) {
-    if (stream) std::fputs(stream->push(token).c_str(), stdout);
+    if (stream) std::fputs(stops.push(stream->push(token)).c_str(), stdout);
     else std::printf("%d ", token);
     std::fflush(stdout);
-    return true;
+    return !stops.stopped();
   });
+  std::fputs(stops.flush().c_str(), stdout);
   std::printf("\n");
   std::fflush(stdout);  // the speed line goes to stderr: keep it after the text
   const GenerationStats& s = result.stats;
@@ -99,10 +132,13 @@ void add_generate(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt, streaming tokens");
   cmd->add_option("model", a->model, "Model directory")->required();
-  cmd->add_option("-p,--prompt", a->prompt, "Prompt text");
+  cmd->add_option("-p,--prompt", a->prompt, "Prompt text; - reads it from stdin (as does a piped stdin without -p)");
+  cmd->add_option("-f,--file", a->prompt_file, "Read the prompt from this file");
   cmd->add_option("--ids", a->ids, "Prompt as comma-separated token ids");
-  cmd->add_option("-n,--max-tokens", a->max_tokens, "Tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--ctx", a->context, "Context length (default: the model's, at most 8192)");
+  cmd->add_option("-n,--max-tokens", a->max_tokens, "Tokens to generate")->capture_default_str()->check(positive());
+  cmd->add_option("--ctx", a->context, "Context length (default: the model's, at most 8192)")->check(positive());
+  cmd->add_option("--stop", a->stops, "Stop when the output contains this text, which is not printed (repeatable)")
+      ->allow_extra_args(false);
   a->sampling.add_to(*cmd);
   cmd->add_option("--trace", a->trace, "Write the routing trace (JSON lines) to this file");
   add_threads_option(*cmd);

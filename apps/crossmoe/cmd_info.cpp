@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 
 #include "commands.hpp"
 #include "model/checkpoint.hpp"
@@ -24,6 +25,13 @@ std::string human(double n, const char* unit) {
 void run_info(const std::string& dir, int context) {
   const ModelConfig c = read_model_config(dir);
   const ParamCounts p = count_parameters(c);
+  // The weights are checked before anything is printed, so a mismatch is the only output.
+  std::optional<Checkpoint> ck;
+  if (std::filesystem::exists(std::filesystem::path(dir) / "model.safetensors") ||
+      std::filesystem::exists(std::filesystem::path(dir) / "model.safetensors.index.json")) {
+    ck.emplace(dir);
+    check_weights_match(*ck, c);
+  }
   std::printf("model        %s (%s)\n", dir.c_str(), c.model_type.c_str());
   std::printf("shape        %d layers, hidden %d, %d heads / %d kv heads of %d, vocab %d\n", c.num_layers,
               c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size);
@@ -55,11 +63,9 @@ void run_info(const std::string& dir, int context) {
               human(double(p.stored), "").c_str(), human(double(p.active), "").c_str(),
               human(double(p.stored_non_embedding()), "").c_str(), human(double(p.active_non_embedding()), "").c_str());
   const double kv_bytes = 2.0 * c.num_layers * c.num_kv_heads * c.head_dim * 4.0 * context;
-  if (std::filesystem::exists(std::filesystem::path(dir) / "model.safetensors") ||
-      std::filesystem::exists(std::filesystem::path(dir) / "model.safetensors.index.json")) {
-    const Checkpoint ck(dir);
+  if (ck) {
     std::printf("memory       %s of weights in %zu tensors, + %s KV cache for %d tokens\n",
-                human(double(ck.total_bytes()), "B").c_str(), ck.num_tensors(), human(kv_bytes, "B").c_str(), context);
+                human(double(ck->total_bytes()), "B").c_str(), ck->num_tensors(), human(kv_bytes, "B").c_str(), context);
   } else {
     std::printf("memory       %s of weights at bf16, + %s KV cache for %d tokens\n",
                 human(2.0 * double(p.stored), "B").c_str(), human(kv_bytes, "B").c_str(), context);
@@ -71,9 +77,9 @@ void run_info(const std::string& dir, int context) {
 void add_info(CLI::App& app) {
   auto dir = std::make_shared<std::string>();
   auto context = std::make_shared<int>(4096);
-  CLI::App* cmd = app.add_subcommand("info", "Show a model's layout, parameters and memory needs");
+  CLI::App* cmd = app.add_subcommand("info", "Show a model's layout, parameters and memory needs; check the weights against config.json");
   cmd->add_option("model", *dir, "Model directory (config.json, safetensors)")->required();
-  cmd->add_option("--ctx", *context, "Context length for the KV cache estimate")->capture_default_str();
+  cmd->add_option("--ctx", *context, "Context length for the KV cache estimate")->capture_default_str()->check(positive());
   cmd->callback([dir, context] { run_info(*dir, *context); });
 }
 

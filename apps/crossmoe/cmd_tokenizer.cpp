@@ -21,6 +21,16 @@ std::filesystem::path tokenizer_file(const std::string& model_or_file) {
   return std::filesystem::is_directory(p) ? p / "tokenizer.json" : p;
 }
 
+// Control characters (a raw newline in a vocabulary) escaped as JSON would, so one token is one line.
+std::string printable(const std::string& piece) {
+  for (unsigned char ch : piece)
+    if (ch < 0x20 || ch == 0x7F) {
+      const std::string quoted = nlohmann::json(piece).dump();
+      return quoted.substr(1, quoted.size() - 2);
+    }
+  return piece;
+}
+
 void run_tokenize(const std::string& model, const std::string& text, bool add_special, bool json_out) {
   Tokenizer t = Tokenizer::load(tokenizer_file(model));
   const std::vector<int> ids = t.encode(text, add_special);
@@ -30,9 +40,12 @@ void run_tokenize(const std::string& model, const std::string& text, bool add_sp
     std::printf("%s\n", nlohmann::json{{"ids", ids}, {"tokens", pieces}}.dump().c_str());
     return;
   }
+  // The piece as the vocabulary spells it (byte-level "Ġthe", SentencePiece "▁the", byte
+  // fallback "<0xE4>"), then the text it stands for when that is whole characters.
   for (int id : ids) {
-    // The piece as the text it stands for (byte tokens of partial characters show as U+FFFD).
-    std::printf("%8d  %s\n", id, nlohmann::json(t.decode({id})).dump().c_str());
+    const std::string text = t.decode({id});
+    const bool whole = text.find("\xEF\xBF\xBD") == std::string::npos;  // no U+FFFD from a partial character
+    std::printf("%8d  %-16s %s\n", id, printable(t.id_to_token(id)).c_str(), whole ? nlohmann::json(text).dump().c_str() : "");
   }
   std::printf("%zu tokens\n", ids.size());
 }

@@ -79,11 +79,11 @@ void add_train(CLI::App& app) {
   cmd->add_option("--init", a->init, "Start from this model directory instead of a random init")
       ->check(CLI::ExistingDirectory);
   add_model_shape_options(*cmd, a->shape);
-  cmd->add_option("--steps", o.steps, "Optimizer steps")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--batch", o.batch_size, "Sequences per micro-batch")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--steps", o.steps, "Optimizer steps")->capture_default_str()->check(positive());
+  cmd->add_option("--batch", o.batch_size, "Sequences per micro-batch")->capture_default_str()->check(positive());
   cmd->add_option("--seq-len", o.seq_len, "Tokens per sequence")->capture_default_str()->check(CLI::Range(2, 1 << 20));
   cmd->add_option("--accum", o.grad_accum, "Micro-batches per step (gradient accumulation)")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()->check(positive());
   cmd->add_option("--lr", o.lr, "Peak learning rate")->capture_default_str();
   cmd->add_option("--min-lr-ratio", o.min_lr_ratio, "Cosine floor as a fraction of --lr")->capture_default_str();
   cmd->add_option("--warmup", o.warmup, "Linear warmup steps")->capture_default_str();

@@ -2,6 +2,8 @@
 // Each subcommand adds itself to the CLI and runs through a callback; all real work is in src/.
 #include <CLI/CLI.hpp>
 
+#include "option_checks.hpp"  // positive(), whole_number(), real_number(): use them on every numeric option
+
 namespace crossmoe::cli {
 
 void add_init(CLI::App& app);

@@ -3,6 +3,7 @@
 #include <optional>
 
 #include "model/init.hpp"
+#include "option_checks.hpp"
 #include "tokenizer/bpe_trainer.hpp"
 #include "tokenizer/tokenizer.hpp"
 #include "util/error.hpp"
@@ -12,21 +13,22 @@ namespace crossmoe::cli {
 
 void add_model_shape_options(CLI::App& cmd, ModelShapeArgs& a) {
   cmd.add_option("--layout", a.layout, "dense, moe (layer-local), megrez2 (shared pool) or rexmoe (reuse)")
-      ->capture_default_str();
-  cmd.add_option("--vocab", a.vocab, "Vocabulary size");
-  cmd.add_option("--hidden", a.hidden, "Hidden size");
-  cmd.add_option("--layers", a.layers, "Number of layers");
-  cmd.add_option("--heads", a.heads, "Attention heads");
-  cmd.add_option("--kv-heads", a.kv_heads, "Key/value heads (GQA)");
-  cmd.add_option("--head-dim", a.head_dim, "Head dimension");
-  cmd.add_option("--intermediate", a.intermediate, "Dense FFN width");
-  cmd.add_option("--context", a.context, "max_position_embeddings");
-  cmd.add_option("--experts", a.experts, "Experts per pool (E)");
-  cmd.add_option("--top-k", a.top_k, "Experts per token (K)");
-  cmd.add_option("--expert-size", a.expert_size, "Width of one expert");
-  cmd.add_option("--shared-size", a.shared_size, "Total width of the shared experts (0 = none)");
-  cmd.add_option("--group-size", a.group_size, "Layers per cross-layer group (r)");
-  cmd.add_option("--first-dense", a.first_dense, "Number of leading dense layers");
+      ->capture_default_str()->check(CLI::IsMember({"dense", "moe", "megrez2", "rexmoe"}));
+  // Sizes and counts: zero or less is an error (0 used to mean "the preset's value" silently).
+  cmd.add_option("--vocab", a.vocab, "Vocabulary size")->check(positive());
+  cmd.add_option("--hidden", a.hidden, "Hidden size")->check(positive());
+  cmd.add_option("--layers", a.layers, "Number of layers")->check(positive());
+  cmd.add_option("--heads", a.heads, "Attention heads")->check(positive());
+  cmd.add_option("--kv-heads", a.kv_heads, "Key/value heads (GQA)")->check(positive());
+  cmd.add_option("--head-dim", a.head_dim, "Head dimension")->check(positive());
+  cmd.add_option("--intermediate", a.intermediate, "Dense FFN width")->check(positive());
+  cmd.add_option("--context", a.context, "max_position_embeddings")->check(positive());
+  cmd.add_option("--experts", a.experts, "Experts per pool (E)")->check(positive());
+  cmd.add_option("--top-k", a.top_k, "Experts per token (K)")->check(positive());
+  cmd.add_option("--expert-size", a.expert_size, "Width of one expert")->check(positive());
+  cmd.add_option("--shared-size", a.shared_size, "Total width of the shared experts (0 = none)")->check(whole_number(0));
+  cmd.add_option("--group-size", a.group_size, "Layers per cross-layer group (r)")->check(positive());
+  cmd.add_option("--first-dense", a.first_dense, "Number of leading dense layers")->check(whole_number(0));
   cmd.add_option("--pre-gate", a.pre_gate, "Pre-gated routing: on or off")->check(CLI::IsMember({"on", "off"}));
   cmd.add_option("--scoring", a.scoring, "Router scoring: softmax, or sigmoid with correction bias")
       ->check(CLI::IsMember({"softmax", "sigmoid"}));

@@ -1,8 +1,7 @@
 #include "kernels/bandwidth.hpp"
 
 #include "kernels/kernels.hpp"
-
-#include <omp.h>
+#include "kernels/thread_pool.hpp"
 
 #include <algorithm>
 #include <cstdint>
@@ -20,9 +19,9 @@ double measure_read_bandwidth(size_t bytes, int repeats) {
   constexpr int64_t kCols = 4096;
   const int64_t rows = int64_t(bytes / sizeof(float)) / kCols;
   std::unique_ptr<float[]> buffer(new float[size_t(rows * kCols)]);
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r)  // touch every page from the threads that will read it
+  parallel_for(rows, [&](int64_t r) {  // touch every page from the threads that will read it
     for (int64_t c = 0; c < kCols; ++c) buffer[size_t(r * kCols + c)] = 1.0f;
+  });
   std::vector<float> x(kCols, 1.0f), y(static_cast<size_t>(rows));
   const Matrix m{buffer.get(), DType::F32, rows, kCols};
   double best = 0.0;

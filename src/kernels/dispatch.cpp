@@ -1,11 +1,10 @@
-#include <omp.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <vector>
 #include <cstring>
 
 #include "kernels/kernels.hpp"
+#include "kernels/thread_pool.hpp"
 #include "util/error.hpp"
 
 namespace crossmoe::kernels {
@@ -84,12 +83,16 @@ void matmul_batch(const MatmulJob* jobs, int count) {
   }
   const int64_t blocks = first_block[count];
   const bool parallel = work >= (1 << 15) && blocks > 1;
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t b = 0; b < blocks; ++b) {
+  const auto run_block = [&](int64_t b) {
     const int j = int(std::upper_bound(first_block.begin(), first_block.end(), b) - first_block.begin()) - 1;
     const MatmulJob& job = jobs[j];
     const int64_t row = (b - first_block[j]) * kBlock;
     k.matmul_rows(job.w, job.x, job.tokens, job.y, row, std::min(job.w.rows, row + kBlock));
+  };
+  if (parallel) {
+    parallel_for(blocks, run_block);
+  } else {
+    for (int64_t b = 0; b < blocks; ++b) run_block(b);
   }
 }
 

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "model/tensor_names.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
 
@@ -64,6 +65,20 @@ size_t Checkpoint::total_bytes() const {
   size_t n = 0;
   for (const auto& [name, t] : index_) n += t->nbytes;
   return n;
+}
+
+int64_t Checkpoint::total_elements() const {
+  int64_t n = 0;
+  for (const auto& [name, t] : index_) n += t->numel();
+  return n;
+}
+
+void check_weights_match(const Checkpoint& checkpoint, const ModelConfig& config) {
+  const int64_t implied = count_parameters(config).stored, held = checkpoint.total_elements();
+  require(implied <= held, "config.json describes " + std::to_string(implied) + " parameters but the weights in " +
+                               checkpoint.dir().string() + " hold " + std::to_string(held) +
+                               ": config.json does not belong to these weights");
+  for (const TensorSpec& spec : expected_tensors(config)) checkpoint.get(spec.name, spec.shape);
 }
 
 }  // namespace crossmoe

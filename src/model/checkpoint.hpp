@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "model/config.hpp"
 #include "model/safetensors.hpp"
 
 namespace crossmoe {
@@ -21,6 +22,7 @@ class Checkpoint {
   // The tensor, which must exist with exactly this shape; errors name the tensor and directory.
   const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) const;
   size_t total_bytes() const;
+  int64_t total_elements() const;  // parameters stored, over all tensors
   size_t num_tensors() const { return index_.size(); }
   const std::filesystem::path& dir() const { return dir_; }
 
@@ -29,5 +31,10 @@ class Checkpoint {
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, const TensorView*> index_;
 };
+
+// Throws unless every tensor the description implies is in the checkpoint with its shape,
+// naming the first that is not. The parameter totals are compared first, so a config.json that
+// claims far more than the files hold fails at once, without walking millions of tensor names.
+void check_weights_match(const Checkpoint& checkpoint, const ModelConfig& config);
 
 }  // namespace crossmoe

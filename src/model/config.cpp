@@ -8,6 +8,11 @@ namespace crossmoe {
 
 namespace {
 
+void require_at_most(int64_t value, int64_t limit, const char* key) {
+  require(value <= limit, std::string("config: '") + key + "' is " + std::to_string(value) + ", more than the " +
+                              std::to_string(limit) + " crossmoe supports");
+}
+
 void require_positive(int value, const char* key) {
   require(value > 0, std::string("config: '") + key + "' must be positive, got " +
                          std::to_string(value));
@@ -72,6 +77,13 @@ void ModelConfig::finalize() {
   if (rope.type == RopeType::Yarn || rope.type == RopeType::Llama3)
     require(rope.original_max_position_embeddings > 0,
             "config: rope scaling needs 'original_max_position_embeddings'");
+  // config.json is untrusted: limits far past any published model keep the layer plans below
+  // and the parameter counts within bounded time and memory, and the counts within 64 bits.
+  require_at_most(num_layers, 1 << 12, "num_hidden_layers");
+  require_at_most(hidden_size, 1 << 18, "hidden_size");
+  require_at_most(vocab_size, 1 << 24, "vocab_size");
+  require_at_most(int64_t(num_heads) * head_dim, 1 << 20, "num_attention_heads x head_dim");
+  require_at_most(intermediate_size, 1 << 24, "intermediate_size");
   if (layer_is_moe.empty()) layer_is_moe.assign(num_layers, false);
   require(static_cast<int>(layer_is_moe.size()) == num_layers,
           "config: MoE layer list does not match 'num_hidden_layers'");
@@ -85,6 +97,11 @@ void ModelConfig::finalize() {
     require_positive(moe.expert_intermediate_size, "moe_intermediate_size");
     require_positive(moe.group_size, "cross_layer_group_size");
     require(moe.shared_intermediate_size >= 0, "config: shared expert width must not be negative");
+    require_at_most(moe.num_experts, 1 << 16, "num_experts");
+    require_at_most(int64_t(moe.num_experts) * moe.expert_intermediate_size, 1 << 26,
+                    "num_experts x moe_intermediate_size");
+    require_at_most(moe.shared_intermediate_size, 1 << 24, "the shared experts' width");
+    require_at_most(moe.group_size, num_layers, "cross_layer_group_size");
     if (moe.cross_layer == CrossLayer::Local)
       require(moe.group_size == 1, "config: a layer-local MoE has 'cross_layer_group_size' 1");
   }

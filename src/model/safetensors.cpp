@@ -32,12 +32,14 @@ std::string TensorView::shape_string() const {
 }
 
 SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : label_(path.string()) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever; the
+  // fstat below then refuses it. A regular file ignores the flag.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   require(fd >= 0, "cannot open " + label_ + ": " + std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    throw Error(label_ + ": not a regular file");
+    throw Error(label_ + ": not a regular file (a pipe, socket, device or directory)");
   }
   const size_t size = static_cast<size_t>(st.st_size);
   if (size < 8) {

@@ -1,10 +1,9 @@
 #include "runtime/forward.hpp"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/thread_pool.hpp"
 #include "util/error.hpp"
 
 namespace crossmoe {
@@ -34,6 +33,7 @@ InferenceSession::InferenceSession(const Model& model, int context_length, int c
   h1_.resize(T * ffn_width);
   h2_.resize(T * ffn_width);
   router_.resize(T * candidates);
+  k::start_worker_threads();  // so that the first forward (a timed prefill) does not start them
 }
 
 void InferenceSession::rewind(int position) {
@@ -143,36 +143,43 @@ void InferenceSession::attention(int l, int T) {
   const float scale = 1.0f / std::sqrt(float(hd));
   const int group = Hq / Hkv;
   const int length = position_ + T;
-#pragma omp parallel
-  {
-    std::vector<float> q(size_t(kQueryBlock) * hd), scores(size_t(kQueryBlock) * length), out(size_t(kQueryBlock) * hd);
-#pragma omp for collapse(2) schedule(dynamic, 1)
-    for (int h = 0; h < Hq; ++h)
-      for (int t0 = 0; t0 < T; t0 += kQueryBlock) {
-        const int tn = std::min(kQueryBlock, T - t0);
-        const size_t head = size_t(l) * Hkv + size_t(h / group);
-        for (int t = 0; t < tn; ++t)
-          std::copy_n(&q_[size_t(t0 + t) * qw + size_t(h) * hd], hd, &q[size_t(t) * hd]);
-        const k::Matrix keys{&k_cache_[head * context_ * size_t(hd)], DType::F32, length, hd, hd};
-        k::matmul(keys, q.data(), tn, scores.data());
-        for (int t = 0; t < tn; ++t) {
-          float* row = &scores[size_t(t) * length];
-          const int pos = position_ + t0 + t;
-          const int begin = c_.sliding_window > 0 ? std::max(0, pos - c_.sliding_window + 1) : 0;
-          float m = -INFINITY;
-          for (int j = begin; j <= pos; ++j) m = std::max(m, row[j] *= scale);
-          float sum = 0.0f;
-          for (int j = begin; j <= pos; ++j) sum += (row[j] = std::exp(row[j] - m));
-          const float inv = 1.0f / sum;
-          for (int j = begin; j <= pos; ++j) row[j] *= inv;
-          std::fill(row, row + begin, 0.0f);
-          std::fill(row + pos + 1, row + length, 0.0f);
-        }
-        const k::Matrix values{&v_cache_[head * size_t(hd) * context_], DType::F32, hd, length, int64_t(context_)};
-        k::matmul(values, scores.data(), tn, out.data());
-        for (int t = 0; t < tn; ++t)
-          std::copy_n(&out[size_t(t) * hd], hd, &att_[size_t(t0 + t) * qw + size_t(h) * hd]);
-      }
+  const int query_blocks = (T + kQueryBlock - 1) / kQueryBlock;
+  const auto attend = [&](int64_t item) {
+    // Scratch per thread, kept between calls.
+    thread_local std::vector<float> q, scores, out;
+    q.resize(size_t(kQueryBlock) * hd);
+    scores.resize(size_t(kQueryBlock) * length);
+    out.resize(size_t(kQueryBlock) * hd);
+    const int h = int(item / query_blocks), t0 = int(item % query_blocks) * kQueryBlock;
+    const int tn = std::min(kQueryBlock, T - t0);
+    const size_t head = size_t(l) * Hkv + size_t(h / group);
+    for (int t = 0; t < tn; ++t)
+      std::copy_n(&q_[size_t(t0 + t) * qw + size_t(h) * hd], hd, &q[size_t(t) * hd]);
+    const k::Matrix keys{&k_cache_[head * context_ * size_t(hd)], DType::F32, length, hd, hd};
+    k::matmul(keys, q.data(), tn, scores.data());
+    for (int t = 0; t < tn; ++t) {
+      float* row = &scores[size_t(t) * length];
+      const int pos = position_ + t0 + t;
+      const int begin = c_.sliding_window > 0 ? std::max(0, pos - c_.sliding_window + 1) : 0;
+      float m = -INFINITY;
+      for (int j = begin; j <= pos; ++j) m = std::max(m, row[j] *= scale);
+      float sum = 0.0f;
+      for (int j = begin; j <= pos; ++j) sum += (row[j] = std::exp(row[j] - m));
+      const float inv = 1.0f / sum;
+      for (int j = begin; j <= pos; ++j) row[j] *= inv;
+      std::fill(row, row + begin, 0.0f);
+      std::fill(row + pos + 1, row + length, 0.0f);
+    }
+    const k::Matrix values{&v_cache_[head * size_t(hd) * context_], DType::F32, hd, length, int64_t(context_)};
+    k::matmul(values, scores.data(), tn, out.data());
+    for (int t = 0; t < tn; ++t)
+      std::copy_n(&out[size_t(t) * hd], hd, &att_[size_t(t0 + t) * qw + size_t(h) * hd]);
+  };
+  const int64_t items = int64_t(Hq) * query_blocks;
+  if (int64_t(Hq) * T * length * hd >= (1 << 15)) {  // as matmul: small work stays on one thread
+    k::parallel_for(items, attend);
+  } else {
+    for (int64_t item = 0; item < items; ++item) attend(item);
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <numeric>
 
 #include "util/error.hpp"
@@ -15,14 +16,20 @@ SamplingParams generation_defaults(const std::filesystem::path& model_dir) {
   if (!std::filesystem::exists(path)) return p;
   const nlohmann::json g = read_json_file(path);
   if (!g.is_object() || !g.value("do_sample", false)) return p;
-  const auto number = [&](const char* key, double fallback) {
-    return g.contains(key) && g[key].is_number() ? g[key].get<double>() : fallback;
+  // The file is untrusted: a value outside its field's type is an error, not a cast's undefined result.
+  const auto number = [&](const char* key, double fallback, double max) {
+    if (!g.contains(key) || !g[key].is_number()) return fallback;
+    const double v = g[key].get<double>();
+    require(std::isfinite(v) && std::fabs(v) <= max,
+            path.string() + ": '" + key + "' must be a number of at most " + std::to_string(max));
+    return v;
   };
-  p.temperature = float(number("temperature", 1.0));
-  p.top_k = int(number("top_k", 50));
-  p.top_p = float(number("top_p", 1.0));
-  p.min_p = float(number("min_p", 0.0));
-  p.repetition_penalty = float(number("repetition_penalty", 1.0));
+  constexpr double kFloatMax = 3.4e38;
+  p.temperature = float(number("temperature", 1.0, kFloatMax));
+  p.top_k = int(number("top_k", 50, INT32_MAX));
+  p.top_p = float(number("top_p", 1.0, kFloatMax));
+  p.min_p = float(number("min_p", 0.0, kFloatMax));
+  p.repetition_penalty = float(number("repetition_penalty", 1.0, kFloatMax));
   return p;
 }
 

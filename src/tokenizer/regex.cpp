@@ -37,7 +37,11 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) co
     const int rc = pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), start,
                                PCRE2_NO_UTF_CHECK, md, nullptr);
     if (rc == PCRE2_ERROR_NOMATCH) break;
-    require(rc >= 0, "regex match failed with code " + std::to_string(rc));
+    if (rc < 0) {  // e.g. a pattern from a downloaded tokenizer.json that backtracks past PCRE2's limits
+      PCRE2_UCHAR message[256];
+      pcre2_get_error_message(rc, message, sizeof message);
+      throw Error(std::string("a tokenizer pattern could not split the text: ") + reinterpret_cast<const char*>(message));
+    }
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
     if (ov[1] > ov[0]) {
       out.push_back({ov[0], ov[1]});

@@ -547,7 +547,7 @@ Tokenizer Tokenizer::load(const std::filesystem::path& path) {
   try {
     return Tokenizer(read_json_file(path));
   } catch (const nlohmann::json::exception& e) {
-    throw Error(path.string() + ": " + e.what());
+    throw Error(path.string() + ": " + json_error_text(e));
   } catch (const Error& e) {
     const std::string what = e.what();
     throw Error(what.rfind("tokenizer.json", 0) == 0 ? path.string() + what.substr(14) : what);

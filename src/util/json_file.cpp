@@ -7,12 +7,13 @@
 namespace crossmoe {
 
 nlohmann::json read_json_file(const std::filesystem::path& path) {
+  require_regular_file(path);
   std::ifstream in(path);
   require(in.good(), "cannot open " + path.string());
   try {
     return nlohmann::json::parse(in);
   } catch (const nlohmann::json::exception& e) {
-    throw Error(path.string() + ": invalid JSON: " + e.what());
+    throw Error(path.string() + ": invalid JSON: " + json_error_text(e));
   }
 }
 
@@ -21,6 +22,12 @@ void write_json_file(const std::filesystem::path& path, const nlohmann::json& va
   require(out.good(), "cannot write " + path.string());
   out << value.dump(2) << "\n";
   require(out.good(), "failed writing " + path.string());
+}
+
+std::string json_error_text(const nlohmann::json::exception& e) {
+  const std::string what = e.what();
+  const size_t tag_end = what.find("] ");
+  return what.rfind("[json.exception.", 0) == 0 && tag_end != std::string::npos ? what.substr(tag_end + 2) : what;
 }
 
 }  // namespace crossmoe

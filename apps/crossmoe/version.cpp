@@ -1,0 +1,31 @@
+#include "version.hpp"
+
+#include "kernels/kernels.hpp"
+
+// git_commit.h is written at every build by apps/crossmoe/git_commit.cmake (and by
+// scripts/gpu_box_build.sh); a build from a source tree without git has none.
+#if __has_include("git_commit.h")
+#include "git_commit.h"
+#else
+#define CROSSMOE_GIT_COMMIT ""
+#endif
+#ifdef CROSSMOE_HAVE_TORCH
+#include <torch/version.h>
+#endif
+
+namespace crossmoe::cli {
+
+std::string version_text() {
+  using kernels::Isa;
+  const std::string commit = CROSSMOE_GIT_COMMIT;
+  std::string text = "crossmoe 0.1.0 (commit " + (commit.empty() ? std::string("unknown") : commit) + ")\n";
+  text += "kernels  built: generic, avx2, avx512; this CPU runs " + kernels::isa_name(kernels::active_isa()) + "\n";
+#ifdef CROSSMOE_HAVE_TORCH
+  text += "trainer  yes (libtorch " TORCH_VERSION ")";
+#else
+  text += "trainer  no (built without libtorch)";
+#endif
+  return text;
+}
+
+}  // namespace crossmoe::cli

@@ -1,0 +1,24 @@
+#pragma once
+// The runtime's worker threads. OpenMP's fork/join waits for every thread of the team at each
+// join, and libgomp's waiting threads spin (OMP_WAIT_POLICY, read once before main): on cores
+// shared with another busy process, each join then waits for a thread that sits behind that
+// process for whole scheduler slices (decode on the demo model fell from ~2,400 tokens/s on one
+// thread to 15 with two). Here the calling thread takes work too and never waits for a worker
+// that has not started: work items are claimed one at a time, so a late worker finds nothing
+// left. Idle workers spin for a few microseconds, then sleep. docs/benchmarks.md ("Threads under
+// load") has the measurements.
+#include <cstdint>
+#include <functional>
+
+namespace crossmoe::kernels {
+
+// Runs body(i) for every i in [0, count), spread over the calling thread and the workers, and
+// returns when all are done. The thread count is omp_get_max_threads() (`--threads`,
+// OMP_NUM_THREADS). Called from inside a body, it runs serially. body must not throw.
+void parallel_for(int64_t count, const std::function<void(int64_t)>& body);
+
+// Starts the workers now, so that the first parallel_for (a prefill being timed) does not pay
+// for creating them.
+void start_worker_threads();
+
+}  // namespace crossmoe::kernels
