@@ -128,7 +128,7 @@ class ChatLoop : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = scratch("model");
-    ASSERT_EQ(run("init " + (dir_ / "m").string() + " --layout megrez2 --hidden 64 --layers 2 --vocab 300").code, 0);
+    ASSERT_EQ(run("init " + (dir_ / "m").string() + " --layout megrez2 --hidden 64 --layers 4 --vocab 300").code, 0);
   }
   static std::string model() { return (dir_ / "m").string(); }
   // Lines of stdin for one run of `chat`.
