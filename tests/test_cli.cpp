@@ -14,27 +14,15 @@
 #include <functional>
 #include <sstream>
 
+#include "cli_run.hpp"
 #include "util/json_file.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int code;
-  std::string out;
-};
-
-Result run(const std::string& args, bool merge_stderr = true) {
-  const std::string cmd = std::string(CROSSMOE_BIN) + " " + args + (merge_stderr ? " 2>&1" : " 2>/dev/null");
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using crossmoe::testing_cli::Result;
+using crossmoe::testing_cli::run;
 
 void expect_one_line_error(const Result& r, const std::string& fragment) {
   EXPECT_NE(r.code, 0) << r.out;
