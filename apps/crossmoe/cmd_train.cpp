@@ -64,7 +64,7 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
   namespace fs = std::filesystem;
   train::TrainOptions& o = a.options;
   if (!a.config.empty()) apply_config_file(cmd, a.config);
-  require(!o.out_dir.empty(), "--out DIR is required");
+  if (o.out_dir.empty()) throw UsageError("--out DIR is required");
   o.init_model = a.init;
   o.bf16 = a.bf16 == "auto" ? o.device.rfind("cuda", 0) == 0 : a.bf16 == "on";
   require(parse_dtype(a.export_dtype == "f32" ? "F32" : a.export_dtype == "bf16" ? "BF16" : "?", &o.export_dtype),
@@ -84,7 +84,8 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
     o = train::with_settings(o, stored);
     a.init = o.init_model.string();
   }
-  require(!(o.sft_file.empty() && o.data_dir.empty()), "--data DIR (pre-training) or --sft FILE (fine-tuning) is required");
+  if (o.sft_file.empty() && o.data_dir.empty())
+    throw UsageError("--data DIR (pre-training) or --sft FILE (fine-tuning) is required");
   train::check_options(o);
   if (checkpoint) train::check_resume(o, *checkpoint);  // before any work or output
 
