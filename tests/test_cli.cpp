@@ -2,34 +2,27 @@
 // a non-zero exit; good input works.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <sstream>
 
+#include "cli_run.hpp"
 #include "util/json_file.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int code;
-  std::string out;
-};
-
-Result run(const std::string& args, bool merge_stderr = true) {
-  const std::string cmd = std::string(CROSSMOE_BIN) + " " + args + (merge_stderr ? " 2>&1" : " 2>/dev/null");
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using crossmoe::testing_cli::Result;
+using crossmoe::testing_cli::run;
 
 void expect_one_line_error(const Result& r, const std::string& fragment) {
   EXPECT_NE(r.code, 0) << r.out;
@@ -317,5 +310,250 @@ TEST_F(Cli, BadArguments) {
   expect_one_line_error(run("init " + (dir_ / "x").string() + " --layout nope"), "--layout: nope not in");
   EXPECT_NE(run("frobnicate").code, 0);
 }
+
+// ---- tokenizer train, data prepare and train, as a user runs them (including kill -9) ----
+
+// Starts crossmoe with these arguments (split at spaces), output to `log`; returns its pid.
+pid_t spawn(const std::string& args, const fs::path& log) {
+  std::vector<std::string> words{CROSSMOE_BIN};
+  std::istringstream in(args);
+  for (std::string w; in >> w;) words.push_back(w);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    std::vector<char*> argv;
+    for (auto& w : words) argv.push_back(w.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+// Kills the process with SIGKILL as soon as `ready` holds (polled), and reaps it. True when it
+// was killed, false when it had finished first.
+bool kill_when(pid_t pid, const std::function<bool()>& ready) {
+  int status = 0;
+  while (!ready()) {
+    if (waitpid(pid, &status, WNOHANG) == pid) return false;
+    usleep(1000);
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+  return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+}
+
+// `text` with `from` replaced by `to` (a flag's value changed in a command line).
+std::string replaced(std::string text, const std::string& from, const std::string& to) {
+  const size_t at = text.find(from);
+  EXPECT_NE(at, std::string::npos) << from;
+  return at == std::string::npos ? text : text.replace(at, from.size(), to);
+}
+
+std::string bytes_of(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Paragraphs of made-up English, deterministic.
+std::string made_up_text(int paragraphs, int words_per_paragraph) {
+  const char* words[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "old", "mill", "where",
+                         "river", "kept", "grain", "in", "winter", "light", "fell"};
+  std::string text;
+  uint32_t x = 12345;
+  for (int p = 0; p < paragraphs; ++p) {
+    for (int w = 0; w < words_per_paragraph; ++w) {
+      x = x * 1103515245u + 12345u;
+      text += std::string(words[(x >> 16) % 20]) + (w % 9 == 8 ? ".\n" : " ");
+    }
+    text += "\n\n";
+  }
+  return text;
+}
+
+TEST_F(Cli, TokenizerTrainRefusesToOverwriteAndSurvivesKill) {
+  const fs::path corpus = dir_ / "tok_corpus.txt", out = dir_ / "tok_kill";
+  std::ofstream(corpus) << made_up_text(400, 60);
+  const std::string args = "tokenizer train " + corpus.string() + " --vocab-size 600 --min-frequency 1 -o ";
+  ASSERT_EQ(run(args + (dir_ / "tok_clean").string()).code, 0);
+  const std::string clean = bytes_of(dir_ / "tok_clean" / "tokenizer.json");
+  const auto config = crossmoe::read_json_file(dir_ / "tok_clean" / "tokenizer_config.json");
+  EXPECT_NE(config["chat_template"].get<std::string>().find("<|im_start|>"), std::string::npos);
+  expect_one_line_error(run(args + (dir_ / "tok_clean").string()), "--force");
+  EXPECT_EQ(bytes_of(dir_ / "tok_clean" / "tokenizer.json"), clean);
+
+  // Killed at several moments while overwriting an older tokenizer: tokenizer.json is always
+  // the old one or the new one, whole.
+  fs::create_directories(out);
+  std::ofstream(out / "tokenizer.json") << "{\"old\": true}";
+  for (int delay_ms : {30, 150, 400}) {
+    const pid_t pid = spawn(args + out.string() + " --force", dir_ / "tok_kill.log");
+    const auto start = std::chrono::steady_clock::now();
+    kill_when(pid, [&] { return std::chrono::steady_clock::now() - start > std::chrono::milliseconds(delay_ms); });
+    const std::string now = bytes_of(out / "tokenizer.json");
+    EXPECT_TRUE(now == "{\"old\": true}" || now == clean) << "half-written after " << delay_ms << " ms";
+  }
+  ASSERT_EQ(run(args + out.string() + " --force").code, 0);
+  EXPECT_EQ(bytes_of(out / "tokenizer.json"), clean);
+  const std::string small = "tokenizer train " + corpus.string() + " -o " + (dir_ / "tok_small").string();
+  expect_one_line_error(run(small + " --vocab-size 100"), "--vocab-size must be at least 259");
+  expect_one_line_error(run(small + " --min-frequency 0"), "--min-frequency");
+}
+
+TEST_F(Cli, DataPrepareOwnText) {
+  std::ofstream(dir_ / "own.txt") << made_up_text(30, 20);
+  std::ofstream jsonl(dir_ / "own.jsonl");
+  for (int i = 0; i < 10; ++i) jsonl << nlohmann::json{{"body", "doc number " + std::to_string(i)}}.dump() << "\n";
+  jsonl.close();
+  const std::string tokenizer = (dir_ / "good" / "tokenizer.json").string();
+  const std::string base = "data prepare --tokenizer " + tokenizer + " --text " + (dir_ / "own.txt").string() + " " +
+                           (dir_ / "own.jsonl").string() + " --text-field body -o ";
+  const Result r = run(base + (dir_ / "own_data").string(), false);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto meta = crossmoe::read_json_file(dir_ / "own_data" / "meta.json");
+  EXPECT_EQ(meta["train"]["documents"].get<int>() + meta["validation"]["documents"].get<int>(), 40);
+  EXPECT_EQ(meta["validation"]["documents"], 4);  // every 10th
+  EXPECT_EQ(fs::file_size(dir_ / "own_data" / "val.bin") % 4, 0u);
+  expect_one_line_error(run(base + (dir_ / "own_data").string()), "--force");
+  expect_one_line_error(run(base + (dir_ / "own_data2").string() + " --validation-every 1"), "--validation-every");
+  expect_one_line_error(run("data prepare --tokenizer " + tokenizer + " --text " + (dir_ / "own.jsonl").string() +
+                            " -o " + (dir_ / "own_data3").string()),
+                        "own.jsonl:1: expected a string field \"text\"");
+}
+
+#ifdef CROSSMOE_HAVE_TORCH
+class CliTrain : public Cli {
+ protected:
+  // A tokenizer trained on made-up text, data prepared from it, and tiny model flags.
+  static void SetUpTestSuite() {
+    Cli::SetUpTestSuite();
+    std::ofstream(dir_ / "train_corpus.txt") << made_up_text(200, 40);
+    ASSERT_EQ(run("tokenizer train " + (dir_ / "train_corpus.txt").string() + " --vocab-size 300 -o " +
+                  (dir_ / "train_tok").string()).code, 0);
+    ASSERT_EQ(run("data prepare --tokenizer " + (dir_ / "train_tok" / "tokenizer.json").string() + " --text " +
+                  (dir_ / "train_corpus.txt").string() + " -o " + (dir_ / "train_data").string()).code, 0);
+  }
+  static std::string train_args(const fs::path& out) {
+    return "train --data " + (dir_ / "train_data").string() + " -o " + out.string() +
+           " --layout megrez2 --hidden 32 --layers 3 --heads 2 --kv-heads 1 --head-dim 16 --intermediate 64"
+           " --experts 4 --top-k 2 --expert-size 16 --shared-size 16 --batch 2 --seq-len 16 --lr 0.01 --warmup 2"
+           " --eval-every 20 --eval-batches 1 --export-dtype f32 --threads 1 ";
+  }
+};
+
+TEST_F(CliTrain, KilledAndResumedRunIsBitForBit) {
+  const fs::path straight = dir_ / "run_straight", killed = dir_ / "run_killed";
+  ASSERT_EQ(run(train_args(straight) + "--steps 60").code, 0);
+  // Killed twice (the second time while resumed), then resumed to the end.
+  auto checkpoint_after = [&](int step) {
+    return [=] {
+      for (int s = step; s <= 60; ++s) {
+        char name[32];
+        std::snprintf(name, sizeof name, "step-%07d", s);
+        if (fs::exists(killed / "checkpoints" / name)) return true;
+      }
+      return false;
+    };
+  };
+  EXPECT_TRUE(kill_when(spawn(train_args(killed) + "--steps 60 --save-every 1", dir_ / "kill1.log"), checkpoint_after(5)))
+      << "the run ended before it was killed";
+  const std::string log_after_kill = bytes_of(killed / "log.csv");
+  EXPECT_TRUE(kill_when(spawn("train -o " + killed.string() + " --resume --save-every 1 --threads 1", dir_ / "kill2.log"),
+                        checkpoint_after(30)))
+      << "the resumed run ended before it was killed";
+  EXPECT_GE(bytes_of(killed / "log.csv").size(), log_after_kill.size() / 2);
+  const Result resumed = run("train -o " + killed.string() + " --resume --threads 1");
+  ASSERT_EQ(resumed.code, 0) << resumed.out;
+  EXPECT_EQ(bytes_of(straight / "model" / "model.safetensors"), bytes_of(killed / "model" / "model.safetensors"));
+  // The logs agree row for row on everything but the timings.
+  auto losses = [](const fs::path& csv) {
+    std::ifstream in(csv);
+    std::vector<std::string> rows;
+    for (std::string line; std::getline(in, line);) rows.push_back(line.substr(0, line.rfind(',', line.rfind(',') - 1)));
+    return rows;
+  };
+  EXPECT_EQ(losses(straight / "log.csv"), losses(killed / "log.csv"));
+  EXPECT_TRUE(fs::exists(killed / "model" / "tokenizer_config.json"));
+}
+
+TEST_F(CliTrain, ResumeRefusesOtherSettingsAndMissingCheckpoints) {
+  const fs::path out = dir_ / "run_settings";
+  ASSERT_EQ(run(train_args(out) + "--steps 6 --stop-after 3").code, 0);
+  const std::string log = bytes_of(out / "log.csv");
+  expect_one_line_error(run("train -o " + out.string() + " --resume --lr 0.02"), "--lr 0.02 (checkpoint: 0.01)");
+  expect_one_line_error(run(replaced(train_args(out), "--hidden 32", "--hidden 64") + "--steps 6 --resume"),
+                        "the model shape flags differ");
+  expect_one_line_error(run(train_args(out) + "--steps 6"), "pass --resume");
+  // The same full command with --resume is accepted (equal settings and shape).
+  ASSERT_EQ(run(train_args(out) + "--steps 6 --resume").code, 0);
+  EXPECT_EQ(bytes_of(out / "log.csv").substr(0, log.size()), log);
+  ASSERT_EQ(run("train -o " + out.string() + " --resume --steps 8 --force-settings").code, 0);
+  EXPECT_EQ(crossmoe::read_json_file(out / "checkpoints" / "step-0000008" / "state.json")["settings"]["steps"], 8);
+  // No complete checkpoint: refused, and nothing is lost.
+  fs::remove_all(out / "checkpoints");
+  const std::string full_log = bytes_of(out / "log.csv");
+  expect_one_line_error(run("train -o " + out.string() + " --resume"), "no complete checkpoint");
+  EXPECT_EQ(bytes_of(out / "log.csv"), full_log);
+  EXPECT_TRUE(fs::exists(out / "model" / "model.safetensors"));
+}
+
+TEST_F(CliTrain, ConfigFileGivesTheSameRunAsFlags) {
+  ASSERT_EQ(run(train_args(dir_ / "run_flags") + "--steps 4 --seed 3").code, 0);
+  std::ofstream(dir_ / "run.toml") << "data = \"" << (dir_ / "train_data").string() << "\"\nout = \""
+                                    << (dir_ / "run_config").string() << "\"\n"
+                                    << "layout = \"megrez2\"\nhidden = 32\nlayers = 3\nheads = 2\nkv-heads = 1\n"
+                                    << "head-dim = 16\nintermediate = 64\nexperts = 4\ntop-k = 2\nexpert-size = 16\n"
+                                    << "shared-size = 16\nbatch = 2\nseq-len = 16\nlr = 0.01\nwarmup = 2\n"
+                                    << "eval-every = 20\neval-batches = 1\nexport-dtype = \"f32\"\nsteps = 4\nseed = 3\n";
+  const Result r = run("train --config " + (dir_ / "run.toml").string() + " --threads 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(bytes_of(dir_ / "run_flags" / "model" / "model.safetensors"),
+            bytes_of(dir_ / "run_config" / "model" / "model.safetensors"));
+  EXPECT_EQ(crossmoe::read_json_file(dir_ / "run_config" / "checkpoints" / "step-0000004" / "state.json")["settings"]["seed"], 3);
+}
+
+TEST_F(CliTrain, OptionsAreRangeChecked) {
+  const std::string args = train_args(dir_ / "run_bad");
+  expect_one_line_error(run(args + "--steps 0"), "--steps must be positive");
+  expect_one_line_error(run(replaced(args, "--batch 2", "--batch -2")), "--batch must be positive");
+  expect_one_line_error(run(replaced(args, "--lr 0.01", "--lr -1")), "--lr must be a positive number");
+  expect_one_line_error(run(replaced(args, "--seq-len 16", "--seq-len 1")), "--seq-len must be at least 2");
+  expect_one_line_error(run(args + "--beta1 1.5"), "--beta1 must be in [0, 1)");
+  expect_one_line_error(run(args + "--device tpu"), "--device must be cpu, cuda or cuda:N");
+  expect_one_line_error(run("train -o " + (dir_ / "run_bad").string()), "--data DIR (pre-training) or --sft FILE");
+  EXPECT_FALSE(fs::exists(dir_ / "run_bad" / "log.csv"));
+}
+
+TEST_F(CliTrain, SftOnConversationsThenChat) {
+  // Our own model: crossmoe's tokenizer with its ChatML template, pre-trained a few steps.
+  const fs::path base = dir_ / "sft_base";
+  ASSERT_EQ(run(train_args(base) + "--steps 2").code, 0);
+  std::ofstream chats(dir_ / "chats.jsonl");
+  for (int i = 0; i < 20; ++i)
+    chats << nlohmann::json{{"messages", {{{"role", "user"}, {"content", "say " + std::to_string(i % 3)}},
+                                          {{"role", "assistant"}, {"content", "ok " + std::to_string(i % 3)}}}}}
+                 .dump()
+          << "\n";
+  chats.close();
+  const std::string sft = "train --sft " + (dir_ / "chats.jsonl").string() + " --init " + (base / "model").string() +
+                          " --batch 4 --seq-len 32 --lr 0.005 --warmup 1 --eval-every 3 --threads 1 --export-dtype f32 -o ";
+  const Result r = run(sft + (dir_ / "sft_run").string() + " --steps 6", false);
+  ASSERT_EQ(r.code, 0) << r.out;
+  ASSERT_EQ(run(sft + (dir_ / "sft_split").string() + " --steps 6 --stop-after 3").code, 0);
+  ASSERT_EQ(run("train -o " + (dir_ / "sft_split").string() + " --resume --threads 1").code, 0);
+  EXPECT_EQ(bytes_of(dir_ / "sft_run" / "model" / "model.safetensors"),
+            bytes_of(dir_ / "sft_split" / "model" / "model.safetensors"));
+  std::ofstream(dir_ / "hi.txt") << "say 1\n";
+  const Result rendered = run("chat " + (dir_ / "sft_run" / "model").string() + " --render < " + (dir_ / "hi.txt").string(), false);
+  EXPECT_EQ(rendered.out, "<|im_start|>user\nsay 1<|im_end|>\n<|im_start|>assistant\n");
+  // A model without a chat template cannot be fine-tuned on conversations.
+  fs::remove(base / "model" / "tokenizer_config.json");
+  expect_one_line_error(run(sft + (dir_ / "sft_no_template").string()), "tokenizer_config.json");
+  expect_one_line_error(run("train --sft " + (dir_ / "chats.jsonl").string() + " -o " + (dir_ / "sft_no_init").string()),
+                        "--sft needs --init MODEL");
+}
+#endif
 
 }  // namespace

@@ -6,14 +6,19 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
+#include <tuple>
 
 #include "model/init.hpp"
 #include "model/tensor_names.hpp"
 #include "runtime/forward.hpp"
 #include "small_models.hpp"
+#include "tokenizer/bpe_trainer.hpp"
+#include "tokenizer/chatml.hpp"
 #include "train/corpus.hpp"
 #include "train/trainer.hpp"
+#include "util/error.hpp"
 #include "util/json_file.hpp"
 
 using namespace crossmoe;
@@ -334,6 +339,269 @@ TEST(TrainerLoop, LossFallsOnALearnableStream) {
   const TrainResult r = train_model(c, o);
   EXPECT_NEAR(before, std::log(double(c.vocab_size)), 0.3);
   EXPECT_LT(r.final_val_loss, before - 0.5);
+}
+
+}  // namespace
+
+namespace {
+
+std::string file_bytes(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// A run that stops after `stop` of `steps` steps, checkpointing every step.
+TrainOptions stopped_run(const ModelConfig& c, const fs::path& data, const std::string& name, int64_t steps, int64_t stop) {
+  TrainOptions o = quick_options(data, temp_dir(name));
+  o.steps = steps;
+  o.save_every = 1;
+  o.stop_after = stop;
+  train_model(c, o);
+  o.stop_after = 0;
+  o.resume = true;
+  return o;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(TrainerResume, FindsTheNewestCompleteCheckpointWithoutLatest) {
+  ModelConfig c = small("megrez2");
+  c.finalize();
+  const fs::path data = make_data(c.vocab_size);
+  TrainOptions straight = quick_options(data, temp_dir("resume_straight"));
+  straight.steps = 5;
+  train_model(c, straight);
+  for (const char* damage : {"missing", "empty"}) {
+    TrainOptions o = stopped_run(c, data, std::string("resume_") + damage, 5, 3);
+    const fs::path latest = o.out_dir / "checkpoints" / "latest";
+    if (std::string(damage) == "missing") fs::remove(latest);
+    else std::ofstream(latest, std::ios::trunc);
+    // A newer checkpoint directory without its optimizer state is not complete: skipped.
+    fs::create_directories(o.out_dir / "checkpoints" / "step-0000004");
+    fs::copy_file(o.out_dir / "checkpoints" / "step-0000003" / "state.json", o.out_dir / "checkpoints" / "step-0000004" / "state.json");
+    const TrainResult r = train_model(c, o);
+    EXPECT_EQ(r.steps, 5);
+    EXPECT_EQ(file_bytes(straight.out_dir / "model" / "model.safetensors"), file_bytes(r.model_dir / "model.safetensors"))
+        << damage;
+  }
+}
+
+TEST(TrainerResume, RefusesWithoutACompleteCheckpointAndKeepsTheLog) {
+  ModelConfig c = small("dense");
+  c.finalize();
+  TrainOptions o = stopped_run(c, make_data(c.vocab_size), "resume_refuse", 5, 2);
+  const std::string log = file_bytes(o.out_dir / "log.csv");
+  ASSERT_NE(log.find("\n2,"), std::string::npos) << log;
+  fs::remove_all(o.out_dir / "checkpoints" / "step-0000002");
+  EXPECT_NE(error_of([&] { train_model(c, o); }).find("no complete checkpoint to resume from"), std::string::npos);
+  EXPECT_EQ(file_bytes(o.out_dir / "log.csv"), log);
+  // Without --resume, a directory holding a run is not started over either.
+  o.resume = false;
+  EXPECT_NE(error_of([&] { train_model(c, o); }).find("pass --resume"), std::string::npos);
+  EXPECT_EQ(file_bytes(o.out_dir / "log.csv"), log);
+}
+
+TEST(TrainerResume, SettingsComeBackAndDifferencesAreRefusedUnlessForced) {
+  ModelConfig c = small("moe");
+  c.finalize();
+  const fs::path data = make_data(c.vocab_size);
+  TrainOptions o = stopped_run(c, data, "resume_settings", 4, 2);
+  const nlohmann::json stored = newest_checkpoint(o.out_dir)->settings;
+  EXPECT_EQ(stored, training_settings(o));
+  EXPECT_EQ(training_settings(with_settings(TrainOptions{}, stored)), stored);  // every setting round-trips
+  EXPECT_EQ(stored["lr"], 1e-2);
+  EXPECT_EQ(stored["data"], fs::absolute(data).lexically_normal().string());
+
+  TrainOptions changed = o;
+  changed.lr = 5e-3;
+  changed.batch_size = 3;
+  const std::string refused = error_of([&] { train_model(c, changed); });
+  EXPECT_NE(refused.find("--batch 3 (checkpoint: 4)"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("--lr 0.005 (checkpoint: 0.01)"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("--force-settings"), std::string::npos) << refused;
+  EXPECT_TRUE(fs::exists(o.out_dir / "checkpoints" / "step-0000002" / "state.json"));
+
+  train_model(c, o);  // finishes the 4 planned steps
+  EXPECT_NE(error_of([&] { train_model(c, o); }).find("already finished at step 4"), std::string::npos);
+  TrainOptions longer = o;
+  longer.steps = 6;
+  EXPECT_NE(error_of([&] { train_model(c, longer); }).find("--steps 6 (checkpoint: 4)"), std::string::npos);
+  longer.force_settings = true;
+  EXPECT_EQ(train_model(c, longer).steps, 6);
+  EXPECT_EQ(newest_checkpoint(o.out_dir)->step, 6);
+  EXPECT_EQ(newest_checkpoint(o.out_dir)->settings["steps"], 6);
+}
+
+TEST(TrainerResume, CorruptCheckpointFilesAreClearErrors) {
+  ModelConfig c = small("dense");
+  c.finalize();
+  const TrainOptions o = stopped_run(c, make_data(c.vocab_size), "resume_corrupt", 4, 2);
+  const fs::path ckpt = o.out_dir / "checkpoints" / "step-0000002";
+  const fs::path saved = temp_dir("resume_corrupt_saved");
+  fs::copy(ckpt, saved);
+  auto restore = [&] {
+    fs::remove_all(ckpt);
+    fs::copy(saved, ckpt);
+  };
+  auto expect_error = [&](const std::string& what, const std::string& fragment) {
+    const std::string message = error_of([&] { train_model(c, o); });
+    EXPECT_NE(message.find(fragment), std::string::npos) << what << ": " << message;
+    restore();
+  };
+  const std::string state = file_bytes(ckpt / "state.json");
+  std::ofstream(ckpt / "state.json", std::ios::trunc) << state.substr(0, state.size() / 2);
+  expect_error("truncated state", "state.json: invalid JSON");
+  nlohmann::json j = nlohmann::json::parse(state);
+  for (auto [key, value, fragment] : std::vector<std::tuple<std::string, nlohmann::json, std::string>>{
+           {"step", "two", "'step' must be a non-negative integer"},
+           {"step", -2, "'step' must be a non-negative integer"},
+           {"tokens", nullptr, "'tokens' must be a non-negative integer"},
+           {"config", 5, "'config' must be an object"},
+           {"settings", {{"lr", "fast"}}, "training setting 'lr' has the wrong type"},
+           {"settings", {{"learning", 1}}, "unknown training setting 'learning'"},
+           {"settings", {{"batch", 1e30}}, "training setting 'batch' has the wrong type"}}) {
+    nlohmann::json bad = j;
+    bad[key] = value;
+    write_json_file(ckpt / "state.json", bad);
+    expect_error(key, fragment);
+  }
+  nlohmann::json bad_config = j;
+  bad_config["config"]["num_hidden_layers"] = -1;
+  write_json_file(ckpt / "state.json", bad_config);
+  expect_error("bad config", "state.json: config:");
+  fs::resize_file(ckpt / "model.safetensors", fs::file_size(ckpt / "model.safetensors") / 2);
+  expect_error("truncated weights", "model.safetensors");
+  auto tensors = load_tensors(ckpt / "optimizer.safetensors", torch::kCPU);
+  tensors["x.unknown"] = torch::zeros({1});
+  save_tensors(ckpt / "optimizer.safetensors", tensors);
+  expect_error("unknown optimizer tensor", "optimizer.safetensors: unexpected tensor 'x.unknown'");
+  tensors = load_tensors(ckpt / "model.safetensors", torch::kCPU);
+  tensors.begin()->second = torch::zeros({3});
+  save_tensors(ckpt / "model.safetensors", tensors);
+  expect_error("wrong shape", "has the wrong shape");
+  EXPECT_EQ(train_model(c, o).steps, 4);  // and the restored checkpoint still resumes
+}
+
+TEST(TrainerOptions, OutOfRangeOptionsNameTheFlag) {
+  const TrainOptions good = quick_options("data", "out");
+  EXPECT_NO_THROW(check_options(good));
+  auto message = [&](const std::function<void(TrainOptions&)>& change) {
+    TrainOptions o = good;
+    change(o);
+    return error_of([&] { check_options(o); });
+  };
+  EXPECT_NE(message([](TrainOptions& o) { o.steps = 0; }).find("--steps must be positive"), std::string::npos);
+  EXPECT_NE(message([](TrainOptions& o) { o.batch_size = -1; }).find("--batch must be positive"), std::string::npos);
+  EXPECT_NE(message([](TrainOptions& o) { o.seq_len = 1; }).find("--seq-len must be at least 2"), std::string::npos);
+  EXPECT_NE(message([](TrainOptions& o) { o.lr = 0; }).find("--lr must be a positive"), std::string::npos);
+  EXPECT_NE(message([](TrainOptions& o) { o.lr = std::nan(""); }).find("--lr"), std::string::npos);
+  EXPECT_NE(message([](TrainOptions& o) { o.beta2 = 1; }).find("--beta2 must be in [0, 1)"), std::string::npos);
+  EXPECT_NE(message([](TrainOptions& o) { o.min_lr_ratio = 2; }).find("--min-lr-ratio"), std::string::npos);
+  EXPECT_NE(message([](TrainOptions& o) { o.warmup = -1; }).find("--warmup must be zero or more"), std::string::npos);
+  EXPECT_NE(message([](TrainOptions& o) { o.log_every = 0; }).find("--log-every must be positive"), std::string::npos);
+  EXPECT_NE(message([](TrainOptions& o) { o.device = "tpu"; }).find("--device must be cpu, cuda or cuda:N"),
+            std::string::npos);
+  EXPECT_NE(message([](TrainOptions& o) { o.sft_validation_every = 1; }).find("--sft-validation-every"), std::string::npos);
+}
+
+// SFT: a model directory (random weights, crossmoe's byte-level ChatML tokenizer) and
+// conversations whose replies follow a rule the model can learn: the user's letter, then "!".
+fs::path sft_model(const ModelConfig& c, const std::string& name) {
+  const fs::path dir = temp_dir(name);
+  TorchModel(c, 11, torch::kCPU).export_hf(dir, DType::F32);
+  write_json_file(dir / "tokenizer.json", BpeTrainer::tokenizer_json({}, chatml_special_tokens()));
+  write_json_file(dir / "tokenizer_config.json", chatml_tokenizer_config(c.max_position_embeddings));
+  return dir;
+}
+fs::path sft_data(const std::string& name, int conversations) {
+  const fs::path path = temp_dir(name) / "chats.jsonl";
+  std::ofstream out(path);
+  std::mt19937 rng(3);
+  for (int i = 0; i < conversations; ++i) {
+    const std::string a(1, char('a' + rng() % 6)), b(1, char('a' + rng() % 6));
+    out << nlohmann::json{{"messages",
+                           {{{"role", "user"}, {"content", a}}, {{"role", "assistant"}, {"content", a + "!"}},
+                            {{"role", "user"}, {"content", b}}, {{"role", "assistant"}, {"content", b + "!"}}}}}
+                  .dump()
+        << "\n";
+  }
+  return path;
+}
+
+TEST(TrainerSft, MaskedLossAndBatchesMatchAHandComputation) {
+  SftExample a{{5, 6, 7, 8, 9}, {0, 0, 1, 1, 0}}, b{{1, 2, 3}, {0, 1, 1}};
+  const SftBatch batch = sft_batch({&a, &b}, 3, torch::kCPU);  // a is cut to 4 tokens
+  EXPECT_TRUE(torch::equal(batch.input, torch::tensor({5, 6, 7, 1, 2, 3}, torch::kInt64).view({2, 3})));
+  EXPECT_TRUE(torch::equal(batch.target, torch::tensor({6, 7, 8, 2, 3, 0}, torch::kInt64).view({2, 3})));
+  EXPECT_TRUE(torch::equal(batch.mask, torch::tensor({0.f, 1.f, 1.f, 1.f, 1.f, 0.f}).view({2, 3})));
+  const torch::Tensor logits = torch::randn({2, 3, 10}, torch::kFloat32);
+  double sum = 0;
+  int count = 0;
+  for (int row = 0; row < 2; ++row)
+    for (int t = 0; t < 3; ++t) {
+      if (batch.mask[row][t].item<float>() == 0) continue;
+      const torch::Tensor l = logits[row][t].to(torch::kDouble);
+      sum += (l.exp().sum().log() - l[batch.target[row][t].item<int64_t>()]).item<double>();
+      ++count;
+    }
+  EXPECT_NEAR(next_token_loss(logits, batch.target, batch.mask).item<double>(), sum / count, 1e-5);
+}
+
+TEST(TrainerSft, FewStepsLowerTheLossOnAssistantTokens) {
+  ModelConfig c = small("megrez2");
+  c.finalize();
+  const fs::path model = sft_model(c, "sft_model");
+  TrainOptions o = quick_options("", temp_dir("sft_run"));
+  o.sft_file = sft_data("sft_data", 40);
+  o.init_model = model;
+  o.steps = 30;
+  o.batch_size = 8;
+  o.seq_len = 64;
+  o.eval_every = 30;
+  o.eval_batches = 4;
+  o.warmup = 3;
+  ChatEncoder encoder = ChatEncoder::load(model);
+  const std::vector<SftExample> examples = read_sft_file(o.sft_file, encoder);
+  const double before = evaluate_sft_loss(TorchModel::load(model, torch::kCPU), examples, 4, 8, 64, torch::kFloat32);
+  const TrainResult r = train_model(c, o);
+  const double after = evaluate_sft_loss(TorchModel::load(r.model_dir, torch::kCPU), examples, 4, 8, 64, torch::kFloat32);
+  EXPECT_NEAR(before, std::log(double(c.vocab_size)), 0.5);
+  EXPECT_LT(after, before - 1.0) << "before " << before << ", after " << after;
+  EXPECT_GT(r.final_val_loss, 0);  // 4 held-out conversations
+  EXPECT_LT(r.final_val_loss, before - 1.0);
+}
+
+TEST(TrainerSft, ResumeIsBitForBit) {
+  ModelConfig c = small("rexmoe");
+  c.finalize();
+  const fs::path model = sft_model(c, "sft_resume_model");
+  TrainOptions straight = quick_options("", temp_dir("sft_straight"));
+  straight.sft_file = sft_data("sft_resume_data", 12);
+  straight.init_model = model;
+  straight.steps = 6;
+  straight.batch_size = 5;  // epochs of 11 training conversations wrap inside batches
+  straight.seq_len = 40;
+  train_model(c, straight);
+  TrainOptions split = straight;
+  split.out_dir = temp_dir("sft_split");
+  split.stop_after = 4;
+  train_model(c, split);
+  split.stop_after = 0;
+  split.resume = true;
+  train_model(c, split);
+  EXPECT_EQ(file_bytes(straight.out_dir / "model" / "model.safetensors"),
+            file_bytes(split.out_dir / "model" / "model.safetensors"));
+  TrainOptions no_model = straight;
+  no_model.out_dir = temp_dir("sft_no_model");
+  no_model.init_model.clear();
+  EXPECT_NE(error_of([&] { train_model(c, no_model); }).find("--sft needs --init MODEL"), std::string::npos);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include "eval/lveval_data.hpp"
 #include "eval/lveval_datasets.hpp"
 #include "eval/lveval_run.hpp"
+#include "tokenizer/chat_template.hpp"
 #include "util/json_file.hpp"
 #include "util/error.hpp"
 #include "util/progress.hpp"
@@ -124,7 +125,7 @@ void run_lveval_command(const LvEvalArgs& a) {
             a.prompts + " must be a JSON object {dataset: template}");
     o.prompts = prompts.get<std::map<std::string, std::string>>();
   }
-  if (a.chat) o.chat_config = read_json_file(std::filesystem::path(a.model) / "tokenizer_config.json");
+  if (a.chat) o.chat_config = read_tokenizer_config(a.model);
   const auto scores = eval::run_lveval(model, tokenizer, metric, o);
   eval::write_report(scores, o.out_dir, a.model);
   print_scores(scores);

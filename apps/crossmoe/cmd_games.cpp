@@ -76,7 +76,7 @@ class ModelResponder {
       : model_(dir), tokenizer_(Tokenizer::load(std::filesystem::path(dir) / "tokenizer.json")),
         session_(model_, std::min(model_.config().max_position_embeddings, 8192)), max_tokens_(options.max_tokens) {
     const auto config_path = std::filesystem::path(dir) / "tokenizer_config.json";
-    if (std::filesystem::exists(config_path)) config_ = read_json_file(config_path);
+    if (std::filesystem::exists(config_path)) config_ = read_tokenizer_config(dir);
     sampling_.temperature = options.temperature;
     sampling_.top_p = options.top_p;
     sampling_.top_k = options.top_k;

@@ -1,4 +1,5 @@
 // crossmoe tokenize MODEL TEXT, and crossmoe tokenizer train FILES...
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -7,6 +8,7 @@
 
 #include "commands.hpp"
 #include "tokenizer/bpe_trainer.hpp"
+#include "tokenizer/chatml.hpp"
 #include "tokenizer/tokenizer.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
@@ -53,10 +55,31 @@ void run_tokenize(const std::string& model, const std::string& text, bool add_sp
 struct TrainArgs {
   std::vector<std::string> files;
   std::string out;
+  std::vector<std::string> extra_special;
+  bool force = false;
   BpeTrainingOptions options;
 };
 
 void run_train(TrainArgs a) {
+  namespace fs = std::filesystem;
+  const fs::path out = fs::path(a.out) / "tokenizer.json", config = fs::path(a.out) / "tokenizer_config.json";
+  if (!a.force)
+    for (const fs::path& p : {out, config})
+      require(!fs::exists(p), p.string() + " exists; pass --force to overwrite it");
+  require(!fs::exists(a.out) || fs::is_directory(a.out), "--out " + a.out + " is not a directory");
+  // The ChatML tokens first (documents and the chat template need them), then the extra ones.
+  a.options.special_tokens = chatml_special_tokens();
+  for (const std::string& token : a.extra_special) {
+    require(!token.empty(), "--special: a special token cannot be empty");
+    if (std::find(a.options.special_tokens.begin(), a.options.special_tokens.end(), token) ==
+        a.options.special_tokens.end())
+      a.options.special_tokens.push_back(token);
+  }
+  require(a.options.vocab_size >= 256 + int(a.options.special_tokens.size()),
+          "--vocab-size must be at least " + std::to_string(256 + a.options.special_tokens.size()) +
+              " (256 bytes and the special tokens)");
+  require(a.options.vocab_size <= (1 << 24), "--vocab-size must be at most " + std::to_string(1 << 24));
+  require(a.options.min_frequency >= 1, "--min-frequency must be at least 1");
   Stopwatch watch;
   a.options.progress = [&](int done, int wanted) {
     std::fprintf(stderr, "\r  %d / %d tokens learned (%.1f s)", done, wanted, watch.seconds());
@@ -74,9 +97,13 @@ void run_train(TrainArgs a) {
            std::to_string(bytes / 1000) + " kB from " + std::to_string(a.files.size()) + " files");
   const nlohmann::json tokenizer = trainer.train();
   std::fprintf(stderr, "\n");
-  std::filesystem::create_directories(a.out);
-  write_json_file(std::filesystem::path(a.out) / "tokenizer.json", tokenizer);
-  log_info("wrote " + (std::filesystem::path(a.out) / "tokenizer.json").string());
+  fs::create_directories(a.out);
+  // Each file is renamed into place whole: a kill leaves the old file or the new one, never half.
+  write_json_file(out, tokenizer);
+  nlohmann::json chat_config = chatml_tokenizer_config(0);
+  chat_config.erase("model_max_length");  // a model's context, set when `init` ships the tokenizer
+  write_json_file(config, chat_config);
+  log_info("wrote " + out.string() + " and " + config.filename().string() + " (ChatML chat template)");
 }
 
 }  // namespace
@@ -94,12 +121,15 @@ void add_tokenizer(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
   CLI::App* group = app.add_subcommand("tokenizer", "Tokenizer tools");
   group->require_subcommand(1);
-  CLI::App* train = group->add_subcommand("train", "Train a byte-level BPE tokenizer on text files");
+  CLI::App* train = group->add_subcommand(
+      "train", "Train a byte-level BPE tokenizer on text files (writes tokenizer.json and a ChatML tokenizer_config.json)");
   train->add_option("files", a->files, "Text files (UTF-8)")->required()->check(CLI::ExistingFile);
   train->add_option("-o,--out", a->out, "Output directory for tokenizer.json")->required();
   train->add_option("--vocab-size", a->options.vocab_size, "Tokens in all: bytes, merges, specials")->capture_default_str();
   train->add_option("--min-frequency", a->options.min_frequency, "Merge only pairs seen this often")->capture_default_str();
-  train->add_option("--special", a->options.special_tokens, "Special tokens (replace the defaults)");
+  train->add_option("--special", a->extra_special,
+                    "More special tokens, after <|endoftext|>, <|im_start|> and <|im_end|> (always there)");
+  train->add_flag("--force", a->force, "Overwrite tokenizer.json and tokenizer_config.json in --out");
   train->callback([a] { run_train(*a); });
 }
 

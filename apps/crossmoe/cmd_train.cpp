@@ -7,6 +7,7 @@
 #include "commands.hpp"
 #include "model_options.hpp"
 #include "model/hf_config.hpp"
+#include "model/config.hpp"
 #include "train/trainer.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
@@ -19,7 +20,7 @@ namespace {
 struct TrainArgs {
   train::TrainOptions options;
   ModelShapeArgs shape;
-  std::string bf16 = "auto", export_dtype = "bf16", init;
+  std::string bf16 = "auto", export_dtype = "bf16", init, config;
   double peak_tflops = 0;
 };
 
@@ -31,23 +32,88 @@ double flops_per_token(const ModelConfig& c, int seq_len) {
   return 6.0 * matrices + 6.0 * c.num_layers * c.num_heads * c.head_dim * double(seq_len);
 }
 
-void run_train(TrainArgs& a) {
+// Options from a TOML/INI file, for every option not given on the command line. (CLI11 reads
+// config files for the main app only, so a subcommand's --config is applied here.)
+void apply_config_file(CLI::App& cmd, const std::string& path) {
+  std::vector<CLI::ConfigItem> items;
+  try {
+    items = CLI::ConfigTOML().from_file(path);
+  } catch (const CLI::ParseError& e) {
+    throw Error("--config " + path + ": " + e.what());
+  }
+  for (const CLI::ConfigItem& item : items) {
+    if (item.name == "++" || item.name == "--") continue;  // section markers
+    require(item.parents.empty() || item.parents == std::vector<std::string>{"train"},
+            "--config " + path + ": unknown section '" + item.fullname() + "'");
+    CLI::Option* option = cmd.get_option_no_throw("--" + item.name);
+    require(option != nullptr && item.name != "config",
+            "--config " + path + ": '" + item.name + "' is not an option of `crossmoe train`");
+    if (option->count() > 0) continue;  // the command line wins
+    option->add_result(item.inputs);
+    option->run_callback();
+  }
+}
+
+// True when the user set this flag (on the command line or in the --config file).
+bool given(const CLI::App& cmd, const std::string& flag) {
+  const CLI::Option* option = cmd.get_option_no_throw(flag);
+  return option && option->count() > 0;
+}
+
+void run_train(TrainArgs& a, CLI::App& cmd) {
   namespace fs = std::filesystem;
   train::TrainOptions& o = a.options;
-  require(fs::exists(o.data_dir / "meta.json"),
-          o.data_dir.string() + " has no meta.json: make it with `crossmoe data prepare --tokenizer T -o DIR`");
-  const std::string tokenizer = read_json_file(o.data_dir / "meta.json").at("tokenizer").get<std::string>();
-  require(fs::exists(tokenizer), "the tokenizer named in meta.json is missing: " + tokenizer);
+  if (!a.config.empty()) apply_config_file(cmd, a.config);
+  if (o.out_dir.empty()) throw UsageError("--out DIR is required");
   o.init_model = a.init;
   o.bf16 = a.bf16 == "auto" ? o.device.rfind("cuda", 0) == 0 : a.bf16 == "on";
   require(parse_dtype(a.export_dtype == "f32" ? "F32" : a.export_dtype == "bf16" ? "BF16" : "?", &o.export_dtype),
           "--export-dtype must be f32 or bf16");
-  if (o.resume && fs::exists(o.out_dir / "checkpoints" / "latest")) {
-    log_info("resuming in " + o.out_dir.string());
-  } else if (fs::exists(o.out_dir) && !fs::is_empty(o.out_dir) && !o.resume) {
+  require(a.peak_tflops >= 0, "--peak-tflops must be zero or more");
+  if (!o.resume && fs::exists(o.out_dir) && !fs::is_empty(o.out_dir))
     throw Error(o.out_dir.string() + " is not empty: pass --resume to continue that run, or choose another --out");
+
+  // Resuming: every training setting not given again comes from the checkpoint (a setting given
+  // with another value is refused by the trainer unless --force-settings), and the architecture
+  // always does.
+  const std::optional<train::CheckpointInfo> checkpoint = train::starting_checkpoint(o.out_dir, o.resume);
+  if (checkpoint && !checkpoint->settings.is_null()) {
+    nlohmann::json stored = nlohmann::json::object();
+    for (const auto& [key, value] : checkpoint->settings.items())
+      if (!given(cmd, "--" + key)) stored[key] = value;
+    o = train::with_settings(o, stored);
+    a.init = o.init_model.string();
   }
-  const ModelConfig config = a.init.empty() ? build_model_config(a.shape, tokenizer) : read_model_config(a.init);
+  if (o.sft_file.empty() && o.data_dir.empty())
+    throw UsageError("--data DIR (pre-training) or --sft FILE (fine-tuning) is required");
+  train::check_options(o);
+  if (checkpoint) train::check_resume(o, *checkpoint);  // before any work or output
+
+  const bool sft = !o.sft_file.empty();
+  std::string tokenizer;  // pre-training: the tokenizer of the data, shipped with the exported model
+  if (!sft) {
+    require(fs::exists(o.data_dir / "meta.json"),
+            o.data_dir.string() + " has no meta.json: make it with `crossmoe data prepare --tokenizer T -o DIR`");
+    const nlohmann::json meta = read_json_file(o.data_dir / "meta.json");
+    require(meta.is_object() && meta.contains("tokenizer") && meta["tokenizer"].is_string(),
+            (o.data_dir / "meta.json").string() + ": 'tokenizer' must be the path of a tokenizer.json");
+    tokenizer = meta["tokenizer"].get<std::string>();
+    require(fs::exists(tokenizer), "the tokenizer named in meta.json is missing: " + tokenizer);
+  }
+  const bool shape_given = !(a.shape == ModelShapeArgs{});
+  ModelConfig config;
+  if (checkpoint) {
+    config = checkpoint->config;
+    if (shape_given && a.init.empty())
+      require(to_crossmoe_json(build_model_config(a.shape, tokenizer)) == to_crossmoe_json(config),
+              "--resume: the model shape flags differ from the checkpoint's model; the architecture cannot change "
+              "(drop the shape flags to continue)");
+  } else {
+    require(!(sft && a.init.empty()), "--sft needs --init MODEL: the model to fine-tune (with its chat template)");
+    if (sft) train::ChatEncoder::load(a.init);  // a model without a chat template: an error before any work
+    require(!(shape_given && !a.init.empty()), "--init takes the model's shape from MODEL: drop the shape flags");
+    config = a.init.empty() ? build_model_config(a.shape, tokenizer) : read_model_config(a.init);
+  }
   const ParamCounts p = count_parameters(config);
   log_info("training " + config.model_type + " (" + (a.init.empty() ? a.shape.layout : a.init) + "): " +
            std::to_string(p.stored) + " parameters, " + std::to_string(p.active) + " active per token");
@@ -63,7 +129,13 @@ void run_train(TrainArgs& a) {
     std::printf("crossmoe loss %.4f  %10.0f tokens/s  MFU %.1f%%\n", r.final_train_loss, r.tokens_per_second,
                 100.0 * r.tokens_per_second * flops_per_token(config, o.seq_len) / (a.peak_tflops * 1e12));
   if (r.model_dir.empty()) return;  // stopped early: nothing exported yet
-  write_tokenizer_files(r.model_dir, tokenizer, config.max_position_embeddings);
+  if (sft) {
+    // The fine-tuned model speaks through the same tokenizer and chat template it learned.
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+      fs::copy_file(o.init_model / f, r.model_dir / f, fs::copy_options::overwrite_existing);
+  } else {
+    write_tokenizer_files(r.model_dir, tokenizer, config.max_position_embeddings);
+  }
   std::printf("%s\n", r.model_dir.string().c_str());
 }
 
@@ -72,18 +144,27 @@ void run_train(TrainArgs& a) {
 void add_train(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
   train::TrainOptions& o = a->options;
-  CLI::App* cmd = app.add_subcommand("train", "Pre-train a model on token data from `crossmoe data prepare`");
-  cmd->set_config("--config", "", "Read options from a TOML/INI file (keys are the long flag names)");
-  cmd->add_option("--data", o.data_dir, "Directory with train.bin, val.bin and meta.json")->required();
-  cmd->add_option("-o,--out", o.out_dir, "Output directory (log, plot, checkpoints, model/)")->required();
-  cmd->add_option("--init", a->init, "Start from this model directory instead of a random init")
+  CLI::App* cmd = app.add_subcommand(
+      "train", "Pre-train a model on token data from `crossmoe data prepare`, or fine-tune one on chat conversations (--sft)");
+  cmd->add_option("--config", a->config,
+                  "Read options from a TOML/INI file (keys are the long flag names; the command line wins)")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--data", o.data_dir, "Directory with train.bin, val.bin and meta.json (pre-training)");
+  cmd->add_option("--sft", o.sft_file,
+                  "Fine-tune on chat conversations instead: a jsonl file of {\"messages\": [...]}, rendered through the "
+                  "--init model's chat template, loss on assistant tokens only")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--sft-validation-every", o.sft_validation_every,
+                  "SFT: hold out every N-th conversation for the validation loss (0 = none)")
+      ->capture_default_str();
+  cmd->add_option("-o,--out", o.out_dir, "Output directory (log, plot, checkpoints, model/); required");
+  cmd->add_option("--init", a->init, "Start from this model directory instead of a random init (needed by --sft)")
       ->check(CLI::ExistingDirectory);
   add_model_shape_options(*cmd, a->shape);
-  cmd->add_option("--steps", o.steps, "Optimizer steps")->capture_default_str()->check(positive());
-  cmd->add_option("--batch", o.batch_size, "Sequences per micro-batch")->capture_default_str()->check(positive());
-  cmd->add_option("--seq-len", o.seq_len, "Tokens per sequence")->capture_default_str()->check(CLI::Range(2, 1 << 20));
-  cmd->add_option("--accum", o.grad_accum, "Micro-batches per step (gradient accumulation)")
-      ->capture_default_str()->check(positive());
+  cmd->add_option("--steps", o.steps, "Optimizer steps")->capture_default_str();
+  cmd->add_option("--batch", o.batch_size, "Sequences (SFT: conversations) per micro-batch")->capture_default_str();
+  cmd->add_option("--seq-len", o.seq_len, "Tokens per sequence (SFT: longer conversations are cut)")->capture_default_str();
+  cmd->add_option("--accum", o.grad_accum, "Micro-batches per step (gradient accumulation)")->capture_default_str();
   cmd->add_option("--lr", o.lr, "Peak learning rate")->capture_default_str();
   cmd->add_option("--min-lr-ratio", o.min_lr_ratio, "Cosine floor as a fraction of --lr")->capture_default_str();
   cmd->add_option("--warmup", o.warmup, "Linear warmup steps")->capture_default_str();
@@ -110,9 +191,14 @@ void add_train(CLI::App& app) {
   cmd->add_option("--export-dtype", a->export_dtype, "Dtype of the exported weights: bf16 or f32")->capture_default_str();
   cmd->add_option("--stop-after", o.stop_after, "Checkpoint and stop after this step (continue later with --resume)");
   cmd->add_option("--peak-tflops", a->peak_tflops, "Device peak TFLOP/s: print model FLOPs utilisation at the end");
-  cmd->add_flag("--resume", o.resume, "Continue from the output directory's latest checkpoint");
+  cmd->add_flag("--resume", o.resume,
+                "Continue from the output directory's newest complete checkpoint; training settings not given "
+                "come from it, and given ones must equal it");
+  cmd->add_flag("--force-settings", o.force_settings,
+                "With --resume: accept settings that differ from the checkpoint's (e.g. a larger --steps to train "
+                "on; the cosine schedule then stretches to the new end)");
   add_threads_option(*cmd);
-  cmd->callback([a] { run_train(*a); });
+  cmd->callback([a, cmd] { run_train(*a, *cmd); });
 }
 
 }  // namespace crossmoe::cli

@@ -5,9 +5,11 @@
 #include "model/init.hpp"
 #include "option_checks.hpp"
 #include "tokenizer/bpe_trainer.hpp"
+#include "tokenizer/chatml.hpp"
 #include "tokenizer/tokenizer.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
+#include "util/progress.hpp"
 
 namespace crossmoe::cli {
 
@@ -82,16 +84,33 @@ ModelConfig build_model_config(const ModelShapeArgs& a, const std::string& token
 void write_tokenizer_files(const std::filesystem::path& dir, const std::string& tokenizer_path, int context) {
   namespace fs = std::filesystem;
   // Without a tokenizer: one token per byte (train one with `crossmoe tokenizer train`).
-  if (!tokenizer_path.empty()) fs::copy_file(tokenizer_path, dir / "tokenizer.json", fs::copy_options::overwrite_existing);
-  else write_json_file(dir / "tokenizer.json", BpeTrainer::tokenizer_json({}, {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}));
-  // ChatML, as Qwen models use; a reply ends with <|im_end|>.
-  const char* chatml =
-      "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-      "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-  write_json_file(dir / "tokenizer_config.json",
-                  {{"tokenizer_class", "PreTrainedTokenizerFast"}, {"eos_token", "<|im_end|>"},
-                   {"pad_token", "<|endoftext|>"}, {"bos_token", nullptr},
-                   {"model_max_length", context}, {"chat_template", chatml}});
+  if (tokenizer_path.empty()) {
+    write_json_file(dir / "tokenizer.json", BpeTrainer::tokenizer_json({}, chatml_special_tokens()));
+    write_json_file(dir / "tokenizer_config.json", chatml_tokenizer_config(context));
+    return;
+  }
+  fs::copy_file(tokenizer_path, dir / "tokenizer.json", fs::copy_options::overwrite_existing);
+  // The chat template of the tokenizer's own tokenizer_config.json when one sits beside it
+  // (`crossmoe tokenizer train` writes one), else ChatML when the tokenizer has its tokens.
+  const fs::path beside = fs::path(tokenizer_path).parent_path() / "tokenizer_config.json";
+  if (fs::is_regular_file(beside)) {
+    nlohmann::json config = read_json_file(beside);
+    if (config.is_object() && config.contains("chat_template")) {
+      config["model_max_length"] = context;
+      write_json_file(dir / "tokenizer_config.json", config);
+      return;
+    }
+  }
+  const Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
+  bool chatml = true;
+  for (const std::string& token : chatml_special_tokens()) chatml = chatml && tokenizer.token_to_id(token) >= 0;
+  if (chatml) {
+    write_json_file(dir / "tokenizer_config.json", chatml_tokenizer_config(context));
+  } else {
+    fs::remove(dir / "tokenizer_config.json");
+    log_info(tokenizer_path + " has no chat template beside it and lacks the ChatML tokens: the model gets no chat "
+             "template (chat and SFT need one)");
+  }
 }
 
 }  // namespace crossmoe::cli

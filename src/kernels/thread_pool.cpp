@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -40,12 +41,16 @@ uint64_t job_number(uint64_t word) { return word >> (2 * kItemBits); }
 class Pool {
  public:
   explicit Pool(int threads) {
-    for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { work(); });
+    // Each worker starts from the job word as it is now: a worker that read it only once running
+    // could read a word that a job or the destructor had already changed, and wait for a change
+    // that never comes (seen as a hang when a pool was replaced or destroyed right after creation).
+    const uint64_t initial = job_.load();
+    for (int i = 1; i < threads; ++i) workers_.emplace_back([this, initial] { work(initial); });
   }
   ~Pool() {
     stop_.store(true);
     job_.fetch_add(uint64_t(1) << (2 * kItemBits));
-    job_.notify_all();
+    wake(job_changed_);
     for (std::thread& t : workers_) t.join();
   }
   int threads() const { return int(workers_.size()) + 1; }
@@ -62,19 +67,24 @@ class Pool {
     done_.store(0, std::memory_order_relaxed);
     const uint64_t job = job_number(job_.load(std::memory_order_relaxed)) + 1;
     job_.store((job << (2 * kItemBits)) | (items << kItemBits), std::memory_order_release);
-    job_.notify_all();
+    wake(job_changed_);
     take_items();
     // Wait for the items workers took; spin briefly, then sleep.
     for (int i = 0; i < kSpinRounds && done_.load(std::memory_order_acquire) < items; ++i) cpu_relax();
-    for (uint64_t done; (done = done_.load(std::memory_order_acquire)) < items;) done_.wait(done);
+    std::unique_lock<std::mutex> lock(sleep_mutex_);
+    job_finished_.wait(lock, [&] { return done_.load(std::memory_order_acquire) >= items; });
   }
 
  private:
-  void work() {
-    uint64_t seen = job_.load(std::memory_order_acquire);
+  void work(uint64_t seen) {
     for (;;) {
-      for (int i = 0; i < kSpinRounds && job_.load(std::memory_order_relaxed) == seen; ++i) cpu_relax();
-      job_.wait(seen, std::memory_order_acquire);
+      for (int i = 0; i < kSpinRounds && job_.load(std::memory_order_relaxed) == seen && !stop_.load(); ++i) cpu_relax();
+      {
+        std::unique_lock<std::mutex> lock(sleep_mutex_);
+        // stop_ too: a worker still taking items of the last job when the destructor ran has
+        // already seen the destructor's change of job_ and would wait for another.
+        job_changed_.wait(lock, [&] { return stop_.load() || job_.load(std::memory_order_acquire) != seen; });
+      }
       if (stop_.load()) return;
       seen = take_items();
     }
@@ -90,13 +100,24 @@ class Pool {
       inside_body = true;
       for (int64_t i = begin; i < end; ++i) (*body_)(i);
       inside_body = false;
-      if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == item_count(word)) done_.notify_one();
+      if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == item_count(word)) wake(job_finished_);
       word = job_.load(std::memory_order_acquire);
     }
     return word;
   }
 
+  // Sleeping uses a mutex and condition variables, not std::atomic::wait: libstdc++ 12's
+  // atomic wait on 64-bit words can miss a notify and sleep forever (seen as a hang at exit).
+  // Taking the mutex after changing the atomic and before notifying means a sleeper either saw
+  // the change when it checked or is already waiting when the notify comes.
+  void wake(std::condition_variable& cv) {
+    { const std::lock_guard<std::mutex> lock(sleep_mutex_); }
+    cv.notify_all();
+  }
+
   std::vector<std::thread> workers_;
+  std::mutex sleep_mutex_;
+  std::condition_variable job_changed_, job_finished_;
   std::atomic<uint64_t> job_{0};
   std::atomic<uint64_t> done_{0};
   std::atomic<bool> stop_{false};

@@ -36,6 +36,12 @@ InferenceSession::InferenceSession(const Model& model, int context_length, int c
   k::start_worker_threads();  // so that the first forward (a timed prefill) does not start them
 }
 
+void InferenceSession::rewind(int position) {
+  require(position >= 0 && position <= position_, "cannot rewind the KV cache from " + std::to_string(position_) +
+                                                      " to " + std::to_string(position) + " tokens");
+  position_ = position;
+}
+
 const std::vector<float>& InferenceSession::forward(const std::vector<int>& tokens, bool all_logits) {
   const int n = static_cast<int>(tokens.size());
   require(n > 0, "forward needs at least one token");

@@ -34,6 +34,8 @@ class InferenceSession {
   const std::vector<float>& forward(const std::vector<int>& tokens, bool all_logits = false);
 
   void reset() { position_ = 0; }
+  // Forgets the tokens from `position` on; the cache keeps those before it.
+  void rewind(int position);
   int position() const { return position_; }
   int context_length() const { return context_; }
   const Model& model() const { return model_; }

@@ -38,4 +38,26 @@ GenerationResult generate(InferenceSession& session, const std::vector<int>& pro
   return result;
 }
 
+std::vector<int> ConversationCache::rewind_to(const std::vector<int>& prompt) {
+  require(!prompt.empty(), "the prompt is empty");
+  size_t shared = 0;
+  while (shared < held_.size() && shared + 1 < prompt.size() && held_[shared] == prompt[shared]) ++shared;
+  held_.resize(shared);
+  session_.rewind(int(shared));
+  reused_ = int(shared);
+  return std::vector<int>(prompt.begin() + std::ptrdiff_t(shared), prompt.end());
+}
+
+void ConversationCache::record(const std::vector<int>& suffix, const GenerationResult& result) {
+  held_.insert(held_.end(), suffix.begin(), suffix.end());
+  if (!result.tokens.empty()) held_.insert(held_.end(), result.tokens.begin(), result.tokens.end() - 1);
+  require(int(held_.size()) == session_.position(), "the conversation cache lost track of the session");
+}
+
+void ConversationCache::clear() {
+  held_.clear();
+  session_.reset();
+  reused_ = 0;
+}
+
 }  // namespace crossmoe

@@ -25,9 +25,30 @@ struct GenerationResult {
   GenerationStats stats;
 };
 
-// on_token returns false to stop early.
+// on_token returns false to stop early. The prompt is appended to what the session holds.
 GenerationResult generate(InferenceSession& session, const std::vector<int>& prompt, int max_new_tokens,
                           Sampler& sampler, const std::vector<int>& stop_tokens,
                           const std::function<bool(int)>& on_token = {});
+
+// The tokens whose keys and values a session holds, kept across the turns of a conversation so
+// that each turn prefills only what differs from them. Templates may rewrite earlier turns (Qwen3
+// drops old reasoning) and a reply may encode differently from how it was generated, so what is
+// kept is the longest shared prefix, not the previous prompt.
+class ConversationCache {
+ public:
+  explicit ConversationCache(InferenceSession& session) : session_(session) {}
+  // Rewinds the session to the longest prefix of `prompt` it holds, leaving at least one token
+  // to run (the next logits come from it), and returns the tokens still to prefill.
+  std::vector<int> rewind_to(const std::vector<int>& prompt);
+  // Records what generate() ran after rewind_to: the suffix, then every generated token but the last.
+  void record(const std::vector<int>& suffix, const GenerationResult& result);
+  void clear();
+  int reused() const { return reused_; }  // tokens the last rewind_to kept
+
+ private:
+  InferenceSession& session_;
+  std::vector<int> held_;
+  int reused_ = 0;
+};
 
 }  // namespace crossmoe

@@ -1,16 +1,20 @@
 #include "tokenizer/chat_template.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
 
 #include "tokenizer/unicode.hpp"
 #include "util/error.hpp"
+#include "util/json_file.hpp"
 
 namespace crossmoe {
 
@@ -18,22 +22,31 @@ using Json = nlohmann::ordered_json;
 
 namespace {
 
-// A template value: a JSON value, or Jinja's "undefined".
+using namespace chat_template_limits;
+
+// A template value: a JSON value, or Jinja's "undefined". A value read from a variable borrows
+// the variable's JSON (ref) instead of copying it: templates read `messages` for every message,
+// and copies made rendering quadratic in the conversation. Borrowed values live while one
+// expression is evaluated; statements store copies (Renderer::stored).
 struct Value {
-  Json j;
+  Json owned;
   bool undefined = false;
+  const Json* ref = nullptr;
+  const Json& j() const { return ref ? *ref : owned; }
   static Value undef() { return Value{Json(), true}; }
+  static Value borrow(const Json& j) { return Value{Json(), false, &j}; }
 };
 
 [[noreturn]] void fail(const std::string& message) { throw Error("chat template: " + message); }
 
 bool truthy(const Value& v) {
-  if (v.undefined || v.j.is_null()) return false;
-  if (v.j.is_boolean()) return v.j.get<bool>();
-  if (v.j.is_number_integer()) return v.j.get<int64_t>() != 0;
-  if (v.j.is_number()) return v.j.get<double>() != 0.0;
-  if (v.j.is_string()) return !v.j.get_ref<const std::string&>().empty();
-  return !v.j.empty();
+  const Json& j = v.j();
+  if (v.undefined || j.is_null()) return false;
+  if (j.is_boolean()) return j.get<bool>();
+  if (j.is_number_integer()) return j.get<int64_t>() != 0;
+  if (j.is_number()) return j.get<double>() != 0.0;
+  if (j.is_string()) return !j.get_ref<const std::string&>().empty();
+  return !j.empty();
 }
 
 // ---- Python-compatible printing
@@ -132,7 +145,7 @@ std::string py_repr(const Json& j);
 
 std::string py_str(const Value& v) {  // str(x), as {{ x }} prints it
   if (v.undefined) return "";
-  const Json& j = v.j;
+  const Json& j = v.j();
   if (j.is_string()) return j.get<std::string>();
   return py_repr(j);
 }
@@ -173,10 +186,18 @@ std::string py_repr(const Json& j) {
 
 bool is_py_space(unsigned char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
 
-std::string py_strip(const std::string& s, const Value* chars, bool left, bool right) {
+// The characters argument of strip() and the separator of split(): absent, none or a string.
+const std::string* optional_string_argument(const Value* v, const char* what) {
+  if (!v || v->undefined || v->j().is_null()) return nullptr;
+  if (!v->j().is_string()) fail(std::string(what) + " must be a string, got " + py_repr(v->j()));
+  return &v->j().get_ref<const std::string&>();
+}
+
+std::string py_strip(const std::string& s, const Value* chars_arg, bool left, bool right) {
+  const std::string* chars = optional_string_argument(chars_arg, "strip() characters");
   const auto strip_char = [&](char c) {
-    if (!chars || chars->undefined || chars->j.is_null()) return is_py_space(static_cast<unsigned char>(c));
-    return chars->j.get<std::string>().find(c) != std::string::npos;
+    if (!chars) return is_py_space(static_cast<unsigned char>(c));
+    return chars->find(c) != std::string::npos;
   };
   size_t b = 0, e = s.size();
   while (left && b < e && strip_char(s[b])) ++b;
@@ -184,9 +205,10 @@ std::string py_strip(const std::string& s, const Value* chars, bool left, bool r
   return s.substr(b, e - b);
 }
 
-Json py_split(const std::string& s, const Value* sep, int64_t maxsplit) {
+Json py_split(const std::string& s, const Value* sep_arg, int64_t maxsplit) {
   Json out = Json::array();
-  if (!sep || sep->undefined || sep->j.is_null()) {  // runs of whitespace, no empty strings
+  const std::string* sep = optional_string_argument(sep_arg, "split() separator");
+  if (!sep) {  // runs of whitespace, no empty strings
     size_t i = 0;
     while (i < s.size()) {
       while (i < s.size() && is_py_space(static_cast<unsigned char>(s[i]))) ++i;
@@ -201,7 +223,7 @@ Json py_split(const std::string& s, const Value* sep, int64_t maxsplit) {
     }
     return out;
   }
-  const std::string d = sep->j.get<std::string>();
+  const std::string& d = *sep;
   if (d.empty()) fail("split() separator is empty");
   size_t at = 0;
   for (size_t hit; (maxsplit < 0 || int64_t(out.size()) < maxsplit) && (hit = s.find(d, at)) != std::string::npos;
@@ -212,11 +234,21 @@ Json py_split(const std::string& s, const Value* sep, int64_t maxsplit) {
 }
 
 // Python indexing of strings is by code point.
+size_t code_point_length(const std::string& s, size_t i) {
+  const size_t len = unicode::valid_sequence_length(s, i);
+  return len == 0 ? 1 : len;
+}
+
+size_t count_code_points(const std::string& s) {
+  size_t n = 0;
+  for (size_t i = 0; i < s.size(); i += code_point_length(s, i)) ++n;
+  return n;
+}
+
 std::vector<std::string> code_points(const std::string& s) {
   std::vector<std::string> out;
   for (size_t i = 0; i < s.size();) {
-    size_t len = unicode::valid_sequence_length(s, i);
-    if (len == 0) len = 1;
+    const size_t len = code_point_length(s, i);
     out.push_back(s.substr(i, len));
     i += len;
   }
@@ -309,6 +341,8 @@ std::vector<Token> lex(const std::string& src) {
 
 struct Expr {
   virtual ~Expr() = default;
+  virtual void children(std::vector<const Expr*>&) const {}
+  int height = 1;  // evaluating and destroying the tree recurse once per level
 };
 using ExprPtr = std::unique_ptr<Expr>;
 
@@ -328,47 +362,105 @@ struct Variable : Expr {
 struct Attribute : Expr {
   ExprPtr object;
   std::string name;
+  void children(std::vector<const Expr*>& out) const override { out = {object.get()}; }
 };
 struct Subscript : Expr {
   ExprPtr object, index;
+  void children(std::vector<const Expr*>& out) const override { out = {object.get(), index.get()}; }
 };
 struct SliceExpr : Expr {
   ExprPtr object, start, stop, step;
+  void children(std::vector<const Expr*>& out) const override { out = {object.get(), start.get(), stop.get(), step.get()}; }
 };
 struct CallExpr : Expr {
   ExprPtr callee;
   std::vector<ExprPtr> args;
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
+  void children(std::vector<const Expr*>& out) const override {
+    out = {callee.get()};
+    for (const auto& a : args) out.push_back(a.get());
+    for (const auto& [k, a] : kwargs) out.push_back(a.get());
+  }
 };
 struct FilterExpr : Expr {
   ExprPtr value;
   std::string name;
   std::vector<ExprPtr> args;
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
+  void children(std::vector<const Expr*>& out) const override {
+    out = {value.get()};
+    for (const auto& a : args) out.push_back(a.get());
+    for (const auto& [k, a] : kwargs) out.push_back(a.get());
+  }
 };
 struct TestExpr : Expr {
   ExprPtr value;
   std::string name;
   std::vector<ExprPtr> args;
   bool negated = false;
+  void children(std::vector<const Expr*>& out) const override {
+    out = {value.get()};
+    for (const auto& a : args) out.push_back(a.get());
+  }
 };
 struct UnaryExpr : Expr {
   std::string op;
   ExprPtr value;
+  void children(std::vector<const Expr*>& out) const override { out = {value.get()}; }
 };
 struct BinaryExpr : Expr {
   std::string op;
   ExprPtr left, right;
+  void children(std::vector<const Expr*>& out) const override { out = {left.get(), right.get()}; }
 };
 struct CondExpr : Expr {
   ExprPtr then, cond, otherwise;
+  void children(std::vector<const Expr*>& out) const override { out = {then.get(), cond.get(), otherwise.get()}; }
 };
 struct ListExpr : Expr {
   std::vector<ExprPtr> items;
+  void children(std::vector<const Expr*>& out) const override {
+    for (const auto& i : items) out.push_back(i.get());
+  }
 };
 struct DictExpr : Expr {
   std::vector<std::pair<ExprPtr, ExprPtr>> items;
+  void children(std::vector<const Expr*>& out) const override {
+    for (const auto& [k, v] : items) out.push_back(k.get()), out.push_back(v.get());
+  }
 };
+
+[[noreturn]] void fail_nesting() {
+  fail("the template nests deeper than " + std::to_string(kMaxNesting) +
+       " levels (brackets, operators, filters or blocks)");
+}
+
+// Counts one level of the parser's recursion for as long as it lives: thousands of brackets or
+// `not`s must be an error, not a stack overflow.
+class NestingGuard {
+ public:
+  explicit NestingGuard(int& depth) : depth_(depth) {
+    if (++depth_ > kMaxNesting) --depth_, fail_nesting();
+  }
+  ~NestingGuard() { --depth_; }
+  NestingGuard(const NestingGuard&) = delete;
+  NestingGuard& operator=(const NestingGuard&) = delete;
+
+ private:
+  int& depth_;
+};
+
+// Gives a finished node its height; a chain such as 1+1+...+1 is built in a loop, not by
+// recursion, so its height is checked here.
+template <class T>
+std::unique_ptr<T> sealed(std::unique_ptr<T> node) {
+  std::vector<const Expr*> kids;
+  node->children(kids);
+  for (const Expr* k : kids)
+    if (k) node->height = std::max(node->height, k->height + 1);
+  if (node->height > kMaxNesting) fail_nesting();
+  return node;
+}
 
 class ExprParser {
  public:
@@ -401,13 +493,14 @@ class ExprParser {
   }
 
   ExprPtr conditional() {
+    NestingGuard level(nesting_);
     ExprPtr e = or_expr();
     while (accept_name("if")) {
       auto c = std::make_unique<CondExpr>();
       c->then = std::move(e);
       c->cond = or_expr();
       if (accept_name("else")) c->otherwise = conditional();
-      e = std::move(c);
+      e = sealed(std::move(c));
     }
     return e;
   }
@@ -418,7 +511,7 @@ class ExprParser {
     b->op = op;
     b->left = std::move(left);
     b->right = std::move(right);
-    return b;
+    return sealed(std::move(b));
   }
   ExprPtr or_expr() {
     ExprPtr e = and_expr();
@@ -432,10 +525,11 @@ class ExprParser {
   }
   ExprPtr not_expr() {
     if (accept_name("not")) {
+      NestingGuard level(nesting_);
       auto u = std::make_unique<UnaryExpr>();
       u->op = "not";
       u->value = not_expr();
-      return u;
+      return sealed(std::move(u));
     }
     return compare();
   }
@@ -484,10 +578,11 @@ class ExprParser {
   }
   ExprPtr unary() {
     if (peek().type == Tok::Op && (peek().text == "-" || peek().text == "+")) {
+      NestingGuard level(nesting_);
       auto u = std::make_unique<UnaryExpr>();
       u->op = tokens_[pos_++].text;
       u->value = unary();
-      return u;
+      return sealed(std::move(u));
     }
     return filters(postfix(primary()));
   }
@@ -510,7 +605,7 @@ class ExprParser {
         auto a = std::make_unique<Attribute>();
         a->object = std::move(e);
         a->name = name();
-        e = std::move(a);
+        e = sealed(std::move(a));
       } else if (accept_op("[")) {
         ExprPtr start, stop, step;
         bool slice = false;
@@ -527,18 +622,18 @@ class ExprParser {
           s->start = std::move(start);
           s->stop = std::move(stop);
           s->step = std::move(step);
-          e = std::move(s);
+          e = sealed(std::move(s));
         } else {
           auto s = std::make_unique<Subscript>();
           s->object = std::move(e);
           s->index = std::move(start);
-          e = std::move(s);
+          e = sealed(std::move(s));
         }
       } else if (accept_op("(")) {
         auto c = std::make_unique<CallExpr>();
         c->callee = std::move(e);
         call_args(c->args, c->kwargs);
-        e = std::move(c);
+        e = sealed(std::move(c));
       } else {
         return e;
       }
@@ -551,7 +646,7 @@ class ExprParser {
         f->value = std::move(e);
         f->name = name();
         if (accept_op("(")) call_args(f->args, f->kwargs);
-        e = std::move(f);
+        e = sealed(std::move(f));
       } else if (accept_name("is")) {
         auto t = std::make_unique<TestExpr>();
         t->value = std::move(e);
@@ -565,7 +660,7 @@ class ExprParser {
                     peek().text != "if" && peek().text != "in" && peek().text != "not")) {
           t->args.push_back(primary());
         }
-        e = std::move(t);
+        e = sealed(std::move(t));
       } else {
         return e;
       }
@@ -585,8 +680,13 @@ class ExprParser {
         while (peek().type == Tok::String) s += tokens_[pos_++].text;  // adjacent literals join
         return lit(s);
       }
-      case Tok::Int: return lit(std::stoll(t.text));
-      case Tok::Float: return lit(std::stod(t.text));
+      case Tok::Int: {
+        errno = 0;
+        const long long v = std::strtoll(t.text.c_str(), nullptr, 10);
+        if (errno == ERANGE) fail("integer " + t.text + " does not fit in 64 bits");
+        return lit(int64_t(v));
+      }
+      case Tok::Float: return lit(std::strtod(t.text.c_str(), nullptr));  // 1e999 is inf, as in Python
       case Tok::Name: {
         if (t.text == "true" || t.text == "True") return lit(true);
         if (t.text == "false" || t.text == "False") return lit(false);
@@ -606,7 +706,7 @@ class ExprParser {
               while (accept_op(","));
               expect_op(")");
             }
-            return l;
+            return sealed(std::move(l));
           }
           expect_op(")");
           return e;
@@ -618,7 +718,7 @@ class ExprParser {
             while (accept_op(",") && !(peek().type == Tok::Op && peek().text == "]"));
             expect_op("]");
           }
-          return l;
+          return sealed(std::move(l));
         }
         if (t.text == "{") {
           auto d = std::make_unique<DictExpr>();
@@ -630,7 +730,7 @@ class ExprParser {
             } while (accept_op(",") && !(peek().type == Tok::Op && peek().text == "}"));
             expect_op("}");
           }
-          return d;
+          return sealed(std::move(d));
         }
         [[fallthrough]];
       default: fail("unexpected '" + t.text + "' in '" + src_ + "'");
@@ -640,6 +740,7 @@ class ExprParser {
   std::vector<Token> tokens_;
   size_t pos_ = 0;
   std::string src_;
+  int nesting_ = 0;
 };
 
 // ---- statements
@@ -718,8 +819,8 @@ std::vector<Segment> segment(std::string src) {
     std::string inner = src.substr(start + 2, end - start - 2);
     const bool strip_before = !inner.empty() && inner[0] == '-';
     const bool keep_before = !inner.empty() && inner[0] == '+';
-    const bool strip_after = !inner.empty() && inner.back() == '-';
     if (strip_before || keep_before) inner.erase(0, 1);
+    const bool strip_after = !inner.empty() && inner.back() == '-';  // in "{{-}}" the one '-' strips before only
     if (strip_after) inner.pop_back();
     if (strip_before) {
       text.erase(text.find_last_not_of(" \t\r\n") == std::string::npos ? 0 : text.find_last_not_of(" \t\r\n") + 1);
@@ -794,6 +895,7 @@ class TemplateParser {
     ExprParser p(s.body);
     p.name();  // the keyword
     if (kw == "if") {
+      NestingGuard level(nesting_);
       auto n = std::make_unique<IfNode>();
       ExprPtr cond = p.expression();
       p.expect_end();
@@ -819,6 +921,7 @@ class TemplateParser {
       }
     }
     if (kw == "for") {
+      NestingGuard level(nesting_);
       auto n = std::make_unique<ForNode>();
       do n->targets.push_back(p.name());
       while (p.accept_op(","));
@@ -853,19 +956,41 @@ class TemplateParser {
 
   std::vector<Segment> segs_;
   size_t pos_ = 0;
+  int nesting_ = 0;
 };
 
 // ---- evaluation
 
+// Work is counted in units (chat_template_limits::kMaxWorkUnits): a loop iteration, which binds
+// the loop variables and builds `loop`, costs as much as a few expressions.
+constexpr int64_t kBytesPerUnit = 16;
+constexpr int64_t kUnitsPerIteration = 4;
+
+// The size of a value in work units; refuses values nested deeper than kMaxValueDepth, so the
+// recursion here and in copies, comparisons and printing stays shallow.
+int64_t measure(const Json& j, int depth) {
+  if (depth > kMaxValueDepth) fail("a value nests deeper than " + std::to_string(kMaxValueDepth) + " levels");
+  if (j.is_string()) return 1 + int64_t(j.get_ref<const std::string&>().size()) / kBytesPerUnit;
+  int64_t n = 1;
+  if (j.is_array() || j.is_object())
+    for (const auto& x : j) n += measure(x, depth + 1);
+  return n;
+}
+
 class Renderer {
  public:
-  explicit Renderer(const Json& globals) { scopes_.push_back({}); for (auto it = globals.begin(); it != globals.end(); ++it) scopes_[0][it.key()] = Value{it.value()}; }
+  explicit Renderer(const Json& globals) {
+    charge(measure(globals, 0));  // refuses too-deep input before anything copies it (copies recurse)
+    scopes_.push_back({});
+    for (auto it = globals.begin(); it != globals.end(); ++it) scopes_[0][it.key()] = Value{it.value()};
+  }
 
   void render(const ChatTemplate::Node& node, std::string& out) {
+    charge(1);
     if (auto* t = dynamic_cast<const TextNode*>(&node)) {
-      out += t->text;
+      append(out, t->text);
     } else if (auto* o = dynamic_cast<const OutputNode*>(&node)) {
-      out += py_str(eval(*o->expr));
+      append(out, py_str(eval(*o->expr)));
     } else if (auto* b = dynamic_cast<const BlockNode*>(&node)) {
       for (const auto& c : b->children) render(*c, out);
     } else if (auto* i = dynamic_cast<const IfNode*>(&node)) {
@@ -877,18 +1002,45 @@ class Renderer {
     } else if (auto* f = dynamic_cast<const ForNode*>(&node)) {
       render_for(*f, out);
     } else if (auto* s = dynamic_cast<const SetNode*>(&node)) {
-      Value v = eval(*s->value);
+      Value v = stored(eval(*s->value));
       if (s->attribute.empty()) {
         scopes_.back()[s->name] = std::move(v);
       } else {
         Value* target = lookup(s->name);
-        if (!target || !target->j.is_object()) fail("cannot set attribute of '" + s->name + "'");
-        target->j[s->attribute] = v.j;
+        if (!target || !target->j().is_object()) fail("cannot set attribute of '" + s->name + "'");
+        target->owned[s->attribute] = std::move(v.owned);
       }
     }
   }
 
  private:
+  void charge(int64_t units) {
+    work_ += units;
+    if (work_ > kMaxWorkUnits)
+      fail("rendering needs more than " + std::to_string(kMaxWorkUnits) +
+           " steps (a loop without end, or values that grow without bound?)");
+  }
+  void append(std::string& out, const std::string& text) {
+    charge(int64_t(text.size()) / kBytesPerUnit);
+    if (out.size() + text.size() > kMaxOutputBytes)
+      fail("the output exceeds " + std::to_string(kMaxOutputBytes >> 20) + " MiB");
+    out += text;
+  }
+  static void check_string_size(double bytes) {
+    if (bytes > double(kMaxOutputBytes))
+      fail("a string of more than " + std::to_string(kMaxOutputBytes >> 20) + " MiB");
+  }
+  // A value to keep beyond the expression: borrowed values are copied.
+  Value stored(Value v) {
+    if (!v.ref) return v;
+    charge(measure(*v.ref, 0));
+    return Value{*v.ref, v.undefined};
+  }
+  std::vector<std::string> chars(const std::string& s) {
+    charge(int64_t(s.size()));  // one string per code point
+    return code_points(s);
+  }
+
   Value* lookup(const std::string& name) {
     for (auto it = scopes_.rbegin(); it != scopes_.rend(); ++it) {
       auto hit = it->find(name);
@@ -899,13 +1051,15 @@ class Renderer {
 
   void render_for(const ForNode& f, std::string& out) {
     const Value iterable = eval(*f.iterable);
+    const Json& seq = iterable.j();
     std::vector<Json> items;
-    if (iterable.j.is_array()) items.assign(iterable.j.begin(), iterable.j.end());
-    else if (iterable.j.is_object())
-      for (auto it = iterable.j.begin(); it != iterable.j.end(); ++it) items.push_back(it.key());
-    else if (iterable.j.is_string())
-      for (const auto& cp : code_points(iterable.j.get<std::string>())) items.push_back(cp);
-    else if (!iterable.undefined && !iterable.j.is_null()) fail("cannot loop over " + py_repr(iterable.j));
+    charge(measure(seq, 0));
+    if (seq.is_array()) items.assign(seq.begin(), seq.end());
+    else if (seq.is_object())
+      for (auto it = seq.begin(); it != seq.end(); ++it) items.push_back(it.key());
+    else if (seq.is_string())
+      for (const auto& cp : chars(seq.get_ref<const std::string&>())) items.push_back(cp);
+    else if (!iterable.undefined && !seq.is_null()) fail("cannot loop over " + py_repr(seq));
     const auto bind = [&](std::map<std::string, Value>& scope, const Json& item) {
       if (f.targets.size() == 1) {
         scope[f.targets[0]] = Value{item};
@@ -917,6 +1071,7 @@ class Renderer {
     if (f.filter) {  // the filter sees each item before loop.* exists
       std::vector<Json> kept;
       for (const Json& item : items) {
+        charge(1);
         scopes_.push_back({});
         bind(scopes_.back(), item);
         const bool keep = truthy(eval(*f.filter));
@@ -931,6 +1086,7 @@ class Renderer {
     }
     const int64_t n = int64_t(items.size());
     for (int64_t i = 0; i < n; ++i) {
+      charge(kUnitsPerIteration);
       scopes_.push_back({});
       bind(scopes_.back(), items[size_t(i)]);
       Json loop = {{"index0", i},     {"index", i + 1},      {"first", i == 0},
@@ -945,19 +1101,33 @@ class Renderer {
   }
 
   static int64_t as_int(const Value& v, const char* what) {
-    if (v.j.is_number_integer()) return v.j.get<int64_t>();
-    if (v.j.is_boolean()) return v.j.get<bool>();
-    fail(std::string(what) + " must be an integer, got " + py_repr(v.j));
+    if (v.j().is_number_integer()) return v.j().get<int64_t>();
+    if (v.j().is_boolean()) return v.j().get<bool>();
+    fail(std::string(what) + " must be an integer, got " + py_repr(v.j()));
+  }
+  static const std::string& as_string(const Value& v, const std::string& what) {
+    if (!v.j().is_string()) fail(what + " must be a string, got " + (v.undefined ? "undefined" : py_repr(v.j())));
+    return v.j().get_ref<const std::string&>();
   }
 
   Value eval(const Expr& e) {
-    if (auto* l = dynamic_cast<const Literal*>(&e)) return Value{l->value};
+    charge(1);
+    Value v = eval_node(e);
+    if (!v.ref) charge(measure(v.owned, 0));
+    return v;
+  }
+
+  Value eval_node(const Expr& e) {
+    if (auto* l = dynamic_cast<const Literal*>(&e)) return Value::borrow(l->value);
     if (auto* v = dynamic_cast<const Variable*>(&e)) {
-      if (Value* found = lookup(v->name)) return *found;
+      if (Value* found = lookup(v->name)) return found->undefined ? Value::undef() : Value::borrow(found->j());
       return Value::undef();
     }
     if (auto* a = dynamic_cast<const Attribute*>(&e)) return get_item(eval(*a->object), Json(a->name));
-    if (auto* s = dynamic_cast<const Subscript*>(&e)) return get_item(eval(*s->object), eval(*s->index).j);
+    if (auto* s = dynamic_cast<const Subscript*>(&e)) {
+      const Value object = eval(*s->object);
+      return get_item(object, eval(*s->index).j());
+    }
     if (auto* s = dynamic_cast<const SliceExpr*>(&e)) return slice(*s);
     if (auto* c = dynamic_cast<const CallExpr*>(&e)) return call(*c);
     if (auto* f = dynamic_cast<const FilterExpr*>(&e)) return filter(*f);
@@ -967,9 +1137,14 @@ class Renderer {
     }
     if (auto* u = dynamic_cast<const UnaryExpr*>(&e)) {
       const Value v = eval(*u->value);
+      const Json& j = v.j();
       if (u->op == "not") return Value{Json(!truthy(v))};
-      if (v.j.is_number_integer()) return Value{Json(u->op == "-" ? -v.j.get<int64_t>() : v.j.get<int64_t>())};
-      if (v.j.is_number()) return Value{Json(u->op == "-" ? -v.j.get<double>() : v.j.get<double>())};
+      if (j.is_number_integer()) {
+        const int64_t x = j.get<int64_t>();
+        if (u->op == "-" && x == std::numeric_limits<int64_t>::min()) fail("integer overflow in -" + std::to_string(x));
+        return Value{Json(u->op == "-" ? -x : x)};
+      }
+      if (j.is_number()) return Value{Json(u->op == "-" ? -j.get<double>() : j.get<double>())};
       fail("bad operand for unary " + u->op);
     }
     if (auto* b = dynamic_cast<const BinaryExpr*>(&e)) return binary(*b);
@@ -979,32 +1154,35 @@ class Renderer {
     }
     if (auto* l = dynamic_cast<const ListExpr*>(&e)) {
       Json arr = Json::array();
-      for (const auto& item : l->items) arr.push_back(eval(*item).j);
+      for (const auto& item : l->items) arr.push_back(eval(*item).j());
       return Value{arr};
     }
     if (auto* d = dynamic_cast<const DictExpr*>(&e)) {
       Json obj = Json::object();
-      for (const auto& [k, v] : d->items) obj[py_str(eval(*k))] = eval(*v).j;
+      for (const auto& [k, v] : d->items) obj[py_str(eval(*k))] = eval(*v).j();
       return Value{obj};
     }
     fail("unknown expression");
   }
 
-  static Value get_item(const Value& obj, const Json& key) {
+  // obj[key]; borrows from obj when obj is borrowed, so reading messages[i].content copies nothing.
+  Value get_item(const Value& obj, const Json& key) {
     if (obj.undefined) return Value::undef();
-    if (obj.j.is_object()) {
+    const Json& j = obj.j();
+    const auto result = [&](const Json& item) { return obj.ref ? Value::borrow(item) : Value{item}; };
+    if (j.is_object()) {
       if (!key.is_string()) return Value::undef();
-      auto it = obj.j.find(key.get<std::string>());
-      return it == obj.j.end() ? Value::undef() : Value{*it};
+      auto it = j.find(key.get_ref<const std::string&>());
+      return it == j.end() ? Value::undef() : result(*it);
     }
-    if ((obj.j.is_array() || obj.j.is_string()) && key.is_number_integer()) {
+    if ((j.is_array() || j.is_string()) && key.is_number_integer()) {
       int64_t i = key.get<int64_t>();
-      if (obj.j.is_array()) {
-        const int64_t n = int64_t(obj.j.size());
+      if (j.is_array()) {
+        const int64_t n = int64_t(j.size());
         if (i < 0) i += n;
-        return i >= 0 && i < n ? Value{obj.j[size_t(i)]} : Value::undef();
+        return i >= 0 && i < n ? result(j[size_t(i)]) : Value::undef();
       }
-      const auto cps = code_points(obj.j.get<std::string>());
+      const auto cps = chars(j.get_ref<const std::string&>());
       const int64_t n = int64_t(cps.size());
       if (i < 0) i += n;
       return i >= 0 && i < n ? Value{Json(cps[size_t(i)])} : Value::undef();
@@ -1014,26 +1192,30 @@ class Renderer {
 
   Value slice(const SliceExpr& s) {
     const Value obj = eval(*s.object);
+    const Json& j = obj.j();
     std::vector<Json> items;
-    const bool is_string = obj.j.is_string();
+    const bool is_string = j.is_string();
     if (is_string)
-      for (const auto& cp : code_points(obj.j.get<std::string>())) items.push_back(cp);
-    else if (obj.j.is_array()) items.assign(obj.j.begin(), obj.j.end());
-    else fail("cannot slice " + py_repr(obj.j));
+      for (const auto& cp : chars(j.get_ref<const std::string&>())) items.push_back(cp);
+    else if (j.is_array()) items.assign(j.begin(), j.end());
+    else fail("cannot slice " + py_repr(j));
     const int64_t n = int64_t(items.size());
     const int64_t step = s.step ? as_int(eval(*s.step), "slice step") : 1;
     if (step == 0) fail("slice step cannot be zero");
     const auto bound = [&](const ExprPtr& e, int64_t fallback) {
       if (!e) return fallback;
       int64_t v = as_int(eval(*e), "slice index");
-      if (v < 0) v += n;
+      if (v < 0) v = v < -n ? -n - 1 : v + n;  // no overflow for the most negative index
       return step > 0 ? std::clamp<int64_t>(v, 0, n) : std::clamp<int64_t>(v, -1, n - 1);
     };
     const int64_t start = bound(s.start, step > 0 ? 0 : n - 1), stop = bound(s.stop, step > 0 ? n : -1);
     Json out = is_string ? Json("") : Json::array();
-    for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
-      if (is_string) out.get_ref<std::string&>() += items[size_t(i)].get<std::string>();
+    // start and stop lie in [-1, n]; stepping by a huge step must not overflow.
+    for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
+      if (is_string) out.get_ref<std::string&>() += items[size_t(i)].get_ref<const std::string&>();
       else out.push_back(items[size_t(i)]);
+      if (step > 0 ? stop - i <= step : i - stop <= -step) break;
+      i += step;
     }
     return Value{out};
   }
@@ -1048,37 +1230,60 @@ class Renderer {
       return truthy(l) ? l : eval(*b.right);
     }
     const Value l = eval(*b.left), r = eval(*b.right);
-    const Json &x = l.j, &y = r.j;
-    if (b.op == "~") return Value{Json(py_str(l) + py_str(r))};
-    if (b.op == "==") return Value{Json(equal(l, r))};
-    if (b.op == "!=") return Value{Json(!equal(l, r))};
+    const Json &x = l.j(), &y = r.j();
+    if (b.op == "~") {
+      std::string a = py_str(l), c = py_str(r);
+      check_string_size(double(a.size()) + double(c.size()));
+      return Value{Json(a + c)};
+    }
+    if (b.op == "==" || b.op == "!=") {
+      charge(measure(x, 0) + measure(y, 0));
+      return Value{Json(equal(l, r) == (b.op == "=="))};
+    }
     if (b.op == "in" || b.op == "not in") {
       bool found = false;
-      if (y.is_string() && x.is_string()) found = y.get<std::string>().find(x.get<std::string>()) != std::string::npos;
-      else if (y.is_array()) found = std::any_of(y.begin(), y.end(), [&](const Json& v) { return equal(l, Value{v}); });
-      else if (y.is_object()) found = x.is_string() && y.contains(x.get<std::string>());
-      else if (!r.undefined && !y.is_null()) fail("'in' needs a string, list or mapping");
+      charge(measure(y, 0));
+      if (y.is_string() && x.is_string()) {
+        charge(int64_t(x.get_ref<const std::string&>().size()) / kBytesPerUnit);
+        found = y.get_ref<const std::string&>().find(x.get_ref<const std::string&>()) != std::string::npos;
+      } else if (y.is_array()) {
+        found = std::any_of(y.begin(), y.end(), [&](const Json& v) { return equal(l, Value::borrow(v)); });
+      } else if (y.is_object()) {
+        found = x.is_string() && y.contains(x.get_ref<const std::string&>());
+      } else if (y.is_string()) {
+        fail("'in <string>' needs a string on the left, got " + py_repr(x));
+      } else if (!r.undefined) {
+        fail("argument of type " + std::string(y.type_name()) + " is not iterable");  // as Python's TypeError
+      }
       return Value{Json(b.op == "in" ? found : !found)};
     }
     if (b.op == "<" || b.op == ">" || b.op == "<=" || b.op == ">=") {
       int cmp;
       if (x.is_number() && y.is_number()) cmp = x.get<double>() < y.get<double>() ? -1 : x.get<double>() > y.get<double>();
-      else if (x.is_string() && y.is_string()) cmp = x.get<std::string>().compare(y.get<std::string>());
+      else if (x.is_string() && y.is_string()) cmp = x.get_ref<const std::string&>().compare(y.get_ref<const std::string&>());
       else fail("cannot compare " + py_repr(x) + " and " + py_repr(y));
       const bool res = b.op == "<" ? cmp < 0 : b.op == ">" ? cmp > 0 : b.op == "<=" ? cmp <= 0 : cmp >= 0;
       return Value{Json(res)};
     }
     if (b.op == "+") {
-      if (x.is_string() && y.is_string()) return Value{Json(x.get<std::string>() + y.get<std::string>())};
+      if (x.is_string() && y.is_string()) {
+        check_string_size(double(x.get_ref<const std::string&>().size()) + double(y.get_ref<const std::string&>().size()));
+        return Value{Json(x.get_ref<const std::string&>() + y.get_ref<const std::string&>())};
+      }
       if (x.is_array() && y.is_array()) {
+        charge(measure(x, 0) + measure(y, 0));
         Json out = x;
         for (const auto& v : y) out.push_back(v);
         return Value{out};
       }
     }
     if (x.is_string() && y.is_number_integer() && b.op == "*") {
+      const std::string& s = x.get_ref<const std::string&>();
+      const int64_t times = std::max<int64_t>(0, y.get<int64_t>());
+      check_string_size(double(s.size()) * double(times));  // before allocating; eval() charges the result
       std::string out;
-      for (int64_t i = 0; i < y.get<int64_t>(); ++i) out += x.get<std::string>();
+      out.reserve(s.size() * size_t(times));
+      for (int64_t i = 0; i < times; ++i) out += s;
       return Value{Json(out)};
     }
     if (!(x.is_number() || x.is_boolean()) || !(y.is_number() || y.is_boolean()))
@@ -1086,16 +1291,26 @@ class Renderer {
     const bool ints = (x.is_number_integer() || x.is_boolean()) && (y.is_number_integer() || y.is_boolean());
     if (ints && b.op != "/") {
       const int64_t a = x.is_boolean() ? x.get<bool>() : x.get<int64_t>(), c = y.is_boolean() ? y.get<bool>() : y.get<int64_t>();
+      // Python's integers do not overflow; ours are 64-bit, so overflow is an error, not a wrong value.
+      const auto overflow = [&] { fail("integer overflow in " + std::to_string(a) + " " + b.op + " " + std::to_string(c)); };
+      int64_t res = 0;
       if (b.op == "**" && c >= 0) {
-        int64_t p = 1;
-        for (int64_t k = 0; k < c; ++k) p *= a;
-        return Value{Json(p)};
+        res = 1;
+        for (int64_t k = 0; k < c; ++k) {
+          if (__builtin_mul_overflow(res, a, &res)) overflow();
+          if (res == 0 || res == 1 || (res == -1 && a == -1)) {  // stays there: finish without looping
+            if (res == -1 || (a == -1 && res == 1)) res = (c % 2 == 0) ? 1 : -1;
+            break;
+          }
+        }
+        return Value{Json(res)};
       }
-      if (b.op == "+") return Value{Json(a + c)};
-      if (b.op == "-") return Value{Json(a - c)};
-      if (b.op == "*") return Value{Json(a * c)};
+      if (b.op == "+") return __builtin_add_overflow(a, c, &res) ? overflow(), Value() : Value{Json(res)};
+      if (b.op == "-") return __builtin_sub_overflow(a, c, &res) ? overflow(), Value() : Value{Json(res)};
+      if (b.op == "*") return __builtin_mul_overflow(a, c, &res) ? overflow(), Value() : Value{Json(res)};
       if (b.op == "**") return Value{Json(std::pow(double(a), double(c)))};
       if (c == 0) fail("division by zero");
+      if (a == std::numeric_limits<int64_t>::min() && c == -1) overflow();
       const int64_t q = a / c - ((a % c != 0) && ((a < 0) != (c < 0)));  // Python floors
       if (b.op == "//") return Value{Json(q)};
       if (b.op == "%") return Value{Json(a - q * c)};
@@ -1104,6 +1319,7 @@ class Renderer {
     if (b.op == "+") return Value{Json(a + c)};
     if (b.op == "-") return Value{Json(a - c)};
     if (b.op == "*") return Value{Json(a * c)};
+    if ((b.op == "/" || b.op == "//" || b.op == "%") && c == 0) fail("division by zero");
     if (b.op == "/") return Value{Json(a / c)};
     if (b.op == "//") return Value{Json(std::floor(a / c))};
     if (b.op == "%") return Value{Json(a - std::floor(a / c) * c)};
@@ -1112,14 +1328,14 @@ class Renderer {
   }
 
   static bool equal(const Value& l, const Value& r) {
-    if (l.undefined || r.undefined) return l.undefined == r.undefined && l.j == r.j;
-    if (l.j.is_number() && r.j.is_number()) return l.j.get<double>() == r.j.get<double>();
-    return l.j == r.j;
+    if (l.undefined || r.undefined) return l.undefined == r.undefined && l.j() == r.j();
+    if (l.j().is_number() && r.j().is_number()) return l.j().get<double>() == r.j().get<double>();
+    return l.j() == r.j();
   }
 
   bool test(const TestExpr& t) {
     const Value v = eval(*t.value);
-    const Json& j = v.j;
+    const Json& j = v.j();
     const std::string& n = t.name;
     if (n == "defined") return !v.undefined;
     if (n == "undefined") return v.undefined;
@@ -1134,49 +1350,63 @@ class Renderer {
     if (n == "true") return j.is_boolean() && j.get<bool>();
     if (n == "false") return j.is_boolean() && !j.get<bool>();
     if (n == "even" || n == "odd") return j.is_number_integer() && (j.get<int64_t>() % 2 == 0) == (n == "even");
-    if (n == "equalto" || n == "eq" || n == "sameas") return !t.args.empty() && equal(v, eval(*t.args[0]));
+    if (n == "equalto" || n == "eq" || n == "sameas") {
+      if (t.args.empty()) return false;
+      const Value other = eval(*t.args[0]);
+      charge(measure(j, 0) + measure(other.j(), 0));
+      return equal(v, other);
+    }
     fail("unsupported test '" + n + "'");
   }
 
   Value filter(const FilterExpr& f) {
-    const Value v = eval(*f.value);
+    Value v = eval(*f.value);
     std::vector<Value> args;
     for (const auto& a : f.args) args.push_back(eval(*a));
     std::map<std::string, Value> kwargs;
     for (const auto& [k, a] : f.kwargs) kwargs[k] = eval(*a);
     const std::string& n = f.name;
-    const Json& j = v.j;
+    const Json& j = v.j();
     if (n == "tojson") {
       const auto indent = kwargs.count("indent") ? kwargs["indent"] : args.empty() ? Value::undef() : args[0];
+      const int64_t width = indent.j().is_number_integer() ? indent.j().get<int64_t>() : -1;
+      if (width > 1000) fail("tojson indent " + std::to_string(width) + " is more than 1000");
       std::string out;
-      to_json(j, indent.j.is_number_integer() ? int(indent.j.get<int64_t>()) : -1, 0,
-              kwargs.count("sort_keys") && truthy(kwargs["sort_keys"]), out);
+      to_json(j, int(width), 0, kwargs.count("sort_keys") && truthy(kwargs["sort_keys"]), out);
+      check_string_size(double(out.size()));
       return Value{Json(out)};
     }
     if (n == "trim") return Value{Json(py_strip(py_str(v), args.empty() ? nullptr : &args[0], true, true))};
     if (n == "length" || n == "count") {
-      if (j.is_string()) return Value{Json(int64_t(code_points(j.get<std::string>()).size()))};
-      return Value{Json(int64_t(v.undefined || j.is_null() ? 0 : j.size()))};
+      if (j.is_string()) return Value{Json(int64_t(count_code_points(j.get_ref<const std::string&>())))};
+      return Value{Json(int64_t(v.undefined || j.is_null() || !(j.is_array() || j.is_object()) ? 0 : j.size()))};
     }
     if (n == "upper" || n == "lower") {
       std::string s = py_str(v);
       for (char& c : s) c = char(n == "upper" ? std::toupper(static_cast<unsigned char>(c)) : std::tolower(static_cast<unsigned char>(c)));
       return Value{Json(s)};
     }
-    if (n == "capitalize" || n == "title") return call_method(v, n, args);
+    if (n == "capitalize" || n == "title") return call_method(Value{Json(py_str(v))}, n, args);
     if (n == "first" || n == "last") {
-      if (j.is_array()) return j.empty() ? Value::undef() : Value{n == "first" ? j.front() : j.back()};
+      if (j.is_array()) return j.empty() ? Value::undef() : get_item(v, Json(n == "first" ? 0 : -1));
       if (j.is_string()) {
-        const auto cps = code_points(j.get<std::string>());
+        const auto cps = chars(j.get_ref<const std::string&>());
         return cps.empty() ? Value::undef() : Value{Json(n == "first" ? cps.front() : cps.back())};
       }
       fail(n + " needs a list or string");
     }
     if (n == "join") {
       const std::string sep = args.empty() ? "" : py_str(args[0]);
-      std::string out;
+      std::vector<std::string> parts;
+      double bytes = 0;
       if (j.is_array())
-        for (size_t i = 0; i < j.size(); ++i) out += (i ? sep : "") + py_str(Value{j[i]});
+        for (const auto& item : j) {
+          parts.push_back(py_str(Value::borrow(item)));
+          bytes += double(parts.back().size()) + double(sep.size());
+          check_string_size(bytes);
+        }
+      std::string out;
+      for (size_t i = 0; i < parts.size(); ++i) out += (i ? sep : "") + parts[i];
       return Value{Json(out)};
     }
     if (n == "default" || n == "d") {
@@ -1186,7 +1416,12 @@ class Renderer {
     }
     if (n == "string") return Value{Json(py_str(v))};
     if (n == "int") {
-      if (j.is_number()) return Value{Json(int64_t(j.get<double>()))};
+      if (j.is_number_integer()) return Value{Json(j.get<int64_t>())};
+      if (j.is_number()) {
+        const double d = j.get<double>();
+        if (!(std::fabs(d) < 9.2e18)) fail("cannot convert " + py_repr(j) + " to an integer");
+        return Value{Json(int64_t(d))};
+      }
       try {
         return Value{Json(std::stoll(py_str(v)))};
       } catch (...) {
@@ -1197,7 +1432,7 @@ class Renderer {
       if (j.is_array()) return v;
       Json out = Json::array();
       if (j.is_string())
-        for (const auto& cp : code_points(j.get<std::string>())) out.push_back(cp);
+        for (const auto& cp : chars(j.get_ref<const std::string&>())) out.push_back(cp);
       else if (j.is_object())
         for (auto it = j.begin(); it != j.end(); ++it) out.push_back(it.key());
       return Value{out};
@@ -1205,22 +1440,26 @@ class Renderer {
     if (n == "items") return call_method(v, "items", {});
     if (n == "reverse") {
       if (j.is_string()) {
-        auto cps = code_points(j.get<std::string>());
+        auto cps = chars(j.get_ref<const std::string&>());
         std::string out;
         for (auto it = cps.rbegin(); it != cps.rend(); ++it) out += *it;
         return Value{Json(out)};
       }
       Json out = Json::array();
-      for (auto it = j.rbegin(); it != j.rend(); ++it) out.push_back(*it);
+      if (j.is_array() || j.is_object())
+        for (auto it = j.rbegin(); it != j.rend(); ++it) out.push_back(*it);
       return Value{out};
     }
     if (n == "unique") {
       Json out = Json::array();
-      for (const auto& x : j)
-        if (std::find(out.begin(), out.end(), x) == out.end()) out.push_back(x);
+      if (j.is_array())
+        for (const auto& x : j) {
+          charge(int64_t(out.size()));
+          if (std::find(out.begin(), out.end(), x) == out.end()) out.push_back(x);
+        }
       return Value{out};
     }
-    if (n == "replace") return call_method(v, "replace", args);
+    if (n == "replace") return call_method(Value{Json(py_str(v))}, "replace", args);
     if (n == "safe") return v;
     fail("unsupported filter '" + n + "'");
   }
@@ -1235,7 +1474,7 @@ class Renderer {
     if (!var) fail("this expression cannot be called");
     if (var->name == "namespace") {
       Json ns = Json::object();
-      for (const auto& [k, a] : c.kwargs) ns[k] = eval(*a).j;
+      for (const auto& [k, a] : c.kwargs) ns[k] = eval(*a).j();
       return Value{ns};
     }
     if (var->name == "range") {
@@ -1244,41 +1483,51 @@ class Renderer {
       else if (args.size() >= 2) start = as_int(args[0], "range()"), stop = as_int(args[1], "range()");
       if (args.size() == 3) step = as_int(args[2], "range()");
       if (step == 0) fail("range() step is zero");
+      // The item count without overflow; more than kMaxRange is refused, as Jinja's sandbox does.
+      const __int128 span = step > 0 ? __int128(stop) - start : __int128(start) - stop;
+      const __int128 count = span <= 0 ? 0 : (span + (step > 0 ? __int128(step) : -__int128(step)) - 1) /
+                                                 (step > 0 ? __int128(step) : -__int128(step));
+      if (count > kMaxRange)
+        fail("range() of " + std::to_string(int64_t(std::min<__int128>(count, std::numeric_limits<int64_t>::max()))) +
+             " items is more than " + std::to_string(kMaxRange));
       Json out = Json::array();
-      for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) out.push_back(i);
+      for (int64_t k = 0; k < int64_t(count); ++k) out.push_back(int64_t(start + __int128(k) * step));
       return Value{out};
     }
     if (var->name == "raise_exception") fail(args.empty() ? "raise_exception" : py_str(args[0]));
     if (var->name == "strftime_now") {
-      char buf[128];
+      char buf[256];
       const std::time_t now = std::time(nullptr);
-      std::strftime(buf, sizeof buf, args.empty() ? "%Y-%m-%d" : py_str(args[0]).c_str(), std::localtime(&now));
-      return Value{Json(std::string(buf))};
+      const size_t len = std::strftime(buf, sizeof buf, args.empty() ? "%Y-%m-%d" : py_str(args[0]).c_str(), std::localtime(&now));
+      return Value{Json(std::string(buf, len))};  // 0 when the format does not fit
     }
     fail("unknown function '" + var->name + "'");
   }
 
-  static Value call_method(const Value& obj, const std::string& m, const std::vector<Value>& args) {
-    const Json& j = obj.j;
+  Value call_method(const Value& obj, const std::string& m, const std::vector<Value>& args) {
+    const Json& j = obj.j();
     const Value* a0 = args.size() > 0 ? &args[0] : nullptr;
     if (j.is_string()) {
       const std::string& s = j.get_ref<const std::string&>();
+      charge(int64_t(s.size()) / kBytesPerUnit);
       if (m == "startswith" || m == "endswith") {
         if (!a0) fail(m + "() needs an argument");
         std::vector<std::string> options;
-        if (a0->j.is_array())
-          for (const auto& x : a0->j) options.push_back(x.get<std::string>());
-        else options.push_back(py_str(*a0));
+        if (a0->j().is_array())
+          for (const auto& x : a0->j()) options.push_back(as_string(Value::borrow(x), m + "() argument"));
+        else options.push_back(as_string(*a0, m + "() argument"));
         for (const auto& p : options) {
           if (m == "startswith" && s.compare(0, p.size(), p) == 0) return Value{Json(true)};
           if (m == "endswith" && s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0) return Value{Json(true)};
         }
         return Value{Json(false)};
       }
-      if (m == "strip") return Value{Json(py_strip(s, a0, true, true))};
-      if (m == "lstrip") return Value{Json(py_strip(s, a0, true, false))};
-      if (m == "rstrip") return Value{Json(py_strip(s, a0, false, true))};
-      if (m == "split") return Value{py_split(s, a0, args.size() > 1 ? as_int(args[1], "maxsplit") : -1)};
+      const Value* chars_arg = a0 && !a0->undefined && !a0->j().is_null() ? a0 : nullptr;
+      if (chars_arg && (m == "strip" || m == "lstrip" || m == "rstrip" || m == "split")) as_string(*chars_arg, m + "() argument");
+      if (m == "strip") return Value{Json(py_strip(s, chars_arg, true, true))};
+      if (m == "lstrip") return Value{Json(py_strip(s, chars_arg, true, false))};
+      if (m == "rstrip") return Value{Json(py_strip(s, chars_arg, false, true))};
+      if (m == "split") return Value{py_split(s, chars_arg, args.size() > 1 ? as_int(args[1], "maxsplit") : -1)};
       if (m == "upper" || m == "lower") {
         std::string out = s;
         for (char& c : out) c = char(m == "upper" ? std::toupper(static_cast<unsigned char>(c)) : std::tolower(static_cast<unsigned char>(c)));
@@ -1298,8 +1547,11 @@ class Renderer {
       if (m == "replace") {
         if (args.size() < 2) fail("replace() needs two arguments");
         const std::string from = py_str(args[0]), to = py_str(args[1]);
-        std::string out;
         if (from.empty()) return Value{j};
+        size_t hits = 0;
+        for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + from.size())) ++hits;
+        check_string_size(double(s.size()) + double(hits) * (double(to.size()) - double(from.size())));
+        std::string out;
         size_t at = 0;
         for (size_t hit; (hit = s.find(from, at)) != std::string::npos; at = hit + from.size()) out.append(s, at, hit - at) += to;
         return Value{Json(out.append(s, at))};
@@ -1317,7 +1569,7 @@ class Renderer {
         return Value{out};
       }
       if (m == "get") {
-        const Value found = a0 ? get_item(obj, a0->j) : Value::undef();
+        const Value found = a0 ? get_item(obj, a0->j()) : Value::undef();
         return found.undefined ? (args.size() > 1 ? args[1] : Value{Json()}) : found;
       }
     }
@@ -1325,22 +1577,138 @@ class Renderer {
   }
 
   std::vector<std::map<std::string, Value>> scopes_;
+  int64_t work_ = 0;
 };
+
+// Errors of the JSON library or the standard library (a wrong type deep in a value, memory) become
+// template errors, so a caller sees one kind of error whatever the template does.
+template <class F>
+auto as_template_error(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const Error&) {
+    throw;
+  } catch (const nlohmann::json::exception& e) {
+    const std::string what = e.what();
+    const size_t bracket = what.find("] ");  // drop the library's "[json.exception.type_error.302] "
+    fail(bracket == std::string::npos ? what : what.substr(bracket + 2));
+  } catch (const std::bad_alloc&) {
+    fail("out of memory");
+  } catch (const std::exception& e) {
+    fail(e.what());
+  }
+}
 
 }  // namespace
 
-ChatTemplate::ChatTemplate(const std::string& source) : root_(TemplateParser(segment(source)).parse()) {}
+ChatTemplate::ChatTemplate(const std::string& source)
+    : root_(as_template_error([&] { return NodePtr(TemplateParser(segment(source)).parse()); })) {}
 ChatTemplate::~ChatTemplate() = default;
 ChatTemplate::ChatTemplate(ChatTemplate&&) noexcept = default;
 
 std::string ChatTemplate::render(const Json& variables) const {
-  std::string out;
-  Renderer(variables).render(*root_, out);
-  return out;
+  return as_template_error([&] {
+    std::string out;
+    Renderer(variables).render(*root_, out);
+    return out;
+  });
 }
+
+namespace {
+
+std::string read_text(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  require(in.good(), "cannot open " + path.string());
+  std::ostringstream text;
+  text << in.rdbuf();
+  require(!in.bad(), "cannot read " + path.string());
+  return text.str();
+}
+
+}  // namespace
+
+nlohmann::json read_tokenizer_config(const std::filesystem::path& dir) {
+  nlohmann::json config = read_json_file(dir / "tokenizer_config.json");
+  const std::filesystem::path jinja = dir / "chat_template.jinja";
+  if (std::filesystem::exists(jinja)) config["chat_template"] = read_text(jinja);
+  return config;
+}
+
+ChatRequest read_chat_request(const std::filesystem::path& path) {
+  Json j;
+  try {
+    j = Json::parse(read_text(path));  // ordered: tojson writes keys in the file's order, as Python does
+  } catch (const nlohmann::json::exception& e) {
+    const std::string what = e.what();
+    throw Error(path.string() + ": invalid JSON: " + what.substr(what.find("] ") == std::string::npos ? 0 : what.find("] ") + 2));
+  }
+  try {
+    measure(j, 0);  // before anything copies it: copies recurse
+  } catch (const Error& e) {
+    throw Error(path.string() + ": " + e.what());
+  }
+  return chat_request_from_json(j, path.string());
+}
+
+ChatRequest chat_request_from_json(const Json& j, const std::string& source) {
+  const auto where = [&](const std::string& key) { return source + ": \"" + key + "\""; };
+  require(j.is_object(), source + ": expected a JSON object with \"messages\"");
+  require(j.contains("messages") && j["messages"].is_array(), where("messages") + " must be a list of messages");
+  ChatRequest request;
+  request.add_generation_prompt = false;  // apply_chat_template's default
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& key = it.key();
+    const Json& v = it.value();
+    if (key == "messages") {
+      for (const auto& m : v) require(m.is_object(), where("messages") + " must hold objects with a role and content");
+      request.messages = v;
+    } else if (key == "tools") {
+      require(v.is_array() || v.is_null(), where("tools") + " must be a list");
+      request.tools = v;
+    } else if (key == "add_generation_prompt" || key == "continue_final_message") {
+      require(v.is_boolean(), where(key) + " must be true or false");
+      (key == "add_generation_prompt" ? request.add_generation_prompt : request.continue_final_message) = v.get<bool>();
+    } else {
+      request.extra[key] = v;  // documents and template variables such as enable_thinking
+    }
+  }
+  return request;
+}
+
+namespace {
+
+// continue_final_message: the rendering ends where the final message's text ends, so the model
+// continues that message (transformers cuts after the message's last occurrence, keeping trailing
+// spaces only where the template kept them).
+std::string cut_after_final_message(const std::string& rendered, const Json& messages) {
+  const Json& last = messages.back();
+  std::string text;
+  const Json content = last.is_object() && last.contains("content") ? last["content"] : Json();
+  if (content.is_string()) {
+    text = content.get<std::string>();
+  } else if (content.is_array()) {
+    bool found = false;
+    for (auto it = content.rbegin(); it != content.rend() && !found; ++it)
+      if (it->is_object() && it->contains("text") && (*it)["text"].is_string()) text = (*it)["text"].get<std::string>(), found = true;
+    require(found, "continue_final_message: the final message has no text to continue");
+  } else {
+    throw Error("continue_final_message: the final message has no text to continue");
+  }
+  const std::string stripped = py_strip(text, nullptr, true, true), lstripped = py_strip(text, nullptr, true, false);
+  const size_t at = rendered.rfind(stripped);
+  require(at != std::string::npos,
+          "continue_final_message: the final message does not appear in the rendered chat");
+  if (rendered.compare(at, lstripped.size(), text) == 0) return rendered.substr(0, at + lstripped.size());
+  return rendered.substr(0, at + stripped.size());
+}
+
+}  // namespace
 
 std::string apply_chat_template(const nlohmann::json& config, const ChatRequest& request) {
   require(config.contains("chat_template"), "tokenizer_config.json has no chat_template");
+  require(!request.messages.empty(), "the conversation has no messages");
+  require(!(request.continue_final_message && request.add_generation_prompt),
+          "continue_final_message and add_generation_prompt cannot both be set");
   std::string source;
   const auto& t = config["chat_template"];
   if (t.is_string()) {
@@ -1348,9 +1716,10 @@ std::string apply_chat_template(const nlohmann::json& config, const ChatRequest&
   } else {  // a list of named templates: take "default" (or "tool_use" when tools are given)
     require(t.is_array(), "tokenizer_config.json: chat_template must be a string or a list");
     for (const auto& named : t)
-      if (named.value("name", "") == (request.tools.is_null() ? "default" : "tool_use") ||
-          (source.empty() && named.value("name", "") == "default"))
-        source = named.value("template", "");
+      if (named.is_object() && named.contains("name") && named.contains("template") && named["template"].is_string() &&
+          (named["name"] == (request.tools.is_null() ? "default" : "tool_use") ||
+           (source.empty() && named["name"] == "default")))
+        source = named["template"].get<std::string>();
     require(!source.empty(), "tokenizer_config.json: no default chat template");
   }
   Json vars = Json::object();
@@ -1358,14 +1727,17 @@ std::string apply_chat_template(const nlohmann::json& config, const ChatRequest&
   for (const char* key : {"bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"}) {
     if (!config.contains(key) || config[key].is_null()) continue;
     const auto& v = config[key];
-    vars[key] = v.is_string() ? v.get<std::string>() : v.value("content", "");
+    if (v.is_string()) vars[key] = v.get<std::string>();
+    else if (v.is_object() && v.contains("content") && v["content"].is_string()) vars[key] = v["content"].get<std::string>();
   }
   if (config.contains("additional_special_tokens")) vars["additional_special_tokens"] = config["additional_special_tokens"];
   vars["messages"] = request.messages;
-  if (!request.tools.is_null()) vars["tools"] = request.tools;
+  vars["tools"] = request.tools;  // None when not given, as transformers passes it
+  vars["documents"] = Json();
   vars["add_generation_prompt"] = request.add_generation_prompt;
   for (auto it = request.extra.begin(); it != request.extra.end(); ++it) vars[it.key()] = it.value();
-  return ChatTemplate(source).render(vars);
+  const std::string rendered = ChatTemplate(source).render(vars);
+  return request.continue_final_message ? cut_after_final_message(rendered, request.messages) : rendered;
 }
 
 }  // namespace crossmoe

@@ -6,6 +6,8 @@
 #include <iterator>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "util/error.hpp"
 
 namespace crossmoe::train {
@@ -42,6 +44,60 @@ std::vector<Document> read_brown_corpus(const std::filesystem::path& dir) {
   }
   require(!docs.empty(), "no Brown corpus documents (ca01 ... cr09) in " + dir.string());
   std::sort(docs.begin(), docs.end(), [](const Document& a, const Document& b) { return a.name < b.name; });
+  return docs;
+}
+
+namespace {
+
+bool only_whitespace(const std::string& text) { return text.find_first_not_of(" \t\r\n\f\v") == std::string::npos; }
+
+}  // namespace
+
+std::vector<Document> read_text_documents(const std::vector<std::filesystem::path>& files, TextSplit split,
+                                          const std::string& jsonl_field) {
+  std::vector<Document> docs;
+  for (const auto& file : files) {
+    std::ifstream in(file, std::ios::binary);
+    require(in.good() && std::filesystem::is_regular_file(file), "cannot open " + file.string());
+    const bool jsonl = file.extension() == ".jsonl";
+    std::string current;
+    int line_number = 0, first_line = 1;
+    auto flush = [&](int end_line) {
+      if (!only_whitespace(current)) docs.push_back({file.string() + ":" + std::to_string(first_line), current});
+      current.clear();
+      first_line = end_line + 1;
+    };
+    for (std::string line; std::getline(in, line);) {
+      ++line_number;
+      if (jsonl) {
+        if (only_whitespace(line)) continue;
+        const std::string where = file.string() + ":" + std::to_string(line_number) + ": ";
+        nlohmann::json row;
+        try {
+          row = nlohmann::json::parse(line);
+        } catch (const nlohmann::json::exception&) {
+          throw Error(where + "not a JSON object");
+        }
+        require(row.is_object() && row.contains(jsonl_field) && row[jsonl_field].is_string(),
+                where + "expected a string field \"" + jsonl_field + "\" (choose the field with --text-field)");
+        first_line = line_number;
+        current = row[jsonl_field].get<std::string>();
+        flush(line_number);
+      } else if (split == TextSplit::Line) {
+        first_line = line_number;
+        current = line;
+        flush(line_number);
+      } else if (split == TextSplit::Paragraph && only_whitespace(line)) {
+        flush(line_number);
+      } else {
+        current += line;
+        current += "\n";
+      }
+    }
+    require(!in.bad(), "failed reading " + file.string());
+    if (!jsonl) flush(line_number);
+  }
+  require(!docs.empty(), "no documents in the given text files (all empty?)");
   return docs;
 }
 

@@ -18,10 +18,18 @@ nlohmann::json read_json_file(const std::filesystem::path& path) {
 }
 
 void write_json_file(const std::filesystem::path& path, const nlohmann::json& value) {
-  std::ofstream out(path);
-  require(out.good(), "cannot write " + path.string());
-  out << value.dump(2) << "\n";
-  require(out.good(), "failed writing " + path.string());
+  // Written beside and renamed into place: a reader or a kill never sees half a file.
+  const std::filesystem::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp);
+    require(out.good(), "cannot write " + path.string());
+    out << value.dump(2) << "\n";
+    out.flush();
+    require(out.good(), "failed writing " + path.string());
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  require(!ec, "cannot write " + path.string() + ": " + ec.message());
 }
 
 std::string json_error_text(const nlohmann::json::exception& e) {
