@@ -18,6 +18,9 @@ if [ "$mode" = prepare ]; then
     cp "$data"/train.bin "$data"/val.bin "$dir/data/"
     tok=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['tokenizer'])" "$data/meta.json")
     cp "$tok" "$dir/data/tokenizer.json"
+    # Its chat template, when `crossmoe tokenizer train` wrote one beside it.
+    tok_config=$(dirname "$tok")/tokenizer_config.json
+    [ -f "$tok_config" ] && cp "$tok_config" "$dir/data/"
     python3 - "$data/meta.json" "$dir/data" <<'PY'
 import json, sys
 meta = json.load(open(sys.argv[1])); meta["tokenizer"] = sys.argv[2] + "/tokenizer.json"
@@ -30,7 +33,8 @@ fi
 # elsewhere, e.g. `bash scripts/gpu_box_build.sh commands DIR` prints the compile commands).
 TORCH=${TORCH_DIR:-$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')}
 ABI=${TORCH_ABI:-$(python3 -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')}
-flags=(-std=c++20 -O3 -DNDEBUG -fopenmp "-D_GLIBCXX_USE_CXX11_ABI=$ABI" -DCROSSMOE_HAVE_TORCH -Isrc "-I$dir/include"
+# -g1: function names and lines in a backtrace (cuda-gdb is the debugger there), at little cost.
+flags=(-std=c++20 -O3 -g1 -DNDEBUG -fopenmp "-D_GLIBCXX_USE_CXX11_ABI=$ABI" -DCROSSMOE_HAVE_TORCH -Isrc "-I$dir/include"
        "-I$TORCH/include" "-I$TORCH/include/torch/csrc/api/include")
 srcs=(src/*/*.cpp apps/crossmoe/*.cpp)
 object() { echo "$dir/obj/$(echo "$1" | tr / _).o"; }

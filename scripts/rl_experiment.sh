@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The self-play experiment of docs/experiments.md ("Self-play RL"), stage by stage, on the GPU
+# machine: pre-train a small Megrez2-layout model on the Brown corpus, write reference players'
+# transcripts of the training games, teach the protocol by SFT, evaluate, then MARS self-play.
+# A stage whose output exists is skipped, and the long ones resume from their checkpoints, so the
+# script continues where the last device session stopped.
+#   bash scripts/rl_experiment.sh BIN DATA OUT STAGE...
+# BIN: a crossmoe with the trainer (scripts/gpu_box_build.sh); DATA: `crossmoe data prepare` output
+# whose tokenizer has a ChatML template; OUT: the experiment directory; STAGE: pretrain,
+# transcripts, sft, selfplay (SELFPLAY_ITERATIONS, default 30; SELFPLAY_ARGS adds options, e.g.
+# --no-turn-scores with SELFPLAY_NAME=no_turn_scores for an ablation), or a time limit
+# `until=SECONDS` that makes the stages after it stop (at a checkpoint) in time.
+set -euo pipefail
+bin=$1 data=$2 out=$3
+shift 3
+mkdir -p "$out"
+deadline=0
+games=tic_tac_toe,kuhn_poker,mini_hanabi
+seed=${SEED:-1}
+# Seconds left before the deadline, for `timeout` (a stopped stage resumes next time).
+left() { if [ "$deadline" -eq 0 ]; then echo 100000; else echo $((deadline - $(date +%s))); fi; }
+resume_flag() { [ -d "$1/checkpoints" ] && echo --resume || true; }
+
+for stage in "$@"; do
+  case $stage in
+  until=*) deadline=$(($(date +%s) + ${stage#until=})) ;;
+  pretrain)
+    [ -f "$out/pretrain/model/config.json" ] && continue
+    timeout -s INT "$(left)" "$bin" train --data "$data" -o "$out/pretrain" $(resume_flag "$out/pretrain") \
+      --layout megrez2 --layers 8 --hidden 256 --heads 4 --kv-heads 2 --head-dim 64 --intermediate 768 \
+      --experts 16 --top-k 4 --expert-size 256 --shared-size 256 --context 4096 \
+      --steps 1200 --batch 32 --seq-len 512 --lr 2e-3 --warmup 60 --eval-every 200 --save-every 200 \
+      --seed "$seed" --device cuda --export-dtype bf16
+    ;;
+  transcripts)
+    [ -f "$out/sft.jsonl" ] && continue
+    for g in tic_tac_toe:1500 kuhn_poker:1500 mini_hanabi:600; do
+      "$bin" games transcripts "${g%%:*}" -n "${g##*:}" -o "$out/transcripts-${g%%:*}.jsonl" --seed "$seed"
+    done
+    cat "$out"/transcripts-*.jsonl > "$out/sft.jsonl.tmp" && mv "$out/sft.jsonl.tmp" "$out/sft.jsonl"
+    ;;
+  sft)
+    [ -f "$out/sft/model/config.json" ] && continue
+    timeout -s INT "$(left)" "$bin" train --sft "$out/sft.jsonl" --init "$out/pretrain/model" -o "$out/sft" \
+      $(resume_flag "$out/sft") --steps 500 --batch 32 --seq-len 2048 --lr 5e-4 --warmup 30 \
+      --eval-every 100 --save-every 100 --seed "$seed" --device cuda --export-dtype bf16
+    ;;
+  selfplay)
+    name=${SELFPLAY_NAME:-selfplay}
+    [ -f "$out/$name/model/config.json" ] && continue
+    timeout -s INT "$(left)" "$bin" rl selfplay "$out/sft/model" -o "$out/$name" $(resume_flag "$out/$name") \
+      --game "$games" --iterations "${SELFPLAY_ITERATIONS:-30}" --games-per-iteration 64 \
+      --max-new-tokens 160 --max-sequence 3072 --lr 1e-5 --eval-games 16 --seed "$seed" --device cuda \
+      ${SELFPLAY_ARGS:-}
+    ;;
+  *) echo "error: unknown stage '$stage' (pretrain, transcripts, sft, selfplay, until=SECONDS)" >&2; exit 2 ;;
+  esac
+done
