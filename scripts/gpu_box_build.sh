@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the crossmoe CLI (trainer included) on the lent GPU machine, which has a CUDA libtorch
 # (from its Python torch) and g++ but none of our Debian -dev packages and no network.
-#   here:    bash scripts/gpu_box_build.sh prepare .carry   # headers + static libs + token data
+#   here:    bash scripts/gpu_box_build.sh prepare .carry [DATA]  # headers, static libs, generated
+#            sources from the CMake build (BUILD_DIR, default build), token data
 #   there:   bash scripts/gpu_box_build.sh build .carry     # -> .carry/crossmoe
 #   check:   bash scripts/gpu_box_build.sh commands .carry  # the compile commands, one per line
 # (.carry is listed in .git/info/exclude and passed to the device tool's `carry`.)
@@ -11,6 +12,9 @@ if [ "$mode" = prepare ]; then
   mkdir -p "$dir/include" "$dir/lib" "$dir/data"
   cp -r /usr/include/nlohmann /usr/include/CLI /usr/include/pcre2.h /usr/include/utf8proc.h "$dir/include/"
   cp /usr/lib/x86_64-linux-gnu/libpcre2-8.a /usr/lib/x86_64-linux-gnu/libutf8proc.a "$dir/lib/"
+  # The sources CMake generates (the Leduc Nash policy compiled in), made by a build here.
+  mkdir -p "$dir/gen"
+  cp "${BUILD_DIR:-build}/src/leduc_poker_nash_policy.cpp" "$dir/gen/"
   data=${3:-build/demo/data}
   # The commit for `crossmoe --version` (the GPU machine gets no .git).
   echo "#define CROSSMOE_GIT_COMMIT \"$(git rev-parse --short=12 HEAD 2>/dev/null)\"" > "$dir/include/git_commit.h"
@@ -36,7 +40,7 @@ ABI=${TORCH_ABI:-$(python3 -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX
 # -g1: function names and lines in a backtrace (cuda-gdb is the debugger there), at little cost.
 flags=(-std=c++20 -O3 -g1 -DNDEBUG -fopenmp "-D_GLIBCXX_USE_CXX11_ABI=$ABI" -DCROSSMOE_HAVE_TORCH -Isrc "-I$dir/include"
        "-I$TORCH/include" "-I$TORCH/include/torch/csrc/api/include")
-srcs=(src/*/*.cpp apps/crossmoe/*.cpp)
+srcs=(src/*/*.cpp apps/crossmoe/*.cpp "$dir"/gen/*.cpp)
 object() { echo "$dir/obj/$(echo "$1" | tr / _).o"; }
 # One compile command per line, each word quoted for bash, so no flag list can break a line.
 compile_commands() {
