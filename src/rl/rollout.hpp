@@ -13,34 +13,22 @@
 #include <random>
 #include <vector>
 
+#include "games/chat_match.hpp"
 #include "train/torch_model.hpp"
 
 namespace crossmoe::rl {
 
-struct SamplingOptions {
-  double temperature = 0.6;
-  double top_p = 0.99;
-  int top_k = 100;  // 0 = off
-};
-
-struct GenerationRequest {
-  int sequence = 0;               // row of the engine
-  std::vector<int> append;        // tokens to add before generating (at least one)
-  int max_new_tokens = 256;
-};
-
-struct Generation {
-  std::vector<int> tokens;        // generated, the stop token included when one came
-  std::vector<float> log_probs;   // policy log-probability of each generated token
-  bool stopped = false;           // ended on a stop token (false: hit max_new_tokens)
-};
+// The request and answer types, and the interface play_matches drives, are games/chat_match's.
+using games::Generation;
+using games::GenerationRequest;
+using games::SamplingOptions;
 
 struct RolloutStats {
   int64_t prefill_tokens = 0, generated_tokens = 0;
   double seconds = 0;
 };
 
-class RolloutEngine {
+class RolloutEngine : public games::TokenGenerator {
  public:
   // sequences: rows; capacity: tokens per row. The model is used, not copied: updated weights are
   // seen by the next call.
@@ -48,16 +36,16 @@ class RolloutEngine {
                 int max_batch_tokens = 16384);
 
   // Empties every row.
-  void reset();
-  int sequences() const { return int(tokens_.size()); }
+  void reset() override;
+  int sequences() const override { return int(tokens_.size()); }
   int capacity() const { return int(cache_.capacity); }
-  const std::vector<int>& tokens(int sequence) const { return tokens_.at(size_t(sequence)); }
-  int free_space(int sequence) const { return int(cache_.capacity) - int(tokens_.at(size_t(sequence)).size()); }
+  const std::vector<int>& tokens(int sequence) const override { return tokens_.at(size_t(sequence)); }
+  int free_space(int sequence) const override { return int(cache_.capacity) - int(tokens_.at(size_t(sequence)).size()); }
 
   // Appends and generates for each request (distinct sequences). Requests must fit: appended
   // tokens + max_new_tokens <= free_space.
   std::vector<Generation> generate(const std::vector<GenerationRequest>& requests, const std::vector<int>& stop_tokens,
-                                   const SamplingOptions& sampling, std::mt19937_64& rng);
+                                   const SamplingOptions& sampling, std::mt19937_64& rng) override;
 
   const RolloutStats& stats() const { return stats_; }
 

@@ -10,7 +10,7 @@
 #include <sstream>
 
 #include "games/cfr.hpp"
-#include "games/conversation.hpp"
+#include "games/chat_match.hpp"
 #include "tokenizer/chat_template.hpp"
 #include "tokenizer/tokenizer.hpp"
 #include "train/optimizer.hpp"
@@ -24,197 +24,12 @@ namespace crossmoe::rl {
 namespace fs = std::filesystem;
 using games::Game;
 using games::State;
+using games::Match;
+using games::Seat;
 
 namespace {
 
 enum Stream : uint64_t { kRollout = 11, kEvaluation = 12, kShuffle = 13 };
-
-// The model's tokenizer and chat template: how conversations become tokens.
-struct Chat {
-  Tokenizer tokenizer;
-  nlohmann::json config;
-  std::vector<int> stop;
-};
-
-Chat load_chat(const fs::path& model_dir, const ModelConfig& model) {
-  const fs::path tok = model_dir / "tokenizer.json", cfg = model_dir / "tokenizer_config.json";
-  require(fs::exists(tok), model_dir.string() + " has no tokenizer.json: self-play needs the model's tokenizer");
-  Chat chat{Tokenizer::load(tok), nlohmann::json::object(), model.eos_token_ids};
-  if (fs::exists(cfg)) chat.config = read_json_file(cfg);
-  require(chat.config.contains("chat_template") && chat.config["chat_template"].is_string(),
-          model_dir.string() + " has no chat template (tokenizer_config.json \"chat_template\"): self-play talks to the "
-                               "model in conversations");
-  // The end of an answer: the model's eos tokens and the chat template's (tokenizer_config's eos_token,
-  // e.g. ChatML's <|im_end|>).
-  if (chat.config.contains("eos_token")) {
-    const auto& e = chat.config["eos_token"];
-    const std::string text = e.is_string() ? e.get<std::string>() : e.is_object() ? e.value("content", "") : "";
-    const int id = text.empty() ? -1 : chat.tokenizer.token_to_id(text);
-    if (id >= 0 && std::find(chat.stop.begin(), chat.stop.end(), id) == chat.stop.end()) chat.stop.push_back(id);
-  }
-  require(!chat.stop.empty(), model_dir.string() + " names no end-of-turn token (eos_token_id, eos_token)");
-  return chat;
-}
-
-struct Seat {
-  int row = -1;                       // engine row; -1 when a fixed agent plays the seat
-  games::Agent* agent = nullptr;
-  nlohmann::ordered_json messages = nlohmann::ordered_json::array();
-  std::string covered;                // the text the row's tokens stand for
-  std::string pending_stop;           // text of the stop token that ended the last answer
-  std::vector<std::pair<int, int>> answers;  // [begin, end) token ranges of the seat's answers
-  std::vector<float> log_probs;       // rollout log-prob of every answer token, in order
-  std::vector<double> turn_reward;
-};
-
-struct Match {
-  std::string game_name;
-  const Game* game = nullptr;
-  std::unique_ptr<State> state;
-  std::vector<Seat> seats;
-  bool done = false;
-  int turns = 0;
-  int invalid_seat = -1;              // seat whose answer ended the game
-  std::vector<double> returns;        // the game's payoffs (empty when it ended otherwise)
-};
-
-struct RolloutCounts {
-  int answers = 0, invalid = 0, overlong = 0;  // overlong: answers cut off at max_new_tokens
-  int64_t answer_tokens = 0;
-};
-
-// The step rewards of the move that led to the current state: the mover's own turn gets its part
-// when the move was the policy's answer (added by the caller); every other seat's last turn gets its.
-void share_step_rewards(Match& m, int mover, const games::MarsRewards& r, double* mover_reward) {
-  const std::vector<double> step = games::step_rewards(*m.game, *m.state, r);
-  for (size_t s = 0; s < m.seats.size(); ++s) {
-    if (int(s) == mover) {
-      if (mover_reward) *mover_reward = step[s];
-      continue;
-    }
-    if (!m.seats[s].turn_reward.empty()) m.seats[s].turn_reward.back() += step[s];
-  }
-  if (m.state->is_terminal()) {
-    m.done = true;
-    m.returns = m.state->returns();
-  }
-}
-
-// `seat` forfeits (an invalid, over-long or out-of-room answer): MARS's losing state.
-void end_invalid(Match& m, int seat, const games::MarsRewards& r, int response_tokens) {
-  const games::Forfeit f = games::forfeit(*m.game, *m.state, seat, r);
-  m.done = true;
-  m.invalid_seat = seat;
-  m.returns = f.returns;
-  for (size_t s = 0; s < m.seats.size(); ++s) {
-    Seat& st = m.seats[s];
-    if (int(s) == seat && st.turn_reward.empty()) st.turn_reward.push_back(0.0);
-    if (st.turn_reward.empty()) continue;
-    st.turn_reward.back() += f.rewards[s];
-    if (int(s) == seat)
-      st.turn_reward.back() += games::format_reward(false, r) + games::length_penalty(response_tokens, r);
-  }
-}
-
-// Plays every match to the end: fixed agents move at once, the policy's seats answer in batches.
-RolloutCounts play(std::vector<Match>& matches, RolloutEngine& engine, Chat& chat, const SelfPlayOptions& o,
-                   std::mt19937_64& rng) {
-  engine.reset();
-  RolloutCounts counts;
-  while (true) {
-    std::vector<GenerationRequest> requests;
-    std::vector<size_t> owner;
-    for (size_t mi = 0; mi < matches.size(); ++mi) {
-      Match& m = matches[mi];
-      while (!m.done) {
-        State& st = *m.state;
-        if (st.is_chance()) {
-          const auto outcomes = st.chance_outcomes();
-          std::vector<double> p;
-          for (const auto& oc : outcomes) p.push_back(oc.second);
-          st.apply(outcomes[std::discrete_distribution<size_t>(p.begin(), p.end())(rng)].first);
-          continue;
-        }
-        if (st.is_terminal()) {
-          m.done = true;
-          m.returns = st.returns();
-          break;
-        }
-        if (m.turns >= o.max_turns) {  // truncated, as MARS stops at max_actions_per_traj
-          m.done = true;
-          break;
-        }
-        const int seat = st.current_player();
-        Seat& s = m.seats[size_t(seat)];
-        if (s.row < 0) {
-          st.apply(s.agent->act(*m.game, st, rng));
-          ++m.turns;
-          share_step_rewards(m, seat, o.rewards, nullptr);
-          continue;
-        }
-        if (s.messages.empty())
-          s.messages.push_back({{"role", "system"}, {"content", games::seat_system_message(m.game->info(), seat)}});
-        s.messages.push_back({{"role", "user"}, {"content", games::seat_turn_message(*m.game, st, seat)}});
-        ChatRequest request;
-        request.messages = s.messages;
-        const std::string text = apply_chat_template(chat.config, request);
-        require(text.compare(0, s.covered.size(), s.covered) == 0,
-                "the model's chat template does not render a conversation as an extension of its earlier turns; "
-                "self-play needs one that does (ChatML, as `crossmoe init` writes, does)");
-        std::string delta = text.substr(s.covered.size());
-        if (!s.pending_stop.empty() && delta.compare(0, s.pending_stop.size(), s.pending_stop) == 0)
-          delta = delta.substr(s.pending_stop.size());
-        s.covered = text;
-        s.pending_stop.clear();
-        std::vector<int> append = chat.tokenizer.encode(delta);
-        if (int(append.size()) + o.max_new_tokens > engine.free_space(s.row)) {
-          // The conversation outgrew max_sequence: that seat loses, as MARS's overlong sequences do.
-          end_invalid(m, seat, o.rewards, 0);
-          break;
-        }
-        requests.push_back({s.row, std::move(append), o.max_new_tokens});
-        owner.push_back(mi);
-        break;
-      }
-    }
-    if (requests.empty()) break;
-    const std::vector<Generation> gens = engine.generate(requests, chat.stop, o.sampling, rng);
-    for (size_t i = 0; i < gens.size(); ++i) {
-      Match& m = matches[owner[i]];
-      const int seat = m.state->current_player();
-      Seat& s = m.seats[size_t(seat)];
-      const Generation& g = gens[i];
-      const int end = int(engine.tokens(s.row).size()), begin = end - int(g.tokens.size());
-      s.answers.push_back({begin, end});
-      s.log_probs.insert(s.log_probs.end(), g.log_probs.begin(), g.log_probs.end());
-      std::vector<int> content_tokens = g.tokens;
-      if (g.stopped) content_tokens.pop_back();
-      const std::string content = chat.tokenizer.decode(content_tokens);
-      s.covered += content;
-      if (g.stopped) s.pending_stop = chat.tokenizer.decode({g.tokens.back()});
-      s.messages.push_back({{"role", "assistant"}, {"content", content}});
-      ++counts.answers;
-      counts.answer_tokens += int64_t(g.tokens.size());
-      const int tokens = int(g.tokens.size());
-      const bool too_long = !g.stopped || games::overlong(tokens, engine.free_space(s.row), o.rewards);
-      const games::ParsedAnswer parsed = too_long ? games::ParsedAnswer{-1, "no end within the limit"}
-                                                  : games::parse_answer(content, *m.game, *m.state);
-      if (parsed.action < 0) {
-        ++counts.invalid;
-        if (too_long) ++counts.overlong;
-        s.turn_reward.push_back(0.0);
-        end_invalid(m, seat, o.rewards, tokens);
-        continue;
-      }
-      m.state->apply(parsed.action);
-      ++m.turns;
-      double own = 0;
-      share_step_rewards(m, seat, o.rewards, &own);
-      s.turn_reward.push_back(own + games::format_reward(true, o.rewards) + games::length_penalty(tokens, o.rewards));
-    }
-  }
-  return counts;
-}
 
 // A seat's conversation in the update's form.
 struct Sequence {
@@ -430,7 +245,7 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
   // Policy (the start model or the resumed checkpoint), frozen reference, optimiser.
   train::TorchModel policy = train::TorchModel::load(o.model_dir, device);
   const train::TorchModel reference = train::TorchModel::load(o.model_dir, device);
-  Chat chat = load_chat(o.model_dir, policy.config());
+  games::ChatModel chat = games::load_chat_model(o.model_dir, policy.config().eos_token_ids);
   train::AdamW adam;
   int start_iteration = 0;
   int64_t optimizer_steps = 0;
@@ -468,6 +283,11 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
   // (Evaluation: one policy seat in each of 2 x eval_games matches, or both seats in eval_games.)
   const int rows = int(o.games.size()) * 2 * std::max(o.games_per_iteration, o.eval_every > 0 ? o.eval_games : 0);
   RolloutEngine engine(policy, rows, o.max_sequence, compute);
+  games::MatchSettings settings;
+  settings.max_new_tokens = o.max_new_tokens;
+  settings.max_turns = o.max_turns;
+  settings.sampling = o.sampling;
+  settings.rewards = o.rewards;
 
   const train::AdamWHyper hyper{o.beta1, o.beta2, 1e-8, o.weight_decay};
   ProgressBar bar(o.iterations, start_iteration);
@@ -492,7 +312,7 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
       }
     const RolloutStats before = engine.stats();
     Stopwatch rollout_watch;
-    const RolloutCounts counts = play(matches, engine, chat, o, rng);
+    const games::PlayCounts counts = games::play_matches(matches, engine, chat, settings, rng);
     const double rollout_seconds = rollout_watch.seconds();
     const int64_t generated = engine.stats().generated_tokens - before.generated_tokens;
     std::vector<Sequence> seqs = sequences_of(matches, engine);
@@ -600,7 +420,7 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
             evals.push_back(std::move(m));
           }
       }
-      const RolloutCounts ec = play(evals, engine, chat, o, eval_rng);
+      const games::PlayCounts ec = games::play_matches(evals, engine, chat, settings, eval_rng);
       row["eval_invalid_rate"] = ec.answers ? double(ec.invalid) / ec.answers : 0.0;
       std::map<std::string, std::array<double, 3>> tally;  // column prefix -> win, draw, loss
       std::map<std::string, std::pair<double, int>> scores;
@@ -608,16 +428,14 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
         const Match& m = evals[i];
         if (m.game->info().cooperative) {
           auto& [sum, n] = scores[m.game_name];
-          sum += m.returns.empty() ? 0.0 : m.returns[0];
+          sum += games::seat_return(m, 0);
           ++n;
           continue;
         }
         const int seat = policy_seat[i];
         const std::string prefix = m.game_name + (seat == 0 ? "_first" : "_second");
         auto& t = tally[prefix];
-        const double ret = m.invalid_seat == seat ? -1.0 : m.invalid_seat >= 0 ? 1.0
-                           : m.returns.empty()    ? 0.0
-                                                  : m.returns[size_t(seat)];
+        const double ret = games::seat_return(m, seat);
         t[ret > 0 ? 0 : ret == 0 ? 1 : 2] += 1.0 / o.eval_games;
       }
       for (const auto& [prefix, t] : tally) {
