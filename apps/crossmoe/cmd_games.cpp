@@ -377,12 +377,13 @@ void add_transcripts_command(CLI::App& games) {
 }  // namespace
 
 void add_games(CLI::App& app) {
-  CLI::App* games = app.add_subcommand("games", "Games for self-play RL: describe them, play matches, solve poker with CFR, write transcripts");
+  CLI::App* games = app.add_subcommand("games", "Games for self-play RL: describe them, play matches, solve poker with CFR, write transcripts, evaluate a model");
   games->require_subcommand(1);
   add_info_command(*games);
   add_play_command(*games);
   add_solve_command(*games);
   add_transcripts_command(*games);
+  add_games_eval_command(*games);
 }
 
 }  // namespace crossmoe::cli

@@ -12,7 +12,8 @@ void add_generate(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_tokenizer(CLI::App& app);  // tokenize, tokenizer train
 void add_chat(CLI::App& app);
-void add_games(CLI::App& app);  // games play, games solve
+void add_games(CLI::App& app);  // games info, play, solve, transcripts, eval
+void add_games_eval_command(CLI::App& games);  // games eval (cmd_games_eval.cpp)
 void add_data(CLI::App& app);   // data prepare
 void add_eval(CLI::App& app);   // eval lveval, score, generate, check
 void add_train(CLI::App& app);  // needs libtorch; otherwise says so

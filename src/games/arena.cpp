@@ -49,7 +49,8 @@ Proportion wilson(int successes, int trials) {
   const double denom = 1 + z * z / n;
   const double center = (p + z * z / (2 * n)) / denom;
   const double half = z * std::sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom;
-  return {p, std::max(0.0, center - half), std::min(1.0, center + half)};
+  // Rounding can put an end a hair past the rate at 0 or n successes: the interval holds the rate.
+  return {p, std::clamp(center - half, 0.0, p), std::clamp(center + half, p, 1.0)};
 }
 
 MatchStats play_match(const Game& game, Agent& p0, Agent& p1, int games, uint64_t seed,
