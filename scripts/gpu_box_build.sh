@@ -61,6 +61,9 @@ mkdir -p "$dir/obj"
 compile_commands | xargs -d '\n' -P "$(nproc)" -I{} bash -c '{}'
 objs=()
 for f in "${srcs[@]}"; do objs+=("$(object "$f")"); done
+# libstdc++ is named before libtorch so that the dynamic linker finds the C++ library's symbols there
+# first: libtorch.so exports its own std::filesystem::remove_all, and that copy jumps to address 0
+# (a segmentation fault whenever the trainer or the RL loop deleted an old checkpoint).
 g++ -fopenmp -o "$dir/crossmoe" "${objs[@]}" "$dir/lib/libpcre2-8.a" "$dir/lib/libutf8proc.a" \
-  -L"$TORCH/lib" -Wl,-rpath,"$TORCH/lib" -Wl,--no-as-needed -ltorch -ltorch_cuda -ltorch_cpu -lc10_cuda -lc10
+  -L"$TORCH/lib" -Wl,-rpath,"$TORCH/lib" -Wl,--no-as-needed -lstdc++ -ltorch -ltorch_cuda -ltorch_cpu -lc10_cuda -lc10
 echo "built $dir/crossmoe"
