@@ -40,6 +40,7 @@ ABI=${TORCH_ABI:-$(python3 -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX
 # -g1: function names and lines in a backtrace (cuda-gdb is the debugger there), at little cost.
 flags=(-std=c++20 -O3 -g1 -DNDEBUG -fopenmp "-D_GLIBCXX_USE_CXX11_ABI=$ABI" -DCROSSMOE_HAVE_TORCH -Isrc "-I$dir/include"
        "-I$TORCH/include" "-I$TORCH/include/torch/csrc/api/include")
+shopt -s nullglob  # no generated sources prepared (`commands` on a fresh folder): none listed
 srcs=(src/*/*.cpp apps/crossmoe/*.cpp "$dir"/gen/*.cpp)
 object() { echo "$dir/obj/$(echo "$1" | tr / _).o"; }
 # One compile command per line, each word quoted for bash, so no flag list can break a line.
