@@ -215,6 +215,7 @@ TEST_F(GamesEval, BadInputIsAOneLineError) {
   expect_error(run("games eval " + m + " --mcts-simulations 1"), 2, "--mcts-simulations");
   expect_error(run("games eval " + m + " --backend runtime --device cuda"), 2, "--device");
   expect_error(run("games eval " + (dir_ / "none").string()), 1, "no model directory");
+  expect_error(run("games eval " + m + " -o " + (dir_ / "no" / "such" / "dir.md").string()), 1, "cannot write");
   // No chat template, no tokenizer.
   const fs::path plain = dir_ / "plain";
   fs::remove_all(plain);

@@ -220,6 +220,10 @@ void run_eval(EvalArgs a) {
   if (a.backend == "runtime" && a.device != "cpu")
     throw UsageError("--backend runtime runs on the CPU; --device " + a.device + " needs --backend rollout");
   require(fs::is_directory(a.model), "no model directory " + a.model);
+  if (!a.out.empty()) {  // a table that cannot be written is known before the games are played
+    std::ofstream probe(a.out, std::ios::app);
+    require(probe.good(), "-o: cannot write " + a.out);
+  }
   const ModelConfig config = read_model_config(a.model);
   ChatModel chat = load_chat_model(a.model, config.eos_token_ids);
   const int capacity = std::min(a.max_sequence, config.max_position_embeddings);
@@ -274,7 +278,7 @@ void add_games_eval_command(CLI::App& games) {
   auto a = std::make_shared<EvalArgs>();
   EvalSettings& s = a->settings;
   s.match.max_new_tokens = 256;
-  s.batch = 64;
+  s.batch = 256;
   CLI::App* cmd = games.add_subcommand(
       "eval", "Evaluate a model on MARS's games against MARS's evaluation opponents: one table with 95% intervals");
   cmd->add_option("model", a->model, "Model directory (with tokenizer.json and a chat template)")->required();
