@@ -257,10 +257,12 @@ std::vector<float> full_log_probs(const train::TorchModel& m, const std::vector<
 // differ), rows leaving the batch at different steps: every kept log-prob equals the full
 // forward's over the final sequence.
 TEST(RlRollout, LogProbsEqualFullForward) {
-  for (const std::string layout : {"dense", "megrez2", "rexmoe"}) {
-    SCOPED_TRACE(layout);
+  for (const std::string layout : {"dense", "megrez2", "rexmoe"})
+  for (const train::GroupedExperts decode : {train::GroupedExperts::Auto, train::GroupedExperts::Dense}) {
+    SCOPED_TRACE(layout + (decode == train::GroupedExperts::Dense ? " dense decode" : " dispatched decode"));
     const train::TorchModel model = tiny_model(layout, 3);
     RolloutEngine engine(model, 5, 96, torch::kFloat32, /*max_batch_tokens=*/24);
+    engine.set_decode_experts(decode);
     std::mt19937_64 rng(1), draw(5);
     std::vector<std::vector<std::pair<int, float>>> kept(5);  // (token index, log-prob)
     for (int round = 0; round < 3; ++round) {

@@ -163,7 +163,8 @@ TEST_P(TrainedModelMatchesRuntime, LogitsAndGreedyTokens) {
 }
 
 // The batched expert path (the GPU default) against the per-expert loop: same outputs and
-// gradients, with and without a capacity cap.
+// gradients, with and without a capacity cap; and the dense path of the rollout engine's decode
+// steps (every expert on every token, no cap).
 TEST_P(TrainedModelMatchesRuntime, BatchedExpertsMatchTheLoop) {
   const ModelConfig& c = GetParam().config;
   if (!c.layers.back().is_moe) GTEST_SKIP() << "no experts";
@@ -172,7 +173,9 @@ TEST_P(TrainedModelMatchesRuntime, BatchedExpertsMatchTheLoop) {
     for (const auto& name : model.trainable_names()) model.tensor(name).set_requires_grad(true);
     const torch::Tensor tokens = torch::randint(0, c.vocab_size, {2, 9}, torch::kInt64);
     std::vector<torch::Tensor> logits, grads;
-    for (GroupedExperts g : {GroupedExperts::Off, GroupedExperts::On}) {
+    std::vector<GroupedExperts> paths{GroupedExperts::Off, GroupedExperts::On};
+    if (capacity == 0.0) paths.push_back(GroupedExperts::Dense);
+    for (GroupedExperts g : paths) {
       ForwardOptions fo;
       fo.compute_dtype = torch::kDouble;
       fo.capacity_factor = capacity;
@@ -185,8 +188,10 @@ TEST_P(TrainedModelMatchesRuntime, BatchedExpertsMatchTheLoop) {
       grads.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
       for (const auto& name : model.trainable_names()) model.tensor(name).mutable_grad() = torch::Tensor();
     }
-    EXPECT_LT((logits[0] - logits[1]).abs().max().item<double>(), 1e-12) << "capacity " << capacity;
-    EXPECT_LT((grads[0] - grads[1]).abs().max().item<double>(), 1e-12) << "capacity " << capacity;
+    for (size_t i = 1; i < paths.size(); ++i) {
+      EXPECT_LT((logits[0] - logits[i]).abs().max().item<double>(), 1e-12) << "capacity " << capacity << " path " << i;
+      EXPECT_LT((grads[0] - grads[i]).abs().max().item<double>(), 1e-12) << "capacity " << capacity << " path " << i;
+    }
   }
 }
 

@@ -65,7 +65,8 @@ void run_bench(const BenchArgs& a) {
   std::mt19937_64 rng(a.seed);
   const int capacity = a.prompt_tokens * 3 / 2 + a.new_tokens + 2;
   rl::RolloutEngine engine(model, a.sequences, capacity, bf16 ? torch::kBFloat16 : torch::kFloat32);
-  auto measure = [&](int n) {
+  auto measure = [&](int n, train::GroupedExperts decode_experts) {
+    engine.set_decode_experts(decode_experts);
     std::vector<rl::GenerationRequest> requests;
     for (int i = 0; i < n; ++i) {
       rl::GenerationRequest r;
@@ -84,12 +85,19 @@ void run_bench(const BenchArgs& a) {
     const double seconds = watch.seconds();
     return double(engine.stats().generated_tokens - before.generated_tokens) / seconds;
   };
-  measure(std::min(a.sequences, 4));  // warm up (CUDA kernels, allocator)
-  const double one = measure(1), many = measure(a.sequences);
+  using train::GroupedExperts;
+  measure(std::min(a.sequences, 4), GroupedExperts::Dense);  // warm up (CUDA kernels, allocator)
+  measure(std::min(a.sequences, 4), GroupedExperts::Auto);
+  const double one = measure(1, GroupedExperts::Dense), many = measure(a.sequences, GroupedExperts::Dense);
+  const double dispatched = measure(a.sequences, GroupedExperts::Auto);
   std::printf("rollout %s%s: prompts ~%d tokens, %d new tokens each\n", a.device.c_str(), bf16 ? " bf16" : "",
               a.prompt_tokens, a.new_tokens);
   std::printf("  1 sequence      %10.0f generated tokens/s\n", one);
   std::printf("  %-4d sequences  %10.0f generated tokens/s  (%.1fx one sequence)\n", a.sequences, many, many / one);
+  // The same batch with decode steps through the trainer's expert dispatch (a host sync per MoE
+  // layer) instead of every expert on every row: the baseline for the dense decode path.
+  std::printf("  %-4d sequences  %10.0f generated tokens/s  with dispatched experts in decode (dense is %.2fx)\n",
+              a.sequences, dispatched, many / dispatched);
 }
 
 }  // namespace

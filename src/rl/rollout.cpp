@@ -12,6 +12,7 @@ namespace crossmoe::rl {
 RolloutEngine::RolloutEngine(const train::TorchModel& model, int sequences, int capacity,
                              torch::ScalarType compute_dtype, int max_batch_tokens)
     : model_(model), compute_(compute_dtype), max_batch_tokens_(max_batch_tokens),
+      decode_experts_(model.device().is_cuda() ? train::GroupedExperts::Dense : train::GroupedExperts::Auto),
       cache_(model.new_cache(sequences, capacity, compute_dtype)), tokens_(size_t(sequences)) {
   require(sequences > 0 && capacity > 1, "rollout: needs at least one sequence of two tokens");
 }
@@ -37,6 +38,7 @@ torch::Tensor RolloutEngine::append(const std::vector<int>& rows, const std::vec
       ++last;
     }
     const int64_t R = int64_t(last - first);
+    fo.grouped_experts = longest == 1 ? decode_experts_ : train::GroupedExperts::Auto;
     torch::Tensor batch = torch::zeros({R, longest}, i64);
     int64_t* p = batch.data_ptr<int64_t>();
     std::vector<int64_t> counts, cache_rows;

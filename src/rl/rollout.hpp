@@ -49,6 +49,11 @@ class RolloutEngine : public games::TokenGenerator {
 
   const RolloutStats& stats() const { return stats_; }
 
+  // How MoE layers run their experts in decode steps (one new token a row). Default: Dense on CUDA,
+  // where the host sync per layer of the dispatch costs more than the extra arithmetic; the
+  // dispatch (GroupedExperts::Auto) on the CPU, where arithmetic is what costs.
+  void set_decode_experts(train::GroupedExperts experts) { decode_experts_ = experts; }
+
  private:
   // Runs `tokens` (ragged) through the cache rows `rows`; returns the logits at each row's last
   // token [R, vocab]. The caller keeps tokens_ (the sequences) up to date.
@@ -57,6 +62,7 @@ class RolloutEngine : public games::TokenGenerator {
   const train::TorchModel& model_;
   torch::ScalarType compute_;
   int max_batch_tokens_;
+  train::GroupedExperts decode_experts_;
   train::KvCache cache_;
   std::vector<std::vector<int>> tokens_;
   RolloutStats stats_;

@@ -345,65 +345,74 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
   if (m.norm_topk_prob) weight = weight / (weight.sum(-1, true) + 1e-20);
   weight = weight * m.routed_scaling_factor;
 
-  // Dispatch: sort the N*K (token, candidate) pairs by candidate; each expert runs on its rows.
-  const torch::Tensor flat = top.reshape(-1);
-  const torch::Tensor order = std::get<1>(flat.sort(c10::optional<bool>(true), 0));  // stable
-  const torch::Tensor counts = torch::bincount(flat, {}, C);
-  load = counts.detach();
-  const torch::Tensor token_of = torch::div(order, K, "floor");
-  const torch::Tensor rows = u.index_select(0, token_of);
-  const torch::Tensor row_weight = weight.reshape(-1).index_select(0, order).unsqueeze(1);
-  const torch::Tensor counts_cpu = counts.cpu();
-  const int64_t* count = counts_cpu.data_ptr<int64_t>();
-  const int64_t capacity = options.capacity_factor > 0
-                               ? int64_t(std::ceil(options.capacity_factor * double(N * K) / double(C)))
-                               : N * K;
-  std::vector<torch::Tensor> outputs, kept;
-  const bool grouped = options.grouped_experts == GroupedExperts::On ||
-                       (options.grouped_experts == GroupedExperts::Auto && device_.is_cuda());
-  if (grouped) {
-    // All experts in three batched matrix products: rows go to slot (expert, position) of a
-    // [C, M, d] buffer padded to the busiest expert's M rows. Fewer, larger kernels than the loop.
-    const int64_t M = std::min(capacity, *std::max_element(count, count + C));
-    const torch::Tensor sorted_expert = flat.index_select(0, order);
-    const torch::Tensor first_row = (counts.cumsum(0) - counts).index_select(0, sorted_expert);
-    const torch::Tensor position = torch::arange(N * K, flat.options()) - first_row;
-    const torch::Tensor keep = (position < M).nonzero().squeeze(1);
-    const torch::Tensor slot = (sorted_expert * M + position).index_select(0, keep);
-    auto stacked = [&](Proj proj) {
-      std::vector<torch::Tensor> ws;
-      for (const ExpertRef& e : plan.candidates) ws.push_back(w(tn::expert(c, e.owner_layer, e.index, proj)));
-      return torch::stack(ws).to(cd);  // [C, out, in]
-    };
-    const torch::Tensor buffer =
-        torch::zeros({C * M, u.size(1)}, u.options().dtype(cd)).index_copy(0, slot, rows.index_select(0, keep).to(cd));
-    const torch::Tensor x = buffer.view({C, M, -1});
-    const torch::Tensor h = torch::silu(torch::bmm(x, stacked(Proj::Gate).transpose(1, 2))) *
-                            torch::bmm(x, stacked(Proj::Up).transpose(1, 2));
-    const torch::Tensor y = torch::bmm(h, stacked(Proj::Down).transpose(1, 2)).reshape({C * M, -1});
-    outputs.push_back(y.index_select(0, slot).to(acc) * row_weight.index_select(0, keep));
-    kept.push_back(token_of.index_select(0, keep));
-  } else {
-    int64_t begin = 0;
-    for (int64_t cand = 0; cand < C; ++cand) {
-      const int64_t n = std::min(count[cand], capacity);
-      if (n > 0) {
-        const ExpertRef& e = plan.candidates[size_t(cand)];
-        const torch::Tensor y = swiglu(rows.narrow(0, begin, n), tn::expert(c, e.owner_layer, e.index, Proj::Gate),
-                                       tn::expert(c, e.owner_layer, e.index, Proj::Up),
-                                       tn::expert(c, e.owner_layer, e.index, Proj::Down), cd);
-        outputs.push_back(y.to(acc) * row_weight.narrow(0, begin, n));
-        kept.push_back(token_of.narrow(0, begin, n));
-      }
-      begin += count[cand];
-    }
-  }
+  auto stacked = [&](Proj proj) {
+    std::vector<torch::Tensor> ws;
+    for (const ExpertRef& e : plan.candidates) ws.push_back(w(tn::expert(c, e.owner_layer, e.index, proj)));
+    return torch::stack(ws).to(cd);  // [C, out, in]
+  };
   torch::Tensor out = m.shared_intermediate_size > 0
                           ? swiglu(u, tn::shared_expert(l, Proj::Gate), tn::shared_expert(l, Proj::Up),
                                    tn::shared_expert(l, Proj::Down), cd)
                                 .to(acc)
                           : torch::zeros_like(u, torch::TensorOptions().dtype(acc));
-  out = out.index_add(0, torch::cat(kept), torch::cat(outputs));
+  const torch::Tensor flat = top.reshape(-1);
+  const torch::Tensor counts = torch::bincount(flat, {}, C);
+  load = counts.detach();
+  if (options.grouped_experts == GroupedExperts::Dense) {
+    const torch::Tensor x = u.to(cd);  // [N, d], broadcast over the C candidates
+    const torch::Tensor h = torch::silu(torch::matmul(x, stacked(Proj::Gate).transpose(1, 2))) *
+                            torch::matmul(x, stacked(Proj::Up).transpose(1, 2));  // [C, N, f]
+    const torch::Tensor y = torch::bmm(h, stacked(Proj::Down).transpose(1, 2));     // [C, N, d]
+    const torch::Tensor dense_weight = torch::zeros({N, C}, weight.options()).scatter(1, top, weight);  // [N, C]
+    out = out + (y.to(acc) * dense_weight.t().unsqueeze(-1)).sum(0);
+  } else {
+    // Dispatch: sort the N*K (token, candidate) pairs by candidate; each expert runs on its rows.
+    const torch::Tensor order = std::get<1>(flat.sort(c10::optional<bool>(true), 0));  // stable
+    const torch::Tensor token_of = torch::div(order, K, "floor");
+    const torch::Tensor rows = u.index_select(0, token_of);
+    const torch::Tensor row_weight = weight.reshape(-1).index_select(0, order).unsqueeze(1);
+    const torch::Tensor counts_cpu = counts.cpu();
+    const int64_t* count = counts_cpu.data_ptr<int64_t>();
+    const int64_t capacity = options.capacity_factor > 0
+                                 ? int64_t(std::ceil(options.capacity_factor * double(N * K) / double(C)))
+                                 : N * K;
+    std::vector<torch::Tensor> outputs, kept;
+    const bool grouped = options.grouped_experts == GroupedExperts::On ||
+                         (options.grouped_experts == GroupedExperts::Auto && device_.is_cuda());
+    if (grouped) {
+      // All experts in three batched matrix products: rows go to slot (expert, position) of a
+      // [C, M, d] buffer padded to the busiest expert's M rows. Fewer, larger kernels than the loop.
+      const int64_t M = std::min(capacity, *std::max_element(count, count + C));
+      const torch::Tensor sorted_expert = flat.index_select(0, order);
+      const torch::Tensor first_row = (counts.cumsum(0) - counts).index_select(0, sorted_expert);
+      const torch::Tensor position = torch::arange(N * K, flat.options()) - first_row;
+      const torch::Tensor keep = (position < M).nonzero().squeeze(1);
+      const torch::Tensor slot = (sorted_expert * M + position).index_select(0, keep);
+      const torch::Tensor buffer =
+          torch::zeros({C * M, u.size(1)}, u.options().dtype(cd)).index_copy(0, slot, rows.index_select(0, keep).to(cd));
+      const torch::Tensor x = buffer.view({C, M, -1});
+      const torch::Tensor h = torch::silu(torch::bmm(x, stacked(Proj::Gate).transpose(1, 2))) *
+                              torch::bmm(x, stacked(Proj::Up).transpose(1, 2));
+      const torch::Tensor y = torch::bmm(h, stacked(Proj::Down).transpose(1, 2)).reshape({C * M, -1});
+      outputs.push_back(y.index_select(0, slot).to(acc) * row_weight.index_select(0, keep));
+      kept.push_back(token_of.index_select(0, keep));
+    } else {
+      int64_t begin = 0;
+      for (int64_t cand = 0; cand < C; ++cand) {
+        const int64_t n = std::min(count[cand], capacity);
+        if (n > 0) {
+          const ExpertRef& e = plan.candidates[size_t(cand)];
+          const torch::Tensor y = swiglu(rows.narrow(0, begin, n), tn::expert(c, e.owner_layer, e.index, Proj::Gate),
+                                         tn::expert(c, e.owner_layer, e.index, Proj::Up),
+                                         tn::expert(c, e.owner_layer, e.index, Proj::Down), cd);
+          outputs.push_back(y.to(acc) * row_weight.narrow(0, begin, n));
+          kept.push_back(token_of.narrow(0, begin, n));
+        }
+        begin += count[cand];
+      }
+    }
+    out = out.index_add(0, torch::cat(kept), torch::cat(outputs));
+  }
 
   // Load-balancing loss over the candidates this step allows: f_i = share of the N*K picks,
   // P_i = mean routing probability (sigmoid scores normalised per token to sum 1).

@@ -36,7 +36,12 @@ int psr_pool_size(int experts, int r, int64_t step, const PsrSchedule& schedule)
 
 // How routed experts run: a loop over experts, each on its rows (best on CPU), or three batched
 // products over all experts with rows padded to the busiest expert (fewer kernels: best on GPU).
-enum class GroupedExperts { Auto, On, Off };
+// How a MoE layer runs its experts. Off: a loop over the experts that have tokens; On: three
+// batched products over a [candidates, busiest, d] buffer. Both need the per-expert token counts
+// on the host. Dense: every candidate on every token, weighted by the routing weights (zero for
+// those not chosen): C/K times the arithmetic, but no host sync, for decode steps of a few tokens
+// a row where the launches and the sync, not the arithmetic, take the time.
+enum class GroupedExperts { Auto, On, Off, Dense };
 
 struct ForwardOptions {
   // Per layer: empty, or a bool tensor [candidates] of the candidates a router may pick this step.
