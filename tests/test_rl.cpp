@@ -446,6 +446,9 @@ TEST_F(RlSelfPlay, SplitAndKilledRunsResumeToTheUninterruptedRun) {
     // MARS forfeits: -(stake) - 10: 1 in Tic-Tac-Toe, the ante in Kuhn, the score (0) in Hanabi.
     EXPECT_NEAR(std::stod(row[col("reward_mean")]), (4 * -11.0 + 2 * -10.0) / 6, 1e-3);
     EXPECT_GT(std::stod(row[col("entropy")]), 0.0);
+    // Old log-probs come from the policy before the iteration's first update: the second
+    // minibatch (6 trajectories, 4 a minibatch) sees a ratio that moved away from 1.
+    EXPECT_GT(std::stod(row[col("ratio_deviation")]), 0.0);
   }
   // Evaluated every 2nd iteration: only the last row has the rates.
   EXPECT_EQ(csv[1][col("tic_tac_toe_first_loss")], "");
