@@ -190,11 +190,22 @@ std::string text_table(const std::vector<std::vector<std::string>>& cells) {
   return out;
 }
 
+// The terminal table's alignment padding squeezed out: "[  2.8,  30.1]" becomes "[2.8, 30.1]".
+std::string squeezed(const std::string& cell) {
+  std::string out;
+  for (char c : cell) {
+    const bool after_gap = out.empty() || out.back() == ' ' || out.back() == '[';
+    if (c == ' ' && after_gap) continue;
+    out += c;
+  }
+  return out;
+}
+
 std::string markdown_table(const std::vector<std::vector<std::string>>& cells) {
   std::string out;
   for (size_t r = 0; r < cells.size(); ++r) {
     out += "|";
-    for (const auto& cell : cells[r]) out += " " + cell + " |";
+    for (const auto& cell : cells[r]) out += " " + squeezed(cell) + " |";
     out += "\n";
     if (r == 0) {
       out += "|";
