@@ -42,7 +42,7 @@ for stage in "$@"; do
   sft)
     [ -f "$out/sft/model/config.json" ] && continue
     timeout -s INT "$(left)" "$bin" train --sft "$out/sft.jsonl" --init "$out/pretrain/model" -o "$out/sft" \
-      $(resume_flag "$out/sft") --steps 500 --batch 32 --seq-len 2048 --lr 5e-4 --warmup 30 \
+      $(resume_flag "$out/sft") --steps 500 --batch 32 --seq-len 3072 --lr 5e-4 --warmup 30 \
       --eval-every 100 --save-every 100 --seed "$seed" --device cuda --export-dtype bf16
     ;;
   selfplay)
@@ -50,7 +50,7 @@ for stage in "$@"; do
     [ -f "$out/$name/model/config.json" ] && continue
     timeout -s INT "$(left)" "$bin" rl selfplay "$out/sft/model" -o "$out/$name" $(resume_flag "$out/$name") \
       --game "$games" --iterations "${SELFPLAY_ITERATIONS:-30}" --games-per-iteration 64 \
-      --max-new-tokens 160 --max-sequence 3072 --lr 1e-5 --eval-games 16 --seed "$seed" --device cuda \
+      --max-new-tokens 256 --max-sequence 4096 --lr 1e-5 --eval-games 16 --seed "$seed" --device cuda \
       ${SELFPLAY_ARGS:-}
     ;;
   *) echo "error: unknown stage '$stage' (pretrain, transcripts, sft, selfplay, until=SECONDS)" >&2; exit 2 ;;

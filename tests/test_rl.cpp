@@ -413,6 +413,9 @@ TEST(RlSelfPlay, EndToEndResumeEqualsUninterrupted) {
     EXPECT_EQ(std::stod(row[col("tic_tac_toe_first_loss")]), 1.0);
     EXPECT_EQ(std::stod(row[col("mini_hanabi_score")]), 0.0);
     EXPECT_GT(std::stod(row[col("entropy")]), 0.0);
+    // Old log-probs come from the policy before the iteration's first update: the second and third
+    // minibatches (9 trajectories, 4 a minibatch) see a ratio that moved away from 1.
+    EXPECT_GT(std::stod(row[col("ratio_deviation")]), 0.0);
     // Same numbers split or not, timing columns aside.
     for (size_t c = 0; c < header.size(); ++c) {
       const std::string& n = header[c];

@@ -30,6 +30,7 @@ PolicyLoss policy_loss(const torch::Tensor& log_probs, const torch::Tensor& old_
   const torch::Tensor m = mask.to(torch::kFloat64);
   const torch::Tensor clipped = ((ratio < 1 - o.clip) | (ratio > 1 + o.clip)).to(torch::kFloat64) * m;
   out.clip_fraction = clipped.sum() / m.sum().clamp_min(1);
+  out.ratio_deviation = ((ratio.to(torch::kFloat64) - 1).abs() * m).sum() / m.sum().clamp_min(1);
   return out;
 }
 

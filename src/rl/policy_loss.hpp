@@ -20,6 +20,7 @@ struct PolicyLossOptions {
 struct PolicyLoss {
   torch::Tensor total, pg, kl;  // scalars; total carries the gradient
   torch::Tensor clip_fraction;  // share of the model's tokens whose ratio left [1 - eps, 1 + eps]
+  torch::Tensor ratio_deviation;  // mean |ratio - 1| over the model's tokens: how far the policy moved
 };
 
 // All [B, T]: log-probs of the taken tokens under the policy being trained, at rollout time, and

@@ -100,7 +100,7 @@ torch::Tensor token_log_probs(const train::TorchModel& model, const torch::Tenso
 }
 
 struct UpdateStats {
-  double pg = 0, kl = 0, entropy = 0, clip_fraction = 0, grad_norm = 0, log_prob_gap = 0;
+  double pg = 0, kl = 0, entropy = 0, clip_fraction = 0, ratio_deviation = 0, grad_norm = 0, log_prob_gap = 0;
   int64_t tokens = 0, steps = 0;
   double seconds = 0;
 };
@@ -199,7 +199,7 @@ void write_progress_svg(const fs::path& csv, const fs::path& svg) {
 std::vector<std::string> selfplay_columns(const std::vector<std::string>& games_list) {
   std::vector<std::string> c = {"iteration",    "trajectories", "answers",     "invalid_rate",     "overlong_rate",
                                 "answer_tokens", "reward_mean",  "pg_loss",     "kl",               "entropy",
-                                "clip_fraction", "grad_norm",    "log_prob_gap", "rollout_tokens_per_s",
+                                "clip_fraction", "ratio_deviation", "grad_norm",    "log_prob_gap", "rollout_tokens_per_s",
                                 "update_tokens_per_s", "lr"};
   for (const auto& name : games_list) {
     const auto game = games::make_game(name);
@@ -338,35 +338,44 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
       std::iota(order.begin(), order.end(), 0);
       auto shuffle_rng = train::stream_rng(o.seed, kShuffle, uint64_t(iteration));
       std::shuffle(order.begin(), order.end(), shuffle_rng);
+      // Old and reference log-probs of the whole batch first, from the policy as it was before this
+      // iteration's updates (as ROLL computes old_log_probs before its train step): later minibatches
+      // then see a ratio that has moved away from 1, which is what the clip acts on.
+      struct Minibatch {
+        std::vector<const Sequence*> sequences;
+        torch::Tensor tokens, mask, advantages, old_lp, ref_lp;
+      };
+      std::vector<Minibatch> minibatches;
       int64_t masked_tokens = 0;
       for (size_t first = 0; first < order.size(); first += size_t(o.minibatch)) {
-        std::vector<const Sequence*> batch;
+        Minibatch mb;
         std::vector<size_t> index;
         int64_t T = 0;
         for (size_t k = first; k < std::min(order.size(), first + size_t(o.minibatch)); ++k) {
-          batch.push_back(&seqs[order[k]]);
+          mb.sequences.push_back(&seqs[order[k]]);
           index.push_back(order[k]);
           T = std::max<int64_t>(T, int64_t(seqs[order[k]].tokens.size()));
         }
-        const torch::Tensor tokens = padded_tokens(batch, T).to(device);
-        const torch::Tensor mask =
-            per_position(batch, T, [&](size_t b, int i) { return double(batch[b]->trajectory.response[size_t(i)]); })
-                .to(device, torch::kFloat32);
-        const torch::Tensor advantages =
+        const auto& batch = mb.sequences;
+        mb.tokens = padded_tokens(batch, T).to(device);
+        mb.mask = per_position(batch, T, [&](size_t b, int i) { return double(batch[b]->trajectory.response[size_t(i)]); })
+                      .to(device, torch::kFloat32);
+        mb.advantages =
             per_position(batch, T, [&](size_t b, int i) { return credit.advantages[index[b]][size_t(i)]; })
                 .to(device, torch::kFloat32);
         const torch::Tensor rollout_lp =
             per_position(batch, T, [&](size_t b, int i) { return double(batch[b]->rollout_log_probs[size_t(i)]); })
                 .to(device, torch::kFloat32);
-        torch::Tensor old_lp, ref_lp;
-        {
-          torch::NoGradGuard no_grad;
-          old_lp = token_log_probs(policy, tokens, compute, &mask, &u.entropy);
-          ref_lp = token_log_probs(reference, tokens, compute, nullptr, nullptr);
-          u.log_prob_gap += ((old_lp - rollout_lp).abs() * mask).sum().item<double>();
-        }
-        const torch::Tensor lp = token_log_probs(policy, tokens, compute, nullptr, nullptr);
-        const PolicyLoss loss = policy_loss(lp, old_lp, ref_lp, advantages, mask, o.loss);
+        torch::NoGradGuard no_grad;
+        mb.old_lp = token_log_probs(policy, mb.tokens, compute, &mb.mask, &u.entropy);
+        mb.ref_lp = token_log_probs(reference, mb.tokens, compute, nullptr, nullptr);
+        u.log_prob_gap += ((mb.old_lp - rollout_lp).abs() * mb.mask).sum().item<double>();
+        masked_tokens += int64_t(mb.mask.sum().item<double>());
+        minibatches.push_back(std::move(mb));
+      }
+      for (const Minibatch& mb : minibatches) {
+        const torch::Tensor lp = token_log_probs(policy, mb.tokens, compute, nullptr, nullptr);
+        const PolicyLoss loss = policy_loss(lp, mb.old_lp, mb.ref_lp, mb.advantages, mb.mask, o.loss);
         require(std::isfinite(loss.total.item<double>()), "rl: the loss is not finite (lower --lr?)");
         loss.total.backward();
         const double lr = o.lr * std::min(1.0, double(optimizer_steps + 1) / double(std::max<int64_t>(o.warmup, 1)));
@@ -377,9 +386,9 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
         u.pg += loss.pg.item<double>();
         u.kl += loss.kl.item<double>();
         u.clip_fraction += loss.clip_fraction.item<double>();
+        u.ratio_deviation += loss.ratio_deviation.item<double>();
         ++u.steps;
-        masked_tokens += int64_t(mask.sum().item<double>());
-        for (const Sequence* q : batch) u.tokens += int64_t(q->tokens.size());
+        for (const Sequence* q : mb.sequences) u.tokens += int64_t(q->tokens.size());
       }
       u.entropy /= double(std::max<int64_t>(masked_tokens, 1));
       u.log_prob_gap /= double(std::max<int64_t>(masked_tokens, 1));
@@ -390,6 +399,7 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
     row["kl"] = u.kl / steps;
     row["entropy"] = u.entropy;
     row["clip_fraction"] = u.clip_fraction / steps;
+    row["ratio_deviation"] = u.ratio_deviation / steps;
     row["grad_norm"] = u.grad_norm / steps;
     row["log_prob_gap"] = u.log_prob_gap;
     row["update_tokens_per_s"] = double(u.tokens) / std::max(u.seconds, 1e-9);
