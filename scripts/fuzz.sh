@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-600}
-readers=(config generation_config tokenizer lveval_jsonl cfr_policy)
+readers=(config generation_config tokenizer lveval_jsonl cfr_policy checkpoint_state)
 if [ -n "${LIBFUZZER:-}" ]; then
   build=build-fuzz
   cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ -DCROSSMOE_LIBFUZZER=ON \

@@ -22,7 +22,9 @@ namespace fs = std::filesystem;
 namespace {
 
 using crossmoe::testing_cli::Result;
+using crossmoe::testing_cli::kill_when;
 using crossmoe::testing_cli::run;
+using crossmoe::testing_cli::spawn;
 
 void expect_one_line_error(const Result& r, const std::string& fragment) {
   EXPECT_NE(r.code, 0) << r.out;
@@ -312,38 +314,6 @@ TEST_F(Cli, BadArguments) {
 }
 
 // ---- tokenizer train, data prepare and train, as a user runs them (including kill -9) ----
-
-// Starts crossmoe with these arguments (split at spaces), output to `log`; returns its pid.
-pid_t spawn(const std::string& args, const fs::path& log) {
-  std::vector<std::string> words{CROSSMOE_BIN};
-  std::istringstream in(args);
-  for (std::string w; in >> w;) words.push_back(w);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(fd, 1);
-    dup2(fd, 2);
-    std::vector<char*> argv;
-    for (auto& w : words) argv.push_back(w.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-// Kills the process with SIGKILL as soon as `ready` holds (polled), and reaps it. True when it
-// was killed, false when it had finished first.
-bool kill_when(pid_t pid, const std::function<bool()>& ready) {
-  int status = 0;
-  while (!ready()) {
-    if (waitpid(pid, &status, WNOHANG) == pid) return false;
-    usleep(1000);
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, &status, 0);
-  return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
-}
 
 // `text` with `from` replaced by `to` (a flag's value changed in a command line).
 std::string replaced(std::string text, const std::string& from, const std::string& to) {

@@ -216,6 +216,7 @@ TEST_F(GamesEval, BadInputIsAOneLineError) {
   expect_error(run("games eval " + m + " --backend runtime --device cuda"), 2, "--device");
   expect_error(run("games eval " + (dir_ / "none").string()), 1, "no model directory");
   expect_error(run("games eval " + m + " -o " + (dir_ / "no" / "such" / "dir.md").string()), 1, "cannot write");
+  expect_error(run("games eval " + m + " --max-sequence 1000"), 1, "1003 at least");
   // No chat template, no tokenizer.
   const fs::path plain = dir_ / "plain";
   fs::remove_all(plain);

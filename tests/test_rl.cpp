@@ -13,12 +13,14 @@
 #include <fstream>
 #include <sstream>
 
+#include "cli_run.hpp"
 #include "games/conversation.hpp"
 #include "model/init.hpp"
 #include "rl/credit.hpp"
 #include "rl/policy_loss.hpp"
 #include "rl/rollout.hpp"
 #include "rl/selfplay.hpp"
+#include "train/trainer.hpp"
 #include "runtime/generate.hpp"
 #include "small_models.hpp"
 #include "util/error.hpp"
@@ -332,21 +334,10 @@ TEST(RlRollout, SamplingFilters) {
 
 namespace {
 
-struct RunResult {
-  int code;
-  std::string out;
-};
-
-RunResult run_cli(const std::string& args) {
-  const std::string cmd = std::string(CROSSMOE_BIN) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using testing_cli::kill_when;
+using testing_cli::Result;
+using testing_cli::run;
+using testing_cli::spawn;
 
 std::string read_file(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -371,32 +362,76 @@ std::vector<std::vector<std::string>> read_csv(const fs::path& p) {
 }  // namespace
 
 // The loop end to end on a tiny random model (byte tokens, ChatML): its answers never parse, so
-// every game ends at the first answer with MARS's forfeit for that seat; a run split by --stop-after
-// and --resume ends with the same weights and log as one run.
-TEST(RlSelfPlay, EndToEndResumeEqualsUninterrupted) {
-  const fs::path dir = fs::temp_directory_path() / ("crossmoe_rl_selfplay_" + std::to_string(getpid()));
-  fs::remove_all(dir);
-  const fs::path model = dir / "model";
-  ASSERT_EQ(run_cli("init " + model.string() + " --layout moe --layers 2 --hidden 32 --heads 2 --kv-heads 1 "
-                    "--head-dim 16 --intermediate 64 --experts 4 --top-k 2 --expert-size 16 --context 4096")
-                .code,
-            0);
-  const std::string common = " --game tic_tac_toe,kuhn_poker,mini_hanabi --iterations 2 --games-per-iteration 3 "
-                             "--max-new-tokens 6 --max-sequence 4000 --eval-games 2 --mcts-simulations 4 "
-                             "--cfr-iterations 20 --lr 1e-3 --minibatch 4 --seed 5 --threads 1";
-  const RunResult whole = run_cli("rl selfplay " + model.string() + " -o " + (dir / "whole").string() + common);
-  ASSERT_EQ(whole.code, 0) << whole.out;
-  const RunResult first = run_cli("rl selfplay " + model.string() + " -o " + (dir / "split").string() + common +
-                                  " --stop-after 1");
-  ASSERT_EQ(first.code, 0) << first.out;
-  EXPECT_FALSE(fs::exists(dir / "split" / "model"));
-  const RunResult rest = run_cli("rl selfplay " + model.string() + " -o " + (dir / "split").string() + common + " --resume");
-  ASSERT_EQ(rest.code, 0) << rest.out;
+// every game ends at the first answer with MARS's forfeit for that seat. One uninterrupted run of
+// two iterations is the reference that split, killed and resumed runs must reproduce. (ctest runs
+// each test in its own process, so each makes only the runs it needs.)
+class RlSelfPlay : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = fs::temp_directory_path() / ("crossmoe_rl_selfplay_" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    model_ = dir_ / "model";
+    ASSERT_EQ(run("init " + model_.string() + " --layout moe --layers 2 --hidden 32 --heads 2 --kv-heads 1 "
+                  "--head-dim 16 --intermediate 64 --experts 4 --top-k 2 --expert-size 16 --context 4096")
+                  .code,
+              0);
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
 
-  const auto whole_csv = read_csv(dir / "whole" / "log.csv"), split_csv = read_csv(dir / "split" / "log.csv");
-  ASSERT_EQ(whole_csv.size(), 3u);
-  ASSERT_EQ(split_csv.size(), 3u);
-  const std::vector<std::string>& header = whole_csv[0];
+  static std::string args(const fs::path& out, const fs::path& model = model_) {
+    return "rl selfplay " + model.string() + " -o " + out.string() +
+           " --game tic_tac_toe,kuhn_poker,mini_hanabi --iterations 2 --games-per-iteration 2 "
+           "--max-new-tokens 6 --max-sequence 4000 --eval-every 2 --eval-games 2 --mcts-simulations 4 "
+           "--cfr-iterations 20 --lr 1e-3 --minibatch 4 --seed 5 --threads 1";
+  }
+  // A run that stopped after its first iteration (a copy of one made once).
+  static fs::path stopped_run(const std::string& name) {
+    const fs::path first = dir_ / "stopped";
+    if (!fs::exists(first / "checkpoints" / "iter-00001")) {
+      const Result r = run(args(first) + " --stop-after 1");
+      EXPECT_EQ(r.code, 0) << r.out;
+    }
+    const fs::path out = dir_ / name;
+    fs::remove_all(out);
+    fs::copy(first, out, fs::copy_options::recursive);
+    return out;
+  }
+  // The run in `out` finished with the uninterrupted run's log (timings aside) and weights.
+  static void expect_same_as_whole(const fs::path& out) {
+    const auto whole_csv = read_csv(dir_ / "whole" / "log.csv"), csv = read_csv(out / "log.csv");
+    ASSERT_EQ(whole_csv.size(), 3u);
+    ASSERT_EQ(csv.size(), 3u) << out;
+    const std::vector<std::string>& header = whole_csv[0];
+    EXPECT_EQ(csv[0], header);
+    for (size_t r = 1; r < 3; ++r)
+      for (size_t c = 0; c < header.size(); ++c) {
+        const std::string& n = header[c];
+        if (n.find("per_s") != std::string::npos || n == "elapsed_s") continue;
+        EXPECT_EQ(whole_csv[r][c], csv[r][c]) << n << " row " << r << " of " << out;
+      }
+    EXPECT_EQ(read_file(dir_ / "whole" / "checkpoints" / "iter-00002" / "model.safetensors"),
+              read_file(out / "checkpoints" / "iter-00002" / "model.safetensors"));
+    EXPECT_EQ(read_file(dir_ / "whole" / "model" / "model.safetensors"), read_file(out / "model" / "model.safetensors"));
+  }
+  static void expect_error(const Result& r, const std::string& fragment) {
+    EXPECT_NE(r.code, 0) << r.out;
+    EXPECT_EQ(r.out.rfind("error: ", 0), 0u) << r.out;
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+    EXPECT_NE(r.out.find(fragment), std::string::npos) << r.out;
+  }
+  static inline fs::path dir_, model_;
+};
+
+// The uninterrupted run's log; the same run split by --stop-after and --resume with
+// `checkpoints/latest` removed in between (resume finds the newest complete checkpoint itself, and
+// skips an unfinished iter-00002.tmp beside it); the same run killed with SIGKILL during its second
+// iteration, `latest` then emptied, and resumed: the same log and weights.
+TEST_F(RlSelfPlay, SplitAndKilledRunsResumeToTheUninterruptedRun) {
+  const Result whole = run(args(dir_ / "whole"));
+  ASSERT_EQ(whole.code, 0) << whole.out;
+  const auto csv = read_csv(dir_ / "whole" / "log.csv");
+  ASSERT_EQ(csv.size(), 3u);
+  const std::vector<std::string>& header = csv[0];
   EXPECT_EQ(header, selfplay_columns({"tic_tac_toe", "kuhn_poker", "mini_hanabi"}));
   auto col = [&](const std::string& name) {
     const auto it = std::find(header.begin(), header.end(), name);
@@ -407,50 +442,152 @@ TEST(RlSelfPlay, EndToEndResumeEqualsUninterrupted) {
                         "tic_tac_toe_first_win", "tic_tac_toe_second_loss", "kuhn_poker_first_win", "mini_hanabi_score"})
     col(c);
   for (size_t r = 1; r < 3; ++r) {
-    const auto& row = whole_csv[r];
+    const auto& row = csv[r];
     EXPECT_EQ(std::stod(row[col("invalid_rate")]), 1.0);
-    EXPECT_EQ(std::stod(row[col("trajectories")]), 9.0);  // seat 0 of 3 games x 3 games: seat 1 never moves
+    EXPECT_EQ(std::stod(row[col("trajectories")]), 6.0);  // seat 0 of 2 games x 3 games: seat 1 never moves
     // MARS forfeits: -(stake) - 10: 1 in Tic-Tac-Toe, the ante in Kuhn, the score (0) in Hanabi.
-    EXPECT_NEAR(std::stod(row[col("reward_mean")]), (6 * -11.0 + 3 * -10.0) / 9, 1e-3);
-    EXPECT_EQ(std::stod(row[col("tic_tac_toe_first_loss")]), 1.0);
-    EXPECT_EQ(std::stod(row[col("mini_hanabi_score")]), 0.0);
+    EXPECT_NEAR(std::stod(row[col("reward_mean")]), (4 * -11.0 + 2 * -10.0) / 6, 1e-3);
     EXPECT_GT(std::stod(row[col("entropy")]), 0.0);
-    // Old log-probs come from the policy before the iteration's first update: the second and third
-    // minibatches (9 trajectories, 4 a minibatch) see a ratio that moved away from 1.
+    // Old log-probs come from the policy before the iteration's first update: the second
+    // minibatch (6 trajectories, 4 a minibatch) sees a ratio that moved away from 1.
     EXPECT_GT(std::stod(row[col("ratio_deviation")]), 0.0);
-    // Same numbers split or not, timing columns aside.
-    for (size_t c = 0; c < header.size(); ++c) {
-      const std::string& n = header[c];
-      if (n.find("per_s") != std::string::npos || n == "elapsed_s") continue;
-      EXPECT_EQ(row[c], split_csv[r][c]) << n << " row " << r;
-    }
   }
-  EXPECT_EQ(read_file(dir / "whole" / "checkpoints" / "iter-00002" / "model.safetensors"),
-            read_file(dir / "split" / "checkpoints" / "iter-00002" / "model.safetensors"));
-  EXPECT_NE(read_file(dir / "whole" / "checkpoints" / "iter-00002" / "model.safetensors").size(), 0u);
-  EXPECT_TRUE(fs::exists(dir / "whole" / "model" / "tokenizer_config.json"));
-  EXPECT_TRUE(fs::exists(dir / "whole" / "progress.svg"));
+  // Evaluated every 2nd iteration: only the last row has the rates.
+  EXPECT_EQ(csv[1][col("tic_tac_toe_first_loss")], "");
+  EXPECT_EQ(std::stod(csv[2][col("tic_tac_toe_first_loss")]), 1.0);
+  EXPECT_EQ(std::stod(csv[2][col("mini_hanabi_score")]), 0.0);
+  EXPECT_NE(read_file(dir_ / "whole" / "checkpoints" / "iter-00002" / "model.safetensors").size(), 0u);
+  EXPECT_TRUE(fs::exists(dir_ / "whole" / "model" / "tokenizer_config.json"));
+  EXPECT_TRUE(fs::exists(dir_ / "whole" / "progress.svg"));
 
-  // Bad input: no chat template; an unknown game; a non-empty output without --resume.
-  fs::remove(model / "tokenizer_config.json");
-  RunResult r = run_cli("rl selfplay " + model.string() + " -o " + (dir / "x").string() + common);
-  EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.out.find("error: "), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("chat template"), std::string::npos) << r.out;
-  r = run_cli("rl selfplay " + model.string() + " -o " + (dir / "y").string() + " --game chess");
-  EXPECT_NE(r.code, 0);
-  EXPECT_EQ(r.out.rfind("error: ", 0), 0u) << r.out;
-  r = run_cli("rl selfplay " + model.string() + " -o " + (dir / "whole").string());
-  EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.out.find("--resume"), std::string::npos) << r.out;
-  fs::remove_all(dir);
+  const fs::path split = stopped_run("split");
+  EXPECT_FALSE(fs::exists(split / "model"));
+  fs::remove(split / "checkpoints" / "latest");
+  fs::create_directories(split / "checkpoints" / "iter-00002.tmp");
+  const Result rest = run(args(split) + " --resume");
+  ASSERT_EQ(rest.code, 0) << rest.out;
+  expect_same_as_whole(split);
+
+  const fs::path killed = dir_ / "killed";
+  const pid_t pid = spawn(args(killed), dir_ / "killed.log");
+  EXPECT_TRUE(kill_when(pid, [&] { return fs::exists(killed / "checkpoints" / "iter-00001" / "state.json"); }))
+      << "the run ended before it was killed";
+  EXPECT_FALSE(fs::exists(killed / "checkpoints" / "iter-00002"));
+  std::ofstream(killed / "checkpoints" / "latest", std::ios::trunc).close();
+  const Result resumed = run(args(killed) + " --resume");
+  ASSERT_EQ(resumed.code, 0) << resumed.out;
+  EXPECT_NE(resumed.out.find("resuming from"), std::string::npos) << resumed.out;
+  expect_same_as_whole(killed);
+}
+
+// A directory that holds a run is never started over: without --resume it is refused, and with
+// --resume but no complete checkpoint it is refused with its log untouched.
+TEST_F(RlSelfPlay, RefusesToRestartARun) {
+  const fs::path out = stopped_run("no_checkpoint");
+  expect_error(run(args(out)), "pass --resume");
+  // A run past the iterations asked for (its checkpoint made iteration 2); a checkpoint of a run
+  // from another model.
+  const fs::path ahead = stopped_run("ahead");
+  fs::rename(ahead / "checkpoints" / "iter-00001", ahead / "checkpoints" / "iter-00002");
+  nlohmann::json state = read_json_file(ahead / "checkpoints" / "iter-00002" / "state.json");
+  state["iteration"] = 2;
+  write_json_file(ahead / "checkpoints" / "iter-00002" / "state.json", state);
+  std::string fewer = args(ahead);
+  fewer.replace(fewer.find("--iterations 2"), 14, "--iterations 1");
+  expect_error(run(fewer + " --resume"), "already at iteration 2, past --iterations 1");
+  fs::copy(model_, dir_ / "other_model", fs::copy_options::recursive);
+  expect_error(run(args(ahead, dir_ / "other_model") + " --resume"), "this run started from");
+  fs::remove_all(out / "checkpoints" / "iter-00001");
+  const std::string log = read_file(out / "log.csv");
+  expect_error(run(args(out) + " --resume"), "no complete checkpoint to resume from");
+  EXPECT_EQ(read_file(out / "log.csv"), log);
+  fs::remove_all(out / "checkpoints");  // only the log left: still a run
+  expect_error(run(args(out) + " --resume"), "no complete checkpoint to resume from");
+  EXPECT_EQ(read_file(out / "log.csv"), log);
+}
+
+// Corrupt checkpoints: each a one-line error naming the file, before any game is played.
+TEST_F(RlSelfPlay, CorruptCheckpointsAreClearErrors) {
+  const fs::path out = stopped_run("corrupt"), ckpt = out / "checkpoints" / "iter-00001";
+  const fs::path saved = dir_ / "corrupt_saved";
+  fs::copy(ckpt, saved);
+  const std::string log = read_file(out / "log.csv");
+  auto expect_refused = [&](const std::string& what, const std::string& fragment) {
+    SCOPED_TRACE(what);
+    expect_error(run(args(out) + " --resume"), fragment);
+    EXPECT_EQ(read_file(out / "log.csv"), log);
+    fs::remove_all(ckpt);
+    fs::copy(saved, ckpt);
+  };
+  const nlohmann::json state = read_json_file(ckpt / "state.json");
+  std::ofstream(ckpt / "state.json", std::ios::trunc) << state.dump().substr(0, 20);
+  expect_refused("truncated state", "iter-00001/state.json: invalid JSON");
+  for (auto [key, value, fragment] : std::vector<std::tuple<std::string, nlohmann::json, std::string>>{
+           {"iteration", "one", "'iteration' must be an integer from 1 to"},
+           {"iteration", 2, "'iteration' is 2 but the directory is iter-00001"},
+           {"optimizer_steps", -1, "'optimizer_steps' must be an integer from 0 to"},
+           {"elapsed_s", nullptr, "'elapsed_s' must be a number of seconds"},
+           {"start_model", 7, "'start_model' must be a non-empty string"}}) {
+    nlohmann::json bad = state;
+    bad[key] = value;
+    write_json_file(ckpt / "state.json", bad);
+    expect_refused(key, "iter-00001/state.json: " + fragment);
+  }
+  fs::resize_file(ckpt / "model.safetensors", fs::file_size(ckpt / "model.safetensors") / 2);
+  expect_refused("truncated weights", "iter-00001/model.safetensors");
+  fs::resize_file(ckpt / "optimizer.safetensors", 5);
+  expect_refused("truncated optimizer", "iter-00001/optimizer.safetensors");
+  auto weights = train::load_tensors(ckpt / "model.safetensors", torch::kCPU);
+  const std::string first = weights.begin()->first;
+  weights.erase(weights.begin());
+  train::save_tensors(ckpt / "model.safetensors", weights);
+  expect_refused("missing tensor", "iter-00001/model.safetensors lacks " + first);
+  weights = train::load_tensors(ckpt / "model.safetensors", torch::kCPU);
+  weights.begin()->second = torch::zeros({3});
+  train::save_tensors(ckpt / "model.safetensors", weights);
+  expect_refused("wrong shape", "iter-00001/model.safetensors: " + first + " has the wrong shape");
+  auto moments = train::load_tensors(ckpt / "optimizer.safetensors", torch::kCPU);
+  moments.erase(moments.begin());
+  train::save_tensors(ckpt / "optimizer.safetensors", moments);
+  expect_refused("moment without its pair", "iter-00001/optimizer.safetensors");
+}
+
+// Models that cannot play are refused before any work: no chat template, a tokenizer that cannot
+// write a game's text, an unknown game; and out-of-range options.
+TEST_F(RlSelfPlay, ModelsThatCannotPlayAreRefused) {
+  const fs::path no_template = dir_ / "no_template";
+  fs::copy(model_, no_template, fs::copy_options::recursive);
+  fs::remove(no_template / "tokenizer_config.json");
+  expect_error(run(args(dir_ / "x1", no_template)), "chat template");
+  fs::remove(no_template / "tokenizer.json");
+  expect_error(run(args(dir_ / "x2", no_template)), "no tokenizer.json");
+  // A tokenizer with a token for a few letters only (and ChatML's markers), no byte fallback.
+  const fs::path letters = dir_ / "letters";
+  fs::copy(model_, letters, fs::copy_options::recursive);
+  nlohmann::json vocab = nlohmann::json::object();
+  int id = 0;
+  for (const char* piece : {"<unk>", "a", "b", "c"}) vocab[piece] = id++;
+  nlohmann::json added = nlohmann::json::array();
+  for (const char* marker : {"<|im_start|>", "<|im_end|>"})
+    added.push_back({{"id", id++}, {"content", marker}, {"single_word", false},
+                     {"lstrip", false}, {"rstrip", false}, {"normalized", false}, {"special", true}});
+  write_json_file(letters / "tokenizer.json",
+                  {{"version", "1.0"}, {"added_tokens", added}, {"normalizer", nullptr}, {"pre_tokenizer", nullptr},
+                   {"post_processor", nullptr}, {"decoder", nullptr},
+                   {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}, {"unk_token", "<unk>"}}}});
+  expect_error(run(args(dir_ / "x3", letters)), "cannot play tic_tac_toe: its tokenizer cannot encode the game's text");
+  EXPECT_FALSE(fs::exists(dir_ / "x3" / "log.csv"));
+  expect_error(run("rl selfplay " + model_.string() + " -o " + (dir_ / "x4").string() + " --game tic_tac_toe,chess"),
+               "unknown game 'chess'");
+  expect_error(run(args(dir_ / "x5") + " --mcts-simulations 0"), "--mcts-simulations");
+  expect_error(run(args(dir_ / "x6") + " --cfr-iterations -1"), "--cfr-iterations");
 }
 
 // Transcripts: one conversation per game and seat, system + (user, assistant) pairs whose answers
 // parse under the protocol.
 TEST(RlTranscripts, ConversationsOfReferencePlayers) {
   const fs::path out = fs::temp_directory_path() / ("crossmoe_rl_transcripts_" + std::to_string(getpid()) + ".jsonl");
-  const RunResult r = run_cli("games transcripts tic_tac_toe -n 3 -o " + out.string() + " --mcts-simulations 20");
+  const Result r = run("games transcripts tic_tac_toe -n 3 -o " + out.string() + " --mcts-simulations 20");
   ASSERT_EQ(r.code, 0) << r.out;
   std::ifstream in(out);
   int lines = 0;

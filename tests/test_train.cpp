@@ -465,13 +465,16 @@ TEST(TrainerResume, CorruptCheckpointFilesAreClearErrors) {
   expect_error("truncated state", "state.json: invalid JSON");
   nlohmann::json j = nlohmann::json::parse(state);
   for (auto [key, value, fragment] : std::vector<std::tuple<std::string, nlohmann::json, std::string>>{
-           {"step", "two", "'step' must be a non-negative integer"},
-           {"step", -2, "'step' must be a non-negative integer"},
-           {"tokens", nullptr, "'tokens' must be a non-negative integer"},
+           {"step", "two", "'step' must be an integer from 1 to"},
+           {"step", -2, "'step' must be an integer from 1 to"},
+           {"step", 3, "'step' is 3 but the directory is step-0000002"},
+           {"tokens", nullptr, "'tokens' must be an integer from 0 to"},
+           {"elapsed_s", "1h", "'elapsed_s' must be a number of seconds"},
            {"config", 5, "'config' must be an object"},
            {"settings", {{"lr", "fast"}}, "training setting 'lr' has the wrong type"},
            {"settings", {{"learning", 1}}, "unknown training setting 'learning'"},
-           {"settings", {{"batch", 1e30}}, "training setting 'batch' has the wrong type"}}) {
+           {"settings", {{"batch", 1e30}}, "training setting 'batch' has the wrong type"},
+           {"settings", {{"lr", -1}}, "state.json: settings: --lr must be a positive number"}}) {
     nlohmann::json bad = j;
     bad[key] = value;
     write_json_file(ckpt / "state.json", bad);

@@ -190,11 +190,22 @@ std::string text_table(const std::vector<std::vector<std::string>>& cells) {
   return out;
 }
 
+// The terminal table's alignment padding squeezed out: "[  2.8,  30.1]" becomes "[2.8, 30.1]".
+std::string squeezed(const std::string& cell) {
+  std::string out;
+  for (char c : cell) {
+    const bool after_gap = out.empty() || out.back() == ' ' || out.back() == '[';
+    if (c == ' ' && after_gap) continue;
+    out += c;
+  }
+  return out;
+}
+
 std::string markdown_table(const std::vector<std::vector<std::string>>& cells) {
   std::string out;
   for (size_t r = 0; r < cells.size(); ++r) {
     out += "|";
-    for (const auto& cell : cells[r]) out += " " + cell + " |";
+    for (const auto& cell : cells[r]) out += " " + squeezed(cell) + " |";
     out += "\n";
     if (r == 0) {
       out += "|";
@@ -227,6 +238,14 @@ void run_eval(EvalArgs a) {
   const ModelConfig config = read_model_config(a.model);
   ChatModel chat = load_chat_model(a.model, config.eos_token_ids);
   const int capacity = std::min(a.max_sequence, config.max_position_embeddings);
+  // MARS ends a game when an answer leaves min_tokens_left or fewer tokens free: a row needs room
+  // for a prompt token, an answer token and more than that, or every game is a forfeit.
+  const int room_needed = a.settings.match.rewards.min_tokens_left + 3;
+  require(capacity >= room_needed,
+          "a seat's conversation has room for " + std::to_string(capacity) + " tokens (the smaller of --max-sequence " +
+              "and the model's context), but MARS forfeits an answer that leaves " +
+              std::to_string(a.settings.match.rewards.min_tokens_left) + " or fewer free: " +
+              std::to_string(room_needed) + " at least are needed");
   EvalSettings& s = a.settings;
   s.mcts_simulations = a.mcts_simulations;
   std::unique_ptr<Model> cpu_model;

@@ -145,18 +145,21 @@ void add_rl(CLI::App& app) {
   cmd->add_option("--grad-clip", o.grad_clip, "Max gradient norm (0 = off)")->capture_default_str();
   cmd->add_option("--minibatch", o.minibatch, "Sequences per optimizer step (one epoch per iteration)")
       ->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--eval-every", o.eval_every, "Evaluate every N iterations (0 = never)")->capture_default_str();
+  cmd->add_option("--eval-every", o.eval_every, "Evaluate every N iterations (0 = never)")->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--eval-games", o.eval_games, "Evaluation games per game, opponent and seat")->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_option("--mcts-simulations", o.mcts_simulations, "MCTS opponent's simulations per move")
-      ->capture_default_str();
-  cmd->add_option("--cfr-iterations", o.cfr_iterations, "CFR+ iterations for the poker opponent")->capture_default_str();
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--cfr-iterations", o.cfr_iterations, "CFR+ iterations for the poker opponent")->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--device", o.device, "cpu or cuda")->capture_default_str();
   cmd->add_option("--bf16", a->bf16, "bf16 matrix products: auto (on for cuda), on, off")
       ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
   cmd->add_option("--seed", o.seed, "Seed for sampling, chance and opponents")->capture_default_str();
   cmd->add_option("--stop-after", o.stop_after, "Checkpoint and stop after this iteration (continue with --resume)");
-  cmd->add_flag("--resume", o.resume, "Continue from the output directory's latest checkpoint");
+  cmd->add_flag("--resume", o.resume,
+                "Continue from the output directory's newest complete checkpoint (refused when it has none)");
   add_threads_option(*cmd);
   cmd->callback([a] { run_selfplay(*a); });
 

@@ -30,6 +30,35 @@ ChatModel load_chat_model(const fs::path& model_dir, const std::vector<int>& eos
   return chat;
 }
 
+void check_game_text(ChatModel& chat, const Game& game, int model_vocab_size, const std::string& model_name) {
+  const std::string who = model_name + " cannot play " + game.info().name + ": ";
+  auto check = [&](const std::string& text) {
+    const std::vector<int> ids = chat.tokenizer.encode(text);
+    for (int id : ids)
+      require(id >= 0 && id < model_vocab_size, who + "its tokenizer gives token id " + std::to_string(id) +
+                                                    ", outside the model's vocabulary of " + std::to_string(model_vocab_size));
+    const std::string back = chat.tokenizer.decode(ids);
+    if (back == text) return;
+    size_t at = 0;
+    while (at < text.size() && at < back.size() && text[at] == back[at]) ++at;
+    const size_t from = at < 20 ? 0 : at - 20;
+    throw Error(who + "its tokenizer cannot encode the game's text (\"" + text.substr(from, 40) + "\" comes back as \"" +
+                back.substr(from, 40) + "\")");
+  };
+  for (int seat = 0; seat < game.info().num_players; ++seat) check(seat_system_message(game.info(), seat));
+  // The observations along one game (the first legal action, the first chance outcome, each time).
+  auto state = game.initial_state();
+  for (int step = 0; step < 200 && !state->is_terminal(); ++step) {
+    if (state->is_chance()) {
+      state->apply(state->chance_outcomes().front().first);
+      continue;
+    }
+    const int seat = state->current_player();
+    check(seat_turn_message(game, *state, seat));
+    state->apply(state->legal_actions().front());
+  }
+}
+
 namespace {
 
 // The step rewards of the move that led to the current state: the mover's own turn gets its part

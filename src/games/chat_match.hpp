@@ -74,6 +74,12 @@ struct ChatModel {
 // tokenizer, the chat template or an end-of-turn token is missing.
 ChatModel load_chat_model(const std::filesystem::path& model_dir, const std::vector<int>& eos_token_ids);
 
+// Refuses (Error naming the model and the game) a model that cannot play `game` as text: some
+// message the game sends (the rules of each seat, the observations along a game) does not come
+// back unchanged from the tokenizer (characters it has no token for), or is encoded with ids past
+// the model's vocabulary (a tokenizer bigger than the model). Checked before any game is played.
+void check_game_text(ChatModel& chat, const Game& game, int model_vocab_size, const std::string& model_name);
+
 struct Seat {
   int row = -1;                       // generator row; -1 when a fixed agent plays the seat
   Agent* agent = nullptr;

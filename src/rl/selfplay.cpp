@@ -11,9 +11,12 @@
 
 #include "games/cfr.hpp"
 #include "games/chat_match.hpp"
+#include "model/hf_config.hpp"
 #include "tokenizer/chat_template.hpp"
 #include "tokenizer/tokenizer.hpp"
+#include "train/checkpoint_state.hpp"
 #include "train/optimizer.hpp"
+#include "train/trainer.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
 #include "util/progress.hpp"
@@ -116,54 +119,6 @@ std::string csv_number(double v) {
   return buf;
 }
 
-void write_checkpoint(const fs::path& out_dir, const train::TorchModel& model, const train::AdamW& adam, int iteration,
-                      int64_t optimizer_steps, double elapsed, const fs::path& start_model) {
-  const fs::path root = out_dir / "checkpoints";
-  char name[32];
-  std::snprintf(name, sizeof name, "iter-%05d", iteration);
-  const fs::path final_dir = root / name, tmp = root / (std::string(name) + ".tmp");
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  train::save_tensors(tmp / "model.safetensors", model.tensors());
-  std::map<std::string, torch::Tensor> opt;
-  for (const auto& [k, t] : adam.m) opt["m." + k] = t;
-  for (const auto& [k, t] : adam.v) opt["v." + k] = t;
-  train::save_tensors(tmp / "optimizer.safetensors", opt);
-  write_json_file(tmp / "state.json", {{"iteration", iteration},
-                                       {"optimizer_steps", optimizer_steps},
-                                       {"elapsed_s", elapsed},
-                                       {"start_model", fs::absolute(start_model).lexically_normal().string()}});
-  fs::remove_all(final_dir);
-  fs::rename(tmp, final_dir);
-  {
-    std::ofstream latest(root / "latest.tmp", std::ios::trunc);
-    latest << name << "\n";
-    require(latest.good(), "cannot write " + (root / "latest.tmp").string());
-  }
-  fs::rename(root / "latest.tmp", root / "latest");
-  std::vector<fs::path> older;  // listed first: a directory is not changed while it is read
-  for (const auto& entry : fs::directory_iterator(root))
-    if (entry.is_directory() && entry.path().filename() != name) older.push_back(entry.path());
-  for (const auto& p : older) fs::remove_all(p);
-}
-
-// Keeps log.csv's header and the rows of iterations up to `iteration`.
-void truncate_log(const fs::path& csv, const std::vector<std::string>& columns, int iteration) {
-  std::string header;
-  for (const auto& c : columns) header += (header.empty() ? "" : ",") + c;
-  std::vector<std::string> keep{header};
-  if (std::ifstream in(csv); in) {
-    std::string line;
-    std::getline(in, line);
-    require(line == header, csv.string() + " has other columns than this run writes (other --games?)");
-    while (std::getline(in, line))
-      if (!line.empty() && std::stoi(line.substr(0, line.find(','))) <= iteration) keep.push_back(line);
-  }
-  std::ofstream out(csv, std::ios::trunc);
-  for (const auto& line : keep) out << line << "\n";
-  require(out.good(), "cannot write " + csv.string());
-}
-
 void write_progress_svg(const fs::path& csv, const fs::path& svg) {
   std::ifstream in(csv);
   std::string line;
@@ -223,14 +178,45 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
   if (device.is_cuda()) require(torch::cuda::is_available(), "rl: --device cuda but no CUDA device is available");
   const torch::ScalarType compute = o.bf16 ? torch::kBFloat16 : torch::kFloat32;
 
-  // The games, their evaluation opponents, and the columns of the log.
+  // Everything that can be refused is checked before any work: the games, where the run starts
+  // (a directory holding a run is resumed from its newest complete checkpoint or refused), the
+  // model's chat template and whether its tokenizer can write every game's text.
   std::map<std::string, std::unique_ptr<Game>> games;
-  std::map<std::string, std::unique_ptr<games::Agent>> opponents;
   for (const auto& name : o.games) {
     require(!games.count(name), "--game names " + name + " twice");
     games[name] = games::make_game(name);
+    require(games[name]->info().num_players == 2, name + ": self-play here is for two-player games");
+  }
+  const std::vector<std::string> columns = selfplay_columns(o.games);
+  const std::optional<train::SelfPlayState> resumed = train::starting_selfplay_state(o.out_dir, o.resume, o.model_dir);
+  if (resumed)
+    require(resumed->iteration <= o.iterations, "--resume: the run is already at iteration " +
+                                                    std::to_string(resumed->iteration) + ", past --iterations " +
+                                                    std::to_string(o.iterations));
+  const ModelConfig model_config = read_model_config(o.model_dir);
+  games::ChatModel chat = games::load_chat_model(o.model_dir, model_config.eos_token_ids);
+  for (const auto& name : o.games)
+    games::check_game_text(chat, *games.at(name), int(model_config.vocab_size), o.model_dir.string());
+
+  // Policy (the start model or the resumed checkpoint), frozen reference, optimiser.
+  train::TorchModel policy = train::TorchModel::load(o.model_dir, device);
+  const train::TorchModel reference = train::TorchModel::load(o.model_dir, device);
+  train::AdamW adam;
+  int start_iteration = 0;
+  int64_t optimizer_steps = 0;
+  double elapsed_before = 0;
+  if (resumed) {
+    train::load_checkpoint_tensors(resumed->dir, policy, adam);
+    start_iteration = resumed->iteration;
+    optimizer_steps = resumed->optimizer_steps;
+    elapsed_before = resumed->elapsed_s;
+    log_info("resuming from " + resumed->dir.string() + " after iteration " + std::to_string(start_iteration));
+  }
+
+  // The evaluation opponents.
+  std::map<std::string, std::unique_ptr<games::Agent>> opponents;
+  for (const auto& name : o.games) {
     const Game& g = *games[name];
-    require(g.info().num_players == 2, name + ": self-play here is for two-player games");
     if (g.info().cooperative) continue;
     if (g.info().perfect_information) {
       opponents[name] = std::make_unique<games::MctsAgent>(games::MctsOptions{2.0, o.mcts_simulations, 10});
@@ -240,42 +226,12 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
       opponents[name] = std::make_unique<games::PolicyAgent>(solver.average_policy(), "cfr");
     }
   }
-  const std::vector<std::string> columns = selfplay_columns(o.games);
 
-  // Policy (the start model or the resumed checkpoint), frozen reference, optimiser.
-  train::TorchModel policy = train::TorchModel::load(o.model_dir, device);
-  const train::TorchModel reference = train::TorchModel::load(o.model_dir, device);
-  games::ChatModel chat = games::load_chat_model(o.model_dir, policy.config().eos_token_ids);
-  train::AdamW adam;
-  int start_iteration = 0;
-  int64_t optimizer_steps = 0;
-  double elapsed_before = 0;
   fs::create_directories(o.out_dir);
-  if (o.resume) {
-    std::ifstream latest(o.out_dir / "checkpoints" / "latest");
-    std::string name;
-    if (latest && std::getline(latest, name) && !name.empty()) {
-      const fs::path dir = o.out_dir / "checkpoints" / name;
-      require(fs::exists(dir / "state.json"), "checkpoint " + dir.string() + " named by 'latest' is incomplete");
-      const nlohmann::json state = read_json_file(dir / "state.json");
-      require(state.at("start_model").get<std::string>() == fs::absolute(o.model_dir).lexically_normal().string(),
-              "--resume: this run started from " + state.at("start_model").get<std::string>() + ", not " +
-                  o.model_dir.string());
-      auto weights = train::load_tensors(dir / "model.safetensors", device);
-      for (const auto& [tensor_name, t] : policy.tensors()) {
-        require(weights.count(tensor_name), "checkpoint " + dir.string() + " lacks " + tensor_name);
-        policy.tensor(tensor_name) = weights.at(tensor_name).to(t.scalar_type());
-      }
-      for (auto& [key, t] : train::load_tensors(dir / "optimizer.safetensors", device))
-        (key[0] == 'm' ? adam.m : adam.v)[key.substr(2)] = t;
-      start_iteration = state.at("iteration").get<int>();
-      optimizer_steps = state.at("optimizer_steps").get<int64_t>();
-      elapsed_before = state.value("elapsed_s", 0.0);
-      log_info("resuming from " + dir.string() + " after iteration " + std::to_string(start_iteration));
-    }
-  }
   const fs::path csv = o.out_dir / "log.csv";
-  truncate_log(csv, columns, start_iteration);
+  std::string header;
+  for (const auto& c : columns) header += (header.empty() ? "" : ",") + c;
+  train::keep_log_rows(csv, header, start_iteration);
   const std::vector<std::string> trainable = policy.trainable_names();
   for (const auto& name : trainable) policy.tensor(name).set_requires_grad(true);
 
@@ -479,7 +435,11 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
     bar.update(iteration + 1, status);
     const bool last = iteration + 1 == o.iterations;
     const bool stop = o.stop_after > 0 && iteration + 1 == o.stop_after && !last;
-    write_checkpoint(o.out_dir, policy, adam, iteration + 1, optimizer_steps, elapsed, o.model_dir);
+    train::save_checkpoint(train::checkpoint_dir(o.out_dir, train::kSelfPlayCheckpoints, iteration + 1), policy, adam,
+                           {{"iteration", iteration + 1},
+                            {"optimizer_steps", optimizer_steps},
+                            {"elapsed_s", elapsed},
+                            {"start_model", fs::absolute(o.model_dir).lexically_normal().string()}});
     if (stop) {
       bar.finish("stopped after iteration " + std::to_string(iteration + 1) + " (continue with --resume)");
       return log;

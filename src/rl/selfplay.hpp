@@ -18,8 +18,16 @@
 // Output directory:
 //   log.csv, progress.svg          one row per iteration; evaluation rates against iterations
 //   checkpoints/iter-NNNNN/        model.safetensors, optimizer.safetensors, state.json
-//   checkpoints/latest             name of the newest complete checkpoint (renamed into place)
+//                                  (train/checkpoint_state.hpp; written whole, then renamed in)
+//   checkpoints/latest             name of the newest checkpoint (for people; never trusted)
 //   model/                         the final policy (config, weights, tokenizer files)
+//
+// Resuming (options.resume) continues from the newest complete checkpoint, with the same numbers as
+// an uninterrupted run; without one, a directory that holds a run (log.csv or checkpoints) is
+// refused, never started over. Before any work: unknown games, a model without a chat template or
+// whose tokenizer cannot write a game's text (games::check_game_text), a checkpoint of a run that
+// started from another model, or a corrupt one (state.json, a truncated file, a tensor missing or
+// of the wrong shape) are Errors naming what is wrong.
 #include <filesystem>
 #include <string>
 #include <vector>

@@ -21,16 +21,11 @@
 
 #include "model/config.hpp"
 #include "model/rope.hpp"
+#include "train/train_options.hpp"
 #include "util/dtype.hpp"
 
 namespace crossmoe::train {
 
-// ReXMoE progressive scaling routing: the pool a router may choose from grows from E to r*E
-// between steps start and end (the note's N_t); disabled when end <= start.
-struct PsrSchedule {
-  int64_t start = 0, end = 0;
-  bool enabled() const { return end > start; }
-};
 // N_t for a pool of `experts` per layer and group size `r` (candidates = r * experts).
 int psr_pool_size(int experts, int r, int64_t step, const PsrSchedule& schedule);
 

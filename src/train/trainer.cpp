@@ -1,15 +1,10 @@
 #include "train/trainer.hpp"
 
 #include <algorithm>
-#include <climits>
 #include <cmath>
-#include <cstring>
-#include <limits>
-#include <type_traits>
 #include <fstream>
 #include <numeric>
 #include <random>
-#include <set>
 #include <sstream>
 
 #include "model/hf_config.hpp"
@@ -119,189 +114,6 @@ void append_csv(const fs::path& path, const LogRow& r) {
   require(out.good(), "cannot write " + path.string());
 }
 
-// Keeps the header and the complete rows of steps up to `step` (a resumed run rewrites what
-// follows; a row cut short by a kill is dropped). Rewritten by rename, so a kill never loses it.
-void truncate_csv(const fs::path& path, int64_t step) {
-  const int columns = int(std::count(kCsvHeader, kCsvHeader + std::strlen(kCsvHeader), ',')) + 1;
-  std::vector<std::string> keep{kCsvHeader};
-  if (std::ifstream in(path); in) {
-    std::string line;
-    std::getline(in, line);
-    while (std::getline(in, line)) {
-      if (int(std::count(line.begin(), line.end(), ',')) + 1 != columns) continue;
-      char* end = nullptr;
-      const long long row_step = std::strtoll(line.c_str(), &end, 10);
-      if (end != line.c_str() && *end == ',' && row_step <= step) keep.push_back(line);
-    }
-  }
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    for (const auto& line : keep) out << line << "\n";
-    require(out.good(), "cannot write " + tmp.string());
-  }
-  fs::rename(tmp, path);
-}
-
-// Checkpoints: written into step-N.tmp, renamed to step-N, then `latest` is replaced by rename.
-// A crash at any point leaves `latest` naming a complete checkpoint.
-void save_checkpoint(const fs::path& out_dir, const TorchModel& model, const AdamW& adam, int64_t step, int64_t tokens,
-                     double elapsed, const nlohmann::json& settings) {
-  const fs::path root = out_dir / "checkpoints";
-  char name[32];
-  std::snprintf(name, sizeof name, "step-%07lld", (long long)step);
-  const fs::path final_dir = root / name, tmp = root / (std::string(name) + ".tmp");
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  save_tensors(tmp / "model.safetensors", model.tensors());
-  std::map<std::string, torch::Tensor> opt;
-  for (const auto& [k, t] : adam.m) opt["m." + k] = t;
-  for (const auto& [k, t] : adam.v) opt["v." + k] = t;
-  save_tensors(tmp / "optimizer.safetensors", opt);
-  write_json_file(tmp / "state.json",
-                  {{"step", step},
-                   {"tokens", tokens},
-                   {"elapsed_s", elapsed},
-                   {"config", to_crossmoe_json(model.config())},
-                   {"settings", settings}});
-  fs::remove_all(final_dir);
-  fs::rename(tmp, final_dir);
-  {
-    std::ofstream latest(root / "latest.tmp", std::ios::trunc);
-    latest << name << "\n";
-    require(latest.good(), "cannot write " + (root / "latest.tmp").string());
-  }
-  fs::rename(root / "latest.tmp", root / "latest");
-  for (const auto& entry : fs::directory_iterator(root))
-    if (entry.is_directory() && entry.path().filename() != name) fs::remove_all(entry.path());
-}
-
-// The newest checkpoint directory (step-NNNNNNN, renamed into place only once complete) that
-// has all its files. `latest` is not trusted: a kill between the two renames leaves it one
-// checkpoint behind, and a user may have emptied or removed it.
-std::optional<fs::path> newest_checkpoint_dir(const fs::path& out_dir) {
-  const fs::path root = out_dir / "checkpoints";
-  std::optional<fs::path> best;
-  long long best_step = -1;
-  if (!fs::is_directory(root)) return best;
-  for (const auto& entry : fs::directory_iterator(root)) {
-    const std::string name = entry.path().filename().string();
-    if (!entry.is_directory() || name.size() != 12 || name.rfind("step-", 0) != 0 ||
-        name.find_first_not_of("0123456789", 5) != std::string::npos)
-      continue;
-    bool complete = true;
-    for (const char* f : {"state.json", "model.safetensors", "optimizer.safetensors"})
-      complete = complete && fs::is_regular_file(entry.path() / f);
-    if (!complete) {
-      log_info("skipping incomplete checkpoint " + entry.path().string());
-      continue;
-    }
-    const long long step = std::stoll(name.substr(5));
-    if (step > best_step) best_step = step, best = entry.path();
-  }
-  return best;
-}
-
-// What state.json of a checkpoint says, checked field by field (the file is untrusted input).
-CheckpointInfo read_checkpoint_state(const fs::path& dir) {
-  const fs::path path = dir / "state.json";
-  const nlohmann::json state = read_json_file(path);
-  const std::string where = path.string() + ": ";
-  require(state.is_object(), where + "expected a JSON object");
-  auto count = [&](const char* key) {
-    require(state.contains(key) && state[key].is_number_integer() && state[key].get<int64_t>() >= 0,
-            where + "'" + key + "' must be a non-negative integer");
-    return state[key].get<int64_t>();
-  };
-  CheckpointInfo s;
-  s.dir = dir;
-  s.step = count("step");
-  s.tokens = count("tokens");
-  require(s.step > 0, where + "'step' must be positive");
-  if (state.contains("elapsed_s")) {
-    require(state["elapsed_s"].is_number(), where + "'elapsed_s' must be a number");
-    s.elapsed_s = state["elapsed_s"].get<double>();
-  }
-  require(state.contains("config") && state["config"].is_object(), where + "'config' must be an object");
-  try {
-    s.config = parse_model_config(state["config"]);
-  } catch (const Error& e) {
-    throw Error(where + "config: " + e.what());
-  } catch (const nlohmann::json::exception&) {
-    throw Error(where + "config: malformed model description");
-  }
-  if (state.contains("settings")) {
-    try {
-      with_settings(TrainOptions{}, state["settings"]);
-    } catch (const Error& e) {
-      throw Error(where + e.what());
-    }
-    s.settings = state["settings"];
-  }
-  return s;
-}
-
-// The checkpoint's weights into `model` and its AdamW moments into `adam`: every tensor present
-// with the model's shape, nothing unknown.
-void load_checkpoint_tensors(const fs::path& dir, TorchModel& model, AdamW& adam) {
-  const fs::path weights_path = dir / "model.safetensors", optimizer_path = dir / "optimizer.safetensors";
-  auto weights = load_tensors(weights_path, model.device());
-  for (auto& [name, t] : model.tensors()) {
-    const auto it = weights.find(name);
-    require(it != weights.end(), weights_path.string() + " lacks " + name);
-    require(it->second.sizes() == t.sizes(), weights_path.string() + ": " + name + " has the wrong shape");
-    model.tensor(name) = it->second;
-  }
-  const std::vector<std::string> trainable = model.trainable_names();
-  for (auto& [key, t] : load_tensors(optimizer_path, model.device())) {
-    const std::string name = key.size() > 2 ? key.substr(2) : "";
-    const bool known = (key.rfind("m.", 0) == 0 || key.rfind("v.", 0) == 0) &&
-                       std::binary_search(trainable.begin(), trainable.end(), name);
-    require(known, optimizer_path.string() + ": unexpected tensor '" + key + "'");
-    require(t.sizes() == model.tensors().at(name).sizes(), optimizer_path.string() + ": " + key + " has the wrong shape");
-    (key[0] == 'm' ? adam.m : adam.v)[name] = t;
-  }
-  for (const auto& [name, m] : adam.m)
-    require(adam.v.count(name), optimizer_path.string() + ": m." + name + " without v." + name);
-  for (const auto& [name, v] : adam.v)
-    require(adam.m.count(name), optimizer_path.string() + ": v." + name + " without m." + name);
-}
-
-// The settings visitor: every option that shapes the trained weights, by flag name.
-template <class Options, class Visit>
-void for_each_setting(Options& o, Visit&& visit) {
-  visit("data", o.data_dir);
-  visit("init", o.init_model);
-  visit("sft", o.sft_file);
-  visit("sft-validation-every", o.sft_validation_every);
-  visit("steps", o.steps);
-  visit("batch", o.batch_size);
-  visit("seq-len", o.seq_len);
-  visit("accum", o.grad_accum);
-  visit("lr", o.lr);
-  visit("min-lr-ratio", o.min_lr_ratio);
-  visit("warmup", o.warmup);
-  visit("weight-decay", o.weight_decay);
-  visit("beta1", o.beta1);
-  visit("beta2", o.beta2);
-  visit("clip", o.grad_clip);
-  visit("aux-loss", o.aux_loss_weight);
-  visit("bias-rate", o.bias_update_rate);
-  visit("capacity-factor", o.capacity_factor);
-  visit("psr-start", o.psr.start);
-  visit("psr-end", o.psr.end);
-  visit("seed", o.seed);
-  visit("bf16", o.bf16);
-  // Free to change on resume (kFreeSettings): they do not change the trained weights.
-  visit("eval-every", o.eval_every);
-  visit("eval-batches", o.eval_batches);
-  visit("save-every", o.save_every);
-  visit("log-every", o.log_every);
-  visit("device", o.device);
-  visit("export-dtype", o.export_dtype);
-}
-const std::set<std::string> kFreeSettings{"eval-every", "eval-batches", "save-every", "log-every", "device", "export-dtype"};
-
 // Visits the SFT conversations of a step in a seeded order: a fresh shuffle every epoch, so
 // that the batches of a step depend only on (seed, step), as resuming needs.
 class SftOrder {
@@ -333,6 +145,57 @@ void require_ids_below(const std::vector<uint32_t>& tokens, int vocab, const std
 }
 
 }  // namespace
+
+void save_checkpoint(const fs::path& dir, const TorchModel& model, const AdamW& adam, const nlohmann::json& state) {
+  const fs::path root = dir.parent_path(), tmp = dir.string() + ".tmp";
+  const std::string name = dir.filename().string();
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  save_tensors(tmp / "model.safetensors", model.tensors());
+  std::map<std::string, torch::Tensor> opt;
+  for (const auto& [k, t] : adam.m) opt["m." + k] = t;
+  for (const auto& [k, t] : adam.v) opt["v." + k] = t;
+  save_tensors(tmp / "optimizer.safetensors", opt);
+  write_json_file(tmp / "state.json", state);
+  fs::remove_all(dir);
+  fs::rename(tmp, dir);
+  {
+    std::ofstream latest(root / "latest.tmp", std::ios::trunc);
+    latest << name << "\n";
+    require(latest.good(), "cannot write " + (root / "latest.tmp").string());
+  }
+  fs::rename(root / "latest.tmp", root / "latest");
+  std::vector<fs::path> older;  // listed first: a directory is not changed while it is read
+  for (const auto& entry : fs::directory_iterator(root))
+    if (entry.is_directory() && entry.path().filename() != name) older.push_back(entry.path());
+  for (const auto& p : older) fs::remove_all(p);
+}
+
+// The checkpoint's weights into `model` and its AdamW moments into `adam`: every tensor present
+// with the model's shape, nothing unknown.
+void load_checkpoint_tensors(const fs::path& dir, TorchModel& model, AdamW& adam) {
+  const fs::path weights_path = dir / "model.safetensors", optimizer_path = dir / "optimizer.safetensors";
+  auto weights = load_tensors(weights_path, model.device());
+  for (auto& [name, t] : model.tensors()) {
+    const auto it = weights.find(name);
+    require(it != weights.end(), weights_path.string() + " lacks " + name);
+    require(it->second.sizes() == t.sizes(), weights_path.string() + ": " + name + " has the wrong shape");
+    model.tensor(name) = it->second.to(t.scalar_type());
+  }
+  const std::vector<std::string> trainable = model.trainable_names();
+  for (auto& [key, t] : load_tensors(optimizer_path, model.device())) {
+    const std::string name = key.size() > 2 ? key.substr(2) : "";
+    const bool known = (key.rfind("m.", 0) == 0 || key.rfind("v.", 0) == 0) &&
+                       std::binary_search(trainable.begin(), trainable.end(), name);
+    require(known, optimizer_path.string() + ": unexpected tensor '" + key + "'");
+    require(t.sizes() == model.tensors().at(name).sizes(), optimizer_path.string() + ": " + key + " has the wrong shape");
+    (key[0] == 'm' ? adam.m : adam.v)[name] = t;
+  }
+  for (const auto& [name, m] : adam.m)
+    require(adam.v.count(name), optimizer_path.string() + ": m." + name + " without v." + name);
+  for (const auto& [name, v] : adam.v)
+    require(adam.m.count(name), optimizer_path.string() + ": v." + name + " without m." + name);
+}
 
 double evaluate_loss(const TorchModel& model, const std::vector<uint32_t>& tokens, int batches, int batch_size, int seq_len,
                      torch::ScalarType compute_dtype) {
@@ -372,136 +235,6 @@ double evaluate_sft_loss(const TorchModel& model, const std::vector<SftExample>&
   }
   require(count > 0, "the SFT validation conversations have no assistant token within --seq-len");
   return sum / count;
-}
-
-void check_options(const TrainOptions& o) {
-  auto positive = [](double v, const char* flag) {
-    require(v > 0, std::string("--") + flag + " must be positive (got " + std::to_string(v) + ")");
-  };
-  auto non_negative = [](double v, const char* flag) {
-    require(v >= 0, std::string("--") + flag + " must be zero or more (got " + std::to_string(v) + ")");
-  };
-  auto fraction = [](double v, const char* flag, bool one_allowed) {
-    require(v >= 0 && (one_allowed ? v <= 1 : v < 1),
-            std::string("--") + flag + " must be in [0, 1" + (one_allowed ? "]" : ")") + " (got " + std::to_string(v) + ")");
-  };
-  positive(double(o.steps), "steps");
-  positive(o.batch_size, "batch");
-  require(o.seq_len >= 2, "--seq-len must be at least 2 (got " + std::to_string(o.seq_len) + ")");
-  positive(o.grad_accum, "accum");
-  require(std::isfinite(o.lr) && o.lr > 0, "--lr must be a positive number (got " + std::to_string(o.lr) + ")");
-  fraction(o.min_lr_ratio, "min-lr-ratio", true);
-  non_negative(double(o.warmup), "warmup");
-  require(std::isfinite(o.weight_decay) && o.weight_decay >= 0 && o.weight_decay * o.lr < 1,
-          "--weight-decay must be zero or more with --lr x --weight-decay below 1");
-  fraction(o.beta1, "beta1", false);
-  fraction(o.beta2, "beta2", false);
-  positive(o.adam_eps, "adam-eps");
-  non_negative(o.grad_clip, "clip");
-  non_negative(o.aux_loss_weight, "aux-loss");
-  non_negative(o.bias_update_rate, "bias-rate");
-  non_negative(o.capacity_factor, "capacity-factor");
-  non_negative(double(o.psr.start), "psr-start");
-  non_negative(double(o.psr.end), "psr-end");
-  non_negative(double(o.eval_every), "eval-every");
-  positive(o.eval_batches, "eval-batches");
-  non_negative(double(o.save_every), "save-every");
-  positive(double(o.log_every), "log-every");
-  non_negative(double(o.stop_after), "stop-after");
-  require(o.sft_validation_every == 0 || o.sft_validation_every >= 2,
-          "--sft-validation-every must be 0 (no validation) or at least 2 (got " + std::to_string(o.sft_validation_every) + ")");
-  const bool cuda = o.device == "cuda" || (o.device.rfind("cuda:", 0) == 0 && o.device.size() > 5 &&
-                                           o.device.find_first_not_of("0123456789", 5) == std::string::npos);
-  require(o.device == "cpu" || cuda, "--device must be cpu, cuda or cuda:N (got '" + o.device + "')");
-  require(!o.out_dir.empty(), "--out is required");
-  require(!o.sft_file.empty() || !o.data_dir.empty(), "--data (or --sft) is required");
-}
-
-nlohmann::json training_settings(const TrainOptions& o) {
-  nlohmann::json settings = nlohmann::json::object();
-  for_each_setting(o, [&](const char* key, const auto& value) {
-    using T = std::decay_t<decltype(value)>;
-    if constexpr (std::is_same_v<T, fs::path>)
-      settings[key] = value.empty() ? std::string() : fs::absolute(value).lexically_normal().string();
-    else if constexpr (std::is_same_v<T, DType>)
-      settings[key] = dtype_name(value);
-    else
-      settings[key] = value;
-  });
-  return settings;
-}
-
-TrainOptions with_settings(TrainOptions o, const nlohmann::json& settings) {
-  require(settings.is_object(), "training settings must be a JSON object");
-  const nlohmann::json known = training_settings(o);
-  for (const auto& [key, value] : settings.items())
-    require(known.contains(key), "unknown training setting '" + key + "'");
-  for_each_setting(o, [&](const char* key, auto& field) {
-    if (!settings.contains(key)) return;
-    const nlohmann::json& v = settings[key];
-    using T = std::decay_t<decltype(field)>;
-    const std::string bad = std::string("training setting '") + key + "' has the wrong type or range: " + v.dump();
-    if constexpr (std::is_same_v<T, bool>) {
-      require(v.is_boolean(), bad);
-      field = v.get<bool>();
-    } else if constexpr (std::is_same_v<T, DType>) {
-      require(v.is_string() && parse_dtype(v.get<std::string>(), &field), bad);
-    } else if constexpr (std::is_same_v<T, uint64_t>) {
-      require(v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0), bad);
-      field = v.get<uint64_t>();
-    } else if constexpr (std::is_integral_v<T>) {
-      require(v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)), bad);
-      const int64_t x = v.get<int64_t>();
-      require(x >= int64_t(std::numeric_limits<T>::min()) && x <= int64_t(std::numeric_limits<T>::max()), bad);
-      field = T(x);
-    } else if constexpr (std::is_floating_point_v<T>) {
-      require(v.is_number(), bad);
-      field = v.get<double>();
-    } else {
-      require(v.is_string(), bad);
-      field = v.get<std::string>();
-    }
-  });
-  return o;
-}
-
-std::optional<CheckpointInfo> newest_checkpoint(const fs::path& out_dir) {
-  const auto dir = newest_checkpoint_dir(out_dir);
-  if (!dir) return std::nullopt;
-  return read_checkpoint_state(*dir);
-}
-
-std::optional<CheckpointInfo> starting_checkpoint(const fs::path& out_dir, bool resume) {
-  std::optional<CheckpointInfo> checkpoint = resume ? newest_checkpoint(out_dir) : std::nullopt;
-  if (!checkpoint) {
-    const bool has_run = fs::exists(out_dir / "log.csv") ||
-                         (fs::is_directory(out_dir / "checkpoints") && !fs::is_empty(out_dir / "checkpoints"));
-    require(!has_run, out_dir.string() + (resume ? " has a log but no complete checkpoint to resume from"
-                                                 : " already holds a run: pass --resume to continue it") +
-                          "; choose another --out (or move that directory away)");
-  }
-  return checkpoint;
-}
-
-void check_resume(const TrainOptions& o, const CheckpointInfo& checkpoint) {
-  if (checkpoint.settings.is_null()) {
-    log_info(checkpoint.dir.string() + " predates stored settings: the command line's settings are used");
-  } else {
-    const nlohmann::json now = training_settings(o), then = training_settings(with_settings(o, checkpoint.settings));
-    std::string differences;
-    for (const auto& [key, value] : then.items())
-      if (now[key] != value && !kFreeSettings.count(key))
-        differences += std::string(differences.empty() ? "" : ", ") + "--" + key + " " + now[key].dump() +
-                       " (checkpoint: " + value.dump() + ")";
-    if (!differences.empty()) {
-      require(o.force_settings,
-              "--resume: settings differ from the checkpoint's: " + differences + "; pass --force-settings to change them");
-      log_info("--force-settings: changing " + differences);
-    }
-  }
-  require(checkpoint.step < o.steps, "--resume: the run already finished at step " + std::to_string(checkpoint.step) +
-                                         " (its model is in " + (o.out_dir / "model").string() +
-                                         "); to train on, pass a larger --steps with --force-settings");
 }
 
 TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
@@ -570,7 +303,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
                                                ") is smaller than the tokenizer's (" + std::to_string(data_vocab) + ")");
   require_ids_below(train_tokens, config.vocab_size, (o.data_dir / "train.bin").string());
   require_ids_below(val_tokens, config.vocab_size, (o.data_dir / "val.bin").string());
-  truncate_csv(csv, start_step);
+  keep_log_rows(csv, kCsvHeader, start_step);
   const nlohmann::json settings = training_settings(o);
 
   const std::vector<std::string> trainable = model->trainable_names();
@@ -660,7 +393,12 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     bar.update(step + 1, status);
     const bool stop = o.stop_after > 0 && step + 1 == o.stop_after && !last;
     if (last || stop || (o.save_every > 0 && (step + 1) % o.save_every == 0))
-      save_checkpoint(o.out_dir, *model, adam, step + 1, tokens_seen, elapsed_before + watch.seconds(), settings);
+      save_checkpoint(checkpoint_dir(o.out_dir, kTrainCheckpoints, step + 1), *model, adam,
+                      {{"step", step + 1},
+                       {"tokens", tokens_seen},
+                       {"elapsed_s", elapsed_before + watch.seconds()},
+                       {"config", to_crossmoe_json(model->config())},
+                       {"settings", settings}});
     if (stop) {
       bar.finish("stopped after step " + std::to_string(step + 1) + " (resume with --resume)");
       result.steps = step + 1;

@@ -34,46 +34,15 @@
 #include <vector>
 
 #include "model/config.hpp"
+#include "train/checkpoint_state.hpp"
+#include "train/optimizer.hpp"
 #include "train/sft_data.hpp"
 #include "train/torch_model.hpp"
+#include "train/train_options.hpp"
 #include "util/dtype.hpp"
 
 namespace crossmoe::train {
 
-struct TrainOptions {
-  std::filesystem::path data_dir;  // train.bin, val.bin, meta.json (from `crossmoe data prepare`)
-  std::filesystem::path out_dir;
-  std::filesystem::path init_model;  // start from these weights instead of a random init
-  std::filesystem::path sft_file;    // SFT conversations (jsonl); needs init_model, ignores data_dir
-  int sft_validation_every = 10;     // SFT: hold out every N-th conversation (0 = none)
-
-  int64_t steps = 1000;
-  int batch_size = 16;  // sequences per micro-batch
-  int seq_len = 256;
-  int grad_accum = 1;   // micro-batches per optimizer step
-  double lr = 3e-3;
-  double min_lr_ratio = 0.1;  // cosine decays to lr * min_lr_ratio
-  int64_t warmup = 50;
-  double weight_decay = 0.1;  // on matrices only, not norms or biases
-  double beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8;
-  double grad_clip = 1.0;  // max global gradient norm; 0 = off
-  double aux_loss_weight = 0.01;
-  double bias_update_rate = 1e-3;  // aux-loss-free balancing for routers with correction biases
-  double capacity_factor = 0.0;    // 0 = no cap (no token dropped)
-  PsrSchedule psr;                 // ReXMoE progressive scaling routing (reuse layouts only)
-
-  int64_t eval_every = 100;
-  int eval_batches = 8;
-  int64_t save_every = 500;
-  int64_t log_every = 10;
-  uint64_t seed = 0;
-  std::string device = "cpu";  // "cpu" or "cuda"
-  bool bf16 = false;           // bf16 matrix products (the default on CUDA)
-  DType export_dtype = DType::BF16;
-  bool resume = false;         // continue from the newest complete checkpoint when there is one
-  bool force_settings = false; // resume even when training_settings differ from the checkpoint's
-  int64_t stop_after = 0;      // > 0: checkpoint and stop after this step (no export), to split a run
-};
 
 struct TrainResult {
   int64_t steps = 0;
@@ -85,37 +54,14 @@ struct TrainResult {
 // Trains `config` (ignored when options.init_model or a resumed checkpoint gives the model).
 TrainResult train_model(const ModelConfig& config, const TrainOptions& options);
 
-// Every option in range (positive sizes and steps, rates in [0, 1), ...); a one-line error naming
-// the `crossmoe train` flag otherwise. train_model checks this first.
-void check_options(const TrainOptions& options);
-
-// The options of a run, keyed by their `crossmoe train` flag names (without the dashes). Those
-// that shape the trained weights must match on resume: data, init, sft, sft-validation-every,
-// steps, batch, seq-len, accum, lr, min-lr-ratio, warmup, weight-decay, beta1, beta2, clip,
-// aux-loss, bias-rate, capacity-factor, psr-start, psr-end, seed, bf16. The rest come back too but
-// may change: eval-every, eval-batches, save-every, log-every, device, export-dtype. Paths are
-// stored absolute.
-nlohmann::json training_settings(const TrainOptions& options);
-// `options` with the given settings applied (any subset of the keys above); a clear error for
-// unknown keys or values of the wrong type (checkpoint files are untrusted input).
-TrainOptions with_settings(TrainOptions options, const nlohmann::json& settings);
-// The newest complete checkpoint of a run directory, as resuming would find it (nullopt: none).
-// Its state.json is checked field by field: a corrupt one is an Error naming the file.
-struct CheckpointInfo {
-  std::filesystem::path dir;
-  int64_t step = 0, tokens = 0;
-  double elapsed_s = 0;
-  ModelConfig config;
-  nlohmann::json settings;  // training_settings; null in checkpoints written before they were stored
-};
-std::optional<CheckpointInfo> newest_checkpoint(const std::filesystem::path& out_dir);
-// Where a run in out_dir starts: with `resume`, its newest complete checkpoint; nullopt for step 0.
-// Refuses (Error) a directory that holds a run (a log or checkpoints) but offers no checkpoint to
-// start from: it is never restarted over.
-std::optional<CheckpointInfo> starting_checkpoint(const std::filesystem::path& out_dir, bool resume);
-// Refuses (Error) to resume `checkpoint` with weight-shaping settings that differ from its own,
-// naming each difference, unless options.force_settings; or when it already reached options.steps.
-void check_resume(const TrainOptions& options, const CheckpointInfo& checkpoint);
+// A checkpoint (train/checkpoint_state.hpp) into `dir`: the weights, the AdamW moments and
+// state.json, written into DIR.tmp and renamed into place; then `latest` names it (by rename) and
+// the older checkpoints beside it are deleted. A kill at any point leaves a complete checkpoint.
+void save_checkpoint(const std::filesystem::path& dir, const TorchModel& model, const AdamW& adam,
+                     const nlohmann::json& state);
+// A checkpoint's weights into `model` and its AdamW moments into `adam`: every tensor of the model
+// present with its shape, nothing unknown; an Error naming the file otherwise.
+void load_checkpoint_tensors(const std::filesystem::path& dir, TorchModel& model, AdamW& adam);
 
 // lr at a step: linear warmup from lr/warmup to lr, then cosine to lr * min_lr_ratio at `steps`.
 double learning_rate(const TrainOptions& options, int64_t step);

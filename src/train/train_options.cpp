@@ -1,0 +1,148 @@
+#include "train/train_options.hpp"
+
+#include <climits>
+#include <cmath>
+#include <limits>
+#include <set>
+#include <type_traits>
+
+#include "util/error.hpp"
+
+namespace crossmoe::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The settings visitor: every option that shapes the trained weights, by flag name.
+template <class Options, class Visit>
+void for_each_setting(Options& o, Visit&& visit) {
+  visit("data", o.data_dir);
+  visit("init", o.init_model);
+  visit("sft", o.sft_file);
+  visit("sft-validation-every", o.sft_validation_every);
+  visit("steps", o.steps);
+  visit("batch", o.batch_size);
+  visit("seq-len", o.seq_len);
+  visit("accum", o.grad_accum);
+  visit("lr", o.lr);
+  visit("min-lr-ratio", o.min_lr_ratio);
+  visit("warmup", o.warmup);
+  visit("weight-decay", o.weight_decay);
+  visit("beta1", o.beta1);
+  visit("beta2", o.beta2);
+  visit("clip", o.grad_clip);
+  visit("aux-loss", o.aux_loss_weight);
+  visit("bias-rate", o.bias_update_rate);
+  visit("capacity-factor", o.capacity_factor);
+  visit("psr-start", o.psr.start);
+  visit("psr-end", o.psr.end);
+  visit("seed", o.seed);
+  visit("bf16", o.bf16);
+  // Free to change on resume (kFreeSettings): they do not change the trained weights.
+  visit("eval-every", o.eval_every);
+  visit("eval-batches", o.eval_batches);
+  visit("save-every", o.save_every);
+  visit("log-every", o.log_every);
+  visit("device", o.device);
+  visit("export-dtype", o.export_dtype);
+}
+const std::set<std::string> kFreeSettings{"eval-every", "eval-batches", "save-every", "log-every", "device", "export-dtype"};
+
+
+}  // namespace
+
+void check_options(const TrainOptions& o) {
+  auto positive = [](double v, const char* flag) {
+    require(v > 0, std::string("--") + flag + " must be positive (got " + std::to_string(v) + ")");
+  };
+  auto non_negative = [](double v, const char* flag) {
+    require(v >= 0, std::string("--") + flag + " must be zero or more (got " + std::to_string(v) + ")");
+  };
+  auto fraction = [](double v, const char* flag, bool one_allowed) {
+    require(v >= 0 && (one_allowed ? v <= 1 : v < 1),
+            std::string("--") + flag + " must be in [0, 1" + (one_allowed ? "]" : ")") + " (got " + std::to_string(v) + ")");
+  };
+  positive(double(o.steps), "steps");
+  positive(o.batch_size, "batch");
+  require(o.seq_len >= 2, "--seq-len must be at least 2 (got " + std::to_string(o.seq_len) + ")");
+  positive(o.grad_accum, "accum");
+  require(std::isfinite(o.lr) && o.lr > 0, "--lr must be a positive number (got " + std::to_string(o.lr) + ")");
+  fraction(o.min_lr_ratio, "min-lr-ratio", true);
+  non_negative(double(o.warmup), "warmup");
+  require(std::isfinite(o.weight_decay) && o.weight_decay >= 0 && o.weight_decay * o.lr < 1,
+          "--weight-decay must be zero or more with --lr x --weight-decay below 1");
+  fraction(o.beta1, "beta1", false);
+  fraction(o.beta2, "beta2", false);
+  positive(o.adam_eps, "adam-eps");
+  non_negative(o.grad_clip, "clip");
+  non_negative(o.aux_loss_weight, "aux-loss");
+  non_negative(o.bias_update_rate, "bias-rate");
+  non_negative(o.capacity_factor, "capacity-factor");
+  non_negative(double(o.psr.start), "psr-start");
+  non_negative(double(o.psr.end), "psr-end");
+  non_negative(double(o.eval_every), "eval-every");
+  positive(o.eval_batches, "eval-batches");
+  non_negative(double(o.save_every), "save-every");
+  positive(double(o.log_every), "log-every");
+  non_negative(double(o.stop_after), "stop-after");
+  require(o.sft_validation_every == 0 || o.sft_validation_every >= 2,
+          "--sft-validation-every must be 0 (no validation) or at least 2 (got " + std::to_string(o.sft_validation_every) + ")");
+  const bool cuda = o.device == "cuda" || (o.device.rfind("cuda:", 0) == 0 && o.device.size() > 5 &&
+                                           o.device.find_first_not_of("0123456789", 5) == std::string::npos);
+  require(o.device == "cpu" || cuda, "--device must be cpu, cuda or cuda:N (got '" + o.device + "')");
+  require(!o.out_dir.empty(), "--out is required");
+  require(!o.sft_file.empty() || !o.data_dir.empty(), "--data (or --sft) is required");
+}
+
+nlohmann::json training_settings(const TrainOptions& o) {
+  nlohmann::json settings = nlohmann::json::object();
+  for_each_setting(o, [&](const char* key, const auto& value) {
+    using T = std::decay_t<decltype(value)>;
+    if constexpr (std::is_same_v<T, fs::path>)
+      settings[key] = value.empty() ? std::string() : fs::absolute(value).lexically_normal().string();
+    else if constexpr (std::is_same_v<T, DType>)
+      settings[key] = dtype_name(value);
+    else
+      settings[key] = value;
+  });
+  return settings;
+}
+
+TrainOptions with_settings(TrainOptions o, const nlohmann::json& settings) {
+  require(settings.is_object(), "training settings must be a JSON object");
+  const nlohmann::json known = training_settings(o);
+  for (const auto& [key, value] : settings.items())
+    require(known.contains(key), "unknown training setting '" + key + "'");
+  for_each_setting(o, [&](const char* key, auto& field) {
+    if (!settings.contains(key)) return;
+    const nlohmann::json& v = settings[key];
+    using T = std::decay_t<decltype(field)>;
+    const std::string bad = std::string("training setting '") + key + "' has the wrong type or range: " + v.dump();
+    if constexpr (std::is_same_v<T, bool>) {
+      require(v.is_boolean(), bad);
+      field = v.get<bool>();
+    } else if constexpr (std::is_same_v<T, DType>) {
+      require(v.is_string() && parse_dtype(v.get<std::string>(), &field), bad);
+    } else if constexpr (std::is_same_v<T, uint64_t>) {
+      require(v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0), bad);
+      field = v.get<uint64_t>();
+    } else if constexpr (std::is_integral_v<T>) {
+      require(v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)), bad);
+      const int64_t x = v.get<int64_t>();
+      require(x >= int64_t(std::numeric_limits<T>::min()) && x <= int64_t(std::numeric_limits<T>::max()), bad);
+      field = T(x);
+    } else if constexpr (std::is_floating_point_v<T>) {
+      require(v.is_number(), bad);
+      field = v.get<double>();
+    } else {
+      require(v.is_string(), bad);
+      field = v.get<std::string>();
+    }
+  });
+  return o;
+}
+
+bool free_setting(const std::string& key) { return kFreeSettings.count(key) > 0; }
+
+}  // namespace crossmoe::train
