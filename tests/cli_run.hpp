@@ -15,14 +15,12 @@
 namespace crossmoe::testing_cli {
 
 struct Result {
-  int code;
+  int code;  // -1 when the process died of a signal
   std::string out;
 };
 
-// `args` go through the shell, so they may redirect stdin ("< file"); stderr is merged into out,
-// or dropped.
-inline Result run(const std::string& args, bool merge_stderr = true) {
-  const std::string cmd = std::string(CROSSMOE_BIN) + " " + args + (merge_stderr ? " 2>&1" : " 2>/dev/null");
+// Runs a shell command line; its stdout (with whatever redirections the line makes) and exit code.
+inline Result run_shell(const std::string& cmd) {
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;
   char buf[4096];
@@ -30,6 +28,12 @@ inline Result run(const std::string& args, bool merge_stderr = true) {
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   const int status = pclose(p);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// `args` go through the shell, so they may redirect stdin ("< file"); stderr is merged into out,
+// or dropped.
+inline Result run(const std::string& args, bool merge_stderr = true) {
+  return run_shell(std::string(CROSSMOE_BIN) + " " + args + (merge_stderr ? " 2>&1" : " 2>/dev/null"));
 }
 
 // Starts crossmoe with these arguments (split at spaces), output to `log`; returns its pid.

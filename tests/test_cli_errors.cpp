@@ -15,6 +15,7 @@
 #include <regex>
 #include <sstream>
 
+#include "cli_run.hpp"
 #include "runtime/stop_strings.hpp"
 #include "util/json_file.hpp"
 
@@ -22,21 +23,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int code;  // -1 when the process died of a signal
-  std::string out;
-};
+using crossmoe::testing_cli::Result;
 
 // Runs crossmoe under `timeout`, so a command that blocks shows as exit code 124, not a hung test.
 Result run(const std::string& args, const std::string& streams = "2>&1 </dev/null") {
-  const std::string cmd = "timeout 60 " + std::string(CROSSMOE_BIN) + " " + args + " " + streams;
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  return crossmoe::testing_cli::run_shell("timeout 60 " + std::string(CROSSMOE_BIN) + " " + args + " " + streams);
 }
 
 std::string quote(const std::string& s) {
