@@ -10,16 +10,21 @@
 
 namespace crossmoe::games {
 
+int draw_action(const std::vector<std::pair<int, double>>& weighted, Rng& rng) {
+  std::vector<double> p;
+  for (const auto& w : weighted) p.push_back(w.second);
+  return weighted[std::discrete_distribution<size_t>(p.begin(), p.end())(rng)].first;
+}
+
+void apply_chance_outcome(State& state, Rng& rng) { state.apply(draw_action(state.chance_outcomes(), rng)); }
+
 int RandomAgent::act(const Game&, const State& state, Rng& rng) {
   const auto legal = state.legal_actions();
   return legal[std::uniform_int_distribution<size_t>(0, legal.size() - 1)(rng)];
 }
 
 int PolicyAgent::act(const Game&, const State& state, Rng& rng) {
-  const auto moves = policy_at(policy_, state);
-  std::vector<double> p;
-  for (const auto& m : moves) p.push_back(m.second);
-  return moves[std::discrete_distribution<size_t>(p.begin(), p.end())(rng)].first;
+  return draw_action(policy_at(policy_, state), rng);
 }
 
 int TextAgent::act(const Game& game, const State& state, Rng&) {

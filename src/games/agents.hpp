@@ -13,6 +13,11 @@ namespace crossmoe::games {
 
 using Rng = std::mt19937_64;
 
+// One of `weighted` (action, probability) pairs, drawn by probability.
+int draw_action(const std::vector<std::pair<int, double>>& weighted, Rng& rng);
+// Applies a chance outcome of `state` drawn by its probability.
+void apply_chance_outcome(State& state, Rng& rng);
+
 class Agent {
  public:
   virtual ~Agent() = default;

@@ -16,10 +16,7 @@ EpisodeResult play_episode(const Game& game, const std::vector<Agent*>& agents, 
   r.mars_reward.assign(size_t(n), 0.0);
   while (!state->is_terminal()) {
     if (state->is_chance()) {
-      const auto outcomes = state->chance_outcomes();
-      std::vector<double> p;
-      for (const auto& o : outcomes) p.push_back(o.second);
-      state->apply(outcomes[std::discrete_distribution<size_t>(p.begin(), p.end())(rng)].first);
+      apply_chance_outcome(*state, rng);
       continue;
     }
     const int player = state->current_player();

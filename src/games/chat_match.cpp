@@ -107,10 +107,7 @@ PlayCounts play_matches(std::vector<Match>& matches, TokenGenerator& generator, 
       while (!m.done) {
         State& st = *m.state;
         if (st.is_chance()) {
-          const auto outcomes = st.chance_outcomes();
-          std::vector<double> p;
-          for (const auto& oc : outcomes) p.push_back(oc.second);
-          st.apply(outcomes[std::discrete_distribution<size_t>(p.begin(), p.end())(rng)].first);
+          apply_chance_outcome(st, rng);
           continue;
         }
         if (st.is_terminal()) {

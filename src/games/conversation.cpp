@@ -40,10 +40,7 @@ std::vector<nlohmann::ordered_json> play_transcript(const Game& game, const std:
   std::vector<nlohmann::ordered_json> seats(size_t(n), nlohmann::ordered_json::array());
   while (!state->is_terminal()) {
     if (state->is_chance()) {
-      const auto outcomes = state->chance_outcomes();
-      std::vector<double> p;
-      for (const auto& o : outcomes) p.push_back(o.second);
-      state->apply(outcomes[std::discrete_distribution<size_t>(p.begin(), p.end())(rng)].first);
+      apply_chance_outcome(*state, rng);
       continue;
     }
     const int seat = state->current_player();
