@@ -23,9 +23,12 @@ using games::Generation;
 using games::GenerationRequest;
 using games::SamplingOptions;
 
+// Running totals, to see where rollout time goes: a decode step costs about the same whatever its
+// row count, so rows per step (decode_rows / decode_steps) is the batching efficiency.
 struct RolloutStats {
   int64_t prefill_tokens = 0, generated_tokens = 0;
-  double seconds = 0;
+  int64_t decode_steps = 0, decode_rows = 0;
+  double seconds = 0, prefill_seconds = 0;
 };
 
 class RolloutEngine : public games::TokenGenerator {
