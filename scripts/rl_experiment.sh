@@ -7,8 +7,10 @@
 #   bash scripts/rl_experiment.sh BIN DATA OUT STAGE...
 # BIN: a crossmoe with the trainer (scripts/gpu_box_build.sh); DATA: `crossmoe data prepare` output
 # whose tokenizer has a ChatML template; OUT: the experiment directory; STAGE: pretrain,
-# transcripts, sft, selfplay (SELFPLAY_ITERATIONS, default 30; SELFPLAY_ARGS adds options, e.g.
-# --no-turn-scores with SELFPLAY_NAME=no_turn_scores for an ablation), eval-sft and eval-selfplay
+# transcripts (WARM_START=reference: the reference players only; mixed: half of each game's
+# transcripts from random players, so that the SFT policy plays at mixed strength and self-play has
+# something to improve), sft, selfplay (SELFPLAY_ITERATIONS, default 30; SELFPLAY_ARGS adds options, e.g.
+# --no-turn-scores with SELFPLAY_NAME=no_turn_scores for an ablation; SELFPLAY_LR, default 1e-5), eval-sft and eval-selfplay
 # (`games eval` on all games against MARS's opponents, EVAL_GAMES per row, default 50, into
 # OUT/eval-*.md and .json), or a time limit `until=SECONDS` that makes the stages after it stop
 # (at a checkpoint) in time.
@@ -38,7 +40,15 @@ for stage in "$@"; do
   transcripts)
     [ -f "$out/sft.jsonl" ] && continue
     for g in tic_tac_toe:1500 kuhn_poker:1500 mini_hanabi:600; do
-      "$bin" games transcripts "${g%%:*}" -n "${g##*:}" -o "$out/transcripts-${g%%:*}.jsonl" --seed "$seed"
+      game=${g%%:*} n=${g##*:}
+      case ${WARM_START:-reference} in
+      reference) "$bin" games transcripts "$game" -n "$n" -o "$out/transcripts-$game.jsonl" --seed "$seed" ;;
+      mixed)
+        "$bin" games transcripts "$game" -n $((n / 2)) -o "$out/transcripts-$game.jsonl" --seed "$seed"
+        "$bin" games transcripts "$game" -n $((n / 2)) -o "$out/transcripts-$game-random.jsonl" --seed "$seed" \
+          --p0 random --p1 random ;;
+      *) echo "error: WARM_START must be reference or mixed, got '$WARM_START'" >&2; exit 2 ;;
+      esac
     done
     cat "$out"/transcripts-*.jsonl > "$out/sft.jsonl.tmp" && mv "$out/sft.jsonl.tmp" "$out/sft.jsonl"
     ;;
@@ -53,7 +63,7 @@ for stage in "$@"; do
     [ -f "$out/$name/model/config.json" ] && continue
     timeout -s INT "$(left)" "$bin" rl selfplay "$out/sft/model" -o "$out/$name" $(resume_flag "$out/$name") \
       --game "$games" --iterations "${SELFPLAY_ITERATIONS:-30}" --games-per-iteration 64 \
-      --max-new-tokens 256 --max-sequence 4096 --lr 1e-5 --eval-games 16 --seed "$seed" --device "$device" \
+      --max-new-tokens 256 --max-sequence 4096 --lr "${SELFPLAY_LR:-1e-5}" --eval-games 16 --seed "$seed" --device "$device" \
       ${SELFPLAY_ARGS:-}
     ;;
   eval-sft | eval-selfplay)

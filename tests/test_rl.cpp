@@ -307,6 +307,13 @@ TEST(RlRollout, GreedyTokensEqualRuntime) {
   for (int i = 0; i < 3; ++i) requests.push_back({i, prompts[size_t(i)], 12});
   std::mt19937_64 rng(0);
   const auto gens = engine.generate(requests, {}, SamplingOptions{0.0, 1.0, 0}, rng);
+  // No stop tokens: 12 tokens each, the first from the prefill, then 11 decode steps of 3 rows.
+  EXPECT_EQ(engine.stats().generated_tokens, 36);
+  EXPECT_EQ(engine.stats().decode_steps, 11);
+  EXPECT_EQ(engine.stats().decode_rows, 33);
+  EXPECT_EQ(engine.stats().prefill_tokens, 12);
+  EXPECT_GT(engine.stats().prefill_seconds, 0.0);
+  EXPECT_LT(engine.stats().prefill_seconds, engine.stats().seconds);
   Model runtime(dir);
   for (int i = 0; i < 3; ++i) {
     InferenceSession session(runtime, 64);
@@ -406,7 +413,8 @@ class RlSelfPlay : public ::testing::Test {
     for (size_t r = 1; r < 3; ++r)
       for (size_t c = 0; c < header.size(); ++c) {
         const std::string& n = header[c];
-        if (n.find("per_s") != std::string::npos || n == "elapsed_s") continue;
+        // Timings: rates (..._per_s) and seconds (..._s).
+        if (n.ends_with("_per_s") || n.ends_with("_s")) continue;
         EXPECT_EQ(whole_csv[r][c], csv[r][c]) << n << " row " << r << " of " << out;
       }
     EXPECT_EQ(read_file(dir_ / "whole" / "checkpoints" / "iter-00002" / "model.safetensors"),
@@ -439,6 +447,7 @@ TEST_F(RlSelfPlay, SplitAndKilledRunsResumeToTheUninterruptedRun) {
     return size_t(it - header.begin());
   };
   for (const char* c : {"invalid_rate", "answer_tokens", "kl", "entropy", "rollout_tokens_per_s", "update_tokens_per_s",
+                        "rollout_s", "rollout_prefill_s", "rollout_engine_s", "decode_rows_per_step", "update_s", "eval_s",
                         "tic_tac_toe_first_win", "tic_tac_toe_second_loss", "kuhn_poker_first_win", "mini_hanabi_score"})
     col(c);
   for (size_t r = 1; r < 3; ++r) {

@@ -12,7 +12,7 @@ namespace crossmoe::rl {
 RolloutEngine::RolloutEngine(const train::TorchModel& model, int sequences, int capacity,
                              torch::ScalarType compute_dtype, int max_batch_tokens)
     : model_(model), compute_(compute_dtype), max_batch_tokens_(max_batch_tokens),
-      decode_experts_(model.device().is_cuda() ? train::GroupedExperts::Dense : train::GroupedExperts::Auto),
+      decode_experts_(train::GroupedExperts::Auto),
       cache_(model.new_cache(sequences, capacity, compute_dtype)), tokens_(size_t(sequences)) {
   require(sequences > 0 && capacity > 1, "rollout: needs at least one sequence of two tokens");
 }
@@ -111,6 +111,7 @@ std::vector<Generation> RolloutEngine::generate(const std::vector<GenerationRequ
   std::vector<size_t> active(requests.size());
   std::iota(active.begin(), active.end(), 0);
   torch::Tensor logits = append(rows, first_tokens);
+  bool prefill = true;
   while (!active.empty()) {
     // Candidates and the log-normaliser on the device; the draw on the host (seeded, the same on
     // every device).
@@ -118,6 +119,9 @@ std::vector<Generation> RolloutEngine::generate(const std::vector<GenerationRequ
     const torch::Tensor values = std::get<0>(top).to(torch::kCPU, torch::kFloat32).contiguous();
     const torch::Tensor ids = std::get<1>(top).to(torch::kCPU, torch::kInt64).contiguous();
     const torch::Tensor lse = logits.logsumexp(-1).to(torch::kCPU, torch::kFloat32).contiguous();
+    // The copies to the host waited for the step: its time is measured.
+    if (prefill) stats_.prefill_seconds += watch.seconds();
+    prefill = false;
     std::vector<size_t> still;
     std::vector<int> next_rows;
     std::vector<std::vector<int>> next_tokens;
@@ -139,7 +143,10 @@ std::vector<Generation> RolloutEngine::generate(const std::vector<GenerationRequ
       next_tokens.push_back({token});
     }
     active = std::move(still);
-    if (!active.empty()) logits = append(next_rows, next_tokens);
+    if (active.empty()) break;
+    logits = append(next_rows, next_tokens);
+    ++stats_.decode_steps;
+    stats_.decode_rows += int64_t(next_rows.size());
   }
   stats_.seconds += watch.seconds();
   return out;

@@ -155,7 +155,8 @@ std::vector<std::string> selfplay_columns(const std::vector<std::string>& games_
   std::vector<std::string> c = {"iteration",    "trajectories", "answers",     "invalid_rate",     "overlong_rate",
                                 "answer_tokens", "reward_mean",  "pg_loss",     "kl",               "entropy",
                                 "clip_fraction", "ratio_deviation", "grad_norm",    "log_prob_gap", "rollout_tokens_per_s",
-                                "update_tokens_per_s", "lr"};
+                                "update_tokens_per_s", "lr", "rollout_s", "rollout_prefill_s", "rollout_engine_s",
+                                "decode_rows_per_step", "update_s", "eval_s"};
   for (const auto& name : games_list) {
     const auto game = games::make_game(name);
     if (game->info().cooperative) {
@@ -278,6 +279,14 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
     row["overlong_rate"] = counts.answers ? double(counts.overlong) / counts.answers : 0.0;
     row["answer_tokens"] = counts.answers ? double(counts.answer_tokens) / counts.answers : 0.0;
     row["rollout_tokens_per_s"] = double(generated) / std::max(rollout_seconds, 1e-9);
+    // Where rollout time went: the engine (its prefills, then decode steps of so many rows each);
+    // the rest of rollout_s is the games and the prompts on the host.
+    const RolloutStats& after = engine.stats();
+    row["rollout_s"] = rollout_seconds;
+    row["rollout_prefill_s"] = after.prefill_seconds - before.prefill_seconds;
+    row["rollout_engine_s"] = after.seconds - before.seconds;
+    row["decode_rows_per_step"] = double(after.decode_rows - before.decode_rows) /
+                                  double(std::max<int64_t>(after.decode_steps - before.decode_steps, 1));
     double reward_sum = 0;
     for (const auto& q : seqs)
       for (double r : q.trajectory.turn_reward) reward_sum += r;
@@ -359,12 +368,14 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
     row["grad_norm"] = u.grad_norm / steps;
     row["log_prob_gap"] = u.log_prob_gap;
     row["update_tokens_per_s"] = double(u.tokens) / std::max(u.seconds, 1e-9);
+    row["update_s"] = u.seconds;
     if (!row.count("lr")) row["lr"] = 0.0;
 
     // Evaluation against the fixed opponents, and the Hanabi self-play score.
     const bool evaluate = o.eval_every > 0 && ((iteration + 1) % o.eval_every == 0 || iteration + 1 == o.iterations);
     if (evaluate) {
       torch::NoGradGuard no_grad;
+      Stopwatch eval_watch;
       auto eval_rng = train::stream_rng(o.seed, kEvaluation, uint64_t(iteration));
       std::vector<Match> evals;
       std::vector<int> policy_seat;
@@ -410,6 +421,7 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
         row[prefix + "_loss"] = t[2];
       }
       for (const auto& [name, s] : scores) row[name + "_score"] = s.first / std::max(s.second, 1);
+      row["eval_s"] = eval_watch.seconds();
     }
 
     const double elapsed = elapsed_before + watch.seconds();
