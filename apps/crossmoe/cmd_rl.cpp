@@ -1,7 +1,11 @@
 // crossmoe rl selfplay: self-play RL post-training (MARS) of a model on text games (libtorch).
 #include <omp.h>
 
+#include <torch/csrc/autograd/profiler_legacy.h>
+
+#include <algorithm>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <sstream>
 
@@ -50,8 +54,54 @@ void run_selfplay(RlArgs& a) {
 struct BenchArgs {
   std::string model, device = "cpu", bf16 = "auto";
   int sequences = 256, prompt_tokens = 256, new_tokens = 128;
+  int profile = 0;  // operators to list from a profiled batch (0 = no profile)
   uint64_t seed = 0;
 };
+
+namespace profiler = torch::autograd::profiler;
+
+// Host time per ATen operator, from the legacy profiler's per-thread event lists (ranges nest, so a
+// stack pairs each push with its pop): self time excludes the operators an operator called. Time
+// that no operator covers is crossmoe's own host code (batch assembly, sampling).
+void print_operator_profile(const profiler::thread_event_lists& lists, double wall_seconds, int top) {
+  struct Total {
+    double self_us = 0;
+    int64_t calls = 0;
+  };
+  std::map<std::string, Total> totals;
+  double operators_us = 0;
+  for (const auto& list : lists) {
+    struct Open {
+      const profiler::LegacyEvent* push;
+      double children_us;
+    };
+    std::vector<Open> open;
+    for (const auto& e : list) {
+      if (e.kind() == profiler::EventKind::PushRange) {
+        open.push_back({&e, 0.0});
+      } else if (e.kind() == profiler::EventKind::PopRange && !open.empty()) {
+        const Open o = open.back();
+        open.pop_back();
+        const double us = o.push->cpuElapsedUs(e);
+        Total& t = totals[o.push->name()];
+        t.self_us += us - o.children_us;
+        ++t.calls;
+        if (open.empty()) operators_us += us;
+        else open.back().children_us += us;
+      }
+    }
+  }
+  std::vector<std::pair<std::string, Total>> sorted(totals.begin(), totals.end());
+  std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.second.self_us > b.second.self_us; });
+  std::printf("profile: %.3f s wall, %.3f s in ATen operators (the rest: crossmoe's host code)\n", wall_seconds,
+              operators_us * 1e-6);
+  std::printf("  %-40s %10s %10s %9s\n", "operator", "self ms", "calls", "us/call");
+  for (size_t i = 0; i < sorted.size() && int(i) < top; ++i) {
+    const auto& [name, t] = sorted[i];
+    std::printf("  %-40s %10.1f %10lld %9.1f\n", name.c_str(), t.self_us * 1e-3, static_cast<long long>(t.calls),
+                t.self_us / double(std::max<int64_t>(t.calls, 1)));
+  }
+}
 
 // Generated tokens per second of the rollout engine for one sequence and for a ragged batch
 // (prompt lengths drawn from [prompt/2, 3 prompt/2]), sampling as MARS does, no early stops.
@@ -65,7 +115,7 @@ void run_bench(const BenchArgs& a) {
   std::mt19937_64 rng(a.seed);
   const int capacity = a.prompt_tokens * 3 / 2 + a.new_tokens + 2;
   rl::RolloutEngine engine(model, a.sequences, capacity, bf16 ? torch::kBFloat16 : torch::kFloat32);
-  auto measure = [&](int n, train::GroupedExperts decode_experts) {
+  auto measure = [&](int n, train::GroupedExperts decode_experts) -> double {
     engine.set_decode_experts(decode_experts);
     std::vector<rl::GenerationRequest> requests;
     for (int i = 0; i < n; ++i) {
@@ -88,16 +138,29 @@ void run_bench(const BenchArgs& a) {
   using train::GroupedExperts;
   measure(std::min(a.sequences, 4), GroupedExperts::Dense);  // warm up (CUDA kernels, allocator)
   measure(std::min(a.sequences, 4), GroupedExperts::Auto);
-  const double one = measure(1, GroupedExperts::Dense), many = measure(a.sequences, GroupedExperts::Dense);
-  const double dispatched = measure(a.sequences, GroupedExperts::Auto);
+  // Decode steps through the trainer's expert dispatch (the engine's default; a host sync per MoE
+  // layer) and with every expert on every row instead (no sync, C/K times the expert arithmetic).
+  const double one = measure(1, GroupedExperts::Auto), many = measure(a.sequences, GroupedExperts::Auto);
+  const double one_dense = measure(1, GroupedExperts::Dense), many_dense = measure(a.sequences, GroupedExperts::Dense);
   std::printf("rollout %s%s: prompts ~%d tokens, %d new tokens each\n", a.device.c_str(), bf16 ? " bf16" : "",
               a.prompt_tokens, a.new_tokens);
   std::printf("  1 sequence      %10.0f generated tokens/s\n", one);
   std::printf("  %-4d sequences  %10.0f generated tokens/s  (%.1fx one sequence)\n", a.sequences, many, many / one);
-  // The same batch with decode steps through the trainer's expert dispatch (a host sync per MoE
-  // layer) instead of every expert on every row: the baseline for the dense decode path.
-  std::printf("  %-4d sequences  %10.0f generated tokens/s  with dispatched experts in decode (dense is %.2fx)\n",
-              a.sequences, dispatched, many / dispatched);
+  std::printf("  dense experts in decode: %.0f and %.0f generated tokens/s (%.2fx and %.2fx dispatched)\n", one_dense,
+              many_dense, one_dense / one, many_dense / many);
+  if (a.profile > 0) {
+    // The batch again under the profiler (host time only: on CUDA an operator that waits for the
+    // device, such as a copy to the host, carries the wait).
+    profiler::thread_event_lists events;
+    Stopwatch watch;
+    {
+      profiler::TLSLegacyProfilerGuard guard(
+          torch::profiler::impl::ProfilerConfig(torch::profiler::impl::ProfilerState::CPU),
+          [&events](const profiler::thread_event_lists& lists) { events = lists; });
+      measure(a.sequences, GroupedExperts::Auto);
+    }
+    print_operator_profile(events, watch.seconds(), a.profile);
+  }
 }
 
 }  // namespace
@@ -176,6 +239,8 @@ void add_rl(CLI::App& app) {
   bench->add_option("--bf16", b->bf16, "bf16 matrix products: auto (on for cuda), on, off")
       ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
   bench->add_option("--seed", b->seed, "Seed for the prompts and sampling")->capture_default_str();
+  bench->add_option("--profile", b->profile, "Profile one more batch and list the N operators with the most host time")
+      ->check(CLI::NonNegativeNumber);
   add_threads_option(*bench);
   bench->callback([b] {
     try {

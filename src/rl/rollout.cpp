@@ -12,7 +12,7 @@ namespace crossmoe::rl {
 RolloutEngine::RolloutEngine(const train::TorchModel& model, int sequences, int capacity,
                              torch::ScalarType compute_dtype, int max_batch_tokens)
     : model_(model), compute_(compute_dtype), max_batch_tokens_(max_batch_tokens),
-      decode_experts_(model.device().is_cuda() ? train::GroupedExperts::Dense : train::GroupedExperts::Auto),
+      decode_experts_(train::GroupedExperts::Auto),
       cache_(model.new_cache(sequences, capacity, compute_dtype)), tokens_(size_t(sequences)) {
   require(sequences > 0 && capacity > 1, "rollout: needs at least one sequence of two tokens");
 }

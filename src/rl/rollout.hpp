@@ -52,9 +52,9 @@ class RolloutEngine : public games::TokenGenerator {
 
   const RolloutStats& stats() const { return stats_; }
 
-  // How MoE layers run their experts in decode steps (one new token a row). Default: Dense on CUDA,
-  // where the host sync per layer of the dispatch costs more than the extra arithmetic; the
-  // dispatch (GroupedExperts::Auto) on the CPU, where arithmetic is what costs.
+  // How MoE layers run their experts in decode steps (one new token a row). Default: the dispatch
+  // (GroupedExperts::Auto). Dense (every expert on every row, no host sync) measured 0.38x the
+  // dispatch on an H200 at 256 rows (docs/benchmarks.md, `rl bench`).
   void set_decode_experts(train::GroupedExperts experts) { decode_experts_ = experts; }
 
  private:

@@ -1,6 +1,9 @@
 #include "util/dtype.hpp"
 
+#include <cctype>
 #include <cmath>
+
+#include "util/error.hpp"
 
 namespace crossmoe {
 
@@ -8,20 +11,34 @@ namespace {
 struct DTypeInfo {
   DType type;
   const char* name;
-  size_t size;
+  size_t block_bytes;  // bytes of one block
+  int64_t block = 1;   // elements of one block
 };
+// Q8_0 and Q4_K are ggml's block_q8_0 and block_q4_K (util/quant.hpp spells out the bytes).
 constexpr DTypeInfo kDTypes[] = {
     {DType::F32, "F32", 4},   {DType::F16, "F16", 2},   {DType::BF16, "BF16", 2},
     {DType::F64, "F64", 8},   {DType::I64, "I64", 8},   {DType::I32, "I32", 4},
     {DType::I16, "I16", 2},   {DType::I8, "I8", 1},     {DType::U64, "U64", 8},
     {DType::U32, "U32", 4},   {DType::U16, "U16", 2},   {DType::U8, "U8", 1},
-    {DType::BOOL, "BOOL", 1}, {DType::F8_E4M3, "F8_E4M3", 1}, {DType::F8_E5M2, "F8_E5M2", 1}};
+    {DType::BOOL, "BOOL", 1}, {DType::F8_E4M3, "F8_E4M3", 1}, {DType::F8_E5M2, "F8_E5M2", 1},
+    {DType::Q8_0, "Q8_0", 34, 32}, {DType::Q4_K, "Q4_K", 144, 256}};
+
+const DTypeInfo& info(DType t) {
+  for (const auto& d : kDTypes)
+    if (d.type == t) return d;
+  throw Error("unknown dtype");
+}
 }  // namespace
 
-size_t dtype_size(DType t) {
-  for (const auto& d : kDTypes)
-    if (d.type == t) return d.size;
-  return 0;
+size_t dtype_size(DType t) { return info(t).block == 1 ? info(t).block_bytes : 0; }
+
+int64_t dtype_block(DType t) { return info(t).block; }
+
+size_t dtype_row_bytes(DType t, int64_t n) {
+  const DTypeInfo& d = info(t);
+  require(n >= 0 && n % d.block == 0, std::string(d.name) + " stores rows in blocks of " + std::to_string(d.block) +
+                                          " elements; a row of " + std::to_string(n) + " does not divide");
+  return size_t(n / d.block) * d.block_bytes;
 }
 
 std::string dtype_name(DType t) {
@@ -32,7 +49,18 @@ std::string dtype_name(DType t) {
 
 bool parse_dtype(const std::string& name, DType* out) {
   for (const auto& d : kDTypes)
-    if (name == d.name) {
+    if (d.block == 1 && name == d.name) {
+      *out = d.type;
+      return true;
+    }
+  return false;
+}
+
+bool parse_block_dtype(const std::string& name, DType* out) {
+  std::string upper = name;
+  for (char& ch : upper) ch = char(std::toupper(static_cast<unsigned char>(ch)));
+  for (const auto& d : kDTypes)
+    if (d.block > 1 && upper == d.name) {
       *out = d.type;
       return true;
     }

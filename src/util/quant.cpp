@@ -1,0 +1,142 @@
+#include "util/quant.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "util/error.hpp"
+
+namespace crossmoe::quant {
+
+namespace {
+
+constexpr float kHalfMax = 65504.0f;
+
+// The smallest fp16 value >= v (v >= 0 and finite, at most 65504): a scale rounded up keeps
+// every value of its block on the grid.
+uint16_t half_at_least(float v) {
+  uint16_t h = f32_to_f16(v);
+  if (f16_to_f32(h) < v) ++h;  // positive halves order like their bit patterns
+  return h;
+}
+
+void write_half(uint8_t* p, uint16_t h) { std::memcpy(p, &h, 2); }
+
+void check_finite(const float* x, int64_t n, const char* type) {
+  for (int64_t i = 0; i < n; ++i)
+    require(std::isfinite(x[i]), std::string("cannot quantize a value that is not finite to ") + type);
+}
+
+void quantize_q8_0(const float* x, uint8_t* block) {
+  float amax = 0.0f;
+  for (int i = 0; i < kQ8_0Block; ++i) amax = std::max(amax, std::fabs(x[i]));
+  require(amax / 127.0f <= kHalfMax, "value " + std::to_string(amax) + " is too large for Q8_0's fp16 scale");
+  const uint16_t dh = half_at_least(amax / 127.0f);
+  write_half(block, dh);
+  const float d = f16_to_f32(dh);
+  auto* q = reinterpret_cast<int8_t*>(block + 2);
+  for (int i = 0; i < kQ8_0Block; ++i)
+    q[i] = d == 0.0f ? 0 : int8_t(std::clamp(std::nearbyint(x[i] / d), -127.0f, 127.0f));
+}
+
+void quantize_q4_k(const float* x, uint8_t* block) {
+  constexpr int kSubs = kQ4_KBlock / kQ4_KSubBlock;
+  float top[kSubs], low[kSubs];  // per sub-block: max(x) and -min(0, min(x)), both >= 0
+  float max_low = 0.0f;
+  for (int j = 0; j < kSubs; ++j) {
+    const auto [lo, hi] = std::minmax_element(x + j * kQ4_KSubBlock, x + (j + 1) * kQ4_KSubBlock);
+    top[j] = *hi;
+    low[j] = std::max(0.0f, -*lo);
+    max_low = std::max(max_low, low[j]);
+  }
+  // Mins first, rounded up, so that -dmin * m[j] <= min(x_j); then each scale is the step
+  // that reaches max(x_j) from there in 15 steps, rounded up.
+  require(max_low / 63.0f <= kHalfMax, "value -" + std::to_string(max_low) + " is too large for Q4_K's fp16 min");
+  const uint16_t dmin_h = half_at_least(max_low / 63.0f);
+  const float dmin = f16_to_f32(dmin_h);
+  int scales[kSubs], mins[kSubs];
+  float offset[kSubs], step[kSubs], max_step = 0.0f;
+  for (int j = 0; j < kSubs; ++j) {
+    mins[j] = dmin == 0.0f ? 0 : std::min(63, int(std::ceil(low[j] / dmin)));
+    offset[j] = dmin * float(mins[j]);
+    step[j] = std::max(0.0f, (top[j] + offset[j]) / 15.0f);
+    max_step = std::max(max_step, step[j]);
+  }
+  require(max_step / 63.0f <= kHalfMax, "values spanning " + std::to_string(15 * max_step) +
+                                            " are too large for Q4_K's fp16 scale");
+  const uint16_t d_h = half_at_least(max_step / 63.0f);
+  const float d = f16_to_f32(d_h);
+  for (int j = 0; j < kSubs; ++j) scales[j] = d == 0.0f ? 0 : std::min(63, int(std::ceil(step[j] / d)));
+  write_half(block, d_h);
+  write_half(block + 2, dmin_h);
+  q4_k_pack_scales_mins(scales, mins, block + 4);
+  uint8_t* qs = block + 16;
+  std::memset(qs, 0, kQ4_KBlock / 2);
+  for (int j = 0; j < kSubs; ++j) {
+    // The same products the dequantization forms.
+    const float s = d * float(scales[j]), m = dmin * float(mins[j]);
+    for (int i = 0; i < kQ4_KSubBlock; ++i) {
+      const float v = x[j * kQ4_KSubBlock + i];
+      const int q = s == 0.0f ? 0 : int(std::clamp(std::nearbyint((v + m) / s), 0.0f, 15.0f));
+      qs[(j / 2) * 32 + i] |= uint8_t(j % 2 == 0 ? q : q << 4);
+    }
+  }
+}
+
+void dequantize_q8_0(const uint8_t* block, float* y) {
+  const float d = read_half(block);
+  const auto* q = reinterpret_cast<const int8_t*>(block + 2);
+  for (int i = 0; i < kQ8_0Block; ++i) y[i] = d * float(q[i]);
+}
+
+void dequantize_q4_k(const uint8_t* block, float* y) {
+  const float d = read_half(block), dmin = read_half(block + 2);
+  const uint8_t* qs = block + 16;
+  for (int j = 0; j < kQ4_KBlock / kQ4_KSubBlock; ++j) {
+    int sc, m;
+    q4_k_scale_min(block + 4, j, &sc, &m);
+    const float s = d * float(sc), offset = dmin * float(m);
+    for (int i = 0; i < kQ4_KSubBlock; ++i) {
+      const uint8_t byte = qs[(j / 2) * 32 + i];
+      y[j * kQ4_KSubBlock + i] = s * float(j % 2 == 0 ? byte & 15 : byte >> 4) - offset;
+    }
+  }
+}
+
+}  // namespace
+
+void q4_k_pack_scales_mins(const int* scales, const int* mins, uint8_t* packed) {
+  for (int j = 0; j < 4; ++j) {
+    packed[j] = uint8_t((scales[j] & 63) | ((scales[j + 4] >> 4) << 6));
+    packed[j + 4] = uint8_t((mins[j] & 63) | ((mins[j + 4] >> 4) << 6));
+    packed[j + 8] = uint8_t((scales[j + 4] & 15) | ((mins[j + 4] & 15) << 4));
+  }
+}
+
+void quantize_row(DType type, const float* x, int64_t n, void* out) {
+  require(type == DType::Q8_0 || type == DType::Q4_K, "cannot quantize to " + dtype_name(type));
+  dtype_row_bytes(type, n);  // throws unless n is whole blocks
+  const int64_t block = dtype_block(type), blocks = n / block;
+  const size_t block_bytes = dtype_row_bytes(type, block);
+  check_finite(x, n, type == DType::Q8_0 ? "Q8_0" : "Q4_K");
+  auto* o = static_cast<uint8_t*>(out);
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (type == DType::Q8_0) quantize_q8_0(x + b * block, o + b * block_bytes);
+    else quantize_q4_k(x + b * block, o + b * block_bytes);
+  }
+}
+
+void dequantize_row(DType type, const void* in, int64_t n, float* out) {
+  require(type == DType::Q8_0 || type == DType::Q4_K, "cannot dequantize " + dtype_name(type));
+  dtype_row_bytes(type, n);  // throws unless n is whole blocks
+  const int64_t block = dtype_block(type), blocks = n / block;
+  const size_t block_bytes = dtype_row_bytes(type, block);
+  const auto* p = static_cast<const uint8_t*>(in);
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (type == DType::Q8_0) dequantize_q8_0(p + b * block_bytes, out + b * block);
+    else dequantize_q4_k(p + b * block_bytes, out + b * block);
+  }
+}
+
+}  // namespace crossmoe::quant

@@ -1,0 +1,57 @@
+#pragma once
+// Block-quantized weight formats, byte for byte ggml's (llama.cpp's ggml-common.h), so that a GGUF
+// tensor of these types is a plain copy of a crossmoe one. Multi-byte fields are little-endian;
+// blocks are packed back to back with no padding, a row holding cols / block of them.
+//
+//   Q8_0, 34 bytes per 32 values:  fp16 d | int8 q[32]
+//        value[i] = d * q[i]
+//   Q4_K, 144 bytes per 256 values (8 sub-blocks j of 32): fp16 d | fp16 dmin | 12 bytes holding
+//        the 6-bit scale sc[j] and min m[j] of each sub-block | 128 bytes of 4-bit q
+//        value[32 j + i] = d * sc[j] * q[j][i] - dmin * m[j]        (q in 0..15)
+//     The 12 bytes: for j < 4, byte j holds sc[j] and byte 4 + j holds m[j] in their low 6 bits;
+//     for j >= 4, byte 4 + j holds the low 4 bits of sc[j] (low nibble) and of m[j] (high
+//     nibble), whose top 2 bits are the top 2 bits of bytes j - 4 (sc) and j (m).
+//     The 128 bytes: 32 bytes per pair of sub-blocks (2p, 2p + 1); byte i of the pair holds
+//     q[2p][i] in its low nibble and q[2p + 1][i] in its high nibble.
+//
+// The quantizers here are this project's (not ggml's search for least squares); their error
+// bounds, which the tests check:
+//   Q8_0: d = max|x| / 127 rounded UP to fp16, q = round(x / d): |x - value| <= d / 2.
+//   Q4_K: each sub-block's grid [-dmin * m, d * sc * 15 - dmin * m] is made to cover its values
+//     (mins and scales rounded up), so |x - value| <= d * sc / 2, and
+//     d * sc < (max(x_j) - min(0, min(x_j)) + dmin) / 15 + d.
+#include <cstdint>
+
+#include "util/dtype.hpp"
+
+namespace crossmoe::quant {
+
+constexpr int64_t kQ8_0Block = 32, kQ4_KBlock = 256, kQ4_KSubBlock = 32;
+
+// Quantizes n values (a multiple of the type's block) into dtype_row_bytes(type, n) bytes.
+// Throws on a bad n, on values that are not finite, or on values too large for the fp16 scales.
+void quantize_row(DType type, const float* x, int64_t n, void* out);
+// The inverse: n values from dtype_row_bytes(type, n) bytes of Q8_0 or Q4_K blocks.
+void dequantize_row(DType type, const void* in, int64_t n, float* out);
+
+// Sub-block j's 6-bit scale and min from Q4_K's 12 packed bytes (inline: the kernels call it
+// per super-block), and the inverse.
+inline void q4_k_scale_min(const uint8_t* packed, int j, int* scale, int* min) {
+  if (j < 4) {
+    *scale = packed[j] & 63;
+    *min = packed[j + 4] & 63;
+  } else {
+    *scale = (packed[j + 4] & 15) | ((packed[j - 4] >> 6) << 4);
+    *min = (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4);
+  }
+}
+void q4_k_pack_scales_mins(const int* scales, const int* mins, uint8_t* packed);
+
+// A little-endian fp16 field of a block (any alignment).
+inline float read_half(const void* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return f16_to_f32(h);
+}
+
+}  // namespace crossmoe::quant

@@ -1,0 +1,180 @@
+// Q8_0 and Q4_K: hand-built blocks decode to the values ggml's layout gives, and quantizing
+// then dequantizing stays within each format's bound (util/quant.hpp derives them).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "util/dtype.hpp"
+#include "util/error.hpp"
+#include "util/quant.hpp"
+
+using namespace crossmoe;
+
+namespace {
+
+void put_half(uint8_t* p, float v) {
+  const uint16_t h = f32_to_f16(v);
+  ASSERT_EQ(f16_to_f32(h), v) << "test values must be exact halves";
+  std::memcpy(p, &h, 2);
+}
+
+// Rows with the shapes weights have: mostly small values, some blocks with an outlier, an
+// all-zero block, an all-positive block, one of tiny values (subnormal fp16 scales) and one of
+// large values.
+std::vector<float> test_row(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  std::vector<float> x(n);
+  for (auto& v : x) v = normal(rng);
+  for (int64_t i = 0; i < n; i += 97) x[i] *= 40.0f;
+  for (int64_t i = 0; i < 32; ++i) x[i] = 0.0f;
+  for (int64_t i = 32; i < 64; ++i) x[i] = std::fabs(x[i]) + 0.5f;
+  for (int64_t i = 256; i < 288; ++i) x[i] *= 1e-5f;
+  for (int64_t i = 512; i < 544; ++i) x[i] *= 3000.0f;
+  return x;
+}
+
+}  // namespace
+
+TEST(Quant, BlockSizesAndNames) {
+  EXPECT_EQ(dtype_row_bytes(DType::Q8_0, 64), 68u);
+  EXPECT_EQ(dtype_row_bytes(DType::Q4_K, 512), 288u);
+  EXPECT_EQ(dtype_row_bytes(DType::BF16, 3), 6u);
+  EXPECT_EQ(dtype_block(DType::Q4_K), 256);
+  EXPECT_EQ(dtype_size(DType::Q8_0), 0u);
+  DType t;
+  EXPECT_FALSE(parse_dtype("Q8_0", &t)) << "a safetensors dtype field never names a block type";
+  ASSERT_TRUE(parse_block_dtype("q4_k", &t));
+  EXPECT_EQ(t, DType::Q4_K);
+  EXPECT_FALSE(parse_block_dtype("BF16", &t));
+}
+
+TEST(Quant, Q8_0HandBuiltBlockDecodes) {
+  uint8_t block[34];
+  put_half(block, 0.375f);
+  for (int i = 0; i < 32; ++i) block[2 + i] = uint8_t(int8_t(i * 8 - 128));  // -128 .. 120
+  std::vector<float> y(32);
+  quant::dequantize_row(DType::Q8_0, block, 32, y.data());
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(y[i], 0.375f * float(i * 8 - 128)) << i;
+}
+
+TEST(Quant, Q4_KHandBuiltBlockDecodes) {
+  // Scales and mins with high bits set in sub-blocks 4..7, packed by hand from the layout:
+  // bytes 0-3 sc[0..3] | (sc[4..7] >> 4) << 6, bytes 4-7 m[0..3] | (m[4..7] >> 4) << 6,
+  // bytes 8-11 (sc[4..7] & 15) | (m[4..7] & 15) << 4.
+  const int sc[8] = {1, 2, 63, 17, 40, 33, 63, 5}, m[8] = {0, 7, 62, 31, 48, 1, 63, 20};
+  uint8_t block[144] = {};
+  put_half(block, 0.25f);
+  put_half(block + 2, 0.125f);
+  uint8_t* s = block + 4;
+  s[0] = 1 | (2 << 6), s[1] = 2 | (2 << 6), s[2] = 63 | (3 << 6), s[3] = 17 | (0 << 6);
+  s[4] = 0 | (3 << 6), s[5] = 7 | (0 << 6), s[6] = 62 | (3 << 6), s[7] = 31 | (1 << 6);
+  s[8] = 8 | (0 << 4), s[9] = 1 | (1 << 4), s[10] = 15 | (15 << 4), s[11] = 5 | (4 << 4);
+  for (int j = 0; j < 8; ++j) {
+    int scale, min;
+    quant::q4_k_scale_min(s, j, &scale, &min);
+    EXPECT_EQ(scale, sc[j]) << j;
+    EXPECT_EQ(min, m[j]) << j;
+  }
+  for (int i = 0; i < 128; ++i) block[16 + i] = uint8_t((i * 7) % 256);
+  std::vector<float> y(256);
+  quant::dequantize_row(DType::Q4_K, block, 256, y.data());
+  for (int j = 0; j < 8; ++j)
+    for (int i = 0; i < 32; ++i) {
+      const uint8_t byte = block[16 + (j / 2) * 32 + i];
+      const int q = j % 2 == 0 ? byte & 15 : byte >> 4;
+      EXPECT_FLOAT_EQ(y[j * 32 + i], 0.25f * float(sc[j]) * float(q) - 0.125f * float(m[j])) << j << " " << i;
+    }
+}
+
+TEST(Quant, Q4_KScalesAndMinsPackEveryValue) {
+  std::mt19937 rng(1);
+  for (int round = 0; round < 200; ++round) {
+    int sc[8], m[8];
+    for (int j = 0; j < 8; ++j) sc[j] = int(rng() % 64), m[j] = int(rng() % 64);
+    if (round < 64) sc[round % 8] = round, m[7 - round % 8] = 63 - round;
+    uint8_t packed[12];
+    quant::q4_k_pack_scales_mins(sc, m, packed);
+    for (int j = 0; j < 8; ++j) {
+      int scale, min;
+      quant::q4_k_scale_min(packed, j, &scale, &min);
+      ASSERT_EQ(scale, sc[j]);
+      ASSERT_EQ(min, m[j]);
+    }
+  }
+}
+
+TEST(Quant, Q8_0RoundTripWithinHalfAStep) {
+  const int64_t n = 2048;
+  const std::vector<float> x = test_row(n, 7);
+  std::vector<uint8_t> q(dtype_row_bytes(DType::Q8_0, n));
+  std::vector<float> y(n);
+  quant::quantize_row(DType::Q8_0, x.data(), n, q.data());
+  quant::dequantize_row(DType::Q8_0, q.data(), n, y.data());
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const float d = quant::read_half(q.data() + b * 34);
+    float amax = 0.0f;
+    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[b * 32 + i]));
+    // d is max|x| / 127 rounded up to a half: never below it, at most one half-ulp above.
+    EXPECT_GE(d, amax / 127.0f);
+    EXPECT_LE(d, amax / 127.0f * (1.0f + 1.0f / 1024.0f) + 6e-8f);
+    for (int i = 0; i < 32; ++i) {
+      const int64_t k = b * 32 + i;
+      EXPECT_LE(std::fabs(x[k] - y[k]), d / 2 + 1e-6f * std::fabs(x[k])) << "element " << k;
+    }
+  }
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(y[i], 0.0f);
+}
+
+TEST(Quant, Q4_KRoundTripWithinHalfASubBlockStep) {
+  const int64_t n = 2048;
+  const std::vector<float> x = test_row(n, 11);
+  std::vector<uint8_t> q(dtype_row_bytes(DType::Q4_K, n));
+  std::vector<float> y(n);
+  quant::quantize_row(DType::Q4_K, x.data(), n, q.data());
+  quant::dequantize_row(DType::Q4_K, q.data(), n, y.data());
+  double total = 0.0;  // errors in units of their sub-block's step
+  int counted = 0;
+  for (int64_t b = 0; b < n / 256; ++b) {
+    const uint8_t* block = q.data() + b * 144;
+    const float d = quant::read_half(block), dmin = quant::read_half(block + 2);
+    for (int j = 0; j < 8; ++j) {
+      int sc, m;
+      quant::q4_k_scale_min(block + 4, j, &sc, &m);
+      const float* xs = x.data() + b * 256 + j * 32;
+      float lo = 0.0f, hi = xs[0];
+      for (int i = 0; i < 32; ++i) lo = std::min(lo, xs[i]), hi = std::max(hi, xs[i]);
+      const float step = d * float(sc);
+      EXPECT_LT(step, (hi - lo + dmin) / 15.0f + d + 1e-6f * (hi - lo)) << "block " << b << " sub " << j;
+      for (int i = 0; i < 32; ++i) {
+        const int64_t k = b * 256 + j * 32 + i;
+        const float err = std::fabs(x[k] - y[k]);
+        EXPECT_LE(err, step / 2 + 1e-6f * (15.0f * step + dmin * float(m))) << "element " << k;
+        if (step > 0) total += err / step, ++counted;
+      }
+    }
+  }
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(y[i], 0.0f) << "an all-zero sub-block decodes to zeros";
+  EXPECT_LT(total / counted, 0.3) << "rounding to nearest errs by a quarter step on average";
+}
+
+TEST(Quant, RejectsRowsOfPartialBlocksAndValuesItCannotStore) {
+  std::vector<float> x(288, 1.0f);
+  std::vector<uint8_t> out(1024);
+  try {
+    quant::quantize_row(DType::Q4_K, x.data(), 288, out.data());
+    FAIL() << "288 columns are not whole Q4_K blocks";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("blocks of 256"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(quant::quantize_row(DType::Q8_0, x.data(), 48, out.data()), Error);
+  EXPECT_THROW(quant::dequantize_row(DType::Q8_0, out.data(), 40, x.data()), Error);
+  x[3] = std::nanf("");
+  EXPECT_THROW(quant::quantize_row(DType::Q8_0, x.data(), 32, out.data()), Error);
+  x[3] = 1e9f;
+  EXPECT_THROW(quant::quantize_row(DType::Q8_0, x.data(), 32, out.data()), Error);
+  EXPECT_THROW(quant::quantize_row(DType::BF16, x.data(), 32, out.data()), Error);
+}
