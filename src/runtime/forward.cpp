@@ -66,7 +66,7 @@ void InferenceSession::run_chunk(const int* tokens, int T, bool all_logits, floa
   const int d = c_.hidden_size;
   const float eps = float(c_.rms_norm_eps);
   for (int t = 0; t < T; ++t) {
-    const size_t row_bytes = size_t(d) * dtype_size(w.embed.dtype);
+    const size_t row_bytes = dtype_row_bytes(w.embed.dtype, d);
     k::to_f32(static_cast<const std::byte*>(w.embed.data) + size_t(tokens[t]) * row_bytes, w.embed.dtype, d,
               x_.data() + size_t(t) * d);
   }
