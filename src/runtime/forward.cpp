@@ -144,7 +144,7 @@ void BatchSession::step(const std::vector<StepPiece>& pieces) {
 
   for (size_t p = 0; p < pieces.size(); ++p)
     for (int i = 0; i < pieces[p].count; ++i) {
-      const size_t row_bytes = size_t(d) * dtype_size(w.embed.dtype);
+      const size_t row_bytes = dtype_row_bytes(w.embed.dtype, d);
       k::to_f32(static_cast<const std::byte*>(w.embed.data) + size_t(pieces[p].tokens[i]) * row_bytes, w.embed.dtype,
                 d, x_.data() + size_t(starts[p] + i) * d);
     }
