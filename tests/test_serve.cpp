@@ -13,6 +13,8 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <map>
+#include <random>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -290,6 +292,59 @@ TEST_F(Serve, ClientThatLeavesMidStreamFreesItsBlocks) {
   EXPECT_LT(metric(watcher, "crossmoe_generation_tokens_total"), 200);
   // And it goes on serving.
   EXPECT_EQ(watcher.Post("/v1/completions", R"({"prompt": "The", "max_tokens": 2})", "application/json")->status, 200);
+}
+
+// Resident memory of a process, in KiB.
+long rss_kib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
+}
+
+TEST_F(Serve, GarbageRequestsGetClientErrorsAndTheServerKeepsServing) {
+  const ServerProcess server(dir_, "--ctx 128");
+  ASSERT_GT(server.port, 0);
+  auto c = server.client(false);
+  const std::string ok_body = R"({"prompt": "The cat", "max_tokens": 4, "temperature": 0})";
+  ASSERT_EQ(c.Post("/v1/completions", ok_body, "application/json")->status, 200);
+  const long baseline = rss_kib(server.pid);
+  // Random bytes, JSON with fields of every wrong type, invalid UTF-8, mutations of a good body.
+  std::mt19937 rng(5);
+  const std::vector<std::string> values = {"null", "true", "-1", "1e999", "\"x\"", "[]", "{}", "[1,\"a\"]", "99999999999",
+                                           "0.5", "\"\xff\xfe\"", "{\"a\": 1}"};
+  const std::vector<std::string> keys = {"prompt", "messages", "max_tokens", "temperature", "top_p", "stop", "seed",
+                                         "stream", "n", "presence_penalty", "logprobs", "max_completion_tokens"};
+  std::map<int, int> statuses;
+  for (int i = 0; i < 1000; ++i) {
+    std::string body;
+    switch (i % 3) {
+      case 0:
+        for (int n = int(rng() % 200); n > 0; --n) body += char(rng() % 256);
+        break;
+      case 1: {
+        body = "{";
+        for (int n = 1 + int(rng() % 4); n > 0; --n)
+          body += "\"" + keys[rng() % keys.size()] + "\": " + values[rng() % values.size()] + (n > 1 ? ", " : "");
+        body += "}";
+        break;
+      }
+      default:
+        body = ok_body;
+        for (int n = 1 + int(rng() % 3); n > 0; --n) body[rng() % body.size()] = char(rng() % 256);
+    }
+    const auto r = c.Post(i % 2 ? "/v1/completions" : "/v1/chat/completions", body, "application/json");
+    ASSERT_TRUE(r) << "no answer to request " << i;
+    ++statuses[r->status];
+    EXPECT_TRUE(r->status == 200 || r->status == 400) << r->status << " for " << body;
+    if (r->status == 400) EXPECT_TRUE(Json::parse(r->body)["error"].contains("message"));
+  }
+  EXPECT_GT(statuses[400], 900);
+  EXPECT_EQ(c.Post("/v1/completions", ok_body, "application/json")->status, 200);
+  EXPECT_EQ(metric(c, "crossmoe_running_sequences"), 0);
+  EXPECT_EQ(metric(c, "crossmoe_kv_blocks_in_use"), 0);
+  // Memory back near where it was: nothing per request is kept (a few MB of allocator slack).
+  EXPECT_LT(rss_kib(server.pid) - baseline, 16 * 1024) << "baseline " << baseline << " KiB";
 }
 
 TEST(ServeSecret, ComparesWholeStrings) {
