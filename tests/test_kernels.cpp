@@ -10,6 +10,7 @@
 
 #include "kernels/kernels.hpp"
 #include "kernels/thread_pool.hpp"
+#include "util/quant.hpp"
 
 using namespace crossmoe;
 using namespace crossmoe::kernels;
@@ -146,3 +147,169 @@ TEST(ThreadPool, RunsEveryIndexExactlyOnce) {
 }
 
 }  // namespace
+
+// Quantized weights (Q8_0, Q4_K): the product reads x quantized to 8 bits per block of 32, so
+// against the dequantized weights times the exact x it may differ by
+//   sum over blocks b of (d_b / 2) * sum_{i in b} |w_i|        (|x_i - d_b q_i| <= d_b / 2)
+// plus float rounding. The integer block sums are exact in every ISA, which differ only in the
+// order of float operations: about cols / 32 + 3 roundings of 2^-24 each, on at most
+//   M = sum_i (|w_i| + |offset_i|) * (|x_i| + d_b)
+// (offset: Q4_K's dmin * m term, which the kernel subtracts separately), so 1e-5 * M covers
+// rows up to 2048 columns with room to spare.
+namespace {
+
+struct QuantCase {
+  int rows, cols, tokens;
+};
+constexpr QuantCase kQuantCases[] = {{37, 256, 1}, {64, 512, 5}, {130, 1024, 9}, {16, 2048, 4}, {3, 256, 17}};
+
+std::vector<float> weight_like(size_t n, std::mt19937& rng) {
+  std::normal_distribution<float> normal(0.0f, 0.05f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = normal(rng);
+  for (size_t i = 0; i < n; i += 61) v[i] *= 20.0f;  // outliers, as real weights and activations have
+  return v;
+}
+
+struct QuantizedMatrix {
+  std::vector<uint8_t> bytes;
+  std::vector<float> values, offsets;  // dequantized; Q4_K's per-element min term (0 for Q8_0)
+  Matrix matrix(DType t, int rows, int cols) const { return Matrix{bytes.data(), t, rows, cols}; }
+};
+
+QuantizedMatrix quantize_matrix(DType t, const std::vector<float>& w, int rows, int cols) {
+  QuantizedMatrix q;
+  const size_t row_bytes = dtype_row_bytes(t, cols);
+  q.bytes.resize(row_bytes * rows);
+  q.values.resize(w.size());
+  q.offsets.assign(w.size(), 0.0f);
+  for (int r = 0; r < rows; ++r) {
+    quant::quantize_row(t, w.data() + size_t(r) * cols, cols, q.bytes.data() + r * row_bytes);
+    quant::dequantize_row(t, q.bytes.data() + r * row_bytes, cols, q.values.data() + size_t(r) * cols);
+  }
+  if (t == DType::Q4_K) {  // the same blocks with every q zero decode to -dmin * m
+    std::vector<uint8_t> no_q = q.bytes;
+    for (size_t b = 0; b < no_q.size(); b += 144) std::fill(no_q.begin() + b + 16, no_q.begin() + b + 144, 0);
+    for (int r = 0; r < rows; ++r)
+      quant::dequantize_row(t, no_q.data() + r * row_bytes, cols, q.offsets.data() + size_t(r) * cols);
+  }
+  return q;
+}
+
+// The product of every case on `isa`, checked against dequantize-then-double with the bound
+// above; returns the outputs for comparison between ISAs (and M per output).
+void quant_products(Isa isa, DType t, std::vector<std::vector<float>>* outputs, std::vector<std::vector<double>>* scale) {
+  std::mt19937 rng(5);
+  IsaGuard guard(isa);
+  for (const auto& [rows, cols, tokens] : kQuantCases) {
+    const std::vector<float> w = weight_like(size_t(rows) * cols, rng), x = weight_like(size_t(tokens) * cols, rng);
+    const QuantizedMatrix q = quantize_matrix(t, w, rows, cols);
+    std::vector<ActivationBlock> xq(size_t(tokens) * cols / 32);
+    quantize_activations(x.data(), int64_t(tokens) * cols, xq.data());
+    std::vector<float> y(size_t(tokens) * rows);
+    matmul(q.matrix(t, rows, cols), x.data(), tokens, y.data());
+    std::vector<double> m(y.size());
+    for (int tk = 0; tk < tokens; ++tk)
+      for (int r = 0; r < rows; ++r) {
+        double ref = 0, bound = 0, magnitude = 0;
+        for (int c = 0; c < cols; ++c) {
+          const size_t wi = size_t(r) * cols + c, xi = size_t(tk) * cols + c;
+          const double d = xq[xi / 32].d;
+          ref += double(q.values[wi]) * x[xi];
+          bound += d / 2 * std::fabs(q.values[wi]);
+          magnitude += (std::fabs(q.values[wi]) + std::fabs(q.offsets[wi])) * (std::fabs(x[xi]) + d);
+        }
+        const size_t yi = size_t(tk) * rows + r;
+        m[yi] = magnitude;
+        ASSERT_LE(std::fabs(y[yi] - ref), bound + 1e-5 * magnitude)
+            << isa_name(isa) << " " << dtype_name(t) << " " << rows << "x" << cols << "x" << tokens << " row " << r;
+      }
+    outputs->push_back(y);
+    scale->push_back(m);
+  }
+}
+
+void expect_isa_matches_portable(Isa isa) {
+  if (!isa_supported(isa)) GTEST_SKIP() << "this CPU does not run " << isa_name(isa) << "; its kernels are untested here";
+  for (DType t : {DType::Q8_0, DType::Q4_K}) {
+    std::vector<std::vector<float>> portable, vector_isa;
+    std::vector<std::vector<double>> magnitude, unused;
+    quant_products(Isa::Generic, t, &portable, &magnitude);
+    quant_products(isa, t, &vector_isa, &unused);
+    for (size_t c = 0; c < portable.size(); ++c)
+      for (size_t i = 0; i < portable[c].size(); ++i)
+        ASSERT_LE(std::fabs(portable[c][i] - vector_isa[c][i]), 1e-5 * magnitude[c][i])
+            << isa_name(isa) << " " << dtype_name(t) << " case " << c << " output " << i;
+  }
+}
+
+}  // namespace
+
+TEST(QuantKernels, ActivationsQuantizeWithinHalfAStep) {
+  std::mt19937 rng(2);
+  std::vector<float> x = weight_like(256, rng);
+  std::fill(x.begin() + 64, x.begin() + 96, 0.0f);
+  std::vector<ActivationBlock> a(8);
+  quantize_activations(x.data(), 256, a.data());
+  for (int b = 0; b < 8; ++b) {
+    int32_t sum = 0, qmax = 0;
+    for (int i = 0; i < 32; ++i) {
+      EXPECT_LE(std::fabs(x[b * 32 + i] - a[b].d * a[b].q[i]), a[b].d / 2 * (1 + 1e-6f)) << b << " " << i;
+      sum += a[b].q[i];
+      qmax = std::max(qmax, std::abs(int32_t(a[b].q[i])));
+    }
+    EXPECT_EQ(a[b].sum, sum);
+    EXPECT_EQ(qmax, b == 2 ? 0 : 127) << "the largest value of a block maps to 127";
+  }
+}
+
+TEST(QuantKernels, PortableMatchesDequantizedWeightsWithinTheBound) {
+  for (DType t : {DType::Q8_0, DType::Q4_K}) {
+    std::vector<std::vector<float>> y;
+    std::vector<std::vector<double>> m;
+    quant_products(Isa::Generic, t, &y, &m);
+  }
+}
+
+TEST(QuantKernels, Avx2MatchesPortable) { expect_isa_matches_portable(Isa::Avx2); }
+TEST(QuantKernels, Avx512MatchesPortable) { expect_isa_matches_portable(Isa::Avx512); }
+
+TEST(QuantKernels, BatchSharesQuantizedInputsAndMixesDtypes) {
+  // Jobs reading the same x (as q, k, v do), another x, and a bf16 job in between: each output
+  // equals its own matmul call.
+  std::mt19937 rng(9);
+  const int cols = 512;
+  const std::vector<float> x1 = weight_like(2 * cols, rng), x2 = weight_like(2 * cols, rng);
+  const QuantizedMatrix a = quantize_matrix(DType::Q8_0, weight_like(40 * cols, rng), 40, cols);
+  const QuantizedMatrix b = quantize_matrix(DType::Q4_K, weight_like(24 * cols, rng), 24, cols);
+  const std::vector<float> c_f32 = weight_like(8 * cols, rng);
+  std::vector<uint16_t> c(c_f32.size());
+  for (size_t i = 0; i < c.size(); ++i) c[i] = f32_to_bf16(c_f32[i]);
+  const Matrix ma = a.matrix(DType::Q8_0, 40, cols), mb = b.matrix(DType::Q4_K, 24, cols);
+  const Matrix mc{c.data(), DType::BF16, 8, cols};
+  for (Isa isa : supported()) {
+    IsaGuard guard(isa);
+    std::vector<float> ya(80), yb(48), yc(16), ya2(80), ya_ref(80), yb_ref(48), yc_ref(16), ya2_ref(80);
+    const MatmulJob jobs[] = {{ma, x1.data(), 2, ya.data()}, {mc, x1.data(), 2, yc.data()},
+                              {mb, x1.data(), 2, yb.data()}, {ma, x2.data(), 2, ya2.data()}};
+    matmul_batch(jobs, 4);
+    matmul(ma, x1.data(), 2, ya_ref.data());
+    matmul(mb, x1.data(), 2, yb_ref.data());
+    matmul(mc, x1.data(), 2, yc_ref.data());
+    matmul(ma, x2.data(), 2, ya2_ref.data());
+    EXPECT_EQ(ya, ya_ref) << isa_name(isa);
+    EXPECT_EQ(yb, yb_ref) << isa_name(isa);
+    EXPECT_EQ(yc, yc_ref) << isa_name(isa);
+    EXPECT_EQ(ya2, ya2_ref) << isa_name(isa);
+  }
+}
+
+TEST(QuantKernels, RowsOfABlockTypeWidenToTheirDequantizedValues) {
+  std::mt19937 rng(4);
+  for (DType t : {DType::Q8_0, DType::Q4_K}) {
+    const QuantizedMatrix q = quantize_matrix(t, weight_like(2 * 512, rng), 2, 512);
+    std::vector<float> row(512);
+    to_f32(q.bytes.data() + dtype_row_bytes(t, 512), t, 512, row.data());
+    EXPECT_EQ(row, std::vector<float>(q.values.begin() + 512, q.values.end())) << dtype_name(t);
+  }
+}

@@ -18,6 +18,7 @@ namespace {
 struct BenchArgs {
   std::string model;
   int prompt_tokens = 128, gen_tokens = 32, runs = 5;
+  int batch = 1;  // > 1: also decode this many sequences together
   bool json = false;
 };
 
@@ -27,6 +28,37 @@ struct Summary {
 Summary summarise(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return {v.front(), v[v.size() / 2], v.back()};
+}
+
+// Aggregate decode tokens/s of `sequences` sequences stepped together through one BatchSession,
+// each after its own random prompt (prefill not timed).
+double batch_decode_rate(const Model& model, int sequences, const BenchArgs& a, std::mt19937& rng) {
+  const ModelConfig& c = model.config();
+  constexpr int kBlock = 16;
+  const int blocks_each = (a.prompt_tokens + a.gen_tokens + kBlock) / kBlock;
+  BatchSession batch(model, kBlock, sequences * blocks_each, std::max(128, sequences));
+  std::uniform_int_distribution<int> token(0, c.vocab_size - 1);
+  std::vector<int> ids(sequences), next(sequences);
+  std::vector<std::vector<float>> logits(sequences, std::vector<float>(c.vocab_size));
+  const auto pick = [&](int s) { return int(std::max_element(logits[s].begin(), logits[s].end()) - logits[s].begin()); };
+  for (int s = 0; s < sequences; ++s) {
+    ids[s] = batch.open();
+    std::vector<int> prompt(a.prompt_tokens);
+    for (int& t : prompt) t = token(rng);
+    for (int start = 0; start < a.prompt_tokens; start += batch.chunk()) {
+      const int n = std::min(batch.chunk(), a.prompt_tokens - start);
+      batch.step({{ids[s], prompt.data() + start, n, start + n == a.prompt_tokens ? logits[s].data() : nullptr}});
+    }
+    next[s] = pick(s);
+  }
+  Stopwatch clock;
+  std::vector<StepPiece> pieces(sequences);
+  for (int i = 0; i < a.gen_tokens; ++i) {
+    for (int s = 0; s < sequences; ++s) pieces[s] = {ids[s], &next[s], 1, logits[s].data()};
+    batch.step(pieces);
+    for (int s = 0; s < sequences; ++s) next[s] = pick(s);
+  }
+  return double(sequences) * a.gen_tokens / clock.seconds();
 }
 
 void run_bench(const BenchArgs& a) {
@@ -66,6 +98,16 @@ void run_bench(const BenchArgs& a) {
              std::to_string(bandwidth.back() / 1e9).substr(0, 5) + " GB/s");
   }
   const Summary ps = summarise(prefill), ds = summarise(decode), bw = summarise(bandwidth), fr = summarise(fraction);
+  // Batch N against batch 1, alternating run by run so that both see the same machine.
+  std::vector<double> single, batched, ratio;
+  for (int r = 0; a.batch > 1 && r < a.runs; ++r) {
+    single.push_back(batch_decode_rate(model, 1, a, rng));
+    batched.push_back(batch_decode_rate(model, a.batch, a, rng));
+    ratio.push_back(batched.back() / single.back());
+    log_info("run " + std::to_string(r + 1) + "/" + std::to_string(a.runs) + ": batch 1 " +
+             std::to_string(single.back()).substr(0, 7) + " tok/s, batch " + std::to_string(a.batch) + " " +
+             std::to_string(batched.back()).substr(0, 7) + " tok/s");
+  }
   if (a.json) {
     std::printf(
         "{\"model\": \"%s\", \"isa\": \"%s\", \"prompt_tokens\": %d, \"gen_tokens\": %d, \"runs\": %d, "
@@ -76,6 +118,13 @@ void run_bench(const BenchArgs& a) {
         a.model.c_str(), kernels::isa_name(kernels::active_isa()).c_str(), a.prompt_tokens, a.gen_tokens, a.runs,
         ps.min, ps.median, ps.max, ds.min, ds.median, ds.max, bytes, bw.min / 1e9, bw.median / 1e9, bw.max / 1e9,
         fr.min, fr.median, fr.max);
+    if (a.batch > 1) {
+      const Summary s1 = summarise(single), sn = summarise(batched), q = summarise(ratio);
+      std::printf("{\"batch\": %d, \"batch1_decode_tok_s\": {\"min\": %.3f, \"median\": %.3f, \"max\": %.3f}, "
+                  "\"batch_decode_tok_s\": {\"min\": %.3f, \"median\": %.3f, \"max\": %.3f}, "
+                  "\"batch_ratio\": {\"min\": %.3f, \"median\": %.3f, \"max\": %.3f}}\n",
+                  a.batch, s1.min, s1.median, s1.max, sn.min, sn.median, sn.max, q.min, q.median, q.max);
+    }
     return;
   }
   std::printf("model            %s  (kernels: %s, %d runs)\n", a.model.c_str(),
@@ -89,6 +138,15 @@ void run_bench(const BenchArgs& a) {
               bw.median / 1e9, bw.max / 1e9);
   std::printf("decode / limit   min %.1f%%  median %.1f%%  max %.1f%%  (tokens/s x bytes/token / bandwidth, per run)\n",
               100 * fr.min, 100 * fr.median, 100 * fr.max);
+  if (a.batch > 1) {
+    const Summary s1 = summarise(single), sn = summarise(batched), q = summarise(ratio);
+    std::printf("batch 1 decode   min %.2f  median %.2f  max %.2f tokens/s (batched session, one sequence)\n", s1.min,
+                s1.median, s1.max);
+    std::printf("batch %-3d decode min %.2f  median %.2f  max %.2f tokens/s in all\n", a.batch, sn.min, sn.median,
+                sn.max);
+    std::printf("batch %d / 1     min %.2fx  median %.2fx  max %.2fx  (per run, same run)\n", a.batch, q.min, q.median,
+                q.max);
+  }
 }
 
 }  // namespace
@@ -100,7 +158,12 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--prompt-tokens", a->prompt_tokens, "Prefill length")->capture_default_str()->check(positive());
   cmd->add_option("--gen-tokens", a->gen_tokens, "Decoded tokens per run")->capture_default_str()->check(positive());
   cmd->add_option("--runs", a->runs, "Timed runs")->capture_default_str()->check(positive());
-  cmd->add_flag("--json", a->json, "Print one JSON object");
+  cmd->add_option("--batch", a->batch,
+                  "Also decode this many sequences together in one batched session and report their "
+                  "aggregate tokens/s beside one sequence's, measured alternately in the same run")
+      ->capture_default_str()
+      ->check(positive());
+  cmd->add_flag("--json", a->json, "Print one JSON object (a second one with the batch figures when --batch > 1)");
   add_threads_option(*cmd);
   cmd->callback([a] { run_bench(*a); });
 }

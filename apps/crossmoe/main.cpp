@@ -124,6 +124,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", version_text, "Print the version, commit, kernels and trainer support, then exit");
   add_init(app);
   add_info(app);
+  add_quantize(app);
   add_generate(app);
   add_bench(app);
   add_tokenizer(app);

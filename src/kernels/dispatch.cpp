@@ -73,6 +73,32 @@ void matmul(const Matrix& w, const float* x, int tokens, float* y) {
 
 void matmul_batch(const MatmulJob* jobs, int count) {
   const KernelTable& k = *active();
+  // Quantized weights read x quantized per block of 32, done here once per distinct input
+  // (q, k and v share one; so do an expert's gate and up), not once per block of rows.
+  const auto quantized_weights = [&](int j) { return dtype_block(jobs[j].w.dtype) > 1; };
+  thread_local std::vector<ActivationBlock> quantized;
+  std::vector<int> source(count, -1);  // the job whose quantized input job j reads
+  std::vector<size_t> quantized_at(count, 0);
+  size_t total = 0;
+  for (int j = 0; j < count; ++j) {
+    if (!quantized_weights(j)) continue;
+    source[j] = j;
+    for (int i = 0; i < j && source[j] == j; ++i)
+      if (source[i] == i && jobs[i].x == jobs[j].x && jobs[i].w.cols == jobs[j].w.cols &&
+          jobs[i].tokens == jobs[j].tokens)
+        source[j] = i;
+    if (source[j] == j) {
+      quantized_at[j] = total;
+      total += size_t(jobs[j].tokens) * size_t(jobs[j].w.cols / 32);
+    } else {
+      quantized_at[j] = quantized_at[source[j]];
+    }
+  }
+  if (quantized.size() < total) quantized.resize(total);
+  for (int j = 0; j < count; ++j)
+    if (source[j] == j)
+      quantize_activations(jobs[j].x, int64_t(jobs[j].tokens) * jobs[j].w.cols, quantized.data() + quantized_at[j]);
+  const ActivationBlock* const activations = quantized.data();  // the caller's buffer, read by every worker
   // Blocks of 16 rows keep each thread on whole tiles; small work stays on one thread.
   constexpr int64_t kBlock = 16;
   std::vector<int64_t> first_block(count + 1, 0);
@@ -87,7 +113,11 @@ void matmul_batch(const MatmulJob* jobs, int count) {
     const int j = int(std::upper_bound(first_block.begin(), first_block.end(), b) - first_block.begin()) - 1;
     const MatmulJob& job = jobs[j];
     const int64_t row = (b - first_block[j]) * kBlock;
-    k.matmul_rows(job.w, job.x, job.tokens, job.y, row, std::min(job.w.rows, row + kBlock));
+    const int64_t end = std::min(job.w.rows, row + kBlock);
+    if (source[j] >= 0)
+      k.quant_matmul_rows(job.w, activations + quantized_at[j], job.tokens, job.y, row, end);
+    else
+      k.matmul_rows(job.w, job.x, job.tokens, job.y, row, end);
   };
   if (parallel) {
     parallel_for(blocks, run_block);

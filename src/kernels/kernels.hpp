@@ -1,6 +1,8 @@
 #pragma once
 // CPU math. Activations are f32; weights stay in their stored dtype (f32, f16, bf16) and are
-// widened to f32 in registers, so a bf16 model is never converted as a whole.
+// widened to f32 in registers, so a bf16 model is never converted as a whole. Block-quantized
+// weights (Q8_0, Q4_K: util/quant.hpp) multiply activations quantized to 8 bits per block of 32
+// with integer dot products, as llama.cpp does.
 // One dispatch point picks AVX-512, AVX2 or portable code at run time.
 #include <cstdint>
 #include <string>
@@ -10,7 +12,7 @@
 namespace crossmoe::kernels {
 
 // A row-major [rows, cols] weight matrix in its stored dtype; row r starts at element r * stride
-// (stride 0 means cols: rows packed back to back).
+// (stride 0 means cols: rows packed back to back). Rows of a block type are whole blocks.
 struct Matrix {
   const void* data = nullptr;
   DType dtype = DType::F32;
@@ -47,8 +49,18 @@ void silu_mul(float* gate, const float* up, int n);
 // of Hugging Face models): cos and sin hold dim/2 values for one position.
 void rope(float* x, int heads, int dim, const float* cos, const float* sin);
 
-// Copies a stored row of n elements into f32.
+// Copies a stored row of n elements into f32 (dequantizes a row of a block type).
 void to_f32(const void* src, DType dtype, int64_t n, float* dst);
+
+// 32 activations as a quantized-weight product reads them: x[i] ~ d * q[i] with
+// d = max|x| / 127 (so |x[i] - d * q[i]| <= d / 2), and sum = sum of q (Q4_K's min term).
+struct ActivationBlock {
+  float d;
+  int32_t sum;
+  int8_t q[32];
+};
+// n a multiple of 32. One portable implementation, so every ISA multiplies the same integers.
+void quantize_activations(const float* x, int64_t n, ActivationBlock* out);
 
 enum class Isa { Generic, Avx2, Avx512 };
 Isa active_isa();
@@ -63,6 +75,9 @@ struct KernelTable {
   // Computes rows [row_begin, row_end) of matmul on the calling thread.
   void (*matmul_rows)(const Matrix& w, const float* x, int tokens, float* y, int64_t row_begin,
                       int64_t row_end);
+  // The same for Q8_0 / Q4_K weights, x quantized: cols / 32 blocks per token.
+  void (*quant_matmul_rows)(const Matrix& w, const ActivationBlock* x, int tokens, float* y, int64_t row_begin,
+                            int64_t row_end);
   float (*dot)(const float* a, const float* b, int n);
   void (*axpy)(float a, const float* x, float* y, int n);
 };

@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include "kernels/matmul_impl.hpp"
+#include "kernels/quant_lane_avx2.hpp"
 
 namespace crossmoe::kernels {
 
@@ -35,7 +36,7 @@ struct Avx2 {
 }  // namespace
 
 const KernelTable& avx2_kernels() {
-  static const KernelTable table = impl::make_table<Avx2>(Isa::Avx2);
+  static const KernelTable table = impl::make_table<Avx2, QuantLaneAvx2>(Isa::Avx2);
   return table;
 }
 

@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include "kernels/matmul_impl.hpp"
+#include "kernels/quant_lane_avx2.hpp"
 
 namespace crossmoe::kernels {
 
@@ -30,7 +31,7 @@ struct Avx512 {
 }  // namespace
 
 const KernelTable& avx512_kernels() {
-  static const KernelTable table = impl::make_table<Avx512>(Isa::Avx512);
+  static const KernelTable table = impl::make_table<Avx512, QuantLaneAvx2>(Isa::Avx512);
   return table;
 }
 

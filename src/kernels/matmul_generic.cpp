@@ -15,10 +15,30 @@ struct Scalar {
   static float sum(V v) { return v; }
   template <DType D> static V widen(const impl::Stored<D>* p) { return impl::scalar_widen<D>(*p); }
 };
+
+struct QuantLaneScalar {
+  using Acc = float;
+  static Acc zero() { return 0.0f; }
+  static float sum(Acc v) { return v; }
+  static float half(const uint8_t* p) { return quant::read_half(p); }
+  static Acc madd_q8(const int8_t* w, const int8_t* a, float scale, Acc acc) {
+    int32_t s = 0;
+    for (int i = 0; i < 32; ++i) s += int32_t(w[i]) * a[i];
+    return acc + scale * float(s);
+  }
+  static Acc madd_q4(const uint8_t* q, const int8_t* a_lo, const int8_t* a_hi, float s_lo, float s_hi, Acc acc) {
+    int32_t lo = 0, hi = 0;
+    for (int i = 0; i < 32; ++i) {
+      lo += int32_t(q[i] & 15) * a_lo[i];
+      hi += int32_t(q[i] >> 4) * a_hi[i];
+    }
+    return acc + s_lo * float(lo) + s_hi * float(hi);
+  }
+};
 }  // namespace
 
 const KernelTable& generic_kernels() {
-  static const KernelTable table = impl::make_table<Scalar>(Isa::Generic);
+  static const KernelTable table = impl::make_table<Scalar, QuantLaneScalar>(Isa::Generic);
   return table;
 }
 

@@ -9,6 +9,7 @@
 #include <bit>
 
 #include "kernels/kernels.hpp"
+#include "kernels/quant_matmul_impl.hpp"
 
 // Internal linkage on purpose: each ISA file gets its own copy of every function here, so the
 // linker can never hand AVX-512 code to a caller on a machine without it.
@@ -100,9 +101,10 @@ void axpy(float alpha, const float* x, float* y, int n) {
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
-template <class S>
+// S: the float lane above; L: the integer lane of quant_matmul_impl.hpp.
+template <class S, class L>
 KernelTable make_table(Isa isa) {
-  return KernelTable{isa, &matmul_rows<S>, &dot<S>, &axpy<S>};
+  return KernelTable{isa, &matmul_rows<S>, &quant_impl::quant_matmul_rows<L>, &dot<S>, &axpy<S>};
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "kernels/kernels.hpp"
+#include "util/quant.hpp"
 
 namespace crossmoe::kernels {
 
@@ -44,7 +45,25 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
     case DType::F32: std::memcpy(dst, src, size_t(n) * 4); break;
     case DType::BF16: for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(h[i]); break;
     case DType::F16: for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(h[i]); break;
+    case DType::Q8_0:
+    case DType::Q4_K: quant::dequantize_row(dtype, src, n, dst); break;
     default: break;  // dtypes are checked when weights are bound
+  }
+}
+
+
+void quantize_activations(const float* x, int64_t n, ActivationBlock* out) {
+  for (int64_t b = 0; b < n / 32; ++b, x += 32) {
+    float amax = 0.0f;
+    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[i]));
+    ActivationBlock& a = out[b];
+    a.d = amax / 127.0f;
+    const float inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+    a.sum = 0;
+    for (int i = 0; i < 32; ++i) {
+      a.q[i] = int8_t(std::clamp(std::nearbyint(x[i] * inverse), -127.0f, 127.0f));
+      a.sum += a.q[i];
+    }
   }
 }
 

@@ -169,17 +169,38 @@ void SafetensorsFile::parse(const std::byte* bytes, size_t size) {
   }
   if (cursor != data_size)
     fail("data buffer is " + std::to_string(data_size) + " bytes but tensors cover " + std::to_string(cursor));
+  for (const auto& [key, value] : metadata_) {
+    if (key.rfind(kBlockDTypeMetadataPrefix, 0) != 0) continue;
+    const std::string where = "__metadata__ '" + key + "': ";
+    const auto it = tensors_.find(key.substr(kBlockDTypeMetadataPrefix.size()));
+    if (it == tensors_.end()) fail(where + "names no tensor of this file");
+    DType type;
+    if (!parse_block_dtype(value, &type)) fail(where + "unknown block type '" + value + "' (expected Q8_0 or Q4_K)");
+    TensorView& v = it->second;
+    const auto block_bytes = int64_t(dtype_row_bytes(type, dtype_block(type)));
+    if (v.dtype != DType::U8 || v.shape.size() != 2 || v.shape[1] % block_bytes != 0)
+      fail(where + "a " + value + " tensor is stored as U8 [rows, a multiple of " + std::to_string(block_bytes) +
+           " bytes], not " + dtype_name(v.dtype) + " " + v.shape_string());
+    v.dtype = type;
+    v.shape[1] = v.shape[1] / block_bytes * dtype_block(type);
+  }
 }
+
+namespace {
+// Bytes of a tensor of this dtype and shape (the last dimension holds a block type's rows).
+uint64_t tensor_bytes(DType dtype, const std::vector<int64_t>& shape) {
+  if (shape.empty()) return dtype_size(dtype);
+  uint64_t n = dtype_row_bytes(dtype, shape.back());
+  for (size_t i = 0; i + 1 < shape.size(); ++i) n *= static_cast<uint64_t>(shape[i]);
+  return n;
+}
+}  // namespace
 
 void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   write_safetensors(
       path, tensors,
-      [&](size_t i, std::byte* out) {
-        uint64_t n = dtype_size(tensors[i].dtype);
-        for (int64_t d : tensors[i].shape) n *= static_cast<uint64_t>(d);
-        std::memcpy(out, tensors[i].data, n);
-      },
+      [&](size_t i, std::byte* out) { std::memcpy(out, tensors[i].data, tensor_bytes(tensors[i].dtype, tensors[i].shape)); },
       metadata);
 }
 
@@ -188,16 +209,22 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Tens
                        const std::map<std::string, std::string>& metadata) {
   using nlohmann::json;
   json header = json::object();
-  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::map<std::string, std::string> all_metadata = metadata;
   uint64_t offset = 0;
   std::vector<uint64_t> sizes;
   for (const auto& t : tensors) {
-    uint64_t n = dtype_size(t.dtype);
-    for (int64_t d : t.shape) n *= static_cast<uint64_t>(d);
-    header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}};
+    const uint64_t n = tensor_bytes(t.dtype, t.shape);
+    if (dtype_block(t.dtype) > 1) {
+      require(t.shape.size() == 2, "block-type tensor '" + t.name + "' must be a matrix");
+      all_metadata[kBlockDTypeMetadataPrefix + t.name] = dtype_name(t.dtype);
+      header[t.name] = {{"dtype", "U8"}, {"shape", {t.shape[0], int64_t(dtype_row_bytes(t.dtype, t.shape[1]))}}, {"data_offsets", {offset, offset + n}}};
+    } else {
+      header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}};
+    }
     offset += n;
     sizes.push_back(n);
   }
+  if (!all_metadata.empty()) header["__metadata__"] = all_metadata;
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned
   const auto tmp = path.string() + ".tmp";

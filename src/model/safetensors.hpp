@@ -20,6 +20,12 @@
 
 namespace crossmoe {
 
+// Block-quantized tensors (Q8_0, Q4_K; util/quant.hpp), which safetensors has no dtype for, are
+// stored as U8 [rows, row bytes] with a metadata entry "crossmoe.dtype.<tensor name>": "Q8_0"
+// or "Q4_K". crossmoe reads them back as [rows, cols] of the block type; a reader that ignores
+// the metadata sees U8 tensors of the wrong shape and refuses them.
+inline const std::string kBlockDTypeMetadataPrefix = "crossmoe.dtype.";
+
 struct TensorView {
   std::string name;
   DType dtype = DType::F32;
@@ -58,11 +64,12 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
+// A block-type tensor is written as described above (shape: its logical [rows, cols]).
 struct TensorToWrite {
   std::string name;
   DType dtype;
   std::vector<int64_t> shape;
-  const void* data;  // numel * dtype_size bytes
+  const void* data;  // the tensor's bytes: numel * dtype_size, or rows * dtype_row_bytes(cols)
 };
 
 void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,

@@ -10,14 +10,11 @@ namespace crossmoe {
 
 namespace k = kernels;
 
-InferenceSession::InferenceSession(const Model& model, int context_length, int chunk)
-    : model_(model), c_(model.config()), context_(context_length), chunk_(std::max(1, chunk)),
-      rope_(c_.rope, c_.head_dim, c_.max_position_embeddings) {
-  require(context_length > 0, "context length must be positive");
-  const size_t kvw = size_t(c_.num_kv_heads) * c_.head_dim;
-  k_cache_.resize(size_t(c_.num_layers) * context_length * kvw);
-  v_cache_.resize(k_cache_.size());
+BatchSession::BatchSession(const Model& model, int block_size, int blocks, int chunk)
+    : model_(model), c_(model.config()), chunk_(std::max(1, chunk)),
+      rope_(c_.rope, c_.head_dim, c_.max_position_embeddings), pool_(c_, block_size, blocks) {
   const size_t T = chunk_, d = c_.hidden_size, qw = size_t(c_.num_heads) * c_.head_dim;
+  const size_t kvw = size_t(c_.num_kv_heads) * c_.head_dim;
   // FFN scratch: a dense FFN, or K routed experts per token plus the shared experts.
   const size_t ffn_width = std::max<size_t>(
       c_.intermediate_size, size_t(c_.moe.top_k) * c_.moe.expert_intermediate_size + c_.moe.shared_intermediate_size);
@@ -33,47 +30,128 @@ InferenceSession::InferenceSession(const Model& model, int context_length, int c
   h1_.resize(T * ffn_width);
   h2_.resize(T * ffn_width);
   router_.resize(T * candidates);
+  row_position_.resize(T);
   k::start_worker_threads();  // so that the first forward (a timed prefill) does not start them
 }
 
-void InferenceSession::rewind(int position) {
-  require(position >= 0 && position <= position_, "cannot rewind the KV cache from " + std::to_string(position_) +
-                                                      " to " + std::to_string(position) + " tokens");
-  position_ = position;
+const BatchSession::Sequence& BatchSession::seq(int id) const {
+  require(id >= 0 && id < int(sequences_.size()) && sequences_[id].open,
+          "no open sequence " + std::to_string(id) + " in the batch session");
+  return sequences_[id];
 }
 
-const std::vector<float>& InferenceSession::forward(const std::vector<int>& tokens, bool all_logits) {
-  const int n = static_cast<int>(tokens.size());
-  require(n > 0, "forward needs at least one token");
-  require(position_ + n <= context_, std::to_string(position_ + n) + " tokens exceed the context length of " +
-                                         std::to_string(context_));
-  for (int t : tokens)
-    require(t >= 0 && t < c_.vocab_size, "token id " + std::to_string(t) + " is outside the vocabulary of " +
-                                             std::to_string(c_.vocab_size));
-  const size_t V = c_.vocab_size;
-  logits_.assign((all_logits ? n : 1) * V, 0.0f);
-  for (int start = 0; start < n; start += chunk_) {
-    const int T = std::min(chunk_, n - start);
-    const bool last = start + T == n;
-    if (all_logits) run_chunk(tokens.data() + start, T, true, logits_.data() + size_t(start) * V);
-    else run_chunk(tokens.data() + start, T, false, last ? logits_.data() : nullptr);
+int BatchSession::open() {
+  int id = 0;
+  while (id < int(sequences_.size()) && sequences_[id].open) ++id;
+  if (id == int(sequences_.size())) sequences_.emplace_back();
+  sequences_[id].open = true;
+  return id;
+}
+
+void BatchSession::close(int sequence) {
+  Sequence& s = seq(sequence);
+  for (int b : s.blocks) pool_.release(b);
+  s = Sequence();
+}
+
+int BatchSession::reuse_prefix(int sequence, const std::vector<int>& prompt) {
+  Sequence& s = seq(sequence);
+  require(s.tokens.empty(), "prefix reuse needs an empty sequence");
+  const int bs = pool_.block_size();
+  int parent = -1;
+  for (size_t start = 0; start + bs < prompt.size(); start += bs) {
+    const int b = pool_.find(parent, &prompt[start]);
+    if (b < 0) break;
+    pool_.retain(b);
+    s.blocks.push_back(b);
+    s.tokens.insert(s.tokens.end(), prompt.begin() + std::ptrdiff_t(start), prompt.begin() + std::ptrdiff_t(start + bs));
+    parent = b;
   }
-  return logits_;
+  return int(s.tokens.size());
 }
 
-void InferenceSession::run_chunk(const int* tokens, int T, bool all_logits, float* logits) {
+int BatchSession::blocks_needed(int sequence, int count) const {
+  const Sequence& s = seq(sequence);
+  const int bs = pool_.block_size();
+  const int total = (int(s.tokens.size()) + count + bs - 1) / bs;
+  return std::max(0, total - int(s.blocks.size()));
+}
+
+bool BatchSession::reserve(int sequence, int count) {
+  const int need = blocks_needed(sequence, count);
+  if (need > pool_.available()) return false;
+  Sequence& s = seq(sequence);
+  for (int i = 0; i < need; ++i) s.blocks.push_back(pool_.allocate());
+  return true;
+}
+
+void BatchSession::rewind(int sequence, int length) {
+  Sequence& s = seq(sequence);
+  require(length >= 0 && length <= int(s.tokens.size()), "cannot rewind the KV cache from " +
+                                                             std::to_string(s.tokens.size()) + " to " +
+                                                             std::to_string(length) + " tokens");
+  const int bs = pool_.block_size();
+  const int keep = (length + bs - 1) / bs;
+  while (int(s.blocks.size()) > keep) {
+    pool_.release(s.blocks.back());
+    s.blocks.pop_back();
+  }
+  s.tokens.resize(length);
+  if (length % bs == 0) return;
+  // The last block is about to be written past `length`: it must be this sequence's alone and
+  // no longer published under its old content.
+  int& last = s.blocks.back();
+  if (pool_.refcount(last) > 1) {
+    const int copy = pool_.allocate();
+    require(copy >= 0, "the KV cache pool is full");
+    const size_t floats = size_t(bs) * c_.head_dim;
+    for (int l = 0; l < c_.num_layers; ++l)
+      for (int g = 0; g < c_.num_kv_heads; ++g) {
+        std::copy_n(pool_.keys(l, last, g), floats, pool_.keys(l, copy, g));
+        std::copy_n(pool_.values(l, last, g), floats, pool_.values(l, copy, g));
+      }
+    pool_.release(last);
+    last = copy;
+  } else {
+    pool_.unpublish(last);
+  }
+}
+
+void BatchSession::step(const std::vector<StepPiece>& pieces) {
   const ModelWeights& w = model_.weights();
   const int d = c_.hidden_size;
+  const size_t V = c_.vocab_size;
   const float eps = float(c_.rms_norm_eps);
-  for (int t = 0; t < T; ++t) {
-    const size_t row_bytes = size_t(d) * dtype_size(w.embed.dtype);
-    k::to_f32(static_cast<const std::byte*>(w.embed.data) + size_t(tokens[t]) * row_bytes, w.embed.dtype, d,
-              x_.data() + size_t(t) * d);
+  // Rows: each piece's tokens in order. starts[p] is piece p's first row.
+  std::vector<int> starts;
+  int T = 0;
+  for (const StepPiece& p : pieces) {
+    require(p.count > 0, "a step piece needs at least one token");
+    for (const StepPiece& other : pieces)
+      require(&other == &p || other.sequence != p.sequence, "a sequence appears twice in one step");
+    for (int i = 0; i < p.count; ++i)
+      require(p.tokens[i] >= 0 && p.tokens[i] < c_.vocab_size, "token id " + std::to_string(p.tokens[i]) +
+                                                                   " is outside the vocabulary of " +
+                                                                   std::to_string(c_.vocab_size));
+    starts.push_back(T);
+    T += p.count;
   }
+  require(T > 0 && T <= chunk_, "a step runs 1 to " + std::to_string(chunk_) + " tokens, not " + std::to_string(T));
+  for (size_t p = 0; p < pieces.size(); ++p) {
+    require(reserve(pieces[p].sequence, pieces[p].count), "the KV cache pool is full");
+    for (int i = 0; i < pieces[p].count; ++i) row_position_[starts[p] + i] = length(pieces[p].sequence) + i;
+  }
+
+  for (size_t p = 0; p < pieces.size(); ++p)
+    for (int i = 0; i < pieces[p].count; ++i) {
+      const size_t row_bytes = dtype_row_bytes(w.embed.dtype, d);
+      k::to_f32(static_cast<const std::byte*>(w.embed.data) + size_t(pieces[p].tokens[i]) * row_bytes, w.embed.dtype,
+                d, x_.data() + size_t(starts[p] + i) * d);
+    }
   for (int l = 0; l < c_.num_layers; ++l) {
     const LayerWeights& L = w.layers[l];
     for (int t = 0; t < T; ++t) k::rmsnorm(&x_[size_t(t) * d], L.input_norm.data(), d, eps, &xn_[size_t(t) * d]);
-    attention(l, T);
+    attention(l, pieces, starts);
     k::matmul(L.o, att_.data(), T, tmp_.data());
     for (size_t i = 0; i < size_t(T) * d; ++i) x_[i] += tmp_[i];
 
@@ -88,78 +166,135 @@ void InferenceSession::run_chunk(const int* tokens, int T, bool all_logits, floa
     for (size_t i = 0; i < size_t(T) * d; ++i) x_[i] += ffn_[i];
     std::swap(u_, u_prev_);
   }
-  if (logits) {
-    const int first = all_logits ? 0 : T - 1;
-    for (int t = first; t < T; ++t)
-      k::rmsnorm(&x_[size_t(t) * d], w.final_norm.data(), d, eps, &xn_[size_t(t - first) * d]);
-    k::matmul(w.lm_head, xn_.data(), T - first, logits);
+
+  // Logits for the rows that asked: normed into consecutive rows of xn_, one LM-head pass.
+  std::vector<const StepPiece*> wanting;
+  int rows = 0;
+  for (size_t p = 0; p < pieces.size(); ++p) {
+    if (!pieces[p].logits) continue;
+    wanting.push_back(&pieces[p]);
+    const int first = pieces[p].all_logits ? 0 : pieces[p].count - 1;
+    for (int t = starts[p] + first; t < starts[p] + pieces[p].count; ++t, ++rows)
+      k::rmsnorm(&x_[size_t(t) * d], w.final_norm.data(), d, eps, &xn_[size_t(rows) * d]);
   }
-  position_ += T;
+  if (wanting.size() == 1) {
+    k::matmul(w.lm_head, xn_.data(), rows, wanting[0]->logits);
+  } else if (rows > 0) {
+    logits_.resize(size_t(rows) * V);
+    k::matmul(w.lm_head, xn_.data(), rows, logits_.data());
+    size_t row = 0;
+    for (const StepPiece* p : wanting) {
+      const size_t n = p->all_logits ? p->count : 1;
+      std::copy_n(&logits_[row * V], n * V, p->logits);
+      row += n;
+    }
+  }
+
+  // The tokens are in the cache now; blocks they filled are published for prefix reuse.
+  const int bs = pool_.block_size();
+  for (const StepPiece& p : pieces) {
+    Sequence& s = seq(p.sequence);
+    const int before = int(s.tokens.size());
+    s.tokens.insert(s.tokens.end(), p.tokens, p.tokens + p.count);
+    for (int b = before / bs; b < int(s.tokens.size()) / bs; ++b)
+      pool_.publish(s.blocks[b], b > 0 ? s.blocks[b - 1] : -1, &s.tokens[size_t(b) * bs]);
+  }
 }
 
-void InferenceSession::attention(int l, int T) {
+void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const std::vector<int>& starts) {
   const LayerWeights& L = model_.weights().layers[l];
   const int hd = c_.head_dim, Hq = c_.num_heads, Hkv = c_.num_kv_heads;
   const int qw = Hq * hd, kvw = Hkv * hd;
+  const int T = starts.back() + pieces.back().count;
+  const int bs = pool_.block_size();
   const float eps = float(c_.rms_norm_eps);
   const k::MatmulJob qkv[] = {{L.q, xn_.data(), T, q_.data()}, {L.k, xn_.data(), T, k_.data()},
                               {L.v, xn_.data(), T, v_.data()}};
   k::matmul_batch(qkv, 3);
   std::vector<float> cos(hd / 2), sin(hd / 2);
-  for (int t = 0; t < T; ++t) {
-    float* q = &q_[size_t(t) * qw];
-    float* kk = &k_[size_t(t) * kvw];
-    float* v = &v_[size_t(t) * kvw];
-    if (!L.q_bias.empty()) {
-      for (int i = 0; i < qw; ++i) q[i] += L.q_bias[i];
-      for (int i = 0; i < kvw; ++i) kk[i] += L.k_bias[i], v[i] += L.v_bias[i];
-    }
-    if (c_.clip_qkv) {
-      const float c = float(*c_.clip_qkv);
-      for (float* p : {q, kk, v})
-        for (int i = 0, n = p == q ? qw : kvw; i < n; ++i) p[i] = std::clamp(p[i], -c, c);
-    }
-    if (c_.qk_norm == QkNorm::PerHead) {
-      for (int h = 0; h < Hq; ++h) k::rmsnorm(q + h * hd, L.q_norm.data(), hd, eps, q + h * hd);
-      for (int h = 0; h < Hkv; ++h) k::rmsnorm(kk + h * hd, L.k_norm.data(), hd, eps, kk + h * hd);
-    } else if (c_.qk_norm == QkNorm::Full) {
-      k::rmsnorm(q, L.q_norm.data(), qw, eps, q);
-      k::rmsnorm(kk, L.k_norm.data(), kvw, eps, kk);
-    }
-    const int pos = position_ + t;
-    rope_.at(pos, position_ + T, cos.data(), sin.data());
-    k::rope(q, Hq, hd, cos.data(), sin.data());
-    k::rope(kk, Hkv, hd, cos.data(), sin.data());
-    // Keys per head in position order; values per head transposed ([dim][position]), so that
-    // both products below are plain matrix products over the cache.
-    for (int g = 0; g < Hkv; ++g) {
-      const size_t head = size_t(l) * Hkv + size_t(g);
-      std::copy(kk + g * hd, kk + (g + 1) * hd, &k_cache_[(head * context_ + size_t(pos)) * size_t(hd)]);
-      for (int d = 0; d < hd; ++d) v_cache_[(head * size_t(hd) + size_t(d)) * context_ + size_t(pos)] = v[g * hd + d];
+  for (size_t p = 0; p < pieces.size(); ++p) {
+    const Sequence& s = seq(pieces[p].sequence);
+    const int length = int(s.tokens.size()) + pieces[p].count;
+    for (int t = starts[p]; t < starts[p] + pieces[p].count; ++t) {
+      float* q = &q_[size_t(t) * qw];
+      float* kk = &k_[size_t(t) * kvw];
+      float* v = &v_[size_t(t) * kvw];
+      if (!L.q_bias.empty()) {
+        for (int i = 0; i < qw; ++i) q[i] += L.q_bias[i];
+        for (int i = 0; i < kvw; ++i) kk[i] += L.k_bias[i], v[i] += L.v_bias[i];
+      }
+      if (c_.clip_qkv) {
+        const float c = float(*c_.clip_qkv);
+        for (float* ptr : {q, kk, v})
+          for (int i = 0, n = ptr == q ? qw : kvw; i < n; ++i) ptr[i] = std::clamp(ptr[i], -c, c);
+      }
+      if (c_.qk_norm == QkNorm::PerHead) {
+        for (int h = 0; h < Hq; ++h) k::rmsnorm(q + h * hd, L.q_norm.data(), hd, eps, q + h * hd);
+        for (int h = 0; h < Hkv; ++h) k::rmsnorm(kk + h * hd, L.k_norm.data(), hd, eps, kk + h * hd);
+      } else if (c_.qk_norm == QkNorm::Full) {
+        k::rmsnorm(q, L.q_norm.data(), qw, eps, q);
+        k::rmsnorm(kk, L.k_norm.data(), kvw, eps, kk);
+      }
+      const int pos = row_position_[t];
+      rope_.at(pos, length, cos.data(), sin.data());
+      k::rope(q, Hq, hd, cos.data(), sin.data());
+      k::rope(kk, Hkv, hd, cos.data(), sin.data());
+      // Keys per head in position order; values per head transposed ([dim][position]), so that
+      // both products below are plain matrix products over a block.
+      const int block = s.blocks[pos / bs], at = pos % bs;
+      for (int g = 0; g < Hkv; ++g) {
+        std::copy(kk + g * hd, kk + (g + 1) * hd, pool_.keys(l, block, g) + size_t(at) * hd);
+        float* values = pool_.values(l, block, g);
+        for (int i = 0; i < hd; ++i) values[size_t(i) * bs + at] = v[g * hd + i];
+      }
     }
   }
-  // Per head, for blocks of queries: scores = Q K^T (scaled, causal, windowed), softmax, out = P V.
+  // Per piece and head, for blocks of queries: scores = Q K^T (scaled, causal, windowed),
+  // softmax, out = P V, each product taken block by block over the sequence's cache.
   constexpr int kQueryBlock = 32;
   const float scale = 1.0f / std::sqrt(float(hd));
   const int group = Hq / Hkv;
-  const int length = position_ + T;
-  const int query_blocks = (T + kQueryBlock - 1) / kQueryBlock;
+  std::vector<int64_t> first_item{0};  // items of piece p: [first_item[p], first_item[p + 1])
+  int64_t work = 0;
+  for (size_t p = 0; p < pieces.size(); ++p) {
+    const int length = int(seq(pieces[p].sequence).tokens.size()) + pieces[p].count;
+    first_item.push_back(first_item.back() + int64_t(Hq) * ((pieces[p].count + kQueryBlock - 1) / kQueryBlock));
+    work += int64_t(Hq) * pieces[p].count * length * hd;
+  }
   const auto attend = [&](int64_t item) {
+    const int p = int(std::upper_bound(first_item.begin(), first_item.end(), item) - first_item.begin()) - 1;
+    const Sequence& s = sequences_[pieces[p].sequence];
+    const int count = pieces[p].count, length = int(s.tokens.size()) + count;
+    const int query_blocks = (count + kQueryBlock - 1) / kQueryBlock;
+    const int h = int((item - first_item[p]) / query_blocks), t0 = int((item - first_item[p]) % query_blocks) * kQueryBlock;
+    const int tn = std::min(kQueryBlock, count - t0);
+    const int g = h / group, row0 = starts[p] + t0;
     // Scratch per thread, kept between calls.
-    thread_local std::vector<float> q, scores, out;
+    thread_local std::vector<float> q, scores, part, out;
     q.resize(size_t(kQueryBlock) * hd);
     scores.resize(size_t(kQueryBlock) * length);
     out.resize(size_t(kQueryBlock) * hd);
-    const int h = int(item / query_blocks), t0 = int(item % query_blocks) * kQueryBlock;
-    const int tn = std::min(kQueryBlock, T - t0);
-    const size_t head = size_t(l) * Hkv + size_t(h / group);
-    for (int t = 0; t < tn; ++t)
-      std::copy_n(&q_[size_t(t0 + t) * qw + size_t(h) * hd], hd, &q[size_t(t) * hd]);
-    const k::Matrix keys{&k_cache_[head * context_ * size_t(hd)], DType::F32, length, hd, hd};
-    k::matmul(keys, q.data(), tn, scores.data());
+    for (int t = 0; t < tn; ++t) std::copy_n(&q_[size_t(row0 + t) * qw + size_t(h) * hd], hd, &q[size_t(t) * hd]);
+    const int blocks = (length + bs - 1) / bs;
+    const auto keys = [&](int j) {
+      return k::Matrix{pool_.keys(l, s.blocks[j], g), DType::F32, std::min(bs, length - j * bs), hd, hd};
+    };
+    const auto values = [&](int j) {
+      return k::Matrix{pool_.values(l, s.blocks[j], g), DType::F32, hd, std::min(bs, length - j * bs), bs};
+    };
+    if (blocks == 1) {
+      k::matmul(keys(0), q.data(), tn, scores.data());
+    } else {
+      part.resize(size_t(kQueryBlock) * std::max(bs, hd));
+      for (int j = 0; j < blocks; ++j) {
+        const int n = std::min(bs, length - j * bs);
+        k::matmul(keys(j), q.data(), tn, part.data());
+        for (int t = 0; t < tn; ++t) std::copy_n(&part[size_t(t) * n], n, &scores[size_t(t) * length + size_t(j) * bs]);
+      }
+    }
     for (int t = 0; t < tn; ++t) {
       float* row = &scores[size_t(t) * length];
-      const int pos = position_ + t0 + t;
+      const int pos = row_position_[row0 + t];
       const int begin = c_.sliding_window > 0 ? std::max(0, pos - c_.sliding_window + 1) : 0;
       float m = -INFINITY;
       for (int j = begin; j <= pos; ++j) m = std::max(m, row[j] *= scale);
@@ -170,20 +305,29 @@ void InferenceSession::attention(int l, int T) {
       std::fill(row, row + begin, 0.0f);
       std::fill(row + pos + 1, row + length, 0.0f);
     }
-    const k::Matrix values{&v_cache_[head * size_t(hd) * context_], DType::F32, hd, length, int64_t(context_)};
-    k::matmul(values, scores.data(), tn, out.data());
-    for (int t = 0; t < tn; ++t)
-      std::copy_n(&out[size_t(t) * hd], hd, &att_[size_t(t0 + t) * qw + size_t(h) * hd]);
+    if (blocks == 1) {
+      k::matmul(values(0), scores.data(), tn, out.data());
+    } else {
+      std::fill_n(out.begin(), size_t(tn) * hd, 0.0f);
+      std::vector<float>& probs = q;  // the queries are no longer needed
+      probs.resize(size_t(kQueryBlock) * bs);
+      for (int j = 0; j < blocks; ++j) {
+        const int n = std::min(bs, length - j * bs);
+        for (int t = 0; t < tn; ++t) std::copy_n(&scores[size_t(t) * length + size_t(j) * bs], n, &probs[size_t(t) * n]);
+        k::matmul(values(j), probs.data(), tn, part.data());
+        for (size_t i = 0; i < size_t(tn) * hd; ++i) out[i] += part[i];
+      }
+    }
+    for (int t = 0; t < tn; ++t) std::copy_n(&out[size_t(t) * hd], hd, &att_[size_t(row0 + t) * qw + size_t(h) * hd]);
   };
-  const int64_t items = int64_t(Hq) * query_blocks;
-  if (int64_t(Hq) * T * length * hd >= (1 << 15)) {  // as matmul: small work stays on one thread
-    k::parallel_for(items, attend);
+  if (work >= (1 << 15)) {  // as matmul: small work stays on one thread
+    k::parallel_for(first_item.back(), attend);
   } else {
-    for (int64_t item = 0; item < items; ++item) attend(item);
+    for (int64_t item = 0; item < first_item.back(); ++item) attend(item);
   }
 }
 
-void InferenceSession::swiglu(const std::vector<SwiGluRun>& runs) {
+void BatchSession::swiglu(const std::vector<SwiGluRun>& runs) {
   std::vector<k::MatmulJob> jobs;
   std::vector<size_t> offsets;
   size_t offset = 0;
@@ -200,7 +344,7 @@ void InferenceSession::swiglu(const std::vector<SwiGluRun>& runs) {
   k::matmul_batch(jobs.data(), int(jobs.size()));
 }
 
-void InferenceSession::moe(int l, const float* router_in, int T) {
+void BatchSession::moe(int l, const float* router_in, int T) {
   const LayerWeights& L = model_.weights().layers[l];
   const LayerPlan& plan = c_.layers[l];
   const int d = c_.hidden_size;
@@ -214,7 +358,7 @@ void InferenceSession::moe(int l, const float* router_in, int T) {
     route_token(c_.moe, &router_[size_t(t) * n], n, L.router_bias.empty() ? nullptr : L.router_bias.data(), route);
     for (size_t i = 0; i < route.candidates.size(); ++i) chosen_by[route.candidates[i]].push_back({t, route.weights[i]});
     if (trace_) {
-      RoutingRecord rec{position_ + t, l, {}, route.weights};
+      RoutingRecord rec{row_position_[t], l, {}, route.weights};
       for (int cand : route.candidates) rec.experts.push_back(plan.candidates[cand]);
       trace_->push_back(std::move(rec));
     }
@@ -242,6 +386,29 @@ void InferenceSession::moe(int l, const float* router_in, int T) {
   row = 0;
   for (int cand : chosen)
     for (const auto& [t, weight] : chosen_by[cand]) k::axpy(weight, &rows_out_[row++ * d], &ffn_[size_t(t) * d], d);
+}
+
+
+InferenceSession::InferenceSession(const Model& model, int context_length, int chunk)
+    : batch_(model, std::max(1, context_length), 1, chunk), sequence_(batch_.open()), context_(context_length) {
+  require(context_length > 0, "context length must be positive");
+}
+
+void InferenceSession::rewind(int position) { batch_.rewind(sequence_, position); }
+
+const std::vector<float>& InferenceSession::forward(const std::vector<int>& tokens, bool all_logits) {
+  const int n = static_cast<int>(tokens.size());
+  require(n > 0, "forward needs at least one token");
+  require(position() + n <= context_, std::to_string(position() + n) + " tokens exceed the context length of " +
+                                          std::to_string(context_));
+  const size_t V = model().config().vocab_size;
+  logits_.resize((all_logits ? n : 1) * V);
+  for (int start = 0; start < n; start += batch_.chunk()) {
+    const int T = std::min(batch_.chunk(), n - start);
+    float* out = all_logits ? logits_.data() + size_t(start) * V : start + T == n ? logits_.data() : nullptr;
+    batch_.step({{sequence_, tokens.data() + start, T, out, all_logits}});
+  }
+  return logits_;
 }
 
 }  // namespace crossmoe

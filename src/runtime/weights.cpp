@@ -18,7 +18,7 @@ class Binder {
 
   kernels::Matrix matrix(const std::string& name, int64_t rows, int64_t cols) const {
     const TensorView& t = ck_.get(name, {rows, cols});
-    check_dtype(t);
+    if (t.dtype != DType::Q8_0 && t.dtype != DType::Q4_K) check_dtype(t);  // blocks are read unaligned
     return kernels::Matrix{t.data, t.dtype, rows, cols};
   }
   std::vector<float> vector(const std::string& name, int64_t size) const {
@@ -37,7 +37,8 @@ class Binder {
  private:
   static void check_dtype(const TensorView& t) {
     require(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16,
-            "tensor '" + t.name + "' has dtype " + dtype_name(t.dtype) + "; supported: F32, BF16, F16");
+            "tensor '" + t.name + "' has dtype " + dtype_name(t.dtype) +
+                "; supported: F32, BF16, F16, and Q8_0 / Q4_K for matrices (crossmoe quantize)");
     require(reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) == 0,
             "tensor '" + t.name + "' is not aligned to its element size (re-save the checkpoint)");
   }
@@ -48,7 +49,7 @@ class Binder {
 }  // namespace
 
 size_t SwiGluWeights::bytes() const {
-  const auto b = [](const kernels::Matrix& m) { return size_t(m.rows * m.cols) * dtype_size(m.dtype); };
+  const auto b = [](const kernels::Matrix& m) { return size_t(m.rows) * dtype_row_bytes(m.dtype, m.cols); };
   return b(gate) + b(up) + b(down);
 }
 
@@ -112,7 +113,7 @@ Model::Model(const std::filesystem::path& dir, WeightResidency residency)
 }
 
 double Model::bytes_per_token() const {
-  const auto bytes = [](const kernels::Matrix& m) { return double(m.rows * m.cols) * dtype_size(m.dtype); };
+  const auto bytes = [](const kernels::Matrix& m) { return double(m.rows) * double(dtype_row_bytes(m.dtype, m.cols)); };
   const ModelWeights& w = weights_;
   double total = bytes(w.lm_head) + bytes(w.embed) / double(w.embed.rows);  // one embedding row
   for (int l = 0; l < config_.num_layers; ++l) {

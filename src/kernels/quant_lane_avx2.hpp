@@ -1,0 +1,51 @@
+#pragma once
+// The 256-bit integer lane of quant_matmul_impl.hpp: AVX2 byte products (vpmaddubsw, which
+// multiplies unsigned by signed bytes, then vpmaddwd to 32 bits). Included by the AVX2 file and,
+// for now, the AVX-512 one (where the same instructions get EVEX encodings), each with its flags.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace crossmoe::kernels {
+namespace {
+
+struct QuantLaneAvx2 {
+  using Acc = __m256;
+  static Acc zero() { return _mm256_setzero_ps(); }
+  static float sum(Acc v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static float half(const uint8_t* p) {
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+  }
+  // 16-bit pair sums of u8 x s8 products, widened to eight 32-bit sums.
+  static __m256i pair_sums(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+  }
+  static Acc madd_q8(const int8_t* w, const int8_t* a, float scale, Acc acc) {
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a));
+    // Signed x signed through unsigned x signed: |w| times a with w's sign. |w| <= 128 and
+    // |a| <= 127, so a pair sums to at most 32512 and vpmaddubsw never saturates.
+    const __m256i sums = pair_sums(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
+  }
+  static Acc madd_q4(const uint8_t* q, const int8_t* a_lo, const int8_t* a_hi, float s_lo, float s_hi, Acc acc) {
+    const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+    const __m256i nibble = _mm256_set1_epi8(15);
+    const __m256i lo = _mm256_and_si256(bytes, nibble), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), nibble);
+    const __m256i sum_lo = pair_sums(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a_lo)));
+    const __m256i sum_hi = pair_sums(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a_hi)));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_lo), _mm256_set1_ps(s_lo), acc);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_hi), _mm256_set1_ps(s_hi), acc);
+  }
+};
+
+}  // namespace
+}  // namespace crossmoe::kernels

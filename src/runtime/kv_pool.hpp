@@ -1,0 +1,82 @@
+#pragma once
+// The keys and values of every sequence, in fixed-size blocks drawn from one pool allocated up
+// front (so a memory limit is a block count, and running out is a clean "no" a scheduler can
+// queue on rather than an allocation failure mid-step).
+//
+// Full blocks can be shared between sequences whose prompts begin alike: a block that fills is
+// published under its content (the block before it and its tokens), and a new sequence whose
+// prompt matches takes the published block instead of recomputing it. Blocks are refcounted; a
+// published block nobody holds stays cached until the pool needs it (least recently freed first).
+#include <cstdint>
+#include <list>
+#include <unordered_map>
+#include <vector>
+
+#include "model/config.hpp"
+
+namespace crossmoe {
+
+class KvPool {
+ public:
+  // block_size: tokens per block; blocks: how many the pool holds.
+  KvPool(const ModelConfig& config, int block_size, int blocks);
+  // The largest block count that fits `bytes` of keys and values.
+  static int64_t blocks_for_bytes(const ModelConfig& config, int block_size, int64_t bytes);
+  static int64_t bytes_per_block(const ModelConfig& config, int block_size);
+
+  int block_size() const { return block_size_; }
+  int blocks() const { return blocks_; }
+  // Blocks that allocate() can hand out: never used, or cached and held by no sequence.
+  int available() const { return int(free_.size() + evictable_.size()); }
+  int in_use() const { return blocks_ - available(); }
+
+  // Keys of block b, layer l, kv head g: [block_size][head_dim]. Values are stored transposed,
+  // [head_dim][block_size], so that attention's P V is a plain matrix product over them.
+  float* keys(int l, int b, int g) { return &k_[offset(l, b, g)]; }
+  float* values(int l, int b, int g) { return &v_[offset(l, b, g)]; }
+
+  // A block with refcount 1, or -1 when every block is held.
+  int allocate();
+  void retain(int b);
+  void release(int b);
+  int refcount(int b) const { return refs_[b]; }
+
+  // The published block holding `tokens` (block_size of them) right after block `parent`
+  // (-1 at the start of a sequence), or -1.
+  int find(int parent, const int* tokens) const;
+  // Publishes full block b as holding `tokens` after `parent`; does nothing when that content
+  // is already published (two sequences computed the same prompt at once).
+  void publish(int b, int parent, const int* tokens);
+  // Takes b out of the cache (its content is about to change).
+  void unpublish(int b);
+  bool published(int b) const { return keys_of_[b] != nullptr; }
+
+ private:
+  // A block's content: what came before (the parent block as it was then: its generation
+  // changes whenever it is reused, so children of evicted content never match) and its tokens.
+  struct Key {
+    int parent;
+    uint64_t parent_generation;
+    std::vector<int> tokens;
+    bool operator==(const Key&) const = default;
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const;
+  };
+  size_t offset(int l, int b, int g) const {
+    return ((size_t(l) * blocks_ + size_t(b)) * heads_ + size_t(g)) * size_t(block_size_) * head_dim_;
+  }
+  Key key(int parent, const int* tokens) const;
+
+  int block_size_, blocks_, heads_, head_dim_;
+  std::vector<float> k_, v_;  // [layer][block][kv head][...]
+  std::vector<int> refs_;
+  std::vector<uint64_t> generation_;
+  std::vector<int> free_;
+  std::list<int> evictable_;  // published, refcount 0; least recently freed first
+  std::vector<std::list<int>::iterator> evictable_at_;
+  std::unordered_map<Key, int, KeyHash> cache_;
+  std::vector<const Key*> keys_of_;  // the cache key of each published block, else null
+};
+
+}  // namespace crossmoe

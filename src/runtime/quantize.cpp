@@ -1,0 +1,150 @@
+#include "runtime/quantize.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <set>
+#include <vector>
+
+#include "kernels/kernels.hpp"
+#include "model/checkpoint.hpp"
+#include "model/hf_config.hpp"
+#include "model/safetensors.hpp"
+#include "model/tensor_names.hpp"
+#include "util/error.hpp"
+#include "util/json_file.hpp"
+#include "util/quant.hpp"
+
+namespace crossmoe {
+
+namespace fs = std::filesystem;
+
+bool parse_quant_scheme(const std::string& name, QuantScheme* out) {
+  for (QuantScheme s : {QuantScheme::Q8_0, QuantScheme::Q4_K, QuantScheme::Mixed})
+    if (name == quant_scheme_name(s)) {
+      *out = s;
+      return true;
+    }
+  return false;
+}
+
+std::string quant_scheme_name(QuantScheme scheme) {
+  switch (scheme) {
+    case QuantScheme::Q8_0: return "q8_0";
+    case QuantScheme::Q4_K: return "q4_k";
+    default: return "mixed";
+  }
+}
+
+DType block_type_for(DType wanted, int64_t cols, DType stored) {
+  if (wanted == DType::Q4_K && cols % quant::kQ4_KBlock != 0) wanted = DType::Q8_0;
+  if (cols % quant::kQ8_0Block != 0) return stored;
+  return wanted;
+}
+
+namespace {
+
+// The names of the routed experts' matrices.
+std::set<std::string> routed_expert_names(const ModelConfig& c) {
+  std::set<std::string> names;
+  for (int l = 0; l < c.num_layers; ++l)
+    if (c.layers[l].owns_experts)
+      for (int j = 0; j < c.moe.num_experts; ++j)
+        for (Proj p : {Proj::Gate, Proj::Up, Proj::Down}) names.insert(tensor_names::expert(c, l, j, p));
+  return names;
+}
+
+void write_quantized(const fs::path& model, const fs::path& dir, QuantScheme scheme, QuantizeSummary* summary) {
+  const ModelConfig config = read_model_config(model);
+  const Checkpoint checkpoint(model);
+  check_weights_match(checkpoint, config);
+  const std::set<std::string> experts = routed_expert_names(config);
+
+  std::vector<TensorToWrite> tensors;
+  std::vector<const TensorView*> sources;
+  for (const TensorSpec& spec : expected_tensors(config)) {
+    const TensorView& t = checkpoint.get(spec.name, spec.shape);
+    require(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16,
+            "tensor '" + t.name + "' has dtype " + dtype_name(t.dtype) + "; quantize reads F32, BF16 or F16");
+    DType type = t.dtype;
+    if (spec.role == TensorRole::Weight) {
+      const bool four_bit = scheme == QuantScheme::Q4_K || (scheme == QuantScheme::Mixed && experts.count(spec.name));
+      const DType wanted = four_bit ? DType::Q4_K : DType::Q8_0;
+      type = block_type_for(wanted, spec.shape[1], t.dtype);
+      if (type != wanted)
+        summary->fallbacks.push_back(spec.name + ": " + dtype_name(wanted) + " -> " + dtype_name(type) + " (" +
+                                     std::to_string(spec.shape[1]) + " columns)");
+      ++summary->matrices_per_dtype[dtype_name(type)];
+    }
+    tensors.push_back({spec.name, type, spec.shape, nullptr});
+    sources.push_back(&t);
+  }
+  // Element-wise tensors first, widest elements first, then the blocks (any size): every tensor
+  // starts aligned to its element size.
+  std::vector<size_t> order(tensors.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  const auto rank = [&](size_t i) { return dtype_block(tensors[i].dtype) > 1 ? 0 : dtype_size(tensors[i].dtype); };
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return rank(a) > rank(b); });
+  std::vector<TensorToWrite> ordered;
+  for (size_t i : order) ordered.push_back(tensors[i]);
+
+  std::vector<float> row;
+  write_safetensors(dir / "model.safetensors", ordered, [&](size_t k, std::byte* out) {
+    const TensorToWrite& w = ordered[k];
+    const TensorView& t = *sources[order[k]];
+    if (w.dtype == t.dtype) {
+      std::memcpy(out, t.data, t.nbytes);
+      return;
+    }
+    const int64_t rows = w.shape[0], cols = w.shape[1];
+    const size_t in_row = dtype_row_bytes(t.dtype, cols), out_row = dtype_row_bytes(w.dtype, cols);
+    row.resize(size_t(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      kernels::to_f32(t.data + size_t(r) * in_row, t.dtype, cols, row.data());
+      try {
+        quant::quantize_row(w.dtype, row.data(), cols, out + size_t(r) * out_row);
+      } catch (const Error& e) {
+        throw Error("tensor '" + w.name + "' row " + std::to_string(r) + ": " + e.what());
+      }
+    }
+  });
+
+  for (const auto& entry : fs::directory_iterator(model)) {
+    const std::string name = entry.path().filename().string();
+    const bool weights = entry.path().extension() == ".safetensors" || name == "model.safetensors.index.json";
+    if (!entry.is_regular_file() || weights || name == "config.json") continue;
+    fs::copy_file(entry.path(), dir / name);
+  }
+  nlohmann::json config_json = read_json_file(model / "config.json");
+  config_json["quantization_config"] = {
+      {"quant_method", "crossmoe"},
+      {"scheme", quant_scheme_name(scheme)},
+      {"format", "block-quantized matrices stored as U8 with safetensors metadata crossmoe.dtype.<tensor>"}};
+  write_json_file(dir / "config.json", config_json);
+}
+
+}  // namespace
+
+QuantizeSummary quantize_model(const fs::path& model, const fs::path& out_arg, QuantScheme scheme) {
+  fs::path out = out_arg.lexically_normal();
+  if (!out.has_filename()) out = out.parent_path();  // "dir/"
+  require(!out.empty() && out.filename() != "..", "bad output directory '" + out_arg.string() + "'");
+  require(!fs::exists(fs::symlink_status(out)), out.string() + " exists; quantize writes a new directory");
+  const fs::path parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
+  require(fs::is_directory(parent), "the parent directory of " + out.string() + " does not exist");
+  const fs::path tmp = parent / ("." + out.filename().string() + ".partial-" + std::to_string(::getpid()));
+  fs::remove_all(tmp);
+  fs::create_directory(tmp);
+  QuantizeSummary summary;
+  try {
+    write_quantized(model, tmp, scheme, &summary);
+    fs::rename(tmp, out);
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(tmp, ignored);
+    throw;
+  }
+  return summary;
+}
+
+}  // namespace crossmoe

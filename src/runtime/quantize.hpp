@@ -1,0 +1,42 @@
+#pragma once
+// `crossmoe quantize`: a model directory rewritten with block-quantized matrices (Q8_0, Q4_K;
+// util/quant.hpp), which the runtime binds as they are stored.
+//
+// OUT holds model.safetensors (block-type matrices as safetensors.hpp describes, norms and
+// biases in their stored dtype, every tensor the description needs and nothing else), the other
+// files of MODEL copied (tokenizer, generation config, chat template), and MODEL's config.json
+// with a "quantization_config" whose quant_method "crossmoe" other loaders (transformers) refuse.
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "util/dtype.hpp"
+
+namespace crossmoe {
+
+enum class QuantScheme {
+  Q8_0,   // every matrix Q8_0
+  Q4_K,   // every matrix Q4_K
+  Mixed,  // routed experts Q4_K; attention, routers, shared experts, dense FFNs, embeddings, LM head Q8_0
+};
+bool parse_quant_scheme(const std::string& name, QuantScheme* out);  // "q8_0", "q4_k", "mixed"
+std::string quant_scheme_name(QuantScheme scheme);
+
+// The type a matrix of `cols` columns gets when `wanted` is asked: a row must be whole blocks,
+// so a Q4_K matrix whose columns are not a multiple of 256 falls back to Q8_0 (as llama.cpp's
+// quantizer falls back for such tensors), and one not a multiple of 32 keeps its stored dtype.
+DType block_type_for(DType wanted, int64_t cols, DType stored);
+
+// Counts of the matrices written per dtype, and the fallbacks taken ("tensor: Q4_K -> Q8_0").
+struct QuantizeSummary {
+  std::map<std::string, int> matrices_per_dtype;
+  std::vector<std::string> fallbacks;
+};
+
+// Writes OUT atomically: everything goes into a sibling temporary directory renamed to OUT at
+// the end, which is removed if anything fails. OUT must not exist.
+QuantizeSummary quantize_model(const std::filesystem::path& model, const std::filesystem::path& out,
+                               QuantScheme scheme);
+
+}  // namespace crossmoe

@@ -1,0 +1,249 @@
+// The batched session against the one-sequence session: many sequences decoded together, joining
+// and leaving mid-stream, prefill chunks sharing steps with decode, prefix blocks reused, must
+// give each sequence the greedy tokens it gets alone and logits within float rounding (the
+// matmuls see more rows, which may change the order of sums inside a kernel, nothing else).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "model/init.hpp"
+#include "runtime/forward.hpp"
+#include "small_models.hpp"
+#include "temp_dir.hpp"
+#include "util/error.hpp"
+
+namespace crossmoe {
+namespace {
+
+constexpr double kLogitTolerance = 2e-5;
+
+struct SmallModel {
+  std::filesystem::path dir;
+  std::unique_ptr<Model> model;
+  explicit SmallModel(const std::string& layout) : dir(testing_paths::temp_path("batch_" + layout)) {
+    ModelConfig c = testing_models::small(layout);
+    c.finalize();
+    InitOptions options;
+    options.seed = 11;
+    options.norm_noise = 0.2f;
+    write_random_model(c, dir, options);
+    model = std::make_unique<Model>(dir);
+  }
+  ~SmallModel() { std::filesystem::remove_all(dir); }
+};
+
+int argmax(const float* logits, int n) { return int(std::max_element(logits, logits + n) - logits); }
+
+// Greedy decoding of one prompt alone: the tokens and the logits each was chosen from.
+struct Decoded {
+  std::vector<int> tokens;
+  std::vector<std::vector<float>> logits;
+};
+Decoded decode_alone(const Model& model, const std::vector<int>& prompt, int new_tokens) {
+  InferenceSession session(model, 128, 5);
+  const int V = model.config().vocab_size;
+  Decoded out;
+  const std::vector<float>* logits = &session.forward(prompt);
+  for (int i = 0; i < new_tokens; ++i) {
+    out.logits.emplace_back(logits->begin(), logits->begin() + V);
+    out.tokens.push_back(argmax(logits->data(), V));
+    if (i + 1 < new_tokens) logits = &session.forward({out.tokens.back()});
+  }
+  return out;
+}
+
+double max_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double m = 0;
+  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, double(std::fabs(a[i] - b[i])));
+  return m;
+}
+
+// Prompts of different lengths; the later ones begin with the first one's tokens, so their
+// first blocks are found in the cache.
+std::vector<std::vector<int>> prompts() {
+  std::vector<std::vector<int>> p = {{5, 77, 123, 9, 250, 31, 64, 199, 2, 18, 42},
+                                     {7, 8},
+                                     {100, 101, 102, 103, 104, 105, 106},
+                                     {},
+                                     {290, 3, 3, 3, 17, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73}};
+  p[3] = p[0];
+  p[3].insert(p[3].end(), {11, 12, 13});
+  p.push_back(std::vector<int>(p[0].begin(), p[0].begin() + 9));  // ends inside a cached block
+  return p;
+}
+
+class BatchedDecoding : public ::testing::TestWithParam<std::string> {};
+
+// A small continuous-batching loop: each step decodes one token of every running sequence and
+// fills the rest of the step's token budget with prefill chunks of waiting ones. Sequence i
+// joins at step 2 i and leaves after its own number of tokens.
+TEST_P(BatchedDecoding, SameTokensAsEachSequenceAlone) {
+  const SmallModel m(GetParam());
+  const Model& model = *m.model;
+  const int V = model.config().vocab_size;
+  const auto ps = prompts();
+  std::vector<int> wanted;
+  std::vector<Decoded> alone;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    wanted.push_back(4 + int(i * 3) % 7);
+    alone.push_back(decode_alone(model, ps[i], wanted.back()));
+  }
+
+  BatchSession batch(model, /*block_size=*/4, /*blocks=*/64, /*chunk=*/8);
+  struct Running {
+    int sequence = -1;
+    size_t prefilled = 0;  // prompt tokens in the cache
+    std::vector<int> out;
+    std::vector<float> logits;
+    bool done = false;
+  };
+  std::vector<Running> run(ps.size());
+  int reused_total = 0;
+  for (int step = 0; std::any_of(run.begin(), run.end(), [](const Running& r) { return !r.done; }); ++step) {
+    ASSERT_LT(step, 200);
+    for (size_t i = 0; i < ps.size(); ++i)
+      if (int(i) * 2 == step) {
+        run[i].sequence = batch.open();
+        run[i].prefilled = batch.reuse_prefix(run[i].sequence, ps[i]);
+        reused_total += int(run[i].prefilled);
+        run[i].logits.resize(V);
+      }
+    std::vector<StepPiece> pieces;
+    std::vector<size_t> owner;
+    int budget = batch.chunk();
+    for (size_t i = 0; i < ps.size(); ++i)  // decode first: running sequences never wait
+      if (run[i].sequence >= 0 && !run[i].done && run[i].prefilled == ps[i].size()) {
+        pieces.push_back({run[i].sequence, &run[i].out.back(), 1, run[i].logits.data()});
+        owner.push_back(i);
+        --budget;
+      }
+    for (size_t i = 0; i < ps.size() && budget > 0; ++i)
+      if (run[i].sequence >= 0 && run[i].prefilled < ps[i].size()) {
+        const int n = std::min(budget, int(ps[i].size() - run[i].prefilled));
+        const bool last = run[i].prefilled + n == ps[i].size();
+        pieces.push_back({run[i].sequence, &ps[i][run[i].prefilled], n, last ? run[i].logits.data() : nullptr});
+        owner.push_back(i);
+        budget -= n;
+      }
+    if (pieces.empty()) continue;
+    batch.step(pieces);
+    for (size_t p = 0; p < pieces.size(); ++p) {
+      Running& r = run[owner[p]];
+      const size_t i = owner[p];
+      if (r.prefilled < ps[i].size()) {
+        r.prefilled += pieces[p].count;
+        if (r.prefilled < ps[i].size()) continue;
+      }
+      const size_t k = r.out.size();
+      EXPECT_LT(max_diff(r.logits, alone[i].logits[k]), kLogitTolerance) << "sequence " << i << " token " << k;
+      r.out.push_back(argmax(r.logits.data(), V));
+      if (int(r.out.size()) == wanted[i]) {
+        r.done = true;
+        batch.close(r.sequence);
+      }
+    }
+  }
+  for (size_t i = 0; i < ps.size(); ++i) EXPECT_EQ(run[i].out, alone[i].tokens) << "sequence " << i;
+  // Sequences 3 and 5 start with sequence 0's prompt: two whole blocks each.
+  EXPECT_EQ(reused_total, 16);
+  EXPECT_EQ(batch.pool().in_use(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, BatchedDecoding, ::testing::Values("dense", "moe", "megrez2", "rexmoe"));
+
+TEST(BatchSession, ReusedPrefixGivesTheLogitsOfAFullPrefill) {
+  const SmallModel m("megrez2");
+  const int V = m.model->config().vocab_size;
+  const std::vector<int> prompt = {5, 77, 123, 9, 250, 31, 64, 199, 2, 18, 42, 1, 2};
+  BatchSession batch(*m.model, 4, 16, 64);
+  std::vector<float> first(V), second(V);
+  const int a = batch.open();
+  EXPECT_EQ(batch.reuse_prefix(a, prompt), 0);  // nothing cached yet
+  batch.step({{a, prompt.data(), int(prompt.size()), first.data()}});
+  EXPECT_EQ(batch.pool().in_use(), 4);
+  const int b = batch.open();
+  const int reused = batch.reuse_prefix(b, prompt);
+  EXPECT_EQ(reused, 12);  // three whole blocks; the last token runs again
+  EXPECT_EQ(batch.pool().in_use(), 4);  // shared, not copied
+  batch.step({{b, prompt.data() + reused, int(prompt.size()) - reused, second.data()}});
+  EXPECT_EQ(batch.pool().in_use(), 5);
+  EXPECT_LT(max_diff(first, second), kLogitTolerance);
+  EXPECT_EQ(batch.tokens(b), prompt);
+  // A prompt that differs inside the second block shares only the first.
+  std::vector<int> other = prompt;
+  other[6] = 3;
+  const int c = batch.open();
+  EXPECT_EQ(batch.reuse_prefix(c, other), 4);
+}
+
+TEST(BatchSession, RewindIntoASharedBlockCopiesIt) {
+  // b rewinds into a block it shares with a and writes new tokens there: a must not see them.
+  const SmallModel m("moe");
+  const int V = m.model->config().vocab_size;
+  const std::vector<int> prompt = {5, 77, 123, 9, 250, 31, 64, 199, 2};
+  BatchSession batch(*m.model, 4, 16, 64);
+  std::vector<float> logits(V);
+  const int a = batch.open();
+  batch.step({{a, prompt.data(), int(prompt.size()), logits.data()}});
+  const int b = batch.open();
+  ASSERT_EQ(batch.reuse_prefix(b, prompt), 8);
+  batch.rewind(b, 6);
+  const std::vector<int> changed = {40, 41, 42};
+  batch.step({{b, changed.data(), 3, logits.data()}});
+  std::vector<int> b_prompt(prompt.begin(), prompt.begin() + 6);
+  b_prompt.insert(b_prompt.end(), changed.begin(), changed.end());
+  EXPECT_LT(max_diff(logits, decode_alone(*m.model, b_prompt, 1).logits[0]), kLogitTolerance);
+  const int next = 17;
+  batch.step({{a, &next, 1, logits.data()}});
+  std::vector<int> a_prompt = prompt;
+  a_prompt.push_back(next);
+  EXPECT_LT(max_diff(logits, decode_alone(*m.model, a_prompt, 1).logits[0]), kLogitTolerance);
+}
+
+TEST(BatchSession, FullPoolRefusesCleanlyAndRecovers) {
+  const SmallModel m("dense");
+  const int V = m.model->config().vocab_size;
+  BatchSession batch(*m.model, 4, 3, 64);
+  const std::vector<int> prompt = {1, 2, 3, 4, 5, 6, 7, 8, 9};  // three blocks
+  std::vector<float> logits(V);
+  const int a = batch.open();
+  ASSERT_TRUE(batch.reserve(a, 9));
+  batch.step({{a, prompt.data(), 9, logits.data()}});
+  EXPECT_EQ(batch.pool().available(), 0);
+  const int b = batch.open();
+  EXPECT_EQ(batch.blocks_needed(b, 1), 1);
+  EXPECT_FALSE(batch.reserve(b, 1));
+  EXPECT_EQ(batch.pool().available(), 0);  // nothing taken
+  EXPECT_THROW(batch.step({{b, prompt.data(), 1, logits.data()}}), Error);
+  EXPECT_EQ(batch.length(b), 0);
+  // a still has room in its last block; running it on stays exact.
+  const int next = 10;
+  batch.step({{a, &next, 1, logits.data()}});
+  std::vector<int> a_prompt = prompt;
+  a_prompt.push_back(next);
+  EXPECT_LT(max_diff(logits, decode_alone(*m.model, a_prompt, 1).logits[0]), kLogitTolerance);
+  // Closing a frees its blocks at once (the full ones stay cached but can be taken).
+  batch.close(a);
+  EXPECT_EQ(batch.pool().available(), 3);
+  EXPECT_TRUE(batch.reserve(b, 12));
+  batch.step({{b, prompt.data(), 9, logits.data()}});
+  EXPECT_LT(max_diff(logits, decode_alone(*m.model, prompt, 1).logits[0]), kLogitTolerance);
+}
+
+TEST(BatchSession, RejectsBadSteps) {
+  const SmallModel m("dense");
+  BatchSession batch(*m.model, 4, 8, 4);
+  const int a = batch.open();
+  const std::vector<int> five = {1, 2, 3, 4, 5};
+  EXPECT_THROW(batch.step({{a, five.data(), 5}}), Error);  // over the chunk
+  const int bad = m.model->config().vocab_size;
+  EXPECT_THROW(batch.step({{a, &bad, 1}}), Error);
+  EXPECT_THROW(batch.step({{a, five.data(), 1}, {a, five.data(), 1}}), Error);
+  EXPECT_THROW(batch.close(a + 1), Error);
+  EXPECT_THROW(BatchSession(*m.model, 4, 0), Error);
+}
+
+}  // namespace
+}  // namespace crossmoe

@@ -1,0 +1,233 @@
+// crossmoe quantize: the model it writes loads with its matrices bound as stored, stays close to
+// the original, and the command fails cleanly.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "cli_run.hpp"
+#include "model/init.hpp"
+#include "model/safetensors.hpp"
+#include "runtime/forward.hpp"
+#include "runtime/generate.hpp"
+#include "runtime/quantize.hpp"
+#include "small_models.hpp"
+#include "temp_dir.hpp"
+#include "util/error.hpp"
+#include "util/json_file.hpp"
+
+using namespace crossmoe;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Small models of a layout with 256-wide rows, so that Q4_K applies to every matrix: "megrez2"
+// (shared pool, shared expert, dense first layer) and "dense".
+ModelConfig q4_friendly_config(const std::string& layout) {
+  ModelConfig c = testing_models::small(layout);
+  c.hidden_size = 256;
+  c.intermediate_size = 512;
+  c.moe.expert_intermediate_size = 256;
+  c.moe.shared_intermediate_size = 256;
+  c.num_heads = 4;
+  c.head_dim = 64;
+  c.finalize();
+  return c;
+}
+
+struct Models {
+  fs::path root = testing_paths::temp_path("quantized_model");
+  fs::path original = root / "bf16", dense = root / "dense_bf16";
+  Models() {
+    fs::remove_all(root);
+    fs::create_directories(root);
+    write_random_model(q4_friendly_config("megrez2"), original, InitOptions{.seed = 7, .dtype = DType::BF16});
+    write_random_model(q4_friendly_config("dense"), dense, InitOptions{.seed = 7, .dtype = DType::BF16});
+  }
+  ~Models() { fs::remove_all(root); }
+  fs::path quantized(QuantScheme s, const fs::path& model = {}) {
+    const fs::path from = model.empty() ? original : model;
+    const fs::path out = root / (from.filename().string() + "_" + quant_scheme_name(s));
+    if (!fs::exists(out)) quantize_model(from, out, s);
+    return out;
+  }
+};
+
+Models& models() {
+  static Models m;
+  return m;
+}
+
+std::vector<float> logits(const fs::path& dir, const std::vector<int>& tokens) {
+  const Model model(dir);
+  InferenceSession session(model, 64);
+  return session.forward(tokens, true);
+}
+
+const std::vector<int> kPrompt = {5, 17, 42, 99, 3, 250, 7, 64, 128, 11, 200, 33};
+
+}  // namespace
+
+TEST(QuantizedModel, MatricesBindAsStoredAndNormsStayAsTheyWere) {
+  const Model mixed(models().quantized(QuantScheme::Mixed));
+  const ModelWeights& w = mixed.weights();
+  EXPECT_EQ(w.embed.dtype, DType::Q8_0);
+  EXPECT_EQ(w.lm_head.dtype, DType::Q8_0);
+  const LayerWeights& moe = w.layers[1];
+  ASSERT_FALSE(moe.experts.empty());
+  EXPECT_EQ(moe.q.dtype, DType::Q8_0);
+  EXPECT_EQ(moe.router.dtype, DType::Q8_0);
+  EXPECT_EQ(moe.shared.gate.dtype, DType::Q8_0);
+  EXPECT_EQ(moe.experts[0].gate.dtype, DType::Q4_K);
+  EXPECT_EQ(moe.experts[0].down.dtype, DType::Q4_K);
+  EXPECT_EQ(w.layers[0].dense.up.dtype, DType::Q8_0);
+  const Model original(models().original);
+  EXPECT_EQ(w.final_norm, original.weights().final_norm);
+  EXPECT_EQ(moe.input_norm, original.weights().layers[1].input_norm);
+  EXPECT_LT(mixed.bytes_per_token(), 0.6 * original.bytes_per_token());
+
+  // Another reader sees U8 tensors of the wrong shape and a quantization method it cannot load.
+  const fs::path file = models().quantized(QuantScheme::Q4_K) / "model.safetensors";
+  std::ifstream in(file, std::ios::binary);
+  uint64_t len = 0;
+  in.read(reinterpret_cast<char*>(&len), 8);
+  std::string header(len, '\0');
+  in.read(header.data(), std::streamsize(len));
+  const auto h = nlohmann::json::parse(header);
+  const auto& q = h.at("model.layers.1.self_attn.q_proj.weight");
+  EXPECT_EQ(q.at("dtype"), "U8");
+  EXPECT_EQ(q.at("shape"), nlohmann::json::array({256, 144}));
+  EXPECT_EQ(h.at("__metadata__").at("crossmoe.dtype.model.layers.1.self_attn.q_proj.weight"), "Q4_K");
+  const auto config = read_json_file(models().quantized(QuantScheme::Q4_K) / "config.json");
+  EXPECT_EQ(config.at("quantization_config").at("quant_method"), "crossmoe");
+  EXPECT_TRUE(fs::exists(models().quantized(QuantScheme::Q4_K) / "generation_config.json"));
+}
+
+double relative_rms_change(const std::vector<float>& ref, const std::vector<float>& got) {
+  double ref_ss = 0, diff_ss = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    ref_ss += double(ref[i]) * ref[i];
+    diff_ss += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
+  }
+  return std::sqrt(diff_ss / ref_ss);
+}
+
+// How far the logits may move (RMS of the change over RMS of the logits). A weight errs by at most
+// half a step, uniformly in RMS step / sqrt(12): for Q8_0 with step max|w| / 127 over 32 roughly
+// Gaussian weights (max ~ 2.5 sigma) about 0.6% of the weights' spread, and as much again from
+// the 8-bit activations, so each product's output moves by ~1%; Q4_K's step is the sub-block's
+// range / 15 (~4.5 sigma / 15), ~9% per product. In the dense model, 9 products in sequence
+// (q/k/v, o, gate/up, down per layer, and the LM head) add up in quadrature to ~3% for Q8_0 and
+// ~27% for Q4_K: the bounds are 5% and 40% (measured 2.4% and 28%). In the MoE, a routing
+// decision near a tie flips to another expert under any perturbation and moves its token's
+// logits by a whole expert's output: bounds 15% and 60% (measured 4.7%, 35%, mixed 7.5%). A
+// wrong kernel or format moves them by 100%.
+TEST(QuantizedModel, LogitsStayCloseToTheOriginal) {
+  struct Case {
+    fs::path model;
+    QuantScheme scheme;
+    double bound;
+  };
+  const Case cases[] = {{models().dense, QuantScheme::Q8_0, 0.05},    {models().dense, QuantScheme::Q4_K, 0.4},
+                        {models().original, QuantScheme::Q8_0, 0.15}, {models().original, QuantScheme::Q4_K, 0.6},
+                        {models().original, QuantScheme::Mixed, 0.4}};
+  for (const Case& c : cases) {
+    const std::vector<float> ref = logits(c.model, kPrompt), got = logits(models().quantized(c.scheme, c.model), kPrompt);
+    ASSERT_EQ(got.size(), ref.size());
+    const double change = relative_rms_change(ref, got);
+    std::printf("%s %s: relative RMS change of the logits %.4f (bound %.2f)\n", c.model.filename().c_str(),
+                quant_scheme_name(c.scheme).c_str(), change, c.bound);
+    EXPECT_LT(change, c.bound) << c.model << " " << quant_scheme_name(c.scheme);
+    EXPECT_GT(change, 0.0) << "the quantized model must really be quantized";
+  }
+}
+
+TEST(QuantizedModel, Q8_0GivesTheOriginalsGreedyTokens) {
+  Sampler greedy(SamplingParams{});
+  const Model original(models().dense), q8(models().quantized(QuantScheme::Q8_0, models().dense));
+  InferenceSession a(original, 64), b(q8, 64);
+  const auto ta = generate(a, kPrompt, 32, greedy, {}).tokens;
+  const auto tb = generate(b, kPrompt, 32, greedy, {}).tokens;
+  EXPECT_EQ(ta, tb);
+}
+
+TEST(QuantizedModel, RefusesAnExistingOutputAndLeavesNothingWhenItFails) {
+  const fs::path root = models().root;
+  EXPECT_THROW(quantize_model(models().original, models().original, QuantScheme::Q8_0), Error);
+  // A NaN weight fails mid-write: no OUT, no temporary directory left behind.
+  const fs::path broken = root / "broken";
+  fs::remove_all(broken);
+  fs::copy(models().original, broken);
+  // Locate the tensor's bytes in the file through the header, then write a bf16 NaN there.
+  std::fstream io(broken / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+  uint64_t len = 0;
+  io.read(reinterpret_cast<char*>(&len), 8);
+  std::string header(len, '\0');
+  io.read(header.data(), std::streamsize(len));
+  const uint64_t begin = nlohmann::json::parse(header).at("model.layers.1.mlp.shared_experts.up_proj.weight")
+                             .at("data_offsets")[0].get<uint64_t>();
+  io.seekp(std::streamoff(8 + len + begin + 20));
+  const uint16_t nan_bf16 = 0x7fc0;
+  io.write(reinterpret_cast<const char*>(&nan_bf16), 2);
+  io.close();
+  const fs::path out = root / "from_broken";
+  try {
+    quantize_model(broken, out, QuantScheme::Q8_0);
+    FAIL() << "a NaN weight must fail";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("shared_experts.up_proj.weight"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(out));
+  for (const auto& entry : fs::directory_iterator(root))
+    EXPECT_EQ(entry.path().filename().string().find(".partial"), std::string::npos) << entry.path();
+}
+
+TEST(QuantizedModel, BadMetadataIsAClearError) {
+  const fs::path dir = models().root / "metadata";
+  fs::create_directories(dir);
+  const std::vector<uint8_t> bytes(2 * 34, 0);
+  const auto expect_error = [&](const std::map<std::string, std::string>& meta, const std::string& shape_note,
+                                std::vector<int64_t> shape, const std::string& needle) {
+    const fs::path f = dir / "t.safetensors";
+    write_safetensors(f, {{"w", DType::U8, shape, bytes.data()}}, meta);
+    try {
+      SafetensorsFile file(f);
+      FAIL() << shape_note;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error({{"crossmoe.dtype.v", "Q8_0"}}, "names a missing tensor", {2, 34}, "names no tensor");
+  expect_error({{"crossmoe.dtype.w", "Q5_1"}}, "unknown type", {2, 34}, "unknown block type 'Q5_1'");
+  expect_error({{"crossmoe.dtype.w", "Q8_0"}}, "rows not whole blocks", {4, 17}, "multiple of 34");
+  expect_error({{"crossmoe.dtype.w", "Q8_0"}}, "not a matrix", {68}, "stored as U8 [rows");
+  // And the good case reads back as [rows, cols] of Q8_0.
+  write_safetensors(dir / "ok.safetensors", {{"w", DType::Q8_0, {2, 32}, bytes.data()}});
+  const SafetensorsFile ok(dir / "ok.safetensors");
+  EXPECT_EQ(ok.tensors().at("w").dtype, DType::Q8_0);
+  EXPECT_EQ(ok.tensors().at("w").shape, (std::vector<int64_t>{2, 32}));
+}
+
+TEST(QuantizedModel, CommandLine) {
+  using testing_cli::run;
+  const fs::path root = models().root, out = root / "cli_q8";
+  const std::string model = models().original.string();
+  auto r = run("quantize " + model + " " + (root / "x").string() + " --type q5_0");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_EQ(r.out.rfind("error:", 0), 0u) << r.out;
+  r = run("quantize " + (root / "missing").string() + " " + (root / "x").string() + " --type q8_0");
+  EXPECT_EQ(r.code, 2) << r.out;
+  r = run("quantize " + model + " " + model + " --type q8_0");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("error: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("exists"), std::string::npos) << r.out;
+  r = run("quantize " + model + " " + out.string() + " --type mixed");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run("generate " + out.string() + " --ids 1,2,3 -n 4");
+  EXPECT_EQ(r.code, 0) << r.out;
+  r = run("info " + out.string());
+  EXPECT_EQ(r.code, 0) << r.out;
+  r = run("bench " + out.string() + " --json --runs 1 --prompt-tokens 8 --gen-tokens 4");
+  EXPECT_EQ(r.code, 0) << r.out;
+}
