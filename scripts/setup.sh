@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # libtorch-dev is the trainer's; libopenblas0-openmp replaces the reference BLAS it would use
 # otherwise (10x faster matrix products).
 packages=(g++ cmake make pkg-config libgtest-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev
-          fortunes-zh python3-jieba libtorch-dev libopenblas0-openmp libedit-dev)
+          fortunes-zh python3-jieba libtorch-dev libopenblas0-openmp libedit-dev libcpp-httplib-dev)
 command -v npm >/dev/null || packages+=(npm)  # machines here ship Node.js with its own npm
 missing=()
 for p in "${packages[@]}"; do

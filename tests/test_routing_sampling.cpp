@@ -8,6 +8,7 @@
 
 #include "runtime/routing.hpp"
 #include "runtime/sampler.hpp"
+#include "util/error.hpp"
 #include "util/json_file.hpp"
 
 #include <filesystem>
@@ -130,6 +131,16 @@ TEST(Sampler, GreedyAndFilters) {
   d = Sampler(p).distribution(logits.data(), 4, {1, 1, 1});
   double z = std::exp(1.0) + std::exp(1.5) + std::exp(2.0) + 1.0;
   EXPECT_NEAR(d[1], std::exp(1.5) / z, 1e-6);
+  // OpenAI's penalties, by count: token 1 seen twice, token 2 once (temperature 1).
+  p.repetition_penalty = 1.0f;
+  p.presence_penalty = 0.5f;
+  p.frequency_penalty = 0.25f;
+  d = Sampler(p).distribution(logits.data(), 4, {1, 1, 2});
+  z = std::exp(1.0) + std::exp(3.0 - 0.5 - 0.5) + std::exp(2.0 - 0.5 - 0.25) + 1.0;
+  EXPECT_NEAR(d[1], std::exp(2.0) / z, 1e-6);
+  EXPECT_NEAR(d[2], std::exp(1.25) / z, 1e-6);
+  p.presence_penalty = 3.0f;
+  EXPECT_THROW(Sampler{p}, Error);
 }
 
 TEST(Sampler, DrawsFollowTheDistributionAndSeedsRepeat) {

@@ -77,6 +77,9 @@ void write_trace(const std::string& path, const std::vector<RoutingRecord>& trac
   }
 }
 
+// Every byte of the text, NULs included (a model may write them).
+void print(const std::string& text) { std::fwrite(text.data(), 1, text.size(), stdout); }
+
 void run_generate(const GenerateArgs& a) {
   const std::optional<std::string> text = prompt_text(a);
   const Model model(a.model);
@@ -103,16 +106,16 @@ void run_generate(const GenerateArgs& a) {
   std::optional<DecodeStream> stream;
   StopStrings stops(a.stops);
   if (tokenizer) {
-    std::fputs(text ? text->c_str() : tokenizer->decode(prompt).c_str(), stdout);
+    print(text ? *text : tokenizer->decode(prompt));
     stream.emplace(*tokenizer, true);
   }
   const GenerationResult result = generate(session, prompt, a.max_tokens, sampler, c.eos_token_ids, [&](int token) {
-    if (stream) std::fputs(stops.push(stream->push(token)).c_str(), stdout);
+    if (stream) print(stops.push(stream->push(token)));
     else std::printf("%d ", token);
     std::fflush(stdout);
     return !stops.stopped();
   });
-  std::fputs(stops.flush().c_str(), stdout);
+  print(stops.flush());
   std::printf("\n");
   std::fflush(stdout);  // the speed line goes to stderr: keep it after the text
   const GenerationStats& s = result.stats;

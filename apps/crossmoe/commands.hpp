@@ -18,6 +18,7 @@ void add_games(CLI::App& app);  // games info, play, solve, transcripts, eval
 void add_games_eval_command(CLI::App& games);  // games eval (cmd_games_eval.cpp)
 void add_data(CLI::App& app);   // data prepare
 void add_eval(CLI::App& app);   // eval lveval, score, generate, check
+void add_serve(CLI::App& app);  // the OpenAI-compatible server
 void add_train(CLI::App& app);  // needs libtorch; otherwise says so
 void add_rl(CLI::App& app);     // rl selfplay; needs libtorch
 

@@ -133,6 +133,7 @@ int main(int argc, char** argv) {
   add_games(app);
   add_data(app);
   add_eval(app);
+  add_serve(app);
   add_train(app);
   add_rl(app);
   check_number_syntax(app);

@@ -39,6 +39,8 @@ Sampler::Sampler(const SamplingParams& params) : p_(params), rng_(params.seed) {
   require(params.top_p > 0 && params.top_p <= 1, "top-p must be in (0, 1]");
   require(params.min_p >= 0 && params.min_p < 1, "min-p must be in [0, 1)");
   require(params.repetition_penalty > 0, "repetition penalty must be positive");
+  require(std::fabs(params.presence_penalty) <= 2 && std::fabs(params.frequency_penalty) <= 2,
+          "presence and frequency penalties must be in [-2, 2]");
 }
 
 std::vector<float> Sampler::distribution(const float* logits, int vocab, const std::vector<int>& history) const {
@@ -51,6 +53,13 @@ std::vector<float> Sampler::distribution(const float* logits, int vocab, const s
         seen[t] = 1;
         z[t] = z[t] > 0 ? z[t] / p_.repetition_penalty : z[t] * p_.repetition_penalty;
       }
+  }
+  if (p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f) {
+    std::vector<int> count(vocab, 0);
+    for (int t : history)
+      if (t >= 0 && t < vocab) ++count[t];
+    for (int t = 0; t < vocab; ++t)
+      if (count[t] > 0) z[t] -= p_.presence_penalty + p_.frequency_penalty * float(count[t]);
   }
   std::vector<float> prob(vocab, 0.0f);
   if (p_.temperature == 0.0f) {

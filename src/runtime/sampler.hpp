@@ -1,6 +1,6 @@
 #pragma once
-// Next-token sampling, in Hugging Face's order: repetition penalty, temperature, top-k, top-p,
-// min-p, then a draw. Temperature 0 is greedy (argmax, ties to the lower id).
+// Next-token sampling, in Hugging Face's order: repetition penalty (then OpenAI's presence and
+// frequency penalties), temperature, top-k, top-p, min-p, then a draw. Temperature 0 is greedy (argmax, ties to the lower id).
 #include <cstdint>
 #include <filesystem>
 #include <random>
@@ -14,6 +14,9 @@ struct SamplingParams {
   float top_p = 1.0f;                // 1 = off
   float min_p = 0.0f;                // 0 = off
   float repetition_penalty = 1.0f;   // 1 = off
+  // OpenAI's: logit -= presence * (count > 0) + frequency * count, counting the history.
+  float presence_penalty = 0.0f;     // 0 = off
+  float frequency_penalty = 0.0f;    // 0 = off
   uint64_t seed = 0;
 };
 
