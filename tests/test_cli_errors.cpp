@@ -137,6 +137,7 @@ TEST_F(CliErrors, EveryCommandFailsWithOneErrorLineAndExitCode) {
       {"games play tic_tac_toe --seed abc", 2, "--seed"},
       {"games solve", 2, "game is required"},
       {"games solve kuhn_poker --iterations x", 2, "--iterations"},
+      {"games transcripts tic_tac_toe -n 0 -o {dir}/t.jsonl", 2, "--games: expected a whole number from 1"},
       // data, eval, train
       {"data", 2, "subcommand"},
       {"data prepare", 2, "required"},
@@ -148,6 +149,10 @@ TEST_F(CliErrors, EveryCommandFailsWithOneErrorLineAndExitCode) {
 #ifdef CROSSMOE_HAVE_TORCH
       {"train --data {dir}/none -o {dir}/run --steps x", 2, "--steps"},
       {"train", 2, "required"},
+      {"rl selfplay {good} -o {dir}/rl --iterations 0", 2, "--iterations: expected a whole number from 1"},
+      {"rl selfplay {good} -o {dir}/rl --temperature -1", 2, "--temperature: expected a number of at least 0"},
+      {"rl selfplay {good} -o {dir}/rl --top-k -3", 2, "--top-k"},
+      {"rl bench {good} --sequences 0", 2, "--sequences: expected a whole number from 1"},
 #else
       {"train", 1, "libtorch"},
 #endif

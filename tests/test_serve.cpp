@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -119,6 +120,52 @@ TEST_F(Serve, OpenAiClientGetsTheTextOfGenerateAndChat) {
   EXPECT_EQ(out["together"], out["one_by_one"]);
   EXPECT_EQ(out["together"].back(), expected);
   EXPECT_EQ(out["wrong_key_status"], 401);
+}
+
+// The text of the last element with this class in an HTML dump, entities decoded.
+std::string last_text_of_class(const std::string& html, const std::string& cls) {
+  const std::string open = "class=\"" + cls + "\">";
+  const size_t at = html.rfind(open);
+  if (at == std::string::npos) return "<no " + cls + ">";
+  const size_t begin = at + open.size(), end = html.find("</div>", begin);
+  std::string text = html.substr(begin, end - begin), out;
+  for (size_t i = 0; i < text.size(); ++i) {
+    bool replaced = false;
+    for (const auto& [entity, c] : {std::pair{"&amp;", '&'}, {"&lt;", '<'}, {"&gt;", '>'}, {"&quot;", '"'}, {"&nbsp;", ' '}})
+      if (text.compare(i, std::strlen(entity), entity) == 0) {
+        out += c;
+        i += std::strlen(entity) - 1;
+        replaced = true;
+        break;
+      }
+    if (!replaced) out += text[i];
+  }
+  return out;
+}
+
+TEST_F(Serve, ChatPageStreamsTheAnswerInChromium) {
+  if (run_shell("command -v chromium").code != 0) GTEST_SKIP() << "chromium not installed (scripts/setup.sh)";
+  const ServerProcess server(dir_, "");
+  ASSERT_GT(server.port, 0);
+  const std::string message = "Where is the cat?";
+  const std::string url = "'http://127.0.0.1:" + std::to_string(server.port) + "/?q=Where%20is%20the%20cat%3F&temperature=0&max_tokens=" +
+                          std::to_string(kMaxTokens) + "'";
+  // Headless Chromium loads the page, which sends the message and streams the reply into it.
+  const std::string chromium = "chromium --headless --no-sandbox --disable-gpu --user-data-dir=" +
+                               (dir_ / "chromium").string() + " --virtual-time-budget=30000 ";
+  const auto dom = run_shell(chromium + "--dump-dom " + url + " 2>/dev/null");
+  ASSERT_EQ(dom.code, 0);
+  const auto chatted = run_shell("printf '%s\\n' '" + message + "' | " + CROSSMOE_BIN + " chat " + (dir_ / "model").string() +
+                                 " -n " + std::to_string(kMaxTokens) + " --temperature 0 2>/dev/null");
+  ASSERT_EQ(chatted.code, 0);
+  EXPECT_EQ(last_text_of_class(dom.out, "message user"), message);
+  EXPECT_EQ(last_text_of_class(dom.out, "message assistant"), Json::parse(chatted.out)["content"].get<std::string>());
+  EXPECT_EQ(dom.out.find("message error"), std::string::npos) << dom.out;
+  // A screenshot of the page with its answer, kept for people to look at.
+  std::filesystem::create_directories(CROSSMOE_ARTIFACT_DIR);
+  const std::string shot = std::string(CROSSMOE_ARTIFACT_DIR) + "/chat_page.png";
+  run_shell(chromium + "--window-size=900,600 --screenshot=" + shot + " " + url + " > /dev/null 2>&1");
+  EXPECT_TRUE(std::filesystem::exists(shot));
 }
 
 TEST_F(Serve, BadRequestsGetOpenAiErrors) {

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "commands.hpp"
+#include "option_checks.hpp"
 #include "games/arena.hpp"
 #include "games/cfr.hpp"
 #include "games/conversation.hpp"
@@ -363,7 +364,7 @@ void add_transcripts_command(CLI::App& games) {
       "transcripts", "Write chat conversations (jsonl, one {\"messages\": [...]} per game and seat) of reference "
                      "players playing through the text protocol: SFT data for `train --sft`");
   cmd->add_option("game", t->game, "One of: " + game_list())->required();
-  cmd->add_option("-n,--games", t->games, "Games to play")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("-n,--games", t->games, "Games to play")->capture_default_str()->check(cli::positive());
   cmd->add_option("-o,--out", *out, "Output jsonl file")->required();
   cmd->add_option("--p0", t->p0, "Player 0 (default: mcts, cfr for poker, rules for Hanabi): random, mcts, cfr, "
                                  "cfr:POLICY.json, nash, rules");

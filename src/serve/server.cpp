@@ -14,6 +14,8 @@
 
 namespace crossmoe::serve {
 
+extern const char kChatPage[];  // chat_page.html, embedded by src/CMakeLists.txt
+
 namespace {
 
 using Json = nlohmann::json;
@@ -84,7 +86,9 @@ class Server {
   void routes(httplib::Server& http) {
     http.set_payload_max_length(options_.max_body_bytes);
     http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-      if (options_.api_key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
+      // The page and /health hold nothing secret; the page sends the key the user types.
+      if (options_.api_key.empty() || req.path == "/health" || req.path == "/")
+        return httplib::Server::HandlerResponse::Unhandled;
       const std::string auth = req.get_header_value("Authorization");
       const std::string prefix = "Bearer ";
       if (auth.rfind(prefix, 0) == 0 && same_secret(auth.substr(prefix.size()), options_.api_key))
@@ -101,6 +105,9 @@ class Server {
       send_error(res, {res.status, message});
       return httplib::Server::HandlerResponse::Handled;
     }));
+    http.Get("/", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content(kChatPage, "text/html; charset=utf-8");
+    });
     http.Get("/health", [](const httplib::Request&, httplib::Response& res) {
       res.set_content(R"({"status":"ok"})", "application/json");
     });

@@ -1,7 +1,8 @@
 #pragma once
 // crossmoe serve: an OpenAI-compatible HTTP server (cpp-httplib) in front of the batching engine.
 // POST /v1/chat/completions and /v1/completions (streamed as server-sent events or not),
-// GET /v1/models, /health and /metrics (Prometheus text). Errors are OpenAI's error JSON.
+// GET /v1/models, /health, /metrics (Prometheus text) and a chat page at /. Errors are OpenAI's
+// error JSON.
 #include <filesystem>
 #include <string>
 

@@ -26,6 +26,25 @@ int psr_pool_size(int experts, int r, int64_t step, const PsrSchedule& s) {
 
 namespace {
 
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3)
+// Keeps scaled_dot_product_attention off cuDNN's kernel while it lives. cuDNN builds an execution
+// plan for every new shape, and the cached path's shapes (rows, keys) change at every decode step:
+// on an H200 its attention took 0.5 ms a call on average in `rl bench --profile`, and self-play
+// decoded at a third of a warm benchmark's speed. The other kernels take masks without plans.
+class NoCudnnAttention {
+ public:
+  NoCudnnAttention() : was_(at::globalContext().userEnabledCuDNNSDP()) { at::globalContext().setSDPUseCuDNN(false); }
+  ~NoCudnnAttention() { at::globalContext().setSDPUseCuDNN(was_); }
+  NoCudnnAttention(const NoCudnnAttention&) = delete;
+  NoCudnnAttention& operator=(const NoCudnnAttention&) = delete;
+
+ private:
+  bool was_;
+};
+#else
+struct NoCudnnAttention {};  // no cuDNN attention before libtorch 2.3
+#endif
+
 torch::ScalarType torch_type(DType dtype) {
   switch (dtype) {
     case DType::F32: return torch::kFloat32;
@@ -283,8 +302,10 @@ torch::Tensor TorchModel::attention(int l, const torch::Tensor& xn, const torch:
   }
   torch::Tensor out;
 #if TORCH_VERSION_MAJOR >= 2
-  if (allowed.defined()) out = at::scaled_dot_product_attention(q, k, v, allowed, 0.0, false);
-  else if (c.sliding_window == 0) out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, true);
+  if (allowed.defined()) {
+    const NoCudnnAttention no_cudnn;
+    out = at::scaled_dot_product_attention(q, k, v, allowed, 0.0, false);
+  } else if (c.sliding_window == 0) out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, true);
 #endif
   if (!out.defined() && allowed.defined()) {
     torch::Tensor scores = torch::matmul(q, k.transpose(-2, -1)).to(acc) / std::sqrt(double(hd));

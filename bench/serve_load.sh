@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Load benchmark of crossmoe serve (docs/benchmarks.md): the same clients against a batching
+# server and a one-at-a-time one (--max-batch 1), started one after the other on loopback.
+# usage: bash bench/serve_load.sh MODEL [CLIENTS=1,4,16,64] [REQUESTS_PER_CLIENT=1] [MAX_TOKENS=32]
+set -euo pipefail
+model=$1 clients=${2:-1,4,16,64} per_client=${3:-1} max_tokens=${4:-32}
+here=$(cd "$(dirname "$0")" && pwd)
+bin=${CROSSMOE:-$here/../build/crossmoe}
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+for batch in 64 1; do
+  "$bin" serve "$model" --port 0 --port-file "$work/port" --max-batch "$batch" --max-queue 1000 --kv-memory 2048 \
+    > "$work/serve.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 600); do [ -s "$work/port" ] && break; sleep 0.1; done
+  echo "# --max-batch $batch"
+  node "$here/serve_load.cjs" "http://127.0.0.1:$(cat "$work/port")" "$clients" "$per_client" "$max_tokens"
+  kill "$pid"; wait "$pid" || true
+  rm -f "$work/port"
+done
