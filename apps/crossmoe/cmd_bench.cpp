@@ -154,7 +154,7 @@ void run_bench(const BenchArgs& a) {
 void add_bench(CLI::App& app) {
   auto a = std::make_shared<BenchArgs>();
   CLI::App* cmd = app.add_subcommand("bench", "Measure prefill and decode speed against the bandwidth limit");
-  cmd->add_option("model", a->model, "Model directory")->required();
+  cmd->add_option("model", a->model, "Model directory or GGUF file")->required();
   cmd->add_option("--prompt-tokens", a->prompt_tokens, "Prefill length")->capture_default_str()->check(positive());
   cmd->add_option("--gen-tokens", a->gen_tokens, "Decoded tokens per run")->capture_default_str()->check(positive());
   cmd->add_option("--runs", a->runs, "Timed runs")->capture_default_str()->check(positive());

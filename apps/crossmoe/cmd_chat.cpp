@@ -15,6 +15,7 @@
 #include <editline/readline.h>
 #endif
 
+#include "runtime/model_files.hpp"
 #include "commands.hpp"
 #include "runtime/generate.hpp"
 #include "sampling_options.hpp"
@@ -190,7 +191,7 @@ class Chat : public Conversation {
       : Conversation(config, std::move(request), !isatty(fileno(stdin))),
         a_(a),
         dir_(a.model),
-        tokenizer_(Tokenizer::load(dir_ / "tokenizer.json")),
+        tokenizer_(require_model_tokenizer(dir_, "chat needs one")),
         model_(dir_),
         session_(model_, a.context > 0 ? a.context : std::min(model_.config().max_position_embeddings, 8192)),
         cache_(session_),
@@ -293,7 +294,7 @@ class Chat : public Conversation {
 };
 
 void run_chat(const ChatArgs& a) {
-  const nlohmann::json config = read_tokenizer_config(a.model);
+  const nlohmann::json config = read_model_tokenizer_config(a.model);
   ChatRequest request;
   if (!a.messages_file.empty()) {
     request = read_chat_request(a.messages_file);
@@ -322,7 +323,7 @@ void add_chat(CLI::App& app) {
       "With stdin piped, each line is a message and each reply one JSON line on stdout "
       "({\"role\", \"content\", \"finish_reason\", token counts}). When the conversation outgrows the "
       "context the oldest turns are dropped; the KV cache is kept across turns");
-  cmd->add_option("model", a->model, "Model directory (tokenizer.json, tokenizer_config.json or chat_template.jinja)")
+  cmd->add_option("model", a->model, "Model directory (tokenizer.json, tokenizer_config.json or chat_template.jinja) or GGUF file (tokenizer.chat_template)")
       ->required();
   cmd->add_option("--system", a->system, "System prompt");
   cmd->add_option("--messages", a->messages_file,

@@ -7,6 +7,7 @@
 #include <iterator>
 #include <memory>
 
+#include "runtime/model_files.hpp"
 #include "commands.hpp"
 #include "eval/lveval_data.hpp"
 #include "eval/lveval_datasets.hpp"
@@ -109,9 +110,7 @@ void run_lveval_command(const LvEvalArgs& a) {
   const eval::Jieba jieba = load_jieba(a.jieba);
   const eval::LvMetric metric(jieba);
   const Model model(a.model);
-  const auto tokenizer_path = std::filesystem::path(a.model) / "tokenizer.json";
-  require(std::filesystem::exists(tokenizer_path), "no tokenizer.json in " + a.model);
-  Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
+  Tokenizer tokenizer = require_model_tokenizer(a.model, "LV-Eval reads text");
   eval::LvEvalOptions o;
   o.data_dir = a.data;
   o.out_dir = a.out.empty() ? "lveval-" + std::filesystem::path(a.model).lexically_normal().filename().string() : a.out;
@@ -125,7 +124,7 @@ void run_lveval_command(const LvEvalArgs& a) {
             a.prompts + " must be a JSON object {dataset: template}");
     o.prompts = prompts.get<std::map<std::string, std::string>>();
   }
-  if (a.chat) o.chat_config = read_tokenizer_config(a.model);
+  if (a.chat) o.chat_config = read_model_tokenizer_config(a.model);
   const auto scores = eval::run_lveval(model, tokenizer, metric, o);
   eval::write_report(scores, o.out_dir, a.model);
   print_scores(scores);
@@ -161,7 +160,7 @@ void add_eval(CLI::App& app) {
 
   auto l = std::make_shared<LvEvalArgs>();
   CLI::App* lv = ev->add_subcommand("lveval", "Run LV-Eval on a model: predictions (resumable), scores, report and plot");
-  lv->add_option("model", l->model, "Model directory")->required()->check(CLI::ExistingDirectory);
+  lv->add_option("model", l->model, "Model directory or GGUF file")->required()->check(CLI::ExistingPath);
   lv->add_option("--data", l->data, "Directory of LV-Eval files named {dataset}_{level}.jsonl")
       ->required()
       ->check(CLI::ExistingDirectory);

@@ -6,6 +6,7 @@
 #include <iostream>
 #include <memory>
 
+#include "runtime/model_files.hpp"
 #include "commands.hpp"
 #include "option_checks.hpp"
 #include "games/arena.hpp"
@@ -74,10 +75,9 @@ struct ModelOptions {
 class ModelResponder {
  public:
   ModelResponder(const std::string& dir, const ModelOptions& options, uint64_t seed)
-      : model_(dir), tokenizer_(Tokenizer::load(std::filesystem::path(dir) / "tokenizer.json")),
+      : model_(dir), tokenizer_(require_model_tokenizer(dir, "a model plays games through its tokenizer")),
         session_(model_, std::min(model_.config().max_position_embeddings, 8192)), max_tokens_(options.max_tokens) {
-    const auto config_path = std::filesystem::path(dir) / "tokenizer_config.json";
-    if (std::filesystem::exists(config_path)) config_ = read_tokenizer_config(dir);
+    config_ = model_tokenizer_config(dir).value_or(config_);
     sampling_.temperature = options.temperature;
     sampling_.top_p = options.top_p;
     sampling_.top_k = options.top_k;

@@ -9,6 +9,8 @@
 #include <memory>
 #include <tuple>
 
+#include "model/gguf.hpp"
+#include "runtime/model_files.hpp"
 #include "commands.hpp"
 #include "games/arena.hpp"
 #include "games/model_eval.hpp"
@@ -230,13 +232,16 @@ void run_eval(EvalArgs a) {
   if (a.backend == "auto") a.backend = a.device == "cpu" ? "runtime" : "rollout";
   if (a.backend == "runtime" && a.device != "cpu")
     throw UsageError("--backend runtime runs on the CPU; --device " + a.device + " needs --backend rollout");
-  require(fs::is_directory(a.model), "no model directory " + a.model);
+  require(fs::is_directory(a.model) || (is_gguf_file(a.model) && a.backend == "runtime"),
+          "no model directory " + a.model + (is_gguf_file(a.model) ? " (a GGUF file plays with --backend runtime)" : ""));
   if (!a.out.empty()) {  // a table that cannot be written is known before the games are played
     std::ofstream probe(a.out, std::ios::app);
     require(probe.good(), "-o: cannot write " + a.out);
   }
   const ModelConfig config = read_model_config(a.model);
-  ChatModel chat = load_chat_model(a.model, config.eos_token_ids);
+  ChatModel chat = make_chat_model(require_model_tokenizer(a.model, "a model plays games through its tokenizer"),
+                                   model_tokenizer_config(a.model).value_or(nlohmann::json::object()),
+                                   config.eos_token_ids, a.model);
   const int capacity = std::min(a.max_sequence, config.max_position_embeddings);
   // MARS ends a game when an answer leaves min_tokens_left or fewer tokens free: a row needs room
   // for a prompt token, an answer token and more than that, or every game is a forfeit.

@@ -14,6 +14,7 @@
 #include "sampling_options.hpp"
 #include "runtime/generate.hpp"
 #include "runtime/stop_strings.hpp"
+#include "runtime/model_files.hpp"
 #include "tokenizer/tokenizer.hpp"
 #include "util/error.hpp"
 #include "util/progress.hpp"
@@ -84,11 +85,9 @@ void run_generate(const GenerateArgs& a) {
   const std::optional<std::string> text = prompt_text(a);
   const Model model(a.model);
   const ModelConfig& c = model.config();
-  const auto tokenizer_path = std::filesystem::path(a.model) / "tokenizer.json";
-  std::optional<Tokenizer> tokenizer;
-  if (std::filesystem::exists(tokenizer_path)) tokenizer = Tokenizer::load(tokenizer_path);
-  require(tokenizer || !text, "no tokenizer.json in " + a.model + "; pass token ids with --ids");
-  if (!tokenizer && !a.stops.empty()) throw Error("--stop needs a tokenizer.json in " + a.model + " to turn tokens into text");
+  std::optional<Tokenizer> tokenizer = load_model_tokenizer(a.model);
+  require(tokenizer || !text, a.model + " has no tokenizer (tokenizer.json, or GGUF tokenizer metadata); pass token ids with --ids");
+  if (!tokenizer && !a.stops.empty()) throw Error("--stop needs a tokenizer in " + a.model + " to turn tokens into text");
   std::vector<int> prompt = text ? tokenizer->encode(*text) : parse_ids(a.ids);
   require(!prompt.empty(), "the prompt is empty");
   if (c.bos_token_id >= 0 && text) prompt.insert(prompt.begin(), c.bos_token_id);
@@ -134,7 +133,7 @@ void run_generate(const GenerateArgs& a) {
 void add_generate(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt, streaming tokens");
-  cmd->add_option("model", a->model, "Model directory")->required();
+  cmd->add_option("model", a->model, "Model directory or GGUF file")->required();
   cmd->add_option("-p,--prompt", a->prompt, "Prompt text; - reads it from stdin (as does a piped stdin without -p)");
   cmd->add_option("-f,--file", a->prompt_file, "Read the prompt from this file");
   cmd->add_option("--ids", a->ids, "Prompt as comma-separated token ids");

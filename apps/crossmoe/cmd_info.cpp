@@ -6,6 +6,7 @@
 
 #include "commands.hpp"
 #include "model/checkpoint.hpp"
+#include "model/gguf.hpp"
 #include "model/config.hpp"
 #include "model/hf_config.hpp"
 
@@ -28,7 +29,7 @@ void run_info(const std::string& dir, int context) {
   // The weights are checked before anything is printed, so a mismatch is the only output.
   std::optional<Checkpoint> ck;
   if (std::filesystem::exists(std::filesystem::path(dir) / "model.safetensors") ||
-      std::filesystem::exists(std::filesystem::path(dir) / "model.safetensors.index.json")) {
+      std::filesystem::exists(std::filesystem::path(dir) / "model.safetensors.index.json") || is_gguf_file(dir)) {
     ck.emplace(dir);
     check_weights_match(*ck, c);
   }
@@ -78,7 +79,7 @@ void add_info(CLI::App& app) {
   auto dir = std::make_shared<std::string>();
   auto context = std::make_shared<int>(4096);
   CLI::App* cmd = app.add_subcommand("info", "Show a model's layout, parameters and memory needs; check the weights against config.json");
-  cmd->add_option("model", *dir, "Model directory (config.json, safetensors)")->required();
+  cmd->add_option("model", *dir, "Model directory (config.json, safetensors) or GGUF file")->required();
   cmd->add_option("--ctx", *context, "Context length for the KV cache estimate")->capture_default_str()->check(positive());
   cmd->callback([dir, context] { run_info(*dir, *context); });
 }

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "commands.hpp"
+#include "runtime/model_files.hpp"
 #include "runtime/perplexity.hpp"
 #include "tokenizer/tokenizer.hpp"
 #include "util/error.hpp"
@@ -24,14 +25,12 @@ struct PerplexityArgs {
 
 void run_perplexity(const PerplexityArgs& a) {
   namespace fs = std::filesystem;
-  const fs::path tokenizer_path = fs::path(a.model) / "tokenizer.json";
-  require(fs::is_regular_file(tokenizer_path), "no tokenizer.json in " + a.model + "; perplexity reads text");
   require(fs::is_regular_file(a.file), a.file + " is not a regular file");
   std::ifstream in(a.file, std::ios::binary);
   std::stringstream text;
   text << in.rdbuf();
   require(in.good() || in.eof(), "cannot read " + a.file);
-  Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
+  Tokenizer tokenizer = require_model_tokenizer(a.model, "perplexity reads text");
   // llama.cpp tokenizes the whole text with the special tokens its vocabulary adds (a BOS at the
   // start) and puts that BOS at the start of every chunk.
   const std::vector<int> tokens = tokenizer.encode(text.str(), true);
@@ -54,7 +53,7 @@ void add_perplexity(CLI::App& app) {
       "perplexity",
       "Perplexity on a text file as llama.cpp's perplexity tool measures it: chunks of --context tokens, "
       "each from an empty cache starting with BOS, the second half of each chunk scored");
-  cmd->add_option("model", a->model, "Model directory (with tokenizer.json)")->required();
+  cmd->add_option("model", a->model, "Model directory (with tokenizer.json) or GGUF file (with tokenizer metadata)")->required();
   cmd->add_option("file", a->file, "Text file")->required();
   cmd->add_option("-c,--context", a->context, "Tokens per chunk (llama.cpp's -c)")->capture_default_str()->check(whole_number(4));
   cmd->add_option("--chunks", a->max_chunks, "Score at most this many chunks (0: all; the text must still hold 2 chunks, as in llama.cpp)")

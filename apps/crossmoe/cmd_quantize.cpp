@@ -33,7 +33,7 @@ void add_quantize(CLI::App& app) {
       "quantize",
       "Write a copy of a model with block-quantized matrices (Q8_0: 8.5 bits a weight, Q4_K: 4.5) that every "
       "command loads as it is stored; norms and biases keep their dtype");
-  cmd->add_option("model", a->model, "Model directory (F32, BF16 or F16 weights)")->required()->check(CLI::ExistingDirectory);
+  cmd->add_option("model", a->model, "Model directory or GGUF file (F32, BF16 or F16 weights)")->required()->check(CLI::ExistingPath);
   cmd->add_option("out", a->out, "New model directory to write (must not exist)")->required();
   cmd->add_option("--type", a->type,
                   "q8_0 or q4_k: every matrix; mixed: routed experts q4_k, the rest (attention, routers, shared "

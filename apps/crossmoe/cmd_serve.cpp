@@ -15,7 +15,7 @@ void add_serve(CLI::App& app) {
       "serve",
       "Serve the model over HTTP with OpenAI's API (POST /v1/chat/completions, /v1/completions; GET /v1/models, "
       "/health, /metrics), decoding concurrent requests together");
-  cmd->add_option("model", *model, "Model directory (with tokenizer.json)")->required();
+  cmd->add_option("model", *model, "Model directory (with tokenizer.json) or GGUF file (with tokenizer metadata)")->required();
   cmd->add_option("--host", a->host, "Address to listen on (another than loopback exposes the server)")
       ->capture_default_str();
   cmd->add_option("--port", a->port, "Port; 0 picks a free one (see --port-file)")

@@ -6,6 +6,8 @@
 #include <iterator>
 #include <memory>
 
+#include "model/gguf.hpp"
+#include "runtime/model_files.hpp"
 #include "commands.hpp"
 #include "tokenizer/bpe_trainer.hpp"
 #include "tokenizer/chatml.hpp"
@@ -34,7 +36,7 @@ std::string printable(const std::string& piece) {
 }
 
 void run_tokenize(const std::string& model, const std::string& text, bool add_special, bool json_out) {
-  Tokenizer t = Tokenizer::load(tokenizer_file(model));
+  Tokenizer t = is_gguf_file(model) ? require_model_tokenizer(model, "tokenize needs one") : Tokenizer::load(tokenizer_file(model));
   const std::vector<int> ids = t.encode(text, add_special);
   if (json_out) {
     nlohmann::json pieces = nlohmann::json::array();
@@ -112,7 +114,7 @@ void add_tokenizer(CLI::App& app) {
   auto model = std::make_shared<std::string>(), text = std::make_shared<std::string>();
   auto special = std::make_shared<bool>(false), json_out = std::make_shared<bool>(false);
   CLI::App* tok = app.add_subcommand("tokenize", "Show the token ids and pieces of a text");
-  tok->add_option("model", *model, "Model directory or tokenizer.json")->required();
+  tok->add_option("model", *model, "Model directory, tokenizer.json or GGUF file")->required();
   tok->add_option("text", *text, "Text to tokenize")->required();
   tok->add_flag("--special", *special, "Add the special tokens of the post-processor");
   tok->add_flag("--json", *json_out, "Print {\"ids\": [...], \"tokens\": [...]}");

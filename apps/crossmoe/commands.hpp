@@ -9,6 +9,7 @@ namespace crossmoe::cli {
 void add_init(CLI::App& app);
 void add_info(CLI::App& app);
 void add_quantize(CLI::App& app);
+void add_convert(CLI::App& app);   // convert MODEL OUT.gguf
 void add_perplexity(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_bench(CLI::App& app);

@@ -125,6 +125,7 @@ int main(int argc, char** argv) {
   add_init(app);
   add_info(app);
   add_quantize(app);
+  add_convert(app);
   add_perplexity(app);
   add_generate(app);
   add_bench(app);

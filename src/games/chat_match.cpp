@@ -13,10 +13,17 @@ namespace fs = std::filesystem;
 ChatModel load_chat_model(const fs::path& model_dir, const std::vector<int>& eos_token_ids) {
   const fs::path tok = model_dir / "tokenizer.json";
   require(fs::exists(tok), model_dir.string() + " has no tokenizer.json: a model plays games through its tokenizer");
-  ChatModel chat{Tokenizer::load(tok), nlohmann::json::object(), eos_token_ids};
-  if (fs::exists(model_dir / "tokenizer_config.json")) chat.config = read_tokenizer_config(model_dir);
+  return make_chat_model(Tokenizer::load(tok),
+                         fs::exists(model_dir / "tokenizer_config.json") ? read_tokenizer_config(model_dir)
+                                                                        : nlohmann::json::object(),
+                         eos_token_ids, model_dir.string());
+}
+
+ChatModel make_chat_model(Tokenizer tokenizer, nlohmann::json config, const std::vector<int>& eos_token_ids,
+                          const std::string& model_name) {
+  ChatModel chat{std::move(tokenizer), std::move(config), eos_token_ids};
   require(chat.config.contains("chat_template") && chat.config["chat_template"].is_string(),
-          model_dir.string() + " has no chat template (tokenizer_config.json \"chat_template\" or chat_template.jinja): "
+          model_name + " has no chat template (tokenizer_config.json \"chat_template\" or chat_template.jinja): "
                                "a model plays games as conversations");
   // The end of an answer: the model's eos tokens and the chat template's (tokenizer_config's eos_token,
   // e.g. ChatML's <|im_end|>).
@@ -26,7 +33,7 @@ ChatModel load_chat_model(const fs::path& model_dir, const std::vector<int>& eos
     const int id = text.empty() ? -1 : chat.tokenizer.token_to_id(text);
     if (id >= 0 && std::find(chat.stop.begin(), chat.stop.end(), id) == chat.stop.end()) chat.stop.push_back(id);
   }
-  require(!chat.stop.empty(), model_dir.string() + " names no end-of-turn token (eos_token_id, eos_token)");
+  require(!chat.stop.empty(), model_name + " names no end-of-turn token (eos_token_id, eos_token)");
   return chat;
 }
 

@@ -73,6 +73,10 @@ struct ChatModel {
 // or the template's eos_token (ChatML's <|im_end|>). Throws Error naming the directory when the
 // tokenizer, the chat template or an end-of-turn token is missing.
 ChatModel load_chat_model(const std::filesystem::path& model_dir, const std::vector<int>& eos_token_ids);
+// The same from a tokenizer and tokenizer_config already read (a GGUF file's: runtime/model_files.hpp);
+// errors name `model_name`.
+ChatModel make_chat_model(Tokenizer tokenizer, nlohmann::json config, const std::vector<int>& eos_token_ids,
+                          const std::string& model_name);
 
 // Refuses (Error naming the model and the game) a model that cannot play `game` as text: some
 // message the game sends (the rules of each seat, the observations along a game) does not come

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "model/gguf_model.hpp"
 #include "model/tensor_names.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
@@ -11,7 +12,12 @@ namespace crossmoe {
 
 Checkpoint::Checkpoint(const std::filesystem::path& model_dir) : dir_(model_dir) {
   namespace fs = std::filesystem;
-  require(fs::is_directory(model_dir), "model directory " + model_dir.string() + " does not exist");
+  if (is_gguf_file(model_dir)) {
+    gguf_ = std::make_unique<GgufFile>(model_dir);
+    index_gguf();
+    return;
+  }
+  require(fs::is_directory(model_dir), "model " + model_dir.string() + " is neither a directory nor a GGUF file");
   const fs::path index_path = model_dir / "model.safetensors.index.json";
   if (fs::exists(index_path)) {
     const nlohmann::json index = read_json_file(index_path);
@@ -40,8 +46,21 @@ Checkpoint::Checkpoint(const std::filesystem::path& model_dir) : dir_(model_dir)
   }
 }
 
+Checkpoint::~Checkpoint() = default;
+
+void Checkpoint::index_gguf() {
+  index_.clear();
+  gguf_owned_.clear();
+  gguf_views_ = gguf_tensor_views(*gguf_, gguf_model_config(*gguf_), gguf_owned_);
+  for (const TensorView& v : gguf_views_) index_[v.name] = &v;
+}
+
 void Checkpoint::copy_into_memory() {
   for (auto& file : files_) file->copy_into_memory();
+  if (gguf_) {
+    gguf_->copy_into_memory();
+    index_gguf();  // the views point into the moved data
+  }
 }
 
 const TensorView* Checkpoint::find(const std::string& name) const {

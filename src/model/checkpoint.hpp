@@ -1,19 +1,22 @@
 #pragma once
-// A Hugging Face model directory's weights: model.safetensors, or shards listed in
-// model.safetensors.index.json. Tensors are looked up by name with their shape checked.
+// A model's weights: a Hugging Face directory's model.safetensors, or shards listed in
+// model.safetensors.index.json, or one GGUF file (model/gguf_model.hpp maps its tensors onto the
+// same names). Tensors are looked up by name with their shape checked.
 #include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "model/config.hpp"
+#include "model/gguf.hpp"
 #include "model/safetensors.hpp"
 
 namespace crossmoe {
 
 class Checkpoint {
  public:
-  explicit Checkpoint(const std::filesystem::path& model_dir);
+  explicit Checkpoint(const std::filesystem::path& model_dir);  // a directory or a .gguf file
+  ~Checkpoint();
   // Copies the weights out of the file mappings into anonymous memory (see SafetensorsFile).
   void copy_into_memory();
 
@@ -29,7 +32,11 @@ class Checkpoint {
  private:
   std::filesystem::path dir_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::unique_ptr<GgufFile> gguf_;
+  std::vector<TensorView> gguf_views_;                 // the GGUF's tensors under Hugging Face names
+  std::vector<std::unique_ptr<std::byte[]>> gguf_owned_;  // rows reordered from the file's order
   std::map<std::string, const TensorView*> index_;
+  void index_gguf();
 };
 
 // Throws unless every tensor the description implies is in the checkpoint with its shape,

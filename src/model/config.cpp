@@ -1,5 +1,7 @@
 #include "model/config.hpp"
 
+#include <cmath>
+
 #include <algorithm>
 
 #include "util/error.hpp"
@@ -77,6 +79,10 @@ void ModelConfig::finalize() {
   if (rope.type == RopeType::Yarn || rope.type == RopeType::Llama3)
     require(rope.original_max_position_embeddings > 0,
             "config: rope scaling needs 'original_max_position_embeddings'");
+  require(rope.freq_factors.empty() || int(rope.freq_factors.size()) == head_dim / 2,
+          "config: RoPE frequency factors must number head_dim / 2");
+  for (float f : rope.freq_factors)
+    require(std::isfinite(f) && f > 0, "config: RoPE frequency factors must be positive");
   // config.json is untrusted: limits far past any published model keep the layer plans below
   // and the parameter counts within bounded time and memory, and the counts within 64 bits.
   require_at_most(num_layers, 1 << 12, "num_hidden_layers");

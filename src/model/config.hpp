@@ -29,6 +29,9 @@ struct RopeConfig {
   double beta_slow = 1.0;          // yarn
   double attention_factor = 0.0;   // yarn; 0 means 0.1*ln(factor)+1
   bool truncate = true;            // yarn: round the correction range to whole dims
+  // Per-frequency divisors applied after the type's own scaling (GGUF's rope_freqs tensor, in which
+  // llama.cpp's converter stores LLaMA-3 scaling); empty = none.
+  std::vector<float> freq_factors;
 };
 
 enum class QkNorm { None, PerHead, Full };   // Qwen3 normalises each head; OLMoE the whole projection

@@ -5,6 +5,7 @@
 #include <functional>
 #include <map>
 
+#include "model/gguf_model.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
 
@@ -173,6 +174,15 @@ ModelConfig read_olmoe(const Keys& k) {
   ModelConfig c = read_decoder(k, 10000.0);
   c.qk_norm = QkNorm::Full;
   if (k.has("clip_qkv")) c.clip_qkv = k.number("clip_qkv", 0.0);
+  if (k.has("rope_freq_factors")) {  // a GGUF's rope_freqs, kept when it is quantized into a directory
+    const json& f = k.raw().at("rope_freq_factors");
+    require(f.is_array(), "config.json: 'rope_freq_factors' must be a list of numbers");
+    for (const json& x : f) {
+      require(x.is_number() && x.get<double>() > 0 && x.get<double>() < 1e30,
+              "config.json: 'rope_freq_factors' must be a list of positive numbers");
+      c.rope.freq_factors.push_back(float(x.get<double>()));
+    }
+  }
   c.moe.num_experts = k.integer("num_experts");
   c.moe.top_k = k.integer("num_experts_per_tok");
   c.moe.expert_intermediate_size = k.integer("intermediate_size");
@@ -289,6 +299,7 @@ ModelConfig read_crossmoe(const Keys& k) {
   else if (qk == "per_head") c.qk_norm = QkNorm::PerHead;
   else if (qk == "full") c.qk_norm = QkNorm::Full;
   else throw Error("config.json: 'qk_norm' must be none, per_head or full, got '" + qk + "'");
+  if (k.has("clip_qkv")) c.clip_qkv = k.number("clip_qkv", 0.0);
   if (k.integer("n_routed_experts", 0) > 0) {
     read_deepseek_style_moe(k, c);
     const std::string mode = k.string("cross_layer_mode", "local");
@@ -334,6 +345,7 @@ ModelConfig parse_model_config(const json& j) {
 }
 
 ModelConfig read_model_config(const std::filesystem::path& model_dir) {
+  if (is_gguf_file(model_dir)) return gguf_model_config(GgufFile(model_dir));
   ModelConfig c = parse_model_config(read_json_file(model_dir / "config.json"));
   // Generation stops at the eos tokens of generation_config.json too, as transformers' generate does.
   const auto generation = model_dir / "generation_config.json";
@@ -363,6 +375,8 @@ json to_crossmoe_json(const ModelConfig& c) {
   j["tie_word_embeddings"] = c.tie_word_embeddings;
   j["attention_bias"] = c.attention_bias;
   j["qk_norm"] = to_string(c.qk_norm);
+  if (c.clip_qkv) j["clip_qkv"] = *c.clip_qkv;
+  if (!c.rope.freq_factors.empty()) j["rope_freq_factors"] = c.rope.freq_factors;
   j["rope_theta"] = c.rope.theta;
   if (c.rope.type != RopeType::Default) {
     j["rope_scaling"] = {{"rope_type", to_string(c.rope.type)},

@@ -10,7 +10,8 @@
 namespace crossmoe {
 
 ModelConfig parse_model_config(const nlohmann::json& config_json);
-// config.json, plus the eos tokens of generation_config.json when it exists.
+// config.json, plus the eos tokens of generation_config.json when it exists; or, for a GGUF file,
+// its metadata (model/gguf_model.hpp).
 ModelConfig read_model_config(const std::filesystem::path& model_dir);
 
 // The crossmoe-type config.json for a description; parse_model_config reads it back exactly.

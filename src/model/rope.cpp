@@ -63,6 +63,7 @@ RopeTable::RopeTable(const RopeConfig& rope, int head_dim, int max_position_embe
     case RopeType::Yarn: attention_factor_ = apply_yarn(rope, head_dim, inv_freq_); break;
     default: break;
   }
+  for (size_t i = 0; i < rope.freq_factors.size() && i < inv_freq_.size(); ++i) inv_freq_[i] /= rope.freq_factors[i];
 }
 
 std::vector<float> RopeTable::dynamic_inv_freq(int sequence_length) const {

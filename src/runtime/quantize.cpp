@@ -8,9 +8,11 @@
 
 #include "kernels/kernels.hpp"
 #include "model/checkpoint.hpp"
+#include "model/gguf.hpp"
 #include "model/hf_config.hpp"
 #include "model/safetensors.hpp"
 #include "model/tensor_names.hpp"
+#include "runtime/model_files.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
 #include "util/quant.hpp"
@@ -52,6 +54,12 @@ std::set<std::string> routed_expert_names(const ModelConfig& c) {
       for (int j = 0; j < c.moe.num_experts; ++j)
         for (Proj p : {Proj::Gate, Proj::Up, Proj::Down}) names.insert(tensor_names::expert(c, l, j, p));
   return names;
+}
+
+nlohmann::json quantization_config(QuantScheme scheme) {
+  return {{"quant_method", "crossmoe"},
+          {"scheme", quant_scheme_name(scheme)},
+          {"format", "block-quantized matrices stored as U8 with safetensors metadata crossmoe.dtype.<tensor>"}};
 }
 
 void write_quantized(const fs::path& model, const fs::path& dir, QuantScheme scheme, QuantizeSummary* summary) {
@@ -109,6 +117,14 @@ void write_quantized(const fs::path& model, const fs::path& dir, QuantScheme sch
     }
   });
 
+  if (is_gguf_file(model)) {  // the tokenizer and chat template from its metadata; config.json from the description
+    if (const auto tokenizer = model_tokenizer_json(model)) write_json_file(dir / "tokenizer.json", *tokenizer);
+    if (const auto tokenizer_config = model_tokenizer_config(model)) write_json_file(dir / "tokenizer_config.json", *tokenizer_config);
+    nlohmann::json config_json = to_crossmoe_json(config);
+    config_json["quantization_config"] = quantization_config(scheme);
+    write_json_file(dir / "config.json", config_json);
+    return;
+  }
   for (const auto& entry : fs::directory_iterator(model)) {
     const std::string name = entry.path().filename().string();
     const bool weights = entry.path().extension() == ".safetensors" || name == "model.safetensors.index.json";
@@ -116,10 +132,7 @@ void write_quantized(const fs::path& model, const fs::path& dir, QuantScheme sch
     fs::copy_file(entry.path(), dir / name);
   }
   nlohmann::json config_json = read_json_file(model / "config.json");
-  config_json["quantization_config"] = {
-      {"quant_method", "crossmoe"},
-      {"scheme", quant_scheme_name(scheme)},
-      {"format", "block-quantized matrices stored as U8 with safetensors metadata crossmoe.dtype.<tensor>"}};
+  config_json["quantization_config"] = quantization_config(scheme);
   write_json_file(dir / "config.json", config_json);
 }
 

@@ -1,3 +1,4 @@
+#include "runtime/model_files.hpp"
 #include "serve/server.hpp"
 
 #include <httplib.h>
@@ -68,7 +69,7 @@ class Server {
   Server(const std::filesystem::path& dir, const ServerOptions& options)
       : options_(options), name_(std::filesystem::absolute(dir).lexically_normal().filename().string()),
         model_(dir), tokenizer_(load_tokenizer(dir)), decoder_(load_tokenizer(dir)),
-        tokenizer_config_(read_tokenizer_config(dir)),
+        tokenizer_config_(read_model_tokenizer_config(dir)),
         context_(options.context > 0 ? options.context : std::min(model_.config().max_position_embeddings, 8192)),
         sampling_defaults_(generation_defaults(dir)), engine_(model_, decoder_, engine_options(options, model_.config())) {
     if (name_.empty()) name_ = "model";
@@ -126,8 +127,7 @@ class Server {
 
  private:
   static Tokenizer load_tokenizer(const std::filesystem::path& dir) {
-    require(std::filesystem::exists(dir / "tokenizer.json"), "no tokenizer.json in " + dir.string() + "; serve needs one");
-    return Tokenizer::load(dir / "tokenizer.json");
+    return require_model_tokenizer(dir, "serve needs one");
   }
 
   static EngineOptions engine_options(const ServerOptions& o, const ModelConfig& c) {

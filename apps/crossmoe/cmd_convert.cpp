@@ -1,0 +1,38 @@
+// crossmoe convert MODEL OUT.gguf: a model as a GGUF file for llama.cpp.
+#include <memory>
+
+#include "commands.hpp"
+#include "runtime/gguf_export.hpp"
+#include "util/progress.hpp"
+
+namespace crossmoe::cli {
+
+namespace {
+
+struct ConvertArgs {
+  std::string model, out;
+};
+
+void run_convert(const ConvertArgs& a) {
+  Stopwatch watch;
+  const GgufExportSummary s = export_gguf(a.model, a.out);
+  log_info("wrote " + a.out + ": architecture " + s.architecture + ", " + std::to_string(s.tensors) + " tensors, " +
+           (s.tokenizer ? "with the tokenizer" : "no tokenizer (tokenizer.ggml.model no_vocab: run it with token ids)") +
+           ", in " + std::to_string(watch.seconds()).substr(0, 5) + " s");
+}
+
+}  // namespace
+
+void add_convert(CLI::App& app) {
+  auto a = std::make_shared<ConvertArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "convert",
+      "Write a model as a GGUF file that llama.cpp loads: architecture llama (dense, or Mixtral-style MoE), qwen3, "
+      "qwen3moe or olmoe; matrices keep their type (F32, F16, BF16, Q8_0, Q4_K); the tokenizer goes along when "
+      "the model has one (byte-level BPE)");
+  cmd->add_option("model", a->model, "Model directory or GGUF file")->required()->check(CLI::ExistingPath);
+  cmd->add_option("out", a->out, "GGUF file to write (replaced if it exists)")->required();
+  cmd->callback([a] { run_convert(*a); });
+}
+
+}  // namespace crossmoe::cli

@@ -1,0 +1,525 @@
+#include "model/gguf_model.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <set>
+
+#include "model/tensor_names.hpp"
+#include "util/error.hpp"
+
+namespace crossmoe {
+
+namespace {
+
+namespace n = tensor_names;
+
+const std::set<std::string>& supported_architectures() {
+  static const std::set<std::string> a = {"llama", "qwen3", "qwen3moe", "olmoe"};
+  return a;
+}
+
+std::string architecture_list() {
+  std::string s;
+  for (const auto& a : supported_architectures()) s += (s.empty() ? "" : ", ") + a;
+  return s;
+}
+
+// A metadata integer that must fit a positive int (sizes and counts).
+int size_key(const GgufFile& f, const std::string& key) {
+  const GgufValue* v = f.find(key);
+  require(v != nullptr, f.label() + ": missing metadata '" + key + "'");
+  int64_t x = 0;
+  if (v->type == GgufType::Array) {
+    // Some writers store per-layer values (head counts, widths) as arrays; crossmoe's description
+    // has one value per model.
+    require(v->element != GgufType::String && v->element != GgufType::F32 && v->element != GgufType::F64 &&
+                !v->integers.empty() &&
+                std::all_of(v->integers.begin(), v->integers.end(), [&](int64_t y) { return y == v->integers[0]; }),
+            f.label() + ": metadata '" + key + "' differs between layers, which crossmoe does not support");
+    x = v->integers[0];
+  } else {
+    x = f.integer(key);
+  }
+  require(x > 0 && x <= INT32_MAX, f.label() + ": metadata '" + key + "' is " + std::to_string(x) + "; expected a positive size");
+  return int(x);
+}
+
+int size_key(const GgufFile& f, const std::string& key, int fallback) { return f.has(key) ? size_key(f, key) : fallback; }
+
+const std::map<std::string, Proj>& ffn_suffixes() {
+  static const std::map<std::string, Proj> m = {{"gate", Proj::Gate}, {"up", Proj::Up}, {"down", Proj::Down}};
+  return m;
+}
+
+const std::string kQwen2Regex =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+const std::string kLlama3Regex =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+const char* const kRopeFreqs = "rope_freqs.weight";
+
+// llama.cpp's token types (llama_token_type).
+enum TokenType { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6 };
+
+}  // namespace
+
+ModelConfig gguf_model_config(const GgufFile& f) {
+  const std::string& label = f.label();
+  const std::string arch = f.string("general.architecture");
+  if (arch == "deepseek2")
+    throw Error(label + ": architecture deepseek2 uses multi-head latent attention, which crossmoe does not implement");
+  require(supported_architectures().count(arch),
+          label + ": architecture '" + arch + "' is not supported (supported: " + architecture_list() + ")");
+  const auto key = [&](const std::string& k) { return arch + "." + k; };
+  require(!f.find_tensor("blk.0.attn_kv_a_mqa.weight"), label + ": latent attention (attn_kv_a_mqa) is not supported");
+  const GgufTensor* embed = f.find_tensor("token_embd.weight");
+  require(embed && embed->ne.size() == 2, label + ": missing 2-dimensional tensor 'token_embd.weight'");
+
+  ModelConfig c;
+  c.hidden_size = size_key(f, key("embedding_length"));
+  require(embed->ne[1] <= INT32_MAX, label + ": 'token_embd.weight' has too many rows");
+  c.vocab_size = int(embed->ne[1]);
+  c.num_layers = size_key(f, key("block_count"));
+  c.num_heads = size_key(f, key("attention.head_count"));
+  c.num_kv_heads = size_key(f, key("attention.head_count_kv"), c.num_heads);
+  c.head_dim = size_key(f, key("attention.key_length"), c.hidden_size / c.num_heads);
+  require(size_key(f, key("attention.value_length"), c.head_dim) == c.head_dim,
+          label + ": '" + key("attention.value_length") + "' differs from the key length, which crossmoe does not support");
+  require(size_key(f, key("rope.dimension_count"), c.head_dim) == c.head_dim,
+          label + ": '" + key("rope.dimension_count") + "' is not the head size: partial RoPE is not supported");
+  c.rms_norm_eps = f.real(key("attention.layer_norm_rms_epsilon"), 0);
+  require(c.rms_norm_eps > 0, label + ": '" + key("attention.layer_norm_rms_epsilon") + "' is missing or not positive");
+  c.max_position_embeddings = size_key(f, key("context_length"), 4096);
+  c.rope.theta = f.real(key("rope.freq_base"), 10000.0);
+  const std::string scaling = f.string(key("rope.scaling.type"), "none");
+  if (scaling == "linear") {
+    c.rope.type = RopeType::Linear;
+    c.rope.factor = f.real(key("rope.scaling.factor"), 1.0);
+  } else if (scaling == "yarn") {
+    c.rope.type = RopeType::Yarn;
+    c.rope.factor = f.real(key("rope.scaling.factor"), 1.0);
+    c.rope.original_max_position_embeddings = size_key(f, key("rope.scaling.original_context_length"));
+    c.rope.beta_fast = f.real(key("rope.scaling.yarn_beta_fast"), 32.0);
+    c.rope.beta_slow = f.real(key("rope.scaling.yarn_beta_slow"), 1.0);
+  } else {
+    require(scaling == "none", label + ": rope scaling '" + scaling + "' is not supported (none, linear, yarn)");
+  }
+  if (const GgufTensor* freqs = f.find_tensor(kRopeFreqs)) {
+    require(freqs->dtype == DType::F32 && freqs->ne.size() == 1 && freqs->ne[0] == c.head_dim / 2,
+            label + ": tensor '" + std::string(kRopeFreqs) + "' must be F32 [head size / 2]");
+    c.rope.freq_factors.resize(size_t(freqs->ne[0]));
+    std::memcpy(c.rope.freq_factors.data(), freqs->data, freqs->nbytes);
+  }
+  c.tie_word_embeddings = f.find_tensor("output.weight") == nullptr;
+  c.attention_bias = f.find_tensor("blk.0.attn_q.bias") != nullptr;
+  c.intermediate_size = size_key(f, key("feed_forward_length"), 0);
+  c.layer_is_moe.assign(c.num_layers, false);
+  for (int l = 0; l < c.num_layers; ++l)
+    c.layer_is_moe[l] = f.find_tensor("blk." + std::to_string(l) + ".ffn_gate_inp.weight") != nullptr;
+  const bool moe = std::find(c.layer_is_moe.begin(), c.layer_is_moe.end(), true) != c.layer_is_moe.end();
+  if (arch == "llama") {
+    c.model_type = moe ? "mixtral" : "llama";
+  } else if (arch == "qwen3" || arch == "qwen3moe") {
+    c.model_type = arch == "qwen3" ? "qwen3" : "qwen3_moe";
+    c.qk_norm = QkNorm::PerHead;
+  } else {
+    c.model_type = "olmoe";
+    c.qk_norm = QkNorm::Full;
+    if (f.has(key("attention.clamp_kqv"))) c.clip_qkv = f.real(key("attention.clamp_kqv"), 0);
+  }
+  require(moe || c.intermediate_size > 0, label + ": missing metadata '" + key("feed_forward_length") + "'");
+  if (moe) {
+    c.moe.num_experts = size_key(f, key("expert_count"));
+    c.moe.top_k = size_key(f, key("expert_used_count"));
+    c.moe.expert_intermediate_size =
+        arch == "qwen3moe" ? size_key(f, key("expert_feed_forward_length")) : size_key(f, key("feed_forward_length"));
+    // The routers of these architectures in llama.cpp's graphs (src/models/*.cpp).
+    c.moe.norm_topk_prob = arch != "olmoe";
+    require(f.integer(key("expert_shared_count"), 0) == 0, label + ": shared experts are not supported for " + arch);
+    require(f.integer(key("expert_gating_func"), 1) == 1, label + ": only softmax expert gating is supported");
+    const double scale = f.real(key("expert_weights_scale"), 0.0);
+    require(scale == 0.0 || scale == 1.0, label + ": '" + key("expert_weights_scale") + "' other than 1 is not supported");
+  }
+  // Every layer's tensors are in the file, each MoE layer's experts in merged tensors of expert_count
+  // entries: this also bounds the description by the file's size before its tensor list is built.
+  for (int l = 0; l < c.num_layers; ++l) {
+    const std::string blk = "blk." + std::to_string(l) + ".";
+    require(f.find_tensor(blk + "attn_norm.weight") != nullptr,
+            label + ": missing tensor '" + blk + "attn_norm.weight' (" + key("block_count") + " is " + std::to_string(c.num_layers) + ")");
+    if (!c.layer_is_moe[l]) continue;
+    for (const char* part : {"ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight"}) {
+      const GgufTensor* t = f.find_tensor(blk + part);
+      require(t && t->ne.size() == 3 && t->ne[2] == c.moe.num_experts,
+              label + ": tensor '" + blk + part + "' must hold " + key("expert_count") + " = " +
+                  std::to_string(c.moe.num_experts) + " experts");
+    }
+  }
+  // The tokens llama.cpp's generation ends on, and the BOS it puts before a prompt.
+  for (const char* k : {"tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"})
+    if (f.has(k)) {
+      const int64_t id = f.integer(k);
+      require(id >= 0 && id < c.vocab_size, label + ": metadata '" + std::string(k) + "' is outside the vocabulary");
+      if (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), int(id)) == c.eos_token_ids.end())
+        c.eos_token_ids.push_back(int(id));
+    }
+  if (f.has("tokenizer.ggml.bos_token_id") && f.boolean("tokenizer.ggml.add_bos_token", false)) {
+    const int64_t id = f.integer("tokenizer.ggml.bos_token_id");
+    require(id >= 0 && id < c.vocab_size, label + ": metadata 'tokenizer.ggml.bos_token_id' is outside the vocabulary");
+    c.bos_token_id = int(id);
+  }
+  try {
+    c.finalize();
+  } catch (const Error& e) {
+    throw Error(label + ": " + e.what());
+  }
+  return c;
+}
+
+void permute_head_rows(const std::byte* in, std::byte* out, int64_t rows, size_t row_bytes, int heads, bool to_gguf) {
+  const int64_t d = rows / heads, half = d / 2;
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t j = 0; j < 2; ++j)
+      for (int64_t i = 0; i < half; ++i) {
+        const int64_t hf = h * d + j * half + i, gguf = h * d + 2 * i + j;
+        const int64_t from = to_gguf ? hf : gguf, to = to_gguf ? gguf : hf;
+        std::memcpy(out + size_t(to) * row_bytes, in + size_t(from) * row_bytes, row_bytes);
+      }
+}
+
+GgufName gguf_name_of(const ModelConfig& c, const std::string& arch, const std::string& hf) {
+  if (hf == n::embed()) return {"token_embd.weight"};
+  if (hf == n::lm_head()) return {"output.weight"};
+  if (hf == n::final_norm()) return {"output_norm.weight"};
+  const bool permuted = arch == "llama";
+  // "model.layers.L.rest": only layer L's names can match.
+  const std::string prefix = "model.layers.";
+  if (hf.rfind(prefix, 0) != 0) return {};
+  const size_t dot = hf.find('.', prefix.size());
+  if (dot == std::string::npos) return {};
+  int l = 0;
+  for (size_t i = prefix.size(); i < dot; ++i) {
+    if (hf[i] < '0' || hf[i] > '9' || l > c.num_layers) return {};
+    l = l * 10 + (hf[i] - '0');
+  }
+  if (l >= c.num_layers) return {};
+  {
+    const std::string blk = "blk." + std::to_string(l) + ".";
+    if (hf == n::input_norm(l)) return {blk + "attn_norm.weight"};
+    if (hf == n::post_attention_norm(l)) return {blk + "ffn_norm.weight"};
+    for (char w : {'q', 'k', 'v', 'o'}) {
+      const std::string base = blk + (w == 'o' ? std::string("attn_output") : std::string("attn_") + w);
+      const int heads = !permuted ? 0 : w == 'q' ? c.num_heads : w == 'k' ? c.num_kv_heads : 0;
+      if (hf == n::attn(l, w)) return {base + ".weight", heads};
+      if (w != 'o' && hf == n::attn_bias(l, w)) return {base + ".bias", heads};
+      if ((w == 'q' || w == 'k') && hf == n::qk_norm(l, w)) return {blk + "attn_" + w + "_norm.weight"};
+    }
+    for (const auto& [word, p] : ffn_suffixes()) {
+      if (hf == n::dense_mlp(l, p)) return {blk + "ffn_" + word + ".weight"};
+      if (hf == n::shared_expert(l, p)) return {blk + "ffn_" + word + "_shexp.weight"};
+    }
+    if (!c.layers.empty() && c.layers[l].is_moe) {
+      if (hf == n::router(c, l)) return {blk + "ffn_gate_inp.weight"};
+      if (hf == n::router_bias(c, l)) return {blk + "exp_probs_b.bias"};
+      const size_t at = hf.find(".experts.");
+      if (at != std::string::npos) {
+        const int j = std::atoi(hf.c_str() + at + 9);
+        if (j >= 0 && j < c.moe.num_experts)
+          for (const auto& [word, p] : ffn_suffixes())
+            if (hf == n::expert(c, l, j, p)) return {blk + "ffn_" + word + "_exps.weight", 0, j};
+      }
+    }
+  }
+  return {};
+}
+
+std::vector<TensorView> gguf_tensor_views(const GgufFile& f, const ModelConfig& c,
+                                          std::vector<std::unique_ptr<std::byte[]>>& owned) {
+  const std::string arch = f.string("general.architecture");
+  // The inverse of gguf_name_of over every tensor the description implies.
+  std::map<std::string, std::vector<std::pair<std::string, GgufName>>> by_gguf;
+  for (const TensorSpec& spec : expected_tensors(c)) {
+    GgufName g = gguf_name_of(c, arch, spec.name);
+    if (!g.name.empty()) by_gguf[g.name].push_back({spec.name, g});
+  }
+  std::vector<TensorView> views;
+  for (const GgufTensor& t : f.tensors()) {
+    if (t.name == kRopeFreqs) continue;  // read into the description
+    const auto it = by_gguf.find(t.name);
+    require(it != by_gguf.end(), f.label() + ": tensor '" + t.name + "' has no place in crossmoe's description of this " +
+                                     arch + " model");
+    std::vector<int64_t> shape(t.ne.rbegin(), t.ne.rend());  // ggml's ne is innermost first
+    const size_t row_bytes = dtype_row_bytes(t.dtype, t.ne[0]);
+    for (const auto& [hf_name, g] : it->second) {
+      TensorView v;
+      v.name = hf_name;
+      v.dtype = t.dtype;
+      v.shape = shape;
+      v.data = t.data;
+      v.nbytes = t.nbytes;
+      if (g.expert >= 0) {
+        require(shape.size() == 3 && shape[0] == c.moe.num_experts,
+                f.label() + ": tensor '" + t.name + "' must hold " + std::to_string(c.moe.num_experts) + " experts");
+        v.shape = {shape[1], shape[2]};
+        v.nbytes = t.nbytes / size_t(shape[0]);
+        v.data = t.data + v.nbytes * size_t(g.expert);
+      } else if (g.permute_heads > 0) {
+        const int64_t rows = shape[0];
+        const int heads = g.permute_heads;
+        require(rows % heads == 0 && (rows / heads) % 2 == 0,
+                f.label() + ": tensor '" + t.name + "' has " + std::to_string(rows) + " rows, not whole heads of even size");
+        const size_t bytes_per_row = shape.size() == 1 ? dtype_size(t.dtype) : row_bytes;
+        owned.push_back(std::make_unique<std::byte[]>(t.nbytes));
+        permute_head_rows(t.data, owned.back().get(), rows, bytes_per_row, heads, false);
+        v.data = owned.back().get();
+      }
+      views.push_back(std::move(v));
+    }
+  }
+  return views;
+}
+
+std::string gguf_architecture(const ModelConfig& c) {
+  const bool moe = std::find(c.layer_is_moe.begin(), c.layer_is_moe.end(), true) != c.layer_is_moe.end();
+  const auto refuse = [&](const std::string& why) {
+    throw Error("no llama.cpp architecture crossmoe writes (" + architecture_list() + ") expresses this model: " + why);
+  };
+  if (c.sliding_window > 0) refuse("sliding-window attention");
+  if (c.clip_qkv && c.qk_norm != QkNorm::Full) refuse("clip_qkv without OLMoE's q/k norm");
+  if (c.rope.type == RopeType::Dynamic) refuse("dynamic RoPE scaling");
+  if (moe) {
+    const MoeConfig& m = c.moe;
+    if (m.cross_layer != CrossLayer::Local || m.group_size != 1) refuse("cross-layer expert groups (" + to_string(m.cross_layer) + ")");
+    if (m.shared_intermediate_size > 0) refuse("shared experts");
+    if (m.scoring != Scoring::Softmax || m.score_correction_bias) refuse("a sigmoid router");
+    if (m.n_group > 1 || m.routed_scaling_factor != 1.0 || m.pre_gated) refuse("grouped, scaled or pre-gated routing");
+    if (!std::all_of(c.layer_is_moe.begin(), c.layer_is_moe.end(), [](bool b) { return b; }))
+      refuse("dense layers between MoE layers");
+  }
+  std::string arch;
+  if (c.qk_norm == QkNorm::None) arch = "llama";
+  else if (c.qk_norm == QkNorm::PerHead) arch = moe ? "qwen3moe" : "qwen3";
+  else if (moe) arch = "olmoe";
+  else refuse("a full-width q/k norm on a dense model");
+  if (c.rope.type == RopeType::Llama3 && arch != "llama") refuse("LLaMA-3 RoPE scaling outside the llama architecture");
+  if (arch != "llama" && c.attention_bias) refuse("attention biases with q/k norms");
+  if (arch == "olmoe" && (c.num_heads * c.head_dim != c.hidden_size || c.num_kv_heads != c.num_heads))
+    refuse("OLMoE with grouped or resized q/k (llama.cpp's olmoe norms q and k over the hidden size)");
+  if (moe && c.moe.norm_topk_prob != (arch != "olmoe"))
+    refuse(arch + " in llama.cpp " + (arch == "olmoe" ? "never" : "always") + " renormalises the top-k routing weights, this model " +
+           (c.moe.norm_topk_prob ? "does" : "does not"));
+  return arch;
+}
+
+std::vector<float> gguf_rope_freq_factors(const ModelConfig& c) {
+  if (c.rope.type != RopeType::Llama3) return c.rope.freq_factors;
+  require(c.rope.freq_factors.empty(), "RoPE frequency factors on top of LLaMA-3 scaling cannot be written");
+  // The divisor each inverse frequency gets from LLaMA-3 scaling, computed as llama.cpp's converter
+  // does (its arithmetic is on float32 tensors, so it is float here too).
+  const RopeConfig& r = c.rope;
+  const float low_wavelen = float(r.original_max_position_embeddings / r.low_freq_factor);
+  const float high_wavelen = float(r.original_max_position_embeddings / r.high_freq_factor);
+  const float factor = float(r.factor), low = float(r.low_freq_factor);
+  const float span = float(r.high_freq_factor - r.low_freq_factor);
+  std::vector<float> factors;
+  for (int i = 0; i < c.head_dim / 2; ++i) {
+    const float freq = 1.0f / std::pow(float(r.theta), float(2 * i) / float(c.head_dim));
+    const float wavelen = float(2 * M_PI) / freq;
+    if (wavelen < high_wavelen) {
+      factors.push_back(1.0f);
+    } else if (wavelen > low_wavelen) {
+      factors.push_back(factor);
+    } else {
+      const float smooth = (float(r.original_max_position_embeddings) / wavelen - low) / span;
+      factors.push_back(1.0f / ((1.0f - smooth) / factor + smooth));
+    }
+  }
+  return factors;
+}
+
+void add_gguf_model_metadata(GgufWriter& w, const ModelConfig& c, const std::string& name) {
+  const std::string arch = gguf_architecture(c);
+  const auto key = [&](const std::string& k) { return arch + "." + k; };
+  const bool moe = std::find(c.layer_is_moe.begin(), c.layer_is_moe.end(), true) != c.layer_is_moe.end();
+  w.add_string("general.architecture", arch);
+  w.add_string("general.name", name);
+  w.add_u32(key("block_count"), uint32_t(c.num_layers));
+  w.add_u32(key("context_length"), uint32_t(c.max_position_embeddings));
+  w.add_u32(key("embedding_length"), uint32_t(c.hidden_size));
+  w.add_u32(key("feed_forward_length"),
+            uint32_t(moe && arch != "qwen3moe" ? c.moe.expert_intermediate_size : std::max(c.intermediate_size, 1)));
+  w.add_u32(key("attention.head_count"), uint32_t(c.num_heads));
+  w.add_u32(key("attention.head_count_kv"), uint32_t(c.num_kv_heads));
+  w.add_u32(key("attention.key_length"), uint32_t(c.head_dim));
+  w.add_u32(key("attention.value_length"), uint32_t(c.head_dim));
+  w.add_u32(key("rope.dimension_count"), uint32_t(c.head_dim));
+  w.add_f32(key("rope.freq_base"), float(c.rope.theta));
+  w.add_f32(key("attention.layer_norm_rms_epsilon"), float(c.rms_norm_eps));
+  if (c.rope.type == RopeType::Linear) {
+    w.add_string(key("rope.scaling.type"), "linear");
+    w.add_f32(key("rope.scaling.factor"), float(c.rope.factor));
+  } else if (c.rope.type == RopeType::Yarn) {
+    w.add_string(key("rope.scaling.type"), "yarn");
+    w.add_f32(key("rope.scaling.factor"), float(c.rope.factor));
+    w.add_u32(key("rope.scaling.original_context_length"), uint32_t(c.rope.original_max_position_embeddings));
+    w.add_f32(key("rope.scaling.yarn_beta_fast"), float(c.rope.beta_fast));
+    w.add_f32(key("rope.scaling.yarn_beta_slow"), float(c.rope.beta_slow));
+  }
+  if (c.clip_qkv) w.add_f32(key("attention.clamp_kqv"), float(*c.clip_qkv));
+  if (moe) {
+    w.add_u32(key("expert_count"), uint32_t(c.moe.num_experts));
+    w.add_u32(key("expert_used_count"), uint32_t(c.moe.top_k));
+    if (arch == "qwen3moe") w.add_u32(key("expert_feed_forward_length"), uint32_t(c.moe.expert_intermediate_size));
+  }
+}
+
+std::optional<nlohmann::json> gguf_tokenizer_json(const GgufFile& f) {
+  using nlohmann::json;
+  if (!f.has("tokenizer.ggml.model")) return std::nullopt;
+  const std::string model = f.string("tokenizer.ggml.model");
+  if (model == "no_vocab" || model == "none") return std::nullopt;
+  require(model == "gpt2", f.label() + ": tokenizer.ggml.model '" + model +
+                               "' is not supported (gpt2, i.e. byte-level BPE; no_vocab runs with --ids)");
+  const GgufValue* tokens = f.find("tokenizer.ggml.tokens");
+  require(tokens && tokens->type == GgufType::Array && tokens->element == GgufType::String,
+          f.label() + ": 'tokenizer.ggml.tokens' must be an array of strings");
+  const GgufValue* types = f.find("tokenizer.ggml.token_type");
+  require(!types || (types->type == GgufType::Array && types->element != GgufType::String &&
+                     types->element != GgufType::F32 && types->element != GgufType::F64 && types->size() == tokens->size()),
+          f.label() + ": 'tokenizer.ggml.token_type' must be an integer array as long as the token list");
+  const GgufValue* merges = f.find("tokenizer.ggml.merges");
+  require(!merges || (merges->type == GgufType::Array && merges->element == GgufType::String),
+          f.label() + ": 'tokenizer.ggml.merges' must be an array of strings");
+  const std::string pre = f.string("tokenizer.ggml.pre", "default");
+  json pre_tokenizer;
+  const json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}};
+  if (pre == "qwen2" || pre == "llama-bpe" || pre == "llama3") {
+    const std::string& regex = pre == "qwen2" ? kQwen2Regex : kLlama3Regex;
+    pre_tokenizer = {{"type", "Sequence"},
+                     {"pretokenizers",
+                      {{{"type", "Split"}, {"pattern", {{"Regex", regex}}}, {"behavior", "Isolated"}, {"invert", false}},
+                       byte_level}}};
+  } else if (pre == "gpt-2") {
+    pre_tokenizer = byte_level;
+    pre_tokenizer["use_regex"] = true;
+  } else {
+    throw Error(f.label() + ": tokenizer.ggml.pre '" + pre + "' is not supported (qwen2, llama-bpe, gpt-2)");
+  }
+  json vocab = json::object(), added = json::array();
+  for (size_t id = 0; id < tokens->texts.size(); ++id) {
+    const std::string& token = tokens->texts[id];
+    const int64_t type = types ? types->integers[id] : int64_t(kNormal);
+    if (type == kUnused) continue;
+    if (type == kControl || type == kUserDefined) {
+      if (token.empty()) continue;
+      added.push_back({{"id", id}, {"content", token}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+                       {"normalized", type == kUserDefined}, {"special", type == kControl}});
+    }
+    vocab[token] = id;
+  }
+  json post = nullptr;
+  if (f.has("tokenizer.ggml.bos_token_id") && f.boolean("tokenizer.ggml.add_bos_token", false)) {
+    const int64_t bos = f.integer("tokenizer.ggml.bos_token_id");
+    require(bos >= 0 && size_t(bos) < tokens->texts.size(), f.label() + ": 'tokenizer.ggml.bos_token_id' is not a token");
+    const std::string& text = tokens->texts[size_t(bos)];
+    post = {{"type", "TemplateProcessing"},
+            {"single", {{{"SpecialToken", {{"id", text}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+            {"pair", json::array()},
+            {"special_tokens", {{text, {{"id", text}, {"ids", {bos}}, {"tokens", {text}}}}}}};
+  }
+  return json{{"version", "1.0"},
+              {"added_tokens", added},
+              {"normalizer", nullptr},
+              {"pre_tokenizer", pre_tokenizer},
+              {"post_processor", post},
+              {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}}},
+              {"model",
+               {{"type", "BPE"},
+                {"dropout", nullptr},
+                {"unk_token", nullptr},
+                {"fuse_unk", false},
+                {"byte_fallback", false},
+                {"ignore_merges", false},
+                {"vocab", vocab},
+                {"merges", merges ? json(merges->texts) : json::array()}}}};
+}
+
+nlohmann::json gguf_tokenizer_config(const GgufFile& f) {
+  nlohmann::json out = nlohmann::json::object();
+  if (f.has("tokenizer.chat_template")) out["chat_template"] = f.string("tokenizer.chat_template");
+  const GgufValue* tokens = f.find("tokenizer.ggml.tokens");
+  if (!tokens || tokens->type != GgufType::Array || tokens->element != GgufType::String) return out;
+  for (const auto& [key, field] : {std::pair{"tokenizer.ggml.bos_token_id", "bos_token"}, {"tokenizer.ggml.eos_token_id", "eos_token"}})
+    if (f.has(key)) {
+      const int64_t id = f.integer(key);
+      if (id >= 0 && size_t(id) < tokens->texts.size()) out[field] = tokens->texts[size_t(id)];
+    }
+  return out;
+}
+
+void add_gguf_tokenizer_metadata(GgufWriter& w, const ModelConfig& c, const nlohmann::json& tj,
+                                 const nlohmann::json& tokenizer_config) {
+  using nlohmann::json;
+  const auto fail = [](const std::string& why) { throw Error("tokenizer.json cannot be written as GGUF tokenizer metadata: " + why); };
+  if (!tj.is_object() || !tj.contains("model") || !tj["model"].is_object()) fail("no 'model'");
+  const json& m = tj["model"];
+  if (m.value("type", "BPE") != "BPE" || m.value("byte_fallback", false)) fail("only byte-level BPE models are supported");
+  // The pre-tokenizer must be one llama.cpp names.
+  std::string pre;
+  const json p = tj.value("pre_tokenizer", json());
+  if (p.is_object() && p.value("type", "") == "ByteLevel" && p.value("use_regex", true)) {
+    pre = "gpt-2";
+  } else if (p.is_object() && p.value("type", "") == "Sequence" && p.contains("pretokenizers") &&
+             p["pretokenizers"].is_array() && p["pretokenizers"].size() == 2) {
+    const json& split = p["pretokenizers"][0];
+    const json& bl = p["pretokenizers"][1];
+    const std::string regex = split.is_object() && split.contains("pattern") && split["pattern"].is_object()
+                                  ? split["pattern"].value("Regex", "")
+                                  : "";
+    if (bl.is_object() && bl.value("type", "") == "ByteLevel" && !bl.value("use_regex", true)) {
+      if (regex == kQwen2Regex) pre = "qwen2";
+      else if (regex == kLlama3Regex) pre = "llama-bpe";
+    }
+  }
+  if (pre.empty()) fail("its pre-tokenizer is none of the byte-level ones llama.cpp names (qwen2, llama-bpe, gpt-2)");
+  const json normalizer = tj.value("normalizer", json());
+  if (!normalizer.is_null() && !(normalizer.is_object() && normalizer.value("type", "") == "NFC"))
+    fail("its normalizer has no llama.cpp equivalent");
+  std::vector<std::string> tokens(size_t(c.vocab_size));
+  std::vector<int64_t> types(size_t(c.vocab_size), kUnused);
+  if (!m.contains("vocab") || !m["vocab"].is_object()) fail("no vocab");
+  const auto place = [&](int64_t id, const std::string& text, int type) {
+    if (id < 0 || id >= c.vocab_size) fail("token id " + std::to_string(id) + " is outside the model's vocabulary of " + std::to_string(c.vocab_size));
+    tokens[size_t(id)] = text;
+    types[size_t(id)] = type;
+  };
+  for (const auto& [text, id] : m["vocab"].items()) place(id.get<int64_t>(), text, kNormal);
+  if (tj.contains("added_tokens"))
+    for (const json& a : tj["added_tokens"])
+      place(a.at("id").get<int64_t>(), a.at("content").get<std::string>(), a.value("special", false) ? kControl : kUserDefined);
+  // Ids the tokenizer does not use (a vocabulary rounded up) get placeholder tokens, as llama.cpp's
+  // converter writes them.
+  for (size_t id = 0; id < tokens.size(); ++id)
+    if (types[id] == kUnused) tokens[id] = "[PAD" + std::to_string(id) + "]";
+  std::vector<std::string> merges;
+  for (const json& merge : m.value("merges", json::array())) {
+    if (merge.is_string()) merges.push_back(merge.get<std::string>());
+    else if (merge.is_array() && merge.size() == 2) merges.push_back(merge[0].get<std::string>() + " " + merge[1].get<std::string>());
+    else fail("a merge is neither \"a b\" nor [a, b]");
+  }
+  w.add_string("tokenizer.ggml.model", "gpt2");
+  w.add_string("tokenizer.ggml.pre", pre);
+  w.add_strings("tokenizer.ggml.tokens", std::move(tokens));
+  w.add_i32s("tokenizer.ggml.token_type", std::move(types));
+  w.add_strings("tokenizer.ggml.merges", std::move(merges));
+  if (!c.eos_token_ids.empty()) w.add_u32("tokenizer.ggml.eos_token_id", uint32_t(c.eos_token_ids[0]));
+  if (c.bos_token_id >= 0) w.add_u32("tokenizer.ggml.bos_token_id", uint32_t(c.bos_token_id));
+  w.add_bool("tokenizer.ggml.add_bos_token", c.bos_token_id >= 0);
+  w.add_bool("tokenizer.ggml.add_eos_token", false);
+  if (tokenizer_config.is_object() && tokenizer_config.contains("chat_template") && tokenizer_config["chat_template"].is_string())
+    w.add_string("tokenizer.chat_template", tokenizer_config["chat_template"].get<std::string>());
+}
+
+}  // namespace crossmoe

@@ -1,0 +1,21 @@
+#pragma once
+// `crossmoe convert MODEL OUT.gguf`: a model (directory or GGUF) written as a GGUF file that
+// llama.cpp loads (model/gguf_model.hpp: architecture, keys, tensor names, llama's Q/K row order).
+// Matrices keep their stored type (F32, F16, BF16, and crossmoe quantize's Q8_0 / Q4_K, whose
+// blocks are ggml's bytes); norms and biases are written as F32, as llama.cpp's converter does.
+// The tokenizer goes along as tokenizer.ggml.* when the model has one, else the file says
+// "no_vocab".
+#include <filesystem>
+#include <string>
+
+namespace crossmoe {
+
+struct GgufExportSummary {
+  std::string architecture;
+  size_t tensors = 0;
+  bool tokenizer = false;
+};
+
+GgufExportSummary export_gguf(const std::filesystem::path& model, const std::filesystem::path& out);
+
+}  // namespace crossmoe

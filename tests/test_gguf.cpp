@@ -1,0 +1,414 @@
+// GGUF: the file format, import of files llama.cpp's own converter wrote, export, tokenizers.
+//
+// tests/fixtures/gguf/*.gguf were written by llama.cpp's convert_hf_to_gguf.py (run by
+// tests/fixtures/make_gguf_goldens.py on the transformers checkpoints of tests/fixtures/hf): the
+// tensor names, merged experts, LLaMA's Q/K row permutation, rope_freqs and metadata in them are
+// llama.cpp's, not ours. Nothing here needs llama.cpp at test time.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "cli_run.hpp"
+#include "model/checkpoint.hpp"
+#include "model/gguf_model.hpp"
+#include "model/hf_config.hpp"
+#include "model/init.hpp"
+#include "model/tensor_names.hpp"
+#include "kernels/kernels.hpp"
+#include "runtime/generate.hpp"
+#include "runtime/gguf_export.hpp"
+#include "runtime/model_files.hpp"
+#include "runtime/quantize.hpp"
+#include "small_models.hpp"
+#include "temp_dir.hpp"
+#include "util/error.hpp"
+#include "util/json_file.hpp"
+#include "util/quant.hpp"
+
+using namespace crossmoe;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kFixtures = CROSSMOE_FIXTURES;
+
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& name) : path(testing_paths::temp_path(name)) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+std::vector<std::byte> read_bytes(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::byte> out(chars.size());
+  std::memcpy(out.data(), chars.data(), chars.size());
+  return out;
+}
+
+std::vector<float> to_floats(const TensorView& t) {
+  std::vector<float> out(size_t(t.numel()));
+  if (t.dtype == DType::Q8_0 || t.dtype == DType::Q4_K) {
+    const int64_t cols = t.shape.back(), rows = t.numel() / cols;
+    const size_t row_bytes = dtype_row_bytes(t.dtype, cols);
+    for (int64_t r = 0; r < rows; ++r) quant::dequantize_row(t.dtype, t.data + r * row_bytes, cols, out.data() + r * cols);
+  } else {
+    kernels::to_f32(t.data, t.dtype, t.numel(), out.data());
+  }
+  return out;
+}
+
+std::vector<float> prompt_logits(const fs::path& model_path, const std::vector<int>& prompt) {
+  const Model model(model_path);
+  InferenceSession session(model, 64);
+  return session.forward(prompt, true);
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double d = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) d = std::max(d, double(std::fabs(a[i] - b[i])));
+  return d;
+}
+
+double max_abs(const std::vector<float>& a) {
+  double m = 0;
+  for (float x : a) m = std::max(m, double(std::fabs(x)));
+  return m;
+}
+
+std::vector<int> greedy(const fs::path& model_path, const std::vector<int>& prompt, int n) {
+  const Model model(model_path);
+  InferenceSession session(model, 64);
+  Sampler sampler(SamplingParams{});
+  return generate(session, prompt, n, sampler, {}).tokens;
+}
+
+const std::vector<int> kPrompt = {5, 17, 42, 99, 3, 250, 7, 64, 128, 11, 200, 33};
+
+ModelConfig olmoe_like() {
+  ModelConfig c = testing_models::small("moe");
+  c.qk_norm = QkNorm::Full;
+  c.num_kv_heads = c.num_heads;
+  c.clip_qkv = 4.0;
+  c.moe.shared_intermediate_size = 0;
+  c.moe.norm_topk_prob = false;
+  c.layer_is_moe.assign(c.num_layers, true);
+  c.moe.group_start_layer = -1;
+  c.finalize();
+  return c;
+}
+
+// ------------------------------------------------------------------ the file format
+
+TEST(GgufFormat, WriterAndReaderAgreeOnEveryValueType) {
+  TempDir dir("gguf_format");
+  GgufWriter w;
+  w.add_string("general.architecture", "llama");
+  w.add_u32("a.u32", 4000000000u);
+  w.add_f32("a.f32", 0.25f);
+  w.add_bool("a.bool", true);
+  w.add_strings("a.strings", {"x", "", "\xce\xbb"});
+  w.add_i32s("a.ints", {-5, 7});
+  w.add_f32s("a.floats", {1.5, -2});
+  const std::vector<float> m = {1, 2, 3, 4, 5, 6};
+  w.add_tensor("m", DType::F32, {3, 2}, [&](std::byte* out) { std::memcpy(out, m.data(), 24); });
+  std::vector<uint8_t> q(34, 7);
+  w.add_tensor("q", DType::Q8_0, {32}, [&](std::byte* out) { std::memcpy(out, q.data(), 34); });
+  w.write(dir.path / "x.gguf");
+  ASSERT_TRUE(is_gguf_file(dir.path / "x.gguf"));
+  GgufFile f(dir.path / "x.gguf");
+  EXPECT_EQ(f.version(), 3u);
+  EXPECT_EQ(f.string("general.architecture"), "llama");
+  EXPECT_EQ(f.integer("a.u32"), 4000000000LL);
+  EXPECT_EQ(f.real("a.f32", 0), 0.25);
+  EXPECT_TRUE(f.boolean("a.bool", false));
+  EXPECT_EQ(f.find("a.strings")->texts, (std::vector<std::string>{"x", "", "\xce\xbb"}));
+  EXPECT_EQ(f.find("a.ints")->integers, (std::vector<int64_t>{-5, 7}));
+  EXPECT_EQ(f.find("a.floats")->reals, (std::vector<double>{1.5, -2}));
+  ASSERT_EQ(f.tensors().size(), 2u);
+  const GgufTensor* t = f.find_tensor("m");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->ne, (std::vector<int64_t>{3, 2}));
+  EXPECT_EQ(std::memcmp(t->data, m.data(), 24), 0);
+  EXPECT_EQ(f.find_tensor("q")->dtype, DType::Q8_0);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(f.find_tensor("q")->data) % 32, 0u);  // data aligned to 32 in the file
+  EXPECT_THROW(f.integer("a.f32"), Error);
+  EXPECT_THROW(f.string("missing"), Error);
+}
+
+TEST(GgufFormat, EveryTruncationAndDamagedHeaderIsAnError) {
+  const std::vector<std::byte> bytes = read_bytes(kFixtures + "/gguf/llama-q8_0.gguf");
+  ASSERT_GT(bytes.size(), 1000u);
+  // Every cut of the header region and a spread of cuts through the data.
+  for (size_t cut = 0; cut < bytes.size(); cut += cut < 8192 ? 1 : 997) {
+    std::vector<std::byte> part(bytes.begin(), bytes.begin() + cut);
+    EXPECT_THROW(GgufFile(part.data(), part.size(), "cut"), Error) << "cut at " << cut;
+  }
+  std::vector<std::byte> bad = bytes;
+  bad[4] = std::byte{9};  // version 9
+  try {
+    GgufFile(bad.data(), bad.size(), "bad");
+    ADD_FAILURE() << "version 9 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("version 9"), std::string::npos) << e.what();
+  }
+}
+
+// ------------------------------------------------------------------ files llama.cpp's converter wrote
+
+struct Golden {
+  const char* file;  // in fixtures/gguf
+  const char* hf;    // the checkpoint it was converted from, in fixtures/hf
+};
+
+class LlamaCppGolden : public ::testing::TestWithParam<Golden> {};
+
+// Every tensor crossmoe reads from the GGUF, under its Hugging Face name, is the checkpoint's
+// tensor as the converter's type stores it: the same floats (F32), rounded to bf16 / f16 (exact),
+// or within Q8_0's half step of the block's scale (llama.cpp's own quantizer).
+TEST_P(LlamaCppGolden, TensorsAreTheCheckpointsUnderTheirHfNames) {
+  const fs::path gguf = kFixtures + "/gguf/" + GetParam().file, hf = kFixtures + "/hf/" + GetParam().hf;
+  const ModelConfig from_gguf = read_model_config(gguf), from_hf = read_model_config(hf);
+  EXPECT_EQ(from_gguf.model_type, from_hf.model_type);
+  EXPECT_EQ(from_gguf.num_layers, from_hf.num_layers);
+  EXPECT_EQ(from_gguf.num_heads, from_hf.num_heads);
+  EXPECT_EQ(from_gguf.num_kv_heads, from_hf.num_kv_heads);
+  EXPECT_EQ(from_gguf.head_dim, from_hf.head_dim);
+  EXPECT_EQ(from_gguf.qk_norm, from_hf.qk_norm);
+  EXPECT_EQ(from_gguf.tie_word_embeddings, from_hf.tie_word_embeddings);
+  EXPECT_EQ(from_gguf.moe.num_experts, from_hf.moe.num_experts);
+  EXPECT_EQ(from_gguf.moe.top_k, from_hf.moe.top_k);
+  EXPECT_EQ(from_gguf.moe.norm_topk_prob, from_hf.moe.norm_topk_prob);
+  EXPECT_EQ(from_gguf.clip_qkv, from_hf.clip_qkv);
+  // llama.cpp's converter writes OLMoE's epsilon as 1e-5 whatever config.json says (the published
+  // OLMoE's value; the fixture's is 1e-6): crossmoe reads what the file says.
+  EXPECT_NEAR(from_gguf.rms_norm_eps, from_hf.model_type == "olmoe" ? 1e-5 : from_hf.rms_norm_eps, 1e-12);
+  EXPECT_NEAR(from_gguf.rope.theta, from_hf.rope.theta, 1e-3);
+
+  const Checkpoint g(gguf), h(hf);
+  check_weights_match(g, from_gguf);
+  // The same tensors in the same order; Mixtral's names differ (block_sparse_moe.experts.j.w1 in the
+  // checkpoint, crossmoe's Hugging Face names for a GGUF).
+  const std::vector<TensorSpec> gguf_specs = expected_tensors(from_gguf), hf_specs = expected_tensors(from_hf);
+  ASSERT_EQ(gguf_specs.size(), hf_specs.size());
+  for (size_t k = 0; k < hf_specs.size(); ++k) {
+    const TensorSpec& spec = hf_specs[k];
+    const TensorView& a = g.get(gguf_specs[k].name, spec.shape);
+    const std::vector<float> want = to_floats(h.get(spec.name, spec.shape)), got = to_floats(a);
+    ASSERT_EQ(got.size(), want.size());
+    double worst = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      float expected = want[i];
+      if (a.dtype == DType::BF16) expected = bf16_to_f32(f32_to_bf16(want[i]));
+      if (a.dtype == DType::F16) expected = f16_to_f32(f32_to_f16(want[i]));
+      if (a.dtype != DType::Q8_0) {
+        ASSERT_EQ(got[i], expected) << spec.name << " element " << i << " (" << dtype_name(a.dtype) << ")";
+        continue;
+      }
+      // Q8_0: the converter rounds x / d to the nearest integer with d = max|x| / 127, then stores d
+      // as f16 (a relative change of at most 2^-11, times |q| <= 127): |x - value| <= d (1/2 + 127 / 2^11).
+      const size_t block = i / 32 * 32;
+      float amax = 0;
+      for (size_t j = block; j < block + 32; ++j) amax = std::max(amax, std::fabs(want[j]));
+      worst = std::max(worst, std::fabs(got[i] - want[i]) / (amax / 127.0 * (0.5 + 127.0 / 2048) * 1.001 + 1e-12));
+    }
+    EXPECT_LE(worst, 1.0) << spec.name;
+  }
+}
+
+TEST_P(LlamaCppGolden, LogitsFollowTheCheckpoints) {
+  const fs::path gguf = kFixtures + "/gguf/" + GetParam().file, hf = kFixtures + "/hf/" + GetParam().hf;
+  const std::vector<int> prompt(kPrompt.begin(), kPrompt.begin() + 8);
+  const std::vector<float> a = prompt_logits(gguf, prompt), b = prompt_logits(hf, prompt);
+  const GgufFile f(gguf);
+  const DType type = f.find_tensor("blk.0.attn_q.weight")->dtype;
+  // F32 is the checkpoint itself; bf16 / f16 / Q8_0 weights move the logits by their rounding.
+  const double tolerance = type == DType::F32 ? 1e-5 : type == DType::F16 ? 2e-3 : 5e-2;
+  EXPECT_LT(max_abs_diff(a, b), tolerance * std::max(1.0, max_abs(b))) << dtype_name(type);
+  if (type == DType::F32) EXPECT_EQ(greedy(gguf, prompt, 8), greedy(hf, prompt, 8));
+}
+
+INSTANTIATE_TEST_SUITE_P(Converted, LlamaCppGolden,
+                         ::testing::Values(Golden{"llama-f32.gguf", "llama"}, Golden{"llama-q8_0.gguf", "llama"},
+                                           Golden{"mixtral-q8_0.gguf", "mixtral"}, Golden{"qwen3-bf16.gguf", "qwen3"},
+                                           Golden{"olmoe-f16.gguf", "olmoe"}),
+                         [](const auto& info) {
+                           std::string n = info.param.file;
+                           for (char& c : n) if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return n;
+                         });
+
+// crossmoe's export of the llama checkpoint is llama.cpp's converter output, tensor for tensor
+// (names, shapes, types, bytes: the Q/K permutation and rope_freqs included), with the same
+// values for every model key both write.
+TEST(GgufExport, LlamaEqualsLlamaCppsConverterByteForByte) {
+  TempDir dir("gguf_export_llama");
+  const fs::path out = dir.path / "llama.gguf";
+  export_gguf(kFixtures + "/hf/llama", out);
+  const GgufFile ours(out), theirs(kFixtures + "/gguf/llama-f32.gguf");
+  ASSERT_EQ(ours.tensors().size(), theirs.tensors().size());
+  for (const GgufTensor& t : theirs.tensors()) {
+    const GgufTensor* o = ours.find_tensor(t.name);
+    ASSERT_NE(o, nullptr) << t.name;
+    EXPECT_EQ(o->ne, t.ne) << t.name;
+    ASSERT_EQ(o->dtype, t.dtype) << t.name;
+    ASSERT_EQ(o->nbytes, t.nbytes) << t.name;
+    EXPECT_EQ(std::memcmp(o->data, t.data, t.nbytes), 0) << t.name;
+  }
+  int compared = 0;
+  for (const auto& [key, value] : ours.metadata()) {
+    if (key.rfind("llama.", 0) != 0 || !theirs.has(key)) continue;
+    const GgufValue& v = *theirs.find(key);
+    EXPECT_EQ(value.integer, v.integer) << key;
+    EXPECT_EQ(float(value.real), float(v.real)) << key;
+    ++compared;
+  }
+  EXPECT_GE(compared, 9);
+}
+
+class GgufRoundTrip : public ::testing::TestWithParam<std::string> {};
+
+// Directory -> GGUF -> the runtime: the same logits (to float rounding: llama's LLaMA-3 RoPE is
+// stored as per-frequency divisors) and the same greedy tokens.
+TEST_P(GgufRoundTrip, ExportedModelRunsLikeTheDirectory) {
+  TempDir dir("gguf_round_trip");
+  fs::path model = kFixtures + "/" + GetParam();
+  if (GetParam() == "olmoe") {  // as llama.cpp's olmoe takes it: full q/k norms over the hidden size, no GQA
+    model = dir.path / "olmoe";
+    write_random_model(olmoe_like(), model, InitOptions{.seed = 5, .dtype = DType::F32});
+  }
+  const fs::path out = dir.path / "m.gguf";
+  export_gguf(model, out);
+  const std::vector<float> a = prompt_logits(out, kPrompt), b = prompt_logits(model, kPrompt);
+  EXPECT_LT(max_abs_diff(a, b), 1e-5 * std::max(1.0, max_abs(b)));
+  EXPECT_EQ(greedy(out, kPrompt, 10), greedy(model, kPrompt, 10));
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, GgufRoundTrip,
+                         ::testing::Values("hf/llama", "hf/qwen3", "hf/mixtral", "crossmoe_init/dense",
+                                           "crossmoe_init/moe", "olmoe"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& c : n) if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return n;
+                         });
+
+// crossmoe-quantized matrices go into GGUF as they are (their blocks are ggml's bytes) and come
+// back bit for bit.
+TEST(GgufExport, QuantizedModelsKeepTheirBlocks) {
+  TempDir dir("gguf_quantized");
+  ModelConfig c = testing_models::small("dense");
+  c.hidden_size = 256;
+  c.intermediate_size = 512;
+  c.num_heads = 4;
+  c.head_dim = 64;
+  c.finalize();
+  write_random_model(c, dir.path / "bf16", InitOptions{.seed = 3, .dtype = DType::BF16});
+  for (QuantScheme s : {QuantScheme::Q8_0, QuantScheme::Q4_K}) {
+    const fs::path q = dir.path / quant_scheme_name(s), out = dir.path / (quant_scheme_name(s) + ".gguf");
+    quantize_model(dir.path / "bf16", q, s);
+    export_gguf(q, out);
+    const Checkpoint a(q), b(out);
+    for (const TensorSpec& spec : expected_tensors(c)) {
+      const TensorView &x = a.get(spec.name, spec.shape), &y = b.get(spec.name, spec.shape);
+      if (spec.role == TensorRole::Weight) {
+        ASSERT_EQ(x.dtype, y.dtype) << spec.name;
+        ASSERT_EQ(x.nbytes, y.nbytes);
+        EXPECT_EQ(std::memcmp(x.data, y.data, x.nbytes), 0) << spec.name;
+      }
+    }
+    EXPECT_EQ(prompt_logits(out, kPrompt), prompt_logits(q, kPrompt)) << quant_scheme_name(s);
+  }
+}
+
+TEST(GgufExport, LayoutsNoLlamaCppArchitectureExpressesAreRefused) {
+  TempDir dir("gguf_refuse");
+  ModelConfig megrez2 = testing_models::small("megrez2");
+  megrez2.finalize();
+  write_random_model(megrez2, dir.path / "megrez2", InitOptions{.seed = 1});
+  try {
+    export_gguf(dir.path / "megrez2", dir.path / "x.gguf");
+    ADD_FAILURE() << "megrez2 exported";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no llama.cpp architecture"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir.path / "x.gguf"));
+  // transformers' qwen3_moe fixture has a dense layer among MoE layers, which llama.cpp's qwen3moe
+  // lacks; its olmoe fixture has grouped KV heads, which llama.cpp's olmoe cannot load.
+  EXPECT_THROW(export_gguf(kFixtures + "/hf/qwen3_moe", dir.path / "y.gguf"), Error);
+  EXPECT_THROW(export_gguf(kFixtures + "/hf/olmoe", dir.path / "y.gguf"), Error);
+}
+
+// ------------------------------------------------------------------ tokenizers
+
+// A tokenizer written as tokenizer.ggml.* and read back encodes and decodes as the original.
+TEST(GgufTokenizer, ExportedTokenizersEncodeAsTheOriginal) {
+  TempDir dir("gguf_tokenizer");
+  const std::vector<std::string> texts = {"Hello world, it's 2024!", "  spaces\n\nand lines\t", "caf\xc3\xa9 \xe4\xbd\xa0\xe5\xa5\xbd",
+                                          "<|im_start|>user\nhi<|im_end|>", "don't stop 1234567"};
+  // The byte-level tokenizer crossmoe init writes (GPT-2's pre-tokenizer) and a trained one (Qwen2's).
+  for (const std::string& tokenizer : {"crossmoe_init/dense/tokenizer.json", "trained_bpe/tokenizer.json"}) {
+    const nlohmann::json tj = read_json_file(kFixtures + "/" + tokenizer);
+    Tokenizer original(tj);
+    ModelConfig c = testing_models::small("dense");
+    c.vocab_size = (original.vocab_size() + 63) / 64 * 64;
+    c.eos_token_ids = {original.token_to_id("<|endoftext|>")};
+    c.finalize();
+    GgufWriter w;
+    add_gguf_model_metadata(w, c, "t");
+    add_gguf_tokenizer_metadata(w, c, tj, nlohmann::json{{"chat_template", "{{ messages }}"}});
+    w.write(dir.path / "t.gguf");
+    const GgufFile f(dir.path / "t.gguf");
+    EXPECT_EQ(f.find("tokenizer.ggml.tokens")->texts.size(), size_t(c.vocab_size)) << "padded to the model's vocabulary";
+    const std::optional<nlohmann::json> back = gguf_tokenizer_json(f);
+    ASSERT_TRUE(back.has_value());
+    Tokenizer read(*back);
+    for (const std::string& text : texts) {
+      const std::vector<int> ids = original.encode(text);
+      EXPECT_EQ(read.encode(text), ids) << tokenizer << ": " << text;
+      EXPECT_EQ(read.decode(ids), original.decode(ids)) << tokenizer;
+    }
+    EXPECT_EQ(gguf_tokenizer_config(f).value("chat_template", ""), "{{ messages }}");
+  }
+}
+
+TEST(GgufTokenizer, NoVocabFilesHaveNoTokenizer) {
+  EXPECT_FALSE(load_model_tokenizer(kFixtures + "/gguf/llama-q8_0.gguf").has_value());
+}
+
+// ------------------------------------------------------------------ the command line
+
+TEST(GgufCli, ConvertThenEveryCommandTakesTheFile) {
+  using testing_cli::run;
+  TempDir dir("gguf_cli");
+  const std::string model = kFixtures + "/crossmoe_init/dense", out = (dir.path / "dense.gguf").string();
+  const auto convert = run("convert " + model + " " + out);
+  ASSERT_EQ(convert.code, 0) << convert.out;
+  const auto a = run("generate " + model + " -p 'Once upon' -n 8", false);
+  const auto b = run("generate " + out + " -p 'Once upon' -n 8", false);
+  EXPECT_EQ(a.code, 0);
+  EXPECT_EQ(a.out, b.out);
+  EXPECT_EQ(run("tokenize " + model + " 'Hello there' --json", false).out, run("tokenize " + out + " 'Hello there' --json", false).out);
+  const auto info = run("info " + out);
+  EXPECT_EQ(info.code, 0) << info.out;
+  EXPECT_NE(info.out.find("qwen3"), std::string::npos) << info.out;
+  const auto ids = run("generate " + (kFixtures + "/gguf/llama-f32.gguf") + " --ids 1,2,3 -n 4", false);
+  EXPECT_EQ(ids.code, 0) << ids.out;
+  const auto text = run("generate " + (kFixtures + "/gguf/llama-f32.gguf") + " -p hi -n 4");
+  EXPECT_EQ(text.code, 1);
+  EXPECT_NE(text.out.find("error: "), std::string::npos);
+  EXPECT_NE(text.out.find("--ids"), std::string::npos) << text.out;
+  // A damaged file: one error line, exit 1.
+  const std::vector<std::byte> bytes = read_bytes(out);
+  std::ofstream(dir.path / "cut.gguf", std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size() / 2));
+  const auto cut = run("generate " + (dir.path / "cut.gguf").string() + " --ids 1,2 -n 2");
+  EXPECT_EQ(cut.code, 1);
+  EXPECT_EQ(cut.out.rfind("error: ", 0), 0u) << cut.out;
+}
+
+}  // namespace
