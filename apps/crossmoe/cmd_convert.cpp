@@ -1,5 +1,6 @@
 // crossmoe convert MODEL OUT.gguf: a model as a GGUF file for llama.cpp.
 #include <memory>
+#include <optional>
 
 #include "commands.hpp"
 #include "runtime/gguf_export.hpp"
@@ -10,12 +11,17 @@ namespace crossmoe::cli {
 namespace {
 
 struct ConvertArgs {
-  std::string model, out;
+  std::string model, out, type = "keep";
 };
 
 void run_convert(const ConvertArgs& a) {
   Stopwatch watch;
-  const GgufExportSummary s = export_gguf(a.model, a.out);
+  std::optional<DType> type;
+  if (a.type != "keep") {
+    type.emplace();
+    parse_dtype(a.type == "f32" ? "F32" : a.type == "f16" ? "F16" : "BF16", &*type);
+  }
+  const GgufExportSummary s = export_gguf(a.model, a.out, type);
   log_info("wrote " + a.out + ": architecture " + s.architecture + ", " + std::to_string(s.tensors) + " tensors, " +
            (s.tokenizer ? "with the tokenizer" : "no tokenizer (tokenizer.ggml.model no_vocab: run it with token ids)") +
            ", in " + std::to_string(watch.seconds()).substr(0, 5) + " s");
@@ -32,6 +38,11 @@ void add_convert(CLI::App& app) {
       "the model has one (byte-level BPE)");
   cmd->add_option("model", a->model, "Model directory or GGUF file")->required()->check(CLI::ExistingPath);
   cmd->add_option("out", a->out, "GGUF file to write (replaced if it exists)")->required();
+  cmd->add_option("--type", a->type,
+                  "keep: every matrix as stored; f32, f16 or bf16: element-wise matrices converted to that type "
+                  "(Q8_0 / Q4_K matrices stay as they are)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"keep", "f32", "f16", "bf16"}));
   cmd->callback([a] { run_convert(*a); });
 }
 

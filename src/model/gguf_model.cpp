@@ -459,6 +459,15 @@ nlohmann::json gguf_tokenizer_config(const GgufFile& f) {
   return out;
 }
 
+void add_gguf_special_tokens(GgufWriter& w, const ModelConfig& c) {
+  // llama.cpp ends generation at eos, eot and eom: a model's two eos ids go in the first two.
+  require(c.eos_token_ids.size() <= 2, "a model with more than two eos tokens cannot be written as GGUF");
+  if (!c.eos_token_ids.empty()) w.add_u32("tokenizer.ggml.eos_token_id", uint32_t(c.eos_token_ids[0]));
+  if (c.eos_token_ids.size() > 1) w.add_u32("tokenizer.ggml.eot_token_id", uint32_t(c.eos_token_ids[1]));
+  if (c.bos_token_id >= 0) w.add_u32("tokenizer.ggml.bos_token_id", uint32_t(c.bos_token_id));
+  w.add_bool("tokenizer.ggml.add_bos_token", c.bos_token_id >= 0);
+}
+
 void add_gguf_tokenizer_metadata(GgufWriter& w, const ModelConfig& c, const nlohmann::json& tj,
                                  const nlohmann::json& tokenizer_config) {
   using nlohmann::json;
@@ -514,9 +523,7 @@ void add_gguf_tokenizer_metadata(GgufWriter& w, const ModelConfig& c, const nloh
   w.add_strings("tokenizer.ggml.tokens", std::move(tokens));
   w.add_i32s("tokenizer.ggml.token_type", std::move(types));
   w.add_strings("tokenizer.ggml.merges", std::move(merges));
-  if (!c.eos_token_ids.empty()) w.add_u32("tokenizer.ggml.eos_token_id", uint32_t(c.eos_token_ids[0]));
-  if (c.bos_token_id >= 0) w.add_u32("tokenizer.ggml.bos_token_id", uint32_t(c.bos_token_id));
-  w.add_bool("tokenizer.ggml.add_bos_token", c.bos_token_id >= 0);
+  add_gguf_special_tokens(w, c);
   w.add_bool("tokenizer.ggml.add_eos_token", false);
   if (tokenizer_config.is_object() && tokenizer_config.contains("chat_template") && tokenizer_config["chat_template"].is_string())
     w.add_string("tokenizer.chat_template", tokenizer_config["chat_template"].get<std::string>());

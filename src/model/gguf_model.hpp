@@ -63,6 +63,9 @@ std::optional<nlohmann::json> gguf_tokenizer_json(const GgufFile& file);
 // The tokenizer_config.json equivalent (chat_template, bos_token, eos_token), empty object when
 // the file has none of them.
 nlohmann::json gguf_tokenizer_config(const GgufFile& file);
+// tokenizer.ggml.eos/eot/bos_token_id and add_bos_token: the tokens generation ends on and the
+// BOS a prompt starts with (also in files without a vocabulary).
+void add_gguf_special_tokens(GgufWriter& writer, const ModelConfig& config);
 // The inverse: tokenizer.ggml.* for a tokenizer.json (byte-level BPE with one of the
 // pre-tokenizers above), the token list padded to vocab_size with unused tokens.
 void add_gguf_tokenizer_metadata(GgufWriter& writer, const ModelConfig& config, const nlohmann::json& tokenizer_json,

@@ -13,7 +13,32 @@
 
 namespace crossmoe {
 
-GgufExportSummary export_gguf(const std::filesystem::path& model, const std::filesystem::path& out) {
+namespace {
+
+// n values of type `from` as type `to` (element-wise types).
+void convert_values(const std::byte* in, DType from, int64_t n, DType to, std::byte* out) {
+  if (from == to) {
+    std::memcpy(out, in, size_t(n) * dtype_size(from));
+    return;
+  }
+  std::vector<float> values(static_cast<size_t>(n));
+  kernels::to_f32(in, from, n, values.data());
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = values[size_t(i)];
+    if (to == DType::F32) std::memcpy(out + 4 * i, &x, 4);
+    else {
+      const uint16_t h = to == DType::BF16 ? f32_to_bf16(x) : f32_to_f16(x);
+      std::memcpy(out + 2 * i, &h, 2);
+    }
+  }
+}
+
+}  // namespace
+
+GgufExportSummary export_gguf(const std::filesystem::path& model, const std::filesystem::path& out,
+                              std::optional<DType> matrix_type) {
+  require(!matrix_type || *matrix_type == DType::F32 || *matrix_type == DType::F16 || *matrix_type == DType::BF16,
+          "convert: matrices can be written as F32, F16 or BF16");
   const ModelConfig config = read_model_config(model);
   const std::string arch = gguf_architecture(config);
   const Checkpoint checkpoint(model);
@@ -33,6 +58,7 @@ GgufExportSummary export_gguf(const std::filesystem::path& model, const std::fil
     summary.tokenizer = true;
   } else {
     writer.add_string("tokenizer.ggml.model", "no_vocab");
+    add_gguf_special_tokens(writer, config);
   }
 
   // Tensors in the order of the description; a layer's experts are gathered into one tensor each
@@ -73,15 +99,24 @@ GgufExportSummary export_gguf(const std::filesystem::path& model, const std::fil
         else
           std::memcpy(out, values.data(), values.size() * sizeof(float));
       });
-    } else if (g.permute_heads > 0) {
-      const int64_t rows = spec.shape[0];
-      require(rows % g.permute_heads == 0 && (rows / g.permute_heads) % 2 == 0,
-              "tensor '" + spec.name + "' is not whole heads of even size");
-      writer.add_tensor(g.name, t.dtype, ne, [&t, rows, heads = g.permute_heads](std::byte* out) {
-        permute_head_rows(t.data, out, rows, t.nbytes / size_t(rows), heads, true);
-      });
     } else {
-      writer.add_tensor(g.name, t.dtype, ne, [&t](std::byte* out) { std::memcpy(out, t.data, t.nbytes); });
+      const DType type = matrix_type && dtype_block(t.dtype) == 1 ? *matrix_type : t.dtype;
+      const int64_t rows = spec.shape[0];
+      require(g.permute_heads == 0 || (rows % g.permute_heads == 0 && (rows / g.permute_heads) % 2 == 0),
+              "tensor '" + spec.name + "' is not whole heads of even size");
+      writer.add_tensor(g.name, type, ne, [&t, type, rows, heads = g.permute_heads](std::byte* out) {
+        const size_t bytes = size_t(t.numel()) * (dtype_block(type) == 1 ? dtype_size(type) : 0);
+        std::vector<std::byte> converted;
+        const std::byte* data = t.data;
+        if (type != t.dtype) {
+          converted.resize(bytes);
+          convert_values(t.data, t.dtype, t.numel(), type, converted.data());
+          data = converted.data();
+        }
+        const size_t out_bytes = type == t.dtype ? t.nbytes : bytes;
+        if (heads > 0) permute_head_rows(data, out, rows, out_bytes / size_t(rows), heads, true);
+        else std::memcpy(out, data, out_bytes);
+      });
     }
     ++summary.tensors;
   }

@@ -6,7 +6,10 @@
 // The tokenizer goes along as tokenizer.ggml.* when the model has one, else the file says
 // "no_vocab".
 #include <filesystem>
+#include <optional>
 #include <string>
+
+#include "util/dtype.hpp"
 
 namespace crossmoe {
 
@@ -16,6 +19,9 @@ struct GgufExportSummary {
   bool tokenizer = false;
 };
 
-GgufExportSummary export_gguf(const std::filesystem::path& model, const std::filesystem::path& out);
+// `matrix_type`: F32, F16 or BF16 converts the element-wise matrices to that type (block-quantized
+// ones stay as they are); nullopt keeps every matrix's stored type.
+GgufExportSummary export_gguf(const std::filesystem::path& model, const std::filesystem::path& out,
+                              std::optional<DType> matrix_type = std::nullopt);
 
 }  // namespace crossmoe
