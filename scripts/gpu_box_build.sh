@@ -10,11 +10,16 @@ set -euo pipefail
 mode=$1; dir=$2
 if [ "$mode" = prepare ]; then
   mkdir -p "$dir/include" "$dir/lib" "$dir/data"
-  cp -r /usr/include/nlohmann /usr/include/CLI /usr/include/pcre2.h /usr/include/utf8proc.h "$dir/include/"
+  cp -r /usr/include/nlohmann /usr/include/CLI /usr/include/pcre2.h /usr/include/utf8proc.h /usr/include/httplib.h "$dir/include/"
   cp /usr/lib/x86_64-linux-gnu/libpcre2-8.a /usr/lib/x86_64-linux-gnu/libutf8proc.a "$dir/lib/"
-  # The sources CMake generates (the Leduc Nash policy compiled in), made by a build here.
+  # Debian's cpp-httplib is compiled (httplib.h declares, the library defines); it goes with its
+  # brotli libraries, which the GPU machine may lack (libssl and zlib it has).
+  for lib in libcpp-httplib.so.0.11 libbrotlicommon.so.1 libbrotlidec.so.1 libbrotlienc.so.1; do
+    cp -L "/usr/lib/x86_64-linux-gnu/$lib" "$dir/lib/"
+  done
+  # The sources CMake generates (the Leduc Nash policy and the chat page compiled in), made by a build here.
   mkdir -p "$dir/gen"
-  cp "${BUILD_DIR:-build}/src/leduc_poker_nash_policy.cpp" "$dir/gen/"
+  cp "${BUILD_DIR:-build}/src/leduc_poker_nash_policy.cpp" "${BUILD_DIR:-build}/src/chat_page.cpp" "$dir/gen/"
   data=${3:-build/demo/data}
   # The commit for `crossmoe --version` (the GPU machine gets no .git).
   echo "#define CROSSMOE_GIT_COMMIT \"$(git rev-parse --short=12 HEAD 2>/dev/null)\"" > "$dir/include/git_commit.h"
@@ -65,6 +70,8 @@ for f in "${srcs[@]}"; do objs+=("$(object "$f")"); done
 # libstdc++ is named before libtorch so that the dynamic linker finds the C++ library's symbols there
 # first: libtorch.so exports its own std::filesystem::remove_all, and that copy jumps to address 0
 # (a segmentation fault whenever the trainer or the RL loop deleted an old checkpoint).
+# An RPATH (not RUNPATH: --disable-new-dtags) so that httplib finds the carried brotli libraries too.
 g++ -fopenmp -o "$dir/crossmoe" "${objs[@]}" "$dir/lib/libpcre2-8.a" "$dir/lib/libutf8proc.a" \
+  "$dir/lib/libcpp-httplib.so.0.11" -Wl,--disable-new-dtags -Wl,-rpath,"$dir/lib" \
   -L"$TORCH/lib" -Wl,-rpath,"$TORCH/lib" -Wl,--no-as-needed -lstdc++ -ltorch -ltorch_cuda -ltorch_cpu -lc10_cuda -lc10
 echo "built $dir/crossmoe"
