@@ -45,6 +45,9 @@ ABI=${TORCH_ABI:-$(python3 -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX
 # -g1: function names and lines in a backtrace (cuda-gdb is the debugger there), at little cost.
 flags=(-std=c++20 -O3 -g1 -DNDEBUG -fopenmp "-D_GLIBCXX_USE_CXX11_ABI=$ABI" -DCROSSMOE_HAVE_TORCH -Isrc "-I$dir/include"
        "-I$TORCH/include" "-I$TORCH/include/torch/csrc/api/include")
+# The CUDA runtime's headers, for the rollout engine's CUDA graphs (rl/decode_graphs).
+CUDA_INCLUDE=${CUDA_INCLUDE:-/usr/local/cuda/include}
+[ -f "$CUDA_INCLUDE/cuda_runtime_api.h" ] && flags+=(-DCROSSMOE_HAVE_CUDA "-I$CUDA_INCLUDE")
 shopt -s nullglob  # no generated sources prepared (`commands` on a fresh folder): none listed
 srcs=(src/*/*.cpp apps/crossmoe/*.cpp "$dir"/gen/*.cpp)
 object() { echo "$dir/obj/$(echo "$1" | tr / _).o"; }
