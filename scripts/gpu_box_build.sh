@@ -47,7 +47,13 @@ flags=(-std=c++20 -O3 -g1 -DNDEBUG -fopenmp "-D_GLIBCXX_USE_CXX11_ABI=$ABI" -DCR
        "-I$TORCH/include" "-I$TORCH/include/torch/csrc/api/include")
 # The CUDA runtime's headers, for the rollout engine's CUDA graphs (rl/decode_graphs).
 CUDA_INCLUDE=${CUDA_INCLUDE:-/usr/local/cuda/include}
-[ -f "$CUDA_INCLUDE/cuda_runtime_api.h" ] && flags+=(-DCROSSMOE_HAVE_CUDA "-I$CUDA_INCLUDE")
+cuda_link=()
+if [ -f "$CUDA_INCLUDE/cuda_runtime_api.h" ]; then
+  flags+=(-DCROSSMOE_HAVE_CUDA "-I$CUDA_INCLUDE")
+  # The CUDA runtime that libtorch itself loads (the pip wheels carry it beside torch), else the toolkit's.
+  cudart=$(ls "$TORCH"/../nvidia/*/lib/libcudart.so* "$TORCH"/lib/libcudart*.so* /usr/local/cuda/lib64/libcudart.so 2>/dev/null | head -1)
+  [ -n "$cudart" ] && cuda_link=("$cudart" -Wl,-rpath,"$(dirname "$cudart")")
+fi
 shopt -s nullglob  # no generated sources prepared (`commands` on a fresh folder): none listed
 srcs=(src/*/*.cpp apps/crossmoe/*.cpp "$dir"/gen/*.cpp)
 object() { echo "$dir/obj/$(echo "$1" | tr / _).o"; }
@@ -75,6 +81,6 @@ for f in "${srcs[@]}"; do objs+=("$(object "$f")"); done
 # (a segmentation fault whenever the trainer or the RL loop deleted an old checkpoint).
 # An RPATH (not RUNPATH: --disable-new-dtags) so that httplib finds the carried brotli libraries too.
 g++ -fopenmp -o "$dir/crossmoe" "${objs[@]}" "$dir/lib/libpcre2-8.a" "$dir/lib/libutf8proc.a" \
-  "$dir/lib/libcpp-httplib.so.0.11" -Wl,--disable-new-dtags -Wl,-rpath,"$dir/lib" \
+  "$dir/lib/libcpp-httplib.so.0.11" -Wl,--disable-new-dtags -Wl,-rpath,"$dir/lib" "${cuda_link[@]}" \
   -L"$TORCH/lib" -Wl,-rpath,"$TORCH/lib" -Wl,--no-as-needed -lstdc++ -ltorch -ltorch_cuda -ltorch_cpu -lc10_cuda -lc10
 echo "built $dir/crossmoe"
