@@ -51,8 +51,9 @@ cuda_link=()
 if [ -f "$CUDA_INCLUDE/cuda_runtime_api.h" ]; then
   flags+=(-DCROSSMOE_HAVE_CUDA "-I$CUDA_INCLUDE")
   # The CUDA runtime that libtorch itself loads (the pip wheels carry it beside torch), else the toolkit's.
-  cudart=$(ls "$TORCH"/../nvidia/*/lib/libcudart.so* "$TORCH"/lib/libcudart*.so* /usr/local/cuda/lib64/libcudart.so 2>/dev/null | head -1)
-  [ -n "$cudart" ] && cuda_link=("$cudart" -Wl,-rpath,"$(dirname "$cudart")")
+  for cudart in "$TORCH"/../nvidia/*/lib/libcudart.so.* /usr/local/cuda/lib64/libcudart.so; do
+    if [ -f "$cudart" ]; then cuda_link=("$cudart" -Wl,-rpath,"$(dirname "$cudart")"); break; fi
+  done
 fi
 shopt -s nullglob  # no generated sources prepared (`commands` on a fresh folder): none listed
 srcs=(src/*/*.cpp apps/crossmoe/*.cpp "$dir"/gen/*.cpp)
