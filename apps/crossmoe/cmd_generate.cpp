@@ -86,7 +86,7 @@ void run_generate(const GenerateArgs& a) {
   const Model model(a.model);
   const ModelConfig& c = model.config();
   std::optional<Tokenizer> tokenizer = load_model_tokenizer(a.model);
-  require(tokenizer || !text, a.model + " has no tokenizer (tokenizer.json, or GGUF tokenizer metadata); pass token ids with --ids");
+  require(tokenizer || !text, a.model + " has no tokenizer.json (or, for a GGUF file, no tokenizer.ggml.* vocabulary); pass token ids with --ids");
   if (!tokenizer && !a.stops.empty()) throw Error("--stop needs a tokenizer in " + a.model + " to turn tokens into text");
   std::vector<int> prompt = text ? tokenizer->encode(*text) : parse_ids(a.ids);
   require(!prompt.empty(), "the prompt is empty");

@@ -31,7 +31,7 @@ std::optional<Tokenizer> load_model_tokenizer(const std::filesystem::path& model
 
 Tokenizer require_model_tokenizer(const std::filesystem::path& model, const std::string& why) {
   std::optional<Tokenizer> t = load_model_tokenizer(model);
-  require(t.has_value(), model.string() + " has no tokenizer (tokenizer.json, or tokenizer.ggml.* in a GGUF file); " + why);
+  require(t.has_value(), model.string() + " has no tokenizer.json (or, for a GGUF file, no tokenizer.ggml.* vocabulary); " + why);
   return std::move(*t);
 }
 
