@@ -121,6 +121,10 @@ TEST_F(CliErrors, EveryCommandFailsWithOneErrorLineAndExitCode) {
       {"info {good} --memory-budget 1x", 2, "--memory-budget: '1x': unknown unit 'x'"},
       {"bench {good} --memory-budget 5", 1, "one token needs"},
       {"chat {good} --memory-budget -1", 2, "--memory-budget"},
+      {"cache-sim", 2, "trace is required"},
+      {"cache-sim {dir}/none.jsonl", 1, "none.jsonl"},
+      {"cache-sim {good}/config.json", 1, "config.json line 1: not a routing record"},
+      {"cache-sim {good}/config.json --slots 0", 2, "--slots"},
       // bench
       {"bench", 2, "model is required"},
       {"bench {good} --runs 0", 2, "--runs: expected a whole number from 1"},

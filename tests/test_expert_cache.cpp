@@ -7,10 +7,13 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <memory>
 
 #include "model/init.hpp"
 #include "model/tensor_names.hpp"
+#include "runtime/cache_sim.hpp"
 #include "runtime/expert_cache.hpp"
 #include "runtime/forward.hpp"
 #include "small_models.hpp"
@@ -163,6 +166,99 @@ TEST(ExpertCache, AFileTruncatedWhileRunningIsAnErrorNamingIt) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(file.string()), std::string::npos) << e.what();
   }
+}
+
+}  // namespace
+}  // namespace crossmoe
+
+namespace crossmoe {
+namespace {
+
+RoutingTrace trace_of(const std::vector<std::vector<int>>& steps) {
+  RoutingTrace t;
+  t.steps = steps;
+  for (const auto& s : steps) {
+    t.accesses += int64_t(s.size());
+    t.widest_step = std::max(t.widest_step, s.size());
+    for (int k : s) t.experts = std::max(t.experts, k + 1);
+  }
+  return t;
+}
+
+// The fewest misses any eviction choice gives, by trying them all (tiny traces only).
+int64_t brute_force_misses(const std::vector<int>& sequence, size_t at, std::vector<int> held, int slots) {
+  if (at == sequence.size()) return 0;
+  const int key = sequence[at];
+  if (std::find(held.begin(), held.end(), key) != held.end()) return brute_force_misses(sequence, at + 1, held, slots);
+  if (int(held.size()) < slots) {
+    held.push_back(key);
+    return 1 + brute_force_misses(sequence, at + 1, held, slots);
+  }
+  int64_t best = INT64_MAX;
+  for (size_t i = 0; i < held.size(); ++i) {
+    std::vector<int> next = held;
+    next[i] = key;
+    best = std::min(best, 1 + brute_force_misses(sequence, at + 1, next, slots));
+  }
+  return best;
+}
+
+TEST(CacheSim, TextbookReferenceString) {
+  // 1 2 3 4 1 2 5 1 2 3 4 5 with three frames: LRU faults 10 times, the optimum 7.
+  std::vector<std::vector<int>> steps;
+  for (int k : {1, 2, 3, 4, 1, 2, 5, 1, 2, 3, 4, 5}) steps.push_back({k});
+  const RoutingTrace t = trace_of(steps);
+  EXPECT_EQ(simulate_cache(t, 3, EvictionPolicy::Lru).misses, 10);
+  EXPECT_EQ(simulate_cache(t, 3, std::nullopt).misses, 7);
+  EXPECT_EQ(simulate_cache(t, 3, std::nullopt).hits, 5);
+}
+
+TEST(CacheSim, BeladyIsTheOptimumAndBoundsThePolicies) {
+  uint32_t state = 7;
+  const auto next = [&] { return (state = state * 1664525u + 1013904223u) >> 16; };
+  for (int round = 0; round < 30; ++round) {
+    std::vector<int> sequence;
+    std::vector<std::vector<int>> steps;
+    for (int i = 0; i < 12; ++i) sequence.push_back(int(next() % 5)), steps.push_back({sequence.back()});
+    const RoutingTrace t = trace_of(steps);
+    for (int slots : {2, 3}) {
+      const int64_t opt = simulate_cache(t, slots, std::nullopt).misses;
+      EXPECT_EQ(opt, brute_force_misses(sequence, 0, {}, slots)) << "round " << round << " slots " << slots;
+      EXPECT_LE(opt, simulate_cache(t, slots, EvictionPolicy::Lru).misses);
+      EXPECT_LE(opt, simulate_cache(t, slots, EvictionPolicy::Frequency).misses);
+    }
+  }
+}
+
+TEST(CacheSim, ReplaysWhatTheCacheDid) {
+  // Decoding one token at a time, the expert cache (LRU, no prefetch) and the simulator replaying
+  // the routing trace of that run count the same hits and misses.
+  const ModelDir m("moe", "replay");
+  const Model model(m.dir, budget("25%", EvictionPolicy::Lru, false));
+  InferenceSession session(model, 64);
+  std::vector<RoutingRecord> records;
+  session.set_trace(&records);
+  int token = 1;
+  for (int i = 0; i < 30; ++i) {
+    const std::vector<float>& logits = session.forward({token});
+    token = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  }
+  const fs::path path = m.dir / "trace.jsonl";
+  {
+    std::ofstream out(path);
+    for (const RoutingRecord& r : records) {
+      nlohmann::json experts = nlohmann::json::array();
+      for (const ExpertRef& e : r.experts) experts.push_back({{"layer", e.owner_layer}, {"expert", e.index}});
+      out << nlohmann::json{{"position", r.position}, {"layer", r.layer}, {"experts", experts}}.dump() << "\n";
+    }
+  }
+  const RoutingTrace trace = read_routing_trace(path);
+  const SimulatedCache simulated = simulate_cache(trace, int(model.expert_cache()->slots()), EvictionPolicy::Lru);
+  const ExpertCacheStats real = model.expert_cache()->stats();
+  EXPECT_EQ(simulated.misses, real.misses);
+  EXPECT_EQ(simulated.hits, real.hits);
+  EXPECT_GT(real.hits, 0);
+  EXPECT_LE(simulate_cache(trace, int(model.expert_cache()->slots()), std::nullopt).misses, real.misses);
 }
 
 }  // namespace

@@ -71,6 +71,23 @@ EvictionPolicy parse_eviction_policy(const std::string& text) {
 
 std::string to_string(EvictionPolicy policy) { return policy == EvictionPolicy::Lru ? "lru" : "frequency"; }
 
+EvictionTracker::EvictionTracker(EvictionPolicy policy, int keys, int64_t decay_period)
+    : policy_(policy), last_use_(keys, 0), frequency_(keys, 0), decay_period_(std::max<int64_t>(1, decay_period)) {}
+
+void EvictionTracker::use(int key) {
+  last_use_[key] = ++clock_;
+  ++frequency_[key];
+  if (++uses_since_decay_ >= decay_period_) {
+    for (uint32_t& f : frequency_) f /= 2;
+    uses_since_decay_ = 0;
+  }
+}
+
+bool EvictionTracker::evict_before(int a, int b) const {
+  if (policy_ == EvictionPolicy::Frequency && frequency_[a] != frequency_[b]) return frequency_[a] < frequency_[b];
+  return last_use_[a] < last_use_[b];
+}
+
 std::set<std::string> routed_expert_tensors(const ModelConfig& c) {
   std::set<std::string> names;
   for (int l = 0; l < c.num_layers; ++l)
@@ -121,12 +138,12 @@ ExpertCachePlan plan_expert_cache(const ModelConfig& c, const Checkpoint& ck, co
 
 ExpertCache::ExpertCache(const ModelConfig& c, const Checkpoint& ck, const ModelWeights& w, const ExpertCachePlan& plan,
                          EvictionPolicy policy, bool prefetch)
-    : config_(c), plan_(plan), policy_(policy), prefetch_(prefetch), num_experts_(c.moe.num_experts) {
+    : config_(c), plan_(plan), prefetch_(prefetch), num_experts_(c.moe.num_experts),
+      tracker_(policy, c.num_layers * c.moe.num_experts, plan.experts) {
   const int keys = c.num_layers * num_experts_;
   sources_.resize(keys);
   shapes_.resize(keys);
   slot_of_.assign(keys, -1);
-  frequency_.assign(keys, 0);
   predicted_.assign(keys, 0);
   std::map<std::string, int> fd_of_path;
   try {
@@ -224,24 +241,9 @@ int ExpertCache::victim(bool for_prefetch) {
       if (b.protected_prefetch) best = i;
       continue;
     }
-    const bool older = s.last_use < b.last_use;
-    if (policy_ == EvictionPolicy::Lru) {
-      if (older) best = i;
-    } else {
-      const uint32_t fs = frequency_[s.key], fb = frequency_[b.key];
-      if (fs < fb || (fs == fb && older)) best = i;
-    }
+    if (tracker_.evict_before(s.key, b.key)) best = i;
   }
   return best;
-}
-
-void ExpertCache::count_use(Slot& s, int key) {
-  s.last_use = ++clock_;
-  ++frequency_[key];
-  if (++uses_since_decay_ >= uint64_t(plan_.experts)) {
-    for (uint32_t& f : frequency_) f /= 2;
-    uses_since_decay_ = 0;
-  }
 }
 
 const SwiGluWeights& ExpertCache::acquire(const ExpertRef& ref) {
@@ -296,9 +298,22 @@ const SwiGluWeights& ExpertCache::acquire(const ExpertRef& ref) {
   }
   Slot& slot = slots_[s];
   slot.protected_prefetch = false;
-  count_use(slot, key);
+  tracker_.use(key);
   pinned_.push_back(s);
   return slot.weights;
+}
+
+void ExpertCache::acquire(const std::vector<ExpertRef>& refs, std::vector<const SwiGluWeights*>& out) {
+  out.assign(refs.size(), nullptr);
+  std::vector<size_t> order;
+  {
+    const std::lock_guard lock(mutex_);
+    for (size_t i = 0; i < refs.size(); ++i)
+      if (slot_of_[key_of(refs[i])] >= 0) order.push_back(i);
+    for (size_t i = 0; i < refs.size(); ++i)
+      if (slot_of_[key_of(refs[i])] < 0) order.push_back(i);
+  }
+  for (size_t i : order) out[i] = &acquire(refs[i]);
 }
 
 void ExpertCache::release_all() {

@@ -43,6 +43,24 @@ enum class EvictionPolicy { Lru, Frequency };
 EvictionPolicy parse_eviction_policy(const std::string& text);
 std::string to_string(EvictionPolicy policy);
 
+// What a policy knows about each expert key (0 .. keys-1), kept by the cache and by the trace
+// simulator (runtime/cache_sim) alike, so both evict the same way.
+class EvictionTracker {
+ public:
+  // decay_period: uses after which every frequency count is halved.
+  EvictionTracker(EvictionPolicy policy, int keys, int64_t decay_period);
+  void use(int key);
+  // Whether `a` should leave the cache before `b`.
+  bool evict_before(int a, int b) const;
+
+ private:
+  EvictionPolicy policy_;
+  std::vector<uint64_t> last_use_;
+  std::vector<uint32_t> frequency_;
+  int64_t decay_period_, uses_since_decay_ = 0;
+  uint64_t clock_ = 0;
+};
+
 struct ExpertCacheStats {
   int64_t hits = 0;       // acquire() found the expert in the cache (resident or being prefetched)
   int64_t misses = 0;     // acquire() had to read it
@@ -94,6 +112,9 @@ class ExpertCache {
   // most slots() experts may be pinned at once. Throws an Error naming the file when a read
   // fails or comes up short (a file truncated under the running model).
   const SwiGluWeights& acquire(const ExpertRef& ref);
+  // The experts of one batch, those in the cache pinned first, so that reading a missing one
+  // never evicts another of the same batch. out[i] is refs[i]'s weights.
+  void acquire(const std::vector<ExpertRef>& refs, std::vector<const SwiGluWeights*>& out);
   void release_all();
   // Starts reading these experts on the I/O thread (when prefetch is on), replacing what was
   // queued and not started; acquires until the next call count towards prefetch accuracy.
@@ -114,7 +135,6 @@ class ExpertCache {
     int key = -1;
     int pins = 0;
     bool protected_prefetch = false;  // read ahead and not yet used: other prefetches leave it
-    uint64_t last_use = 0;
     SwiGluWeights weights;
   };
   int key_of(const ExpertRef& ref) const { return ref.owner_layer * num_experts_ + ref.index; }
@@ -123,12 +143,10 @@ class ExpertCache {
   int victim(bool for_prefetch);
   // Reads expert `key` into slot `s` (its buffers); the caller holds no lock.
   void read_expert(int key, Slot& s);
-  void count_use(Slot& s, int key);
   void io_loop();
 
   const ModelConfig& config_;
   ExpertCachePlan plan_;
-  EvictionPolicy policy_;
   bool prefetch_;
   bool direct_io_ = true;
   int num_experts_;
@@ -144,9 +162,7 @@ class ExpertCache {
   void* memory_ = nullptr;
   std::vector<Slot> slots_;
   std::vector<int> slot_of_;                       // per key, -1 when absent
-  std::vector<uint32_t> frequency_;                // per key, for EvictionPolicy::Frequency
-  uint64_t uses_since_decay_ = 0;
-  uint64_t clock_ = 0;
+  EvictionTracker tracker_;
   std::vector<int> pinned_;
   std::vector<char> predicted_;                    // per key: named by the current prediction
   bool predicting_ = false;

@@ -387,13 +387,22 @@ void BatchSession::moe(int l, const float* router_in, int T) {
   const bool shared = L.shared.gate.rows > 0;
   const size_t turn = cache ? size_t(cache->slots()) : std::max<size_t>(1, chosen.size());
   std::vector<SwiGluRun> runs;
+  std::vector<ExpertRef> refs;
+  std::vector<const SwiGluWeights*> experts;
   for (size_t first = 0; first == 0 || first < chosen.size(); first += turn) {
-    runs.clear();
-    for (size_t i = first; i < std::min(chosen.size(), first + turn); ++i) {
-      const ExpertRef& ref = plan.candidates[chosen[i]];
-      runs.push_back({cache ? &cache->acquire(ref) : &model_.weights().expert(ref), &rows_in_[first_row[i] * d],
-                      int(chosen_by[chosen[i]].size()), &rows_out_[first_row[i] * d]});
+    const size_t end = std::min(chosen.size(), first + turn);
+    refs.clear();
+    for (size_t i = first; i < end; ++i) refs.push_back(plan.candidates[chosen[i]]);
+    if (cache) {
+      cache->acquire(refs, experts);
+    } else {
+      experts.clear();
+      for (const ExpertRef& ref : refs) experts.push_back(&model_.weights().expert(ref));
     }
+    runs.clear();
+    for (size_t i = first; i < end; ++i)
+      runs.push_back({experts[i - first], &rows_in_[first_row[i] * d], int(chosen_by[chosen[i]].size()),
+                      &rows_out_[first_row[i] * d]});
     if (first == 0) {
       if (cache && cache->prefetching()) prefetch_next(l, T);  // read while this layer computes
       if (shared) runs.push_back({&L.shared, u_.data(), T, ffn_.data()});
