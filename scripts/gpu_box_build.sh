@@ -10,11 +10,16 @@ set -euo pipefail
 mode=$1; dir=$2
 if [ "$mode" = prepare ]; then
   mkdir -p "$dir/include" "$dir/lib" "$dir/data"
-  cp -r /usr/include/nlohmann /usr/include/CLI /usr/include/pcre2.h /usr/include/utf8proc.h "$dir/include/"
+  cp -r /usr/include/nlohmann /usr/include/CLI /usr/include/pcre2.h /usr/include/utf8proc.h /usr/include/httplib.h "$dir/include/"
   cp /usr/lib/x86_64-linux-gnu/libpcre2-8.a /usr/lib/x86_64-linux-gnu/libutf8proc.a "$dir/lib/"
-  # The sources CMake generates (the Leduc Nash policy compiled in), made by a build here.
+  # Debian's cpp-httplib is compiled (httplib.h declares, the library defines); it goes with its
+  # brotli libraries, which the GPU machine may lack (libssl and zlib it has).
+  for lib in libcpp-httplib.so.0.11 libbrotlicommon.so.1 libbrotlidec.so.1 libbrotlienc.so.1; do
+    cp -L "/usr/lib/x86_64-linux-gnu/$lib" "$dir/lib/"
+  done
+  # The sources CMake generates (the Leduc Nash policy and the chat page compiled in), made by a build here.
   mkdir -p "$dir/gen"
-  cp "${BUILD_DIR:-build}/src/leduc_poker_nash_policy.cpp" "$dir/gen/"
+  cp "${BUILD_DIR:-build}/src/leduc_poker_nash_policy.cpp" "${BUILD_DIR:-build}/src/chat_page.cpp" "$dir/gen/"
   data=${3:-build/demo/data}
   # The commit for `crossmoe --version` (the GPU machine gets no .git).
   echo "#define CROSSMOE_GIT_COMMIT \"$(git rev-parse --short=12 HEAD 2>/dev/null)\"" > "$dir/include/git_commit.h"
@@ -40,6 +45,16 @@ ABI=${TORCH_ABI:-$(python3 -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX
 # -g1: function names and lines in a backtrace (cuda-gdb is the debugger there), at little cost.
 flags=(-std=c++20 -O3 -g1 -DNDEBUG -fopenmp "-D_GLIBCXX_USE_CXX11_ABI=$ABI" -DCROSSMOE_HAVE_TORCH -Isrc "-I$dir/include"
        "-I$TORCH/include" "-I$TORCH/include/torch/csrc/api/include")
+# The CUDA runtime's headers, for the rollout engine's CUDA graphs (rl/decode_graphs).
+CUDA_INCLUDE=${CUDA_INCLUDE:-/usr/local/cuda/include}
+cuda_link=()
+if [ -f "$CUDA_INCLUDE/cuda_runtime_api.h" ]; then
+  flags+=(-DCROSSMOE_HAVE_CUDA "-I$CUDA_INCLUDE")
+  # The CUDA runtime that libtorch itself loads (the pip wheels carry it beside torch), else the toolkit's.
+  for cudart in "$TORCH"/../nvidia/*/lib/libcudart.so.* /usr/local/cuda/lib64/libcudart.so; do
+    if [ -f "$cudart" ]; then cuda_link=("$cudart" -Wl,-rpath,"$(dirname "$cudart")"); break; fi
+  done
+fi
 shopt -s nullglob  # no generated sources prepared (`commands` on a fresh folder): none listed
 srcs=(src/*/*.cpp apps/crossmoe/*.cpp "$dir"/gen/*.cpp)
 object() { echo "$dir/obj/$(echo "$1" | tr / _).o"; }
@@ -65,6 +80,8 @@ for f in "${srcs[@]}"; do objs+=("$(object "$f")"); done
 # libstdc++ is named before libtorch so that the dynamic linker finds the C++ library's symbols there
 # first: libtorch.so exports its own std::filesystem::remove_all, and that copy jumps to address 0
 # (a segmentation fault whenever the trainer or the RL loop deleted an old checkpoint).
+# An RPATH (not RUNPATH: --disable-new-dtags) so that httplib finds the carried brotli libraries too.
 g++ -fopenmp -o "$dir/crossmoe" "${objs[@]}" "$dir/lib/libpcre2-8.a" "$dir/lib/libutf8proc.a" \
+  "$dir/lib/libcpp-httplib.so.0.11" -Wl,--disable-new-dtags -Wl,-rpath,"$dir/lib" "${cuda_link[@]}" \
   -L"$TORCH/lib" -Wl,-rpath,"$TORCH/lib" -Wl,--no-as-needed -lstdc++ -ltorch -ltorch_cuda -ltorch_cpu -lc10_cuda -lc10
 echo "built $dir/crossmoe"

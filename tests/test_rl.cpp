@@ -257,14 +257,20 @@ std::vector<float> full_log_probs(const train::TorchModel& m, const std::vector<
 
 // Ragged prompts, several rounds of appending and sampling per row (the rows' lengths all
 // differ), rows leaving the batch at different steps: every kept log-prob equals the full
-// forward's over the final sequence.
+// forward's over the final sequence. For ragged decode steps with the expert dispatch and with
+// dense experts, and for DecodeGraphs' bucketed steps (run eagerly on the CPU: buckets of 32 batch
+// rows, most of them padding that writes to row 0's scratch slot, and 256 of the 301 key slots).
 TEST(RlRollout, LogProbsEqualFullForward) {
+  enum class Decode { Dispatched, Dense, Bucketed };
   for (const std::string layout : {"dense", "megrez2", "rexmoe"})
-  for (const train::GroupedExperts decode : {train::GroupedExperts::Auto, train::GroupedExperts::Dense}) {
-    SCOPED_TRACE(layout + (decode == train::GroupedExperts::Dense ? " dense decode" : " dispatched decode"));
+  for (const Decode decode : {Decode::Dispatched, Decode::Dense, Decode::Bucketed}) {
+    SCOPED_TRACE(layout + " decode " + std::to_string(int(decode)));
     const train::TorchModel model = tiny_model(layout, 3);
-    RolloutEngine engine(model, 5, 96, torch::kFloat32, /*max_batch_tokens=*/24);
-    engine.set_decode_experts(decode);
+    RolloutEngine engine(model, 40, 300, torch::kFloat32, /*max_batch_tokens=*/24);
+    EXPECT_EQ(engine.decode_steps(), RolloutEngine::DecodeSteps::Ragged);  // the CPU's default
+    if (decode == Decode::Dense) engine.set_decode_experts(train::GroupedExperts::Dense);
+    if (decode == Decode::Bucketed) engine.set_decode_steps(RolloutEngine::DecodeSteps::Bucketed);
+    EXPECT_FALSE(engine.replaying_graphs());
     std::mt19937_64 rng(1), draw(5);
     std::vector<std::vector<std::pair<int, float>>> kept(5);  // (token index, log-prob)
     for (int round = 0; round < 3; ++round) {
@@ -286,6 +292,7 @@ TEST(RlRollout, LogProbsEqualFullForward) {
           kept[size_t(row)].push_back({end - int(gens[i].tokens.size()) + int(k), gens[i].log_probs[k]});
       }
     }
+    EXPECT_EQ(engine.stats().graph_steps > 0, decode == Decode::Bucketed);
     for (int row = 0; row < 5; ++row) {
       const std::vector<float> full = full_log_probs(model, engine.tokens(row));
       ASSERT_FALSE(kept[size_t(row)].empty());

@@ -105,7 +105,8 @@ void print_operator_profile(const profiler::thread_event_lists& lists, double wa
 }
 
 // Generated tokens per second of the rollout engine for one sequence and for a ragged batch
-// (prompt lengths drawn from [prompt/2, 3 prompt/2]), sampling as MARS does, no early stops.
+// (prompt lengths drawn from [prompt/2, 3 prompt/2]), sampling as MARS does, no early stops, for
+// each way of running decode steps; and whether bucketed steps pick the same greedy tokens.
 void run_bench(const BenchArgs& a) {
   const torch::Device device(a.device);
   if (device.is_cuda()) require(torch::cuda::is_available(), "--device cuda but no CUDA device is available");
@@ -116,8 +117,19 @@ void run_bench(const BenchArgs& a) {
   std::mt19937_64 rng(a.seed);
   const int capacity = a.prompt_tokens * 3 / 2 + a.new_tokens + 2;
   rl::RolloutEngine engine(model, a.sequences, capacity, bf16 ? torch::kBFloat16 : torch::kFloat32);
-  auto measure = [&](int n, train::GroupedExperts decode_experts) -> double {
-    engine.set_decode_experts(decode_experts);
+  struct Way {
+    const char* name;
+    rl::RolloutEngine::DecodeSteps steps;
+    train::GroupedExperts experts;
+  };
+  using Steps = rl::RolloutEngine::DecodeSteps;
+  using train::GroupedExperts;
+  // The trainer's expert dispatch (a host sync per MoE layer), every expert on every row (no sync,
+  // C/K times the expert arithmetic), and DecodeGraphs' fixed-shape steps (CUDA graphs on CUDA).
+  const std::vector<Way> ways = {{"ragged, expert dispatch", Steps::Ragged, GroupedExperts::Auto},
+                                 {"ragged, dense experts", Steps::Ragged, GroupedExperts::Dense},
+                                 {"bucketed", Steps::Bucketed, GroupedExperts::Auto}};
+  auto requests_for = [&](int n) {
     std::vector<rl::GenerationRequest> requests;
     for (int i = 0; i < n; ++i) {
       rl::GenerationRequest r;
@@ -127,40 +139,60 @@ void run_bench(const BenchArgs& a) {
       r.max_new_tokens = a.new_tokens;
       requests.push_back(std::move(r));
     }
+    return requests;
+  };
+  auto generate = [&](const std::vector<rl::GenerationRequest>& requests, const Way& way,
+                      const rl::SamplingOptions& sampling) {
+    engine.set_decode_steps(way.steps);
+    engine.set_decode_experts(way.experts);
     engine.reset();
+    return engine.generate(requests, {}, sampling, rng);
+  };
+  auto measure = [&](int n, const Way& way) -> double {
+    const auto requests = requests_for(n);
     if (device.is_cuda()) torch::cuda::synchronize();
     const rl::RolloutStats before = engine.stats();
     Stopwatch watch;
-    engine.generate(requests, {}, rl::SamplingOptions{}, rng);
+    generate(requests, way, rl::SamplingOptions{});
     if (device.is_cuda()) torch::cuda::synchronize();
-    const double seconds = watch.seconds();
-    return double(engine.stats().generated_tokens - before.generated_tokens) / seconds;
+    return double(engine.stats().generated_tokens - before.generated_tokens) / watch.seconds();
   };
-  using train::GroupedExperts;
   // Warm up at the measured sizes: a first run of new shapes pays for the caching allocator's
-  // growth and the attention backend's plans (on an H200, a cold batch of 256 ran at a third of
-  // the speed of the same batch again).
-  for (const GroupedExperts e : {GroupedExperts::Auto, GroupedExperts::Dense}) measure(1, e), measure(a.sequences, e);
-  // Decode steps through the trainer's expert dispatch (the engine's default; a host sync per MoE
-  // layer) and with every expert on every row instead (no sync, C/K times the expert arithmetic).
-  const double one = measure(1, GroupedExperts::Auto), many = measure(a.sequences, GroupedExperts::Auto);
-  const double one_dense = measure(1, GroupedExperts::Dense), many_dense = measure(a.sequences, GroupedExperts::Dense);
-  std::printf("rollout %s%s: prompts ~%d tokens, %d new tokens each\n", a.device.c_str(), bf16 ? " bf16" : "",
-              a.prompt_tokens, a.new_tokens);
-  std::printf("  1 sequence      %10.0f generated tokens/s\n", one);
-  std::printf("  %-4d sequences  %10.0f generated tokens/s  (%.1fx one sequence)\n", a.sequences, many, many / one);
-  std::printf("  dense experts in decode: %.0f and %.0f generated tokens/s (%.2fx and %.2fx dispatched)\n", one_dense,
-              many_dense, one_dense / one, many_dense / many);
+  // growth, the attention backend's plans and the graphs' captures (on an H200, a cold batch of
+  // 256 ran at a third of the speed of the same batch again).
+  for (const Way& way : ways) measure(1, way), measure(a.sequences, way);
+  std::vector<std::pair<double, double>> speed;
+  for (const Way& way : ways) speed.push_back({measure(1, way), measure(a.sequences, way)});
+  std::printf("rollout %s%s: prompts ~%d tokens, %d new tokens each; generated tokens/s\n", a.device.c_str(),
+              bf16 ? " bf16" : "", a.prompt_tokens, a.new_tokens);
+  std::printf("  %-34s %12s %14s\n", "decode steps", "1 sequence", (std::to_string(a.sequences) + " sequences").c_str());
+  for (size_t i = 0; i < ways.size(); ++i) {
+    std::string name = ways[i].name;
+    if (ways[i].steps == Steps::Bucketed) name += engine.replaying_graphs() ? " (CUDA graphs)" : " (eager)";
+    std::printf("  %-34s %12.0f %14.0f   (%.2fx and %.2fx the first)\n", name.c_str(), speed[i].first, speed[i].second,
+                speed[i].first / speed[0].first, speed[i].second / speed[0].second);
+  }
+  // Greedy: bucketed steps against the ragged dispatch, token for token (bf16 products may round
+  // differently in the two shapes, so a rare near-tie can split; they are counted, not hidden).
+  const auto requests = requests_for(a.sequences);
+  const auto ragged = generate(requests, ways[0], rl::SamplingOptions{0.0, 1.0, 0});
+  const auto bucketed = generate(requests, ways[2], rl::SamplingOptions{0.0, 1.0, 0});
+  int same = 0;
+  for (size_t i = 0; i < requests.size(); ++i) same += ragged[i].tokens == bucketed[i].tokens;
+  std::printf("  greedy tokens, bucketed = ragged: %d of %d sequences\n", same, a.sequences);
   if (a.profile > 0) {
     // The batch again under the profiler (host time only: on CUDA an operator that waits for the
     // device, such as a copy to the host, carries the wait).
+    // The engine's default on the device: bucketed steps on CUDA, ragged with the dispatch on the CPU.
+    const Way& way = device.is_cuda() ? ways[2] : ways[0];
+    const auto profiled = requests_for(a.sequences);
     profiler::thread_event_lists events;
     Stopwatch watch;
     {
       profiler::TLSLegacyProfilerGuard guard(
           torch::profiler::impl::ProfilerConfig(torch::profiler::impl::ProfilerState::CPU),
           [&events](const profiler::thread_event_lists& lists) { events = lists; });
-      measure(a.sequences, GroupedExperts::Auto);
+      generate(profiled, way, rl::SamplingOptions{});
     }
     print_operator_profile(events, watch.seconds(), a.profile);
   }

@@ -13,8 +13,20 @@ RolloutEngine::RolloutEngine(const train::TorchModel& model, int sequences, int 
                              torch::ScalarType compute_dtype, int max_batch_tokens)
     : model_(model), compute_(compute_dtype), max_batch_tokens_(max_batch_tokens),
       decode_experts_(train::GroupedExperts::Auto),
-      cache_(model.new_cache(sequences, capacity, compute_dtype)), tokens_(size_t(sequences)) {
+      decode_steps_(model.device().is_cuda() ? DecodeSteps::Bucketed : DecodeSteps::Ragged),
+      cache_(model.new_cache(sequences, capacity + 1, compute_dtype)), tokens_(size_t(sequences)) {
   require(sequences > 0 && capacity > 1, "rollout: needs at least one sequence of two tokens");
+  graphs_ = std::make_unique<DecodeGraphs>(model, cache_, compute_dtype);
+}
+
+torch::Tensor RolloutEngine::decode(const std::vector<int>& rows, const std::vector<int>& tokens) {
+  if (decode_steps_ == DecodeSteps::Bucketed) {
+    ++stats_.graph_steps;
+    return graphs_->step(rows, tokens);
+  }
+  std::vector<std::vector<int>> one_each;
+  for (const int t : tokens) one_each.push_back({t});
+  return append(rows, one_each);
 }
 
 void RolloutEngine::reset() {
@@ -123,8 +135,7 @@ std::vector<Generation> RolloutEngine::generate(const std::vector<GenerationRequ
     if (prefill) stats_.prefill_seconds += watch.seconds();
     prefill = false;
     std::vector<size_t> still;
-    std::vector<int> next_rows;
-    std::vector<std::vector<int>> next_tokens;
+    std::vector<int> next_rows, next_tokens;
     for (size_t a = 0; a < active.size(); ++a) {
       const size_t i = active[a];
       const float* v = values.data_ptr<float>() + int64_t(a) * k;
@@ -140,11 +151,11 @@ std::vector<Generation> RolloutEngine::generate(const std::vector<GenerationRequ
       if (g.stopped || int(g.tokens.size()) >= requests[i].max_new_tokens) continue;
       still.push_back(i);
       next_rows.push_back(requests[i].sequence);
-      next_tokens.push_back({token});
+      next_tokens.push_back(token);
     }
     active = std::move(still);
     if (active.empty()) break;
-    logits = append(next_rows, next_tokens);
+    logits = decode(next_rows, next_tokens);
     ++stats_.decode_steps;
     stats_.decode_rows += int64_t(next_rows.size());
   }

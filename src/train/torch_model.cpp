@@ -218,6 +218,40 @@ ForwardResult TorchModel::forward_cached(const torch::Tensor& tokens, const std:
   return result;
 }
 
+std::pair<torch::Tensor, torch::Tensor> TorchModel::decode_rope(const std::vector<int64_t>& positions) const {
+  const int64_t R = int64_t(positions.size()), half = config_.head_dim / 2;
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+  torch::Tensor cos = torch::empty({R, 1, 1, half}, f32), sin = torch::empty({R, 1, 1, half}, f32);
+  for (int64_t r = 0; r < R; ++r) {
+    const int pos = int(positions[size_t(r)]);
+    rope_.at(pos, pos + 1, cos.data_ptr<float>() + r * half, sin.data_ptr<float>() + r * half);
+  }
+  return {cos, sin};
+}
+
+torch::Tensor TorchModel::decode_rows(const torch::Tensor& tokens, const torch::Tensor& rows, const torch::Tensor& positions,
+                                      const torch::Tensor& cos, const torch::Tensor& sin, int64_t keys, KvCache& cache,
+                                      const ForwardOptions& options) const {
+  const int64_t R = tokens.size(0);
+  require(tokens.dim() == 2 && tokens.size(1) == 1 && rows.size(0) == R && positions.size(0) == R && keys >= 1 &&
+              keys <= cache.capacity,
+          "decode_rows: tokens must be [rows, 1] with a cache row and a position each, and keys within the cache");
+  CachedStep step;
+  step.cache = &cache;
+  step.rows = rows;
+  step.write_row = rows;
+  step.write_pos = positions;
+  step.write_index = torch::arange(R, positions.options());
+  // Each row sees the keys up to its own position (within the window), computed on the device.
+  const torch::Tensor key = torch::arange(keys, positions.options()).unsqueeze(0);  // [1, L]
+  const torch::Tensor pos = positions.unsqueeze(1);                                  // [R, 1]
+  torch::Tensor allowed = key <= pos;
+  if (config_.sliding_window > 0) allowed = allowed & (key > pos - config_.sliding_window);
+  step.allowed = allowed.view({R, 1, 1, keys});
+  step.keys = keys;
+  return run(tokens, cos, sin, options, &step).logits.squeeze(1);
+}
+
 ForwardResult TorchModel::run(const torch::Tensor& tokens, const torch::Tensor& cos_t, const torch::Tensor& sin_t,
                               const ForwardOptions& options, CachedStep* step) const {
   const ModelConfig& c = config_;
@@ -290,8 +324,10 @@ torch::Tensor TorchModel::attention(int l, const torch::Tensor& xn, const torch:
     torch::Tensor& vc = step->cache->v[size_t(l)];
     kc.index_put_({step->write_row, step->write_pos}, k.reshape({B * T, Hkv, hd}).index_select(0, step->write_index));
     vc.index_put_({step->write_row, step->write_pos}, v.reshape({B * T, Hkv, hd}).index_select(0, step->write_index));
-    k = (step->rows.defined() ? kc.index_select(0, step->rows) : kc).narrow(1, 0, step->keys);
-    v = (step->rows.defined() ? vc.index_select(0, step->rows) : vc).narrow(1, 0, step->keys);
+    k = kc.narrow(1, 0, step->keys);  // the visible keys first, so that only they are gathered
+    v = vc.narrow(1, 0, step->keys);
+    k = step->rows.defined() ? k.index_select(0, step->rows) : k;
+    v = step->rows.defined() ? v.index_select(0, step->rows) : v;
     allowed = step->allowed;
   }
   k = k.transpose(1, 2);
@@ -377,7 +413,8 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
                                 .to(acc)
                           : torch::zeros_like(u, torch::TensorOptions().dtype(acc));
   const torch::Tensor flat = top.reshape(-1);
-  const torch::Tensor counts = torch::bincount(flat, {}, C);
+  // Not bincount: on CUDA it reads the largest index back to the host, which a CUDA graph cannot hold.
+  const torch::Tensor counts = torch::zeros({C}, flat.options()).scatter_add_(0, flat, torch::ones_like(flat));
   load = counts.detach();
   if (options.grouped_experts == GroupedExperts::Dense) {
     const torch::Tensor x = u.to(cd);  // [N, d], broadcast over the C candidates

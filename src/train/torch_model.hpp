@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/config.hpp"
@@ -86,6 +87,18 @@ class TorchModel {
   ForwardResult forward_cached(const torch::Tensor& tokens, const std::vector<int64_t>& counts,
                                const std::vector<int64_t>& rows, KvCache& cache, const ForwardOptions& options = {},
                                bool last_only = false) const;
+
+  // One decode step of a token for each of R batch rows, from device tensors alone: no host work
+  // and, with GroupedExperts::Dense, no host sync, so that a CUDA graph can capture it (the rollout
+  // engine's DecodeGraphs). tokens [R, 1] int64; rows [R]: the cache row of each; positions [R]: the
+  // slot each token takes and the last key it sees (padding rows point at a slot that no live row
+  // reads); cos, sin: decode_rope(positions) on the model's device in the accumulation type. Keys
+  // 0..keys-1 are read. Returns the logits [R, vocab]; the caller advances cache.lengths.
+  torch::Tensor decode_rows(const torch::Tensor& tokens, const torch::Tensor& rows, const torch::Tensor& positions,
+                            const torch::Tensor& cos, const torch::Tensor& sin, int64_t keys, KvCache& cache,
+                            const ForwardOptions& options) const;
+  // Rotary cos and sin [R, 1, 1, head_dim/2] (float32, on the host) of one new token at each position.
+  std::pair<torch::Tensor, torch::Tensor> decode_rope(const std::vector<int64_t>& positions) const;
 
   // Trainable tensors (everything but the routers' correction biases), in name order.
   std::vector<std::string> trainable_names() const;
