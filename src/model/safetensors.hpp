@@ -1,6 +1,6 @@
 #pragma once
-// safetensors files: read by mmap with the header treated as untrusted input, and written
-// atomically (temporary file + rename).
+// safetensors files: mapped, with the header treated as untrusted input, and optionally read
+// into memory (load_into_memory); written atomically (temporary file + rename).
 //
 // Format: 8-byte little-endian header length N, N bytes of JSON
 //   {"name": {"dtype": "BF16", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}}

@@ -1,6 +1,8 @@
 #pragma once
-// The checkpoint's tensors bound to the model description: matrices stay in the mmapped file in
-// their stored dtype; the small vectors (norms, biases) are widened to f32 once.
+// The checkpoint's tensors bound to the model description: matrices stay in their stored dtype,
+// in memory or in the file mapping (WeightResidency), or, under a memory budget, routed experts
+// in the files until the expert cache reads them; the small vectors (norms, biases) are widened
+// to f32 once.
 #include <filesystem>
 #include <memory>
 #include <vector>
