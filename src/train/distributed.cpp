@@ -7,13 +7,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
 
+// Gloo's headers come from Debian's libgloo-dev; a libtorch without them (the pip wheels on the GPU
+// machine) builds without data parallelism, and a launched rank says so.
+#ifdef USE_C10D_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#endif
 
 #include "train/torch_model.hpp"
 #include "util/error.hpp"
@@ -71,10 +74,14 @@ std::vector<std::string> own_arguments() {
 
 }  // namespace
 
+#ifdef USE_C10D_GLOO
 struct Communicator::Group {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
 };
+#else
+struct Communicator::Group {};
+#endif
 
 Communicator::Communicator(int rank, int world, std::unique_ptr<Group> group)
     : rank_(rank), world_(world), group_(std::move(group)) {}
@@ -88,6 +95,9 @@ std::unique_ptr<Communicator> Communicator::from_environment() {
   const int rank = env_int(kRankVar), world = env_int(kWorldVar), port = env_int(kPortVar);
   require(world >= 1 && rank < world && port > 0 && port < 65536,
           "distributed: the rank must be below the world size and the port a TCP port");
+#ifndef USE_C10D_GLOO
+  throw Error("distributed: this build of crossmoe has no Gloo backend (libgloo-dev), so no --nproc");
+#else
   auto group = std::make_unique<Group>();
   c10d::TCPStoreOptions store_options;
   store_options.port = uint16_t(port);
@@ -99,17 +109,17 @@ std::unique_ptr<Communicator> Communicator::from_environment() {
   options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
   group->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(group->store, rank, world, options);
   return std::unique_ptr<Communicator>(new Communicator(rank, world, std::move(group)));
+#endif
 }
 
+#ifdef USE_C10D_GLOO
 void Communicator::barrier() { group_->gloo->barrier()->wait(); }
 
 void Communicator::sum(std::vector<torch::Tensor>& tensors) {
-  const auto start = std::chrono::steady_clock::now();
   for (torch::Tensor& t : tensors) {
     std::vector<torch::Tensor> one{t};
     group_->gloo->allreduce(one)->wait();
   }
-  seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 void Communicator::average_gradients(TorchModel& model, const std::vector<std::string>& names) {
@@ -118,7 +128,6 @@ void Communicator::average_gradients(TorchModel& model, const std::vector<std::s
   for (size_t i = 0; i < names.size(); ++i) present[int64_t(i)] = int64_t(model.tensor(names[i]).grad().defined());
   std::vector<torch::Tensor> flags{present};
   sum(flags);
-  const auto start = std::chrono::steady_clock::now();
   std::vector<std::vector<torch::Tensor>> buckets(1);
   int64_t bytes = 0;
   for (size_t i = 0; i < names.size(); ++i) {
@@ -151,8 +160,13 @@ void Communicator::average_gradients(TorchModel& model, const std::vector<std::s
       offset += g.numel();
     }
   }
-  seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
+#else
+// Never called: without Gloo no Communicator is made (from_environment throws).
+void Communicator::barrier() {}
+void Communicator::sum(std::vector<torch::Tensor>&) {}
+void Communicator::average_gradients(TorchModel&, const std::vector<std::string>&) {}
+#endif
 
 LaunchResult launch_ranks(int nproc) {
   require(nproc >= 1, "train --nproc: needs at least one process");

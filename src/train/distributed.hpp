@@ -35,15 +35,12 @@ class Communicator {
   // reductions run concurrently. A gradient that some rank lacks (an expert that got no tokens
   // there) counts as zero there; one that no rank has stays undefined, as on a single process.
   void average_gradients(TorchModel& model, const std::vector<std::string>& names);
-  // Seconds spent in collectives so far.
-  double seconds() const { return seconds_; }
 
  private:
   struct Group;
   Communicator(int rank, int world, std::unique_ptr<Group> group);
   int rank_, world_;
   std::unique_ptr<Group> group_;
-  double seconds_ = 0;
 };
 
 // Whether this process is a rank that launch_ranks started.
