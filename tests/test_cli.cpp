@@ -7,7 +7,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -16,6 +18,9 @@
 
 #include "cli_run.hpp"
 #include "util/json_file.hpp"
+#ifdef CROSSMOE_HAVE_TORCH
+#include "train/torch_model.hpp"
+#endif
 
 namespace fs = std::filesystem;
 
@@ -446,6 +451,49 @@ TEST_F(CliTrain, KilledAndResumedRunIsBitForBit) {
   };
   EXPECT_EQ(losses(straight / "log.csv"), losses(killed / "log.csv"));
   EXPECT_TRUE(fs::exists(killed / "model" / "tokenizer_config.json"));
+}
+
+// Data parallelism on 2 processes (c10d's Gloo over loopback): with the load-balancing loss off
+// (each rank computes it on its own tokens), every logged loss, gradient norm and validation loss,
+// and the exported weights, equal one process's on the same global batches to float rounding; a
+// run stopped on 2 processes resumes on 1 and ends the same; a batch that does not divide is refused.
+TEST_F(CliTrain, DataParallelEqualsOneProcess) {
+  const std::string args =
+      replaced(replaced(train_args(dir_ / "dp_one"), "--batch 2", "--batch 4"), "--eval-every 20", "--eval-every 4") +
+      "--steps 8 --log-every 1 --aux-loss 0 ";
+  ASSERT_EQ(run(args).code, 0);
+  const Result two = run(replaced(args, "dp_one", "dp_two") + "--nproc 2");
+  ASSERT_EQ(two.code, 0) << two.out;
+  ASSERT_EQ(run(replaced(args, "dp_one", "dp_mixed") + "--nproc 2 --stop-after 4").code, 0);
+  ASSERT_EQ(run("train -o " + (dir_ / "dp_mixed").string() + " --resume --threads 1").code, 0);
+  auto columns = [](const fs::path& csv) {  // loss, grad_norm, val_loss (0 when not evaluated)
+    std::ifstream in(csv);
+    std::vector<std::array<double, 3>> rows;
+    std::string line;
+    std::getline(in, line);
+    while (std::getline(in, line)) {
+      std::vector<std::string> cells;
+      std::stringstream ss(line);
+      for (std::string cell; std::getline(ss, cell, ',');) cells.push_back(cell);
+      rows.push_back({std::stod(cells.at(3)), std::stod(cells.at(5)), cells.at(6).empty() ? 0.0 : std::stod(cells.at(6))});
+    }
+    return rows;
+  };
+  const auto one = columns(dir_ / "dp_one" / "log.csv");
+  ASSERT_EQ(one.size(), 8u);
+  for (const char* run_name : {"dp_two", "dp_mixed"}) {
+    SCOPED_TRACE(run_name);
+    const auto other = columns(dir_ / run_name / "log.csv");
+    ASSERT_EQ(other.size(), one.size());
+    for (size_t i = 0; i < one.size(); ++i)
+      for (size_t c = 0; c < 3; ++c) EXPECT_NEAR(other[i][c], one[i][c], 1e-4 * (1 + std::abs(one[i][c]))) << i << " " << c;
+    const auto a = crossmoe::train::load_tensors(dir_ / "dp_one" / "model" / "model.safetensors", torch::kCPU);
+    const auto b = crossmoe::train::load_tensors(dir_ / run_name / "model" / "model.safetensors", torch::kCPU);
+    ASSERT_EQ(a.size(), b.size());
+    for (const auto& [name, t] : a) EXPECT_LT((t - b.at(name)).abs().max().item<double>(), 1e-4) << name;
+  }
+  expect_one_line_error(run(replaced(replaced(args, "dp_one", "dp_odd"), "--batch 4", "--batch 3") + "--nproc 2"),
+                        "--batch 3");
 }
 
 TEST_F(CliTrain, ResumeRefusesOtherSettingsAndMissingCheckpoints) {

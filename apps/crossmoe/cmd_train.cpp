@@ -8,6 +8,7 @@
 #include "model_options.hpp"
 #include "model/hf_config.hpp"
 #include "model/config.hpp"
+#include "train/distributed.hpp"
 #include "train/trainer.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
@@ -22,6 +23,7 @@ struct TrainArgs {
   ModelShapeArgs shape;
   std::string bf16 = "auto", export_dtype = "bf16", init, config;
   double peak_tflops = 0;
+  int nproc = 1;  // processes (data-parallel ranks) on this host
 };
 
 // Model FLOPs per trained token: 6 x (active non-embedding parameters, lm_head included) for the
@@ -70,7 +72,8 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
   require(parse_dtype(a.export_dtype == "f32" ? "F32" : a.export_dtype == "bf16" ? "BF16" : "?", &o.export_dtype),
           "--export-dtype must be f32 or bf16");
   require(a.peak_tflops >= 0, "--peak-tflops must be zero or more");
-  if (!o.resume && fs::exists(o.out_dir) && !fs::is_empty(o.out_dir))
+  // A launched rank skips this: the launcher checked before rank 0 began writing there.
+  if (!train::launched_rank() && !o.resume && fs::exists(o.out_dir) && !fs::is_empty(o.out_dir))
     throw Error(o.out_dir.string() + " is not empty: pass --resume to continue that run, or choose another --out");
 
   // Resuming: every training setting not given again comes from the checkpoint (a setting given
@@ -88,6 +91,11 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
     throw UsageError("--data DIR (pre-training) or --sft FILE (fine-tuning) is required");
   train::check_options(o);
   if (checkpoint) train::check_resume(o, *checkpoint);  // before any work or output
+  if (a.nproc > 1) {
+    require(o.batch_size % a.nproc == 0, "--batch " + std::to_string(o.batch_size) + " must divide among the --nproc " +
+                                             std::to_string(a.nproc) + " processes (it is the global batch)");
+    require(o.device == "cpu", "--nproc runs on the CPU (Gloo) for now; --device " + o.device + " is not supported");
+  }
 
   const bool sft = !o.sft_file.empty();
   std::string tokenizer;  // pre-training: the tokenizer of the data, shipped with the exported model
@@ -115,10 +123,20 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
     config = a.init.empty() ? build_model_config(a.shape, tokenizer) : read_model_config(a.init);
   }
   const ParamCounts p = count_parameters(config);
-  log_info("training " + config.model_type + " (" + (a.init.empty() ? a.shape.layout : a.init) + "): " +
+  if (!train::launched_rank())  // the launcher said it already
+    log_info("training " + config.model_type + " (" + (a.init.empty() ? a.shape.layout : a.init) + "): " +
            std::to_string(p.stored) + " parameters, " + std::to_string(p.active) + " active per token");
   // libtorch defaults to one thread per physical core; use what --threads (or OpenMP) says.
   at::set_num_threads(omp_get_max_threads());
+  if (a.nproc > 1 && !train::launched_rank()) {
+    const train::LaunchResult launched = train::launch_ranks(a.nproc);
+    if (launched.failed_rank >= 0)
+      throw Error("train --nproc: rank " + std::to_string(launched.failed_rank) + " of " + std::to_string(a.nproc) +
+                  (launched.status > 128 ? " was killed by signal " + std::to_string(launched.status - 128)
+                                         : " failed with exit code " + std::to_string(launched.status)) +
+                  "; the other ranks were stopped");
+    return;
+  }
   train::TrainResult r;
   try {
     r = train::train_model(config, o);
@@ -186,6 +204,10 @@ void add_train(CLI::App& app) {
   cmd->add_option("--log-every", o.log_every, "CSV row every N steps")->capture_default_str();
   cmd->add_option("--seed", o.seed, "Seed for the init, batches and PSR masks")->capture_default_str();
   cmd->add_option("--device", o.device, "cpu or cuda")->capture_default_str();
+  cmd->add_option("--nproc", a->nproc,
+                  "Data-parallel processes on this host (c10d with Gloo on the CPU): --batch is the global batch, "
+                  "split among them; the log and model are the same as one process's")
+      ->capture_default_str()->check(cli::positive());
   cmd->add_option("--bf16", a->bf16, "bf16 matrix products: auto (on for cuda), on, off")
       ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
   cmd->add_option("--export-dtype", a->export_dtype, "Dtype of the exported weights: bf16 or f32")->capture_default_str();

@@ -3,6 +3,7 @@
 // model.safetensors.index.json, or one GGUF file (model/gguf_model.hpp maps its tensors onto the
 // same names). Tensors are looked up by name with their shape checked.
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,8 +18,12 @@ class Checkpoint {
  public:
   explicit Checkpoint(const std::filesystem::path& model_dir);  // a directory or a .gguf file
   ~Checkpoint();
-  // Copies the weights out of the file mappings into anonymous memory (see SafetensorsFile).
-  void copy_into_memory();
+  // Reads the weights into anonymous memory, those `keep` accepts (all without it), and drops
+  // the file mappings (SafetensorsFile::load_into_memory). A GGUF file is copied whole: `keep`
+  // (the expert cache of a memory budget) is for safetensors checkpoints only.
+  void load_into_memory(const std::function<bool(const std::string&)>& keep = {});
+  // The file that holds tensor `name` (which must exist).
+  const SafetensorsFile& file_of(const std::string& name) const;
 
   // nullptr when absent.
   const TensorView* find(const std::string& name) const;
@@ -37,6 +42,7 @@ class Checkpoint {
   std::vector<std::unique_ptr<std::byte[]>> gguf_owned_;  // rows reordered from the file's order
   std::map<std::string, const TensorView*> index_;
   void index_gguf();
+  std::map<std::string, const SafetensorsFile*> file_of_;
 };
 
 // Throws unless every tensor the description implies is in the checkpoint with its shape,

@@ -9,6 +9,7 @@
 
 #include "model/hf_config.hpp"
 #include "train/corpus.hpp"
+#include "train/distributed.hpp"
 #include "train/optimizer.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
@@ -243,8 +244,16 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   if (device.is_cuda()) require(torch::cuda::is_available(), "train: --device cuda but no CUDA device is available");
   const torch::ScalarType compute = o.bf16 ? torch::kBFloat16 : torch::kFloat32;
   const fs::path csv = o.out_dir / "log.csv";
+  // Data parallelism (train/distributed): every rank takes its slice of each global batch; rank 0
+  // (the leader) alone writes the log, checkpoints and the model.
+  const std::unique_ptr<Communicator> comm = Communicator::from_environment();
+  const int world = comm ? comm->world() : 1, rank = comm ? comm->rank() : 0;
+  const bool leader = rank == 0;
+  require(o.batch_size % world == 0, "--batch " + std::to_string(o.batch_size) + " must divide among the " +
+                                         std::to_string(world) + " processes (it is the global batch)");
   const std::optional<CheckpointInfo> resumed = starting_checkpoint(o.out_dir, o.resume);
   if (resumed) check_resume(o, *resumed);
+  if (comm) comm->barrier();  // every rank has looked at the output directory before rank 0 writes there
 
   // The data: token windows, or SFT conversations rendered through the starting model's template.
   const bool sft = !o.sft_file.empty();
@@ -303,22 +312,25 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
                                                ") is smaller than the tokenizer's (" + std::to_string(data_vocab) + ")");
   require_ids_below(train_tokens, config.vocab_size, (o.data_dir / "train.bin").string());
   require_ids_below(val_tokens, config.vocab_size, (o.data_dir / "val.bin").string());
-  keep_log_rows(csv, kCsvHeader, start_step);
+  if (leader) keep_log_rows(csv, kCsvHeader, start_step);
   const nlohmann::json settings = training_settings(o);
 
   const std::vector<std::string> trainable = model->trainable_names();
   for (const auto& name : trainable) model->tensor(name).set_requires_grad(true);
   const int64_t max_start = int64_t(train_tokens.size()) - o.seq_len - 1;
   SftOrder sft_order(o.seed, sft_train.size());
-  // One micro-batch of the step: inputs, targets, the loss mask (SFT) and the tokens it holds.
+  // One micro-batch of the step, this rank's rows of it (all of them on one process): inputs,
+  // targets, the loss mask (SFT) and the tokens the whole global micro-batch holds.
+  const int local_batch = o.batch_size / world;
   auto micro_batch = [&](int64_t step, int micro) -> std::pair<SftBatch, int64_t> {
     const uint64_t index = uint64_t(step) * uint64_t(o.grad_accum) + uint64_t(micro);
     if (sft) {
       std::vector<const SftExample*> rows;
       int64_t tokens = 0;
       for (int b = 0; b < o.batch_size; ++b) {
-        rows.push_back(&sft_train[sft_order.at(index * uint64_t(o.batch_size) + uint64_t(b))]);
-        tokens += std::min<int64_t>(int64_t(rows.back()->tokens.size()) - 1, o.seq_len);
+        const SftExample* e = &sft_train[sft_order.at(index * uint64_t(o.batch_size) + uint64_t(b))];
+        if (b / local_batch == rank) rows.push_back(e);
+        tokens += std::min<int64_t>(int64_t(e->tokens.size()) - 1, o.seq_len);
       }
       return {sft_batch(rows, o.seq_len, device), tokens};
     }
@@ -326,6 +338,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     std::uniform_int_distribution<int64_t> pick(0, max_start);
     std::vector<int64_t> starts(static_cast<size_t>(o.batch_size));
     for (auto& s : starts) s = pick(rng);
+    starts = std::vector<int64_t>(starts.begin() + rank * local_batch, starts.begin() + (rank + 1) * local_batch);
     auto [in, target] = windows(train_tokens, starts, o.seq_len, device);
     return {SftBatch{in, target, {}}, int64_t(o.batch_size) * o.seq_len};
   };
@@ -335,7 +348,8 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     return evaluate_sft_loss(*model, sft_val, o.eval_batches, o.batch_size, o.seq_len, compute);
   };
 
-  ProgressBar bar(o.steps, start_step);
+  std::optional<ProgressBar> bar;
+  if (leader) bar.emplace(o.steps, start_step);
   Stopwatch watch;
   Stopwatch window;
   int64_t window_tokens = 0;
@@ -351,12 +365,31 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
       const auto [batch, tokens] = micro_batch(step, micro);
       step_tokens += tokens;
       const ForwardResult r = model->forward(batch.input, fo);
-      const torch::Tensor loss = next_token_loss(r.logits, batch.target, batch.mask);
+      torch::Tensor loss = next_token_loss(r.logits, batch.target, batch.mask);
+      if (comm && batch.mask.defined()) {
+        // Ranks hold different numbers of answer tokens: weight each rank's mean so that the
+        // average over ranks is the mean over the global batch's tokens, as on one process.
+        std::vector<torch::Tensor> counts{batch.mask.sum().to(torch::kCPU, torch::kFloat64).reshape({1})};
+        const double local = counts[0].item<double>();
+        comm->sum(counts);
+        loss = loss * (world * local / std::max(counts[0].item<double>(), 1.0));
+      }
       ((loss + o.aux_loss_weight * r.aux_loss) / double(o.grad_accum)).backward();
       loss_sum += loss.detach();
       aux_sum += r.aux_loss.detach().to(torch::kFloat32);
       for (size_t l = 0; l < load.size(); ++l)
         if (r.expert_load[l].defined()) load[l] = load[l].defined() ? load[l] + r.expert_load[l] : r.expert_load[l];
+    }
+    if (comm) {
+      // The mean over ranks of gradients, losses and (summed) expert loads: one step on every rank.
+      comm->average_gradients(*model, trainable);
+      std::vector<torch::Tensor> totals{loss_sum.cpu().reshape({1}), aux_sum.cpu().reshape({1})};
+      for (const torch::Tensor& l : load)
+        if (l.defined()) totals.push_back(l.cpu());
+      comm->sum(totals);
+      loss_sum = totals[0][0] / world, aux_sum = totals[1][0] / world;
+      for (size_t l = 0, i = 2; l < load.size(); ++l)
+        if (load[l].defined()) load[l] = totals[i++].to(load[l].device());
     }
     const double lr = learning_rate(o, step);
     row.grad_norm = clip_gradients(*model, trainable, o.grad_clip);
@@ -375,7 +408,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
                                          std::to_string(step + 1) + " (lower the learning rate?)");
     const bool last = step + 1 == o.steps;
     const bool eval_now = last || (o.eval_every > 0 && (step + 1) % o.eval_every == 0);
-    if (eval_now || (step + 1) % o.log_every == 0) {
+    if (leader && (eval_now || (step + 1) % o.log_every == 0)) {
       row.tokens_per_s = double(window_tokens) / std::max(window.seconds(), 1e-9);
       row.elapsed = elapsed_before + watch.seconds();
       row.val_loss.reset();
@@ -390,9 +423,9 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     char status[160];
     std::snprintf(status, sizeof status, "loss %.4f%s tok/s %.0f", row.loss,
                   row.val_loss ? (" val " + std::to_string(*row.val_loss).substr(0, 6)).c_str() : "", row.tokens_per_s);
-    bar.update(step + 1, status);
+    if (bar) bar->update(step + 1, status);
     const bool stop = o.stop_after > 0 && step + 1 == o.stop_after && !last;
-    if (last || stop || (o.save_every > 0 && (step + 1) % o.save_every == 0))
+    if (leader && (last || stop || (o.save_every > 0 && (step + 1) % o.save_every == 0)))
       save_checkpoint(checkpoint_dir(o.out_dir, kTrainCheckpoints, step + 1), *model, adam,
                       {{"step", step + 1},
                        {"tokens", tokens_seen},
@@ -400,7 +433,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
                        {"config", to_crossmoe_json(model->config())},
                        {"settings", settings}});
     if (stop) {
-      bar.finish("stopped after step " + std::to_string(step + 1) + " (resume with --resume)");
+      if (bar) bar->finish("stopped after step " + std::to_string(step + 1) + " (resume with --resume)");
       result.steps = step + 1;
       result.final_train_loss = row.loss;
       return result;
@@ -414,7 +447,8 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
                   (long long)o.steps, row.loss, result.final_val_loss, std::exp(result.final_val_loss));
   else
     std::snprintf(done, sizeof done, "trained %lld steps: loss %.4f", (long long)o.steps, row.loss);
-  bar.finish(done);
+  if (!bar) return result;  // not the leader: rank 0 exports
+  bar->finish(done);
 
   result.model_dir = o.out_dir / "model";
   model->export_hf(result.model_dir, o.export_dtype);
