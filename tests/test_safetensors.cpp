@@ -67,6 +67,47 @@ TEST(Safetensors, RoundTripsEveryComputeDtype) {
   EXPECT_EQ(f.metadata().at("format"), "pt");
 }
 
+TEST(Safetensors, LoadsIntoMemoryInParallelKeepingWhatIsAsked) {
+  // Many pieces (several threads' worth of 8 MiB reads) with odd sizes between them, so runs,
+  // pieces and alignment padding are all exercised; the bytes must be the file's.
+  const fs::path d = temp_dir("load");
+  std::vector<std::vector<float>> data;
+  std::vector<TensorToWrite> tensors;
+  for (int i = 0; i < 7; ++i) {
+    data.emplace_back(size_t(i % 2 ? 3'000'001 : 17 + i));
+    for (size_t j = 0; j < data.back().size(); ++j) data.back()[j] = float(i * 1000 + j % 997);
+  }
+  for (int i = 0; i < 7; ++i) tensors.push_back({"t" + std::to_string(i), DType::F32, {int64_t(data[i].size())}, data[i].data()});
+  write_safetensors(d / "m.safetensors", tensors);
+  SafetensorsFile all(d / "m.safetensors");
+  all.load_into_memory();
+  SafetensorsFile some(d / "m.safetensors");
+  some.load_into_memory([](const std::string& name) { return name != "t1" && name != "t4"; });
+  for (int i = 0; i < 7; ++i) {
+    const TensorView& a = all.tensors().at("t" + std::to_string(i));
+    ASSERT_NE(a.data, nullptr);
+    EXPECT_EQ(std::memcmp(a.data, data[i].data(), a.nbytes), 0) << i;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(a.data) % 64, a.file_offset % 64);
+    const TensorView& s = some.tensors().at("t" + std::to_string(i));
+    if (i == 1 || i == 4) {
+      EXPECT_EQ(s.data, nullptr);
+    } else {
+      ASSERT_NE(s.data, nullptr);
+      EXPECT_EQ(std::memcmp(s.data, data[i].data(), s.nbytes), 0) << i;
+    }
+  }
+  // A file that shrinks between opening and loading is an error naming it, not zeros.
+  SafetensorsFile shrinking(d / "m.safetensors");
+  fs::resize_file(d / "m.safetensors", fs::file_size(d / "m.safetensors") - 100);
+  try {
+    shrinking.load_into_memory();
+    FAIL() << "a truncated file loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("m.safetensors"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("ends early"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Safetensors, RejectsMalformedFilesWithAReason) {
   const fs::path d = temp_dir("bad");
   const fs::path p = d / "x.safetensors";

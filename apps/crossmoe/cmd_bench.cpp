@@ -5,6 +5,7 @@
 #include <random>
 
 #include "commands.hpp"
+#include "memory_budget_options.hpp"
 #include "kernels/bandwidth.hpp"
 #include "kernels/kernels.hpp"
 #include "runtime/forward.hpp"
@@ -20,6 +21,7 @@ struct BenchArgs {
   int prompt_tokens = 128, gen_tokens = 32, runs = 5;
   int batch = 1;  // > 1: also decode this many sequences together
   bool json = false;
+  MemoryBudgetArgs memory;
 };
 
 struct Summary {
@@ -62,7 +64,9 @@ double batch_decode_rate(const Model& model, int sequences, const BenchArgs& a, 
 }
 
 void run_bench(const BenchArgs& a) {
-  const Model model(a.model);
+  const Model model(a.model, a.memory.resolve());
+  ExpertCache* cache = model.expert_cache();
+  ExpertCacheStats decode_cache;  // over the timed decodes only
   const ModelConfig& c = model.config();
   require(int64_t(a.prompt_tokens) + a.gen_tokens < c.max_position_embeddings,
           "--prompt-tokens " + std::to_string(a.prompt_tokens) + " + --gen-tokens " + std::to_string(a.gen_tokens) +
@@ -80,18 +84,23 @@ void run_bench(const BenchArgs& a) {
   // run and each run is held against its own measurement.
   const double bytes = model.bytes_per_token();
   std::vector<double> prefill, decode, bandwidth, fraction;
+  uint64_t peak_rss = 0;  // of the model runs, without the bandwidth probe's buffer
   for (int r = 0; r < a.runs; ++r) {
     session.reset();
     Stopwatch p;
     const std::vector<float>* logits = &session.forward(prompt);
     prefill.push_back(a.prompt_tokens / p.seconds());
+    const ExpertCacheStats before = cache ? cache->stats() : ExpertCacheStats();
     Stopwatch d;
     for (int i = 0; i < a.gen_tokens; ++i) {
       const int next = int(std::max_element(logits->begin(), logits->end()) - logits->begin());
       logits = &session.forward({next});
     }
     decode.push_back(a.gen_tokens / d.seconds());
+    if (cache) decode_cache += cache->stats() - before;
+    peak_rss = std::max(peak_rss, peak_resident_bytes());
     bandwidth.push_back(kernels::measure_read_bandwidth(size_t(512) << 20, 3));
+    reset_peak_resident();
     fraction.push_back(decode.back() * bytes / bandwidth.back());
     log_info("run " + std::to_string(r + 1) + "/" + std::to_string(a.runs) + ": prefill " +
              std::to_string(int(prefill.back())) + " tok/s, decode " + std::to_string(decode.back()).substr(0, 6) + " tok/s, bandwidth " +
@@ -118,6 +127,21 @@ void run_bench(const BenchArgs& a) {
         a.model.c_str(), kernels::isa_name(kernels::active_isa()).c_str(), a.prompt_tokens, a.gen_tokens, a.runs,
         ps.min, ps.median, ps.max, ds.min, ds.median, ds.max, bytes, bw.min / 1e9, bw.median / 1e9, bw.max / 1e9,
         fr.min, fr.median, fr.max);
+    if (cache) {
+      const ExpertCacheStats& e = decode_cache;
+      const double tokens = double(a.runs) * a.gen_tokens;
+      std::printf("{\"memory_budget_bytes\": %llu, \"cache_experts\": %lld, \"routed_experts\": %lld, "
+                  "\"expert_bytes\": %llu, \"eviction\": \"%s\", \"prefetch\": %s, \"direct_io\": %s, "
+                  "\"decode_hits\": %lld, \"decode_misses\": %lld, \"decode_hit_rate\": %.4f, "
+                  "\"decode_bytes_read_per_token\": %.0f, \"decode_stall_s_per_token\": %.6f, "
+                  "\"decode_prefetch_reads\": %lld, \"prefetch_accuracy\": %.4f, \"peak_rss_bytes\": %llu}\n",
+                  (unsigned long long)cache->plan().budget_bytes, (long long)cache->slots(),
+                  (long long)cache->plan().experts, (unsigned long long)cache->plan().expert_bytes,
+                  to_string(a.memory.resolve().policy).c_str(), cache->prefetching() ? "true" : "false",
+                  cache->direct_io() ? "true" : "false", (long long)e.hits, (long long)e.misses, e.hit_rate(),
+                  double(e.bytes_read) / tokens, e.stall_seconds / tokens, (long long)e.prefetch_reads,
+                  e.prefetch_accuracy(), (unsigned long long)peak_rss);
+    }
     if (a.batch > 1) {
       const Summary s1 = summarise(single), sn = summarise(batched), q = summarise(ratio);
       std::printf("{\"batch\": %d, \"batch1_decode_tok_s\": {\"min\": %.3f, \"median\": %.3f, \"max\": %.3f}, "
@@ -138,6 +162,22 @@ void run_bench(const BenchArgs& a) {
               bw.median / 1e9, bw.max / 1e9);
   std::printf("decode / limit   min %.1f%%  median %.1f%%  max %.1f%%  (tokens/s x bytes/token / bandwidth, per run)\n",
               100 * fr.min, 100 * fr.median, 100 * fr.max);
+  if (cache) {
+    const ExpertCacheStats& e = decode_cache;
+    const double tokens = double(a.runs) * a.gen_tokens;
+    std::printf("expert cache     %lld of %lld routed experts (%s budget, %s eviction, prefetch %s, %s)\n",
+                (long long)cache->slots(), (long long)cache->plan().experts,
+                human_bytes(double(cache->plan().budget_bytes)).c_str(), to_string(a.memory.resolve().policy).c_str(),
+                cache->prefetching() ? "on" : "off", cache->direct_io() ? "direct I/O" : "buffered I/O");
+    std::printf("decode cache     %lld hits, %lld misses (%.1f%% hits), %s read and %.2f ms stalled on I/O per token\n",
+                (long long)e.hits, (long long)e.misses, 100 * e.hit_rate(), human_bytes(double(e.bytes_read) / tokens).c_str(),
+                1e3 * e.stall_seconds / tokens);
+    if (cache->prefetching())
+      std::printf("prefetch         %lld experts read ahead, accuracy %.1f%% (of the experts layers used, those named ahead)\n",
+                  (long long)e.prefetch_reads, 100 * e.prefetch_accuracy());
+  }
+  std::printf("peak RSS         %s (load and model runs; the bandwidth probe's buffer left out)\n",
+              human_bytes(double(peak_rss)).c_str());
   if (a.batch > 1) {
     const Summary s1 = summarise(single), sn = summarise(batched), q = summarise(ratio);
     std::printf("batch 1 decode   min %.2f  median %.2f  max %.2f tokens/s (batched session, one sequence)\n", s1.min,
@@ -163,6 +203,7 @@ void add_bench(CLI::App& app) {
                   "aggregate tokens/s beside one sequence's, measured alternately in the same run")
       ->capture_default_str()
       ->check(positive());
+  a->memory.add_to(*cmd);
   cmd->add_flag("--json", a->json, "Print one JSON object (a second one with the batch figures when --batch > 1)");
   add_threads_option(*cmd);
   cmd->callback([a] { run_bench(*a); });

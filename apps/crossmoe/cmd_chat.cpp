@@ -16,6 +16,7 @@
 #endif
 
 #include "commands.hpp"
+#include "memory_budget_options.hpp"
 #include "runtime/generate.hpp"
 #include "sampling_options.hpp"
 #include "tokenizer/chat_template.hpp"
@@ -36,6 +37,7 @@ struct ChatArgs {
   bool render_only = false;
   bool no_thinking = false;
   SamplingOptions sampling;
+  MemoryBudgetArgs memory;
 };
 
 const char* const kHelp =
@@ -191,7 +193,7 @@ class Chat : public Conversation {
         a_(a),
         dir_(a.model),
         tokenizer_(Tokenizer::load(dir_ / "tokenizer.json")),
-        model_(dir_),
+        model_(dir_, a.memory.resolve()),
         session_(model_, a.context > 0 ? a.context : std::min(model_.config().max_position_embeddings, 8192)),
         cache_(session_),
         sampler_(a.sampling.resolve(dir_)) {
@@ -279,6 +281,7 @@ class Chat : public Conversation {
     std::snprintf(stats, sizeof stats, "[%zu prompt tokens (%d reused), %d generated at %.1f tokens/s]", ids->size(),
                   cache_.reused(), r.stats.generated_tokens, r.stats.decode_tokens_per_second());
     log_info(stats);
+    if (model_.expert_cache()) log_info(expert_cache_summary(*model_.expert_cache(), 0));
   }
 
   const ChatArgs& a_;
@@ -333,6 +336,7 @@ void add_chat(CLI::App& app) {
   cmd->add_option("-n,--max-tokens", a->max_tokens, "Tokens per reply")->capture_default_str()->check(positive());
   cmd->add_option("--ctx", a->context, "Context length (default: the model's, at most 8192)")->check(positive());
   a->sampling.add_to(*cmd);
+  a->memory.add_to(*cmd);
   cmd->add_flag("--render", a->render_only,
                 "Print the rendered prompt (of --messages, or of each turn read from stdin) instead of generating");
   cmd->add_flag("--no-thinking", a->no_thinking, "Pass enable_thinking=false to the template (Qwen3)");

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "commands.hpp"
+#include "memory_budget_options.hpp"
 #include "sampling_options.hpp"
 #include "runtime/generate.hpp"
 #include "runtime/stop_strings.hpp"
@@ -28,6 +29,7 @@ struct GenerateArgs {
   int max_tokens = 128;
   int context = 0;
   SamplingOptions sampling;
+  MemoryBudgetArgs memory;
 };
 
 std::string read_all(std::istream& in) { return std::string(std::istreambuf_iterator<char>(in), {}); }
@@ -82,7 +84,7 @@ void print(const std::string& text) { std::fwrite(text.data(), 1, text.size(), s
 
 void run_generate(const GenerateArgs& a) {
   const std::optional<std::string> text = prompt_text(a);
-  const Model model(a.model);
+  const Model model(a.model, a.memory.resolve());
   const ModelConfig& c = model.config();
   const auto tokenizer_path = std::filesystem::path(a.model) / "tokenizer.json";
   std::optional<Tokenizer> tokenizer;
@@ -123,6 +125,8 @@ void run_generate(const GenerateArgs& a) {
   std::snprintf(line, sizeof line, "prefill %d tokens at %.1f tokens/s; decode %d tokens at %.1f tokens/s",
                 s.prompt_tokens, s.prefill_tokens_per_second(), s.generated_tokens, s.decode_tokens_per_second());
   log_info(line);
+  if (model.expert_cache())
+    log_info(expert_cache_summary(*model.expert_cache(), int64_t(s.prompt_tokens) + s.generated_tokens));
   if (!a.trace.empty()) {
     write_trace(a.trace, trace);
     log_info("routing trace: " + std::to_string(trace.size()) + " records in " + a.trace);
@@ -143,6 +147,7 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--stop", a->stops, "Stop when the output contains this text, which is not printed (repeatable)")
       ->allow_extra_args(false);
   a->sampling.add_to(*cmd);
+  a->memory.add_to(*cmd);
   cmd->add_option("--trace", a->trace, "Write the routing trace (JSON lines) to this file");
   add_threads_option(*cmd);
   cmd->callback([a] { run_generate(*a); });

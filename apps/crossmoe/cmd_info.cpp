@@ -5,9 +5,12 @@
 #include <optional>
 
 #include "commands.hpp"
+#include "memory_budget_options.hpp"
 #include "model/checkpoint.hpp"
 #include "model/config.hpp"
 #include "model/hf_config.hpp"
+#include "runtime/expert_cache.hpp"
+#include "util/error.hpp"
 
 namespace crossmoe::cli {
 
@@ -22,7 +25,20 @@ std::string human(double n, const char* unit) {
   return buf;
 }
 
-void run_info(const std::string& dir, int context) {
+// What a --memory-budget means for this model: how many routed experts fit, what stays resident.
+void print_budget(const ModelConfig& c, const Checkpoint& ck, const std::string& budget_text) {
+  const ExpertCachePlan plan = plan_expert_cache(c, ck, parse_memory_budget(budget_text));
+  const double resident = double(ck.total_bytes()) - double(plan.routed_bytes);
+  std::printf("budget       %s: %lld of %lld routed experts of %s (%.1f%% of their %s); one token needs %d\n",
+              budget_text.c_str(), (long long)plan.slots, (long long)plan.experts,
+              human(double(plan.expert_bytes), "B").c_str(), 100.0 * double(plan.slots) / double(plan.experts),
+              human(double(plan.routed_bytes), "B").c_str(), plan.min_slots);
+  std::printf("resident     %s of other weights (attention, norms, routers, embeddings, shared experts) + %s of "
+              "expert cache (slots padded for direct I/O)\n",
+              human(resident, "B").c_str(), human(double(plan.slots) * double(plan.slot_bytes), "B").c_str());
+}
+
+void run_info(const std::string& dir, int context, const std::string& budget) {
   const ModelConfig c = read_model_config(dir);
   const ParamCounts p = count_parameters(c);
   // The weights are checked before anything is printed, so a mismatch is the only output.
@@ -70,6 +86,10 @@ void run_info(const std::string& dir, int context) {
     std::printf("memory       %s of weights at bf16, + %s KV cache for %d tokens\n",
                 human(2.0 * double(p.stored), "B").c_str(), human(kv_bytes, "B").c_str(), context);
   }
+  if (!budget.empty()) {
+    require(ck.has_value(), "--memory-budget needs the weights: no model.safetensors in " + dir);
+    print_budget(c, *ck, budget);
+  }
 }
 
 }  // namespace
@@ -77,10 +97,14 @@ void run_info(const std::string& dir, int context) {
 void add_info(CLI::App& app) {
   auto dir = std::make_shared<std::string>();
   auto context = std::make_shared<int>(4096);
+  auto budget = std::make_shared<std::string>();
   CLI::App* cmd = app.add_subcommand("info", "Show a model's layout, parameters and memory needs; check the weights against config.json");
   cmd->add_option("model", *dir, "Model directory (config.json, safetensors)")->required();
   cmd->add_option("--ctx", *context, "Context length for the KV cache estimate")->capture_default_str()->check(positive());
-  cmd->callback([dir, context] { run_info(*dir, *context); });
+  cmd->add_option("--memory-budget", *budget,
+                  "Also say what this budget for routed experts holds (bytes such as 512M, or a percentage such as 25%)")
+      ->check(memory_budget_check());
+  cmd->callback([dir, context, budget] { run_info(*dir, *context, *budget); });
 }
 
 }  // namespace crossmoe::cli

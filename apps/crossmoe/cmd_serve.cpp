@@ -2,6 +2,7 @@
 #include <memory>
 
 #include "commands.hpp"
+#include "memory_budget_options.hpp"
 #include "serve/server.hpp"
 
 namespace crossmoe::cli {
@@ -11,6 +12,7 @@ void add_serve(CLI::App& app) {
   auto model = std::make_shared<std::string>();
   auto kv_mib = std::make_shared<int>(512);
   auto body_kib = std::make_shared<int>(1024);
+  auto memory = std::make_shared<MemoryBudgetArgs>();
   CLI::App* cmd = app.add_subcommand(
       "serve",
       "Serve the model over HTTP with OpenAI's API (POST /v1/chat/completions, /v1/completions; GET /v1/models, "
@@ -47,9 +49,11 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--timeout", a->timeout_seconds, "Seconds a request may take, queueing included")
       ->capture_default_str()
       ->check(positive_real());
+  memory->add_to(*cmd);
   add_threads_option(*cmd);
-  cmd->callback([a, model, kv_mib, body_kib] {
+  cmd->callback([a, model, kv_mib, body_kib, memory] {
     a->kv_bytes = int64_t(*kv_mib) << 20;
+    a->expert_cache = memory->resolve();
     a->max_body_bytes = size_t(*body_kib) << 10;
     serve::run_server(*model, *a);
   });

@@ -12,6 +12,7 @@ void add_quantize(CLI::App& app);
 void add_perplexity(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_cache_sim(CLI::App& app);  // eviction policies replayed on a routing trace
 void add_tokenizer(CLI::App& app);  // tokenize, tokenizer train
 void add_chat(CLI::App& app);
 void add_games(CLI::App& app);  // games info, play, solve, transcripts, eval

@@ -128,6 +128,7 @@ int main(int argc, char** argv) {
   add_perplexity(app);
   add_generate(app);
   add_bench(app);
+  add_cache_sim(app);
   add_tokenizer(app);
   add_chat(app);
   add_games(app);

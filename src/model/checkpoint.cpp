@@ -28,7 +28,7 @@ Checkpoint::Checkpoint(const std::filesystem::path& model_dir) : dir_(model_dir)
     for (const auto& shard : shards)
       files_.push_back(std::make_unique<SafetensorsFile>(model_dir / shard));
     for (const auto& file : files_)
-      for (const auto& [name, view] : file->tensors()) index_[name] = &view;
+      for (const auto& [name, view] : file->tensors()) index_[name] = &view, file_of_[name] = file.get();
     for (const auto& [name, file] : index.at("weight_map").items())
       require(index_.count(name), index_path.string() + ": tensor '" + name + "' is not in shard " +
                                       file.get<std::string>());
@@ -36,12 +36,18 @@ Checkpoint::Checkpoint(const std::filesystem::path& model_dir) : dir_(model_dir)
     const fs::path single = model_dir / "model.safetensors";
     require(fs::exists(single), "no model.safetensors or model.safetensors.index.json in " + model_dir.string());
     files_.push_back(std::make_unique<SafetensorsFile>(single));
-    for (const auto& [name, view] : files_[0]->tensors()) index_[name] = &view;
+    for (const auto& [name, view] : files_[0]->tensors()) index_[name] = &view, file_of_[name] = files_[0].get();
   }
 }
 
-void Checkpoint::copy_into_memory() {
-  for (auto& file : files_) file->copy_into_memory();
+void Checkpoint::load_into_memory(const std::function<bool(const std::string&)>& keep) {
+  for (auto& file : files_) file->load_into_memory(keep);
+}
+
+const SafetensorsFile& Checkpoint::file_of(const std::string& name) const {
+  const auto it = file_of_.find(name);
+  require(it != file_of_.end(), "checkpoint " + dir_.string() + " is missing tensor '" + name + "'");
+  return *it->second;
 }
 
 const TensorView* Checkpoint::find(const std::string& name) const {

@@ -2,6 +2,7 @@
 // A Hugging Face model directory's weights: model.safetensors, or shards listed in
 // model.safetensors.index.json. Tensors are looked up by name with their shape checked.
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,8 +15,11 @@ namespace crossmoe {
 class Checkpoint {
  public:
   explicit Checkpoint(const std::filesystem::path& model_dir);
-  // Copies the weights out of the file mappings into anonymous memory (see SafetensorsFile).
-  void copy_into_memory();
+  // Reads the weights into anonymous memory, those `keep` accepts (all without it), and drops
+  // the file mappings (SafetensorsFile::load_into_memory).
+  void load_into_memory(const std::function<bool(const std::string&)>& keep = {});
+  // The file that holds tensor `name` (which must exist).
+  const SafetensorsFile& file_of(const std::string& name) const;
 
   // nullptr when absent.
   const TensorView* find(const std::string& name) const;
@@ -30,6 +34,7 @@ class Checkpoint {
   std::filesystem::path dir_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, const TensorView*> index_;
+  std::map<std::string, const SafetensorsFile*> file_of_;
 };
 
 // Throws unless every tensor the description implies is in the checkpoint with its shape,

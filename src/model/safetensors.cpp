@@ -7,7 +7,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <atomic>
 #include <fstream>
+#include <mutex>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "util/error.hpp"
@@ -31,7 +34,7 @@ std::string TensorView::shape_string() const {
   return s + "]";
 }
 
-SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : label_(path.string()) {
+SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path), label_(path.string()) {
   // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever; the
   // fstat below then refuses it. A regular file ignores the flag.
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -47,14 +50,19 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : label_(pat
     throw Error(label_ + ": file too short for a safetensors header (" + std::to_string(size) + " bytes)");
   }
   void* m = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
-  ::close(fd);
-  require(m != MAP_FAILED, "cannot map " + label_ + ": " + std::strerror(errno));
+  if (m == MAP_FAILED) {
+    const int err = errno;
+    ::close(fd);
+    throw Error("cannot map " + label_ + ": " + std::strerror(err));
+  }
+  fd_ = fd;
   mapping_ = m;
   mapping_size_ = size;
   try {
     parse(static_cast<const std::byte*>(m), size);
   } catch (...) {
     ::munmap(mapping_, mapping_size_);
+    ::close(fd_);
     throw;
   }
 }
@@ -66,29 +74,92 @@ SafetensorsFile::SafetensorsFile(const std::byte* bytes, size_t size, const std:
 
 SafetensorsFile::~SafetensorsFile() {
   if (mapping_) ::munmap(mapping_, mapping_size_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
-void SafetensorsFile::copy_into_memory() {
-  if (!mapping_ || tensors_.empty()) return;
-  const std::byte* file = static_cast<const std::byte*>(mapping_);
-  const std::byte* begin = tensors_.begin()->second.data;
-  const std::byte* end = begin;
-  for (const auto& [name, t] : tensors_) {
-    begin = std::min(begin, t.data);
-    end = std::max(end, t.data + t.nbytes);
+void SafetensorsFile::load_into_memory(const std::function<bool(const std::string&)>& keep) {
+  if (fd_ < 0 || in_memory_) return;  // an in-memory image, or loaded already
+  // Runs of kept tensors that lie back to back in the file, each read with one range of reads.
+  // A run keeps its file offset modulo 64 in memory, so alignment is what it was in the file.
+  struct Run {
+    uint64_t file_offset, size;
+    size_t at;  // in the new memory
+  };
+  std::vector<TensorView*> kept;
+  for (auto& [name, t] : tensors_) {
+    if (keep && !keep(name)) {
+      t.data = nullptr;
+      continue;
+    }
+    kept.push_back(&t);
   }
-  // Keep the offset of the data within a page, so alignment is what it was in the file.
-  const size_t lead = size_t(begin - file) % 4096;
-  const size_t size = lead + size_t(end - begin);
-  void* m = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  require(m != MAP_FAILED, label_ + ": cannot allocate " + std::to_string(size) + " bytes for the weights");
-  ::madvise(m, size, MADV_HUGEPAGE);
-  std::byte* copy = static_cast<std::byte*>(m) + lead;
-  std::memcpy(copy, begin, size_t(end - begin));
-  for (auto& [name, t] : tensors_) t.data = copy + (t.data - begin);
+  std::sort(kept.begin(), kept.end(), [](const TensorView* a, const TensorView* b) { return a->file_offset < b->file_offset; });
+  std::vector<Run> runs;
+  size_t total = 0;
+  for (TensorView* t : kept) {
+    if (runs.empty() || runs.back().file_offset + runs.back().size != t->file_offset) {
+      total += (t->file_offset + 64 - total % 64) % 64;
+      runs.push_back({t->file_offset, 0, total});
+    }
+    runs.back().size += t->nbytes;
+    total += t->nbytes;
+  }
+  void* m = nullptr;
+  if (total > 0) {
+    m = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    require(m != MAP_FAILED, label_ + ": cannot allocate " + std::to_string(total) + " bytes for the weights");
+    ::madvise(m, total, MADV_HUGEPAGE);
+  }
+  std::byte* memory = static_cast<std::byte*>(m);
+  // Pieces of at most 8 MiB, taken in turn by the threads.
+  constexpr uint64_t kPiece = 8u << 20;
+  struct Piece {
+    uint64_t file_offset, size;
+    std::byte* out;
+  };
+  std::vector<Piece> pieces;
+  for (const Run& r : runs)
+    for (uint64_t done = 0; done < r.size; done += kPiece)
+      pieces.push_back({r.file_offset + done, std::min(kPiece, r.size - done), memory + r.at + done});
+  std::atomic<size_t> next{0};
+  std::mutex error_mutex;
+  std::string error;
+  const auto read_pieces = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < pieces.size();) {
+      const Piece& p = pieces[i];
+      for (uint64_t done = 0; done < p.size;) {
+        const ssize_t n = ::pread(fd_, p.out + done, p.size - done, off_t(p.file_offset + done));
+        if (n > 0) {
+          done += uint64_t(n);
+          continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        const std::lock_guard lock(error_mutex);
+        if (error.empty())
+          error = "cannot read " + label_ + " at byte " + std::to_string(p.file_offset + done) + ": " +
+                  (n == 0 ? std::string("the file ends early (did it change?)") : std::strerror(errno));
+        next = pieces.size();
+        return;
+      }
+    }
+  };
+  const size_t threads = std::min<size_t>(pieces.size(), std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<std::thread> workers;
+  for (size_t i = 1; i < threads; ++i) workers.emplace_back(read_pieces);
+  read_pieces();
+  for (auto& w : workers) w.join();
+  if (!error.empty()) {
+    if (m) ::munmap(m, total);
+    throw Error(error);
+  }
+  for (size_t i = 0, r = 0; i < kept.size(); ++i) {
+    while (kept[i]->file_offset >= runs[r].file_offset + runs[r].size) ++r;
+    kept[i]->data = memory + runs[r].at + (kept[i]->file_offset - runs[r].file_offset);
+  }
   ::munmap(mapping_, mapping_size_);
   mapping_ = m;
-  mapping_size_ = size;
+  mapping_size_ = total;
+  in_memory_ = true;
 }
 
 void SafetensorsFile::parse(const std::byte* bytes, size_t size) {
@@ -157,6 +228,7 @@ void SafetensorsFile::parse(const std::byte* bytes, size_t size) {
            " bytes but data_offsets span " + std::to_string(end - begin));
     v.data = data + begin;
     v.nbytes = nbytes;
+    v.file_offset = 8 + header_len + begin;
     spans.push_back({begin, end});
     tensors_.emplace(name, std::move(v));
   }

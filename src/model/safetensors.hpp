@@ -1,6 +1,6 @@
 #pragma once
-// safetensors files: read by mmap with the header treated as untrusted input, and written
-// atomically (temporary file + rename).
+// safetensors files: mapped, with the header treated as untrusted input, and optionally read
+// into memory (load_into_memory); written atomically (temporary file + rename).
 //
 // Format: 8-byte little-endian header length N, N bytes of JSON
 //   {"name": {"dtype": "BF16", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}}
@@ -30,8 +30,10 @@ struct TensorView {
   std::string name;
   DType dtype = DType::F32;
   std::vector<int64_t> shape;
-  const std::byte* data = nullptr;
+  const std::byte* data = nullptr;  // null for a tensor left in the file (load_into_memory's keep)
   size_t nbytes = 0;
+  uint64_t file_offset = 0;          // of its first byte in the file
+
   int64_t numel() const;
   std::string shape_string() const;  // "[64, 320]"
 };
@@ -46,18 +48,26 @@ class SafetensorsFile {
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
 
-  // Moves the tensor data from the file mapping into anonymous memory (read once, now).
+  // Reads the tensor data into anonymous memory (read once, now) and drops the file mapping.
   // Decode streams weights faster from anonymous pages than from page-cache pages on the
-  // machines measured (docs/benchmarks.md); mapping keeps memory use lazy instead.
-  void copy_into_memory();
+  // machines measured (docs/benchmarks.md); mapping keeps memory use lazy instead. The data is
+  // read from the file by several threads at once (first touch of the new pages is most of the
+  // time) and the mapping is never touched, so one copy is resident, not two. Tensors for which
+  // `keep` is false get no memory: their data becomes null and they are read by file_offset
+  // (runtime/expert_cache). Throws naming the file if it cannot be read in full.
+  void load_into_memory(const std::function<bool(const std::string&)>& keep = {});
 
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const std::string& label() const { return label_; }
+  const std::filesystem::path& path() const { return path_; }
 
  private:
   void parse(const std::byte* bytes, size_t size);
+  std::filesystem::path path_;
   std::string label_;
+  int fd_ = -1;
+  bool in_memory_ = false;
   void* mapping_ = nullptr;
   size_t mapping_size_ = 0;
   std::map<std::string, TensorView> tensors_;

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "kernels/thread_pool.hpp"
+#include "runtime/expert_cache.hpp"
 #include "util/error.hpp"
 
 namespace crossmoe {
@@ -30,6 +31,7 @@ BatchSession::BatchSession(const Model& model, int block_size, int blocks, int c
   h1_.resize(T * ffn_width);
   h2_.resize(T * ffn_width);
   router_.resize(T * candidates);
+  if (model_.expert_cache() && model_.expert_cache()->prefetching()) predicted_router_.resize(T * candidates);
   row_position_.resize(T);
   k::start_worker_threads();  // so that the first forward (a timed prefill) does not start them
 }
@@ -365,29 +367,77 @@ void BatchSession::moe(int l, const float* router_in, int T) {
   }
 
   // Each chosen expert runs once on the rows of the tokens that chose it; the shared experts
-  // run on every token, straight into the output.
-  std::vector<SwiGluRun> runs;
+  // run on every token, straight into the output. Under a memory budget the routed experts come
+  // from the expert cache, at most as many at once as it has slots: a step that chose more
+  // (a prefill chunk) runs them in turns. Each expert's rows are the same either way, and the
+  // sum below takes them in one order, so the result does not depend on the budget.
+  ExpertCache* cache = model_.expert_cache();
   std::vector<int> chosen;
+  std::vector<size_t> first_row;
   size_t row = 0;
   for (int cand = 0; cand < n; ++cand) {
     const auto& tokens = chosen_by[cand];
     if (tokens.empty()) continue;
     for (size_t i = 0; i < tokens.size(); ++i)
       std::copy_n(&u_[size_t(tokens[i].first) * d], d, &rows_in_[(row + i) * d]);
-    runs.push_back({&model_.weights().expert(plan.candidates[cand]), &rows_in_[row * d], int(tokens.size()),
-                    &rows_out_[row * d]});
     chosen.push_back(cand);
+    first_row.push_back(row);
     row += tokens.size();
   }
   const bool shared = L.shared.gate.rows > 0;
-  if (shared) runs.push_back({&L.shared, u_.data(), T, ffn_.data()});
-  swiglu(runs);
+  const size_t turn = cache ? size_t(cache->slots()) : std::max<size_t>(1, chosen.size());
+  std::vector<SwiGluRun> runs;
+  std::vector<ExpertRef> refs;
+  std::vector<const SwiGluWeights*> experts;
+  for (size_t first = 0; first == 0 || first < chosen.size(); first += turn) {
+    const size_t end = std::min(chosen.size(), first + turn);
+    refs.clear();
+    for (size_t i = first; i < end; ++i) refs.push_back(plan.candidates[chosen[i]]);
+    if (cache) {
+      cache->acquire(refs, experts);
+    } else {
+      experts.clear();
+      for (const ExpertRef& ref : refs) experts.push_back(&model_.weights().expert(ref));
+    }
+    runs.clear();
+    for (size_t i = first; i < end; ++i)
+      runs.push_back({experts[i - first], &rows_in_[first_row[i] * d], int(chosen_by[chosen[i]].size()),
+                      &rows_out_[first_row[i] * d]});
+    if (first == 0) {
+      if (cache && cache->prefetching()) prefetch_next(l, T);  // read while this layer computes
+      if (shared) runs.push_back({&L.shared, u_.data(), T, ffn_.data()});
+    }
+    swiglu(runs);
+    if (cache) cache->release_all();
+  }
   if (!shared) std::fill(ffn_.begin(), ffn_.begin() + size_t(T) * d, 0.0f);
   row = 0;
   for (int cand : chosen)
     for (const auto& [t, weight] : chosen_by[cand]) k::axpy(weight, &rows_out_[row++ * d], &ffn_[size_t(t) * d], d);
 }
 
+void BatchSession::prefetch_next(int l, int T) {
+  ExpertCache& cache = *model_.expert_cache();
+  if (l + 1 >= c_.num_layers || !c_.layers[l + 1].is_moe) {
+    cache.prefetch({});
+    return;
+  }
+  const LayerWeights& next = model_.weights().layers[l + 1];
+  const LayerPlan& plan = c_.layers[l + 1];
+  const int n = int(plan.candidates.size());
+  k::matmul(next.router, u_.data(), T, predicted_router_.data());
+  std::vector<char> named(n, 0);
+  Route route;
+  for (int t = 0; t < T; ++t) {
+    route_token(c_.moe, &predicted_router_[size_t(t) * n], n, next.router_bias.empty() ? nullptr : next.router_bias.data(),
+                route);
+    for (int cand : route.candidates) named[cand] = 1;
+  }
+  std::vector<ExpertRef> refs;
+  for (int cand = 0; cand < n; ++cand)
+    if (named[cand]) refs.push_back(plan.candidates[cand]);
+  cache.prefetch(refs);
+}
 
 InferenceSession::InferenceSession(const Model& model, int context_length, int chunk)
     : batch_(model, std::max(1, context_length), 1, chunk), sequence_(batch_.open()), context_(context_length) {

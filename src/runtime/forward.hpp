@@ -92,6 +92,9 @@ class BatchSession {
   // Runs several FFNs with one parallel region per projection stage.
   void swiglu(const std::vector<SwiGluRun>& runs);
   void moe(int layer, const float* router_in, int T);
+  // Under a memory budget with prefetch: names the experts the next layer will choose (its
+  // router on this layer's FFN input: exact when pre-gated, a guess otherwise) to the cache.
+  void prefetch_next(int layer, int T);
 
   const Model& model_;
   const ModelConfig& c_;
@@ -102,7 +105,7 @@ class BatchSession {
   std::vector<int> row_position_;  // position in its sequence of each token of the step
   // Scratch for one step.
   std::vector<float> x_, xn_, q_, k_, v_, att_, u_, u_prev_, ffn_, tmp_, h1_, h2_, rows_in_, rows_out_, router_,
-      logits_;
+      predicted_router_, logits_;
   std::vector<RoutingRecord>* trace_ = nullptr;
 };
 

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include "model/hf_config.hpp"
+#include "runtime/expert_cache.hpp"
 #include "model/tensor_names.hpp"
 #include "util/error.hpp"
 
@@ -103,14 +104,34 @@ ModelWeights bind_weights(const ModelConfig& c, const Checkpoint& ck) {
 
 Model::Model(const std::filesystem::path& dir, WeightResidency residency)
     : dir_(dir), config_(read_model_config(dir)), checkpoint_(dir) {
+  load(residency);
+}
+
+Model::Model(const std::filesystem::path& dir, const ExpertCacheOptions& options)
+    : dir_(dir), config_(read_model_config(dir)), checkpoint_(dir) {
+  if (!options.budget.set()) {
+    load(WeightResidency::Auto);
+    return;
+  }
+  // The plan first: a budget too small is an error before anything is read.
+  const ExpertCachePlan plan = plan_expert_cache(config_, checkpoint_, options.budget);
+  const std::set<std::string> routed = routed_expert_tensors(config_);
+  checkpoint_.load_into_memory([&](const std::string& name) { return !routed.count(name); });
+  weights_ = bind_weights(config_, checkpoint_);
+  expert_cache_ = std::make_unique<ExpertCache>(config_, checkpoint_, weights_, plan, options.policy, options.prefetch);
+}
+
+void Model::load(WeightResidency residency) {
   if (residency == WeightResidency::Auto) {
     const double available = double(sysconf(_SC_AVPHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
     residency = double(checkpoint_.total_bytes()) < 0.5 * available ? WeightResidency::InMemory
                                                                      : WeightResidency::Mapped;
   }
-  if (residency == WeightResidency::InMemory) checkpoint_.copy_into_memory();
+  if (residency == WeightResidency::InMemory) checkpoint_.load_into_memory();
   weights_ = bind_weights(config_, checkpoint_);
 }
+
+Model::~Model() = default;
 
 double Model::bytes_per_token() const {
   const auto bytes = [](const kernels::Matrix& m) { return double(m.rows) * double(dtype_row_bytes(m.dtype, m.cols)); };

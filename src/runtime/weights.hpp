@@ -1,7 +1,10 @@
 #pragma once
-// The checkpoint's tensors bound to the model description: matrices stay in the mmapped file in
-// their stored dtype; the small vectors (norms, biases) are widened to f32 once.
+// The checkpoint's tensors bound to the model description: matrices stay in their stored dtype,
+// in memory or in the file mapping (WeightResidency), or, under a memory budget, routed experts
+// in the files until the expert cache reads them; the small vectors (norms, biases) are widened
+// to f32 once.
 #include <filesystem>
+#include <memory>
 #include <vector>
 
 #include "kernels/kernels.hpp"
@@ -44,9 +47,17 @@ ModelWeights bind_weights(const ModelConfig& config, const Checkpoint& checkpoin
 // weights take less than half of the memory available.
 enum class WeightResidency { Auto, Mapped, InMemory };
 
+class ExpertCache;
+struct ExpertCacheOptions;
+
 class Model {
  public:
   explicit Model(const std::filesystem::path& dir, WeightResidency residency = WeightResidency::Auto);
+  // Under a memory budget: the routed experts stay in the files and are read into an expert
+  // cache of the budget's size (runtime/expert_cache); everything else is read into memory.
+  // Without a budget (options.budget not set), as Model(dir).
+  Model(const std::filesystem::path& dir, const ExpertCacheOptions& options);
+  ~Model();
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
   const Checkpoint& checkpoint() const { return checkpoint_; }
@@ -55,12 +66,16 @@ class Model {
   // and shared experts, the LM head, and one row of the embedding table. Vectors (norms,
   // biases) are left out: they are tiny and read from cache.
   double bytes_per_token() const;
+  // The routed experts' cache under a memory budget; null when they are all in memory.
+  ExpertCache* expert_cache() const { return expert_cache_.get(); }
 
  private:
+  void load(WeightResidency residency);
   std::filesystem::path dir_;
   ModelConfig config_;
   Checkpoint checkpoint_;
   ModelWeights weights_;
+  std::unique_ptr<ExpertCache> expert_cache_;
 };
 
 }  // namespace crossmoe

@@ -67,7 +67,7 @@ class Server {
  public:
   Server(const std::filesystem::path& dir, const ServerOptions& options)
       : options_(options), name_(std::filesystem::absolute(dir).lexically_normal().filename().string()),
-        model_(dir), tokenizer_(load_tokenizer(dir)), decoder_(load_tokenizer(dir)),
+        model_(dir, options.expert_cache), tokenizer_(load_tokenizer(dir)), decoder_(load_tokenizer(dir)),
         tokenizer_config_(read_tokenizer_config(dir)),
         context_(options.context > 0 ? options.context : std::min(model_.config().max_position_embeddings, 8192)),
         sampling_defaults_(generation_defaults(dir)), engine_(model_, decoder_, engine_options(options, model_.config())) {

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <string>
 
+#include "runtime/expert_cache.hpp"
 #include "serve/engine.hpp"
 
 namespace crossmoe::serve {
@@ -21,6 +22,7 @@ struct ServerOptions {
   double timeout_seconds = 600;
   int64_t kv_bytes = int64_t(512) << 20;
   EngineOptions engine;        // blocks are derived from kv_bytes
+  ExpertCacheOptions expert_cache;  // --memory-budget: routed experts read on demand
 };
 
 // Serves until SIGINT or SIGTERM.

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Decode under --memory-budget against all weights in memory, in one session: a Megrez2-layout and
+# a layer-local model of the same shapes (hidden 1024, 32 experts of width 704 per pool, top-4,
+# 8 layers, bf16; 4.3 MB per expert), each at budgets of 100/50/25/10% of its routed-expert bytes,
+# on-demand loading (--prefetch off) and with prefetch (pre-gated for Megrez2, speculative for
+# the layer-local one). The disk's direct-I/O read bandwidth is measured with dd in the same run.
+# Also the load: peak RSS and wall time of a one-token generate with every weight in memory.
+# Random routers spread the load evenly, so hit rates here are a lower bound for trained models.
+# Usage: bash bench/memory_budget.sh [DIR] [RUNS]      results: docs/benchmarks.md
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-build/bench-models}
+runs=${2:-3}
+bin=./build/crossmoe
+shape=(--hidden 1024 --layers 8 --heads 8 --kv-heads 2 --head-dim 128 --experts 32 --top-k 4 --expert-size 704
+       --vocab 8192 --intermediate 2816)
+[ -d "$out/megrez2-1024" ] || $bin init "$out/megrez2-1024" --layout megrez2 "${shape[@]}" --shared-size 1408
+[ -d "$out/moe-1024" ] || $bin init "$out/moe-1024" --layout moe "${shape[@]}"
+lscpu | grep -E 'Model name|L3'
+uptime  # the load of other users' processes on this shared machine
+for m in megrez2-1024 moe-1024; do
+  echo "== $m: direct-I/O read bandwidth of the weights file"
+  dd if="$out/$m/model.safetensors" of=/dev/null bs=4M iflag=direct 2>&1 | tail -1
+  echo "== $m: load (generate one token, all in memory)"
+  /usr/bin/time -f "wall %e s, peak RSS %M KiB" $bin generate "$out/$m" --ids 1 -n 1 >/dev/null
+  echo "== $m: decode"
+  $bin bench "$out/$m" --runs "$runs" --prompt-tokens 16 --gen-tokens 32 --json 2>/dev/null | head -1
+  for budget in 100% 50% 25% 10%; do
+    for prefetch in off on; do
+      echo "-- $m --memory-budget $budget --prefetch $prefetch"
+      $bin bench "$out/$m" --runs "$runs" --prompt-tokens 16 --gen-tokens 32 --json --memory-budget "$budget" \
+        --prefetch "$prefetch" 2>/dev/null
+    done
+  done
+done

@@ -1,0 +1,265 @@
+// Routed experts under a memory budget (runtime/expert_cache) against the same model with every
+// weight in memory: the logits must be bit for bit the same (each expert computes the same rows
+// either way and the sum takes them in one order), for layer-local, Megrez2 (shared pool,
+// pre-gated) and ReXMoE (reuse) layouts, budgets down to one token's top-k experts, both eviction
+// policies, prefetch on and off, and prefill chunks that choose more experts than the cache holds.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <memory>
+
+#include "model/init.hpp"
+#include "model/tensor_names.hpp"
+#include "runtime/cache_sim.hpp"
+#include "runtime/expert_cache.hpp"
+#include "runtime/forward.hpp"
+#include "small_models.hpp"
+#include "temp_dir.hpp"
+#include "util/error.hpp"
+
+namespace crossmoe {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct ModelDir {
+  fs::path dir;
+  explicit ModelDir(const std::string& layout, const std::string& name) : dir(testing_paths::temp_path("cache_" + name)) {
+    ModelConfig c = testing_models::small(layout);
+    c.finalize();
+    InitOptions options;
+    options.seed = 5;
+    options.norm_noise = 0.2f;
+    write_random_model(c, dir, options);
+  }
+  ~ModelDir() { fs::remove_all(dir); }
+};
+
+// Greedy decoding after a prompt that runs as one prefill chunk; every step's logits.
+std::vector<std::vector<float>> decode(const Model& model, int new_tokens) {
+  std::vector<int> prompt;
+  for (int i = 0; i < 24; ++i) prompt.push_back((i * 37 + 11) % model.config().vocab_size);
+  InferenceSession session(model, 64, 32);
+  std::vector<std::vector<float>> out;
+  const std::vector<float>* logits = &session.forward(prompt);
+  for (int i = 0; i < new_tokens; ++i) {
+    out.push_back(*logits);
+    const int next = int(std::max_element(logits->begin(), logits->end()) - logits->begin());
+    logits = &session.forward({next});
+  }
+  return out;
+}
+
+ExpertCacheOptions budget(const std::string& text, EvictionPolicy policy = EvictionPolicy::Lru, bool prefetch = true) {
+  ExpertCacheOptions o;
+  o.budget = parse_memory_budget(text);
+  o.policy = policy;
+  o.prefetch = prefetch;
+  return o;
+}
+
+TEST(ExpertCache, ParsesBudgets) {
+  EXPECT_EQ(parse_memory_budget("1500").bytes, 1500u);
+  EXPECT_EQ(parse_memory_budget("2K").bytes, 2048u);
+  EXPECT_EQ(parse_memory_budget("1.5M").bytes, 3u << 19);
+  EXPECT_EQ(parse_memory_budget("2GiB").bytes, 2ull << 30);
+  EXPECT_EQ(parse_memory_budget("3GB").bytes, 3000000000ull);
+  EXPECT_EQ(parse_memory_budget("25%").percent, 25.0);
+  EXPECT_EQ(parse_memory_budget("12.5%").percent, 12.5);
+  EXPECT_EQ(parse_memory_budget("100%").percent, 100.0);
+  for (const char* bad : {"", "0", "0%", "abc", "-5", "101%", "12Q", "1e9", "0x10", "%", "1.2.3", " 5", "inf", "0.1"})
+    EXPECT_THROW(parse_memory_budget(bad), UsageError) << bad;
+  try {
+    parse_memory_budget("abc");
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("--memory-budget 'abc'"), std::string::npos) << e.what();
+  }
+}
+
+class SameLogits : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(SameLogits, UnderEveryBudget) {
+  const ModelDir m(GetParam(), "same_" + GetParam());
+  const std::vector<std::vector<float>> reference = decode(Model(m.dir, WeightResidency::InMemory), 8);
+  const Model probe(m.dir, budget("100%"));
+  const ExpertCachePlan plan = probe.expert_cache()->plan();
+  const std::string one_token = std::to_string(uint64_t(plan.min_slots) * plan.expert_bytes);
+  for (const std::string b : {one_token, std::string("50%"), std::string("100%")})
+    for (EvictionPolicy policy : {EvictionPolicy::Lru, EvictionPolicy::Frequency})
+      for (bool prefetch : {false, true}) {
+        const Model model(m.dir, budget(b, policy, prefetch));
+        ASSERT_TRUE(model.expert_cache());
+        EXPECT_EQ(decode(model, 8), reference) << "budget " << b << " " << to_string(policy) << " prefetch " << prefetch;
+        const ExpertCacheStats s = model.expert_cache()->stats();
+        EXPECT_GT(s.misses, 0);
+        EXPECT_EQ(s.bytes_read, (s.misses + s.prefetch_reads) * int64_t(plan.expert_bytes));
+        if (b == one_token) EXPECT_EQ(model.expert_cache()->slots(), plan.min_slots);
+        if (b == "100%" && !prefetch)  // everything fits: each expert is read once, by its owner's key
+          EXPECT_LE(s.misses, plan.experts);
+      }
+}
+
+INSTANTIATE_TEST_SUITE_P(ExpertCacheLayouts, SameLogits, ::testing::Values("moe", "megrez2", "rexmoe"));
+
+TEST(ExpertCache, SharedPoolIsReadOnceForItsGroup) {
+  // Megrez2: three layers route into one pool of 16 experts. With room for all of them, no expert
+  // is read twice although every layer of the group picks from the pool.
+  const ModelDir m("megrez2", "shared_once");
+  const Model model(m.dir, budget("100%", EvictionPolicy::Lru, false));
+  const ExpertCachePlan plan = model.expert_cache()->plan();
+  EXPECT_EQ(plan.experts, 2 * 16);  // MoE layers 1-3 and 4-5 form two groups, one pool each
+  decode(model, 6);
+  const ExpertCacheStats s = model.expert_cache()->stats();
+  EXPECT_LE(s.misses, plan.experts);
+  EXPECT_GT(s.hits, s.misses);
+}
+
+TEST(ExpertCache, PreGatedPrefetchNamesExactlyTheExpertsUsed) {
+  // Megrez2's routers read the previous layer's FFN input, so the experts named while that layer
+  // computes are the ones the next layer uses: accuracy is 100%. A layer-local model's next
+  // router on this layer's input is a guess.
+  const ModelDir pre("megrez2", "pregated");
+  const Model model(pre.dir, budget("50%"));
+  decode(model, 6);
+  const ExpertCacheStats s = model.expert_cache()->stats();
+  EXPECT_GT(s.predicted, 0);
+  EXPECT_EQ(s.predicted_right, s.predicted);
+  EXPECT_GT(s.prefetch_reads, 0);
+
+  const ModelDir local("moe", "speculative");
+  const Model guess(local.dir, budget("50%"));
+  decode(guess, 6);
+  const ExpertCacheStats g = guess.expert_cache()->stats();
+  EXPECT_GT(g.predicted, 0);
+  EXPECT_LT(g.predicted_right, g.predicted);
+}
+
+TEST(ExpertCache, RefusesABudgetBelowOneTokensExperts) {
+  const ModelDir m("moe", "too_small");
+  const Model probe(m.dir, budget("100%"));
+  const ExpertCachePlan plan = probe.expert_cache()->plan();
+  const uint64_t just_short = uint64_t(plan.min_slots) * plan.expert_bytes - 1;
+  try {
+    Model model(m.dir, budget(std::to_string(just_short)));
+    FAIL() << "a budget below top-k experts was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("one token needs 2 (top-k)"), std::string::npos) << e.what();
+  }
+  const ModelDir dense("dense", "dense");
+  EXPECT_THROW(Model(dense.dir, budget("50%")), Error);
+}
+
+TEST(ExpertCache, AFileTruncatedWhileRunningIsAnErrorNamingIt) {
+  const ModelDir m("moe", "truncated");
+  const uint64_t expert_bytes = Model(m.dir, budget("100%")).expert_cache()->plan().expert_bytes;
+  const Model model(m.dir, budget(std::to_string(2 * expert_bytes)));  // two experts: most steps read
+  InferenceSession session(model, 64);
+  session.forward({1, 2, 3});
+  const fs::path file = m.dir / "model.safetensors";
+  fs::resize_file(file, fs::file_size(file) / 2);
+  try {
+    for (int i = 0; i < 40; ++i) session.forward({(i * 7) % 300});
+    FAIL() << "reading experts past the end of a truncated file gave no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(file.string()), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace crossmoe
+
+namespace crossmoe {
+namespace {
+
+RoutingTrace trace_of(const std::vector<std::vector<int>>& steps) {
+  RoutingTrace t;
+  t.steps = steps;
+  for (const auto& s : steps) {
+    t.accesses += int64_t(s.size());
+    t.widest_step = std::max(t.widest_step, s.size());
+    for (int k : s) t.experts = std::max(t.experts, k + 1);
+  }
+  return t;
+}
+
+// The fewest misses any eviction choice gives, by trying them all (tiny traces only).
+int64_t brute_force_misses(const std::vector<int>& sequence, size_t at, std::vector<int> held, int slots) {
+  if (at == sequence.size()) return 0;
+  const int key = sequence[at];
+  if (std::find(held.begin(), held.end(), key) != held.end()) return brute_force_misses(sequence, at + 1, held, slots);
+  if (int(held.size()) < slots) {
+    held.push_back(key);
+    return 1 + brute_force_misses(sequence, at + 1, held, slots);
+  }
+  int64_t best = INT64_MAX;
+  for (size_t i = 0; i < held.size(); ++i) {
+    std::vector<int> next = held;
+    next[i] = key;
+    best = std::min(best, 1 + brute_force_misses(sequence, at + 1, next, slots));
+  }
+  return best;
+}
+
+TEST(CacheSim, TextbookReferenceString) {
+  // 1 2 3 4 1 2 5 1 2 3 4 5 with three frames: LRU faults 10 times, the optimum 7.
+  std::vector<std::vector<int>> steps;
+  for (int k : {1, 2, 3, 4, 1, 2, 5, 1, 2, 3, 4, 5}) steps.push_back({k});
+  const RoutingTrace t = trace_of(steps);
+  EXPECT_EQ(simulate_cache(t, 3, EvictionPolicy::Lru).misses, 10);
+  EXPECT_EQ(simulate_cache(t, 3, std::nullopt).misses, 7);
+  EXPECT_EQ(simulate_cache(t, 3, std::nullopt).hits, 5);
+}
+
+TEST(CacheSim, BeladyIsTheOptimumAndBoundsThePolicies) {
+  uint32_t state = 7;
+  const auto next = [&] { return (state = state * 1664525u + 1013904223u) >> 16; };
+  for (int round = 0; round < 30; ++round) {
+    std::vector<int> sequence;
+    std::vector<std::vector<int>> steps;
+    for (int i = 0; i < 12; ++i) sequence.push_back(int(next() % 5)), steps.push_back({sequence.back()});
+    const RoutingTrace t = trace_of(steps);
+    for (int slots : {2, 3}) {
+      const int64_t opt = simulate_cache(t, slots, std::nullopt).misses;
+      EXPECT_EQ(opt, brute_force_misses(sequence, 0, {}, slots)) << "round " << round << " slots " << slots;
+      EXPECT_LE(opt, simulate_cache(t, slots, EvictionPolicy::Lru).misses);
+      EXPECT_LE(opt, simulate_cache(t, slots, EvictionPolicy::Frequency).misses);
+    }
+  }
+}
+
+TEST(CacheSim, ReplaysWhatTheCacheDid) {
+  // Decoding one token at a time, the expert cache (LRU, no prefetch) and the simulator replaying
+  // the routing trace of that run count the same hits and misses.
+  const ModelDir m("moe", "replay");
+  const Model model(m.dir, budget("25%", EvictionPolicy::Lru, false));
+  InferenceSession session(model, 64);
+  std::vector<RoutingRecord> records;
+  session.set_trace(&records);
+  int token = 1;
+  for (int i = 0; i < 30; ++i) {
+    const std::vector<float>& logits = session.forward({token});
+    token = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  }
+  const fs::path path = m.dir / "trace.jsonl";
+  {
+    std::ofstream out(path);
+    for (const RoutingRecord& r : records) {
+      nlohmann::json experts = nlohmann::json::array();
+      for (const ExpertRef& e : r.experts) experts.push_back({{"layer", e.owner_layer}, {"expert", e.index}});
+      out << nlohmann::json{{"position", r.position}, {"layer", r.layer}, {"experts", experts}}.dump() << "\n";
+    }
+  }
+  const RoutingTrace trace = read_routing_trace(path);
+  const SimulatedCache simulated = simulate_cache(trace, int(model.expert_cache()->slots()), EvictionPolicy::Lru);
+  const ExpertCacheStats real = model.expert_cache()->stats();
+  EXPECT_EQ(simulated.misses, real.misses);
+  EXPECT_EQ(simulated.hits, real.hits);
+  EXPECT_GT(real.hits, 0);
+  EXPECT_LE(simulate_cache(trace, int(model.expert_cache()->slots()), std::nullopt).misses, real.misses);
+}
+
+}  // namespace
+}  // namespace crossmoe
