@@ -453,29 +453,30 @@ TEST_F(CliTrain, KilledAndResumedRunIsBitForBit) {
   EXPECT_TRUE(fs::exists(killed / "model" / "tokenizer_config.json"));
 }
 
-// Data parallelism on 2 processes (c10d's Gloo over loopback): with the load-balancing loss off
-// (each rank computes it on its own tokens), every logged loss, gradient norm and validation loss,
-// and the exported weights, equal one process's on the same global batches to float rounding; a
-// run stopped on 2 processes resumes on 1 and ends the same; a batch that does not divide is refused.
+// Data parallelism on 2 processes (c10d's Gloo over loopback): every logged loss, balancing loss,
+// gradient norm and validation loss, and the exported weights, equal one process's on the same
+// global batches to float rounding (the balancing loss is the global batch's on every rank); a run
+// stopped on 2 processes resumes on 1 and ends the same; a batch that does not divide is refused.
 TEST_F(CliTrain, DataParallelEqualsOneProcess) {
   const std::string args =
       replaced(replaced(train_args(dir_ / "dp_one"), "--batch 2", "--batch 4"), "--eval-every 20", "--eval-every 4") +
-      "--steps 8 --log-every 1 --aux-loss 0 ";
+      "--steps 8 --log-every 1 --aux-loss 0.05 ";
   ASSERT_EQ(run(args).code, 0);
   const Result two = run(replaced(args, "dp_one", "dp_two") + "--nproc 2");
   ASSERT_EQ(two.code, 0) << two.out;
   ASSERT_EQ(run(replaced(args, "dp_one", "dp_mixed") + "--nproc 2 --stop-after 4").code, 0);
   ASSERT_EQ(run("train -o " + (dir_ / "dp_mixed").string() + " --resume --threads 1").code, 0);
-  auto columns = [](const fs::path& csv) {  // loss, grad_norm, val_loss (0 when not evaluated)
+  auto columns = [](const fs::path& csv) {  // loss, aux_loss, grad_norm, val_loss (0 when not evaluated)
     std::ifstream in(csv);
-    std::vector<std::array<double, 3>> rows;
+    std::vector<std::array<double, 4>> rows;
     std::string line;
     std::getline(in, line);
     while (std::getline(in, line)) {
       std::vector<std::string> cells;
       std::stringstream ss(line);
       for (std::string cell; std::getline(ss, cell, ',');) cells.push_back(cell);
-      rows.push_back({std::stod(cells.at(3)), std::stod(cells.at(5)), cells.at(6).empty() ? 0.0 : std::stod(cells.at(6))});
+      rows.push_back({std::stod(cells.at(3)), std::stod(cells.at(4)), std::stod(cells.at(5)),
+                      cells.at(6).empty() ? 0.0 : std::stod(cells.at(6))});
     }
     return rows;
   };
@@ -486,7 +487,7 @@ TEST_F(CliTrain, DataParallelEqualsOneProcess) {
     const auto other = columns(dir_ / run_name / "log.csv");
     ASSERT_EQ(other.size(), one.size());
     for (size_t i = 0; i < one.size(); ++i)
-      for (size_t c = 0; c < 3; ++c) EXPECT_NEAR(other[i][c], one[i][c], 1e-4 * (1 + std::abs(one[i][c]))) << i << " " << c;
+      for (size_t c = 0; c < 4; ++c) EXPECT_NEAR(other[i][c], one[i][c], 1e-4 * (1 + std::abs(one[i][c]))) << i << " " << c;
     const auto a = crossmoe::train::load_tensors(dir_ / "dp_one" / "model" / "model.safetensors", torch::kCPU);
     const auto b = crossmoe::train::load_tensors(dir_ / run_name / "model" / "model.safetensors", torch::kCPU);
     ASSERT_EQ(a.size(), b.size());

@@ -476,8 +476,21 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
   // P_i = mean routing probability (sigmoid scores normalised per token to sum 1).
   const torch::Tensor p_norm = m.scoring == Scoring::Softmax ? prob : prob / (prob.sum(-1, true) + 1e-20);
   const double available = masked ? options.allowed[l].sum().item<double>() : double(C);
-  const torch::Tensor f = counts.to(acc) / double(N * K);
-  aux = aux + available * (f * p_norm.mean(0)).sum();
+  if (!options.sum_over_ranks) {
+    const torch::Tensor f = counts.to(acc) / double(N * K);
+    aux = aux + available * (f * p_norm.mean(0)).sum();
+  } else {
+    // Data parallel: f and P over the global batch, as one process would see it. P's value is the
+    // global mean; its gradient is this rank's tokens' share, times the rank count because the
+    // trainer averages gradients over the ranks.
+    const torch::Tensor p_sum = p_norm.sum(0);
+    torch::Tensor stats = torch::cat({counts.to(acc), p_sum.detach(), torch::full({1}, double(N), p_sum.options())});
+    options.sum_over_ranks(stats);
+    const torch::Tensor tokens = stats[2 * C];
+    const torch::Tensor f = stats.narrow(0, 0, C) / (tokens * double(K));
+    const torch::Tensor P = (options.ranks * p_sum + (stats.narrow(0, C, C) - options.ranks * p_sum.detach())) / tokens;
+    aux = aux + available * (f * P).sum();
+  }
   return out;
 }
 

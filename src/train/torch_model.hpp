@@ -15,6 +15,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -47,6 +48,10 @@ struct ForwardOptions {
   // 0 = no cap; otherwise an expert takes at most ceil(factor * N * K / C) rows, the rest dropped.
   double capacity_factor = 0.0;
   GroupedExperts grouped_experts = GroupedExperts::Auto;  // Auto: batched on CUDA, loop on CPU
+  // Data parallelism: sums a tensor over the ranks in place, and their count; the balancing loss is
+  // then that of the global batch (unset: this process's batch is the whole batch).
+  std::function<void(torch::Tensor&)> sum_over_ranks;
+  int ranks = 1;
 };
 
 // Keys and values of past tokens for incremental decoding: one row per sequence, each with its

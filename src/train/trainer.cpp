@@ -358,6 +358,14 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   for (int64_t step = start_step; step < o.steps; ++step) {
     const std::vector<torch::Tensor> allowed = psr_masks(config, o, step);
     ForwardOptions fo{allowed, compute, o.capacity_factor};
+    if (comm) {
+      fo.sum_over_ranks = [&comm](torch::Tensor& t) {
+        std::vector<torch::Tensor> one{t.cpu()};
+        comm->sum(one);
+        t = one[0].to(t.device());
+      };
+      fo.ranks = world;
+    }
     std::vector<torch::Tensor> load(static_cast<size_t>(config.num_layers));
     torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device)), aux_sum = loss_sum.clone();
     int64_t step_tokens = 0;
