@@ -12,6 +12,7 @@
 #include <set>
 
 #include "util/error.hpp"
+#include "util/regular_file.hpp"
 
 namespace crossmoe {
 
@@ -136,19 +137,8 @@ uint32_t dtype_to_ggml(DType type) {
 }
 
 GgufFile::GgufFile(const std::filesystem::path& path) : label_(path.string()) {
-  // O_NONBLOCK: a FIFO would otherwise block the open; fstat then refuses it.
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  require(fd >= 0, "cannot open " + label_ + ": " + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw Error(label_ + ": not a regular file (a pipe, socket, device or directory)");
-  }
-  const size_t size = static_cast<size_t>(st.st_size);
-  if (size < 24) {
-    ::close(fd);
-    throw Error(label_ + ": file too short for a GGUF header (" + std::to_string(size) + " bytes)");
-  }
+  size_t size = 0;
+  const int fd = open_regular_file(path, label_, 24, "GGUF", size);
   void* m = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
   ::close(fd);
   require(m != MAP_FAILED, "cannot map " + label_ + ": " + std::strerror(errno));

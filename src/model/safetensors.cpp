@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "util/error.hpp"
+#include "util/regular_file.hpp"
 
 namespace crossmoe {
 
@@ -35,20 +36,8 @@ std::string TensorView::shape_string() const {
 }
 
 SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path), label_(path.string()) {
-  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever; the
-  // fstat below then refuses it. A regular file ignores the flag.
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  require(fd >= 0, "cannot open " + label_ + ": " + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw Error(label_ + ": not a regular file (a pipe, socket, device or directory)");
-  }
-  const size_t size = static_cast<size_t>(st.st_size);
-  if (size < 8) {
-    ::close(fd);
-    throw Error(label_ + ": file too short for a safetensors header (" + std::to_string(size) + " bytes)");
-  }
+  size_t size = 0;
+  const int fd = open_regular_file(path, label_, 8, "safetensors", size);
   void* m = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
   if (m == MAP_FAILED) {
     const int err = errno;
