@@ -37,9 +37,8 @@ class DecodeGraphs {
   // that order. Advances cache.lengths.
   torch::Tensor step(const std::vector<int>& rows, const std::vector<int>& tokens);
 
-  // Whether steps replay graphs (CUDA) or run eagerly; graphs captured so far.
+  // Whether steps replay graphs (CUDA) or run eagerly.
   bool replaying() const { return replaying_; }
-  int captured() const { return int(graphs_.size()); }
 
  private:
   struct Graph;
