@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "cli_run.hpp"
+#include "train_log.hpp"
 #include "util/json_file.hpp"
 #ifdef CROSSMOE_HAVE_TORCH
 #include "train/torch_model.hpp"
@@ -443,20 +444,16 @@ TEST_F(CliTrain, KilledAndResumedRunIsBitForBit) {
   ASSERT_EQ(resumed.code, 0) << resumed.out;
   EXPECT_EQ(bytes_of(straight / "model" / "model.safetensors"), bytes_of(killed / "model" / "model.safetensors"));
   // The logs agree row for row on everything but the timings.
-  auto losses = [](const fs::path& csv) {
-    std::ifstream in(csv);
-    std::vector<std::string> rows;
-    for (std::string line; std::getline(in, line);) rows.push_back(line.substr(0, line.rfind(',', line.rfind(',') - 1)));
-    return rows;
-  };
-  EXPECT_EQ(losses(straight / "log.csv"), losses(killed / "log.csv"));
+  EXPECT_EQ(crossmoe::testing_logs::log_without_timings(straight / "log.csv"),
+            crossmoe::testing_logs::log_without_timings(killed / "log.csv"));
   EXPECT_TRUE(fs::exists(killed / "model" / "tokenizer_config.json"));
 }
 
 // Data parallelism on 2 processes (c10d's Gloo over loopback): every logged loss, balancing loss,
 // gradient norm and validation loss, and the exported weights, equal one process's on the same
 // global batches to float rounding (the balancing loss is the global batch's on every rank); a run
-// stopped on 2 processes resumes on 1 and ends the same; a batch that does not divide is refused.
+// stopped on 2 processes resumes on 1 and ends the same; so do runs with the optimizer state sharded
+// (ZeRO-1), stopped and resumed across the two ways; a batch that does not divide is refused.
 TEST_F(CliTrain, DataParallelEqualsOneProcess) {
   const std::string args =
       replaced(replaced(train_args(dir_ / "dp_one"), "--batch 2", "--batch 4"), "--eval-every 20", "--eval-every 4") +
@@ -466,6 +463,16 @@ TEST_F(CliTrain, DataParallelEqualsOneProcess) {
   ASSERT_EQ(two.code, 0) << two.out;
   ASSERT_EQ(run(replaced(args, "dp_one", "dp_mixed") + "--nproc 2 --stop-after 4").code, 0);
   ASSERT_EQ(run("train -o " + (dir_ / "dp_mixed").string() + " --resume --threads 1").code, 0);
+  // ZeRO-1: the optimizer state split between the 2 processes; stopped there, resumed on 1 (the
+  // checkpoint holds every moment); and a 1-process checkpoint resumed on 2 sharded ones.
+  const Result sharded = run(replaced(args, "dp_one", "dp_zero") + "--nproc 2 --shard-optimizer");
+  ASSERT_EQ(sharded.code, 0) << sharded.out;
+  ASSERT_EQ(run(replaced(args, "dp_one", "dp_zero_to_one") + "--nproc 2 --shard-optimizer --stop-after 3").code, 0);
+  ASSERT_EQ(run("train -o " + (dir_ / "dp_zero_to_one").string() + " --resume --threads 1").code, 0);
+  ASSERT_EQ(run(replaced(args, "dp_one", "dp_one_to_zero") + "--stop-after 5").code, 0);
+  const Result to_zero =
+      run("train -o " + (dir_ / "dp_one_to_zero").string() + " --resume --threads 1 --nproc 2 --shard-optimizer");
+  ASSERT_EQ(to_zero.code, 0) << to_zero.out;
   auto columns = [](const fs::path& csv) {  // loss, aux_loss, grad_norm, val_loss (0 when not evaluated)
     std::ifstream in(csv);
     std::vector<std::array<double, 4>> rows;
@@ -482,7 +489,7 @@ TEST_F(CliTrain, DataParallelEqualsOneProcess) {
   };
   const auto one = columns(dir_ / "dp_one" / "log.csv");
   ASSERT_EQ(one.size(), 8u);
-  for (const char* run_name : {"dp_two", "dp_mixed"}) {
+  for (const char* run_name : {"dp_two", "dp_mixed", "dp_zero", "dp_zero_to_one", "dp_one_to_zero"}) {
     SCOPED_TRACE(run_name);
     const auto other = columns(dir_ / run_name / "log.csv");
     ASSERT_EQ(other.size(), one.size());

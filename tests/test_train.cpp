@@ -14,6 +14,7 @@
 #include "model/tensor_names.hpp"
 #include "runtime/forward.hpp"
 #include "small_models.hpp"
+#include "train_log.hpp"
 #include "tokenizer/bpe_trainer.hpp"
 #include "tokenizer/chatml.hpp"
 #include "train/corpus.hpp"
@@ -317,13 +318,8 @@ TEST(TrainerLoop, ResumeIsBitForBitAndCrashLeftoversAreIgnored) {
   EXPECT_EQ(bytes(straight.out_dir / "model" / "model.safetensors"), bytes(split.out_dir / "model" / "model.safetensors"));
   EXPECT_EQ(bytes(straight.out_dir / "log.csv").size() > 0, true);
   // The logs agree on every loss (timings aside).
-  auto losses = [&](const fs::path& csv) {
-    std::ifstream in(csv);
-    std::vector<std::string> out;
-    for (std::string line; std::getline(in, line);) out.push_back(line.substr(0, line.rfind(',', line.rfind(',') - 1)));
-    return out;
-  };
-  EXPECT_EQ(losses(straight.out_dir / "log.csv"), losses(split.out_dir / "log.csv"));
+  EXPECT_EQ(testing_logs::log_without_timings(straight.out_dir / "log.csv"),
+            testing_logs::log_without_timings(split.out_dir / "log.csv"));
   EXPECT_TRUE(fs::exists(straight.out_dir / "loss.svg"));
   std::ifstream latest(split.out_dir / "checkpoints" / "latest");
   std::string name;

@@ -208,6 +208,9 @@ void add_train(CLI::App& app) {
                   "Data-parallel processes on this host (c10d with Gloo on the CPU): --batch is the global batch, "
                   "split among them; the log and model are the same as one process's")
       ->capture_default_str()->check(cli::positive());
+  cmd->add_flag("--shard-optimizer", o.shard_optimizer,
+                "With --nproc: ZeRO-1, each process keeps the AdamW moments of its share of the weights (1/N of "
+                "the optimizer memory) and updates only those, then sends them to the others; same results");
   cmd->add_option("--bf16", a->bf16, "bf16 matrix products: auto (on for cuda), on, off")
       ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
   cmd->add_option("--export-dtype", a->export_dtype, "Dtype of the exported weights: bf16 or f32")->capture_default_str();

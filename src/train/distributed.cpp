@@ -7,9 +7,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
+#include <numeric>
 
 // Gloo's headers come from Debian's libgloo-dev; a libtorch without them (the pip wheels on the GPU
 // machine) builds without data parallelism, and a launched rank says so.
@@ -20,6 +22,7 @@
 
 #include "train/torch_model.hpp"
 #include "util/error.hpp"
+#include "util/progress.hpp"
 
 extern char** environ;
 
@@ -40,6 +43,49 @@ int env_int(const char* name) {
   require(*value != '\0' && *end == '\0' && v >= 0 && v < (1L << 20),
           std::string("distributed: ") + name + " must be a whole number, got '" + value + "'");
   return int(v);
+}
+
+// Adds the wall time of a scope to a counter.
+class ScopeTimer {
+ public:
+  explicit ScopeTimer(double& total) : total_(total) {}
+  ~ScopeTimer() { total_ += watch_.seconds(); }
+
+ private:
+  double& total_;
+  Stopwatch watch_;
+};
+
+// Consecutive runs of tensors of one type, each of about kBucketBytes at most (a larger tensor is a
+// bucket of its own).
+std::vector<std::vector<torch::Tensor>> buckets_of(const std::vector<torch::Tensor>& tensors) {
+  std::vector<std::vector<torch::Tensor>> buckets;
+  int64_t bytes = 0;
+  for (const torch::Tensor& t : tensors) {
+    if (buckets.empty() || bytes + int64_t(t.nbytes()) > kBucketBytes ||
+        t.scalar_type() != buckets.back().front().scalar_type()) {
+      buckets.emplace_back();
+      bytes = 0;
+    }
+    buckets.back().push_back(t);
+    bytes += int64_t(t.nbytes());
+  }
+  return buckets;
+}
+
+// A bucket as one flat tensor, and back.
+torch::Tensor flatten(const std::vector<torch::Tensor>& bucket) {
+  std::vector<torch::Tensor> pieces;
+  for (const torch::Tensor& t : bucket) pieces.push_back(t.reshape(-1));
+  return torch::cat(pieces);
+}
+void unflatten(const torch::Tensor& flat, const std::vector<torch::Tensor>& bucket) {
+  torch::NoGradGuard no_grad;
+  int64_t offset = 0;
+  for (const torch::Tensor& t : bucket) {
+    const_cast<torch::Tensor&>(t).copy_(flat.narrow(0, offset, t.numel()).view_as(t));
+    offset += t.numel();
+  }
 }
 
 // A loopback port that is free now, for rank 0's store (the kernel picks it).
@@ -112,10 +158,29 @@ std::unique_ptr<Communicator> Communicator::from_environment() {
 #endif
 }
 
+std::vector<int> Communicator::owners(const std::vector<torch::Tensor>& tensors) const {
+  std::vector<size_t> largest_first(tensors.size());
+  std::iota(largest_first.begin(), largest_first.end(), 0);
+  std::stable_sort(largest_first.begin(), largest_first.end(),
+                   [&](size_t a, size_t b) { return tensors[a].numel() > tensors[b].numel(); });
+  std::vector<int64_t> load(static_cast<size_t>(world_), 0);
+  std::vector<int> owner(tensors.size(), 0);
+  for (const size_t i : largest_first) {
+    const int r = int(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[i] = r;
+    load[size_t(r)] += tensors[i].numel();
+  }
+  return owner;
+}
+
 #ifdef USE_C10D_GLOO
-void Communicator::barrier() { group_->gloo->barrier()->wait(); }
+void Communicator::barrier() {
+  ScopeTimer timer(communication_seconds_);
+  group_->gloo->barrier()->wait();
+}
 
 void Communicator::sum(std::vector<torch::Tensor>& tensors) {
+  ScopeTimer timer(communication_seconds_);
   for (torch::Tensor& t : tensors) {
     std::vector<torch::Tensor> one{t};
     group_->gloo->allreduce(one)->wait();
@@ -128,37 +193,48 @@ void Communicator::average_gradients(TorchModel& model, const std::vector<std::s
   for (size_t i = 0; i < names.size(); ++i) present[int64_t(i)] = int64_t(model.tensor(names[i]).grad().defined());
   std::vector<torch::Tensor> flags{present};
   sum(flags);
-  std::vector<std::vector<torch::Tensor>> buckets(1);
-  int64_t bytes = 0;
+  ScopeTimer timer(communication_seconds_);
+  std::vector<torch::Tensor> grads;
   for (size_t i = 0; i < names.size(); ++i) {
     if (present[int64_t(i)].item<int64_t>() == 0) continue;
     torch::Tensor& p = model.tensor(names[i]);
     if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-    const torch::Tensor& g = p.grad();
-    if (bytes > 0 && (bytes + g.nbytes() > kBucketBytes || g.scalar_type() != buckets.back().front().scalar_type())) {
-      buckets.emplace_back();
-      bytes = 0;
-    }
-    buckets.back().push_back(g);
-    bytes += int64_t(g.nbytes());
+    grads.push_back(p.grad());
   }
-  if (buckets.back().empty()) buckets.pop_back();
+  const std::vector<std::vector<torch::Tensor>> buckets = buckets_of(grads);
   std::vector<std::vector<torch::Tensor>> flat(buckets.size());
   std::vector<c10::intrusive_ptr<c10d::Work>> works;
   for (size_t b = 0; b < buckets.size(); ++b) {
-    std::vector<torch::Tensor> pieces;
-    for (const torch::Tensor& g : buckets[b]) pieces.push_back(g.reshape(-1));
-    flat[b] = {torch::cat(pieces)};
+    flat[b] = {flatten(buckets[b])};
     works.push_back(group_->gloo->allreduce(flat[b]));
   }
   for (size_t b = 0; b < buckets.size(); ++b) {
     works[b]->wait();
-    const torch::Tensor mean = flat[b][0].div_(world_);
-    int64_t offset = 0;
-    for (const torch::Tensor& g : buckets[b]) {
-      g.copy_(mean.narrow(0, offset, g.numel()).view_as(g));
-      offset += g.numel();
+    unflatten(flat[b][0].div_(world_), buckets[b]);
+  }
+}
+
+void Communicator::broadcast_from_owners(const std::vector<torch::Tensor>& tensors, const std::vector<int>& owners) {
+  require(owners.size() == tensors.size(), "distributed: one owner per tensor");
+  ScopeTimer timer(communication_seconds_);
+  std::vector<std::vector<torch::Tensor>> flat;
+  std::vector<std::vector<torch::Tensor>> buckets;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  for (int r = 0; r < world_; ++r) {
+    std::vector<torch::Tensor> owned;
+    for (size_t i = 0; i < tensors.size(); ++i)
+      if (owners[i] == r) owned.push_back(tensors[i]);
+    for (auto& bucket : buckets_of(owned)) {
+      flat.push_back({flatten(bucket)});
+      buckets.push_back(std::move(bucket));
+      c10d::BroadcastOptions options;
+      options.rootRank = r;
+      works.push_back(group_->gloo->broadcast(flat.back(), options));
     }
+  }
+  for (size_t b = 0; b < buckets.size(); ++b) {
+    works[b]->wait();
+    unflatten(flat[b][0], buckets[b]);
   }
 }
 #else
@@ -166,6 +242,7 @@ void Communicator::average_gradients(TorchModel& model, const std::vector<std::s
 void Communicator::barrier() {}
 void Communicator::sum(std::vector<torch::Tensor>&) {}
 void Communicator::average_gradients(TorchModel&, const std::vector<std::string>&) {}
+void Communicator::broadcast_from_owners(const std::vector<torch::Tensor>&, const std::vector<int>&) {}
 #endif
 
 LaunchResult launch_ranks(int nproc) {

@@ -7,6 +7,8 @@
 // Data parallelism: every rank holds the whole model and optimizer, takes its slice of each global
 // batch, and after the backward pass the gradients are averaged across ranks, so all ranks take
 // the same optimizer step and stay identical (rank 0 alone writes logs and checkpoints).
+// With the optimizer state sharded (ZeRO-1), each rank keeps the AdamW moments of its share of the
+// parameters and updates only those; every parameter is then sent from its owner to the others.
 #include <memory>
 #include <string>
 #include <vector>
@@ -35,12 +37,21 @@ class Communicator {
   // reductions run concurrently. A gradient that some rank lacks (an expert that got no tokens
   // there) counts as zero there; one that no rank has stays undefined, as on a single process.
   void average_gradients(TorchModel& model, const std::vector<std::string>& names);
+  // ZeRO-1's split: the rank that owns each tensor, balancing elements (largest first, to the rank
+  // with the fewest so far). A pure function of the shapes and the world size: every rank agrees.
+  std::vector<int> owners(const std::vector<torch::Tensor>& tensors) const;
+  // Copies every tensor from its owner to the other ranks, in place (buckets of about 16 MiB per
+  // owner, broadcast concurrently).
+  void broadcast_from_owners(const std::vector<torch::Tensor>& tensors, const std::vector<int>& owners);
+  // Wall seconds this process has spent in collectives (waiting for the others included).
+  double communication_seconds() const { return communication_seconds_; }
 
  private:
   struct Group;
   Communicator(int rank, int world, std::unique_ptr<Group> group);
   int rank_, world_;
   std::unique_ptr<Group> group_;
+  double communication_seconds_ = 0;
 };
 
 // Whether this process is a rank that launch_ranks started.

@@ -51,6 +51,7 @@ struct TrainOptions {
   bool resume = false;         // continue from the newest complete checkpoint when there is one
   bool force_settings = false; // resume even when training_settings differ from the checkpoint's
   int64_t stop_after = 0;      // > 0: checkpoint and stop after this step (no export), to split a run
+  bool shard_optimizer = false;  // several processes: ZeRO-1, each keeps the AdamW moments of 1/N of the weights
 };
 
 // Every option in range (positive sizes and steps, rates in [0, 1), ...); a one-line error naming

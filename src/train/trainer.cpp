@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <numeric>
 #include <random>
@@ -94,9 +95,10 @@ std::vector<torch::Tensor> psr_masks(const ModelConfig& c, const TrainOptions& o
 struct LogRow {
   int64_t step = 0, tokens = 0;
   double lr = 0, loss = 0, aux = 0, grad_norm = 0, tokens_per_s = 0, elapsed = 0;
+  double communication_s = 0;  // rank 0's seconds in collectives since the previous row (0 on one process)
   std::optional<double> val_loss;
 };
-constexpr const char* kCsvHeader = "step,tokens,lr,loss,aux_loss,grad_norm,val_loss,val_ppl,tokens_per_s,elapsed_s";
+constexpr const char* kCsvHeader = "step,tokens,lr,loss,aux_loss,grad_norm,val_loss,val_ppl,tokens_per_s,comm_s,elapsed_s";
 
 void append_csv(const fs::path& path, const LogRow& r) {
   std::ofstream out(path, std::ios::app);
@@ -110,7 +112,7 @@ void append_csv(const fs::path& path, const LogRow& r) {
   } else {
     out << ",";
   }
-  std::snprintf(buf, sizeof buf, ",%.1f,%.1f\n", r.tokens_per_s, r.elapsed);
+  std::snprintf(buf, sizeof buf, ",%.1f,%.3f,%.1f\n", r.tokens_per_s, r.communication_s, r.elapsed);
   out << buf;
   require(out.good(), "cannot write " + path.string());
 }
@@ -317,6 +319,38 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
 
   const std::vector<std::string> trainable = model->trainable_names();
   for (const auto& name : trainable) model->tensor(name).set_requires_grad(true);
+  // ZeRO-1: this rank keeps the AdamW moments of its share of the parameters and updates only those;
+  // a checkpoint gathers the moments to rank 0 first, so that it resumes on any number of ranks.
+  const bool sharded = comm && o.shard_optimizer;
+  std::vector<torch::Tensor> parameters;
+  for (const auto& name : trainable) parameters.push_back(model->tensor(name));
+  const std::vector<int> owner = sharded ? comm->owners(parameters) : std::vector<int>(trainable.size(), rank);
+  std::vector<std::string> updated;
+  for (size_t i = 0; i < trainable.size(); ++i)
+    if (owner[i] == rank) updated.push_back(trainable[i]);
+  auto drop_others_moments = [&] {
+    for (size_t i = 0; i < trainable.size(); ++i)
+      if (owner[i] != rank) adam.m.erase(trainable[i]), adam.v.erase(trainable[i]);
+  };
+  drop_others_moments();
+  auto gather_moments = [&] {
+    torch::Tensor kept = torch::zeros({int64_t(trainable.size())}, torch::kInt64);
+    for (size_t i = 0; i < trainable.size(); ++i) kept[int64_t(i)] = int64_t(adam.m.count(trainable[i]));
+    std::vector<torch::Tensor> flags{kept};
+    comm->sum(flags);
+    std::vector<torch::Tensor> moments;
+    std::vector<int> moment_owner;
+    for (size_t i = 0; i < trainable.size(); ++i) {
+      if (kept[int64_t(i)].item<int64_t>() == 0) continue;  // no step has touched it yet
+      for (auto* state : {&adam.m, &adam.v}) {
+        torch::Tensor& t = (*state)[trainable[i]];
+        if (!t.defined()) t = torch::zeros_like(parameters[i]);
+        moments.push_back(t);
+        moment_owner.push_back(owner[i]);
+      }
+    }
+    comm->broadcast_from_owners(moments, moment_owner);
+  };
   const int64_t max_start = int64_t(train_tokens.size()) - o.seq_len - 1;
   SftOrder sft_order(o.seed, sft_train.size());
   // One micro-batch of the step, this rank's rows of it (all of them on one process): inputs,
@@ -353,6 +387,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   Stopwatch watch;
   Stopwatch window;
   int64_t window_tokens = 0;
+  double window_communication = 0, window_communication_share = 0;  // collectives' seconds and share of the window
   LogRow row;
   TrainResult result;
   for (int64_t step = start_step; step < o.steps; ++step) {
@@ -401,7 +436,8 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     }
     const double lr = learning_rate(o, step);
     const torch::Tensor grad_norm = clip_gradients(*model, trainable, o.grad_clip);
-    adam.step(*model, trainable, {o.beta1, o.beta2, o.adam_eps, o.weight_decay}, lr, step + 1);
+    adam.step(*model, updated, {o.beta1, o.beta2, o.adam_eps, o.weight_decay}, lr, step + 1);
+    if (sharded) comm->broadcast_from_owners(parameters, owner);
     for (const auto& name : trainable) model->tensor(name).mutable_grad() = torch::Tensor();
     model->update_router_biases(load, allowed, o.bias_update_rate);
     tokens_seen += step_tokens;
@@ -418,7 +454,9 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     const bool last = step + 1 == o.steps;
     const bool eval_now = last || (o.eval_every > 0 && (step + 1) % o.eval_every == 0);
     if (leader && (eval_now || (step + 1) % o.log_every == 0)) {
-      row.tokens_per_s = double(window_tokens) / std::max(window.seconds(), 1e-9);
+      const double window_seconds = std::max(window.seconds(), 1e-9);
+      row.tokens_per_s = double(window_tokens) / window_seconds;
+      row.communication_s = comm ? comm->communication_seconds() - window_communication : 0.0;
       row.elapsed = elapsed_before + watch.seconds();
       row.val_loss.reset();
       if (eval_now) row.val_loss = validation_loss();
@@ -426,21 +464,31 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
       if (eval_now) write_loss_svg(csv, o.out_dir / "loss.svg");
       window = Stopwatch();
       window_tokens = 0;
+      if (comm) window_communication = comm->communication_seconds();
+      window_communication_share = row.communication_s / window_seconds;
       result.tokens_per_second = row.tokens_per_s;
       if (row.val_loss) result.final_val_loss = *row.val_loss;
     }
-    char status[160];
+    char status[200];
     std::snprintf(status, sizeof status, "loss %.4f%s tok/s %.0f", row.loss,
                   row.val_loss ? (" val " + std::to_string(*row.val_loss).substr(0, 6)).c_str() : "", row.tokens_per_s);
+    if (comm) {
+      const size_t used = std::strlen(status);
+      std::snprintf(status + used, sizeof status - used, " (%d ranks, %.0f each) comm %.0f%%", world,
+                    row.tokens_per_s / world, 100.0 * window_communication_share);
+    }
     if (bar) bar->update(step + 1, status);
     const bool stop = o.stop_after > 0 && step + 1 == o.stop_after && !last;
-    if (leader && (last || stop || (o.save_every > 0 && (step + 1) % o.save_every == 0)))
+    const bool save = last || stop || (o.save_every > 0 && (step + 1) % o.save_every == 0);
+    if (save && sharded) gather_moments();
+    if (leader && save)
       save_checkpoint(checkpoint_dir(o.out_dir, kTrainCheckpoints, step + 1), *model, adam,
                       {{"step", step + 1},
                        {"tokens", tokens_seen},
                        {"elapsed_s", elapsed_before + watch.seconds()},
                        {"config", to_crossmoe_json(model->config())},
                        {"settings", settings}});
+    if (save && sharded) drop_others_moments();
     if (stop) {
       if (bar) bar->finish("stopped after step " + std::to_string(step + 1) + " (resume with --resume)");
       result.steps = step + 1;
