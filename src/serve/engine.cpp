@@ -1,7 +1,9 @@
 #include "serve/engine.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <numeric>
 
 #include "runtime/stop_strings.hpp"
 #include "util/error.hpp"
@@ -146,10 +148,28 @@ void Engine::emit_token(Active& a, int token) {
     return finish(a, "stop");
   Event e;
   e.text = a.stops.push(a.text.push(token));
-  if (!e.text.empty()) a.r->push(std::move(e));
+  if (a.r->top_logprobs >= 0) e.logprobs.push_back(logprob_of(a.logits.data(), token, a.r->top_logprobs));
+  if (!e.text.empty() || !e.logprobs.empty()) a.r->push(std::move(e));
   if (a.stops.stopped()) return finish(a, "stop");
   if (a.generated >= a.r->max_tokens) return finish(a, "length");
   a.next_token = token;
+}
+
+TokenLogprob Engine::logprob_of(const float* logits, int token, int top) const {
+  const int vocab = model_.config().vocab_size;
+  const float max = *std::max_element(logits, logits + vocab);
+  double sum = 0;
+  for (int i = 0; i < vocab; ++i) sum += std::exp(double(logits[i]) - max);
+  const double log_z = max + std::log(sum);
+  TokenLogprob out{tokenizer_.decode({token}), double(logits[token]) - log_z, {}};
+  std::vector<int> order(vocab);
+  std::iota(order.begin(), order.end(), 0);
+  top = std::min(top, vocab);
+  // Ties go to the lower id, so the list does not depend on the sort.
+  std::partial_sort(order.begin(), order.begin() + top, order.end(),
+                    [&](int x, int y) { return logits[x] > logits[y] || (logits[x] == logits[y] && x < y); });
+  for (int i = 0; i < top; ++i) out.top.push_back({tokenizer_.decode({order[i]}), double(logits[order[i]]) - log_z});
+  return out;
 }
 
 void Engine::loop() {

@@ -22,9 +22,18 @@
 
 namespace crossmoe::serve {
 
+// A generated token's log-probability under the model (the log-softmax of its logits, before
+// temperature, penalties or top-p), with the most likely tokens at that step.
+struct TokenLogprob {
+  std::string token;  // the token's own text (bytes; a piece of a UTF-8 character is possible)
+  double logprob = 0;
+  std::vector<std::pair<std::string, double>> top;  // most likely first
+};
+
 // What a request streams back: text pieces, then one final event.
 struct Event {
   std::string text;
+  std::vector<TokenLogprob> logprobs;  // of the tokens generated since the last event, when asked
   bool final = false;
   std::string finish_reason;  // on the final event: stop, length, or empty with `error`
   std::string error;          // on the final event when the request failed (timeout)
@@ -37,6 +46,7 @@ struct Request {
   SamplingParams sampling;
   std::vector<int> stop_tokens;
   std::vector<std::string> stop_strings;
+  int top_logprobs = -1;  // -1: no log-probabilities; N >= 0: each token's and its N most likely alternatives
   std::chrono::steady_clock::time_point deadline;
 
   // The channel: the scheduler pushes, the HTTP thread pops.
@@ -85,6 +95,7 @@ class Engine {
   bool admit(Active& a);
   void finish(Active& a, const std::string& reason, const std::string& error = "");
   void emit_token(Active& a, int token);
+  TokenLogprob logprob_of(const float* logits, int token, int top) const;
 
   const Model& model_;
   const Tokenizer& tokenizer_;
