@@ -464,6 +464,9 @@ TEST_F(RlSelfPlay, SplitAndKilledRunsResumeToTheUninterruptedRun) {
     // MARS forfeits: -(stake) - 10: 1 in Tic-Tac-Toe, the ante in Kuhn, the score (0) in Hanabi.
     EXPECT_NEAR(std::stod(row[col("reward_mean")]), (4 * -11.0 + 2 * -10.0) / 6, 1e-3);
     EXPECT_GT(std::stod(row[col("entropy")]), 0.0);
+    // The update scores all sequences again (longest first, in chunks) before its first step: the
+    // same policy as the rollouts, so each token's log-prob equals the engine's.
+    EXPECT_LT(std::stod(row[col("log_prob_gap")]), 1e-5);
     // Old log-probs come from the policy before the iteration's first update: the second
     // minibatch (6 trajectories, 4 a minibatch) sees a ratio that moved away from 1.
     EXPECT_GT(std::stod(row[col("ratio_deviation")]), 0.0);

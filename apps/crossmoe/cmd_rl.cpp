@@ -24,6 +24,7 @@ namespace {
 struct RlArgs {
   rl::SelfPlayOptions options;
   std::string games = "tic_tac_toe,kuhn_poker,mini_hanabi", advantage = "mars", bf16 = "auto";
+  std::string update_experts = "auto";
   bool no_turn_scores = false, no_seat_norm = false;
 };
 
@@ -41,6 +42,7 @@ void run_selfplay(RlArgs& a) {
   if (a.no_turn_scores) o.credit.turn_scores = false;
   if (a.no_seat_norm) o.credit.per_seat = false;
   o.bf16 = a.bf16 == "auto" ? o.device.rfind("cuda", 0) == 0 : a.bf16 == "on";
+  o.update_experts = a.update_experts == "dense" ? train::GroupedExperts::Dense : train::GroupedExperts::Auto;
   require(fs::exists(o.model_dir / "config.json"), o.model_dir.string() + " is not a model directory (no config.json)");
   if (fs::exists(o.out_dir) && !fs::is_empty(o.out_dir) && !o.resume)
     throw Error(o.out_dir.string() + " is not empty: pass --resume to continue that run, or choose another --out");
@@ -243,6 +245,11 @@ void add_rl(CLI::App& app) {
   cmd->add_option("--grad-clip", o.grad_clip, "Max gradient norm (0 = off)")->capture_default_str();
   cmd->add_option("--minibatch", o.minibatch, "Sequences per optimizer step (one epoch per iteration)")
       ->capture_default_str()->check(cli::positive());
+  cmd->add_option("--update-experts", a->update_experts,
+                  "How the update's forward passes run MoE experts: auto (tokens dispatched to their experts; "
+                  "on CUDA a wait per MoE layer for the counts) or dense (every candidate expert on every token, "
+                  "weighted by the routing: no wait, more arithmetic)")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "dense"}));
   cmd->add_option("--eval-every", o.eval_every, "Evaluate every N iterations (0 = never)")->capture_default_str()
       ->check(cli::whole_number(0));
   cmd->add_option("--eval-games", o.eval_games, "Evaluation games per game, opponent and seat")->capture_default_str()

@@ -87,19 +87,61 @@ torch::Tensor per_position(const std::vector<const Sequence*>& batch, int64_t T,
   return t;
 }
 
-// Log-probs of each next token [B, T - 1] (float32), and the mean entropy over masked positions.
-torch::Tensor token_log_probs(const train::TorchModel& model, const torch::Tensor& tokens, torch::ScalarType compute,
-                              const torch::Tensor* mask, double* entropy_sum) {
-  train::ForwardOptions fo;
-  fo.compute_dtype = compute;
+// Log-probs of each next token [B, T - 1] (float32). With a mask, the entropy summed over the masked
+// positions is added to *entropy_sum (a device scalar: nothing here waits for the device).
+torch::Tensor token_log_probs(const train::TorchModel& model, const torch::Tensor& tokens,
+                              const train::ForwardOptions& fo, const torch::Tensor* mask, torch::Tensor* entropy_sum) {
   const int64_t T = tokens.size(1);
   const torch::Tensor logits = model.forward(tokens.narrow(1, 0, T - 1), fo).logits;
   const torch::Tensor log_probs = logits.log_softmax(-1);
-  if (entropy_sum) {
+  if (mask) {
     torch::NoGradGuard no_grad;
-    *entropy_sum += (entropy_from_logits(logits) * *mask).sum().item<double>();
+    *entropy_sum += (entropy_from_logits(logits) * *mask).sum().to(torch::kFloat64);
   }
   return log_probs.gather(-1, tokens.narrow(1, 1, T - 1).unsqueeze(-1)).squeeze(-1);
+}
+
+// Scoring runs sequences in chunks of about this many logit bytes: wide batches (few forward
+// passes, each a long queue of kernels) without holding every logit of the iteration at once.
+constexpr int64_t kScoringLogitBytes = int64_t(512) << 20;
+
+// Log-probs of the taken tokens under `model` for every sequence, without gradient: one [positions]
+// float32 tensor per sequence, on the device. Sequences run longest first in chunks of similar
+// length, so padding is small; a causal model's right padding never reaches the real tokens, so the
+// chunking changes nothing but rounding. With entropy_sum, the entropy over the model's tokens is
+// added to it.
+std::vector<torch::Tensor> score_sequences(const train::TorchModel& model, const std::vector<Sequence>& seqs,
+                                           const train::ForwardOptions& fo, torch::Device device,
+                                           torch::Tensor* entropy_sum) {
+  torch::NoGradGuard no_grad;
+  std::vector<size_t> by_length(seqs.size());
+  std::iota(by_length.begin(), by_length.end(), 0);
+  std::stable_sort(by_length.begin(), by_length.end(),
+                   [&](size_t a, size_t b) { return seqs[a].tokens.size() > seqs[b].tokens.size(); });
+  const int64_t chunk_tokens = std::max<int64_t>(1, kScoringLogitBytes / (int64_t(model.config().vocab_size) * 4));
+  std::vector<torch::Tensor> out(seqs.size());
+  for (size_t first = 0; first < by_length.size();) {
+    const int64_t T = int64_t(seqs[by_length[first]].tokens.size());
+    size_t end = first + 1;
+    while (end < by_length.size() && int64_t(end - first + 1) * T <= chunk_tokens) ++end;
+    std::vector<const Sequence*> chunk;
+    for (size_t k = first; k < end; ++k) chunk.push_back(&seqs[by_length[k]]);
+    const torch::Tensor tokens = padded_tokens(chunk, T).to(device);
+    torch::Tensor mask;
+    if (entropy_sum)
+      mask = per_position(chunk, T, [&](size_t b, int i) { return double(chunk[b]->trajectory.response[size_t(i)]); })
+                 .to(device, torch::kFloat32);
+    const torch::Tensor lp = token_log_probs(model, tokens, fo, entropy_sum ? &mask : nullptr, entropy_sum);
+    for (size_t b = 0; b < chunk.size(); ++b)
+      out[by_length[first + b]] = lp[int64_t(b)].narrow(0, 0, chunk[b]->trajectory.positions);
+    first = end;
+  }
+  return out;
+}
+
+// Per-sequence [positions] tensors as one right-padded [B, T - 1] matrix (T: the longest sequence).
+torch::Tensor padded_rows(const std::vector<torch::Tensor>& rows) {
+  return torch::nn::utils::rnn::pad_sequence(rows, /*batch_first=*/true);
 }
 
 struct UpdateStats {
@@ -292,7 +334,8 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
       for (double r : q.trajectory.turn_reward) reward_sum += r;
     row["reward_mean"] = seqs.empty() ? 0.0 : reward_sum / double(seqs.size());
 
-    // Update: credit, old and reference log-probs, one epoch of minibatches.
+    // Update: credit, old and reference log-probs, one epoch of minibatches. The update never waits
+    // for the device until its last step: its numbers are summed there and read once at the end.
     UpdateStats u;
     Stopwatch update_watch;
     if (!seqs.empty()) {
@@ -303,60 +346,68 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
       std::iota(order.begin(), order.end(), 0);
       auto shuffle_rng = train::stream_rng(o.seed, kShuffle, uint64_t(iteration));
       std::shuffle(order.begin(), order.end(), shuffle_rng);
+      train::ForwardOptions fo;
+      fo.compute_dtype = compute;
+      fo.grouped_experts = o.update_experts;
       // Old and reference log-probs of the whole batch first, from the policy as it was before this
       // iteration's updates (as ROLL computes old_log_probs before its train step): later minibatches
       // then see a ratio that has moved away from 1, which is what the clip acts on.
-      struct Minibatch {
-        std::vector<const Sequence*> sequences;
-        torch::Tensor tokens, mask, advantages, old_lp, ref_lp;
-      };
-      std::vector<Minibatch> minibatches;
+      const auto on_device = torch::TensorOptions().dtype(torch::kFloat64).device(device);
+      torch::Tensor entropy_sum = torch::zeros({}, on_device), gap_sum = torch::zeros({}, on_device);
+      const std::vector<torch::Tensor> old_lp = score_sequences(policy, seqs, fo, device, &entropy_sum);
+      const std::vector<torch::Tensor> ref_lp = score_sequences(reference, seqs, fo, device, nullptr);
       int64_t masked_tokens = 0;
+      for (const auto& q : seqs)
+        for (uint8_t r : q.trajectory.response) masked_tokens += r;
+      // Per optimizer step: total loss, pg, kl, clip fraction, ratio deviation, gradient norm.
+      std::vector<torch::Tensor> step_values;
       for (size_t first = 0; first < order.size(); first += size_t(o.minibatch)) {
-        Minibatch mb;
-        std::vector<size_t> index;
+        std::vector<const Sequence*> batch;
+        std::vector<torch::Tensor> old_rows, ref_rows;
         int64_t T = 0;
+        std::vector<size_t> index;
         for (size_t k = first; k < std::min(order.size(), first + size_t(o.minibatch)); ++k) {
-          mb.sequences.push_back(&seqs[order[k]]);
+          batch.push_back(&seqs[order[k]]);
           index.push_back(order[k]);
+          old_rows.push_back(old_lp[order[k]]);
+          ref_rows.push_back(ref_lp[order[k]]);
           T = std::max<int64_t>(T, int64_t(seqs[order[k]].tokens.size()));
         }
-        const auto& batch = mb.sequences;
-        mb.tokens = padded_tokens(batch, T).to(device);
-        mb.mask = per_position(batch, T, [&](size_t b, int i) { return double(batch[b]->trajectory.response[size_t(i)]); })
-                      .to(device, torch::kFloat32);
-        mb.advantages =
+        const torch::Tensor tokens = padded_tokens(batch, T).to(device);
+        const torch::Tensor mask =
+            per_position(batch, T, [&](size_t b, int i) { return double(batch[b]->trajectory.response[size_t(i)]); })
+                .to(device, torch::kFloat32);
+        const torch::Tensor advantages =
             per_position(batch, T, [&](size_t b, int i) { return credit.advantages[index[b]][size_t(i)]; })
                 .to(device, torch::kFloat32);
         const torch::Tensor rollout_lp =
             per_position(batch, T, [&](size_t b, int i) { return double(batch[b]->rollout_log_probs[size_t(i)]); })
                 .to(device, torch::kFloat32);
-        torch::NoGradGuard no_grad;
-        mb.old_lp = token_log_probs(policy, mb.tokens, compute, &mb.mask, &u.entropy);
-        mb.ref_lp = token_log_probs(reference, mb.tokens, compute, nullptr, nullptr);
-        u.log_prob_gap += ((mb.old_lp - rollout_lp).abs() * mb.mask).sum().item<double>();
-        masked_tokens += int64_t(mb.mask.sum().item<double>());
-        minibatches.push_back(std::move(mb));
-      }
-      for (const Minibatch& mb : minibatches) {
-        const torch::Tensor lp = token_log_probs(policy, mb.tokens, compute, nullptr, nullptr);
-        const PolicyLoss loss = policy_loss(lp, mb.old_lp, mb.ref_lp, mb.advantages, mb.mask, o.loss);
-        require(std::isfinite(loss.total.item<double>()), "rl: the loss is not finite (lower --lr?)");
+        const torch::Tensor old = padded_rows(old_rows);
+        gap_sum += ((old - rollout_lp).abs() * mask).sum().to(torch::kFloat64);
+        const torch::Tensor lp = token_log_probs(policy, tokens, fo, nullptr, nullptr);
+        const PolicyLoss loss = policy_loss(lp, old, padded_rows(ref_rows), advantages, mask, o.loss);
         loss.total.backward();
         const double lr = o.lr * std::min(1.0, double(optimizer_steps + 1) / double(std::max<int64_t>(o.warmup, 1)));
-        u.grad_norm += train::clip_gradients(policy, trainable, o.grad_clip);
+        const torch::Tensor grad_norm = train::clip_gradients(policy, trainable, o.grad_clip);
         adam.step(policy, trainable, hyper, lr, ++optimizer_steps);
         for (const auto& name : trainable) policy.tensor(name).mutable_grad() = torch::Tensor();
         row["lr"] = lr;
-        u.pg += loss.pg.item<double>();
-        u.kl += loss.kl.item<double>();
-        u.clip_fraction += loss.clip_fraction.item<double>();
-        u.ratio_deviation += loss.ratio_deviation.item<double>();
+        std::vector<torch::Tensor> values = {loss.total, loss.pg, loss.kl, loss.clip_fraction, loss.ratio_deviation,
+                                             grad_norm};
+        for (torch::Tensor& t : values) t = t.detach().to(device, torch::kFloat64);
+        step_values.push_back(torch::stack(values));
         ++u.steps;
-        for (const Sequence* q : mb.sequences) u.tokens += int64_t(q->tokens.size());
+        for (const Sequence* q : batch) u.tokens += int64_t(q->tokens.size());
       }
-      u.entropy /= double(std::max<int64_t>(masked_tokens, 1));
-      u.log_prob_gap /= double(std::max<int64_t>(masked_tokens, 1));
+      const torch::Tensor sums = torch::stack(step_values).sum(0).cpu();  // the update's one wait
+      const double* v = sums.data_ptr<double>();
+      // A step with a loss that is not finite makes the sum not finite; the checkpoint of the
+      // previous iteration is still whole.
+      require(std::isfinite(v[0]), "rl: the loss is not finite (lower --lr?)");
+      u.pg = v[1], u.kl = v[2], u.clip_fraction = v[3], u.ratio_deviation = v[4], u.grad_norm = v[5];
+      u.entropy = entropy_sum.item<double>() / double(std::max<int64_t>(masked_tokens, 1));
+      u.log_prob_gap = gap_sum.item<double>() / double(std::max<int64_t>(masked_tokens, 1));
     }
     u.seconds = update_watch.seconds();
     const double steps = double(std::max<int64_t>(u.steps, 1));

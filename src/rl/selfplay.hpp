@@ -55,6 +55,10 @@ struct SelfPlayOptions {
   int64_t warmup = 10;            // optimizer steps of linear warmup
   double weight_decay = 0.05, beta1 = 0.9, beta2 = 0.95, grad_clip = 1.0;
   int minibatch = 8;              // sequences per optimizer step
+  // How the update's forward passes run MoE experts: Auto dispatches tokens to their experts (on
+  // CUDA a wait for the host per MoE layer, for the expert counts); Dense runs every candidate on
+  // every token, weighted by the routing (no wait, C/K times the expert arithmetic).
+  train::GroupedExperts update_experts = train::GroupedExperts::Auto;
   int eval_every = 1;             // iterations between evaluations (0 = never)
   int eval_games = 16;            // per game, opponent and seat
   int mcts_simulations = 100;

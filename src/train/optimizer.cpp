@@ -28,14 +28,22 @@ void AdamW::step(TorchModel& model, const std::vector<std::string>& names, const
   at::_foreach_addcdiv_(params, ms, denom, -lr / bc1);
 }
 
-double clip_gradients(TorchModel& model, const std::vector<std::string>& names, double max_norm) {
+torch::Tensor clip_gradients(TorchModel& model, const std::vector<std::string>& names, double max_norm) {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> grads;
   for (const auto& name : names)
     if (model.tensor(name).grad().defined()) grads.push_back(model.tensor(name).grad());
-  if (grads.empty()) return 0.0;
-  const double norm = torch::stack(at::_foreach_norm(grads, 2)).norm().item<double>();
-  if (max_norm > 0 && norm > max_norm) at::_foreach_mul_(grads, max_norm / (norm + 1e-6));
+  if (grads.empty()) return torch::zeros({}, torch::kFloat64);
+  const torch::Tensor norm = torch::stack(at::_foreach_norm(grads, 2)).norm();
+  // min(1, max_norm / (norm + 1e-6)): a factor of exactly 1 leaves gradients under the bound as they are.
+  if (max_norm > 0) {
+    const torch::Tensor factor = (max_norm / (norm + 1e-6)).clamp_max(1.0);
+#if TORCH_VERSION_MAJOR >= 2
+    at::_foreach_mul_(grads, factor);
+#else  // Debian's libtorch 1.13 has no foreach product with a tensor scalar
+    for (torch::Tensor& g : grads) g.mul_(factor);
+#endif
+  }
   return norm;
 }
 

@@ -25,8 +25,10 @@ struct AdamW {
   void step(TorchModel& model, const std::vector<std::string>& names, const AdamWHyper& h, double lr, int64_t t);
 };
 
-// Clips the global gradient norm to max_norm (0 = no clipping); returns the norm before clipping.
-double clip_gradients(TorchModel& model, const std::vector<std::string>& names, double max_norm);
+// Clips the global gradient norm to max_norm (0 = no clipping); returns the norm before clipping as a
+// scalar tensor on the gradients' device. Nothing waits for the device: on a GPU the step that
+// follows is queued behind it, and the caller reads the norm when it next syncs anyway.
+torch::Tensor clip_gradients(TorchModel& model, const std::vector<std::string>& names, double max_norm);
 
 // Random numbers that depend only on (seed, stream, index): what a step draws is the same whether
 // the run was resumed or not, so resuming reproduces the run bit for bit.

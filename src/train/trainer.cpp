@@ -400,7 +400,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
         if (load[l].defined()) load[l] = totals[i++].to(load[l].device());
     }
     const double lr = learning_rate(o, step);
-    row.grad_norm = clip_gradients(*model, trainable, o.grad_clip);
+    const torch::Tensor grad_norm = clip_gradients(*model, trainable, o.grad_clip);
     adam.step(*model, trainable, {o.beta1, o.beta2, o.adam_eps, o.weight_decay}, lr, step + 1);
     for (const auto& name : trainable) model->tensor(name).mutable_grad() = torch::Tensor();
     model->update_router_biases(load, allowed, o.bias_update_rate);
@@ -410,7 +410,8 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     row.step = step + 1;
     row.tokens = tokens_seen;
     row.lr = lr;
-    row.loss = loss_sum.item<double>() / o.grad_accum;
+    row.loss = loss_sum.item<double>() / o.grad_accum;  // the step's one wait for the device
+    row.grad_norm = grad_norm.item<double>();
     row.aux = aux_sum.item<double>() / o.grad_accum;
     require(std::isfinite(row.loss), "train: the loss became " + std::to_string(row.loss) + " at step " +
                                          std::to_string(step + 1) + " (lower the learning rate?)");
