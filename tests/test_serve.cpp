@@ -427,6 +427,48 @@ long rss_kib(pid_t pid) {
   return -1;
 }
 
+TEST_F(Serve, RequestsPreemptedWhenThePoolRunsOutGetTheirOwnText) {
+  // A pool of about 10 blocks, requests that each need 2 blocks by the end and 1 to start: eight
+  // of them at once outgrow the pool mid-decode, so some are preempted and run again later.
+  // Each must still get exactly the greedy text it gets alone.
+  const ModelConfig config = Model(dir_ / "model").config();
+  const int64_t per_token = KvPool::bytes_per_block(config, 1);
+  const int block = int((int64_t(1) << 20) / (10 * per_token));
+  const int64_t blocks = KvPool::blocks_for_bytes(config, block, int64_t(1) << 20);
+  ASSERT_GE(blocks, 8);
+  ASSERT_LE(2 * block, 256) << "the model's context must hold two blocks";
+  const ServerProcess server(dir_, "--kv-memory 1 --block-size " + std::to_string(block));
+  ASSERT_GT(server.port, 0);
+  auto c = server.client(false);
+  // Distinct from the first token on, so no two share a cached block.
+  std::vector<std::string> prompts;
+  for (int i = 0; i < 8; ++i) prompts.push_back(std::to_string(i) + " the cat sat on the mat and");
+  const auto ask = [&](httplib::Client& client, const std::string& prompt) {
+    const Json body = {{"prompt", prompt}, {"max_tokens", 2 * block - 24}, {"temperature", 0}};
+    const auto r = client.Post("/v1/completions", body.dump(), "application/json");
+    EXPECT_TRUE(r && r->status == 200) << (r ? r->body : "no answer");
+    return r && r->status == 200 ? Json::parse(r->body) : Json();
+  };
+  std::vector<Json> alone, together(prompts.size());
+  for (const std::string& p : prompts) alone.push_back(ask(c, p));
+  EXPECT_EQ(metric(c, "crossmoe_preemptions_total"), 0);
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < prompts.size(); ++i)
+    clients.emplace_back([&, i] {
+      auto own = server.client(false);
+      together[i] = ask(own, prompts[i]);
+    });
+  for (auto& t : clients) t.join();
+  EXPECT_GT(metric(c, "crossmoe_preemptions_total"), 0);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(together[i]["choices"][0]["text"], alone[i]["choices"][0]["text"]) << i;
+    EXPECT_EQ(together[i]["usage"], alone[i]["usage"]) << i;
+  }
+  // Everything given back once they are done.
+  EXPECT_EQ(metric(c, "crossmoe_kv_blocks_in_use"), 0);
+  EXPECT_EQ(metric(c, "crossmoe_running_sequences"), 0);
+}
+
 TEST_F(Serve, GarbageRequestsGetClientErrorsAndTheServerKeepsServing) {
   const ServerProcess server(dir_, "--ctx 128");
   ASSERT_GT(server.port, 0);

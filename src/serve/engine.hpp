@@ -1,10 +1,12 @@
 #pragma once
 // Continuous batching for the server: HTTP threads submit requests; one scheduler thread owns the
-// BatchSession and, step after step, admits waiting requests while the KV pool has room for them
-// (prompt and max_tokens reserved up front, so a running request never runs out), runs one token
-// of every decoding request together with prefill chunks of new ones, samples, and streams text
-// back through each request's channel. Cancelled (disconnected) and timed-out requests are
-// dropped between steps and their blocks freed at once.
+// BatchSession and, step after step, admits waiting requests while the KV pool has room for their
+// prompts, runs one token of every decoding request together with prefill chunks of new ones,
+// samples, and streams text back through each request's channel. Decoding takes KV blocks as it
+// goes; when the pool runs out, the request admitted last is preempted: its blocks go back, and it
+// waits at the head of the queue to run its tokens so far again (mostly from the prefix cache)
+// and go on where it stopped. Cancelled (disconnected) and timed-out requests are dropped between
+// steps and their blocks freed at once.
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -93,6 +95,7 @@ class Engine {
   struct Active;
   void loop();
   bool admit(Active& a);
+  void preempt(std::unique_ptr<Active> a);
   void finish(Active& a, const std::string& reason, const std::string& error = "");
   void emit_token(Active& a, int token);
   TokenLogprob logprob_of(const float* logits, int token, int top) const;
@@ -107,7 +110,8 @@ class Engine {
   bool stop_ = false;
   std::vector<std::unique_ptr<Active>> waiting_, running_;  // the scheduler thread's own
   // Metrics.
-  uint64_t requests_ = 0, rejected_ = 0, prompt_tokens_ = 0, completion_tokens_ = 0, reused_tokens_ = 0;
+  uint64_t requests_ = 0, rejected_ = 0, prompt_tokens_ = 0, completion_tokens_ = 0, reused_tokens_ = 0,
+           preemptions_ = 0;
   int running_count_ = 0, queued_count_ = 0, blocks_in_use_ = 0;
   Histogram ttft_, itl_;
   std::thread thread_;
