@@ -10,7 +10,8 @@ const words = 'the cat sat on a mat and looked at morning sun while she said tha
 
 function prompt(seed) {
   let s = '';
-  for (let i = 0; i < 48; ++i) s += words[(seed * 7 + i * 13 + (i * i) % 5) % words.length] + ' ';
+  // Non-negative index: the warm-up's seed is -1, and % keeps the sign in JavaScript.
+  for (let i = 0; i < 48; ++i) s += words[(((seed * 7 + i * 13 + (i * i) % 5) % words.length) + words.length) % words.length] + ' ';
   return s;
 }
 

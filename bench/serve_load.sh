@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Load benchmark of crossmoe serve (docs/benchmarks.md): the same clients against a batching
 # server and a one-at-a-time one (--max-batch 1), started one after the other on loopback.
+# With PLOT=PREFIX, also PREFIX_throughput.svg, PREFIX_ttft.svg and PREFIX_inter_token.svg
+# (build/bench_serve_plot).
 # usage: bash bench/serve_load.sh MODEL [CLIENTS=1,4,16,64] [REQUESTS_PER_CLIENT=1] [MAX_TOKENS=32]
 set -euo pipefail
 model=$1 clients=${2:-1,4,16,64} per_client=${3:-1} max_tokens=${4:-32}
@@ -13,8 +15,10 @@ for batch in 64 1; do
     > "$work/serve.log" 2>&1 &
   pid=$!
   for _ in $(seq 600); do [ -s "$work/port" ] && break; sleep 0.1; done
-  echo "# --max-batch $batch"
-  node "$here/serve_load.cjs" "http://127.0.0.1:$(cat "$work/port")" "$clients" "$per_client" "$max_tokens"
+  echo "# --max-batch $batch" | tee -a "$work/results"
+  node "$here/serve_load.cjs" "http://127.0.0.1:$(cat "$work/port")" "$clients" "$per_client" "$max_tokens" |
+    tee -a "$work/results"
   kill "$pid"; wait "$pid" || true
   rm -f "$work/port"
 done
+if [ -n "${PLOT:-}" ]; then "$here/../build/bench_serve_plot" "$work/results" "$PLOT"; fi

@@ -417,6 +417,33 @@ class CliTrain : public Cli {
            " --experts 4 --top-k 2 --expert-size 16 --shared-size 16 --batch 2 --seq-len 16 --lr 0.01 --warmup 2"
            " --eval-every 20 --eval-batches 1 --export-dtype f32 --threads 1 ";
   }
+  // log.csv's loss, aux_loss, grad_norm and val_loss (0 when not evaluated), a row per step.
+  static std::vector<std::array<double, 4>> columns(const fs::path& csv) {
+    std::ifstream in(csv);
+    std::vector<std::array<double, 4>> rows;
+    std::string line;
+    std::getline(in, line);
+    while (std::getline(in, line)) {
+      std::vector<std::string> cells;
+      std::stringstream ss(line);
+      for (std::string cell; std::getline(ss, cell, ',');) cells.push_back(cell);
+      rows.push_back({std::stod(cells.at(3)), std::stod(cells.at(4)), std::stod(cells.at(5)),
+                      cells.at(6).empty() ? 0.0 : std::stod(cells.at(6))});
+    }
+    return rows;
+  }
+  // Every logged value of two runs' logs equal (to float noise), and the same exported weights.
+  static void expect_same_run(const fs::path& a_dir, const fs::path& b_dir) {
+    const auto one = columns(a_dir / "log.csv"), other = columns(b_dir / "log.csv");
+    ASSERT_FALSE(one.empty());
+    ASSERT_EQ(other.size(), one.size());
+    for (size_t i = 0; i < one.size(); ++i)
+      for (size_t c = 0; c < 4; ++c) EXPECT_NEAR(other[i][c], one[i][c], 1e-4 * (1 + std::abs(one[i][c]))) << i << " " << c;
+    const auto a = crossmoe::train::load_tensors(a_dir / "model" / "model.safetensors", torch::kCPU);
+    const auto b = crossmoe::train::load_tensors(b_dir / "model" / "model.safetensors", torch::kCPU);
+    ASSERT_EQ(a.size(), b.size());
+    for (const auto& [name, t] : a) EXPECT_LT((t - b.at(name)).abs().max().item<double>(), 1e-4) << name;
+  }
 };
 
 TEST_F(CliTrain, KilledAndResumedRunIsBitForBit) {
@@ -473,35 +500,60 @@ TEST_F(CliTrain, DataParallelEqualsOneProcess) {
   const Result to_zero =
       run("train -o " + (dir_ / "dp_one_to_zero").string() + " --resume --threads 1 --nproc 2 --shard-optimizer");
   ASSERT_EQ(to_zero.code, 0) << to_zero.out;
-  auto columns = [](const fs::path& csv) {  // loss, aux_loss, grad_norm, val_loss (0 when not evaluated)
-    std::ifstream in(csv);
-    std::vector<std::array<double, 4>> rows;
-    std::string line;
-    std::getline(in, line);
-    while (std::getline(in, line)) {
-      std::vector<std::string> cells;
-      std::stringstream ss(line);
-      for (std::string cell; std::getline(ss, cell, ',');) cells.push_back(cell);
-      rows.push_back({std::stod(cells.at(3)), std::stod(cells.at(4)), std::stod(cells.at(5)),
-                      cells.at(6).empty() ? 0.0 : std::stod(cells.at(6))});
-    }
-    return rows;
-  };
-  const auto one = columns(dir_ / "dp_one" / "log.csv");
-  ASSERT_EQ(one.size(), 8u);
+  ASSERT_EQ(columns(dir_ / "dp_one" / "log.csv").size(), 8u);
   for (const char* run_name : {"dp_two", "dp_mixed", "dp_zero", "dp_zero_to_one", "dp_one_to_zero"}) {
     SCOPED_TRACE(run_name);
-    const auto other = columns(dir_ / run_name / "log.csv");
-    ASSERT_EQ(other.size(), one.size());
-    for (size_t i = 0; i < one.size(); ++i)
-      for (size_t c = 0; c < 4; ++c) EXPECT_NEAR(other[i][c], one[i][c], 1e-4 * (1 + std::abs(one[i][c]))) << i << " " << c;
-    const auto a = crossmoe::train::load_tensors(dir_ / "dp_one" / "model" / "model.safetensors", torch::kCPU);
-    const auto b = crossmoe::train::load_tensors(dir_ / run_name / "model" / "model.safetensors", torch::kCPU);
-    ASSERT_EQ(a.size(), b.size());
-    for (const auto& [name, t] : a) EXPECT_LT((t - b.at(name)).abs().max().item<double>(), 1e-4) << name;
+    expect_same_run(dir_ / "dp_one", dir_ / run_name);
   }
   expect_one_line_error(run(replaced(replaced(args, "dp_one", "dp_odd"), "--batch 4", "--batch 3") + "--nproc 2"),
                         "--batch 3");
+}
+
+// --data-order epoch: the same rows on one process, on two, and split by a resume; and not the
+// rows of random order. The run covers more than one epoch of a tiny stream, and says so.
+TEST_F(CliTrain, EpochOrderIsTheSameAcrossProcessesAndResume) {
+  std::ofstream(dir_ / "epoch_corpus.txt") << made_up_text(10, 25);  // under 32 windows of 16 tokens: 8 steps of 4 rows read more
+  ASSERT_EQ(run("data prepare --tokenizer " + (dir_ / "train_tok" / "tokenizer.json").string() + " --text " +
+                (dir_ / "epoch_corpus.txt").string() + " -o " + (dir_ / "epoch_data").string()).code, 0);
+  const std::string args =
+      replaced(replaced(replaced(train_args(dir_ / "epoch_one"), "--batch 2", "--batch 4"), "--eval-every 20", "--eval-every 4"),
+               "train_data", "epoch_data") +
+      "--steps 8 --log-every 1 --data-order epoch ";
+  const Result one = run(args);
+  ASSERT_EQ(one.code, 0) << one.out;
+  EXPECT_NE(one.out.find("--data-order epoch: "), std::string::npos) << one.out;
+  EXPECT_NE(one.out.find(" epochs (later epochs repeat the data in a new order)"), std::string::npos) << one.out;
+  ASSERT_EQ(run(replaced(args, "epoch_one", "epoch_two") + "--nproc 2").code, 0);
+  ASSERT_EQ(run(replaced(args, "epoch_one", "epoch_split") + "--nproc 2 --stop-after 3").code, 0);
+  ASSERT_EQ(run("train -o " + (dir_ / "epoch_split").string() + " --resume --threads 1").code, 0);
+  EXPECT_EQ(crossmoe::read_json_file(dir_ / "epoch_split" / "checkpoints" / "step-0000008" / "state.json")["settings"]["data-order"],
+            "epoch");
+  for (const char* run_name : {"epoch_two", "epoch_split"}) {
+    SCOPED_TRACE(run_name);
+    expect_same_run(dir_ / "epoch_one", dir_ / run_name);
+  }
+  ASSERT_EQ(run(replaced(replaced(args, "epoch_one", "epoch_random"), "--data-order epoch", "--data-order random")).code, 0);
+  EXPECT_NE(columns(dir_ / "epoch_random" / "log.csv")[0][0], columns(dir_ / "epoch_one" / "log.csv")[0][0]);
+  expect_one_line_error(run(replaced(replaced(args, "epoch_one", "epoch_bad"), "--data-order epoch", "--data-order sequential")),
+                        "--data-order must be random or epoch (got 'sequential')");
+  expect_one_line_error(run("train -o " + (dir_ / "epoch_split").string() + " --resume --data-order random --steps 9"),
+                        "--data-order \"random\" (checkpoint: \"epoch\")");
+}
+
+// --psr-start / --psr-end as percentages of --steps: resolved to steps (and stored so), or errors.
+TEST_F(CliTrain, PsrScheduleTakesPercentagesOfTheRun) {
+  const std::string args = replaced(train_args(dir_ / "psr_percent"), "--layout megrez2", "--layout rexmoe --group-size 2") +
+                           "--steps 10 ";
+  const Result r = run(args + "--psr-start 10% --psr-end 50%");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto settings = crossmoe::read_json_file(dir_ / "psr_percent" / "checkpoints" / "step-0000010" / "state.json")["settings"];
+  EXPECT_EQ(settings["psr-start"], 1);
+  EXPECT_EQ(settings["psr-end"], 5);
+  const std::string bad = replaced(args, "psr_percent", "psr_bad");
+  expect_one_line_error(run(bad + "--psr-start 10% --psr-end 120%"), "--psr-end 120%: a percentage of --steps must be between 0% and 100%");
+  expect_one_line_error(run(bad + "--psr-start 50% --psr-end 10%"), "--psr-end (step 1) must come after --psr-start (step 5)");
+  expect_one_line_error(run(bad + "--psr-end ten"), "--psr-end takes a step (e.g. 400) or a percentage of --steps");
+  EXPECT_FALSE(fs::exists(dir_ / "psr_bad" / "log.csv"));
 }
 
 TEST_F(CliTrain, ResumeRefusesOtherSettingsAndMissingCheckpoints) {

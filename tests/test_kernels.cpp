@@ -60,6 +60,31 @@ TEST(Kernels, MatmulMatchesDoubleLoopForEveryDtypeAndShape) {
   }
 }
 
+TEST(Kernels, MatmulGivesATokenTheSameBitsAloneOrInABatch) {
+  // Batched decoding promises each sequence the tokens it gets alone, so a token's products
+  // must not depend on the tile it shares with other tokens (a tail of 83 columns included).
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  const int rows = 40, cols = 83, tokens = 7;
+  std::vector<float> w_f32(size_t(rows) * cols), x(size_t(tokens) * cols);
+  std::vector<uint16_t> w_16(w_f32.size());
+  for (size_t i = 0; i < w_f32.size(); ++i) w_f32[i] = dist(rng), w_16[i] = f32_to_bf16(w_f32[i]);
+  for (float& v : x) v = dist(rng);
+  for (Isa isa : supported()) {
+    IsaGuard guard(isa);
+    for (DType dtype : {DType::F32, DType::BF16, DType::F16}) {
+      const Matrix m{dtype == DType::F32 ? static_cast<const void*>(w_f32.data()) : w_16.data(), dtype, rows, cols};
+      std::vector<float> together(size_t(tokens) * rows), alone(rows);
+      matmul(m, x.data(), tokens, together.data());
+      for (int t = 0; t < tokens; ++t) {
+        matmul(m, &x[size_t(t) * cols], 1, alone.data());
+        for (int r = 0; r < rows; ++r)
+          ASSERT_EQ(alone[r], together[size_t(t) * rows + r]) << isa_name(isa) << " " << dtype_name(dtype) << " token " << t;
+      }
+    }
+  }
+}
+
 TEST(Kernels, MatmulReadsRowsWithAStride) {
   // The left 5 columns of a [7, 12] matrix, as attention reads a window of its caches.
   std::vector<float> w(7 * 12), x(2 * 5), y(2 * 7);

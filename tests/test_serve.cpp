@@ -19,8 +19,11 @@
 #include <thread>
 
 #include "cli_run.hpp"
+#include "runtime/forward.hpp"
+#include "runtime/model_files.hpp"
 #include "serve/server.hpp"
 #include "temp_dir.hpp"
+#include "tokenizer/chat_template.hpp"
 
 namespace crossmoe {
 namespace {
@@ -124,6 +127,119 @@ TEST_F(Serve, OpenAiClientGetsTheTextOfGenerateAndChat) {
   EXPECT_EQ(out["wrong_key_status"], 401);
 }
 
+// The reference for log-probabilities: greedy decoding where every token comes from a fresh full
+// forward pass over the prompt and the tokens so far (no decode steps, no batching, no reused
+// cache), its logits turned into log-probabilities in double precision here.
+struct ReferenceToken {
+  int id;
+  double logprob;
+  std::vector<std::pair<int, double>> top;  // most likely first
+};
+std::vector<ReferenceToken> reference_greedy(const Model& model, std::vector<int> ids, int count, int top,
+                                             const std::vector<int>& stops) {
+  const int vocab = model.config().vocab_size;
+  std::vector<ReferenceToken> out;
+  for (int n = 0; n < count; ++n) {
+    InferenceSession session(model, int(ids.size()) + 1, int(ids.size()));
+    const std::vector<float> logits = session.forward(ids);
+    double max = logits[0], sum = 0;
+    for (float v : logits) max = std::max(max, double(v));
+    for (float v : logits) sum += std::exp(double(v) - max);
+    std::vector<int> order(vocab);
+    for (int i = 0; i < vocab; ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return logits[a] > logits[b]; });
+    ReferenceToken t{order[0], double(logits[order[0]]) - max - std::log(sum), {}};
+    for (int i = 0; i < top; ++i) t.top.push_back({order[i], double(logits[order[i]]) - max - std::log(sum)});
+    out.push_back(t);
+    if (std::find(stops.begin(), stops.end(), t.id) != stops.end()) break;
+    ids.push_back(t.id);
+  }
+  return out;
+}
+
+TEST_F(Serve, LogprobsAreTheLogSoftmaxOfAFullForward) {
+  const std::string modules = CROSSMOE_NPM_DIR;
+  if (!std::filesystem::exists(modules + "/openai")) GTEST_SKIP() << "npm openai not installed (scripts/setup.sh)";
+  const ServerProcess server(dir_, std::string("--api-key ") + kKey);
+  ASSERT_GT(server.port, 0);
+  const std::string prompt = "The cat sat", message = "Where is the cat?";
+  const int top = 3;
+  const auto client = run_shell("node " + std::string(CROSSMOE_SOURCE_DIR) + "/tests/serve/openai_logprobs.cjs " +
+                                modules + " http://127.0.0.1:" + std::to_string(server.port) + "/v1 " + kKey + " '" +
+                                prompt + "' '" + message + "' " + std::to_string(kMaxTokens) + " " + std::to_string(top));
+  ASSERT_EQ(client.code, 0) << client.out;
+  const Json out = Json::parse(client.out);
+
+  const Model model(dir_ / "model");
+  Tokenizer tokenizer = require_model_tokenizer(dir_ / "model", "the test needs one");
+  // The prompts as the server builds them: a completion's text after BOS (when the model has
+  // one), a chat rendered by the model's template.
+  std::vector<int> completion_prompt = tokenizer.encode(prompt);
+  if (model.config().bos_token_id >= 0) completion_prompt.insert(completion_prompt.begin(), model.config().bos_token_id);
+  ChatRequest chat;
+  chat.messages.push_back({{"role", "user"}, {"content", message}});
+  const Json tokenizer_config = read_model_tokenizer_config(dir_ / "model");
+  const std::vector<int> chat_prompt = tokenizer.encode(apply_chat_template(tokenizer_config, chat));
+  // The server's stop tokens: the model's EOS ids, for chat also the template's eos_token.
+  const std::vector<int> completion_stops = model.config().eos_token_ids;
+  std::vector<int> chat_stops = completion_stops;
+  chat_stops.push_back(tokenizer.token_to_id(tokenizer_config.at("eos_token").get<std::string>()));
+  const auto bytes = [](const std::string& s) {
+    Json b = Json::array();
+    for (unsigned char c : s) b.push_back(int(c));
+    return b;
+  };
+  constexpr double kTolerance = 1e-4;  // float logits of two computation orders
+
+  for (const char* key : {"completion", "completion_stream"}) {
+    SCOPED_TRACE(key);
+    const Json& l = out[key]["logprobs"];
+    const std::vector<ReferenceToken> ref = reference_greedy(model, completion_prompt, kMaxTokens, top, completion_stops);
+    // A stop token ends the text without a log-probability of its own.
+    const size_t shown = ref.size() - (ref.size() < size_t(kMaxTokens) ? 1 : 0);
+    ASSERT_EQ(l["tokens"].size(), shown);
+    std::string text;  // the tokens' own texts, which text_offset counts
+    std::vector<int> ids;
+    for (size_t i = 0; i < shown; ++i) {
+      EXPECT_EQ(l["tokens"][i], tokenizer.decode({ref[i].id})) << i;
+      EXPECT_NEAR(l["token_logprobs"][i].get<double>(), ref[i].logprob, kTolerance) << i;
+      EXPECT_LE(l["token_logprobs"][i].get<double>(), 0.0);
+      EXPECT_EQ(l["text_offset"][i].get<size_t>(), text.size()) << i;
+      text += tokenizer.decode({ref[i].id});
+      ids.push_back(ref[i].id);
+      // A map by text: of tokens that read the same (ids past the tokenizer's vocabulary read
+      // as ""), the most likely.
+      Json expected_top = Json::object();
+      for (const auto& [id, logprob] : ref[i].top)
+        if (!expected_top.contains(tokenizer.decode({id}))) expected_top[tokenizer.decode({id})] = logprob;
+      ASSERT_EQ(l["top_logprobs"][i].size(), expected_top.size()) << i;
+      for (const auto& [token, logprob] : expected_top.items())
+        EXPECT_NEAR(l["top_logprobs"][i].at(token).get<double>(), logprob.get<double>(), kTolerance) << i;
+    }
+    // The text decodes the tokens together (a character split over byte tokens is whole there).
+    EXPECT_EQ(out[key]["text"], tokenizer.decode(ids));
+  }
+  for (const char* key : {"chat", "chat_stream"}) {
+    SCOPED_TRACE(key);
+    const Json& content = out[key]["content"];
+    const std::vector<ReferenceToken> ref = reference_greedy(model, chat_prompt, kMaxTokens, top, chat_stops);
+    const size_t shown = ref.size() - (ref.size() < size_t(kMaxTokens) ? 1 : 0);
+    ASSERT_EQ(content.size(), shown);
+    for (size_t i = 0; i < shown; ++i) {
+      const std::string token = tokenizer.decode({ref[i].id});
+      EXPECT_EQ(content[i]["token"], token) << i;
+      EXPECT_EQ(content[i]["bytes"], bytes(token)) << i;
+      EXPECT_NEAR(content[i]["logprob"].get<double>(), ref[i].logprob, kTolerance) << i;
+      ASSERT_EQ(content[i]["top_logprobs"].size(), size_t(top)) << i;
+      for (int k = 0; k < top; ++k) {
+        EXPECT_EQ(content[i]["top_logprobs"][k]["token"], tokenizer.decode({ref[i].top[k].first})) << i << " " << k;
+        EXPECT_NEAR(content[i]["top_logprobs"][k]["logprob"].get<double>(), ref[i].top[k].second, kTolerance) << i;
+      }
+    }
+  }
+  EXPECT_EQ(out["chat"]["content"], out["chat_stream"]["content"]);
+}
+
 // The text of the last element with this class in an HTML dump, entities decoded.
 std::string last_text_of_class(const std::string& html, const std::string& cls) {
   const std::string open = "class=\"" + cls + "\">";
@@ -196,6 +312,15 @@ TEST_F(Serve, BadRequestsGetOpenAiErrors) {
   r = post("/v1/completions", R"({"prompt": "The", "max_tokens": 0})");
   EXPECT_EQ(r->status, 400);
   r = post("/v1/completions", R"({"prompt": "The", "stop": [1]})");
+  EXPECT_EQ(r->status, 400);
+  // logprobs: a count for completions, true plus top_logprobs (at most 20) for chat.
+  r = post("/v1/completions", R"({"prompt": "The", "logprobs": true})");
+  EXPECT_EQ(r->status, 400);
+  EXPECT_EQ(error_of(r)["param"], "logprobs");
+  r = post("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"}], "top_logprobs": 2})");
+  EXPECT_EQ(r->status, 400);
+  EXPECT_EQ(error_of(r)["param"], "top_logprobs");
+  r = post("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"}], "logprobs": true, "top_logprobs": 21})");
   EXPECT_EQ(r->status, 400);
   // Context overflow: a prompt past --ctx 64, or a prompt and max_tokens that together are.
   std::string long_prompt;
@@ -300,6 +425,53 @@ long rss_kib(pid_t pid) {
   for (std::string line; std::getline(in, line);)
     if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
   return -1;
+}
+
+TEST_F(Serve, RequestsPreemptedWhenThePoolRunsOutGetTheirOwnText) {
+  // A pool of about 10 blocks, requests that each need 2 blocks by the end and 1 to start: eight
+  // of them at once outgrow the pool mid-decode, so some are preempted and run again later.
+  // Each must still get exactly the greedy text it gets alone.
+  const ModelConfig config = Model(dir_ / "model").config();
+  const int64_t per_token = KvPool::bytes_per_block(config, 1);
+  const int block = int((int64_t(1) << 20) / (10 * per_token));
+  const int64_t blocks = KvPool::blocks_for_bytes(config, block, int64_t(1) << 20);
+  ASSERT_GE(blocks, 8);
+  ASSERT_LE(2 * block, 256) << "the model's context must hold two blocks";
+  const ServerProcess server(dir_, "--kv-memory 1 --block-size " + std::to_string(block));
+  ASSERT_GT(server.port, 0);
+  auto c = server.client(false);
+  // Distinct from the first token on, so no two share a cached block.
+  std::vector<std::string> prompts;
+  for (int i = 0; i < 8; ++i) prompts.push_back(std::to_string(i) + " the cat sat on the mat and");
+  const auto ask = [&](httplib::Client& client, const std::string& prompt) {
+    const Json body = {{"prompt", prompt}, {"max_tokens", 2 * block - 24}, {"temperature", 0}};
+    const auto r = client.Post("/v1/completions", body.dump(), "application/json");
+    EXPECT_TRUE(r && r->status == 200) << (r ? r->body : "no answer");
+    return r && r->status == 200 ? Json::parse(r->body) : Json();
+  };
+  std::vector<Json> alone, together(prompts.size());
+  for (const std::string& p : prompts) alone.push_back(ask(c, p));
+  EXPECT_EQ(metric(c, "crossmoe_preemptions_total"), 0);
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < prompts.size(); ++i)
+    clients.emplace_back([&, i] {
+      auto own = server.client(false);
+      together[i] = ask(own, prompts[i]);
+    });
+  for (auto& t : clients) t.join();
+  EXPECT_GT(metric(c, "crossmoe_preemptions_total"), 0);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(together[i]["choices"][0]["text"], alone[i]["choices"][0]["text"]) << i;
+    EXPECT_EQ(together[i]["usage"], alone[i]["usage"]) << i;
+  }
+  // Everything given back once they are done (the gauges follow at the end of the step that
+  // sent the last token, so they may lag the answers by a moment).
+  bool freed = false;
+  for (int i = 0; i < 100 && !freed; ++i) {
+    freed = metric(c, "crossmoe_running_sequences") == 0 && metric(c, "crossmoe_kv_blocks_in_use") == 0;
+    if (!freed) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(freed);
 }
 
 TEST_F(Serve, GarbageRequestsGetClientErrorsAndTheServerKeepsServing) {

@@ -513,6 +513,74 @@ TEST(TrainerOptions, OutOfRangeOptionsNameTheFlag) {
   EXPECT_NE(message([](TrainOptions& o) { o.device = "tpu"; }).find("--device must be cpu, cuda or cuda:N"),
             std::string::npos);
   EXPECT_NE(message([](TrainOptions& o) { o.sft_validation_every = 1; }).find("--sft-validation-every"), std::string::npos);
+  EXPECT_NE(message([](TrainOptions& o) { o.data_order = "sequential"; }).find("--data-order must be random or epoch"),
+            std::string::npos);
+  EXPECT_NE(message([](TrainOptions& o) { o.psr = {50, 10}; }).find("--psr-end (step 10) must come after --psr-start (step 50)"),
+            std::string::npos);
+  EXPECT_NE(message([](TrainOptions& o) { o.psr = {10, 10}; }).find("--psr-end"), std::string::npos);
+  TrainOptions psr_off = good;
+  psr_off.psr = {10, 0};  // no end: PSR off, whatever the start
+  EXPECT_NO_THROW(check_options(psr_off));
+}
+
+TEST(TrainerOptions, ScheduleStepsAreStepsOrPercentagesOfTheRun) {
+  EXPECT_EQ(schedule_step("400", 1000, "--psr-start"), 400);
+  EXPECT_EQ(schedule_step("0", 1000, "--psr-start"), 0);
+  EXPECT_EQ(schedule_step("10%", 1000, "--psr-start"), 100);
+  EXPECT_EQ(schedule_step("2.5%", 1000, "--psr-start"), 25);
+  EXPECT_EQ(schedule_step("50%", 333, "--psr-end"), 167);  // 166.5 rounds to the nearest step
+  EXPECT_EQ(schedule_step("100%", 333, "--psr-end"), 333);
+  EXPECT_EQ(schedule_step("0%", 333, "--psr-end"), 0);
+  for (const char* bad : {"", "%", "-5", "-5%", "1e3", "0x10", "5.5", "abc", "10%%", "nan%", "inf", " 10"}) {
+    SCOPED_TRACE(bad);
+    EXPECT_THROW(schedule_step(bad, 1000, "--psr-end"), UsageError);
+    try {
+      schedule_step(bad, 1000, "--psr-end");
+    } catch (const UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find("--psr-end"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_NE(error_of([] { schedule_step("120%", 1000, "--psr-end"); }).find("between 0% and 100%"), std::string::npos);
+}
+
+// Epoch order: the stream cut into windows at a stride of seq_len, every window read once per
+// epoch, in an order that is a pure function of the seed and the row's position.
+TEST(TrainerData, EpochOrderReadsEveryWindowOncePerEpoch) {
+  TrainOptions o = quick_options("data", "out");
+  o.data_order = "epoch";
+  o.seq_len = 8;
+  o.batch_size = 3;
+  o.seed = 5;
+  const int64_t tokens = 8 * 10 + 5;  // 10 windows; the last 4 tokens cannot end a whole window
+  WindowSampler sampler(o, tokens);
+  ASSERT_EQ(sampler.windows_per_epoch(), 10);
+  std::vector<int64_t> rows;  // 10 micro-batches of 3 rows: exactly 3 epochs
+  for (uint64_t index = 0; index < 10; ++index)
+    for (int64_t start : sampler.starts(index)) rows.push_back(start);
+  std::vector<std::vector<int64_t>> epochs;
+  for (size_t e = 0; e < 3; ++e) {
+    std::vector<int64_t> epoch(rows.begin() + e * 10, rows.begin() + e * 10 + 10);
+    epochs.push_back(epoch);
+    std::sort(epoch.begin(), epoch.end());
+    for (int64_t w = 0; w < 10; ++w) EXPECT_EQ(epoch[size_t(w)], w * 8) << "epoch " << e;  // each window once
+  }
+  EXPECT_NE(epochs[0], epochs[1]);  // a new order every epoch
+  EXPECT_NE(epochs[1], epochs[2]);
+  for (int64_t start : rows) EXPECT_LE(start + o.seq_len, tokens - 1);  // a whole window of seq_len + 1 tokens
+  // Out of order (a resumed run, another rank) and from a fresh sampler: the same rows.
+  WindowSampler again(o, tokens);
+  for (uint64_t index : {7u, 2u, 9u, 0u}) {
+    const std::vector<int64_t> starts = again.starts(index);
+    EXPECT_EQ(starts, std::vector<int64_t>(rows.begin() + index * 3, rows.begin() + index * 3 + 3)) << index;
+  }
+  // Another seed, another order; random order draws overlapping starts anywhere.
+  o.seed = 6;
+  EXPECT_NE(WindowSampler(o, tokens).starts(0), sampler.starts(0));
+  o.data_order = "random";
+  bool off_grid = false;
+  for (uint64_t index = 0; index < 10; ++index)
+    for (int64_t start : WindowSampler(o, tokens).starts(index)) off_grid |= start % 8 != 0;
+  EXPECT_TRUE(off_grid);
 }
 
 // SFT: a model directory (random weights, crossmoe's byte-level ChatML tokenizer) and

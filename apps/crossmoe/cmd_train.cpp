@@ -22,6 +22,7 @@ struct TrainArgs {
   train::TrainOptions options;
   ModelShapeArgs shape;
   std::string bf16 = "auto", export_dtype = "bf16", init, config;
+  std::string psr_start = "0", psr_end = "0";  // a step or a percentage of --steps (train::schedule_step)
   double peak_tflops = 0;
   int nproc = 1;  // processes (data-parallel ranks) on this host
 };
@@ -89,6 +90,9 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
   }
   if (o.sft_file.empty() && o.data_dir.empty())
     throw UsageError("--data DIR (pre-training) or --sft FILE (fine-tuning) is required");
+  // Resolved against the run's --steps (given, or the checkpoint's); stored as steps.
+  if (given(cmd, "--psr-start")) o.psr.start = train::schedule_step(a.psr_start, o.steps, "--psr-start");
+  if (given(cmd, "--psr-end")) o.psr.end = train::schedule_step(a.psr_end, o.steps, "--psr-end");
   train::check_options(o);
   if (checkpoint) train::check_resume(o, *checkpoint);  // before any work or output
   if (a.nproc > 1) {
@@ -183,6 +187,10 @@ void add_train(CLI::App& app) {
   cmd->add_option("--batch", o.batch_size, "Sequences (SFT: conversations) per micro-batch")->capture_default_str();
   cmd->add_option("--seq-len", o.seq_len, "Tokens per sequence (SFT: longer conversations are cut)")->capture_default_str();
   cmd->add_option("--accum", o.grad_accum, "Micro-batches per step (gradient accumulation)")->capture_default_str();
+  cmd->add_option("--data-order", o.data_order,
+                  "Pre-training windows: random (uniform starts, with replacement) or epoch (the stream cut into "
+                  "windows of --seq-len tokens, each read once per epoch in a seeded order)")
+      ->capture_default_str();
   cmd->add_option("--lr", o.lr, "Peak learning rate")->capture_default_str();
   cmd->add_option("--min-lr-ratio", o.min_lr_ratio, "Cosine floor as a fraction of --lr")->capture_default_str();
   cmd->add_option("--warmup", o.warmup, "Linear warmup steps")->capture_default_str();
@@ -195,9 +203,14 @@ void add_train(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--capacity-factor", o.capacity_factor, "Cap each expert's tokens (0 = no cap, nothing dropped)")
       ->capture_default_str();
-  cmd->add_option("--psr-start", o.psr.start, "ReXMoE progressive scaling routing: first step of growth")
+  cmd->add_option("--psr-start", a->psr_start,
+                  "ReXMoE progressive scaling routing: the step where the candidate pool starts to grow from E, "
+                  "or a percentage of --steps (e.g. 10%)")
       ->capture_default_str();
-  cmd->add_option("--psr-end", o.psr.end, "Step where the pool reaches r*E (0 = PSR off)")->capture_default_str();
+  cmd->add_option("--psr-end", a->psr_end,
+                  "The step where the pool reaches r*E, or a percentage of --steps (e.g. 50%); after --psr-start "
+                  "(0 = PSR off)")
+      ->capture_default_str();
   cmd->add_option("--eval-every", o.eval_every, "Validation every N steps")->capture_default_str();
   cmd->add_option("--eval-batches", o.eval_batches, "Validation batches")->capture_default_str();
   cmd->add_option("--save-every", o.save_every, "Checkpoint every N steps (and at the end)")->capture_default_str();

@@ -73,32 +73,48 @@ void matmul(const Matrix& w, const float* x, int tokens, float* y) {
 
 void matmul_batch(const MatmulJob* jobs, int count) {
   const KernelTable& k = *active();
-  // Quantized weights read x quantized per block of 32, done here once per distinct input
-  // (q, k and v share one; so do an expert's gate and up), not once per block of rows.
-  const auto quantized_weights = [&](int j) { return dtype_block(jobs[j].w.dtype) > 1; };
+  // Inputs are prepared once per distinct x (q, k and v share one; so do an expert's gate and
+  // up), not once per block of rows: quantized per block of 32 for Q8_0/Q4_K weights, reordered
+  // for bf16 weights (bf16_x_layout).
+  enum Prep { kNone, kQuantized, kBf16 };
+  const auto prep_of = [&](int j) {
+    return dtype_block(jobs[j].w.dtype) > 1 ? kQuantized : jobs[j].w.dtype == DType::BF16 ? kBf16 : kNone;
+  };
   thread_local std::vector<ActivationBlock> quantized;
-  std::vector<int> source(count, -1);  // the job whose quantized input job j reads
-  std::vector<size_t> quantized_at(count, 0);
-  size_t total = 0;
+  thread_local std::vector<float> reordered;
+  std::vector<int> source(count, -1);  // the job whose prepared input job j reads
+  std::vector<size_t> prepared_at(count, 0);
+  size_t quantized_total = 0, reordered_total = 0;
   for (int j = 0; j < count; ++j) {
-    if (!quantized_weights(j)) continue;
+    const Prep prep = prep_of(j);
+    if (prep == kNone) continue;
     source[j] = j;
     for (int i = 0; i < j && source[j] == j; ++i)
-      if (source[i] == i && jobs[i].x == jobs[j].x && jobs[i].w.cols == jobs[j].w.cols &&
+      if (source[i] == i && prep_of(i) == prep && jobs[i].x == jobs[j].x && jobs[i].w.cols == jobs[j].w.cols &&
           jobs[i].tokens == jobs[j].tokens)
         source[j] = i;
-    if (source[j] == j) {
-      quantized_at[j] = total;
-      total += size_t(jobs[j].tokens) * size_t(jobs[j].w.cols / 32);
+    if (source[j] != j) {
+      prepared_at[j] = prepared_at[source[j]];
+    } else if (prep == kQuantized) {
+      prepared_at[j] = quantized_total;
+      quantized_total += size_t(jobs[j].tokens) * size_t(jobs[j].w.cols / 32);
     } else {
-      quantized_at[j] = quantized_at[source[j]];
+      prepared_at[j] = reordered_total;
+      reordered_total += size_t(jobs[j].tokens) * size_t(jobs[j].w.cols);
     }
   }
-  if (quantized.size() < total) quantized.resize(total);
-  for (int j = 0; j < count; ++j)
-    if (source[j] == j)
-      quantize_activations(jobs[j].x, int64_t(jobs[j].tokens) * jobs[j].w.cols, quantized.data() + quantized_at[j]);
-  const ActivationBlock* const activations = quantized.data();  // the caller's buffer, read by every worker
+  if (quantized.size() < quantized_total) quantized.resize(quantized_total);
+  if (reordered.size() < reordered_total) reordered.resize(reordered_total);
+  for (int j = 0; j < count; ++j) {
+    if (source[j] != j) continue;
+    if (prep_of(j) == kQuantized)
+      quantize_activations(jobs[j].x, int64_t(jobs[j].tokens) * jobs[j].w.cols, quantized.data() + prepared_at[j]);
+    else
+      k.bf16_x_layout(jobs[j].x, jobs[j].tokens, jobs[j].w.cols, reordered.data() + prepared_at[j]);
+  }
+  // The caller's buffers, read by every worker.
+  const ActivationBlock* const activations = quantized.data();
+  const float* const reordered_x = reordered.data();
   // Blocks of 16 rows keep each thread on whole tiles; small work stays on one thread.
   constexpr int64_t kBlock = 16;
   std::vector<int64_t> first_block(count + 1, 0);
@@ -114,10 +130,12 @@ void matmul_batch(const MatmulJob* jobs, int count) {
     const MatmulJob& job = jobs[j];
     const int64_t row = (b - first_block[j]) * kBlock;
     const int64_t end = std::min(job.w.rows, row + kBlock);
-    if (source[j] >= 0)
-      k.quant_matmul_rows(job.w, activations + quantized_at[j], job.tokens, job.y, row, end);
-    else
+    if (source[j] < 0)
       k.matmul_rows(job.w, job.x, job.tokens, job.y, row, end);
+    else if (prep_of(j) == kQuantized)
+      k.quant_matmul_rows(job.w, activations + prepared_at[j], job.tokens, job.y, row, end);
+    else
+      k.matmul_rows(job.w, reordered_x + prepared_at[j], job.tokens, job.y, row, end);
   };
   if (parallel) {
     parallel_for(blocks, run_block);

@@ -73,8 +73,11 @@ void set_isa(Isa isa);
 struct KernelTable {
   Isa isa;
   // Computes rows [row_begin, row_end) of matmul on the calling thread.
+  // For bf16 weights, x in the layout bf16_x_layout writes.
   void (*matmul_rows)(const Matrix& w, const float* x, int tokens, float* y, int64_t row_begin,
                       int64_t row_end);
+  // Reorders x [tokens, cols] (columns within fixed chunks) as matmul_rows reads it against bf16 weights.
+  void (*bf16_x_layout)(const float* x, int tokens, int64_t cols, float* out);
   // The same for Q8_0 / Q4_K weights, x quantized: cols / 32 blocks per token.
   void (*quant_matmul_rows)(const Matrix& w, const ActivationBlock* x, int tokens, float* y, int64_t row_begin,
                             int64_t row_end);

@@ -10,6 +10,7 @@ namespace {
 struct Avx512 {
   using V = __m512;
   static constexpr int width = 16;
+  static constexpr int tile_tokens = 4;  // 16 accumulators of the 32 registers
   static V zero() { return _mm512_setzero_ps(); }
   static V broadcast(float a) { return _mm512_set1_ps(a); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
@@ -26,6 +27,11 @@ struct Avx512 {
       else
         return _mm512_cvtph_ps(h);
     }
+  }
+  static void widen_bf16_pair(const uint16_t* p, V& even, V& odd) {
+    const __m512i raw = _mm512_loadu_si512(p);
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+    odd = _mm512_castsi512_ps(_mm512_and_si512(raw, _mm512_set1_epi32(int(0xFFFF0000u))));
   }
 };
 }  // namespace

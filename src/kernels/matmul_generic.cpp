@@ -7,6 +7,7 @@ namespace {
 struct Scalar {
   using V = float;
   static constexpr int width = 1;
+  static constexpr int tile_tokens = 4;
   static V zero() { return 0.0f; }
   static V broadcast(float a) { return a; }
   static V load(const float* p) { return *p; }
@@ -14,6 +15,10 @@ struct Scalar {
   static V fma(V a, V b, V acc) { return acc + a * b; }
   static float sum(V v) { return v; }
   template <DType D> static V widen(const impl::Stored<D>* p) { return impl::scalar_widen<D>(*p); }
+  static void widen_bf16_pair(const uint16_t* p, V& even, V& odd) {
+    even = impl::scalar_widen<DType::BF16>(p[0]);
+    odd = impl::scalar_widen<DType::BF16>(p[1]);
+  }
 };
 
 struct QuantLaneScalar {

@@ -4,6 +4,9 @@
 //   S::V            vector of S::width floats
 //   S::zero(), S::load(const float*), S::store(float*, V), S::fma(a, b, acc), S::sum(V)
 //   S::widen<D>(const Stored<D>*)   load S::width stored elements as floats
+//   S::widen_bf16_pair(const uint16_t*, V& even, V& odd)   load 2 * S::width bf16 elements: even
+//                   gets elements 0, 2, 4, ..., odd gets 1, 3, 5, ... (a shift and a mask, no shuffle)
+//   S::tile_tokens  tokens per register tile (as many as the register file holds without spilling)
 #include <algorithm>
 
 #include <bit>
@@ -28,7 +31,10 @@ template <DType D> inline float scalar_widen(Stored<D> v) {
 }
 
 // ROWS weight rows times TOK token vectors: every weight vector loaded once feeds TOK FMAs,
-// every token vector loaded once feeds ROWS FMAs.
+// every token vector loaded once feeds ROWS FMAs. Every (row, token) pair is summed in the same
+// order whatever the tile, so a token's result does not depend on the tokens beside it.
+// bf16 rows are read 2 * S::width at a time, split into even and odd elements; x then comes in
+// the layout of bf16_x_layout (each such chunk's even columns, then its odd ones).
 template <class S, DType D, int ROWS, int TOK>
 inline void tile(const Stored<D>* w, int64_t ld, const float* x, int64_t cols, int64_t ldx, float* y,
                  int64_t ldy) {
@@ -36,7 +42,18 @@ inline void tile(const Stored<D>* w, int64_t ld, const float* x, int64_t cols, i
   for (int r = 0; r < ROWS; ++r)
     for (int t = 0; t < TOK; ++t) acc[r][t] = S::zero();
   int64_t c = 0;
-  for (; c + S::width <= cols; c += S::width) {
+  if constexpr (D == DType::BF16) {
+    for (; c + 2 * S::width <= cols; c += 2 * S::width) {
+      typename S::V even[TOK], odd[TOK];
+      for (int t = 0; t < TOK; ++t) even[t] = S::load(x + t * ldx + c), odd[t] = S::load(x + t * ldx + c + S::width);
+      for (int r = 0; r < ROWS; ++r) {
+        typename S::V we, wo;
+        S::widen_bf16_pair(w + r * ld + c, we, wo);
+        for (int t = 0; t < TOK; ++t) acc[r][t] = S::fma(wo, odd[t], S::fma(we, even[t], acc[r][t]));
+      }
+    }
+  }
+  for (; D != DType::BF16 && c + S::width <= cols; c += S::width) {
     typename S::V xv[TOK];
     for (int t = 0; t < TOK; ++t) xv[t] = S::load(x + t * ldx + c);
     for (int r = 0; r < ROWS; ++r) {
@@ -64,9 +81,25 @@ template <class S, DType D>
 void matmul_rows_typed(const Matrix& m, const float* x, int tokens, float* y, int64_t r0, int64_t r1) {
   const auto* w = static_cast<const Stored<D>*>(m.data);
   const int64_t cols = m.cols, ld = m.row_stride(), ldy = m.rows;
+  constexpr int kTok = S::tile_tokens;
   int t = 0;
-  for (; t + 4 <= tokens; t += 4) rows_for_tokens<S, D, 4>(w, ld, cols, x + t * cols, ldy, y + t * ldy, r0, r1);
+  for (; t + kTok <= tokens; t += kTok) rows_for_tokens<S, D, kTok>(w, ld, cols, x + t * cols, ldy, y + t * ldy, r0, r1);
   for (; t < tokens; ++t) rows_for_tokens<S, D, 1>(w, ld, cols, x + t * cols, ldy, y + t * ldy, r0, r1);
+}
+
+// x as tile reads it against bf16 weights: in each whole chunk of 2 * S::width columns, the even
+// columns first, then the odd ones; the columns after the last whole chunk stay in place.
+template <class S>
+void bf16_x_layout(const float* x, int tokens, int64_t cols, float* out) {
+  constexpr int64_t W = S::width;
+  for (int t = 0; t < tokens; ++t) {
+    const float* in = x + t * cols;
+    float* o = out + t * cols;
+    int64_t c = 0;
+    for (; c + 2 * W <= cols; c += 2 * W)
+      for (int64_t i = 0; i < W; ++i) o[c + i] = in[c + 2 * i], o[c + W + i] = in[c + 2 * i + 1];
+    for (; c < cols; ++c) o[c] = in[c];
+  }
 }
 
 template <class S>
@@ -104,7 +137,7 @@ void axpy(float alpha, const float* x, float* y, int n) {
 // S: the float lane above; L: the integer lane of quant_matmul_impl.hpp.
 template <class S, class L>
 KernelTable make_table(Isa isa) {
-  return KernelTable{isa, &matmul_rows<S>, &quant_impl::quant_matmul_rows<L>, &dot<S>, &axpy<S>};
+  return KernelTable{isa, &matmul_rows<S>, &bf16_x_layout<S>, &quant_impl::quant_matmul_rows<L>, &dot<S>, &axpy<S>};
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 #include "serve/engine.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <numeric>
 
 #include "runtime/stop_strings.hpp"
 #include "util/error.hpp"
@@ -54,7 +56,11 @@ std::string Histogram::text(const std::string& name, const std::string& help) co
 struct Engine::Active {
   std::shared_ptr<Request> r;
   int sequence = -1;
-  size_t prefilled = 0;      // prompt tokens in the cache
+  // What runs before decoding: the prompt, or after a preemption the prompt and every token
+  // generated so far (run again, mostly from cached blocks, to give the next token's logits).
+  std::vector<int> input;
+  size_t prefilled = 0;      // tokens of `input` in the cache
+  bool counted = false;      // its prompt is in the metrics (a preempted request is not counted twice)
   std::vector<int> history;  // prompt and generated tokens, for the penalties
   std::vector<float> logits;
   Sampler sampler;
@@ -65,7 +71,7 @@ struct Engine::Active {
   bool done = false;
   Clock::time_point submitted, last_token;
   Active(std::shared_ptr<Request> request, const Tokenizer& tokenizer, int vocab)
-      : r(std::move(request)), history(r->prompt), logits(vocab), sampler(r->sampling), text(tokenizer, true),
+      : r(std::move(request)), input(r->prompt), history(r->prompt), logits(vocab), sampler(r->sampling), text(tokenizer, true),
         stops(r->stop_strings), submitted(Clock::now()) {}
 };
 
@@ -102,17 +108,28 @@ bool Engine::submit(const std::shared_ptr<Request>& request) {
 
 bool Engine::admit(Active& a) {
   a.sequence = session_.open();
-  a.prefilled = size_t(session_.reuse_prefix(a.sequence, a.r->prompt));
-  // Room for the prompt and every token but the last (which is returned, never run).
-  if (!session_.reserve(a.sequence, int(a.r->prompt.size() - a.prefilled) + a.r->max_tokens - 1)) {
+  a.prefilled = size_t(session_.reuse_prefix(a.sequence, a.input));
+  // Room for the input; decoding takes blocks as it goes (loop() preempts when there are none).
+  if (!session_.reserve(a.sequence, int(a.input.size() - a.prefilled))) {
     session_.close(a.sequence);
     a.sequence = -1;
     return false;
   }
   std::lock_guard lock(mutex_);
   reused_tokens_ += a.prefilled;
-  prompt_tokens_ += a.r->prompt.size();
+  if (!a.counted) prompt_tokens_ += a.r->prompt.size();
+  a.counted = true;
   return true;
+}
+
+void Engine::preempt(std::unique_ptr<Active> a) {
+  session_.close(a->sequence);  // its full blocks stay cached for the prefix reuse on return
+  a->sequence = -1;
+  a->input = a->history;
+  a->prefilled = 0;
+  waiting_.insert(waiting_.begin(), std::move(a));
+  std::lock_guard lock(mutex_);
+  ++preemptions_;
 }
 
 void Engine::finish(Active& a, const std::string& reason, const std::string& error) {
@@ -146,10 +163,28 @@ void Engine::emit_token(Active& a, int token) {
     return finish(a, "stop");
   Event e;
   e.text = a.stops.push(a.text.push(token));
-  if (!e.text.empty()) a.r->push(std::move(e));
+  if (a.r->top_logprobs >= 0) e.logprobs.push_back(logprob_of(a.logits.data(), token, a.r->top_logprobs));
+  if (!e.text.empty() || !e.logprobs.empty()) a.r->push(std::move(e));
   if (a.stops.stopped()) return finish(a, "stop");
   if (a.generated >= a.r->max_tokens) return finish(a, "length");
   a.next_token = token;
+}
+
+TokenLogprob Engine::logprob_of(const float* logits, int token, int top) const {
+  const int vocab = model_.config().vocab_size;
+  const float max = *std::max_element(logits, logits + vocab);
+  double sum = 0;
+  for (int i = 0; i < vocab; ++i) sum += std::exp(double(logits[i]) - max);
+  const double log_z = max + std::log(sum);
+  TokenLogprob out{tokenizer_.decode({token}), double(logits[token]) - log_z, {}};
+  std::vector<int> order(vocab);
+  std::iota(order.begin(), order.end(), 0);
+  top = std::min(top, vocab);
+  // Ties go to the lower id, so the list does not depend on the sort.
+  std::partial_sort(order.begin(), order.begin() + top, order.end(),
+                    [&](int x, int y) { return logits[x] > logits[y] || (logits[x] == logits[y] && x < y); });
+  for (int i = 0; i < top; ++i) out.top.push_back({tokenizer_.decode({order[i]}), double(logits[order[i]]) - log_z});
+  return out;
 }
 
 void Engine::loop() {
@@ -183,21 +218,39 @@ void Engine::loop() {
       running_.push_back(std::move(waiting_.front()));
       waiting_.erase(waiting_.begin());
     }
+    // A decoding request needs room for one more token. When the pool has none, the request
+    // admitted last gives its blocks back and waits at the head of the queue (it runs again
+    // from its tokens so far); a request always fits the pool alone, so one of them advances.
+    for (size_t i = 0; i < running_.size(); ++i) {
+      Active& a = *running_[i];
+      if (a.prefilled < a.input.size()) continue;
+      while (!session_.reserve(a.sequence, 1)) {
+        if (running_.size() == 1) {
+          finish(a, "", "the KV cache pool has no room for this request");
+          break;
+        }
+        const bool self = &a == running_.back().get();
+        preempt(std::move(running_.back()));
+        running_.pop_back();
+        if (self) break;
+      }
+    }
+    drop_done(running_);
     // Every decoding request advances one token; prefill chunks fill the rest of the step.
     std::vector<StepPiece> pieces;
     std::vector<Active*> owners;
     int budget = session_.chunk();
     for (auto& a : running_)
-      if (a->prefilled == a->r->prompt.size()) {
+      if (a->prefilled == a->input.size()) {
         pieces.push_back({a->sequence, &a->next_token, 1, a->logits.data()});
         owners.push_back(a.get());
         --budget;
       }
     for (auto& a : running_)
-      if (a->prefilled < a->r->prompt.size() && budget > 0) {
-        const int n = std::min(budget, int(a->r->prompt.size() - a->prefilled));
-        const bool last = a->prefilled + n == a->r->prompt.size();
-        pieces.push_back({a->sequence, &a->r->prompt[a->prefilled], n, last ? a->logits.data() : nullptr});
+      if (a->prefilled < a->input.size() && budget > 0) {
+        const int n = std::min(budget, int(a->input.size() - a->prefilled));
+        const bool last = a->prefilled + n == a->input.size();
+        pieces.push_back({a->sequence, &a->input[a->prefilled], n, last ? a->logits.data() : nullptr});
         owners.push_back(a.get());
         budget -= n;
       }
@@ -206,7 +259,7 @@ void Engine::loop() {
         session_.step(pieces);
         for (size_t p = 0; p < pieces.size(); ++p) {
           Active& a = *owners[p];
-          if (a.prefilled < a.r->prompt.size()) a.prefilled += pieces[p].count;
+          if (a.prefilled < a.input.size()) a.prefilled += pieces[p].count;
           if (pieces[p].logits) emit_token(a, a.sampler.sample(a.logits.data(), vocab, a.history));
         }
       } catch (const std::exception& e) {
@@ -237,6 +290,8 @@ std::string Engine::metrics() {
   metric("crossmoe_prompt_tokens_total", "counter", "Prompt tokens of admitted requests", double(prompt_tokens_));
   metric("crossmoe_prompt_tokens_reused_total", "counter", "Prompt tokens taken from cached KV blocks",
          double(reused_tokens_));
+  metric("crossmoe_preemptions_total", "counter",
+         "Running requests that gave their KV blocks back when the pool ran out, to run again later", double(preemptions_));
   metric("crossmoe_generation_tokens_total", "counter", "Tokens generated", double(completion_tokens_));
   metric("crossmoe_running_sequences", "gauge", "Sequences in the batch", running_count_);
   metric("crossmoe_queued_sequences", "gauge", "Requests waiting for KV blocks or a batch slot",

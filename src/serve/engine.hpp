@@ -1,10 +1,12 @@
 #pragma once
 // Continuous batching for the server: HTTP threads submit requests; one scheduler thread owns the
-// BatchSession and, step after step, admits waiting requests while the KV pool has room for them
-// (prompt and max_tokens reserved up front, so a running request never runs out), runs one token
-// of every decoding request together with prefill chunks of new ones, samples, and streams text
-// back through each request's channel. Cancelled (disconnected) and timed-out requests are
-// dropped between steps and their blocks freed at once.
+// BatchSession and, step after step, admits waiting requests while the KV pool has room for their
+// prompts, runs one token of every decoding request together with prefill chunks of new ones,
+// samples, and streams text back through each request's channel. Decoding takes KV blocks as it
+// goes; when the pool runs out, the request admitted last is preempted: its blocks go back, and it
+// waits at the head of the queue to run its tokens so far again (mostly from the prefix cache)
+// and go on where it stopped. Cancelled (disconnected) and timed-out requests are dropped between
+// steps and their blocks freed at once.
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -22,9 +24,18 @@
 
 namespace crossmoe::serve {
 
+// A generated token's log-probability under the model (the log-softmax of its logits, before
+// temperature, penalties or top-p), with the most likely tokens at that step.
+struct TokenLogprob {
+  std::string token;  // the token's own text (bytes; a piece of a UTF-8 character is possible)
+  double logprob = 0;
+  std::vector<std::pair<std::string, double>> top;  // most likely first
+};
+
 // What a request streams back: text pieces, then one final event.
 struct Event {
   std::string text;
+  std::vector<TokenLogprob> logprobs;  // of the tokens generated since the last event, when asked
   bool final = false;
   std::string finish_reason;  // on the final event: stop, length, or empty with `error`
   std::string error;          // on the final event when the request failed (timeout)
@@ -37,6 +48,7 @@ struct Request {
   SamplingParams sampling;
   std::vector<int> stop_tokens;
   std::vector<std::string> stop_strings;
+  int top_logprobs = -1;  // -1: no log-probabilities; N >= 0: each token's and its N most likely alternatives
   std::chrono::steady_clock::time_point deadline;
 
   // The channel: the scheduler pushes, the HTTP thread pops.
@@ -83,8 +95,10 @@ class Engine {
   struct Active;
   void loop();
   bool admit(Active& a);
+  void preempt(std::unique_ptr<Active> a);
   void finish(Active& a, const std::string& reason, const std::string& error = "");
   void emit_token(Active& a, int token);
+  TokenLogprob logprob_of(const float* logits, int token, int top) const;
 
   const Model& model_;
   const Tokenizer& tokenizer_;
@@ -96,7 +110,8 @@ class Engine {
   bool stop_ = false;
   std::vector<std::unique_ptr<Active>> waiting_, running_;  // the scheduler thread's own
   // Metrics.
-  uint64_t requests_ = 0, rejected_ = 0, prompt_tokens_ = 0, completion_tokens_ = 0, reused_tokens_ = 0;
+  uint64_t requests_ = 0, rejected_ = 0, prompt_tokens_ = 0, completion_tokens_ = 0, reused_tokens_ = 0,
+           preemptions_ = 0;
   int running_count_ = 0, queued_count_ = 0, blocks_in_use_ = 0;
   Histogram ttft_, itl_;
   std::thread thread_;

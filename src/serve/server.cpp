@@ -58,6 +58,42 @@ std::optional<int64_t> integer_field(const Json& body, const char* key, int64_t 
                       key);
   return v.get<int64_t>();
 }
+constexpr int kMaxTopLogprobs = 20;  // OpenAI's limit for chat
+
+Json bytes_of(const std::string& text) {
+  Json out = Json::array();
+  for (unsigned char c : text) out.push_back(int(c));
+  return out;
+}
+
+// Log-probabilities in OpenAI's shapes: chat's {"content": [...]} and the completions API's
+// parallel lists; `offset` is where the first token's text starts in the completion.
+Json chat_logprobs(const std::vector<TokenLogprob>& tokens) {
+  Json content = Json::array();
+  for (const TokenLogprob& t : tokens) {
+    Json top = Json::array();
+    for (const auto& [text, logprob] : t.top) top.push_back({{"token", text}, {"logprob", logprob}, {"bytes", bytes_of(text)}});
+    content.push_back({{"token", t.token}, {"logprob", t.logprob}, {"bytes", bytes_of(t.token)}, {"top_logprobs", top}});
+  }
+  return {{"content", content}, {"refusal", nullptr}};
+}
+Json completion_logprobs(const std::vector<TokenLogprob>& tokens, size_t offset) {
+  Json out = {{"tokens", Json::array()}, {"token_logprobs", Json::array()}, {"top_logprobs", Json::array()},
+              {"text_offset", Json::array()}};
+  for (const TokenLogprob& t : tokens) {
+    // A map by text: of tokens that read the same, the most likely one.
+    Json top = Json::object();
+    for (const auto& [text, logprob] : t.top)
+      if (!top.contains(text)) top[text] = logprob;
+    out["tokens"].push_back(t.token);
+    out["token_logprobs"].push_back(t.logprob);
+    out["top_logprobs"].push_back(top);
+    out["text_offset"].push_back(offset);
+    offset += t.token.size();
+  }
+  return out;
+}
+
 bool bool_field(const Json& body, const char* key) {
   if (!body.contains(key) || body[key].is_null()) return false;
   if (!body[key].is_boolean()) throw bad_request("'" + std::string(key) + "' must be true or false", key);
@@ -200,7 +236,14 @@ class Server {
     if (auto v = number_field(body, "frequency_penalty", -2, 2)) s.frequency_penalty = float(*v);
     if (auto v = integer_field(body, "seed", INT64_MIN, INT64_MAX)) s.seed = uint64_t(*v);
     if (auto v = integer_field(body, "n", 1, 1)) (void)v;
-    if (bool_field(body, "logprobs")) throw bad_request("logprobs are not supported", "logprobs");
+    // Chat: logprobs true, top_logprobs N; completions: logprobs N (OpenAI's two spellings).
+    if (chat) {
+      const auto top = integer_field(body, "top_logprobs", 0, kMaxTopLogprobs);
+      if (bool_field(body, "logprobs")) r->top_logprobs = int(top.value_or(0));
+      else if (top) throw bad_request("'top_logprobs' needs 'logprobs': true", "top_logprobs");
+    } else if (auto top = integer_field(body, "logprobs", 0, kMaxTopLogprobs)) {
+      r->top_logprobs = int(*top);
+    }
     if (body.contains("stop") && !body["stop"].is_null()) {
       const Json& stop = body["stop"];
       const bool ok = stop.is_string() || (stop.is_array() && stop.size() <= 4 &&
@@ -254,14 +297,17 @@ class Server {
                          {"model", name_}};
       if (stream) return respond_streaming(res, r, head, chat, include_usage);
       std::string text;
+      std::vector<TokenLogprob> logprobs;
       for (;;) {
         const std::optional<Event> e = r->next(std::chrono::milliseconds(100));
         if (!e) continue;
         text += e->text;
+        logprobs.insert(logprobs.end(), e->logprobs.begin(), e->logprobs.end());
         if (!e->final) continue;
         if (!e->error.empty()) throw HttpError{504, e->error, "timeout"};
         Json out = head;
         Json choice = {{"index", 0}, {"finish_reason", e->finish_reason}, {"logprobs", nullptr}};
+        if (r->top_logprobs >= 0) choice["logprobs"] = chat ? chat_logprobs(logprobs) : completion_logprobs(logprobs, 0);
         if (chat) choice["message"] = {{"role", "assistant"}, {"content", text}};
         else choice["text"] = text;
         out["choices"] = {choice};
@@ -284,17 +330,22 @@ class Server {
   // away cancels the request, which frees its KV blocks at the next step.
   void respond_streaming(httplib::Response& res, std::shared_ptr<Request> r, Json head, bool chat, bool include_usage) {
     auto first = std::make_shared<bool>(true);
+    auto offset = std::make_shared<size_t>(0);  // of the next token's text, for the completions API's text_offset
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [r, head, chat, include_usage, first](size_t, httplib::DataSink& sink) {
+        [r, head, chat, include_usage, first, offset](size_t, httplib::DataSink& sink) {
           const auto send = [&](const Json& j) {
             const std::string line = "data: " + j.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n\n";
             return sink.write(line.data(), line.size());
           };
-          const auto chunk = [&](const std::string& text, const Json& finish) {
+          const auto chunk = [&](const std::string& text, const Json& finish, const std::vector<TokenLogprob>& logprobs) {
             Json out = head;
             Json choice = {{"index", 0}, {"finish_reason", finish}, {"logprobs", nullptr}};
+            if (!logprobs.empty()) {
+              choice["logprobs"] = chat ? chat_logprobs(logprobs) : completion_logprobs(logprobs, *offset);
+              for (const TokenLogprob& t : logprobs) *offset += t.token.size();
+            }
             if (chat) {
               choice["delta"] = finish.is_null() ? Json{{"content", text}} : Json::object();
               if (*first) choice["delta"]["role"] = "assistant";
@@ -313,12 +364,12 @@ class Server {
             return false;
           }
           bool ok = true;
-          if (!e->text.empty() || (*first && !e->final)) ok = chunk(e->text, nullptr);
+          if (!e->text.empty() || !e->logprobs.empty() || (*first && !e->final)) ok = chunk(e->text, nullptr, e->logprobs);
           if (ok && e->final) {
             if (!e->error.empty()) {
               ok = send({{"error", {{"message", e->error}, {"type", "timeout"}, {"param", nullptr}, {"code", nullptr}}}});
             } else {
-              ok = chunk("", e->finish_reason);
+              ok = chunk("", e->finish_reason, {});
               if (ok && include_usage) {
                 Json out = head;
                 out["choices"] = Json::array();

@@ -1,5 +1,6 @@
 #include "train/train_options.hpp"
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <limits>
@@ -25,6 +26,7 @@ void for_each_setting(Options& o, Visit&& visit) {
   visit("batch", o.batch_size);
   visit("seq-len", o.seq_len);
   visit("accum", o.grad_accum);
+  visit("data-order", o.data_order);
   visit("lr", o.lr);
   visit("min-lr-ratio", o.min_lr_ratio);
   visit("warmup", o.warmup);
@@ -67,6 +69,8 @@ void check_options(const TrainOptions& o) {
   positive(o.batch_size, "batch");
   require(o.seq_len >= 2, "--seq-len must be at least 2 (got " + std::to_string(o.seq_len) + ")");
   positive(o.grad_accum, "accum");
+  require(o.data_order == "random" || o.data_order == "epoch",
+          "--data-order must be random or epoch (got '" + o.data_order + "')");
   require(std::isfinite(o.lr) && o.lr > 0, "--lr must be a positive number (got " + std::to_string(o.lr) + ")");
   fraction(o.min_lr_ratio, "min-lr-ratio", true);
   non_negative(double(o.warmup), "warmup");
@@ -81,6 +85,9 @@ void check_options(const TrainOptions& o) {
   non_negative(o.capacity_factor, "capacity-factor");
   non_negative(double(o.psr.start), "psr-start");
   non_negative(double(o.psr.end), "psr-end");
+  require(o.psr.end == 0 || o.psr.end > o.psr.start,
+          "--psr-end (step " + std::to_string(o.psr.end) + ") must come after --psr-start (step " +
+              std::to_string(o.psr.start) + "), or be 0 for no progressive scaling routing");
   non_negative(double(o.eval_every), "eval-every");
   positive(o.eval_batches, "eval-batches");
   non_negative(double(o.save_every), "save-every");
@@ -93,6 +100,21 @@ void check_options(const TrainOptions& o) {
   require(o.device == "cpu" || cuda, "--device must be cpu, cuda or cuda:N (got '" + o.device + "')");
   require(!o.out_dir.empty(), "--out is required");
   require(!o.sft_file.empty() || !o.data_dir.empty(), "--data (or --sft) is required");
+}
+
+int64_t schedule_step(const std::string& text, int64_t steps, const std::string& flag) {
+  const bool percent = !text.empty() && text.back() == '%';
+  const std::string number = percent ? text.substr(0, text.size() - 1) : text;
+  // Plain decimals only: no sign, exponent, hex, inf or nan.
+  const bool decimal = number.find_first_not_of("0123456789.") == std::string::npos &&
+                       number.find_first_of("0123456789") != std::string::npos &&
+                       std::count(number.begin(), number.end(), '.') <= (percent ? 1 : 0) && number.size() <= 18;
+  if (!decimal)
+    throw UsageError(flag + " takes a step (e.g. 400) or a percentage of --steps (e.g. 10%); got '" + text + "'");
+  const double value = std::stod(number);
+  if (!percent) return int64_t(std::stoll(number));
+  if (value > 100) throw UsageError(flag + " " + text + ": a percentage of --steps must be between 0% and 100%");
+  return std::llround(value / 100.0 * double(steps));
 }
 
 nlohmann::json training_settings(const TrainOptions& o) {

@@ -29,6 +29,7 @@ struct TrainOptions {
   int batch_size = 16;  // sequences per micro-batch
   int seq_len = 256;
   int grad_accum = 1;   // micro-batches per optimizer step
+  std::string data_order = "random";  // pre-training windows: "random" or "epoch" (WindowSampler)
   double lr = 3e-3;
   double min_lr_ratio = 0.1;  // cosine decays to lr * min_lr_ratio
   int64_t warmup = 50;
@@ -58,9 +59,14 @@ struct TrainOptions {
 // the `crossmoe train` flag otherwise. train_model checks this first.
 void check_options(const TrainOptions& options);
 
+// A step of a schedule given on the command line (--psr-start, --psr-end): a step count ("400")
+// or a percentage of the run's `steps` ("10%", "2.5%"), rounded to the nearest step. A UsageError
+// naming `flag` for anything else, a negative value or more than 100%.
+int64_t schedule_step(const std::string& text, int64_t steps, const std::string& flag);
+
 // The options of a run, keyed by their `crossmoe train` flag names (without the dashes). Those
 // that shape the trained weights must match on resume: data, init, sft, sft-validation-every,
-// steps, batch, seq-len, accum, lr, min-lr-ratio, warmup, weight-decay, beta1, beta2, clip,
+// steps, batch, seq-len, accum, data-order, lr, min-lr-ratio, warmup, weight-decay, beta1, beta2, clip,
 // aux-loss, bias-rate, capacity-factor, psr-start, psr-end, seed, bf16. The rest (free_setting)
 // come back too but may change: eval-every, eval-batches, save-every, log-every, device,
 // export-dtype. Paths are stored absolute.

@@ -58,7 +58,7 @@ SftBatch sft_batch(const std::vector<const SftExample*>& examples, int seq_len, 
 
 namespace {
 
-enum Stream : uint64_t { kBatches = 1, kPsrMasks = 2, kSftOrder = 3 };
+enum Stream : uint64_t { kBatches = 1, kPsrMasks = 2, kSftOrder = 3, kWindowOrder = 4 };
 
 // Input and target windows [B, T] starting at the given offsets.
 std::pair<torch::Tensor, torch::Tensor> windows(const std::vector<uint32_t>& tokens, const std::vector<int64_t>& starts,
@@ -117,30 +117,6 @@ void append_csv(const fs::path& path, const LogRow& r) {
   require(out.good(), "cannot write " + path.string());
 }
 
-// Visits the SFT conversations of a step in a seeded order: a fresh shuffle every epoch, so
-// that the batches of a step depend only on (seed, step), as resuming needs.
-class SftOrder {
- public:
-  SftOrder(uint64_t seed, size_t count) : seed_(seed), count_(count) {}
-  size_t at(uint64_t position) {
-    const uint64_t epoch = position / count_;
-    if (epoch != epoch_ || order_.empty()) {
-      order_.resize(count_);
-      std::iota(order_.begin(), order_.end(), size_t(0));
-      auto rng = stream_rng(seed_, kSftOrder, epoch);
-      std::shuffle(order_.begin(), order_.end(), rng);
-      epoch_ = epoch;
-    }
-    return order_[size_t(position % count_)];
-  }
-
- private:
-  uint64_t seed_;
-  size_t count_;
-  uint64_t epoch_ = 0;
-  std::vector<size_t> order_;
-};
-
 void require_ids_below(const std::vector<uint32_t>& tokens, int vocab, const std::string& what) {
   const auto top = std::max_element(tokens.begin(), tokens.end());
   require(top == tokens.end() || int64_t(*top) < vocab, what + " has token id " + std::to_string(top == tokens.end() ? 0 : *top) +
@@ -148,6 +124,43 @@ void require_ids_below(const std::vector<uint32_t>& tokens, int vocab, const std
 }
 
 }  // namespace
+
+EpochOrder::EpochOrder(uint64_t seed, uint64_t stream, size_t count) : seed_(seed), stream_(stream), count_(count) {}
+
+size_t EpochOrder::at(uint64_t position) {
+  const uint64_t epoch = position / count_;
+  if (epoch != epoch_ || order_.empty()) {
+    order_.resize(count_);
+    std::iota(order_.begin(), order_.end(), size_t(0));
+    auto rng = stream_rng(seed_, stream_, epoch);
+    std::shuffle(order_.begin(), order_.end(), rng);
+    epoch_ = epoch;
+  }
+  return order_[size_t(position % count_)];
+}
+
+WindowSampler::WindowSampler(const TrainOptions& o, int64_t tokens)
+    : epoch_(o.data_order == "epoch"),
+      seed_(o.seed),
+      batch_(o.batch_size),
+      seq_len_(o.seq_len),
+      windows_((tokens - 1) / o.seq_len),
+      max_start_(tokens - o.seq_len - 1),
+      order_(o.seed, kWindowOrder, size_t(std::max<int64_t>(windows_, 1))) {
+  require(windows_ > 0 && max_start_ >= 0, "the training stream is shorter than one sequence of --seq-len + 1 tokens");
+}
+
+std::vector<int64_t> WindowSampler::starts(uint64_t index) {
+  std::vector<int64_t> out(static_cast<size_t>(batch_));
+  if (epoch_) {
+    for (int b = 0; b < batch_; ++b) out[size_t(b)] = int64_t(order_.at(index * uint64_t(batch_) + uint64_t(b))) * seq_len_;
+    return out;
+  }
+  auto rng = stream_rng(seed_, kBatches, index);
+  std::uniform_int_distribution<int64_t> pick(0, max_start_);
+  for (auto& s : out) s = pick(rng);
+  return out;
+}
 
 void save_checkpoint(const fs::path& dir, const TorchModel& model, const AdamW& adam, const nlohmann::json& state) {
   const fs::path root = dir.parent_path(), tmp = dir.string() + ".tmp";
@@ -351,8 +364,20 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     }
     comm->broadcast_from_owners(moments, moment_owner);
   };
-  const int64_t max_start = int64_t(train_tokens.size()) - o.seq_len - 1;
-  SftOrder sft_order(o.seed, sft_train.size());
+  EpochOrder sft_order(o.seed, kSftOrder, sft_train.size());
+  std::optional<WindowSampler> sampler;
+  if (!sft) {
+    sampler.emplace(o, int64_t(train_tokens.size()));
+    if (o.data_order == "epoch" && leader) {
+      const double rows = double(o.steps) * o.grad_accum * o.batch_size, windows = double(sampler->windows_per_epoch());
+      char line[320];
+      std::snprintf(line, sizeof line,
+                    "--data-order epoch: %lld windows of %d tokens in an epoch; %lld steps read %.0f windows, %.3g epochs%s",
+                    (long long)sampler->windows_per_epoch(), o.seq_len, (long long)o.steps, rows, rows / windows,
+                    rows > windows ? " (later epochs repeat the data in a new order)" : "");
+      log_info(line);
+    }
+  }
   // One micro-batch of the step, this rank's rows of it (all of them on one process): inputs,
   // targets, the loss mask (SFT) and the tokens the whole global micro-batch holds.
   const int local_batch = o.batch_size / world;
@@ -368,10 +393,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
       }
       return {sft_batch(rows, o.seq_len, device), tokens};
     }
-    auto rng = stream_rng(o.seed, kBatches, index);
-    std::uniform_int_distribution<int64_t> pick(0, max_start);
-    std::vector<int64_t> starts(static_cast<size_t>(o.batch_size));
-    for (auto& s : starts) s = pick(rng);
+    std::vector<int64_t> starts = sampler->starts(index);
     starts = std::vector<int64_t>(starts.begin() + rank * local_batch, starts.begin() + (rank + 1) * local_batch);
     auto [in, target] = windows(train_tokens, starts, o.seq_len, device);
     return {SftBatch{in, target, {}}, int64_t(o.batch_size) * o.seq_len};

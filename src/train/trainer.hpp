@@ -5,7 +5,8 @@
 // and export to a Hugging Face directory the runtime loads.
 //
 // Two kinds of data, one loop:
-//   pre-training   random windows of a token stream (`crossmoe data prepare`), loss on every token
+//   pre-training   windows of a token stream (`crossmoe data prepare`), loss on every token: random
+//                  windows (with replacement), or every window once per epoch (WindowSampler)
 //   SFT            chat conversations (options.sft_file, see train/sft_data.hpp) rendered through
 //                  the starting model's chat template, one conversation per row of a batch
 //                  (truncated to seq_len + 1 tokens, right-padded), loss on assistant tokens only:
@@ -86,6 +87,43 @@ double evaluate_loss(const TorchModel& model, const std::vector<uint32_t>& token
 // conversations (each target weighs the same, whatever its conversation's length).
 double evaluate_sft_loss(const TorchModel& model, const std::vector<SftExample>& examples, int batches, int batch_size,
                          int seq_len, torch::ScalarType compute_dtype);
+
+// Visits `count` items in a seeded order, a fresh permutation every epoch: position p is the
+// (p % count)-th item of epoch p / count's permutation, a pure function of (seed, stream, p), so
+// resumed runs and data-parallel ranks see the same items. Keeps one epoch's permutation.
+class EpochOrder {
+ public:
+  EpochOrder(uint64_t seed, uint64_t stream, size_t count);
+  size_t at(uint64_t position);
+
+ private:
+  uint64_t seed_, stream_;
+  size_t count_;
+  uint64_t epoch_ = 0;
+  std::vector<size_t> order_;
+};
+
+// Where the rows of each global micro-batch start in the training stream of `tokens` tokens
+// (every row reads seq_len + 1 tokens: inputs and the targets shifted by one).
+//   random  uniform starts, drawn with replacement (the same windows recur, overlapping)
+//   epoch   the stream cut at a stride of seq_len into windows_per_epoch() windows, so that
+//           consecutive windows share one token and every token but the first is a target once
+//           per epoch; rows take them in an EpochOrder, epoch after epoch
+// Micro-batch `index` (step * accum + micro) has rows index * batch ... + batch - 1: what a row
+// reads depends only on the seed and its position, not on the rank or on resuming.
+class WindowSampler {
+ public:
+  WindowSampler(const TrainOptions& options, int64_t tokens);
+  std::vector<int64_t> starts(uint64_t micro_batch_index);  // options.batch_size starts
+  int64_t windows_per_epoch() const { return windows_; }
+
+ private:
+  bool epoch_;
+  uint64_t seed_;
+  int batch_, seq_len_;
+  int64_t windows_, max_start_;
+  EpochOrder order_;
+};
 
 // The loss curve as an SVG chart: train loss (every row) and validation loss (rows that have one)
 // against tokens seen.
