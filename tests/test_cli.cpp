@@ -486,8 +486,30 @@ TEST_F(CliTrain, DataParallelEqualsOneProcess) {
       replaced(replaced(train_args(dir_ / "dp_one"), "--batch 2", "--batch 4"), "--eval-every 20", "--eval-every 4") +
       "--steps 8 --log-every 1 --aux-loss 0.05 ";
   ASSERT_EQ(run(args).code, 0);
-  const Result two = run(replaced(args, "dp_one", "dp_two") + "--nproc 2");
+  const Result two = run(replaced(args, "dp_one", "dp_two") + "--nproc 2 --peak-tflops 0.001");
   ASSERT_EQ(two.code, 0) << two.out;
+  {  // mfu: tokens/s x the model's FLOPs per token / (2 x 1 GFLOP/s), so a constant ratio to tokens/s;
+     // without --peak-tflops the column stays empty
+    const auto mfu_ratios = [](const fs::path& csv) {
+      std::ifstream in(csv);
+      std::string line;
+      std::getline(in, line);
+      EXPECT_EQ(line, "step,tokens,lr,loss,aux_loss,grad_norm,val_loss,val_ppl,tokens_per_s,comm_s,mfu,elapsed_s");
+      std::vector<double> ratios;
+      while (std::getline(in, line)) {
+        std::vector<std::string> cells;
+        std::stringstream ss(line);
+        for (std::string cell; std::getline(ss, cell, ',');) cells.push_back(cell);
+        ratios.push_back(cells.at(10).empty() ? 0.0 : std::stod(cells.at(10)) / std::stod(cells.at(8)));
+      }
+      return ratios;
+    };
+    const std::vector<double> with = mfu_ratios(dir_ / "dp_two" / "log.csv"), without = mfu_ratios(dir_ / "dp_one" / "log.csv");
+    ASSERT_FALSE(with.empty());
+    for (double r : with) EXPECT_NEAR(r, with[0], 1e-3 * with[0]);
+    EXPECT_GT(with[0], 0.0);
+    for (double r : without) EXPECT_EQ(r, 0.0);
+  }
   ASSERT_EQ(run(replaced(args, "dp_one", "dp_mixed") + "--nproc 2 --stop-after 4").code, 0);
   ASSERT_EQ(run("train -o " + (dir_ / "dp_mixed").string() + " --resume --threads 1").code, 0);
   // ZeRO-1: the optimizer state split between the 2 processes; stopped there, resumed on 1 (the

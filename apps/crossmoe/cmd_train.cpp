@@ -23,17 +23,8 @@ struct TrainArgs {
   ModelShapeArgs shape;
   std::string bf16 = "auto", export_dtype = "bf16", init, config;
   std::string psr_start = "0", psr_end = "0";  // a step or a percentage of --steps (train::schedule_step)
-  double peak_tflops = 0;
   int nproc = 1;  // processes (data-parallel ranks) on this host
 };
-
-// Model FLOPs per trained token: 6 x (active non-embedding parameters, lm_head included) for the
-// matrix products forward and backward, plus causal attention scores and values (6 x H x hd x T / 2 x 2).
-double flops_per_token(const ModelConfig& c, int seq_len) {
-  const ParamCounts p = count_parameters(c);
-  const double matrices = double(p.active - p.embedding + (c.tie_word_embeddings ? p.embedding : 0));
-  return 6.0 * matrices + 6.0 * c.num_layers * c.num_heads * c.head_dim * double(seq_len);
-}
 
 // Options from a TOML/INI file, for every option not given on the command line. (CLI11 reads
 // config files for the main app only, so a subcommand's --config is applied here.)
@@ -72,7 +63,7 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
   o.bf16 = a.bf16 == "auto" ? o.device.rfind("cuda", 0) == 0 : a.bf16 == "on";
   require(parse_dtype(a.export_dtype == "f32" ? "F32" : a.export_dtype == "bf16" ? "BF16" : "?", &o.export_dtype),
           "--export-dtype must be f32 or bf16");
-  require(a.peak_tflops >= 0, "--peak-tflops must be zero or more");
+  require(o.peak_tflops >= 0, "--peak-tflops must be zero or more");
   // A launched rank skips this: the launcher checked before rank 0 began writing there.
   if (!train::launched_rank() && !o.resume && fs::exists(o.out_dir) && !fs::is_empty(o.out_dir))
     throw Error(o.out_dir.string() + " is not empty: pass --resume to continue that run, or choose another --out");
@@ -147,9 +138,10 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
   } catch (const c10::Error& e) {  // libtorch's message without its C++ backtrace
     throw Error(std::string("libtorch: ") + e.what_without_backtrace());
   }
-  if (a.peak_tflops > 0)
+  if (o.peak_tflops > 0 && !r.model_dir.empty())  // rank 0 (it exports) reports for all
     std::printf("crossmoe loss %.4f  %10.0f tokens/s  MFU %.1f%%\n", r.final_train_loss, r.tokens_per_second,
-                100.0 * r.tokens_per_second * flops_per_token(config, o.seq_len) / (a.peak_tflops * 1e12));
+                100.0 * r.tokens_per_second * train::model_flops_per_token(config, o.seq_len) /
+                    (a.nproc * o.peak_tflops * 1e12));
   if (r.model_dir.empty()) return;  // stopped early: nothing exported yet
   if (sft) {
     // The fine-tuned model speaks through the same tokenizer and chat template it learned.
@@ -228,7 +220,7 @@ void add_train(CLI::App& app) {
       ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
   cmd->add_option("--export-dtype", a->export_dtype, "Dtype of the exported weights: bf16 or f32")->capture_default_str();
   cmd->add_option("--stop-after", o.stop_after, "Checkpoint and stop after this step (continue later with --resume)");
-  cmd->add_option("--peak-tflops", a->peak_tflops, "Device peak TFLOP/s: print model FLOPs utilisation at the end");
+  cmd->add_option("--peak-tflops", o.peak_tflops, "One process's device peak TFLOP/s: model FLOPs utilisation in log.csv's mfu column and at the end");
   cmd->add_flag("--resume", o.resume,
                 "Continue from the output directory's newest complete checkpoint; training settings not given "
                 "come from it, and given ones must equal it");

@@ -52,6 +52,7 @@ struct TrainOptions {
   bool resume = false;         // continue from the newest complete checkpoint when there is one
   bool force_settings = false; // resume even when training_settings differ from the checkpoint's
   int64_t stop_after = 0;      // > 0: checkpoint and stop after this step (no export), to split a run
+  double peak_tflops = 0;        // one process's device peak TFLOP/s: log.csv's mfu (0 = unknown, no mfu)
   bool shard_optimizer = false;  // several processes: ZeRO-1, each keeps the AdamW moments of 1/N of the weights
 };
 

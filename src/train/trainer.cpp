@@ -96,9 +96,10 @@ struct LogRow {
   int64_t step = 0, tokens = 0;
   double lr = 0, loss = 0, aux = 0, grad_norm = 0, tokens_per_s = 0, elapsed = 0;
   double communication_s = 0;  // rank 0's seconds in collectives since the previous row (0 on one process)
+  std::optional<double> mfu;    // model FLOPs utilisation of all ranks' devices (with --peak-tflops)
   std::optional<double> val_loss;
 };
-constexpr const char* kCsvHeader = "step,tokens,lr,loss,aux_loss,grad_norm,val_loss,val_ppl,tokens_per_s,comm_s,elapsed_s";
+constexpr const char* kCsvHeader = "step,tokens,lr,loss,aux_loss,grad_norm,val_loss,val_ppl,tokens_per_s,comm_s,mfu,elapsed_s";
 
 void append_csv(const fs::path& path, const LogRow& r) {
   std::ofstream out(path, std::ios::app);
@@ -112,7 +113,13 @@ void append_csv(const fs::path& path, const LogRow& r) {
   } else {
     out << ",";
   }
-  std::snprintf(buf, sizeof buf, ",%.1f,%.3f,%.1f\n", r.tokens_per_s, r.communication_s, r.elapsed);
+  std::snprintf(buf, sizeof buf, ",%.1f,%.3f,", r.tokens_per_s, r.communication_s);
+  out << buf;
+  if (r.mfu) {
+    std::snprintf(buf, sizeof buf, "%.6g", *r.mfu);
+    out << buf;
+  }
+  std::snprintf(buf, sizeof buf, ",%.1f\n", r.elapsed);
   out << buf;
   require(out.good(), "cannot write " + path.string());
 }
@@ -479,6 +486,8 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
       const double window_seconds = std::max(window.seconds(), 1e-9);
       row.tokens_per_s = double(window_tokens) / window_seconds;
       row.communication_s = comm ? comm->communication_seconds() - window_communication : 0.0;
+      if (o.peak_tflops > 0)
+        row.mfu = row.tokens_per_s * model_flops_per_token(config, o.seq_len) / (world * o.peak_tflops * 1e12);
       row.elapsed = elapsed_before + watch.seconds();
       row.val_loss.reset();
       if (eval_now) row.val_loss = validation_loss();
@@ -533,6 +542,12 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   model->export_hf(result.model_dir, o.export_dtype);
   log_info("exported " + result.model_dir.string());
   return result;
+}
+
+double model_flops_per_token(const ModelConfig& c, int seq_len) {
+  const ParamCounts p = count_parameters(c);
+  const double matrices = double(p.active - p.embedding + (c.tie_word_embeddings ? p.embedding : 0));
+  return 6.0 * matrices + 6.0 * c.num_layers * c.num_heads * c.head_dim * double(seq_len);
 }
 
 void write_loss_svg(const fs::path& csv, const fs::path& svg) {

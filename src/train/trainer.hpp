@@ -52,6 +52,10 @@ struct TrainResult {
   std::filesystem::path model_dir;
 };
 
+// Model FLOPs per trained token: 6 x (active non-embedding parameters, lm_head included) for the
+// matrix products forward and backward, plus causal attention scores and values (6 x H x hd x T / 2 x 2).
+double model_flops_per_token(const ModelConfig& config, int seq_len);
+
 // Trains `config` (ignored when options.init_model or a resumed checkpoint gives the model).
 TrainResult train_model(const ModelConfig& config, const TrainOptions& options);
 
