@@ -36,8 +36,7 @@ TEST(Kernels, MatmulMatchesDoubleLoopForEveryDtypeAndShape) {
   for (Isa isa : supported()) {
     IsaGuard guard(isa);
     for (DType dtype : {DType::F32, DType::BF16, DType::F16})
-      // The last shapes run the prefill kernel (panels of 16 rows and 256 columns, blocks of
-      // tokens) with partial panels, column blocks and token blocks, and a scalar column tail.
+      // The last shapes: prefill-sized token counts, partial tiles of rows and tokens, column tails.
       for (auto [rows, cols, tokens] : {std::tuple{37, 83, 1}, {64, 64, 5}, {130, 256, 9}, {3, 17, 4}, {1024, 48, 2},
                                         {37, 600, 50}, {20, 1030, 8}, {5, 7, 13}}) {
         std::vector<float> w_f32(size_t(rows) * cols), x(size_t(tokens) * cols), y(size_t(tokens) * rows);
@@ -66,7 +65,7 @@ TEST(Kernels, MatmulMatchesDoubleLoopForEveryDtypeAndShape) {
 TEST(Kernels, MatmulGivesATokenTheSameBitsAloneOrInABatch) {
   // Batched decoding promises each sequence the tokens it gets alone, so a token's products
   // must not depend on the tile it shares with other tokens (a tail of 83 columns included),
-  // nor on whether the call has enough tokens for the prefill kernel.
+  // nor on how many tokens share the call (a prefill chunk).
   for (auto [rows, cols, tokens] : {std::tuple{40, 83, 7}, {37, 600, 50}}) {
     std::mt19937 rng(5);
     std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
@@ -93,7 +92,7 @@ TEST(Kernels, MatmulGivesATokenTheSameBitsAloneOrInABatch) {
 
 TEST(Kernels, MatmulReadsRowsWithAStride) {
   // The left 5 columns of a [7, 12] matrix, as attention reads a window of its caches, for a few
-  // tokens and for enough to run the prefill kernel.
+  // tokens and for more than one register tile of them.
   std::vector<float> w(7 * 12);
   for (size_t i = 0; i < w.size(); ++i) w[i] = float(i % 13) - 6.0f;
   for (int tokens : {2, 9}) {

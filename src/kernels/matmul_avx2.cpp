@@ -13,8 +13,6 @@ struct Avx2 {
   // 4 rows x 2 tokens: 8 accumulators, 4 token vectors and 2 weight vectors fit the 16 registers
   // (4 x 4 spilled to the stack, at half the speed).
   static constexpr int tile_tokens = 2;
-  // 4 x 3 accumulators, 3 token vectors and the weight vector: the 16 registers exactly.
-  static constexpr int gemm_rows = 4, gemm_tokens = 3;
   static V zero() { return _mm256_setzero_ps(); }
   static V broadcast(float a) { return _mm256_set1_ps(a); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }

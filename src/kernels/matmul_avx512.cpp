@@ -11,8 +11,6 @@ struct Avx512 {
   using V = __m512;
   static constexpr int width = 16;
   static constexpr int tile_tokens = 4;  // 16 accumulators of the 32 registers
-  // 4 x 6 accumulators, 6 token vectors and the weight vector: 31 of the 32 registers.
-  static constexpr int gemm_rows = 4, gemm_tokens = 6;
   static V zero() { return _mm512_setzero_ps(); }
   static V broadcast(float a) { return _mm512_set1_ps(a); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }

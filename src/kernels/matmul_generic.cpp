@@ -8,7 +8,6 @@ struct Scalar {
   using V = float;
   static constexpr int width = 1;
   static constexpr int tile_tokens = 4;
-  static constexpr int gemm_rows = 4, gemm_tokens = 4;
   static V zero() { return 0.0f; }
   static V broadcast(float a) { return a; }
   static V load(const float* p) { return *p; }

@@ -7,11 +7,9 @@
 //   S::widen_bf16_pair(const uint16_t*, V& even, V& odd)   load 2 * S::width bf16 elements: even
 //                   gets elements 0, 2, 4, ..., odd gets 1, 3, 5, ... (a shift and a mask, no shuffle)
 //   S::tile_tokens  tokens per register tile (as many as the register file holds without spilling)
-//   S::gemm_rows, S::gemm_tokens   the register tile of the prefill kernel (gemm_rows below):
-//                   rows x tokens accumulators, tokens vectors of x and one of weights
 #include <algorithm>
+
 #include <bit>
-#include <vector>
 
 #include "kernels/kernels.hpp"
 #include "kernels/quant_matmul_impl.hpp"
@@ -79,101 +77,10 @@ inline void rows_for_tokens(const Stored<D>* w, int64_t ld, int64_t cols, const 
   for (; r < r1; ++r) tile<S, D, 1, TOK>(w + r * ld, ld, x, cols, cols, y + r, ldy);
 }
 
-// The prefill kernel (many tokens): blocks of up to kPanelRows weight rows are widened to f32
-// once per kPanelCols columns into a panel that stays in L1, and every token of a block of
-// kBlockTokens reads it from there, S::gemm_rows rows x S::gemm_tokens tokens at a time with the
-// token vectors in registers. Each (row, token) pair keeps its own vector accumulator, parked in
-// `partial` between column blocks, and adds its products in exactly tile's order (vectors left
-// to right; bf16 as even then odd elements), then the same horizontal sum and scalar tail: a
-// token gets the same bits here as alone (decode) or in a small batch.
-// Below kGemmMinTokens tokens (decode, small batches) widening the panel would cost about as
-// much as the products, and tile reads the stored rows directly.
-constexpr int kGemmMinTokens = 8;
-constexpr int64_t kPanelRows = 16;
-constexpr int64_t kPanelCols = 256;  // a multiple of every 2 * S::width
-
-template <class S> constexpr int kBlockTokens = 16 * S::gemm_tokens;
-
-template <class S, int ROWS, int TOK>
-inline void gemm_tile(const float* panel, const float* x, int64_t ldx, int64_t n, bool first, float* partial) {
-  constexpr int64_t W = S::width, kRowStep = kBlockTokens<S> * W;
-  typename S::V acc[ROWS][TOK];
-  for (int r = 0; r < ROWS; ++r)
-    for (int t = 0; t < TOK; ++t) acc[r][t] = first ? S::zero() : S::load(partial + r * kRowStep + t * W);
-  for (int64_t c = 0; c < n; c += W) {
-    typename S::V xv[TOK];
-    for (int t = 0; t < TOK; ++t) xv[t] = S::load(x + t * ldx + c);
-    for (int r = 0; r < ROWS; ++r) {
-      const typename S::V wv = S::load(panel + r * kPanelCols + c);
-      for (int t = 0; t < TOK; ++t) acc[r][t] = S::fma(wv, xv[t], acc[r][t]);
-    }
-  }
-  for (int r = 0; r < ROWS; ++r)
-    for (int t = 0; t < TOK; ++t) S::store(partial + r * kRowStep + t * W, acc[r][t]);
-}
-
-template <class S, int TOK>
-inline void gemm_tokens(const float* panel, int64_t rows, const float* x, int64_t ldx, int64_t n, bool first,
-                        float* partial) {
-  constexpr int64_t kRowStep = kBlockTokens<S> * S::width;
-  int64_t r = 0;
-  for (; r + S::gemm_rows <= rows; r += S::gemm_rows)
-    gemm_tile<S, S::gemm_rows, TOK>(panel + r * kPanelCols, x, ldx, n, first, partial + r * kRowStep);
-  for (; r < rows; ++r) gemm_tile<S, 1, TOK>(panel + r * kPanelCols, x, ldx, n, first, partial + r * kRowStep);
-}
-
-template <class S, DType D>
-void gemm_rows(const Stored<D>* w, int64_t ld, int64_t cols, const float* x, int tokens, float* y, int64_t ldy,
-               int64_t r0, int64_t r1) {
-  constexpr int64_t W = S::width, kStep = D == DType::BF16 ? 2 * W : W;
-  constexpr int kTokens = kBlockTokens<S>;
-  const int64_t vec_end = cols - cols % kStep;
-  thread_local std::vector<float> panel_buffer, partial_buffer;
-  panel_buffer.resize(size_t(kPanelRows * kPanelCols));
-  partial_buffer.resize(size_t(kPanelRows * kTokens * W));
-  float* const panel = panel_buffer.data();
-  float* const partial = partial_buffer.data();
-  for (int64_t rp = r0; rp < r1; rp += kPanelRows) {
-    const int64_t rows = std::min(kPanelRows, r1 - rp);
-    for (int tb = 0; tb < tokens; tb += kTokens) {
-      const int nt = std::min(kTokens, tokens - tb);
-      const float* xb = x + int64_t(tb) * cols;
-      for (int64_t kc = 0; kc < vec_end; kc += kPanelCols) {
-        const int64_t n = std::min(kPanelCols, vec_end - kc);
-        for (int64_t r = 0; r < rows; ++r) {
-          const Stored<D>* src = w + (rp + r) * ld + kc;
-          float* dst = panel + r * kPanelCols;
-          for (int64_t c = 0; c < n; c += kStep) {
-            if constexpr (D == DType::BF16) {
-              typename S::V even, odd;
-              S::widen_bf16_pair(src + c, even, odd);
-              S::store(dst + c, even);
-              S::store(dst + c + W, odd);
-            } else {
-              S::store(dst + c, S::template widen<D>(src + c));
-            }
-          }
-        }
-        int t = 0;
-        for (; t + S::gemm_tokens <= nt; t += S::gemm_tokens)
-          gemm_tokens<S, S::gemm_tokens>(panel, rows, xb + t * cols + kc, cols, n, kc == 0, partial + t * W);
-        for (; t < nt; ++t) gemm_tokens<S, 1>(panel, rows, xb + t * cols + kc, cols, n, kc == 0, partial + t * W);
-      }
-      for (int64_t r = 0; r < rows; ++r)
-        for (int t = 0; t < nt; ++t) {
-          float s = vec_end > 0 ? S::sum(S::load(partial + (r * kTokens + t) * W)) : S::sum(S::zero());
-          for (int64_t k = vec_end; k < cols; ++k) s += scalar_widen<D>(w[(rp + r) * ld + k]) * xb[t * cols + k];
-          y[int64_t(tb + t) * ldy + rp + r] = s;
-        }
-    }
-  }
-}
-
 template <class S, DType D>
 void matmul_rows_typed(const Matrix& m, const float* x, int tokens, float* y, int64_t r0, int64_t r1) {
   const auto* w = static_cast<const Stored<D>*>(m.data);
   const int64_t cols = m.cols, ld = m.row_stride(), ldy = m.rows;
-  if (tokens >= kGemmMinTokens) return gemm_rows<S, D>(w, ld, cols, x, tokens, y, ldy, r0, r1);
   constexpr int kTok = S::tile_tokens;
   int t = 0;
   for (; t + kTok <= tokens; t += kTok) rows_for_tokens<S, D, kTok>(w, ld, cols, x + t * cols, ldy, y + t * ldy, r0, r1);
