@@ -486,8 +486,17 @@ TEST_F(CliTrain, DataParallelEqualsOneProcess) {
       replaced(replaced(train_args(dir_ / "dp_one"), "--batch 2", "--batch 4"), "--eval-every 20", "--eval-every 4") +
       "--steps 8 --log-every 1 --aux-loss 0.05 ";
   ASSERT_EQ(run(args).code, 0);
-  const Result two = run(replaced(args, "dp_one", "dp_two") + "--nproc 2 --peak-tflops 0.001");
+  // Buckets of 1 KiB: about one tensor each, so that a bucket left out of the reduction (or reduced
+  // before its gradients were final) leaves the ranks apart and the weights off one process's.
+  const Result two = run(replaced(args, "dp_one", "dp_two") + "--nproc 2 --peak-tflops 0.001 --bucket-mb 0.001");
   ASSERT_EQ(two.code, 0) << two.out;
+  {
+    const size_t at = two.out.find("gradients in ");
+    ASSERT_NE(at, std::string::npos) << two.out;
+    EXPECT_GT(std::stoi(two.out.substr(at + 13)), 20) << two.out;
+    // Every bucket was launched from the gradient hooks, during the backward pass.
+    EXPECT_NE(two.out.find("launched after the backward pass instead of during it: 0 of "), std::string::npos) << two.out;
+  }
   {  // mfu: tokens/s x the model's FLOPs per token / (2 x 1 GFLOP/s), so a constant ratio to tokens/s;
      // without --peak-tflops the column stays empty
     const auto mfu_ratios = [](const fs::path& csv) {
@@ -510,6 +519,13 @@ TEST_F(CliTrain, DataParallelEqualsOneProcess) {
     EXPECT_GT(with[0], 0.0);
     for (double r : without) EXPECT_EQ(r, 0.0);
   }
+  // Gradient accumulation: the hooks take the gradients of the last micro-batch's backward pass only,
+  // with the earlier ones' added.
+  const std::string accumulated = replaced(replaced(args, "--batch 4", "--batch 2"), "--steps 8", "--steps 4 --accum 2");
+  ASSERT_EQ(run(replaced(accumulated, "dp_one", "dp_accum_one")).code, 0);
+  const Result accumulated_two = run(replaced(accumulated, "dp_one", "dp_accum_two") + "--nproc 2 --bucket-mb 0.001");
+  ASSERT_EQ(accumulated_two.code, 0) << accumulated_two.out;
+  expect_same_run(dir_ / "dp_accum_one", dir_ / "dp_accum_two");
   ASSERT_EQ(run(replaced(args, "dp_one", "dp_mixed") + "--nproc 2 --stop-after 4").code, 0);
   ASSERT_EQ(run("train -o " + (dir_ / "dp_mixed").string() + " --resume --threads 1").code, 0);
   // ZeRO-1: the optimizer state split between the 2 processes; stopped there, resumed on 1 (the

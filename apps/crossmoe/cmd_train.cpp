@@ -216,6 +216,10 @@ void add_train(CLI::App& app) {
   cmd->add_flag("--shard-optimizer", o.shard_optimizer,
                 "With --nproc: ZeRO-1, each process keeps the AdamW moments of its share of the weights (1/N of "
                 "the optimizer memory) and updates only those, then sends them to the others; same results");
+  cmd->add_option("--bucket-mb", o.bucket_mb,
+                  "With --nproc: gradients are averaged across processes in buckets of this many MiB, each "
+                  "all-reduced as soon as the backward pass has finished its gradients (as PyTorch's DDP)")
+      ->capture_default_str();
   cmd->add_option("--bf16", a->bf16, "bf16 matrix products: auto (on for cuda), on, off")
       ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
   cmd->add_option("--export-dtype", a->export_dtype, "Dtype of the exported weights: bf16 or f32")->capture_default_str();

@@ -12,14 +12,19 @@
 #include <fstream>
 #include <iterator>
 #include <numeric>
+#include <unordered_set>
 
 // Gloo's headers come from Debian's libgloo-dev; a libtorch without them (the pip wheels on the GPU
 // machine) builds without data parallelism, and a launched rank says so.
 #ifdef USE_C10D_GLOO
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #endif
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/variable.h>
 
+#include "model/tensor_names.hpp"
 #include "train/torch_model.hpp"
 #include "util/error.hpp"
 #include "util/progress.hpp"
@@ -56,19 +61,30 @@ class ScopeTimer {
   Stopwatch watch_;
 };
 
-// Consecutive runs of tensors of one type, each of about kBucketBytes at most (a larger tensor is a
-// bucket of its own).
-std::vector<std::vector<torch::Tensor>> buckets_of(const std::vector<torch::Tensor>& tensors) {
-  std::vector<std::vector<torch::Tensor>> buckets;
+// Consecutive runs of tensors of one type, each of `bucket_bytes` at most (a larger tensor is a
+// bucket of its own), as lists of indices.
+std::vector<std::vector<size_t>> bucket_indices(const std::vector<torch::Tensor>& tensors, int64_t bucket_bytes) {
+  std::vector<std::vector<size_t>> buckets;
   int64_t bytes = 0;
-  for (const torch::Tensor& t : tensors) {
-    if (buckets.empty() || bytes + int64_t(t.nbytes()) > kBucketBytes ||
-        t.scalar_type() != buckets.back().front().scalar_type()) {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const torch::Tensor& t = tensors[i];
+    if (buckets.empty() || bytes + int64_t(t.nbytes()) > bucket_bytes ||
+        t.scalar_type() != tensors[buckets.back().front()].scalar_type()) {
       buckets.emplace_back();
       bytes = 0;
     }
-    buckets.back().push_back(t);
+    buckets.back().push_back(i);
     bytes += int64_t(t.nbytes());
+  }
+  return buckets;
+}
+
+// The same, as the tensors themselves, of about kBucketBytes.
+std::vector<std::vector<torch::Tensor>> buckets_of(const std::vector<torch::Tensor>& tensors) {
+  std::vector<std::vector<torch::Tensor>> buckets;
+  for (const std::vector<size_t>& indices : bucket_indices(tensors, kBucketBytes)) {
+    buckets.emplace_back();
+    for (const size_t i : indices) buckets.back().push_back(tensors[i]);
   }
   return buckets;
 }
@@ -124,6 +140,9 @@ std::vector<std::string> own_arguments() {
 struct Communicator::Group {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
+  // The gradient buckets' reductions, launched from the backward pass: a group of their own, as
+  // collectives of one group must be issued in the same order on every rank.
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> gradients;
 };
 #else
 struct Communicator::Group {};
@@ -154,6 +173,8 @@ std::unique_ptr<Communicator> Communicator::from_environment() {
   auto options = c10d::ProcessGroupGloo::Options::create();
   options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
   group->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(group->store, rank, world, options);
+  group->gradients = c10::make_intrusive<c10d::ProcessGroupGloo>(
+      c10::make_intrusive<c10d::PrefixStore>("gradients", group->store), rank, world, options);
   return std::unique_ptr<Communicator>(new Communicator(rank, world, std::move(group)));
 #endif
 }
@@ -187,33 +208,6 @@ void Communicator::sum(std::vector<torch::Tensor>& tensors) {
   }
 }
 
-void Communicator::average_gradients(TorchModel& model, const std::vector<std::string>& names) {
-  // Which gradients exist on some rank: those are reduced (zero where missing), the rest stay unset.
-  torch::Tensor present = torch::zeros({int64_t(names.size())}, torch::kInt64);
-  for (size_t i = 0; i < names.size(); ++i) present[int64_t(i)] = int64_t(model.tensor(names[i]).grad().defined());
-  std::vector<torch::Tensor> flags{present};
-  sum(flags);
-  ScopeTimer timer(communication_seconds_);
-  std::vector<torch::Tensor> grads;
-  for (size_t i = 0; i < names.size(); ++i) {
-    if (present[int64_t(i)].item<int64_t>() == 0) continue;
-    torch::Tensor& p = model.tensor(names[i]);
-    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-    grads.push_back(p.grad());
-  }
-  const std::vector<std::vector<torch::Tensor>> buckets = buckets_of(grads);
-  std::vector<std::vector<torch::Tensor>> flat(buckets.size());
-  std::vector<c10::intrusive_ptr<c10d::Work>> works;
-  for (size_t b = 0; b < buckets.size(); ++b) {
-    flat[b] = {flatten(buckets[b])};
-    works.push_back(group_->gloo->allreduce(flat[b]));
-  }
-  for (size_t b = 0; b < buckets.size(); ++b) {
-    works[b]->wait();
-    unflatten(flat[b][0].div_(world_), buckets[b]);
-  }
-}
-
 void Communicator::broadcast_from_owners(const std::vector<torch::Tensor>& tensors, const std::vector<int>& owners) {
   require(owners.size() == tensors.size(), "distributed: one owner per tensor");
   ScopeTimer timer(communication_seconds_);
@@ -237,12 +231,156 @@ void Communicator::broadcast_from_owners(const std::vector<torch::Tensor>& tenso
     unflatten(flat[b][0], buckets[b]);
   }
 }
+struct GradientReducer::State {
+  struct Bucket {
+    std::vector<size_t> members;      // parameter indices
+    std::vector<int64_t> offsets;     // where each member's gradient starts in flat
+    int64_t presence_at = 0;          // flat[presence_at + j]: 1 where member j has a gradient here
+    std::vector<torch::Tensor> flat;  // one tensor: the gradients, then the presence counts
+    c10::intrusive_ptr<c10d::Work> work;
+    size_t pending = 0;               // members not yet ready this step
+  };
+  Communicator& comm;
+  std::vector<torch::Tensor> params;  // reverse model order
+  std::vector<unsigned> hooks;
+  std::vector<Bucket> buckets;
+  std::vector<size_t> bucket_of, slot_of;
+  std::vector<char> ready;
+  bool armed = false;
+  size_t next_launch = 0;  // buckets launch in index order, on every rank alike
+
+  explicit State(Communicator& c) : comm(c) {}
+
+  // Parameter i's gradient is final: the one accumulated so far plus `incoming` (what the backward
+  // pass is about to add; undefined when it adds nothing) goes into its bucket.
+  void take(size_t i, const torch::Tensor& incoming) {
+    require(!ready[i], "distributed: a parameter's gradient arrived twice in one backward pass");
+    ready[i] = 1;
+    torch::NoGradGuard no_grad;
+    Bucket& b = buckets[bucket_of[i]];
+    const size_t j = slot_of[i];
+    const torch::Tensor& so_far = params[i].grad();
+    torch::Tensor slot = b.flat[0].narrow(0, b.offsets[j], params[i].numel()).view_as(params[i]);
+    if (so_far.defined()) slot.copy_(so_far);
+    if (incoming.defined()) so_far.defined() ? slot.add_(incoming) : slot.copy_(incoming);
+    if (!so_far.defined() && !incoming.defined()) slot.zero_();
+    b.flat[0].narrow(0, b.presence_at + int64_t(j), 1).fill_(so_far.defined() || incoming.defined() ? 1 : 0);
+    --b.pending;
+    while (next_launch < buckets.size() && buckets[next_launch].pending == 0) {
+      buckets[next_launch].work = comm.group_->gradients->allreduce(buckets[next_launch].flat);
+      ++next_launch;
+    }
+  }
+};
+
+GradientReducer::GradientReducer(Communicator& comm, TorchModel& model, const std::vector<std::string>& names,
+                                 int64_t bucket_bytes)
+    : state_(std::make_unique<State>(comm)) {
+  State& s = *state_;
+  // Reverse model order: the gradients of the last layers are final first.
+  std::vector<std::string> order;
+  const std::unordered_set<std::string> wanted(names.begin(), names.end());
+  for (const TensorSpec& spec : expected_tensors(model.config()))
+    if (wanted.count(spec.name)) order.push_back(spec.name);
+  require(order.size() == names.size(), "distributed: a trained tensor is not in the model description");
+  std::reverse(order.begin(), order.end());
+  for (const std::string& name : order) s.params.push_back(model.tensor(name));
+  s.bucket_of.resize(s.params.size());
+  s.slot_of.resize(s.params.size());
+  s.ready.assign(s.params.size(), 1);
+  for (const std::vector<size_t>& members : bucket_indices(s.params, bucket_bytes)) {
+    State::Bucket b;
+    b.members = members;
+    for (const size_t i : members) {
+      s.bucket_of[i] = s.buckets.size();
+      s.slot_of[i] = b.offsets.size();
+      b.offsets.push_back(b.presence_at);
+      b.presence_at += s.params[i].numel();
+    }
+    const torch::Tensor& first = s.params[members.front()];
+    b.flat = {torch::zeros({b.presence_at + int64_t(members.size())}, first.options().requires_grad(false))};
+    s.buckets.push_back(std::move(b));
+  }
+  State* state = state_.get();
+  for (size_t i = 0; i < s.params.size(); ++i)
+    s.hooks.push_back(s.params[i].register_hook([state, i](const torch::Tensor& grad) {
+      if (state->armed) state->take(i, grad);
+    }));
+}
+
+GradientReducer::~GradientReducer() {
+  for (size_t i = 0; i < state_->params.size(); ++i) state_->params[i].remove_hook(state_->hooks[i]);
+}
+
+int GradientReducer::buckets() const { return int(state_->buckets.size()); }
+
+void GradientReducer::prepare(const torch::Tensor& root) {
+  State& s = *state_;
+  require(!s.armed, "distributed: GradientReducer::prepare twice without finish");
+  s.armed = true;
+  s.next_launch = 0;
+  std::fill(s.ready.begin(), s.ready.end(), 0);
+  for (State::Bucket& b : s.buckets) b.pending = b.members.size();
+  // The parameters this backward pass reaches: the graph's AccumulateGrad nodes (as DDP's
+  // find_unused_parameters). The others are final already.
+  std::unordered_set<const torch::autograd::Node*> reached;
+  std::vector<torch::autograd::Node*> todo;
+  if (root.grad_fn()) todo.push_back(root.grad_fn().get());
+  while (!todo.empty()) {
+    torch::autograd::Node* node = todo.back();
+    todo.pop_back();
+    if (!reached.insert(node).second) continue;
+    for (const torch::autograd::Edge& edge : node->next_edges())
+      if (edge.function && !reached.count(edge.function.get())) todo.push_back(edge.function.get());
+  }
+  for (size_t i = 0; i < s.params.size(); ++i) {
+    const std::shared_ptr<torch::autograd::Node> accumulate = torch::autograd::impl::try_get_grad_accumulator(s.params[i]);
+    if (!accumulate || !reached.count(accumulate.get())) s.take(i, torch::Tensor());
+  }
+}
+
+int GradientReducer::finish() {
+  State& s = *state_;
+  require(s.armed, "distributed: GradientReducer::finish without prepare");
+  int late = 0;
+  for (size_t i = 0; i < s.params.size(); ++i) {
+    if (s.ready[i]) continue;
+    const size_t launched = s.next_launch;
+    s.take(i, torch::Tensor());  // its hook did not run: the gradient is whole in .grad by now
+    late += int(s.next_launch - launched);
+  }
+  s.armed = false;
+  ScopeTimer timer(s.comm.communication_seconds_);
+  torch::NoGradGuard no_grad;
+  for (State::Bucket& b : s.buckets) {
+    b.work->wait();
+    b.work.reset();
+    const torch::Tensor flat = b.flat[0].div_(s.comm.world());
+    const torch::Tensor present = flat.narrow(0, b.presence_at, int64_t(b.members.size())).cpu();
+    for (size_t j = 0; j < b.members.size(); ++j) {
+      torch::Tensor& p = s.params[b.members[j]];
+      if (present[int64_t(j)].item<double>() == 0) {
+        p.mutable_grad() = torch::Tensor();  // no rank has one
+        continue;
+      }
+      const torch::Tensor mean = flat.narrow(0, b.offsets[j], p.numel()).view_as(p);
+      if (p.grad().defined()) p.mutable_grad().copy_(mean);
+      else p.mutable_grad() = mean.clone();
+    }
+  }
+  return late;
+}
 #else
 // Never called: without Gloo no Communicator is made (from_environment throws).
 void Communicator::barrier() {}
 void Communicator::sum(std::vector<torch::Tensor>&) {}
-void Communicator::average_gradients(TorchModel&, const std::vector<std::string>&) {}
 void Communicator::broadcast_from_owners(const std::vector<torch::Tensor>&, const std::vector<int>&) {}
+struct GradientReducer::State {};
+GradientReducer::GradientReducer(Communicator&, TorchModel&, const std::vector<std::string>&, int64_t) {}
+GradientReducer::~GradientReducer() = default;
+int GradientReducer::buckets() const { return 0; }
+void GradientReducer::prepare(const torch::Tensor&) {}
+int GradientReducer::finish() { return 0; }
 #endif
 
 LaunchResult launch_ranks(int nproc) {

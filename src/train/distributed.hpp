@@ -33,25 +33,54 @@ class Communicator {
   void barrier();
   // Sums each tensor across ranks, in place.
   void sum(std::vector<torch::Tensor>& tensors);
-  // Averages the gradients of `names` across ranks, flattened into buckets of about 16 MiB whose
-  // reductions run concurrently. A gradient that some rank lacks (an expert that got no tokens
-  // there) counts as zero there; one that no rank has stays undefined, as on a single process.
-  void average_gradients(TorchModel& model, const std::vector<std::string>& names);
   // ZeRO-1's split: the rank that owns each tensor, balancing elements (largest first, to the rank
   // with the fewest so far). A pure function of the shapes and the world size: every rank agrees.
   std::vector<int> owners(const std::vector<torch::Tensor>& tensors) const;
   // Copies every tensor from its owner to the other ranks, in place (buckets of about 16 MiB per
   // owner, broadcast concurrently).
   void broadcast_from_owners(const std::vector<torch::Tensor>& tensors, const std::vector<int>& owners);
-  // Wall seconds this process has spent in collectives (waiting for the others included).
+  // Wall seconds this process has spent blocked in collectives (waiting for the others included;
+  // reductions running behind the backward pass count only for the time the step then waits on them).
   double communication_seconds() const { return communication_seconds_; }
 
  private:
+  friend class GradientReducer;
   struct Group;
   Communicator(int rank, int world, std::unique_ptr<Group> group);
   int rank_, world_;
   std::unique_ptr<Group> group_;
   double communication_seconds_ = 0;
+};
+
+// Averages gradients across the ranks while the backward pass runs, as PyTorch's DDP does: the
+// parameters, in reverse model order (about the order in which their gradients become final), are
+// cut into buckets of about `bucket_bytes`; a hook on each parameter copies its gradient into its
+// bucket's flat buffer, and once a bucket is full it is all-reduced asynchronously, bucket after
+// bucket in the same order on every rank. Parameters that the step's graph does not reach (experts
+// that got no tokens on this rank) are ready from the start. The reductions run on a process group
+// of their own, so that the other collectives (the balancing loss's sums in the forward pass)
+// never interleave with them.
+// A gradient that some rank lacks counts as zero there; one that no rank has stays undefined, as on
+// a single process (each bucket carries a presence count per parameter for that).
+class GradientReducer {
+ public:
+  GradientReducer(Communicator& comm, TorchModel& model, const std::vector<std::string>& names, int64_t bucket_bytes);
+  ~GradientReducer();  // removes the hooks
+  GradientReducer(const GradientReducer&) = delete;
+  GradientReducer& operator=(const GradientReducer&) = delete;
+
+  // Before the backward pass of a step's last micro-batch (`root` is the tensor it starts from):
+  // the hooks take the gradients from then on (earlier micro-batches only accumulate).
+  void prepare(const torch::Tensor& root);
+  // After that backward pass: launches what the hooks did not, waits for every bucket and writes
+  // each parameter's gradient as the mean over ranks. Returns how many buckets were launched here,
+  // after the backward pass rather than during it (0 when the overlap works as meant).
+  int finish();
+  int buckets() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
 };
 
 // Whether this process is a rank that launch_ranks started.

@@ -371,6 +371,15 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     }
     comm->broadcast_from_owners(moments, moment_owner);
   };
+  // Data parallel: gradients averaged in buckets while the backward pass runs.
+  std::unique_ptr<GradientReducer> reducer;
+  if (comm) {
+    reducer = std::make_unique<GradientReducer>(*comm, *model, trainable, int64_t(o.bucket_mb * (1 << 20)));
+    if (leader)
+      log_info("data parallel on " + std::to_string(world) + " processes: gradients in " +
+               std::to_string(reducer->buckets()) + " buckets, all-reduced during the backward pass");
+  }
+  int late_buckets = 0;  // buckets whose reduction began only after the backward pass
   EpochOrder sft_order(o.seed, kSftOrder, sft_train.size());
   std::optional<WindowSampler> sampler;
   if (!sft) {
@@ -446,7 +455,9 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
         comm->sum(counts);
         loss = loss * (world * local / std::max(counts[0].item<double>(), 1.0));
       }
-      ((loss + o.aux_loss_weight * r.aux_loss) / double(o.grad_accum)).backward();
+      const torch::Tensor objective = (loss + o.aux_loss_weight * r.aux_loss) / double(o.grad_accum);
+      if (reducer && micro + 1 == o.grad_accum) reducer->prepare(objective);
+      objective.backward();
       loss_sum += loss.detach();
       aux_sum += r.aux_loss.detach().to(torch::kFloat32);
       for (size_t l = 0; l < load.size(); ++l)
@@ -454,7 +465,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     }
     if (comm) {
       // The mean over ranks of gradients, losses and (summed) expert loads: one step on every rank.
-      comm->average_gradients(*model, trainable);
+      late_buckets += reducer->finish();
       std::vector<torch::Tensor> totals{loss_sum.cpu().reshape({1}), aux_sum.cpu().reshape({1})};
       for (const torch::Tensor& l : load)
         if (l.defined()) totals.push_back(l.cpu());
@@ -537,6 +548,9 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     std::snprintf(done, sizeof done, "trained %lld steps: loss %.4f", (long long)o.steps, row.loss);
   if (!bar) return result;  // not the leader: rank 0 exports
   bar->finish(done);
+  if (reducer)
+    log_info("gradient buckets launched after the backward pass instead of during it: " + std::to_string(late_buckets) +
+             " of " + std::to_string(int64_t(reducer->buckets()) * (o.steps - start_step)));
 
   result.model_dir = o.out_dir / "model";
   model->export_hf(result.model_dir, o.export_dtype);
