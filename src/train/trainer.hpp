@@ -84,7 +84,8 @@ struct SftBatch {
 };
 SftBatch sft_batch(const std::vector<const SftExample*>& examples, int seq_len, torch::Device device);
 
-// Mean next-token cross-entropy on the first `batches` x batch_size windows of `tokens`.
+// Mean next-token cross-entropy on `batches` x batch_size windows of `tokens`, spread evenly over
+// them (all windows when there are no more than that).
 double evaluate_loss(const TorchModel& model, const std::vector<uint32_t>& tokens, int batches, int batch_size,
                      int seq_len, torch::ScalarType compute_dtype);
 // SFT: mean cross-entropy over the trained targets of the first `batches` x batch_size
