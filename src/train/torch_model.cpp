@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
-#include <set>
 
 #include "model/checkpoint.hpp"
 #include "model/hf_config.hpp"
@@ -579,18 +578,31 @@ torch::Tensor TorchModel::run_experts_across_ranks(int l, const torch::Tensor& r
   return ep.exchange(y_by_source, recv, send);
 }
 
+void check_expert_parallel(const ModelConfig& c, int ranks) {
+  bool routed = false;
+  for (const LayerPlan& plan : c.layers) routed |= !plan.candidates.empty();
+  require(routed, "--ep: the model has no routed experts to split");
+  require(c.moe.num_experts % ranks == 0, "--ep " + std::to_string(ranks) + " must divide the " +
+                                              std::to_string(c.moe.num_experts) + " routed experts of each pool");
+}
+
 int expert_rank(const ModelConfig& c, const ExpertRef& e, int ranks) {
   return e.index / (c.moe.num_experts / ranks);
 }
 
-std::vector<std::string> other_ranks_experts(const ModelConfig& c, int rank, int ranks) {
-  std::set<std::pair<int, int>> experts;  // (owner layer, index): a shared pool appears in several layers
+std::map<std::string, int> expert_tensor_ranks(const ModelConfig& c, int ranks) {
+  std::map<std::string, int> out;  // a shared pool appears in several layers' candidates: once here
   for (int l = 0; l < c.num_layers; ++l)
     for (const ExpertRef& e : c.layers[l].candidates)
-      if (expert_rank(c, e, ranks) != rank) experts.insert({e.owner_layer, e.index});
+      for (Proj p : {Proj::Gate, Proj::Up, Proj::Down})
+        out[tn::expert(c, e.owner_layer, e.index, p)] = expert_rank(c, e, ranks);
+  return out;
+}
+
+std::vector<std::string> other_ranks_experts(const ModelConfig& c, int rank, int ranks) {
   std::vector<std::string> names;
-  for (const auto& [layer, index] : experts)
-    for (Proj p : {Proj::Gate, Proj::Up, Proj::Down}) names.push_back(tn::expert(c, layer, index, p));
+  for (const auto& [name, r] : expert_tensor_ranks(c, ranks))
+    if (r != rank) names.push_back(name);
   return names;
 }
 

@@ -55,9 +55,13 @@ struct ExpertParallel {
   std::function<torch::Tensor(const torch::Tensor&, const std::vector<int64_t>& send, const std::vector<int64_t>& recv)>
       exchange;
 };
+// An Error unless `config` has routed experts whose count per pool `ranks` divides (--ep).
+void check_expert_parallel(const ModelConfig& config, int ranks);
 // The rank that holds a routed expert when they are split across `ranks` (which divides the experts per pool).
 int expert_rank(const ModelConfig& config, const ExpertRef& expert, int ranks);
-// The routed experts' tensor names that ranks other than `rank` hold.
+// Every routed expert's tensor names and the rank that holds them, and those that ranks other than
+// `rank` hold.
+std::map<std::string, int> expert_tensor_ranks(const ModelConfig& config, int ranks);
 std::vector<std::string> other_ranks_experts(const ModelConfig& config, int rank, int ranks);
 
 struct ForwardOptions {

@@ -92,6 +92,7 @@ void check_options(const TrainOptions& o) {
   positive(o.eval_batches, "eval-batches");
   non_negative(double(o.save_every), "save-every");
   positive(double(o.log_every), "log-every");
+  positive(o.expert_parallel, "ep");
   require(std::isfinite(o.bucket_mb) && o.bucket_mb > 0, "--bucket-mb must be a positive number of MiB (got " +
                                                            std::to_string(o.bucket_mb) + ")");
   non_negative(double(o.stop_after), "stop-after");
