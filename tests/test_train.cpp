@@ -440,6 +440,30 @@ TEST(TrainerLoop, LossFallsOnALearnableStream) {
   EXPECT_LT(r.final_val_loss, before - 0.5);
 }
 
+TEST(TrainerLoop, ValidationWindowsSpanTheHeldOutTokens) {
+  // Two validation sets that share their first half: evaluating a quarter of the windows must
+  // see the second half too, where they differ.
+  ModelConfig c = small("moe");
+  c.finalize();
+  const TorchModel model(c, 3, torch::kCPU);
+  const int seq_len = 8, batch = 2, windows = 16;
+  std::vector<uint32_t> repeated(size_t(windows * seq_len + 1)), random = repeated;
+  std::mt19937 rng(5);
+  for (size_t i = 0; i < repeated.size(); ++i) {
+    repeated[i] = i < repeated.size() / 2 ? uint32_t(rng() % uint32_t(c.vocab_size)) : 7u;
+    random[i] = i < repeated.size() / 2 ? repeated[i] : uint32_t(rng() % uint32_t(c.vocab_size));
+  }
+  const double a = evaluate_loss(model, repeated, 2, batch, seq_len, torch::kFloat32);
+  const double b = evaluate_loss(model, random, 2, batch, seq_len, torch::kFloat32);
+  EXPECT_GT(std::abs(a - b), 1e-3);
+  // With room for every window, all of them are read: the mean over single-window evaluations.
+  double sum = 0;
+  for (int w = 0; w < windows; ++w)
+    sum += evaluate_loss(model, std::vector<uint32_t>(random.begin() + w * seq_len, random.begin() + (w + 1) * seq_len + 1),
+                         1, 1, seq_len, torch::kFloat32);
+  EXPECT_NEAR(evaluate_loss(model, random, windows / batch, batch, seq_len, torch::kFloat32), sum / windows, 1e-5);
+}
+
 }  // namespace
 
 namespace {

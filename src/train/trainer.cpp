@@ -232,7 +232,10 @@ double evaluate_loss(const TorchModel& model, const std::vector<uint32_t>& token
   int64_t count = 0;
   for (int64_t first = 0; first < windows_total; first += batch_size) {
     std::vector<int64_t> starts;
-    for (int64_t w = first; w < std::min<int64_t>(windows_total, first + batch_size); ++w) starts.push_back(w * seq_len);
+    // Windows spread evenly over the held-out tokens: they are held-out documents in corpus order,
+    // so the first windows alone would measure the first sources only.
+    for (int64_t w = first; w < std::min<int64_t>(windows_total, first + batch_size); ++w)
+      starts.push_back(w * available / windows_total * seq_len);
     auto [in, target] = windows(tokens, starts, seq_len, model.device());
     ForwardOptions fo;
     fo.compute_dtype = compute_dtype;

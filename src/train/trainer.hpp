@@ -84,8 +84,9 @@ struct SftBatch {
 };
 SftBatch sft_batch(const std::vector<const SftExample*>& examples, int seq_len, torch::Device device);
 
-// Mean next-token cross-entropy on the first `batches` x batch_size windows of `tokens`.
-// Under expert parallelism every rank evaluates the same batches with its share of the experts.
+// Mean next-token cross-entropy on `batches` x batch_size windows of `tokens`, spread evenly over
+// them (all windows when there are no more than that). Under expert parallelism every rank
+// evaluates the same batches with its share of the experts.
 double evaluate_loss(const TorchModel& model, const std::vector<uint32_t>& tokens, int batches, int batch_size,
                      int seq_len, torch::ScalarType compute_dtype, const ExpertParallel& experts = {});
 // SFT: mean cross-entropy over the trained targets of the first `batches` x batch_size
