@@ -41,7 +41,8 @@ int psr_pool_size(int experts, int r, int64_t step, const PsrSchedule& schedule)
 enum class GroupedExperts { Auto, On, Off, Dense };
 
 struct ForwardOptions {
-  // Per layer: empty, or a bool tensor [candidates] of the candidates a router may pick this step.
+  // Per layer: empty, or a bool tensor of the candidates a router may pick: [candidates] for every
+  // token, or [tokens, candidates] per token (tokens in batch-major order).
   std::vector<torch::Tensor> allowed;
   // Matrix products run in this type (bf16 on GPU); norms, softmax and the loss stay in float32.
   torch::ScalarType compute_dtype = torch::kFloat32;
