@@ -482,6 +482,17 @@ TEST_F(CliTrain, KilledAndResumedRunIsBitForBit) {
 // global batches to float rounding (the balancing loss is the global batch's on every rank); a run
 // stopped on 2 processes resumes on 1 and ends the same; so do runs with the optimizer state sharded
 // (ZeRO-1), stopped and resumed across the two ways; a batch that does not divide is refused.
+TEST_F(CliTrain, DataParallelPerTokenPsrMasksEqualOneProcess) {
+  // Per-token PSR masks are drawn for the global batch and each rank takes its rows' share.
+  const std::string args = replaced(replaced(train_args(dir_ / "psr_one"), "--layout megrez2", "--layout rexmoe --group-size 3"),
+                                    "--batch 2", "--batch 4") +
+                           "--steps 4 --log-every 1 --psr-start 0 --psr-end 4 --psr-mask token ";
+  ASSERT_EQ(run(args).code, 0);
+  const Result two = run(replaced(args, "psr_one", "psr_two") + "--nproc 2");
+  ASSERT_EQ(two.code, 0) << two.out;
+  expect_same_run(dir_ / "psr_one", dir_ / "psr_two");
+}
+
 TEST_F(CliTrain, DataParallelEqualsOneProcess) {
   const std::string args =
       replaced(replaced(train_args(dir_ / "dp_one"), "--batch 2", "--batch 4"), "--eval-every 20", "--eval-every 4") +

@@ -36,7 +36,9 @@ TEST(Kernels, MatmulMatchesDoubleLoopForEveryDtypeAndShape) {
   for (Isa isa : supported()) {
     IsaGuard guard(isa);
     for (DType dtype : {DType::F32, DType::BF16, DType::F16})
-      for (auto [rows, cols, tokens] : {std::tuple{37, 83, 1}, {64, 64, 5}, {130, 256, 9}, {3, 17, 4}, {1024, 48, 2}}) {
+      // The last shapes: prefill-sized token counts, partial tiles of rows and tokens, column tails.
+      for (auto [rows, cols, tokens] : {std::tuple{37, 83, 1}, {64, 64, 5}, {130, 256, 9}, {3, 17, 4}, {1024, 48, 2},
+                                        {37, 600, 50}, {20, 1030, 8}, {5, 7, 13}}) {
         std::vector<float> w_f32(size_t(rows) * cols), x(size_t(tokens) * cols), y(size_t(tokens) * rows);
         std::vector<uint16_t> w_16(w_f32.size());
         for (size_t i = 0; i < w_f32.size(); ++i) {
@@ -62,43 +64,50 @@ TEST(Kernels, MatmulMatchesDoubleLoopForEveryDtypeAndShape) {
 
 TEST(Kernels, MatmulGivesATokenTheSameBitsAloneOrInABatch) {
   // Batched decoding promises each sequence the tokens it gets alone, so a token's products
-  // must not depend on the tile it shares with other tokens (a tail of 83 columns included).
-  std::mt19937 rng(5);
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  const int rows = 40, cols = 83, tokens = 7;
-  std::vector<float> w_f32(size_t(rows) * cols), x(size_t(tokens) * cols);
-  std::vector<uint16_t> w_16(w_f32.size());
-  for (size_t i = 0; i < w_f32.size(); ++i) w_f32[i] = dist(rng), w_16[i] = f32_to_bf16(w_f32[i]);
-  for (float& v : x) v = dist(rng);
-  for (Isa isa : supported()) {
-    IsaGuard guard(isa);
-    for (DType dtype : {DType::F32, DType::BF16, DType::F16}) {
-      const Matrix m{dtype == DType::F32 ? static_cast<const void*>(w_f32.data()) : w_16.data(), dtype, rows, cols};
-      std::vector<float> together(size_t(tokens) * rows), alone(rows);
-      matmul(m, x.data(), tokens, together.data());
-      for (int t = 0; t < tokens; ++t) {
-        matmul(m, &x[size_t(t) * cols], 1, alone.data());
-        for (int r = 0; r < rows; ++r)
-          ASSERT_EQ(alone[r], together[size_t(t) * rows + r]) << isa_name(isa) << " " << dtype_name(dtype) << " token " << t;
+  // must not depend on the tile it shares with other tokens (a tail of 83 columns included),
+  // nor on how many tokens share the call (a prefill chunk).
+  for (auto [rows, cols, tokens] : {std::tuple{40, 83, 7}, {37, 600, 50}}) {
+    std::mt19937 rng(5);
+    std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+    std::vector<float> w_f32(size_t(rows) * cols), x(size_t(tokens) * cols);
+    std::vector<uint16_t> w_16(w_f32.size());
+    for (size_t i = 0; i < w_f32.size(); ++i) w_f32[i] = dist(rng), w_16[i] = f32_to_bf16(w_f32[i]);
+    for (float& v : x) v = dist(rng);
+    for (Isa isa : supported()) {
+      IsaGuard guard(isa);
+      for (DType dtype : {DType::F32, DType::BF16, DType::F16}) {
+        const Matrix m{dtype == DType::F32 ? static_cast<const void*>(w_f32.data()) : w_16.data(), dtype, rows, cols};
+        std::vector<float> together(size_t(tokens) * rows), alone(rows);
+        matmul(m, x.data(), tokens, together.data());
+        for (int t = 0; t < tokens; ++t) {
+          matmul(m, &x[size_t(t) * cols], 1, alone.data());
+          for (int r = 0; r < rows; ++r)
+            ASSERT_EQ(alone[r], together[size_t(t) * rows + r])
+                << isa_name(isa) << " " << dtype_name(dtype) << " " << cols << " columns, token " << t;
+        }
       }
     }
   }
 }
 
 TEST(Kernels, MatmulReadsRowsWithAStride) {
-  // The left 5 columns of a [7, 12] matrix, as attention reads a window of its caches.
-  std::vector<float> w(7 * 12), x(2 * 5), y(2 * 7);
+  // The left 5 columns of a [7, 12] matrix, as attention reads a window of its caches, for a few
+  // tokens and for more than one register tile of them.
+  std::vector<float> w(7 * 12);
   for (size_t i = 0; i < w.size(); ++i) w[i] = float(i % 13) - 6.0f;
-  for (size_t i = 0; i < x.size(); ++i) x[i] = 0.5f * float(i) - 1.0f;
-  for (Isa isa : supported()) {
-    IsaGuard guard(isa);
-    matmul(Matrix{w.data(), DType::F32, 7, 5, 12}, x.data(), 2, y.data());
-    for (int t = 0; t < 2; ++t)
-      for (int r = 0; r < 7; ++r) {
-        float ref = 0;
-        for (int c = 0; c < 5; ++c) ref += w[size_t(r * 12 + c)] * x[size_t(t * 5 + c)];
-        EXPECT_FLOAT_EQ(y[size_t(t * 7 + r)], ref) << isa_name(isa);
-      }
+  for (int tokens : {2, 9}) {
+    std::vector<float> x(size_t(tokens) * 5), y(size_t(tokens) * 7);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = 0.5f * float(i) - 1.0f;
+    for (Isa isa : supported()) {
+      IsaGuard guard(isa);
+      matmul(Matrix{w.data(), DType::F32, 7, 5, 12}, x.data(), tokens, y.data());
+      for (int t = 0; t < tokens; ++t)
+        for (int r = 0; r < 7; ++r) {
+          float ref = 0;
+          for (int c = 0; c < 5; ++c) ref += w[size_t(r * 12 + c)] * x[size_t(t * 5 + c)];
+          EXPECT_FLOAT_EQ(y[size_t(t * 7 + r)], ref) << isa_name(isa) << " " << tokens << " tokens";
+        }
+    }
   }
 }
 
@@ -186,7 +195,7 @@ namespace {
 struct QuantCase {
   int rows, cols, tokens;
 };
-constexpr QuantCase kQuantCases[] = {{37, 256, 1}, {64, 512, 5}, {130, 1024, 9}, {16, 2048, 4}, {3, 256, 17}};
+constexpr QuantCase kQuantCases[] = {{37, 256, 1}, {64, 512, 5}, {130, 1024, 9}, {16, 2048, 4}, {3, 256, 17}, {38, 512, 21}};
 
 std::vector<float> weight_like(size_t n, std::mt19937& rng) {
   std::normal_distribution<float> normal(0.0f, 0.05f);
@@ -326,6 +335,26 @@ TEST(QuantKernels, BatchSharesQuantizedInputsAndMixesDtypes) {
     EXPECT_EQ(yb, yb_ref) << isa_name(isa);
     EXPECT_EQ(yc, yc_ref) << isa_name(isa);
     EXPECT_EQ(ya2, ya2_ref) << isa_name(isa);
+  }
+}
+
+TEST(QuantKernels, ATokenGetsTheSameBitsAloneOrInABatch) {
+  // As for the other dtypes: the tiles of rows x tokens run each pair's operations in one order.
+  std::mt19937 rng(6);
+  const int rows = 38, cols = 512, tokens = 9;
+  const std::vector<float> x = weight_like(size_t(tokens) * cols, rng);
+  for (DType t : {DType::Q8_0, DType::Q4_K}) {
+    const QuantizedMatrix q = quantize_matrix(t, weight_like(size_t(rows) * cols, rng), rows, cols);
+    for (Isa isa : supported()) {
+      IsaGuard guard(isa);
+      std::vector<float> together(size_t(tokens) * rows), alone(rows);
+      matmul(q.matrix(t, rows, cols), x.data(), tokens, together.data());
+      for (int k = 0; k < tokens; ++k) {
+        matmul(q.matrix(t, rows, cols), &x[size_t(k) * cols], 1, alone.data());
+        for (int r = 0; r < rows; ++r)
+          ASSERT_EQ(alone[r], together[size_t(k) * rows + r]) << isa_name(isa) << " " << dtype_name(t) << " token " << k;
+      }
+    }
   }
 }
 

@@ -372,6 +372,22 @@ TEST(TrainerRouting, MaskedCandidatesAreNeverChosen) {
   EXPECT_EQ(r.expert_load[1].sum().item<int64_t>(), 3 * 10 * c.moe.top_k);  // other layers unmasked
 }
 
+TEST(TrainerRouting, PerTokenMasksLimitEachTokensChoice) {
+  // Each token opens exactly top_k candidates (its own pair): its picks are those, whatever the router says.
+  ModelConfig c = small("rexmoe");
+  c.finalize();
+  TorchModel model(c, 1, torch::kCPU);
+  const int64_t C = c.num_candidates(0), N = 3 * 10;
+  ForwardOptions fo;
+  fo.allowed.resize(size_t(c.num_layers));
+  torch::Tensor allowed = torch::zeros({N, C}, torch::kBool);
+  for (int64_t t = 0; t < N; ++t)
+    for (int k = 0; k < c.moe.top_k; ++k) allowed[t][(t * 5 + k) % C] = true;
+  fo.allowed[0] = allowed;
+  const ForwardResult r = model.forward(torch::randint(0, c.vocab_size, {3, 10}, torch::kInt64), fo);
+  EXPECT_TRUE(torch::equal(r.expert_load[0], allowed.sum(0).to(torch::kInt64)));
+}
+
 TEST(TrainerRouting, AuxLossIsOneWhenBalancedAndBiasFavoursTheUnderloaded) {
   // A zero router gives uniform probabilities: C * sum_i f_i * (1/C) = 1 whatever the picks.
   ModelConfig c = small("megrez2");
@@ -423,6 +439,35 @@ TEST(TrainerLoop, ResumeIsBitForBitAndCrashLeftoversAreIgnored) {
   std::string name;
   std::getline(latest, name);
   EXPECT_EQ(name, "step-0000006");
+}
+
+TEST(TrainerLoop, PerTokenPsrMasksResumeBitForBit) {
+  ModelConfig c = small("rexmoe");
+  c.finalize();
+  const fs::path data = make_data(c.vocab_size);
+  TrainOptions token = quick_options(data, temp_dir("psr-token"));
+  token.steps = 6;
+  token.psr = {1, 5};
+  token.psr_mask = "token";
+  train_model(c, token);
+  TrainOptions split = token;
+  split.out_dir = temp_dir("psr-token-split");
+  split.stop_after = 3;
+  train_model(c, split);
+  split.stop_after = 0;
+  split.resume = true;
+  train_model(c, split);
+  TrainOptions step = token;
+  step.out_dir = temp_dir("psr-step");
+  step.psr_mask = "step";
+  train_model(c, step);
+  auto bytes = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string weights = bytes(token.out_dir / "model" / "model.safetensors");
+  EXPECT_EQ(weights, bytes(split.out_dir / "model" / "model.safetensors"));
+  EXPECT_NE(weights, bytes(step.out_dir / "model" / "model.safetensors")) << "the masks differ";
 }
 
 TEST(TrainerLoop, LossFallsOnALearnableStream) {

@@ -209,6 +209,10 @@ void add_train(CLI::App& app) {
                   "The step where the pool reaches r*E, or a percentage of --steps (e.g. 50%); after --psr-start "
                   "(0 = PSR off)")
       ->capture_default_str();
+  cmd->add_option("--psr-mask", o.psr_mask,
+                  "PSR's random masks: one per layer and step for the whole batch (step), or one per token (token)")
+      ->check(CLI::IsMember({"step", "token"}))
+      ->capture_default_str();
   cmd->add_option("--eval-every", o.eval_every, "Validation every N steps")->capture_default_str();
   cmd->add_option("--eval-batches", o.eval_batches, "Validation batches (windows spread evenly over the held-out tokens)")->capture_default_str();
   cmd->add_option("--save-every", o.save_every, "Checkpoint every N steps (and at the end)")->capture_default_str();

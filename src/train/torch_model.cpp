@@ -475,7 +475,9 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
   // Load-balancing loss over the candidates this step allows: f_i = share of the N*K picks,
   // P_i = mean routing probability (sigmoid scores normalised per token to sum 1).
   const torch::Tensor p_norm = m.scoring == Scoring::Softmax ? prob : prob / (prob.sum(-1, true) + 1e-20);
-  const double available = masked ? options.allowed[l].sum().item<double>() : double(C);
+  // Balanced, f_i = P_i = 1 / (candidates open): per step the mask's count, per token all C (each
+  // is open to an equal share of the tokens).
+  const double available = masked && options.allowed[l].dim() == 1 ? options.allowed[l].sum().item<double>() : double(C);
   if (!options.sum_over_ranks) {
     const torch::Tensor f = counts.to(acc) / double(N * K);
     aux = aux + available * (f * p_norm.mean(0)).sum();
@@ -622,7 +624,7 @@ void TorchModel::update_router_biases(const std::vector<torch::Tensor>& expert_l
     if (!config_.layers[l].is_moe || !expert_load[size_t(l)].defined()) continue;
     torch::Tensor load = expert_load[size_t(l)].to(torch::kFloat32);
     torch::Tensor step = torch::sign(load.mean() - load);
-    if (l < int(allowed.size()) && allowed[size_t(l)].defined()) {
+    if (l < int(allowed.size()) && allowed[size_t(l)].defined() && allowed[size_t(l)].dim() == 1) {
       const torch::Tensor on = allowed[size_t(l)];
       step = torch::sign(load.masked_select(on).mean() - load) * on.to(torch::kFloat32);
     }

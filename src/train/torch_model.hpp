@@ -65,7 +65,8 @@ std::map<std::string, int> expert_tensor_ranks(const ModelConfig& config, int ra
 std::vector<std::string> other_ranks_experts(const ModelConfig& config, int rank, int ranks);
 
 struct ForwardOptions {
-  // Per layer: empty, or a bool tensor [candidates] of the candidates a router may pick this step.
+  // Per layer: empty, or a bool tensor of the candidates a router may pick: [candidates] for every
+  // token, or [tokens, candidates] per token (tokens in batch-major order).
   std::vector<torch::Tensor> allowed;
   // Matrix products run in this type (bf16 on GPU); norms, softmax and the loss stay in float32.
   torch::ScalarType compute_dtype = torch::kFloat32;

@@ -40,6 +40,7 @@ struct TrainOptions {
   double bias_update_rate = 1e-3;  // aux-loss-free balancing for routers with correction biases
   double capacity_factor = 0.0;    // 0 = no cap (no token dropped)
   PsrSchedule psr;                 // ReXMoE progressive scaling routing (reuse layouts only)
+  std::string psr_mask = "step";   // PSR's masks: one per layer and step ("step") or per token ("token")
 
   int64_t eval_every = 100;
   int eval_batches = 8;

@@ -60,7 +60,7 @@ SftBatch sft_batch(const std::vector<const SftExample*>& examples, int seq_len, 
 
 namespace {
 
-enum Stream : uint64_t { kBatches = 1, kPsrMasks = 2, kSftOrder = 3, kWindowOrder = 4 };
+enum Stream : uint64_t { kBatches = 1, kPsrMasks = 2, kSftOrder = 3, kWindowOrder = 4, kPsrTokenMasks = 5 };
 
 // Input and target windows [B, T] starting at the given offsets.
 std::pair<torch::Tensor, torch::Tensor> windows(const std::vector<uint32_t>& tokens, const std::vector<int64_t>& starts,
@@ -74,22 +74,52 @@ std::pair<torch::Tensor, torch::Tensor> windows(const std::vector<uint32_t>& tok
   return {buf.narrow(1, 0, seq_len), buf.narrow(1, 1, seq_len)};
 }
 
-// Per MoE layer of a reuse layout with PSR on: the candidates its router may pick this step.
-std::vector<torch::Tensor> psr_masks(const ModelConfig& c, const TrainOptions& o, int64_t step) {
+// One random set of `pool` open candidates out of C, as a bool mask [C].
+torch::Tensor open_candidates(int C, int pool, std::mt19937_64& rng) {
+  std::vector<int> order(static_cast<size_t>(C));
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);
+  torch::Tensor mask = torch::zeros({C}, torch::kBool);
+  for (int i = C - pool; i < C; ++i) mask[order[size_t(i)]] = true;
+  return mask;
+}
+
+// Per MoE layer of a reuse layout with PSR on: the candidates its router may pick in this
+// micro-batch. --psr-mask step: one mask [C] per layer for the whole step (the note's N_t, as
+// specified). token: a mask per token [tokens, C], each token's drawn from a bank of
+// kTokenMaskBank random masks per layer and step, so that every batch still reaches every
+// candidate. Token masks are drawn for the global micro-batch and this rank takes its rows, so
+// data parallelism sees the masks one process would.
+constexpr int kTokenMaskBank = 256;
+std::vector<torch::Tensor> psr_masks(const ModelConfig& c, const TrainOptions& o, int64_t step, int micro, int rank,
+                                     int local_rows) {
   std::vector<torch::Tensor> allowed(static_cast<size_t>(c.num_layers));
   if (!o.psr.enabled() || c.moe.cross_layer != CrossLayer::Reuse) return allowed;
+  const bool per_token = o.psr_mask == "token";
+  torch::Tensor bank_index;  // per token of this rank's rows: which of the bank's masks
   for (int l = 0; l < c.num_layers; ++l) {
     if (!c.layers[l].is_moe) continue;
     const int C = c.num_candidates(l), E = c.moe.num_experts;
     const int pool = psr_pool_size(E, C / E, step, o.psr);
     if (pool >= C) continue;
-    auto rng = stream_rng(o.seed, kPsrMasks, uint64_t(step) * 4096 + uint64_t(l));
-    std::vector<int> order(static_cast<size_t>(C));
-    std::iota(order.begin(), order.end(), 0);
-    std::shuffle(order.begin(), order.end(), rng);
-    torch::Tensor mask = torch::ones({C}, torch::kBool);
-    for (int i = 0; i < C - pool; ++i) mask[order[size_t(i)]] = false;
-    allowed[size_t(l)] = mask.to(torch::Device(o.device));
+    const uint64_t micro_step = uint64_t(step) * uint64_t(o.grad_accum) + uint64_t(micro);
+    if (!per_token) {
+      auto rng = stream_rng(o.seed, kPsrMasks, uint64_t(step) * 4096 + uint64_t(l));
+      allowed[size_t(l)] = open_candidates(C, pool, rng).to(torch::Device(o.device));
+      continue;
+    }
+    if (!bank_index.defined()) {
+      auto rng = stream_rng(o.seed, kPsrTokenMasks, micro_step * 4096);
+      const int64_t tokens = int64_t(o.batch_size) * o.seq_len, first = int64_t(rank) * local_rows * o.seq_len;
+      std::vector<int64_t> index(static_cast<size_t>(tokens));
+      for (int64_t& i : index) i = int64_t(rng() % kTokenMaskBank);
+      bank_index = torch::tensor(std::vector<int64_t>(index.begin() + first, index.begin() + first + int64_t(local_rows) * o.seq_len))
+                       .to(torch::Device(o.device));
+    }
+    auto rng = stream_rng(o.seed, kPsrTokenMasks, micro_step * 4096 + 1 + uint64_t(l));
+    std::vector<torch::Tensor> bank;
+    for (int b = 0; b < kTokenMaskBank; ++b) bank.push_back(open_candidates(C, pool, rng));
+    allowed[size_t(l)] = torch::stack(bank).to(torch::Device(o.device)).index_select(0, bank_index);
   }
   return allowed;
 }
@@ -508,8 +538,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   LogRow row;
   TrainResult result;
   for (int64_t step = start_step; step < o.steps; ++step) {
-    const std::vector<torch::Tensor> allowed = psr_masks(config, o, step);
-    ForwardOptions fo{allowed, compute, o.capacity_factor};
+    ForwardOptions fo{{}, compute, o.capacity_factor};
     if (comm) {
       fo.sum_over_ranks = sum_over_ranks;
       fo.ranks = world;
@@ -521,6 +550,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     for (int micro = 0; micro < o.grad_accum; ++micro) {
       const auto [batch, tokens] = micro_batch(step, micro);
       step_tokens += tokens;
+      fo.allowed = psr_masks(config, o, step, micro, rank, local_batch);
       const ForwardResult r = model->forward(batch.input, fo);
       torch::Tensor loss = next_token_loss(r.logits, batch.target, batch.mask);
       if (comm && batch.mask.defined()) {
@@ -558,7 +588,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     adam.step(*model, updated, {o.beta1, o.beta2, o.adam_eps, o.weight_decay}, lr, step + 1);
     if (sharded) comm->broadcast_from_owners(parameters, owner);
     for (const auto& name : trainable) model->tensor(name).mutable_grad() = torch::Tensor();
-    model->update_router_biases(load, allowed, o.bias_update_rate);
+    model->update_router_biases(load, fo.allowed, o.bias_update_rate);
     tokens_seen += step_tokens;
     window_tokens += step_tokens;
 
