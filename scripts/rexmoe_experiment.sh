@@ -10,6 +10,7 @@
 #   SEEDS="1 2 3"       seeds per layout (init, data order, PSR masks)
 #   RUNS="local ..."    layouts to run (default all seven, names below)
 #   PSR_START=10% PSR_END=50%   the PSR schedule, steps or percentages of the run
+#   (rexmoe_r4_psr_token, run only when RUNS names it: PSR with a mask per token, --psr-mask token)
 #   DATA_ORDER=epoch    epoch: no window read twice until the data runs out; or random
 #   DEVICE=cuda GPUS=1 PER_GPU=2   runs go to GPUs round-robin, PER_GPU at a time on each
 #   EVAL_POINTS=20 EVAL_BATCHES=20   validations per run, batches per validation
@@ -43,6 +44,7 @@ declare -A runs=(
   [rexmoe_r4]="--layout rexmoe --group-size 4"
   [rexmoe_r4_psr]="--layout rexmoe --group-size 4 $psr"
   [rexmoe_r8_psr]="--layout rexmoe --group-size 8 $psr"
+  [rexmoe_r4_psr_token]="--layout rexmoe --group-size 4 $psr --psr-mask token"  # not in the default RUNS
   [megrez2_r3]="--layout megrez2 --group-size 3 --pre-gate off"
   [megrez2_r3_pregate]="--layout megrez2 --group-size 3 --pre-gate on"
 )
@@ -177,7 +179,7 @@ def plot(path, title, layouts):
     print("wrote", path)
 
 plot(f"{out}/rexmoe_vs_local.svg", "ReXMoE reuse (no PSR) against layer-local", ["local", "rexmoe_r2", "rexmoe_r4"])
-plot(f"{out}/psr.svg", "ReXMoE with and without PSR", ["local", "rexmoe_r4", "rexmoe_r4_psr", "rexmoe_r8_psr"])
+plot(f"{out}/psr.svg", "ReXMoE with and without PSR", ["local", "rexmoe_r4", "rexmoe_r4_psr", "rexmoe_r4_psr_token", "rexmoe_r8_psr"])
 plot(f"{out}/megrez2_vs_local.svg", "Megrez2 sharing against layer-local", ["local", "megrez2_r3", "megrez2_r3_pregate"])
 PY
 exit "$failed"

@@ -21,6 +21,7 @@
 #include "util/json_file.hpp"
 #ifdef CROSSMOE_HAVE_TORCH
 #include "train/torch_model.hpp"
+#include "runtime/forward.hpp"
 #endif
 
 namespace fs = std::filesystem;
@@ -481,6 +482,17 @@ TEST_F(CliTrain, KilledAndResumedRunIsBitForBit) {
 // global batches to float rounding (the balancing loss is the global batch's on every rank); a run
 // stopped on 2 processes resumes on 1 and ends the same; so do runs with the optimizer state sharded
 // (ZeRO-1), stopped and resumed across the two ways; a batch that does not divide is refused.
+TEST_F(CliTrain, DataParallelPerTokenPsrMasksEqualOneProcess) {
+  // Per-token PSR masks are drawn for the global batch and each rank takes its rows' share.
+  const std::string args = replaced(replaced(train_args(dir_ / "psr_one"), "--layout megrez2", "--layout rexmoe --group-size 3"),
+                                    "--batch 2", "--batch 4") +
+                           "--steps 4 --log-every 1 --psr-start 0 --psr-end 4 --psr-mask token ";
+  ASSERT_EQ(run(args).code, 0);
+  const Result two = run(replaced(args, "psr_one", "psr_two") + "--nproc 2");
+  ASSERT_EQ(two.code, 0) << two.out;
+  expect_same_run(dir_ / "psr_one", dir_ / "psr_two");
+}
+
 TEST_F(CliTrain, DataParallelEqualsOneProcess) {
   const std::string args =
       replaced(replaced(train_args(dir_ / "dp_one"), "--batch 2", "--batch 4"), "--eval-every 20", "--eval-every 4") +
@@ -545,6 +557,54 @@ TEST_F(CliTrain, DataParallelEqualsOneProcess) {
   }
   expect_one_line_error(run(replaced(replaced(args, "dp_one", "dp_odd"), "--batch 4", "--batch 3") + "--nproc 2"),
                         "--batch 3");
+}
+
+// Expert parallelism on 2 processes (--ep 2: each holds half of every pool's routed experts, tokens
+// travel by all-to-all) for a Megrez2 model (a pool shared by layers) and a ReXMoE one (routers over
+// 2 pools, PSR masks): every logged loss, balancing loss, gradient norm (the experts' shares summed
+// over ranks) and validation loss and the exported weights equal one process's; a run stopped under
+// EP resumes on 1 process and a 1-process run resumes under EP, both ending the same; the exported
+// model of an EP run gives the CPU runtime the logits of one process's.
+TEST_F(CliTrain, ExpertParallelEqualsOneProcess) {
+  const std::string megrez2 =
+      replaced(replaced(train_args(dir_ / "ep_one"), "--batch 2", "--batch 4"), "--eval-every 20", "--eval-every 3") +
+      "--steps 6 --log-every 1 --aux-loss 0.05 ";
+  const std::string rexmoe = replaced(replaced(megrez2, "ep_one", "ep_rex_one"), "--layout megrez2",
+                                      "--layout rexmoe --group-size 2 --psr-start 1 --psr-end 4");
+  for (const std::string& args : {megrez2, rexmoe}) {
+    const std::string one = args.find("ep_rex_one") != std::string::npos ? "ep_rex_one" : "ep_one";
+    SCOPED_TRACE(one);
+    ASSERT_EQ(run(args).code, 0);
+    const Result two = run(replaced(args, one, one + "_two") + "--nproc 2 --ep 2 --bucket-mb 0.001");
+    ASSERT_EQ(two.code, 0) << two.out;
+    EXPECT_NE(two.out.find("expert parallel: each process holds 2 of the 4 routed experts of every pool"),
+              std::string::npos) << two.out;
+    expect_same_run(dir_ / one, dir_ / (one + "_two"));
+  }
+  ASSERT_EQ(run(replaced(megrez2, "ep_one", "ep_to_one") + "--nproc 2 --ep 2 --stop-after 3").code, 0);
+  ASSERT_EQ(run("train -o " + (dir_ / "ep_to_one").string() + " --resume --threads 1").code, 0);
+  ASSERT_EQ(run(replaced(megrez2, "ep_one", "ep_from_one") + "--stop-after 4").code, 0);
+  const Result to_ep = run("train -o " + (dir_ / "ep_from_one").string() + " --resume --threads 1 --nproc 2 --ep 2");
+  ASSERT_EQ(to_ep.code, 0) << to_ep.out;
+  for (const char* run_name : {"ep_to_one", "ep_from_one"}) {
+    SCOPED_TRACE(run_name);
+    expect_same_run(dir_ / "ep_one", dir_ / run_name);
+  }
+  // The CPU runtime on the exports: the EP run's logits are one process's.
+  const std::vector<int> prompt{5, 17, 42, 99, 3, 250, 7, 8};
+  auto runtime_logits = [&](const fs::path& model) {
+    const crossmoe::Model m(model);
+    crossmoe::InferenceSession session(m, 32);
+    return session.forward(prompt, true);
+  };
+  const std::vector<float> single = runtime_logits(dir_ / "ep_one" / "model"), split = runtime_logits(dir_ / "ep_one_two" / "model");
+  ASSERT_EQ(single.size(), split.size());
+  float max_diff = 0;
+  for (size_t i = 0; i < single.size(); ++i) max_diff = std::max(max_diff, std::abs(single[i] - split[i]));
+  EXPECT_LT(max_diff, 1e-3f);
+  expect_one_line_error(run(replaced(megrez2, "ep_one", "ep_bad") + "--nproc 2 --ep 3"), "--ep 3 needs --nproc 3");
+  expect_one_line_error(run(replaced(replaced(megrez2, "ep_one", "ep_bad"), "--batch 4", "--batch 6") + "--nproc 3 --ep 3"),
+                        "--ep 3 must divide the 4 routed experts of each pool");
 }
 
 // --data-order epoch: the same rows on one process, on two, and split by a resume; and not the

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <functional>
 #include <random>
+#include <thread>
 #include <tuple>
 
 #include "model/init.hpp"
@@ -18,6 +19,7 @@
 #include "tokenizer/bpe_trainer.hpp"
 #include "tokenizer/chatml.hpp"
 #include "train/corpus.hpp"
+#include "train/distributed.hpp"
 #include "train/trainer.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
@@ -201,6 +203,102 @@ INSTANTIATE_TEST_SUITE_P(Layouts, TrainedModelMatchesRuntime, ::testing::ValuesI
 
 // Central differences in double precision against autograd, for router and expert weights (the
 // top-K choice is locally constant, so the loss is smooth where the check probes it).
+// One forward and backward pass of the trainer's objective (next-token loss + 0.1 x balancing loss)
+// on `tokens`: the loss, the balancing loss and every trainable tensor's gradient (undefined: none).
+struct Pass {
+  double loss = 0, aux = 0;
+  std::map<std::string, torch::Tensor> grads;
+};
+Pass forward_backward(TorchModel& model, const torch::Tensor& tokens, const ForwardOptions& fo) {
+  for (const auto& name : model.trainable_names()) model.tensor(name).set_requires_grad(true);
+  const int64_t T = tokens.size(1) - 1;
+  const ForwardResult r = model.forward(tokens.narrow(1, 0, T), fo);
+  const torch::Tensor loss = next_token_loss(r.logits, tokens.narrow(1, 1, T));
+  (loss + 0.1 * r.aux_loss).backward();
+  Pass pass{loss.item<double>(), r.aux_loss.item<double>(), {}};
+  for (const auto& name : model.trainable_names()) pass.grads[name] = model.tensor(name).grad();
+  return pass;
+}
+
+// Expert parallelism on 2 ranks (two threads of this process, each with its own Gloo group over
+// loopback, as the trainer's processes) against one process, in double precision: the routed
+// experts split between the ranks (each holds half of every pool), each rank takes half of the
+// batch and sends its rows to their experts' rank and back. The mean of the ranks' losses, the
+// balancing loss, the mean of the replicated tensors' gradients and each expert's gradient on its
+// owner (halved: the trainer averages over ranks) equal one process's, with the per-expert loop
+// and the batched products.
+TEST(TrainerExpertParallel, TwoRanksEqualOneProcess) {
+  if (!Communicator::available()) GTEST_SKIP() << "this libtorch has no Gloo backend";
+  for (const Layout& layout : layouts()) {
+    if (layout.name != "megrez2_pregated_sigmoid_shared" && layout.name != "megrez2_layer_freq2_grouped_no_bias" &&
+        layout.name != "rexmoe_r4_short_group_sigmoid_pregated")
+      continue;
+    const ModelConfig& c = layout.config;
+    torch::manual_seed(3);
+    const torch::Tensor tokens = torch::randint(0, c.vocab_size, {4, 10}, torch::kInt64);
+    for (GroupedExperts grouped : {GroupedExperts::Off, GroupedExperts::On}) {
+      SCOPED_TRACE(layout.name + (grouped == GroupedExperts::On ? " batched" : " loop"));
+      ForwardOptions single_options;
+      single_options.compute_dtype = torch::kDouble;
+      single_options.grouped_experts = grouped;
+      TorchModel single_model(c, 5, torch::kCPU, torch::kDouble);
+      const Pass single = forward_backward(single_model, tokens, single_options);
+
+      // The init draws from the global generator: made here, one after the other.
+      std::vector<TorchModel> models;
+      for (int rank = 0; rank < 2; ++rank) {
+        models.emplace_back(c, 5, torch::kCPU, torch::kDouble);
+        models.back().drop_tensors(other_ranks_experts(c, rank, 2));
+      }
+      const int port = free_loopback_port();
+      std::vector<Pass> ranks(2);
+      std::vector<std::string> errors(2);
+      auto rank_main = [&](int rank) {
+        try {
+          const std::unique_ptr<Communicator> comm = Communicator::join(rank, 2, port);
+          TorchModel& model = models[size_t(rank)];
+          ForwardOptions fo = single_options;
+          fo.sum_over_ranks = [&](torch::Tensor& t) {
+            std::vector<torch::Tensor> one{t};
+            comm->sum(one);
+          };
+          fo.ranks = 2;
+          fo.expert_parallel = {rank, 2, fo.sum_over_ranks,
+                                [&](const torch::Tensor& rows, const std::vector<int64_t>& send,
+                                    const std::vector<int64_t>& recv) { return comm->exchange_rows(rows, send, recv); }};
+          ranks[size_t(rank)] = forward_backward(model, tokens.narrow(0, 2 * rank, 2), fo);
+        } catch (const std::exception& e) {
+          errors[size_t(rank)] = e.what();
+        }
+      };
+      std::thread second(rank_main, 1);
+      rank_main(0);
+      second.join();
+      ASSERT_EQ(errors[0] + errors[1], "");
+      EXPECT_NEAR((ranks[0].loss + ranks[1].loss) / 2, single.loss, 1e-12);
+      EXPECT_NEAR(ranks[0].aux, single.aux, 1e-12);
+      EXPECT_NEAR(ranks[1].aux, single.aux, 1e-12);
+      auto or_zeros = [](const torch::Tensor& g, const torch::Tensor& like) { return g.defined() ? g : torch::zeros_like(like); };
+      int experts_compared = 0;
+      for (const auto& [name, want] : single.grads) {
+        const torch::Tensor& p = single_model.tensor(name);
+        const bool on0 = ranks[0].grads.count(name) > 0, on1 = ranks[1].grads.count(name) > 0;
+        ASSERT_TRUE(on0 || on1) << name << " is on neither rank";
+        torch::Tensor got;
+        if (on0 && on1) {
+          got = (or_zeros(ranks[0].grads[name], p) + or_zeros(ranks[1].grads[name], p)) / 2;
+        } else {
+          got = or_zeros(ranks[on0 ? 0 : 1].grads[name], p) / 2;
+          ++experts_compared;
+        }
+        EXPECT_LT((got - or_zeros(want, p)).abs().max().item<double>(), 1e-12) << name;
+      }
+      EXPECT_EQ(experts_compared, int(other_ranks_experts(c, 0, 2).size() + other_ranks_experts(c, 1, 2).size()));
+      EXPECT_EQ(ranks[0].grads.size() + ranks[1].grads.size() - single.grads.size(), single.grads.size() - experts_compared);
+    }
+  }
+}
+
 TEST(TrainerGradients, FiniteDifferencesMatchAutograd) {
   for (const char* name : {"moe", "megrez2", "rexmoe"}) {
     ModelConfig c = small(name);
@@ -274,6 +372,22 @@ TEST(TrainerRouting, MaskedCandidatesAreNeverChosen) {
   EXPECT_EQ(r.expert_load[1].sum().item<int64_t>(), 3 * 10 * c.moe.top_k);  // other layers unmasked
 }
 
+TEST(TrainerRouting, PerTokenMasksLimitEachTokensChoice) {
+  // Each token opens exactly top_k candidates (its own pair): its picks are those, whatever the router says.
+  ModelConfig c = small("rexmoe");
+  c.finalize();
+  TorchModel model(c, 1, torch::kCPU);
+  const int64_t C = c.num_candidates(0), N = 3 * 10;
+  ForwardOptions fo;
+  fo.allowed.resize(size_t(c.num_layers));
+  torch::Tensor allowed = torch::zeros({N, C}, torch::kBool);
+  for (int64_t t = 0; t < N; ++t)
+    for (int k = 0; k < c.moe.top_k; ++k) allowed[t][(t * 5 + k) % C] = true;
+  fo.allowed[0] = allowed;
+  const ForwardResult r = model.forward(torch::randint(0, c.vocab_size, {3, 10}, torch::kInt64), fo);
+  EXPECT_TRUE(torch::equal(r.expert_load[0], allowed.sum(0).to(torch::kInt64)));
+}
+
 TEST(TrainerRouting, AuxLossIsOneWhenBalancedAndBiasFavoursTheUnderloaded) {
   // A zero router gives uniform probabilities: C * sum_i f_i * (1/C) = 1 whatever the picks.
   ModelConfig c = small("megrez2");
@@ -325,6 +439,35 @@ TEST(TrainerLoop, ResumeIsBitForBitAndCrashLeftoversAreIgnored) {
   std::string name;
   std::getline(latest, name);
   EXPECT_EQ(name, "step-0000006");
+}
+
+TEST(TrainerLoop, PerTokenPsrMasksResumeBitForBit) {
+  ModelConfig c = small("rexmoe");
+  c.finalize();
+  const fs::path data = make_data(c.vocab_size);
+  TrainOptions token = quick_options(data, temp_dir("psr-token"));
+  token.steps = 6;
+  token.psr = {1, 5};
+  token.psr_mask = "token";
+  train_model(c, token);
+  TrainOptions split = token;
+  split.out_dir = temp_dir("psr-token-split");
+  split.stop_after = 3;
+  train_model(c, split);
+  split.stop_after = 0;
+  split.resume = true;
+  train_model(c, split);
+  TrainOptions step = token;
+  step.out_dir = temp_dir("psr-step");
+  step.psr_mask = "step";
+  train_model(c, step);
+  auto bytes = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string weights = bytes(token.out_dir / "model" / "model.safetensors");
+  EXPECT_EQ(weights, bytes(split.out_dir / "model" / "model.safetensors"));
+  EXPECT_NE(weights, bytes(step.out_dir / "model" / "model.safetensors")) << "the masks differ";
 }
 
 TEST(TrainerLoop, LossFallsOnALearnableStream) {

@@ -9,6 +9,7 @@
 #include "model/hf_config.hpp"
 #include "model/config.hpp"
 #include "train/distributed.hpp"
+#include "train/torch_model.hpp"
 #include "train/trainer.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
@@ -86,6 +87,10 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
   if (given(cmd, "--psr-end")) o.psr.end = train::schedule_step(a.psr_end, o.steps, "--psr-end");
   train::check_options(o);
   if (checkpoint) train::check_resume(o, *checkpoint);  // before any work or output
+  if (o.expert_parallel > 1)
+    require(o.expert_parallel == a.nproc, "--ep " + std::to_string(o.expert_parallel) + " needs --nproc " +
+                                              std::to_string(o.expert_parallel) +
+                                              " (expert parallelism spans all the processes for now)");
   if (a.nproc > 1) {
     require(o.batch_size % a.nproc == 0, "--batch " + std::to_string(o.batch_size) + " must divide among the --nproc " +
                                              std::to_string(a.nproc) + " processes (it is the global batch)");
@@ -117,6 +122,7 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
     require(!(shape_given && !a.init.empty()), "--init takes the model's shape from MODEL: drop the shape flags");
     config = a.init.empty() ? build_model_config(a.shape, tokenizer) : read_model_config(a.init);
   }
+  if (o.expert_parallel > 1) train::check_expert_parallel(config, o.expert_parallel);
   const ParamCounts p = count_parameters(config);
   if (!train::launched_rank())  // the launcher said it already
     log_info("training " + config.model_type + " (" + (a.init.empty() ? a.shape.layout : a.init) + "): " +
@@ -203,6 +209,10 @@ void add_train(CLI::App& app) {
                   "The step where the pool reaches r*E, or a percentage of --steps (e.g. 50%); after --psr-start "
                   "(0 = PSR off)")
       ->capture_default_str();
+  cmd->add_option("--psr-mask", o.psr_mask,
+                  "PSR's random masks: one per layer and step for the whole batch (step), or one per token (token)")
+      ->check(CLI::IsMember({"step", "token"}))
+      ->capture_default_str();
   cmd->add_option("--eval-every", o.eval_every, "Validation every N steps")->capture_default_str();
   cmd->add_option("--eval-batches", o.eval_batches, "Validation batches (windows spread evenly over the held-out tokens)")->capture_default_str();
   cmd->add_option("--save-every", o.save_every, "Checkpoint every N steps (and at the end)")->capture_default_str();
@@ -216,6 +226,11 @@ void add_train(CLI::App& app) {
   cmd->add_flag("--shard-optimizer", o.shard_optimizer,
                 "With --nproc: ZeRO-1, each process keeps the AdamW moments of its share of the weights (1/N of "
                 "the optimizer memory) and updates only those, then sends them to the others; same results");
+  cmd->add_option("--ep", o.expert_parallel,
+                  "Expert parallelism over the --nproc processes (N = --nproc): each holds 1/N of the routed "
+                  "experts of every pool (a Megrez2 pool once, split; ReXMoE routers reach all ranks) and tokens "
+                  "travel to their experts and back by all-to-all; same results as one process")
+      ->capture_default_str()->check(cli::positive());
   cmd->add_option("--bucket-mb", o.bucket_mb,
                   "With --nproc: gradients are averaged across processes in buckets of this many MiB, each "
                   "all-reduced as soon as the backward pass has finished its gradients (as PyTorch's DDP)")

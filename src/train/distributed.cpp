@@ -104,22 +104,6 @@ void unflatten(const torch::Tensor& flat, const std::vector<torch::Tensor>& buck
   }
 }
 
-// A loopback port that is free now, for rank 0's store (the kernel picks it).
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  require(fd >= 0, "train --nproc: cannot open a socket for the rendezvous");
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof addr;
-  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
-                  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
-  close(fd);
-  require(ok, "train --nproc: cannot find a free loopback port for the rendezvous");
-  return ntohs(addr.sin_port);
-}
-
 // This process's command line, as the kernel keeps it.
 std::vector<std::string> own_arguments() {
   std::ifstream in("/proc/self/cmdline", std::ios::binary);
@@ -153,12 +137,39 @@ Communicator::Communicator(int rank, int world, std::unique_ptr<Group> group)
 
 Communicator::~Communicator() = default;
 
+int free_loopback_port() {  // the kernel picks it
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  require(fd >= 0, "train --nproc: cannot open a socket for the rendezvous");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof addr;
+  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+                  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
+  close(fd);
+  require(ok, "train --nproc: cannot find a free loopback port for the rendezvous");
+  return ntohs(addr.sin_port);
+}
+
 bool launched_rank() { return std::getenv(kRankVar) != nullptr; }
 
 std::unique_ptr<Communicator> Communicator::from_environment() {
   if (!launched_rank()) return nullptr;
   const int rank = env_int(kRankVar), world = env_int(kWorldVar), port = env_int(kPortVar);
-  require(world >= 1 && rank < world && port > 0 && port < 65536,
+  return join(rank, world, port);
+}
+
+bool Communicator::available() {
+#ifdef USE_C10D_GLOO
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::unique_ptr<Communicator> Communicator::join(int rank, int world, int port) {
+  require(world >= 1 && rank >= 0 && rank < world && port > 0 && port < 65536,
           "distributed: the rank must be below the world size and the port a TCP port");
 #ifndef USE_C10D_GLOO
   throw Error("distributed: this build of crossmoe has no Gloo backend (libgloo-dev), so no --nproc");
@@ -231,6 +242,71 @@ void Communicator::broadcast_from_owners(const std::vector<torch::Tensor>& tenso
     unflatten(flat[b][0], buckets[b]);
   }
 }
+void Communicator::gather_to_leader(const std::vector<torch::Tensor>& tensors, const std::vector<int>& owners) {
+  require(owners.size() == tensors.size(), "distributed: one owner per tensor");
+  ScopeTimer timer(communication_seconds_);
+  for (int r = 1; r < world_; ++r) {
+    if (rank_ != 0 && rank_ != r) continue;
+    std::vector<torch::Tensor> owned;
+    for (size_t i = 0; i < tensors.size(); ++i)
+      if (owners[i] == r) owned.push_back(tensors[i]);
+    int tag = 0;
+    for (const std::vector<torch::Tensor>& bucket : buckets_of(owned)) {
+      std::vector<torch::Tensor> flat{rank_ == 0 ? torch::empty({0}) : flatten(bucket)};
+      if (rank_ == 0) {
+        int64_t n = 0;
+        for (const torch::Tensor& t : bucket) n += t.numel();
+        flat[0] = torch::empty({n}, bucket.front().options());
+        group_->gloo->recv(flat, r, tag++)->wait();
+        unflatten(flat[0], bucket);
+      } else {
+        group_->gloo->send(flat, 0, tag++)->wait();
+      }
+    }
+  }
+}
+
+torch::Tensor Communicator::all_to_all(const torch::Tensor& rows, const std::vector<int64_t>& send,
+                                       const std::vector<int64_t>& recv) {
+  require(int(send.size()) == world_ && int(recv.size()) == world_, "distributed: all_to_all needs a count per rank");
+  ScopeTimer timer(communication_seconds_);
+  std::vector<int64_t> shape = rows.sizes().vec();
+  shape[0] = std::accumulate(recv.begin(), recv.end(), int64_t(0));
+  at::Tensor input = rows.contiguous(), output = torch::empty(shape, rows.options());
+  std::vector<int64_t> output_counts = recv, input_counts = send;
+  group_->gloo->alltoall_base(output, input, output_counts, input_counts)->wait();
+  return output;
+}
+
+namespace {
+
+// exchange_rows as an autograd function: forward sends rows out, backward sends their gradients
+// back along the same routes. (The communicator's address travels as an integer: the context keeps
+// IValues only.)
+struct RowExchange : torch::autograd::Function<RowExchange> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& rows, int64_t comm,
+                               const std::vector<int64_t>& send, const std::vector<int64_t>& recv) {
+    ctx->saved_data["comm"] = comm;
+    ctx->saved_data["send"] = send;
+    ctx->saved_data["recv"] = recv;
+    return reinterpret_cast<Communicator*>(comm)->all_to_all(rows, send, recv);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto* comm = reinterpret_cast<Communicator*>(ctx->saved_data["comm"].toInt());
+    const torch::Tensor back =
+        comm->all_to_all(grads[0], ctx->saved_data["recv"].toIntVector(), ctx->saved_data["send"].toIntVector());
+    return {back, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor Communicator::exchange_rows(const torch::Tensor& rows, const std::vector<int64_t>& send,
+                                          const std::vector<int64_t>& recv) {
+  return RowExchange::apply(rows, reinterpret_cast<int64_t>(this), send, recv);
+}
+
 struct GradientReducer::State {
   struct Bucket {
     std::vector<size_t> members;      // parameter indices
@@ -375,6 +451,14 @@ int GradientReducer::finish() {
 void Communicator::barrier() {}
 void Communicator::sum(std::vector<torch::Tensor>&) {}
 void Communicator::broadcast_from_owners(const std::vector<torch::Tensor>&, const std::vector<int>&) {}
+void Communicator::gather_to_leader(const std::vector<torch::Tensor>&, const std::vector<int>&) {}
+torch::Tensor Communicator::all_to_all(const torch::Tensor& rows, const std::vector<int64_t>&, const std::vector<int64_t>&) {
+  return rows;
+}
+torch::Tensor Communicator::exchange_rows(const torch::Tensor& rows, const std::vector<int64_t>&,
+                                          const std::vector<int64_t>&) {
+  return rows;
+}
 struct GradientReducer::State {};
 GradientReducer::GradientReducer(Communicator&, TorchModel&, const std::vector<std::string>&, int64_t) {}
 GradientReducer::~GradientReducer() = default;
@@ -386,7 +470,7 @@ int GradientReducer::finish() { return 0; }
 LaunchResult launch_ranks(int nproc) {
   require(nproc >= 1, "train --nproc: needs at least one process");
   const std::vector<std::string> args = own_arguments();
-  const int port = free_port();
+  const int port = free_loopback_port();
   // Everything exec needs is built before forking (the child only calls execve).
   std::vector<std::vector<std::string>> envs(static_cast<size_t>(nproc));
   std::vector<std::vector<char*>> envps(static_cast<size_t>(nproc));

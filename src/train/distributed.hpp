@@ -24,6 +24,11 @@ class Communicator {
   // This process's rank in a run that launch_ranks started (CROSSMOE_RANK, CROSSMOE_WORLD_SIZE,
   // CROSSMOE_STORE_PORT), joined to the others; nullptr when the process was not launched so.
   static std::unique_ptr<Communicator> from_environment();
+  // Rank `rank` of `world`, joined through the TCPStore that rank 0 hosts on this loopback port
+  // (what from_environment does with the launcher's variables; tests run ranks as threads with it).
+  static std::unique_ptr<Communicator> join(int rank, int world, int port);
+  // Whether this build has the Gloo backend (without it, join and from_environment throw).
+  static bool available();
   ~Communicator();
 
   int rank() const { return rank_; }
@@ -39,6 +44,14 @@ class Communicator {
   // Copies every tensor from its owner to the other ranks, in place (buckets of about 16 MiB per
   // owner, broadcast concurrently).
   void broadcast_from_owners(const std::vector<torch::Tensor>& tensors, const std::vector<int>& owners);
+  // Rank 0 receives every tensor from its owner (`tensors` on rank 0 must hold buffers of the right
+  // shapes); the owners send theirs; the rest is left alone. For checkpoints of split experts.
+  void gather_to_leader(const std::vector<torch::Tensor>& tensors, const std::vector<int>& owners);
+  // All-to-all of rows: rows [n, d] ordered by destination, send[r] of them for rank r; returns the
+  // rows received, recv[s] from rank s, in rank order. exchange_rows is the same as an autograd
+  // function, whose gradient is the all-to-all back (expert parallelism's dispatch and return).
+  torch::Tensor all_to_all(const torch::Tensor& rows, const std::vector<int64_t>& send, const std::vector<int64_t>& recv);
+  torch::Tensor exchange_rows(const torch::Tensor& rows, const std::vector<int64_t>& send, const std::vector<int64_t>& recv);
   // Wall seconds this process has spent blocked in collectives (waiting for the others included;
   // reductions running behind the backward pass count only for the time the step then waits on them).
   double communication_seconds() const { return communication_seconds_; }
@@ -82,6 +95,9 @@ class GradientReducer {
   struct State;
   std::unique_ptr<State> state_;
 };
+
+// A loopback TCP port that is free now (for a rendezvous).
+int free_loopback_port();
 
 // Whether this process is a rank that launch_ranks started.
 bool launched_rank();

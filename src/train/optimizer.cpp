@@ -1,6 +1,7 @@
 #include "train/optimizer.hpp"
 
 #include <cmath>
+#include <set>
 
 namespace crossmoe::train {
 
@@ -28,13 +29,26 @@ void AdamW::step(TorchModel& model, const std::vector<std::string>& names, const
   at::_foreach_addcdiv_(params, ms, denom, -lr / bc1);
 }
 
-torch::Tensor clip_gradients(TorchModel& model, const std::vector<std::string>& names, double max_norm) {
+torch::Tensor clip_gradients(TorchModel& model, const std::vector<std::string>& names, double max_norm,
+                             const std::vector<std::string>& split,
+                             const std::function<void(torch::Tensor&)>& sum_over_ranks) {
   torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> grads;
+  std::vector<torch::Tensor> grads, split_grads;
+  const std::set<std::string> split_names(split.begin(), split.end());
   for (const auto& name : names)
-    if (model.tensor(name).grad().defined()) grads.push_back(model.tensor(name).grad());
-  if (grads.empty()) return torch::zeros({}, torch::kFloat64);
-  const torch::Tensor norm = torch::stack(at::_foreach_norm(grads, 2)).norm();
+    if (model.tensor(name).grad().defined())
+      (split_names.count(name) ? split_grads : grads).push_back(model.tensor(name).grad());
+  auto norm_of = [](const std::vector<torch::Tensor>& some) {
+    return some.empty() ? torch::zeros({}, torch::kFloat64) : torch::stack(at::_foreach_norm(some, 2)).norm();
+  };
+  torch::Tensor norm = norm_of(grads);
+  if (!split.empty()) {
+    torch::Tensor squares = norm_of(split_grads).pow(2).to(torch::kFloat64).reshape({1});
+    sum_over_ranks(squares);
+    norm = (norm.to(squares.device(), torch::kFloat64).pow(2) + squares[0]).sqrt().to(norm.scalar_type());
+    grads.insert(grads.end(), split_grads.begin(), split_grads.end());
+  }
+  if (grads.empty()) return norm;
   // min(1, max_norm / (norm + 1e-6)): a factor of exactly 1 leaves gradients under the bound as they are.
   if (max_norm > 0) {
     const torch::Tensor factor = (max_norm / (norm + 1e-6)).clamp_max(1.0);

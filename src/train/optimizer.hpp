@@ -3,6 +3,7 @@
 // RL loop (rl/selfplay).
 #include <torch/torch.h>
 
+#include <functional>
 #include <map>
 #include <random>
 #include <string>
@@ -28,7 +29,11 @@ struct AdamW {
 // Clips the global gradient norm to max_norm (0 = no clipping); returns the norm before clipping as a
 // scalar tensor on the gradients' device. Nothing waits for the device: on a GPU the step that
 // follows is queued behind it, and the caller reads the norm when it next syncs anyway.
-torch::Tensor clip_gradients(TorchModel& model, const std::vector<std::string>& names, double max_norm);
+// Under expert parallelism, `split` names the gradients that each rank holds its own of (its routed
+// experts): their squares are summed over the ranks by `sum_over_ranks` (every rank must call it).
+torch::Tensor clip_gradients(TorchModel& model, const std::vector<std::string>& names, double max_norm,
+                             const std::vector<std::string>& split = {},
+                             const std::function<void(torch::Tensor&)>& sum_over_ranks = {});
 
 // Random numbers that depend only on (seed, stream, index): what a step draws is the same whether
 // the run was resumed or not, so resuming reproduces the run bit for bit.

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "model/checkpoint.hpp"
 #include "model/hf_config.hpp"
@@ -424,58 +425,59 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
     const torch::Tensor dense_weight = torch::zeros({N, C}, weight.options()).scatter(1, top, weight);  // [N, C]
     out = out + (y.to(acc) * dense_weight.t().unsqueeze(-1)).sum(0);
   } else {
-    // Dispatch: sort the N*K (token, candidate) pairs by candidate; each expert runs on its rows.
-    const torch::Tensor order = std::get<1>(flat.sort(c10::optional<bool>(true), 0));  // stable
-    const torch::Tensor token_of = torch::div(order, K, "floor");
-    const torch::Tensor rows = u.index_select(0, token_of);
-    const torch::Tensor row_weight = weight.reshape(-1).index_select(0, order).unsqueeze(1);
+    // Dispatch: sort the N*K (token, candidate) pairs by candidate, under expert parallelism by the
+    // rank that holds the candidate first (each rank's rows contiguous); each expert runs once on its
+    // rows, here or on its rank.
+    const ExpertParallel& ep = options.expert_parallel;
+    std::vector<int64_t> by_rank(static_cast<size_t>(C));  // candidates in the sort's order
+    std::iota(by_rank.begin(), by_rank.end(), int64_t(0));
+    torch::Tensor key = flat;
+    if (ep.ranks > 1) {
+      require(options.grouped_experts != GroupedExperts::Dense, "trainer: dense expert dispatch under expert parallelism");
+      std::vector<int64_t> rank_of;
+      for (const ExpertRef& e : plan.candidates) rank_of.push_back(expert_rank(c, e, ep.ranks));
+      std::stable_sort(by_rank.begin(), by_rank.end(), [&](int64_t a, int64_t b) { return rank_of[size_t(a)] < rank_of[size_t(b)]; });
+      key = torch::tensor(rank_of, flat.options()).index_select(0, flat) * C + flat;
+    }
+    const torch::Tensor order = std::get<1>(key.sort(c10::optional<bool>(true), 0));  // stable
     const torch::Tensor counts_cpu = counts.cpu();
     const int64_t* count = counts_cpu.data_ptr<int64_t>();
     const int64_t capacity = options.capacity_factor > 0
                                  ? int64_t(std::ceil(options.capacity_factor * double(N * K) / double(C)))
                                  : N * K;
-    std::vector<torch::Tensor> outputs, kept;
-    const bool grouped = options.grouped_experts == GroupedExperts::On ||
-                         (options.grouped_experts == GroupedExperts::Auto && device_.is_cuda());
-    if (grouped) {
-      // All experts in three batched matrix products: rows go to slot (expert, position) of a
-      // [C, M, d] buffer padded to the busiest expert's M rows. Fewer, larger kernels than the loop.
-      const int64_t M = std::min(capacity, *std::max_element(count, count + C));
-      const torch::Tensor sorted_expert = flat.index_select(0, order);
-      const torch::Tensor first_row = (counts.cumsum(0) - counts).index_select(0, sorted_expert);
-      const torch::Tensor position = torch::arange(N * K, flat.options()) - first_row;
-      const torch::Tensor keep = (position < M).nonzero().squeeze(1);
-      const torch::Tensor slot = (sorted_expert * M + position).index_select(0, keep);
-      const torch::Tensor buffer =
-          torch::zeros({C * M, u.size(1)}, u.options().dtype(cd)).index_copy(0, slot, rows.index_select(0, keep).to(cd));
-      const torch::Tensor x = buffer.view({C, M, -1});
-      const torch::Tensor h = torch::silu(torch::bmm(x, stacked(Proj::Gate).transpose(1, 2))) *
-                              torch::bmm(x, stacked(Proj::Up).transpose(1, 2));
-      const torch::Tensor y = torch::bmm(h, stacked(Proj::Down).transpose(1, 2)).reshape({C * M, -1});
-      outputs.push_back(y.index_select(0, slot).to(acc) * row_weight.index_select(0, keep));
-      kept.push_back(token_of.index_select(0, keep));
-    } else {
-      int64_t begin = 0;
-      for (int64_t cand = 0; cand < C; ++cand) {
-        const int64_t n = std::min(count[cand], capacity);
-        if (n > 0) {
-          const ExpertRef& e = plan.candidates[size_t(cand)];
-          const torch::Tensor y = swiglu(rows.narrow(0, begin, n), tn::expert(c, e.owner_layer, e.index, Proj::Gate),
-                                         tn::expert(c, e.owner_layer, e.index, Proj::Up),
-                                         tn::expert(c, e.owner_layer, e.index, Proj::Down), cd);
-          outputs.push_back(y.to(acc) * row_weight.narrow(0, begin, n));
-          kept.push_back(token_of.narrow(0, begin, n));
-        }
-        begin += count[cand];
-      }
+    // Each candidate keeps its first `capacity` rows.
+    std::vector<int64_t> kept(static_cast<size_t>(C)), keep;
+    bool dropped = false;
+    for (int64_t i = 0, begin = 0; i < C; ++i) {
+      const int64_t cand = by_rank[size_t(i)], n = std::min(count[cand], capacity);
+      kept[size_t(cand)] = n;
+      dropped |= n < count[cand];
+      for (int64_t r = 0; r < n; ++r) keep.push_back(begin + r);
+      begin += count[cand];
     }
-    out = out.index_add(0, torch::cat(kept), torch::cat(outputs));
+    const torch::Tensor kept_order = dropped ? order.index_select(0, torch::tensor(keep, order.options())) : order;
+    const torch::Tensor token_of = torch::div(kept_order, K, "floor");
+    const torch::Tensor rows = u.index_select(0, token_of);
+    const torch::Tensor row_weight = weight.reshape(-1).index_select(0, kept_order).unsqueeze(1);
+    torch::Tensor y;
+    if (ep.ranks > 1) {
+      y = run_experts_across_ranks(l, rows, kept, options);
+    } else {
+      std::vector<ExpertRef> experts;
+      for (const int64_t cand : by_rank) experts.push_back(plan.candidates[size_t(cand)]);
+      std::vector<int64_t> sorted_counts;
+      for (const int64_t cand : by_rank) sorted_counts.push_back(kept[size_t(cand)]);
+      y = run_experts(rows, sorted_counts, experts, options);
+    }
+    out = out.index_add(0, token_of, y.to(acc) * row_weight);
   }
 
   // Load-balancing loss over the candidates this step allows: f_i = share of the N*K picks,
   // P_i = mean routing probability (sigmoid scores normalised per token to sum 1).
   const torch::Tensor p_norm = m.scoring == Scoring::Softmax ? prob : prob / (prob.sum(-1, true) + 1e-20);
-  const double available = masked ? options.allowed[l].sum().item<double>() : double(C);
+  // Balanced, f_i = P_i = 1 / (candidates open): per step the mask's count, per token all C (each
+  // is open to an equal share of the tokens).
+  const double available = masked && options.allowed[l].dim() == 1 ? options.allowed[l].sum().item<double>() : double(C);
   if (!options.sum_over_ranks) {
     const torch::Tensor f = counts.to(acc) / double(N * K);
     aux = aux + available * (f * p_norm.mean(0)).sum();
@@ -494,6 +496,126 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
   return out;
 }
 
+torch::Tensor TorchModel::run_experts(const torch::Tensor& rows, const std::vector<int64_t>& counts,
+                                      const std::vector<ExpertRef>& experts, const ForwardOptions& options) const {
+  const ModelConfig& c = config_;
+  const torch::ScalarType cd = options.compute_dtype;
+  const int64_t E = int64_t(experts.size());
+  // No rows: the input itself (empty), so that the graph still runs through here on every rank.
+  if (rows.size(0) == 0) return rows.to(cd);
+  const bool grouped = options.grouped_experts == GroupedExperts::On ||
+                       (options.grouped_experts == GroupedExperts::Auto && device_.is_cuda());
+  if (grouped) {
+    // All experts in three batched matrix products: expert i's rows go to slots i*M ... of a
+    // [E, M, d] buffer padded to the busiest expert's M rows. Fewer, larger kernels than the loop.
+    const int64_t M = *std::max_element(counts.begin(), counts.end());
+    std::vector<int64_t> slot;
+    for (int64_t i = 0; i < E; ++i)
+      for (int64_t r = 0; r < counts[size_t(i)]; ++r) slot.push_back(i * M + r);
+    const torch::Tensor slots = torch::tensor(slot, torch::TensorOptions().dtype(torch::kInt64)).to(device_);
+    auto stacked = [&](Proj proj) {
+      std::vector<torch::Tensor> ws;
+      for (const ExpertRef& e : experts) ws.push_back(w(tn::expert(c, e.owner_layer, e.index, proj)));
+      return torch::stack(ws).to(cd);  // [E, out, in]
+    };
+    const torch::Tensor buffer = torch::zeros({E * M, rows.size(1)}, rows.options().dtype(cd)).index_copy(0, slots, rows.to(cd));
+    const torch::Tensor x = buffer.view({E, M, -1});
+    const torch::Tensor h = torch::silu(torch::bmm(x, stacked(Proj::Gate).transpose(1, 2))) *
+                            torch::bmm(x, stacked(Proj::Up).transpose(1, 2));
+    return torch::bmm(h, stacked(Proj::Down).transpose(1, 2)).reshape({E * M, -1}).index_select(0, slots);
+  }
+  std::vector<torch::Tensor> outputs;
+  for (int64_t i = 0, begin = 0; i < E; ++i) {
+    const int64_t n = counts[size_t(i)];
+    if (n == 0) continue;
+    const ExpertRef& e = experts[size_t(i)];
+    outputs.push_back(swiglu(rows.narrow(0, begin, n), tn::expert(c, e.owner_layer, e.index, Proj::Gate),
+                             tn::expert(c, e.owner_layer, e.index, Proj::Up),
+                             tn::expert(c, e.owner_layer, e.index, Proj::Down), cd));
+    begin += n;
+  }
+  return torch::cat(outputs);
+}
+
+torch::Tensor TorchModel::run_experts_across_ranks(int l, const torch::Tensor& rows, const std::vector<int64_t>& counts,
+                                                   const ForwardOptions& options) const {
+  const ModelConfig& c = config_;
+  const ExpertParallel& ep = options.expert_parallel;
+  const std::vector<ExpertRef>& candidates = c.layers[l].candidates;
+  const int64_t C = int64_t(candidates.size()), R = ep.ranks;
+  // Every rank's rows per candidate [R, C], so that each knows what it receives from whom.
+  torch::Tensor all = torch::zeros({R, C}, torch::kInt64);
+  std::copy(counts.begin(), counts.end(), all[ep.rank].data_ptr<int64_t>());
+  ep.sum(all);
+  const int64_t* at = all.data_ptr<int64_t>();
+  std::vector<int64_t> send(static_cast<size_t>(R), 0), recv(static_cast<size_t>(R), 0), mine, totals;
+  for (int64_t cand = 0; cand < C; ++cand) {
+    const int r = expert_rank(c, candidates[size_t(cand)], ep.ranks);
+    send[size_t(r)] += counts[size_t(cand)];
+    if (r != ep.rank) continue;
+    mine.push_back(cand);
+    totals.push_back(0);
+    for (int64_t s = 0; s < R; ++s) recv[size_t(s)] += at[s * C + cand], totals.back() += at[s * C + cand];
+  }
+  const torch::Tensor received = ep.exchange(rows, send, recv);  // by source, then candidate
+  // By candidate, then source: each expert runs once on all its rows.
+  std::vector<int64_t> by_candidate;
+  std::vector<int64_t> source_start(static_cast<size_t>(R), 0);
+  for (int64_t s = 1; s < R; ++s) source_start[size_t(s)] = source_start[size_t(s - 1)] + recv[size_t(s - 1)];
+  std::vector<int64_t> offset_in_source(static_cast<size_t>(R), 0);
+  for (const int64_t cand : mine)
+    for (int64_t s = 0; s < R; ++s) {
+      const int64_t n = at[s * C + cand];
+      for (int64_t r = 0; r < n; ++r) by_candidate.push_back(source_start[size_t(s)] + offset_in_source[size_t(s)] + r);
+      offset_in_source[size_t(s)] += n;
+    }
+  std::vector<int64_t> back(by_candidate.size());
+  for (size_t i = 0; i < by_candidate.size(); ++i) back[size_t(by_candidate[i])] = int64_t(i);
+  const auto index = torch::TensorOptions().dtype(torch::kInt64);
+  std::vector<ExpertRef> experts;
+  for (const int64_t cand : mine) experts.push_back(candidates[size_t(cand)]);
+  const torch::Tensor y = run_experts(received.index_select(0, torch::tensor(by_candidate, index).to(device_)), totals,
+                                      experts, options);
+  const torch::Tensor y_by_source = y.to(rows.scalar_type()).index_select(0, torch::tensor(back, index).to(device_));
+  return ep.exchange(y_by_source, recv, send);
+}
+
+void check_expert_parallel(const ModelConfig& c, int ranks) {
+  bool routed = false;
+  for (const LayerPlan& plan : c.layers) routed |= !plan.candidates.empty();
+  require(routed, "--ep: the model has no routed experts to split");
+  require(c.moe.num_experts % ranks == 0, "--ep " + std::to_string(ranks) + " must divide the " +
+                                              std::to_string(c.moe.num_experts) + " routed experts of each pool");
+}
+
+int expert_rank(const ModelConfig& c, const ExpertRef& e, int ranks) {
+  return e.index / (c.moe.num_experts / ranks);
+}
+
+std::map<std::string, int> expert_tensor_ranks(const ModelConfig& c, int ranks) {
+  std::map<std::string, int> out;  // a shared pool appears in several layers' candidates: once here
+  for (int l = 0; l < c.num_layers; ++l)
+    for (const ExpertRef& e : c.layers[l].candidates)
+      for (Proj p : {Proj::Gate, Proj::Up, Proj::Down})
+        out[tn::expert(c, e.owner_layer, e.index, p)] = expert_rank(c, e, ranks);
+  return out;
+}
+
+std::vector<std::string> other_ranks_experts(const ModelConfig& c, int rank, int ranks) {
+  std::vector<std::string> names;
+  for (const auto& [name, r] : expert_tensor_ranks(c, ranks))
+    if (r != rank) names.push_back(name);
+  return names;
+}
+
+void TorchModel::drop_tensors(const std::vector<std::string>& names) {
+  for (const std::string& name : names) tensors_.erase(name);
+}
+
+void TorchModel::add_tensors(const std::map<std::string, torch::Tensor>& tensors) {
+  for (const auto& [name, t] : tensors) tensors_[name] = t;
+}
+
 void TorchModel::update_router_biases(const std::vector<torch::Tensor>& expert_load,
                                       const std::vector<torch::Tensor>& allowed, double rate) {
   if (!config_.moe.score_correction_bias || rate == 0.0) return;
@@ -502,7 +624,7 @@ void TorchModel::update_router_biases(const std::vector<torch::Tensor>& expert_l
     if (!config_.layers[l].is_moe || !expert_load[size_t(l)].defined()) continue;
     torch::Tensor load = expert_load[size_t(l)].to(torch::kFloat32);
     torch::Tensor step = torch::sign(load.mean() - load);
-    if (l < int(allowed.size()) && allowed[size_t(l)].defined()) {
+    if (l < int(allowed.size()) && allowed[size_t(l)].defined() && allowed[size_t(l)].dim() == 1) {
       const torch::Tensor on = allowed[size_t(l)];
       step = torch::sign(load.masked_select(on).mean() - load) * on.to(torch::kFloat32);
     }

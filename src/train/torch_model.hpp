@@ -40,8 +40,33 @@ int psr_pool_size(int experts, int r, int64_t step, const PsrSchedule& schedule)
 // a row where the launches and the sync, not the arithmetic, take the time.
 enum class GroupedExperts { Auto, On, Off, Dense };
 
+// Expert parallelism: the routed experts of every pool split across `ranks` processes, expert i of
+// each pool on rank i / (E / ranks) (expert_rank), so that a Megrez2 pool shared by r layers lives
+// once, split the same way, and a ReXMoE router over r pools reaches every rank. Each process holds
+// its own experts only (TorchModel::drop_tensors); a MoE layer sends each (token, expert) row to its
+// expert's rank and the expert's output back, through `exchange`.
+struct ExpertParallel {
+  int rank = 0, ranks = 1;
+  // Sums a host tensor over the ranks, in place (the rows each rank sends to each expert).
+  std::function<void(torch::Tensor&)> sum;
+  // All-to-all, differentiable: rows [n, d] ordered by destination, send[r] of them for rank r;
+  // returns the rows the ranks sent here, recv[s] from rank s, in rank order. Its gradient travels
+  // back the same way.
+  std::function<torch::Tensor(const torch::Tensor&, const std::vector<int64_t>& send, const std::vector<int64_t>& recv)>
+      exchange;
+};
+// An Error unless `config` has routed experts whose count per pool `ranks` divides (--ep).
+void check_expert_parallel(const ModelConfig& config, int ranks);
+// The rank that holds a routed expert when they are split across `ranks` (which divides the experts per pool).
+int expert_rank(const ModelConfig& config, const ExpertRef& expert, int ranks);
+// Every routed expert's tensor names and the rank that holds them, and those that ranks other than
+// `rank` hold.
+std::map<std::string, int> expert_tensor_ranks(const ModelConfig& config, int ranks);
+std::vector<std::string> other_ranks_experts(const ModelConfig& config, int rank, int ranks);
+
 struct ForwardOptions {
-  // Per layer: empty, or a bool tensor [candidates] of the candidates a router may pick this step.
+  // Per layer: empty, or a bool tensor of the candidates a router may pick: [candidates] for every
+  // token, or [tokens, candidates] per token (tokens in batch-major order).
   std::vector<torch::Tensor> allowed;
   // Matrix products run in this type (bf16 on GPU); norms, softmax and the loss stay in float32.
   torch::ScalarType compute_dtype = torch::kFloat32;
@@ -52,6 +77,7 @@ struct ForwardOptions {
   // then that of the global batch (unset: this process's batch is the whole batch).
   std::function<void(torch::Tensor&)> sum_over_ranks;
   int ranks = 1;
+  ExpertParallel expert_parallel;  // ranks > 1: this model holds only its rank's routed experts
 };
 
 // Keys and values of past tokens for incremental decoding: one row per sequence, each with its
@@ -109,6 +135,10 @@ class TorchModel {
   std::vector<std::string> trainable_names() const;
   torch::Tensor& tensor(const std::string& name) { return tensors_.at(name); }
   const std::map<std::string, torch::Tensor>& tensors() const { return tensors_; }
+  // Expert parallelism: forget the tensors other ranks hold (other_ranks_experts), and take them
+  // back (rank 0, gathered for a checkpoint or the export).
+  void drop_tensors(const std::vector<std::string>& names);
+  void add_tensors(const std::map<std::string, torch::Tensor>& tensors);
 
   // Aux-loss-free balancing (DeepSeek-V3): b_i += rate * sign(mean load - load_i) over the
   // candidates allowed this step, for every router with a correction bias.
@@ -129,6 +159,14 @@ class TorchModel {
                        torch::ScalarType compute) const;
   torch::Tensor moe(int layer, const torch::Tensor& u, const torch::Tensor& router_in, const ForwardOptions& options,
                     torch::Tensor& aux, torch::Tensor& load) const;
+  // The routed experts on rows sorted by expert: counts[i] rows for experts[i], in that order.
+  // Returns their outputs [rows, d] in the same order (compute type).
+  torch::Tensor run_experts(const torch::Tensor& rows, const std::vector<int64_t>& counts,
+                            const std::vector<ExpertRef>& experts, const ForwardOptions& options) const;
+  // The same under expert parallelism: rows sorted by (rank, candidate), counts[c] rows for
+  // candidate c; every rank runs its experts on the rows all ranks sent it, and the outputs come back.
+  torch::Tensor run_experts_across_ranks(int layer, const torch::Tensor& rows, const std::vector<int64_t>& counts,
+                                         const ForwardOptions& options) const;
   const torch::Tensor& w(const std::string& name) const { return tensors_.at(name); }
 
   ModelConfig config_;

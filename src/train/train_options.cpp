@@ -39,6 +39,7 @@ void for_each_setting(Options& o, Visit&& visit) {
   visit("capacity-factor", o.capacity_factor);
   visit("psr-start", o.psr.start);
   visit("psr-end", o.psr.end);
+  visit("psr-mask", o.psr_mask);
   visit("seed", o.seed);
   visit("bf16", o.bf16);
   // Free to change on resume (kFreeSettings): they do not change the trained weights.
@@ -85,6 +86,7 @@ void check_options(const TrainOptions& o) {
   non_negative(o.capacity_factor, "capacity-factor");
   non_negative(double(o.psr.start), "psr-start");
   non_negative(double(o.psr.end), "psr-end");
+  require(o.psr_mask == "step" || o.psr_mask == "token", "--psr-mask must be step or token (got '" + o.psr_mask + "')");
   require(o.psr.end == 0 || o.psr.end > o.psr.start,
           "--psr-end (step " + std::to_string(o.psr.end) + ") must come after --psr-start (step " +
               std::to_string(o.psr.start) + "), or be 0 for no progressive scaling routing");
@@ -92,6 +94,7 @@ void check_options(const TrainOptions& o) {
   positive(o.eval_batches, "eval-batches");
   non_negative(double(o.save_every), "save-every");
   positive(double(o.log_every), "log-every");
+  positive(o.expert_parallel, "ep");
   require(std::isfinite(o.bucket_mb) && o.bucket_mb > 0, "--bucket-mb must be a positive number of MiB (got " +
                                                            std::to_string(o.bucket_mb) + ")");
   non_negative(double(o.stop_after), "stop-after");

@@ -40,6 +40,7 @@ struct TrainOptions {
   double bias_update_rate = 1e-3;  // aux-loss-free balancing for routers with correction biases
   double capacity_factor = 0.0;    // 0 = no cap (no token dropped)
   PsrSchedule psr;                 // ReXMoE progressive scaling routing (reuse layouts only)
+  std::string psr_mask = "step";   // PSR's masks: one per layer and step ("step") or per token ("token")
 
   int64_t eval_every = 100;
   int eval_batches = 8;
@@ -54,6 +55,7 @@ struct TrainOptions {
   int64_t stop_after = 0;      // > 0: checkpoint and stop after this step (no export), to split a run
   double peak_tflops = 0;        // one process's device peak TFLOP/s: log.csv's mfu (0 = unknown, no mfu)
   bool shard_optimizer = false;  // several processes: ZeRO-1, each keeps the AdamW moments of 1/N of the weights
+  int expert_parallel = 1;        // --ep: the routed experts split across this many processes (= --nproc)
   double bucket_mb = 25;          // several processes: gradients are all-reduced in buckets of this many MiB
 };
 

@@ -6,9 +6,11 @@
 #include <fstream>
 #include <numeric>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include "model/hf_config.hpp"
+#include "model/tensor_names.hpp"
 #include "train/corpus.hpp"
 #include "train/distributed.hpp"
 #include "train/optimizer.hpp"
@@ -58,7 +60,7 @@ SftBatch sft_batch(const std::vector<const SftExample*>& examples, int seq_len, 
 
 namespace {
 
-enum Stream : uint64_t { kBatches = 1, kPsrMasks = 2, kSftOrder = 3, kWindowOrder = 4 };
+enum Stream : uint64_t { kBatches = 1, kPsrMasks = 2, kSftOrder = 3, kWindowOrder = 4, kPsrTokenMasks = 5 };
 
 // Input and target windows [B, T] starting at the given offsets.
 std::pair<torch::Tensor, torch::Tensor> windows(const std::vector<uint32_t>& tokens, const std::vector<int64_t>& starts,
@@ -72,22 +74,52 @@ std::pair<torch::Tensor, torch::Tensor> windows(const std::vector<uint32_t>& tok
   return {buf.narrow(1, 0, seq_len), buf.narrow(1, 1, seq_len)};
 }
 
-// Per MoE layer of a reuse layout with PSR on: the candidates its router may pick this step.
-std::vector<torch::Tensor> psr_masks(const ModelConfig& c, const TrainOptions& o, int64_t step) {
+// One random set of `pool` open candidates out of C, as a bool mask [C].
+torch::Tensor open_candidates(int C, int pool, std::mt19937_64& rng) {
+  std::vector<int> order(static_cast<size_t>(C));
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);
+  torch::Tensor mask = torch::zeros({C}, torch::kBool);
+  for (int i = C - pool; i < C; ++i) mask[order[size_t(i)]] = true;
+  return mask;
+}
+
+// Per MoE layer of a reuse layout with PSR on: the candidates its router may pick in this
+// micro-batch. --psr-mask step: one mask [C] per layer for the whole step (the note's N_t, as
+// specified). token: a mask per token [tokens, C], each token's drawn from a bank of
+// kTokenMaskBank random masks per layer and step, so that every batch still reaches every
+// candidate. Token masks are drawn for the global micro-batch and this rank takes its rows, so
+// data parallelism sees the masks one process would.
+constexpr int kTokenMaskBank = 256;
+std::vector<torch::Tensor> psr_masks(const ModelConfig& c, const TrainOptions& o, int64_t step, int micro, int rank,
+                                     int local_rows) {
   std::vector<torch::Tensor> allowed(static_cast<size_t>(c.num_layers));
   if (!o.psr.enabled() || c.moe.cross_layer != CrossLayer::Reuse) return allowed;
+  const bool per_token = o.psr_mask == "token";
+  torch::Tensor bank_index;  // per token of this rank's rows: which of the bank's masks
   for (int l = 0; l < c.num_layers; ++l) {
     if (!c.layers[l].is_moe) continue;
     const int C = c.num_candidates(l), E = c.moe.num_experts;
     const int pool = psr_pool_size(E, C / E, step, o.psr);
     if (pool >= C) continue;
-    auto rng = stream_rng(o.seed, kPsrMasks, uint64_t(step) * 4096 + uint64_t(l));
-    std::vector<int> order(static_cast<size_t>(C));
-    std::iota(order.begin(), order.end(), 0);
-    std::shuffle(order.begin(), order.end(), rng);
-    torch::Tensor mask = torch::ones({C}, torch::kBool);
-    for (int i = 0; i < C - pool; ++i) mask[order[size_t(i)]] = false;
-    allowed[size_t(l)] = mask.to(torch::Device(o.device));
+    const uint64_t micro_step = uint64_t(step) * uint64_t(o.grad_accum) + uint64_t(micro);
+    if (!per_token) {
+      auto rng = stream_rng(o.seed, kPsrMasks, uint64_t(step) * 4096 + uint64_t(l));
+      allowed[size_t(l)] = open_candidates(C, pool, rng).to(torch::Device(o.device));
+      continue;
+    }
+    if (!bank_index.defined()) {
+      auto rng = stream_rng(o.seed, kPsrTokenMasks, micro_step * 4096);
+      const int64_t tokens = int64_t(o.batch_size) * o.seq_len, first = int64_t(rank) * local_rows * o.seq_len;
+      std::vector<int64_t> index(static_cast<size_t>(tokens));
+      for (int64_t& i : index) i = int64_t(rng() % kTokenMaskBank);
+      bank_index = torch::tensor(std::vector<int64_t>(index.begin() + first, index.begin() + first + int64_t(local_rows) * o.seq_len))
+                       .to(torch::Device(o.device));
+    }
+    auto rng = stream_rng(o.seed, kPsrTokenMasks, micro_step * 4096 + 1 + uint64_t(l));
+    std::vector<torch::Tensor> bank;
+    for (int b = 0; b < kTokenMaskBank; ++b) bank.push_back(open_candidates(C, pool, rng));
+    allowed[size_t(l)] = torch::stack(bank).to(torch::Device(o.device)).index_select(0, bank_index);
   }
   return allowed;
 }
@@ -221,7 +253,7 @@ void load_checkpoint_tensors(const fs::path& dir, TorchModel& model, AdamW& adam
 }
 
 double evaluate_loss(const TorchModel& model, const std::vector<uint32_t>& tokens, int batches, int batch_size, int seq_len,
-                     torch::ScalarType compute_dtype) {
+                     torch::ScalarType compute_dtype, const ExpertParallel& experts) {
   torch::NoGradGuard no_grad;
   const int64_t available = (int64_t(tokens.size()) - 1) / seq_len;
   require(available > 0, "validation data is shorter than one sequence of " + std::to_string(seq_len) + " tokens");
@@ -237,6 +269,7 @@ double evaluate_loss(const TorchModel& model, const std::vector<uint32_t>& token
     auto [in, target] = windows(tokens, starts, seq_len, model.device());
     ForwardOptions fo;
     fo.compute_dtype = compute_dtype;
+    fo.expert_parallel = experts;
     sum += next_token_loss(model.forward(in, fo).logits, target).item<double>() * double(starts.size());
     count += int64_t(starts.size());
   }
@@ -244,7 +277,7 @@ double evaluate_loss(const TorchModel& model, const std::vector<uint32_t>& token
 }
 
 double evaluate_sft_loss(const TorchModel& model, const std::vector<SftExample>& examples, int batches, int batch_size,
-                         int seq_len, torch::ScalarType compute_dtype) {
+                         int seq_len, torch::ScalarType compute_dtype, const ExpertParallel& experts) {
   torch::NoGradGuard no_grad;
   require(!examples.empty(), "no SFT conversations to evaluate");
   const size_t total = std::min(examples.size(), size_t(batches) * size_t(batch_size));
@@ -255,6 +288,7 @@ double evaluate_sft_loss(const TorchModel& model, const std::vector<SftExample>&
     const SftBatch batch = sft_batch(rows, seq_len, model.device());
     ForwardOptions fo;
     fo.compute_dtype = compute_dtype;
+    fo.expert_parallel = experts;
     const double trained = batch.mask.sum().item<double>();
     sum += next_token_loss(model.forward(batch.input, fo).logits, batch.target, batch.mask).item<double>() * trained;
     count += trained;
@@ -333,6 +367,19 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     model.emplace(requested, o.seed, device);
   }
   const ModelConfig& config = model->config();
+  // Expert parallelism: each rank keeps its share of the routed experts (and their moments); the
+  // model was made or loaded whole, so that every layout of a checkpoint loads the same way.
+  const int ep = o.expert_parallel;
+  std::vector<std::string> others_experts, own_experts;
+  if (ep > 1) {
+    require(comm && world == ep, "--ep " + std::to_string(ep) + " needs --nproc " + std::to_string(ep) +
+                                     " (expert parallelism spans all the processes)");
+    check_expert_parallel(config, ep);
+    require(!o.shard_optimizer, "--ep with --shard-optimizer is not supported yet");
+    for (const auto& [name, r] : expert_tensor_ranks(config, ep)) (r == rank ? own_experts : others_experts).push_back(name);
+    model->drop_tensors(others_experts);
+    for (const std::string& name : others_experts) adam.m.erase(name), adam.v.erase(name);
+  }
   require(data_vocab <= config.vocab_size, "the model's vocabulary (" + std::to_string(config.vocab_size) +
                                                ") is smaller than the tokenizer's (" + std::to_string(data_vocab) + ")");
   require_ids_below(train_tokens, config.vocab_size, (o.data_dir / "train.bin").string());
@@ -375,13 +422,72 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     comm->broadcast_from_owners(moments, moment_owner);
   };
   // Data parallel: gradients averaged in buckets while the backward pass runs.
+  // Under expert parallelism the experts' gradients stay on their rank (every rank's tokens already
+  // reached them through the all-to-all): the rest is averaged.
   std::unique_ptr<GradientReducer> reducer;
   if (comm) {
-    reducer = std::make_unique<GradientReducer>(*comm, *model, trainable, int64_t(o.bucket_mb * (1 << 20)));
+    const std::set<std::string> own(own_experts.begin(), own_experts.end());
+    std::vector<std::string> replicated;
+    for (const std::string& name : trainable)
+      if (!own.count(name)) replicated.push_back(name);
+    reducer = std::make_unique<GradientReducer>(*comm, *model, replicated, int64_t(o.bucket_mb * (1 << 20)));
     if (leader)
       log_info("data parallel on " + std::to_string(world) + " processes: gradients in " +
                std::to_string(reducer->buckets()) + " buckets, all-reduced during the backward pass");
+    if (leader && ep > 1)
+      log_info("expert parallel: each process holds " + std::to_string(config.moe.num_experts / ep) + " of the " +
+               std::to_string(config.moe.num_experts) + " routed experts of every pool; tokens travel by all-to-all");
   }
+  std::function<void(torch::Tensor&)> sum_over_ranks;
+  ExpertParallel expert_parallel;
+  if (comm) {
+    sum_over_ranks = [&comm](torch::Tensor& t) {
+      std::vector<torch::Tensor> one{t.cpu()};
+      comm->sum(one);
+      t = one[0].to(t.device());
+    };
+    if (ep > 1)
+      expert_parallel = {rank, ep, sum_over_ranks,
+                         [&comm](const torch::Tensor& rows, const std::vector<int64_t>& send, const std::vector<int64_t>& recv) {
+                           return comm->exchange_rows(rows, send, recv);
+                         }};
+  }
+  // Rank 0 takes every expert's weights and moments from their ranks (for a checkpoint or the
+  // export); forget_gathered drops them again.
+  auto gather_experts = [&] {
+    const std::map<std::string, int> ranks_of = expert_tensor_ranks(config, ep);
+    std::map<std::string, std::vector<int64_t>> shapes;
+    for (const TensorSpec& spec : expected_tensors(config)) shapes[spec.name] = spec.shape;
+    torch::Tensor has_moments = torch::zeros({int64_t(ranks_of.size())}, torch::kInt64);
+    int64_t i = 0;
+    for (const auto& [name, r] : ranks_of) has_moments[i++] = int64_t(r == rank && adam.m.count(name));
+    std::vector<torch::Tensor> flags{has_moments};
+    comm->sum(flags);
+    std::vector<torch::Tensor> tensors;
+    std::vector<int> owners;
+    std::map<std::string, torch::Tensor> weights;
+    i = 0;
+    for (const auto& [name, r] : ranks_of) {
+      const bool moments = has_moments[i++].item<int64_t>() > 0;
+      if (r == 0 || (rank != 0 && rank != r)) continue;
+      const auto buffer = [&] { return torch::zeros(shapes.at(name), torch::TensorOptions().device(device)); };
+      if (rank == 0) {
+        tensors.push_back(weights[name] = buffer());
+        if (moments) tensors.push_back(adam.m[name] = buffer()), tensors.push_back(adam.v[name] = buffer());
+      } else {
+        tensors.push_back(model->tensor(name));
+        if (moments) tensors.push_back(adam.m.at(name)), tensors.push_back(adam.v.at(name));
+      }
+      owners.insert(owners.end(), moments ? 3 : 1, r);
+    }
+    comm->gather_to_leader(tensors, owners);
+    if (rank == 0) model->add_tensors(weights);
+  };
+  auto forget_gathered = [&] {
+    if (rank != 0) return;
+    model->drop_tensors(others_experts);
+    for (const std::string& name : others_experts) adam.m.erase(name), adam.v.erase(name);
+  };
   int late_buckets = 0;  // buckets whose reduction began only after the backward pass
   EpochOrder sft_order(o.seed, kSftOrder, sft_train.size());
   std::optional<WindowSampler> sampler;
@@ -418,9 +524,9 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     return {SftBatch{in, target, {}}, int64_t(o.batch_size) * o.seq_len};
   };
   auto validation_loss = [&]() -> std::optional<double> {
-    if (!sft) return evaluate_loss(*model, val_tokens, o.eval_batches, o.batch_size, o.seq_len, compute);
+    if (!sft) return evaluate_loss(*model, val_tokens, o.eval_batches, o.batch_size, o.seq_len, compute, expert_parallel);
     if (sft_val.empty()) return std::nullopt;
-    return evaluate_sft_loss(*model, sft_val, o.eval_batches, o.batch_size, o.seq_len, compute);
+    return evaluate_sft_loss(*model, sft_val, o.eval_batches, o.batch_size, o.seq_len, compute, expert_parallel);
   };
 
   std::optional<ProgressBar> bar;
@@ -432,15 +538,11 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   LogRow row;
   TrainResult result;
   for (int64_t step = start_step; step < o.steps; ++step) {
-    const std::vector<torch::Tensor> allowed = psr_masks(config, o, step);
-    ForwardOptions fo{allowed, compute, o.capacity_factor};
+    ForwardOptions fo{{}, compute, o.capacity_factor};
     if (comm) {
-      fo.sum_over_ranks = [&comm](torch::Tensor& t) {
-        std::vector<torch::Tensor> one{t.cpu()};
-        comm->sum(one);
-        t = one[0].to(t.device());
-      };
+      fo.sum_over_ranks = sum_over_ranks;
       fo.ranks = world;
+      fo.expert_parallel = expert_parallel;
     }
     std::vector<torch::Tensor> load(static_cast<size_t>(config.num_layers));
     torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device)), aux_sum = loss_sum.clone();
@@ -448,6 +550,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     for (int micro = 0; micro < o.grad_accum; ++micro) {
       const auto [batch, tokens] = micro_batch(step, micro);
       step_tokens += tokens;
+      fo.allowed = psr_masks(config, o, step, micro, rank, local_batch);
       const ForwardResult r = model->forward(batch.input, fo);
       torch::Tensor loss = next_token_loss(r.logits, batch.target, batch.mask);
       if (comm && batch.mask.defined()) {
@@ -469,6 +572,9 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     if (comm) {
       // The mean over ranks of gradients, losses and (summed) expert loads: one step on every rank.
       late_buckets += reducer->finish();
+      torch::NoGradGuard no_grad;
+      for (const std::string& name : own_experts)  // the sum of every rank's share: to the mean, as averaged ones
+        if (model->tensor(name).grad().defined()) model->tensor(name).mutable_grad().div_(world);
       std::vector<torch::Tensor> totals{loss_sum.cpu().reshape({1}), aux_sum.cpu().reshape({1})};
       for (const torch::Tensor& l : load)
         if (l.defined()) totals.push_back(l.cpu());
@@ -478,11 +584,11 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
         if (load[l].defined()) load[l] = totals[i++].to(load[l].device());
     }
     const double lr = learning_rate(o, step);
-    const torch::Tensor grad_norm = clip_gradients(*model, trainable, o.grad_clip);
+    const torch::Tensor grad_norm = clip_gradients(*model, trainable, o.grad_clip, own_experts, sum_over_ranks);
     adam.step(*model, updated, {o.beta1, o.beta2, o.adam_eps, o.weight_decay}, lr, step + 1);
     if (sharded) comm->broadcast_from_owners(parameters, owner);
     for (const auto& name : trainable) model->tensor(name).mutable_grad() = torch::Tensor();
-    model->update_router_biases(load, allowed, o.bias_update_rate);
+    model->update_router_biases(load, fo.allowed, o.bias_update_rate);
     tokens_seen += step_tokens;
     window_tokens += step_tokens;
 
@@ -496,6 +602,9 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
                                          std::to_string(step + 1) + " (lower the learning rate?)");
     const bool last = step + 1 == o.steps;
     const bool eval_now = last || (o.eval_every > 0 && (step + 1) % o.eval_every == 0);
+    // Under expert parallelism every rank takes part in the validation forward passes.
+    std::optional<double> val_loss;
+    if (eval_now && (leader || ep > 1)) val_loss = validation_loss();
     if (leader && (eval_now || (step + 1) % o.log_every == 0)) {
       const double window_seconds = std::max(window.seconds(), 1e-9);
       row.tokens_per_s = double(window_tokens) / window_seconds;
@@ -503,8 +612,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
       if (o.peak_tflops > 0)
         row.mfu = row.tokens_per_s * model_flops_per_token(config, o.seq_len) / (world * o.peak_tflops * 1e12);
       row.elapsed = elapsed_before + watch.seconds();
-      row.val_loss.reset();
-      if (eval_now) row.val_loss = validation_loss();
+      row.val_loss = val_loss;
       append_csv(csv, row);
       if (eval_now) write_loss_svg(csv, o.out_dir / "loss.svg");
       window = Stopwatch();
@@ -526,6 +634,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     const bool stop = o.stop_after > 0 && step + 1 == o.stop_after && !last;
     const bool save = last || stop || (o.save_every > 0 && (step + 1) % o.save_every == 0);
     if (save && sharded) gather_moments();
+    if (save && ep > 1) gather_experts();
     if (leader && save)
       save_checkpoint(checkpoint_dir(o.out_dir, kTrainCheckpoints, step + 1), *model, adam,
                       {{"step", step + 1},
@@ -534,6 +643,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
                        {"config", to_crossmoe_json(model->config())},
                        {"settings", settings}});
     if (save && sharded) drop_others_moments();
+    if (save && ep > 1) forget_gathered();
     if (stop) {
       if (bar) bar->finish("stopped after step " + std::to_string(step + 1) + " (resume with --resume)");
       result.steps = step + 1;
@@ -549,6 +659,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
                   (long long)o.steps, row.loss, result.final_val_loss, std::exp(result.final_val_loss));
   else
     std::snprintf(done, sizeof done, "trained %lld steps: loss %.4f", (long long)o.steps, row.loss);
+  if (ep > 1) gather_experts();
   if (!bar) return result;  // not the leader: rank 0 exports
   bar->finish(done);
   if (reducer)

@@ -85,13 +85,14 @@ struct SftBatch {
 SftBatch sft_batch(const std::vector<const SftExample*>& examples, int seq_len, torch::Device device);
 
 // Mean next-token cross-entropy on `batches` x batch_size windows of `tokens`, spread evenly over
-// them (all windows when there are no more than that).
+// them (all windows when there are no more than that). Under expert parallelism every rank
+// evaluates the same batches with its share of the experts.
 double evaluate_loss(const TorchModel& model, const std::vector<uint32_t>& tokens, int batches, int batch_size,
-                     int seq_len, torch::ScalarType compute_dtype);
+                     int seq_len, torch::ScalarType compute_dtype, const ExpertParallel& experts = {});
 // SFT: mean cross-entropy over the trained targets of the first `batches` x batch_size
 // conversations (each target weighs the same, whatever its conversation's length).
 double evaluate_sft_loss(const TorchModel& model, const std::vector<SftExample>& examples, int batches, int batch_size,
-                         int seq_len, torch::ScalarType compute_dtype);
+                         int seq_len, torch::ScalarType compute_dtype, const ExpertParallel& experts = {});
 
 // Visits `count` items in a seeded order, a fresh permutation every epoch: position p is the
 // (p % count)-th item of epoch p / count's permutation, a pure function of (seed, stream, p), so
