@@ -372,6 +372,34 @@ TEST(TrainerRouting, MaskedCandidatesAreNeverChosen) {
   EXPECT_EQ(r.expert_load[1].sum().item<int64_t>(), 3 * 10 * c.moe.top_k);  // other layers unmasked
 }
 
+TEST(TrainerRouting, CapacityCountsOnlyTheOpenCandidates) {
+  // Every MoE layer's step mask opens a third of its candidates. A capacity factor that just holds
+  // the busiest open candidate's rows drops nothing: the same logits as no cap. (Counted over all
+  // C candidates, the cap would be a third of that.)
+  ModelConfig c = small("rexmoe");
+  c.finalize();
+  TorchModel model(c, 1, torch::kCPU);
+  const int64_t N = 3 * 10;
+  ForwardOptions fo;
+  fo.allowed.resize(size_t(c.num_layers));
+  for (int l = 0; l < c.num_layers; ++l) {
+    if (!c.layers[l].is_moe) continue;
+    fo.allowed[size_t(l)] = torch::zeros({c.num_candidates(l)}, torch::kBool);
+    fo.allowed[size_t(l)].narrow(0, 0, c.num_candidates(l) / 3).fill_(true);
+  }
+  const torch::Tensor tokens = torch::randint(0, c.vocab_size, {3, 10}, torch::kInt64);
+  const ForwardResult uncapped = model.forward(tokens, fo);
+  double factor = 0;
+  for (int l = 0; l < c.num_layers; ++l)
+    if (c.layers[l].is_moe)
+      factor = std::max(factor, uncapped.expert_load[size_t(l)].max().item<double>() * double(c.num_candidates(l) / 3) /
+                                    double(N * c.moe.top_k));
+  fo.capacity_factor = factor;
+  EXPECT_TRUE(torch::allclose(model.forward(tokens, fo).logits, uncapped.logits));
+  fo.capacity_factor *= 0.5;  // now some rows are dropped
+  EXPECT_FALSE(torch::allclose(model.forward(tokens, fo).logits, uncapped.logits));
+}
+
 TEST(TrainerRouting, PerTokenMasksLimitEachTokensChoice) {
   // Each token opens exactly top_k candidates (its own pair): its picks are those, whatever the router says.
   ModelConfig c = small("rexmoe");

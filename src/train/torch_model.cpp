@@ -378,6 +378,9 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
   torch::Tensor scores = linear(router_in, w(tn::router(c, l)), cd).to(acc);  // [N, C]
   const bool masked = l < int(options.allowed.size()) && options.allowed[l].defined();
   if (masked) scores = scores.masked_fill(options.allowed[l].logical_not(), neg_inf);
+  // The candidates open to a token: a step's mask leaves fewer for the whole batch; a per-token
+  // mask leaves every candidate open to an equal share of the tokens, as no mask does.
+  const double open = masked && options.allowed[l].dim() == 1 ? options.allowed[l].sum().item<double>() : double(C);
   const torch::Tensor prob = m.scoring == Scoring::Softmax ? scores.softmax(-1) : scores.sigmoid();
 
   // The choice: top-K of p (+ bias), within the best topk_group groups when grouped. No gradient
@@ -443,7 +446,7 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
     const torch::Tensor counts_cpu = counts.cpu();
     const int64_t* count = counts_cpu.data_ptr<int64_t>();
     const int64_t capacity = options.capacity_factor > 0
-                                 ? int64_t(std::ceil(options.capacity_factor * double(N * K) / double(C)))
+                                 ? int64_t(std::ceil(options.capacity_factor * double(N * K) / open))
                                  : N * K;
     // Each candidate keeps its first `capacity` rows.
     std::vector<int64_t> kept(static_cast<size_t>(C)), keep;
@@ -475,12 +478,9 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
   // Load-balancing loss over the candidates this step allows: f_i = share of the N*K picks,
   // P_i = mean routing probability (sigmoid scores normalised per token to sum 1).
   const torch::Tensor p_norm = m.scoring == Scoring::Softmax ? prob : prob / (prob.sum(-1, true) + 1e-20);
-  // Balanced, f_i = P_i = 1 / (candidates open): per step the mask's count, per token all C (each
-  // is open to an equal share of the tokens).
-  const double available = masked && options.allowed[l].dim() == 1 ? options.allowed[l].sum().item<double>() : double(C);
   if (!options.sum_over_ranks) {
     const torch::Tensor f = counts.to(acc) / double(N * K);
-    aux = aux + available * (f * p_norm.mean(0)).sum();
+    aux = aux + open * (f * p_norm.mean(0)).sum();
   } else {
     // Data parallel: f and P over the global batch, as one process would see it. P's value is the
     // global mean; its gradient is this rank's tokens' share, times the rank count because the
@@ -491,7 +491,7 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
     const torch::Tensor tokens = stats[2 * C];
     const torch::Tensor f = stats.narrow(0, 0, C) / (tokens * double(K));
     const torch::Tensor P = (options.ranks * p_sum + (stats.narrow(0, C, C) - options.ranks * p_sum.detach())) / tokens;
-    aux = aux + available * (f * P).sum();
+    aux = aux + open * (f * P).sum();
   }
   return out;
 }

@@ -70,7 +70,8 @@ struct ForwardOptions {
   std::vector<torch::Tensor> allowed;
   // Matrix products run in this type (bf16 on GPU); norms, softmax and the loss stay in float32.
   torch::ScalarType compute_dtype = torch::kFloat32;
-  // 0 = no cap; otherwise an expert takes at most ceil(factor * N * K / C) rows, the rest dropped.
+  // 0 = no cap; otherwise an expert takes at most ceil(factor * N * K / open) rows, the rest dropped,
+  // open = the candidates a step's mask leaves (all C without one, or with per-token masks).
   double capacity_factor = 0.0;
   GroupedExperts grouped_experts = GroupedExperts::Auto;  // Auto: batched on CUDA, loop on CPU
   // Data parallelism: sums a tensor over the ranks in place, and their count; the balancing loss is
