@@ -88,6 +88,11 @@ std::vector<Layout> layouts() {
   return out;
 }
 
+std::string file_bytes(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
 fs::path temp_dir(const std::string& name) {
   const fs::path dir = fs::temp_directory_path() / ("crossmoe_train_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(dir);
@@ -453,12 +458,8 @@ TEST(TrainerLoop, ResumeIsBitForBitAndCrashLeftoversAreIgnored) {
   split.resume = true;
   train_model(c, split);
 
-  auto bytes = [](const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
-  EXPECT_EQ(bytes(straight.out_dir / "model" / "model.safetensors"), bytes(split.out_dir / "model" / "model.safetensors"));
-  EXPECT_EQ(bytes(straight.out_dir / "log.csv").size() > 0, true);
+  EXPECT_EQ(file_bytes(straight.out_dir / "model" / "model.safetensors"), file_bytes(split.out_dir / "model" / "model.safetensors"));
+  EXPECT_EQ(file_bytes(straight.out_dir / "log.csv").size() > 0, true);
   // The logs agree on every loss (timings aside).
   EXPECT_EQ(testing_logs::log_without_timings(straight.out_dir / "log.csv"),
             testing_logs::log_without_timings(split.out_dir / "log.csv"));
@@ -489,13 +490,9 @@ TEST(TrainerLoop, PerTokenPsrMasksResumeBitForBit) {
   step.out_dir = temp_dir("psr-step");
   step.psr_mask = "step";
   train_model(c, step);
-  auto bytes = [](const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
-  const std::string weights = bytes(token.out_dir / "model" / "model.safetensors");
-  EXPECT_EQ(weights, bytes(split.out_dir / "model" / "model.safetensors"));
-  EXPECT_NE(weights, bytes(step.out_dir / "model" / "model.safetensors")) << "the masks differ";
+  const std::string weights = file_bytes(token.out_dir / "model" / "model.safetensors");
+  EXPECT_EQ(weights, file_bytes(split.out_dir / "model" / "model.safetensors"));
+  EXPECT_NE(weights, file_bytes(step.out_dir / "model" / "model.safetensors")) << "the masks differ";
 }
 
 TEST(TrainerLoop, LossFallsOnALearnableStream) {
@@ -540,11 +537,6 @@ TEST(TrainerLoop, ValidationWindowsSpanTheHeldOutTokens) {
 }  // namespace
 
 namespace {
-
-std::string file_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 // A run that stops after `stop` of `steps` steps, checkpointing every step.
 TrainOptions stopped_run(const ModelConfig& c, const fs::path& data, const std::string& name, int64_t steps, int64_t stop) {
