@@ -130,6 +130,17 @@ TrainOptions quick_options(const fs::path& data, const fs::path& out) {
   return o;
 }
 
+// The run of `o` again in `name`, stopped after step `stop` and resumed to its end.
+TrainOptions trained_in_two_parts(const ModelConfig& c, TrainOptions o, const std::string& name, int64_t stop) {
+  o.out_dir = temp_dir(name);
+  o.stop_after = stop;
+  train_model(c, o);
+  o.stop_after = 0;
+  o.resume = true;
+  train_model(c, o);
+  return o;
+}
+
 class TrainedModelMatchesRuntime : public ::testing::TestWithParam<Layout> {};
 
 TEST_P(TrainedModelMatchesRuntime, LogitsAndGreedyTokens) {
@@ -479,13 +490,7 @@ TEST(TrainerLoop, PerTokenPsrMasksResumeBitForBit) {
   token.psr = {1, 5};
   token.psr_mask = "token";
   train_model(c, token);
-  TrainOptions split = token;
-  split.out_dir = temp_dir("psr-token-split");
-  split.stop_after = 3;
-  train_model(c, split);
-  split.stop_after = 0;
-  split.resume = true;
-  train_model(c, split);
+  const TrainOptions split = trained_in_two_parts(c, token, "psr-token-split", 3);
   TrainOptions step = token;
   step.out_dir = temp_dir("psr-step");
   step.psr_mask = "step";
@@ -848,13 +853,7 @@ TEST(TrainerSft, ResumeIsBitForBit) {
   straight.batch_size = 5;  // epochs of 11 training conversations wrap inside batches
   straight.seq_len = 40;
   train_model(c, straight);
-  TrainOptions split = straight;
-  split.out_dir = temp_dir("sft_split");
-  split.stop_after = 4;
-  train_model(c, split);
-  split.stop_after = 0;
-  split.resume = true;
-  train_model(c, split);
+  const TrainOptions split = trained_in_two_parts(c, straight, "sft_split", 4);
   EXPECT_EQ(file_bytes(straight.out_dir / "model" / "model.safetensors"),
             file_bytes(split.out_dir / "model" / "model.safetensors"));
   TrainOptions no_model = straight;
