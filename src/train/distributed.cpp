@@ -200,6 +200,7 @@ std::unique_ptr<Communicator> Communicator::subgroup(const std::vector<int>& mem
   const auto at = std::find(members.begin(), members.end(), rank_);
   require(at != members.end(), "distributed: a rank joins a group it is not a member of");
 #ifndef USE_C10D_GLOO
+  (void)name;
   throw Error("distributed: this build of crossmoe has no Gloo backend (libgloo-dev)");
 #else
   const int rank = int(at - members.begin()), world = int(members.size());
