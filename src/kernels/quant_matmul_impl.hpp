@@ -1,12 +1,14 @@
 #pragma once
 // Products of Q8_0 / Q4_K weight rows with quantized activations, written once over an integer
 // "lane" type L. Each ISA's .cpp file includes this with its own L, compiled with its flags.
-//   L::Acc                      float accumulators
-//   L::zero(), L::sum(Acc)
+//   L::Acc                      float accumulators;  L::Int  integer accumulators
+//   L::zero(), L::sum(Acc), L::int_zero()
 //   L::half(const uint8_t*)     an fp16 field as float
 //   L::madd_q8(w, a, scale, acc)             acc + scale * sum_i w[i] * a[i] over 32 int8 pairs
-//   L::madd_q4(q, a_lo, a_hi, s_lo, s_hi, acc)
-//       32 bytes of nibbles: acc + s_lo * sum_i (q[i] & 15) * a_lo[i] + s_hi * sum_i (q[i] >> 4) * a_hi[i]
+//   L::madd_q4(q, a_lo, a_hi, s_lo, s_hi, iacc)
+//       32 bytes of nibbles, integer scales s: iacc + s_lo * sum_i (q[i] & 15) * a_lo[i]
+//                                                   + s_hi * sum_i (q[i] >> 4) * a_hi[i]
+//   L::madd_int(iacc, scale, acc)            acc + scale * iacc
 // Integer sums are exact in every lane type, so ISAs differ only in the order of float additions.
 #include <algorithm>
 
@@ -21,8 +23,10 @@ namespace {
 // R rows x T tokens at a time: every weight block loaded (and its magnitudes, nibbles, scales
 // unpacked) serves T tokens, every activation block R rows. Each (row, token) pair runs the same
 // operations in the same order whatever the tile, so a token gets the same bits alone (decode)
-// or beside others (prefill, batches). Per Q4_K sub-block j the product is
-// d * sc[j] * a.d * sum(q * a.q) - dmin * m[j] * a.d * a.sum, the min terms summed apart.
+// or beside others (prefill, batches). Q4_K reads activations with one step a.d per super-block
+// (activation_group), so a super-block's product is
+//   a.d * (d * sum_j sc[j] * sum(q_j * a_j.q) - dmin * sum_j m[j] * a_j.sum)
+// whose two sums over the 8 sub-blocks are integers; the min terms are summed apart.
 template <class L, int R, int T>
 void q8_0_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
   typename L::Acc acc[R][T];
@@ -51,23 +55,17 @@ void q4_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int
     for (int r = 0; r < R; ++r) {
       const uint8_t* wb = w + r * row_bytes + b / 8 * 144;
       const float d = L::half(wb), dmin = L::half(wb + 2);
-      float d_sc[8];
-      int m[8];
-      for (int j = 0; j < 8; ++j) {
-        int sc;
-        quant::q4_k_scale_min(wb + 4, j, &sc, &m[j]);
-        d_sc[j] = d * float(sc);
-      }
+      uint8_t sc[8], m[8];
+      quant::q4_k_scales_mins(wb + 4, sc, m);
       for (int t = 0; t < T; ++t) {
         const ActivationBlock* a = x + t * blocks + b;
-        float step[8], min_term = 0.0f;
-        for (int j = 0; j < 8; ++j) {
-          step[j] = d_sc[j] * a[j].d;
-          min_term += float(m[j] * a[j].sum) * a[j].d;
-        }
-        mins[r][t] += dmin * min_term;
+        typename L::Int dots = L::int_zero();
         for (int p = 0; p < 4; ++p)
-          acc[r][t] = L::madd_q4(wb + 16 + 32 * p, a[2 * p].q, a[2 * p + 1].q, step[2 * p], step[2 * p + 1], acc[r][t]);
+          dots = L::madd_q4(wb + 16 + 32 * p, a[2 * p].q, a[2 * p + 1].q, sc[2 * p], sc[2 * p + 1], dots);
+        int32_t min_sum = 0;
+        for (int j = 0; j < 8; ++j) min_sum += int32_t(m[j]) * a[j].sum;
+        acc[r][t] = L::madd_int(dots, d * a->d, acc[r][t]);
+        mins[r][t] += dmin * a->d * float(min_sum);
       }
     }
   for (int r = 0; r < R; ++r)
