@@ -41,6 +41,11 @@ struct QuantLaneScalar {
     }
     return acc + s_lo * lo + s_hi * hi;
   }
+  static Int madd_mins(const uint8_t* m, const int16_t* s) {
+    int32_t sum = 0;
+    for (int j = 0; j < 8; ++j) sum += int32_t(m[j]) * s[j];
+    return sum;
+  }
   static Acc madd_int(Int sums, float scale, Acc acc) { return acc + scale * float(sums); }
 };
 }  // namespace

@@ -50,6 +50,13 @@ struct QuantLaneAvx2 {
                                           _mm256_madd_epi16(p_hi, _mm256_set1_epi16(int16_t(s_hi))));
     return _mm256_add_epi32(acc, sums);
   }
+  // Mins (<= 63) times block sums (|s| <= 4064): pairs sum to at most 512,064 in 32 bits; the
+  // four pair sums fill the low half of an Int.
+  static Int madd_mins(const uint8_t* m, const int16_t* s) {
+    const __m128i m16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m)));
+    const __m128i s16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
+    return _mm256_zextsi128_si256(_mm_madd_epi16(m16, s16));
+  }
   static Acc madd_int(Int sums, float scale, Acc acc) {
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
   }
