@@ -37,6 +37,7 @@ void q8_0_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int
   for (int64_t b = 0; b < blocks; ++b)
     for (int r = 0; r < R; ++r) {
       const uint8_t* wb = w + r * row_bytes + b * 34;
+      if constexpr (T == 1) __builtin_prefetch(wb + R * row_bytes);
       const float dw = L::half(wb);
       for (int t = 0; t < T; ++t) {
         const ActivationBlock& a = x[t * blocks + b];
@@ -56,6 +57,8 @@ void q4_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, con
   for (int64_t b = 0; b < blocks; b += 8)
     for (int r = 0; r < R; ++r) {
       const uint8_t* wb = w + r * row_bytes + b / 8 * 144;
+      if constexpr (T == 1)
+        for (int line = 0; line < 144; line += 64) __builtin_prefetch(wb + R * row_bytes + line);
       const float d = L::half(wb), dmin = L::half(wb + 2);
       uint8_t sc[8], m[8];
       quant::q4_k_scales_mins(wb + 4, sc, m);
@@ -78,7 +81,8 @@ template <class L, int T>
 void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int16_t* sums, float* y, int64_t r0,
                            int64_t r1) {
   // One token (decode) streams its rows one at a time: the rows' data arrive from memory anyway,
-  // and a single row's sums keep the Q4_K scale unpacking in registers.
+  // and a single row's sums keep the Q4_K scale unpacking in registers. Its tiles ask for the
+  // next row's blocks ahead (see matmul_impl.hpp's tile).
   constexpr int R = T == 1 ? 1 : 4;
   const int64_t blocks = m.cols / 32;
   const size_t row_bytes = dtype_row_bytes(m.dtype, m.row_stride());
