@@ -9,7 +9,9 @@
 # whose tokenizer has a ChatML template; OUT: the experiment directory; STAGE: pretrain,
 # transcripts (WARM_START=reference: the reference players only; mixed: half of each game's
 # transcripts from random players, so that the SFT policy plays at mixed strength and self-play has
-# something to improve), sft, selfplay (SELFPLAY_ITERATIONS, default 30; SELFPLAY_ARGS adds options, e.g.
+# something to improve; FORMAT_GAMES="connect_four:600 leduc_poker:600" adds transcripts of games held out
+# of self-play, from random players only, so that the policy can read and answer their protocol
+# without being taught how to play them), sft, selfplay (SELFPLAY_ITERATIONS, default 30; SELFPLAY_ARGS adds options, e.g.
 # --no-turn-scores with SELFPLAY_NAME=no_turn_scores for an ablation; SELFPLAY_LR, default 1e-5), eval-sft and eval-selfplay
 # (`games eval` on all games against MARS's opponents, EVAL_GAMES per row, default 50, into
 # OUT/eval-*.md and .json), or a time limit `until=SECONDS` that makes the stages after it stop
@@ -49,6 +51,10 @@ for stage in "$@"; do
           --p0 random --p1 random ;;
       *) echo "error: WARM_START must be reference or mixed, got '$WARM_START'" >&2; exit 2 ;;
       esac
+    done
+    for g in ${FORMAT_GAMES:-}; do
+      "$bin" games transcripts "${g%%:*}" -n "${g##*:}" -o "$out/transcripts-${g%%:*}-random.jsonl" --seed "$seed" \
+        --p0 random --p1 random
     done
     cat "$out"/transcripts-*.jsonl > "$out/sft.jsonl.tmp" && mv "$out/sft.jsonl.tmp" "$out/sft.jsonl"
     ;;

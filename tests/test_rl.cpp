@@ -499,6 +499,68 @@ TEST_F(RlSelfPlay, SplitAndKilledRunsResumeToTheUninterruptedRun) {
   expect_same_as_whole(killed);
 }
 
+// Mixing SFT conversations into the update (--sft-mix, PPO-ptx) and a KL reference other than the
+// starting model (--reference). One optimizer step an iteration (--minibatch 100): the first
+// iteration's sft_mix_loss is the starting model's loss on the conversations drawn, all four
+// here, as the trainer's evaluate_sft_loss computes it; the step lowers it. A run split by
+// --stop-after and --resume draws the same conversations (same weights). With the policy as
+// its own reference the first step's KL is 0; with another model's weights it is not.
+TEST_F(RlSelfPlay, SftMixAndReference) {
+  const fs::path conversations = dir_ / "mix.jsonl";
+  ASSERT_EQ(run("games transcripts tic_tac_toe -n 2 --mcts-simulations 4 -o " + conversations.string()).code, 0);
+  // args() with one optimizer step an iteration (and other changes), for the run in `out`.
+  auto with = [](const fs::path& out, const std::string& extra, const std::string& iterations = "2") {
+    std::string a = args(out);
+    a.replace(a.find("--minibatch 4"), 13, "--minibatch 100");
+    a.replace(a.find("--iterations 2"), 14, "--iterations " + iterations);
+    return a + extra;
+  };
+  const std::string mix = " --sft-mix " + conversations.string() + " --sft-mix-coef 1 --sft-mix-batch 4";
+  const Result whole = run(with(dir_ / "mix", mix));
+  ASSERT_EQ(whole.code, 0) << whole.out;
+  const auto csv = read_csv(dir_ / "mix" / "log.csv");
+  ASSERT_EQ(csv.size(), 3u);
+  auto col = [&](const std::string& name) {
+    return size_t(std::find(csv[0].begin(), csv[0].end(), name) - csv[0].begin());
+  };
+  train::ChatEncoder encoder = train::ChatEncoder::load(model_);
+  const auto examples = train::read_sft_file(conversations, encoder);
+  ASSERT_EQ(examples.size(), 4u);
+  const double start_loss = train::evaluate_sft_loss(train::TorchModel::load(model_, torch::kCPU), examples, 1, 4,
+                                                     4000, torch::kFloat32);
+  EXPECT_NEAR(std::stod(csv[1][col("sft_mix_loss")]), start_loss, 1e-5 * start_loss);
+  EXPECT_LT(std::stod(csv[2][col("sft_mix_loss")]), start_loss);
+  EXPECT_EQ(std::stod(csv[1][col("kl")]), 0.0);
+
+  const fs::path split = dir_ / "mix_split";
+  ASSERT_EQ(run(with(split, mix + " --stop-after 1")).code, 0);
+  const Result rest = run(with(split, mix + " --resume"));
+  ASSERT_EQ(rest.code, 0) << rest.out;
+  EXPECT_EQ(read_file(dir_ / "mix" / "model" / "model.safetensors"), read_file(split / "model" / "model.safetensors"));
+  EXPECT_EQ(read_csv(split / "log.csv")[2][col("sft_mix_loss")], csv[2][col("sft_mix_loss")]);
+
+  // The same run without mixing: no sft_mix_loss, other weights.
+  ASSERT_EQ(run(with(dir_ / "plain", "")).code, 0);
+  EXPECT_EQ(read_csv(dir_ / "plain" / "log.csv")[1][col("sft_mix_loss")], "");
+  EXPECT_NE(read_file(dir_ / "mix" / "model" / "model.safetensors"),
+            read_file(dir_ / "plain" / "model" / "model.safetensors"));
+
+  const fs::path other = dir_ / "other_seed";
+  ASSERT_EQ(run("init " + other.string() + " --layout moe --layers 2 --hidden 32 --heads 2 --kv-heads 1 --head-dim 16 "
+                "--intermediate 64 --experts 4 --top-k 2 --expert-size 16 --context 4096 --seed 9").code, 0);
+  const Result referenced = run(with(dir_ / "referenced", " --reference " + other.string(), "1"));
+  ASSERT_EQ(referenced.code, 0) << referenced.out;
+  EXPECT_GT(std::stod(read_csv(dir_ / "referenced" / "log.csv")[1][col("kl")]), 0.0);
+
+  const fs::path wider = dir_ / "wider";
+  ASSERT_EQ(run("init " + wider.string() + " --layout moe --layers 2 --hidden 48 --heads 2 --kv-heads 1 --head-dim 16 "
+                "--intermediate 64 --experts 4 --top-k 2 --expert-size 16 --context 4096").code, 0);
+  expect_error(run(args(dir_ / "x7") + " --reference " + wider.string()), "is not a model of the policy's shape");
+  const fs::path empty = dir_ / "empty.jsonl";
+  std::ofstream(empty).close();
+  expect_error(run(args(dir_ / "x8") + " --sft-mix " + empty.string()), "empty.jsonl has no conversations");
+}
+
 // A directory that holds a run is never started over: without --resume it is refused, and with
 // --resume but no complete checkpoint it is refused with its log untouched.
 TEST_F(RlSelfPlay, RefusesToRestartARun) {

@@ -239,6 +239,18 @@ void add_rl(CLI::App& app) {
   cmd->add_option("--dual-clip", o.loss.dual_clip, "Dual clip for negative advantages (true/false)")->capture_default_str();
   cmd->add_option("--kl-coef", o.loss.kl_coef, "KL loss weight (k3 estimator, to the starting model)")
       ->capture_default_str();
+  cmd->add_option("--reference", o.reference_dir,
+                  "The KL loss's frozen reference model (default: the starting model), e.g. the warm start when "
+                  "continuing from another run's policy")
+      ->check(CLI::ExistingDirectory);
+  cmd->add_option("--sft-mix", o.sft_mix_file,
+                  "Conversations (jsonl, as train --sft reads) whose assistant-token loss every optimizer step adds "
+                  "(PPO-ptx): keeps the answer protocol when a seat's games all forfeit and its advantages vanish")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--sft-mix-coef", o.sft_mix_coef, "Weight of the --sft-mix loss beside the policy loss")
+      ->capture_default_str()->check(cli::real_number(0));
+  cmd->add_option("--sft-mix-batch", o.sft_mix_batch, "--sft-mix conversations per optimizer step")
+      ->capture_default_str()->check(cli::positive());
   cmd->add_option("--lr", o.lr, "Learning rate (constant after warmup)")->capture_default_str();
   cmd->add_option("--warmup", o.warmup, "Optimizer steps of linear warmup")->capture_default_str();
   cmd->add_option("--weight-decay", o.weight_decay, "AdamW weight decay (matrices only)")->capture_default_str();

@@ -32,7 +32,7 @@ using games::Seat;
 
 namespace {
 
-enum Stream : uint64_t { kRollout = 11, kEvaluation = 12, kShuffle = 13 };
+enum Stream : uint64_t { kRollout = 11, kEvaluation = 12, kShuffle = 13, kSftMix = 14 };
 
 // A seat's conversation in the update's form.
 struct Sequence {
@@ -145,7 +145,8 @@ torch::Tensor padded_rows(const std::vector<torch::Tensor>& rows) {
 }
 
 struct UpdateStats {
-  double pg = 0, kl = 0, entropy = 0, clip_fraction = 0, ratio_deviation = 0, grad_norm = 0, log_prob_gap = 0;
+  double pg = 0, kl = 0, entropy = 0, clip_fraction = 0, ratio_deviation = 0, grad_norm = 0, log_prob_gap = 0,
+         sft_mix_loss = 0;
   int64_t tokens = 0, steps = 0;
   double seconds = 0;
 };
@@ -196,7 +197,7 @@ void write_progress_svg(const fs::path& csv, const fs::path& svg) {
 std::vector<std::string> selfplay_columns(const std::vector<std::string>& games_list) {
   std::vector<std::string> c = {"iteration",    "trajectories", "answers",     "invalid_rate",     "overlong_rate",
                                 "answer_tokens", "reward_mean",  "pg_loss",     "kl",               "entropy",
-                                "clip_fraction", "ratio_deviation", "grad_norm",    "log_prob_gap", "rollout_tokens_per_s",
+                                "clip_fraction", "ratio_deviation", "grad_norm",    "log_prob_gap", "sft_mix_loss", "rollout_tokens_per_s",
                                 "update_tokens_per_s", "lr", "rollout_s", "rollout_prefill_s", "rollout_engine_s",
                                 "decode_rows_per_step", "update_s", "eval_s"};
   for (const auto& name : games_list) {
@@ -241,9 +242,24 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
   for (const auto& name : o.games)
     games::check_game_text(chat, *games.at(name), int(model_config.vocab_size), o.model_dir.string());
 
+  // Conversations mixed into the update, encoded through the model's chat template.
+  std::vector<train::SftExample> sft_mix;
+  if (!o.sft_mix_file.empty()) {
+    require(o.sft_mix_batch > 0 && o.sft_mix_coef >= 0, "--sft-mix-batch must be positive, --sft-mix-coef not negative");
+    train::ChatEncoder encoder = train::ChatEncoder::load(o.model_dir);
+    sft_mix = train::read_sft_file(o.sft_mix_file, encoder);  // an error when it holds none
+  }
+  train::EpochOrder sft_mix_order(o.seed, kSftMix, std::max<size_t>(sft_mix.size(), 1));
+
   // Policy (the start model or the resumed checkpoint), frozen reference, optimiser.
   train::TorchModel policy = train::TorchModel::load(o.model_dir, device);
-  const train::TorchModel reference = train::TorchModel::load(o.model_dir, device);
+  const fs::path reference_dir = o.reference_dir.empty() ? o.model_dir : o.reference_dir;
+  const train::TorchModel reference = train::TorchModel::load(reference_dir, device);
+  for (const auto& [name, t] : policy.tensors()) {
+    const auto it = reference.tensors().find(name);
+    require(it != reference.tensors().end() && it->second.sizes() == t.sizes(),
+            "--reference " + reference_dir.string() + " is not a model of the policy's shape (tensor " + name + ")");
+  }
   train::AdamW adam;
   int start_iteration = 0;
   int64_t optimizer_steps = 0;
@@ -388,13 +404,24 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
         const torch::Tensor lp = token_log_probs(policy, tokens, fo, nullptr, nullptr);
         const PolicyLoss loss = policy_loss(lp, old, padded_rows(ref_rows), advantages, mask, o.loss);
         loss.total.backward();
+        // The mixed-in conversations of this optimizer step (a pure function of seed and step, so
+        // a resumed run draws the same ones); their own backward pass adds to the gradients.
+        torch::Tensor sft_mix_loss = torch::zeros({}, on_device);
+        if (!sft_mix.empty()) {
+          std::vector<const train::SftExample*> rows;
+          for (int b = 0; b < o.sft_mix_batch; ++b)
+            rows.push_back(&sft_mix[sft_mix_order.at(uint64_t(optimizer_steps) * uint64_t(o.sft_mix_batch) + uint64_t(b))]);
+          const train::SftBatch sb = train::sft_batch(rows, o.max_sequence, device);
+          sft_mix_loss = train::next_token_loss(policy.forward(sb.input, fo).logits, sb.target, sb.mask);
+          (sft_mix_loss * o.sft_mix_coef).backward();
+        }
         const double lr = o.lr * std::min(1.0, double(optimizer_steps + 1) / double(std::max<int64_t>(o.warmup, 1)));
         const torch::Tensor grad_norm = train::clip_gradients(policy, trainable, o.grad_clip);
         adam.step(policy, trainable, hyper, lr, ++optimizer_steps);
         for (const auto& name : trainable) policy.tensor(name).mutable_grad() = torch::Tensor();
         row["lr"] = lr;
         std::vector<torch::Tensor> values = {loss.total, loss.pg, loss.kl, loss.clip_fraction, loss.ratio_deviation,
-                                             grad_norm};
+                                             grad_norm, sft_mix_loss};
         for (torch::Tensor& t : values) t = t.detach().to(device, torch::kFloat64);
         step_values.push_back(torch::stack(values));
         ++u.steps;
@@ -406,6 +433,7 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
       // previous iteration is still whole.
       require(std::isfinite(v[0]), "rl: the loss is not finite (lower --lr?)");
       u.pg = v[1], u.kl = v[2], u.clip_fraction = v[3], u.ratio_deviation = v[4], u.grad_norm = v[5];
+      u.sft_mix_loss = v[6];
       u.entropy = entropy_sum.item<double>() / double(std::max<int64_t>(masked_tokens, 1));
       u.log_prob_gap = gap_sum.item<double>() / double(std::max<int64_t>(masked_tokens, 1));
     }
@@ -418,6 +446,7 @@ IterationLog run_selfplay(const SelfPlayOptions& o) {
     row["ratio_deviation"] = u.ratio_deviation / steps;
     row["grad_norm"] = u.grad_norm / steps;
     row["log_prob_gap"] = u.log_prob_gap;
+    if (!sft_mix.empty()) row["sft_mix_loss"] = u.sft_mix_loss / steps;
     row["update_tokens_per_s"] = double(u.tokens) / std::max(u.seconds, 1e-9);
     row["update_s"] = u.seconds;
     if (!row.count("lr")) row["lr"] = 0.0;

@@ -10,8 +10,12 @@
 // and the length term; later moves' step rewards land on each other seat's last turn; an invalid
 // answer forfeits (the stake plus 10 for that seat).
 // Update: credit assignment (rl/credit), log-probs of the policy before the update and of the
-// frozen reference (the starting model), then one epoch of minibatches of the clipped objective
-// with the KL loss (rl/policy_loss), AdamW. The engine reads the updated weights in place.
+// frozen reference (the starting model, or reference_dir), then one epoch of minibatches of the
+// clipped objective with the KL loss (rl/policy_loss), AdamW. The engine reads the updated weights
+// in place. With sft_mix_file, every optimizer step also adds sft_mix_coef times the next-token loss
+// on the assistant tokens of sft_mix_batch conversations of that file (InstructGPT's "PPO-ptx"):
+// a pull towards the warm start's protocol that does not vanish when a group's rewards are all
+// equal, as MARS's per-seat normalisation makes them once every game of a seat forfeits.
 // Evaluation: the policy against fixed opponents (MCTS for perfect-information games, a CFR+
 // policy for poker) as first and as second player, and the self-play score in Hanabi.
 //
@@ -51,6 +55,10 @@ struct SelfPlayOptions {
   CreditOptions credit;
   PolicyLossOptions loss;
   games::MarsRewards rewards;
+  std::filesystem::path reference_dir;  // the KL loss's frozen reference; empty: model_dir
+  std::filesystem::path sft_mix_file;   // jsonl conversations mixed into the update (empty: none)
+  double sft_mix_coef = 0.1;            // weight of their loss beside the policy loss
+  int sft_mix_batch = 8;                // conversations per optimizer step
   double lr = 1e-6;
   int64_t warmup = 10;            // optimizer steps of linear warmup
   double weight_decay = 0.05, beta1 = 0.9, beta2 = 0.95, grad_clip = 1.0;
