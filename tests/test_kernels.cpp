@@ -182,8 +182,9 @@ TEST(ThreadPool, RunsEveryIndexExactlyOnce) {
 
 }  // namespace
 
-// Quantized weights (Q8_0, Q4_K): the product reads x quantized to 8 bits per block of 32, so
-// against the dequantized weights times the exact x it may differ by
+// Quantized weights (Q8_0, Q4_K): the product reads x quantized to 8 bits with one step d_b per
+// group of 32 (Q8_0) or 256 (Q4_K) columns, so against the dequantized weights times the exact x
+// it may differ by
 //   sum over blocks b of (d_b / 2) * sum_{i in b} |w_i|        (|x_i - d_b q_i| <= d_b / 2)
 // plus float rounding. The integer block sums are exact in every ISA, which differ only in the
 // order of float operations: about cols / 32 + 3 roundings of 2^-24 each, on at most
@@ -239,7 +240,7 @@ void quant_products(Isa isa, DType t, std::vector<std::vector<float>>* outputs, 
     const std::vector<float> w = weight_like(size_t(rows) * cols, rng), x = weight_like(size_t(tokens) * cols, rng);
     const QuantizedMatrix q = quantize_matrix(t, w, rows, cols);
     std::vector<ActivationBlock> xq(size_t(tokens) * cols / 32);
-    quantize_activations(x.data(), int64_t(tokens) * cols, xq.data());
+    quantize_activations(x.data(), int64_t(tokens) * cols, activation_group(t), xq.data());
     std::vector<float> y(size_t(tokens) * rows);
     matmul(q.matrix(t, rows, cols), x.data(), tokens, y.data());
     std::vector<double> m(y.size());
@@ -281,19 +282,28 @@ void expect_isa_matches_portable(Isa isa) {
 
 TEST(QuantKernels, ActivationsQuantizeWithinHalfAStep) {
   std::mt19937 rng(2);
-  std::vector<float> x = weight_like(256, rng);
+  std::vector<float> x = weight_like(512, rng);
   std::fill(x.begin() + 64, x.begin() + 96, 0.0f);
-  std::vector<ActivationBlock> a(8);
-  quantize_activations(x.data(), 256, a.data());
-  for (int b = 0; b < 8; ++b) {
-    int32_t sum = 0, qmax = 0;
-    for (int i = 0; i < 32; ++i) {
-      EXPECT_LE(std::fabs(x[b * 32 + i] - a[b].d * a[b].q[i]), a[b].d / 2 * (1 + 1e-6f)) << b << " " << i;
-      sum += a[b].q[i];
-      qmax = std::max(qmax, std::abs(int32_t(a[b].q[i])));
+  std::fill(x.begin() + 256, x.end(), 0.0f);  // a zero super-block: step 0, every q 0
+  EXPECT_EQ(activation_group(DType::Q8_0), 32);
+  EXPECT_EQ(activation_group(DType::Q4_K), 256);
+  for (int64_t group : {32, 256}) {
+    std::vector<ActivationBlock> a(16);
+    quantize_activations(x.data(), 512, group, a.data());
+    for (int b = 0; b < 16; ++b) {
+      const int first = int(b / (group / 32) * (group / 32));  // the first block of b's group
+      float amax = 0;
+      for (int i = first * 32; i < first * 32 + group; ++i) amax = std::max(amax, std::fabs(x[i]));
+      EXPECT_EQ(a[b].d, amax / 127.0f) << "one step per group of " << group << ", block " << b;
+      int32_t sum = 0, qmax = 0;
+      for (int i = 0; i < 32; ++i) {
+        EXPECT_LE(std::fabs(x[b * 32 + i] - a[b].d * a[b].q[i]), a[b].d / 2 * (1 + 1e-6f)) << b << " " << i;
+        sum += a[b].q[i];
+        qmax = std::max(qmax, std::abs(int32_t(a[b].q[i])));
+      }
+      EXPECT_EQ(a[b].sum, sum);
+      if (group == 32) EXPECT_EQ(qmax, b == 2 || b >= 8 ? 0 : 127) << "the largest value of a block maps to 127";
     }
-    EXPECT_EQ(a[b].sum, sum);
-    EXPECT_EQ(qmax, b == 2 ? 0 : 127) << "the largest value of a block maps to 127";
   }
 }
 

@@ -107,6 +107,24 @@ TEST(Quant, Q4_KScalesAndMinsPackEveryValue) {
   }
 }
 
+TEST(Quant, Q4_KScalesAndMinsUnpackAllAtOnceAsOneByOne) {
+  // Any 12 bytes (every bit pattern is a valid packing): the word-at-a-time unpack of the
+  // kernels gives q4_k_scale_min's values for all 8 sub-blocks.
+  std::mt19937 rng(7);
+  for (int round = 0; round < 2000; ++round) {
+    uint8_t packed[12];
+    for (uint8_t& b : packed) b = uint8_t(round < 256 ? round : rng());
+    uint8_t scales[8], mins[8];
+    quant::q4_k_scales_mins(packed, scales, mins);
+    for (int j = 0; j < 8; ++j) {
+      int scale, min;
+      quant::q4_k_scale_min(packed, j, &scale, &min);
+      ASSERT_EQ(scales[j], scale) << round << " " << j;
+      ASSERT_EQ(mins[j], min) << round << " " << j;
+    }
+  }
+}
+
 TEST(Quant, Q8_0RoundTripWithinHalfAStep) {
   const int64_t n = 2048;
   const std::vector<float> x = test_row(n, 7);

@@ -74,12 +74,15 @@ void matmul(const Matrix& w, const float* x, int tokens, float* y) {
 void matmul_batch(const MatmulJob* jobs, int count) {
   const KernelTable& k = *active();
   // Inputs are prepared once per distinct x (q, k and v share one; so do an expert's gate and
-  // up), not once per block of rows: quantized per block of 32 for Q8_0/Q4_K weights, reordered
-  // for bf16 weights (bf16_x_layout).
-  enum Prep { kNone, kQuantized, kBf16 };
+  // up), not once per block of rows: quantized for Q8_0/Q4_K weights (per block of 32 or per
+  // super-block of 256: activation_group), reordered for bf16 weights (bf16_x_layout).
+  enum Prep { kNone, kQuantized32, kQuantized256, kBf16 };
   const auto prep_of = [&](int j) {
-    return dtype_block(jobs[j].w.dtype) > 1 ? kQuantized : jobs[j].w.dtype == DType::BF16 ? kBf16 : kNone;
+    const DType t = jobs[j].w.dtype;
+    if (dtype_block(t) > 1) return activation_group(t) == 32 ? kQuantized32 : kQuantized256;
+    return t == DType::BF16 ? kBf16 : kNone;
   };
+  const auto quantized_prep = [](Prep p) { return p == kQuantized32 || p == kQuantized256; };
   thread_local std::vector<ActivationBlock> quantized;
   thread_local std::vector<float> reordered;
   std::vector<int> source(count, -1);  // the job whose prepared input job j reads
@@ -95,7 +98,7 @@ void matmul_batch(const MatmulJob* jobs, int count) {
         source[j] = i;
     if (source[j] != j) {
       prepared_at[j] = prepared_at[source[j]];
-    } else if (prep == kQuantized) {
+    } else if (quantized_prep(prep)) {
       prepared_at[j] = quantized_total;
       quantized_total += size_t(jobs[j].tokens) * size_t(jobs[j].w.cols / 32);
     } else {
@@ -107,8 +110,9 @@ void matmul_batch(const MatmulJob* jobs, int count) {
   if (reordered.size() < reordered_total) reordered.resize(reordered_total);
   for (int j = 0; j < count; ++j) {
     if (source[j] != j) continue;
-    if (prep_of(j) == kQuantized)
-      quantize_activations(jobs[j].x, int64_t(jobs[j].tokens) * jobs[j].w.cols, quantized.data() + prepared_at[j]);
+    if (quantized_prep(prep_of(j)))
+      quantize_activations(jobs[j].x, int64_t(jobs[j].tokens) * jobs[j].w.cols, activation_group(jobs[j].w.dtype),
+                           quantized.data() + prepared_at[j]);
     else
       k.bf16_x_layout(jobs[j].x, jobs[j].tokens, jobs[j].w.cols, reordered.data() + prepared_at[j]);
   }
@@ -132,7 +136,7 @@ void matmul_batch(const MatmulJob* jobs, int count) {
     const int64_t end = std::min(job.w.rows, row + kBlock);
     if (source[j] < 0)
       k.matmul_rows(job.w, job.x, job.tokens, job.y, row, end);
-    else if (prep_of(j) == kQuantized)
+    else if (quantized_prep(prep_of(j)))
       k.quant_matmul_rows(job.w, activations + prepared_at[j], job.tokens, job.y, row, end);
     else
       k.matmul_rows(job.w, reordered_x + prepared_at[j], job.tokens, job.y, row, end);

@@ -53,14 +53,20 @@ void rope(float* x, int heads, int dim, const float* cos, const float* sin);
 void to_f32(const void* src, DType dtype, int64_t n, float* dst);
 
 // 32 activations as a quantized-weight product reads them: x[i] ~ d * q[i] with
-// d = max|x| / 127 (so |x[i] - d * q[i]| <= d / 2), and sum = sum of q (Q4_K's min term).
+// d = max|x| / 127 over the block's group (so |x[i] - d * q[i]| <= d / 2), and sum = sum of q
+// (Q4_K's min term).
 struct ActivationBlock {
   float d;
   int32_t sum;
   int8_t q[32];
 };
-// n a multiple of 32. One portable implementation, so every ISA multiplies the same integers.
-void quantize_activations(const float* x, int64_t n, ActivationBlock* out);
+// Columns that share one activation scale against weights of a block type: 32 for Q8_0 (one
+// block), 256 for Q4_K (a super-block, as llama.cpp's Q8_K: one float step per super-block lets
+// the kernel apply the 8 sub-block scales in integers).
+int64_t activation_group(DType weights);
+// n a multiple of group (32 or 256); every block of a group gets the group's d. One portable
+// implementation, so every ISA multiplies the same integers.
+void quantize_activations(const float* x, int64_t n, int64_t group, ActivationBlock* out);
 
 enum class Isa { Generic, Avx2, Avx512 };
 Isa active_isa();

@@ -31,14 +31,22 @@ struct QuantLaneScalar {
     for (int i = 0; i < 32; ++i) s += int32_t(w[i]) * a[i];
     return acc + scale * float(s);
   }
-  static Acc madd_q4(const uint8_t* q, const int8_t* a_lo, const int8_t* a_hi, float s_lo, float s_hi, Acc acc) {
+  using Int = int32_t;
+  static Int int_zero() { return 0; }
+  static Int madd_q4(const uint8_t* q, const int8_t* a_lo, const int8_t* a_hi, int s_lo, int s_hi, Int acc) {
     int32_t lo = 0, hi = 0;
     for (int i = 0; i < 32; ++i) {
       lo += int32_t(q[i] & 15) * a_lo[i];
       hi += int32_t(q[i] >> 4) * a_hi[i];
     }
-    return acc + s_lo * float(lo) + s_hi * float(hi);
+    return acc + s_lo * lo + s_hi * hi;
   }
+  static Int madd_mins(const uint8_t* m, const int16_t* s) {
+    int32_t sum = 0;
+    for (int j = 0; j < 8; ++j) sum += int32_t(m[j]) * s[j];
+    return sum;
+  }
+  static Acc madd_int(Int sums, float scale, Acc acc) { return acc + scale * float(sums); }
 };
 }  // namespace
 

@@ -30,6 +30,9 @@ template <DType D> inline float scalar_widen(Stored<D> v) {
   else return f16_to_f32(v);
 }
 
+// One token (decode) reads each row once from memory: the tile asks for the next tile's rows at
+// the same columns ahead of time, since rows of small matrices (an MoE's experts) end before the
+// hardware prefetcher has picked up their streams.
 // ROWS weight rows times TOK token vectors: every weight vector loaded once feeds TOK FMAs,
 // every token vector loaded once feeds ROWS FMAs. Every (row, token) pair is summed in the same
 // order whatever the tile, so a token's result does not depend on the tokens beside it.
@@ -48,6 +51,7 @@ inline void tile(const Stored<D>* w, int64_t ld, const float* x, int64_t cols, i
       for (int t = 0; t < TOK; ++t) even[t] = S::load(x + t * ldx + c), odd[t] = S::load(x + t * ldx + c + S::width);
       for (int r = 0; r < ROWS; ++r) {
         typename S::V we, wo;
+        if constexpr (TOK == 1) __builtin_prefetch(w + (r + ROWS) * ld + c);
         S::widen_bf16_pair(w + r * ld + c, we, wo);
         for (int t = 0; t < TOK; ++t) acc[r][t] = S::fma(wo, odd[t], S::fma(we, even[t], acc[r][t]));
       }
@@ -57,6 +61,7 @@ inline void tile(const Stored<D>* w, int64_t ld, const float* x, int64_t cols, i
     typename S::V xv[TOK];
     for (int t = 0; t < TOK; ++t) xv[t] = S::load(x + t * ldx + c);
     for (int r = 0; r < ROWS; ++r) {
+      if constexpr (TOK == 1) __builtin_prefetch(w + (r + ROWS) * ld + c);
       const typename S::V wv = S::template widen<D>(w + r * ld + c);
       for (int t = 0; t < TOK; ++t) acc[r][t] = S::fma(wv, xv[t], acc[r][t]);
     }

@@ -52,17 +52,21 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
 }
 
 
-void quantize_activations(const float* x, int64_t n, ActivationBlock* out) {
-  for (int64_t b = 0; b < n / 32; ++b, x += 32) {
+int64_t activation_group(DType weights) { return weights == DType::Q4_K ? 256 : 32; }
+
+void quantize_activations(const float* x, int64_t n, int64_t group, ActivationBlock* out) {
+  for (int64_t g = 0; g < n / group; ++g, x += group) {
     float amax = 0.0f;
-    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[i]));
-    ActivationBlock& a = out[b];
-    a.d = amax / 127.0f;
+    for (int64_t i = 0; i < group; ++i) amax = std::max(amax, std::fabs(x[i]));
     const float inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
-    a.sum = 0;
-    for (int i = 0; i < 32; ++i) {
-      a.q[i] = int8_t(std::clamp(std::nearbyint(x[i] * inverse), -127.0f, 127.0f));
-      a.sum += a.q[i];
+    for (int64_t b = 0; b < group / 32; ++b) {
+      ActivationBlock& a = *out++;
+      a.d = amax / 127.0f;
+      a.sum = 0;
+      for (int i = 0; i < 32; ++i) {
+        a.q[i] = int8_t(std::clamp(std::nearbyint(x[b * 32 + i] * inverse), -127.0f, 127.0f));
+        a.sum += a.q[i];
+      }
     }
   }
 }

@@ -36,14 +36,29 @@ struct QuantLaneAvx2 {
     const __m256i sums = pair_sums(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
   }
-  static Acc madd_q4(const uint8_t* q, const int8_t* a_lo, const int8_t* a_hi, float s_lo, float s_hi, Acc acc) {
+  using Int = __m256i;
+  static Int int_zero() { return _mm256_setzero_si256(); }
+  // Nibbles (<= 15) times activations (|a| <= 127): a pair sums to at most 3810 in vpmaddubsw's
+  // 16 bits, and vpmaddwd applies the 6-bit scale to pairs of those (<= 480,060 per lane).
+  static Int madd_q4(const uint8_t* q, const int8_t* a_lo, const int8_t* a_hi, int s_lo, int s_hi, Int acc) {
     const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
     const __m256i nibble = _mm256_set1_epi8(15);
     const __m256i lo = _mm256_and_si256(bytes, nibble), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), nibble);
-    const __m256i sum_lo = pair_sums(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a_lo)));
-    const __m256i sum_hi = pair_sums(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a_hi)));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_lo), _mm256_set1_ps(s_lo), acc);
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_hi), _mm256_set1_ps(s_hi), acc);
+    const __m256i p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a_lo)));
+    const __m256i p_hi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a_hi)));
+    const __m256i sums = _mm256_add_epi32(_mm256_madd_epi16(p_lo, _mm256_set1_epi16(int16_t(s_lo))),
+                                          _mm256_madd_epi16(p_hi, _mm256_set1_epi16(int16_t(s_hi))));
+    return _mm256_add_epi32(acc, sums);
+  }
+  // Mins (<= 63) times block sums (|s| <= 4064): pairs sum to at most 512,064 in 32 bits; the
+  // four pair sums fill the low half of an Int.
+  static Int madd_mins(const uint8_t* m, const int16_t* s) {
+    const __m128i m16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m)));
+    const __m128i s16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
+    return _mm256_zextsi128_si256(_mm_madd_epi16(m16, s16));
+  }
+  static Acc madd_int(Int sums, float scale, Acc acc) {
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
   }
 };
 

@@ -20,7 +20,9 @@
 //   Q4_K: each sub-block's grid [-dmin * m, d * sc * 15 - dmin * m] is made to cover its values
 //     (mins and scales rounded up), so |x - value| <= d * sc / 2, and
 //     d * sc < (max(x_j) - min(0, min(x_j)) + dmin) / 15 + d.
+#include <bit>
 #include <cstdint>
+#include <cstring>
 
 #include "util/dtype.hpp"
 
@@ -44,6 +46,18 @@ inline void q4_k_scale_min(const uint8_t* packed, int j, int* scale, int* min) {
     *scale = (packed[j + 4] & 15) | ((packed[j - 4] >> 6) << 4);
     *min = (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4);
   }
+}
+// All 8 scales and mins at once, a word at a time (the kernels' form of q4_k_scale_min, which the
+// tests compare it with): scales[j] = sc[j], mins[j] = m[j].
+inline void q4_k_scales_mins(const uint8_t* packed, uint8_t* scales, uint8_t* mins) {
+  static_assert(std::endian::native == std::endian::little, "the words below are read little-endian");
+  uint32_t w[3];
+  std::memcpy(w, packed, 12);
+  constexpr uint32_t kLow6 = 0x3f3f3f3f, kLow4 = 0x0f0f0f0f, kLow2 = 0x03030303;
+  const uint32_t sc[2] = {w[0] & kLow6, (w[2] & kLow4) | (((w[0] >> 6) & kLow2) << 4)};
+  const uint32_t m[2] = {w[1] & kLow6, ((w[2] >> 4) & kLow4) | (((w[1] >> 6) & kLow2) << 4)};
+  std::memcpy(scales, sc, 8);
+  std::memcpy(mins, m, 8);
 }
 void q4_k_pack_scales_mins(const int* scales, const int* mins, uint8_t* packed);
 
