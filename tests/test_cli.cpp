@@ -564,7 +564,7 @@ TEST_F(CliTrain, DataParallelEqualsOneProcess) {
 // 2 pools, PSR masks): every logged loss, balancing loss, gradient norm (the experts' shares summed
 // over ranks) and validation loss and the exported weights equal one process's; a run stopped under
 // EP resumes on 1 process and a 1-process run resumes under EP, both ending the same, as does a run on
-// 4 processes in 2 expert-parallel groups resumed on 2; the exported model of an EP run gives the CPU
+// 4 processes in 2 expert-parallel groups (with --shard-optimizer) resumed on 2; the exported model of an EP run gives the CPU
 // runtime the logits of one process's.
 TEST_F(CliTrain, ExpertParallelEqualsOneProcess) {
   const std::string megrez2 =
@@ -588,8 +588,10 @@ TEST_F(CliTrain, ExpertParallelEqualsOneProcess) {
   const Result to_ep = run("train -o " + (dir_ / "ep_from_one").string() + " --resume --threads 1 --nproc 2 --ep 2");
   ASSERT_EQ(to_ep.code, 0) << to_ep.out;
   // --ep below --nproc: 2 expert-parallel groups of 2, data parallel across them (the experts'
-  // gradients averaged between the ranks that hold them), stopped and resumed as one group.
-  const Result groups = run(replaced(megrez2, "ep_one", "ep_groups") + "--nproc 4 --ep 2 --bucket-mb 0.001 --stop-after 3");
+  // gradients averaged between the ranks that hold them), with the other weights' optimizer state
+  // sharded (ZeRO-1) over the 4, stopped and resumed as one group.
+  const Result groups =
+      run(replaced(megrez2, "ep_one", "ep_groups") + "--nproc 4 --ep 2 --shard-optimizer --bucket-mb 0.001 --stop-after 3");
   ASSERT_EQ(groups.code, 0) << groups.out;
   EXPECT_NE(groups.out.find("routed experts of every pool (2 groups of 2 processes)"), std::string::npos) << groups.out;
   ASSERT_EQ(run("train -o " + (dir_ / "ep_groups").string() + " --resume --threads 1 --nproc 2 --ep 2").code, 0);

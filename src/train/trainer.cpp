@@ -406,7 +406,6 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     require(comm && world % ep == 0, "--ep " + std::to_string(ep) + " must divide the " + std::to_string(world) +
                                          " processes (--nproc)");
     check_expert_parallel(config, ep);
-    require(!o.shard_optimizer, "--ep with --shard-optimizer is not supported yet");
     if (ep < world) {
       std::vector<int> ep_members, expert_data_members;
       for (int i = 0; i < ep; ++i) ep_members.push_back(rank / ep * ep + i);
@@ -442,31 +441,37 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   for (const auto& name : trainable) model->tensor(name).set_requires_grad(true);
   // ZeRO-1: this rank keeps the AdamW moments of its share of the parameters and updates only those;
   // a checkpoint gathers the moments to rank 0 first, so that it resumes on any number of ranks.
+  // Under expert parallelism the routed experts are split already: their moments stay with them, and
+  // ZeRO shards those of the rest (`replicated`: every data-parallel rank holds them).
+  const std::set<std::string> own(own_experts.begin(), own_experts.end());
+  std::vector<std::string> replicated;
+  for (const std::string& name : trainable)
+    if (!own.count(name)) replicated.push_back(name);
   const bool sharded = comm && o.shard_optimizer;
   std::vector<torch::Tensor> parameters;
-  for (const auto& name : trainable) parameters.push_back(model->tensor(name));
+  for (const auto& name : replicated) parameters.push_back(model->tensor(name));
   const int data_comm_rank = comm ? data_comm->rank() : 0;
   const std::vector<int> owner =
-      sharded ? data_comm->owners(parameters) : std::vector<int>(trainable.size(), data_comm_rank);
-  std::vector<std::string> updated;
-  for (size_t i = 0; i < trainable.size(); ++i)
-    if (owner[i] == data_comm_rank) updated.push_back(trainable[i]);
+      sharded ? data_comm->owners(parameters) : std::vector<int>(replicated.size(), data_comm_rank);
+  std::vector<std::string> updated = own_experts;
+  for (size_t i = 0; i < replicated.size(); ++i)
+    if (owner[i] == data_comm_rank) updated.push_back(replicated[i]);
   auto drop_others_moments = [&] {
-    for (size_t i = 0; i < trainable.size(); ++i)
-      if (owner[i] != data_comm_rank) adam.m.erase(trainable[i]), adam.v.erase(trainable[i]);
+    for (size_t i = 0; i < replicated.size(); ++i)
+      if (owner[i] != data_comm_rank) adam.m.erase(replicated[i]), adam.v.erase(replicated[i]);
   };
   drop_others_moments();
   auto gather_moments = [&] {
-    torch::Tensor kept = torch::zeros({int64_t(trainable.size())}, torch::kInt64);
-    for (size_t i = 0; i < trainable.size(); ++i) kept[int64_t(i)] = int64_t(adam.m.count(trainable[i]));
+    torch::Tensor kept = torch::zeros({int64_t(replicated.size())}, torch::kInt64);
+    for (size_t i = 0; i < replicated.size(); ++i) kept[int64_t(i)] = int64_t(adam.m.count(replicated[i]));
     std::vector<torch::Tensor> flags{kept};
     data_comm->sum(flags);
     std::vector<torch::Tensor> moments;
     std::vector<int> moment_owner;
-    for (size_t i = 0; i < trainable.size(); ++i) {
+    for (size_t i = 0; i < replicated.size(); ++i) {
       if (kept[int64_t(i)].item<int64_t>() == 0) continue;  // no step has touched it yet
       for (auto* state : {&adam.m, &adam.v}) {
-        torch::Tensor& t = (*state)[trainable[i]];
+        torch::Tensor& t = (*state)[replicated[i]];
         if (!t.defined()) t = torch::zeros_like(parameters[i]);
         moments.push_back(t);
         moment_owner.push_back(owner[i]);
@@ -482,10 +487,6 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   if (expert_data_comm)
     expert_reducer = std::make_unique<GradientReducer>(*expert_data_comm, *model, own_experts, int64_t(o.bucket_mb * (1 << 20)));
   if (comm) {
-    const std::set<std::string> own(own_experts.begin(), own_experts.end());
-    std::vector<std::string> replicated;
-    for (const std::string& name : trainable)
-      if (!own.count(name)) replicated.push_back(name);
     reducer = std::make_unique<GradientReducer>(*data_comm, *model, replicated, int64_t(o.bucket_mb * (1 << 20)));
     if (leader)
       log_info("data parallel on " + std::to_string(data_ranks) + (tp > 1 ? " groups" : " processes") +
