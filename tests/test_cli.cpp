@@ -31,6 +31,7 @@ namespace {
 using crossmoe::testing_cli::Result;
 using crossmoe::testing_cli::kill_when;
 using crossmoe::testing_cli::run;
+using crossmoe::testing_cli::run_shell;
 using crossmoe::testing_cli::spawn;
 
 void expect_one_line_error(const Result& r, const std::string& fragment) {
@@ -446,6 +447,39 @@ class CliTrain : public Cli {
     for (const auto& [name, t] : a) EXPECT_LT((t - b.at(name)).abs().max().item<double>(), 1e-4) << name;
   }
 };
+
+// The trainer against a second implementation: the same layer-local MoE in plain PyTorch
+// (bench/train_eager.py on Debian's python3-torch), started from the same weights (--init) on the
+// same windows (train --print-windows), f32 on the CPU: every step's loss agrees to float noise, so
+// the two compute the same model, loss, gradients, clipping, AdamW and schedule.
+TEST_F(CliTrain, SameLossesAsPlainPyTorch) {
+  ASSERT_EQ(run_shell("/usr/bin/python3 -c 'import torch, numpy' 2>&1").code, 0)
+      << "needs Debian's python3-torch and python3-numpy (scripts/setup.sh installs them)";
+  const fs::path model = dir_ / "eager_model", windows = dir_ / "eager_windows.txt", out = dir_ / "eager_run";
+  ASSERT_EQ(run("init " + model.string() + " --layout moe --hidden 32 --layers 2 --heads 2 --kv-heads 1 --head-dim 16 "
+                "--experts 4 --top-k 2 --expert-size 16 --dtype f32 --tokenizer " +
+                (dir_ / "train_tok" / "tokenizer.json").string()).code, 0);
+  const std::string run_flags = " --steps 12 --batch 2 --seq-len 16 --lr 0.01 --warmup 3";
+  ASSERT_EQ(run_shell(std::string(CROSSMOE_BIN) + " train --data " + (dir_ / "train_data").string() + " --print-windows" +
+                      run_flags + " > " + windows.string()).code, 0);
+  const Result trained = run("train --data " + (dir_ / "train_data").string() + " -o " + out.string() + " --init " +
+                             model.string() + run_flags + " --log-every 1 --eval-every 0 --save-every 0 --bf16 off --threads 1");
+  ASSERT_EQ(trained.code, 0) << trained.out;
+  const Result eager = run_shell("/usr/bin/python3 " CROSSMOE_SOURCE_DIR "/bench/train_eager.py " +
+                                 (model / "config.json").string() + " " + (dir_ / "train_data").string() + " --init " +
+                                 model.string() + " --windows " + windows.string() + run_flags +
+                                 " --log-every 1 --skip 0 2>&1");
+  ASSERT_EQ(eager.code, 0) << eager.out;
+  std::vector<double> eager_loss;
+  std::istringstream lines(eager.out);
+  for (std::string word, loss; lines >> word;)
+    if (word == "loss" && lines >> loss && eager_loss.size() < 12) eager_loss.push_back(std::stod(loss));
+  const auto ours = columns(out / "log.csv");
+  ASSERT_EQ(ours.size(), 12u);
+  ASSERT_EQ(eager_loss.size(), 12u) << eager.out;
+  for (size_t i = 0; i < ours.size(); ++i) EXPECT_NEAR(eager_loss[i], ours[i][0], 1e-4) << "step " << i + 1;
+  EXPECT_LT(ours.back()[0], ours.front()[0]);  // it trained
+}
 
 TEST_F(CliTrain, KilledAndResumedRunIsBitForBit) {
   const fs::path straight = dir_ / "run_straight", killed = dir_ / "run_killed";

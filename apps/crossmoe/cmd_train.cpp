@@ -1,6 +1,7 @@
 // crossmoe train: pre-train a model of any layout on prepared token data (libtorch).
 #include <omp.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 
@@ -25,7 +26,25 @@ struct TrainArgs {
   std::string bf16 = "auto", export_dtype = "bf16", init, config;
   std::string psr_start = "0", psr_end = "0";  // a step or a percentage of --steps (train::schedule_step)
   int nproc = 1;  // processes (data-parallel ranks) on this host
+  bool print_windows = false;
 };
+
+// --print-windows: where every window of the run starts in train.bin (a line per micro-batch), as
+// the trainer's WindowSampler draws them, so that a peer implementation (bench/train_eager.py) can
+// train on exactly the same data.
+void print_windows(train::TrainOptions o) {
+  namespace fs = std::filesystem;
+  const fs::path train_bin = o.data_dir / "train.bin";
+  require(!o.data_dir.empty() && fs::is_regular_file(train_bin), "--print-windows needs --data DIR with a train.bin");
+  if (o.out_dir.empty()) o.out_dir = "unused";  // the other options' range checks, without a run directory
+  train::check_options(o);
+  train::WindowSampler sampler(o, int64_t(fs::file_size(train_bin) / sizeof(uint32_t)));
+  for (int64_t i = 0; i < o.steps * o.grad_accum; ++i) {
+    std::string line;
+    for (const int64_t s : sampler.starts(uint64_t(i))) line += (line.empty() ? "" : " ") + std::to_string(s);
+    std::printf("%s\n", line.c_str());
+  }
+}
 
 // Options from a TOML/INI file, for every option not given on the command line. (CLI11 reads
 // config files for the main app only, so a subcommand's --config is applied here.)
@@ -59,6 +78,7 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
   namespace fs = std::filesystem;
   train::TrainOptions& o = a.options;
   if (!a.config.empty()) apply_config_file(cmd, a.config);
+  if (a.print_windows) return print_windows(o);
   if (o.out_dir.empty()) throw UsageError("--out DIR is required");
   o.init_model = a.init;
   o.bf16 = a.bf16 == "auto" ? o.device.rfind("cuda", 0) == 0 : a.bf16 == "on";
@@ -249,6 +269,9 @@ void add_train(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--bf16", a->bf16, "bf16 matrix products: auto (on for cuda), on, off")
       ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
+  cmd->add_flag("--print-windows", a->print_windows,
+                "Print where every window of the run (--data, --steps, --batch, --seq-len, --accum, --data-order, "
+                "--seed) starts in train.bin, a line per micro-batch, and exit: the same data for a peer implementation");
   cmd->add_flag("--deterministic", o.deterministic,
                 "Bitwise-repeatable runs: deterministic kernels only (CUDA: slower; an operation without one is an "
                 "error), so that the same command gives the same loss curve");
