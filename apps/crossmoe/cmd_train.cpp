@@ -253,6 +253,9 @@ void add_train(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--bf16", a->bf16, "bf16 matrix products: auto (on for cuda), on, off")
       ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
+  cmd->add_flag("--deterministic", o.deterministic,
+                "Bitwise-repeatable runs: deterministic kernels only (CUDA: slower; an operation without one is an "
+                "error), so that the same command gives the same loss curve");
   cmd->add_option("--export-dtype", a->export_dtype, "Dtype of the exported weights: bf16 or f32")->capture_default_str();
   cmd->add_option("--stop-after", o.stop_after, "Checkpoint and stop after this step (continue later with --resume)");
   cmd->add_option("--peak-tflops", o.peak_tflops, "One process's device peak TFLOP/s: model FLOPs utilisation in log.csv's mfu column and at the end");

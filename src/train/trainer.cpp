@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <numeric>
@@ -305,8 +306,16 @@ double evaluate_sft_loss(const TorchModel& model, const std::vector<SftExample>&
   return sum / count;
 }
 
+void use_deterministic_algorithms() {
+  setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
+  at::globalContext().setDeterministicAlgorithms(true, /*warn_only=*/false);
+  at::globalContext().setDeterministicCuDNN(true);
+  at::globalContext().setBenchmarkCuDNN(false);
+}
+
 TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   check_options(o);
+  if (o.deterministic) use_deterministic_algorithms();
   const torch::Device device(o.device);
   if (device.is_cuda()) require(torch::cuda::is_available(), "train: --device cuda but no CUDA device is available");
   const torch::ScalarType compute = o.bf16 ? torch::kBFloat16 : torch::kFloat32;
