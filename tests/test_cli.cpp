@@ -673,7 +673,13 @@ TEST_F(CliTrain, TensorParallelEqualsOneProcess) {
   ASSERT_EQ(run(replaced(args, "tp_one", "tp_from_one") + "--stop-after 4").code, 0);
   const Result to_tp = run("train -o " + (dir_ / "tp_from_one").string() + " --resume --threads 1 --nproc 2 --tp 2");
   ASSERT_EQ(to_tp.code, 0) << to_tp.out;
-  for (const char* run_name : {"tp_two", "tp_mixed", "tp_from_one"}) {
+  // Tensor and expert parallelism together: 2 groups of 2 with the experts split between the groups'
+  // ranks that hold the same slices (and sliced within each group), the other weights' optimizer state sharded.
+  const Result with_ep = run(replaced(args, "tp_one", "tp_ep") + "--nproc 4 --tp 2 --ep 2 --shard-optimizer --bucket-mb 0.001");
+  ASSERT_EQ(with_ep.code, 0) << with_ep.out;
+  EXPECT_NE(with_ep.out.find("routed experts of every pool, sliced by its tensor-parallel group"), std::string::npos)
+      << with_ep.out;
+  for (const char* run_name : {"tp_two", "tp_mixed", "tp_from_one", "tp_ep"}) {
     SCOPED_TRACE(run_name);
     expect_same_run(dir_ / "tp_one", dir_ / run_name);
   }
@@ -683,16 +689,19 @@ TEST_F(CliTrain, TensorParallelEqualsOneProcess) {
     crossmoe::InferenceSession session(m, 32);
     return session.forward(prompt, true);
   };
-  const std::vector<float> single = runtime_logits(dir_ / "tp_one" / "model"), split = runtime_logits(dir_ / "tp_two" / "model");
-  ASSERT_EQ(single.size(), split.size());
-  float max_diff = 0;
-  for (size_t i = 0; i < single.size(); ++i) max_diff = std::max(max_diff, std::abs(single[i] - split[i]));
-  EXPECT_LT(max_diff, 1e-3f);
+  const std::vector<float> single = runtime_logits(dir_ / "tp_one" / "model");
+  for (const char* run_name : {"tp_two", "tp_ep"}) {
+    const std::vector<float> split = runtime_logits(dir_ / run_name / "model");
+    ASSERT_EQ(single.size(), split.size()) << run_name;
+    float max_diff = 0;
+    for (size_t i = 0; i < single.size(); ++i) max_diff = std::max(max_diff, std::abs(single[i] - split[i]));
+    EXPECT_LT(max_diff, 1e-3f) << run_name;
+  }
   const std::string bad = replaced(args, "tp_one", "tp_bad");
   expect_one_line_error(run(replaced(bad, "--kv-heads 2", "--kv-heads 1") + "--nproc 2 --tp 2"),
                         "--tp 2 must divide the model's 1 kv heads (--kv-heads)");
   expect_one_line_error(run(bad + "--nproc 3 --tp 2"), "--tp 2 needs a --nproc that it divides (got --nproc 3)");
-  expect_one_line_error(run(bad + "--nproc 2 --tp 2 --ep 2"), "--tp with --ep is not supported yet");
+  expect_one_line_error(run(bad + "--nproc 2 --tp 2 --ep 2"), "--ep 2 must divide the 1 tensor-parallel groups (--nproc 2 / --tp 2)");
   expect_one_line_error(run(replaced(bad, "--expert-size 16", "--expert-size 15") + "--nproc 2 --tp 2"),
                         "--tp 2 must divide the routed experts' width 15 (--expert-size)");
 }

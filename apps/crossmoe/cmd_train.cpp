@@ -107,14 +107,17 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
   if (given(cmd, "--psr-end")) o.psr.end = train::schedule_step(a.psr_end, o.steps, "--psr-end");
   train::check_options(o);
   if (checkpoint) train::check_resume(o, *checkpoint);  // before any work or output
-  if (o.expert_parallel > 1)
-    require(a.nproc % o.expert_parallel == 0, "--ep " + std::to_string(o.expert_parallel) +
-                                                  " needs a --nproc that it divides (got --nproc " + std::to_string(a.nproc) + ")");
-  if (o.tensor_parallel > 1) {
+  if (o.tensor_parallel > 1)
     require(a.nproc % o.tensor_parallel == 0, "--tp " + std::to_string(o.tensor_parallel) +
                                                   " needs a --nproc that it divides (got --nproc " + std::to_string(a.nproc) + ")");
-    require(o.expert_parallel == 1, "--tp with --ep is not supported yet");
-  }
+  if (o.expert_parallel > 1 && o.tensor_parallel == 1)
+    require(a.nproc % o.expert_parallel == 0, "--ep " + std::to_string(o.expert_parallel) +
+                                                  " needs a --nproc that it divides (got --nproc " + std::to_string(a.nproc) + ")");
+  if (o.expert_parallel > 1 && o.tensor_parallel > 1)  // experts split among the ranks that hold the same slices
+    require((a.nproc / o.tensor_parallel) % o.expert_parallel == 0,
+            "--ep " + std::to_string(o.expert_parallel) + " must divide the " + std::to_string(a.nproc / o.tensor_parallel) +
+                " tensor-parallel groups (--nproc " + std::to_string(a.nproc) + " / --tp " +
+                std::to_string(o.tensor_parallel) + ")");
   if (a.nproc > 1) {
     const int groups = a.nproc / o.tensor_parallel;  // data-parallel: each takes its share of the batch
     require(o.batch_size % groups == 0,
@@ -261,7 +264,8 @@ void add_train(CLI::App& app) {
   cmd->add_option("--tp", o.tensor_parallel,
                   "Tensor parallelism (Megatron style) in groups of N of the --nproc processes (N divides --nproc; "
                   "data parallel across the groups): attention heads split (N must divide --kv-heads), every FFN "
-                  "(dense, shared and each routed expert) split along its width; same results as one process")
+                  "(dense, shared and each routed expert) split along its width; with --ep E too, E divides the groups "
+                  "and the experts are split among the ranks that hold the same slices; same results as one process")
       ->capture_default_str()->check(cli::positive());
   cmd->add_option("--bucket-mb", o.bucket_mb,
                   "With --nproc: gradients are averaged across processes in buckets of this many MiB, each "
