@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Training throughput of `crossmoe train` against the same model in plain PyTorch eager
-# (bench/train_eager.py), same data, batch and steps, one after the other on one device.
+# (bench/train_eager.py), one after the other on one device, like for like: the same initial
+# weights (eager loads the --init model) and the same windows (`train --print-windows`), so both
+# print the same losses (equal to float noise in f32 on a CPU: CliTrain.SameLossesAsPlainPyTorch;
+# close in bf16 on a GPU).
 #   bash bench/train_throughput.sh DATA_DIR [device] [peak TFLOP/s] [steps]
 # The model: a ~50M-parameter layer-local MoE (8 layers, hidden 512, 8 experts of 384, top-2).
 set -euo pipefail
@@ -14,9 +17,12 @@ shape=(--layout moe --hidden 512 --layers 8 --heads 8 --kv-heads 4 --head-dim 64
 for batch_seq in "16 512" "32 1024"; do
   set -- $batch_seq
   echo "batch $1 x seq $2, $steps steps ($device)"
+  "$bin" train --data "$data" --print-windows --steps "$steps" --batch "$1" --seq-len "$2" > "$tmp/windows-$1"
   "$bin" train --data "$data" -o "$tmp/run-$1" --init "$tmp/model" --steps "$steps" --batch "$1" --seq-len "$2" \
     --warmup 10 --log-every 10 --eval-every 0 --save-every 0 --device "$device" --peak-tflops "$peak" 2>/dev/null | grep crossmoe
+  echo "crossmoe losses at steps 10, 20, ...: $(awk -F, 'NR > 1 {printf "%s ", $4}' "$tmp/run-$1/log.csv")"
   python3 bench/train_eager.py "$tmp/model/config.json" "$data" --steps "$steps" --batch "$1" --seq-len "$2" \
-    --skip 10 --peak-tflops "$peak"
+    --skip 10 --peak-tflops "$peak" --init "$tmp/model" --windows "$tmp/windows-$1" --log-every 10 |
+    awk '/^step/ {l = l $4 " "} !/^step/ {print} END {print "eager losses at steps 10, 20, ...:    " l}'
 done
 rm -rf "$tmp"
