@@ -4,7 +4,8 @@
 //   L::Acc                      float accumulators;  L::Int  integer accumulators
 //   L::zero(), L::sum(Acc), L::int_zero()
 //   L::half(const uint8_t*)     an fp16 field as float
-//   L::madd_q8(w, a, scale, acc)             acc + scale * sum_i w[i] * a[i] over 32 int8 pairs
+//   L::Scale, L::splat(float)   a weight block's step, ready for every lane
+//   L::madd_q8(w, a, dw, da, acc)  acc + (dw * *da) * sum_i w[i] * a[i] over 32 int8 pairs
 //   L::madd_q4(q, a_lo, a_hi, s_lo, s_hi, iacc)
 //       32 bytes of nibbles, integer scales s: iacc + s_lo * sum_i (q[i] & 15) * a_lo[i]
 //                                                   + s_hi * sum_i (q[i] >> 4) * a_hi[i]
@@ -38,10 +39,10 @@ void q8_0_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int
     for (int r = 0; r < R; ++r) {
       const uint8_t* wb = w + r * row_bytes + b * 34;
       if constexpr (T == 1) __builtin_prefetch(wb + R * row_bytes);
-      const float dw = L::half(wb);
+      const typename L::Scale dw = L::splat(L::half(wb));
       for (int t = 0; t < T; ++t) {
         const ActivationBlock& a = x[t * blocks + b];
-        acc[r][t] = L::madd_q8(reinterpret_cast<const int8_t*>(wb + 2), a.q, dw * a.d, acc[r][t]);
+        acc[r][t] = L::madd_q8(reinterpret_cast<const int8_t*>(wb + 2), a.q, dw, &a.d, acc[r][t]);
       }
     }
   for (int r = 0; r < R; ++r)
