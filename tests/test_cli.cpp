@@ -607,6 +607,52 @@ TEST_F(CliTrain, ExpertParallelEqualsOneProcess) {
                         "--ep 3 must divide the 4 routed experts of each pool");
 }
 
+// Tensor parallelism (--tp 2: attention heads and every FFN width split between 2 processes) on a
+// Megrez2 model (a dense first layer, shared experts, a pool shared by layers): every logged loss,
+// balancing loss, gradient norm (the slices' shares summed) and validation loss and the exported
+// weights equal one process's; 4 processes as 2 tensor-parallel groups of 2 (data parallel across
+// them) with the optimizer state sharded, stopped and resumed on 1 process, and a 1-process run
+// resumed under --tp 2, end the same; the export of a --tp run gives the CPU runtime one process's logits.
+TEST_F(CliTrain, TensorParallelEqualsOneProcess) {
+  const std::string args =
+      replaced(replaced(replaced(train_args(dir_ / "tp_one"), "--batch 2", "--batch 4"), "--eval-every 20", "--eval-every 3"),
+               "--kv-heads 1", "--kv-heads 2") +
+      "--steps 6 --log-every 1 --aux-loss 0.05 ";
+  ASSERT_EQ(run(args).code, 0);
+  const Result two = run(replaced(args, "tp_one", "tp_two") + "--nproc 2 --tp 2 --bucket-mb 0.001");
+  ASSERT_EQ(two.code, 0) << two.out;
+  EXPECT_NE(two.out.find("tensor parallel: 1 group of 2 processes"), std::string::npos) << two.out;
+  const Result mixed = run(replaced(args, "tp_one", "tp_mixed") + "--nproc 4 --tp 2 --shard-optimizer --stop-after 3");
+  ASSERT_EQ(mixed.code, 0) << mixed.out;
+  EXPECT_NE(mixed.out.find("tensor parallel: 2 groups of 2 processes"), std::string::npos) << mixed.out;
+  ASSERT_EQ(run("train -o " + (dir_ / "tp_mixed").string() + " --resume --threads 1").code, 0);
+  ASSERT_EQ(run(replaced(args, "tp_one", "tp_from_one") + "--stop-after 4").code, 0);
+  const Result to_tp = run("train -o " + (dir_ / "tp_from_one").string() + " --resume --threads 1 --nproc 2 --tp 2");
+  ASSERT_EQ(to_tp.code, 0) << to_tp.out;
+  for (const char* run_name : {"tp_two", "tp_mixed", "tp_from_one"}) {
+    SCOPED_TRACE(run_name);
+    expect_same_run(dir_ / "tp_one", dir_ / run_name);
+  }
+  const std::vector<int> prompt{5, 17, 42, 99, 3, 250, 7, 8};
+  auto runtime_logits = [&](const fs::path& model) {
+    const crossmoe::Model m(model);
+    crossmoe::InferenceSession session(m, 32);
+    return session.forward(prompt, true);
+  };
+  const std::vector<float> single = runtime_logits(dir_ / "tp_one" / "model"), split = runtime_logits(dir_ / "tp_two" / "model");
+  ASSERT_EQ(single.size(), split.size());
+  float max_diff = 0;
+  for (size_t i = 0; i < single.size(); ++i) max_diff = std::max(max_diff, std::abs(single[i] - split[i]));
+  EXPECT_LT(max_diff, 1e-3f);
+  const std::string bad = replaced(args, "tp_one", "tp_bad");
+  expect_one_line_error(run(replaced(bad, "--kv-heads 2", "--kv-heads 1") + "--nproc 2 --tp 2"),
+                        "--tp 2 must divide the model's 1 kv heads (--kv-heads)");
+  expect_one_line_error(run(bad + "--nproc 3 --tp 2"), "--tp 2 needs a --nproc that it divides (got --nproc 3)");
+  expect_one_line_error(run(bad + "--nproc 2 --tp 2 --ep 2"), "--tp with --ep is not supported yet");
+  expect_one_line_error(run(replaced(bad, "--expert-size 16", "--expert-size 15") + "--nproc 2 --tp 2"),
+                        "--tp 2 must divide the routed experts' width 15 (--expert-size)");
+}
+
 // --data-order epoch: the same rows on one process, on two, and split by a resume; and not the
 // rows of random order. The run covers more than one epoch of a tiny stream, and says so.
 TEST_F(CliTrain, EpochOrderIsTheSameAcrossProcessesAndResume) {

@@ -315,6 +315,86 @@ TEST(TrainerExpertParallel, TwoRanksEqualOneProcess) {
   }
 }
 
+// Tensor parallelism on 2 ranks (threads with their own Gloo groups, as above) against one process,
+// in double precision: each rank holds half of every attention head set and FFN width (dense, shared
+// and every routed expert) and both take the whole batch. Each rank's loss and balancing loss, its
+// gradients of the replicated tensors, and its slices' gradients put side by side equal one
+// process's, for a dense model, Megrez2 (pre-gated, shared experts), ReXMoE (r = 4, a short group)
+// and OLMoE-style full-width q/k norms with biases and clipping, with the per-expert loop and the
+// batched products.
+TEST(TrainerTensorParallel, TwoRanksEqualOneProcess) {
+  if (!Communicator::available()) GTEST_SKIP() << "this libtorch has no Gloo backend";
+  int layouts_run = 0;
+  for (const Layout& layout : layouts()) {
+    if (layout.name != "dense" && layout.name != "megrez2_pregated_sigmoid_shared" &&
+        layout.name != "rexmoe_r4_short_group_sigmoid_pregated" && layout.name != "layer_local_full_qknorm_clip_bias")
+      continue;
+    ++layouts_run;
+    const ModelConfig& c = layout.config;
+    const std::map<std::string, int> splits = tensor_parallel_splits(c);
+    torch::manual_seed(3);
+    const torch::Tensor tokens = torch::randint(0, c.vocab_size, {2, 10}, torch::kInt64);
+    const std::vector<GroupedExperts> paths =
+        c.layers.back().is_moe ? std::vector<GroupedExperts>{GroupedExperts::Off, GroupedExperts::On}
+                               : std::vector<GroupedExperts>{GroupedExperts::Off};
+    for (GroupedExperts grouped : paths) {
+      SCOPED_TRACE(layout.name + (grouped == GroupedExperts::On ? " batched" : " loop"));
+      ForwardOptions single_options;
+      single_options.compute_dtype = torch::kDouble;
+      single_options.grouped_experts = grouped;
+      TorchModel single_model(c, 5, torch::kCPU, torch::kDouble);
+      const Pass single = forward_backward(single_model, tokens, single_options);
+
+      std::vector<TorchModel> models;
+      for (int rank = 0; rank < 2; ++rank) {
+        models.emplace_back(c, 5, torch::kCPU, torch::kDouble);
+        models.back().keep_tensor_parallel_slices(rank, 2);
+      }
+      const int port = free_loopback_port();
+      std::vector<Pass> ranks(2);
+      std::vector<std::string> errors(2);
+      auto rank_main = [&](int rank) {
+        try {
+          const std::unique_ptr<Communicator> comm = Communicator::join(rank, 2, port);
+          ForwardOptions fo = single_options;
+          fo.tensor_parallel = {rank, 2, [&](const torch::Tensor& x) { return comm->enter_split(x); },
+                                [&](const torch::Tensor& x) { return comm->reduce_split(x); }};
+          ranks[size_t(rank)] = forward_backward(models[size_t(rank)], tokens, fo);
+        } catch (const std::exception& e) {
+          errors[size_t(rank)] = e.what();
+        }
+      };
+      std::thread second(rank_main, 1);
+      rank_main(0);
+      second.join();
+      ASSERT_EQ(errors[0] + errors[1], "");
+      for (const Pass& rank : ranks) {
+        EXPECT_NEAR(rank.loss, single.loss, 1e-12);
+        EXPECT_NEAR(rank.aux, single.aux, 1e-12);
+      }
+      int split_compared = 0;
+      for (const auto& [name, want] : single.grads) {
+        const torch::Tensor& g0 = ranks[0].grads.at(name);
+        const torch::Tensor& g1 = ranks[1].grads.at(name);
+        ASSERT_EQ(want.defined(), g0.defined()) << name;
+        ASSERT_EQ(want.defined(), g1.defined()) << name;
+        if (!want.defined()) continue;  // an expert no token chose
+        const auto split = splits.find(name);
+        if (split == splits.end()) {
+          EXPECT_LT((g0 - want).abs().max().item<double>(), 1e-12) << name;
+          EXPECT_LT((g1 - want).abs().max().item<double>(), 1e-12) << name;
+          continue;
+        }
+        ASSERT_EQ(g0.size(split->second) * 2, want.size(split->second)) << name << " is not sliced";
+        EXPECT_LT((torch::cat({g0, g1}, split->second) - want).abs().max().item<double>(), 1e-12) << name;
+        ++split_compared;
+      }
+      EXPECT_GE(split_compared, 4 * c.num_layers) << "q, k, v and o of every layer at least";
+    }
+  }
+  EXPECT_EQ(layouts_run, 4);
+}
+
 TEST(TrainerGradients, FiniteDifferencesMatchAutograd) {
   for (const char* name : {"moe", "megrez2", "rexmoe"}) {
     ModelConfig c = small(name);

@@ -91,9 +91,16 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
     require(o.expert_parallel == a.nproc, "--ep " + std::to_string(o.expert_parallel) + " needs --nproc " +
                                               std::to_string(o.expert_parallel) +
                                               " (expert parallelism spans all the processes for now)");
+  if (o.tensor_parallel > 1) {
+    require(a.nproc % o.tensor_parallel == 0, "--tp " + std::to_string(o.tensor_parallel) +
+                                                  " needs a --nproc that it divides (got --nproc " + std::to_string(a.nproc) + ")");
+    require(o.expert_parallel == 1, "--tp with --ep is not supported yet");
+  }
   if (a.nproc > 1) {
-    require(o.batch_size % a.nproc == 0, "--batch " + std::to_string(o.batch_size) + " must divide among the --nproc " +
-                                             std::to_string(a.nproc) + " processes (it is the global batch)");
+    const int groups = a.nproc / o.tensor_parallel;  // data-parallel: each takes its share of the batch
+    require(o.batch_size % groups == 0,
+            "--batch " + std::to_string(o.batch_size) + " must divide among the " + std::to_string(groups) +
+                (o.tensor_parallel > 1 ? " tensor-parallel groups" : " --nproc processes") + " (it is the global batch)");
     require(o.device == "cpu", "--nproc runs on the CPU (Gloo) for now; --device " + o.device + " is not supported");
   }
 
@@ -123,6 +130,7 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
     config = a.init.empty() ? build_model_config(a.shape, tokenizer) : read_model_config(a.init);
   }
   if (o.expert_parallel > 1) train::check_expert_parallel(config, o.expert_parallel);
+  if (o.tensor_parallel > 1) train::check_tensor_parallel(config, o.tensor_parallel);
   const ParamCounts p = count_parameters(config);
   if (!train::launched_rank())  // the launcher said it already
     log_info("training " + config.model_type + " (" + (a.init.empty() ? a.shape.layout : a.init) + "): " +
@@ -230,6 +238,11 @@ void add_train(CLI::App& app) {
                   "Expert parallelism over the --nproc processes (N = --nproc): each holds 1/N of the routed "
                   "experts of every pool (a Megrez2 pool once, split; ReXMoE routers reach all ranks) and tokens "
                   "travel to their experts and back by all-to-all; same results as one process")
+      ->capture_default_str()->check(cli::positive());
+  cmd->add_option("--tp", o.tensor_parallel,
+                  "Tensor parallelism (Megatron style) in groups of N of the --nproc processes (N divides --nproc; "
+                  "data parallel across the groups): attention heads split (N must divide --kv-heads), every FFN "
+                  "(dense, shared and each routed expert) split along its width; same results as one process")
       ->capture_default_str()->check(cli::positive());
   cmd->add_option("--bucket-mb", o.bucket_mb,
                   "With --nproc: gradients are averaged across processes in buckets of this many MiB, each "

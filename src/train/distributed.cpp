@@ -127,6 +127,18 @@ struct Communicator::Group {
   // The gradient buckets' reductions, launched from the backward pass: a group of their own, as
   // collectives of one group must be issued in the same order on every rank.
   c10::intrusive_ptr<c10d::ProcessGroupGloo> gradients;
+
+  // Both Gloo groups of `world` ranks that meet through `store`.
+  static std::unique_ptr<Group> over(c10::intrusive_ptr<c10d::Store> store, int rank, int world) {
+    auto group = std::make_unique<Group>();
+    group->store = std::move(store);
+    auto options = c10d::ProcessGroupGloo::Options::create();
+    options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+    group->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(group->store, rank, world, options);
+    group->gradients = c10::make_intrusive<c10d::ProcessGroupGloo>(
+        c10::make_intrusive<c10d::PrefixStore>("gradients", group->store), rank, world, options);
+    return group;
+  }
 };
 #else
 struct Communicator::Group {};
@@ -174,19 +186,26 @@ std::unique_ptr<Communicator> Communicator::join(int rank, int world, int port) 
 #ifndef USE_C10D_GLOO
   throw Error("distributed: this build of crossmoe has no Gloo backend (libgloo-dev), so no --nproc");
 #else
-  auto group = std::make_unique<Group>();
   c10d::TCPStoreOptions store_options;
   store_options.port = uint16_t(port);
   store_options.isServer = rank == 0;
   store_options.numWorkers = world;
   store_options.waitWorkers = true;
-  group->store = c10::make_intrusive<c10d::TCPStore>("127.0.0.1", store_options);
-  auto options = c10d::ProcessGroupGloo::Options::create();
-  options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
-  group->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(group->store, rank, world, options);
-  group->gradients = c10::make_intrusive<c10d::ProcessGroupGloo>(
-      c10::make_intrusive<c10d::PrefixStore>("gradients", group->store), rank, world, options);
-  return std::unique_ptr<Communicator>(new Communicator(rank, world, std::move(group)));
+  return std::unique_ptr<Communicator>(
+      new Communicator(rank, world, Group::over(c10::make_intrusive<c10d::TCPStore>("127.0.0.1", store_options), rank, world)));
+#endif
+}
+
+std::unique_ptr<Communicator> Communicator::subgroup(const std::vector<int>& members, const std::string& name) {
+  const auto at = std::find(members.begin(), members.end(), rank_);
+  require(at != members.end(), "distributed: a rank joins a group it is not a member of");
+#ifndef USE_C10D_GLOO
+  (void)name;
+  throw Error("distributed: this build of crossmoe has no Gloo backend (libgloo-dev)");
+#else
+  const int rank = int(at - members.begin()), world = int(members.size());
+  return std::unique_ptr<Communicator>(
+      new Communicator(rank, world, Group::over(c10::make_intrusive<c10d::PrefixStore>(name, group_->store), rank, world)));
 #endif
 }
 
@@ -305,6 +324,41 @@ struct RowExchange : torch::autograd::Function<RowExchange> {
 torch::Tensor Communicator::exchange_rows(const torch::Tensor& rows, const std::vector<int64_t>& send,
                                           const std::vector<int64_t>& recv) {
   return RowExchange::apply(rows, reinterpret_cast<int64_t>(this), send, recv);
+}
+
+namespace {
+
+// The sum over the ranks of a tensor, as a new tensor.
+torch::Tensor summed(Communicator& comm, const torch::Tensor& x) {
+  std::vector<torch::Tensor> one{x.detach().contiguous().clone()};
+  comm.sum(one);
+  return one[0];
+}
+
+// Tensor parallelism's f (sum_forward false: identity, gradient summed) and g (sum_forward true:
+// summed, gradient passed through).
+struct SplitBoundary : torch::autograd::Function<SplitBoundary> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, int64_t comm,
+                               bool sum_forward) {
+    ctx->saved_data["comm"] = comm;
+    ctx->saved_data["sum_forward"] = sum_forward;
+    return sum_forward ? summed(*reinterpret_cast<Communicator*>(comm), x) : x;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto* comm = reinterpret_cast<Communicator*>(ctx->saved_data["comm"].toInt());
+    const torch::Tensor back = ctx->saved_data["sum_forward"].toBool() ? grads[0] : summed(*comm, grads[0]);
+    return {back, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor Communicator::enter_split(const torch::Tensor& x) {
+  return SplitBoundary::apply(x, reinterpret_cast<int64_t>(this), false);
+}
+torch::Tensor Communicator::reduce_split(const torch::Tensor& x) {
+  return SplitBoundary::apply(x, reinterpret_cast<int64_t>(this), true);
 }
 
 struct GradientReducer::State {
@@ -459,6 +513,8 @@ torch::Tensor Communicator::exchange_rows(const torch::Tensor& rows, const std::
                                           const std::vector<int64_t>&) {
   return rows;
 }
+torch::Tensor Communicator::enter_split(const torch::Tensor& x) { return x; }
+torch::Tensor Communicator::reduce_split(const torch::Tensor& x) { return x; }
 struct GradientReducer::State {};
 GradientReducer::GradientReducer(Communicator&, TorchModel&, const std::vector<std::string>&, int64_t) {}
 GradientReducer::~GradientReducer() = default;

@@ -9,6 +9,11 @@
 // the same optimizer step and stay identical (rank 0 alone writes logs and checkpoints).
 // With the optimizer state sharded (ZeRO-1), each rank keeps the AdamW moments of its share of the
 // parameters and updates only those; every parameter is then sent from its owner to the others.
+//
+// Tensor parallelism (--tp T) splits every rank's model across groups of T consecutive ranks
+// (torch_model.hpp's TensorParallel); data parallelism then runs across the groups: the ranks that
+// hold the same slices (rank i, i + T, ...) average their gradients. Each kind of group is a
+// Communicator of its own (subgroup), a Gloo group over the same TCPStore under its own prefix.
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,6 +35,10 @@ class Communicator {
   // Whether this build has the Gloo backend (without it, join and from_environment throw).
   static bool available();
   ~Communicator();
+  // A group of some of the ranks (`members`, in their new rank order, this rank among them) over
+  // this one's store; `name` tells the group apart (every member passes the same one). Every member
+  // must call it, at the same point.
+  std::unique_ptr<Communicator> subgroup(const std::vector<int>& members, const std::string& name);
 
   int rank() const { return rank_; }
   int world() const { return world_; }
@@ -52,6 +61,11 @@ class Communicator {
   // function, whose gradient is the all-to-all back (expert parallelism's dispatch and return).
   torch::Tensor all_to_all(const torch::Tensor& rows, const std::vector<int64_t>& send, const std::vector<int64_t>& recv);
   torch::Tensor exchange_rows(const torch::Tensor& rows, const std::vector<int64_t>& send, const std::vector<int64_t>& recv);
+  // Tensor parallelism's two operators as autograd functions (TensorParallel's enter and reduce):
+  // enter_split is the identity whose backward pass sums the gradient over the ranks; reduce_split
+  // sums over the ranks and passes the gradient through.
+  torch::Tensor enter_split(const torch::Tensor& x);
+  torch::Tensor reduce_split(const torch::Tensor& x);
   // Wall seconds this process has spent blocked in collectives (waiting for the others included;
   // reductions running behind the backward pass count only for the time the step then waits on them).
   double communication_seconds() const { return communication_seconds_; }

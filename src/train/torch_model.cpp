@@ -259,6 +259,10 @@ ForwardResult TorchModel::run(const torch::Tensor& tokens, const torch::Tensor& 
   const int64_t B = tokens.size(0), T = tokens.size(1);
   const torch::ScalarType cd = options.compute_dtype, acc = accumulate_type(cd);
   ForwardResult result;
+  // Tensor parallelism: a split block's input enters the split and its partial outputs are summed.
+  const TensorParallel& tp = options.tensor_parallel;
+  const auto enter = [&](const torch::Tensor& t) { return tp.ranks > 1 ? tp.enter(t) : t; };
+  const auto reduce = [&](const torch::Tensor& t) { return tp.ranks > 1 ? tp.reduce(t) : t; };
   torch::Tensor x = w(tn::embed()).index_select(0, tokens.reshape(-1)).view({B, T, c.hidden_size}).to(acc);
   torch::Tensor aux = torch::zeros({}, torch::TensorOptions().device(device_).dtype(acc));
   int moe_layers = 0;
@@ -266,7 +270,7 @@ ForwardResult TorchModel::run(const torch::Tensor& tokens, const torch::Tensor& 
   result.expert_load.resize(c.num_layers);
   for (int l = 0; l < c.num_layers; ++l) {
     const torch::Tensor xn = rmsnorm(x, w(tn::input_norm(l)), c.rms_norm_eps);
-    x = x + linear(attention(l, xn, cos_t, sin_t, options, step), w(tn::attn(l, 'o')), cd).to(acc);
+    x = x + reduce(linear(attention(l, enter(xn), cos_t, sin_t, options, step), w(tn::attn(l, 'o')), cd).to(acc));
     const torch::Tensor u = rmsnorm(x, w(tn::post_attention_norm(l)), c.rms_norm_eps);
     torch::Tensor ffn;
     if (c.layers[l].is_moe) {
@@ -275,7 +279,9 @@ ForwardResult TorchModel::run(const torch::Tensor& tokens, const torch::Tensor& 
                 .view({B, T, -1});
       ++moe_layers;
     } else {
-      ffn = swiglu(u, tn::dense_mlp(l, Proj::Gate), tn::dense_mlp(l, Proj::Up), tn::dense_mlp(l, Proj::Down), cd);
+      ffn = reduce(
+          swiglu(enter(u), tn::dense_mlp(l, Proj::Gate), tn::dense_mlp(l, Proj::Up), tn::dense_mlp(l, Proj::Down), cd)
+              .to(acc));
     }
     x = x + ffn.to(acc);
     u_prev = u;
@@ -290,8 +296,20 @@ ForwardResult TorchModel::run(const torch::Tensor& tokens, const torch::Tensor& 
 torch::Tensor TorchModel::attention(int l, const torch::Tensor& xn, const torch::Tensor& cos_t, const torch::Tensor& sin_t,
                                     const ForwardOptions& options, CachedStep* step) const {
   const ModelConfig& c = config_;
-  const int64_t B = xn.size(0), T = xn.size(1), hd = c.head_dim, Hq = c.num_heads, Hkv = c.num_kv_heads;
+  // Under tensor parallelism this rank's heads only (its slices of q, k, v and their norms).
+  const TensorParallel& tp = options.tensor_parallel;
+  require(tp.ranks == 1 || !step, "trainer: tensor parallelism covers training passes, not cached decoding");
+  const int64_t B = xn.size(0), T = xn.size(1), hd = c.head_dim, Hq = c.num_heads / tp.ranks,
+                Hkv = c.num_kv_heads / tp.ranks;
   const torch::ScalarType cd = options.compute_dtype, acc = accumulate_type(cd);
+  // A full-width q/k norm's mean square spans every rank's heads: the ranks' sums of squares are
+  // summed, and each rank's gradient of that sum reaches every rank.
+  const auto full_norm = [&](const torch::Tensor& x, const std::string& weight) {
+    if (tp.ranks == 1) return rmsnorm(x, w(weight), c.rms_norm_eps);
+    const torch::Tensor xf = x.to(accumulate_type(w(weight).scalar_type()));
+    const torch::Tensor squares = tp.enter(tp.reduce(xf.pow(2).sum(-1, true)));
+    return xf * torch::rsqrt(squares / double(xf.size(-1) * tp.ranks) + c.rms_norm_eps) * w(weight).to(xf.scalar_type());
+  };
   torch::Tensor q = linear(xn, w(tn::attn(l, 'q')), cd).to(acc);
   torch::Tensor k = linear(xn, w(tn::attn(l, 'k')), cd).to(acc);
   torch::Tensor v = linear(xn, w(tn::attn(l, 'v')), cd).to(acc);
@@ -305,15 +323,17 @@ torch::Tensor TorchModel::attention(int l, const torch::Tensor& xn, const torch:
     q = q.clamp(-clip, clip), k = k.clamp(-clip, clip), v = v.clamp(-clip, clip);
   }
   if (c.qk_norm == QkNorm::Full) {
-    q = rmsnorm(q, w(tn::qk_norm(l, 'q')), c.rms_norm_eps);
-    k = rmsnorm(k, w(tn::qk_norm(l, 'k')), c.rms_norm_eps);
+    q = full_norm(q, tn::qk_norm(l, 'q'));
+    k = full_norm(k, tn::qk_norm(l, 'k'));
   }
   q = q.view({B, T, Hq, hd});
   k = k.view({B, T, Hkv, hd});
   v = v.view({B, T, Hkv, hd});
   if (c.qk_norm == QkNorm::PerHead) {
-    q = rmsnorm(q, w(tn::qk_norm(l, 'q')), c.rms_norm_eps);
-    k = rmsnorm(k, w(tn::qk_norm(l, 'k')), c.rms_norm_eps);
+    // Replicated weights applied to this rank's heads only: they enter the split like an input.
+    const auto head_norm = [&](const std::string& name) { return tp.ranks > 1 ? tp.enter(w(name)) : w(name); };
+    q = rmsnorm(q, head_norm(tn::qk_norm(l, 'q')), c.rms_norm_eps);
+    k = rmsnorm(k, head_norm(tn::qk_norm(l, 'k')), c.rms_norm_eps);
   }
   q = apply_rope(q, cos_t, sin_t).transpose(1, 2).to(cd);  // [B, Hq, T, hd]
   k = apply_rope(k, cos_t, sin_t).to(cd);
@@ -405,6 +425,12 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
   torch::Tensor weight = prob.gather(1, top);
   if (m.norm_topk_prob) weight = weight / (weight.sum(-1, true) + 1e-20);
   weight = weight * m.routed_scaling_factor;
+  // Tensor parallelism: the experts' input and weights enter the split (each rank runs its slice of
+  // every expert's width); the shared and routed partial outputs are summed once, at the end.
+  const TensorParallel& tp = options.tensor_parallel;
+  const bool split = tp.ranks > 1;
+  require(!split || options.expert_parallel.ranks == 1, "trainer: tensor and expert parallelism together");
+  const torch::Tensor u_split = split ? tp.enter(u) : u, weight_split = split ? tp.enter(weight) : weight;
 
   auto stacked = [&](Proj proj) {
     std::vector<torch::Tensor> ws;
@@ -412,7 +438,7 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
     return torch::stack(ws).to(cd);  // [C, out, in]
   };
   torch::Tensor out = m.shared_intermediate_size > 0
-                          ? swiglu(u, tn::shared_expert(l, Proj::Gate), tn::shared_expert(l, Proj::Up),
+                          ? swiglu(u_split, tn::shared_expert(l, Proj::Gate), tn::shared_expert(l, Proj::Up),
                                    tn::shared_expert(l, Proj::Down), cd)
                                 .to(acc)
                           : torch::zeros_like(u, torch::TensorOptions().dtype(acc));
@@ -421,11 +447,11 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
   const torch::Tensor counts = torch::zeros({C}, flat.options()).scatter_add_(0, flat, torch::ones_like(flat));
   load = counts.detach();
   if (options.grouped_experts == GroupedExperts::Dense) {
-    const torch::Tensor x = u.to(cd);  // [N, d], broadcast over the C candidates
+    const torch::Tensor x = u_split.to(cd);  // [N, d], broadcast over the C candidates
     const torch::Tensor h = torch::silu(torch::matmul(x, stacked(Proj::Gate).transpose(1, 2))) *
                             torch::matmul(x, stacked(Proj::Up).transpose(1, 2));  // [C, N, f]
     const torch::Tensor y = torch::bmm(h, stacked(Proj::Down).transpose(1, 2));     // [C, N, d]
-    const torch::Tensor dense_weight = torch::zeros({N, C}, weight.options()).scatter(1, top, weight);  // [N, C]
+    const torch::Tensor dense_weight = torch::zeros({N, C}, weight.options()).scatter(1, top, weight_split);  // [N, C]
     out = out + (y.to(acc) * dense_weight.t().unsqueeze(-1)).sum(0);
   } else {
     // Dispatch: sort the N*K (token, candidate) pairs by candidate, under expert parallelism by the
@@ -460,8 +486,8 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
     }
     const torch::Tensor kept_order = dropped ? order.index_select(0, torch::tensor(keep, order.options())) : order;
     const torch::Tensor token_of = torch::div(kept_order, K, "floor");
-    const torch::Tensor rows = u.index_select(0, token_of);
-    const torch::Tensor row_weight = weight.reshape(-1).index_select(0, kept_order).unsqueeze(1);
+    const torch::Tensor rows = u_split.index_select(0, token_of);
+    const torch::Tensor row_weight = weight_split.reshape(-1).index_select(0, kept_order).unsqueeze(1);
     torch::Tensor y;
     if (ep.ranks > 1) {
       y = run_experts_across_ranks(l, rows, kept, options);
@@ -474,6 +500,7 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
     }
     out = out.index_add(0, token_of, y.to(acc) * row_weight);
   }
+  if (split) out = tp.reduce(out);
 
   // Load-balancing loss over the candidates this step allows: f_i = share of the N*K picks,
   // P_i = mean routing probability (sigmoid scores normalised per token to sum 1).
@@ -606,6 +633,64 @@ std::vector<std::string> other_ranks_experts(const ModelConfig& c, int rank, int
   for (const auto& [name, r] : expert_tensor_ranks(c, ranks))
     if (r != rank) names.push_back(name);
   return names;
+}
+
+void check_tensor_parallel(const ModelConfig& c, int ranks) {
+  const std::string flag = "--tp " + std::to_string(ranks);
+  require(c.num_kv_heads % ranks == 0, flag + " must divide the model's " + std::to_string(c.num_kv_heads) +
+                                           " kv heads (--kv-heads): each process takes whole heads");
+  bool dense = false, moe = false;
+  for (const LayerPlan& plan : c.layers) (plan.is_moe ? moe : dense) = true;
+  if (dense)
+    require(c.intermediate_size % ranks == 0, flag + " must divide the dense FFN width " +
+                                                  std::to_string(c.intermediate_size) + " (--intermediate)");
+  if (moe)
+    require(c.moe.expert_intermediate_size % ranks == 0,
+            flag + " must divide the routed experts' width " + std::to_string(c.moe.expert_intermediate_size) +
+                " (--expert-size): each process takes a slice of every expert");
+  if (moe && c.moe.shared_intermediate_size > 0)
+    require(c.moe.shared_intermediate_size % ranks == 0, flag + " must divide the shared experts' width " +
+                                                             std::to_string(c.moe.shared_intermediate_size) +
+                                                             " (--shared-size)");
+}
+
+std::map<std::string, int> tensor_parallel_splits(const ModelConfig& c) {
+  std::map<std::string, int> out;
+  const auto ffn = [&](const std::string& gate, const std::string& up, const std::string& down) {
+    out[gate] = out[up] = 0;
+    out[down] = 1;
+  };
+  for (int l = 0; l < c.num_layers; ++l) {
+    for (const char p : {'q', 'k', 'v'}) {
+      out[tn::attn(l, p)] = 0;
+      if (c.attention_bias) out[tn::attn_bias(l, p)] = 0;
+    }
+    if (c.qk_norm == QkNorm::Full) out[tn::qk_norm(l, 'q')] = out[tn::qk_norm(l, 'k')] = 0;
+    out[tn::attn(l, 'o')] = 1;
+    const LayerPlan& plan = c.layers[size_t(l)];
+    if (!plan.is_moe) {
+      ffn(tn::dense_mlp(l, Proj::Gate), tn::dense_mlp(l, Proj::Up), tn::dense_mlp(l, Proj::Down));
+      continue;
+    }
+    if (c.moe.shared_intermediate_size > 0)
+      ffn(tn::shared_expert(l, Proj::Gate), tn::shared_expert(l, Proj::Up), tn::shared_expert(l, Proj::Down));
+    for (const ExpertRef& e : plan.candidates)  // a shared pool's experts: under their owner's names, once
+      ffn(tn::expert(c, e.owner_layer, e.index, Proj::Gate), tn::expert(c, e.owner_layer, e.index, Proj::Up),
+          tn::expert(c, e.owner_layer, e.index, Proj::Down));
+  }
+  return out;
+}
+
+torch::Tensor tensor_parallel_slice(const torch::Tensor& whole, int dim, int rank, int ranks) {
+  const int64_t size = whole.size(dim) / ranks;
+  return whole.detach().narrow(dim, rank * size, size).clone().set_requires_grad(whole.requires_grad());
+}
+
+void TorchModel::keep_tensor_parallel_slices(int rank, int ranks) {
+  for (const auto& [name, dim] : tensor_parallel_splits(config_)) {
+    torch::Tensor& t = tensors_.at(name);
+    t = tensor_parallel_slice(t, dim, rank, ranks);
+  }
 }
 
 void TorchModel::drop_tensors(const std::vector<std::string>& names) {

@@ -64,6 +64,33 @@ int expert_rank(const ModelConfig& config, const ExpertRef& expert, int ranks);
 std::map<std::string, int> expert_tensor_ranks(const ModelConfig& config, int ranks);
 std::vector<std::string> other_ranks_experts(const ModelConfig& config, int rank, int ranks);
 
+// Tensor parallelism (Megatron-LM's): every matrix product of attention and of the FFNs split
+// across the `ranks` processes of a group, which all see the same tokens. Attention's heads are
+// split (q, k, v by rows: rank i holds query heads i*Hq/N ... and the kv heads they read, so N must
+// divide the kv heads; o by columns); each FFN (dense, shared experts, and every routed expert) is
+// split along its intermediate width (gate and up by rows, down by columns). Routed experts are
+// split rather than replicated so that their memory and arithmetic divide like the rest; the router,
+// the choice of experts, norms, embeddings and the LM head are replicated (computed alike on every
+// rank). A split block takes its replicated input through `enter` and its partial outputs leave
+// through one `reduce` (attention's o product; the FFN's shared plus routed parts together).
+// Replicated tensors used inside a split block enter the same way, so that their gradient gets every
+// rank's share: a routed expert's weight in the token's output (the router's gradient), per-head
+// q/k norm weights.
+struct TensorParallel {
+  int rank = 0, ranks = 1;
+  // Identity forward; the backward pass sums the gradient over the ranks (Megatron's f).
+  std::function<torch::Tensor(const torch::Tensor&)> enter;
+  // Sums the ranks' partial results forward; the gradient passes through unchanged (Megatron's g).
+  std::function<torch::Tensor(const torch::Tensor&)> reduce;
+};
+// An Error naming the --tp flag unless `ranks` divides the kv heads and every FFN width of `config`.
+void check_tensor_parallel(const ModelConfig& config, int ranks);
+// The tensors that tensor parallelism splits, with the dimension: 0 (rows: q, k, v, their biases and
+// full-width q/k norms, gate and up) or 1 (columns: o, down). The rest are replicated. Rank i holds
+// the i-th of `ranks` equal consecutive slices (tensor_parallel_slice); gathering is concatenating.
+std::map<std::string, int> tensor_parallel_splits(const ModelConfig& config);
+torch::Tensor tensor_parallel_slice(const torch::Tensor& whole, int dim, int rank, int ranks);
+
 struct ForwardOptions {
   // Per layer: empty, or a bool tensor of the candidates a router may pick: [candidates] for every
   // token, or [tokens, candidates] per token (tokens in batch-major order).
@@ -79,6 +106,7 @@ struct ForwardOptions {
   std::function<void(torch::Tensor&)> sum_over_ranks;
   int ranks = 1;
   ExpertParallel expert_parallel;  // ranks > 1: this model holds only its rank's routed experts
+  TensorParallel tensor_parallel;  // ranks > 1: this model holds its rank's slices (keep_tensor_parallel_slices)
 };
 
 // Keys and values of past tokens for incremental decoding: one row per sequence, each with its
@@ -140,6 +168,8 @@ class TorchModel {
   // back (rank 0, gathered for a checkpoint or the export).
   void drop_tensors(const std::vector<std::string>& names);
   void add_tensors(const std::map<std::string, torch::Tensor>& tensors);
+  // Tensor parallelism: every split tensor replaced by rank `rank`'s slice of it.
+  void keep_tensor_parallel_slices(int rank, int ranks);
 
   // Aux-loss-free balancing (DeepSeek-V3): b_i += rate * sign(mean load - load_i) over the
   // candidates allowed this step, for every router with a correction bias.

@@ -95,6 +95,7 @@ void check_options(const TrainOptions& o) {
   non_negative(double(o.save_every), "save-every");
   positive(double(o.log_every), "log-every");
   positive(o.expert_parallel, "ep");
+  positive(o.tensor_parallel, "tp");
   require(std::isfinite(o.bucket_mb) && o.bucket_mb > 0, "--bucket-mb must be a positive number of MiB (got " +
                                                            std::to_string(o.bucket_mb) + ")");
   non_negative(double(o.stop_after), "stop-after");

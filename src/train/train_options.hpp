@@ -56,6 +56,7 @@ struct TrainOptions {
   double peak_tflops = 0;        // one process's device peak TFLOP/s: log.csv's mfu (0 = unknown, no mfu)
   bool shard_optimizer = false;  // several processes: ZeRO-1, each keeps the AdamW moments of 1/N of the weights
   int expert_parallel = 1;        // --ep: the routed experts split across this many processes (= --nproc)
+  int tensor_parallel = 1;        // --tp: attention and FFN matrices split across groups of this many processes
   double bucket_mb = 25;          // several processes: gradients are all-reduced in buckets of this many MiB
 };
 

@@ -202,11 +202,16 @@ std::vector<int64_t> WindowSampler::starts(uint64_t index) {
 }
 
 void save_checkpoint(const fs::path& dir, const TorchModel& model, const AdamW& adam, const nlohmann::json& state) {
+  save_checkpoint(dir, model.tensors(), adam, state);
+}
+
+void save_checkpoint(const fs::path& dir, const std::map<std::string, torch::Tensor>& weights, const AdamW& adam,
+                     const nlohmann::json& state) {
   const fs::path root = dir.parent_path(), tmp = dir.string() + ".tmp";
   const std::string name = dir.filename().string();
   fs::remove_all(tmp);
   fs::create_directories(tmp);
-  save_tensors(tmp / "model.safetensors", model.tensors());
+  save_tensors(tmp / "model.safetensors", weights);
   std::map<std::string, torch::Tensor> opt;
   for (const auto& [k, t] : adam.m) opt["m." + k] = t;
   for (const auto& [k, t] : adam.v) opt["v." + k] = t;
@@ -253,7 +258,7 @@ void load_checkpoint_tensors(const fs::path& dir, TorchModel& model, AdamW& adam
 }
 
 double evaluate_loss(const TorchModel& model, const std::vector<uint32_t>& tokens, int batches, int batch_size, int seq_len,
-                     torch::ScalarType compute_dtype, const ExpertParallel& experts) {
+                     torch::ScalarType compute_dtype, const ExpertParallel& experts, const TensorParallel& tensors) {
   torch::NoGradGuard no_grad;
   const int64_t available = (int64_t(tokens.size()) - 1) / seq_len;
   require(available > 0, "validation data is shorter than one sequence of " + std::to_string(seq_len) + " tokens");
@@ -270,6 +275,7 @@ double evaluate_loss(const TorchModel& model, const std::vector<uint32_t>& token
     ForwardOptions fo;
     fo.compute_dtype = compute_dtype;
     fo.expert_parallel = experts;
+    fo.tensor_parallel = tensors;
     sum += next_token_loss(model.forward(in, fo).logits, target).item<double>() * double(starts.size());
     count += int64_t(starts.size());
   }
@@ -277,7 +283,8 @@ double evaluate_loss(const TorchModel& model, const std::vector<uint32_t>& token
 }
 
 double evaluate_sft_loss(const TorchModel& model, const std::vector<SftExample>& examples, int batches, int batch_size,
-                         int seq_len, torch::ScalarType compute_dtype, const ExpertParallel& experts) {
+                         int seq_len, torch::ScalarType compute_dtype, const ExpertParallel& experts,
+                         const TensorParallel& tensors) {
   torch::NoGradGuard no_grad;
   require(!examples.empty(), "no SFT conversations to evaluate");
   const size_t total = std::min(examples.size(), size_t(batches) * size_t(batch_size));
@@ -289,6 +296,7 @@ double evaluate_sft_loss(const TorchModel& model, const std::vector<SftExample>&
     ForwardOptions fo;
     fo.compute_dtype = compute_dtype;
     fo.expert_parallel = experts;
+    fo.tensor_parallel = tensors;
     const double trained = batch.mask.sum().item<double>();
     sum += next_token_loss(model.forward(batch.input, fo).logits, batch.target, batch.mask).item<double>() * trained;
     count += trained;
@@ -308,8 +316,25 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   const std::unique_ptr<Communicator> comm = Communicator::from_environment();
   const int world = comm ? comm->world() : 1, rank = comm ? comm->rank() : 0;
   const bool leader = rank == 0;
-  require(o.batch_size % world == 0, "--batch " + std::to_string(o.batch_size) + " must divide among the " +
-                                         std::to_string(world) + " processes (it is the global batch)");
+  // Tensor parallelism: groups of `tp` consecutive ranks hold the slices of one model and see the
+  // same rows; data parallelism runs across the groups (`data_ranks` of them), among the ranks that
+  // hold the same slices (`data_comm`: the whole world without tensor parallelism).
+  const int tp = o.tensor_parallel;
+  require(world % tp == 0, "--tp " + std::to_string(tp) + " must divide the " + std::to_string(world) +
+                               " processes (--nproc)");
+  const int data_ranks = world / tp, data_rank = rank / tp, tp_rank = rank % tp;
+  std::unique_ptr<Communicator> tp_comm, data_group;
+  Communicator* data_comm = comm.get();
+  if (tp > 1) {
+    std::vector<int> tp_members, data_members;
+    for (int i = 0; i < tp; ++i) tp_members.push_back(data_rank * tp + i);
+    for (int g = 0; g < data_ranks; ++g) data_members.push_back(g * tp + tp_rank);
+    tp_comm = comm->subgroup(tp_members, "tp" + std::to_string(data_rank));
+    data_group = comm->subgroup(data_members, "data" + std::to_string(tp_rank));
+    data_comm = data_group.get();
+  }
+  require(o.batch_size % data_ranks == 0, "--batch " + std::to_string(o.batch_size) + " must divide among the " +
+                                              std::to_string(data_ranks) + " data-parallel groups (it is the global batch)");
   const std::optional<CheckpointInfo> resumed = starting_checkpoint(o.out_dir, o.resume);
   if (resumed) check_resume(o, *resumed);
   if (comm) comm->barrier();  // every rank has looked at the output directory before rank 0 writes there
@@ -380,6 +405,19 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     model->drop_tensors(others_experts);
     for (const std::string& name : others_experts) adam.m.erase(name), adam.v.erase(name);
   }
+  // Tensor parallelism: likewise, each rank keeps its slices of the split tensors and their moments.
+  const std::map<std::string, int> tp_splits = tp > 1 ? tensor_parallel_splits(config) : std::map<std::string, int>{};
+  std::vector<std::string> tp_sliced;
+  if (tp > 1) {
+    require(ep == 1, "--tp with --ep is not supported yet");
+    check_tensor_parallel(config, tp);
+    model->keep_tensor_parallel_slices(tp_rank, tp);
+    for (const auto& [name, dim] : tp_splits) {
+      tp_sliced.push_back(name);
+      for (auto* moments : {&adam.m, &adam.v})
+        if (moments->count(name)) (*moments)[name] = tensor_parallel_slice(moments->at(name), dim, tp_rank, tp);
+    }
+  }
   require(data_vocab <= config.vocab_size, "the model's vocabulary (" + std::to_string(config.vocab_size) +
                                                ") is smaller than the tokenizer's (" + std::to_string(data_vocab) + ")");
   require_ids_below(train_tokens, config.vocab_size, (o.data_dir / "train.bin").string());
@@ -394,20 +432,22 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   const bool sharded = comm && o.shard_optimizer;
   std::vector<torch::Tensor> parameters;
   for (const auto& name : trainable) parameters.push_back(model->tensor(name));
-  const std::vector<int> owner = sharded ? comm->owners(parameters) : std::vector<int>(trainable.size(), rank);
+  const int data_comm_rank = comm ? data_comm->rank() : 0;
+  const std::vector<int> owner =
+      sharded ? data_comm->owners(parameters) : std::vector<int>(trainable.size(), data_comm_rank);
   std::vector<std::string> updated;
   for (size_t i = 0; i < trainable.size(); ++i)
-    if (owner[i] == rank) updated.push_back(trainable[i]);
+    if (owner[i] == data_comm_rank) updated.push_back(trainable[i]);
   auto drop_others_moments = [&] {
     for (size_t i = 0; i < trainable.size(); ++i)
-      if (owner[i] != rank) adam.m.erase(trainable[i]), adam.v.erase(trainable[i]);
+      if (owner[i] != data_comm_rank) adam.m.erase(trainable[i]), adam.v.erase(trainable[i]);
   };
   drop_others_moments();
   auto gather_moments = [&] {
     torch::Tensor kept = torch::zeros({int64_t(trainable.size())}, torch::kInt64);
     for (size_t i = 0; i < trainable.size(); ++i) kept[int64_t(i)] = int64_t(adam.m.count(trainable[i]));
     std::vector<torch::Tensor> flags{kept};
-    comm->sum(flags);
+    data_comm->sum(flags);
     std::vector<torch::Tensor> moments;
     std::vector<int> moment_owner;
     for (size_t i = 0; i < trainable.size(); ++i) {
@@ -419,7 +459,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
         moment_owner.push_back(owner[i]);
       }
     }
-    comm->broadcast_from_owners(moments, moment_owner);
+    data_comm->broadcast_from_owners(moments, moment_owner);
   };
   // Data parallel: gradients averaged in buckets while the backward pass runs.
   // Under expert parallelism the experts' gradients stay on their rank (every rank's tokens already
@@ -430,22 +470,37 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     std::vector<std::string> replicated;
     for (const std::string& name : trainable)
       if (!own.count(name)) replicated.push_back(name);
-    reducer = std::make_unique<GradientReducer>(*comm, *model, replicated, int64_t(o.bucket_mb * (1 << 20)));
+    reducer = std::make_unique<GradientReducer>(*data_comm, *model, replicated, int64_t(o.bucket_mb * (1 << 20)));
     if (leader)
-      log_info("data parallel on " + std::to_string(world) + " processes: gradients in " +
-               std::to_string(reducer->buckets()) + " buckets, all-reduced during the backward pass");
+      log_info("data parallel on " + std::to_string(data_ranks) + (tp > 1 ? " groups" : " processes") +
+               ": gradients in " + std::to_string(reducer->buckets()) + " buckets, all-reduced during the backward pass");
+    if (leader && tp > 1)
+      log_info("tensor parallel: " + std::to_string(data_ranks) + " group" + (data_ranks > 1 ? "s" : "") + " of " +
+               std::to_string(tp) + " processes, each holding 1/" + std::to_string(tp) +
+               " of every attention and FFN matrix (heads and FFN widths split)");
     if (leader && ep > 1)
       log_info("expert parallel: each process holds " + std::to_string(config.moe.num_experts / ep) + " of the " +
                std::to_string(config.moe.num_experts) + " routed experts of every pool; tokens travel by all-to-all");
   }
-  std::function<void(torch::Tensor&)> sum_over_ranks;
+  // Sums over the data-parallel ranks (the balancing statistics, losses, expert loads), and over a
+  // tensor-parallel group (the split gradients' squares for the norm).
+  std::function<void(torch::Tensor&)> sum_over_ranks, sum_over_tp;
   ExpertParallel expert_parallel;
-  if (comm) {
-    sum_over_ranks = [&comm](torch::Tensor& t) {
+  TensorParallel tensor_parallel;
+  auto summing_over = [](Communicator* group) {
+    return [group](torch::Tensor& t) {
       std::vector<torch::Tensor> one{t.cpu()};
-      comm->sum(one);
+      group->sum(one);
       t = one[0].to(t.device());
     };
+  };
+  if (tp > 1) {
+    sum_over_tp = summing_over(tp_comm.get());
+    tensor_parallel = {tp_rank, tp, [&tp_comm](const torch::Tensor& x) { return tp_comm->enter_split(x); },
+                       [&tp_comm](const torch::Tensor& x) { return tp_comm->reduce_split(x); }};
+  }
+  if (comm) {
+    sum_over_ranks = summing_over(data_comm);
     if (ep > 1)
       expert_parallel = {rank, ep, sum_over_ranks,
                          [&comm](const torch::Tensor& rows, const std::vector<int64_t>& send, const std::vector<int64_t>& recv) {
@@ -488,6 +543,38 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     model->drop_tensors(others_experts);
     for (const std::string& name : others_experts) adam.m.erase(name), adam.v.erase(name);
   };
+  // Tensor parallelism: rank 0 takes the whole of every split tensor (weights and the AdamW moments
+  // it holds) from the other ranks of its group, for a checkpoint or the export; the other groups
+  // hold the same slices and stay out. Rank 0's model keeps its slices: the whole tensors are returned.
+  auto gather_slices = [&](std::map<std::string, torch::Tensor>& weights, AdamW& moments) {
+    weights = model->tensors();
+    moments = adam;
+    if (tp == 1 || rank >= tp) return;
+    std::vector<torch::Tensor> tensors;
+    std::vector<int> owners;
+    std::map<std::string, std::vector<std::vector<torch::Tensor>>> pieces;  // name -> per state: the slices in rank order
+    for (const auto& [name, dim] : tp_splits) {
+      std::vector<const torch::Tensor*> states{&model->tensor(name)};
+      for (auto* held : {&adam.m, &adam.v})  // moments exist on every rank of the group alike
+        if (held->count(name)) states.push_back(&held->at(name));
+      for (const torch::Tensor* state : states) {
+        std::vector<torch::Tensor> slices{*state};
+        for (int r = 1; r < tp; ++r) {
+          slices.push_back(rank == 0 ? torch::empty_like(*state) : *state);
+          tensors.push_back(slices.back());
+          owners.push_back(r);
+        }
+        pieces[name].push_back(std::move(slices));
+      }
+    }
+    tp_comm->gather_to_leader(tensors, owners);
+    if (rank != 0) return;
+    for (const auto& [name, dim] : tp_splits) {
+      const std::vector<std::vector<torch::Tensor>>& states = pieces.at(name);
+      weights[name] = torch::cat(states[0], dim).detach();
+      if (states.size() > 1) moments.m[name] = torch::cat(states[1], dim), moments.v[name] = torch::cat(states[2], dim);
+    }
+  };
   int late_buckets = 0;  // buckets whose reduction began only after the backward pass
   EpochOrder sft_order(o.seed, kSftOrder, sft_train.size());
   std::optional<WindowSampler> sampler;
@@ -505,7 +592,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   }
   // One micro-batch of the step, this rank's rows of it (all of them on one process): inputs,
   // targets, the loss mask (SFT) and the tokens the whole global micro-batch holds.
-  const int local_batch = o.batch_size / world;
+  const int local_batch = o.batch_size / data_ranks;
   auto micro_batch = [&](int64_t step, int micro) -> std::pair<SftBatch, int64_t> {
     const uint64_t index = uint64_t(step) * uint64_t(o.grad_accum) + uint64_t(micro);
     if (sft) {
@@ -513,20 +600,23 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
       int64_t tokens = 0;
       for (int b = 0; b < o.batch_size; ++b) {
         const SftExample* e = &sft_train[sft_order.at(index * uint64_t(o.batch_size) + uint64_t(b))];
-        if (b / local_batch == rank) rows.push_back(e);
+        if (b / local_batch == data_rank) rows.push_back(e);
         tokens += std::min<int64_t>(int64_t(e->tokens.size()) - 1, o.seq_len);
       }
       return {sft_batch(rows, o.seq_len, device), tokens};
     }
     std::vector<int64_t> starts = sampler->starts(index);
-    starts = std::vector<int64_t>(starts.begin() + rank * local_batch, starts.begin() + (rank + 1) * local_batch);
+    starts = std::vector<int64_t>(starts.begin() + data_rank * local_batch, starts.begin() + (data_rank + 1) * local_batch);
     auto [in, target] = windows(train_tokens, starts, o.seq_len, device);
     return {SftBatch{in, target, {}}, int64_t(o.batch_size) * o.seq_len};
   };
   auto validation_loss = [&]() -> std::optional<double> {
-    if (!sft) return evaluate_loss(*model, val_tokens, o.eval_batches, o.batch_size, o.seq_len, compute, expert_parallel);
+    if (!sft)
+      return evaluate_loss(*model, val_tokens, o.eval_batches, o.batch_size, o.seq_len, compute, expert_parallel,
+                           tensor_parallel);
     if (sft_val.empty()) return std::nullopt;
-    return evaluate_sft_loss(*model, sft_val, o.eval_batches, o.batch_size, o.seq_len, compute, expert_parallel);
+    return evaluate_sft_loss(*model, sft_val, o.eval_batches, o.batch_size, o.seq_len, compute, expert_parallel,
+                             tensor_parallel);
   };
 
   std::optional<ProgressBar> bar;
@@ -541,8 +631,9 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     ForwardOptions fo{{}, compute, o.capacity_factor};
     if (comm) {
       fo.sum_over_ranks = sum_over_ranks;
-      fo.ranks = world;
+      fo.ranks = data_ranks;
       fo.expert_parallel = expert_parallel;
+      fo.tensor_parallel = tensor_parallel;
     }
     std::vector<torch::Tensor> load(static_cast<size_t>(config.num_layers));
     torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device)), aux_sum = loss_sum.clone();
@@ -550,7 +641,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     for (int micro = 0; micro < o.grad_accum; ++micro) {
       const auto [batch, tokens] = micro_batch(step, micro);
       step_tokens += tokens;
-      fo.allowed = psr_masks(config, o, step, micro, rank, local_batch);
+      fo.allowed = psr_masks(config, o, step, micro, data_rank, local_batch);
       const ForwardResult r = model->forward(batch.input, fo);
       torch::Tensor loss = next_token_loss(r.logits, batch.target, batch.mask);
       if (comm && batch.mask.defined()) {
@@ -558,8 +649,8 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
         // average over ranks is the mean over the global batch's tokens, as on one process.
         std::vector<torch::Tensor> counts{batch.mask.sum().to(torch::kCPU, torch::kFloat64).reshape({1})};
         const double local = counts[0].item<double>();
-        comm->sum(counts);
-        loss = loss * (world * local / std::max(counts[0].item<double>(), 1.0));
+        data_comm->sum(counts);
+        loss = loss * (data_ranks * local / std::max(counts[0].item<double>(), 1.0));
       }
       const torch::Tensor objective = (loss + o.aux_loss_weight * r.aux_loss) / double(o.grad_accum);
       if (reducer && micro + 1 == o.grad_accum) reducer->prepare(objective);
@@ -578,15 +669,16 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
       std::vector<torch::Tensor> totals{loss_sum.cpu().reshape({1}), aux_sum.cpu().reshape({1})};
       for (const torch::Tensor& l : load)
         if (l.defined()) totals.push_back(l.cpu());
-      comm->sum(totals);
-      loss_sum = totals[0][0] / world, aux_sum = totals[1][0] / world;
+      data_comm->sum(totals);
+      loss_sum = totals[0][0] / data_ranks, aux_sum = totals[1][0] / data_ranks;
       for (size_t l = 0, i = 2; l < load.size(); ++l)
         if (load[l].defined()) load[l] = totals[i++].to(load[l].device());
     }
     const double lr = learning_rate(o, step);
-    const torch::Tensor grad_norm = clip_gradients(*model, trainable, o.grad_clip, own_experts, sum_over_ranks);
+    const torch::Tensor grad_norm = tp > 1 ? clip_gradients(*model, trainable, o.grad_clip, tp_sliced, sum_over_tp)
+                                           : clip_gradients(*model, trainable, o.grad_clip, own_experts, sum_over_ranks);
     adam.step(*model, updated, {o.beta1, o.beta2, o.adam_eps, o.weight_decay}, lr, step + 1);
-    if (sharded) comm->broadcast_from_owners(parameters, owner);
+    if (sharded) data_comm->broadcast_from_owners(parameters, owner);
     for (const auto& name : trainable) model->tensor(name).mutable_grad() = torch::Tensor();
     model->update_router_biases(load, fo.allowed, o.bias_update_rate);
     tokens_seen += step_tokens;
@@ -602,9 +694,10 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
                                          std::to_string(step + 1) + " (lower the learning rate?)");
     const bool last = step + 1 == o.steps;
     const bool eval_now = last || (o.eval_every > 0 && (step + 1) % o.eval_every == 0);
-    // Under expert parallelism every rank takes part in the validation forward passes.
+    // Under expert parallelism every rank takes part in the validation forward passes; under tensor
+    // parallelism, rank 0's group.
     std::optional<double> val_loss;
-    if (eval_now && (leader || ep > 1)) val_loss = validation_loss();
+    if (eval_now && (rank < tp || ep > 1)) val_loss = validation_loss();
     if (leader && (eval_now || (step + 1) % o.log_every == 0)) {
       const double window_seconds = std::max(window.seconds(), 1e-9);
       row.tokens_per_s = double(window_tokens) / window_seconds;
@@ -635,8 +728,11 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     const bool save = last || stop || (o.save_every > 0 && (step + 1) % o.save_every == 0);
     if (save && sharded) gather_moments();
     if (save && ep > 1) gather_experts();
+    std::map<std::string, torch::Tensor> whole_weights;
+    AdamW whole_moments;
+    if (save) gather_slices(whole_weights, whole_moments);
     if (leader && save)
-      save_checkpoint(checkpoint_dir(o.out_dir, kTrainCheckpoints, step + 1), *model, adam,
+      save_checkpoint(checkpoint_dir(o.out_dir, kTrainCheckpoints, step + 1), whole_weights, whole_moments,
                       {{"step", step + 1},
                        {"tokens", tokens_seen},
                        {"elapsed_s", elapsed_before + watch.seconds()},
@@ -660,6 +756,12 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   else
     std::snprintf(done, sizeof done, "trained %lld steps: loss %.4f", (long long)o.steps, row.loss);
   if (ep > 1) gather_experts();
+  if (tp > 1) {
+    std::map<std::string, torch::Tensor> whole_weights;
+    AdamW whole_moments;
+    gather_slices(whole_weights, whole_moments);
+    if (leader) model->add_tensors(whole_weights);  // training is over: the slices are done with
+  }
   if (!bar) return result;  // not the leader: rank 0 exports
   bar->finish(done);
   if (reducer)

@@ -64,6 +64,9 @@ TrainResult train_model(const ModelConfig& config, const TrainOptions& options);
 // the older checkpoints beside it are deleted. A kill at any point leaves a complete checkpoint.
 void save_checkpoint(const std::filesystem::path& dir, const TorchModel& model, const AdamW& adam,
                      const nlohmann::json& state);
+// The same with the weights given by name (tensor parallelism: the slices gathered whole).
+void save_checkpoint(const std::filesystem::path& dir, const std::map<std::string, torch::Tensor>& weights,
+                     const AdamW& adam, const nlohmann::json& state);
 // A checkpoint's weights into `model` and its AdamW moments into `adam`: every tensor of the model
 // present with its shape, nothing unknown; an Error naming the file otherwise.
 void load_checkpoint_tensors(const std::filesystem::path& dir, TorchModel& model, AdamW& adam);
@@ -86,13 +89,16 @@ SftBatch sft_batch(const std::vector<const SftExample*>& examples, int seq_len, 
 
 // Mean next-token cross-entropy on `batches` x batch_size windows of `tokens`, spread evenly over
 // them (all windows when there are no more than that). Under expert parallelism every rank
-// evaluates the same batches with its share of the experts.
+// evaluates the same batches with its share of the experts; under tensor parallelism every rank of a
+// group with its slices.
 double evaluate_loss(const TorchModel& model, const std::vector<uint32_t>& tokens, int batches, int batch_size,
-                     int seq_len, torch::ScalarType compute_dtype, const ExpertParallel& experts = {});
+                     int seq_len, torch::ScalarType compute_dtype, const ExpertParallel& experts = {},
+                     const TensorParallel& tensors = {});
 // SFT: mean cross-entropy over the trained targets of the first `batches` x batch_size
 // conversations (each target weighs the same, whatever its conversation's length).
 double evaluate_sft_loss(const TorchModel& model, const std::vector<SftExample>& examples, int batches, int batch_size,
-                         int seq_len, torch::ScalarType compute_dtype, const ExpertParallel& experts = {});
+                         int seq_len, torch::ScalarType compute_dtype, const ExpertParallel& experts = {},
+                         const TensorParallel& tensors = {});
 
 // Visits `count` items in a seeded order, a fresh permutation every epoch: position p is the
 // (p % count)-th item of epoch p / count's permutation, a pure function of (seed, stream, p), so
