@@ -7,29 +7,38 @@
 # Also the load: peak RSS and wall time of a one-token generate with every weight in memory.
 # Random routers spread the load evenly, so hit rates here are a lower bound for trained models.
 # Usage: bash bench/memory_budget.sh [DIR] [RUNS]      results: docs/benchmarks.md
+# MODELS="DIR1 DIR2" benchmarks those model directories instead (e.g. trained ones,
+# bench/trained_routing.sh); PROMPT_FILE=text.txt prefills real text (bench --prompt-file);
+# THREADS=N; CROSSMOE_BIN (default ./build/crossmoe). Paths are relative to the repository root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-build/bench-models}
 runs=${2:-3}
-bin=./build/crossmoe
+bin=${CROSSMOE_BIN:-./build/crossmoe}
+common=(--runs "$runs" --prompt-tokens 16 --gen-tokens 32 --json)
+[ -z "${PROMPT_FILE:-}" ] || common+=(--prompt-file "$PROMPT_FILE")
+[ -z "${THREADS:-}" ] || common+=(--threads "$THREADS")
 shape=(--hidden 1024 --layers 8 --heads 8 --kv-heads 2 --head-dim 128 --experts 32 --top-k 4 --expert-size 704
        --vocab 8192 --intermediate 2816)
-[ -d "$out/megrez2-1024" ] || $bin init "$out/megrez2-1024" --layout megrez2 "${shape[@]}" --shared-size 1408
-[ -d "$out/moe-1024" ] || $bin init "$out/moe-1024" --layout moe "${shape[@]}"
+if [ -z "${MODELS:-}" ]; then
+  [ -d "$out/megrez2-1024" ] || $bin init "$out/megrez2-1024" --layout megrez2 "${shape[@]}" --shared-size 1408
+  [ -d "$out/moe-1024" ] || $bin init "$out/moe-1024" --layout moe "${shape[@]}"
+  MODELS="$out/megrez2-1024 $out/moe-1024"
+fi
 lscpu | grep -E 'Model name|L3'
 uptime  # the load of other users' processes on this shared machine
-for m in megrez2-1024 moe-1024; do
+for m in $MODELS; do
   echo "== $m: direct-I/O read bandwidth of the weights file"
-  dd if="$out/$m/model.safetensors" of=/dev/null bs=4M iflag=direct 2>&1 | tail -1
+  dd if="$m/model.safetensors" of=/dev/null bs=4M iflag=direct 2>&1 | tail -1
   echo "== $m: load (generate one token, all in memory)"
-  /usr/bin/time -f "wall %e s, peak RSS %M KiB" $bin generate "$out/$m" --ids 1 -n 1 >/dev/null
+  if [ -x /usr/bin/time ]; then /usr/bin/time -f "wall %e s, peak RSS %M KiB" $bin generate "$m" --ids 1 -n 1 >/dev/null
+  else echo "(no /usr/bin/time here: bench's peak RSS below)"; fi
   echo "== $m: decode"
-  $bin bench "$out/$m" --runs "$runs" --prompt-tokens 16 --gen-tokens 32 --json 2>/dev/null | head -1
+  $bin bench "$m" "${common[@]}" 2>/dev/null | head -1
   for budget in 100% 50% 25% 10%; do
     for prefetch in off on; do
       echo "-- $m --memory-budget $budget --prefetch $prefetch"
-      $bin bench "$out/$m" --runs "$runs" --prompt-tokens 16 --gen-tokens 32 --json --memory-budget "$budget" \
-        --prefetch "$prefetch" 2>/dev/null
+      $bin bench "$m" "${common[@]}" --memory-budget "$budget" --prefetch "$prefetch" 2>/dev/null
     done
   done
 done

@@ -16,6 +16,7 @@
 #   EVAL_POINTS=20 EVAL_BATCHES=20   validations per run, batches per validation
 #   SAVE_EVERY=steps/20 STOP_AFTER=   checkpoints; STOP_AFTER=N stops every run after step N
 #   SHAPE="--hidden 256 ..."   the model shape flags shared by every layout
+#   TRAIN_ARGS=         more `crossmoe train` flags for every new run, e.g. --deterministic
 #   CROSSMOE_BIN=./build/crossmoe
 # Rerunning the same command continues: a finished run (OUT/NAME-seedS/model) is kept, a stopped
 # or killed one resumes from its newest checkpoint (--resume), so the runs can be split across
@@ -37,6 +38,8 @@ read -r -a base <<< "${SHAPE:---hidden 256 --layers 8 --heads 4 --kv-heads 2 --h
 train=(--steps "$steps" --batch "$batch" --seq-len "$seq_len" --data-order "${DATA_ORDER:-epoch}" --lr 3e-3
        --warmup $(( steps / 20 )) --eval-every "$eval_every" --eval-batches "${EVAL_BATCHES:-20}"
        --save-every "$save_every" --log-every "$eval_every" --device "$device")
+read -r -a extra <<< "${TRAIN_ARGS:-}"
+train+=("${extra[@]}")
 psr="--psr-start ${PSR_START:-10%} --psr-end ${PSR_END:-50%}"
 declare -A runs=(
   [local]="--layout moe"

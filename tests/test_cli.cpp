@@ -563,8 +563,9 @@ TEST_F(CliTrain, DataParallelEqualsOneProcess) {
 // travel by all-to-all) for a Megrez2 model (a pool shared by layers) and a ReXMoE one (routers over
 // 2 pools, PSR masks): every logged loss, balancing loss, gradient norm (the experts' shares summed
 // over ranks) and validation loss and the exported weights equal one process's; a run stopped under
-// EP resumes on 1 process and a 1-process run resumes under EP, both ending the same; the exported
-// model of an EP run gives the CPU runtime the logits of one process's.
+// EP resumes on 1 process and a 1-process run resumes under EP, both ending the same, as does a run on
+// 4 processes in 2 expert-parallel groups (with --shard-optimizer) resumed on 2; the exported model of an EP run gives the CPU
+// runtime the logits of one process's.
 TEST_F(CliTrain, ExpertParallelEqualsOneProcess) {
   const std::string megrez2 =
       replaced(replaced(train_args(dir_ / "ep_one"), "--batch 2", "--batch 4"), "--eval-every 20", "--eval-every 3") +
@@ -586,7 +587,15 @@ TEST_F(CliTrain, ExpertParallelEqualsOneProcess) {
   ASSERT_EQ(run(replaced(megrez2, "ep_one", "ep_from_one") + "--stop-after 4").code, 0);
   const Result to_ep = run("train -o " + (dir_ / "ep_from_one").string() + " --resume --threads 1 --nproc 2 --ep 2");
   ASSERT_EQ(to_ep.code, 0) << to_ep.out;
-  for (const char* run_name : {"ep_to_one", "ep_from_one"}) {
+  // --ep below --nproc: 2 expert-parallel groups of 2, data parallel across them (the experts'
+  // gradients averaged between the ranks that hold them), with the other weights' optimizer state
+  // sharded (ZeRO-1) over the 4, stopped and resumed as one group.
+  const Result groups =
+      run(replaced(megrez2, "ep_one", "ep_groups") + "--nproc 4 --ep 2 --shard-optimizer --bucket-mb 0.001 --stop-after 3");
+  ASSERT_EQ(groups.code, 0) << groups.out;
+  EXPECT_NE(groups.out.find("routed experts of every pool (2 groups of 2 processes)"), std::string::npos) << groups.out;
+  ASSERT_EQ(run("train -o " + (dir_ / "ep_groups").string() + " --resume --threads 1 --nproc 2 --ep 2").code, 0);
+  for (const char* run_name : {"ep_to_one", "ep_from_one", "ep_groups"}) {
     SCOPED_TRACE(run_name);
     expect_same_run(dir_ / "ep_one", dir_ / run_name);
   }
@@ -602,7 +611,8 @@ TEST_F(CliTrain, ExpertParallelEqualsOneProcess) {
   float max_diff = 0;
   for (size_t i = 0; i < single.size(); ++i) max_diff = std::max(max_diff, std::abs(single[i] - split[i]));
   EXPECT_LT(max_diff, 1e-3f);
-  expect_one_line_error(run(replaced(megrez2, "ep_one", "ep_bad") + "--nproc 2 --ep 3"), "--ep 3 needs --nproc 3");
+  expect_one_line_error(run(replaced(megrez2, "ep_one", "ep_bad") + "--nproc 2 --ep 3"),
+                        "--ep 3 needs a --nproc that it divides (got --nproc 2)");
   expect_one_line_error(run(replaced(replaced(megrez2, "ep_one", "ep_bad"), "--batch 4", "--batch 6") + "--nproc 3 --ep 3"),
                         "--ep 3 must divide the 4 routed experts of each pool");
 }

@@ -131,6 +131,8 @@ TEST_F(CliErrors, EveryCommandFailsWithOneErrorLineAndExitCode) {
       {"bench {good} --runs 99999999999999", 2, "--runs"},
       {"bench {good} --prompt-tokens -5", 2, "--prompt-tokens"},
       {"bench {good} --prompt-tokens 600", 1, "context of 512"},
+      {"bench {good} --prompt-file {dir}/none.txt", 2, "none.txt"},
+      {"bench {good} --prompt-file {good}/config.json --runs 50", 1, "fewer than --runs x --prompt-tokens = 6400"},
       // tokenize and tokenizer train
       {"tokenize", 2, "required"},
       {"tokenize {dir}/none hello", 1, "none"},
@@ -180,6 +182,16 @@ TEST_F(CliErrors, EveryCommandFailsWithOneErrorLineAndExitCode) {
     EXPECT_EQ(r.out.find("terminate called"), std::string::npos) << r.out;
     EXPECT_LT(r.out.size(), 400u) << r.out;  // no 300-digit numbers
   }
+}
+
+// bench --prompt-file: each run prefills its own window of the file's tokens (here 3 runs of 8).
+TEST_F(CliErrors, BenchTakesItsPromptsFromAFile) {
+  const fs::path text = dir_ / "prompt.txt";
+  std::ofstream(text) << "The quick brown fox jumps over the lazy dog. ";
+  const Result r = run("bench " + good().string() + " --prompt-file " + text.string() +
+                       " --runs 3 --prompt-tokens 8 --gen-tokens 2 --json --threads 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("\"prompt_tokens\": 8"), std::string::npos) << r.out;
 }
 
 TEST_F(CliErrors, LibraryExceptionTextIsNotShown) {

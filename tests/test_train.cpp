@@ -580,6 +580,28 @@ TEST(TrainerLoop, PerTokenPsrMasksResumeBitForBit) {
   EXPECT_NE(weights, file_bytes(step.out_dir / "model" / "model.safetensors")) << "the masks differ";
 }
 
+// --deterministic: every operation of a ReXMoE run with PSR has a deterministic kernel (else the
+// run throws), and the same run twice on 2 threads ends with the same weights.
+TEST(TrainerLoop, DeterministicRunsRepeatBitForBit) {
+  ModelConfig c = small("rexmoe");
+  c.finalize();
+  const fs::path data = make_data(c.vocab_size);
+  at::set_num_threads(2);
+  TrainOptions first = quick_options(data, temp_dir("deterministic-1"));
+  first.psr = {1, 3};
+  first.deterministic = true;
+  train_model(c, first);
+  EXPECT_TRUE(at::globalContext().deterministicAlgorithms());
+  TrainOptions second = first;
+  second.out_dir = temp_dir("deterministic-2");
+  train_model(c, second);
+  at::globalContext().setDeterministicAlgorithms(false, false);
+  EXPECT_EQ(file_bytes(first.out_dir / "model" / "model.safetensors"),
+            file_bytes(second.out_dir / "model" / "model.safetensors"));
+  EXPECT_EQ(testing_logs::log_without_timings(first.out_dir / "log.csv"),
+            testing_logs::log_without_timings(second.out_dir / "log.csv"));
+}
+
 TEST(TrainerLoop, LossFallsOnALearnableStream) {
   ModelConfig c = small("megrez2");
   c.finalize();

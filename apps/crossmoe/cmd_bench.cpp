@@ -1,14 +1,18 @@
 // crossmoe bench MODEL: prefill and decode speed, and decode against the memory-bandwidth limit.
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <random>
+#include <sstream>
 
 #include "commands.hpp"
 #include "memory_budget_options.hpp"
 #include "kernels/bandwidth.hpp"
 #include "kernels/kernels.hpp"
 #include "runtime/forward.hpp"
+#include "runtime/model_files.hpp"
 #include "util/error.hpp"
 #include "util/progress.hpp"
 
@@ -18,6 +22,7 @@ namespace {
 
 struct BenchArgs {
   std::string model;
+  std::string prompt_file;  // real text for the prompts (routing as on real input), else random tokens
   int prompt_tokens = 128, gen_tokens = 32, runs = 5;
   int batch = 1;  // > 1: also decode this many sequences together
   bool json = false;
@@ -63,6 +68,30 @@ double batch_decode_rate(const Model& model, int sequences, const BenchArgs& a, 
   return double(sequences) * a.gen_tokens / clock.seconds();
 }
 
+// The prompts of the timed runs (the warm-up uses the first): random tokens, or consecutive
+// windows of --prompt-file's tokens, so that a trained model routes as it does on real text.
+std::vector<std::vector<int>> bench_prompts(const BenchArgs& a, const ModelConfig& c, std::mt19937& rng) {
+  std::vector<std::vector<int>> prompts(size_t(a.runs), std::vector<int>(size_t(a.prompt_tokens)));
+  if (a.prompt_file.empty()) {
+    std::uniform_int_distribution<int> token(0, c.vocab_size - 1);
+    for (int& t : prompts[0]) t = token(rng);
+    std::fill(prompts.begin() + 1, prompts.end(), prompts[0]);  // the same prompt every run
+    return prompts;
+  }
+  require(!std::filesystem::is_directory(a.prompt_file), "--prompt-file " + a.prompt_file + ": is a directory");
+  std::ifstream in(a.prompt_file, std::ios::binary);
+  require(in.good(), "--prompt-file " + a.prompt_file + ": cannot open it");
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::vector<int> tokens = require_model_tokenizer(a.model, "--prompt-file").encode(text.str());
+  const size_t needed = size_t(a.runs) * size_t(a.prompt_tokens);
+  require(tokens.size() >= needed, "--prompt-file " + a.prompt_file + ": " + std::to_string(tokens.size()) +
+                                       " tokens, fewer than --runs x --prompt-tokens = " + std::to_string(needed));
+  for (size_t r = 0; r < prompts.size(); ++r)
+    std::copy_n(tokens.begin() + std::ptrdiff_t(r * size_t(a.prompt_tokens)), a.prompt_tokens, prompts[r].begin());
+  return prompts;
+}
+
 void run_bench(const BenchArgs& a) {
   const Model model(a.model, a.memory.resolve());
   ExpertCache* cache = model.expert_cache();
@@ -73,13 +102,11 @@ void run_bench(const BenchArgs& a) {
               " do not fit the model's context of " + std::to_string(c.max_position_embeddings) +
               " tokens (max_position_embeddings in config.json)");
   std::mt19937 rng(42);
-  std::uniform_int_distribution<int> token(0, c.vocab_size - 1);
-  std::vector<int> prompt(a.prompt_tokens);
-  for (int& t : prompt) t = token(rng);
+  const std::vector<std::vector<int>> prompts = bench_prompts(a, c, rng);
   InferenceSession session(model, a.prompt_tokens + a.gen_tokens + 1);
 
   // Warm-up: page the weights in and settle the threads.
-  session.forward(prompt);
+  session.forward(prompts[0]);
   // The machine's bandwidth drifts (shared hosts), so it is measured right after every decode
   // run and each run is held against its own measurement.
   const double bytes = model.bytes_per_token();
@@ -88,7 +115,7 @@ void run_bench(const BenchArgs& a) {
   for (int r = 0; r < a.runs; ++r) {
     session.reset();
     Stopwatch p;
-    const std::vector<float>* logits = &session.forward(prompt);
+    const std::vector<float>* logits = &session.forward(prompts[size_t(r)]);
     prefill.push_back(a.prompt_tokens / p.seconds());
     const ExpertCacheStats before = cache ? cache->stats() : ExpertCacheStats();
     Stopwatch d;
@@ -196,6 +223,10 @@ void add_bench(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("bench", "Measure prefill and decode speed against the bandwidth limit");
   cmd->add_option("model", a->model, "Model directory or GGUF file")->required();
   cmd->add_option("--prompt-tokens", a->prompt_tokens, "Prefill length")->capture_default_str()->check(positive());
+  cmd->add_option("--prompt-file", a->prompt_file,
+                  "Text whose tokens make the prompts (run r prefills the r-th window of --prompt-tokens tokens), "
+                  "so that a trained model routes as on real input; default: one random prompt")
+      ->check(CLI::ExistingFile);
   cmd->add_option("--gen-tokens", a->gen_tokens, "Decoded tokens per run")->capture_default_str()->check(positive());
   cmd->add_option("--runs", a->runs, "Timed runs")->capture_default_str()->check(positive());
   cmd->add_option("--batch", a->batch,

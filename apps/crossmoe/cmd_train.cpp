@@ -88,9 +88,8 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
   train::check_options(o);
   if (checkpoint) train::check_resume(o, *checkpoint);  // before any work or output
   if (o.expert_parallel > 1)
-    require(o.expert_parallel == a.nproc, "--ep " + std::to_string(o.expert_parallel) + " needs --nproc " +
-                                              std::to_string(o.expert_parallel) +
-                                              " (expert parallelism spans all the processes for now)");
+    require(a.nproc % o.expert_parallel == 0, "--ep " + std::to_string(o.expert_parallel) +
+                                                  " needs a --nproc that it divides (got --nproc " + std::to_string(a.nproc) + ")");
   if (o.tensor_parallel > 1) {
     require(a.nproc % o.tensor_parallel == 0, "--tp " + std::to_string(o.tensor_parallel) +
                                                   " needs a --nproc that it divides (got --nproc " + std::to_string(a.nproc) + ")");
@@ -235,9 +234,9 @@ void add_train(CLI::App& app) {
                 "With --nproc: ZeRO-1, each process keeps the AdamW moments of its share of the weights (1/N of "
                 "the optimizer memory) and updates only those, then sends them to the others; same results");
   cmd->add_option("--ep", o.expert_parallel,
-                  "Expert parallelism over the --nproc processes (N = --nproc): each holds 1/N of the routed "
-                  "experts of every pool (a Megrez2 pool once, split; ReXMoE routers reach all ranks) and tokens "
-                  "travel to their experts and back by all-to-all; same results as one process")
+                  "Expert parallelism in groups of N of the --nproc processes (N divides --nproc): each holds 1/N of "
+                  "the routed experts of every pool (a Megrez2 pool once, split; ReXMoE routers reach all ranks) and "
+                  "tokens travel to their experts in the group and back by all-to-all; same results as one process")
       ->capture_default_str()->check(cli::positive());
   cmd->add_option("--tp", o.tensor_parallel,
                   "Tensor parallelism (Megatron style) in groups of N of the --nproc processes (N divides --nproc; "
@@ -250,6 +249,9 @@ void add_train(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--bf16", a->bf16, "bf16 matrix products: auto (on for cuda), on, off")
       ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
+  cmd->add_flag("--deterministic", o.deterministic,
+                "Bitwise-repeatable runs: deterministic kernels only (CUDA: slower; an operation without one is an "
+                "error), so that the same command gives the same loss curve");
   cmd->add_option("--export-dtype", a->export_dtype, "Dtype of the exported weights: bf16 or f32")->capture_default_str();
   cmd->add_option("--stop-after", o.stop_after, "Checkpoint and stop after this step (continue later with --resume)");
   cmd->add_option("--peak-tflops", o.peak_tflops, "One process's device peak TFLOP/s: model FLOPs utilisation in log.csv's mfu column and at the end");

@@ -23,8 +23,6 @@ uint64_t round_up(uint64_t n, uint64_t to) { return (n + to - 1) / to * to; }
 
 const Proj kProjs[3] = {Proj::Gate, Proj::Up, Proj::Down};
 
-uint64_t matrix_bytes(const kernels::Matrix& m) { return uint64_t(m.rows) * dtype_row_bytes(m.dtype, m.cols); }
-
 }  // namespace
 
 MemoryBudget parse_memory_budget(const std::string& text) {

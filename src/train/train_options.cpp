@@ -49,8 +49,10 @@ void for_each_setting(Options& o, Visit&& visit) {
   visit("log-every", o.log_every);
   visit("device", o.device);
   visit("export-dtype", o.export_dtype);
+  visit("deterministic", o.deterministic);
 }
-const std::set<std::string> kFreeSettings{"eval-every", "eval-batches", "save-every", "log-every", "device", "export-dtype"};
+const std::set<std::string> kFreeSettings{"eval-every", "eval-batches", "save-every", "log-every", "device", "export-dtype",
+                                          "deterministic"};
 
 
 }  // namespace

@@ -49,6 +49,7 @@ struct TrainOptions {
   uint64_t seed = 0;
   std::string device = "cpu";  // "cpu" or "cuda"
   bool bf16 = false;           // bf16 matrix products (the default on CUDA)
+  bool deterministic = false;  // bitwise-repeatable kernels (use_deterministic_algorithms)
   DType export_dtype = DType::BF16;
   bool resume = false;         // continue from the newest complete checkpoint when there is one
   bool force_settings = false; // resume even when training_settings differ from the checkpoint's
@@ -74,7 +75,7 @@ int64_t schedule_step(const std::string& text, int64_t steps, const std::string&
 // steps, batch, seq-len, accum, data-order, lr, min-lr-ratio, warmup, weight-decay, beta1, beta2, clip,
 // aux-loss, bias-rate, capacity-factor, psr-start, psr-end, seed, bf16. The rest (free_setting)
 // come back too but may change: eval-every, eval-batches, save-every, log-every, device,
-// export-dtype. Paths are stored absolute.
+// export-dtype, deterministic. Paths are stored absolute.
 nlohmann::json training_settings(const TrainOptions& options);
 bool free_setting(const std::string& key);
 // `options` with the given settings applied (any subset of the keys above); a clear error for

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <numeric>
@@ -305,8 +306,16 @@ double evaluate_sft_loss(const TorchModel& model, const std::vector<SftExample>&
   return sum / count;
 }
 
+void use_deterministic_algorithms() {
+  setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
+  at::globalContext().setDeterministicAlgorithms(true, /*warn_only=*/false);
+  at::globalContext().setDeterministicCuDNN(true);
+  at::globalContext().setBenchmarkCuDNN(false);
+}
+
 TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   check_options(o);
+  if (o.deterministic) use_deterministic_algorithms();
   const torch::Device device(o.device);
   if (device.is_cuda()) require(torch::cuda::is_available(), "train: --device cuda but no CUDA device is available");
   const torch::ScalarType compute = o.bf16 ? torch::kBFloat16 : torch::kFloat32;
@@ -394,14 +403,27 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   const ModelConfig& config = model->config();
   // Expert parallelism: each rank keeps its share of the routed experts (and their moments); the
   // model was made or loaded whole, so that every layout of a checkpoint loads the same way.
-  const int ep = o.expert_parallel;
+  // With fewer than all ranks (--ep below --nproc), groups of `ep` consecutive ranks split the experts
+  // (`ep_comm`), and the ranks that hold the same experts in each group (rank i, i + ep, ...:
+  // `expert_data_comm`) average those experts' gradients; every rank is data parallel.
+  const int ep = o.expert_parallel, ep_rank = rank % ep;
+  require(ep == 1 || tp == 1, "--tp with --ep is not supported yet");
   std::vector<std::string> others_experts, own_experts;
+  std::unique_ptr<Communicator> ep_group, expert_data_comm;
+  Communicator* ep_comm = comm.get();
   if (ep > 1) {
-    require(comm && world == ep, "--ep " + std::to_string(ep) + " needs --nproc " + std::to_string(ep) +
-                                     " (expert parallelism spans all the processes)");
+    require(comm && world % ep == 0, "--ep " + std::to_string(ep) + " must divide the " + std::to_string(world) +
+                                         " processes (--nproc)");
     check_expert_parallel(config, ep);
-    require(!o.shard_optimizer, "--ep with --shard-optimizer is not supported yet");
-    for (const auto& [name, r] : expert_tensor_ranks(config, ep)) (r == rank ? own_experts : others_experts).push_back(name);
+    if (ep < world) {
+      std::vector<int> ep_members, expert_data_members;
+      for (int i = 0; i < ep; ++i) ep_members.push_back(rank / ep * ep + i);
+      for (int g = 0; g < world / ep; ++g) expert_data_members.push_back(g * ep + ep_rank);
+      ep_group = comm->subgroup(ep_members, "ep" + std::to_string(rank / ep));
+      expert_data_comm = comm->subgroup(expert_data_members, "experts" + std::to_string(ep_rank));
+      ep_comm = ep_group.get();
+    }
+    for (const auto& [name, r] : expert_tensor_ranks(config, ep)) (r == ep_rank ? own_experts : others_experts).push_back(name);
     model->drop_tensors(others_experts);
     for (const std::string& name : others_experts) adam.m.erase(name), adam.v.erase(name);
   }
@@ -409,7 +431,6 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   const std::map<std::string, int> tp_splits = tp > 1 ? tensor_parallel_splits(config) : std::map<std::string, int>{};
   std::vector<std::string> tp_sliced;
   if (tp > 1) {
-    require(ep == 1, "--tp with --ep is not supported yet");
     check_tensor_parallel(config, tp);
     model->keep_tensor_parallel_slices(tp_rank, tp);
     for (const auto& [name, dim] : tp_splits) {
@@ -429,31 +450,37 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   for (const auto& name : trainable) model->tensor(name).set_requires_grad(true);
   // ZeRO-1: this rank keeps the AdamW moments of its share of the parameters and updates only those;
   // a checkpoint gathers the moments to rank 0 first, so that it resumes on any number of ranks.
+  // Under expert parallelism the routed experts are split already: their moments stay with them, and
+  // ZeRO shards those of the rest (`replicated`: every data-parallel rank holds them).
+  const std::set<std::string> own(own_experts.begin(), own_experts.end());
+  std::vector<std::string> replicated;
+  for (const std::string& name : trainable)
+    if (!own.count(name)) replicated.push_back(name);
   const bool sharded = comm && o.shard_optimizer;
   std::vector<torch::Tensor> parameters;
-  for (const auto& name : trainable) parameters.push_back(model->tensor(name));
+  for (const auto& name : replicated) parameters.push_back(model->tensor(name));
   const int data_comm_rank = comm ? data_comm->rank() : 0;
   const std::vector<int> owner =
-      sharded ? data_comm->owners(parameters) : std::vector<int>(trainable.size(), data_comm_rank);
-  std::vector<std::string> updated;
-  for (size_t i = 0; i < trainable.size(); ++i)
-    if (owner[i] == data_comm_rank) updated.push_back(trainable[i]);
+      sharded ? data_comm->owners(parameters) : std::vector<int>(replicated.size(), data_comm_rank);
+  std::vector<std::string> updated = own_experts;
+  for (size_t i = 0; i < replicated.size(); ++i)
+    if (owner[i] == data_comm_rank) updated.push_back(replicated[i]);
   auto drop_others_moments = [&] {
-    for (size_t i = 0; i < trainable.size(); ++i)
-      if (owner[i] != data_comm_rank) adam.m.erase(trainable[i]), adam.v.erase(trainable[i]);
+    for (size_t i = 0; i < replicated.size(); ++i)
+      if (owner[i] != data_comm_rank) adam.m.erase(replicated[i]), adam.v.erase(replicated[i]);
   };
   drop_others_moments();
   auto gather_moments = [&] {
-    torch::Tensor kept = torch::zeros({int64_t(trainable.size())}, torch::kInt64);
-    for (size_t i = 0; i < trainable.size(); ++i) kept[int64_t(i)] = int64_t(adam.m.count(trainable[i]));
+    torch::Tensor kept = torch::zeros({int64_t(replicated.size())}, torch::kInt64);
+    for (size_t i = 0; i < replicated.size(); ++i) kept[int64_t(i)] = int64_t(adam.m.count(replicated[i]));
     std::vector<torch::Tensor> flags{kept};
     data_comm->sum(flags);
     std::vector<torch::Tensor> moments;
     std::vector<int> moment_owner;
-    for (size_t i = 0; i < trainable.size(); ++i) {
+    for (size_t i = 0; i < replicated.size(); ++i) {
       if (kept[int64_t(i)].item<int64_t>() == 0) continue;  // no step has touched it yet
       for (auto* state : {&adam.m, &adam.v}) {
-        torch::Tensor& t = (*state)[trainable[i]];
+        torch::Tensor& t = (*state)[replicated[i]];
         if (!t.defined()) t = torch::zeros_like(parameters[i]);
         moments.push_back(t);
         moment_owner.push_back(owner[i]);
@@ -462,14 +489,13 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     data_comm->broadcast_from_owners(moments, moment_owner);
   };
   // Data parallel: gradients averaged in buckets while the backward pass runs.
-  // Under expert parallelism the experts' gradients stay on their rank (every rank's tokens already
-  // reached them through the all-to-all): the rest is averaged.
-  std::unique_ptr<GradientReducer> reducer;
+  // Under expert parallelism the experts' gradients stay on their rank (every rank of its group's
+  // tokens already reached them through the all-to-all): the rest is averaged, and with several
+  // expert-parallel groups the experts' among the ranks that hold them (expert_reducer).
+  std::unique_ptr<GradientReducer> reducer, expert_reducer;
+  if (expert_data_comm)
+    expert_reducer = std::make_unique<GradientReducer>(*expert_data_comm, *model, own_experts, int64_t(o.bucket_mb * (1 << 20)));
   if (comm) {
-    const std::set<std::string> own(own_experts.begin(), own_experts.end());
-    std::vector<std::string> replicated;
-    for (const std::string& name : trainable)
-      if (!own.count(name)) replicated.push_back(name);
     reducer = std::make_unique<GradientReducer>(*data_comm, *model, replicated, int64_t(o.bucket_mb * (1 << 20)));
     if (leader)
       log_info("data parallel on " + std::to_string(data_ranks) + (tp > 1 ? " groups" : " processes") +
@@ -480,11 +506,13 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
                " of every attention and FFN matrix (heads and FFN widths split)");
     if (leader && ep > 1)
       log_info("expert parallel: each process holds " + std::to_string(config.moe.num_experts / ep) + " of the " +
-               std::to_string(config.moe.num_experts) + " routed experts of every pool; tokens travel by all-to-all");
+               std::to_string(config.moe.num_experts) + " routed experts of every pool" +
+               (ep < world ? " (" + std::to_string(world / ep) + " groups of " + std::to_string(ep) + " processes)" : "") +
+               "; tokens travel by all-to-all");
   }
   // Sums over the data-parallel ranks (the balancing statistics, losses, expert loads), and over a
   // tensor-parallel group (the split gradients' squares for the norm).
-  std::function<void(torch::Tensor&)> sum_over_ranks, sum_over_tp;
+  std::function<void(torch::Tensor&)> sum_over_ranks, sum_over_tp, sum_over_ep;
   ExpertParallel expert_parallel;
   TensorParallel tensor_parallel;
   auto summing_over = [](Communicator* group) {
@@ -501,15 +529,18 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   }
   if (comm) {
     sum_over_ranks = summing_over(data_comm);
-    if (ep > 1)
-      expert_parallel = {rank, ep, sum_over_ranks,
-                         [&comm](const torch::Tensor& rows, const std::vector<int64_t>& send, const std::vector<int64_t>& recv) {
-                           return comm->exchange_rows(rows, send, recv);
+    if (ep > 1) {
+      sum_over_ep = summing_over(ep_comm);
+      expert_parallel = {ep_rank, ep, sum_over_ep,
+                         [ep_comm](const torch::Tensor& rows, const std::vector<int64_t>& send, const std::vector<int64_t>& recv) {
+                           return ep_comm->exchange_rows(rows, send, recv);
                          }};
+    }
   }
-  // Rank 0 takes every expert's weights and moments from their ranks (for a checkpoint or the
-  // export); forget_gathered drops them again.
+  // Rank 0 takes every expert's weights and moments from their ranks in its group (for a checkpoint
+  // or the export; the other groups hold the same); forget_gathered drops them again.
   auto gather_experts = [&] {
+    if (rank >= ep) return;
     const std::map<std::string, int> ranks_of = expert_tensor_ranks(config, ep);
     std::map<std::string, std::vector<int64_t>> shapes;
     for (const TensorSpec& spec : expected_tensors(config)) shapes[spec.name] = spec.shape;
@@ -517,7 +548,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     int64_t i = 0;
     for (const auto& [name, r] : ranks_of) has_moments[i++] = int64_t(r == rank && adam.m.count(name));
     std::vector<torch::Tensor> flags{has_moments};
-    comm->sum(flags);
+    ep_comm->sum(flags);
     std::vector<torch::Tensor> tensors;
     std::vector<int> owners;
     std::map<std::string, torch::Tensor> weights;
@@ -535,7 +566,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
       }
       owners.insert(owners.end(), moments ? 3 : 1, r);
     }
-    comm->gather_to_leader(tensors, owners);
+    ep_comm->gather_to_leader(tensors, owners);
     if (rank == 0) model->add_tensors(weights);
   };
   auto forget_gathered = [&] {
@@ -654,6 +685,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
       }
       const torch::Tensor objective = (loss + o.aux_loss_weight * r.aux_loss) / double(o.grad_accum);
       if (reducer && micro + 1 == o.grad_accum) reducer->prepare(objective);
+      if (expert_reducer && micro + 1 == o.grad_accum) expert_reducer->prepare(objective);
       objective.backward();
       loss_sum += loss.detach();
       aux_sum += r.aux_loss.detach().to(torch::kFloat32);
@@ -663,9 +695,10 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     if (comm) {
       // The mean over ranks of gradients, losses and (summed) expert loads: one step on every rank.
       late_buckets += reducer->finish();
+      if (expert_reducer) late_buckets += expert_reducer->finish();  // the mean over the groups
       torch::NoGradGuard no_grad;
-      for (const std::string& name : own_experts)  // the sum of every rank's share: to the mean, as averaged ones
-        if (model->tensor(name).grad().defined()) model->tensor(name).mutable_grad().div_(world);
+      for (const std::string& name : own_experts)  // the sum of its group's shares: to the mean, as averaged ones
+        if (model->tensor(name).grad().defined()) model->tensor(name).mutable_grad().div_(ep);
       std::vector<torch::Tensor> totals{loss_sum.cpu().reshape({1}), aux_sum.cpu().reshape({1})};
       for (const torch::Tensor& l : load)
         if (l.defined()) totals.push_back(l.cpu());
@@ -676,7 +709,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     }
     const double lr = learning_rate(o, step);
     const torch::Tensor grad_norm = tp > 1 ? clip_gradients(*model, trainable, o.grad_clip, tp_sliced, sum_over_tp)
-                                           : clip_gradients(*model, trainable, o.grad_clip, own_experts, sum_over_ranks);
+                                           : clip_gradients(*model, trainable, o.grad_clip, own_experts, sum_over_ep);
     adam.step(*model, updated, {o.beta1, o.beta2, o.adam_eps, o.weight_decay}, lr, step + 1);
     if (sharded) data_comm->broadcast_from_owners(parameters, owner);
     for (const auto& name : trainable) model->tensor(name).mutable_grad() = torch::Tensor();
@@ -694,10 +727,10 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
                                          std::to_string(step + 1) + " (lower the learning rate?)");
     const bool last = step + 1 == o.steps;
     const bool eval_now = last || (o.eval_every > 0 && (step + 1) % o.eval_every == 0);
-    // Under expert parallelism every rank takes part in the validation forward passes; under tensor
-    // parallelism, rank 0's group.
+    // Under expert or tensor parallelism every rank of rank 0's group takes part in the validation
+    // forward passes.
     std::optional<double> val_loss;
-    if (eval_now && (rank < tp || ep > 1)) val_loss = validation_loss();
+    if (eval_now && rank < std::max(tp, ep)) val_loss = validation_loss();
     if (leader && (eval_now || (step + 1) % o.log_every == 0)) {
       const double window_seconds = std::max(window.seconds(), 1e-9);
       row.tokens_per_s = double(window_tokens) / window_seconds;
@@ -764,9 +797,11 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   }
   if (!bar) return result;  // not the leader: rank 0 exports
   bar->finish(done);
-  if (reducer)
+  if (reducer) {
+    const int64_t buckets = reducer->buckets() + (expert_reducer ? expert_reducer->buckets() : 0);
     log_info("gradient buckets launched after the backward pass instead of during it: " + std::to_string(late_buckets) +
-             " of " + std::to_string(int64_t(reducer->buckets()) * (o.steps - start_step)));
+             " of " + std::to_string(buckets * (o.steps - start_step)));
+  }
 
   result.model_dir = o.out_dir / "model";
   model->export_hf(result.model_dir, o.export_dtype);

@@ -82,6 +82,13 @@ torch::Tensor next_token_loss(const torch::Tensor& logits, const torch::Tensor& 
 // SFT rows: inputs, targets and the loss mask [B, T] (float, 1 = trained) of the given
 // conversations, each cut to at most seq_len + 1 tokens, right-padded with token 0 (masked) to
 // the longest row. T = the longest row's length - 1.
+// Bitwise-repeatable runs (`train --deterministic`): PyTorch's deterministic kernels (an op without
+// one is an error naming it, not a silent difference), no cuDNN autotuning, and the cuBLAS
+// workspace setting its deterministic reductions need. cuBLAS reads that from the environment
+// when it starts, so this runs before the first matrix product; a value already set is kept.
+// On CUDA the deterministic kernels are slower (atomics replaced by sorts).
+void use_deterministic_algorithms();
+
 struct SftBatch {
   torch::Tensor input, target, mask;
 };
