@@ -4,12 +4,19 @@ eager (Python), trained the same way (random windows of train.bin, AdamW, warmup
 aux loss, bf16 on CUDA), printing tokens/s and model FLOPs utilisation on the same line format.
 
     python3 bench/train_eager.py MODEL_CONFIG_JSON DATA_DIR --steps N --batch B --seq-len T [--peak-tflops P]
+        [--init MODEL_DIR] [--windows FILE] [--log-every N]
 
 MODEL_CONFIG_JSON is the config.json that `crossmoe init` writes (layer-local layout: per-head q/k
 norm, softmax router with renormalised top-k, no shared experts). Expert dispatch is the usual eager
 way: sort the (token, expert) pairs by expert and run each expert on its slice.
+
+Like for like with `crossmoe train`: --init loads the model.safetensors that `crossmoe init` wrote
+(the run's --init), and --windows reads where each step's windows start, as
+`crossmoe train --print-windows` lists them for the same --data, --steps, --batch, --seq-len and
+--seed; both then train the same weights on the same data, and --log-every prints the losses to
+hold against crossmoe's log.csv.
 """
-import argparse, json, math, time
+import argparse, json, math, struct, time
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,6 +31,16 @@ class RMSNorm(torch.nn.Module):
     def forward(self, x):
         x = x.float()
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def causal_attention(q, k, v):
+    if hasattr(F, "scaled_dot_product_attention"):  # PyTorch 2
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    # PyTorch 1.13 (Debian 12's python3-torch), to check the like-for-like run on a CPU.
+    T = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    return scores.softmax(-1) @ v
 
 
 def swiglu_params(d, width):
@@ -65,7 +82,7 @@ class Layer(torch.nn.Module):
         q, k, v = rope(q).transpose(1, 2), rope(k).transpose(1, 2), v.transpose(1, 2)
         k = k.repeat_interleave(self.hq // self.hkv, 1)
         v = v.repeat_interleave(self.hq // self.hkv, 1)
-        out = F.scaled_dot_product_attention(q.to(v.dtype), k.to(v.dtype), v, is_causal=True)
+        out = causal_attention(q.to(v.dtype), k.to(v.dtype), v)
         return self.o(out.transpose(1, 2).reshape(B, T, -1))
 
     def moe(self, u):
@@ -118,6 +135,41 @@ class Model(torch.nn.Module):
         return self.lm_head(self.norm(x)).float(), aux / len(self.layers)
 
 
+# Hugging Face names (as crossmoe writes them) -> this module's parameter names.
+HF_NAMES = [("model.embed_tokens.", "embed."), ("model.norm.", "norm."), ("model.layers.", "layers."),
+            (".input_layernorm.", ".input_norm."), (".post_attention_layernorm.", ".post_norm."),
+            (".self_attn.q_proj.", ".q."), (".self_attn.k_proj.", ".k."), (".self_attn.v_proj.", ".v."),
+            (".self_attn.o_proj.", ".o."), (".self_attn.q_norm.", ".q_norm."), (".self_attn.k_norm.", ".k_norm."),
+            (".mlp.gate.", ".router."), (".mlp.experts.", ".experts."), ("_proj.", ".")]
+
+
+def load_safetensors(path):
+    """The tensors of a safetensors file (F32 or BF16) as float32 torch tensors."""
+    with open(path, "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        data = f.read()
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = t["data_offsets"]
+        raw = np.frombuffer(data[begin:end], dtype={"F32": np.float32, "BF16": np.uint16}[t["dtype"]])
+        if t["dtype"] == "BF16":
+            raw = (raw.astype(np.uint32) << 16).view(np.float32)
+        out[name] = torch.from_numpy(raw.copy()).reshape(t["shape"])
+    return out
+
+
+def load_init(model, model_dir):
+    state = {}
+    for name, tensor in load_safetensors(f"{model_dir}/model.safetensors").items():
+        for hf, ours in HF_NAMES:
+            name = name.replace(hf, ours)
+        state[name] = tensor
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("config"), ap.add_argument("data")
@@ -129,12 +181,20 @@ def main():
     ap.add_argument("--aux-loss", type=float, default=0.01)
     ap.add_argument("--skip", type=int, default=5, help="warm-up steps left out of the timing")
     ap.add_argument("--peak-tflops", type=float, default=0.0)
+    ap.add_argument("--init", help="crossmoe model directory whose weights to start from")
+    ap.add_argument("--windows", help="window starts per step (crossmoe train --print-windows)")
+    ap.add_argument("--log-every", type=int, default=0, help="print the loss every N steps (0: only at the end)")
     a = ap.parse_args()
     c = json.load(open(a.config))
     assert c.get("cross_layer_mode", "local") == "local" and c.get("scoring_func", "softmax") == "softmax"
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    model = Model(c).to(dev)
+    model = Model(c)
+    if a.init:
+        load_init(model, a.init)
+    model = model.to(dev)
+    windows = [[int(s) for s in line.split()] for line in open(a.windows)] if a.windows else None
+    assert windows is None or len(windows) >= a.steps, f"{a.windows}: fewer lines than --steps"
     tokens = torch.from_numpy(np.fromfile(f"{a.data}/train.bin", dtype=np.uint32).astype(np.int64))
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
@@ -151,8 +211,8 @@ def main():
             a.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - a.warmup) / max(1, a.steps - a.warmup))))
         for g in opt.param_groups:
             g["lr"] = lr
-        starts = torch.randint(0, len(tokens) - a.seq_len - 1, (a.batch,), generator=gen)
-        win = torch.stack([tokens[s:s + a.seq_len + 1] for s in starts.tolist()]).to(dev)
+        starts = windows[step] if windows else torch.randint(0, len(tokens) - a.seq_len - 1, (a.batch,), generator=gen).tolist()
+        win = torch.stack([tokens[s:s + a.seq_len + 1] for s in starts]).to(dev)
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
             logits, aux = model(win[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), win[:, 1:].reshape(-1))
@@ -161,6 +221,8 @@ def main():
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss_value = loss.item()
+        if a.log_every and (step + 1) % a.log_every == 0:
+            print(f"step {step + 1} loss {loss_value:.6f}")
         if step >= a.skip:
             timed_tokens += a.batch * a.seq_len
     if dev == "cuda":

@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 # libtorch-dev is the trainer's; libopenblas0-openmp replaces the reference BLAS it would use
 # otherwise (10x faster matrix products); libgloo-dev holds the headers of its Gloo backend (train
 # --nproc); libcpp-httplib-dev is crossmoe serve's HTTP layer and
-# chromium runs its chat page in the browser test.
+# chromium runs its chat page in the browser test; python3-torch runs bench/train_eager.py, the plain
+# PyTorch peer that the trainer's losses are checked against.
 packages=(g++ cmake make pkg-config libgtest-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev
-          fortunes-zh python3-jieba libtorch-dev libgloo-dev libopenblas0-openmp libedit-dev libcpp-httplib-dev chromium)
+          fortunes-zh python3-jieba libtorch-dev libgloo-dev libopenblas0-openmp libedit-dev libcpp-httplib-dev chromium
+          python3-torch python3-numpy)
 command -v npm >/dev/null || packages+=(npm)  # machines here ship Node.js with its own npm
 missing=()
 for p in "${packages[@]}"; do

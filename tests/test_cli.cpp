@@ -31,6 +31,7 @@ namespace {
 using crossmoe::testing_cli::Result;
 using crossmoe::testing_cli::kill_when;
 using crossmoe::testing_cli::run;
+using crossmoe::testing_cli::run_shell;
 using crossmoe::testing_cli::spawn;
 
 void expect_one_line_error(const Result& r, const std::string& fragment) {
@@ -447,6 +448,39 @@ class CliTrain : public Cli {
   }
 };
 
+// The trainer against a second implementation: the same layer-local MoE in plain PyTorch
+// (bench/train_eager.py on Debian's python3-torch), started from the same weights (--init) on the
+// same windows (train --print-windows), f32 on the CPU: every step's loss agrees to float noise, so
+// the two compute the same model, loss, gradients, clipping, AdamW and schedule.
+TEST_F(CliTrain, SameLossesAsPlainPyTorch) {
+  ASSERT_EQ(run_shell("/usr/bin/python3 -c 'import torch, numpy' 2>&1").code, 0)
+      << "needs Debian's python3-torch and python3-numpy (scripts/setup.sh installs them)";
+  const fs::path model = dir_ / "eager_model", windows = dir_ / "eager_windows.txt", out = dir_ / "eager_run";
+  ASSERT_EQ(run("init " + model.string() + " --layout moe --hidden 32 --layers 2 --heads 2 --kv-heads 1 --head-dim 16 "
+                "--experts 4 --top-k 2 --expert-size 16 --dtype f32 --tokenizer " +
+                (dir_ / "train_tok" / "tokenizer.json").string()).code, 0);
+  const std::string run_flags = " --steps 12 --batch 2 --seq-len 16 --lr 0.01 --warmup 3";
+  ASSERT_EQ(run_shell(std::string(CROSSMOE_BIN) + " train --data " + (dir_ / "train_data").string() + " --print-windows" +
+                      run_flags + " > " + windows.string()).code, 0);
+  const Result trained = run("train --data " + (dir_ / "train_data").string() + " -o " + out.string() + " --init " +
+                             model.string() + run_flags + " --log-every 1 --eval-every 0 --save-every 0 --bf16 off --threads 1");
+  ASSERT_EQ(trained.code, 0) << trained.out;
+  const Result eager = run_shell("/usr/bin/python3 " CROSSMOE_SOURCE_DIR "/bench/train_eager.py " +
+                                 (model / "config.json").string() + " " + (dir_ / "train_data").string() + " --init " +
+                                 model.string() + " --windows " + windows.string() + run_flags +
+                                 " --log-every 1 --skip 0 2>&1");
+  ASSERT_EQ(eager.code, 0) << eager.out;
+  std::vector<double> eager_loss;
+  std::istringstream lines(eager.out);
+  for (std::string word, loss; lines >> word;)
+    if (word == "loss" && lines >> loss && eager_loss.size() < 12) eager_loss.push_back(std::stod(loss));
+  const auto ours = columns(out / "log.csv");
+  ASSERT_EQ(ours.size(), 12u);
+  ASSERT_EQ(eager_loss.size(), 12u) << eager.out;
+  for (size_t i = 0; i < ours.size(); ++i) EXPECT_NEAR(eager_loss[i], ours[i][0], 1e-4) << "step " << i + 1;
+  EXPECT_LT(ours.back()[0], ours.front()[0]);  // it trained
+}
+
 TEST_F(CliTrain, KilledAndResumedRunIsBitForBit) {
   const fs::path straight = dir_ / "run_straight", killed = dir_ / "run_killed";
   ASSERT_EQ(run(train_args(straight) + "--steps 60").code, 0);
@@ -639,7 +673,13 @@ TEST_F(CliTrain, TensorParallelEqualsOneProcess) {
   ASSERT_EQ(run(replaced(args, "tp_one", "tp_from_one") + "--stop-after 4").code, 0);
   const Result to_tp = run("train -o " + (dir_ / "tp_from_one").string() + " --resume --threads 1 --nproc 2 --tp 2");
   ASSERT_EQ(to_tp.code, 0) << to_tp.out;
-  for (const char* run_name : {"tp_two", "tp_mixed", "tp_from_one"}) {
+  // Tensor and expert parallelism together: 2 groups of 2 with the experts split between the groups'
+  // ranks that hold the same slices (and sliced within each group), the other weights' optimizer state sharded.
+  const Result with_ep = run(replaced(args, "tp_one", "tp_ep") + "--nproc 4 --tp 2 --ep 2 --shard-optimizer --bucket-mb 0.001");
+  ASSERT_EQ(with_ep.code, 0) << with_ep.out;
+  EXPECT_NE(with_ep.out.find("routed experts of every pool, sliced by its tensor-parallel group"), std::string::npos)
+      << with_ep.out;
+  for (const char* run_name : {"tp_two", "tp_mixed", "tp_from_one", "tp_ep"}) {
     SCOPED_TRACE(run_name);
     expect_same_run(dir_ / "tp_one", dir_ / run_name);
   }
@@ -649,16 +689,19 @@ TEST_F(CliTrain, TensorParallelEqualsOneProcess) {
     crossmoe::InferenceSession session(m, 32);
     return session.forward(prompt, true);
   };
-  const std::vector<float> single = runtime_logits(dir_ / "tp_one" / "model"), split = runtime_logits(dir_ / "tp_two" / "model");
-  ASSERT_EQ(single.size(), split.size());
-  float max_diff = 0;
-  for (size_t i = 0; i < single.size(); ++i) max_diff = std::max(max_diff, std::abs(single[i] - split[i]));
-  EXPECT_LT(max_diff, 1e-3f);
+  const std::vector<float> single = runtime_logits(dir_ / "tp_one" / "model");
+  for (const char* run_name : {"tp_two", "tp_ep"}) {
+    const std::vector<float> split = runtime_logits(dir_ / run_name / "model");
+    ASSERT_EQ(single.size(), split.size()) << run_name;
+    float max_diff = 0;
+    for (size_t i = 0; i < single.size(); ++i) max_diff = std::max(max_diff, std::abs(single[i] - split[i]));
+    EXPECT_LT(max_diff, 1e-3f) << run_name;
+  }
   const std::string bad = replaced(args, "tp_one", "tp_bad");
   expect_one_line_error(run(replaced(bad, "--kv-heads 2", "--kv-heads 1") + "--nproc 2 --tp 2"),
                         "--tp 2 must divide the model's 1 kv heads (--kv-heads)");
   expect_one_line_error(run(bad + "--nproc 3 --tp 2"), "--tp 2 needs a --nproc that it divides (got --nproc 3)");
-  expect_one_line_error(run(bad + "--nproc 2 --tp 2 --ep 2"), "--tp with --ep is not supported yet");
+  expect_one_line_error(run(bad + "--nproc 2 --tp 2 --ep 2"), "--ep 2 must divide the 1 tensor-parallel groups (--nproc 2 / --tp 2)");
   expect_one_line_error(run(replaced(bad, "--expert-size 16", "--expert-size 15") + "--nproc 2 --tp 2"),
                         "--tp 2 must divide the routed experts' width 15 (--expert-size)");
 }

@@ -1,6 +1,7 @@
 // crossmoe train: pre-train a model of any layout on prepared token data (libtorch).
 #include <omp.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 
@@ -25,7 +26,25 @@ struct TrainArgs {
   std::string bf16 = "auto", export_dtype = "bf16", init, config;
   std::string psr_start = "0", psr_end = "0";  // a step or a percentage of --steps (train::schedule_step)
   int nproc = 1;  // processes (data-parallel ranks) on this host
+  bool print_windows = false;
 };
+
+// --print-windows: where every window of the run starts in train.bin (a line per micro-batch), as
+// the trainer's WindowSampler draws them, so that a peer implementation (bench/train_eager.py) can
+// train on exactly the same data.
+void print_windows(train::TrainOptions o) {
+  namespace fs = std::filesystem;
+  const fs::path train_bin = o.data_dir / "train.bin";
+  require(!o.data_dir.empty() && fs::is_regular_file(train_bin), "--print-windows needs --data DIR with a train.bin");
+  if (o.out_dir.empty()) o.out_dir = "unused";  // the other options' range checks, without a run directory
+  train::check_options(o);
+  train::WindowSampler sampler(o, int64_t(fs::file_size(train_bin) / sizeof(uint32_t)));
+  for (int64_t i = 0; i < o.steps * o.grad_accum; ++i) {
+    std::string line;
+    for (const int64_t s : sampler.starts(uint64_t(i))) line += (line.empty() ? "" : " ") + std::to_string(s);
+    std::printf("%s\n", line.c_str());
+  }
+}
 
 // Options from a TOML/INI file, for every option not given on the command line. (CLI11 reads
 // config files for the main app only, so a subcommand's --config is applied here.)
@@ -59,6 +78,7 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
   namespace fs = std::filesystem;
   train::TrainOptions& o = a.options;
   if (!a.config.empty()) apply_config_file(cmd, a.config);
+  if (a.print_windows) return print_windows(o);
   if (o.out_dir.empty()) throw UsageError("--out DIR is required");
   o.init_model = a.init;
   o.bf16 = a.bf16 == "auto" ? o.device.rfind("cuda", 0) == 0 : a.bf16 == "on";
@@ -87,14 +107,17 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
   if (given(cmd, "--psr-end")) o.psr.end = train::schedule_step(a.psr_end, o.steps, "--psr-end");
   train::check_options(o);
   if (checkpoint) train::check_resume(o, *checkpoint);  // before any work or output
-  if (o.expert_parallel > 1)
-    require(a.nproc % o.expert_parallel == 0, "--ep " + std::to_string(o.expert_parallel) +
-                                                  " needs a --nproc that it divides (got --nproc " + std::to_string(a.nproc) + ")");
-  if (o.tensor_parallel > 1) {
+  if (o.tensor_parallel > 1)
     require(a.nproc % o.tensor_parallel == 0, "--tp " + std::to_string(o.tensor_parallel) +
                                                   " needs a --nproc that it divides (got --nproc " + std::to_string(a.nproc) + ")");
-    require(o.expert_parallel == 1, "--tp with --ep is not supported yet");
-  }
+  if (o.expert_parallel > 1 && o.tensor_parallel == 1)
+    require(a.nproc % o.expert_parallel == 0, "--ep " + std::to_string(o.expert_parallel) +
+                                                  " needs a --nproc that it divides (got --nproc " + std::to_string(a.nproc) + ")");
+  if (o.expert_parallel > 1 && o.tensor_parallel > 1)  // experts split among the ranks that hold the same slices
+    require((a.nproc / o.tensor_parallel) % o.expert_parallel == 0,
+            "--ep " + std::to_string(o.expert_parallel) + " must divide the " + std::to_string(a.nproc / o.tensor_parallel) +
+                " tensor-parallel groups (--nproc " + std::to_string(a.nproc) + " / --tp " +
+                std::to_string(o.tensor_parallel) + ")");
   if (a.nproc > 1) {
     const int groups = a.nproc / o.tensor_parallel;  // data-parallel: each takes its share of the batch
     require(o.batch_size % groups == 0,
@@ -241,7 +264,8 @@ void add_train(CLI::App& app) {
   cmd->add_option("--tp", o.tensor_parallel,
                   "Tensor parallelism (Megatron style) in groups of N of the --nproc processes (N divides --nproc; "
                   "data parallel across the groups): attention heads split (N must divide --kv-heads), every FFN "
-                  "(dense, shared and each routed expert) split along its width; same results as one process")
+                  "(dense, shared and each routed expert) split along its width; with --ep E too, E divides the groups "
+                  "and the experts are split among the ranks that hold the same slices; same results as one process")
       ->capture_default_str()->check(cli::positive());
   cmd->add_option("--bucket-mb", o.bucket_mb,
                   "With --nproc: gradients are averaged across processes in buckets of this many MiB, each "
@@ -249,6 +273,9 @@ void add_train(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--bf16", a->bf16, "bf16 matrix products: auto (on for cuda), on, off")
       ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
+  cmd->add_flag("--print-windows", a->print_windows,
+                "Print where every window of the run (--data, --steps, --batch, --seq-len, --accum, --data-order, "
+                "--seed) starts in train.bin, a line per micro-batch, and exit: the same data for a peer implementation");
   cmd->add_flag("--deterministic", o.deterministic,
                 "Bitwise-repeatable runs: deterministic kernels only (CUDA: slower; an operation without one is an "
                 "error), so that the same command gives the same loss curve");

@@ -1,7 +1,7 @@
 #include "train/optimizer.hpp"
 
 #include <cmath>
-#include <set>
+#include <map>
 
 namespace crossmoe::train {
 
@@ -30,23 +30,27 @@ void AdamW::step(TorchModel& model, const std::vector<std::string>& names, const
 }
 
 torch::Tensor clip_gradients(TorchModel& model, const std::vector<std::string>& names, double max_norm,
-                             const std::vector<std::string>& split,
-                             const std::function<void(torch::Tensor&)>& sum_over_ranks) {
+                             const std::vector<SplitGradients>& split) {
   torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> grads, split_grads;
-  const std::set<std::string> split_names(split.begin(), split.end());
-  for (const auto& name : names)
-    if (model.tensor(name).grad().defined())
-      (split_names.count(name) ? split_grads : grads).push_back(model.tensor(name).grad());
+  std::vector<torch::Tensor> grads;
+  std::vector<std::vector<torch::Tensor>> split_grads(split.size());
+  std::map<std::string, size_t> group_of;
+  for (size_t g = 0; g < split.size(); ++g)
+    for (const std::string& name : split[g].names) group_of[name] = g;
+  for (const auto& name : names) {
+    if (!model.tensor(name).grad().defined()) continue;
+    const auto g = group_of.find(name);
+    (g == group_of.end() ? grads : split_grads[g->second]).push_back(model.tensor(name).grad());
+  }
   auto norm_of = [](const std::vector<torch::Tensor>& some) {
     return some.empty() ? torch::zeros({}, torch::kFloat64) : torch::stack(at::_foreach_norm(some, 2)).norm();
   };
   torch::Tensor norm = norm_of(grads);
-  if (!split.empty()) {
-    torch::Tensor squares = norm_of(split_grads).pow(2).to(torch::kFloat64).reshape({1});
-    sum_over_ranks(squares);
+  for (size_t g = 0; g < split.size(); ++g) {
+    torch::Tensor squares = norm_of(split_grads[g]).pow(2).to(torch::kFloat64).reshape({1});
+    split[g].sum(squares);
     norm = (norm.to(squares.device(), torch::kFloat64).pow(2) + squares[0]).sqrt().to(norm.scalar_type());
-    grads.insert(grads.end(), split_grads.begin(), split_grads.end());
+    grads.insert(grads.end(), split_grads[g].begin(), split_grads[g].end());
   }
   if (grads.empty()) return norm;
   // min(1, max_norm / (norm + 1e-6)): a factor of exactly 1 leaves gradients under the bound as they are.

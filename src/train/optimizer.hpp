@@ -29,11 +29,15 @@ struct AdamW {
 // Clips the global gradient norm to max_norm (0 = no clipping); returns the norm before clipping as a
 // scalar tensor on the gradients' device. Nothing waits for the device: on a GPU the step that
 // follows is queued behind it, and the caller reads the norm when it next syncs anyway.
-// Under expert parallelism, `split` names the gradients that each rank holds its own of (its routed
-// experts): their squares are summed over the ranks by `sum_over_ranks` (every rank must call it).
+// Under expert or tensor parallelism, each of `split` names gradients that each rank holds its own of
+// (its routed experts, its slices): their squares are summed over the ranks by its `sum` (every rank
+// must call it); a name belongs to one of them at most.
+struct SplitGradients {
+  std::vector<std::string> names;
+  std::function<void(torch::Tensor&)> sum;
+};
 torch::Tensor clip_gradients(TorchModel& model, const std::vector<std::string>& names, double max_norm,
-                             const std::vector<std::string>& split = {},
-                             const std::function<void(torch::Tensor&)>& sum_over_ranks = {});
+                             const std::vector<SplitGradients>& split = {});
 
 // Random numbers that depend only on (seed, stream, index): what a step draws is the same whether
 // the run was resumed or not, so resuming reproduces the run bit for bit.

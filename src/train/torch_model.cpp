@@ -429,7 +429,6 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
   // every expert's width); the shared and routed partial outputs are summed once, at the end.
   const TensorParallel& tp = options.tensor_parallel;
   const bool split = tp.ranks > 1;
-  require(!split || options.expert_parallel.ranks == 1, "trainer: tensor and expert parallelism together");
   const torch::Tensor u_split = split ? tp.enter(u) : u, weight_split = split ? tp.enter(weight) : weight;
 
   auto stacked = [&](Proj proj) {
@@ -688,8 +687,8 @@ torch::Tensor tensor_parallel_slice(const torch::Tensor& whole, int dim, int ran
 
 void TorchModel::keep_tensor_parallel_slices(int rank, int ranks) {
   for (const auto& [name, dim] : tensor_parallel_splits(config_)) {
-    torch::Tensor& t = tensors_.at(name);
-    t = tensor_parallel_slice(t, dim, rank, ranks);
+    const auto t = tensors_.find(name);
+    if (t != tensors_.end()) t->second = tensor_parallel_slice(t->second, dim, rank, ranks);  // absent: another rank's expert
   }
 }
 

@@ -168,7 +168,7 @@ class TorchModel {
   // back (rank 0, gathered for a checkpoint or the export).
   void drop_tensors(const std::vector<std::string>& names);
   void add_tensors(const std::map<std::string, torch::Tensor>& tensors);
-  // Tensor parallelism: every split tensor replaced by rank `rank`'s slice of it.
+  // Tensor parallelism: every split tensor it holds replaced by rank `rank`'s slice of it.
   void keep_tensor_parallel_slices(int rank, int ranks);
 
   // Aux-loss-free balancing (DeepSeek-V3): b_i += rate * sign(mean load - load_i) over the

@@ -403,24 +403,25 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   const ModelConfig& config = model->config();
   // Expert parallelism: each rank keeps its share of the routed experts (and their moments); the
   // model was made or loaded whole, so that every layout of a checkpoint loads the same way.
-  // With fewer than all ranks (--ep below --nproc), groups of `ep` consecutive ranks split the experts
-  // (`ep_comm`), and the ranks that hold the same experts in each group (rank i, i + ep, ...:
-  // `expert_data_comm`) average those experts' gradients; every rank is data parallel.
-  const int ep = o.expert_parallel, ep_rank = rank % ep;
-  require(ep == 1 || tp == 1, "--tp with --ep is not supported yet");
+  // The experts are split among the data-parallel ranks (`data_comm`: all of them, or with tensor
+  // parallelism those that hold the same slices, each expert then sliced by its group as well). With
+  // fewer than all of them (--ep below the data-parallel count), groups of `ep` consecutive ones split
+  // the experts (`ep_comm`), and the ranks that hold the same experts in each group (i, i + ep, ...:
+  // `expert_data_comm`) average those experts' gradients.
+  const int ep = o.expert_parallel, ep_rank = data_rank % ep;
   std::vector<std::string> others_experts, own_experts;
   std::unique_ptr<Communicator> ep_group, expert_data_comm;
-  Communicator* ep_comm = comm.get();
+  Communicator* ep_comm = data_comm;
   if (ep > 1) {
-    require(comm && world % ep == 0, "--ep " + std::to_string(ep) + " must divide the " + std::to_string(world) +
-                                         " processes (--nproc)");
+    require(comm && data_ranks % ep == 0, "--ep " + std::to_string(ep) + " must divide the " + std::to_string(data_ranks) +
+                                              (tp > 1 ? " tensor-parallel groups" : " processes (--nproc)"));
     check_expert_parallel(config, ep);
-    if (ep < world) {
+    if (ep < data_ranks) {
       std::vector<int> ep_members, expert_data_members;
-      for (int i = 0; i < ep; ++i) ep_members.push_back(rank / ep * ep + i);
-      for (int g = 0; g < world / ep; ++g) expert_data_members.push_back(g * ep + ep_rank);
-      ep_group = comm->subgroup(ep_members, "ep" + std::to_string(rank / ep));
-      expert_data_comm = comm->subgroup(expert_data_members, "experts" + std::to_string(ep_rank));
+      for (int i = 0; i < ep; ++i) ep_members.push_back(data_rank / ep * ep + i);
+      for (int g = 0; g < data_ranks / ep; ++g) expert_data_members.push_back(g * ep + ep_rank);
+      ep_group = data_comm->subgroup(ep_members, "ep" + std::to_string(data_rank / ep));
+      expert_data_comm = data_comm->subgroup(expert_data_members, "experts" + std::to_string(ep_rank));
       ep_comm = ep_group.get();
     }
     for (const auto& [name, r] : expert_tensor_ranks(config, ep)) (r == ep_rank ? own_experts : others_experts).push_back(name);
@@ -434,6 +435,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     check_tensor_parallel(config, tp);
     model->keep_tensor_parallel_slices(tp_rank, tp);
     for (const auto& [name, dim] : tp_splits) {
+      if (!model->tensors().count(name)) continue;  // another rank's expert
       tp_sliced.push_back(name);
       for (auto* moments : {&adam.m, &adam.v})
         if (moments->count(name)) (*moments)[name] = tensor_parallel_slice(moments->at(name), dim, tp_rank, tp);
@@ -507,8 +509,8 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     if (leader && ep > 1)
       log_info("expert parallel: each process holds " + std::to_string(config.moe.num_experts / ep) + " of the " +
                std::to_string(config.moe.num_experts) + " routed experts of every pool" +
-               (ep < world ? " (" + std::to_string(world / ep) + " groups of " + std::to_string(ep) + " processes)" : "") +
-               "; tokens travel by all-to-all");
+               (ep < data_ranks ? " (" + std::to_string(data_ranks / ep) + " groups of " + std::to_string(ep) + " processes)" : "") +
+               (tp > 1 ? ", sliced by its tensor-parallel group" : "") + "; tokens travel by all-to-all");
   }
   // Sums over the data-parallel ranks (the balancing statistics, losses, expert loads), and over a
   // tensor-parallel group (the split gradients' squares for the norm).
@@ -537,16 +539,35 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
                          }};
     }
   }
+  // The gradients that ranks hold shares of, for the clipping norm: their experts (sliced too under
+  // tensor parallelism) and their slices of the rest.
+  std::vector<SplitGradients> split_gradients;
+  if (ep > 1)
+    split_gradients.push_back({own_experts, [&](torch::Tensor& t) {
+                                 sum_over_ep(t);
+                                 if (tp > 1) sum_over_tp(t);
+                               }});
+  if (tp > 1) {
+    const std::set<std::string> experts(own_experts.begin(), own_experts.end());
+    std::vector<std::string> slices;
+    for (const std::string& name : tp_sliced)
+      if (!experts.count(name)) slices.push_back(name);
+    split_gradients.push_back({slices, sum_over_tp});
+  }
   // Rank 0 takes every expert's weights and moments from their ranks in its group (for a checkpoint
   // or the export; the other groups hold the same); forget_gathered drops them again.
+  // (Under tensor parallelism, every rank of rank 0's group does this for its slices of the experts
+  // with the ranks that hold the same slices; `me` is the rank in that expert-parallel group.)
+  const int me = data_rank;
   auto gather_experts = [&] {
-    if (rank >= ep) return;
+    if (me >= ep) return;
     const std::map<std::string, int> ranks_of = expert_tensor_ranks(config, ep);
     std::map<std::string, std::vector<int64_t>> shapes;
     for (const TensorSpec& spec : expected_tensors(config)) shapes[spec.name] = spec.shape;
+    for (const auto& [name, dim] : tp_splits) shapes.at(name)[size_t(dim)] /= tp;
     torch::Tensor has_moments = torch::zeros({int64_t(ranks_of.size())}, torch::kInt64);
     int64_t i = 0;
-    for (const auto& [name, r] : ranks_of) has_moments[i++] = int64_t(r == rank && adam.m.count(name));
+    for (const auto& [name, r] : ranks_of) has_moments[i++] = int64_t(r == me && adam.m.count(name));
     std::vector<torch::Tensor> flags{has_moments};
     ep_comm->sum(flags);
     std::vector<torch::Tensor> tensors;
@@ -555,9 +576,9 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     i = 0;
     for (const auto& [name, r] : ranks_of) {
       const bool moments = has_moments[i++].item<int64_t>() > 0;
-      if (r == 0 || (rank != 0 && rank != r)) continue;
+      if (r == 0 || (me != 0 && me != r)) continue;
       const auto buffer = [&] { return torch::zeros(shapes.at(name), torch::TensorOptions().device(device)); };
-      if (rank == 0) {
+      if (me == 0) {
         tensors.push_back(weights[name] = buffer());
         if (moments) tensors.push_back(adam.m[name] = buffer()), tensors.push_back(adam.v[name] = buffer());
       } else {
@@ -567,10 +588,10 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
       owners.insert(owners.end(), moments ? 3 : 1, r);
     }
     ep_comm->gather_to_leader(tensors, owners);
-    if (rank == 0) model->add_tensors(weights);
+    if (me == 0) model->add_tensors(weights);
   };
   auto forget_gathered = [&] {
-    if (rank != 0) return;
+    if (me != 0) return;
     model->drop_tensors(others_experts);
     for (const std::string& name : others_experts) adam.m.erase(name), adam.v.erase(name);
   };
@@ -708,8 +729,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
         if (load[l].defined()) load[l] = totals[i++].to(load[l].device());
     }
     const double lr = learning_rate(o, step);
-    const torch::Tensor grad_norm = tp > 1 ? clip_gradients(*model, trainable, o.grad_clip, tp_sliced, sum_over_tp)
-                                           : clip_gradients(*model, trainable, o.grad_clip, own_experts, sum_over_ep);
+    const torch::Tensor grad_norm = clip_gradients(*model, trainable, o.grad_clip, split_gradients);
     adam.step(*model, updated, {o.beta1, o.beta2, o.adam_eps, o.weight_decay}, lr, step + 1);
     if (sharded) data_comm->broadcast_from_owners(parameters, owner);
     for (const auto& name : trainable) model->tensor(name).mutable_grad() = torch::Tensor();
@@ -730,7 +750,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     // Under expert or tensor parallelism every rank of rank 0's group takes part in the validation
     // forward passes.
     std::optional<double> val_loss;
-    if (eval_now && rank < std::max(tp, ep)) val_loss = validation_loss();
+    if (eval_now && rank < tp * ep) val_loss = validation_loss();
     if (leader && (eval_now || (step + 1) % o.log_every == 0)) {
       const double window_seconds = std::max(window.seconds(), 1e-9);
       row.tokens_per_s = double(window_tokens) / window_seconds;
