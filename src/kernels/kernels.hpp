@@ -1,8 +1,8 @@
 #pragma once
 // CPU math. Activations are f32; weights stay in their stored dtype (f32, f16, bf16) and are
 // widened to f32 in registers, so a bf16 model is never converted as a whole. Block-quantized
-// weights (Q8_0, Q4_K: util/quant.hpp) multiply activations quantized to 8 bits per block of 32
-// with integer dot products, as llama.cpp does.
+// weights (Q8_0, Q4_K: util/quant.hpp) multiply activations quantized to 8 bits (one step per
+// 32 or 256 columns: activation_group) with integer dot products, as llama.cpp does.
 // One dispatch point picks AVX-512, AVX2 or portable code at run time.
 #include <cstdint>
 #include <string>

@@ -26,10 +26,12 @@ struct QuantLaneScalar {
   static Acc zero() { return 0.0f; }
   static float sum(Acc v) { return v; }
   static float half(const uint8_t* p) { return quant::read_half(p); }
-  static Acc madd_q8(const int8_t* w, const int8_t* a, float scale, Acc acc) {
+  using Scale = float;
+  static Scale splat(float v) { return v; }
+  static Acc madd_q8(const int8_t* w, const int8_t* a, Scale dw, const float* da, Acc acc) {
     int32_t s = 0;
     for (int i = 0; i < 32; ++i) s += int32_t(w[i]) * a[i];
-    return acc + scale * float(s);
+    return acc + dw * *da * float(s);
   }
   using Int = int32_t;
   static Int int_zero() { return 0; }

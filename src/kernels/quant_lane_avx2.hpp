@@ -28,13 +28,17 @@ struct QuantLaneAvx2 {
   static __m256i pair_sums(__m256i u, __m256i s) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
   }
-  static Acc madd_q8(const int8_t* w, const int8_t* a, float scale, Acc acc) {
+  // The block's two steps multiply in every lane (the same product as in a scalar register), so
+  // the weight's step is broadcast once per row and the activation's read straight from memory.
+  using Scale = __m256;
+  static Scale splat(float v) { return _mm256_set1_ps(v); }
+  static Acc madd_q8(const int8_t* w, const int8_t* a, Scale dw, const float* da, Acc acc) {
     const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
     const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a));
     // Signed x signed through unsigned x signed: |w| times a with w's sign. |w| <= 128 and
     // |a| <= 127, so a pair sums to at most 32512 and vpmaddubsw never saturates.
     const __m256i sums = pair_sums(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(dw, _mm256_broadcast_ss(da)), acc);
   }
   using Int = __m256i;
   static Int int_zero() { return _mm256_setzero_si256(); }

@@ -4,7 +4,8 @@
 //   L::Acc                      float accumulators;  L::Int  integer accumulators
 //   L::zero(), L::sum(Acc), L::int_zero()
 //   L::half(const uint8_t*)     an fp16 field as float
-//   L::madd_q8(w, a, scale, acc)             acc + scale * sum_i w[i] * a[i] over 32 int8 pairs
+//   L::Scale, L::splat(float)   a weight block's step, ready for every lane
+//   L::madd_q8(w, a, dw, da, acc)  acc + (dw * *da) * sum_i w[i] * a[i] over 32 int8 pairs
 //   L::madd_q4(q, a_lo, a_hi, s_lo, s_hi, iacc)
 //       32 bytes of nibbles, integer scales s: iacc + s_lo * sum_i (q[i] & 15) * a_lo[i]
 //                                                   + s_hi * sum_i (q[i] >> 4) * a_hi[i]
@@ -38,10 +39,10 @@ void q8_0_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int
     for (int r = 0; r < R; ++r) {
       const uint8_t* wb = w + r * row_bytes + b * 34;
       if constexpr (T == 1) __builtin_prefetch(wb + R * row_bytes);
-      const float dw = L::half(wb);
+      const typename L::Scale dw = L::splat(L::half(wb));
       for (int t = 0; t < T; ++t) {
         const ActivationBlock& a = x[t * blocks + b];
-        acc[r][t] = L::madd_q8(reinterpret_cast<const int8_t*>(wb + 2), a.q, dw * a.d, acc[r][t]);
+        acc[r][t] = L::madd_q8(reinterpret_cast<const int8_t*>(wb + 2), a.q, dw, &a.d, acc[r][t]);
       }
     }
   for (int r = 0; r < R; ++r)
@@ -75,8 +76,8 @@ void q4_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, con
     for (int t = 0; t < T; ++t) y[t * ldy + r] = L::sum(acc[r][t]);
 }
 
-// sums: Q4_K's, the activation blocks' sums as int16 (8 per super-block, as L::madd_mins reads
-// them), for the same tokens as x.
+// sums: for Q4_K, the activation blocks' sums as int16 (8 per super-block, as L::madd_mins
+// reads them), for the same tokens as x; null for Q8_0.
 template <class L, int T>
 void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int16_t* sums, float* y, int64_t r0,
                            int64_t r1) {
@@ -106,15 +107,15 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, int tokens, fl
   // Q4_K's min terms read each super-block's 8 activation sums as one vector (|sum| <= 32 * 127
   // fits 16 bits), packed once here for all the rows of the call.
   thread_local std::vector<int16_t> packed_sums;
-  if (m.dtype == DType::Q4_K) {
+  const bool q4 = m.dtype == DType::Q4_K;
+  if (q4) {
     packed_sums.resize(size_t(tokens) * blocks);
     for (int64_t i = 0; i < int64_t(tokens) * blocks; ++i) packed_sums[i] = int16_t(x[i].sum);
   }
-  const int16_t* sums = packed_sums.data();
+  const auto sums_of = [&](int t) { return q4 ? packed_sums.data() + t * blocks : nullptr; };
   int t = 0;
-  for (; t + 2 <= tokens; t += 2)
-    quant_rows_for_tokens<L, 2>(m, x + t * blocks, sums + t * blocks, y + t * m.rows, r0, r1);
-  for (; t < tokens; ++t) quant_rows_for_tokens<L, 1>(m, x + t * blocks, sums + t * blocks, y + t * m.rows, r0, r1);
+  for (; t + 2 <= tokens; t += 2) quant_rows_for_tokens<L, 2>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, r1);
+  for (; t < tokens; ++t) quant_rows_for_tokens<L, 1>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, r1);
 }
 
 }  // namespace
