@@ -217,8 +217,6 @@ TEST_P(TrainedModelMatchesRuntime, BatchedExpertsMatchTheLoop) {
 INSTANTIATE_TEST_SUITE_P(Layouts, TrainedModelMatchesRuntime, ::testing::ValuesIn(layouts()),
                          [](const auto& info) { return info.param.name; });
 
-// Central differences in double precision against autograd, for router and expert weights (the
-// top-K choice is locally constant, so the loss is smooth where the check probes it).
 // One forward and backward pass of the trainer's objective (next-token loss + 0.1 x balancing loss)
 // on `tokens`: the loss, the balancing loss and every trainable tensor's gradient (undefined: none).
 struct Pass {
@@ -234,6 +232,29 @@ Pass forward_backward(TorchModel& model, const torch::Tensor& tokens, const Forw
   Pass pass{loss.item<double>(), r.aux_loss.item<double>(), {}};
   for (const auto& name : model.trainable_names()) pass.grads[name] = model.tensor(name).grad();
   return pass;
+}
+
+// `rank_pass` on 2 ranks at once (rank 1 on a thread of this process), each with its own Gloo group
+// over loopback, as the trainer's processes have; both ranks' passes, or none (the test failed)
+// when a rank threw.
+std::vector<Pass> on_two_ranks(const std::function<Pass(int rank, Communicator& comm)>& rank_pass) {
+  const int port = free_loopback_port();
+  std::vector<Pass> ranks(2);
+  std::vector<std::string> errors(2);
+  auto rank_main = [&](int rank) {
+    try {
+      const std::unique_ptr<Communicator> comm = Communicator::join(rank, 2, port);
+      ranks[size_t(rank)] = rank_pass(rank, *comm);
+    } catch (const std::exception& e) {
+      errors[size_t(rank)] = e.what();
+    }
+  };
+  std::thread second(rank_main, 1);
+  rank_main(0);
+  second.join();
+  if (errors[0].empty() && errors[1].empty()) return ranks;
+  ADD_FAILURE() << "rank 0: " << errors[0] << "; rank 1: " << errors[1];
+  return {};
 }
 
 // Expert parallelism on 2 ranks (two threads of this process, each with its own Gloo group over
@@ -266,31 +287,19 @@ TEST(TrainerExpertParallel, TwoRanksEqualOneProcess) {
         models.emplace_back(c, 5, torch::kCPU, torch::kDouble);
         models.back().drop_tensors(other_ranks_experts(c, rank, 2));
       }
-      const int port = free_loopback_port();
-      std::vector<Pass> ranks(2);
-      std::vector<std::string> errors(2);
-      auto rank_main = [&](int rank) {
-        try {
-          const std::unique_ptr<Communicator> comm = Communicator::join(rank, 2, port);
-          TorchModel& model = models[size_t(rank)];
-          ForwardOptions fo = single_options;
-          fo.sum_over_ranks = [&](torch::Tensor& t) {
-            std::vector<torch::Tensor> one{t};
-            comm->sum(one);
-          };
-          fo.ranks = 2;
-          fo.expert_parallel = {rank, 2, fo.sum_over_ranks,
-                                [&](const torch::Tensor& rows, const std::vector<int64_t>& send,
-                                    const std::vector<int64_t>& recv) { return comm->exchange_rows(rows, send, recv); }};
-          ranks[size_t(rank)] = forward_backward(model, tokens.narrow(0, 2 * rank, 2), fo);
-        } catch (const std::exception& e) {
-          errors[size_t(rank)] = e.what();
-        }
-      };
-      std::thread second(rank_main, 1);
-      rank_main(0);
-      second.join();
-      ASSERT_EQ(errors[0] + errors[1], "");
+      std::vector<Pass> ranks = on_two_ranks([&](int rank, Communicator& comm) {
+        ForwardOptions fo = single_options;
+        fo.sum_over_ranks = [&](torch::Tensor& t) {
+          std::vector<torch::Tensor> one{t};
+          comm.sum(one);
+        };
+        fo.ranks = 2;
+        fo.expert_parallel = {rank, 2, fo.sum_over_ranks,
+                              [&](const torch::Tensor& rows, const std::vector<int64_t>& send,
+                                  const std::vector<int64_t>& recv) { return comm.exchange_rows(rows, send, recv); }};
+        return forward_backward(models[size_t(rank)], tokens.narrow(0, 2 * rank, 2), fo);
+      });
+      ASSERT_EQ(ranks.size(), 2u);
       EXPECT_NEAR((ranks[0].loss + ranks[1].loss) / 2, single.loss, 1e-12);
       EXPECT_NEAR(ranks[0].aux, single.aux, 1e-12);
       EXPECT_NEAR(ranks[1].aux, single.aux, 1e-12);
@@ -350,24 +359,13 @@ TEST(TrainerTensorParallel, TwoRanksEqualOneProcess) {
         models.emplace_back(c, 5, torch::kCPU, torch::kDouble);
         models.back().keep_tensor_parallel_slices(rank, 2);
       }
-      const int port = free_loopback_port();
-      std::vector<Pass> ranks(2);
-      std::vector<std::string> errors(2);
-      auto rank_main = [&](int rank) {
-        try {
-          const std::unique_ptr<Communicator> comm = Communicator::join(rank, 2, port);
-          ForwardOptions fo = single_options;
-          fo.tensor_parallel = {rank, 2, [&](const torch::Tensor& x) { return comm->enter_split(x); },
-                                [&](const torch::Tensor& x) { return comm->reduce_split(x); }};
-          ranks[size_t(rank)] = forward_backward(models[size_t(rank)], tokens, fo);
-        } catch (const std::exception& e) {
-          errors[size_t(rank)] = e.what();
-        }
-      };
-      std::thread second(rank_main, 1);
-      rank_main(0);
-      second.join();
-      ASSERT_EQ(errors[0] + errors[1], "");
+      const std::vector<Pass> ranks = on_two_ranks([&](int rank, Communicator& comm) {
+        ForwardOptions fo = single_options;
+        fo.tensor_parallel = {rank, 2, [&](const torch::Tensor& x) { return comm.enter_split(x); },
+                              [&](const torch::Tensor& x) { return comm.reduce_split(x); }};
+        return forward_backward(models[size_t(rank)], tokens, fo);
+      });
+      ASSERT_EQ(ranks.size(), 2u);
       for (const Pass& rank : ranks) {
         EXPECT_NEAR(rank.loss, single.loss, 1e-12);
         EXPECT_NEAR(rank.aux, single.aux, 1e-12);
@@ -395,6 +393,8 @@ TEST(TrainerTensorParallel, TwoRanksEqualOneProcess) {
   EXPECT_EQ(layouts_run, 4);
 }
 
+// Central differences in double precision against autograd, for router and expert weights (the
+// top-K choice is locally constant, so the loss is smooth where the check probes it).
 TEST(TrainerGradients, FiniteDifferencesMatchAutograd) {
   for (const char* name : {"moe", "megrez2", "rexmoe"}) {
     ModelConfig c = small(name);
