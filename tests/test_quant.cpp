@@ -205,7 +205,14 @@ TEST(Quant, InterleavedBlocksFollowTheLayoutAndRoundTrip) {
     const int64_t n = type == DType::Q8_0 ? 32 : 256;
     const size_t block = dtype_row_bytes(type, n);
     std::vector<uint8_t> rows(8 * block), group(8 * block), back(8 * block);
-    for (int r = 0; r < 8; ++r) quant::quantize_row(type, test_row(n, 40 + r).data(), n, rows.data() + r * block);
+    // Row r's block: block r (Q8_0) or r % 4 (Q4_K) of a test row, so the group holds zero,
+    // positive, tiny and large blocks.
+    const int64_t cols = 1024;
+    std::vector<uint8_t> whole(dtype_row_bytes(type, cols));
+    for (int r = 0; r < 8; ++r) {
+      quant::quantize_row(type, test_row(cols, 40 + r).data(), cols, whole.data());
+      std::memcpy(rows.data() + r * block, whole.data() + (r % (cols / n)) * block, block);
+    }
     quant::interleave8_block(type, rows.data(), block, group.data());
     for (int r = 0; r < 8; ++r) {
       const uint8_t* row = rows.data() + r * block;
