@@ -166,21 +166,21 @@ void interleave8_block(DType type, const void* rows, size_t stride, void* out) {
   const auto* in = static_cast<const uint8_t*>(rows);
   auto* o = static_cast<uint8_t*>(out);
   const auto row = [&](int r) { return in + size_t(r) * stride; };
-  if (type == DType::Q8_0) {
-    for (int r = 0; r < 8; ++r) {
-      std::memcpy(o + 2 * r, row(r), 2);
-      for (int n = 0; n < 32; ++n) o[16 + span_offset(r, n)] = row(r)[2 + n];
-    }
-    return;
-  }
-  if (type != DType::Q4_K) throw Error("cannot interleave " + dtype_name(type));
-  int scales[8][8], mins[8][8];  // [row][sub-block]
+  const bool q8 = type == DType::Q8_0;
+  if (!q8 && type != DType::Q4_K) throw Error("cannot interleave " + dtype_name(type));
+  const int spans = q8 ? 1 : 4;
+  const size_t quants = q8 ? 16 : 128, row_quants = q8 ? 2 : 16;
   for (int r = 0; r < 8; ++r) {
     std::memcpy(o + 2 * r, row(r), 2);
+    for (int span = 0; span < spans; ++span)
+      for (int k = 0; k < 4; ++k)
+        std::memcpy(o + quants + 256 * span + span_offset(r, 8 * k), row(r) + row_quants + 32 * span + 8 * k, 8);
+  }
+  if (q8) return;
+  uint8_t scales[8][8], mins[8][8];  // [row][sub-block]
+  for (int r = 0; r < 8; ++r) {
     std::memcpy(o + 16 + 2 * r, row(r) + 2, 2);
-    for (int j = 0; j < 8; ++j) q4_k_scale_min(row(r) + 4, j, &scales[r][j], &mins[r][j]);
-    for (int p = 0; p < 4; ++p)
-      for (int n = 0; n < 32; ++n) o[128 + 256 * p + span_offset(r, n)] = row(r)[16 + 32 * p + n];
+    q4_k_scales_mins(row(r) + 4, scales[r], mins[r]);
   }
   for (int u = 0; u < 8; ++u) {
     int unit_scales[8], unit_mins[8];
@@ -197,33 +197,33 @@ void interleave8_block(DType type, const void* rows, size_t stride, void* out) {
 void deinterleave8_block(DType type, const void* in, void* out) {
   const auto* g = static_cast<const uint8_t*>(in);
   auto* o = static_cast<uint8_t*>(out);
-  if (type == DType::Q8_0) {
-    for (int r = 0; r < 8; ++r) {
-      uint8_t* block = o + 34 * r;
-      std::memcpy(block, g + 2 * r, 2);
-      for (int n = 0; n < 32; ++n) block[2 + n] = g[16 + span_offset(r, n)];
-    }
-    return;
+  const bool q8 = type == DType::Q8_0;
+  if (!q8 && type != DType::Q4_K) throw Error("cannot deinterleave " + dtype_name(type));  // (per block: no message built)
+  const size_t block = q8 ? 34 : 144, quants = q8 ? 16 : 128, row_quants = q8 ? 2 : 16;
+  const int spans = q8 ? 1 : 4;
+  for (int r = 0; r < 8; ++r) {
+    std::memcpy(o + block * r, g + 2 * r, 2);
+    for (int span = 0; span < spans; ++span)
+      for (int k = 0; k < 4; ++k)
+        std::memcpy(o + block * r + row_quants + 32 * span + 8 * k, g + quants + 256 * span + span_offset(r, 8 * k), 8);
   }
-  if (type != DType::Q4_K) throw Error("cannot deinterleave " + dtype_name(type));  // (per block: no message built)
-  int scales[8][8], mins[8][8];
+  if (q8) return;
+  uint8_t scales[8][8], mins[8][8];  // [row][sub-block]
   for (int u = 0; u < 8; ++u) {
-    uint8_t unit[12];
+    uint8_t unit[12], unit_scales[8], unit_mins[8];
     load_unit(g + 32, u, unit);
+    q4_k_scales_mins(unit, unit_scales, unit_mins);
     for (int s = 0; s < 8; ++s) {
-      int sc, m;
-      q4_k_scale_min(unit, s, &sc, &m);
-      scales[kSlot[s]][u] = sc;
-      mins[min_row(u, s)][min_sub_block(u, s)] = m;
+      scales[kSlot[s]][u] = unit_scales[s];
+      mins[min_row(u, s)][min_sub_block(u, s)] = unit_mins[s];
     }
   }
   for (int r = 0; r < 8; ++r) {
-    uint8_t* block = o + 144 * r;
-    std::memcpy(block, g + 2 * r, 2);
-    std::memcpy(block + 2, g + 16 + 2 * r, 2);
-    q4_k_pack_scales_mins(scales[r], mins[r], block + 4);
-    for (int p = 0; p < 4; ++p)
-      for (int n = 0; n < 32; ++n) block[16 + 32 * p + n] = g[128 + 256 * p + span_offset(r, n)];
+    uint8_t* b = o + block * r;
+    std::memcpy(b + 2, g + 16 + 2 * r, 2);
+    int sc[8], m[8];
+    for (int j = 0; j < 8; ++j) sc[j] = scales[r][j], m[j] = mins[r][j];
+    q4_k_pack_scales_mins(sc, m, b + 4);
   }
 }
 
