@@ -110,8 +110,10 @@ struct QuantLaneAvx2 {
   }
   // Q4_K: the 96 bytes of scales and mins unpack as 4 vectors of 8 units' words (the word trick
   // of quant::q4_k_scales_mins, on 8 units at once); sub-block j's scales of rows 0, 1, 4, 5 are
-  // the bytes of word j of `scales_a`, spread to the four 16-bit lanes of each row's products.
-  // A 16-bit lane adds 4 pairs of nibble products: at most 4 * 2 * 15 * 127 = 15240.
+  // the bytes of scales[0][j] (rows 2, 3, 6, 7: scales[1][j]), each spread to the four 16-bit
+  // lanes of its row's products. A 16-bit lane adds 4 pairs of nibble products: at most
+  // 4 * 2 * 15 * 127 = 15240; times a 6-bit scale and summed over a super-block, a row's 32-bit
+  // lanes stay below 2^25. Decode asks for the lines of the group two super-blocks ahead.
   template <int T>
   static void q4_k_x8(const uint8_t* g, const ActivationBlock* x, const int16_t* sums, int64_t blocks, float* y,
                       int64_t ldy) {
