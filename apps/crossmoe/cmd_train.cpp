@@ -124,6 +124,9 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
             "--batch " + std::to_string(o.batch_size) + " must divide among the " + std::to_string(groups) +
                 (o.tensor_parallel > 1 ? " tensor-parallel groups" : " --nproc processes") + " (it is the global batch)");
     require(o.device == "cpu", "--nproc runs on the CPU (Gloo) for now; --device " + o.device + " is not supported");
+    require(train::Communicator::available(),
+            "--nproc needs c10d's Gloo backend, which this build lacks (libtorch without Gloo's headers: "
+            "install libgloo-dev and rebuild)");
   }
 
   const bool sft = !o.sft_file.empty();
