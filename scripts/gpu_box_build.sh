@@ -5,6 +5,9 @@
 #            sources from the CMake build (BUILD_DIR, default build), token data
 #   there:   bash scripts/gpu_box_build.sh build .carry     # -> .carry/crossmoe
 #   check:   bash scripts/gpu_box_build.sh commands .carry  # the compile commands, one per line
+#   there:   bash scripts/gpu_box_build.sh kernel-tests .carry  # -> .carry/kernel_tests: the kernel and
+#            quantization tests (GoogleTest, from Debian's googletest sources), to run the ISA paths
+#            that machine's CPU has and ours may lack (AVX-512)
 # (.carry is listed in .git/info/exclude and passed to the device tool's `carry`.)
 set -euo pipefail
 mode=$1; dir=$2
@@ -18,7 +21,8 @@ if [ "$mode" = prepare ]; then
     cp -L "/usr/lib/x86_64-linux-gnu/$lib" "$dir/lib/"
   done
   # The sources CMake generates (the Leduc Nash policy and the chat page compiled in), made by a build here.
-  mkdir -p "$dir/gen"
+  mkdir -p "$dir/gen" "$dir/gtest"
+  cp -r /usr/src/googletest/googletest/include /usr/src/googletest/googletest/src "$dir/gtest/"
   cp "${BUILD_DIR:-build}/src/leduc_poker_nash_policy.cpp" "${BUILD_DIR:-build}/src/chat_page.cpp" "$dir/gen/"
   data=${3:-build/demo/data}
   # The commit for `crossmoe --version` (the GPU machine gets no .git).
@@ -72,7 +76,20 @@ compile_commands() {
   done
 }
 if [ "$mode" = commands ]; then compile_commands; exit 0; fi
-[ "$mode" = build ] || { echo "error: mode must be prepare, build or commands, got '$mode'" >&2; exit 2; }
+if [ "$mode" = kernel-tests ]; then
+  # Kernels and their helpers need no torch; GoogleTest builds from its own sources.
+  flags+=("-I$dir/gtest/include" "-I$dir/gtest" -Itests)
+  srcs=(src/kernels/*.cpp src/util/*.cpp tests/test_kernels.cpp tests/test_quant.cpp
+        "$dir/gtest/src/gtest-all.cc" "$dir/gtest/src/gtest_main.cc")
+  mkdir -p "$dir/obj"
+  compile_commands | xargs -d '\n' -P "$(nproc)" -I{} bash -c '{}'
+  objs=()
+  for f in "${srcs[@]}"; do objs+=("$(object "$f")"); done
+  g++ -fopenmp -pthread -o "$dir/kernel_tests" "${objs[@]}"
+  echo "built $dir/kernel_tests"
+  exit 0
+fi
+[ "$mode" = build ] || { echo "error: mode must be prepare, build, kernel-tests or commands, got '$mode'" >&2; exit 2; }
 mkdir -p "$dir/obj"
 compile_commands | xargs -d '\n' -P "$(nproc)" -I{} bash -c '{}'
 objs=()

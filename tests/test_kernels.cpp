@@ -207,9 +207,19 @@ std::vector<float> weight_like(size_t n, std::mt19937& rng) {
 }
 
 struct QuantizedMatrix {
-  std::vector<uint8_t> bytes;
+  std::vector<uint8_t> bytes, interleaved_bytes;  // the rows as quantized; the same interleaved
   std::vector<float> values, offsets;  // dequantized; Q4_K's per-element min term (0 for Q8_0)
   Matrix matrix(DType t, int rows, int cols) const { return Matrix{bytes.data(), t, rows, cols}; }
+  // The matrix in the layout the runtime gives weights in memory (kernels::interleave_rows8).
+  Matrix interleaved(DType t, int rows, int cols) {
+    interleaved_bytes = bytes;
+    Matrix m{interleaved_bytes.data(), t, rows, cols};
+    interleave_rows8(m, interleaved_bytes.data());
+    return m;
+  }
+  Matrix in_layout(Layout layout, DType t, int rows, int cols) {
+    return layout == Layout::Rows ? matrix(t, rows, cols) : interleaved(t, rows, cols);
+  }
 };
 
 QuantizedMatrix quantize_matrix(DType t, const std::vector<float>& w, int rows, int cols) {
@@ -233,16 +243,19 @@ QuantizedMatrix quantize_matrix(DType t, const std::vector<float>& w, int rows, 
 
 // The product of every case on `isa`, checked against dequantize-then-double with the bound
 // above; returns the outputs for comparison between ISAs (and M per output).
-void quant_products(Isa isa, DType t, std::vector<std::vector<float>>* outputs, std::vector<std::vector<double>>* scale) {
+void quant_products(Isa isa, DType t, std::vector<std::vector<float>>* outputs, std::vector<std::vector<double>>* scale,
+                    Layout layout = Layout::Rows) {
   std::mt19937 rng(5);
   IsaGuard guard(isa);
   for (const auto& [rows, cols, tokens] : kQuantCases) {
     const std::vector<float> w = weight_like(size_t(rows) * cols, rng), x = weight_like(size_t(tokens) * cols, rng);
-    const QuantizedMatrix q = quantize_matrix(t, w, rows, cols);
+    QuantizedMatrix q = quantize_matrix(t, w, rows, cols);
     std::vector<ActivationBlock> xq(size_t(tokens) * cols / 32);
     quantize_activations(x.data(), int64_t(tokens) * cols, activation_group(t), xq.data());
     std::vector<float> y(size_t(tokens) * rows);
-    matmul(q.matrix(t, rows, cols), x.data(), tokens, y.data());
+    const Matrix weights = q.in_layout(layout, t, rows, cols);
+    ASSERT_EQ(weights.layout, rows >= 8 ? layout : Layout::Rows);
+    matmul(weights, x.data(), tokens, y.data());
     std::vector<double> m(y.size());
     for (int tk = 0; tk < tokens; ++tk)
       for (int r = 0; r < rows; ++r) {
@@ -257,7 +270,8 @@ void quant_products(Isa isa, DType t, std::vector<std::vector<float>>* outputs, 
         const size_t yi = size_t(tk) * rows + r;
         m[yi] = magnitude;
         ASSERT_LE(std::fabs(y[yi] - ref), bound + 1e-5 * magnitude)
-            << isa_name(isa) << " " << dtype_name(t) << " " << rows << "x" << cols << "x" << tokens << " row " << r;
+            << isa_name(isa) << " " << dtype_name(t) << (layout == Layout::Rows ? "" : " interleaved") << " " << rows
+            << "x" << cols << "x" << tokens << " row " << r;
       }
     outputs->push_back(y);
     scale->push_back(m);
@@ -349,22 +363,78 @@ TEST(QuantKernels, BatchSharesQuantizedInputsAndMixesDtypes) {
 }
 
 TEST(QuantKernels, ATokenGetsTheSameBitsAloneOrInABatch) {
-  // As for the other dtypes: the tiles of rows x tokens run each pair's operations in one order.
+  // As for the other dtypes: the tiles of rows x tokens run each pair's operations in one order,
+  // in both layouts (38 rows: 4 interleaved groups and 6 rows as they were).
   std::mt19937 rng(6);
   const int rows = 38, cols = 512, tokens = 9;
   const std::vector<float> x = weight_like(size_t(tokens) * cols, rng);
   for (DType t : {DType::Q8_0, DType::Q4_K}) {
-    const QuantizedMatrix q = quantize_matrix(t, weight_like(size_t(rows) * cols, rng), rows, cols);
-    for (Isa isa : supported()) {
-      IsaGuard guard(isa);
-      std::vector<float> together(size_t(tokens) * rows), alone(rows);
-      matmul(q.matrix(t, rows, cols), x.data(), tokens, together.data());
-      for (int k = 0; k < tokens; ++k) {
-        matmul(q.matrix(t, rows, cols), &x[size_t(k) * cols], 1, alone.data());
-        for (int r = 0; r < rows; ++r)
-          ASSERT_EQ(alone[r], together[size_t(k) * rows + r]) << isa_name(isa) << " " << dtype_name(t) << " token " << k;
+    QuantizedMatrix q = quantize_matrix(t, weight_like(size_t(rows) * cols, rng), rows, cols);
+    for (Layout layout : {Layout::Rows, Layout::Interleaved8}) {
+      const Matrix m = q.in_layout(layout, t, rows, cols);
+      for (Isa isa : supported()) {
+        IsaGuard guard(isa);
+        std::vector<float> together(size_t(tokens) * rows), alone(rows);
+        matmul(m, x.data(), tokens, together.data());
+        for (int k = 0; k < tokens; ++k) {
+          matmul(m, &x[size_t(k) * cols], 1, alone.data());
+          for (int r = 0; r < rows; ++r)
+            ASSERT_EQ(alone[r], together[size_t(k) * rows + r])
+                << isa_name(isa) << " " << dtype_name(t) << " layout " << int(layout) << " token " << k;
+        }
       }
     }
+  }
+}
+
+// Weights interleaved 8 rows at a time (as the runtime holds them in memory) against the same
+// weights as rows: within the bound against the dequantized weights, bit for bit the same in every
+// ISA for the rows of whole groups (the contract of quant_matmul_impl.hpp: exact integer sums, then
+// the same float operations), and within float rounding of the row layout's products (whose float
+// additions run in another order).
+TEST(QuantKernels, InterleavedRowsMatchTheBoundAndTheRowLayout) {
+  for (DType t : {DType::Q8_0, DType::Q4_K}) {
+    std::vector<std::vector<float>> portable;
+    std::vector<std::vector<double>> magnitude, unused;
+    quant_products(Isa::Generic, t, &portable, &magnitude, Layout::Interleaved8);
+    for (Isa isa : supported()) {
+      std::vector<std::vector<float>> interleaved, as_rows;
+      quant_products(isa, t, &interleaved, &unused, Layout::Interleaved8);
+      quant_products(isa, t, &as_rows, &unused, Layout::Rows);
+      for (size_t c = 0; c < portable.size(); ++c) {
+        const auto& [rows, cols, tokens] = kQuantCases[c];
+        for (size_t i = 0; i < portable[c].size(); ++i) {
+          const bool grouped = int(i % size_t(rows)) < rows / 8 * 8;
+          if (grouped)
+            ASSERT_EQ(interleaved[c][i], portable[c][i]) << isa_name(isa) << " " << dtype_name(t) << " case " << c << " output " << i;
+          else
+            ASSERT_LE(std::fabs(interleaved[c][i] - portable[c][i]), 1e-5 * magnitude[c][i]);
+          ASSERT_LE(std::fabs(interleaved[c][i] - as_rows[c][i]), 1e-5 * magnitude[c][i])
+              << isa_name(isa) << " " << dtype_name(t) << " case " << c << " output " << i;
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantKernels, InterleavingLeavesTailRowsAndOtherMatricesAsTheyWere) {
+  std::mt19937 rng(8);
+  const int cols = 256;
+  for (DType t : {DType::Q8_0, DType::Q4_K}) {
+    const size_t row_bytes = dtype_row_bytes(t, cols);
+    QuantizedMatrix q = quantize_matrix(t, weight_like(19 * cols, rng), 19, cols);
+    const Matrix m = q.interleaved(t, 19, cols);
+    EXPECT_EQ(m.layout, Layout::Interleaved8);
+    EXPECT_NE(q.interleaved_bytes, q.bytes);
+    EXPECT_TRUE(std::equal(q.bytes.begin() + 16 * row_bytes, q.bytes.end(), q.interleaved_bytes.begin() + 16 * row_bytes))
+        << "rows 16..18 stay as rows";
+    std::vector<uint8_t> copy = q.bytes;
+    Matrix small{copy.data(), t, 7, cols}, strided{copy.data(), t, 8, cols / 2, cols};
+    interleave_rows8(small, copy.data());
+    interleave_rows8(strided, copy.data());
+    EXPECT_EQ(small.layout, Layout::Rows);
+    EXPECT_EQ(strided.layout, Layout::Rows);
+    EXPECT_EQ(copy, q.bytes) << "fewer than 8 rows, or rows with a stride: untouched";
   }
 }
 

@@ -196,3 +196,51 @@ TEST(Quant, RejectsRowsOfPartialBlocksAndValuesItCannotStore) {
   EXPECT_THROW(quant::quantize_row(DType::Q8_0, x.data(), 32, out.data()), Error);
   EXPECT_THROW(quant::quantize_row(DType::BF16, x.data(), 32, out.data()), Error);
 }
+
+// The interleaved layout (quant.hpp): every byte of 8 rows' blocks lands where the description
+// says, checked field by field against the rows, and deinterleaving gives the rows back.
+TEST(Quant, InterleavedBlocksFollowTheLayoutAndRoundTrip) {
+  const int slot_of_row[8] = {0, 1, 4, 5, 2, 3, 6, 7};  // rows 0, 1, 4, 5 first, then 2, 3, 6, 7
+  for (DType type : {DType::Q8_0, DType::Q4_K}) {
+    const int64_t n = type == DType::Q8_0 ? 32 : 256;
+    const size_t block = dtype_row_bytes(type, n);
+    std::vector<uint8_t> rows(8 * block), group(8 * block), back(8 * block);
+    // Row r's block: block r (Q8_0) or r % 4 (Q4_K) of a test row, so the group holds zero,
+    // positive, tiny and large blocks.
+    const int64_t cols = 1024;
+    std::vector<uint8_t> whole(dtype_row_bytes(type, cols));
+    for (int r = 0; r < 8; ++r) {
+      quant::quantize_row(type, test_row(cols, 40 + r).data(), cols, whole.data());
+      std::memcpy(rows.data() + r * block, whole.data() + (r % (cols / n)) * block, block);
+    }
+    quant::interleave8_block(type, rows.data(), block, group.data());
+    for (int r = 0; r < 8; ++r) {
+      const uint8_t* row = rows.data() + r * block;
+      EXPECT_EQ(std::memcmp(group.data() + 2 * r, row, 2), 0) << "d of row " << r;
+      // The quants: 32 bytes per row and span (Q8_0's q; Q4_K's 4 pairs of sub-blocks).
+      const size_t quants = type == DType::Q8_0 ? 16 : 128, row_quants = type == DType::Q8_0 ? 2 : 16;
+      for (int span = 0; span < (type == DType::Q8_0 ? 1 : 4); ++span)
+        for (int i = 0; i < 32; ++i)
+          ASSERT_EQ(group[quants + 256 * span + 64 * (i / 8) + 8 * slot_of_row[r] + i % 8], row[row_quants + 32 * span + i])
+              << dtype_name(type) << " row " << r << " span " << span << " byte " << i;
+      if (type != DType::Q4_K) continue;
+      EXPECT_EQ(std::memcmp(group.data() + 16 + 2 * r, row + 2, 2), 0) << "dmin of row " << r;
+      for (int j = 0; j < 8; ++j) {
+        int sc, m;
+        quant::q4_k_scale_min(row + 4, j, &sc, &m);
+        uint8_t unit[12];  // unit j, stored word by word
+        for (int w = 0; w < 3; ++w) std::memcpy(unit + 4 * w, group.data() + 32 + 32 * w + 4 * j, 4);
+        int unit_sc, other;
+        quant::q4_k_scale_min(unit, slot_of_row[r], &unit_sc, &other);
+        EXPECT_EQ(unit_sc, sc) << "scale of sub-block " << j << " of row " << r;
+        // m[j] of row r: unit 2 (j / 2) + r / 4, min slot 2 (r % 4) + j % 2.
+        for (int w = 0; w < 3; ++w) std::memcpy(unit + 4 * w, group.data() + 32 + 32 * w + 4 * (2 * (j / 2) + r / 4), 4);
+        int unit_min;
+        quant::q4_k_scale_min(unit, 2 * (r % 4) + j % 2, &other, &unit_min);
+        EXPECT_EQ(unit_min, m) << "min of sub-block " << j << " of row " << r;
+      }
+    }
+    quant::deinterleave8_block(type, group.data(), back.data());
+    EXPECT_EQ(back, rows) << dtype_name(type);
+  }
+}

@@ -9,6 +9,7 @@
 #include "cli_run.hpp"
 #include "model/init.hpp"
 #include "model/safetensors.hpp"
+#include "runtime/expert_cache.hpp"
 #include "runtime/forward.hpp"
 #include "runtime/generate.hpp"
 #include "runtime/quantize.hpp"
@@ -141,6 +142,44 @@ TEST(QuantizedModel, LogitsStayCloseToTheOriginal) {
     EXPECT_LT(change, c.bound) << c.model << " " << quant_scheme_name(c.scheme);
     EXPECT_GT(change, 0.0) << "the quantized model must really be quantized";
   }
+}
+
+// Quantized matrices in memory are interleaved 8 rows at a time (kernels::interleave_rows8), the
+// embedding table excepted (it is read by rows); a mapped model reads the files' rows as they are.
+// The two layouts add the same exact integer sums in another float order, so the dense model's
+// logits agree to float rounding (a few units of 2^-24 per product, nine products deep: far below
+// 1e-5 of their RMS; a misplaced byte moves them by the whole weight's share). The expert cache
+// interleaves the experts it reads as the resident ones are, so a budget gives the same bits.
+TEST(QuantizedModel, WeightsInMemoryAndCachedExpertsAreInterleaved) {
+  const fs::path dense = models().quantized(QuantScheme::Mixed, models().dense);
+  const Model resident(dense, WeightResidency::InMemory), mapped(dense, WeightResidency::Mapped);
+  const ModelWeights& w = resident.weights();
+  EXPECT_EQ(w.embed.layout, kernels::Layout::Rows);
+  EXPECT_EQ(w.lm_head.layout, resident.config().tie_word_embeddings ? kernels::Layout::Rows : kernels::Layout::Interleaved8);
+  for (const kernels::Matrix* m : {&w.layers[0].q, &w.layers[0].o, &w.layers[0].dense.down})
+    EXPECT_EQ(m->layout, kernels::Layout::Interleaved8);
+  EXPECT_EQ(mapped.weights().layers[0].q.layout, kernels::Layout::Rows);
+  const auto forward = [](const Model& model) {
+    InferenceSession session(model, 64);
+    return session.forward(kPrompt, true);
+  };
+  const double change = relative_rms_change(forward(mapped), forward(resident));
+  std::printf("interleaved against rows: relative RMS change of the logits %.3g (bound 1e-5)\n", change);
+  EXPECT_LT(change, 1e-5);
+
+  const fs::path moe = models().quantized(QuantScheme::Mixed);
+  const Model all_in_memory(moe, WeightResidency::InMemory);
+  ExpertCacheOptions options;
+  options.budget = parse_memory_budget("50%");
+  const Model cached(moe, options);
+  ASSERT_TRUE(cached.expert_cache());
+  EXPECT_EQ(forward(cached), forward(all_in_memory));
+  const ExpertRef first = cached.config().layers[1].candidates[0];
+  const SwiGluWeights& expert = cached.expert_cache()->acquire(first);
+  EXPECT_EQ(expert.gate.dtype, DType::Q4_K);
+  for (const kernels::Matrix* m : {&expert.gate, &expert.up, &expert.down}) EXPECT_EQ(m->layout, kernels::Layout::Interleaved8);
+  cached.expert_cache()->release_all();
+  EXPECT_EQ(all_in_memory.weights().expert(first).gate.layout, kernels::Layout::Interleaved8);
 }
 
 TEST(QuantizedModel, Q8_0GivesTheOriginalsGreedyTokens) {

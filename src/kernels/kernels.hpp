@@ -11,16 +11,28 @@
 
 namespace crossmoe::kernels {
 
+// How a Q8_0 / Q4_K matrix's rows lie: one after another, or interleaved 8 at a time
+// (util/quant.hpp) so that the products read 8 rows per pass over the activations.
+enum class Layout { Rows, Interleaved8 };
+
 // A row-major [rows, cols] weight matrix in its stored dtype; row r starts at element r * stride
 // (stride 0 means cols: rows packed back to back). Rows of a block type are whole blocks.
+// An Interleaved8 matrix is read by matmul only (its rows are not whole in memory).
 struct Matrix {
   const void* data = nullptr;
   DType dtype = DType::F32;
   int64_t rows = 0;
   int64_t cols = 0;
   int64_t stride = 0;
+  Layout layout = Layout::Rows;
   int64_t row_stride() const { return stride ? stride : cols; }
 };
+
+// Rewrites a Q8_0 / Q4_K matrix whose rows lie back to back into the Interleaved8 layout, in
+// place: `data` is m.data, writable. Its groups of 8 rows are interleaved, the rows after the last
+// whole group stay as they are. Other matrices (other dtypes, strided, fewer than 8 rows, already
+// interleaved) are left alone. Every ISA's kernels read both layouts.
+void interleave_rows8(Matrix& m, void* data);
 
 // y[t, r] = sum_c x[t, c] * w[r, c] for t < tokens.  x: [tokens, cols], y: [tokens, rows].
 // Rows are split over all threads.

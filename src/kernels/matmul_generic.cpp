@@ -1,4 +1,6 @@
 // Portable kernels: one float per "vector"; the compiler vectorises what it can.
+#include <cmath>
+
 #include "kernels/matmul_impl.hpp"
 
 namespace crossmoe::kernels {
@@ -49,6 +51,56 @@ struct QuantLaneScalar {
     return sum;
   }
   static Acc madd_int(Int sums, float scale, Acc acc) { return acc + scale * float(sums); }
+
+  // Interleaved groups: each block index's 8 blocks put back in rows (quant::deinterleave8_block),
+  // then the products of quant_matmul_impl.hpp's contract, row by row.
+  static constexpr int x8_tokens = 4;  // tokens per interleaved tile
+  template <int T>
+  static void q8_0_x8(const uint8_t* g, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
+    float acc[T][8] = {};
+    uint8_t plain[8 * 34];
+    for (int64_t b = 0; b < blocks; ++b) {
+      quant::deinterleave8_block(DType::Q8_0, g + b * 8 * 34, plain);
+      for (int r = 0; r < 8; ++r) {
+        const float d = quant::read_half(plain + 34 * r);
+        const auto* q = reinterpret_cast<const int8_t*>(plain + 34 * r + 2);
+        for (int t = 0; t < T; ++t) {
+          const ActivationBlock& a = x[t * blocks + b];
+          int32_t s = 0;
+          for (int i = 0; i < 32; ++i) s += int32_t(q[i]) * a.q[i];
+          acc[t][r] = std::fma(float(s), d * a.d, acc[t][r]);
+        }
+      }
+    }
+    for (int t = 0; t < T; ++t)
+      for (int r = 0; r < 8; ++r) y[t * ldy + r] = acc[t][r];
+  }
+  template <int T>
+  static void q4_k_x8(const uint8_t* g, const ActivationBlock* x, const int16_t* sums, int64_t blocks, float* y,
+                      int64_t ldy) {
+    float acc[T][8] = {};
+    uint8_t plain[8 * 144];
+    for (int64_t b = 0; b < blocks; b += 8) {
+      quant::deinterleave8_block(DType::Q4_K, g + b / 8 * 8 * 144, plain);
+      for (int r = 0; r < 8; ++r) {
+        const uint8_t* block = plain + 144 * r;
+        const float d = quant::read_half(block), dmin = quant::read_half(block + 2);
+        uint8_t sc[8], m[8];
+        quant::q4_k_scales_mins(block + 4, sc, m);
+        for (int t = 0; t < T; ++t) {
+          const ActivationBlock* a = x + t * blocks + b;
+          int32_t dots = 0, mins = 0;
+          for (int p = 0; p < 4; ++p)
+            dots = madd_q4(block + 16 + 32 * p, a[2 * p].q, a[2 * p + 1].q, sc[2 * p], sc[2 * p + 1], dots);
+          for (int j = 0; j < 8; ++j) mins += int32_t(m[j]) * sums[t * blocks + b + j];
+          acc[t][r] = std::fma(float(dots), d * a->d, acc[t][r]);
+          acc[t][r] = std::fma(-float(mins), dmin * a->d, acc[t][r]);
+        }
+      }
+    }
+    for (int t = 0; t < T; ++t)
+      for (int r = 0; r < 8; ++r) y[t * ldy + r] = acc[t][r];
+  }
 };
 }  // namespace
 

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "kernels/kernels.hpp"
 #include "util/quant.hpp"
@@ -51,6 +52,22 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
   }
 }
 
+void interleave_rows8(Matrix& m, void* data) {
+  if ((m.dtype != DType::Q8_0 && m.dtype != DType::Q4_K) || m.row_stride() != m.cols ||
+      m.layout == Layout::Interleaved8 || m.rows < 8)
+    return;
+  const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
+  const size_t block_bytes = dtype_row_bytes(m.dtype, dtype_block(m.dtype));
+  const int64_t blocks = m.cols / dtype_block(m.dtype);
+  std::vector<uint8_t> group(8 * row_bytes);  // the group's rows as they were
+  auto* rows = static_cast<uint8_t*>(data);
+  for (int64_t r = 0; r + 8 <= m.rows; r += 8, rows += 8 * row_bytes) {
+    std::memcpy(group.data(), rows, group.size());
+    for (int64_t b = 0; b < blocks; ++b)
+      quant::interleave8_block(m.dtype, group.data() + b * block_bytes, row_bytes, rows + b * 8 * block_bytes);
+  }
+  m.layout = Layout::Interleaved8;
+}
 
 int64_t activation_group(DType weights) { return weights == DType::Q4_K ? 256 : 32; }
 

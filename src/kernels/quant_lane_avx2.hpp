@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/kernels.hpp"
+
 namespace crossmoe::kernels {
 namespace {
 
@@ -63,6 +65,116 @@ struct QuantLaneAvx2 {
   }
   static Acc madd_int(Int sums, float scale, Acc acc) {
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
+  }
+
+  // Interleaved groups of 8 rows (util/quant.hpp): a 32-byte load holds 8 bytes of 4 rows, each
+  // multiplied by the same 8 activation bytes broadcast to every quarter; the products of rows
+  // 0, 1, 4, 5 and of rows 2, 3, 6, 7 leave two 32-bit lanes per row, and one vphaddd of the
+  // two vectors gives rows 0..7 in order, so a vector of 8 floats accumulates 8 rows.
+  static __m256i bytes8(const int8_t* p) {
+    int64_t v;
+    std::memcpy(&v, p, 8);
+    return _mm256_set1_epi64x(v);
+  }
+  static constexpr int x8_tokens = 4;  // tokens per interleaved tile
+  template <int T>
+  static void q8_0_x8(const uint8_t* g, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
+    __m256 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t b = 0; b < blocks; ++b, g += 8 * 34) {
+      // One token reads each group once from memory: every line of the block 8 blocks ahead is
+      // asked for (a group's blocks lie back to back; one line in four was not enough).
+      if constexpr (T == 1)
+        for (int line = 0; line < 8 * 34; line += 64) __builtin_prefetch(g + 8 * (8 * 34) + line);
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
+      __m256i sums[T][2];
+      for (int t = 0; t < T; ++t) sums[t][0] = sums[t][1] = _mm256_setzero_si256();
+      for (int k = 0; k < 4; ++k)
+        for (int h = 0; h < 2; ++h) {
+          // |w| times a with w's sign, as madd_q8 (no saturation: |w| <= 128, |a| <= 127).
+          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 16 + 64 * k + 32 * h));
+          const __m256i w_abs = _mm256_sign_epi8(w, w);
+          for (int t = 0; t < T; ++t) {
+            const __m256i a = bytes8(x[t * blocks + b].q + 8 * k);
+            const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(a, w)), ones);
+            sums[t][h] = _mm256_add_epi32(sums[t][h], p);
+          }
+        }
+      for (int t = 0; t < T; ++t) {
+        const __m256 da = _mm256_mul_ps(d, _mm256_broadcast_ss(&x[t * blocks + b].d));
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(sums[t][0], sums[t][1])), da, acc[t]);
+      }
+    }
+    for (int t = 0; t < T; ++t) _mm256_storeu_ps(y + t * ldy, acc[t]);
+  }
+  // Q4_K: the 96 bytes of scales and mins unpack as 4 vectors of 8 units' words (the word trick
+  // of quant::q4_k_scales_mins, on 8 units at once); sub-block j's scales of rows 0, 1, 4, 5 are
+  // the bytes of word j of `scales_a`, spread to the four 16-bit lanes of each row's products.
+  // A 16-bit lane adds 4 pairs of nibble products: at most 4 * 2 * 15 * 127 = 15240.
+  template <int T>
+  static void q4_k_x8(const uint8_t* g, const ActivationBlock* x, const int16_t* sums, int64_t blocks, float* y,
+                      int64_t ldy) {
+    __m256 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    const __m256i low6 = _mm256_set1_epi8(63), low4 = _mm256_set1_epi8(15), low2 = _mm256_set1_epi8(3);
+    const __m256i spread = _mm256_setr_epi8(0, -1, 0, -1, 0, -1, 0, -1, 1, -1, 1, -1, 1, -1, 1, -1,  //
+                                            2, -1, 2, -1, 2, -1, 2, -1, 3, -1, 3, -1, 3, -1, 3, -1);
+    for (int64_t b = 0; b < blocks; b += 8, g += 8 * 144) {
+      if constexpr (T == 1)
+        for (int line = 0; line < 8 * 144; line += 64) __builtin_prefetch(g + 2 * (8 * 144) + line);
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
+      const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 16)));
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 32));
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 64));
+      const __m256i w2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 96));
+      alignas(32) uint32_t scales[2][8];  // [rows 0, 1, 4, 5 | rows 2, 3, 6, 7][sub-block]
+      _mm256_store_si256(reinterpret_cast<__m256i*>(scales[0]), _mm256_and_si256(w0, low6));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(scales[1]),
+                         _mm256_or_si256(_mm256_and_si256(w2, low4),
+                                         _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w0, 6), low2), 4)));
+      const __m256i mins_lo = _mm256_and_si256(w1, low6);
+      const __m256i mins_hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w2, 4), low4),
+                                              _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w1, 6), low2), 4));
+      // Per pair q of sub-blocks, rows 0..7's (m[2q], m[2q + 1]) as 16-bit pairs.
+      const __m256i pairs02 = _mm256_unpacklo_epi32(mins_lo, mins_hi), pairs13 = _mm256_unpackhi_epi32(mins_lo, mins_hi);
+      const __m256i mins[4] = {_mm256_cvtepu8_epi16(_mm256_castsi256_si128(pairs02)),
+                               _mm256_cvtepu8_epi16(_mm256_castsi256_si128(pairs13)),
+                               _mm256_cvtepu8_epi16(_mm256_extracti128_si256(pairs02, 1)),
+                               _mm256_cvtepu8_epi16(_mm256_extracti128_si256(pairs13, 1))};
+      __m256i dots[T][2];
+      for (int t = 0; t < T; ++t) dots[t][0] = dots[t][1] = _mm256_setzero_si256();
+      for (int j = 0; j < 8; ++j) {
+        const uint8_t* q = g + 128 + 256 * (j / 2);
+        for (int h = 0; h < 2; ++h) {
+          __m256i products[T];
+          for (int t = 0; t < T; ++t) products[t] = _mm256_setzero_si256();
+          for (int k = 0; k < 4; ++k) {
+            const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * k + 32 * h));
+            const __m256i nibbles = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(raw, 4) : raw, low4);
+            for (int t = 0; t < T; ++t)
+              products[t] = _mm256_add_epi16(products[t],
+                                             _mm256_maddubs_epi16(nibbles, bytes8(x[t * blocks + b + j].q + 8 * k)));
+          }
+          const __m256i scale = _mm256_shuffle_epi8(_mm256_set1_epi32(int(scales[h][j])), spread);
+          for (int t = 0; t < T; ++t) dots[t][h] = _mm256_add_epi32(dots[t][h], _mm256_madd_epi16(products[t], scale));
+        }
+      }
+      for (int t = 0; t < T; ++t) {
+        const int16_t* s = sums + t * blocks + b;
+        __m256i min_sum = _mm256_setzero_si256();
+        for (int q = 0; q < 4; ++q) {
+          int32_t pair;
+          std::memcpy(&pair, s + 2 * q, 4);
+          min_sum = _mm256_add_epi32(min_sum, _mm256_madd_epi16(mins[q], _mm256_set1_epi32(pair)));
+        }
+        const __m256 ad = _mm256_broadcast_ss(&x[t * blocks + b].d);
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(dots[t][0], dots[t][1])), _mm256_mul_ps(d, ad),
+                                 acc[t]);
+        acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(min_sum), _mm256_mul_ps(dmin, ad), acc[t]);
+      }
+    }
+    for (int t = 0; t < T; ++t) _mm256_storeu_ps(y + t * ldy, acc[t]);
   }
 };
 

@@ -11,6 +11,11 @@
 //                                                   + s_hi * sum_i (q[i] >> 4) * a_hi[i]
 //   L::madd_mins(m, s)          sum_j m[j] * s[j] over 8 bytes m and 8 int16 s, as an L::Int
 //   L::madd_int(iacc, scale, acc)            acc + scale * iacc
+//   L::q8_0_x8<T>(g, x, blocks, y, ldy), L::q4_k_x8<T>(g, x, sums, blocks, y, ldy)
+//       a group of 8 rows in the Interleaved8 layout (util/quant.hpp) times T tokens: y[t * ldy + r].
+//       Each (row, token) gets its block's (Q8_0) or super-block's (Q4_K) exact integer sums, then
+//       acc = fma(float(sum), d * a.d, acc) (Q4_K: then acc = fma(-float(min sum), dmin * a.d, acc))
+//       in block order, in every lane type and for every T: the same bits in every ISA.
 // Integer sums are exact in every lane type, so ISAs differ only in the order of float additions.
 #include <algorithm>
 #include <vector>
@@ -100,6 +105,19 @@ void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int1
   }
 }
 
+// Groups of 8 interleaved rows from r0 to r1 (both multiples of 8).
+template <class L, int T>
+void interleaved_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int16_t* sums, float* y, int64_t r0,
+                                 int64_t r1) {
+  const int64_t blocks = m.cols / 32;
+  const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
+  const auto* base = static_cast<const uint8_t*>(m.data);
+  for (int64_t r = r0; r < r1; r += 8) {
+    if (m.dtype == DType::Q8_0) L::template q8_0_x8<T>(base + size_t(r) * row_bytes, x, blocks, y + r, m.rows);
+    else L::template q4_k_x8<T>(base + size_t(r) * row_bytes, x, sums, blocks, y + r, m.rows);
+  }
+}
+
 // Token pairs take turns over the rows, which stay in cache while the pairs read them.
 template <class L>
 void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, int tokens, float* y, int64_t r0, int64_t r1) {
@@ -113,6 +131,17 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, int tokens, fl
     for (int64_t i = 0; i < int64_t(tokens) * blocks; ++i) packed_sums[i] = int16_t(x[i].sum);
   }
   const auto sums_of = [&](int t) { return q4 ? packed_sums.data() + t * blocks : nullptr; };
+  if (m.layout == Layout::Interleaved8) {
+    // r0 is a multiple of 8 (matmul_batch's blocks of rows are), so the groups start at r0.
+    const int64_t grouped_end = std::max(r0, std::min(r1, m.rows / 8 * 8));
+    constexpr int kTokens = L::x8_tokens;
+    int t = 0;
+    for (; t + kTokens <= tokens; t += kTokens)
+      interleaved_rows_for_tokens<L, kTokens>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, grouped_end);
+    for (; t < tokens; ++t)
+      interleaved_rows_for_tokens<L, 1>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, grouped_end);
+    r0 = grouped_end;  // the rows after the last whole group lie as rows
+  }
   int t = 0;
   for (; t + 2 <= tokens; t += 2) quant_rows_for_tokens<L, 2>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, r1);
   for (; t < tokens; ++t) quant_rows_for_tokens<L, 1>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, r1);

@@ -217,6 +217,7 @@ void ExpertCache::read_expert(int key, Slot& s) {
     }
     if (!direct_io_) ::posix_fadvise(src.fd, off_t(begin), off_t(length), POSIX_FADV_DONTNEED);
     matrices[p]->data = buffer + lead;
+    kernels::interleave_rows8(*matrices[p], buffer + lead);  // as resident weights are (runtime/weights.cpp)
     buffer += room_[p];
   }
   s.weights = w;

@@ -47,6 +47,28 @@ class Binder {
   const Checkpoint& ck_;
 };
 
+// The matrices in memory of the model's own (Checkpoint::load_into_memory's writable copies),
+// rewritten into the layout the kernels read fastest (kernels::interleave_rows8). The embedding
+// table is read by rows (one per token), so it and an LM head tied to it keep theirs; matrices
+// left in the files (a mapped model, the expert cache's experts) are not touched here.
+void interleave_in_memory(ModelWeights& w) {
+  const auto interleave = [&](kernels::Matrix& m) {
+    if (m.data && m.data != w.embed.data) kernels::interleave_rows8(m, const_cast<void*>(m.data));
+  };
+  const auto interleave_swiglu = [&](SwiGluWeights& s) {
+    interleave(s.gate);
+    interleave(s.up);
+    interleave(s.down);
+  };
+  interleave(w.lm_head);
+  for (LayerWeights& L : w.layers) {
+    for (kernels::Matrix* m : {&L.q, &L.k, &L.v, &L.o, &L.router}) interleave(*m);
+    interleave_swiglu(L.dense);
+    interleave_swiglu(L.shared);
+    for (SwiGluWeights& e : L.experts) interleave_swiglu(e);
+  }
+}
+
 }  // namespace
 
 size_t SwiGluWeights::bytes() const {
@@ -118,6 +140,7 @@ Model::Model(const std::filesystem::path& dir, const ExpertCacheOptions& options
   const std::set<std::string> routed = routed_expert_tensors(config_);
   checkpoint_.load_into_memory([&](const std::string& name) { return !routed.count(name); });
   weights_ = bind_weights(config_, checkpoint_);
+  interleave_in_memory(weights_);
   expert_cache_ = std::make_unique<ExpertCache>(config_, checkpoint_, weights_, plan, options.policy, options.prefetch);
 }
 
@@ -129,6 +152,7 @@ void Model::load(WeightResidency residency) {
   }
   if (residency == WeightResidency::InMemory) checkpoint_.load_into_memory();
   weights_ = bind_weights(config_, checkpoint_);
+  if (residency == WeightResidency::InMemory) interleave_in_memory(weights_);
 }
 
 Model::~Model() = default;

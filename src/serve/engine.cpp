@@ -1,6 +1,7 @@
 #include "serve/engine.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <numeric>
@@ -280,10 +281,13 @@ void Engine::loop() {
 std::string Engine::metrics() {
   std::lock_guard lock(mutex_);
   std::string out;
-  char line[200];
+  // Built as a string, not in a fixed buffer: the longest help text left a 200-byte line room for
+  // only 5 digits of its value.
   const auto metric = [&](const char* name, const char* type, const char* help, double value) {
-    std::snprintf(line, sizeof line, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, value);
-    out += line;
+    char digits[32];  // the shortest text that reads back as the same double
+    const auto end = std::to_chars(digits, digits + sizeof digits, value).ptr;
+    out.append("# HELP ").append(name).append(" ").append(help).append("\n# TYPE ").append(name).append(" ");
+    out.append(type).append("\n").append(name).append(" ").append(digits, end).append("\n");
   };
   metric("crossmoe_requests_total", "counter", "Generation requests accepted", double(requests_));
   metric("crossmoe_requests_rejected_total", "counter", "Requests refused because the queue was full", double(rejected_));

@@ -139,4 +139,92 @@ void dequantize_row(DType type, const void* in, int64_t n, float* out) {
   }
 }
 
+namespace {
+
+// The interleaved layouts' quant bytes (quant.hpp): 32 bytes per row and span (a Q8_0 block's q, a
+// Q4_K pair of sub-blocks), 256 per group, byte n of row r at 64 * (n / 8) + kSlot[r] * 8 + n % 8.
+// kSlot: rows 0, 1, 4, 5 first, then 2, 3, 6, 7. It swaps 2 <-> 4 and 3 <-> 5, so it is its own
+// inverse: the row in slot s is kSlot[s] too.
+constexpr int kSlot[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+size_t span_offset(int row, int n) { return size_t(64 * (n / 8) + kSlot[row] * 8 + n % 8); }
+
+// Units of the Q4_K layout's 96 bytes of scales and mins, word by word.
+void store_unit(const uint8_t* unit, int u, uint8_t* out) {
+  for (int w = 0; w < 3; ++w) std::memcpy(out + 32 * w + 4 * u, unit + 4 * w, 4);
+}
+void load_unit(const uint8_t* in, int u, uint8_t* unit) {
+  for (int w = 0; w < 3; ++w) std::memcpy(unit + 4 * w, in + 32 * w + 4 * u, 4);
+}
+// The row of min slot s of unit u, and which of the pair m[2q], m[2q + 1] it holds (the scales'
+// slots hold rows in kSlot's order).
+int min_row(int u, int s) { return 4 * (u % 2) + s / 2; }
+int min_sub_block(int u, int s) { return 2 * (u / 2) + s % 2; }
+
+}  // namespace
+
+void interleave8_block(DType type, const void* rows, size_t stride, void* out) {
+  const auto* in = static_cast<const uint8_t*>(rows);
+  auto* o = static_cast<uint8_t*>(out);
+  const auto row = [&](int r) { return in + size_t(r) * stride; };
+  if (type == DType::Q8_0) {
+    for (int r = 0; r < 8; ++r) {
+      std::memcpy(o + 2 * r, row(r), 2);
+      for (int n = 0; n < 32; ++n) o[16 + span_offset(r, n)] = row(r)[2 + n];
+    }
+    return;
+  }
+  if (type != DType::Q4_K) throw Error("cannot interleave " + dtype_name(type));
+  int scales[8][8], mins[8][8];  // [row][sub-block]
+  for (int r = 0; r < 8; ++r) {
+    std::memcpy(o + 2 * r, row(r), 2);
+    std::memcpy(o + 16 + 2 * r, row(r) + 2, 2);
+    for (int j = 0; j < 8; ++j) q4_k_scale_min(row(r) + 4, j, &scales[r][j], &mins[r][j]);
+    for (int p = 0; p < 4; ++p)
+      for (int n = 0; n < 32; ++n) o[128 + 256 * p + span_offset(r, n)] = row(r)[16 + 32 * p + n];
+  }
+  for (int u = 0; u < 8; ++u) {
+    int unit_scales[8], unit_mins[8];
+    for (int s = 0; s < 8; ++s) {
+      unit_scales[s] = scales[kSlot[s]][u];
+      unit_mins[s] = mins[min_row(u, s)][min_sub_block(u, s)];
+    }
+    uint8_t unit[12];
+    q4_k_pack_scales_mins(unit_scales, unit_mins, unit);
+    store_unit(unit, u, o + 32);
+  }
+}
+
+void deinterleave8_block(DType type, const void* in, void* out) {
+  const auto* g = static_cast<const uint8_t*>(in);
+  auto* o = static_cast<uint8_t*>(out);
+  if (type == DType::Q8_0) {
+    for (int r = 0; r < 8; ++r) {
+      uint8_t* block = o + 34 * r;
+      std::memcpy(block, g + 2 * r, 2);
+      for (int n = 0; n < 32; ++n) block[2 + n] = g[16 + span_offset(r, n)];
+    }
+    return;
+  }
+  if (type != DType::Q4_K) throw Error("cannot deinterleave " + dtype_name(type));  // (per block: no message built)
+  int scales[8][8], mins[8][8];
+  for (int u = 0; u < 8; ++u) {
+    uint8_t unit[12];
+    load_unit(g + 32, u, unit);
+    for (int s = 0; s < 8; ++s) {
+      int sc, m;
+      q4_k_scale_min(unit, s, &sc, &m);
+      scales[kSlot[s]][u] = sc;
+      mins[min_row(u, s)][min_sub_block(u, s)] = m;
+    }
+  }
+  for (int r = 0; r < 8; ++r) {
+    uint8_t* block = o + 144 * r;
+    std::memcpy(block, g + 2 * r, 2);
+    std::memcpy(block + 2, g + 16 + 2 * r, 2);
+    q4_k_pack_scales_mins(scales[r], mins[r], block + 4);
+    for (int p = 0; p < 4; ++p)
+      for (int n = 0; n < 32; ++n) block[16 + 32 * p + n] = g[128 + 256 * p + span_offset(r, n)];
+  }
+}
+
 }  // namespace crossmoe::quant

@@ -20,6 +20,23 @@
 //   Q4_K: each sub-block's grid [-dmin * m, d * sc * 15 - dmin * m] is made to cover its values
 //     (mins and scales rounded up), so |x - value| <= d * sc / 2, and
 //     d * sc < (max(x_j) - min(0, min(x_j)) + dmin) / 15 + d.
+//
+// Rows interleaved 8 at a time: the kernels' layout, made when weights are loaded
+// (kernels::interleave_rows8), after llama.cpp's repacked q4_K_8x8. A group of 8 rows keeps its
+// bytes (8 rows' worth) but holds, for each block index b in turn, the 8 rows' b-th blocks mixed so
+// that one 32-byte load holds 8 bytes of 4 rows and one pass over an activation block serves all 8:
+//   Q8_0, 272 bytes: fp16 d of rows 0..7 | 4 chunks k of 64 bytes: bytes 8k..8k+7 of q of rows 0,
+//        1, 4, 5, then of rows 2, 3, 6, 7 (a 32-bit sum per row pair of lanes, so one vphaddd of the
+//        two halves lines the 8 rows up in order)
+//   Q4_K, 1152 bytes: fp16 d of rows 0..7 | fp16 dmin of rows 0..7 | 96 bytes of scales and mins |
+//        1024 bytes of nibbles: per pair p of sub-blocks, 256 bytes in Q8_0's 4 chunks of 64 (bytes
+//        8k..8k+7 of the pair's 32 bytes of rows 0, 1, 4, 5, then of rows 2, 3, 6, 7)
+//     The 96 bytes: 8 units u of 12 bytes in Q4_K's packing (q4_k_pack_scales_mins), stored word by
+//     word (bytes 0..3 of units 0..7, then bytes 4..7, then 8..11), so that one vector pass unpacks
+//     all 8. Unit u's 8 "scales" are sc[u] of rows 0, 1, 4, 5, 2, 3, 6, 7; its 8 "mins" are, for
+//     q = u / 2 and the rows 4h .. 4h + 3 with h = u % 2, m[2q] and m[2q + 1] of each row in turn
+//     (pairs ready for a 16-bit multiply-add against two activation blocks' sums).
+// Rows past the last whole group stay as they were.
 #include <bit>
 #include <cstdint>
 #include <cstring>
@@ -60,6 +77,12 @@ inline void q4_k_scales_mins(const uint8_t* packed, uint8_t* scales, uint8_t* mi
   std::memcpy(mins, m, 8);
 }
 void q4_k_pack_scales_mins(const int* scales, const int* mins, uint8_t* packed);
+
+// One block index of a group of 8 rows, Q8_0 or Q4_K: interleave8_block reads row r's block at
+// rows + r * stride and writes the group's 8 * block bytes; deinterleave8_block is its inverse,
+// writing row r's block at out + r * block bytes.
+void interleave8_block(DType type, const void* rows, size_t stride, void* out);
+void deinterleave8_block(DType type, const void* in, void* out);
 
 // A little-endian fp16 field of a block (any alignment).
 inline float read_half(const void* p) {
