@@ -850,10 +850,16 @@ TEST(TrainerResume, WholeModelCheckpointsStillResume) {
   };
   const std::vector<std::string> full = log_lines(o.out_dir / "log.csv");
   ASSERT_EQ(full.size(), 3u);
-  {
+  const auto write_log_cut = [&](int columns) {  // each line without its last `columns` cells
     std::ofstream older(o.out_dir / "log.csv", std::ios::trunc);
-    for (const std::string& line : full) older << line.substr(0, line.rfind(',')) << "\n";
-  }
+    for (std::string line : full) {
+      for (int c = 0; c < columns; ++c) line = line.substr(0, line.rfind(','));
+      older << line << "\n";
+    }
+  };
+  write_log_cut(2);  // no run wrote these columns: another run's log
+  EXPECT_NE(error_of([&] { train_model(c, o); }).find("log.csv has other columns than this run writes"), std::string::npos);
+  write_log_cut(1);
   const TrainResult r = train_model(c, o);
   EXPECT_EQ(r.steps, 4);
   EXPECT_EQ(file_bytes(straight.out_dir / "model" / "model.safetensors"), file_bytes(r.model_dir / "model.safetensors"));

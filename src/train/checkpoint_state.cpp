@@ -196,14 +196,13 @@ std::optional<fs::path> starting_checkpoint_dir(const fs::path& out_dir, bool re
   return scan.complete;
 }
 
-void keep_log_rows(const fs::path& csv, const std::string& header, int64_t last) {
+void keep_log_rows(const fs::path& csv, const std::string& header, int64_t last, const std::string& earlier_header) {
   const auto columns = std::count(header.begin(), header.end(), ',') + 1;
   std::vector<std::string> keep{header};
   if (std::ifstream in(csv); in) {
     std::string line;
     std::getline(in, line);
-    // A log written before columns were added has the first ones: its rows get the others empty.
-    require(line == header || header.rfind(line + ",", 0) == 0,
+    require(line == header || (!earlier_header.empty() && line == earlier_header && header.rfind(line + ",", 0) == 0),
             csv.string() + " has other columns than this run writes (" + header +
                 "): a log of another run? choose another --out");
     const auto written = std::count(line.begin(), line.end(), ',') + 1;

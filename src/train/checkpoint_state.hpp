@@ -84,9 +84,11 @@ std::optional<std::filesystem::path> starting_checkpoint_dir(const std::filesyst
 
 // Rewrites csv (by rename: a kill never loses it) with `header` and the complete rows numbered up
 // to `last` (a resumed run writes what follows; a row cut short by a kill is dropped). An existing
-// log with another header is an Error (another run's columns, e.g. other --game), but for one whose
-// columns are the first of `header` (written before the others were added): those stay empty.
-void keep_log_rows(const std::filesystem::path& csv, const std::string& header, int64_t last);
+// log with another header is an Error (another run's columns, e.g. other --game), but for
+// `earlier_header`, the first columns of `header` (what runs wrote before the others were appended):
+// its rows get those empty.
+void keep_log_rows(const std::filesystem::path& csv, const std::string& header, int64_t last,
+                   const std::string& earlier_header = "");
 
 // ---- crossmoe train: state.json holds step, tokens, elapsed_s, config (the model description)
 // and settings (training_settings) ----

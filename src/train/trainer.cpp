@@ -133,9 +133,10 @@ struct LogRow {
   std::optional<double> mfu;    // model FLOPs utilisation of all ranks' devices (with --peak-tflops)
   std::optional<double> val_loss;
 };
-// (tokens_per_s_per_rank came later: logs of earlier runs lack it, keep_log_rows adds it empty.)
 constexpr const char* kCsvHeader =
     "step,tokens,lr,loss,aux_loss,grad_norm,val_loss,val_ppl,tokens_per_s,comm_s,mfu,elapsed_s,tokens_per_s_per_rank";
+// Runs before tokens_per_s_per_rank was added wrote these: they resume with it empty in the earlier rows.
+constexpr const char* kEarlierCsvHeader = "step,tokens,lr,loss,aux_loss,grad_norm,val_loss,val_ppl,tokens_per_s,comm_s,mfu,elapsed_s";
 
 void append_csv(const fs::path& path, const LogRow& r) {
   std::ofstream out(path, std::ios::app);
@@ -392,7 +393,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
                                                ") is smaller than the tokenizer's (" + std::to_string(data_vocab) + ")");
   require_ids_below(train_tokens, config.vocab_size, (o.data_dir / "train.bin").string());
   require_ids_below(val_tokens, config.vocab_size, (o.data_dir / "val.bin").string());
-  if (leader) keep_log_rows(csv, kCsvHeader, start_step);
+  if (leader) keep_log_rows(csv, kCsvHeader, start_step, kEarlierCsvHeader);
   const nlohmann::json settings = training_settings(o);
 
   const std::vector<std::string> trainable = model->trainable_names();
