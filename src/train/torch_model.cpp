@@ -466,11 +466,13 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
       key = torch::tensor(rank_of, flat.options()).index_select(0, flat) * C + flat;
     }
     const torch::Tensor order = std::get<1>(key.sort(c10::optional<bool>(true), 0));  // stable
-    const int64_t expert_width = w(tn::expert(c, plan.candidates[0].owner_layer, plan.candidates[0].index, Proj::Gate)).size(0);
-    const bool grouped_mm = (options.grouped_experts == GroupedExperts::GroupedMM ||
-                             options.grouped_experts == GroupedExperts::Auto) &&
-                            grouped_mm_available(device_) && cd == torch::kBFloat16 && ep.ranks == 1 &&
-                            options.capacity_factor <= 0 && u.size(1) % 8 == 0 && expert_width % 8 == 0;
+    // (Under expert parallelism this rank may hold none of the candidates, so their width is looked
+    // up last.)
+    const bool grouped_mm =
+        (options.grouped_experts == GroupedExperts::GroupedMM || options.grouped_experts == GroupedExperts::Auto) &&
+        grouped_mm_available(device_) && cd == torch::kBFloat16 && ep.ranks == 1 && options.capacity_factor <= 0 &&
+        u.size(1) % 8 == 0 &&
+        w(tn::expert(c, plan.candidates[0].owner_layer, plan.candidates[0].index, Proj::Gate)).size(0) % 8 == 0;
     require(grouped_mm || options.grouped_experts != GroupedExperts::GroupedMM,
             "trainer: grouped expert products need libtorch 2.8 or later on CUDA, bf16, one expert-parallel rank, "
             "no capacity factor, and widths that are multiples of 8");
