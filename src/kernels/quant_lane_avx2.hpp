@@ -83,7 +83,10 @@ struct QuantLaneAvx2 {
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
     const __m256i ones = _mm256_set1_epi16(1);
     for (int64_t b = 0; b < blocks; ++b, g += 8 * 34) {
-      if constexpr (T == 1) __builtin_prefetch(g + 8 * 34 * 4);
+      // One token reads each group once from memory: every line of the block 8 blocks ahead is
+      // asked for (a group's blocks lie back to back; one line in four was not enough).
+      if constexpr (T == 1)
+        for (int line = 0; line < 8 * 34; line += 64) __builtin_prefetch(g + 8 * (8 * 34) + line);
       const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
       __m256i sums[T][2];
       for (int t = 0; t < T; ++t) sums[t][0] = sums[t][1] = _mm256_setzero_si256();
@@ -119,7 +122,7 @@ struct QuantLaneAvx2 {
                                             2, -1, 2, -1, 2, -1, 2, -1, 3, -1, 3, -1, 3, -1, 3, -1);
     for (int64_t b = 0; b < blocks; b += 8, g += 8 * 144) {
       if constexpr (T == 1)
-        for (int line = 0; line < 8 * 144; line += 64) __builtin_prefetch(g + 8 * 144 + line);
+        for (int line = 0; line < 8 * 144; line += 64) __builtin_prefetch(g + 2 * (8 * 144) + line);
       const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
       const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 16)));
       const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 32));
