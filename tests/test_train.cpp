@@ -212,6 +212,19 @@ TEST_P(TrainedModelMatchesRuntime, BatchedExpertsMatchTheLoop) {
       EXPECT_LT((grads[0] - grads[i]).abs().max().item<double>(), 1e-12) << "capacity " << capacity << " path " << i;
     }
   }
+  // Grouped products (at::_grouped_mm) run on CUDA in bf16 only; asked for here, a clear error.
+  ASSERT_FALSE(grouped_mm_available(torch::kCPU));
+  TorchModel model(c, 5, torch::kCPU, torch::kDouble);
+  ForwardOptions fo;
+  fo.compute_dtype = torch::kDouble;
+  fo.grouped_experts = GroupedExperts::GroupedMM;
+  try {
+    model.forward(torch::zeros({1, 3}, torch::kInt64), fo);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("grouped expert products need libtorch 2.8 or later on CUDA"), std::string::npos)
+        << e.what();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, TrainedModelMatchesRuntime, ::testing::ValuesIn(layouts()),

@@ -92,6 +92,14 @@ torch::Tensor open_candidates(int C, int pool, std::mt19937_64& rng) {
 // candidate. Token masks are drawn for the global micro-batch and this rank takes its rows, so
 // data parallelism sees the masks one process would.
 constexpr int kTokenMaskBank = 256;
+GroupedExperts expert_products(const std::string& name) {
+  if (name == "grouped") return GroupedExperts::GroupedMM;
+  if (name == "padded") return GroupedExperts::On;
+  if (name == "loop") return GroupedExperts::Off;
+  if (name == "dense") return GroupedExperts::Dense;
+  return GroupedExperts::Auto;
+}
+
 std::vector<torch::Tensor> psr_masks(const ModelConfig& c, const TrainOptions& o, int64_t step, int micro, int rank,
                                      int local_rows) {
   std::vector<torch::Tensor> allowed(static_cast<size_t>(c.num_layers));
@@ -593,7 +601,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   LogRow row;
   TrainResult result;
   for (int64_t step = start_step; step < o.steps; ++step) {
-    ForwardOptions fo{{}, compute, o.capacity_factor};
+    ForwardOptions fo{{}, compute, o.capacity_factor, expert_products(o.expert_products)};
     if (comm) {
       fo.sum_over_ranks = sum_over_ranks;
       fo.ranks = data_ranks;
