@@ -59,6 +59,12 @@ if [ -f "$CUDA_INCLUDE/cuda_runtime_api.h" ]; then
     if [ -f "$cudart" ]; then cuda_link=("$cudart" -Wl,-rpath,"$(dirname "$cudart")"); break; fi
   done
 fi
+# The experts' grouped matrix products (at::_grouped_mm, libtorch 2.8 or later), when this libtorch has them.
+if [ "$mode" = build ] && printf '#include <ATen/ATen.h>\nat::Tensor f(const at::Tensor& a, const at::Tensor& b, const at::Tensor& e) { return at::_grouped_mm(a, b, e); }\n' |
+     g++ "${flags[@]}" -x c++ -fsyntax-only - 2>/dev/null; then
+  flags+=(-DCROSSMOE_HAVE_GROUPED_MM)
+  echo "grouped expert products: on (at::_grouped_mm)"
+fi
 shopt -s nullglob  # no generated sources prepared (`commands` on a fresh folder): none listed
 srcs=(src/*/*.cpp apps/crossmoe/*.cpp "$dir"/gen/*.cpp)
 object() { echo "$dir/obj/$(echo "$1" | tr / _).o"; }

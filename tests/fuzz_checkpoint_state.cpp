@@ -1,8 +1,10 @@
 // A checkpoint's state.json, as `train --resume` and `rl selfplay --resume` read it: the trainer's
 // (step, tokens, the model description, the training settings), then what resuming does with it
 // (the model's parameter counts, the settings applied to the options, range-checked and compared
-// with the checkpoint's), or self-play's (iteration, optimizer steps, the model it started from).
-// Every Error the reader raises must name the file.
+// with the checkpoint's), or self-play's (iteration, optimizer steps, the model it started from);
+// or a per-rank checkpoint's manifest.json (the layout and the shards), and what deciding whether
+// the checkpoint is complete makes of it. Every Error the reader raises must name the file.
+#include <optional>
 #include <string>
 
 #include "fuzz_harness.hpp"
@@ -15,6 +17,25 @@ CROSSMOE_FUZZ_TARGET(bytes) {
   const auto dir = fuzz::scratch_dir() / "checkpoint";
   std::filesystem::create_directories(dir);
   fuzz::write_scratch("checkpoint/state.json", bytes);
+  if (bytes.find("\"shards\"") != std::string::npos) {
+    fuzz::write_scratch("checkpoint/manifest.json", bytes);
+    const std::optional<std::string> defect = checkpoint_defect(dir);  // never throws: says what is wrong
+    fuzz::check(defect.has_value(), "a checkpoint without its shard files counted as complete");
+    CheckpointManifest m;
+    try {
+      m = read_checkpoint_manifest(dir);
+    } catch (const Error& e) {
+      fuzz::check(std::string(e.what()).find((dir / "manifest.json").string()) != std::string::npos,
+                  "an error that does not name the checkpoint's manifest.json");
+      throw;
+    }
+    fuzz::check(m.world >= 1 && m.world % (m.tp * m.ep) == 0 && m.shards.size() == size_t(m.world),
+                "a manifest of an impossible layout was accepted");
+    for (size_t r = 0; r < m.shards.size(); ++r)
+      fuzz::check(m.shards[r].rank == int(r) && m.shards[r].file == checkpoint_shard_name(int(r)) && m.shards[r].bytes >= 0,
+                  "a shard other than its rank's file was accepted");
+    return;
+  }
   const bool selfplay = bytes.find("\"iteration\"") != std::string::npos;
   CheckpointInfo info;
   try {

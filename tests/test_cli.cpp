@@ -20,6 +20,7 @@
 #include "train_log.hpp"
 #include "util/json_file.hpp"
 #ifdef CROSSMOE_HAVE_TORCH
+#include "train/checkpoint_state.hpp"
 #include "train/torch_model.hpp"
 #include "runtime/forward.hpp"
 #endif
@@ -544,22 +545,27 @@ TEST_F(CliTrain, DataParallelEqualsOneProcess) {
     EXPECT_NE(two.out.find("launched after the backward pass instead of during it: 0 of "), std::string::npos) << two.out;
   }
   {  // mfu: tokens/s x the model's FLOPs per token / (2 x 1 GFLOP/s), so a constant ratio to tokens/s;
-     // without --peak-tflops the column stays empty
-    const auto mfu_ratios = [](const fs::path& csv) {
+     // without --peak-tflops the column stays empty; tokens/s per rank: the total's share of each process
+    const auto mfu_ratios = [](const fs::path& csv, int processes) {
       std::ifstream in(csv);
       std::string line;
       std::getline(in, line);
-      EXPECT_EQ(line, "step,tokens,lr,loss,aux_loss,grad_norm,val_loss,val_ppl,tokens_per_s,comm_s,mfu,elapsed_s");
+      EXPECT_EQ(line, "step,tokens,lr,loss,aux_loss,grad_norm,val_loss,val_ppl,tokens_per_s,comm_s,mfu,elapsed_s,"
+                      "tokens_per_s_per_rank");
       std::vector<double> ratios;
       while (std::getline(in, line)) {
         std::vector<std::string> cells;
         std::stringstream ss(line);
         for (std::string cell; std::getline(ss, cell, ',');) cells.push_back(cell);
-        ratios.push_back(cells.at(10).empty() ? 0.0 : std::stod(cells.at(10)) / std::stod(cells.at(8)));
+        const double total = std::stod(cells.at(8));
+        EXPECT_GT(total, 0) << line;
+        EXPECT_NEAR(std::stod(cells.at(12)), total / processes, 0.1) << line;
+        ratios.push_back(cells.at(10).empty() ? 0.0 : std::stod(cells.at(10)) / total);
       }
       return ratios;
     };
-    const std::vector<double> with = mfu_ratios(dir_ / "dp_two" / "log.csv"), without = mfu_ratios(dir_ / "dp_one" / "log.csv");
+    const std::vector<double> with = mfu_ratios(dir_ / "dp_two" / "log.csv", 2),
+                              without = mfu_ratios(dir_ / "dp_one" / "log.csv", 1);
     ASSERT_FALSE(with.empty());
     for (double r : with) EXPECT_NEAR(r, with[0], 1e-3 * with[0]);
     EXPECT_GT(with[0], 0.0);
@@ -679,7 +685,33 @@ TEST_F(CliTrain, TensorParallelEqualsOneProcess) {
   ASSERT_EQ(with_ep.code, 0) << with_ep.out;
   EXPECT_NE(with_ep.out.find("routed experts of every pool, sliced by its tensor-parallel group"), std::string::npos)
       << with_ep.out;
-  for (const char* run_name : {"tp_two", "tp_mixed", "tp_from_one", "tp_ep"}) {
+  // Checkpoints per rank, resharded on resume: the same run stopped after step 3 leaves 4 shards and
+  // a manifest of its layout, and resumes on 1 process and on --nproc 2 --ep 2; with a shard cut
+  // short, resuming is refused and names it.
+  ASSERT_EQ(run(replaced(args, "tp_one", "tp_ep_to_one") + "--nproc 4 --tp 2 --ep 2 --shard-optimizer --stop-after 3").code, 0);
+  const fs::path stopped = dir_ / "tp_ep_to_one" / "checkpoints" / "step-0000003";
+  const nlohmann::json manifest = crossmoe::read_json_file(stopped / "manifest.json");
+  EXPECT_EQ(manifest["world"], 4);
+  EXPECT_EQ(manifest["tp"], 2);
+  EXPECT_EQ(manifest["ep"], 2);
+  EXPECT_EQ(manifest["shard_optimizer"], true);
+  ASSERT_EQ(manifest["shards"].size(), 4u);
+  for (int r = 0; r < 4; ++r) {  // every rank holds a piece of the state that no other rank holds
+    const fs::path shard = stopped / crossmoe::train::checkpoint_shard_name(r);
+    EXPECT_EQ(manifest["shards"][r]["bytes"], fs::file_size(shard)) << r;
+    EXPECT_FALSE(crossmoe::train::load_tensors(shard, torch::kCPU).empty()) << r;
+  }
+  for (const char* copy : {"tp_ep_to_ep", "tp_ep_damaged"})
+    fs::copy(dir_ / "tp_ep_to_one", dir_ / copy, fs::copy_options::recursive);
+  ASSERT_EQ(run("train -o " + (dir_ / "tp_ep_to_one").string() + " --resume --threads 1").code, 0);
+  const Result to_ep = run("train -o " + (dir_ / "tp_ep_to_ep").string() + " --resume --threads 1 --nproc 2 --ep 2");
+  ASSERT_EQ(to_ep.code, 0) << to_ep.out;
+  const fs::path damaged = dir_ / "tp_ep_damaged" / "checkpoints" / "step-0000003" / "rank-00002.safetensors";
+  fs::resize_file(damaged, fs::file_size(damaged) - 100);
+  expect_one_line_error(run("train -o " + (dir_ / "tp_ep_damaged").string() + " --resume --threads 1"),
+                        "no complete checkpoint to resume from (" + damaged.parent_path().string() +
+                            ": rank-00002.safetensors holds");
+  for (const char* run_name : {"tp_two", "tp_mixed", "tp_from_one", "tp_ep", "tp_ep_to_one", "tp_ep_to_ep"}) {
     SCOPED_TRACE(run_name);
     expect_same_run(dir_ / "tp_one", dir_ / run_name);
   }

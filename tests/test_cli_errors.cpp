@@ -163,6 +163,7 @@ TEST_F(CliErrors, EveryCommandFailsWithOneErrorLineAndExitCode) {
 #ifdef CROSSMOE_HAVE_TORCH
       {"train --data {dir}/none -o {dir}/run --steps x", 2, "--steps"},
       {"train", 2, "required"},
+      {"train --data {dir}/none -o {dir}/run --expert-products fast", 2, "--expert-products"},
       {"rl selfplay {good} -o {dir}/rl --iterations 0", 2, "--iterations: expected a whole number from 1"},
       {"rl selfplay {good} -o {dir}/rl --temperature -1", 2, "--temperature: expected a number of at least 0"},
       {"rl selfplay {good} -o {dir}/rl --top-k -3", 2, "--top-k"},

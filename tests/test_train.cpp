@@ -212,6 +212,19 @@ TEST_P(TrainedModelMatchesRuntime, BatchedExpertsMatchTheLoop) {
       EXPECT_LT((grads[0] - grads[i]).abs().max().item<double>(), 1e-12) << "capacity " << capacity << " path " << i;
     }
   }
+  // Grouped products (at::_grouped_mm) run on CUDA in bf16 only; asked for here, a clear error.
+  ASSERT_FALSE(grouped_mm_available(torch::kCPU));
+  TorchModel model(c, 5, torch::kCPU, torch::kDouble);
+  ForwardOptions fo;
+  fo.compute_dtype = torch::kDouble;
+  fo.grouped_experts = GroupedExperts::GroupedMM;
+  try {
+    model.forward(torch::zeros({1, 3}, torch::kInt64), fo);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("grouped expert products need libtorch 2.8 or later on CUDA"), std::string::npos)
+        << e.what();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, TrainedModelMatchesRuntime, ::testing::ValuesIn(layouts()),
@@ -678,9 +691,11 @@ TEST(TrainerResume, FindsTheNewestCompleteCheckpointWithoutLatest) {
     const fs::path latest = o.out_dir / "checkpoints" / "latest";
     if (std::string(damage) == "missing") fs::remove(latest);
     else std::ofstream(latest, std::ios::trunc);
-    // A newer checkpoint directory without its optimizer state is not complete: skipped.
-    fs::create_directories(o.out_dir / "checkpoints" / "step-0000004");
-    fs::copy_file(o.out_dir / "checkpoints" / "step-0000003" / "state.json", o.out_dir / "checkpoints" / "step-0000004" / "state.json");
+    // A newer checkpoint directory without its shards, or with one truncated, is not complete: skipped.
+    const fs::path newer = o.out_dir / "checkpoints" / "step-0000004", shard = newer / checkpoint_shard_name(0);
+    fs::copy(o.out_dir / "checkpoints" / "step-0000003", newer);
+    if (std::string(damage) == "missing") fs::remove(shard);
+    else fs::resize_file(shard, fs::file_size(shard) - 1);
     const TrainResult r = train_model(c, o);
     EXPECT_EQ(r.steps, 5);
     EXPECT_EQ(file_bytes(straight.out_dir / "model" / "model.safetensors"), file_bytes(r.model_dir / "model.safetensors"))
@@ -774,17 +789,98 @@ TEST(TrainerResume, CorruptCheckpointFilesAreClearErrors) {
   bad_config["config"]["num_hidden_layers"] = -1;
   write_json_file(ckpt / "state.json", bad_config);
   expect_error("bad config", "state.json: config:");
-  fs::resize_file(ckpt / "model.safetensors", fs::file_size(ckpt / "model.safetensors") / 2);
-  expect_error("truncated weights", "model.safetensors");
-  auto tensors = load_tensors(ckpt / "optimizer.safetensors", torch::kCPU);
+  const std::string manifest = file_bytes(ckpt / kCheckpointManifest);
+  std::ofstream(ckpt / kCheckpointManifest, std::ios::trunc) << manifest.substr(0, manifest.size() / 2);
+  expect_error("truncated manifest", "manifest.json: invalid JSON");
+  for (auto [key, value, fragment] : std::vector<std::tuple<std::string, nlohmann::json, std::string>>{
+           {"world", 0, "'world' must be an integer from 1 to"},
+           {"tp", 2, "'tp' must be an integer from 1 to 1"},
+           {"shard_optimizer", "no", "'shard_optimizer' must be true or false"},
+           {"shards", nlohmann::json::array(), "'shards' must be a list of 'world' (1) shards"},
+           {"shards", {{{"rank", 0}, {"file", "../model.safetensors"}, {"bytes", 8}}},
+            "shards[0]: 'file' must be rank-00000.safetensors"}}) {
+    nlohmann::json bad = nlohmann::json::parse(manifest);
+    bad[key] = value;
+    write_json_file(ckpt / kCheckpointManifest, bad);
+    expect_error(key, fragment);
+  }
+  // Every error about the files names the checkpoint and says that there is none complete.
+  const fs::path shard = ckpt / checkpoint_shard_name(0);
+  fs::resize_file(shard, fs::file_size(shard) / 2);
+  expect_error("truncated shard", "no complete checkpoint to resume from (" + ckpt.string() + ": rank-00000.safetensors holds");
+  fs::remove(shard);
+  expect_error("missing shard", "rank-00000.safetensors is missing");
+  // A shard rewritten whole (the manifest told its new size) is read tensor by tensor.
+  const auto rewrite_shard = [&](const std::map<std::string, torch::Tensor>& tensors) {
+    save_tensors(shard, tensors);
+    nlohmann::json m = nlohmann::json::parse(manifest);
+    m["shards"][0]["bytes"] = fs::file_size(shard);
+    write_json_file(ckpt / kCheckpointManifest, m);
+  };
+  auto tensors = load_tensors(shard, torch::kCPU);
+  ASSERT_TRUE(tensors.count("w.model.embed_tokens.weight") && tensors.count("m.model.embed_tokens.weight"));
   tensors["x.unknown"] = torch::zeros({1});
-  save_tensors(ckpt / "optimizer.safetensors", tensors);
-  expect_error("unknown optimizer tensor", "optimizer.safetensors: unexpected tensor 'x.unknown'");
-  tensors = load_tensors(ckpt / "model.safetensors", torch::kCPU);
-  tensors.begin()->second = torch::zeros({3});
-  save_tensors(ckpt / "model.safetensors", tensors);
-  expect_error("wrong shape", "has the wrong shape");
+  rewrite_shard(tensors);
+  expect_error("unknown tensor", "rank-00000.safetensors: unexpected tensor 'x.unknown'");
+  tensors = load_tensors(shard, torch::kCPU);
+  tensors["w.model.embed_tokens.weight"] = torch::zeros({3});
+  rewrite_shard(tensors);
+  expect_error("wrong shape", "model.embed_tokens.weight has the wrong shape");
+  tensors = load_tensors(shard, torch::kCPU);
+  tensors.erase("v.model.embed_tokens.weight");
+  rewrite_shard(tensors);
+  expect_error("a moment alone", "m.model.embed_tokens.weight without v.model.embed_tokens.weight");
   EXPECT_EQ(train_model(c, o).steps, 4);  // and the restored checkpoint still resumes
+}
+
+// Checkpoints written before they were per rank hold the whole model and optimizer state
+// (model.safetensors, optimizer.safetensors: what self-play still writes), and the logs of those
+// runs lack the last column (tokens_per_s_per_rank): a run resumes from them as from its own, bit for
+// bit, its earlier rows getting the new column empty.
+TEST(TrainerResume, WholeModelCheckpointsStillResume) {
+  ModelConfig c = small("megrez2");
+  c.finalize();
+  const fs::path data = make_data(c.vocab_size);
+  TrainOptions straight = quick_options(data, temp_dir("resume_whole_straight"));
+  straight.steps = 4;
+  train_model(c, straight);
+  const TrainOptions o = stopped_run(c, data, "resume_whole", 4, 2);
+  const fs::path ckpt = o.out_dir / "checkpoints" / "step-0000002";
+  TorchModel model(c, 0, torch::kCPU);
+  AdamW adam;
+  load_checkpoint_tensors(ckpt, model, adam);
+  EXPECT_FALSE(adam.m.empty());
+  const nlohmann::json state = read_json_file(ckpt / "state.json");
+  fs::remove_all(ckpt);
+  save_checkpoint(ckpt, model, adam, state);
+  ASSERT_TRUE(fs::exists(ckpt / "model.safetensors"));
+  ASSERT_FALSE(fs::exists(ckpt / kCheckpointManifest));
+  const auto log_lines = [](const fs::path& csv) {
+    std::vector<std::string> lines;
+    std::ifstream in(csv);
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    return lines;
+  };
+  const std::vector<std::string> full = log_lines(o.out_dir / "log.csv");
+  ASSERT_EQ(full.size(), 3u);
+  const auto write_log_cut = [&](int columns) {  // each line without its last `columns` cells
+    std::ofstream older(o.out_dir / "log.csv", std::ios::trunc);
+    for (std::string line : full) {
+      for (int c = 0; c < columns; ++c) line = line.substr(0, line.rfind(','));
+      older << line << "\n";
+    }
+  };
+  write_log_cut(2);  // no run wrote these columns: another run's log
+  EXPECT_NE(error_of([&] { train_model(c, o); }).find("log.csv has other columns than this run writes"), std::string::npos);
+  write_log_cut(1);
+  const TrainResult r = train_model(c, o);
+  EXPECT_EQ(r.steps, 4);
+  EXPECT_EQ(file_bytes(straight.out_dir / "model" / "model.safetensors"), file_bytes(r.model_dir / "model.safetensors"));
+  const std::vector<std::string> resumed = log_lines(o.out_dir / "log.csv");
+  ASSERT_EQ(resumed.size(), 5u);
+  EXPECT_EQ(resumed[0], full[0]);
+  for (size_t i = 1; i < resumed.size(); ++i)
+    EXPECT_EQ(resumed[i].back() == ',', i <= 2) << resumed[i];  // rows 1 and 2 from the older log
 }
 
 TEST(TrainerOptions, OutOfRangeOptionsNameTheFlag) {

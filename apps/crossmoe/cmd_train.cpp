@@ -124,6 +124,9 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
             "--batch " + std::to_string(o.batch_size) + " must divide among the " + std::to_string(groups) +
                 (o.tensor_parallel > 1 ? " tensor-parallel groups" : " --nproc processes") + " (it is the global batch)");
     require(o.device == "cpu", "--nproc runs on the CPU (Gloo) for now; --device " + o.device + " is not supported");
+    require(train::Communicator::available(),
+            "--nproc needs c10d's Gloo backend, which this build lacks (libtorch without Gloo's headers: "
+            "install libgloo-dev and rebuild)");
   }
 
   const bool sft = !o.sft_file.empty();
@@ -243,9 +246,16 @@ void add_train(CLI::App& app) {
                   "PSR's random masks: one per layer and step for the whole batch (step), or one per token (token)")
       ->check(CLI::IsMember({"step", "token"}))
       ->capture_default_str();
+  cmd->add_option("--expert-products", o.expert_products,
+                  "How a training step runs the routed experts: grouped (grouped matrix products, no host sync: "
+                  "libtorch 2.8 or later on CUDA, bf16), padded (batched products over rows padded to the busiest "
+                  "expert), loop (one product per expert), dense (every expert on every token); auto = grouped where "
+                  "it applies, else padded on CUDA and loop on the CPU")
+      ->check(CLI::IsMember({"auto", "grouped", "padded", "loop", "dense"}))
+      ->capture_default_str();
   cmd->add_option("--eval-every", o.eval_every, "Validation every N steps")->capture_default_str();
   cmd->add_option("--eval-batches", o.eval_batches, "Validation batches (windows spread evenly over the held-out tokens)")->capture_default_str();
-  cmd->add_option("--save-every", o.save_every, "Checkpoint every N steps (and at the end)")->capture_default_str();
+  cmd->add_option("--save-every", o.save_every, "Checkpoint every N steps (and at the end); each process writes its share, and it resumes on any --nproc, --tp, --ep")->capture_default_str();
   cmd->add_option("--log-every", o.log_every, "CSV row every N steps")->capture_default_str();
   cmd->add_option("--seed", o.seed, "Seed for the init, batches and PSR masks")->capture_default_str();
   cmd->add_option("--device", o.device, "cpu or cuda")->capture_default_str();

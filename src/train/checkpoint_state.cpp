@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <vector>
 
 #include "model/hf_config.hpp"
@@ -29,14 +30,16 @@ std::optional<int64_t> checkpoint_number(const std::string& name, const Checkpoi
   return std::stoll(name.substr(prefix.size()));
 }
 
-// The fields of a state.json, each checked: a message naming the file and the key otherwise.
-class StateFields {
+// The fields of a JSON object (a state.json, a manifest.json or an object inside one), each checked:
+// a message naming the file and the key otherwise.
+class CheckedFields {
  public:
-  explicit StateFields(const fs::path& dir) : path_(dir / "state.json"), state_(read_json_file(path_)) {
-    require(state_.is_object(), where() + "expected a JSON object");
+  explicit CheckedFields(const fs::path& file) : CheckedFields(file.string() + ": ", read_json_file(file)) {}
+  CheckedFields(std::string where, nlohmann::json object) : where_(std::move(where)), state_(std::move(object)) {
+    require(state_.is_object(), where_ + "expected a JSON object");
   }
   const nlohmann::json& json() const { return state_; }
-  std::string where() const { return path_.string() + ": "; }
+  const std::string& where() const { return where_; }
 
   // An integer in [low, high].
   int64_t integer(const char* key, int64_t low, int64_t high) const {
@@ -48,6 +51,10 @@ class StateFields {
     const int64_t x = v.get<int64_t>();
     require(x >= low && x <= high, bad);
     return x;
+  }
+  bool flag(const char* key) const {
+    require(state_.contains(key) && state_[key].is_boolean(), where() + "'" + key + "' must be true or false");
+    return state_[key].get<bool>();
   }
   // Seconds, optional (0 when absent).
   double seconds(const char* key) const {
@@ -64,7 +71,7 @@ class StateFields {
   }
 
  private:
-  fs::path path_;
+  std::string where_;
   nlohmann::json state_;
 };
 
@@ -86,51 +93,124 @@ fs::path checkpoint_dir(const fs::path& out_dir, const CheckpointNaming& naming,
   return out_dir / "checkpoints" / (std::string(naming.prefix) + digits);
 }
 
-std::optional<fs::path> newest_checkpoint_dir(const fs::path& out_dir, const CheckpointNaming& naming) {
-  const fs::path root = out_dir / "checkpoints";
-  std::optional<fs::path> best;
-  int64_t best_number = -1;
-  if (!fs::is_directory(root)) return best;
-  for (const auto& entry : fs::directory_iterator(root)) {
-    const std::optional<int64_t> number = checkpoint_number(entry.path().filename().string(), naming);
-    if (!entry.is_directory() || !number) continue;
-    bool complete = true;
-    for (const char* f : {"state.json", "model.safetensors", "optimizer.safetensors"})
-      complete = complete && fs::is_regular_file(entry.path() / f);
-    if (!complete) {
-      log_info("skipping incomplete checkpoint " + entry.path().string());
-      continue;
-    }
-    if (*number > best_number) best_number = *number, best = entry.path();
+std::string checkpoint_shard_name(int rank) {
+  char name[40];
+  std::snprintf(name, sizeof name, "rank-%05d.safetensors", rank);
+  return name;
+}
+
+CheckpointManifest read_checkpoint_manifest(const fs::path& dir) {
+  const fs::path file = dir / kCheckpointManifest;
+  const CheckedFields fields(file);
+  CheckpointManifest m;
+  m.world = int(fields.integer("world", 1, 1 << 20));
+  m.tp = int(fields.integer("tp", 1, m.world));
+  m.ep = int(fields.integer("ep", 1, m.world));
+  m.shard_optimizer = fields.flag("shard_optimizer");
+  require(m.world % (m.tp * m.ep) == 0, fields.where() + "'tp' x 'ep' must divide 'world'");
+  const nlohmann::json& shards = fields.json().contains("shards") ? fields.json()["shards"] : nlohmann::json();
+  require(shards.is_array() && shards.size() == size_t(m.world),
+          fields.where() + "'shards' must be a list of 'world' (" + std::to_string(m.world) + ") shards");
+  for (size_t r = 0; r < shards.size(); ++r) {
+    const CheckedFields shard(fields.where() + "shards[" + std::to_string(r) + "]: ", shards[r]);
+    // The file name is the rank's, never taken as given: a manifest cannot point outside its directory.
+    require(shard.integer("rank", 0, m.world - 1) == int64_t(r), shard.where() + "'rank' must be " + std::to_string(r));
+    require(shard.text("file") == checkpoint_shard_name(int(r)),
+            shard.where() + "'file' must be " + checkpoint_shard_name(int(r)));
+    m.shards.push_back({checkpoint_shard_name(int(r)), int(r), shard.integer("bytes", 0, kMax)});
   }
-  return best;
+  return m;
+}
+
+std::optional<std::string> checkpoint_defect(const fs::path& dir) {
+  if (!fs::is_regular_file(dir / "state.json")) return "state.json is missing";
+  if (!fs::exists(dir / kCheckpointManifest)) {
+    for (const char* f : {"model.safetensors", "optimizer.safetensors"})
+      if (!fs::is_regular_file(dir / f)) return std::string(f) + " is missing";
+    return std::nullopt;
+  }
+  try {
+    for (const CheckpointShard& shard : read_checkpoint_manifest(dir).shards) {
+      const fs::path file = dir / shard.file;
+      if (!fs::is_regular_file(file)) return shard.file + " is missing";
+      const auto bytes = int64_t(fs::file_size(file));
+      if (bytes != shard.bytes)
+        return shard.file + " holds " + std::to_string(bytes) + " bytes, " + kCheckpointManifest + " says " +
+               std::to_string(shard.bytes) + (bytes < shard.bytes ? " (truncated)" : "");
+    }
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+// The newest complete checkpoint directory, and the newest incomplete one newer than it with what it lacks.
+struct CheckpointScan {
+  std::optional<fs::path> complete;
+  std::optional<std::pair<fs::path, std::string>> newer_incomplete;
+};
+CheckpointScan scan_checkpoints(const fs::path& out_dir, const CheckpointNaming& naming) {
+  const fs::path root = out_dir / "checkpoints";
+  std::map<int64_t, fs::path> numbered;
+  if (fs::is_directory(root))
+    for (const auto& entry : fs::directory_iterator(root))
+      if (const std::optional<int64_t> number = checkpoint_number(entry.path().filename().string(), naming);
+          number && entry.is_directory())
+        numbered[*number] = entry.path();
+  CheckpointScan scan;
+  std::vector<std::string> skipped;
+  for (auto it = numbered.rbegin(); it != numbered.rend(); ++it) {
+    const std::optional<std::string> defect = checkpoint_defect(it->second);
+    if (!defect) {
+      scan.complete = it->second;
+      break;
+    }
+    skipped.push_back(it->second.string() + ": " + *defect);
+    if (!scan.newer_incomplete) scan.newer_incomplete = {it->second, *defect};
+  }
+  // Without a complete one, the caller's error names the newest incomplete one instead.
+  if (scan.complete)
+    for (const std::string& s : skipped) log_info("skipping incomplete checkpoint " + s);
+  return scan;
+}
+
+}  // namespace
+
+std::optional<fs::path> newest_checkpoint_dir(const fs::path& out_dir, const CheckpointNaming& naming) {
+  return scan_checkpoints(out_dir, naming).complete;
 }
 
 std::optional<fs::path> starting_checkpoint_dir(const fs::path& out_dir, bool resume, const CheckpointNaming& naming) {
-  std::optional<fs::path> dir = resume ? newest_checkpoint_dir(out_dir, naming) : std::nullopt;
-  if (!dir) {
+  const CheckpointScan scan = resume ? scan_checkpoints(out_dir, naming) : CheckpointScan{};
+  if (!scan.complete) {
     const bool has_run = fs::exists(out_dir / "log.csv") ||
                          (fs::is_directory(out_dir / "checkpoints") && !fs::is_empty(out_dir / "checkpoints"));
-    require(!has_run, out_dir.string() + (resume ? " has a log but no complete checkpoint to resume from"
+    const std::string incomplete =
+        scan.newer_incomplete ? " (" + scan.newer_incomplete->first.string() + ": " + scan.newer_incomplete->second + ")" : "";
+    require(!has_run, out_dir.string() + (resume ? " has a log but no complete checkpoint to resume from" + incomplete
                                                  : " already holds a run: pass --resume to continue it") +
                           "; choose another --out (or move that directory away)");
   }
-  return dir;
+  return scan.complete;
 }
 
-void keep_log_rows(const fs::path& csv, const std::string& header, int64_t last) {
+void keep_log_rows(const fs::path& csv, const std::string& header, int64_t last, const std::string& earlier_header) {
   const auto columns = std::count(header.begin(), header.end(), ',') + 1;
   std::vector<std::string> keep{header};
   if (std::ifstream in(csv); in) {
     std::string line;
     std::getline(in, line);
-    require(line == header, csv.string() + " has other columns than this run writes (" + header +
-                                "): a log of another run? choose another --out");
+    require(line == header || (!earlier_header.empty() && line == earlier_header && header.rfind(line + ",", 0) == 0),
+            csv.string() + " has other columns than this run writes (" + header +
+                "): a log of another run? choose another --out");
+    const auto written = std::count(line.begin(), line.end(), ',') + 1;
     while (std::getline(in, line)) {
-      if (std::count(line.begin(), line.end(), ',') + 1 != columns) continue;
+      if (std::count(line.begin(), line.end(), ',') + 1 != written) continue;
       char* end = nullptr;
       const long long number = std::strtoll(line.c_str(), &end, 10);
-      if (end != line.c_str() && *end == ',' && number <= last) keep.push_back(line);
+      if (end != line.c_str() && *end == ',' && number <= last) keep.push_back(line + std::string(size_t(columns - written), ','));
     }
   }
   const fs::path tmp = csv.string() + ".tmp";
@@ -143,7 +223,7 @@ void keep_log_rows(const fs::path& csv, const std::string& header, int64_t last)
 }
 
 CheckpointInfo read_checkpoint_state(const fs::path& dir) {
-  const StateFields state(dir);
+  const CheckedFields state(dir / "state.json");
   const std::string where = state.where();
   CheckpointInfo s;
   s.dir = dir;
@@ -176,17 +256,26 @@ CheckpointInfo read_checkpoint_state(const fs::path& dir) {
   return s;
 }
 
-std::optional<CheckpointInfo> newest_checkpoint(const fs::path& out_dir) {
-  const auto dir = newest_checkpoint_dir(out_dir, kTrainCheckpoints);
-  if (!dir) return std::nullopt;
-  CheckpointInfo info = read_checkpoint_state(*dir);
-  require_matching_number(*dir, kTrainCheckpoints, info.step, "step");
+namespace {
+
+CheckpointInfo read_train_checkpoint(const fs::path& dir) {
+  CheckpointInfo info = read_checkpoint_state(dir);
+  require_matching_number(dir, kTrainCheckpoints, info.step, "step");
   return info;
 }
 
+}  // namespace
+
+std::optional<CheckpointInfo> newest_checkpoint(const fs::path& out_dir) {
+  const auto dir = newest_checkpoint_dir(out_dir, kTrainCheckpoints);
+  if (!dir) return std::nullopt;
+  return read_train_checkpoint(*dir);
+}
+
 std::optional<CheckpointInfo> starting_checkpoint(const fs::path& out_dir, bool resume) {
-  if (!starting_checkpoint_dir(out_dir, resume, kTrainCheckpoints)) return std::nullopt;
-  return newest_checkpoint(out_dir);
+  const auto dir = starting_checkpoint_dir(out_dir, resume, kTrainCheckpoints);
+  if (!dir) return std::nullopt;
+  return read_train_checkpoint(*dir);
 }
 
 void check_resume(const TrainOptions& o, const CheckpointInfo& checkpoint) {
@@ -211,7 +300,7 @@ void check_resume(const TrainOptions& o, const CheckpointInfo& checkpoint) {
 }
 
 SelfPlayState read_selfplay_state(const fs::path& dir) {
-  const StateFields state(dir);
+  const CheckedFields state(dir / "state.json");
   SelfPlayState s;
   s.dir = dir;
   s.iteration = int(state.integer("iteration", 1, std::numeric_limits<int>::max()));

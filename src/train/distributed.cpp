@@ -15,7 +15,7 @@
 #include <unordered_set>
 
 // Gloo's headers come from Debian's libgloo-dev; a libtorch without them (the pip wheels on the GPU
-// machine) builds without data parallelism, and a launched rank says so.
+// machine) builds without multi-process training, and `train --nproc` says so.
 #ifdef USE_C10D_GLOO
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -61,6 +61,7 @@ class ScopeTimer {
   Stopwatch watch_;
 };
 
+#ifdef USE_C10D_GLOO  // the collectives' buckets: Gloo's code below is their only user
 // Consecutive runs of tensors of one type, each of `bucket_bytes` at most (a larger tensor is a
 // bucket of its own), as lists of indices.
 std::vector<std::vector<size_t>> bucket_indices(const std::vector<torch::Tensor>& tensors, int64_t bucket_bytes) {
@@ -103,6 +104,8 @@ void unflatten(const torch::Tensor& flat, const std::vector<torch::Tensor>& buck
     offset += t.numel();
   }
 }
+
+#endif
 
 // This process's command line, as the kernel keeps it.
 std::vector<std::string> own_arguments() {

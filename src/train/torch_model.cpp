@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <mutex>
 #include <numeric>
 
 #include "model/checkpoint.hpp"
@@ -431,11 +433,7 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
   const bool split = tp.ranks > 1;
   const torch::Tensor u_split = split ? tp.enter(u) : u, weight_split = split ? tp.enter(weight) : weight;
 
-  auto stacked = [&](Proj proj) {
-    std::vector<torch::Tensor> ws;
-    for (const ExpertRef& e : plan.candidates) ws.push_back(w(tn::expert(c, e.owner_layer, e.index, proj)));
-    return torch::stack(ws).to(cd);  // [C, out, in]
-  };
+  const auto stacked = [&](Proj proj) { return stacked_experts(plan.candidates, proj, cd); };  // [C, out, in]
   torch::Tensor out = m.shared_intermediate_size > 0
                           ? swiglu(u_split, tn::shared_expert(l, Proj::Gate), tn::shared_expert(l, Proj::Up),
                                    tn::shared_expert(l, Proj::Down), cd)
@@ -468,36 +466,56 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
       key = torch::tensor(rank_of, flat.options()).index_select(0, flat) * C + flat;
     }
     const torch::Tensor order = std::get<1>(key.sort(c10::optional<bool>(true), 0));  // stable
-    const torch::Tensor counts_cpu = counts.cpu();
-    const int64_t* count = counts_cpu.data_ptr<int64_t>();
-    const int64_t capacity = options.capacity_factor > 0
-                                 ? int64_t(std::ceil(options.capacity_factor * double(N * K) / open))
-                                 : N * K;
-    // Each candidate keeps its first `capacity` rows.
-    std::vector<int64_t> kept(static_cast<size_t>(C)), keep;
-    bool dropped = false;
-    for (int64_t i = 0, begin = 0; i < C; ++i) {
-      const int64_t cand = by_rank[size_t(i)], n = std::min(count[cand], capacity);
-      kept[size_t(cand)] = n;
-      dropped |= n < count[cand];
-      for (int64_t r = 0; r < n; ++r) keep.push_back(begin + r);
-      begin += count[cand];
-    }
-    const torch::Tensor kept_order = dropped ? order.index_select(0, torch::tensor(keep, order.options())) : order;
-    const torch::Tensor token_of = torch::div(kept_order, K, "floor");
-    const torch::Tensor rows = u_split.index_select(0, token_of);
-    const torch::Tensor row_weight = weight_split.reshape(-1).index_select(0, kept_order).unsqueeze(1);
-    torch::Tensor y;
-    if (ep.ranks > 1) {
-      y = run_experts_across_ranks(l, rows, kept, options);
+    // (Under expert parallelism this rank may hold none of the candidates, so their width is looked
+    // up last.)
+    const bool grouped_mm =
+        (options.grouped_experts == GroupedExperts::GroupedMM || options.grouped_experts == GroupedExperts::Auto) &&
+        grouped_mm_available(device_) && cd == torch::kBFloat16 && ep.ranks == 1 && options.capacity_factor <= 0 &&
+        u.size(1) % 8 == 0 &&
+        w(tn::expert(c, plan.candidates[0].owner_layer, plan.candidates[0].index, Proj::Gate)).size(0) % 8 == 0;
+    require(grouped_mm || options.grouped_experts != GroupedExperts::GroupedMM,
+            "trainer: grouped expert products need libtorch 2.8 or later on CUDA, bf16, one expert-parallel rank, "
+            "no capacity factor, and widths that are multiples of 8");
+    if (grouped_mm) {
+      // Every (token, candidate) pair is kept, so the rows and their ends follow from `counts` on the
+      // device: nothing waits for the host.
+      const torch::Tensor token_of = torch::div(order, K, "floor");
+      const torch::Tensor y = run_experts_grouped_mm(u_split.index_select(0, token_of), counts.cumsum(0).to(torch::kInt32),
+                                                     plan.candidates, cd);
+      const torch::Tensor row_weight = weight_split.reshape(-1).index_select(0, order).unsqueeze(1);
+      out = out.index_add(0, token_of, y.to(acc) * row_weight);
     } else {
-      std::vector<ExpertRef> experts;
-      for (const int64_t cand : by_rank) experts.push_back(plan.candidates[size_t(cand)]);
-      std::vector<int64_t> sorted_counts;
-      for (const int64_t cand : by_rank) sorted_counts.push_back(kept[size_t(cand)]);
-      y = run_experts(rows, sorted_counts, experts, options);
+      const torch::Tensor counts_cpu = counts.cpu();
+      const int64_t* count = counts_cpu.data_ptr<int64_t>();
+      const int64_t capacity = options.capacity_factor > 0
+                                   ? int64_t(std::ceil(options.capacity_factor * double(N * K) / open))
+                                   : N * K;
+      // Each candidate keeps its first `capacity` rows.
+      std::vector<int64_t> kept(static_cast<size_t>(C)), keep;
+      bool dropped = false;
+      for (int64_t i = 0, begin = 0; i < C; ++i) {
+        const int64_t cand = by_rank[size_t(i)], n = std::min(count[cand], capacity);
+        kept[size_t(cand)] = n;
+        dropped |= n < count[cand];
+        for (int64_t r = 0; r < n; ++r) keep.push_back(begin + r);
+        begin += count[cand];
+      }
+      const torch::Tensor kept_order = dropped ? order.index_select(0, torch::tensor(keep, order.options())) : order;
+      const torch::Tensor token_of = torch::div(kept_order, K, "floor");
+      const torch::Tensor rows = u_split.index_select(0, token_of);
+      const torch::Tensor row_weight = weight_split.reshape(-1).index_select(0, kept_order).unsqueeze(1);
+      torch::Tensor y;
+      if (ep.ranks > 1) {
+        y = run_experts_across_ranks(l, rows, kept, options);
+      } else {
+        std::vector<ExpertRef> experts;
+        for (const int64_t cand : by_rank) experts.push_back(plan.candidates[size_t(cand)]);
+        std::vector<int64_t> sorted_counts;
+        for (const int64_t cand : by_rank) sorted_counts.push_back(kept[size_t(cand)]);
+        y = run_experts(rows, sorted_counts, experts, options);
+      }
+      out = out.index_add(0, token_of, y.to(acc) * row_weight);
     }
-    out = out.index_add(0, token_of, y.to(acc) * row_weight);
   }
   if (split) out = tp.reduce(out);
 
@@ -522,6 +540,52 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
   return out;
 }
 
+bool grouped_mm_available(const torch::Device& device) {
+#ifdef CROSSMOE_HAVE_GROUPED_MM
+  if (!device.is_cuda()) return false;
+  // Whether the kernel runs here is the GPU's matter (libtorch 2.8 has it for sm90 only), so it is
+  // tried once per device on a tiny problem rather than decided from a list of architectures.
+  static std::mutex mutex;
+  static std::map<int, bool> works;
+  const std::lock_guard lock(mutex);
+  const auto known = works.find(device.index());
+  if (known != works.end()) return known->second;
+  bool ok = true;
+  try {
+    const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16).device(device);
+    const torch::Tensor ends = torch::tensor({8, 16}, torch::TensorOptions().dtype(torch::kInt32)).to(device);
+    at::_grouped_mm(torch::ones({16, 16}, bf16), torch::ones({2, 16, 16}, bf16).transpose(1, 2), ends);
+  } catch (const c10::Error&) {
+    ok = false;
+  }
+  works[device.index()] = ok;
+  return ok;
+#else
+  (void)device;
+  return false;
+#endif
+}
+
+torch::Tensor TorchModel::stacked_experts(const std::vector<ExpertRef>& experts, Proj proj, torch::ScalarType compute) const {
+  std::vector<torch::Tensor> ws;
+  for (const ExpertRef& e : experts) ws.push_back(w(tn::expert(config_, e.owner_layer, e.index, proj)));
+  return torch::stack(ws).to(compute);
+}
+
+torch::Tensor TorchModel::run_experts_grouped_mm(const torch::Tensor& rows, const torch::Tensor& ends,
+                                                 const std::vector<ExpertRef>& experts, torch::ScalarType compute) const {
+#ifdef CROSSMOE_HAVE_GROUPED_MM
+  const torch::Tensor x = rows.to(compute);
+  const auto product = [&](const torch::Tensor& in, Proj proj) {
+    return at::_grouped_mm(in, stacked_experts(experts, proj, compute).transpose(1, 2), ends);
+  };
+  return product(torch::silu(product(x, Proj::Gate)) * product(x, Proj::Up), Proj::Down);
+#else
+  (void)rows, (void)ends, (void)experts, (void)compute;
+  throw Error("trainer: this build has no grouped matrix products (libtorch 2.8 or later)");
+#endif
+}
+
 torch::Tensor TorchModel::run_experts(const torch::Tensor& rows, const std::vector<int64_t>& counts,
                                       const std::vector<ExpertRef>& experts, const ForwardOptions& options) const {
   const ModelConfig& c = config_;
@@ -539,11 +603,7 @@ torch::Tensor TorchModel::run_experts(const torch::Tensor& rows, const std::vect
     for (int64_t i = 0; i < E; ++i)
       for (int64_t r = 0; r < counts[size_t(i)]; ++r) slot.push_back(i * M + r);
     const torch::Tensor slots = torch::tensor(slot, torch::TensorOptions().dtype(torch::kInt64)).to(device_);
-    auto stacked = [&](Proj proj) {
-      std::vector<torch::Tensor> ws;
-      for (const ExpertRef& e : experts) ws.push_back(w(tn::expert(c, e.owner_layer, e.index, proj)));
-      return torch::stack(ws).to(cd);  // [E, out, in]
-    };
+    const auto stacked = [&](Proj proj) { return stacked_experts(experts, proj, cd); };  // [E, out, in]
     const torch::Tensor buffer = torch::zeros({E * M, rows.size(1)}, rows.options().dtype(cd)).index_copy(0, slots, rows.to(cd));
     const torch::Tensor x = buffer.view({E, M, -1});
     const torch::Tensor h = torch::silu(torch::bmm(x, stacked(Proj::Gate).transpose(1, 2))) *

@@ -23,6 +23,7 @@
 
 #include "model/config.hpp"
 #include "model/rope.hpp"
+#include "model/tensor_names.hpp"
 #include "train/train_options.hpp"
 #include "util/dtype.hpp"
 
@@ -37,8 +38,13 @@ int psr_pool_size(int experts, int r, int64_t step, const PsrSchedule& schedule)
 // batched products over a [candidates, busiest, d] buffer. Both need the per-expert token counts
 // on the host. Dense: every candidate on every token, weighted by the routing weights (zero for
 // those not chosen): C/K times the arithmetic, but no host sync, for decode steps of a few tokens
-// a row where the launches and the sync, not the arithmetic, take the time.
-enum class GroupedExperts { Auto, On, Off, Dense };
+// a row where the launches and the sync, not the arithmetic, take the time. GroupedMM: three
+// grouped matrix products (at::_grouped_mm, libtorch 2.8 or later on CUDA, bf16) over the rows
+// sorted by expert, each expert's rows ending at an offset computed on the device: no padding and
+// no host sync (grouped_mm_available says whether this build and device have it). Auto: GroupedMM
+// where it applies (see TorchModel::moe), else On on CUDA, Off on the CPU.
+enum class GroupedExperts { Auto, On, Off, Dense, GroupedMM };
+bool grouped_mm_available(const torch::Device& device);
 
 // Expert parallelism: the routed experts of every pool split across `ranks` processes, expert i of
 // each pool on rank i / (E / ranks) (expert_rank), so that a Megrez2 pool shared by r layers lives
@@ -100,7 +106,7 @@ struct ForwardOptions {
   // 0 = no cap; otherwise an expert takes at most ceil(factor * N * K / open) rows, the rest dropped,
   // open = the candidates a step's mask leaves (all C without one, or with per-token masks).
   double capacity_factor = 0.0;
-  GroupedExperts grouped_experts = GroupedExperts::Auto;  // Auto: batched on CUDA, loop on CPU
+  GroupedExperts grouped_experts = GroupedExperts::Auto;
   // Data parallelism: sums a tensor over the ranks in place, and their count; the balancing loss is
   // then that of the global batch (unset: this process's batch is the whole batch).
   std::function<void(torch::Tensor&)> sum_over_ranks;
@@ -198,6 +204,12 @@ class TorchModel {
   // candidate c; every rank runs its experts on the rows all ranks sent it, and the outputs come back.
   torch::Tensor run_experts_across_ranks(int layer, const torch::Tensor& rows, const std::vector<int64_t>& counts,
                                          const ForwardOptions& options) const;
+  // GroupedExperts::GroupedMM: rows sorted by expert, experts[i]'s rows ending at ends[i] (int32,
+  // on the device). Returns their outputs in the same order (compute type).
+  torch::Tensor run_experts_grouped_mm(const torch::Tensor& rows, const torch::Tensor& ends,
+                                       const std::vector<ExpertRef>& experts, torch::ScalarType compute) const;
+  // One projection of every expert in `experts`, stacked: [experts, out, in], compute type.
+  torch::Tensor stacked_experts(const std::vector<ExpertRef>& experts, Proj proj, torch::ScalarType compute) const;
   const torch::Tensor& w(const std::string& name) const { return tensors_.at(name); }
 
   ModelConfig config_;

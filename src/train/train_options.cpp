@@ -50,9 +50,10 @@ void for_each_setting(Options& o, Visit&& visit) {
   visit("device", o.device);
   visit("export-dtype", o.export_dtype);
   visit("deterministic", o.deterministic);
+  visit("expert-products", o.expert_products);
 }
 const std::set<std::string> kFreeSettings{"eval-every", "eval-batches", "save-every", "log-every", "device", "export-dtype",
-                                          "deterministic"};
+                                          "deterministic", "expert-products"};
 
 
 }  // namespace
@@ -89,6 +90,9 @@ void check_options(const TrainOptions& o) {
   non_negative(double(o.psr.start), "psr-start");
   non_negative(double(o.psr.end), "psr-end");
   require(o.psr_mask == "step" || o.psr_mask == "token", "--psr-mask must be step or token (got '" + o.psr_mask + "')");
+  require(o.expert_products == "auto" || o.expert_products == "grouped" || o.expert_products == "padded" ||
+              o.expert_products == "loop" || o.expert_products == "dense",
+          "--expert-products must be auto, grouped, padded, loop or dense (got '" + o.expert_products + "')");
   require(o.psr.end == 0 || o.psr.end > o.psr.start,
           "--psr-end (step " + std::to_string(o.psr.end) + ") must come after --psr-start (step " +
               std::to_string(o.psr.start) + "), or be 0 for no progressive scaling routing");

@@ -41,6 +41,8 @@ struct TrainOptions {
   double capacity_factor = 0.0;    // 0 = no cap (no token dropped)
   PsrSchedule psr;                 // ReXMoE progressive scaling routing (reuse layouts only)
   std::string psr_mask = "step";   // PSR's masks: one per layer and step ("step") or per token ("token")
+  // How the training step runs the routed experts (GroupedExperts): auto, grouped, padded, loop, dense.
+  std::string expert_products = "auto";
 
   int64_t eval_every = 100;
   int eval_batches = 8;

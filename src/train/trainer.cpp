@@ -92,6 +92,14 @@ torch::Tensor open_candidates(int C, int pool, std::mt19937_64& rng) {
 // candidate. Token masks are drawn for the global micro-batch and this rank takes its rows, so
 // data parallelism sees the masks one process would.
 constexpr int kTokenMaskBank = 256;
+GroupedExperts expert_products(const std::string& name) {
+  if (name == "grouped") return GroupedExperts::GroupedMM;
+  if (name == "padded") return GroupedExperts::On;
+  if (name == "loop") return GroupedExperts::Off;
+  if (name == "dense") return GroupedExperts::Dense;
+  return GroupedExperts::Auto;
+}
+
 std::vector<torch::Tensor> psr_masks(const ModelConfig& c, const TrainOptions& o, int64_t step, int micro, int rank,
                                      int local_rows) {
   std::vector<torch::Tensor> allowed(static_cast<size_t>(c.num_layers));
@@ -129,10 +137,14 @@ struct LogRow {
   int64_t step = 0, tokens = 0;
   double lr = 0, loss = 0, aux = 0, grad_norm = 0, tokens_per_s = 0, elapsed = 0;
   double communication_s = 0;  // rank 0's seconds in collectives since the previous row (0 on one process)
+  double tokens_per_s_per_rank = 0;  // tokens_per_s / processes: what each process (device) contributes
   std::optional<double> mfu;    // model FLOPs utilisation of all ranks' devices (with --peak-tflops)
   std::optional<double> val_loss;
 };
-constexpr const char* kCsvHeader = "step,tokens,lr,loss,aux_loss,grad_norm,val_loss,val_ppl,tokens_per_s,comm_s,mfu,elapsed_s";
+constexpr const char* kCsvHeader =
+    "step,tokens,lr,loss,aux_loss,grad_norm,val_loss,val_ppl,tokens_per_s,comm_s,mfu,elapsed_s,tokens_per_s_per_rank";
+// Runs before tokens_per_s_per_rank was added wrote these: they resume with it empty in the earlier rows.
+constexpr const char* kEarlierCsvHeader = "step,tokens,lr,loss,aux_loss,grad_norm,val_loss,val_ppl,tokens_per_s,comm_s,mfu,elapsed_s";
 
 void append_csv(const fs::path& path, const LogRow& r) {
   std::ofstream out(path, std::ios::app);
@@ -152,7 +164,7 @@ void append_csv(const fs::path& path, const LogRow& r) {
     std::snprintf(buf, sizeof buf, "%.6g", *r.mfu);
     out << buf;
   }
-  std::snprintf(buf, sizeof buf, ",%.1f\n", r.elapsed);
+  std::snprintf(buf, sizeof buf, ",%.1f,%.1f\n", r.elapsed, r.tokens_per_s_per_rank);
   out << buf;
   require(out.good(), "cannot write " + path.string());
 }
@@ -200,62 +212,6 @@ std::vector<int64_t> WindowSampler::starts(uint64_t index) {
   std::uniform_int_distribution<int64_t> pick(0, max_start_);
   for (auto& s : out) s = pick(rng);
   return out;
-}
-
-void save_checkpoint(const fs::path& dir, const TorchModel& model, const AdamW& adam, const nlohmann::json& state) {
-  save_checkpoint(dir, model.tensors(), adam, state);
-}
-
-void save_checkpoint(const fs::path& dir, const std::map<std::string, torch::Tensor>& weights, const AdamW& adam,
-                     const nlohmann::json& state) {
-  const fs::path root = dir.parent_path(), tmp = dir.string() + ".tmp";
-  const std::string name = dir.filename().string();
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  save_tensors(tmp / "model.safetensors", weights);
-  std::map<std::string, torch::Tensor> opt;
-  for (const auto& [k, t] : adam.m) opt["m." + k] = t;
-  for (const auto& [k, t] : adam.v) opt["v." + k] = t;
-  save_tensors(tmp / "optimizer.safetensors", opt);
-  write_json_file(tmp / "state.json", state);
-  fs::remove_all(dir);
-  fs::rename(tmp, dir);
-  {
-    std::ofstream latest(root / "latest.tmp", std::ios::trunc);
-    latest << name << "\n";
-    require(latest.good(), "cannot write " + (root / "latest.tmp").string());
-  }
-  fs::rename(root / "latest.tmp", root / "latest");
-  std::vector<fs::path> older;  // listed first: a directory is not changed while it is read
-  for (const auto& entry : fs::directory_iterator(root))
-    if (entry.is_directory() && entry.path().filename() != name) older.push_back(entry.path());
-  for (const auto& p : older) fs::remove_all(p);
-}
-
-// The checkpoint's weights into `model` and its AdamW moments into `adam`: every tensor present
-// with the model's shape, nothing unknown.
-void load_checkpoint_tensors(const fs::path& dir, TorchModel& model, AdamW& adam) {
-  const fs::path weights_path = dir / "model.safetensors", optimizer_path = dir / "optimizer.safetensors";
-  auto weights = load_tensors(weights_path, model.device());
-  for (auto& [name, t] : model.tensors()) {
-    const auto it = weights.find(name);
-    require(it != weights.end(), weights_path.string() + " lacks " + name);
-    require(it->second.sizes() == t.sizes(), weights_path.string() + ": " + name + " has the wrong shape");
-    model.tensor(name) = it->second.to(t.scalar_type());
-  }
-  const std::vector<std::string> trainable = model.trainable_names();
-  for (auto& [key, t] : load_tensors(optimizer_path, model.device())) {
-    const std::string name = key.size() > 2 ? key.substr(2) : "";
-    const bool known = (key.rfind("m.", 0) == 0 || key.rfind("v.", 0) == 0) &&
-                       std::binary_search(trainable.begin(), trainable.end(), name);
-    require(known, optimizer_path.string() + ": unexpected tensor '" + key + "'");
-    require(t.sizes() == model.tensors().at(name).sizes(), optimizer_path.string() + ": " + key + " has the wrong shape");
-    (key[0] == 'm' ? adam.m : adam.v)[name] = t;
-  }
-  for (const auto& [name, m] : adam.m)
-    require(adam.v.count(name), optimizer_path.string() + ": m." + name + " without v." + name);
-  for (const auto& [name, v] : adam.v)
-    require(adam.m.count(name), optimizer_path.string() + ": v." + name + " without m." + name);
 }
 
 double evaluate_loss(const TorchModel& model, const std::vector<uint32_t>& tokens, int batches, int batch_size, int seq_len,
@@ -445,15 +401,15 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
                                                ") is smaller than the tokenizer's (" + std::to_string(data_vocab) + ")");
   require_ids_below(train_tokens, config.vocab_size, (o.data_dir / "train.bin").string());
   require_ids_below(val_tokens, config.vocab_size, (o.data_dir / "val.bin").string());
-  if (leader) keep_log_rows(csv, kCsvHeader, start_step);
+  if (leader) keep_log_rows(csv, kCsvHeader, start_step, kEarlierCsvHeader);
   const nlohmann::json settings = training_settings(o);
 
   const std::vector<std::string> trainable = model->trainable_names();
   for (const auto& name : trainable) model->tensor(name).set_requires_grad(true);
   // ZeRO-1: this rank keeps the AdamW moments of its share of the parameters and updates only those;
-  // a checkpoint gathers the moments to rank 0 first, so that it resumes on any number of ranks.
-  // Under expert parallelism the routed experts are split already: their moments stay with them, and
-  // ZeRO shards those of the rest (`replicated`: every data-parallel rank holds them).
+  // a checkpoint holds every rank's share and resuming puts them together, so that it resumes on any
+  // number of ranks. Under expert parallelism the routed experts are split already: their moments
+  // stay with them, and ZeRO shards those of the rest (`replicated`: every data-parallel rank holds them).
   const std::set<std::string> own(own_experts.begin(), own_experts.end());
   std::vector<std::string> replicated;
   for (const std::string& name : trainable)
@@ -467,29 +423,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   std::vector<std::string> updated = own_experts;
   for (size_t i = 0; i < replicated.size(); ++i)
     if (owner[i] == data_comm_rank) updated.push_back(replicated[i]);
-  auto drop_others_moments = [&] {
-    for (size_t i = 0; i < replicated.size(); ++i)
-      if (owner[i] != data_comm_rank) adam.m.erase(replicated[i]), adam.v.erase(replicated[i]);
-  };
-  drop_others_moments();
-  auto gather_moments = [&] {
-    torch::Tensor kept = torch::zeros({int64_t(replicated.size())}, torch::kInt64);
-    for (size_t i = 0; i < replicated.size(); ++i) kept[int64_t(i)] = int64_t(adam.m.count(replicated[i]));
-    std::vector<torch::Tensor> flags{kept};
-    data_comm->sum(flags);
-    std::vector<torch::Tensor> moments;
-    std::vector<int> moment_owner;
-    for (size_t i = 0; i < replicated.size(); ++i) {
-      if (kept[int64_t(i)].item<int64_t>() == 0) continue;  // no step has touched it yet
-      for (auto* state : {&adam.m, &adam.v}) {
-        torch::Tensor& t = (*state)[replicated[i]];
-        if (!t.defined()) t = torch::zeros_like(parameters[i]);
-        moments.push_back(t);
-        moment_owner.push_back(owner[i]);
-      }
-    }
-    data_comm->broadcast_from_owners(moments, moment_owner);
-  };
+    else adam.m.erase(replicated[i]), adam.v.erase(replicated[i]);
   // Data parallel: gradients averaged in buckets while the backward pass runs.
   // Under expert parallelism the experts' gradients stay on their rank (every rank of its group's
   // tokens already reached them through the all-to-all): the rest is averaged, and with several
@@ -554,77 +488,64 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
       if (!experts.count(name)) slices.push_back(name);
     split_gradients.push_back({slices, sum_over_tp});
   }
-  // Rank 0 takes every expert's weights and moments from their ranks in its group (for a checkpoint
-  // or the export; the other groups hold the same); forget_gathered drops them again.
-  // (Under tensor parallelism, every rank of rank 0's group does this for its slices of the experts
-  // with the ranks that hold the same slices; `me` is the rank in that expert-parallel group.)
+  // For the export, rank 0 takes every expert's weights from their ranks in its group (the other
+  // groups hold the same). (Under tensor parallelism, every rank of rank 0's group does this for its
+  // slices of the experts with the ranks that hold the same slices; `me` is the rank in that
+  // expert-parallel group.)
   const int me = data_rank;
   auto gather_experts = [&] {
     if (me >= ep) return;
-    const std::map<std::string, int> ranks_of = expert_tensor_ranks(config, ep);
     std::map<std::string, std::vector<int64_t>> shapes;
     for (const TensorSpec& spec : expected_tensors(config)) shapes[spec.name] = spec.shape;
     for (const auto& [name, dim] : tp_splits) shapes.at(name)[size_t(dim)] /= tp;
-    torch::Tensor has_moments = torch::zeros({int64_t(ranks_of.size())}, torch::kInt64);
-    int64_t i = 0;
-    for (const auto& [name, r] : ranks_of) has_moments[i++] = int64_t(r == me && adam.m.count(name));
-    std::vector<torch::Tensor> flags{has_moments};
-    ep_comm->sum(flags);
     std::vector<torch::Tensor> tensors;
     std::vector<int> owners;
     std::map<std::string, torch::Tensor> weights;
-    i = 0;
-    for (const auto& [name, r] : ranks_of) {
-      const bool moments = has_moments[i++].item<int64_t>() > 0;
+    for (const auto& [name, r] : expert_tensor_ranks(config, ep)) {
       if (r == 0 || (me != 0 && me != r)) continue;
-      const auto buffer = [&] { return torch::zeros(shapes.at(name), torch::TensorOptions().device(device)); };
-      if (me == 0) {
-        tensors.push_back(weights[name] = buffer());
-        if (moments) tensors.push_back(adam.m[name] = buffer()), tensors.push_back(adam.v[name] = buffer());
-      } else {
-        tensors.push_back(model->tensor(name));
-        if (moments) tensors.push_back(adam.m.at(name)), tensors.push_back(adam.v.at(name));
-      }
-      owners.insert(owners.end(), moments ? 3 : 1, r);
+      tensors.push_back(me == 0 ? weights[name] = torch::zeros(shapes.at(name), torch::TensorOptions().device(device))
+                                : model->tensor(name));
+      owners.push_back(r);
     }
     ep_comm->gather_to_leader(tensors, owners);
     if (me == 0) model->add_tensors(weights);
   };
-  auto forget_gathered = [&] {
-    if (me != 0) return;
-    model->drop_tensors(others_experts);
-    for (const std::string& name : others_experts) adam.m.erase(name), adam.v.erase(name);
-  };
-  // Tensor parallelism: rank 0 takes the whole of every split tensor (weights and the AdamW moments
-  // it holds) from the other ranks of its group, for a checkpoint or the export; the other groups
-  // hold the same slices and stay out. Rank 0's model keeps its slices: the whole tensors are returned.
-  auto gather_slices = [&](std::map<std::string, torch::Tensor>& weights, AdamW& moments) {
-    weights = model->tensors();
-    moments = adam;
-    if (tp == 1 || rank >= tp) return;
+  // Then, under tensor parallelism, rank 0 takes the whole of every split tensor from the other ranks
+  // of its group, in place of its slices (training is over); the other groups hold the same slices
+  // and stay out.
+  auto gather_slices = [&] {
+    if (rank >= tp) return;
     std::vector<torch::Tensor> tensors;
     std::vector<int> owners;
-    std::map<std::string, std::vector<std::vector<torch::Tensor>>> pieces;  // name -> per state: the slices in rank order
+    std::map<std::string, std::vector<torch::Tensor>> pieces;  // name -> the slices in rank order
     for (const auto& [name, dim] : tp_splits) {
-      std::vector<const torch::Tensor*> states{&model->tensor(name)};
-      for (auto* held : {&adam.m, &adam.v})  // moments exist on every rank of the group alike
-        if (held->count(name)) states.push_back(&held->at(name));
-      for (const torch::Tensor* state : states) {
-        std::vector<torch::Tensor> slices{*state};
-        for (int r = 1; r < tp; ++r) {
-          slices.push_back(rank == 0 ? torch::empty_like(*state) : *state);
-          tensors.push_back(slices.back());
-          owners.push_back(r);
-        }
-        pieces[name].push_back(std::move(slices));
+      const torch::Tensor& held = model->tensor(name);
+      std::vector<torch::Tensor>& slices = pieces[name];
+      slices.push_back(held);
+      for (int r = 1; r < tp; ++r) {
+        slices.push_back(rank == 0 ? torch::empty_like(held) : held);
+        tensors.push_back(slices.back());
+        owners.push_back(r);
       }
     }
     tp_comm->gather_to_leader(tensors, owners);
     if (rank != 0) return;
-    for (const auto& [name, dim] : tp_splits) {
-      const std::vector<std::vector<torch::Tensor>>& states = pieces.at(name);
-      weights[name] = torch::cat(states[0], dim).detach();
-      if (states.size() > 1) moments.m[name] = torch::cat(states[1], dim), moments.v[name] = torch::cat(states[2], dim);
+    std::map<std::string, torch::Tensor> whole;
+    for (const auto& [name, dim] : tp_splits) whole[name] = torch::cat(pieces.at(name), dim).detach();
+    model->add_tensors(whole);
+  };
+  // What this rank writes into a checkpoint: the weights and moments it holds that no lower rank
+  // holds too. The ranks of a tensor-parallel group hold the same unsplit tensors; the data-parallel
+  // ranks (for the routed experts, the expert-parallel groups) hold the same pieces, but for the
+  // moments that ZeRO gave to one of them.
+  auto checkpoint_shard = [&](std::map<std::string, torch::Tensor>& weights, AdamW& moments) {
+    for (const auto& [name, t] : model->tensors()) {
+      if (tp_rank > 0 && !tp_splits.count(name)) continue;
+      const bool expert = own.count(name) > 0;
+      const bool first_copy = (expert ? data_rank / ep : data_rank) == 0;
+      if (first_copy) weights[name] = t;
+      if ((first_copy || (sharded && !expert)) && adam.m.count(name))
+        moments.m[name] = adam.m.at(name), moments.v[name] = adam.v.at(name);
     }
   };
   int late_buckets = 0;  // buckets whose reduction began only after the backward pass
@@ -680,7 +601,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   LogRow row;
   TrainResult result;
   for (int64_t step = start_step; step < o.steps; ++step) {
-    ForwardOptions fo{{}, compute, o.capacity_factor};
+    ForwardOptions fo{{}, compute, o.capacity_factor, expert_products(o.expert_products)};
     if (comm) {
       fo.sum_over_ranks = sum_over_ranks;
       fo.ranks = data_ranks;
@@ -754,6 +675,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     if (leader && (eval_now || (step + 1) % o.log_every == 0)) {
       const double window_seconds = std::max(window.seconds(), 1e-9);
       row.tokens_per_s = double(window_tokens) / window_seconds;
+      row.tokens_per_s_per_rank = row.tokens_per_s / world;
       row.communication_s = comm ? comm->communication_seconds() - window_communication : 0.0;
       if (o.peak_tflops > 0)
         row.mfu = row.tokens_per_s * model_flops_per_token(config, o.seq_len) / (world * o.peak_tflops * 1e12);
@@ -774,25 +696,32 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     if (comm) {
       const size_t used = std::strlen(status);
       std::snprintf(status + used, sizeof status - used, " (%d ranks, %.0f each) comm %.0f%%", world,
-                    row.tokens_per_s / world, 100.0 * window_communication_share);
+                    row.tokens_per_s_per_rank, 100.0 * window_communication_share);
+    }
+    if (row.mfu) {
+      const size_t used = std::strlen(status);
+      std::snprintf(status + used, sizeof status - used, " MFU %.1f%%", 100.0 * *row.mfu);
     }
     if (bar) bar->update(step + 1, status);
     const bool stop = o.stop_after > 0 && step + 1 == o.stop_after && !last;
     const bool save = last || stop || (o.save_every > 0 && (step + 1) % o.save_every == 0);
-    if (save && sharded) gather_moments();
-    if (save && ep > 1) gather_experts();
-    std::map<std::string, torch::Tensor> whole_weights;
-    AdamW whole_moments;
-    if (save) gather_slices(whole_weights, whole_moments);
-    if (leader && save)
-      save_checkpoint(checkpoint_dir(o.out_dir, kTrainCheckpoints, step + 1), whole_weights, whole_moments,
-                      {{"step", step + 1},
-                       {"tokens", tokens_seen},
-                       {"elapsed_s", elapsed_before + watch.seconds()},
-                       {"config", to_crossmoe_json(model->config())},
-                       {"settings", settings}});
-    if (save && sharded) drop_others_moments();
-    if (save && ep > 1) forget_gathered();
+    if (save) {
+      const fs::path dir = checkpoint_dir(o.out_dir, kTrainCheckpoints, step + 1);
+      if (leader) begin_checkpoint(dir);
+      if (comm) comm->barrier();  // the staging directory is there
+      std::map<std::string, torch::Tensor> shard_weights;
+      AdamW shard_moments;
+      checkpoint_shard(shard_weights, shard_moments);
+      write_checkpoint_shard(dir, rank, shard_weights, shard_moments);
+      if (comm) comm->barrier();  // every shard is written
+      if (leader)
+        finish_checkpoint(dir, {world, tp, ep, sharded, {}},
+                          {{"step", step + 1},
+                           {"tokens", tokens_seen},
+                           {"elapsed_s", elapsed_before + watch.seconds()},
+                           {"config", to_crossmoe_json(model->config())},
+                           {"settings", settings}});
+    }
     if (stop) {
       if (bar) bar->finish("stopped after step " + std::to_string(step + 1) + " (resume with --resume)");
       result.steps = step + 1;
@@ -809,12 +738,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   else
     std::snprintf(done, sizeof done, "trained %lld steps: loss %.4f", (long long)o.steps, row.loss);
   if (ep > 1) gather_experts();
-  if (tp > 1) {
-    std::map<std::string, torch::Tensor> whole_weights;
-    AdamW whole_moments;
-    gather_slices(whole_weights, whole_moments);
-    if (leader) model->add_tensors(whole_weights);  // training is over: the slices are done with
-  }
+  if (tp > 1) gather_slices();
   if (!bar) return result;  // not the leader: rank 0 exports
   bar->finish(done);
   if (reducer) {

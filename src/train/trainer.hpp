@@ -16,8 +16,11 @@
 //
 // Output directory:
 //   log.csv, loss.svg                     one row per logged step; the curve of train/val loss
-//   checkpoints/step-NNNNNNN/             model.safetensors, optimizer.safetensors, state.json
-//                                         (step, tokens, the model description and the settings)
+//   checkpoints/step-NNNNNNN/             state.json (step, tokens, the model description and the
+//                                         settings), manifest.json and one rank-RRRRR.safetensors per
+//                                         rank: its share of the weights and AdamW moments
+//                                         (train/checkpoint_state.hpp; the older whole layout,
+//                                         model.safetensors and optimizer.safetensors, resumes too)
 //   checkpoints/latest                    name of the newest checkpoint (informational: resume
 //                                         scans the step-* directories for the newest complete one)
 //   model/                                the exported model (config.json, generation_config.json, weights)
@@ -36,6 +39,7 @@
 
 #include "model/config.hpp"
 #include "train/checkpoint_state.hpp"
+#include "train/checkpoint_tensors.hpp"
 #include "train/optimizer.hpp"
 #include "train/sft_data.hpp"
 #include "train/torch_model.hpp"
@@ -58,18 +62,6 @@ double model_flops_per_token(const ModelConfig& config, int seq_len);
 
 // Trains `config` (ignored when options.init_model or a resumed checkpoint gives the model).
 TrainResult train_model(const ModelConfig& config, const TrainOptions& options);
-
-// A checkpoint (train/checkpoint_state.hpp) into `dir`: the weights, the AdamW moments and
-// state.json, written into DIR.tmp and renamed into place; then `latest` names it (by rename) and
-// the older checkpoints beside it are deleted. A kill at any point leaves a complete checkpoint.
-void save_checkpoint(const std::filesystem::path& dir, const TorchModel& model, const AdamW& adam,
-                     const nlohmann::json& state);
-// The same with the weights given by name (tensor parallelism: the slices gathered whole).
-void save_checkpoint(const std::filesystem::path& dir, const std::map<std::string, torch::Tensor>& weights,
-                     const AdamW& adam, const nlohmann::json& state);
-// A checkpoint's weights into `model` and its AdamW moments into `adam`: every tensor of the model
-// present with its shape, nothing unknown; an Error naming the file otherwise.
-void load_checkpoint_tensors(const std::filesystem::path& dir, TorchModel& model, AdamW& adam);
 
 // lr at a step: linear warmup from lr/warmup to lr, then cosine to lr * min_lr_ratio at `steps`.
 double learning_rate(const TrainOptions& options, int64_t step);
