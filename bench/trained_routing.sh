@@ -12,9 +12,14 @@
 # DATA: `crossmoe data prepare` output (e.g. scripts/corpus.sh's 50M tokens); HELDOUT: a text file
 # of documents from its validation split (data prepare holds out every 10th document: lines 10,
 # 20, ... of scripts/corpus.sh's corpus.jsonl), the prompts of the traces and of bench. Settings (environment): LAYERS=4 (1 dense + groups of 3), STEPS=300, BATCH=16,
-# SEQ_LEN=512, DEVICE=cuda, RUNS=2 (timed runs per bench setting), THREADS (bench's CPU threads),
+# SEQ_LEN=512, SAVE_EVERY=0 (checkpoints besides the last), DEVICE=cuda, RUNS=2 (timed runs per bench
+# setting), THREADS (bench's CPU threads),
 # CROSSMOE_BIN=./build/crossmoe; SHAPE="--hidden 64 ..." replaces the shape flags (to try the
 # stages on a small model and a CPU).
+# Disk: a checkpoint holds fp32 weights and two AdamW moments, 12 bytes a parameter (43 GB for the
+# layer-local model at LAYERS=7, 3.6 B parameters), and a new one is written in full before the
+# previous one is deleted, so intermediate checkpoints need twice that; the GPU machine has 64 GB.
+# Once a model is exported its checkpoints are deleted (the stage is then skipped anyway).
 set -euo pipefail
 data=$1; heldout=$2; out=$3; shift 3
 stages=${*:-train trace sim bench}
@@ -34,8 +39,9 @@ for stage in $stages; do
         # shellcheck disable=SC2086
         "$bin" train --data "$data" -o "$dir" "${shape[@]}" ${layouts[$name]} --steps "${STEPS:-300}" \
           --batch "${BATCH:-16}" --seq-len "${SEQ_LEN:-512}" --data-order epoch --lr 1e-3 --warmup 30 \
-          --eval-every 100 --save-every 100 --device "${DEVICE:-cuda}" --seed 1 --export-dtype bf16
+          --eval-every 100 --save-every "${SAVE_EVERY:-0}" --device "${DEVICE:-cuda}" --seed 1 --export-dtype bf16
       fi
+      rm -rf "$dir/checkpoints"
     done ;;
   trace)
     head -c 4000 "$heldout" > "$out/trace-prompt.txt"

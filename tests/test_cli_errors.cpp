@@ -85,6 +85,7 @@ TEST_F(CliErrors, EveryCommandFailsWithOneErrorLineAndExitCode) {
       {"init {dir}/m --top-k 1.5", 2, "--top-k"},
       {"init {dir}/m --shared-size -1", 2, "--shared-size"},
       {"init {dir}/m --layout nope", 2, "--layout"},
+      {"init {dir}/m --layout megrez2 --layers 2", 1, "'cross_layer_group_size' is 3, more than the model's 2 layers"},
       {"init {dir}/m --seed -1", 2, "--seed: expected a whole number of at least 0"},
       {"init {dir}/m --threads 0", 2, "--threads"},
       {"init {good}", 1, "--force"},

@@ -309,6 +309,11 @@ void add_train(CLI::App& app) {
   cmd->add_option("--export-dtype", a->export_dtype, "Dtype of the exported weights: bf16 or f32")->capture_default_str();
   cmd->add_option("--stop-after", o.stop_after, "Checkpoint and stop after this step (continue later with --resume)");
   cmd->add_option("--peak-tflops", o.peak_tflops, "One process's device peak TFLOP/s: model FLOPs utilisation in log.csv's mfu column and at the end");
+  cmd->add_option("--profile", o.profile,
+                  "Record 5 steps (the 11th to 15th of this run, or the last of a shorter one) with libtorch's "
+                  "profiler and write where their time went to FILE: device kernels (CUDA) and host operators by "
+                  "total time against the wall time; the timeline beside it as FILE.trace.json where libtorch has "
+                  "Kineto (the first process only)");
   cmd->add_flag("--resume", o.resume,
                 "Continue from the output directory's newest complete checkpoint; training settings not given "
                 "come from it, and given ones must equal it");

@@ -85,8 +85,16 @@ void matmul_batch(const MatmulJob* jobs, int count) {
   const auto quantized_prep = [](Prep p) { return p == kQuantized32 || p == kQuantized256; };
   thread_local std::vector<ActivationBlock> quantized;
   thread_local std::vector<float> reordered;
-  std::vector<int> source(count, -1);  // the job whose prepared input job j reads
-  std::vector<size_t> prepared_at(count, 0);
+  // Per-call bookkeeping reuses the calling thread's storage (a decode step makes hundreds of
+  // small calls); the workers reach it through these references, not by the thread_local names.
+  thread_local std::vector<int> source_storage;
+  thread_local std::vector<size_t> prepared_at_storage;
+  thread_local std::vector<int64_t> first_block_storage;
+  std::vector<int>& source = source_storage;  // the job whose prepared input job j reads
+  std::vector<size_t>& prepared_at = prepared_at_storage;
+  std::vector<int64_t>& first_block = first_block_storage;
+  source.assign(count, -1);
+  prepared_at.assign(count, 0);
   size_t quantized_total = 0, reordered_total = 0;
   for (int j = 0; j < count; ++j) {
     const Prep prep = prep_of(j);
@@ -124,7 +132,7 @@ void matmul_batch(const MatmulJob* jobs, int count) {
   // activations (1.25 bytes per token and column, MiBs for a prompt: from L3), while its rows
   // (at most ~300 KiB up to 2048 columns) stay in L2, so fewer, larger blocks read them less often.
   const auto block_rows = [&](int j) -> int64_t { return quantized_prep(prep_of(j)) && jobs[j].tokens >= 32 ? 128 : 16; };
-  std::vector<int64_t> first_block(count + 1, 0);
+  first_block.assign(count + 1, 0);
   int64_t work = 0;
   for (int j = 0; j < count; ++j) {
     first_block[j + 1] = first_block[j] + (jobs[j].w.rows + block_rows(j) - 1) / block_rows(j);

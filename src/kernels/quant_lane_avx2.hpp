@@ -113,37 +113,65 @@ struct QuantLaneAvx2 {
   // the bytes of scales[0][j] (rows 2, 3, 6, 7: scales[1][j]), each spread to the four 16-bit
   // lanes of its row's products. A 16-bit lane adds 4 pairs of nibble products: at most
   // 4 * 2 * 15 * 127 = 15240; times a 6-bit scale and summed over a super-block, a row's 32-bit
-  // lanes stay below 2^25. Decode asks for the lines of the group two super-blocks ahead.
+  // lanes stay below 2^25.
+  struct Q4kHead {
+    __m256 d, dmin;
+    alignas(32) uint32_t scales[2][8];  // [rows 0, 1, 4, 5 | rows 2, 3, 6, 7][sub-block]
+    __m256i mins[4];  // per pair q of sub-blocks, rows 0..7's (m[2q], m[2q + 1]) as 16-bit pairs
+  };
+  static void q4_k_head(const uint8_t* g, Q4kHead& h) {
+    const __m256i low6 = _mm256_set1_epi8(63), low4 = _mm256_set1_epi8(15), low2 = _mm256_set1_epi8(3);
+    h.d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
+    h.dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 16)));
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 32));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 64));
+    const __m256i w2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 96));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(h.scales[0]), _mm256_and_si256(w0, low6));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(h.scales[1]),
+                       _mm256_or_si256(_mm256_and_si256(w2, low4),
+                                       _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w0, 6), low2), 4)));
+    const __m256i mins_lo = _mm256_and_si256(w1, low6);
+    const __m256i mins_hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w2, 4), low4),
+                                            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w1, 6), low2), 4));
+    const __m256i pairs02 = _mm256_unpacklo_epi32(mins_lo, mins_hi), pairs13 = _mm256_unpackhi_epi32(mins_lo, mins_hi);
+    h.mins[0] = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(pairs02));
+    h.mins[1] = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(pairs13));
+    h.mins[2] = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(pairs02, 1));
+    h.mins[3] = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(pairs13, 1));
+  }
+  // Sub-block j's scales of half h (rows 0, 1, 4, 5 or 2, 3, 6, 7) in their rows' 16-bit lanes.
+  static __m256i q4_k_scale(const Q4kHead& head, int h, int j) {
+    const __m256i spread = _mm256_setr_epi8(0, -1, 0, -1, 0, -1, 0, -1, 1, -1, 1, -1, 1, -1, 1, -1,  //
+                                            2, -1, 2, -1, 2, -1, 2, -1, 3, -1, 3, -1, 3, -1, 3, -1);
+    return _mm256_shuffle_epi8(_mm256_set1_epi32(int(head.scales[h][j])), spread);
+  }
+  // The super-block's float step for one token: its integer sums (dots of rows 0, 1, 4, 5 and
+  // 2, 3, 6, 7) and its min terms against the token's 8 block sums s.
+  static __m256 q4_k_finish(const Q4kHead& head, __m256i dots0, __m256i dots1, const int16_t* s, const float* ad_p,
+                            __m256 acc) {
+    __m256i min_sum = _mm256_setzero_si256();
+    for (int q = 0; q < 4; ++q) {
+      int32_t pair;
+      std::memcpy(&pair, s + 2 * q, 4);
+      min_sum = _mm256_add_epi32(min_sum, _mm256_madd_epi16(head.mins[q], _mm256_set1_epi32(pair)));
+    }
+    const __m256 ad = _mm256_broadcast_ss(ad_p);
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(dots0, dots1)), _mm256_mul_ps(head.d, ad), acc);
+    return _mm256_fnmadd_ps(_mm256_cvtepi32_ps(min_sum), _mm256_mul_ps(head.dmin, ad), acc);
+  }
   template <int T>
   static void q4_k_x8(const uint8_t* g, const ActivationBlock* x, const int16_t* sums, int64_t blocks, float* y,
                       int64_t ldy) {
+    if constexpr (T == 1) {
+      q4_k_x8_one(g, x, sums, blocks, y);
+      return;
+    }
     __m256 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
-    const __m256i low6 = _mm256_set1_epi8(63), low4 = _mm256_set1_epi8(15), low2 = _mm256_set1_epi8(3);
-    const __m256i spread = _mm256_setr_epi8(0, -1, 0, -1, 0, -1, 0, -1, 1, -1, 1, -1, 1, -1, 1, -1,  //
-                                            2, -1, 2, -1, 2, -1, 2, -1, 3, -1, 3, -1, 3, -1, 3, -1);
+    const __m256i low4 = _mm256_set1_epi8(15);
     for (int64_t b = 0; b < blocks; b += 8, g += 8 * 144) {
-      if constexpr (T == 1)
-        for (int line = 0; line < 8 * 144; line += 64) __builtin_prefetch(g + 2 * (8 * 144) + line);
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
-      const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 16)));
-      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 32));
-      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 64));
-      const __m256i w2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 96));
-      alignas(32) uint32_t scales[2][8];  // [rows 0, 1, 4, 5 | rows 2, 3, 6, 7][sub-block]
-      _mm256_store_si256(reinterpret_cast<__m256i*>(scales[0]), _mm256_and_si256(w0, low6));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(scales[1]),
-                         _mm256_or_si256(_mm256_and_si256(w2, low4),
-                                         _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w0, 6), low2), 4)));
-      const __m256i mins_lo = _mm256_and_si256(w1, low6);
-      const __m256i mins_hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w2, 4), low4),
-                                              _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w1, 6), low2), 4));
-      // Per pair q of sub-blocks, rows 0..7's (m[2q], m[2q + 1]) as 16-bit pairs.
-      const __m256i pairs02 = _mm256_unpacklo_epi32(mins_lo, mins_hi), pairs13 = _mm256_unpackhi_epi32(mins_lo, mins_hi);
-      const __m256i mins[4] = {_mm256_cvtepu8_epi16(_mm256_castsi256_si128(pairs02)),
-                               _mm256_cvtepu8_epi16(_mm256_castsi256_si128(pairs13)),
-                               _mm256_cvtepu8_epi16(_mm256_extracti128_si256(pairs02, 1)),
-                               _mm256_cvtepu8_epi16(_mm256_extracti128_si256(pairs13, 1))};
+      Q4kHead head;
+      q4_k_head(g, head);
       __m256i dots[T][2];
       for (int t = 0; t < T; ++t) dots[t][0] = dots[t][1] = _mm256_setzero_si256();
       for (int j = 0; j < 8; ++j) {
@@ -158,25 +186,53 @@ struct QuantLaneAvx2 {
               products[t] = _mm256_add_epi16(products[t],
                                              _mm256_maddubs_epi16(nibbles, bytes8(x[t * blocks + b + j].q + 8 * k)));
           }
-          const __m256i scale = _mm256_shuffle_epi8(_mm256_set1_epi32(int(scales[h][j])), spread);
+          const __m256i scale = q4_k_scale(head, h, j);
           for (int t = 0; t < T; ++t) dots[t][h] = _mm256_add_epi32(dots[t][h], _mm256_madd_epi16(products[t], scale));
         }
       }
-      for (int t = 0; t < T; ++t) {
-        const int16_t* s = sums + t * blocks + b;
-        __m256i min_sum = _mm256_setzero_si256();
-        for (int q = 0; q < 4; ++q) {
-          int32_t pair;
-          std::memcpy(&pair, s + 2 * q, 4);
-          min_sum = _mm256_add_epi32(min_sum, _mm256_madd_epi16(mins[q], _mm256_set1_epi32(pair)));
-        }
-        const __m256 ad = _mm256_broadcast_ss(&x[t * blocks + b].d);
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(dots[t][0], dots[t][1])), _mm256_mul_ps(d, ad),
-                                 acc[t]);
-        acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(min_sum), _mm256_mul_ps(dmin, ad), acc[t]);
-      }
+      for (int t = 0; t < T; ++t)
+        acc[t] = q4_k_finish(head, dots[t][0], dots[t][1], sums + t * blocks + b, &x[t * blocks + b].d, acc[t]);
     }
     for (int t = 0; t < T; ++t) _mm256_storeu_ps(y + t * ldy, acc[t]);
+  }
+  // One token (decode): the same integer sums and float steps as q4_k_x8<1>, arranged for a
+  // stream from memory: each 32-byte load of nibbles serves both sub-blocks of its pair (low and
+  // high nibbles), each activation broadcast both halves of the rows, the pair loop is unrolled
+  // so that the integer sums stay in registers, and the lines of the group two super-blocks
+  // (2.25 KiB) ahead are asked for (four measured no better here).
+  static void q4_k_x8_one(const uint8_t* g, const ActivationBlock* x, const int16_t* sums, int64_t blocks, float* y) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i low4 = _mm256_set1_epi8(15);
+    for (int64_t b = 0; b < blocks; b += 8, g += 8 * 144) {
+      for (int line = 0; line < 8 * 144; line += 64) __builtin_prefetch(g + 2 * (8 * 144) + line);
+      Q4kHead head;
+      q4_k_head(g, head);
+      __m256i dots0 = _mm256_setzero_si256(), dots1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) {
+        const uint8_t* q = g + 128 + 256 * p;
+        const int8_t* a_even = x[b + 2 * p].q;
+        const int8_t* a_odd = x[b + 2 * p + 1].q;
+        // [sub-block 2p | 2p + 1][rows 0, 1, 4, 5 | 2, 3, 6, 7]
+        __m256i even0 = _mm256_setzero_si256(), even1 = even0, odd0 = even0, odd1 = even0;
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; ++k) {
+          const __m256i ae = bytes8(a_even + 8 * k), ao = bytes8(a_odd + 8 * k);
+          const __m256i raw0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * k));
+          const __m256i raw1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * k + 32));
+          even0 = _mm256_add_epi16(even0, _mm256_maddubs_epi16(_mm256_and_si256(raw0, low4), ae));
+          even1 = _mm256_add_epi16(even1, _mm256_maddubs_epi16(_mm256_and_si256(raw1, low4), ae));
+          odd0 = _mm256_add_epi16(odd0, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw0, 4), low4), ao));
+          odd1 = _mm256_add_epi16(odd1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw1, 4), low4), ao));
+        }
+        dots0 = _mm256_add_epi32(dots0, _mm256_add_epi32(_mm256_madd_epi16(even0, q4_k_scale(head, 0, 2 * p)),
+                                                         _mm256_madd_epi16(odd0, q4_k_scale(head, 0, 2 * p + 1))));
+        dots1 = _mm256_add_epi32(dots1, _mm256_add_epi32(_mm256_madd_epi16(even1, q4_k_scale(head, 1, 2 * p)),
+                                                         _mm256_madd_epi16(odd1, q4_k_scale(head, 1, 2 * p + 1))));
+      }
+      acc = q4_k_finish(head, dots0, dots1, sums + b, &x[b].d, acc);
+    }
+    _mm256_storeu_ps(y, acc);
   }
 };
 

@@ -107,7 +107,9 @@ void ModelConfig::finalize() {
     require_at_most(int64_t(moe.num_experts) * moe.expert_intermediate_size, 1 << 26,
                     "num_experts x moe_intermediate_size");
     require_at_most(moe.shared_intermediate_size, 1 << 24, "the shared experts' width");
-    require_at_most(moe.group_size, num_layers, "cross_layer_group_size");
+    require(moe.group_size <= num_layers, "config: 'cross_layer_group_size' is " + std::to_string(moe.group_size) +
+                                              ", more than the model's " + std::to_string(num_layers) +
+                                              " layers ('num_hidden_layers')");
     if (moe.cross_layer == CrossLayer::Local)
       require(moe.group_size == 1, "config: a layer-local MoE has 'cross_layer_group_size' 1");
   }

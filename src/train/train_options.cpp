@@ -111,6 +111,10 @@ void check_options(const TrainOptions& o) {
                                            o.device.find_first_not_of("0123456789", 5) == std::string::npos);
   require(o.device == "cpu" || cuda, "--device must be cpu, cuda or cuda:N (got '" + o.device + "')");
   require(!o.out_dir.empty(), "--out is required");
+  if (!o.profile.empty()) {  // checked now rather than after the steps it records
+    const fs::path dir = o.profile.has_parent_path() ? o.profile.parent_path() : fs::path(".");
+    require(fs::is_directory(dir), "--profile " + o.profile.string() + ": no directory " + dir.string() + " to write it in");
+  }
   require(!o.sft_file.empty() || !o.data_dir.empty(), "--data (or --sft) is required");
 }
 

@@ -57,6 +57,7 @@ struct TrainOptions {
   bool force_settings = false; // resume even when training_settings differ from the checkpoint's
   int64_t stop_after = 0;      // > 0: checkpoint and stop after this step (no export), to split a run
   double peak_tflops = 0;        // one process's device peak TFLOP/s: log.csv's mfu (0 = unknown, no mfu)
+  std::filesystem::path profile;  // non-empty: where a few steps' time went (StepProfiler), written by rank 0
   bool shard_optimizer = false;  // several processes: ZeRO-1, each keeps the AdamW moments of 1/N of the weights
   int expert_parallel = 1;        // --ep: the routed experts split across this many processes (= --nproc)
   int tensor_parallel = 1;        // --tp: attention and FFN matrices split across groups of this many processes

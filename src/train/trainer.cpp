@@ -15,6 +15,7 @@
 #include "train/corpus.hpp"
 #include "train/distributed.hpp"
 #include "train/optimizer.hpp"
+#include "train/step_profiler.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
 #include "util/progress.hpp"
@@ -607,7 +608,10 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   double window_communication = 0, window_communication_share = 0;  // collectives' seconds and share of the window
   LogRow row;
   TrainResult result;
+  std::optional<StepProfiler> profiler;
+  if (leader && !o.profile.empty()) profiler.emplace(o.profile, start_step, o.steps, device.is_cuda());
   for (int64_t step = start_step; step < o.steps; ++step) {
+    if (profiler) profiler->begin_step(step);
     ForwardOptions fo{{}, compute, o.capacity_factor, expert_products(o.expert_products)};
     if (comm) {
       fo.sum_over_ranks = sum_over_ranks;
@@ -671,6 +675,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     row.loss = loss_sum.item<double>() / o.grad_accum;  // the step's one wait for the device
     row.grad_norm = grad_norm.item<double>();
     row.aux = aux_sum.item<double>() / o.grad_accum;
+    if (profiler) profiler->end_step(step);
     require(std::isfinite(row.loss), "train: the loss became " + std::to_string(row.loss) + " at step " +
                                          std::to_string(step + 1) + " (lower the learning rate?)");
     const bool last = step + 1 == o.steps;

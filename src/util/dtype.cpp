@@ -36,8 +36,10 @@ int64_t dtype_block(DType t) { return info(t).block; }
 
 size_t dtype_row_bytes(DType t, int64_t n) {
   const DTypeInfo& d = info(t);
-  require(n >= 0 && n % d.block == 0, std::string(d.name) + " stores rows in blocks of " + std::to_string(d.block) +
-                                          " elements; a row of " + std::to_string(n) + " does not divide");
+  // The message is built only on failure: the kernels call this per block of rows, in decode.
+  if (n < 0 || n % d.block != 0)
+    throw Error(std::string(d.name) + " stores rows in blocks of " + std::to_string(d.block) + " elements; a row of " +
+                std::to_string(n) + " does not divide");
   return size_t(n / d.block) * d.block_bytes;
 }
 
