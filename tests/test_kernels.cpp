@@ -90,6 +90,51 @@ TEST(Kernels, MatmulGivesATokenTheSameBitsAloneOrInABatch) {
   }
 }
 
+TEST(Kernels, EveryTokenCountAndColumnTailGivesATokenItsBitsAlone) {
+  // Several tokens run in groups of up to 6 (AVX2 bf16 tiles of 2 rows x 6 tokens; 3 tokens for
+  // f32 and f16), one token in tiles of 4 rows that prefetch: every group size, with 9 rows (whole
+  // tiles and a row after them) and columns with every kind of tail (none, a few, one short of a
+  // whole bf16 chunk of 16 or an f32 one of 8, past several chunks). A token's products are the
+  // bits it gets alone, and within float rounding of a double-precision loop.
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  const int rows = 9, most = 64;
+  for (int cols : {1, 7, 15, 16, 17, 40, 83, 129}) {
+    std::vector<float> w_f32(size_t(rows) * cols), x(size_t(most) * cols);
+    std::vector<uint16_t> w_bf16(w_f32.size()), w_f16(w_f32.size());
+    for (size_t i = 0; i < w_f32.size(); ++i) w_f32[i] = dist(rng), w_bf16[i] = f32_to_bf16(w_f32[i]), w_f16[i] = f32_to_f16(w_f32[i]);
+    for (float& v : x) v = dist(rng);
+    for (Isa isa : supported()) {
+      IsaGuard guard(isa);
+      for (DType dtype : {DType::F32, DType::BF16, DType::F16}) {
+        const void* data = dtype == DType::F32 ? static_cast<const void*>(w_f32.data())
+                           : dtype == DType::BF16 ? static_cast<const void*>(w_bf16.data())
+                                                  : static_cast<const void*>(w_f16.data());
+        const Matrix m{data, dtype, rows, cols};
+        std::vector<float> alone(size_t(most) * rows), together(size_t(most) * rows);
+        for (int t = 0; t < most; ++t) {
+          matmul(m, &x[size_t(t) * cols], 1, &alone[size_t(t) * rows]);
+          for (int r = 0; r < rows; ++r) {
+            double ref = 0;
+            for (int c = 0; c < cols; ++c) {
+              const size_t i = size_t(r) * cols + c;
+              const double weight = dtype == DType::F32 ? w_f32[i] : dtype == DType::BF16 ? bf16_to_f32(w_bf16[i]) : f16_to_f32(w_f16[i]);
+              ref += weight * x[size_t(t) * cols + c];
+            }
+            ASSERT_NEAR(alone[size_t(t) * rows + r], ref, 1e-5 * cols) << isa_name(isa) << " " << dtype_name(dtype) << " " << cols << " columns";
+          }
+        }
+        for (int tokens : {2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16, 17, 19, 31, 64}) {
+          matmul(m, x.data(), tokens, together.data());
+          for (size_t i = 0; i < size_t(tokens) * rows; ++i)
+            ASSERT_EQ(alone[i], together[i]) << isa_name(isa) << " " << dtype_name(dtype) << " " << cols << " columns, "
+                                             << tokens << " tokens, token " << i / rows << " row " << i % rows;
+        }
+      }
+    }
+  }
+}
+
 TEST(Kernels, MatmulReadsRowsWithAStride) {
   // The left 5 columns of a [7, 12] matrix, as attention reads a window of its caches, for a few
   // tokens and for more than one register tile of them.
