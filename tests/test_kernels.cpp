@@ -90,6 +90,51 @@ TEST(Kernels, MatmulGivesATokenTheSameBitsAloneOrInABatch) {
   }
 }
 
+TEST(Kernels, EveryTokenCountAndColumnTailGivesATokenItsBitsAlone) {
+  // Several tokens run in groups of up to 6 (AVX2 bf16 tiles of 2 rows x 6 tokens; 3 tokens for
+  // f32 and f16), one token in tiles of 4 rows that prefetch: every group size, with 9 rows (whole
+  // tiles and a row after them) and columns with every kind of tail (none, a few, one short of a
+  // whole bf16 chunk of 16 or an f32 one of 8, past several chunks). A token's products are the
+  // bits it gets alone, and within float rounding of a double-precision loop.
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  const int rows = 9, most = 64;
+  for (int cols : {1, 7, 15, 16, 17, 40, 83, 129}) {
+    std::vector<float> w_f32(size_t(rows) * cols), x(size_t(most) * cols);
+    std::vector<uint16_t> w_bf16(w_f32.size()), w_f16(w_f32.size());
+    for (size_t i = 0; i < w_f32.size(); ++i) w_f32[i] = dist(rng), w_bf16[i] = f32_to_bf16(w_f32[i]), w_f16[i] = f32_to_f16(w_f32[i]);
+    for (float& v : x) v = dist(rng);
+    for (Isa isa : supported()) {
+      IsaGuard guard(isa);
+      for (DType dtype : {DType::F32, DType::BF16, DType::F16}) {
+        const void* data = dtype == DType::F32 ? static_cast<const void*>(w_f32.data())
+                           : dtype == DType::BF16 ? static_cast<const void*>(w_bf16.data())
+                                                  : static_cast<const void*>(w_f16.data());
+        const Matrix m{data, dtype, rows, cols};
+        std::vector<float> alone(size_t(most) * rows), together(size_t(most) * rows);
+        for (int t = 0; t < most; ++t) {
+          matmul(m, &x[size_t(t) * cols], 1, &alone[size_t(t) * rows]);
+          for (int r = 0; r < rows; ++r) {
+            double ref = 0;
+            for (int c = 0; c < cols; ++c) {
+              const size_t i = size_t(r) * cols + c;
+              const double weight = dtype == DType::F32 ? w_f32[i] : dtype == DType::BF16 ? bf16_to_f32(w_bf16[i]) : f16_to_f32(w_f16[i]);
+              ref += weight * x[size_t(t) * cols + c];
+            }
+            ASSERT_NEAR(alone[size_t(t) * rows + r], ref, 1e-5 * cols) << isa_name(isa) << " " << dtype_name(dtype) << " " << cols << " columns";
+          }
+        }
+        for (int tokens : {2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16, 17, 19, 31, 64}) {
+          matmul(m, x.data(), tokens, together.data());
+          for (size_t i = 0; i < size_t(tokens) * rows; ++i)
+            ASSERT_EQ(alone[i], together[i]) << isa_name(isa) << " " << dtype_name(dtype) << " " << cols << " columns, "
+                                             << tokens << " tokens, token " << i / rows << " row " << i % rows;
+        }
+      }
+    }
+  }
+}
+
 TEST(Kernels, MatmulReadsRowsWithAStride) {
   // The left 5 columns of a [7, 12] matrix, as attention reads a window of its caches, for a few
   // tokens and for more than one register tile of them.
@@ -317,6 +362,35 @@ TEST(QuantKernels, ActivationsQuantizeWithinHalfAStep) {
       }
       EXPECT_EQ(a[b].sum, sum);
       if (group == 32) EXPECT_EQ(qmax, b == 2 || b >= 8 ? 0 : 127) << "the largest value of a block maps to 127";
+    }
+  }
+}
+
+// Each ISA quantizes activations its own way (the decode path's input step) to the portable
+// code's bytes: steps, sums and every q, ties at exactly half a step included (to even).
+TEST(QuantKernels, EveryIsaQuantizesActivationsToThePortableBytes) {
+  std::mt19937 rng(9);
+  std::vector<float> x = weight_like(1024, rng);
+  std::fill(x.begin() + 256, x.begin() + 512, 0.0f);  // a zero super-block
+  x[512] = -127.0f;  // a group whose step is 1: these land on exact halves
+  for (int i = 1; i < 32; ++i) x[512 + i] = float(i % 7) - 3.5f + (i % 2 ? 0.0f : 1.0f);
+  for (int64_t group : {32, 256}) {
+    std::vector<ActivationBlock> portable(32);
+    quantize_activations(x.data(), 1024, group, portable.data());
+    ASSERT_EQ(portable[16].d, 1.0f);  // the ties are ties: -2.5 -> -2, 0.5 -> 0, -0.5 -> -0
+    EXPECT_EQ(portable[16].q[0], -127);
+    EXPECT_EQ(portable[16].q[1], -2);
+    EXPECT_EQ(portable[16].q[3], 0);
+    for (const KernelTable* table : {&generic_kernels(), &avx2_kernels(), &avx512_kernels()}) {
+      if (!isa_supported(table->isa)) continue;
+      std::vector<ActivationBlock> a(32);
+      table->quantize_activations(x.data(), 1024, group, a.data());
+      for (int b = 0; b < 32; ++b) {
+        EXPECT_EQ(a[b].d, portable[b].d) << isa_name(table->isa) << " group " << group << " block " << b;
+        EXPECT_EQ(a[b].sum, portable[b].sum) << isa_name(table->isa) << " group " << group << " block " << b;
+        for (int i = 0; i < 32; ++i)
+          ASSERT_EQ(a[b].q[i], portable[b].q[i]) << isa_name(table->isa) << " group " << group << " block " << b << " " << i;
+      }
     }
   }
 }

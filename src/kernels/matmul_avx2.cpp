@@ -10,14 +10,21 @@ namespace {
 struct Avx2 {
   using V = __m256;
   static constexpr int width = 8;
-  // 4 rows x 2 tokens: 8 accumulators, 4 token vectors and 2 weight vectors fit the 16 registers
-  // (4 x 4 spilled to the stack, at half the speed).
-  static constexpr int tile_tokens = 2;
+  // Of the 16 registers, bf16 tiles of 2 rows x 6 tokens hold 12 accumulators and the 2 rows'
+  // even and odd weight vectors (the token vectors are the FMAs' memory operands): per 16 columns,
+  // 2 loads and 4 integer operations widen the weights for 24 FMAs. f32 and f16: 4 rows x 3
+  // tokens, the 3 token vectors in registers, one weight vector at a time.
+  static constexpr int decode_rows = 4;
+  template <DType D> static constexpr int tile_rows = D == DType::BF16 ? 2 : 4;
+  template <DType D> static constexpr int tile_tokens = D == DType::BF16 ? 6 : 3;
   static V zero() { return _mm256_setzero_ps(); }
   static V broadcast(float a) { return _mm256_set1_ps(a); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V fma(V a, V b, V acc) { return _mm256_fmadd_ps(a, b, acc); }
+  static float fma1(float a, float b, float acc) {
+    return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(acc)));
+  }
   static float sum(V v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));

@@ -10,12 +10,17 @@ namespace {
 struct Avx512 {
   using V = __m512;
   static constexpr int width = 16;
-  static constexpr int tile_tokens = 4;  // 16 accumulators of the 32 registers
+  static constexpr int decode_rows = 4;
+  template <DType D> static constexpr int tile_rows = 4;  // 4 x 4: 16 accumulators of the 32 registers
+  template <DType D> static constexpr int tile_tokens = 4;
   static V zero() { return _mm512_setzero_ps(); }
   static V broadcast(float a) { return _mm512_set1_ps(a); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V fma(V a, V b, V acc) { return _mm512_fmadd_ps(a, b, acc); }
+  static float fma1(float a, float b, float acc) {
+    return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(acc)));
+  }
   static float sum(V v) { return _mm512_reduce_add_ps(v); }
   template <DType D> static V widen(const impl::Stored<D>* p) {
     if constexpr (D == DType::F32) {

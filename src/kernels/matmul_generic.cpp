@@ -9,12 +9,15 @@ namespace {
 struct Scalar {
   using V = float;
   static constexpr int width = 1;
-  static constexpr int tile_tokens = 4;
+  static constexpr int decode_rows = 4;
+  template <DType D> static constexpr int tile_rows = 4;
+  template <DType D> static constexpr int tile_tokens = 4;
   static V zero() { return 0.0f; }
   static V broadcast(float a) { return a; }
   static V load(const float* p) { return *p; }
   static void store(float* p, V v) { *p = v; }
   static V fma(V a, V b, V acc) { return acc + a * b; }
+  static float fma1(float a, float b, float acc) { return acc + a * b; }
   static float sum(V v) { return v; }
   template <DType D> static V widen(const impl::Stored<D>* p) { return impl::scalar_widen<D>(*p); }
   static void widen_bf16_pair(const uint16_t* p, V& even, V& odd) {
@@ -24,6 +27,9 @@ struct Scalar {
 };
 
 struct QuantLaneScalar {
+  static void quantize_activations(const float* x, int64_t n, int64_t group, ActivationBlock* out) {
+    kernels::quantize_activations(x, n, group, out);
+  }
   using Acc = float;
   static Acc zero() { return 0.0f; }
   static float sum(Acc v) { return v; }

@@ -6,7 +6,11 @@
 //   S::widen<D>(const Stored<D>*)   load S::width stored elements as floats
 //   S::widen_bf16_pair(const uint16_t*, V& even, V& odd)   load 2 * S::width bf16 elements: even
 //                   gets elements 0, 2, 4, ..., odd gets 1, 3, 5, ... (a shift and a mask, no shuffle)
-//   S::tile_tokens  tokens per register tile (as many as the register file holds without spilling)
+//   S::fma1(a, b, acc)   a * b + acc on single floats, rounded as S::fma rounds each lane
+//   S::decode_rows  rows per tile for one token
+//   S::tile_rows<D>, S::tile_tokens<D>   rows x tokens per register tile for several tokens
+//                   against weights of dtype D (as many accumulators as the registers hold
+//                   beside the weight vectors, without spilling)
 #include <algorithm>
 
 #include <bit>
@@ -32,13 +36,18 @@ template <DType D> inline float scalar_widen(Stored<D> v) {
 
 // One token (decode) reads each row once from memory: the tile asks for the next tile's rows at
 // the same columns ahead of time, since rows of small matrices (an MoE's experts) end before the
-// hardware prefetcher has picked up their streams.
-// ROWS weight rows times TOK token vectors: every weight vector loaded once feeds TOK FMAs,
-// every token vector loaded once feeds ROWS FMAs. Every (row, token) pair is summed in the same
-// order whatever the tile, so a token's result does not depend on the tokens beside it.
+// hardware prefetcher has picked up their streams. Several tokens (a batched decode step, a
+// prefill chunk) do the same on the first pass over a block of rows (PREFETCH); later passes
+// over the same rows find them in cache.
+// ROWS weight rows times TOK token vectors: every weight vector loaded (and widened) once feeds
+// TOK FMAs, every token vector loaded once feeds ROWS FMAs. Every (row, token) pair is summed in
+// the same order whatever the tile, so a token's result does not depend on the tokens beside it:
+// one vector accumulator over the whole chunks, its lanes summed by S::sum, then the columns
+// after the last whole chunk one by one with S::fma1, an explicit fused multiply-add (a plain
+// `s += w * x` there would be fused or not at the compiler's choice, per tile shape).
 // bf16 rows are read 2 * S::width at a time, split into even and odd elements; x then comes in
 // the layout of bf16_x_layout (each such chunk's even columns, then its odd ones).
-template <class S, DType D, int ROWS, int TOK>
+template <class S, DType D, int ROWS, int TOK, bool PREFETCH>
 inline void tile(const Stored<D>* w, int64_t ld, const float* x, int64_t cols, int64_t ldx, float* y,
                  int64_t ldy) {
   typename S::V acc[ROWS][TOK];
@@ -47,13 +56,12 @@ inline void tile(const Stored<D>* w, int64_t ld, const float* x, int64_t cols, i
   int64_t c = 0;
   if constexpr (D == DType::BF16) {
     for (; c + 2 * S::width <= cols; c += 2 * S::width) {
-      typename S::V even[TOK], odd[TOK];
-      for (int t = 0; t < TOK; ++t) even[t] = S::load(x + t * ldx + c), odd[t] = S::load(x + t * ldx + c + S::width);
       for (int r = 0; r < ROWS; ++r) {
         typename S::V we, wo;
-        if constexpr (TOK == 1) __builtin_prefetch(w + (r + ROWS) * ld + c);
+        if constexpr (PREFETCH) __builtin_prefetch(w + (r + ROWS) * ld + c);
         S::widen_bf16_pair(w + r * ld + c, we, wo);
-        for (int t = 0; t < TOK; ++t) acc[r][t] = S::fma(wo, odd[t], S::fma(we, even[t], acc[r][t]));
+        for (int t = 0; t < TOK; ++t)
+          acc[r][t] = S::fma(wo, S::load(x + t * ldx + c + S::width), S::fma(we, S::load(x + t * ldx + c), acc[r][t]));
       }
     }
   }
@@ -61,7 +69,7 @@ inline void tile(const Stored<D>* w, int64_t ld, const float* x, int64_t cols, i
     typename S::V xv[TOK];
     for (int t = 0; t < TOK; ++t) xv[t] = S::load(x + t * ldx + c);
     for (int r = 0; r < ROWS; ++r) {
-      if constexpr (TOK == 1) __builtin_prefetch(w + (r + ROWS) * ld + c);
+      if constexpr (PREFETCH) __builtin_prefetch(w + (r + ROWS) * ld + c);
       const typename S::V wv = S::template widen<D>(w + r * ld + c);
       for (int t = 0; t < TOK; ++t) acc[r][t] = S::fma(wv, xv[t], acc[r][t]);
     }
@@ -69,27 +77,47 @@ inline void tile(const Stored<D>* w, int64_t ld, const float* x, int64_t cols, i
   for (int r = 0; r < ROWS; ++r)
     for (int t = 0; t < TOK; ++t) {
       float s = S::sum(acc[r][t]);
-      for (int64_t k = c; k < cols; ++k) s += scalar_widen<D>(w[r * ld + k]) * x[t * ldx + k];
+      for (int64_t k = c; k < cols; ++k) s = S::fma1(scalar_widen<D>(w[r * ld + k]), x[t * ldx + k], s);
       y[t * ldy + r] = s;
     }
 }
 
-template <class S, DType D, int TOK>
+template <class S, DType D, int ROWS, int TOK, bool PREFETCH>
 inline void rows_for_tokens(const Stored<D>* w, int64_t ld, int64_t cols, const float* x, int64_t ldy, float* y,
                             int64_t r0, int64_t r1) {
   int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) tile<S, D, 4, TOK>(w + r * ld, ld, x, cols, cols, y + r, ldy);
-  for (; r < r1; ++r) tile<S, D, 1, TOK>(w + r * ld, ld, x, cols, cols, y + r, ldy);
+  for (; r + ROWS <= r1; r += ROWS) tile<S, D, ROWS, TOK, PREFETCH>(w + r * ld, ld, x, cols, cols, y + r, ldy);
+  for (; r < r1; ++r) tile<S, D, 1, TOK, PREFETCH>(w + r * ld, ld, x, cols, cols, y + r, ldy);
 }
 
+// rows_for_tokens for n tokens, 1 <= n <= TOK: a tile of exactly n tokens.
+template <class S, DType D, int ROWS, int TOK, bool PREFETCH>
+inline void rows_for_n_tokens(int n, const Stored<D>* w, int64_t ld, int64_t cols, const float* x, int64_t ldy,
+                              float* y, int64_t r0, int64_t r1) {
+  if constexpr (TOK > 1)
+    if (n < TOK) return rows_for_n_tokens<S, D, ROWS, TOK - 1, PREFETCH>(n, w, ld, cols, x, ldy, y, r0, r1);
+  rows_for_tokens<S, D, ROWS, TOK, PREFETCH>(w, ld, cols, x, ldy, y, r0, r1);
+}
+
+// One token runs tiles of S::decode_rows rows (it reads every weight once: memory-bound). More
+// tokens run in groups as even as possible of at most S::tile_tokens<D>, each group over all rows
+// [r0, r1) in tiles of S::tile_rows<D>: the block's rows stay in cache between groups, each
+// group's token vectors in L1 through its pass.
 template <class S, DType D>
 void matmul_rows_typed(const Matrix& m, const float* x, int tokens, float* y, int64_t r0, int64_t r1) {
   const auto* w = static_cast<const Stored<D>*>(m.data);
   const int64_t cols = m.cols, ld = m.row_stride(), ldy = m.rows;
-  constexpr int kTok = S::tile_tokens;
-  int t = 0;
-  for (; t + kTok <= tokens; t += kTok) rows_for_tokens<S, D, kTok>(w, ld, cols, x + t * cols, ldy, y + t * ldy, r0, r1);
-  for (; t < tokens; ++t) rows_for_tokens<S, D, 1>(w, ld, cols, x + t * cols, ldy, y + t * ldy, r0, r1);
+  if (tokens == 1) return rows_for_tokens<S, D, S::decode_rows, 1, true>(w, ld, cols, x, ldy, y, r0, r1);
+  constexpr int kTok = S::template tile_tokens<D>, kRows = S::template tile_rows<D>;
+  const int groups = (tokens + kTok - 1) / kTok;
+  for (int g = 0, t = 0; g < groups; ++g) {
+    const int n = (tokens - t) / (groups - g);
+    if (g == 0)
+      rows_for_n_tokens<S, D, kRows, kTok, true>(n, w, ld, cols, x + t * cols, ldy, y + t * ldy, r0, r1);
+    else
+      rows_for_n_tokens<S, D, kRows, kTok, false>(n, w, ld, cols, x + t * cols, ldy, y + t * ldy, r0, r1);
+    t += n;
+  }
 }
 
 // x as tile reads it against bf16 weights: in each whole chunk of 2 * S::width columns, the even
@@ -142,7 +170,7 @@ void axpy(float alpha, const float* x, float* y, int n) {
 // S: the float lane above; L: the integer lane of quant_matmul_impl.hpp.
 template <class S, class L>
 KernelTable make_table(Isa isa) {
-  return KernelTable{isa, &matmul_rows<S>, &bf16_x_layout<S>, &quant_impl::quant_matmul_rows<L>, &dot<S>, &axpy<S>};
+  return KernelTable{isa, &matmul_rows<S>, &bf16_x_layout<S>, &quant_impl::quant_matmul_rows<L>, &L::quantize_activations, &dot<S>, &axpy<S>};
 }
 
 }  // namespace
