@@ -366,6 +366,35 @@ TEST(QuantKernels, ActivationsQuantizeWithinHalfAStep) {
   }
 }
 
+// Each ISA quantizes activations its own way (the decode path's input step) to the portable
+// code's bytes: steps, sums and every q, ties at exactly half a step included (to even).
+TEST(QuantKernels, EveryIsaQuantizesActivationsToThePortableBytes) {
+  std::mt19937 rng(9);
+  std::vector<float> x = weight_like(1024, rng);
+  std::fill(x.begin() + 256, x.begin() + 512, 0.0f);  // a zero super-block
+  x[512] = -127.0f;  // a group whose step is 1: these land on exact halves
+  for (int i = 1; i < 32; ++i) x[512 + i] = float(i % 7) - 3.5f + (i % 2 ? 0.0f : 1.0f);
+  for (int64_t group : {32, 256}) {
+    std::vector<ActivationBlock> portable(32);
+    quantize_activations(x.data(), 1024, group, portable.data());
+    ASSERT_EQ(portable[16].d, 1.0f);  // the ties are ties: -2.5 -> -2, 0.5 -> 0, -0.5 -> -0
+    EXPECT_EQ(portable[16].q[0], -127);
+    EXPECT_EQ(portable[16].q[1], -2);
+    EXPECT_EQ(portable[16].q[3], 0);
+    for (const KernelTable* table : {&generic_kernels(), &avx2_kernels(), &avx512_kernels()}) {
+      if (!isa_supported(table->isa)) continue;
+      std::vector<ActivationBlock> a(32);
+      table->quantize_activations(x.data(), 1024, group, a.data());
+      for (int b = 0; b < 32; ++b) {
+        EXPECT_EQ(a[b].d, portable[b].d) << isa_name(table->isa) << " group " << group << " block " << b;
+        EXPECT_EQ(a[b].sum, portable[b].sum) << isa_name(table->isa) << " group " << group << " block " << b;
+        for (int i = 0; i < 32; ++i)
+          ASSERT_EQ(a[b].q[i], portable[b].q[i]) << isa_name(table->isa) << " group " << group << " block " << b << " " << i;
+      }
+    }
+  }
+}
+
 TEST(QuantKernels, PortableMatchesDequantizedWeightsWithinTheBound) {
   for (DType t : {DType::Q8_0, DType::Q4_K}) {
     std::vector<std::vector<float>> y;

@@ -119,7 +119,7 @@ void matmul_batch(const MatmulJob* jobs, int count) {
   for (int j = 0; j < count; ++j) {
     if (source[j] != j) continue;
     if (quantized_prep(prep_of(j)))
-      quantize_activations(jobs[j].x, int64_t(jobs[j].tokens) * jobs[j].w.cols, activation_group(jobs[j].w.dtype),
+      k.quantize_activations(jobs[j].x, int64_t(jobs[j].tokens) * jobs[j].w.cols, activation_group(jobs[j].w.dtype),
                            quantized.data() + prepared_at[j]);
     else
       k.bf16_x_layout(jobs[j].x, jobs[j].tokens, jobs[j].w.cols, reordered.data() + prepared_at[j]);

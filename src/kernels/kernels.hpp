@@ -76,8 +76,9 @@ struct ActivationBlock {
 // block), 256 for Q4_K (a super-block, as llama.cpp's Q8_K: one float step per super-block lets
 // the kernel apply the 8 sub-block scales in integers).
 int64_t activation_group(DType weights);
-// n a multiple of group (32 or 256); every block of a group gets the group's d. One portable
-// implementation, so every ISA multiplies the same integers.
+// n a multiple of group (32 or 256); every block of a group gets the group's d. The portable
+// definition; each ISA's table has a version that gives the same bytes (tested), so every ISA
+// multiplies the same integers.
 void quantize_activations(const float* x, int64_t n, int64_t group, ActivationBlock* out);
 
 enum class Isa { Generic, Avx2, Avx512 };
@@ -99,6 +100,8 @@ struct KernelTable {
   // The same for Q8_0 / Q4_K weights, x quantized: cols / 32 blocks per token.
   void (*quant_matmul_rows)(const Matrix& w, const ActivationBlock* x, int tokens, float* y, int64_t row_begin,
                             int64_t row_end);
+  // quantize_activations, as fast as the ISA does it (decode quantizes every matmul's input).
+  void (*quantize_activations)(const float* x, int64_t n, int64_t group, ActivationBlock* out);
   float (*dot)(const float* a, const float* b, int n);
   void (*axpy)(float a, const float* x, float* y, int n);
 };

@@ -27,6 +27,9 @@ struct Scalar {
 };
 
 struct QuantLaneScalar {
+  static void quantize_activations(const float* x, int64_t n, int64_t group, ActivationBlock* out) {
+    kernels::quantize_activations(x, n, group, out);
+  }
   using Acc = float;
   static Acc zero() { return 0.0f; }
   static float sum(Acc v) { return v; }

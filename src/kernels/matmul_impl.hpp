@@ -170,7 +170,7 @@ void axpy(float alpha, const float* x, float* y, int n) {
 // S: the float lane above; L: the integer lane of quant_matmul_impl.hpp.
 template <class S, class L>
 KernelTable make_table(Isa isa) {
-  return KernelTable{isa, &matmul_rows<S>, &bf16_x_layout<S>, &quant_impl::quant_matmul_rows<L>, &dot<S>, &axpy<S>};
+  return KernelTable{isa, &matmul_rows<S>, &bf16_x_layout<S>, &quant_impl::quant_matmul_rows<L>, &L::quantize_activations, &dot<S>, &axpy<S>};
 }
 
 }  // namespace

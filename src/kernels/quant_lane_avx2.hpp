@@ -13,6 +13,39 @@ namespace crossmoe::kernels {
 namespace {
 
 struct QuantLaneAvx2 {
+  // kernels::quantize_activations 32 values at a time, to the same bytes: the maximum is exact in
+  // any order, and the product, the rounding to nearest (even) and the clamp are the portable
+  // code's operations on each value.
+  static void quantize_activations(const float* x, int64_t n, int64_t group, ActivationBlock* out) {
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 low = _mm256_set1_ps(-127.0f), high = _mm256_set1_ps(127.0f);
+    const __m256i byte_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t g = 0; g < n / group; ++g, x += group) {
+      __m256 m = _mm256_setzero_ps();
+      for (int64_t i = 0; i < group; i += 8) m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + i), magnitude), m);
+      __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+      h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+      const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+      const __m256 inverse = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+      for (int64_t b = 0; b < group / 32; ++b) {
+        ActivationBlock& a = *out++;
+        a.d = amax / 127.0f;
+        __m256i q[4];
+        for (int k = 0; k < 4; ++k) {
+          const __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 32 * b + 8 * k), inverse),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+          q[k] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, low), high));
+        }
+        const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        a.sum = _mm_cvtsi128_si32(_mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1)));
+        // The packs interleave 4-value runs of the four vectors per 128-bit half; put them in order.
+        const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.q), _mm256_permutevar8x32_epi32(bytes, byte_order));
+      }
+    }
+  }
   using Acc = __m256;
   static Acc zero() { return _mm256_setzero_ps(); }
   static float sum(Acc v) {
