@@ -65,6 +65,27 @@ if [ "$mode" = build ] && printf '#include <ATen/ATen.h>\nat::Tensor f(const at:
   flags+=(-DCROSSMOE_HAVE_GROUPED_MM)
   echo "grouped expert products: on (at::_grouped_mm)"
 fi
+# c10d's NCCL process group (`train --nproc N --device cuda`), when this libtorch has it: its header
+# is compiled only with USE_C10D_NCCL and includes NCCL's nccl.h and CUDA's library headers, which
+# the pip wheels carry under nvidia/*/include (after the toolkit's, which win where both have one).
+# On only when a program that makes a ProcessGroupNCCL compiles and links here.
+if [ "$mode" = build ]; then
+  nccl_flags=(-DUSE_C10D_NCCL -DCROSSMOE_HAVE_NCCL)
+  for include in "$TORCH"/../nvidia/*/include; do [ -d "$include" ] && nccl_flags+=("-I$include"); done
+  probe='#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+int main(int argc, char**) {
+  if (argc > 1000) c10::make_intrusive<c10d::ProcessGroupNCCL>(c10::intrusive_ptr<c10d::Store>(), 0, 1);
+  return 0;
+}'
+  if printf '%s\n' "$probe" | g++ "${flags[@]}" "${nccl_flags[@]}" -x c++ - -x none -o "$dir/nccl_probe" "${cuda_link[@]}" \
+       -L"$TORCH/lib" -Wl,-rpath,"$TORCH/lib" -Wl,--no-as-needed -ltorch -ltorch_cuda -ltorch_cpu -lc10_cuda -lc10 \
+       2> "$dir/nccl_probe.log"; then
+    flags+=("${nccl_flags[@]}")
+    echo "NCCL backend (train --nproc with --device cuda): on"
+  else
+    echo "NCCL backend (train --nproc with --device cuda): off (the probe's errors: $dir/nccl_probe.log)"
+  fi
+fi
 shopt -s nullglob  # no generated sources prepared (`commands` on a fresh folder): none listed
 srcs=(src/*/*.cpp apps/crossmoe/*.cpp "$dir"/gen/*.cpp)
 object() { echo "$dir/obj/$(echo "$1" | tr / _).o"; }

@@ -21,6 +21,7 @@
 #include "util/json_file.hpp"
 #ifdef CROSSMOE_HAVE_TORCH
 #include "train/checkpoint_state.hpp"
+#include "train/distributed.hpp"
 #include "train/torch_model.hpp"
 #include "runtime/forward.hpp"
 #endif
@@ -607,13 +608,22 @@ TEST_F(CliTrain, DataParallelEqualsOneProcess) {
   const Result to_zero =
       run("train -o " + (dir_ / "dp_one_to_zero").string() + " --resume --threads 1 --nproc 2 --shard-optimizer");
   ASSERT_EQ(to_zero.code, 0) << to_zero.out;
+  // --nproc 1 given: one rank, through the launcher and a process group of one (as one GPU runs NCCL).
+  const Result one_rank = run(replaced(args, "dp_one", "dp_one_rank") + "--nproc 1");
+  ASSERT_EQ(one_rank.code, 0) << one_rank.out;
+  EXPECT_NE(one_rank.out.find("data parallel on 1 process (Gloo):"), std::string::npos) << one_rank.out;
   ASSERT_EQ(columns(dir_ / "dp_one" / "log.csv").size(), 8u);
-  for (const char* run_name : {"dp_two", "dp_mixed", "dp_zero", "dp_zero_to_one", "dp_one_to_zero"}) {
+  for (const char* run_name : {"dp_two", "dp_mixed", "dp_zero", "dp_zero_to_one", "dp_one_to_zero", "dp_one_rank"}) {
     SCOPED_TRACE(run_name);
     expect_same_run(dir_ / "dp_one", dir_ / run_name);
   }
   expect_one_line_error(run(replaced(replaced(args, "dp_one", "dp_odd"), "--batch 4", "--batch 3") + "--nproc 2"),
                         "--batch 3");
+  // GPUs take NCCL: a build without it (this CPU one; a CUDA libtorch whose ProcessGroupNCCL did not
+  // build) says so before any work.
+  if (!crossmoe::train::Communicator::available(torch::Device(torch::kCUDA)))
+    expect_one_line_error(run(replaced(args, "dp_one", "dp_cuda") + "--nproc 2 --device cuda"),
+                          "--nproc 2 --device cuda needs c10d's NCCL backend, which this build lacks");
 }
 
 // Expert parallelism on 2 processes (--ep 2: each holds half of every pool's routed experts, tokens
@@ -855,9 +865,15 @@ TEST_F(CliTrain, SftOnConversationsThenChat) {
   const fs::path base = dir_ / "sft_base";
   ASSERT_EQ(run(train_args(base) + "--steps 2").code, 0);
   std::ofstream chats(dir_ / "chats.jsonl");
+  // Answers of different lengths, so that ranks' rows hold different numbers of answer tokens.
+  const auto ok_times = [](int n) {
+    std::string answer;
+    for (int i = 0; i < n; ++i) answer += "ok ";
+    return answer;
+  };
   for (int i = 0; i < 20; ++i)
     chats << nlohmann::json{{"messages", {{{"role", "user"}, {"content", "say " + std::to_string(i % 3)}},
-                                          {{"role", "assistant"}, {"content", "ok " + std::to_string(i % 3)}}}}}
+                                          {{"role", "assistant"}, {"content", ok_times(1 + i % 4) + std::to_string(i % 3)}}}}}
                  .dump()
           << "\n";
   chats.close();
@@ -869,6 +885,11 @@ TEST_F(CliTrain, SftOnConversationsThenChat) {
   ASSERT_EQ(run("train -o " + (dir_ / "sft_split").string() + " --resume --threads 1").code, 0);
   EXPECT_EQ(bytes_of(dir_ / "sft_run" / "model" / "model.safetensors"),
             bytes_of(dir_ / "sft_split" / "model" / "model.safetensors"));
+  // On 2 processes the ranks' rows hold different numbers of answer tokens; each rank's mean is
+  // weighted by its share of the global batch's (a sum over the ranks), so the run is one process's.
+  const Result two = run(sft + (dir_ / "sft_two").string() + " --steps 6 --nproc 2");
+  ASSERT_EQ(two.code, 0) << two.out;
+  expect_same_run(dir_ / "sft_run", dir_ / "sft_two");
   std::ofstream(dir_ / "hi.txt") << "say 1\n";
   const Result rendered = run("chat " + (dir_ / "sft_run" / "model").string() + " --render < " + (dir_ / "hi.txt").string(), false);
   EXPECT_EQ(rendered.out, "<|im_start|>user\nsay 1<|im_end|>\n<|im_start|>assistant\n");

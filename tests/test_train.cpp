@@ -278,7 +278,7 @@ std::vector<Pass> on_two_ranks(const std::function<Pass(int rank, Communicator& 
 // owner (halved: the trainer averages over ranks) equal one process's, with the per-expert loop
 // and the batched products.
 TEST(TrainerExpertParallel, TwoRanksEqualOneProcess) {
-  if (!Communicator::available()) GTEST_SKIP() << "this libtorch has no Gloo backend";
+  if (!Communicator::available(torch::kCPU)) GTEST_SKIP() << "this libtorch has no Gloo backend";
   for (const Layout& layout : layouts()) {
     if (layout.name != "megrez2_pregated_sigmoid_shared" && layout.name != "megrez2_layer_freq2_grouped_no_bias" &&
         layout.name != "rexmoe_r4_short_group_sigmoid_pregated")
@@ -345,7 +345,7 @@ TEST(TrainerExpertParallel, TwoRanksEqualOneProcess) {
 // and OLMoE-style full-width q/k norms with biases and clipping, with the per-expert loop and the
 // batched products.
 TEST(TrainerTensorParallel, TwoRanksEqualOneProcess) {
-  if (!Communicator::available()) GTEST_SKIP() << "this libtorch has no Gloo backend";
+  if (!Communicator::available(torch::kCPU)) GTEST_SKIP() << "this libtorch has no Gloo backend";
   int layouts_run = 0;
   for (const Layout& layout : layouts()) {
     if (layout.name != "dense" && layout.name != "megrez2_pregated_sigmoid_shared" &&

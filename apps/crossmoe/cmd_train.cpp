@@ -118,15 +118,31 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
             "--ep " + std::to_string(o.expert_parallel) + " must divide the " + std::to_string(a.nproc / o.tensor_parallel) +
                 " tensor-parallel groups (--nproc " + std::to_string(a.nproc) + " / --tp " +
                 std::to_string(o.tensor_parallel) + ")");
-  if (a.nproc > 1) {
+  // --nproc N starts N ranks, each on its device with that device's c10d backend (Gloo on the CPU,
+  // NCCL on GPUs); --nproc 1 given explicitly too, so that one GPU runs the process-group path.
+  const bool distributed = a.nproc > 1 || given(cmd, "--nproc");
+  if (distributed) {
     const int groups = a.nproc / o.tensor_parallel;  // data-parallel: each takes its share of the batch
     require(o.batch_size % groups == 0,
             "--batch " + std::to_string(o.batch_size) + " must divide among the " + std::to_string(groups) +
                 (o.tensor_parallel > 1 ? " tensor-parallel groups" : " --nproc processes") + " (it is the global batch)");
-    require(o.device == "cpu", "--nproc runs on the CPU (Gloo) for now; --device " + o.device + " is not supported");
-    require(train::Communicator::available(),
-            "--nproc needs c10d's Gloo backend, which this build lacks (libtorch without Gloo's headers: "
-            "install libgloo-dev and rebuild)");
+    const std::string nproc = "--nproc " + std::to_string(a.nproc);
+    const torch::Device device(o.device);
+    if (device.is_cuda()) {
+      require(train::Communicator::available(device),
+              nproc + " --device " + o.device + " needs c10d's NCCL backend, which this build lacks (a libtorch "
+              "with CUDA and NCCL, probed when building: see docs/training.md)");
+      require(a.nproc == 1 || !device.has_index(),
+              nproc + " puts rank r on GPU r: give --device cuda, not --device " + o.device);
+      const int last_gpu = train::Communicator::rank_device(device, a.nproc - 1).index();
+      const int gpus = int(torch::cuda::device_count());
+      require(last_gpu < gpus, nproc + " --device " + o.device + " needs GPU " + std::to_string(last_gpu) +
+                                   " (one per process); this machine has " + std::to_string(gpus));
+    } else {
+      require(train::Communicator::available(device),
+              nproc + " needs c10d's Gloo backend, which this build lacks (libtorch without Gloo's headers: "
+              "install libgloo-dev and rebuild)");
+    }
   }
 
   const bool sft = !o.sft_file.empty();
@@ -162,7 +178,7 @@ void run_train(TrainArgs& a, CLI::App& cmd) {
            std::to_string(p.stored) + " parameters, " + std::to_string(p.active) + " active per token");
   // libtorch defaults to one thread per physical core; use what --threads (or OpenMP) says.
   at::set_num_threads(omp_get_max_threads());
-  if (a.nproc > 1 && !train::launched_rank()) {
+  if (distributed && !train::launched_rank()) {
     const train::LaunchResult launched = train::launch_ranks(a.nproc);
     if (launched.failed_rank >= 0)
       throw Error("train --nproc: rank " + std::to_string(launched.failed_rank) + " of " + std::to_string(a.nproc) +
@@ -258,10 +274,11 @@ void add_train(CLI::App& app) {
   cmd->add_option("--save-every", o.save_every, "Checkpoint every N steps (and at the end); each process writes its share, and it resumes on any --nproc, --tp, --ep")->capture_default_str();
   cmd->add_option("--log-every", o.log_every, "CSV row every N steps")->capture_default_str();
   cmd->add_option("--seed", o.seed, "Seed for the init, batches and PSR masks")->capture_default_str();
-  cmd->add_option("--device", o.device, "cpu or cuda")->capture_default_str();
+  cmd->add_option("--device", o.device, "cpu, cuda or cuda:N (with --nproc: cuda, rank r on GPU r)")->capture_default_str();
   cmd->add_option("--nproc", a->nproc,
-                  "Data-parallel processes on this host (c10d with Gloo on the CPU): --batch is the global batch, "
-                  "split among them; the log and model are the same as one process's")
+                  "Data-parallel processes on this host, through c10d: Gloo on the CPU, NCCL with --device cuda "
+                  "(one GPU each; --nproc 1 runs one through NCCL too). --batch is the global batch, split among "
+                  "them; the log and model are the same as one process's")
       ->capture_default_str()->check(cli::positive());
   cmd->add_flag("--shard-optimizer", o.shard_optimizer,
                 "With --nproc: ZeRO-1, each process keeps the AdamW moments of its share of the weights (1/N of "

@@ -14,14 +14,24 @@
 #include <numeric>
 #include <unordered_set>
 
-// Gloo's headers come from Debian's libgloo-dev; a libtorch without them (the pip wheels on the GPU
-// machine) builds without multi-process training, and `train --nproc` says so.
-#ifdef USE_C10D_GLOO
+// The backends: Gloo's headers come from Debian's libgloo-dev (the pip wheels on the GPU machine
+// lack them); ProcessGroupNCCL is there when this libtorch has CUDA and NCCL, which CMake and
+// scripts/gpu_box_build.sh probe (CROSSMOE_HAVE_NCCL). With neither, this file builds without
+// multi-process training and `train --nproc` says so.
+#if defined(USE_C10D_GLOO) || defined(CROSSMOE_HAVE_NCCL)
+#define CROSSMOE_HAVE_C10D 1
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #endif
+#ifdef USE_C10D_GLOO
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
+#ifdef CROSSMOE_HAVE_NCCL
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 #include <torch/csrc/autograd/function.h>
+#include <torch/version.h>  // TORCH_VERSION_MAJOR: which class the backends derive from
 #include <torch/csrc/autograd/variable.h>
 
 #include "model/tensor_names.hpp"
@@ -50,6 +60,13 @@ int env_int(const char* name) {
   return int(v);
 }
 
+// Why there is no process group for this device's tensors in this build.
+std::string no_backend(const torch::Device& device) {
+  return device.is_cuda() ? "distributed: this build of crossmoe has no NCCL backend (a libtorch with CUDA and NCCL), "
+                            "so no --nproc with --device cuda"
+                          : "distributed: this build of crossmoe has no Gloo backend (libgloo-dev), so no --nproc on the CPU";
+}
+
 // Adds the wall time of a scope to a counter.
 class ScopeTimer {
  public:
@@ -61,7 +78,7 @@ class ScopeTimer {
   Stopwatch watch_;
 };
 
-#ifdef USE_C10D_GLOO  // the collectives' buckets: Gloo's code below is their only user
+#ifdef CROSSMOE_HAVE_C10D  // the collectives' buckets: the c10d code below is their only user
 // Consecutive runs of tensors of one type, each of `bucket_bytes` at most (a larger tensor is a
 // bucket of its own), as lists of indices.
 std::vector<std::vector<size_t>> bucket_indices(const std::vector<torch::Tensor>& tensors, int64_t bucket_bytes) {
@@ -123,32 +140,54 @@ std::vector<std::string> own_arguments() {
 
 }  // namespace
 
-#ifdef USE_C10D_GLOO
+#ifdef CROSSMOE_HAVE_C10D
+// The class both backends derive from (libtorch 1.13, Debian's: ProcessGroup; 2.x: Backend).
+#if TORCH_VERSION_MAJOR >= 2
+using Backend = c10d::Backend;
+#else
+using Backend = c10d::ProcessGroup;
+#endif
+
 struct Communicator::Group {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
+  c10::intrusive_ptr<Backend> collectives;
   // The gradient buckets' reductions, launched from the backward pass: a group of their own, as
   // collectives of one group must be issued in the same order on every rank.
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> gradients;
+  c10::intrusive_ptr<Backend> gradients;
 
-  // Both Gloo groups of `world` ranks that meet through `store`.
-  static std::unique_ptr<Group> over(c10::intrusive_ptr<c10d::Store> store, int rank, int world) {
+  // Both groups of `world` ranks that meet through `store`, of the backend for `device`.
+  static std::unique_ptr<Group> over(c10::intrusive_ptr<c10d::Store> store, int rank, int world,
+                                     const torch::Device& device) {
     auto group = std::make_unique<Group>();
     group->store = std::move(store);
-    auto options = c10d::ProcessGroupGloo::Options::create();
-    options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
-    group->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(group->store, rank, world, options);
-    group->gradients = c10::make_intrusive<c10d::ProcessGroupGloo>(
-        c10::make_intrusive<c10d::PrefixStore>("gradients", group->store), rank, world, options);
-    return group;
+    const auto gradients_store = c10::make_intrusive<c10d::PrefixStore>("gradients", group->store);
+#ifdef CROSSMOE_HAVE_NCCL
+    if (device.is_cuda()) {
+      // NCCL works on the current GPU (and CUDA tensors made without an index land there).
+      c10::impl::getDeviceGuardImpl(device.type())->setDevice(device);
+      group->collectives = c10::make_intrusive<c10d::ProcessGroupNCCL>(group->store, rank, world);
+      group->gradients = c10::make_intrusive<c10d::ProcessGroupNCCL>(gradients_store, rank, world);
+      return group;
+    }
+#endif
+#ifdef USE_C10D_GLOO
+    if (device.is_cpu()) {
+      auto options = c10d::ProcessGroupGloo::Options::create();
+      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+      group->collectives = c10::make_intrusive<c10d::ProcessGroupGloo>(group->store, rank, world, options);
+      group->gradients = c10::make_intrusive<c10d::ProcessGroupGloo>(gradients_store, rank, world, options);
+      return group;
+    }
+#endif
+    throw Error(no_backend(device));
   }
 };
 #else
 struct Communicator::Group {};
 #endif
 
-Communicator::Communicator(int rank, int world, std::unique_ptr<Group> group)
-    : rank_(rank), world_(world), group_(std::move(group)) {}
+Communicator::Communicator(int rank, int world, const torch::Device& device, std::unique_ptr<Group> group)
+    : rank_(rank), world_(world), device_(device), group_(std::move(group)) {}
 
 Communicator::~Communicator() = default;
 
@@ -169,46 +208,56 @@ int free_loopback_port() {  // the kernel picks it
 
 bool launched_rank() { return std::getenv(kRankVar) != nullptr; }
 
-std::unique_ptr<Communicator> Communicator::from_environment() {
+std::unique_ptr<Communicator> Communicator::from_environment(const torch::Device& device) {
   if (!launched_rank()) return nullptr;
   const int rank = env_int(kRankVar), world = env_int(kWorldVar), port = env_int(kPortVar);
-  return join(rank, world, port);
+  return join(rank, world, port, rank_device(device, rank));
 }
 
-bool Communicator::available() {
-#ifdef USE_C10D_GLOO
-  return true;
-#else
-  return false;
+bool Communicator::available(const torch::Device& device) {
+#ifdef CROSSMOE_HAVE_NCCL
+  if (device.is_cuda()) return true;
 #endif
+#ifdef USE_C10D_GLOO
+  if (device.is_cpu()) return true;
+#endif
+  (void)device;
+  return false;
 }
 
-std::unique_ptr<Communicator> Communicator::join(int rank, int world, int port) {
+torch::Device Communicator::rank_device(const torch::Device& requested, int rank) {
+  if (!requested.is_cuda() || requested.has_index()) return requested;
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(rank));
+}
+
+std::unique_ptr<Communicator> Communicator::join(int rank, int world, int port, const torch::Device& device) {
   require(world >= 1 && rank >= 0 && rank < world && port > 0 && port < 65536,
           "distributed: the rank must be below the world size and the port a TCP port");
-#ifndef USE_C10D_GLOO
-  throw Error("distributed: this build of crossmoe has no Gloo backend (libgloo-dev), so no --nproc");
+#ifndef CROSSMOE_HAVE_C10D
+  throw Error(no_backend(device));
 #else
+  require(available(device), no_backend(device));  // before the store, which the other ranks would wait on
   c10d::TCPStoreOptions store_options;
   store_options.port = uint16_t(port);
   store_options.isServer = rank == 0;
   store_options.numWorkers = world;
   store_options.waitWorkers = true;
-  return std::unique_ptr<Communicator>(
-      new Communicator(rank, world, Group::over(c10::make_intrusive<c10d::TCPStore>("127.0.0.1", store_options), rank, world)));
+  return std::unique_ptr<Communicator>(new Communicator(
+      rank, world, device,
+      Group::over(c10::make_intrusive<c10d::TCPStore>("127.0.0.1", store_options), rank, world, device)));
 #endif
 }
 
 std::unique_ptr<Communicator> Communicator::subgroup(const std::vector<int>& members, const std::string& name) {
   const auto at = std::find(members.begin(), members.end(), rank_);
   require(at != members.end(), "distributed: a rank joins a group it is not a member of");
-#ifndef USE_C10D_GLOO
+#ifndef CROSSMOE_HAVE_C10D
   (void)name;
-  throw Error("distributed: this build of crossmoe has no Gloo backend (libgloo-dev)");
+  throw Error(no_backend(device_));
 #else
   const int rank = int(at - members.begin()), world = int(members.size());
-  return std::unique_ptr<Communicator>(
-      new Communicator(rank, world, Group::over(c10::make_intrusive<c10d::PrefixStore>(name, group_->store), rank, world)));
+  return std::unique_ptr<Communicator>(new Communicator(
+      rank, world, device_, Group::over(c10::make_intrusive<c10d::PrefixStore>(name, group_->store), rank, world, device_)));
 #endif
 }
 
@@ -227,17 +276,21 @@ std::vector<int> Communicator::owners(const std::vector<torch::Tensor>& tensors)
   return owner;
 }
 
-#ifdef USE_C10D_GLOO
+#ifdef CROSSMOE_HAVE_C10D
 void Communicator::barrier() {
   ScopeTimer timer(communication_seconds_);
-  group_->gloo->barrier()->wait();
+  std::vector<torch::Tensor> one{torch::ones({1}, torch::TensorOptions().device(device_))};
+  group_->collectives->allreduce(one)->wait();
+  require(one[0].item<float>() == float(world_), "distributed: a barrier's count is not the rank count");
 }
 
 void Communicator::sum(std::vector<torch::Tensor>& tensors) {
   ScopeTimer timer(communication_seconds_);
   for (torch::Tensor& t : tensors) {
+    require(t.device() == device_ && t.is_contiguous(),
+            "distributed: a collective's tensor must be contiguous and on " + device_.str() + ", got " + t.device().str());
     std::vector<torch::Tensor> one{t};
-    group_->gloo->allreduce(one)->wait();
+    group_->collectives->allreduce(one)->wait();
   }
 }
 
@@ -256,7 +309,7 @@ void Communicator::broadcast_from_owners(const std::vector<torch::Tensor>& tenso
       buckets.push_back(std::move(bucket));
       c10d::BroadcastOptions options;
       options.rootRank = r;
-      works.push_back(group_->gloo->broadcast(flat.back(), options));
+      works.push_back(group_->collectives->broadcast(flat.back(), options));
     }
   }
   for (size_t b = 0; b < buckets.size(); ++b) {
@@ -279,10 +332,10 @@ void Communicator::gather_to_leader(const std::vector<torch::Tensor>& tensors, c
         int64_t n = 0;
         for (const torch::Tensor& t : bucket) n += t.numel();
         flat[0] = torch::empty({n}, bucket.front().options());
-        group_->gloo->recv(flat, r, tag++)->wait();
+        group_->collectives->recv(flat, r, tag++)->wait();
         unflatten(flat[0], bucket);
       } else {
-        group_->gloo->send(flat, 0, tag++)->wait();
+        group_->collectives->send(flat, 0, tag++)->wait();
       }
     }
   }
@@ -296,7 +349,7 @@ torch::Tensor Communicator::all_to_all(const torch::Tensor& rows, const std::vec
   shape[0] = std::accumulate(recv.begin(), recv.end(), int64_t(0));
   at::Tensor input = rows.contiguous(), output = torch::empty(shape, rows.options());
   std::vector<int64_t> output_counts = recv, input_counts = send;
-  group_->gloo->alltoall_base(output, input, output_counts, input_counts)->wait();
+  group_->collectives->alltoall_base(output, input, output_counts, input_counts)->wait();
   return output;
 }
 
@@ -485,14 +538,21 @@ int GradientReducer::finish() {
   s.armed = false;
   ScopeTimer timer(s.comm.communication_seconds_);
   torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> presence;
   for (State::Bucket& b : s.buckets) {
     b.work->wait();
     b.work.reset();
-    const torch::Tensor flat = b.flat[0].div_(s.comm.world());
-    const torch::Tensor present = flat.narrow(0, b.presence_at, int64_t(b.members.size())).cpu();
-    for (size_t j = 0; j < b.members.size(); ++j) {
+    b.flat[0].div_(s.comm.world());
+    presence.push_back(b.flat[0].narrow(0, b.presence_at, int64_t(b.members.size())));
+  }
+  // Which gradients some rank has: one copy to the host for all buckets (the step's one wait here).
+  const torch::Tensor present = torch::cat(presence).to(torch::kCPU, torch::kDouble);
+  const double* is_present = present.data_ptr<double>();
+  for (State::Bucket& b : s.buckets) {
+    const torch::Tensor& flat = b.flat[0];
+    for (size_t j = 0; j < b.members.size(); ++j, ++is_present) {
       torch::Tensor& p = s.params[b.members[j]];
-      if (present[int64_t(j)].item<double>() == 0) {
+      if (*is_present == 0) {
         p.mutable_grad() = torch::Tensor();  // no rank has one
         continue;
       }
@@ -504,7 +564,7 @@ int GradientReducer::finish() {
   return late;
 }
 #else
-// Never called: without Gloo no Communicator is made (from_environment throws).
+// Never called: without a c10d backend no Communicator is made (join throws).
 void Communicator::barrier() {}
 void Communicator::sum(std::vector<torch::Tensor>&) {}
 void Communicator::broadcast_from_owners(const std::vector<torch::Tensor>&, const std::vector<int>&) {}

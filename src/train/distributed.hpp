@@ -1,8 +1,11 @@
 #pragma once
 // Training on several processes of one host, through libtorch's distributed backend (c10d): a
-// TCPStore on loopback for the rendezvous and Gloo for the collectives (CPU tensors; the CI runs
-// it with 2 processes). `crossmoe train --nproc N` starts the ranks with launch_ranks; each rank
-// finds its place from the environment the launcher sets, as torchrun's workers do.
+// TCPStore on loopback for the rendezvous, and the collectives of the training device's backend:
+// Gloo for CPU tensors (the CI runs it with 2 processes), NCCL for CUDA tensors (one GPU per rank).
+// Every collective takes tensors on that device; the code is the same for both backends, which
+// Communicator::join picks from the device. `crossmoe train --nproc N` starts the ranks with
+// launch_ranks; each rank finds its place from the environment the launcher sets, as torchrun's
+// workers do.
 //
 // Data parallelism: every rank holds the whole model and optimizer, takes its slice of each global
 // batch, and after the backward pass the gradients are averaged across ranks, so all ranks take
@@ -13,7 +16,7 @@
 // Tensor parallelism (--tp T) splits every rank's model across groups of T consecutive ranks
 // (torch_model.hpp's TensorParallel); data parallelism then runs across the groups: the ranks that
 // hold the same slices (rank i, i + T, ...) average their gradients. Each kind of group is a
-// Communicator of its own (subgroup), a Gloo group over the same TCPStore under its own prefix.
+// Communicator of its own (subgroup), a process group over the same TCPStore under its own prefix.
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,13 +30,20 @@ class TorchModel;
 class Communicator {
  public:
   // This process's rank in a run that launch_ranks started (CROSSMOE_RANK, CROSSMOE_WORLD_SIZE,
-  // CROSSMOE_STORE_PORT), joined to the others; nullptr when the process was not launched so.
-  static std::unique_ptr<Communicator> from_environment();
+  // CROSSMOE_STORE_PORT), joined to the others, training on `device` (rank_device); nullptr when
+  // the process was not launched so.
+  static std::unique_ptr<Communicator> from_environment(const torch::Device& device);
   // Rank `rank` of `world`, joined through the TCPStore that rank 0 hosts on this loopback port
   // (what from_environment does with the launcher's variables; tests run ranks as threads with it).
-  static std::unique_ptr<Communicator> join(int rank, int world, int port);
-  // Whether this build has the Gloo backend (without it, join and from_environment throw).
-  static bool available();
+  // The collectives run on `device`: Gloo on the CPU, NCCL on a GPU (made the current one).
+  static std::unique_ptr<Communicator> join(int rank, int world, int port, const torch::Device& device = torch::kCPU);
+  // Whether this build has the backend for this kind of device (Gloo: c10d's Gloo headers; NCCL: a
+  // libtorch with CUDA whose ProcessGroupNCCL compiled and linked at configure time). Without it,
+  // join and from_environment throw.
+  static bool available(const torch::Device& device);
+  // The device a launched rank trains on when `requested` was asked for: the CPU, the GPU given
+  // (cuda:N), or for plain `cuda` GPU number `rank` (one GPU per rank, as torchrun's local ranks).
+  static torch::Device rank_device(const torch::Device& requested, int rank);
   ~Communicator();
   // A group of some of the ranks (`members`, in their new rank order, this rank among them) over
   // this one's store; `name` tells the group apart (every member passes the same one). Every member
@@ -42,10 +52,13 @@ class Communicator {
 
   int rank() const { return rank_; }
   int world() const { return world_; }
+  // Where the tensors of every collective must be (and where the trainer puts the model).
+  const torch::Device& device() const { return device_; }
 
-  // Returns when every rank has called it.
+  // Returns when every rank has called it: an all-reduce of one number on the device, read back on
+  // the host (NCCL's own barrier has to guess a device, and a Work's wait orders only the streams).
   void barrier();
-  // Sums each tensor across ranks, in place.
+  // Sums each tensor across ranks, in place (contiguous tensors on device()).
   void sum(std::vector<torch::Tensor>& tensors);
   // ZeRO-1's split: the rank that owns each tensor, balancing elements (largest first, to the rank
   // with the fewest so far). A pure function of the shapes and the world size: every rank agrees.
@@ -68,13 +81,16 @@ class Communicator {
   torch::Tensor reduce_split(const torch::Tensor& x);
   // Wall seconds this process has spent blocked in collectives (waiting for the others included;
   // reductions running behind the backward pass count only for the time the step then waits on them).
+  // On NCCL the host only queues the collectives on the GPU: the time is then that of queueing and of
+  // the host reads that wait for them (the loss, the counts of expert parallelism).
   double communication_seconds() const { return communication_seconds_; }
 
  private:
   friend class GradientReducer;
   struct Group;
-  Communicator(int rank, int world, std::unique_ptr<Group> group);
+  Communicator(int rank, int world, const torch::Device& device, std::unique_ptr<Group> group);
   int rank_, world_;
+  torch::Device device_;
   std::unique_ptr<Group> group_;
   double communication_seconds_ = 0;
 };

@@ -42,8 +42,9 @@ torch::Tensor clip_gradients(TorchModel& model, const std::vector<std::string>& 
     const auto g = group_of.find(name);
     (g == group_of.end() ? grads : split_grads[g->second]).push_back(model.tensor(name).grad());
   }
-  auto norm_of = [](const std::vector<torch::Tensor>& some) {
-    return some.empty() ? torch::zeros({}, torch::kFloat64) : torch::stack(at::_foreach_norm(some, 2)).norm();
+  auto norm_of = [&](const std::vector<torch::Tensor>& some) {  // on the model's device, where the sums run
+    return some.empty() ? torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(model.device()))
+                        : torch::stack(at::_foreach_norm(some, 2)).norm();
   };
   torch::Tensor norm = norm_of(grads);
   for (size_t g = 0; g < split.size(); ++g) {

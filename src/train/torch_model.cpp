@@ -629,10 +629,13 @@ torch::Tensor TorchModel::run_experts_across_ranks(int l, const torch::Tensor& r
   const ExpertParallel& ep = options.expert_parallel;
   const std::vector<ExpertRef>& candidates = c.layers[l].candidates;
   const int64_t C = int64_t(candidates.size()), R = ep.ranks;
-  // Every rank's rows per candidate [R, C], so that each knows what it receives from whom.
+  // Every rank's rows per candidate [R, C], so that each knows what it receives from whom: summed
+  // on the device (the collectives' tensors live there), read on the host (the all-to-all's sizes).
   torch::Tensor all = torch::zeros({R, C}, torch::kInt64);
   std::copy(counts.begin(), counts.end(), all[ep.rank].data_ptr<int64_t>());
+  all = all.to(device_);
   ep.sum(all);
+  all = all.cpu();
   const int64_t* at = all.data_ptr<int64_t>();
   std::vector<int64_t> send(static_cast<size_t>(R), 0), recv(static_cast<size_t>(R), 0), mine, totals;
   for (int64_t cand = 0; cand < C; ++cand) {

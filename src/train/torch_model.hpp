@@ -53,7 +53,7 @@ bool grouped_mm_available(const torch::Device& device);
 // expert's rank and the expert's output back, through `exchange`.
 struct ExpertParallel {
   int rank = 0, ranks = 1;
-  // Sums a host tensor over the ranks, in place (the rows each rank sends to each expert).
+  // Sums a tensor on the model's device over the ranks, in place (the rows each rank sends to each expert).
   std::function<void(torch::Tensor&)> sum;
   // All-to-all, differentiable: rows [n, d] ordered by destination, send[r] of them for rank r;
   // returns the rows the ranks sent here, recv[s] from rank s, in rank order. Its gradient travels

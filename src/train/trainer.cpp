@@ -42,10 +42,13 @@ torch::Tensor next_token_loss(const torch::Tensor& logits, const torch::Tensor& 
   return (each * keep).sum() / keep.sum().clamp_min(1.0);
 }
 
-SftBatch sft_batch(const std::vector<const SftExample*>& examples, int seq_len, torch::Device device) {
+SftBatch sft_batch(const std::vector<const SftExample*>& examples, int seq_len, torch::Device device,
+                   const std::vector<const SftExample*>& pad_like) {
   require(!examples.empty() && seq_len > 0, "sft_batch: no conversations");
   int64_t longest = 2;
-  for (const SftExample* e : examples) longest = std::max<int64_t>(longest, std::min<int64_t>(int64_t(e->tokens.size()), seq_len + 1));
+  for (const auto* some : {&examples, &pad_like})
+    for (const SftExample* e : *some)
+      longest = std::max<int64_t>(longest, std::min<int64_t>(int64_t(e->tokens.size()), seq_len + 1));
   const int64_t B = int64_t(examples.size()), T = longest - 1;
   torch::Tensor tokens = torch::zeros({B, T + 1}, torch::kInt64), trained = torch::zeros({B, T + 1}, torch::kFloat32);
   int64_t* tp = tokens.data_ptr<int64_t>();
@@ -102,7 +105,7 @@ GroupedExperts expert_products(const std::string& name) {
 }
 
 std::vector<torch::Tensor> psr_masks(const ModelConfig& c, const TrainOptions& o, int64_t step, int micro, int rank,
-                                     int local_rows) {
+                                     int local_rows, const torch::Device& device) {
   std::vector<torch::Tensor> allowed(static_cast<size_t>(c.num_layers));
   if (!o.psr.enabled() || c.moe.cross_layer != CrossLayer::Reuse) return allowed;
   const bool per_token = o.psr_mask == "token";
@@ -115,7 +118,7 @@ std::vector<torch::Tensor> psr_masks(const ModelConfig& c, const TrainOptions& o
     const uint64_t micro_step = uint64_t(step) * uint64_t(o.grad_accum) + uint64_t(micro);
     if (!per_token) {
       auto rng = stream_rng(o.seed, kPsrMasks, uint64_t(step) * 4096 + uint64_t(l));
-      allowed[size_t(l)] = open_candidates(C, pool, rng).to(torch::Device(o.device));
+      allowed[size_t(l)] = open_candidates(C, pool, rng).to(device);
       continue;
     }
     if (!bank_index.defined()) {
@@ -124,12 +127,12 @@ std::vector<torch::Tensor> psr_masks(const ModelConfig& c, const TrainOptions& o
       std::vector<int64_t> index(static_cast<size_t>(tokens));
       for (int64_t& i : index) i = int64_t(rng() % kTokenMaskBank);
       bank_index = torch::tensor(std::vector<int64_t>(index.begin() + first, index.begin() + first + int64_t(local_rows) * o.seq_len))
-                       .to(torch::Device(o.device));
+                       .to(device);
     }
     auto rng = stream_rng(o.seed, kPsrTokenMasks, micro_step * 4096 + 1 + uint64_t(l));
     std::vector<torch::Tensor> bank;
     for (int b = 0; b < kTokenMaskBank; ++b) bank.push_back(open_candidates(C, pool, rng));
-    allowed[size_t(l)] = torch::stack(bank).to(torch::Device(o.device)).index_select(0, bank_index);
+    allowed[size_t(l)] = torch::stack(bank).to(device).index_select(0, bank_index);
   }
   return allowed;
 }
@@ -273,13 +276,15 @@ void use_deterministic_algorithms() {
 TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   check_options(o);
   if (o.deterministic) use_deterministic_algorithms();
-  const torch::Device device(o.device);
-  if (device.is_cuda()) require(torch::cuda::is_available(), "train: --device cuda but no CUDA device is available");
+  if (torch::Device(o.device).is_cuda())
+    require(torch::cuda::is_available(), "train: --device cuda but no CUDA device is available");
   const torch::ScalarType compute = o.bf16 ? torch::kBFloat16 : torch::kFloat32;
   const fs::path csv = o.out_dir / "log.csv";
   // Data parallelism (train/distributed): every rank takes its slice of each global batch; rank 0
-  // (the leader) alone writes the log, checkpoints and the model.
-  const std::unique_ptr<Communicator> comm = Communicator::from_environment();
+  // (the leader) alone writes the log, checkpoints and the model. A rank trains on its own device
+  // (with --device cuda, GPU number rank), where its collectives run too.
+  const std::unique_ptr<Communicator> comm = Communicator::from_environment(torch::Device(o.device));
+  const torch::Device device = comm ? comm->device() : torch::Device(o.device);
   const int world = comm ? comm->world() : 1, rank = comm ? comm->rank() : 0;
   const bool leader = rank == 0;
   // Tensor parallelism: groups of `tp` consecutive ranks hold the slices of one model and see the
@@ -435,7 +440,8 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   if (comm) {
     reducer = std::make_unique<GradientReducer>(*data_comm, *model, replicated, int64_t(o.bucket_mb * (1 << 20)));
     if (leader)
-      log_info("data parallel on " + std::to_string(data_ranks) + (tp > 1 ? " groups" : " processes") +
+      log_info("data parallel on " + std::to_string(data_ranks) + (tp > 1 ? " group" : " process") +
+               (data_ranks > 1 ? "s" : "") + " (" + (device.is_cuda() ? "NCCL" : "Gloo") + ")" +
                ": gradients in " + std::to_string(reducer->buckets()) + " buckets, all-reduced during the backward pass");
     if (leader && tp > 1)
       log_info("tensor parallel: " + std::to_string(data_ranks) + " group" + (data_ranks > 1 ? "s" : "") + " of " +
@@ -454,9 +460,9 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   TensorParallel tensor_parallel;
   auto summing_over = [](Communicator* group) {
     return [group](torch::Tensor& t) {
-      std::vector<torch::Tensor> one{t.cpu()};
+      std::vector<torch::Tensor> one{t.contiguous()};
       group->sum(one);
-      t = one[0].to(t.device());
+      t = one[0];
     };
   };
   if (tp > 1) {
@@ -570,14 +576,15 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   auto micro_batch = [&](int64_t step, int micro) -> std::pair<SftBatch, int64_t> {
     const uint64_t index = uint64_t(step) * uint64_t(o.grad_accum) + uint64_t(micro);
     if (sft) {
-      std::vector<const SftExample*> rows;
+      std::vector<const SftExample*> rows, global;
       int64_t tokens = 0;
       for (int b = 0; b < o.batch_size; ++b) {
         const SftExample* e = &sft_train[sft_order.at(index * uint64_t(o.batch_size) + uint64_t(b))];
         if (b / local_batch == data_rank) rows.push_back(e);
+        global.push_back(e);
         tokens += std::min<int64_t>(int64_t(e->tokens.size()) - 1, o.seq_len);
       }
-      return {sft_batch(rows, o.seq_len, device), tokens};
+      return {sft_batch(rows, o.seq_len, device, global), tokens};
     }
     std::vector<int64_t> starts = sampler->starts(index);
     starts = std::vector<int64_t>(starts.begin() + data_rank * local_batch, starts.begin() + (data_rank + 1) * local_batch);
@@ -618,16 +625,16 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     for (int micro = 0; micro < o.grad_accum; ++micro) {
       const auto [batch, tokens] = micro_batch(step, micro);
       step_tokens += tokens;
-      fo.allowed = psr_masks(config, o, step, micro, data_rank, local_batch);
+      fo.allowed = psr_masks(config, o, step, micro, data_rank, local_batch, device);
       const ForwardResult r = model->forward(batch.input, fo);
       torch::Tensor loss = next_token_loss(r.logits, batch.target, batch.mask);
       if (comm && batch.mask.defined()) {
         // Ranks hold different numbers of answer tokens: weight each rank's mean so that the
         // average over ranks is the mean over the global batch's tokens, as on one process.
-        std::vector<torch::Tensor> counts{batch.mask.sum().to(torch::kCPU, torch::kFloat64).reshape({1})};
-        const double local = counts[0].item<double>();
+        const torch::Tensor local = batch.mask.sum().to(torch::kFloat64).reshape({1});
+        std::vector<torch::Tensor> counts{local.clone()};
         data_comm->sum(counts);
-        loss = loss * (data_ranks * local / std::max(counts[0].item<double>(), 1.0));
+        loss = loss * (data_ranks * local[0] / counts[0][0].clamp_min(1.0)).to(loss.scalar_type());
       }
       const torch::Tensor objective = (loss + o.aux_loss_weight * r.aux_loss) / double(o.grad_accum);
       if (reducer && micro + 1 == o.grad_accum) reducer->prepare(objective);
@@ -645,13 +652,13 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
       torch::NoGradGuard no_grad;
       for (const std::string& name : own_experts)  // the sum of its group's shares: to the mean, as averaged ones
         if (model->tensor(name).grad().defined()) model->tensor(name).mutable_grad().div_(ep);
-      std::vector<torch::Tensor> totals{loss_sum.cpu().reshape({1}), aux_sum.cpu().reshape({1})};
+      std::vector<torch::Tensor> totals{loss_sum.reshape({1}), aux_sum.reshape({1})};
       for (const torch::Tensor& l : load)
-        if (l.defined()) totals.push_back(l.cpu());
+        if (l.defined()) totals.push_back(l.contiguous());
       data_comm->sum(totals);
       loss_sum = totals[0][0] / data_ranks, aux_sum = totals[1][0] / data_ranks;
       for (size_t l = 0, i = 2; l < load.size(); ++l)
-        if (load[l].defined()) load[l] = totals[i++].to(load[l].device());
+        if (load[l].defined()) load[l] = totals[i++];
     }
     const double lr = learning_rate(o, step);
     const torch::Tensor grad_norm = clip_gradients(*model, trainable, o.grad_clip, split_gradients);

@@ -84,7 +84,11 @@ void use_deterministic_algorithms();
 struct SftBatch {
   torch::Tensor input, target, mask;
 };
-SftBatch sft_batch(const std::vector<const SftExample*>& examples, int seq_len, torch::Device device);
+// Rows of `examples`, each cut to seq_len + 1 tokens and padded to the longest (or to `pad_like`'s
+// longest, when given: a data-parallel rank pads its rows as the global batch is padded, so that the
+// padding's routing statistics are one process's).
+SftBatch sft_batch(const std::vector<const SftExample*>& examples, int seq_len, torch::Device device,
+                   const std::vector<const SftExample*>& pad_like = {});
 
 // Mean next-token cross-entropy on `batches` x batch_size windows of `tokens`, spread evenly over
 // them (all windows when there are no more than that). Under expert parallelism every rank
