@@ -77,7 +77,7 @@ int main(int argc, char**) {
   if (argc > 1000) c10::make_intrusive<c10d::ProcessGroupNCCL>(c10::intrusive_ptr<c10d::Store>(), 0, 1);
   return 0;
 }'
-  if printf '%s\n' "$probe" | g++ "${flags[@]}" "${nccl_flags[@]}" -x c++ - -o "$dir/nccl_probe" "${cuda_link[@]}" \
+  if printf '%s\n' "$probe" | g++ "${flags[@]}" "${nccl_flags[@]}" -x c++ - -x none -o "$dir/nccl_probe" "${cuda_link[@]}" \
        -L"$TORCH/lib" -Wl,-rpath,"$TORCH/lib" -Wl,--no-as-needed -ltorch -ltorch_cuda -ltorch_cpu -lc10_cuda -lc10 \
        2> "$dir/nccl_probe.log"; then
     flags+=("${nccl_flags[@]}")

@@ -304,6 +304,8 @@ TEST_F(CliErrors, VersionNamesCommitKernelsAndTrainer) {
       << r.out;
 #ifdef CROSSMOE_HAVE_TORCH
   EXPECT_NE(r.out.find("trainer  yes (libtorch "), std::string::npos) << r.out;
+  EXPECT_TRUE(std::regex_search(r.out, std::regex("; --nproc backends: (none|Gloo \\(cpu\\)|NCCL \\(cuda\\)|Gloo \\(cpu\\), NCCL \\(cuda\\))\\)")))
+      << r.out;
 #else
   EXPECT_NE(r.out.find("trainer  no"), std::string::npos) << r.out;
 #endif

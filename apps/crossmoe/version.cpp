@@ -11,6 +11,8 @@
 #endif
 #ifdef CROSSMOE_HAVE_TORCH
 #include <torch/version.h>
+
+#include "train/distributed.hpp"
 #endif
 
 namespace crossmoe::cli {
@@ -21,7 +23,12 @@ std::string version_text() {
   std::string text = "crossmoe 0.1.0 (commit " + (commit.empty() ? std::string("unknown") : commit) + ")\n";
   text += "kernels  built: generic, avx2, avx512; this CPU runs " + kernels::isa_name(kernels::active_isa()) + "\n";
 #ifdef CROSSMOE_HAVE_TORCH
-  text += "trainer  yes (libtorch " TORCH_VERSION ")";
+  // The c10d backends `train --nproc` can use in this build (probed when it was configured).
+  std::string backends;
+  if (train::Communicator::available(torch::kCPU)) backends += "Gloo (cpu)";
+  if (train::Communicator::available(torch::Device(torch::kCUDA)))
+    backends += std::string(backends.empty() ? "" : ", ") + "NCCL (cuda)";
+  text += "trainer  yes (libtorch " TORCH_VERSION "; --nproc backends: " + (backends.empty() ? "none" : backends) + ")";
 #else
   text += "trainer  no (built without libtorch)";
 #endif
