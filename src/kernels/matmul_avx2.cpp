@@ -10,13 +10,14 @@ namespace {
 struct Avx2 {
   using V = __m256;
   static constexpr int width = 8;
-  // Of the 16 registers, bf16 tiles of 2 rows x 6 tokens hold 12 accumulators and the 2 rows'
-  // even and odd weight vectors (the token vectors are the FMAs' memory operands): per 16 columns,
-  // 2 loads and 4 integer operations widen the weights for 24 FMAs. f32 and f16: 4 rows x 3
-  // tokens, the 3 token vectors in registers, one weight vector at a time.
+  // Of the 16 registers, bf16 tiles of 4 rows x 2 tokens hold 8 accumulators and one row's even
+  // and odd weight vectors (the token vectors are the FMAs' memory operands). 2 rows x 6 tokens
+  // (12 accumulators) measured 0.78x on a 512-token prefill and no faster in a batch-16 decode
+  // step on a quiet machine (docs/benchmarks.md). f32 and f16: 4 rows x 3 tokens, the 3 token
+  // vectors in registers, one weight vector at a time.
   static constexpr int decode_rows = 4;
-  template <DType D> static constexpr int tile_rows = D == DType::BF16 ? 2 : 4;
-  template <DType D> static constexpr int tile_tokens = D == DType::BF16 ? 6 : 3;
+  template <DType D> static constexpr int tile_rows = 4;
+  template <DType D> static constexpr int tile_tokens = D == DType::BF16 ? 2 : 3;
   static V zero() { return _mm256_setzero_ps(); }
   static V broadcast(float a) { return _mm256_set1_ps(a); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
