@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <random>
 
@@ -19,7 +20,7 @@ namespace {
 
 std::vector<Isa> supported() {
   std::vector<Isa> out;
-  for (Isa isa : {Isa::Generic, Isa::Avx2, Isa::Avx512})
+  for (Isa isa : kIsas)
     if (isa_supported(isa)) out.push_back(isa);
   return out;
 }
@@ -381,7 +382,7 @@ TEST(QuantKernels, EveryIsaQuantizesActivationsToThePortableBytes) {
     EXPECT_EQ(portable[16].q[0], -127);
     EXPECT_EQ(portable[16].q[1], -2);
     EXPECT_EQ(portable[16].q[3], 0);
-    for (const KernelTable* table : {&generic_kernels(), &avx2_kernels(), &avx512_kernels()}) {
+    for (const KernelTable* table : {&generic_kernels(), &avx2_kernels(), &avx512_kernels(), &avx512_vnni_kernels()}) {
       if (!isa_supported(table->isa)) continue;
       std::vector<ActivationBlock> a(32);
       table->quantize_activations(x.data(), 1024, group, a.data());
@@ -405,6 +406,59 @@ TEST(QuantKernels, PortableMatchesDequantizedWeightsWithinTheBound) {
 
 TEST(QuantKernels, Avx2MatchesPortable) { expect_isa_matches_portable(Isa::Avx2); }
 TEST(QuantKernels, Avx512MatchesPortable) { expect_isa_matches_portable(Isa::Avx512); }
+TEST(QuantKernels, Avx512VnniMatchesPortable) { expect_isa_matches_portable(Isa::Avx512Vnni); }
+
+// The bytes the integer lanes' bounds are about, which quantizing smooth values seldom makes:
+// Q8_0 weights of -128 and 127, Q4_K nibbles of 15 under 6-bit scales and mins of 63, against
+// activations of -127 and 127 (whole blocks of them), beside random bytes of every value. Every
+// ISA gives the portable code's bits for the rows of whole groups, for one token (decode's
+// tiles) and several (the tiles of several tokens, and their tail).
+TEST(QuantKernels, InterleavedTilesGiveThePortableBitsOnExtremeBytes) {
+  std::mt19937 rng(12);
+  std::uniform_int_distribution<int> byte(0, 255);
+  const int rows = 16, cols = 512, tokens = 6;
+  std::vector<float> x(size_t(tokens) * cols);
+  for (int t = 0; t < tokens; ++t)
+    for (int c = 0; c < cols; ++c)
+      x[size_t(t) * cols + c] = t == 0 ? -1.0f : t == 1 ? 1.0f : float(byte(rng) - 128) / 128.0f;
+  const uint16_t step = f32_to_f16(0.01f);
+  for (DType t : {DType::Q8_0, DType::Q4_K}) {
+    const size_t row_bytes = dtype_row_bytes(t, cols), block_bytes = t == DType::Q8_0 ? 34 : 144;
+    std::vector<uint8_t> bytes(row_bytes * rows);
+    for (int r = 0; r < rows; ++r)
+      for (size_t b = 0; b < row_bytes; b += block_bytes) {
+        uint8_t* block = &bytes[r * row_bytes + b];
+        const size_t fp16_fields = t == DType::Q8_0 ? 1 : 2;
+        for (size_t f = 0; f < fp16_fields; ++f) std::memcpy(block + 2 * f, &step, 2);
+        for (size_t i = 2 * fp16_fields; i < block_bytes; ++i)
+          block[i] = r == 0 ? (t == DType::Q8_0 ? 0x80 : 0xff) : r == 1 ? (t == DType::Q8_0 ? 0x7f : 0xff) : byte(rng);
+      }
+    std::vector<uint8_t> interleaved = bytes;
+    Matrix m{interleaved.data(), t, rows, cols};
+    interleave_rows8(m, interleaved.data());
+    ASSERT_EQ(m.layout, Layout::Interleaved8);
+    std::vector<float> portable(size_t(tokens) * rows);
+    {
+      IsaGuard guard(Isa::Generic);
+      matmul(m, x.data(), tokens, portable.data());
+    }
+    for (Isa isa : supported()) {
+      IsaGuard guard(isa);
+      std::vector<float> y(size_t(tokens) * rows), alone(rows);
+      matmul(m, x.data(), tokens, y.data());
+      EXPECT_EQ(y, portable) << isa_name(isa) << " " << dtype_name(t);
+      matmul(m, x.data(), 1, alone.data());
+      EXPECT_EQ(alone, std::vector<float>(portable.begin(), portable.begin() + rows)) << isa_name(isa) << " " << dtype_name(t);
+    }
+    // The extreme rows really are extreme: row 0 against token 0, exactly as the integers say.
+    const float ad = 1.0f / 127.0f, d = f16_to_f32(step);
+    if (t == DType::Q8_0)
+      EXPECT_FLOAT_EQ(portable[0], 512 * 128 * 127 * d * ad) << "every product -128 x -127";
+    else
+      EXPECT_FLOAT_EQ(portable[0], 2 * (-63 * 15 * 127 * 8 * 32 + 63 * 127 * 8 * 32) * d * ad)
+          << "every product 63 x 15 x -127, every min 63 x -127";
+  }
+}
 
 TEST(QuantKernels, BatchSharesQuantizedInputsAndMixesDtypes) {
   // Jobs reading the same x (as q, k, v do), another x, and a bf16 job in between: each output

@@ -3,7 +3,7 @@
 // widened to f32 in registers, so a bf16 model is never converted as a whole. Block-quantized
 // weights (Q8_0, Q4_K: util/quant.hpp) multiply activations quantized to 8 bits (one step per
 // 32 or 256 columns: activation_group) with integer dot products, as llama.cpp does.
-// One dispatch point picks AVX-512, AVX2 or portable code at run time.
+// One dispatch point picks AVX-512 (with or without VNNI), AVX2 or portable code at run time.
 #include <cstdint>
 #include <string>
 
@@ -81,7 +81,11 @@ int64_t activation_group(DType weights);
 // multiplies the same integers.
 void quantize_activations(const float* x, int64_t n, int64_t group, ActivationBlock* out);
 
-enum class Isa { Generic, Avx2, Avx512 };
+// Avx512Vnni: the AVX-512 kernels with the quantized products in 512-bit VNNI dot products
+// (vpdpbusd); Avx512 alone keeps the AVX2 integer products (AVX-512 CPUs without VNNI).
+enum class Isa { Generic, Avx2, Avx512, Avx512Vnni };
+// Every ISA that has kernels here, in order of preference (the last one a CPU supports is used).
+inline constexpr Isa kIsas[] = {Isa::Generic, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni};
 Isa active_isa();
 std::string isa_name(Isa isa);
 bool isa_supported(Isa isa);
@@ -108,5 +112,6 @@ struct KernelTable {
 const KernelTable& generic_kernels();
 const KernelTable& avx2_kernels();
 const KernelTable& avx512_kernels();
+const KernelTable& avx512_vnni_kernels();
 
 }  // namespace crossmoe::kernels
