@@ -66,7 +66,7 @@ std::vector<Case> cases() {
   std::vector<Case> out;
   for (const char* m : {"hf/llama", "hf/qwen3", "hf/qwen3_moe", "hf/olmoe", "hf/mixtral", "crossmoe_init/dense",
                         "crossmoe_init/moe"})
-    for (auto isa : {kernels::Isa::Generic, kernels::Isa::Avx2, kernels::Isa::Avx512}) out.push_back({m, isa});
+    for (auto isa : kernels::kIsas) out.push_back({m, isa});
   return out;
 }
 

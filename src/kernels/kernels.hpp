@@ -3,7 +3,9 @@
 // widened to f32 in registers, so a bf16 model is never converted as a whole. Block-quantized
 // weights (Q8_0, Q4_K: util/quant.hpp) multiply activations quantized to 8 bits (one step per
 // 32 or 256 columns: activation_group) with integer dot products, as llama.cpp does.
-// One dispatch point picks AVX-512, AVX2 or portable code at run time.
+// bf16 weights on CPUs with AVX512_BF16 multiply activations rounded to bf16 with its dot product
+// instead (matmul_avx512bf16.cpp). One dispatch point picks AVX-512 BF16, AVX-512, AVX2 or portable
+// code at run time.
 #include <cstdint>
 #include <string>
 
@@ -81,7 +83,12 @@ int64_t activation_group(DType weights);
 // multiplies the same integers.
 void quantize_activations(const float* x, int64_t n, int64_t group, ActivationBlock* out);
 
-enum class Isa { Generic, Avx2, Avx512 };
+// avx512bf16 is avx512 with bf16 weights multiplied by the AVX512_BF16 dot product: activations
+// rounded to bf16 (round to nearest even, denormals to zero) once per matmul call.
+enum class Isa { Generic, Avx2, Avx512, Avx512Bf16 };
+// Every ISA there are kernels for, each after the ones it supersedes (the dispatch takes the last
+// one the CPU runs).
+inline constexpr Isa kIsas[] = {Isa::Generic, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16};
 Isa active_isa();
 std::string isa_name(Isa isa);
 bool isa_supported(Isa isa);
@@ -92,10 +99,11 @@ void set_isa(Isa isa);
 struct KernelTable {
   Isa isa;
   // Computes rows [row_begin, row_end) of matmul on the calling thread.
-  // For bf16 weights, x in the layout bf16_x_layout writes.
+  // For bf16 weights, x in the layout bf16_x_layout writes (in a buffer of tokens * cols floats).
   void (*matmul_rows)(const Matrix& w, const float* x, int tokens, float* y, int64_t row_begin,
                       int64_t row_end);
-  // Reorders x [tokens, cols] (columns within fixed chunks) as matmul_rows reads it against bf16 weights.
+  // Reorders x [tokens, cols] (columns within fixed chunks) as matmul_rows reads it against bf16
+  // weights (avx512bf16: rounds it to bf16).
   void (*bf16_x_layout)(const float* x, int tokens, int64_t cols, float* out);
   // The same for Q8_0 / Q4_K weights, x quantized: cols / 32 blocks per token.
   void (*quant_matmul_rows)(const Matrix& w, const ActivationBlock* x, int tokens, float* y, int64_t row_begin,
@@ -108,5 +116,6 @@ struct KernelTable {
 const KernelTable& generic_kernels();
 const KernelTable& avx2_kernels();
 const KernelTable& avx512_kernels();
+const KernelTable& avx512bf16_kernels();
 
 }  // namespace crossmoe::kernels
