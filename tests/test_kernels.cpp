@@ -6,6 +6,7 @@
 #include <atomic>
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <random>
 
@@ -25,7 +26,7 @@ std::vector<Isa> supported() {
   return out;
 }
 
-// An activation as a product against weights of `dtype` reads it: avx512bf16 rounds it to bf16
+// An activation as a product against weights of `dtype` reads it: avx512_bf16 rounds it to bf16
 // against bf16 weights (its dot product multiplies pairs of bf16 values), the others take it as is.
 float activation_as_read(Isa isa, DType weights, float x) {
   return isa == Isa::Avx512Bf16 && weights == DType::BF16 ? bf16_to_f32(f32_to_bf16(x)) : x;
@@ -99,7 +100,7 @@ TEST(Kernels, MatmulGivesATokenTheSameBitsAloneOrInABatch) {
 }
 
 TEST(Kernels, EveryTokenCountAndColumnTailGivesATokenItsBitsAlone) {
-  // Several tokens run in groups of up to 6 (avx512bf16 bf16 tiles of 4 rows x 6 tokens; AVX2 bf16
+  // Several tokens run in groups of up to 6 (avx512_bf16 bf16 tiles of 4 rows x 6 tokens; AVX2 bf16
   // 4 x 2; 3 or 4 tokens for f32 and f16), one token in tiles of 4 rows that prefetch: every group
   // size, with 9 rows (whole tiles and a row after them) and columns with every kind of tail (none,
   // a few, one short of a whole bf16 chunk of 16 or 32 or an f32 one of 8, past several chunks). A
@@ -144,7 +145,7 @@ TEST(Kernels, EveryTokenCountAndColumnTailGivesATokenItsBitsAlone) {
 }
 
 TEST(Kernels, Avx512Bf16ProductsAreRoundedActivationsTimesWeightsWithinTheSummationBound) {
-  // avx512bf16 multiplies bf16 weights by the activations rounded to bf16, 32 columns per
+  // avx512_bf16 multiplies bf16 weights by the activations rounded to bf16, 32 columns per
   // VDPBF16PS. Products of two bf16 values are exact in float (8-bit significands), so the only
   // errors are the float additions: per lane at most 2 per chunk of 32 columns (the instruction
   // adds a pair's two products one at a time), then 4 levels summing the 16 lanes. A sum whose
@@ -188,7 +189,7 @@ TEST(Kernels, Avx512Bf16ProductsAreRoundedActivationsTimesWeightsWithinTheSummat
 }
 
 TEST(Kernels, Avx512Bf16RoundsActivationsToNearestEven) {
-  // bf16_x_layout of avx512bf16 writes each token's activations as bf16 at the start of its row
+  // bf16_x_layout of avx512_bf16 writes each token's activations as bf16 at the start of its row
   // of floats, rounded as f32_to_bf16 rounds (ties to even, NaN stays NaN, overflow to infinity)
   // for every column tail; denormal activations become zeros of their sign (the instruction's DAZ).
   if (!isa_supported(Isa::Avx512Bf16)) GTEST_SKIP() << "this CPU has no AVX512_BF16";
@@ -203,7 +204,7 @@ TEST(Kernels, Avx512Bf16RoundsActivationsToNearestEven) {
     for (size_t i = 0; i < x.size(); ++i)
       x[i] = i % 3 == 0 ? std::bit_cast<float>(special[i / 3 % special.size()]) : normal(rng) * 1e3f;
     x.back() = std::bit_cast<float>(denormal[size_t(cols) % denormal.size()]);
-    avx512bf16_kernels().bf16_x_layout(x.data(), tokens, cols, out.data());
+    avx512_bf16_kernels().bf16_x_layout(x.data(), tokens, cols, out.data());
     for (int t = 0; t < tokens; ++t)
       for (int c = 0; c < cols; ++c) {
         const float v = x[size_t(t) * cols + c];
@@ -463,7 +464,7 @@ TEST(QuantKernels, EveryIsaQuantizesActivationsToThePortableBytes) {
     EXPECT_EQ(portable[16].q[0], -127);
     EXPECT_EQ(portable[16].q[1], -2);
     EXPECT_EQ(portable[16].q[3], 0);
-    for (const KernelTable* table : {&generic_kernels(), &avx2_kernels(), &avx512_kernels()}) {
+    for (const KernelTable* table : {&generic_kernels(), &avx2_kernels(), &avx512_kernels(), &avx512_vnni_kernels()}) {
       if (!isa_supported(table->isa)) continue;
       std::vector<ActivationBlock> a(32);
       table->quantize_activations(x.data(), 1024, group, a.data());
@@ -487,6 +488,59 @@ TEST(QuantKernels, PortableMatchesDequantizedWeightsWithinTheBound) {
 
 TEST(QuantKernels, Avx2MatchesPortable) { expect_isa_matches_portable(Isa::Avx2); }
 TEST(QuantKernels, Avx512MatchesPortable) { expect_isa_matches_portable(Isa::Avx512); }
+TEST(QuantKernels, Avx512VnniMatchesPortable) { expect_isa_matches_portable(Isa::Avx512Vnni); }
+
+// The bytes the integer lanes' bounds are about, which quantizing smooth values seldom makes:
+// Q8_0 weights of -128 and 127, Q4_K nibbles of 15 under 6-bit scales and mins of 63, against
+// activations of -127 and 127 (whole blocks of them), beside random bytes of every value. Every
+// ISA gives the portable code's bits for the rows of whole groups, for one token (decode's
+// tiles) and several (the tiles of several tokens, and their tail).
+TEST(QuantKernels, InterleavedTilesGiveThePortableBitsOnExtremeBytes) {
+  std::mt19937 rng(12);
+  std::uniform_int_distribution<int> byte(0, 255);
+  const int rows = 16, cols = 512, tokens = 6;
+  std::vector<float> x(size_t(tokens) * cols);
+  for (int t = 0; t < tokens; ++t)
+    for (int c = 0; c < cols; ++c)
+      x[size_t(t) * cols + c] = t == 0 ? -1.0f : t == 1 ? 1.0f : float(byte(rng) - 128) / 128.0f;
+  const uint16_t step = f32_to_f16(0.01f);
+  for (DType t : {DType::Q8_0, DType::Q4_K}) {
+    const size_t row_bytes = dtype_row_bytes(t, cols), block_bytes = t == DType::Q8_0 ? 34 : 144;
+    std::vector<uint8_t> bytes(row_bytes * rows);
+    for (int r = 0; r < rows; ++r)
+      for (size_t b = 0; b < row_bytes; b += block_bytes) {
+        uint8_t* block = &bytes[r * row_bytes + b];
+        const size_t fp16_fields = t == DType::Q8_0 ? 1 : 2;
+        for (size_t f = 0; f < fp16_fields; ++f) std::memcpy(block + 2 * f, &step, 2);
+        for (size_t i = 2 * fp16_fields; i < block_bytes; ++i)
+          block[i] = r == 0 ? (t == DType::Q8_0 ? 0x80 : 0xff) : r == 1 ? (t == DType::Q8_0 ? 0x7f : 0xff) : byte(rng);
+      }
+    std::vector<uint8_t> interleaved = bytes;
+    Matrix m{interleaved.data(), t, rows, cols};
+    interleave_rows8(m, interleaved.data());
+    ASSERT_EQ(m.layout, Layout::Interleaved8);
+    std::vector<float> portable(size_t(tokens) * rows);
+    {
+      IsaGuard guard(Isa::Generic);
+      matmul(m, x.data(), tokens, portable.data());
+    }
+    for (Isa isa : supported()) {
+      IsaGuard guard(isa);
+      std::vector<float> y(size_t(tokens) * rows), alone(rows);
+      matmul(m, x.data(), tokens, y.data());
+      EXPECT_EQ(y, portable) << isa_name(isa) << " " << dtype_name(t);
+      matmul(m, x.data(), 1, alone.data());
+      EXPECT_EQ(alone, std::vector<float>(portable.begin(), portable.begin() + rows)) << isa_name(isa) << " " << dtype_name(t);
+    }
+    // The extreme rows really are extreme: row 0 against token 0, exactly as the integers say.
+    const float ad = 1.0f / 127.0f, d = f16_to_f32(step);
+    if (t == DType::Q8_0)
+      EXPECT_FLOAT_EQ(portable[0], 512 * 128 * 127 * d * ad) << "every product -128 x -127";
+    else
+      EXPECT_FLOAT_EQ(portable[0], 2 * (-63 * 15 * 127 * 8 * 32 + 63 * 127 * 8 * 32) * d * ad)
+          << "every product 63 x 15 x -127, every min 63 x -127";
+  }
+}
 
 TEST(QuantKernels, BatchSharesQuantizedInputsAndMixesDtypes) {
   // Jobs reading the same x (as q, k, v do), another x, and a bf16 job in between: each output

@@ -1,8 +1,10 @@
 // AVX-512 BF16 kernels: bf16 weights multiply activations rounded to bf16 with the dot-product
 // instruction VDPBF16PS (_mm512_dpbf16_ps: 32 products summed pairwise into 16 float lanes), as
 // llama.cpp does, instead of widening both to f32 and using two FMAs per 32 columns. Every other
-// product (f32, f16, Q8_0, Q4_K weights) is the AVX-512 table's. Compiled with AVX-512 and
-// AVX512_BF16 flags only; dispatch.cpp picks this table only on CPUs that have AVX512_BF16.
+// product (f32, f16, Q8_0, Q4_K weights) is the AVX-512 VNNI table's (every CPU with AVX512_BF16
+// has VNNI). Compiled with AVX-512 and AVX512_BF16 flags only; dispatch.cpp gives this table only
+// to CPUs that have AVX512_BF16, and only when asked for (CROSSMOE_ISA=avx512_bf16): the default
+// products keep f32 activations.
 //
 // The activations are rounded to bf16 once per matmul call (bf16_x_layout, round to nearest even;
 // the instruction treats denormal inputs as zero), so a bf16 product is (bf16(x) . w) summed in
@@ -115,7 +117,7 @@ void bf16_rows(const Matrix& m, const float* x, int tokens, float* y, int64_t r0
 
 void matmul_rows(const Matrix& m, const float* x, int tokens, float* y, int64_t r0, int64_t r1) {
   if (m.dtype == DType::BF16) return bf16_rows(m, x, tokens, y, r0, r1);
-  avx512_kernels().matmul_rows(m, x, tokens, y, r0, r1);
+  avx512_vnni_kernels().matmul_rows(m, x, tokens, y, r0, r1);
 }
 
 // x [tokens, cols] rounded to bf16 (nearest even), token t's cols values packed at the start of
@@ -136,9 +138,9 @@ void round_to_bf16(const float* x, int tokens, int64_t cols, float* out) {
 
 }  // namespace
 
-const KernelTable& avx512bf16_kernels() {
+const KernelTable& avx512_bf16_kernels() {
   static const KernelTable table = [] {
-    KernelTable t = avx512_kernels();
+    KernelTable t = avx512_vnni_kernels();
     t.isa = Isa::Avx512Bf16;
     t.matmul_rows = &matmul_rows;
     t.bf16_x_layout = &round_to_bf16;
