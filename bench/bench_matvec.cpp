@@ -3,7 +3,7 @@
 // the bandwidth limit. Q8_0 and Q4_K are timed in both layouts (rows as stored; interleaved 8 at
 // a time, as a model in memory holds them). Each figure is the best of 5 timed products; on a
 // shared machine the probe and the products see different load, so compare the columns of one run.
-// Usage: bench_matvec [rows] [cols] [isa]   (isa: generic, avx2, avx512 or avx512_vnni;
+// Usage: bench_matvec [rows] [cols] [isa]   (isa: generic, avx2, avx512, avx512_vnni or avx512_bf16;
 //        default: every supported one)
 #include <algorithm>
 #include <cstdio>

@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -23,6 +24,12 @@ std::vector<Isa> supported() {
   for (Isa isa : kIsas)
     if (isa_supported(isa)) out.push_back(isa);
   return out;
+}
+
+// An activation as a product against weights of `dtype` reads it: avx512_bf16 rounds it to bf16
+// against bf16 weights (its dot product multiplies pairs of bf16 values), the others take it as is.
+float activation_as_read(Isa isa, DType weights, float x) {
+  return isa == Isa::Avx512Bf16 && weights == DType::BF16 ? bf16_to_f32(f32_to_bf16(x)) : x;
 }
 
 struct IsaGuard {
@@ -55,7 +62,8 @@ TEST(Kernels, MatmulMatchesDoubleLoopForEveryDtypeAndShape) {
         for (int t = 0; t < tokens; ++t)
           for (int r = 0; r < rows; ++r) {
             double ref = 0;
-            for (int c = 0; c < cols; ++c) ref += double(w_f32[size_t(r) * cols + c]) * x[size_t(t) * cols + c];
+            for (int c = 0; c < cols; ++c)
+              ref += double(w_f32[size_t(r) * cols + c]) * activation_as_read(isa, dtype, x[size_t(t) * cols + c]);
             worst = std::max(worst, std::fabs(ref - y[size_t(t) * rows + r]));
           }
         EXPECT_LT(worst, 1e-4) << isa_name(isa) << " " << dtype_name(dtype) << " " << rows << "x" << cols << "x" << tokens;
@@ -92,15 +100,15 @@ TEST(Kernels, MatmulGivesATokenTheSameBitsAloneOrInABatch) {
 }
 
 TEST(Kernels, EveryTokenCountAndColumnTailGivesATokenItsBitsAlone) {
-  // Several tokens run in groups of up to 6 (AVX2 bf16 tiles of 2 rows x 6 tokens; 3 tokens for
-  // f32 and f16), one token in tiles of 4 rows that prefetch: every group size, with 9 rows (whole
-  // tiles and a row after them) and columns with every kind of tail (none, a few, one short of a
-  // whole bf16 chunk of 16 or an f32 one of 8, past several chunks). A token's products are the
-  // bits it gets alone, and within float rounding of a double-precision loop.
+  // Several tokens run in groups of up to 6 (avx512_bf16 bf16 tiles of 4 rows x 6 tokens; AVX2 bf16
+  // 4 x 2; 3 or 4 tokens for f32 and f16), one token in tiles of 4 rows that prefetch: every group
+  // size, with 9 rows (whole tiles and a row after them) and columns with every kind of tail (none,
+  // a few, one short of a whole bf16 chunk of 16 or 32 or an f32 one of 8, past several chunks). A
+  // token's products are the bits it gets alone, and within float rounding of a double-precision loop.
   std::mt19937 rng(11);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   const int rows = 9, most = 64;
-  for (int cols : {1, 7, 15, 16, 17, 40, 83, 129}) {
+  for (int cols : {1, 7, 15, 16, 17, 31, 40, 83, 129}) {
     std::vector<float> w_f32(size_t(rows) * cols), x(size_t(most) * cols);
     std::vector<uint16_t> w_bf16(w_f32.size()), w_f16(w_f32.size());
     for (size_t i = 0; i < w_f32.size(); ++i) w_f32[i] = dist(rng), w_bf16[i] = f32_to_bf16(w_f32[i]), w_f16[i] = f32_to_f16(w_f32[i]);
@@ -120,7 +128,7 @@ TEST(Kernels, EveryTokenCountAndColumnTailGivesATokenItsBitsAlone) {
             for (int c = 0; c < cols; ++c) {
               const size_t i = size_t(r) * cols + c;
               const double weight = dtype == DType::F32 ? w_f32[i] : dtype == DType::BF16 ? bf16_to_f32(w_bf16[i]) : f16_to_f32(w_f16[i]);
-              ref += weight * x[size_t(t) * cols + c];
+              ref += weight * activation_as_read(isa, dtype, x[size_t(t) * cols + c]);
             }
             ASSERT_NEAR(alone[size_t(t) * rows + r], ref, 1e-5 * cols) << isa_name(isa) << " " << dtype_name(dtype) << " " << cols << " columns";
           }
@@ -133,6 +141,80 @@ TEST(Kernels, EveryTokenCountAndColumnTailGivesATokenItsBitsAlone) {
         }
       }
     }
+  }
+}
+
+TEST(Kernels, Avx512Bf16ProductsAreRoundedActivationsTimesWeightsWithinTheSummationBound) {
+  // avx512_bf16 multiplies bf16 weights by the activations rounded to bf16, 32 columns per
+  // VDPBF16PS. Products of two bf16 values are exact in float (8-bit significands), so the only
+  // errors are the float additions: per lane at most 2 per chunk of 32 columns (the instruction
+  // adds a pair's two products one at a time), then 4 levels summing the 16 lanes. A sum whose
+  // terms each pass through at most k roundings is within gamma_k = k u / (1 - k u), u = 2^-24, of
+  // the sum of |terms| from the exact sum (Higham, Accuracy and Stability of Numerical Algorithms,
+  // section 3.1). The reference is that exact sum in double precision, of bf16(x) times w. Shapes:
+  // every kind of column tail around chunks of 32, odd row counts, 1 to 25 tokens, strided rows.
+  if (!isa_supported(Isa::Avx512Bf16)) GTEST_SKIP() << "this CPU has no AVX512_BF16";
+  IsaGuard guard(Isa::Avx512Bf16);
+  std::mt19937 rng(17);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  int wide = 0, unrounded_outside = 0;  // outputs of 32 columns or more; those the bound tells from unrounded
+  for (auto [rows, cols, tokens, stride] :
+       {std::tuple{13, 1, 3, 0}, {9, 2, 7, 0}, {5, 31, 1, 0}, {6, 32, 9, 0}, {7, 33, 13, 0}, {11, 63, 2, 0},
+        {4, 65, 6, 0}, {8, 95, 25, 0}, {17, 1000, 1, 0}, {17, 1000, 19, 0}, {6, 2049, 7, 0}, {5, 77, 8, 96}}) {
+    const int64_t ld = stride ? stride : cols;
+    std::vector<uint16_t> w(size_t(rows) * ld);
+    std::vector<float> x(size_t(tokens) * cols), y(size_t(tokens) * rows);
+    for (uint16_t& v : w) v = f32_to_bf16(0.05f * normal(rng));
+    for (int t = 0; t < tokens; ++t)  // activations of several magnitudes
+      for (int c = 0; c < cols; ++c) x[size_t(t) * cols + c] = std::ldexp(normal(rng), t % 7 - 3);
+    matmul(Matrix{w.data(), DType::BF16, rows, cols, stride}, x.data(), tokens, y.data());
+    const int k = 2 * ((cols + 31) / 32) + 4;
+    const double u = std::ldexp(1.0, -24), gamma = k * u / (1 - k * u);
+    for (int t = 0; t < tokens; ++t)
+      for (int r = 0; r < rows; ++r) {
+        double exact = 0, magnitude = 0, unrounded = 0;
+        for (int c = 0; c < cols; ++c) {
+          const double wc = bf16_to_f32(w[size_t(r) * ld + c]), xc = x[size_t(t) * cols + c];
+          const double term = wc * bf16_to_f32(f32_to_bf16(float(xc)));
+          exact += term, magnitude += std::fabs(term), unrounded += wc * xc;
+        }
+        const double got = y[size_t(t) * rows + r];
+        ASSERT_LE(std::fabs(got - exact), gamma * magnitude)
+            << rows << "x" << cols << "x" << tokens << " token " << t << " row " << r << ": " << got << " vs " << exact;
+        if (cols >= 32) ++wide, unrounded_outside += std::fabs(unrounded - exact) > gamma * magnitude;
+      }
+  }
+  // The bound is tight enough to tell: the exact products of the unrounded activations land outside it.
+  EXPECT_GT(unrounded_outside, wide * 9 / 10) << "of " << wide;
+}
+
+TEST(Kernels, Avx512Bf16RoundsActivationsToNearestEven) {
+  // bf16_x_layout of avx512_bf16 writes each token's activations as bf16 at the start of its row
+  // of floats, rounded as f32_to_bf16 rounds (ties to even, NaN stays NaN, overflow to infinity)
+  // for every column tail; denormal activations become zeros of their sign (the instruction's DAZ).
+  if (!isa_supported(Isa::Avx512Bf16)) GTEST_SKIP() << "this CPU has no AVX512_BF16";
+  std::mt19937 rng(19);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const std::vector<uint32_t> special = {0x3f808000u, 0x3f818000u, 0xbf808000u, 0x3f80ffffu, 0x7f7fffffu, 0xff7fffffu,
+                                         0x7f800000u, 0xff800000u, 0x7fc00001u, 0x7f800001u, 0x80000000u, 0x00000000u};
+  const std::vector<uint32_t> denormal = {0x00000001u, 0x807fffffu, 0x00400000u};
+  for (int cols : {1, 5, 15, 16, 17, 31, 32, 33, 100}) {
+    const int tokens = 3;
+    std::vector<float> x(size_t(tokens) * cols), out(x.size());
+    for (size_t i = 0; i < x.size(); ++i)
+      x[i] = i % 3 == 0 ? std::bit_cast<float>(special[i / 3 % special.size()]) : normal(rng) * 1e3f;
+    x.back() = std::bit_cast<float>(denormal[size_t(cols) % denormal.size()]);
+    avx512_bf16_kernels().bf16_x_layout(x.data(), tokens, cols, out.data());
+    for (int t = 0; t < tokens; ++t)
+      for (int c = 0; c < cols; ++c) {
+        const float v = x[size_t(t) * cols + c];
+        const uint16_t got = reinterpret_cast<const uint16_t*>(out.data() + size_t(t) * cols)[c];
+        if (std::fpclassify(v) == FP_SUBNORMAL)
+          EXPECT_EQ(got, std::signbit(v) ? 0x8000 : 0) << cols << " columns, " << v;
+        else
+          EXPECT_EQ(got, f32_to_bf16(v)) << cols << " columns, token " << t << " column " << c << ": 0x" << std::hex
+                                         << std::bit_cast<uint32_t>(v);
+      }
   }
 }
 

@@ -13,6 +13,7 @@ namespace {
 
 const KernelTable& table_for(Isa isa) {
   switch (isa) {
+    case Isa::Avx512Bf16: return avx512_bf16_kernels();
     case Isa::Avx512Vnni: return avx512_vnni_kernels();
     case Isa::Avx512: return avx512_kernels();
     case Isa::Avx2: return avx2_kernels();
@@ -20,11 +21,12 @@ const KernelTable& table_for(Isa isa) {
   }
 }
 
-// The best ISA this CPU runs, unless CROSSMOE_ISA=generic|avx2|avx512|avx512_vnni asks for another.
+// The best ISA this CPU runs, unless CROSSMOE_ISA=generic|avx2|avx512|avx512_vnni|avx512_bf16 asks
+// for another. avx512_bf16 only when asked for: it rounds activations to bf16 against bf16 weights.
 const KernelTable* choose() {
   Isa isa = Isa::Generic;
   for (Isa candidate : kIsas)
-    if (isa_supported(candidate)) isa = candidate;
+    if (candidate != Isa::Avx512Bf16 && isa_supported(candidate)) isa = candidate;
   if (const char* env = std::getenv("CROSSMOE_ISA")) {
     for (Isa candidate : kIsas)
       if (isa_name(candidate) == env && isa_supported(candidate)) isa = candidate;
@@ -42,6 +44,7 @@ const KernelTable*& active() {
 bool isa_supported(Isa isa) {
   __builtin_cpu_init();
   switch (isa) {
+    case Isa::Avx512Bf16: return isa_supported(Isa::Avx512Vnni) && __builtin_cpu_supports("avx512bf16");
     case Isa::Avx512Vnni: return isa_supported(Isa::Avx512) && __builtin_cpu_supports("avx512vnni");
     case Isa::Avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -55,6 +58,7 @@ bool isa_supported(Isa isa) {
 
 std::string isa_name(Isa isa) {
   switch (isa) {
+    case Isa::Avx512Bf16: return "avx512_bf16";
     case Isa::Avx512Vnni: return "avx512_vnni";
     case Isa::Avx512: return "avx512";
     case Isa::Avx2: return "avx2";
