@@ -146,10 +146,15 @@ TEST(QuantizedModel, LogitsStayCloseToTheOriginal) {
 
 // Quantized matrices in memory are interleaved 8 rows at a time (kernels::interleave_rows8), the
 // embedding table excepted (it is read by rows); a mapped model reads the files' rows as they are.
-// The two layouts add the same exact integer sums in another float order, so the dense model's
-// logits agree to float rounding (a few units of 2^-24 per product, nine products deep: far below
-// 1e-5 of their RMS; a misplaced byte moves them by the whole weight's share). The expert cache
-// interleaves the experts it reads as the resident ones are, so a budget gives the same bits.
+// The two layouts add the same exact integer sums in another float order: a few units of 2^-24
+// per product (measured 1.3e-7 to 1.6e-7 of the logits' RMS with AVX2 and portable kernels). But
+// each product's input is quantized again to 8 bits, and an activation that lands next to a
+// rounding midpoint may round the other way in one layout: one element moves by a whole step
+// (max|x| / 127 of its block of 32), which the later products carry on. Measured 0.0024 with the
+// AVX-512 kernels on this test's prompt. The bound, 1e-2, is under half the Q8_0 model's own
+// distance from the original (LogitsStayCloseToTheOriginal); rows read in a wrong order or from
+// a wrong place move the logits by their whole size. The expert cache interleaves the experts it
+// reads as the resident ones are, so a budget gives the same bits (checked exactly below).
 TEST(QuantizedModel, WeightsInMemoryAndCachedExpertsAreInterleaved) {
   const fs::path dense = models().quantized(QuantScheme::Mixed, models().dense);
   const Model resident(dense, WeightResidency::InMemory), mapped(dense, WeightResidency::Mapped);
@@ -164,8 +169,8 @@ TEST(QuantizedModel, WeightsInMemoryAndCachedExpertsAreInterleaved) {
     return session.forward(kPrompt, true);
   };
   const double change = relative_rms_change(forward(mapped), forward(resident));
-  std::printf("interleaved against rows: relative RMS change of the logits %.3g (bound 1e-5)\n", change);
-  EXPECT_LT(change, 1e-5);
+  std::printf("interleaved against rows: relative RMS change of the logits %.3g (bound 1e-2)\n", change);
+  EXPECT_LT(change, 1e-2);
 
   const fs::path moe = models().quantized(QuantScheme::Mixed);
   const Model all_in_memory(moe, WeightResidency::InMemory);
