@@ -406,6 +406,34 @@ TEST(TrainerTensorParallel, TwoRanksEqualOneProcess) {
   EXPECT_EQ(layouts_run, 4);
 }
 
+// The batched expert path's stacked weights (made once per forward pass and shared by the layers of
+// a Megrez2 or ReXMoE group) against the per-expert loop, which reads the weights themselves, over
+// three optimizer steps at a learning rate that moves the weights: the same losses at every step,
+// so no stack outlives the weights it was made from (a stack kept from the first pass fails here).
+TEST(TrainerExperts, SharedExpertStacksFollowTheOptimizerSteps) {
+  for (const char* name : {"megrez2", "rexmoe"}) {
+    const ModelConfig c = small(name);
+    torch::manual_seed(4);
+    const torch::Tensor tokens = torch::randint(0, c.vocab_size, {2, 9}, torch::kInt64);
+    std::vector<std::vector<double>> losses;
+    for (GroupedExperts path : {GroupedExperts::Off, GroupedExperts::On}) {
+      TorchModel model(c, 5, torch::kCPU, torch::kDouble);
+      ForwardOptions fo;
+      fo.compute_dtype = torch::kDouble;
+      fo.grouped_experts = path;
+      AdamW adam;
+      losses.emplace_back();
+      for (int64_t t = 1; t <= 3; ++t) {
+        losses.back().push_back(forward_backward(model, tokens, fo).loss);
+        adam.step(model, model.trainable_names(), AdamWHyper{}, 3e-2, t);
+        for (const auto& n : model.trainable_names()) model.tensor(n).mutable_grad() = torch::Tensor();
+      }
+    }
+    for (size_t t = 0; t < 3; ++t) EXPECT_NEAR(losses[0][t], losses[1][t], 1e-10) << name << " step " << t + 1;
+    EXPECT_GT(std::abs(losses[0][2] - losses[0][0]), 1e-3) << name << ": the steps must move the loss";
+  }
+}
+
 // Central differences in double precision against autograd, for router and expert weights (the
 // top-K choice is locally constant, so the loss is smooth where the check probes it).
 TEST(TrainerGradients, FiniteDifferencesMatchAutograd) {
