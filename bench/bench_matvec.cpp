@@ -3,7 +3,8 @@
 // the bandwidth limit. Q8_0 and Q4_K are timed in both layouts (rows as stored; interleaved 8 at
 // a time, as a model in memory holds them). Each figure is the best of 5 timed products; on a
 // shared machine the probe and the products see different load, so compare the columns of one run.
-// Usage: bench_matvec [rows] [cols] [isa]   (isa: generic, avx2 or avx512; default: every supported one)
+// Usage: bench_matvec [rows] [cols] [isa]   (isa: generic, avx2, avx512, avx512_vnni or avx512_bf16;
+//        default: every supported one)
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -78,7 +79,7 @@ int main(int argc, char** argv) {
     interleave_rows8(interleaved, quantized.back().data());
     matrices.push_back({interleaved, dtype_name(dtype) + " interleaved"});
   }
-  for (Isa isa : {Isa::Generic, Isa::Avx2, Isa::Avx512}) {
+  for (Isa isa : kIsas) {
     if (!isa_supported(isa) || (argc > 3 && isa_name(isa) != argv[3])) continue;
     set_isa(isa);
     for (const auto& [m, name] : matrices) {

@@ -9,7 +9,7 @@
 # Usage: bash bench/memory_budget.sh [DIR] [RUNS]      results: docs/benchmarks.md
 # MODELS="DIR1 DIR2" benchmarks those model directories instead (e.g. trained ones,
 # bench/trained_routing.sh); PROMPT_FILE=text.txt prefills real text (bench --prompt-file);
-# THREADS=N; CROSSMOE_BIN (default ./build/crossmoe). Paths are relative to the repository root.
+# THREADS=N; BENCH_TIMEOUT=600 (seconds per budgeted bench); CROSSMOE_BIN (default ./build/crossmoe). Paths are relative to the repository root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-build/bench-models}
@@ -38,7 +38,11 @@ for m in $MODELS; do
   for budget in 100% 50% 25% 10%; do
     for prefetch in off on; do
       echo "-- $m --memory-budget $budget --prefetch $prefetch"
-      $bin bench "$m" "${common[@]}" --memory-budget "$budget" --prefetch "$prefetch" 2>/dev/null
+      # A setting that stops making progress must not take the rest of the table with it.
+      rc=0
+      timeout -k 10 "${BENCH_TIMEOUT:-600}" $bin bench "$m" "${common[@]}" --memory-budget "$budget" \
+        --prefetch "$prefetch" 2>/dev/null || rc=$?
+      [ $rc -eq 0 ] || echo "(exit status $rc$([ $rc -eq 124 ] && echo ": timed out after ${BENCH_TIMEOUT:-600} s"))"
     done
   done
 done

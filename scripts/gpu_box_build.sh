@@ -119,6 +119,8 @@ compile_commands() {
     case $f in  # as src/CMakeLists.txt: each ISA's flags, float operations as written
       *matmul_generic*) isa=(-ffp-contract=off) ;;
       *avx2*) isa=(-mavx2 -mfma -mf16c -ffp-contract=off) ;;
+      *avx512_bf16*) isa=(-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c -ffp-contract=off) ;;
+      *avx512_vnni*) isa=(-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c -ffp-contract=off) ;;
       *avx512*) isa=(-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c -ffp-contract=off) ;;
     esac
     printf '%q ' g++ "${flags[@]}" "${isa[@]}" -c "$f" -o "$(object "$f")"

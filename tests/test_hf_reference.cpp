@@ -53,7 +53,18 @@ TEST_P(HfReference, LogitsAndGreedyTokensMatchTransformers) {
       max_diff = std::max(max_diff, double(std::fabs(logits[t * V + v] - expected[t][v])));
       max_ref = std::max(max_ref, double(std::fabs(expected[t][v])));
     }
-  EXPECT_LT(max_diff, 1e-4 * std::max(1.0, max_ref)) << "max |logit| " << max_ref;
+  // transformers computed these logits in f32; every ISA chosen by default multiplies f32
+  // activations and is held to 1e-4. Against bf16 weights the opt-in avx512_bf16 multiplies
+  // activations rounded to bf16 (8 significant bits, as llama.cpp's bf16 products do): each
+  // rounding moves an input by up to 2^-9 of itself, so every product's output moves by about
+  // 2^-9 / sqrt(3) of its RMS, and the four rounded inputs per layer (of q/k/v, o, gate/up, down)
+  // and the head's add up: measured 0.47-0.6% of max |logit| on these fixtures, against a bound of
+  // 2^-6 (1.6%). A wrong weight or kernel moves logits by the order of max |logit|, and the greedy
+  // tokens must still be transformers'.
+  const bool bf16_activations =
+      kernels::active_isa() == kernels::Isa::Avx512Bf16 && model.weights().layers[0].q.dtype == DType::BF16;
+  const double tolerance = bf16_activations ? std::ldexp(1.0, -6) : 1e-4;
+  EXPECT_LT(max_diff, tolerance * std::max(1.0, max_ref)) << "max |logit| " << max_ref;
 
   session.reset();
   SamplingParams greedy;
@@ -66,7 +77,7 @@ std::vector<Case> cases() {
   std::vector<Case> out;
   for (const char* m : {"hf/llama", "hf/qwen3", "hf/qwen3_moe", "hf/olmoe", "hf/mixtral", "crossmoe_init/dense",
                         "crossmoe_init/moe"})
-    for (auto isa : {kernels::Isa::Generic, kernels::Isa::Avx2, kernels::Isa::Avx512}) out.push_back({m, isa});
+    for (auto isa : kernels::kIsas) out.push_back({m, isa});
   return out;
 }
 

@@ -4,7 +4,9 @@
 #include <omp.h>
 
 #include <atomic>
+#include <bit>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <random>
 
@@ -19,9 +21,15 @@ namespace {
 
 std::vector<Isa> supported() {
   std::vector<Isa> out;
-  for (Isa isa : {Isa::Generic, Isa::Avx2, Isa::Avx512})
+  for (Isa isa : kIsas)
     if (isa_supported(isa)) out.push_back(isa);
   return out;
+}
+
+// An activation as a product against weights of `dtype` reads it: avx512_bf16 rounds it to bf16
+// against bf16 weights (its dot product multiplies pairs of bf16 values), the others take it as is.
+float activation_as_read(Isa isa, DType weights, float x) {
+  return isa == Isa::Avx512Bf16 && weights == DType::BF16 ? bf16_to_f32(f32_to_bf16(x)) : x;
 }
 
 struct IsaGuard {
@@ -54,7 +62,8 @@ TEST(Kernels, MatmulMatchesDoubleLoopForEveryDtypeAndShape) {
         for (int t = 0; t < tokens; ++t)
           for (int r = 0; r < rows; ++r) {
             double ref = 0;
-            for (int c = 0; c < cols; ++c) ref += double(w_f32[size_t(r) * cols + c]) * x[size_t(t) * cols + c];
+            for (int c = 0; c < cols; ++c)
+              ref += double(w_f32[size_t(r) * cols + c]) * activation_as_read(isa, dtype, x[size_t(t) * cols + c]);
             worst = std::max(worst, std::fabs(ref - y[size_t(t) * rows + r]));
           }
         EXPECT_LT(worst, 1e-4) << isa_name(isa) << " " << dtype_name(dtype) << " " << rows << "x" << cols << "x" << tokens;
@@ -91,15 +100,15 @@ TEST(Kernels, MatmulGivesATokenTheSameBitsAloneOrInABatch) {
 }
 
 TEST(Kernels, EveryTokenCountAndColumnTailGivesATokenItsBitsAlone) {
-  // Several tokens run in groups of up to 6 (AVX2 bf16 tiles of 2 rows x 6 tokens; 3 tokens for
-  // f32 and f16), one token in tiles of 4 rows that prefetch: every group size, with 9 rows (whole
-  // tiles and a row after them) and columns with every kind of tail (none, a few, one short of a
-  // whole bf16 chunk of 16 or an f32 one of 8, past several chunks). A token's products are the
-  // bits it gets alone, and within float rounding of a double-precision loop.
+  // Several tokens run in groups of up to 6 (avx512_bf16 bf16 tiles of 4 rows x 6 tokens; AVX2 bf16
+  // 4 x 2; 3 or 4 tokens for f32 and f16), one token in tiles of 4 rows that prefetch: every group
+  // size, with 9 rows (whole tiles and a row after them) and columns with every kind of tail (none,
+  // a few, one short of a whole bf16 chunk of 16 or 32 or an f32 one of 8, past several chunks). A
+  // token's products are the bits it gets alone, and within float rounding of a double-precision loop.
   std::mt19937 rng(11);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   const int rows = 9, most = 64;
-  for (int cols : {1, 7, 15, 16, 17, 40, 83, 129}) {
+  for (int cols : {1, 7, 15, 16, 17, 31, 40, 83, 129}) {
     std::vector<float> w_f32(size_t(rows) * cols), x(size_t(most) * cols);
     std::vector<uint16_t> w_bf16(w_f32.size()), w_f16(w_f32.size());
     for (size_t i = 0; i < w_f32.size(); ++i) w_f32[i] = dist(rng), w_bf16[i] = f32_to_bf16(w_f32[i]), w_f16[i] = f32_to_f16(w_f32[i]);
@@ -119,7 +128,7 @@ TEST(Kernels, EveryTokenCountAndColumnTailGivesATokenItsBitsAlone) {
             for (int c = 0; c < cols; ++c) {
               const size_t i = size_t(r) * cols + c;
               const double weight = dtype == DType::F32 ? w_f32[i] : dtype == DType::BF16 ? bf16_to_f32(w_bf16[i]) : f16_to_f32(w_f16[i]);
-              ref += weight * x[size_t(t) * cols + c];
+              ref += weight * activation_as_read(isa, dtype, x[size_t(t) * cols + c]);
             }
             ASSERT_NEAR(alone[size_t(t) * rows + r], ref, 1e-5 * cols) << isa_name(isa) << " " << dtype_name(dtype) << " " << cols << " columns";
           }
@@ -132,6 +141,80 @@ TEST(Kernels, EveryTokenCountAndColumnTailGivesATokenItsBitsAlone) {
         }
       }
     }
+  }
+}
+
+TEST(Kernels, Avx512Bf16ProductsAreRoundedActivationsTimesWeightsWithinTheSummationBound) {
+  // avx512_bf16 multiplies bf16 weights by the activations rounded to bf16, 32 columns per
+  // VDPBF16PS. Products of two bf16 values are exact in float (8-bit significands), so the only
+  // errors are the float additions: per lane at most 2 per chunk of 32 columns (the instruction
+  // adds a pair's two products one at a time), then 4 levels summing the 16 lanes. A sum whose
+  // terms each pass through at most k roundings is within gamma_k = k u / (1 - k u), u = 2^-24, of
+  // the sum of |terms| from the exact sum (Higham, Accuracy and Stability of Numerical Algorithms,
+  // section 3.1). The reference is that exact sum in double precision, of bf16(x) times w. Shapes:
+  // every kind of column tail around chunks of 32, odd row counts, 1 to 25 tokens, strided rows.
+  if (!isa_supported(Isa::Avx512Bf16)) GTEST_SKIP() << "this CPU has no AVX512_BF16";
+  IsaGuard guard(Isa::Avx512Bf16);
+  std::mt19937 rng(17);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  int wide = 0, unrounded_outside = 0;  // outputs of 32 columns or more; those the bound tells from unrounded
+  for (auto [rows, cols, tokens, stride] :
+       {std::tuple{13, 1, 3, 0}, {9, 2, 7, 0}, {5, 31, 1, 0}, {6, 32, 9, 0}, {7, 33, 13, 0}, {11, 63, 2, 0},
+        {4, 65, 6, 0}, {8, 95, 25, 0}, {17, 1000, 1, 0}, {17, 1000, 19, 0}, {6, 2049, 7, 0}, {5, 77, 8, 96}}) {
+    const int64_t ld = stride ? stride : cols;
+    std::vector<uint16_t> w(size_t(rows) * ld);
+    std::vector<float> x(size_t(tokens) * cols), y(size_t(tokens) * rows);
+    for (uint16_t& v : w) v = f32_to_bf16(0.05f * normal(rng));
+    for (int t = 0; t < tokens; ++t)  // activations of several magnitudes
+      for (int c = 0; c < cols; ++c) x[size_t(t) * cols + c] = std::ldexp(normal(rng), t % 7 - 3);
+    matmul(Matrix{w.data(), DType::BF16, rows, cols, stride}, x.data(), tokens, y.data());
+    const int k = 2 * ((cols + 31) / 32) + 4;
+    const double u = std::ldexp(1.0, -24), gamma = k * u / (1 - k * u);
+    for (int t = 0; t < tokens; ++t)
+      for (int r = 0; r < rows; ++r) {
+        double exact = 0, magnitude = 0, unrounded = 0;
+        for (int c = 0; c < cols; ++c) {
+          const double wc = bf16_to_f32(w[size_t(r) * ld + c]), xc = x[size_t(t) * cols + c];
+          const double term = wc * bf16_to_f32(f32_to_bf16(float(xc)));
+          exact += term, magnitude += std::fabs(term), unrounded += wc * xc;
+        }
+        const double got = y[size_t(t) * rows + r];
+        ASSERT_LE(std::fabs(got - exact), gamma * magnitude)
+            << rows << "x" << cols << "x" << tokens << " token " << t << " row " << r << ": " << got << " vs " << exact;
+        if (cols >= 32) ++wide, unrounded_outside += std::fabs(unrounded - exact) > gamma * magnitude;
+      }
+  }
+  // The bound is tight enough to tell: the exact products of the unrounded activations land outside it.
+  EXPECT_GT(unrounded_outside, wide * 9 / 10) << "of " << wide;
+}
+
+TEST(Kernels, Avx512Bf16RoundsActivationsToNearestEven) {
+  // bf16_x_layout of avx512_bf16 writes each token's activations as bf16 at the start of its row
+  // of floats, rounded as f32_to_bf16 rounds (ties to even, NaN stays NaN, overflow to infinity)
+  // for every column tail; denormal activations become zeros of their sign (the instruction's DAZ).
+  if (!isa_supported(Isa::Avx512Bf16)) GTEST_SKIP() << "this CPU has no AVX512_BF16";
+  std::mt19937 rng(19);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const std::vector<uint32_t> special = {0x3f808000u, 0x3f818000u, 0xbf808000u, 0x3f80ffffu, 0x7f7fffffu, 0xff7fffffu,
+                                         0x7f800000u, 0xff800000u, 0x7fc00001u, 0x7f800001u, 0x80000000u, 0x00000000u};
+  const std::vector<uint32_t> denormal = {0x00000001u, 0x807fffffu, 0x00400000u};
+  for (int cols : {1, 5, 15, 16, 17, 31, 32, 33, 100}) {
+    const int tokens = 3;
+    std::vector<float> x(size_t(tokens) * cols), out(x.size());
+    for (size_t i = 0; i < x.size(); ++i)
+      x[i] = i % 3 == 0 ? std::bit_cast<float>(special[i / 3 % special.size()]) : normal(rng) * 1e3f;
+    x.back() = std::bit_cast<float>(denormal[size_t(cols) % denormal.size()]);
+    avx512_bf16_kernels().bf16_x_layout(x.data(), tokens, cols, out.data());
+    for (int t = 0; t < tokens; ++t)
+      for (int c = 0; c < cols; ++c) {
+        const float v = x[size_t(t) * cols + c];
+        const uint16_t got = reinterpret_cast<const uint16_t*>(out.data() + size_t(t) * cols)[c];
+        if (std::fpclassify(v) == FP_SUBNORMAL)
+          EXPECT_EQ(got, std::signbit(v) ? 0x8000 : 0) << cols << " columns, " << v;
+        else
+          EXPECT_EQ(got, f32_to_bf16(v)) << cols << " columns, token " << t << " column " << c << ": 0x" << std::hex
+                                         << std::bit_cast<uint32_t>(v);
+      }
   }
 }
 
@@ -381,7 +464,7 @@ TEST(QuantKernels, EveryIsaQuantizesActivationsToThePortableBytes) {
     EXPECT_EQ(portable[16].q[0], -127);
     EXPECT_EQ(portable[16].q[1], -2);
     EXPECT_EQ(portable[16].q[3], 0);
-    for (const KernelTable* table : {&generic_kernels(), &avx2_kernels(), &avx512_kernels()}) {
+    for (const KernelTable* table : {&generic_kernels(), &avx2_kernels(), &avx512_kernels(), &avx512_vnni_kernels()}) {
       if (!isa_supported(table->isa)) continue;
       std::vector<ActivationBlock> a(32);
       table->quantize_activations(x.data(), 1024, group, a.data());
@@ -405,6 +488,59 @@ TEST(QuantKernels, PortableMatchesDequantizedWeightsWithinTheBound) {
 
 TEST(QuantKernels, Avx2MatchesPortable) { expect_isa_matches_portable(Isa::Avx2); }
 TEST(QuantKernels, Avx512MatchesPortable) { expect_isa_matches_portable(Isa::Avx512); }
+TEST(QuantKernels, Avx512VnniMatchesPortable) { expect_isa_matches_portable(Isa::Avx512Vnni); }
+
+// The bytes the integer lanes' bounds are about, which quantizing smooth values seldom makes:
+// Q8_0 weights of -128 and 127, Q4_K nibbles of 15 under 6-bit scales and mins of 63, against
+// activations of -127 and 127 (whole blocks of them), beside random bytes of every value. Every
+// ISA gives the portable code's bits for the rows of whole groups, for one token (decode's
+// tiles) and several (the tiles of several tokens, and their tail).
+TEST(QuantKernels, InterleavedTilesGiveThePortableBitsOnExtremeBytes) {
+  std::mt19937 rng(12);
+  std::uniform_int_distribution<int> byte(0, 255);
+  const int rows = 16, cols = 512, tokens = 6;
+  std::vector<float> x(size_t(tokens) * cols);
+  for (int t = 0; t < tokens; ++t)
+    for (int c = 0; c < cols; ++c)
+      x[size_t(t) * cols + c] = t == 0 ? -1.0f : t == 1 ? 1.0f : float(byte(rng) - 128) / 128.0f;
+  const uint16_t step = f32_to_f16(0.01f);
+  for (DType t : {DType::Q8_0, DType::Q4_K}) {
+    const size_t row_bytes = dtype_row_bytes(t, cols), block_bytes = t == DType::Q8_0 ? 34 : 144;
+    std::vector<uint8_t> bytes(row_bytes * rows);
+    for (int r = 0; r < rows; ++r)
+      for (size_t b = 0; b < row_bytes; b += block_bytes) {
+        uint8_t* block = &bytes[r * row_bytes + b];
+        const size_t fp16_fields = t == DType::Q8_0 ? 1 : 2;
+        for (size_t f = 0; f < fp16_fields; ++f) std::memcpy(block + 2 * f, &step, 2);
+        for (size_t i = 2 * fp16_fields; i < block_bytes; ++i)
+          block[i] = r == 0 ? (t == DType::Q8_0 ? 0x80 : 0xff) : r == 1 ? (t == DType::Q8_0 ? 0x7f : 0xff) : byte(rng);
+      }
+    std::vector<uint8_t> interleaved = bytes;
+    Matrix m{interleaved.data(), t, rows, cols};
+    interleave_rows8(m, interleaved.data());
+    ASSERT_EQ(m.layout, Layout::Interleaved8);
+    std::vector<float> portable(size_t(tokens) * rows);
+    {
+      IsaGuard guard(Isa::Generic);
+      matmul(m, x.data(), tokens, portable.data());
+    }
+    for (Isa isa : supported()) {
+      IsaGuard guard(isa);
+      std::vector<float> y(size_t(tokens) * rows), alone(rows);
+      matmul(m, x.data(), tokens, y.data());
+      EXPECT_EQ(y, portable) << isa_name(isa) << " " << dtype_name(t);
+      matmul(m, x.data(), 1, alone.data());
+      EXPECT_EQ(alone, std::vector<float>(portable.begin(), portable.begin() + rows)) << isa_name(isa) << " " << dtype_name(t);
+    }
+    // The extreme rows really are extreme: row 0 against token 0, exactly as the integers say.
+    const float ad = 1.0f / 127.0f, d = f16_to_f32(step);
+    if (t == DType::Q8_0)
+      EXPECT_FLOAT_EQ(portable[0], 512 * 128 * 127 * d * ad) << "every product -128 x -127";
+    else
+      EXPECT_FLOAT_EQ(portable[0], 2 * (-63 * 15 * 127 * 8 * 32 + 63 * 127 * 8 * 32) * d * ad)
+          << "every product 63 x 15 x -127, every min 63 x -127";
+  }
+}
 
 TEST(QuantKernels, BatchSharesQuantizedInputsAndMixesDtypes) {
   // Jobs reading the same x (as q, k, v do), another x, and a bf16 job in between: each output

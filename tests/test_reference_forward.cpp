@@ -2,7 +2,8 @@
 // reference forward written here straight from the formulas in shared/notes/model-family.md and
 // Megrez2's published inference code (vLLM's megrez_moe): double precision, no KV cache, no
 // batching, and its own reading of config.json for which layers are MoE, which experts a router
-// may choose and RoPE (it does not use ModelConfig::layers or ModelConfig::rope).
+// may choose and RoPE (it does not use ModelConfig::layers or ModelConfig::rope). Its products
+// read their inputs as the active kernels do (rounded to bf16 against bf16 weights on avx512_bf16).
 #include <gtest/gtest.h>
 
 #include "temp_dir.hpp"
@@ -104,7 +105,11 @@ class PlainReference {
     const int d = c_.hidden_size;
     return Vec(all.begin() + size_t(r) * d, all.begin() + size_t(r + 1) * d);
   }
-  Vec matvec(const std::string& name, const Vec& x) const {
+  // Against bf16 weights the avx512_bf16 kernels multiply activations rounded to bf16 (as
+  // llama.cpp does); the other ISAs multiply them as they are.
+  Vec matvec(const std::string& name, Vec x) const {
+    if (ck_.find(name)->dtype == DType::BF16 && kernels::active_isa() == kernels::Isa::Avx512Bf16)
+      for (double& v : x) v = bf16_to_f32(f32_to_bf16(float(v)));
     const Vec w = tensor(name);
     const size_t cols = x.size(), rows = w.size() / cols;
     Vec y(rows, 0.0);
@@ -328,16 +333,35 @@ TEST_P(ReferenceForward, FastPathMatchesPlainDoubleReference) {
 
   const std::vector<int> tokens = {5, 77, 123, 9, 250, 31, 64, 199, 2, 18, 42};
   const nlohmann::json raw = read_json_file(dir / "config.json");
-  const auto expected = PlainReference(model.config(), ck, raw).logits(tokens);
-  for (int chunk : {1, 4, 64}) {
-    InferenceSession session(model, 32, chunk);
-    const std::vector<float>& logits = session.forward(tokens, true);
-    const int V = config.vocab_size;
-    double max_diff = 0;
-    for (size_t t = 0; t < tokens.size(); ++t)
-      for (int v = 0; v < V; ++v) max_diff = std::max(max_diff, std::fabs(logits[t * V + v] - expected[t][v]));
-    EXPECT_LT(max_diff, 2e-4) << "chunk " << chunk;
+  const int V = config.vocab_size;
+  // The active ISA (f32 activations; avx512_bf16 only when asked for) is held to 2e-4. Where the
+  // CPU has it, the opt-in avx512_bf16 is checked too: it multiplies bf16 weights by activations
+  // rounded to bf16 (8 significant bits, as llama.cpp does), and so does the reference for it (a
+  // routing decision near a tie would otherwise go another way). Even so one rounding that falls
+  // the other way (the runtime's f32 against the reference's double) perturbs what follows and
+  // tips later ones: measured up to 0.011 here (the dense and rexmoe_r2 layouts). So it is held
+  // to 2^-6 of the largest logit, the bound test_hf_reference.cpp derives for bf16 activations.
+  std::vector<kernels::Isa> isas = {kernels::active_isa()};
+  if (isas[0] != kernels::Isa::Avx512Bf16 && kernels::isa_supported(kernels::Isa::Avx512Bf16))
+    isas.push_back(kernels::Isa::Avx512Bf16);
+  const kernels::Isa previous = kernels::active_isa();
+  for (kernels::Isa isa : isas) {
+    kernels::set_isa(isa);
+    const auto expected = PlainReference(model.config(), ck, raw).logits(tokens);
+    double max_ref = 1;
+    for (const auto& row : expected)
+      for (double v : row) max_ref = std::max(max_ref, std::fabs(v));
+    const double tolerance = isa == kernels::Isa::Avx512Bf16 ? std::ldexp(1.0, -6) * max_ref : 2e-4;
+    for (int chunk : {1, 4, 64}) {
+      InferenceSession session(model, 32, chunk);
+      const std::vector<float>& logits = session.forward(tokens, true);
+      double max_diff = 0;
+      for (size_t t = 0; t < tokens.size(); ++t)
+        for (int v = 0; v < V; ++v) max_diff = std::max(max_diff, std::fabs(logits[t * V + v] - expected[t][v]));
+      EXPECT_LT(max_diff, tolerance) << kernels::isa_name(isa) << " chunk " << chunk << ", max |logit| " << max_ref;
+    }
   }
+  kernels::set_isa(previous);
   std::filesystem::remove_all(dir);
 }
 

@@ -21,7 +21,9 @@ std::string version_text() {
   using kernels::Isa;
   const std::string commit = CROSSMOE_GIT_COMMIT;
   std::string text = "crossmoe 0.1.0 (commit " + (commit.empty() ? std::string("unknown") : commit) + ")\n";
-  text += "kernels  built: generic, avx2, avx512; this CPU runs " + kernels::isa_name(kernels::active_isa()) + "\n";
+  std::string built;
+  for (Isa isa : kernels::kIsas) built += (built.empty() ? "" : ", ") + kernels::isa_name(isa);
+  text += "kernels  built: " + built + "; this CPU runs " + kernels::isa_name(kernels::active_isa()) + "\n";
 #ifdef CROSSMOE_HAVE_TORCH
   // The c10d backends `train --nproc` can use in this build (probed when it was configured).
   std::string backends;

@@ -13,19 +13,22 @@ namespace {
 
 const KernelTable& table_for(Isa isa) {
   switch (isa) {
+    case Isa::Avx512Bf16: return avx512_bf16_kernels();
+    case Isa::Avx512Vnni: return avx512_vnni_kernels();
     case Isa::Avx512: return avx512_kernels();
     case Isa::Avx2: return avx2_kernels();
     default: return generic_kernels();
   }
 }
 
-// The best ISA this CPU runs, unless CROSSMOE_ISA=generic|avx2|avx512 asks for another.
+// The best ISA this CPU runs, unless CROSSMOE_ISA=generic|avx2|avx512|avx512_vnni|avx512_bf16 asks
+// for another. avx512_bf16 only when asked for: it rounds activations to bf16 against bf16 weights.
 const KernelTable* choose() {
   Isa isa = Isa::Generic;
-  if (isa_supported(Isa::Avx512)) isa = Isa::Avx512;
-  else if (isa_supported(Isa::Avx2)) isa = Isa::Avx2;
+  for (Isa candidate : kIsas)
+    if (candidate != Isa::Avx512Bf16 && isa_supported(candidate)) isa = candidate;
   if (const char* env = std::getenv("CROSSMOE_ISA")) {
-    for (Isa candidate : {Isa::Generic, Isa::Avx2, Isa::Avx512})
+    for (Isa candidate : kIsas)
       if (isa_name(candidate) == env && isa_supported(candidate)) isa = candidate;
   }
   return &table_for(isa);
@@ -41,6 +44,8 @@ const KernelTable*& active() {
 bool isa_supported(Isa isa) {
   __builtin_cpu_init();
   switch (isa) {
+    case Isa::Avx512Bf16: return isa_supported(Isa::Avx512Vnni) && __builtin_cpu_supports("avx512bf16");
+    case Isa::Avx512Vnni: return isa_supported(Isa::Avx512) && __builtin_cpu_supports("avx512vnni");
     case Isa::Avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
@@ -53,6 +58,8 @@ bool isa_supported(Isa isa) {
 
 std::string isa_name(Isa isa) {
   switch (isa) {
+    case Isa::Avx512Bf16: return "avx512_bf16";
+    case Isa::Avx512Vnni: return "avx512_vnni";
     case Isa::Avx512: return "avx512";
     case Isa::Avx2: return "avx2";
     default: return "generic";

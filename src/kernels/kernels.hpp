@@ -3,7 +3,9 @@
 // widened to f32 in registers, so a bf16 model is never converted as a whole. Block-quantized
 // weights (Q8_0, Q4_K: util/quant.hpp) multiply activations quantized to 8 bits (one step per
 // 32 or 256 columns: activation_group) with integer dot products, as llama.cpp does.
-// One dispatch point picks AVX-512, AVX2 or portable code at run time.
+// One dispatch point picks AVX-512 (with or without VNNI), AVX2 or portable code at run time.
+// Asked for (CROSSMOE_ISA=avx512_bf16), bf16 weights multiply activations rounded to bf16 with the
+// AVX512_BF16 dot product instead, as llama.cpp does (matmul_avx512_bf16.cpp).
 #include <cstdint>
 #include <string>
 
@@ -81,7 +83,15 @@ int64_t activation_group(DType weights);
 // multiplies the same integers.
 void quantize_activations(const float* x, int64_t n, int64_t group, ActivationBlock* out);
 
-enum class Isa { Generic, Avx2, Avx512 };
+// Avx512Vnni: the AVX-512 kernels with the quantized products in 512-bit VNNI dot products
+// (vpdpbusd); Avx512 alone keeps the AVX2 integer products (AVX-512 CPUs without VNNI).
+// Avx512Bf16: the Avx512Vnni kernels with bf16 weights multiplied by VDPBF16PS, against the
+// activations rounded to bf16 (to nearest even, denormals to zero) once per matmul call: faster
+// prefill, but 8 significant bits of each activation, so never chosen unless asked for.
+enum class Isa { Generic, Avx2, Avx512, Avx512Vnni, Avx512Bf16 };
+// Every ISA that has kernels here, in order of preference (the last one a CPU supports is used,
+// Avx512Bf16 excepted: CROSSMOE_ISA only).
+inline constexpr Isa kIsas[] = {Isa::Generic, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni, Isa::Avx512Bf16};
 Isa active_isa();
 std::string isa_name(Isa isa);
 bool isa_supported(Isa isa);
@@ -92,10 +102,11 @@ void set_isa(Isa isa);
 struct KernelTable {
   Isa isa;
   // Computes rows [row_begin, row_end) of matmul on the calling thread.
-  // For bf16 weights, x in the layout bf16_x_layout writes.
+  // For bf16 weights, x in the layout bf16_x_layout writes (in a buffer of tokens * cols floats).
   void (*matmul_rows)(const Matrix& w, const float* x, int tokens, float* y, int64_t row_begin,
                       int64_t row_end);
-  // Reorders x [tokens, cols] (columns within fixed chunks) as matmul_rows reads it against bf16 weights.
+  // Reorders x [tokens, cols] (columns within fixed chunks) as matmul_rows reads it against bf16
+  // weights (Avx512Bf16: rounds it to bf16).
   void (*bf16_x_layout)(const float* x, int tokens, int64_t cols, float* out);
   // The same for Q8_0 / Q4_K weights, x quantized: cols / 32 blocks per token.
   void (*quant_matmul_rows)(const Matrix& w, const ActivationBlock* x, int tokens, float* y, int64_t row_begin,
@@ -108,5 +119,7 @@ struct KernelTable {
 const KernelTable& generic_kernels();
 const KernelTable& avx2_kernels();
 const KernelTable& avx512_kernels();
+const KernelTable& avx512_vnni_kernels();
+const KernelTable& avx512_bf16_kernels();
 
 }  // namespace crossmoe::kernels
