@@ -65,6 +65,28 @@ if [ "$mode" = build ] && printf '#include <ATen/ATen.h>\nat::Tensor f(const at:
   flags+=(-DCROSSMOE_HAVE_GROUPED_MM)
   echo "grouped expert products: on (at::_grouped_mm)"
 fi
+# libtorch's RMSNorm (at::rms_norm) and fused AdamW (at::_fused_adamw_), for the trainer on CUDA: the
+# calls the trainer makes, as src/CMakeLists.txt probes them.
+rms_norm_probe='#include <ATen/ATen.h>
+at::Tensor f(const at::Tensor& xf, const at::Tensor& weight, double eps) { return at::rms_norm(xf, {xf.size(-1)}, weight, eps); }'
+fused_adamw_probe='#include <ATen/ATen.h>
+#include <vector>
+void f(const std::vector<at::Tensor>& g, double lr) {
+  const std::vector<at::Tensor> steps(g.size(), g[0]);
+  at::_fused_adamw_(g, g, g, g, {}, steps, lr, 0.9, 0.95, 0.1, 1e-8, false, false);
+}'
+if [ "$mode" = build ]; then
+  for feature in RMS_NORM FUSED_ADAMW; do
+    probe=$rms_norm_probe
+    [ $feature = FUSED_ADAMW ] && probe=$fused_adamw_probe
+    if printf '%s\n' "$probe" | g++ "${flags[@]}" -x c++ -fsyntax-only - 2>/dev/null; then
+      flags+=("-DCROSSMOE_HAVE_$feature")
+      echo "trainer's fused kernels: $feature on"
+    else
+      echo "trainer's fused kernels: $feature off"
+    fi
+  done
+fi
 # c10d's NCCL process group (`train --nproc N --device cuda`), when this libtorch has it: its header
 # is compiled only with USE_C10D_NCCL and includes NCCL's nccl.h and CUDA's library headers, which
 # the pip wheels carry under nvidia/*/include (after the toolkit's, which win where both have one).

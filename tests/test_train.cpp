@@ -406,6 +406,41 @@ TEST(TrainerTensorParallel, TwoRanksEqualOneProcess) {
   EXPECT_EQ(layouts_run, 4);
 }
 
+// The batched expert path's stacked weights (made once per forward pass and shared by the layers of
+// a Megrez2 or ReXMoE group) follow the weights: three optimizer steps of a run on the batched path,
+// at a learning rate that moves the loss, each step's loss equal to the per-expert loop's (which
+// reads the weights themselves) on the same weights. A stack kept from an earlier pass fails here.
+// (The two paths do not train alike: the loop leaves experts without tokens out of the optimizer's
+// step, the batched products give them zero gradients.)
+TEST(TrainerExperts, SharedExpertStacksFollowTheOptimizerSteps) {
+  for (const char* name : {"megrez2", "rexmoe"}) {
+    ModelConfig c = small(name);
+    c.finalize();
+    torch::manual_seed(4);
+    const torch::Tensor tokens = torch::randint(0, c.vocab_size, {2, 9}, torch::kInt64);
+    TorchModel model(c, 5, torch::kCPU, torch::kDouble);
+    ForwardOptions batched, loop;
+    batched.compute_dtype = loop.compute_dtype = torch::kDouble;
+    batched.grouped_experts = GroupedExperts::On;
+    loop.grouped_experts = GroupedExperts::Off;
+    const int64_t T = tokens.size(1) - 1;
+    AdamW adam;
+    std::vector<double> losses;
+    for (int64_t t = 1; t <= 3; ++t) {
+      losses.push_back(forward_backward(model, tokens, batched).loss);
+      {
+        torch::NoGradGuard no_grad;
+        const double reference =
+            next_token_loss(model.forward(tokens.narrow(1, 0, T), loop).logits, tokens.narrow(1, 1, T)).item<double>();
+        EXPECT_NEAR(losses.back(), reference, 1e-10) << name << " step " << t;
+      }
+      adam.step(model, model.trainable_names(), AdamWHyper{}, 3e-2, t);
+      for (const auto& n : model.trainable_names()) model.tensor(n).mutable_grad() = torch::Tensor();
+    }
+    EXPECT_GT(std::abs(losses[2] - losses[0]), 1e-3) << name << ": the steps must move the loss";
+  }
+}
+
 // Central differences in double precision against autograd, for router and expert weights (the
 // top-K choice is locally constant, so the loss is smooth where the check probes it).
 TEST(TrainerGradients, FiniteDifferencesMatchAutograd) {

@@ -269,6 +269,11 @@ void add_train(CLI::App& app) {
                   "it applies, else padded on CUDA and loop on the CPU")
       ->check(CLI::IsMember({"auto", "grouped", "padded", "loop", "dense"}))
       ->capture_default_str();
+  cmd->add_option("--fused", o.fused,
+                  "auto: libtorch's fused RMSNorm and AdamW kernels on CUDA where this build has them (libtorch 2.4 or "
+                  "later); off: the composed kernels, the same functions to float rounding")
+      ->check(CLI::IsMember({"auto", "off"}))
+      ->capture_default_str();
   cmd->add_option("--eval-every", o.eval_every, "Validation every N steps")->capture_default_str();
   cmd->add_option("--eval-batches", o.eval_batches, "Validation batches (windows spread evenly over the held-out tokens)")->capture_default_str();
   cmd->add_option("--save-every", o.save_every, "Checkpoint every N steps (and at the end); each process writes its share, and it resumes on any --nproc, --tp, --ep")->capture_default_str();

@@ -22,9 +22,15 @@ struct AdamWHyper {
 // without a gradient this step (experts nobody chose) are left alone, as torch.optim does.
 struct AdamW {
   std::map<std::string, torch::Tensor> m, v;
+  // On CUDA, libtorch's fused AdamW kernel where this build has it (fused_adamw_built): the same update
+  // to float rounding. False: the multi-tensor kernels everywhere (train --fused off, for comparison).
+  bool fused = true;
   // t: the 1-based step number, for bias correction.
   void step(TorchModel& model, const std::vector<std::string>& names, const AdamWHyper& h, double lr, int64_t t);
 };
+
+// Whether this build has libtorch's fused AdamW (at::_fused_adamw_, probed at build time).
+bool fused_adamw_built();
 
 // Clips the global gradient norm to max_norm (0 = no clipping); returns the norm before clipping as a
 // scalar tensor on the gradients' device. Nothing waits for the device: on a GPU the step that

@@ -67,16 +67,28 @@ torch::ScalarType accumulate_type(torch::ScalarType compute) {
   return compute == torch::kDouble ? torch::kDouble : torch::kFloat32;
 }
 
-torch::Tensor rmsnorm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+// On CUDA with fused kernels allowed, libtorch's RMSNorm (one fused kernel forward and one backward
+// where the libtorch has them, instead of five elementwise and reduction kernels each way over the
+// float32 activations); the same function, to float rounding.
+torch::Tensor rmsnorm(const torch::Tensor& x, const torch::Tensor& weight, double eps, bool fused) {
   const torch::Tensor xf = x.to(accumulate_type(weight.scalar_type()));
+#ifdef CROSSMOE_HAVE_RMS_NORM
+  if (fused && xf.is_cuda() && weight.scalar_type() == xf.scalar_type()) return at::rms_norm(xf, {xf.size(-1)}, weight, eps);
+#else
+  (void)fused;
+#endif
   return xf * torch::rsqrt(xf.pow(2).mean(-1, true) + eps) * weight.to(xf.scalar_type());
 }
 
-// HF's rotate_half convention: dims i and i + hd/2 form a pair.
-torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+// HF's rotate_half convention: dims i and i + hd/2 form a pair, (a, b) -> (a cos - b sin, b cos + a sin).
+// Written as x * [cos, cos] + [b, a] * [-sin, sin] (rope_tables): the same operations on the same
+// values, so the same bits, in four kernels instead of seven.
+torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos2, const torch::Tensor& signed_sin2) {
   const int64_t half = x.size(-1) / 2;
-  const torch::Tensor a = x.narrow(-1, 0, half), b = x.narrow(-1, half, half);
-  return torch::cat({a * cos - b * sin, b * cos + a * sin}, -1);
+  return x * cos2 + torch::cat({x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1) * signed_sin2;
+}
+std::pair<torch::Tensor, torch::Tensor> rope_tables(const torch::Tensor& cos, const torch::Tensor& sin) {
+  return {torch::cat({cos, cos}, -1), torch::cat({-sin, sin}, -1)};
 }
 
 }  // namespace
@@ -149,6 +161,12 @@ struct TorchModel::CachedStep {
   torch::Tensor allowed;       // [R, 1, S, L] which cached keys each query sees
   int64_t keys = 0;            // L: keys visible to the batch (longest row after the step)
   torch::Tensor last_index;    // [R] flattened index of each row's last new token: logits only there
+};
+
+// Autograd sums the gradients of a stack's uses in the compute type before the one conversion back,
+// as PyTorch's autocast does with the weight casts it caches for a forward pass.
+struct TorchModel::ExpertStacks {
+  std::map<std::pair<std::vector<std::pair<int, int>>, Proj>, torch::Tensor> made;  // (owner layer, index)s
 };
 
 KvCache TorchModel::new_cache(int64_t rows, int64_t capacity, torch::ScalarType compute_dtype) const {
@@ -264,38 +282,44 @@ ForwardResult TorchModel::run(const torch::Tensor& tokens, const torch::Tensor& 
   // Tensor parallelism: a split block's input enters the split and its partial outputs are summed.
   const TensorParallel& tp = options.tensor_parallel;
   const auto enter = [&](const torch::Tensor& t) { return tp.ranks > 1 ? tp.enter(t) : t; };
-  const auto reduce = [&](const torch::Tensor& t) { return tp.ranks > 1 ? tp.reduce(t) : t; };
+  // Split blocks' partial outputs are summed in the accumulation type. Unsplit, the residual add takes
+  // the compute-type output as it is: type promotion gives the same values as converting it first,
+  // without the conversion's kernel and its gradient's.
+  const auto reduce = [&](const torch::Tensor& t) { return tp.ranks > 1 ? tp.reduce(t.to(acc)) : t; };
+  const auto [rope_cos, rope_sin] = rope_tables(cos_t, sin_t);
+  ExpertStacks stacks;
+  const bool fused = options.fused_kernels;
   torch::Tensor x = w(tn::embed()).index_select(0, tokens.reshape(-1)).view({B, T, c.hidden_size}).to(acc);
   torch::Tensor aux = torch::zeros({}, torch::TensorOptions().device(device_).dtype(acc));
   int moe_layers = 0;
   torch::Tensor u_prev;
   result.expert_load.resize(c.num_layers);
   for (int l = 0; l < c.num_layers; ++l) {
-    const torch::Tensor xn = rmsnorm(x, w(tn::input_norm(l)), c.rms_norm_eps);
-    x = x + reduce(linear(attention(l, enter(xn), cos_t, sin_t, options, step), w(tn::attn(l, 'o')), cd).to(acc));
-    const torch::Tensor u = rmsnorm(x, w(tn::post_attention_norm(l)), c.rms_norm_eps);
+    const torch::Tensor xn = rmsnorm(x, w(tn::input_norm(l)), c.rms_norm_eps, fused);
+    x = x + reduce(linear(attention(l, enter(xn), rope_cos, rope_sin, options, step), w(tn::attn(l, 'o')), cd));
+    const torch::Tensor u = rmsnorm(x, w(tn::post_attention_norm(l)), c.rms_norm_eps, fused);
     torch::Tensor ffn;
     if (c.layers[l].is_moe) {
       const bool pre = c.moe.pre_gated && l > 0;
-      ffn = moe(l, u.view({B * T, -1}), (pre ? u_prev : u).view({B * T, -1}), options, aux, result.expert_load[l])
+      ffn = moe(l, u.view({B * T, -1}), (pre ? u_prev : u).view({B * T, -1}), options, stacks, aux,
+                result.expert_load[l])
                 .view({B, T, -1});
       ++moe_layers;
     } else {
       ffn = reduce(
-          swiglu(enter(u), tn::dense_mlp(l, Proj::Gate), tn::dense_mlp(l, Proj::Up), tn::dense_mlp(l, Proj::Down), cd)
-              .to(acc));
+          swiglu(enter(u), tn::dense_mlp(l, Proj::Gate), tn::dense_mlp(l, Proj::Up), tn::dense_mlp(l, Proj::Down), cd));
     }
-    x = x + ffn.to(acc);
+    x = x + ffn;
     u_prev = u;
   }
   if (step && step->last_index.defined()) x = x.reshape({B * T, -1}).index_select(0, step->last_index).view({B, 1, -1});
-  const torch::Tensor xn = rmsnorm(x, w(tn::final_norm()), c.rms_norm_eps);
+  const torch::Tensor xn = rmsnorm(x, w(tn::final_norm()), c.rms_norm_eps, fused);
   result.logits = linear(xn, w(c.tie_word_embeddings ? tn::embed() : tn::lm_head()), cd).to(acc);
   result.aux_loss = moe_layers > 0 ? aux / moe_layers : aux;
   return result;
 }
 
-torch::Tensor TorchModel::attention(int l, const torch::Tensor& xn, const torch::Tensor& cos_t, const torch::Tensor& sin_t,
+torch::Tensor TorchModel::attention(int l, const torch::Tensor& xn, const torch::Tensor& rope_cos, const torch::Tensor& rope_sin,
                                     const ForwardOptions& options, CachedStep* step) const {
   const ModelConfig& c = config_;
   // Under tensor parallelism this rank's heads only (its slices of q, k, v and their norms).
@@ -307,14 +331,16 @@ torch::Tensor TorchModel::attention(int l, const torch::Tensor& xn, const torch:
   // A full-width q/k norm's mean square spans every rank's heads: the ranks' sums of squares are
   // summed, and each rank's gradient of that sum reaches every rank.
   const auto full_norm = [&](const torch::Tensor& x, const std::string& weight) {
-    if (tp.ranks == 1) return rmsnorm(x, w(weight), c.rms_norm_eps);
+    if (tp.ranks == 1) return rmsnorm(x, w(weight), c.rms_norm_eps, options.fused_kernels);
     const torch::Tensor xf = x.to(accumulate_type(w(weight).scalar_type()));
     const torch::Tensor squares = tp.enter(tp.reduce(xf.pow(2).sum(-1, true)));
     return xf * torch::rsqrt(squares / double(xf.size(-1) * tp.ranks) + c.rms_norm_eps) * w(weight).to(xf.scalar_type());
   };
   torch::Tensor q = linear(xn, w(tn::attn(l, 'q')), cd).to(acc);
   torch::Tensor k = linear(xn, w(tn::attn(l, 'k')), cd).to(acc);
-  torch::Tensor v = linear(xn, w(tn::attn(l, 'v')), cd).to(acc);
+  // v stays in the compute type unless a bias or clip changes it (the bias's sum is promoted to the
+  // accumulation type): a round trip through float32 would give it back unchanged.
+  torch::Tensor v = linear(xn, w(tn::attn(l, 'v')), cd);
   if (c.attention_bias) {
     q = q + w(tn::attn_bias(l, 'q'));
     k = k + w(tn::attn_bias(l, 'k'));
@@ -334,11 +360,11 @@ torch::Tensor TorchModel::attention(int l, const torch::Tensor& xn, const torch:
   if (c.qk_norm == QkNorm::PerHead) {
     // Replicated weights applied to this rank's heads only: they enter the split like an input.
     const auto head_norm = [&](const std::string& name) { return tp.ranks > 1 ? tp.enter(w(name)) : w(name); };
-    q = rmsnorm(q, head_norm(tn::qk_norm(l, 'q')), c.rms_norm_eps);
-    k = rmsnorm(k, head_norm(tn::qk_norm(l, 'k')), c.rms_norm_eps);
+    q = rmsnorm(q, head_norm(tn::qk_norm(l, 'q')), c.rms_norm_eps, options.fused_kernels);
+    k = rmsnorm(k, head_norm(tn::qk_norm(l, 'k')), c.rms_norm_eps, options.fused_kernels);
   }
-  q = apply_rope(q, cos_t, sin_t).transpose(1, 2).to(cd);  // [B, Hq, T, hd]
-  k = apply_rope(k, cos_t, sin_t).to(cd);
+  q = apply_rope(q, rope_cos, rope_sin).transpose(1, 2).to(cd);  // [B, Hq, T, hd]
+  k = apply_rope(k, rope_cos, rope_sin).to(cd);
   v = v.to(cd);
   torch::Tensor allowed;  // cached path: which keys each query sees; otherwise causal
   if (step) {
@@ -389,6 +415,7 @@ torch::Tensor TorchModel::swiglu(const torch::Tensor& u, const std::string& gate
 }
 
 torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor& router_in, const ForwardOptions& options,
+                              ExpertStacks& stacks,
                               torch::Tensor& aux, torch::Tensor& load) const {
   const ModelConfig& c = config_;
   const MoeConfig& m = c.moe;
@@ -433,7 +460,7 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
   const bool split = tp.ranks > 1;
   const torch::Tensor u_split = split ? tp.enter(u) : u, weight_split = split ? tp.enter(weight) : weight;
 
-  const auto stacked = [&](Proj proj) { return stacked_experts(plan.candidates, proj, cd); };  // [C, out, in]
+  const auto stacked = [&](Proj proj) { return stacked_experts(plan.candidates, proj, cd, stacks); };  // [C, out, in]
   torch::Tensor out = m.shared_intermediate_size > 0
                           ? swiglu(u_split, tn::shared_expert(l, Proj::Gate), tn::shared_expert(l, Proj::Up),
                                    tn::shared_expert(l, Proj::Down), cd)
@@ -449,7 +476,7 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
                             torch::matmul(x, stacked(Proj::Up).transpose(1, 2));  // [C, N, f]
     const torch::Tensor y = torch::bmm(h, stacked(Proj::Down).transpose(1, 2));     // [C, N, d]
     const torch::Tensor dense_weight = torch::zeros({N, C}, weight.options()).scatter(1, top, weight_split);  // [N, C]
-    out = out + (y.to(acc) * dense_weight.t().unsqueeze(-1)).sum(0);
+    out = out + (y * dense_weight.t().unsqueeze(-1)).sum(0);  // compute type times float32: promoted
   } else {
     // Dispatch: sort the N*K (token, candidate) pairs by candidate, under expert parallelism by the
     // rank that holds the candidate first (each rank's rows contiguous); each expert runs once on its
@@ -481,9 +508,9 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
       // device: nothing waits for the host.
       const torch::Tensor token_of = torch::div(order, K, "floor");
       const torch::Tensor y = run_experts_grouped_mm(u_split.index_select(0, token_of), counts.cumsum(0).to(torch::kInt32),
-                                                     plan.candidates, cd);
+                                                     plan.candidates, cd, stacks);
       const torch::Tensor row_weight = weight_split.reshape(-1).index_select(0, order).unsqueeze(1);
-      out = out.index_add(0, token_of, y.to(acc) * row_weight);
+      out = out.index_add(0, token_of, y * row_weight);  // promoted to float32 by the product
     } else {
       const torch::Tensor counts_cpu = counts.cpu();
       const int64_t* count = counts_cpu.data_ptr<int64_t>();
@@ -506,15 +533,15 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
       const torch::Tensor row_weight = weight_split.reshape(-1).index_select(0, kept_order).unsqueeze(1);
       torch::Tensor y;
       if (ep.ranks > 1) {
-        y = run_experts_across_ranks(l, rows, kept, options);
+        y = run_experts_across_ranks(l, rows, kept, options, stacks);
       } else {
         std::vector<ExpertRef> experts;
         for (const int64_t cand : by_rank) experts.push_back(plan.candidates[size_t(cand)]);
         std::vector<int64_t> sorted_counts;
         for (const int64_t cand : by_rank) sorted_counts.push_back(kept[size_t(cand)]);
-        y = run_experts(rows, sorted_counts, experts, options);
+        y = run_experts(rows, sorted_counts, experts, options, stacks);
       }
-      out = out.index_add(0, token_of, y.to(acc) * row_weight);
+      out = out.index_add(0, token_of, y * row_weight);  // promoted to float32 by the product
     }
   }
   if (split) out = tp.reduce(out);
@@ -566,28 +593,45 @@ bool grouped_mm_available(const torch::Device& device) {
 #endif
 }
 
-torch::Tensor TorchModel::stacked_experts(const std::vector<ExpertRef>& experts, Proj proj, torch::ScalarType compute) const {
-  std::vector<torch::Tensor> ws;
-  for (const ExpertRef& e : experts) ws.push_back(w(tn::expert(config_, e.owner_layer, e.index, proj)));
-  return torch::stack(ws).to(compute);
+bool fused_rms_norm_built() {
+#ifdef CROSSMOE_HAVE_RMS_NORM
+  return true;
+#else
+  return false;
+#endif
+}
+
+torch::Tensor TorchModel::stacked_experts(const std::vector<ExpertRef>& experts, Proj proj, torch::ScalarType compute,
+                                          ExpertStacks& stacks) const {
+  std::vector<std::pair<int, int>> key;
+  for (const ExpertRef& e : experts) key.emplace_back(e.owner_layer, e.index);
+  torch::Tensor& made = stacks.made[{std::move(key), proj}];
+  if (!made.defined()) {
+    std::vector<torch::Tensor> ws;
+    for (const ExpertRef& e : experts) ws.push_back(w(tn::expert(config_, e.owner_layer, e.index, proj)));
+    made = torch::stack(ws).to(compute);
+  }
+  return made;
 }
 
 torch::Tensor TorchModel::run_experts_grouped_mm(const torch::Tensor& rows, const torch::Tensor& ends,
-                                                 const std::vector<ExpertRef>& experts, torch::ScalarType compute) const {
+                                                 const std::vector<ExpertRef>& experts, torch::ScalarType compute,
+                                                 ExpertStacks& stacks) const {
 #ifdef CROSSMOE_HAVE_GROUPED_MM
   const torch::Tensor x = rows.to(compute);
   const auto product = [&](const torch::Tensor& in, Proj proj) {
-    return at::_grouped_mm(in, stacked_experts(experts, proj, compute).transpose(1, 2), ends);
+    return at::_grouped_mm(in, stacked_experts(experts, proj, compute, stacks).transpose(1, 2), ends);
   };
   return product(torch::silu(product(x, Proj::Gate)) * product(x, Proj::Up), Proj::Down);
 #else
-  (void)rows, (void)ends, (void)experts, (void)compute;
+  (void)rows, (void)ends, (void)experts, (void)compute, (void)stacks;
   throw Error("trainer: this build has no grouped matrix products (libtorch 2.8 or later)");
 #endif
 }
 
 torch::Tensor TorchModel::run_experts(const torch::Tensor& rows, const std::vector<int64_t>& counts,
-                                      const std::vector<ExpertRef>& experts, const ForwardOptions& options) const {
+                                      const std::vector<ExpertRef>& experts, const ForwardOptions& options,
+                                      ExpertStacks& stacks) const {
   const ModelConfig& c = config_;
   const torch::ScalarType cd = options.compute_dtype;
   const int64_t E = int64_t(experts.size());
@@ -603,7 +647,7 @@ torch::Tensor TorchModel::run_experts(const torch::Tensor& rows, const std::vect
     for (int64_t i = 0; i < E; ++i)
       for (int64_t r = 0; r < counts[size_t(i)]; ++r) slot.push_back(i * M + r);
     const torch::Tensor slots = torch::tensor(slot, torch::TensorOptions().dtype(torch::kInt64)).to(device_);
-    const auto stacked = [&](Proj proj) { return stacked_experts(experts, proj, cd); };  // [E, out, in]
+    const auto stacked = [&](Proj proj) { return stacked_experts(experts, proj, cd, stacks); };  // [E, out, in]
     const torch::Tensor buffer = torch::zeros({E * M, rows.size(1)}, rows.options().dtype(cd)).index_copy(0, slots, rows.to(cd));
     const torch::Tensor x = buffer.view({E, M, -1});
     const torch::Tensor h = torch::silu(torch::bmm(x, stacked(Proj::Gate).transpose(1, 2))) *
@@ -624,7 +668,7 @@ torch::Tensor TorchModel::run_experts(const torch::Tensor& rows, const std::vect
 }
 
 torch::Tensor TorchModel::run_experts_across_ranks(int l, const torch::Tensor& rows, const std::vector<int64_t>& counts,
-                                                   const ForwardOptions& options) const {
+                                                   const ForwardOptions& options, ExpertStacks& stacks) const {
   const ModelConfig& c = config_;
   const ExpertParallel& ep = options.expert_parallel;
   const std::vector<ExpertRef>& candidates = c.layers[l].candidates;
@@ -664,7 +708,7 @@ torch::Tensor TorchModel::run_experts_across_ranks(int l, const torch::Tensor& r
   std::vector<ExpertRef> experts;
   for (const int64_t cand : mine) experts.push_back(candidates[size_t(cand)]);
   const torch::Tensor y = run_experts(received.index_select(0, torch::tensor(by_candidate, index).to(device_)), totals,
-                                      experts, options);
+                                      experts, options, stacks);
   const torch::Tensor y_by_source = y.to(rows.scalar_type()).index_select(0, torch::tensor(back, index).to(device_));
   return ep.exchange(y_by_source, recv, send);
 }

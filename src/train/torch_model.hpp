@@ -45,6 +45,9 @@ int psr_pool_size(int experts, int r, int64_t step, const PsrSchedule& schedule)
 // where it applies (see TorchModel::moe), else On on CUDA, Off on the CPU.
 enum class GroupedExperts { Auto, On, Off, Dense, GroupedMM };
 bool grouped_mm_available(const torch::Device& device);
+// Whether this build has libtorch's RMSNorm (at::rms_norm, libtorch 2.4 or later, probed at build time),
+// which ForwardOptions::fused_kernels uses on CUDA.
+bool fused_rms_norm_built();
 
 // Expert parallelism: the routed experts of every pool split across `ranks` processes, expert i of
 // each pool on rank i / (E / ranks) (expert_rank), so that a Megrez2 pool shared by r layers lives
@@ -113,6 +116,9 @@ struct ForwardOptions {
   int ranks = 1;
   ExpertParallel expert_parallel;  // ranks > 1: this model holds only its rank's routed experts
   TensorParallel tensor_parallel;  // ranks > 1: this model holds its rank's slices (keep_tensor_parallel_slices)
+  // On CUDA, libtorch's RMSNorm (at::rms_norm, fused kernels; built in where the libtorch has it); false:
+  // the norm composed of elementwise kernels, as on the CPU (train --fused off, for comparison).
+  bool fused_kernels = true;
 };
 
 // Keys and values of past tokens for incremental decoding: one row per sequence, each with its
@@ -188,28 +194,37 @@ class TorchModel {
  private:
   TorchModel(const ModelConfig& config, torch::Device device);
   struct CachedStep;  // where forward_cached's new tokens go and what they may attend to
+  // Each set of experts' stacked weights in the compute type, made once per forward pass (run) and
+  // shared by every layer that routes over the same experts: a Megrez2 group's r layers share one
+  // pool, a ReXMoE group's routers the same r pools, and all of a layer's uses share its stacks.
+  struct ExpertStacks;
   ForwardResult run(const torch::Tensor& tokens, const torch::Tensor& cos, const torch::Tensor& sin,
                     const ForwardOptions& options, CachedStep* step) const;
-  torch::Tensor attention(int layer, const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+  // rope_cos, rope_sin: the rotary tables at full head width, [cos, cos] and [-sin, sin].
+  torch::Tensor attention(int layer, const torch::Tensor& x, const torch::Tensor& rope_cos, const torch::Tensor& rope_sin,
                           const ForwardOptions& options, CachedStep* step) const;
   torch::Tensor swiglu(const torch::Tensor& u, const std::string& gate, const std::string& up, const std::string& down,
                        torch::ScalarType compute) const;
   torch::Tensor moe(int layer, const torch::Tensor& u, const torch::Tensor& router_in, const ForwardOptions& options,
-                    torch::Tensor& aux, torch::Tensor& load) const;
+                    ExpertStacks& stacks, torch::Tensor& aux, torch::Tensor& load) const;
   // The routed experts on rows sorted by expert: counts[i] rows for experts[i], in that order.
   // Returns their outputs [rows, d] in the same order (compute type).
   torch::Tensor run_experts(const torch::Tensor& rows, const std::vector<int64_t>& counts,
-                            const std::vector<ExpertRef>& experts, const ForwardOptions& options) const;
+                            const std::vector<ExpertRef>& experts, const ForwardOptions& options,
+                            ExpertStacks& stacks) const;
   // The same under expert parallelism: rows sorted by (rank, candidate), counts[c] rows for
   // candidate c; every rank runs its experts on the rows all ranks sent it, and the outputs come back.
   torch::Tensor run_experts_across_ranks(int layer, const torch::Tensor& rows, const std::vector<int64_t>& counts,
-                                         const ForwardOptions& options) const;
+                                         const ForwardOptions& options, ExpertStacks& stacks) const;
   // GroupedExperts::GroupedMM: rows sorted by expert, experts[i]'s rows ending at ends[i] (int32,
   // on the device). Returns their outputs in the same order (compute type).
   torch::Tensor run_experts_grouped_mm(const torch::Tensor& rows, const torch::Tensor& ends,
-                                       const std::vector<ExpertRef>& experts, torch::ScalarType compute) const;
-  // One projection of every expert in `experts`, stacked: [experts, out, in], compute type.
-  torch::Tensor stacked_experts(const std::vector<ExpertRef>& experts, Proj proj, torch::ScalarType compute) const;
+                                       const std::vector<ExpertRef>& experts, torch::ScalarType compute,
+                                       ExpertStacks& stacks) const;
+  // One projection of every expert in `experts`, stacked: [experts, out, in], compute type; made on
+  // the first call of a forward pass, the same tensor after that.
+  torch::Tensor stacked_experts(const std::vector<ExpertRef>& experts, Proj proj, torch::ScalarType compute,
+                                ExpertStacks& stacks) const;
   const torch::Tensor& w(const std::string& name) const { return tensors_.at(name); }
 
   ModelConfig config_;

@@ -51,9 +51,10 @@ void for_each_setting(Options& o, Visit&& visit) {
   visit("export-dtype", o.export_dtype);
   visit("deterministic", o.deterministic);
   visit("expert-products", o.expert_products);
+  visit("fused", o.fused);
 }
 const std::set<std::string> kFreeSettings{"eval-every", "eval-batches", "save-every", "log-every", "device", "export-dtype",
-                                          "deterministic", "expert-products"};
+                                          "deterministic", "expert-products", "fused"};
 
 
 }  // namespace
@@ -93,6 +94,7 @@ void check_options(const TrainOptions& o) {
   require(o.expert_products == "auto" || o.expert_products == "grouped" || o.expert_products == "padded" ||
               o.expert_products == "loop" || o.expert_products == "dense",
           "--expert-products must be auto, grouped, padded, loop or dense (got '" + o.expert_products + "')");
+  require(o.fused == "auto" || o.fused == "off", "--fused must be auto or off (got '" + o.fused + "')");
   require(o.psr.end == 0 || o.psr.end > o.psr.start,
           "--psr-end (step " + std::to_string(o.psr.end) + ") must come after --psr-start (step " +
               std::to_string(o.psr.start) + "), or be 0 for no progressive scaling routing");

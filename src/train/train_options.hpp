@@ -43,6 +43,9 @@ struct TrainOptions {
   std::string psr_mask = "step";   // PSR's masks: one per layer and step ("step") or per token ("token")
   // How the training step runs the routed experts (GroupedExperts): auto, grouped, padded, loop, dense.
   std::string expert_products = "auto";
+  // auto: libtorch's fused RMSNorm and AdamW kernels on CUDA where the build has them; off: the
+  // composed kernels (ForwardOptions::fused_kernels, AdamW::fused), to measure what they save.
+  std::string fused = "auto";
 
   int64_t eval_every = 100;
   int eval_batches = 8;

@@ -556,6 +556,12 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
     }
   };
   int late_buckets = 0;  // buckets whose reduction began only after the backward pass
+  adam.fused = o.fused != "off";
+  if (leader && device.is_cuda()) {
+    const auto state = [&](bool built) { return std::string(built && adam.fused ? "on" : "off"); };
+    log_info("fused kernels (--fused " + o.fused + "): RMSNorm " + state(fused_rms_norm_built()) + ", AdamW " +
+             state(fused_adamw_built()));
+  }
   EpochOrder sft_order(o.seed, kSftOrder, sft_train.size());
   std::optional<WindowSampler> sampler;
   if (!sft) {
@@ -613,6 +619,7 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
   for (int64_t step = start_step; step < o.steps; ++step) {
     if (profiler) profiler->begin_step(step);
     ForwardOptions fo{{}, compute, o.capacity_factor, expert_products(o.expert_products)};
+    fo.fused_kernels = o.fused != "off";
     if (comm) {
       fo.sum_over_ranks = sum_over_ranks;
       fo.ranks = data_ranks;
