@@ -81,7 +81,7 @@ rows = {}
 for line in sys.stdin:
     f, t, lp, ld, cp, cd, bw, wb, kv, before = line.split()
     b = [float(v) for v in before.split(",")] if before != "-" else None
-    # bytes per token: crossmoe's (f32 KV cache), llama.cpp's (f16 KV cache: half the KV bytes)
+    # bytes per token of crossmoe (f32 KV cache) and of llama.cpp (f16 KV cache: half the KV bytes)
     bytes_ours, bytes_llama = float(wb) + float(kv), float(wb) + float(kv) / 2
     rows.setdefault((f, t), []).append((float(lp), float(ld), float(cp), float(cd), float(bw), bytes_ours, b, bytes_llama))
 with_before = any(x[6] for rs in rows.values() for x in rs)
