@@ -119,36 +119,52 @@ int main(int argc, char** argv) {
         std::snprintf(label, sizeof label, "%g", std::exp2(k));
         bytes.ticks.push_back({k, label});
       }
-    const auto plot = [&](const Axis& axis, const std::string& title, double Result::*field, double scale,
-                          bool with_memory, const std::string& file) {
+    // Decode speeds on a log2 y axis labelled in powers of two (they span 2 to 90 tokens/s, and
+    // the ratios between modes are what matters); hit rates in percent from 0 to 100.
+    enum class Scale { Log2, Percent };
+    const auto plot = [&](const Axis& axis, const std::string& title, double Result::*field, Scale scale,
+                          const std::string& file) {
       LinePlot p;
       p.title = title;
       p.x_label = axis.label;
       p.x_ticks = axis.ticks;
-      p.y_from_zero = true;
-      for (const auto& [name, settings] : models)
-        for (const std::string mode : {"in memory", "on demand", "prefetch"}) {
-          if (mode == std::string("in memory") && !with_memory) continue;
-          PlotSeries s{name + ": " + mode, {}, 1.8, true};
-          for (const auto& [setting, result] : settings) {
-            if (setting.second != mode || std::isnan(result.*field)) continue;
-            if (setting.first <= 0) {  // a level line across the axis
-              s.points.push_back({axis.low, result.*field * scale});
-              s.points.push_back({axis.high, result.*field * scale});
-              s.markers = false;
-            } else if (const double x = axis.x(setting, result); std::isfinite(x)) {
-              s.points.push_back({x, result.*field * scale});
+      const auto y = [&](double v) { return scale == Scale::Log2 ? std::log2(v) : 100 * v; };
+      double low = INFINITY, high = -INFINITY;
+      // The in-memory lines last, so that a series has the same colour in every plot.
+      for (const bool in_memory : {false, true})
+        for (const auto& [name, settings] : models)
+          for (const std::string& mode : in_memory ? std::vector<std::string>{"in memory"}
+                                                  : std::vector<std::string>{"on demand", "prefetch"}) {
+            PlotSeries s{name + ": " + mode, {}, 1.8, true};
+            for (const auto& [setting, result] : settings) {
+              if (setting.second != mode || !std::isfinite(y(result.*field))) continue;
+              low = std::min(low, y(result.*field)), high = std::max(high, y(result.*field));
+              if (setting.first <= 0) {  // a level line across the axis
+                s.points.push_back({axis.low, y(result.*field)});
+                s.points.push_back({axis.high, y(result.*field)});
+                s.markers = false;
+              } else if (const double x = axis.x(setting, result); std::isfinite(x)) {
+                s.points.push_back({x, y(result.*field)});
+              }
             }
+            std::sort(s.points.begin(), s.points.end());
+            if (!s.points.empty()) p.series.push_back(std::move(s));
           }
-          std::sort(s.points.begin(), s.points.end());
-          if (!s.points.empty()) p.series.push_back(std::move(s));
+      if (scale == Scale::Percent)
+        for (int v = 0; v <= 100; v += 25) p.y_ticks.push_back({double(v), std::to_string(v)});
+      else if (std::isfinite(low))
+        for (double k = std::floor(low); k <= std::ceil(high); ++k) {
+          char label[32];
+          std::snprintf(label, sizeof label, "%g", std::exp2(k));
+          p.y_ticks.push_back({k, label});
         }
       write_svg(p, std::string(argv[1]) + file + axis.suffix + ".svg");
     };
     for (const Axis* axis : {&share, &bytes}) {
       if (!std::isfinite(axis->low)) continue;  // outputs without the cache lines have no bytes
-      plot(*axis, "decode tokens/s under --memory-budget (bench median)", &Result::decode_tok_s, 1, true, "_decode");
-      plot(*axis, "expert cache hit rate in decode (%)", &Result::hit_rate, 100, false, "_hit_rate");
+      plot(*axis, "decode tokens/s under --memory-budget (bench median; log scale)", &Result::decode_tok_s, Scale::Log2,
+           "_decode");
+      plot(*axis, "expert cache hit rate in decode (%)", &Result::hit_rate, Scale::Percent, "_hit_rate");
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

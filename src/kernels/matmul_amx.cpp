@@ -14,7 +14,7 @@
 // this path, in the VNNI lane (fewer tokens, the rows outside this path) and in the portable code.
 //
 // Layout: C tiles are [16 tokens][16 rows] of int32, so a row of C is one token's 16 outputs as one
-// zmm (the float steps run 16 rows per instruction and store straight into y). A tiles are the
+// zmm (the float steps run 16 rows per instruction, and a token's 16 outputs are one store to y). A tiles are the
 // activation bytes [16 tokens][32 columns], read in place from the ActivationBlocks (stride: a
 // token's blocks). B tiles are the weights [8 column quads][16 rows x 4 bytes]: TDPB*D takes B in
 // this "VNNI" order, so each call repacks its rows' weights once, 16 rows (two interleaved groups of
@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/kernels.hpp"
@@ -40,13 +41,20 @@ namespace {
 // TDPBSSD plus 8 permutes of repacking, with the same 16 zmm of float steps in both. So from one
 // full tile on, AMX's integer work is a small part of the lane's, and below it the tile is mostly
 // empty (a call of 16..31 tokens already recomputes the overlap of its last tile). Decode (1 token)
-// streams weights from memory, where both lanes wait on memory alike.
+// streams weights from memory, where both lanes wait on memory alike. Measured at exactly 16
+// tokens (the first version, one core of a Sapphire Rapids class Xeon, bench_matvec 4096 4096
+// avx512_vnni,amx,... 16): 1.6-3.4x the VNNI lane on Q8_0, 1.2-1.9x on Q4_K; with half as many
+// tokens the tile's cost stays and the lane's halves, so 16 is where it is clearly ahead.
 constexpr int kAmxMinTokens = 16;
 constexpr int kTileTokens = 16, kStripRows = 16;
 
-// LDTILECFG's 64 bytes, palette 1. Tiles 0, 1: C, int32 sums [16 tokens][16 rows]; 2, 3: A,
-// activation bytes [16 tokens][32 columns]; 4, 5: B, weight bytes [8 quads of columns][16 rows x 4].
-// Each product uses tiles (0, 2, 4) or (1, 3, 5), so two blocks are in flight at once.
+// LDTILECFG's 64 bytes, palette 1. Tiles 0..3: C, int32 sums [16 tokens][16 rows]; 4, 5: A,
+// activation bytes [16 tokens][32 columns] of two tiles of tokens; 6, 7: B, weight bytes [8 quads
+// of columns][16 rows x 4] of two strips of rows. C tile c is A tile 4 + c / 2 times B tile
+// 6 + c % 2: four independent products per block, each A and B tile read by two of them.
+// (Each C waits on its loads', product's and store's latencies in turn: the first version, with
+// two C tiles in flight, measured 109-132 G multiply-adds/s on one core of a Sapphire Rapids
+// class Xeon, a small part of the unit's 1024 per cycle.)
 struct alignas(64) TileConfig {
   uint8_t palette = 1, start_row = 0, reserved[14] = {};
   uint16_t colsb[16] = {};
@@ -55,18 +63,16 @@ struct alignas(64) TileConfig {
 static_assert(sizeof(TileConfig) == 64);
 TileConfig tile_config() {
   TileConfig c;
-  for (int p = 0; p < 2; ++p) {
-    c.colsb[p] = 64, c.rows[p] = kTileTokens;
-    c.colsb[2 + p] = 32, c.rows[2 + p] = kTileTokens;
-    c.colsb[4 + p] = 64, c.rows[4 + p] = 8;
-  }
+  for (int t = 0; t < 4; ++t) c.colsb[t] = 64, c.rows[t] = kTileTokens;
+  for (int t = 4; t < 6; ++t) c.colsb[t] = 32, c.rows[t] = kTileTokens;
+  for (int t = 6; t < 8; ++t) c.colsb[t] = 64, c.rows[t] = 8;
   return c;
 }
 
 // The tile instructions. Their tile operands are immediates (the intrinsics paste the number into
-// the instruction), hence one branch per tile set P. GCC's LDTILECFG and TILELOADD are asm
-// statements that do not tell the compiler which memory they read (TILESTORED clobbers all of it),
-// so a compiler barrier before each makes the stores before it (the packed weights) land first.
+// the instruction), hence one branch per tile. GCC's LDTILECFG and TILELOADD are asm statements
+// that do not tell the compiler which memory they read (TILESTORED clobbers all of it), so a
+// compiler barrier before each makes the stores before it (the packed weights) land first.
 struct AmxTiles {
   static void barrier() { asm volatile("" ::: "memory"); }
   static void begin() {
@@ -75,35 +81,41 @@ struct AmxTiles {
     _tile_loadconfig(&config);
   }
   static void end() { _tile_release(); }
-  template <int P>
-  static void load_a(const void* p, int64_t stride) {
+  template <int T>
+  static void load(const void* p, int64_t stride) {
     barrier();
-    if constexpr (P == 0) _tile_loadd(2, p, stride);
-    else _tile_loadd(3, p, stride);
+    if constexpr (T == 4) _tile_loadd(4, p, stride);
+    else if constexpr (T == 5) _tile_loadd(5, p, stride);
+    else if constexpr (T == 6) _tile_loadd(6, p, stride);
+    else _tile_loadd(7, p, stride);
   }
-  template <int P>
-  static void load_b(const void* p, int64_t stride) {
-    barrier();
-    if constexpr (P == 0) _tile_loadd(4, p, stride);
-    else _tile_loadd(5, p, stride);
-  }
-  // C = A . B, signed bytes times signed (Q8_0) or unsigned (Q4_K nibbles) bytes.
-  template <int P, bool kUnsignedB>
+  // C tile c = A . B, signed bytes times signed (Q8_0) or unsigned (Q4_K nibbles) bytes.
+  template <int C, bool kUnsignedB>
   static void dot() {
-    if constexpr (P == 0) {
+    if constexpr (C == 0) {
       _tile_zero(0);
-      if constexpr (kUnsignedB) _tile_dpbsud(0, 2, 4);
-      else _tile_dpbssd(0, 2, 4);
-    } else {
+      if constexpr (kUnsignedB) _tile_dpbsud(0, 4, 6);
+      else _tile_dpbssd(0, 4, 6);
+    } else if constexpr (C == 1) {
       _tile_zero(1);
-      if constexpr (kUnsignedB) _tile_dpbsud(1, 3, 5);
-      else _tile_dpbssd(1, 3, 5);
+      if constexpr (kUnsignedB) _tile_dpbsud(1, 4, 7);
+      else _tile_dpbssd(1, 4, 7);
+    } else if constexpr (C == 2) {
+      _tile_zero(2);
+      if constexpr (kUnsignedB) _tile_dpbsud(2, 5, 6);
+      else _tile_dpbssd(2, 5, 6);
+    } else {
+      _tile_zero(3);
+      if constexpr (kUnsignedB) _tile_dpbsud(3, 5, 7);
+      else _tile_dpbssd(3, 5, 7);
     }
   }
-  template <int P>
-  static void store_c(void* p, int64_t stride) {
-    if constexpr (P == 0) _tile_stored(0, p, stride);
-    else _tile_stored(1, p, stride);
+  template <int C>
+  static void store(void* p, int64_t stride) {
+    if constexpr (C == 0) _tile_stored(0, p, stride);
+    else if constexpr (C == 1) _tile_stored(1, p, stride);
+    else if constexpr (C == 2) _tile_stored(2, p, stride);
+    else _tile_stored(3, p, stride);
   }
 };
 
@@ -131,14 +143,12 @@ struct EmulatedTiles {
     Unit& u = unit();
     for (int r = 0; r < u.rows[t]; ++r) std::memcpy(u.data[t][r], static_cast<const uint8_t*>(p) + r * stride, u.colsb[t]);
   }
-  template <int P>
-  static void load_a(const void* p, int64_t stride) { load(2 + P, p, stride); }
-  template <int P>
-  static void load_b(const void* p, int64_t stride) { load(4 + P, p, stride); }
-  template <int P, bool kUnsignedB>
+  template <int T>
+  static void load(const void* p, int64_t stride) { load(T, p, stride); }
+  template <int C, bool kUnsignedB>
   static void dot() {
     Unit& u = unit();
-    const int c = P, a = 2 + P, b = 4 + P;
+    const int c = C, a = 4 + C / 2, b = 6 + C % 2;
     for (int m = 0; m < u.rows[c]; ++m)
       for (int n = 0; n < u.colsb[c] / 4; ++n) {
         int32_t sum = 0;  // TILEZERO, then C[m][n] += sum over k, i of A[m][4k + i] * B[k][4n + i]
@@ -150,10 +160,10 @@ struct EmulatedTiles {
         std::memcpy(&u.data[c][m][4 * n], &sum, 4);
       }
   }
-  template <int P>
-  static void store_c(void* p, int64_t stride) {
+  template <int C>
+  static void store(void* p, int64_t stride) {
     Unit& u = unit();
-    for (int r = 0; r < u.rows[P]; ++r) std::memcpy(static_cast<uint8_t*>(p) + r * stride, u.data[P][r], u.colsb[P]);
+    for (int r = 0; r < u.rows[C]; ++r) std::memcpy(static_cast<uint8_t*>(p) + r * stride, u.data[C][r], u.colsb[C]);
   }
 };
 
@@ -247,79 +257,98 @@ void pack_q4_k(const uint8_t* g0, const uint8_t* g1, int64_t super_blocks, Q4Str
   }
 }
 
-// 16 tokens (x: the first one's blocks, a token's blocks apart) times a strip of 16 rows:
-// y[i * ldy + n] for token i, row n.
-template <class Tiles>
-void q8_0_tile(const Q8Strip* w, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
-  const int64_t stride = blocks * int64_t(sizeof(ActivationBlock));
-  __m512 acc[kTileTokens];
-  for (auto& a : acc) a = _mm512_setzero_ps();
-  alignas(64) int32_t sums[2][kTileTokens][16];
-  const auto scale = [&](int64_t b, const int32_t (*s)[16]) {
-    const __m512 d = _mm512_load_ps(w[b].d);
-    for (int i = 0; i < kTileTokens; ++i)
-      acc[i] = _mm512_fmadd_ps(to_float(_mm512_load_si512(s[i])),
-                               _mm512_mul_ps(d, _mm512_set1_ps(x[i * blocks + b].d)), acc[i]);
-  };
-  int64_t b = 0;
-  for (; b + 2 <= blocks; b += 2) {
-    Tiles::template load_a<0>(x[b].q, stride);
-    Tiles::template load_b<0>(w[b].b, 64);
-    Tiles::template dot<0, false>();
-    Tiles::template load_a<1>(x[b + 1].q, stride);
-    Tiles::template load_b<1>(w[b + 1].b, 64);
-    Tiles::template dot<1, false>();
-    Tiles::template store_c<0>(sums[0], 64);
-    Tiles::template store_c<1>(sums[1], 64);
-    scale(b, sums[0]);
-    scale(b + 1, sums[1]);
-  }
-  if (b < blocks) {
-    Tiles::template load_a<0>(x[b].q, stride);
-    Tiles::template load_b<0>(w[b].b, 64);
-    Tiles::template dot<0, false>();
-    Tiles::template store_c<0>(sums[0], 64);
-    scale(b, sums[0]);
-  }
-  for (int i = 0; i < kTileTokens; ++i) _mm512_storeu_ps(y + i * ldy, acc[i]);
+// TT tiles of 16 tokens (x[0], x[1]: each one's first token's blocks, a token's blocks apart)
+// times SS strips of 16 rows (w[0], w[1]), TT and SS 1 or 2: C tile c = 2 * tt + ss is token tile
+// tt times strip ss, written to y[c] + i * ldy + n for token i, row n. The float accumulators
+// stay in L1, up to 4 x 16 x 16 of them.
+struct TilePair {
+  const ActivationBlock* x[2];
+  float* y[4];
+};
+template <int TT, int SS>
+constexpr bool used(int c) { return c / 2 < TT && c % 2 < SS; }
+
+// The tile products of one block (one K of 32 columns) into sums[c]: loads, the used C tiles'
+// products (all issued before the first store), their stores.
+template <class Tiles, int TT, int SS, bool kUnsignedB>
+void block_products(const int8_t* a0, const int8_t* a1, int64_t stride, const void* b0, const void* b1,
+                    int32_t (*sums)[kTileTokens][16]) {
+  Tiles::template load<4>(a0, stride);
+  if constexpr (TT == 2) Tiles::template load<5>(a1, stride);
+  Tiles::template load<6>(b0, 64);
+  if constexpr (SS == 2) Tiles::template load<7>(b1, 64);
+  Tiles::template dot<0, kUnsignedB>();
+  if constexpr (used<TT, SS>(1)) Tiles::template dot<1, kUnsignedB>();
+  if constexpr (used<TT, SS>(2)) Tiles::template dot<2, kUnsignedB>();
+  if constexpr (used<TT, SS>(3)) Tiles::template dot<3, kUnsignedB>();
+  Tiles::template store<0>(sums[0], 64);
+  if constexpr (used<TT, SS>(1)) Tiles::template store<1>(sums[1], 64);
+  if constexpr (used<TT, SS>(2)) Tiles::template store<2>(sums[2], 64);
+  if constexpr (used<TT, SS>(3)) Tiles::template store<3>(sums[3], 64);
 }
 
-template <class Tiles>
-void q4_k_tile(const Q4Strip* w, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
+template <class Tiles, int TT, int SS>
+void q8_0_tiles(const Q8Strip* const w[2], const TilePair& p, int64_t blocks, int64_t ldy) {
   const int64_t stride = blocks * int64_t(sizeof(ActivationBlock));
-  __m512 acc[kTileTokens];
-  for (auto& a : acc) a = _mm512_setzero_ps();
-  alignas(64) int32_t sums[8][kTileTokens][16];  // per sub-block
-  for (int64_t b = 0; b < blocks; b += 8) {
-    const Q4Strip& s = w[b / 8];
-    for (int p = 0; p < 4; ++p) {
-      Tiles::template load_a<0>(x[b + 2 * p].q, stride);
-      Tiles::template load_b<0>(s.b[2 * p], 64);
-      Tiles::template dot<0, true>();
-      Tiles::template load_a<1>(x[b + 2 * p + 1].q, stride);
-      Tiles::template load_b<1>(s.b[2 * p + 1], 64);
-      Tiles::template dot<1, true>();
-      Tiles::template store_c<0>(sums[2 * p], 64);
-      Tiles::template store_c<1>(sums[2 * p + 1], 64);
-    }
-    const __m512 d = _mm512_load_ps(s.d), dmin = _mm512_load_ps(s.dmin);
-    for (int i = 0; i < kTileTokens; ++i) {
-      const ActivationBlock* a = x + i * blocks + b;
-      // |sum_j| <= 32 * 15 * 127 and sc <= 63: the 8 products' sum stays below 2^25, exact in int32.
-      __m512i dots = _mm512_mullo_epi32(_mm512_load_si512(sums[0][i]), _mm512_load_si512(s.scales[0]));
-      for (int j = 1; j < 8; ++j)
-        dots = _mm512_add_epi32(dots, _mm512_mullo_epi32(_mm512_load_si512(sums[j][i]), _mm512_load_si512(s.scales[j])));
-      __m512i min_sum = _mm512_setzero_si512();
-      for (int q = 0; q < 4; ++q) {
-        const int32_t pair = int32_t(uint16_t(int16_t(a[2 * q].sum))) | int32_t(uint32_t(uint16_t(int16_t(a[2 * q + 1].sum))) << 16);
-        min_sum = _mm512_add_epi32(min_sum, _mm512_madd_epi16(_mm512_load_si512(s.min_pairs[q]), _mm512_set1_epi32(pair)));
-      }
-      const __m512 ad = _mm512_set1_ps(a->d);
-      acc[i] = _mm512_fmadd_ps(to_float(dots), _mm512_mul_ps(d, ad), acc[i]);
-      acc[i] = _mm512_fnmadd_ps(to_float(min_sum), _mm512_mul_ps(dmin, ad), acc[i]);
+  alignas(64) float acc[4][kTileTokens][16] = {};
+  alignas(64) int32_t sums[4][kTileTokens][16];
+  for (int64_t b = 0; b < blocks; ++b) {
+    block_products<Tiles, TT, SS, false>(p.x[0][b].q, p.x[1][b].q, stride, w[0][b].b, w[1][b].b, sums);
+    for (int c = 0; c < 4; ++c) {
+      if (!used<TT, SS>(c)) continue;
+      const __m512 d = _mm512_load_ps(w[c % 2][b].d);
+      const ActivationBlock* x = p.x[c / 2];
+      for (int i = 0; i < kTileTokens; ++i)
+        _mm512_store_ps(acc[c][i], _mm512_fmadd_ps(to_float(_mm512_load_si512(sums[c][i])),
+                                                   _mm512_mul_ps(d, _mm512_set1_ps(x[i * blocks + b].d)),
+                                                   _mm512_load_ps(acc[c][i])));
     }
   }
-  for (int i = 0; i < kTileTokens; ++i) _mm512_storeu_ps(y + i * ldy, acc[i]);
+  for (int c = 0; c < 4; ++c)
+    if (used<TT, SS>(c))
+      for (int i = 0; i < kTileTokens; ++i) _mm512_storeu_ps(p.y[c] + i * ldy, _mm512_load_ps(acc[c][i]));
+}
+
+template <class Tiles, int TT, int SS>
+void q4_k_tiles(const Q4Strip* const w[2], const TilePair& p, int64_t blocks, int64_t ldy) {
+  const int64_t stride = blocks * int64_t(sizeof(ActivationBlock));
+  alignas(64) float acc[4][kTileTokens][16] = {};
+  alignas(64) int32_t sums[4][kTileTokens][16], dots[4][kTileTokens][16];
+  for (int64_t b = 0; b < blocks; b += 8) {
+    const Q4Strip* s[2] = {&w[0][b / 8], &w[1][b / 8]};
+    std::memset(dots, 0, sizeof dots);
+    for (int j = 0; j < 8; ++j) {
+      block_products<Tiles, TT, SS, true>(p.x[0][b + j].q, p.x[1][b + j].q, stride, s[0]->b[j], s[1]->b[j], sums);
+      // |sum_j| <= 32 * 15 * 127 and sc <= 63: the 8 products' sum stays below 2^25, exact in int32.
+      for (int c = 0; c < 4; ++c) {
+        if (!used<TT, SS>(c)) continue;
+        const __m512i sc = _mm512_load_si512(s[c % 2]->scales[j]);
+        for (int i = 0; i < kTileTokens; ++i)
+          _mm512_store_si512(dots[c][i], _mm512_add_epi32(_mm512_load_si512(dots[c][i]),
+                                                          _mm512_mullo_epi32(_mm512_load_si512(sums[c][i]), sc)));
+      }
+    }
+    for (int c = 0; c < 4; ++c) {
+      if (!used<TT, SS>(c)) continue;
+      const Q4Strip& strip = *s[c % 2];
+      const __m512 d = _mm512_load_ps(strip.d), dmin = _mm512_load_ps(strip.dmin);
+      for (int i = 0; i < kTileTokens; ++i) {
+        const ActivationBlock* a = p.x[c / 2] + i * blocks + b;
+        __m512i min_sum = _mm512_setzero_si512();
+        for (int q = 0; q < 4; ++q) {
+          const int32_t pair = int32_t(uint16_t(int16_t(a[2 * q].sum))) | int32_t(uint32_t(uint16_t(int16_t(a[2 * q + 1].sum))) << 16);
+          min_sum = _mm512_add_epi32(min_sum, _mm512_madd_epi16(_mm512_load_si512(strip.min_pairs[q]), _mm512_set1_epi32(pair)));
+        }
+        const __m512 ad = _mm512_set1_ps(a->d);
+        __m512 v = _mm512_fmadd_ps(to_float(_mm512_load_si512(dots[c][i])), _mm512_mul_ps(d, ad), _mm512_load_ps(acc[c][i]));
+        v = _mm512_fnmadd_ps(to_float(min_sum), _mm512_mul_ps(dmin, ad), v);
+        _mm512_store_ps(acc[c][i], v);
+      }
+    }
+  }
+  for (int c = 0; c < 4; ++c)
+    if (used<TT, SS>(c))
+      for (int i = 0; i < kTileTokens; ++i) _mm512_storeu_ps(p.y[c] + i * ldy, _mm512_load_ps(acc[c][i]));
 }
 
 // Rows [r0, r1) (r0 a multiple of 8, as matmul_batch's blocks of rows are): whole strips of 16
@@ -337,19 +366,33 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, int tokens, fl
     const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
     const auto* rows = static_cast<const uint8_t*>(m.data) + size_t(r0) * row_bytes;
     const auto group = [&](int64_t s, int h) { return rows + size_t(kStripRows * s + 8 * h) * row_bytes; };
-    const auto each_tile = [&](const auto& tile) {
-      for (int t0 = 0; t0 < tokens; t0 += kTileTokens) {
-        const int t = std::min(t0, tokens - kTileTokens);
-        for (int64_t s = 0; s < strips; ++s) tile(s, x + int64_t(t) * blocks, y + int64_t(t) * m.rows + r0 + kStripRows * s);
-      }
+    // Two token tiles times two strips at a time, or one where no second is left; the last token
+    // tile ends at the last token. `tiles` is called with (TT, SS) as std::integral_constants.
+    const auto each_tile = [&](const auto& tiles) {
+      for (int t0 = 0; t0 < tokens; t0 += 2 * kTileTokens)
+        for (int64_t s0 = 0; s0 < strips; s0 += 2) {
+          const bool two_t = t0 + kTileTokens < tokens, two_s = s0 + 1 < strips;
+          const int t[2] = {std::min(t0, tokens - kTileTokens), std::min(t0 + kTileTokens, tokens - kTileTokens)};
+          const int64_t s[2] = {s0, two_s ? s0 + 1 : s0};
+          TilePair p{};
+          for (int c = 0; c < 4; ++c) p.y[c] = y + int64_t(t[c / 2]) * m.rows + r0 + kStripRows * s[c % 2];
+          for (int k = 0; k < 2; ++k) p.x[k] = x + int64_t(t[k]) * blocks;
+          using One = std::integral_constant<int, 1>;
+          using Two = std::integral_constant<int, 2>;
+          if (two_t && two_s) tiles(Two{}, Two{}, s, p);
+          else if (two_t) tiles(Two{}, One{}, s, p);
+          else if (two_s) tiles(One{}, Two{}, s, p);
+          else tiles(One{}, One{}, s, p);
+        }
     };
     Tiles::begin();
     if (m.dtype == DType::Q8_0) {
       thread_local std::vector<Q8Strip> packed;
       packed.resize(size_t(strips * blocks));
       for (int64_t s = 0; s < strips; ++s) pack_q8_0(group(s, 0), group(s, 1), blocks, &packed[size_t(s * blocks)]);
-      each_tile([&](int64_t s, const ActivationBlock* xt, float* yt) {
-        q8_0_tile<Tiles>(&packed[size_t(s * blocks)], xt, blocks, yt, m.rows);
+      each_tile([&](auto tt, auto ss, const int64_t* s, const TilePair& p) {
+        const Q8Strip* w[2] = {&packed[size_t(s[0] * blocks)], &packed[size_t(s[1] * blocks)]};
+        q8_0_tiles<Tiles, decltype(tt)::value, decltype(ss)::value>(w, p, blocks, m.rows);
       });
     } else {
       thread_local std::vector<Q4Strip> packed;
@@ -357,8 +400,9 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, int tokens, fl
       packed.resize(size_t(strips * super_blocks));
       for (int64_t s = 0; s < strips; ++s)
         pack_q4_k(group(s, 0), group(s, 1), super_blocks, &packed[size_t(s * super_blocks)]);
-      each_tile([&](int64_t s, const ActivationBlock* xt, float* yt) {
-        q4_k_tile<Tiles>(&packed[size_t(s * super_blocks)], xt, blocks, yt, m.rows);
+      each_tile([&](auto tt, auto ss, const int64_t* s, const TilePair& p) {
+        const Q4Strip* w[2] = {&packed[size_t(s[0] * super_blocks)], &packed[size_t(s[1] * super_blocks)]};
+        q4_k_tiles<Tiles, decltype(tt)::value, decltype(ss)::value>(w, p, blocks, m.rows);
       });
     }
     Tiles::end();
