@@ -3,12 +3,20 @@
 // the bandwidth limit. Q8_0 and Q4_K are timed in both layouts (rows as stored; interleaved 8 at
 // a time, as a model in memory holds them). Each figure is the best of 5 timed products; on a
 // shared machine the probe and the products see different load, so compare the columns of one run.
-// Usage: bench_matvec [rows] [cols] [isa]   (isa: generic, avx2, avx512, avx512_vnni or avx512_bf16;
-//        default: every supported one)
+// With a token count above 1 it times prefill-shaped products of the quantized matrices instead
+// (compute-bound: no probe): multiply-adds per second, and the ratio of each time to the latest
+// one of the first ISA listed on the same matrix in the same run, so that
+// `bench_matvec 4096 4096 avx512_vnni,amx,avx512_vnni,amx 512` gives AMX's tiles against the
+// VNNI lane, A/B/A/B.
+// Usage: bench_matvec [rows] [cols] [isas] [tokens]   (isas: one or more of generic, avx2, avx512,
+//        avx512_vnni, avx512_bf16, amx, comma-separated, in the order to run them; or all, the
+//        default: every supported one; tokens: default 1)
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/bandwidth.hpp"
@@ -21,12 +29,12 @@ using namespace crossmoe::kernels;
 
 namespace {
 
-double best_seconds(const Matrix& m, const float* x, float* y) {
-  matmul(m, x, 1, y);  // warm-up
+double best_seconds(const Matrix& m, const float* x, int tokens, float* y) {
+  matmul(m, x, tokens, y);  // warm-up
   double best = 1e30;
   for (int r = 0; r < 5; ++r) {
     Stopwatch s;
-    matmul(m, x, 1, y);
+    matmul(m, x, tokens, y);
     best = std::min(best, s.seconds());
   }
   return best;
@@ -53,16 +61,46 @@ std::vector<uint8_t> quantized_matrix(DType type, int64_t rows, int64_t cols) {
 
 int main(int argc, char** argv) {
   const int64_t rows = argc > 1 ? std::atoll(argv[1]) : 32768, cols = argc > 2 ? std::atoll(argv[2]) : 8192;
-  if (rows <= 0 || cols <= 0 || cols % 256) {
-    std::fprintf(stderr, "error: rows and cols must be positive and cols a multiple of 256\n");
+  const std::string only = argc > 3 ? argv[3] : "all";
+  const int tokens = argc > 4 ? std::atoi(argv[4]) : 1;
+  if (rows <= 0 || cols <= 0 || cols % 256 || tokens <= 0) {
+    std::fprintf(stderr, "error: rows, cols and tokens must be positive and cols a multiple of 256\n");
     return 2;
   }
-  const double bandwidth = measure_read_bandwidth();
-  std::printf("streaming read bandwidth: %.2f GB/s; matrix %lld x %lld\n", bandwidth / 1e9, (long long)rows,
-              (long long)cols);
-  std::printf("%-8s %-18s %10s %10s\n", "isa", "dtype", "GB/s", "of limit");
+  std::vector<Isa> order;
+  if (only == "all") {
+    for (Isa isa : kIsas)
+      if (isa_supported(isa)) order.push_back(isa);
+  } else {
+    for (size_t start = 0; start <= only.size();) {
+      const size_t end = std::min(only.find(',', start), only.size());
+      const std::string name = only.substr(start, end - start);
+      bool known = false;
+      for (Isa isa : kIsas)
+        if (isa_name(isa) == name) {
+          known = true;
+          if (isa_supported(isa)) order.push_back(isa);
+          else std::printf("(%s: not supported by this CPU)\n", name.c_str());
+        }
+      if (!known) {
+        std::fprintf(stderr, "error: unknown isa '%s'\n", name.c_str());
+        return 2;
+      }
+      start = end + 1;
+    }
+  }
+  const bool prefill = tokens > 1;
+  const double bandwidth = prefill ? 0.0 : measure_read_bandwidth();
+  if (prefill) {
+    std::printf("matrix %lld x %lld times %d tokens\n", (long long)rows, (long long)cols, tokens);
+    std::printf("%-12s %-18s %12s %10s\n", "isa", "dtype", "GMAC/s", "ratio");
+  } else {
+    std::printf("streaming read bandwidth: %.2f GB/s; matrix %lld x %lld\n", bandwidth / 1e9, (long long)rows,
+                (long long)cols);
+    std::printf("%-12s %-18s %10s %10s\n", "isa", "dtype", "GB/s", "of limit");
+  }
   std::vector<uint16_t> w16(size_t(rows * cols), f32_to_bf16(0.01f));
-  std::vector<float> w32(size_t(rows * cols), 0.01f), x(cols), y(rows);
+  std::vector<float> w32(size_t(rows * cols), 0.01f), x(size_t(cols) * tokens), y(size_t(rows) * tokens);
   std::mt19937 rng(2);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (float& v : x) v = normal(rng);
@@ -79,12 +117,20 @@ int main(int argc, char** argv) {
     interleave_rows8(interleaved, quantized.back().data());
     matrices.push_back({interleaved, dtype_name(dtype) + " interleaved"});
   }
-  for (Isa isa : kIsas) {
-    if (!isa_supported(isa) || (argc > 3 && isa_name(isa) != argv[3])) continue;
+  std::map<std::string, double> baseline;  // per matrix: the latest time of the first ISA listed
+  for (Isa isa : order) {
     set_isa(isa);
     for (const auto& [m, name] : matrices) {
-      const double gbs = double(rows) * double(dtype_row_bytes(m.dtype, cols)) / best_seconds(m, x.data(), y.data());
-      std::printf("%-8s %-18s %10.2f %9.1f%%\n", isa_name(isa).c_str(), name.c_str(), gbs / 1e9, 100 * gbs / bandwidth);
+      if (prefill && dtype_block(m.dtype) == 1) continue;
+      const double seconds = best_seconds(m, x.data(), tokens, y.data());
+      if (prefill) {
+        if (isa == order.front()) baseline[name] = seconds;
+        std::printf("%-12s %-18s %12.2f %9.2fx\n", isa_name(isa).c_str(), name.c_str(),
+                    double(rows) * double(cols) * tokens / seconds / 1e9, baseline[name] / seconds);
+      } else {
+        const double gbs = double(rows) * double(dtype_row_bytes(m.dtype, cols)) / seconds;
+        std::printf("%-12s %-18s %10.2f %9.1f%%\n", isa_name(isa).c_str(), name.c_str(), gbs / 1e9, 100 * gbs / bandwidth);
+      }
     }
   }
 }

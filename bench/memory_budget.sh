@@ -9,7 +9,12 @@
 # Usage: bash bench/memory_budget.sh [DIR] [RUNS]      results: docs/benchmarks.md
 # MODELS="DIR1 DIR2" benchmarks those model directories instead (e.g. trained ones,
 # bench/trained_routing.sh); PROMPT_FILE=text.txt prefills real text (bench --prompt-file);
-# THREADS=N; BENCH_TIMEOUT=600 (seconds per budgeted bench); CROSSMOE_BIN (default ./build/crossmoe). Paths are relative to the repository root.
+# THREADS=N; BENCH_TIMEOUT=600 (seconds per budgeted bench); CROSSMOE_BIN (default ./build/crossmoe).
+# BENCH_LOG=FILE appends every bench's progress lines (stderr: one per timed run) to FILE, so that
+# a setting that seems stuck shows how far it got. PLOT=PREFIX also plots decode tokens/s and hit
+# rates against the budget, as a share and in bytes (build/bench_budget_plot: PREFIX_decode.svg,
+# PREFIX_hit_rate.svg, PREFIX_decode_bytes.svg, PREFIX_hit_rate_bytes.svg; saved outputs, several
+# runs too: build/bench_budget_plot PREFIX OUTPUT...). Paths are relative to the repository root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-build/bench-models}
@@ -25,24 +30,32 @@ if [ -z "${MODELS:-}" ]; then
   [ -d "$out/moe-1024" ] || $bin init "$out/moe-1024" --layout moe "${shape[@]}"
   MODELS="$out/megrez2-1024 $out/moe-1024"
 fi
-lscpu | grep -E 'Model name|L3'
-uptime  # the load of other users' processes on this shared machine
-for m in $MODELS; do
-  echo "== $m: direct-I/O read bandwidth of the weights file"
-  dd if="$m/model.safetensors" of=/dev/null bs=4M iflag=direct 2>&1 | tail -1
-  echo "== $m: load (generate one token, all in memory)"
-  if [ -x /usr/bin/time ]; then /usr/bin/time -f "wall %e s, peak RSS %M KiB" $bin generate "$m" --ids 1 -n 1 >/dev/null
-  else echo "(no /usr/bin/time here: bench's peak RSS below)"; fi
-  echo "== $m: decode"
-  $bin bench "$m" "${common[@]}" 2>/dev/null | head -1
-  for budget in 100% 50% 25% 10%; do
-    for prefetch in off on; do
-      echo "-- $m --memory-budget $budget --prefetch $prefetch"
-      # A setting that stops making progress must not take the rest of the table with it.
-      rc=0
-      timeout -k 10 "${BENCH_TIMEOUT:-600}" $bin bench "$m" "${common[@]}" --memory-budget "$budget" \
-        --prefetch "$prefetch" 2>/dev/null || rc=$?
-      [ $rc -eq 0 ] || echo "(exit status $rc$([ $rc -eq 124 ] && echo ": timed out after ${BENCH_TIMEOUT:-600} s"))"
+log=${BENCH_LOG:-/dev/null}
+run_all() {
+  lscpu | grep -E 'Model name|L3'
+  uptime  # the load of other users' processes on this shared machine
+  for m in $MODELS; do
+    echo "== $m: direct-I/O read bandwidth of the weights file"
+    dd if="$m/model.safetensors" of=/dev/null bs=4M iflag=direct 2>&1 | tail -1
+    echo "== $m: load (generate one token, all in memory)"
+    if [ -x /usr/bin/time ]; then /usr/bin/time -f "wall %e s, peak RSS %M KiB" $bin generate "$m" --ids 1 -n 1 >/dev/null
+    else echo "(no /usr/bin/time here: bench's peak RSS below)"; fi
+    echo "== $m: decode" | tee -a "$log"
+    $bin bench "$m" "${common[@]}" 2>>"$log" | head -1
+    for budget in 100% 50% 25% 10%; do
+      for prefetch in off on; do
+        echo "-- $m --memory-budget $budget --prefetch $prefetch" | tee -a "$log"
+        # A setting that stops making progress must not take the rest of the table with it.
+        rc=0
+        timeout -k 10 "${BENCH_TIMEOUT:-600}" $bin bench "$m" "${common[@]}" --memory-budget "$budget" \
+          --prefetch "$prefetch" 2>>"$log" || rc=$?
+        [ $rc -eq 0 ] || echo "(exit status $rc$([ $rc -eq 124 ] && echo ": timed out after ${BENCH_TIMEOUT:-600} s"))"
+      done
     done
   done
-done
+}
+if [ -z "${PLOT:-}" ]; then run_all; exit; fi
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+run_all | tee "$results"
+./build/bench_budget_plot "$PLOT" "$results"

@@ -20,6 +20,12 @@
 # layer-local model at LAYERS=7, 3.6 B parameters), and a new one is written in full before the
 # previous one is deleted, so intermediate checkpoints need twice that; the GPU machine has 64 GB.
 # Once a model is exported its checkpoints are deleted (the stage is then skipped anyway).
+# The bench stage writes OUT/bench.txt (the table) and OUT/bench.log (each bench's progress, one
+# line per timed run); plot the table with build/bench_budget_plot PREFIX OUT/bench.txt.
+# Started in the background to outlive the shell that starts it (a remote call that returns
+# before the run ends), it needs its own session: `setsid bash bench/trained_routing.sh ... &`.
+# A run left in the caller's session is killed with it, mid-stage, and looks like a hang from the
+# outside (issue 15's "25% hang" was that; docs/benchmarks.md).
 set -euo pipefail
 data=$1; heldout=$2; out=$3; shift 3
 stages=${*:-train trace sim bench}
@@ -58,7 +64,8 @@ for stage in $stages; do
     done ;;
   bench)
     MODELS="$(realpath "$out/megrez2/model") $(realpath "$out/local/model")" PROMPT_FILE=$(realpath "$heldout") \
-      CROSSMOE_BIN=$(realpath "$bin") bash "$(dirname "$0")/memory_budget.sh" "$out" "${RUNS:-2}" | tee "$out/bench.txt" ;;
+      CROSSMOE_BIN=$(realpath "$bin") BENCH_LOG=$(realpath "$out")/bench.log \
+      bash "$(dirname "$0")/memory_budget.sh" "$out" "${RUNS:-2}" | tee "$out/bench.txt" ;;
   *) echo "error: unknown stage '$stage' (train, trace, sim, bench)" >&2; exit 2 ;;
   esac
 done

@@ -7,7 +7,7 @@
 #   check:   bash scripts/gpu_box_build.sh commands .carry  # the compile commands, one per line
 #   there:   bash scripts/gpu_box_build.sh kernel-tests .carry  # -> .carry/kernel_tests: the kernel and
 #            quantization tests (GoogleTest, from Debian's googletest sources), to run the ISA paths
-#            that machine's CPU has and ours may lack (AVX-512)
+#            that machine's CPU has and ours may lack (AVX-512, AMX); and .carry/bench_matvec
 # (.carry is listed in .git/info/exclude and passed to the device tool's `carry`.)
 set -euo pipefail
 mode=$1; dir=$2
@@ -121,6 +121,7 @@ compile_commands() {
       *avx2*) isa=(-mavx2 -mfma -mf16c -ffp-contract=off) ;;
       *avx512_bf16*) isa=(-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c -ffp-contract=off) ;;
       *avx512_vnni*) isa=(-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c -ffp-contract=off) ;;
+      *matmul_amx*) isa=(-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mamx-tile -mamx-int8 -mfma -mf16c -ffp-contract=off) ;;
       *avx512*) isa=(-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c -ffp-contract=off) ;;
     esac
     printf '%q ' g++ "${flags[@]}" "${isa[@]}" -c "$f" -o "$(object "$f")"
@@ -131,14 +132,19 @@ if [ "$mode" = commands ]; then compile_commands; exit 0; fi
 if [ "$mode" = kernel-tests ]; then
   # Kernels and their helpers need no torch; GoogleTest builds from its own sources.
   flags+=("-I$dir/gtest/include" "-I$dir/gtest" -Itests)
-  srcs=(src/kernels/*.cpp src/util/*.cpp tests/test_kernels.cpp tests/test_quant.cpp
-        "$dir/gtest/src/gtest-all.cc" "$dir/gtest/src/gtest_main.cc")
+  # bench_matvec too, for the kernels' speed on that CPU (prefill-shaped with a token count).
+  lib_srcs=(src/kernels/*.cpp src/util/*.cpp)
+  test_srcs=(tests/test_kernels.cpp tests/test_quant.cpp "$dir/gtest/src/gtest-all.cc" "$dir/gtest/src/gtest_main.cc")
+  srcs=("${lib_srcs[@]}" "${test_srcs[@]}" bench/bench_matvec.cpp)
   mkdir -p "$dir/obj"
   compile_commands | xargs -d '\n' -P "$(nproc)" -I{} bash -c '{}'
-  objs=()
-  for f in "${srcs[@]}"; do objs+=("$(object "$f")"); done
-  g++ -fopenmp -pthread -o "$dir/kernel_tests" "${objs[@]}"
-  echo "built $dir/kernel_tests"
+  lib_objs=()
+  for f in "${lib_srcs[@]}"; do lib_objs+=("$(object "$f")"); done
+  test_objs=()
+  for f in "${test_srcs[@]}"; do test_objs+=("$(object "$f")"); done
+  g++ -fopenmp -pthread -o "$dir/kernel_tests" "${lib_objs[@]}" "${test_objs[@]}"
+  g++ -fopenmp -pthread -o "$dir/bench_matvec" "${lib_objs[@]}" "$(object bench/bench_matvec.cpp)"
+  echo "built $dir/kernel_tests and $dir/bench_matvec"
   exit 0
 fi
 [ "$mode" = build ] || { echo "error: mode must be prepare, build, kernel-tests or commands, got '$mode'" >&2; exit 2; }

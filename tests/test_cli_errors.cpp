@@ -300,7 +300,7 @@ TEST_F(CliErrors, VersionNamesCommitKernelsAndTrainer) {
   EXPECT_EQ(r.code, 0);
   EXPECT_TRUE(std::regex_search(r.out, std::regex("^crossmoe \\d+\\.\\d+\\.\\d+ \\(commit ([0-9a-f]{12}(-modified)?|unknown)\\)\n")))
       << r.out;
-  EXPECT_TRUE(std::regex_search(r.out, std::regex("\nkernels  built: generic, avx2, avx512, avx512_vnni, avx512_bf16; this CPU runs (generic|avx2|avx512|avx512_vnni)\n")))
+  EXPECT_TRUE(std::regex_search(r.out, std::regex("\nkernels  built: generic, avx2, avx512, avx512_vnni, avx512_bf16, amx; this CPU runs (generic|avx2|avx512|avx512_vnni|amx)\n")))
       << r.out;
 #ifdef CROSSMOE_HAVE_TORCH
   EXPECT_NE(r.out.find("trainer  yes (libtorch "), std::string::npos) << r.out;

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <string>
 
 #include "kernels/kernels.hpp"
 #include "kernels/thread_pool.hpp"
@@ -420,6 +421,35 @@ void expect_isa_matches_portable(Isa isa) {
   }
 }
 
+// A table's quantized product of x (tokens x m.cols) on its own, outside the dispatch: the
+// activations quantized by the table, then its rows in two calls ([0, split) and [split, rows),
+// split a multiple of 8 as matmul_batch's blocks of rows are). Outputs start as NaN, so one that
+// is never written differs from everything.
+std::vector<float> table_product(const KernelTable& k, const Matrix& m, const float* x, int tokens, int64_t split = 0) {
+  std::vector<ActivationBlock> xq(size_t(tokens) * size_t(m.cols / 32));
+  k.quantize_activations(x, int64_t(tokens) * m.cols, activation_group(m.dtype), xq.data());
+  std::vector<float> y(size_t(tokens) * size_t(m.rows), std::nanf(""));
+  k.quant_matmul_rows(m, xq.data(), tokens, y.data(), 0, split);
+  k.quant_matmul_rows(m, xq.data(), tokens, y.data(), split, m.rows);
+  return y;
+}
+
+// "" when a and b (tokens x rows) hold the same bits, else where they first differ and how many do.
+std::string first_difference(const std::vector<float>& a, const std::vector<float>& b, int rows) {
+  if (a.size() != b.size()) return "sizes " + std::to_string(a.size()) + " and " + std::to_string(b.size());
+  size_t first = a.size(), count = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (std::bit_cast<uint32_t>(a[i]) != std::bit_cast<uint32_t>(b[i])) {
+      if (first == a.size()) first = i;
+      ++count;
+    }
+  if (count == 0) return "";
+  char text[200];
+  std::snprintf(text, sizeof text, "%zu of %zu outputs differ, the first at token %zu row %zu: %.9g vs %.9g", count,
+                a.size(), first / size_t(rows), first % size_t(rows), double(a[first]), double(b[first]));
+  return text;
+}
+
 }  // namespace
 
 TEST(QuantKernels, ActivationsQuantizeWithinHalfAStep) {
@@ -494,11 +524,12 @@ TEST(QuantKernels, Avx512VnniMatchesPortable) { expect_isa_matches_portable(Isa:
 // Q8_0 weights of -128 and 127, Q4_K nibbles of 15 under 6-bit scales and mins of 63, against
 // activations of -127 and 127 (whole blocks of them), beside random bytes of every value. Every
 // ISA gives the portable code's bits for the rows of whole groups, for one token (decode's
-// tiles) and several (the tiles of several tokens, and their tail).
+// tiles) and several (the tiles of several tokens, and their tail; from 16 tokens on, AMX's tiles
+// of 16 tokens, the last one overlapping the one before).
 TEST(QuantKernels, InterleavedTilesGiveThePortableBitsOnExtremeBytes) {
   std::mt19937 rng(12);
   std::uniform_int_distribution<int> byte(0, 255);
-  const int rows = 16, cols = 512, tokens = 6;
+  const int rows = 16, cols = 512, tokens = 21;
   std::vector<float> x(size_t(tokens) * cols);
   for (int t = 0; t < tokens; ++t)
     for (int c = 0; c < cols; ++c)
@@ -524,11 +555,15 @@ TEST(QuantKernels, InterleavedTilesGiveThePortableBitsOnExtremeBytes) {
       IsaGuard guard(Isa::Generic);
       matmul(m, x.data(), tokens, portable.data());
     }
+    if (isa_supported(Isa::Avx512Vnni)) {
+      const std::vector<float> emulated = table_product(amx_emulated_kernels(), m, x.data(), tokens);
+      EXPECT_EQ(first_difference(emulated, portable, rows), "") << "emulated AMX tiles, " << dtype_name(t);
+    }
     for (Isa isa : supported()) {
       IsaGuard guard(isa);
       std::vector<float> y(size_t(tokens) * rows), alone(rows);
       matmul(m, x.data(), tokens, y.data());
-      EXPECT_EQ(y, portable) << isa_name(isa) << " " << dtype_name(t);
+      EXPECT_EQ(first_difference(y, portable, rows), "") << isa_name(isa) << " " << dtype_name(t);
       matmul(m, x.data(), 1, alone.data());
       EXPECT_EQ(alone, std::vector<float>(portable.begin(), portable.begin() + rows)) << isa_name(isa) << " " << dtype_name(t);
     }
@@ -574,9 +609,10 @@ TEST(QuantKernels, BatchSharesQuantizedInputsAndMixesDtypes) {
 
 TEST(QuantKernels, ATokenGetsTheSameBitsAloneOrInABatch) {
   // As for the other dtypes: the tiles of rows x tokens run each pair's operations in one order,
-  // in both layouts (38 rows: 4 interleaved groups and 6 rows as they were).
+  // in both layouts (38 rows: 4 interleaved groups and 6 rows as they were; 19 tokens: AMX's
+  // tiles of 16 tokens, where a CPU has them, against its VNNI lane alone).
   std::mt19937 rng(6);
-  const int rows = 38, cols = 512, tokens = 9;
+  const int rows = 38, cols = 512, tokens = 19;
   const std::vector<float> x = weight_like(size_t(tokens) * cols, rng);
   for (DType t : {DType::Q8_0, DType::Q4_K}) {
     QuantizedMatrix q = quantize_matrix(t, weight_like(size_t(rows) * cols, rng), rows, cols);
@@ -623,6 +659,46 @@ TEST(QuantKernels, InterleavedRowsMatchTheBoundAndTheRowLayout) {
               << isa_name(isa) << " " << dtype_name(t) << " case " << c << " output " << i;
         }
       }
+    }
+  }
+}
+
+// AMX's tiles (16 tokens x 16 rows, one block of 32 columns per tile product) on shapes that do
+// not fill them: rows past the last strip of 16 (a lone group of 8, rows after the last group),
+// token counts past the last whole tile, Q8_0 blocks of an odd count (two blocks in flight at
+// a time), calls that start mid-matrix. The interleaved rows must have the portable code's bits,
+// every output the VNNI lane's (AMX leaves the rest to it). Run on the real tiles where the CPU
+// has AMX, and on the emulated tile unit (amx_emulated_kernels) wherever AVX-512 VNNI runs, so
+// that the tiles' layout is checked on CPUs without AMX too.
+TEST(QuantKernels, AmxTilesGiveThePortableBitsOnRaggedShapes) {
+  if (!isa_supported(Isa::Avx512Vnni)) GTEST_SKIP() << "this CPU runs neither AMX nor its VNNI lane";
+  struct Shape {
+    DType type;
+    int rows, cols, tokens;
+    int64_t split;
+  };
+  const Shape shapes[] = {{DType::Q8_0, 40, 288, 16, 0},  {DType::Q8_0, 61, 800, 37, 24}, {DType::Q8_0, 32, 64, 71, 16},
+                          {DType::Q8_0, 16, 32, 17, 0},   {DType::Q4_K, 40, 768, 37, 0},  {DType::Q4_K, 61, 256, 16, 8},
+                          {DType::Q4_K, 56, 512, 33, 32}, {DType::Q8_0, 64, 256, 15, 0}};
+  std::mt19937 rng(21);
+  for (const auto& [type, rows, cols, tokens, split] : shapes) {
+    QuantizedMatrix q = quantize_matrix(type, weight_like(size_t(rows) * cols, rng), rows, cols);
+    const Matrix m = q.interleaved(type, rows, cols);
+    const std::vector<float> x = weight_like(size_t(tokens) * cols, rng);
+    const std::string shape = dtype_name(type) + " " + std::to_string(rows) + "x" + std::to_string(cols) + "x" +
+                              std::to_string(tokens) + " split at " + std::to_string(split);
+    const std::vector<float> portable = table_product(generic_kernels(), m, x.data(), tokens, split);
+    const std::vector<float> vnni = table_product(avx512_vnni_kernels(), m, x.data(), tokens, split);
+    std::vector<const KernelTable*> tables = {&amx_emulated_kernels()};
+    if (isa_supported(Isa::Amx)) tables.push_back(&amx_kernels());
+    for (const KernelTable* k : tables) {
+      const char* name = k == &amx_kernels() ? "amx" : "emulated amx";
+      const std::vector<float> y = table_product(*k, m, x.data(), tokens, split);
+      EXPECT_EQ(first_difference(y, vnni, rows), "") << name << " against avx512_vnni, " << shape;
+      std::vector<float> grouped = y, grouped_portable = portable;  // the rows of whole groups
+      for (int t = 0; t < tokens; ++t)
+        for (int r = rows / 8 * 8; r < rows; ++r) grouped[size_t(t) * rows + r] = grouped_portable[size_t(t) * rows + r] = 0;
+      EXPECT_EQ(first_difference(grouped, grouped_portable, rows), "") << name << " against the portable code, " << shape;
     }
   }
 }

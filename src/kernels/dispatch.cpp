@@ -1,7 +1,12 @@
+#include <asm/prctl.h>
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdlib>
-#include <vector>
 #include <cstring>
+#include <vector>
 
 #include "kernels/kernels.hpp"
 #include "kernels/thread_pool.hpp"
@@ -13,6 +18,7 @@ namespace {
 
 const KernelTable& table_for(Isa isa) {
   switch (isa) {
+    case Isa::Amx: return amx_kernels();
     case Isa::Avx512Bf16: return avx512_bf16_kernels();
     case Isa::Avx512Vnni: return avx512_vnni_kernels();
     case Isa::Avx512: return avx512_kernels();
@@ -21,7 +27,20 @@ const KernelTable& table_for(Isa isa) {
   }
 }
 
-// The best ISA this CPU runs, unless CROSSMOE_ISA=generic|avx2|avx512|avx512_vnni|avx512_bf16 asks
+// AMX-TILE and AMX-INT8 (CPUID leaf 7, EDX bits 24 and 25), and the tile data's state, which Linux
+// (5.16 on) hands to a process only when asked: ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA (18),
+// granted to every thread of the process. It fails where the kernel or XCR0 lacks the feature.
+bool amx_usable() {
+  static const bool usable = [] {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & bit_AMX_TILE) || !(d & bit_AMX_INT8)) return false;
+    constexpr long kXFeatureTileData = 18;
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, kXFeatureTileData) == 0;
+  }();
+  return usable;
+}
+
+// The best ISA this CPU runs, unless CROSSMOE_ISA=generic|avx2|avx512|avx512_vnni|avx512_bf16|amx asks
 // for another. avx512_bf16 only when asked for: it rounds activations to bf16 against bf16 weights.
 const KernelTable* choose() {
   Isa isa = Isa::Generic;
@@ -44,6 +63,7 @@ const KernelTable*& active() {
 bool isa_supported(Isa isa) {
   __builtin_cpu_init();
   switch (isa) {
+    case Isa::Amx: return isa_supported(Isa::Avx512Vnni) && amx_usable();
     case Isa::Avx512Bf16: return isa_supported(Isa::Avx512Vnni) && __builtin_cpu_supports("avx512bf16");
     case Isa::Avx512Vnni: return isa_supported(Isa::Avx512) && __builtin_cpu_supports("avx512vnni");
     case Isa::Avx512:
@@ -58,6 +78,7 @@ bool isa_supported(Isa isa) {
 
 std::string isa_name(Isa isa) {
   switch (isa) {
+    case Isa::Amx: return "amx";
     case Isa::Avx512Bf16: return "avx512_bf16";
     case Isa::Avx512Vnni: return "avx512_vnni";
     case Isa::Avx512: return "avx512";

@@ -5,7 +5,8 @@
 // 32 or 256 columns: activation_group) with integer dot products, as llama.cpp does.
 // One dispatch point picks AVX-512 (with or without VNNI), AVX2 or portable code at run time.
 // Asked for (CROSSMOE_ISA=avx512_bf16), bf16 weights multiply activations rounded to bf16 with the
-// AVX512_BF16 dot product instead, as llama.cpp does (matmul_avx512_bf16.cpp).
+// AVX512_BF16 dot product instead, as llama.cpp does (matmul_avx512_bf16.cpp). Where the CPU has
+// AMX (tiles and int8), the quantized products of many tokens run on the tile unit (matmul_amx.cpp).
 #include <cstdint>
 #include <string>
 
@@ -88,10 +89,13 @@ void quantize_activations(const float* x, int64_t n, int64_t group, ActivationBl
 // Avx512Bf16: the Avx512Vnni kernels with bf16 weights multiplied by VDPBF16PS, against the
 // activations rounded to bf16 (to nearest even, denormals to zero) once per matmul call: faster
 // prefill, but 8 significant bits of each activation, so never chosen unless asked for.
-enum class Isa { Generic, Avx2, Avx512, Avx512Vnni, Avx512Bf16 };
+// Amx: the Avx512Vnni kernels with Q8_0 / Q4_K weights times 16 tokens or more on AMX-INT8 tiles
+// (the same bits: exact integer block sums, the same float steps); chosen where the CPU has
+// AMX-TILE and AMX-INT8 and Linux grants the process the tile data.
+enum class Isa { Generic, Avx2, Avx512, Avx512Vnni, Avx512Bf16, Amx };
 // Every ISA that has kernels here, in order of preference (the last one a CPU supports is used,
 // Avx512Bf16 excepted: CROSSMOE_ISA only).
-inline constexpr Isa kIsas[] = {Isa::Generic, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni, Isa::Avx512Bf16};
+inline constexpr Isa kIsas[] = {Isa::Generic, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni, Isa::Avx512Bf16, Isa::Amx};
 Isa active_isa();
 std::string isa_name(Isa isa);
 bool isa_supported(Isa isa);
@@ -121,5 +125,9 @@ const KernelTable& avx2_kernels();
 const KernelTable& avx512_kernels();
 const KernelTable& avx512_vnni_kernels();
 const KernelTable& avx512_bf16_kernels();
+const KernelTable& amx_kernels();
+// For tests: amx_kernels() with its tile instructions carried out by a scalar model of the tile
+// unit, so that its tiles' layout and float steps are tested on CPUs with AVX-512 VNNI but no AMX.
+const KernelTable& amx_emulated_kernels();
 
 }  // namespace crossmoe::kernels

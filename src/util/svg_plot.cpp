@@ -35,7 +35,8 @@ std::string render_svg(const LinePlot& plot) {
       y0 = std::min(y0, p[1]), y1 = std::max(y1, p[1]);
       any = true;
     }
-  if (!any) y0 = 0, y1 = 1;
+  if (!any && plot.y_ticks.empty()) y0 = 0, y1 = 1;
+  for (const auto& t : plot.y_ticks) y0 = std::min(y0, t.value), y1 = std::max(y1, t.value);
   for (const auto& t : plot.x_ticks) x0 = std::min(x0, t.value), x1 = std::max(x1, t.value);
   if (plot.x_ticks.empty()) x0 = std::min(x0, 0.0);
   if (x1 - x0 < 1e-12) x1 = x0 + 1;
@@ -55,10 +56,18 @@ std::string render_svg(const LinePlot& plot) {
       label << x1 * i / 4;
       ticks.push_back({x1 * i / 4, label.str()});
     }
-  for (int i = 0; i <= 4; ++i) {
-    const double y = y0 + (y1 - y0) * i / 4;
-    s << "<line x1=\"" << L << "\" x2=\"" << W - R << "\" y1=\"" << py(y) << "\" y2=\"" << py(y) << "\" stroke=\"#ddd\"/>\n";
-    s << "<text x=\"" << L - 6 << "\" y=\"" << py(y) + 4 << "\" text-anchor=\"end\">" << std::round(y * 100) / 100
+  std::vector<PlotTick> y_ticks = plot.y_ticks;
+  if (y_ticks.empty())
+    for (int i = 0; i <= 4; ++i) {
+      const double y = y0 + (y1 - y0) * i / 4;
+      std::ostringstream label;
+      label << std::round(y * 100) / 100;
+      y_ticks.push_back({y, label.str()});
+    }
+  for (const auto& t : y_ticks) {
+    s << "<line x1=\"" << L << "\" x2=\"" << W - R << "\" y1=\"" << py(t.value) << "\" y2=\"" << py(t.value)
+      << "\" stroke=\"#ddd\"/>\n";
+    s << "<text x=\"" << L - 6 << "\" y=\"" << py(t.value) + 4 << "\" text-anchor=\"end\">" << escape(t.label)
       << "</text>\n";
   }
   for (const auto& t : ticks)

@@ -23,6 +23,9 @@ struct PlotTick {
 struct LinePlot {
   std::string title, x_label;
   std::vector<PlotTick> x_ticks;  // empty: five even ticks from 0 to the largest x
+  // Empty: five even ticks over the y range. Given (e.g. a log scale: log values, labelled with
+  // what they stand for), these ticks, and the y range covers them too.
+  std::vector<PlotTick> y_ticks;
   std::vector<PlotSeries> series;
   bool y_from_zero = false;       // otherwise the y range is the data's
 };

@@ -1,0 +1,432 @@
+// AMX (Intel's tile unit, Sapphire Rapids and later): the quantized products of prefill (Q8_0 and
+// Q4_K weights against many tokens) with AMX-INT8's tile dot products; everything else, and every
+// product of fewer than kAmxMinTokens tokens, is the AVX-512 VNNI table's. Compiled with the
+// AVX-512, VNNI and AMX flags; dispatch.cpp gives this table only to CPUs that have AMX-TILE and
+// AMX-INT8 and whose kernel lets the process use the tile data (arch_prctl XCOMP_PERM).
+//
+// Same bits as every other ISA (quant_matmul_impl.hpp's contract): a tile dot product sums int8 x
+// int8 (TDPBSSD, Q8_0) or int8 x uint8 (TDPBSUD, Q4_K's nibbles) products in int32, exactly, so a
+// tile whose K is one block of 32 columns gives each (token, row) that block's integer sum, the
+// same integer the other lanes compute. The float steps after it are the other lanes' operations
+// in their order: per block (Q8_0) acc = fma(float(sum), d * a.d, acc); per super-block (Q4_K)
+// acc = fma(float(sum_j sc[j] * sum_j), d * a.d, acc), then acc = fma(-float(sum_j m[j] * a_j.sum),
+// dmin * a.d, acc), the sub-blocks' scales applied in integers. So a token gets the same bits in
+// this path, in the VNNI lane (fewer tokens, the rows outside this path) and in the portable code.
+//
+// Layout: C tiles are [16 tokens][16 rows] of int32, so a row of C is one token's 16 outputs as one
+// zmm (the float steps run 16 rows per instruction, and a token's 16 outputs are one store to y). A tiles are the
+// activation bytes [16 tokens][32 columns], read in place from the ActivationBlocks (stride: a
+// token's blocks). B tiles are the weights [8 column quads][16 rows x 4 bytes]: TDPB*D takes B in
+// this "VNNI" order, so each call repacks its rows' weights once, 16 rows (two interleaved groups of
+// util/quant.hpp) at a time, then runs every token through them.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "kernels/kernels.hpp"
+#include "util/quant.hpp"
+
+namespace crossmoe::kernels {
+
+namespace {
+
+// Fewer tokens than a full tile run on the VNNI lane (the same bits): a TDPBSSD costs the same
+// with 1 or 16 token rows of A, and each call repacks its weights whatever the token count, while
+// the VNNI lane reads the interleaved weights as they lie, 4 tokens per pass. Per 16 rows x 32
+// columns, 16 tokens cost the VNNI lane 128 vpdpbusd (64 products each); AMX does them in one
+// TDPBSSD plus 8 permutes of repacking, with the same 16 zmm of float steps in both. So from one
+// full tile on, AMX's integer work is a small part of the lane's, and below it the tile is mostly
+// empty (a call of 16..31 tokens already recomputes the overlap of its last tile). Decode (1 token)
+// streams weights from memory, where both lanes wait on memory alike. Measured at exactly 16
+// tokens (the first version, one core of a Sapphire Rapids class Xeon, bench_matvec 4096 4096
+// avx512_vnni,amx,... 16): 1.6-3.4x the VNNI lane on Q8_0, 1.2-1.9x on Q4_K; with half as many
+// tokens the tile's cost stays and the lane's halves, so 16 is where it is clearly ahead.
+constexpr int kAmxMinTokens = 16;
+constexpr int kTileTokens = 16, kStripRows = 16;
+
+// LDTILECFG's 64 bytes, palette 1. Tiles 0..3: C, int32 sums [16 tokens][16 rows]; 4, 5: A,
+// activation bytes [16 tokens][32 columns] of two tiles of tokens; 6, 7: B, weight bytes [8 quads
+// of columns][16 rows x 4] of two strips of rows. C tile c is A tile 4 + c / 2 times B tile
+// 6 + c % 2: four independent products per block, each A and B tile read by two of them.
+// (Each C waits on its loads', product's and store's latencies in turn: the first version, with
+// two C tiles in flight, measured 109-132 G multiply-adds/s on one core of a Sapphire Rapids
+// class Xeon, a small part of the unit's 1024 per cycle.)
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+static_assert(sizeof(TileConfig) == 64);
+TileConfig tile_config() {
+  TileConfig c;
+  for (int t = 0; t < 4; ++t) c.colsb[t] = 64, c.rows[t] = kTileTokens;
+  for (int t = 4; t < 6; ++t) c.colsb[t] = 32, c.rows[t] = kTileTokens;
+  for (int t = 6; t < 8; ++t) c.colsb[t] = 64, c.rows[t] = 8;
+  return c;
+}
+
+// The tile instructions. Their tile operands are immediates (the intrinsics paste the number into
+// the instruction), hence one branch per tile. GCC's LDTILECFG and TILELOADD are asm statements
+// that do not tell the compiler which memory they read (TILESTORED clobbers all of it), so a
+// compiler barrier before each makes the stores before it (the packed weights) land first.
+struct AmxTiles {
+  static void barrier() { asm volatile("" ::: "memory"); }
+  static void begin() {
+    static const TileConfig config = tile_config();
+    barrier();
+    _tile_loadconfig(&config);
+  }
+  static void end() { _tile_release(); }
+  template <int T>
+  static void load(const void* p, int64_t stride) {
+    barrier();
+    if constexpr (T == 4) _tile_loadd(4, p, stride);
+    else if constexpr (T == 5) _tile_loadd(5, p, stride);
+    else if constexpr (T == 6) _tile_loadd(6, p, stride);
+    else _tile_loadd(7, p, stride);
+  }
+  // C tile c = A . B, signed bytes times signed (Q8_0) or unsigned (Q4_K nibbles) bytes.
+  template <int C, bool kUnsignedB>
+  static void dot() {
+    if constexpr (C == 0) {
+      _tile_zero(0);
+      if constexpr (kUnsignedB) _tile_dpbsud(0, 4, 6);
+      else _tile_dpbssd(0, 4, 6);
+    } else if constexpr (C == 1) {
+      _tile_zero(1);
+      if constexpr (kUnsignedB) _tile_dpbsud(1, 4, 7);
+      else _tile_dpbssd(1, 4, 7);
+    } else if constexpr (C == 2) {
+      _tile_zero(2);
+      if constexpr (kUnsignedB) _tile_dpbsud(2, 5, 6);
+      else _tile_dpbssd(2, 5, 6);
+    } else {
+      _tile_zero(3);
+      if constexpr (kUnsignedB) _tile_dpbsud(3, 5, 7);
+      else _tile_dpbssd(3, 5, 7);
+    }
+  }
+  template <int C>
+  static void store(void* p, int64_t stride) {
+    if constexpr (C == 0) _tile_stored(0, p, stride);
+    else if constexpr (C == 1) _tile_stored(1, p, stride);
+    else if constexpr (C == 2) _tile_stored(2, p, stride);
+    else _tile_stored(3, p, stride);
+  }
+};
+
+// The same operations on a scalar model of the tile unit (the SDM's TILELOADD, TILEZERO,
+// TDPBSSD / TDPBSUD and TILESTORED on tiles as configured), so that the layout and float steps
+// above are tested on CPUs without AMX (amx_emulated_kernels).
+struct EmulatedTiles {
+  struct Unit {
+    uint8_t rows[8];
+    uint16_t colsb[8];
+    uint8_t data[8][16][64];
+  };
+  static Unit& unit() {
+    thread_local Unit u;
+    return u;
+  }
+  static void begin() {
+    const TileConfig c = tile_config();
+    Unit& u = unit();
+    for (int t = 0; t < 8; ++t) u.rows[t] = c.rows[t], u.colsb[t] = c.colsb[t];
+    std::memset(u.data, 0, sizeof u.data);
+  }
+  static void end() {}
+  static void load(int t, const void* p, int64_t stride) {
+    Unit& u = unit();
+    for (int r = 0; r < u.rows[t]; ++r) std::memcpy(u.data[t][r], static_cast<const uint8_t*>(p) + r * stride, u.colsb[t]);
+  }
+  template <int T>
+  static void load(const void* p, int64_t stride) { load(T, p, stride); }
+  template <int C, bool kUnsignedB>
+  static void dot() {
+    Unit& u = unit();
+    const int c = C, a = 4 + C / 2, b = 6 + C % 2;
+    for (int m = 0; m < u.rows[c]; ++m)
+      for (int n = 0; n < u.colsb[c] / 4; ++n) {
+        int32_t sum = 0;  // TILEZERO, then C[m][n] += sum over k, i of A[m][4k + i] * B[k][4n + i]
+        for (int k = 0; k < u.colsb[a] / 4; ++k)
+          for (int i = 0; i < 4; ++i) {
+            const uint8_t w = u.data[b][k][4 * n + i];
+            sum += int32_t(int8_t(u.data[a][m][4 * k + i])) * (kUnsignedB ? int32_t(w) : int32_t(int8_t(w)));
+          }
+        std::memcpy(&u.data[c][m][4 * n], &sum, 4);
+      }
+  }
+  template <int C>
+  static void store(void* p, int64_t stride) {
+    Unit& u = unit();
+    for (int r = 0; r < u.rows[C]; ++r) std::memcpy(static_cast<uint8_t*>(p) + r * stride, u.data[C][r], u.colsb[C]);
+  }
+};
+
+// B's order from an interleaved chunk (util/quant.hpp: 8 bytes of each of 8 rows, row n in slot
+// kSlot[n]) of two groups: quad 2k of the block (its columns 8k..8k+3) is the chunk's dword
+// 2 * slot, quad 2k + 1 the next dword; rows 0..7 from the first group, 8..15 from the second.
+__m512i quad_index(int odd) {
+  constexpr int kSlot[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+  alignas(64) int32_t index[16];
+  for (int n = 0; n < 8; ++n) index[n] = 2 * kSlot[n] + odd, index[8 + n] = 16 + 2 * kSlot[n] + odd;
+  return _mm512_load_si512(index);
+}
+
+// (The conversions in their zero-masking forms with every lane set: GCC 12's plain intrinsics
+// start from an "undefined" vector that -Wmaybe-uninitialized reports; the instructions are the same.)
+constexpr __mmask16 kAll = 0xffff;
+
+// Two groups' fp16 fields (8 each, at a and b) as 16 floats.
+__m512 halves16(const uint8_t* a, const uint8_t* b) {
+  alignas(32) uint16_t h[16];
+  std::memcpy(h, a, 16);
+  std::memcpy(h + 8, b, 16);
+  return _mm512_maskz_cvtph_ps(kAll, _mm256_load_si256(reinterpret_cast<const __m256i*>(h)));
+}
+
+// int32 to float, rounded to nearest (vcvtdq2ps, as float(int) in the other lanes).
+__m512 to_float(__m512i v) { return _mm512_maskz_cvtepi32_ps(kAll, v); }
+
+// One block of a strip of 16 rows, as the tiles read it.
+struct alignas(64) Q8Strip {
+  float d[16];
+  int8_t b[8][64];
+};
+
+void pack_q8_0(const uint8_t* g0, const uint8_t* g1, int64_t blocks, Q8Strip* out) {
+  const __m512i even = quad_index(0), odd = quad_index(1);
+  for (int64_t b = 0; b < blocks; ++b, g0 += 8 * 34, g1 += 8 * 34) {
+    _mm512_store_ps(out[b].d, halves16(g0, g1));
+    for (int k = 0; k < 4; ++k) {
+      const __m512i lo = _mm512_loadu_si512(g0 + 16 + 64 * k), hi = _mm512_loadu_si512(g1 + 16 + 64 * k);
+      _mm512_store_si512(out[b].b[2 * k], _mm512_permutex2var_epi32(lo, even, hi));
+      _mm512_store_si512(out[b].b[2 * k + 1], _mm512_permutex2var_epi32(lo, odd, hi));
+    }
+  }
+}
+
+// One super-block of a strip of 16 rows: steps, sub-block scales and mins per row (mins in pairs
+// (m[2q], m[2q + 1]) of 16-bit halves, against two blocks' sums in one vpmaddwd), and each
+// sub-block's nibbles as a B tile.
+struct alignas(64) Q4Strip {
+  float d[16], dmin[16];
+  int32_t scales[8][16];
+  int32_t min_pairs[4][16];
+  uint8_t b[8][8][64];
+};
+
+void pack_q4_k(const uint8_t* g0, const uint8_t* g1, int64_t super_blocks, Q4Strip* out) {
+  constexpr int kSlot[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+  const __m512i even = quad_index(0), odd = quad_index(1), low4 = _mm512_set1_epi8(15);
+  for (int64_t s = 0; s < super_blocks; ++s, g0 += 8 * 144, g1 += 8 * 144) {
+    Q4Strip& o = out[s];
+    _mm512_store_ps(o.d, halves16(g0, g1));
+    _mm512_store_ps(o.dmin, halves16(g0 + 16, g1 + 16));
+    // The 96 bytes hold 8 units of 12 bytes word by word; unit u's scales are sc[u] of the rows in
+    // slot order, its mins m[2 (u / 2) + s % 2] of row 4 (u % 2) + s / 2 (util/quant.hpp).
+    uint8_t mins[16][8];
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* g = h ? g1 : g0;
+      for (int u = 0; u < 8; ++u) {
+        uint8_t unit[12], unit_scales[8], unit_mins[8];
+        for (int w = 0; w < 3; ++w) std::memcpy(unit + 4 * w, g + 32 + 32 * w + 4 * u, 4);
+        quant::q4_k_scales_mins(unit, unit_scales, unit_mins);
+        for (int slot = 0; slot < 8; ++slot) {
+          o.scales[u][8 * h + kSlot[slot]] = unit_scales[slot];
+          mins[8 * h + 4 * (u % 2) + slot / 2][2 * (u / 2) + slot % 2] = unit_mins[slot];
+        }
+      }
+    }
+    for (int q = 0; q < 4; ++q)
+      for (int n = 0; n < 16; ++n) o.min_pairs[q][n] = int32_t(mins[n][2 * q]) | int32_t(mins[n][2 * q + 1]) << 16;
+    for (int p = 0; p < 4; ++p)
+      for (int k = 0; k < 4; ++k) {
+        const __m512i lo = _mm512_loadu_si512(g0 + 128 + 256 * p + 64 * k);
+        const __m512i hi = _mm512_loadu_si512(g1 + 128 + 256 * p + 64 * k);
+        const __m512i e = _mm512_permutex2var_epi32(lo, even, hi), d = _mm512_permutex2var_epi32(lo, odd, hi);
+        _mm512_store_si512(o.b[2 * p][2 * k], _mm512_and_si512(e, low4));
+        _mm512_store_si512(o.b[2 * p][2 * k + 1], _mm512_and_si512(d, low4));
+        _mm512_store_si512(o.b[2 * p + 1][2 * k], _mm512_and_si512(_mm512_srli_epi16(e, 4), low4));
+        _mm512_store_si512(o.b[2 * p + 1][2 * k + 1], _mm512_and_si512(_mm512_srli_epi16(d, 4), low4));
+      }
+  }
+}
+
+// TT tiles of 16 tokens (x[0], x[1]: each one's first token's blocks, a token's blocks apart)
+// times SS strips of 16 rows (w[0], w[1]), TT and SS 1 or 2: C tile c = 2 * tt + ss is token tile
+// tt times strip ss, written to y[c] + i * ldy + n for token i, row n. The float accumulators
+// stay in L1, up to 4 x 16 x 16 of them.
+struct TilePair {
+  const ActivationBlock* x[2];
+  float* y[4];
+};
+template <int TT, int SS>
+constexpr bool used(int c) { return c / 2 < TT && c % 2 < SS; }
+
+// The tile products of one block (one K of 32 columns) into sums[c]: loads, the used C tiles'
+// products (all issued before the first store), their stores.
+template <class Tiles, int TT, int SS, bool kUnsignedB>
+void block_products(const int8_t* a0, const int8_t* a1, int64_t stride, const void* b0, const void* b1,
+                    int32_t (*sums)[kTileTokens][16]) {
+  Tiles::template load<4>(a0, stride);
+  if constexpr (TT == 2) Tiles::template load<5>(a1, stride);
+  Tiles::template load<6>(b0, 64);
+  if constexpr (SS == 2) Tiles::template load<7>(b1, 64);
+  Tiles::template dot<0, kUnsignedB>();
+  if constexpr (used<TT, SS>(1)) Tiles::template dot<1, kUnsignedB>();
+  if constexpr (used<TT, SS>(2)) Tiles::template dot<2, kUnsignedB>();
+  if constexpr (used<TT, SS>(3)) Tiles::template dot<3, kUnsignedB>();
+  Tiles::template store<0>(sums[0], 64);
+  if constexpr (used<TT, SS>(1)) Tiles::template store<1>(sums[1], 64);
+  if constexpr (used<TT, SS>(2)) Tiles::template store<2>(sums[2], 64);
+  if constexpr (used<TT, SS>(3)) Tiles::template store<3>(sums[3], 64);
+}
+
+template <class Tiles, int TT, int SS>
+void q8_0_tiles(const Q8Strip* const w[2], const TilePair& p, int64_t blocks, int64_t ldy) {
+  const int64_t stride = blocks * int64_t(sizeof(ActivationBlock));
+  alignas(64) float acc[4][kTileTokens][16] = {};
+  alignas(64) int32_t sums[4][kTileTokens][16];
+  for (int64_t b = 0; b < blocks; ++b) {
+    block_products<Tiles, TT, SS, false>(p.x[0][b].q, p.x[1][b].q, stride, w[0][b].b, w[1][b].b, sums);
+    for (int c = 0; c < 4; ++c) {
+      if (!used<TT, SS>(c)) continue;
+      const __m512 d = _mm512_load_ps(w[c % 2][b].d);
+      const ActivationBlock* x = p.x[c / 2];
+      for (int i = 0; i < kTileTokens; ++i)
+        _mm512_store_ps(acc[c][i], _mm512_fmadd_ps(to_float(_mm512_load_si512(sums[c][i])),
+                                                   _mm512_mul_ps(d, _mm512_set1_ps(x[i * blocks + b].d)),
+                                                   _mm512_load_ps(acc[c][i])));
+    }
+  }
+  for (int c = 0; c < 4; ++c)
+    if (used<TT, SS>(c))
+      for (int i = 0; i < kTileTokens; ++i) _mm512_storeu_ps(p.y[c] + i * ldy, _mm512_load_ps(acc[c][i]));
+}
+
+template <class Tiles, int TT, int SS>
+void q4_k_tiles(const Q4Strip* const w[2], const TilePair& p, int64_t blocks, int64_t ldy) {
+  const int64_t stride = blocks * int64_t(sizeof(ActivationBlock));
+  alignas(64) float acc[4][kTileTokens][16] = {};
+  alignas(64) int32_t sums[4][kTileTokens][16], dots[4][kTileTokens][16];
+  for (int64_t b = 0; b < blocks; b += 8) {
+    const Q4Strip* s[2] = {&w[0][b / 8], &w[1][b / 8]};
+    std::memset(dots, 0, sizeof dots);
+    for (int j = 0; j < 8; ++j) {
+      block_products<Tiles, TT, SS, true>(p.x[0][b + j].q, p.x[1][b + j].q, stride, s[0]->b[j], s[1]->b[j], sums);
+      // |sum_j| <= 32 * 15 * 127 and sc <= 63: the 8 products' sum stays below 2^25, exact in int32.
+      for (int c = 0; c < 4; ++c) {
+        if (!used<TT, SS>(c)) continue;
+        const __m512i sc = _mm512_load_si512(s[c % 2]->scales[j]);
+        for (int i = 0; i < kTileTokens; ++i)
+          _mm512_store_si512(dots[c][i], _mm512_add_epi32(_mm512_load_si512(dots[c][i]),
+                                                          _mm512_mullo_epi32(_mm512_load_si512(sums[c][i]), sc)));
+      }
+    }
+    for (int c = 0; c < 4; ++c) {
+      if (!used<TT, SS>(c)) continue;
+      const Q4Strip& strip = *s[c % 2];
+      const __m512 d = _mm512_load_ps(strip.d), dmin = _mm512_load_ps(strip.dmin);
+      for (int i = 0; i < kTileTokens; ++i) {
+        const ActivationBlock* a = p.x[c / 2] + i * blocks + b;
+        __m512i min_sum = _mm512_setzero_si512();
+        for (int q = 0; q < 4; ++q) {
+          const int32_t pair = int32_t(uint16_t(int16_t(a[2 * q].sum))) | int32_t(uint32_t(uint16_t(int16_t(a[2 * q + 1].sum))) << 16);
+          min_sum = _mm512_add_epi32(min_sum, _mm512_madd_epi16(_mm512_load_si512(strip.min_pairs[q]), _mm512_set1_epi32(pair)));
+        }
+        const __m512 ad = _mm512_set1_ps(a->d);
+        __m512 v = _mm512_fmadd_ps(to_float(_mm512_load_si512(dots[c][i])), _mm512_mul_ps(d, ad), _mm512_load_ps(acc[c][i]));
+        v = _mm512_fnmadd_ps(to_float(min_sum), _mm512_mul_ps(dmin, ad), v);
+        _mm512_store_ps(acc[c][i], v);
+      }
+    }
+  }
+  for (int c = 0; c < 4; ++c)
+    if (used<TT, SS>(c))
+      for (int i = 0; i < kTileTokens; ++i) _mm512_storeu_ps(p.y[c] + i * ldy, _mm512_load_ps(acc[c][i]));
+}
+
+// Rows [r0, r1) (r0 a multiple of 8, as matmul_batch's blocks of rows are): whole strips of 16
+// interleaved rows on the tiles, the rest (a last group of 8, rows after the last group, matrices
+// as rows) and calls of few tokens on the VNNI lane. Tokens go 16 at a time; the last tile ends at
+// the last token and recomputes the tokens it shares with the one before (the same operations:
+// the same values written again).
+template <class Tiles>
+void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, int tokens, float* y, int64_t r0, int64_t r1) {
+  int64_t strip_end = r0;
+  if (m.layout == Layout::Interleaved8 && tokens >= kAmxMinTokens)
+    strip_end = r0 + std::max<int64_t>(0, std::min(r1, m.rows / 8 * 8) - r0) / kStripRows * kStripRows;
+  if (strip_end > r0) {
+    const int64_t blocks = m.cols / 32, strips = (strip_end - r0) / kStripRows;
+    const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
+    const auto* rows = static_cast<const uint8_t*>(m.data) + size_t(r0) * row_bytes;
+    const auto group = [&](int64_t s, int h) { return rows + size_t(kStripRows * s + 8 * h) * row_bytes; };
+    // Two token tiles times two strips at a time, or one where no second is left; the last token
+    // tile ends at the last token. `tiles` is called with (TT, SS) as std::integral_constants.
+    const auto each_tile = [&](const auto& tiles) {
+      for (int t0 = 0; t0 < tokens; t0 += 2 * kTileTokens)
+        for (int64_t s0 = 0; s0 < strips; s0 += 2) {
+          const bool two_t = t0 + kTileTokens < tokens, two_s = s0 + 1 < strips;
+          const int t[2] = {std::min(t0, tokens - kTileTokens), std::min(t0 + kTileTokens, tokens - kTileTokens)};
+          const int64_t s[2] = {s0, two_s ? s0 + 1 : s0};
+          TilePair p{};
+          for (int c = 0; c < 4; ++c) p.y[c] = y + int64_t(t[c / 2]) * m.rows + r0 + kStripRows * s[c % 2];
+          for (int k = 0; k < 2; ++k) p.x[k] = x + int64_t(t[k]) * blocks;
+          using One = std::integral_constant<int, 1>;
+          using Two = std::integral_constant<int, 2>;
+          if (two_t && two_s) tiles(Two{}, Two{}, s, p);
+          else if (two_t) tiles(Two{}, One{}, s, p);
+          else if (two_s) tiles(One{}, Two{}, s, p);
+          else tiles(One{}, One{}, s, p);
+        }
+    };
+    Tiles::begin();
+    if (m.dtype == DType::Q8_0) {
+      thread_local std::vector<Q8Strip> packed;
+      packed.resize(size_t(strips * blocks));
+      for (int64_t s = 0; s < strips; ++s) pack_q8_0(group(s, 0), group(s, 1), blocks, &packed[size_t(s * blocks)]);
+      each_tile([&](auto tt, auto ss, const int64_t* s, const TilePair& p) {
+        const Q8Strip* w[2] = {&packed[size_t(s[0] * blocks)], &packed[size_t(s[1] * blocks)]};
+        q8_0_tiles<Tiles, decltype(tt)::value, decltype(ss)::value>(w, p, blocks, m.rows);
+      });
+    } else {
+      thread_local std::vector<Q4Strip> packed;
+      const int64_t super_blocks = blocks / 8;
+      packed.resize(size_t(strips * super_blocks));
+      for (int64_t s = 0; s < strips; ++s)
+        pack_q4_k(group(s, 0), group(s, 1), super_blocks, &packed[size_t(s * super_blocks)]);
+      each_tile([&](auto tt, auto ss, const int64_t* s, const TilePair& p) {
+        const Q4Strip* w[2] = {&packed[size_t(s[0] * super_blocks)], &packed[size_t(s[1] * super_blocks)]};
+        q4_k_tiles<Tiles, decltype(tt)::value, decltype(ss)::value>(w, p, blocks, m.rows);
+      });
+    }
+    Tiles::end();
+  }
+  if (strip_end < r1) avx512_vnni_kernels().quant_matmul_rows(m, x, tokens, y, strip_end, r1);
+}
+
+KernelTable amx_table(void (*rows)(const Matrix&, const ActivationBlock*, int, float*, int64_t, int64_t)) {
+  KernelTable t = avx512_vnni_kernels();  // every other product is the VNNI table's
+  t.isa = Isa::Amx;
+  t.quant_matmul_rows = rows;
+  return t;
+}
+
+}  // namespace
+
+const KernelTable& amx_kernels() {
+  static const KernelTable table = amx_table(&quant_matmul_rows<AmxTiles>);
+  return table;
+}
+
+const KernelTable& amx_emulated_kernels() {
+  static const KernelTable table = amx_table(&quant_matmul_rows<EmulatedTiles>);
+  return table;
+}
+
+}  // namespace crossmoe::kernels
