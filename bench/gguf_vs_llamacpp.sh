@@ -3,15 +3,21 @@
 # count, each round runs llama-bench once and `crossmoe bench` once (prefill of P tokens, decode of
 # N; each program warms up with one untimed pass of its own), and the ratio crossmoe / llama.cpp
 # is taken per round, so that load and bandwidth drift on a shared machine hit both sides of a
-# ratio alike. The memory bandwidth is measured in the same round: `crossmoe bench` reads 512 MiB
-# through its kernels right after its decode, on the same thread count, and both programs' decode
-# is given as a share of it (tokens/s x bytes of weights per token / bandwidth).
+# ratio alike. Both decode at the same context: right after a prompt of P tokens (crossmoe bench
+# decodes after its timed prefill; llama-bench's decode test runs at depth P, -d, whose prompt is
+# not timed). crossmoe's KV cache is f32, llama.cpp's f16 (llama-bench has no f32 cache type), so
+# at the same context llama.cpp reads half the KV bytes. The memory bandwidth is measured in the
+# same round: `crossmoe bench` reads 512 MiB (allocated once, huge pages) with the same thread
+# count right after its decode, best of 3 passes, and both programs' decode is given as a share of
+# it: tokens/s x bytes per token / bandwidth, the bytes being the weights a token reads plus the
+# KV cache at the decode's mean context, in each program's own KV dtype.
 # BASELINE=path/to/an/older/crossmoe adds a third program to every round (before/after ratios).
 #
 # The models are random, made by crossmoe's own tools in DIR when missing (dense: hidden 2048,
-# FFN 5632, 4 layers, vocabulary 32000, 623 MB in bf16; MoE: hidden 1024, 8 layers of 32 experts
-# of width 704, top-4, vocabulary 32000, 1.28 GB in bf16), in bf16, Q8_0 and Q4_K, all several
-# times a 32 MiB L3 (check lscpu on machines with more).
+# FFN 5632, DENSE_LAYERS=10 layers, vocabulary 32000, 1.16 GB in bf16 (4 layers, the earlier
+# rounds' model: 623 MB); MoE: hidden 1024, 8 layers of 32 experts of width 704, top-4,
+# vocabulary 32000, 1.28 GB in bf16), in bf16, Q8_0 and Q4_K, all several times a 32 MiB L3
+# (check lscpu on machines with more).
 # llama.cpp is built from a local copy of its source given by path (never part of this
 # repository), e.g. the one npm node-llama-cpp ships:
 #   git clone node_modules/node-llama-cpp/llama/gitRelease.bundle llama.cpp
@@ -29,7 +35,7 @@ crossmoe=./build/crossmoe
 files=("$@")
 if [ ${#files[@]} -eq 0 ]; then
   mkdir -p "$dir"
-  [ -d "$dir/dense" ] || $crossmoe init "$dir/dense" --layout dense --vocab 32000 --hidden 2048 --layers 4 \
+  [ -d "$dir/dense" ] || $crossmoe init "$dir/dense" --layout dense --vocab 32000 --hidden 2048 --layers "${DENSE_LAYERS:-10}" \
     --heads 16 --kv-heads 4 --head-dim 128 --intermediate 5632
   [ -d "$dir/moe" ] || $crossmoe init "$dir/moe" --layout moe --vocab 32000 --hidden 1024 --layers 8 --heads 8 \
     --kv-heads 2 --head-dim 128 --experts 32 --expert-size 704 --top-k 4
@@ -46,17 +52,22 @@ if [ ${#files[@]} -eq 0 ]; then
 fi
 lscpu | grep -E 'Model name|L3'
 uptime  # the load of other users' processes on this shared machine
-crossmoe_run() {  # binary file threads -> "prefill decode bandwidth_bytes_per_s bytes_per_token"
+crossmoe_run() {  # binary file threads -> "prefill decode bandwidth_bytes_per_s weight_bytes kv_bytes" per token
   "$1" bench "$2" --prompt-tokens "$P" --gen-tokens "$N" --runs 1 --threads "$3" --json 2>/dev/null |
     python3 -c 'import json,sys; r=json.loads(sys.stdin.readline())
-print(r["prefill_tok_s"]["median"], r["decode_tok_s"]["median"], r["read_bandwidth_gb_s"]["median"] * 1e9, r["bytes_per_token"])'
+print(r["prefill_tok_s"]["median"], r["decode_tok_s"]["median"], r["read_bandwidth_gb_s"]["median"] * 1e9,
+      r.get("weight_bytes_per_token", r["bytes_per_token"]), r.get("kv_bytes_per_token", 0))'
 }
 for file in "${files[@]}"; do
   for t in $threads; do
     for ((r = 1; r <= rounds; ++r)); do
-      # flash attention off: on the CPU it rounds through f16; crossmoe attends in f32.
-      llama=$("$llama_build"/bin/llama-bench -m "$file" -p "$P" -n "$N" -t "$t" -r 1 -fa 0 -o json 2>/dev/null |
-        python3 -c 'import json,sys; r=json.load(sys.stdin); print(*[x["avg_ts"] for x in r])')
+      # flash attention off: on the CPU it rounds through f16; crossmoe attends in f32. Prefill from
+      # an empty context, then decode at depth P, as crossmoe bench does them.
+      llama=$(for test in "-p $P -n 0" "-p 0 -n $N -d $P"; do
+        # shellcheck disable=SC2086
+        "$llama_build"/bin/llama-bench -m "$file" $test -t "$t" -r 1 -fa 0 -o json 2>/dev/null |
+          python3 -c 'import json,sys; r=json.load(sys.stdin); print(r[0]["avg_ts"])'
+      done | paste -sd' ')
       ours=$(crossmoe_run "$crossmoe" "$file" "$t")
       before=-
       [ -z "$baseline" ] || before=$(crossmoe_run "$baseline" "$file" "$t" | cut -d' ' -f1,2 --output-delimiter=,)
@@ -68,9 +79,11 @@ done | python3 -c '
 import sys, statistics
 rows = {}
 for line in sys.stdin:
-    f, t, lp, ld, cp, cd, bw, bpt, before = line.split()
+    f, t, lp, ld, cp, cd, bw, wb, kv, before = line.split()
     b = [float(v) for v in before.split(",")] if before != "-" else None
-    rows.setdefault((f, t), []).append((float(lp), float(ld), float(cp), float(cd), float(bw), float(bpt), b))
+    # bytes per token of crossmoe (f32 KV cache) and of llama.cpp (f16 KV cache: half the KV bytes)
+    bytes_ours, bytes_llama = float(wb) + float(kv), float(wb) + float(kv) / 2
+    rows.setdefault((f, t), []).append((float(lp), float(ld), float(cp), float(cd), float(bw), bytes_ours, b, bytes_llama))
 with_before = any(x[6] for rs in rows.values() for x in rs)
 head = ("| file | threads | llama.cpp prefill tok/s | crossmoe prefill tok/s | ratio | llama.cpp decode tok/s "
         "| crossmoe decode tok/s | ratio | bandwidth GB/s | crossmoe decode / bandwidth | llama.cpp decode / bandwidth |")
@@ -82,7 +95,7 @@ for (f, t), rs in rows.items():
     per = lambda fn: statistics.median(fn(x) for x in rs)
     line = (f"| {f} | {t} | {med(0):.1f} | {med(2):.1f} | {per(lambda x: x[2] / x[0]):.2f} | {med(1):.2f} | {med(3):.2f} "
             f"| {per(lambda x: x[3] / x[1]):.2f} | {med(4) / 1e9:.1f} | {100 * per(lambda x: x[3] * x[5] / x[4]):.0f}% "
-            f"| {100 * per(lambda x: x[1] * x[5] / x[4]):.0f}% |")
+            f"| {100 * per(lambda x: x[1] * x[7] / x[4]):.0f}% |")
     if with_before:
         line += (f" {per(lambda x: x[6][0] / x[0]):.2f} | {per(lambda x: x[6][1] / x[1]):.2f} "
                  f"| {per(lambda x: x[2] / x[6][0]):.2f} | {per(lambda x: x[3] / x[6][1]):.2f} |")

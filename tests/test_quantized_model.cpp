@@ -105,6 +105,61 @@ TEST(QuantizedModel, MatricesBindAsStoredAndNormsStayAsTheyWere) {
   EXPECT_TRUE(fs::exists(models().quantized(QuantScheme::Q4_K) / "generation_config.json"));
 }
 
+// What bench holds decode against, counted independently from the files: every matrix of the
+// safetensors header (its data_offsets' extent, so the stored bytes of Q8_0 / Q4_K blocks too)
+// except the embedding table, of which a token reads one row, and the routed experts, of which
+// each MoE layer reads top_k (all experts of a model have one shape and dtype: the mean expert);
+// vectors (norms, biases) are left out as the model leaves them out. The KV cache from
+// config.json's fields: f32 keys and values per layer and kv head for each position attended to.
+TEST(QuantizedModel, BytesPerTokenMatchTheFilesTensorSizes) {
+  const auto header_of = [](const fs::path& file) {
+    std::ifstream in(file, std::ios::binary);
+    uint64_t len = 0;
+    in.read(reinterpret_cast<char*>(&len), 8);
+    std::string header(len, '\0');
+    in.read(header.data(), std::streamsize(len));
+    return nlohmann::json::parse(header);
+  };
+  for (const fs::path& dir : {models().original, models().dense, models().quantized(QuantScheme::Q8_0),
+                              models().quantized(QuantScheme::Q4_K), models().quantized(QuantScheme::Mixed),
+                              models().quantized(QuantScheme::Q4_K, models().dense)}) {
+    const Model model(dir);
+    const nlohmann::json config = read_json_file(dir / "config.json");
+    double others = 0, experts = 0, embed = 0;
+    int expert_matrices = 0;
+    bool lm_head = false;
+    const nlohmann::json header = header_of(dir / "model.safetensors");
+    for (const auto& [name, t] : header.items()) {
+      if (name == "__metadata__" || t.at("shape").size() < 2) continue;
+      const double bytes = double(t.at("data_offsets")[1].get<uint64_t>() - t.at("data_offsets")[0].get<uint64_t>());
+      if (name.find("embed_tokens") != std::string::npos) {
+        embed = bytes;
+      } else if (name.find(".experts.") != std::string::npos) {
+        experts += bytes;
+        ++expert_matrices;
+      } else {
+        lm_head = lm_head || name == "lm_head.weight";
+        others += bytes;
+      }
+    }
+    int moe_layers = 0;
+    for (const LayerPlan& plan : model.config().layers) moe_layers += plan.is_moe;
+    const int64_t vocab = config.at("vocab_size");
+    double expected = others + embed / double(vocab) + (lm_head ? 0.0 : embed);
+    if (expert_matrices > 0) expected += moe_layers * model.config().moe.top_k * experts / (expert_matrices / 3);
+    EXPECT_NEAR(model.weight_bytes_per_token(), expected, 1e-9 * expected) << dir;
+
+    const int64_t layers = config.at("num_hidden_layers"), kv_heads = config.at("num_key_value_heads");
+    const int64_t head_dim = config.contains("head_dim") ? config.at("head_dim").get<int64_t>()
+                                                         : config.at("hidden_size").get<int64_t>() /
+                                                               config.at("num_attention_heads").get<int64_t>();
+    const double kv_per_position = 2.0 * double(layers * kv_heads * head_dim) * sizeof(float);
+    EXPECT_EQ(model.kv_bytes_read(0), 0.0);
+    EXPECT_DOUBLE_EQ(model.kv_bytes_read(528.5), 528.5 * kv_per_position) << dir;
+    EXPECT_DOUBLE_EQ(model.bytes_per_token(100), model.weight_bytes_per_token() + 100 * kv_per_position) << dir;
+  }
+}
+
 double relative_rms_change(const std::vector<float>& ref, const std::vector<float>& got) {
   double ref_ss = 0, diff_ss = 0;
   for (size_t i = 0; i < ref.size(); ++i) {

@@ -441,6 +441,59 @@ TEST(TrainerExperts, SharedExpertStacksFollowTheOptimizerSteps) {
   }
 }
 
+// The routed experts are stored stacked: each pool's (or ReXMoE group's) experts of a projection are
+// slices of one tensor, which the batched products read without stacking them. A tensor replaced by
+// name (as a checkpoint's load does) is copied into a fresh stack and becomes a slice again, the
+// same tensor object, so that handles taken earlier (the optimizer's, the gradient reducer's) still
+// reach the stack. After each change the batched products equal the per-expert loop (which reads the
+// tensors by name), outputs and every gradient.
+TEST(TrainerExperts, StoredStacksFollowReplacedTensors) {
+  for (const char* name : {"moe", "megrez2", "rexmoe"}) {
+    SCOPED_TRACE(name);
+    ModelConfig c = small(name);
+    c.finalize();
+    torch::manual_seed(4);
+    const torch::Tensor tokens = torch::randint(0, c.vocab_size, {2, 9}, torch::kInt64);
+    TorchModel model(c, 5, torch::kCPU, torch::kDouble);
+    const std::vector<ExpertRef>& pool = c.layers.back().candidates;
+    const auto expert = [&](size_t i, Proj p) -> torch::Tensor& {
+      return model.tensor(tensor_names::expert(c, pool[i].owner_layer, pool[i].index, p));
+    };
+    EXPECT_TRUE(expert(0, Proj::Down).is_alias_of(expert(pool.size() - 1, Proj::Down))) << "not one stack";
+    ForwardOptions batched, loop;
+    batched.compute_dtype = loop.compute_dtype = torch::kDouble;
+    batched.grouped_experts = GroupedExperts::On;
+    loop.grouped_experts = GroupedExperts::Off;
+    const auto same = [&](const std::string& when) -> double {
+      const Pass a = forward_backward(model, tokens, loop);
+      for (const auto& n : model.trainable_names()) model.tensor(n).mutable_grad() = torch::Tensor();
+      const Pass b = forward_backward(model, tokens, batched);
+      for (const auto& n : model.trainable_names()) model.tensor(n).mutable_grad() = torch::Tensor();
+      EXPECT_NEAR(a.loss, b.loss, 1e-12) << when;
+      for (const auto& [n, g] : a.grads) {
+        const torch::Tensor want = g.defined() ? g : torch::zeros_like(model.tensor(n));
+        EXPECT_TRUE(b.grads.at(n).defined()) << when << ": " << n;
+        if (b.grads.at(n).defined())
+          EXPECT_LT((b.grads.at(n) - want).abs().max().item<double>(), 1e-12) << when << ": " << n;
+      }
+      return a.loss;
+    };
+    const double first = same("as made");
+    const torch::Tensor kept = expert(1, Proj::Gate);  // a handle, as the optimizer's, into the stack replaced below
+    expert(0, Proj::Gate) = expert(0, Proj::Gate).detach() * 3.0;  // replaced by name
+    expert(0, Proj::Gate).set_requires_grad(true);
+    const double replaced = same("one tensor replaced");
+    EXPECT_GT(std::abs(replaced - first), 1e-6) << "the replacement must change the loss";
+    EXPECT_TRUE(expert(0, Proj::Gate).is_alias_of(expert(1, Proj::Gate))) << "not back in a stack";
+    EXPECT_TRUE(kept.is_same(expert(1, Proj::Gate)));
+    {
+      torch::NoGradGuard no_grad;
+      kept.mul_(-2.0);  // an in-place update through the old handle reaches the products
+    }
+    EXPECT_GT(std::abs(same("updated through a handle") - replaced), 1e-6);
+  }
+}
+
 // Central differences in double precision against autograd, for router and expert weights (the
 // top-K choice is locally constant, so the loss is smooth where the check probes it).
 TEST(TrainerGradients, FiniteDifferencesMatchAutograd) {

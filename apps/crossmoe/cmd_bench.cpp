@@ -109,9 +109,13 @@ void run_bench(const BenchArgs& a) {
   session.forward(prompts[0]);
   // The machine's bandwidth drifts (shared hosts), so it is measured right after every decode
   // run and each run is held against its own measurement.
-  const double bytes = model.bytes_per_token();
+  // Decoded token i (from 0) sits at position prompt + i and attends to prompt + i + 1 positions:
+  // the KV cache it reads grows through the run, so the bytes per token count its mean.
+  const double decode_context = a.prompt_tokens + (a.gen_tokens + 1) / 2.0;
+  const double bytes = model.bytes_per_token(decode_context);
+  const double weight_bytes = model.weight_bytes_per_token(), kv_bytes = model.kv_bytes_read(decode_context);
   std::vector<double> prefill, decode, bandwidth, fraction;
-  uint64_t peak_rss = 0;  // of the model runs, without the bandwidth probe's buffer
+  uint64_t peak_rss = 0;  // of the model runs, without the bandwidth probe's buffer (kept between runs)
   for (int r = 0; r < a.runs; ++r) {
     session.reset();
     Stopwatch p;
@@ -125,7 +129,7 @@ void run_bench(const BenchArgs& a) {
     }
     decode.push_back(a.gen_tokens / d.seconds());
     if (cache) decode_cache += cache->stats() - before;
-    peak_rss = std::max(peak_rss, peak_resident_bytes());
+    peak_rss = std::max(peak_rss, peak_resident_bytes() - uint64_t(kernels::read_bandwidth_buffer_bytes()));
     bandwidth.push_back(kernels::measure_read_bandwidth(size_t(512) << 20, 3));
     reset_peak_resident();
     fraction.push_back(decode.back() * bytes / bandwidth.back());
@@ -149,10 +153,11 @@ void run_bench(const BenchArgs& a) {
         "{\"model\": \"%s\", \"isa\": \"%s\", \"prompt_tokens\": %d, \"gen_tokens\": %d, \"runs\": %d, "
         "\"prefill_tok_s\": {\"min\": %.2f, \"median\": %.2f, \"max\": %.2f}, "
         "\"decode_tok_s\": {\"min\": %.3f, \"median\": %.3f, \"max\": %.3f}, \"bytes_per_token\": %.0f, "
+        "\"weight_bytes_per_token\": %.0f, \"kv_bytes_per_token\": %.0f, \"decode_context\": %.1f, "
         "\"read_bandwidth_gb_s\": {\"min\": %.2f, \"median\": %.2f, \"max\": %.2f}, "
         "\"decode_fraction_of_limit\": {\"min\": %.3f, \"median\": %.3f, \"max\": %.3f}}\n",
         a.model.c_str(), kernels::isa_name(kernels::active_isa()).c_str(), a.prompt_tokens, a.gen_tokens, a.runs,
-        ps.min, ps.median, ps.max, ds.min, ds.median, ds.max, bytes, bw.min / 1e9, bw.median / 1e9, bw.max / 1e9,
+        ps.min, ps.median, ps.max, ds.min, ds.median, ds.max, bytes, weight_bytes, kv_bytes, decode_context, bw.min / 1e9, bw.median / 1e9, bw.max / 1e9,
         fr.min, fr.median, fr.max);
     if (cache) {
       const ExpertCacheStats& e = decode_cache;
@@ -184,7 +189,9 @@ void run_bench(const BenchArgs& a) {
               ps.median, ps.max);
   std::printf("decode           %d tokens: min %.2f  median %.2f  max %.2f tokens/s\n", a.gen_tokens, ds.min,
               ds.median, ds.max);
-  std::printf("weights / token  %.1f MB read per decoded token\n", bytes / 1e6);
+  std::printf("bytes / token    %.1f MB read per decoded token: %.1f MB of weights, %.1f MB of KV cache at a mean "
+              "context of %.1f positions\n",
+              bytes / 1e6, weight_bytes / 1e6, kv_bytes / 1e6, decode_context);
   std::printf("read bandwidth   min %.2f  median %.2f  max %.2f GB/s (measured after each run)\n", bw.min / 1e9,
               bw.median / 1e9, bw.max / 1e9);
   std::printf("decode / limit   min %.1f%%  median %.1f%%  max %.1f%%  (tokens/s x bytes/token / bandwidth, per run)\n",

@@ -45,10 +45,12 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
     const __m512i sign_bit = _mm512_set1_epi8(char(0x80));
     for (int64_t b = 0; b < blocks; ++b, g += 8 * 34) {
-      // One token reads each group once from memory: every line of the block 8 blocks ahead is
-      // asked for, as in QuantLaneAvx2::q8_0_x8.
+      // One token reads each group once from memory: every line of the block 32 blocks (8.5 KiB)
+      // ahead is asked for. 8 blocks ahead, as QuantLaneAvx2::q8_0_x8 asks, streamed a large
+      // matrix 1.02-1.30x slower (median 1.12x) in a one-thread scratch loop that took turns
+      // between distances (docs/benchmarks.md, sixth round).
       if constexpr (T == 1)
-        for (int line = 0; line < 8 * 34; line += 64) __builtin_prefetch(g + 8 * (8 * 34) + line);
+        for (int line = 0; line < 8 * 34; line += 64) __builtin_prefetch(g + 32 * (8 * 34) + line);
       const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
       __m512i sums[T];
       for (int t = 0; t < T; ++t) sums[t] = _mm512_setzero_si512();

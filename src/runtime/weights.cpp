@@ -4,6 +4,7 @@
 
 #include "model/hf_config.hpp"
 #include "runtime/expert_cache.hpp"
+#include "runtime/kv_pool.hpp"
 #include "model/tensor_names.hpp"
 #include "util/error.hpp"
 
@@ -157,7 +158,7 @@ void Model::load(WeightResidency residency) {
 
 Model::~Model() = default;
 
-double Model::bytes_per_token() const {
+double Model::weight_bytes_per_token() const {
   const auto bytes = [](const kernels::Matrix& m) { return double(m.rows) * double(dtype_row_bytes(m.dtype, m.cols)); };
   const ModelWeights& w = weights_;
   double total = bytes(w.lm_head) + bytes(w.embed) / double(w.embed.rows);  // one embedding row
@@ -174,5 +175,7 @@ double Model::bytes_per_token() const {
   }
   return total;
 }
+
+double Model::kv_bytes_read(double context) const { return context * double(KvPool::bytes_per_block(config_, 1)); }
 
 }  // namespace crossmoe

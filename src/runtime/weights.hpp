@@ -62,10 +62,18 @@ class Model {
   const ModelWeights& weights() const { return weights_; }
   const Checkpoint& checkpoint() const { return checkpoint_; }
   const std::filesystem::path& dir() const { return dir_; }
+  // Bytes one decoded token reads: its weights (weight_bytes_per_token) and the keys and values
+  // of the `context` positions it attends to (kv_bytes_read), its own included: a token decoded
+  // after a prompt of P tokens attends to P + 1.
+  double bytes_per_token(double context = 0) const { return weight_bytes_per_token() + kv_bytes_read(context); }
   // Bytes of weights one decoded token reads: attention, the dense FFN or K experts plus router
   // and shared experts, the LM head, and one row of the embedding table. Vectors (norms,
   // biases) are left out: they are tiny and read from cache.
-  double bytes_per_token() const;
+  double weight_bytes_per_token() const;
+  // Bytes of the KV cache (f32 keys and values of every layer and kv head) that attention over
+  // `context` positions reads: the query heads of a group read their kv head's block while it
+  // is in cache, so each position's keys and values count once.
+  double kv_bytes_read(double context) const;
   // The routed experts' cache under a memory budget; null when they are all in memory.
   ExpertCache* expert_cache() const { return expert_cache_.get(); }
 

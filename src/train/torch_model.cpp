@@ -3,6 +3,7 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <map>
 #include <mutex>
@@ -91,11 +92,127 @@ std::pair<torch::Tensor, torch::Tensor> rope_tables(const torch::Tensor& cos, co
   return {torch::cat({cos, cos}, -1), torch::cat({-sin, sin}, -1)};
 }
 
+// A stack of expert weights [experts, out, in] in the compute type, as a function of the per-expert
+// tensors that are its slices (TorchModel::ExpertStorage): the forward pass reads the stack itself
+// (converted once, or as it is in its own type), the backward pass converts the stack's gradient once
+// and hands each expert its slice. The same values and gradients as stacking the experts, without the
+// stacking copy.
+struct UseExpertStack : torch::autograd::Function<UseExpertStack> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& stack, at::TensorList experts,
+                               torch::ScalarType compute) {
+    ctx->saved_data["type"] = stack.scalar_type();
+    ctx->saved_data["experts"] = int64_t(experts.size());
+    return stack.to(compute);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const int64_t n = ctx->saved_data["experts"].toInt();
+    torch::autograd::variable_list out(size_t(n + 2));  // the stack, each expert, the compute type
+    if (!grads[0].defined()) return out;
+    const torch::Tensor g =
+        grads[0].to(ctx->saved_data["type"].toScalarType(), false, false, c10::MemoryFormat::Contiguous);
+    for (int64_t i = 0; i < n; ++i) out[size_t(i + 1)] = g[i];
+    return out;
+  }
+};
+
+// Rows of x picked by `index` (x.index_select(0, index)), each row of x picked `per_row` times, at
+// output rows back[r * per_row], ..., back[r * per_row + per_row - 1]: the gradient of x's row r is
+// the sum of those rows of the output's gradient, gathered and summed in that order instead of
+// scattered with an index_add (atomic adds on CUDA: float32, and not repeatable).
+struct GatherRows : torch::autograd::Function<GatherRows> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& index,
+                               const torch::Tensor& back, int64_t per_row) {
+    ctx->saved_data["back"] = back;
+    ctx->saved_data["per_row"] = per_row;
+    ctx->saved_data["rows"] = x.size(0);
+    return x.index_select(0, index);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    torch::autograd::variable_list out(4);  // x, index, back, per_row
+    if (!grads[0].defined()) return out;
+    const int64_t per_row = ctx->saved_data["per_row"].toInt();
+    const torch::Tensor picked = grads[0].index_select(0, ctx->saved_data["back"].toTensor());
+    out[0] = per_row == 1 ? picked : picked.view({ctx->saved_data["rows"].toInt(), per_row, -1}).sum(1);
+    return out;
+  }
+};
+
 }  // namespace
 
+struct TorchModel::ExpertStorage {
+  struct List {
+    std::vector<ExpertRef> experts;
+    std::array<std::vector<std::string>, 3> names;  // by Proj: each expert's tensor name
+    // By Proj: the experts this model holds (all, or an expert-parallel rank's share), in list order,
+    // the tensors that are their slices of the stack, and the stack (undefined when it holds none).
+    std::array<std::vector<ExpertRef>, 3> held;
+    std::array<std::vector<torch::Tensor>, 3> members;
+    std::array<torch::Tensor, 3> stack;
+  };
+  std::vector<List> lists;  // one per distinct candidate list of the model's MoE layers
+  std::mutex mutex;
+};
+
 TorchModel::TorchModel(const ModelConfig& config, torch::Device device)
-    : config_(config), device_(device), rope_(config.rope, config.head_dim, config.max_position_embeddings) {
+    : config_(config),
+      device_(device),
+      rope_(config.rope, config.head_dim, config.max_position_embeddings),
+      expert_storage_(std::make_shared<ExpertStorage>()) {
   require(!config_.layers.empty(), "trainer: the model description is not finalized");
+  for (const LayerPlan& plan : config_.layers) {
+    if (plan.candidates.empty()) continue;
+    std::vector<ExpertStorage::List>& lists = expert_storage_->lists;
+    if (std::any_of(lists.begin(), lists.end(), [&](const auto& list) { return list.experts == plan.candidates; }))
+      continue;
+    ExpertStorage::List& list = lists.emplace_back();
+    list.experts = plan.candidates;
+    for (const Proj proj : {Proj::Gate, Proj::Up, Proj::Down})
+      for (const ExpertRef& e : plan.candidates)
+        list.names[size_t(proj)].push_back(tn::expert(config_, e.owner_layer, e.index, proj));
+  }
+}
+
+void TorchModel::bind_expert_storage() const {
+  ExpertStorage& storage = *expert_storage_;
+  const std::lock_guard lock(storage.mutex);
+  for (ExpertStorage::List& list : storage.lists)
+    for (size_t p = 0; p < 3; ++p) {
+      torch::Tensor& stack = list.stack[p];
+      std::vector<torch::Tensor>& members = list.members[p];
+      std::vector<torch::Tensor> now;
+      std::vector<ExpertRef> held;
+      for (size_t i = 0; i < list.names[p].size(); ++i) {
+        const auto it = tensors_.find(list.names[p][i]);
+        if (it == tensors_.end()) continue;  // another expert-parallel rank's
+        now.push_back(it->second);
+        held.push_back(list.experts[i]);
+      }
+      list.held[p] = held;
+      if (now.empty()) {
+        stack = torch::Tensor();
+        members.clear();
+        continue;
+      }
+      bool bound = stack.defined() && members.size() == now.size();
+      for (size_t i = 0; bound && i < now.size(); ++i) {
+        const torch::Tensor& t = now[i];
+        bound = t.unsafeGetTensorImpl() == members[i].unsafeGetTensorImpl() && t.is_alias_of(stack) &&
+                t.storage_offset() == stack.storage_offset() + int64_t(i) * stack.stride(0) &&
+                t.sizes() == stack.sizes().slice(1) && t.strides() == stack.strides().slice(1);
+      }
+      if (bound) continue;
+      torch::NoGradGuard no_grad;
+      std::vector<torch::Tensor> values;
+      for (const torch::Tensor& t : now) values.push_back(t.detach());
+      stack = torch::stack(values);
+      for (size_t i = 0; i < now.size(); ++i) {
+        const torch::Tensor slice = stack[int64_t(i)];
+        now[i].set_(stack.storage(), slice.storage_offset(), slice.sizes(), slice.strides());
+      }
+      members = now;
+    }
 }
 
 TorchModel::TorchModel(const ModelConfig& config, uint64_t seed, torch::Device device, torch::ScalarType dtype)
@@ -116,6 +233,7 @@ TorchModel::TorchModel(const ModelConfig& config, uint64_t seed, torch::Device d
     }
     tensors_[spec.name] = t.to(device, dtype);
   }
+  bind_expert_storage();
 }
 
 TorchModel TorchModel::load(const std::filesystem::path& model_dir, torch::Device device, torch::ScalarType dtype) {
@@ -126,6 +244,7 @@ TorchModel TorchModel::load(const std::filesystem::path& model_dir, torch::Devic
     torch::Tensor t = torch::from_blob(const_cast<std::byte*>(v.data), v.shape, torch::TensorOptions().dtype(torch_type(v.dtype)));
     model.tensors_[spec.name] = t.to(device, dtype, false, true);
   }
+  model.bind_expert_storage();
   return model;
 }
 
@@ -287,6 +406,7 @@ ForwardResult TorchModel::run(const torch::Tensor& tokens, const torch::Tensor& 
   // without the conversion's kernel and its gradient's.
   const auto reduce = [&](const torch::Tensor& t) { return tp.ranks > 1 ? tp.reduce(t.to(acc)) : t; };
   const auto [rope_cos, rope_sin] = rope_tables(cos_t, sin_t);
+  bind_expert_storage();
   ExpertStacks stacks;
   const bool fused = options.fused_kernels;
   torch::Tensor x = w(tn::embed()).index_select(0, tokens.reshape(-1)).view({B, T, c.hidden_size}).to(acc);
@@ -503,14 +623,19 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
     require(grouped_mm || options.grouped_experts != GroupedExperts::GroupedMM,
             "trainer: grouped expert products need libtorch 2.8 or later on CUDA, bf16, one expert-parallel rank, "
             "no capacity factor, and widths that are multiples of 8");
+    // With every (token, candidate) pair kept, sorted row p is pair order[p] and pair i sits at row
+    // position[i]: the experts' input rows are gathered from the tokens, and each token gathers its K
+    // outputs back and sums them weighted (float32: the product promotes), gradients gathered too
+    // (GatherRows). No scatter-add either way.
+    // (index_put_ rather than scatter_: it has a deterministic mode in every libtorch.)
+    const torch::Tensor position = torch::empty_like(order).index_put_({order}, torch::arange(N * K, order.options()));
+    const auto dispatch = [&] { return GatherRows::apply(u_split, torch::div(order, K, "floor"), position, K); };
+    const auto combine = [&](const torch::Tensor& y) {
+      return (GatherRows::apply(y, position, order, 1).view({N, K, -1}) * weight_split.unsqueeze(-1)).sum(1);
+    };
     if (grouped_mm) {
-      // Every (token, candidate) pair is kept, so the rows and their ends follow from `counts` on the
-      // device: nothing waits for the host.
-      const torch::Tensor token_of = torch::div(order, K, "floor");
-      const torch::Tensor y = run_experts_grouped_mm(u_split.index_select(0, token_of), counts.cumsum(0).to(torch::kInt32),
-                                                     plan.candidates, cd, stacks);
-      const torch::Tensor row_weight = weight_split.reshape(-1).index_select(0, order).unsqueeze(1);
-      out = out.index_add(0, token_of, y * row_weight);  // promoted to float32 by the product
+      // The rows' ends follow from `counts` on the device: nothing waits for the host.
+      out = out + combine(run_experts_grouped_mm(dispatch(), counts.cumsum(0).to(torch::kInt32), plan.candidates, cd, stacks));
     } else {
       const torch::Tensor counts_cpu = counts.cpu();
       const int64_t* count = counts_cpu.data_ptr<int64_t>();
@@ -527,10 +652,10 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
         for (int64_t r = 0; r < n; ++r) keep.push_back(begin + r);
         begin += count[cand];
       }
+      // Dropped pairs have no row: their tokens' outputs are scattered back instead.
       const torch::Tensor kept_order = dropped ? order.index_select(0, torch::tensor(keep, order.options())) : order;
-      const torch::Tensor token_of = torch::div(kept_order, K, "floor");
-      const torch::Tensor rows = u_split.index_select(0, token_of);
-      const torch::Tensor row_weight = weight_split.reshape(-1).index_select(0, kept_order).unsqueeze(1);
+      const torch::Tensor token_of = dropped ? torch::div(kept_order, K, "floor") : torch::Tensor();
+      const torch::Tensor rows = dropped ? u_split.index_select(0, token_of) : dispatch();
       torch::Tensor y;
       if (ep.ranks > 1) {
         y = run_experts_across_ranks(l, rows, kept, options, stacks);
@@ -541,7 +666,12 @@ torch::Tensor TorchModel::moe(int l, const torch::Tensor& u, const torch::Tensor
         for (const int64_t cand : by_rank) sorted_counts.push_back(kept[size_t(cand)]);
         y = run_experts(rows, sorted_counts, experts, options, stacks);
       }
-      out = out.index_add(0, token_of, y * row_weight);  // promoted to float32 by the product
+      if (dropped) {
+        const torch::Tensor row_weight = weight_split.reshape(-1).index_select(0, kept_order).unsqueeze(1);
+        out = out.index_add(0, token_of, y * row_weight);  // promoted to float32 by the product
+      } else {
+        out = out + combine(y);
+      }
     }
   }
   if (split) out = tp.reduce(out);
@@ -606,12 +736,14 @@ torch::Tensor TorchModel::stacked_experts(const std::vector<ExpertRef>& experts,
   std::vector<std::pair<int, int>> key;
   for (const ExpertRef& e : experts) key.emplace_back(e.owner_layer, e.index);
   torch::Tensor& made = stacks.made[{std::move(key), proj}];
-  if (!made.defined()) {
-    std::vector<torch::Tensor> ws;
-    for (const ExpertRef& e : experts) ws.push_back(w(tn::expert(config_, e.owner_layer, e.index, proj)));
-    made = torch::stack(ws).to(compute);
-  }
-  return made;
+  if (made.defined()) return made;
+  for (const ExpertStorage::List& list : expert_storage_->lists)
+    if (list.held[size_t(proj)] == experts && list.stack[size_t(proj)].defined())
+      return made = UseExpertStack::apply(list.stack[size_t(proj)], at::TensorList(list.members[size_t(proj)]), compute);
+  // Another order (not one the model routes over): stacked for this pass.
+  std::vector<torch::Tensor> ws;
+  for (const ExpertRef& e : experts) ws.push_back(w(tn::expert(config_, e.owner_layer, e.index, proj)));
+  return made = torch::stack(ws).to(compute);
 }
 
 torch::Tensor TorchModel::run_experts_grouped_mm(const torch::Tensor& rows, const torch::Tensor& ends,
@@ -797,14 +929,17 @@ void TorchModel::keep_tensor_parallel_slices(int rank, int ranks) {
     const auto t = tensors_.find(name);
     if (t != tensors_.end()) t->second = tensor_parallel_slice(t->second, dim, rank, ranks);  // absent: another rank's expert
   }
+  bind_expert_storage();  // the whole stacks go now, not at the next pass
 }
 
 void TorchModel::drop_tensors(const std::vector<std::string>& names) {
   for (const std::string& name : names) tensors_.erase(name);
+  bind_expert_storage();  // the kept experts in a stack of their own: the whole one goes
 }
 
 void TorchModel::add_tensors(const std::map<std::string, torch::Tensor>& tensors) {
   for (const auto& [name, t] : tensors) tensors_[name] = t;
+  bind_expert_storage();
 }
 
 void TorchModel::update_router_biases(const std::vector<torch::Tensor>& expert_load,

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -174,6 +175,9 @@ class TorchModel {
 
   // Trainable tensors (everything but the routers' correction biases), in name order.
   std::vector<std::string> trainable_names() const;
+  // A tensor by its Hugging Face name. A routed expert's projection is a view into its pool's stack
+  // (see ExpertStorage): assigning another tensor here is allowed, and the next forward pass copies
+  // it into a fresh stack and makes it a view again (the same tensor object, so handles stay valid).
   torch::Tensor& tensor(const std::string& name) { return tensors_.at(name); }
   const std::map<std::string, torch::Tensor>& tensors() const { return tensors_; }
   // Expert parallelism: forget the tensors other ranks hold (other_ranks_experts), and take them
@@ -194,9 +198,22 @@ class TorchModel {
  private:
   TorchModel(const ModelConfig& config, torch::Device device);
   struct CachedStep;  // where forward_cached's new tokens go and what they may attend to
-  // Each set of experts' stacked weights in the compute type, made once per forward pass (run) and
-  // shared by every layer that routes over the same experts: a Megrez2 group's r layers share one
-  // pool, a ReXMoE group's routers the same r pools, and all of a layer's uses share its stacks.
+  // The routed experts' weights, stored stacked: for each distinct candidate list (a layer's pool, a
+  // Megrez2 group's shared pool, a ReXMoE group's r pools) and projection, one [candidates, out, in]
+  // tensor, whose slices the per-expert tensors of tensors_ are (set_ onto its storage). The grouped
+  // and padded products read the stack as it is, with no stacking copy in each forward pass; the
+  // gradient reaches the per-expert tensors, which the optimizer, checkpoints, the export and the
+  // parallel layouts keep handling by name.
+  struct ExpertStorage;
+  // Makes every stack current: a list whose held experts (all, or under expert parallelism this
+  // rank's share) are not all views of its stack (a tensor replaced by a checkpoint's load, sliced by
+  // tensor parallelism, dropped or taken back by expert parallelism) gets a fresh stack of the held
+  // ones, holding their values; the old stack's memory goes with the last view of it.
+  void bind_expert_storage() const;
+  // Each set of experts' stacked weights in the compute type, taken once per forward pass (run) from
+  // its ExpertStorage stack and shared by every layer that routes over the same experts: a Megrez2
+  // group's r layers share one pool, a ReXMoE group's routers the same r pools, and all of a layer's
+  // uses share its stacks.
   struct ExpertStacks;
   ForwardResult run(const torch::Tensor& tokens, const torch::Tensor& cos, const torch::Tensor& sin,
                     const ForwardOptions& options, CachedStep* step) const;
@@ -221,8 +238,9 @@ class TorchModel {
   torch::Tensor run_experts_grouped_mm(const torch::Tensor& rows, const torch::Tensor& ends,
                                        const std::vector<ExpertRef>& experts, torch::ScalarType compute,
                                        ExpertStacks& stacks) const;
-  // One projection of every expert in `experts`, stacked: [experts, out, in], compute type; made on
-  // the first call of a forward pass, the same tensor after that.
+  // One projection of every expert in `experts`, stacked: [experts, out, in], compute type; taken on
+  // the first call of a forward pass (from the stored stack: no copy in its own type, one conversion
+  // to another), the same tensor after that.
   torch::Tensor stacked_experts(const std::vector<ExpertRef>& experts, Proj proj, torch::ScalarType compute,
                                 ExpertStacks& stacks) const;
   const torch::Tensor& w(const std::string& name) const { return tensors_.at(name); }
@@ -231,6 +249,7 @@ class TorchModel {
   torch::Device device_;
   std::map<std::string, torch::Tensor> tensors_;
   RopeTable rope_;
+  std::shared_ptr<ExpertStorage> expert_storage_;  // shared: a copied model shares its tensors too
 };
 
 // Writes name -> tensor maps as safetensors (float32, or converted to dtype); reads them back.
