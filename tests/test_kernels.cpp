@@ -254,6 +254,38 @@ TEST(Kernels, DotAndAxpyHandleTails) {
   }
 }
 
+// Against double sums, and the split property attention relies on: a block of positions
+// taken in two calls gives the same bits as in one (values: one chain per lane, in order).
+TEST(Kernels, AttentionScoresAndValuesMatchDoubleSumsAndSplitAnywhere) {
+  for (Isa isa : supported()) {
+    IsaGuard guard(isa);
+    for (int hd : {8, 40, 64, 72, 128})
+      for (int n : {1, 5, 16}) {
+        std::vector<float> q(hd), kv(size_t(n) * hd), v(size_t(n) * hd), p(n), scores(n);
+        for (int i = 0; i < hd; ++i) q[i] = std::sin(0.3f * i + 0.1f);
+        for (size_t i = 0; i < kv.size(); ++i) kv[i] = std::cos(0.7f * i), v[i] = std::sin(1.3f * i) - 0.2f;
+        for (int j = 0; j < n; ++j) p[j] = 1.0f / (j + 2);
+        attention_scores(q.data(), kv.data(), n, hd, scores.data());
+        std::vector<float> out(hd, 0.5f), split(hd, 0.5f);
+        attention_values(p.data(), v.data(), n, hd, out.data());
+        const int half = n / 2;
+        attention_values(p.data(), v.data(), half, hd, split.data());
+        attention_values(p.data() + half, v.data() + size_t(half) * hd, n - half, hd, split.data());
+        for (int j = 0; j < n; ++j) {
+          double ref = 0;
+          for (int i = 0; i < hd; ++i) ref += double(q[i]) * kv[size_t(j) * hd + i];
+          EXPECT_NEAR(scores[j], ref, 1e-5 * hd) << isa_name(isa) << " hd " << hd << " position " << j;
+        }
+        for (int i = 0; i < hd; ++i) {
+          double ref = 0.5;
+          for (int j = 0; j < n; ++j) ref += double(p[j]) * v[size_t(j) * hd + i];
+          EXPECT_NEAR(out[i], ref, 1e-5 * n) << isa_name(isa) << " hd " << hd << " dim " << i;
+          EXPECT_EQ(out[i], split[i]) << isa_name(isa) << " hd " << hd << " dim " << i;
+        }
+      }
+  }
+}
+
 TEST(Kernels, HalfPrecisionConversionsAreExact) {
   EXPECT_EQ(f32_to_bf16(1.0f), 0x3f80);
   EXPECT_EQ(bf16_to_f32(0xc000), -2.0f);

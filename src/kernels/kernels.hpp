@@ -53,6 +53,11 @@ void matmul_batch(const MatmulJob* jobs, int count);
 
 float dot(const float* a, const float* b, int n);
 void axpy(float a, const float* x, float* y, int n);  // y += a * x
+// One query against n cached positions of one head, keys and values [n][hd] (row stride hd):
+// scores[j] = q . keys[j]; out[0, hd) += sum_j p[j] * values[j], j in order. A query's result
+// depends on its own inputs only (the same bits in any batch or chunk).
+void attention_scores(const float* q, const float* keys, int n, int hd, float* scores);
+void attention_values(const float* p, const float* values, int n, int hd, float* out);
 
 // out = x / sqrt(mean(x^2) + eps) * weight
 void rmsnorm(const float* x, const float* weight, int n, float eps, float* out);
@@ -119,6 +124,8 @@ struct KernelTable {
   void (*quantize_activations)(const float* x, int64_t n, int64_t group, ActivationBlock* out);
   float (*dot)(const float* a, const float* b, int n);
   void (*axpy)(float a, const float* x, float* y, int n);
+  void (*attention_scores)(const float* q, const float* keys, int n, int hd, float* scores);
+  void (*attention_values)(const float* p, const float* values, int n, int hd, float* out);
 };
 const KernelTable& generic_kernels();
 const KernelTable& avx2_kernels();

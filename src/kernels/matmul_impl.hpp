@@ -167,10 +167,48 @@ void axpy(float alpha, const float* x, float* y, int n) {
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
+// One query's attention against one block of n cached positions, keys and values both
+// [n][hd]: scores[j] = q . keys[j] (dot's order), and out += sum_j p[j] * values[j], j in order,
+// one fused multiply-add chain per output lane. Each query's sums are its own, so a token's
+// attention is the same bits whatever the other queries of its step, alone or in a batch,
+// in a prefill chunk or decoded one at a time. (A matmul call per block and head costs more in
+// bookkeeping than the few hundred multiply-adds of a decode query; the transposed values it
+// read summed every output dimension across lanes, and a partial block one scalar at a time.)
+template <class S>
+void attention_scores(const float* q, const float* keys, int n, int hd, float* scores) {
+  for (int j = 0; j < n; ++j) scores[j] = dot<S>(q, keys + int64_t(j) * hd, hd);
+}
+
+template <class S>
+void attention_values(const float* p, const float* values, int n, int hd, float* out) {
+  int i = 0;
+  for (; i + 2 * S::width <= hd; i += 2 * S::width) {
+    typename S::V a0 = S::load(out + i), a1 = S::load(out + i + S::width);
+    for (int j = 0; j < n; ++j) {
+      const typename S::V pj = S::broadcast(p[j]);
+      a0 = S::fma(pj, S::load(values + int64_t(j) * hd + i), a0);
+      a1 = S::fma(pj, S::load(values + int64_t(j) * hd + i + S::width), a1);
+    }
+    S::store(out + i, a0);
+    S::store(out + i + S::width, a1);
+  }
+  for (; i + S::width <= hd; i += S::width) {
+    typename S::V a = S::load(out + i);
+    for (int j = 0; j < n; ++j) a = S::fma(S::broadcast(p[j]), S::load(values + int64_t(j) * hd + i), a);
+    S::store(out + i, a);
+  }
+  for (; i < hd; ++i) {
+    float a = out[i];
+    for (int j = 0; j < n; ++j) a = S::fma1(p[j], values[int64_t(j) * hd + i], a);
+    out[i] = a;
+  }
+}
+
 // S: the float lane above; L: the integer lane of quant_matmul_impl.hpp.
 template <class S, class L>
 KernelTable make_table(Isa isa) {
-  return KernelTable{isa, &matmul_rows<S>, &bf16_x_layout<S>, &quant_impl::quant_matmul_rows<L>, &L::quantize_activations, &dot<S>, &axpy<S>};
+  return KernelTable{isa, &matmul_rows<S>, &bf16_x_layout<S>, &quant_impl::quant_matmul_rows<L>, &L::quantize_activations, &dot<S>, &axpy<S>,
+                     &attention_scores<S>, &attention_values<S>};
 }
 
 }  // namespace

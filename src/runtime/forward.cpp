@@ -241,18 +241,19 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
       rope_.at(pos, length, cos.data(), sin.data());
       k::rope(q, Hq, hd, cos.data(), sin.data());
       k::rope(kk, Hkv, hd, cos.data(), sin.data());
-      // Keys per head in position order; values per head transposed ([dim][position]), so that
-      // both products below are plain matrix products over a block.
+      // Keys and values per head in position order: [block_size][head_dim] in each block.
       const int block = s.blocks[pos / bs], at = pos % bs;
       for (int g = 0; g < Hkv; ++g) {
         std::copy(kk + g * hd, kk + (g + 1) * hd, pool_.keys(l, block, g) + size_t(at) * hd);
-        float* values = pool_.values(l, block, g);
-        for (int i = 0; i < hd; ++i) values[size_t(i) * bs + at] = v[g * hd + i];
+        std::copy(v + g * hd, v + (g + 1) * hd, pool_.values(l, block, g) + size_t(at) * hd);
       }
     }
   }
-  // Per piece and head, for blocks of queries: scores = Q K^T (scaled, causal, windowed),
-  // softmax, out = P V, each product taken block by block over the sequence's cache.
+  // Per piece and head, for blocks of queries: scores = q K^T (scaled, causal, windowed),
+  // softmax, out = P V. Each query's products are its own (kernels::attention_scores and
+  // attention_values), so its result does not depend on the queries beside it; the loops go over
+  // the cache block by block, every query of the block in turn, so that a prefill chunk reads each
+  // block of keys and values once for all its queries.
   constexpr int kQueryBlock = 32;
   const float scale = 1.0f / std::sqrt(float(hd));
   const int group = Hq / Hkv;
@@ -271,56 +272,42 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
     const int h = int((item - first_item[p]) / query_blocks), t0 = int((item - first_item[p]) % query_blocks) * kQueryBlock;
     const int tn = std::min(kQueryBlock, count - t0);
     const int g = h / group, row0 = starts[p] + t0;
-    // Scratch per thread, kept between calls.
-    thread_local std::vector<float> q, scores, part, out;
-    q.resize(size_t(kQueryBlock) * hd);
+    thread_local std::vector<float> scores;  // scratch per thread, kept between calls
     scores.resize(size_t(kQueryBlock) * length);
-    out.resize(size_t(kQueryBlock) * hd);
-    for (int t = 0; t < tn; ++t) std::copy_n(&q_[size_t(row0 + t) * qw + size_t(h) * hd], hd, &q[size_t(t) * hd]);
-    const int blocks = (length + bs - 1) / bs;
-    const auto keys = [&](int j) {
-      return k::Matrix{pool_.keys(l, s.blocks[j], g), DType::F32, std::min(bs, length - j * bs), hd, hd};
-    };
-    const auto values = [&](int j) {
-      return k::Matrix{pool_.values(l, s.blocks[j], g), DType::F32, hd, std::min(bs, length - j * bs), bs};
-    };
-    if (blocks == 1) {
-      k::matmul(keys(0), q.data(), tn, scores.data());
-    } else {
-      part.resize(size_t(kQueryBlock) * std::max(bs, hd));
-      for (int j = 0; j < blocks; ++j) {
-        const int n = std::min(bs, length - j * bs);
-        k::matmul(keys(j), q.data(), tn, part.data());
-        for (int t = 0; t < tn; ++t) std::copy_n(&part[size_t(t) * n], n, &scores[size_t(t) * length + size_t(j) * bs]);
+    // Query t sees positions [begin[t], end[t]).
+    int begin[kQueryBlock], end[kQueryBlock];
+    for (int t = 0; t < tn; ++t) {
+      const int pos = row_position_[row0 + t];
+      begin[t] = c_.sliding_window > 0 ? std::max(0, pos - c_.sliding_window + 1) : 0;
+      end[t] = pos + 1;
+    }
+    const int last_block = (end[tn - 1] - 1) / bs;  // positions grow with t
+    const auto query = [&](int t) { return &q_[size_t(row0 + t) * qw + size_t(h) * hd]; };
+    const auto output = [&](int t) { return &att_[size_t(row0 + t) * qw + size_t(h) * hd]; };
+    for (int j = begin[0] / bs; j <= last_block; ++j) {
+      const float* keys = pool_.keys(l, s.blocks[j], g);
+      for (int t = 0; t < tn; ++t) {
+        const int lo = std::max(j * bs, begin[t]), hi = std::min((j + 1) * bs, end[t]);
+        if (lo < hi) k::attention_scores(query(t), keys + size_t(lo - j * bs) * hd, hi - lo, hd, &scores[size_t(t) * length + lo]);
       }
     }
     for (int t = 0; t < tn; ++t) {
       float* row = &scores[size_t(t) * length];
-      const int pos = row_position_[row0 + t];
-      const int begin = c_.sliding_window > 0 ? std::max(0, pos - c_.sliding_window + 1) : 0;
       float m = -INFINITY;
-      for (int j = begin; j <= pos; ++j) m = std::max(m, row[j] *= scale);
+      for (int j = begin[t]; j < end[t]; ++j) m = std::max(m, row[j] *= scale);
       float sum = 0.0f;
-      for (int j = begin; j <= pos; ++j) sum += (row[j] = std::exp(row[j] - m));
+      for (int j = begin[t]; j < end[t]; ++j) sum += (row[j] = std::exp(row[j] - m));
       const float inv = 1.0f / sum;
-      for (int j = begin; j <= pos; ++j) row[j] *= inv;
-      std::fill(row, row + begin, 0.0f);
-      std::fill(row + pos + 1, row + length, 0.0f);
+      for (int j = begin[t]; j < end[t]; ++j) row[j] *= inv;
+      std::fill_n(output(t), hd, 0.0f);
     }
-    if (blocks == 1) {
-      k::matmul(values(0), scores.data(), tn, out.data());
-    } else {
-      std::fill_n(out.begin(), size_t(tn) * hd, 0.0f);
-      std::vector<float>& probs = q;  // the queries are no longer needed
-      probs.resize(size_t(kQueryBlock) * bs);
-      for (int j = 0; j < blocks; ++j) {
-        const int n = std::min(bs, length - j * bs);
-        for (int t = 0; t < tn; ++t) std::copy_n(&scores[size_t(t) * length + size_t(j) * bs], n, &probs[size_t(t) * n]);
-        k::matmul(values(j), probs.data(), tn, part.data());
-        for (size_t i = 0; i < size_t(tn) * hd; ++i) out[i] += part[i];
+    for (int j = begin[0] / bs; j <= last_block; ++j) {
+      const float* values = pool_.values(l, s.blocks[j], g);
+      for (int t = 0; t < tn; ++t) {
+        const int lo = std::max(j * bs, begin[t]), hi = std::min((j + 1) * bs, end[t]);
+        if (lo < hi) k::attention_values(&scores[size_t(t) * length + lo], values + size_t(lo - j * bs) * hd, hi - lo, hd, output(t));
       }
     }
-    for (int t = 0; t < tn; ++t) std::copy_n(&out[size_t(t) * hd], hd, &att_[size_t(row0 + t) * qw + size_t(h) * hd]);
   };
   if (work >= (1 << 15)) {  // as matmul: small work stays on one thread
     k::parallel_for(first_item.back(), attend);

@@ -30,8 +30,7 @@ class KvPool {
   int available() const { return int(free_.size() + evictable_.size()); }
   int in_use() const { return blocks_ - available(); }
 
-  // Keys of block b, layer l, kv head g: [block_size][head_dim]. Values are stored transposed,
-  // [head_dim][block_size], so that attention's P V is a plain matrix product over them.
+  // Keys and values of block b, layer l, kv head g: [block_size][head_dim] each.
   float* keys(int l, int b, int g) { return &k_[offset(l, b, g)]; }
   float* values(int l, int b, int g) { return &v_[offset(l, b, g)]; }
 

@@ -193,9 +193,12 @@ void Engine::loop() {
   for (;;) {
     {
       std::unique_lock lock(mutex_);
-      // Idle, wake now and then to drop cancelled waiting requests.
-      wake_.wait_for(lock, std::chrono::milliseconds(running_.empty() ? 50 : 0),
-                     [&] { return stop_ || !incoming_.empty() || !running_.empty(); });
+      // Idle, wake now and then to drop cancelled waiting requests. A waiting request with
+      // nothing running is admitted at once (every request fits the empty pool); waiting for
+      // the timeout there held the one-at-a-time server idle 50 ms between requests.
+      const bool idle = running_.empty() && waiting_.empty();
+      wake_.wait_for(lock, std::chrono::milliseconds(idle ? 50 : 0),
+                     [&] { return stop_ || !incoming_.empty() || !running_.empty() || !waiting_.empty(); });
       if (stop_) break;
       while (!incoming_.empty()) {
         waiting_.push_back(std::make_unique<Active>(std::move(incoming_.front()), tokenizer_, vocab));
