@@ -80,6 +80,26 @@ TEST_F(Cli, GeneratesInfoAndTrace) {
   EXPECT_EQ(run("generate --help").code, 0);
 }
 
+TEST_F(Cli, BenchUnderABudgetReportsItsReads) {
+  // The expert cache's line: the I/O depth asked for, the reads it had in flight (at least one,
+  // at most the depth) and the disk probe at depth 1 and at that depth.
+  const Result r = run("bench " + (dir_ / "good").string() +
+                           " --memory-budget 50% --io-depth 4 --runs 1 --prompt-tokens 4 --gen-tokens 4 --json",
+                       false);
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::istringstream lines(r.out);
+  std::string line;
+  std::getline(lines, line);
+  ASSERT_TRUE(std::getline(lines, line)) << r.out;
+  const nlohmann::json cache = nlohmann::json::parse(line);
+  EXPECT_EQ(cache.at("io_depth").get<int>(), 4);
+  EXPECT_GE(cache.at("peak_reads_in_flight").get<int>(), 1);
+  EXPECT_LE(cache.at("peak_reads_in_flight").get<int>(), 4);
+  EXPECT_GT(cache.at("disk_read_gb_s_depth1").get<double>(), 0);
+  EXPECT_GT(cache.at("disk_read_gb_s_io_depth").get<double>(), 0);
+  EXPECT_GT(cache.at("disk_probe_bytes").get<double>(), 0);
+}
+
 TEST_F(Cli, SamplingIsReproducibleWithASeed) {
   const std::string args = "generate " + (dir_ / "good").string() + " -p 'abc' -n 12 --temperature 1 --top-p 0.9 --seed 5";
   EXPECT_EQ(run(args, false).out, run(args, false).out);
