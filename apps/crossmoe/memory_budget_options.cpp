@@ -37,7 +37,7 @@ void MemoryBudgetArgs::add_to(CLI::App& cmd) {
       ->capture_default_str()
       ->check(CLI::IsMember({"lru", "frequency"}));
   cmd.add_option("--prefetch", prefetch,
-                 "With --memory-budget: read the next layer's experts on an I/O thread while this layer computes "
+                 "With --memory-budget: read the next layer's experts while this layer computes "
                  "(exact for pre-gated models, the next router on this layer's input otherwise)")
       ->capture_default_str()
       ->check(CLI::IsMember({"on", "off"}));
