@@ -10,6 +10,11 @@
 # MODELS="DIR1 DIR2" benchmarks those model directories instead (e.g. trained ones,
 # bench/trained_routing.sh); PROMPT_FILE=text.txt prefills real text (bench --prompt-file);
 # THREADS=N; BENCH_TIMEOUT=600 (seconds per budgeted bench); CROSSMOE_BIN (default ./build/crossmoe).
+# GEN_TOKENS=32 (decoded tokens per run: 256 or more warms the cache), PROMPT_TOKENS=16,
+# BUDGETS="100 50 25 10" (percentages of the routed experts' bytes), IO_DEPTH=N (--io-depth: expert
+# reads in flight; default the binary's own). Each budgeted bench also prints the disk's direct-I/O
+# read bandwidth over the experts' bytes at depth 1 and at its I/O depth (its probe), as a line
+# "direct-I/O reads: ..." after its JSON.
 # BENCH_LOG=FILE appends every bench's progress lines (stderr: one per timed run) to FILE, so that
 # a setting that seems stuck shows how far it got. PLOT=PREFIX also plots decode tokens/s and hit
 # rates against the budget, as a share and in bytes (build/bench_budget_plot: PREFIX_decode.svg,
@@ -20,7 +25,7 @@ cd "$(dirname "$0")/.."
 out=${1:-build/bench-models}
 runs=${2:-3}
 bin=${CROSSMOE_BIN:-./build/crossmoe}
-common=(--runs "$runs" --prompt-tokens 16 --gen-tokens 32 --json)
+common=(--runs "$runs" --prompt-tokens "${PROMPT_TOKENS:-16}" --gen-tokens "${GEN_TOKENS:-32}" --json)
 [ -z "${PROMPT_FILE:-}" ] || common+=(--prompt-file "$PROMPT_FILE")
 [ -z "${THREADS:-}" ] || common+=(--threads "$THREADS")
 shape=(--hidden 1024 --layers 8 --heads 8 --kv-heads 2 --head-dim 128 --experts 32 --top-k 4 --expert-size 704
@@ -42,14 +47,18 @@ run_all() {
     else echo "(no /usr/bin/time here: bench's peak RSS below)"; fi
     echo "== $m: decode" | tee -a "$log"
     $bin bench "$m" "${common[@]}" 2>>"$log" | head -1
-    for budget in 100% 50% 25% 10%; do
+    for budget in ${BUDGETS:-100 50 25 10}; do
+      budget=${budget%\%}%
       for prefetch in off on; do
         echo "-- $m --memory-budget $budget --prefetch $prefetch" | tee -a "$log"
         # A setting that stops making progress must not take the rest of the table with it.
         rc=0
-        timeout -k 10 "${BENCH_TIMEOUT:-600}" $bin bench "$m" "${common[@]}" --memory-budget "$budget" \
-          --prefetch "$prefetch" 2>>"$log" || rc=$?
+        out=$(timeout -k 10 "${BENCH_TIMEOUT:-600}" $bin bench "$m" "${common[@]}" --memory-budget "$budget" \
+          --prefetch "$prefetch" ${IO_DEPTH:+--io-depth "$IO_DEPTH"} 2>>"$log") || rc=$?
+        [ -z "$out" ] || echo "$out"
         [ $rc -eq 0 ] || echo "(exit status $rc$([ $rc -eq 124 ] && echo ": timed out after ${BENCH_TIMEOUT:-600} s"))"
+        # The probe's figures, from bench's JSON (absent from builds before --io-depth).
+        sed -n 's/.*"io_depth": \([0-9]*\).*"disk_read_gb_s_depth1": \([0-9.]*\), "disk_read_gb_s_io_depth": \([0-9.]*\).*/direct-I\/O reads: \2 GB\/s at depth 1, \3 GB\/s at depth \1/p' <<< "$out"
       done
     done
   done

@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""The baseline for `crossmoe train` throughput: the same layer-local MoE written in plain PyTorch
-eager (Python), trained the same way (random windows of train.bin, AdamW, warmup + cosine, clipping,
-aux loss, bf16 on CUDA), printing tokens/s and model FLOPs utilisation on the same line format.
+"""The baseline for `crossmoe train` throughput: the same layer-local MoE or dense model written in
+plain PyTorch eager (Python), trained the same way (random windows of train.bin, AdamW, warmup +
+cosine, clipping, aux loss, bf16 on CUDA), printing tokens/s and model FLOPs utilisation on the same
+line format; with --compile, the same model through torch.compile.
 
     python3 bench/train_eager.py MODEL_CONFIG_JSON DATA_DIR --steps N --batch B --seq-len T [--peak-tflops P]
-        [--init MODEL_DIR] [--windows FILE] [--log-every N]
+        [--init MODEL_DIR] [--windows FILE] [--log-every N] [--compile]
 
 MODEL_CONFIG_JSON is the config.json that `crossmoe init` writes (layer-local layout: per-head q/k
-norm, softmax router with renormalised top-k, no shared experts). Expert dispatch is the usual eager
-way: sort the (token, expert) pairs by expert and run each expert on its slice.
+norm, softmax router with renormalised top-k, no shared experts; or the dense layout: one SwiGLU FFN
+of intermediate_size per layer). Expert dispatch is the usual eager way: sort the (token, expert)
+pairs by expert and run each expert on its slice.
 
 Like for like with `crossmoe train`: --init loads the model.safetensors that `crossmoe init` wrote
 (the run's --init), and --windows reads where each step's windows start, as
@@ -65,9 +67,13 @@ class Layer(torch.nn.Module):
         self.o = torch.nn.Linear(self.hq * hd, d, bias=False)
         self.q_norm = RMSNorm(hd, c["rms_norm_eps"])
         self.k_norm = RMSNorm(hd, c["rms_norm_eps"])
-        self.E, self.K = c["n_routed_experts"], c["num_experts_per_tok"]
-        self.router = torch.nn.Linear(d, self.E, bias=False)
-        self.experts = torch.nn.ModuleList(swiglu_params(d, c["moe_intermediate_size"]) for _ in range(self.E))
+        self.E = c.get("n_routed_experts", 0)
+        if self.E:
+            self.K = c["num_experts_per_tok"]
+            self.router = torch.nn.Linear(d, self.E, bias=False)
+            self.experts = torch.nn.ModuleList(swiglu_params(d, c["moe_intermediate_size"]) for _ in range(self.E))
+        else:
+            self.mlp = swiglu_params(d, c["intermediate_size"])
 
     def attention(self, x, cos, sin):
         B, T, _ = x.shape
@@ -107,7 +113,8 @@ class Layer(torch.nn.Module):
     def forward(self, x, cos, sin):
         x = x + self.attention(self.input_norm(x), cos, sin).float()
         B, T, d = x.shape
-        y, aux = self.moe(self.post_norm(x).reshape(B * T, d))
+        u = self.post_norm(x).reshape(B * T, d)
+        y, aux = self.moe(u) if self.E else (swiglu(self.mlp, u).float(), 0.0)
         return x + y.view(B, T, d), aux
 
 
@@ -184,6 +191,7 @@ def main():
     ap.add_argument("--init", help="crossmoe model directory whose weights to start from")
     ap.add_argument("--windows", help="window starts per step (crossmoe train --print-windows)")
     ap.add_argument("--log-every", type=int, default=0, help="print the loss every N steps (0: only at the end)")
+    ap.add_argument("--compile", action="store_true", help="train the model through torch.compile")
     a = ap.parse_args()
     c = json.load(open(a.config))
     assert c.get("cross_layer_mode", "local") == "local" and c.get("scoring_func", "softmax") == "softmax"
@@ -193,6 +201,7 @@ def main():
     if a.init:
         load_init(model, a.init)
     model = model.to(dev)
+    step_model = torch.compile(model) if a.compile else model
     windows = [[int(s) for s in line.split()] for line in open(a.windows)] if a.windows else None
     assert windows is None or len(windows) >= a.steps, f"{a.windows}: fewer lines than --steps"
     tokens = torch.from_numpy(np.fromfile(f"{a.data}/train.bin", dtype=np.uint32).astype(np.int64))
@@ -214,7 +223,7 @@ def main():
         starts = windows[step] if windows else torch.randint(0, len(tokens) - a.seq_len - 1, (a.batch,), generator=gen).tolist()
         win = torch.stack([tokens[s:s + a.seq_len + 1] for s in starts]).to(dev)
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
-            logits, aux = model(win[:, :-1])
+            logits, aux = step_model(win[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), win[:, 1:].reshape(-1))
         (loss + a.aux_loss * aux).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -232,11 +241,14 @@ def main():
     # Model FLOPs per token: 6 x (active non-embedding parameters + lm_head) + attention scores.
     d, L, hd = c["hidden_size"], c["num_hidden_layers"], c["head_dim"]
     attn_params = d * hd * (2 * c["num_attention_heads"] + 2 * c["num_key_value_heads"])
-    expert = 3 * d * c["moe_intermediate_size"]
-    active = L * (attn_params + c["num_experts_per_tok"] * expert + d * c["n_routed_experts"]) + d * c["vocab_size"]
+    if c.get("n_routed_experts", 0):
+        ffn = c["num_experts_per_tok"] * 3 * d * c["moe_intermediate_size"] + d * c["n_routed_experts"]
+    else:
+        ffn = 3 * d * c["intermediate_size"]
+    active = L * (attn_params + ffn) + d * c["vocab_size"]
     flops = 6 * active + 6 * L * c["num_attention_heads"] * hd * a.seq_len  # causal QK^T and PV, fwd+bwd
     mfu = f"  MFU {100 * tps * flops / (a.peak_tflops * 1e12):.1f}%" if a.peak_tflops else ""
-    print(f"eager    loss {loss_value:.4f}  {tps:10.0f} tokens/s{mfu}")
+    print(f"{'compiled' if a.compile else 'eager':8} loss {loss_value:.4f}  {tps:10.0f} tokens/s{mfu}")
 
 
 if __name__ == "__main__":

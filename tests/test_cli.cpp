@@ -80,6 +80,26 @@ TEST_F(Cli, GeneratesInfoAndTrace) {
   EXPECT_EQ(run("generate --help").code, 0);
 }
 
+TEST_F(Cli, BenchUnderABudgetReportsItsReads) {
+  // The expert cache's line: the I/O depth asked for, the reads it had in flight (at least one,
+  // at most the depth) and the disk probe at depth 1 and at that depth.
+  const Result r = run("bench " + (dir_ / "good").string() +
+                           " --memory-budget 50% --io-depth 4 --runs 1 --prompt-tokens 4 --gen-tokens 4 --json",
+                       false);
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::istringstream lines(r.out);
+  std::string line;
+  std::getline(lines, line);
+  ASSERT_TRUE(std::getline(lines, line)) << r.out;
+  const nlohmann::json cache = nlohmann::json::parse(line);
+  EXPECT_EQ(cache.at("io_depth").get<int>(), 4);
+  EXPECT_GE(cache.at("peak_reads_in_flight").get<int>(), 1);
+  EXPECT_LE(cache.at("peak_reads_in_flight").get<int>(), 4);
+  EXPECT_GT(cache.at("disk_read_gb_s_depth1").get<double>(), 0);
+  EXPECT_GT(cache.at("disk_read_gb_s_io_depth").get<double>(), 0);
+  EXPECT_GT(cache.at("disk_probe_bytes").get<double>(), 0);
+}
+
 TEST_F(Cli, SamplingIsReproducibleWithASeed) {
   const std::string args = "generate " + (dir_ / "good").string() + " -p 'abc' -n 12 --temperature 1 --top-p 0.9 --seed 5";
   EXPECT_EQ(run(args, false).out, run(args, false).out);
@@ -450,37 +470,42 @@ class CliTrain : public Cli {
   }
 };
 
-// The trainer against a second implementation: the same layer-local MoE in plain PyTorch
-// (bench/train_eager.py on Debian's python3-torch), started from the same weights (--init) on the
-// same windows (train --print-windows), f32 on the CPU: every step's loss agrees to float noise, so
-// the two compute the same model, loss, gradients, clipping, AdamW and schedule.
+// The trainer against a second implementation: the same layer-local MoE and dense model in plain
+// PyTorch (bench/train_eager.py on Debian's python3-torch), started from the same weights (--init) on
+// the same windows (train --print-windows), f32 on the CPU: every step's loss agrees to float noise,
+// so the two compute the same model, loss, gradients, clipping, AdamW and schedule.
 TEST_F(CliTrain, SameLossesAsPlainPyTorch) {
   ASSERT_EQ(run_shell("/usr/bin/python3 -c 'import torch, numpy' 2>&1").code, 0)
       << "needs Debian's python3-torch and python3-numpy (scripts/setup.sh installs them)";
-  const fs::path model = dir_ / "eager_model", windows = dir_ / "eager_windows.txt", out = dir_ / "eager_run";
-  ASSERT_EQ(run("init " + model.string() + " --layout moe --hidden 32 --layers 2 --heads 2 --kv-heads 1 --head-dim 16 "
-                "--experts 4 --top-k 2 --expert-size 16 --dtype f32 --tokenizer " +
-                (dir_ / "train_tok" / "tokenizer.json").string()).code, 0);
   const std::string run_flags = " --steps 12 --batch 2 --seq-len 16 --lr 0.01 --warmup 3";
+  const fs::path windows = dir_ / "eager_windows.txt";
   ASSERT_EQ(run_shell(std::string(CROSSMOE_BIN) + " train --data " + (dir_ / "train_data").string() + " --print-windows" +
                       run_flags + " > " + windows.string()).code, 0);
-  const Result trained = run("train --data " + (dir_ / "train_data").string() + " -o " + out.string() + " --init " +
-                             model.string() + run_flags + " --log-every 1 --eval-every 0 --save-every 0 --bf16 off --threads 1");
-  ASSERT_EQ(trained.code, 0) << trained.out;
-  const Result eager = run_shell("/usr/bin/python3 " CROSSMOE_SOURCE_DIR "/bench/train_eager.py " +
-                                 (model / "config.json").string() + " " + (dir_ / "train_data").string() + " --init " +
-                                 model.string() + " --windows " + windows.string() + run_flags +
-                                 " --log-every 1 --skip 0 2>&1");
-  ASSERT_EQ(eager.code, 0) << eager.out;
-  std::vector<double> eager_loss;
-  std::istringstream lines(eager.out);
-  for (std::string word, loss; lines >> word;)
-    if (word == "loss" && lines >> loss && eager_loss.size() < 12) eager_loss.push_back(std::stod(loss));
-  const auto ours = columns(out / "log.csv");
-  ASSERT_EQ(ours.size(), 12u);
-  ASSERT_EQ(eager_loss.size(), 12u) << eager.out;
-  for (size_t i = 0; i < ours.size(); ++i) EXPECT_NEAR(eager_loss[i], ours[i][0], 1e-4) << "step " << i + 1;
-  EXPECT_LT(ours.back()[0], ours.front()[0]);  // it trained
+  for (const std::string layout : {"--layout moe --experts 4 --top-k 2 --expert-size 16", "--layout dense --intermediate 48"}) {
+    SCOPED_TRACE(layout);
+    const fs::path model = dir_ / "eager_model", out = dir_ / "eager_run";
+    fs::remove_all(model);
+    fs::remove_all(out);
+    ASSERT_EQ(run("init " + model.string() + " " + layout + " --hidden 32 --layers 2 --heads 2 --kv-heads 1 --head-dim 16 "
+                  "--dtype f32 --tokenizer " + (dir_ / "train_tok" / "tokenizer.json").string()).code, 0);
+    const Result trained = run("train --data " + (dir_ / "train_data").string() + " -o " + out.string() + " --init " +
+                               model.string() + run_flags + " --log-every 1 --eval-every 0 --save-every 0 --bf16 off --threads 1");
+    ASSERT_EQ(trained.code, 0) << trained.out;
+    const Result eager = run_shell("/usr/bin/python3 " CROSSMOE_SOURCE_DIR "/bench/train_eager.py " +
+                                   (model / "config.json").string() + " " + (dir_ / "train_data").string() + " --init " +
+                                   model.string() + " --windows " + windows.string() + run_flags +
+                                   " --log-every 1 --skip 0 2>&1");
+    ASSERT_EQ(eager.code, 0) << eager.out;
+    std::vector<double> eager_loss;
+    std::istringstream lines(eager.out);
+    for (std::string word, loss; lines >> word;)
+      if (word == "loss" && lines >> loss && eager_loss.size() < 12) eager_loss.push_back(std::stod(loss));
+    const auto ours = columns(out / "log.csv");
+    ASSERT_EQ(ours.size(), 12u);
+    ASSERT_EQ(eager_loss.size(), 12u) << eager.out;
+    for (size_t i = 0; i < ours.size(); ++i) EXPECT_NEAR(eager_loss[i], ours[i][0], 1e-4) << "step " << i + 1;
+    EXPECT_LT(ours.back()[0], ours.front()[0]);  // it trained
+  }
 }
 
 // --profile names the operators a step runs with their share of the recorded steps' wall time;

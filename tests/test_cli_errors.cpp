@@ -119,6 +119,8 @@ TEST_F(CliErrors, EveryCommandFailsWithOneErrorLineAndExitCode) {
       {"generate {good} -p hi --memory-budget 101%", 2, "at most 100%"},
       {"generate {good} -p hi --memory-budget 100", 1, "one token needs 4 (top-k)"},
       {"generate {good} -p hi --memory-budget 50% --eviction nope", 2, "--eviction"},
+      {"generate {good} -p hi --memory-budget 50% --io-depth 0", 2, "--io-depth"},
+      {"bench {good} --memory-budget 50% --io-depth 300", 2, "--io-depth"},
       {"info {good} --memory-budget 1x", 2, "--memory-budget: '1x': unknown unit 'x'"},
       {"bench {good} --memory-budget 5", 1, "one token needs"},
       {"chat {good} --memory-budget -1", 2, "--memory-budget"},

@@ -27,8 +27,14 @@ namespace fs = std::filesystem;
 
 struct ModelDir {
   fs::path dir;
-  explicit ModelDir(const std::string& layout, const std::string& name) : dir(testing_paths::temp_path("cache_" + name)) {
+  // expert_width > 0: routed experts of that width (larger experts: many read requests each).
+  explicit ModelDir(const std::string& layout, const std::string& name, int expert_width = 0)
+      : dir(testing_paths::temp_path("cache_" + name)) {
     ModelConfig c = testing_models::small(layout);
+    if (expert_width > 0) {
+      if (c.moe.shared_intermediate_size > 0) c.moe.shared_intermediate_size = expert_width;
+      c.moe.expert_intermediate_size = expert_width;
+    }
     c.finalize();
     InitOptions options;
     options.seed = 5;
@@ -58,6 +64,14 @@ ExpertCacheOptions budget(const std::string& text, EvictionPolicy policy = Evict
   o.budget = parse_memory_budget(text);
   o.policy = policy;
   o.prefetch = prefetch;
+  return o;
+}
+
+// Reads of one page each, `depth` at a time: every expert is many requests.
+ExpertCacheOptions in_pages(const std::string& text, int depth, bool prefetch) {
+  ExpertCacheOptions o = budget(text, EvictionPolicy::Lru, prefetch);
+  o.io_depth = depth;
+  o.io_chunk_bytes = 4096;
   return o;
 }
 
@@ -155,16 +169,84 @@ TEST(ExpertCache, RefusesABudgetBelowOneTokensExperts) {
 TEST(ExpertCache, AFileTruncatedWhileRunningIsAnErrorNamingIt) {
   const ModelDir m("moe", "truncated");
   const uint64_t expert_bytes = Model(m.dir, budget("100%")).expert_cache()->plan().expert_bytes;
-  const Model model(m.dir, budget(std::to_string(2 * expert_bytes)));  // two experts: most steps read
-  InferenceSession session(model, 64);
-  session.forward({1, 2, 3});
   const fs::path file = m.dir / "model.safetensors";
-  fs::resize_file(file, fs::file_size(file) / 2);
+  const fs::path saved = m.dir / "saved.bin";
+  fs::copy_file(file, saved);
+  // One read at a time, and many page-sized reads in flight (the failing one need not be the
+  // first issued), with and without reads ahead.
+  for (int depth : {1, 8})
+    for (bool prefetch : {false, true}) {
+      SCOPED_TRACE("depth " + std::to_string(depth) + " prefetch " + std::to_string(prefetch));
+      fs::copy_file(saved, file, fs::copy_options::overwrite_existing);
+      ExpertCacheOptions o = in_pages(std::to_string(2 * expert_bytes), depth, prefetch);  // two experts: most steps read
+      const Model model(m.dir, o);
+      InferenceSession session(model, 64);
+      session.forward({1, 2, 3});
+      fs::resize_file(file, fs::file_size(file) / 2 + 1000);  // mid-expert and mid-page
+      try {
+        for (int i = 0; i < 40; ++i) session.forward({(i * 7) % 300});
+        FAIL() << "reading experts past the end of a truncated file gave no error";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(file.string()), std::string::npos) << e.what();
+      }
+    }
+}
+
+TEST(ExpertCache, ReadsManyRequestsAtOnceWithTheSameLogits) {
+  // Experts of 3 x 64 KiB, read a page at a time: each miss is dozens of requests, and the I/O
+  // threads have several in flight at once (never more than the depth). The logits are those of
+  // the model in memory at any depth.
+  for (const std::string layout : {"megrez2", "moe"}) {
+    SCOPED_TRACE(layout);
+    const ModelDir m(layout, "depth_" + layout, 256);
+    const std::vector<std::vector<float>> reference = decode(Model(m.dir, WeightResidency::InMemory), 6);
+    for (int depth : {1, 8})
+      for (bool prefetch : {false, true}) {
+        const Model model(m.dir, in_pages("50%", depth, prefetch));
+        EXPECT_EQ(decode(model, 6), reference) << "depth " << depth << " prefetch " << prefetch;
+        const ExpertCache& cache = *model.expert_cache();
+        EXPECT_EQ(cache.io_depth(), depth);
+        if (depth == 1) EXPECT_EQ(cache.peak_reads_in_flight(), 1);
+        else EXPECT_GE(cache.peak_reads_in_flight(), 2) << "prefetch " << prefetch;
+        EXPECT_LE(cache.peak_reads_in_flight(), depth);
+      }
+  }
+}
+
+TEST(ExpertCache, AFailedReadLeavesNothingBehind) {
+  // A read that fails part-way through an expert (some of its requests succeed) must neither
+  // leave that expert in the cache half-read nor keep anything pinned: with the file restored,
+  // the same cache decodes the reference logits.
+  const ModelDir m("megrez2", "restored", 256);
+  const std::vector<std::vector<float>> reference = decode(Model(m.dir, WeightResidency::InMemory), 6);
+  const fs::path file = m.dir / "model.safetensors";
+  const fs::path saved = m.dir / "saved.bin";
+  fs::copy_file(file, saved);
+  const Model model(m.dir, in_pages("25%", 8, true));
+  fs::resize_file(file, fs::file_size(file) * 3 / 4 + 1000);
+  EXPECT_THROW(decode(model, 6), Error);
+  fs::copy_file(saved, file, fs::copy_options::overwrite_existing);  // same inode: the cache's descriptor reads it
+  EXPECT_EQ(decode(model, 6), reference);
+}
+
+TEST(ExpertCache, ProbesTheDisk) {
+  const ModelDir m("moe", "probe", 256);
+  const Model model(m.dir, in_pages("50%", 4, false));
+  const ExpertCache& cache = *model.expert_cache();
+  const uint64_t bytes = cache.plan().routed_bytes / 3;
+  for (int depth : {1, 4}) {
+    const ReadProbe p = cache.probe_reads(depth, bytes, bytes);
+    EXPECT_EQ(p.depth, depth);
+    EXPECT_GE(p.bytes, bytes);
+    EXPECT_LT(p.bytes, bytes + 4096);
+    EXPECT_GT(p.bytes_per_second(), 0);
+  }
+  fs::resize_file(m.dir / "model.safetensors", 4096);
   try {
-    for (int i = 0; i < 40; ++i) session.forward({(i * 7) % 300});
-    FAIL() << "reading experts past the end of a truncated file gave no error";
+    cache.probe_reads(4, bytes, 0);
+    FAIL() << "a probe of a truncated file gave no error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(file.string()), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("model.safetensors"), std::string::npos) << e.what();
   }
 }
 

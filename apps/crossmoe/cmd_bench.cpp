@@ -107,6 +107,16 @@ void run_bench(const BenchArgs& a) {
 
   // Warm-up: page the weights in and settle the threads.
   session.forward(prompts[0]);
+  // The disk's direct-I/O read bandwidth over the experts' bytes, one request in flight and as
+  // many as the cache keeps in flight (different bytes each, so that no cache below serves the
+  // second from the first): the limit that misses run against.
+  ReadProbe disk1, disk;
+  if (cache) {
+    const uint64_t probe_bytes = std::min<uint64_t>(uint64_t(512) << 20, cache->plan().routed_bytes / 2);
+    disk1 = cache->probe_reads(1, probe_bytes, 0);
+    disk = cache->probe_reads(cache->io_depth(), probe_bytes, probe_bytes);
+    cache->reset_stats();
+  }
   // The machine's bandwidth drifts (shared hosts), so it is measured right after every decode
   // run and each run is held against its own measurement.
   // Decoded token i (from 0) sits at position prompt + i and attends to prompt + i + 1 positions:
@@ -166,13 +176,16 @@ void run_bench(const BenchArgs& a) {
                   "\"expert_bytes\": %llu, \"eviction\": \"%s\", \"prefetch\": %s, \"direct_io\": %s, "
                   "\"decode_hits\": %lld, \"decode_misses\": %lld, \"decode_hit_rate\": %.4f, "
                   "\"decode_bytes_read_per_token\": %.0f, \"decode_stall_s_per_token\": %.6f, "
-                  "\"decode_prefetch_reads\": %lld, \"prefetch_accuracy\": %.4f, \"peak_rss_bytes\": %llu}\n",
+                  "\"decode_prefetch_reads\": %lld, \"prefetch_accuracy\": %.4f, \"peak_rss_bytes\": %llu, "
+                  "\"io_depth\": %d, \"peak_reads_in_flight\": %d, \"disk_probe_bytes\": %llu, "
+                  "\"disk_read_gb_s_depth1\": %.3f, \"disk_read_gb_s_io_depth\": %.3f}\n",
                   (unsigned long long)cache->plan().budget_bytes, (long long)cache->slots(),
                   (long long)cache->plan().experts, (unsigned long long)cache->plan().expert_bytes,
                   to_string(a.memory.resolve().policy).c_str(), cache->prefetching() ? "true" : "false",
                   cache->direct_io() ? "true" : "false", (long long)e.hits, (long long)e.misses, e.hit_rate(),
                   double(e.bytes_read) / tokens, e.stall_seconds / tokens, (long long)e.prefetch_reads,
-                  e.prefetch_accuracy(), (unsigned long long)peak_rss);
+                  e.prefetch_accuracy(), (unsigned long long)peak_rss, cache->io_depth(), cache->peak_reads_in_flight(),
+                  (unsigned long long)disk.bytes, disk1.bytes_per_second() / 1e9, disk.bytes_per_second() / 1e9);
     }
     if (a.batch > 1) {
       const Summary s1 = summarise(single), sn = summarise(batched), q = summarise(ratio);
@@ -206,6 +219,11 @@ void run_bench(const BenchArgs& a) {
     std::printf("decode cache     %lld hits, %lld misses (%.1f%% hits), %s read and %.2f ms stalled on I/O per token\n",
                 (long long)e.hits, (long long)e.misses, 100 * e.hit_rate(), human_bytes(double(e.bytes_read) / tokens).c_str(),
                 1e3 * e.stall_seconds / tokens);
+    std::printf("disk reads       %.2f GB/s at depth 1, %.2f GB/s at depth %d (%s over %s of the experts, at most %d "
+                "reads in flight in the timed runs)\n",
+                disk1.bytes_per_second() / 1e9, disk.bytes_per_second() / 1e9, cache->io_depth(),
+                cache->direct_io() ? "direct I/O" : "buffered I/O", human_bytes(double(disk.bytes)).c_str(),
+                cache->peak_reads_in_flight());
     if (cache->prefetching())
       std::printf("prefetch         %lld experts read ahead, accuracy %.1f%% (of the experts layers used, those named ahead)\n",
                   (long long)e.prefetch_reads, 100 * e.prefetch_accuracy());

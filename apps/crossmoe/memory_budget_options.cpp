@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "option_checks.hpp"
 #include "util/error.hpp"
 
 namespace crossmoe::cli {
@@ -36,10 +37,15 @@ void MemoryBudgetArgs::add_to(CLI::App& cmd) {
       ->capture_default_str()
       ->check(CLI::IsMember({"lru", "frequency"}));
   cmd.add_option("--prefetch", prefetch,
-                 "With --memory-budget: read the next layer's experts on an I/O thread while this layer computes "
+                 "With --memory-budget: read the next layer's experts while this layer computes "
                  "(exact for pre-gated models, the next router on this layer's input otherwise)")
       ->capture_default_str()
       ->check(CLI::IsMember({"on", "off"}));
+  cmd.add_option("--io-depth", io_depth,
+                 "With --memory-budget: expert reads in flight at once (I/O threads, each reading 1 MiB at a "
+                 "time); NVMe drives read several times faster at 8-32 than at 1")
+      ->capture_default_str()
+      ->check(whole_number(1, 256));
 }
 
 ExpertCacheOptions MemoryBudgetArgs::resolve() const {
@@ -47,6 +53,7 @@ ExpertCacheOptions MemoryBudgetArgs::resolve() const {
   if (!budget.empty()) o.budget = parse_memory_budget(budget);
   o.policy = parse_eviction_policy(eviction);
   o.prefetch = prefetch == "on";
+  o.io_depth = io_depth;
   return o;
 }
 
@@ -81,12 +88,12 @@ std::string expert_cache_summary(const ExpertCache& cache, int64_t tokens) {
   const ExpertCacheStats s = cache.stats();
   char line[512];
   std::snprintf(line, sizeof line,
-                "expert cache: %lld of %lld experts (%s), %s; %lld hits, %lld misses (%.1f%% hits), %s read%s, "
+                "expert cache: %lld of %lld experts (%s), %s, %d reads in flight at most; %lld hits, %lld misses (%.1f%% hits), %s read%s, "
                 "%.3f s stalled on I/O",
                 (long long)cache.slots(), (long long)cache.plan().experts,
                 human_bytes(double(cache.slots()) * double(cache.plan().expert_bytes)).c_str(),
                 cache.direct_io() ? "direct I/O" : "buffered I/O (the file system refused O_DIRECT)",
-                (long long)s.hits, (long long)s.misses, 100.0 * s.hit_rate(), human_bytes(double(s.bytes_read)).c_str(),
+                cache.io_depth(), (long long)s.hits, (long long)s.misses, 100.0 * s.hit_rate(), human_bytes(double(s.bytes_read)).c_str(),
                 tokens > 0 ? (" (" + human_bytes(double(s.bytes_read) / double(tokens)) + " per token)").c_str() : "",
                 s.stall_seconds);
   std::string text = line;

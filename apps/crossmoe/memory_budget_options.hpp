@@ -1,5 +1,5 @@
 #pragma once
-// --memory-budget, --eviction and --prefetch, shared by generate, chat, bench and serve, and the
+// --memory-budget, --eviction, --prefetch and --io-depth, shared by generate, chat, bench and serve, and the
 // lines that report what the expert cache did.
 #include <CLI/CLI.hpp>
 #include <string>
@@ -13,6 +13,7 @@ CLI::Validator memory_budget_check();
 
 struct MemoryBudgetArgs {
   std::string budget, eviction = "lru", prefetch = "on";
+  int io_depth = ExpertCacheOptions().io_depth;
   void add_to(CLI::App& cmd);
   ExpertCacheOptions resolve() const;  // no budget set: all weights in memory
 };

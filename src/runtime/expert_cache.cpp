@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 
@@ -135,14 +136,17 @@ ExpertCachePlan plan_expert_cache(const ModelConfig& c, const Checkpoint& ck, co
 }
 
 ExpertCache::ExpertCache(const ModelConfig& c, const Checkpoint& ck, const ModelWeights& w, const ExpertCachePlan& plan,
-                         EvictionPolicy policy, bool prefetch)
-    : config_(c), plan_(plan), prefetch_(prefetch), num_experts_(c.moe.num_experts),
-      tracker_(policy, c.num_layers * c.moe.num_experts, plan.experts) {
+                         const ExpertCacheOptions& options)
+    : config_(c), plan_(plan), prefetch_(options.prefetch), num_experts_(c.moe.num_experts),
+      chunk_bytes_(round_up(std::max<uint64_t>(1, options.io_chunk_bytes), kPage)),
+      tracker_(options.policy, c.num_layers * c.moe.num_experts, plan.experts) {
+  require(options.io_depth >= 1, "expert cache: the I/O depth must be at least 1");
   const int keys = c.num_layers * num_experts_;
   sources_.resize(keys);
   shapes_.resize(keys);
   slot_of_.assign(keys, -1);
   predicted_.assign(keys, 0);
+  read_error_.resize(keys);
   std::map<std::string, int> fd_of_path;
   try {
     for (int l = 0; l < c.num_layers; ++l) {
@@ -182,7 +186,7 @@ ExpertCache::ExpertCache(const ModelConfig& c, const Checkpoint& ck, const Model
     for (int fd : fds_) ::close(fd);
     throw;
   }
-  if (prefetch_) io_thread_ = std::thread([this] { io_loop(); });
+  for (int i = 0; i < options.io_depth; ++i) io_threads_.emplace_back([this] { io_loop(); });
 }
 
 ExpertCache::~ExpertCache() {
@@ -191,36 +195,77 @@ ExpertCache::~ExpertCache() {
     stop_ = true;
   }
   changed_.notify_all();
-  if (io_thread_.joinable()) io_thread_.join();
+  for (std::thread& t : io_threads_) t.join();  // each finishes the read it has in flight
   ::munmap(memory_, (room_[0] + room_[1] + room_[2]) * uint64_t(plan_.slots));
   for (int fd : fds_) ::close(fd);
 }
 
-void ExpertCache::read_expert(int key, Slot& s) {
-  const size_t index = size_t(&s - slots_.data());
-  std::byte* buffer = static_cast<std::byte*>(memory_) + index * (room_[0] + room_[1] + room_[2]);
-  SwiGluWeights w = shapes_[key];
-  kernels::Matrix* matrices[3] = {&w.gate, &w.up, &w.down};
+void ExpertCache::chunks_of(const Source& src, std::byte* dst, int slot, uint64_t chunk_bytes,
+                            std::deque<Chunk>& out) const {
+  const uint64_t begin = src.offset / kPage * kPage, need = src.offset - begin + src.bytes;
+  const uint64_t length = round_up(need, kPage);
+  for (uint64_t at = 0; at < length; at += chunk_bytes)
+    out.push_back({slot, &src, begin + at, std::min(chunk_bytes, length - at), std::min(chunk_bytes, need - at), dst + at});
+}
+
+std::string ExpertCache::read_chunk(const Chunk& c) const {
+  for (uint64_t got = 0; got < c.need;) {
+    const ssize_t n = ::pread(c.source->fd, c.dst + got, c.length - got, off_t(c.offset + got));
+    if (n > 0) {
+      got += uint64_t(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    return "cannot read an expert from " + c.source->label + " at byte " + std::to_string(c.offset + got) + ": " +
+           (n == 0 ? std::string("the file ends early (was it changed while the model runs?)") : std::strerror(errno));
+  }
+  if (!direct_io_) ::posix_fadvise(c.source->fd, off_t(c.offset), off_t(c.length), POSIX_FADV_DONTNEED);
+  return {};
+}
+
+void ExpertCache::start_load(int key, int s, std::deque<Chunk>& queue, bool read_ahead) {
+  Slot& slot = slots_[s];
+  if (slot.key >= 0) slot_of_[slot.key] = -1;
+  slot.key = key;
+  slot.state = State::Loading;
+  slot.read_ahead = read_ahead;
+  slot.protected_prefetch = read_ahead;
+  slot.read_error.clear();
+  slot_of_[key] = s;
+  read_error_[key].clear();
+  std::byte* buffer = static_cast<std::byte*>(memory_) + size_t(s) * (room_[0] + room_[1] + room_[2]);
+  slot.weights = shapes_[key];
+  kernels::Matrix* matrices[3] = {&slot.weights.gate, &slot.weights.up, &slot.weights.down};
+  const size_t before = queue.size();
   for (int p = 0; p < 3; ++p) {
     const Source& src = sources_[key][p];
-    const uint64_t begin = src.offset / kPage * kPage, lead = src.offset - begin;
-    const uint64_t need = lead + src.bytes, length = round_up(need, kPage);
-    for (uint64_t got = 0; got < need;) {
-      const ssize_t n = ::pread(src.fd, buffer + got, length - got, off_t(begin + got));
-      if (n > 0) {
-        got += uint64_t(n);
-        continue;
-      }
-      if (n < 0 && errno == EINTR) continue;
-      throw Error("cannot read an expert from " + src.label + " at byte " + std::to_string(begin + got) + ": " +
-                  (n == 0 ? std::string("the file ends early (was it changed while the model runs?)") : std::strerror(errno)));
-    }
-    if (!direct_io_) ::posix_fadvise(src.fd, off_t(begin), off_t(length), POSIX_FADV_DONTNEED);
-    matrices[p]->data = buffer + lead;
-    kernels::interleave_rows8(*matrices[p], buffer + lead);  // as resident weights are (runtime/weights.cpp)
+    matrices[p]->data = buffer + (src.offset % kPage);
+    chunks_of(src, buffer, s, chunk_bytes_, queue);
     buffer += room_[p];
   }
-  s.weights = w;
+  slot.chunks_left = int(queue.size() - before);
+  changed_.notify_all();
+}
+
+void ExpertCache::finish_load(int s, std::unique_lock<std::mutex>& lock) {
+  Slot& slot = slots_[s];
+  if (slot.read_error.empty()) {
+    // No other thread touches a loading slot's buffers, so this needs no lock.
+    lock.unlock();
+    for (kernels::Matrix* m : {&slot.weights.gate, &slot.weights.up, &slot.weights.down})
+      kernels::interleave_rows8(*m, const_cast<void*>(m->data));  // as resident weights are (runtime/weights.cpp)
+    lock.lock();
+    slot.state = State::Ready;
+    stats_.bytes_read += int64_t(plan_.expert_bytes);
+    if (slot.read_ahead) ++stats_.prefetch_reads;
+  } else {
+    read_error_[slot.key] = slot.read_error;
+    slot_of_[slot.key] = -1;
+    const int pins = slot.pins;
+    slot = Slot();
+    slot.pins = pins;  // the waiting acquires drop their own pins
+  }
+  changed_.notify_all();
 }
 
 int ExpertCache::victim(bool for_prefetch) {
@@ -246,73 +291,93 @@ int ExpertCache::victim(bool for_prefetch) {
 }
 
 const SwiGluWeights& ExpertCache::acquire(const ExpertRef& ref) {
+  std::vector<const SwiGluWeights*> out;
+  acquire({ref}, out);
+  return *out[0];
+}
+
+void ExpertCache::acquire(const std::vector<ExpertRef>& refs, std::vector<const SwiGluWeights*>& out,
+                          const std::function<void()>& while_reading) {
   using clock = std::chrono::steady_clock;
   std::unique_lock lock(mutex_);
-  require(io_error_.empty(), io_error_);
-  require(int64_t(pinned_.size()) < plan_.slots, "expert cache: more experts pinned at once than it has slots");
-  const int key = key_of(ref);
-  if (predicting_) {
-    ++stats_.predicted;
-    stats_.predicted_right += predicted_[key];
-  }
-  int s = slot_of_[key];
-  if (s >= 0) {
-    ++stats_.hits;
+  require(pinned_.size() + refs.size() <= size_t(plan_.slots), "expert cache: more experts pinned at once than it has slots");
+  const size_t first_pin = pinned_.size();
+  std::vector<int> slot_of_ref(refs.size(), -1);
+  const auto pin = [&](size_t i, int s) {
     Slot& slot = slots_[s];
     ++slot.pins;
-    if (slot.state == State::Loading) {
-      const auto start = clock::now();
-      changed_.wait(lock, [&] { return slot.state != State::Loading || slot.key != key; });
-      stats_.stall_seconds += std::chrono::duration<double>(clock::now() - start).count();
-      if (slot.key != key) {  // the read failed
-        --slot.pins;
-        throw Error(io_error_);
-      }
+    slot.protected_prefetch = false;
+    tracker_.use(slot.key);
+    pinned_.push_back(s);
+    slot_of_ref[i] = s;
+  };
+  const auto unpin_mine = [&] {
+    for (size_t i = first_pin; i < pinned_.size(); ++i) --slots_[pinned_[i]].pins;
+    pinned_.resize(first_pin);
+    changed_.notify_all();
+  };
+  // Those in the cache (or on their way) first, so that no miss evicts them.
+  for (size_t i = 0; i < refs.size(); ++i) {
+    const int key = key_of(refs[i]);
+    if (predicting_) {
+      ++stats_.predicted;
+      stats_.predicted_right += predicted_[key];
     }
-  } else {
-    ++stats_.misses;
+    if (slot_of_[key] >= 0) {
+      ++stats_.hits;
+      pin(i, slot_of_[key]);
+    }
+  }
+  double stalled = 0;
+  for (size_t i = 0; i < refs.size(); ++i) {
+    if (slot_of_ref[i] >= 0) continue;
+    const int key = key_of(refs[i]);
+    int s = -1;
     const auto start = clock::now();
-    // Every slot is pinned or being read ahead: wait for a read to finish.
-    while ((s = victim(false)) < 0) changed_.wait(lock);
-    Slot& slot = slots_[s];
-    if (slot.key >= 0) slot_of_[slot.key] = -1;
-    slot.key = key;
-    slot.state = State::Loading;
-    slot.pins = 1;
-    slot_of_[key] = s;
+    // Every slot is pinned or being read: wait for a read to finish (or for a prefetch of this one).
+    while (slot_of_[key] < 0 && (s = victim(false)) < 0) changed_.wait(lock);
+    stalled += std::chrono::duration<double>(clock::now() - start).count();
+    if (slot_of_[key] >= 0) {
+      ++stats_.hits;  // read ahead meanwhile
+    } else {
+      ++stats_.misses;
+      start_load(key, s, demand_chunks_, false);
+    }
+    pin(i, slot_of_[key]);
+  }
+  if (while_reading) {
     lock.unlock();
     try {
-      read_expert(key, slot);
+      while_reading();
     } catch (...) {
       lock.lock();
-      slot = Slot();
-      slot_of_[key] = -1;
+      unpin_mine();
       throw;
     }
     lock.lock();
-    slot.state = State::Ready;
-    stats_.bytes_read += int64_t(plan_.expert_bytes);
-    stats_.stall_seconds += std::chrono::duration<double>(clock::now() - start).count();
-    changed_.notify_all();
   }
-  Slot& slot = slots_[s];
-  slot.protected_prefetch = false;
-  tracker_.use(key);
-  pinned_.push_back(s);
-  return slot.weights;
-}
-
-void ExpertCache::acquire(const std::vector<ExpertRef>& refs, std::vector<const SwiGluWeights*>& out) {
+  const auto start = clock::now();
+  bool waited = false;
+  for (size_t i = 0; i < refs.size(); ++i) {
+    const int key = key_of(refs[i]);
+    const Slot& slot = slots_[slot_of_ref[i]];
+    if (slot.state == State::Loading && slot.key == key) {
+      waited = true;
+      changed_.wait(lock, [&] { return slot.state != State::Loading || slot.key != key; });
+    }
+  }
+  if (waited) stalled += std::chrono::duration<double>(clock::now() - start).count();
+  stats_.stall_seconds += stalled;
   out.assign(refs.size(), nullptr);
-  std::vector<size_t> order;
-  {
-    const std::lock_guard lock(mutex_);
-    for (size_t i = 0; i < refs.size(); ++i)
-      if (slot_of_[key_of(refs[i])] >= 0) order.push_back(i);
-    for (size_t i = 0; i < refs.size(); ++i)
-      if (slot_of_[key_of(refs[i])] < 0) order.push_back(i);
+  for (size_t i = 0; i < refs.size(); ++i) {
+    const int key = key_of(refs[i]);
+    if (slots_[slot_of_ref[i]].key != key) {  // the read failed
+      const std::string error = read_error_[key];
+      unpin_mine();
+      throw Error(error);
+    }
+    out[i] = &slots_[slot_of_ref[i]].weights;
   }
-  for (size_t i : order) out[i] = &acquire(refs[i]);
 }
 
 void ExpertCache::release_all() {
@@ -341,44 +406,91 @@ void ExpertCache::prefetch(const std::vector<ExpertRef>& refs) {
 void ExpertCache::io_loop() {
   std::unique_lock lock(mutex_);
   for (;;) {
-    changed_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    changed_.wait(lock, [&] { return stop_ || !demand_chunks_.empty() || !ahead_chunks_.empty() || !queue_.empty(); });
     if (stop_) return;
-    const int key = queue_.front();
-    queue_.erase(queue_.begin());
-    if (slot_of_[key] >= 0) continue;
-    const int s = victim(true);
-    if (s < 0) {  // everything is pinned or read ahead already: the rest of the list waits for demand
-      queue_.clear();
+    std::deque<Chunk>& from = !demand_chunks_.empty() ? demand_chunks_ : ahead_chunks_;
+    if (from.empty()) {
+      // Start the next read ahead only when the ones started have no request left to issue, so
+      // that slots are taken (and experts evicted) as late as possible.
+      const int key = queue_.front();
+      queue_.erase(queue_.begin());
+      if (slot_of_[key] >= 0) continue;
+      const int s = victim(true);
+      if (s < 0) {  // everything is pinned or read ahead already: the rest of the list waits for demand
+        queue_.clear();
+        continue;
+      }
+      start_load(key, s, ahead_chunks_, true);
       continue;
     }
-    Slot& slot = slots_[s];
-    if (slot.key >= 0) slot_of_[slot.key] = -1;
-    slot.key = key;
-    slot.state = State::Loading;
-    slot.protected_prefetch = true;
-    slot_of_[key] = s;
+    const Chunk chunk = from.front();
+    from.pop_front();
+    peak_in_flight_ = std::max(peak_in_flight_, ++in_flight_);
     lock.unlock();
-    std::string error;
-    try {
-      read_expert(key, slot);
-    } catch (const Error& e) {
-      error = e.what();
-    }
+    std::string error = read_chunk(chunk);
     lock.lock();
-    if (error.empty()) {
-      slot.state = State::Ready;
-      ++stats_.prefetch_reads;
-      stats_.bytes_read += int64_t(plan_.expert_bytes);
-    } else {
-      io_error_ = error;
-      const int pins = slot.pins;
-      slot = Slot();
-      slot.pins = pins;  // a waiting acquire drops its own pin
-      slot_of_[key] = -1;
-      queue_.clear();
-    }
-    changed_.notify_all();
+    --in_flight_;
+    Slot& slot = slots_[chunk.slot];
+    if (!error.empty() && slot.read_error.empty()) slot.read_error = std::move(error);
+    if (--slot.chunks_left == 0) finish_load(chunk.slot, lock);
   }
+}
+
+ReadProbe ExpertCache::probe_reads(int depth, uint64_t bytes, uint64_t skip) const {
+  // The experts' tensors in key order, as read requests; the probe starts `skip` bytes in.
+  std::deque<Chunk> all;
+  for (const auto& sources : sources_)
+    for (const Source& src : sources)
+      if (src.bytes > 0) chunks_of(src, static_cast<std::byte*>(memory_), -1, chunk_bytes_, all);  // dst replaced below
+  require(!all.empty(), "expert cache: no expert bytes to probe");
+  uint64_t total = 0;
+  for (const Chunk& c : all) total += c.need;
+  size_t at = 0;
+  for (uint64_t skipped = 0; skipped < skip % total; ++at) skipped += all[at].need;
+  std::vector<Chunk> plan;
+  ReadProbe probe;
+  probe.depth = depth;
+  for (; probe.bytes < bytes; at = (at + 1) % all.size()) {
+    plan.push_back(all[at]);
+    probe.bytes += all[at].need;
+  }
+  std::mutex next_mutex;
+  size_t next = 0;
+  std::string error;
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads;
+  for (int t = 0; t < depth; ++t)
+    threads.emplace_back([&] {
+      void* buffer = std::aligned_alloc(kPage, chunk_bytes_);
+      if (!buffer) {
+        const std::lock_guard lock(next_mutex);
+        error = "expert cache: cannot allocate the read probe's buffer";
+      }
+      for (;;) {
+        Chunk c;
+        {
+          const std::lock_guard lock(next_mutex);
+          if (next == plan.size() || !error.empty()) break;
+          c = plan[next++];
+        }
+        c.dst = static_cast<std::byte*>(buffer);
+        std::string failed = read_chunk(c);
+        if (!failed.empty()) {
+          const std::lock_guard lock(next_mutex);
+          error = std::move(failed);
+        }
+      }
+      std::free(buffer);
+    });
+  for (std::thread& t : threads) t.join();
+  probe.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  require(error.empty(), error);
+  return probe;
+}
+
+int ExpertCache::peak_reads_in_flight() const {
+  const std::lock_guard lock(mutex_);
+  return peak_in_flight_;
 }
 
 ExpertCacheStats& ExpertCacheStats::operator+=(const ExpertCacheStats& o) {
@@ -402,6 +514,7 @@ ExpertCacheStats ExpertCache::stats() const {
 void ExpertCache::reset_stats() {
   const std::lock_guard lock(mutex_);
   stats_ = ExpertCacheStats();
+  peak_in_flight_ = in_flight_;
 }
 
 }  // namespace crossmoe

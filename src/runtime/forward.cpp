@@ -406,7 +406,10 @@ void BatchSession::moe(int l, const float* router_in, int T) {
     refs.clear();
     for (size_t i = first; i < end; ++i) refs.push_back(plan.candidates[chosen[i]]);
     if (cache) {
-      cache->acquire(refs, experts);
+      // The next layer's experts are named once this step's misses are queued, so that both
+      // are read together (misses first) while nothing evicts what this step needs.
+      const bool ahead = first == 0 && cache->prefetching();
+      cache->acquire(refs, experts, ahead ? std::function<void()>([&] { prefetch_next(l, T); }) : nullptr);
     } else {
       experts.clear();
       for (const ExpertRef& ref : refs) experts.push_back(&model_.weights().expert(ref));
@@ -416,7 +419,6 @@ void BatchSession::moe(int l, const float* router_in, int T) {
       runs.push_back({experts[i - first], &rows_in_[first_row[i] * d], int(chosen_by[chosen[i]].size()),
                       &rows_out_[first_row[i] * d]});
     if (first == 0) {
-      if (cache && cache->prefetching()) prefetch_next(l, T);  // read while this layer computes
       if (shared) runs.push_back({&L.shared, u_.data(), T, ffn_.data()});
     }
     swiglu(runs);

@@ -142,7 +142,7 @@ Model::Model(const std::filesystem::path& dir, const ExpertCacheOptions& options
   checkpoint_.load_into_memory([&](const std::string& name) { return !routed.count(name); });
   weights_ = bind_weights(config_, checkpoint_);
   interleave_in_memory(weights_);
-  expert_cache_ = std::make_unique<ExpertCache>(config_, checkpoint_, weights_, plan, options.policy, options.prefetch);
+  expert_cache_ = std::make_unique<ExpertCache>(config_, checkpoint_, weights_, plan, options);
 }
 
 void Model::load(WeightResidency residency) {
