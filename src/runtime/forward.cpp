@@ -251,32 +251,43 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
       }
     }
   }
-  // Per piece and head, for blocks of queries: scores = Q K^T (scaled, causal, windowed),
-  // softmax, out = P V, each product taken block by block over the sequence's cache.
-  constexpr int kQueryBlock = 32;
+  // Per piece and kv head, for blocks of queries: scores = Q K^T (scaled, causal, windowed),
+  // softmax, out = P V, each product taken block by block over the sequence's cache. The query
+  // heads that share a kv head go through the products together, as rows of one matrix (head by
+  // head, each head's queries in order), so that each key and value is read once for all of them:
+  // one decoded token reads the cache once instead of once per query head (Hq / Hkv times), and
+  // the products run on register tiles of several rows. A row's sums do not depend on the rows
+  // beside it (kernels::matmul), so every head gets the same values as alone. A block holds
+  // kQueryRows rows: kQueryRows / group tokens of each of the group's heads.
+  constexpr int kQueryRows = 32;
   const float scale = 1.0f / std::sqrt(float(hd));
   const int group = Hq / Hkv;
+  const int block_tokens = std::max(1, kQueryRows / group);
+  const int block_rows = block_tokens * group;
   std::vector<int64_t> first_item{0};  // items of piece p: [first_item[p], first_item[p + 1])
   int64_t work = 0;
   for (size_t p = 0; p < pieces.size(); ++p) {
     const int length = int(seq(pieces[p].sequence).tokens.size()) + pieces[p].count;
-    first_item.push_back(first_item.back() + int64_t(Hq) * ((pieces[p].count + kQueryBlock - 1) / kQueryBlock));
+    first_item.push_back(first_item.back() + int64_t(Hkv) * ((pieces[p].count + block_tokens - 1) / block_tokens));
     work += int64_t(Hq) * pieces[p].count * length * hd;
   }
   const auto attend = [&](int64_t item) {
     const int p = int(std::upper_bound(first_item.begin(), first_item.end(), item) - first_item.begin()) - 1;
     const Sequence& s = sequences_[pieces[p].sequence];
     const int count = pieces[p].count, length = int(s.tokens.size()) + count;
-    const int query_blocks = (count + kQueryBlock - 1) / kQueryBlock;
-    const int h = int((item - first_item[p]) / query_blocks), t0 = int((item - first_item[p]) % query_blocks) * kQueryBlock;
-    const int tn = std::min(kQueryBlock, count - t0);
-    const int g = h / group, row0 = starts[p] + t0;
+    const int query_blocks = (count + block_tokens - 1) / block_tokens;
+    const int g = int((item - first_item[p]) / query_blocks);
+    const int t0 = int((item - first_item[p]) % query_blocks) * block_tokens;
+    const int tn = std::min(block_tokens, count - t0);
+    const int rn = tn * group;  // rows: query i of head g * group + i / tn is token t0 + i % tn
+    const int row0 = starts[p] + t0;
     // Scratch per thread, kept between calls.
     thread_local std::vector<float> q, scores, part, out;
-    q.resize(size_t(kQueryBlock) * hd);
-    scores.resize(size_t(kQueryBlock) * length);
-    out.resize(size_t(kQueryBlock) * hd);
-    for (int t = 0; t < tn; ++t) std::copy_n(&q_[size_t(row0 + t) * qw + size_t(h) * hd], hd, &q[size_t(t) * hd]);
+    q.resize(size_t(block_rows) * hd);
+    scores.resize(size_t(block_rows) * length);
+    out.resize(size_t(block_rows) * hd);
+    for (int i = 0; i < rn; ++i)
+      std::copy_n(&q_[size_t(row0 + i % tn) * qw + size_t(g * group + i / tn) * hd], hd, &q[size_t(i) * hd]);
     const int blocks = (length + bs - 1) / bs;
     const auto keys = [&](int j) {
       return k::Matrix{pool_.keys(l, s.blocks[j], g), DType::F32, std::min(bs, length - j * bs), hd, hd};
@@ -285,18 +296,18 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
       return k::Matrix{pool_.values(l, s.blocks[j], g), DType::F32, hd, std::min(bs, length - j * bs), bs};
     };
     if (blocks == 1) {
-      k::matmul(keys(0), q.data(), tn, scores.data());
+      k::matmul(keys(0), q.data(), rn, scores.data());
     } else {
-      part.resize(size_t(kQueryBlock) * std::max(bs, hd));
+      part.resize(size_t(block_rows) * std::max(bs, hd));
       for (int j = 0; j < blocks; ++j) {
         const int n = std::min(bs, length - j * bs);
-        k::matmul(keys(j), q.data(), tn, part.data());
-        for (int t = 0; t < tn; ++t) std::copy_n(&part[size_t(t) * n], n, &scores[size_t(t) * length + size_t(j) * bs]);
+        k::matmul(keys(j), q.data(), rn, part.data());
+        for (int i = 0; i < rn; ++i) std::copy_n(&part[size_t(i) * n], n, &scores[size_t(i) * length + size_t(j) * bs]);
       }
     }
-    for (int t = 0; t < tn; ++t) {
-      float* row = &scores[size_t(t) * length];
-      const int pos = row_position_[row0 + t];
+    for (int i = 0; i < rn; ++i) {
+      float* row = &scores[size_t(i) * length];
+      const int pos = row_position_[row0 + i % tn];
       const int begin = c_.sliding_window > 0 ? std::max(0, pos - c_.sliding_window + 1) : 0;
       float m = -INFINITY;
       for (int j = begin; j <= pos; ++j) m = std::max(m, row[j] *= scale);
@@ -308,19 +319,20 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
       std::fill(row + pos + 1, row + length, 0.0f);
     }
     if (blocks == 1) {
-      k::matmul(values(0), scores.data(), tn, out.data());
+      k::matmul(values(0), scores.data(), rn, out.data());
     } else {
-      std::fill_n(out.begin(), size_t(tn) * hd, 0.0f);
+      std::fill_n(out.begin(), size_t(rn) * hd, 0.0f);
       std::vector<float>& probs = q;  // the queries are no longer needed
-      probs.resize(size_t(kQueryBlock) * bs);
+      probs.resize(size_t(block_rows) * bs);
       for (int j = 0; j < blocks; ++j) {
         const int n = std::min(bs, length - j * bs);
-        for (int t = 0; t < tn; ++t) std::copy_n(&scores[size_t(t) * length + size_t(j) * bs], n, &probs[size_t(t) * n]);
-        k::matmul(values(j), probs.data(), tn, part.data());
-        for (size_t i = 0; i < size_t(tn) * hd; ++i) out[i] += part[i];
+        for (int i = 0; i < rn; ++i) std::copy_n(&scores[size_t(i) * length + size_t(j) * bs], n, &probs[size_t(i) * n]);
+        k::matmul(values(j), probs.data(), rn, part.data());
+        for (size_t e = 0; e < size_t(rn) * hd; ++e) out[e] += part[e];
       }
     }
-    for (int t = 0; t < tn; ++t) std::copy_n(&out[size_t(t) * hd], hd, &att_[size_t(row0 + t) * qw + size_t(h) * hd]);
+    for (int i = 0; i < rn; ++i)
+      std::copy_n(&out[size_t(i) * hd], hd, &att_[size_t(row0 + i % tn) * qw + size_t(g * group + i / tn) * hd]);
   };
   if (work >= (1 << 15)) {  // as matmul: small work stays on one thread
     k::parallel_for(first_item.back(), attend);
