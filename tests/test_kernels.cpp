@@ -460,9 +460,12 @@ void expect_isa_matches_portable(Isa isa) {
 std::vector<float> table_product(const KernelTable& k, const Matrix& m, const float* x, int tokens, int64_t split = 0) {
   std::vector<ActivationBlock> xq(size_t(tokens) * size_t(m.cols / 32));
   k.quantize_activations(x, int64_t(tokens) * m.cols, activation_group(m.dtype), xq.data());
+  std::vector<int16_t> sums(xq.size());
+  activation_sums(xq.data(), int64_t(xq.size()), sums.data());
+  const int16_t* s = m.dtype == DType::Q4_K ? sums.data() : nullptr;
   std::vector<float> y(size_t(tokens) * size_t(m.rows), std::nanf(""));
-  k.quant_matmul_rows(m, xq.data(), tokens, y.data(), 0, split);
-  k.quant_matmul_rows(m, xq.data(), tokens, y.data(), split, m.rows);
+  k.quant_matmul_rows(m, xq.data(), s, tokens, y.data(), 0, split);
+  k.quant_matmul_rows(m, xq.data(), s, tokens, y.data(), split, m.rows);
   return y;
 }
 

@@ -112,6 +112,7 @@ void matmul_batch(const MatmulJob* jobs, int count) {
   };
   const auto quantized_prep = [](Prep p) { return p == kQuantized32 || p == kQuantized256; };
   thread_local std::vector<ActivationBlock> quantized;
+  thread_local std::vector<int16_t> quantized_sums;  // their activation_sums, for Q4_K weights
   thread_local std::vector<float> reordered;
   // Per-call bookkeeping reuses the calling thread's storage (a decode step makes hundreds of
   // small calls); the workers reach it through these references, not by the thread_local names.
@@ -142,24 +143,36 @@ void matmul_batch(const MatmulJob* jobs, int count) {
       reordered_total += size_t(jobs[j].tokens) * size_t(jobs[j].w.cols);
     }
   }
-  if (quantized.size() < quantized_total) quantized.resize(quantized_total);
+  if (quantized.size() < quantized_total) {
+    quantized.resize(quantized_total);
+    quantized_sums.resize(quantized_total);
+  }
   if (reordered.size() < reordered_total) reordered.resize(reordered_total);
   for (int j = 0; j < count; ++j) {
     if (source[j] != j) continue;
-    if (quantized_prep(prep_of(j)))
-      k.quantize_activations(jobs[j].x, int64_t(jobs[j].tokens) * jobs[j].w.cols, activation_group(jobs[j].w.dtype),
-                           quantized.data() + prepared_at[j]);
-    else
+    if (quantized_prep(prep_of(j))) {
+      const int64_t n = int64_t(jobs[j].tokens) * jobs[j].w.cols;
+      k.quantize_activations(jobs[j].x, n, activation_group(jobs[j].w.dtype), quantized.data() + prepared_at[j]);
+      if (prep_of(j) == kQuantized256)
+        activation_sums(quantized.data() + prepared_at[j], n / 32, quantized_sums.data() + prepared_at[j]);
+    } else
       k.bf16_x_layout(jobs[j].x, jobs[j].tokens, jobs[j].w.cols, reordered.data() + prepared_at[j]);
   }
   // The caller's buffers, read by every worker.
   const ActivationBlock* const activations = quantized.data();
+  const int16_t* const block_sums = quantized_sums.data();
   const float* const reordered_x = reordered.data();
   // Blocks of 16 rows keep each thread on whole tiles; small work stays on one thread. Quantized
   // weights against many tokens take blocks of 128 rows: each block reads all the tokens'
   // activations (1.25 bytes per token and column, MiBs for a prompt: from L3), while its rows
   // (at most ~300 KiB up to 2048 columns) stay in L2, so fewer, larger blocks read them less often.
-  const auto block_rows = [&](int j) -> int64_t { return quantized_prep(prep_of(j)) && jobs[j].tokens >= 32 ? 128 : 16; };
+  // One token takes blocks of 64 rows: its rows are read once whatever the block, and each block
+  // costs a call with its bookkeeping (the call, its job's lookup, the row size), 3-4% of a dense
+  // Q4_K decode's samples at 16 rows.
+  const auto block_rows = [&](int j) -> int64_t {
+    if (jobs[j].tokens == 1) return 64;
+    return quantized_prep(prep_of(j)) && jobs[j].tokens >= 32 ? 128 : 16;
+  };
   first_block.assign(count + 1, 0);
   int64_t work = 0;
   for (int j = 0; j < count; ++j) {
@@ -176,7 +189,9 @@ void matmul_batch(const MatmulJob* jobs, int count) {
     if (source[j] < 0)
       k.matmul_rows(job.w, job.x, job.tokens, job.y, row, end);
     else if (quantized_prep(prep_of(j)))
-      k.quant_matmul_rows(job.w, activations + prepared_at[j], job.tokens, job.y, row, end);
+      k.quant_matmul_rows(job.w, activations + prepared_at[j],
+                          prep_of(j) == kQuantized256 ? block_sums + prepared_at[j] : nullptr, job.tokens, job.y,
+                          row, end);
     else
       k.matmul_rows(job.w, reordered_x + prepared_at[j], job.tokens, job.y, row, end);
   };

@@ -88,6 +88,10 @@ int64_t activation_group(DType weights);
 // definition; each ISA's table has a version that gives the same bytes (tested), so every ISA
 // multiplies the same integers.
 void quantize_activations(const float* x, int64_t n, int64_t group, ActivationBlock* out);
+// The n blocks' sums as int16 (|sum| <= 32 * 127), the form the Q4_K products read their min
+// terms in (8 per super-block as one vector): made once per quantized input (matmul_batch does),
+// not once per block of rows.
+void activation_sums(const ActivationBlock* x, int64_t n, int16_t* out);
 
 // Avx512Vnni: the AVX-512 kernels with the quantized products in 512-bit VNNI dot products
 // (vpdpbusd); Avx512 alone keeps the AVX2 integer products (AVX-512 CPUs without VNNI).
@@ -117,9 +121,10 @@ struct KernelTable {
   // Reorders x [tokens, cols] (columns within fixed chunks) as matmul_rows reads it against bf16
   // weights (Avx512Bf16: rounds it to bf16).
   void (*bf16_x_layout)(const float* x, int tokens, int64_t cols, float* out);
-  // The same for Q8_0 / Q4_K weights, x quantized: cols / 32 blocks per token.
-  void (*quant_matmul_rows)(const Matrix& w, const ActivationBlock* x, int tokens, float* y, int64_t row_begin,
-                            int64_t row_end);
+  // The same for Q8_0 / Q4_K weights, x quantized: cols / 32 blocks per token; for Q4_K, sums
+  // holds their activation_sums (null for Q8_0).
+  void (*quant_matmul_rows)(const Matrix& w, const ActivationBlock* x, const int16_t* sums, int tokens, float* y,
+                            int64_t row_begin, int64_t row_end);
   // quantize_activations, as fast as the ISA does it (decode quantizes every matmul's input).
   void (*quantize_activations)(const float* x, int64_t n, int64_t group, ActivationBlock* out);
   float (*dot)(const float* a, const float* b, int n);

@@ -331,7 +331,8 @@ void q4_k_tile(const Q4Strip* w, const ActivationBlock* x, int64_t blocks, float
 // the last token and recomputes the tokens it shares with the one before (the same operations:
 // the same values written again).
 template <class Tiles>
-void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, int tokens, float* y, int64_t r0, int64_t r1) {
+void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t* sums, int tokens, float* y, int64_t r0,
+                       int64_t r1) {
   int64_t strip_end = r0;
   if (m.layout == Layout::Interleaved8 && tokens >= kAmxMinTokens)
     strip_end = r0 + std::max<int64_t>(0, std::min(r1, m.rows / 8 * 8) - r0) / kStripRows * kStripRows;
@@ -366,10 +367,11 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, int tokens, fl
     }
     Tiles::end();
   }
-  if (strip_end < r1) avx512_vnni_kernels().quant_matmul_rows(m, x, tokens, y, strip_end, r1);
+  if (strip_end < r1) avx512_vnni_kernels().quant_matmul_rows(m, x, sums, tokens, y, strip_end, r1);
 }
 
-KernelTable amx_table(void (*rows)(const Matrix&, const ActivationBlock*, int, float*, int64_t, int64_t)) {
+KernelTable amx_table(void (*rows)(const Matrix&, const ActivationBlock*, const int16_t*, int, float*, int64_t,
+                                   int64_t)) {
   KernelTable t = avx512_vnni_kernels();  // every other product is the VNNI table's
   t.isa = Isa::Amx;
   t.quant_matmul_rows = rows;

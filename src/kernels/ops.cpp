@@ -88,4 +88,8 @@ void quantize_activations(const float* x, int64_t n, int64_t group, ActivationBl
   }
 }
 
+void activation_sums(const ActivationBlock* x, int64_t n, int16_t* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = int16_t(x[i].sum);
+}
+
 }  // namespace crossmoe::kernels

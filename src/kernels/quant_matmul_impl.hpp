@@ -18,7 +18,6 @@
 //       in block order, in every lane type and for every T: the same bits in every ISA.
 // Integer sums are exact in every lane type, so ISAs differ only in the order of float additions.
 #include <algorithm>
-#include <vector>
 
 #include "kernels/kernels.hpp"
 #include "util/quant.hpp"
@@ -119,18 +118,13 @@ void interleaved_rows_for_tokens(const Matrix& m, const ActivationBlock* x, cons
 }
 
 // Token pairs take turns over the rows, which stay in cache while the pairs read them.
+// sums: Q4_K's activation_sums of x (its min terms read each super-block's 8 as one vector),
+// null for Q8_0.
 template <class L>
-void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, int tokens, float* y, int64_t r0, int64_t r1) {
+void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t* sums, int tokens, float* y, int64_t r0,
+                       int64_t r1) {
   const int64_t blocks = m.cols / 32;
-  // Q4_K's min terms read each super-block's 8 activation sums as one vector (|sum| <= 32 * 127
-  // fits 16 bits), packed once here for all the rows of the call.
-  thread_local std::vector<int16_t> packed_sums;
-  const bool q4 = m.dtype == DType::Q4_K;
-  if (q4) {
-    packed_sums.resize(size_t(tokens) * blocks);
-    for (int64_t i = 0; i < int64_t(tokens) * blocks; ++i) packed_sums[i] = int16_t(x[i].sum);
-  }
-  const auto sums_of = [&](int t) { return q4 ? packed_sums.data() + t * blocks : nullptr; };
+  const auto sums_of = [&](int t) { return sums ? sums + t * blocks : nullptr; };
   if (m.layout == Layout::Interleaved8) {
     // r0 is a multiple of 8 (matmul_batch's blocks of rows are), so the groups start at r0.
     const int64_t grouped_end = std::max(r0, std::min(r1, m.rows / 8 * 8));

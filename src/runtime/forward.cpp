@@ -249,63 +249,73 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
       }
     }
   }
-  // Per piece and head, for blocks of queries: scores = q K^T (scaled, causal, windowed),
+  // Per piece and kv head, for blocks of queries: scores = q K^T (scaled, causal, windowed),
   // softmax, out = P V. Each query's products are its own (kernels::attention_scores and
-  // attention_values), so its result does not depend on the queries beside it; the loops go over
-  // the cache block by block, every query of the block in turn, so that a prefill chunk reads each
-  // block of keys and values once for all its queries.
-  constexpr int kQueryBlock = 32;
+  // attention_values), so its result does not depend on the queries beside it. The query heads
+  // that share a kv head go together (rows: head by head, each head's queries in order), and
+  // the loops go over the cache block by block, every row in turn, so that each block of keys
+  // and values is read once for all the group's heads and all the queries of a prefill chunk.
+  // A block of queries holds kQueryRows rows: kQueryRows / group tokens of each head.
+  constexpr int kQueryRows = 32;
   const float scale = 1.0f / std::sqrt(float(hd));
   const int group = Hq / Hkv;
+  const int block_tokens = std::max(1, kQueryRows / group);
+  const int block_rows = block_tokens * group;
   std::vector<int64_t> first_item{0};  // items of piece p: [first_item[p], first_item[p + 1])
   int64_t work = 0;
   for (size_t p = 0; p < pieces.size(); ++p) {
     const int length = int(seq(pieces[p].sequence).tokens.size()) + pieces[p].count;
-    first_item.push_back(first_item.back() + int64_t(Hq) * ((pieces[p].count + kQueryBlock - 1) / kQueryBlock));
+    first_item.push_back(first_item.back() + int64_t(Hkv) * ((pieces[p].count + block_tokens - 1) / block_tokens));
     work += int64_t(Hq) * pieces[p].count * length * hd;
   }
   const auto attend = [&](int64_t item) {
     const int p = int(std::upper_bound(first_item.begin(), first_item.end(), item) - first_item.begin()) - 1;
     const Sequence& s = sequences_[pieces[p].sequence];
     const int count = pieces[p].count, length = int(s.tokens.size()) + count;
-    const int query_blocks = (count + kQueryBlock - 1) / kQueryBlock;
-    const int h = int((item - first_item[p]) / query_blocks), t0 = int((item - first_item[p]) % query_blocks) * kQueryBlock;
-    const int tn = std::min(kQueryBlock, count - t0);
-    const int g = h / group, row0 = starts[p] + t0;
+    const int query_blocks = (count + block_tokens - 1) / block_tokens;
+    const int g = int((item - first_item[p]) / query_blocks);
+    const int t0 = int((item - first_item[p]) % query_blocks) * block_tokens;
+    const int tn = std::min(block_tokens, count - t0);
+    const int rn = tn * group;  // row i: head g * group + i / tn, token t0 + i % tn
+    const int row0 = starts[p] + t0;
     thread_local std::vector<float> scores;  // scratch per thread, kept between calls
-    scores.resize(size_t(kQueryBlock) * length);
-    // Query t sees positions [begin[t], end[t]).
-    int begin[kQueryBlock], end[kQueryBlock];
+    scores.resize(size_t(block_rows) * length);
+    // Token t sees positions [begin[t], end[t]).
+    int begin[kQueryRows], end[kQueryRows];  // tn <= block_tokens <= kQueryRows
     for (int t = 0; t < tn; ++t) {
       const int pos = row_position_[row0 + t];
       begin[t] = c_.sliding_window > 0 ? std::max(0, pos - c_.sliding_window + 1) : 0;
       end[t] = pos + 1;
     }
     const int last_block = (end[tn - 1] - 1) / bs;  // positions grow with t
-    const auto query = [&](int t) { return &q_[size_t(row0 + t) * qw + size_t(h) * hd]; };
-    const auto output = [&](int t) { return &att_[size_t(row0 + t) * qw + size_t(h) * hd]; };
+    const auto head_offset = [&](int i) { return size_t(row0 + i % tn) * qw + size_t(g * group + i / tn) * hd; };
     for (int j = begin[0] / bs; j <= last_block; ++j) {
       const float* keys = pool_.keys(l, s.blocks[j], g);
-      for (int t = 0; t < tn; ++t) {
-        const int lo = std::max(j * bs, begin[t]), hi = std::min((j + 1) * bs, end[t]);
-        if (lo < hi) k::attention_scores(query(t), keys + size_t(lo - j * bs) * hd, hi - lo, hd, &scores[size_t(t) * length + lo]);
+      for (int i = 0; i < rn; ++i) {
+        const int t = i % tn, lo = std::max(j * bs, begin[t]), hi = std::min((j + 1) * bs, end[t]);
+        if (lo < hi)
+          k::attention_scores(&q_[head_offset(i)], keys + size_t(lo - j * bs) * hd, hi - lo, hd,
+                              &scores[size_t(i) * length + lo]);
       }
     }
-    for (int t = 0; t < tn; ++t) {
-      float* row = &scores[size_t(t) * length];
+    for (int i = 0; i < rn; ++i) {
+      const int t = i % tn;
+      float* row = &scores[size_t(i) * length];
       float m = -INFINITY;
       for (int j = begin[t]; j < end[t]; ++j) m = std::max(m, row[j] *= scale);
       float sum = 0.0f;
       for (int j = begin[t]; j < end[t]; ++j) sum += (row[j] = std::exp(row[j] - m));
       const float inv = 1.0f / sum;
       for (int j = begin[t]; j < end[t]; ++j) row[j] *= inv;
-      std::fill_n(output(t), hd, 0.0f);
+      std::fill_n(&att_[head_offset(i)], hd, 0.0f);
     }
     for (int j = begin[0] / bs; j <= last_block; ++j) {
       const float* values = pool_.values(l, s.blocks[j], g);
-      for (int t = 0; t < tn; ++t) {
-        const int lo = std::max(j * bs, begin[t]), hi = std::min((j + 1) * bs, end[t]);
-        if (lo < hi) k::attention_values(&scores[size_t(t) * length + lo], values + size_t(lo - j * bs) * hd, hi - lo, hd, output(t));
+      for (int i = 0; i < rn; ++i) {
+        const int t = i % tn, lo = std::max(j * bs, begin[t]), hi = std::min((j + 1) * bs, end[t]);
+        if (lo < hi)
+          k::attention_values(&scores[size_t(i) * length + lo], values + size_t(lo - j * bs) * hd, hi - lo, hd,
+                              &att_[head_offset(i)]);
       }
     }
   };
