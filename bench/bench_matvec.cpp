@@ -3,9 +3,9 @@
 // the bandwidth limit. Q8_0 and Q4_K are timed in both layouts (rows as stored; interleaved 8 at
 // a time, as a model in memory holds them). Each figure is the best of 5 timed products; on a
 // shared machine the probe and the products see different load, so compare the columns of one run.
-// With a token count above 1 it times prefill-shaped products of the quantized matrices instead
-// (compute-bound: no probe): multiply-adds per second, and the ratio of each time to the latest
-// one of the first ISA listed on the same matrix in the same run, so that
+// With a token count above 1 it times prefill-shaped products instead (compute-bound: no probe):
+// multiply-adds per second, and the ratio of each time to the latest one of the first ISA listed
+// on the same matrix in the same run, so that
 // `bench_matvec 4096 4096 avx512_vnni,amx,avx512_vnni,amx 512` gives AMX's tiles against the
 // VNNI lane, A/B/A/B.
 // Usage: bench_matvec [rows] [cols] [isas] [tokens]   (isas: one or more of generic, avx2, avx512,
@@ -121,7 +121,6 @@ int main(int argc, char** argv) {
   for (Isa isa : order) {
     set_isa(isa);
     for (const auto& [m, name] : matrices) {
-      if (prefill && dtype_block(m.dtype) == 1) continue;
       const double seconds = best_seconds(m, x.data(), tokens, y.data());
       if (prefill) {
         if (isa == order.front()) baseline[name] = seconds;

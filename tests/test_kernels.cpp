@@ -256,11 +256,14 @@ TEST(Kernels, DotAndAxpyHandleTails) {
 
 // Against double sums, and the split property attention relies on: a block of positions
 // taken in two calls gives the same bits as in one (values: one chain per lane, in order).
+// The bits themselves: each score is dot's (positions taken 16 at a time reduce their lanes
+// together, in dot's tree), each output lane one multiply-add chain over the positions in order
+// (fused where the ISA fuses: all but the portable code, which rounds the product).
 TEST(Kernels, AttentionScoresAndValuesMatchDoubleSumsAndSplitAnywhere) {
   for (Isa isa : supported()) {
     IsaGuard guard(isa);
-    for (int hd : {8, 40, 64, 72, 128})
-      for (int n : {1, 5, 16}) {
+    for (int hd : {8, 40, 64, 72, 128, 256})
+      for (int n : {1, 5, 16, 17, 40}) {
         std::vector<float> q(hd), kv(size_t(n) * hd), v(size_t(n) * hd), p(n), scores(n);
         for (int i = 0; i < hd; ++i) q[i] = std::sin(0.3f * i + 0.1f);
         for (size_t i = 0; i < kv.size(); ++i) kv[i] = std::cos(0.7f * i), v[i] = std::sin(1.3f * i) - 0.2f;
@@ -275,10 +278,17 @@ TEST(Kernels, AttentionScoresAndValuesMatchDoubleSumsAndSplitAnywhere) {
           double ref = 0;
           for (int i = 0; i < hd; ++i) ref += double(q[i]) * kv[size_t(j) * hd + i];
           EXPECT_NEAR(scores[j], ref, 1e-5 * hd) << isa_name(isa) << " hd " << hd << " position " << j;
+          EXPECT_EQ(scores[j], dot(q.data(), kv.data() + size_t(j) * hd, hd)) << isa_name(isa) << " hd " << hd << " position " << j;
         }
         for (int i = 0; i < hd; ++i) {
           double ref = 0.5;
-          for (int j = 0; j < n; ++j) ref += double(p[j]) * v[size_t(j) * hd + i];
+          float chain = 0.5f;
+          for (int j = 0; j < n; ++j) {
+            ref += double(p[j]) * v[size_t(j) * hd + i];
+            const float product = p[j] * v[size_t(j) * hd + i];
+            chain = isa == Isa::Generic ? chain + product : std::fma(p[j], v[size_t(j) * hd + i], chain);
+          }
+          EXPECT_EQ(out[i], chain) << isa_name(isa) << " hd " << hd << " dim " << i;
           EXPECT_NEAR(out[i], ref, 1e-5 * n) << isa_name(isa) << " hd " << hd << " dim " << i;
           EXPECT_EQ(out[i], split[i]) << isa_name(isa) << " hd " << hd << " dim " << i;
         }

@@ -167,36 +167,83 @@ void axpy(float alpha, const float* x, float* y, int n) {
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
+// The lane sums of 16 accumulators, each as S::sum gives it alone: S::sum16 where the lane type
+// has one (the same pairs added in the same tree, all 16 at once), else one S::sum each.
+template <class S>
+inline void sum16(const typename S::V* acc, float* out) {
+  if constexpr (requires { S::sum16(acc, out); })
+    S::sum16(acc, out);
+  else
+    for (int k = 0; k < 16; ++k) out[k] = S::sum(acc[k]);
+}
+
 // One query's attention against one block of n cached positions, keys and values both
-// [n][hd]: scores[j] = q . keys[j] (dot's order), and out += sum_j p[j] * values[j], j in order,
-// one fused multiply-add chain per output lane. Each query's sums are its own, so a token's
+// [n][hd]: scores[j] = q . keys[j] (dot's order and bits), and out += sum_j p[j] * values[j], j in
+// order, one fused multiply-add chain per output lane. Each query's sums are its own, so a token's
 // attention is the same bits whatever the other queries of its step, alone or in a batch,
 // in a prefill chunk or decoded one at a time. (A matmul call per block and head costs more in
 // bookkeeping than the few hundred multiply-adds of a decode query; the transposed values it
 // read summed every output dimension across lanes, and a partial block one scalar at a time.)
+// Scores go 16 positions at a time: dot's two accumulators per position, then their lane sums
+// 16 at once (sum16), instead of a call and two dependent reductions per position, which left a
+// decode step's attention latency-bound (a quarter of an MoE Q4_K token's time at 800 positions).
 template <class S>
 void attention_scores(const float* q, const float* keys, int n, int hd, float* scores) {
-  for (int j = 0; j < n; ++j) scores[j] = dot<S>(q, keys + int64_t(j) * hd, hd);
+  constexpr int W = S::width;
+  int j = 0;
+  if (hd % W == 0) {
+    for (; j + 16 <= n; j += 16) {
+      typename S::V even[16], odd[16];  // dot's acc0 (chunks 0, 2, 4, ...) and acc1 (1, 3, 5, ...)
+      for (int k0 = 0; k0 < 16; k0 += 4) {  // 4 positions side by side: 8 independent chains
+        const float* key = keys + int64_t(j + k0) * hd;
+        typename S::V a0[4], a1[4];
+        for (int k = 0; k < 4; ++k) a0[k] = a1[k] = S::zero();
+        int i = 0;
+        for (; i + 2 * W <= hd; i += 2 * W) {
+          const typename S::V qe = S::load(q + i), qo = S::load(q + i + W);
+          // The positions 16 ahead, at the same columns: a decode step's first query head reads
+          // the keys from memory, in pieces too short for the hardware prefetcher to pick up.
+          for (int k = 0; k < 4; ++k) __builtin_prefetch(key + (16 + k) * hd + i);
+          for (int k = 0; k < 4; ++k) {
+            a0[k] = S::fma(qe, S::load(key + k * hd + i), a0[k]);
+            a1[k] = S::fma(qo, S::load(key + k * hd + i + W), a1[k]);
+          }
+        }
+        if (i < hd)
+          for (int k = 0; k < 4; ++k) a0[k] = S::fma(S::load(q + i), S::load(key + k * hd + i), a0[k]);
+        for (int k = 0; k < 4; ++k) even[k0 + k] = a0[k], odd[k0 + k] = a1[k];
+      }
+      float s0[16], s1[16];
+      sum16<S>(even, s0);
+      sum16<S>(odd, s1);
+      for (int k = 0; k < 16; ++k) scores[j + k] = s0[k] + s1[k];
+    }
+  }
+  for (; j < n; ++j) scores[j] = dot<S>(q, keys + int64_t(j) * hd, hd);
+}
+
+// NV vectors of out, from column i, held in registers through all n positions: each value row is
+// read once per group of NV vectors (8: once per query for a head of 128 on AVX-512), and the NV
+// chains are independent, where two chains at a time waited on each other's latency.
+template <class S, int NV>
+inline void attention_values_vectors(const float* p, const float* values, int n, int hd, float* out) {
+  typename S::V a[NV];
+  for (int v = 0; v < NV; ++v) a[v] = S::load(out + v * S::width);
+  for (int j = 0; j < n; ++j) {
+    const typename S::V pj = S::broadcast(p[j]);
+    for (int v = 0; v < NV; ++v) a[v] = S::fma(pj, S::load(values + int64_t(j) * hd + v * S::width), a[v]);
+  }
+  for (int v = 0; v < NV; ++v) S::store(out + v * S::width, a[v]);
 }
 
 template <class S>
 void attention_values(const float* p, const float* values, int n, int hd, float* out) {
+  constexpr int W = S::width;
   int i = 0;
-  for (; i + 2 * S::width <= hd; i += 2 * S::width) {
-    typename S::V a0 = S::load(out + i), a1 = S::load(out + i + S::width);
-    for (int j = 0; j < n; ++j) {
-      const typename S::V pj = S::broadcast(p[j]);
-      a0 = S::fma(pj, S::load(values + int64_t(j) * hd + i), a0);
-      a1 = S::fma(pj, S::load(values + int64_t(j) * hd + i + S::width), a1);
-    }
-    S::store(out + i, a0);
-    S::store(out + i + S::width, a1);
-  }
-  for (; i + S::width <= hd; i += S::width) {
-    typename S::V a = S::load(out + i);
-    for (int j = 0; j < n; ++j) a = S::fma(S::broadcast(p[j]), S::load(values + int64_t(j) * hd + i), a);
-    S::store(out + i, a);
-  }
+  for (; i + 8 * W <= hd; i += 8 * W) attention_values_vectors<S, 8>(p, values + i, n, hd, out + i);
+  if (i + 4 * W <= hd) attention_values_vectors<S, 4>(p, values + i, n, hd, out + i), i += 4 * W;
+  if (i + 2 * W <= hd) attention_values_vectors<S, 2>(p, values + i, n, hd, out + i), i += 2 * W;
+  if (i + W <= hd) attention_values_vectors<S, 1>(p, values + i, n, hd, out + i), i += W;
   for (; i < hd; ++i) {
     float a = out[i];
     for (int j = 0; j < n; ++j) a = S::fma1(p[j], values[int64_t(j) * hd + i], a);

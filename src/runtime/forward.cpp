@@ -257,6 +257,7 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
   // and values is read once for all the group's heads and all the queries of a prefill chunk.
   // A block of queries holds kQueryRows rows: kQueryRows / group tokens of each head.
   constexpr int kQueryRows = 32;
+  constexpr int kPositionTile = 64;  // 32 KiB of keys at a head size of 128
   const float scale = 1.0f / std::sqrt(float(hd));
   const int group = Hq / Hkv;
   const int block_tokens = std::max(1, kQueryRows / group);
@@ -289,15 +290,23 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
     }
     const int last_block = (end[tn - 1] - 1) / bs;  // positions grow with t
     const auto head_offset = [&](int i) { return size_t(row0 + i % tn) * qw + size_t(g * group + i / tn) * hd; };
-    for (int j = begin[0] / bs; j <= last_block; ++j) {
-      const float* keys = pool_.keys(l, s.blocks[j], g);
-      for (int i = 0; i < rn; ++i) {
-        const int t = i % tn, lo = std::max(j * bs, begin[t]), hi = std::min((j + 1) * bs, end[t]);
-        if (lo < hi)
-          k::attention_scores(&q_[head_offset(i)], keys + size_t(lo - j * bs) * hd, hi - lo, hd,
-                              &scores[size_t(i) * length + lo]);
-      }
-    }
+    // Positions go kPositionTile at a time through every row, so that the rows after the first
+    // find the tile's keys (values below) in L1 rather than reading the block from memory again
+    // (a decode step's block is the whole context: 4 query heads read each key 4 times).
+    const auto for_position_tiles = [&](auto&& body) {
+      for (int j = begin[0] / bs; j <= last_block; ++j)
+        for (int p0 = std::max(j * bs, begin[0]); p0 < std::min((j + 1) * bs, end[tn - 1]); p0 += kPositionTile) {
+          const int p1 = std::min({p0 + kPositionTile, (j + 1) * bs, end[tn - 1]});
+          for (int i = 0; i < rn; ++i) {
+            const int t = i % tn, lo = std::max(p0, begin[t]), hi = std::min(p1, end[t]);
+            if (lo < hi) body(i, j, lo, hi);
+          }
+        }
+    };
+    for_position_tiles([&](int i, int j, int lo, int hi) {
+      k::attention_scores(&q_[head_offset(i)], pool_.keys(l, s.blocks[j], g) + size_t(lo - j * bs) * hd, hi - lo, hd,
+                          &scores[size_t(i) * length + lo]);
+    });
     for (int i = 0; i < rn; ++i) {
       const int t = i % tn;
       float* row = &scores[size_t(i) * length];
@@ -309,15 +318,10 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
       for (int j = begin[t]; j < end[t]; ++j) row[j] *= inv;
       std::fill_n(&att_[head_offset(i)], hd, 0.0f);
     }
-    for (int j = begin[0] / bs; j <= last_block; ++j) {
-      const float* values = pool_.values(l, s.blocks[j], g);
-      for (int i = 0; i < rn; ++i) {
-        const int t = i % tn, lo = std::max(j * bs, begin[t]), hi = std::min((j + 1) * bs, end[t]);
-        if (lo < hi)
-          k::attention_values(&scores[size_t(i) * length + lo], values + size_t(lo - j * bs) * hd, hi - lo, hd,
-                              &att_[head_offset(i)]);
-      }
-    }
+    for_position_tiles([&](int i, int j, int lo, int hi) {
+      k::attention_values(&scores[size_t(i) * length + lo], pool_.values(l, s.blocks[j], g) + size_t(lo - j * bs) * hd,
+                          hi - lo, hd, &att_[head_offset(i)]);
+    });
   };
   if (work >= (1 << 15)) {  // as matmul: small work stays on one thread
     k::parallel_for(first_item.back(), attend);

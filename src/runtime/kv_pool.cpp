@@ -1,6 +1,11 @@
 #include "runtime/kv_pool.hpp"
 
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <new>
 #include <string>
+#include <utility>
 
 #include "util/error.hpp"
 
@@ -19,13 +24,30 @@ KvPool::KvPool(const ModelConfig& c, int block_size, int blocks)
   require(block_size > 0 && blocks > 0, "the KV cache needs at least one block of at least one token (got " +
                                             std::to_string(blocks) + " blocks of " + std::to_string(block_size) + ")");
   const size_t floats = size_t(c.num_layers) * blocks * heads_ * size_t(block_size) * head_dim_;
-  k_.resize(floats);
-  v_.resize(floats);
+  k_ = Floats(floats);
+  v_ = Floats(floats);
   refs_.assign(blocks, 0);
   generation_.assign(blocks, 0);
   evictable_at_.resize(blocks);
   keys_of_.assign(blocks, nullptr);
   for (int b = blocks - 1; b >= 0; --b) free_.push_back(b);
+}
+
+KvPool::Floats::Floats(size_t count) : bytes_(std::max<size_t>(1, count) * sizeof(float)) {
+  void* m = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) throw std::bad_alloc();
+  ::madvise(m, bytes_, MADV_HUGEPAGE);  // a hint: without transparent huge pages, 4 KiB ones
+  data_ = static_cast<float*>(m);
+}
+
+KvPool::Floats& KvPool::Floats::operator=(Floats&& other) noexcept {
+  std::swap(data_, other.data_);
+  std::swap(bytes_, other.bytes_);
+  return *this;
+}
+
+KvPool::Floats::~Floats() {
+  if (data_) ::munmap(data_, bytes_);
 }
 
 size_t KvPool::KeyHash::operator()(const Key& k) const {

@@ -68,7 +68,24 @@ class KvPool {
   Key key(int parent, const int* tokens) const;
 
   int block_size_, blocks_, heads_, head_dim_;
-  std::vector<float> k_, v_;  // [layer][block][kv head][...]
+  // Zeroed floats in an anonymous mapping advised to huge pages before anything touches it: a
+  // decode step streams the context's keys and values through every layer, and on 4 KiB pages
+  // the hardware prefetchers stop at each page's end (the weights sit in huge pages too).
+  class Floats {
+   public:
+    Floats() = default;
+    explicit Floats(size_t count);
+    Floats(Floats&& other) noexcept { *this = std::move(other); }
+    Floats& operator=(Floats&& other) noexcept;
+    ~Floats();
+    float& operator[](size_t i) { return data_[i]; }
+    const float& operator[](size_t i) const { return data_[i]; }
+
+   private:
+    float* data_ = nullptr;
+    size_t bytes_ = 0;
+  };
+  Floats k_, v_;  // [layer][block][kv head][...]
   std::vector<int> refs_;
   std::vector<uint64_t> generation_;
   std::vector<int> free_;
