@@ -128,6 +128,7 @@ TEST_F(CliErrors, EveryCommandFailsWithOneErrorLineAndExitCode) {
       {"cache-sim {dir}/none.jsonl", 1, "none.jsonl"},
       {"cache-sim {good}/config.json", 1, "config.json line 1: not a routing record"},
       {"cache-sim {good}/config.json --slots 0", 2, "--slots"},
+      {"cache-sim {good}/config.json --from-position -1", 2, "--from-position"},
       // bench
       {"bench", 2, "model is required"},
       {"bench {good} --runs 0", 2, "--runs: expected a whole number from 1"},
