@@ -687,12 +687,14 @@ TrainResult train_model(const ModelConfig& requested, const TrainOptions& o) {
                                          std::to_string(step + 1) + " (lower the learning rate?)");
     const bool last = step + 1 == o.steps;
     const bool eval_now = last || (o.eval_every > 0 && (step + 1) % o.eval_every == 0);
+    // Throughput counts the training steps only: the window's clock is read before validation, and
+    // restarted after it (below), so an evaluation never lowers tokens/s or MFU.
+    const double window_seconds = std::max(window.seconds(), 1e-9);
     // Under expert or tensor parallelism every rank of rank 0's group takes part in the validation
     // forward passes.
     std::optional<double> val_loss;
     if (eval_now && rank < tp * ep) val_loss = validation_loss();
     if (leader && (eval_now || (step + 1) % o.log_every == 0)) {
-      const double window_seconds = std::max(window.seconds(), 1e-9);
       row.tokens_per_s = double(window_tokens) / window_seconds;
       row.tokens_per_s_per_rank = row.tokens_per_s / world;
       row.communication_s = comm ? comm->communication_seconds() - window_communication : 0.0;
