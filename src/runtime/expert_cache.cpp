@@ -162,7 +162,7 @@ double EvictionTracker::expected_distance(int key) const {
     qi *= q;
   }
   // later counts cycles from the second one on: shift them by one cycle.
-  return p * (first_cycle + r * later) ;
+  return p * (first_cycle + r * later);
 }
 
 bool EvictionTracker::evict_before(int a, int b) const {
