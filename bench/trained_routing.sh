@@ -61,6 +61,11 @@ for stage in $stages; do
     for name in megrez2 local; do
       echo "== $name: eviction policies on its routing trace"
       "$bin" cache-sim "$out/$name.trace.jsonl" | tee "$out/$name.cache-sim.txt"
+      # The decode alone (the trace's last 127 positions, after the prompt has filled the cache),
+      # with the next layer's experts known as pre-gated prefetch knows them.
+      last=$(tail -1 "$out/$name.trace.jsonl" | python3 -c 'import json, sys; print(json.load(sys.stdin)["position"])')
+      "$bin" cache-sim "$out/$name.trace.jsonl" --from-position $((last - 126)) --next-known \
+        --slots 6,12,24,32,48,64,96,128 | tee -a "$out/$name.cache-sim.txt"
     done ;;
   bench)
     MODELS="$(realpath "$out/megrez2/model") $(realpath "$out/local/model")" PROMPT_FILE=$(realpath "$heldout") \

@@ -128,6 +128,7 @@ TEST_F(CliErrors, EveryCommandFailsWithOneErrorLineAndExitCode) {
       {"cache-sim {dir}/none.jsonl", 1, "none.jsonl"},
       {"cache-sim {good}/config.json", 1, "config.json line 1: not a routing record"},
       {"cache-sim {good}/config.json --slots 0", 2, "--slots"},
+      {"cache-sim {good}/config.json --from-position -1", 2, "--from-position"},
       // bench
       {"bench", 2, "model is required"},
       {"bench {good} --runs 0", 2, "--runs: expected a whole number from 1"},
@@ -163,7 +164,7 @@ TEST_F(CliErrors, EveryCommandFailsWithOneErrorLineAndExitCode) {
       {"eval check {dir}/none.jsonl", 2, "none.jsonl"},
       {"eval generate", 2, "required"},
       {"eval lveval {dir}/none", 2, "none"},
-#ifdef CROSSMOE_HAVE_TORCH
+#ifdef CROSSMOE_TRAINER_BUILT
       {"train --data {dir}/none -o {dir}/run --steps x", 2, "--steps"},
       {"train", 2, "required"},
       {"train --data {dir}/none -o {dir}/run --expert-products fast", 2, "--expert-products"},
@@ -304,7 +305,7 @@ TEST_F(CliErrors, VersionNamesCommitKernelsAndTrainer) {
       << r.out;
   EXPECT_TRUE(std::regex_search(r.out, std::regex("\nkernels  built: generic, avx2, avx512, avx512_vnni, avx512_bf16, amx; this CPU runs (generic|avx2|avx512|avx512_vnni|amx)\n")))
       << r.out;
-#ifdef CROSSMOE_HAVE_TORCH
+#ifdef CROSSMOE_TRAINER_BUILT
   EXPECT_NE(r.out.find("trainer  yes (libtorch "), std::string::npos) << r.out;
   EXPECT_TRUE(std::regex_search(r.out, std::regex("; --nproc backends: (none|Gloo \\(cpu\\)|NCCL \\(cuda\\)|Gloo \\(cpu\\), NCCL \\(cuda\\))\\)")))
       << r.out;

@@ -6,10 +6,13 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <memory>
+#include <thread>
 
 #include "model/init.hpp"
 #include "model/tensor_names.hpp"
@@ -102,7 +105,7 @@ TEST_P(SameLogits, UnderEveryBudget) {
   const ExpertCachePlan plan = probe.expert_cache()->plan();
   const std::string one_token = std::to_string(uint64_t(plan.min_slots) * plan.expert_bytes);
   for (const std::string b : {one_token, std::string("50%"), std::string("100%")})
-    for (EvictionPolicy policy : {EvictionPolicy::Lru, EvictionPolicy::Frequency})
+    for (EvictionPolicy policy : {EvictionPolicy::Lru, EvictionPolicy::Frequency, EvictionPolicy::NextUse})
       for (bool prefetch : {false, true}) {
         const Model model(m.dir, budget(b, policy, prefetch));
         ASSERT_TRUE(model.expert_cache());
@@ -312,35 +315,236 @@ TEST(CacheSim, BeladyIsTheOptimumAndBoundsThePolicies) {
   }
 }
 
-TEST(CacheSim, ReplaysWhatTheCacheDid) {
-  // Decoding one token at a time, the expert cache (LRU, no prefetch) and the simulator replaying
-  // the routing trace of that run count the same hits and misses.
-  const ModelDir m("moe", "replay");
-  const Model model(m.dir, budget("25%", EvictionPolicy::Lru, false));
-  InferenceSession session(model, 64);
-  std::vector<RoutingRecord> records;
-  session.set_trace(&records);
-  int token = 1;
-  for (int i = 0; i < 30; ++i) {
-    const std::vector<float>& logits = session.forward({token});
-    token = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+TEST(CacheSim, NextUseKnowsWhenAPoolIsWantedAgain) {
+  // Megrez2's pattern: layers 1-3 route into pool A (keys 0-15), layers 4-6 into pool B (16-31),
+  // token after token, each step two experts drawn with a skew (some experts are popular). LRU
+  // keeps pool A's experts through layers 4-6 although none is wanted before the next token;
+  // next-use knows that, and with the next layer's experts known it does better still. Belady's
+  // rule bounds both.
+  uint32_t state = 11;
+  const auto next = [&] { return (state = state * 1664525u + 1013904223u) >> 8; };
+  RoutingTrace t;
+  for (int token = 0; token < 300; ++token)
+    for (int layer = 1; layer <= 6; ++layer) {
+      const int pool = layer <= 3 ? 0 : 16;
+      std::vector<int> step;
+      while (step.size() < 2) {
+        const int e = pool + int((next() % 16) * (next() % 16) / 16);  // skewed towards low indices
+        if (std::find(step.begin(), step.end(), e) == step.end()) step.push_back(e);
+      }
+      std::sort(step.begin(), step.end());
+      t.steps.push_back(step);
+      t.layer.push_back(layer);
+      t.position.push_back(token);
+      t.accesses += 2;
+    }
+  t.experts = 32;
+  t.widest_step = 2;
+  for (int slots : {6, 10, 16}) {
+    SCOPED_TRACE("slots " + std::to_string(slots));
+    const int64_t lru = simulate_cache(t, slots, EvictionPolicy::Lru).misses;
+    const int64_t next_use = simulate_cache(t, slots, EvictionPolicy::NextUse).misses;
+    const int64_t knowing = simulate_cache(t, slots, EvictionPolicy::NextUse, {true, 0}).misses;
+    const int64_t opt = simulate_cache(t, slots, std::nullopt).misses;
+    EXPECT_LT(next_use, lru);
+    EXPECT_LE(knowing, next_use);
+    EXPECT_LE(opt, knowing);
   }
-  const fs::path path = m.dir / "trace.jsonl";
-  {
-    std::ofstream out(path);
-    for (const RoutingRecord& r : records) {
-      nlohmann::json experts = nlohmann::json::array();
-      for (const ExpertRef& e : r.experts) experts.push_back({{"layer", e.owner_layer}, {"expert", e.index}});
-      out << nlohmann::json{{"position", r.position}, {"layer", r.layer}, {"experts", experts}}.dump() << "\n";
+  // Counting from a position on leaves out the misses of the steps before it.
+  EXPECT_LT(simulate_cache(t, 10, EvictionPolicy::Lru, {false, 150}).misses, simulate_cache(t, 10, EvictionPolicy::Lru).misses);
+}
+
+TEST(CacheSim, ReplaysWhatTheCacheDid) {
+  // Decoding one token at a time, the expert cache (no prefetch) and the simulator replaying the
+  // routing trace of that run count the same hits and misses, under LRU and under next-use (the
+  // same tracker).
+  for (const std::string layout : {"moe", "megrez2"})
+    for (EvictionPolicy policy : {EvictionPolicy::Lru, EvictionPolicy::NextUse}) {
+      SCOPED_TRACE(layout + " " + to_string(policy));
+      const ModelDir m(layout, "replay_" + layout);
+      const Model model(m.dir, budget("25%", policy, false));
+      InferenceSession session(model, 64);
+      std::vector<RoutingRecord> records;
+      session.set_trace(&records);
+      int token = 1;
+      for (int i = 0; i < 30; ++i) {
+        const std::vector<float>& logits = session.forward({token});
+        token = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      }
+      const fs::path path = m.dir / "trace.jsonl";
+      {
+        std::ofstream out(path);
+        for (const RoutingRecord& r : records) {
+          nlohmann::json experts = nlohmann::json::array();
+          for (const ExpertRef& e : r.experts) experts.push_back({{"layer", e.owner_layer}, {"expert", e.index}});
+          out << nlohmann::json{{"position", r.position}, {"layer", r.layer}, {"experts", experts}}.dump() << "\n";
+        }
+      }
+      const RoutingTrace trace = read_routing_trace(path);
+      const int slots = int(model.expert_cache()->slots());
+      const SimulatedCache simulated = simulate_cache(trace, slots, policy);
+      const ExpertCacheStats real = model.expert_cache()->stats();
+      EXPECT_EQ(simulated.hits + simulated.misses, real.hits + real.misses);
+      if (policy == EvictionPolicy::NextUse && layout == "moe") {
+        // next-use in the simulator learns which layers route to each expert, and how many
+        // candidates a layer has, from the trace; the cache knows them from the config. They
+        // differ by the experts this short run never chose (here 2 of ~100 misses).
+        EXPECT_NEAR(double(simulated.misses), double(real.misses), 0.05 * double(real.misses));
+      } else {
+        EXPECT_EQ(simulated.misses, real.misses);
+      }
+      EXPECT_GT(real.hits, 0);
+      EXPECT_LE(simulate_cache(trace, slots, std::nullopt).misses, real.misses);
+    }
+}
+
+}  // namespace
+}  // namespace crossmoe
+
+// Stress of the expert cache's reads (tests/test_expert_cache.cpp's fixtures): many budgets,
+// I/O depths, prefetch on and off, several sequences in one step and several threads on one
+// cache, and files that shrink or vanish while the model runs. The same sweep runs under
+// ThreadSanitizer (docs/robustness.md); CROSSMOE_CACHE_STRESS=full widens it to every budget
+// from one token's experts to 100% and every depth from 1 to 16.
+namespace crossmoe {
+namespace {
+
+bool full_stress() {
+  const char* v = std::getenv("CROSSMOE_CACHE_STRESS");
+  return v && std::string(v) == "full";
+}
+
+// Three sequences with their own prompts, prefilled in one step and then decoded together,
+// greedily: every step's logits of every sequence.
+std::vector<std::vector<float>> decode_together(const Model& model, int new_tokens) {
+  const int V = model.config().vocab_size;
+  BatchSession batch(model, 8, 24, 64);
+  std::vector<int> seqs;
+  std::vector<std::vector<int>> prompts;
+  for (int s = 0; s < 3; ++s) {
+    seqs.push_back(batch.open());
+    prompts.emplace_back();
+    for (int i = 0; i < 9 + 3 * s; ++i) prompts.back().push_back((i * 31 + 7 * s + 3) % V);
+  }
+  std::vector<std::vector<float>> out;
+  std::vector<std::vector<float>> logits(3, std::vector<float>(V));
+  std::vector<int> last(3);
+  for (int step = 0; step <= new_tokens; ++step) {
+    std::vector<StepPiece> pieces;
+    for (int s = 0; s < 3; ++s)
+      pieces.push_back(step == 0 ? StepPiece{seqs[s], prompts[s].data(), int(prompts[s].size()), logits[s].data()}
+                                 : StepPiece{seqs[s], &last[s], 1, logits[s].data()});
+    batch.step(pieces);
+    for (int s = 0; s < 3; ++s) {
+      out.push_back(logits[s]);
+      last[s] = int(std::max_element(logits[s].begin(), logits[s].end()) - logits[s].begin());
     }
   }
-  const RoutingTrace trace = read_routing_trace(path);
-  const SimulatedCache simulated = simulate_cache(trace, int(model.expert_cache()->slots()), EvictionPolicy::Lru);
-  const ExpertCacheStats real = model.expert_cache()->stats();
-  EXPECT_EQ(simulated.misses, real.misses);
-  EXPECT_EQ(simulated.hits, real.hits);
-  EXPECT_GT(real.hits, 0);
-  EXPECT_LE(simulate_cache(trace, int(model.expert_cache()->slots()), std::nullopt).misses, real.misses);
+  return out;
+}
+
+TEST(ExpertCacheStress, EveryBudgetDepthAndPrefetchGivesTheSameLogits) {
+  const bool full = full_stress();
+  for (const std::string layout : {"megrez2", "moe"}) {
+    SCOPED_TRACE(layout);
+    const ModelDir m(layout, "stress_" + layout, 128);
+    const Model in_memory(m.dir, WeightResidency::InMemory);
+    const std::vector<std::vector<float>> one = decode(in_memory, 4), together = decode_together(in_memory, 4);
+    const ExpertCachePlan plan = Model(m.dir, budget("100%")).expert_cache()->plan();
+    // Quick: one token's experts and half of them, depths 1 and 16, the default policy. Full:
+    // every size, every depth from 1 to 16, lru as well.
+    std::vector<int64_t> slot_counts = {plan.min_slots, plan.experts / 2};
+    std::vector<int> depths = {1, 16};
+    std::vector<EvictionPolicy> policies = {EvictionPolicy::NextUse};
+    if (full) {
+      slot_counts.clear();
+      for (int64_t s = plan.min_slots; s <= plan.experts; ++s) slot_counts.push_back(s);
+      depths.clear();
+      for (int d = 1; d <= 16; ++d) depths.push_back(d);
+      policies.push_back(EvictionPolicy::Lru);
+    }
+    for (int64_t slots : slot_counts)
+      for (int depth : depths)
+        for (bool prefetch : {false, true})
+          for (EvictionPolicy policy : policies) {
+            SCOPED_TRACE("slots " + std::to_string(slots) + " depth " + std::to_string(depth) + " prefetch " +
+                         std::to_string(prefetch) + " " + to_string(policy));
+            ExpertCacheOptions o = in_pages(std::to_string(uint64_t(slots) * plan.expert_bytes), depth, prefetch);
+            o.policy = policy;
+            const Model model(m.dir, o);
+            ASSERT_EQ(model.expert_cache()->slots(), slots);
+            EXPECT_EQ(decode(model, 4), one);
+            EXPECT_EQ(decode_together(model, 4), together);
+            const ExpertCacheStats s = model.expert_cache()->stats();
+            EXPECT_EQ(s.bytes_read, (s.misses + s.prefetch_reads) * int64_t(plan.expert_bytes));
+            EXPECT_LE(model.expert_cache()->peak_reads_in_flight(), depth);
+          }
+  }
+}
+
+TEST(ExpertCacheStress, SessionsOnSeveralThreadsShareOneCache) {
+  // Each thread decodes with its own session; the cache serves them one step at a time (a
+  // step's pins belong to its thread), with the logits of the model in memory.
+  const ModelDir m("megrez2", "threads", 128);
+  const std::vector<std::vector<float>> reference = decode(Model(m.dir, WeightResidency::InMemory), 6);
+  const ExpertCachePlan plan = Model(m.dir, budget("100%")).expert_cache()->plan();
+  for (int64_t slots : {int64_t(plan.min_slots), plan.experts / 2})
+    for (bool prefetch : {false, true}) {
+      SCOPED_TRACE("slots " + std::to_string(slots) + " prefetch " + std::to_string(prefetch));
+      const Model model(m.dir, in_pages(std::to_string(uint64_t(slots) * plan.expert_bytes), 8, prefetch));
+      std::vector<std::vector<std::vector<float>>> got(3);
+      std::vector<std::thread> threads;
+      for (int t = 0; t < 3; ++t) threads.emplace_back([&, t] { got[t] = decode(model, 6); });
+      for (std::thread& t : threads) t.join();
+      for (int t = 0; t < 3; ++t) EXPECT_EQ(got[t], reference) << "thread " << t;
+    }
+}
+
+TEST(ExpertCacheStress, AFileShrinkingAtAnyMomentIsAnErrorOrTheRightLogits) {
+  // A second thread truncates the weights file while decoding runs, after a delay that moves
+  // the cut across the run. Every step that returns has the reference logits; the first that
+  // cannot read its experts throws an Error naming the file. A file that vanishes (unlinked)
+  // keeps its data for the descriptor the cache holds: the run goes on with the right logits.
+  const ModelDir m("megrez2", "shrinking", 128);
+  const Model in_memory(m.dir, WeightResidency::InMemory);
+  const std::vector<std::vector<float>> reference = decode(in_memory, 6);
+  const fs::path file = m.dir / "model.safetensors", saved = m.dir / "saved.bin";
+  fs::copy_file(file, saved);
+  const uint64_t size = fs::file_size(file);
+  int errors = 0;
+  const int rounds = full_stress() ? 60 : 12;
+  for (int round = 0; round < rounds; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    fs::copy_file(saved, file, fs::copy_options::overwrite_existing);
+    const Model model(m.dir, in_pages("25%", 1 + round % 16, round % 2 == 0));
+    std::vector<std::vector<float>> got;
+    std::thread cutter([&] {
+      std::this_thread::sleep_for(std::chrono::microseconds(400 * (round % 7)));
+      fs::resize_file(file, size / 2 + 1000 + 4096 * (round % 5));
+    });
+    try {
+      std::vector<int> prompt;
+      for (int i = 0; i < 24; ++i) prompt.push_back((i * 37 + 11) % model.config().vocab_size);
+      InferenceSession session(model, 64, 32);
+      const std::vector<float>* logits = &session.forward(prompt);
+      for (int i = 0; i < 6; ++i) {
+        got.push_back(*logits);
+        const int next = int(std::max_element(logits->begin(), logits->end()) - logits->begin());
+        logits = &session.forward({next});
+      }
+    } catch (const Error& e) {
+      ++errors;
+      EXPECT_NE(std::string(e.what()).find(file.string()), std::string::npos) << e.what();
+    }
+    cutter.join();
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], reference[i]) << "token " << i;
+  }
+  EXPECT_GT(errors, 0);
+
+  fs::copy_file(saved, file, fs::copy_options::overwrite_existing);
+  const Model model(m.dir, in_pages("25%", 4, true));
+  fs::remove(file);
+  EXPECT_EQ(decode(model, 6), reference);
 }
 
 }  // namespace

@@ -229,7 +229,7 @@ TEST_F(GamesEval, BadInputIsAOneLineError) {
   expect_error(run("games eval " + plain.string() + " -n 1"), 1, "no tokenizer.json");
 }
 
-#ifdef CROSSMOE_HAVE_TORCH
+#ifdef CROSSMOE_TRAINER_BUILT
 // The rollout engine (libtorch, here on the CPU) and the CPU runtime play the same games, greedy.
 TEST_F(GamesEval, RolloutEngineEqualsRuntime) {
   const std::string args = "games eval " + model().string() + " --games tic_tac_toe,kuhn_poker,mini_hanabi -n 3 "

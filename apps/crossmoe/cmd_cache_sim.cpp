@@ -16,6 +16,8 @@ namespace {
 struct CacheSimArgs {
   std::string trace;
   std::vector<int> slots;
+  bool next_known = false;
+  int from_position = 0;
   bool json = false;
 };
 
@@ -30,20 +32,26 @@ void run_cache_sim(const CacheSimArgs& a) {
     if (s < int(trace.widest_step))
       throw UsageError("--slots " + std::to_string(s) + ": a step of " + a.trace + " uses " +
                        std::to_string(trace.widest_step) + " experts at once; give at least that many");
+  const SimulateOptions options{a.next_known, a.from_position};
   if (!a.json)
-    std::printf("trace %s: %lld expert uses of %d experts in %zu steps (token x layer)\n%8s %10s %10s %10s\n",
-                a.trace.c_str(), (long long)trace.accesses, trace.experts, trace.steps.size(), "slots", "lru",
-                "frequency", "belady");
+    std::printf("trace %s: %lld expert uses of %d experts in %zu steps (token x layer)%s%s\n%8s %10s %10s %10s %10s\n",
+                a.trace.c_str(), (long long)trace.accesses, trace.experts, trace.steps.size(),
+                a.next_known ? ", the next layer's experts known" : "",
+                a.from_position > 0 ? (", counted from position " + std::to_string(a.from_position)).c_str() : "",
+                "slots", "lru", "frequency", "next-use", "belady");
   for (int s : sizes) {
-    const SimulatedCache lru = simulate_cache(trace, s, EvictionPolicy::Lru);
-    const SimulatedCache freq = simulate_cache(trace, s, EvictionPolicy::Frequency);
-    const SimulatedCache opt = simulate_cache(trace, s, std::nullopt);
+    const SimulatedCache lru = simulate_cache(trace, s, EvictionPolicy::Lru, options);
+    const SimulatedCache freq = simulate_cache(trace, s, EvictionPolicy::Frequency, options);
+    const SimulatedCache next = simulate_cache(trace, s, EvictionPolicy::NextUse, options);
+    const SimulatedCache opt = simulate_cache(trace, s, std::nullopt, options);
     if (a.json)
       std::printf("{\"slots\": %d, \"experts\": %d, \"accesses\": %lld, \"hit_rate\": {\"lru\": %.4f, \"frequency\": %.4f, "
-                  "\"belady\": %.4f}}\n",
-                  s, trace.experts, (long long)trace.accesses, lru.hit_rate(), freq.hit_rate(), opt.hit_rate());
+                  "\"next-use\": %.4f, \"belady\": %.4f}}\n",
+                  s, trace.experts, (long long)trace.accesses, lru.hit_rate(), freq.hit_rate(), next.hit_rate(),
+                  opt.hit_rate());
     else
-      std::printf("%8d %9.1f%% %9.1f%% %9.1f%%\n", s, 100 * lru.hit_rate(), 100 * freq.hit_rate(), 100 * opt.hit_rate());
+      std::printf("%8d %9.1f%% %9.1f%% %9.1f%% %9.1f%%\n", s, 100 * lru.hit_rate(), 100 * freq.hit_rate(),
+                  100 * next.hit_rate(), 100 * opt.hit_rate());
   }
 }
 
@@ -54,12 +62,18 @@ void add_cache_sim(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "cache-sim",
       "Replay a routing trace (generate --trace) against expert caches of several sizes: hit rates of the "
-      "lru and frequency eviction policies beside Belady's optimum (evict the expert used again last)");
+      "lru, frequency and next-use eviction policies beside Belady's optimum (evict the expert used again last)");
   cmd->add_option("trace", a->trace, "Routing trace, JSON lines as generate --trace writes them")->required();
   cmd->add_option("--slots", a->slots, "Cache sizes in experts, comma-separated (default: 10%, 25%, 50% of the "
                                        "experts the trace uses)")
       ->delimiter(',')
       ->check(positive());
+  cmd->add_flag("--next-known", a->next_known,
+                "Tell the policies each layer's experts one layer ahead, as pre-gated prefetch does (they go last)");
+  cmd->add_option("--from-position", a->from_position,
+                  "Count hits and misses from this token position on; the steps before only fill the cache "
+                  "(the prompt of the traced run, to see the decode alone)")
+      ->check(whole_number(0));
   cmd->add_flag("--json", a->json, "One JSON object per cache size");
   cmd->callback([a] { run_cache_sim(*a); });
 }

@@ -21,6 +21,8 @@
 #include "util/progress.hpp"
 #ifdef CROSSMOE_HAVE_TORCH
 #include "rl/rollout_generator.hpp"
+#else
+#include "torch_build.hpp"
 #endif
 
 namespace crossmoe::cli {
@@ -264,8 +266,7 @@ void run_eval(EvalArgs a) {
     const bool bf16 = a.bf16 == "auto" ? a.device != "cpu" : a.bf16 == "on";
     generator = rl::make_rollout_generator(a.model, a.device, bf16, 2 * s.batch, capacity);
 #else
-    throw Error("--backend rollout (and --device " + a.device +
-                ") needs a crossmoe built with libtorch; --device cpu plays through the CPU runtime");
+    require_torch_build("--backend rollout (and --device " + a.device + "; --device cpu plays through the CPU runtime)");
 #endif
   }
   Stopwatch watch;

@@ -15,6 +15,7 @@
 #include <stdexcept>
 
 #include "commands.hpp"
+#include "torch_build.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
 #include "version.hpp"
@@ -28,19 +29,24 @@ void add_threads_option(CLI::App& cmd) {
 }
 
 #ifndef CROSSMOE_HAVE_TORCH
+// Listed in --help; main() hands these commands to crossmoe-torch before parsing when it is built
+// (torch_build.hpp), so that its own options and help apply. Without it they say what is missing.
 void add_train(CLI::App& app) {
-  CLI::App* cmd = app.add_subcommand("train", "Pre-train a model (needs a build with libtorch)");
+  CLI::App* cmd = app.add_subcommand("train", "Pre-train a model (runs in crossmoe-torch, with libtorch)");
   cmd->allow_extras();
-  cmd->callback([] {
-    throw Error("this crossmoe was built without libtorch: install libtorch-dev (scripts/setup.sh does) and rebuild");
-  });
+  cmd->callback([] { require_torch_build("train"); });
 }
 void add_rl(CLI::App& app) {
-  CLI::App* cmd = app.add_subcommand("rl", "Self-play RL (needs a build with libtorch)");
+  CLI::App* cmd = app.add_subcommand("rl", "Reinforcement learning: self-play on text games (runs in crossmoe-torch)");
   cmd->allow_extras();
-  cmd->callback([] {
-    throw Error("this crossmoe was built without libtorch: install libtorch-dev (scripts/setup.sh does) and rebuild");
-  });
+  cmd->callback([] { require_torch_build("rl"); });
+}
+
+// train, rl and --version (which reports the trainer) are crossmoe-torch's.
+bool needs_torch_build(int argc, char** argv) {
+  if (argc < 2) return false;
+  const std::string first = argv[1];
+  return first == "train" || first == "rl" || first == "--version";
 }
 #endif
 
@@ -119,6 +125,16 @@ int report(const std::exception_ptr& failure) {
 int main(int argc, char** argv) {
   using namespace crossmoe::cli;
   std::set_terminate(on_terminate);
+#ifndef CROSSMOE_HAVE_TORCH
+  remember_command_line(argc, argv);
+  if (needs_torch_build(argc, argv)) {
+    try {
+      run_in_torch_build();  // returns only when there is no crossmoe-torch
+    } catch (...) {
+      return report(std::current_exception());
+    }
+  }
+#endif
   CLI::App app{"crossmoe: run, benchmark and make Mixture-of-Experts models whose layers share experts", "crossmoe"};
   app.require_subcommand(1);
   app.set_version_flag("--version", version_text, "Print the version, commit, kernels and trainer support, then exit");

@@ -32,10 +32,12 @@ void MemoryBudgetArgs::add_to(CLI::App& cmd) {
                  "direct I/O; the rest of the model stays in memory. Default: everything in memory")
       ->check(memory_budget_check());
   cmd.add_option("--eviction", eviction,
-                 "With --memory-budget: which expert leaves the cache, lru (least recently used) or frequency "
-                 "(least often used, counts fading over time)")
+                 "With --memory-budget: which expert leaves the cache, lru (least recently used), frequency "
+                 "(least often used, counts fading over time) or next-use (the one expected to be used again "
+                 "last: from which layers can route to it, how often it was chosen, and the next layer's "
+                 "experts when prefetch names them)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"lru", "frequency"}));
+      ->check(CLI::IsMember({"lru", "frequency", "next-use"}));
   cmd.add_option("--prefetch", prefetch,
                  "With --memory-budget: read the next layer's experts while this layer computes "
                  "(exact for pre-gated models, the next router on this layer's input otherwise)")

@@ -12,7 +12,7 @@ namespace crossmoe::cli {
 CLI::Validator memory_budget_check();
 
 struct MemoryBudgetArgs {
-  std::string budget, eviction = "lru", prefetch = "on";
+  std::string budget, eviction = "next-use", prefetch = "on";
   int io_depth = ExpertCacheOptions().io_depth;
   void add_to(CLI::App& cmd);
   ExpertCacheOptions resolve() const;  // no budget set: all weights in memory

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <map>
 
 #include "model/tensor_names.hpp"
@@ -23,6 +24,23 @@ constexpr uint64_t kPage = 4096;  // direct I/O alignment of offsets, lengths an
 uint64_t round_up(uint64_t n, uint64_t to) { return (n + to - 1) / to * to; }
 
 const Proj kProjs[3] = {Proj::Gate, Proj::Up, Proj::Down};
+
+// The layers that route to each expert key (owner layer * experts + index), for next-use.
+KeyLayers key_layers_of(const ModelConfig& c) {
+  KeyLayers k;
+  k.layers = c.num_layers;
+  k.of_key.resize(size_t(c.num_layers) * c.moe.num_experts);
+  double rates = 0;
+  int moe_layers = 0;
+  for (int l = 0; l < c.num_layers; ++l) {
+    if (!c.layers[l].is_moe || c.layers[l].candidates.empty()) continue;
+    for (const ExpertRef& r : c.layers[l].candidates) k.of_key[size_t(r.owner_layer) * c.moe.num_experts + r.index].push_back(l);
+    rates += double(c.moe.top_k) / double(c.layers[l].candidates.size());
+    ++moe_layers;
+  }
+  k.prior_rate = moe_layers ? rates / moe_layers : 0.0;
+  return k;
+}
 
 }  // namespace
 
@@ -65,13 +83,34 @@ MemoryBudget parse_memory_budget(const std::string& text) {
 EvictionPolicy parse_eviction_policy(const std::string& text) {
   if (text == "lru") return EvictionPolicy::Lru;
   if (text == "frequency") return EvictionPolicy::Frequency;
-  throw UsageError("--eviction '" + text + "': expected lru or frequency");
+  if (text == "next-use") return EvictionPolicy::NextUse;
+  throw UsageError("--eviction '" + text + "': expected lru, frequency or next-use");
 }
 
-std::string to_string(EvictionPolicy policy) { return policy == EvictionPolicy::Lru ? "lru" : "frequency"; }
+std::string to_string(EvictionPolicy policy) {
+  switch (policy) {
+    case EvictionPolicy::Lru: return "lru";
+    case EvictionPolicy::Frequency: return "frequency";
+    case EvictionPolicy::NextUse: return "next-use";
+  }
+  return "?";
+}
 
-EvictionTracker::EvictionTracker(EvictionPolicy policy, int keys, int64_t decay_period)
-    : policy_(policy), last_use_(keys, 0), frequency_(keys, 0), decay_period_(std::max<int64_t>(1, decay_period)) {}
+EvictionTracker::EvictionTracker(EvictionPolicy policy, int keys, int64_t decay_period, KeyLayers key_layers)
+    : policy_(policy), last_use_(keys, 0), frequency_(keys, 0), decay_period_(std::max<int64_t>(1, decay_period)),
+      key_layers_(std::move(key_layers)), next_(keys, 0) {
+  if (policy_ == EvictionPolicy::NextUse) {
+    require(int(key_layers_.of_key.size()) == keys && key_layers_.layers > 0,
+            "the next-use eviction policy needs the layers of every expert");
+    chosen_.assign(keys, 0.0);
+    layer_steps_.assign(key_layers_.layers, 0.0);
+  }
+}
+
+void EvictionTracker::begin_step(int layer) {
+  layer_ = layer;
+  if (!layer_steps_.empty()) layer_steps_[layer] += 1;
+}
 
 void EvictionTracker::use(int key) {
   last_use_[key] = ++clock_;
@@ -80,10 +119,58 @@ void EvictionTracker::use(int key) {
     for (uint32_t& f : frequency_) f /= 2;
     uses_since_decay_ = 0;
   }
+  if (chosen_.empty()) return;
+  chosen_[key] += 1;
+  // next-use's rates fade four times slower: on the trained models' traces (docs/benchmarks.md)
+  // that hit 1-4 points more often than fading at the frequency policy's pace, and 16 times slower less.
+  if (++uses_since_rate_decay_ >= 4 * decay_period_) {
+    for (double& c : chosen_) c /= 2;
+    for (double& c : layer_steps_) c /= 2;
+    uses_since_rate_decay_ = 0;
+  }
+}
+
+void EvictionTracker::expect_next(const std::vector<int>& keys) {
+  for (int k : next_keys_) next_[k] = 0;
+  next_keys_ = keys;
+  for (int k : next_keys_) next_[k] = 1;
+}
+
+double EvictionTracker::expected_distance(int key) const {
+  if (next_[key]) return 0;
+  const std::vector<int>& layers = key_layers_.of_key[key];
+  if (layers.empty()) return std::numeric_limits<double>::infinity();
+  const int L = key_layers_.layers;
+  // The layers that can use it, as distances from this step: 1 .. L.
+  double steps = 0;
+  std::vector<int> ahead;
+  ahead.reserve(layers.size());
+  for (int q : layers) {
+    ahead.push_back((q - layer_ + L - 1) % L + 1);
+    steps += layer_steps_[q];
+  }
+  std::sort(ahead.begin(), ahead.end());
+  // Chosen with probability p at each chance (a prior of two chances at the average rate): the
+  // first use is at the j-th chance with probability (1-p)^(j-1) p, the chances repeating every
+  // L layers. Summed over all cycles in closed form.
+  const double p = std::clamp((chosen_[key] + 2 * key_layers_.prior_rate) / (steps + 2), 1e-6, 1.0);
+  const double q = 1 - p, n = double(ahead.size()), r = std::pow(q, n);
+  double first_cycle = 0, later = 0, qi = 1;
+  for (int d : ahead) {
+    first_cycle += d * qi;
+    later += qi * (d / (1 - r) + L / ((1 - r) * (1 - r)));
+    qi *= q;
+  }
+  // later counts cycles from the second one on: shift them by one cycle.
+  return p * (first_cycle + r * later);
 }
 
 bool EvictionTracker::evict_before(int a, int b) const {
   if (policy_ == EvictionPolicy::Frequency && frequency_[a] != frequency_[b]) return frequency_[a] < frequency_[b];
+  if (policy_ == EvictionPolicy::NextUse) {
+    const double da = expected_distance(a), db = expected_distance(b);
+    if (da != db) return da > db;
+  }
   return last_use_[a] < last_use_[b];
 }
 
@@ -139,7 +226,7 @@ ExpertCache::ExpertCache(const ModelConfig& c, const Checkpoint& ck, const Model
                          const ExpertCacheOptions& options)
     : config_(c), plan_(plan), prefetch_(options.prefetch), num_experts_(c.moe.num_experts),
       chunk_bytes_(round_up(std::max<uint64_t>(1, options.io_chunk_bytes), kPage)),
-      tracker_(options.policy, c.num_layers * c.moe.num_experts, plan.experts) {
+      tracker_(options.policy, c.num_layers * c.moe.num_experts, plan.experts, key_layers_of(c)) {
   require(options.io_depth >= 1, "expert cache: the I/O depth must be at least 1");
   const int keys = c.num_layers * num_experts_;
   sources_.resize(keys);
@@ -269,23 +356,19 @@ void ExpertCache::finish_load(int s, std::unique_lock<std::mutex>& lock) {
 }
 
 int ExpertCache::victim(bool for_prefetch) {
-  int best = -1;
+  // Tiers: 0 anything, 1 read ahead and not used yet, 2 named by the prediction (the next layer's).
+  const auto tier = [&](const Slot& s) { return predicted_[s.key] ? 2 : s.protected_prefetch ? 1 : 0; };
+  int best = -1, best_tier = 0;
   for (int i = 0; i < int(slots_.size()); ++i) {
     const Slot& s = slots_[i];
     if (s.pins > 0 || s.state == State::Loading) continue;
     if (s.state == State::Empty) return i;
-    if (for_prefetch && s.protected_prefetch) continue;
-    if (best < 0) {
+    const int t = tier(s);
+    if (for_prefetch && t > 0) continue;
+    if (best < 0 || t < best_tier || (t == best_tier && tracker_.evict_before(s.key, slots_[best].key))) {
       best = i;
-      continue;
+      best_tier = t;
     }
-    const Slot& b = slots_[best];
-    // An unused prefetch goes before anything the policy would keep only when no other slot is free.
-    if (s.protected_prefetch != b.protected_prefetch) {
-      if (b.protected_prefetch) best = i;
-      continue;
-    }
-    if (tracker_.evict_before(s.key, b.key)) best = i;
   }
   return best;
 }
@@ -296,10 +379,32 @@ const SwiGluWeights& ExpertCache::acquire(const ExpertRef& ref) {
   return *out[0];
 }
 
-void ExpertCache::acquire(const std::vector<ExpertRef>& refs, std::vector<const SwiGluWeights*>& out,
-                          const std::function<void()>& while_reading) {
+void ExpertCache::predict(const std::vector<ExpertRef>& refs, size_t pinned_now) {
+  std::fill(predicted_.begin(), predicted_.end(), 0);
+  predicting_ = !refs.empty();
+  std::vector<int> keys;
+  for (const ExpertRef& r : refs) keys.push_back(key_of(r));
+  for (int k : keys) predicted_[k] = 1;
+  tracker_.expect_next(keys);
+  // Reads ahead that were never used are fair game again.
+  for (Slot& s : slots_) s.protected_prefetch = false;
+  queue_.clear();
+  // Read ahead only what fits beside this step's experts: a prediction larger than that (a long
+  // prefill chunk's next layer) would evict its own reads before they are used.
+  if (!prefetch_ || pinned_now + keys.size() > size_t(plan_.slots)) return;
+  for (int k : keys)
+    if (slot_of_[k] < 0) queue_.push_back(k);
+}
+
+void ExpertCache::acquire(const std::vector<ExpertRef>& refs, std::vector<const SwiGluWeights*>& out, int layer,
+                          const std::vector<ExpertRef>* next) {
   using clock = std::chrono::steady_clock;
   std::unique_lock lock(mutex_);
+  const std::thread::id me = std::this_thread::get_id();
+  // Another thread's step holds pins: wait for its release_all (its pins and ours could not
+  // both fit).
+  if (!pinned_.empty() && pin_owner_ != me) changed_.wait(lock, [&] { return pinned_.empty(); });
+  pin_owner_ = me;
   require(pinned_.size() + refs.size() <= size_t(plan_.slots), "expert cache: more experts pinned at once than it has slots");
   const size_t first_pin = pinned_.size();
   std::vector<int> slot_of_ref(refs.size(), -1);
@@ -316,18 +421,24 @@ void ExpertCache::acquire(const std::vector<ExpertRef>& refs, std::vector<const 
     pinned_.resize(first_pin);
     changed_.notify_all();
   };
+  if (layer >= 0) {
+    tracker_.begin_step(layer);
+    if (predicting_)
+      for (const ExpertRef& r : refs) {
+        ++stats_.predicted;
+        stats_.predicted_right += predicted_[key_of(r)];
+      }
+  }
   // Those in the cache (or on their way) first, so that no miss evicts them.
   for (size_t i = 0; i < refs.size(); ++i) {
     const int key = key_of(refs[i]);
-    if (predicting_) {
-      ++stats_.predicted;
-      stats_.predicted_right += predicted_[key];
-    }
     if (slot_of_[key] >= 0) {
       ++stats_.hits;
       pin(i, slot_of_[key]);
     }
   }
+  // The next layer's experts are named before the misses take slots, so that none of them is evicted.
+  if (layer >= 0) predict(next ? *next : std::vector<ExpertRef>(), first_pin + refs.size());
   double stalled = 0;
   for (size_t i = 0; i < refs.size(); ++i) {
     if (slot_of_ref[i] >= 0) continue;
@@ -345,17 +456,7 @@ void ExpertCache::acquire(const std::vector<ExpertRef>& refs, std::vector<const 
     }
     pin(i, slot_of_[key]);
   }
-  if (while_reading) {
-    lock.unlock();
-    try {
-      while_reading();
-    } catch (...) {
-      lock.lock();
-      unpin_mine();
-      throw;
-    }
-    lock.lock();
-  }
+  changed_.notify_all();  // the I/O threads: demand reads, then the reads ahead behind them
   const auto start = clock::now();
   bool waited = false;
   for (size_t i = 0; i < refs.size(); ++i) {
@@ -384,22 +485,6 @@ void ExpertCache::release_all() {
   const std::lock_guard lock(mutex_);
   for (int s : pinned_) --slots_[s].pins;
   pinned_.clear();
-  changed_.notify_all();
-}
-
-void ExpertCache::prefetch(const std::vector<ExpertRef>& refs) {
-  {
-    const std::lock_guard lock(mutex_);
-    std::fill(predicted_.begin(), predicted_.end(), 0);
-    predicting_ = !refs.empty();
-    for (const ExpertRef& r : refs) predicted_[key_of(r)] = 1;
-    if (!prefetch_) return;
-    // Reads ahead that were never used are fair game again.
-    for (Slot& s : slots_) s.protected_prefetch = false;
-    queue_.clear();
-    for (const ExpertRef& r : refs)
-      if (slot_of_[key_of(r)] < 0) queue_.push_back(key_of(r));
-  }
   changed_.notify_all();
 }
 

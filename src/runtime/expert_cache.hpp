@@ -7,9 +7,9 @@
 // The cache holds whole experts (gate, up and down) in equal slots, keyed by the expert's
 // owner: a Megrez2 pool shared by a group's layers, or a ReXMoE expert reused by its
 // neighbours, is read once and serves every layer that routes to it. The forward pass acquires
-// the experts of one MoE step (pinned until release_all), at most slots() at a time.
-// prefetch() names experts the next MoE layer will (pre-gated) or may (speculative) use; they
-// are read while the current layer computes.
+// the experts of one MoE step (pinned until release_all), at most slots() at a time, and names
+// the experts the next MoE layer will (pre-gated) or may (speculative) use; those are read while
+// the current layer computes, and nothing evicts them meanwhile.
 //
 // Reads go through a pool of I/O threads, each with one pread in flight, so that the disk sees
 // up to io_depth requests at once: a single stream leaves an NVMe drive at a fraction of what it
@@ -21,7 +21,6 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
-#include <functional>
 #include <mutex>
 #include <set>
 #include <string>
@@ -48,26 +47,55 @@ MemoryBudget parse_memory_budget(const std::string& text);
 //   lru:       the least recently used one.
 //   frequency: the one used least often, with every count halved after as many uses as the
 //              model has routed experts (old popularity fades); ties go to the older use.
-enum class EvictionPolicy { Lru, Frequency };
+//   next-use:  the one whose next use is expected farthest ahead, an estimate of Belady's rule
+//              from what the cache knows: which layers can route to each expert (a Megrez2 pool
+//              serves its group's layers, so between groups it waits a known number of layers)
+//              and how often each was chosen when one of those layers ran (counts fading as for
+//              frequency, four times slower). Experts the next layer is known to use
+//              (pre-gated, named ahead) are due at once; ties go to the older use.
+enum class EvictionPolicy { Lru, Frequency, NextUse };
 EvictionPolicy parse_eviction_policy(const std::string& text);
 std::string to_string(EvictionPolicy policy);
+
+// What next-use needs to know of the model: the layers (0 .. layers-1, in the order a token runs
+// them, the cycle repeating token after token) that can route to each key, and how often an
+// expert is chosen on average when it can be (top_k / candidates), the estimate for an expert
+// before it has been seen.
+struct KeyLayers {
+  int layers = 0;
+  std::vector<std::vector<int>> of_key;
+  double prior_rate = 0;
+};
 
 // What a policy knows about each expert key (0 .. keys-1), kept by the cache and by the trace
 // simulator (runtime/cache_sim) alike, so both evict the same way.
 class EvictionTracker {
  public:
-  // decay_period: uses after which every frequency count is halved.
-  EvictionTracker(EvictionPolicy policy, int keys, int64_t decay_period);
+  // decay_period: uses after which every frequency count is halved. key_layers: for next-use.
+  EvictionTracker(EvictionPolicy policy, int keys, int64_t decay_period, KeyLayers key_layers = {});
+  // A step of `layer` begins (for next-use: where in the cycle the cache is, and one more
+  // chance for each expert that layer can route to).
+  void begin_step(int layer);
   void use(int key);
+  // The keys the next step will use, known ahead (pre-gated); empty when unknown.
+  void expect_next(const std::vector<int>& keys);
   // Whether `a` should leave the cache before `b`.
   bool evict_before(int a, int b) const;
+  // next-use's estimate of how many layer steps from now `key` is used again.
+  double expected_distance(int key) const;
 
  private:
   EvictionPolicy policy_;
   std::vector<uint64_t> last_use_;
   std::vector<uint32_t> frequency_;
-  int64_t decay_period_, uses_since_decay_ = 0;
+  int64_t decay_period_, uses_since_decay_ = 0, uses_since_rate_decay_ = 0;
   uint64_t clock_ = 0;
+  KeyLayers key_layers_;
+  std::vector<double> chosen_;       // next-use: fading counts of uses ...
+  std::vector<double> layer_steps_;  // ... and of each layer's steps
+  int layer_ = 0;
+  std::vector<char> next_;           // per key: named for the next step
+  std::vector<int> next_keys_;
 };
 
 struct ExpertCacheStats {
@@ -104,7 +132,7 @@ std::set<std::string> routed_expert_tensors(const ModelConfig& config);
 
 struct ExpertCacheOptions {
   MemoryBudget budget;
-  EvictionPolicy policy = EvictionPolicy::Lru;
+  EvictionPolicy policy = EvictionPolicy::NextUse;
   bool prefetch = true;
   int io_depth = 16;                  // reads in flight at most (I/O threads)
   uint64_t io_chunk_bytes = 1 << 20;  // one read request at most (rounded up to whole pages)
@@ -131,18 +159,21 @@ class ExpertCache {
   // most slots() experts may be pinned at once. Throws an Error naming the file when a read
   // fails or comes up short (a file truncated under the running model).
   const SwiGluWeights& acquire(const ExpertRef& ref);
-  // The experts of one batch, those in the cache pinned first, so that reading a missing one
-  // never evicts another of the same batch; the misses are read together. out[i] is refs[i]'s
-  // weights. while_reading (if given) runs once the reads are queued and before waiting for
-  // them (the forward pass names the next layer's experts there, so that their reads queue up
-  // behind these). On a failed read nothing of this call stays pinned.
-  void acquire(const std::vector<ExpertRef>& refs, std::vector<const SwiGluWeights*>& out,
-               const std::function<void()>& while_reading = nullptr);
+  // The experts of one step, those in the cache pinned first, so that reading a missing one
+  // never evicts another of the same step; the misses are read together. out[i] is refs[i]'s
+  // weights. On a failed read nothing of this call stays pinned.
+  // layer >= 0 begins a step of that layer: its experts count towards the accuracy of the
+  // standing prediction, and `next` (null or empty: none) becomes the prediction, the experts
+  // the next MoE layer will (pre-gated) or may (speculative) use. It is set before this step's
+  // misses take their slots, so that neither they nor reads ahead evict what the next layer
+  // needs; with prefetch on, the predicted experts not in the cache are read right behind this
+  // step's misses, while it computes. layer < 0: a further turn of the step begun last (a
+  // prefill chunk that chose more experts than the cache holds).
+  // Pins belong to the calling thread: another thread's acquire waits for its release_all, so
+  // sessions on several threads share the cache one step at a time.
+  void acquire(const std::vector<ExpertRef>& refs, std::vector<const SwiGluWeights*>& out, int layer = -1,
+               const std::vector<ExpertRef>* next = nullptr);
   void release_all();
-  // Starts reading these experts on the I/O thread (when prefetch is on), replacing what was
-  // queued and not started; acquires until the next call count towards prefetch accuracy.
-  // An empty list ends the prediction.
-  void prefetch(const std::vector<ExpertRef>& refs);
 
   // Reads `bytes` of the experts' stored bytes (those after the first `skip` bytes, wrapping
   // around) with `depth` requests of io_chunk_bytes in flight, into a scratch buffer outside the
@@ -186,9 +217,13 @@ class ExpertCache {
     std::byte* dst;
   };
   int key_of(const ExpertRef& ref) const { return ref.owner_layer * num_experts_ + ref.index; }
-  // A slot to reuse (not pinned, not loading), chosen by the policy; -1 if none. Prefetches
-  // pass for_prefetch and never take a slot holding an unused prefetch.
+  // A slot to reuse (not pinned, not loading), chosen by the policy; -1 if none. Experts the
+  // standing prediction names, and reads ahead not used yet, go last. Prefetches pass
+  // for_prefetch and never take either.
   int victim(bool for_prefetch);
+  // Replaces the prediction (and, with prefetch on, the reads ahead not started); the caller
+  // holds the lock.
+  void predict(const std::vector<ExpertRef>& refs, size_t pinned_now);
   // Gives slot `s` to expert `key` and queues its chunks (on `queue`); the caller holds the lock.
   void start_load(int key, int s, std::deque<Chunk>& queue, bool read_ahead);
   // The pages of one projection's tensor in the file and where they go.
@@ -215,6 +250,7 @@ class ExpertCache {
   std::vector<int> slot_of_;                       // per key, -1 when absent
   EvictionTracker tracker_;
   std::vector<int> pinned_;
+  std::thread::id pin_owner_;                      // the thread whose step holds pinned_
   std::vector<char> predicted_;                    // per key: named by the current prediction
   bool predicting_ = false;
 

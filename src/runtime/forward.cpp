@@ -390,15 +390,16 @@ void BatchSession::moe(int l, const float* router_in, int T) {
   std::vector<SwiGluRun> runs;
   std::vector<ExpertRef> refs;
   std::vector<const SwiGluWeights*> experts;
+  // The next layer's experts go to the cache with this step's, so that they are read right
+  // behind this step's misses and nothing evicts them meanwhile.
+  const std::vector<ExpertRef> next = cache && cache->prefetching() ? predict_next(l, T) : std::vector<ExpertRef>();
   for (size_t first = 0; first == 0 || first < chosen.size(); first += turn) {
     const size_t end = std::min(chosen.size(), first + turn);
     refs.clear();
     for (size_t i = first; i < end; ++i) refs.push_back(plan.candidates[chosen[i]]);
     if (cache) {
-      // The next layer's experts are named once this step's misses are queued, so that both
-      // are read together (misses first) while nothing evicts what this step needs.
-      const bool ahead = first == 0 && cache->prefetching();
-      cache->acquire(refs, experts, ahead ? std::function<void()>([&] { prefetch_next(l, T); }) : nullptr);
+      if (first == 0) cache->acquire(refs, experts, l, &next);
+      else cache->acquire(refs, experts);
     } else {
       experts.clear();
       for (const ExpertRef& ref : refs) experts.push_back(&model_.weights().expert(ref));
@@ -419,12 +420,8 @@ void BatchSession::moe(int l, const float* router_in, int T) {
     for (const auto& [t, weight] : chosen_by[cand]) k::axpy(weight, &rows_out_[row++ * d], &ffn_[size_t(t) * d], d);
 }
 
-void BatchSession::prefetch_next(int l, int T) {
-  ExpertCache& cache = *model_.expert_cache();
-  if (l + 1 >= c_.num_layers || !c_.layers[l + 1].is_moe) {
-    cache.prefetch({});
-    return;
-  }
+std::vector<ExpertRef> BatchSession::predict_next(int l, int T) {
+  if (l + 1 >= c_.num_layers || !c_.layers[l + 1].is_moe) return {};
   const LayerWeights& next = model_.weights().layers[l + 1];
   const LayerPlan& plan = c_.layers[l + 1];
   const int n = int(plan.candidates.size());
@@ -439,7 +436,7 @@ void BatchSession::prefetch_next(int l, int T) {
   std::vector<ExpertRef> refs;
   for (int cand = 0; cand < n; ++cand)
     if (named[cand]) refs.push_back(plan.candidates[cand]);
-  cache.prefetch(refs);
+  return refs;
 }
 
 InferenceSession::InferenceSession(const Model& model, int context_length, int chunk)

@@ -92,9 +92,10 @@ class BatchSession {
   // Runs several FFNs with one parallel region per projection stage.
   void swiglu(const std::vector<SwiGluRun>& runs);
   void moe(int layer, const float* router_in, int T);
-  // Under a memory budget with prefetch: names the experts the next layer will choose (its
-  // router on this layer's FFN input: exact when pre-gated, a guess otherwise) to the cache.
-  void prefetch_next(int layer, int T);
+  // Under a memory budget with prefetch: the experts the next layer will choose (its router on
+  // this layer's FFN input: exact when pre-gated, a guess otherwise); none after the last MoE
+  // layer of a token.
+  std::vector<ExpertRef> predict_next(int layer, int T);
 
   const Model& model_;
   const ModelConfig& c_;
