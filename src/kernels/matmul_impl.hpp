@@ -100,9 +100,15 @@ inline void rows_for_n_tokens(int n, const Stored<D>* w, int64_t ld, int64_t col
 }
 
 // One token runs tiles of S::decode_rows rows (it reads every weight once: memory-bound). More
-// tokens run in groups as even as possible of at most S::tile_tokens<D>, each group over all rows
-// [r0, r1) in tiles of S::tile_rows<D>: the block's rows stay in cache between groups, each
-// group's token vectors in L1 through its pass.
+// tokens run in groups as even as possible of at most S::tile_tokens<D>, each group over rows
+// in tiles of S::tile_rows<D>, each group's token vectors in L1 through its pass. Up to
+// kRowBlockedTokens tokens (a batched decode step), every group goes over a block of kRowBlock
+// rows before the next block: the block comes from memory once, for the first group, and from
+// L2 for the others (groups over all of [r0, r1) found a large matrix's rows gone from L2 by the
+// second group: 1024 x 2816 bf16 at 16 tokens, 1.2-1.3x faster per CPU second this way). More
+// tokens (prefill) keep whole passes over [r0, r1). The order of the sums is the same either way.
+inline constexpr int kRowBlockedTokens = 32;
+inline constexpr int64_t kRowBlock = 64;
 template <class S, DType D>
 void matmul_rows_typed(const Matrix& m, const float* x, int tokens, float* y, int64_t r0, int64_t r1) {
   const auto* w = static_cast<const Stored<D>*>(m.data);
@@ -110,13 +116,17 @@ void matmul_rows_typed(const Matrix& m, const float* x, int tokens, float* y, in
   if (tokens == 1) return rows_for_tokens<S, D, S::decode_rows, 1, true>(w, ld, cols, x, ldy, y, r0, r1);
   constexpr int kTok = S::template tile_tokens<D>, kRows = S::template tile_rows<D>;
   const int groups = (tokens + kTok - 1) / kTok;
-  for (int g = 0, t = 0; g < groups; ++g) {
-    const int n = (tokens - t) / (groups - g);
-    if (g == 0)
-      rows_for_n_tokens<S, D, kRows, kTok, true>(n, w, ld, cols, x + t * cols, ldy, y + t * ldy, r0, r1);
-    else
-      rows_for_n_tokens<S, D, kRows, kTok, false>(n, w, ld, cols, x + t * cols, ldy, y + t * ldy, r0, r1);
-    t += n;
+  const int64_t block = tokens <= kRowBlockedTokens ? kRowBlock : r1 - r0;
+  for (int64_t b0 = r0; b0 < r1; b0 += block) {
+    const int64_t b1 = std::min(r1, b0 + block);
+    for (int g = 0, t = 0; g < groups; ++g) {
+      const int n = (tokens - t) / (groups - g);
+      if (g == 0)
+        rows_for_n_tokens<S, D, kRows, kTok, true>(n, w, ld, cols, x + t * cols, ldy, y + t * ldy, b0, b1);
+      else
+        rows_for_n_tokens<S, D, kRows, kTok, false>(n, w, ld, cols, x + t * cols, ldy, y + t * ldy, b0, b1);
+      t += n;
+    }
   }
 }
 
