@@ -10,6 +10,8 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kernels/kernels.hpp"
 #include "kernels/thread_pool.hpp"
@@ -260,37 +262,65 @@ TEST(Kernels, DotAndAxpyHandleTails) {
 // together, in dot's tree), each output lane one multiply-add chain over the positions in order
 // (fused where the ISA fuses: all but the portable code, which rounds the product).
 TEST(Kernels, AttentionScoresAndValuesMatchDoubleSumsAndSplitAnywhere) {
+  // Up to 6 queries (more than one group of kernel queries on every ISA) against a block of 40
+  // positions (keys in tiles of kKeyTile, the last one cut), over ranges that start and end inside
+  // tiles. Each query's scores and P V must equal double-precision sums, and be the same bits
+  // when computed alone, with other queries, or with the positions split over two calls.
+  constexpr int kBlock = 40, kTiled = (kBlock + kKeyTile - 1) / kKeyTile * kKeyTile;
   for (Isa isa : supported()) {
     IsaGuard guard(isa);
-    for (int hd : {8, 40, 64, 72, 128, 256})
-      for (int n : {1, 5, 16, 17, 40}) {
-        std::vector<float> q(hd), kv(size_t(n) * hd), v(size_t(n) * hd), p(n), scores(n);
-        for (int i = 0; i < hd; ++i) q[i] = std::sin(0.3f * i + 0.1f);
-        for (size_t i = 0; i < kv.size(); ++i) kv[i] = std::cos(0.7f * i), v[i] = std::sin(1.3f * i) - 0.2f;
-        for (int j = 0; j < n; ++j) p[j] = 1.0f / (j + 2);
-        attention_scores(q.data(), kv.data(), n, hd, scores.data());
-        std::vector<float> out(hd, 0.5f), split(hd, 0.5f);
-        attention_values(p.data(), v.data(), n, hd, out.data());
-        const int half = n / 2;
-        attention_values(p.data(), v.data(), half, hd, split.data());
-        attention_values(p.data() + half, v.data() + size_t(half) * hd, n - half, hd, split.data());
-        for (int j = 0; j < n; ++j) {
-          double ref = 0;
-          for (int i = 0; i < hd; ++i) ref += double(q[i]) * kv[size_t(j) * hd + i];
-          EXPECT_NEAR(scores[j], ref, 1e-5 * hd) << isa_name(isa) << " hd " << hd << " position " << j;
-          EXPECT_EQ(scores[j], dot(q.data(), kv.data() + size_t(j) * hd, hd)) << isa_name(isa) << " hd " << hd << " position " << j;
-        }
-        for (int i = 0; i < hd; ++i) {
-          double ref = 0.5;
-          float chain = 0.5f;
-          for (int j = 0; j < n; ++j) {
-            ref += double(p[j]) * v[size_t(j) * hd + i];
-            const float product = p[j] * v[size_t(j) * hd + i];
-            chain = isa == Isa::Generic ? chain + product : std::fma(p[j], v[size_t(j) * hd + i], chain);
+    for (int hd : {8, 40, 64, 72, 128})
+      for (auto [lo, hi] : std::vector<std::pair<int, int>>{{0, 1}, {0, 16}, {3, 21}, {16, 40}, {0, 40}, {5, 38}}) {
+        const int n = hi - lo, nq = 6;
+        std::vector<float> keys(size_t(kTiled) * hd, NAN), v(size_t(kBlock) * hd);  // never-written lanes: NaN
+        std::vector<float> q(size_t(nq) * hd), p(size_t(nq) * n);
+        for (int j = 0; j < kBlock; ++j)
+          for (int d = 0; d < hd; ++d)
+            keys[size_t(j / kKeyTile) * kKeyTile * hd + d * kKeyTile + j % kKeyTile] = std::cos(0.7f * (j * hd + d));
+        for (size_t i = 0; i < v.size(); ++i) v[i] = std::sin(1.3f * i) - 0.2f;
+        for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(0.3f * i + 0.1f);
+        for (size_t i = 0; i < p.size(); ++i) p[i] = 1.0f / (i % n + 2) + 0.01f * (i / n);
+        std::vector<float> scores(size_t(nq) * n), alone(n), split(n);
+        std::vector<const float*> qs, ps;
+        std::vector<float*> ss;
+        for (int i = 0; i < nq; ++i) qs.push_back(&q[size_t(i) * hd]), ps.push_back(&p[size_t(i) * n]), ss.push_back(&scores[size_t(i) * n]);
+        attention_scores(qs.data(), nq, keys.data(), lo, hi, hd, ss.data());
+        std::vector<float> out(size_t(nq) * hd, 0.5f);
+        std::vector<float*> os;
+        for (int i = 0; i < nq; ++i) os.push_back(&out[size_t(i) * hd]);
+        attention_values(ps.data(), nq, v.data() + size_t(lo) * hd, n, hd, os.data());
+        const int mid = lo + n / 3;
+        for (int i = 0; i < nq; ++i) {
+          const std::string at = isa_name(isa) + " hd " + std::to_string(hd) + " range " + std::to_string(lo) + "-" +
+                                 std::to_string(hi) + " query " + std::to_string(i);
+          float* alone_row = alone.data();
+          attention_scores(&qs[i], 1, keys.data(), lo, hi, hd, &alone_row);
+          float* split_rows[] = {split.data(), split.data() + (mid - lo)};
+          attention_scores(&qs[i], 1, keys.data(), lo, mid, hd, &split_rows[0]);
+          attention_scores(&qs[i], 1, keys.data(), mid, hi, hd, &split_rows[1]);
+          for (int j = lo; j < hi; ++j) {
+            double ref = 0;
+            for (int d = 0; d < hd; ++d) ref += double(q[size_t(i) * hd + d]) * std::cos(0.7f * (j * hd + d));
+            const float got = scores[size_t(i) * n + (j - lo)];
+            EXPECT_NEAR(got, ref, 1e-5 * hd) << at << " position " << j;
+            EXPECT_EQ(got, alone[j - lo]) << at << " position " << j;
+            EXPECT_EQ(got, split[j - lo]) << at << " position " << j;
           }
-          EXPECT_EQ(out[i], chain) << isa_name(isa) << " hd " << hd << " dim " << i;
-          EXPECT_NEAR(out[i], ref, 1e-5 * n) << isa_name(isa) << " hd " << hd << " dim " << i;
-          EXPECT_EQ(out[i], split[i]) << isa_name(isa) << " hd " << hd << " dim " << i;
+          std::vector<float> out_alone(hd, 0.5f), out_split(hd, 0.5f);
+          float* oa = out_alone.data();
+          float* osplit = out_split.data();
+          attention_values(&ps[i], 1, v.data() + size_t(lo) * hd, n, hd, &oa);
+          attention_values(&ps[i], 1, v.data() + size_t(lo) * hd, mid - lo, hd, &osplit);
+          const float* p_rest = ps[i] + (mid - lo);
+          attention_values(&p_rest, 1, v.data() + size_t(mid) * hd, hi - mid, hd, &osplit);
+          for (int d = 0; d < hd; ++d) {
+            double ref = 0.5;
+            for (int j = 0; j < n; ++j) ref += double(p[size_t(i) * n + j]) * v[size_t(lo + j) * hd + d];
+            const float got = out[size_t(i) * hd + d];
+            EXPECT_NEAR(got, ref, 1e-5 * n) << at << " dim " << d;
+            EXPECT_EQ(got, out_alone[d]) << at << " dim " << d;
+            EXPECT_EQ(got, out_split[d]) << at << " dim " << d;
+          }
         }
       }
   }

@@ -17,6 +17,7 @@ struct Scalar {
   static V load(const float* p) { return *p; }
   static void store(float* p, V v) { *p = v; }
   static V fma(V a, V b, V acc) { return acc + a * b; }
+  static V add(V a, V b) { return a + b; }
   static float fma1(float a, float b, float acc) { return acc + a * b; }
   static float sum(V v) { return v; }
   template <DType D> static V widen(const impl::Stored<D>* p) { return impl::scalar_widen<D>(*p); }
