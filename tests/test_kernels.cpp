@@ -326,6 +326,90 @@ TEST(Kernels, AttentionScoresAndValuesMatchDoubleSumsAndSplitAnywhere) {
   }
 }
 
+// Distance in floats between two non-negative floats (subnormals included): 0 when equal.
+int64_t floats_apart(float a, float b) {
+  return std::abs(int64_t(std::bit_cast<uint32_t>(a)) - int64_t(std::bit_cast<uint32_t>(b)));
+}
+
+// exp_floats against long double's exp rounded to float, over every range attention's softmax
+// reaches (its arguments are <= 0: normal results down to -87.3, subnormal ones to -103.9, 0
+// past that) and the rest of the float range, and the same bits from every ISA.
+TEST(Kernels, ExpFloatsIsWithinAnUlpAndTheSameBitsOnEveryIsa) {
+  std::vector<float> x;
+  for (float v = -110.0f; v <= 90.0f; v += 1.0f / 512) x.push_back(v);
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> any(-104.0f, 89.0f), small(-1e-3f, 1e-3f);
+  for (int i = 0; i < 20000; ++i) x.push_back(any(rng)), x.push_back(small(rng));
+  for (float v : {0.0f, -0.0f, 1e-30f, -1e-30f, -87.33f, -87.34f, -103.97f, -103.98f, -104.0f, -149.0f, -150.0f,
+                  -151.0f, -1e4f, -INFINITY, 88.72f, 88.73f, 89.0f, 100.0f, INFINITY})
+    x.push_back(v);
+  x.push_back(0.5f);  // an odd count: a partial last vector on every ISA
+  std::vector<float> generic(x.size());
+  {
+    IsaGuard guard(Isa::Generic);
+    exp_floats(x.data(), int(x.size()), generic.data());
+  }
+  int64_t worst = 0;
+  float worst_at = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const float want = float(std::exp(static_cast<long double>(x[i])));
+    const int64_t apart = floats_apart(generic[i], want);
+    if (apart > worst) worst = apart, worst_at = x[i];
+  }
+  EXPECT_LE(worst, 1) << "at x = " << worst_at;
+  for (Isa isa : supported()) {
+    IsaGuard guard(isa);
+    std::vector<float> got(x.size());
+    exp_floats(x.data(), int(x.size()), got.data());
+    for (size_t i = 0; i < x.size(); ++i)
+      ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(generic[i])) << isa_name(isa) << " x " << x[i];
+    const float specials[] = {0.0f, -INFINITY, INFINITY, NAN, -NAN, -1e4f, 1e4f};
+    float out[7];
+    exp_floats(specials, 7, out);
+    EXPECT_EQ(out[0], 1.0f) << isa_name(isa);
+    EXPECT_EQ(std::bit_cast<uint32_t>(out[1]), 0u) << isa_name(isa);
+    EXPECT_EQ(out[2], INFINITY) << isa_name(isa);
+    EXPECT_TRUE(std::isnan(out[3]) && std::isnan(out[4])) << isa_name(isa);
+    EXPECT_EQ(std::bit_cast<uint32_t>(out[5]), 0u) << isa_name(isa);
+    EXPECT_EQ(out[6], INFINITY) << isa_name(isa);
+  }
+}
+
+// attention_softmax: e^(scale * x - max) element by element as exp_floats gives it, the sum in 16
+// lanes (element j in lane j % 16) added in a fixed tree, the same bits on every ISA, and within
+// float rounding of the exact sum.
+TEST(Kernels, AttentionSoftmaxSumsIn16LanesTheSameOnEveryIsa) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> score(0.0f, 6.0f);
+  for (int n : {1, 5, 16, 17, 40, 300, 3001}) {
+    std::vector<float> row(n);
+    for (float& v : row) v = score(rng);
+    const float scale = 0.125f;
+    std::vector<float> scaled(n), want(n);
+    float m = -INFINITY;
+    for (int j = 0; j < n; ++j) m = std::max(m, scaled[j] = row[j] * scale);
+    for (int j = 0; j < n; ++j) scaled[j] -= m;
+    {
+      IsaGuard guard(Isa::Generic);
+      exp_floats(scaled.data(), n, want.data());
+    }
+    float lanes[16] = {};
+    double exact = 0;
+    for (int j = 0; j < n; ++j) lanes[j % 16] += want[j], exact += std::exp(double(row[j]) * scale - m);
+    for (int h = 8; h >= 1; h /= 2)
+      for (int k = 0; k < h; ++k) lanes[k] += lanes[k + h];
+    EXPECT_NEAR(lanes[0], exact, 1e-6 * exact * std::log2(n + 1)) << "n " << n;
+    for (Isa isa : supported()) {
+      IsaGuard guard(isa);
+      std::vector<float> got = row;
+      const float sum = attention_softmax(got.data(), n, scale);
+      EXPECT_EQ(std::bit_cast<uint32_t>(sum), std::bit_cast<uint32_t>(lanes[0])) << isa_name(isa) << " n " << n;
+      for (int j = 0; j < n; ++j)
+        ASSERT_EQ(std::bit_cast<uint32_t>(got[j]), std::bit_cast<uint32_t>(want[j])) << isa_name(isa) << " n " << n << " j " << j;
+    }
+  }
+}
+
 TEST(Kernels, HalfPrecisionConversionsAreExact) {
   EXPECT_EQ(f32_to_bf16(1.0f), 0x3f80);
   EXPECT_EQ(bf16_to_f32(0xc000), -2.0f);

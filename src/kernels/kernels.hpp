@@ -65,6 +65,16 @@ void axpy(float a, const float* x, float* y, int n);  // y += a * x
 inline constexpr int kKeyTile = 16;
 void attention_scores(const float* const* q, int nq, const float* keys, int lo, int hi, int hd, float* const* scores);
 void attention_values(const float* const* p, int nq, const float* values, int n, int hd, float* const* out);
+// e^x for n floats, within 1 ulp of the exact value (normal results; subnormal ones to their
+// spacing), e^-inf = 0, e^x = inf past the float range, NaN stays NaN: a polynomial whose every
+// step is the same IEEE operation on every ISA (fused multiply-adds fused in the portable code
+// too), so the same bits whatever the ISA and whatever the elements beside each one.
+void exp_floats(const float* x, int n, float* out);
+// Attention's softmax without its division: row[j] = e^(scale * row[j] - m), m the largest of
+// scale * row[j], for j < n; returns the sum of the new row, added in 16 lanes (element j into
+// lane j % 16, then the lanes in a fixed tree). The same bits on every ISA; the caller scales the
+// row's P V by 1 / sum (hd multiplications, not n).
+float attention_softmax(float* row, int n, float scale);
 
 // out = x / sqrt(mean(x^2) + eps) * weight
 void rmsnorm(const float* x, const float* weight, int n, float eps, float* out);
@@ -139,6 +149,8 @@ struct KernelTable {
   void (*attention_scores)(const float* const* q, int nq, const float* keys, int lo, int hi, int hd,
                            float* const* scores);
   void (*attention_values)(const float* const* p, int nq, const float* values, int n, int hd, float* const* out);
+  void (*exp_floats)(const float* x, int n, float* out);
+  float (*attention_softmax)(float* row, int n, float scale);
 };
 const KernelTable& generic_kernels();
 const KernelTable& avx2_kernels();

@@ -3,6 +3,9 @@
 // includes this with its own S, compiled with that ISA's flags.
 //   S::V            vector of S::width floats
 //   S::zero(), S::load(const float*), S::store(float*, V), S::fma(a, b, acc), S::add(a, b), S::sum(V)
+//   S::sub(a, b), S::mul(a, b), S::max(a, b) (a > b ? a : b), S::min(a, b) (a < b ? a : b)
+//   S::fused_fma(a, b, c)   a * b + c rounded once on every ISA (S::fma is unfused in the portable code)
+//   S::pow2(n)      2^n for integer-valued n in [-126, 127] (exponent bits, integer steps)
 //   S::widen<D>(const Stored<D>*)   load S::width stored elements as floats
 //   S::widen_bf16_pair(const uint16_t*, V& even, V& odd)   load 2 * S::width bf16 elements: even
 //                   gets elements 0, 2, 4, ..., odd gets 1, 3, 5, ... (a shift and a mask, no shuffle)
@@ -12,6 +15,7 @@
 //                   against weights of dtype D (as many accumulators as the registers hold
 //                   beside the weight vectors, without spilling)
 #include <algorithm>
+#include <cmath>
 
 #include <bit>
 
@@ -282,11 +286,93 @@ void attention_values(const float* const* p, int nq, const float* values, int n,
   for (; i < nq; ++i) values_for_queries<S, 1>(p + i, values, n, hd, out + i);
 }
 
+// e^x in each lane. x = n ln2 + r with n = round(x / ln2) (ties to even, by adding and
+// subtracting 1.5 * 2^23) and |r| <= ln2 / 2 (two fused steps with ln2 split in a short high part,
+// n * kLn2Hi exact, and the rest); e^r by its Taylor polynomial to r^7 (the first term left out is
+// under 0.1 ulp) in Horner's fused steps; then times 2^n1 (exact) and 2^n2 (rounded once, into the
+// subnormals where the result lies there), n1 + n2 = n, so that neither power leaves the normal
+// range. x is first clamped to [-150, 89]: past those, e^x is 0 or inf in floats (and NaN passes
+// the clamp, S::max and S::min returning their second operand then). Every step is one IEEE
+// operation (S::fused_fma fuses in the portable code too), so every ISA gives the same bits.
+inline constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+template <class S>
+inline typename S::V exp_lanes(typename S::V x) {
+  using V = typename S::V;
+  const V round = S::broadcast(12582912.0f);  // 1.5 * 2^23: x + round - round is x to an integer
+  x = S::min(S::broadcast(89.0f), S::max(S::broadcast(-150.0f), x));
+  const V n = S::sub(S::add(S::mul(x, S::broadcast(kLog2e)), round), round);
+  V r = S::fused_fma(n, S::broadcast(-kLn2Hi), x);
+  r = S::fused_fma(n, S::broadcast(-kLn2Lo), r);
+  V p = S::broadcast(1.0f / 5040.0f);
+  for (const float c : {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f})
+    p = S::fused_fma(p, r, S::broadcast(c));
+  const V n1 = S::sub(S::add(S::mul(n, S::broadcast(0.5f)), round), round);
+  return S::mul(S::mul(p, S::pow2(n1)), S::pow2(S::sub(n, n1)));
+}
+
+template <class S>
+void exp_floats(const float* x, int n, float* out) {
+  constexpr int W = S::width;
+  int i = 0;
+  for (; i + W <= n; i += W) S::store(out + i, exp_lanes<S>(S::load(x + i)));
+  if (i < n) {  // the tail through a whole vector: lanes are independent
+    float in[W], e[W];
+    std::fill_n(in, W, 0.0f);
+    std::copy(x + i, x + n, in);
+    S::store(e, exp_lanes<S>(S::load(in)));
+    std::copy(e, e + (n - i), out + i);
+  }
+}
+
+// Three passes over the row: scale and maximum; exponentials and their sum in 16 lanes (a whole
+// vector per 16 elements on AVX-512, two on AVX2, 16 scalars in the portable code; the tail padded
+// with -inf, whose e^ is +0 and leaves a lane as it was); the 16 lanes summed in a fixed tree.
+template <class S>
+float attention_softmax(float* row, int n, float scale) {
+  constexpr int W = S::width, kLanes = 16, NV = kLanes / W;
+  static_assert(kLanes % W == 0);
+  const typename S::V s = S::broadcast(scale);
+  typename S::V mv = S::broadcast(-INFINITY);
+  int j = 0;
+  for (; j + W <= n; j += W) {
+    const typename S::V v = S::mul(S::load(row + j), s);
+    S::store(row + j, v);
+    mv = S::max(mv, v);
+  }
+  float lanes[kLanes];
+  S::store(lanes, mv);
+  float m = -INFINITY;
+  for (int k = 0; k < W; ++k) m = std::max(m, lanes[k]);
+  for (; j < n; ++j) m = std::max(m, row[j] *= scale);
+  const typename S::V mb = S::broadcast(m);
+  typename S::V acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = S::zero();
+  const auto exps = [&](float* at) {
+    for (int v = 0; v < NV; ++v) {
+      const typename S::V e = exp_lanes<S>(S::sub(S::load(at + v * W), mb));
+      S::store(at + v * W, e);
+      acc[v] = S::add(acc[v], e);
+    }
+  };
+  for (j = 0; j + kLanes <= n; j += kLanes) exps(row + j);
+  if (j < n) {
+    float tail[kLanes];
+    std::fill_n(tail, kLanes, -INFINITY);
+    std::copy(row + j, row + n, tail);
+    exps(tail);
+    std::copy(tail, tail + (n - j), row + j);
+  }
+  for (int v = 0; v < NV; ++v) S::store(lanes + v * W, acc[v]);
+  for (int h = kLanes / 2; h >= 1; h /= 2)
+    for (int k = 0; k < h; ++k) lanes[k] += lanes[k + h];
+  return lanes[0];
+}
+
 // S: the float lane above; L: the integer lane of quant_matmul_impl.hpp.
 template <class S, class L>
 KernelTable make_table(Isa isa) {
   return KernelTable{isa, &matmul_rows<S>, &bf16_x_layout<S>, &quant_impl::quant_matmul_rows<L>, &L::quantize_activations, &dot<S>, &axpy<S>,
-                     &attention_scores<S>, &attention_values<S>};
+                     &attention_scores<S>, &attention_values<S>, &exp_floats<S>, &attention_softmax<S>};
 }
 
 }  // namespace

@@ -338,15 +338,12 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
       k::attention_scores(rows_in.data(), count, pool_.keys(l, s.blocks[j], g), lo - j * bs, hi - j * bs, hd,
                           rows_out.data());
     });
+    // Softmax's numerators here, its division after P V (a row's hd outputs, not its positions).
+    thread_local std::vector<float> inverse_sums;
+    inverse_sums.resize(rn);
     for (int i = 0; i < rn; ++i) {
       const int t = i % tn;
-      float* row = &scores[size_t(i) * length];
-      float m = -INFINITY;
-      for (int j = begin[t]; j < end[t]; ++j) m = std::max(m, row[j] *= scale);
-      float sum = 0.0f;
-      for (int j = begin[t]; j < end[t]; ++j) sum += (row[j] = std::exp(row[j] - m));
-      const float inv = 1.0f / sum;
-      for (int j = begin[t]; j < end[t]; ++j) row[j] *= inv;
+      inverse_sums[i] = 1.0f / k::attention_softmax(&scores[size_t(i) * length + begin[t]], end[t] - begin[t], scale);
       std::fill_n(&att_[head_offset(i)], hd, 0.0f);
     }
     by_ranges([&](int j, int first, int count, int step, int lo, int hi) {
@@ -358,6 +355,10 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
       k::attention_values(rows_in.data(), count, pool_.values(l, s.blocks[j], g) + size_t(lo - j * bs) * hd, hi - lo,
                           hd, rows_out.data());
     });
+    for (int i = 0; i < rn; ++i) {
+      float* out = &att_[head_offset(i)];
+      for (int d = 0; d < hd; ++d) out[d] *= inverse_sums[i];
+    }
   };
   if (work >= (1 << 15)) {  // as matmul: small work stays on one thread
     k::parallel_for(first_item.back(), attend);
