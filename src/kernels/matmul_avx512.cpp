@@ -21,12 +21,15 @@ struct Avx512 {
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
-  static V max(V a, V b) { return _mm512_max_ps(a, b); }
-  static V min(V a, V b) { return _mm512_min_ps(a, b); }
+  // (max, min and the shift in their masked forms with every lane selected: the same instructions;
+  // GCC 12's unmasked ones pass an undefined vector that -Wmaybe-uninitialized reports.)
+  static V max(V a, V b) { return _mm512_mask_max_ps(a, 0xFFFF, a, b); }
+  static V min(V a, V b) { return _mm512_mask_min_ps(a, 0xFFFF, a, b); }
   static V fused_fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V pow2(V n) {  // n + 1.5 * 2^23 holds n in its low mantissa bits
     const __m512i bits = _mm512_castps_si512(_mm512_add_ps(n, _mm512_set1_ps(12582912.0f)));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(bits, _mm512_set1_epi32(0x4B400000 - 127)), 23));
+    const __m512i biased = _mm512_sub_epi32(bits, _mm512_set1_epi32(0x4B400000 - 127));
+    return _mm512_castsi512_ps(_mm512_mask_slli_epi32(biased, 0xFFFF, biased, 23));
   }
   static float fma1(float a, float b, float acc) {
     return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(acc)));
