@@ -111,7 +111,10 @@ TEST_P(SameLogits, UnderEveryBudget) {
         ASSERT_TRUE(model.expert_cache());
         EXPECT_EQ(decode(model, 8), reference) << "budget " << b << " " << to_string(policy) << " prefetch " << prefetch;
         const ExpertCacheStats s = model.expert_cache()->stats();
-        EXPECT_GT(s.misses, 0);
+        // Read on demand or ahead: with pre-gated prefetch every step's experts, the first MoE
+        // layer's too, may be on their way before the step asks (no miss at all).
+        EXPECT_GT(s.misses + s.prefetch_reads, 0);
+        if (!prefetch) EXPECT_GT(s.misses, 0);
         EXPECT_EQ(s.bytes_read, (s.misses + s.prefetch_reads) * int64_t(plan.expert_bytes));
         if (b == one_token) EXPECT_EQ(model.expert_cache()->slots(), plan.min_slots);
         if (b == "100%" && !prefetch)  // everything fits: each expert is read once, by its owner's key
