@@ -270,6 +270,21 @@ std::vector<Pass> on_two_ranks(const std::function<Pass(int rank, Communicator& 
   return {};
 }
 
+// Tensor and expert parallelism run their collectives on subgroups; log.csv's comm_s reads the
+// whole world's communicator, so a subgroup's time must show there (it read ~0 for --tp runs).
+TEST(TrainerDistributed, SubgroupCollectivesCountInTheRunsCommunicationTime) {
+  const std::vector<Pass> ranks = on_two_ranks([](int, Communicator& comm) {
+    const double before = comm.communication_seconds();
+    const std::unique_ptr<Communicator> group = comm.subgroup({1, 0}, "pair");
+    std::vector<torch::Tensor> t{torch::ones({1024})};
+    group->sum(t);
+    EXPECT_EQ(t[0][0].item<float>(), 2.0f);
+    EXPECT_EQ(group->communication_seconds(), comm.communication_seconds());
+    return Pass{comm.communication_seconds() - before, 0, {}};
+  });
+  for (const Pass& rank : ranks) EXPECT_GT(rank.loss, 0.0);
+}
+
 // Expert parallelism on 2 ranks (two threads of this process, each with its own Gloo group over
 // loopback, as the trainer's processes) against one process, in double precision: the routed
 // experts split between the ranks (each holds half of every pool), each rank takes half of the

@@ -1,4 +1,6 @@
 // crossmoe bench MODEL: prefill and decode speed, and decode against the memory-bandwidth limit.
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -92,6 +94,13 @@ std::vector<std::vector<int>> bench_prompts(const BenchArgs& a, const ModelConfi
   return prompts;
 }
 
+// User + system CPU seconds of the whole process (compute and I/O threads) so far.
+double process_cpu_seconds() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
 void run_bench(const BenchArgs& a) {
   const Model model(a.model, a.memory.resolve());
   ExpertCache* cache = model.expert_cache();
@@ -126,18 +135,23 @@ void run_bench(const BenchArgs& a) {
   const double weight_bytes = model.weight_bytes_per_token(), kv_bytes = model.kv_bytes_read(decode_context);
   std::vector<double> prefill, decode, bandwidth, fraction;
   uint64_t peak_rss = 0;  // of the model runs, without the bandwidth probe's buffer (kept between runs)
+  double decode_cpu_seconds = 0;  // the process's CPU time in the timed decodes: the work, whatever the load
   for (int r = 0; r < a.runs; ++r) {
     session.reset();
     Stopwatch p;
     const std::vector<float>* logits = &session.forward(prompts[size_t(r)]);
     prefill.push_back(a.prompt_tokens / p.seconds());
     const ExpertCacheStats before = cache ? cache->stats() : ExpertCacheStats();
+    if (cache) cache->note("decode");
+    const double cpu_before = process_cpu_seconds();
     Stopwatch d;
     for (int i = 0; i < a.gen_tokens; ++i) {
       const int next = int(std::max_element(logits->begin(), logits->end()) - logits->begin());
       logits = &session.forward({next});
     }
     decode.push_back(a.gen_tokens / d.seconds());
+    decode_cpu_seconds += process_cpu_seconds() - cpu_before;
+    if (cache) cache->note("decode end");
     if (cache) decode_cache += cache->stats() - before;
     peak_rss = std::max(peak_rss, peak_resident_bytes() - uint64_t(kernels::read_bandwidth_buffer_bytes()));
     bandwidth.push_back(kernels::measure_read_bandwidth(size_t(512) << 20, 3));
@@ -165,10 +179,11 @@ void run_bench(const BenchArgs& a) {
         "\"decode_tok_s\": {\"min\": %.3f, \"median\": %.3f, \"max\": %.3f}, \"bytes_per_token\": %.0f, "
         "\"weight_bytes_per_token\": %.0f, \"kv_bytes_per_token\": %.0f, \"decode_context\": %.1f, "
         "\"read_bandwidth_gb_s\": {\"min\": %.2f, \"median\": %.2f, \"max\": %.2f}, "
-        "\"decode_fraction_of_limit\": {\"min\": %.3f, \"median\": %.3f, \"max\": %.3f}}\n",
+        "\"decode_fraction_of_limit\": {\"min\": %.3f, \"median\": %.3f, \"max\": %.3f}, "
+        "\"decode_cpu_s_per_token\": %.6f}\n",
         a.model.c_str(), kernels::isa_name(kernels::active_isa()).c_str(), a.prompt_tokens, a.gen_tokens, a.runs,
         ps.min, ps.median, ps.max, ds.min, ds.median, ds.max, bytes, weight_bytes, kv_bytes, decode_context, bw.min / 1e9, bw.median / 1e9, bw.max / 1e9,
-        fr.min, fr.median, fr.max);
+        fr.min, fr.median, fr.max, decode_cpu_seconds / (double(a.runs) * a.gen_tokens));
     if (cache) {
       const ExpertCacheStats& e = decode_cache;
       const double tokens = double(a.runs) * a.gen_tokens;
@@ -176,6 +191,7 @@ void run_bench(const BenchArgs& a) {
                   "\"expert_bytes\": %llu, \"eviction\": \"%s\", \"prefetch\": %s, \"direct_io\": %s, "
                   "\"decode_hits\": %lld, \"decode_misses\": %lld, \"decode_hit_rate\": %.4f, "
                   "\"decode_bytes_read_per_token\": %.0f, \"decode_stall_s_per_token\": %.6f, "
+                  "\"decode_stall_ahead_s_per_token\": %.6f, \"decode_io_busy_s_per_token\": %.6f, "
                   "\"decode_prefetch_reads\": %lld, \"prefetch_accuracy\": %.4f, \"peak_rss_bytes\": %llu, "
                   "\"io_depth\": %d, \"peak_reads_in_flight\": %d, \"disk_probe_bytes\": %llu, "
                   "\"disk_read_gb_s_depth1\": %.3f, \"disk_read_gb_s_io_depth\": %.3f}\n",
@@ -183,7 +199,8 @@ void run_bench(const BenchArgs& a) {
                   (long long)cache->plan().experts, (unsigned long long)cache->plan().expert_bytes,
                   to_string(a.memory.resolve().policy).c_str(), cache->prefetching() ? "true" : "false",
                   cache->direct_io() ? "true" : "false", (long long)e.hits, (long long)e.misses, e.hit_rate(),
-                  double(e.bytes_read) / tokens, e.stall_seconds / tokens, (long long)e.prefetch_reads,
+                  double(e.bytes_read) / tokens, e.stall_seconds / tokens, e.stall_ahead_seconds / tokens,
+                  e.io_busy_seconds / tokens, (long long)e.prefetch_reads,
                   e.prefetch_accuracy(), (unsigned long long)peak_rss, cache->io_depth(), cache->peak_reads_in_flight(),
                   (unsigned long long)disk.bytes, disk1.bytes_per_second() / 1e9, disk.bytes_per_second() / 1e9);
     }
@@ -219,6 +236,9 @@ void run_bench(const BenchArgs& a) {
     std::printf("decode cache     %lld hits, %lld misses (%.1f%% hits), %s read and %.2f ms stalled on I/O per token\n",
                 (long long)e.hits, (long long)e.misses, 100 * e.hit_rate(), human_bytes(double(e.bytes_read) / tokens).c_str(),
                 1e3 * e.stall_seconds / tokens);
+    std::printf("decode I/O       reads in flight %.2f ms per token, %.2f ms of the stall on reads ahead not yet arrived; "
+                "%.2f ms of CPU per token (all threads)\n",
+                1e3 * e.io_busy_seconds / tokens, 1e3 * e.stall_ahead_seconds / tokens, 1e3 * decode_cpu_seconds / tokens);
     std::printf("disk reads       %.2f GB/s at depth 1, %.2f GB/s at depth %d (%s over %s of the experts, at most %d "
                 "reads in flight in the timed runs)\n",
                 disk1.bytes_per_second() / 1e9, disk.bytes_per_second() / 1e9, cache->io_depth(),

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdarg>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -273,7 +274,26 @@ ExpertCache::ExpertCache(const ModelConfig& c, const Checkpoint& ck, const Model
     for (int fd : fds_) ::close(fd);
     throw;
   }
+  if (const char* path = std::getenv("CROSSMOE_IO_TRACE"); path && *path) {
+    trace_ = std::fopen(path, "w");
+    require(trace_ != nullptr, std::string("CROSSMOE_IO_TRACE: cannot write ") + path + ": " + std::strerror(errno));
+  }
   for (int i = 0; i < options.io_depth; ++i) io_threads_.emplace_back([this] { io_loop(); });
+}
+
+void ExpertCache::trace(const char* format, ...) {
+  if (!trace_) return;
+  std::fprintf(trace_, "%.3f ", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - made_).count());
+  va_list args;
+  va_start(args, format);
+  std::vfprintf(trace_, format, args);
+  va_end(args);
+  std::fputc('\n', trace_);
+}
+
+void ExpertCache::note(const std::string& what) {
+  const std::lock_guard lock(mutex_);
+  trace("note %s", what.c_str());
 }
 
 ExpertCache::~ExpertCache() {
@@ -285,6 +305,7 @@ ExpertCache::~ExpertCache() {
   for (std::thread& t : io_threads_) t.join();  // each finishes the read it has in flight
   ::munmap(memory_, (room_[0] + room_[1] + room_[2]) * uint64_t(plan_.slots));
   for (int fd : fds_) ::close(fd);
+  if (trace_) std::fclose(trace_);
 }
 
 void ExpertCache::chunks_of(const Source& src, std::byte* dst, int slot, uint64_t chunk_bytes,
@@ -331,6 +352,7 @@ void ExpertCache::start_load(int key, int s, std::deque<Chunk>& queue, bool read
     buffer += room_[p];
   }
   slot.chunks_left = int(queue.size() - before);
+  trace("load %d %s", key, read_ahead ? "ahead" : "demand");
   changed_.notify_all();
 }
 
@@ -343,6 +365,7 @@ void ExpertCache::finish_load(int s, std::unique_lock<std::mutex>& lock) {
       kernels::interleave_rows8(*m, const_cast<void*>(m->data));  // as resident weights are (runtime/weights.cpp)
     lock.lock();
     slot.state = State::Ready;
+    trace("loaded %d", slot.key);
     stats_.bytes_read += int64_t(plan_.expert_bytes);
     if (slot.read_ahead) ++stats_.prefetch_reads;
   } else {
@@ -394,6 +417,15 @@ void ExpertCache::predict(const std::vector<ExpertRef>& refs, size_t pinned_now)
   if (!prefetch_ || pinned_now + keys.size() > size_t(plan_.slots)) return;
   for (int k : keys)
     if (slot_of_[k] < 0) queue_.push_back(k);
+  trace("expect %zu %zu", keys.size(), queue_.size());
+}
+
+void ExpertCache::expect(const std::vector<ExpertRef>& next) {
+  std::unique_lock lock(mutex_);
+  const std::thread::id me = std::this_thread::get_id();
+  if (!pinned_.empty() && pin_owner_ != me) changed_.wait(lock, [&] { return pinned_.empty(); });
+  predict(next, pinned_.size());
+  changed_.notify_all();
 }
 
 void ExpertCache::acquire(const std::vector<ExpertRef>& refs, std::vector<const SwiGluWeights*>& out, int layer,
@@ -437,6 +469,14 @@ void ExpertCache::acquire(const std::vector<ExpertRef>& refs, std::vector<const 
       pin(i, slot_of_[key]);
     }
   }
+  if (trace_) {
+    int loading = 0;
+    for (int s : slot_of_ref)
+      if (s >= 0 && slots_[s].state == State::Loading) ++loading;
+    int hits = 0;
+    for (int s : slot_of_ref) hits += s >= 0;
+    trace("acquire %d %d %d %d", layer, hits, int(refs.size()) - hits, loading);
+  }
   // The next layer's experts are named before the misses take slots, so that none of them is evicted.
   if (layer >= 0) predict(next ? *next : std::vector<ExpertRef>(), first_pin + refs.size());
   double stalled = 0;
@@ -457,18 +497,20 @@ void ExpertCache::acquire(const std::vector<ExpertRef>& refs, std::vector<const 
     pin(i, slot_of_[key]);
   }
   changed_.notify_all();  // the I/O threads: demand reads, then the reads ahead behind them
-  const auto start = clock::now();
-  bool waited = false;
   for (size_t i = 0; i < refs.size(); ++i) {
     const int key = key_of(refs[i]);
     const Slot& slot = slots_[slot_of_ref[i]];
     if (slot.state == State::Loading && slot.key == key) {
-      waited = true;
+      const bool ahead = slot.read_ahead;
+      const auto start = clock::now();
       changed_.wait(lock, [&] { return slot.state != State::Loading || slot.key != key; });
+      const double waited = std::chrono::duration<double>(clock::now() - start).count();
+      stalled += waited;
+      if (ahead) stats_.stall_ahead_seconds += waited;
     }
   }
-  if (waited) stalled += std::chrono::duration<double>(clock::now() - start).count();
   stats_.stall_seconds += stalled;
+  trace("ready %d %.3f", layer, 1e3 * stalled);
   out.assign(refs.size(), nullptr);
   for (size_t i = 0; i < refs.size(); ++i) {
     const int key = key_of(refs[i]);
@@ -485,6 +527,7 @@ void ExpertCache::release_all() {
   const std::lock_guard lock(mutex_);
   for (int s : pinned_) --slots_[s].pins;
   pinned_.clear();
+  trace("release");
   changed_.notify_all();
 }
 
@@ -510,11 +553,18 @@ void ExpertCache::io_loop() {
     }
     const Chunk chunk = from.front();
     from.pop_front();
+    if (in_flight_ == 0) {
+      busy_since_ = std::chrono::steady_clock::now();
+      trace("busy");
+    }
     peak_in_flight_ = std::max(peak_in_flight_, ++in_flight_);
     lock.unlock();
     std::string error = read_chunk(chunk);
     lock.lock();
-    --in_flight_;
+    if (--in_flight_ == 0) {
+      stats_.io_busy_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - busy_since_).count();
+      trace("idle");
+    }
     Slot& slot = slots_[chunk.slot];
     if (!error.empty() && slot.read_error.empty()) slot.read_error = std::move(error);
     if (--slot.chunks_left == 0) finish_load(chunk.slot, lock);
@@ -580,6 +630,7 @@ int ExpertCache::peak_reads_in_flight() const {
 
 ExpertCacheStats& ExpertCacheStats::operator+=(const ExpertCacheStats& o) {
   hits += o.hits, misses += o.misses, bytes_read += o.bytes_read, stall_seconds += o.stall_seconds;
+  stall_ahead_seconds += o.stall_ahead_seconds, io_busy_seconds += o.io_busy_seconds;
   prefetch_reads += o.prefetch_reads, predicted += o.predicted, predicted_right += o.predicted_right;
   return *this;
 }
@@ -587,19 +638,24 @@ ExpertCacheStats& ExpertCacheStats::operator+=(const ExpertCacheStats& o) {
 ExpertCacheStats ExpertCacheStats::operator-(const ExpertCacheStats& o) const {
   ExpertCacheStats d = *this;
   d.hits -= o.hits, d.misses -= o.misses, d.bytes_read -= o.bytes_read, d.stall_seconds -= o.stall_seconds;
+  d.stall_ahead_seconds -= o.stall_ahead_seconds, d.io_busy_seconds -= o.io_busy_seconds;
   d.prefetch_reads -= o.prefetch_reads, d.predicted -= o.predicted, d.predicted_right -= o.predicted_right;
   return d;
 }
 
 ExpertCacheStats ExpertCache::stats() const {
   const std::lock_guard lock(mutex_);
-  return stats_;
+  ExpertCacheStats s = stats_;
+  if (in_flight_ > 0) s.io_busy_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - busy_since_).count();
+  return s;
 }
 
 void ExpertCache::reset_stats() {
   const std::lock_guard lock(mutex_);
   stats_ = ExpertCacheStats();
   peak_in_flight_ = in_flight_;
+  busy_since_ = std::chrono::steady_clock::now();
+  trace("note reset");
 }
 
 }  // namespace crossmoe

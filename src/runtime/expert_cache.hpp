@@ -18,6 +18,8 @@
 // are queued together, misses first. (A thread per request rather than io_uring: no library or
 // kernel setting to depend on, and containers whose seccomp profile refuses io_uring still run.)
 #include <array>
+#include <chrono>
+#include <cstdio>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -102,7 +104,9 @@ struct ExpertCacheStats {
   int64_t hits = 0;       // acquire() found the expert in the cache (resident or being prefetched)
   int64_t misses = 0;     // acquire() had to read it
   int64_t bytes_read = 0;
-  double stall_seconds = 0;    // time acquire() waited for reads (its own or a prefetch's)
+  double stall_seconds = 0;    // time acquire() waited for reads (its own or a prefetch's) ...
+  double stall_ahead_seconds = 0;  // ... of which waiting for reads ahead that had not arrived yet
+  double io_busy_seconds = 0;  // time with at least one read in flight: what overlap can hide
   int64_t prefetch_reads = 0;  // experts read ahead by the I/O thread
   int64_t predicted = 0;       // experts used by a layer whose experts had been predicted ...
   int64_t predicted_right = 0;  // ... and of those, how many the prediction named
@@ -174,6 +178,16 @@ class ExpertCache {
   void acquire(const std::vector<ExpertRef>& refs, std::vector<const SwiGluWeights*>& out, int layer = -1,
                const std::vector<ExpertRef>* next = nullptr);
   void release_all();
+  // Names the experts the next MoE step will (pre-gated) or may (speculative) use before this
+  // layer's own step: a dense layer ahead of the first MoE layer, whose router input is known
+  // after the dense layer's attention. With prefetch on they are read while the dense layer's
+  // FFN computes; the next acquire(.., layer >= 0, ..) counts its accuracy and replaces it.
+  void expect(const std::vector<ExpertRef>& next);
+  // With CROSSMOE_IO_TRACE=FILE set, a line of text per event: milliseconds since the cache was
+  // made, then the event (acquire, ready, release, load, loaded, expect, busy, idle, or `note`).
+  // scripts/io_timeline.py turns it into a timeline of overlap. note() marks a point (bench:
+  // where the timed decode begins and ends).
+  void note(const std::string& what);
 
   // Reads `bytes` of the experts' stored bytes (those after the first `skip` bytes, wrapping
   // around) with `depth` requests of io_chunk_bytes in flight, into a scratch buffer outside the
@@ -234,6 +248,8 @@ class ExpertCache {
   // it and keep the error for the waiters.
   void finish_load(int s, std::unique_lock<std::mutex>& lock);
   void io_loop();
+  // A trace line (CROSSMOE_IO_TRACE); the caller holds the lock.
+  void trace(const char* format, ...) __attribute__((format(printf, 2, 3)));
 
   const ModelConfig& config_;
   ExpertCachePlan plan_;
@@ -260,6 +276,9 @@ class ExpertCache {
   std::deque<Chunk> demand_chunks_, ahead_chunks_;  // started loads' reads, misses first
   std::vector<std::string> read_error_;            // per key: why its last read failed
   int in_flight_ = 0, peak_in_flight_ = 0;
+  std::chrono::steady_clock::time_point busy_since_;  // when in_flight_ last left 0
+  std::chrono::steady_clock::time_point made_ = std::chrono::steady_clock::now();
+  std::FILE* trace_ = nullptr;
   bool stop_ = false;
   ExpertCacheStats stats_;
   std::vector<std::thread> io_threads_;

@@ -163,6 +163,11 @@ void BatchSession::step(const std::vector<StepPiece>& pieces) {
       const bool pre = c_.moe.pre_gated && l > 0;
       moe(l, pre ? u_prev_.data() : u_.data(), T);
     } else {
+      // A dense layer before a MoE layer: the next router's input is known now (pre-gated: it is
+      // this u_), so its experts are read while this FFN computes, not after it.
+      ExpertCache* cache = model_.expert_cache();
+      if (cache && cache->prefetching() && l + 1 < c_.num_layers && c_.layers[l + 1].is_moe)
+        cache->expect(predict_next(l, T));
       swiglu({{&L.dense, u_.data(), T, ffn_.data()}});
     }
     for (size_t i = 0; i < size_t(T) * d; ++i) x_[i] += ffn_[i];

@@ -186,8 +186,10 @@ struct Communicator::Group {
 struct Communicator::Group {};
 #endif
 
-Communicator::Communicator(int rank, int world, const torch::Device& device, std::unique_ptr<Group> group)
-    : rank_(rank), world_(world), device_(device), group_(std::move(group)) {}
+Communicator::Communicator(int rank, int world, const torch::Device& device, std::unique_ptr<Group> group,
+                           std::shared_ptr<double> communication_seconds)
+    : rank_(rank), world_(world), device_(device), group_(std::move(group)),
+      communication_seconds_(std::move(communication_seconds)) {}
 
 Communicator::~Communicator() = default;
 
@@ -244,7 +246,8 @@ std::unique_ptr<Communicator> Communicator::join(int rank, int world, int port, 
   store_options.waitWorkers = true;
   return std::unique_ptr<Communicator>(new Communicator(
       rank, world, device,
-      Group::over(c10::make_intrusive<c10d::TCPStore>("127.0.0.1", store_options), rank, world, device)));
+      Group::over(c10::make_intrusive<c10d::TCPStore>("127.0.0.1", store_options), rank, world, device),
+      std::make_shared<double>(0.0)));
 #endif
 }
 
@@ -257,7 +260,8 @@ std::unique_ptr<Communicator> Communicator::subgroup(const std::vector<int>& mem
 #else
   const int rank = int(at - members.begin()), world = int(members.size());
   return std::unique_ptr<Communicator>(new Communicator(
-      rank, world, device_, Group::over(c10::make_intrusive<c10d::PrefixStore>(name, group_->store), rank, world, device_)));
+      rank, world, device_, Group::over(c10::make_intrusive<c10d::PrefixStore>(name, group_->store), rank, world, device_),
+      communication_seconds_));
 #endif
 }
 
@@ -278,14 +282,14 @@ std::vector<int> Communicator::owners(const std::vector<torch::Tensor>& tensors)
 
 #ifdef CROSSMOE_HAVE_C10D
 void Communicator::barrier() {
-  ScopeTimer timer(communication_seconds_);
+  ScopeTimer timer(*communication_seconds_);
   std::vector<torch::Tensor> one{torch::ones({1}, torch::TensorOptions().device(device_))};
   group_->collectives->allreduce(one)->wait();
   require(one[0].item<float>() == float(world_), "distributed: a barrier's count is not the rank count");
 }
 
 void Communicator::sum(std::vector<torch::Tensor>& tensors) {
-  ScopeTimer timer(communication_seconds_);
+  ScopeTimer timer(*communication_seconds_);
   for (torch::Tensor& t : tensors) {
     require(t.device() == device_ && t.is_contiguous(),
             "distributed: a collective's tensor must be contiguous and on " + device_.str() + ", got " + t.device().str());
@@ -296,7 +300,7 @@ void Communicator::sum(std::vector<torch::Tensor>& tensors) {
 
 void Communicator::broadcast_from_owners(const std::vector<torch::Tensor>& tensors, const std::vector<int>& owners) {
   require(owners.size() == tensors.size(), "distributed: one owner per tensor");
-  ScopeTimer timer(communication_seconds_);
+  ScopeTimer timer(*communication_seconds_);
   std::vector<std::vector<torch::Tensor>> flat;
   std::vector<std::vector<torch::Tensor>> buckets;
   std::vector<c10::intrusive_ptr<c10d::Work>> works;
@@ -319,7 +323,7 @@ void Communicator::broadcast_from_owners(const std::vector<torch::Tensor>& tenso
 }
 void Communicator::gather_to_leader(const std::vector<torch::Tensor>& tensors, const std::vector<int>& owners) {
   require(owners.size() == tensors.size(), "distributed: one owner per tensor");
-  ScopeTimer timer(communication_seconds_);
+  ScopeTimer timer(*communication_seconds_);
   for (int r = 1; r < world_; ++r) {
     if (rank_ != 0 && rank_ != r) continue;
     std::vector<torch::Tensor> owned;
@@ -344,7 +348,7 @@ void Communicator::gather_to_leader(const std::vector<torch::Tensor>& tensors, c
 torch::Tensor Communicator::all_to_all(const torch::Tensor& rows, const std::vector<int64_t>& send,
                                        const std::vector<int64_t>& recv) {
   require(int(send.size()) == world_ && int(recv.size()) == world_, "distributed: all_to_all needs a count per rank");
-  ScopeTimer timer(communication_seconds_);
+  ScopeTimer timer(*communication_seconds_);
   std::vector<int64_t> shape = rows.sizes().vec();
   shape[0] = std::accumulate(recv.begin(), recv.end(), int64_t(0));
   at::Tensor input = rows.contiguous(), output = torch::empty(shape, rows.options());
@@ -536,7 +540,7 @@ int GradientReducer::finish() {
     late += int(s.next_launch - launched);
   }
   s.armed = false;
-  ScopeTimer timer(s.comm.communication_seconds_);
+  ScopeTimer timer(*s.comm.communication_seconds_);
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> presence;
   for (State::Bucket& b : s.buckets) {

@@ -82,17 +82,20 @@ class Communicator {
   // Wall seconds this process has spent blocked in collectives (waiting for the others included;
   // reductions running behind the backward pass count only for the time the step then waits on them).
   // On NCCL the host only queues the collectives on the GPU: the time is then that of queueing and of
-  // the host reads that wait for them (the loss, the counts of expert parallelism).
-  double communication_seconds() const { return communication_seconds_; }
+  // the host reads that wait for them (the loss, the counts of expert parallelism). One count for a
+  // communicator and every subgroup made from it: tensor and expert parallelism's collectives run on
+  // subgroups, and a rank's time in them is its time communicating all the same.
+  double communication_seconds() const { return *communication_seconds_; }
 
  private:
   friend class GradientReducer;
   struct Group;
-  Communicator(int rank, int world, const torch::Device& device, std::unique_ptr<Group> group);
+  Communicator(int rank, int world, const torch::Device& device, std::unique_ptr<Group> group,
+               std::shared_ptr<double> communication_seconds);
   int rank_, world_;
   torch::Device device_;
   std::unique_ptr<Group> group_;
-  double communication_seconds_ = 0;
+  std::shared_ptr<double> communication_seconds_;  // shared with the subgroups
 };
 
 // Averages gradients across the ranks while the backward pass runs, as PyTorch's DDP does: the
