@@ -3,11 +3,26 @@
 # server and a one-at-a-time one (--max-batch 1), started one after the other on loopback.
 # With PLOT=PREFIX, also PREFIX_throughput.svg, PREFIX_ttft.svg and PREFIX_inter_token.svg
 # (build/bench_serve_plot).
+# With MAKE=megrez2 or MAKE=dense and no MODEL directory yet, makes it first: a 400-token
+# tokenizer trained on TEXT (default build/text/english.txt, which scripts/setup.sh installs) and
+# a random bf16 model of the shape docs/benchmarks.md measures: megrez2, the 224 MB serving model
+# (85.7 M active parameters a token); dense, 10 layers of the same width, 227 MB, every weight
+# used by every token (the model on which batching 16 clients reaches 3x).
 # usage: bash bench/serve_load.sh MODEL [CLIENTS=1,4,16,64] [REQUESTS_PER_CLIENT=1] [MAX_TOKENS=32]
 set -euo pipefail
 model=$1 clients=${2:-1,4,16,64} per_client=${3:-1} max_tokens=${4:-32}
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${CROSSMOE:-$here/../build/crossmoe}
+if [ -n "${MAKE:-}" ] && [ ! -e "$model" ]; then
+  shape=(--hidden 1024 --heads 16 --kv-heads 4 --head-dim 64 --intermediate 2816)
+  case $MAKE in
+    megrez2) shape+=(--layout megrez2 --layers 8 --experts 16 --expert-size 512 --shared-size 512 --top-k 4) ;;
+    dense) shape+=(--layout dense --layers 10) ;;
+    *) echo "MAKE must be megrez2 or dense, got '$MAKE'" >&2; exit 2 ;;
+  esac
+  "$bin" tokenizer train "${TEXT:-$here/../build/text/english.txt}" --vocab-size 400 -o "$model.tokenizer"
+  "$bin" init "$model" --tokenizer "$model.tokenizer/tokenizer.json" "${shape[@]}"
+fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 for batch in 64 1; do

@@ -10,6 +10,8 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kernels/kernels.hpp"
 #include "kernels/thread_pool.hpp"
@@ -260,39 +262,151 @@ TEST(Kernels, DotAndAxpyHandleTails) {
 // together, in dot's tree), each output lane one multiply-add chain over the positions in order
 // (fused where the ISA fuses: all but the portable code, which rounds the product).
 TEST(Kernels, AttentionScoresAndValuesMatchDoubleSumsAndSplitAnywhere) {
+  // Up to 6 queries (more than one group of kernel queries on every ISA) against a block of 40
+  // positions (keys in tiles of kKeyTile, the last one cut), over ranges that start and end inside
+  // tiles. Each query's scores and P V must equal double-precision sums, and be the same bits
+  // when computed alone, with other queries, or with the positions split over two calls.
+  constexpr int kBlock = 40, kTiled = (kBlock + kKeyTile - 1) / kKeyTile * kKeyTile;
   for (Isa isa : supported()) {
     IsaGuard guard(isa);
-    for (int hd : {8, 40, 64, 72, 128, 256})
-      for (int n : {1, 5, 16, 17, 40}) {
-        std::vector<float> q(hd), kv(size_t(n) * hd), v(size_t(n) * hd), p(n), scores(n);
-        for (int i = 0; i < hd; ++i) q[i] = std::sin(0.3f * i + 0.1f);
-        for (size_t i = 0; i < kv.size(); ++i) kv[i] = std::cos(0.7f * i), v[i] = std::sin(1.3f * i) - 0.2f;
-        for (int j = 0; j < n; ++j) p[j] = 1.0f / (j + 2);
-        attention_scores(q.data(), kv.data(), n, hd, scores.data());
-        std::vector<float> out(hd, 0.5f), split(hd, 0.5f);
-        attention_values(p.data(), v.data(), n, hd, out.data());
-        const int half = n / 2;
-        attention_values(p.data(), v.data(), half, hd, split.data());
-        attention_values(p.data() + half, v.data() + size_t(half) * hd, n - half, hd, split.data());
-        for (int j = 0; j < n; ++j) {
-          double ref = 0;
-          for (int i = 0; i < hd; ++i) ref += double(q[i]) * kv[size_t(j) * hd + i];
-          EXPECT_NEAR(scores[j], ref, 1e-5 * hd) << isa_name(isa) << " hd " << hd << " position " << j;
-          EXPECT_EQ(scores[j], dot(q.data(), kv.data() + size_t(j) * hd, hd)) << isa_name(isa) << " hd " << hd << " position " << j;
-        }
-        for (int i = 0; i < hd; ++i) {
-          double ref = 0.5;
-          float chain = 0.5f;
-          for (int j = 0; j < n; ++j) {
-            ref += double(p[j]) * v[size_t(j) * hd + i];
-            const float product = p[j] * v[size_t(j) * hd + i];
-            chain = isa == Isa::Generic ? chain + product : std::fma(p[j], v[size_t(j) * hd + i], chain);
+    for (int hd : {8, 40, 64, 72, 128})
+      for (auto [lo, hi] : std::vector<std::pair<int, int>>{{0, 1}, {0, 16}, {3, 21}, {16, 40}, {0, 40}, {5, 38}}) {
+        const int n = hi - lo, nq = 6;
+        std::vector<float> keys(size_t(kTiled) * hd, NAN), v(size_t(kBlock) * hd);  // never-written lanes: NaN
+        std::vector<float> q(size_t(nq) * hd), p(size_t(nq) * n);
+        for (int j = 0; j < kBlock; ++j)
+          for (int d = 0; d < hd; ++d)
+            keys[size_t(j / kKeyTile) * kKeyTile * hd + d * kKeyTile + j % kKeyTile] = std::cos(0.7f * (j * hd + d));
+        for (size_t i = 0; i < v.size(); ++i) v[i] = std::sin(1.3f * i) - 0.2f;
+        for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(0.3f * i + 0.1f);
+        for (size_t i = 0; i < p.size(); ++i) p[i] = 1.0f / (i % n + 2) + 0.01f * (i / n);
+        std::vector<float> scores(size_t(nq) * n), alone(n), split(n);
+        std::vector<const float*> qs, ps;
+        std::vector<float*> ss;
+        for (int i = 0; i < nq; ++i) qs.push_back(&q[size_t(i) * hd]), ps.push_back(&p[size_t(i) * n]), ss.push_back(&scores[size_t(i) * n]);
+        attention_scores(qs.data(), nq, keys.data(), lo, hi, hd, ss.data());
+        std::vector<float> out(size_t(nq) * hd, 0.5f);
+        std::vector<float*> os;
+        for (int i = 0; i < nq; ++i) os.push_back(&out[size_t(i) * hd]);
+        attention_values(ps.data(), nq, v.data() + size_t(lo) * hd, n, hd, os.data());
+        const int mid = lo + n / 3;
+        for (int i = 0; i < nq; ++i) {
+          const std::string at = isa_name(isa) + " hd " + std::to_string(hd) + " range " + std::to_string(lo) + "-" +
+                                 std::to_string(hi) + " query " + std::to_string(i);
+          float* alone_row = alone.data();
+          attention_scores(&qs[i], 1, keys.data(), lo, hi, hd, &alone_row);
+          float* split_rows[] = {split.data(), split.data() + (mid - lo)};
+          attention_scores(&qs[i], 1, keys.data(), lo, mid, hd, &split_rows[0]);
+          attention_scores(&qs[i], 1, keys.data(), mid, hi, hd, &split_rows[1]);
+          for (int j = lo; j < hi; ++j) {
+            double ref = 0;
+            for (int d = 0; d < hd; ++d) ref += double(q[size_t(i) * hd + d]) * std::cos(0.7f * (j * hd + d));
+            const float got = scores[size_t(i) * n + (j - lo)];
+            EXPECT_NEAR(got, ref, 1e-5 * hd) << at << " position " << j;
+            EXPECT_EQ(got, alone[j - lo]) << at << " position " << j;
+            EXPECT_EQ(got, split[j - lo]) << at << " position " << j;
           }
-          EXPECT_EQ(out[i], chain) << isa_name(isa) << " hd " << hd << " dim " << i;
-          EXPECT_NEAR(out[i], ref, 1e-5 * n) << isa_name(isa) << " hd " << hd << " dim " << i;
-          EXPECT_EQ(out[i], split[i]) << isa_name(isa) << " hd " << hd << " dim " << i;
+          std::vector<float> out_alone(hd, 0.5f), out_split(hd, 0.5f);
+          float* oa = out_alone.data();
+          float* osplit = out_split.data();
+          attention_values(&ps[i], 1, v.data() + size_t(lo) * hd, n, hd, &oa);
+          attention_values(&ps[i], 1, v.data() + size_t(lo) * hd, mid - lo, hd, &osplit);
+          const float* p_rest = ps[i] + (mid - lo);
+          attention_values(&p_rest, 1, v.data() + size_t(mid) * hd, hi - mid, hd, &osplit);
+          for (int d = 0; d < hd; ++d) {
+            double ref = 0.5;
+            for (int j = 0; j < n; ++j) ref += double(p[size_t(i) * n + j]) * v[size_t(lo + j) * hd + d];
+            const float got = out[size_t(i) * hd + d];
+            EXPECT_NEAR(got, ref, 1e-5 * n) << at << " dim " << d;
+            EXPECT_EQ(got, out_alone[d]) << at << " dim " << d;
+            EXPECT_EQ(got, out_split[d]) << at << " dim " << d;
+          }
         }
       }
+  }
+}
+
+// Distance in floats between two non-negative floats (subnormals included): 0 when equal.
+int64_t floats_apart(float a, float b) {
+  return std::abs(int64_t(std::bit_cast<uint32_t>(a)) - int64_t(std::bit_cast<uint32_t>(b)));
+}
+
+// exp_floats against long double's exp rounded to float, over every range attention's softmax
+// reaches (its arguments are <= 0: normal results down to -87.3, subnormal ones to -103.9, 0
+// past that) and the rest of the float range, and the same bits from every ISA.
+TEST(Kernels, ExpFloatsIsWithinAnUlpAndTheSameBitsOnEveryIsa) {
+  std::vector<float> x;
+  for (float v = -110.0f; v <= 90.0f; v += 1.0f / 512) x.push_back(v);
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> any(-104.0f, 89.0f), small(-1e-3f, 1e-3f);
+  for (int i = 0; i < 20000; ++i) x.push_back(any(rng)), x.push_back(small(rng));
+  for (float v : {0.0f, -0.0f, 1e-30f, -1e-30f, -87.33f, -87.34f, -103.97f, -103.98f, -104.0f, -149.0f, -150.0f,
+                  -151.0f, -1e4f, -INFINITY, 88.72f, 88.73f, 89.0f, 100.0f, INFINITY})
+    x.push_back(v);
+  x.push_back(0.5f);  // an odd count: a partial last vector on every ISA
+  std::vector<float> generic(x.size());
+  {
+    IsaGuard guard(Isa::Generic);
+    exp_floats(x.data(), int(x.size()), generic.data());
+  }
+  int64_t worst = 0;
+  float worst_at = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const float want = float(std::exp(static_cast<long double>(x[i])));
+    const int64_t apart = floats_apart(generic[i], want);
+    if (apart > worst) worst = apart, worst_at = x[i];
+  }
+  EXPECT_LE(worst, 1) << "at x = " << worst_at;
+  for (Isa isa : supported()) {
+    IsaGuard guard(isa);
+    std::vector<float> got(x.size());
+    exp_floats(x.data(), int(x.size()), got.data());
+    for (size_t i = 0; i < x.size(); ++i)
+      ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(generic[i])) << isa_name(isa) << " x " << x[i];
+    const float specials[] = {0.0f, -INFINITY, INFINITY, NAN, -NAN, -1e4f, 1e4f};
+    float out[7];
+    exp_floats(specials, 7, out);
+    EXPECT_EQ(out[0], 1.0f) << isa_name(isa);
+    EXPECT_EQ(std::bit_cast<uint32_t>(out[1]), 0u) << isa_name(isa);
+    EXPECT_EQ(out[2], INFINITY) << isa_name(isa);
+    EXPECT_TRUE(std::isnan(out[3]) && std::isnan(out[4])) << isa_name(isa);
+    EXPECT_EQ(std::bit_cast<uint32_t>(out[5]), 0u) << isa_name(isa);
+    EXPECT_EQ(out[6], INFINITY) << isa_name(isa);
+  }
+}
+
+// attention_softmax: e^(scale * x - max) element by element as exp_floats gives it, the sum in 16
+// lanes (element j in lane j % 16) added in a fixed tree, the same bits on every ISA, and within
+// float rounding of the exact sum.
+TEST(Kernels, AttentionSoftmaxSumsIn16LanesTheSameOnEveryIsa) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> score(0.0f, 6.0f);
+  for (int n : {1, 5, 16, 17, 40, 300, 3001}) {
+    std::vector<float> row(n);
+    for (float& v : row) v = score(rng);
+    const float scale = 0.125f;
+    std::vector<float> scaled(n), want(n);
+    float m = -INFINITY;
+    for (int j = 0; j < n; ++j) m = std::max(m, scaled[j] = row[j] * scale);
+    for (int j = 0; j < n; ++j) scaled[j] -= m;
+    {
+      IsaGuard guard(Isa::Generic);
+      exp_floats(scaled.data(), n, want.data());
+    }
+    float lanes[16] = {};
+    double exact = 0;
+    for (int j = 0; j < n; ++j) lanes[j % 16] += want[j], exact += std::exp(double(row[j]) * scale - m);
+    for (int h = 8; h >= 1; h /= 2)
+      for (int k = 0; k < h; ++k) lanes[k] += lanes[k + h];
+    EXPECT_NEAR(lanes[0], exact, 1e-6 * exact * std::log2(n + 1)) << "n " << n;
+    for (Isa isa : supported()) {
+      IsaGuard guard(isa);
+      std::vector<float> got = row;
+      const float sum = attention_softmax(got.data(), n, scale);
+      EXPECT_EQ(std::bit_cast<uint32_t>(sum), std::bit_cast<uint32_t>(lanes[0])) << isa_name(isa) << " n " << n;
+      for (int j = 0; j < n; ++j)
+        ASSERT_EQ(std::bit_cast<uint32_t>(got[j]), std::bit_cast<uint32_t>(want[j])) << isa_name(isa) << " n " << n << " j " << j;
+    }
   }
 }
 

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "cli_run.hpp"
+#include "kernels/kernels.hpp"
 #include "runtime/forward.hpp"
 #include "runtime/model_files.hpp"
 #include "serve/server.hpp"
@@ -439,8 +440,9 @@ TEST_F(Serve, RequestsPreemptedWhenThePoolRunsOutGetTheirOwnText) {
   // of them at once outgrow the pool mid-decode, so some are preempted and run again later.
   // Each must still get exactly the greedy text it gets alone.
   const ModelConfig config = Model(dir_ / "model").config();
-  const int64_t per_token = KvPool::bytes_per_block(config, 1);
-  const int block = int((int64_t(1) << 20) / (10 * per_token));
+  const int64_t per_token = KvPool::bytes_per_position(config);
+  // Whole key tiles, so that the pool's blocks hold no padding.
+  const int block = int((int64_t(1) << 20) / (10 * per_token)) / kernels::kKeyTile * kernels::kKeyTile;
   const int64_t blocks = KvPool::blocks_for_bytes(config, block, int64_t(1) << 20);
   ASSERT_GE(blocks, 8);
   ASSERT_LE(2 * block, 256) << "the model's context must hold two blocks";

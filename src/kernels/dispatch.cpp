@@ -204,11 +204,13 @@ void matmul_batch(const MatmulJob* jobs, int count) {
 
 float dot(const float* a, const float* b, int n) { return active()->dot(a, b, n); }
 void axpy(float a, const float* x, float* y, int n) { active()->axpy(a, x, y, n); }
-void attention_scores(const float* q, const float* keys, int n, int hd, float* scores) {
-  active()->attention_scores(q, keys, n, hd, scores);
+void attention_scores(const float* const* q, int nq, const float* keys, int lo, int hi, int hd, float* const* scores) {
+  active()->attention_scores(q, nq, keys, lo, hi, hd, scores);
 }
-void attention_values(const float* p, const float* values, int n, int hd, float* out) {
-  active()->attention_values(p, values, n, hd, out);
+void attention_values(const float* const* p, int nq, const float* values, int n, int hd, float* const* out) {
+  active()->attention_values(p, nq, values, n, hd, out);
 }
+void exp_floats(const float* x, int n, float* out) { active()->exp_floats(x, n, out); }
+float attention_softmax(float* row, int n, float scale) { return active()->attention_softmax(row, n, scale); }
 
 }  // namespace crossmoe::kernels

@@ -53,11 +53,28 @@ void matmul_batch(const MatmulJob* jobs, int count);
 
 float dot(const float* a, const float* b, int n);
 void axpy(float a, const float* x, float* y, int n);  // y += a * x
-// One query against n cached positions of one head, keys and values [n][hd] (row stride hd):
-// scores[j] = q . keys[j]; out[0, hd) += sum_j p[j] * values[j], j in order. A query's result
-// depends on its own inputs only (the same bits in any batch or chunk).
-void attention_scores(const float* q, const float* keys, int n, int hd, float* scores);
-void attention_values(const float* p, const float* values, int n, int hd, float* out);
+// Attention of nq queries of one head against cached positions of one block. Keys lie in tiles of
+// kKeyTile positions, each [hd][kKeyTile] (position p's dimension d at
+// keys[(p / kKeyTile) * kKeyTile * hd + d * kKeyTile + p % kKeyTile]), so that one vector holds a
+// dimension of many positions and a score needs no sum across lanes; values lie [position][hd].
+// attention_scores: scores[i][p - lo] = q[i] . key p for p in [lo, hi) (the tiles of a block
+// allocated whole: lanes outside [lo, hi) are read, not written). attention_values: out[i][0, hd)
+// += sum_j p[i][j] * values[j] for j < n, j in order. A query's result depends on its own inputs
+// only: the same bits whatever the other queries of the call, and however a range of positions
+// is split over calls (so alone or in a batch, prefilled in any chunks or decoded one at a time).
+inline constexpr int kKeyTile = 16;
+void attention_scores(const float* const* q, int nq, const float* keys, int lo, int hi, int hd, float* const* scores);
+void attention_values(const float* const* p, int nq, const float* values, int n, int hd, float* const* out);
+// e^x for n floats, within 1 ulp of the exact value (normal results; subnormal ones to their
+// spacing), e^-inf = 0, e^x = inf past the float range, NaN stays NaN: a polynomial whose every
+// step is the same IEEE operation on every ISA (fused multiply-adds fused in the portable code
+// too), so the same bits whatever the ISA and whatever the elements beside each one.
+void exp_floats(const float* x, int n, float* out);
+// Attention's softmax without its division: row[j] = e^(scale * row[j] - m), m the largest of
+// scale * row[j], for j < n; returns the sum of the new row, added in 16 lanes (element j into
+// lane j % 16, then the lanes in a fixed tree). The same bits on every ISA; the caller scales the
+// row's P V by 1 / sum (hd multiplications, not n).
+float attention_softmax(float* row, int n, float scale);
 
 // out = x / sqrt(mean(x^2) + eps) * weight
 void rmsnorm(const float* x, const float* weight, int n, float eps, float* out);
@@ -129,8 +146,11 @@ struct KernelTable {
   void (*quantize_activations)(const float* x, int64_t n, int64_t group, ActivationBlock* out);
   float (*dot)(const float* a, const float* b, int n);
   void (*axpy)(float a, const float* x, float* y, int n);
-  void (*attention_scores)(const float* q, const float* keys, int n, int hd, float* scores);
-  void (*attention_values)(const float* p, const float* values, int n, int hd, float* out);
+  void (*attention_scores)(const float* const* q, int nq, const float* keys, int lo, int hi, int hd,
+                           float* const* scores);
+  void (*attention_values)(const float* const* p, int nq, const float* values, int n, int hd, float* const* out);
+  void (*exp_floats)(const float* x, int n, float* out);
+  float (*attention_softmax)(float* row, int n, float scale);
 };
 const KernelTable& generic_kernels();
 const KernelTable& avx2_kernels();

@@ -23,6 +23,16 @@ struct Avx2 {
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V fma(V a, V b, V acc) { return _mm256_fmadd_ps(a, b, acc); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static V fused_fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V pow2(V n) {  // n + 1.5 * 2^23 holds n in its low mantissa bits
+    const __m256i bits = _mm256_castps_si256(_mm256_add_ps(n, _mm256_set1_ps(12582912.0f)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(bits, _mm256_set1_epi32(0x4B400000 - 127)), 23));
+  }
   static float fma1(float a, float b, float acc) {
     return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(acc)));
   }

@@ -1,8 +1,6 @@
 // AVX-512 (F, BW, VL, DQ) kernels: 16 floats per vector. Compiled with AVX-512 flags only.
 #include <immintrin.h>
 
-#include <type_traits>
-
 #include "kernels/matmul_impl.hpp"
 #include "kernels/quant_lane_avx2.hpp"
 
@@ -20,37 +18,23 @@ struct Avx512 {
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V fma(V a, V b, V acc) { return _mm512_fmadd_ps(a, b, acc); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  // (max, min and the shift in their masked forms with every lane selected: the same instructions;
+  // GCC 12's unmasked ones pass an undefined vector that -Wmaybe-uninitialized reports.)
+  static V max(V a, V b) { return _mm512_mask_max_ps(a, 0xFFFF, a, b); }
+  static V min(V a, V b) { return _mm512_mask_min_ps(a, 0xFFFF, a, b); }
+  static V fused_fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V pow2(V n) {  // n + 1.5 * 2^23 holds n in its low mantissa bits
+    const __m512i bits = _mm512_castps_si512(_mm512_add_ps(n, _mm512_set1_ps(12582912.0f)));
+    const __m512i biased = _mm512_sub_epi32(bits, _mm512_set1_epi32(0x4B400000 - 127));
+    return _mm512_castsi512_ps(_mm512_mask_slli_epi32(biased, 0xFFFF, biased, 23));
+  }
   static float fma1(float a, float b, float acc) {
     return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(acc)));
   }
   static float sum(V v) { return _mm512_reduce_add_ps(v); }
-  // sum(acc[k]) for 16 accumulators at once, in _mm512_reduce_add_ps's tree (lanes i + 8 of the
-  // halves, then i + 4, i + 2, i + 1), so each sum is the same bits as alone: pairs of
-  // accumulators share each step's vector, each step halving the vectors. (The masked forms with
-  // every lane selected are the plain instructions; GCC 12's unmasked ones pass an undefined
-  // vector that -Wmaybe-uninitialized reports.)
-  static void sum16(const V* acc, float* out) {
-    constexpr __mmask16 all = 0xFFFF;
-    const auto lanes128 = [](V a, V b, auto lo, auto hi) {  // a's and b's 128-bit lanes lo + hi
-      return _mm512_add_ps(_mm512_mask_shuffle_f32x4(a, all, a, b, decltype(lo)::value),
-                           _mm512_mask_shuffle_f32x4(a, all, a, b, decltype(hi)::value));
-    };
-    V b[8], c[4], d[2];
-    for (int k = 0; k < 8; ++k)  // lanes i + (i + 8): accumulator 2k in lanes 0-7, 2k + 1 in 8-15
-      b[k] = lanes128(acc[2 * k], acc[2 * k + 1], std::integral_constant<int, 0x44>(), std::integral_constant<int, 0xEE>());
-    for (int k = 0; k < 4; ++k)  // i + (i + 4): accumulator 4k + m in 128-bit lane m
-      c[k] = lanes128(b[2 * k], b[2 * k + 1], std::integral_constant<int, 0x88>(), std::integral_constant<int, 0xDD>());
-    for (int k = 0; k < 2; ++k) {  // i + (i + 2): in 128-bit lane m, accumulator 8k + m, then 8k + 4 + m
-      const __m512d lo = _mm512_castps_pd(c[2 * k]), hi = _mm512_castps_pd(c[2 * k + 1]);
-      d[k] = _mm512_add_ps(_mm512_castpd_ps(_mm512_mask_unpacklo_pd(lo, 0xFF, lo, hi)),
-                           _mm512_castpd_ps(_mm512_mask_unpackhi_pd(lo, 0xFF, lo, hi)));
-    }
-    // i + (i + 1): element 4m + r holds accumulator m + 4r; put accumulator k at element k.
-    const V e = _mm512_add_ps(_mm512_mask_shuffle_ps(d[0], all, d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                              _mm512_mask_shuffle_ps(d[0], all, d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
-    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    _mm512_storeu_ps(out, _mm512_mask_permutexvar_ps(e, all, order, e));
-  }
   template <DType D> static V widen(const impl::Stored<D>* p) {
     if constexpr (D == DType::F32) {
       return _mm512_loadu_ps(p);

@@ -17,6 +17,15 @@ struct Scalar {
   static V load(const float* p) { return *p; }
   static void store(float* p, V v) { *p = v; }
   static V fma(V a, V b, V acc) { return acc + a * b; }
+  static V add(V a, V b) { return a + b; }
+  static V sub(V a, V b) { return a - b; }
+  static V mul(V a, V b) { return a * b; }
+  static V max(V a, V b) { return a > b ? a : b; }  // as MAXPS / MINPS: b when either is NaN
+  static V min(V a, V b) { return a < b ? a : b; }
+  static V fused_fma(V a, V b, V c) { return std::fma(a, b, c); }
+  static V pow2(V n) {  // n + 1.5 * 2^23 holds n in its low mantissa bits
+    return std::bit_cast<float>((std::bit_cast<uint32_t>(n + 12582912.0f) - (0x4B400000u - 127u)) << 23);
+  }
   static float fma1(float a, float b, float acc) { return acc + a * b; }
   static float sum(V v) { return v; }
   template <DType D> static V widen(const impl::Stored<D>* p) { return impl::scalar_widen<D>(*p); }

@@ -2,7 +2,10 @@
 // The matmul / dot / axpy bodies, written once over a SIMD "lane" type S. Each ISA's .cpp file
 // includes this with its own S, compiled with that ISA's flags.
 //   S::V            vector of S::width floats
-//   S::zero(), S::load(const float*), S::store(float*, V), S::fma(a, b, acc), S::sum(V)
+//   S::zero(), S::load(const float*), S::store(float*, V), S::fma(a, b, acc), S::add(a, b), S::sum(V)
+//   S::sub(a, b), S::mul(a, b), S::max(a, b) (a > b ? a : b), S::min(a, b) (a < b ? a : b)
+//   S::fused_fma(a, b, c)   a * b + c rounded once on every ISA (S::fma is unfused in the portable code)
+//   S::pow2(n)      2^n for integer-valued n in [-126, 127] (exponent bits, integer steps)
 //   S::widen<D>(const Stored<D>*)   load S::width stored elements as floats
 //   S::widen_bf16_pair(const uint16_t*, V& even, V& odd)   load 2 * S::width bf16 elements: even
 //                   gets elements 0, 2, 4, ..., odd gets 1, 3, 5, ... (a shift and a mask, no shuffle)
@@ -12,6 +15,7 @@
 //                   against weights of dtype D (as many accumulators as the registers hold
 //                   beside the weight vectors, without spilling)
 #include <algorithm>
+#include <cmath>
 
 #include <bit>
 
@@ -177,95 +181,198 @@ void axpy(float alpha, const float* x, float* y, int n) {
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
-// The lane sums of 16 accumulators, each as S::sum gives it alone: S::sum16 where the lane type
-// has one (the same pairs added in the same tree, all 16 at once), else one S::sum each.
-template <class S>
-inline void sum16(const typename S::V* acc, float* out) {
-  if constexpr (requires { S::sum16(acc, out); })
-    S::sum16(acc, out);
-  else
-    for (int k = 0; k < 16; ++k) out[k] = S::sum(acc[k]);
+// Attention (kernels.hpp): each (query, position) score is one lane of a vector over kKeyTile
+// positions, summed over the dimensions in two fused multiply-add chains (even and odd
+// dimensions, added at the end), and each (query, output dimension) of P V one lane summed over
+// the positions in order. No lane ever meets another, so a query's bits do not depend on the
+// queries beside it, on the tile or chunk shapes, or on where a range of positions is split.
+// Queries go kQueries at a time so that each key or value vector loaded feeds that many
+// independent chains (one query alone would wait on the latency of its own chain).
+// (The kernels this replaces scored a query with one dot product per position, two sums across
+// lanes each: 3,000-token prefill ran at 0.8-0.95x of the matmul-per-block code before them.)
+template <class S> inline constexpr int kQueries = S::width >= 16 ? 4 : 2;
+
+// Scores of Q queries against the kKeyTile positions of one tile: out[i][lane].
+template <class S, int Q>
+inline void score_tile(const float* const* q, const float* tile, int hd, float* const* out, int offset) {
+  constexpr int V = kKeyTile / S::width;
+  typename S::V even[Q][V], odd[Q][V];
+  for (int i = 0; i < Q; ++i)
+    for (int v = 0; v < V; ++v) even[i][v] = odd[i][v] = S::zero();
+  int d = 0;
+  for (; d + 2 <= hd; d += 2)
+    for (int v = 0; v < V; ++v) {
+      const typename S::V ke = S::load(tile + d * kKeyTile + v * S::width);
+      const typename S::V ko = S::load(tile + (d + 1) * kKeyTile + v * S::width);
+      for (int i = 0; i < Q; ++i) {
+        even[i][v] = S::fma(S::broadcast(q[i][d]), ke, even[i][v]);
+        odd[i][v] = S::fma(S::broadcast(q[i][d + 1]), ko, odd[i][v]);
+      }
+    }
+  if (d < hd)
+    for (int v = 0; v < V; ++v) {
+      const typename S::V ke = S::load(tile + d * kKeyTile + v * S::width);
+      for (int i = 0; i < Q; ++i) even[i][v] = S::fma(S::broadcast(q[i][d]), ke, even[i][v]);
+    }
+  for (int i = 0; i < Q; ++i)
+    for (int v = 0; v < V; ++v) S::store(out[i] + offset + v * S::width, S::add(even[i][v], odd[i][v]));
 }
 
-// One query's attention against one block of n cached positions, keys and values both
-// [n][hd]: scores[j] = q . keys[j] (dot's order and bits), and out += sum_j p[j] * values[j], j in
-// order, one fused multiply-add chain per output lane. Each query's sums are its own, so a token's
-// attention is the same bits whatever the other queries of its step, alone or in a batch,
-// in a prefill chunk or decoded one at a time. (A matmul call per block and head costs more in
-// bookkeeping than the few hundred multiply-adds of a decode query; the transposed values it
-// read summed every output dimension across lanes, and a partial block one scalar at a time.)
-// Scores go 16 positions at a time: dot's two accumulators per position, then their lane sums
-// 16 at once (sum16), instead of a call and two dependent reductions per position, which left a
-// decode step's attention latency-bound (a quarter of an MoE Q4_K token's time at 800 positions).
-template <class S>
-void attention_scores(const float* q, const float* keys, int n, int hd, float* scores) {
-  constexpr int W = S::width;
-  int j = 0;
-  if (hd % W == 0) {
-    for (; j + 16 <= n; j += 16) {
-      typename S::V even[16], odd[16];  // dot's acc0 (chunks 0, 2, 4, ...) and acc1 (1, 3, 5, ...)
-      for (int k0 = 0; k0 < 16; k0 += 4) {  // 4 positions side by side: 8 independent chains
-        const float* key = keys + int64_t(j + k0) * hd;
-        typename S::V a0[4], a1[4];
-        for (int k = 0; k < 4; ++k) a0[k] = a1[k] = S::zero();
-        int i = 0;
-        for (; i + 2 * W <= hd; i += 2 * W) {
-          const typename S::V qe = S::load(q + i), qo = S::load(q + i + W);
-          // The positions 16 ahead, at the same columns: a decode step's first query head reads
-          // the keys from memory, in pieces too short for the hardware prefetcher to pick up.
-          for (int k = 0; k < 4; ++k) __builtin_prefetch(key + (16 + k) * hd + i);
-          for (int k = 0; k < 4; ++k) {
-            a0[k] = S::fma(qe, S::load(key + k * hd + i), a0[k]);
-            a1[k] = S::fma(qo, S::load(key + k * hd + i + W), a1[k]);
-          }
-        }
-        if (i < hd)
-          for (int k = 0; k < 4; ++k) a0[k] = S::fma(S::load(q + i), S::load(key + k * hd + i), a0[k]);
-        for (int k = 0; k < 4; ++k) even[k0 + k] = a0[k], odd[k0 + k] = a1[k];
-      }
-      float s0[16], s1[16];
-      sum16<S>(even, s0);
-      sum16<S>(odd, s1);
-      for (int k = 0; k < 16; ++k) scores[j + k] = s0[k] + s1[k];
+template <class S, int Q>
+inline void scores_for_queries(const float* const* q, const float* keys, int lo, int hi, int hd,
+                               float* const* scores) {
+  float partial[Q][kKeyTile];
+  float* partial_rows[Q];
+  for (int i = 0; i < Q; ++i) partial_rows[i] = partial[i];
+  for (int t = lo / kKeyTile; t * kKeyTile < hi; ++t) {
+    const int first = t * kKeyTile, a = std::max(lo, first), b = std::min(hi, first + kKeyTile);
+    const float* tile = keys + int64_t(first) * hd;
+    if (a == first && b == first + kKeyTile) {
+      score_tile<S, Q>(q, tile, hd, scores, first - lo);
+    } else {  // a tile cut by lo or hi: its lanes in range only
+      score_tile<S, Q>(q, tile, hd, partial_rows, 0);
+      for (int i = 0; i < Q; ++i) std::copy(partial[i] + (a - first), partial[i] + (b - first), scores[i] + (a - lo));
     }
   }
-  for (; j < n; ++j) scores[j] = dot<S>(q, keys + int64_t(j) * hd, hd);
-}
-
-// NV vectors of out, from column i, held in registers through all n positions: each value row is
-// read once per group of NV vectors (8: once per query for a head of 128 on AVX-512), and the NV
-// chains are independent, where two chains at a time waited on each other's latency.
-template <class S, int NV>
-inline void attention_values_vectors(const float* p, const float* values, int n, int hd, float* out) {
-  typename S::V a[NV];
-  for (int v = 0; v < NV; ++v) a[v] = S::load(out + v * S::width);
-  for (int j = 0; j < n; ++j) {
-    const typename S::V pj = S::broadcast(p[j]);
-    for (int v = 0; v < NV; ++v) a[v] = S::fma(pj, S::load(values + int64_t(j) * hd + v * S::width), a[v]);
-  }
-  for (int v = 0; v < NV; ++v) S::store(out + v * S::width, a[v]);
 }
 
 template <class S>
-void attention_values(const float* p, const float* values, int n, int hd, float* out) {
+void attention_scores(const float* const* q, int nq, const float* keys, int lo, int hi, int hd, float* const* scores) {
+  constexpr int kQ = kQueries<S>;
+  int i = 0;
+  for (; i + kQ <= nq; i += kQ) scores_for_queries<S, kQ>(q + i, keys, lo, hi, hd, scores + i);
+  for (; i < nq; ++i) scores_for_queries<S, 1>(q + i, keys, lo, hi, hd, scores + i);
+}
+
+// P V for Q queries and V vectors of output dimensions from dimension d0: one chain per lane.
+template <class S, int Q, int V>
+inline void values_chunk(const float* const* p, const float* values, int n, int hd, int d0, float* const* out) {
+  typename S::V acc[Q][V];
+  for (int i = 0; i < Q; ++i)
+    for (int v = 0; v < V; ++v) acc[i][v] = S::load(out[i] + d0 + v * S::width);
+  for (int j = 0; j < n; ++j)
+    for (int v = 0; v < V; ++v) {
+      const typename S::V vj = S::load(values + int64_t(j) * hd + d0 + v * S::width);
+      for (int i = 0; i < Q; ++i) acc[i][v] = S::fma(S::broadcast(p[i][j]), vj, acc[i][v]);
+    }
+  for (int i = 0; i < Q; ++i)
+    for (int v = 0; v < V; ++v) S::store(out[i] + d0 + v * S::width, acc[i][v]);
+}
+
+template <class S, int Q>
+inline void values_for_queries(const float* const* p, const float* values, int n, int hd, float* const* out) {
+  constexpr int kV = 4;  // vectors of output dimensions per pass: Q * kV accumulators
+  int d = 0;
+  for (; d + kV * S::width <= hd; d += kV * S::width) values_chunk<S, Q, kV>(p, values, n, hd, d, out);
+  switch ((hd - d) / S::width) {
+    case 3: values_chunk<S, Q, 3>(p, values, n, hd, d, out); break;
+    case 2: values_chunk<S, Q, 2>(p, values, n, hd, d, out); break;
+    case 1: values_chunk<S, Q, 1>(p, values, n, hd, d, out); break;
+    default: break;
+  }
+  for (d += (hd - d) / S::width * S::width; d < hd; ++d)
+    for (int i = 0; i < Q; ++i) {
+      float a = out[i][d];
+      for (int j = 0; j < n; ++j) a = S::fma1(p[i][j], values[int64_t(j) * hd + d], a);
+      out[i][d] = a;
+    }
+}
+
+template <class S>
+void attention_values(const float* const* p, int nq, const float* values, int n, int hd, float* const* out) {
+  constexpr int kQ = kQueries<S>;
+  int i = 0;
+  for (; i + kQ <= nq; i += kQ) values_for_queries<S, kQ>(p + i, values, n, hd, out + i);
+  for (; i < nq; ++i) values_for_queries<S, 1>(p + i, values, n, hd, out + i);
+}
+
+// e^x in each lane. x = n ln2 + r with n = round(x / ln2) (ties to even, by adding and
+// subtracting 1.5 * 2^23) and |r| <= ln2 / 2 (two fused steps with ln2 split in a short high part,
+// n * kLn2Hi exact, and the rest); e^r by its Taylor polynomial to r^7 (the first term left out is
+// under 0.1 ulp) in Horner's fused steps; then times 2^n1 (exact) and 2^n2 (rounded once, into the
+// subnormals where the result lies there), n1 + n2 = n, so that neither power leaves the normal
+// range. x is first clamped to [-150, 89]: past those, e^x is 0 or inf in floats (and NaN passes
+// the clamp, S::max and S::min returning their second operand then). Every step is one IEEE
+// operation (S::fused_fma fuses in the portable code too), so every ISA gives the same bits.
+inline constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+template <class S>
+inline typename S::V exp_lanes(typename S::V x) {
+  using V = typename S::V;
+  const V round = S::broadcast(12582912.0f);  // 1.5 * 2^23: x + round - round is x to an integer
+  x = S::min(S::broadcast(89.0f), S::max(S::broadcast(-150.0f), x));
+  const V n = S::sub(S::add(S::mul(x, S::broadcast(kLog2e)), round), round);
+  V r = S::fused_fma(n, S::broadcast(-kLn2Hi), x);
+  r = S::fused_fma(n, S::broadcast(-kLn2Lo), r);
+  V p = S::broadcast(1.0f / 5040.0f);
+  for (const float c : {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f})
+    p = S::fused_fma(p, r, S::broadcast(c));
+  const V n1 = S::sub(S::add(S::mul(n, S::broadcast(0.5f)), round), round);
+  return S::mul(S::mul(p, S::pow2(n1)), S::pow2(S::sub(n, n1)));
+}
+
+template <class S>
+void exp_floats(const float* x, int n, float* out) {
   constexpr int W = S::width;
   int i = 0;
-  for (; i + 8 * W <= hd; i += 8 * W) attention_values_vectors<S, 8>(p, values + i, n, hd, out + i);
-  if (i + 4 * W <= hd) attention_values_vectors<S, 4>(p, values + i, n, hd, out + i), i += 4 * W;
-  if (i + 2 * W <= hd) attention_values_vectors<S, 2>(p, values + i, n, hd, out + i), i += 2 * W;
-  if (i + W <= hd) attention_values_vectors<S, 1>(p, values + i, n, hd, out + i), i += W;
-  for (; i < hd; ++i) {
-    float a = out[i];
-    for (int j = 0; j < n; ++j) a = S::fma1(p[j], values[int64_t(j) * hd + i], a);
-    out[i] = a;
+  for (; i + W <= n; i += W) S::store(out + i, exp_lanes<S>(S::load(x + i)));
+  if (i < n) {  // the tail through a whole vector: lanes are independent
+    float in[W], e[W];
+    std::fill_n(in, W, 0.0f);
+    std::copy(x + i, x + n, in);
+    S::store(e, exp_lanes<S>(S::load(in)));
+    std::copy(e, e + (n - i), out + i);
   }
+}
+
+// Three passes over the row: scale and maximum; exponentials and their sum in 16 lanes (a whole
+// vector per 16 elements on AVX-512, two on AVX2, 16 scalars in the portable code; the tail padded
+// with -inf, whose e^ is +0 and leaves a lane as it was); the 16 lanes summed in a fixed tree.
+template <class S>
+float attention_softmax(float* row, int n, float scale) {
+  constexpr int W = S::width, kLanes = 16, NV = kLanes / W;
+  static_assert(kLanes % W == 0);
+  const typename S::V s = S::broadcast(scale);
+  typename S::V mv = S::broadcast(-INFINITY);
+  int j = 0;
+  for (; j + W <= n; j += W) {
+    const typename S::V v = S::mul(S::load(row + j), s);
+    S::store(row + j, v);
+    mv = S::max(mv, v);
+  }
+  float lanes[kLanes];
+  S::store(lanes, mv);
+  float m = -INFINITY;
+  for (int k = 0; k < W; ++k) m = std::max(m, lanes[k]);
+  for (; j < n; ++j) m = std::max(m, row[j] *= scale);
+  const typename S::V mb = S::broadcast(m);
+  typename S::V acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = S::zero();
+  const auto exps = [&](float* at) {
+    for (int v = 0; v < NV; ++v) {
+      const typename S::V e = exp_lanes<S>(S::sub(S::load(at + v * W), mb));
+      S::store(at + v * W, e);
+      acc[v] = S::add(acc[v], e);
+    }
+  };
+  for (j = 0; j + kLanes <= n; j += kLanes) exps(row + j);
+  if (j < n) {
+    float tail[kLanes];
+    std::fill_n(tail, kLanes, -INFINITY);
+    std::copy(row + j, row + n, tail);
+    exps(tail);
+    std::copy(tail, tail + (n - j), row + j);
+  }
+  for (int v = 0; v < NV; ++v) S::store(lanes + v * W, acc[v]);
+  for (int h = kLanes / 2; h >= 1; h /= 2)
+    for (int k = 0; k < h; ++k) lanes[k] += lanes[k + h];
+  return lanes[0];
 }
 
 // S: the float lane above; L: the integer lane of quant_matmul_impl.hpp.
 template <class S, class L>
 KernelTable make_table(Isa isa) {
   return KernelTable{isa, &matmul_rows<S>, &bf16_x_layout<S>, &quant_impl::quant_matmul_rows<L>, &L::quantize_activations, &dot<S>, &axpy<S>,
-                     &attention_scores<S>, &attention_values<S>};
+                     &attention_scores<S>, &attention_values<S>, &exp_floats<S>, &attention_softmax<S>};
 }
 
 }  // namespace

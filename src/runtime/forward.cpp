@@ -106,7 +106,7 @@ void BatchSession::rewind(int sequence, int length) {
   if (pool_.refcount(last) > 1) {
     const int copy = pool_.allocate();
     require(copy >= 0, "the KV cache pool is full");
-    const size_t floats = size_t(bs) * c_.head_dim;
+    const size_t floats = pool_.block_floats();
     for (int l = 0; l < c_.num_layers; ++l)
       for (int g = 0; g < c_.num_kv_heads; ++g) {
         std::copy_n(pool_.keys(l, last, g), floats, pool_.keys(l, copy, g));
@@ -246,10 +246,12 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
       rope_.at(pos, length, cos.data(), sin.data());
       k::rope(q, Hq, hd, cos.data(), sin.data());
       k::rope(kk, Hkv, hd, cos.data(), sin.data());
-      // Keys and values per head in position order: [block_size][head_dim] in each block.
+      // Keys per head in tiles of kKeyTile positions, [head_dim][kKeyTile] each; values
+      // [block_size][head_dim] (KvPool).
       const int block = s.blocks[pos / bs], at = pos % bs;
       for (int g = 0; g < Hkv; ++g) {
-        std::copy(kk + g * hd, kk + (g + 1) * hd, pool_.keys(l, block, g) + size_t(at) * hd);
+        float* key = pool_.keys(l, block, g) + size_t(at / k::kKeyTile) * k::kKeyTile * hd + at % k::kKeyTile;
+        for (int d = 0; d < hd; ++d) key[size_t(d) * k::kKeyTile] = kk[g * hd + d];
         std::copy(v + g * hd, v + (g + 1) * hd, pool_.values(l, block, g) + size_t(at) * hd);
       }
     }
@@ -262,7 +264,8 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
   // and values is read once for all the group's heads and all the queries of a prefill chunk.
   // A block of queries holds kQueryRows rows: kQueryRows / group tokens of each head.
   constexpr int kQueryRows = 32;
-  constexpr int kPositionTile = 64;  // 32 KiB of keys at a head size of 128
+  constexpr int kPositionTile = 128;  // 32 KiB of keys at a head size of 64
+  static_assert(kPositionTile % k::kKeyTile == 0, "position tiles hold whole key tiles");
   const float scale = 1.0f / std::sqrt(float(hd));
   const int group = Hq / Hkv;
   const int block_tokens = std::max(1, kQueryRows / group);
@@ -295,38 +298,72 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
     }
     const int last_block = (end[tn - 1] - 1) / bs;  // positions grow with t
     const auto head_offset = [&](int i) { return size_t(row0 + i % tn) * qw + size_t(g * group + i / tn) * hd; };
-    // Positions go kPositionTile at a time through every row, so that the rows after the first
-    // find the tile's keys (values below) in L1 rather than reading the block from memory again
-    // (a decode step's block is the whole context: 4 query heads read each key 4 times).
-    const auto for_position_tiles = [&](auto&& body) {
-      for (int j = begin[0] / bs; j <= last_block; ++j)
-        for (int p0 = std::max(j * bs, begin[0]); p0 < std::min((j + 1) * bs, end[tn - 1]); p0 += kPositionTile) {
+    // Positions go kPositionTile at a time (a grid aligned to the block's key tiles) through
+    // every row, so that the kernels' passes over the rows, kQueries at a time, find the tile's
+    // keys (values below) in L1 instead of reading a prefill's whole range again from L2 or
+    // memory per group of rows. In each position tile, the positions every row sees,
+    // [common_lo, common_hi), go through the kernels with all rn rows at once; each token's others
+    // (a sliding window's start, the causal edge) with that token's group rows, before and after
+    // them, so that every row meets its positions in order. The kernels' results do not depend on
+    // how rows and positions are split over calls.
+    thread_local std::vector<const float*> rows_in;
+    thread_local std::vector<float*> rows_out;
+    rows_in.resize(rn);
+    rows_out.resize(rn);
+    // call(j, first, count, step, lo, hi): rows first, first + step, ... (count of them) against
+    // positions [lo, hi) of block j.
+    const auto by_ranges = [&](const auto& call) {
+      for (int j = begin[0] / bs; j <= last_block; ++j) {
+        const int from = std::max(j * bs, begin[0]), to = std::min((j + 1) * bs, end[tn - 1]);
+        for (int p0 = j * bs + (from - j * bs) / kPositionTile * kPositionTile; p0 < to; p0 += kPositionTile) {
           const int p1 = std::min({p0 + kPositionTile, (j + 1) * bs, end[tn - 1]});
-          for (int i = 0; i < rn; ++i) {
-            const int t = i % tn, lo = std::max(p0, begin[t]), hi = std::min(p1, end[t]);
-            if (lo < hi) body(i, j, lo, hi);
+          const auto each_token = [&](int a, int b) {  // the part of [a, b) each token sees
+            for (int t = 0; t < tn; ++t) {
+              const int lo = std::max(a, begin[t]), hi = std::min(b, end[t]);
+              if (lo < hi) call(j, t, group, tn, lo, hi);
+            }
+          };
+          const int common_lo = std::max(p0, begin[tn - 1]), common_hi = std::min(p1, end[0]);
+          if (common_lo >= common_hi) {
+            each_token(p0, p1);
+            continue;
           }
+          each_token(p0, common_lo);
+          call(j, 0, rn, 1, common_lo, common_hi);
+          each_token(common_hi, p1);
         }
+      }
     };
-    for_position_tiles([&](int i, int j, int lo, int hi) {
-      k::attention_scores(&q_[head_offset(i)], pool_.keys(l, s.blocks[j], g) + size_t(lo - j * bs) * hd, hi - lo, hd,
-                          &scores[size_t(i) * length + lo]);
+    by_ranges([&](int j, int first, int count, int step, int lo, int hi) {
+      for (int r = 0; r < count; ++r) {
+        const int i = first + r * step;
+        rows_in[r] = &q_[head_offset(i)];
+        rows_out[r] = &scores[size_t(i) * length + lo];
+      }
+      k::attention_scores(rows_in.data(), count, pool_.keys(l, s.blocks[j], g), lo - j * bs, hi - j * bs, hd,
+                          rows_out.data());
     });
+    // Softmax's numerators here, its division after P V (a row's hd outputs, not its positions).
+    thread_local std::vector<float> inverse_sums;
+    inverse_sums.resize(rn);
     for (int i = 0; i < rn; ++i) {
       const int t = i % tn;
-      float* row = &scores[size_t(i) * length];
-      float m = -INFINITY;
-      for (int j = begin[t]; j < end[t]; ++j) m = std::max(m, row[j] *= scale);
-      float sum = 0.0f;
-      for (int j = begin[t]; j < end[t]; ++j) sum += (row[j] = std::exp(row[j] - m));
-      const float inv = 1.0f / sum;
-      for (int j = begin[t]; j < end[t]; ++j) row[j] *= inv;
+      inverse_sums[i] = 1.0f / k::attention_softmax(&scores[size_t(i) * length + begin[t]], end[t] - begin[t], scale);
       std::fill_n(&att_[head_offset(i)], hd, 0.0f);
     }
-    for_position_tiles([&](int i, int j, int lo, int hi) {
-      k::attention_values(&scores[size_t(i) * length + lo], pool_.values(l, s.blocks[j], g) + size_t(lo - j * bs) * hd,
-                          hi - lo, hd, &att_[head_offset(i)]);
+    by_ranges([&](int j, int first, int count, int step, int lo, int hi) {
+      for (int r = 0; r < count; ++r) {
+        const int i = first + r * step;
+        rows_in[r] = &scores[size_t(i) * length + lo];
+        rows_out[r] = &att_[head_offset(i)];
+      }
+      k::attention_values(rows_in.data(), count, pool_.values(l, s.blocks[j], g) + size_t(lo - j * bs) * hd, hi - lo,
+                          hd, rows_out.data());
     });
+    for (int i = 0; i < rn; ++i) {
+      float* out = &att_[head_offset(i)];
+      for (int d = 0; d < hd; ++d) out[d] *= inverse_sums[i];
+    }
   };
   if (work >= (1 << 15)) {  // as matmul: small work stays on one thread
     k::parallel_for(first_item.back(), attend);

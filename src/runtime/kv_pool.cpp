@@ -8,12 +8,23 @@
 #include <string>
 #include <utility>
 
+#include "kernels/kernels.hpp"
 #include "util/error.hpp"
 
 namespace crossmoe {
 
+namespace {
+int64_t whole_tiles(int block_size) {
+  return (int64_t(block_size) + kernels::kKeyTile - 1) / kernels::kKeyTile * kernels::kKeyTile;
+}
+}  // namespace
+
+int64_t KvPool::bytes_per_position(const ModelConfig& c) {
+  return int64_t(2) * c.num_layers * c.num_kv_heads * c.head_dim * int64_t(sizeof(float));
+}
+
 int64_t KvPool::bytes_per_block(const ModelConfig& c, int block_size) {
-  return int64_t(2) * c.num_layers * c.num_kv_heads * c.head_dim * int64_t(block_size) * int64_t(sizeof(float));
+  return bytes_per_position(c) * whole_tiles(block_size);
 }
 
 int64_t KvPool::blocks_for_bytes(const ModelConfig& c, int block_size, int64_t bytes) {
@@ -21,10 +32,11 @@ int64_t KvPool::blocks_for_bytes(const ModelConfig& c, int block_size, int64_t b
 }
 
 KvPool::KvPool(const ModelConfig& c, int block_size, int blocks)
-    : block_size_(block_size), blocks_(blocks), heads_(c.num_kv_heads), head_dim_(c.head_dim) {
+    : block_size_(block_size), blocks_(blocks), heads_(c.num_kv_heads), head_dim_(c.head_dim),
+      block_floats_(size_t(whole_tiles(block_size)) * size_t(c.head_dim)) {
   require(block_size > 0 && blocks > 0, "the KV cache needs at least one block of at least one token (got " +
                                             std::to_string(blocks) + " blocks of " + std::to_string(block_size) + ")");
-  const size_t floats = size_t(c.num_layers) * blocks * heads_ * size_t(block_size) * head_dim_;
+  const size_t floats = size_t(c.num_layers) * blocks * heads_ * block_floats_;
   k_ = Floats(floats);
   v_ = Floats(floats);
   refs_.assign(blocks, 0);

@@ -22,7 +22,10 @@ class KvPool {
   KvPool(const ModelConfig& config, int block_size, int blocks);
   // The largest block count that fits `bytes` of keys and values.
   static int64_t blocks_for_bytes(const ModelConfig& config, int block_size, int64_t bytes);
+  // A block's memory: its positions rounded up to whole key tiles (kernels::kKeyTile).
   static int64_t bytes_per_block(const ModelConfig& config, int block_size);
+  // The keys and values of one position.
+  static int64_t bytes_per_position(const ModelConfig& config);
 
   int block_size() const { return block_size_; }
   int blocks() const { return blocks_; }
@@ -30,8 +33,12 @@ class KvPool {
   int available() const { return int(free_.size() + evictable_.size()); }
   int in_use() const { return blocks_ - available(); }
 
-  // Keys and values of block b, layer l, kv head g: [block_size][head_dim] each.
+  // Keys and values of block b, layer l, kv head g: keys in tiles of kernels::kKeyTile positions,
+  // [head_dim][kKeyTile] each (kernels.hpp), the last one whole even where block_size ends inside
+  // it; values [block_size][head_dim].
   float* keys(int l, int b, int g) { return &k_[offset(l, b, g)]; }
+  // Floats of keys (or of values) per block, layer and kv head, padding included.
+  size_t block_floats() const { return block_floats_; }
   float* values(int l, int b, int g) { return &v_[offset(l, b, g)]; }
 
   // A block with refcount 1, or -1 when every block is held.
@@ -63,11 +70,12 @@ class KvPool {
     size_t operator()(const Key& k) const;
   };
   size_t offset(int l, int b, int g) const {
-    return ((size_t(l) * blocks_ + size_t(b)) * heads_ + size_t(g)) * size_t(block_size_) * head_dim_;
+    return ((size_t(l) * blocks_ + size_t(b)) * heads_ + size_t(g)) * block_floats_;
   }
   Key key(int parent, const int* tokens) const;
 
   int block_size_, blocks_, heads_, head_dim_;
+  size_t block_floats_;  // of keys (or values) per block and head: whole key tiles
   // Zeroed floats in an anonymous mapping advised to huge pages before anything touches it: a
   // decode step streams the context's keys and values through every layer, and on 4 KiB pages
   // the hardware prefetchers stop at each page's end (the weights sit in huge pages too).

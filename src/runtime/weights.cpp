@@ -176,6 +176,6 @@ double Model::weight_bytes_per_token() const {
   return total;
 }
 
-double Model::kv_bytes_read(double context) const { return context * double(KvPool::bytes_per_block(config_, 1)); }
+double Model::kv_bytes_read(double context) const { return context * double(KvPool::bytes_per_position(config_)); }
 
 }  // namespace crossmoe
