@@ -302,6 +302,7 @@ ExpertCache::~ExpertCache() {
     stop_ = true;
   }
   changed_.notify_all();
+  work_.notify_all();
   for (std::thread& t : io_threads_) t.join();  // each finishes the read it has in flight
   ::munmap(memory_, (room_[0] + room_[1] + room_[2]) * uint64_t(plan_.slots));
   for (int fd : fds_) ::close(fd);
@@ -353,7 +354,8 @@ void ExpertCache::start_load(int key, int s, std::deque<Chunk>& queue, bool read
   }
   slot.chunks_left = int(queue.size() - before);
   trace("load %d %s", key, read_ahead ? "ahead" : "demand");
-  changed_.notify_all();
+  changed_.notify_all();  // an acquire waiting for this expert's read to start
+  work_.notify_all();
 }
 
 void ExpertCache::finish_load(int s, std::unique_lock<std::mutex>& lock) {
@@ -425,7 +427,7 @@ void ExpertCache::expect(const std::vector<ExpertRef>& next) {
   const std::thread::id me = std::this_thread::get_id();
   if (!pinned_.empty() && pin_owner_ != me) changed_.wait(lock, [&] { return pinned_.empty(); });
   predict(next, pinned_.size());
-  changed_.notify_all();
+  work_.notify_all();
 }
 
 void ExpertCache::acquire(const std::vector<ExpertRef>& refs, std::vector<const SwiGluWeights*>& out, int layer,
@@ -496,7 +498,7 @@ void ExpertCache::acquire(const std::vector<ExpertRef>& refs, std::vector<const 
     }
     pin(i, slot_of_[key]);
   }
-  changed_.notify_all();  // the I/O threads: demand reads, then the reads ahead behind them
+  work_.notify_all();  // the I/O threads: demand reads, then the reads ahead behind them
   for (size_t i = 0; i < refs.size(); ++i) {
     const int key = key_of(refs[i]);
     const Slot& slot = slots_[slot_of_ref[i]];
@@ -534,7 +536,7 @@ void ExpertCache::release_all() {
 void ExpertCache::io_loop() {
   std::unique_lock lock(mutex_);
   for (;;) {
-    changed_.wait(lock, [&] { return stop_ || !demand_chunks_.empty() || !ahead_chunks_.empty() || !queue_.empty(); });
+    work_.wait(lock, [&] { return stop_ || !demand_chunks_.empty() || !ahead_chunks_.empty() || !queue_.empty(); });
     if (stop_) return;
     std::deque<Chunk>& from = !demand_chunks_.empty() ? demand_chunks_ : ahead_chunks_;
     if (from.empty()) {

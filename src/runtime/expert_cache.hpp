@@ -271,7 +271,11 @@ class ExpertCache {
   bool predicting_ = false;
 
   mutable std::mutex mutex_;
-  std::condition_variable changed_;                // a slot's state, pins or the queues changed
+  // Two, so that a state change wakes only whom it concerns: each wake-up of a thread costs CPU
+  // that compute needs on a small machine, and a read's start or end would otherwise wake every
+  // idle I/O thread.
+  std::condition_variable changed_;                // a slot's state or pins changed (acquire waits)
+  std::condition_variable work_;                   // reads were queued, or stop (the I/O threads wait)
   std::vector<int> queue_;                         // keys to read ahead, not started
   std::deque<Chunk> demand_chunks_, ahead_chunks_;  // started loads' reads, misses first
   std::vector<std::string> read_error_;            // per key: why its last read failed
