@@ -129,9 +129,21 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
     // r0 is a multiple of 8 (matmul_batch's blocks of rows are), so the groups start at r0.
     const int64_t grouped_end = std::max(r0, std::min(r1, m.rows / 8 * 8));
     constexpr int kTokens = L::x8_tokens;
+    // Several tokens go over these rows in turns, the first from memory and the others from L1;
+    // meanwhile the rows after them (the next call's, on this thread: matmul_batch hands each
+    // thread runs of consecutive blocks) are asked for, a share before each turn, so that they
+    // arrive while these compute instead of in the next call's first turn.
+    const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
+    const auto* next = static_cast<const uint8_t*>(m.data) + size_t(grouped_end) * row_bytes;
+    const int64_t next_rows = std::max<int64_t>(0, std::min(m.rows / 8 * 8, 2 * grouped_end - r0) - grouped_end);
+    const size_t next_bytes = size_t(next_rows) * row_bytes;
+    const int turns = tokens / kTokens;
+    const size_t share = turns > 1 ? (next_bytes / turns + 63) / 64 * 64 : 0;
     int t = 0;
-    for (; t + kTokens <= tokens; t += kTokens)
+    for (int turn = 0; t + kTokens <= tokens; t += kTokens, ++turn) {
+      for (size_t at = share * turn; at < std::min(next_bytes, share * (turn + 1)); at += 64) __builtin_prefetch(next + at);
       interleaved_rows_for_tokens<L, kTokens>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, grouped_end);
+    }
     for (; t < tokens; ++t)
       interleaved_rows_for_tokens<L, 1>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, grouped_end);
     r0 = grouped_end;  // the rows after the last whole group lie as rows
