@@ -383,7 +383,14 @@ void BatchSession::swiglu(const std::vector<SwiGluRun>& runs) {
     offset += size_t(r.tokens) * r.weights->width();
   }
   k::matmul_batch(jobs.data(), int(jobs.size()));
-  k::silu_mul(h1_.data(), h2_.data(), int(offset));
+  // On every thread: one exp per value, 5-6% of a batched server's samples when the calling
+  // thread ran them alone while the others slept.
+  constexpr size_t kSiluPiece = 8192;
+  const int64_t pieces = int64_t((offset + kSiluPiece - 1) / kSiluPiece);
+  k::parallel_for(pieces, [&](int64_t p) {
+    const size_t begin = size_t(p) * kSiluPiece;
+    k::silu_mul(h1_.data() + begin, h2_.data() + begin, int(std::min(kSiluPiece, offset - begin)));
+  });
   jobs.clear();
   for (size_t i = 0; i < runs.size(); ++i) jobs.push_back({runs[i].weights->down, &h1_[offsets[i]], runs[i].tokens, runs[i].out});
   k::matmul_batch(jobs.data(), int(jobs.size()));
