@@ -164,15 +164,13 @@ void GgufFile::copy_into_memory() {
   // Keep the data's offset within a page, so alignment is what it was in the file.
   const size_t lead = size_t(data_begin_ - file) % 4096;
   const size_t size = lead + data_size_;
-  void* m = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  require(m != MAP_FAILED, label_ + ": cannot allocate " + std::to_string(size) + " bytes for the weights");
-  ::madvise(m, size, MADV_HUGEPAGE);
-  std::byte* copy = static_cast<std::byte*>(m) + lead;
+  memory_ = AnonymousMemory(size, "the weights of " + label_, {.huge_pages = true});
+  std::byte* copy = memory_.data() + lead;
   std::memcpy(copy, data_begin_, data_size_);
   for (GgufTensor& t : tensors_) t.data = copy + (t.data - data_begin_);
   ::munmap(mapping_, mapping_size_);
-  mapping_ = m;
-  mapping_size_ = size;
+  mapping_ = nullptr;
+  mapping_size_ = 0;
   data_begin_ = copy;
 }
 

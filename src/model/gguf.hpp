@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "util/anonymous_memory.hpp"
 #include "util/dtype.hpp"
 
 namespace crossmoe {
@@ -64,7 +65,7 @@ class GgufFile {
   GgufFile(const GgufFile&) = delete;
   GgufFile& operator=(const GgufFile&) = delete;
 
-  // As SafetensorsFile::copy_into_memory: the data section moves to anonymous memory.
+  // As SafetensorsFile::load_into_memory: the data section moves to anonymous memory.
   void copy_into_memory();
 
   const std::map<std::string, GgufValue>& metadata() const { return metadata_; }
@@ -87,8 +88,9 @@ class GgufFile {
   void parse(const std::byte* bytes, size_t size);
   std::string label_;
   uint32_t version_ = 0;
-  void* mapping_ = nullptr;
+  void* mapping_ = nullptr;  // of the file, until copy_into_memory
   size_t mapping_size_ = 0;
+  AnonymousMemory memory_;   // the data section after copy_into_memory
   const std::byte* data_begin_ = nullptr;
   size_t data_size_ = 0;
   std::map<std::string, GgufValue> metadata_;

@@ -93,13 +93,8 @@ void SafetensorsFile::load_into_memory(const std::function<bool(const std::strin
     runs.back().size += t->nbytes;
     total += t->nbytes;
   }
-  void* m = nullptr;
-  if (total > 0) {
-    m = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    require(m != MAP_FAILED, label_ + ": cannot allocate " + std::to_string(total) + " bytes for the weights");
-    ::madvise(m, total, MADV_HUGEPAGE);
-  }
-  std::byte* memory = static_cast<std::byte*>(m);
+  AnonymousMemory loaded(total, "the weights of " + label_, {.huge_pages = true});
+  std::byte* const memory = loaded.data();
   // Pieces of at most 8 MiB, taken in turn by the threads.
   constexpr uint64_t kPiece = 8u << 20;
   struct Piece {
@@ -137,17 +132,15 @@ void SafetensorsFile::load_into_memory(const std::function<bool(const std::strin
   for (size_t i = 1; i < threads; ++i) workers.emplace_back(read_pieces);
   read_pieces();
   for (auto& w : workers) w.join();
-  if (!error.empty()) {
-    if (m) ::munmap(m, total);
-    throw Error(error);
-  }
+  if (!error.empty()) throw Error(error);
   for (size_t i = 0, r = 0; i < kept.size(); ++i) {
     while (kept[i]->file_offset >= runs[r].file_offset + runs[r].size) ++r;
     kept[i]->data = memory + runs[r].at + (kept[i]->file_offset - runs[r].file_offset);
   }
   ::munmap(mapping_, mapping_size_);
-  mapping_ = m;
-  mapping_size_ = total;
+  mapping_ = nullptr;
+  mapping_size_ = 0;
+  memory_ = std::move(loaded);
   in_memory_ = true;
 }
 

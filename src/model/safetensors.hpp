@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "util/anonymous_memory.hpp"
 #include "util/dtype.hpp"
 
 namespace crossmoe {
@@ -68,8 +69,9 @@ class SafetensorsFile {
   std::string label_;
   int fd_ = -1;
   bool in_memory_ = false;
-  void* mapping_ = nullptr;
+  void* mapping_ = nullptr;  // of the file, until load_into_memory
   size_t mapping_size_ = 0;
+  AnonymousMemory memory_;   // the tensors load_into_memory kept
   std::map<std::string, TensorView> tensors_;
   std::map<std::string, std::string> metadata_;
 };

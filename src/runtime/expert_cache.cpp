@@ -1,7 +1,6 @@
 #include "runtime/expert_cache.hpp"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -266,11 +265,9 @@ ExpertCache::ExpertCache(const ModelConfig& c, const Checkpoint& ck, const Model
     }
     const uint64_t slot_bytes = room_[0] + room_[1] + room_[2];
     const uint64_t total = slot_bytes * uint64_t(plan_.slots);
-    memory_ = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    require(memory_ != MAP_FAILED, "cannot allocate the expert cache of " + std::to_string(total) + " bytes");
+    memory_ = AnonymousMemory(total, "the expert cache", {});
     slots_.resize(plan_.slots);
   } catch (...) {
-    if (memory_ && memory_ != MAP_FAILED) ::munmap(memory_, plan_.slot_bytes * uint64_t(plan_.slots));
     for (int fd : fds_) ::close(fd);
     throw;
   }
@@ -304,7 +301,6 @@ ExpertCache::~ExpertCache() {
   changed_.notify_all();
   work_.notify_all();
   for (std::thread& t : io_threads_) t.join();  // each finishes the read it has in flight
-  ::munmap(memory_, (room_[0] + room_[1] + room_[2]) * uint64_t(plan_.slots));
   for (int fd : fds_) ::close(fd);
   if (trace_) std::fclose(trace_);
 }
@@ -342,7 +338,7 @@ void ExpertCache::start_load(int key, int s, std::deque<Chunk>& queue, bool read
   slot.read_error.clear();
   slot_of_[key] = s;
   read_error_[key].clear();
-  std::byte* buffer = static_cast<std::byte*>(memory_) + size_t(s) * (room_[0] + room_[1] + room_[2]);
+  std::byte* buffer = memory_.data() + size_t(s) * (room_[0] + room_[1] + room_[2]);
   slot.weights = shapes_[key];
   kernels::Matrix* matrices[3] = {&slot.weights.gate, &slot.weights.up, &slot.weights.down};
   const size_t before = queue.size();
@@ -578,7 +574,7 @@ ReadProbe ExpertCache::probe_reads(int depth, uint64_t bytes, uint64_t skip) con
   std::deque<Chunk> all;
   for (const auto& sources : sources_)
     for (const Source& src : sources)
-      if (src.bytes > 0) chunks_of(src, static_cast<std::byte*>(memory_), -1, chunk_bytes_, all);  // dst replaced below
+      if (src.bytes > 0) chunks_of(src, memory_.data(), -1, chunk_bytes_, all);  // dst replaced below
   require(!all.empty(), "expert cache: no expert bytes to probe");
   uint64_t total = 0;
   for (const Chunk& c : all) total += c.need;

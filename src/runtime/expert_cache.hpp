@@ -32,6 +32,7 @@
 #include "model/checkpoint.hpp"
 #include "model/config.hpp"
 #include "runtime/weights.hpp"
+#include "util/anonymous_memory.hpp"
 
 namespace crossmoe {
 
@@ -261,7 +262,7 @@ class ExpertCache {
   std::vector<std::array<Source, 3>> sources_;     // per key: gate, up, down
   std::vector<SwiGluWeights> shapes_;              // per key (data null)
   std::array<uint64_t, 3> room_{};                 // bytes of a slot per projection
-  void* memory_ = nullptr;
+  AnonymousMemory memory_;                         // the slots, each room_[0] + room_[1] + room_[2] bytes
   std::vector<Slot> slots_;
   std::vector<int> slot_of_;                       // per key, -1 when absent
   EvictionTracker tracker_;
