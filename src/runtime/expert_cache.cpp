@@ -460,21 +460,17 @@ void ExpertCache::acquire(const std::vector<ExpertRef>& refs, std::vector<const 
       }
   }
   // Those in the cache (or on their way) first, so that no miss evicts them.
+  int hits = 0, loading = 0;  // of this call, for the trace
   for (size_t i = 0; i < refs.size(); ++i) {
     const int key = key_of(refs[i]);
     if (slot_of_[key] >= 0) {
       ++stats_.hits;
+      ++hits;
+      loading += slots_[slot_of_[key]].state == State::Loading;
       pin(i, slot_of_[key]);
     }
   }
-  if (trace_) {
-    int loading = 0;
-    for (int s : slot_of_ref)
-      if (s >= 0 && slots_[s].state == State::Loading) ++loading;
-    int hits = 0;
-    for (int s : slot_of_ref) hits += s >= 0;
-    trace("acquire %d %d %d %d", layer, hits, int(refs.size()) - hits, loading);
-  }
+  trace("acquire %d %d %d %d", layer, hits, int(refs.size()) - hits, loading);
   // The next layer's experts are named before the misses take slots, so that none of them is evicted.
   if (layer >= 0) predict(next ? *next : std::vector<ExpertRef>(), first_pin + refs.size());
   double stalled = 0;
