@@ -174,15 +174,6 @@ bool EvictionTracker::evict_before(int a, int b) const {
   return last_use_[a] < last_use_[b];
 }
 
-std::set<std::string> routed_expert_tensors(const ModelConfig& c) {
-  std::set<std::string> names;
-  for (int l = 0; l < c.num_layers; ++l)
-    if (c.layers[l].owns_experts)
-      for (int j = 0; j < c.moe.num_experts; ++j)
-        for (Proj p : kProjs) names.insert(tensor_names::expert(c, l, j, p));
-  return names;
-}
-
 ExpertCachePlan plan_expert_cache(const ModelConfig& c, const Checkpoint& ck, const MemoryBudget& budget) {
   ExpertCachePlan plan;
   plan.min_slots = c.moe.top_k;

@@ -24,7 +24,6 @@
 #include <cstdint>
 #include <deque>
 #include <mutex>
-#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -131,9 +130,6 @@ struct ExpertCachePlan {
 // Throws (naming the budget and what one token needs) when the budget holds fewer than top_k
 // experts, or the model has no routed experts.
 ExpertCachePlan plan_expert_cache(const ModelConfig& config, const Checkpoint& checkpoint, const MemoryBudget& budget);
-
-// The names of the routed experts' tensors: those left out of memory under a budget.
-std::set<std::string> routed_expert_tensors(const ModelConfig& config);
 
 struct ExpertCacheOptions {
   MemoryBudget budget;
