@@ -22,6 +22,7 @@
 
 #include "util/anonymous_memory.hpp"
 #include "util/dtype.hpp"
+#include "util/mapped_file.hpp"
 
 namespace crossmoe {
 
@@ -61,7 +62,6 @@ class GgufFile {
   explicit GgufFile(const std::filesystem::path& path);
   // Validates an in-memory image (the fuzz target's entry point); `bytes` must outlive this.
   GgufFile(const std::byte* bytes, size_t size, const std::string& label);
-  ~GgufFile();
   GgufFile(const GgufFile&) = delete;
   GgufFile& operator=(const GgufFile&) = delete;
 
@@ -87,9 +87,8 @@ class GgufFile {
  private:
   void parse(const std::byte* bytes, size_t size);
   std::string label_;
+  MappedFile file_;          // until copy_into_memory; none for an in-memory image
   uint32_t version_ = 0;
-  void* mapping_ = nullptr;  // of the file, until copy_into_memory
-  size_t mapping_size_ = 0;
   AnonymousMemory memory_;   // the data section after copy_into_memory
   const std::byte* data_begin_ = nullptr;
   size_t data_size_ = 0;
