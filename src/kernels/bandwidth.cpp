@@ -1,18 +1,17 @@
 #include "kernels/bandwidth.hpp"
 
 #include <immintrin.h>
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
-#include <new>
 #include <vector>
 
 #include "kernels/kernels.hpp"
 #include "kernels/thread_pool.hpp"
+#include "util/anonymous_memory.hpp"
 #include "util/progress.hpp"
 
 namespace crossmoe::kernels {
@@ -26,43 +25,22 @@ constexpr size_t kChunk = size_t(64) << 10;  // bytes per parallel_for index of 
 // by the threads that will read it, and kept for the process's lifetime (bench calls the probe
 // after every run; faulting 512 MiB in by 4 KiB pages at each call was most of its cost, and
 // its reads then went through 4 KiB pages while the weights sit in huge ones).
-class ProbeBuffer {
- public:
-  const std::byte* get(size_t bytes) {
-    if (bytes <= size_) return data_;
-    release();
-    const size_t size = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-    void* raw = mmap(nullptr, size + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (raw == MAP_FAILED) throw std::bad_alloc();
-    mapping_ = static_cast<std::byte*>(raw);
-    mapped_ = size + kHugePage;
-    data_ = mapping_ + (kHugePage - reinterpret_cast<uintptr_t>(mapping_) % kHugePage) % kHugePage;
-    madvise(data_, size, MADV_HUGEPAGE);  // a hint: without transparent huge pages, 4 KiB ones
-    std::byte* const data = data_;
-    parallel_for(int64_t(size / kChunk), [data](int64_t i) {
-      // Ones in f32, so that the matmul read sums finite numbers.
-      float* f = reinterpret_cast<float*>(data + size_t(i) * kChunk);
-      std::fill(f, f + kChunk / sizeof(float), 1.0f);
-    });
-    size_ = size;
-    return data_;
-  }
-  size_t size() const { return size_; }
-  ~ProbeBuffer() { release(); }
-
- private:
-  void release() {
-    if (mapping_) munmap(mapping_, mapped_);
-    mapping_ = data_ = nullptr;
-    mapped_ = size_ = 0;
-  }
-  std::byte* mapping_ = nullptr;
-  std::byte* data_ = nullptr;
-  size_t mapped_ = 0, size_ = 0;
-};
-
 std::mutex probe_mutex;
-ProbeBuffer probe_buffer;
+AnonymousMemory probe_buffer;  // guarded by probe_mutex
+
+// Makes probe_buffer hold at least `bytes` (whole huge pages).
+void reserve_probe_buffer(size_t bytes) {
+  if (bytes <= probe_buffer.size()) return;
+  probe_buffer = AnonymousMemory();  // the old one first: never both at once
+  const size_t size = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  probe_buffer = AnonymousMemory(size, "the bandwidth probe", {.alignment = kHugePage, .huge_pages = true});
+  std::byte* const data = probe_buffer.data();
+  parallel_for(int64_t(size / kChunk), [data](int64_t i) {
+    // Ones in f32, so that the matmul read sums finite numbers.
+    float* f = reinterpret_cast<float*>(data + size_t(i) * kChunk);
+    std::fill(f, f + kChunk / sizeof(float), 1.0f);
+  });
+}
 
 // Loads every byte of [p, p + n) (n a multiple of 512) into vector registers, eight independent
 // loads per step, and folds them so that the loads cannot be dropped.
@@ -126,7 +104,8 @@ ReadFn widest_read() {
 
 double measure_read_bandwidth(size_t bytes, int repeats) {
   const std::lock_guard<std::mutex> lock(probe_mutex);
-  const std::byte* const data = probe_buffer.get(bytes);
+  reserve_probe_buffer(bytes);
+  const std::byte* const data = probe_buffer.data();
   const size_t size = probe_buffer.size();
   // Two read patterns, both kept because neither is the faster on every machine and load: the
   // f32 matrix-vector product through the dispatched kernels (several rows streamed at once per

@@ -1,10 +1,5 @@
 #include "model/gguf.hpp"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstring>
 #include <fstream>
@@ -12,7 +7,7 @@
 #include <set>
 
 #include "util/error.hpp"
-#include "util/regular_file.hpp"
+#include "util/mapped_file.hpp"
 
 namespace crossmoe {
 
@@ -136,43 +131,23 @@ uint32_t dtype_to_ggml(DType type) {
   }
 }
 
-GgufFile::GgufFile(const std::filesystem::path& path) : label_(path.string()) {
-  size_t size = 0;
-  const int fd = open_regular_file(path, label_, 24, "GGUF", size);
-  void* m = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
-  ::close(fd);
-  require(m != MAP_FAILED, "cannot map " + label_ + ": " + std::strerror(errno));
-  mapping_ = m;
-  mapping_size_ = size;
-  try {
-    parse(static_cast<const std::byte*>(m), size);
-  } catch (...) {
-    ::munmap(mapping_, mapping_size_);
-    throw;
-  }
+GgufFile::GgufFile(const std::filesystem::path& path) : label_(path.string()), file_(path, label_, 24, "GGUF") {
+  parse(file_.data(), file_.size());
 }
 
 GgufFile::GgufFile(const std::byte* bytes, size_t size, const std::string& label) : label_(label) { parse(bytes, size); }
 
-GgufFile::~GgufFile() {
-  if (mapping_) ::munmap(mapping_, mapping_size_);
-}
-
 void GgufFile::copy_into_memory() {
-  if (!mapping_ || data_size_ == 0) return;
-  const std::byte* file = static_cast<const std::byte*>(mapping_);
+  if (!file_.data() || data_size_ == 0) return;
+  const std::byte* file = file_.data();
   // Keep the data's offset within a page, so alignment is what it was in the file.
   const size_t lead = size_t(data_begin_ - file) % 4096;
   const size_t size = lead + data_size_;
-  void* m = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  require(m != MAP_FAILED, label_ + ": cannot allocate " + std::to_string(size) + " bytes for the weights");
-  ::madvise(m, size, MADV_HUGEPAGE);
-  std::byte* copy = static_cast<std::byte*>(m) + lead;
+  memory_ = AnonymousMemory(size, "the weights of " + label_, {.huge_pages = true});
+  std::byte* copy = memory_.data() + lead;
   std::memcpy(copy, data_begin_, data_size_);
   for (GgufTensor& t : tensors_) t.data = copy + (t.data - data_begin_);
-  ::munmap(mapping_, mapping_size_);
-  mapping_ = m;
-  mapping_size_ = size;
+  file_ = MappedFile();
   data_begin_ = copy;
 }
 

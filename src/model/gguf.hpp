@@ -20,7 +20,9 @@
 #include <string>
 #include <vector>
 
+#include "util/anonymous_memory.hpp"
 #include "util/dtype.hpp"
+#include "util/mapped_file.hpp"
 
 namespace crossmoe {
 
@@ -60,11 +62,10 @@ class GgufFile {
   explicit GgufFile(const std::filesystem::path& path);
   // Validates an in-memory image (the fuzz target's entry point); `bytes` must outlive this.
   GgufFile(const std::byte* bytes, size_t size, const std::string& label);
-  ~GgufFile();
   GgufFile(const GgufFile&) = delete;
   GgufFile& operator=(const GgufFile&) = delete;
 
-  // As SafetensorsFile::copy_into_memory: the data section moves to anonymous memory.
+  // As SafetensorsFile::load_into_memory: the data section moves to anonymous memory.
   void copy_into_memory();
 
   const std::map<std::string, GgufValue>& metadata() const { return metadata_; }
@@ -86,9 +87,9 @@ class GgufFile {
  private:
   void parse(const std::byte* bytes, size_t size);
   std::string label_;
+  MappedFile file_;          // until copy_into_memory; none for an in-memory image
   uint32_t version_ = 0;
-  void* mapping_ = nullptr;
-  size_t mapping_size_ = 0;
+  AnonymousMemory memory_;   // the data section after copy_into_memory
   const std::byte* data_begin_ = nullptr;
   size_t data_size_ = 0;
   std::map<std::string, GgufValue> metadata_;

@@ -1,8 +1,5 @@
 #include "model/safetensors.hpp"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,7 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "util/error.hpp"
-#include "util/regular_file.hpp"
+#include "util/mapped_file.hpp"
 
 namespace crossmoe {
 
@@ -35,25 +32,9 @@ std::string TensorView::shape_string() const {
   return s + "]";
 }
 
-SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path), label_(path.string()) {
-  size_t size = 0;
-  const int fd = open_regular_file(path, label_, 8, "safetensors", size);
-  void* m = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
-  if (m == MAP_FAILED) {
-    const int err = errno;
-    ::close(fd);
-    throw Error("cannot map " + label_ + ": " + std::strerror(err));
-  }
-  fd_ = fd;
-  mapping_ = m;
-  mapping_size_ = size;
-  try {
-    parse(static_cast<const std::byte*>(m), size);
-  } catch (...) {
-    ::munmap(mapping_, mapping_size_);
-    ::close(fd_);
-    throw;
-  }
+SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
+    : path_(path), label_(path.string()), file_(path, label_, 8, "safetensors") {
+  parse(file_.data(), file_.size());
 }
 
 SafetensorsFile::SafetensorsFile(const std::byte* bytes, size_t size, const std::string& label)
@@ -61,13 +42,8 @@ SafetensorsFile::SafetensorsFile(const std::byte* bytes, size_t size, const std:
   parse(bytes, size);
 }
 
-SafetensorsFile::~SafetensorsFile() {
-  if (mapping_) ::munmap(mapping_, mapping_size_);
-  if (fd_ >= 0) ::close(fd_);
-}
-
 void SafetensorsFile::load_into_memory(const std::function<bool(const std::string&)>& keep) {
-  if (fd_ < 0 || in_memory_) return;  // an in-memory image, or loaded already
+  if (file_.fd() < 0 || in_memory_) return;  // an in-memory image, or loaded already
   // Runs of kept tensors that lie back to back in the file, each read with one range of reads.
   // A run keeps its file offset modulo 64 in memory, so alignment is what it was in the file.
   struct Run {
@@ -93,13 +69,8 @@ void SafetensorsFile::load_into_memory(const std::function<bool(const std::strin
     runs.back().size += t->nbytes;
     total += t->nbytes;
   }
-  void* m = nullptr;
-  if (total > 0) {
-    m = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    require(m != MAP_FAILED, label_ + ": cannot allocate " + std::to_string(total) + " bytes for the weights");
-    ::madvise(m, total, MADV_HUGEPAGE);
-  }
-  std::byte* memory = static_cast<std::byte*>(m);
+  AnonymousMemory loaded(total, "the weights of " + label_, {.huge_pages = true});
+  std::byte* const memory = loaded.data();
   // Pieces of at most 8 MiB, taken in turn by the threads.
   constexpr uint64_t kPiece = 8u << 20;
   struct Piece {
@@ -117,7 +88,7 @@ void SafetensorsFile::load_into_memory(const std::function<bool(const std::strin
     for (size_t i; (i = next.fetch_add(1)) < pieces.size();) {
       const Piece& p = pieces[i];
       for (uint64_t done = 0; done < p.size;) {
-        const ssize_t n = ::pread(fd_, p.out + done, p.size - done, off_t(p.file_offset + done));
+        const ssize_t n = ::pread(file_.fd(), p.out + done, p.size - done, off_t(p.file_offset + done));
         if (n > 0) {
           done += uint64_t(n);
           continue;
@@ -137,17 +108,13 @@ void SafetensorsFile::load_into_memory(const std::function<bool(const std::strin
   for (size_t i = 1; i < threads; ++i) workers.emplace_back(read_pieces);
   read_pieces();
   for (auto& w : workers) w.join();
-  if (!error.empty()) {
-    if (m) ::munmap(m, total);
-    throw Error(error);
-  }
+  if (!error.empty()) throw Error(error);
   for (size_t i = 0, r = 0; i < kept.size(); ++i) {
     while (kept[i]->file_offset >= runs[r].file_offset + runs[r].size) ++r;
     kept[i]->data = memory + runs[r].at + (kept[i]->file_offset - runs[r].file_offset);
   }
-  ::munmap(mapping_, mapping_size_);
-  mapping_ = m;
-  mapping_size_ = total;
+  file_.unmap();
+  memory_ = std::move(loaded);
   in_memory_ = true;
 }
 

@@ -16,7 +16,9 @@
 #include <string>
 #include <vector>
 
+#include "util/anonymous_memory.hpp"
 #include "util/dtype.hpp"
+#include "util/mapped_file.hpp"
 
 namespace crossmoe {
 
@@ -44,7 +46,6 @@ class SafetensorsFile {
   explicit SafetensorsFile(const std::filesystem::path& path);
   // Validates an in-memory image (the fuzz test's entry point); `bytes` must outlive this.
   SafetensorsFile(const std::byte* bytes, size_t size, const std::string& label);
-  ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
 
@@ -66,10 +67,9 @@ class SafetensorsFile {
   void parse(const std::byte* bytes, size_t size);
   std::filesystem::path path_;
   std::string label_;
-  int fd_ = -1;
+  MappedFile file_;  // mapped until load_into_memory; none for an in-memory image
   bool in_memory_ = false;
-  void* mapping_ = nullptr;
-  size_t mapping_size_ = 0;
+  AnonymousMemory memory_;   // the tensors load_into_memory kept
   std::map<std::string, TensorView> tensors_;
   std::map<std::string, std::string> metadata_;
 };

@@ -33,6 +33,15 @@ std::string shared_expert(int l, Proj p) { return layer_prefix(l) + "mlp.shared_
 
 }  // namespace tensor_names
 
+std::set<std::string> routed_expert_tensors(const ModelConfig& c) {
+  std::set<std::string> names;
+  for (int l = 0; l < c.num_layers; ++l)
+    if (c.layers[l].owns_experts)
+      for (int j = 0; j < c.moe.num_experts; ++j)
+        for (Proj p : {Proj::Gate, Proj::Up, Proj::Down}) names.insert(tensor_names::expert(c, l, j, p));
+  return names;
+}
+
 std::vector<TensorSpec> expected_tensors(const ModelConfig& c) {
   namespace n = tensor_names;
   using R = TensorRole;

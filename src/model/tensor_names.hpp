@@ -1,6 +1,7 @@
 #pragma once
 // The tensor-name table: where each weight of the description lives in a Hugging Face
 // checkpoint. The loader and the checkpoint writer both go through it, so names are spelled once.
+#include <set>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,10 @@ std::string router_bias(const ModelConfig& c, int layer);
 std::string expert(const ModelConfig& c, int layer, int expert, Proj proj);
 std::string shared_expert(int layer, Proj proj);
 }  // namespace tensor_names
+
+// The names of the routed experts' tensors (gate, up and down of each expert of each owning
+// layer): those left out of memory under a budget, those `quantize --type mixed` makes Q4_K.
+std::set<std::string> routed_expert_tensors(const ModelConfig& config);
 
 enum class TensorRole { Norm, Weight, Bias };
 

@@ -1,7 +1,6 @@
 #include "runtime/expert_cache.hpp"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -175,15 +174,6 @@ bool EvictionTracker::evict_before(int a, int b) const {
   return last_use_[a] < last_use_[b];
 }
 
-std::set<std::string> routed_expert_tensors(const ModelConfig& c) {
-  std::set<std::string> names;
-  for (int l = 0; l < c.num_layers; ++l)
-    if (c.layers[l].owns_experts)
-      for (int j = 0; j < c.moe.num_experts; ++j)
-        for (Proj p : kProjs) names.insert(tensor_names::expert(c, l, j, p));
-  return names;
-}
-
 ExpertCachePlan plan_expert_cache(const ModelConfig& c, const Checkpoint& ck, const MemoryBudget& budget) {
   ExpertCachePlan plan;
   plan.min_slots = c.moe.top_k;
@@ -266,11 +256,9 @@ ExpertCache::ExpertCache(const ModelConfig& c, const Checkpoint& ck, const Model
     }
     const uint64_t slot_bytes = room_[0] + room_[1] + room_[2];
     const uint64_t total = slot_bytes * uint64_t(plan_.slots);
-    memory_ = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    require(memory_ != MAP_FAILED, "cannot allocate the expert cache of " + std::to_string(total) + " bytes");
+    memory_ = AnonymousMemory(total, "the expert cache", {});
     slots_.resize(plan_.slots);
   } catch (...) {
-    if (memory_ && memory_ != MAP_FAILED) ::munmap(memory_, plan_.slot_bytes * uint64_t(plan_.slots));
     for (int fd : fds_) ::close(fd);
     throw;
   }
@@ -304,7 +292,6 @@ ExpertCache::~ExpertCache() {
   changed_.notify_all();
   work_.notify_all();
   for (std::thread& t : io_threads_) t.join();  // each finishes the read it has in flight
-  ::munmap(memory_, (room_[0] + room_[1] + room_[2]) * uint64_t(plan_.slots));
   for (int fd : fds_) ::close(fd);
   if (trace_) std::fclose(trace_);
 }
@@ -342,7 +329,7 @@ void ExpertCache::start_load(int key, int s, std::deque<Chunk>& queue, bool read
   slot.read_error.clear();
   slot_of_[key] = s;
   read_error_[key].clear();
-  std::byte* buffer = static_cast<std::byte*>(memory_) + size_t(s) * (room_[0] + room_[1] + room_[2]);
+  std::byte* buffer = memory_.data() + size_t(s) * (room_[0] + room_[1] + room_[2]);
   slot.weights = shapes_[key];
   kernels::Matrix* matrices[3] = {&slot.weights.gate, &slot.weights.up, &slot.weights.down};
   const size_t before = queue.size();
@@ -464,21 +451,17 @@ void ExpertCache::acquire(const std::vector<ExpertRef>& refs, std::vector<const 
       }
   }
   // Those in the cache (or on their way) first, so that no miss evicts them.
+  int hits = 0, loading = 0;  // of this call, for the trace
   for (size_t i = 0; i < refs.size(); ++i) {
     const int key = key_of(refs[i]);
     if (slot_of_[key] >= 0) {
       ++stats_.hits;
+      ++hits;
+      loading += slots_[slot_of_[key]].state == State::Loading;
       pin(i, slot_of_[key]);
     }
   }
-  if (trace_) {
-    int loading = 0;
-    for (int s : slot_of_ref)
-      if (s >= 0 && slots_[s].state == State::Loading) ++loading;
-    int hits = 0;
-    for (int s : slot_of_ref) hits += s >= 0;
-    trace("acquire %d %d %d %d", layer, hits, int(refs.size()) - hits, loading);
-  }
+  trace("acquire %d %d %d %d", layer, hits, int(refs.size()) - hits, loading);
   // The next layer's experts are named before the misses take slots, so that none of them is evicted.
   if (layer >= 0) predict(next ? *next : std::vector<ExpertRef>(), first_pin + refs.size());
   double stalled = 0;
@@ -578,7 +561,7 @@ ReadProbe ExpertCache::probe_reads(int depth, uint64_t bytes, uint64_t skip) con
   std::deque<Chunk> all;
   for (const auto& sources : sources_)
     for (const Source& src : sources)
-      if (src.bytes > 0) chunks_of(src, static_cast<std::byte*>(memory_), -1, chunk_bytes_, all);  // dst replaced below
+      if (src.bytes > 0) chunks_of(src, memory_.data(), -1, chunk_bytes_, all);  // dst replaced below
   require(!all.empty(), "expert cache: no expert bytes to probe");
   uint64_t total = 0;
   for (const Chunk& c : all) total += c.need;

@@ -24,7 +24,6 @@
 #include <cstdint>
 #include <deque>
 #include <mutex>
-#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,6 +31,7 @@
 #include "model/checkpoint.hpp"
 #include "model/config.hpp"
 #include "runtime/weights.hpp"
+#include "util/anonymous_memory.hpp"
 
 namespace crossmoe {
 
@@ -130,9 +130,6 @@ struct ExpertCachePlan {
 // Throws (naming the budget and what one token needs) when the budget holds fewer than top_k
 // experts, or the model has no routed experts.
 ExpertCachePlan plan_expert_cache(const ModelConfig& config, const Checkpoint& checkpoint, const MemoryBudget& budget);
-
-// The names of the routed experts' tensors: those left out of memory under a budget.
-std::set<std::string> routed_expert_tensors(const ModelConfig& config);
 
 struct ExpertCacheOptions {
   MemoryBudget budget;
@@ -261,7 +258,7 @@ class ExpertCache {
   std::vector<std::array<Source, 3>> sources_;     // per key: gate, up, down
   std::vector<SwiGluWeights> shapes_;              // per key (data null)
   std::array<uint64_t, 3> room_{};                 // bytes of a slot per projection
-  void* memory_ = nullptr;
+  AnonymousMemory memory_;                         // the slots, each room_[0] + room_[1] + room_[2] bytes
   std::vector<Slot> slots_;
   std::vector<int> slot_of_;                       // per key, -1 when absent
   EvictionTracker tracker_;

@@ -1,12 +1,7 @@
 #include "runtime/kv_pool.hpp"
 
-#include <sys/mman.h>
-
 #include <algorithm>
-#include <cstring>
-#include <new>
 #include <string>
-#include <utility>
 
 #include "kernels/kernels.hpp"
 #include "util/error.hpp"
@@ -37,33 +32,16 @@ KvPool::KvPool(const ModelConfig& c, int block_size, int blocks)
   require(block_size > 0 && blocks > 0, "the KV cache needs at least one block of at least one token (got " +
                                             std::to_string(blocks) + " blocks of " + std::to_string(block_size) + ")");
   const size_t floats = size_t(c.num_layers) * blocks * heads_ * block_floats_;
-  k_ = Floats(floats);
-  v_ = Floats(floats);
+  // Touched now (the mapping reads as zeros already), so that the server's first requests do not
+  // pay the page faults and the zeroing of the pages they reach in their time to first token.
+  const AnonymousMemory::Options options{.huge_pages = true, .touch = true};
+  k_ = AnonymousMemory(floats * sizeof(float), "the KV cache's keys", options);
+  v_ = AnonymousMemory(floats * sizeof(float), "the KV cache's values", options);
   refs_.assign(blocks, 0);
   generation_.assign(blocks, 0);
   evictable_at_.resize(blocks);
   keys_of_.assign(blocks, nullptr);
   for (int b = blocks - 1; b >= 0; --b) free_.push_back(b);
-}
-
-KvPool::Floats::Floats(size_t count) : bytes_(std::max<size_t>(1, count) * sizeof(float)) {
-  void* m = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (m == MAP_FAILED) throw std::bad_alloc();
-  ::madvise(m, bytes_, MADV_HUGEPAGE);  // a hint: without transparent huge pages, 4 KiB ones
-  // Touched now (the mapping reads as zeros already), so that the server's first requests do not
-  // pay the page faults and the zeroing of the pages they reach in their time to first token.
-  std::memset(m, 0, bytes_);
-  data_ = static_cast<float*>(m);
-}
-
-KvPool::Floats& KvPool::Floats::operator=(Floats&& other) noexcept {
-  std::swap(data_, other.data_);
-  std::swap(bytes_, other.bytes_);
-  return *this;
-}
-
-KvPool::Floats::~Floats() {
-  if (data_) ::munmap(data_, bytes_);
 }
 
 size_t KvPool::KeyHash::operator()(const Key& k) const {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "model/config.hpp"
+#include "util/anonymous_memory.hpp"
 
 namespace crossmoe {
 
@@ -36,10 +37,10 @@ class KvPool {
   // Keys and values of block b, layer l, kv head g: keys in tiles of kernels::kKeyTile positions,
   // [head_dim][kKeyTile] each (kernels.hpp), the last one whole even where block_size ends inside
   // it; values [block_size][head_dim].
-  float* keys(int l, int b, int g) { return &k_[offset(l, b, g)]; }
+  float* keys(int l, int b, int g) { return k_.as<float>() + offset(l, b, g); }
   // Floats of keys (or of values) per block, layer and kv head, padding included.
   size_t block_floats() const { return block_floats_; }
-  float* values(int l, int b, int g) { return &v_[offset(l, b, g)]; }
+  float* values(int l, int b, int g) { return v_.as<float>() + offset(l, b, g); }
 
   // A block with refcount 1, or -1 when every block is held.
   int allocate();
@@ -79,21 +80,7 @@ class KvPool {
   // Zeroed floats in an anonymous mapping advised to huge pages before anything touches it: a
   // decode step streams the context's keys and values through every layer, and on 4 KiB pages
   // the hardware prefetchers stop at each page's end (the weights sit in huge pages too).
-  class Floats {
-   public:
-    Floats() = default;
-    explicit Floats(size_t count);
-    Floats(Floats&& other) noexcept { *this = std::move(other); }
-    Floats& operator=(Floats&& other) noexcept;
-    ~Floats();
-    float& operator[](size_t i) { return data_[i]; }
-    const float& operator[](size_t i) const { return data_[i]; }
-
-   private:
-    float* data_ = nullptr;
-    size_t bytes_ = 0;
-  };
-  Floats k_, v_;  // [layer][block][kv head][...]
+  AnonymousMemory k_, v_;  // floats [layer][block][kv head][...]
   std::vector<int> refs_;
   std::vector<uint64_t> generation_;
   std::vector<int> free_;

@@ -46,16 +46,6 @@ DType block_type_for(DType wanted, int64_t cols, DType stored) {
 
 namespace {
 
-// The names of the routed experts' matrices.
-std::set<std::string> routed_expert_names(const ModelConfig& c) {
-  std::set<std::string> names;
-  for (int l = 0; l < c.num_layers; ++l)
-    if (c.layers[l].owns_experts)
-      for (int j = 0; j < c.moe.num_experts; ++j)
-        for (Proj p : {Proj::Gate, Proj::Up, Proj::Down}) names.insert(tensor_names::expert(c, l, j, p));
-  return names;
-}
-
 nlohmann::json quantization_config(QuantScheme scheme) {
   return {{"quant_method", "crossmoe"},
           {"scheme", quant_scheme_name(scheme)},
@@ -66,7 +56,7 @@ void write_quantized(const fs::path& model, const fs::path& dir, QuantScheme sch
   const ModelConfig config = read_model_config(model);
   const Checkpoint checkpoint(model);
   check_weights_match(checkpoint, config);
-  const std::set<std::string> experts = routed_expert_names(config);
+  const std::set<std::string> experts = routed_expert_tensors(config);
 
   std::vector<TensorToWrite> tensors;
   std::vector<const TensorView*> sources;
