@@ -6,6 +6,7 @@
 #include <limits>
 #include <set>
 
+#include "util/atomic_file.hpp"
 #include "util/error.hpp"
 #include "util/mapped_file.hpp"
 
@@ -374,7 +375,7 @@ namespace {
 
 class ByteSink {
  public:
-  explicit ByteSink(std::ofstream& out) : out_(out) {}
+  explicit ByteSink(std::ostream& out) : out_(out) {}
   template <class T>
   void scalar(T v) { out_.write(reinterpret_cast<const char*>(&v), sizeof(T)); }
   void string(const std::string& s) {
@@ -403,16 +404,13 @@ class ByteSink {
   }
 
  private:
-  std::ofstream& out_;
+  std::ostream& out_;
 };
 
 }  // namespace
 
 void GgufWriter::write(const std::filesystem::path& path) const {
-  const auto tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    require(out.good(), "cannot write " + tmp);
+  write_file_atomically(path, [&](std::ostream& out) {
     ByteSink s(out);
     out.write(kMagic, 4);
     s.scalar<uint32_t>(3);
@@ -459,10 +457,7 @@ void GgufWriter::write(const std::filesystem::path& path) const {
       tensors_[i].fill(buffer.data());
       out.write(reinterpret_cast<const char*>(buffer.data()), std::streamsize(buffer.size()));
     }
-    out.flush();
-    require(out.good(), "failed writing " + tmp);
-  }
-  std::filesystem::rename(tmp, path);
+  });
 }
 
 }  // namespace crossmoe

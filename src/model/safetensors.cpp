@@ -5,11 +5,11 @@
 #include <algorithm>
 #include <cstring>
 #include <atomic>
-#include <fstream>
 #include <mutex>
 #include <thread>
 #include <nlohmann/json.hpp>
 
+#include "util/atomic_file.hpp"
 #include "util/error.hpp"
 #include "util/mapped_file.hpp"
 
@@ -255,10 +255,7 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Tens
   if (!all_metadata.empty()) header["__metadata__"] = all_metadata;
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned
-  const auto tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    require(out.good(), "cannot write " + tmp);
+  write_file_atomically(path, [&](std::ostream& out) {
     uint64_t len = text.size();
     char len_bytes[8];
     for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<char>((len >> (8 * i)) & 0xff);
@@ -270,10 +267,7 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Tens
       fill(i, buffer.data());
       out.write(reinterpret_cast<const char*>(buffer.data()), static_cast<std::streamsize>(sizes[i]));
     }
-    out.flush();
-    require(out.good(), "failed writing " + tmp);
-  }
-  std::filesystem::rename(tmp, path);
+  });
 }
 
 }  // namespace crossmoe

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "model/hf_config.hpp"
+#include "util/atomic_file.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
 #include "util/progress.hpp"
@@ -213,13 +214,9 @@ void keep_log_rows(const fs::path& csv, const std::string& header, int64_t last,
       if (end != line.c_str() && *end == ',' && number <= last) keep.push_back(line + std::string(size_t(columns - written), ','));
     }
   }
-  const fs::path tmp = csv.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
+  write_file_atomically(csv, [&](std::ostream& out) {
     for (const auto& line : keep) out << line << "\n";
-    require(out.good(), "cannot write " + tmp.string());
-  }
-  fs::rename(tmp, csv);
+  });
 }
 
 CheckpointInfo read_checkpoint_state(const fs::path& dir) {

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <vector>
 
+#include "util/atomic_file.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
 
@@ -22,12 +23,7 @@ void publish_checkpoint(const fs::path& dir) {
   const std::string name = dir.filename().string();
   fs::remove_all(dir);
   fs::rename(staging_dir(dir), dir);
-  {
-    std::ofstream latest(root / "latest.tmp", std::ios::trunc);
-    latest << name << "\n";
-    require(latest.good(), "cannot write " + (root / "latest.tmp").string());
-  }
-  fs::rename(root / "latest.tmp", root / "latest");
+  write_file_atomically(root / "latest", [&](std::ostream& out) { out << name << "\n"; });
   std::vector<fs::path> older;  // listed first: a directory is not changed while it is read
   for (const auto& entry : fs::directory_iterator(root))
     if (entry.is_directory() && entry.path().filename() != name) older.push_back(entry.path());

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "util/atomic_file.hpp"
 #include "util/error.hpp"
 
 namespace crossmoe::train {
@@ -116,17 +117,12 @@ TokenSplit tokenize_split(const std::vector<Document>& docs, Tokenizer& tokenize
 }
 
 void write_tokens(const std::filesystem::path& path, const std::vector<uint32_t>& tokens) {
-  const auto tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    require(out.good(), "cannot write " + tmp);
+  write_file_atomically(path, [&](std::ostream& out) {
     for (uint32_t t : tokens) {
       const char bytes[4] = {char(t & 0xff), char((t >> 8) & 0xff), char((t >> 16) & 0xff), char(t >> 24)};
       out.write(bytes, 4);
     }
-    require(out.good(), "failed writing " + tmp);
-  }
-  std::filesystem::rename(tmp, path);
+  });
 }
 
 std::vector<uint32_t> read_tokens(const std::filesystem::path& path) {

@@ -2,6 +2,7 @@
 
 #include <fstream>
 
+#include "util/atomic_file.hpp"
 #include "util/error.hpp"
 
 namespace crossmoe {
@@ -18,18 +19,7 @@ nlohmann::json read_json_file(const std::filesystem::path& path) {
 }
 
 void write_json_file(const std::filesystem::path& path, const nlohmann::json& value) {
-  // Written beside and renamed into place: a reader or a kill never sees half a file.
-  const std::filesystem::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp);
-    require(out.good(), "cannot write " + path.string());
-    out << value.dump(2) << "\n";
-    out.flush();
-    require(out.good(), "failed writing " + path.string());
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  require(!ec, "cannot write " + path.string() + ": " + ec.message());
+  write_file_atomically(path, [&](std::ostream& out) { out << value.dump(2) << "\n"; });
 }
 
 std::string json_error_text(const nlohmann::json::exception& e) {

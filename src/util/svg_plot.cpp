@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <sstream>
 
+#include "util/atomic_file.hpp"
 #include "util/error.hpp"
 
 namespace crossmoe {
@@ -93,13 +93,7 @@ std::string render_svg(const LinePlot& plot) {
 }
 
 void write_svg(const LinePlot& plot, const std::filesystem::path& path) {
-  const std::filesystem::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp);
-    require(out.good(), "cannot write " + tmp.string());
-    out << render_svg(plot);
-  }
-  std::filesystem::rename(tmp, path);
+  write_file_atomically(path, [&](std::ostream& out) { out << render_svg(plot); });
 }
 
 }  // namespace crossmoe
