@@ -269,28 +269,22 @@ TEST_F(Serve, ChatPageStreamsTheAnswerInChromium) {
   const std::string message = "Where is the cat?";
   const std::string url = "'http://127.0.0.1:" + std::to_string(server.port) + "/?q=Where%20is%20the%20cat%3F&temperature=0&max_tokens=" +
                           std::to_string(kMaxTokens) + "'";
-  // Headless Chromium loads the page, which sends the message and streams the reply into it.
-  const std::string chromium = "chromium --headless --no-sandbox --disable-gpu --user-data-dir=" +
-                               (dir_ / "chromium").string() + " --virtual-time-budget=30000 ";
-  // Headless Chromium's virtual-time budget counts the wait for a streamed body as idle time, so
-  // now and then it dumps the page before the first token has arrived: an empty answer is loaded
-  // again (twice at most); a wrong one fails below.
-  testing_cli::Result dom;
-  for (int attempt = 0; attempt < 3; ++attempt) {
-    dom = run_shell(chromium + "--dump-dom " + url + " 2>/dev/null");
-    ASSERT_EQ(dom.code, 0);
-    if (!last_text_of_class(dom.out, "message assistant").empty()) break;
-  }
+  // Headless Chromium loads the page, which sends the message and streams the reply into it; the
+  // DOM is taken once the reply has finished (the page disables Stop again when its stream ends),
+  // waiting up to two minutes, and a screenshot of it kept for people to look at.
+  const std::string finished = "'!!document.querySelector(\".message.assistant\") && document.getElementById(\"stop\").disabled'";
+  std::filesystem::create_directories(CROSSMOE_ARTIFACT_DIR);
+  const std::string shot = std::string(CROSSMOE_ARTIFACT_DIR) + "/chat_page.png";
+  std::filesystem::remove(shot);
+  const auto dom = run_shell("node " + std::string(CROSSMOE_SOURCE_DIR) + "/tests/serve/chromium_page.cjs " + url + " " +
+                             finished + " 120 " + (dir_ / "chromium").string() + " " + shot + " 2>&1");
+  ASSERT_EQ(dom.code, 0) << dom.out;
   const auto chatted = run_shell("printf '%s\\n' '" + message + "' | " + CROSSMOE_BIN + " chat " + (dir_ / "model").string() +
                                  " -n " + std::to_string(kMaxTokens) + " --temperature 0 2>/dev/null");
   ASSERT_EQ(chatted.code, 0);
   EXPECT_EQ(last_text_of_class(dom.out, "message user"), message);
   EXPECT_EQ(last_text_of_class(dom.out, "message assistant"), Json::parse(chatted.out)["content"].get<std::string>());
   EXPECT_EQ(dom.out.find("message error"), std::string::npos) << dom.out;
-  // A screenshot of the page with its answer, kept for people to look at.
-  std::filesystem::create_directories(CROSSMOE_ARTIFACT_DIR);
-  const std::string shot = std::string(CROSSMOE_ARTIFACT_DIR) + "/chat_page.png";
-  run_shell(chromium + "--window-size=900,600 --screenshot=" + shot + " " + url + " > /dev/null 2>&1");
   EXPECT_TRUE(std::filesystem::exists(shot));
 }
 
