@@ -7,9 +7,9 @@
 
 #include <cmath>
 #include <ctime>
-#include <fstream>
 
 #include "tokenizer/chat_template.hpp"
+#include "util/atomic_file.hpp"
 #include "util/error.hpp"
 #include "util/progress.hpp"
 
@@ -430,11 +430,7 @@ void run_server(const std::filesystem::path& model_dir, ServerOptions options) {
   else if (!http.bind_to_port(options.host, port)) port = -1;
   require(port > 0, "cannot listen on " + options.host + ":" + std::to_string(options.port) +
                         " (--host, --port: the address may be in use or not this machine's)");
-  if (!options.port_file.empty()) {
-    const std::string tmp = options.port_file + ".tmp";
-    std::ofstream(tmp) << port << "\n";
-    std::filesystem::rename(tmp, options.port_file);
-  }
+  if (!options.port_file.empty()) write_file_atomically(options.port_file, [port](std::ostream& out) { out << port << "\n"; });
   std::thread([&http, signals] {
     int signal = 0;
     sigwait(&signals, &signal);
