@@ -10,6 +10,7 @@
 #endif
 
 #include "util/error.hpp"
+#include "util/round_up.hpp"
 
 namespace crossmoe::rl {
 
@@ -23,8 +24,6 @@ struct DecodeGraphs::Graph {
 };
 
 namespace {
-
-int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 
 #ifdef CROSSMOE_HAVE_CUDA
 // One memory pool for every graph's intermediate tensors: graphs replay one at a time on one stream.

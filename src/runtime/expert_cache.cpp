@@ -15,14 +15,13 @@
 
 #include "model/tensor_names.hpp"
 #include "util/error.hpp"
+#include "util/round_up.hpp"
 
 namespace crossmoe {
 
 namespace {
 
 constexpr uint64_t kPage = 4096;  // direct I/O alignment of offsets, lengths and buffers
-uint64_t round_up(uint64_t n, uint64_t to) { return (n + to - 1) / to * to; }
-
 const Proj kProjs[3] = {Proj::Gate, Proj::Up, Proj::Down};
 
 // The layers that route to each expert key (owner layer * experts + index), for next-use.
