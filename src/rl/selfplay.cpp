@@ -7,7 +7,6 @@
 #include <memory>
 #include <numeric>
 #include <optional>
-#include <sstream>
 
 #include "games/cfr.hpp"
 #include "games/chat_match.hpp"
@@ -18,6 +17,7 @@
 #include "train/optimizer.hpp"
 #include "train/trainer.hpp"
 #include "util/error.hpp"
+#include "util/csv.hpp"
 #include "util/json_file.hpp"
 #include "util/progress.hpp"
 #include "util/svg_plot.hpp"
@@ -166,9 +166,7 @@ void write_progress_svg(const fs::path& csv, const fs::path& svg) {
   std::ifstream in(csv);
   std::string line;
   std::getline(in, line);
-  std::vector<std::string> columns;
-  std::stringstream hs(line);
-  for (std::string c; std::getline(hs, c, ',');) columns.push_back(c);
+  const std::vector<std::string> columns = split_csv_line(line);
   LinePlot plot;
   plot.title = "self-play: evaluation against iterations";
   plot.x_label = "iteration";
@@ -181,9 +179,7 @@ void write_progress_svg(const fs::path& csv, const fs::path& svg) {
     if (ends_with("_win") || ends_with("_score") || n == "invalid_rate") series[c].label = n;
   }
   while (std::getline(in, line)) {
-    std::vector<std::string> f;
-    std::stringstream ss(line);
-    for (std::string cell; std::getline(ss, cell, ',');) f.push_back(cell);
+    const std::vector<std::string> f = split_csv_line(line);
     for (auto& [c, s] : series)
       if (c < f.size() && !f[c].empty()) s.points.push_back({std::stod(f[0]), std::stod(f[c])});
   }

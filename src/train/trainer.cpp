@@ -17,6 +17,7 @@
 #include "train/optimizer.hpp"
 #include "train/step_profiler.hpp"
 #include "util/error.hpp"
+#include "util/csv.hpp"
 #include "util/json_file.hpp"
 #include "util/progress.hpp"
 #include "util/svg_plot.hpp"
@@ -786,9 +787,7 @@ void write_loss_svg(const fs::path& csv, const fs::path& svg) {
   std::string line;
   std::getline(in, line);
   while (std::getline(in, line)) {
-    std::vector<std::string> f;
-    std::stringstream ss(line);
-    for (std::string cell; std::getline(ss, cell, ',');) f.push_back(cell);
+    const std::vector<std::string> f = split_csv_line(line);
     if (f.size() < 7) continue;
     train.push_back({std::stod(f[1]), std::stod(f[3])});
     if (!f[6].empty()) val.push_back({std::stod(f[1]), std::stod(f[6])});
