@@ -1,6 +1,7 @@
 // AVX-512 (F, BW, VL, DQ) kernels: 16 floats per vector. Compiled with AVX-512 flags only.
 #include <immintrin.h>
 
+#include "kernels/avx512_sum_lanes.hpp"
 #include "kernels/matmul_impl.hpp"
 #include "kernels/quant_lane_avx2.hpp"
 
@@ -21,8 +22,9 @@ struct Avx512 {
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
-  // (max, min and the shift in their masked forms with every lane selected: the same instructions;
-  // GCC 12's unmasked ones pass an undefined vector that -Wmaybe-uninitialized reports.)
+  // (max, min, the shifts and f16's widening in their masked forms with every lane selected: the
+  // same instructions; GCC 12's unmasked ones pass an undefined vector that -Wmaybe-uninitialized
+  // reports.)
   static V max(V a, V b) { return _mm512_mask_max_ps(a, 0xFFFF, a, b); }
   static V min(V a, V b) { return _mm512_mask_min_ps(a, 0xFFFF, a, b); }
   static V fused_fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
@@ -34,21 +36,23 @@ struct Avx512 {
   static float fma1(float a, float b, float acc) {
     return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(acc)));
   }
-  static float sum(V v) { return _mm512_reduce_add_ps(v); }
+  static float sum(V v) { return sum_lanes(v); }
   template <DType D> static V widen(const impl::Stored<D>* p) {
     if constexpr (D == DType::F32) {
       return _mm512_loadu_ps(p);
     } else {
       const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-      if constexpr (D == DType::BF16)
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-      else
-        return _mm512_cvtph_ps(h);
+      if constexpr (D == DType::BF16) {
+        const __m512i wide = _mm512_cvtepu16_epi32(h);
+        return _mm512_castsi512_ps(_mm512_mask_slli_epi32(wide, 0xFFFF, wide, 16));
+      } else {
+        return _mm512_maskz_cvtph_ps(0xFFFF, h);
+      }
     }
   }
   static void widen_bf16_pair(const uint16_t* p, V& even, V& odd) {
     const __m512i raw = _mm512_loadu_si512(p);
-    even = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+    even = _mm512_castsi512_ps(_mm512_mask_slli_epi32(raw, 0xFFFF, raw, 16));
     odd = _mm512_castsi512_ps(_mm512_and_si512(raw, _mm512_set1_epi32(int(0xFFFF0000u))));
   }
 };

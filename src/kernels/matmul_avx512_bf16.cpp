@@ -18,6 +18,7 @@
 
 #include <cstdint>
 
+#include "kernels/avx512_sum_lanes.hpp"
 #include "kernels/kernels.hpp"
 
 namespace crossmoe::kernels {
@@ -30,18 +31,6 @@ constexpr int64_t kChunk = 32;  // bf16 columns per VDPBF16PS
 inline __m512bh load_bf16(const uint16_t* p, int64_t n) {
   if (n == kChunk) return __m512bh(_mm512_loadu_si512(p));
   return __m512bh(_mm512_maskz_loadu_epi16(__mmask32((1ull << n) - 1), p));
-}
-
-// The 16 lanes' sum, in a fixed order (halves, then quarters, pairs and neighbours). The masked
-// forms with every lane set: GCC 12's unmasked shuffles (and _mm512_reduce_add_ps) warn
-// -Wuninitialized inside its own headers.
-inline float sum_lanes(__m512 v) {
-  constexpr __mmask16 all = 0xFFFF;
-  v = _mm512_add_ps(v, _mm512_mask_shuffle_f32x4(v, all, v, v, _MM_SHUFFLE(1, 0, 3, 2)));
-  v = _mm512_add_ps(v, _mm512_mask_shuffle_f32x4(v, all, v, v, _MM_SHUFFLE(2, 3, 0, 1)));
-  v = _mm512_add_ps(v, _mm512_mask_permute_ps(v, all, v, _MM_SHUFFLE(1, 0, 3, 2)));
-  v = _mm512_add_ps(v, _mm512_mask_permute_ps(v, all, v, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm512_cvtss_f32(v);
 }
 
 // ROWS weight rows times TOK tokens: ROWS * TOK accumulators, ROWS weight vectors and one token
