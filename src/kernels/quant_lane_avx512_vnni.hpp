@@ -89,12 +89,17 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
   }
   template <int T>
   static void q8_0_x16(const uint8_t* g, size_t group_bytes, const ActivationBlock* x, int64_t blocks, float* y,
-                       int64_t ldy) {
+                       int64_t ldy, bool prefetch) {
     __m512 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
     const __m512i sign_bit = _mm512_set1_epi8(char(0x80)), order = q8_0_order();
     const uint8_t* h = g + group_bytes;
     for (int64_t b = 0; b < blocks; ++b, g += 8 * 34, h += 8 * 34) {
+      if (prefetch)
+        for (int line = 0; line < 8 * 34; line += 64) {
+          __builtin_prefetch(g + 2 * group_bytes + line);
+          __builtin_prefetch(h + 2 * group_bytes + line);
+        }
       const __m512 d = _mm512_maskz_permutexvar_ps(
           0xffff, order,
           _mm512_maskz_cvtph_ps(0xffff, _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)),
@@ -254,13 +259,18 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
   }
   template <int T>
   static void q4_k_x16(const uint8_t* g, size_t group_bytes, const ActivationBlock* x, const int16_t* sums,
-                       int64_t blocks, float* y, int64_t ldy) {
+                       int64_t blocks, float* y, int64_t ldy, bool prefetch) {
     // The accumulators live in y (in q4_k_order until the end): with T = 8 the integer sums take
     // 24 of the 32 registers, and the compiler spilled them to keep the accumulators in the rest.
     for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + t * ldy, _mm512_setzero_ps());
     const __m512i low4 = _mm512_set1_epi8(15);
     for (int64_t b = 0; b < blocks; b += 8, g += 8 * 144) {
       const uint8_t* h = g + group_bytes;
+      if (prefetch)
+        for (int line = 0; line < 8 * 144; line += 64) {
+          __builtin_prefetch(g + 2 * group_bytes + line);
+          __builtin_prefetch(h + 2 * group_bytes + line);
+        }
       Q4kHead16 head;
       q4_k_head16(g, h, head);
       __m512i dots[T];
