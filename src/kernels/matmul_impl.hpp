@@ -41,8 +41,10 @@ template <DType D> inline float scalar_widen(Stored<D> v) {
 // One token (decode) reads each row once from memory: the tile asks for the next tile's rows at
 // the same columns ahead of time, since rows of small matrices (an MoE's experts) end before the
 // hardware prefetcher has picked up their streams. Several tokens (a batched decode step, a
-// prefill chunk) do the same on the first pass over a block of rows (PREFETCH); later passes
-// over the same rows find them in cache.
+// prefill chunk) do the same on the first pass over a block of rows; later passes over the same
+// rows find them in cache. PREFETCH: kNextTile asks for all ROWS rows of the next tile, kNextRows
+// for those of its rows set in next_rows (bit i: row i of the next tile), so that the passes of
+// several groups of tokens over one tile can share its next tile's reads.
 // ROWS weight rows times TOK token vectors: every weight vector loaded (and widened) once feeds
 // TOK FMAs, every token vector loaded once feeds ROWS FMAs. Every (row, token) pair is summed in
 // the same order whatever the tile, so a token's result does not depend on the tokens beside it:
@@ -51,9 +53,15 @@ template <DType D> inline float scalar_widen(Stored<D> v) {
 // `s += w * x` there would be fused or not at the compiler's choice, per tile shape).
 // bf16 rows are read 2 * S::width at a time, split into even and odd elements; x then comes in
 // the layout of bf16_x_layout (each such chunk's even columns, then its odd ones).
-template <class S, DType D, int ROWS, int TOK, bool PREFETCH>
+enum Prefetch { kNone, kNextTile, kNextRows };
+template <class S, DType D, int ROWS, int TOK, Prefetch PREFETCH>
 inline void tile(const Stored<D>* w, int64_t ld, const float* x, int64_t cols, int64_t ldx, float* y,
-                 int64_t ldy) {
+                 int64_t ldy, unsigned next_rows = 0) {
+  const auto prefetch = [&](int r, int64_t c) {
+    if constexpr (PREFETCH == kNextTile) __builtin_prefetch(w + (r + ROWS) * ld + c);
+    if constexpr (PREFETCH == kNextRows)
+      if (next_rows >> r & 1) __builtin_prefetch(w + (r + ROWS) * ld + c);
+  };
   typename S::V acc[ROWS][TOK];
   for (int r = 0; r < ROWS; ++r)
     for (int t = 0; t < TOK; ++t) acc[r][t] = S::zero();
@@ -62,7 +70,7 @@ inline void tile(const Stored<D>* w, int64_t ld, const float* x, int64_t cols, i
     for (; c + 2 * S::width <= cols; c += 2 * S::width) {
       for (int r = 0; r < ROWS; ++r) {
         typename S::V we, wo;
-        if constexpr (PREFETCH) __builtin_prefetch(w + (r + ROWS) * ld + c);
+        prefetch(r, c);
         S::widen_bf16_pair(w + r * ld + c, we, wo);
         for (int t = 0; t < TOK; ++t)
           acc[r][t] = S::fma(wo, S::load(x + t * ldx + c + S::width), S::fma(we, S::load(x + t * ldx + c), acc[r][t]));
@@ -73,7 +81,7 @@ inline void tile(const Stored<D>* w, int64_t ld, const float* x, int64_t cols, i
     typename S::V xv[TOK];
     for (int t = 0; t < TOK; ++t) xv[t] = S::load(x + t * ldx + c);
     for (int r = 0; r < ROWS; ++r) {
-      if constexpr (PREFETCH) __builtin_prefetch(w + (r + ROWS) * ld + c);
+      prefetch(r, c);
       const typename S::V wv = S::template widen<D>(w + r * ld + c);
       for (int t = 0; t < TOK; ++t) acc[r][t] = S::fma(wv, xv[t], acc[r][t]);
     }
@@ -86,16 +94,28 @@ inline void tile(const Stored<D>* w, int64_t ld, const float* x, int64_t cols, i
     }
 }
 
-template <class S, DType D, int ROWS, int TOK, bool PREFETCH>
+// The tiles of several tokens, called rather than inlined: inlined into the loops over rows and
+// groups, GCC's register allocation reloaded their row and prefetch pointers from the stack every
+// 32 columns (the 4 x 4 bf16 tile at 0.75-0.9x the rate of the same tile called).
+template <class S, DType D, int ROWS, int TOK, Prefetch PREFETCH>
+[[gnu::noinline]] void tile_called(const Stored<D>* w, int64_t ld, const float* x, int64_t cols, float* y,
+                                   int64_t ldy, unsigned next_rows) {
+  tile<S, D, ROWS, TOK, PREFETCH>(w, ld, x, cols, cols, y, ldy, next_rows);
+}
+
+template <class S, DType D, int ROWS, int TOK, Prefetch PREFETCH>
 inline void rows_for_tokens(const Stored<D>* w, int64_t ld, int64_t cols, const float* x, int64_t ldy, float* y,
                             int64_t r0, int64_t r1) {
   int64_t r = r0;
-  for (; r + ROWS <= r1; r += ROWS) tile<S, D, ROWS, TOK, PREFETCH>(w + r * ld, ld, x, cols, cols, y + r, ldy);
+  for (; r + ROWS <= r1; r += ROWS) {
+    if constexpr (TOK == 1) tile<S, D, ROWS, TOK, PREFETCH>(w + r * ld, ld, x, cols, cols, y + r, ldy);
+    else tile_called<S, D, ROWS, TOK, PREFETCH>(w + r * ld, ld, x, cols, y + r, ldy, 0);
+  }
   for (; r < r1; ++r) tile<S, D, 1, TOK, PREFETCH>(w + r * ld, ld, x, cols, cols, y + r, ldy);
 }
 
 // rows_for_tokens for n tokens, 1 <= n <= TOK: a tile of exactly n tokens.
-template <class S, DType D, int ROWS, int TOK, bool PREFETCH>
+template <class S, DType D, int ROWS, int TOK, Prefetch PREFETCH>
 inline void rows_for_n_tokens(int n, const Stored<D>* w, int64_t ld, int64_t cols, const float* x, int64_t ldy,
                               float* y, int64_t r0, int64_t r1) {
   if constexpr (TOK > 1)
@@ -103,32 +123,72 @@ inline void rows_for_n_tokens(int n, const Stored<D>* w, int64_t ld, int64_t col
   rows_for_tokens<S, D, ROWS, TOK, PREFETCH>(w, ld, cols, x, ldy, y, r0, r1);
 }
 
+// One tile of ROWS rows and n tokens, 1 <= n <= TOK.
+template <class S, DType D, int ROWS, int TOK, Prefetch PREFETCH>
+inline void tile_for_n_tokens(int n, const Stored<D>* w, int64_t ld, const float* x, int64_t cols, float* y,
+                              int64_t ldy, unsigned next_rows) {
+  if constexpr (TOK > 1)
+    if (n < TOK) return tile_for_n_tokens<S, D, ROWS, TOK - 1, PREFETCH>(n, w, ld, x, cols, y, ldy, next_rows);
+  tile_called<S, D, ROWS, TOK, PREFETCH>(w, ld, x, cols, y, ldy, next_rows);
+}
+
 // One token runs tiles of S::decode_rows rows (it reads every weight once: memory-bound). More
-// tokens run in groups as even as possible of at most S::tile_tokens<D>, each group over rows
-// in tiles of S::tile_rows<D>, each group's token vectors in L1 through its pass. Up to
-// kRowBlockedTokens tokens (a batched decode step), every group goes over a block of kRowBlock
-// rows before the next block: the block comes from memory once, for the first group, and from
-// L2 for the others (groups over all of [r0, r1) found a large matrix's rows gone from L2 by the
-// second group: 1024 x 2816 bf16 at 16 tokens, 1.2-1.3x faster per CPU second this way). More
-// tokens (prefill) keep whole passes over [r0, r1). The order of the sums is the same either way.
+// tokens run in groups as even as possible of at most S::tile_tokens<D>, each group's tiles of
+// S::tile_rows<D> rows. The order of the sums is the same whatever the order of the tiles; the
+// orders differ in what stays in cache:
+// - Up to kRowBlockedTokens tokens (a batched decode step) whose x fits kRowsOuterBytes: each
+//   tile of rows, every group in turn, then the next tile. The tile's rows come from memory once
+//   and stay in L1 for the other groups, x comes from L2, and each group asks for one row of the
+//   next tile, so the next tile's reads spread over all the groups' passes instead of coming
+//   together in the first one (bf16 at 1024 columns, one thread, from memory: 1.1x at 16 tokens,
+//   1.25-1.3x at 8, 1.05-1.1x at 32 per CPU second; at 2048 columns and 16 tokens even, at
+//   2816-5632 0.9x: there x is too large to come from L2 at the tiles' rate).
+// - Other batched steps: every group goes over a block of kRowBlock rows before the next block:
+//   the block comes from memory once, for the first group, and from L2 for the others (groups over
+//   all of [r0, r1) found a large matrix's rows gone from L2 by the second group: 1024 x 2816 bf16
+//   at 16 tokens, 1.2-1.3x faster per CPU second this way).
+// - More tokens (prefill): whole passes over [r0, r1) per group.
 inline constexpr int kRowBlockedTokens = 32;
 inline constexpr int64_t kRowBlock = 64;
+inline constexpr int64_t kRowsOuterBytes = 128 << 10;
 template <class S, DType D>
 void matmul_rows_typed(const Matrix& m, const float* x, int tokens, float* y, int64_t r0, int64_t r1) {
   const auto* w = static_cast<const Stored<D>*>(m.data);
   const int64_t cols = m.cols, ld = m.row_stride(), ldy = m.rows;
-  if (tokens == 1) return rows_for_tokens<S, D, S::decode_rows, 1, true>(w, ld, cols, x, ldy, y, r0, r1);
+  if (tokens == 1) return rows_for_tokens<S, D, S::decode_rows, 1, kNextTile>(w, ld, cols, x, ldy, y, r0, r1);
   constexpr int kTok = S::template tile_tokens<D>, kRows = S::template tile_rows<D>;
   const int groups = (tokens + kTok - 1) / kTok;
+  if (tokens <= kRowBlockedTokens && int64_t(tokens) * cols * int64_t(sizeof(float)) <= kRowsOuterBytes) {
+    int first[kRowBlockedTokens], count[kRowBlockedTokens];
+    unsigned next_rows[kRowBlockedTokens];
+    for (int g = 0, t = 0; g < groups; ++g) {
+      first[g] = t;
+      count[g] = (tokens - t) / (groups - g);
+      t += count[g];
+      next_rows[g] = 0;
+      for (int i = 0; i < kRows; ++i)
+        if (groups >= kRows ? i == g : i % groups == g) next_rows[g] |= 1u << i;
+    }
+    int64_t r = r0;
+    for (; r + kRows <= r1; r += kRows)
+      for (int g = 0; g < groups; ++g)
+        tile_for_n_tokens<S, D, kRows, kTok, kNextRows>(count[g], w + r * ld, ld, x + first[g] * cols, cols,
+                                                        y + first[g] * ldy + r, ldy, next_rows[g]);
+    for (; r < r1; ++r)
+      for (int g = 0; g < groups; ++g)
+        tile_for_n_tokens<S, D, 1, kTok, kNone>(count[g], w + r * ld, ld, x + first[g] * cols, cols,
+                                                y + first[g] * ldy + r, ldy, 0);
+    return;
+  }
   const int64_t block = tokens <= kRowBlockedTokens ? kRowBlock : r1 - r0;
   for (int64_t b0 = r0; b0 < r1; b0 += block) {
     const int64_t b1 = std::min(r1, b0 + block);
     for (int g = 0, t = 0; g < groups; ++g) {
       const int n = (tokens - t) / (groups - g);
       if (g == 0)
-        rows_for_n_tokens<S, D, kRows, kTok, true>(n, w, ld, cols, x + t * cols, ldy, y + t * ldy, b0, b1);
+        rows_for_n_tokens<S, D, kRows, kTok, kNextTile>(n, w, ld, cols, x + t * cols, ldy, y + t * ldy, b0, b1);
       else
-        rows_for_n_tokens<S, D, kRows, kTok, false>(n, w, ld, cols, x + t * cols, ldy, y + t * ldy, b0, b1);
+        rows_for_n_tokens<S, D, kRows, kTok, kNone>(n, w, ld, cols, x + t * cols, ldy, y + t * ldy, b0, b1);
       t += n;
     }
   }
