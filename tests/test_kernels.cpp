@@ -684,11 +684,12 @@ TEST(QuantKernels, Avx512VnniMatchesPortable) { expect_isa_matches_portable(Isa:
 // activations of -127 and 127 (whole blocks of them), beside random bytes of every value. Every
 // ISA gives the portable code's bits for the rows of whole groups, for one token (decode's
 // tiles) and several (the tiles of several tokens, and their tail; from 16 tokens on, AMX's tiles
-// of 16 tokens, the last one overlapping the one before).
+// of 16 tokens, the last one overlapping the one before). 24 rows and 23 tokens: the VNNI lane's
+// tiles of two groups and a last group alone, in turns of 8, 8, 4, 2 and 1 tokens.
 TEST(QuantKernels, InterleavedTilesGiveThePortableBitsOnExtremeBytes) {
   std::mt19937 rng(12);
   std::uniform_int_distribution<int> byte(0, 255);
-  const int rows = 16, cols = 512, tokens = 21;
+  const int rows = 24, cols = 512, tokens = 23;
   std::vector<float> x(size_t(tokens) * cols);
   for (int t = 0; t < tokens; ++t)
     for (int c = 0; c < cols; ++c)

@@ -69,6 +69,63 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     for (int t = 0; t < T; ++t) _mm256_storeu_ps(y + t * ldy, acc[t]);
   }
 
+  // Tiles of two groups at once (16 rows: g and the group after it, group_bytes later) x T tokens,
+  // for several tokens: each activation broadcast serves both groups, and the steps after the
+  // integer sums (their row order, the Q8_0 correction, the conversion, d * a.d, the FMA) run once
+  // per 16 rows on 512-bit vectors instead of once per 8 on 256-bit ones. The same integer sums
+  // and float steps per (row, token) as q8_0_x8 / q4_k_x8.
+  static constexpr int x16_tokens = 8;  // tokens per tile of two groups
+
+  // The 16 rows' exact sums from two groups' vpdpbusd sums (two lanes per row, rows 0, 1, 4, 5 |
+  // 2, 3, 6, 7 as a group holds them): each row's two lanes added, group a's rows in the even
+  // lanes and b's in the odd ones, the rows of q8_0_order (b's rows + 8). Blends and an in-lane
+  // shuffle, not cross-lane permutes: on this Zen 5 those take the ports vpdpbusd needs (a
+  // vpermt2d costs about one vpdpbusd, a vpshufd or a blend nothing, in a register-only loop).
+  static __m512i q8_0_order() { return _mm512_setr_epi32(0, 8, 1, 9, 4, 12, 5, 13, 2, 10, 3, 11, 6, 14, 7, 15); }
+  static __m512i q8_0_rows16(__m512i a, __m512i b) {
+    const __m512i firsts = _mm512_mask_blend_epi32(0xaaaa, a, b);   // a's first lane of each row, b's second
+    const __m512i seconds = _mm512_mask_blend_epi32(0xaaaa, b, a);  // b's first, a's second
+    return _mm512_add_epi32(firsts, _mm512_maskz_shuffle_epi32(0xffff, seconds, _MM_PERM_CDAB));
+  }
+  template <int T>
+  static void q8_0_x16(const uint8_t* g, size_t group_bytes, const ActivationBlock* x, int64_t blocks, float* y,
+                       int64_t ldy, bool prefetch) {
+    __m512 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    const __m512i sign_bit = _mm512_set1_epi8(char(0x80)), order = q8_0_order();
+    const uint8_t* h = g + group_bytes;
+    for (int64_t b = 0; b < blocks; ++b, g += 8 * 34, h += 8 * 34) {
+      if (prefetch)
+        for (int line = 0; line < 8 * 34; line += 64) {
+          __builtin_prefetch(g + 2 * group_bytes + line);
+          __builtin_prefetch(h + 2 * group_bytes + line);
+        }
+      const __m512 d = _mm512_maskz_permutexvar_ps(
+          0xffff, order,
+          _mm512_maskz_cvtph_ps(0xffff, _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)),
+                                                         _mm_loadu_si128(reinterpret_cast<const __m128i*>(g)))));
+      __m512i sums_g[T], sums_h[T];
+      for (int t = 0; t < T; ++t) sums_g[t] = sums_h[t] = _mm512_setzero_si512();
+      for (int k = 0; k < 4; ++k) {
+        const __m512i wg = _mm512_xor_si512(_mm512_loadu_si512(g + 16 + 64 * k), sign_bit);
+        const __m512i wh = _mm512_xor_si512(_mm512_loadu_si512(h + 16 + 64 * k), sign_bit);
+        for (int t = 0; t < T; ++t) {
+          const __m512i a = bytes8(x[t * blocks + b].q + 8 * k);
+          sums_g[t] = _mm512_dpbusd_epi32(sums_g[t], wg, a);
+          sums_h[t] = _mm512_dpbusd_epi32(sums_h[t], wh, a);
+        }
+      }
+      for (int t = 0; t < T; ++t) {
+        const ActivationBlock& a = x[t * blocks + b];
+        const __m512i rows = _mm512_sub_epi32(q8_0_rows16(sums_g[t], sums_h[t]), _mm512_set1_epi32(128 * a.sum));
+        acc[t] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, rows), _mm512_mul_ps(d, _mm512_set1_ps(a.d)), acc[t]);
+      }
+    }
+    // Back in row order (the inverse of q8_0_order).
+    const __m512i rows = _mm512_setr_epi32(0, 2, 8, 10, 4, 6, 12, 14, 1, 3, 9, 11, 5, 7, 13, 15);
+    for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + t * ldy, _mm512_maskz_permutexvar_ps(0xffff, rows, acc[t]));
+  }
+
   // Q4_K: nibbles are unsigned, so vpdpbusd takes them as they are. Per sub-block, a lane adds
   // 16 products (4 chunks of 4): |lane| <= 16 * 15 * 127 = 30480, which fits the low 16 bits of
   // the lane as a signed number, so vpmaddwd against the row's 6-bit scale (in the low 16 bits of
@@ -131,6 +188,133 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
                              acc[t]);
     }
     for (int t = 0; t < T; ++t) _mm256_storeu_ps(y + t * ldy, acc[t]);
+  }
+
+  // Q4_K, two groups: a sub-block's sums of both groups (|lane| <= 30480: exact in 16 bits) are
+  // packed into one vector of 16-bit pairs, each pair the two lanes of one row, and one vpdpwssd
+  // against the rows' scales (each twice) multiplies and adds them into the row's 32-bit lane. The
+  // 16 rows' lanes come in the order of that pack, q4_k_order (rows of the second group + 8),
+  // which the super-block's steps, mins and result take too (it is its own inverse).
+  struct Q4kHead16 {
+    __m512 d, dmin;    // per lane of q4_k_order
+    __m512i mins[4];   // per pair q of sub-blocks, (m[2q], m[2q + 1]) as 16-bit pairs, per lane
+    alignas(64) uint32_t scales[8][4];  // per sub-block: sc of rows 0, 1, 4, 5 | 2, 3, 6, 7 of g, then of h
+  };
+  static __m512i q4_k_order() { return _mm512_setr_epi32(0, 1, 8, 9, 4, 5, 12, 13, 2, 3, 10, 11, 6, 7, 14, 15); }
+  static __m512i head_words(const uint8_t* g, const uint8_t* h) {  // 32 bytes of each group's head
+    return _mm512_maskz_inserti64x4(0xff, _mm512_maskz_loadu_epi64(0x0f, g),
+                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(h)), 1);
+  }
+  static void q4_k_head16(const uint8_t* g, const uint8_t* h, Q4kHead16& head) {
+    const __m512i order = q4_k_order();
+    const auto halves = [&](int at) {
+      return _mm512_maskz_permutexvar_ps(0xffff, order, _mm512_maskz_cvtph_ps(0xffff, _mm256_set_m128i(
+                                              _mm_loadu_si128(reinterpret_cast<const __m128i*>(h + at)),
+                                              _mm_loadu_si128(reinterpret_cast<const __m128i*>(g + at)))));
+    };
+    head.d = halves(0);
+    head.dmin = halves(16);
+    const __m512i low6 = _mm512_set1_epi8(63), low4 = _mm512_set1_epi8(15), low2 = _mm512_set1_epi8(3);
+    const __m512i w0 = head_words(g + 32, h + 32), w1 = head_words(g + 64, h + 64), w2 = head_words(g + 96, h + 96);
+    // As q4_k_head, for both groups: word u of each half, unit u's scales (rows 0, 1, 4, 5) and
+    // the rest of them (rows 2, 3, 6, 7), its mins' first and last 4 bytes.
+    const __m512i sc_lo = _mm512_and_si512(w0, low6);
+    const auto high2 = [&](__m512i w) {  // bits 6, 7 of each byte, at bits 4, 5
+      return _mm512_maskz_slli_epi32(0xffff, _mm512_and_si512(_mm512_maskz_srli_epi32(0xffff, w, 6), low2), 4);
+    };
+    const __m512i sc_hi = _mm512_or_si512(_mm512_and_si512(w2, low4), high2(w0));
+    const __m512i mins_lo = _mm512_and_si512(w1, low6);
+    const __m512i mins_hi = _mm512_or_si512(_mm512_and_si512(_mm512_maskz_srli_epi32(0xffff, w2, 4), low4), high2(w1));
+    // Per 128 bits, [lo u, hi u, lo u + 1, hi u + 1] for u = 0, 4 (g), 0, 4 (h) (unpacklo) and
+    // u = 2, 6, 2, 6 (unpackhi): as 64-bit words, g's u = 0, 1, 4, 5, h's 0, 1, 4, 5 | g's 2, 3, 6, 7, h's.
+    const __m512i sc_a = _mm512_maskz_unpacklo_epi32(0xffff, sc_lo, sc_hi);
+    const __m512i sc_b = _mm512_maskz_unpackhi_epi32(0xffff, sc_lo, sc_hi);
+    const __m512i first4 = _mm512_setr_epi64(0, 4, 1, 5, 8, 12, 9, 13);
+    const __m512i last4 = _mm512_setr_epi64(2, 6, 3, 7, 10, 14, 11, 15);
+    _mm512_store_si512(head.scales[0], _mm512_permutex2var_epi64(sc_a, first4, sc_b));
+    _mm512_store_si512(head.scales[4], _mm512_permutex2var_epi64(sc_a, last4, sc_b));
+    // Mins: units 2q and 2q + 1 of a group are pair q's 8 rows; bytes widened to 16 bits, g's rows
+    // in lanes 0..7 and h's in 8..15, then put in q4_k_order.
+    const __m512i m_a = _mm512_maskz_unpacklo_epi32(0xffff, mins_lo, mins_hi);
+    const __m512i m_b = _mm512_maskz_unpackhi_epi32(0xffff, mins_lo, mins_hi);
+    head.mins[0] = q4_k_mins16<0>(m_a, order);
+    head.mins[1] = q4_k_mins16<0>(m_b, order);
+    head.mins[2] = q4_k_mins16<1>(m_a, order);
+    head.mins[3] = q4_k_mins16<1>(m_b, order);
+  }
+  template <int kLane>  // 128-bit lanes kLane (g's) and kLane + 2 (h's) of v, widened, in q4_k_order
+  static __m512i q4_k_mins16(__m512i v, __m512i order) {
+    const __m512i pair = _mm512_maskz_shuffle_i64x2(0xff, v, v, kLane | (kLane + 2) << 2);
+    return _mm512_maskz_permutexvar_epi32(0xffff, order, _mm512_cvtepu8_epi16(low_half(pair)));
+  }
+  // Sub-block j's scales of the 16 rows, each as a pair of 16-bit values per lane of q4_k_order.
+  static __m512i q4_k_scale16(const Q4kHead16& head, int j) {
+    const __m512i spread = _mm512_set_epi8(  // highest byte first; per 128 bits rows 6, 7 | 2, 3 | 4, 5 | 0, 1
+        -1, 15, -1, 15, -1, 14, -1, 14, -1, 7, -1, 7, -1, 6, -1, 6,      //
+        -1, 13, -1, 13, -1, 12, -1, 12, -1, 5, -1, 5, -1, 4, -1, 4,      //
+        -1, 11, -1, 11, -1, 10, -1, 10, -1, 3, -1, 3, -1, 2, -1, 2,      //
+        -1, 9, -1, 9, -1, 8, -1, 8, -1, 1, -1, 1, -1, 0, -1, 0);
+    return _mm512_shuffle_epi8(
+        _mm512_maskz_broadcast_i32x4(0xffff, _mm_load_si128(reinterpret_cast<const __m128i*>(head.scales[j]))), spread);
+  }
+  template <int T>
+  static void q4_k_x16(const uint8_t* g, size_t group_bytes, const ActivationBlock* x, const int16_t* sums,
+                       int64_t blocks, float* y, int64_t ldy, bool prefetch) {
+    // The accumulators live in y (in q4_k_order until the end): with T = 8 the integer sums take
+    // 24 of the 32 registers, and the compiler spilled them to keep the accumulators in the rest.
+    for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + t * ldy, _mm512_setzero_ps());
+    const __m512i low4 = _mm512_set1_epi8(15);
+    for (int64_t b = 0; b < blocks; b += 8, g += 8 * 144) {
+      const uint8_t* h = g + group_bytes;
+      if (prefetch)
+        for (int line = 0; line < 8 * 144; line += 64) {
+          __builtin_prefetch(g + 2 * group_bytes + line);
+          __builtin_prefetch(h + 2 * group_bytes + line);
+        }
+      Q4kHead16 head;
+      q4_k_head16(g, h, head);
+      __m512i dots[T];
+      for (int t = 0; t < T; ++t) dots[t] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        const size_t at = 128 + 256 * (j / 2);
+        __m512i sub_g[T], sub_h[T];
+        for (int t = 0; t < T; ++t) sub_g[t] = sub_h[t] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; ++k) {
+          __m512i qg = _mm512_loadu_si512(g + at + 64 * k), qh = _mm512_loadu_si512(h + at + 64 * k);
+          if (j % 2) {
+            qg = _mm512_srli_epi16(qg, 4);
+            qh = _mm512_srli_epi16(qh, 4);
+          }
+          qg = _mm512_and_si512(qg, low4);
+          qh = _mm512_and_si512(qh, low4);
+          for (int t = 0; t < T; ++t) {
+            const __m512i a = bytes8(x[t * blocks + b + j].q + 8 * k);
+            sub_g[t] = _mm512_dpbusd_epi32(sub_g[t], qg, a);
+            sub_h[t] = _mm512_dpbusd_epi32(sub_h[t], qh, a);
+          }
+        }
+        const __m512i scale = q4_k_scale16(head, j);
+        for (int t = 0; t < T; ++t)
+          dots[t] = _mm512_dpwssd_epi32(dots[t], _mm512_packs_epi32(sub_g[t], sub_h[t]), scale);
+      }
+      for (int t = 0; t < T; ++t) {
+        __m512i min_sum = _mm512_setzero_si512();
+        for (int q = 0; q < 4; ++q) {
+          int32_t pair;
+          std::memcpy(&pair, sums + t * blocks + b + 2 * q, 4);
+          min_sum = _mm512_dpwssd_epi32(min_sum, head.mins[q], _mm512_set1_epi32(pair));
+        }
+        const __m512 ad = _mm512_set1_ps(x[t * blocks + b].d);
+        __m512 acc = _mm512_loadu_ps(y + t * ldy);
+        acc = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, dots[t]), _mm512_mul_ps(head.d, ad), acc);
+        acc = _mm512_fnmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, min_sum), _mm512_mul_ps(head.dmin, ad), acc);
+        _mm512_storeu_ps(y + t * ldy, acc);
+      }
+    }
+    for (int t = 0; t < T; ++t)
+      _mm512_storeu_ps(y + t * ldy, _mm512_maskz_permutexvar_ps(0xffff, q4_k_order(), _mm512_loadu_ps(y + t * ldy)));
   }
 };
 

@@ -16,6 +16,11 @@
 //       Each (row, token) gets its block's (Q8_0) or super-block's (Q4_K) exact integer sums, then
 //       acc = fma(float(sum), d * a.d, acc) (Q4_K: then acc = fma(-float(min sum), dmin * a.d, acc))
 //       in block order, in every lane type and for every T: the same bits in every ISA.
+//   Optionally (PairedGroups): L::x16_tokens,
+//       L::q8_0_x16<T>(g, group_bytes, x, blocks, y, ldy, prefetch),
+//       L::q4_k_x16<T>(g, group_bytes, x, sums, blocks, y, ldy, prefetch): two groups (16 rows, the
+//       second group_bytes after g) times T > 1 tokens, under the same contract; with prefetch, each
+//       block's lines of the next two groups are asked for as the tile goes.
 // Integer sums are exact in every lane type, so ISAs differ only in the order of float additions.
 #include <algorithm>
 
@@ -104,17 +109,46 @@ void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int1
   }
 }
 
-// Groups of 8 interleaved rows from r0 to r1 (both multiples of 8).
+template <class L>
+concept PairedGroups = requires { L::x16_tokens; };
+// The tokens of quant_matmul_rows's turns over the rows.
+template <class L>
+constexpr int turn_tokens() {
+  if constexpr (PairedGroups<L>) return L::x16_tokens;
+  else return L::x8_tokens;
+}
+
+// Groups of 8 interleaved rows from r0 to r1 (both multiples of 8). Several tokens on a lane with
+// tiles of two groups take the rows 16 at a time and a last odd group alone (in tiles of at most
+// L::x8_tokens tokens); one token keeps the one-group tile (decode, which prefetches its rows).
+// first_turn: the tiles of two groups read these rows from memory (see quant_matmul_rows).
 template <class L, int T>
 void interleaved_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int16_t* sums, float* y, int64_t r0,
-                                 int64_t r1) {
+                                 int64_t r1, bool first_turn = false) {
   const int64_t blocks = m.cols / 32;
   const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
   const auto* base = static_cast<const uint8_t*>(m.data);
-  for (int64_t r = r0; r < r1; r += 8) {
-    if (m.dtype == DType::Q8_0) L::template q8_0_x8<T>(base + size_t(r) * row_bytes, x, blocks, y + r, m.rows);
-    else L::template q4_k_x8<T>(base + size_t(r) * row_bytes, x, sums, blocks, y + r, m.rows);
-  }
+  const bool q8 = m.dtype == DType::Q8_0;
+  int64_t r = r0;
+  if constexpr (T > 1 && PairedGroups<L>)
+    for (; r + 16 <= r1; r += 16) {
+      // The next two groups, this call's or (on this thread: matmul_batch hands each thread runs
+      // of consecutive blocks) the next call's.
+      const bool prefetch = first_turn && r + 32 <= m.rows / 8 * 8;
+      const uint8_t* g = base + size_t(r) * row_bytes;
+      if (q8) L::template q8_0_x16<T>(g, 8 * row_bytes, x, blocks, y + r, m.rows, prefetch);
+      else L::template q4_k_x16<T>(g, 8 * row_bytes, x, sums, blocks, y + r, m.rows, prefetch);
+    }
+  constexpr int kGroupTokens = std::min(T, L::x8_tokens);
+  for (; r < r1; r += 8)
+    for (int t = 0; t < T; t += kGroupTokens) {
+      if (q8)
+        L::template q8_0_x8<kGroupTokens>(base + size_t(r) * row_bytes, x + t * blocks, blocks, y + t * m.rows + r,
+                                          m.rows);
+      else
+        L::template q4_k_x8<kGroupTokens>(base + size_t(r) * row_bytes, x + t * blocks, sums + t * blocks, blocks,
+                                          y + t * m.rows + r, m.rows);
+    }
 }
 
 // Token pairs take turns over the rows, which stay in cache while the pairs read them.
@@ -128,21 +162,39 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
   if (m.layout == Layout::Interleaved8) {
     // r0 is a multiple of 8 (matmul_batch's blocks of rows are), so the groups start at r0.
     const int64_t grouped_end = std::max(r0, std::min(r1, m.rows / 8 * 8));
-    constexpr int kTokens = L::x8_tokens;
-    // Several tokens go over these rows in turns, the first from memory and the others from L1;
-    // meanwhile the rows after them (the next call's, on this thread: matmul_batch hands each
-    // thread runs of consecutive blocks) are asked for, a share before each turn, so that they
+    // Several tokens go over these rows in turns, the first from memory and the others from L1.
+    // Lanes with tiles of two groups take turns of L::x16_tokens, then of 4 and 2 tokens, and the
+    // rest one by one; their first turn asks for the next two groups' lines block by block as it
+    // goes (it reads two streams of rows, which the hardware prefetchers did not follow: 4 tokens
+    // from memory ran at half the rate of one group at a time). Other lanes, over one stream,
+    // ask for the rows after these (the next call's) a share before each turn, so that they
     // arrive while these compute instead of in the next call's first turn.
-    const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
-    const auto* next = static_cast<const uint8_t*>(m.data) + size_t(grouped_end) * row_bytes;
-    const int64_t next_rows = std::max<int64_t>(0, std::min(m.rows / 8 * 8, 2 * grouped_end - r0) - grouped_end);
-    const size_t next_bytes = size_t(next_rows) * row_bytes;
-    const int turns = tokens / kTokens;
-    const size_t share = turns > 1 ? (next_bytes / turns + 63) / 64 * 64 : 0;
+    constexpr int kTokens = turn_tokens<L>();
     int t = 0;
-    for (int turn = 0; t + kTokens <= tokens; t += kTokens, ++turn) {
-      for (size_t at = share * turn; at < std::min(next_bytes, share * (turn + 1)); at += 64) __builtin_prefetch(next + at);
-      interleaved_rows_for_tokens<L, kTokens>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, grouped_end);
+    if constexpr (PairedGroups<L>) {
+      bool first = true;
+      const auto turn = [&]<int T>() {
+        interleaved_rows_for_tokens<L, T>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, grouped_end, first);
+        first = false;
+        t += T;
+      };
+      if (tokens > 1) {
+        while (t + kTokens <= tokens) turn.template operator()<kTokens>();
+        if (tokens - t >= 4) turn.template operator()<4>();
+        if (tokens - t >= 2) turn.template operator()<2>();
+      }
+    } else {
+      const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
+      const auto* next = static_cast<const uint8_t*>(m.data) + size_t(grouped_end) * row_bytes;
+      const int64_t next_rows = std::max<int64_t>(0, std::min(m.rows / 8 * 8, 2 * grouped_end - r0) - grouped_end);
+      const size_t next_bytes = size_t(next_rows) * row_bytes;
+      const int turns = tokens / kTokens;
+      const size_t share = turns > 1 ? (next_bytes / turns + 63) / 64 * 64 : 0;
+      for (int turn = 0; t + kTokens <= tokens; t += kTokens, ++turn) {
+        for (size_t at = share * turn; at < std::min(next_bytes, share * (turn + 1)); at += 64)
+          __builtin_prefetch(next + at);
+        interleaved_rows_for_tokens<L, kTokens>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, grouped_end);
+      }
     }
     for (; t < tokens; ++t)
       interleaved_rows_for_tokens<L, 1>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, grouped_end);
