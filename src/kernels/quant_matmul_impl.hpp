@@ -19,8 +19,9 @@
 //   Optionally (PairedGroups): L::x16_tokens,
 //       L::q8_0_x16<T>(g, group_bytes, x, blocks, y, ldy, prefetch),
 //       L::q4_k_x16<T>(g, group_bytes, x, sums, blocks, y, ldy, prefetch): two groups (16 rows, the
-//       second group_bytes after g) times T > 1 tokens, under the same contract; with prefetch, each
-//       block's lines of the next two groups are asked for as the tile goes.
+//       second group_bytes after g) times T tokens (T = 1: the last of several), under the same
+//       contract; with prefetch, each block's lines of the next two groups are asked for as the
+//       tile goes.
 // Integer sums are exact in every lane type, so ISAs differ only in the order of float additions.
 #include <algorithm>
 
@@ -119,10 +120,11 @@ constexpr int turn_tokens() {
 }
 
 // Groups of 8 interleaved rows from r0 to r1 (both multiples of 8). Several tokens on a lane with
-// tiles of two groups take the rows 16 at a time and a last odd group alone (in tiles of at most
-// L::x8_tokens tokens); one token keeps the one-group tile (decode, which prefetches its rows).
+// tiles of two groups (kPairs) take the rows 16 at a time and a last odd group alone (in tiles of at
+// most L::x8_tokens tokens); one token alone keeps the one-group tile (decode, which prefetches its
+// rows).
 // first_turn: the tiles of two groups read these rows from memory (see quant_matmul_rows).
-template <class L, int T>
+template <class L, int T, bool kPairs = (T > 1)>
 void interleaved_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int16_t* sums, float* y, int64_t r0,
                                  int64_t r1, bool first_turn = false) {
   const int64_t blocks = m.cols / 32;
@@ -130,7 +132,7 @@ void interleaved_rows_for_tokens(const Matrix& m, const ActivationBlock* x, cons
   const auto* base = static_cast<const uint8_t*>(m.data);
   const bool q8 = m.dtype == DType::Q8_0;
   int64_t r = r0;
-  if constexpr (T > 1 && PairedGroups<L>)
+  if constexpr (kPairs && PairedGroups<L>)
     for (; r + 16 <= r1; r += 16) {
       // The next two groups, this call's or (on this thread: matmul_batch hands each thread runs
       // of consecutive blocks) the next call's.
@@ -163,12 +165,12 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
     // r0 is a multiple of 8 (matmul_batch's blocks of rows are), so the groups start at r0.
     const int64_t grouped_end = std::max(r0, std::min(r1, m.rows / 8 * 8));
     // Several tokens go over these rows in turns, the first from memory and the others from L1.
-    // Lanes with tiles of two groups take turns of L::x16_tokens, then of 4 and 2 tokens, and the
-    // rest one by one; their first turn asks for the next two groups' lines block by block as it
-    // goes (it reads two streams of rows, which the hardware prefetchers did not follow: 4 tokens
-    // from memory ran at half the rate of one group at a time). Other lanes, over one stream,
-    // ask for the rows after these (the next call's) a share before each turn, so that they
-    // arrive while these compute instead of in the next call's first turn.
+    // Lanes with tiles of two groups take turns of L::x16_tokens, then of 4, 2 and 1 tokens; their
+    // first turn asks for the next two groups' lines block by block as it goes (it reads two
+    // streams of rows, which the hardware prefetchers did not follow: 4 tokens from memory ran at
+    // half the rate of one group at a time). Other lanes, over one stream, ask for the rows after
+    // these (the next call's) a share before each turn, so that they arrive while these compute
+    // instead of in the next call's first turn.
     constexpr int kTokens = turn_tokens<L>();
     int t = 0;
     if constexpr (PairedGroups<L>) {
@@ -182,6 +184,10 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
         while (t + kTokens <= tokens) turn.template operator()<kTokens>();
         if (tokens - t >= 4) turn.template operator()<4>();
         if (tokens - t >= 2) turn.template operator()<2>();
+        if (tokens - t == 1) {  // from cache: the pairs run it 1.0-1.1x as fast as the one-group tile
+          interleaved_rows_for_tokens<L, 1, true>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, grouped_end);
+          ++t;
+        }
       }
     } else {
       const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
