@@ -11,6 +11,7 @@
 #include "kernels/kernels.hpp"
 #include "kernels/thread_pool.hpp"
 #include "util/error.hpp"
+#include "util/round_up.hpp"
 
 namespace crossmoe::kernels {
 
@@ -116,8 +117,9 @@ void matmul_batch(const MatmulJob* jobs, int count) {
   // The bf16 layouts start on 64-byte lines, each job's too: a 512-bit load of x that straddles two
   // lines costs two loads, and the tiles of several tokens read x from L1 as fast as they compute
   // (std::vector<float> gave 16-byte alignment: 4 x 4 tiles at ~0.75-0.85x the rate on aligned x).
+  constexpr size_t kLineFloats = 16;
   struct alignas(64) FloatLine {
-    float f[16];
+    float f[kLineFloats];
   };
   thread_local std::vector<FloatLine> reordered;
   // Per-call bookkeeping reuses the calling thread's storage (a decode step makes hundreds of
@@ -146,14 +148,14 @@ void matmul_batch(const MatmulJob* jobs, int count) {
       quantized_total += size_t(jobs[j].tokens) * size_t(jobs[j].w.cols / 32);
     } else {
       prepared_at[j] = reordered_total;
-      reordered_total += (size_t(jobs[j].tokens) * size_t(jobs[j].w.cols) + 15) / 16 * 16;
+      reordered_total += round_up(size_t(jobs[j].tokens) * size_t(jobs[j].w.cols), kLineFloats);
     }
   }
   if (quantized.size() < quantized_total) {
     quantized.resize(quantized_total);
     quantized_sums.resize(quantized_total);
   }
-  if (reordered.size() * 16 < reordered_total) reordered.resize(reordered_total / 16);
+  if (reordered.size() * kLineFloats < reordered_total) reordered.resize(reordered_total / kLineFloats);
   for (int j = 0; j < count; ++j) {
     if (source[j] != j) continue;
     if (quantized_prep(prep_of(j))) {

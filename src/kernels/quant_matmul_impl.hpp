@@ -27,6 +27,7 @@
 
 #include "kernels/kernels.hpp"
 #include "util/quant.hpp"
+#include "util/round_up.hpp"
 
 // Internal linkage on purpose (see matmul_impl.hpp).
 namespace crossmoe::kernels {
@@ -195,7 +196,7 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
       const int64_t next_rows = std::max<int64_t>(0, std::min(m.rows / 8 * 8, 2 * grouped_end - r0) - grouped_end);
       const size_t next_bytes = size_t(next_rows) * row_bytes;
       const int turns = tokens / kTokens;
-      const size_t share = turns > 1 ? (next_bytes / turns + 63) / 64 * 64 : 0;
+      const size_t share = turns > 1 ? round_up(next_bytes / turns, 64) : 0;
       for (int turn = 0; t + kTokens <= tokens; t += kTokens, ++turn) {
         for (size_t at = share * turn; at < std::min(next_bytes, share * (turn + 1)); at += 64)
           __builtin_prefetch(next + at);
