@@ -32,6 +32,19 @@ TEST(ByteLevelTokenizer, EncodesBytesAndSpecialTokens) {
   EXPECT_EQ(t.encode(raw), (std::vector<int>{'a', 0xff, 0xe4, 0xbd}));
 }
 
+TEST(ByteLevelTokenizer, AddPrefixSpaceGivesAWordWithoutOneALeadingSpace) {
+  // tokenizers' ByteLevel with add_prefix_space (GPT-2, RoBERTa files): "Hi" is encoded as " Hi",
+  // and a word that starts with a space gets no second one.
+  nlohmann::json j = BpeTrainer::tokenizer_json({}, {});
+  nlohmann::json& byte_level = j["pre_tokenizer"]["pretokenizers"][1];
+  ASSERT_EQ(byte_level["type"], "ByteLevel");
+  byte_level["add_prefix_space"] = true;
+  Tokenizer t(j);
+  EXPECT_EQ(t.encode("Hi"), (std::vector<int>{' ', 'H', 'i'}));
+  EXPECT_EQ(t.encode(" Hi"), (std::vector<int>{' ', 'H', 'i'}));
+  EXPECT_EQ(Tokenizer(BpeTrainer::tokenizer_json({}, {})).encode("Hi"), (std::vector<int>{'H', 'i'}));
+}
+
 TEST(ByteLevelTokenizer, MatchesHuggingFaceTokenizersOnInitsFile) {
   // The tokenizers library read the tokenizer.json that crossmoe init wrote and encoded these
   // strings (fixtures/check_init_with_transformers.py).

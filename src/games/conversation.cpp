@@ -21,7 +21,7 @@ std::string seat_turn_message(const Game& game, const State& state, int seat) {
     if (h != "deal") history += "- " + h + "\n";
   m += history.empty() ? "No moves have been made yet.\n" : "Moves so far:\n" + history;
   m += "Legal actions:";
-  for (int a : state.legal_actions()) m += " " + answer_text(game, state, a);
+  for (int a : state.legal_actions()) m.append(" ").append(answer_text(game, state, a));
   return m;
 }
 

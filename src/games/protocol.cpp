@@ -103,7 +103,7 @@ std::string turn_prompt(const Game& game, const State& state) {
   p += history.empty() ? "No moves have been made yet.\n" : "Moves so far:\n" + history;
   p += "Legal actions:";
   const auto legal = state.legal_actions();
-  for (int a : legal) p += " " + answer_text(game, state, a);
+  for (int a : legal) p.append(" ").append(answer_text(game, state, a));
   p += "\n\nThink briefly, then give exactly one legal action, written as listed, in this format and "
        "with nothing after it:\n<think>your reasoning</think><answer>" +
        answer_text(game, state, legal.front()) + "</answer>";
@@ -149,13 +149,14 @@ ParsedAnswer parse_answer(const std::string& response, const Game& game, const S
 }
 
 ParsedAnswer parse_human_move(const std::string& line, const Game& game, const State& state) {
-  const std::string said = lower(trim(line));
+  const std::string typed = trim(line);
+  const std::string said = lower(typed);
   if (said.empty()) return {-1, "empty move"};
   for (int a : state.legal_actions())
     if (said == lower(answer_text(game, state, a)) || said == lower(state.action_to_string(a)) ||
         said == std::to_string(a))
       return {a, ""};
-  return {-1, "'" + trim(line) + "' is not a legal move"};
+  return {-1, "'" + typed + "' is not a legal move"};
 }
 
 }  // namespace crossmoe::games

@@ -262,7 +262,7 @@ struct ByteLevelPre : PreTokenizer {
   void apply(std::vector<Word>& words) const override {
     if (add_prefix_space)
       for (Word& w : words)
-        if (w.text.empty() || w.text[0] != ' ') w.text.insert(0, " ");
+        if (w.text.empty() || w.text[0] != ' ') w.text.insert(0, 1, ' ');
     if (regex) split_words(words, *regex, Behavior::Isolated, false);
     for (Word& w : words) {
       std::string mapped;
