@@ -92,21 +92,25 @@ std::string answer_text(const Game& game, const State& state, int action) {
   return "<" + s + ">";
 }
 
+std::string moves_and_legal_actions(const Game& game, const State& state) {
+  std::string history;
+  for (const auto& h : state.history_text())
+    if (h != "deal") history += "- " + h + "\n";
+  std::string s = history.empty() ? "No moves have been made yet.\n" : "Moves so far:\n" + history;
+  s += "Legal actions:";
+  for (int a : state.legal_actions()) s.append(" ").append(answer_text(game, state, a));
+  return s;
+}
+
 std::string turn_prompt(const Game& game, const State& state) {
   const GameInfo& info = game.info();
   const int player = state.current_player();
   std::string p = "You are playing " + info.name + ".\n\nRules: " + info.rules + "\n\n";
   p += "You are Player " + std::to_string(player) + ".\n" + state.observation(player);
-  std::string history;
-  for (const auto& h : state.history_text())
-    if (h != "deal") history += "- " + h + "\n";
-  p += history.empty() ? "No moves have been made yet.\n" : "Moves so far:\n" + history;
-  p += "Legal actions:";
-  const auto legal = state.legal_actions();
-  for (int a : legal) p.append(" ").append(answer_text(game, state, a));
+  p += moves_and_legal_actions(game, state);
   p += "\n\nThink briefly, then give exactly one legal action, written as listed, in this format and "
        "with nothing after it:\n<think>your reasoning</think><answer>" +
-       answer_text(game, state, legal.front()) + "</answer>";
+       answer_text(game, state, state.legal_actions().front()) + "</answer>";
   return p;
 }
 
