@@ -93,6 +93,14 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
                                                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(h)),
                                                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(g)))));
   }
+  // The lines of the next two groups (2 * group_bytes on) beside the kBytes at g and at h.
+  template <int kBytes>
+  static void prefetch_next_pair(const uint8_t* g, const uint8_t* h, size_t group_bytes) {
+    for (int line = 0; line < kBytes; line += 64) {
+      __builtin_prefetch(g + 2 * group_bytes + line);
+      __builtin_prefetch(h + 2 * group_bytes + line);
+    }
+  }
   template <int T>
   static void q8_0_x16(const uint8_t* g, size_t group_bytes, const ActivationBlock* x, int64_t blocks, float* y,
                        int64_t ldy, bool prefetch) {
@@ -101,11 +109,7 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     const __m512i sign_bit = _mm512_set1_epi8(char(0x80)), order = q8_0_order();
     const uint8_t* h = g + group_bytes;
     for (int64_t b = 0; b < blocks; ++b, g += 8 * 34, h += 8 * 34) {
-      if (prefetch)
-        for (int line = 0; line < 8 * 34; line += 64) {
-          __builtin_prefetch(g + 2 * group_bytes + line);
-          __builtin_prefetch(h + 2 * group_bytes + line);
-        }
+      if (prefetch) prefetch_next_pair<8 * 34>(g, h, group_bytes);
       const __m512 d = halves16(g, h, order);
       __m512i sums_g[T], sums_h[T];
       for (int t = 0; t < T; ++t) sums_g[t] = sums_h[t] = _mm512_setzero_si512();
@@ -264,11 +268,7 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     const __m512i low4 = _mm512_set1_epi8(15);
     for (int64_t b = 0; b < blocks; b += 8, g += 8 * 144) {
       const uint8_t* h = g + group_bytes;
-      if (prefetch)
-        for (int line = 0; line < 8 * 144; line += 64) {
-          __builtin_prefetch(g + 2 * group_bytes + line);
-          __builtin_prefetch(h + 2 * group_bytes + line);
-        }
+      if (prefetch) prefetch_next_pair<8 * 144>(g, h, group_bytes);
       Q4kHead16 head;
       q4_k_head16(g, h, head);
       __m512i dots[T];
