@@ -10,10 +10,22 @@
 #include "tokenizer/tokenizer.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
+#include "util/replace_all.hpp"
 
 using namespace crossmoe;
 
 namespace {
+
+// util/replace_all.hpp, which the tokenizer's Replace normalizer and Metaspace decoder use.
+TEST(ReplaceAll, LeftToRightWithoutOverlapsInTheOriginal) {
+  EXPECT_EQ(replace_all("a b  c", " ", "\u2581"), "a\u2581b\u2581\u2581c");
+  EXPECT_EQ(replace_all("aaa", "aa", "b"), "ba");                 // no overlaps, from the left
+  EXPECT_EQ(replace_all("(Play 0)", "Play", "Play card"), "(Play card 0)");  // `to` is not searched again
+  EXPECT_EQ(replace_all("<answer>x</answer>", "<answer>", ""), "x</answer>");
+  EXPECT_EQ(replace_all("abc", "", "x"), "abc");
+  EXPECT_EQ(replace_all("", "a", "b"), "");
+  EXPECT_EQ(replace_all("abc", "abc", ""), "");
+}
 
 TEST(ByteLevelTokenizer, EncodesBytesAndSpecialTokens) {
   Tokenizer t(BpeTrainer::tokenizer_json({}, {"<|endoftext|>", "<|im_start|>"}));

@@ -4,6 +4,7 @@
 #include <cctype>
 
 #include "util/error.hpp"
+#include "util/replace_all.hpp"
 
 namespace crossmoe::games {
 
@@ -21,10 +22,6 @@ std::string trim(const std::string& s) {
 std::string lower(std::string s) {
   for (char& c : s) c = char(std::tolower(static_cast<unsigned char>(c)));
   return s;
-}
-
-void replace_all(std::string& s, const std::string& from, const std::string& to) {
-  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) s.replace(at, from.size(), to);
 }
 
 bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
@@ -85,9 +82,7 @@ std::string answer_text(const Game& game, const State& state, int action) {
   if (family == "hanabi") {  // "(Play 0)" -> "<Play card 0>"
     std::replace(s.begin(), s.end(), '(', '<');
     std::replace(s.begin(), s.end(), ')', '>');
-    replace_all(s, "Play", "Play card");
-    replace_all(s, "Discard", "Discard card");
-    return s;
+    return replace_all(replace_all(std::move(s), "Play", "Play card"), "Discard", "Discard card");
   }
   return "<" + s + ">";
 }
@@ -135,7 +130,7 @@ ParsedAnswer parse_answer(const std::string& response, const Game& game, const S
   if (answer_open == std::string::npos) return {-1, "no </think> followed by <answer>"};
   std::string content = text.substr(answer_open, end - answer_open);
   for (const char* special : {"<think>", "</think>", "<answer>", "</answer>", "<|im_start|>", "<|im_end|>"}) {
-    replace_all(content, special, "");
+    content = replace_all(std::move(content), special, "");
     content = trim(content);
   }
   // Only the first non-empty one of several actions joined by "||" counts.

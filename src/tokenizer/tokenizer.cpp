@@ -10,6 +10,7 @@
 #include "tokenizer/unicode.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
+#include "util/replace_all.hpp"
 
 namespace crossmoe {
 
@@ -27,14 +28,6 @@ std::string type_of(const json& j, const char* what) {
 
 [[noreturn]] void unsupported(const char* what, const std::string& type) {
   throw Error(std::string("tokenizer.json: unsupported ") + what + " '" + type + "'");
-}
-
-std::string replace_all(std::string s, const std::string& from, const std::string& to) {
-  if (from.empty()) return s;
-  std::string out;
-  size_t at = 0;
-  for (size_t hit; (hit = s.find(from, at)) != std::string::npos; at = hit + from.size()) out.append(s, at, hit - at) += to;
-  return out.append(s, at);
 }
 
 // A pattern object {"String": "..."} or {"Regex": "..."}; strings become literal regexes.
