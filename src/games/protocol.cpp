@@ -24,11 +24,6 @@ std::string lower(std::string s) {
   return s;
 }
 
-bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 }  // namespace
 
 std::vector<double> step_rewards(const Game& game, const State& state, const MarsRewards& r) {
@@ -114,15 +109,15 @@ ParsedAnswer parse_answer(const std::string& response, const Game& game, const S
   // MARS matches ^<think>(.*?)</think>\s*<answer>(.*?)</answer>$ (Python's $ also before a
   // final newline).
   std::string text = response;
-  if (ends_with(text, "\n")) text.pop_back();
-  if (!starts_with(text, "<think>")) return {-1, "the response does not start with <think>"};
-  if (!ends_with(text, "</answer>")) return {-1, "the response does not end with </answer>"};
+  if (text.ends_with('\n')) text.pop_back();
+  if (!text.starts_with("<think>")) return {-1, "the response does not start with <think>"};
+  if (!text.ends_with("</answer>")) return {-1, "the response does not end with </answer>"};
   const size_t end = text.size() - 9;
   size_t answer_open = std::string::npos;
   for (size_t close = text.find("</think>", 7); close != std::string::npos; close = text.find("</think>", close + 1)) {
     size_t at = close + 8;
     while (at < text.size() && is_space(text[at])) ++at;
-    if (starts_with(text.substr(at, 8), "<answer>") && at + 8 <= end) {
+    if (text.compare(at, 8, "<answer>") == 0 && at + 8 <= end) {
       answer_open = at + 8;
       break;
     }
