@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "games/arena.hpp"
+#include "games/conversation.hpp"
 #include "games/protocol.hpp"
 #include "util/error.hpp"
 
@@ -144,6 +145,20 @@ TEST(Protocol, ParsesAnswersStrictlyAsMars) {
   // A person may type the action as listed, OpenSpiel's name or its number, in any case.
   for (const char* typed : {"<bet>", " Bet ", "1"}) EXPECT_EQ(parse_human_move(typed, *kuhn, *s).action, 1) << typed;
   EXPECT_EQ(parse_human_move("raise", *kuhn, *s).action, -1);
+}
+
+// The moves so far and the legal actions, as the turn prompt and a seat's turn message both
+// write them after the observation (the text as the prompts wrote it before they shared it).
+TEST(Protocol, TurnPromptAndSeatTurnWriteTheMovesAndLegalActionsAlike) {
+  const auto kuhn = make_game("kuhn_poker");
+  EXPECT_EQ(moves_and_legal_actions(*kuhn, *play(*kuhn, {1, 2})), "No moves have been made yet.\nLegal actions: <PASS> <BET>");
+  const auto s = play(*kuhn, {1, 2, 0, 1});  // Q and K dealt (not listed), Pass, Bet
+  const std::string part = "Moves so far:\n- Player 0: Pass\n- Player 1: Bet\nLegal actions: <PASS> <BET>";
+  EXPECT_EQ(moves_and_legal_actions(*kuhn, *s), part);
+  const std::string observation = "Your card: Q.\nChips in the pot: you 1, opponent 2.\n";
+  EXPECT_NE(turn_prompt(*kuhn, *s).find("You are Player 0.\n" + observation + part + "\n\nThink briefly"),
+            std::string::npos);
+  EXPECT_EQ(seat_turn_message(*kuhn, *s, 0), observation + part);
 }
 
 TEST(Protocol, InvalidAnswersLoseWithThePenalty) {

@@ -10,10 +10,22 @@
 #include "tokenizer/tokenizer.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
+#include "util/replace_all.hpp"
 
 using namespace crossmoe;
 
 namespace {
+
+// util/replace_all.hpp, which the tokenizer's Replace normalizer and Metaspace decoder use.
+TEST(ReplaceAll, LeftToRightWithoutOverlapsInTheOriginal) {
+  EXPECT_EQ(replace_all("a b  c", " ", "\u2581"), "a\u2581b\u2581\u2581c");
+  EXPECT_EQ(replace_all("aaa", "aa", "b"), "ba");                 // no overlaps, from the left
+  EXPECT_EQ(replace_all("(Play 0)", "Play", "Play card"), "(Play card 0)");  // `to` is not searched again
+  EXPECT_EQ(replace_all("<answer>x</answer>", "<answer>", ""), "x</answer>");
+  EXPECT_EQ(replace_all("abc", "", "x"), "abc");
+  EXPECT_EQ(replace_all("", "a", "b"), "");
+  EXPECT_EQ(replace_all("abc", "abc", ""), "");
+}
 
 TEST(ByteLevelTokenizer, EncodesBytesAndSpecialTokens) {
   Tokenizer t(BpeTrainer::tokenizer_json({}, {"<|endoftext|>", "<|im_start|>"}));
@@ -30,6 +42,19 @@ TEST(ByteLevelTokenizer, EncodesBytesAndSpecialTokens) {
   // Invalid UTF-8 still round-trips through byte tokens.
   const std::string raw = "a\xff\xe4\xbd";
   EXPECT_EQ(t.encode(raw), (std::vector<int>{'a', 0xff, 0xe4, 0xbd}));
+}
+
+TEST(ByteLevelTokenizer, AddPrefixSpaceGivesAWordWithoutOneALeadingSpace) {
+  // tokenizers' ByteLevel with add_prefix_space (GPT-2, RoBERTa files): "Hi" is encoded as " Hi",
+  // and a word that starts with a space gets no second one.
+  nlohmann::json j = BpeTrainer::tokenizer_json({}, {});
+  nlohmann::json& byte_level = j["pre_tokenizer"]["pretokenizers"][1];
+  ASSERT_EQ(byte_level["type"], "ByteLevel");
+  byte_level["add_prefix_space"] = true;
+  Tokenizer t(j);
+  EXPECT_EQ(t.encode("Hi"), (std::vector<int>{' ', 'H', 'i'}));
+  EXPECT_EQ(t.encode(" Hi"), (std::vector<int>{' ', 'H', 'i'}));
+  EXPECT_EQ(Tokenizer(BpeTrainer::tokenizer_json({}, {})).encode("Hi"), (std::vector<int>{'H', 'i'}));
 }
 
 TEST(ByteLevelTokenizer, MatchesHuggingFaceTokenizersOnInitsFile) {

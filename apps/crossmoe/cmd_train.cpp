@@ -41,7 +41,10 @@ void print_windows(train::TrainOptions o) {
   train::WindowSampler sampler(o, int64_t(fs::file_size(train_bin) / sizeof(uint32_t)));
   for (int64_t i = 0; i < o.steps * o.grad_accum; ++i) {
     std::string line;
-    for (const int64_t s : sampler.starts(uint64_t(i))) line += (line.empty() ? "" : " ") + std::to_string(s);
+    for (const int64_t s : sampler.starts(uint64_t(i))) {
+      if (!line.empty()) line += ' ';
+      line += std::to_string(s);
+    }
     std::printf("%s\n", line.c_str());
   }
 }

@@ -9,6 +9,7 @@
 
 #include "tokenizer/unicode.hpp"
 #include "util/error.hpp"
+#include "util/replace_all.hpp"
 
 namespace crossmoe::eval {
 
@@ -213,12 +214,6 @@ bool is_han(char32_t c) { return c >= 0x4E00 && c <= 0x9FFF; }
 bool han_at(const std::vector<std::string>& chars, size_t i) {
   const std::string& c = chars[i];
   return c.size() == 3 && is_han(unicode::decode_at(c, 0, 3));
-}
-
-// Replaces every occurrence of `from` in `s` by `to`.
-std::string replace_all(std::string s, const std::string& from, const std::string& to) {
-  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) s.replace(at, from.size(), to);
-  return s;
 }
 
 }  // namespace

@@ -16,12 +16,7 @@ std::string seat_system_message(const GameInfo& info, int seat) {
 std::string seat_turn_message(const Game& game, const State& state, int seat) {
   std::string m = state.observation(seat);
   if (!m.empty() && m.back() != '\n') m += "\n";
-  std::string history;
-  for (const auto& h : state.history_text())
-    if (h != "deal") history += "- " + h + "\n";
-  m += history.empty() ? "No moves have been made yet.\n" : "Moves so far:\n" + history;
-  m += "Legal actions:";
-  for (int a : state.legal_actions()) m += " " + answer_text(game, state, a);
+  m += moves_and_legal_actions(game, state);
   return m;
 }
 

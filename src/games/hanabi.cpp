@@ -256,7 +256,7 @@ class HanabiState : public State {
     return std::accumulate(fireworks_.begin(), fireworks_.end(), 0);
   }
   bool over() const { return lives_ <= 0 || score() == p_.colors * p_.ranks || turns_to_play_ <= 0; }
-  std::string card_name(const Card& c) const { return std::string(1, kColors[c.color]) + std::to_string(c.rank + 1); }
+  std::string card_name(const Card& c) const { return kColors[c.color] + std::to_string(c.rank + 1); }
   std::string hint_text(const Knowledge& k) const {
     std::string s = k.color >= 0 ? std::string(1, kColors[k.color]) : "?";
     s += k.rank >= 0 ? std::to_string(k.rank + 1) : "?";

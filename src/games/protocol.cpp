@@ -4,6 +4,7 @@
 #include <cctype>
 
 #include "util/error.hpp"
+#include "util/replace_all.hpp"
 
 namespace crossmoe::games {
 
@@ -21,15 +22,6 @@ std::string trim(const std::string& s) {
 std::string lower(std::string s) {
   for (char& c : s) c = char(std::tolower(static_cast<unsigned char>(c)));
   return s;
-}
-
-void replace_all(std::string& s, const std::string& from, const std::string& to) {
-  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) s.replace(at, from.size(), to);
-}
-
-bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 }  // namespace
@@ -85,11 +77,19 @@ std::string answer_text(const Game& game, const State& state, int action) {
   if (family == "hanabi") {  // "(Play 0)" -> "<Play card 0>"
     std::replace(s.begin(), s.end(), '(', '<');
     std::replace(s.begin(), s.end(), ')', '>');
-    replace_all(s, "Play", "Play card");
-    replace_all(s, "Discard", "Discard card");
-    return s;
+    return replace_all(replace_all(std::move(s), "Play", "Play card"), "Discard", "Discard card");
   }
   return "<" + s + ">";
+}
+
+std::string moves_and_legal_actions(const Game& game, const State& state) {
+  std::string history;
+  for (const auto& h : state.history_text())
+    if (h != "deal") history += "- " + h + "\n";
+  std::string s = history.empty() ? "No moves have been made yet.\n" : "Moves so far:\n" + history;
+  s += "Legal actions:";
+  for (int a : state.legal_actions()) s.append(" ").append(answer_text(game, state, a));
+  return s;
 }
 
 std::string turn_prompt(const Game& game, const State& state) {
@@ -97,16 +97,10 @@ std::string turn_prompt(const Game& game, const State& state) {
   const int player = state.current_player();
   std::string p = "You are playing " + info.name + ".\n\nRules: " + info.rules + "\n\n";
   p += "You are Player " + std::to_string(player) + ".\n" + state.observation(player);
-  std::string history;
-  for (const auto& h : state.history_text())
-    if (h != "deal") history += "- " + h + "\n";
-  p += history.empty() ? "No moves have been made yet.\n" : "Moves so far:\n" + history;
-  p += "Legal actions:";
-  const auto legal = state.legal_actions();
-  for (int a : legal) p += " " + answer_text(game, state, a);
+  p += moves_and_legal_actions(game, state);
   p += "\n\nThink briefly, then give exactly one legal action, written as listed, in this format and "
        "with nothing after it:\n<think>your reasoning</think><answer>" +
-       answer_text(game, state, legal.front()) + "</answer>";
+       answer_text(game, state, state.legal_actions().front()) + "</answer>";
   return p;
 }
 
@@ -115,15 +109,15 @@ ParsedAnswer parse_answer(const std::string& response, const Game& game, const S
   // MARS matches ^<think>(.*?)</think>\s*<answer>(.*?)</answer>$ (Python's $ also before a
   // final newline).
   std::string text = response;
-  if (ends_with(text, "\n")) text.pop_back();
-  if (!starts_with(text, "<think>")) return {-1, "the response does not start with <think>"};
-  if (!ends_with(text, "</answer>")) return {-1, "the response does not end with </answer>"};
+  if (text.ends_with('\n')) text.pop_back();
+  if (!text.starts_with("<think>")) return {-1, "the response does not start with <think>"};
+  if (!text.ends_with("</answer>")) return {-1, "the response does not end with </answer>"};
   const size_t end = text.size() - 9;
   size_t answer_open = std::string::npos;
   for (size_t close = text.find("</think>", 7); close != std::string::npos; close = text.find("</think>", close + 1)) {
     size_t at = close + 8;
     while (at < text.size() && is_space(text[at])) ++at;
-    if (starts_with(text.substr(at, 8), "<answer>") && at + 8 <= end) {
+    if (text.compare(at, 8, "<answer>") == 0 && at + 8 <= end) {
       answer_open = at + 8;
       break;
     }
@@ -131,7 +125,7 @@ ParsedAnswer parse_answer(const std::string& response, const Game& game, const S
   if (answer_open == std::string::npos) return {-1, "no </think> followed by <answer>"};
   std::string content = text.substr(answer_open, end - answer_open);
   for (const char* special : {"<think>", "</think>", "<answer>", "</answer>", "<|im_start|>", "<|im_end|>"}) {
-    replace_all(content, special, "");
+    content = replace_all(std::move(content), special, "");
     content = trim(content);
   }
   // Only the first non-empty one of several actions joined by "||" counts.
@@ -149,13 +143,14 @@ ParsedAnswer parse_answer(const std::string& response, const Game& game, const S
 }
 
 ParsedAnswer parse_human_move(const std::string& line, const Game& game, const State& state) {
-  const std::string said = lower(trim(line));
+  const std::string typed = trim(line);
+  const std::string said = lower(typed);
   if (said.empty()) return {-1, "empty move"};
   for (int a : state.legal_actions())
     if (said == lower(answer_text(game, state, a)) || said == lower(state.action_to_string(a)) ||
         said == std::to_string(a))
       return {a, ""};
-  return {-1, "'" + trim(line) + "' is not a legal move"};
+  return {-1, "'" + typed + "' is not a legal move"};
 }
 
 }  // namespace crossmoe::games

@@ -60,6 +60,11 @@ bool overlong(int response_tokens, int tokens_left, const MarsRewards& r = {});
 // `action` at `state` as MARS writes it for the model (the player to move is state's).
 std::string answer_text(const Game& game, const State& state, int action);
 
+// What a turn's prompt (turn_prompt, and a seat's turn in a conversation) says after the
+// observation: the moves so far (the history without the deals) and the legal actions, written as
+// answer_text: "Moves so far:\n- ...\nLegal actions: <PASS> <BET>".
+std::string moves_and_legal_actions(const Game& game, const State& state);
+
 std::string turn_prompt(const Game& game, const State& state);
 
 constexpr size_t kMaxAnswerBytes = 1 << 20;  // longer responses are invalid, not parsed

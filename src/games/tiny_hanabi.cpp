@@ -52,8 +52,8 @@ class TinyHanabiState : public State {
   }
   double forfeit_stake(int player) const override { return returns()[size_t(player)]; }
   std::string action_to_string(int action) const override {
-    if (is_chance()) return "d" + std::to_string(action);
-    return "p" + std::to_string(current_player()) + "a" + std::to_string(action);
+    if (is_chance()) return 'd' + std::to_string(action);
+    return 'p' + std::to_string(current_player()) + "a" + std::to_string(action);
   }
   std::string observation(int player) const override {
     std::string s = "Your card: " + std::to_string(moves_[size_t(player)] + 1) + ".\n";
@@ -61,7 +61,7 @@ class TinyHanabiState : public State {
     return s;
   }
   std::string information_state(int player) const override {  // OpenSpiel's: "p1:d0 p0:a2"
-    std::string key = "p" + std::to_string(player);
+    std::string key = 'p' + std::to_string(player);
     if (moves_.size() > size_t(player)) key += ":d" + std::to_string(moves_[size_t(player)]);
     for (size_t i = 2; i < moves_.size(); ++i) key += " p" + std::to_string(i - 2) + ":a" + std::to_string(moves_[i]);
     return key;

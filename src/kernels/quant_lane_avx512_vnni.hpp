@@ -87,6 +87,20 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     const __m512i seconds = _mm512_mask_blend_epi32(0xaaaa, b, a);  // b's first, a's second
     return _mm512_add_epi32(firsts, _mm512_maskz_shuffle_epi32(0xffff, seconds, _MM_PERM_CDAB));
   }
+  // 8 halves at g and 8 at h (the two groups' d, or dmin) as 16 floats, in the lane order `order`.
+  static __m512 halves16(const uint8_t* g, const uint8_t* h, __m512i order) {
+    return _mm512_maskz_permutexvar_ps(0xffff, order, _mm512_maskz_cvtph_ps(0xffff, _mm256_set_m128i(
+                                                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(h)),
+                                                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(g)))));
+  }
+  // The lines of the next two groups (2 * group_bytes on) beside the kBytes at g and at h.
+  template <int kBytes>
+  static void prefetch_next_pair(const uint8_t* g, const uint8_t* h, size_t group_bytes) {
+    for (int line = 0; line < kBytes; line += 64) {
+      __builtin_prefetch(g + 2 * group_bytes + line);
+      __builtin_prefetch(h + 2 * group_bytes + line);
+    }
+  }
   template <int T>
   static void q8_0_x16(const uint8_t* g, size_t group_bytes, const ActivationBlock* x, int64_t blocks, float* y,
                        int64_t ldy, bool prefetch) {
@@ -95,15 +109,8 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     const __m512i sign_bit = _mm512_set1_epi8(char(0x80)), order = q8_0_order();
     const uint8_t* h = g + group_bytes;
     for (int64_t b = 0; b < blocks; ++b, g += 8 * 34, h += 8 * 34) {
-      if (prefetch)
-        for (int line = 0; line < 8 * 34; line += 64) {
-          __builtin_prefetch(g + 2 * group_bytes + line);
-          __builtin_prefetch(h + 2 * group_bytes + line);
-        }
-      const __m512 d = _mm512_maskz_permutexvar_ps(
-          0xffff, order,
-          _mm512_maskz_cvtph_ps(0xffff, _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)),
-                                                         _mm_loadu_si128(reinterpret_cast<const __m128i*>(g)))));
+      if (prefetch) prefetch_next_pair<8 * 34>(g, h, group_bytes);
+      const __m512 d = halves16(g, h, order);
       __m512i sums_g[T], sums_h[T];
       for (int t = 0; t < T; ++t) sums_g[t] = sums_h[t] = _mm512_setzero_si512();
       for (int k = 0; k < 4; ++k) {
@@ -207,13 +214,8 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
   }
   static void q4_k_head16(const uint8_t* g, const uint8_t* h, Q4kHead16& head) {
     const __m512i order = q4_k_order();
-    const auto halves = [&](int at) {
-      return _mm512_maskz_permutexvar_ps(0xffff, order, _mm512_maskz_cvtph_ps(0xffff, _mm256_set_m128i(
-                                              _mm_loadu_si128(reinterpret_cast<const __m128i*>(h + at)),
-                                              _mm_loadu_si128(reinterpret_cast<const __m128i*>(g + at)))));
-    };
-    head.d = halves(0);
-    head.dmin = halves(16);
+    head.d = halves16(g, h, order);
+    head.dmin = halves16(g + 16, h + 16, order);
     const __m512i low6 = _mm512_set1_epi8(63), low4 = _mm512_set1_epi8(15), low2 = _mm512_set1_epi8(3);
     const __m512i w0 = head_words(g + 32, h + 32), w1 = head_words(g + 64, h + 64), w2 = head_words(g + 96, h + 96);
     // As q4_k_head, for both groups: word u of each half, unit u's scales (rows 0, 1, 4, 5) and
@@ -266,11 +268,7 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     const __m512i low4 = _mm512_set1_epi8(15);
     for (int64_t b = 0; b < blocks; b += 8, g += 8 * 144) {
       const uint8_t* h = g + group_bytes;
-      if (prefetch)
-        for (int line = 0; line < 8 * 144; line += 64) {
-          __builtin_prefetch(g + 2 * group_bytes + line);
-          __builtin_prefetch(h + 2 * group_bytes + line);
-        }
+      if (prefetch) prefetch_next_pair<8 * 144>(g, h, group_bytes);
       Q4kHead16 head;
       q4_k_head16(g, h, head);
       __m512i dots[T];

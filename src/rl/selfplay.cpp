@@ -173,10 +173,7 @@ void write_progress_svg(const fs::path& csv, const fs::path& svg) {
   std::map<size_t, PlotSeries> series;
   for (size_t c = 0; c < columns.size(); ++c) {
     const std::string& n = columns[c];
-    auto ends_with = [&](const std::string& tail) {
-      return n.size() >= tail.size() && n.compare(n.size() - tail.size(), tail.size(), tail) == 0;
-    };
-    if (ends_with("_win") || ends_with("_score") || n == "invalid_rate") series[c].label = n;
+    if (n.ends_with("_win") || n.ends_with("_score") || n == "invalid_rate") series[c].label = n;
   }
   while (std::getline(in, line)) {
     const std::vector<std::string> f = split_csv_line(line);

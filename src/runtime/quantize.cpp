@@ -135,7 +135,7 @@ QuantizeSummary quantize_model(const fs::path& model, const fs::path& out_arg, Q
   require(!fs::exists(fs::symlink_status(out)), out.string() + " exists; quantize writes a new directory");
   const fs::path parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
   require(fs::is_directory(parent), "the parent directory of " + out.string() + " does not exist");
-  const fs::path tmp = parent / ("." + out.filename().string() + ".partial-" + std::to_string(::getpid()));
+  const fs::path tmp = parent / ('.' + out.filename().string() + ".partial-" + std::to_string(::getpid()));
   fs::remove_all(tmp);
   fs::create_directory(tmp);
   QuantizeSummary summary;

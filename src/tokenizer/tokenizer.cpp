@@ -10,6 +10,7 @@
 #include "tokenizer/unicode.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
+#include "util/replace_all.hpp"
 
 namespace crossmoe {
 
@@ -27,14 +28,6 @@ std::string type_of(const json& j, const char* what) {
 
 [[noreturn]] void unsupported(const char* what, const std::string& type) {
   throw Error(std::string("tokenizer.json: unsupported ") + what + " '" + type + "'");
-}
-
-std::string replace_all(std::string s, const std::string& from, const std::string& to) {
-  if (from.empty()) return s;
-  std::string out;
-  size_t at = 0;
-  for (size_t hit; (hit = s.find(from, at)) != std::string::npos; at = hit + from.size()) out.append(s, at, hit - at) += to;
-  return out.append(s, at);
 }
 
 // A pattern object {"String": "..."} or {"Regex": "..."}; strings become literal regexes.
@@ -262,7 +255,7 @@ struct ByteLevelPre : PreTokenizer {
   void apply(std::vector<Word>& words) const override {
     if (add_prefix_space)
       for (Word& w : words)
-        if (w.text.empty() || w.text[0] != ' ') w.text.insert(0, " ");
+        if (w.text.empty() || w.text[0] != ' ') w.text.insert(0, 1, ' ');
     if (regex) split_words(words, *regex, Behavior::Isolated, false);
     for (Word& w : words) {
       std::string mapped;

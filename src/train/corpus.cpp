@@ -22,7 +22,7 @@ std::string strip_brown_tags(const std::string& tagged) {
     for (std::string w; words >> w;) {
       const size_t slash = w.rfind('/');
       std::string word = slash == std::string::npos || slash == 0 ? w : w.substr(0, slash);
-      if (word == "``" || word == "''") word = "\"";
+      if (word == "``" || word == "''") word = '"';
       sentence += (sentence.empty() ? "" : " ") + word;
     }
     if (!sentence.empty()) out += sentence + "\n";
