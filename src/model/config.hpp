@@ -68,7 +68,9 @@ struct MoeConfig {
 // q_rope and k_rope are rotated (RoPE over qk_rope_head_dim dims, in interleaved pairs
 // (2i, 2i+1) when rope_interleave); scores are q . k over qk_nope + qk_rope dims; o takes
 // heads x v_head_dim. ModelConfig::head_dim is the key width qk_nope + qk_rope and there are as
-// many kv heads as heads (each head's key and value are stored expanded in the KV cache).
+// many kv heads as heads. The KV cache holds only [c | k_rope] per position (one head shared by
+// all): q_nope . k_nope = (Wk_up^T q_nope) . c, so each query head takes k's expansion into the
+// latent space, attends over [c | k_rope] with c as the value, and expands its output by v's.
 struct LatentAttention {
   int q_lora_rank = 0;        // 0: one q projection
   int kv_lora_rank = 0;
@@ -129,6 +131,13 @@ struct ModelConfig {
   int value_head_dim() const { return latent_attention ? latent_attention->v_head_dim : head_dim; }
   // Dimensions RoPE rotates: the last rope_dim() of each query and key head.
   int rope_dim() const { return latent_attention ? latent_attention->qk_rope_head_dim : head_dim; }
+  // What the KV cache holds per position and layer: heads, each with a key and a value of these
+  // widths (latent attention: one head, key [c | k_rope], value c).
+  int cache_heads() const { return latent_attention ? 1 : num_kv_heads; }
+  int cache_key_dim() const {
+    return latent_attention ? latent_attention->kv_lora_rank + latent_attention->qk_rope_head_dim : head_dim;
+  }
+  int cache_value_dim() const { return latent_attention ? latent_attention->kv_lora_rank : head_dim; }
   int num_candidates(int layer) const { return static_cast<int>(layers[layer].candidates.size()); }
   // Layers of the cross-layer group `group`, in order.
   std::vector<int> group_layers(int group) const;

@@ -14,8 +14,8 @@ namespace k = kernels;
 BatchSession::BatchSession(const Model& model, int block_size, int blocks, int chunk)
     : model_(model), c_(model.config()), chunk_(std::max(1, chunk)),
       rope_(c_.rope, c_.rope_dim(), c_.max_position_embeddings), pool_(c_, block_size, blocks) {
-  const size_t T = chunk_, d = c_.hidden_size, qw = size_t(c_.num_heads) * c_.head_dim;
-  const size_t kvw = size_t(c_.num_kv_heads) * c_.head_dim, vw = size_t(c_.num_kv_heads) * c_.value_head_dim();
+  const size_t T = chunk_, d = c_.hidden_size, H = c_.num_heads, qw = H * c_.cache_key_dim();
+  const size_t kvw = size_t(c_.cache_heads()) * c_.cache_key_dim(), vw = size_t(c_.cache_heads()) * c_.cache_value_dim();
   // FFN scratch: a dense FFN, or K routed experts per token plus the shared experts.
   const size_t ffn_width = std::max<size_t>(
       c_.intermediate_size, size_t(c_.moe.top_k) * c_.moe.expert_intermediate_size + c_.moe.shared_intermediate_size);
@@ -25,14 +25,16 @@ BatchSession::BatchSession(const Model& model, int block_size, int blocks, int c
   rows_in_.resize(T * std::max(1, c_.moe.top_k) * d);
   rows_out_.resize(rows_in_.size());
   q_.resize(T * qw);
-  att_.resize(T * size_t(c_.num_heads) * c_.value_head_dim());
+  att_.resize(T * H * c_.cache_value_dim());
   k_.resize(T * kvw);
   v_.resize(T * vw);
   if (const auto& a = c_.latent_attention) {
     q_latent_.resize(T * a->q_lora_rank);
+    q_heads_.resize(T * H * c_.head_dim);
     kv_latent_.resize(T * (a->kv_lora_rank + a->qk_rope_head_dim));
-    kv_normed_.resize(T * a->kv_lora_rank);
-    kv_expanded_.resize(T * c_.num_heads * (a->qk_nope_head_dim + a->v_head_dim));
+    per_head_in_.resize(T * H * std::max(a->qk_nope_head_dim, a->kv_lora_rank));
+    per_head_out_.resize(T * H * std::max(a->kv_lora_rank, a->v_head_dim));
+    latent_out_.resize(T * H * a->v_head_dim);
   }
   h1_.resize(T * ffn_width);
   h2_.resize(T * ffn_width);
@@ -113,7 +115,7 @@ void BatchSession::rewind(int sequence, int length) {
     const int copy = pool_.allocate();
     require(copy >= 0, "the KV cache pool is full");
     for (int l = 0; l < c_.num_layers; ++l)
-      for (int g = 0; g < c_.num_kv_heads; ++g) {
+      for (int g = 0; g < c_.cache_heads(); ++g) {
         std::copy_n(pool_.keys(l, last, g), pool_.key_block_floats(), pool_.keys(l, copy, g));
         std::copy_n(pool_.values(l, last, g), pool_.value_block_floats(), pool_.values(l, copy, g));
       }
@@ -159,7 +161,7 @@ void BatchSession::step(const std::vector<StepPiece>& pieces) {
     const LayerWeights& L = w.layers[l];
     for (int t = 0; t < T; ++t) k::rmsnorm(&x_[size_t(t) * d], L.input_norm.data(), d, eps, &xn_[size_t(t) * d]);
     attention(l, pieces, starts);
-    k::matmul(L.o, att_.data(), T, tmp_.data());
+    k::matmul(L.o, c_.latent_attention ? latent_out_.data() : att_.data(), T, tmp_.data());
     for (size_t i = 0; i < size_t(T) * d; ++i) x_[i] += tmp_[i];
 
     for (int t = 0; t < T; ++t) k::rmsnorm(&x_[size_t(t) * d], L.post_attention_norm.data(), d, eps, &u_[size_t(t) * d]);
@@ -216,37 +218,59 @@ void BatchSession::step(const std::vector<StepPiece>& pieces) {
 void BatchSession::latent_qkv(int l, int T) {
   const LayerWeights& L = model_.weights().layers[l];
   const LatentAttention& a = *c_.latent_attention;
-  const int H = c_.num_heads, hd = c_.head_dim, nope = a.qk_nope_head_dim, rd = a.qk_rope_head_dim;
-  const int vd = a.v_head_dim, ql = a.q_lora_rank, kvl = a.kv_lora_rank, kv_a_width = kvl + rd;
-  const int expanded_width = nope + vd;
+  const int H = c_.num_heads, qk = c_.head_dim, nope = a.qk_nope_head_dim, rd = a.qk_rope_head_dim;
+  const int ql = a.q_lora_rank, kvl = a.kv_lora_rank, key = kvl + rd;
   const float eps = float(a.latent_norm_eps);
-  // q (or its latent) and the kv latent with k_rope, both from xn.
-  const k::MatmulJob first[] = {{ql > 0 ? L.q_a : L.q, xn_.data(), T, ql > 0 ? q_latent_.data() : q_.data()},
+  // q per head (from its latent under a q low-rank projection), and the kv latent with k_rope.
+  const k::MatmulJob first[] = {{ql > 0 ? L.q_a : L.q, xn_.data(), T, ql > 0 ? q_latent_.data() : q_heads_.data()},
                                 {L.kv_a, xn_.data(), T, kv_latent_.data()}};
   k::matmul_batch(first, 2);
   for (int t = 0; t < T; ++t) {
     if (ql > 0) k::rmsnorm(&q_latent_[size_t(t) * ql], L.q_a_norm.data(), ql, eps, &q_latent_[size_t(t) * ql]);
-    k::rmsnorm(&kv_latent_[size_t(t) * kv_a_width], L.kv_a_norm.data(), kvl, eps, &kv_normed_[size_t(t) * kvl]);
+    // The cache's key [c | k_rope] and value c.
+    const float* latent = &kv_latent_[size_t(t) * key];
+    k::rmsnorm(latent, L.kv_a_norm.data(), kvl, eps, &k_[size_t(t) * key]);
+    std::copy_n(latent + kvl, rd, &k_[size_t(t) * key + kvl]);
+    std::copy_n(&k_[size_t(t) * key], kvl, &v_[size_t(t) * kvl]);
   }
-  // The latents expanded: q per head (under a q latent), and [k_nope | v] per head.
-  std::vector<k::MatmulJob> second{{L.kv_b, kv_normed_.data(), T, kv_expanded_.data()}};
-  if (ql > 0) second.push_back({L.q_b, q_latent_.data(), T, q_.data()});
-  k::matmul_batch(second.data(), int(second.size()));
-  for (int t = 0; t < T; ++t) {
-    const float* k_rope = &kv_latent_[size_t(t) * kv_a_width + kvl];
+  if (ql > 0) k::matmul(L.q_b, q_latent_.data(), T, q_heads_.data());
+  // Each head's q_nope into the latent space (k_up), head by head on all T tokens:
+  // q = [k_up[h] q_nope | q_rope] per head.
+  std::vector<k::MatmulJob> jobs;
+  for (int h = 0; h < H; ++h) {
+    float* in = &per_head_in_[size_t(h) * T * nope];
+    for (int t = 0; t < T; ++t) std::copy_n(&q_heads_[(size_t(t) * H + h) * qk], nope, in + size_t(t) * nope);
+    jobs.push_back({L.k_up[h], in, T, &per_head_out_[size_t(h) * T * kvl]});
+  }
+  k::matmul_batch(jobs.data(), int(jobs.size()));
+  for (int t = 0; t < T; ++t)
     for (int h = 0; h < H; ++h) {
-      const float* kv = &kv_expanded_[(size_t(t) * H + h) * expanded_width];
-      float* key = &k_[(size_t(t) * H + h) * hd];
-      std::copy_n(kv, nope, key);
-      std::copy_n(k_rope, rd, key + nope);
-      std::copy_n(kv + nope, vd, &v_[(size_t(t) * H + h) * vd]);
+      float* q = &q_[(size_t(t) * H + h) * key];
+      std::copy_n(&per_head_out_[(size_t(h) * T + t) * kvl], kvl, q);
+      std::copy_n(&q_heads_[(size_t(t) * H + h) * qk + nope], rd, q + kvl);
     }
+}
+
+void BatchSession::latent_output(int l, int T) {
+  const LayerWeights& L = model_.weights().layers[l];
+  const LatentAttention& a = *c_.latent_attention;
+  const int H = c_.num_heads, kvl = a.kv_lora_rank, vd = a.v_head_dim;
+  std::vector<k::MatmulJob> jobs;
+  for (int h = 0; h < H; ++h) {
+    float* in = &per_head_in_[size_t(h) * T * kvl];
+    for (int t = 0; t < T; ++t) std::copy_n(&att_[(size_t(t) * H + h) * kvl], kvl, in + size_t(t) * kvl);
+    jobs.push_back({L.v_up[h], in, T, &per_head_out_[size_t(h) * T * vd]});
   }
+  k::matmul_batch(jobs.data(), int(jobs.size()));
+  for (int t = 0; t < T; ++t)
+    for (int h = 0; h < H; ++h)
+      std::copy_n(&per_head_out_[(size_t(h) * T + t) * vd], vd, &latent_out_[(size_t(t) * H + h) * vd]);
 }
 
 void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const std::vector<int>& starts) {
   const LayerWeights& L = model_.weights().layers[l];
-  const int hd = c_.head_dim, vd = c_.value_head_dim(), Hq = c_.num_heads, Hkv = c_.num_kv_heads;
+  // Keys and values as the cache holds them (latent attention: one head of [c | k_rope] and c).
+  const int hd = c_.cache_key_dim(), vd = c_.cache_value_dim(), Hq = c_.num_heads, Hkv = c_.cache_heads();
   const int qw = Hq * hd, kvw = Hkv * hd, vw = Hkv * vd, ow = Hq * vd;
   const int T = starts.back() + pieces.back().count;
   const int bs = pool_.block_size();
@@ -321,7 +345,7 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
   constexpr int kQueryRows = 32;
   constexpr int kPositionTile = 128;  // 32 KiB of keys at a head size of 64
   static_assert(kPositionTile % k::kKeyTile == 0, "position tiles hold whole key tiles");
-  const float scale = float(c_.attention_scale_factor) / std::sqrt(float(hd));
+  const float scale = float(c_.attention_scale_factor) / std::sqrt(float(c_.head_dim));
   const int group = Hq / Hkv;
   const int block_tokens = std::max(1, kQueryRows / group);
   const int block_rows = block_tokens * group;
@@ -427,6 +451,7 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
   } else {
     for (int64_t item = 0; item < first_item.back(); ++item) attend(item);
   }
+  if (c_.latent_attention) latent_output(l, T);
 }
 
 void BatchSession::swiglu(const std::vector<SwiGluRun>& runs) {

@@ -83,10 +83,11 @@ class BatchSession {
   const Sequence& seq(int id) const;
   Sequence& seq(int id) { return const_cast<Sequence&>(std::as_const(*this).seq(id)); }
   void attention(int layer, const std::vector<StepPiece>& pieces, const std::vector<int>& starts);
-  // Latent attention's projections (LatentAttention) into q_, k_ and v_, in the layout of the
-  // others' (per head: q and k [nope | rope] before RoPE, every head's k_rope the token's one;
-  // v of value_head_dim).
+  // Latent attention (LatentAttention) over its latent cache: q_ per head [k_up q_nope | q_rope],
+  // k_ [c | k_rope] and v_ c per token (RoPE comes after); then each head's output (c's
+  // weighted sum) expanded by v_up into latent_out_, o's input.
   void latent_qkv(int layer, int T);
+  void latent_output(int layer, int T);
   // One SwiGLU FFN applied to `tokens` rows of `in`, written to `out`.
   struct SwiGluRun {
     const SwiGluWeights* weights;
@@ -112,7 +113,7 @@ class BatchSession {
   // Scratch for one step.
   std::vector<float> x_, xn_, q_, k_, v_, att_, u_, u_prev_, ffn_, tmp_, h1_, h2_, rows_in_, rows_out_, router_,
       predicted_router_, logits_;
-  std::vector<float> q_latent_, kv_latent_, kv_normed_, kv_expanded_;  // latent attention only
+  std::vector<float> q_latent_, q_heads_, kv_latent_, per_head_in_, per_head_out_, latent_out_;  // latent attention
   std::vector<RoutingRecord>* trace_ = nullptr;
 };
 

@@ -15,7 +15,7 @@ int64_t whole_tiles(int block_size) {
 }  // namespace
 
 int64_t KvPool::bytes_per_position(const ModelConfig& c) {
-  return int64_t(c.num_layers) * c.num_kv_heads * (c.head_dim + c.value_head_dim()) * int64_t(sizeof(float));
+  return int64_t(c.num_layers) * c.cache_heads() * (c.cache_key_dim() + c.cache_value_dim()) * int64_t(sizeof(float));
 }
 
 int64_t KvPool::bytes_per_block(const ModelConfig& c, int block_size) {
@@ -27,9 +27,9 @@ int64_t KvPool::blocks_for_bytes(const ModelConfig& c, int block_size, int64_t b
 }
 
 KvPool::KvPool(const ModelConfig& c, int block_size, int blocks)
-    : block_size_(block_size), blocks_(blocks), heads_(c.num_kv_heads),
-      key_floats_(size_t(whole_tiles(block_size)) * size_t(c.head_dim)),
-      value_floats_(size_t(whole_tiles(block_size)) * size_t(c.value_head_dim())) {
+    : block_size_(block_size), blocks_(blocks), heads_(c.cache_heads()),
+      key_floats_(size_t(whole_tiles(block_size)) * size_t(c.cache_key_dim())),
+      value_floats_(size_t(whole_tiles(block_size)) * size_t(c.cache_value_dim())) {
   require(block_size > 0 && blocks > 0, "the KV cache needs at least one block of at least one token (got " +
                                             std::to_string(blocks) + " blocks of " + std::to_string(block_size) + ")");
   const size_t slots = size_t(c.num_layers) * blocks * heads_;

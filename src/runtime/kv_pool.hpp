@@ -34,10 +34,10 @@ class KvPool {
   int available() const { return int(free_.size() + evictable_.size()); }
   int in_use() const { return blocks_ - available(); }
 
-  // Keys and values of block b, layer l, kv head g: keys in tiles of kernels::kKeyTile positions,
-  // [head_dim][kKeyTile] each (kernels.hpp), the last one whole even where block_size ends inside
-  // it; values [block_size][value_head_dim] (ModelConfig::value_head_dim; rows up to the last
-  // key tile's end).
+  // Keys and values of block b, layer l, cache head g (ModelConfig::cache_heads, cache_key_dim,
+  // cache_value_dim): keys in tiles of kernels::kKeyTile positions, [key dim][kKeyTile] each
+  // (kernels.hpp), the last one whole even where block_size ends inside it; values
+  // [block_size][value dim] (rows up to the last key tile's end).
   float* keys(int l, int b, int g) { return k_.as<float>() + offset(l, b, g) * key_floats_; }
   float* values(int l, int b, int g) { return v_.as<float>() + offset(l, b, g) * value_floats_; }
   // Floats of keys, and of values, per block, layer and kv head, padding included.

@@ -48,6 +48,33 @@ class Binder {
   const Checkpoint& ck_;
 };
 
+// kv_b's rows (as stored, before any interleaving) widened to f32 and split per head: k's
+// transposed, v's as they are (LayerWeights::k_up, v_up).
+void split_latent_up(const LatentAttention& a, int heads, LayerWeights& L) {
+  const int64_t nope = a.qk_nope_head_dim, vd = a.v_head_dim, kvl = a.kv_lora_rank;
+  auto storage = std::make_shared<std::vector<float>>(size_t(heads) * size_t(kvl) * size_t(nope + vd));
+  std::vector<float> row(static_cast<size_t>(kvl));
+  const size_t row_bytes = dtype_row_bytes(L.kv_b.dtype, kvl);
+  float* k_at = storage->data();
+  float* v_at = k_at + size_t(heads) * size_t(kvl * nope);
+  for (int h = 0; h < heads; ++h) {
+    float* k = k_at + size_t(h) * size_t(kvl * nope);
+    float* v = v_at + size_t(h) * size_t(vd * kvl);
+    for (int64_t i = 0; i < nope + vd; ++i) {
+      kernels::to_f32(static_cast<const std::byte*>(L.kv_b.data) + size_t(h * (nope + vd) + i) * row_bytes,
+                      L.kv_b.dtype, kvl, row.data());
+      if (i < nope) {
+        for (int64_t j = 0; j < kvl; ++j) k[j * nope + i] = row[size_t(j)];
+      } else {
+        std::copy(row.begin(), row.end(), v + (i - nope) * kvl);
+      }
+    }
+    L.k_up.push_back(kernels::Matrix{k, DType::F32, kvl, nope});
+    L.v_up.push_back(kernels::Matrix{v, DType::F32, vd, kvl});
+  }
+  L.latent_up = std::move(storage);
+}
+
 // The matrices in memory of the model's own (Checkpoint::load_into_memory's writable copies),
 // rewritten into the layout the kernels read fastest (kernels::interleave_rows8). The embedding
 // table is read by rows (one per token), so it and an LM head tied to it keep theirs; matrices
@@ -119,6 +146,7 @@ ModelWeights bind_weights(const ModelConfig& c, const Checkpoint& ck) {
       L.kv_a_norm = b.vector(n::latent_attn(l, LatentPart::KvANorm), a.kv_lora_rank);
       L.kv_b = b.matrix(n::latent_attn(l, LatentPart::KvB), H * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank);
       L.o = b.matrix(n::attn(l, 'o'), d, H * a.v_head_dim);
+      split_latent_up(a, int(H), L);
     } else {
       L.q = b.matrix(n::attn(l, 'q'), qw, d);
       L.k = b.matrix(n::attn(l, 'k'), kvw, d);
@@ -195,6 +223,7 @@ double Model::weight_bytes_per_token() const {
   for (int l = 0; l < config_.num_layers; ++l) {
     const LayerWeights& L = w.layers[l];
     for (const kernels::Matrix* m : L.attention_matrices()) total += bytes(*m);
+    if (L.latent_up) total += double(L.latent_up->size() * sizeof(float)) - bytes(L.kv_b);  // read in its place
     if (!config_.layers[l].is_moe) {
       total += L.dense.bytes();
       continue;
