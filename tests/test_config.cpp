@@ -33,7 +33,7 @@ json megrez2_preview() {
 }
 
 TEST(Config, ReadsEveryFixtureAndCountsItsTensors) {
-  for (const char* name : {"llama", "qwen3", "qwen3_moe", "olmoe", "mixtral"}) {
+  for (const char* name : {"llama", "qwen3", "qwen3_moe", "olmoe", "mixtral", "deepseek_v3", "deepseek_v3_q_proj"}) {
     const ModelConfig c = read_model_config(kHf + name);
     const Checkpoint ck(kHf + name);
     // Each fixture stores all its tensors in one dtype.
@@ -82,6 +82,80 @@ TEST(Config, RopeSettingsAtTopLevelOrInRopeParameters) {
                   {"num_attention_heads", 2}, {"intermediate_size", 16}, {"num_local_experts", 2},
                   {"num_experts_per_tok", 1}};
   EXPECT_DOUBLE_EQ(parse_model_config(mixtral).rope.theta, 1e6);  // Mixtral's own default
+}
+
+// DeepSeek-V3's config.json as published (deepseek-ai/DeepSeek-V3), the way the Hub writes it:
+// top-level rope_theta and rope_scaling with "type".
+json deepseek_v3_published() {
+  return {{"model_type", "deepseek_v3"}, {"vocab_size", 129280}, {"hidden_size", 7168},
+          {"intermediate_size", 18432}, {"moe_intermediate_size", 2048}, {"num_hidden_layers", 61},
+          {"num_nextn_predict_layers", 1}, {"num_attention_heads", 128}, {"num_key_value_heads", 128},
+          {"n_shared_experts", 1}, {"n_routed_experts", 256}, {"ep_size", 1}, {"routed_scaling_factor", 2.5},
+          {"kv_lora_rank", 512}, {"q_lora_rank", 1536}, {"qk_rope_head_dim", 64}, {"v_head_dim", 128},
+          {"qk_nope_head_dim", 128}, {"topk_method", "noaux_tc"}, {"n_group", 8}, {"topk_group", 4},
+          {"num_experts_per_tok", 8}, {"moe_layer_freq", 1}, {"first_k_dense_replace", 3},
+          {"norm_topk_prob", true}, {"scoring_func", "sigmoid"}, {"max_position_embeddings", 163840},
+          {"rms_norm_eps", 1e-6}, {"rope_theta", 10000}, {"attention_bias", false},
+          {"tie_word_embeddings", false},
+          {"rope_scaling",
+           {{"beta_fast", 32}, {"beta_slow", 1}, {"factor", 40}, {"mscale", 1.0}, {"mscale_all_dim", 1.0},
+            {"original_max_position_embeddings", 4096}, {"type", "yarn"}}}};
+}
+
+TEST(Config, DeepSeekV3MapsLatentAttentionAndItsRouter) {
+  const ModelConfig c = parse_model_config(deepseek_v3_published());
+  ASSERT_TRUE(c.latent_attention);
+  EXPECT_EQ(c.latent_attention->q_lora_rank, 1536);
+  EXPECT_EQ(c.head_dim, 192);  // qk_nope + qk_rope
+  EXPECT_EQ(c.value_head_dim(), 128);
+  EXPECT_EQ(c.rope_dim(), 64);
+  EXPECT_TRUE(c.latent_attention->rope_interleave);
+  EXPECT_EQ(c.rope.type, RopeType::Yarn);
+  EXPECT_DOUBLE_EQ(c.rope.factor, 40.0);
+  EXPECT_DOUBLE_EQ(c.rope.attention_factor, 1.0);  // mscale / mscale_all_dim, both 1
+  const double mscale = 0.1 * std::log(40.0) + 1.0;
+  EXPECT_DOUBLE_EQ(c.attention_scale_factor, mscale * mscale);
+  EXPECT_EQ(c.moe.scoring, Scoring::Sigmoid);
+  EXPECT_TRUE(c.moe.score_correction_bias);
+  EXPECT_EQ(c.moe.n_group, 8);
+  EXPECT_EQ(c.moe.topk_group, 4);
+  EXPECT_EQ(c.moe.shared_intermediate_size, 2048);
+  EXPECT_FALSE(c.layers[2].is_moe);
+  EXPECT_TRUE(c.layers[3].is_moe && c.layers[60].is_moe);
+  // The published totals: 671B parameters (the MTP module's aside), 37B active per token.
+  const ParamCounts p = count_parameters(c);
+  EXPECT_NEAR(double(p.stored) / 1e9, 671.0, 0.1);
+  EXPECT_NEAR(double(p.active) / 1e9, 37.5, 0.1);
+
+  json no_q_latent = deepseek_v3_published();
+  no_q_latent["q_lora_rank"] = nullptr;
+  EXPECT_EQ(parse_model_config(no_q_latent).latent_attention->q_lora_rank, 0);
+  // What transformers would read differently from the checkpoint's own code, or from its
+  // DeepSeek-V3-sized defaults, is an error naming the key.
+  for (const auto& [key, value] : std::vector<std::pair<std::string, json>>{
+           {"scoring_func", "softmax"}, {"topk_method", "greedy"}, {"moe_layer_freq", 2}, {"num_key_value_heads", 64}}) {
+    json bad = deepseek_v3_published();
+    bad[key] = value;
+    try {
+      parse_model_config(bad);
+      ADD_FAILURE() << key << " accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(key == "num_key_value_heads" ? "num_key_value_heads" : key), std::string::npos)
+          << e.what();
+    }
+  }
+  for (const char* key : {"q_lora_rank", "kv_lora_rank", "n_group", "first_k_dense_replace"}) {
+    json bad = deepseek_v3_published();
+    bad.erase(key);
+    try {
+      parse_model_config(bad);
+      ADD_FAILURE() << key << " not required";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
+    }
+  }
+  // The crossmoe type cannot describe latent attention: an error, not a config that loses it.
+  EXPECT_THROW(to_crossmoe_json(c), Error);
 }
 
 TEST(Config, Megrez2PreviewSharesOnePoolPerGroupOfThree) {

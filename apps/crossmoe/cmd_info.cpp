@@ -11,6 +11,7 @@
 #include "model/config.hpp"
 #include "model/hf_config.hpp"
 #include "runtime/expert_cache.hpp"
+#include "runtime/kv_pool.hpp"
 #include "util/error.hpp"
 
 namespace crossmoe::cli {
@@ -52,6 +53,12 @@ void run_info(const std::string& dir, int context, const std::string& budget) {
   std::printf("model        %s (%s)\n", dir.c_str(), c.model_type.c_str());
   std::printf("shape        %d layers, hidden %d, %d heads / %d kv heads of %d, vocab %d\n", c.num_layers,
               c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size);
+  if (const auto& a = c.latent_attention)
+    std::printf("latent       q %s, kv latent %d + shared rope key %d; per head k %d + %d (rope%s), v %d; "
+                "softmax scale x%g\n",
+                a->q_lora_rank > 0 ? ("latent " + std::to_string(a->q_lora_rank)).c_str() : "projected directly",
+                a->kv_lora_rank, a->qk_rope_head_dim, a->qk_nope_head_dim, a->qk_rope_head_dim,
+                a->rope_interleave ? ", interleaved pairs" : "", a->v_head_dim, c.attention_scale_factor);
   std::printf("attention    q/k norm %s, rope %s theta %g%s%s\n", to_string(c.qk_norm).c_str(),
               to_string(c.rope.type).c_str(), c.rope.theta, c.tie_word_embeddings ? ", tied embeddings" : "",
               c.sliding_window ? (", sliding window " + std::to_string(c.sliding_window)).c_str() : "");
@@ -79,7 +86,7 @@ void run_info(const std::string& dir, int context, const std::string& budget) {
   std::printf("parameters   %s stored, %s active per token (%s / %s without embeddings)\n",
               human(double(p.stored), "").c_str(), human(double(p.active), "").c_str(),
               human(double(p.stored_non_embedding()), "").c_str(), human(double(p.active_non_embedding()), "").c_str());
-  const double kv_bytes = 2.0 * c.num_layers * c.num_kv_heads * c.head_dim * 4.0 * context;
+  const double kv_bytes = double(KvPool::bytes_per_position(c)) * context;
   if (ck) {
     std::printf("memory       %s of weights in %zu tensors, + %s KV cache for %d tokens\n",
                 human(double(ck->total_bytes()), "B").c_str(), ck->num_tensors(), human(kv_bytes, "B").c_str(), context);

@@ -20,6 +20,22 @@ void require_positive(int value, const char* key) {
                          std::to_string(value));
 }
 
+// The attention's matrices and latent norms of one layer (biases and q/k norms aside).
+int64_t attention_parameters(const ModelConfig& c) {
+  const int64_t d = c.hidden_size, H = c.num_heads;
+  if (!c.latent_attention) {
+    const int64_t q_width = H * c.head_dim, kv_width = int64_t(c.num_kv_heads) * c.head_dim;
+    return d * q_width + 2 * d * kv_width + q_width * d;
+  }
+  const LatentAttention& a = *c.latent_attention;
+  const int64_t q_width = H * c.head_dim;
+  const int64_t q = a.q_lora_rank > 0 ? d * a.q_lora_rank + a.q_lora_rank + int64_t(a.q_lora_rank) * q_width
+                                      : d * q_width;
+  const int64_t kv = d * (a.kv_lora_rank + a.qk_rope_head_dim) + a.kv_lora_rank +
+                     int64_t(a.kv_lora_rank) * H * (a.qk_nope_head_dim + a.v_head_dim);
+  return q + kv + H * a.v_head_dim * d;
+}
+
 }  // namespace
 
 std::string to_string(CrossLayer mode) {
@@ -67,7 +83,28 @@ void ModelConfig::finalize() {
   require_positive(num_heads, "num_attention_heads");
   require_positive(num_kv_heads, "num_key_value_heads");
   require_positive(head_dim, "head_dim");
-  require(head_dim % 2 == 0, "config: 'head_dim' must be even for RoPE, got " + std::to_string(head_dim));
+  if (latent_attention) {
+    const LatentAttention& a = *latent_attention;
+    require(a.q_lora_rank >= 0, "config: 'q_lora_rank' must not be negative");
+    require_positive(a.kv_lora_rank, "kv_lora_rank");
+    require(a.qk_nope_head_dim >= 0, "config: 'qk_nope_head_dim' must not be negative");
+    require_positive(a.qk_rope_head_dim, "qk_rope_head_dim");
+    require_positive(a.v_head_dim, "v_head_dim");
+    require(a.latent_norm_eps > 0, "config: the latent norms' eps must be positive");
+    require_at_most(std::max({a.q_lora_rank, a.kv_lora_rank, a.qk_nope_head_dim, a.v_head_dim}), 1 << 16,
+                    "q_lora_rank, kv_lora_rank, qk_nope_head_dim or v_head_dim");
+    require_at_most(a.qk_rope_head_dim, 1 << 16, "qk_rope_head_dim");
+    require(head_dim == a.qk_nope_head_dim + a.qk_rope_head_dim,
+            "config: latent attention's key width must be 'qk_nope_head_dim' + 'qk_rope_head_dim'");
+    require(num_kv_heads == num_heads, "config: latent attention needs 'num_key_value_heads' equal to "
+                                       "'num_attention_heads' (each head expands its own key and value)");
+    require(!attention_bias && qk_norm == QkNorm::None && !clip_qkv,
+            "config: latent attention takes no attention bias, q/k norm or clip_qkv");
+  }
+  require(attention_scale_factor > 0 && std::isfinite(attention_scale_factor),
+          "config: the attention scale factor must be positive");
+  require(rope_dim() % 2 == 0, "config: the RoPE dimensions ('head_dim' or 'qk_rope_head_dim') must be even, got " +
+                                   std::to_string(rope_dim()));
   require(num_heads % num_kv_heads == 0,
           "config: 'num_attention_heads' (" + std::to_string(num_heads) +
               ") must be a multiple of 'num_key_value_heads' (" + std::to_string(num_kv_heads) + ")");
@@ -79,8 +116,8 @@ void ModelConfig::finalize() {
   if (rope.type == RopeType::Yarn || rope.type == RopeType::Llama3)
     require(rope.original_max_position_embeddings > 0,
             "config: rope scaling needs 'original_max_position_embeddings'");
-  require(rope.freq_factors.empty() || int(rope.freq_factors.size()) == head_dim / 2,
-          "config: RoPE frequency factors must number head_dim / 2");
+  require(rope.freq_factors.empty() || int(rope.freq_factors.size()) == rope_dim() / 2,
+          "config: RoPE frequency factors must number half the RoPE dimensions");
   for (float f : rope.freq_factors)
     require(std::isfinite(f) && f > 0, "config: RoPE frequency factors must be positive");
   // config.json is untrusted: limits far past any published model keep the layer plans below
@@ -89,6 +126,7 @@ void ModelConfig::finalize() {
   require_at_most(hidden_size, 1 << 18, "hidden_size");
   require_at_most(vocab_size, 1 << 24, "vocab_size");
   require_at_most(int64_t(num_heads) * head_dim, 1 << 20, "num_attention_heads x head_dim");
+  require_at_most(int64_t(num_heads) * value_head_dim(), 1 << 20, "num_attention_heads x v_head_dim");
   require_at_most(intermediate_size, 1 << 24, "intermediate_size");
   if (layer_is_moe.empty()) layer_is_moe.assign(num_layers, false);
   require(static_cast<int>(layer_is_moe.size()) == num_layers,
@@ -171,6 +209,7 @@ ParamCounts count_parameters(const ModelConfig& c) {
   const int64_t d = c.hidden_size;
   const int64_t q_width = int64_t(c.num_heads) * c.head_dim;
   const int64_t kv_width = int64_t(c.num_kv_heads) * c.head_dim;
+  const int64_t attention = attention_parameters(c);
   p.embedding = int64_t(c.vocab_size) * d;
   p.lm_head = c.tie_word_embeddings ? 0 : int64_t(c.vocab_size) * d;
   p.stored = p.active = p.embedding + p.lm_head + d;  // + final norm
@@ -178,7 +217,7 @@ ParamCounts count_parameters(const ModelConfig& c) {
   const int64_t expert = swiglu_per_width * c.moe.expert_intermediate_size;
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerPlan& plan = c.layers[l];
-    int64_t common = 2 * d + d * q_width + 2 * d * kv_width + q_width * d;
+    int64_t common = 2 * d + attention;
     if (c.attention_bias) common += q_width + 2 * kv_width;
     if (c.qk_norm == QkNorm::PerHead) common += 2 * c.head_dim;
     if (c.qk_norm == QkNorm::Full) common += q_width + kv_width;

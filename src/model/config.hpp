@@ -8,6 +8,8 @@
 //   layer-local  r = 1                        candidates = own E experts
 //   shared pool  (Megrez2) leader owns E      candidates = the leader's E experts
 //   reuse        (ReXMoE) every layer owns E  candidates = r*E experts of the group
+// Attention is multi-head (grouped-query) attention over per-head q, k, v projections, or
+// multi-head latent attention (LatentAttention below).
 // Readers of real config.json files (hf_config.hpp) fill this struct and call finalize().
 #include <cstdint>
 #include <optional>
@@ -59,6 +61,26 @@ struct MoeConfig {
   bool pre_gated = false;              // router of layer l reads the FFN input of layer l-1
 };
 
+// Multi-head latent attention (DeepSeek-V2/V3, transformers' DeepseekV3Attention). Per token:
+//   q = x Wq, or RMSNorm(x Wq_a) Wq_b when q_lora_rank > 0     -> per head [q_nope | q_rope]
+//   [c | k_rope] = x Wkv_a; c = RMSNorm(c)                     (c: kv_lora_rank floats)
+//   c Wkv_b -> per head [k_nope | v]; each head's key is [k_nope | k_rope], one k_rope for all heads
+// q_rope and k_rope are rotated (RoPE over qk_rope_head_dim dims, in interleaved pairs
+// (2i, 2i+1) when rope_interleave); scores are q . k over qk_nope + qk_rope dims; o takes
+// heads x v_head_dim. ModelConfig::head_dim is the key width qk_nope + qk_rope and there are as
+// many kv heads as heads (each head's key and value are stored expanded in the KV cache).
+struct LatentAttention {
+  int q_lora_rank = 0;        // 0: one q projection
+  int kv_lora_rank = 0;
+  int qk_nope_head_dim = 0;
+  int qk_rope_head_dim = 0;
+  int v_head_dim = 0;
+  bool rope_interleave = true;
+  // The two latent norms are built with RMSNorm's default eps, not rms_norm_eps (as transformers
+  // and DeepSeek's code build them).
+  double latent_norm_eps = 1e-6;
+};
+
 struct ExpertRef {
   int owner_layer = 0;  // layer whose tensors hold the expert
   int index = 0;        // expert number inside that layer's pool
@@ -89,7 +111,10 @@ struct ModelConfig {
   std::optional<double> clip_qkv;    // OLMoE: clamp q, k, v after projection
   int sliding_window = 0;            // 0 = full attention
   QkNorm qk_norm = QkNorm::None;
-  RopeConfig rope;
+  std::optional<LatentAttention> latent_attention;
+  // The softmax scale is attention_scale_factor / sqrt(head_dim) (DeepSeek's YaRN: mscale^2).
+  double attention_scale_factor = 1.0;
+  RopeConfig rope;                   // over rope_dim() dims of each head: its last ones
   std::vector<bool> layer_is_moe;    // one per layer
   MoeConfig moe;
   int bos_token_id = -1;
@@ -100,6 +125,10 @@ struct ModelConfig {
 
   // Checks consistency (naming the offending key) and computes `layers`.
   void finalize();
+  // Width of one head's value (and of its share of the attention output).
+  int value_head_dim() const { return latent_attention ? latent_attention->v_head_dim : head_dim; }
+  // Dimensions RoPE rotates: the last rope_dim() of each query and key head.
+  int rope_dim() const { return latent_attention ? latent_attention->qk_rope_head_dim : head_dim; }
   int num_candidates(int layer) const { return static_cast<int>(layers[layer].candidates.size()); }
   // Layers of the cross-layer group `group`, in order.
   std::vector<int> group_layers(int group) const;

@@ -286,6 +286,7 @@ std::string gguf_architecture(const ModelConfig& c) {
   const auto refuse = [&](const std::string& why) {
     throw Error("no llama.cpp architecture crossmoe writes (" + architecture_list() + ") expresses this model: " + why);
   };
+  if (c.latent_attention) refuse("multi-head latent attention (llama.cpp's deepseek2 is not written)");
   if (c.sliding_window > 0) refuse("sliding-window attention");
   if (c.clip_qkv && c.qk_norm != QkNorm::Full) refuse("clip_qkv without OLMoE's q/k norm");
   if (c.rope.type == RopeType::Dynamic) refuse("dynamic RoPE scaling");

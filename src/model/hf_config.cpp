@@ -77,14 +77,22 @@ RopeType rope_type_from(const std::string& name) {
 
 // RoPE settings live either at the top level (rope_theta + rope_scaling) or, as recent
 // transformers versions write them, in one rope_parameters object.
-RopeConfig read_rope(const Keys& k, double default_theta) {
-  RopeConfig r;
-  r.theta = k.number("rope_theta", default_theta);
+const json* rope_scaling(const Keys& k) {
   const json* scaling = nullptr;
   if (k.has("rope_parameters")) scaling = &k.raw().at("rope_parameters");
   else if (k.has("rope_scaling")) scaling = &k.raw().at("rope_scaling");
+  require(!scaling || scaling->is_object(), "config.json: 'rope_scaling' must be an object");
+  return scaling;
+}
+
+// YaRN's default attention factor 0.1 * mscale * ln(factor) + 1 (1 for factors up to 1).
+double yarn_mscale(double factor, double mscale) { return factor <= 1 ? 1.0 : 0.1 * mscale * std::log(factor) + 1.0; }
+
+RopeConfig read_rope(const Keys& k, double default_theta) {
+  RopeConfig r;
+  r.theta = k.number("rope_theta", default_theta);
+  const json* scaling = rope_scaling(k);
   if (!scaling) return r;
-  require(scaling->is_object(), "config.json: 'rope_scaling' must be an object");
   const Keys s(*scaling);
   r.theta = s.number("rope_theta", r.theta);
   r.type = rope_type_from(s.string("rope_type", s.string("type", "default")));
@@ -104,6 +112,10 @@ RopeConfig read_rope(const Keys& k, double default_theta) {
       r.factor = double(k.integer("max_position_embeddings")) / r.original_max_position_embeddings;
     else
       r.original_max_position_embeddings = k.integer("max_position_embeddings");
+    // DeepSeek's form of the attention factor, as transformers reads it when both are given.
+    const double mscale = s.number("mscale", 0.0), mscale_all_dim = s.number("mscale_all_dim", 0.0);
+    if (!s.has("attention_factor") && mscale != 0 && mscale_all_dim != 0)
+      r.attention_factor = yarn_mscale(r.factor, mscale) / yarn_mscale(r.factor, mscale_all_dim);
   }
   return r;
 }
@@ -292,6 +304,55 @@ ModelConfig read_megrez_moe(const Keys& k) {
   return c;
 }
 
+// DeepSeek-V3 (and the models that share its layout: Moonlight, Kimi) as transformers'
+// DeepseekV3 code computes it: multi-head latent attention, and from first_k_dense_replace on an
+// MoE layer per layer whose router is sigmoid with correction bias and grouped top-k (transformers
+// reads no scoring_func, topk_method or moe_layer_freq: other values of those are refused). Keys
+// whose transformers defaults are DeepSeek-V3's full size are required rather than defaulted.
+// Layers past num_hidden_layers (the multi-token-prediction layers, num_nextn_predict_layers)
+// are not part of the model and their tensors are not read.
+ModelConfig read_deepseek_v3(const Keys& k) {
+  for (const char* key : {"kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "n_routed_experts",
+                          "n_shared_experts", "n_group", "topk_group", "norm_topk_prob", "routed_scaling_factor",
+                          "first_k_dense_replace"})
+    require(k.has(key), std::string("config.json: deepseek_v3: missing key '") + key + "'");
+  require(k.raw().contains("q_lora_rank"),
+          "config.json: deepseek_v3: missing key 'q_lora_rank' (null for a model with one q projection)");
+  require(k.string("scoring_func", "sigmoid") == "sigmoid",
+          "config.json: deepseek_v3: 'scoring_func' other than sigmoid is not supported (transformers routes by sigmoid)");
+  require(k.string("topk_method", "noaux_tc") == "noaux_tc",
+          "config.json: deepseek_v3: 'topk_method' other than noaux_tc is not supported (transformers routes with the "
+          "correction bias)");
+  require(k.integer("moe_layer_freq", 1) == 1,
+          "config.json: deepseek_v3: 'moe_layer_freq' other than 1 is not supported (transformers makes every layer "
+          "from first_k_dense_replace on an MoE layer)");
+  ModelConfig c = read_decoder(k, 10000.0);
+  LatentAttention a;
+  a.q_lora_rank = k.integer("q_lora_rank", 0);
+  require(!k.has("q_lora_rank") || a.q_lora_rank > 0, "config.json: 'q_lora_rank' must be positive or null");
+  a.kv_lora_rank = k.integer("kv_lora_rank");
+  a.qk_nope_head_dim = k.integer("qk_nope_head_dim");
+  a.qk_rope_head_dim = k.integer("qk_rope_head_dim");
+  a.v_head_dim = k.integer("v_head_dim");
+  a.rope_interleave = k.boolean("rope_interleave", true);
+  c.head_dim = a.qk_nope_head_dim + a.qk_rope_head_dim;  // config.json's head_dim is the RoPE width
+  c.latent_attention = a;
+  // As transformers' DeepseekV3Attention: under any RoPE scaling with mscale_all_dim, the softmax
+  // scale is multiplied by the square of YaRN's mscale for mscale_all_dim.
+  if (const json* scaling = rope_scaling(k)) {
+    const Keys s(*scaling);
+    const double mscale_all_dim = s.number("mscale_all_dim", 0.0);
+    if (c.rope.type != RopeType::Default && mscale_all_dim != 0) {
+      const double m = yarn_mscale(s.number("factor", 1.0), mscale_all_dim);
+      c.attention_scale_factor = m * m;
+    }
+  }
+  read_deepseek_style_moe(k, c);
+  c.moe.scoring = Scoring::Sigmoid;
+  c.moe.score_correction_bias = true;
+  return c;
+}
+
 ModelConfig read_crossmoe(const Keys& k) {
   ModelConfig c = read_decoder(k, 10000.0);
   const std::string qk = k.string("qk_norm", "none");
@@ -316,7 +377,7 @@ const std::map<std::string, std::function<ModelConfig(const Keys&)>>& readers() 
   static const std::map<std::string, std::function<ModelConfig(const Keys&)>> r = {
       {"llama", read_llama},   {"qwen3", read_qwen3},         {"qwen3_moe", read_qwen3_moe},
       {"olmoe", read_olmoe},   {"mixtral", read_mixtral},     {"megrez_moe", read_megrez_moe},
-      {"crossmoe", read_crossmoe}};
+      {"deepseek_v3", read_deepseek_v3}, {"crossmoe", read_crossmoe}};
   return r;
 }
 
@@ -360,6 +421,8 @@ ModelConfig read_model_config(const std::filesystem::path& model_dir) {
 }
 
 json to_crossmoe_json(const ModelConfig& c) {
+  require(!c.latent_attention, "a crossmoe-type config.json cannot describe multi-head latent attention (" +
+                                   c.model_type + "): keep the model's own config.json");
   json j;
   j["architectures"] = {"CrossMoeForCausalLM"};
   j["model_type"] = "crossmoe";

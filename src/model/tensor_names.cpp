@@ -20,6 +20,18 @@ std::string final_norm() { return "model.norm.weight"; }
 std::string input_norm(int l) { return layer_prefix(l) + "input_layernorm.weight"; }
 std::string post_attention_norm(int l) { return layer_prefix(l) + "post_attention_layernorm.weight"; }
 std::string attn(int l, char which) { return layer_prefix(l) + "self_attn." + which + "_proj.weight"; }
+std::string latent_attn(int l, LatentPart part) {
+  const char* name = "";
+  switch (part) {
+    case LatentPart::QA: name = "q_a_proj.weight"; break;
+    case LatentPart::QANorm: name = "q_a_layernorm.weight"; break;
+    case LatentPart::QB: name = "q_b_proj.weight"; break;
+    case LatentPart::KvA: name = "kv_a_proj_with_mqa.weight"; break;
+    case LatentPart::KvANorm: name = "kv_a_layernorm.weight"; break;
+    case LatentPart::KvB: name = "kv_b_proj.weight"; break;
+  }
+  return layer_prefix(l) + "self_attn." + name;
+}
 std::string attn_bias(int l, char which) { return layer_prefix(l) + "self_attn." + which + "_proj.bias"; }
 std::string qk_norm(int l, char which) { return layer_prefix(l) + "self_attn." + which + "_norm.weight"; }
 std::string dense_mlp(int l, Proj p) { return layer_prefix(l) + "mlp." + proj_name(p) + ".weight"; }
@@ -57,10 +69,27 @@ std::vector<TensorSpec> expected_tensors(const ModelConfig& c) {
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerPlan& plan = c.layers[l];
     out.push_back({n::input_norm(l), {d}, R::Norm});
-    out.push_back({n::attn(l, 'q'), {qw, d}, R::Weight});
-    out.push_back({n::attn(l, 'k'), {kvw, d}, R::Weight});
-    out.push_back({n::attn(l, 'v'), {kvw, d}, R::Weight});
-    out.push_back({n::attn(l, 'o'), {d, qw}, R::Weight});
+    if (c.latent_attention) {
+      const LatentAttention& a = *c.latent_attention;
+      const int64_t H = c.num_heads;
+      if (a.q_lora_rank > 0) {
+        out.push_back({n::latent_attn(l, LatentPart::QA), {a.q_lora_rank, d}, R::Weight});
+        out.push_back({n::latent_attn(l, LatentPart::QANorm), {a.q_lora_rank}, R::Norm});
+        out.push_back({n::latent_attn(l, LatentPart::QB), {qw, a.q_lora_rank}, R::Weight});
+      } else {
+        out.push_back({n::attn(l, 'q'), {qw, d}, R::Weight});
+      }
+      out.push_back({n::latent_attn(l, LatentPart::KvA), {a.kv_lora_rank + a.qk_rope_head_dim, d}, R::Weight});
+      out.push_back({n::latent_attn(l, LatentPart::KvANorm), {a.kv_lora_rank}, R::Norm});
+      out.push_back({n::latent_attn(l, LatentPart::KvB), {H * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank},
+                     R::Weight});
+      out.push_back({n::attn(l, 'o'), {d, H * a.v_head_dim}, R::Weight});
+    } else {
+      out.push_back({n::attn(l, 'q'), {qw, d}, R::Weight});
+      out.push_back({n::attn(l, 'k'), {kvw, d}, R::Weight});
+      out.push_back({n::attn(l, 'v'), {kvw, d}, R::Weight});
+      out.push_back({n::attn(l, 'o'), {d, qw}, R::Weight});
+    }
     if (c.attention_bias) {
       out.push_back({n::attn_bias(l, 'q'), {qw}, R::Bias});
       out.push_back({n::attn_bias(l, 'k'), {kvw}, R::Bias});

@@ -10,6 +10,9 @@
 namespace crossmoe {
 
 enum class Proj { Gate, Up, Down };  // SwiGLU projections: down(silu(gate(u)) * up(u))
+// Multi-head latent attention's own tensors (LatentAttention): the q low-rank projection and its
+// norm, the kv latent projection (with the shared RoPE key), its norm, and the per-head expansion.
+enum class LatentPart { QA, QANorm, QB, KvA, KvANorm, KvB };
 
 namespace tensor_names {
 std::string embed();
@@ -18,6 +21,7 @@ std::string final_norm();
 std::string input_norm(int layer);
 std::string post_attention_norm(int layer);
 std::string attn(int layer, char which);            // which: 'q', 'k', 'v', 'o'
+std::string latent_attn(int layer, LatentPart part);
 std::string attn_bias(int layer, char which);       // 'q', 'k', 'v'
 std::string qk_norm(int layer, char which);         // 'q', 'k'
 std::string dense_mlp(int layer, Proj proj);

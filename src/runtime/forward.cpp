@@ -13,9 +13,9 @@ namespace k = kernels;
 
 BatchSession::BatchSession(const Model& model, int block_size, int blocks, int chunk)
     : model_(model), c_(model.config()), chunk_(std::max(1, chunk)),
-      rope_(c_.rope, c_.head_dim, c_.max_position_embeddings), pool_(c_, block_size, blocks) {
+      rope_(c_.rope, c_.rope_dim(), c_.max_position_embeddings), pool_(c_, block_size, blocks) {
   const size_t T = chunk_, d = c_.hidden_size, qw = size_t(c_.num_heads) * c_.head_dim;
-  const size_t kvw = size_t(c_.num_kv_heads) * c_.head_dim;
+  const size_t kvw = size_t(c_.num_kv_heads) * c_.head_dim, vw = size_t(c_.num_kv_heads) * c_.value_head_dim();
   // FFN scratch: a dense FFN, or K routed experts per token plus the shared experts.
   const size_t ffn_width = std::max<size_t>(
       c_.intermediate_size, size_t(c_.moe.top_k) * c_.moe.expert_intermediate_size + c_.moe.shared_intermediate_size);
@@ -25,9 +25,15 @@ BatchSession::BatchSession(const Model& model, int block_size, int blocks, int c
   rows_in_.resize(T * std::max(1, c_.moe.top_k) * d);
   rows_out_.resize(rows_in_.size());
   q_.resize(T * qw);
-  att_.resize(T * qw);
+  att_.resize(T * size_t(c_.num_heads) * c_.value_head_dim());
   k_.resize(T * kvw);
-  v_.resize(T * kvw);
+  v_.resize(T * vw);
+  if (const auto& a = c_.latent_attention) {
+    q_latent_.resize(T * a->q_lora_rank);
+    kv_latent_.resize(T * (a->kv_lora_rank + a->qk_rope_head_dim));
+    kv_normed_.resize(T * a->kv_lora_rank);
+    kv_expanded_.resize(T * c_.num_heads * (a->qk_nope_head_dim + a->v_head_dim));
+  }
   h1_.resize(T * ffn_width);
   h2_.resize(T * ffn_width);
   router_.resize(T * candidates);
@@ -106,11 +112,10 @@ void BatchSession::rewind(int sequence, int length) {
   if (pool_.refcount(last) > 1) {
     const int copy = pool_.allocate();
     require(copy >= 0, "the KV cache pool is full");
-    const size_t floats = pool_.block_floats();
     for (int l = 0; l < c_.num_layers; ++l)
       for (int g = 0; g < c_.num_kv_heads; ++g) {
-        std::copy_n(pool_.keys(l, last, g), floats, pool_.keys(l, copy, g));
-        std::copy_n(pool_.values(l, last, g), floats, pool_.values(l, copy, g));
+        std::copy_n(pool_.keys(l, last, g), pool_.key_block_floats(), pool_.keys(l, copy, g));
+        std::copy_n(pool_.values(l, last, g), pool_.value_block_floats(), pool_.values(l, copy, g));
       }
     pool_.release(last);
     last = copy;
@@ -208,27 +213,77 @@ void BatchSession::step(const std::vector<StepPiece>& pieces) {
   }
 }
 
+void BatchSession::latent_qkv(int l, int T) {
+  const LayerWeights& L = model_.weights().layers[l];
+  const LatentAttention& a = *c_.latent_attention;
+  const int H = c_.num_heads, hd = c_.head_dim, nope = a.qk_nope_head_dim, rd = a.qk_rope_head_dim;
+  const int vd = a.v_head_dim, ql = a.q_lora_rank, kvl = a.kv_lora_rank, kv_a_width = kvl + rd;
+  const int expanded_width = nope + vd;
+  const float eps = float(a.latent_norm_eps);
+  // q (or its latent) and the kv latent with k_rope, both from xn.
+  const k::MatmulJob first[] = {{ql > 0 ? L.q_a : L.q, xn_.data(), T, ql > 0 ? q_latent_.data() : q_.data()},
+                                {L.kv_a, xn_.data(), T, kv_latent_.data()}};
+  k::matmul_batch(first, 2);
+  for (int t = 0; t < T; ++t) {
+    if (ql > 0) k::rmsnorm(&q_latent_[size_t(t) * ql], L.q_a_norm.data(), ql, eps, &q_latent_[size_t(t) * ql]);
+    k::rmsnorm(&kv_latent_[size_t(t) * kv_a_width], L.kv_a_norm.data(), kvl, eps, &kv_normed_[size_t(t) * kvl]);
+  }
+  // The latents expanded: q per head (under a q latent), and [k_nope | v] per head.
+  std::vector<k::MatmulJob> second{{L.kv_b, kv_normed_.data(), T, kv_expanded_.data()}};
+  if (ql > 0) second.push_back({L.q_b, q_latent_.data(), T, q_.data()});
+  k::matmul_batch(second.data(), int(second.size()));
+  for (int t = 0; t < T; ++t) {
+    const float* k_rope = &kv_latent_[size_t(t) * kv_a_width + kvl];
+    for (int h = 0; h < H; ++h) {
+      const float* kv = &kv_expanded_[(size_t(t) * H + h) * expanded_width];
+      float* key = &k_[(size_t(t) * H + h) * hd];
+      std::copy_n(kv, nope, key);
+      std::copy_n(k_rope, rd, key + nope);
+      std::copy_n(kv + nope, vd, &v_[(size_t(t) * H + h) * vd]);
+    }
+  }
+}
+
 void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const std::vector<int>& starts) {
   const LayerWeights& L = model_.weights().layers[l];
-  const int hd = c_.head_dim, Hq = c_.num_heads, Hkv = c_.num_kv_heads;
-  const int qw = Hq * hd, kvw = Hkv * hd;
+  const int hd = c_.head_dim, vd = c_.value_head_dim(), Hq = c_.num_heads, Hkv = c_.num_kv_heads;
+  const int qw = Hq * hd, kvw = Hkv * hd, vw = Hkv * vd, ow = Hq * vd;
   const int T = starts.back() + pieces.back().count;
   const int bs = pool_.block_size();
   const float eps = float(c_.rms_norm_eps);
-  const k::MatmulJob qkv[] = {{L.q, xn_.data(), T, q_.data()}, {L.k, xn_.data(), T, k_.data()},
-                              {L.v, xn_.data(), T, v_.data()}};
-  k::matmul_batch(qkv, 3);
-  std::vector<float> cos(hd / 2), sin(hd / 2);
+  if (c_.latent_attention) {
+    latent_qkv(l, T);
+  } else {
+    const k::MatmulJob qkv[] = {{L.q, xn_.data(), T, q_.data()}, {L.k, xn_.data(), T, k_.data()},
+                                {L.v, xn_.data(), T, v_.data()}};
+    k::matmul_batch(qkv, 3);
+  }
+  // RoPE turns the last rd dimensions of each query and key head. Pairs (2i, 2i+1) rotate
+  // together when interleaved: gathered as [evens | odds] first (the same permutation for
+  // queries and keys, so scores are unchanged), they rotate as halves (i, i + rd/2).
+  const int rd = c_.rope_dim(), nope = hd - rd;
+  const bool interleaved = c_.latent_attention && c_.latent_attention->rope_interleave;
+  std::vector<float> cos(rd / 2), sin(rd / 2), pairs(interleaved ? rd : 0);
+  const auto rotate = [&](float* heads, int count) {
+    for (int h = 0; h < count; ++h) {
+      float* x = heads + size_t(h) * hd + nope;
+      if (interleaved) {
+        for (int i = 0; i < rd / 2; ++i) pairs[i] = x[2 * i], pairs[rd / 2 + i] = x[2 * i + 1];
+        std::copy(pairs.begin(), pairs.end(), x);
+      }
+      k::rope(x, 1, rd, cos.data(), sin.data());
+    }
+  };
   for (size_t p = 0; p < pieces.size(); ++p) {
     const Sequence& s = seq(pieces[p].sequence);
     const int length = int(s.tokens.size()) + pieces[p].count;
     for (int t = starts[p]; t < starts[p] + pieces[p].count; ++t) {
       float* q = &q_[size_t(t) * qw];
       float* kk = &k_[size_t(t) * kvw];
-      float* v = &v_[size_t(t) * kvw];
+      float* v = &v_[size_t(t) * vw];
       if (!L.q_bias.empty()) {
         for (int i = 0; i < qw; ++i) q[i] += L.q_bias[i];
-        for (int i = 0; i < kvw; ++i) kk[i] += L.k_bias[i], v[i] += L.v_bias[i];
+        for (int i = 0; i < kvw; ++i) kk[i] += L.k_bias[i], v[i] += L.v_bias[i];  // vw == kvw with biases
       }
       if (c_.clip_qkv) {
         const float c = float(*c_.clip_qkv);
@@ -244,15 +299,15 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
       }
       const int pos = row_position_[t];
       rope_.at(pos, length, cos.data(), sin.data());
-      k::rope(q, Hq, hd, cos.data(), sin.data());
-      k::rope(kk, Hkv, hd, cos.data(), sin.data());
+      rotate(q, Hq);
+      rotate(kk, Hkv);
       // Keys per head in tiles of kKeyTile positions, [head_dim][kKeyTile] each; values
-      // [block_size][head_dim] (KvPool).
+      // [block_size][value_head_dim] (KvPool).
       const int block = s.blocks[pos / bs], at = pos % bs;
       for (int g = 0; g < Hkv; ++g) {
         float* key = pool_.keys(l, block, g) + size_t(at / k::kKeyTile) * k::kKeyTile * hd + at % k::kKeyTile;
         for (int d = 0; d < hd; ++d) key[size_t(d) * k::kKeyTile] = kk[g * hd + d];
-        std::copy(v + g * hd, v + (g + 1) * hd, pool_.values(l, block, g) + size_t(at) * hd);
+        std::copy(v + g * vd, v + (g + 1) * vd, pool_.values(l, block, g) + size_t(at) * vd);
       }
     }
   }
@@ -266,7 +321,7 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
   constexpr int kQueryRows = 32;
   constexpr int kPositionTile = 128;  // 32 KiB of keys at a head size of 64
   static_assert(kPositionTile % k::kKeyTile == 0, "position tiles hold whole key tiles");
-  const float scale = 1.0f / std::sqrt(float(hd));
+  const float scale = float(c_.attention_scale_factor) / std::sqrt(float(hd));
   const int group = Hq / Hkv;
   const int block_tokens = std::max(1, kQueryRows / group);
   const int block_rows = block_tokens * group;
@@ -297,7 +352,9 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
       end[t] = pos + 1;
     }
     const int last_block = (end[tn - 1] - 1) / bs;  // positions grow with t
+    // Row i's query, and its output (heads of vd floats).
     const auto head_offset = [&](int i) { return size_t(row0 + i % tn) * qw + size_t(g * group + i / tn) * hd; };
+    const auto out_offset = [&](int i) { return size_t(row0 + i % tn) * ow + size_t(g * group + i / tn) * vd; };
     // Positions go kPositionTile at a time (a grid aligned to the block's key tiles) through
     // every row, so that the kernels' passes over the rows, kQueries at a time, find the tile's
     // keys (values below) in L1 instead of reading a prefill's whole range again from L2 or
@@ -349,20 +406,20 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
     for (int i = 0; i < rn; ++i) {
       const int t = i % tn;
       inverse_sums[i] = 1.0f / k::attention_softmax(&scores[size_t(i) * length + begin[t]], end[t] - begin[t], scale);
-      std::fill_n(&att_[head_offset(i)], hd, 0.0f);
+      std::fill_n(&att_[out_offset(i)], vd, 0.0f);
     }
     by_ranges([&](int j, int first, int count, int step, int lo, int hi) {
       for (int r = 0; r < count; ++r) {
         const int i = first + r * step;
         rows_in[r] = &scores[size_t(i) * length + lo];
-        rows_out[r] = &att_[head_offset(i)];
+        rows_out[r] = &att_[out_offset(i)];
       }
-      k::attention_values(rows_in.data(), count, pool_.values(l, s.blocks[j], g) + size_t(lo - j * bs) * hd, hi - lo,
-                          hd, rows_out.data());
+      k::attention_values(rows_in.data(), count, pool_.values(l, s.blocks[j], g) + size_t(lo - j * bs) * vd, hi - lo,
+                          vd, rows_out.data());
     });
     for (int i = 0; i < rn; ++i) {
-      float* out = &att_[head_offset(i)];
-      for (int d = 0; d < hd; ++d) out[d] *= inverse_sums[i];
+      float* out = &att_[out_offset(i)];
+      for (int d = 0; d < vd; ++d) out[d] *= inverse_sums[i];
     }
   };
   if (work >= (1 << 15)) {  // as matmul: small work stays on one thread

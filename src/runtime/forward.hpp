@@ -8,6 +8,7 @@
 //
 // Per layer, for a step of T tokens:
 //   xn = RMSNorm(x); q, k, v = xn Wq, xn Wk, xn Wv (+ q/k norm, RoPE); x += Attn(q, K, V) Wo
+//   (latent attention: q, k, v expanded from low-rank latents of xn; see LatentAttention)
 //   u = RMSNorm(x); x += FFN_l(u)
 // Attention reads each token's own sequence only. An MoE FFN routes each token (its router
 // reads u, or u of the previous layer when pre-gated), then runs every chosen expert once on
@@ -82,6 +83,10 @@ class BatchSession {
   const Sequence& seq(int id) const;
   Sequence& seq(int id) { return const_cast<Sequence&>(std::as_const(*this).seq(id)); }
   void attention(int layer, const std::vector<StepPiece>& pieces, const std::vector<int>& starts);
+  // Latent attention's projections (LatentAttention) into q_, k_ and v_, in the layout of the
+  // others' (per head: q and k [nope | rope] before RoPE, every head's k_rope the token's one;
+  // v of value_head_dim).
+  void latent_qkv(int layer, int T);
   // One SwiGLU FFN applied to `tokens` rows of `in`, written to `out`.
   struct SwiGluRun {
     const SwiGluWeights* weights;
@@ -107,6 +112,7 @@ class BatchSession {
   // Scratch for one step.
   std::vector<float> x_, xn_, q_, k_, v_, att_, u_, u_prev_, ffn_, tmp_, h1_, h2_, rows_in_, rows_out_, router_,
       predicted_router_, logits_;
+  std::vector<float> q_latent_, kv_latent_, kv_normed_, kv_expanded_;  // latent attention only
   std::vector<RoutingRecord>* trace_ = nullptr;
 };
 

@@ -15,7 +15,7 @@ int64_t whole_tiles(int block_size) {
 }  // namespace
 
 int64_t KvPool::bytes_per_position(const ModelConfig& c) {
-  return int64_t(2) * c.num_layers * c.num_kv_heads * c.head_dim * int64_t(sizeof(float));
+  return int64_t(c.num_layers) * c.num_kv_heads * (c.head_dim + c.value_head_dim()) * int64_t(sizeof(float));
 }
 
 int64_t KvPool::bytes_per_block(const ModelConfig& c, int block_size) {
@@ -27,16 +27,17 @@ int64_t KvPool::blocks_for_bytes(const ModelConfig& c, int block_size, int64_t b
 }
 
 KvPool::KvPool(const ModelConfig& c, int block_size, int blocks)
-    : block_size_(block_size), blocks_(blocks), heads_(c.num_kv_heads), head_dim_(c.head_dim),
-      block_floats_(size_t(whole_tiles(block_size)) * size_t(c.head_dim)) {
+    : block_size_(block_size), blocks_(blocks), heads_(c.num_kv_heads),
+      key_floats_(size_t(whole_tiles(block_size)) * size_t(c.head_dim)),
+      value_floats_(size_t(whole_tiles(block_size)) * size_t(c.value_head_dim())) {
   require(block_size > 0 && blocks > 0, "the KV cache needs at least one block of at least one token (got " +
                                             std::to_string(blocks) + " blocks of " + std::to_string(block_size) + ")");
-  const size_t floats = size_t(c.num_layers) * blocks * heads_ * block_floats_;
+  const size_t slots = size_t(c.num_layers) * blocks * heads_;
   // Touched now (the mapping reads as zeros already), so that the server's first requests do not
   // pay the page faults and the zeroing of the pages they reach in their time to first token.
   const AnonymousMemory::Options options{.huge_pages = true, .touch = true};
-  k_ = AnonymousMemory(floats * sizeof(float), "the KV cache's keys", options);
-  v_ = AnonymousMemory(floats * sizeof(float), "the KV cache's values", options);
+  k_ = AnonymousMemory(slots * key_floats_ * sizeof(float), "the KV cache's keys", options);
+  v_ = AnonymousMemory(slots * value_floats_ * sizeof(float), "the KV cache's values", options);
   refs_.assign(blocks, 0);
   generation_.assign(blocks, 0);
   evictable_at_.resize(blocks);

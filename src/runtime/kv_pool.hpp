@@ -36,11 +36,13 @@ class KvPool {
 
   // Keys and values of block b, layer l, kv head g: keys in tiles of kernels::kKeyTile positions,
   // [head_dim][kKeyTile] each (kernels.hpp), the last one whole even where block_size ends inside
-  // it; values [block_size][head_dim].
-  float* keys(int l, int b, int g) { return k_.as<float>() + offset(l, b, g); }
-  // Floats of keys (or of values) per block, layer and kv head, padding included.
-  size_t block_floats() const { return block_floats_; }
-  float* values(int l, int b, int g) { return v_.as<float>() + offset(l, b, g); }
+  // it; values [block_size][value_head_dim] (ModelConfig::value_head_dim; rows up to the last
+  // key tile's end).
+  float* keys(int l, int b, int g) { return k_.as<float>() + offset(l, b, g) * key_floats_; }
+  float* values(int l, int b, int g) { return v_.as<float>() + offset(l, b, g) * value_floats_; }
+  // Floats of keys, and of values, per block, layer and kv head, padding included.
+  size_t key_block_floats() const { return key_floats_; }
+  size_t value_block_floats() const { return value_floats_; }
 
   // A block with refcount 1, or -1 when every block is held.
   int allocate();
@@ -70,13 +72,12 @@ class KvPool {
   struct KeyHash {
     size_t operator()(const Key& k) const;
   };
-  size_t offset(int l, int b, int g) const {
-    return ((size_t(l) * blocks_ + size_t(b)) * heads_ + size_t(g)) * block_floats_;
-  }
+  // Index of block b's layer l, kv head g among all the pool's (layer, block, head) slots.
+  size_t offset(int l, int b, int g) const { return (size_t(l) * blocks_ + size_t(b)) * heads_ + size_t(g); }
   Key key(int parent, const int* tokens) const;
 
-  int block_size_, blocks_, heads_, head_dim_;
-  size_t block_floats_;  // of keys (or values) per block and head: whole key tiles
+  int block_size_, blocks_, heads_;
+  size_t key_floats_, value_floats_;  // per block and head: whole key tiles of positions
   // Zeroed floats in an anonymous mapping advised to huge pages before anything touches it: a
   // decode step streams the context's keys and values through every layer, and on 4 KiB pages
   // the hardware prefetchers stop at each page's end (the weights sit in huge pages too).

@@ -63,7 +63,8 @@ void interleave_in_memory(ModelWeights& w) {
   };
   interleave(w.lm_head);
   for (LayerWeights& L : w.layers) {
-    for (kernels::Matrix* m : {&L.q, &L.k, &L.v, &L.o, &L.router}) interleave(*m);
+    for (kernels::Matrix* m : L.attention_matrices()) interleave(*m);
+    interleave(L.router);
     interleave_swiglu(L.dense);
     interleave_swiglu(L.shared);
     for (SwiGluWeights& e : L.experts) interleave_swiglu(e);
@@ -71,6 +72,19 @@ void interleave_in_memory(ModelWeights& w) {
 }
 
 }  // namespace
+
+std::vector<kernels::Matrix*> LayerWeights::attention_matrices() {
+  std::vector<kernels::Matrix*> out;
+  for (kernels::Matrix* m : {&q, &k, &v, &o, &q_a, &q_b, &kv_a, &kv_b})
+    if (m->rows > 0) out.push_back(m);
+  return out;
+}
+
+std::vector<const kernels::Matrix*> LayerWeights::attention_matrices() const {
+  std::vector<const kernels::Matrix*> out;
+  for (kernels::Matrix* m : const_cast<LayerWeights*>(this)->attention_matrices()) out.push_back(m);
+  return out;
+}
 
 size_t SwiGluWeights::bytes() const {
   const auto b = [](const kernels::Matrix& m) { return size_t(m.rows) * dtype_row_bytes(m.dtype, m.cols); };
@@ -91,10 +105,26 @@ ModelWeights bind_weights(const ModelConfig& c, const Checkpoint& ck) {
     const LayerPlan& plan = c.layers[l];
     L.input_norm = b.vector(n::input_norm(l), d);
     L.post_attention_norm = b.vector(n::post_attention_norm(l), d);
-    L.q = b.matrix(n::attn(l, 'q'), qw, d);
-    L.k = b.matrix(n::attn(l, 'k'), kvw, d);
-    L.v = b.matrix(n::attn(l, 'v'), kvw, d);
-    L.o = b.matrix(n::attn(l, 'o'), d, qw);
+    if (c.latent_attention) {
+      const LatentAttention& a = *c.latent_attention;
+      const int64_t H = c.num_heads;
+      if (a.q_lora_rank > 0) {
+        L.q_a = b.matrix(n::latent_attn(l, LatentPart::QA), a.q_lora_rank, d);
+        L.q_a_norm = b.vector(n::latent_attn(l, LatentPart::QANorm), a.q_lora_rank);
+        L.q_b = b.matrix(n::latent_attn(l, LatentPart::QB), qw, a.q_lora_rank);
+      } else {
+        L.q = b.matrix(n::attn(l, 'q'), qw, d);
+      }
+      L.kv_a = b.matrix(n::latent_attn(l, LatentPart::KvA), a.kv_lora_rank + a.qk_rope_head_dim, d);
+      L.kv_a_norm = b.vector(n::latent_attn(l, LatentPart::KvANorm), a.kv_lora_rank);
+      L.kv_b = b.matrix(n::latent_attn(l, LatentPart::KvB), H * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank);
+      L.o = b.matrix(n::attn(l, 'o'), d, H * a.v_head_dim);
+    } else {
+      L.q = b.matrix(n::attn(l, 'q'), qw, d);
+      L.k = b.matrix(n::attn(l, 'k'), kvw, d);
+      L.v = b.matrix(n::attn(l, 'v'), kvw, d);
+      L.o = b.matrix(n::attn(l, 'o'), d, qw);
+    }
     if (c.attention_bias) {
       L.q_bias = b.vector(n::attn_bias(l, 'q'), qw);
       L.k_bias = b.vector(n::attn_bias(l, 'k'), kvw);
@@ -164,7 +194,7 @@ double Model::weight_bytes_per_token() const {
   double total = bytes(w.lm_head) + bytes(w.embed) / double(w.embed.rows);  // one embedding row
   for (int l = 0; l < config_.num_layers; ++l) {
     const LayerWeights& L = w.layers[l];
-    total += bytes(L.q) + bytes(L.k) + bytes(L.v) + bytes(L.o);
+    for (const kernels::Matrix* m : L.attention_matrices()) total += bytes(*m);
     if (!config_.layers[l].is_moe) {
       total += L.dense.bytes();
       continue;

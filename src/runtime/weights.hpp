@@ -21,14 +21,22 @@ struct SwiGluWeights {
 
 struct LayerWeights {
   std::vector<float> input_norm, post_attention_norm;
-  kernels::Matrix q, k, v, o;
+  kernels::Matrix q, k, v, o;                 // latent attention: no k, v; q only without q_lora_rank
   std::vector<float> q_bias, k_bias, v_bias;  // empty without attention_bias
   std::vector<float> q_norm, k_norm;          // empty without q/k norm
+  // Latent attention (LatentAttention): q_a [q_lora_rank, d] and q_b (when q_lora_rank > 0),
+  // kv_a [kv_lora_rank + qk_rope_head_dim, d], kv_b [heads x (qk_nope + v), kv_lora_rank], and the
+  // norms of the two latents; empty (rows == 0) otherwise.
+  kernels::Matrix q_a, q_b, kv_a, kv_b;
+  std::vector<float> q_a_norm, kv_a_norm;
   SwiGluWeights dense;                        // dense layers
   kernels::Matrix router;                     // MoE layers: [candidates, hidden]
   std::vector<float> router_bias;             // sigmoid routers with e_score_correction_bias
   std::vector<SwiGluWeights> experts;         // only in layers that own a pool
   SwiGluWeights shared;                       // rows == 0 when there are no shared experts
+  // The attention's matrices this layer has (rows > 0).
+  std::vector<const kernels::Matrix*> attention_matrices() const;
+  std::vector<kernels::Matrix*> attention_matrices();
 };
 
 struct ModelWeights {

@@ -161,6 +161,8 @@ TorchModel::TorchModel(const ModelConfig& config, torch::Device device)
       rope_(config.rope, config.head_dim, config.max_position_embeddings),
       expert_storage_(std::make_shared<ExpertStorage>()) {
   require(!config_.layers.empty(), "trainer: the model description is not finalized");
+  require(!config_.latent_attention, "trainer: multi-head latent attention (" + config_.model_type +
+                                         ") is not supported; the runtime runs such models, the trainer does not");
   for (const LayerPlan& plan : config_.layers) {
     if (plan.candidates.empty()) continue;
     std::vector<ExpertStorage::List>& lists = expert_storage_->lists;
