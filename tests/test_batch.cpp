@@ -19,19 +19,30 @@ namespace {
 
 constexpr double kLogitTolerance = 2e-5;
 
+// A random model of a crossmoe layout, or a transformers fixture ("hf/deepseek_v3": latent
+// attention, whose keys and values have widths of their own in the cache).
 struct SmallModel {
   std::filesystem::path dir;
+  bool owned = false;
   std::unique_ptr<Model> model;
-  explicit SmallModel(const std::string& layout) : dir(testing_paths::temp_path("batch_" + layout)) {
-    ModelConfig c = testing_models::small(layout);
-    c.finalize();
-    InitOptions options;
-    options.seed = 11;
-    options.norm_noise = 0.2f;
-    write_random_model(c, dir, options);
+  explicit SmallModel(const std::string& layout) {
+    if (layout.rfind("hf/", 0) == 0) {
+      dir = std::filesystem::path(CROSSMOE_FIXTURES) / layout;
+    } else {
+      dir = testing_paths::temp_path("batch_" + layout);
+      owned = true;
+      ModelConfig c = testing_models::small(layout);
+      c.finalize();
+      InitOptions options;
+      options.seed = 11;
+      options.norm_noise = 0.2f;
+      write_random_model(c, dir, options);
+    }
     model = std::make_unique<Model>(dir);
   }
-  ~SmallModel() { std::filesystem::remove_all(dir); }
+  ~SmallModel() {
+    if (owned) std::filesystem::remove_all(dir);
+  }
 };
 
 int argmax(const float* logits, int n) { return int(std::max_element(logits, logits + n) - logits); }
@@ -151,7 +162,8 @@ TEST_P(BatchedDecoding, SameTokensAsEachSequenceAlone) {
   EXPECT_EQ(batch.pool().in_use(), 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Layouts, BatchedDecoding, ::testing::Values("dense", "moe", "megrez2", "rexmoe"));
+INSTANTIATE_TEST_SUITE_P(Layouts, BatchedDecoding,
+                         ::testing::Values("dense", "moe", "megrez2", "rexmoe", "hf/deepseek_v3"));
 
 TEST(BatchSession, ReusedPrefixGivesTheLogitsOfAFullPrefill) {
   const SmallModel m("megrez2");
@@ -180,26 +192,29 @@ TEST(BatchSession, ReusedPrefixGivesTheLogitsOfAFullPrefill) {
 
 TEST(BatchSession, RewindIntoASharedBlockCopiesIt) {
   // b rewinds into a block it shares with a and writes new tokens there: a must not see them.
-  const SmallModel m("moe");
-  const int V = m.model->config().vocab_size;
-  const std::vector<int> prompt = {5, 77, 123, 9, 250, 31, 64, 199, 2};
-  BatchSession batch(*m.model, 4, 16, 64);
-  std::vector<float> logits(V);
-  const int a = batch.open();
-  batch.step({{a, prompt.data(), int(prompt.size()), logits.data()}});
-  const int b = batch.open();
-  ASSERT_EQ(batch.reuse_prefix(b, prompt), 8);
-  batch.rewind(b, 6);
-  const std::vector<int> changed = {40, 41, 42};
-  batch.step({{b, changed.data(), 3, logits.data()}});
-  std::vector<int> b_prompt(prompt.begin(), prompt.begin() + 6);
-  b_prompt.insert(b_prompt.end(), changed.begin(), changed.end());
-  EXPECT_LT(max_diff(logits, decode_alone(*m.model, b_prompt, 1).logits[0]), kLogitTolerance);
-  const int next = 17;
-  batch.step({{a, &next, 1, logits.data()}});
-  std::vector<int> a_prompt = prompt;
-  a_prompt.push_back(next);
-  EXPECT_LT(max_diff(logits, decode_alone(*m.model, a_prompt, 1).logits[0]), kLogitTolerance);
+  for (const char* layout : {"moe", "hf/deepseek_v3"}) {
+    SCOPED_TRACE(layout);
+    const SmallModel m(layout);
+    const int V = m.model->config().vocab_size;
+    const std::vector<int> prompt = {5, 77, 123, 9, 250, 31, 64, 199, 2};
+    BatchSession batch(*m.model, 4, 16, 64);
+    std::vector<float> logits(V);
+    const int a = batch.open();
+    batch.step({{a, prompt.data(), int(prompt.size()), logits.data()}});
+    const int b = batch.open();
+    ASSERT_EQ(batch.reuse_prefix(b, prompt), 8);
+    batch.rewind(b, 6);
+    const std::vector<int> changed = {40, 41, 42};
+    batch.step({{b, changed.data(), 3, logits.data()}});
+    std::vector<int> b_prompt(prompt.begin(), prompt.begin() + 6);
+    b_prompt.insert(b_prompt.end(), changed.begin(), changed.end());
+    EXPECT_LT(max_diff(logits, decode_alone(*m.model, b_prompt, 1).logits[0]), kLogitTolerance);
+    const int next = 17;
+    batch.step({{a, &next, 1, logits.data()}});
+    std::vector<int> a_prompt = prompt;
+    a_prompt.push_back(next);
+    EXPECT_LT(max_diff(logits, decode_alone(*m.model, a_prompt, 1).logits[0]), kLogitTolerance);
+  }
 }
 
 TEST(BatchSession, FullPoolRefusesCleanlyAndRecovers) {

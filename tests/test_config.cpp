@@ -33,7 +33,8 @@ json megrez2_preview() {
 }
 
 TEST(Config, ReadsEveryFixtureAndCountsItsTensors) {
-  for (const char* name : {"llama", "qwen3", "qwen3_moe", "olmoe", "mixtral", "deepseek_v3", "deepseek_v3_q_proj"}) {
+  for (const char* name : {"llama", "qwen3", "qwen3_moe", "olmoe", "mixtral", "deepseek_v3", "deepseek_v3_q_proj",
+                           "deepseek_v2", "deepseek_v2_group"}) {
     const ModelConfig c = read_model_config(kHf + name);
     const Checkpoint ck(kHf + name);
     // Each fixture stores all its tensors in one dtype.

@@ -342,6 +342,14 @@ TEST(GgufExport, LayoutsNoLlamaCppArchitectureExpressesAreRefused) {
   // lacks; its olmoe fixture has grouped KV heads, which llama.cpp's olmoe cannot load.
   EXPECT_THROW(export_gguf(kFixtures + "/hf/qwen3_moe", dir.path / "y.gguf"), Error);
   EXPECT_THROW(export_gguf(kFixtures + "/hf/olmoe", dir.path / "y.gguf"), Error);
+  // Latent attention would be llama.cpp's deepseek2, which crossmoe does not write.
+  try {
+    export_gguf(kFixtures + "/hf/deepseek_v3", dir.path / "z.gguf");
+    ADD_FAILURE() << "deepseek_v3 exported";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("multi-head latent attention"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir.path / "z.gguf"));
 }
 
 // ------------------------------------------------------------------ tokenizers

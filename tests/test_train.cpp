@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "file_bytes.hpp"
+#include "model/hf_config.hpp"
 #include "model/init.hpp"
 #include "model/tensor_names.hpp"
 #include "runtime/forward.hpp"
@@ -1161,3 +1162,16 @@ TEST(TrainerSft, ResumeIsBitForBit) {
 }
 
 }  // namespace
+
+// The trainer has no multi-head latent attention: a DeepSeek model is a one-line error naming
+// it, not a model built with other attention.
+TEST(TrainerModels, RefusesLatentAttention) {
+  const ModelConfig c = read_model_config(std::string(CROSSMOE_FIXTURES) + "/hf/deepseek_v3");
+  try {
+    TorchModel(c, 11, torch::kCPU);
+    ADD_FAILURE() << "a model with latent attention was built";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("multi-head latent attention (deepseek_v3) is not supported"), std::string::npos)
+        << e.what();
+  }
+}

@@ -304,28 +304,20 @@ ModelConfig read_megrez_moe(const Keys& k) {
   return c;
 }
 
-// DeepSeek-V3 (and the models that share its layout: Moonlight, Kimi) as transformers'
-// DeepseekV3 code computes it: multi-head latent attention, and from first_k_dense_replace on an
-// MoE layer per layer whose router is sigmoid with correction bias and grouped top-k (transformers
-// reads no scoring_func, topk_method or moe_layer_freq: other values of those are refused). Keys
-// whose transformers defaults are DeepSeek-V3's full size are required rather than defaulted.
-// Layers past num_hidden_layers (the multi-token-prediction layers, num_nextn_predict_layers)
-// are not part of the model and their tensors are not read.
-ModelConfig read_deepseek_v3(const Keys& k) {
-  for (const char* key : {"kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "n_routed_experts",
-                          "n_shared_experts", "n_group", "topk_group", "norm_topk_prob", "routed_scaling_factor",
-                          "first_k_dense_replace"})
-    require(k.has(key), std::string("config.json: deepseek_v3: missing key '") + key + "'");
+// DeepSeek-V2 and V3 as transformers' DeepseekV2 / DeepseekV3 code computes them: multi-head
+// latent attention, and from first_k_dense_replace on an MoE layer per layer (transformers reads no
+// moe_layer_freq) with shared experts. Keys whose transformers defaults are a full-size model's
+// are required rather than defaulted. Layers past num_hidden_layers (the multi-token-prediction
+// layers, num_nextn_predict_layers) are not part of the model and their tensors are not read.
+ModelConfig read_deepseek_latent(const Keys& k, const std::string& type, const std::vector<std::string>& required) {
+  for (const std::string& key : required)
+    require(k.has(key), "config.json: " + type + ": missing key '" + key + "'");
   require(k.raw().contains("q_lora_rank"),
-          "config.json: deepseek_v3: missing key 'q_lora_rank' (null for a model with one q projection)");
-  require(k.string("scoring_func", "sigmoid") == "sigmoid",
-          "config.json: deepseek_v3: 'scoring_func' other than sigmoid is not supported (transformers routes by sigmoid)");
-  require(k.string("topk_method", "noaux_tc") == "noaux_tc",
-          "config.json: deepseek_v3: 'topk_method' other than noaux_tc is not supported (transformers routes with the "
-          "correction bias)");
+          "config.json: " + type + ": missing key 'q_lora_rank' (null for a model with one q projection)");
   require(k.integer("moe_layer_freq", 1) == 1,
-          "config.json: deepseek_v3: 'moe_layer_freq' other than 1 is not supported (transformers makes every layer "
+          "config.json: " + type + ": 'moe_layer_freq' other than 1 is not supported (transformers makes every layer "
           "from first_k_dense_replace on an MoE layer)");
+  require(!k.boolean("mlp_bias", false), "config.json: 'mlp_bias' true is not supported");
   ModelConfig c = read_decoder(k, 10000.0);
   LatentAttention a;
   a.q_lora_rank = k.integer("q_lora_rank", 0);
@@ -334,11 +326,10 @@ ModelConfig read_deepseek_v3(const Keys& k) {
   a.qk_nope_head_dim = k.integer("qk_nope_head_dim");
   a.qk_rope_head_dim = k.integer("qk_rope_head_dim");
   a.v_head_dim = k.integer("v_head_dim");
-  a.rope_interleave = k.boolean("rope_interleave", true);
   c.head_dim = a.qk_nope_head_dim + a.qk_rope_head_dim;  // config.json's head_dim is the RoPE width
   c.latent_attention = a;
-  // As transformers' DeepseekV3Attention: under any RoPE scaling with mscale_all_dim, the softmax
-  // scale is multiplied by the square of YaRN's mscale for mscale_all_dim.
+  // As transformers' attention: under any RoPE scaling with mscale_all_dim, the softmax scale is
+  // multiplied by the square of YaRN's mscale for mscale_all_dim.
   if (const json* scaling = rope_scaling(k)) {
     const Keys s(*scaling);
     const double mscale_all_dim = s.number("mscale_all_dim", 0.0);
@@ -348,8 +339,44 @@ ModelConfig read_deepseek_v3(const Keys& k) {
     }
   }
   read_deepseek_style_moe(k, c);
+  return c;
+}
+
+// DeepSeek-V3 (and the models of its layout: Moonlight, Kimi): the router is sigmoid with the
+// correction bias and grouped top-k whatever scoring_func and topk_method say (transformers reads
+// neither: other values are refused); RoPE on interleaved pairs unless rope_interleave is false.
+ModelConfig read_deepseek_v3(const Keys& k) {
+  require(k.string("scoring_func", "sigmoid") == "sigmoid",
+          "config.json: deepseek_v3: 'scoring_func' other than sigmoid is not supported (transformers routes by sigmoid)");
+  require(k.string("topk_method", "noaux_tc") == "noaux_tc",
+          "config.json: deepseek_v3: 'topk_method' other than noaux_tc is not supported (transformers routes with the "
+          "correction bias)");
+  ModelConfig c = read_deepseek_latent(
+      k, "deepseek_v3",
+      {"kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "n_routed_experts", "n_shared_experts",
+       "n_group", "topk_group", "norm_topk_prob", "routed_scaling_factor", "first_k_dense_replace"});
+  c.latent_attention->rope_interleave = k.boolean("rope_interleave", true);
   c.moe.scoring = Scoring::Sigmoid;
   c.moe.score_correction_bias = true;
+  return c;
+}
+
+// DeepSeek-V2: a softmax router, top-k over all experts ("greedy") or within the topk_group groups
+// of best single expert ("group_limited_greedy"), never renormalised (transformers' V2 router
+// ignores norm_topk_prob), times routed_scaling_factor; RoPE always on interleaved pairs (a
+// complex multiply per pair, which is the same rotation).
+ModelConfig read_deepseek_v2(const Keys& k) {
+  require(k.string("scoring_func", "softmax") == "softmax",
+          "config.json: deepseek_v2: 'scoring_func' other than softmax is not supported (transformers routes by softmax)");
+  const std::string method = k.string("topk_method", "greedy");
+  require(method == "greedy" || method == "group_limited_greedy",
+          "config.json: deepseek_v2: 'topk_method' must be greedy or group_limited_greedy, got '" + method + "'");
+  std::vector<std::string> required = {"kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+                                       "n_routed_experts", "num_experts_per_tok", "n_shared_experts"};
+  if (method == "group_limited_greedy") required.insert(required.end(), {"n_group", "topk_group"});
+  ModelConfig c = read_deepseek_latent(k, "deepseek_v2", required);
+  c.moe.norm_topk_prob = false;
+  if (method == "greedy") c.moe.n_group = c.moe.topk_group = 1;
   return c;
 }
 
@@ -377,7 +404,7 @@ const std::map<std::string, std::function<ModelConfig(const Keys&)>>& readers() 
   static const std::map<std::string, std::function<ModelConfig(const Keys&)>> r = {
       {"llama", read_llama},   {"qwen3", read_qwen3},         {"qwen3_moe", read_qwen3_moe},
       {"olmoe", read_olmoe},   {"mixtral", read_mixtral},     {"megrez_moe", read_megrez_moe},
-      {"deepseek_v3", read_deepseek_v3}, {"crossmoe", read_crossmoe}};
+      {"deepseek_v2", read_deepseek_v2}, {"deepseek_v3", read_deepseek_v3}, {"crossmoe", read_crossmoe}};
   return r;
 }
 

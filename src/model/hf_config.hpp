@@ -1,7 +1,7 @@
 #pragma once
 // config.json readers: each known Hugging Face model_type is mapped onto ModelConfig.
-// Supported: llama, qwen3, qwen3_moe, olmoe, mixtral, megrez_moe (Megrez2), deepseek_v3 (multi-head
-// latent attention) and crossmoe's own
+// Supported: llama, qwen3, qwen3_moe, olmoe, mixtral, megrez_moe (Megrez2), deepseek_v2 and
+// deepseek_v3 (multi-head latent attention) and crossmoe's own
 // type, which spells out every field of the description (ReXMoE reuse among them).
 #include <filesystem>
 #include <nlohmann/json.hpp>
