@@ -8,11 +8,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <string>
 
 #include "cli_run.hpp"
+#include "file_bytes.hpp"
 
 namespace crossmoe::testing_cli {
 
@@ -48,10 +47,7 @@ inline std::string replaced(std::string text, const std::string& from, const std
   return at == std::string::npos ? text : text.replace(at, from.size(), to);
 }
 
-inline std::string bytes_of(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+using testing_files::bytes_of;
 
 // Paragraphs of made-up English, deterministic.
 inline std::string made_up_text(int paragraphs, int words_per_paragraph) {

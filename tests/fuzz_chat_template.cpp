@@ -7,12 +7,11 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "file_bytes.hpp"
 #include "tokenizer/chat_template.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
@@ -22,13 +21,6 @@ using Json = nlohmann::ordered_json;
 
 namespace {
 
-std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 std::vector<std::string> seed_templates() {
   std::vector<std::string> out;
   for (const char* name : {"qwen3", "llama3", "deepseek_v3"}) {
@@ -36,14 +28,14 @@ std::vector<std::string> seed_templates() {
                                        "/models/tokenizer_config.json");
     out.push_back(config["chat_template"].get<std::string>());
   }
-  out.push_back(read_file(std::string(CROSSMOE_FIXTURES) + "/chat_template_file.jinja"));
+  out.push_back(testing_files::bytes_of(std::string(CROSSMOE_FIXTURES) + "/chat_template_file.jinja"));
   return out;
 }
 
 std::vector<Json> conversations() {
   std::vector<Json> out;
   for (const auto& entry : std::filesystem::directory_iterator(std::string(CROSSMOE_FIXTURES) + "/chat_conversations")) {
-    const Json c = Json::parse(read_file(entry.path()));
+    const Json c = Json::parse(testing_files::bytes_of(entry.path()));
     Json vars = {{"messages", c["messages"]}, {"tools", c.value("tools", Json())},
                  {"add_generation_prompt", c.value("add_generation_prompt", false)}, {"bos_token", "<s>"},
                  {"eos_token", "</s>"}};

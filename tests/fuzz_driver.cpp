@@ -16,13 +16,12 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
-#include <fstream>
 #include <iterator>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "file_bytes.hpp"
 #include "fuzz_harness.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
@@ -137,10 +136,6 @@ std::string mutate(std::string s, const std::vector<std::string>& seeds, std::mt
   return s;
 }
 
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
 [[noreturn]] void usage(const std::string& message) {
   std::fprintf(stderr,
@@ -199,9 +194,9 @@ int main(int argc, char** argv) {
   for (const fs::path& p : seed_paths) {
     if (fs::is_directory(p)) {
       for (const auto& entry : fs::directory_iterator(p))
-        if (entry.is_regular_file()) seeds.push_back(read_file(entry.path()));
+        if (entry.is_regular_file()) seeds.push_back(crossmoe::testing_files::bytes_of(entry.path()));
     } else if (fs::is_regular_file(p)) {
-      seeds.push_back(read_file(p));
+      seeds.push_back(crossmoe::testing_files::bytes_of(p));
     } else {
       usage("no seed file " + p.string());
     }

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "cli_run.hpp"
+#include "file_bytes.hpp"
 #include "games/conversation.hpp"
 #include "model/init.hpp"
 #include "rl/credit.hpp"
@@ -352,13 +353,8 @@ using testing_cli::kill_when;
 using testing_cli::Result;
 using testing_cli::run;
 using testing_cli::spawn;
+using testing_files::bytes_of;
 
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 std::vector<std::vector<std::string>> read_csv(const fs::path& p) {
   std::vector<std::vector<std::string>> rows;
@@ -428,9 +424,9 @@ class RlSelfPlay : public ::testing::Test {
         if (n.ends_with("_per_s") || n.ends_with("_s")) continue;
         EXPECT_EQ(whole_csv[r][c], csv[r][c]) << n << " row " << r << " of " << out;
       }
-    EXPECT_EQ(read_file(dir_ / "whole" / "checkpoints" / "iter-00002" / "model.safetensors"),
-              read_file(out / "checkpoints" / "iter-00002" / "model.safetensors"));
-    EXPECT_EQ(read_file(dir_ / "whole" / "model" / "model.safetensors"), read_file(out / "model" / "model.safetensors"));
+    EXPECT_EQ(bytes_of(dir_ / "whole" / "checkpoints" / "iter-00002" / "model.safetensors"),
+              bytes_of(out / "checkpoints" / "iter-00002" / "model.safetensors"));
+    EXPECT_EQ(bytes_of(dir_ / "whole" / "model" / "model.safetensors"), bytes_of(out / "model" / "model.safetensors"));
   }
   static void expect_error(const Result& r, const std::string& fragment) {
     EXPECT_NE(r.code, 0) << r.out;
@@ -479,7 +475,7 @@ TEST_F(RlSelfPlay, SplitAndKilledRunsResumeToTheUninterruptedRun) {
   EXPECT_EQ(csv[1][col("tic_tac_toe_first_loss")], "");
   EXPECT_EQ(std::stod(csv[2][col("tic_tac_toe_first_loss")]), 1.0);
   EXPECT_EQ(std::stod(csv[2][col("mini_hanabi_score")]), 0.0);
-  EXPECT_NE(read_file(dir_ / "whole" / "checkpoints" / "iter-00002" / "model.safetensors").size(), 0u);
+  EXPECT_NE(bytes_of(dir_ / "whole" / "checkpoints" / "iter-00002" / "model.safetensors").size(), 0u);
   EXPECT_TRUE(fs::exists(dir_ / "whole" / "model" / "tokenizer_config.json"));
   EXPECT_TRUE(fs::exists(dir_ / "whole" / "progress.svg"));
 
@@ -542,14 +538,14 @@ TEST_F(RlSelfPlay, SftMixAndReference) {
   ASSERT_EQ(run(with(split, mix + " --stop-after 1")).code, 0);
   const Result rest = run(with(split, mix + " --resume"));
   ASSERT_EQ(rest.code, 0) << rest.out;
-  EXPECT_EQ(read_file(dir_ / "mix" / "model" / "model.safetensors"), read_file(split / "model" / "model.safetensors"));
+  EXPECT_EQ(bytes_of(dir_ / "mix" / "model" / "model.safetensors"), bytes_of(split / "model" / "model.safetensors"));
   EXPECT_EQ(read_csv(split / "log.csv")[2][col("sft_mix_loss")], csv[2][col("sft_mix_loss")]);
 
   // The same run without mixing: no sft_mix_loss, other weights.
   ASSERT_EQ(run(with(dir_ / "plain", "")).code, 0);
   EXPECT_EQ(read_csv(dir_ / "plain" / "log.csv")[1][col("sft_mix_loss")], "");
-  EXPECT_NE(read_file(dir_ / "mix" / "model" / "model.safetensors"),
-            read_file(dir_ / "plain" / "model" / "model.safetensors"));
+  EXPECT_NE(bytes_of(dir_ / "mix" / "model" / "model.safetensors"),
+            bytes_of(dir_ / "plain" / "model" / "model.safetensors"));
 
   const fs::path other = dir_ / "other_seed";
   ASSERT_EQ(run("init " + other.string() + " --layout moe --layers 2 --hidden 32 --heads 2 --kv-heads 1 --head-dim 16 "
@@ -585,12 +581,12 @@ TEST_F(RlSelfPlay, RefusesToRestartARun) {
   fs::copy(model_, dir_ / "other_model", fs::copy_options::recursive);
   expect_error(run(args(ahead, dir_ / "other_model") + " --resume"), "this run started from");
   fs::remove_all(out / "checkpoints" / "iter-00001");
-  const std::string log = read_file(out / "log.csv");
+  const std::string log = bytes_of(out / "log.csv");
   expect_error(run(args(out) + " --resume"), "no complete checkpoint to resume from");
-  EXPECT_EQ(read_file(out / "log.csv"), log);
+  EXPECT_EQ(bytes_of(out / "log.csv"), log);
   fs::remove_all(out / "checkpoints");  // only the log left: still a run
   expect_error(run(args(out) + " --resume"), "no complete checkpoint to resume from");
-  EXPECT_EQ(read_file(out / "log.csv"), log);
+  EXPECT_EQ(bytes_of(out / "log.csv"), log);
 }
 
 // Corrupt checkpoints: each a one-line error naming the file, before any game is played.
@@ -598,11 +594,11 @@ TEST_F(RlSelfPlay, CorruptCheckpointsAreClearErrors) {
   const fs::path out = stopped_run("corrupt"), ckpt = out / "checkpoints" / "iter-00001";
   const fs::path saved = dir_ / "corrupt_saved";
   fs::copy(ckpt, saved);
-  const std::string log = read_file(out / "log.csv");
+  const std::string log = bytes_of(out / "log.csv");
   auto expect_refused = [&](const std::string& what, const std::string& fragment) {
     SCOPED_TRACE(what);
     expect_error(run(args(out) + " --resume"), fragment);
-    EXPECT_EQ(read_file(out / "log.csv"), log);
+    EXPECT_EQ(bytes_of(out / "log.csv"), log);
     fs::remove_all(ckpt);
     fs::copy(saved, ckpt);
   };

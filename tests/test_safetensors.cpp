@@ -1,6 +1,7 @@
 // safetensors reading and writing, and the checkpoint directory on top of it.
 #include <gtest/gtest.h>
 
+#include "file_bytes.hpp"
 #include "temp_dir.hpp"
 
 #include <cstring>
@@ -24,10 +25,6 @@ fs::path temp_dir(const std::string& name) {
   return d;
 }
 
-std::string read_all(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
 void write_all(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
 
 // A file with a header given as text and `data_bytes` zero bytes of data.
@@ -114,7 +111,7 @@ TEST(Safetensors, RejectsMalformedFilesWithAReason) {
   write_all(p, "abc");
   EXPECT_NE(error_of(p).find("too short"), std::string::npos);
   write_raw(p, "{}", 0);
-  std::string bytes = read_all(p);
+  std::string bytes = testing_files::bytes_of(p);
   bytes[0] = char(0xff), bytes[1] = char(0xff), bytes[2] = char(0xff);
   write_all(p, bytes);
   EXPECT_NE(error_of(p).find("exceeds the file size"), std::string::npos);

@@ -11,6 +11,7 @@
 #include <thread>
 #include <tuple>
 
+#include "file_bytes.hpp"
 #include "model/hf_config.hpp"
 #include "model/init.hpp"
 #include "model/tensor_names.hpp"
@@ -27,6 +28,7 @@
 
 using namespace crossmoe;
 using namespace crossmoe::train;
+using crossmoe::testing_files::bytes_of;
 namespace fs = std::filesystem;
 
 namespace {
@@ -87,11 +89,6 @@ std::vector<Layout> layouts() {
   out.push_back({"layer_local_full_qknorm_clip_bias", olmoe_like, {}});
   for (auto& l : out) l.config.finalize();
   return out;
-}
-
-std::string file_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 fs::path temp_dir(const std::string& name) {
@@ -666,8 +663,8 @@ TEST(TrainerLoop, ResumeIsBitForBitAndCrashLeftoversAreIgnored) {
   split.resume = true;
   train_model(c, split);
 
-  EXPECT_EQ(file_bytes(straight.out_dir / "model" / "model.safetensors"), file_bytes(split.out_dir / "model" / "model.safetensors"));
-  EXPECT_EQ(file_bytes(straight.out_dir / "log.csv").size() > 0, true);
+  EXPECT_EQ(bytes_of(straight.out_dir / "model" / "model.safetensors"), bytes_of(split.out_dir / "model" / "model.safetensors"));
+  EXPECT_EQ(bytes_of(straight.out_dir / "log.csv").size() > 0, true);
   // The logs agree on every loss (timings aside).
   EXPECT_EQ(testing_logs::log_without_timings(straight.out_dir / "log.csv"),
             testing_logs::log_without_timings(split.out_dir / "log.csv"));
@@ -692,9 +689,9 @@ TEST(TrainerLoop, PerTokenPsrMasksResumeBitForBit) {
   step.out_dir = temp_dir("psr-step");
   step.psr_mask = "step";
   train_model(c, step);
-  const std::string weights = file_bytes(token.out_dir / "model" / "model.safetensors");
-  EXPECT_EQ(weights, file_bytes(split.out_dir / "model" / "model.safetensors"));
-  EXPECT_NE(weights, file_bytes(step.out_dir / "model" / "model.safetensors")) << "the masks differ";
+  const std::string weights = bytes_of(token.out_dir / "model" / "model.safetensors");
+  EXPECT_EQ(weights, bytes_of(split.out_dir / "model" / "model.safetensors"));
+  EXPECT_NE(weights, bytes_of(step.out_dir / "model" / "model.safetensors")) << "the masks differ";
 }
 
 // --deterministic: every operation of a ReXMoE run with PSR has a deterministic kernel (else the
@@ -713,8 +710,8 @@ TEST(TrainerLoop, DeterministicRunsRepeatBitForBit) {
   second.out_dir = temp_dir("deterministic-2");
   train_model(c, second);
   at::globalContext().setDeterministicAlgorithms(false, false);
-  EXPECT_EQ(file_bytes(first.out_dir / "model" / "model.safetensors"),
-            file_bytes(second.out_dir / "model" / "model.safetensors"));
+  EXPECT_EQ(bytes_of(first.out_dir / "model" / "model.safetensors"),
+            bytes_of(second.out_dir / "model" / "model.safetensors"));
   EXPECT_EQ(testing_logs::log_without_timings(first.out_dir / "log.csv"),
             testing_logs::log_without_timings(second.out_dir / "log.csv"));
 }
@@ -802,7 +799,7 @@ TEST(TrainerResume, FindsTheNewestCompleteCheckpointWithoutLatest) {
     else fs::resize_file(shard, fs::file_size(shard) - 1);
     const TrainResult r = train_model(c, o);
     EXPECT_EQ(r.steps, 5);
-    EXPECT_EQ(file_bytes(straight.out_dir / "model" / "model.safetensors"), file_bytes(r.model_dir / "model.safetensors"))
+    EXPECT_EQ(bytes_of(straight.out_dir / "model" / "model.safetensors"), bytes_of(r.model_dir / "model.safetensors"))
         << damage;
   }
 }
@@ -811,15 +808,15 @@ TEST(TrainerResume, RefusesWithoutACompleteCheckpointAndKeepsTheLog) {
   ModelConfig c = small("dense");
   c.finalize();
   TrainOptions o = stopped_run(c, make_data(c.vocab_size), "resume_refuse", 5, 2);
-  const std::string log = file_bytes(o.out_dir / "log.csv");
+  const std::string log = bytes_of(o.out_dir / "log.csv");
   ASSERT_NE(log.find("\n2,"), std::string::npos) << log;
   fs::remove_all(o.out_dir / "checkpoints" / "step-0000002");
   EXPECT_NE(error_of([&] { train_model(c, o); }).find("no complete checkpoint to resume from"), std::string::npos);
-  EXPECT_EQ(file_bytes(o.out_dir / "log.csv"), log);
+  EXPECT_EQ(bytes_of(o.out_dir / "log.csv"), log);
   // Without --resume, a directory holding a run is not started over either.
   o.resume = false;
   EXPECT_NE(error_of([&] { train_model(c, o); }).find("pass --resume"), std::string::npos);
-  EXPECT_EQ(file_bytes(o.out_dir / "log.csv"), log);
+  EXPECT_EQ(bytes_of(o.out_dir / "log.csv"), log);
 }
 
 TEST(TrainerResume, SettingsComeBackAndDifferencesAreRefusedUnlessForced) {
@@ -869,7 +866,7 @@ TEST(TrainerResume, CorruptCheckpointFilesAreClearErrors) {
     EXPECT_NE(message.find(fragment), std::string::npos) << what << ": " << message;
     restore();
   };
-  const std::string state = file_bytes(ckpt / "state.json");
+  const std::string state = bytes_of(ckpt / "state.json");
   std::ofstream(ckpt / "state.json", std::ios::trunc) << state.substr(0, state.size() / 2);
   expect_error("truncated state", "state.json: invalid JSON");
   nlohmann::json j = nlohmann::json::parse(state);
@@ -893,7 +890,7 @@ TEST(TrainerResume, CorruptCheckpointFilesAreClearErrors) {
   bad_config["config"]["num_hidden_layers"] = -1;
   write_json_file(ckpt / "state.json", bad_config);
   expect_error("bad config", "state.json: config:");
-  const std::string manifest = file_bytes(ckpt / kCheckpointManifest);
+  const std::string manifest = bytes_of(ckpt / kCheckpointManifest);
   std::ofstream(ckpt / kCheckpointManifest, std::ios::trunc) << manifest.substr(0, manifest.size() / 2);
   expect_error("truncated manifest", "manifest.json: invalid JSON");
   for (auto [key, value, fragment] : std::vector<std::tuple<std::string, nlohmann::json, std::string>>{
@@ -979,7 +976,7 @@ TEST(TrainerResume, WholeModelCheckpointsStillResume) {
   write_log_cut(1);
   const TrainResult r = train_model(c, o);
   EXPECT_EQ(r.steps, 4);
-  EXPECT_EQ(file_bytes(straight.out_dir / "model" / "model.safetensors"), file_bytes(r.model_dir / "model.safetensors"));
+  EXPECT_EQ(bytes_of(straight.out_dir / "model" / "model.safetensors"), bytes_of(r.model_dir / "model.safetensors"));
   const std::vector<std::string> resumed = log_lines(o.out_dir / "log.csv");
   ASSERT_EQ(resumed.size(), 5u);
   EXPECT_EQ(resumed[0], full[0]);
@@ -1156,8 +1153,8 @@ TEST(TrainerSft, ResumeIsBitForBit) {
   straight.seq_len = 40;
   train_model(c, straight);
   const TrainOptions split = trained_in_two_parts(c, straight, "sft_split", 4);
-  EXPECT_EQ(file_bytes(straight.out_dir / "model" / "model.safetensors"),
-            file_bytes(split.out_dir / "model" / "model.safetensors"));
+  EXPECT_EQ(bytes_of(straight.out_dir / "model" / "model.safetensors"),
+            bytes_of(split.out_dir / "model" / "model.safetensors"));
   TrainOptions no_model = straight;
   no_model.out_dir = temp_dir("sft_no_model");
   no_model.init_model.clear();
