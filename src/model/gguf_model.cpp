@@ -70,7 +70,8 @@ ModelConfig gguf_model_config(const GgufFile& f) {
   const std::string& label = f.label();
   const std::string arch = f.string("general.architecture");
   if (arch == "deepseek2")
-    throw Error(label + ": architecture deepseek2 uses multi-head latent attention, which crossmoe does not implement");
+    throw Error(label + ": architecture deepseek2 uses multi-head latent attention, which crossmoe runs from Hugging Face "
+                        "model directories only (its GGUF mapping, attn_k_b / attn_v_b, is not read)");
   require(supported_architectures().count(arch),
           label + ": architecture '" + arch + "' is not supported (supported: " + architecture_list() + ")");
   const auto key = [&](const std::string& k) { return arch + "." + k; };
