@@ -236,13 +236,7 @@ void BatchSession::latent_qkv(int l, int T) {
   if (ql > 0) k::matmul(L.q_b, q_latent_.data(), T, q_heads_.data());
   // Each head's q_nope into the latent space (k_up), head by head on all T tokens:
   // q = [k_up[h] q_nope | q_rope] per head.
-  std::vector<k::MatmulJob> jobs;
-  for (int h = 0; h < H; ++h) {
-    float* in = &per_head_in_[size_t(h) * T * nope];
-    for (int t = 0; t < T; ++t) std::copy_n(&q_heads_[(size_t(t) * H + h) * qk], nope, in + size_t(t) * nope);
-    jobs.push_back({L.k_up[h], in, T, &per_head_out_[size_t(h) * T * kvl]});
-  }
-  k::matmul_batch(jobs.data(), int(jobs.size()));
+  through_heads(L.k_up, q_heads_.data(), qk, nope, T);
   for (int t = 0; t < T; ++t)
     for (int h = 0; h < H; ++h) {
       float* q = &q_[(size_t(t) * H + h) * key];
@@ -251,17 +245,24 @@ void BatchSession::latent_qkv(int l, int T) {
     }
 }
 
+void BatchSession::through_heads(const std::vector<k::Matrix>& weights, const float* rows, int head_width, int in,
+                                 int T) {
+  const int H = int(weights.size());
+  std::vector<k::MatmulJob> jobs;
+  for (int h = 0; h < H; ++h) {
+    float* gathered = &per_head_in_[size_t(h) * T * in];
+    for (int t = 0; t < T; ++t)
+      std::copy_n(&rows[(size_t(t) * H + h) * head_width], in, gathered + size_t(t) * in);
+    jobs.push_back({weights[h], gathered, T, &per_head_out_[size_t(h) * T * size_t(weights[h].rows)]});
+  }
+  k::matmul_batch(jobs.data(), int(jobs.size()));
+}
+
 void BatchSession::latent_output(int l, int T) {
   const LayerWeights& L = model_.weights().layers[l];
   const LatentAttention& a = *c_.latent_attention;
   const int H = c_.num_heads, kvl = a.kv_lora_rank, vd = a.v_head_dim;
-  std::vector<k::MatmulJob> jobs;
-  for (int h = 0; h < H; ++h) {
-    float* in = &per_head_in_[size_t(h) * T * kvl];
-    for (int t = 0; t < T; ++t) std::copy_n(&att_[(size_t(t) * H + h) * kvl], kvl, in + size_t(t) * kvl);
-    jobs.push_back({L.v_up[h], in, T, &per_head_out_[size_t(h) * T * vd]});
-  }
-  k::matmul_batch(jobs.data(), int(jobs.size()));
+  through_heads(L.v_up, att_.data(), kvl, kvl, T);
   for (int t = 0; t < T; ++t)
     for (int h = 0; h < H; ++h)
       std::copy_n(&per_head_out_[(size_t(h) * T + t) * vd], vd, &latent_out_[(size_t(t) * H + h) * vd]);

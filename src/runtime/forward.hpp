@@ -88,6 +88,10 @@ class BatchSession {
   // weighted sum) expanded by v_up into latent_out_, o's input.
   void latent_qkv(int layer, int T);
   void latent_output(int layer, int T);
+  // Head h of each of T tokens (the first `in` floats of its head_width-wide slice of `rows`,
+  // heads side by side) through weights[h], all heads in one matmul_batch: head h's outputs for
+  // token t at per_head_out_[(h * T + t) * weights[h].rows].
+  void through_heads(const std::vector<kernels::Matrix>& weights, const float* rows, int head_width, int in, int T);
   // One SwiGLU FFN applied to `tokens` rows of `in`, written to `out`.
   struct SwiGluRun {
     const SwiGluWeights* weights;
