@@ -1,4 +1,4 @@
-// Q8_0 and Q4_K: hand-built blocks decode to the values ggml's layout gives, and quantizing
+// Q8_0, Q4_K and Q6_K: hand-built blocks decode to the values ggml's layout gives, and quantizing
 // then dequantizing stays within each format's bound (util/quant.hpp derives them).
 #include <gtest/gtest.h>
 
@@ -44,6 +44,8 @@ TEST(Quant, BlockSizesAndNames) {
   EXPECT_EQ(dtype_row_bytes(DType::Q4_K, 512), 288u);
   EXPECT_EQ(dtype_row_bytes(DType::BF16, 3), 6u);
   EXPECT_EQ(dtype_block(DType::Q4_K), 256);
+  EXPECT_EQ(dtype_row_bytes(DType::Q6_K, 512), 420u);
+  EXPECT_EQ(dtype_block(DType::Q6_K), 256);
   EXPECT_EQ(dtype_size(DType::Q8_0), 0u);
   DType t;
   EXPECT_FALSE(parse_dtype("Q8_0", &t)) << "a safetensors dtype field never names a block type";
@@ -88,6 +90,28 @@ TEST(Quant, Q4_KHandBuiltBlockDecodes) {
       const int q = j % 2 == 0 ? byte & 15 : byte >> 4;
       EXPECT_FLOAT_EQ(y[j * 32 + i], 0.25f * float(sc[j]) * float(q) - 0.125f * float(m[j])) << j << " " << i;
     }
+}
+
+TEST(Quant, Q6_KHandBuiltBlockDecodes) {
+  // Bytes set by hand from ggml's layout: ql (0..127) low 4 bits, qh (128..191) high 2 bits,
+  // int8 scales (192..207), fp16 d (208).
+  uint8_t block[210] = {};
+  put_half(block + 208, 0.5f);
+  for (int j = 0; j < 16; ++j) block[192 + j] = uint8_t(int8_t(j * 17 - 128));  // -128, -111, ..., 127
+  block[0] = 0xa5;        // value 0: low nibble 5; value 64: high nibble 10
+  block[128] = 0xe4;      // qh byte 0: bits 0-1 = 0 (value 0), 2-3 = 1 (32), 4-5 = 2 (64), 6-7 = 3 (96)
+  block[32] = 0x3c;       // value 32: low nibble 12; value 96: high nibble 3
+  block[64 + 31] = 0x0f;  // half 1, l = 31: value 128 + 31, low nibble 15 (its qh bits 0)
+  block[160 + 31] = 0x03; // half 1's qh byte 31: value 159's top bits 3
+  std::vector<float> y(256);
+  quant::dequantize_row(DType::Q6_K, block, 256, y.data());
+  EXPECT_EQ(y[0], 0.5f * -128.0f * float(5 - 32));
+  EXPECT_EQ(y[32], 0.5f * float(2 * 17 - 128) * float((12 | 1 << 4) - 32));   // sub-block 2
+  EXPECT_EQ(y[64], 0.5f * float(4 * 17 - 128) * float((10 | 2 << 4) - 32));   // sub-block 4
+  EXPECT_EQ(y[96], 0.5f * float(6 * 17 - 128) * float((3 | 3 << 4) - 32));    // sub-block 6
+  EXPECT_EQ(y[159], 0.5f * float(9 * 17 - 128) * float((15 | 3 << 4) - 32));  // sub-block 9
+  EXPECT_EQ(y[1], 0.5f * -128.0f * -32.0f) << "bytes of zero are q = 0, value -32 * scale * d";
+  EXPECT_EQ(y[255], 0.5f * 127.0f * -32.0f);
 }
 
 TEST(Quant, Q4_KScalesAndMinsPackEveryValue) {
@@ -171,6 +195,37 @@ TEST(Quant, Q4_KRoundTripWithinHalfASubBlockStep) {
         const int64_t k = b * 256 + j * 32 + i;
         const float err = std::fabs(x[k] - y[k]);
         EXPECT_LE(err, step / 2 + 1e-6f * (15.0f * step + dmin * float(m))) << "element " << k;
+        if (step > 0) total += err / step, ++counted;
+      }
+    }
+  }
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(y[i], 0.0f) << "an all-zero sub-block decodes to zeros";
+  EXPECT_LT(total / counted, 0.3) << "rounding to nearest errs by a quarter step on average";
+}
+
+TEST(Quant, Q6_KRoundTripWithinHalfASubBlockStep) {
+  const int64_t n = 2048;
+  const std::vector<float> x = test_row(n, 13);
+  std::vector<uint8_t> q(dtype_row_bytes(DType::Q6_K, n));
+  std::vector<float> y(n);
+  quant::quantize_row(DType::Q6_K, x.data(), n, q.data());
+  quant::dequantize_row(DType::Q6_K, q.data(), n, y.data());
+  double total = 0.0;  // errors in units of their sub-block's step
+  int counted = 0;
+  for (int64_t b = 0; b < n / 256; ++b) {
+    const uint8_t* block = q.data() + b * 210;
+    const float d = quant::read_half(block + 208);
+    for (int j = 0; j < 16; ++j) {
+      const float* xs = x.data() + b * 256 + j * 16;
+      float amax = 0.0f;
+      for (int i = 0; i < 16; ++i) amax = std::max(amax, std::fabs(xs[i]));
+      const float step = d * float(int8_t(block[192 + j]));
+      EXPECT_GE(step, 0.0f);
+      EXPECT_LE(step, amax / 31.0f + d + 1e-6f * amax) << "block " << b << " sub " << j;
+      for (int i = 0; i < 16; ++i) {
+        const int64_t k = b * 256 + j * 16 + i;
+        const float err = std::fabs(x[k] - y[k]);
+        EXPECT_LE(err, step / 2 + 1e-6f * amax) << "element " << k;
         if (step > 0) total += err / step, ++counted;
       }
     }

@@ -20,7 +20,7 @@ class Binder {
 
   kernels::Matrix matrix(const std::string& name, int64_t rows, int64_t cols) const {
     const TensorView& t = ck_.get(name, {rows, cols});
-    if (t.dtype != DType::Q8_0 && t.dtype != DType::Q4_K) check_dtype(t);  // blocks are read unaligned
+    if (dtype_block(t.dtype) == 1) check_dtype(t);  // blocks are read unaligned
     return kernels::Matrix{t.data, t.dtype, rows, cols};
   }
   std::vector<float> vector(const std::string& name, int64_t size) const {
@@ -40,7 +40,7 @@ class Binder {
   static void check_dtype(const TensorView& t) {
     require(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16,
             "tensor '" + t.name + "' has dtype " + dtype_name(t.dtype) +
-                "; supported: F32, BF16, F16, and Q8_0 / Q4_K for matrices (crossmoe quantize)");
+                "; supported: F32, BF16, F16, and Q8_0 / Q4_K / Q6_K for matrices");
     require(reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) == 0,
             "tensor '" + t.name + "' is not aligned to its element size (re-save the checkpoint)");
   }

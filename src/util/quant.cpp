@@ -84,6 +84,35 @@ void quantize_q4_k(const float* x, uint8_t* block) {
   }
 }
 
+void quantize_q6_k(const float* x, uint8_t* block) {
+  constexpr int kSubs = kQ6_KBlock / kQ6_KSubBlock;
+  // Each sub-block's step reaches max|x_j| in 31 steps (q - 32 in -31..31), and the 8-bit scales
+  // are those steps in units of d, rounded up.
+  float step[kSubs], max_step = 0.0f;
+  for (int j = 0; j < kSubs; ++j) {
+    float amax = 0.0f;
+    for (int i = 0; i < kQ6_KSubBlock; ++i) amax = std::max(amax, std::fabs(x[j * kQ6_KSubBlock + i]));
+    step[j] = amax / 31.0f;
+    max_step = std::max(max_step, step[j]);
+  }
+  require(max_step / 127.0f <= kHalfMax, "value " + std::to_string(31 * max_step) + " is too large for Q6_K's fp16 scale");
+  const uint16_t d_h = half_at_least(max_step / 127.0f);
+  const float d = f16_to_f32(d_h);
+  uint8_t* ql = block;
+  uint8_t* qh = block + 128;
+  auto* sc = reinterpret_cast<int8_t*>(block + 192);
+  std::memset(block, 0, 192);
+  for (int j = 0; j < kSubs; ++j) sc[j] = int8_t(d == 0.0f ? 0 : std::min(127, int(std::ceil(step[j] / d))));
+  write_half(block + 208, d_h);
+  for (int v = 0; v < kQ6_KBlock; ++v) {
+    const float s = d * float(sc[v / kQ6_KSubBlock]);  // the product the dequantization forms
+    const int q = 32 + (s == 0.0f ? 0 : int(std::clamp(std::nearbyint(x[v] / s), -32.0f, 31.0f)));
+    const int half = v / 128, k = v % 128 / 32, l = v % 32;
+    ql[64 * half + 32 * (k % 2) + l] |= uint8_t(k < 2 ? q & 15 : (q & 15) << 4);
+    qh[32 * half + l] |= uint8_t((q >> 4) << (2 * k));
+  }
+}
+
 void dequantize_q8_0(const uint8_t* block, float* y) {
   const float d = read_half(block);
   const auto* q = reinterpret_cast<const int8_t*>(block + 2);
@@ -104,6 +133,19 @@ void dequantize_q4_k(const uint8_t* block, float* y) {
   }
 }
 
+void dequantize_q6_k(const uint8_t* block, float* y) {
+  const uint8_t* ql = block;
+  const uint8_t* qh = block + 128;
+  const auto* sc = reinterpret_cast<const int8_t*>(block + 192);
+  const float d = read_half(block + 208);
+  for (int v = 0; v < kQ6_KBlock; ++v) {
+    const int half = v / 128, k = v % 128 / 32, l = v % 32;
+    const uint8_t low = ql[64 * half + 32 * (k % 2) + l];
+    const int q = (k < 2 ? low & 15 : low >> 4) | ((qh[32 * half + l] >> (2 * k)) & 3) << 4;
+    y[v] = d * float(sc[v / kQ6_KSubBlock]) * float(q - 32);
+  }
+}
+
 }  // namespace
 
 void q4_k_pack_scales_mins(const int* scales, const int* mins, uint8_t* packed) {
@@ -115,27 +157,29 @@ void q4_k_pack_scales_mins(const int* scales, const int* mins, uint8_t* packed) 
 }
 
 void quantize_row(DType type, const float* x, int64_t n, void* out) {
-  require(type == DType::Q8_0 || type == DType::Q4_K, "cannot quantize to " + dtype_name(type));
+  require(type == DType::Q8_0 || type == DType::Q4_K || type == DType::Q6_K, "cannot quantize to " + dtype_name(type));
   dtype_row_bytes(type, n);  // throws unless n is whole blocks
   const int64_t block = dtype_block(type), blocks = n / block;
   const size_t block_bytes = dtype_row_bytes(type, block);
-  check_finite(x, n, type == DType::Q8_0 ? "Q8_0" : "Q4_K");
+  check_finite(x, n, dtype_name(type).c_str());
   auto* o = static_cast<uint8_t*>(out);
   for (int64_t b = 0; b < blocks; ++b) {
     if (type == DType::Q8_0) quantize_q8_0(x + b * block, o + b * block_bytes);
-    else quantize_q4_k(x + b * block, o + b * block_bytes);
+    else if (type == DType::Q4_K) quantize_q4_k(x + b * block, o + b * block_bytes);
+    else quantize_q6_k(x + b * block, o + b * block_bytes);
   }
 }
 
 void dequantize_row(DType type, const void* in, int64_t n, float* out) {
-  require(type == DType::Q8_0 || type == DType::Q4_K, "cannot dequantize " + dtype_name(type));
+  require(type == DType::Q8_0 || type == DType::Q4_K || type == DType::Q6_K, "cannot dequantize " + dtype_name(type));
   dtype_row_bytes(type, n);  // throws unless n is whole blocks
   const int64_t block = dtype_block(type), blocks = n / block;
   const size_t block_bytes = dtype_row_bytes(type, block);
   const auto* p = static_cast<const uint8_t*>(in);
   for (int64_t b = 0; b < blocks; ++b) {
     if (type == DType::Q8_0) dequantize_q8_0(p + b * block_bytes, out + b * block);
-    else dequantize_q4_k(p + b * block_bytes, out + b * block);
+    else if (type == DType::Q4_K) dequantize_q4_k(p + b * block_bytes, out + b * block);
+    else dequantize_q6_k(p + b * block_bytes, out + b * block);
   }
 }
 

@@ -13,6 +13,12 @@
 //     nibble), whose top 2 bits are the top 2 bits of bytes j - 4 (sc) and j (m).
 //     The 128 bytes: 32 bytes per pair of sub-blocks (2p, 2p + 1); byte i of the pair holds
 //     q[2p][i] in its low nibble and q[2p + 1][i] in its high nibble.
+//   Q6_K, 210 bytes per 256 values (16 sub-blocks j of 16): 128 bytes ql of low 4 bits | 64 bytes qh
+//        of high 2 bits | int8 sc[16] | fp16 d
+//        value[16 j + i] = d * sc[j] * (q[16 j + i] - 32)        (q in 0..63; float(d * sc[j]) first)
+//     Each half h of 128 values has 64 bytes of ql (from 64 h) and 32 of qh (from 128 + 32 h), and
+//     its value 32 k + l (quarter k, l < 32) takes the low (k < 2) or high (k >= 2) nibble of ql
+//     byte l + 32 (k % 2) as its low 4 bits and bits 2k, 2k + 1 of qh byte l as its top 2.
 //
 // The quantizers here are this project's (not ggml's search for least squares); their error
 // bounds, which the tests check:
@@ -20,6 +26,9 @@
 //   Q4_K: each sub-block's grid [-dmin * m, d * sc * 15 - dmin * m] is made to cover its values
 //     (mins and scales rounded up), so |x - value| <= d * sc / 2, and
 //     d * sc < (max(x_j) - min(0, min(x_j)) + dmin) / 15 + d.
+//   Q6_K: step_j = max|x_j| / 31 over sub-block j's 16 values, d = max(step_j) / 127 rounded UP to
+//     fp16, sc[j] = ceil(step_j / d) (<= 127), q - 32 = round(x / (d * sc[j])) (in -31..31):
+//     |x - value| <= d * sc[j] / 2, and d * sc[j] < step_j + d.
 //
 // Rows interleaved 8 at a time: the kernels' layout, made when weights are loaded
 // (kernels::interleave_rows8), after llama.cpp's repacked q4_K_8x8. A group of 8 rows keeps its
@@ -36,7 +45,9 @@
 //     all 8. Unit u's 8 "scales" are sc[u] of rows 0, 1, 4, 5, 2, 3, 6, 7; its 8 "mins" are, for
 //     q = u / 2 and the rows 4h .. 4h + 3 with h = u % 2, m[2q] and m[2q + 1] of each row in turn
 //     (pairs ready for a 16-bit multiply-add against two activation blocks' sums).
-// Rows past the last whole group stay as they were.
+// Rows past the last whole group stay as they were. Q6_K matrices are not interleaved: their
+// products read each row's super-blocks as stored (one row and token at a time in decode, which
+// streams at memory speed as it is; docs/benchmarks.md).
 #include <bit>
 #include <cstdint>
 #include <cstring>
@@ -45,12 +56,13 @@
 
 namespace crossmoe::quant {
 
-constexpr int64_t kQ8_0Block = 32, kQ4_KBlock = 256, kQ4_KSubBlock = 32;
+constexpr int64_t kQ8_0Block = 32, kQ4_KBlock = 256, kQ4_KSubBlock = 32, kQ6_KBlock = 256, kQ6_KSubBlock = 16;
 
 // Quantizes n values (a multiple of the type's block) into dtype_row_bytes(type, n) bytes.
 // Throws on a bad n, on values that are not finite, or on values too large for the fp16 scales.
 void quantize_row(DType type, const float* x, int64_t n, void* out);
-// The inverse: n values from dtype_row_bytes(type, n) bytes of Q8_0 or Q4_K blocks.
+// The inverse: n values from dtype_row_bytes(type, n) bytes of Q8_0, Q4_K or Q6_K blocks, the
+// floats ggml's own dequantization gives.
 void dequantize_row(DType type, const void* in, int64_t n, float* out);
 
 // Sub-block j's 6-bit scale and min from Q4_K's 12 packed bytes (inline: the kernels call it
