@@ -539,7 +539,7 @@ void quant_products(Isa isa, DType t, std::vector<std::vector<float>>* outputs, 
     quantize_activations(x.data(), int64_t(tokens) * cols, activation_group(t), xq.data());
     std::vector<float> y(size_t(tokens) * rows);
     const Matrix weights = q.in_layout(layout, t, rows, cols);
-    ASSERT_EQ(weights.layout, rows >= 8 ? layout : Layout::Rows);
+    ASSERT_EQ(weights.layout, rows >= 8 && t != DType::Q6_K ? layout : Layout::Rows);
     matmul(weights, x.data(), tokens, y.data());
     std::vector<double> m(y.size());
     for (int tk = 0; tk < tokens; ++tk)
@@ -565,7 +565,7 @@ void quant_products(Isa isa, DType t, std::vector<std::vector<float>>* outputs, 
 
 void expect_isa_matches_portable(Isa isa) {
   if (!isa_supported(isa)) GTEST_SKIP() << "this CPU does not run " << isa_name(isa) << "; its kernels are untested here";
-  for (DType t : {DType::Q8_0, DType::Q4_K}) {
+  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
     std::vector<std::vector<float>> portable, vector_isa;
     std::vector<std::vector<double>> magnitude, unused;
     quant_products(Isa::Generic, t, &portable, &magnitude);
@@ -668,7 +668,7 @@ TEST(QuantKernels, EveryIsaQuantizesActivationsToThePortableBytes) {
 }
 
 TEST(QuantKernels, PortableMatchesDequantizedWeightsWithinTheBound) {
-  for (DType t : {DType::Q8_0, DType::Q4_K}) {
+  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
     std::vector<std::vector<float>> y;
     std::vector<std::vector<double>> m;
     quant_products(Isa::Generic, t, &y, &m);
@@ -737,6 +737,77 @@ TEST(QuantKernels, InterleavedTilesGiveThePortableBitsOnExtremeBytes) {
   }
 }
 
+// Q6_K rows (never interleaved) on random bytes of every value, beside extreme rows: every 6-bit q
+// 0 under scales of -128 (each value +4096 d) and every q 63 under scales of 127, against
+// activations of -127 and 127. The contract of quant_matmul_impl.hpp: one exact integer sum per
+// super-block, (row, token), then one float step, so every ISA gives the portable bits, for any
+// number of tokens (1 to 23, in tiles of 4 rows x 2 tokens and 1) and any block of rows; and
+// each output within the bound against the dequantized rows times the quantized activations.
+TEST(QuantKernels, Q6_KRowsGiveThePortableBitsInEveryIsaAndTheDoubleSum) {
+  std::mt19937 rng(14);
+  std::uniform_int_distribution<int> byte(0, 255);
+  const int rows = 37, cols = 768, tokens = 23;
+  std::vector<float> x(size_t(tokens) * cols);
+  for (int t = 0; t < tokens; ++t)
+    for (int c = 0; c < cols; ++c)
+      x[size_t(t) * cols + c] = t == 0 ? -1.0f : t == 1 ? 1.0f : float(byte(rng) - 128) / 128.0f;
+  const size_t row_bytes = dtype_row_bytes(DType::Q6_K, cols);
+  std::vector<uint8_t> bytes(row_bytes * rows);
+  for (int r = 0; r < rows; ++r)
+    for (size_t b = 0; b < row_bytes; b += 210) {
+      uint8_t* block = &bytes[r * row_bytes + b];
+      for (int i = 0; i < 192; ++i) block[i] = r == 0 ? 0x00 : r == 1 ? 0xff : uint8_t(byte(rng));
+      for (int j = 0; j < 16; ++j) block[192 + j] = r == 0 ? 0x80 : r == 1 ? 0x7f : uint8_t(byte(rng));
+      const uint16_t d = f32_to_f16(r < 2 ? 0.01f : 0.001f * float(1 + byte(rng)));
+      std::memcpy(block + 208, &d, 2);
+    }
+  Matrix m{bytes.data(), DType::Q6_K, rows, cols};
+  interleave_rows8(m, bytes.data());
+  ASSERT_EQ(m.layout, Layout::Rows) << "Q6_K rows stay as they are";
+  std::vector<float> portable(size_t(tokens) * rows);
+  {
+    IsaGuard guard(Isa::Generic);
+    matmul(m, x.data(), tokens, portable.data());
+  }
+  std::vector<float> w(size_t(rows) * cols);
+  for (int r = 0; r < rows; ++r) to_f32(&bytes[r * row_bytes], DType::Q6_K, cols, &w[size_t(r) * cols]);
+  std::vector<ActivationBlock> xq(size_t(tokens) * cols / 32);
+  quantize_activations(x.data(), int64_t(tokens) * cols, activation_group(DType::Q6_K), xq.data());
+  for (int t = 0; t < tokens; ++t)
+    for (int r = 0; r < rows; ++r) {
+      // Against the quantized activations the integer sums are exact: what is left is float
+      // rounding, one step per super-block on at most sum |w| |a|.
+      double ref = 0, magnitude = 0;
+      for (int c = 0; c < cols; ++c) {
+        const ActivationBlock& a = xq[(size_t(t) * cols + c) / 32];
+        const double xa = double(a.d) * a.q[c % 32];
+        ref += double(w[size_t(r) * cols + c]) * xa;
+        magnitude += std::fabs(double(w[size_t(r) * cols + c]) * xa);
+      }
+      ASSERT_LE(std::fabs(portable[size_t(t) * rows + r] - ref), 1e-6 * magnitude) << "token " << t << " row " << r;
+    }
+  const float d = f16_to_f32(f32_to_f16(0.01f)), ad = 1.0f / 127.0f;
+  EXPECT_FLOAT_EQ(portable[0], 768.0f * -128 * -32 * -127 * d * ad) << "every weight -128 x -32 d, activation -127 a.d";
+  EXPECT_FLOAT_EQ(portable[rows + 1], 768.0f * 127 * 31 * 127 * d * ad) << "every weight 127 x 31 d, activation 127 a.d";
+  for (Isa isa : supported()) {
+    IsaGuard guard(isa);
+    std::vector<float> y(size_t(tokens) * rows), alone(rows);
+    matmul(m, x.data(), tokens, y.data());
+    EXPECT_EQ(first_difference(y, portable, rows), "") << isa_name(isa);
+    for (int k : {0, 1, 2, 9, 22}) {
+      matmul(m, &x[size_t(k) * cols], 1, alone.data());
+      EXPECT_EQ(alone, std::vector<float>(portable.begin() + size_t(k) * rows, portable.begin() + size_t(k + 1) * rows))
+          << isa_name(isa) << " token " << k << " alone";
+    }
+    for (int n : {2, 3, 5}) {
+      std::vector<float> few(size_t(n) * rows);
+      matmul(m, x.data(), n, few.data());
+      EXPECT_EQ(first_difference(few, std::vector<float>(portable.begin(), portable.begin() + size_t(n) * rows), rows), "")
+          << isa_name(isa) << " " << n << " tokens";
+    }
+  }
+}
+
 TEST(QuantKernels, BatchSharesQuantizedInputsAndMixesDtypes) {
   // Jobs reading the same x (as q, k, v do), another x, and a bf16 job in between: each output
   // equals its own matmul call.
@@ -774,7 +845,7 @@ TEST(QuantKernels, ATokenGetsTheSameBitsAloneOrInABatch) {
   std::mt19937 rng(6);
   const int rows = 38, cols = 512, tokens = 19;
   const std::vector<float> x = weight_like(size_t(tokens) * cols, rng);
-  for (DType t : {DType::Q8_0, DType::Q4_K}) {
+  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q6_K}) {  // (Q6_K stays as rows)
     QuantizedMatrix q = quantize_matrix(t, weight_like(size_t(rows) * cols, rng), rows, cols);
     for (Layout layout : {Layout::Rows, Layout::Interleaved8}) {
       const Matrix m = q.in_layout(layout, t, rows, cols);
@@ -886,7 +957,7 @@ TEST(QuantKernels, InterleavingLeavesTailRowsAndOtherMatricesAsTheyWere) {
 
 TEST(QuantKernels, RowsOfABlockTypeWidenToTheirDequantizedValues) {
   std::mt19937 rng(4);
-  for (DType t : {DType::Q8_0, DType::Q4_K}) {
+  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
     const QuantizedMatrix q = quantize_matrix(t, weight_like(2 * 512, rng), 2, 512);
     std::vector<float> row(512);
     to_f32(q.bytes.data() + dtype_row_bytes(t, 512), t, 512, row.data());

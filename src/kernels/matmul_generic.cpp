@@ -66,6 +66,24 @@ struct QuantLaneScalar {
     return sum;
   }
   static Acc madd_int(Int sums, float scale, Acc acc) { return acc + scale * float(sums); }
+  template <int T>
+  static void q6_k_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
+    const auto* sc = reinterpret_cast<const int8_t*>(w + 192);
+    for (int t = 0; t < T; ++t) {
+      int32_t total = 0;
+      for (int j = 0; j < 16; ++j) {
+        int32_t sub = 0;
+        for (int i = 0; i < 16; ++i) {
+          const int v = 16 * j + i, half = v / 128, k = v % 128 / 32, l = v % 32;
+          const uint8_t low = w[64 * half + 32 * (k % 2) + l];
+          const int q = (k < 2 ? low & 15 : low >> 4) | ((w[128 + 32 * half + l] >> (2 * k)) & 3) << 4;
+          sub += (q - 32) * x[t * blocks + v / 32].q[v % 32];
+        }
+        total += sc[j] * sub;
+      }
+      sums[t] = total;
+    }
+  }
 
   // Interleaved groups: each block index's 8 blocks put back in rows (quant::deinterleave8_block),
   // then the products of quant_matmul_impl.hpp's contract, row by row.

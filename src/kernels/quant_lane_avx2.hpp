@@ -100,6 +100,54 @@ struct QuantLaneAvx2 {
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
   }
 
+  // Q6_K (util/quant.hpp): quarter k of half h is 32 values, the 6-bit q of activation block 4h + k,
+  // sub-blocks 8h + 2k and 8h + 2k + 1. vpmaddubsw pairs q (<= 63) with a (|a| <= 127), and
+  // 32 with a: their difference, (q - 32) a over two values, is at most 8128 in 16 bits, and
+  // vpmaddwd applies the signed 8-bit scales of the two sub-blocks (the low and high 8 words).
+  // The per-token sums stay in 8 lanes, added across once per super-block.
+  static __m256i q6_k_quarter(__m256i ql, __m256i qh, int k) {
+    const __m256i low4 = _mm256_set1_epi8(15), top2 = _mm256_set1_epi8(0x30);
+    const __m256i nibbles = _mm256_and_si256(k < 2 ? ql : _mm256_srli_epi16(ql, 4), low4);
+    const __m256i high = k == 0 ? _mm256_slli_epi16(qh, 4) : k == 1 ? _mm256_slli_epi16(qh, 2)
+                         : k == 2 ? qh : _mm256_srli_epi16(qh, 2);
+    return _mm256_or_si256(nibbles, _mm256_and_si256(high, top2));
+  }
+  static int32_t sum_lanes(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)));
+  }
+  template <int T>
+  static void q6_k_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
+    alignas(32) int16_t scales[16];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(scales),
+                       _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 192))));
+    // Words 0, 1 of a broadcast pair of scales to the low 8 words, words 2, 3 to the high 8.
+    const __m256i spread = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,  //
+                                            2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    const __m256i offset = _mm256_set1_epi8(32);
+    __m256i acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      const __m256i ql[2] = {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 64 * h)),
+                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 64 * h + 32))};
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 128 + 32 * h));
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k) {
+        const __m256i q = q6_k_quarter(ql[k % 2], qh, k);
+        int32_t pair;
+        std::memcpy(&pair, scales + 8 * h + 2 * k, 4);
+        const __m256i scale = _mm256_shuffle_epi8(_mm256_set1_epi32(pair), spread);
+        for (int t = 0; t < T; ++t) {
+          const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t * blocks + 4 * h + k].q));
+          const __m256i products = _mm256_sub_epi16(_mm256_maddubs_epi16(q, a), _mm256_maddubs_epi16(offset, a));
+          acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(products, scale));
+        }
+      }
+    }
+    for (int t = 0; t < T; ++t) sums[t] = sum_lanes(acc[t]);
+  }
+
   // Interleaved groups of 8 rows (util/quant.hpp): a 32-byte load holds 8 bytes of 4 rows, each
   // multiplied by the same 8 activation bytes broadcast to every quarter; the products of rows
   // 0, 1, 4, 5 and of rows 2, 3, 6, 7 leave two 32-bit lanes per row, and one vphaddd of the

@@ -69,6 +69,51 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     for (int t = 0; t < T; ++t) _mm256_storeu_ps(y + t * ldy, acc[t]);
   }
 
+  // Q6_K: quarters k and k + 1 (k = 0, 2) of half h in one vector, the 6-bit q (unsigned) of
+  // activation blocks 4h + k and 4h + k + 1. vpdpbusd adds 4 products q a per lane and 4 products
+  // 32 a per lane of the correction; their difference, (q - 32) a over 4 values, is at most 16256
+  // in the lane's low 16 bits, so vpdpwssd against the lane's sub-block scale (sign-extended to 16
+  // bits, zero above) multiplies and adds it exactly.
+  template <int T>
+  static void q6_k_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
+    const __m512i low4 = _mm512_set1_epi8(15), top2 = _mm512_set1_epi8(0x30), offset = _mm512_set1_epi8(32);
+    // 16 scales, one per 32-bit lane, the high 16 bits cleared.
+    const __m512i scales = _mm512_and_si512(
+        _mm512_maskz_cvtepi8_epi32(0xffff, _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 192))),
+        _mm512_set1_epi32(0xffff));
+    // qh's 2-bit fields to bits 4, 5: quarters 0 | 1 shift left by 4 | 2, quarters 2 | 3 right by 0 | 2.
+    const __m512i left = _mm512_mask_blend_epi64(0xf0, _mm512_set1_epi16(4), _mm512_set1_epi16(2));
+    const __m512i right = _mm512_mask_blend_epi64(0xf0, _mm512_setzero_si512(), _mm512_set1_epi16(2));
+    __m512i acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_si512();
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const __m512i ql = _mm512_loadu_si512(w + 64 * h);
+      const __m512i qh =
+          _mm512_maskz_broadcast_i64x4(0xff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 128 + 32 * h)));
+#pragma GCC unroll 2
+      for (int k = 0; k < 4; k += 2) {
+        const __m512i nibbles = _mm512_and_si512(k == 0 ? ql : _mm512_srli_epi16(ql, 4), low4);
+        const __m512i high = k == 0 ? _mm512_sllv_epi16(qh, left) : _mm512_srlv_epi16(qh, right);
+        const __m512i q = _mm512_or_si512(nibbles, _mm512_and_si512(high, top2));
+        // Lanes 4s .. 4s + 3 hold sub-block 8h + 2k + s.
+        const __m512i scale = _mm512_maskz_permutexvar_epi32(
+            0xffff,
+            _mm512_add_epi32(_mm512_set1_epi32(8 * h + 2 * k), _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3)),
+            scales);
+        for (int t = 0; t < T; ++t) {
+          const ActivationBlock* a = x + t * blocks + 4 * h + k;
+          const __m512i av = _mm512_maskz_inserti64x4(0xff, _mm512_maskz_loadu_epi64(0x0f, a[0].q),
+                                                      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[1].q)), 1);
+          const __m512i products = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, av),
+                                                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, av));
+          acc[t] = _mm512_dpwssd_epi32(acc[t], products, scale);
+        }
+      }
+    }
+    for (int t = 0; t < T; ++t) sums[t] = sum_lanes(_mm256_add_epi32(low_half(acc[t]), high_half(acc[t])));
+  }
+
   // Tiles of two groups at once (16 rows: g and the group after it, group_bytes later) x T tokens,
   // for several tokens: each activation broadcast serves both groups, and the steps after the
   // integer sums (their row order, the Q8_0 correction, the conversion, d * a.d, the FMA) run once

@@ -1,6 +1,6 @@
 #pragma once
-// Products of Q8_0 / Q4_K weight rows with quantized activations, written once over an integer
-// "lane" type L. Each ISA's .cpp file includes this with its own L, compiled with its flags.
+// Products of Q8_0 / Q4_K / Q6_K weight rows with quantized activations, written once over an
+// integer "lane" type L. Each ISA's .cpp file includes this with its own L, compiled with its flags.
 //   L::Acc                      float accumulators;  L::Int  integer accumulators
 //   L::zero(), L::sum(Acc), L::int_zero()
 //   L::half(const uint8_t*)     an fp16 field as float
@@ -11,6 +11,10 @@
 //                                                   + s_hi * sum_i (q[i] >> 4) * a_hi[i]
 //   L::madd_mins(m, s)          sum_j m[j] * s[j] over 8 bytes m and 8 int16 s, as an L::Int
 //   L::madd_int(iacc, scale, acc)            acc + scale * iacc
+//   L::q6_k_sums<T>(w, x, blocks, sums)  a Q6_K super-block (210 bytes at w) times T tokens' 8
+//       activation blocks (token t's at x + t * blocks): sums[t] = sum_j sc[j] * sum_i (q_i - 32) a_i,
+//       the exact integer; the tile then takes acc = fma(float(sums[t]), d * a.d, acc) in a scalar
+//       per (row, token), super-block after super-block: the same bits in every ISA for every T.
 //   L::q8_0_x8<T>(g, x, blocks, y, ldy), L::q4_k_x8<T>(g, x, sums, blocks, y, ldy)
 //       a group of 8 rows in the Interleaved8 layout (util/quant.hpp) times T tokens: y[t * ldy + r].
 //       Each (row, token) gets its block's (Q8_0) or super-block's (Q4_K) exact integer sums, then
@@ -24,6 +28,7 @@
 //       tile goes.
 // Integer sums are exact in every lane type, so ISAs differ only in the order of float additions.
 #include <algorithm>
+#include <cmath>
 
 #include "kernels/kernels.hpp"
 #include "util/quant.hpp"
@@ -87,8 +92,27 @@ void q4_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, con
     for (int t = 0; t < T; ++t) y[t * ldy + r] = L::sum(acc[r][t]);
 }
 
+// Q6_K rows (never interleaved: quant.hpp) against T tokens: one exact integer sum per
+// super-block, (row, token) and one float step, so T changes nothing in a token's bits.
+template <class L, int R, int T>
+void q6_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
+  float acc[R][T] = {};
+  for (int64_t b = 0; b < blocks; b += 8)
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* wb = w + r * row_bytes + b / 8 * 210;
+      if constexpr (T == 1)
+        for (int line = 0; line < 256; line += 64) __builtin_prefetch(wb + R * row_bytes + line);
+      int32_t sums[T];
+      L::template q6_k_sums<T>(wb, x + b, blocks, sums);
+      const float d = L::half(wb + 208);
+      for (int t = 0; t < T; ++t) acc[r][t] = std::fma(float(sums[t]), d * x[t * blocks + b].d, acc[r][t]);
+    }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = acc[r][t];
+}
+
 // sums: for Q4_K, the activation blocks' sums as int16 (8 per super-block, as L::madd_mins
-// reads them), for the same tokens as x; null for Q8_0.
+// reads them), for the same tokens as x; null for Q8_0 and unread for Q6_K.
 template <class L, int T>
 void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int16_t* sums, float* y, int64_t r0,
                            int64_t r1) {
@@ -99,16 +123,17 @@ void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int1
   const int64_t blocks = m.cols / 32;
   const size_t row_bytes = dtype_row_bytes(m.dtype, m.row_stride());
   const auto* base = static_cast<const uint8_t*>(m.data);
-  const bool q8 = m.dtype == DType::Q8_0;
   int64_t r = r0;
-  for (; r + R <= r1; r += R) {
-    if (q8) q8_0_tile<L, R, T>(base + size_t(r) * row_bytes, row_bytes, x, blocks, y + r, m.rows);
-    else q4_k_tile<L, R, T>(base + size_t(r) * row_bytes, row_bytes, x, sums, blocks, y + r, m.rows);
-  }
-  for (; r < r1; ++r) {
-    if (q8) q8_0_tile<L, 1, T>(base + size_t(r) * row_bytes, row_bytes, x, blocks, y + r, m.rows);
-    else q4_k_tile<L, 1, T>(base + size_t(r) * row_bytes, row_bytes, x, sums, blocks, y + r, m.rows);
-  }
+  const auto tile = [&]<int kRows>() {
+    const uint8_t* w = base + size_t(r) * row_bytes;
+    switch (m.dtype) {
+      case DType::Q8_0: return q8_0_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::Q4_K: return q4_k_tile<L, kRows, T>(w, row_bytes, x, sums, blocks, y + r, m.rows);
+      default: return q6_k_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
+    }
+  };
+  for (; r + R <= r1; r += R) tile.template operator()<R>();
+  for (; r < r1; ++r) tile.template operator()<1>();
 }
 
 template <class L>
@@ -208,6 +233,9 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
     r0 = grouped_end;  // the rows after the last whole group lie as rows
   }
   int t = 0;
+  // Q6_K unpacks each super-block's 6-bit values once per tile: 4 tokens share it.
+  if (m.dtype == DType::Q6_K)
+    for (; t + 4 <= tokens; t += 4) quant_rows_for_tokens<L, 4>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, r1);
   for (; t + 2 <= tokens; t += 2) quant_rows_for_tokens<L, 2>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, r1);
   for (; t < tokens; ++t) quant_rows_for_tokens<L, 1>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, r1);
 }
