@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <map>
 
 #include "cli_run.hpp"
 #include "model/checkpoint.hpp"
@@ -52,7 +53,7 @@ std::vector<std::byte> read_bytes(const fs::path& p) {
 
 std::vector<float> to_floats(const TensorView& t) {
   std::vector<float> out(size_t(t.numel()));
-  if (t.dtype == DType::Q8_0 || t.dtype == DType::Q4_K) {
+  if (dtype_block(t.dtype) > 1) {
     const int64_t cols = t.shape.back(), rows = t.numel() / cols;
     const size_t row_bytes = dtype_row_bytes(t.dtype, cols);
     for (int64_t r = 0; r < rows; ++r) quant::dequantize_row(t.dtype, t.data + r * row_bytes, cols, out.data() + r * cols);
@@ -325,6 +326,75 @@ TEST(GgufExport, QuantizedModelsKeepTheirBlocks) {
     EXPECT_EQ(prompt_logits(out, kPrompt), prompt_logits(q, kPrompt)) << quant_scheme_name(s);
   }
 }
+
+// ------------------------------------------------------------------ llama.cpp's K-quants
+
+// tests/fixtures/gguf/dense-q4_k_m.gguf and dense-q6_k.gguf: llama-quantize's Q4_K_M (Q4_K, with
+// Q6_K for output, attn_v and ffn_down, as the Hub's Q4_K_M files hold them) and --pure Q6_K of
+// a random 1-layer qwen3 model whose rows are whole 256-blocks (tests/fixtures/make_q6_k_goldens.sh).
+// Their *.dequant.json: the FNV-1a 64-bit hash of ggml's own to_float floats of every tensor.
+uint64_t fnv1a(const std::vector<float>& v, uint64_t h = 1469598103934665603ull) {
+  const auto* p = reinterpret_cast<const uint8_t*>(v.data());
+  for (size_t k = 0; k < v.size() * 4; ++k) h = (h ^ p[k]) * 1099511628211ull;
+  return h;
+}
+
+class LlamaQuantized : public ::testing::TestWithParam<std::string> {};
+
+// Every tensor dequantizes to ggml's floats, bit for bit.
+TEST_P(LlamaQuantized, TensorsDequantizeToGgmlsFloats) {
+  const fs::path gguf = kFixtures + "/gguf/" + GetParam() + ".gguf";
+  const nlohmann::json golden = read_json_file(kFixtures + "/gguf/" + GetParam() + ".dequant.json");
+  const GgufFile f(gguf);
+  ASSERT_EQ(golden.size(), f.tensors().size());
+  std::map<DType, int> types;
+  for (const GgufTensor& t : f.tensors()) {
+    const int64_t cols = t.ne[0], rows = int64_t(t.nbytes / dtype_row_bytes(t.dtype, cols));
+    std::vector<float> row(static_cast<size_t>(cols));
+    uint64_t h = 1469598103934665603ull;
+    for (int64_t r = 0; r < rows; ++r) {
+      kernels::to_f32(t.data + size_t(r) * dtype_row_bytes(t.dtype, cols), t.dtype, cols, row.data());
+      h = fnv1a(row, h);
+    }
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+    EXPECT_EQ(hex, golden.at(t.name).at("fnv1a64").get<std::string>()) << t.name << " " << dtype_name(t.dtype);
+    ++types[t.dtype];
+  }
+  EXPECT_GE(types[DType::Q6_K], GetParam() == "dense-q6_k" ? 8 : 3) << "output, attn_v, ffn_down at least";
+  if (GetParam() == "dense-q4_k_m") EXPECT_GE(types[DType::Q4_K], 5);
+}
+
+// The file runs as its dequantized values do (the same file with every matrix widened to F32):
+// the only difference is the products' 8-bit activations (one step per 256 columns, each within
+// half a step: up to 0.4% of a group's largest value), which move these logits (3.6 at most)
+// by 1.8% (Q4_K_M) and 2.1% (Q6_K) of the largest (5% allowed, as for the Q8_0 goldens above);
+// the greedy tokens stay the same.
+TEST_P(LlamaQuantized, RunsAsItsDequantizedValues) {
+  TempDir dir("gguf_llama_quantized");
+  const fs::path gguf = kFixtures + "/gguf/" + GetParam() + ".gguf", widened = dir.path / "f32.gguf";
+  const GgufFile f(gguf);
+  GgufWriter w;
+  for (const auto& [key, value] : f.metadata()) w.add(key, value);
+  for (const GgufTensor& t : f.tensors())
+    w.add_tensor(t.name, DType::F32, t.ne, [&t](std::byte* out) {
+      const int64_t cols = t.ne[0], rows = int64_t(t.nbytes / dtype_row_bytes(t.dtype, cols));
+      for (int64_t r = 0; r < rows; ++r)
+        kernels::to_f32(t.data + size_t(r) * dtype_row_bytes(t.dtype, cols), t.dtype, cols,
+                        reinterpret_cast<float*>(out) + r * cols);
+    });
+  w.write(widened);
+  const std::vector<float> a = prompt_logits(gguf, kPrompt), b = prompt_logits(widened, kPrompt);
+  EXPECT_LT(max_abs_diff(a, b), 5e-2 * max_abs(b));
+  EXPECT_EQ(greedy(gguf, kPrompt, 8), greedy(widened, kPrompt, 8));
+}
+
+INSTANTIATE_TEST_SUITE_P(LlamaQuantize, LlamaQuantized, ::testing::Values("dense-q4_k_m", "dense-q6_k"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& c : n) if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return n;
+                         });
 
 TEST(GgufExport, LayoutsNoLlamaCppArchitectureExpressesAreRefused) {
   TempDir dir("gguf_refuse");
