@@ -6,6 +6,7 @@
 #include "model/checkpoint.hpp"
 #include "model/hf_config.hpp"
 #include "model/init.hpp"
+#include "runtime/kv_pool.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
 
@@ -127,6 +128,8 @@ TEST(Config, DeepSeekV3MapsLatentAttentionAndItsRouter) {
   const ParamCounts p = count_parameters(c);
   EXPECT_NEAR(double(p.stored) / 1e9, 671.0, 0.1);
   EXPECT_NEAR(double(p.active) / 1e9, 37.5, 0.1);
+  // The KV cache keeps [c | k_rope] of each position once per layer, c doubling as the value.
+  EXPECT_EQ(KvPool::bytes_per_position(c), 61 * (512 + 64) * 4);
 
   json no_q_latent = deepseek_v3_published();
   no_q_latent["q_lora_rank"] = nullptr;
