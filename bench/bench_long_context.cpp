@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
       const double s = watch.seconds();
       rusage usage{};
       getrusage(RUSAGE_SELF, &usage);
-      const double kv = 2.0 * c.num_layers * c.num_kv_heads * c.head_dim * 4.0 * n / 1e6;
+      const double kv = double(KvPool::bytes_per_position(c)) * n / 1e6;
       std::printf("%8d %10.1f %12.1f %10.1f %12.1f\n", n, s, n / s, kv, usage.ru_maxrss / 1e3);
       std::fflush(stdout);
     }

@@ -165,6 +165,23 @@ TEST_P(BatchedDecoding, SameTokensAsEachSequenceAlone) {
 INSTANTIATE_TEST_SUITE_P(Layouts, BatchedDecoding,
                          ::testing::Values("dense", "moe", "megrez2", "rexmoe", "hf/deepseek_v3"));
 
+// A position costs its keys and values per layer and cache head; latent attention's value c is
+// the key's first kv_lora_rank floats and is not stored again.
+TEST(KvPool, BytesPerPositionCountAValueKeptInItsKeyOnce) {
+  const SmallModel latent("hf/deepseek_v3"), grouped("moe");
+  const ModelConfig& l = latent.model->config();
+  const LatentAttention& a = *l.latent_attention;
+  EXPECT_EQ(KvPool::bytes_per_position(l), int64_t(l.num_layers) * (a.kv_lora_rank + a.qk_rope_head_dim) * 4);
+  const ModelConfig& g = grouped.model->config();
+  EXPECT_EQ(KvPool::bytes_per_position(g), int64_t(g.num_layers) * g.num_kv_heads * 2 * g.head_dim * 4);
+  // Blocks of 20 positions take two whole key tiles (32 positions) each.
+  EXPECT_EQ(KvPool::bytes_per_block(l, 20), 32 * KvPool::bytes_per_position(l));
+  EXPECT_EQ(KvPool::blocks_for_bytes(l, 20, 5 * KvPool::bytes_per_block(l, 20) + 1), 5);
+  const KvPool pool(l, 20, 3);
+  EXPECT_EQ(pool.key_block_floats(), size_t(32) * (a.kv_lora_rank + a.qk_rope_head_dim));
+  EXPECT_EQ(pool.value_block_floats(), 0u);
+}
+
 TEST(BatchSession, ReusedPrefixGivesTheLogitsOfAFullPrefill) {
   const SmallModel m("megrez2");
   const int V = m.model->config().vocab_size;

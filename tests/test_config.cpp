@@ -6,9 +6,12 @@
 #include "model/checkpoint.hpp"
 #include "model/hf_config.hpp"
 #include "model/init.hpp"
+#include "model/rope.hpp"
+#include "runtime/kv_pool.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -127,6 +130,8 @@ TEST(Config, DeepSeekV3MapsLatentAttentionAndItsRouter) {
   const ParamCounts p = count_parameters(c);
   EXPECT_NEAR(double(p.stored) / 1e9, 671.0, 0.1);
   EXPECT_NEAR(double(p.active) / 1e9, 37.5, 0.1);
+  // The KV cache keeps [c | k_rope] of each position once per layer, c doubling as the value.
+  EXPECT_EQ(KvPool::bytes_per_position(c), 61 * (512 + 64) * 4);
 
   json no_q_latent = deepseek_v3_published();
   no_q_latent["q_lora_rank"] = nullptr;
@@ -230,6 +235,72 @@ void expect_error(const json& j, const std::string& fragment) {
 }
 
 // Megrez2's config semantics as its published inference code (vLLM's megrez_moe) reads them.
+// YaRN as transformers 5.17 computes it (_compute_yarn_parameters) for every model type whose
+// config reads it: 'factor' as given, not max_position_embeddings / original_max_position_embeddings
+// (here 8 against a ratio of 4); the pretraining length from a top-level
+// original_max_position_embeddings where config.json has one (its RoPE code standardizes again
+// once the config's extra keys are attributes, and then prefers that attribute), else the one in
+// the RoPE parameters. The expected table is the published formula, in double precision.
+TEST(Config, YarnTakesFactorAsGivenForEveryModelTypeThatReadsIt) {
+  struct Expected {
+    std::vector<double> inv_freq;
+    double attention_factor;
+  };
+  const auto yarn = [](double theta, int dim, double factor, int original, double attention_factor) {
+    const auto correction_dim = [&](double rotations) {
+      return dim * std::log(original / (rotations * 2 * M_PI)) / (2 * std::log(theta));
+    };
+    const double low = std::max(std::floor(correction_dim(32)), 0.0);
+    double high = std::min(std::ceil(correction_dim(1)), double(dim - 1));
+    if (low == high) high += 0.001;
+    Expected e{{}, attention_factor};
+    for (int i = 0; i < dim / 2; ++i) {
+      const double pos_freq = std::pow(theta, 2.0 * i / dim);
+      const double ramp = std::clamp((i - low) / (high - low), 0.0, 1.0);
+      e.inv_freq.push_back(1 / (factor * pos_freq) * ramp + 1 / pos_freq * (1 - ramp));
+    }
+    return e;
+  };
+  const auto mscale = [](double factor, double m) { return 0.1 * m * std::log(factor) + 1; };
+  for (const char* name : {"llama", "qwen3", "qwen3_moe", "olmoe", "mixtral", "deepseek_v3", "deepseek_v2"})
+    for (const bool top_level_original : {false, true}) {
+      SCOPED_TRACE(std::string(name) + (top_level_original ? ", top-level original length 32" : ""));
+      json j = read_json_file(kHf + name + "/config.json");
+      j.erase("rope_scaling");
+      const double theta = 20000.0;
+      const bool deepseek = j["model_type"].get<std::string>().rfind("deepseek", 0) == 0;
+      j["max_position_embeddings"] = 256;
+      j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", theta}, {"factor", 8.0},
+                              {"original_max_position_embeddings", 64}};
+      if (deepseek) {
+        j["rope_parameters"]["mscale"] = 1.0;
+        j["rope_parameters"]["mscale_all_dim"] = 0.5;
+      }
+      if (top_level_original) j["original_max_position_embeddings"] = 32;
+      const ModelConfig c = parse_model_config(j);
+      ASSERT_EQ(c.rope.type, RopeType::Yarn);
+      const int dim = c.rope_dim();
+      const Expected e = yarn(theta, dim, 8.0, top_level_original ? 32 : 64,
+                              deepseek ? mscale(8.0, 1.0) / mscale(8.0, 0.5) : mscale(8.0, 1.0));
+      const RopeTable table(c.rope, dim, c.max_position_embeddings);
+      for (int i = 0; i < dim / 2; ++i) EXPECT_NEAR(table.inv_freq()[i], e.inv_freq[i], 1e-6 * e.inv_freq[i]) << "pair " << i;
+      std::vector<float> cos(dim / 2), sin(dim / 2);
+      table.at(100, 101, cos.data(), sin.data());
+      for (int i = 0; i < dim / 2; ++i) {
+        EXPECT_NEAR(cos[i], std::cos(100 * e.inv_freq[i]) * e.attention_factor, 1e-5) << "pair " << i;
+        EXPECT_NEAR(sin[i], std::sin(100 * e.inv_freq[i]) * e.attention_factor, 1e-5) << "pair " << i;
+      }
+      // DeepSeek's softmax scale takes the square of mscale_all_dim's factor, of 'factor' as given.
+      if (deepseek) EXPECT_NEAR(c.attention_scale_factor, mscale(8.0, 0.5) * mscale(8.0, 0.5), 1e-12);
+      // A null factor is the ratio of the two lengths; none at all is an error (transformers'
+      // KeyError), not a silent 1.
+      j["rope_parameters"]["factor"] = nullptr;
+      EXPECT_DOUBLE_EQ(parse_model_config(j).rope.factor, 256.0 / (top_level_original ? 32 : 64));
+      j["rope_parameters"].erase("factor");
+      expect_error(j, "yarn RoPE needs 'factor'");
+    }
+}
+
 TEST(Config, Megrez2GroupsByLayerIndexWithMoeLayerFreq) {
   json j = megrez2_preview();
   j["num_hidden_layers"] = 9;

@@ -326,6 +326,42 @@ TEST(Kernels, AttentionScoresAndValuesMatchDoubleSumsAndSplitAnywhere) {
   }
 }
 
+// Latent attention's values are the first vd dimensions of its keys, read from the key tiles: the
+// same bits as attention_values over those dimensions copied out as rows, for ranges that start
+// and end inside tiles and value widths that end inside a tile's 16 dimensions or not.
+TEST(Kernels, AttentionValuesInKeysAreTheBitsOfAttentionValuesOverTheKeysRows) {
+  constexpr int kBlock = 40, kTiled = (kBlock + kKeyTile - 1) / kKeyTile * kKeyTile, nq = 6;
+  for (Isa isa : supported()) {
+    IsaGuard guard(isa);
+    for (auto [hd, vd] : std::vector<std::pair<int, int>>{{24, 16}, {72, 64}, {40, 37}, {576, 512}})
+      for (auto [lo, hi] : std::vector<std::pair<int, int>>{{0, 1}, {0, 16}, {3, 21}, {16, 40}, {5, 38}}) {
+        const int n = hi - lo;
+        std::vector<float> keys(size_t(kTiled) * hd, NAN), rows(size_t(n) * vd), p(size_t(nq) * n);
+        for (int j = 0; j < kBlock; ++j)
+          for (int d = 0; d < hd; ++d) {
+            const float value = std::cos(0.7f * (j * hd + d)) - 0.1f;
+            keys[size_t(j / kKeyTile) * kKeyTile * hd + d * kKeyTile + j % kKeyTile] = value;
+            if (j >= lo && j < hi && d < vd) rows[size_t(j - lo) * vd + d] = value;
+          }
+        for (size_t i = 0; i < p.size(); ++i) p[i] = 1.0f / (i % n + 2) + 0.01f * (i / n);
+        std::vector<float> expected(size_t(nq) * vd, 0.5f), got(expected);
+        std::vector<const float*> ps;
+        std::vector<float*> expected_rows, got_rows;
+        for (int i = 0; i < nq; ++i) {
+          ps.push_back(&p[size_t(i) * n]);
+          expected_rows.push_back(&expected[size_t(i) * vd]);
+          got_rows.push_back(&got[size_t(i) * vd]);
+        }
+        attention_values(ps.data(), nq, rows.data(), n, vd, expected_rows.data());
+        attention_values_in_keys(ps.data(), nq, keys.data(), lo, hi, hd, vd, got_rows.data());
+        for (size_t i = 0; i < got.size(); ++i)
+          ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(expected[i]))
+              << isa_name(isa) << " hd " << hd << " vd " << vd << " range " << lo << "-" << hi << " query "
+              << i / vd << " dim " << i % vd;
+      }
+  }
+}
+
 // Distance in floats between two non-negative floats (subnormals included): 0 when equal.
 int64_t floats_apart(float a, float b) {
   return std::abs(int64_t(std::bit_cast<uint32_t>(a)) - int64_t(std::bit_cast<uint32_t>(b)));

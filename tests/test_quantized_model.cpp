@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -228,6 +229,86 @@ TEST(QuantizedModel, LatentAttentionQuantizes) {
   std::nth_element(changes.begin(), changes.begin() + changes.size() / 2, changes.end());
   EXPECT_LT(changes[changes.size() / 2], 0.15);
   EXPECT_GT(changes[changes.size() / 2], 0.0);
+}
+
+// Latent attention reads kv_b per head: k's rows transposed (k_up), v's as they are (v_up). In
+// kv_b's own dtype where it is f32 / bf16 / f16 (the same values: v's rows are kv_b's own), widened
+// to f32 where it is block-quantized (k's transpose crosses its blocks), in both cases from the
+// rows as stored, not as the in-memory model interleaves them.
+TEST(QuantizedModel, LatentUpMatricesKeepKvBsDtypeOrWidenItsBlocks) {
+  // hf/deepseek_v3 (bf16) with a latent of 32, so that kv_b's rows are whole Q8_0 blocks.
+  const fs::path fixture = fs::path(CROSSMOE_FIXTURES) / "hf/deepseek_v3";
+  const fs::path wide = models().root / "deepseek_v3_latent32", q8 = models().root / "deepseek_v3_latent32_q8_0";
+  nlohmann::json config = read_json_file(fixture / "config.json");
+  const int kvl = 32, rope = config.at("qk_rope_head_dim"), d = config.at("hidden_size");
+  const int heads = config.at("num_attention_heads"), nope = config.at("qk_nope_head_dim"), vd = config.at("v_head_dim");
+  config["kv_lora_rank"] = kvl;
+  fs::create_directories(wide);
+  std::ofstream(wide / "config.json") << config.dump();
+  const SafetensorsFile original(fixture / "model.safetensors");
+  std::vector<TensorToWrite> tensors;
+  std::vector<std::vector<uint16_t>> made;
+  for (const auto& [name, t] : original.tensors()) {
+    std::vector<int64_t> shape = t.shape;
+    if (name.find("kv_a_proj_with_mqa") != std::string::npos) shape = {kvl + rope, d};
+    else if (name.find("kv_a_layernorm") != std::string::npos) shape = {kvl};
+    else if (name.find("kv_b_proj") != std::string::npos) shape = {heads * (nope + vd), kvl};
+    if (shape == t.shape) {
+      tensors.push_back({name, t.dtype, shape, t.data});
+      continue;
+    }
+    made.emplace_back(size_t(shape.size() == 1 ? shape[0] : shape[0] * shape[1]));
+    for (size_t i = 0; i < made.back().size(); ++i)  // bf16 of 1 + sin(i) / 4 (norms) or sin(i) / 4
+      made.back()[i] = uint16_t(std::bit_cast<uint32_t>(float(shape.size() == 1) + std::sin(float(i)) / 4) >> 16);
+    tensors.push_back({name, DType::BF16, shape, made.back().data()});
+  }
+  write_safetensors(wide / "model.safetensors", tensors);
+  quantize_model(wide, q8, QuantScheme::Q8_0);
+  for (const fs::path& dir : {fixture, fs::path(CROSSMOE_FIXTURES) / "hf/deepseek_v3_q_proj", wide, q8})
+    for (const WeightResidency residency : {WeightResidency::Mapped, WeightResidency::InMemory}) {
+      SCOPED_TRACE(dir.filename().string() + (residency == WeightResidency::Mapped ? " mapped" : " in memory"));
+      const Model model(dir, residency);
+      const SafetensorsFile file(dir / "model.safetensors");
+      const LatentAttention& a = *model.config().latent_attention;
+      for (int l = 0; l < model.config().num_layers; ++l) {
+        const LayerWeights& L = model.weights().layers[l];
+        const TensorView& kv_b = file.tensors().at("model.layers." + std::to_string(l) + ".self_attn.kv_b_proj.weight");
+        const bool quantized = kv_b.dtype == DType::Q8_0;
+        EXPECT_EQ(quantized, dir == q8);
+        const DType up = quantized ? DType::F32 : kv_b.dtype;
+        const size_t row_bytes = dtype_row_bytes(kv_b.dtype, a.kv_lora_rank);
+        std::vector<float> row(size_t(a.kv_lora_rank)), got(size_t(a.kv_lora_rank));
+        for (int h = 0; h < heads; ++h) {
+          const kernels::Matrix &k = L.k_up[size_t(h)], &v = L.v_up[size_t(h)];
+          ASSERT_EQ(k.dtype, up);
+          ASSERT_EQ(v.dtype, up);
+          ASSERT_TRUE(k.rows == a.kv_lora_rank && k.cols == a.qk_nope_head_dim && k.row_stride() == k.cols);
+          ASSERT_TRUE(v.rows == a.v_head_dim && v.cols == a.kv_lora_rank && v.row_stride() == v.cols);
+          for (int i = 0; i < a.qk_nope_head_dim + a.v_head_dim; ++i) {
+            kernels::to_f32(kv_b.data + size_t(h * (a.qk_nope_head_dim + a.v_head_dim) + i) * row_bytes, kv_b.dtype,
+                            a.kv_lora_rank, row.data());
+            const int vi = i - a.qk_nope_head_dim;
+            for (int j = 0; j < a.kv_lora_rank; ++j) {
+              const size_t e = dtype_size(up);
+              if (vi < 0) kernels::to_f32(static_cast<const std::byte*>(k.data) + (size_t(j) * k.cols + i) * e, up, 1, &got[j]);
+              else kernels::to_f32(static_cast<const std::byte*>(v.data) + (size_t(vi) * v.cols + j) * e, up, 1, &got[j]);
+            }
+            ASSERT_EQ(got, row) << "layer " << l << " head " << h << " kv_b row " << i;
+          }
+        }
+      }
+    }
+  // And the widened model runs close to the one it was quantized from (kv_a, q_a and the experts
+  // are Q8_0 too): within the Q8_0 MoE's bound on the median position, as above.
+  const std::vector<int> prompt = read_json_file(fixture / "reference.json")["prompt"].get<std::vector<int>>();
+  const std::vector<float> ref = logits(wide, prompt), got = logits(q8, prompt);
+  const size_t V = size_t(config.at("vocab_size").get<int>());
+  std::vector<double> changes;
+  for (size_t t = 0; t < prompt.size(); ++t)
+    changes.push_back(relative_rms_change(std::vector<float>(ref.begin() + t * V, ref.begin() + (t + 1) * V),
+                                          std::vector<float>(got.begin() + t * V, got.begin() + (t + 1) * V)));
+  std::nth_element(changes.begin(), changes.begin() + changes.size() / 2, changes.end());
+  EXPECT_LT(changes[changes.size() / 2], 0.15);
 }
 
 // Quantized matrices in memory are interleaved 8 rows at a time (kernels::interleave_rows8), the

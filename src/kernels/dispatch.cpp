@@ -226,6 +226,10 @@ void attention_scores(const float* const* q, int nq, const float* keys, int lo, 
 void attention_values(const float* const* p, int nq, const float* values, int n, int hd, float* const* out) {
   active()->attention_values(p, nq, values, n, hd, out);
 }
+void attention_values_in_keys(const float* const* p, int nq, const float* keys, int lo, int hi, int hd, int vd,
+                              float* const* out) {
+  active()->attention_values_in_keys(p, nq, keys, lo, hi, hd, vd, out);
+}
 void exp_floats(const float* x, int n, float* out) { active()->exp_floats(x, n, out); }
 float attention_softmax(float* row, int n, float scale) { return active()->attention_softmax(row, n, scale); }
 

@@ -65,6 +65,12 @@ void axpy(float a, const float* x, float* y, int n);  // y += a * x
 inline constexpr int kKeyTile = 16;
 void attention_scores(const float* const* q, int nq, const float* keys, int lo, int hi, int hd, float* const* scores);
 void attention_values(const float* const* p, int nq, const float* values, int n, int hd, float* const* out);
+// attention_values where each position's value is the first vd of its hd key dimensions, read from
+// the keys' tiles (latent attention keeps its values there: KvPool): out[i][0, vd) += sum over
+// positions j in [lo, hi) of p[i][j - lo] * key j's [0, vd), with the same bits as
+// attention_values over those dimensions laid [position][vd].
+void attention_values_in_keys(const float* const* p, int nq, const float* keys, int lo, int hi, int hd, int vd,
+                              float* const* out);
 // e^x for n floats, within 1 ulp of the exact value (normal results; subnormal ones to their
 // spacing), e^-inf = 0, e^x = inf past the float range, NaN stays NaN: a polynomial whose every
 // step is the same IEEE operation on every ISA (fused multiply-adds fused in the portable code
@@ -149,6 +155,8 @@ struct KernelTable {
   void (*attention_scores)(const float* const* q, int nq, const float* keys, int lo, int hi, int hd,
                            float* const* scores);
   void (*attention_values)(const float* const* p, int nq, const float* values, int n, int hd, float* const* out);
+  void (*attention_values_in_keys)(const float* const* p, int nq, const float* keys, int lo, int hi, int hd, int vd,
+                                   float* const* out);
   void (*exp_floats)(const float* x, int n, float* out);
   float (*attention_softmax)(float* row, int n, float scale);
 };

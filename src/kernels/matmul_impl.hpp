@@ -18,6 +18,7 @@
 #include <cmath>
 
 #include <bit>
+#include <vector>
 
 #include "kernels/kernels.hpp"
 #include "kernels/quant_matmul_impl.hpp"
@@ -346,6 +347,34 @@ void attention_values(const float* const* p, int nq, const float* values, int n,
   for (; i < nq; ++i) values_for_queries<S, 1>(p + i, values, n, hd, out + i);
 }
 
+// attention_values over the first vd dimensions of keys in their tiles (latent attention's c):
+// the range's positions copied out as rows [position][vd], then the same products as
+// attention_values, so the same bits. A whole tile's 16 x 16 blocks go through a small array
+// (read along the tile's dimension rows, written along the positions' rows), which the compiler
+// turns into vector shuffles: 3-4 times faster than copying element by element with AVX-512.
+template <class S>
+void attention_values_in_keys(const float* const* p, int nq, const float* keys, int lo, int hi, int hd, int vd,
+                              float* const* out) {
+  thread_local std::vector<float> rows;  // per thread, kept between calls
+  rows.resize(size_t(hi - lo) * vd);
+  for (int first = lo / kKeyTile * kKeyTile; first < hi; first += kKeyTile) {
+    const int a = std::max(lo, first), b = std::min(hi, first + kKeyTile);
+    const float* tile = keys + int64_t(first) * hd;
+    int d0 = 0;
+    if (a == first && b == first + kKeyTile)
+      for (; d0 + kKeyTile <= vd; d0 += kKeyTile) {
+        float block[kKeyTile][kKeyTile];
+        for (int d = 0; d < kKeyTile; ++d)
+          for (int j = 0; j < kKeyTile; ++j) block[j][d] = tile[int64_t(d0 + d) * kKeyTile + j];
+        for (int j = 0; j < kKeyTile; ++j)
+          std::copy_n(block[j], kKeyTile, rows.data() + size_t(first + j - lo) * vd + d0);
+      }
+    for (int j = a; j < b; ++j)  // a cut tile, or the dimensions past the last whole block
+      for (int d = d0; d < vd; ++d) rows[size_t(j - lo) * vd + d] = tile[int64_t(d) * kKeyTile + (j - first)];
+  }
+  attention_values<S>(p, nq, rows.data(), hi - lo, vd, out);
+}
+
 // e^x in each lane. x = n ln2 + r with n = round(x / ln2) (ties to even, by adding and
 // subtracting 1.5 * 2^23) and |r| <= ln2 / 2 (two fused steps with ln2 split in a short high part,
 // n * kLn2Hi exact, and the rest); e^r by its Taylor polynomial to r^7 (the first term left out is
@@ -432,7 +461,7 @@ float attention_softmax(float* row, int n, float scale) {
 template <class S, class L>
 KernelTable make_table(Isa isa) {
   return KernelTable{isa, &matmul_rows<S>, &bf16_x_layout<S>, &quant_impl::quant_matmul_rows<L>, &L::quantize_activations, &dot<S>, &axpy<S>,
-                     &attention_scores<S>, &attention_values<S>, &exp_floats<S>, &attention_softmax<S>};
+                     &attention_scores<S>, &attention_values<S>, &attention_values_in_keys<S>, &exp_floats<S>, &attention_softmax<S>};
 }
 
 }  // namespace

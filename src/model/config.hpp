@@ -131,13 +131,16 @@ struct ModelConfig {
   int value_head_dim() const { return latent_attention ? latent_attention->v_head_dim : head_dim; }
   // Dimensions RoPE rotates: the last rope_dim() of each query and key head.
   int rope_dim() const { return latent_attention ? latent_attention->qk_rope_head_dim : head_dim; }
-  // What the KV cache holds per position and layer: heads, each with a key and a value of these
-  // widths (latent attention: one head, key [c | k_rope], value c).
+  // What attention reads from the KV cache per position and layer: heads, each with a key and a
+  // value of these widths (latent attention: one head, key [c | k_rope], value c).
   int cache_heads() const { return latent_attention ? 1 : num_kv_heads; }
   int cache_key_dim() const {
     return latent_attention ? latent_attention->kv_lora_rank + latent_attention->qk_rope_head_dim : head_dim;
   }
   int cache_value_dim() const { return latent_attention ? latent_attention->kv_lora_rank : head_dim; }
+  // Whether a position's value is the first cache_value_dim() floats of its key, stored once, with
+  // the key (latent attention's c), rather than apart.
+  bool cache_values_in_keys() const { return latent_attention.has_value(); }
   int num_candidates(int layer) const { return static_cast<int>(layers[layer].candidates.size()); }
   // Layers of the cross-layer group `group`, in order.
   std::vector<int> group_layers(int group) const;

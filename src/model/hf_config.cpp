@@ -106,12 +106,19 @@ RopeConfig read_rope(const Keys& k, double default_theta) {
   r.attention_factor = s.number("attention_factor", 0.0);
   r.truncate = s.boolean("truncate", true);
   if (r.type == RopeType::Yarn) {
-    // As transformers does: with an explicit original length, the YaRN factor is the ratio of
-    // the two lengths rather than 'factor'.
-    if (s.has("original_max_position_embeddings"))
-      r.factor = double(k.integer("max_position_embeddings")) / r.original_max_position_embeddings;
-    else
-      r.original_max_position_embeddings = k.integer("max_position_embeddings");
+    // As transformers 5.17 computes YaRN for every model type read here: the pretraining length
+    // is a top-level original_max_position_embeddings where config.json has one (its RoPE code
+    // standardizes the parameters again once the config's extra keys are attributes, and then
+    // prefers that attribute), else the RoPE parameters' own, else max_position_embeddings; and
+    // 'factor' is taken as given (transformers only warns where it differs from
+    // max_position_embeddings / original_max_position_embeddings), that ratio when it is null.
+    r.original_max_position_embeddings =
+        k.has("original_max_position_embeddings")
+            ? k.integer("original_max_position_embeddings")
+            : s.integer("original_max_position_embeddings", k.integer("max_position_embeddings"));
+    require(r.original_max_position_embeddings > 0, "config.json: yarn 'original_max_position_embeddings' must be positive");
+    require(scaling->contains("factor"), "config.json: yarn RoPE needs 'factor'");
+    if (!s.has("factor")) r.factor = double(k.integer("max_position_embeddings")) / r.original_max_position_embeddings;
     // DeepSeek's form of the attention factor, as transformers reads it when both are given.
     const double mscale = s.number("mscale", 0.0), mscale_all_dim = s.number("mscale_all_dim", 0.0);
     if (!s.has("attention_factor") && mscale != 0 && mscale_all_dim != 0)
@@ -245,8 +252,8 @@ void read_deepseek_style_moe(const Keys& k, ModelConfig& c) {
 
 // RoPE as Megrez2's published inference code (vLLM's megrez_moe) reads it: rope_theta and
 // rope_scaling only; a top-level original_max_position_embeddings overrides the one in
-// rope_scaling; YaRN takes 'factor' as given (transformers would use the ratio of the two
-// lengths) and 'attn_factor' multiplies its default attention scale. Keys that code would read
+// rope_scaling; YaRN takes 'factor' as given (as transformers does) and 'attn_factor' multiplies
+// its default attention scale. Keys that code would read
 // differently from transformers, or not at all, are errors rather than silent differences.
 RopeConfig read_megrez_rope(const Keys& k) {
   require(!(k.has("rope_parameters") && k.has("rope_scaling")),

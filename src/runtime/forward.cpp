@@ -15,7 +15,9 @@ BatchSession::BatchSession(const Model& model, int block_size, int blocks, int c
     : model_(model), c_(model.config()), chunk_(std::max(1, chunk)),
       rope_(c_.rope, c_.rope_dim(), c_.max_position_embeddings), pool_(c_, block_size, blocks) {
   const size_t T = chunk_, d = c_.hidden_size, H = c_.num_heads, qw = H * c_.cache_key_dim();
-  const size_t kvw = size_t(c_.cache_heads()) * c_.cache_key_dim(), vw = size_t(c_.cache_heads()) * c_.cache_value_dim();
+  // Values kept in the keys (latent attention) need no rows of their own.
+  const size_t kvw = size_t(c_.cache_heads()) * c_.cache_key_dim(),
+               vw = c_.cache_values_in_keys() ? 0 : size_t(c_.cache_heads()) * c_.cache_value_dim();
   // FFN scratch: a dense FFN, or K routed experts per token plus the shared experts.
   const size_t ffn_width = std::max<size_t>(
       c_.intermediate_size, size_t(c_.moe.top_k) * c_.moe.expert_intermediate_size + c_.moe.shared_intermediate_size);
@@ -227,11 +229,10 @@ void BatchSession::latent_qkv(int l, int T) {
   k::matmul_batch(first, 2);
   for (int t = 0; t < T; ++t) {
     if (ql > 0) k::rmsnorm(&q_latent_[size_t(t) * ql], L.q_a_norm.data(), ql, eps, &q_latent_[size_t(t) * ql]);
-    // The cache's key [c | k_rope] and value c.
+    // The cache's key [c | k_rope], whose c is the value too.
     const float* latent = &kv_latent_[size_t(t) * key];
     k::rmsnorm(latent, L.kv_a_norm.data(), kvl, eps, &k_[size_t(t) * key]);
     std::copy_n(latent + kvl, rd, &k_[size_t(t) * key + kvl]);
-    std::copy_n(&k_[size_t(t) * key], kvl, &v_[size_t(t) * kvl]);
   }
   if (ql > 0) k::matmul(L.q_b, q_latent_.data(), T, q_heads_.data());
   // Each head's q_nope into the latent space (k_up), head by head on all T tokens:
@@ -270,9 +271,11 @@ void BatchSession::latent_output(int l, int T) {
 
 void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const std::vector<int>& starts) {
   const LayerWeights& L = model_.weights().layers[l];
-  // Keys and values as the cache holds them (latent attention: one head of [c | k_rope] and c).
+  // Keys and values as attention reads them (latent attention: one head of [c | k_rope] and c, the
+  // value stored in the key: values_in_keys, no rows of values).
   const int hd = c_.cache_key_dim(), vd = c_.cache_value_dim(), Hq = c_.num_heads, Hkv = c_.cache_heads();
-  const int qw = Hq * hd, kvw = Hkv * hd, vw = Hkv * vd, ow = Hq * vd;
+  const bool values_in_keys = c_.cache_values_in_keys();
+  const int qw = Hq * hd, kvw = Hkv * hd, vw = values_in_keys ? 0 : Hkv * vd, ow = Hq * vd;
   const int T = starts.back() + pieces.back().count;
   const int bs = pool_.block_size();
   const float eps = float(c_.rms_norm_eps);
@@ -305,7 +308,7 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
     for (int t = starts[p]; t < starts[p] + pieces[p].count; ++t) {
       float* q = &q_[size_t(t) * qw];
       float* kk = &k_[size_t(t) * kvw];
-      float* v = &v_[size_t(t) * vw];
+      float* v = v_.data() + size_t(t) * vw;
       if (!L.q_bias.empty()) {
         for (int i = 0; i < qw; ++i) q[i] += L.q_bias[i];
         for (int i = 0; i < kvw; ++i) kk[i] += L.k_bias[i], v[i] += L.v_bias[i];  // vw == kvw with biases
@@ -327,12 +330,12 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
       rotate(q, Hq);
       rotate(kk, Hkv);
       // Keys per head in tiles of kKeyTile positions, [head_dim][kKeyTile] each; values
-      // [block_size][value_head_dim] (KvPool).
+      // [block_size][value_head_dim] unless in the keys (KvPool).
       const int block = s.blocks[pos / bs], at = pos % bs;
       for (int g = 0; g < Hkv; ++g) {
         float* key = pool_.keys(l, block, g) + size_t(at / k::kKeyTile) * k::kKeyTile * hd + at % k::kKeyTile;
         for (int d = 0; d < hd; ++d) key[size_t(d) * k::kKeyTile] = kk[g * hd + d];
-        std::copy(v + g * vd, v + (g + 1) * vd, pool_.values(l, block, g) + size_t(at) * vd);
+        if (!values_in_keys) std::copy(v + g * vd, v + (g + 1) * vd, pool_.values(l, block, g) + size_t(at) * vd);
       }
     }
   }
@@ -439,8 +442,12 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
         rows_in[r] = &scores[size_t(i) * length + lo];
         rows_out[r] = &att_[out_offset(i)];
       }
-      k::attention_values(rows_in.data(), count, pool_.values(l, s.blocks[j], g) + size_t(lo - j * bs) * vd, hi - lo,
-                          vd, rows_out.data());
+      if (values_in_keys)
+        k::attention_values_in_keys(rows_in.data(), count, pool_.keys(l, s.blocks[j], g), lo - j * bs, hi - j * bs,
+                                    hd, vd, rows_out.data());
+      else
+        k::attention_values(rows_in.data(), count, pool_.values(l, s.blocks[j], g) + size_t(lo - j * bs) * vd,
+                            hi - lo, vd, rows_out.data());
     });
     for (int i = 0; i < rn; ++i) {
       float* out = &att_[out_offset(i)];

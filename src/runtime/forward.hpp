@@ -84,7 +84,7 @@ class BatchSession {
   Sequence& seq(int id) { return const_cast<Sequence&>(std::as_const(*this).seq(id)); }
   void attention(int layer, const std::vector<StepPiece>& pieces, const std::vector<int>& starts);
   // Latent attention (LatentAttention) over its latent cache: q_ per head [k_up q_nope | q_rope],
-  // k_ [c | k_rope] and v_ c per token (RoPE comes after); then each head's output (c's
+  // k_ [c | k_rope] per token, its c the value too (RoPE comes after); then each head's output (c's
   // weighted sum) expanded by v_up into latent_out_, o's input.
   void latent_qkv(int layer, int T);
   void latent_output(int layer, int T);

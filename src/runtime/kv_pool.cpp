@@ -12,10 +12,12 @@ namespace {
 int64_t whole_tiles(int block_size) {
   return (int64_t(block_size) + kernels::kKeyTile - 1) / kernels::kKeyTile * kernels::kKeyTile;
 }
+
+int64_t stored_value_dim(const ModelConfig& c) { return c.cache_values_in_keys() ? 0 : c.cache_value_dim(); }
 }  // namespace
 
 int64_t KvPool::bytes_per_position(const ModelConfig& c) {
-  return int64_t(c.num_layers) * c.cache_heads() * (c.cache_key_dim() + c.cache_value_dim()) * int64_t(sizeof(float));
+  return int64_t(c.num_layers) * c.cache_heads() * (c.cache_key_dim() + stored_value_dim(c)) * int64_t(sizeof(float));
 }
 
 int64_t KvPool::bytes_per_block(const ModelConfig& c, int block_size) {
@@ -29,7 +31,7 @@ int64_t KvPool::blocks_for_bytes(const ModelConfig& c, int block_size, int64_t b
 KvPool::KvPool(const ModelConfig& c, int block_size, int blocks)
     : block_size_(block_size), blocks_(blocks), heads_(c.cache_heads()),
       key_floats_(size_t(whole_tiles(block_size)) * size_t(c.cache_key_dim())),
-      value_floats_(size_t(whole_tiles(block_size)) * size_t(c.cache_value_dim())) {
+      value_floats_(size_t(whole_tiles(block_size)) * size_t(stored_value_dim(c))) {
   require(block_size > 0 && blocks > 0, "the KV cache needs at least one block of at least one token (got " +
                                             std::to_string(blocks) + " blocks of " + std::to_string(block_size) + ")");
   const size_t slots = size_t(c.num_layers) * blocks * heads_;
@@ -37,7 +39,7 @@ KvPool::KvPool(const ModelConfig& c, int block_size, int blocks)
   // pay the page faults and the zeroing of the pages they reach in their time to first token.
   const AnonymousMemory::Options options{.huge_pages = true, .touch = true};
   k_ = AnonymousMemory(slots * key_floats_ * sizeof(float), "the KV cache's keys", options);
-  v_ = AnonymousMemory(slots * value_floats_ * sizeof(float), "the KV cache's values", options);
+  v_ = AnonymousMemory(slots * value_floats_ * sizeof(float), "the KV cache's values", options);  // none when in keys
   refs_.assign(blocks, 0);
   generation_.assign(blocks, 0);
   evictable_at_.resize(blocks);

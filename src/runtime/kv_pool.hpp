@@ -25,7 +25,7 @@ class KvPool {
   static int64_t blocks_for_bytes(const ModelConfig& config, int block_size, int64_t bytes);
   // A block's memory: its positions rounded up to whole key tiles (kernels::kKeyTile).
   static int64_t bytes_per_block(const ModelConfig& config, int block_size);
-  // The keys and values of one position.
+  // The keys and values of one position, as stored (a value kept in its key counted once).
   static int64_t bytes_per_position(const ModelConfig& config);
 
   int block_size() const { return block_size_; }
@@ -37,7 +37,8 @@ class KvPool {
   // Keys and values of block b, layer l, cache head g (ModelConfig::cache_heads, cache_key_dim,
   // cache_value_dim): keys in tiles of kernels::kKeyTile positions, [key dim][kKeyTile] each
   // (kernels.hpp), the last one whole even where block_size ends inside it; values
-  // [block_size][value dim] (rows up to the last key tile's end).
+  // [block_size][value dim] (rows up to the last key tile's end). Where the values are in the keys
+  // (ModelConfig::cache_values_in_keys) there are no values apart: value_block_floats() is 0.
   float* keys(int l, int b, int g) { return k_.as<float>() + offset(l, b, g) * key_floats_; }
   float* values(int l, int b, int g) { return v_.as<float>() + offset(l, b, g) * value_floats_; }
   // Floats of keys, and of values, per block, layer and kv head, padding included.

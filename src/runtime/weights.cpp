@@ -1,5 +1,7 @@
 #include "runtime/weights.hpp"
 
+#include <cstring>
+
 #include <unistd.h>
 
 #include "model/hf_config.hpp"
@@ -48,29 +50,39 @@ class Binder {
   const Checkpoint& ck_;
 };
 
-// kv_b's rows (as stored, before any interleaving) widened to f32 and split per head: k's
-// transposed, v's as they are (LayerWeights::k_up, v_up).
+// kv_b split per head (LayerWeights::k_up, v_up), taken before any interleaving. In kv_b's own
+// dtype where it is F32, BF16 or F16: v's rows are read where they are, k's transposed into
+// latent_up (the same values, moved). A block-quantized kv_b (Q8_0, Q4_K) is widened to f32, k's
+// rows and v's: its blocks run along kv_lora_rank, which k's transpose crosses, and its own
+// products would round the activations to 8 bits where f32 rows multiply them as they are.
 void split_latent_up(const LatentAttention& a, int heads, LayerWeights& L) {
   const int64_t nope = a.qk_nope_head_dim, vd = a.v_head_dim, kvl = a.kv_lora_rank;
-  auto storage = std::make_shared<std::vector<float>>(size_t(heads) * size_t(kvl) * size_t(nope + vd));
+  const DType stored = L.kv_b.dtype;
+  const bool widen = stored != DType::F32 && stored != DType::BF16 && stored != DType::F16;
+  const DType up = widen ? DType::F32 : stored;
+  const size_t element = dtype_size(up), row_bytes = dtype_row_bytes(stored, kvl);
+  const auto kv_row = [&](int64_t r) { return static_cast<const std::byte*>(L.kv_b.data) + size_t(r) * row_bytes; };
+  const size_t k_bytes = size_t(kvl) * size_t(nope) * element, v_bytes = size_t(vd) * size_t(kvl) * sizeof(float);
+  auto storage = std::make_shared<std::vector<std::byte>>(size_t(heads) * (k_bytes + (widen ? v_bytes : 0)));
   std::vector<float> row(static_cast<size_t>(kvl));
-  const size_t row_bytes = dtype_row_bytes(L.kv_b.dtype, kvl);
-  float* k_at = storage->data();
-  float* v_at = k_at + size_t(heads) * size_t(kvl * nope);
   for (int h = 0; h < heads; ++h) {
-    float* k = k_at + size_t(h) * size_t(kvl * nope);
-    float* v = v_at + size_t(h) * size_t(vd * kvl);
-    for (int64_t i = 0; i < nope + vd; ++i) {
-      kernels::to_f32(static_cast<const std::byte*>(L.kv_b.data) + size_t(h * (nope + vd) + i) * row_bytes,
-                      L.kv_b.dtype, kvl, row.data());
-      if (i < nope) {
-        for (int64_t j = 0; j < kvl; ++j) k[j * nope + i] = row[size_t(j)];
-      } else {
-        std::copy(row.begin(), row.end(), v + (i - nope) * kvl);
+    std::byte* k = storage->data() + size_t(h) * k_bytes;
+    for (int64_t i = 0; i < nope; ++i) {
+      const std::byte* from = kv_row(h * (nope + vd) + i);
+      if (widen) {
+        kernels::to_f32(from, stored, kvl, row.data());
+        from = reinterpret_cast<const std::byte*>(row.data());
       }
+      for (int64_t j = 0; j < kvl; ++j) std::memcpy(k + size_t(j * nope + i) * element, from + size_t(j) * element, element);
     }
-    L.k_up.push_back(kernels::Matrix{k, DType::F32, kvl, nope});
-    L.v_up.push_back(kernels::Matrix{v, DType::F32, vd, kvl});
+    L.k_up.push_back(kernels::Matrix{k, up, kvl, nope});
+    const std::byte* v = kv_row(h * (nope + vd) + nope);
+    if (widen) {
+      float* wide = reinterpret_cast<float*>(storage->data() + size_t(heads) * k_bytes + size_t(h) * v_bytes);
+      for (int64_t i = 0; i < vd; ++i) kernels::to_f32(kv_row(h * (nope + vd) + nope + i), stored, kvl, wide + i * kvl);
+      v = reinterpret_cast<const std::byte*>(wide);
+    }
+    L.v_up.push_back(kernels::Matrix{v, up, vd, kvl});
   }
   L.latent_up = std::move(storage);
 }
@@ -223,7 +235,11 @@ double Model::weight_bytes_per_token() const {
   for (int l = 0; l < config_.num_layers; ++l) {
     const LayerWeights& L = w.layers[l];
     for (const kernels::Matrix* m : L.attention_matrices()) total += bytes(*m);
-    if (L.latent_up) total += double(L.latent_up->size() * sizeof(float)) - bytes(L.kv_b);  // read in its place
+    if (L.latent_up) {  // kv_b is read as k_up and v_up
+      total -= bytes(L.kv_b);
+      for (const auto* ups : {&L.k_up, &L.v_up})
+        for (const kernels::Matrix& m : *ups) total += bytes(m);
+    }
     if (!config_.layers[l].is_moe) {
       total += L.dense.bytes();
       continue;

@@ -29,11 +29,12 @@ struct LayerWeights {
   // norms of the two latents; empty (rows == 0) otherwise.
   kernels::Matrix q_a, q_b, kv_a, kv_b;
   std::vector<float> q_a_norm, kv_a_norm;
-  // kv_b per head in f32, for attention over the latent cache: k_up[h] [kv_lora_rank, qk_nope]
-  // (head h's k rows transposed: q_nope -> latent space) and v_up[h] [v_head_dim, kv_lora_rank]
-  // (head h's v rows: latent output -> v), in latent_up's storage.
+  // kv_b per head, for attention over the latent cache: k_up[h] [kv_lora_rank, qk_nope] (head h's
+  // k rows transposed: q_nope -> latent space) in latent_up's storage, and v_up[h]
+  // [v_head_dim, kv_lora_rank] (head h's v rows: latent output -> v) in kv_b itself; both in
+  // kv_b's dtype, or both widened to f32 in latent_up where kv_b is block-quantized.
   std::vector<kernels::Matrix> k_up, v_up;
-  std::shared_ptr<const std::vector<float>> latent_up;
+  std::shared_ptr<const std::vector<std::byte>> latent_up;
   SwiGluWeights dense;                        // dense layers
   kernels::Matrix router;                     // MoE layers: [candidates, hidden]
   std::vector<float> router_bias;             // sigmoid routers with e_score_correction_bias
