@@ -402,7 +402,7 @@ TEST(GgufDeepSeek2, WhatDoesNotMapIsRefusedInOneLine) {
     for (const auto& [key, value] : in.metadata()) w.add(key, value);
     for (const GgufTensor& t : in.tensors()) {
       std::vector<int64_t> ne = t.ne;
-      if (t.name == "blk.1.attn_k_b.weight") std::swap(ne[0], ne[1]);  // [heads, qk_nope, kv_lora_rank]: not a transpose
+      if (t.name == "blk.1.attn_k_b.weight") std::swap(ne[1], ne[2]);  // [kv_lora_rank, heads, qk_nope]
       w.add_tensor(t.name, t.dtype, ne, [&t](std::byte* out) { std::memcpy(out, t.data, t.nbytes); });
     }
     w.write(dir.path / "k_b.gguf");
