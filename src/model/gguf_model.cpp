@@ -114,7 +114,7 @@ void read_deepseek2(const GgufFile& f, ModelConfig& c) {
   if (f.real(key("rope.scaling.attn_factor"), 1.0) != 1.0) refuse("'rope.scaling.attn_factor' other than 1 is not supported");
   if (c.rope.type == RopeType::Linear) refuse("linear RoPE scaling is not supported");
   if (c.rope.type == RopeType::Yarn) {
-    if (c.rope.factor < 1.0) refuse("a YaRN factor below 1 is not supported");
+    if (!(c.rope.factor >= 1.0 && c.rope.factor < 1e30)) refuse("a YaRN factor below 1, or not finite, is not supported");
     const double log_factor = std::log(c.rope.factor);
     const double mscale_all_dim = f.real(key("rope.scaling.yarn_log_multiplier"), 0.0) / 0.1;
     c.rope.attention_factor = mscale_all_dim != 0.0 ? 1.0 : 1.0 + 0.1 * log_factor;
@@ -123,8 +123,9 @@ void read_deepseek2(const GgufFile& f, ModelConfig& c) {
   }
   c.attention_bias = false;
 
-  const int dense_lead = int(f.integer(key("leading_dense_block_count"), 0));
-  if (dense_lead < 0 || dense_lead > c.num_layers) refuse("'leading_dense_block_count' is outside the layers");
+  const int64_t leading_dense = f.integer(key("leading_dense_block_count"), 0);
+  if (leading_dense < 0 || leading_dense > c.num_layers) refuse("'leading_dense_block_count' is outside the layers");
+  const int dense_lead = int(leading_dense);
   c.layer_is_moe.assign(c.num_layers, false);
   for (int l = dense_lead; l < c.num_layers; ++l) c.layer_is_moe[l] = true;
   if (dense_lead > 0) c.intermediate_size = size_key(f, key("feed_forward_length"));
