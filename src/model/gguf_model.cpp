@@ -9,6 +9,7 @@
 
 #include "model/tensor_names.hpp"
 #include "util/error.hpp"
+#include "util/quant.hpp"
 
 namespace crossmoe {
 
@@ -16,14 +17,19 @@ namespace {
 
 namespace n = tensor_names;
 
-const std::set<std::string>& supported_architectures() {
+// The llama.cpp architectures read, and those written (export_gguf).
+const std::set<std::string>& read_architectures() {
+  static const std::set<std::string> a = {"llama", "qwen3", "qwen3moe", "olmoe", "deepseek2"};
+  return a;
+}
+const std::set<std::string>& written_architectures() {
   static const std::set<std::string> a = {"llama", "qwen3", "qwen3moe", "olmoe"};
   return a;
 }
 
-std::string architecture_list() {
+std::string architecture_list(const std::set<std::string>& architectures) {
   std::string s;
-  for (const auto& a : supported_architectures()) s += (s.empty() ? "" : ", ") + a;
+  for (const auto& a : architectures) s += (s.empty() ? "" : ", ") + a;
   return s;
 }
 
@@ -66,16 +72,112 @@ enum TokenType { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnu
 
 }  // namespace
 
+namespace {
+
+// llama.cpp's deepseek2 (src/models/deepseek2.cpp): multi-head latent attention as llama.cpp's
+// converter writes it since it split kv_b_proj (attn_k_b / attn_v_b: the "MLA" key and value
+// lengths present), with the MoE settings of the file. Fills what the generic keys do not.
+void read_deepseek2(const GgufFile& f, ModelConfig& c) {
+  const std::string& label = f.label();
+  const auto key = [](const std::string& k) { return "deepseek2." + k; };
+  const auto refuse = [&](const std::string& why) { throw Error(label + ": deepseek2: " + why); };
+  if (f.integer(key("nextn_predict_layers"), 0) != 0) refuse("multi-token-prediction layers (nextn_predict_layers) are not supported");
+  if (f.real(key("attention.temperature_scale"), 0.0) != 0.0) refuse("attention temperature scaling is not supported");
+  if (!f.has(key("attention.key_length_mla")) || !f.has(key("attention.value_length_mla")) || f.find_tensor("blk.0.attn_kv_b.weight"))
+    refuse("no 'attention.key_length_mla' / 'value_length_mla' (a file converted before llama.cpp split attn_kv_b into "
+           "attn_k_b and attn_v_b) is not supported: convert the model again");
+  // The converter writes latent attention as one key-value head whose key is [latent | k_rope]
+  // and whose value is the latent ("absorbed"); the per-head widths are the MLA keys.
+  require(size_key(f, key("attention.head_count_kv"), c.num_heads) == 1,
+          label + ": deepseek2: '" + key("attention.head_count_kv") + "' must be 1 (latent attention's one cached head)");
+  LatentAttention a;
+  a.kv_lora_rank = size_key(f, key("attention.kv_lora_rank"));
+  // llama.cpp reads q_lora_rank 0 or absent as one q projection (attn_q).
+  if (f.has(key("attention.q_lora_rank")) && f.integer(key("attention.q_lora_rank")) != 0)
+    a.q_lora_rank = size_key(f, key("attention.q_lora_rank"));
+  a.qk_rope_head_dim = size_key(f, key("rope.dimension_count"));
+  c.head_dim = size_key(f, key("attention.key_length_mla"));
+  a.qk_nope_head_dim = c.head_dim - a.qk_rope_head_dim;
+  if (a.qk_nope_head_dim < 1) refuse("'" + key("rope.dimension_count") + "' leaves no unrotated key dims");
+  a.v_head_dim = size_key(f, key("attention.value_length_mla"));
+  if (size_key(f, key("attention.key_length")) != a.kv_lora_rank + a.qk_rope_head_dim ||
+      size_key(f, key("attention.value_length")) != a.kv_lora_rank)
+    refuse("'attention.key_length' / 'value_length' are not kv_lora_rank + rope dims / kv_lora_rank");
+  a.rope_interleave = true;          // llama.cpp's deepseek2 rotates adjacent pairs
+  a.latent_norm_eps = c.rms_norm_eps;  // every norm of llama.cpp's graph takes the file's epsilon
+  c.latent_attention = a;
+  c.num_kv_heads = c.num_heads;
+  // YaRN as llama.cpp's context and graph compute it: the rotation is not scaled (a converter's
+  // yarn_log_multiplier, DeepSeek's mscale_all_dim / 10, makes llama.cpp cancel YaRN's attention
+  // factor; without one the rotated dims keep it), and the softmax scale is multiplied by
+  // (rotation's factor * (1 + 0.1 * mscale_all_dim * ln factor))^2.
+  if (f.real(key("rope.scaling.attn_factor"), 1.0) != 1.0) refuse("'rope.scaling.attn_factor' other than 1 is not supported");
+  if (c.rope.type == RopeType::Linear) refuse("linear RoPE scaling is not supported");
+  if (c.rope.type == RopeType::Yarn) {
+    if (!(c.rope.factor >= 1.0 && c.rope.factor < 1e30)) refuse("a YaRN factor below 1, or not finite, is not supported");
+    const double log_factor = std::log(c.rope.factor);
+    const double mscale_all_dim = f.real(key("rope.scaling.yarn_log_multiplier"), 0.0) / 0.1;
+    c.rope.attention_factor = mscale_all_dim != 0.0 ? 1.0 : 1.0 + 0.1 * log_factor;
+    const double m = c.rope.attention_factor * (1.0 + 0.1 * mscale_all_dim * log_factor);
+    c.attention_scale_factor = m * m;
+  }
+  c.attention_bias = false;
+
+  const int64_t leading_dense = f.integer(key("leading_dense_block_count"), 0);
+  if (leading_dense < 0 || leading_dense > c.num_layers) refuse("'leading_dense_block_count' is outside the layers");
+  const int dense_lead = int(leading_dense);
+  c.layer_is_moe.assign(c.num_layers, false);
+  for (int l = dense_lead; l < c.num_layers; ++l) c.layer_is_moe[l] = true;
+  if (dense_lead > 0) c.intermediate_size = size_key(f, key("feed_forward_length"));
+  if (dense_lead == c.num_layers) return;
+  MoeConfig& m = c.moe;
+  m.num_experts = size_key(f, key("expert_count"));
+  m.top_k = size_key(f, key("expert_used_count"));
+  m.expert_intermediate_size = size_key(f, key("expert_feed_forward_length"));
+  if (!f.has(key("expert_shared_count"))) refuse("missing metadata '" + key("expert_shared_count") + "'");
+  const int64_t shared_count = f.integer(key("expert_shared_count"));
+  if (shared_count < 0 || shared_count * m.expert_intermediate_size > INT32_MAX)
+    refuse("'" + key("expert_shared_count") + "' is out of range");
+  m.shared_intermediate_size = m.expert_intermediate_size * int(shared_count);
+  // llama.cpp's gating when the key is absent: softmax, but sigmoid for GLM-4.7-Flash's shape
+  // (src/models/deepseek2.cpp keeps older DeepSeek-V2 files working this way).
+  int64_t gating = f.integer(key("expert_gating_func"), 0);
+  if (gating == 0) gating = (c.num_layers == 47 || c.num_layers == 48) && f.integer(key("vocab_size"), c.vocab_size) == 154880 ? 2 : 1;
+  if (gating != 1 && gating != 2)
+    refuse("'" + key("expert_gating_func") + "' " + std::to_string(gating) + " is not supported (1 softmax, 2 sigmoid)");
+  m.scoring = gating == 2 ? Scoring::Sigmoid : Scoring::Softmax;
+  // exp_probs_b biases the choice where a layer has one (llama.cpp loads it as optional). llama.cpp
+  // scores each group by the sum of its best two experts with or without one, which crossmoe's
+  // runtime does with a correction bias: a grouped file and the layers without exp_probs_b get a
+  // zero one (gguf_tensor_views), the same choice and weights.
+  bool any_bias = false;
+  for (int l = dense_lead; l < c.num_layers; ++l) any_bias |= f.find_tensor("blk." + std::to_string(l) + ".exp_probs_b.bias") != nullptr;
+  m.score_correction_bias = any_bias;
+  m.norm_topk_prob = f.boolean(key("expert_weights_norm"), false);
+  const double scale = f.real(key("expert_weights_scale"), 0.0);
+  m.routed_scaling_factor = scale == 0.0 ? 1.0 : scale;  // llama.cpp scales by neither 0 nor 1
+  const int64_t groups = f.integer(key("expert_group_count"), 0);
+  if (groups > 1) {
+    m.n_group = size_key(f, key("expert_group_count"));
+    m.topk_group = size_key(f, key("expert_group_used_count"));
+    if (m.topk_group >= m.n_group) refuse("'expert_group_used_count' must be below 'expert_group_count' (as llama.cpp asserts)");
+    if (m.num_experts / m.n_group < 2) refuse("groups of one expert are not supported (llama.cpp scores a group by its best two)");
+    m.score_correction_bias = true;
+  }
+  m.group_start_layer = dense_lead;
+}
+
+}  // namespace
+
 ModelConfig gguf_model_config(const GgufFile& f) {
   const std::string& label = f.label();
   const std::string arch = f.string("general.architecture");
-  if (arch == "deepseek2")
-    throw Error(label + ": architecture deepseek2 uses multi-head latent attention, which crossmoe runs from Hugging Face "
-                        "model directories only (its GGUF mapping, attn_k_b / attn_v_b, is not read)");
-  require(supported_architectures().count(arch),
-          label + ": architecture '" + arch + "' is not supported (supported: " + architecture_list() + ")");
+  require(read_architectures().count(arch), label + ": architecture '" + arch + "' is not supported (supported: " +
+                                                architecture_list(read_architectures()) + ")");
+  const bool latent = arch == "deepseek2";
   const auto key = [&](const std::string& k) { return arch + "." + k; };
-  require(!f.find_tensor("blk.0.attn_kv_a_mqa.weight"), label + ": latent attention (attn_kv_a_mqa) is not supported");
+  require(latent || !f.find_tensor("blk.0.attn_kv_a_mqa.weight"),
+          label + ": latent attention (attn_kv_a_mqa) outside the deepseek2 architecture is not supported");
   const GgufTensor* embed = f.find_tensor("token_embd.weight");
   require(embed && embed->ne.size() == 2, label + ": missing 2-dimensional tensor 'token_embd.weight'");
 
@@ -85,12 +187,14 @@ ModelConfig gguf_model_config(const GgufFile& f) {
   c.vocab_size = int(embed->ne[1]);
   c.num_layers = size_key(f, key("block_count"));
   c.num_heads = size_key(f, key("attention.head_count"));
-  c.num_kv_heads = size_key(f, key("attention.head_count_kv"), c.num_heads);
-  c.head_dim = size_key(f, key("attention.key_length"), c.hidden_size / c.num_heads);
-  require(size_key(f, key("attention.value_length"), c.head_dim) == c.head_dim,
-          label + ": '" + key("attention.value_length") + "' differs from the key length, which crossmoe does not support");
-  require(size_key(f, key("rope.dimension_count"), c.head_dim) == c.head_dim,
-          label + ": '" + key("rope.dimension_count") + "' is not the head size: partial RoPE is not supported");
+  if (!latent) {
+    c.num_kv_heads = size_key(f, key("attention.head_count_kv"), c.num_heads);
+    c.head_dim = size_key(f, key("attention.key_length"), c.hidden_size / c.num_heads);
+    require(size_key(f, key("attention.value_length"), c.head_dim) == c.head_dim,
+            label + ": '" + key("attention.value_length") + "' differs from the key length, which crossmoe does not support");
+    require(size_key(f, key("rope.dimension_count"), c.head_dim) == c.head_dim,
+            label + ": '" + key("rope.dimension_count") + "' is not the head size: partial RoPE is not supported");
+  }
   c.rms_norm_eps = f.real(key("attention.layer_norm_rms_epsilon"), 0);
   require(c.rms_norm_eps > 0, label + ": '" + key("attention.layer_norm_rms_epsilon") + "' is missing or not positive");
   c.max_position_embeddings = size_key(f, key("context_length"), 4096);
@@ -108,31 +212,40 @@ ModelConfig gguf_model_config(const GgufFile& f) {
   } else {
     require(scaling == "none", label + ": rope scaling '" + scaling + "' is not supported (none, linear, yarn)");
   }
-  if (const GgufTensor* freqs = f.find_tensor(kRopeFreqs)) {
+  c.tie_word_embeddings = f.find_tensor("output.weight") == nullptr;
+  if (latent) {
+    require(!f.find_tensor(kRopeFreqs), label + ": deepseek2: tensor '" + std::string(kRopeFreqs) + "' is not read by llama.cpp's deepseek2");
+    read_deepseek2(f, c);
+    // Named after the router: DeepSeek-V3's is sigmoid with the correction bias (exp_probs_b).
+    const bool v3 = c.moe.scoring == Scoring::Sigmoid && c.moe.group_start_layer < c.num_layers &&
+                    f.find_tensor("blk." + std::to_string(c.moe.group_start_layer) + ".exp_probs_b.bias");
+    c.model_type = v3 ? "deepseek_v3" : "deepseek_v2";
+  } else if (const GgufTensor* freqs = f.find_tensor(kRopeFreqs)) {
     require(freqs->dtype == DType::F32 && freqs->ne.size() == 1 && freqs->ne[0] == c.head_dim / 2,
             label + ": tensor '" + std::string(kRopeFreqs) + "' must be F32 [head size / 2]");
     c.rope.freq_factors.resize(size_t(freqs->ne[0]));
     std::memcpy(c.rope.freq_factors.data(), freqs->data, freqs->nbytes);
   }
-  c.tie_word_embeddings = f.find_tensor("output.weight") == nullptr;
-  c.attention_bias = f.find_tensor("blk.0.attn_q.bias") != nullptr;
-  c.intermediate_size = size_key(f, key("feed_forward_length"), 0);
-  c.layer_is_moe.assign(c.num_layers, false);
-  for (int l = 0; l < c.num_layers; ++l)
-    c.layer_is_moe[l] = f.find_tensor("blk." + std::to_string(l) + ".ffn_gate_inp.weight") != nullptr;
+  if (!latent) {
+    c.attention_bias = f.find_tensor("blk.0.attn_q.bias") != nullptr;
+    c.intermediate_size = size_key(f, key("feed_forward_length"), 0);
+    c.layer_is_moe.assign(c.num_layers, false);
+    for (int l = 0; l < c.num_layers; ++l)
+      c.layer_is_moe[l] = f.find_tensor("blk." + std::to_string(l) + ".ffn_gate_inp.weight") != nullptr;
+  }
   const bool moe = std::find(c.layer_is_moe.begin(), c.layer_is_moe.end(), true) != c.layer_is_moe.end();
   if (arch == "llama") {
     c.model_type = moe ? "mixtral" : "llama";
   } else if (arch == "qwen3" || arch == "qwen3moe") {
     c.model_type = arch == "qwen3" ? "qwen3" : "qwen3_moe";
     c.qk_norm = QkNorm::PerHead;
-  } else {
+  } else if (arch == "olmoe") {
     c.model_type = "olmoe";
     c.qk_norm = QkNorm::Full;
     if (f.has(key("attention.clamp_kqv"))) c.clip_qkv = f.real(key("attention.clamp_kqv"), 0);
   }
   require(moe || c.intermediate_size > 0, label + ": missing metadata '" + key("feed_forward_length") + "'");
-  if (moe) {
+  if (moe && !latent) {
     c.moe.num_experts = size_key(f, key("expert_count"));
     c.moe.top_k = size_key(f, key("expert_used_count"));
     c.moe.expert_intermediate_size =
@@ -217,6 +330,16 @@ GgufName gguf_name_of(const ModelConfig& c, const std::string& arch, const std::
       if (w != 'o' && hf == n::attn_bias(l, w)) return {base + ".bias", heads};
       if ((w == 'q' || w == 'k') && hf == n::qk_norm(l, w)) return {blk + "attn_" + w + "_norm.weight"};
     }
+    if (c.latent_attention) {
+      // kv_b_proj is two tensors in the file (attn_k_b, attn_v_b), joined by gguf_tensor_views.
+      static const std::pair<LatentPart, const char*> latent[] = {{LatentPart::QA, "attn_q_a.weight"},
+                                                                 {LatentPart::QANorm, "attn_q_a_norm.weight"},
+                                                                 {LatentPart::QB, "attn_q_b.weight"},
+                                                                 {LatentPart::KvA, "attn_kv_a_mqa.weight"},
+                                                                 {LatentPart::KvANorm, "attn_kv_a_norm.weight"}};
+      for (const auto& [part, name] : latent)
+        if (hf == n::latent_attn(l, part)) return {blk + name};
+    }
     for (const auto& [word, p] : ffn_suffixes()) {
       if (hf == n::dense_mlp(l, p)) return {blk + "ffn_" + word + ".weight"};
       if (hf == n::shared_expert(l, p)) return {blk + "ffn_" + word + "_shexp.weight"};
@@ -236,18 +359,108 @@ GgufName gguf_name_of(const ModelConfig& c, const std::string& arch, const std::
   return {};
 }
 
+namespace {
+
+// A tensor's values in f32, ne[0] at a time.
+std::vector<float> tensor_floats(const GgufTensor& t) {
+  const int64_t cols = t.ne[0];
+  const size_t row_bytes = dtype_row_bytes(t.dtype, cols), rows = t.nbytes / row_bytes;
+  std::vector<float> out(rows * size_t(cols));
+  for (size_t r = 0; r < rows; ++r) {
+    const std::byte* in = t.data + r * row_bytes;
+    float* o = out.data() + r * size_t(cols);
+    if (t.dtype == DType::Q8_0 || t.dtype == DType::Q4_K) {
+      quant::dequantize_row(t.dtype, in, cols, o);
+      continue;
+    }
+    for (int64_t i = 0; i < cols; ++i) {
+      uint16_t h = 0;
+      if (t.dtype != DType::F32) std::memcpy(&h, in + i * 2, 2);
+      if (t.dtype == DType::F32) std::memcpy(o + i, in + i * 4, 4);
+      else o[i] = t.dtype == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+    }
+  }
+  return out;
+}
+
+// Layer l's kv_b_proj [heads x (qk_nope + v), kv_lora_rank] joined from the converter's split:
+// attn_k_b [heads, kv_lora_rank, qk_nope] (each head's k rows, transposed) and attn_v_b
+// [heads, v, kv_lora_rank]. The dtype of the two when they share a float type (the values are
+// moved, not converted), otherwise f32.
+TensorView joined_kv_b(const GgufFile& f, const ModelConfig& c, int l, std::vector<std::unique_ptr<std::byte[]>>& owned) {
+  const LatentAttention& a = *c.latent_attention;
+  const std::string blk = "blk." + std::to_string(l) + ".";
+  const int64_t H = c.num_heads, nope = a.qk_nope_head_dim, vd = a.v_head_dim, kvl = a.kv_lora_rank;
+  const GgufTensor* k = f.find_tensor(blk + "attn_k_b.weight");
+  const GgufTensor* v = f.find_tensor(blk + "attn_v_b.weight");
+  require(k && k->ne == std::vector<int64_t>{nope, kvl, H},
+          f.label() + ": tensor '" + blk + "attn_k_b.weight' must be [heads, kv_lora_rank, qk_nope] = [" + std::to_string(H) +
+              ", " + std::to_string(kvl) + ", " + std::to_string(nope) + "]");
+  require(v && v->ne == std::vector<int64_t>{kvl, vd, H},
+          f.label() + ": tensor '" + blk + "attn_v_b.weight' must be [heads, v, kv_lora_rank] = [" + std::to_string(H) + ", " +
+              std::to_string(vd) + ", " + std::to_string(kvl) + "]");
+  const bool same = k->dtype == v->dtype && dtype_block(k->dtype) == 1;
+  TensorView out;
+  out.name = n::latent_attn(l, LatentPart::KvB);
+  out.dtype = same ? k->dtype : DType::F32;
+  out.shape = {H * (nope + vd), kvl};
+  const size_t element = dtype_size(out.dtype);
+  out.nbytes = size_t(H * (nope + vd) * kvl) * element;
+  owned.push_back(std::make_unique<std::byte[]>(out.nbytes));
+  std::byte* dst = owned.back().get();
+  // Element (row, j) of kv_b from element index `at` of a source in the output's dtype.
+  const auto place = [&](const std::byte* src, int64_t at, int64_t row, int64_t j) {
+    std::memcpy(dst + size_t(row * kvl + j) * element, src + size_t(at) * element, element);
+  };
+  std::vector<float> k_f32, v_f32;
+  if (!same) {
+    k_f32 = tensor_floats(*k);
+    v_f32 = tensor_floats(*v);
+  }
+  const std::byte* k_src = same ? k->data : reinterpret_cast<const std::byte*>(k_f32.data());
+  const std::byte* v_src = same ? v->data : reinterpret_cast<const std::byte*>(v_f32.data());
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t j = 0; j < kvl; ++j) {
+      for (int64_t i = 0; i < nope; ++i) place(k_src, (h * kvl + j) * nope + i, h * (nope + vd) + i, j);
+      for (int64_t i = 0; i < vd; ++i) place(v_src, (h * vd + i) * kvl + j, h * (nope + vd) + nope + i, j);
+    }
+  out.data = dst;
+  return out;
+}
+
+}  // namespace
+
 std::vector<TensorView> gguf_tensor_views(const GgufFile& f, const ModelConfig& c,
                                           std::vector<std::unique_ptr<std::byte[]>>& owned) {
   const std::string arch = f.string("general.architecture");
+  std::vector<TensorView> views;
+  // Latent attention's attn_k_b and attn_v_b: read into kv_b_proj, layer by layer.
+  std::set<std::string> split_kv_b;
+  if (c.latent_attention)
+    for (int l = 0; l < c.num_layers; ++l) {
+      for (const char* part : {"attn_k_b.weight", "attn_v_b.weight"}) split_kv_b.insert("blk." + std::to_string(l) + "." + part);
+      views.push_back(joined_kv_b(f, c, l, owned));
+      // Zero correction biases where read_deepseek2 needs one and the layer has none.
+      if (c.layers[l].is_moe && c.moe.score_correction_bias && !f.find_tensor("blk." + std::to_string(l) + ".exp_probs_b.bias")) {
+        TensorView zero;
+        zero.name = n::router_bias(c, l);
+        zero.dtype = DType::F32;
+        zero.shape = {c.num_candidates(l)};
+        zero.nbytes = size_t(c.num_candidates(l)) * sizeof(float);
+        owned.push_back(std::make_unique<std::byte[]>(zero.nbytes));
+        std::memset(owned.back().get(), 0, zero.nbytes);
+        zero.data = owned.back().get();
+        views.push_back(zero);
+      }
+    }
   // The inverse of gguf_name_of over every tensor the description implies.
   std::map<std::string, std::vector<std::pair<std::string, GgufName>>> by_gguf;
   for (const TensorSpec& spec : expected_tensors(c)) {
     GgufName g = gguf_name_of(c, arch, spec.name);
     if (!g.name.empty()) by_gguf[g.name].push_back({spec.name, g});
   }
-  std::vector<TensorView> views;
   for (const GgufTensor& t : f.tensors()) {
-    if (t.name == kRopeFreqs) continue;  // read into the description
+    if (t.name == kRopeFreqs || split_kv_b.count(t.name)) continue;  // read into the description, or joined above
     const auto it = by_gguf.find(t.name);
     require(it != by_gguf.end(), f.label() + ": tensor '" + t.name + "' has no place in crossmoe's description of this " +
                                      arch + " model");
@@ -285,7 +498,8 @@ std::vector<TensorView> gguf_tensor_views(const GgufFile& f, const ModelConfig& 
 std::string gguf_architecture(const ModelConfig& c) {
   const bool moe = std::find(c.layer_is_moe.begin(), c.layer_is_moe.end(), true) != c.layer_is_moe.end();
   const auto refuse = [&](const std::string& why) {
-    throw Error("no llama.cpp architecture crossmoe writes (" + architecture_list() + ") expresses this model: " + why);
+    throw Error("no llama.cpp architecture crossmoe writes (" + architecture_list(written_architectures()) +
+                ") expresses this model: " + why);
   };
   if (c.latent_attention) refuse("multi-head latent attention (llama.cpp's deepseek2 is not written)");
   if (c.sliding_window > 0) refuse("sliding-window attention");

@@ -1,7 +1,8 @@
 #pragma once
 // GGUF files as models: llama.cpp's metadata keys and tensor names mapped onto the one model
 // description (config.hpp) and the Hugging Face tensor names of tensor_names.hpp, in both
-// directions. Architectures: llama (dense, and with experts as Mixtral), qwen3, qwen3moe, olmoe.
+// directions. Architectures: llama (dense, and with experts as Mixtral), qwen3, qwen3moe, olmoe;
+// deepseek2 is read, not written.
 //
 // Facts taken from llama.cpp (src/llama-arch.cpp's key and tensor tables, src/models/*.cpp, and
 // convert_hf_to_gguf.py):
@@ -15,6 +16,17 @@
 //     Reading undoes exactly that; writing does it.
 //   - routed weights: qwen3moe and llama (Mixtral) always renormalise the top-k weights, olmoe
 //     never; softmax routers throughout.
+//   - deepseek2 (DeepSeek-V2 / V3; src/models/deepseek2.cpp, conversion/deepseek.py): the converter
+//     writes latent attention as one key-value head (attention.key_length = kv_lora_rank + rope
+//     dims, value_length = kv_lora_rank) with the per-head widths in key_length_mla /
+//     value_length_mla, and splits kv_b_proj per head into attn_k_b ([heads, kv_lora_rank,
+//     qk_nope], k's rows transposed) and attn_v_b ([heads, v, kv_lora_rank]); reading joins them
+//     back. RoPE on adjacent pairs; every norm, the latent ones too, takes the file's epsilon.
+//     Routing: expert_gating_func (1 softmax, 2 sigmoid; absent: softmax, but sigmoid for
+//     GLM-4.7-Flash's shape), exp_probs_b biases the choice, groups score as the sum of their best
+//     two, expert_weights_norm renormalises and expert_weights_scale scales. YaRN: the
+//     converter's yarn_log_multiplier is 0.1 * mscale_all_dim; llama.cpp then leaves the rotation
+//     unscaled and multiplies the softmax scale by (1 + 0.1 * mscale_all_dim * ln factor)^2.
 #include <cstddef>
 #include <memory>
 #include <nlohmann/json.hpp>

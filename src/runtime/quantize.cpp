@@ -54,6 +54,11 @@ nlohmann::json quantization_config(QuantScheme scheme) {
 
 void write_quantized(const fs::path& model, const fs::path& dir, QuantScheme scheme, QuantizeSummary* summary) {
   const ModelConfig config = read_model_config(model);
+  // A GGUF file's description goes out as a crossmoe config.json, which has no latent attention (and
+  // a deepseek2 file's routing need not be what DeepSeek's config.json keys mean).
+  require(!(config.latent_attention && is_gguf_file(model)),
+          model.string() + ": a deepseek2 GGUF file is not quantized into a model directory (crossmoe's config.json cannot "
+                           "describe latent attention): quantize the Hugging Face checkpoint, or the file with llama-quantize");
   const Checkpoint checkpoint(model);
   check_weights_match(checkpoint, config);
   const std::set<std::string> experts = routed_expert_tensors(config);
