@@ -369,7 +369,7 @@ std::vector<float> tensor_floats(const GgufTensor& t) {
   for (size_t r = 0; r < rows; ++r) {
     const std::byte* in = t.data + r * row_bytes;
     float* o = out.data() + r * size_t(cols);
-    if (t.dtype == DType::Q8_0 || t.dtype == DType::Q4_K) {
+    if (dtype_block(t.dtype) > 1) {
       quant::dequantize_row(t.dtype, in, cols, o);
       continue;
     }

@@ -52,7 +52,7 @@ class Binder {
 
 // kv_b split per head (LayerWeights::k_up, v_up), taken before any interleaving. In kv_b's own
 // dtype where it is F32, BF16 or F16: v's rows are read where they are, k's transposed into
-// latent_up (the same values, moved). A block-quantized kv_b (Q8_0, Q4_K) is widened to f32, k's
+// latent_up (the same values, moved). A block-quantized kv_b (Q8_0, Q4_K, Q6_K) is widened to f32, k's
 // rows and v's: its blocks run along kv_lora_rank, which k's transpose crosses, and its own
 // products would round the activations to 8 bits where f32 rows multiply them as they are.
 void split_latent_up(const LatentAttention& a, int heads, LayerWeights& L) {
