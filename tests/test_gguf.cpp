@@ -498,6 +498,64 @@ TEST(GgufExport, QuantizedModelsKeepTheirBlocks) {
   }
 }
 
+// llama.cpp running crossmoe's deepseek2 exports (tests/fixtures/gguf/deepseek2_export_llama_cpp.json,
+// made by make_deepseek2_export_goldens.py with a program against llama.h): crossmoe on the same
+// file, exported again here, gives llama.cpp's prompt tokens (the tokenizer case: llama.cpp's
+// own tokenization of the text, BOS added), its greedy tokens and its logits. F32 files: within
+// 1e-4 of max |logit| (llama.cpp and crossmoe sum in other orders: 2e-6 measured). BF16 files:
+// llama.cpp rounds the activations to bf16 for its products, crossmoe keeps them f32, measured
+// up to 1.2% of max |logit|; 3% allowed.
+TEST(DeepSeek2Export, RunsAsLlamaCppRunsTheFile) {
+  TempDir dir("gguf_deepseek2_llama_cpp");
+  const nlohmann::json golden = read_json_file(kFixtures + "/gguf/deepseek2_export_llama_cpp.json");
+  const size_t stride = golden["logit_stride"].get<size_t>();
+  ASSERT_GE(golden["cases"].size(), 7u);
+  for (const nlohmann::json& k : golden["cases"]) {
+    const std::string name = k["name"].get<std::string>();
+    fs::path model = kFixtures + "/" + k["model"].get<std::string>();
+    if (k["tokenizer"].get<bool>()) {
+      const fs::path copy = dir.path / (name + "_model");
+      fs::copy(model, copy);
+      for (const char* file : {"tokenizer.json", "tokenizer_config.json"})
+        fs::copy_file(kFixtures + "/crossmoe_init/dense/" + file, copy / file);
+      model = copy;
+    }
+    const fs::path out = dir.path / (name + ".gguf");
+    std::optional<DType> type;
+    if (!k["type"].is_null()) type = k["type"].get<std::string>() == "f32" ? DType::F32 : DType::BF16;
+    const GgufExportSummary summary = export_gguf(model, out, type);
+    EXPECT_EQ(summary.tokenizer, k["tokenizer"].get<bool>()) << name;
+    const std::vector<int> prompt = k["prompt"].get<std::vector<int>>();
+    if (summary.tokenizer) {
+      Tokenizer tokenizer = *load_model_tokenizer(out);
+      std::vector<int> ids = tokenizer.encode(golden["text"].get<std::string>());
+      const Model m(out);
+      if (m.config().bos_token_id >= 0) ids.insert(ids.begin(), m.config().bos_token_id);
+      EXPECT_EQ(ids, prompt) << name << ": llama.cpp's tokens of the text";
+    } else {
+      EXPECT_EQ(prompt, golden["prompt_ids"].get<std::vector<int>>()) << name;
+    }
+    const std::vector<float> logits = prompt_logits(out, prompt);
+    const auto expected = k["logits"].get<std::vector<std::vector<float>>>();
+    const auto argmax = k["argmax"].get<std::vector<int>>();
+    ASSERT_EQ(expected.size(), prompt.size()) << name;
+    const size_t V = logits.size() / prompt.size();
+    double diff = 0, largest = 0;
+    for (size_t p = 0; p < prompt.size(); ++p) {
+      const float* row = logits.data() + p * V;
+      ASSERT_EQ(expected[p].size(), (V + stride - 1) / stride) << name;
+      for (size_t j = 0; j < expected[p].size(); ++j) {
+        diff = std::max(diff, double(std::fabs(row[j * stride] - expected[p][j])));
+        largest = std::max(largest, double(std::fabs(expected[p][j])));
+      }
+      EXPECT_EQ(int(std::max_element(row, row + V) - row), argmax[p]) << name << " position " << p;
+    }
+    const bool bf16 = k["matrices"] == "bf16";
+    EXPECT_LT(diff, (bf16 ? 3e-2 : 1e-4) * std::max(1.0, largest)) << name;
+    EXPECT_EQ(greedy(out, prompt, int(k["greedy"].size())), k["greedy"].get<std::vector<int>>()) << name;
+  }
+}
+
 // ------------------------------------------------------------------ llama.cpp's K-quants
 
 // tests/fixtures/gguf/dense-q4_k_m.gguf and dense-q6_k.gguf: llama-quantize's Q4_K_M (Q4_K, with
@@ -583,15 +641,105 @@ TEST(GgufExport, LayoutsNoLlamaCppArchitectureExpressesAreRefused) {
   // lacks; its olmoe fixture has grouped KV heads, which llama.cpp's olmoe cannot load.
   EXPECT_THROW(export_gguf(kFixtures + "/hf/qwen3_moe", dir.path / "y.gguf"), Error);
   EXPECT_THROW(export_gguf(kFixtures + "/hf/olmoe", dir.path / "y.gguf"), Error);
-  // Latent attention would be llama.cpp's deepseek2, which crossmoe does not write.
-  try {
-    export_gguf(kFixtures + "/hf/deepseek_v3", dir.path / "z.gguf");
-    ADD_FAILURE() << "deepseek_v3 exported";
+  // Latent attention that llama.cpp's deepseek2 does not run, each refused naming what.
+  const auto refused = [&](const std::string& name, const std::function<void(nlohmann::json&)>& edit, const std::string& what) {
+    const fs::path model = dir.path / name;
+    fs::create_directories(model);
+    for (const char* file : {"config.json", "model.safetensors"}) fs::copy_file(kFixtures + "/hf/deepseek_v3/" + file, model / file);
+    nlohmann::json config = read_json_file(model / "config.json");
+    edit(config);
+    std::ofstream(model / "config.json") << config.dump(1);
+    try {
+      export_gguf(model, dir.path / "z.gguf");
+      ADD_FAILURE() << name << " exported";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fs::exists(dir.path / "z.gguf")) << name;
+  };
+  refused("halves", [](nlohmann::json& c) { c["rope_interleave"] = false; }, "rope_interleave false");
+  refused("eps", [](nlohmann::json& c) { c["rms_norm_eps"] = 1e-5; }, "one epsilon for every norm");
+  refused("no_shared", [](nlohmann::json& c) { c["n_shared_experts"] = 0; }, "shared experts");
+  refused("scale", [](nlohmann::json& c) { c["rope_parameters"]["mscale"] = 0.5; }, "YaRN with a rotation factor");
+  try {  // DeepSeek-V2's group_limited_greedy: a group scores as its best expert
+    export_gguf(kFixtures + "/hf/deepseek_v2_group", dir.path / "z.gguf");
+    ADD_FAILURE() << "deepseek_v2_group exported";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("multi-head latent attention"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("group_limited_greedy"), std::string::npos) << e.what();
   }
-  EXPECT_FALSE(fs::exists(dir.path / "z.gguf"));
 }
+
+// ------------------------------------------------------------------ deepseek2 written
+
+// crossmoe's deepseek2 export read back: the metadata llama.cpp's deepseek2 reads, kv_b_proj's
+// split, and the same description and logits as the directory (stored type and --type f32: the
+// same values; --type bf16 of an F32 checkpoint: every matrix bf16's rounding of the original).
+struct DeepSeekExport {
+  const char* hf;
+  std::optional<DType> type;
+};
+
+class DeepSeek2Export : public ::testing::TestWithParam<DeepSeekExport> {};
+
+TEST_P(DeepSeek2Export, ReadsBackAsTheDirectory) {
+  TempDir dir("gguf_deepseek2_export");
+  const fs::path model = kFixtures + "/" + GetParam().hf, out = dir.path / "m.gguf";
+  const GgufExportSummary summary = export_gguf(model, out, GetParam().type);
+  EXPECT_EQ(summary.architecture, "deepseek2");
+  const ModelConfig a = read_model_config(model);
+  const GgufFile f(out);
+  const LatentAttention& la = *a.latent_attention;
+  EXPECT_EQ(f.integer("deepseek2.attention.q_lora_rank"), la.q_lora_rank) << "written also when 0";
+  EXPECT_EQ(f.integer("deepseek2.attention.head_count_kv"), 1);
+  EXPECT_EQ(f.integer("deepseek2.attention.key_length"), la.kv_lora_rank + la.qk_rope_head_dim);
+  EXPECT_EQ(f.integer("deepseek2.attention.value_length_mla"), la.v_head_dim);
+  EXPECT_EQ(f.integer("deepseek2.leading_dense_block_count"), 1);
+  EXPECT_EQ(f.integer("deepseek2.expert_gating_func"), a.moe.scoring == Scoring::Sigmoid ? 2 : 1);
+  EXPECT_EQ(f.integer("deepseek2.expert_shared_count"), a.moe.shared_intermediate_size / a.moe.expert_intermediate_size);
+  EXPECT_EQ(f.real("deepseek2.expert_weights_scale", 0), a.moe.routed_scaling_factor);
+  EXPECT_EQ(f.has("deepseek2.expert_group_count"), a.moe.n_group > 1);
+  EXPECT_EQ(f.has("deepseek2.rope.scaling.yarn_log_multiplier"), a.rope.type == RopeType::Yarn);
+  EXPECT_EQ(f.find_tensor("blk.0.attn_kv_b.weight"), nullptr);
+  ASSERT_NE(f.find_tensor("blk.2.attn_k_b.weight"), nullptr);
+  EXPECT_EQ(f.find_tensor("blk.2.attn_k_b.weight")->ne, (std::vector<int64_t>{la.qk_nope_head_dim, la.kv_lora_rank, a.num_heads}));
+
+  const ModelConfig b = gguf_model_config(f);
+  EXPECT_EQ(b.model_type, a.model_type);
+  EXPECT_EQ(b.layer_is_moe, a.layer_is_moe);
+  EXPECT_EQ(b.moe.scoring, a.moe.scoring);
+  EXPECT_EQ(b.moe.norm_topk_prob, a.moe.norm_topk_prob);
+  EXPECT_EQ(b.moe.n_group, a.moe.n_group);
+  EXPECT_EQ(b.moe.topk_group, a.moe.topk_group);
+  EXPECT_EQ(b.moe.shared_intermediate_size, a.moe.shared_intermediate_size);
+  EXPECT_NEAR(b.attention_scale_factor, a.attention_scale_factor, 1e-6 * a.attention_scale_factor);
+
+  const Checkpoint original(model), back(out);
+  for (const TensorSpec& spec : expected_tensors(a)) {
+    const std::vector<float> x = to_floats(original.get(spec.name, spec.shape)), y = to_floats(back.get(spec.name, spec.shape));
+    ASSERT_EQ(x.size(), y.size()) << spec.name;
+    const bool rounded = GetParam().type == DType::BF16 && spec.role == TensorRole::Weight;
+    for (size_t i = 0; i < x.size(); ++i)
+      ASSERT_EQ(y[i], rounded ? bf16_to_f32(f32_to_bf16(x[i])) : x[i]) << spec.name << " [" << i << "]";
+  }
+  if (GetParam().type != DType::BF16) {
+    const std::vector<float> p = prompt_logits(out, kPrompt), q = prompt_logits(model, kPrompt);
+    EXPECT_LT(max_abs_diff(p, q), 1e-5 * std::max(1.0, max_abs(q)));
+    EXPECT_EQ(greedy(out, kPrompt, 8), greedy(model, kPrompt, 8));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, DeepSeek2Export,
+                         ::testing::Values(DeepSeekExport{"hf/deepseek_v3", std::nullopt},
+                                           DeepSeekExport{"hf/deepseek_v3", DType::F32},
+                                           DeepSeekExport{"hf/deepseek_v2", std::nullopt},
+                                           DeepSeekExport{"hf/deepseek_v3_q_proj", std::nullopt},
+                                           DeepSeekExport{"hf/deepseek_v3_q_proj", DType::BF16}),
+                         [](const auto& info) {
+                           std::string n = std::string(info.param.hf).substr(3) + "_" +
+                                           (info.param.type ? dtype_name(*info.param.type) : std::string("stored"));
+                           for (char& c : n) if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return n;
+                         });
 
 // ------------------------------------------------------------------ tokenizers
 

@@ -23,7 +23,7 @@ const std::set<std::string>& read_architectures() {
   return a;
 }
 const std::set<std::string>& written_architectures() {
-  static const std::set<std::string> a = {"llama", "qwen3", "qwen3moe", "olmoe"};
+  static const std::set<std::string> a = {"llama", "qwen3", "qwen3moe", "olmoe", "deepseek2"};
   return a;
 }
 
@@ -495,14 +495,118 @@ std::vector<TensorView> gguf_tensor_views(const GgufFile& f, const ModelConfig& 
   return views;
 }
 
+namespace {
+
+// YaRN's rotation factor as the runtime applies it (RopeConfig: 0 is the default).
+double yarn_rotation_factor(const RopeConfig& r) {
+  return r.attention_factor != 0.0 ? r.attention_factor : r.factor <= 1.0 ? 1.0 : 1.0 + 0.1 * std::log(r.factor);
+}
+
+bool near(double a, double b) { return std::abs(a - b) <= 1e-6 * std::max(1.0, std::abs(b)); }
+
+// The yarn_log_multiplier that makes llama.cpp's deepseek2 scale a YaRN model as this description
+// does (read_deepseek2's arithmetic backwards), nullopt for none: with one, llama.cpp leaves the
+// rotation unscaled and multiplies the softmax scale by (1 + multiplier * ln factor)^2; without
+// one, both take 1 + 0.1 * ln factor. Throws through `refuse` for what neither expresses.
+template <typename Refuse>
+std::optional<double> deepseek2_yarn_log_multiplier(const ModelConfig& c, const Refuse& refuse) {
+  const RopeConfig& r = c.rope;
+  const double rotation = yarn_rotation_factor(r), log_factor = std::log(r.factor), m = std::sqrt(c.attention_scale_factor);
+  if (near(rotation, 1.0) && log_factor > 0.0 && m > 1.0) return (m - 1.0) / log_factor;
+  if (near(rotation, r.factor <= 1.0 ? 1.0 : 1.0 + 0.1 * log_factor) && near(m, rotation)) return std::nullopt;
+  refuse("YaRN with a rotation factor of " + std::to_string(rotation) + " and a softmax scale factor of " +
+         std::to_string(c.attention_scale_factor) + " (llama.cpp's deepseek2 scales the rotation by 1 and the softmax by "
+         "(1 + m ln factor)^2, or both by 1 + 0.1 ln factor)");
+  return std::nullopt;
+}
+
+// What llama.cpp's deepseek2 graph (src/models/deepseek2.cpp) runs, checked on a latent-attention
+// description; `refuse` throws naming the first thing it does not.
+template <typename Refuse>
+void check_deepseek2(const ModelConfig& c, const Refuse& refuse) {
+  const LatentAttention& a = *c.latent_attention;
+  if (c.qk_norm != QkNorm::None || c.clip_qkv || c.attention_bias) refuse("latent attention with q/k norms, clip_qkv or biases");
+  if (!near(a.latent_norm_eps, c.rms_norm_eps))
+    refuse("latent norms whose epsilon (" + std::to_string(a.latent_norm_eps) + ") is not rms_norm_eps (" +
+           std::to_string(c.rms_norm_eps) + "): llama.cpp's deepseek2 takes one epsilon for every norm");
+  if (c.rope.type != RopeType::Default && c.rope.type != RopeType::Yarn)
+    refuse("RoPE scaling other than YaRN on latent attention");
+  if (!c.rope.freq_factors.empty()) refuse("RoPE frequency factors on latent attention");
+  if (!a.rope_interleave) refuse("latent attention rotating the two halves of the rope dims (rope_interleave false; llama.cpp's deepseek2 rotates adjacent pairs)");
+  if (c.rope.type == RopeType::Yarn) {
+    if (!c.rope.truncate) refuse("YaRN without its correction range rounded to whole dims");
+    (void)deepseek2_yarn_log_multiplier(c, refuse);
+  } else if (c.attention_scale_factor != 1.0) {
+    refuse("a softmax scale factor without YaRN");
+  }
+  int leading_dense = 0;
+  while (leading_dense < c.num_layers && !c.layer_is_moe[leading_dense]) ++leading_dense;
+  if (!std::all_of(c.layer_is_moe.begin() + leading_dense, c.layer_is_moe.end(), [](bool b) { return b; }))
+    refuse("dense layers after the first MoE layer (llama.cpp's deepseek2 has only leading dense layers)");
+  if (leading_dense == c.num_layers) return;
+  const MoeConfig& m = c.moe;
+  if (m.cross_layer != CrossLayer::Local || m.group_size != 1) refuse("cross-layer expert groups (" + to_string(m.cross_layer) + ")");
+  if (m.pre_gated) refuse("pre-gated routing");
+  if (m.shared_intermediate_size == 0 || m.shared_intermediate_size % m.expert_intermediate_size != 0)
+    refuse("MoE layers whose shared experts are not a whole number (one or more) of routed experts' width "
+           "(llama.cpp's deepseek2 requires shared experts of expert_shared_count x expert_feed_forward_length)");
+  if (m.n_group > 1 && m.topk_group < m.n_group) {
+    if (!m.score_correction_bias)
+      refuse("group-limited routing that scores a group by its best expert (DeepSeek-V2's group_limited_greedy; "
+             "llama.cpp scores a group by the sum of its best two)");
+    if (m.num_experts / m.n_group < 2) refuse("groups of one expert (llama.cpp scores a group by its best two)");
+  }
+}
+
+// deepseek2's keys beyond the generic ones, as llama.cpp's deepseek2 loads them: latent
+// attention as one cached head of [latent | k_rope] with the per-head widths in the *_mla keys
+// (q_lora_rank written as 0 when there is one q projection: llama.cpp requires the key unless
+// the layer count is DeepSeek-V2-Lite's), the leading dense layers, shared experts in units of
+// a routed expert's width, and the router.
+void add_deepseek2_metadata(GgufWriter& w, const ModelConfig& c) {
+  const auto key = [](const std::string& k) { return "deepseek2." + k; };
+  const LatentAttention& a = *c.latent_attention;
+  w.add_u32(key("attention.head_count_kv"), 1);
+  w.add_u32(key("attention.key_length"), uint32_t(a.kv_lora_rank + a.qk_rope_head_dim));
+  w.add_u32(key("attention.value_length"), uint32_t(a.kv_lora_rank));
+  w.add_u32(key("attention.key_length_mla"), uint32_t(a.qk_nope_head_dim + a.qk_rope_head_dim));
+  w.add_u32(key("attention.value_length_mla"), uint32_t(a.v_head_dim));
+  w.add_u32(key("attention.q_lora_rank"), uint32_t(a.q_lora_rank));
+  w.add_u32(key("attention.kv_lora_rank"), uint32_t(a.kv_lora_rank));
+  w.add_u32(key("rope.dimension_count"), uint32_t(a.qk_rope_head_dim));
+  if (c.rope.type == RopeType::Yarn)
+    if (const std::optional<double> m = deepseek2_yarn_log_multiplier(c, [](const std::string& why) { throw Error(why); }))
+      w.add_f32(key("rope.scaling.yarn_log_multiplier"), float(*m));
+  int leading_dense = 0;
+  while (leading_dense < c.num_layers && !c.layer_is_moe[leading_dense]) ++leading_dense;
+  w.add_u32(key("leading_dense_block_count"), uint32_t(leading_dense));
+  const MoeConfig& m = c.moe;
+  const bool moe = leading_dense < c.num_layers;
+  w.add_u32(key("expert_feed_forward_length"), uint32_t(moe ? m.expert_intermediate_size : 0));
+  w.add_u32(key("expert_shared_count"), uint32_t(moe ? m.shared_intermediate_size / m.expert_intermediate_size : 0));
+  if (!moe) return;
+  w.add_u32(key("expert_gating_func"), m.scoring == Scoring::Sigmoid ? 2 : 1);  // llama_expert_gating_func_type
+  w.add_bool(key("expert_weights_norm"), m.norm_topk_prob);
+  w.add_f32(key("expert_weights_scale"), float(m.routed_scaling_factor));
+  if (m.n_group > 1 && m.topk_group < m.n_group) {
+    w.add_u32(key("expert_group_count"), uint32_t(m.n_group));
+    w.add_u32(key("expert_group_used_count"), uint32_t(m.topk_group));
+  }
+}
+
+}  // namespace
+
 std::string gguf_architecture(const ModelConfig& c) {
   const bool moe = std::find(c.layer_is_moe.begin(), c.layer_is_moe.end(), true) != c.layer_is_moe.end();
   const auto refuse = [&](const std::string& why) {
     throw Error("no llama.cpp architecture crossmoe writes (" + architecture_list(written_architectures()) +
                 ") expresses this model: " + why);
   };
-  if (c.latent_attention) refuse("multi-head latent attention (llama.cpp's deepseek2 is not written)");
   if (c.sliding_window > 0) refuse("sliding-window attention");
+  if (c.latent_attention) {
+    check_deepseek2(c, refuse);
+    return "deepseek2";
+  }
   if (c.clip_qkv && c.qk_norm != QkNorm::Full) refuse("clip_qkv without OLMoE's q/k norm");
   if (c.rope.type == RopeType::Dynamic) refuse("dynamic RoPE scaling");
   if (moe) {
@@ -564,13 +668,18 @@ void add_gguf_model_metadata(GgufWriter& w, const ModelConfig& c, const std::str
   w.add_u32(key("block_count"), uint32_t(c.num_layers));
   w.add_u32(key("context_length"), uint32_t(c.max_position_embeddings));
   w.add_u32(key("embedding_length"), uint32_t(c.hidden_size));
-  w.add_u32(key("feed_forward_length"),
-            uint32_t(moe && arch != "qwen3moe" ? c.moe.expert_intermediate_size : std::max(c.intermediate_size, 1)));
+  const bool latent = arch == "deepseek2";
+  w.add_u32(key("feed_forward_length"), uint32_t(moe && arch != "qwen3moe" && !latent ? c.moe.expert_intermediate_size
+                                                                                       : std::max(c.intermediate_size, 1)));
   w.add_u32(key("attention.head_count"), uint32_t(c.num_heads));
-  w.add_u32(key("attention.head_count_kv"), uint32_t(c.num_kv_heads));
-  w.add_u32(key("attention.key_length"), uint32_t(c.head_dim));
-  w.add_u32(key("attention.value_length"), uint32_t(c.head_dim));
-  w.add_u32(key("rope.dimension_count"), uint32_t(c.head_dim));
+  if (latent) {
+    add_deepseek2_metadata(w, c);
+  } else {
+    w.add_u32(key("attention.head_count_kv"), uint32_t(c.num_kv_heads));
+    w.add_u32(key("attention.key_length"), uint32_t(c.head_dim));
+    w.add_u32(key("attention.value_length"), uint32_t(c.head_dim));
+    w.add_u32(key("rope.dimension_count"), uint32_t(c.head_dim));
+  }
   w.add_f32(key("rope.freq_base"), float(c.rope.theta));
   w.add_f32(key("attention.layer_norm_rms_epsilon"), float(c.rms_norm_eps));
   if (c.rope.type == RopeType::Linear) {

@@ -1,8 +1,8 @@
 #pragma once
 // GGUF files as models: llama.cpp's metadata keys and tensor names mapped onto the one model
 // description (config.hpp) and the Hugging Face tensor names of tensor_names.hpp, in both
-// directions. Architectures: llama (dense, and with experts as Mixtral), qwen3, qwen3moe, olmoe;
-// deepseek2 is read, not written.
+// directions. Architectures: llama (dense, and with experts as Mixtral), qwen3, qwen3moe, olmoe,
+// deepseek2.
 //
 // Facts taken from llama.cpp (src/llama-arch.cpp's key and tensor tables, src/models/*.cpp, and
 // convert_hf_to_gguf.py):
@@ -27,6 +27,8 @@
 //     two, expert_weights_norm renormalises and expert_weights_scale scales. YaRN: the
 //     converter's yarn_log_multiplier is 0.1 * mscale_all_dim; llama.cpp then leaves the rotation
 //     unscaled and multiplies the softmax scale by (1 + 0.1 * mscale_all_dim * ln factor)^2.
+//     Writing does the same backwards, attention.q_lora_rank written as 0 without a q projection
+//     (llama.cpp requires the key unless the layer count is DeepSeek-V2-Lite's).
 #include <cstddef>
 #include <memory>
 #include <nlohmann/json.hpp>

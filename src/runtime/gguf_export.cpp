@@ -1,7 +1,9 @@
 #include "runtime/gguf_export.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
+#include <memory>
 
 #include "kernels/kernels.hpp"
 #include "model/checkpoint.hpp"
@@ -31,6 +33,45 @@ void convert_values(const std::byte* in, DType from, int64_t n, DType to, std::b
       std::memcpy(out + 2 * i, &h, 2);
     }
   }
+}
+
+// Latent attention's kv_b_proj [heads x (qk_nope + v), kv_lora_rank] as llama.cpp's deepseek2
+// loads it: attn_k_b [heads, kv_lora_rank, qk_nope] (each head's k rows transposed) and attn_v_b
+// [heads, v, kv_lora_rank] (its v rows as they are), in `type` (an element-wise type).
+void add_split_kv_b(GgufWriter& writer, const ModelConfig& c, int layer, const TensorView& kv_b, DType type) {
+  const LatentAttention& a = *c.latent_attention;
+  const int64_t H = c.num_heads, nope = a.qk_nope_head_dim, vd = a.v_head_dim, kvl = a.kv_lora_rank;
+  const std::string blk = "blk." + std::to_string(layer) + ".";
+  // kv_b's floats, shared by the two writers (each runs once, in order, while the file is written).
+  auto values = std::make_shared<std::vector<float>>();
+  const auto floats = [values, &kv_b]() -> const std::vector<float>& {
+    if (values->empty()) {
+      values->resize(size_t(kv_b.numel()));
+      kernels::to_f32(kv_b.data, kv_b.dtype, kv_b.numel(), values->data());
+    }
+    return *values;
+  };
+  const auto store = [type](const std::vector<float>& v, std::byte* out) {
+    convert_values(reinterpret_cast<const std::byte*>(v.data()), DType::F32, int64_t(v.size()), type, out);
+  };
+  writer.add_tensor(blk + "attn_k_b.weight", type, {nope, kvl, H}, [=](std::byte* out) {
+    const std::vector<float>& x = floats();
+    std::vector<float> k(size_t(H * kvl * nope));
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t j = 0; j < kvl; ++j)
+        for (int64_t i = 0; i < nope; ++i) k[size_t((h * kvl + j) * nope + i)] = x[size_t((h * (nope + vd) + i) * kvl + j)];
+    store(k, out);
+  });
+  writer.add_tensor(blk + "attn_v_b.weight", type, {kvl, vd, H}, [=](std::byte* out) {
+    const std::vector<float>& x = floats();
+    std::vector<float> v(size_t(H * vd * kvl));
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < vd; ++i)
+        std::copy_n(x.begin() + (h * (nope + vd) + nope + i) * kvl, kvl, v.begin() + (h * vd + i) * kvl);
+    store(v, out);
+    values->clear();
+    values->shrink_to_fit();
+  });
 }
 
 }  // namespace
@@ -69,8 +110,18 @@ GgufExportSummary export_gguf(const std::filesystem::path& model, const std::fil
     std::vector<const TensorView*> parts;
   };
   std::map<std::string, Merged> merged;
+  std::map<std::string, int> kv_b_layer;  // latent attention's kv_b_proj, written as two tensors
+  if (config.latent_attention)
+    for (int l = 0; l < config.num_layers; ++l) kv_b_layer[tensor_names::latent_attn(l, LatentPart::KvB)] = l;
   for (const TensorSpec& spec : expected_tensors(config)) {
     const TensorView& t = checkpoint.get(spec.name, spec.shape);
+    if (const auto kv_b = kv_b_layer.find(spec.name); kv_b != kv_b_layer.end()) {
+      // A block-quantized kv_b goes as f32: attn_k_b's rows are its columns.
+      const DType type = dtype_block(t.dtype) > 1 ? DType::F32 : matrix_type.value_or(t.dtype);
+      add_split_kv_b(writer, config, kv_b->second, t, type);
+      summary.tensors += 2;
+      continue;
+    }
     const GgufName g = gguf_name_of(config, arch, spec.name);
     require(!g.name.empty(), "tensor '" + spec.name + "' has no GGUF name for " + arch);
     const std::vector<int64_t> ne(spec.shape.rbegin(), spec.shape.rend());
