@@ -501,10 +501,15 @@ TEST(GgufExport, QuantizedModelsKeepTheirBlocks) {
 // llama.cpp running crossmoe's deepseek2 exports (tests/fixtures/gguf/deepseek2_export_llama_cpp.json,
 // made by make_deepseek2_export_goldens.py with a program against llama.h): crossmoe on the same
 // file, exported again here, gives llama.cpp's prompt tokens (the tokenizer case: llama.cpp's
-// own tokenization of the text, BOS added), its greedy tokens and its logits. F32 files: within
-// 1e-4 of max |logit| (llama.cpp and crossmoe sum in other orders: 2e-6 measured). BF16 files:
-// llama.cpp rounds the activations to bf16 for its products, crossmoe keeps them f32, measured
-// up to 1.2% of max |logit|; 3% allowed.
+// own tokenization of the text, BOS added), its 8 greedy tokens and its logits (every 16th id of
+// every position). F32 files: within 1e-4 of max |logit| (5e-6 measured: the two sum in other
+// orders) and each position's argmax. BF16 files: llama.cpp rounds the activations to bf16 for
+// its products, crossmoe keeps them f32: up to 2.2% of max |logit| measured, 3% allowed; one
+// position's argmax parts at a near-tie in two of the three files, the greedy tokens do not.
+// Q8_0 (crossmoe quantize, kv_b as F32): both quantize activations in their own blocks; 0.04 at
+// the first three positions, up to 2.4 from the fourth on (max |logit| 2.3), where a router's
+// choice can part as for the imported V2 Q8_0 file; the median position is held to 15% of max
+// |logit| (8% measured) and the first 7 greedy tokens (the 8th parts).
 TEST(DeepSeek2Export, RunsAsLlamaCppRunsTheFile) {
   TempDir dir("gguf_deepseek2_llama_cpp");
   const nlohmann::json golden = read_json_file(kFixtures + "/gguf/deepseek2_export_llama_cpp.json");
@@ -513,6 +518,11 @@ TEST(DeepSeek2Export, RunsAsLlamaCppRunsTheFile) {
   for (const nlohmann::json& k : golden["cases"]) {
     const std::string name = k["name"].get<std::string>();
     fs::path model = kFixtures + "/" + k["model"].get<std::string>();
+    const std::string matrices = k["matrices"].get<std::string>();
+    if (matrices == "q8_0") {
+      quantize_model(model, dir.path / name, QuantScheme::Q8_0);
+      model = dir.path / name;
+    }
     if (k["tokenizer"].get<bool>()) {
       const fs::path copy = dir.path / (name + "_model");
       fs::copy(model, copy);
@@ -540,19 +550,24 @@ TEST(DeepSeek2Export, RunsAsLlamaCppRunsTheFile) {
     const auto argmax = k["argmax"].get<std::vector<int>>();
     ASSERT_EQ(expected.size(), prompt.size()) << name;
     const size_t V = logits.size() / prompt.size();
-    double diff = 0, largest = 0;
+    std::vector<double> diffs(prompt.size(), 0.0);  // max |logit difference| per position
+    double largest = 0;
     for (size_t p = 0; p < prompt.size(); ++p) {
       const float* row = logits.data() + p * V;
       ASSERT_EQ(expected[p].size(), (V + stride - 1) / stride) << name;
       for (size_t j = 0; j < expected[p].size(); ++j) {
-        diff = std::max(diff, double(std::fabs(row[j * stride] - expected[p][j])));
+        diffs[p] = std::max(diffs[p], double(std::fabs(row[j * stride] - expected[p][j])));
         largest = std::max(largest, double(std::fabs(expected[p][j])));
       }
-      EXPECT_EQ(int(std::max_element(row, row + V) - row), argmax[p]) << name << " position " << p;
+      if (matrices == "f32") EXPECT_EQ(int(std::max_element(row, row + V) - row), argmax[p]) << name << " position " << p;
     }
-    const bool bf16 = k["matrices"] == "bf16";
-    EXPECT_LT(diff, (bf16 ? 3e-2 : 1e-4) * std::max(1.0, largest)) << name;
-    EXPECT_EQ(greedy(out, prompt, int(k["greedy"].size())), k["greedy"].get<std::vector<int>>()) << name;
+    std::vector<double> sorted = diffs;
+    std::sort(sorted.begin(), sorted.end());
+    if (matrices == "q8_0") EXPECT_LT(sorted[sorted.size() / 2], 0.15 * largest) << name << ": the median position";
+    else EXPECT_LT(sorted.back(), (matrices == "f32" ? 1e-4 : 3e-2) * std::max(1.0, largest)) << name;
+    std::vector<int> expected_greedy = k["greedy"].get<std::vector<int>>();
+    if (matrices == "q8_0") expected_greedy.resize(7);
+    EXPECT_EQ(greedy(out, prompt, int(expected_greedy.size())), expected_greedy) << name;
   }
 }
 
@@ -700,8 +715,12 @@ TEST_P(DeepSeek2Export, ReadsBackAsTheDirectory) {
   EXPECT_EQ(f.has("deepseek2.expert_group_count"), a.moe.n_group > 1);
   EXPECT_EQ(f.has("deepseek2.rope.scaling.yarn_log_multiplier"), a.rope.type == RopeType::Yarn);
   EXPECT_EQ(f.find_tensor("blk.0.attn_kv_b.weight"), nullptr);
-  ASSERT_NE(f.find_tensor("blk.2.attn_k_b.weight"), nullptr);
-  EXPECT_EQ(f.find_tensor("blk.2.attn_k_b.weight")->ne, (std::vector<int64_t>{la.qk_nope_head_dim, la.kv_lora_rank, a.num_heads}));
+  if (GetParam().type)  // every matrix, the merged experts and attn_k_b / attn_v_b included
+    for (const GgufTensor& t : f.tensors())
+      if (t.ne.size() > 1) EXPECT_EQ(t.dtype, *GetParam().type) << t.name;
+  const std::string last = "blk." + std::to_string(a.num_layers - 1) + ".attn_k_b.weight";
+  ASSERT_NE(f.find_tensor(last), nullptr);
+  EXPECT_EQ(f.find_tensor(last)->ne, (std::vector<int64_t>{la.qk_nope_head_dim, la.kv_lora_rank, a.num_heads}));
 
   const ModelConfig b = gguf_model_config(f);
   EXPECT_EQ(b.model_type, a.model_type);

@@ -131,10 +131,14 @@ GgufExportSummary export_gguf(const std::filesystem::path& model, const std::fil
       it->second.parts.push_back(&t);
       if (int(it->second.parts.size()) == config.moe.num_experts) {
         const Merged& m = it->second;
-        writer.add_tensor(g.name, m.dtype, m.ne, [parts = m.parts](std::byte* out) {
+        // --type converts the experts too (an element-wise type; block-quantized ones stay).
+        const DType type = matrix_type && dtype_block(m.dtype) == 1 ? *matrix_type : m.dtype;
+        writer.add_tensor(g.name, type, m.ne, [parts = m.parts, type](std::byte* out) {
           for (const TensorView* p : parts) {
-            std::memcpy(out, p->data, p->nbytes);
-            out += p->nbytes;
+            const size_t bytes = type == p->dtype ? p->nbytes : size_t(p->numel()) * dtype_size(type);
+            if (type == p->dtype) std::memcpy(out, p->data, bytes);
+            else convert_values(p->data, p->dtype, p->numel(), type, out);
+            out += bytes;
           }
         });
         ++summary.tensors;
