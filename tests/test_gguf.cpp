@@ -498,6 +498,52 @@ TEST(GgufExport, QuantizedModelsKeepTheirBlocks) {
   }
 }
 
+// A block-quantized kv_b_proj (kv_lora_rank a multiple of 32) goes out as F32 attn_k_b / attn_v_b
+// holding its dequantized values (attn_k_b's rows are its columns); the other matrices keep their
+// blocks, and the file runs as the quantized directory does.
+TEST(DeepSeek2Export, QuantizedKvBIsWrittenAsItsValues) {
+  TempDir dir("gguf_deepseek2_q8_0");
+  // The deepseek_v3 fixture's config with kv_lora_rank 32, and weights of those shapes.
+  const fs::path bf16 = dir.path / "bf16";
+  fs::create_directories(bf16);
+  nlohmann::json config_json = read_json_file(kFixtures + "/hf/deepseek_v3/config.json");
+  config_json["kv_lora_rank"] = 32;
+  std::ofstream(bf16 / "config.json") << config_json.dump(1);
+  const ModelConfig c = read_model_config(bf16);
+  std::vector<TensorToWrite> tensors;
+  std::vector<std::vector<uint16_t>> values;
+  uint64_t state = 7;
+  for (const TensorSpec& spec : expected_tensors(c)) {
+    std::vector<uint16_t>& v = values.emplace_back();
+    int64_t n = 1;
+    for (int64_t d : spec.shape) n *= d;
+    for (int64_t i = 0; i < n; ++i) {
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      const float noise = float(int64_t(state >> 40) % 2001 - 1000) / 1000.0f;  // in [-1, 1]
+      v.push_back(f32_to_bf16(spec.role == TensorRole::Norm ? 1.0f + 0.1f * noise : spec.role == TensorRole::Weight ? 0.15f * noise : 0.05f * noise));
+    }
+    tensors.push_back({spec.name, DType::BF16, spec.shape, v.data()});
+  }
+  write_safetensors(bf16 / "model.safetensors", tensors);
+  quantize_model(bf16, dir.path / "q8_0", QuantScheme::Q8_0);
+  const fs::path out = dir.path / "q8_0.gguf";
+  export_gguf(dir.path / "q8_0", out);
+  const GgufFile f(out);
+  const Checkpoint q(dir.path / "q8_0"), back(out);
+  const std::string kv_b = tensor_names::latent_attn(1, LatentPart::KvB);
+  const TensorView* found = q.find(kv_b);
+  ASSERT_NE(found, nullptr);
+  const TensorView& original = *found;
+  ASSERT_EQ(original.dtype, DType::Q8_0);
+  EXPECT_EQ(f.find_tensor("blk.1.attn_k_b.weight")->dtype, DType::F32);
+  EXPECT_EQ(f.find_tensor("blk.1.attn_v_b.weight")->dtype, DType::F32);
+  EXPECT_EQ(f.find_tensor("blk.1.attn_q_a.weight")->dtype, DType::Q8_0);
+  EXPECT_EQ(to_floats(back.get(kv_b, original.shape)), to_floats(original));
+  const std::vector<float> a = prompt_logits(out, kPrompt), b = prompt_logits(dir.path / "q8_0", kPrompt);
+  EXPECT_LT(max_abs_diff(a, b), 1e-5 * std::max(1.0, max_abs(b)));
+  EXPECT_EQ(greedy(out, kPrompt, 8), greedy(dir.path / "q8_0", kPrompt, 8));
+}
+
 // llama.cpp running crossmoe's deepseek2 exports (tests/fixtures/gguf/deepseek2_export_llama_cpp.json,
 // made by make_deepseek2_export_goldens.py with a program against llama.h): crossmoe on the same
 // file, exported again here, gives llama.cpp's prompt tokens (the tokenizer case: llama.cpp's
@@ -506,10 +552,11 @@ TEST(GgufExport, QuantizedModelsKeepTheirBlocks) {
 // orders) and each position's argmax. BF16 files: llama.cpp rounds the activations to bf16 for
 // its products, crossmoe keeps them f32: up to 2.2% of max |logit| measured, 3% allowed; one
 // position's argmax parts at a near-tie in two of the three files, the greedy tokens do not.
-// Q8_0 (crossmoe quantize, kv_b as F32): both quantize activations in their own blocks; 0.04 at
-// the first three positions, up to 2.4 from the fourth on (max |logit| 2.3), where a router's
-// choice can part as for the imported V2 Q8_0 file; the median position is held to 15% of max
-// |logit| (8% measured) and the first 7 greedy tokens (the 8th parts).
+// Q8_0 (crossmoe quantize; kv_b stays BF16, its rows of 16 being no whole block): both quantize
+// activations in their own blocks; 0.04 at the first three positions, up to 2.4 from the fourth
+// on (max |logit| 2.3), where a router's choice can part as for the imported V2 Q8_0 file; the
+// median position is held to 15% of max |logit| (8% measured) and the first 7 greedy tokens (the
+// 8th parts).
 TEST(DeepSeek2Export, RunsAsLlamaCppRunsTheFile) {
   TempDir dir("gguf_deepseek2_llama_cpp");
   const nlohmann::json golden = read_json_file(kFixtures + "/gguf/deepseek2_export_llama_cpp.json");
