@@ -520,7 +520,8 @@ TEST(DeepSeek2Export, QuantizedKvBIsWrittenAsItsValues) {
     for (int64_t i = 0; i < n; ++i) {
       state = state * 6364136223846793005ull + 1442695040888963407ull;
       const float noise = float(int64_t(state >> 40) % 2001 - 1000) / 1000.0f;  // in [-1, 1]
-      v.push_back(f32_to_bf16(spec.role == TensorRole::Norm ? 1.0f + 0.1f * noise : spec.role == TensorRole::Weight ? 0.15f * noise : 0.05f * noise));
+      const float x = spec.role == TensorRole::Norm ? 1.0f + 0.1f * noise : spec.role == TensorRole::Weight ? 0.15f * noise : 0.05f * noise;
+      v.push_back(f32_to_bf16(x));
     }
     tensors.push_back({spec.name, DType::BF16, spec.shape, v.data()});
   }

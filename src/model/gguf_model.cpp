@@ -504,6 +504,13 @@ double yarn_rotation_factor(const RopeConfig& r) {
 
 bool near(double a, double b) { return std::abs(a - b) <= 1e-6 * std::max(1.0, std::abs(b)); }
 
+// The dense layers before the first MoE layer (deepseek2's leading_dense_block_count).
+int leading_dense_layers(const ModelConfig& c) {
+  int n = 0;
+  while (n < c.num_layers && !c.layer_is_moe[n]) ++n;
+  return n;
+}
+
 // The yarn_log_multiplier that makes llama.cpp's deepseek2 scale a YaRN model as this description
 // does (read_deepseek2's arithmetic backwards), nullopt for none: with one, llama.cpp leaves the
 // rotation unscaled and multiplies the softmax scale by (1 + multiplier * ln factor)^2; without
@@ -532,15 +539,16 @@ void check_deepseek2(const ModelConfig& c, const Refuse& refuse) {
   if (c.rope.type != RopeType::Default && c.rope.type != RopeType::Yarn)
     refuse("RoPE scaling other than YaRN on latent attention");
   if (!c.rope.freq_factors.empty()) refuse("RoPE frequency factors on latent attention");
-  if (!a.rope_interleave) refuse("latent attention rotating the two halves of the rope dims (rope_interleave false; llama.cpp's deepseek2 rotates adjacent pairs)");
+  if (!a.rope_interleave)
+    refuse("latent attention rotating the two halves of the rope dims (rope_interleave false; llama.cpp's deepseek2 "
+           "rotates adjacent pairs)");
   if (c.rope.type == RopeType::Yarn) {
     if (!c.rope.truncate) refuse("YaRN without its correction range rounded to whole dims");
     (void)deepseek2_yarn_log_multiplier(c, refuse);
   } else if (c.attention_scale_factor != 1.0) {
     refuse("a softmax scale factor without YaRN");
   }
-  int leading_dense = 0;
-  while (leading_dense < c.num_layers && !c.layer_is_moe[leading_dense]) ++leading_dense;
+  const int leading_dense = leading_dense_layers(c);
   if (!std::all_of(c.layer_is_moe.begin() + leading_dense, c.layer_is_moe.end(), [](bool b) { return b; }))
     refuse("dense layers after the first MoE layer (llama.cpp's deepseek2 has only leading dense layers)");
   if (leading_dense == c.num_layers) return;
@@ -577,8 +585,7 @@ void add_deepseek2_metadata(GgufWriter& w, const ModelConfig& c) {
   if (c.rope.type == RopeType::Yarn)
     if (const std::optional<double> m = deepseek2_yarn_log_multiplier(c, [](const std::string& why) { throw Error(why); }))
       w.add_f32(key("rope.scaling.yarn_log_multiplier"), float(*m));
-  int leading_dense = 0;
-  while (leading_dense < c.num_layers && !c.layer_is_moe[leading_dense]) ++leading_dense;
+  const int leading_dense = leading_dense_layers(c);
   w.add_u32(key("leading_dense_block_count"), uint32_t(leading_dense));
   const MoeConfig& m = c.moe;
   const bool moe = leading_dense < c.num_layers;
