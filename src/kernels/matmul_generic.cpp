@@ -135,6 +135,7 @@ struct QuantLaneScalar {
       for (int r = 0; r < 8; ++r) y[t * ldy + r] = acc[t][r];
   }
   // Q6_K: each row's super-block as stored, then q6_k_sums (no offsets: it subtracts the 32 itself).
+  static constexpr int q6_k_tokens = 4;
   template <int T>
   static void q6_k_x8(const uint8_t* g, const ActivationBlock* x, const int32_t* /*offsets*/, int64_t blocks,
                       float* y, int64_t ldy) {

@@ -284,6 +284,7 @@ struct QuantLaneAvx2 {
   // signed scale and adds in pairs to 32 bits. The two halves' lanes end as Q8_0's do (vphaddd).
   // Offsets: per sub-block, 4 words -32 (a[2i] + a[2i + 1] + a[8 + 2i] + a[9 + 2i]), i < 4 (its two
   // chunks' activation pairs), sub-block 2b's then 2b + 1's for block b.
+  static constexpr int q6_k_tokens = 4;  // tokens per tile: 8 integer sums of 16 registers
   static void q6_k_offsets(const ActivationBlock* x, int64_t n, int32_t* out) {
     const __m256i offset = _mm256_set1_epi8(32);
     for (int64_t b = 0; b < n; ++b) {

@@ -122,6 +122,9 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
   // vpdpwssd multiplies each by its row's scale and adds the pair: the rows' integer sums exactly.
   // Offsets: per sub-block, two int32, -32 (a[0..3] + a[8..11]) and -32 (a[4..7] + a[12..15]) of
   // its 16 activations (the even and odd lanes' sums), sub-block 2b's then 2b + 1's for block b.
+  // Tokens per tile: the unpacking of a group's 6-bit values (about 4 instructions per 64 bytes)
+  // is shared by 8 tokens, whose integer sums take 8 of the 32 registers.
+  static constexpr int q6_k_tokens = 8;
   static void q6_k_offsets(const ActivationBlock* x, int64_t n, int32_t* out) {
     const __m256i offset = _mm256_set1_epi8(32);
     for (int64_t b = 0; b < n; ++b) {

@@ -155,7 +155,7 @@ constexpr int turn_tokens() {
 template <class L>
 concept Q6kOffsets = requires(const ActivationBlock* x, int32_t* out) { L::q6_k_offsets(x, int64_t(1), out); };
 
-// Interleaved Q6_K groups from r0 to r1 against T tokens, in tiles of at most L::x8_tokens tokens
+// Interleaved Q6_K groups from r0 to r1 against T tokens, in tiles of at most L::q6_k_tokens tokens
 // (each group's rows stay in L1 while its tiles read them); the lane's offsets of the T tokens'
 // activations are made once for all these rows.
 template <class L, int T>
@@ -170,7 +170,7 @@ void q6_k_groups(const Matrix& m, const ActivationBlock* x, float* y, int64_t r0
     L::q6_k_offsets(x, T * blocks, storage.data());
     offsets = storage.data();
   }
-  constexpr int kGroupTokens = std::min(T, L::x8_tokens);
+  constexpr int kGroupTokens = std::min(T, L::q6_k_tokens);
   for (int64_t r = r0; r < r1; r += 8)
     for (int t = 0; t < T; t += kGroupTokens)
       L::template q6_k_x8<kGroupTokens>(base + size_t(r) * row_bytes, x + t * blocks,
