@@ -6,7 +6,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
+
+#include <omp.h>
 
 #include "model/init.hpp"
 #include "runtime/forward.hpp"
@@ -205,6 +208,31 @@ TEST(BatchSession, ReusedPrefixGivesTheLogitsOfAFullPrefill) {
   other[6] = 3;
   const int c = batch.open();
   EXPECT_EQ(batch.reuse_prefix(c, other), 4);
+}
+
+// Latent attention keeps one kv head for every query head, so a decode step's attention is one
+// item of work unless its heads are split between threads. Every row's products are its own, so
+// the logits must be the same bits on one thread and on two (where a context this long splits the
+// four heads into two items of two).
+TEST(BatchSession, LatentDecodeSplitsItsHeadsOverThreadsWithTheSameBits) {
+  const SmallModel m("hf/deepseek_v3");
+  const int V = m.model->config().vocab_size;
+  std::vector<int> prompt;
+  for (int i = 0; i < 400; ++i) prompt.push_back((i * 37 + 11) % V);
+  const int threads_before = omp_get_max_threads();
+  std::vector<std::vector<float>> steps[2];
+  for (int run = 0; run < 2; ++run) {
+    omp_set_num_threads(run + 1);
+    InferenceSession session(*m.model, 512);
+    const std::vector<float>* logits = &session.forward(prompt);
+    for (int i = 0; i < 3; ++i) {
+      steps[run].emplace_back(logits->begin(), logits->begin() + V);
+      logits = &session.forward({argmax(logits->data(), V)});
+    }
+  }
+  omp_set_num_threads(threads_before);
+  for (size_t i = 0; i < steps[0].size(); ++i)
+    EXPECT_EQ(std::memcmp(steps[0][i].data(), steps[1][i].data(), size_t(V) * sizeof(float)), 0) << "step " << i;
 }
 
 TEST(BatchSession, RewindIntoASharedBlockCopiesIt) {

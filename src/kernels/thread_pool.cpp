@@ -130,7 +130,7 @@ std::unique_ptr<Pool> pool;
 
 // The pool for the current thread count; pool_mutex held.
 Pool& current_pool() {
-  const int threads = std::max(1, omp_get_max_threads());
+  const int threads = thread_count();
   if (!pool || pool->threads() != threads) {
     pool.reset();
     pool = std::make_unique<Pool>(threads);
@@ -139,6 +139,8 @@ Pool& current_pool() {
 }
 
 }  // namespace
+
+int thread_count() { return std::max(1, omp_get_max_threads()); }
 
 void parallel_for(int64_t count, const std::function<void(int64_t)>& body) {
   std::unique_lock<std::mutex> lock(pool_mutex, std::try_to_lock);

@@ -17,6 +17,9 @@ namespace crossmoe::kernels {
 // OMP_NUM_THREADS). Called from inside a body, it runs serially. body must not throw.
 void parallel_for(int64_t count, const std::function<void(int64_t)>& body);
 
+// The threads parallel_for spreads over: omp_get_max_threads(), at least 1.
+int thread_count();
+
 // Starts the workers now, so that the first parallel_for (a prefill being timed) does not pay
 // for creating them.
 void start_worker_threads();

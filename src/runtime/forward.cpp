@@ -344,31 +344,46 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
   // attention_values), so its result does not depend on the queries beside it. The query heads
   // that share a kv head go together (rows: head by head, each head's queries in order), and
   // the loops go over the cache block by block, every row in turn, so that each block of keys
-  // and values is read once for all the group's heads and all the queries of a prefill chunk.
-  // A block of queries holds kQueryRows rows: kQueryRows / group tokens of each head.
+  // and values is read once for all the item's heads and all the queries of a prefill chunk.
+  // An item holds at most kQueryRows rows: kQueryRows / group tokens of each of the group's
+  // heads, or one token of a part of them when there are more (latent attention's one kv head
+  // serves every query head).
   constexpr int kQueryRows = 32;
   constexpr int kPositionTile = 128;  // 32 KiB of keys at a head size of 64
   static_assert(kPositionTile % k::kKeyTile == 0, "position tiles hold whole key tiles");
   const float scale = float(c_.attention_scale_factor) / std::sqrt(float(c_.head_dim));
   const int group = Hq / Hkv;
-  const int block_tokens = std::max(1, kQueryRows / group);
-  const int block_rows = block_tokens * group;
-  std::vector<int64_t> first_item{0};  // items of piece p: [first_item[p], first_item[p + 1])
-  int64_t work = 0;
-  for (size_t p = 0; p < pieces.size(); ++p) {
-    const int length = int(seq(pieces[p].sequence).tokens.size()) + pieces[p].count;
-    first_item.push_back(first_item.back() + int64_t(Hkv) * ((pieces[p].count + block_tokens - 1) / block_tokens));
-    work += int64_t(Hq) * pieces[p].count * length * hd;
+  int part_heads = std::min(group, kQueryRows);  // query heads of one item
+  const int block_tokens = std::max(1, kQueryRows / part_heads);
+  int64_t query_blocks_total = 0, work = 0;
+  for (const StepPiece& piece : pieces) {
+    const int length = int(seq(piece.sequence).tokens.size()) + piece.count;
+    query_blocks_total += (piece.count + block_tokens - 1) / block_tokens;
+    work += int64_t(Hq) * piece.count * length * hd;
   }
+  // Fewer items than threads (a decode step with few kv heads: latent attention has one) split
+  // the heads further, so that every thread has rows to score.
+  const int64_t min_items = work >= (1 << 15) ? k::thread_count() : 1;  // as matmul: small work stays on one thread
+  const int64_t blocks = query_blocks_total * Hkv;
+  if (blocks * ((group + part_heads - 1) / part_heads) < min_items)
+    part_heads = std::max(1, int(group / std::min<int64_t>(group, (min_items + blocks - 1) / blocks)));
+  const int parts = (group + part_heads - 1) / part_heads;
+  const int block_rows = block_tokens * part_heads;
+  std::vector<int64_t> first_item{0};  // items of piece p: [first_item[p], first_item[p + 1])
+  for (const StepPiece& piece : pieces)
+    first_item.push_back(first_item.back() + int64_t(Hkv) * parts * ((piece.count + block_tokens - 1) / block_tokens));
   const auto attend = [&](int64_t item) {
     const int p = int(std::upper_bound(first_item.begin(), first_item.end(), item) - first_item.begin()) - 1;
     const Sequence& s = sequences_[pieces[p].sequence];
     const int count = pieces[p].count, length = int(s.tokens.size()) + count;
     const int query_blocks = (count + block_tokens - 1) / block_tokens;
-    const int g = int((item - first_item[p]) / query_blocks);
-    const int t0 = int((item - first_item[p]) % query_blocks) * block_tokens;
+    const int64_t local = item - first_item[p];
+    const int g = int(local / (int64_t(parts) * query_blocks));
+    const int h0 = g * group + int(local / query_blocks % parts) * part_heads;  // the item's first head
+    const int heads = std::min(part_heads, (g + 1) * group - h0);
+    const int t0 = int(local % query_blocks) * block_tokens;
     const int tn = std::min(block_tokens, count - t0);
-    const int rn = tn * group;  // row i: head g * group + i / tn, token t0 + i % tn
+    const int rn = tn * heads;  // row i: head h0 + i / tn, token t0 + i % tn
     const int row0 = starts[p] + t0;
     thread_local std::vector<float> scores;  // scratch per thread, kept between calls
     scores.resize(size_t(block_rows) * length);
@@ -381,8 +396,8 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
     }
     const int last_block = (end[tn - 1] - 1) / bs;  // positions grow with t
     // Row i's query, and its output (heads of vd floats).
-    const auto head_offset = [&](int i) { return size_t(row0 + i % tn) * qw + size_t(g * group + i / tn) * hd; };
-    const auto out_offset = [&](int i) { return size_t(row0 + i % tn) * ow + size_t(g * group + i / tn) * vd; };
+    const auto head_offset = [&](int i) { return size_t(row0 + i % tn) * qw + size_t(h0 + i / tn) * hd; };
+    const auto out_offset = [&](int i) { return size_t(row0 + i % tn) * ow + size_t(h0 + i / tn) * vd; };
     // Positions go kPositionTile at a time (a grid aligned to the block's key tiles) through
     // every row, so that the kernels' passes over the rows, kQueries at a time, find the tile's
     // keys (values below) in L1 instead of reading a prefill's whole range again from L2 or
@@ -405,7 +420,7 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
           const auto each_token = [&](int a, int b) {  // the part of [a, b) each token sees
             for (int t = 0; t < tn; ++t) {
               const int lo = std::max(a, begin[t]), hi = std::min(b, end[t]);
-              if (lo < hi) call(j, t, group, tn, lo, hi);
+              if (lo < hi) call(j, t, heads, tn, lo, hi);
             }
           };
           const int common_lo = std::max(p0, begin[tn - 1]), common_hi = std::min(p1, end[0]);
@@ -454,7 +469,7 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
       for (int d = 0; d < vd; ++d) out[d] *= inverse_sums[i];
     }
   };
-  if (work >= (1 << 15)) {  // as matmul: small work stays on one thread
+  if (min_items > 1) {
     k::parallel_for(first_item.back(), attend);
   } else {
     for (int64_t item = 0; item < first_item.back(); ++item) attend(item);
