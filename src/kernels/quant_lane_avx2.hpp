@@ -325,9 +325,12 @@ struct QuantLaneAvx2 {
         for (int line = 0; line < 8 * 210; line += 64) __builtin_prefetch(g + 2 * (8 * 210) + line);
       __m256i dots[T][2];
       for (int t = 0; t < T; ++t) dots[t][0] = dots[t][1] = _mm256_setzero_si256();
+#pragma GCC unroll 8
       for (int b = 0; b < 8; ++b) {
         const int u = b / 4, m = b % 4;
+#pragma GCC unroll 2
         for (int sub = 0; sub < 2; ++sub)
+#pragma GCC unroll 2
           for (int h = 0; h < 2; ++h) {
             const __m256i q0 = q6_k_values(g, u, m, 2 * sub, 32 * h), q1 = q6_k_values(g, u, m, 2 * sub + 1, 32 * h);
             const __m256i scale = q6_k_scale(g, 2 * b + sub, h);
