@@ -529,7 +529,7 @@ std::vector<float> weight_like(size_t n, std::mt19937& rng) {
 
 struct QuantizedMatrix {
   std::vector<uint8_t> bytes, interleaved_bytes;  // the rows as quantized; the same interleaved
-  std::vector<float> values, offsets;  // dequantized; Q4_K's per-element min term (0 for Q8_0)
+  std::vector<float> values, offsets;  // dequantized; Q4_K's / Q5_K's per-element min term (0 for Q8_0)
   Matrix matrix(DType t, int rows, int cols) const { return Matrix{bytes.data(), t, rows, cols}; }
   // The matrix in the layout the runtime gives weights in memory (kernels::interleave_rows8).
   Matrix interleaved(DType t, int rows, int cols) {
@@ -553,9 +553,11 @@ QuantizedMatrix quantize_matrix(DType t, const std::vector<float>& w, int rows, 
     quant::quantize_row(t, w.data() + size_t(r) * cols, cols, q.bytes.data() + r * row_bytes);
     quant::dequantize_row(t, q.bytes.data() + r * row_bytes, cols, q.values.data() + size_t(r) * cols);
   }
-  if (t == DType::Q4_K) {  // the same blocks with every q zero decode to -dmin * m
+  if (t == DType::Q4_K || t == DType::Q5_K) {  // the same blocks with every q zero decode to -dmin * m
     std::vector<uint8_t> no_q = q.bytes;
-    for (size_t b = 0; b < no_q.size(); b += 144) std::fill(no_q.begin() + b + 16, no_q.begin() + b + 144, 0);
+    const size_t block_bytes = dtype_row_bytes(t, 256);
+    for (size_t b = 0; b < no_q.size(); b += block_bytes)
+      std::fill(no_q.begin() + b + 16, no_q.begin() + b + block_bytes, 0);
     for (int r = 0; r < rows; ++r)
       quant::dequantize_row(t, no_q.data() + r * row_bytes, cols, q.offsets.data() + size_t(r) * cols);
   }
@@ -575,7 +577,7 @@ void quant_products(Isa isa, DType t, std::vector<std::vector<float>>* outputs, 
     quantize_activations(x.data(), int64_t(tokens) * cols, activation_group(t), xq.data());
     std::vector<float> y(size_t(tokens) * rows);
     const Matrix weights = q.in_layout(layout, t, rows, cols);
-    ASSERT_EQ(weights.layout, rows >= 8 ? layout : Layout::Rows);
+    ASSERT_EQ(weights.layout, rows >= 8 && t != DType::Q5_K ? layout : Layout::Rows);
     matmul(weights, x.data(), tokens, y.data());
     std::vector<double> m(y.size());
     for (int tk = 0; tk < tokens; ++tk)
@@ -601,7 +603,7 @@ void quant_products(Isa isa, DType t, std::vector<std::vector<float>>* outputs, 
 
 void expect_isa_matches_portable(Isa isa) {
   if (!isa_supported(isa)) GTEST_SKIP() << "this CPU does not run " << isa_name(isa) << "; its kernels are untested here";
-  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
+  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     std::vector<std::vector<float>> portable, vector_isa;
     std::vector<std::vector<double>> magnitude, unused;
     quant_products(Isa::Generic, t, &portable, &magnitude);
@@ -704,7 +706,7 @@ TEST(QuantKernels, EveryIsaQuantizesActivationsToThePortableBytes) {
 }
 
 TEST(QuantKernels, PortableMatchesDequantizedWeightsWithinTheBound) {
-  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
+  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     std::vector<std::vector<float>> y;
     std::vector<std::vector<double>> m;
     quant_products(Isa::Generic, t, &y, &m);
@@ -773,16 +775,15 @@ TEST(QuantKernels, InterleavedTilesGiveThePortableBitsOnExtremeBytes) {
   }
 }
 
-// Q6_K on random bytes of every value, beside extreme rows: every 6-bit q 0 under scales of -128
-// (each value +4096 d) and every q 63 under scales of 127, against activations of -127 and 127
-// (the largest sums the interleaved tiles hold in 16 bits: 8 x 32 x 127 per VNNI lane, 2 x 2 x
-// 63 x 127 before AVX2's offsets). The contract of quant_matmul_impl.hpp: one exact integer sum
-// per super-block, (row, token), then one float step, so every ISA gives the portable rows' bits,
-// as rows and interleaved (4 groups of 8 and 5 rows after them), for any number of tokens (1 to
-// 23: the VNNI lane's turns of 8, 8, 4, 2, 1, AVX2's tiles of 4 and their tail) and any block of
-// rows; and each output within the bound against the dequantized rows times the quantized
-// activations.
-TEST(QuantKernels, Q6_KRowsAndInterleavedGroupsGiveThePortableBitsInEveryIsaAndTheDoubleSum) {
+// Rows of Q5_K or Q6_K on random bytes of every value (fill(block, r, rng) writes each block of
+// row r; rows 0 and 1 extreme), against tokens of -1, of 1 and random. The contract of
+// quant_matmul_impl.hpp: exact integer sums per super-block, (row, token), then the same float
+// steps, so every ISA gives the portable rows' bits, as rows and (Q6_K) interleaved (4 groups of 8
+// and 5 rows after them), for any number of tokens (1 to 23: the VNNI lane's turns of 8, 8, 4, 2,
+// 1, AVX2's tiles of 4 and their tail) and any block of rows; and each output within the bound
+// against the dequantized rows times the quantized activations. Returns the portable outputs.
+template <class Fill>
+std::vector<float> expect_rows_give_the_portable_bits(DType type, Fill fill) {
   std::mt19937 rng(14);
   std::uniform_int_distribution<int> byte(0, 255);
   const int rows = 37, cols = 768, tokens = 23;
@@ -790,54 +791,58 @@ TEST(QuantKernels, Q6_KRowsAndInterleavedGroupsGiveThePortableBitsInEveryIsaAndT
   for (int t = 0; t < tokens; ++t)
     for (int c = 0; c < cols; ++c)
       x[size_t(t) * cols + c] = t == 0 ? -1.0f : t == 1 ? 1.0f : float(byte(rng) - 128) / 128.0f;
-  const size_t row_bytes = dtype_row_bytes(DType::Q6_K, cols);
+  const size_t row_bytes = dtype_row_bytes(type, cols), block_bytes = dtype_row_bytes(type, 256);
   std::vector<uint8_t> bytes(row_bytes * rows);
   for (int r = 0; r < rows; ++r)
-    for (size_t b = 0; b < row_bytes; b += 210) {
-      uint8_t* block = &bytes[r * row_bytes + b];
-      for (int i = 0; i < 192; ++i) block[i] = r == 0 ? 0x00 : r == 1 ? 0xff : uint8_t(byte(rng));
-      for (int j = 0; j < 16; ++j) block[192 + j] = r == 0 ? 0x80 : r == 1 ? 0x7f : uint8_t(byte(rng));
-      const uint16_t d = f32_to_f16(r < 2 ? 0.01f : 0.001f * float(1 + byte(rng)));
-      std::memcpy(block + 208, &d, 2);
-    }
-  const Matrix m{bytes.data(), DType::Q6_K, rows, cols};
+    for (size_t b = 0; b < row_bytes; b += block_bytes) fill(&bytes[r * row_bytes + b], r, rng);
+  const Matrix m{bytes.data(), type, rows, cols};
   std::vector<uint8_t> interleaved_bytes = bytes;
-  Matrix interleaved{interleaved_bytes.data(), DType::Q6_K, rows, cols};
+  Matrix interleaved{interleaved_bytes.data(), type, rows, cols};
   interleave_rows8(interleaved, interleaved_bytes.data());
-  ASSERT_EQ(interleaved.layout, Layout::Interleaved8);
-  ASSERT_NE(interleaved_bytes, bytes);
+  const bool interleaves = type == DType::Q6_K;  // Q5_K stays as rows
+  EXPECT_EQ(interleaved.layout, interleaves ? Layout::Interleaved8 : Layout::Rows) << dtype_name(type);
+  EXPECT_EQ(interleaved_bytes != bytes, interleaves) << dtype_name(type);
+  std::vector<Matrix> layouts = {m};
+  if (interleaves) layouts.push_back(interleaved);
   std::vector<float> portable(size_t(tokens) * rows);
   {
     IsaGuard guard(Isa::Generic);
     matmul(m, x.data(), tokens, portable.data());
   }
-  std::vector<float> w(size_t(rows) * cols);
-  for (int r = 0; r < rows; ++r) to_f32(&bytes[r * row_bytes], DType::Q6_K, cols, &w[size_t(r) * cols]);
+  // Q5_K's min terms (the blocks with every q zero), summed apart from its q terms.
+  std::vector<uint8_t> no_q = bytes;
+  if (type == DType::Q5_K)
+    for (size_t b = 0; b < no_q.size(); b += block_bytes) std::fill(&no_q[b + 16], &no_q[b + block_bytes], 0);
+  std::vector<float> w(size_t(rows) * cols), offsets(w.size(), 0.0f);
+  for (int r = 0; r < rows; ++r) {
+    to_f32(&bytes[r * row_bytes], type, cols, &w[size_t(r) * cols]);
+    if (type == DType::Q5_K) to_f32(&no_q[r * row_bytes], type, cols, &offsets[size_t(r) * cols]);
+  }
   std::vector<ActivationBlock> xq(size_t(tokens) * cols / 32);
-  quantize_activations(x.data(), int64_t(tokens) * cols, activation_group(DType::Q6_K), xq.data());
+  quantize_activations(x.data(), int64_t(tokens) * cols, activation_group(type), xq.data());
   for (int t = 0; t < tokens; ++t)
     for (int r = 0; r < rows; ++r) {
       // Against the quantized activations the integer sums are exact: what is left is float
-      // rounding, one step per super-block on at most sum |w| |a|.
+      // rounding, a step or two per super-block on at most sum (|w| + |min term|) |a|.
       double ref = 0, magnitude = 0;
       for (int c = 0; c < cols; ++c) {
         const ActivationBlock& a = xq[(size_t(t) * cols + c) / 32];
         const double xa = double(a.d) * a.q[c % 32];
-        ref += double(w[size_t(r) * cols + c]) * xa;
-        magnitude += std::fabs(double(w[size_t(r) * cols + c]) * xa);
+        const size_t wi = size_t(r) * cols + c;
+        ref += double(w[wi]) * xa;
+        magnitude += (std::fabs(double(w[wi])) + 2 * std::fabs(double(offsets[wi]))) * std::fabs(xa);
       }
-      ASSERT_LE(std::fabs(portable[size_t(t) * rows + r] - ref), 1e-6 * magnitude) << "token " << t << " row " << r;
+      EXPECT_LE(std::fabs(portable[size_t(t) * rows + r] - ref), 1e-6 * magnitude)
+          << dtype_name(type) << " token " << t << " row " << r;
     }
-  const float d = f16_to_f32(f32_to_f16(0.01f)), ad = 1.0f / 127.0f;
-  EXPECT_FLOAT_EQ(portable[0], 768.0f * -128 * -32 * -127 * d * ad) << "every weight -128 x -32 d, activation -127 a.d";
-  EXPECT_FLOAT_EQ(portable[rows + 1], 768.0f * 127 * 31 * 127 * d * ad) << "every weight 127 x 31 d, activation 127 a.d";
-  if (isa_supported(Isa::Avx512Vnni)) {  // AMX leaves Q6_K to its VNNI lane
+  if (interleaves && isa_supported(Isa::Avx512Vnni)) {  // AMX leaves Q6_K to its VNNI lane
     const std::vector<float> emulated = table_product(amx_emulated_kernels(), interleaved, x.data(), tokens);
     EXPECT_EQ(first_difference(emulated, portable, rows), "") << "emulated AMX tiles";
   }
   for (Isa isa : supported())
-    for (const Matrix& layout : {m, interleaved}) {
-      const std::string name = isa_name(isa) + (layout.layout == Layout::Rows ? " rows" : " interleaved");
+    for (const Matrix& layout : layouts) {
+      const std::string name =
+          isa_name(isa) + " " + dtype_name(type) + (layout.layout == Layout::Rows ? " rows" : " interleaved");
       IsaGuard guard(isa);
       std::vector<float> y(size_t(tokens) * rows), alone(rows);
       matmul(layout, x.data(), tokens, y.data());
@@ -854,6 +859,46 @@ TEST(QuantKernels, Q6_KRowsAndInterleavedGroupsGiveThePortableBitsInEveryIsaAndT
             << name << " " << n << " tokens";
       }
     }
+  return portable;
+}
+
+// Q6_K's extreme rows: every 6-bit q 0 under scales of -128 (each value +4096 d) and every q 63
+// under scales of 127.
+TEST(QuantKernels, Q6_KRowsAndInterleavedGroupsGiveThePortableBitsInEveryIsaAndTheDoubleSum) {
+  const auto fill = [](uint8_t* block, int r, std::mt19937& rng) {
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (int i = 0; i < 192; ++i) block[i] = r == 0 ? 0x00 : r == 1 ? 0xff : uint8_t(byte(rng));
+    for (int j = 0; j < 16; ++j) block[192 + j] = r == 0 ? 0x80 : r == 1 ? 0x7f : uint8_t(byte(rng));
+    const uint16_t d = f32_to_f16(r < 2 ? 0.01f : 0.001f * float(1 + byte(rng)));
+    std::memcpy(block + 208, &d, 2);
+  };
+  const std::vector<float> portable = expect_rows_give_the_portable_bits(DType::Q6_K, fill);
+  const int rows = 37;
+  const float d = f16_to_f32(f32_to_f16(0.01f)), ad = 1.0f / 127.0f;
+  EXPECT_FLOAT_EQ(portable[0], 768.0f * -128 * -32 * -127 * d * ad) << "every weight -128 x -32 d, activation -127 a.d";
+  EXPECT_FLOAT_EQ(portable[rows + 1], 768.0f * 127 * 31 * 127 * d * ad) << "every weight 127 x 31 d, activation 127 a.d";
+}
+
+// Q5_K's extreme rows: every 5-bit q 31 under scales of 63 and mins of 0 (row 0), every q 0 under
+// mins of 63 (row 1); the random rows have any scales, mins, q and high bits.
+TEST(QuantKernels, Q5_KRowsGiveThePortableBitsInEveryIsaAndTheDoubleSum) {
+  const auto fill = [](uint8_t* block, int r, std::mt19937& rng) {
+    std::uniform_int_distribution<int> byte(0, 255);
+    const uint16_t d = f32_to_f16(r < 2 ? 0.01f : 0.001f * float(1 + byte(rng)));
+    const uint16_t dmin = f32_to_f16(r < 2 ? 0.02f : 0.001f * float(1 + byte(rng)));
+    std::memcpy(block, &d, 2);
+    std::memcpy(block + 2, &dmin, 2);
+    // sc 63, m 0: bytes 0-3 0xff (sc[0..3], sc[4..7]'s top bits), 4-7 0, 8-11 0x0f; the reverse for row 1.
+    for (int i = 0; i < 12; ++i)
+      block[4 + i] = r == 0 ? (i < 4 ? 0xff : i < 8 ? 0x00 : 0x0f) : r == 1 ? (i < 4 ? 0x00 : i < 8 ? 0xff : 0xf0)
+                                                                        : uint8_t(byte(rng));
+    for (int i = 16; i < 176; ++i) block[i] = r == 0 ? 0xff : r == 1 ? 0x00 : uint8_t(byte(rng));
+  };
+  const std::vector<float> portable = expect_rows_give_the_portable_bits(DType::Q5_K, fill);
+  const int rows = 37;
+  const float d = f16_to_f32(f32_to_f16(0.01f)), dmin = f16_to_f32(f32_to_f16(0.02f)), ad = 1.0f / 127.0f;
+  EXPECT_FLOAT_EQ(portable[0], 768.0f * 63 * 31 * -127 * d * ad) << "every weight 63 x 31 d, activation -127 a.d";
+  EXPECT_FLOAT_EQ(portable[rows + 1], 768.0f * -63 * 127 * dmin * ad) << "every weight -63 dmin, activation 127 a.d";
 }
 
 TEST(QuantKernels, BatchSharesQuantizedInputsAndMixesDtypes) {
@@ -893,7 +938,7 @@ TEST(QuantKernels, ATokenGetsTheSameBitsAloneOrInABatch) {
   std::mt19937 rng(6);
   const int rows = 38, cols = 512, tokens = 19;
   const std::vector<float> x = weight_like(size_t(tokens) * cols, rng);
-  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
+  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {  // (Q5_K stays as rows)
     QuantizedMatrix q = quantize_matrix(t, weight_like(size_t(rows) * cols, rng), rows, cols);
     for (Layout layout : {Layout::Rows, Layout::Interleaved8}) {
       const Matrix m = q.in_layout(layout, t, rows, cols);
@@ -1007,7 +1052,7 @@ TEST(QuantKernels, InterleavingLeavesTailRowsAndOtherMatricesAsTheyWere) {
 
 TEST(QuantKernels, RowsOfABlockTypeWidenToTheirDequantizedValues) {
   std::mt19937 rng(4);
-  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
+  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     const QuantizedMatrix q = quantize_matrix(t, weight_like(2 * 512, rng), 2, 512);
     std::vector<float> row(512);
     to_f32(q.bytes.data() + dtype_row_bytes(t, 512), t, 512, row.data());

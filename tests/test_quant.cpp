@@ -1,4 +1,4 @@
-// Q8_0, Q4_K and Q6_K: hand-built blocks decode to the values ggml's layout gives, and quantizing
+// Q8_0, Q4_K, Q5_K and Q6_K: hand-built blocks decode to the values ggml's layout gives, and quantizing
 // then dequantizing stays within each format's bound (util/quant.hpp derives them).
 #include <gtest/gtest.h>
 
@@ -46,11 +46,16 @@ TEST(Quant, BlockSizesAndNames) {
   EXPECT_EQ(dtype_block(DType::Q4_K), 256);
   EXPECT_EQ(dtype_row_bytes(DType::Q6_K, 512), 420u);
   EXPECT_EQ(dtype_block(DType::Q6_K), 256);
+  EXPECT_EQ(dtype_row_bytes(DType::Q5_K, 512), 352u);
+  EXPECT_EQ(dtype_block(DType::Q5_K), 256);
   EXPECT_EQ(dtype_size(DType::Q8_0), 0u);
   DType t;
   EXPECT_FALSE(parse_dtype("Q8_0", &t)) << "a safetensors dtype field never names a block type";
   ASSERT_TRUE(parse_block_dtype("q4_k", &t));
   EXPECT_EQ(t, DType::Q4_K);
+  ASSERT_TRUE(parse_block_dtype("q5_k", &t));
+  EXPECT_EQ(t, DType::Q5_K);
+  EXPECT_EQ(dtype_name(DType::Q5_K), "Q5_K");
   EXPECT_FALSE(parse_block_dtype("BF16", &t));
 }
 
@@ -90,6 +95,38 @@ TEST(Quant, Q4_KHandBuiltBlockDecodes) {
       const int q = j % 2 == 0 ? byte & 15 : byte >> 4;
       EXPECT_FLOAT_EQ(y[j * 32 + i], 0.25f * float(sc[j]) * float(q) - 0.125f * float(m[j])) << j << " " << i;
     }
+}
+
+TEST(Quant, Q5_KHandBuiltBlockDecodes) {
+  // ggml's block_q5_K: fp16 d, fp16 dmin, Q4_K's 12 bytes of scales and mins, qh[32] (bit j of
+  // byte i: q[j][i]'s top bit), then qs[128] as Q4_K's nibbles. Set by hand from that layout.
+  uint8_t block[176] = {};
+  put_half(block, 0.25f);
+  put_half(block + 2, 0.125f);
+  uint8_t* s = block + 4;
+  s[0] = 3, s[1] = 5, s[2] = 63, s[3] = 1;   // sc[0..3]
+  s[4] = 2, s[5] = 0, s[6] = 9, s[7] = 63;   // m[0..3]
+  s[8] = 4 | (6 << 4), s[11] = 15 | (15 << 4);  // sc[4] = 4, m[4] = 6; sc[7] = 15, m[7] = 15
+  s[3] |= 3 << 6, s[7] &= 63;                   // sc[7]'s top bits 3: sc[7] = 63
+  uint8_t* qh = block + 16;
+  uint8_t* qs = block + 48;
+  qs[0] = 0x7a;    // q[0][0] low 10, q[1][0] low 7
+  qh[0] = 0x02;    // q[1][0]'s top bit: 7 + 16
+  qs[31] = 0x0f;   // q[0][31] = 15
+  qh[31] = 0x01;   // + 16 = 31
+  qs[64 + 5] = 0x30;  // q[4][5] low 0, q[5][5] low 3
+  qh[5] = 0x10;       // q[4][5] top bit: 16
+  qs[96 + 7] = 0xf0;  // q[7][7] low 15
+  qh[7] = 0x80;       // + 16 = 31
+  std::vector<float> y(256);
+  quant::dequantize_row(DType::Q5_K, block, 256, y.data());
+  EXPECT_EQ(y[0], 0.25f * 3.0f * 10.0f - 0.125f * 2.0f);
+  EXPECT_EQ(y[32], 0.25f * 5.0f * 23.0f - 0.125f * 0.0f);
+  EXPECT_EQ(y[31], 0.25f * 3.0f * 31.0f - 0.125f * 2.0f);
+  EXPECT_EQ(y[4 * 32 + 5], 0.25f * 4.0f * 16.0f - 0.125f * 6.0f);
+  EXPECT_EQ(y[5 * 32 + 5], 0.25f * 0.0f * 3.0f - 0.125f * 0.0f);
+  EXPECT_EQ(y[7 * 32 + 7], 0.25f * 63.0f * 31.0f - 0.125f * 15.0f);
+  EXPECT_EQ(y[2 * 32 + 1], -0.125f * 9.0f) << "q = 0: the sub-block's min";
 }
 
 TEST(Quant, Q6_KHandBuiltBlockDecodes) {
@@ -171,17 +208,21 @@ TEST(Quant, Q8_0RoundTripWithinHalfAStep) {
   for (int i = 0; i < 32; ++i) EXPECT_EQ(y[i], 0.0f);
 }
 
-TEST(Quant, Q4_KRoundTripWithinHalfASubBlockStep) {
+namespace {
+
+// Q4_K and Q5_K: each sub-block's grid of `top` steps covers its values (quant.hpp's bound).
+void expect_affine_k_round_trip(DType type, int top, uint32_t seed) {
   const int64_t n = 2048;
-  const std::vector<float> x = test_row(n, 11);
-  std::vector<uint8_t> q(dtype_row_bytes(DType::Q4_K, n));
+  const std::vector<float> x = test_row(n, seed);
+  const size_t block_bytes = dtype_row_bytes(type, 256);
+  std::vector<uint8_t> q(dtype_row_bytes(type, n));
   std::vector<float> y(n);
-  quant::quantize_row(DType::Q4_K, x.data(), n, q.data());
-  quant::dequantize_row(DType::Q4_K, q.data(), n, y.data());
+  quant::quantize_row(type, x.data(), n, q.data());
+  quant::dequantize_row(type, q.data(), n, y.data());
   double total = 0.0;  // errors in units of their sub-block's step
   int counted = 0;
   for (int64_t b = 0; b < n / 256; ++b) {
-    const uint8_t* block = q.data() + b * 144;
+    const uint8_t* block = q.data() + b * block_bytes;
     const float d = quant::read_half(block), dmin = quant::read_half(block + 2);
     for (int j = 0; j < 8; ++j) {
       int sc, m;
@@ -190,17 +231,39 @@ TEST(Quant, Q4_KRoundTripWithinHalfASubBlockStep) {
       float lo = 0.0f, hi = xs[0];
       for (int i = 0; i < 32; ++i) lo = std::min(lo, xs[i]), hi = std::max(hi, xs[i]);
       const float step = d * float(sc);
-      EXPECT_LT(step, (hi - lo + dmin) / 15.0f + d + 1e-6f * (hi - lo)) << "block " << b << " sub " << j;
+      EXPECT_LT(step, (hi - lo + dmin) / float(top) + d + 1e-6f * (hi - lo))
+          << dtype_name(type) << " block " << b << " sub " << j;
       for (int i = 0; i < 32; ++i) {
         const int64_t k = b * 256 + j * 32 + i;
         const float err = std::fabs(x[k] - y[k]);
-        EXPECT_LE(err, step / 2 + 1e-6f * (15.0f * step + dmin * float(m))) << "element " << k;
+        EXPECT_LE(err, step / 2 + 1e-6f * (float(top) * step + dmin * float(m))) << dtype_name(type) << " element " << k;
         if (step > 0) total += err / step, ++counted;
       }
     }
   }
   for (int i = 0; i < 32; ++i) EXPECT_EQ(y[i], 0.0f) << "an all-zero sub-block decodes to zeros";
   EXPECT_LT(total / counted, 0.3) << "rounding to nearest errs by a quarter step on average";
+}
+
+}  // namespace
+
+TEST(Quant, Q4_KRoundTripWithinHalfASubBlockStep) { expect_affine_k_round_trip(DType::Q4_K, 15, 11); }
+
+// Q5_K's steps are about half Q4_K's on the same values: its grid has 31 steps.
+TEST(Quant, Q5_KRoundTripWithinHalfASubBlockStep) {
+  expect_affine_k_round_trip(DType::Q5_K, 31, 12);
+  const int64_t n = 2048;
+  const std::vector<float> x = test_row(n, 12);
+  double err[2] = {};
+  for (int k = 0; k < 2; ++k) {
+    const DType type = k == 0 ? DType::Q4_K : DType::Q5_K;
+    std::vector<uint8_t> q(dtype_row_bytes(type, n));
+    std::vector<float> y(n);
+    quant::quantize_row(type, x.data(), n, q.data());
+    quant::dequantize_row(type, q.data(), n, y.data());
+    for (int64_t i = 0; i < n; ++i) err[k] += std::fabs(double(x[i]) - y[i]);
+  }
+  EXPECT_LT(err[1], 0.6 * err[0]) << "Q5_K's mean error against Q4_K's";
 }
 
 TEST(Quant, Q6_KRoundTripWithinHalfASubBlockStep) {

@@ -67,6 +67,22 @@ struct QuantLaneScalar {
   }
   static Acc madd_int(Int sums, float scale, Acc acc) { return acc + scale * float(sums); }
   template <int T>
+  static void q5_k_sums(const uint8_t* w, const uint8_t* sc, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
+    for (int t = 0; t < T; ++t) {
+      int32_t total = 0;
+      for (int j = 0; j < 8; ++j) {
+        int32_t sub = 0;
+        for (int i = 0; i < 32; ++i) {
+          const uint8_t low = w[48 + 32 * (j / 2) + i];
+          const int q = (j % 2 == 0 ? low & 15 : low >> 4) | ((w[16 + i] >> j) & 1) << 4;
+          sub += q * x[t * blocks + j].q[i];
+        }
+        total += sc[j] * sub;
+      }
+      sums[t] = total;
+    }
+  }
+  template <int T>
   static void q6_k_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
     const auto* sc = reinterpret_cast<const int8_t*>(w + 192);
     for (int t = 0; t < T; ++t) {

@@ -48,6 +48,7 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
     case DType::F16: for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(h[i]); break;
     case DType::Q8_0:
     case DType::Q4_K:
+    case DType::Q5_K:
     case DType::Q6_K: quant::dequantize_row(dtype, src, n, dst); break;
     default: break;  // dtypes are checked when weights are bound
   }

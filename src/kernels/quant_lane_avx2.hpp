@@ -117,6 +117,31 @@ struct QuantLaneAvx2 {
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
     return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)));
   }
+  // Q5_K (util/quant.hpp): sub-block j is 32 values, activation block j. Its 5-bit q is the nibble
+  // of byte 48 + 32 (j / 2) + i with bit j of qh byte i (qh shifted right by one per sub-block,
+  // bit 0 moved to bit 4). vpmaddubsw pairs q (<= 31) with a (|a| <= 127): at most 7874 in 16
+  // bits; vpmaddwd applies the 6-bit scale.
+  template <int T>
+  static void q5_k_sums(const uint8_t* w, const uint8_t* sc, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
+    const __m256i low4 = _mm256_set1_epi8(15), bit4 = _mm256_set1_epi8(16);
+    __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16));
+    __m256i acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      const __m256i qs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 48 + 32 * (j / 2)));
+      const __m256i nibbles = _mm256_and_si256(j % 2 == 0 ? qs : _mm256_srli_epi16(qs, 4), low4);
+      const __m256i q = _mm256_or_si256(nibbles, _mm256_and_si256(_mm256_slli_epi16(qh, 4), bit4));
+      qh = _mm256_srli_epi16(qh, 1);
+      const __m256i scale = _mm256_set1_epi16(int16_t(sc[j]));
+      for (int t = 0; t < T; ++t) {
+        const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t * blocks + j].q));
+        acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), scale));
+      }
+    }
+    for (int t = 0; t < T; ++t) sums[t] = sum_lanes(acc[t]);
+  }
+
   template <int T>
   static void q6_k_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
     alignas(32) int16_t scales[16];

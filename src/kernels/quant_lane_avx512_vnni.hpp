@@ -74,6 +74,37 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
   // 32 a per lane of the correction; their difference, (q - 32) a over 4 values, is at most 16256
   // in the lane's low 16 bits, so vpdpwssd against the lane's sub-block scale (sign-extended to 16
   // bits, zero above) multiplies and adds it exactly.
+  // Q5_K: sub-blocks 2p (low nibbles, the low 256 bits) and 2p + 1 (high nibbles, the high 256)
+  // in one vector against activation blocks 2p and 2p + 1; qh's bits 2p and 2p + 1 (qh shifted
+  // right by 0 | 1, then by 2 per pair) moved to bit 4. vpdpbusd adds 4 products q a per lane
+  // (|sum| <= 15748, exact in the lane's low 16 bits), and vpdpwssd multiplies it by the lane's
+  // sub-block scale (zero above 16 bits), exactly.
+  template <int T>
+  static void q5_k_sums(const uint8_t* w, const uint8_t* sc, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
+    const __m512i low4 = _mm512_set1_epi8(15), bit4 = _mm512_set1_epi8(16);
+    const __m512i halves = _mm512_mask_blend_epi64(0xf0, _mm512_setzero_si512(), _mm512_set1_epi16(1));
+    __m512i qh = _mm512_srlv_epi16(
+        _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16))), halves);
+    const __m512i nibble_shift = _mm512_slli_epi16(halves, 2);  // 0 | 4
+    __m512i acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; ++p) {
+      const __m512i qs = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 48 + 32 * p)));
+      const __m512i nibbles = _mm512_and_si512(_mm512_srlv_epi16(qs, nibble_shift), low4);
+      const __m512i q = _mm512_or_si512(nibbles, _mm512_and_si512(_mm512_slli_epi16(qh, 4), bit4));
+      qh = _mm512_srli_epi16(qh, 2);
+      const __m512i scale = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(sc[2 * p]), _mm512_set1_epi32(sc[2 * p + 1]));
+      for (int t = 0; t < T; ++t) {
+        const ActivationBlock* a = x + t * blocks + 2 * p;
+        const __m512i av = _mm512_maskz_inserti64x4(0xff, _mm512_maskz_loadu_epi64(0x0f, a[0].q),
+                                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[1].q)), 1);
+        acc[t] = _mm512_dpwssd_epi32(acc[t], _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, av), scale);
+      }
+    }
+    for (int t = 0; t < T; ++t) sums[t] = sum_lanes(_mm256_add_epi32(low_half(acc[t]), high_half(acc[t])));
+  }
+
   template <int T>
   static void q6_k_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
     const __m512i low4 = _mm512_set1_epi8(15), top2 = _mm512_set1_epi8(0x30), offset = _mm512_set1_epi8(32);

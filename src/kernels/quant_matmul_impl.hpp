@@ -1,5 +1,5 @@
 #pragma once
-// Products of Q8_0 / Q4_K / Q6_K weight rows with quantized activations, written once over an
+// Products of Q8_0 / Q4_K / Q5_K / Q6_K weight rows with quantized activations, written once over an
 // integer "lane" type L. Each ISA's .cpp file includes this with its own L, compiled with its flags.
 //   L::Acc                      float accumulators;  L::Int  integer accumulators
 //   L::zero(), L::sum(Acc), L::int_zero()
@@ -15,6 +15,10 @@
 //       activation blocks (token t's at x + t * blocks): sums[t] = sum_j sc[j] * sum_i (q_i - 32) a_i,
 //       the exact integer; the tile then takes acc = fma(float(sums[t]), d * a.d, acc) in a scalar
 //       per (row, token), super-block after super-block: the same bits in every ISA for every T.
+//   L::q5_k_sums<T>(w, sc, x, blocks, sums)  a Q5_K super-block (176 bytes at w, its 8 scales
+//       unpacked in sc) times T tokens' 8 activation blocks: sums[t] = sum_j sc[j] * sum_i q_i a_i,
+//       the exact integer; the tile adds the min term's integer sum_j m[j] * a_j.sum and takes
+//       Q4_K's two float steps in a scalar per (row, token): the same bits in every ISA for every T.
 //   L::q8_0_x8<T>(g, x, blocks, y, ldy), L::q4_k_x8<T>(g, x, sums, blocks, y, ldy)
 //       a group of 8 rows in the Interleaved8 layout (util/quant.hpp) times T tokens: y[t * ldy + r].
 //       Each (row, token) gets its block's (Q8_0) or super-block's (Q4_K) exact integer sums, then
@@ -118,8 +122,35 @@ void q6_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int
     for (int t = 0; t < T; ++t) y[t * ldy + r] = acc[r][t];
 }
 
+// Q5_K rows (never interleaved) against T tokens: per super-block, (row, token), Q4_K's two exact
+// integer sums, sum_j sc[j] * sum_i q_i a_i and sum_j m[j] * a_j.sum, then its two float steps.
+template <class L, int R, int T>
+void q5_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
+  float acc[R][T] = {};
+  for (int64_t b = 0; b < blocks; b += 8)
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* wb = w + r * row_bytes + b / 8 * 176;
+      if constexpr (T == 1)
+        for (int line = 0; line < 192; line += 64) __builtin_prefetch(wb + R * row_bytes + line);
+      uint8_t sc[8], m[8];
+      quant::q4_k_scales_mins(wb + 4, sc, m);
+      int32_t sums[T];
+      L::template q5_k_sums<T>(wb, sc, x + b, blocks, sums);
+      const float d = L::half(wb), dmin = L::half(wb + 2);
+      for (int t = 0; t < T; ++t) {
+        const ActivationBlock* a = x + t * blocks + b;
+        int32_t mins = 0;
+        for (int j = 0; j < 8; ++j) mins += int32_t(m[j]) * a[j].sum;
+        acc[r][t] = std::fma(float(sums[t]), d * a->d, acc[r][t]);
+        acc[r][t] = std::fma(float(mins), -(dmin * a->d), acc[r][t]);
+      }
+    }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = acc[r][t];
+}
+
 // sums: for Q4_K, the activation blocks' sums as int16 (8 per super-block, as L::madd_mins
-// reads them), for the same tokens as x; null for Q8_0 and unread for Q6_K.
+// reads them), for the same tokens as x; null for Q8_0 and unread for Q5_K and Q6_K.
 template <class L, int T>
 void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int16_t* sums, float* y, int64_t r0,
                            int64_t r1) {
@@ -136,6 +167,7 @@ void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int1
     switch (m.dtype) {
       case DType::Q8_0: return q8_0_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::Q4_K: return q4_k_tile<L, kRows, T>(w, row_bytes, x, sums, blocks, y + r, m.rows);
+      case DType::Q5_K: return q5_k_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
       default: return q6_k_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
     }
   };
@@ -266,8 +298,8 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
     r0 = grouped_end;  // the rows after the last whole group lie as rows
   }
   int t = 0;
-  // Q6_K rows unpack each super-block's 6-bit values once per tile: 4 tokens share it.
-  if (m.dtype == DType::Q6_K)
+  // Q5_K and Q6_K unpack each super-block's values once per tile: 4 tokens share it.
+  if (m.dtype == DType::Q5_K || m.dtype == DType::Q6_K)
     for (; t + 4 <= tokens; t += 4) quant_rows_for_tokens<L, 4>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, r1);
   for (; t + 2 <= tokens; t += 2) quant_rows_for_tokens<L, 2>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, r1);
   for (; t < tokens; ++t) quant_rows_for_tokens<L, 1>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, r1);

@@ -117,6 +117,7 @@ bool ggml_to_dtype(uint32_t ggml_type, DType* out) {
     case GgmlType::BF16: *out = DType::BF16; return true;
     case GgmlType::Q8_0: *out = DType::Q8_0; return true;
     case GgmlType::Q4_K: *out = DType::Q4_K; return true;
+    case GgmlType::Q5_K: *out = DType::Q5_K; return true;
     case GgmlType::Q6_K: *out = DType::Q6_K; return true;
   }
   return false;
@@ -129,8 +130,9 @@ uint32_t dtype_to_ggml(DType type) {
     case DType::BF16: return uint32_t(GgmlType::BF16);
     case DType::Q8_0: return uint32_t(GgmlType::Q8_0);
     case DType::Q4_K: return uint32_t(GgmlType::Q4_K);
+    case DType::Q5_K: return uint32_t(GgmlType::Q5_K);
     case DType::Q6_K: return uint32_t(GgmlType::Q6_K);
-    default: throw Error("GGUF: tensors of dtype " + dtype_name(type) + " cannot be written (F32, F16, BF16, Q8_0, Q4_K, Q6_K)");
+    default: throw Error("GGUF: tensors of dtype " + dtype_name(type) + " cannot be written (F32, F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K)");
   }
 }
 
@@ -220,7 +222,7 @@ void GgufFile::parse(const std::byte* bytes, size_t size) {
     }
     const uint32_t type = r.scalar<uint32_t>(what + " type");
     if (!ggml_to_dtype(type, &t.dtype))
-      r.fail(what + ": ggml type " + std::to_string(type) + " is not supported (F32, F16, BF16, Q8_0, Q4_K, Q6_K)");
+      r.fail(what + ": ggml type " + std::to_string(type) + " is not supported (F32, F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K)");
     if (t.ne[0] % dtype_block(t.dtype) != 0)
       r.fail(what + ": rows of " + std::to_string(t.ne[0]) + " " + dtype_name(t.dtype) + " values are not whole blocks of " +
              std::to_string(dtype_block(t.dtype)));

@@ -22,7 +22,7 @@ namespace crossmoe {
 namespace fs = std::filesystem;
 
 bool parse_quant_scheme(const std::string& name, QuantScheme* out) {
-  for (QuantScheme s : {QuantScheme::Q8_0, QuantScheme::Q4_K, QuantScheme::Mixed})
+  for (QuantScheme s : {QuantScheme::Q8_0, QuantScheme::Q4_K, QuantScheme::Q5_K, QuantScheme::Q6_K, QuantScheme::Mixed})
     if (name == quant_scheme_name(s)) {
       *out = s;
       return true;
@@ -34,17 +34,29 @@ std::string quant_scheme_name(QuantScheme scheme) {
   switch (scheme) {
     case QuantScheme::Q8_0: return "q8_0";
     case QuantScheme::Q4_K: return "q4_k";
+    case QuantScheme::Q5_K: return "q5_k";
+    case QuantScheme::Q6_K: return "q6_k";
     default: return "mixed";
   }
 }
 
 DType block_type_for(DType wanted, int64_t cols, DType stored) {
-  if (wanted == DType::Q4_K && cols % quant::kQ4_KBlock != 0) wanted = DType::Q8_0;
+  if (cols % dtype_block(wanted) != 0) wanted = DType::Q8_0;
   if (cols % quant::kQ8_0Block != 0) return stored;
   return wanted;
 }
 
 namespace {
+
+DType weight_type(QuantScheme scheme, bool routed_expert) {
+  switch (scheme) {
+    case QuantScheme::Q8_0: return DType::Q8_0;
+    case QuantScheme::Q4_K: return DType::Q4_K;
+    case QuantScheme::Q5_K: return DType::Q5_K;
+    case QuantScheme::Q6_K: return DType::Q6_K;
+    default: return routed_expert ? DType::Q4_K : DType::Q8_0;
+  }
+}
 
 nlohmann::json quantization_config(QuantScheme scheme) {
   return {{"quant_method", "crossmoe"},
@@ -71,8 +83,7 @@ void write_quantized(const fs::path& model, const fs::path& dir, QuantScheme sch
             "tensor '" + t.name + "' has dtype " + dtype_name(t.dtype) + "; quantize reads F32, BF16 or F16");
     DType type = t.dtype;
     if (spec.role == TensorRole::Weight) {
-      const bool four_bit = scheme == QuantScheme::Q4_K || (scheme == QuantScheme::Mixed && experts.count(spec.name));
-      const DType wanted = four_bit ? DType::Q4_K : DType::Q8_0;
+      const DType wanted = weight_type(scheme, experts.count(spec.name) > 0);
       type = block_type_for(wanted, spec.shape[1], t.dtype);
       if (type != wanted)
         summary->fallbacks.push_back(spec.name + ": " + dtype_name(wanted) + " -> " + dtype_name(type) + " (" +

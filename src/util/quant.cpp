@@ -40,19 +40,21 @@ void quantize_q8_0(const float* x, uint8_t* block) {
     q[i] = d == 0.0f ? 0 : int8_t(std::clamp(std::nearbyint(x[i] / d), -127.0f, 127.0f));
 }
 
-void quantize_q4_k(const float* x, uint8_t* block) {
+// Q4_K and Q5_K's grid: d, dmin and the packed 6-bit scales and mins written to block's first 16
+// bytes, each value's q (0..top) to q. Mins first, rounded up, so that -dmin * m[j] <= min(x_j);
+// then each scale is the step that reaches max(x_j) from there in `top` steps, rounded up.
+void quantize_affine_k(const float* x, int top, const char* type, uint8_t* block, uint8_t* q) {
   constexpr int kSubs = kQ4_KBlock / kQ4_KSubBlock;
-  float top[kSubs], low[kSubs];  // per sub-block: max(x) and -min(0, min(x)), both >= 0
+  float high[kSubs], low[kSubs];  // per sub-block: max(x) and -min(0, min(x)), both >= 0
   float max_low = 0.0f;
   for (int j = 0; j < kSubs; ++j) {
     const auto [lo, hi] = std::minmax_element(x + j * kQ4_KSubBlock, x + (j + 1) * kQ4_KSubBlock);
-    top[j] = *hi;
+    high[j] = *hi;
     low[j] = std::max(0.0f, -*lo);
     max_low = std::max(max_low, low[j]);
   }
-  // Mins first, rounded up, so that -dmin * m[j] <= min(x_j); then each scale is the step
-  // that reaches max(x_j) from there in 15 steps, rounded up.
-  require(max_low / 63.0f <= kHalfMax, "value -" + std::to_string(max_low) + " is too large for Q4_K's fp16 min");
+  require(max_low / 63.0f <= kHalfMax,
+          "value -" + std::to_string(max_low) + " is too large for " + type + "'s fp16 min");
   const uint16_t dmin_h = half_at_least(max_low / 63.0f);
   const float dmin = f16_to_f32(dmin_h);
   int scales[kSubs], mins[kSubs];
@@ -60,28 +62,43 @@ void quantize_q4_k(const float* x, uint8_t* block) {
   for (int j = 0; j < kSubs; ++j) {
     mins[j] = dmin == 0.0f ? 0 : std::min(63, int(std::ceil(low[j] / dmin)));
     offset[j] = dmin * float(mins[j]);
-    step[j] = std::max(0.0f, (top[j] + offset[j]) / 15.0f);
+    step[j] = std::max(0.0f, (high[j] + offset[j]) / float(top));
     max_step = std::max(max_step, step[j]);
   }
-  require(max_step / 63.0f <= kHalfMax, "values spanning " + std::to_string(15 * max_step) +
-                                            " are too large for Q4_K's fp16 scale");
+  require(max_step / 63.0f <= kHalfMax, "values spanning " + std::to_string(float(top) * max_step) +
+                                            " are too large for " + type + "'s fp16 scale");
   const uint16_t d_h = half_at_least(max_step / 63.0f);
   const float d = f16_to_f32(d_h);
   for (int j = 0; j < kSubs; ++j) scales[j] = d == 0.0f ? 0 : std::min(63, int(std::ceil(step[j] / d)));
   write_half(block, d_h);
   write_half(block + 2, dmin_h);
   q4_k_pack_scales_mins(scales, mins, block + 4);
-  uint8_t* qs = block + 16;
-  std::memset(qs, 0, kQ4_KBlock / 2);
   for (int j = 0; j < kSubs; ++j) {
     // The same products the dequantization forms.
     const float s = d * float(scales[j]), m = dmin * float(mins[j]);
     for (int i = 0; i < kQ4_KSubBlock; ++i) {
       const float v = x[j * kQ4_KSubBlock + i];
-      const int q = s == 0.0f ? 0 : int(std::clamp(std::nearbyint((v + m) / s), 0.0f, 15.0f));
-      qs[(j / 2) * 32 + i] |= uint8_t(j % 2 == 0 ? q : q << 4);
+      q[j * kQ4_KSubBlock + i] = uint8_t(s == 0.0f ? 0 : int(std::clamp(std::nearbyint((v + m) / s), 0.0f, float(top))));
     }
   }
+}
+
+void quantize_q4_k(const float* x, uint8_t* block) {
+  uint8_t q[kQ4_KBlock];
+  quantize_affine_k(x, 15, "Q4_K", block, q);
+  uint8_t* qs = block + 16;
+  for (int i = 0; i < kQ4_KBlock / 2; ++i) qs[i] = uint8_t(q[i / 32 * 64 + i % 32] | q[i / 32 * 64 + 32 + i % 32] << 4);
+}
+
+void quantize_q5_k(const float* x, uint8_t* block) {
+  uint8_t q[kQ5_KBlock];
+  quantize_affine_k(x, 31, "Q5_K", block, q);
+  uint8_t* qh = block + 16;
+  uint8_t* qs = block + 48;
+  std::memset(qh, 0, 32);
+  for (int i = 0; i < kQ5_KBlock / 2; ++i)
+    qs[i] = uint8_t((q[i / 32 * 64 + i % 32] & 15) | (q[i / 32 * 64 + 32 + i % 32] & 15) << 4);
+  for (int v = 0; v < kQ5_KBlock; ++v) qh[v % 32] |= uint8_t((q[v] >> 4) << (v / 32));
 }
 
 void quantize_q6_k(const float* x, uint8_t* block) {
@@ -133,6 +150,22 @@ void dequantize_q4_k(const uint8_t* block, float* y) {
   }
 }
 
+void dequantize_q5_k(const uint8_t* block, float* y) {
+  const float d = read_half(block), dmin = read_half(block + 2);
+  const uint8_t* qh = block + 16;
+  const uint8_t* qs = block + 48;
+  for (int j = 0; j < kQ5_KBlock / kQ5_KSubBlock; ++j) {
+    int sc, m;
+    q4_k_scale_min(block + 4, j, &sc, &m);
+    const float s = d * float(sc), offset = dmin * float(m);
+    for (int i = 0; i < kQ5_KSubBlock; ++i) {
+      const uint8_t byte = qs[(j / 2) * 32 + i];
+      const int q = (j % 2 == 0 ? byte & 15 : byte >> 4) | ((qh[i] >> j) & 1) << 4;
+      y[j * kQ5_KSubBlock + i] = s * float(q) - offset;
+    }
+  }
+}
+
 void dequantize_q6_k(const uint8_t* block, float* y) {
   const uint8_t* ql = block;
   const uint8_t* qh = block + 128;
@@ -157,7 +190,7 @@ void q4_k_pack_scales_mins(const int* scales, const int* mins, uint8_t* packed) 
 }
 
 void quantize_row(DType type, const float* x, int64_t n, void* out) {
-  require(type == DType::Q8_0 || type == DType::Q4_K || type == DType::Q6_K, "cannot quantize to " + dtype_name(type));
+  require(dtype_block(type) > 1, "cannot quantize to " + dtype_name(type));
   dtype_row_bytes(type, n);  // throws unless n is whole blocks
   const int64_t block = dtype_block(type), blocks = n / block;
   const size_t block_bytes = dtype_row_bytes(type, block);
@@ -166,12 +199,13 @@ void quantize_row(DType type, const float* x, int64_t n, void* out) {
   for (int64_t b = 0; b < blocks; ++b) {
     if (type == DType::Q8_0) quantize_q8_0(x + b * block, o + b * block_bytes);
     else if (type == DType::Q4_K) quantize_q4_k(x + b * block, o + b * block_bytes);
+    else if (type == DType::Q5_K) quantize_q5_k(x + b * block, o + b * block_bytes);
     else quantize_q6_k(x + b * block, o + b * block_bytes);
   }
 }
 
 void dequantize_row(DType type, const void* in, int64_t n, float* out) {
-  require(type == DType::Q8_0 || type == DType::Q4_K || type == DType::Q6_K, "cannot dequantize " + dtype_name(type));
+  require(dtype_block(type) > 1, "cannot dequantize " + dtype_name(type));
   dtype_row_bytes(type, n);  // throws unless n is whole blocks
   const int64_t block = dtype_block(type), blocks = n / block;
   const size_t block_bytes = dtype_row_bytes(type, block);
@@ -179,6 +213,7 @@ void dequantize_row(DType type, const void* in, int64_t n, float* out) {
   for (int64_t b = 0; b < blocks; ++b) {
     if (type == DType::Q8_0) dequantize_q8_0(p + b * block_bytes, out + b * block);
     else if (type == DType::Q4_K) dequantize_q4_k(p + b * block_bytes, out + b * block);
+    else if (type == DType::Q5_K) dequantize_q5_k(p + b * block_bytes, out + b * block);
     else dequantize_q6_k(p + b * block_bytes, out + b * block);
   }
 }

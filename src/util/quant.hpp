@@ -13,6 +13,10 @@
 //     nibble), whose top 2 bits are the top 2 bits of bytes j - 4 (sc) and j (m).
 //     The 128 bytes: 32 bytes per pair of sub-blocks (2p, 2p + 1); byte i of the pair holds
 //     q[2p][i] in its low nibble and q[2p + 1][i] in its high nibble.
+//   Q5_K, 176 bytes per 256 values (8 sub-blocks j of 32): Q4_K's first 16 bytes (d, dmin, the 12
+//        bytes of scales and mins) | 32 bytes qh | 128 bytes of low 4 bits, laid out as Q4_K's q
+//        value[32 j + i] = d * sc[j] * q[j][i] - dmin * m[j]        (q in 0..31)
+//     q[j][i]'s top bit is bit j of qh byte i.
 //   Q6_K, 210 bytes per 256 values (16 sub-blocks j of 16): 128 bytes ql of low 4 bits | 64 bytes qh
 //        of high 2 bits | int8 sc[16] | fp16 d
 //        value[16 j + i] = d * sc[j] * (q[16 j + i] - 32)        (q in 0..63; float(d * sc[j]) first)
@@ -26,6 +30,8 @@
 //   Q4_K: each sub-block's grid [-dmin * m, d * sc * 15 - dmin * m] is made to cover its values
 //     (mins and scales rounded up), so |x - value| <= d * sc / 2, and
 //     d * sc < (max(x_j) - min(0, min(x_j)) + dmin) / 15 + d.
+//   Q5_K: Q4_K's grid with 31 steps instead of 15: |x - value| <= d * sc / 2, and
+//     d * sc < (max(x_j) - min(0, min(x_j)) + dmin) / 31 + d.
 //   Q6_K: step_j = max|x_j| / 31 over sub-block j's 16 values, d = max(step_j) / 127 rounded UP to
 //     fp16, sc[j] = ceil(step_j / d) (<= 127), q - 32 = round(x / (d * sc[j])) (in -31..31):
 //     |x - value| <= d * sc[j] / 2, and d * sc[j] < step_j + d.
@@ -54,7 +60,8 @@
 //        8 values of 8 rows, the bytes one vpdpbusd against 8 activation bytes reads.
 //     The 128 bytes: per sub-block j, the int8 sc[j] of rows 0, 1, 4, 5, 2, 3, 6, 7 (the rows' order
 //        in a chunk).
-// Rows past the last whole group stay as they were.
+// Rows past the last whole group stay as they were. Q5_K matrices are not interleaved: their
+// products read each row's super-blocks as stored.
 #include <bit>
 #include <cstdint>
 #include <cstring>
@@ -63,14 +70,15 @@
 
 namespace crossmoe::quant {
 
-constexpr int64_t kQ8_0Block = 32, kQ4_KBlock = 256, kQ4_KSubBlock = 32, kQ6_KBlock = 256, kQ6_KSubBlock = 16;
+constexpr int64_t kQ8_0Block = 32, kQ4_KBlock = 256, kQ4_KSubBlock = 32, kQ5_KBlock = 256, kQ5_KSubBlock = 32,
+                  kQ6_KBlock = 256, kQ6_KSubBlock = 16;
 // Where an interleaved Q6_K group's scales and steps start (see above).
 constexpr int64_t kQ6_KScales = 1536, kQ6_KSteps = 1664;
 
 // Quantizes n values (a multiple of the type's block) into dtype_row_bytes(type, n) bytes.
 // Throws on a bad n, on values that are not finite, or on values too large for the fp16 scales.
 void quantize_row(DType type, const float* x, int64_t n, void* out);
-// The inverse: n values from dtype_row_bytes(type, n) bytes of Q8_0, Q4_K or Q6_K blocks, the
+// The inverse: n values from dtype_row_bytes(type, n) bytes of Q8_0, Q4_K, Q5_K or Q6_K blocks, the
 // floats ggml's own dequantization gives.
 void dequantize_row(DType type, const void* in, int64_t n, float* out);
 
