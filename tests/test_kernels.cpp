@@ -577,7 +577,7 @@ void quant_products(Isa isa, DType t, std::vector<std::vector<float>>* outputs, 
     quantize_activations(x.data(), int64_t(tokens) * cols, activation_group(t), xq.data());
     std::vector<float> y(size_t(tokens) * rows);
     const Matrix weights = q.in_layout(layout, t, rows, cols);
-    ASSERT_EQ(weights.layout, rows >= 8 && (t == DType::Q8_0 || t == DType::Q4_K) ? layout : Layout::Rows);
+    ASSERT_EQ(weights.layout, rows >= 8 && t != DType::Q5_K ? layout : Layout::Rows);
     matmul(weights, x.data(), tokens, y.data());
     std::vector<double> m(y.size());
     for (int tk = 0; tk < tokens; ++tk)
@@ -775,11 +775,12 @@ TEST(QuantKernels, InterleavedTilesGiveThePortableBitsOnExtremeBytes) {
   }
 }
 
-// Rows of a type that stays as rows (Q5_K, Q6_K) on random bytes of every value (fill(block, r,
-// rng) writes each block of row r; rows 0 and 1 extreme), against tokens of -1, of 1 and random.
-// The contract of quant_matmul_impl.hpp: exact integer sums per super-block, (row, token), then the
-// same float steps, so every ISA gives the portable bits, for any number of tokens (1 to 23, in
-// tiles of 4 rows x 4, 2 and 1 tokens) and any block of rows; and each output within the bound
+// Rows of Q5_K or Q6_K on random bytes of every value (fill(block, r, rng) writes each block of
+// row r; rows 0 and 1 extreme), against tokens of -1, of 1 and random. The contract of
+// quant_matmul_impl.hpp: exact integer sums per super-block, (row, token), then the same float
+// steps, so every ISA gives the portable rows' bits, as rows and (Q6_K) interleaved (4 groups of 8
+// and 5 rows after them), for any number of tokens (1 to 23: the VNNI lane's turns of 8, 8, 4, 2,
+// 1, AVX2's tiles of 4 and their tail) and any block of rows; and each output within the bound
 // against the dequantized rows times the quantized activations. Returns the portable outputs.
 template <class Fill>
 std::vector<float> expect_rows_give_the_portable_bits(DType type, Fill fill) {
@@ -794,9 +795,15 @@ std::vector<float> expect_rows_give_the_portable_bits(DType type, Fill fill) {
   std::vector<uint8_t> bytes(row_bytes * rows);
   for (int r = 0; r < rows; ++r)
     for (size_t b = 0; b < row_bytes; b += block_bytes) fill(&bytes[r * row_bytes + b], r, rng);
-  Matrix m{bytes.data(), type, rows, cols};
-  interleave_rows8(m, bytes.data());
-  EXPECT_EQ(m.layout, Layout::Rows) << dtype_name(type) << " rows stay as they are";
+  const Matrix m{bytes.data(), type, rows, cols};
+  std::vector<uint8_t> interleaved_bytes = bytes;
+  Matrix interleaved{interleaved_bytes.data(), type, rows, cols};
+  interleave_rows8(interleaved, interleaved_bytes.data());
+  const bool interleaves = type == DType::Q6_K;  // Q5_K stays as rows
+  EXPECT_EQ(interleaved.layout, interleaves ? Layout::Interleaved8 : Layout::Rows) << dtype_name(type);
+  EXPECT_EQ(interleaved_bytes != bytes, interleaves) << dtype_name(type);
+  std::vector<Matrix> layouts = {m};
+  if (interleaves) layouts.push_back(interleaved);
   std::vector<float> portable(size_t(tokens) * rows);
   {
     IsaGuard guard(Isa::Generic);
@@ -828,29 +835,36 @@ std::vector<float> expect_rows_give_the_portable_bits(DType type, Fill fill) {
       EXPECT_LE(std::fabs(portable[size_t(t) * rows + r] - ref), 1e-6 * magnitude)
           << dtype_name(type) << " token " << t << " row " << r;
     }
-  for (Isa isa : supported()) {
-    IsaGuard guard(isa);
-    std::vector<float> y(size_t(tokens) * rows), alone(rows);
-    matmul(m, x.data(), tokens, y.data());
-    EXPECT_EQ(first_difference(y, portable, rows), "") << isa_name(isa) << " " << dtype_name(type);
-    for (int k : {0, 1, 2, 9, 22}) {
-      matmul(m, &x[size_t(k) * cols], 1, alone.data());
-      EXPECT_EQ(alone, std::vector<float>(portable.begin() + size_t(k) * rows, portable.begin() + size_t(k + 1) * rows))
-          << isa_name(isa) << " " << dtype_name(type) << " token " << k << " alone";
-    }
-    for (int n : {2, 3, 5}) {
-      std::vector<float> few(size_t(n) * rows);
-      matmul(m, x.data(), n, few.data());
-      EXPECT_EQ(first_difference(few, std::vector<float>(portable.begin(), portable.begin() + size_t(n) * rows), rows), "")
-          << isa_name(isa) << " " << dtype_name(type) << " " << n << " tokens";
-    }
+  if (interleaves && isa_supported(Isa::Avx512Vnni)) {  // AMX leaves Q6_K to its VNNI lane
+    const std::vector<float> emulated = table_product(amx_emulated_kernels(), interleaved, x.data(), tokens);
+    EXPECT_EQ(first_difference(emulated, portable, rows), "") << "emulated AMX tiles";
   }
+  for (Isa isa : supported())
+    for (const Matrix& layout : layouts) {
+      const std::string name =
+          isa_name(isa) + " " + dtype_name(type) + (layout.layout == Layout::Rows ? " rows" : " interleaved");
+      IsaGuard guard(isa);
+      std::vector<float> y(size_t(tokens) * rows), alone(rows);
+      matmul(layout, x.data(), tokens, y.data());
+      EXPECT_EQ(first_difference(y, portable, rows), "") << name;
+      for (int k : {0, 1, 2, 9, 22}) {
+        matmul(layout, &x[size_t(k) * cols], 1, alone.data());
+        EXPECT_EQ(alone, std::vector<float>(portable.begin() + size_t(k) * rows, portable.begin() + size_t(k + 1) * rows))
+            << name << " token " << k << " alone";
+      }
+      for (int n : {2, 3, 5, 9, 12}) {
+        std::vector<float> few(size_t(n) * rows);
+        matmul(layout, x.data(), n, few.data());
+        EXPECT_EQ(first_difference(few, std::vector<float>(portable.begin(), portable.begin() + size_t(n) * rows), rows), "")
+            << name << " " << n << " tokens";
+      }
+    }
   return portable;
 }
 
 // Q6_K's extreme rows: every 6-bit q 0 under scales of -128 (each value +4096 d) and every q 63
 // under scales of 127.
-TEST(QuantKernels, Q6_KRowsGiveThePortableBitsInEveryIsaAndTheDoubleSum) {
+TEST(QuantKernels, Q6_KRowsAndInterleavedGroupsGiveThePortableBitsInEveryIsaAndTheDoubleSum) {
   const auto fill = [](uint8_t* block, int r, std::mt19937& rng) {
     std::uniform_int_distribution<int> byte(0, 255);
     for (int i = 0; i < 192; ++i) block[i] = r == 0 ? 0x00 : r == 1 ? 0xff : uint8_t(byte(rng));
@@ -924,7 +938,7 @@ TEST(QuantKernels, ATokenGetsTheSameBitsAloneOrInABatch) {
   std::mt19937 rng(6);
   const int rows = 38, cols = 512, tokens = 19;
   const std::vector<float> x = weight_like(size_t(tokens) * cols, rng);
-  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {  // (Q5_K, Q6_K stay as rows)
+  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {  // (Q5_K stays as rows)
     QuantizedMatrix q = quantize_matrix(t, weight_like(size_t(rows) * cols, rng), rows, cols);
     for (Layout layout : {Layout::Rows, Layout::Interleaved8}) {
       const Matrix m = q.in_layout(layout, t, rows, cols);
@@ -947,9 +961,9 @@ TEST(QuantKernels, ATokenGetsTheSameBitsAloneOrInABatch) {
 // weights as rows: within the bound against the dequantized weights, bit for bit the same in every
 // ISA for the rows of whole groups (the contract of quant_matmul_impl.hpp: exact integer sums, then
 // the same float operations), and within float rounding of the row layout's products (whose float
-// additions run in another order).
+// additions run in another order; Q6_K's rows take the same steps: the same bits).
 TEST(QuantKernels, InterleavedRowsMatchTheBoundAndTheRowLayout) {
-  for (DType t : {DType::Q8_0, DType::Q4_K}) {
+  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
     std::vector<std::vector<float>> portable;
     std::vector<std::vector<double>> magnitude, unused;
     quant_products(Isa::Generic, t, &portable, &magnitude, Layout::Interleaved8);
@@ -967,6 +981,8 @@ TEST(QuantKernels, InterleavedRowsMatchTheBoundAndTheRowLayout) {
             ASSERT_LE(std::fabs(interleaved[c][i] - portable[c][i]), 1e-5 * magnitude[c][i]);
           ASSERT_LE(std::fabs(interleaved[c][i] - as_rows[c][i]), 1e-5 * magnitude[c][i])
               << isa_name(isa) << " " << dtype_name(t) << " case " << c << " output " << i;
+          if (t == DType::Q6_K)
+            ASSERT_EQ(interleaved[c][i], as_rows[c][i]) << isa_name(isa) << " case " << c << " output " << i;
         }
       }
     }
@@ -989,7 +1005,7 @@ TEST(QuantKernels, AmxTilesGiveThePortableBitsOnRaggedShapes) {
   };
   const Shape shapes[] = {{DType::Q8_0, 40, 288, 16, 0},  {DType::Q8_0, 61, 800, 37, 24}, {DType::Q8_0, 32, 64, 71, 16},
                           {DType::Q8_0, 16, 32, 17, 0},   {DType::Q4_K, 40, 768, 37, 0},  {DType::Q4_K, 61, 256, 16, 8},
-                          {DType::Q4_K, 56, 512, 33, 32}, {DType::Q8_0, 64, 256, 15, 0}};
+                          {DType::Q4_K, 56, 512, 33, 32}, {DType::Q8_0, 64, 256, 15, 0},  {DType::Q6_K, 40, 768, 37, 8}};
   std::mt19937 rng(21);
   for (const auto& [type, rows, cols, tokens, split] : shapes) {
     QuantizedMatrix q = quantize_matrix(type, weight_like(size_t(rows) * cols, rng), rows, cols);
@@ -1016,7 +1032,7 @@ TEST(QuantKernels, AmxTilesGiveThePortableBitsOnRaggedShapes) {
 TEST(QuantKernels, InterleavingLeavesTailRowsAndOtherMatricesAsTheyWere) {
   std::mt19937 rng(8);
   const int cols = 256;
-  for (DType t : {DType::Q8_0, DType::Q4_K}) {
+  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
     const size_t row_bytes = dtype_row_bytes(t, cols);
     QuantizedMatrix q = quantize_matrix(t, weight_like(19 * cols, rng), 19, cols);
     const Matrix m = q.interleaved(t, 19, cols);

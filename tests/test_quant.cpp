@@ -315,6 +315,31 @@ TEST(Quant, RejectsRowsOfPartialBlocksAndValuesItCannotStore) {
   EXPECT_THROW(quant::quantize_row(DType::BF16, x.data(), 32, out.data()), Error);
 }
 
+// Q6_K's interleaved layout (quant.hpp): ql's and qh's 6 spans of 32 bytes per row in the quants'
+// chunks, the scales per sub-block in slot order, the steps per row; deinterleaving gives the rows
+// back. Rows of different super-blocks of a test row, so every field differs between rows.
+TEST(Quant, InterleavedQ6_KBlocksFollowTheLayoutAndRoundTrip) {
+  const int slot_of_row[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+  const int64_t cols = 2048;
+  std::vector<uint8_t> whole(dtype_row_bytes(DType::Q6_K, cols)), rows(8 * 210), group(8 * 210), back(8 * 210);
+  quant::quantize_row(DType::Q6_K, test_row(cols, 60).data(), cols, whole.data());
+  for (int r = 0; r < 8; ++r) std::memcpy(rows.data() + 210 * r, whole.data() + 210 * r, 210);
+  quant::interleave8_block(DType::Q6_K, rows.data(), 210, group.data());
+  for (int r = 0; r < 8; ++r) {
+    const uint8_t* row = rows.data() + 210 * r;
+    for (int span = 0; span < 6; ++span)
+      for (int i = 0; i < 32; ++i)
+        ASSERT_EQ(group[256 * span + 64 * (i / 8) + 8 * slot_of_row[r] + i % 8], row[32 * span + i])
+            << "row " << r << " span " << span << " byte " << i;
+    for (int j = 0; j < 16; ++j)
+      EXPECT_EQ(group[quant::kQ6_KScales + 8 * j + slot_of_row[r]], row[192 + j]) << "scale " << j << " of row " << r;
+    EXPECT_EQ(std::memcmp(group.data() + quant::kQ6_KSteps + 2 * r, row + 208, 2), 0) << "d of row " << r;
+  }
+  EXPECT_EQ(quant::kQ6_KSteps + 16, 8 * 210) << "the group keeps its rows' bytes";
+  quant::deinterleave8_block(DType::Q6_K, group.data(), back.data());
+  EXPECT_EQ(back, rows);
+}
+
 // The interleaved layout (quant.hpp): every byte of 8 rows' blocks lands where the description
 // says, checked field by field against the rows, and deinterleaving gives the rows back.
 TEST(Quant, InterleavedBlocksFollowTheLayoutAndRoundTrip) {

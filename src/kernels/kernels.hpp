@@ -14,7 +14,7 @@
 
 namespace crossmoe::kernels {
 
-// How a Q8_0 / Q4_K matrix's rows lie: one after another, or interleaved 8 at a time
+// How a Q8_0 / Q4_K / Q6_K matrix's rows lie: one after another, or interleaved 8 at a time
 // (util/quant.hpp) so that the products read 8 rows per pass over the activations.
 enum class Layout { Rows, Interleaved8 };
 
@@ -31,9 +31,9 @@ struct Matrix {
   int64_t row_stride() const { return stride ? stride : cols; }
 };
 
-// Rewrites a Q8_0 / Q4_K matrix whose rows lie back to back into the Interleaved8 layout, in
+// Rewrites a Q8_0 / Q4_K / Q6_K matrix whose rows lie back to back into the Interleaved8 layout, in
 // place: `data` is m.data, writable. Its groups of 8 rows are interleaved, the rows after the last
-// whole group stay as they are. Other matrices (other dtypes, Q5_K and Q6_K included: their products read
+// whole group stay as they are. Other matrices (other dtypes, Q5_K included: its products read
 // rows, strided, fewer than 8 rows, already interleaved) are left alone. Every ISA's kernels read
 // both layouts.
 void interleave_rows8(Matrix& m, void* data);
@@ -124,8 +124,8 @@ void activation_sums(const ActivationBlock* x, int64_t n, int16_t* out);
 // prefill, but 8 significant bits of each activation, so never chosen unless asked for.
 // Amx: the Avx512Vnni kernels with Q8_0 / Q4_K weights times 16 tokens or more on AMX-INT8 tiles
 // (the same bits: exact integer block sums, the same float steps); chosen where the CPU has
-// AMX-TILE and AMX-INT8 and Linux grants the process the tile data. Q5_K and Q6_K (rows, not interleaved)
-// stay on the VNNI lane for any number of tokens.
+// AMX-TILE and AMX-INT8 and Linux grants the process the tile data. Q5_K and Q6_K stay on the
+// VNNI lane for any number of tokens.
 enum class Isa { Generic, Avx2, Avx512, Avx512Vnni, Avx512Bf16, Amx };
 // Every ISA that has kernels here, in order of preference (the last one a CPU supports is used,
 // Avx512Bf16 excepted: CROSSMOE_ISA only).

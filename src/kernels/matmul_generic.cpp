@@ -150,6 +150,25 @@ struct QuantLaneScalar {
     for (int t = 0; t < T; ++t)
       for (int r = 0; r < 8; ++r) y[t * ldy + r] = acc[t][r];
   }
+  // Q6_K: each row's super-block as stored, then q6_k_sums (no offsets: it subtracts the 32 itself).
+  static constexpr int q6_k_tokens = 4;
+  template <int T>
+  static void q6_k_x8(const uint8_t* g, const ActivationBlock* x, const int32_t* /*offsets*/, int64_t blocks,
+                      float* y, int64_t ldy) {
+    float acc[T][8] = {};
+    uint8_t plain[8 * 210];
+    for (int64_t b = 0; b < blocks; b += 8) {
+      quant::deinterleave8_block(DType::Q6_K, g + b / 8 * 8 * 210, plain);
+      for (int r = 0; r < 8; ++r) {
+        int32_t sums[T];
+        q6_k_sums<T>(plain + 210 * r, x + b, blocks, sums);
+        const float d = quant::read_half(plain + 210 * r + 208);
+        for (int t = 0; t < T; ++t) acc[t][r] = std::fma(float(sums[t]), d * x[t * blocks + b].d, acc[t][r]);
+      }
+    }
+    for (int t = 0; t < T; ++t)
+      for (int r = 0; r < 8; ++r) y[t * ldy + r] = acc[t][r];
+  }
 };
 }  // namespace
 

@@ -301,6 +301,85 @@ struct QuantLaneAvx2 {
     }
     for (int t = 0; t < T; ++t) _mm256_storeu_ps(y + t * ldy, acc[t]);
   }
+  // Q6_K (util/quant.hpp): a 32-byte load of a span holds 8 bytes of 4 rows (rows 0, 1, 4, 5 or
+  // 2, 3, 6, 7), whose 6-bit q (0..63) vpmaddubsw multiplies by 8 broadcast activation bytes:
+  // pairs of at most 2 * 63 * 127 = 16002, and a sub-block's two chunks added in 16 bits at most
+  // 32004. The offsets (q6_k_offsets) add -32 times the same pairs of activations, so each 16-bit
+  // lane holds sum (q - 32) a over 4 values (|.| <= 16256), which vpmaddwd multiplies by the row's
+  // signed scale and adds in pairs to 32 bits. The two halves' lanes end as Q8_0's do (vphaddd).
+  // Offsets: per sub-block, 4 words -32 (a[2i] + a[2i + 1] + a[8 + 2i] + a[9 + 2i]), i < 4 (its two
+  // chunks' activation pairs), sub-block 2b's then 2b + 1's for block b.
+  static constexpr int q6_k_tokens = 4;  // tokens per tile: 8 integer sums of 16 registers
+  static void q6_k_offsets(const ActivationBlock* x, int64_t n, int32_t* out) {
+    const __m256i offset = _mm256_set1_epi8(32);
+    for (int64_t b = 0; b < n; ++b) {
+      const __m256i pairs = _mm256_maddubs_epi16(offset, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].q)));
+      // Words 0..3 + 4..7 (sub-block 2b) in the low half's first 64 bits, 8..11 + 12..15 in the high half's.
+      const __m256i sub = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_add_epi16(pairs, _mm256_srli_si256(pairs, 8)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 4 * b),
+                       _mm256_castsi256_si128(_mm256_permute4x64_epi64(sub, 0x08)));
+    }
+  }
+  // The 6-bit values of chunk k (bytes 8k .. 8k + 7 of 8 rows) of activation block 4u + m: span
+  // 2u + m % 2 of ql (low nibbles for m < 2) and qh's span u shifted so that bits 2m, 2m + 1 land
+  // at 4, 5. `at` is 32 * h for the rows of half h.
+  static __m256i q6_k_values(const uint8_t* g, int u, int m, int k, int at) {
+    const __m256i ql = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 256 * (2 * u + m % 2) + 64 * k + at));
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 1024 + 256 * u + 64 * k + at));
+    const __m256i low = _mm256_and_si256(m < 2 ? ql : _mm256_srli_epi16(ql, 4), _mm256_set1_epi8(15));
+    const __m256i high = m == 0 ? _mm256_slli_epi16(qh, 4) : m == 1 ? _mm256_slli_epi16(qh, 2)
+                         : m == 2 ? qh : _mm256_srli_epi16(qh, 2);
+    return _mm256_or_si256(low, _mm256_and_si256(high, _mm256_set1_epi8(0x30)));
+  }
+  // Sub-block j's scales of half h's 4 rows, each sign-extended to its row's four 16-bit lanes.
+  static __m256i q6_k_scale(const uint8_t* g, int j, int h) {
+    const __m128i words = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g + 1536 + 8 * j)));
+    const __m256i spread = h == 0 ? _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,  //
+                                                     4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7)
+                                  : _mm256_setr_epi8(8, 9, 8, 9, 8, 9, 8, 9, 10, 11, 10, 11, 10, 11, 10, 11,  //
+                                                     12, 13, 12, 13, 12, 13, 12, 13, 14, 15, 14, 15, 14, 15, 14, 15);
+    return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(words), spread);
+  }
+  template <int T>
+  static void q6_k_x8(const uint8_t* g, const ActivationBlock* x, const int32_t* offsets, int64_t blocks, float* y,
+                      int64_t ldy) {
+    __m256 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t sb = 0; sb < blocks; sb += 8, g += 8 * 210) {
+      if constexpr (T == 1)
+        for (int line = 0; line < 8 * 210; line += 64) __builtin_prefetch(g + 2 * (8 * 210) + line);
+      __m256i dots[T][2];
+      for (int t = 0; t < T; ++t) dots[t][0] = dots[t][1] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+      for (int b = 0; b < 8; ++b) {
+        const int u = b / 4, m = b % 4;
+#pragma GCC unroll 2
+        for (int sub = 0; sub < 2; ++sub)
+#pragma GCC unroll 2
+          for (int h = 0; h < 2; ++h) {
+            const __m256i q0 = q6_k_values(g, u, m, 2 * sub, 32 * h), q1 = q6_k_values(g, u, m, 2 * sub + 1, 32 * h);
+            const __m256i scale = q6_k_scale(g, 2 * b + sub, h);
+            for (int t = 0; t < T; ++t) {
+              const ActivationBlock& a = x[t * blocks + sb + b];
+              int64_t off;
+              std::memcpy(&off, offsets + 4 * (t * blocks + sb + b) + 2 * sub, 8);
+              const __m256i p = _mm256_add_epi16(
+                  _mm256_add_epi16(_mm256_maddubs_epi16(q0, bytes8(a.q + 16 * sub)),
+                                   _mm256_maddubs_epi16(q1, bytes8(a.q + 16 * sub + 8))),
+                  _mm256_set1_epi64x(off));
+              dots[t][h] = _mm256_add_epi32(dots[t][h], _mm256_madd_epi16(p, scale));
+            }
+          }
+      }
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 1664)));
+      for (int t = 0; t < T; ++t) {
+        const __m256 da = _mm256_mul_ps(d, _mm256_broadcast_ss(&x[t * blocks + sb].d));
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(dots[t][0], dots[t][1])), da, acc[t]);
+      }
+    }
+    for (int t = 0; t < T; ++t) _mm256_storeu_ps(y + t * ldy, acc[t]);
+  }
+
   // One token (decode): the same integer sums and float steps as q4_k_x8<1>, arranged for a
   // stream from memory: each 32-byte load of nibbles serves both sub-blocks of its pair (low and
   // high nibbles), each activation broadcast both halves of the rows, the pair loop is unrolled

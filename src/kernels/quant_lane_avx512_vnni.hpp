@@ -145,6 +145,87 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     for (int t = 0; t < T; ++t) sums[t] = sum_lanes(_mm256_add_epi32(low_half(acc[t]), high_half(acc[t])));
   }
 
+  // Q6_K, interleaved (util/quant.hpp): a 64-byte chunk of a span holds 8 values of each of 8 rows;
+  // one vpdpbusd adds 4 products q a (q in 0..63) per 32-bit lane, two lanes per row. A
+  // sub-block's two chunks start from the lane's offset (q6_k_offsets: -32 times the lane's 8
+  // activations), so the lane ends at sum (q - 32) a over 8 values, |.| <= 8 * 32 * 127 = 32512:
+  // exact in 16 bits. vpackssdw packs a block's two sub-blocks (a row's two lanes per 32 bits) and
+  // vpdpwssd multiplies each by its row's scale and adds the pair: the rows' integer sums exactly.
+  // Offsets: per sub-block, two int32, -32 (a[0..3] + a[8..11]) and -32 (a[4..7] + a[12..15]) of
+  // its 16 activations (the even and odd lanes' sums), sub-block 2b's then 2b + 1's for block b.
+  // Tokens per tile: the unpacking of a group's 6-bit values (about 4 instructions per 64 bytes)
+  // is shared by 8 tokens, whose integer sums take 8 of the 32 registers.
+  static constexpr int q6_k_tokens = 8;
+  static void q6_k_offsets(const ActivationBlock* x, int64_t n, int32_t* out) {
+    const __m256i offset = _mm256_set1_epi8(32);
+    for (int64_t b = 0; b < n; ++b) {
+      const __m256i quads =
+          _mm256_dpbusd_epi32(_mm256_setzero_si256(), offset, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].q)));
+      const __m256i sub = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_add_epi32(quads, _mm256_srli_si256(quads, 8)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 4 * b),
+                       _mm256_castsi256_si128(_mm256_permute4x64_epi64(sub, 0x08)));
+    }
+  }
+  // Chunk k of activation block 4u + m's 6-bit values, 8 rows (as QuantLaneAvx2::q6_k_values).
+  static __m512i q6_k_values(const uint8_t* g, int u, int m, int k) {
+    const __m512i ql = _mm512_loadu_si512(g + 256 * (2 * u + m % 2) + 64 * k);
+    const __m512i qh = _mm512_loadu_si512(g + 1024 + 256 * u + 64 * k);
+    const __m512i low = _mm512_and_si512(m < 2 ? ql : _mm512_srli_epi16(ql, 4), _mm512_set1_epi8(15));
+    const __m512i high = m == 0 ? _mm512_slli_epi16(qh, 4) : m == 1 ? _mm512_slli_epi16(qh, 2)
+                         : m == 2 ? qh : _mm512_srli_epi16(qh, 2);
+    return _mm512_or_si512(low, _mm512_and_si512(high, _mm512_set1_epi8(0x30)));
+  }
+  template <int T>
+  static void q6_k_x8(const uint8_t* g, const ActivationBlock* x, const int32_t* offsets, int64_t blocks, float* y,
+                      int64_t ldy) {
+    __m256 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    // Per 128 bits (slots 2i, 2i + 1), the packed lanes hold both slots' sub-block 2b, then 2b + 1:
+    // each 16-bit pair gets its slot's scale, from the 16 scales of the block (sub-block 2b's 8
+    // slots, then 2b + 1's) widened to 16 bits.
+    const __m512i spread = _mm512_set_epi16(15, 15, 14, 14, 7, 7, 6, 6, 13, 13, 12, 12, 5, 5, 4, 4,  //
+                                            11, 11, 10, 10, 3, 3, 2, 2, 9, 9, 8, 8, 1, 1, 0, 0);
+    // Slots 0, 1 | 4, 5 | 2, 3 | 6, 7 lie in lanes 0, 1 | 8, 9 | 4, 5 | 12, 13 after the pairs are
+    // added: rows 0..7 in order.
+    const __m512i rows = _mm512_setr_epi32(0, 1, 8, 9, 4, 5, 12, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+    for (int64_t sb = 0; sb < blocks; sb += 8, g += 8 * 210) {
+      if constexpr (T == 1)
+        for (int line = 0; line < 8 * 210; line += 64) __builtin_prefetch(g + 2 * (8 * 210) + line);
+      __m512i dots[T];
+      for (int t = 0; t < T; ++t) dots[t] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+      for (int b = 0; b < 8; ++b) {
+        const int u = b / 4, m = b % 4;
+        const __m512i q[4] = {q6_k_values(g, u, m, 0), q6_k_values(g, u, m, 1), q6_k_values(g, u, m, 2),
+                              q6_k_values(g, u, m, 3)};
+        const __m512i scale = _mm512_maskz_permutexvar_epi16(
+            0xffffffff, spread,
+            _mm512_maskz_cvtepi8_epi16(0xffffffff, _mm256_zextsi128_si256(_mm_loadu_si128(
+                                                       reinterpret_cast<const __m128i*>(g + 1536 + 16 * b)))));
+        for (int t = 0; t < T; ++t) {
+          const ActivationBlock& a = x[t * blocks + sb + b];
+          const int32_t* off = offsets + 4 * (t * blocks + sb + b);
+          __m512i sub[2];
+          for (int s = 0; s < 2; ++s) {
+            int64_t start;
+            std::memcpy(&start, off + 2 * s, 8);
+            sub[s] = _mm512_dpbusd_epi32(_mm512_set1_epi64(start), q[2 * s], bytes8(a.q + 16 * s));
+            sub[s] = _mm512_dpbusd_epi32(sub[s], q[2 * s + 1], bytes8(a.q + 16 * s + 8));
+          }
+          dots[t] = _mm512_dpwssd_epi32(dots[t], _mm512_packs_epi32(sub[0], sub[1]), scale);
+        }
+      }
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 1664)));
+      for (int t = 0; t < T; ++t) {
+        const __m512i pairs = _mm512_add_epi32(dots[t], _mm512_maskz_shuffle_epi32(0xffff, dots[t], _MM_PERM_BADC));
+        const __m256i sums = low_half(_mm512_maskz_permutexvar_epi32(0xffff, rows, pairs));
+        const __m256 da = _mm256_mul_ps(d, _mm256_broadcast_ss(&x[t * blocks + sb].d));
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), da, acc[t]);
+      }
+    }
+    for (int t = 0; t < T; ++t) _mm256_storeu_ps(y + t * ldy, acc[t]);
+  }
+
   // Tiles of two groups at once (16 rows: g and the group after it, group_bytes later) x T tokens,
   // for several tokens: each activation broadcast serves both groups, and the steps after the
   // integer sums (their row order, the Q8_0 correction, the conversion, d * a.d, the FMA) run once

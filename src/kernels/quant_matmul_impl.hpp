@@ -24,6 +24,11 @@
 //       Each (row, token) gets its block's (Q8_0) or super-block's (Q4_K) exact integer sums, then
 //       acc = fma(float(sum), d * a.d, acc) (Q4_K: then acc = fma(-float(min sum), dmin * a.d, acc))
 //       in block order, in every lane type and for every T: the same bits in every ISA.
+//   L::q6_k_x8<T>(g, x, offsets, blocks, y, ldy): the same for Q6_K, whose exact integer per
+//       (row, token, super-block) is q6_k_sums's, then acc = fma(float(sum), d * a.d, acc): the rows'
+//       bits. Optionally (Q6kOffsets) L::q6_k_offsets(x, n, offsets) first writes 4 int32 per
+//       activation block, the -32 sum_i a_i of the q - 32 in a form of the lane's choosing, once
+//       per turn of tokens over a call's rows (null where the lane has none).
 //   Optionally (PairedGroups): L::x16_tokens,
 //       L::q8_0_x16<T>(g, group_bytes, x, blocks, y, ldy, prefetch),
 //       L::q4_k_x16<T>(g, group_bytes, x, sums, blocks, y, ldy, prefetch): two groups (16 rows, the
@@ -33,6 +38,7 @@
 // Integer sums are exact in every lane type, so ISAs differ only in the order of float additions.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels/kernels.hpp"
 #include "util/quant.hpp"
@@ -96,8 +102,9 @@ void q4_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, con
     for (int t = 0; t < T; ++t) y[t * ldy + r] = L::sum(acc[r][t]);
 }
 
-// Q6_K rows (never interleaved: quant.hpp) against T tokens: one exact integer sum per
-// super-block, (row, token) and one float step, so T changes nothing in a token's bits.
+// Q6_K rows (a matrix of fewer than 8 rows, or with a stride, and the rows after the last group
+// of 8) against T tokens: one exact integer sum per super-block, (row, token) and one float step,
+// so T changes nothing in a token's bits, and the interleaved groups give the same bits.
 template <class L, int R, int T>
 void q6_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
   float acc[R][T] = {};
@@ -177,6 +184,31 @@ constexpr int turn_tokens() {
   else return L::x8_tokens;
 }
 
+template <class L>
+concept Q6kOffsets = requires(const ActivationBlock* x, int32_t* out) { L::q6_k_offsets(x, int64_t(1), out); };
+
+// Interleaved Q6_K groups from r0 to r1 against T tokens, in tiles of at most L::q6_k_tokens tokens
+// (each group's rows stay in L1 while its tiles read them); the lane's offsets of the T tokens'
+// activations are made once for all these rows.
+template <class L, int T>
+void q6_k_groups(const Matrix& m, const ActivationBlock* x, float* y, int64_t r0, int64_t r1) {
+  const int64_t blocks = m.cols / 32;
+  const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
+  const auto* base = static_cast<const uint8_t*>(m.data);
+  const int32_t* offsets = nullptr;
+  if constexpr (Q6kOffsets<L>) {
+    thread_local std::vector<int32_t> storage;
+    storage.resize(size_t(4 * T * blocks));
+    L::q6_k_offsets(x, T * blocks, storage.data());
+    offsets = storage.data();
+  }
+  constexpr int kGroupTokens = std::min(T, L::q6_k_tokens);
+  for (int64_t r = r0; r < r1; r += 8)
+    for (int t = 0; t < T; t += kGroupTokens)
+      L::template q6_k_x8<kGroupTokens>(base + size_t(r) * row_bytes, x + t * blocks,
+                                        offsets ? offsets + 4 * t * blocks : nullptr, blocks, y + t * m.rows + r, m.rows);
+}
+
 // Groups of 8 interleaved rows from r0 to r1 (both multiples of 8). Several tokens on a lane with
 // tiles of two groups (kPairs) take the rows 16 at a time and a last odd group alone (in tiles of at
 // most L::x8_tokens tokens); one token alone keeps the one-group tile (decode, which prefetches its
@@ -185,6 +217,7 @@ constexpr int turn_tokens() {
 template <class L, int T, bool kPairs = (T > 1)>
 void interleaved_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int16_t* sums, float* y, int64_t r0,
                                  int64_t r1, bool first_turn = false) {
+  if (m.dtype == DType::Q6_K) return q6_k_groups<L, T>(m, x, y, r0, r1);
   const int64_t blocks = m.cols / 32;
   const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
   const auto* base = static_cast<const uint8_t*>(m.data);

@@ -221,7 +221,7 @@ void dequantize_row(DType type, const void* in, int64_t n, float* out) {
 namespace {
 
 // The interleaved layouts' quant bytes (quant.hpp): 32 bytes per row and span (a Q8_0 block's q, a
-// Q4_K pair of sub-blocks), 256 per group, byte n of row r at 64 * (n / 8) + kSlot[r] * 8 + n % 8.
+// Q4_K pair of sub-blocks, a Q6_K run of 32 bytes of ql or qh), 256 per group, byte n of row r at 64 * (n / 8) + kSlot[r] * 8 + n % 8.
 // kSlot: rows 0, 1, 4, 5 first, then 2, 3, 6, 7. It swaps 2 <-> 4 and 3 <-> 5, so it is its own
 // inverse: the row in slot s is kSlot[s] too.
 constexpr int kSlot[8] = {0, 1, 4, 5, 2, 3, 6, 7};
@@ -245,6 +245,15 @@ void interleave8_block(DType type, const void* rows, size_t stride, void* out) {
   const auto* in = static_cast<const uint8_t*>(rows);
   auto* o = static_cast<uint8_t*>(out);
   const auto row = [&](int r) { return in + size_t(r) * stride; };
+  if (type == DType::Q6_K) {
+    for (int r = 0; r < 8; ++r) {
+      for (int span = 0; span < 6; ++span)  // ql's 4 spans of 32 bytes, then qh's 2: one run of 192 bytes
+        for (int k = 0; k < 4; ++k) std::memcpy(o + 256 * span + span_offset(r, 8 * k), row(r) + 32 * span + 8 * k, 8);
+      for (int j = 0; j < 16; ++j) o[kQ6_KScales + 8 * j + kSlot[r]] = row(r)[192 + j];
+      std::memcpy(o + kQ6_KSteps + 2 * r, row(r) + 208, 2);
+    }
+    return;
+  }
   const bool q8 = type == DType::Q8_0;
   if (!q8 && type != DType::Q4_K) throw Error("cannot interleave " + dtype_name(type));
   const int spans = q8 ? 1 : 4;
@@ -276,6 +285,16 @@ void interleave8_block(DType type, const void* rows, size_t stride, void* out) {
 void deinterleave8_block(DType type, const void* in, void* out) {
   const auto* g = static_cast<const uint8_t*>(in);
   auto* o = static_cast<uint8_t*>(out);
+  if (type == DType::Q6_K) {
+    for (int r = 0; r < 8; ++r) {
+      uint8_t* b = o + 210 * r;
+      for (int span = 0; span < 6; ++span)
+        for (int k = 0; k < 4; ++k) std::memcpy(b + 32 * span + 8 * k, g + 256 * span + span_offset(r, 8 * k), 8);
+      for (int j = 0; j < 16; ++j) b[192 + j] = g[kQ6_KScales + 8 * j + kSlot[r]];
+      std::memcpy(b + 208, g + kQ6_KSteps + 2 * r, 2);
+    }
+    return;
+  }
   const bool q8 = type == DType::Q8_0;
   if (!q8 && type != DType::Q4_K) throw Error("cannot deinterleave " + dtype_name(type));  // (per block: no message built)
   const size_t block = q8 ? 34 : 144, quants = q8 ? 16 : 128, row_quants = q8 ? 2 : 16;

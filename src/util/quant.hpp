@@ -51,9 +51,17 @@
 //     all 8. Unit u's 8 "scales" are sc[u] of rows 0, 1, 4, 5, 2, 3, 6, 7; its 8 "mins" are, for
 //     q = u / 2 and the rows 4h .. 4h + 3 with h = u % 2, m[2q] and m[2q + 1] of each row in turn
 //     (pairs ready for a 16-bit multiply-add against two activation blocks' sums).
-// Rows past the last whole group stay as they were. Q5_K and Q6_K matrices are not interleaved: their
-// products read each row's super-blocks as stored (one row and token at a time in decode, which
-// streams at memory speed as it is; docs/benchmarks.md).
+//   Q6_K, 1680 bytes: 1024 bytes of ql | 512 bytes of qh | 128 bytes of scales | fp16 d of rows 0..7
+//     ql and qh: the row's 192 bytes as 6 spans of 32 (ql's 4, then qh's 2), each span's 256 bytes
+//        in Q8_0's 4 chunks of 64 (bytes 8k..8k+7 of the span of rows 0, 1, 4, 5, then of rows 2, 3,
+//        6, 7). Span s < 4 of ql holds, for half h = s / 2 and quarter k = s % 2, the low 4 bits of
+//        activation blocks 4h + k (low nibbles) and 4h + k + 2 (high nibbles); span 4 + h of qh
+//        their top 2 bits (block 4h + m at bits 2m, 2m + 1): one 64-byte chunk of each holds
+//        8 values of 8 rows, the bytes one vpdpbusd against 8 activation bytes reads.
+//     The 128 bytes: per sub-block j, the int8 sc[j] of rows 0, 1, 4, 5, 2, 3, 6, 7 (the rows' order
+//        in a chunk).
+// Rows past the last whole group stay as they were. Q5_K matrices are not interleaved: their
+// products read each row's super-blocks as stored.
 #include <bit>
 #include <cstdint>
 #include <cstring>
@@ -64,6 +72,8 @@ namespace crossmoe::quant {
 
 constexpr int64_t kQ8_0Block = 32, kQ4_KBlock = 256, kQ4_KSubBlock = 32, kQ5_KBlock = 256, kQ5_KSubBlock = 32,
                   kQ6_KBlock = 256, kQ6_KSubBlock = 16;
+// Where an interleaved Q6_K group's scales and steps start (see above).
+constexpr int64_t kQ6_KScales = 1536, kQ6_KSteps = 1664;
 
 // Quantizes n values (a multiple of the type's block) into dtype_row_bytes(type, n) bytes.
 // Throws on a bad n, on values that are not finite, or on values too large for the fp16 scales.
@@ -97,7 +107,7 @@ inline void q4_k_scales_mins(const uint8_t* packed, uint8_t* scales, uint8_t* mi
 }
 void q4_k_pack_scales_mins(const int* scales, const int* mins, uint8_t* packed);
 
-// One block index of a group of 8 rows, Q8_0 or Q4_K: interleave8_block reads row r's block at
+// One block index of a group of 8 rows, Q8_0, Q4_K or Q6_K: interleave8_block reads row r's block at
 // rows + r * stride and writes the group's 8 * block bytes; deinterleave8_block is its inverse,
 // writing row r's block at out + r * block bytes.
 void interleave8_block(DType type, const void* rows, size_t stride, void* out);
