@@ -144,6 +144,39 @@ TEST(GgufFormat, WriterAndReaderAgreeOnEveryValueType) {
   EXPECT_THROW(f.string("missing"), Error);
 }
 
+// Q4_0 (ggml type 2) and Q5_0 (6) are read and written as they are; a type this reader does not
+// take is refused by its ggml name: the same file with Q4_0's type number made Q4_1's (3).
+TEST(GgufFormat, Q4_0AndQ5_0AreReadAndOtherTypesRefusedByName) {
+  TempDir dir("gguf_q4_0");
+  GgufWriter w;
+  w.add_string("general.architecture", "llama");
+  std::vector<uint8_t> q4(18, 0x5a), q5(22, 0xa5);
+  w.add_tensor("q", DType::Q4_0, {32}, [&](std::byte* out) { std::memcpy(out, q4.data(), 18); });
+  w.add_tensor("r", DType::Q5_0, {32}, [&](std::byte* out) { std::memcpy(out, q5.data(), 22); });
+  w.write(dir.path / "x.gguf");
+  std::vector<std::byte> bytes = read_bytes(dir.path / "x.gguf");
+  {
+    const GgufFile f(bytes.data(), bytes.size(), "x");
+    EXPECT_EQ(f.find_tensor("q")->dtype, DType::Q4_0);
+    EXPECT_EQ(f.find_tensor("r")->dtype, DType::Q5_0);
+    EXPECT_EQ(std::memcmp(f.find_tensor("q")->data, q4.data(), 18), 0);
+    EXPECT_EQ(std::memcmp(f.find_tensor("r")->data, q5.data(), 22), 0);
+  }
+  // Tensor "q"'s entry: name length (u64 1), 'q', dimension count (u32 1), ne (u64 32), type (u32).
+  const uint8_t entry[] = {1, 0, 0, 0, 0, 0, 0, 0, 'q', 1, 0, 0, 0, 32, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0};
+  const auto* begin = reinterpret_cast<const uint8_t*>(bytes.data());
+  const auto* at = std::search(begin, begin + bytes.size(), std::begin(entry), std::end(entry));
+  ASSERT_NE(at, begin + bytes.size());
+  bytes[size_t(at - begin) + sizeof entry - 4] = std::byte{3};
+  try {
+    GgufFile(bytes.data(), bytes.size(), "x");
+    ADD_FAILURE() << "Q4_1 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ggml type Q4_1 (3) is not supported"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("Q4_0, Q5_0"), std::string::npos) << e.what();
+  }
+}
+
 TEST(GgufFormat, EveryTruncationAndDamagedHeaderIsAnError) {
   const std::vector<std::byte> bytes = read_bytes(kFixtures + "/gguf/llama-q8_0.gguf");
   ASSERT_GT(bytes.size(), 1000u);
@@ -481,7 +514,8 @@ TEST(GgufExport, QuantizedModelsKeepTheirBlocks) {
   c.head_dim = 64;
   c.finalize();
   write_random_model(c, dir.path / "bf16", InitOptions{.seed = 3, .dtype = DType::BF16});
-  for (QuantScheme s : {QuantScheme::Q8_0, QuantScheme::Q4_K, QuantScheme::Q5_K, QuantScheme::Q6_K}) {
+  for (QuantScheme s : {QuantScheme::Q8_0, QuantScheme::Q4_0, QuantScheme::Q5_0, QuantScheme::Q4_K, QuantScheme::Q5_K,
+                        QuantScheme::Q6_K}) {
     const fs::path q = dir.path / quant_scheme_name(s), out = dir.path / (quant_scheme_name(s) + ".gguf");
     quantize_model(dir.path / "bf16", q, s);
     export_gguf(q, out);
@@ -653,9 +687,12 @@ TEST_P(LlamaQuantized, TensorsDequantizeToGgmlsFloats) {
     EXPECT_EQ(hex, golden.at(t.name).at("fnv1a64").get<std::string>()) << t.name << " " << dtype_name(t.dtype);
     ++types[t.dtype];
   }
-  EXPECT_GE(types[DType::Q6_K], GetParam() == "dense-q6_k" ? 8 : 3) << "output, attn_v, ffn_down at least";
+  if (GetParam().find("_k") != std::string::npos)
+    EXPECT_GE(types[DType::Q6_K], GetParam() == "dense-q6_k" ? 8 : 3) << "output, attn_v, ffn_down at least";
   if (GetParam() == "dense-q4_k_m") EXPECT_GE(types[DType::Q4_K], 5);
   if (GetParam() == "dense-q5_k_m") EXPECT_GE(types[DType::Q5_K], 5);
+  if (GetParam() == "dense-q4_0") EXPECT_EQ(types[DType::Q4_0], 9) << "--pure: every matrix";
+  if (GetParam() == "dense-q5_0") EXPECT_EQ(types[DType::Q5_0], 9) << "--pure: every matrix";
 }
 
 // The file runs as its dequantized values do (the same file with every matrix widened to F32):
@@ -695,7 +732,7 @@ TEST_P(LlamaQuantized, RunsAsItsDequantizedValues) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(LlamaQuantize, LlamaQuantized, ::testing::Values("dense-q4_k_m", "dense-q5_k_m", "dense-q6_k"),
+INSTANTIATE_TEST_SUITE_P(LlamaQuantize, LlamaQuantized, ::testing::Values("dense-q4_k_m", "dense-q5_k_m", "dense-q6_k", "dense-q4_0", "dense-q5_0"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n) if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';

@@ -519,6 +519,11 @@ struct QuantCase {
 };
 constexpr QuantCase kQuantCases[] = {{37, 256, 1}, {64, 512, 5}, {130, 1024, 9}, {16, 2048, 4}, {3, 256, 17}, {38, 512, 21}};
 
+// Every block type the kernels multiply; those that interleave_rows8 interleaves (the others stay
+// as rows).
+constexpr DType kBlockTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+bool interleaves(DType t) { return t == DType::Q8_0 || t == DType::Q4_K || t == DType::Q6_K; }
+
 std::vector<float> weight_like(size_t n, std::mt19937& rng) {
   std::normal_distribution<float> normal(0.0f, 0.05f);
   std::vector<float> v(n);
@@ -577,7 +582,7 @@ void quant_products(Isa isa, DType t, std::vector<std::vector<float>>* outputs, 
     quantize_activations(x.data(), int64_t(tokens) * cols, activation_group(t), xq.data());
     std::vector<float> y(size_t(tokens) * rows);
     const Matrix weights = q.in_layout(layout, t, rows, cols);
-    ASSERT_EQ(weights.layout, rows >= 8 && t != DType::Q5_K ? layout : Layout::Rows);
+    ASSERT_EQ(weights.layout, rows >= 8 && interleaves(t) ? layout : Layout::Rows);
     matmul(weights, x.data(), tokens, y.data());
     std::vector<double> m(y.size());
     for (int tk = 0; tk < tokens; ++tk)
@@ -603,7 +608,7 @@ void quant_products(Isa isa, DType t, std::vector<std::vector<float>>* outputs, 
 
 void expect_isa_matches_portable(Isa isa) {
   if (!isa_supported(isa)) GTEST_SKIP() << "this CPU does not run " << isa_name(isa) << "; its kernels are untested here";
-  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+  for (DType t : kBlockTypes) {
     std::vector<std::vector<float>> portable, vector_isa;
     std::vector<std::vector<double>> magnitude, unused;
     quant_products(Isa::Generic, t, &portable, &magnitude);
@@ -706,7 +711,7 @@ TEST(QuantKernels, EveryIsaQuantizesActivationsToThePortableBytes) {
 }
 
 TEST(QuantKernels, PortableMatchesDequantizedWeightsWithinTheBound) {
-  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+  for (DType t : kBlockTypes) {
     std::vector<std::vector<float>> y;
     std::vector<std::vector<double>> m;
     quant_products(Isa::Generic, t, &y, &m);
@@ -799,11 +804,11 @@ std::vector<float> expect_rows_give_the_portable_bits(DType type, Fill fill) {
   std::vector<uint8_t> interleaved_bytes = bytes;
   Matrix interleaved{interleaved_bytes.data(), type, rows, cols};
   interleave_rows8(interleaved, interleaved_bytes.data());
-  const bool interleaves = type == DType::Q6_K;  // Q5_K stays as rows
-  EXPECT_EQ(interleaved.layout, interleaves ? Layout::Interleaved8 : Layout::Rows) << dtype_name(type);
-  EXPECT_EQ(interleaved_bytes != bytes, interleaves) << dtype_name(type);
+  const bool interleaved_too = interleaves(type);  // Q6_K; Q4_0, Q5_0 and Q5_K stay as rows
+  EXPECT_EQ(interleaved.layout, interleaved_too ? Layout::Interleaved8 : Layout::Rows) << dtype_name(type);
+  EXPECT_EQ(interleaved_bytes != bytes, interleaved_too) << dtype_name(type);
   std::vector<Matrix> layouts = {m};
-  if (interleaves) layouts.push_back(interleaved);
+  if (interleaved_too) layouts.push_back(interleaved);
   std::vector<float> portable(size_t(tokens) * rows);
   {
     IsaGuard guard(Isa::Generic);
@@ -835,9 +840,9 @@ std::vector<float> expect_rows_give_the_portable_bits(DType type, Fill fill) {
       EXPECT_LE(std::fabs(portable[size_t(t) * rows + r] - ref), 1e-6 * magnitude)
           << dtype_name(type) << " token " << t << " row " << r;
     }
-  if (interleaves && isa_supported(Isa::Avx512Vnni)) {  // AMX leaves Q6_K to its VNNI lane
+  if (isa_supported(Isa::Avx512Vnni)) {  // AMX leaves these types to its VNNI lane
     const std::vector<float> emulated = table_product(amx_emulated_kernels(), interleaved, x.data(), tokens);
-    EXPECT_EQ(first_difference(emulated, portable, rows), "") << "emulated AMX tiles";
+    EXPECT_EQ(first_difference(emulated, portable, rows), "") << "emulated AMX tiles, " << dtype_name(type);
   }
   for (Isa isa : supported())
     for (const Matrix& layout : layouts) {
@@ -901,6 +906,28 @@ TEST(QuantKernels, Q5_KRowsGiveThePortableBitsInEveryIsaAndTheDoubleSum) {
   EXPECT_FLOAT_EQ(portable[rows + 1], 768.0f * -63 * 127 * dmin * ad) << "every weight -63 dmin, activation 127 a.d";
 }
 
+// Q4_0 / Q5_0 rows: every nibble 0 and every 5th bit clear (q - 8 = -8, q - 16 = -16: the
+// most negative values, row 0), every bit set (7, 15: row 1), random bytes and steps in the others.
+TEST(QuantKernels, Q4_0AndQ5_0RowsGiveThePortableBitsInEveryIsaAndTheDoubleSum) {
+  for (DType type : {DType::Q4_0, DType::Q5_0}) {
+    const size_t block_bytes = dtype_row_bytes(type, 32);
+    const auto fill = [block_bytes](uint8_t* blocks, int r, std::mt19937& rng) {  // 8 blocks: 256 values
+      std::uniform_int_distribution<int> byte(0, 255);
+      for (uint8_t* block = blocks; block < blocks + 8 * block_bytes; block += block_bytes) {
+        const uint16_t d = f32_to_f16(r < 2 ? 0.01f : 0.001f * float(1 + byte(rng)));
+        std::memcpy(block, &d, 2);
+        for (size_t i = 2; i < block_bytes; ++i) block[i] = r == 0 ? 0x00 : r == 1 ? 0xff : uint8_t(byte(rng));
+      }
+    };
+    const std::vector<float> portable = expect_rows_give_the_portable_bits(type, fill);
+    const int rows = 37;
+    const float d = f16_to_f32(f32_to_f16(0.01f)), ad = 1.0f / 127.0f;
+    const float low = type == DType::Q4_0 ? -8.0f : -16.0f, high = type == DType::Q4_0 ? 7.0f : 15.0f;
+    EXPECT_FLOAT_EQ(portable[0], 768.0f * low * -127 * d * ad) << dtype_name(type) << ": every weight " << low << " d";
+    EXPECT_FLOAT_EQ(portable[rows + 1], 768.0f * high * 127 * d * ad) << dtype_name(type) << ": every weight " << high << " d";
+  }
+}
+
 TEST(QuantKernels, BatchSharesQuantizedInputsAndMixesDtypes) {
   // Jobs reading the same x (as q, k, v do), another x, and a bf16 job in between: each output
   // equals its own matmul call.
@@ -938,7 +965,7 @@ TEST(QuantKernels, ATokenGetsTheSameBitsAloneOrInABatch) {
   std::mt19937 rng(6);
   const int rows = 38, cols = 512, tokens = 19;
   const std::vector<float> x = weight_like(size_t(tokens) * cols, rng);
-  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {  // (Q5_K stays as rows)
+  for (DType t : kBlockTypes) {  // (Q4_0, Q5_0 and Q5_K stay as rows)
     QuantizedMatrix q = quantize_matrix(t, weight_like(size_t(rows) * cols, rng), rows, cols);
     for (Layout layout : {Layout::Rows, Layout::Interleaved8}) {
       const Matrix m = q.in_layout(layout, t, rows, cols);
@@ -1052,7 +1079,7 @@ TEST(QuantKernels, InterleavingLeavesTailRowsAndOtherMatricesAsTheyWere) {
 
 TEST(QuantKernels, RowsOfABlockTypeWidenToTheirDequantizedValues) {
   std::mt19937 rng(4);
-  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+  for (DType t : kBlockTypes) {
     const QuantizedMatrix q = quantize_matrix(t, weight_like(2 * 512, rng), 2, 512);
     std::vector<float> row(512);
     to_f32(q.bytes.data() + dtype_row_bytes(t, 512), t, 512, row.data());

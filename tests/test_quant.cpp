@@ -1,4 +1,4 @@
-// Q8_0, Q4_K, Q5_K and Q6_K: hand-built blocks decode to the values ggml's layout gives, and quantizing
+// Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K: hand-built blocks decode to the values ggml's layout gives, and quantizing
 // then dequantizing stays within each format's bound (util/quant.hpp derives them).
 #include <gtest/gtest.h>
 
@@ -56,6 +56,13 @@ TEST(Quant, BlockSizesAndNames) {
   ASSERT_TRUE(parse_block_dtype("q5_k", &t));
   EXPECT_EQ(t, DType::Q5_K);
   EXPECT_EQ(dtype_name(DType::Q5_K), "Q5_K");
+  EXPECT_EQ(dtype_row_bytes(DType::Q4_0, 64), 36u);
+  EXPECT_EQ(dtype_row_bytes(DType::Q5_0, 64), 44u);
+  EXPECT_EQ(dtype_block(DType::Q5_0), 32);
+  ASSERT_TRUE(parse_block_dtype("q4_0", &t));
+  EXPECT_EQ(t, DType::Q4_0);
+  ASSERT_TRUE(parse_block_dtype("Q5_0", &t));
+  EXPECT_EQ(t, DType::Q5_0);
   EXPECT_FALSE(parse_block_dtype("BF16", &t));
 }
 
@@ -66,6 +73,29 @@ TEST(Quant, Q8_0HandBuiltBlockDecodes) {
   std::vector<float> y(32);
   quant::dequantize_row(DType::Q8_0, block, 32, y.data());
   for (int i = 0; i < 32; ++i) EXPECT_EQ(y[i], 0.375f * float(i * 8 - 128)) << i;
+}
+
+// ggml's block_q4_0 / block_q5_0: byte i of the 16 holds value i (low nibble) and value i + 16
+// (high nibble); Q5_0's 5th bit of value i is bit i of the little-endian word after d.
+TEST(Quant, Q4_0AndQ5_0HandBuiltBlocksDecode) {
+  uint8_t q4[18], q5[22];
+  put_half(q4, 0.375f);
+  put_half(q5, -0.75f);
+  for (int i = 0; i < 16; ++i) q4[2 + i] = q5[6 + i] = uint8_t(i | (15 - i) << 4);
+  const uint32_t qh = 0x8001a5c3u;  // bytes c3 a5 01 80
+  std::memcpy(q5 + 2, &qh, 4);
+  std::vector<float> y4(32), y5(32);
+  quant::dequantize_row(DType::Q4_0, q4, 32, y4.data());
+  quant::dequantize_row(DType::Q5_0, q5, 32, y5.data());
+  for (int i = 0; i < 16; ++i) {
+    EXPECT_EQ(y4[i], 0.375f * float(i - 8)) << i;
+    EXPECT_EQ(y4[i + 16], 0.375f * float(7 - i)) << i;
+    EXPECT_EQ(y5[i], -0.75f * float((i | int((qh >> i) & 1) << 4) - 16)) << i;
+    EXPECT_EQ(y5[i + 16], -0.75f * float((15 - i | int((qh >> (i + 16)) & 1) << 4) - 16)) << i;
+  }
+  EXPECT_EQ(y5[0], -0.75f * float(0 + 16 - 16)) << "bit 0 set: q = 16";
+  EXPECT_EQ(y5[31], -0.75f * float(0 + 16 - 16)) << "bit 31 set: value 31's nibble 0, q = 16";
+  EXPECT_EQ(y5[2], -0.75f * float(2 - 16)) << "bit 2 clear";
 }
 
 TEST(Quant, Q4_KHandBuiltBlockDecodes) {
@@ -206,6 +236,32 @@ TEST(Quant, Q8_0RoundTripWithinHalfAStep) {
     }
   }
   for (int i = 0; i < 32; ++i) EXPECT_EQ(y[i], 0.0f);
+}
+
+// Q4_0 / Q5_0: Q8_0's grid with 7 / 15 steps each side, d rounded up: |x - value| <= d / 2.
+TEST(Quant, Q4_0AndQ5_0RoundTripWithinHalfAStep) {
+  const int64_t n = 2048;
+  const std::vector<float> x = test_row(n, 11);
+  for (DType type : {DType::Q4_0, DType::Q5_0}) {
+    const float top = type == DType::Q4_0 ? 7.0f : 15.0f;
+    const size_t block_bytes = dtype_row_bytes(type, 32);
+    std::vector<uint8_t> q(dtype_row_bytes(type, n));
+    std::vector<float> y(n);
+    quant::quantize_row(type, x.data(), n, q.data());
+    quant::dequantize_row(type, q.data(), n, y.data());
+    for (int64_t b = 0; b < n / 32; ++b) {
+      const float d = quant::read_half(q.data() + b * block_bytes);
+      float amax = 0.0f;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[b * 32 + i]));
+      EXPECT_GE(d, amax / top);
+      EXPECT_LE(d, amax / top * (1.0f + 1.0f / 1024.0f) + 6e-8f);
+      for (int i = 0; i < 32; ++i) {
+        const int64_t k = b * 32 + i;
+        ASSERT_LE(std::fabs(x[k] - y[k]), d / 2 + 1e-6f * std::fabs(x[k])) << dtype_name(type) << " element " << k;
+      }
+    }
+    for (int i = 0; i < 32; ++i) EXPECT_EQ(y[i], 0.0f) << dtype_name(type);
+  }
 }
 
 namespace {

@@ -1,7 +1,7 @@
 #pragma once
 // CPU math. Activations are f32; weights stay in their stored dtype (f32, f16, bf16) and are
 // widened to f32 in registers, so a bf16 model is never converted as a whole. Block-quantized
-// weights (Q8_0, Q4_K, Q5_K, Q6_K: util/quant.hpp) multiply activations quantized to 8 bits (one step
+// weights (Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K: util/quant.hpp) multiply activations quantized to 8 bits (one step
 // per 32 or 256 columns: activation_group) with integer dot products, as llama.cpp does.
 // One dispatch point picks AVX-512 (with or without VNNI), AVX2 or portable code at run time.
 // Asked for (CROSSMOE_ISA=avx512_bf16), bf16 weights multiply activations rounded to bf16 with the
@@ -33,8 +33,8 @@ struct Matrix {
 
 // Rewrites a Q8_0 / Q4_K / Q6_K matrix whose rows lie back to back into the Interleaved8 layout, in
 // place: `data` is m.data, writable. Its groups of 8 rows are interleaved, the rows after the last
-// whole group stay as they are. Other matrices (other dtypes, Q5_K included: its products read
-// rows, strided, fewer than 8 rows, already interleaved) are left alone. Every ISA's kernels read
+// whole group stay as they are. Other matrices (other dtypes, Q4_0, Q5_0 and Q5_K included: their
+// products read rows; strided, fewer than 8 rows, already interleaved) are left alone. Every ISA's kernels read
 // both layouts.
 void interleave_rows8(Matrix& m, void* data);
 
@@ -104,8 +104,8 @@ struct ActivationBlock {
   int32_t sum;
   int8_t q[32];
 };
-// Columns that share one activation scale against weights of a block type: 32 for Q8_0 (one
-// block), 256 for Q4_K, Q5_K and Q6_K (a super-block, as llama.cpp's Q8_K: one float step per
+// Columns that share one activation scale against weights of a block type: 32 for Q8_0, Q4_0 and
+// Q5_0 (one block), 256 for Q4_K, Q5_K and Q6_K (a super-block, as llama.cpp's Q8_K: one float step per
 // super-block lets the kernel apply the sub-block scales in integers).
 int64_t activation_group(DType weights);
 // n a multiple of group (32 or 256); every block of a group gets the group's d. The portable
@@ -124,8 +124,8 @@ void activation_sums(const ActivationBlock* x, int64_t n, int16_t* out);
 // prefill, but 8 significant bits of each activation, so never chosen unless asked for.
 // Amx: the Avx512Vnni kernels with Q8_0 / Q4_K weights times 16 tokens or more on AMX-INT8 tiles
 // (the same bits: exact integer block sums, the same float steps); chosen where the CPU has
-// AMX-TILE and AMX-INT8 and Linux grants the process the tile data. Q5_K and Q6_K stay on the
-// VNNI lane for any number of tokens.
+// AMX-TILE and AMX-INT8 and Linux grants the process the tile data. Q4_0, Q5_0, Q5_K and Q6_K stay
+// on the VNNI lane for any number of tokens.
 enum class Isa { Generic, Avx2, Avx512, Avx512Vnni, Avx512Bf16, Amx };
 // Every ISA that has kernels here, in order of preference (the last one a CPU supports is used,
 // Avx512Bf16 excepted: CROSSMOE_ISA only).
@@ -146,8 +146,8 @@ struct KernelTable {
   // Reorders x [tokens, cols] (columns within fixed chunks) as matmul_rows reads it against bf16
   // weights (Avx512Bf16: rounds it to bf16).
   void (*bf16_x_layout)(const float* x, int tokens, int64_t cols, float* out);
-  // The same for Q8_0 / Q4_K / Q5_K / Q6_K weights, x quantized: cols / 32 blocks per token; for Q4_K,
-  // sums holds their activation_sums (null for Q8_0; Q5_K and Q6_K do not read it).
+  // The same for block-quantized weights, x quantized: cols / 32 blocks per token; for Q4_K, sums
+  // holds their activation_sums (null for Q8_0; the other types do not read it).
   void (*quant_matmul_rows)(const Matrix& w, const ActivationBlock* x, const int16_t* sums, int tokens, float* y,
                             int64_t row_begin, int64_t row_end);
   // quantize_activations, as fast as the ISA does it (decode quantizes every matmul's input).

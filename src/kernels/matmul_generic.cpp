@@ -45,10 +45,13 @@ struct QuantLaneScalar {
   static float half(const uint8_t* p) { return quant::read_half(p); }
   using Scale = float;
   static Scale splat(float v) { return v; }
-  static Acc madd_q8(const int8_t* w, const int8_t* a, Scale dw, const float* da, Acc acc) {
+  static int32_t dot_q8(const int8_t* w, const int8_t* a) {
     int32_t s = 0;
     for (int i = 0; i < 32; ++i) s += int32_t(w[i]) * a[i];
-    return acc + dw * *da * float(s);
+    return s;
+  }
+  static Acc madd_q8(const int8_t* w, const int8_t* a, Scale dw, const float* da, Acc acc) {
+    return acc + dw * *da * float(dot_q8(w, a));
   }
   using Int = int32_t;
   static Int int_zero() { return 0; }

@@ -47,6 +47,8 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
     case DType::BF16: for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(h[i]); break;
     case DType::F16: for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(h[i]); break;
     case DType::Q8_0:
+    case DType::Q4_0:
+    case DType::Q5_0:
     case DType::Q4_K:
     case DType::Q5_K:
     case DType::Q6_K: quant::dequantize_row(dtype, src, n, dst); break;
@@ -71,7 +73,9 @@ void interleave_rows8(Matrix& m, void* data) {
   m.layout = Layout::Interleaved8;
 }
 
-int64_t activation_group(DType weights) { return weights == DType::Q8_0 ? 32 : 256; }
+int64_t activation_group(DType weights) {
+  return weights == DType::Q8_0 || weights == DType::Q4_0 || weights == DType::Q5_0 ? 32 : 256;
+}
 
 void quantize_activations(const float* x, int64_t n, int64_t group, ActivationBlock* out) {
   for (int64_t g = 0; g < n / group; ++g, x += group) {

@@ -67,14 +67,18 @@ struct QuantLaneAvx2 {
   // the weight's step is broadcast once per row and the activation's read straight from memory.
   using Scale = __m256;
   static Scale splat(float v) { return _mm256_set1_ps(v); }
-  static Acc madd_q8(const int8_t* w, const int8_t* a, Scale dw, const float* da, Acc acc) {
+  // Eight 32-bit partial sums of sum_i w[i] * a[i] over 32 int8 pairs.
+  static __m256i q8_sums(const int8_t* w, const int8_t* a) {
     const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
     const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a));
     // Signed x signed through unsigned x signed: |w| times a with w's sign. |w| <= 128 and
     // |a| <= 127, so a pair sums to at most 32512 and vpmaddubsw never saturates.
-    const __m256i sums = pair_sums(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(dw, _mm256_broadcast_ss(da)), acc);
+    return pair_sums(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
   }
+  static Acc madd_q8(const int8_t* w, const int8_t* a, Scale dw, const float* da, Acc acc) {
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(q8_sums(w, a)), _mm256_mul_ps(dw, _mm256_broadcast_ss(da)), acc);
+  }
+  static int32_t dot_q8(const int8_t* w, const int8_t* a) { return sum_lanes(q8_sums(w, a)); }
   using Int = __m256i;
   static Int int_zero() { return _mm256_setzero_si256(); }
   // Nibbles (<= 15) times activations (|a| <= 127): a pair sums to at most 3810 in vpmaddubsw's

@@ -1,11 +1,12 @@
 #pragma once
-// Products of Q8_0 / Q4_K / Q5_K / Q6_K weight rows with quantized activations, written once over an
+// Products of Q8_0 / Q4_0 / Q5_0 / Q4_K / Q5_K / Q6_K weight rows with quantized activations, written once over an
 // integer "lane" type L. Each ISA's .cpp file includes this with its own L, compiled with its flags.
 //   L::Acc                      float accumulators;  L::Int  integer accumulators
 //   L::zero(), L::sum(Acc), L::int_zero()
 //   L::half(const uint8_t*)     an fp16 field as float
 //   L::Scale, L::splat(float)   a weight block's step, ready for every lane
 //   L::madd_q8(w, a, dw, da, acc)  acc + (dw * *da) * sum_i w[i] * a[i] over 32 int8 pairs
+//   L::dot_q8(w, a)             that sum_i w[i] * a[i] itself, the exact int32 (Q4_0 / Q5_0 rows)
 //   L::madd_q4(q, a_lo, a_hi, s_lo, s_hi, iacc)
 //       32 bytes of nibbles, integer scales s: iacc + s_lo * sum_i (q[i] & 15) * a_lo[i]
 //                                                   + s_hi * sum_i (q[i] >> 4) * a_hi[i]
@@ -102,6 +103,31 @@ void q4_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, con
     for (int t = 0; t < T; ++t) y[t * ldy + r] = L::sum(acc[r][t]);
 }
 
+// Q4_0 or Q5_0 rows (never interleaved) against T tokens: each block unpacked once to Q8_0's
+// int8 values (quant::small_block_values), then per token Q8_0's exact integer dot and one float
+// step per block, acc = fma(float(dot), d * a.d, acc), in a scalar: the same bits in every ISA for
+// every T.
+template <class L, int R, int T, DType kType>
+void small_block_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int64_t blocks, float* y,
+                      int64_t ldy) {
+  constexpr size_t kBlockBytes = kType == DType::Q4_0 ? 18 : 22;
+  float acc[R][T] = {};
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* wb = w + r * row_bytes + b * kBlockBytes;
+      if constexpr (T == 1) __builtin_prefetch(wb + R * row_bytes);
+      int8_t values[32];
+      quant::small_block_values<kType>(wb, values);
+      const float d = L::half(wb);
+      for (int t = 0; t < T; ++t) {
+        const ActivationBlock& a = x[t * blocks + b];
+        acc[r][t] = std::fma(float(L::dot_q8(values, a.q)), d * a.d, acc[r][t]);
+      }
+    }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = acc[r][t];
+}
+
 // Q6_K rows (a matrix of fewer than 8 rows, or with a stride, and the rows after the last group
 // of 8) against T tokens: one exact integer sum per super-block, (row, token) and one float step,
 // so T changes nothing in a token's bits, and the interleaved groups give the same bits.
@@ -168,6 +194,8 @@ void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int1
       case DType::Q8_0: return q8_0_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::Q4_K: return q4_k_tile<L, kRows, T>(w, row_bytes, x, sums, blocks, y + r, m.rows);
       case DType::Q5_K: return q5_k_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::Q4_0: return small_block_tile<L, kRows, T, DType::Q4_0>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::Q5_0: return small_block_tile<L, kRows, T, DType::Q5_0>(w, row_bytes, x, blocks, y + r, m.rows);
       default: return q6_k_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
     }
   };
@@ -298,8 +326,8 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
     r0 = grouped_end;  // the rows after the last whole group lie as rows
   }
   int t = 0;
-  // Q5_K and Q6_K unpack each super-block's values once per tile: 4 tokens share it.
-  if (m.dtype == DType::Q5_K || m.dtype == DType::Q6_K)
+  // Q4_0, Q5_0, Q5_K and Q6_K unpack each block's values once per tile: 4 tokens share it.
+  if (m.dtype != DType::Q8_0 && m.dtype != DType::Q4_K)
     for (; t + 4 <= tokens; t += 4) quant_rows_for_tokens<L, 4>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, r1);
   for (; t + 2 <= tokens; t += 2) quant_rows_for_tokens<L, 2>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, r1);
   for (; t < tokens; ++t) quant_rows_for_tokens<L, 1>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, r1);

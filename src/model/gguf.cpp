@@ -4,6 +4,7 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <set>
 
 #include "util/atomic_file.hpp"
@@ -110,11 +111,27 @@ size_t GgufValue::size() const {
   return element == GgufType::String ? texts.size() : is_real(element) ? reals.size() : integers.size();
 }
 
+namespace {
+constexpr const char* kReadTypes = "F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K";
+
+// A ggml type this reader refuses, by ggml's name where it has one (ggml.h's enum), then its number.
+std::string unsupported_type_name(uint32_t type) {
+  static const std::map<uint32_t, const char*> kNames = {
+      {3, "Q4_1"},    {7, "Q5_1"},    {9, "Q8_1"},     {10, "Q2_K"},   {11, "Q3_K"},    {15, "Q8_K"},
+      {16, "IQ2_XXS"}, {17, "IQ2_XS"}, {18, "IQ3_XXS"}, {19, "IQ1_S"},  {20, "IQ4_NL"},  {21, "IQ3_S"},
+      {22, "IQ2_S"},  {23, "IQ4_XS"}, {29, "IQ1_M"},   {34, "TQ1_0"},  {35, "TQ2_0"},   {39, "MXFP4"}};
+  const auto it = kNames.find(type);
+  return it == kNames.end() ? std::to_string(type) : std::string(it->second) + " (" + std::to_string(type) + ")";
+}
+}  // namespace
+
 bool ggml_to_dtype(uint32_t ggml_type, DType* out) {
   switch (GgmlType(ggml_type)) {
     case GgmlType::F32: *out = DType::F32; return true;
     case GgmlType::F16: *out = DType::F16; return true;
     case GgmlType::BF16: *out = DType::BF16; return true;
+    case GgmlType::Q4_0: *out = DType::Q4_0; return true;
+    case GgmlType::Q5_0: *out = DType::Q5_0; return true;
     case GgmlType::Q8_0: *out = DType::Q8_0; return true;
     case GgmlType::Q4_K: *out = DType::Q4_K; return true;
     case GgmlType::Q5_K: *out = DType::Q5_K; return true;
@@ -128,11 +145,13 @@ uint32_t dtype_to_ggml(DType type) {
     case DType::F32: return uint32_t(GgmlType::F32);
     case DType::F16: return uint32_t(GgmlType::F16);
     case DType::BF16: return uint32_t(GgmlType::BF16);
+    case DType::Q4_0: return uint32_t(GgmlType::Q4_0);
+    case DType::Q5_0: return uint32_t(GgmlType::Q5_0);
     case DType::Q8_0: return uint32_t(GgmlType::Q8_0);
     case DType::Q4_K: return uint32_t(GgmlType::Q4_K);
     case DType::Q5_K: return uint32_t(GgmlType::Q5_K);
     case DType::Q6_K: return uint32_t(GgmlType::Q6_K);
-    default: throw Error("GGUF: tensors of dtype " + dtype_name(type) + " cannot be written (F32, F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K)");
+    default: throw Error("GGUF: tensors of dtype " + dtype_name(type) + " cannot be written (" + std::string(kReadTypes) + ")");
   }
 }
 
@@ -222,7 +241,7 @@ void GgufFile::parse(const std::byte* bytes, size_t size) {
     }
     const uint32_t type = r.scalar<uint32_t>(what + " type");
     if (!ggml_to_dtype(type, &t.dtype))
-      r.fail(what + ": ggml type " + std::to_string(type) + " is not supported (F32, F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K)");
+      r.fail(what + ": ggml type " + unsupported_type_name(type) + " is not supported (" + kReadTypes + ")");
     if (t.ne[0] % dtype_block(t.dtype) != 0)
       r.fail(what + ": rows of " + std::to_string(t.ne[0]) + " " + dtype_name(t.dtype) + " values are not whole blocks of " +
              std::to_string(dtype_block(t.dtype)));

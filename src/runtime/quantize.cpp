@@ -22,7 +22,8 @@ namespace crossmoe {
 namespace fs = std::filesystem;
 
 bool parse_quant_scheme(const std::string& name, QuantScheme* out) {
-  for (QuantScheme s : {QuantScheme::Q8_0, QuantScheme::Q4_K, QuantScheme::Q5_K, QuantScheme::Q6_K, QuantScheme::Mixed})
+  for (QuantScheme s : {QuantScheme::Q8_0, QuantScheme::Q4_0, QuantScheme::Q5_0, QuantScheme::Q4_K, QuantScheme::Q5_K,
+                        QuantScheme::Q6_K, QuantScheme::Mixed})
     if (name == quant_scheme_name(s)) {
       *out = s;
       return true;
@@ -36,6 +37,8 @@ std::string quant_scheme_name(QuantScheme scheme) {
     case QuantScheme::Q4_K: return "q4_k";
     case QuantScheme::Q5_K: return "q5_k";
     case QuantScheme::Q6_K: return "q6_k";
+    case QuantScheme::Q4_0: return "q4_0";
+    case QuantScheme::Q5_0: return "q5_0";
     default: return "mixed";
   }
 }
@@ -54,6 +57,8 @@ DType weight_type(QuantScheme scheme, bool routed_expert) {
     case QuantScheme::Q4_K: return DType::Q4_K;
     case QuantScheme::Q5_K: return DType::Q5_K;
     case QuantScheme::Q6_K: return DType::Q6_K;
+    case QuantScheme::Q4_0: return DType::Q4_0;
+    case QuantScheme::Q5_0: return DType::Q5_0;
     default: return routed_expert ? DType::Q4_K : DType::Q8_0;
   }
 }

@@ -42,7 +42,7 @@ class Binder {
   static void check_dtype(const TensorView& t) {
     require(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16,
             "tensor '" + t.name + "' has dtype " + dtype_name(t.dtype) +
-                "; supported: F32, BF16, F16, and Q8_0 / Q4_K / Q5_K / Q6_K for matrices");
+                "; supported: F32, BF16, F16, and Q8_0 / Q4_0 / Q5_0 / Q4_K / Q5_K / Q6_K for matrices");
     require(reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) == 0,
             "tensor '" + t.name + "' is not aligned to its element size (re-save the checkpoint)");
   }
@@ -52,7 +52,7 @@ class Binder {
 
 // kv_b split per head (LayerWeights::k_up, v_up), taken before any interleaving. In kv_b's own
 // dtype where it is F32, BF16 or F16: v's rows are read where they are, k's transposed into
-// latent_up (the same values, moved). A block-quantized kv_b (Q8_0, Q4_K, Q5_K, Q6_K) is widened to f32, k's
+// latent_up (the same values, moved). A block-quantized kv_b (any block type) is widened to f32, k's
 // rows and v's: its blocks run along kv_lora_rank, which k's transpose crosses, and its own
 // products would round the activations to 8 bits where f32 rows multiply them as they are.
 void split_latent_up(const LatentAttention& a, int heads, LayerWeights& L) {

@@ -28,6 +28,29 @@ void check_finite(const float* x, int64_t n, const char* type) {
     require(std::isfinite(x[i]), std::string("cannot quantize a value that is not finite to ") + type);
 }
 
+// Q4_0 (top 7) and Q5_0 (top 15): Q8_0's grid with fewer steps, q stored with Q8_0's offset
+// removed as small_block_values reads it back.
+void quantize_small_block(DType type, const float* x, uint8_t* block) {
+  const int top = type == DType::Q4_0 ? 7 : 15;
+  float amax = 0.0f;
+  for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[i]));
+  require(amax / float(top) <= kHalfMax,
+          "value " + std::to_string(amax) + " is too large for " + dtype_name(type) + "'s fp16 scale");
+  const uint16_t dh = half_at_least(amax / float(top));
+  write_half(block, dh);
+  const float d = f16_to_f32(dh);
+  int q[32];
+  for (int i = 0; i < 32; ++i)
+    q[i] = top + 1 + (d == 0.0f ? 0 : int(std::clamp(std::nearbyint(x[i] / d), -float(top), float(top))));
+  uint8_t* qs = block + (type == DType::Q4_0 ? 2 : 6);
+  for (int i = 0; i < 16; ++i) qs[i] = uint8_t((q[i] & 15) | (q[i + 16] & 15) << 4);
+  if (type == DType::Q5_0) {
+    uint32_t qh = 0;
+    for (int i = 0; i < 32; ++i) qh |= uint32_t(q[i] >> 4) << i;
+    std::memcpy(block + 2, &qh, 4);
+  }
+}
+
 void quantize_q8_0(const float* x, uint8_t* block) {
   float amax = 0.0f;
   for (int i = 0; i < kQ8_0Block; ++i) amax = std::max(amax, std::fabs(x[i]));
@@ -136,6 +159,14 @@ void dequantize_q8_0(const uint8_t* block, float* y) {
   for (int i = 0; i < kQ8_0Block; ++i) y[i] = d * float(q[i]);
 }
 
+template <DType kType>
+void dequantize_small_block(const uint8_t* block, float* y) {
+  int8_t q[32];
+  small_block_values<kType>(block, q);
+  const float d = read_half(block);
+  for (int i = 0; i < 32; ++i) y[i] = float(q[i]) * d;
+}
+
 void dequantize_q4_k(const uint8_t* block, float* y) {
   const float d = read_half(block), dmin = read_half(block + 2);
   const uint8_t* qs = block + 16;
@@ -198,6 +229,7 @@ void quantize_row(DType type, const float* x, int64_t n, void* out) {
   auto* o = static_cast<uint8_t*>(out);
   for (int64_t b = 0; b < blocks; ++b) {
     if (type == DType::Q8_0) quantize_q8_0(x + b * block, o + b * block_bytes);
+    else if (type == DType::Q4_0 || type == DType::Q5_0) quantize_small_block(type, x + b * block, o + b * block_bytes);
     else if (type == DType::Q4_K) quantize_q4_k(x + b * block, o + b * block_bytes);
     else if (type == DType::Q5_K) quantize_q5_k(x + b * block, o + b * block_bytes);
     else quantize_q6_k(x + b * block, o + b * block_bytes);
@@ -212,6 +244,8 @@ void dequantize_row(DType type, const void* in, int64_t n, float* out) {
   const auto* p = static_cast<const uint8_t*>(in);
   for (int64_t b = 0; b < blocks; ++b) {
     if (type == DType::Q8_0) dequantize_q8_0(p + b * block_bytes, out + b * block);
+    else if (type == DType::Q4_0) dequantize_small_block<DType::Q4_0>(p + b * block_bytes, out + b * block);
+    else if (type == DType::Q5_0) dequantize_small_block<DType::Q5_0>(p + b * block_bytes, out + b * block);
     else if (type == DType::Q4_K) dequantize_q4_k(p + b * block_bytes, out + b * block);
     else if (type == DType::Q5_K) dequantize_q5_k(p + b * block_bytes, out + b * block);
     else dequantize_q6_k(p + b * block_bytes, out + b * block);

@@ -5,6 +5,12 @@
 //
 //   Q8_0, 34 bytes per 32 values:  fp16 d | int8 q[32]
 //        value[i] = d * q[i]
+//   Q4_0, 18 bytes per 32 values:  fp16 d | 16 bytes of 4-bit q
+//        value[i] = d * (q[i] - 8)   (q in 0..15: byte i's low nibble for i < 16, byte i - 16's high one)
+//   Q5_0, 22 bytes per 32 values:  fp16 d | 4 bytes qh (a little-endian word) | 16 bytes of low 4 bits
+//        value[i] = d * (q[i] - 16)  (q in 0..31: Q4_0's nibble with bit i of qh on top)
+//     Both are Q8_0 blocks with fewer bits: their products unpack a block to Q8_0's int8 values
+//     (small_block_values) and take Q8_0's integer dot.
 //   Q4_K, 144 bytes per 256 values (8 sub-blocks j of 32): fp16 d | fp16 dmin | 12 bytes holding
 //        the 6-bit scale sc[j] and min m[j] of each sub-block | 128 bytes of 4-bit q
 //        value[32 j + i] = d * sc[j] * q[j][i] - dmin * m[j]        (q in 0..15)
@@ -27,6 +33,7 @@
 // The quantizers here are this project's (not ggml's search for least squares); their error
 // bounds, which the tests check:
 //   Q8_0: d = max|x| / 127 rounded UP to fp16, q = round(x / d): |x - value| <= d / 2.
+//   Q4_0 / Q5_0: the same with 7 / 15 steps each side (q - 8 in -7..7, q - 16 in -15..15).
 //   Q4_K: each sub-block's grid [-dmin * m, d * sc * 15 - dmin * m] is made to cover its values
 //     (mins and scales rounded up), so |x - value| <= d * sc / 2, and
 //     d * sc < (max(x_j) - min(0, min(x_j)) + dmin) / 15 + d.
@@ -70,7 +77,7 @@
 
 namespace crossmoe::quant {
 
-constexpr int64_t kQ8_0Block = 32, kQ4_KBlock = 256, kQ4_KSubBlock = 32, kQ5_KBlock = 256, kQ5_KSubBlock = 32,
+constexpr int64_t kQ8_0Block = 32, kQ4_0Block = 32, kQ5_0Block = 32, kQ4_KBlock = 256, kQ4_KSubBlock = 32, kQ5_KBlock = 256, kQ5_KSubBlock = 32,
                   kQ6_KBlock = 256, kQ6_KSubBlock = 16;
 // Where an interleaved Q6_K group's scales and steps start (see above).
 constexpr int64_t kQ6_KScales = 1536, kQ6_KSteps = 1664;
@@ -78,9 +85,30 @@ constexpr int64_t kQ6_KScales = 1536, kQ6_KSteps = 1664;
 // Quantizes n values (a multiple of the type's block) into dtype_row_bytes(type, n) bytes.
 // Throws on a bad n, on values that are not finite, or on values too large for the fp16 scales.
 void quantize_row(DType type, const float* x, int64_t n, void* out);
-// The inverse: n values from dtype_row_bytes(type, n) bytes of Q8_0, Q4_K, Q5_K or Q6_K blocks, the
+// The inverse: n values from dtype_row_bytes(type, n) bytes of any block type, the
 // floats ggml's own dequantization gives.
 void dequantize_row(DType type, const void* in, int64_t n, float* out);
+
+// A Q4_0 or Q5_0 block's 32 values in units of its d (q - 8 or q - 16) as int8, a Q8_0 block's q
+// (inline: the kernels call it per block; each ISA's file vectorises it with its own flags).
+template <DType kType>
+inline void small_block_values(const uint8_t* block, int8_t* q) {
+  static_assert(kType == DType::Q4_0 || kType == DType::Q5_0);
+  if constexpr (kType == DType::Q4_0) {
+    for (int i = 0; i < 16; ++i) {
+      q[i] = int8_t((block[2 + i] & 15) - 8);
+      q[i + 16] = int8_t((block[2 + i] >> 4) - 8);
+    }
+  } else {
+    uint32_t qh;
+    std::memcpy(&qh, block + 2, 4);  // little-endian, as the static_assert below requires
+    for (int i = 0; i < 16; ++i) {
+      q[i] = int8_t(((block[6 + i] & 15) | ((qh >> i) & 1) << 4) - 16);
+      q[i + 16] = int8_t(((block[6 + i] >> 4) | ((qh >> (i + 16)) & 1) << 4) - 16);
+    }
+  }
+}
+static_assert(std::endian::native == std::endian::little, "Q5_0's qh is read as a native word");
 
 // Sub-block j's 6-bit scale and min from Q4_K's 12 packed bytes (inline: the kernels call it
 // per super-block), and the inverse.
