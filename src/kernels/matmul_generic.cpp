@@ -53,6 +53,12 @@ struct QuantLaneScalar {
   static Acc madd_q8(const int8_t* w, const int8_t* a, Scale dw, const float* da, Acc acc) {
     return acc + dw * *da * float(dot_q8(w, a));
   }
+  template <DType kType, int T>
+  static void small_block_sums(const uint8_t* block, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
+    int8_t values[32];
+    quant::small_block_values<kType>(block, values);
+    for (int t = 0; t < T; ++t) sums[t] = dot_q8(values, x[t * blocks].q);
+  }
   using Int = int32_t;
   static Int int_zero() { return 0; }
   static Int madd_q4(const uint8_t* q, const int8_t* a_lo, const int8_t* a_hi, int s_lo, int s_hi, Int acc) {

@@ -67,18 +67,42 @@ struct QuantLaneAvx2 {
   // the weight's step is broadcast once per row and the activation's read straight from memory.
   using Scale = __m256;
   static Scale splat(float v) { return _mm256_set1_ps(v); }
+  static __m256i load32(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
   // Eight 32-bit partial sums of sum_i w[i] * a[i] over 32 int8 pairs.
-  static __m256i q8_sums(const int8_t* w, const int8_t* a) {
-    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
-    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a));
+  static __m256i q8_sums(__m256i w, __m256i a) {
     // Signed x signed through unsigned x signed: |w| times a with w's sign. |w| <= 128 and
     // |a| <= 127, so a pair sums to at most 32512 and vpmaddubsw never saturates.
-    return pair_sums(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
+    return pair_sums(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
   }
   static Acc madd_q8(const int8_t* w, const int8_t* a, Scale dw, const float* da, Acc acc) {
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(q8_sums(w, a)), _mm256_mul_ps(dw, _mm256_broadcast_ss(da)), acc);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(q8_sums(load32(w), load32(a))), _mm256_mul_ps(dw, _mm256_broadcast_ss(da)),
+                           acc);
   }
-  static int32_t dot_q8(const int8_t* w, const int8_t* a) { return sum_lanes(q8_sums(w, a)); }
+  // Q4_0 / Q5_0 (util/quant.hpp): the block's values as Q8_0's int8 (quant::small_block_values) in
+  // a register, then Q8_0's dot against each token's activation block, summed across exactly.
+  template <DType kType>
+  static __m256i small_block_values(const uint8_t* block) {
+    const __m128i low = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + (kType == DType::Q4_0 ? 2 : 6)));
+    // Values 0..15 are the low nibbles, 16..31 the high ones.
+    const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(low, 4), low), _mm256_set1_epi8(15));
+    if constexpr (kType == DType::Q4_0) {
+      return _mm256_sub_epi8(q, _mm256_set1_epi8(8));
+    } else {
+      // Bit i of qh into byte i: byte i takes qh's byte i / 8, keeps bit i % 8, and becomes 16 where it is set.
+      int32_t qh;
+      std::memcpy(&qh, block + 2, 4);
+      const __m256i spread = _mm256_shuffle_epi8(
+          _mm256_set1_epi32(qh), _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
+      const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
+      const __m256i high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
+      return _mm256_sub_epi8(_mm256_or_si256(q, high), _mm256_set1_epi8(16));
+    }
+  }
+  template <DType kType, int T>
+  static void small_block_sums(const uint8_t* block, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
+    const __m256i w = small_block_values<kType>(block);
+    for (int t = 0; t < T; ++t) sums[t] = sum_lanes(q8_sums(w, load32(x[t * blocks].q)));
+  }
   using Int = __m256i;
   static Int int_zero() { return _mm256_setzero_si256(); }
   // Nibbles (<= 15) times activations (|a| <= 127): a pair sums to at most 3810 in vpmaddubsw's

@@ -6,7 +6,9 @@
 //   L::half(const uint8_t*)     an fp16 field as float
 //   L::Scale, L::splat(float)   a weight block's step, ready for every lane
 //   L::madd_q8(w, a, dw, da, acc)  acc + (dw * *da) * sum_i w[i] * a[i] over 32 int8 pairs
-//   L::dot_q8(w, a)             that sum_i w[i] * a[i] itself, the exact int32 (Q4_0 / Q5_0 rows)
+//   L::small_block_sums<kType, T>(w, x, blocks, sums)  a Q4_0 / Q5_0 block (at w) unpacked once to
+//       Q8_0's int8 values (quant::small_block_values), then per token (activation block x[t * blocks])
+//       Q8_0's dot, the exact int32 sums[t] = sum_i w[i] * a[i]
 //   L::madd_q4(q, a_lo, a_hi, s_lo, s_hi, iacc)
 //       32 bytes of nibbles, integer scales s: iacc + s_lo * sum_i (q[i] & 15) * a_lo[i]
 //                                                   + s_hi * sum_i (q[i] >> 4) * a_hi[i]
@@ -104,8 +106,8 @@ void q4_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, con
 }
 
 // Q4_0 or Q5_0 rows (never interleaved) against T tokens: each block unpacked once to Q8_0's
-// int8 values (quant::small_block_values), then per token Q8_0's exact integer dot and one float
-// step per block, acc = fma(float(dot), d * a.d, acc), in a scalar: the same bits in every ISA for
+// int8 values, then per token Q8_0's exact integer dot (L::small_block_sums) and one float step
+// per block, acc = fma(float(dot), d * a.d, acc), in a scalar: the same bits in every ISA for
 // every T.
 template <class L, int R, int T, DType kType>
 void small_block_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int64_t blocks, float* y,
@@ -116,13 +118,10 @@ void small_block_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock*
     for (int r = 0; r < R; ++r) {
       const uint8_t* wb = w + r * row_bytes + b * kBlockBytes;
       if constexpr (T == 1) __builtin_prefetch(wb + R * row_bytes);
-      int8_t values[32];
-      quant::small_block_values<kType>(wb, values);
+      int32_t sums[T];
+      L::template small_block_sums<kType, T>(wb, x + b, blocks, sums);
       const float d = L::half(wb);
-      for (int t = 0; t < T; ++t) {
-        const ActivationBlock& a = x[t * blocks + b];
-        acc[r][t] = std::fma(float(L::dot_q8(values, a.q)), d * a.d, acc[r][t]);
-      }
+      for (int t = 0; t < T; ++t) acc[r][t] = std::fma(float(sums[t]), d * x[t * blocks + b].d, acc[r][t]);
     }
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) y[t * ldy + r] = acc[r][t];
