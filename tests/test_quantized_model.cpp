@@ -424,7 +424,7 @@ TEST(QuantizedModel, CommandLine) {
   using testing_cli::run;
   const fs::path root = models().root, out = root / "cli_q8";
   const std::string model = models().original.string();
-  auto r = run("quantize " + model + " " + (root / "x").string() + " --type q5_0");
+  auto r = run("quantize " + model + " " + (root / "x").string() + " --type q4_1");
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_EQ(r.out.rfind("error:", 0), 0u) << r.out;
   r = run("quantize " + (root / "missing").string() + " " + (root / "x").string() + " --type q8_0");
