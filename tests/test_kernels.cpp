@@ -780,7 +780,7 @@ TEST(QuantKernels, InterleavedTilesGiveThePortableBitsOnExtremeBytes) {
   }
 }
 
-// Rows of Q5_K or Q6_K on random bytes of every value (fill(block, r, rng) writes each block of
+// Rows of Q4_0, Q5_0, Q5_K or Q6_K on random bytes of every value (fill(block, r, rng) writes each block of
 // row r; rows 0 and 1 extreme), against tokens of -1, of 1 and random. The contract of
 // quant_matmul_impl.hpp: exact integer sums per super-block, (row, token), then the same float
 // steps, so every ISA gives the portable rows' bits, as rows and (Q6_K) interleaved (4 groups of 8
