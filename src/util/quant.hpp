@@ -64,8 +64,7 @@
 //        bits of each row in Q4_K's places) | 256 bytes of qh: the row's 32 bytes of qh as one more
 //        span in Q8_0's 4 chunks of 64 (bytes 8k..8k+7 of rows 0, 1, 4, 5, then of rows 2, 3, 6, 7),
 //        so the chunk that holds a pair's nibbles for 8 rows has its top bits at the same place.
-// Rows past the last whole group stay as they were. kernels::interleave_rows8 does not apply
-// Q5_K's layout yet (no tile reads it): Q5_K matrices are multiplied as rows.
+// Rows past the last whole group stay as they were.
 #include <bit>
 #include <cstdint>
 #include <cstring>
