@@ -6,6 +6,7 @@
 
 #include "fuzz_harness.hpp"
 #include "model/gguf_model.hpp"
+#include "model/gguf_tokenizer.hpp"
 #include "tokenizer/tokenizer.hpp"
 
 CROSSMOE_FUZZ_TARGET(bytes) {
