@@ -4,6 +4,7 @@
 // llama.cpp's tests/test-tokenizer-0. scripts/setup.sh puts them in build/llama_vocab.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -123,13 +124,15 @@ TEST(GgufTokenizer, HuggingFaceTokenizersWrittenAndReadEncodeAsTheOriginal) {
 // A vocabulary whose tokenizer.ggml.* names something unsupported is an error that says so.
 TEST(GgufTokenizer, UnsupportedVocabulariesAreNamedErrors) {
   const fs::path path = testing_paths::temp_path("gguf_vocab") += ".gguf";
-  const auto error_of = [&](const std::string& model, const std::string& pre, bool scores) {
+  const auto error_of = [&](const std::string& model, const std::string& pre, std::vector<double> scores,
+                            std::vector<int64_t> types = {}) {
     GgufWriter w;
     w.add_string("general.architecture", "llama");
     w.add_string("tokenizer.ggml.model", model);
     if (!pre.empty()) w.add_string("tokenizer.ggml.pre", pre);
     w.add_strings("tokenizer.ggml.tokens", {"a", "b", "ab"});
-    if (scores) w.add_f32s("tokenizer.ggml.scores", {0.0, 0.0, -1.0});
+    if (!scores.empty()) w.add_f32s("tokenizer.ggml.scores", std::move(scores));
+    if (!types.empty()) w.add_i32s("tokenizer.ggml.token_type", std::move(types));
     w.write(path);
     try {
       gguf_tokenizer_json(GgufFile(path));
@@ -138,11 +141,13 @@ TEST(GgufTokenizer, UnsupportedVocabulariesAreNamedErrors) {
     }
     return std::string();
   };
-  EXPECT_NE(error_of("gpt2", "made-up", false).find("tokenizer.ggml.pre 'made-up' is not supported (qwen2"), std::string::npos);
-  EXPECT_NE(error_of("bert", "", false).find("tokenizer.ggml.model 'bert' is not supported"), std::string::npos);
-  EXPECT_NE(error_of("llama", "", false).find("'tokenizer.ggml.scores' must be"), std::string::npos);
-  EXPECT_EQ(error_of("llama", "", true), "");
-  EXPECT_EQ(error_of("gpt2", "deepseek-v3", false), "");
+  EXPECT_NE(error_of("gpt2", "made-up", {}).find("tokenizer.ggml.pre 'made-up' is not supported (qwen2"), std::string::npos);
+  EXPECT_NE(error_of("bert", "", {}).find("tokenizer.ggml.model 'bert' is not supported"), std::string::npos);
+  EXPECT_NE(error_of("llama", "", {}).find("'tokenizer.ggml.scores' must be"), std::string::npos);
+  EXPECT_NE(error_of("llama", "", {0.0, std::nan(""), -1.0}).find("'tokenizer.ggml.scores' holds NaN"), std::string::npos);
+  EXPECT_EQ(error_of("llama", "", {0.0, 0.0, -1.0}), "");
+  EXPECT_EQ(error_of("llama", "", {0.0, 0.0, -1.0}, {1, 1, 5}), "") << "an unused token takes part in no merge";
+  EXPECT_EQ(error_of("gpt2", "deepseek-v3", {}), "");
   fs::remove(path);
 }
 

@@ -1,6 +1,7 @@
 #include "model/gguf_tokenizer.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <string_view>
 #include <tuple>
 #include <unordered_map>
@@ -74,10 +75,11 @@ json byte_level_pre_tokenizer(const PreTokenizer& p) {
 
 // Hugging Face's merges for a SentencePiece vocabulary: each split of a token at a character
 // boundary into two tokens, ordered by the token's score (highest first), then the token's id,
-// then the halves' ids.
-json sentencepiece_merges(const std::vector<std::string>& tokens, const std::vector<double>& scores) {
+// then the halves' ids. Tokens not in `vocab` (unused ones) take no part.
+json sentencepiece_merges(const std::vector<std::string>& tokens, const std::vector<double>& scores, const json& vocab) {
   std::unordered_map<std::string_view, int> ids;
-  for (size_t id = 0; id < tokens.size(); ++id) ids[tokens[id]] = int(id);
+  for (size_t id = 0; id < tokens.size(); ++id)
+    if (vocab.contains(tokens[id])) ids[tokens[id]] = int(id);
   struct Merge {
     double score;
     int joined, left, right;
@@ -85,6 +87,7 @@ json sentencepiece_merges(const std::vector<std::string>& tokens, const std::vec
   std::vector<Merge> merges;
   for (size_t id = 0; id < tokens.size(); ++id) {
     const std::string_view t = tokens[id];
+    if (!ids.count(t)) continue;
     for (size_t k = 1; k < t.size(); ++k) {
       if ((static_cast<unsigned char>(t[k]) & 0xc0) == 0x80) continue;  // inside a character
       const auto l = ids.find(t.substr(0, k)), r = ids.find(t.substr(k));
@@ -156,6 +159,8 @@ std::optional<nlohmann::json> gguf_tokenizer_json(const GgufFile& f) {
     require(scores && scores->type == GgufType::Array && (scores->element == GgufType::F32 || scores->element == GgufType::F64) &&
                 scores->size() == tokens->size(),
             f.label() + ": 'tokenizer.ggml.scores' must be a float array as long as the token list");
+    require(std::none_of(scores->reals.begin(), scores->reals.end(), [](double x) { return std::isnan(x); }),
+            f.label() + ": 'tokenizer.ggml.scores' holds NaN");
     const bool space_prefix = f.boolean("tokenizer.ggml.add_space_prefix", true);
     const std::string space = "\xe2\x96\x81";  // U+2581, SentencePiece's space
     json normalizers = json::array();
@@ -176,7 +181,7 @@ std::optional<nlohmann::json> gguf_tokenizer_json(const GgufFile& f) {
     out["decoder"] = {{"type", "Sequence"}, {"decoders", decoders}};
     out["model"] = {{"type", "BPE"},       {"dropout", nullptr}, {"unk_token", unk},
                     {"fuse_unk", true},    {"byte_fallback", true}, {"ignore_merges", false},
-                    {"vocab", vocab},      {"merges", sentencepiece_merges(tokens->texts, scores->reals)}};
+                    {"vocab", vocab},      {"merges", sentencepiece_merges(tokens->texts, scores->reals, vocab)}};
     return out;
   }
 
