@@ -71,6 +71,8 @@ TEST_P(LlamaCppVocab, EncodesAsHuggingFace) {
   const std::optional<nlohmann::json> tj = gguf_tokenizer_json(file);
   ASSERT_TRUE(tj.has_value());
   Tokenizer tokenizer(*tj);
+  if (file.boolean("tokenizer.ggml.add_bos_token", false))
+    EXPECT_EQ(tokenizer.encode("Hello", true).front(), file.integer("tokenizer.ggml.bos_token_id")) << "BOS as llama.cpp adds it";
   const std::vector<VocabTest> tests = read_vocab_tests(path);
   ASSERT_GE(tests.size(), 30u);
   for (size_t i = 0; i < tests.size(); ++i) {

@@ -271,7 +271,9 @@ ModelConfig gguf_model_config(const GgufFile& f) {
       if (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), int(id)) == c.eos_token_ids.end())
         c.eos_token_ids.push_back(int(id));
     }
-  if (f.has("tokenizer.ggml.bos_token_id") && f.boolean("tokenizer.ggml.add_bos_token", false)) {
+  // llama.cpp adds BOS to SentencePiece ("llama") prompts unless the file says otherwise.
+  const bool add_bos_by_default = f.string("tokenizer.ggml.model", "") == "llama";
+  if (f.has("tokenizer.ggml.bos_token_id") && f.boolean("tokenizer.ggml.add_bos_token", add_bos_by_default)) {
     const int64_t id = f.integer("tokenizer.ggml.bos_token_id");
     require(id >= 0 && id < c.vocab_size, label + ": metadata 'tokenizer.ggml.bos_token_id' is outside the vocabulary");
     c.bos_token_id = int(id);
