@@ -577,7 +577,7 @@ void quant_products(Isa isa, DType t, std::vector<std::vector<float>>* outputs, 
     quantize_activations(x.data(), int64_t(tokens) * cols, activation_group(t), xq.data());
     std::vector<float> y(size_t(tokens) * rows);
     const Matrix weights = q.in_layout(layout, t, rows, cols);
-    ASSERT_EQ(weights.layout, rows >= 8 && t != DType::Q5_K ? layout : Layout::Rows);
+    ASSERT_EQ(weights.layout, rows >= 8 ? layout : Layout::Rows);
     matmul(weights, x.data(), tokens, y.data());
     std::vector<double> m(y.size());
     for (int tk = 0; tk < tokens; ++tk)
@@ -624,7 +624,7 @@ std::vector<float> table_product(const KernelTable& k, const Matrix& m, const fl
   k.quantize_activations(x, int64_t(tokens) * m.cols, activation_group(m.dtype), xq.data());
   std::vector<int16_t> sums(xq.size());
   activation_sums(xq.data(), int64_t(xq.size()), sums.data());
-  const int16_t* s = m.dtype == DType::Q4_K ? sums.data() : nullptr;
+  const int16_t* s = activation_group(m.dtype) == 256 ? sums.data() : nullptr;  // as matmul_batch passes them
   std::vector<float> y(size_t(tokens) * size_t(m.rows), std::nanf(""));
   k.quant_matmul_rows(m, xq.data(), s, tokens, y.data(), 0, split);
   k.quant_matmul_rows(m, xq.data(), s, tokens, y.data(), split, m.rows);
@@ -778,8 +778,8 @@ TEST(QuantKernels, InterleavedTilesGiveThePortableBitsOnExtremeBytes) {
 // Rows of Q5_K or Q6_K on random bytes of every value (fill(block, r, rng) writes each block of
 // row r; rows 0 and 1 extreme), against tokens of -1, of 1 and random. The contract of
 // quant_matmul_impl.hpp: exact integer sums per super-block, (row, token), then the same float
-// steps, so every ISA gives the portable rows' bits, as rows and (Q6_K) interleaved (4 groups of 8
-// and 5 rows after them), for any number of tokens (1 to 23: the VNNI lane's turns of 8, 8, 4, 2,
+// steps, so every ISA gives the portable rows' bits, as rows and interleaved (4 groups of 8 and 5
+// rows after them), for any number of tokens (1 to 17 and 23: the VNNI lane's turns of 8, 8, 4, 2,
 // 1, AVX2's tiles of 4 and their tail) and any block of rows; and each output within the bound
 // against the dequantized rows times the quantized activations. Returns the portable outputs.
 template <class Fill>
@@ -799,11 +799,9 @@ std::vector<float> expect_rows_give_the_portable_bits(DType type, Fill fill) {
   std::vector<uint8_t> interleaved_bytes = bytes;
   Matrix interleaved{interleaved_bytes.data(), type, rows, cols};
   interleave_rows8(interleaved, interleaved_bytes.data());
-  const bool interleaves = type == DType::Q6_K;  // Q5_K stays as rows
-  EXPECT_EQ(interleaved.layout, interleaves ? Layout::Interleaved8 : Layout::Rows) << dtype_name(type);
-  EXPECT_EQ(interleaved_bytes != bytes, interleaves) << dtype_name(type);
-  std::vector<Matrix> layouts = {m};
-  if (interleaves) layouts.push_back(interleaved);
+  EXPECT_EQ(interleaved.layout, Layout::Interleaved8) << dtype_name(type);
+  EXPECT_NE(interleaved_bytes, bytes) << dtype_name(type);
+  const std::vector<Matrix> layouts = {m, interleaved};
   std::vector<float> portable(size_t(tokens) * rows);
   {
     IsaGuard guard(Isa::Generic);
@@ -835,7 +833,7 @@ std::vector<float> expect_rows_give_the_portable_bits(DType type, Fill fill) {
       EXPECT_LE(std::fabs(portable[size_t(t) * rows + r] - ref), 1e-6 * magnitude)
           << dtype_name(type) << " token " << t << " row " << r;
     }
-  if (interleaves && isa_supported(Isa::Avx512Vnni)) {  // AMX leaves Q6_K to its VNNI lane
+  if (isa_supported(Isa::Avx512Vnni)) {  // AMX leaves Q5_K and Q6_K to its VNNI lane
     const std::vector<float> emulated = table_product(amx_emulated_kernels(), interleaved, x.data(), tokens);
     EXPECT_EQ(first_difference(emulated, portable, rows), "") << "emulated AMX tiles";
   }
@@ -852,7 +850,7 @@ std::vector<float> expect_rows_give_the_portable_bits(DType type, Fill fill) {
         EXPECT_EQ(alone, std::vector<float>(portable.begin() + size_t(k) * rows, portable.begin() + size_t(k + 1) * rows))
             << name << " token " << k << " alone";
       }
-      for (int n : {2, 3, 5, 9, 12}) {
+      for (int n = 2; n <= 17; ++n) {
         std::vector<float> few(size_t(n) * rows);
         matmul(layout, x.data(), n, few.data());
         EXPECT_EQ(first_difference(few, std::vector<float>(portable.begin(), portable.begin() + size_t(n) * rows), rows), "")
@@ -880,8 +878,9 @@ TEST(QuantKernels, Q6_KRowsAndInterleavedGroupsGiveThePortableBitsInEveryIsaAndT
 }
 
 // Q5_K's extreme rows: every 5-bit q 31 under scales of 63 and mins of 0 (row 0), every q 0 under
-// mins of 63 (row 1); the random rows have any scales, mins, q and high bits.
-TEST(QuantKernels, Q5_KRowsGiveThePortableBitsInEveryIsaAndTheDoubleSum) {
+// mins of 63 (row 1): row 0's 16 products per 32-bit lane of VNNI reach 62992, past the 16 bits
+// that Q4_K's sums fit; the random rows have any scales, mins, q and high bits.
+TEST(QuantKernels, Q5_KRowsAndInterleavedGroupsGiveThePortableBitsInEveryIsaAndTheDoubleSum) {
   const auto fill = [](uint8_t* block, int r, std::mt19937& rng) {
     std::uniform_int_distribution<int> byte(0, 255);
     const uint16_t d = f32_to_f16(r < 2 ? 0.01f : 0.001f * float(1 + byte(rng)));
@@ -938,7 +937,7 @@ TEST(QuantKernels, ATokenGetsTheSameBitsAloneOrInABatch) {
   std::mt19937 rng(6);
   const int rows = 38, cols = 512, tokens = 19;
   const std::vector<float> x = weight_like(size_t(tokens) * cols, rng);
-  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {  // (Q5_K stays as rows)
+  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     QuantizedMatrix q = quantize_matrix(t, weight_like(size_t(rows) * cols, rng), rows, cols);
     for (Layout layout : {Layout::Rows, Layout::Interleaved8}) {
       const Matrix m = q.in_layout(layout, t, rows, cols);
@@ -961,9 +960,9 @@ TEST(QuantKernels, ATokenGetsTheSameBitsAloneOrInABatch) {
 // weights as rows: within the bound against the dequantized weights, bit for bit the same in every
 // ISA for the rows of whole groups (the contract of quant_matmul_impl.hpp: exact integer sums, then
 // the same float operations), and within float rounding of the row layout's products (whose float
-// additions run in another order; Q6_K's rows take the same steps: the same bits).
+// additions run in another order; Q5_K's and Q6_K's rows take the same steps: the same bits).
 TEST(QuantKernels, InterleavedRowsMatchTheBoundAndTheRowLayout) {
-  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
+  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     std::vector<std::vector<float>> portable;
     std::vector<std::vector<double>> magnitude, unused;
     quant_products(Isa::Generic, t, &portable, &magnitude, Layout::Interleaved8);
@@ -981,8 +980,8 @@ TEST(QuantKernels, InterleavedRowsMatchTheBoundAndTheRowLayout) {
             ASSERT_LE(std::fabs(interleaved[c][i] - portable[c][i]), 1e-5 * magnitude[c][i]);
           ASSERT_LE(std::fabs(interleaved[c][i] - as_rows[c][i]), 1e-5 * magnitude[c][i])
               << isa_name(isa) << " " << dtype_name(t) << " case " << c << " output " << i;
-          if (t == DType::Q6_K)
-            ASSERT_EQ(interleaved[c][i], as_rows[c][i]) << isa_name(isa) << " case " << c << " output " << i;
+          if (t == DType::Q5_K || t == DType::Q6_K)
+            ASSERT_EQ(interleaved[c][i], as_rows[c][i]) << dtype_name(t) << isa_name(isa) << " case " << c << " output " << i;
         }
       }
     }
@@ -1005,7 +1004,8 @@ TEST(QuantKernels, AmxTilesGiveThePortableBitsOnRaggedShapes) {
   };
   const Shape shapes[] = {{DType::Q8_0, 40, 288, 16, 0},  {DType::Q8_0, 61, 800, 37, 24}, {DType::Q8_0, 32, 64, 71, 16},
                           {DType::Q8_0, 16, 32, 17, 0},   {DType::Q4_K, 40, 768, 37, 0},  {DType::Q4_K, 61, 256, 16, 8},
-                          {DType::Q4_K, 56, 512, 33, 32}, {DType::Q8_0, 64, 256, 15, 0},  {DType::Q6_K, 40, 768, 37, 8}};
+                          {DType::Q4_K, 56, 512, 33, 32}, {DType::Q8_0, 64, 256, 15, 0},  {DType::Q6_K, 40, 768, 37, 8},
+                          {DType::Q5_K, 40, 768, 37, 8}};
   std::mt19937 rng(21);
   for (const auto& [type, rows, cols, tokens, split] : shapes) {
     QuantizedMatrix q = quantize_matrix(type, weight_like(size_t(rows) * cols, rng), rows, cols);
@@ -1032,7 +1032,7 @@ TEST(QuantKernels, AmxTilesGiveThePortableBitsOnRaggedShapes) {
 TEST(QuantKernels, InterleavingLeavesTailRowsAndOtherMatricesAsTheyWere) {
   std::mt19937 rng(8);
   const int cols = 256;
-  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
+  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     const size_t row_bytes = dtype_row_bytes(t, cols);
     QuantizedMatrix q = quantize_matrix(t, weight_like(19 * cols, rng), 19, cols);
     const Matrix m = q.interleaved(t, 19, cols);

@@ -327,14 +327,16 @@ void q4_k_tile(const Q4Strip* w, const ActivationBlock* x, int64_t blocks, float
 
 // Rows [r0, r1) (r0 a multiple of 8, as matmul_batch's blocks of rows are): whole strips of 16
 // interleaved rows on the tiles, the rest (a last group of 8, rows after the last group, matrices
-// as rows, Q6_K matrices: their tiles are the VNNI lane's) and calls of few tokens on the VNNI lane. Tokens go 16 at a time; the last tile ends at
+// as rows, Q5_K and Q6_K matrices: their tiles are the VNNI lane's) and calls of few tokens on the
+// VNNI lane. Tokens go 16 at a time; the last tile ends at
 // the last token and recomputes the tokens it shares with the one before (the same operations:
 // the same values written again).
 template <class Tiles>
 void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t* sums, int tokens, float* y, int64_t r0,
                        int64_t r1) {
   int64_t strip_end = r0;
-  if (m.layout == Layout::Interleaved8 && m.dtype != DType::Q6_K && tokens >= kAmxMinTokens)
+  if (m.layout == Layout::Interleaved8 && (m.dtype == DType::Q8_0 || m.dtype == DType::Q4_K) &&
+      tokens >= kAmxMinTokens)
     strip_end = r0 + std::max<int64_t>(0, std::min(r1, m.rows / 8 * 8) - r0) / kStripRows * kStripRows;
   if (strip_end > r0) {
     const int64_t blocks = m.cols / 32, strips = (strip_end - r0) / kStripRows;

@@ -124,25 +124,30 @@ struct QuantLaneScalar {
     for (int t = 0; t < T; ++t)
       for (int r = 0; r < 8; ++r) y[t * ldy + r] = acc[t][r];
   }
-  template <int T>
+  // Q4_K, or Q5_K (its integer q sums: q5_k_sums's on each row's super-block as stored).
+  template <int T, DType D = DType::Q4_K>
   static void q4_k_x8(const uint8_t* g, const ActivationBlock* x, const int16_t* sums, int64_t blocks, float* y,
                       int64_t ldy) {
+    constexpr size_t kBlock = D == DType::Q5_K ? 176 : 144;
     float acc[T][8] = {};
-    uint8_t plain[8 * 144];
+    uint8_t plain[8 * kBlock];
     for (int64_t b = 0; b < blocks; b += 8) {
-      quant::deinterleave8_block(DType::Q4_K, g + b / 8 * 8 * 144, plain);
+      quant::deinterleave8_block(D, g + b / 8 * 8 * kBlock, plain);
       for (int r = 0; r < 8; ++r) {
-        const uint8_t* block = plain + 144 * r;
+        const uint8_t* block = plain + kBlock * r;
         const float d = quant::read_half(block), dmin = quant::read_half(block + 2);
         uint8_t sc[8], m[8];
         quant::q4_k_scales_mins(block + 4, sc, m);
+        int32_t dots[T] = {};
+        if constexpr (D == DType::Q5_K) q5_k_sums<T>(block, sc, x + b, blocks, dots);
         for (int t = 0; t < T; ++t) {
           const ActivationBlock* a = x + t * blocks + b;
-          int32_t dots = 0, mins = 0;
-          for (int p = 0; p < 4; ++p)
-            dots = madd_q4(block + 16 + 32 * p, a[2 * p].q, a[2 * p + 1].q, sc[2 * p], sc[2 * p + 1], dots);
+          int32_t mins = 0;
+          if constexpr (D == DType::Q4_K)
+            for (int p = 0; p < 4; ++p)
+              dots[t] = madd_q4(block + 16 + 32 * p, a[2 * p].q, a[2 * p + 1].q, sc[2 * p], sc[2 * p + 1], dots[t]);
           for (int j = 0; j < 8; ++j) mins += int32_t(m[j]) * sums[t * blocks + b + j];
-          acc[t][r] = std::fma(float(dots), d * a->d, acc[t][r]);
+          acc[t][r] = std::fma(float(dots[t]), d * a->d, acc[t][r]);
           acc[t][r] = std::fma(-float(mins), dmin * a->d, acc[t][r]);
         }
       }

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "kernels/kernels.hpp"
+#include "util/quant.hpp"
 
 namespace crossmoe::kernels {
 namespace {
@@ -265,17 +266,28 @@ struct QuantLaneAvx2 {
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(dots0, dots1)), _mm256_mul_ps(head.d, ad), acc);
     return _mm256_fnmadd_ps(_mm256_cvtepi32_ps(min_sum), _mm256_mul_ps(head.dmin, ad), acc);
   }
-  template <int T>
+  // Q5_K's interleaved groups (util/quant.hpp) are Q4_K's with a fifth span of qh, whose chunk
+  // k holds the top bits of the nibbles' chunk k at the same byte: sub-block j's bit j moved to
+  // bit 4 and added to the nibble (q <= 31). A pair of vpmaddubsw products is then at most
+  // 2 * 31 * 127 = 7874 and four chunks' add to 31496: still exact in 16 bits.
+  template <DType D>
+  static constexpr size_t group_bytes = D == DType::Q5_K ? 8 * 176 : 8 * 144;
+  static __m256i with_high_bit(__m256i nibbles, const uint8_t* qh, int j) {
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh));
+    const __m256i moved = j <= 4 ? _mm256_slli_epi16(bits, 4 - j) : _mm256_srli_epi16(bits, j - 4);
+    return _mm256_or_si256(nibbles, _mm256_and_si256(moved, _mm256_set1_epi8(16)));
+  }
+  template <int T, DType D = DType::Q4_K>
   static void q4_k_x8(const uint8_t* g, const ActivationBlock* x, const int16_t* sums, int64_t blocks, float* y,
                       int64_t ldy) {
     if constexpr (T == 1) {
-      q4_k_x8_one(g, x, sums, blocks, y);
+      q4_k_x8_one<D>(g, x, sums, blocks, y);
       return;
     }
     __m256 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
     const __m256i low4 = _mm256_set1_epi8(15);
-    for (int64_t b = 0; b < blocks; b += 8, g += 8 * 144) {
+    for (int64_t b = 0; b < blocks; b += 8, g += group_bytes<D>) {
       Q4kHead head;
       q4_k_head(g, head);
       __m256i dots[T][2];
@@ -287,7 +299,8 @@ struct QuantLaneAvx2 {
           for (int t = 0; t < T; ++t) products[t] = _mm256_setzero_si256();
           for (int k = 0; k < 4; ++k) {
             const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * k + 32 * h));
-            const __m256i nibbles = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(raw, 4) : raw, low4);
+            __m256i nibbles = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(raw, 4) : raw, low4);
+            if constexpr (D == DType::Q5_K) nibbles = with_high_bit(nibbles, g + quant::kQ5_KHighBits + 64 * k + 32 * h, j);
             for (int t = 0; t < T; ++t)
               products[t] = _mm256_add_epi16(products[t],
                                              _mm256_maddubs_epi16(nibbles, bytes8(x[t * blocks + b + j].q + 8 * k)));
@@ -384,12 +397,13 @@ struct QuantLaneAvx2 {
   // stream from memory: each 32-byte load of nibbles serves both sub-blocks of its pair (low and
   // high nibbles), each activation broadcast both halves of the rows, the pair loop is unrolled
   // so that the integer sums stay in registers, and the lines of the group two super-blocks
-  // (2.25 KiB) ahead are asked for (four measured no better here).
+  // (2.25 KiB for Q4_K) ahead are asked for (four measured no better here).
+  template <DType D>
   static void q4_k_x8_one(const uint8_t* g, const ActivationBlock* x, const int16_t* sums, int64_t blocks, float* y) {
     __m256 acc = _mm256_setzero_ps();
     const __m256i low4 = _mm256_set1_epi8(15);
-    for (int64_t b = 0; b < blocks; b += 8, g += 8 * 144) {
-      for (int line = 0; line < 8 * 144; line += 64) __builtin_prefetch(g + 2 * (8 * 144) + line);
+    for (int64_t b = 0; b < blocks; b += 8, g += group_bytes<D>) {
+      for (size_t line = 0; line < group_bytes<D>; line += 64) __builtin_prefetch(g + 2 * group_bytes<D> + line);
       Q4kHead head;
       q4_k_head(g, head);
       __m256i dots0 = _mm256_setzero_si256(), dots1 = _mm256_setzero_si256();
@@ -405,10 +419,20 @@ struct QuantLaneAvx2 {
           const __m256i ae = bytes8(a_even + 8 * k), ao = bytes8(a_odd + 8 * k);
           const __m256i raw0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * k));
           const __m256i raw1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * k + 32));
-          even0 = _mm256_add_epi16(even0, _mm256_maddubs_epi16(_mm256_and_si256(raw0, low4), ae));
-          even1 = _mm256_add_epi16(even1, _mm256_maddubs_epi16(_mm256_and_si256(raw1, low4), ae));
-          odd0 = _mm256_add_epi16(odd0, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw0, 4), low4), ao));
-          odd1 = _mm256_add_epi16(odd1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw1, 4), low4), ao));
+          __m256i e0 = _mm256_and_si256(raw0, low4), e1 = _mm256_and_si256(raw1, low4);
+          __m256i o0 = _mm256_and_si256(_mm256_srli_epi16(raw0, 4), low4);
+          __m256i o1 = _mm256_and_si256(_mm256_srli_epi16(raw1, 4), low4);
+          if constexpr (D == DType::Q5_K) {
+            const uint8_t* qh = g + quant::kQ5_KHighBits + 64 * k;
+            e0 = with_high_bit(e0, qh, 2 * p);
+            e1 = with_high_bit(e1, qh + 32, 2 * p);
+            o0 = with_high_bit(o0, qh, 2 * p + 1);
+            o1 = with_high_bit(o1, qh + 32, 2 * p + 1);
+          }
+          even0 = _mm256_add_epi16(even0, _mm256_maddubs_epi16(e0, ae));
+          even1 = _mm256_add_epi16(even1, _mm256_maddubs_epi16(e1, ae));
+          odd0 = _mm256_add_epi16(odd0, _mm256_maddubs_epi16(o0, ao));
+          odd1 = _mm256_add_epi16(odd1, _mm256_maddubs_epi16(o1, ao));
         }
         dots0 = _mm256_add_epi32(dots0, _mm256_add_epi32(_mm256_madd_epi16(even0, q4_k_scale(head, 0, 2 * p)),
                                                          _mm256_madd_epi16(odd0, q4_k_scale(head, 0, 2 * p + 1))));

@@ -304,16 +304,26 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
         -1, -1, -1, 1, -1, -1, -1, 1, -1, -1, -1, 0, -1, -1, -1, 0);
     return _mm512_shuffle_epi8(_mm512_set1_epi64(int64_t(scales[j])), spread);
   }
-  template <int T>
+  // Q5_K (interleaved as Q4_K with its qh span, see QuantLaneAvx2::with_high_bit): with q <= 31 a
+  // lane's 16 products reach 16 * 31 * 127 = 62992, past 16 bits, so its sums go to the 32-bit
+  // sums every two chunks (8 products, at most 31496) instead of every four.
+  static __m512i with_high_bit(__m512i nibbles, const uint8_t* qh, int j) {
+    const __m512i bits = _mm512_loadu_si512(qh);
+    const __m512i moved = j <= 4 ? _mm512_slli_epi16(bits, 4 - j) : _mm512_srli_epi16(bits, j - 4);
+    return _mm512_or_si512(nibbles, _mm512_and_si512(moved, _mm512_set1_epi8(16)));
+  }
+  template <DType D>
+  static constexpr int chunks_per_sum = D == DType::Q5_K ? 2 : 4;
+  template <int T, DType D = DType::Q4_K>
   static void q4_k_x8(const uint8_t* g, const ActivationBlock* x, const int16_t* sums, int64_t blocks, float* y,
                       int64_t ldy) {
     __m256 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
     const __m512i low4 = _mm512_set1_epi8(15);
-    for (int64_t b = 0; b < blocks; b += 8, g += 8 * 144) {
-      // One token: the lines of the group two super-blocks (2.25 KiB) ahead, as QuantLaneAvx2.
+    for (int64_t b = 0; b < blocks; b += 8, g += group_bytes<D>) {
+      // One token: the lines of the group two super-blocks (2.25 KiB for Q4_K) ahead, as QuantLaneAvx2.
       if constexpr (T == 1)
-        for (int line = 0; line < 8 * 144; line += 64) __builtin_prefetch(g + 2 * (8 * 144) + line);
+        for (size_t line = 0; line < group_bytes<D>; line += 64) __builtin_prefetch(g + 2 * group_bytes<D> + line);
       Q4kHead head;
       q4_k_head(g, head);
       // head.scales[h][j] as one word per sub-block j: rows 0, 1, 4, 5 then 2, 3, 6, 7.
@@ -330,22 +340,29 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
 #pragma GCC unroll 4
       for (int p = 0; p < 4; ++p) {
         const uint8_t* q = g + 128 + 256 * p;
+        const __m512i s_even = q4_k_scale(scales, 2 * p), s_odd = q4_k_scale(scales, 2 * p + 1);
         __m512i even[T], odd[T];  // sub-blocks 2p (low nibbles) and 2p + 1 (high nibbles)
         for (int t = 0; t < T; ++t) even[t] = odd[t] = _mm512_setzero_si512();
 #pragma GCC unroll 4
         for (int k = 0; k < 4; ++k) {
           const __m512i raw = _mm512_loadu_si512(q + 64 * k);
-          const __m512i lo = _mm512_and_si512(raw, low4), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+          __m512i lo = _mm512_and_si512(raw, low4), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+          if constexpr (D == DType::Q5_K) {
+            lo = with_high_bit(lo, g + quant::kQ5_KHighBits + 64 * k, 2 * p);
+            hi = with_high_bit(hi, g + quant::kQ5_KHighBits + 64 * k, 2 * p + 1);
+          }
           for (int t = 0; t < T; ++t) {
             const ActivationBlock* a = x + t * blocks + b + 2 * p;
             even[t] = _mm512_dpbusd_epi32(even[t], lo, bytes8(a[0].q + 8 * k));
             odd[t] = _mm512_dpbusd_epi32(odd[t], hi, bytes8(a[1].q + 8 * k));
           }
+          if ((k + 1) % chunks_per_sum<D> == 0)
+            for (int t = 0; t < T; ++t) {
+              dots[t] = _mm512_add_epi32(dots[t], _mm512_add_epi32(_mm512_madd_epi16(even[t], s_even),
+                                                                   _mm512_madd_epi16(odd[t], s_odd)));
+              even[t] = odd[t] = _mm512_setzero_si512();
+            }
         }
-        const __m512i s_even = q4_k_scale(scales, 2 * p), s_odd = q4_k_scale(scales, 2 * p + 1);
-        for (int t = 0; t < T; ++t)
-          dots[t] = _mm512_add_epi32(dots[t], _mm512_add_epi32(_mm512_madd_epi16(even[t], s_even),
-                                                               _mm512_madd_epi16(odd[t], s_odd)));
       }
       for (int t = 0; t < T; ++t)
         acc[t] = q4_k_finish(head, low_half(dots[t]), high_half(dots[t]), sums + t * blocks + b, &x[t * blocks + b].d,
@@ -416,16 +433,16 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     return _mm512_shuffle_epi8(
         _mm512_maskz_broadcast_i32x4(0xffff, _mm_load_si128(reinterpret_cast<const __m128i*>(head.scales[j]))), spread);
   }
-  template <int T>
+  template <int T, DType D = DType::Q4_K>
   static void q4_k_x16(const uint8_t* g, size_t group_bytes, const ActivationBlock* x, const int16_t* sums,
                        int64_t blocks, float* y, int64_t ldy, bool prefetch) {
     // The accumulators live in y (in q4_k_order until the end): with T = 8 the integer sums take
     // 24 of the 32 registers, and the compiler spilled them to keep the accumulators in the rest.
     for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + t * ldy, _mm512_setzero_ps());
     const __m512i low4 = _mm512_set1_epi8(15);
-    for (int64_t b = 0; b < blocks; b += 8, g += 8 * 144) {
+    for (int64_t b = 0; b < blocks; b += 8, g += QuantLaneAvx2::group_bytes<D>) {
       const uint8_t* h = g + group_bytes;
-      if (prefetch) prefetch_next_pair<8 * 144>(g, h, group_bytes);
+      if (prefetch) prefetch_next_pair<QuantLaneAvx2::group_bytes<D>>(g, h, group_bytes);
       Q4kHead16 head;
       q4_k_head16(g, h, head);
       __m512i dots[T];
@@ -433,6 +450,7 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
 #pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {
         const size_t at = 128 + 256 * (j / 2);
+        const __m512i scale = q4_k_scale16(head, j);
         __m512i sub_g[T], sub_h[T];
         for (int t = 0; t < T; ++t) sub_g[t] = sub_h[t] = _mm512_setzero_si512();
 #pragma GCC unroll 4
@@ -444,15 +462,21 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
           }
           qg = _mm512_and_si512(qg, low4);
           qh = _mm512_and_si512(qh, low4);
+          if constexpr (D == DType::Q5_K) {
+            qg = with_high_bit(qg, g + quant::kQ5_KHighBits + 64 * k, j);
+            qh = with_high_bit(qh, h + quant::kQ5_KHighBits + 64 * k, j);
+          }
           for (int t = 0; t < T; ++t) {
             const __m512i a = bytes8(x[t * blocks + b + j].q + 8 * k);
             sub_g[t] = _mm512_dpbusd_epi32(sub_g[t], qg, a);
             sub_h[t] = _mm512_dpbusd_epi32(sub_h[t], qh, a);
           }
+          if ((k + 1) % chunks_per_sum<D> == 0)
+            for (int t = 0; t < T; ++t) {
+              dots[t] = _mm512_dpwssd_epi32(dots[t], _mm512_packs_epi32(sub_g[t], sub_h[t]), scale);
+              sub_g[t] = sub_h[t] = _mm512_setzero_si512();
+            }
         }
-        const __m512i scale = q4_k_scale16(head, j);
-        for (int t = 0; t < T; ++t)
-          dots[t] = _mm512_dpwssd_epi32(dots[t], _mm512_packs_epi32(sub_g[t], sub_h[t]), scale);
       }
       for (int t = 0; t < T; ++t) {
         __m512i min_sum = _mm512_setzero_si512();

@@ -24,6 +24,9 @@
 //       Each (row, token) gets its block's (Q8_0) or super-block's (Q4_K) exact integer sums, then
 //       acc = fma(float(sum), d * a.d, acc) (Q4_K: then acc = fma(-float(min sum), dmin * a.d, acc))
 //       in block order, in every lane type and for every T: the same bits in every ISA.
+//   L::q4_k_x8<T, DType::Q5_K>(...): the same for Q5_K's groups (Q4_K's bytes and a span of top
+//       bits): the exact integers of q5_k_sums and the min terms, then Q4_K's two float steps, which
+//       are q5_k_tile's: the rows' bits.
 //   L::q6_k_x8<T>(g, x, offsets, blocks, y, ldy): the same for Q6_K, whose exact integer per
 //       (row, token, super-block) is q6_k_sums's, then acc = fma(float(sum), d * a.d, acc): the rows'
 //       bits. Optionally (Q6kOffsets) L::q6_k_offsets(x, n, offsets) first writes 4 int32 per
@@ -31,7 +34,7 @@
 //       per turn of tokens over a call's rows (null where the lane has none).
 //   Optionally (PairedGroups): L::x16_tokens,
 //       L::q8_0_x16<T>(g, group_bytes, x, blocks, y, ldy, prefetch),
-//       L::q4_k_x16<T>(g, group_bytes, x, sums, blocks, y, ldy, prefetch): two groups (16 rows, the
+//       L::q4_k_x16<T, D>(g, group_bytes, x, sums, blocks, y, ldy, prefetch) (D: Q4_K or Q5_K): two groups (16 rows, the
 //       second group_bytes after g) times T tokens (T = 1: the last of several), under the same
 //       contract; with prefetch, each block's lines of the next two groups are asked for as the
 //       tile goes.
@@ -122,7 +125,8 @@ void q6_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int
     for (int t = 0; t < T; ++t) y[t * ldy + r] = acc[r][t];
 }
 
-// Q5_K rows (never interleaved) against T tokens: per super-block, (row, token), Q4_K's two exact
+// Q5_K rows (a matrix of fewer than 8 rows, or with a stride, and the rows after the last group
+// of 8) against T tokens: per super-block, (row, token), Q4_K's two exact
 // integer sums, sum_j sc[j] * sum_i q_i a_i and sum_j m[j] * a_j.sum, then its two float steps.
 template <class L, int R, int T>
 void q5_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
@@ -150,7 +154,7 @@ void q5_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int
 }
 
 // sums: for Q4_K, the activation blocks' sums as int16 (8 per super-block, as L::madd_mins
-// reads them), for the same tokens as x; null for Q8_0 and unread for Q5_K and Q6_K.
+// reads them), for the same tokens as x; null for Q8_0 and unread for Q5_K's rows and Q6_K.
 template <class L, int T>
 void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int16_t* sums, float* y, int64_t r0,
                            int64_t r1) {
@@ -221,32 +225,39 @@ void interleaved_rows_for_tokens(const Matrix& m, const ActivationBlock* x, cons
   const int64_t blocks = m.cols / 32;
   const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
   const auto* base = static_cast<const uint8_t*>(m.data);
-  const bool q8 = m.dtype == DType::Q8_0;
   int64_t r = r0;
-  if constexpr (kPairs && PairedGroups<L>)
-    for (; r + 16 <= r1; r += 16) {
-      // The next two groups, this call's or (on this thread: matmul_batch hands each thread runs
-      // of consecutive blocks) the next call's.
-      const bool prefetch = first_turn && r + 32 <= m.rows / 8 * 8;
-      const uint8_t* g = base + size_t(r) * row_bytes;
-      if (q8) L::template q8_0_x16<T>(g, 8 * row_bytes, x, blocks, y + r, m.rows, prefetch);
-      else L::template q4_k_x16<T>(g, 8 * row_bytes, x, sums, blocks, y + r, m.rows, prefetch);
-    }
-  constexpr int kGroupTokens = std::min(T, L::x8_tokens);
-  for (; r < r1; r += 8)
-    for (int t = 0; t < T; t += kGroupTokens) {
-      if (q8)
-        L::template q8_0_x8<kGroupTokens>(base + size_t(r) * row_bytes, x + t * blocks, blocks, y + t * m.rows + r,
-                                          m.rows);
-      else
-        L::template q4_k_x8<kGroupTokens>(base + size_t(r) * row_bytes, x + t * blocks, sums + t * blocks, blocks,
-                                          y + t * m.rows + r, m.rows);
-    }
+  // Q4_K's tiles, or Q5_K's: the same tiles with its top bits (util/quant.hpp's layouts).
+  const auto groups = [&]<DType D>() {
+    if constexpr (kPairs && PairedGroups<L>)
+      for (; r + 16 <= r1; r += 16) {
+        // The next two groups, this call's or (on this thread: matmul_batch hands each thread runs
+        // of consecutive blocks) the next call's.
+        const bool prefetch = first_turn && r + 32 <= m.rows / 8 * 8;
+        const uint8_t* g = base + size_t(r) * row_bytes;
+        if constexpr (D == DType::Q8_0) L::template q8_0_x16<T>(g, 8 * row_bytes, x, blocks, y + r, m.rows, prefetch);
+        else L::template q4_k_x16<T, D>(g, 8 * row_bytes, x, sums, blocks, y + r, m.rows, prefetch);
+      }
+    constexpr int kGroupTokens = std::min(T, L::x8_tokens);
+    for (; r < r1; r += 8)
+      for (int t = 0; t < T; t += kGroupTokens) {
+        if constexpr (D == DType::Q8_0)
+          L::template q8_0_x8<kGroupTokens>(base + size_t(r) * row_bytes, x + t * blocks, blocks, y + t * m.rows + r,
+                                            m.rows);
+        else
+          L::template q4_k_x8<kGroupTokens, D>(base + size_t(r) * row_bytes, x + t * blocks, sums + t * blocks, blocks,
+                                               y + t * m.rows + r, m.rows);
+      }
+  };
+  switch (m.dtype) {
+    case DType::Q8_0: return groups.template operator()<DType::Q8_0>();
+    case DType::Q5_K: return groups.template operator()<DType::Q5_K>();
+    default: return groups.template operator()<DType::Q4_K>();
+  }
 }
 
 // Token pairs take turns over the rows, which stay in cache while the pairs read them.
-// sums: Q4_K's activation_sums of x (its min terms read each super-block's 8 as one vector),
-// null for Q8_0.
+// sums: Q4_K's and Q5_K's activation_sums of x (their min terms read each super-block's 8 as one
+// vector), null for Q8_0.
 template <class L>
 void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t* sums, int tokens, float* y, int64_t r0,
                        int64_t r1) {

@@ -221,7 +221,7 @@ void dequantize_row(DType type, const void* in, int64_t n, float* out) {
 namespace {
 
 // The interleaved layouts' quant bytes (quant.hpp): 32 bytes per row and span (a Q8_0 block's q, a
-// Q4_K pair of sub-blocks, a Q6_K run of 32 bytes of ql or qh), 256 per group, byte n of row r at 64 * (n / 8) + kSlot[r] * 8 + n % 8.
+// Q4_K or Q5_K pair of sub-blocks, Q5_K's qh, a Q6_K run of 32 bytes of ql or qh), 256 per group, byte n of row r at 64 * (n / 8) + kSlot[r] * 8 + n % 8.
 // kSlot: rows 0, 1, 4, 5 first, then 2, 3, 6, 7. It swaps 2 <-> 4 and 3 <-> 5, so it is its own
 // inverse: the row in slot s is kSlot[s] too.
 constexpr int kSlot[8] = {0, 1, 4, 5, 2, 3, 6, 7};
@@ -254,15 +254,19 @@ void interleave8_block(DType type, const void* rows, size_t stride, void* out) {
     }
     return;
   }
-  const bool q8 = type == DType::Q8_0;
-  if (!q8 && type != DType::Q4_K) throw Error("cannot interleave " + dtype_name(type));
+  const bool q8 = type == DType::Q8_0, q5 = type == DType::Q5_K;
+  if (!q8 && !q5 && type != DType::Q4_K) throw Error("cannot interleave " + dtype_name(type));
   const int spans = q8 ? 1 : 4;
-  const size_t quants = q8 ? 16 : 128, row_quants = q8 ? 2 : 16;
+  // Q5_K is Q4_K with its 32 bytes of qh between the scales and the nibbles: the nibbles start 32
+  // bytes later in the row, and qh goes after Q4_K's group as a fifth span.
+  const size_t quants = q8 ? 16 : 128, row_quants = q8 ? 2 : q5 ? 48 : 16;
   for (int r = 0; r < 8; ++r) {
     std::memcpy(o + 2 * r, row(r), 2);
     for (int span = 0; span < spans; ++span)
       for (int k = 0; k < 4; ++k)
         std::memcpy(o + quants + 256 * span + span_offset(r, 8 * k), row(r) + row_quants + 32 * span + 8 * k, 8);
+    if (q5)
+      for (int k = 0; k < 4; ++k) std::memcpy(o + kQ5_KHighBits + span_offset(r, 8 * k), row(r) + 16 + 8 * k, 8);
   }
   if (q8) return;
   uint8_t scales[8][8], mins[8][8];  // [row][sub-block]
@@ -295,15 +299,17 @@ void deinterleave8_block(DType type, const void* in, void* out) {
     }
     return;
   }
-  const bool q8 = type == DType::Q8_0;
-  if (!q8 && type != DType::Q4_K) throw Error("cannot deinterleave " + dtype_name(type));  // (per block: no message built)
-  const size_t block = q8 ? 34 : 144, quants = q8 ? 16 : 128, row_quants = q8 ? 2 : 16;
+  const bool q8 = type == DType::Q8_0, q5 = type == DType::Q5_K;
+  if (!q8 && !q5 && type != DType::Q4_K) throw Error("cannot deinterleave " + dtype_name(type));  // (per block: no message built)
+  const size_t block = q8 ? 34 : q5 ? 176 : 144, quants = q8 ? 16 : 128, row_quants = q8 ? 2 : q5 ? 48 : 16;
   const int spans = q8 ? 1 : 4;
   for (int r = 0; r < 8; ++r) {
     std::memcpy(o + block * r, g + 2 * r, 2);
     for (int span = 0; span < spans; ++span)
       for (int k = 0; k < 4; ++k)
         std::memcpy(o + block * r + row_quants + 32 * span + 8 * k, g + quants + 256 * span + span_offset(r, 8 * k), 8);
+    if (q5)
+      for (int k = 0; k < 4; ++k) std::memcpy(o + block * r + 16 + 8 * k, g + kQ5_KHighBits + span_offset(r, 8 * k), 8);
   }
   if (q8) return;
   uint8_t scales[8][8], mins[8][8];  // [row][sub-block]

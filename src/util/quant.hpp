@@ -60,8 +60,11 @@
 //        8 values of 8 rows, the bytes one vpdpbusd against 8 activation bytes reads.
 //     The 128 bytes: per sub-block j, the int8 sc[j] of rows 0, 1, 4, 5, 2, 3, 6, 7 (the rows' order
 //        in a chunk).
-// Rows past the last whole group stay as they were. Q5_K matrices are not interleaved: their
-// products read each row's super-blocks as stored.
+//   Q5_K, 1408 bytes: Q4_K's 1152 bytes (its d, dmin, scales and mins, and the 128 bytes of low 4
+//        bits of each row in Q4_K's places) | 256 bytes of qh: the row's 32 bytes of qh as one more
+//        span in Q8_0's 4 chunks of 64 (bytes 8k..8k+7 of rows 0, 1, 4, 5, then of rows 2, 3, 6, 7),
+//        so the chunk that holds a pair's nibbles for 8 rows has its top bits at the same place.
+// Rows past the last whole group stay as they were.
 #include <bit>
 #include <cstdint>
 #include <cstring>
@@ -72,8 +75,8 @@ namespace crossmoe::quant {
 
 constexpr int64_t kQ8_0Block = 32, kQ4_KBlock = 256, kQ4_KSubBlock = 32, kQ5_KBlock = 256, kQ5_KSubBlock = 32,
                   kQ6_KBlock = 256, kQ6_KSubBlock = 16;
-// Where an interleaved Q6_K group's scales and steps start (see above).
-constexpr int64_t kQ6_KScales = 1536, kQ6_KSteps = 1664;
+// Where an interleaved Q6_K group's scales and steps start, and an interleaved Q5_K group's qh (see above).
+constexpr int64_t kQ6_KScales = 1536, kQ6_KSteps = 1664, kQ5_KHighBits = 1152;
 
 // Quantizes n values (a multiple of the type's block) into dtype_row_bytes(type, n) bytes.
 // Throws on a bad n, on values that are not finite, or on values too large for the fp16 scales.
@@ -107,7 +110,7 @@ inline void q4_k_scales_mins(const uint8_t* packed, uint8_t* scales, uint8_t* mi
 }
 void q4_k_pack_scales_mins(const int* scales, const int* mins, uint8_t* packed);
 
-// One block index of a group of 8 rows, Q8_0, Q4_K or Q6_K: interleave8_block reads row r's block at
+// One block index of a group of 8 rows, Q8_0, Q4_K, Q5_K or Q6_K: interleave8_block reads row r's block at
 // rows + r * stride and writes the group's 8 * block bytes; deinterleave8_block is its inverse,
 // writing row r's block at out + r * block bytes.
 void interleave8_block(DType type, const void* rows, size_t stride, void* out);
