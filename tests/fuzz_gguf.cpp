@@ -1,11 +1,12 @@
 // GGUF files, as every command that takes a model reads one: the header and tensor table
 // (model/gguf.hpp), the model description and tensor mapping (model/gguf_model.hpp: Q/K rows
 // reordered, experts split, every tensor read), and the tokenizer built from tokenizer.ggml.*
-// (encoding and decoding a text).
+// (model/gguf_tokenizer.hpp: encoding and decoding a text).
 #include <vector>
 
 #include "fuzz_harness.hpp"
 #include "model/gguf_model.hpp"
+#include "model/gguf_tokenizer.hpp"
 #include "tokenizer/tokenizer.hpp"
 
 CROSSMOE_FUZZ_TARGET(bytes) {

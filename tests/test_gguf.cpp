@@ -15,6 +15,7 @@
 #include "cli_run.hpp"
 #include "model/checkpoint.hpp"
 #include "model/gguf_model.hpp"
+#include "model/gguf_tokenizer.hpp"
 #include "model/hf_config.hpp"
 #include "model/init.hpp"
 #include "model/tensor_names.hpp"

@@ -60,15 +60,7 @@ const std::map<std::string, Proj>& ffn_suffixes() {
   return m;
 }
 
-const std::string kQwen2Regex =
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
-const std::string kLlama3Regex =
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
-
 const char* const kRopeFreqs = "rope_freqs.weight";
-
-// llama.cpp's token types (llama_token_type).
-enum TokenType { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6 };
 
 }  // namespace
 
@@ -279,7 +271,9 @@ ModelConfig gguf_model_config(const GgufFile& f) {
       if (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), int(id)) == c.eos_token_ids.end())
         c.eos_token_ids.push_back(int(id));
     }
-  if (f.has("tokenizer.ggml.bos_token_id") && f.boolean("tokenizer.ggml.add_bos_token", false)) {
+  // llama.cpp adds BOS to SentencePiece ("llama") prompts unless the file says otherwise.
+  const bool add_bos_by_default = f.string("tokenizer.ggml.model", "") == "llama";
+  if (f.has("tokenizer.ggml.bos_token_id") && f.boolean("tokenizer.ggml.add_bos_token", add_bos_by_default)) {
     const int64_t id = f.integer("tokenizer.ggml.bos_token_id");
     require(id >= 0 && id < c.vocab_size, label + ": metadata 'tokenizer.ggml.bos_token_id' is outside the vocabulary");
     c.bos_token_id = int(id);
@@ -707,90 +701,6 @@ void add_gguf_model_metadata(GgufWriter& w, const ModelConfig& c, const std::str
   }
 }
 
-std::optional<nlohmann::json> gguf_tokenizer_json(const GgufFile& f) {
-  using nlohmann::json;
-  if (!f.has("tokenizer.ggml.model")) return std::nullopt;
-  const std::string model = f.string("tokenizer.ggml.model");
-  if (model == "no_vocab" || model == "none") return std::nullopt;
-  require(model == "gpt2", f.label() + ": tokenizer.ggml.model '" + model +
-                               "' is not supported (gpt2, i.e. byte-level BPE; no_vocab runs with --ids)");
-  const GgufValue* tokens = f.find("tokenizer.ggml.tokens");
-  require(tokens && tokens->type == GgufType::Array && tokens->element == GgufType::String,
-          f.label() + ": 'tokenizer.ggml.tokens' must be an array of strings");
-  const GgufValue* types = f.find("tokenizer.ggml.token_type");
-  require(!types || (types->type == GgufType::Array && types->element != GgufType::String &&
-                     types->element != GgufType::F32 && types->element != GgufType::F64 && types->size() == tokens->size()),
-          f.label() + ": 'tokenizer.ggml.token_type' must be an integer array as long as the token list");
-  const GgufValue* merges = f.find("tokenizer.ggml.merges");
-  require(!merges || (merges->type == GgufType::Array && merges->element == GgufType::String),
-          f.label() + ": 'tokenizer.ggml.merges' must be an array of strings");
-  const std::string pre = f.string("tokenizer.ggml.pre", "default");
-  json pre_tokenizer;
-  const json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}};
-  if (pre == "qwen2" || pre == "llama-bpe" || pre == "llama3") {
-    const std::string& regex = pre == "qwen2" ? kQwen2Regex : kLlama3Regex;
-    pre_tokenizer = {{"type", "Sequence"},
-                     {"pretokenizers",
-                      {{{"type", "Split"}, {"pattern", {{"Regex", regex}}}, {"behavior", "Isolated"}, {"invert", false}},
-                       byte_level}}};
-  } else if (pre == "gpt-2") {
-    pre_tokenizer = byte_level;
-    pre_tokenizer["use_regex"] = true;
-  } else {
-    throw Error(f.label() + ": tokenizer.ggml.pre '" + pre + "' is not supported (qwen2, llama-bpe, gpt-2)");
-  }
-  json vocab = json::object(), added = json::array();
-  for (size_t id = 0; id < tokens->texts.size(); ++id) {
-    const std::string& token = tokens->texts[id];
-    const int64_t type = types ? types->integers[id] : int64_t(kNormal);
-    if (type == kUnused) continue;
-    if (type == kControl || type == kUserDefined) {
-      if (token.empty()) continue;
-      added.push_back({{"id", id}, {"content", token}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
-                       {"normalized", type == kUserDefined}, {"special", type == kControl}});
-    }
-    vocab[token] = id;
-  }
-  json post = nullptr;
-  if (f.has("tokenizer.ggml.bos_token_id") && f.boolean("tokenizer.ggml.add_bos_token", false)) {
-    const int64_t bos = f.integer("tokenizer.ggml.bos_token_id");
-    require(bos >= 0 && size_t(bos) < tokens->texts.size(), f.label() + ": 'tokenizer.ggml.bos_token_id' is not a token");
-    const std::string& text = tokens->texts[size_t(bos)];
-    post = {{"type", "TemplateProcessing"},
-            {"single", {{{"SpecialToken", {{"id", text}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
-            {"pair", json::array()},
-            {"special_tokens", {{text, {{"id", text}, {"ids", {bos}}, {"tokens", {text}}}}}}};
-  }
-  return json{{"version", "1.0"},
-              {"added_tokens", added},
-              {"normalizer", nullptr},
-              {"pre_tokenizer", pre_tokenizer},
-              {"post_processor", post},
-              {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}}},
-              {"model",
-               {{"type", "BPE"},
-                {"dropout", nullptr},
-                {"unk_token", nullptr},
-                {"fuse_unk", false},
-                {"byte_fallback", false},
-                {"ignore_merges", false},
-                {"vocab", vocab},
-                {"merges", merges ? json(merges->texts) : json::array()}}}};
-}
-
-nlohmann::json gguf_tokenizer_config(const GgufFile& f) {
-  nlohmann::json out = nlohmann::json::object();
-  if (f.has("tokenizer.chat_template")) out["chat_template"] = f.string("tokenizer.chat_template");
-  const GgufValue* tokens = f.find("tokenizer.ggml.tokens");
-  if (!tokens || tokens->type != GgufType::Array || tokens->element != GgufType::String) return out;
-  for (const auto& [key, field] : {std::pair{"tokenizer.ggml.bos_token_id", "bos_token"}, {"tokenizer.ggml.eos_token_id", "eos_token"}})
-    if (f.has(key)) {
-      const int64_t id = f.integer(key);
-      if (id >= 0 && size_t(id) < tokens->texts.size()) out[field] = tokens->texts[size_t(id)];
-    }
-  return out;
-}
-
 void add_gguf_special_tokens(GgufWriter& w, const ModelConfig& c) {
   // llama.cpp ends generation at eos, eot and eom: a model's two eos ids go in the first two.
   require(c.eos_token_ids.size() <= 2, "a model with more than two eos tokens cannot be written as GGUF");
@@ -798,67 +708,6 @@ void add_gguf_special_tokens(GgufWriter& w, const ModelConfig& c) {
   if (c.eos_token_ids.size() > 1) w.add_u32("tokenizer.ggml.eot_token_id", uint32_t(c.eos_token_ids[1]));
   if (c.bos_token_id >= 0) w.add_u32("tokenizer.ggml.bos_token_id", uint32_t(c.bos_token_id));
   w.add_bool("tokenizer.ggml.add_bos_token", c.bos_token_id >= 0);
-}
-
-void add_gguf_tokenizer_metadata(GgufWriter& w, const ModelConfig& c, const nlohmann::json& tj,
-                                 const nlohmann::json& tokenizer_config) {
-  using nlohmann::json;
-  const auto fail = [](const std::string& why) { throw Error("tokenizer.json cannot be written as GGUF tokenizer metadata: " + why); };
-  if (!tj.is_object() || !tj.contains("model") || !tj["model"].is_object()) fail("no 'model'");
-  const json& m = tj["model"];
-  if (m.value("type", "BPE") != "BPE" || m.value("byte_fallback", false)) fail("only byte-level BPE models are supported");
-  // The pre-tokenizer must be one llama.cpp names.
-  std::string pre;
-  const json p = tj.value("pre_tokenizer", json());
-  if (p.is_object() && p.value("type", "") == "ByteLevel" && p.value("use_regex", true)) {
-    pre = "gpt-2";
-  } else if (p.is_object() && p.value("type", "") == "Sequence" && p.contains("pretokenizers") &&
-             p["pretokenizers"].is_array() && p["pretokenizers"].size() == 2) {
-    const json& split = p["pretokenizers"][0];
-    const json& bl = p["pretokenizers"][1];
-    const std::string regex = split.is_object() && split.contains("pattern") && split["pattern"].is_object()
-                                  ? split["pattern"].value("Regex", "")
-                                  : "";
-    if (bl.is_object() && bl.value("type", "") == "ByteLevel" && !bl.value("use_regex", true)) {
-      if (regex == kQwen2Regex) pre = "qwen2";
-      else if (regex == kLlama3Regex) pre = "llama-bpe";
-    }
-  }
-  if (pre.empty()) fail("its pre-tokenizer is none of the byte-level ones llama.cpp names (qwen2, llama-bpe, gpt-2)");
-  const json normalizer = tj.value("normalizer", json());
-  if (!normalizer.is_null() && !(normalizer.is_object() && normalizer.value("type", "") == "NFC"))
-    fail("its normalizer has no llama.cpp equivalent");
-  std::vector<std::string> tokens(size_t(c.vocab_size));
-  std::vector<int64_t> types(size_t(c.vocab_size), kUnused);
-  if (!m.contains("vocab") || !m["vocab"].is_object()) fail("no vocab");
-  const auto place = [&](int64_t id, const std::string& text, int type) {
-    if (id < 0 || id >= c.vocab_size) fail("token id " + std::to_string(id) + " is outside the model's vocabulary of " + std::to_string(c.vocab_size));
-    tokens[size_t(id)] = text;
-    types[size_t(id)] = type;
-  };
-  for (const auto& [text, id] : m["vocab"].items()) place(id.get<int64_t>(), text, kNormal);
-  if (tj.contains("added_tokens"))
-    for (const json& a : tj["added_tokens"])
-      place(a.at("id").get<int64_t>(), a.at("content").get<std::string>(), a.value("special", false) ? kControl : kUserDefined);
-  // Ids the tokenizer does not use (a vocabulary rounded up) get placeholder tokens, as llama.cpp's
-  // converter writes them.
-  for (size_t id = 0; id < tokens.size(); ++id)
-    if (types[id] == kUnused) tokens[id] = "[PAD" + std::to_string(id) + "]";
-  std::vector<std::string> merges;
-  for (const json& merge : m.value("merges", json::array())) {
-    if (merge.is_string()) merges.push_back(merge.get<std::string>());
-    else if (merge.is_array() && merge.size() == 2) merges.push_back(merge[0].get<std::string>() + " " + merge[1].get<std::string>());
-    else fail("a merge is neither \"a b\" nor [a, b]");
-  }
-  w.add_string("tokenizer.ggml.model", "gpt2");
-  w.add_string("tokenizer.ggml.pre", pre);
-  w.add_strings("tokenizer.ggml.tokens", std::move(tokens));
-  w.add_i32s("tokenizer.ggml.token_type", std::move(types));
-  w.add_strings("tokenizer.ggml.merges", std::move(merges));
-  add_gguf_special_tokens(w, c);
-  w.add_bool("tokenizer.ggml.add_eos_token", false);
-  if (tokenizer_config.is_object() && tokenizer_config.contains("chat_template") && tokenizer_config["chat_template"].is_string())
-    w.add_string("tokenizer.chat_template", tokenizer_config["chat_template"].get<std::string>());
 }
 
 }  // namespace crossmoe

@@ -70,19 +70,8 @@ std::vector<float> gguf_rope_freq_factors(const ModelConfig& config);
 // The metadata keys of the description (general.*, <arch>.*), without tokenizer keys.
 void add_gguf_model_metadata(GgufWriter& writer, const ModelConfig& config, const std::string& name);
 
-// tokenizer.ggml.* as a tokenizer.json that tokenizer/tokenizer.hpp runs; nullopt for
-// "no_vocab" files and files without tokenizer keys. Supported: byte-level BPE ("gpt2") with
-// the pre-tokenizers "qwen2", "llama-bpe" and "gpt-2".
-std::optional<nlohmann::json> gguf_tokenizer_json(const GgufFile& file);
-// The tokenizer_config.json equivalent (chat_template, bos_token, eos_token), empty object when
-// the file has none of them.
-nlohmann::json gguf_tokenizer_config(const GgufFile& file);
 // tokenizer.ggml.eos/eot/bos_token_id and add_bos_token: the tokens generation ends on and the
 // BOS a prompt starts with (also in files without a vocabulary).
 void add_gguf_special_tokens(GgufWriter& writer, const ModelConfig& config);
-// The inverse: tokenizer.ggml.* for a tokenizer.json (byte-level BPE with one of the
-// pre-tokenizers above), the token list padded to vocab_size with unused tokens.
-void add_gguf_tokenizer_metadata(GgufWriter& writer, const ModelConfig& config, const nlohmann::json& tokenizer_json,
-                                 const nlohmann::json& tokenizer_config);
 
 }  // namespace crossmoe

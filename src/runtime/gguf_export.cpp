@@ -8,6 +8,7 @@
 #include "kernels/kernels.hpp"
 #include "model/checkpoint.hpp"
 #include "model/gguf_model.hpp"
+#include "model/gguf_tokenizer.hpp"
 #include "model/hf_config.hpp"
 #include "model/tensor_names.hpp"
 #include "runtime/model_files.hpp"

