@@ -35,12 +35,13 @@ void add_convert(CLI::App& app) {
       "convert",
       "Write a model as a GGUF file that llama.cpp loads: architecture llama (dense, or Mixtral-style MoE), qwen3, "
       "qwen3moe, olmoe or deepseek2 (DeepSeek-V2 / V3 latent attention); matrices keep their type (F32, F16, BF16, "
-      "Q8_0, Q4_K); the tokenizer goes along when the model has one (byte-level BPE)");
+      "Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K); the tokenizer goes along when the model has one (byte-level BPE with a "
+      "pre-tokenizer llama.cpp names)");
   cmd->add_option("model", a->model, "Model directory or GGUF file")->required()->check(CLI::ExistingPath);
   cmd->add_option("out", a->out, "GGUF file to write (replaced if it exists)")->required();
   cmd->add_option("--type", a->type,
                   "keep: every matrix as stored; f32, f16 or bf16: element-wise matrices converted to that type "
-                  "(Q8_0 / Q4_K matrices stay as they are)")
+                  "(block-quantized matrices stay as they are)")
       ->capture_default_str()
       ->check(CLI::IsMember({"keep", "f32", "f16", "bf16"}));
   cmd->callback([a] { run_convert(*a); });
