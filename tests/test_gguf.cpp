@@ -658,7 +658,7 @@ TEST(DeepSeek2Export, RunsAsLlamaCppRunsTheFile) {
 
 // tests/fixtures/gguf/dense-q4_k_m.gguf and dense-q6_k.gguf: llama-quantize's Q4_K_M (Q4_K, with
 // Q6_K for output, attn_v and ffn_down, as the Hub's Q4_K_M files hold them) and --pure Q6_K of
-// a random 1-layer qwen3 model whose rows are whole 256-blocks (tests/fixtures/make_q6_k_goldens.sh).
+// a random 1-layer qwen3 model whose rows are whole 256-blocks (tests/fixtures/make_llama_quantize_goldens.sh).
 // Their *.dequant.json: the FNV-1a 64-bit hash of ggml's own to_float floats of every tensor.
 uint64_t fnv1a(const std::vector<float>& v, uint64_t h = 1469598103934665603ull) {
   const auto* p = reinterpret_cast<const uint8_t*>(v.data());
