@@ -522,7 +522,7 @@ constexpr QuantCase kQuantCases[] = {{37, 256, 1}, {64, 512, 5}, {130, 1024, 9},
 // Every block type the kernels multiply; those that interleave_rows8 interleaves (the others stay
 // as rows).
 constexpr DType kBlockTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
-bool interleaves(DType t) { return t != DType::Q4_0 && t != DType::Q5_0; }
+bool interleaves(DType t) { return t != DType::Q5_0; }
 
 std::vector<float> weight_like(size_t n, std::mt19937& rng) {
   std::normal_distribution<float> normal(0.0f, 0.05f);
@@ -723,7 +723,7 @@ TEST(QuantKernels, Avx512MatchesPortable) { expect_isa_matches_portable(Isa::Avx
 TEST(QuantKernels, Avx512VnniMatchesPortable) { expect_isa_matches_portable(Isa::Avx512Vnni); }
 
 // The bytes the integer lanes' bounds are about, which quantizing smooth values seldom makes:
-// Q8_0 weights of -128 and 127, Q4_K nibbles of 15 under 6-bit scales and mins of 63, against
+// Q8_0 weights of -128 and 127, Q4_0 nibbles of 0 and 15, Q4_K nibbles of 15 under 6-bit scales and mins of 63, against
 // activations of -127 and 127 (whole blocks of them), beside random bytes of every value. Every
 // ISA gives the portable code's bits for the rows of whole groups, for one token (decode's
 // tiles) and several (the tiles of several tokens, and their tail; from 16 tokens on, AMX's tiles
@@ -738,16 +738,17 @@ TEST(QuantKernels, InterleavedTilesGiveThePortableBitsOnExtremeBytes) {
     for (int c = 0; c < cols; ++c)
       x[size_t(t) * cols + c] = t == 0 ? -1.0f : t == 1 ? 1.0f : float(byte(rng) - 128) / 128.0f;
   const uint16_t step = f32_to_f16(0.01f);
-  for (DType t : {DType::Q8_0, DType::Q4_K}) {
-    const size_t row_bytes = dtype_row_bytes(t, cols), block_bytes = t == DType::Q8_0 ? 34 : 144;
+  for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_K}) {
+    const size_t row_bytes = dtype_row_bytes(t, cols), block_bytes = dtype_row_bytes(t, dtype_block(t));
     std::vector<uint8_t> bytes(row_bytes * rows);
     for (int r = 0; r < rows; ++r)
       for (size_t b = 0; b < row_bytes; b += block_bytes) {
         uint8_t* block = &bytes[r * row_bytes + b];
-        const size_t fp16_fields = t == DType::Q8_0 ? 1 : 2;
+        const size_t fp16_fields = t == DType::Q4_K ? 2 : 1;
         for (size_t f = 0; f < fp16_fields; ++f) std::memcpy(block + 2 * f, &step, 2);
-        for (size_t i = 2 * fp16_fields; i < block_bytes; ++i)
-          block[i] = r == 0 ? (t == DType::Q8_0 ? 0x80 : 0xff) : r == 1 ? (t == DType::Q8_0 ? 0x7f : 0xff) : byte(rng);
+        const uint8_t first = t == DType::Q8_0 ? 0x80 : t == DType::Q4_0 ? 0x00 : 0xff;
+        const uint8_t second = t == DType::Q8_0 ? 0x7f : 0xff;
+        for (size_t i = 2 * fp16_fields; i < block_bytes; ++i) block[i] = r == 0 ? first : r == 1 ? second : byte(rng);
       }
     std::vector<uint8_t> interleaved = bytes;
     Matrix m{interleaved.data(), t, rows, cols};
@@ -774,6 +775,8 @@ TEST(QuantKernels, InterleavedTilesGiveThePortableBitsOnExtremeBytes) {
     const float ad = 1.0f / 127.0f, d = f16_to_f32(step);
     if (t == DType::Q8_0)
       EXPECT_FLOAT_EQ(portable[0], 512 * 128 * 127 * d * ad) << "every product -128 x -127";
+    else if (t == DType::Q4_0)
+      EXPECT_FLOAT_EQ(portable[0], 512 * 8 * 127 * d * ad) << "every product (0 - 8) x -127";
     else
       EXPECT_FLOAT_EQ(portable[0], 2 * (-63 * 15 * 127 * 8 * 32 + 63 * 127 * 8 * 32) * d * ad)
           << "every product 63 x 15 x -127, every min 63 x -127";
@@ -804,7 +807,7 @@ std::vector<float> expect_rows_give_the_portable_bits(DType type, Fill fill) {
   std::vector<uint8_t> interleaved_bytes = bytes;
   Matrix interleaved{interleaved_bytes.data(), type, rows, cols};
   interleave_rows8(interleaved, interleaved_bytes.data());
-  const bool interleaved_too = interleaves(type);  // Q5_K and Q6_K; Q4_0 and Q5_0 stay as rows
+  const bool interleaved_too = interleaves(type);  // Q4_0, Q5_K and Q6_K; Q5_0 stays as rows
   EXPECT_EQ(interleaved.layout, interleaved_too ? Layout::Interleaved8 : Layout::Rows) << dtype_name(type);
   EXPECT_EQ(interleaved_bytes != bytes, interleaved_too) << dtype_name(type);
   std::vector<Matrix> layouts = {m};
@@ -966,7 +969,7 @@ TEST(QuantKernels, ATokenGetsTheSameBitsAloneOrInABatch) {
   std::mt19937 rng(6);
   const int rows = 38, cols = 512, tokens = 19;
   const std::vector<float> x = weight_like(size_t(tokens) * cols, rng);
-  for (DType t : kBlockTypes) {  // (Q4_0 and Q5_0 stay as rows)
+  for (DType t : kBlockTypes) {  // (Q5_0 stays as rows)
     QuantizedMatrix q = quantize_matrix(t, weight_like(size_t(rows) * cols, rng), rows, cols);
     for (Layout layout : {Layout::Rows, Layout::Interleaved8}) {
       const Matrix m = q.in_layout(layout, t, rows, cols);
@@ -989,9 +992,9 @@ TEST(QuantKernels, ATokenGetsTheSameBitsAloneOrInABatch) {
 // weights as rows: within the bound against the dequantized weights, bit for bit the same in every
 // ISA for the rows of whole groups (the contract of quant_matmul_impl.hpp: exact integer sums, then
 // the same float operations), and within float rounding of the row layout's products (whose float
-// additions run in another order; Q5_K's and Q6_K's rows take the same steps: the same bits).
+// additions run in another order; Q4_0's, Q5_K's and Q6_K's rows take the same steps: the same bits).
 TEST(QuantKernels, InterleavedRowsMatchTheBoundAndTheRowLayout) {
-  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+  for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     std::vector<std::vector<float>> portable;
     std::vector<std::vector<double>> magnitude, unused;
     quant_products(Isa::Generic, t, &portable, &magnitude, Layout::Interleaved8);
@@ -1009,7 +1012,7 @@ TEST(QuantKernels, InterleavedRowsMatchTheBoundAndTheRowLayout) {
             ASSERT_LE(std::fabs(interleaved[c][i] - portable[c][i]), 1e-5 * magnitude[c][i]);
           ASSERT_LE(std::fabs(interleaved[c][i] - as_rows[c][i]), 1e-5 * magnitude[c][i])
               << isa_name(isa) << " " << dtype_name(t) << " case " << c << " output " << i;
-          if (t == DType::Q5_K || t == DType::Q6_K)
+          if (t == DType::Q4_0 || t == DType::Q5_K || t == DType::Q6_K)
             ASSERT_EQ(interleaved[c][i], as_rows[c][i]) << dtype_name(t) << isa_name(isa) << " case " << c << " output " << i;
         }
       }
@@ -1034,7 +1037,7 @@ TEST(QuantKernels, AmxTilesGiveThePortableBitsOnRaggedShapes) {
   const Shape shapes[] = {{DType::Q8_0, 40, 288, 16, 0},  {DType::Q8_0, 61, 800, 37, 24}, {DType::Q8_0, 32, 64, 71, 16},
                           {DType::Q8_0, 16, 32, 17, 0},   {DType::Q4_K, 40, 768, 37, 0},  {DType::Q4_K, 61, 256, 16, 8},
                           {DType::Q4_K, 56, 512, 33, 32}, {DType::Q8_0, 64, 256, 15, 0},  {DType::Q6_K, 40, 768, 37, 8},
-                          {DType::Q5_K, 40, 768, 37, 8}};
+                          {DType::Q5_K, 40, 768, 37, 8},  {DType::Q4_0, 40, 288, 37, 8}};
   std::mt19937 rng(21);
   for (const auto& [type, rows, cols, tokens, split] : shapes) {
     QuantizedMatrix q = quantize_matrix(type, weight_like(size_t(rows) * cols, rng), rows, cols);
@@ -1061,7 +1064,7 @@ TEST(QuantKernels, AmxTilesGiveThePortableBitsOnRaggedShapes) {
 TEST(QuantKernels, InterleavingLeavesTailRowsAndOtherMatricesAsTheyWere) {
   std::mt19937 rng(8);
   const int cols = 256;
-  for (DType t : {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+  for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     const size_t row_bytes = dtype_row_bytes(t, cols);
     QuantizedMatrix q = quantize_matrix(t, weight_like(19 * cols, rng), 19, cols);
     const Matrix m = q.interleaved(t, 19, cols);

@@ -400,11 +400,12 @@ TEST(Quant, InterleavedQ6_KBlocksFollowTheLayoutAndRoundTrip) {
 // says, checked field by field against the rows, and deinterleaving gives the rows back.
 TEST(Quant, InterleavedBlocksFollowTheLayoutAndRoundTrip) {
   const int slot_of_row[8] = {0, 1, 4, 5, 2, 3, 6, 7};  // rows 0, 1, 4, 5 first, then 2, 3, 6, 7
-  for (DType type : {DType::Q8_0, DType::Q4_K, DType::Q5_K}) {
-    const int64_t n = type == DType::Q8_0 ? 32 : 256;
+  for (DType type : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K}) {
+    const bool small = type == DType::Q8_0 || type == DType::Q4_0;
+    const int64_t n = small ? 32 : 256;
     const size_t block = dtype_row_bytes(type, n);
     std::vector<uint8_t> rows(8 * block), group(8 * block), back(8 * block);
-    // Row r's block: block r (Q8_0) or r % 4 (Q4_K, Q5_K) of a test row, so the group holds zero,
+    // Row r's block: block r (Q8_0, Q4_0) or r % 4 (Q4_K, Q5_K) of a test row, so the group holds zero,
     // positive, tiny and large blocks.
     const int64_t cols = 1024;
     std::vector<uint8_t> whole(dtype_row_bytes(type, cols));
@@ -416,19 +417,29 @@ TEST(Quant, InterleavedBlocksFollowTheLayoutAndRoundTrip) {
     for (int r = 0; r < 8; ++r) {
       const uint8_t* row = rows.data() + r * block;
       EXPECT_EQ(std::memcmp(group.data() + 2 * r, row, 2), 0) << "d of row " << r;
-      // The quants: 32 bytes per row and span (Q8_0's q; Q4_K's and Q5_K's 4 pairs of sub-blocks
-      // of low nibbles, which a Q5_K row holds after its 32 bytes of qh; then Q5_K's qh).
-      const size_t quants = type == DType::Q8_0 ? 16 : 128,
-                   row_quants = type == DType::Q8_0 ? 2 : type == DType::Q5_K ? 48 : 16;
-      for (int span = 0; span < (type == DType::Q8_0 ? 1 : 4); ++span)
-        for (int i = 0; i < 32; ++i)
+      // The quants: 32 bytes per row and span (Q8_0's q, Q4_0's 16 bytes of nibbles; Q4_K's and
+      // Q5_K's 4 pairs of sub-blocks of low nibbles, which a Q5_K row holds after its 32 bytes of
+      // qh; then Q5_K's qh).
+      const size_t quants = small ? 16 : 128, row_quants = small ? 2 : type == DType::Q5_K ? 48 : 16;
+      for (int span = 0; span < (small ? 1 : 4); ++span)
+        for (int i = 0; i < (type == DType::Q4_0 ? 16 : 32); ++i)
           ASSERT_EQ(group[quants + 256 * span + 64 * (i / 8) + 8 * slot_of_row[r] + i % 8], row[row_quants + 32 * span + i])
               << dtype_name(type) << " row " << r << " span " << span << " byte " << i;
       if (type == DType::Q5_K)
         for (int i = 0; i < 32; ++i)
           ASSERT_EQ(group[quant::kQ5_KHighBits + 64 * (i / 8) + 8 * slot_of_row[r] + i % 8], row[16 + i])
               << "qh byte " << i << " of row " << r;
-      if (type == DType::Q8_0) continue;
+      if (type == DType::Q4_0) {
+        // Chunk k's low nibbles are Q8_0's chunk k of the row's values (0..15), its high nibbles
+        // chunk k + 2 (values 16..31): value i of row r, q - 8, at byte 8 slot + i % 8 of chunk i / 8 % 2.
+        int8_t values[32];
+        quant::small_block_values<DType::Q4_0>(row, values);
+        for (int i = 0; i < 32; ++i) {
+          const uint8_t b = group[16 + 64 * (i / 8 % 2) + 8 * slot_of_row[r] + i % 8];
+          ASSERT_EQ((i < 16 ? b & 15 : b >> 4) - 8, values[i]) << "value " << i << " of row " << r;
+        }
+      }
+      if (small) continue;
       EXPECT_EQ(std::memcmp(group.data() + 16 + 2 * r, row + 2, 2), 0) << "dmin of row " << r;
       for (int j = 0; j < 8; ++j) {
         int sc, m;
@@ -449,4 +460,5 @@ TEST(Quant, InterleavedBlocksFollowTheLayoutAndRoundTrip) {
     EXPECT_EQ(back, rows) << dtype_name(type);
   }
   EXPECT_EQ(quant::kQ5_KHighBits + 256, 8 * 176) << "a Q5_K group keeps its rows' bytes";
+  EXPECT_EQ(16 + 2 * 64, 8 * 18) << "a Q4_0 group: 8 fp16 steps and 2 chunks, its rows' bytes";
 }

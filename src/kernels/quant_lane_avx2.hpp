@@ -220,23 +220,37 @@ struct QuantLaneAvx2 {
     return _mm256_set1_epi64x(v);
   }
   static constexpr int x8_tokens = 4;  // tokens per interleaved tile
-  template <int T>
+  // A group's bytes per block index: Q8_0's, or Q4_0's (util/quant.hpp), whose tiles are Q8_0's.
+  template <DType D>
+  static constexpr size_t small_group_bytes = D == DType::Q4_0 ? 8 * 18 : 8 * 34;
+  // Half h (rows 0, 1, 4, 5 | 2, 3, 6, 7) of Q8_0's chunk k of a group's block as int8 values: Q8_0's
+  // bytes, or Q4_0's chunk k % 2 of nibbles (low for k < 2, high after) less 8.
+  template <DType D>
+  static __m256i small_group_values(const uint8_t* g, int k, int h) {
+    if constexpr (D == DType::Q8_0) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 16 + 64 * k + 32 * h));
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 16 + 64 * (k % 2) + 32 * h));
+    const __m256i nibbles = _mm256_and_si256(k < 2 ? raw : _mm256_srli_epi16(raw, 4), _mm256_set1_epi8(15));
+    return _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8));
+  }
+  template <int T, DType D = DType::Q8_0>
   static void q8_0_x8(const uint8_t* g, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
     __m256 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
     const __m256i ones = _mm256_set1_epi16(1);
-    for (int64_t b = 0; b < blocks; ++b, g += 8 * 34) {
+    constexpr size_t kBytes = small_group_bytes<D>;
+    for (int64_t b = 0; b < blocks; ++b, g += kBytes) {
       // One token reads each group once from memory: every line of the block 8 blocks ahead is
       // asked for (a group's blocks lie back to back; one line in four was not enough).
       if constexpr (T == 1)
-        for (int line = 0; line < 8 * 34; line += 64) __builtin_prefetch(g + 8 * (8 * 34) + line);
+        for (size_t line = 0; line < kBytes; line += 64) __builtin_prefetch(g + 8 * kBytes + line);
       const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
       __m256i sums[T][2];
       for (int t = 0; t < T; ++t) sums[t][0] = sums[t][1] = _mm256_setzero_si256();
+#pragma GCC unroll 4
       for (int k = 0; k < 4; ++k)
         for (int h = 0; h < 2; ++h) {
           // |w| times a with w's sign, as madd_q8 (no saturation: |w| <= 128, |a| <= 127).
-          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 16 + 64 * k + 32 * h));
+          const __m256i w = small_group_values<D>(g, k, h);
           const __m256i w_abs = _mm256_sign_epi8(w, w);
           for (int t = 0; t < T; ++t) {
             const __m256i a = bytes8(x[t * blocks + b].q + 8 * k);

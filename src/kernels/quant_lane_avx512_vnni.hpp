@@ -39,29 +39,41 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
   // w + 128 as an unsigned byte, so the lanes sum (w + 128) * a, and a row's two lanes over a
   // block exceed its product by 128 * sum(a) = 128 * a.sum, the same for every row: subtracted
   // once per block and token. |lane| <= 16 * 255 * 127 per block: exact in 32 bits.
-  template <int T>
+  // Q4_0 (util/quant.hpp: a chunk of nibbles holds Q8_0's chunks k and k + 2) takes the nibbles
+  // q = value + 8 as they are, unsigned: the lanes exceed the products by 8 * a.sum per block.
+  // Either way the rows' integer sums are Q8_0's exact dot of the block's int8 values.
+  template <DType D>
+  static constexpr int small_block_bias = D == DType::Q4_0 ? 8 : 128;
+  template <DType D>
+  static __m512i small_group_values(const uint8_t* g, int k) {  // Q8_0's chunk k, each value + bias
+    if constexpr (D == DType::Q8_0) return _mm512_xor_si512(_mm512_loadu_si512(g + 16 + 64 * k), _mm512_set1_epi8(char(0x80)));
+    const __m512i raw = _mm512_loadu_si512(g + 16 + 64 * (k % 2));
+    return _mm512_and_si512(k < 2 ? raw : _mm512_srli_epi16(raw, 4), _mm512_set1_epi8(15));
+  }
+  template <int T, DType D = DType::Q8_0>
   static void q8_0_x8(const uint8_t* g, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
     __m256 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
-    const __m512i sign_bit = _mm512_set1_epi8(char(0x80));
-    for (int64_t b = 0; b < blocks; ++b, g += 8 * 34) {
+    constexpr size_t kBytes = small_group_bytes<D>;
+    for (int64_t b = 0; b < blocks; ++b, g += kBytes) {
       // One token reads each group once from memory: every line of the block 32 blocks (8.5 KiB)
       // ahead is asked for. 8 blocks ahead, as QuantLaneAvx2::q8_0_x8 asks, streamed a large
       // matrix 1.02-1.30x slower (median 1.12x) in a one-thread scratch loop that took turns
       // between distances (docs/benchmarks.md, sixth round).
       if constexpr (T == 1)
-        for (int line = 0; line < 8 * 34; line += 64) __builtin_prefetch(g + 32 * (8 * 34) + line);
+        for (size_t line = 0; line < kBytes; line += 64) __builtin_prefetch(g + 32 * kBytes + line);
       const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
       __m512i sums[T];
       for (int t = 0; t < T; ++t) sums[t] = _mm512_setzero_si512();
+#pragma GCC unroll 4
       for (int k = 0; k < 4; ++k) {
-        const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(g + 16 + 64 * k), sign_bit);
+        const __m512i w = small_group_values<D>(g, k);
         for (int t = 0; t < T; ++t) sums[t] = _mm512_dpbusd_epi32(sums[t], w, bytes8(x[t * blocks + b].q + 8 * k));
       }
       for (int t = 0; t < T; ++t) {
         const ActivationBlock& a = x[t * blocks + b];
         const __m256i rows = _mm256_sub_epi32(_mm256_hadd_epi32(low_half(sums[t]), high_half(sums[t])),
-                                              _mm256_set1_epi32(128 * a.sum));
+                                              _mm256_set1_epi32(small_block_bias<D> * a.sum));
         const __m256 da = _mm256_mul_ps(d, _mm256_broadcast_ss(&a.d));
         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows), da, acc[t]);
       }
@@ -258,21 +270,22 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
       __builtin_prefetch(h + 2 * group_bytes + line);
     }
   }
-  template <int T>
+  template <int T, DType D = DType::Q8_0>
   static void q8_0_x16(const uint8_t* g, size_t group_bytes, const ActivationBlock* x, int64_t blocks, float* y,
                        int64_t ldy, bool prefetch) {
     __m512 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
-    const __m512i sign_bit = _mm512_set1_epi8(char(0x80)), order = q8_0_order();
+    const __m512i order = q8_0_order();
     const uint8_t* h = g + group_bytes;
-    for (int64_t b = 0; b < blocks; ++b, g += 8 * 34, h += 8 * 34) {
-      if (prefetch) prefetch_next_pair<8 * 34>(g, h, group_bytes);
+    constexpr size_t kBytes = small_group_bytes<D>;
+    for (int64_t b = 0; b < blocks; ++b, g += kBytes, h += kBytes) {
+      if (prefetch) prefetch_next_pair<kBytes>(g, h, group_bytes);
       const __m512 d = halves16(g, h, order);
       __m512i sums_g[T], sums_h[T];
       for (int t = 0; t < T; ++t) sums_g[t] = sums_h[t] = _mm512_setzero_si512();
+#pragma GCC unroll 4
       for (int k = 0; k < 4; ++k) {
-        const __m512i wg = _mm512_xor_si512(_mm512_loadu_si512(g + 16 + 64 * k), sign_bit);
-        const __m512i wh = _mm512_xor_si512(_mm512_loadu_si512(h + 16 + 64 * k), sign_bit);
+        const __m512i wg = small_group_values<D>(g, k), wh = small_group_values<D>(h, k);
         for (int t = 0; t < T; ++t) {
           const __m512i a = bytes8(x[t * blocks + b].q + 8 * k);
           sums_g[t] = _mm512_dpbusd_epi32(sums_g[t], wg, a);
@@ -281,7 +294,7 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
       }
       for (int t = 0; t < T; ++t) {
         const ActivationBlock& a = x[t * blocks + b];
-        const __m512i rows = _mm512_sub_epi32(q8_0_rows16(sums_g[t], sums_h[t]), _mm512_set1_epi32(128 * a.sum));
+        const __m512i rows = _mm512_sub_epi32(q8_0_rows16(sums_g[t], sums_h[t]), _mm512_set1_epi32(small_block_bias<D> * a.sum));
         acc[t] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, rows), _mm512_mul_ps(d, _mm512_set1_ps(a.d)), acc[t]);
       }
     }

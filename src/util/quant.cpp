@@ -288,16 +288,16 @@ void interleave8_block(DType type, const void* rows, size_t stride, void* out) {
     }
     return;
   }
-  const bool q8 = type == DType::Q8_0, q5 = type == DType::Q5_K;
+  const bool q4_0 = type == DType::Q4_0, q8 = type == DType::Q8_0 || q4_0, q5 = type == DType::Q5_K;
   if (!q8 && !q5 && type != DType::Q4_K) throw Error("cannot interleave " + dtype_name(type));
-  const int spans = q8 ? 1 : 4;
+  const int spans = q8 ? 1 : 4, chunks = q4_0 ? 2 : 4;  // Q4_0's span: its 16 bytes of nibbles
   // Q5_K is Q4_K with its 32 bytes of qh between the scales and the nibbles: the nibbles start 32
   // bytes later in the row, and qh goes after Q4_K's group as a fifth span.
   const size_t quants = q8 ? 16 : 128, row_quants = q8 ? 2 : q5 ? 48 : 16;
   for (int r = 0; r < 8; ++r) {
     std::memcpy(o + 2 * r, row(r), 2);
     for (int span = 0; span < spans; ++span)
-      for (int k = 0; k < 4; ++k)
+      for (int k = 0; k < chunks; ++k)
         std::memcpy(o + quants + 256 * span + span_offset(r, 8 * k), row(r) + row_quants + 32 * span + 8 * k, 8);
     if (q5)
       for (int k = 0; k < 4; ++k) std::memcpy(o + kQ5_KHighBits + span_offset(r, 8 * k), row(r) + 16 + 8 * k, 8);
@@ -333,14 +333,14 @@ void deinterleave8_block(DType type, const void* in, void* out) {
     }
     return;
   }
-  const bool q8 = type == DType::Q8_0, q5 = type == DType::Q5_K;
+  const bool q4_0 = type == DType::Q4_0, q8 = type == DType::Q8_0 || q4_0, q5 = type == DType::Q5_K;
   if (!q8 && !q5 && type != DType::Q4_K) throw Error("cannot deinterleave " + dtype_name(type));  // (per block: no message built)
-  const size_t block = q8 ? 34 : q5 ? 176 : 144, quants = q8 ? 16 : 128, row_quants = q8 ? 2 : q5 ? 48 : 16;
-  const int spans = q8 ? 1 : 4;
+  const size_t block = q4_0 ? 18 : q8 ? 34 : q5 ? 176 : 144, quants = q8 ? 16 : 128, row_quants = q8 ? 2 : q5 ? 48 : 16;
+  const int spans = q8 ? 1 : 4, chunks = q4_0 ? 2 : 4;
   for (int r = 0; r < 8; ++r) {
     std::memcpy(o + block * r, g + 2 * r, 2);
     for (int span = 0; span < spans; ++span)
-      for (int k = 0; k < 4; ++k)
+      for (int k = 0; k < chunks; ++k)
         std::memcpy(o + block * r + row_quants + 32 * span + 8 * k, g + quants + 256 * span + span_offset(r, 8 * k), 8);
     if (q5)
       for (int k = 0; k < 4; ++k) std::memcpy(o + block * r + 16 + 8 * k, g + kQ5_KHighBits + span_offset(r, 8 * k), 8);

@@ -50,6 +50,10 @@
 //   Q8_0, 272 bytes: fp16 d of rows 0..7 | 4 chunks k of 64 bytes: bytes 8k..8k+7 of q of rows 0,
 //        1, 4, 5, then of rows 2, 3, 6, 7 (a 32-bit sum per row pair of lanes, so one vphaddd of the
 //        two halves lines the 8 rows up in order)
+//   Q4_0, 144 bytes: fp16 d of rows 0..7 | 2 chunks k of 64 bytes: bytes 8k..8k+7 of qs of rows 0,
+//        1, 4, 5, then of rows 2, 3, 6, 7. Values 0..15 of a block are the low nibbles of its 16
+//        bytes and values 16..31 the high ones, so one chunk k gives Q8_0's chunks k (x & 15) - 8
+//        and k + 2 (x >> 4) - 8, and the kernels take Q8_0's integer dot and float steps on them.
 //   Q4_K, 1152 bytes: fp16 d of rows 0..7 | fp16 dmin of rows 0..7 | 96 bytes of scales and mins |
 //        1024 bytes of nibbles: per pair p of sub-blocks, 256 bytes in Q8_0's 4 chunks of 64 (bytes
 //        8k..8k+7 of the pair's 32 bytes of rows 0, 1, 4, 5, then of rows 2, 3, 6, 7)
@@ -138,7 +142,7 @@ inline void q4_k_scales_mins(const uint8_t* packed, uint8_t* scales, uint8_t* mi
 }
 void q4_k_pack_scales_mins(const int* scales, const int* mins, uint8_t* packed);
 
-// One block index of a group of 8 rows, Q8_0, Q4_K, Q5_K or Q6_K: interleave8_block reads row r's block at
+// One block index of a group of 8 rows, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K: interleave8_block reads row r's block at
 // rows + r * stride and writes the group's 8 * block bytes; deinterleave8_block is its inverse,
 // writing row r's block at out + r * block bytes.
 void interleave8_block(DType type, const void* rows, size_t stride, void* out);
