@@ -519,10 +519,8 @@ struct QuantCase {
 };
 constexpr QuantCase kQuantCases[] = {{37, 256, 1}, {64, 512, 5}, {130, 1024, 9}, {16, 2048, 4}, {3, 256, 17}, {38, 512, 21}};
 
-// Every block type the kernels multiply; those that interleave_rows8 interleaves (the others stay
-// as rows).
+// Every block type the kernels multiply, all of which interleave_rows8 interleaves.
 constexpr DType kBlockTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
-bool interleaves(DType t) { return t != DType::Q5_0; }
 
 std::vector<float> weight_like(size_t n, std::mt19937& rng) {
   std::normal_distribution<float> normal(0.0f, 0.05f);
@@ -582,7 +580,7 @@ void quant_products(Isa isa, DType t, std::vector<std::vector<float>>* outputs, 
     quantize_activations(x.data(), int64_t(tokens) * cols, activation_group(t), xq.data());
     std::vector<float> y(size_t(tokens) * rows);
     const Matrix weights = q.in_layout(layout, t, rows, cols);
-    ASSERT_EQ(weights.layout, rows >= 8 && interleaves(t) ? layout : Layout::Rows);
+    ASSERT_EQ(weights.layout, rows >= 8 ? layout : Layout::Rows);
     matmul(weights, x.data(), tokens, y.data());
     std::vector<double> m(y.size());
     for (int tk = 0; tk < tokens; ++tk)
@@ -807,11 +805,9 @@ std::vector<float> expect_rows_give_the_portable_bits(DType type, Fill fill) {
   std::vector<uint8_t> interleaved_bytes = bytes;
   Matrix interleaved{interleaved_bytes.data(), type, rows, cols};
   interleave_rows8(interleaved, interleaved_bytes.data());
-  const bool interleaved_too = interleaves(type);  // Q4_0, Q5_K and Q6_K; Q5_0 stays as rows
-  EXPECT_EQ(interleaved.layout, interleaved_too ? Layout::Interleaved8 : Layout::Rows) << dtype_name(type);
-  EXPECT_EQ(interleaved_bytes != bytes, interleaved_too) << dtype_name(type);
-  std::vector<Matrix> layouts = {m};
-  if (interleaved_too) layouts.push_back(interleaved);
+  EXPECT_EQ(interleaved.layout, Layout::Interleaved8) << dtype_name(type);
+  EXPECT_NE(interleaved_bytes, bytes) << dtype_name(type);
+  const std::vector<Matrix> layouts = {m, interleaved};
   std::vector<float> portable(size_t(tokens) * rows);
   {
     IsaGuard guard(Isa::Generic);
@@ -969,7 +965,7 @@ TEST(QuantKernels, ATokenGetsTheSameBitsAloneOrInABatch) {
   std::mt19937 rng(6);
   const int rows = 38, cols = 512, tokens = 19;
   const std::vector<float> x = weight_like(size_t(tokens) * cols, rng);
-  for (DType t : kBlockTypes) {  // (Q5_0 stays as rows)
+  for (DType t : kBlockTypes) {
     QuantizedMatrix q = quantize_matrix(t, weight_like(size_t(rows) * cols, rng), rows, cols);
     for (Layout layout : {Layout::Rows, Layout::Interleaved8}) {
       const Matrix m = q.in_layout(layout, t, rows, cols);
@@ -992,9 +988,9 @@ TEST(QuantKernels, ATokenGetsTheSameBitsAloneOrInABatch) {
 // weights as rows: within the bound against the dequantized weights, bit for bit the same in every
 // ISA for the rows of whole groups (the contract of quant_matmul_impl.hpp: exact integer sums, then
 // the same float operations), and within float rounding of the row layout's products (whose float
-// additions run in another order; Q4_0's, Q5_K's and Q6_K's rows take the same steps: the same bits).
+// additions run in another order; Q4_0's, Q5_0's, Q5_K's and Q6_K's rows take the same steps: the same bits).
 TEST(QuantKernels, InterleavedRowsMatchTheBoundAndTheRowLayout) {
-  for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+  for (DType t : kBlockTypes) {
     std::vector<std::vector<float>> portable;
     std::vector<std::vector<double>> magnitude, unused;
     quant_products(Isa::Generic, t, &portable, &magnitude, Layout::Interleaved8);
@@ -1012,7 +1008,7 @@ TEST(QuantKernels, InterleavedRowsMatchTheBoundAndTheRowLayout) {
             ASSERT_LE(std::fabs(interleaved[c][i] - portable[c][i]), 1e-5 * magnitude[c][i]);
           ASSERT_LE(std::fabs(interleaved[c][i] - as_rows[c][i]), 1e-5 * magnitude[c][i])
               << isa_name(isa) << " " << dtype_name(t) << " case " << c << " output " << i;
-          if (t == DType::Q4_0 || t == DType::Q5_K || t == DType::Q6_K)
+          if (t != DType::Q8_0 && t != DType::Q4_K)
             ASSERT_EQ(interleaved[c][i], as_rows[c][i]) << dtype_name(t) << isa_name(isa) << " case " << c << " output " << i;
         }
       }
@@ -1037,7 +1033,8 @@ TEST(QuantKernels, AmxTilesGiveThePortableBitsOnRaggedShapes) {
   const Shape shapes[] = {{DType::Q8_0, 40, 288, 16, 0},  {DType::Q8_0, 61, 800, 37, 24}, {DType::Q8_0, 32, 64, 71, 16},
                           {DType::Q8_0, 16, 32, 17, 0},   {DType::Q4_K, 40, 768, 37, 0},  {DType::Q4_K, 61, 256, 16, 8},
                           {DType::Q4_K, 56, 512, 33, 32}, {DType::Q8_0, 64, 256, 15, 0},  {DType::Q6_K, 40, 768, 37, 8},
-                          {DType::Q5_K, 40, 768, 37, 8},  {DType::Q4_0, 40, 288, 37, 8}};
+                          {DType::Q5_K, 40, 768, 37, 8},  {DType::Q4_0, 40, 288, 37, 8},
+                          {DType::Q5_0, 40, 288, 37, 8}};
   std::mt19937 rng(21);
   for (const auto& [type, rows, cols, tokens, split] : shapes) {
     QuantizedMatrix q = quantize_matrix(type, weight_like(size_t(rows) * cols, rng), rows, cols);
@@ -1064,7 +1061,7 @@ TEST(QuantKernels, AmxTilesGiveThePortableBitsOnRaggedShapes) {
 TEST(QuantKernels, InterleavingLeavesTailRowsAndOtherMatricesAsTheyWere) {
   std::mt19937 rng(8);
   const int cols = 256;
-  for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+  for (DType t : kBlockTypes) {
     const size_t row_bytes = dtype_row_bytes(t, cols);
     QuantizedMatrix q = quantize_matrix(t, weight_like(19 * cols, rng), 19, cols);
     const Matrix m = q.interleaved(t, 19, cols);

@@ -31,10 +31,10 @@ struct Matrix {
   int64_t row_stride() const { return stride ? stride : cols; }
 };
 
-// Rewrites a Q8_0 / Q4_0 / Q4_K / Q5_K / Q6_K matrix whose rows lie back to back into the Interleaved8
-// layout, in place: `data` is m.data, writable. Its groups of 8 rows are interleaved, the rows after
-// the last whole group stay as they are. Other matrices (other dtypes, Q5_0 included: its
-// products read rows; strided, fewer than 8 rows, already interleaved) are left alone. Every ISA's kernels read
+// Rewrites a Q8_0 / Q4_0 / Q5_0 / Q4_K / Q5_K / Q6_K matrix whose rows lie back to back into the
+// Interleaved8 layout, in place: `data` is m.data, writable. Its groups of 8 rows are interleaved, the
+// rows after the last whole group stay as they are. Other matrices (other dtypes; strided, fewer
+// than 8 rows, already interleaved) are left alone. Every ISA's kernels read
 // both layouts.
 void interleave_rows8(Matrix& m, void* data);
 

@@ -327,8 +327,7 @@ void q4_k_tile(const Q4Strip* w, const ActivationBlock* x, int64_t blocks, float
 
 // Rows [r0, r1) (r0 a multiple of 8, as matmul_batch's blocks of rows are): whole strips of 16
 // interleaved rows on the tiles, the rest (a last group of 8, rows after the last group, matrices
-// as rows, Q4_0, Q5_K and Q6_K matrices: their tiles are the VNNI lane's; Q5_0 is never
-// interleaved) and calls of few tokens on the VNNI lane. Tokens go 16 at a time; the last tile ends at
+// as rows, Q4_0, Q5_0, Q5_K and Q6_K matrices: their tiles are the VNNI lane's) and calls of few tokens on the VNNI lane. Tokens go 16 at a time; the last tile ends at
 // the last token and recomputes the tokens it shares with the one before (the same operations:
 // the same values written again).
 template <class Tiles>

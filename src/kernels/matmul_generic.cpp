@@ -114,10 +114,10 @@ struct QuantLaneScalar {
   // Interleaved groups: each block index's 8 blocks put back in rows (quant::deinterleave8_block),
   // then the products of quant_matmul_impl.hpp's contract, row by row.
   static constexpr int x8_tokens = 4;  // tokens per interleaved tile
-  // Q8_0, or Q4_0 (each block's values unpacked to Q8_0's int8 values first).
+  // Q8_0, or Q4_0 / Q5_0 (each block's values unpacked to Q8_0's int8 values first).
   template <int T, DType D = DType::Q8_0>
   static void q8_0_x8(const uint8_t* g, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
-    constexpr size_t kBlock = D == DType::Q4_0 ? 18 : 34;
+    constexpr size_t kBlock = D == DType::Q4_0 ? 18 : D == DType::Q5_0 ? 22 : 34;
     float acc[T][8] = {};
     uint8_t plain[8 * kBlock];
     for (int64_t b = 0; b < blocks; ++b) {
@@ -125,7 +125,7 @@ struct QuantLaneScalar {
       for (int r = 0; r < 8; ++r) {
         const float d = quant::read_half(plain + kBlock * r);
         int8_t values[32];
-        if constexpr (D == DType::Q4_0) quant::small_block_values<D>(plain + kBlock * r, values);
+        if constexpr (D != DType::Q8_0) quant::small_block_values<D>(plain + kBlock * r, values);
         else std::memcpy(values, plain + kBlock * r + 2, 32);
         const int8_t* q = values;
         for (int t = 0; t < T; ++t) {

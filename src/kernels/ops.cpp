@@ -57,7 +57,7 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
 }
 
 void interleave_rows8(Matrix& m, void* data) {
-  if ((m.dtype != DType::Q8_0 && m.dtype != DType::Q4_0 && m.dtype != DType::Q4_K && m.dtype != DType::Q5_K && m.dtype != DType::Q6_K) ||
+  if ((m.dtype != DType::Q8_0 && m.dtype != DType::Q4_0 && m.dtype != DType::Q5_0 && m.dtype != DType::Q4_K && m.dtype != DType::Q5_K && m.dtype != DType::Q6_K) ||
       m.row_stride() != m.cols ||
       m.layout == Layout::Interleaved8 || m.rows < 8)
     return;

@@ -42,13 +42,19 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
   // Q4_0 (util/quant.hpp: a chunk of nibbles holds Q8_0's chunks k and k + 2) takes the nibbles
   // q = value + 8 as they are, unsigned: the lanes exceed the products by 8 * a.sum per block.
   // Either way the rows' integer sums are Q8_0's exact dot of the block's int8 values.
+  // Q5_0 adds its top bits (word k of the group: a byte mask of the chunk) as 16: q = value + 16.
   template <DType D>
-  static constexpr int small_block_bias = D == DType::Q4_0 ? 8 : 128;
+  static constexpr int small_block_bias = D == DType::Q4_0 ? 8 : D == DType::Q5_0 ? 16 : 128;
   template <DType D>
   static __m512i small_group_values(const uint8_t* g, int k) {  // Q8_0's chunk k, each value + bias
     if constexpr (D == DType::Q8_0) return _mm512_xor_si512(_mm512_loadu_si512(g + 16 + 64 * k), _mm512_set1_epi8(char(0x80)));
-    const __m512i raw = _mm512_loadu_si512(g + 16 + 64 * (k % 2));
-    return _mm512_and_si512(k < 2 ? raw : _mm512_srli_epi16(raw, 4), _mm512_set1_epi8(15));
+    constexpr int64_t nibbles_at = D == DType::Q5_0 ? quant::kQ5_0Nibbles : 16;
+    const __m512i raw = _mm512_loadu_si512(g + nibbles_at + 64 * (k % 2));
+    const __m512i nibbles = _mm512_and_si512(k < 2 ? raw : _mm512_srli_epi16(raw, 4), _mm512_set1_epi8(15));
+    if constexpr (D == DType::Q4_0) return nibbles;
+    __mmask64 top;
+    std::memcpy(&top, g + quant::kQ5_0HighBits + 8 * k, 8);
+    return _mm512_or_si512(nibbles, _mm512_maskz_mov_epi8(top, _mm512_set1_epi8(16)));
   }
   template <int T, DType D = DType::Q8_0>
   static void q8_0_x8(const uint8_t* g, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {

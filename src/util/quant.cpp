@@ -279,6 +279,14 @@ void interleave8_block(DType type, const void* rows, size_t stride, void* out) {
   const auto* in = static_cast<const uint8_t*>(rows);
   auto* o = static_cast<uint8_t*>(out);
   const auto row = [&](int r) { return in + size_t(r) * stride; };
+  if (type == DType::Q5_0) {
+    for (int r = 0; r < 8; ++r) {
+      std::memcpy(o + 2 * r, row(r), 2);
+      for (int k = 0; k < 4; ++k) o[kQ5_0HighBits + 8 * k + kSlot[r]] = row(r)[2 + k];
+      for (int k = 0; k < 2; ++k) std::memcpy(o + kQ5_0Nibbles + span_offset(r, 8 * k), row(r) + 6 + 8 * k, 8);
+    }
+    return;
+  }
   if (type == DType::Q6_K) {
     for (int r = 0; r < 8; ++r) {
       for (int span = 0; span < 6; ++span)  // ql's 4 spans of 32 bytes, then qh's 2: one run of 192 bytes
@@ -323,6 +331,15 @@ void interleave8_block(DType type, const void* rows, size_t stride, void* out) {
 void deinterleave8_block(DType type, const void* in, void* out) {
   const auto* g = static_cast<const uint8_t*>(in);
   auto* o = static_cast<uint8_t*>(out);
+  if (type == DType::Q5_0) {
+    for (int r = 0; r < 8; ++r) {
+      uint8_t* b = o + 22 * r;
+      std::memcpy(b, g + 2 * r, 2);
+      for (int k = 0; k < 4; ++k) b[2 + k] = g[kQ5_0HighBits + 8 * k + kSlot[r]];
+      for (int k = 0; k < 2; ++k) std::memcpy(b + 6 + 8 * k, g + kQ5_0Nibbles + span_offset(r, 8 * k), 8);
+    }
+    return;
+  }
   if (type == DType::Q6_K) {
     for (int r = 0; r < 8; ++r) {
       uint8_t* b = o + 210 * r;

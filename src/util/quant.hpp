@@ -54,6 +54,9 @@
 //        1, 4, 5, then of rows 2, 3, 6, 7. Values 0..15 of a block are the low nibbles of its 16
 //        bytes and values 16..31 the high ones, so one chunk k gives Q8_0's chunks k (x & 15) - 8
 //        and k + 2 (x >> 4) - 8, and the kernels take Q8_0's integer dot and float steps on them.
+//   Q5_0, 176 bytes: fp16 d of rows 0..7 | 4 words k of 8 bytes: byte k of qh (the top bits of
+//        values 8k..8k+7) of rows 0, 1, 4, 5, 2, 3, 6, 7 | Q4_0's 2 chunks of nibbles. Word k is the
+//        top bits of Q8_0's chunk k, bit i of it the value at byte i of the chunk (a byte mask).
 //   Q4_K, 1152 bytes: fp16 d of rows 0..7 | fp16 dmin of rows 0..7 | 96 bytes of scales and mins |
 //        1024 bytes of nibbles: per pair p of sub-blocks, 256 bytes in Q8_0's 4 chunks of 64 (bytes
 //        8k..8k+7 of the pair's 32 bytes of rows 0, 1, 4, 5, then of rows 2, 3, 6, 7)
@@ -86,8 +89,10 @@ namespace crossmoe::quant {
 
 constexpr int64_t kQ8_0Block = 32, kQ4_0Block = 32, kQ5_0Block = 32, kQ4_KBlock = 256, kQ4_KSubBlock = 32, kQ5_KBlock = 256, kQ5_KSubBlock = 32,
                   kQ6_KBlock = 256, kQ6_KSubBlock = 16;
-// Where an interleaved Q6_K group's scales and steps start, and an interleaved Q5_K group's qh (see above).
+// Where an interleaved Q6_K group's scales and steps start, and an interleaved Q5_K group's qh.
 constexpr int64_t kQ6_KScales = 1536, kQ6_KSteps = 1664, kQ5_KHighBits = 1152;
+// Where an interleaved Q5_0 group's top bits and nibbles start (see above).
+constexpr int64_t kQ5_0HighBits = 16, kQ5_0Nibbles = 48;
 
 // Quantizes n values (a multiple of the type's block) into dtype_row_bytes(type, n) bytes.
 // Throws on a bad n, on values that are not finite, or on values too large for the fp16 scales.
@@ -142,7 +147,7 @@ inline void q4_k_scales_mins(const uint8_t* packed, uint8_t* scales, uint8_t* mi
 }
 void q4_k_pack_scales_mins(const int* scales, const int* mins, uint8_t* packed);
 
-// One block index of a group of 8 rows, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K: interleave8_block reads row r's block at
+// One block index of a group of 8 rows, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K or Q6_K: interleave8_block reads row r's block at
 // rows + r * stride and writes the group's 8 * block bytes; deinterleave8_block is its inverse,
 // writing row r's block at out + r * block bytes.
 void interleave8_block(DType type, const void* rows, size_t stride, void* out);
