@@ -57,9 +57,8 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
 }
 
 void interleave_rows8(Matrix& m, void* data) {
-  if ((m.dtype != DType::Q8_0 && m.dtype != DType::Q4_0 && m.dtype != DType::Q5_0 && m.dtype != DType::Q4_K && m.dtype != DType::Q5_K && m.dtype != DType::Q6_K) ||
-      m.row_stride() != m.cols ||
-      m.layout == Layout::Interleaved8 || m.rows < 8)
+  // Every block type has its Interleaved8 layout (util/quant.hpp); element-wise types have none.
+  if (dtype_block(m.dtype) == 1 || m.row_stride() != m.cols || m.layout == Layout::Interleaved8 || m.rows < 8)
     return;
   const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
   const size_t block_bytes = dtype_row_bytes(m.dtype, dtype_block(m.dtype));
@@ -75,7 +74,7 @@ void interleave_rows8(Matrix& m, void* data) {
 }
 
 int64_t activation_group(DType weights) {
-  return weights == DType::Q8_0 || weights == DType::Q4_0 || weights == DType::Q5_0 ? 32 : 256;
+  return dtype_block(weights);  // a block (32) or a super-block (256)
 }
 
 void quantize_activations(const float* x, int64_t n, int64_t group, ActivationBlock* out) {
