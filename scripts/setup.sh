@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # PyTorch peer that the trainer's losses are checked against.
 packages=(g++ cmake make pkg-config libgtest-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev
           fortunes-zh python3-jieba libtorch-dev libgloo-dev libopenblas0-openmp libedit-dev libcpp-httplib-dev chromium
-          python3-torch python3-numpy)
+          python3-torch python3-numpy git)  # git: unpacks llama.cpp's vocab test files from its npm bundle
 command -v npm >/dev/null || packages+=(npm)  # machines here ship Node.js with its own npm
 missing=()
 for p in "${packages[@]}"; do
