@@ -1,17 +1,20 @@
-// AMX (Intel's tile unit, Sapphire Rapids and later): the quantized products of prefill (Q8_0 and
-// Q4_K weights against many tokens) with AMX-INT8's tile dot products; everything else, and every
-// product of fewer than kAmxMinTokens tokens, is the AVX-512 VNNI table's. Compiled with the
+// AMX (Intel's tile unit, Sapphire Rapids and later): the quantized products of prefill (Q8_0,
+// Q4_0, Q5_0, Q4_K and Q5_K weights against many tokens) with AMX-INT8's tile dot products;
+// everything else (Q6_K's 16-value sub-blocks, for one), and every product of fewer than
+// kAmxMinTokens tokens, is the AVX-512 VNNI table's. Compiled with the
 // AVX-512, VNNI and AMX flags; dispatch.cpp gives this table only to CPUs that have AMX-TILE and
 // AMX-INT8 and whose kernel lets the process use the tile data (arch_prctl XCOMP_PERM).
 //
 // Same bits as every other ISA (quant_matmul_impl.hpp's contract): a tile dot product sums int8 x
-// int8 (TDPBSSD, Q8_0) or int8 x uint8 (TDPBSUD, Q4_K's nibbles) products in int32, exactly, so a
+// int8 (TDPBSSD: Q8_0, and Q4_0 / Q5_0 unpacked to their int8 values q - 8 / q - 16) or int8 x
+// uint8 (TDPBSUD: Q4_K's nibbles, Q5_K's with their top bits) products in int32, exactly, so a
 // tile whose K is one block of 32 columns gives each (token, row) that block's integer sum, the
 // same integer the other lanes compute. The float steps after it are the other lanes' operations
-// in their order: per block (Q8_0) acc = fma(float(sum), d * a.d, acc); per super-block (Q4_K)
-// acc = fma(float(sum_j sc[j] * sum_j), d * a.d, acc), then acc = fma(-float(sum_j m[j] * a_j.sum),
-// dmin * a.d, acc), the sub-blocks' scales applied in integers. So a token gets the same bits in
-// this path, in the VNNI lane (fewer tokens, the rows outside this path) and in the portable code.
+// in their order: per block (Q8_0, Q4_0, Q5_0) acc = fma(float(sum), d * a.d, acc); per
+// super-block (Q4_K, Q5_K) acc = fma(float(sum_j sc[j] * sum_j), d * a.d, acc), then
+// acc = fma(-float(sum_j m[j] * a_j.sum), dmin * a.d, acc), the sub-blocks' scales applied in
+// integers. So a token gets the same bits in this path, in the VNNI lane (fewer tokens, the rows
+// outside this path) and in the portable code.
 //
 // Layout: C tiles are [16 tokens][16 rows] of int32, so a row of C is one token's 16 outputs as one
 // zmm (the float steps run 16 rows per instruction and store straight into y). A tiles are the
@@ -27,6 +30,7 @@
 #include <vector>
 
 #include "kernels/kernels.hpp"
+#include "kernels/quant_lane_avx512_vnni.hpp"
 #include "util/quant.hpp"
 
 namespace crossmoe::kernels {
@@ -191,12 +195,18 @@ struct alignas(64) Q8Strip {
   int8_t b[8][64];
 };
 
-void pack_q8_0(const uint8_t* g0, const uint8_t* g1, int64_t blocks, Q8Strip* out) {
-  const __m512i even = quad_index(0), odd = quad_index(1);
-  for (int64_t b = 0; b < blocks; ++b, g0 += 8 * 34, g1 += 8 * 34) {
+// Q8_0's, Q4_0's or Q5_0's groups (util/quant.hpp): each block's values as int8, the VNNI lane's
+// unpacking of a group's chunk k (Q8_0's chunk k, each value + its bias) less the bias.
+template <DType kType>
+void pack_small_blocks(const uint8_t* g0, const uint8_t* g1, int64_t blocks, Q8Strip* out) {
+  using Lane = QuantLaneAvx512Vnni;
+  constexpr size_t kGroupBytes = Lane::small_group_bytes<kType>;
+  const __m512i even = quad_index(0), odd = quad_index(1), bias = _mm512_set1_epi8(char(Lane::small_block_bias<kType>));
+  for (int64_t b = 0; b < blocks; ++b, g0 += kGroupBytes, g1 += kGroupBytes) {
     _mm512_store_ps(out[b].d, halves16(g0, g1));
     for (int k = 0; k < 4; ++k) {
-      const __m512i lo = _mm512_loadu_si512(g0 + 16 + 64 * k), hi = _mm512_loadu_si512(g1 + 16 + 64 * k);
+      const __m512i lo = _mm512_sub_epi8(Lane::small_group_values<kType>(g0, k), bias);
+      const __m512i hi = _mm512_sub_epi8(Lane::small_group_values<kType>(g1, k), bias);
       _mm512_store_si512(out[b].b[2 * k], _mm512_permutex2var_epi32(lo, even, hi));
       _mm512_store_si512(out[b].b[2 * k + 1], _mm512_permutex2var_epi32(lo, odd, hi));
     }
@@ -213,10 +223,14 @@ struct alignas(64) Q4Strip {
   uint8_t b[8][8][64];
 };
 
+// Q4_K's groups, or Q5_K's (Q4_K's bytes, then the qh span: each nibble's top bit, as the VNNI
+// lane's with_high_bit adds it).
+template <DType kType>
 void pack_q4_k(const uint8_t* g0, const uint8_t* g1, int64_t super_blocks, Q4Strip* out) {
   constexpr int kSlot[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+  constexpr size_t kGroupBytes = kType == DType::Q4_K ? 8 * 144 : 8 * 176;
   const __m512i even = quad_index(0), odd = quad_index(1), low4 = _mm512_set1_epi8(15);
-  for (int64_t s = 0; s < super_blocks; ++s, g0 += 8 * 144, g1 += 8 * 144) {
+  for (int64_t s = 0; s < super_blocks; ++s, g0 += kGroupBytes, g1 += kGroupBytes) {
     Q4Strip& o = out[s];
     _mm512_store_ps(o.d, halves16(g0, g1));
     _mm512_store_ps(o.dmin, halves16(g0 + 16, g1 + 16));
@@ -239,13 +253,21 @@ void pack_q4_k(const uint8_t* g0, const uint8_t* g1, int64_t super_blocks, Q4Str
       for (int n = 0; n < 16; ++n) o.min_pairs[q][n] = int32_t(mins[n][2 * q]) | int32_t(mins[n][2 * q + 1]) << 16;
     for (int p = 0; p < 4; ++p)
       for (int k = 0; k < 4; ++k) {
-        const __m512i lo = _mm512_loadu_si512(g0 + 128 + 256 * p + 64 * k);
-        const __m512i hi = _mm512_loadu_si512(g1 + 128 + 256 * p + 64 * k);
-        const __m512i e = _mm512_permutex2var_epi32(lo, even, hi), d = _mm512_permutex2var_epi32(lo, odd, hi);
-        _mm512_store_si512(o.b[2 * p][2 * k], _mm512_and_si512(e, low4));
-        _mm512_store_si512(o.b[2 * p][2 * k + 1], _mm512_and_si512(d, low4));
-        _mm512_store_si512(o.b[2 * p + 1][2 * k], _mm512_and_si512(_mm512_srli_epi16(e, 4), low4));
-        _mm512_store_si512(o.b[2 * p + 1][2 * k + 1], _mm512_and_si512(_mm512_srli_epi16(d, 4), low4));
+        __m512i low[2], high[2];  // sub-blocks 2p and 2p + 1 of each group
+        for (int h = 0; h < 2; ++h) {
+          const uint8_t* g = h ? g1 : g0;
+          const __m512i raw = _mm512_loadu_si512(g + 128 + 256 * p + 64 * k);
+          low[h] = _mm512_and_si512(raw, low4);
+          high[h] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+          if constexpr (kType == DType::Q5_K) {
+            low[h] = QuantLaneAvx512Vnni::with_high_bit(low[h], g + quant::kQ5_KHighBits + 64 * k, 2 * p);
+            high[h] = QuantLaneAvx512Vnni::with_high_bit(high[h], g + quant::kQ5_KHighBits + 64 * k, 2 * p + 1);
+          }
+        }
+        _mm512_store_si512(o.b[2 * p][2 * k], _mm512_permutex2var_epi32(low[0], even, low[1]));
+        _mm512_store_si512(o.b[2 * p][2 * k + 1], _mm512_permutex2var_epi32(low[0], odd, low[1]));
+        _mm512_store_si512(o.b[2 * p + 1][2 * k], _mm512_permutex2var_epi32(high[0], even, high[1]));
+        _mm512_store_si512(o.b[2 * p + 1][2 * k + 1], _mm512_permutex2var_epi32(high[0], odd, high[1]));
       }
   }
 }
@@ -308,7 +330,7 @@ void q4_k_tile(const Q4Strip* w, const ActivationBlock* x, int64_t blocks, float
     const __m512 d = _mm512_load_ps(s.d), dmin = _mm512_load_ps(s.dmin);
     for (int i = 0; i < kTileTokens; ++i) {
       const ActivationBlock* a = x + i * blocks + b;
-      // |sum_j| <= 32 * 15 * 127 and sc <= 63: the 8 products' sum stays below 2^25, exact in int32.
+      // |sum_j| <= 32 * 31 * 128 (Q5_K) and sc <= 63: the 8 products' sum stays below 2^26, exact in int32.
       __m512i dots = _mm512_mullo_epi32(_mm512_load_si512(sums[0][i]), _mm512_load_si512(s.scales[0]));
       for (int j = 1; j < 8; ++j)
         dots = _mm512_add_epi32(dots, _mm512_mullo_epi32(_mm512_load_si512(sums[j][i]), _mm512_load_si512(s.scales[j])));
@@ -327,15 +349,16 @@ void q4_k_tile(const Q4Strip* w, const ActivationBlock* x, int64_t blocks, float
 
 // Rows [r0, r1) (r0 a multiple of 8, as matmul_batch's blocks of rows are): whole strips of 16
 // interleaved rows on the tiles, the rest (a last group of 8, rows after the last group, matrices
-// as rows, Q4_0, Q5_0, Q5_K and Q6_K matrices: their tiles are the VNNI lane's) and calls of few tokens on the VNNI lane. Tokens go 16 at a time; the last tile ends at
-// the last token and recomputes the tokens it shares with the one before (the same operations:
-// the same values written again).
+// as rows, Q6_K matrices: their tiles are the VNNI lane's) and calls of few tokens on the VNNI
+// lane. Tokens go 16 at a time; the last tile ends at the last token and recomputes the tokens it
+// shares with the one before (the same operations: the same values written again).
 template <class Tiles>
 void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t* sums, int tokens, float* y, int64_t r0,
                        int64_t r1) {
+  const bool small_blocks = m.dtype == DType::Q8_0 || m.dtype == DType::Q4_0 || m.dtype == DType::Q5_0;
+  const bool super_blocks_with_mins = m.dtype == DType::Q4_K || m.dtype == DType::Q5_K;
   int64_t strip_end = r0;
-  if (m.layout == Layout::Interleaved8 && (m.dtype == DType::Q8_0 || m.dtype == DType::Q4_K) &&
-      tokens >= kAmxMinTokens)
+  if (m.layout == Layout::Interleaved8 && (small_blocks || super_blocks_with_mins) && tokens >= kAmxMinTokens)
     strip_end = r0 + std::max<int64_t>(0, std::min(r1, m.rows / 8 * 8) - r0) / kStripRows * kStripRows;
   if (strip_end > r0) {
     const int64_t blocks = m.cols / 32, strips = (strip_end - r0) / kStripRows;
@@ -349,10 +372,13 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
       }
     };
     Tiles::begin();
-    if (m.dtype == DType::Q8_0) {
+    if (small_blocks) {
       thread_local std::vector<Q8Strip> packed;
       packed.resize(size_t(strips * blocks));
-      for (int64_t s = 0; s < strips; ++s) pack_q8_0(group(s, 0), group(s, 1), blocks, &packed[size_t(s * blocks)]);
+      const auto pack = m.dtype == DType::Q8_0   ? &pack_small_blocks<DType::Q8_0>
+                        : m.dtype == DType::Q4_0 ? &pack_small_blocks<DType::Q4_0>
+                                                 : &pack_small_blocks<DType::Q5_0>;
+      for (int64_t s = 0; s < strips; ++s) pack(group(s, 0), group(s, 1), blocks, &packed[size_t(s * blocks)]);
       each_tile([&](int64_t s, const ActivationBlock* xt, float* yt) {
         q8_0_tile<Tiles>(&packed[size_t(s * blocks)], xt, blocks, yt, m.rows);
       });
@@ -360,8 +386,8 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
       thread_local std::vector<Q4Strip> packed;
       const int64_t super_blocks = blocks / 8;
       packed.resize(size_t(strips * super_blocks));
-      for (int64_t s = 0; s < strips; ++s)
-        pack_q4_k(group(s, 0), group(s, 1), super_blocks, &packed[size_t(s * super_blocks)]);
+      const auto pack = m.dtype == DType::Q4_K ? &pack_q4_k<DType::Q4_K> : &pack_q4_k<DType::Q5_K>;
+      for (int64_t s = 0; s < strips; ++s) pack(group(s, 0), group(s, 1), super_blocks, &packed[size_t(s * super_blocks)]);
       each_tile([&](int64_t s, const ActivationBlock* xt, float* yt) {
         q4_k_tile<Tiles>(&packed[size_t(s * super_blocks)], xt, blocks, yt, m.rows);
       });
