@@ -1,8 +1,9 @@
 #pragma once
 // The 512-bit integer lane of quant_matmul_impl.hpp for CPUs with AVX512-VNNI: vpdpbusd multiplies
 // 64 unsigned by 64 signed bytes and adds each 4 products into a 32-bit lane in one instruction
-// (AVX2 needs vpmaddubsw, vpmaddwd and vpaddd per 32 bytes). Included only by
-// matmul_avx512_vnni.cpp, compiled with the AVX-512 and VNNI flags.
+// (AVX2 needs vpmaddubsw, vpmaddwd and vpaddd per 32 bytes). Included by matmul_avx512_vnni.cpp,
+// compiled with the AVX-512 and VNNI flags, and by matmul_amx.cpp, whose tiles unpack the groups
+// with small_group_values and with_high_bit.
 //
 // Only the interleaved tiles (q8_0_x8, q4_k_x8: the layout a loaded model holds, util/quant.hpp)
 // are new; the products over rows as stored (the rows after a matrix's last group of 8, matrices
