@@ -839,7 +839,7 @@ std::vector<float> expect_rows_give_the_portable_bits(DType type, Fill fill) {
       EXPECT_LE(std::fabs(portable[size_t(t) * rows + r] - ref), 1e-6 * magnitude)
           << dtype_name(type) << " token " << t << " row " << r;
     }
-  if (isa_supported(Isa::Avx512Vnni)) {  // AMX's tiles for Q4_0, Q5_0 and Q5_K (Q6_K: its VNNI lane)
+  if (isa_supported(Isa::Avx512Vnni)) {  // AMX's tiles (interleaved groups of 16 rows; the 5 rows after: its VNNI lane)
     const std::vector<float> emulated = table_product(amx_emulated_kernels(), interleaved, x.data(), tokens);
     EXPECT_EQ(first_difference(emulated, portable, rows), "") << "emulated AMX tiles, " << dtype_name(type);
   }
@@ -1035,7 +1035,7 @@ TEST(QuantKernels, AmxTilesGiveThePortableBitsOnRaggedShapes) {
                           {DType::Q4_K, 56, 512, 33, 32}, {DType::Q8_0, 64, 256, 15, 0},  {DType::Q6_K, 40, 768, 37, 8},
                           {DType::Q5_K, 40, 768, 37, 8},  {DType::Q4_0, 40, 288, 37, 8},
                           {DType::Q5_0, 40, 288, 37, 8},  {DType::Q5_K, 61, 256, 16, 8},  {DType::Q4_0, 61, 800, 16, 24},
-                          {DType::Q5_0, 32, 64, 71, 16}};
+                          {DType::Q5_0, 32, 64, 71, 16},  {DType::Q6_K, 61, 512, 16, 24}};
   std::mt19937 rng(21);
   for (const auto& [type, rows, cols, tokens, split] : shapes) {
     QuantizedMatrix q = quantize_matrix(type, weight_like(size_t(rows) * cols, rng), rows, cols);

@@ -1,19 +1,19 @@
 // AMX (Intel's tile unit, Sapphire Rapids and later): the quantized products of prefill (Q8_0,
-// Q4_0, Q5_0, Q4_K and Q5_K weights against many tokens) with AMX-INT8's tile dot products;
-// everything else (Q6_K's 16-value sub-blocks, for one), and every product of fewer than
-// kAmxMinTokens tokens, is the AVX-512 VNNI table's. Compiled with the
+// Q4_0, Q5_0, Q4_K, Q5_K and Q6_K weights against many tokens) with AMX-INT8's tile dot
+// products; everything else, and every product of fewer than kAmxMinTokens tokens, is the AVX-512
+// VNNI table's. Compiled with the
 // AVX-512, VNNI and AMX flags; dispatch.cpp gives this table only to CPUs that have AMX-TILE and
 // AMX-INT8 and whose kernel lets the process use the tile data (arch_prctl XCOMP_PERM).
 //
 // Same bits as every other ISA (quant_matmul_impl.hpp's contract): a tile dot product sums int8 x
-// int8 (TDPBSSD: Q8_0, and Q4_0 / Q5_0 unpacked to their int8 values q - 8 / q - 16) or int8 x
-// uint8 (TDPBSUD: Q4_K's nibbles, Q5_K's with their top bits) products in int32, exactly, so a
-// tile whose K is one block of 32 columns gives each (token, row) that block's integer sum, the
-// same integer the other lanes compute. The float steps after it are the other lanes' operations
-// in their order: per block (Q8_0, Q4_0, Q5_0) acc = fma(float(sum), d * a.d, acc); per
-// super-block (Q4_K, Q5_K) acc = fma(float(sum_j sc[j] * sum_j), d * a.d, acc), then
-// acc = fma(-float(sum_j m[j] * a_j.sum), dmin * a.d, acc), the sub-blocks' scales applied in
-// integers. So a token gets the same bits in this path, in the VNNI lane (fewer tokens, the rows
+// int8 (TDPBSSD: Q8_0, and Q4_0 / Q5_0 / Q6_K unpacked to their int8 values q - 8 / q - 16 /
+// q - 32) or int8 x uint8 (TDPBSUD: Q4_K's nibbles, Q5_K's with their top bits) products in int32,
+// exactly, so a tile whose K is one block of 32 columns (Q6_K: one sub-block of 16) gives each
+// (token, row) that block's integer sum, the same integer the other lanes compute. The float steps
+// after it are the other lanes' operations in their order: per block (Q8_0, Q4_0, Q5_0)
+// acc = fma(float(sum), d * a.d, acc); per super-block (Q4_K, Q5_K)
+// acc = fma(float(sum_j sc[j] * sum_j), d * a.d, acc), then acc = fma(-float(sum_j m[j] * a_j.sum),
+// dmin * a.d, acc) (Q6_K: the first step only), the sub-blocks' scales applied in integers. So a token gets the same bits in this path, in the VNNI lane (fewer tokens, the rows
 // outside this path) and in the portable code.
 //
 // Layout: C tiles are [16 tokens][16 rows] of int32, so a row of C is one token's 16 outputs as one
@@ -52,23 +52,25 @@ constexpr int kAmxMinTokens = 16;
 constexpr int kTileTokens = 16, kStripRows = 16;
 
 // LDTILECFG's 64 bytes, palette 1. Tiles 0, 1: C, int32 sums [16 tokens][16 rows]; 2, 3: A,
-// activation bytes [16 tokens][32 columns]; 4, 5: B, weight bytes [8 quads of columns][16 rows x 4].
-// Each product uses tiles (0, 2, 4) or (1, 3, 5), so two blocks are in flight at once.
+// activation bytes [16 tokens][K columns]; 4, 5: B, weight bytes [K / 4 quads of columns][16 rows
+// x 4]. K is 32, a block, or 16, a Q6_K sub-block. Each product uses tiles (0, 2, 4) or (1, 3, 5),
+// so two blocks are in flight at once.
 struct alignas(64) TileConfig {
   uint8_t palette = 1, start_row = 0, reserved[14] = {};
   uint16_t colsb[16] = {};
   uint8_t rows[16] = {};
 };
 static_assert(sizeof(TileConfig) == 64);
-TileConfig tile_config() {
+constexpr TileConfig tile_config(int k) {
   TileConfig c;
   for (int p = 0; p < 2; ++p) {
     c.colsb[p] = 64, c.rows[p] = kTileTokens;
-    c.colsb[2 + p] = 32, c.rows[2 + p] = kTileTokens;
-    c.colsb[4 + p] = 64, c.rows[4 + p] = 8;
+    c.colsb[2 + p] = uint16_t(k), c.rows[2 + p] = kTileTokens;
+    c.colsb[4 + p] = 64, c.rows[4 + p] = uint8_t(k / 4);
   }
   return c;
 }
+alignas(64) constexpr TileConfig kBlockTiles = tile_config(32), kSubBlockTiles = tile_config(16);
 
 // The tile instructions. Their tile operands are immediates (the intrinsics paste the number into
 // the instruction), hence one branch per tile set P. GCC's LDTILECFG and TILELOADD are asm
@@ -76,8 +78,7 @@ TileConfig tile_config() {
 // so a compiler barrier before each makes the stores before it (the packed weights) land first.
 struct AmxTiles {
   static void barrier() { asm volatile("" ::: "memory"); }
-  static void begin() {
-    static const TileConfig config = tile_config();
+  static void begin(const TileConfig& config) {
     barrier();
     _tile_loadconfig(&config);
   }
@@ -127,8 +128,7 @@ struct EmulatedTiles {
     thread_local Unit u;
     return u;
   }
-  static void begin() {
-    const TileConfig c = tile_config();
+  static void begin(const TileConfig& c) {
     Unit& u = unit();
     for (int t = 0; t < 8; ++t) u.rows[t] = c.rows[t], u.colsb[t] = c.colsb[t];
     std::memset(u.data, 0, sizeof u.data);
@@ -272,6 +272,36 @@ void pack_q4_k(const uint8_t* g0, const uint8_t* g1, int64_t super_blocks, Q4Str
   }
 }
 
+// One super-block of a strip of 16 rows of Q6_K: steps, each sub-block's int8 scales per row, and
+// each sub-block's values q - 32 (the VNNI lane's q6_k_values, less 32) as a B tile of 4 quads.
+struct alignas(64) Q6Strip {
+  float d[16];
+  int32_t scales[16][16];
+  int8_t b[16][4][64];
+};
+
+void pack_q6_k(const uint8_t* g0, const uint8_t* g1, int64_t super_blocks, Q6Strip* out) {
+  constexpr int kSlot[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+  constexpr size_t kGroupBytes = 8 * 210;
+  const __m512i even = quad_index(0), odd = quad_index(1), offset = _mm512_set1_epi8(32);
+  for (int64_t s = 0; s < super_blocks; ++s, g0 += kGroupBytes, g1 += kGroupBytes) {
+    Q6Strip& o = out[s];
+    _mm512_store_ps(o.d, halves16(g0 + quant::kQ6_KSteps, g1 + quant::kQ6_KSteps));
+    for (int h = 0; h < 2; ++h)
+      for (int j = 0; j < 16; ++j)
+        for (int slot = 0; slot < 8; ++slot)
+          o.scales[j][8 * h + kSlot[slot]] = int8_t((h ? g1 : g0)[quant::kQ6_KScales + 8 * j + slot]);
+    for (int b = 0; b < 8; ++b)
+      for (int k = 0; k < 4; ++k) {  // chunk k: values 8k..8k+7 of block b, sub-block 2b + k / 2
+        const __m512i lo = _mm512_sub_epi8(QuantLaneAvx512Vnni::q6_k_values(g0, b / 4, b % 4, k), offset);
+        const __m512i hi = _mm512_sub_epi8(QuantLaneAvx512Vnni::q6_k_values(g1, b / 4, b % 4, k), offset);
+        int8_t (*quads)[64] = o.b[2 * b + k / 2] + 2 * (k % 2);
+        _mm512_store_si512(quads[0], _mm512_permutex2var_epi32(lo, even, hi));
+        _mm512_store_si512(quads[1], _mm512_permutex2var_epi32(lo, odd, hi));
+      }
+  }
+}
+
 // 16 tokens (x: the first one's blocks, a token's blocks apart) times a strip of 16 rows:
 // y[i * ldy + n] for token i, row n.
 template <class Tiles>
@@ -347,10 +377,41 @@ void q4_k_tile(const Q4Strip* w, const ActivationBlock* x, int64_t blocks, float
   for (int i = 0; i < kTileTokens; ++i) _mm512_storeu_ps(y + i * ldy, acc[i]);
 }
 
+// Q6_K's tiles have K = one sub-block of 16 columns (kSubBlockTiles): A is the first or second
+// half of an activation block, B a sub-block's 4 quads.
+template <class Tiles>
+void q6_k_tile(const Q6Strip* w, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
+  const int64_t stride = blocks * int64_t(sizeof(ActivationBlock));
+  __m512 acc[kTileTokens];
+  for (auto& a : acc) a = _mm512_setzero_ps();
+  alignas(64) int32_t sums[16][kTileTokens][16];  // per sub-block
+  for (int64_t b = 0; b < blocks; b += 8) {
+    const Q6Strip& s = w[b / 8];
+    for (int j = 0; j < 16; j += 2) {
+      Tiles::template load_a<0>(x[b + j / 2].q, stride);
+      Tiles::template load_b<0>(s.b[j], 64);
+      Tiles::template dot<0, false>();
+      Tiles::template load_a<1>(x[b + j / 2].q + 16, stride);
+      Tiles::template load_b<1>(s.b[j + 1], 64);
+      Tiles::template dot<1, false>();
+      Tiles::template store_c<0>(sums[j], 64);
+      Tiles::template store_c<1>(sums[j + 1], 64);
+    }
+    const __m512 d = _mm512_load_ps(s.d);
+    for (int i = 0; i < kTileTokens; ++i) {
+      // |sum_j| <= 16 * 32 * 128 and |sc| <= 128: the 16 products' sum stays below 2^28, exact in int32.
+      __m512i dots = _mm512_mullo_epi32(_mm512_load_si512(sums[0][i]), _mm512_load_si512(s.scales[0]));
+      for (int j = 1; j < 16; ++j)
+        dots = _mm512_add_epi32(dots, _mm512_mullo_epi32(_mm512_load_si512(sums[j][i]), _mm512_load_si512(s.scales[j])));
+      acc[i] = _mm512_fmadd_ps(to_float(dots), _mm512_mul_ps(d, _mm512_set1_ps(x[i * blocks + b].d)), acc[i]);
+    }
+  }
+  for (int i = 0; i < kTileTokens; ++i) _mm512_storeu_ps(y + i * ldy, acc[i]);
+}
+
 // Rows [r0, r1) (r0 a multiple of 8, as matmul_batch's blocks of rows are): whole strips of 16
 // interleaved rows on the tiles, the rest (a last group of 8, rows after the last group, matrices
-// as rows, Q6_K matrices: their tiles are the VNNI lane's) and calls of few tokens on the VNNI
-// lane. Tokens go 16 at a time; the last tile ends at the last token and recomputes the tokens it
+// as rows) and calls of few tokens on the VNNI lane. Tokens go 16 at a time; the last tile ends at the last token and recomputes the tokens it
 // shares with the one before (the same operations: the same values written again).
 template <class Tiles>
 void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t* sums, int tokens, float* y, int64_t r0,
@@ -358,7 +419,8 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
   const bool small_blocks = m.dtype == DType::Q8_0 || m.dtype == DType::Q4_0 || m.dtype == DType::Q5_0;
   const bool super_blocks_with_mins = m.dtype == DType::Q4_K || m.dtype == DType::Q5_K;
   int64_t strip_end = r0;
-  if (m.layout == Layout::Interleaved8 && (small_blocks || super_blocks_with_mins) && tokens >= kAmxMinTokens)
+  if (m.layout == Layout::Interleaved8 && (small_blocks || super_blocks_with_mins || m.dtype == DType::Q6_K) &&
+      tokens >= kAmxMinTokens)
     strip_end = r0 + std::max<int64_t>(0, std::min(r1, m.rows / 8 * 8) - r0) / kStripRows * kStripRows;
   if (strip_end > r0) {
     const int64_t blocks = m.cols / 32, strips = (strip_end - r0) / kStripRows;
@@ -371,7 +433,7 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
         for (int64_t s = 0; s < strips; ++s) tile(s, x + int64_t(t) * blocks, y + int64_t(t) * m.rows + r0 + kStripRows * s);
       }
     };
-    Tiles::begin();
+    Tiles::begin(m.dtype == DType::Q6_K ? kSubBlockTiles : kBlockTiles);
     if (small_blocks) {
       thread_local std::vector<Q8Strip> packed;
       packed.resize(size_t(strips * blocks));
@@ -381,6 +443,14 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
       for (int64_t s = 0; s < strips; ++s) pack(group(s, 0), group(s, 1), blocks, &packed[size_t(s * blocks)]);
       each_tile([&](int64_t s, const ActivationBlock* xt, float* yt) {
         q8_0_tile<Tiles>(&packed[size_t(s * blocks)], xt, blocks, yt, m.rows);
+      });
+    } else if (m.dtype == DType::Q6_K) {
+      thread_local std::vector<Q6Strip> packed;
+      const int64_t super_blocks = blocks / 8;
+      packed.resize(size_t(strips * super_blocks));
+      for (int64_t s = 0; s < strips; ++s) pack_q6_k(group(s, 0), group(s, 1), super_blocks, &packed[size_t(s * super_blocks)]);
+      each_tile([&](int64_t s, const ActivationBlock* xt, float* yt) {
+        q6_k_tile<Tiles>(&packed[size_t(s * super_blocks)], xt, blocks, yt, m.rows);
       });
     } else {
       thread_local std::vector<Q4Strip> packed;
