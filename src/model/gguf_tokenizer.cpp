@@ -1,7 +1,9 @@
 #include "model/gguf_tokenizer.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <optional>
 #include <string_view>
 #include <tuple>
 #include <unordered_map>
@@ -220,38 +222,60 @@ void add_gguf_tokenizer_metadata(GgufWriter& w, const ModelConfig& c, const nloh
   const auto fail = [](const std::string& why) { throw Error("tokenizer.json cannot be written as GGUF tokenizer metadata: " + why); };
   if (!tj.is_object() || !tj.contains("model") || !tj["model"].is_object()) fail("no 'model'");
   const json& m = tj["model"];
-  if (m.value("type", "BPE") != "BPE" || m.value("byte_fallback", false)) fail("only byte-level BPE models are supported");
-  // The pre-tokenizer must be one llama.cpp names: GPT-2's, or Splits by one of the regex lists
-  // of pre_tokenizers() followed by the byte mapping.
-  std::string pre;
-  const json p = tj.value("pre_tokenizer", json());
-  if (p.is_object() && p.value("type", "") == "ByteLevel" && p.value("use_regex", true)) {
-    pre = "gpt-2";
-  } else if (p.is_object() && p.value("type", "") == "Sequence" && p.contains("pretokenizers") &&
-             p["pretokenizers"].is_array() && !p["pretokenizers"].empty()) {
-    const json& parts = p["pretokenizers"];
-    const json& bl = parts.back();
-    std::vector<std::string> regexes;
-    for (size_t i = 0; i + 1 < parts.size(); ++i) {
-      const json& split = parts[i];
-      if (split.is_object() && split.value("type", "") == "Split" && split.value("behavior", "") == "Isolated" &&
-          !split.value("invert", false) && split.contains("pattern") && split["pattern"].is_object() &&
-          split["pattern"].contains("Regex") && split["pattern"]["Regex"].is_string())
-        regexes.push_back(split["pattern"]["Regex"].get<std::string>());
-    }
-    if (regexes.size() + 1 == parts.size() && bl.is_object() && bl.value("type", "") == "ByteLevel" && !bl.value("use_regex", true))
-      for (const PreTokenizer& known : pre_tokenizers())
-        if (known.regexes == regexes) {
-          pre = known.names.front();
-          break;
-        }
-  }
-  if (pre.empty()) fail("its pre-tokenizer is none of the byte-level ones llama.cpp names (" + gguf_pre_tokenizer_names() + ")");
+  if (m.value("type", "BPE") != "BPE")
+    fail("only BPE models are supported (byte-level, or SentencePiece-style with byte fallback)");
+  const bool sentencepiece = m.value("byte_fallback", false);
   const json normalizer = tj.value("normalizer", json());
-  const bool no_normalizer = normalizer.is_null() || (normalizer.is_object() && normalizer.value("type", "") == "Sequence" &&
-                                                      normalizer.value("normalizers", json::array()).empty());
-  if (!no_normalizer && !(normalizer.is_object() && normalizer.value("type", "") == "NFC"))
-    fail("its normalizer has no llama.cpp equivalent");
+  const json p = tj.value("pre_tokenizer", json());
+
+  // SentencePiece-style (LLaMA-2, Mistral, Mixtral): spaces become U+2581 and one is prepended, in
+  // the normalizer, as Hugging Face's conversion of a SentencePiece model writes it (and as
+  // gguf_tokenizer_json reads a "llama" vocabulary back).
+  const std::string space = "\xe2\x96\x81";
+  bool space_prefix = false;
+  if (sentencepiece) {
+    const json replace = {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", space}};
+    const json steps = normalizer.is_object() && normalizer.value("type", "") == "Sequence"
+                           ? normalizer.value("normalizers", json::array())
+                           : json::array({normalizer});
+    space_prefix = steps.size() == 2 && steps[0] == json{{"type", "Prepend"}, {"prepend", space}};
+    if (!p.is_null() || steps.empty() || steps.back() != replace || steps.size() != (space_prefix ? 2u : 1u))
+      fail("a SentencePiece-style tokenizer needs the normalizer Prepend(U+2581) then Replace(' ', U+2581), or the "
+           "Replace alone, and no pre-tokenizer (as Hugging Face converts SentencePiece models)");
+  }
+
+  // The pre-tokenizer of a byte-level one must be one llama.cpp names: GPT-2's, or Splits by one
+  // of the regex lists of pre_tokenizers() followed by the byte mapping.
+  std::string pre;
+  if (!sentencepiece) {
+    if (p.is_object() && p.value("type", "") == "ByteLevel" && p.value("use_regex", true)) {
+      pre = "gpt-2";
+    } else if (p.is_object() && p.value("type", "") == "Sequence" && p.contains("pretokenizers") &&
+               p["pretokenizers"].is_array() && !p["pretokenizers"].empty()) {
+      const json& parts = p["pretokenizers"];
+      const json& bl = parts.back();
+      std::vector<std::string> regexes;
+      for (size_t i = 0; i + 1 < parts.size(); ++i) {
+        const json& split = parts[i];
+        if (split.is_object() && split.value("type", "") == "Split" && split.value("behavior", "") == "Isolated" &&
+            !split.value("invert", false) && split.contains("pattern") && split["pattern"].is_object() &&
+            split["pattern"].contains("Regex") && split["pattern"]["Regex"].is_string())
+          regexes.push_back(split["pattern"]["Regex"].get<std::string>());
+      }
+      if (regexes.size() + 1 == parts.size() && bl.is_object() && bl.value("type", "") == "ByteLevel" && !bl.value("use_regex", true))
+        for (const PreTokenizer& known : pre_tokenizers())
+          if (known.regexes == regexes) {
+            pre = known.names.front();
+            break;
+          }
+    }
+    if (pre.empty()) fail("its pre-tokenizer is none of the byte-level ones llama.cpp names (" + gguf_pre_tokenizer_names() + ")");
+    const bool no_normalizer = normalizer.is_null() || (normalizer.is_object() && normalizer.value("type", "") == "Sequence" &&
+                                                        normalizer.value("normalizers", json::array()).empty());
+    if (!no_normalizer && !(normalizer.is_object() && normalizer.value("type", "") == "NFC"))
+      fail("its normalizer has no llama.cpp equivalent");
+  }
+
   std::vector<std::string> tokens(size_t(c.vocab_size));
   std::vector<int64_t> types(size_t(c.vocab_size), kUnused);
   if (!m.contains("vocab") || !m["vocab"].is_object()) fail("no vocab");
@@ -260,25 +284,71 @@ void add_gguf_tokenizer_metadata(GgufWriter& w, const ModelConfig& c, const nloh
     tokens[size_t(id)] = text;
     types[size_t(id)] = type;
   };
-  for (const auto& [text, id] : m["vocab"].items()) place(id.get<int64_t>(), text, kNormal);
+  const auto is_byte_token = [](const std::string& t) {  // <0xNN>, byte fallback's tokens
+    return t.size() == 6 && t.compare(0, 3, "<0x") == 0 && std::isxdigit(static_cast<unsigned char>(t[3])) &&
+           std::isxdigit(static_cast<unsigned char>(t[4])) && t[5] == '>';
+  };
+  for (const auto& [text, id] : m["vocab"].items()) place(id.get<int64_t>(), text, sentencepiece && is_byte_token(text) ? kByte : kNormal);
   if (tj.contains("added_tokens"))
     for (const json& a : tj["added_tokens"])
       place(a.at("id").get<int64_t>(), a.at("content").get<std::string>(), a.value("special", false) ? kControl : kUserDefined);
+  std::optional<int64_t> unknown;
+  if (sentencepiece && m.contains("unk_token") && m["unk_token"].is_string()) {
+    const std::string unk = m["unk_token"].get<std::string>();
+    if (!m["vocab"].contains(unk)) fail("its unk_token '" + unk + "' is not in the vocabulary");
+    unknown = m["vocab"][unk].get<int64_t>();
+    types[size_t(*unknown)] = kUnknown;
+  }
   // Ids the tokenizer does not use (a vocabulary rounded up) get placeholder tokens, as llama.cpp's
   // converter writes them.
   for (size_t id = 0; id < tokens.size(); ++id)
     if (types[id] == kUnused) tokens[id] = "[PAD" + std::to_string(id) + "]";
-  std::vector<std::string> merges;
+  std::vector<std::pair<std::string, std::string>> merges;
   for (const json& merge : m.value("merges", json::array())) {
-    if (merge.is_string()) merges.push_back(merge.get<std::string>());
-    else if (merge.is_array() && merge.size() == 2) merges.push_back(merge[0].get<std::string>() + " " + merge[1].get<std::string>());
-    else fail("a merge is neither \"a b\" nor [a, b]");
+    if (merge.is_string()) {
+      const std::string text = merge.get<std::string>();
+      const size_t cut = text.find(' ');
+      if (cut == std::string::npos) fail("a merge \"" + text + "\" has no space");
+      merges.emplace_back(text.substr(0, cut), text.substr(cut + 1));
+    } else if (merge.is_array() && merge.size() == 2) {
+      merges.emplace_back(merge[0].get<std::string>(), merge[1].get<std::string>());
+    } else {
+      fail("a merge is neither \"a b\" nor [a, b]");
+    }
   }
-  w.add_string("tokenizer.ggml.model", "gpt2");
-  w.add_string("tokenizer.ggml.pre", pre);
-  w.add_strings("tokenizer.ggml.tokens", std::move(tokens));
-  w.add_i32s("tokenizer.ggml.token_type", std::move(types));
-  w.add_strings("tokenizer.ggml.merges", std::move(merges));
+
+  if (sentencepiece) {
+    // llama.cpp's SentencePiece tokenizer joins the adjacent pair whose joined token scores
+    // highest; Hugging Face's BPE the pair of lowest merge rank. A token scored minus the rank of
+    // its first merge ranks them alike exactly when the merges are what gguf_tokenizer_json makes
+    // of scores (every split of a token into two tokens, by the joined token's score, then ids),
+    // which holds for tokenizers converted from SentencePiece: checked, not assumed.
+    std::unordered_map<std::string, size_t> first_merge;
+    for (size_t rank = 0; rank < merges.size(); ++rank) first_merge.emplace(merges[rank].first + merges[rank].second, rank);
+    std::vector<double> scores(tokens.size(), 0.0);
+    for (size_t id = 0; id < tokens.size(); ++id)
+      if (const auto it = first_merge.find(tokens[id]); it != first_merge.end() && types[id] != kUnused) scores[id] = -double(it->second);
+    const json rebuilt = sentencepiece_merges(tokens, scores, m["vocab"]);
+    bool same = rebuilt.size() == merges.size();
+    for (size_t i = 0; same && i < merges.size(); ++i) same = rebuilt[i][0] == merges[i].first && rebuilt[i][1] == merges[i].second;
+    if (!same)
+      fail("its merges are not every split of its tokens ranked by token (as converted from SentencePiece), so no "
+           "SentencePiece scores give llama.cpp the same tokens");
+    w.add_string("tokenizer.ggml.model", "llama");
+    w.add_strings("tokenizer.ggml.tokens", std::move(tokens));
+    w.add_f32s("tokenizer.ggml.scores", std::move(scores));
+    w.add_i32s("tokenizer.ggml.token_type", std::move(types));
+    if (unknown) w.add_u32("tokenizer.ggml.unknown_token_id", uint32_t(*unknown));
+    w.add_bool("tokenizer.ggml.add_space_prefix", space_prefix);
+  } else {
+    std::vector<std::string> joined;
+    for (const auto& [left, right] : merges) joined.push_back(left + " " + right);
+    w.add_string("tokenizer.ggml.model", "gpt2");
+    w.add_string("tokenizer.ggml.pre", pre);
+    w.add_strings("tokenizer.ggml.tokens", std::move(tokens));
+    w.add_i32s("tokenizer.ggml.token_type", std::move(types));
+    w.add_strings("tokenizer.ggml.merges", std::move(joined));
+  }
   add_gguf_special_tokens(w, c);
   w.add_bool("tokenizer.ggml.add_eos_token", false);
   if (tokenizer_config.is_object() && tokenizer_config.contains("chat_template") && tokenizer_config["chat_template"].is_string())

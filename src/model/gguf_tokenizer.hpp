@@ -32,8 +32,10 @@ std::string gguf_pre_tokenizer_names();
 // The tokenizer_config.json equivalent (chat_template, bos_token, eos_token), empty object when
 // the file has none of them.
 nlohmann::json gguf_tokenizer_config(const GgufFile& file);
-// The inverse: tokenizer.ggml.* for a tokenizer.json (byte-level BPE whose pre-tokenizer is
-// Qwen2's, LLaMA-3's or GPT-2's), the token list padded to vocab_size with unused tokens.
+// The inverse: tokenizer.ggml.* for a tokenizer.json, the token list padded to vocab_size with
+// unused tokens: "gpt2" for byte-level BPE whose pre-tokenizer llama.cpp names
+// (gguf_pre_tokenizer_names), "llama" with scores for SentencePiece-style BPE with byte fallback
+// (LLaMA-2, Mistral, Mixtral) whose merges those scores reproduce; anything else is an Error.
 void add_gguf_tokenizer_metadata(GgufWriter& writer, const ModelConfig& config, const nlohmann::json& tokenizer_json,
                                  const nlohmann::json& tokenizer_config);
 
