@@ -51,6 +51,23 @@ INSTANTIATE_TEST_SUITE_P(Real, HfTokenizer, ::testing::Values("qwen3", "llama3",
 
 namespace {
 
+// A stream given the prompt's last ids continues the prompt's text: the space before the first
+// new word, which decoding the new ids alone loses to the decoder's Strip of the prepended space.
+TEST(HfTokenizer, DecodeStreamWithContextKeepsTheSpaceBeforeTheFirstNewWord) {
+  Tokenizer llama2 = Tokenizer::load(tokenizer_path("llama2"));
+  const std::vector<int> prompt = llama2.encode("Once upon a time"), more = llama2.encode("Once upon a time there was 你好");
+  ASSERT_EQ(std::vector<int>(more.begin(), more.begin() + std::ptrdiff_t(prompt.size())), prompt);
+  DecodeStream alone(llama2, true), continued(llama2, true, std::vector<int>(prompt.end() - 2, prompt.end()));
+  std::string a, c;
+  for (size_t i = prompt.size(); i < more.size(); ++i) {
+    a += alone.push(more[i]);
+    c += continued.push(more[i]);
+  }
+  EXPECT_EQ(c, " there was 你好");
+  EXPECT_EQ(a, "there was 你好");
+  EXPECT_EQ(llama2.decode(prompt) + c, llama2.decode(more));
+}
+
 TEST(HfTokenizer, InvalidUtf8IsAnErrorOutsideByteLevelModels) {
   // Byte-level vocabularies encode any byte (test_tokenizer.cpp); SentencePiece-style ones
   // work on characters, so broken UTF-8 is refused with its offset.

@@ -108,7 +108,9 @@ void run_generate(const GenerateArgs& a) {
   StopStrings stops(a.stops);
   if (tokenizer) {
     print(text ? *text : tokenizer->decode(prompt));
-    stream.emplace(*tokenizer, true);
+    // The prompt's last ids as context: the generated text continues the prompt's (a
+    // SentencePiece decoder would strip the space before the first generated word).
+    stream.emplace(*tokenizer, true, std::vector<int>(prompt.end() - std::min<std::ptrdiff_t>(prompt.size(), 4), prompt.end()));
   }
   const GenerationResult result = generate(session, prompt, a.max_tokens, sampler, c.eos_token_ids, [&](int token) {
     if (stream) print(stops.push(stream->push(token)));

@@ -710,8 +710,8 @@ int Tokenizer::vocab_size() const {
   return n;
 }
 
-DecodeStream::DecodeStream(const Tokenizer& tokenizer, bool skip_special_tokens)
-    : tokenizer_(tokenizer), skip_special_(skip_special_tokens) {}
+DecodeStream::DecodeStream(const Tokenizer& tokenizer, bool skip_special_tokens, std::vector<int> context)
+    : tokenizer_(tokenizer), skip_special_(skip_special_tokens), ids_(std::move(context)), read_(ids_.size()) {}
 
 std::string DecodeStream::push(int id) {
   ids_.push_back(id);

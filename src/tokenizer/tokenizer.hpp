@@ -78,9 +78,12 @@ class Tokenizer {
 
 // Streaming decode: feed ids one at a time and get text only once it is complete UTF-8 and
 // settled (as tokenizers' DecodeStream does, by decoding a short window of recent ids).
+// `context`: ids already shown (a prompt's last few), decoded together with the new ones so that
+// the text continues them: a decoder that trims the start of a text (SentencePiece's Strip of the
+// prepended space) would otherwise drop the space before the first new word.
 class DecodeStream {
  public:
-  DecodeStream(const Tokenizer& tokenizer, bool skip_special_tokens);
+  DecodeStream(const Tokenizer& tokenizer, bool skip_special_tokens, std::vector<int> context = {});
   std::string push(int id);
 
  private:
