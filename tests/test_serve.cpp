@@ -353,6 +353,26 @@ TEST_F(Serve, BadRequestsGetOpenAiErrors) {
   EXPECT_EQ(c.Get("/v1/models")->status, 200);
 }
 
+// A model without tokenizer_config.json (`crossmoe init --tokenizer` of a tokenizer.json alone)
+// serves completions; chat, which needs the template, is refused in words.
+TEST_F(Serve, ModelWithoutTokenizerConfigServesCompletions) {
+  const std::filesystem::path bare = dir_ / "bare";
+  std::filesystem::create_directories(bare / "model");
+  for (const auto& f : std::filesystem::directory_iterator(dir_ / "model"))
+    if (f.path().filename() != "tokenizer_config.json")
+      std::filesystem::copy_file(f.path(), bare / "model" / f.path().filename(), std::filesystem::copy_options::overwrite_existing);
+  const ServerProcess server(bare, "");
+  ASSERT_GT(server.port, 0);
+  auto c = server.client(false);
+  auto r = c.Post("/v1/completions", R"({"prompt": "The cat", "max_tokens": 4})", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  r = c.Post("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "hi"}]})", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400);
+  EXPECT_NE(error_of(r)["message"].get<std::string>().find("no chat template"), std::string::npos) << r->body;
+}
+
 TEST_F(Serve, FullQueueIs503WithRetryAfter) {
   const ServerProcess server(dir_, "--max-queue 0");
   ASSERT_GT(server.port, 0);

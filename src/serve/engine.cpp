@@ -72,7 +72,7 @@ struct Engine::Active {
   bool done = false;
   Clock::time_point submitted, last_token;
   Active(std::shared_ptr<Request> request, const Tokenizer& tokenizer, int vocab)
-      : r(std::move(request)), input(r->prompt), history(r->prompt), logits(vocab), sampler(r->sampling), text(tokenizer, true),
+      : r(std::move(request)), input(r->prompt), history(r->prompt), logits(vocab), sampler(r->sampling), text(tokenizer, true, r->text_context),
         stops(r->stop_strings), submitted(Clock::now()) {}
 };
 

@@ -49,6 +49,9 @@ struct Request {
   std::vector<int> stop_tokens;
   std::vector<std::string> stop_strings;
   int top_logprobs = -1;  // -1: no log-probabilities; N >= 0: each token's and its N most likely alternatives
+  // Ids whose text the generated text continues (a completion's prompt end; empty for a chat
+  // reply): DecodeStream's context, so that a SentencePiece tokenizer keeps the first word's space.
+  std::vector<int> text_context;
   std::chrono::steady_clock::time_point deadline;
 
   // The channel: the scheduler pushes, the HTTP thread pops.

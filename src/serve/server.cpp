@@ -105,7 +105,7 @@ class Server {
   Server(const std::filesystem::path& dir, const ServerOptions& options)
       : options_(options), name_(std::filesystem::absolute(dir).lexically_normal().filename().string()),
         model_(dir, options.expert_cache), tokenizer_(load_tokenizer(dir)), decoder_(load_tokenizer(dir)),
-        tokenizer_config_(read_model_tokenizer_config(dir)),
+        tokenizer_config_(model_tokenizer_config(dir).value_or(Json::object())),
         context_(options.context > 0 ? options.context : std::min(model_.config().max_position_embeddings, 8192)),
         sampling_defaults_(generation_defaults(dir)), engine_(model_, decoder_, engine_options(options, model_.config())) {
     if (name_.empty()) name_ = "model";
@@ -224,6 +224,7 @@ class Server {
     // As `crossmoe generate` does for a text prompt; chat templates write their own.
     if (!chat && model_.config().bos_token_id >= 0) r->prompt.insert(r->prompt.begin(), model_.config().bos_token_id);
     if (r->prompt.empty()) throw bad_request("the prompt is empty");
+    if (!chat) r->text_context.assign(r->prompt.end() - std::min<std::ptrdiff_t>(std::ptrdiff_t(r->prompt.size()), 4), r->prompt.end());
 
     SamplingParams& s = r->sampling;
     s = sampling_defaults_;
