@@ -146,7 +146,7 @@ TEST(GgufFormat, WriterAndReaderAgreeOnEveryValueType) {
 }
 
 // Q4_0 (ggml type 2) and Q5_0 (6) are read and written as they are; a type this reader does not
-// take is refused by its ggml name: the same file with Q4_0's type number made Q4_1's (3).
+// take is refused by its ggml name: the same file with Q4_0's type number made IQ4_NL's (20).
 TEST(GgufFormat, Q4_0AndQ5_0AreReadAndOtherTypesRefusedByName) {
   TempDir dir("gguf_q4_0");
   GgufWriter w;
@@ -168,12 +168,12 @@ TEST(GgufFormat, Q4_0AndQ5_0AreReadAndOtherTypesRefusedByName) {
   const auto* begin = reinterpret_cast<const uint8_t*>(bytes.data());
   const auto* at = std::search(begin, begin + bytes.size(), std::begin(entry), std::end(entry));
   ASSERT_NE(at, begin + bytes.size());
-  bytes[size_t(at - begin) + sizeof entry - 4] = std::byte{3};
+  bytes[size_t(at - begin) + sizeof entry - 4] = std::byte{20};
   try {
     GgufFile(bytes.data(), bytes.size(), "x");
-    ADD_FAILURE() << "Q4_1 accepted";
+    ADD_FAILURE() << "IQ4_NL accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("ggml type Q4_1 (3) is not supported"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("ggml type IQ4_NL (20) is not supported"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("Q4_0, Q5_0"), std::string::npos) << e.what();
   }
 }

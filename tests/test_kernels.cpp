@@ -805,8 +805,12 @@ std::vector<float> expect_rows_give_the_portable_bits(DType type, Fill fill) {
   std::vector<uint8_t> interleaved_bytes = bytes;
   Matrix interleaved{interleaved_bytes.data(), type, rows, cols};
   interleave_rows8(interleaved, interleaved_bytes.data());
-  EXPECT_EQ(interleaved.layout, Layout::Interleaved8) << dtype_name(type);
-  EXPECT_NE(interleaved_bytes, bytes) << dtype_name(type);
+  if (quant::has_block_min(type)) {  // Q4_1 / Q5_1 stay as rows
+    EXPECT_EQ(interleaved.layout, Layout::Rows) << dtype_name(type);
+  } else {
+    EXPECT_EQ(interleaved.layout, Layout::Interleaved8) << dtype_name(type);
+    EXPECT_NE(interleaved_bytes, bytes) << dtype_name(type);
+  }
   const std::vector<Matrix> layouts = {m, interleaved};
   std::vector<float> portable(size_t(tokens) * rows);
   {
@@ -925,6 +929,30 @@ TEST(QuantKernels, Q4_0AndQ5_0RowsGiveThePortableBitsInEveryIsaAndTheDoubleSum) 
     const float low = type == DType::Q4_0 ? -8.0f : -16.0f, high = type == DType::Q4_0 ? 7.0f : 15.0f;
     EXPECT_FLOAT_EQ(portable[0], 768.0f * low * -127 * d * ad) << dtype_name(type) << ": every weight " << low << " d";
     EXPECT_FLOAT_EQ(portable[rows + 1], 768.0f * high * 127 * d * ad) << dtype_name(type) << ": every weight " << high << " d";
+  }
+}
+
+// Q4_1 / Q5_1 rows (value q d + m, never interleaved): every q 0 (row 0: m, against tokens of -1),
+// every bit set (row 1: 15 or 31 steps above m), random bytes, steps and mins in the others.
+TEST(QuantKernels, Q4_1AndQ5_1RowsGiveThePortableBitsInEveryIsaAndTheDoubleSum) {
+  for (DType type : {DType::Q4_1, DType::Q5_1}) {
+    const size_t block_bytes = dtype_row_bytes(type, 32);
+    const auto fill = [block_bytes](uint8_t* blocks, int r, std::mt19937& rng) {  // 8 blocks: 256 values
+      std::uniform_int_distribution<int> byte(0, 255);
+      for (uint8_t* block = blocks; block < blocks + 8 * block_bytes; block += block_bytes) {
+        const uint16_t d = f32_to_f16(r < 2 ? 0.01f : 0.001f * float(1 + byte(rng)));
+        const uint16_t m = f32_to_f16(r < 2 ? -0.05f : 0.0005f * float(byte(rng) - 128));
+        std::memcpy(block, &d, 2);
+        std::memcpy(block + 2, &m, 2);
+        for (size_t i = 4; i < block_bytes; ++i) block[i] = r == 0 ? 0x00 : r == 1 ? 0xff : uint8_t(byte(rng));
+      }
+    };
+    const std::vector<float> portable = expect_rows_give_the_portable_bits(type, fill);
+    const int rows = 37;
+    const float d = f16_to_f32(f32_to_f16(0.01f)), m = f16_to_f32(f32_to_f16(-0.05f)), ad = 1.0f / 127.0f;
+    const float top = type == DType::Q4_1 ? 15.0f : 31.0f;
+    EXPECT_FLOAT_EQ(portable[0], 768.0f * m * -127 * ad) << dtype_name(type) << ": every value m";
+    EXPECT_FLOAT_EQ(portable[rows + 1], 768.0f * (top * d + m) * 127 * ad) << dtype_name(type) << ": every value 15 d + m";
   }
 }
 

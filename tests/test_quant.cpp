@@ -264,6 +264,29 @@ TEST(Quant, Q4_0AndQ5_0RoundTripWithinHalfAStep) {
   }
 }
 
+// Q4_1 / Q5_1: the grid [m, m + top d] from the block's min (rounded down) to its max (step
+// rounded up): |x - value| <= d / 2.
+TEST(Quant, Q4_1AndQ5_1RoundTripWithinHalfAStep) {
+  const int64_t n = 2048;
+  std::vector<float> x = test_row(n, 12);
+  for (int i = 0; i < 32; ++i) x[size_t(i)] = 3.0f + 0.01f * float(i);  // a block of positive values only
+  for (DType type : {DType::Q4_1, DType::Q5_1}) {
+    const size_t block_bytes = dtype_row_bytes(type, 32);
+    std::vector<uint8_t> q(dtype_row_bytes(type, n));
+    std::vector<float> y(n);
+    quant::quantize_row(type, x.data(), n, q.data());
+    quant::dequantize_row(type, q.data(), n, y.data());
+    for (int64_t b = 0; b < n / 32; ++b) {
+      const float d = quant::read_half(q.data() + b * block_bytes), m = quant::read_half(q.data() + b * block_bytes + 2);
+      EXPECT_LE(m, *std::min_element(x.begin() + b * 32, x.begin() + b * 32 + 32)) << dtype_name(type) << " block " << b;
+      for (int i = 0; i < 32; ++i) {
+        const int64_t k = b * 32 + i;
+        ASSERT_LE(std::fabs(x[k] - y[k]), d / 2 + 1e-6f * (std::fabs(x[k]) + std::fabs(m))) << dtype_name(type) << " element " << k;
+      }
+    }
+  }
+}
+
 namespace {
 
 // Q4_K and Q5_K: each sub-block's grid of `top` steps covers its values (quant.hpp's bound).

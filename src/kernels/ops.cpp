@@ -49,6 +49,8 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
     case DType::Q8_0:
     case DType::Q4_0:
     case DType::Q5_0:
+    case DType::Q4_1:
+    case DType::Q5_1:
     case DType::Q4_K:
     case DType::Q5_K:
     case DType::Q6_K: quant::dequantize_row(dtype, src, n, dst); break;
@@ -57,8 +59,10 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
 }
 
 void interleave_rows8(Matrix& m, void* data) {
-  // Every block type has its Interleaved8 layout (util/quant.hpp); element-wise types have none.
-  if (dtype_block(m.dtype) == 1 || m.row_stride() != m.cols || m.layout == Layout::Interleaved8 || m.rows < 8)
+  // Every block type but Q4_1 and Q5_1 has its Interleaved8 layout (util/quant.hpp); element-wise
+  // types have none.
+  if (dtype_block(m.dtype) == 1 || quant::has_block_min(m.dtype) || m.row_stride() != m.cols ||
+      m.layout == Layout::Interleaved8 || m.rows < 8)
     return;
   const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
   const size_t block_bytes = dtype_row_bytes(m.dtype, dtype_block(m.dtype));

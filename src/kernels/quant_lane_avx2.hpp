@@ -81,23 +81,25 @@ struct QuantLaneAvx2 {
   }
   // Q4_0 / Q5_0 (util/quant.hpp): the block's values as Q8_0's int8 (quant::small_block_values) in
   // a register, then Q8_0's dot against each token's activation block, summed across exactly.
+  // Q4_1 / Q5_1: the same bytes after d and m, their q as stored.
   template <DType kType>
   static __m256i small_block_values(const uint8_t* block) {
-    const __m128i low = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + (kType == DType::Q4_0 ? 2 : 6)));
+    constexpr bool kFiveBits = kType == DType::Q5_0 || kType == DType::Q5_1;
+    constexpr int kHeader = quant::has_block_min(kType) ? 4 : 2;
+    constexpr char kBias = quant::has_block_min(kType) ? 0 : kFiveBits ? 16 : 8;
+    const __m128i low = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + kHeader + (kFiveBits ? 4 : 0)));
     // Values 0..15 are the low nibbles, 16..31 the high ones.
-    const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(low, 4), low), _mm256_set1_epi8(15));
-    if constexpr (kType == DType::Q4_0) {
-      return _mm256_sub_epi8(q, _mm256_set1_epi8(8));
-    } else {
+    __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(low, 4), low), _mm256_set1_epi8(15));
+    if constexpr (kFiveBits) {
       // Bit i of qh into byte i: byte i takes qh's byte i / 8, keeps bit i % 8, and becomes 16 where it is set.
       int32_t qh;
-      std::memcpy(&qh, block + 2, 4);
+      std::memcpy(&qh, block + kHeader, 4);
       const __m256i spread = _mm256_shuffle_epi8(
           _mm256_set1_epi32(qh), _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
       const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
-      const __m256i high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
-      return _mm256_sub_epi8(_mm256_or_si256(q, high), _mm256_set1_epi8(16));
+      q = _mm256_or_si256(q, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16)));
     }
+    return kBias ? _mm256_sub_epi8(q, _mm256_set1_epi8(kBias)) : q;
   }
   template <DType kType, int T>
   static void small_block_sums(const uint8_t* block, const ActivationBlock* x, int64_t blocks, int32_t* sums) {

@@ -7,8 +7,8 @@
 //   L::Scale, L::splat(float)   a weight block's step, ready for every lane
 //   L::madd_q8(w, a, dw, da, acc)  acc + (dw * *da) * sum_i w[i] * a[i] over 32 int8 pairs
 //   L::small_block_sums<kType, T>(w, x, blocks, sums)  a Q4_0 / Q5_0 block (at w) unpacked once to
-//       Q8_0's int8 values (quant::small_block_values), then per token (activation block x[t * blocks])
-//       Q8_0's dot, the exact int32 sums[t] = sum_i w[i] * a[i]
+//       Q8_0's int8 values (quant::small_block_values; Q4_1 / Q5_1: q as stored), then per token
+//       (activation block x[t * blocks]) Q8_0's dot, the exact int32 sums[t] = sum_i w[i] * a[i]
 //   L::madd_q4(q, a_lo, a_hi, s_lo, s_hi, iacc)
 //       32 bytes of nibbles, integer scales s: iacc + s_lo * sum_i (q[i] & 15) * a_lo[i]
 //                                                   + s_hi * sum_i (q[i] >> 4) * a_hi[i]
@@ -116,10 +116,12 @@ void q4_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, con
 // int8 values, then per token Q8_0's exact integer dot (L::small_block_sums) and one float step
 // per block, acc = fma(float(dot), d * a.d, acc), in a scalar: the same bits in every ISA for
 // every T.
+// Q4_1 and Q5_1 (q as stored, value q * d + m) take a second step for the min against the
+// activation block's sum: acc = fma(float(a.sum), m * a.d, acc).
 template <class L, int R, int T, DType kType>
 void small_block_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int64_t blocks, float* y,
                       int64_t ldy) {
-  constexpr size_t kBlockBytes = kType == DType::Q4_0 ? 18 : 22;
+  constexpr size_t kBlockBytes = kType == DType::Q4_0 ? 18 : kType == DType::Q5_0 ? 22 : kType == DType::Q4_1 ? 20 : 24;
   float acc[R][T] = {};
   for (int64_t b = 0; b < blocks; ++b)
     for (int r = 0; r < R; ++r) {
@@ -129,6 +131,13 @@ void small_block_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock*
       L::template small_block_sums<kType, T>(wb, x + b, blocks, sums);
       const float d = L::half(wb);
       for (int t = 0; t < T; ++t) acc[r][t] = std::fma(float(sums[t]), d * x[t * blocks + b].d, acc[r][t]);
+      if constexpr (quant::has_block_min(kType)) {
+        const float m = L::half(wb + 2);
+        for (int t = 0; t < T; ++t) {
+          const ActivationBlock& a = x[t * blocks + b];
+          acc[r][t] = std::fma(float(a.sum), m * a.d, acc[r][t]);
+        }
+      }
     }
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) y[t * ldy + r] = acc[r][t];
@@ -203,6 +212,8 @@ void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int1
       case DType::Q5_K: return q5_k_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::Q4_0: return small_block_tile<L, kRows, T, DType::Q4_0>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::Q5_0: return small_block_tile<L, kRows, T, DType::Q5_0>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::Q4_1: return small_block_tile<L, kRows, T, DType::Q4_1>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::Q5_1: return small_block_tile<L, kRows, T, DType::Q5_1>(w, row_bytes, x, blocks, y + r, m.rows);
       default: return q6_k_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
     }
   };

@@ -22,8 +22,8 @@ namespace crossmoe {
 namespace fs = std::filesystem;
 
 bool parse_quant_scheme(const std::string& name, QuantScheme* out) {
-  for (QuantScheme s : {QuantScheme::Q8_0, QuantScheme::Q4_0, QuantScheme::Q5_0, QuantScheme::Q4_K, QuantScheme::Q5_K,
-                        QuantScheme::Q6_K, QuantScheme::Mixed})
+  for (QuantScheme s : {QuantScheme::Q8_0, QuantScheme::Q4_0, QuantScheme::Q5_0, QuantScheme::Q4_1, QuantScheme::Q5_1,
+                        QuantScheme::Q4_K, QuantScheme::Q5_K, QuantScheme::Q6_K, QuantScheme::Mixed})
     if (name == quant_scheme_name(s)) {
       *out = s;
       return true;
@@ -39,6 +39,8 @@ std::string quant_scheme_name(QuantScheme scheme) {
     case QuantScheme::Q6_K: return "q6_k";
     case QuantScheme::Q4_0: return "q4_0";
     case QuantScheme::Q5_0: return "q5_0";
+    case QuantScheme::Q4_1: return "q4_1";
+    case QuantScheme::Q5_1: return "q5_1";
     default: return "mixed";
   }
 }
@@ -59,6 +61,8 @@ DType weight_type(QuantScheme scheme, bool routed_expert) {
     case QuantScheme::Q6_K: return DType::Q6_K;
     case QuantScheme::Q4_0: return DType::Q4_0;
     case QuantScheme::Q5_0: return DType::Q5_0;
+    case QuantScheme::Q4_1: return DType::Q4_1;
+    case QuantScheme::Q5_1: return DType::Q5_1;
     default: return routed_expert ? DType::Q4_K : DType::Q8_0;
   }
 }

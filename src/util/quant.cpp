@@ -21,6 +21,14 @@ uint16_t half_at_least(float v) {
   return h;
 }
 
+// The largest fp16 value <= v (|v| at most 65504): a min rounded down keeps its block on the grid.
+uint16_t half_at_most(float v) {
+  if (v < 0) return half_at_least(-v) ^ 0x8000;
+  uint16_t h = f32_to_f16(v);
+  if (f16_to_f32(h) > v) --h;
+  return h;
+}
+
 void write_half(uint8_t* p, uint16_t h) { std::memcpy(p, &h, 2); }
 
 void check_finite(const float* x, int64_t n, const char* type) {
@@ -48,6 +56,30 @@ void quantize_small_block(DType type, const float* x, uint8_t* block) {
     uint32_t qh = 0;
     for (int i = 0; i < 32; ++i) qh |= uint32_t(q[i] >> 4) << i;
     std::memcpy(block + 2, &qh, 4);
+  }
+}
+
+// Q4_1 (15 steps) and Q5_1 (31): the grid [m, m + top * d] from the block's min, rounded down,
+// to its max, the step rounded up.
+void quantize_small_block_with_min(DType type, const float* x, uint8_t* block) {
+  const int top = type == DType::Q4_1 ? 15 : 31;
+  const auto [lo, hi] = std::minmax_element(x, x + 32);
+  require(std::fabs(*lo) <= kHalfMax && (*hi - *lo) / float(top) <= kHalfMax,
+          "values " + std::to_string(*lo) + " .. " + std::to_string(*hi) + " are too large for " + dtype_name(type) + "'s fp16 fields");
+  const uint16_t mh = half_at_most(*lo);
+  const float m = f16_to_f32(mh);
+  const uint16_t dh = half_at_least((*hi - m) / float(top));
+  write_half(block, dh);
+  write_half(block + 2, mh);
+  const float d = f16_to_f32(dh);
+  int q[32];
+  for (int i = 0; i < 32; ++i) q[i] = d == 0.0f ? 0 : int(std::clamp(std::nearbyint((x[i] - m) / d), 0.0f, float(top)));
+  uint8_t* qs = block + (type == DType::Q4_1 ? 4 : 8);
+  for (int i = 0; i < 16; ++i) qs[i] = uint8_t((q[i] & 15) | (q[i + 16] & 15) << 4);
+  if (type == DType::Q5_1) {
+    uint32_t qh = 0;
+    for (int i = 0; i < 32; ++i) qh |= uint32_t(q[i] >> 4) << i;
+    std::memcpy(block + 4, &qh, 4);
   }
 }
 
@@ -164,7 +196,12 @@ void dequantize_small_block(const uint8_t* block, float* y) {
   int8_t q[32];
   small_block_values<kType>(block, q);
   const float d = read_half(block);
-  for (int i = 0; i < 32; ++i) y[i] = float(q[i]) * d;
+  if constexpr (has_block_min(kType)) {
+    const float m = read_half(block + 2);
+    for (int i = 0; i < 32; ++i) y[i] = float(q[i]) * d + m;
+  } else {
+    for (int i = 0; i < 32; ++i) y[i] = float(q[i]) * d;
+  }
 }
 
 void dequantize_q4_k(const uint8_t* block, float* y) {
@@ -230,6 +267,7 @@ void quantize_row(DType type, const float* x, int64_t n, void* out) {
   for (int64_t b = 0; b < blocks; ++b) {
     if (type == DType::Q8_0) quantize_q8_0(x + b * block, o + b * block_bytes);
     else if (type == DType::Q4_0 || type == DType::Q5_0) quantize_small_block(type, x + b * block, o + b * block_bytes);
+    else if (has_block_min(type)) quantize_small_block_with_min(type, x + b * block, o + b * block_bytes);
     else if (type == DType::Q4_K) quantize_q4_k(x + b * block, o + b * block_bytes);
     else if (type == DType::Q5_K) quantize_q5_k(x + b * block, o + b * block_bytes);
     else quantize_q6_k(x + b * block, o + b * block_bytes);
@@ -246,6 +284,8 @@ void dequantize_row(DType type, const void* in, int64_t n, float* out) {
     if (type == DType::Q8_0) dequantize_q8_0(p + b * block_bytes, out + b * block);
     else if (type == DType::Q4_0) dequantize_small_block<DType::Q4_0>(p + b * block_bytes, out + b * block);
     else if (type == DType::Q5_0) dequantize_small_block<DType::Q5_0>(p + b * block_bytes, out + b * block);
+    else if (type == DType::Q4_1) dequantize_small_block<DType::Q4_1>(p + b * block_bytes, out + b * block);
+    else if (type == DType::Q5_1) dequantize_small_block<DType::Q5_1>(p + b * block_bytes, out + b * block);
     else if (type == DType::Q4_K) dequantize_q4_k(p + b * block_bytes, out + b * block);
     else if (type == DType::Q5_K) dequantize_q5_k(p + b * block_bytes, out + b * block);
     else dequantize_q6_k(p + b * block_bytes, out + b * block);

@@ -11,6 +11,11 @@
 //        value[i] = d * (q[i] - 16)  (q in 0..31: Q4_0's nibble with bit i of qh on top)
 //     Both are Q8_0 blocks with fewer bits: their products unpack a block to Q8_0's int8 values
 //     (small_block_values) and take Q8_0's integer dot.
+//   Q4_1, 20 bytes per 32 values:  fp16 d | fp16 m | 16 bytes of 4-bit q, as Q4_0's
+//   Q5_1, 24 bytes per 32 values:  fp16 d | fp16 m | 4 bytes qh | 16 bytes of low 4 bits, as Q5_0's
+//        value[i] = q[i] * d + m   (q in 0..15 / 0..31; the product rounded, then the sum, as ggml)
+//     Their products take the integer dot of q (small_block_values, as stored) and, for m, the
+//     activation block's sum: d * a.d * sum(q a) + m * a.d * sum(a).
 //   Q4_K, 144 bytes per 256 values (8 sub-blocks j of 32): fp16 d | fp16 dmin | 12 bytes holding
 //        the 6-bit scale sc[j] and min m[j] of each sub-block | 128 bytes of 4-bit q
 //        value[32 j + i] = d * sc[j] * q[j][i] - dmin * m[j]        (q in 0..15)
@@ -34,6 +39,8 @@
 // bounds, which the tests check:
 //   Q8_0: d = max|x| / 127 rounded UP to fp16, q = round(x / d): |x - value| <= d / 2.
 //   Q4_0 / Q5_0: the same with 7 / 15 steps each side (q - 8 in -7..7, q - 16 in -15..15).
+//   Q4_1 / Q5_1: m = min(x) rounded DOWN to fp16, d = (max(x) - m) / 15 (/ 31) rounded UP to fp16,
+//     q = round((x - m) / d): |x - value| <= d / 2 (and the float rounding of q * d + m).
 //   Q4_K: each sub-block's grid [-dmin * m, d * sc * 15 - dmin * m] is made to cover its values
 //     (mins and scales rounded up), so |x - value| <= d * sc / 2, and
 //     d * sc < (max(x_j) - min(0, min(x_j)) + dmin) / 15 + d.
@@ -43,7 +50,7 @@
 //     fp16, sc[j] = ceil(step_j / d) (<= 127), q - 32 = round(x / (d * sc[j])) (in -31..31):
 //     |x - value| <= d * sc[j] / 2, and d * sc[j] < step_j + d.
 //
-// Rows interleaved 8 at a time: the kernels' layout, made when weights are loaded
+// Rows interleaved 8 at a time (every block type but Q4_1 and Q5_1, whose matrices stay as rows): the kernels' layout, made when weights are loaded
 // (kernels::interleave_rows8), after llama.cpp's repacked q4_K_8x8. A group of 8 rows keeps its
 // bytes (8 rows' worth) but holds, for each block index b in turn, the 8 rows' b-th blocks mixed so
 // that one 32-byte load holds 8 bytes of 4 rows and one pass over an activation block serves all 8:
@@ -101,23 +108,24 @@ void quantize_row(DType type, const float* x, int64_t n, void* out);
 // floats ggml's own dequantization gives.
 void dequantize_row(DType type, const void* in, int64_t n, float* out);
 
-// A Q4_0 or Q5_0 block's 32 values in units of its d (q - 8 or q - 16) as int8, a Q8_0 block's q
+// The legacy 32-value types with a min: value = q * d + m.
+constexpr bool has_block_min(DType t) { return t == DType::Q4_1 || t == DType::Q5_1; }
+
+// A Q4_0 or Q5_0 block's 32 values in units of its d (q - 8 or q - 16) as int8, a Q8_0 block's q;
+// a Q4_1 or Q5_1 block's q as stored (0..15, 0..31).
 // (inline: the kernels call it per block; each ISA's file vectorises it with its own flags).
 template <DType kType>
 inline void small_block_values(const uint8_t* block, int8_t* q) {
-  static_assert(kType == DType::Q4_0 || kType == DType::Q5_0);
-  if constexpr (kType == DType::Q4_0) {
-    for (int i = 0; i < 16; ++i) {
-      q[i] = int8_t((block[2 + i] & 15) - 8);
-      q[i + 16] = int8_t((block[2 + i] >> 4) - 8);
-    }
-  } else {
-    uint32_t qh;
-    std::memcpy(&qh, block + 2, 4);  // little-endian, as the static_assert below requires
-    for (int i = 0; i < 16; ++i) {
-      q[i] = int8_t(((block[6 + i] & 15) | ((qh >> i) & 1) << 4) - 16);
-      q[i + 16] = int8_t(((block[6 + i] >> 4) | ((qh >> (i + 16)) & 1) << 4) - 16);
-    }
+  static_assert(kType == DType::Q4_0 || kType == DType::Q5_0 || has_block_min(kType));
+  constexpr bool kFiveBits = kType == DType::Q5_0 || kType == DType::Q5_1;
+  constexpr int kHeader = has_block_min(kType) ? 4 : 2;  // d, and m
+  constexpr int kBias = has_block_min(kType) ? 0 : kFiveBits ? 16 : 8;
+  const uint8_t* qs = block + kHeader + (kFiveBits ? 4 : 0);
+  uint32_t qh = 0;
+  if constexpr (kFiveBits) std::memcpy(&qh, block + kHeader, 4);  // little-endian, as the static_assert below requires
+  for (int i = 0; i < 16; ++i) {
+    q[i] = int8_t(((qs[i] & 15) | ((qh >> i) & 1) << 4) - kBias);
+    q[i + 16] = int8_t(((qs[i] >> 4) | ((qh >> (i + 16)) & 1) << 4) - kBias);
   }
 }
 static_assert(std::endian::native == std::endian::little, "Q5_0's qh is read as a native word");
