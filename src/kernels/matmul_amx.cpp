@@ -339,6 +339,16 @@ void q8_0_tile(const Q8Strip* w, const ActivationBlock* x, int64_t blocks, float
   for (int i = 0; i < kTileTokens; ++i) _mm512_storeu_ps(y + i * ldy, acc[i]);
 }
 
+// Token i's sum_j sc[j] * sums[j][i] over a strip's kSubBlocks sub-blocks, per row, in int32
+// (exact within the callers' bounds).
+template <int kSubBlocks>
+__m512i scaled_sums(const int32_t (*sums)[kTileTokens][16], const int32_t (*scales)[16], int i) {
+  __m512i dots = _mm512_mullo_epi32(_mm512_load_si512(sums[0][i]), _mm512_load_si512(scales[0]));
+  for (int j = 1; j < kSubBlocks; ++j)
+    dots = _mm512_add_epi32(dots, _mm512_mullo_epi32(_mm512_load_si512(sums[j][i]), _mm512_load_si512(scales[j])));
+  return dots;
+}
+
 template <class Tiles>
 void q4_k_tile(const Q4Strip* w, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
   const int64_t stride = blocks * int64_t(sizeof(ActivationBlock));
@@ -361,9 +371,7 @@ void q4_k_tile(const Q4Strip* w, const ActivationBlock* x, int64_t blocks, float
     for (int i = 0; i < kTileTokens; ++i) {
       const ActivationBlock* a = x + i * blocks + b;
       // |sum_j| <= 32 * 31 * 128 (Q5_K) and sc <= 63: the 8 products' sum stays below 2^26, exact in int32.
-      __m512i dots = _mm512_mullo_epi32(_mm512_load_si512(sums[0][i]), _mm512_load_si512(s.scales[0]));
-      for (int j = 1; j < 8; ++j)
-        dots = _mm512_add_epi32(dots, _mm512_mullo_epi32(_mm512_load_si512(sums[j][i]), _mm512_load_si512(s.scales[j])));
+      const __m512i dots = scaled_sums<8>(sums, s.scales, i);
       __m512i min_sum = _mm512_setzero_si512();
       for (int q = 0; q < 4; ++q) {
         const int32_t pair = int32_t(uint16_t(int16_t(a[2 * q].sum))) | int32_t(uint32_t(uint16_t(int16_t(a[2 * q + 1].sum))) << 16);
@@ -400,10 +408,7 @@ void q6_k_tile(const Q6Strip* w, const ActivationBlock* x, int64_t blocks, float
     const __m512 d = _mm512_load_ps(s.d);
     for (int i = 0; i < kTileTokens; ++i) {
       // |sum_j| <= 16 * 32 * 128 and |sc| <= 128: the 16 products' sum stays below 2^28, exact in int32.
-      __m512i dots = _mm512_mullo_epi32(_mm512_load_si512(sums[0][i]), _mm512_load_si512(s.scales[0]));
-      for (int j = 1; j < 16; ++j)
-        dots = _mm512_add_epi32(dots, _mm512_mullo_epi32(_mm512_load_si512(sums[j][i]), _mm512_load_si512(s.scales[j])));
-      acc[i] = _mm512_fmadd_ps(to_float(dots), _mm512_mul_ps(d, _mm512_set1_ps(x[i * blocks + b].d)), acc[i]);
+      acc[i] = _mm512_fmadd_ps(to_float(scaled_sums<16>(sums, s.scales, i)), _mm512_mul_ps(d, _mm512_set1_ps(x[i * blocks + b].d)), acc[i]);
     }
   }
   for (int i = 0; i < kTileTokens; ++i) _mm512_storeu_ps(y + i * ldy, acc[i]);
