@@ -556,11 +556,11 @@ QuantizedMatrix quantize_matrix(DType t, const std::vector<float>& w, int rows, 
     quant::quantize_row(t, w.data() + size_t(r) * cols, cols, q.bytes.data() + r * row_bytes);
     quant::dequantize_row(t, q.bytes.data() + r * row_bytes, cols, q.values.data() + size_t(r) * cols);
   }
-  if (t == DType::Q4_K || t == DType::Q5_K) {  // the same blocks with every q zero decode to -dmin * m
+  if (t == DType::Q4_K || t == DType::Q5_K || t == DType::Q2_K) {  // the same blocks with every q zero decode to -dmin * m
     std::vector<uint8_t> no_q = q.bytes;
-    const size_t block_bytes = dtype_row_bytes(t, 256);
+    const size_t block_bytes = dtype_row_bytes(t, 256), q_end = t == DType::Q2_K ? 80 : block_bytes;
     for (size_t b = 0; b < no_q.size(); b += block_bytes)
-      std::fill(no_q.begin() + b + 16, no_q.begin() + b + block_bytes, 0);
+      std::fill(no_q.begin() + b + 16, no_q.begin() + b + q_end, 0);
     for (int r = 0; r < rows; ++r)
       quant::dequantize_row(t, no_q.data() + r * row_bytes, cols, q.offsets.data() + size_t(r) * cols);
   }
@@ -716,6 +716,22 @@ TEST(QuantKernels, PortableMatchesDequantizedWeightsWithinTheBound) {
   }
 }
 
+// The block types kept as rows (no interleaved layout): every ISA within the bound of the
+// dequantized weights, and with the portable code's bits (quant_matmul_impl.hpp's contract).
+TEST(QuantKernels, RowsOnlyTypesMatchDequantizedWeightsInEveryIsa) {
+  for (DType t : {DType::Q4_1, DType::Q5_1, DType::Q2_K, DType::Q3_K}) {
+    std::vector<std::vector<float>> portable;
+    std::vector<std::vector<double>> magnitude;
+    quant_products(Isa::Generic, t, &portable, &magnitude);
+    for (Isa isa : supported()) {
+      std::vector<std::vector<float>> y;
+      std::vector<std::vector<double>> unused;
+      quant_products(isa, t, &y, &unused);
+      for (size_t c = 0; c < portable.size(); ++c) EXPECT_EQ(y[c], portable[c]) << isa_name(isa) << " " << dtype_name(t) << " case " << c;
+    }
+  }
+}
+
 TEST(QuantKernels, Avx2MatchesPortable) { expect_isa_matches_portable(Isa::Avx2); }
 TEST(QuantKernels, Avx512MatchesPortable) { expect_isa_matches_portable(Isa::Avx512); }
 TEST(QuantKernels, Avx512VnniMatchesPortable) { expect_isa_matches_portable(Isa::Avx512Vnni); }
@@ -805,7 +821,7 @@ std::vector<float> expect_rows_give_the_portable_bits(DType type, Fill fill) {
   std::vector<uint8_t> interleaved_bytes = bytes;
   Matrix interleaved{interleaved_bytes.data(), type, rows, cols};
   interleave_rows8(interleaved, interleaved_bytes.data());
-  if (quant::has_block_min(type)) {  // Q4_1 / Q5_1 stay as rows
+  if (!quant::has_interleaved_layout(type)) {  // Q4_1 / Q5_1 / Q2_K / Q3_K stay as rows
     EXPECT_EQ(interleaved.layout, Layout::Rows) << dtype_name(type);
   } else {
     EXPECT_EQ(interleaved.layout, Layout::Interleaved8) << dtype_name(type);
@@ -817,14 +833,16 @@ std::vector<float> expect_rows_give_the_portable_bits(DType type, Fill fill) {
     IsaGuard guard(Isa::Generic);
     matmul(m, x.data(), tokens, portable.data());
   }
-  // Q5_K's min terms (the blocks with every q zero), summed apart from its q terms.
+  // Q5_K's and Q2_K's min terms (the blocks with every q zero), summed apart from their q terms.
+  const bool with_mins = type == DType::Q5_K || type == DType::Q2_K;
   std::vector<uint8_t> no_q = bytes;
-  if (type == DType::Q5_K)
-    for (size_t b = 0; b < no_q.size(); b += block_bytes) std::fill(&no_q[b + 16], &no_q[b + block_bytes], 0);
+  if (with_mins)
+    for (size_t b = 0; b < no_q.size(); b += block_bytes)
+      std::fill(&no_q[b + 16], &no_q[b + (type == DType::Q5_K ? block_bytes : 80)], 0);
   std::vector<float> w(size_t(rows) * cols), offsets(w.size(), 0.0f);
   for (int r = 0; r < rows; ++r) {
     to_f32(&bytes[r * row_bytes], type, cols, &w[size_t(r) * cols]);
-    if (type == DType::Q5_K) to_f32(&no_q[r * row_bytes], type, cols, &offsets[size_t(r) * cols]);
+    if (with_mins) to_f32(&no_q[r * row_bytes], type, cols, &offsets[size_t(r) * cols]);
   }
   std::vector<ActivationBlock> xq(size_t(tokens) * cols / 32);
   quantize_activations(x.data(), int64_t(tokens) * cols, activation_group(type), xq.data());
@@ -954,6 +972,42 @@ TEST(QuantKernels, Q4_1AndQ5_1RowsGiveThePortableBitsInEveryIsaAndTheDoubleSum) 
     EXPECT_FLOAT_EQ(portable[0], 768.0f * m * -127 * ad) << dtype_name(type) << ": every value m";
     EXPECT_FLOAT_EQ(portable[rows + 1], 768.0f * (top * d + m) * 127 * ad) << dtype_name(type) << ": every value 15 d + m";
   }
+}
+
+// Q3_K's extreme rows (never interleaved): every q 0 (value -4) under scales of -32 (row 0: each
+// weight +128 d) and every bit set (row 1: q 7, value 3, under scales of 31); random bytes and steps
+// in the others.
+TEST(QuantKernels, Q3_KRowsGiveThePortableBitsInEveryIsaAndTheDoubleSum) {
+  const auto fill = [](uint8_t* block, int r, std::mt19937& rng) {
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (int i = 0; i < 108; ++i) block[i] = r == 0 ? 0x00 : r == 1 ? 0xff : uint8_t(byte(rng));
+    const uint16_t d = f32_to_f16(r < 2 ? 0.01f : 0.001f * float(1 + byte(rng)));
+    std::memcpy(block + 108, &d, 2);
+  };
+  const std::vector<float> portable = expect_rows_give_the_portable_bits(DType::Q3_K, fill);
+  const int rows = 37;
+  const float d = f16_to_f32(f32_to_f16(0.01f)), ad = 1.0f / 127.0f;
+  EXPECT_FLOAT_EQ(portable[0], 768.0f * 128 * -127 * d * ad) << "every weight -32 x -4 d, activation -127 a.d";
+  EXPECT_FLOAT_EQ(portable[rows + 1], 768.0f * 93 * 127 * d * ad) << "every weight 31 x 3 d, activation 127 a.d";
+}
+
+// Q2_K's extreme rows (never interleaved): every q 0 under scales of 0 and mins of 15 (row 0: each
+// weight -15 dmin), every bit set (row 1: q 3 under scales and mins of 15); random in the others.
+TEST(QuantKernels, Q2_KRowsGiveThePortableBitsInEveryIsaAndTheDoubleSum) {
+  const auto fill = [](uint8_t* block, int r, std::mt19937& rng) {
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (int i = 0; i < 80; ++i) block[i] = r == 0 ? (i < 16 ? 0xf0 : 0x00) : r == 1 ? 0xff : uint8_t(byte(rng));
+    const uint16_t d = f32_to_f16(r < 2 ? 0.01f : 0.001f * float(1 + byte(rng)));
+    const uint16_t dmin = f32_to_f16(r < 2 ? 0.005f : 0.001f * float(1 + byte(rng)));
+    std::memcpy(block + 80, &d, 2);
+    std::memcpy(block + 82, &dmin, 2);
+  };
+  const std::vector<float> portable = expect_rows_give_the_portable_bits(DType::Q2_K, fill);
+  const int rows = 37;
+  const double d = f16_to_f32(f32_to_f16(0.01f)), dmin = f16_to_f32(f32_to_f16(0.005f)), ad = 1.0 / 127.0;
+  EXPECT_NEAR(portable[0], 768.0 * -15 * dmin * -127 * ad, 1e-5 * 768 * 15 * dmin) << "every weight -15 dmin, activation -127 a.d";
+  EXPECT_NEAR(portable[rows + 1], 768.0 * (45 * d - 15 * dmin) * 127 * ad, 1e-5 * 768 * 45 * d)
+      << "every weight 45 d - 15 dmin, activation 127 a.d";
 }
 
 TEST(QuantKernels, BatchSharesQuantizedInputsAndMixesDtypes) {

@@ -1,4 +1,4 @@
-// Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K: hand-built blocks decode to the values ggml's layout gives, and quantizing
+// Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K: hand-built blocks decode to the values ggml's layout gives, and quantizing
 // then dequantizing stays within each format's bound (util/quant.hpp derives them).
 #include <gtest/gtest.h>
 
@@ -63,6 +63,11 @@ TEST(Quant, BlockSizesAndNames) {
   EXPECT_EQ(t, DType::Q4_0);
   ASSERT_TRUE(parse_block_dtype("Q5_0", &t));
   EXPECT_EQ(t, DType::Q5_0);
+  EXPECT_EQ(dtype_row_bytes(DType::Q2_K, 512), 168u);
+  EXPECT_EQ(dtype_row_bytes(DType::Q3_K, 512), 220u);
+  ASSERT_TRUE(parse_block_dtype("q3_k", &t));
+  EXPECT_EQ(t, DType::Q3_K);
+  EXPECT_EQ(dtype_name(DType::Q2_K), "Q2_K");
   EXPECT_FALSE(parse_block_dtype("BF16", &t));
 }
 
@@ -181,6 +186,40 @@ TEST(Quant, Q6_KHandBuiltBlockDecodes) {
   EXPECT_EQ(y[255], 0.5f * 127.0f * -32.0f);
 }
 
+// ggml's block_q2_K: scales[16] (sc low nibble, m high), qs[64] (value 128 h + 32 k + l at bits
+// 2k of byte 32 h + l), fp16 d, fp16 dmin; block_q3_K: hmask[32] (bit 4 h + k of byte l: the
+// value's top bit), qs[64] as Q2_K's, scales[12] (6-bit, stored + 32), fp16 d. Set by hand from
+// that layout: the value 128 h + 32 k + l gets q = (h + k + l) % 4 (and Q3_K's top bit when l is
+// odd); sub-block j's scale is j % 16 (Q2_K, min 15 - j) or j * 4 - 32 (Q3_K: stored 4 j).
+TEST(Quant, Q2_KAndQ3_KHandBuiltBlocksDecode) {
+  uint8_t q2[84] = {}, q3[110] = {};
+  for (int j = 0; j < 16; ++j) q2[j] = uint8_t(j | (15 - j) << 4);
+  for (int h = 0; h < 2; ++h)
+    for (int k = 0; k < 4; ++k)
+      for (int l = 0; l < 32; ++l) {
+        const int q = (h + k + l) % 4;
+        q2[16 + 32 * h + l] |= uint8_t(q << (2 * k));
+        q3[32 + 32 * h + l] |= uint8_t(q << (2 * k));
+        if (l % 2 == 1) q3[l] |= uint8_t(1 << (4 * h + k));
+      }
+  for (int j = 0; j < 16; ++j) {
+    const int stored = 4 * j;  // 0..60
+    q3[96 + (j < 8 ? j : j - 8)] |= uint8_t((stored & 15) << (j < 8 ? 0 : 4));
+    q3[96 + 8 + j % 4] |= uint8_t((stored >> 4) << (2 * (j / 4)));
+  }
+  put_half(q2 + 80, 0.5f);
+  put_half(q2 + 82, 0.25f);
+  put_half(q3 + 108, 0.125f);
+  std::vector<float> y2(256), y3(256);
+  quant::dequantize_row(DType::Q2_K, q2, 256, y2.data());
+  quant::dequantize_row(DType::Q3_K, q3, 256, y3.data());
+  for (int v = 0; v < 256; ++v) {
+    const int h = v / 128, k = v % 128 / 32, l = v % 32, j = v / 16, q = (h + k + l) % 4;
+    EXPECT_EQ(y2[v], 0.5f * float(j) * float(q) - 0.25f * float(15 - j)) << "Q2_K value " << v;
+    EXPECT_EQ(y3[v], 0.125f * float(4 * j - 32) * float(q + (l % 2 == 1 ? 4 : 0) - 4)) << "Q3_K value " << v;
+  }
+}
+
 TEST(Quant, Q4_KScalesAndMinsPackEveryValue) {
   std::mt19937 rng(1);
   for (int round = 0; round < 200; ++round) {
@@ -289,9 +328,22 @@ TEST(Quant, Q4_1AndQ5_1RoundTripWithinHalfAStep) {
 
 namespace {
 
-// Q4_K and Q5_K: each sub-block's grid of `top` steps covers its values (quant.hpp's bound).
+// A sub-block's factors in Q4_K's, Q5_K's or Q2_K's grid: d, dmin, its scale and min.
+struct AffineSubBlock {
+  float d, dmin;
+  int sc, m;
+};
+AffineSubBlock affine_sub_block(DType type, const uint8_t* block, int j) {
+  if (type == DType::Q2_K) return {quant::read_half(block + 80), quant::read_half(block + 82), block[j] & 15, block[j] >> 4};
+  AffineSubBlock f{quant::read_half(block), quant::read_half(block + 2), 0, 0};
+  quant::q4_k_scale_min(block + 4, j, &f.sc, &f.m);
+  return f;
+}
+
+// Q4_K, Q5_K and Q2_K: each sub-block's grid of `top` steps covers its values (quant.hpp's bound).
 void expect_affine_k_round_trip(DType type, int top, uint32_t seed) {
   const int64_t n = 2048;
+  const int sub = type == DType::Q2_K ? 16 : 32;
   const std::vector<float> x = test_row(n, seed);
   const size_t block_bytes = dtype_row_bytes(type, 256);
   std::vector<uint8_t> q(dtype_row_bytes(type, n));
@@ -302,20 +354,18 @@ void expect_affine_k_round_trip(DType type, int top, uint32_t seed) {
   int counted = 0;
   for (int64_t b = 0; b < n / 256; ++b) {
     const uint8_t* block = q.data() + b * block_bytes;
-    const float d = quant::read_half(block), dmin = quant::read_half(block + 2);
-    for (int j = 0; j < 8; ++j) {
-      int sc, m;
-      quant::q4_k_scale_min(block + 4, j, &sc, &m);
-      const float* xs = x.data() + b * 256 + j * 32;
+    for (int j = 0; j < 256 / sub; ++j) {
+      const AffineSubBlock f = affine_sub_block(type, block, j);
+      const float* xs = x.data() + b * 256 + j * sub;
       float lo = 0.0f, hi = xs[0];
-      for (int i = 0; i < 32; ++i) lo = std::min(lo, xs[i]), hi = std::max(hi, xs[i]);
-      const float step = d * float(sc);
-      EXPECT_LT(step, (hi - lo + dmin) / float(top) + d + 1e-6f * (hi - lo))
+      for (int i = 0; i < sub; ++i) lo = std::min(lo, xs[i]), hi = std::max(hi, xs[i]);
+      const float step = f.d * float(f.sc);
+      EXPECT_LT(step, (hi - lo + f.dmin) / float(top) + f.d + 1e-6f * (hi - lo))
           << dtype_name(type) << " block " << b << " sub " << j;
-      for (int i = 0; i < 32; ++i) {
-        const int64_t k = b * 256 + j * 32 + i;
+      for (int i = 0; i < sub; ++i) {
+        const int64_t k = b * 256 + j * sub + i;
         const float err = std::fabs(x[k] - y[k]);
-        EXPECT_LE(err, step / 2 + 1e-6f * (float(top) * step + dmin * float(m))) << dtype_name(type) << " element " << k;
+        EXPECT_LE(err, step / 2 + 1e-6f * (float(top) * step + f.dmin * float(f.m))) << dtype_name(type) << " element " << k;
         if (step > 0) total += err / step, ++counted;
       }
     }
@@ -374,6 +424,60 @@ TEST(Quant, Q6_KRoundTripWithinHalfASubBlockStep) {
   }
   for (int i = 0; i < 32; ++i) EXPECT_EQ(y[i], 0.0f) << "an all-zero sub-block decodes to zeros";
   EXPECT_LT(total / counted, 0.3) << "rounding to nearest errs by a quarter step on average";
+}
+
+TEST(Quant, Q2_KRoundTripWithinHalfASubBlockStep) { expect_affine_k_round_trip(DType::Q2_K, 3, 15); }
+
+TEST(Quant, Q3_KRoundTripWithinHalfASubBlockStep) {
+  const int64_t n = 2048;
+  const std::vector<float> x = test_row(n, 16);
+  std::vector<uint8_t> q(dtype_row_bytes(DType::Q3_K, n));
+  std::vector<float> y(n);
+  quant::quantize_row(DType::Q3_K, x.data(), n, q.data());
+  quant::dequantize_row(DType::Q3_K, q.data(), n, y.data());
+  double total = 0.0;  // errors in units of their sub-block's step
+  int counted = 0;
+  for (int64_t b = 0; b < n / 256; ++b) {
+    const uint8_t* block = q.data() + b * 110;
+    uint8_t values[256];
+    int16_t scale[16], min[16];
+    quant::low_bit_k_values<DType::Q3_K>(block, values, scale, min);
+    const float d = quant::read_half(block + 108);
+    for (int j = 0; j < 16; ++j) {
+      const float* xs = x.data() + b * 256 + j * 16;
+      float amax = 0.0f;
+      for (int i = 0; i < 16; ++i) amax = std::max(amax, std::fabs(xs[i]));
+      const float step = d * float(scale[j]);
+      EXPECT_GE(step, 0.0f);
+      EXPECT_LE(step, amax / 3.5f + d + 1e-6f * amax) << "block " << b << " sub " << j;
+      for (int i = 0; i < 16; ++i) {
+        const int64_t k = b * 256 + j * 16 + i;
+        const float err = std::fabs(x[k] - y[k]);
+        EXPECT_LE(err, step / 2 + 1e-6f * amax) << "element " << k;
+        if (step > 0) total += err / step, ++counted;
+      }
+    }
+  }
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(y[i], 0.0f) << "an all-zero sub-block decodes to zeros";
+  EXPECT_LT(total / counted, 0.3) << "rounding to nearest errs by a quarter step on average";
+}
+
+// Q3_K's and Q2_K's fewer bits cost accuracy in order: Q2_K's mean error above Q3_K's, Q3_K's above
+// Q4_K's.
+TEST(Quant, FewerBitsErrMoreQ2_KQ3_KQ4_K) {
+  const int64_t n = 4096;
+  const std::vector<float> x = test_row(n, 17);
+  double err[3] = {};
+  const DType types[3] = {DType::Q2_K, DType::Q3_K, DType::Q4_K};
+  for (int k = 0; k < 3; ++k) {
+    std::vector<uint8_t> q(dtype_row_bytes(types[k], n));
+    std::vector<float> y(n);
+    quant::quantize_row(types[k], x.data(), n, q.data());
+    quant::dequantize_row(types[k], q.data(), n, y.data());
+    for (int64_t i = 0; i < n; ++i) err[k] += std::fabs(double(x[i]) - y[i]);
+  }
+  EXPECT_GT(err[0], err[1]);
+  EXPECT_GT(err[1], err[2]);
 }
 
 TEST(Quant, RejectsRowsOfPartialBlocksAndValuesItCannotStore) {

@@ -93,6 +93,23 @@ struct QuantLaneScalar {
     }
   }
   template <int T>
+  static void sub_block_sums(const uint8_t* q, const int16_t* scale, const int16_t* min, const ActivationBlock* x,
+                             int64_t blocks, int32_t* dots, int32_t* mins) {
+    for (int t = 0; t < T; ++t) {
+      dots[t] = mins[t] = 0;
+      for (int j = 0; j < 16; ++j) {
+        int32_t qa = 0, a = 0;
+        for (int i = 0; i < 16; ++i) {
+          const int8_t v = x[t * blocks + j / 2].q[16 * (j % 2) + i];
+          qa += int32_t(q[16 * j + i]) * v;
+          a += v;
+        }
+        dots[t] += scale[j] * qa;
+        mins[t] += min[j] * a;
+      }
+    }
+  }
+  template <int T>
   static void q6_k_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
     const auto* sc = reinterpret_cast<const int8_t*>(w + 192);
     for (int t = 0; t < T; ++t) {

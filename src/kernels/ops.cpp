@@ -51,6 +51,8 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
     case DType::Q5_0:
     case DType::Q4_1:
     case DType::Q5_1:
+    case DType::Q2_K:
+    case DType::Q3_K:
     case DType::Q4_K:
     case DType::Q5_K:
     case DType::Q6_K: quant::dequantize_row(dtype, src, n, dst); break;
@@ -59,9 +61,9 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
 }
 
 void interleave_rows8(Matrix& m, void* data) {
-  // Every block type but Q4_1 and Q5_1 has its Interleaved8 layout (util/quant.hpp); element-wise
-  // types have none.
-  if (dtype_block(m.dtype) == 1 || quant::has_block_min(m.dtype) || m.row_stride() != m.cols ||
+  // Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K have an Interleaved8 layout (util/quant.hpp); the other
+  // block types and element-wise types have none.
+  if (!quant::has_interleaved_layout(m.dtype) || m.row_stride() != m.cols ||
       m.layout == Layout::Interleaved8 || m.rows < 8)
     return;
   const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);

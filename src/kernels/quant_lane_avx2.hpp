@@ -181,6 +181,31 @@ struct QuantLaneAvx2 {
     for (int t = 0; t < T; ++t) sums[t] = sum_lanes(acc[t]);
   }
 
+  // Per activation block k: sub-blocks 2k and 2k + 1 in the low and high 128 bits; vpmaddubsw's
+  // pairs (q <= 7: no saturation) times each half's factor by vpmaddwd.
+  template <int T>
+  static void sub_block_sums(const uint8_t* q, const int16_t* scale, const int16_t* min, const ActivationBlock* x,
+                             int64_t blocks, int32_t* dots, int32_t* mins) {
+    const __m256i ones = _mm256_set1_epi8(1);
+    __m256i dot_acc[T], min_acc[T];
+    for (int t = 0; t < T; ++t) dot_acc[t] = min_acc[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; ++k) {
+      const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * k));
+      const __m256i s = _mm256_set_m128i(_mm_set1_epi16(scale[2 * k + 1]), _mm_set1_epi16(scale[2 * k]));
+      const __m256i m = _mm256_set_m128i(_mm_set1_epi16(min[2 * k + 1]), _mm_set1_epi16(min[2 * k]));
+      for (int t = 0; t < T; ++t) {
+        const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t * blocks + k].q));
+        dot_acc[t] = _mm256_add_epi32(dot_acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(qv, a), s));
+        min_acc[t] = _mm256_add_epi32(min_acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(ones, a), m));
+      }
+    }
+    for (int t = 0; t < T; ++t) {
+      dots[t] = sum_lanes(dot_acc[t]);
+      mins[t] = sum_lanes(min_acc[t]);
+    }
+  }
+
   template <int T>
   static void q6_k_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
     alignas(32) int16_t scales[16];

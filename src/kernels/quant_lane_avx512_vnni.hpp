@@ -127,6 +127,40 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     for (int t = 0; t < T; ++t) sums[t] = sum_lanes(_mm256_add_epi32(low_half(acc[t]), high_half(acc[t])));
   }
 
+  // Two activation blocks at a time: 32-bit lanes 4s .. 4s + 3 hold sub-block 2k + s (vpdpbusd's
+  // sums of 4 products, |.| <= 4 * 7 * 127: exact in their low 16 bits, which vpdpwssd multiplies
+  // by the lane's factor, its high 16 bits cleared).
+  template <int T>
+  static void sub_block_sums(const uint8_t* q, const int16_t* scale, const int16_t* min, const ActivationBlock* x,
+                             int64_t blocks, int32_t* dots, int32_t* mins) {
+    const __m512i ones = _mm512_set1_epi8(1), low16 = _mm512_set1_epi32(0xffff);
+    const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m512i scales = _mm512_and_si512(
+        _mm512_maskz_cvtepi16_epi32(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(scale))), low16);
+    const __m512i min_factors = _mm512_and_si512(
+        _mm512_maskz_cvtepi16_epi32(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(min))), low16);
+    __m512i dot_acc[T], min_acc[T];
+    for (int t = 0; t < T; ++t) dot_acc[t] = min_acc[t] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int k = 0; k < 8; k += 2) {
+      const __m512i qv = _mm512_loadu_si512(q + 32 * k);
+      const __m512i lanes = _mm512_add_epi32(spread, _mm512_set1_epi32(2 * k));
+      const __m512i s = _mm512_maskz_permutexvar_epi32(0xffff, lanes, scales);
+      const __m512i m = _mm512_maskz_permutexvar_epi32(0xffff, lanes, min_factors);
+      for (int t = 0; t < T; ++t) {
+        const ActivationBlock* a = x + t * blocks + k;
+        const __m512i av = _mm512_maskz_inserti64x4(0xff, _mm512_maskz_loadu_epi64(0x0f, a[0].q),
+                                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[1].q)), 1);
+        dot_acc[t] = _mm512_dpwssd_epi32(dot_acc[t], _mm512_dpbusd_epi32(_mm512_setzero_si512(), qv, av), s);
+        min_acc[t] = _mm512_dpwssd_epi32(min_acc[t], _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, av), m);
+      }
+    }
+    for (int t = 0; t < T; ++t) {
+      dots[t] = sum_lanes(_mm256_add_epi32(low_half(dot_acc[t]), high_half(dot_acc[t])));
+      mins[t] = sum_lanes(_mm256_add_epi32(low_half(min_acc[t]), high_half(min_acc[t])));
+    }
+  }
+
   template <int T>
   static void q6_k_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
     const __m512i low4 = _mm512_set1_epi8(15), top2 = _mm512_set1_epi8(0x30), offset = _mm512_set1_epi8(32);

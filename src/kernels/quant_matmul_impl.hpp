@@ -1,5 +1,5 @@
 #pragma once
-// Products of Q8_0 / Q4_0 / Q5_0 / Q4_K / Q5_K / Q6_K weight rows with quantized activations, written once over an
+// Products of Q8_0 / Q4_0 / Q5_0 / Q4_1 / Q5_1 / Q2_K / Q3_K / Q4_K / Q5_K / Q6_K weight rows with quantized activations, written once over an
 // integer "lane" type L. Each ISA's .cpp file includes this with its own L, compiled with its flags.
 //   L::Acc                      float accumulators;  L::Int  integer accumulators
 //   L::zero(), L::sum(Acc), L::int_zero()
@@ -18,6 +18,10 @@
 //       activation blocks (token t's at x + t * blocks): sums[t] = sum_j sc[j] * sum_i (q_i - 32) a_i,
 //       the exact integer; the tile then takes acc = fma(float(sums[t]), d * a.d, acc) in a scalar
 //       per (row, token), super-block after super-block: the same bits in every ISA for every T.
+//   L::sub_block_sums<T>(q, scale, min, x, blocks, dots, mins)  a super-block's 256 q as unsigned
+//       bytes (at most 7: quant::low_bit_k_values) and 16 int16 factors of each kind times T tokens'
+//       8 activation blocks: dots[t] = sum_j scale[j] * sum_i q_i a_i and mins[t] = sum_j min[j] *
+//       sum_i a_i over the sub-blocks j of 16 values, exact (Q2_K's and Q3_K's rows).
 //   L::q5_k_sums<T>(w, sc, x, blocks, sums)  a Q5_K super-block (176 bytes at w, its 8 scales
 //       unpacked in sc) times T tokens' 8 activation blocks: sums[t] = sum_j sc[j] * sum_i q_i a_i,
 //       the exact integer; the tile adds the min term's integer sum_j m[j] * a_j.sum and takes
@@ -191,6 +195,40 @@ void q5_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int
     for (int t = 0; t < T; ++t) y[t * ldy + r] = acc[r][t];
 }
 
+// Q2_K or Q3_K rows (never interleaved) against T tokens: each super-block unpacked once
+// (quant::low_bit_k_values), then per token the two exact integer sums of L::sub_block_sums and
+// the float steps in a scalar per (row, token): Q3_K's one, acc = fma(float(dots - mins), d * a.d,
+// acc); Q2_K's two, as Q5_K's. The same bits in every ISA for every T.
+template <class L, int R, int T, DType kType>
+void low_bit_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int64_t blocks, float* y,
+                    int64_t ldy) {
+  constexpr bool kThreeBits = kType == DType::Q3_K;
+  constexpr size_t kBlockBytes = kThreeBits ? 110 : 84;
+  float acc[R][T] = {};
+  for (int64_t b = 0; b < blocks; b += 8)
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* wb = w + r * row_bytes + b / 8 * kBlockBytes;
+      if constexpr (T == 1)
+        for (size_t line = 0; line < kBlockBytes + 64; line += 64) __builtin_prefetch(wb + R * row_bytes + line);
+      alignas(64) uint8_t q[256];
+      alignas(32) int16_t scale[16], min[16];
+      quant::low_bit_k_values<kType>(wb, q, scale, min);
+      int32_t dots[T], mins[T];
+      L::template sub_block_sums<T>(q, scale, min, x + b, blocks, dots, mins);
+      for (int t = 0; t < T; ++t) {
+        const ActivationBlock& a = x[t * blocks + b];
+        if constexpr (kThreeBits) {
+          acc[r][t] = std::fma(float(dots[t] - mins[t]), L::half(wb + 108) * a.d, acc[r][t]);
+        } else {
+          acc[r][t] = std::fma(float(dots[t]), L::half(wb + 80) * a.d, acc[r][t]);
+          acc[r][t] = std::fma(float(mins[t]), -(L::half(wb + 82) * a.d), acc[r][t]);
+        }
+      }
+    }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = acc[r][t];
+}
+
 // sums: for Q4_K, the activation blocks' sums as int16 (8 per super-block, as L::madd_mins
 // reads them), for the same tokens as x; null for Q8_0 and unread for Q5_K's rows and Q6_K.
 template <class L, int T>
@@ -214,6 +252,8 @@ void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int1
       case DType::Q5_0: return small_block_tile<L, kRows, T, DType::Q5_0>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::Q4_1: return small_block_tile<L, kRows, T, DType::Q4_1>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::Q5_1: return small_block_tile<L, kRows, T, DType::Q5_1>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::Q2_K: return low_bit_k_tile<L, kRows, T, DType::Q2_K>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::Q3_K: return low_bit_k_tile<L, kRows, T, DType::Q3_K>(w, row_bytes, x, blocks, y + r, m.rows);
       default: return q6_k_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
     }
   };
@@ -355,7 +395,8 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
     r0 = grouped_end;  // the rows after the last whole group lie as rows
   }
   int t = 0;
-  // Q4_0, Q5_0, Q5_K and Q6_K unpack each block's values once per tile: 4 tokens share it.
+  // Q4_0, Q5_0, Q4_1, Q5_1, Q2_K, Q3_K, Q5_K and Q6_K unpack each block's values once per tile: 4
+  // tokens share it.
   if (m.dtype != DType::Q8_0 && m.dtype != DType::Q4_K)
     for (; t + 4 <= tokens; t += 4) quant_rows_for_tokens<L, 4>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, r1);
   for (; t + 2 <= tokens; t += 2) quant_rows_for_tokens<L, 2>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, r1);

@@ -95,59 +95,120 @@ void quantize_q8_0(const float* x, uint8_t* block) {
     q[i] = d == 0.0f ? 0 : int8_t(std::clamp(std::nearbyint(x[i] / d), -127.0f, 127.0f));
 }
 
-// Q4_K and Q5_K's grid: d, dmin and the packed 6-bit scales and mins written to block's first 16
-// bytes, each value's q (0..top) to q. Mins first, rounded up, so that -dmin * m[j] <= min(x_j);
-// then each scale is the step that reaches max(x_j) from there in `top` steps, rounded up.
-void quantize_affine_k(const float* x, int top, const char* type, uint8_t* block, uint8_t* q) {
-  constexpr int kSubs = kQ4_KBlock / kQ4_KSubBlock;
-  float high[kSubs], low[kSubs];  // per sub-block: max(x) and -min(0, min(x)), both >= 0
+// The affine k-quant grid of Q4_K and Q5_K (8 sub-blocks of 32, 6-bit scales and mins) and of
+// Q2_K (16 sub-blocks of 16, 4-bit ones): each value's q (0..top) written to q, and d, dmin and the
+// integer scales and mins returned. Mins first, rounded up, so that -dmin * m[j] <= min(x_j); then
+// each scale is the step that reaches max(x_j) from there in `top` steps, rounded up.
+struct AffineGrid {
+  uint16_t d = 0, dmin = 0;
+  int scales[16] = {}, mins[16] = {};
+};
+AffineGrid quantize_affine_k(const float* x, int sub_block, int factor_max, int top, const char* type, uint8_t* q) {
+  const int subs = 256 / sub_block;
+  float high[16], low[16];  // per sub-block: max(x) and -min(0, min(x)), both >= 0
   float max_low = 0.0f;
-  for (int j = 0; j < kSubs; ++j) {
-    const auto [lo, hi] = std::minmax_element(x + j * kQ4_KSubBlock, x + (j + 1) * kQ4_KSubBlock);
+  for (int j = 0; j < subs; ++j) {
+    const auto [lo, hi] = std::minmax_element(x + j * sub_block, x + (j + 1) * sub_block);
     high[j] = *hi;
     low[j] = std::max(0.0f, -*lo);
     max_low = std::max(max_low, low[j]);
   }
-  require(max_low / 63.0f <= kHalfMax,
+  require(max_low / float(factor_max) <= kHalfMax,
           "value -" + std::to_string(max_low) + " is too large for " + type + "'s fp16 min");
-  const uint16_t dmin_h = half_at_least(max_low / 63.0f);
-  const float dmin = f16_to_f32(dmin_h);
-  int scales[kSubs], mins[kSubs];
-  float offset[kSubs], step[kSubs], max_step = 0.0f;
-  for (int j = 0; j < kSubs; ++j) {
-    mins[j] = dmin == 0.0f ? 0 : std::min(63, int(std::ceil(low[j] / dmin)));
-    offset[j] = dmin * float(mins[j]);
+  AffineGrid grid;
+  grid.dmin = half_at_least(max_low / float(factor_max));
+  const float dmin = f16_to_f32(grid.dmin);
+  float offset[16], step[16], max_step = 0.0f;
+  for (int j = 0; j < subs; ++j) {
+    grid.mins[j] = dmin == 0.0f ? 0 : std::min(factor_max, int(std::ceil(low[j] / dmin)));
+    offset[j] = dmin * float(grid.mins[j]);
     step[j] = std::max(0.0f, (high[j] + offset[j]) / float(top));
     max_step = std::max(max_step, step[j]);
   }
-  require(max_step / 63.0f <= kHalfMax, "values spanning " + std::to_string(float(top) * max_step) +
-                                            " are too large for " + type + "'s fp16 scale");
-  const uint16_t d_h = half_at_least(max_step / 63.0f);
-  const float d = f16_to_f32(d_h);
-  for (int j = 0; j < kSubs; ++j) scales[j] = d == 0.0f ? 0 : std::min(63, int(std::ceil(step[j] / d)));
-  write_half(block, d_h);
-  write_half(block + 2, dmin_h);
-  q4_k_pack_scales_mins(scales, mins, block + 4);
-  for (int j = 0; j < kSubs; ++j) {
+  require(max_step / float(factor_max) <= kHalfMax, "values spanning " + std::to_string(float(top) * max_step) +
+                                                        " are too large for " + type + "'s fp16 scale");
+  grid.d = half_at_least(max_step / float(factor_max));
+  const float d = f16_to_f32(grid.d);
+  for (int j = 0; j < subs; ++j) grid.scales[j] = d == 0.0f ? 0 : std::min(factor_max, int(std::ceil(step[j] / d)));
+  for (int j = 0; j < subs; ++j) {
     // The same products the dequantization forms.
-    const float s = d * float(scales[j]), m = dmin * float(mins[j]);
-    for (int i = 0; i < kQ4_KSubBlock; ++i) {
-      const float v = x[j * kQ4_KSubBlock + i];
-      q[j * kQ4_KSubBlock + i] = uint8_t(s == 0.0f ? 0 : int(std::clamp(std::nearbyint((v + m) / s), 0.0f, float(top))));
+    const float s = d * float(grid.scales[j]), m = dmin * float(grid.mins[j]);
+    for (int i = 0; i < sub_block; ++i) {
+      const float v = x[j * sub_block + i];
+      q[j * sub_block + i] = uint8_t(s == 0.0f ? 0 : int(std::clamp(std::nearbyint((v + m) / s), 0.0f, float(top))));
     }
   }
+  return grid;
+}
+
+// Q4_K's and Q5_K's first 16 bytes: d, dmin, the packed scales and mins.
+void write_affine_k_header(const AffineGrid& grid, uint8_t* block) {
+  write_half(block, grid.d);
+  write_half(block + 2, grid.dmin);
+  q4_k_pack_scales_mins(grid.scales, grid.mins, block + 4);
+}
+
+// Q2_K's and Q3_K's 2-bit fields of q (util/quant.hpp): value v at bits 2 (v % 128 / 32) of qs byte
+// 32 (v / 128) + v % 32.
+void pack_two_bit_fields(const uint8_t* q, uint8_t* qs) {
+  std::memset(qs, 0, 64);
+  for (int v = 0; v < 256; ++v) qs[32 * (v / 128) + v % 32] |= uint8_t((q[v] & 3) << (2 * (v % 128 / 32)));
+}
+
+void quantize_q2_k(const float* x, uint8_t* block) {
+  uint8_t q[256];
+  const AffineGrid grid = quantize_affine_k(x, 16, 15, 3, "Q2_K", q);
+  for (int j = 0; j < 16; ++j) block[j] = uint8_t(grid.scales[j] | grid.mins[j] << 4);
+  pack_two_bit_fields(q, block + 16);
+  write_half(block + 80, grid.d);
+  write_half(block + 82, grid.dmin);
+}
+
+void quantize_q3_k(const float* x, uint8_t* block) {
+  // Each sub-block's step reaches max|x_j| at 3.5 steps (q - 4 in -4..3: the rounding of 3.5 to 4
+  // is clamped to 3, still half a step off), and the 6-bit scales are those steps in units of d,
+  // rounded up.
+  float step[16], max_step = 0.0f;
+  for (int j = 0; j < 16; ++j) {
+    float amax = 0.0f;
+    for (int i = 0; i < 16; ++i) amax = std::max(amax, std::fabs(x[16 * j + i]));
+    step[j] = amax / 3.5f;
+    max_step = std::max(max_step, step[j]);
+  }
+  require(max_step / 31.0f <= kHalfMax, "value " + std::to_string(3.5f * max_step) + " is too large for Q3_K's fp16 scale");
+  const uint16_t d_h = half_at_least(max_step / 31.0f);
+  const float d = f16_to_f32(d_h);
+  int sc[16];
+  for (int j = 0; j < 16; ++j) sc[j] = d == 0.0f ? 0 : std::min(31, int(std::ceil(step[j] / d)));
+  uint8_t q[256];
+  for (int v = 0; v < 256; ++v) {
+    const float s = d * float(sc[v / 16]);  // the product the dequantization forms
+    q[v] = uint8_t(4 + (s == 0.0f ? 0 : int(std::clamp(std::nearbyint(x[v] / s), -4.0f, 3.0f))));
+  }
+  uint8_t* hmask = block;
+  std::memset(hmask, 0, 32);
+  for (int v = 0; v < 256; ++v) hmask[v % 32] |= uint8_t((q[v] >> 2) << (v / 32));
+  pack_two_bit_fields(q, block + 32);
+  uint8_t* packed = block + 96;
+  std::memset(packed, 0, 12);
+  for (int j = 0; j < 16; ++j) {
+    const int stored = sc[j] + 32;  // 6 bits: 32 + (0..31)
+    packed[j % 8] |= uint8_t((stored & 15) << (j < 8 ? 0 : 4));
+    packed[8 + j % 4] |= uint8_t((stored >> 4) << (2 * (j / 4)));
+  }
+  write_half(block + 108, d_h);
 }
 
 void quantize_q4_k(const float* x, uint8_t* block) {
   uint8_t q[kQ4_KBlock];
-  quantize_affine_k(x, 15, "Q4_K", block, q);
+  write_affine_k_header(quantize_affine_k(x, kQ4_KSubBlock, 63, 15, "Q4_K", q), block);
   uint8_t* qs = block + 16;
   for (int i = 0; i < kQ4_KBlock / 2; ++i) qs[i] = uint8_t(q[i / 32 * 64 + i % 32] | q[i / 32 * 64 + 32 + i % 32] << 4);
 }
 
 void quantize_q5_k(const float* x, uint8_t* block) {
   uint8_t q[kQ5_KBlock];
-  quantize_affine_k(x, 31, "Q5_K", block, q);
+  write_affine_k_header(quantize_affine_k(x, kQ5_KSubBlock, 63, 31, "Q5_K", q), block);
   uint8_t* qh = block + 16;
   uint8_t* qs = block + 48;
   std::memset(qh, 0, 32);
@@ -247,6 +308,27 @@ void dequantize_q6_k(const uint8_t* block, float* y) {
   }
 }
 
+// Q2_K and Q3_K: ggml's to_float, operation for operation (a sub-block's float step first, then
+// the value, then Q2_K's min subtracted).
+void dequantize_q2_k(const uint8_t* block, float* y) {
+  const float d = read_half(block + 80), dmin = read_half(block + 82);
+  const uint8_t* qs = block + 16;
+  for (int v = 0; v < 256; ++v) {
+    const uint8_t sc = block[v / 16];
+    const float step = d * float(sc & 15), offset = dmin * float(sc >> 4);
+    const int q = (qs[32 * (v / 128) + v % 32] >> (2 * (v % 128 / 32))) & 3;
+    y[v] = step * float(q) - offset;
+  }
+}
+
+void dequantize_q3_k(const uint8_t* block, float* y) {
+  uint8_t q[256];
+  int16_t scale[16], min[16];
+  low_bit_k_values<DType::Q3_K>(block, q, scale, min);
+  const float d = read_half(block + 108);
+  for (int v = 0; v < 256; ++v) y[v] = d * float(scale[v / 16]) * float(int(q[v]) - 4);
+}
+
 }  // namespace
 
 void q4_k_pack_scales_mins(const int* scales, const int* mins, uint8_t* packed) {
@@ -268,6 +350,8 @@ void quantize_row(DType type, const float* x, int64_t n, void* out) {
     if (type == DType::Q8_0) quantize_q8_0(x + b * block, o + b * block_bytes);
     else if (type == DType::Q4_0 || type == DType::Q5_0) quantize_small_block(type, x + b * block, o + b * block_bytes);
     else if (has_block_min(type)) quantize_small_block_with_min(type, x + b * block, o + b * block_bytes);
+    else if (type == DType::Q2_K) quantize_q2_k(x + b * block, o + b * block_bytes);
+    else if (type == DType::Q3_K) quantize_q3_k(x + b * block, o + b * block_bytes);
     else if (type == DType::Q4_K) quantize_q4_k(x + b * block, o + b * block_bytes);
     else if (type == DType::Q5_K) quantize_q5_k(x + b * block, o + b * block_bytes);
     else quantize_q6_k(x + b * block, o + b * block_bytes);
@@ -286,6 +370,8 @@ void dequantize_row(DType type, const void* in, int64_t n, float* out) {
     else if (type == DType::Q5_0) dequantize_small_block<DType::Q5_0>(p + b * block_bytes, out + b * block);
     else if (type == DType::Q4_1) dequantize_small_block<DType::Q4_1>(p + b * block_bytes, out + b * block);
     else if (type == DType::Q5_1) dequantize_small_block<DType::Q5_1>(p + b * block_bytes, out + b * block);
+    else if (type == DType::Q2_K) dequantize_q2_k(p + b * block_bytes, out + b * block);
+    else if (type == DType::Q3_K) dequantize_q3_k(p + b * block_bytes, out + b * block);
     else if (type == DType::Q4_K) dequantize_q4_k(p + b * block_bytes, out + b * block);
     else if (type == DType::Q5_K) dequantize_q5_k(p + b * block_bytes, out + b * block);
     else dequantize_q6_k(p + b * block_bytes, out + b * block);

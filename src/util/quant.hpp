@@ -34,6 +34,18 @@
 //     Each half h of 128 values has 64 bytes of ql (from 64 h) and 32 of qh (from 128 + 32 h), and
 //     its value 32 k + l (quarter k, l < 32) takes the low (k < 2) or high (k >= 2) nibble of ql
 //     byte l + 32 (k % 2) as its low 4 bits and bits 2k, 2k + 1 of qh byte l as its top 2.
+//   Q2_K, 84 bytes per 256 values (16 sub-blocks j of 16): 16 bytes holding sc[j] (low nibble) and
+//        m[j] (high nibble) | 64 bytes qs of 2-bit q | fp16 d | fp16 dmin
+//        value[16 j + i] = float(d * sc[j]) * q - float(dmin * m[j])        (q in 0..3)
+//   Q3_K, 110 bytes per 256 values (16 sub-blocks j of 16): 32 bytes hmask of top bits | 64 bytes
+//        qs of low 2 bits | 12 bytes of 6-bit scales sc[j] | fp16 d
+//        value[16 j + i] = float(d * (sc[j] - 32)) * (q - 4)             (q in 0..7)
+//     Both keep value v's low 2 bits in qs byte 32 (v / 128) + v % 32 at bits 2 (v % 128 / 32) and
+//     up (4 values a byte, 32 apart); Q3_K's top bit of v is bit v / 32 of hmask byte v % 32.
+//     Q3_K's 12 bytes: sc[j]'s low 4 bits are byte j's low nibble (j < 8) or byte j - 8's high one
+//     (j >= 8), its top 2 bits are bits 2 (j / 4) and 2 (j / 4) + 1 of byte 8 + j % 4.
+//     Their products unpack a super-block to its 256 q as bytes and 16 integer factors of each
+//     kind (low_bit_k_values); these two have no interleaved layout.
 //
 // The quantizers here are this project's (not ggml's search for least squares); their error
 // bounds, which the tests check:
@@ -46,11 +58,17 @@
 //     d * sc < (max(x_j) - min(0, min(x_j)) + dmin) / 15 + d.
 //   Q5_K: Q4_K's grid with 31 steps instead of 15: |x - value| <= d * sc / 2, and
 //     d * sc < (max(x_j) - min(0, min(x_j)) + dmin) / 31 + d.
+//   Q2_K: Q4_K's grid on sub-blocks of 16 with 3 steps and 4-bit scales and mins:
+//     |x - value| <= d * sc / 2, and d * sc < (max(x_j) - min(0, min(x_j)) + dmin) / 3 + d.
+//   Q3_K: step_j = max|x_j| / 3.5 over sub-block j's 16 values, d = max(step_j) / 31 rounded UP to
+//     fp16, sc[j] - 32 = ceil(step_j / d) (<= 31), q - 4 = round(x / (d * (sc[j] - 32))) in -4..3:
+//     |x - value| <= d * (sc[j] - 32) / 2 (x / step = 3.5 rounds to 4 and is clamped to 3: still
+//     half a step), and d * (sc[j] - 32) < step_j + d.
 //   Q6_K: step_j = max|x_j| / 31 over sub-block j's 16 values, d = max(step_j) / 127 rounded UP to
 //     fp16, sc[j] = ceil(step_j / d) (<= 127), q - 32 = round(x / (d * sc[j])) (in -31..31):
 //     |x - value| <= d * sc[j] / 2, and d * sc[j] < step_j + d.
 //
-// Rows interleaved 8 at a time (every block type but Q4_1 and Q5_1, whose matrices stay as rows): the kernels' layout, made when weights are loaded
+// Rows interleaved 8 at a time (every block type but Q4_1, Q5_1, Q2_K and Q3_K, whose matrices stay as rows): the kernels' layout, made when weights are loaded
 // (kernels::interleave_rows8), after llama.cpp's repacked q4_K_8x8. A group of 8 rows keeps its
 // bytes (8 rows' worth) but holds, for each block index b in turn, the 8 rows' b-th blocks mixed so
 // that one 32-byte load holds 8 bytes of 4 rows and one pass over an activation block serves all 8:
@@ -110,6 +128,11 @@ void dequantize_row(DType type, const void* in, int64_t n, float* out);
 
 // The legacy 32-value types with a min: value = q * d + m.
 constexpr bool has_block_min(DType t) { return t == DType::Q4_1 || t == DType::Q5_1; }
+// The block types whose matrices the kernels also read interleaved 8 rows at a time (below).
+constexpr bool has_interleaved_layout(DType t) {
+  return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q5_0 || t == DType::Q4_K || t == DType::Q5_K ||
+         t == DType::Q6_K;
+}
 
 // A Q4_0 or Q5_0 block's 32 values in units of its d (q - 8 or q - 16) as int8, a Q8_0 block's q;
 // a Q4_1 or Q5_1 block's q as stored (0..15, 0..31).
@@ -129,6 +152,37 @@ inline void small_block_values(const uint8_t* block, int8_t* q) {
   }
 }
 static_assert(std::endian::native == std::endian::little, "Q5_0's qh is read as a native word");
+
+// A Q2_K or Q3_K super-block as the products read it: q[v], its 256 values' q in value order
+// (Q2_K 0..3, Q3_K 0..7), and per sub-block j the integer factors of its two sums in the
+// super-block's product, scale[j] of sum_i q a and min[j] of sum_i a:
+//   Q2_K: d * sum_j sc[j] sum_i q a - dmin * sum_j m[j] sum_i a          (scale = sc, min = m)
+//   Q3_K: d * (sum_j (sc[j] - 32) sum_i q a - sum_j 4 (sc[j] - 32) sum_i a)
+// (inline: the kernels call it per super-block; each ISA's file vectorises it with its own flags).
+template <DType kType>
+inline void low_bit_k_values(const uint8_t* block, uint8_t* q, int16_t* scale, int16_t* min) {
+  static_assert(kType == DType::Q2_K || kType == DType::Q3_K);
+  constexpr bool kThreeBits = kType == DType::Q3_K;
+  const uint8_t* qs = block + (kThreeBits ? 32 : 16);
+  for (int h = 0; h < 2; ++h)
+    for (int k = 0; k < 4; ++k)
+      for (int l = 0; l < 32; ++l) {
+        uint8_t v = uint8_t((qs[32 * h + l] >> (2 * k)) & 3);
+        if constexpr (kThreeBits) v |= uint8_t(((block[l] >> (4 * h + k)) & 1) << 2);
+        q[128 * h + 32 * k + l] = v;
+      }
+  for (int j = 0; j < 16; ++j) {
+    if constexpr (kThreeBits) {
+      const uint8_t* packed = block + 96;
+      const int low = j < 8 ? packed[j] & 15 : packed[j - 8] >> 4, top = (packed[8 + j % 4] >> (2 * (j / 4))) & 3;
+      scale[j] = int16_t((low | top << 4) - 32);
+      min[j] = int16_t(4 * scale[j]);
+    } else {
+      scale[j] = int16_t(block[j] & 15);
+      min[j] = int16_t(block[j] >> 4);
+    }
+  }
+}
 
 // Sub-block j's 6-bit scale and min from Q4_K's 12 packed bytes (inline: the kernels call it
 // per super-block), and the inverse.
