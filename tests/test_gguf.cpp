@@ -658,7 +658,9 @@ TEST(DeepSeek2Export, RunsAsLlamaCppRunsTheFile) {
 
 // tests/fixtures/gguf/dense-q4_k_m.gguf and dense-q6_k.gguf: llama-quantize's Q4_K_M (Q4_K, with
 // Q6_K for output, attn_v and ffn_down, as the Hub's Q4_K_M files hold them) and --pure Q6_K of
-// a random 1-layer qwen3 model whose rows are whole 256-blocks (tests/fixtures/make_llama_quantize_goldens.sh).
+// a random 1-layer qwen3 model whose rows are whole 256-blocks (tests/fixtures/make_llama_quantize_goldens.sh);
+// likewise its Q5_K_M, Q3_K_M and Q2_K (each its own mix of K-quants), and the --pure legacy
+// Q4_0 / Q5_0 / Q4_1 / Q5_1 files of a smaller model.
 // Their *.dequant.json: the FNV-1a 64-bit hash of ggml's own to_float floats of every tensor.
 uint64_t fnv1a(const std::vector<float>& v, uint64_t h = 1469598103934665603ull) {
   const auto* p = reinterpret_cast<const uint8_t*>(v.data());
@@ -688,12 +690,17 @@ TEST_P(LlamaQuantized, TensorsDequantizeToGgmlsFloats) {
     EXPECT_EQ(hex, golden.at(t.name).at("fnv1a64").get<std::string>()) << t.name << " " << dtype_name(t.dtype);
     ++types[t.dtype];
   }
-  if (GetParam().find("_k") != std::string::npos)
+  if (GetParam() == "dense-q4_k_m" || GetParam() == "dense-q5_k_m" || GetParam() == "dense-q6_k")
     EXPECT_GE(types[DType::Q6_K], GetParam() == "dense-q6_k" ? 8 : 3) << "output, attn_v, ffn_down at least";
+  if (GetParam() == "dense-q3_k_m" || GetParam() == "dense-q2_k") EXPECT_EQ(types[DType::Q6_K], 1) << "output";
   if (GetParam() == "dense-q4_k_m") EXPECT_GE(types[DType::Q4_K], 5);
   if (GetParam() == "dense-q5_k_m") EXPECT_GE(types[DType::Q5_K], 5);
   if (GetParam() == "dense-q4_0") EXPECT_EQ(types[DType::Q4_0], 9) << "--pure: every matrix";
   if (GetParam() == "dense-q5_0") EXPECT_EQ(types[DType::Q5_0], 9) << "--pure: every matrix";
+  if (GetParam() == "dense-q4_1") EXPECT_EQ(types[DType::Q4_1], 9) << "--pure: every matrix";
+  if (GetParam() == "dense-q5_1") EXPECT_EQ(types[DType::Q5_1], 9) << "--pure: every matrix";
+  if (GetParam() == "dense-q3_k_m") EXPECT_GE(types[DType::Q3_K], 3);
+  if (GetParam() == "dense-q2_k") EXPECT_GE(types[DType::Q2_K], 3);
 }
 
 // The file runs as its dequantized values do (the same file with every matrix widened to F32):
@@ -733,7 +740,8 @@ TEST_P(LlamaQuantized, RunsAsItsDequantizedValues) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(LlamaQuantize, LlamaQuantized, ::testing::Values("dense-q4_k_m", "dense-q5_k_m", "dense-q6_k", "dense-q4_0", "dense-q5_0"),
+INSTANTIATE_TEST_SUITE_P(LlamaQuantize, LlamaQuantized, ::testing::Values("dense-q4_k_m", "dense-q5_k_m", "dense-q3_k_m", "dense-q2_k", "dense-q6_k",
+                                                           "dense-q4_0", "dense-q5_0", "dense-q4_1", "dense-q5_1"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n) if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
