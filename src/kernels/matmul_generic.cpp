@@ -92,9 +92,11 @@ struct QuantLaneScalar {
       sums[t] = total;
     }
   }
-  template <int T>
-  static void sub_block_sums(const uint8_t* q, const int16_t* scale, const int16_t* min, const ActivationBlock* x,
-                             int64_t blocks, int32_t* dots, int32_t* mins) {
+  template <int T, DType kType>
+  static void low_bit_k_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* dots, int32_t* mins) {
+    uint8_t q[256];
+    int16_t scale[16], min[16];
+    quant::low_bit_k_values<kType>(w, q, scale, min);
     for (int t = 0; t < T; ++t) {
       dots[t] = mins[t] = 0;
       for (int j = 0; j < 16; ++j) {

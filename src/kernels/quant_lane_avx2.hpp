@@ -181,28 +181,67 @@ struct QuantLaneAvx2 {
     for (int t = 0; t < T; ++t) sums[t] = sum_lanes(acc[t]);
   }
 
-  // Per activation block k: sub-blocks 2k and 2k + 1 in the low and high 128 bits; vpmaddubsw's
-  // pairs (q <= 7: no saturation) times each half's factor by vpmaddwd.
-  template <int T>
-  static void sub_block_sums(const uint8_t* q, const int16_t* scale, const int16_t* min, const ActivationBlock* x,
-                             int64_t blocks, int32_t* dots, int32_t* mins) {
-    const __m256i ones = _mm256_set1_epi8(1);
+  // Q2_K / Q3_K: per activation block (half h of the super-block, quarter k), its 32 q from the 2-bit
+  // fields at bits 2k of qs's 32 bytes of half h (and Q3_K's top bit 4h + k of hmask), sub-blocks
+  // 2m and 2m + 1 in the low and high 128 bits; vpmaddubsw's pairs (q <= 7: no saturation) times
+  // each half's factor by vpmaddwd. Q3_K's q - 4 in one sum: sum scale (q a) - 4 scale a.
+  // A Q3_K super-block's 16 factors sc[j] - 32 as int8 (quant::q3_k_scales in registers: a store
+  // of its words then a vector load would wait on store forwarding). The 12 bytes are read as
+  // bytes 94..109 of the block moved down by 2, so nothing past the block's 110 bytes is read.
+  static __m128i q3_k_factors(const uint8_t* w) {
+    const __m128i packed = _mm_srli_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 94)), 2);
+    const __m128i low4 = _mm_set1_epi8(15);
+    // Low 4 bits: bytes 0..7's low nibbles (j < 8), then their high nibbles (j >= 8).
+    const __m128i low = _mm_unpacklo_epi64(_mm_and_si128(packed, low4), _mm_and_si128(_mm_srli_epi16(packed, 4), low4));
+    // Top 2 bits: word 2 (bytes 8..11) shifted by 2 (j / 4) for word j / 4 of the result.
+    const __m128i top = _mm_and_si128(_mm_srlv_epi32(_mm_shuffle_epi32(packed, 0xaa), _mm_setr_epi32(0, 2, 4, 6)),
+                                      _mm_set1_epi8(3));
+    return _mm_sub_epi8(_mm_or_si128(low, _mm_slli_epi32(top, 4)), _mm_set1_epi8(32));
+  }
+  template <int T, DType kType>
+  static void low_bit_k_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* dots, int32_t* mins) {
+    constexpr bool kThreeBits = kType == DType::Q3_K;
+    alignas(32) int16_t scale[16], min[16];
+    if constexpr (kThreeBits) {
+      const __m256i factors = _mm256_cvtepi8_epi16(q3_k_factors(w));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(scale), factors);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(min), _mm256_slli_epi16(factors, 2));
+    } else {
+      const __m256i packed = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(scale), _mm256_and_si256(packed, _mm256_set1_epi16(15)));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(min), _mm256_srli_epi16(packed, 4));
+    }
+    const __m256i ones = _mm256_set1_epi8(1), low2 = _mm256_set1_epi8(3);
+    const __m256i hmask = kThreeBits ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)) : _mm256_setzero_si256();
+    const uint8_t* qs = w + (kThreeBits ? 32 : 16);
     __m256i dot_acc[T], min_acc[T];
     for (int t = 0; t < T; ++t) dot_acc[t] = min_acc[t] = _mm256_setzero_si256();
-#pragma GCC unroll 8
-    for (int k = 0; k < 8; ++k) {
-      const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * k));
-      const __m256i s = _mm256_set_m128i(_mm_set1_epi16(scale[2 * k + 1]), _mm_set1_epi16(scale[2 * k]));
-      const __m256i m = _mm256_set_m128i(_mm_set1_epi16(min[2 * k + 1]), _mm_set1_epi16(min[2 * k]));
-      for (int t = 0; t < T; ++t) {
-        const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t * blocks + k].q));
-        dot_acc[t] = _mm256_add_epi32(dot_acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(qv, a), s));
-        min_acc[t] = _mm256_add_epi32(min_acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(ones, a), m));
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const __m256i fields = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * h));
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k) {
+        const int m = 4 * h + k;  // the activation block
+        __m256i q = _mm256_and_si256(_mm256_srli_epi16(fields, 2 * k), low2);
+        if constexpr (kThreeBits)
+          q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hmask, m), ones), 2));
+        const __m256i s = _mm256_set_m128i(_mm_set1_epi16(scale[2 * m + 1]), _mm_set1_epi16(scale[2 * m]));
+        const __m256i mn = _mm256_set_m128i(_mm_set1_epi16(min[2 * m + 1]), _mm_set1_epi16(min[2 * m]));
+        for (int t = 0; t < T; ++t) {
+          const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t * blocks + m].q));
+          dot_acc[t] = _mm256_add_epi32(dot_acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), s));
+          min_acc[t] = _mm256_add_epi32(min_acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(ones, a), mn));
+        }
       }
     }
     for (int t = 0; t < T; ++t) {
-      dots[t] = sum_lanes(dot_acc[t]);
-      mins[t] = sum_lanes(min_acc[t]);
+      if constexpr (kThreeBits) {
+        dots[t] = sum_lanes(_mm256_sub_epi32(dot_acc[t], min_acc[t]));
+        mins[t] = 0;
+      } else {
+        dots[t] = sum_lanes(dot_acc[t]);
+        mins[t] = sum_lanes(min_acc[t]);
+      }
     }
   }
 

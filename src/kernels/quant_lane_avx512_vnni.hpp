@@ -127,37 +127,66 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     for (int t = 0; t < T; ++t) sums[t] = sum_lanes(_mm256_add_epi32(low_half(acc[t]), high_half(acc[t])));
   }
 
-  // Two activation blocks at a time: 32-bit lanes 4s .. 4s + 3 hold sub-block 2k + s (vpdpbusd's
-  // sums of 4 products, |.| <= 4 * 7 * 127: exact in their low 16 bits, which vpdpwssd multiplies
-  // by the lane's factor, its high 16 bits cleared).
-  template <int T>
-  static void sub_block_sums(const uint8_t* q, const int16_t* scale, const int16_t* min, const ActivationBlock* x,
-                             int64_t blocks, int32_t* dots, int32_t* mins) {
-    const __m512i ones = _mm512_set1_epi8(1), low16 = _mm512_set1_epi32(0xffff);
+  // Q2_K / Q3_K: two activation blocks at a time (half h, quarters k and k + 1 in the low and high
+  // 256 bits), their q from qs's 32 bytes of half h in both halves shifted by 2k and 2k + 2 (and
+  // Q3_K's top bits from hmask by 4h + k and 4h + k + 1). 32-bit lanes 4s .. 4s + 3 hold sub-block
+  // 8h + 2k + s: vpdpbusd's sums of 4 products, |.| <= 4 * 7 * 127, exact in their low 16 bits,
+  // which vpdpwssd multiplies by the lane's factor (its high 16 bits cleared).
+  template <int T, DType kType>
+  static void low_bit_k_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* dots, int32_t* mins) {
+    constexpr bool kThreeBits = kType == DType::Q3_K;
+    const __m512i low16 = _mm512_set1_epi32(0xffff), ones = _mm512_set1_epi8(1), low2 = _mm512_set1_epi8(3);
+    __m512i scales, min_factors;  // 16 factors, one per 32-bit lane
+    if constexpr (kThreeBits) {
+      const __m512i factor = _mm512_maskz_cvtepi8_epi32(0xffff, q3_k_factors(w));
+      scales = _mm512_and_si512(factor, low16);
+      min_factors = _mm512_and_si512(_mm512_maskz_slli_epi32(0xffff, factor, 2), low16);
+    } else {
+      const __m512i packed = _mm512_maskz_cvtepu8_epi32(0xffff, _mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+      scales = _mm512_and_si512(packed, _mm512_set1_epi32(15));
+      min_factors = _mm512_maskz_srli_epi32(0xffff, packed, 4);
+    }
     const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    const __m512i scales = _mm512_and_si512(
-        _mm512_maskz_cvtepi16_epi32(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(scale))), low16);
-    const __m512i min_factors = _mm512_and_si512(
-        _mm512_maskz_cvtepi16_epi32(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(min))), low16);
+    const __m512i hmask =
+        kThreeBits ? _mm512_maskz_broadcast_i64x4(0xff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)))
+                   : _mm512_setzero_si512();
+    const uint8_t* qs = w + (kThreeBits ? 32 : 16);
     __m512i dot_acc[T], min_acc[T];
     for (int t = 0; t < T; ++t) dot_acc[t] = min_acc[t] = _mm512_setzero_si512();
-#pragma GCC unroll 4
-    for (int k = 0; k < 8; k += 2) {
-      const __m512i qv = _mm512_loadu_si512(q + 32 * k);
-      const __m512i lanes = _mm512_add_epi32(spread, _mm512_set1_epi32(2 * k));
-      const __m512i s = _mm512_maskz_permutexvar_epi32(0xffff, lanes, scales);
-      const __m512i m = _mm512_maskz_permutexvar_epi32(0xffff, lanes, min_factors);
-      for (int t = 0; t < T; ++t) {
-        const ActivationBlock* a = x + t * blocks + k;
-        const __m512i av = _mm512_maskz_inserti64x4(0xff, _mm512_maskz_loadu_epi64(0x0f, a[0].q),
-                                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[1].q)), 1);
-        dot_acc[t] = _mm512_dpwssd_epi32(dot_acc[t], _mm512_dpbusd_epi32(_mm512_setzero_si512(), qv, av), s);
-        min_acc[t] = _mm512_dpwssd_epi32(min_acc[t], _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, av), m);
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const __m512i fields =
+          _mm512_maskz_broadcast_i64x4(0xff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * h)));
+#pragma GCC unroll 2
+      for (int k = 0; k < 4; k += 2) {
+        const __m512i shift = _mm512_mask_blend_epi64(0xf0, _mm512_set1_epi16(short(2 * k)), _mm512_set1_epi16(short(2 * k + 2)));
+        __m512i q = _mm512_and_si512(_mm512_srlv_epi16(fields, shift), low2);
+        if constexpr (kThreeBits) {
+          const __m512i bit =
+              _mm512_mask_blend_epi64(0xf0, _mm512_set1_epi16(short(4 * h + k)), _mm512_set1_epi16(short(4 * h + k + 1)));
+          q = _mm512_or_si512(q, _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(hmask, bit), ones), 2));
+        }
+        const __m512i lanes = _mm512_add_epi32(spread, _mm512_set1_epi32(8 * h + 2 * k));
+        const __m512i s = _mm512_maskz_permutexvar_epi32(0xffff, lanes, scales);
+        const __m512i m = _mm512_maskz_permutexvar_epi32(0xffff, lanes, min_factors);
+        for (int t = 0; t < T; ++t) {
+          const ActivationBlock* a = x + t * blocks + 4 * h + k;
+          const __m512i av = _mm512_maskz_inserti64x4(0xff, _mm512_maskz_loadu_epi64(0x0f, a[0].q),
+                                                      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[1].q)), 1);
+          dot_acc[t] = _mm512_dpwssd_epi32(dot_acc[t], _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, av), s);
+          min_acc[t] = _mm512_dpwssd_epi32(min_acc[t], _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, av), m);
+        }
       }
     }
+    const auto total = [](__m512i v) { return sum_lanes(_mm256_add_epi32(low_half(v), high_half(v))); };
     for (int t = 0; t < T; ++t) {
-      dots[t] = sum_lanes(_mm256_add_epi32(low_half(dot_acc[t]), high_half(dot_acc[t])));
-      mins[t] = sum_lanes(_mm256_add_epi32(low_half(min_acc[t]), high_half(min_acc[t])));
+      if constexpr (kThreeBits) {
+        dots[t] = total(_mm512_sub_epi32(dot_acc[t], min_acc[t]));
+        mins[t] = 0;
+      } else {
+        dots[t] = total(dot_acc[t]);
+        mins[t] = total(min_acc[t]);
+      }
     }
   }
 

@@ -18,10 +18,10 @@
 //       activation blocks (token t's at x + t * blocks): sums[t] = sum_j sc[j] * sum_i (q_i - 32) a_i,
 //       the exact integer; the tile then takes acc = fma(float(sums[t]), d * a.d, acc) in a scalar
 //       per (row, token), super-block after super-block: the same bits in every ISA for every T.
-//   L::sub_block_sums<T>(q, scale, min, x, blocks, dots, mins)  a super-block's 256 q as unsigned
-//       bytes (at most 7: quant::low_bit_k_values) and 16 int16 factors of each kind times T tokens'
-//       8 activation blocks: dots[t] = sum_j scale[j] * sum_i q_i a_i and mins[t] = sum_j min[j] *
-//       sum_i a_i over the sub-blocks j of 16 values, exact (Q2_K's and Q3_K's rows).
+//   L::low_bit_k_sums<T, kType>(w, x, blocks, dots, mins)  a Q2_K or Q3_K super-block (at w) times
+//       T tokens' 8 activation blocks, in quant::low_bit_k_values's terms: dots[t] = sum_j scale[j]
+//       * sum_i q_i a_i and mins[t] = sum_j min[j] * sum_i a_i over the sub-blocks j of 16 values,
+//       exact (Q3_K: dots[t] - mins[t] is what counts, which a lane may return as that and 0).
 //   L::q5_k_sums<T>(w, sc, x, blocks, sums)  a Q5_K super-block (176 bytes at w, its 8 scales
 //       unpacked in sc) times T tokens' 8 activation blocks: sums[t] = sum_j sc[j] * sum_i q_i a_i,
 //       the exact integer; the tile adds the min term's integer sum_j m[j] * a_j.sum and takes
@@ -195,8 +195,8 @@ void q5_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int
     for (int t = 0; t < T; ++t) y[t * ldy + r] = acc[r][t];
 }
 
-// Q2_K or Q3_K rows (never interleaved) against T tokens: each super-block unpacked once
-// (quant::low_bit_k_values), then per token the two exact integer sums of L::sub_block_sums and
+// Q2_K or Q3_K rows (never interleaved) against T tokens: each super-block unpacked once per tile
+// (in the lane's registers), then per token the two exact integer sums of L::low_bit_k_sums and
 // the float steps in a scalar per (row, token): Q3_K's one, acc = fma(float(dots - mins), d * a.d,
 // acc); Q2_K's two, as Q5_K's. The same bits in every ISA for every T.
 template <class L, int R, int T, DType kType>
@@ -210,11 +210,8 @@ void low_bit_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x
       const uint8_t* wb = w + r * row_bytes + b / 8 * kBlockBytes;
       if constexpr (T == 1)
         for (size_t line = 0; line < kBlockBytes + 64; line += 64) __builtin_prefetch(wb + R * row_bytes + line);
-      alignas(64) uint8_t q[256];
-      alignas(32) int16_t scale[16], min[16];
-      quant::low_bit_k_values<kType>(wb, q, scale, min);
       int32_t dots[T], mins[T];
-      L::template sub_block_sums<T>(q, scale, min, x + b, blocks, dots, mins);
+      L::template low_bit_k_sums<T, kType>(wb, x + b, blocks, dots, mins);
       for (int t = 0; t < T; ++t) {
         const ActivationBlock& a = x[t * blocks + b];
         if constexpr (kThreeBits) {

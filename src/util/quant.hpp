@@ -153,6 +153,19 @@ inline void small_block_values(const uint8_t* block, int8_t* q) {
 }
 static_assert(std::endian::native == std::endian::little, "Q5_0's qh is read as a native word");
 
+// Q3_K's 16 6-bit scales as stored (sc[j], 0..63: the factor is sc[j] - 32) from its 12 packed
+// bytes, a word at a time (as ggml unpacks them).
+inline void q3_k_scales(const uint8_t* packed, uint8_t* scales) {
+  static_assert(std::endian::native == std::endian::little, "the words below are read little-endian");
+  uint32_t w[3];
+  std::memcpy(w, packed, 12);
+  constexpr uint32_t kLow4 = 0x0f0f0f0f, kLow2 = 0x03030303;
+  const uint32_t sc[4] = {(w[0] & kLow4) | (w[2] & kLow2) << 4, (w[1] & kLow4) | ((w[2] >> 2) & kLow2) << 4,
+                          ((w[0] >> 4) & kLow4) | ((w[2] >> 4) & kLow2) << 4,
+                          ((w[1] >> 4) & kLow4) | ((w[2] >> 6) & kLow2) << 4};
+  std::memcpy(scales, sc, 16);
+}
+
 // A Q2_K or Q3_K super-block as the products read it: q[v], its 256 values' q in value order
 // (Q2_K 0..3, Q3_K 0..7), and per sub-block j the integer factors of its two sums in the
 // super-block's product, scale[j] of sum_i q a and min[j] of sum_i a:
@@ -171,11 +184,11 @@ inline void low_bit_k_values(const uint8_t* block, uint8_t* q, int16_t* scale, i
         if constexpr (kThreeBits) v |= uint8_t(((block[l] >> (4 * h + k)) & 1) << 2);
         q[128 * h + 32 * k + l] = v;
       }
+  uint8_t stored[16];
+  if constexpr (kThreeBits) q3_k_scales(block + 96, stored);
   for (int j = 0; j < 16; ++j) {
     if constexpr (kThreeBits) {
-      const uint8_t* packed = block + 96;
-      const int low = j < 8 ? packed[j] & 15 : packed[j - 8] >> 4, top = (packed[8 + j % 4] >> (2 * (j / 4))) & 3;
-      scale[j] = int16_t((low | top << 4) - 32);
+      scale[j] = int16_t(stored[j] - 32);
       min[j] = int16_t(4 * scale[j]);
     } else {
       scale[j] = int16_t(block[j] & 15);
