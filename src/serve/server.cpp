@@ -216,13 +216,13 @@ class Server {
     {
       std::lock_guard lock(tokenizer_mutex_);
       try {
-        r->prompt = tokenizer_.encode(text);
+        // A completion's text as `crossmoe generate` encodes it (with its post-processor's special
+        // tokens); a rendered chat holds its own.
+        r->prompt = tokenizer_.encode(text, /*add_special_tokens=*/!chat);
       } catch (const Error& e) {
         throw bad_request(std::string("the prompt cannot be tokenized: ") + e.what());
       }
     }
-    // As `crossmoe generate` does for a text prompt; chat templates write their own.
-    if (!chat && model_.config().bos_token_id >= 0) r->prompt.insert(r->prompt.begin(), model_.config().bos_token_id);
     if (r->prompt.empty()) throw bad_request("the prompt is empty");
     if (!chat) r->text_context.assign(r->prompt.end() - std::min<std::ptrdiff_t>(std::ptrdiff_t(r->prompt.size()), 4), r->prompt.end());
 
