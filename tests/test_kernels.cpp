@@ -625,9 +625,9 @@ void expect_isa_matches_portable(Isa isa) {
 std::vector<float> table_product(const KernelTable& k, const Matrix& m, const float* x, int tokens, int64_t split = 0) {
   std::vector<ActivationBlock> xq(size_t(tokens) * size_t(m.cols / 32));
   k.quantize_activations(x, int64_t(tokens) * m.cols, activation_group(m.dtype), xq.data());
-  std::vector<int16_t> sums(xq.size());
-  activation_sums(xq.data(), int64_t(xq.size()), sums.data());
-  const int16_t* s = activation_group(m.dtype) == 256 ? sums.data() : nullptr;  // as matmul_batch passes them
+  std::vector<int16_t> sums(2 * xq.size());
+  activation_sums_for(m.dtype, xq.data(), int64_t(xq.size()), sums.data());
+  const int16_t* s = activation_sums_per_block(m.dtype) ? sums.data() : nullptr;  // as matmul_batch passes them
   std::vector<float> y(size_t(tokens) * size_t(m.rows), std::nanf(""));
   k.quant_matmul_rows(m, xq.data(), s, tokens, y.data(), 0, split);
   k.quant_matmul_rows(m, xq.data(), s, tokens, y.data(), split, m.rows);

@@ -105,15 +105,17 @@ void matmul_batch(const MatmulJob* jobs, int count) {
   // Inputs are prepared once per distinct x (q, k and v share one; so do an expert's gate and
   // up), not once per block of rows: quantized for Q8_0/Q4_K weights (per block of 32 or per
   // super-block of 256: activation_group), reordered for bf16 weights (bf16_x_layout).
-  enum Prep { kNone, kQuantized32, kQuantized256, kBf16 };
+  // (Q2_K / Q3_K read their activations' sums per half block: a prep of their own.)
+  enum Prep { kNone, kQuantized32, kQuantized256, kQuantized256Halves, kBf16 };
   const auto prep_of = [&](int j) {
     const DType t = jobs[j].w.dtype;
-    if (dtype_block(t) > 1) return activation_group(t) == 32 ? kQuantized32 : kQuantized256;
+    if (dtype_block(t) > 1)
+      return activation_group(t) == 32 ? kQuantized32 : activation_sums_per_block(t) == 2 ? kQuantized256Halves : kQuantized256;
     return t == DType::BF16 ? kBf16 : kNone;
   };
-  const auto quantized_prep = [](Prep p) { return p == kQuantized32 || p == kQuantized256; };
+  const auto quantized_prep = [](Prep p) { return p == kQuantized32 || p == kQuantized256 || p == kQuantized256Halves; };
   thread_local std::vector<ActivationBlock> quantized;
-  thread_local std::vector<int16_t> quantized_sums;  // their activation_sums, for Q4_K weights
+  thread_local std::vector<int16_t> quantized_sums;  // their activation_sums_for the weights
   // The bf16 layouts start on 64-byte lines, each job's too: a 512-bit load of x that straddles two
   // lines costs two loads, and the tiles of several tokens read x from L1 as fast as they compute
   // (std::vector<float> gave 16-byte alignment: 4 x 4 tiles at ~0.75-0.85x the rate on aligned x).
@@ -153,7 +155,7 @@ void matmul_batch(const MatmulJob* jobs, int count) {
   }
   if (quantized.size() < quantized_total) {
     quantized.resize(quantized_total);
-    quantized_sums.resize(quantized_total);
+    quantized_sums.resize(2 * quantized_total);  // at most 2 per block, from 2 * prepared_at
   }
   if (reordered.size() * kLineFloats < reordered_total) reordered.resize(reordered_total / kLineFloats);
   for (int j = 0; j < count; ++j) {
@@ -161,8 +163,7 @@ void matmul_batch(const MatmulJob* jobs, int count) {
     if (quantized_prep(prep_of(j))) {
       const int64_t n = int64_t(jobs[j].tokens) * jobs[j].w.cols;
       k.quantize_activations(jobs[j].x, n, activation_group(jobs[j].w.dtype), quantized.data() + prepared_at[j]);
-      if (prep_of(j) == kQuantized256)
-        activation_sums(quantized.data() + prepared_at[j], n / 32, quantized_sums.data() + prepared_at[j]);
+      activation_sums_for(jobs[j].w.dtype, quantized.data() + prepared_at[j], n / 32, quantized_sums.data() + 2 * prepared_at[j]);
     } else
       k.bf16_x_layout(jobs[j].x, jobs[j].tokens, jobs[j].w.cols, reinterpret_cast<float*>(reordered.data()) + prepared_at[j]);
   }
@@ -206,7 +207,7 @@ void matmul_batch(const MatmulJob* jobs, int count) {
       k.matmul_rows(job.w, job.x, job.tokens, job.y, row, end);
     else if (quantized_prep(prep_of(j)))
       k.quant_matmul_rows(job.w, activations + prepared_at[j],
-                          prep_of(j) == kQuantized256 ? block_sums + prepared_at[j] : nullptr, job.tokens, job.y,
+                          prep_of(j) == kQuantized32 ? nullptr : block_sums + 2 * prepared_at[j], job.tokens, job.y,
                           row, end);
     else
       k.matmul_rows(job.w, reordered_x + prepared_at[j], job.tokens, job.y, row, end);

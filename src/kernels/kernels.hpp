@@ -116,6 +116,13 @@ void quantize_activations(const float* x, int64_t n, int64_t group, ActivationBl
 // terms in (8 per super-block as one vector): made once per quantized input (matmul_batch does),
 // not once per block of rows.
 void activation_sums(const ActivationBlock* x, int64_t n, int16_t* out);
+// The n blocks' sums over their two halves of 16 (2n int16, block i's at 2i and 2i + 1), the form
+// the Q2_K and Q3_K products read their min terms in (16 per super-block, one per sub-block).
+void activation_half_sums(const ActivationBlock* x, int64_t n, int16_t* out);
+// What quant_matmul_rows reads as sums for weights of this type: activation_sums (Q4_K, Q5_K,
+// Q6_K), activation_half_sums (Q2_K, Q3_K), nothing (the 32-value types): the int16 per block.
+int activation_sums_per_block(DType weights);
+void activation_sums_for(DType weights, const ActivationBlock* x, int64_t n, int16_t* out);
 
 // Avx512Vnni: the AVX-512 kernels with the quantized products in 512-bit VNNI dot products
 // (vpdpbusd); Avx512 alone keeps the AVX2 integer products (AVX-512 CPUs without VNNI).
@@ -145,8 +152,8 @@ struct KernelTable {
   // Reorders x [tokens, cols] (columns within fixed chunks) as matmul_rows reads it against bf16
   // weights (Avx512Bf16: rounds it to bf16).
   void (*bf16_x_layout)(const float* x, int tokens, int64_t cols, float* out);
-  // The same for block-quantized weights, x quantized: cols / 32 blocks per token; for Q4_K, sums
-  // holds their activation_sums (null for Q8_0; the other types do not read it).
+  // The same for block-quantized weights, x quantized: cols / 32 blocks per token; sums holds
+  // activation_sums_for(w.dtype, x) (null for the 32-value types; Q5_K's and Q6_K's do not read it).
   void (*quant_matmul_rows)(const Matrix& w, const ActivationBlock* x, const int16_t* sums, int tokens, float* y,
                             int64_t row_begin, int64_t row_end);
   // quantize_activations, as fast as the ISA does it (decode quantizes every matmul's input).

@@ -93,21 +93,18 @@ struct QuantLaneScalar {
     }
   }
   template <int T, DType kType>
-  static void low_bit_k_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* dots, int32_t* mins) {
+  static void low_bit_k_sums(const uint8_t* w, const ActivationBlock* x, const int16_t* half_sums, int64_t blocks,
+                             int32_t* dots, int32_t* mins) {
     uint8_t q[256];
     int16_t scale[16], min[16];
     quant::low_bit_k_values<kType>(w, q, scale, min);
     for (int t = 0; t < T; ++t) {
       dots[t] = mins[t] = 0;
       for (int j = 0; j < 16; ++j) {
-        int32_t qa = 0, a = 0;
-        for (int i = 0; i < 16; ++i) {
-          const int8_t v = x[t * blocks + j / 2].q[16 * (j % 2) + i];
-          qa += int32_t(q[16 * j + i]) * v;
-          a += v;
-        }
+        int32_t qa = 0;
+        for (int i = 0; i < 16; ++i) qa += int32_t(q[16 * j + i]) * x[t * blocks + j / 2].q[16 * (j % 2) + i];
         dots[t] += scale[j] * qa;
-        mins[t] += min[j] * a;
+        mins[t] += min[j] * half_sums[2 * t * blocks + j];
       }
     }
   }

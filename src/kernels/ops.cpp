@@ -104,4 +104,23 @@ void activation_sums(const ActivationBlock* x, int64_t n, int16_t* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = int16_t(x[i].sum);
 }
 
+void activation_half_sums(const ActivationBlock* x, int64_t n, int16_t* out) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int h = 0; h < 2; ++h) {
+      int sum = 0;
+      for (int k = 0; k < 16; ++k) sum += x[i].q[16 * h + k];
+      out[2 * i + h] = int16_t(sum);
+    }
+}
+
+int activation_sums_per_block(DType weights) {
+  if (activation_group(weights) != 256) return 0;
+  return weights == DType::Q2_K || weights == DType::Q3_K ? 2 : 1;
+}
+
+void activation_sums_for(DType weights, const ActivationBlock* x, int64_t n, int16_t* out) {
+  if (activation_sums_per_block(weights) == 2) activation_half_sums(x, n, out);
+  else if (activation_sums_per_block(weights) == 1) activation_sums(x, n, out);
+}
+
 }  // namespace crossmoe::kernels

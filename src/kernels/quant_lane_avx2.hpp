@@ -184,7 +184,8 @@ struct QuantLaneAvx2 {
   // Q2_K / Q3_K: per activation block (half h of the super-block, quarter k), its 32 q from the 2-bit
   // fields at bits 2k of qs's 32 bytes of half h (and Q3_K's top bit 4h + k of hmask), sub-blocks
   // 2m and 2m + 1 in the low and high 128 bits; vpmaddubsw's pairs (q <= 7: no saturation) times
-  // each half's factor by vpmaddwd. Q3_K's q - 4 in one sum: sum scale (q a) - 4 scale a.
+  // each half's factor by vpmaddwd. The min term: the 16 half sums times the 16 factors by one
+  // vpmaddwd. Q3_K's q - 4 in one sum: sum scale (q a) - 4 scale a.
   // A Q3_K super-block's 16 factors sc[j] - 32 as int8 (quant::q3_k_scales in registers: a store
   // of its words then a vector load would wait on store forwarding). The 12 bytes are read as
   // bytes 94..109 of the block moved down by 2, so nothing past the block's 110 bytes is read.
@@ -199,7 +200,8 @@ struct QuantLaneAvx2 {
     return _mm_sub_epi8(_mm_or_si128(low, _mm_slli_epi32(top, 4)), _mm_set1_epi8(32));
   }
   template <int T, DType kType>
-  static void low_bit_k_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* dots, int32_t* mins) {
+  static void low_bit_k_sums(const uint8_t* w, const ActivationBlock* x, const int16_t* half_sums, int64_t blocks,
+                             int32_t* dots, int32_t* mins) {
     constexpr bool kThreeBits = kType == DType::Q3_K;
     alignas(32) int16_t scale[16], min[16];
     if constexpr (kThreeBits) {
@@ -212,10 +214,15 @@ struct QuantLaneAvx2 {
       _mm256_store_si256(reinterpret_cast<__m256i*>(min), _mm256_srli_epi16(packed, 4));
     }
     const __m256i ones = _mm256_set1_epi8(1), low2 = _mm256_set1_epi8(3);
+    const __m256i min_factors = _mm256_load_si256(reinterpret_cast<const __m256i*>(min));
     const __m256i hmask = kThreeBits ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)) : _mm256_setzero_si256();
     const uint8_t* qs = w + (kThreeBits ? 32 : 16);
     __m256i dot_acc[T], min_acc[T];
-    for (int t = 0; t < T; ++t) dot_acc[t] = min_acc[t] = _mm256_setzero_si256();
+    for (int t = 0; t < T; ++t) {
+      dot_acc[t] = _mm256_setzero_si256();
+      min_acc[t] = _mm256_madd_epi16(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(half_sums + 2 * t * blocks)), min_factors);
+    }
 #pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
       const __m256i fields = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * h));
@@ -226,11 +233,9 @@ struct QuantLaneAvx2 {
         if constexpr (kThreeBits)
           q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hmask, m), ones), 2));
         const __m256i s = _mm256_set_m128i(_mm_set1_epi16(scale[2 * m + 1]), _mm_set1_epi16(scale[2 * m]));
-        const __m256i mn = _mm256_set_m128i(_mm_set1_epi16(min[2 * m + 1]), _mm_set1_epi16(min[2 * m]));
         for (int t = 0; t < T; ++t) {
           const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t * blocks + m].q));
           dot_acc[t] = _mm256_add_epi32(dot_acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), s));
-          min_acc[t] = _mm256_add_epi32(min_acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(ones, a), mn));
         }
       }
     }

@@ -133,7 +133,8 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
   // 8h + 2k + s: vpdpbusd's sums of 4 products, |.| <= 4 * 7 * 127, exact in their low 16 bits,
   // which vpdpwssd multiplies by the lane's factor (its high 16 bits cleared).
   template <int T, DType kType>
-  static void low_bit_k_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* dots, int32_t* mins) {
+  static void low_bit_k_sums(const uint8_t* w, const ActivationBlock* x, const int16_t* half_sums, int64_t blocks,
+                             int32_t* dots, int32_t* mins) {
     constexpr bool kThreeBits = kType == DType::Q3_K;
     const __m512i low16 = _mm512_set1_epi32(0xffff), ones = _mm512_set1_epi8(1), low2 = _mm512_set1_epi8(3);
     __m512i scales, min_factors;  // 16 factors, one per 32-bit lane
@@ -151,8 +152,15 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
         kThreeBits ? _mm512_maskz_broadcast_i64x4(0xff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)))
                    : _mm512_setzero_si512();
     const uint8_t* qs = w + (kThreeBits ? 32 : 16);
+    // The min term at once: the 16 half sums (sign-extended to 32 bits) times the 16 factors.
     __m512i dot_acc[T], min_acc[T];
-    for (int t = 0; t < T; ++t) dot_acc[t] = min_acc[t] = _mm512_setzero_si512();
+    for (int t = 0; t < T; ++t) {
+      dot_acc[t] = _mm512_setzero_si512();
+      min_acc[t] = _mm512_dpwssd_epi32(
+          _mm512_setzero_si512(),
+          _mm512_maskz_cvtepi16_epi32(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(half_sums + 2 * t * blocks))),
+          min_factors);
+    }
 #pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
       const __m512i fields =
@@ -168,13 +176,11 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
         }
         const __m512i lanes = _mm512_add_epi32(spread, _mm512_set1_epi32(8 * h + 2 * k));
         const __m512i s = _mm512_maskz_permutexvar_epi32(0xffff, lanes, scales);
-        const __m512i m = _mm512_maskz_permutexvar_epi32(0xffff, lanes, min_factors);
         for (int t = 0; t < T; ++t) {
           const ActivationBlock* a = x + t * blocks + 4 * h + k;
           const __m512i av = _mm512_maskz_inserti64x4(0xff, _mm512_maskz_loadu_epi64(0x0f, a[0].q),
                                                       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[1].q)), 1);
           dot_acc[t] = _mm512_dpwssd_epi32(dot_acc[t], _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, av), s);
-          min_acc[t] = _mm512_dpwssd_epi32(min_acc[t], _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, av), m);
         }
       }
     }

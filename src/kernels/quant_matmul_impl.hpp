@@ -18,10 +18,12 @@
 //       activation blocks (token t's at x + t * blocks): sums[t] = sum_j sc[j] * sum_i (q_i - 32) a_i,
 //       the exact integer; the tile then takes acc = fma(float(sums[t]), d * a.d, acc) in a scalar
 //       per (row, token), super-block after super-block: the same bits in every ISA for every T.
-//   L::low_bit_k_sums<T, kType>(w, x, blocks, dots, mins)  a Q2_K or Q3_K super-block (at w) times
-//       T tokens' 8 activation blocks, in quant::low_bit_k_values's terms: dots[t] = sum_j scale[j]
-//       * sum_i q_i a_i and mins[t] = sum_j min[j] * sum_i a_i over the sub-blocks j of 16 values,
-//       exact (Q3_K: dots[t] - mins[t] is what counts, which a lane may return as that and 0).
+//   L::low_bit_k_sums<T, kType>(w, x, half_sums, blocks, dots, mins)  a Q2_K or Q3_K super-block
+//       (at w) times T tokens' 8 activation blocks, in quant::low_bit_k_values's terms: dots[t] =
+//       sum_j scale[j] * sum_i q_i a_i and mins[t] = sum_j min[j] * sum_i a_i over the sub-blocks j
+//       of 16 values, the sums of a read from half_sums (activation_half_sums: token t's 16 at
+//       half_sums + 2 * t * blocks), exact (Q3_K: dots[t] - mins[t] is what counts, which a lane may
+//       return as that and 0).
 //   L::q5_k_sums<T>(w, sc, x, blocks, sums)  a Q5_K super-block (176 bytes at w, its 8 scales
 //       unpacked in sc) times T tokens' 8 activation blocks: sums[t] = sum_j sc[j] * sum_i q_i a_i,
 //       the exact integer; the tile adds the min term's integer sum_j m[j] * a_j.sum and takes
@@ -196,12 +198,13 @@ void q5_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int
 }
 
 // Q2_K or Q3_K rows (never interleaved) against T tokens: each super-block unpacked once per tile
-// (in the lane's registers), then per token the two exact integer sums of L::low_bit_k_sums and
+// (in the lane's registers), then per token the two exact integer sums of L::low_bit_k_sums (the
+// min term's from the activations' half sums, made once per call) and
 // the float steps in a scalar per (row, token): Q3_K's one, acc = fma(float(dots - mins), d * a.d,
 // acc); Q2_K's two, as Q5_K's. The same bits in every ISA for every T.
 template <class L, int R, int T, DType kType>
-void low_bit_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int64_t blocks, float* y,
-                    int64_t ldy) {
+void low_bit_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, const int16_t* half_sums,
+                    int64_t blocks, float* y, int64_t ldy) {
   constexpr bool kThreeBits = kType == DType::Q3_K;
   constexpr size_t kBlockBytes = kThreeBits ? 110 : 84;
   float acc[R][T] = {};
@@ -211,7 +214,7 @@ void low_bit_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x
       if constexpr (T == 1)
         for (size_t line = 0; line < kBlockBytes + 64; line += 64) __builtin_prefetch(wb + R * row_bytes + line);
       int32_t dots[T], mins[T];
-      L::template low_bit_k_sums<T, kType>(wb, x + b, blocks, dots, mins);
+      L::template low_bit_k_sums<T, kType>(wb, x + b, half_sums + 2 * b, blocks, dots, mins);
       for (int t = 0; t < T; ++t) {
         const ActivationBlock& a = x[t * blocks + b];
         if constexpr (kThreeBits) {
@@ -227,7 +230,8 @@ void low_bit_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x
 }
 
 // sums: for Q4_K, the activation blocks' sums as int16 (8 per super-block, as L::madd_mins
-// reads them), for the same tokens as x; null for Q8_0 and unread for Q5_K's rows and Q6_K.
+// reads them), for Q2_K / Q3_K their half sums (16 per super-block), for the same tokens as x;
+// null for Q8_0 and unread for Q5_K's rows and Q6_K.
 template <class L, int T>
 void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int16_t* sums, float* y, int64_t r0,
                            int64_t r1) {
@@ -249,8 +253,8 @@ void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int1
       case DType::Q5_0: return small_block_tile<L, kRows, T, DType::Q5_0>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::Q4_1: return small_block_tile<L, kRows, T, DType::Q4_1>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::Q5_1: return small_block_tile<L, kRows, T, DType::Q5_1>(w, row_bytes, x, blocks, y + r, m.rows);
-      case DType::Q2_K: return low_bit_k_tile<L, kRows, T, DType::Q2_K>(w, row_bytes, x, blocks, y + r, m.rows);
-      case DType::Q3_K: return low_bit_k_tile<L, kRows, T, DType::Q3_K>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::Q2_K: return low_bit_k_tile<L, kRows, T, DType::Q2_K>(w, row_bytes, x, sums, blocks, y + r, m.rows);
+      case DType::Q3_K: return low_bit_k_tile<L, kRows, T, DType::Q3_K>(w, row_bytes, x, sums, blocks, y + r, m.rows);
       default: return q6_k_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
     }
   };
@@ -345,7 +349,8 @@ template <class L>
 void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t* sums, int tokens, float* y, int64_t r0,
                        int64_t r1) {
   const int64_t blocks = m.cols / 32;
-  const auto sums_of = [&](int t) { return sums ? sums + t * blocks : nullptr; };
+  const int64_t sums_per_token = blocks * activation_sums_per_block(m.dtype);
+  const auto sums_of = [&](int t) { return sums ? sums + t * sums_per_token : nullptr; };
   if (m.layout == Layout::Interleaved8) {
     // r0 is a multiple of 8 (matmul_batch's blocks of rows are), so the groups start at r0.
     const int64_t grouped_end = std::max(r0, std::min(r1, m.rows / 8 * 8));
