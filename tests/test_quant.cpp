@@ -395,72 +395,59 @@ TEST(Quant, Q5_KRoundTripWithinHalfASubBlockStep) {
   EXPECT_LT(err[1], 0.6 * err[0]) << "Q5_K's mean error against Q4_K's";
 }
 
-TEST(Quant, Q6_KRoundTripWithinHalfASubBlockStep) {
+namespace {
+
+// Q6_K and Q3_K: symmetric sub-blocks of 16, each one's step reaching max|x_j| in `steps` steps, in
+// units of d rounded up (quant.hpp's bound).
+void expect_symmetric_k_round_trip(DType type, float steps, uint32_t seed) {
   const int64_t n = 2048;
-  const std::vector<float> x = test_row(n, 13);
-  std::vector<uint8_t> q(dtype_row_bytes(DType::Q6_K, n));
+  const std::vector<float> x = test_row(n, seed);
+  const size_t block_bytes = dtype_row_bytes(type, 256);
+  std::vector<uint8_t> q(dtype_row_bytes(type, n));
   std::vector<float> y(n);
-  quant::quantize_row(DType::Q6_K, x.data(), n, q.data());
-  quant::dequantize_row(DType::Q6_K, q.data(), n, y.data());
+  quant::quantize_row(type, x.data(), n, q.data());
+  quant::dequantize_row(type, q.data(), n, y.data());
   double total = 0.0;  // errors in units of their sub-block's step
   int counted = 0;
   for (int64_t b = 0; b < n / 256; ++b) {
-    const uint8_t* block = q.data() + b * 210;
-    const float d = quant::read_half(block + 208);
+    const uint8_t* block = q.data() + b * block_bytes;
+    float d, step[16];
+    if (type == DType::Q6_K) {
+      d = quant::read_half(block + 208);
+      for (int j = 0; j < 16; ++j) step[j] = d * float(int8_t(block[192 + j]));
+    } else {
+      uint8_t values[256];
+      int16_t scale[16], min[16];
+      quant::low_bit_k_values<DType::Q3_K>(block, values, scale, min);
+      d = quant::read_half(block + 108);
+      for (int j = 0; j < 16; ++j) step[j] = d * float(scale[j]);
+    }
     for (int j = 0; j < 16; ++j) {
       const float* xs = x.data() + b * 256 + j * 16;
       float amax = 0.0f;
       for (int i = 0; i < 16; ++i) amax = std::max(amax, std::fabs(xs[i]));
-      const float step = d * float(int8_t(block[192 + j]));
-      EXPECT_GE(step, 0.0f);
-      EXPECT_LE(step, amax / 31.0f + d + 1e-6f * amax) << "block " << b << " sub " << j;
+      EXPECT_GE(step[j], 0.0f);
+      EXPECT_LE(step[j], amax / steps + d + 1e-6f * amax) << dtype_name(type) << " block " << b << " sub " << j;
       for (int i = 0; i < 16; ++i) {
         const int64_t k = b * 256 + j * 16 + i;
         const float err = std::fabs(x[k] - y[k]);
-        EXPECT_LE(err, step / 2 + 1e-6f * amax) << "element " << k;
-        if (step > 0) total += err / step, ++counted;
+        EXPECT_LE(err, step[j] / 2 + 1e-6f * amax) << dtype_name(type) << " element " << k;
+        if (step[j] > 0) total += err / step[j], ++counted;
       }
     }
   }
   for (int i = 0; i < 32; ++i) EXPECT_EQ(y[i], 0.0f) << "an all-zero sub-block decodes to zeros";
   EXPECT_LT(total / counted, 0.3) << "rounding to nearest errs by a quarter step on average";
 }
+
+}  // namespace
+
+TEST(Quant, Q6_KRoundTripWithinHalfASubBlockStep) { expect_symmetric_k_round_trip(DType::Q6_K, 31.0f, 13); }
 
 TEST(Quant, Q2_KRoundTripWithinHalfASubBlockStep) { expect_affine_k_round_trip(DType::Q2_K, 3, 15); }
 
-TEST(Quant, Q3_KRoundTripWithinHalfASubBlockStep) {
-  const int64_t n = 2048;
-  const std::vector<float> x = test_row(n, 16);
-  std::vector<uint8_t> q(dtype_row_bytes(DType::Q3_K, n));
-  std::vector<float> y(n);
-  quant::quantize_row(DType::Q3_K, x.data(), n, q.data());
-  quant::dequantize_row(DType::Q3_K, q.data(), n, y.data());
-  double total = 0.0;  // errors in units of their sub-block's step
-  int counted = 0;
-  for (int64_t b = 0; b < n / 256; ++b) {
-    const uint8_t* block = q.data() + b * 110;
-    uint8_t values[256];
-    int16_t scale[16], min[16];
-    quant::low_bit_k_values<DType::Q3_K>(block, values, scale, min);
-    const float d = quant::read_half(block + 108);
-    for (int j = 0; j < 16; ++j) {
-      const float* xs = x.data() + b * 256 + j * 16;
-      float amax = 0.0f;
-      for (int i = 0; i < 16; ++i) amax = std::max(amax, std::fabs(xs[i]));
-      const float step = d * float(scale[j]);
-      EXPECT_GE(step, 0.0f);
-      EXPECT_LE(step, amax / 3.5f + d + 1e-6f * amax) << "block " << b << " sub " << j;
-      for (int i = 0; i < 16; ++i) {
-        const int64_t k = b * 256 + j * 16 + i;
-        const float err = std::fabs(x[k] - y[k]);
-        EXPECT_LE(err, step / 2 + 1e-6f * amax) << "element " << k;
-        if (step > 0) total += err / step, ++counted;
-      }
-    }
-  }
-  for (int i = 0; i < 32; ++i) EXPECT_EQ(y[i], 0.0f) << "an all-zero sub-block decodes to zeros";
-  EXPECT_LT(total / counted, 0.3) << "rounding to nearest errs by a quarter step on average";
-}
+// Q3_K's steps reach max|x_j| at 3.5 (q - 4 in -4..3: 3.5 rounds to 4, clamped to 3).
+TEST(Quant, Q3_KRoundTripWithinHalfASubBlockStep) { expect_symmetric_k_round_trip(DType::Q3_K, 3.5f, 16); }
 
 // Q3_K's and Q2_K's fewer bits cost accuracy in order: Q2_K's mean error above Q3_K's, Q3_K's above
 // Q4_K's.
