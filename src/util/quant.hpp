@@ -44,8 +44,9 @@
 //     up (4 values a byte, 32 apart); Q3_K's top bit of v is bit v / 32 of hmask byte v % 32.
 //     Q3_K's 12 bytes: sc[j]'s low 4 bits are byte j's low nibble (j < 8) or byte j - 8's high one
 //     (j >= 8), its top 2 bits are bits 2 (j / 4) and 2 (j / 4) + 1 of byte 8 + j % 4.
-//     Their products unpack a super-block to its 256 q as bytes and 16 integer factors of each
-//     kind (low_bit_k_values); these two have no interleaved layout.
+//     Their products take a super-block as low_bit_k_values describes it (256 q and 16 integer
+//     factors of each kind; the vector lanes unpack them in registers); these two have no
+//     interleaved layout.
 //
 // The quantizers here are this project's (not ggml's search for least squares); their error
 // bounds, which the tests check:
