@@ -520,7 +520,7 @@ struct QuantCase {
 constexpr QuantCase kQuantCases[] = {{37, 256, 1}, {64, 512, 5}, {130, 1024, 9}, {16, 2048, 4}, {3, 256, 17}, {38, 512, 21}};
 
 // Every block type the kernels multiply, all of which interleave_rows8 interleaves.
-constexpr DType kBlockTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+constexpr DType kBlockTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_1, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K};
 
 std::vector<float> weight_like(size_t n, std::mt19937& rng) {
   std::normal_distribution<float> normal(0.0f, 0.05f);
@@ -719,7 +719,7 @@ TEST(QuantKernels, PortableMatchesDequantizedWeightsWithinTheBound) {
 // The block types kept as rows (no interleaved layout): every ISA within the bound of the
 // dequantized weights, and with the portable code's bits (quant_matmul_impl.hpp's contract).
 TEST(QuantKernels, RowsOnlyTypesMatchDequantizedWeightsInEveryIsa) {
-  for (DType t : {DType::Q4_1, DType::Q5_1, DType::Q2_K, DType::Q3_K}) {
+  for (DType t : {DType::Q2_K, DType::Q3_K}) {
     std::vector<std::vector<float>> portable;
     std::vector<std::vector<double>> magnitude;
     quant_products(Isa::Generic, t, &portable, &magnitude);
@@ -797,7 +797,7 @@ TEST(QuantKernels, InterleavedTilesGiveThePortableBitsOnExtremeBytes) {
   }
 }
 
-// Rows of Q4_0, Q5_0, Q5_K or Q6_K on random bytes of every value (fill(block, r, rng) writes each block of
+// Rows of a block type on random bytes of every value (fill(block, r, rng) writes each block of
 // row r; rows 0 and 1 extreme), against tokens of -1, of 1 and random. The contract of
 // quant_matmul_impl.hpp: exact integer sums per super-block, (row, token), then the same float
 // steps, so every ISA gives the portable rows' bits, as rows and interleaved (4 groups of 8 and 5
@@ -821,7 +821,7 @@ std::vector<float> expect_rows_give_the_portable_bits(DType type, Fill fill) {
   std::vector<uint8_t> interleaved_bytes = bytes;
   Matrix interleaved{interleaved_bytes.data(), type, rows, cols};
   interleave_rows8(interleaved, interleaved_bytes.data());
-  if (!quant::has_interleaved_layout(type)) {  // Q4_1 / Q5_1 / Q2_K / Q3_K stay as rows
+  if (!quant::has_interleaved_layout(type)) {  // Q2_K / Q3_K stay as rows
     EXPECT_EQ(interleaved.layout, Layout::Rows) << dtype_name(type);
   } else {
     EXPECT_EQ(interleaved.layout, Layout::Interleaved8) << dtype_name(type);
@@ -950,9 +950,9 @@ TEST(QuantKernels, Q4_0AndQ5_0RowsGiveThePortableBitsInEveryIsaAndTheDoubleSum) 
   }
 }
 
-// Q4_1 / Q5_1 rows (value q d + m, never interleaved): every q 0 (row 0: m, against tokens of -1),
+// Q4_1 / Q5_1 (value q d + m), as rows and interleaved: every q 0 (row 0: m, against tokens of -1),
 // every bit set (row 1: 15 or 31 steps above m), random bytes, steps and mins in the others.
-TEST(QuantKernels, Q4_1AndQ5_1RowsGiveThePortableBitsInEveryIsaAndTheDoubleSum) {
+TEST(QuantKernels, Q4_1AndQ5_1RowsAndGroupsGiveThePortableBitsInEveryIsaAndTheDoubleSum) {
   for (DType type : {DType::Q4_1, DType::Q5_1}) {
     const size_t block_bytes = dtype_row_bytes(type, 32);
     const auto fill = [block_bytes](uint8_t* blocks, int r, std::mt19937& rng) {  // 8 blocks: 256 values

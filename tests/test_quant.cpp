@@ -514,12 +514,12 @@ TEST(Quant, InterleavedQ6_KBlocksFollowTheLayoutAndRoundTrip) {
 // says, checked field by field against the rows, and deinterleaving gives the rows back.
 TEST(Quant, InterleavedBlocksFollowTheLayoutAndRoundTrip) {
   const int slot_of_row[8] = {0, 1, 4, 5, 2, 3, 6, 7};  // rows 0, 1, 4, 5 first, then 2, 3, 6, 7
-  for (DType type : {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_K, DType::Q5_K}) {
-    const bool small = type == DType::Q8_0 || type == DType::Q4_0 || type == DType::Q5_0;
+  for (DType type : {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_1, DType::Q5_1, DType::Q4_K, DType::Q5_K}) {
+    const bool small = type == DType::Q8_0 || quant::is_nibble_block(type);
     const int64_t n = small ? 32 : 256;
     const size_t block = dtype_row_bytes(type, n);
     std::vector<uint8_t> rows(8 * block), group(8 * block), back(8 * block);
-    // Row r's block: block r (Q8_0, Q4_0, Q5_0) or r % 4 (Q4_K, Q5_K) of a test row, so the group holds zero,
+    // Row r's block: block r (the 32-value types) or r % 4 (Q4_K, Q5_K) of a test row, so the group holds zero,
     // positive, tiny and large blocks.
     const int64_t cols = 1024;
     std::vector<uint8_t> whole(dtype_row_bytes(type, cols));
@@ -535,7 +535,8 @@ TEST(Quant, InterleavedBlocksFollowTheLayoutAndRoundTrip) {
       // Q5_K's 4 pairs of sub-blocks of low nibbles, which a Q5_K row holds after its 32 bytes of
       // qh; then Q5_K's qh).
       const size_t quants = small ? 16 : 128, row_quants = small ? 2 : type == DType::Q5_K ? 48 : 16;
-      for (int span = 0; span < (small ? 1 : 4) && type != DType::Q5_0; ++span)
+      if (quant::has_block_min(type)) EXPECT_EQ(std::memcmp(group.data() + 16 + 2 * r, row + 2, 2), 0) << "m of row " << r;
+      for (int span = 0; span < (small ? 1 : 4) && (type == DType::Q8_0 || !quant::is_nibble_block(type)); ++span)
         for (int i = 0; i < (type == DType::Q4_0 ? 16 : 32); ++i)
           ASSERT_EQ(group[quants + 256 * span + 64 * (i / 8) + 8 * slot_of_row[r] + i % 8], row[row_quants + 32 * span + i])
               << dtype_name(type) << " row " << r << " span " << span << " byte " << i;
@@ -543,19 +544,23 @@ TEST(Quant, InterleavedBlocksFollowTheLayoutAndRoundTrip) {
         for (int i = 0; i < 32; ++i)
           ASSERT_EQ(group[quant::kQ5_KHighBits + 64 * (i / 8) + 8 * slot_of_row[r] + i % 8], row[16 + i])
               << "qh byte " << i << " of row " << r;
-      if (type == DType::Q4_0 || type == DType::Q5_0) {
+      if (quant::is_nibble_block(type)) {
         // Chunk k's low nibbles are Q8_0's chunk k of the row's values (0..15), its high nibbles
-        // chunk k + 2 (values 16..31): value i of row r, q - 8, at byte 8 slot + i % 8 of chunk
-        // i / 8 % 2; Q5_0's top bit of it is bit i % 8 of byte slot of word i / 8.
-        const bool q5 = type == DType::Q5_0;
+        // chunk k + 2 (values 16..31): value i of row r's q at byte 8 slot + i % 8 of chunk
+        // i / 8 % 2; Q5_0's / Q5_1's top bit of it is bit i % 8 of byte slot of word i / 8. The
+        // values: q - 8 (Q4_0), q - 16 (Q5_0), q (Q4_1, Q5_1).
+        const bool q5 = quant::has_fifth_bit(type);
         int8_t values[32];
-        if (q5) quant::small_block_values<DType::Q5_0>(row, values);
-        else quant::small_block_values<DType::Q4_0>(row, values);
-        const uint8_t* nibbles = group.data() + (q5 ? quant::kQ5_0Nibbles : 16);
+        if (type == DType::Q4_0) quant::small_block_values<DType::Q4_0>(row, values);
+        if (type == DType::Q5_0) quant::small_block_values<DType::Q5_0>(row, values);
+        if (type == DType::Q4_1) quant::small_block_values<DType::Q4_1>(row, values);
+        if (type == DType::Q5_1) quant::small_block_values<DType::Q5_1>(row, values);
+        const int bias = type == DType::Q4_0 ? 8 : type == DType::Q5_0 ? 16 : 0;
+        const uint8_t* nibbles = group.data() + quant::small_group_nibbles(type);
         for (int i = 0; i < 32; ++i) {
           const uint8_t b = nibbles[64 * (i / 8 % 2) + 8 * slot_of_row[r] + i % 8];
-          const int top = q5 ? (group[quant::kQ5_0HighBits + 8 * (i / 8) + slot_of_row[r]] >> (i % 8)) & 1 : 0;
-          ASSERT_EQ((i < 16 ? b & 15 : b >> 4) + 16 * top - (q5 ? 16 : 8), values[i]) << dtype_name(type) << " value " << i << " of row " << r;
+          const int top = q5 ? (group[quant::small_group_high_bits(type) + 8 * (i / 8) + slot_of_row[r]] >> (i % 8)) & 1 : 0;
+          ASSERT_EQ((i < 16 ? b & 15 : b >> 4) + 16 * top - bias, values[i]) << dtype_name(type) << " value " << i << " of row " << r;
         }
       }
       if (small) continue;
@@ -580,5 +585,7 @@ TEST(Quant, InterleavedBlocksFollowTheLayoutAndRoundTrip) {
   }
   EXPECT_EQ(quant::kQ5_KHighBits + 256, 8 * 176) << "a Q5_K group keeps its rows' bytes";
   EXPECT_EQ(16 + 2 * 64, 8 * 18) << "a Q4_0 group: 8 fp16 steps and 2 chunks, its rows' bytes";
-  EXPECT_EQ(quant::kQ5_0Nibbles + 2 * 64, 8 * 22) << "a Q5_0 group: 8 fp16 steps, 4 words of top bits, 2 chunks";
+  EXPECT_EQ(quant::small_group_nibbles(DType::Q5_0) + 2 * 64, 8 * 22) << "a Q5_0 group: 8 fp16 steps, 4 words of top bits, 2 chunks";
+  EXPECT_EQ(quant::small_group_nibbles(DType::Q4_1) + 2 * 64, 8 * 20) << "a Q4_1 group: 8 steps d, 8 m, 2 chunks";
+  EXPECT_EQ(quant::small_group_nibbles(DType::Q5_1) + 2 * 64, 8 * 24) << "a Q5_1 group: 8 d, 8 m, 4 words of top bits, 2 chunks";
 }

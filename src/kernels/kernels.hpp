@@ -1,7 +1,7 @@
 #pragma once
 // CPU math. Activations are f32; weights stay in their stored dtype (f32, f16, bf16) and are
 // widened to f32 in registers, so a bf16 model is never converted as a whole. Block-quantized
-// weights (Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K: util/quant.hpp) multiply activations quantized to 8 bits (one step
+// weights (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: util/quant.hpp) multiply activations quantized to 8 bits (one step
 // per 32 or 256 columns: activation_group) with integer dot products, as llama.cpp does.
 // One dispatch point picks AVX-512 (with or without VNNI), AVX2 or portable code at run time.
 // Asked for (CROSSMOE_ISA=avx512_bf16), bf16 weights multiply activations rounded to bf16 with the
@@ -31,7 +31,7 @@ struct Matrix {
   int64_t row_stride() const { return stride ? stride : cols; }
 };
 
-// Rewrites a Q8_0 / Q4_0 / Q5_0 / Q4_K / Q5_K / Q6_K matrix whose rows lie back to back into the
+// Rewrites a matrix of a block type other than Q2_K / Q3_K whose rows lie back to back into the
 // Interleaved8 layout, in place: `data` is m.data, writable. Its groups of 8 rows are interleaved, the
 // rows after the last whole group stay as they are. Other matrices (other dtypes; strided, fewer
 // than 8 rows, already interleaved) are left alone. Every ISA's kernels read

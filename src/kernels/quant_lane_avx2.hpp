@@ -291,29 +291,42 @@ struct QuantLaneAvx2 {
     return _mm256_set1_epi64x(v);
   }
   static constexpr int x8_tokens = 4;  // tokens per interleaved tile
-  // A group's bytes per block index: Q8_0's, or Q4_0's / Q5_0's (util/quant.hpp), whose tiles are
-  // Q8_0's.
+  // A group's bytes per block index: Q8_0's, or Q4_0's / Q5_0's / Q4_1's / Q5_1's (util/quant.hpp),
+  // whose tiles are Q8_0's.
   template <DType D>
-  static constexpr size_t small_group_bytes = D == DType::Q4_0 ? 8 * 18 : D == DType::Q5_0 ? 8 * 22 : 8 * 34;
+  static constexpr size_t small_group_bytes = D == DType::Q4_0   ? 8 * 18
+                                              : D == DType::Q5_0 ? 8 * 22
+                                              : D == DType::Q4_1 ? 8 * 20
+                                              : D == DType::Q5_1 ? 8 * 24
+                                                                 : 8 * 34;
   // Half h (rows 0, 1, 4, 5 | 2, 3, 6, 7) of Q8_0's chunk k of a group's block as int8 values: Q8_0's
   // bytes, or Q4_0's chunk k % 2 of nibbles (low for k < 2, high after) less 8; Q5_0's with the
-  // top bit of word k (one byte per row: each spread over its row's 8 bytes) as 16, less 16.
+  // top bit of word k (one byte per row: each spread over its row's 8 bytes) as 16, less 16; Q4_1's
+  // and Q5_1's q as they are.
   template <DType D>
   static __m256i small_group_values(const uint8_t* g, int k, int h) {
     if constexpr (D == DType::Q8_0) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 16 + 64 * k + 32 * h));
-    constexpr int64_t nibbles_at = D == DType::Q5_0 ? quant::kQ5_0Nibbles : 16;
-    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + nibbles_at + 64 * (k % 2) + 32 * h));
+    const __m256i raw =
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + quant::small_group_nibbles(D) + 64 * (k % 2) + 32 * h));
     const __m256i nibbles = _mm256_and_si256(k < 2 ? raw : _mm256_srli_epi16(raw, 4), _mm256_set1_epi8(15));
     if constexpr (D == DType::Q4_0) return _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8));
+    if constexpr (D == DType::Q4_1) return nibbles;
     int64_t word;
-    std::memcpy(&word, g + quant::kQ5_0HighBits + 8 * k, 8);
+    std::memcpy(&word, g + quant::small_group_high_bits(D) + 8 * k, 8);
     const int64_t slot = 0x0101010101010101 * (4 * h);  // the half's slots 4h .. 4h + 3
     const __m256i spread = _mm256_shuffle_epi8(
         _mm256_set1_epi64x(word), _mm256_setr_epi64x(slot, slot + 0x0101010101010101, slot + 0x0202020202020202,
                                                      slot + 0x0303030303030303));
     const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
     const __m256i high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
+    if constexpr (D == DType::Q5_1) return _mm256_or_si256(nibbles, high);
     return _mm256_sub_epi8(_mm256_or_si256(nibbles, high), _mm256_set1_epi8(16));
+  }
+  // Q4_1's / Q5_1's second step per block, small_block_tile's: acc + float(a.sum) * (m * a.d) for
+  // the 8 rows' fp16 m at `m`.
+  static __m256 min_step(const uint8_t* m, const ActivationBlock& a, __m256 acc) {
+    const __m256 ma = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m))), _mm256_set1_ps(a.d));
+    return _mm256_fmadd_ps(_mm256_set1_ps(float(a.sum)), ma, acc);
   }
   template <int T, DType D = DType::Q8_0>
   static void q8_0_x8(const uint8_t* g, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
@@ -342,8 +355,10 @@ struct QuantLaneAvx2 {
           }
         }
       for (int t = 0; t < T; ++t) {
-        const __m256 da = _mm256_mul_ps(d, _mm256_broadcast_ss(&x[t * blocks + b].d));
+        const ActivationBlock& a = x[t * blocks + b];
+        const __m256 da = _mm256_mul_ps(d, _mm256_broadcast_ss(&a.d));
         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(sums[t][0], sums[t][1])), da, acc[t]);
+        if constexpr (quant::has_block_min(D)) acc[t] = min_step(g + 16, a, acc[t]);
       }
     }
     for (int t = 0; t < T; ++t) _mm256_storeu_ps(y + t * ldy, acc[t]);

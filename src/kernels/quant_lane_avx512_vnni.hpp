@@ -44,17 +44,18 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
   // q = value + 8 as they are, unsigned: the lanes exceed the products by 8 * a.sum per block.
   // Either way the rows' integer sums are Q8_0's exact dot of the block's int8 values.
   // Q5_0 adds its top bits (word k of the group: a byte mask of the chunk) as 16: q = value + 16.
+  // Q4_1 and Q5_1 take their q as Q4_0 and Q5_0 do, with no bias (value = q * d + m), and a second
+  // float step for m (min_step).
   template <DType D>
-  static constexpr int small_block_bias = D == DType::Q4_0 ? 8 : D == DType::Q5_0 ? 16 : 128;
+  static constexpr int small_block_bias = D == DType::Q4_0 ? 8 : D == DType::Q5_0 ? 16 : quant::has_block_min(D) ? 0 : 128;
   template <DType D>
   static __m512i small_group_values(const uint8_t* g, int k) {  // Q8_0's chunk k, each value + bias
     if constexpr (D == DType::Q8_0) return _mm512_xor_si512(_mm512_loadu_si512(g + 16 + 64 * k), _mm512_set1_epi8(char(0x80)));
-    constexpr int64_t nibbles_at = D == DType::Q5_0 ? quant::kQ5_0Nibbles : 16;
-    const __m512i raw = _mm512_loadu_si512(g + nibbles_at + 64 * (k % 2));
+    const __m512i raw = _mm512_loadu_si512(g + quant::small_group_nibbles(D) + 64 * (k % 2));
     const __m512i nibbles = _mm512_and_si512(k < 2 ? raw : _mm512_srli_epi16(raw, 4), _mm512_set1_epi8(15));
-    if constexpr (D == DType::Q4_0) return nibbles;
+    if constexpr (!quant::has_fifth_bit(D)) return nibbles;
     __mmask64 top;
-    std::memcpy(&top, g + quant::kQ5_0HighBits + 8 * k, 8);
+    std::memcpy(&top, g + quant::small_group_high_bits(D) + 8 * k, 8);
     return _mm512_or_si512(nibbles, _mm512_maskz_mov_epi8(top, _mm512_set1_epi8(16)));
   }
   template <int T, DType D = DType::Q8_0>
@@ -83,6 +84,7 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
                                               _mm256_set1_epi32(small_block_bias<D> * a.sum));
         const __m256 da = _mm256_mul_ps(d, _mm256_broadcast_ss(&a.d));
         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows), da, acc[t]);
+        if constexpr (quant::has_block_min(D)) acc[t] = QuantLaneAvx2::min_step(g + 16, a, acc[t]);
       }
     }
     for (int t = 0; t < T; ++t) _mm256_storeu_ps(y + t * ldy, acc[t]);
@@ -360,6 +362,7 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     for (int64_t b = 0; b < blocks; ++b, g += kBytes, h += kBytes) {
       if (prefetch) prefetch_next_pair<kBytes>(g, h, group_bytes);
       const __m512 d = halves16(g, h, order);
+      const __m512 m = quant::has_block_min(D) ? halves16(g + 16, h + 16, order) : d;
       __m512i sums_g[T], sums_h[T];
       for (int t = 0; t < T; ++t) sums_g[t] = sums_h[t] = _mm512_setzero_si512();
 #pragma GCC unroll 4
@@ -375,6 +378,8 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
         const ActivationBlock& a = x[t * blocks + b];
         const __m512i rows = _mm512_sub_epi32(q8_0_rows16(sums_g[t], sums_h[t]), _mm512_set1_epi32(small_block_bias<D> * a.sum));
         acc[t] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, rows), _mm512_mul_ps(d, _mm512_set1_ps(a.d)), acc[t]);
+        if constexpr (quant::has_block_min(D))  // Q4_1 / Q5_1: QuantLaneAvx2::min_step on 16 rows
+          acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(float(a.sum)), _mm512_mul_ps(m, _mm512_set1_ps(a.d)), acc[t]);
       }
     }
     // Back in row order (the inverse of q8_0_order).

@@ -33,9 +33,9 @@
 //       Each (row, token) gets its block's (Q8_0) or super-block's (Q4_K) exact integer sums, then
 //       acc = fma(float(sum), d * a.d, acc) (Q4_K: then acc = fma(-float(min sum), dmin * a.d, acc))
 //       in block order, in every lane type and for every T: the same bits in every ISA.
-//   L::q8_0_x8<T, DType::Q4_0 or Q5_0>(...): the same for Q4_0's / Q5_0's groups, each block's q
-//       unpacked to Q8_0's int8 values (q - 8, q - 16): small_block_sums's exact dot and small_block_tile's float step,
-//       the rows' bits.
+//   L::q8_0_x8<T, DType::Q4_0, Q5_0, Q4_1 or Q5_1>(...): the same for those types' groups, each block's q
+//       unpacked to Q8_0's int8 values (q - 8, q - 16; Q4_1 / Q5_1: q as stored): small_block_sums's exact dot and
+//       small_block_tile's float steps (Q4_1 / Q5_1: then the min's), the rows' bits.
 //   L::q4_k_x8<T, DType::Q5_K>(...): the same for Q5_K's groups (Q4_K's bytes and a span of top
 //       bits): the exact integers of q5_k_sums and the min terms, then Q4_K's two float steps, which
 //       are q5_k_tile's: the rows' bits.
@@ -309,8 +309,8 @@ void interleaved_rows_for_tokens(const Matrix& m, const ActivationBlock* x, cons
   const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
   const auto* base = static_cast<const uint8_t*>(m.data);
   int64_t r = r0;
-  // Q4_K's tiles, or Q5_K's: the same tiles with its top bits; Q8_0's, or Q4_0's / Q5_0's: the same
-  // tiles on their nibbles (and top bits) (util/quant.hpp's layouts).
+  // Q4_K's tiles, or Q5_K's: the same tiles with its top bits; Q8_0's, or Q4_0's / Q5_0's / Q4_1's /
+  // Q5_1's: the same tiles on their nibbles (and top bits) (util/quant.hpp's layouts).
   const auto groups = [&]<DType D>() {
     if constexpr (kPairs && PairedGroups<L>)
       for (; r + 16 <= r1; r += 16) {
@@ -318,14 +318,14 @@ void interleaved_rows_for_tokens(const Matrix& m, const ActivationBlock* x, cons
         // of consecutive blocks) the next call's.
         const bool prefetch = first_turn && r + 32 <= m.rows / 8 * 8;
         const uint8_t* g = base + size_t(r) * row_bytes;
-        if constexpr (D == DType::Q8_0 || D == DType::Q4_0 || D == DType::Q5_0)
+        if constexpr (D == DType::Q8_0 || quant::is_nibble_block(D))
           L::template q8_0_x16<T, D>(g, 8 * row_bytes, x, blocks, y + r, m.rows, prefetch);
         else L::template q4_k_x16<T, D>(g, 8 * row_bytes, x, sums, blocks, y + r, m.rows, prefetch);
       }
     constexpr int kGroupTokens = std::min(T, L::x8_tokens);
     for (; r < r1; r += 8)
       for (int t = 0; t < T; t += kGroupTokens) {
-        if constexpr (D == DType::Q8_0 || D == DType::Q4_0 || D == DType::Q5_0)
+        if constexpr (D == DType::Q8_0 || quant::is_nibble_block(D))
           L::template q8_0_x8<kGroupTokens, D>(base + size_t(r) * row_bytes, x + t * blocks, blocks, y + t * m.rows + r,
                                             m.rows);
         else
@@ -337,6 +337,8 @@ void interleaved_rows_for_tokens(const Matrix& m, const ActivationBlock* x, cons
     case DType::Q8_0: return groups.template operator()<DType::Q8_0>();
     case DType::Q4_0: return groups.template operator()<DType::Q4_0>();
     case DType::Q5_0: return groups.template operator()<DType::Q5_0>();
+    case DType::Q4_1: return groups.template operator()<DType::Q4_1>();
+    case DType::Q5_1: return groups.template operator()<DType::Q5_1>();
     case DType::Q5_K: return groups.template operator()<DType::Q5_K>();
     default: return groups.template operator()<DType::Q4_K>();
   }

@@ -405,11 +405,15 @@ void interleave8_block(DType type, const void* rows, size_t stride, void* out) {
   const auto* in = static_cast<const uint8_t*>(rows);
   auto* o = static_cast<uint8_t*>(out);
   const auto row = [&](int r) { return in + size_t(r) * stride; };
-  if (type == DType::Q5_0) {
+  if (is_nibble_block(type)) {
+    const int64_t high = small_group_high_bits(type), nibbles = small_group_nibbles(type);
+    const int header = has_block_min(type) ? 4 : 2, qs = header + (has_fifth_bit(type) ? 4 : 0);
     for (int r = 0; r < 8; ++r) {
       std::memcpy(o + 2 * r, row(r), 2);
-      for (int k = 0; k < 4; ++k) o[kQ5_0HighBits + 8 * k + kSlot[r]] = row(r)[2 + k];
-      for (int k = 0; k < 2; ++k) std::memcpy(o + kQ5_0Nibbles + span_offset(r, 8 * k), row(r) + 6 + 8 * k, 8);
+      if (has_block_min(type)) std::memcpy(o + 16 + 2 * r, row(r) + 2, 2);
+      if (has_fifth_bit(type))
+        for (int k = 0; k < 4; ++k) o[high + 8 * k + kSlot[r]] = row(r)[header + k];
+      for (int k = 0; k < 2; ++k) std::memcpy(o + nibbles + span_offset(r, 8 * k), row(r) + qs + 8 * k, 8);
     }
     return;
   }
@@ -422,16 +426,16 @@ void interleave8_block(DType type, const void* rows, size_t stride, void* out) {
     }
     return;
   }
-  const bool q4_0 = type == DType::Q4_0, q8 = type == DType::Q8_0 || q4_0, q5 = type == DType::Q5_K;
+  const bool q8 = type == DType::Q8_0, q5 = type == DType::Q5_K;
   if (!q8 && !q5 && type != DType::Q4_K) throw Error("cannot interleave " + dtype_name(type));
-  const int spans = q8 ? 1 : 4, chunks = q4_0 ? 2 : 4;  // Q4_0's span: its 16 bytes of nibbles
+  const int spans = q8 ? 1 : 4;
   // Q5_K is Q4_K with its 32 bytes of qh between the scales and the nibbles: the nibbles start 32
   // bytes later in the row, and qh goes after Q4_K's group as a fifth span.
   const size_t quants = q8 ? 16 : 128, row_quants = q8 ? 2 : q5 ? 48 : 16;
   for (int r = 0; r < 8; ++r) {
     std::memcpy(o + 2 * r, row(r), 2);
     for (int span = 0; span < spans; ++span)
-      for (int k = 0; k < chunks; ++k)
+      for (int k = 0; k < 4; ++k)
         std::memcpy(o + quants + 256 * span + span_offset(r, 8 * k), row(r) + row_quants + 32 * span + 8 * k, 8);
     if (q5)
       for (int k = 0; k < 4; ++k) std::memcpy(o + kQ5_KHighBits + span_offset(r, 8 * k), row(r) + 16 + 8 * k, 8);
@@ -457,12 +461,16 @@ void interleave8_block(DType type, const void* rows, size_t stride, void* out) {
 void deinterleave8_block(DType type, const void* in, void* out) {
   const auto* g = static_cast<const uint8_t*>(in);
   auto* o = static_cast<uint8_t*>(out);
-  if (type == DType::Q5_0) {
+  if (is_nibble_block(type)) {
+    const int64_t high = small_group_high_bits(type), nibbles = small_group_nibbles(type);
+    const int header = has_block_min(type) ? 4 : 2, qs = header + (has_fifth_bit(type) ? 4 : 0);
     for (int r = 0; r < 8; ++r) {
-      uint8_t* b = o + 22 * r;
+      uint8_t* b = o + (qs + 16) * r;
       std::memcpy(b, g + 2 * r, 2);
-      for (int k = 0; k < 4; ++k) b[2 + k] = g[kQ5_0HighBits + 8 * k + kSlot[r]];
-      for (int k = 0; k < 2; ++k) std::memcpy(b + 6 + 8 * k, g + kQ5_0Nibbles + span_offset(r, 8 * k), 8);
+      if (has_block_min(type)) std::memcpy(b + 2, g + 16 + 2 * r, 2);
+      if (has_fifth_bit(type))
+        for (int k = 0; k < 4; ++k) b[header + k] = g[high + 8 * k + kSlot[r]];
+      for (int k = 0; k < 2; ++k) std::memcpy(b + qs + 8 * k, g + nibbles + span_offset(r, 8 * k), 8);
     }
     return;
   }
@@ -476,14 +484,14 @@ void deinterleave8_block(DType type, const void* in, void* out) {
     }
     return;
   }
-  const bool q4_0 = type == DType::Q4_0, q8 = type == DType::Q8_0 || q4_0, q5 = type == DType::Q5_K;
+  const bool q8 = type == DType::Q8_0, q5 = type == DType::Q5_K;
   if (!q8 && !q5 && type != DType::Q4_K) throw Error("cannot deinterleave " + dtype_name(type));  // (per block: no message built)
-  const size_t block = q4_0 ? 18 : q8 ? 34 : q5 ? 176 : 144, quants = q8 ? 16 : 128, row_quants = q8 ? 2 : q5 ? 48 : 16;
-  const int spans = q8 ? 1 : 4, chunks = q4_0 ? 2 : 4;
+  const size_t block = q8 ? 34 : q5 ? 176 : 144, quants = q8 ? 16 : 128, row_quants = q8 ? 2 : q5 ? 48 : 16;
+  const int spans = q8 ? 1 : 4;
   for (int r = 0; r < 8; ++r) {
     std::memcpy(o + block * r, g + 2 * r, 2);
     for (int span = 0; span < spans; ++span)
-      for (int k = 0; k < chunks; ++k)
+      for (int k = 0; k < 4; ++k)
         std::memcpy(o + block * r + row_quants + 32 * span + 8 * k, g + quants + 256 * span + span_offset(r, 8 * k), 8);
     if (q5)
       for (int k = 0; k < 4; ++k) std::memcpy(o + block * r + 16 + 8 * k, g + kQ5_KHighBits + span_offset(r, 8 * k), 8);

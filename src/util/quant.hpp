@@ -69,7 +69,7 @@
 //     fp16, sc[j] = ceil(step_j / d) (<= 127), q - 32 = round(x / (d * sc[j])) (in -31..31):
 //     |x - value| <= d * sc[j] / 2, and d * sc[j] < step_j + d.
 //
-// Rows interleaved 8 at a time (every block type but Q4_1, Q5_1, Q2_K and Q3_K, whose matrices stay as rows): the kernels' layout, made when weights are loaded
+// Rows interleaved 8 at a time (every block type but Q2_K and Q3_K, whose matrices stay as rows): the kernels' layout, made when weights are loaded
 // (kernels::interleave_rows8), after llama.cpp's repacked q4_K_8x8. A group of 8 rows keeps its
 // bytes (8 rows' worth) but holds, for each block index b in turn, the 8 rows' b-th blocks mixed so
 // that one 32-byte load holds 8 bytes of 4 rows and one pass over an activation block serves all 8:
@@ -83,6 +83,8 @@
 //   Q5_0, 176 bytes: fp16 d of rows 0..7 | 4 words k of 8 bytes: byte k of qh (the top bits of
 //        values 8k..8k+7) of rows 0, 1, 4, 5, 2, 3, 6, 7 | Q4_0's 2 chunks of nibbles. Word k is the
 //        top bits of Q8_0's chunk k, bit i of it the value at byte i of the chunk (a byte mask).
+//   Q4_1, 160 bytes, and Q5_1, 192 bytes: Q4_0's and Q5_0's groups with the fp16 m of rows 0..7
+//        after the d's, everything after them 16 bytes further on (q as stored: no bias).
 //   Q4_K, 1152 bytes: fp16 d of rows 0..7 | fp16 dmin of rows 0..7 | 96 bytes of scales and mins |
 //        1024 bytes of nibbles: per pair p of sub-blocks, 256 bytes in Q8_0's 4 chunks of 64 (bytes
 //        8k..8k+7 of the pair's 32 bytes of rows 0, 1, 4, 5, then of rows 2, 3, 6, 7)
@@ -117,8 +119,6 @@ constexpr int64_t kQ8_0Block = 32, kQ4_0Block = 32, kQ5_0Block = 32, kQ4_KBlock 
                   kQ6_KBlock = 256, kQ6_KSubBlock = 16;
 // Where an interleaved Q6_K group's scales and steps start, and an interleaved Q5_K group's qh.
 constexpr int64_t kQ6_KScales = 1536, kQ6_KSteps = 1664, kQ5_KHighBits = 1152;
-// Where an interleaved Q5_0 group's top bits and nibbles start (see above).
-constexpr int64_t kQ5_0HighBits = 16, kQ5_0Nibbles = 48;
 
 // Quantizes n values (a multiple of the type's block) into dtype_row_bytes(type, n) bytes.
 // Throws on a bad n, on values that are not finite, or on values too large for the fp16 scales.
@@ -129,10 +129,16 @@ void dequantize_row(DType type, const void* in, int64_t n, float* out);
 
 // The legacy 32-value types with a min: value = q * d + m.
 constexpr bool has_block_min(DType t) { return t == DType::Q4_1 || t == DType::Q5_1; }
+// The legacy 32-value types whose q are nibbles (Q5_0, Q5_1: with a fifth bit in qh).
+constexpr bool has_fifth_bit(DType t) { return t == DType::Q5_0 || t == DType::Q5_1; }
+constexpr bool is_nibble_block(DType t) { return t == DType::Q4_0 || t == DType::Q4_1 || has_fifth_bit(t); }
+// Where an interleaved Q4_0 / Q5_0 / Q4_1 / Q5_1 group's top bits (Q5_0, Q5_1) and nibbles start
+// (see above): after the 8 d's, and the 8 m's of Q4_1 / Q5_1.
+constexpr int64_t small_group_high_bits(DType t) { return has_block_min(t) ? 32 : 16; }
+constexpr int64_t small_group_nibbles(DType t) { return small_group_high_bits(t) + (has_fifth_bit(t) ? 32 : 0); }
 // The block types whose matrices the kernels also read interleaved 8 rows at a time (below).
 constexpr bool has_interleaved_layout(DType t) {
-  return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q5_0 || t == DType::Q4_K || t == DType::Q5_K ||
-         t == DType::Q6_K;
+  return t == DType::Q8_0 || is_nibble_block(t) || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
 }
 
 // A Q4_0 or Q5_0 block's 32 values in units of its d (q - 8 or q - 16) as int8, a Q8_0 block's q;
@@ -140,8 +146,8 @@ constexpr bool has_interleaved_layout(DType t) {
 // (inline: the kernels call it per block; each ISA's file vectorises it with its own flags).
 template <DType kType>
 inline void small_block_values(const uint8_t* block, int8_t* q) {
-  static_assert(kType == DType::Q4_0 || kType == DType::Q5_0 || has_block_min(kType));
-  constexpr bool kFiveBits = kType == DType::Q5_0 || kType == DType::Q5_1;
+  static_assert(is_nibble_block(kType));
+  constexpr bool kFiveBits = has_fifth_bit(kType);
   constexpr int kHeader = has_block_min(kType) ? 4 : 2;  // d, and m
   constexpr int kBias = has_block_min(kType) ? 0 : kFiveBits ? 16 : 8;
   const uint8_t* qs = block + kHeader + (kFiveBits ? 4 : 0);
