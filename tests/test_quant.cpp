@@ -510,6 +510,33 @@ TEST(Quant, InterleavedQ6_KBlocksFollowTheLayoutAndRoundTrip) {
   EXPECT_EQ(back, rows);
 }
 
+// Q3_K's interleaved layout (quant.hpp): qs's 2 spans and hmask's one in the quants' chunks, the
+// 12 packed scale bytes of each row word by word in slot order, the steps per row; deinterleaving
+// gives the rows back. Rows of different super-blocks of a test row.
+TEST(Quant, InterleavedQ3_KBlocksFollowTheLayoutAndRoundTrip) {
+  const int slot_of_row[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+  const int64_t cols = 2048;
+  std::vector<uint8_t> whole(dtype_row_bytes(DType::Q3_K, cols)), rows(8 * 110), group(8 * 110), back(8 * 110);
+  quant::quantize_row(DType::Q3_K, test_row(cols, 61).data(), cols, whole.data());
+  for (int r = 0; r < 8; ++r) std::memcpy(rows.data() + 110 * r, whole.data() + 110 * r, 110);
+  quant::interleave8_block(DType::Q3_K, rows.data(), 110, group.data());
+  for (int r = 0; r < 8; ++r) {
+    const uint8_t* row = rows.data() + 110 * r;
+    for (int i = 0; i < 32; ++i) {
+      for (int span = 0; span < 2; ++span)
+        ASSERT_EQ(group[256 * span + 64 * (i / 8) + 8 * slot_of_row[r] + i % 8], row[32 + 32 * span + i])
+            << "qs of row " << r << " span " << span << " byte " << i;
+      ASSERT_EQ(group[quant::kQ3_KHighBits + 64 * (i / 8) + 8 * slot_of_row[r] + i % 8], row[i]) << "hmask of row " << r;
+    }
+    for (int b = 0; b < 12; ++b)
+      EXPECT_EQ(group[quant::kQ3_KScales + 32 * (b / 4) + 4 * slot_of_row[r] + b % 4], row[96 + b]) << "scale byte " << b;
+    EXPECT_EQ(std::memcmp(group.data() + quant::kQ3_KSteps + 2 * r, row + 108, 2), 0) << "d of row " << r;
+  }
+  EXPECT_EQ(quant::kQ3_KSteps + 16, 8 * 110) << "the group keeps its rows' bytes";
+  quant::deinterleave8_block(DType::Q3_K, group.data(), back.data());
+  EXPECT_EQ(back, rows);
+}
+
 // The interleaved layout (quant.hpp): every byte of 8 rows' blocks lands where the description
 // says, checked field by field against the rows, and deinterleaving gives the rows back.
 TEST(Quant, InterleavedBlocksFollowTheLayoutAndRoundTrip) {

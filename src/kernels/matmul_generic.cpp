@@ -194,18 +194,35 @@ struct QuantLaneScalar {
       for (int r = 0; r < 8; ++r) y[t * ldy + r] = acc[t][r];
   }
   // Q6_K: each row's super-block as stored, then q6_k_sums (no offsets: it subtracts the 32 itself).
+  // Q3_K: the same with its exact sum_j (sc[j] - 32) sum_i (q_i - 4) a_i per row.
   static constexpr int q6_k_tokens = 4;
   template <int T>
+  static void q3_k_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
+    uint8_t q[256];
+    int16_t scale[16], unused[16];
+    quant::low_bit_k_values<DType::Q3_K>(w, q, scale, unused);
+    for (int t = 0; t < T; ++t) {
+      sums[t] = 0;
+      for (int j = 0; j < 16; ++j) {
+        int32_t sub = 0;
+        for (int i = 0; i < 16; ++i) sub += (int32_t(q[16 * j + i]) - 4) * x[t * blocks + j / 2].q[16 * (j % 2) + i];
+        sums[t] += scale[j] * sub;
+      }
+    }
+  }
+  template <int T, DType D = DType::Q6_K>
   static void q6_k_x8(const uint8_t* g, const ActivationBlock* x, const int32_t* /*offsets*/, int64_t blocks,
                       float* y, int64_t ldy) {
+    constexpr int kBlock = D == DType::Q3_K ? 110 : 210, kSteps = D == DType::Q3_K ? 108 : 208;
     float acc[T][8] = {};
-    uint8_t plain[8 * 210];
+    uint8_t plain[8 * kBlock];
     for (int64_t b = 0; b < blocks; b += 8) {
-      quant::deinterleave8_block(DType::Q6_K, g + b / 8 * 8 * 210, plain);
+      quant::deinterleave8_block(D, g + b / 8 * 8 * kBlock, plain);
       for (int r = 0; r < 8; ++r) {
         int32_t sums[T];
-        q6_k_sums<T>(plain + 210 * r, x + b, blocks, sums);
-        const float d = quant::read_half(plain + 210 * r + 208);
+        if constexpr (D == DType::Q3_K) q3_k_sums<T>(plain + kBlock * r, x + b, blocks, sums);
+        else q6_k_sums<T>(plain + kBlock * r, x + b, blocks, sums);
+        const float d = quant::read_half(plain + kBlock * r + kSteps);
         for (int t = 0; t < T; ++t) acc[t][r] = std::fma(float(sums[t]), d * x[t * blocks + b].d, acc[t][r]);
       }
     }

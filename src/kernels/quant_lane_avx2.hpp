@@ -465,14 +465,17 @@ struct QuantLaneAvx2 {
   // Q6_K (util/quant.hpp): a 32-byte load of a span holds 8 bytes of 4 rows (rows 0, 1, 4, 5 or
   // 2, 3, 6, 7), whose 6-bit q (0..63) vpmaddubsw multiplies by 8 broadcast activation bytes:
   // pairs of at most 2 * 63 * 127 = 16002, and a sub-block's two chunks added in 16 bits at most
-  // 32004. The offsets (q6_k_offsets) add -32 times the same pairs of activations, so each 16-bit
+  // 32004. The offsets (sub_block_offsets<32>) add -32 times the same pairs of activations, so each 16-bit
   // lane holds sum (q - 32) a over 4 values (|.| <= 16256), which vpmaddwd multiplies by the row's
   // signed scale and adds in pairs to 32 bits. The two halves' lanes end as Q8_0's do (vphaddd).
   // Offsets: per sub-block, 4 words -32 (a[2i] + a[2i + 1] + a[8 + 2i] + a[9 + 2i]), i < 4 (its two
   // chunks' activation pairs), sub-block 2b's then 2b + 1's for block b.
+  // Q3_K (interleaved as Q6_K, util/quant.hpp) runs the same tiles on its 3-bit q (0..7) with
+  // offsets of -4 times the pairs: each 16-bit lane then holds sum (q - 4) a over 4 values.
   static constexpr int q6_k_tokens = 4;  // tokens per tile: 8 integer sums of 16 registers
-  static void q6_k_offsets(const ActivationBlock* x, int64_t n, int32_t* out) {
-    const __m256i offset = _mm256_set1_epi8(32);
+  template <int kBias>
+  static void sub_block_offsets(const ActivationBlock* x, int64_t n, int32_t* out) {
+    const __m256i offset = _mm256_set1_epi8(kBias);
     for (int64_t b = 0; b < n; ++b) {
       const __m256i pairs = _mm256_maddubs_epi16(offset, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].q)));
       // Words 0..3 + 4..7 (sub-block 2b) in the low half's first 64 bits, 8..11 + 12..15 in the high half's.
@@ -492,23 +495,68 @@ struct QuantLaneAvx2 {
                          : m == 2 ? qh : _mm256_srli_epi16(qh, 2);
     return _mm256_or_si256(low, _mm256_and_si256(high, _mm256_set1_epi8(0x30)));
   }
-  // Sub-block j's scales of half h's 4 rows, each sign-extended to its row's four 16-bit lanes.
-  static __m256i q6_k_scale(const uint8_t* g, int j, int h) {
-    const __m128i words = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g + 1536 + 8 * j)));
+  // Q3_K's 3-bit values of the same chunk: qs's span u shifted so that bits 2m, 2m + 1 land at 0,
+  // 1, and hmask's bit 4u + m at 2.
+  static __m256i q3_k_values(const uint8_t* g, int u, int m, int k, int at) {
+    const __m256i qs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 256 * u + 64 * k + at));
+    const __m256i hm = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + quant::kQ3_KHighBits + 64 * k + at));
+    const int bit = 4 * u + m;
+    const __m256i high = bit <= 2 ? _mm256_slli_epi16(hm, 2 - bit) : _mm256_srli_epi16(hm, bit - 2);
+    return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qs, 2 * m), _mm256_set1_epi8(3)),
+                           _mm256_and_si256(high, _mm256_set1_epi8(4)));
+  }
+  template <DType D>
+  static __m256i q6_k_or_q3_k_values(const uint8_t* g, int u, int m, int k, int at) {
+    if constexpr (D == DType::Q3_K) return q3_k_values(g, u, m, k, at);
+    else return q6_k_values(g, u, m, k, at);
+  }
+  // A Q3_K group's 16 scales of its 8 rows as a Q6_K group holds its own (util/quant.hpp): int8
+  // sc - 32, sub-block j's rows in slot order at out + 8 j. The packed words (quant::q3_k_scales's
+  // steps on all 8 rows at once) give, per 32-bit lane (a row), 4 consecutive scales; a byte
+  // shuffle per 128 bits and a lane permute turn the 4 x 8 bytes into sub-block order.
+  static void q3_k_group_scales(const uint8_t* g, int8_t* out) {
+    const auto word = [&](int w) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + quant::kQ3_KScales + 32 * w)); };
+    const __m256i w0 = word(0), w1 = word(1), w2 = word(2), low4 = _mm256_set1_epi8(15), low2 = _mm256_set1_epi8(3);
+    const auto top = [&](int shift) { return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(w2, shift), low2), 4); };
+    const __m256i scales[4] = {
+        _mm256_or_si256(_mm256_and_si256(w0, low4), top(0)),
+        _mm256_or_si256(_mm256_and_si256(w1, low4), top(2)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w0, 4), low4), top(4)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w1, 4), low4), top(6))};
+    const __m256i by_sub_block = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,  //
+                                                  0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256i halves = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // each sub-block's slots 0..3, then 4..7
+    for (int q = 0; q < 4; ++q)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 32 * q),
+                          _mm256_permutevar8x32_epi32(
+                              _mm256_shuffle_epi8(_mm256_sub_epi8(scales[q], _mm256_set1_epi8(32)), by_sub_block), halves));
+  }
+  // Sub-block j's scales (int8, 8 rows in slot order at scales + 8 j) of half h's 4 rows, each
+  // sign-extended to its row's four 16-bit lanes.
+  static __m256i q6_k_scale(const int8_t* scales, int j, int h) {
+    const __m128i words = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales + 8 * j)));
     const __m256i spread = h == 0 ? _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,  //
                                                      4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7)
                                   : _mm256_setr_epi8(8, 9, 8, 9, 8, 9, 8, 9, 10, 11, 10, 11, 10, 11, 10, 11,  //
                                                      12, 13, 12, 13, 12, 13, 12, 13, 14, 15, 14, 15, 14, 15, 14, 15);
     return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(words), spread);
   }
-  template <int T>
+  // D: Q6_K, or Q3_K (its values and unpacked scales in Q6_K's places, offsets of -4).
+  template <int T, DType D = DType::Q6_K>
   static void q6_k_x8(const uint8_t* g, const ActivationBlock* x, const int32_t* offsets, int64_t blocks, float* y,
                       int64_t ldy) {
+    constexpr int kGroup = D == DType::Q3_K ? 8 * 110 : 8 * 210;
     __m256 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
-    for (int64_t sb = 0; sb < blocks; sb += 8, g += 8 * 210) {
+    for (int64_t sb = 0; sb < blocks; sb += 8, g += kGroup) {
       if constexpr (T == 1)
-        for (int line = 0; line < 8 * 210; line += 64) __builtin_prefetch(g + 2 * (8 * 210) + line);
+        for (int line = 0; line < kGroup; line += 64) __builtin_prefetch(g + 2 * kGroup + line);
+      alignas(32) int8_t unpacked[128];
+      const int8_t* scales = reinterpret_cast<const int8_t*>(g + quant::kQ6_KScales);
+      if constexpr (D == DType::Q3_K) {
+        q3_k_group_scales(g, unpacked);
+        scales = unpacked;
+      }
       __m256i dots[T][2];
       for (int t = 0; t < T; ++t) dots[t][0] = dots[t][1] = _mm256_setzero_si256();
 #pragma GCC unroll 8
@@ -518,8 +566,9 @@ struct QuantLaneAvx2 {
         for (int sub = 0; sub < 2; ++sub)
 #pragma GCC unroll 2
           for (int h = 0; h < 2; ++h) {
-            const __m256i q0 = q6_k_values(g, u, m, 2 * sub, 32 * h), q1 = q6_k_values(g, u, m, 2 * sub + 1, 32 * h);
-            const __m256i scale = q6_k_scale(g, 2 * b + sub, h);
+            const __m256i q0 = q6_k_or_q3_k_values<D>(g, u, m, 2 * sub, 32 * h);
+            const __m256i q1 = q6_k_or_q3_k_values<D>(g, u, m, 2 * sub + 1, 32 * h);
+            const __m256i scale = q6_k_scale(scales, 2 * b + sub, h);
             for (int t = 0; t < T; ++t) {
               const ActivationBlock& a = x[t * blocks + sb + b];
               int64_t off;
@@ -532,7 +581,8 @@ struct QuantLaneAvx2 {
             }
           }
       }
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 1664)));
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(
+          reinterpret_cast<const __m128i*>(g + (D == DType::Q3_K ? quant::kQ3_KSteps : quant::kQ6_KSteps))));
       for (int t = 0; t < T; ++t) {
         const __m256 da = _mm256_mul_ps(d, _mm256_broadcast_ss(&x[t * blocks + sb].d));
         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(dots[t][0], dots[t][1])), da, acc[t]);

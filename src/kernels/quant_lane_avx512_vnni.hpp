@@ -240,7 +240,7 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
 
   // Q6_K, interleaved (util/quant.hpp): a 64-byte chunk of a span holds 8 values of each of 8 rows;
   // one vpdpbusd adds 4 products q a (q in 0..63) per 32-bit lane, two lanes per row. A
-  // sub-block's two chunks start from the lane's offset (q6_k_offsets: -32 times the lane's 8
+  // sub-block's two chunks start from the lane's offset (sub_block_offsets: -32 times the lane's 8
   // activations), so the lane ends at sum (q - 32) a over 8 values, |.| <= 8 * 32 * 127 = 32512:
   // exact in 16 bits. vpackssdw packs a block's two sub-blocks (a row's two lanes per 32 bits) and
   // vpdpwssd multiplies each by its row's scale and adds the pair: the rows' integer sums exactly.
@@ -248,9 +248,12 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
   // its 16 activations (the even and odd lanes' sums), sub-block 2b's then 2b + 1's for block b.
   // Tokens per tile: the unpacking of a group's 6-bit values (about 4 instructions per 64 bytes)
   // is shared by 8 tokens, whose integer sums take 8 of the 32 registers.
+  // Q3_K (interleaved as Q6_K) runs the same tiles on its 3-bit q with offsets of -4 (|lane| <= 8 *
+  // 4 * 127) and its scales unpacked per super-block (QuantLaneAvx2::q3_k_group_scales).
   static constexpr int q6_k_tokens = 8;
-  static void q6_k_offsets(const ActivationBlock* x, int64_t n, int32_t* out) {
-    const __m256i offset = _mm256_set1_epi8(32);
+  template <int kBias>
+  static void sub_block_offsets(const ActivationBlock* x, int64_t n, int32_t* out) {
+    const __m256i offset = _mm256_set1_epi8(kBias);
     for (int64_t b = 0; b < n; ++b) {
       const __m256i quads =
           _mm256_dpbusd_epi32(_mm256_setzero_si256(), offset, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].q)));
@@ -268,7 +271,21 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
                          : m == 2 ? qh : _mm512_srli_epi16(qh, 2);
     return _mm512_or_si512(low, _mm512_and_si512(high, _mm512_set1_epi8(0x30)));
   }
-  template <int T>
+  // The same chunk of Q3_K's 3-bit values (as QuantLaneAvx2::q3_k_values).
+  static __m512i q3_k_values(const uint8_t* g, int u, int m, int k) {
+    const __m512i qs = _mm512_loadu_si512(g + 256 * u + 64 * k);
+    const __m512i hm = _mm512_loadu_si512(g + quant::kQ3_KHighBits + 64 * k);
+    const int bit = 4 * u + m;
+    const __m512i high = bit <= 2 ? _mm512_slli_epi16(hm, 2 - bit) : _mm512_srli_epi16(hm, bit - 2);
+    return _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qs, 2 * m), _mm512_set1_epi8(3)),
+                           _mm512_and_si512(high, _mm512_set1_epi8(4)));
+  }
+  template <DType D>
+  static __m512i q6_k_or_q3_k_values(const uint8_t* g, int u, int m, int k) {
+    if constexpr (D == DType::Q3_K) return q3_k_values(g, u, m, k);
+    else return q6_k_values(g, u, m, k);
+  }
+  template <int T, DType D = DType::Q6_K>
   static void q6_k_x8(const uint8_t* g, const ActivationBlock* x, const int32_t* offsets, int64_t blocks, float* y,
                       int64_t ldy) {
     __m256 acc[T];
@@ -281,20 +298,27 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     // Slots 0, 1 | 4, 5 | 2, 3 | 6, 7 lie in lanes 0, 1 | 8, 9 | 4, 5 | 12, 13 after the pairs are
     // added: rows 0..7 in order.
     const __m512i rows = _mm512_setr_epi32(0, 1, 8, 9, 4, 5, 12, 13, 0, 0, 0, 0, 0, 0, 0, 0);
-    for (int64_t sb = 0; sb < blocks; sb += 8, g += 8 * 210) {
+    constexpr int kGroup = D == DType::Q3_K ? 8 * 110 : 8 * 210;
+    for (int64_t sb = 0; sb < blocks; sb += 8, g += kGroup) {
       if constexpr (T == 1)
-        for (int line = 0; line < 8 * 210; line += 64) __builtin_prefetch(g + 2 * (8 * 210) + line);
+        for (int line = 0; line < kGroup; line += 64) __builtin_prefetch(g + 2 * kGroup + line);
+      alignas(32) int8_t unpacked[128];
+      const int8_t* scales = reinterpret_cast<const int8_t*>(g + quant::kQ6_KScales);
+      if constexpr (D == DType::Q3_K) {
+        q3_k_group_scales(g, unpacked);
+        scales = unpacked;
+      }
       __m512i dots[T];
       for (int t = 0; t < T; ++t) dots[t] = _mm512_setzero_si512();
 #pragma GCC unroll 8
       for (int b = 0; b < 8; ++b) {
         const int u = b / 4, m = b % 4;
-        const __m512i q[4] = {q6_k_values(g, u, m, 0), q6_k_values(g, u, m, 1), q6_k_values(g, u, m, 2),
-                              q6_k_values(g, u, m, 3)};
+        const __m512i q[4] = {q6_k_or_q3_k_values<D>(g, u, m, 0), q6_k_or_q3_k_values<D>(g, u, m, 1),
+                              q6_k_or_q3_k_values<D>(g, u, m, 2), q6_k_or_q3_k_values<D>(g, u, m, 3)};
         const __m512i scale = _mm512_maskz_permutexvar_epi16(
             0xffffffff, spread,
             _mm512_maskz_cvtepi8_epi16(0xffffffff, _mm256_zextsi128_si256(_mm_loadu_si128(
-                                                       reinterpret_cast<const __m128i*>(g + 1536 + 16 * b)))));
+                                                       reinterpret_cast<const __m128i*>(scales + 16 * b)))));
         for (int t = 0; t < T; ++t) {
           const ActivationBlock& a = x[t * blocks + sb + b];
           const int32_t* off = offsets + 4 * (t * blocks + sb + b);
@@ -308,7 +332,8 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
           dots[t] = _mm512_dpwssd_epi32(dots[t], _mm512_packs_epi32(sub[0], sub[1]), scale);
         }
       }
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 1664)));
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(
+          reinterpret_cast<const __m128i*>(g + (D == DType::Q3_K ? quant::kQ3_KSteps : quant::kQ6_KSteps))));
       for (int t = 0; t < T; ++t) {
         const __m512i pairs = _mm512_add_epi32(dots[t], _mm512_maskz_shuffle_epi32(0xffff, dots[t], _MM_PERM_BADC));
         const __m256i sums = low_half(_mm512_maskz_permutexvar_epi32(0xffff, rows, pairs));

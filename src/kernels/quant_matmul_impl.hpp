@@ -41,9 +41,12 @@
 //       are q5_k_tile's: the rows' bits.
 //   L::q6_k_x8<T>(g, x, offsets, blocks, y, ldy): the same for Q6_K, whose exact integer per
 //       (row, token, super-block) is q6_k_sums's, then acc = fma(float(sum), d * a.d, acc): the rows'
-//       bits. Optionally (Q6kOffsets) L::q6_k_offsets(x, n, offsets) first writes 4 int32 per
-//       activation block, the -32 sum_i a_i of the q - 32 in a form of the lane's choosing, once
-//       per turn of tokens over a call's rows (null where the lane has none).
+//       bits. Optionally (SubBlockOffsets) L::sub_block_offsets<32>(x, n, offsets) first writes 4
+//       int32 per activation block, the -32 sum_i a_i of the q - 32 in a form of the lane's
+//       choosing, once per turn of tokens over a call's rows (null where the lane has none).
+//   L::q6_k_x8<T, DType::Q3_K>(...): the same for Q3_K's groups (offsets sub_block_offsets<4>):
+//       per (row, token, super-block) the exact sum_j (sc[j] - 32) sum_i (q_i - 4) a_i, which is
+//       low_bit_k_sums's dots - mins, then low_bit_k_tile's float step: the rows' bits.
 //   Optionally (PairedGroups): L::x16_tokens,
 //       L::q8_0_x16<T>(g, group_bytes, x, blocks, y, ldy, prefetch),
 //       L::q4_k_x16<T, D>(g, group_bytes, x, sums, blocks, y, ldy, prefetch) (D: Q4_K or Q5_K): two groups (16 rows, the
@@ -272,28 +275,31 @@ constexpr int turn_tokens() {
 }
 
 template <class L>
-concept Q6kOffsets = requires(const ActivationBlock* x, int32_t* out) { L::q6_k_offsets(x, int64_t(1), out); };
+concept SubBlockOffsets =
+    requires(const ActivationBlock* x, int32_t* out) { L::template sub_block_offsets<32>(x, int64_t(1), out); };
 
-// Interleaved Q6_K groups from r0 to r1 against T tokens, in tiles of at most L::q6_k_tokens tokens
-// (each group's rows stay in L1 while its tiles read them); the lane's offsets of the T tokens'
-// activations are made once for all these rows.
-template <class L, int T>
+// Interleaved Q6_K groups (or Q3_K's, on the same tiles) from r0 to r1 against T tokens, in tiles
+// of at most L::q6_k_tokens tokens (each group's rows stay in L1 while its tiles read them); the
+// lane's offsets of the T tokens' activations (-32 or -4 times their sums over the lanes' values:
+// q - 32, q - 4) are made once for all these rows.
+template <class L, int T, DType D>
 void q6_k_groups(const Matrix& m, const ActivationBlock* x, float* y, int64_t r0, int64_t r1) {
   const int64_t blocks = m.cols / 32;
   const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
   const auto* base = static_cast<const uint8_t*>(m.data);
   const int32_t* offsets = nullptr;
-  if constexpr (Q6kOffsets<L>) {
+  if constexpr (SubBlockOffsets<L>) {
     thread_local std::vector<int32_t> storage;
     storage.resize(size_t(4 * T * blocks));
-    L::q6_k_offsets(x, T * blocks, storage.data());
+    L::template sub_block_offsets<D == DType::Q3_K ? 4 : 32>(x, T * blocks, storage.data());
     offsets = storage.data();
   }
   constexpr int kGroupTokens = std::min(T, L::q6_k_tokens);
   for (int64_t r = r0; r < r1; r += 8)
     for (int t = 0; t < T; t += kGroupTokens)
-      L::template q6_k_x8<kGroupTokens>(base + size_t(r) * row_bytes, x + t * blocks,
-                                        offsets ? offsets + 4 * t * blocks : nullptr, blocks, y + t * m.rows + r, m.rows);
+      L::template q6_k_x8<kGroupTokens, D>(base + size_t(r) * row_bytes, x + t * blocks,
+                                           offsets ? offsets + 4 * t * blocks : nullptr, blocks, y + t * m.rows + r,
+                                           m.rows);
 }
 
 // Groups of 8 interleaved rows from r0 to r1 (both multiples of 8). Several tokens on a lane with
@@ -304,7 +310,8 @@ void q6_k_groups(const Matrix& m, const ActivationBlock* x, float* y, int64_t r0
 template <class L, int T, bool kPairs = (T > 1)>
 void interleaved_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int16_t* sums, float* y, int64_t r0,
                                  int64_t r1, bool first_turn = false) {
-  if (m.dtype == DType::Q6_K) return q6_k_groups<L, T>(m, x, y, r0, r1);
+  if (m.dtype == DType::Q6_K) return q6_k_groups<L, T, DType::Q6_K>(m, x, y, r0, r1);
+  if (m.dtype == DType::Q3_K) return q6_k_groups<L, T, DType::Q3_K>(m, x, y, r0, r1);
   const int64_t blocks = m.cols / 32;
   const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
   const auto* base = static_cast<const uint8_t*>(m.data);

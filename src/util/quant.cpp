@@ -417,6 +417,16 @@ void interleave8_block(DType type, const void* rows, size_t stride, void* out) {
     }
     return;
   }
+  if (type == DType::Q3_K) {
+    for (int r = 0; r < 8; ++r) {
+      for (int span = 0; span < 2; ++span)  // qs's 2 spans of 32 bytes, then hmask's one
+        for (int k = 0; k < 4; ++k) std::memcpy(o + 256 * span + span_offset(r, 8 * k), row(r) + 32 + 32 * span + 8 * k, 8);
+      for (int k = 0; k < 4; ++k) std::memcpy(o + kQ3_KHighBits + span_offset(r, 8 * k), row(r) + 8 * k, 8);
+      for (int w = 0; w < 3; ++w) std::memcpy(o + kQ3_KScales + 32 * w + 4 * kSlot[r], row(r) + 96 + 4 * w, 4);
+      std::memcpy(o + kQ3_KSteps + 2 * r, row(r) + 108, 2);
+    }
+    return;
+  }
   if (type == DType::Q6_K) {
     for (int r = 0; r < 8; ++r) {
       for (int span = 0; span < 6; ++span)  // ql's 4 spans of 32 bytes, then qh's 2: one run of 192 bytes
@@ -471,6 +481,17 @@ void deinterleave8_block(DType type, const void* in, void* out) {
       if (has_fifth_bit(type))
         for (int k = 0; k < 4; ++k) b[header + k] = g[high + 8 * k + kSlot[r]];
       for (int k = 0; k < 2; ++k) std::memcpy(b + qs + 8 * k, g + nibbles + span_offset(r, 8 * k), 8);
+    }
+    return;
+  }
+  if (type == DType::Q3_K) {
+    for (int r = 0; r < 8; ++r) {
+      uint8_t* b = o + 110 * r;
+      for (int span = 0; span < 2; ++span)
+        for (int k = 0; k < 4; ++k) std::memcpy(b + 32 + 32 * span + 8 * k, g + 256 * span + span_offset(r, 8 * k), 8);
+      for (int k = 0; k < 4; ++k) std::memcpy(b + 8 * k, g + kQ3_KHighBits + span_offset(r, 8 * k), 8);
+      for (int w = 0; w < 3; ++w) std::memcpy(b + 96 + 4 * w, g + kQ3_KScales + 32 * w + 4 * kSlot[r], 4);
+      std::memcpy(b + 108, g + kQ3_KSteps + 2 * r, 2);
     }
     return;
   }
