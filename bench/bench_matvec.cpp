@@ -168,7 +168,7 @@ int main(int argc, char** argv) {
                       DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     quantized.push_back(quantized_matrix(dtype, rows, cols));
     matrices.push_back({Matrix{quantized.back().data(), dtype, rows, cols}, dtype_name(dtype) + " rows"});
-    if (!quant::has_interleaved_layout(dtype)) continue;  // Q2_K, Q3_K: rows only
+    if (!quant::has_interleaved_layout(dtype)) continue;  // Q2_K: rows only
     quantized.push_back(quantized.back());
     Matrix interleaved{quantized.back().data(), dtype, rows, cols};
     interleave_rows8(interleaved, quantized.back().data());

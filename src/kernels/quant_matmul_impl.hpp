@@ -200,7 +200,8 @@ void q5_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int
     for (int t = 0; t < T; ++t) y[t * ldy + r] = acc[r][t];
 }
 
-// Q2_K or Q3_K rows (never interleaved) against T tokens: each super-block unpacked once per tile
+// Q2_K rows (never interleaved) or Q3_K rows (a matrix not interleaved, or the rows after its last
+// group of 8) against T tokens: each super-block unpacked once per tile
 // (in the lane's registers), then per token the two exact integer sums of L::low_bit_k_sums (the
 // min term's from the activations' half sums, made once per call) and
 // the float steps in a scalar per (row, token): Q3_K's one, acc = fma(float(dots - mins), d * a.d,
