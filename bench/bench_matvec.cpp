@@ -1,7 +1,7 @@
 // Decode-shaped matmul (one token) against the machine's streaming read bandwidth, measured in
 // the same run: per ISA and weight dtype, the effective GB/s of weights read and its ratio to
 // the bandwidth limit. The block types are timed in both layouts (rows as stored; interleaved 8
-// at a time, as a model in memory holds them) where they have both. Each figure is the best of 5 timed products; on a
+// at a time, as a model in memory holds them). Each figure is the best of 5 timed products; on a
 // shared machine the probe and the products see different load, so compare the columns of one run.
 // With a token count above 1 it times prefill-shaped products instead (compute-bound: no probe):
 // multiply-adds per second, and the ratio of each time to the latest one of the first ISA listed
@@ -168,7 +168,6 @@ int main(int argc, char** argv) {
                       DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     quantized.push_back(quantized_matrix(dtype, rows, cols));
     matrices.push_back({Matrix{quantized.back().data(), dtype, rows, cols}, dtype_name(dtype) + " rows"});
-    if (!quant::has_interleaved_layout(dtype)) continue;  // Q2_K: rows only
     quantized.push_back(quantized.back());
     Matrix interleaved{quantized.back().data(), dtype, rows, cols};
     interleave_rows8(interleaved, quantized.back().data());

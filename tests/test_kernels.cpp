@@ -520,7 +520,7 @@ struct QuantCase {
 constexpr QuantCase kQuantCases[] = {{37, 256, 1}, {64, 512, 5}, {130, 1024, 9}, {16, 2048, 4}, {3, 256, 17}, {38, 512, 21}};
 
 // Every block type the kernels multiply, all of which interleave_rows8 interleaves.
-constexpr DType kBlockTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_1, DType::Q5_1, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+constexpr DType kBlockTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_1, DType::Q5_1, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K};
 
 std::vector<float> weight_like(size_t n, std::mt19937& rng) {
   std::normal_distribution<float> normal(0.0f, 0.05f);
@@ -716,22 +716,6 @@ TEST(QuantKernels, PortableMatchesDequantizedWeightsWithinTheBound) {
   }
 }
 
-// The block type kept as rows (no interleaved layout): every ISA within the bound of the
-// dequantized weights, and with the portable code's bits (quant_matmul_impl.hpp's contract).
-TEST(QuantKernels, RowsOnlyTypesMatchDequantizedWeightsInEveryIsa) {
-  for (DType t : {DType::Q2_K}) {
-    std::vector<std::vector<float>> portable;
-    std::vector<std::vector<double>> magnitude;
-    quant_products(Isa::Generic, t, &portable, &magnitude);
-    for (Isa isa : supported()) {
-      std::vector<std::vector<float>> y;
-      std::vector<std::vector<double>> unused;
-      quant_products(isa, t, &y, &unused);
-      for (size_t c = 0; c < portable.size(); ++c) EXPECT_EQ(y[c], portable[c]) << isa_name(isa) << " " << dtype_name(t) << " case " << c;
-    }
-  }
-}
-
 TEST(QuantKernels, Avx2MatchesPortable) { expect_isa_matches_portable(Isa::Avx2); }
 TEST(QuantKernels, Avx512MatchesPortable) { expect_isa_matches_portable(Isa::Avx512); }
 TEST(QuantKernels, Avx512VnniMatchesPortable) { expect_isa_matches_portable(Isa::Avx512Vnni); }
@@ -821,12 +805,8 @@ std::vector<float> expect_rows_give_the_portable_bits(DType type, Fill fill) {
   std::vector<uint8_t> interleaved_bytes = bytes;
   Matrix interleaved{interleaved_bytes.data(), type, rows, cols};
   interleave_rows8(interleaved, interleaved_bytes.data());
-  if (!quant::has_interleaved_layout(type)) {  // Q2_K stays as rows
-    EXPECT_EQ(interleaved.layout, Layout::Rows) << dtype_name(type);
-  } else {
-    EXPECT_EQ(interleaved.layout, Layout::Interleaved8) << dtype_name(type);
-    EXPECT_NE(interleaved_bytes, bytes) << dtype_name(type);
-  }
+  EXPECT_EQ(interleaved.layout, Layout::Interleaved8) << dtype_name(type);
+  EXPECT_NE(interleaved_bytes, bytes) << dtype_name(type);
   const std::vector<Matrix> layouts = {m, interleaved};
   std::vector<float> portable(size_t(tokens) * rows);
   {
@@ -991,9 +971,9 @@ TEST(QuantKernels, Q3_KRowsAndGroupsGiveThePortableBitsInEveryIsaAndTheDoubleSum
   EXPECT_FLOAT_EQ(portable[rows + 1], 768.0f * 93 * 127 * d * ad) << "every weight 31 x 3 d, activation 127 a.d";
 }
 
-// Q2_K's extreme rows (never interleaved): every q 0 under scales of 0 and mins of 15 (row 0: each
+// Q2_K's extreme rows (as rows and interleaved): every q 0 under scales of 0 and mins of 15 (row 0: each
 // weight -15 dmin), every bit set (row 1: q 3 under scales and mins of 15); random in the others.
-TEST(QuantKernels, Q2_KRowsGiveThePortableBitsInEveryIsaAndTheDoubleSum) {
+TEST(QuantKernels, Q2_KRowsAndGroupsGiveThePortableBitsInEveryIsaAndTheDoubleSum) {
   const auto fill = [](uint8_t* block, int r, std::mt19937& rng) {
     std::uniform_int_distribution<int> byte(0, 255);
     for (int i = 0; i < 80; ++i) block[i] = r == 0 ? (i < 16 ? 0xf0 : 0x00) : r == 1 ? 0xff : uint8_t(byte(rng));

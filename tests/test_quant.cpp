@@ -537,6 +537,31 @@ TEST(Quant, InterleavedQ3_KBlocksFollowTheLayoutAndRoundTrip) {
   EXPECT_EQ(back, rows);
 }
 
+// Q2_K's interleaved layout (quant.hpp): qs's 2 spans in the quants' chunks, the scale bytes per
+// sub-block in slot order, d and dmin per row; deinterleaving gives the rows back.
+TEST(Quant, InterleavedQ2_KBlocksFollowTheLayoutAndRoundTrip) {
+  const int slot_of_row[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+  const int64_t cols = 2048;
+  std::vector<uint8_t> whole(dtype_row_bytes(DType::Q2_K, cols)), rows(8 * 84), group(8 * 84), back(8 * 84);
+  quant::quantize_row(DType::Q2_K, test_row(cols, 62).data(), cols, whole.data());
+  for (int r = 0; r < 8; ++r) std::memcpy(rows.data() + 84 * r, whole.data() + 84 * r, 84);
+  quant::interleave8_block(DType::Q2_K, rows.data(), 84, group.data());
+  for (int r = 0; r < 8; ++r) {
+    const uint8_t* row = rows.data() + 84 * r;
+    for (int span = 0; span < 2; ++span)
+      for (int i = 0; i < 32; ++i)
+        ASSERT_EQ(group[256 * span + 64 * (i / 8) + 8 * slot_of_row[r] + i % 8], row[16 + 32 * span + i])
+            << "qs of row " << r << " span " << span << " byte " << i;
+    for (int j = 0; j < 16; ++j)
+      EXPECT_EQ(group[quant::kQ2_KScales + 8 * j + slot_of_row[r]], row[j]) << "scale byte " << j << " of row " << r;
+    EXPECT_EQ(std::memcmp(group.data() + quant::kQ2_KSteps + 2 * r, row + 80, 2), 0) << "d of row " << r;
+    EXPECT_EQ(std::memcmp(group.data() + quant::kQ2_KMinSteps + 2 * r, row + 82, 2), 0) << "dmin of row " << r;
+  }
+  EXPECT_EQ(quant::kQ2_KMinSteps + 16, 8 * 84) << "the group keeps its rows' bytes";
+  quant::deinterleave8_block(DType::Q2_K, group.data(), back.data());
+  EXPECT_EQ(back, rows);
+}
+
 // The interleaved layout (quant.hpp): every byte of 8 rows' blocks lands where the description
 // says, checked field by field against the rows, and deinterleaving gives the rows back.
 TEST(Quant, InterleavedBlocksFollowTheLayoutAndRoundTrip) {

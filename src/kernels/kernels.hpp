@@ -31,7 +31,7 @@ struct Matrix {
   int64_t row_stride() const { return stride ? stride : cols; }
 };
 
-// Rewrites a matrix of a block type other than Q2_K whose rows lie back to back into the
+// Rewrites a matrix of a block type whose rows lie back to back into the
 // Interleaved8 layout, in place: `data` is m.data, writable. Its groups of 8 rows are interleaved, the
 // rows after the last whole group stay as they are. Other matrices (other dtypes; strided, fewer
 // than 8 rows, already interleaved) are left alone. Every ISA's kernels read

@@ -210,20 +210,27 @@ struct QuantLaneScalar {
       }
     }
   }
+  // Q2_K: low_bit_k_sums's two sums per row and its two float steps.
   template <int T, DType D = DType::Q6_K>
-  static void q6_k_x8(const uint8_t* g, const ActivationBlock* x, const int32_t* /*offsets*/, int64_t blocks,
-                      float* y, int64_t ldy) {
-    constexpr int kBlock = D == DType::Q3_K ? 110 : 210, kSteps = D == DType::Q3_K ? 108 : 208;
+  static void q6_k_x8(const uint8_t* g, const ActivationBlock* x, const int32_t* /*offsets*/,
+                      const int16_t* half_sums, int64_t blocks, float* y, int64_t ldy) {
+    constexpr int kBlock = D == DType::Q2_K ? 84 : D == DType::Q3_K ? 110 : 210;
+    constexpr int kSteps = D == DType::Q2_K ? 80 : D == DType::Q3_K ? 108 : 208;
     float acc[T][8] = {};
     uint8_t plain[8 * kBlock];
     for (int64_t b = 0; b < blocks; b += 8) {
       quant::deinterleave8_block(D, g + b / 8 * 8 * kBlock, plain);
       for (int r = 0; r < 8; ++r) {
-        int32_t sums[T];
-        if constexpr (D == DType::Q3_K) q3_k_sums<T>(plain + kBlock * r, x + b, blocks, sums);
+        int32_t sums[T], mins[T];
+        if constexpr (D == DType::Q2_K) low_bit_k_sums<T, D>(plain + kBlock * r, x + b, half_sums + 2 * b, blocks, sums, mins);
+        else if constexpr (D == DType::Q3_K) q3_k_sums<T>(plain + kBlock * r, x + b, blocks, sums);
         else q6_k_sums<T>(plain + kBlock * r, x + b, blocks, sums);
         const float d = quant::read_half(plain + kBlock * r + kSteps);
         for (int t = 0; t < T; ++t) acc[t][r] = std::fma(float(sums[t]), d * x[t * blocks + b].d, acc[t][r]);
+        if constexpr (D == DType::Q2_K) {
+          const float dmin = quant::read_half(plain + kBlock * r + 82);
+          for (int t = 0; t < T; ++t) acc[t][r] = std::fma(float(mins[t]), -(dmin * x[t * blocks + b].d), acc[t][r]);
+        }
       }
     }
     for (int t = 0; t < T; ++t)

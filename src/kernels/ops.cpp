@@ -61,8 +61,7 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
 }
 
 void interleave_rows8(Matrix& m, void* data) {
-  // Every block type but Q2_K has an Interleaved8 layout (util/quant.hpp); Q2_K and the
-  // element-wise types have none.
+  // Every block type has an Interleaved8 layout (util/quant.hpp); the element-wise types have none.
   if (!quant::has_interleaved_layout(m.dtype) || m.row_stride() != m.cols ||
       m.layout == Layout::Interleaved8 || m.rows < 8)
     return;

@@ -505,10 +505,65 @@ struct QuantLaneAvx2 {
     return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qs, 2 * m), _mm256_set1_epi8(3)),
                            _mm256_and_si256(high, _mm256_set1_epi8(4)));
   }
+  // Q2_K's 2-bit values of the same chunk: qs's span u shifted so that bits 2m, 2m + 1 land at 0, 1.
+  static __m256i q2_k_values(const uint8_t* g, int u, int m, int k, int at) {
+    const __m256i qs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 256 * u + 64 * k + at));
+    return _mm256_and_si256(_mm256_srli_epi16(qs, 2 * m), _mm256_set1_epi8(3));
+  }
   template <DType D>
   static __m256i q6_k_or_q3_k_values(const uint8_t* g, int u, int m, int k, int at) {
-    if constexpr (D == DType::Q3_K) return q3_k_values(g, u, m, k, at);
+    if constexpr (D == DType::Q2_K) return q2_k_values(g, u, m, k, at);
+    else if constexpr (D == DType::Q3_K) return q3_k_values(g, u, m, k, at);
     else return q6_k_values(g, u, m, k, at);
+  }
+  // A Q2_K group's scales (the low nibbles of its scale bytes) in Q6_K's places: out + 8 j.
+  static void q2_k_group_scales(const uint8_t* g, int8_t* out) {
+    for (int i = 0; i < 128; i += 32)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                          _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + quant::kQ2_KScales + i)),
+                                           _mm256_set1_epi8(15)));
+  }
+  // A Q2_K group's mins m[4q + i] (the high nibbles) of rows 0..3 (lo) and 4..7 (hi), 4 int16 per
+  // row in row order, for vpmaddwd against 4 of the activations' half sums: each 128 bits of the
+  // group's 32 bytes of sub-blocks 4q .. 4q + 3 (two sub-blocks' 8 slots) duplicated across the
+  // vector, then a byte shuffle from each picks a row's slot.
+  static void q2_k_group_mins(const uint8_t* g, int q, __m256i& lo, __m256i& hi) {
+    const __m256i m = _mm256_and_si256(
+        _mm256_srli_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + quant::kQ2_KScales + 32 * q)), 4),
+        _mm256_set1_epi8(15));
+    const __m256i first = _mm256_setr_epi8(0, 8, -1, -1, 1, 9, -1, -1, 4, 12, -1, -1, 5, 13, -1, -1,  //
+                                           2, 10, -1, -1, 3, 11, -1, -1, 6, 14, -1, -1, 7, 15, -1, -1);
+    const __m256i second = _mm256_setr_epi8(-1, -1, 0, 8, -1, -1, 1, 9, -1, -1, 4, 12, -1, -1, 5, 13,  //
+                                            -1, -1, 2, 10, -1, -1, 3, 11, -1, -1, 6, 14, -1, -1, 7, 15);
+    const __m256i bytes = _mm256_or_si256(_mm256_shuffle_epi8(_mm256_permute4x64_epi64(m, 0x44), first),
+                                          _mm256_shuffle_epi8(_mm256_permute4x64_epi64(m, 0xee), second));
+    lo = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(bytes));
+    hi = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(bytes, 1));
+  }
+  // The integer min terms sum_j m[j] * half_sums[j] of a Q2_K group's super-block (at g, activation
+  // block sb) for T tokens: mins[t][0] rows 0..3, mins[t][1] rows 4..7, two 32-bit lanes a row.
+  template <int T>
+  static void q2_k_mins(const uint8_t* g, const int16_t* half_sums, int64_t blocks, int64_t sb, __m256i (*mins)[2]) {
+    for (int t = 0; t < T; ++t) mins[t][0] = mins[t][1] = _mm256_setzero_si256();
+    for (int q = 0; q < 4; ++q) {
+      __m256i lo, hi;
+      q2_k_group_mins(g, q, lo, hi);
+      for (int t = 0; t < T; ++t) {
+        int64_t four;
+        std::memcpy(&four, half_sums + 2 * (t * blocks + sb) + 4 * q, 8);
+        mins[t][0] = _mm256_add_epi32(mins[t][0], _mm256_madd_epi16(lo, _mm256_set1_epi64x(four)));
+        mins[t][1] = _mm256_add_epi32(mins[t][1], _mm256_madd_epi16(hi, _mm256_set1_epi64x(four)));
+      }
+    }
+  }
+  // low_bit_k_tile's second float step for Q2_K on 8 rows: acc + float(mins) * -(dmin * a_d).
+  static __m256 q2_k_min_step(const uint8_t* g, const __m256i* mins, const float* a_d, __m256 acc) {
+    // vphaddd leaves rows 0, 1, 4, 5, 2, 3, 6, 7: back in order.
+    const __m256i rows =
+        _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(mins[0], mins[1]), _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
+    const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + quant::kQ2_KMinSteps)));
+    const __m256 dmin_a = _mm256_xor_ps(_mm256_mul_ps(dmin, _mm256_broadcast_ss(a_d)), _mm256_set1_ps(-0.0f));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows), dmin_a, acc);
   }
   // A Q3_K group's 16 scales of its 8 rows as a Q6_K group holds its own (util/quant.hpp): int8
   // sc - 32, sub-block j's rows in slot order at out + 8 j. The packed words (quant::q3_k_scales's
@@ -541,11 +596,13 @@ struct QuantLaneAvx2 {
                                                      12, 13, 12, 13, 12, 13, 12, 13, 14, 15, 14, 15, 14, 15, 14, 15);
     return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(words), spread);
   }
-  // D: Q6_K, or Q3_K (its values and unpacked scales in Q6_K's places, offsets of -4).
+  // D: Q6_K, or Q3_K (its values and unpacked scales in Q6_K's places, offsets of -4), or Q2_K
+  // (likewise, no offsets: q unsigned, no bias; its min terms from half_sums in 32-bit lanes, two per
+  // row, then dmin's float step).
   template <int T, DType D = DType::Q6_K>
-  static void q6_k_x8(const uint8_t* g, const ActivationBlock* x, const int32_t* offsets, int64_t blocks, float* y,
-                      int64_t ldy) {
-    constexpr int kGroup = D == DType::Q3_K ? 8 * 110 : 8 * 210;
+  static void q6_k_x8(const uint8_t* g, const ActivationBlock* x, const int32_t* offsets, const int16_t* half_sums,
+                      int64_t blocks, float* y, int64_t ldy) {
+    constexpr int kGroup = D == DType::Q2_K ? 8 * 84 : D == DType::Q3_K ? 8 * 110 : 8 * 210;
     __m256 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
     for (int64_t sb = 0; sb < blocks; sb += 8, g += kGroup) {
@@ -553,12 +610,12 @@ struct QuantLaneAvx2 {
         for (int line = 0; line < kGroup; line += 64) __builtin_prefetch(g + 2 * kGroup + line);
       alignas(32) int8_t unpacked[128];
       const int8_t* scales = reinterpret_cast<const int8_t*>(g + quant::kQ6_KScales);
-      if constexpr (D == DType::Q3_K) {
-        q3_k_group_scales(g, unpacked);
-        scales = unpacked;
-      }
-      __m256i dots[T][2];
+      if constexpr (D == DType::Q3_K) q3_k_group_scales(g, unpacked);
+      if constexpr (D == DType::Q2_K) q2_k_group_scales(g, unpacked);
+      if constexpr (D != DType::Q6_K) scales = unpacked;
+      __m256i dots[T][2], mins[T][2];
       for (int t = 0; t < T; ++t) dots[t][0] = dots[t][1] = _mm256_setzero_si256();
+      if constexpr (D == DType::Q2_K) q2_k_mins<T>(g, half_sums, blocks, sb, mins);
 #pragma GCC unroll 8
       for (int b = 0; b < 8; ++b) {
         const int u = b / 4, m = b % 4;
@@ -571,21 +628,23 @@ struct QuantLaneAvx2 {
             const __m256i scale = q6_k_scale(scales, 2 * b + sub, h);
             for (int t = 0; t < T; ++t) {
               const ActivationBlock& a = x[t * blocks + sb + b];
-              int64_t off;
-              std::memcpy(&off, offsets + 4 * (t * blocks + sb + b) + 2 * sub, 8);
-              const __m256i p = _mm256_add_epi16(
-                  _mm256_add_epi16(_mm256_maddubs_epi16(q0, bytes8(a.q + 16 * sub)),
-                                   _mm256_maddubs_epi16(q1, bytes8(a.q + 16 * sub + 8))),
-                  _mm256_set1_epi64x(off));
+              __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(q0, bytes8(a.q + 16 * sub)),
+                                           _mm256_maddubs_epi16(q1, bytes8(a.q + 16 * sub + 8)));
+              if constexpr (D != DType::Q2_K) {
+                int64_t off;
+                std::memcpy(&off, offsets + 4 * (t * blocks + sb + b) + 2 * sub, 8);
+                p = _mm256_add_epi16(p, _mm256_set1_epi64x(off));
+              }
               dots[t][h] = _mm256_add_epi32(dots[t][h], _mm256_madd_epi16(p, scale));
             }
           }
       }
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(
-          reinterpret_cast<const __m128i*>(g + (D == DType::Q3_K ? quant::kQ3_KSteps : quant::kQ6_KSteps))));
+      constexpr int64_t kSteps = D == DType::Q2_K ? quant::kQ2_KSteps : D == DType::Q3_K ? quant::kQ3_KSteps : quant::kQ6_KSteps;
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + kSteps)));
       for (int t = 0; t < T; ++t) {
         const __m256 da = _mm256_mul_ps(d, _mm256_broadcast_ss(&x[t * blocks + sb].d));
         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(dots[t][0], dots[t][1])), da, acc[t]);
+        if constexpr (D == DType::Q2_K) acc[t] = q2_k_min_step(g, mins[t], &x[t * blocks + sb].d, acc[t]);
       }
     }
     for (int t = 0; t < T; ++t) _mm256_storeu_ps(y + t * ldy, acc[t]);

@@ -280,14 +280,20 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     return _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qs, 2 * m), _mm512_set1_epi8(3)),
                            _mm512_and_si512(high, _mm512_set1_epi8(4)));
   }
+  // The same chunk of Q2_K's 2-bit values (as QuantLaneAvx2::q2_k_values).
+  static __m512i q2_k_values(const uint8_t* g, int u, int m, int k) {
+    return _mm512_and_si512(_mm512_srli_epi16(_mm512_loadu_si512(g + 256 * u + 64 * k), 2 * m), _mm512_set1_epi8(3));
+  }
   template <DType D>
   static __m512i q6_k_or_q3_k_values(const uint8_t* g, int u, int m, int k) {
-    if constexpr (D == DType::Q3_K) return q3_k_values(g, u, m, k);
+    if constexpr (D == DType::Q2_K) return q2_k_values(g, u, m, k);
+    else if constexpr (D == DType::Q3_K) return q3_k_values(g, u, m, k);
     else return q6_k_values(g, u, m, k);
   }
+  // Q6_K, Q3_K or Q2_K as QuantLaneAvx2::q6_k_x8 takes them (Q2_K's min terms and step are its own).
   template <int T, DType D = DType::Q6_K>
-  static void q6_k_x8(const uint8_t* g, const ActivationBlock* x, const int32_t* offsets, int64_t blocks, float* y,
-                      int64_t ldy) {
+  static void q6_k_x8(const uint8_t* g, const ActivationBlock* x, const int32_t* offsets, const int16_t* half_sums,
+                      int64_t blocks, float* y, int64_t ldy) {
     __m256 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
     // Per 128 bits (slots 2i, 2i + 1), the packed lanes hold both slots' sub-block 2b, then 2b + 1:
@@ -298,16 +304,17 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     // Slots 0, 1 | 4, 5 | 2, 3 | 6, 7 lie in lanes 0, 1 | 8, 9 | 4, 5 | 12, 13 after the pairs are
     // added: rows 0..7 in order.
     const __m512i rows = _mm512_setr_epi32(0, 1, 8, 9, 4, 5, 12, 13, 0, 0, 0, 0, 0, 0, 0, 0);
-    constexpr int kGroup = D == DType::Q3_K ? 8 * 110 : 8 * 210;
+    constexpr int kGroup = D == DType::Q2_K ? 8 * 84 : D == DType::Q3_K ? 8 * 110 : 8 * 210;
     for (int64_t sb = 0; sb < blocks; sb += 8, g += kGroup) {
       if constexpr (T == 1)
         for (int line = 0; line < kGroup; line += 64) __builtin_prefetch(g + 2 * kGroup + line);
       alignas(32) int8_t unpacked[128];
       const int8_t* scales = reinterpret_cast<const int8_t*>(g + quant::kQ6_KScales);
-      if constexpr (D == DType::Q3_K) {
-        q3_k_group_scales(g, unpacked);
-        scales = unpacked;
-      }
+      if constexpr (D == DType::Q3_K) q3_k_group_scales(g, unpacked);
+      if constexpr (D == DType::Q2_K) q2_k_group_scales(g, unpacked);
+      if constexpr (D != DType::Q6_K) scales = unpacked;
+      __m256i mins[T][2];
+      if constexpr (D == DType::Q2_K) q2_k_mins<T>(g, half_sums, blocks, sb, mins);
       __m512i dots[T];
       for (int t = 0; t < T; ++t) dots[t] = _mm512_setzero_si512();
 #pragma GCC unroll 8
@@ -321,24 +328,24 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
                                                        reinterpret_cast<const __m128i*>(scales + 16 * b)))));
         for (int t = 0; t < T; ++t) {
           const ActivationBlock& a = x[t * blocks + sb + b];
-          const int32_t* off = offsets + 4 * (t * blocks + sb + b);
           __m512i sub[2];
           for (int s = 0; s < 2; ++s) {
-            int64_t start;
-            std::memcpy(&start, off + 2 * s, 8);
+            int64_t start = 0;  // Q2_K: no offsets
+            if constexpr (D != DType::Q2_K) std::memcpy(&start, offsets + 4 * (t * blocks + sb + b) + 2 * s, 8);
             sub[s] = _mm512_dpbusd_epi32(_mm512_set1_epi64(start), q[2 * s], bytes8(a.q + 16 * s));
             sub[s] = _mm512_dpbusd_epi32(sub[s], q[2 * s + 1], bytes8(a.q + 16 * s + 8));
           }
           dots[t] = _mm512_dpwssd_epi32(dots[t], _mm512_packs_epi32(sub[0], sub[1]), scale);
         }
       }
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(
-          reinterpret_cast<const __m128i*>(g + (D == DType::Q3_K ? quant::kQ3_KSteps : quant::kQ6_KSteps))));
+      constexpr int64_t kSteps = D == DType::Q2_K ? quant::kQ2_KSteps : D == DType::Q3_K ? quant::kQ3_KSteps : quant::kQ6_KSteps;
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + kSteps)));
       for (int t = 0; t < T; ++t) {
         const __m512i pairs = _mm512_add_epi32(dots[t], _mm512_maskz_shuffle_epi32(0xffff, dots[t], _MM_PERM_BADC));
         const __m256i sums = low_half(_mm512_maskz_permutexvar_epi32(0xffff, rows, pairs));
         const __m256 da = _mm256_mul_ps(d, _mm256_broadcast_ss(&x[t * blocks + sb].d));
         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), da, acc[t]);
+        if constexpr (D == DType::Q2_K) acc[t] = q2_k_min_step(g, mins[t], &x[t * blocks + sb].d, acc[t]);
       }
     }
     for (int t = 0; t < T; ++t) _mm256_storeu_ps(y + t * ldy, acc[t]);

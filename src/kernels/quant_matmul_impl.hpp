@@ -39,7 +39,7 @@
 //   L::q4_k_x8<T, DType::Q5_K>(...): the same for Q5_K's groups (Q4_K's bytes and a span of top
 //       bits): the exact integers of q5_k_sums and the min terms, then Q4_K's two float steps, which
 //       are q5_k_tile's: the rows' bits.
-//   L::q6_k_x8<T>(g, x, offsets, blocks, y, ldy): the same for Q6_K, whose exact integer per
+//   L::q6_k_x8<T>(g, x, offsets, half_sums, blocks, y, ldy): the same for Q6_K, whose exact integer per
 //       (row, token, super-block) is q6_k_sums's, then acc = fma(float(sum), d * a.d, acc): the rows'
 //       bits. Optionally (SubBlockOffsets) L::sub_block_offsets<32>(x, n, offsets) first writes 4
 //       int32 per activation block, the -32 sum_i a_i of the q - 32 in a form of the lane's
@@ -47,6 +47,9 @@
 //   L::q6_k_x8<T, DType::Q3_K>(...): the same for Q3_K's groups (offsets sub_block_offsets<4>):
 //       per (row, token, super-block) the exact sum_j (sc[j] - 32) sum_i (q_i - 4) a_i, which is
 //       low_bit_k_sums's dots - mins, then low_bit_k_tile's float step: the rows' bits.
+//   L::q6_k_x8<T, DType::Q2_K>(...): the same for Q2_K's groups (no offsets): low_bit_k_sums's dots
+//       and mins (the mins from half_sums, token t's at half_sums + 2 * t * blocks), then
+//       low_bit_k_tile's two float steps: the rows' bits.
 //   Optionally (PairedGroups): L::x16_tokens,
 //       L::q8_0_x16<T>(g, group_bytes, x, blocks, y, ldy, prefetch),
 //       L::q4_k_x16<T, D>(g, group_bytes, x, sums, blocks, y, ldy, prefetch) (D: Q4_K or Q5_K): two groups (16 rows, the
@@ -200,8 +203,7 @@ void q5_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int
     for (int t = 0; t < T; ++t) y[t * ldy + r] = acc[r][t];
 }
 
-// Q2_K rows (never interleaved) or Q3_K rows (a matrix not interleaved, or the rows after its last
-// group of 8) against T tokens: each super-block unpacked once per tile
+// Q2_K or Q3_K rows (a matrix not interleaved, or the rows after its last group of 8) against T tokens: each super-block unpacked once per tile
 // (in the lane's registers), then per token the two exact integer sums of L::low_bit_k_sums (the
 // min term's from the activations' half sums, made once per call) and
 // the float steps in a scalar per (row, token): Q3_K's one, acc = fma(float(dots - mins), d * a.d,
@@ -283,13 +285,16 @@ concept SubBlockOffsets =
 // of at most L::q6_k_tokens tokens (each group's rows stay in L1 while its tiles read them); the
 // lane's offsets of the T tokens' activations (-32 or -4 times their sums over the lanes' values:
 // q - 32, q - 4) are made once for all these rows.
+// Q2_K's groups too, with no offsets (q unsigned, no bias) and their min terms from half_sums
+// (activation_half_sums of x: 2 per block; null for Q6_K and Q3_K).
 template <class L, int T, DType D>
-void q6_k_groups(const Matrix& m, const ActivationBlock* x, float* y, int64_t r0, int64_t r1) {
+void q6_k_groups(const Matrix& m, const ActivationBlock* x, const int16_t* half_sums, float* y, int64_t r0,
+                 int64_t r1) {
   const int64_t blocks = m.cols / 32;
   const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
   const auto* base = static_cast<const uint8_t*>(m.data);
   const int32_t* offsets = nullptr;
-  if constexpr (SubBlockOffsets<L>) {
+  if constexpr (SubBlockOffsets<L> && D != DType::Q2_K) {
     thread_local std::vector<int32_t> storage;
     storage.resize(size_t(4 * T * blocks));
     L::template sub_block_offsets<D == DType::Q3_K ? 4 : 32>(x, T * blocks, storage.data());
@@ -299,7 +304,8 @@ void q6_k_groups(const Matrix& m, const ActivationBlock* x, float* y, int64_t r0
   for (int64_t r = r0; r < r1; r += 8)
     for (int t = 0; t < T; t += kGroupTokens)
       L::template q6_k_x8<kGroupTokens, D>(base + size_t(r) * row_bytes, x + t * blocks,
-                                           offsets ? offsets + 4 * t * blocks : nullptr, blocks, y + t * m.rows + r,
+                                           offsets ? offsets + 4 * t * blocks : nullptr,
+                                           half_sums ? half_sums + 2 * t * blocks : nullptr, blocks, y + t * m.rows + r,
                                            m.rows);
 }
 
@@ -311,8 +317,9 @@ void q6_k_groups(const Matrix& m, const ActivationBlock* x, float* y, int64_t r0
 template <class L, int T, bool kPairs = (T > 1)>
 void interleaved_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int16_t* sums, float* y, int64_t r0,
                                  int64_t r1, bool first_turn = false) {
-  if (m.dtype == DType::Q6_K) return q6_k_groups<L, T, DType::Q6_K>(m, x, y, r0, r1);
-  if (m.dtype == DType::Q3_K) return q6_k_groups<L, T, DType::Q3_K>(m, x, y, r0, r1);
+  if (m.dtype == DType::Q6_K) return q6_k_groups<L, T, DType::Q6_K>(m, x, nullptr, y, r0, r1);
+  if (m.dtype == DType::Q3_K) return q6_k_groups<L, T, DType::Q3_K>(m, x, nullptr, y, r0, r1);
+  if (m.dtype == DType::Q2_K) return q6_k_groups<L, T, DType::Q2_K>(m, x, sums, y, r0, r1);
   const int64_t blocks = m.cols / 32;
   const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
   const auto* base = static_cast<const uint8_t*>(m.data);

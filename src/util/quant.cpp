@@ -417,6 +417,16 @@ void interleave8_block(DType type, const void* rows, size_t stride, void* out) {
     }
     return;
   }
+  if (type == DType::Q2_K) {
+    for (int r = 0; r < 8; ++r) {
+      for (int span = 0; span < 2; ++span)  // qs's 2 spans of 32 bytes
+        for (int k = 0; k < 4; ++k) std::memcpy(o + 256 * span + span_offset(r, 8 * k), row(r) + 16 + 32 * span + 8 * k, 8);
+      for (int j = 0; j < 16; ++j) o[kQ2_KScales + 8 * j + kSlot[r]] = row(r)[j];
+      std::memcpy(o + kQ2_KSteps + 2 * r, row(r) + 80, 2);
+      std::memcpy(o + kQ2_KMinSteps + 2 * r, row(r) + 82, 2);
+    }
+    return;
+  }
   if (type == DType::Q3_K) {
     for (int r = 0; r < 8; ++r) {
       for (int span = 0; span < 2; ++span)  // qs's 2 spans of 32 bytes, then hmask's one
@@ -481,6 +491,17 @@ void deinterleave8_block(DType type, const void* in, void* out) {
       if (has_fifth_bit(type))
         for (int k = 0; k < 4; ++k) b[header + k] = g[high + 8 * k + kSlot[r]];
       for (int k = 0; k < 2; ++k) std::memcpy(b + qs + 8 * k, g + nibbles + span_offset(r, 8 * k), 8);
+    }
+    return;
+  }
+  if (type == DType::Q2_K) {
+    for (int r = 0; r < 8; ++r) {
+      uint8_t* b = o + 84 * r;
+      for (int span = 0; span < 2; ++span)
+        for (int k = 0; k < 4; ++k) std::memcpy(b + 16 + 32 * span + 8 * k, g + 256 * span + span_offset(r, 8 * k), 8);
+      for (int j = 0; j < 16; ++j) b[j] = g[kQ2_KScales + 8 * j + kSlot[r]];
+      std::memcpy(b + 80, g + kQ2_KSteps + 2 * r, 2);
+      std::memcpy(b + 82, g + kQ2_KMinSteps + 2 * r, 2);
     }
     return;
   }

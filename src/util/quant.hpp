@@ -45,8 +45,7 @@
 //     Q3_K's 12 bytes: sc[j]'s low 4 bits are byte j's low nibble (j < 8) or byte j - 8's high one
 //     (j >= 8), its top 2 bits are bits 2 (j / 4) and 2 (j / 4) + 1 of byte 8 + j % 4.
 //     Their products take a super-block as low_bit_k_values describes it (256 q and 16 integer
-//     factors of each kind; the vector lanes unpack them in registers); Q2_K has no interleaved
-//     layout.
+//     factors of each kind; the vector lanes unpack them in registers).
 //
 // The quantizers here are this project's (not ggml's search for least squares); their error
 // bounds, which the tests check:
@@ -69,7 +68,7 @@
 //     fp16, sc[j] = ceil(step_j / d) (<= 127), q - 32 = round(x / (d * sc[j])) (in -31..31):
 //     |x - value| <= d * sc[j] / 2, and d * sc[j] < step_j + d.
 //
-// Rows interleaved 8 at a time (every block type but Q2_K, whose matrices stay as rows): the kernels' layout, made when weights are loaded
+// Rows interleaved 8 at a time (every block type): the kernels' layout, made when weights are loaded
 // (kernels::interleave_rows8), after llama.cpp's repacked q4_K_8x8. A group of 8 rows keeps its
 // bytes (8 rows' worth) but holds, for each block index b in turn, the 8 rows' b-th blocks mixed so
 // that one 32-byte load holds 8 bytes of 4 rows and one pass over an activation block serves all 8:
@@ -113,6 +112,9 @@
 //        4..7, then 8..11), so that one vector pass unpacks all 8 rows' 16 scales | fp16 d of rows
 //        0..7. Chunk k of span h holds, at bits 2j and 2j + 1, the low bits of 8 values of 8 rows in
 //        activation block 4h + j, and chunk k of hmask their top bits (bit 4h + j): Q6_K's tiles.
+//   Q2_K, 672 bytes: Q3_K's 512 bytes of qs | 128 bytes: per sub-block j, the scale byte (sc | m << 4)
+//        of rows 0, 1, 4, 5, 2, 3, 6, 7 (Q6_K's order of its scales) | fp16 d of rows 0..7 | fp16
+//        dmin of rows 0..7.
 // Rows past the last whole group stay as they were.
 #include <bit>
 #include <cstdint>
@@ -126,8 +128,10 @@ constexpr int64_t kQ8_0Block = 32, kQ4_0Block = 32, kQ5_0Block = 32, kQ4_KBlock 
                   kQ6_KBlock = 256, kQ6_KSubBlock = 16;
 // Where an interleaved Q6_K group's scales and steps start, and an interleaved Q5_K group's qh.
 constexpr int64_t kQ6_KScales = 1536, kQ6_KSteps = 1664, kQ5_KHighBits = 1152;
-// Where an interleaved Q3_K group's hmask, packed scales and steps start.
+// Where an interleaved Q3_K group's hmask, packed scales and steps start, and a Q2_K group's scales,
+// steps and min steps.
 constexpr int64_t kQ3_KHighBits = 512, kQ3_KScales = 768, kQ3_KSteps = 864;
+constexpr int64_t kQ2_KScales = 512, kQ2_KSteps = 640, kQ2_KMinSteps = 656;
 
 // Quantizes n values (a multiple of the type's block) into dtype_row_bytes(type, n) bytes.
 // Throws on a bad n, on values that are not finite, or on values too large for the fp16 scales.
@@ -145,10 +149,10 @@ constexpr bool is_nibble_block(DType t) { return t == DType::Q4_0 || t == DType:
 // (see above): after the 8 d's, and the 8 m's of Q4_1 / Q5_1.
 constexpr int64_t small_group_high_bits(DType t) { return has_block_min(t) ? 32 : 16; }
 constexpr int64_t small_group_nibbles(DType t) { return small_group_high_bits(t) + (has_fifth_bit(t) ? 32 : 0); }
-// The block types whose matrices the kernels also read interleaved 8 rows at a time (below).
+// The block types whose matrices the kernels also read interleaved 8 rows at a time (below): all.
 constexpr bool has_interleaved_layout(DType t) {
-  return t == DType::Q8_0 || is_nibble_block(t) || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K ||
-         t == DType::Q6_K;
+  return t == DType::Q8_0 || is_nibble_block(t) || t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K ||
+         t == DType::Q5_K || t == DType::Q6_K;
 }
 
 // A Q4_0 or Q5_0 block's 32 values in units of its d (q - 8 or q - 16) as int8, a Q8_0 block's q;
