@@ -510,8 +510,9 @@ struct QuantLaneAvx2 {
     const __m256i qs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 256 * u + 64 * k + at));
     return _mm256_and_si256(_mm256_srli_epi16(qs, 2 * m), _mm256_set1_epi8(3));
   }
+  // The values Q6_K's tiles multiply: Q6_K's, Q3_K's or Q2_K's.
   template <DType D>
-  static __m256i q6_k_or_q3_k_values(const uint8_t* g, int u, int m, int k, int at) {
+  static __m256i q6_k_tile_values(const uint8_t* g, int u, int m, int k, int at) {
     if constexpr (D == DType::Q2_K) return q2_k_values(g, u, m, k, at);
     else if constexpr (D == DType::Q3_K) return q3_k_values(g, u, m, k, at);
     else return q6_k_values(g, u, m, k, at);
@@ -623,8 +624,8 @@ struct QuantLaneAvx2 {
         for (int sub = 0; sub < 2; ++sub)
 #pragma GCC unroll 2
           for (int h = 0; h < 2; ++h) {
-            const __m256i q0 = q6_k_or_q3_k_values<D>(g, u, m, 2 * sub, 32 * h);
-            const __m256i q1 = q6_k_or_q3_k_values<D>(g, u, m, 2 * sub + 1, 32 * h);
+            const __m256i q0 = q6_k_tile_values<D>(g, u, m, 2 * sub, 32 * h);
+            const __m256i q1 = q6_k_tile_values<D>(g, u, m, 2 * sub + 1, 32 * h);
             const __m256i scale = q6_k_scale(scales, 2 * b + sub, h);
             for (int t = 0; t < T; ++t) {
               const ActivationBlock& a = x[t * blocks + sb + b];

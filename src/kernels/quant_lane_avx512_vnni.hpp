@@ -285,7 +285,7 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     return _mm512_and_si512(_mm512_srli_epi16(_mm512_loadu_si512(g + 256 * u + 64 * k), 2 * m), _mm512_set1_epi8(3));
   }
   template <DType D>
-  static __m512i q6_k_or_q3_k_values(const uint8_t* g, int u, int m, int k) {
+  static __m512i q6_k_tile_values(const uint8_t* g, int u, int m, int k) {
     if constexpr (D == DType::Q2_K) return q2_k_values(g, u, m, k);
     else if constexpr (D == DType::Q3_K) return q3_k_values(g, u, m, k);
     else return q6_k_values(g, u, m, k);
@@ -320,8 +320,8 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
 #pragma GCC unroll 8
       for (int b = 0; b < 8; ++b) {
         const int u = b / 4, m = b % 4;
-        const __m512i q[4] = {q6_k_or_q3_k_values<D>(g, u, m, 0), q6_k_or_q3_k_values<D>(g, u, m, 1),
-                              q6_k_or_q3_k_values<D>(g, u, m, 2), q6_k_or_q3_k_values<D>(g, u, m, 3)};
+        const __m512i q[4] = {q6_k_tile_values<D>(g, u, m, 0), q6_k_tile_values<D>(g, u, m, 1),
+                              q6_k_tile_values<D>(g, u, m, 2), q6_k_tile_values<D>(g, u, m, 3)};
         const __m512i scale = _mm512_maskz_permutexvar_epi16(
             0xffffffff, spread,
             _mm512_maskz_cvtepi8_epi16(0xffffffff, _mm256_zextsi128_si256(_mm_loadu_si128(
