@@ -103,6 +103,25 @@ TEST(Quant, Q4_0AndQ5_0HandBuiltBlocksDecode) {
   EXPECT_EQ(y5[2], -0.75f * float(2 - 16)) << "bit 2 clear";
 }
 
+// ggml's block_iq4_nl: Q4_0's bytes, each nibble an index into the 16 values of ggml's
+// kvalues_iq4nl (ggml-common.h), written out here as that file has them.
+TEST(Quant, Iq4NlHandBuiltBlockDecodes) {
+  const int8_t table[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+  uint8_t block[18];
+  put_half(block, -0.375f);
+  for (int i = 0; i < 16; ++i) block[2 + i] = uint8_t(i | (15 - i) << 4);
+  std::vector<float> y(32);
+  quant::dequantize_row(DType::IQ4_NL, block, 32, y.data());
+  for (int i = 0; i < 16; ++i) {
+    EXPECT_EQ(y[i], -0.375f * float(table[i])) << i;
+    EXPECT_EQ(y[i + 16], -0.375f * float(table[15 - i])) << i;
+  }
+  DType t;
+  ASSERT_TRUE(parse_block_dtype("iq4_nl", &t));
+  EXPECT_EQ(t, DType::IQ4_NL);
+  EXPECT_EQ(dtype_row_bytes(DType::IQ4_NL, 64), 36u);
+}
+
 TEST(Quant, Q4_KHandBuiltBlockDecodes) {
   // Scales and mins with high bits set in sub-blocks 4..7, packed by hand from the layout:
   // bytes 0-3 sc[0..3] | (sc[4..7] >> 4) << 6, bytes 4-7 m[0..3] | (m[4..7] >> 4) << 6,
@@ -275,6 +294,35 @@ TEST(Quant, Q8_0RoundTripWithinHalfAStep) {
     }
   }
   for (int i = 0; i < 32; ++i) EXPECT_EQ(y[i], 0.0f);
+}
+
+// IQ4_NL: the block's largest magnitude x_m on the table's -127, |d| = |x_m| / 127 rounded up, each
+// value the nearest of the 16: |x - value| <= 14 |d| (the gap 113..127 at the table's end), x_m's
+// own value within |d| / 1024 * 127 of it (d's rounding), and no other entry nearer to any x.
+TEST(Quant, Iq4NlRoundTripsToTheNearestTableValue) {
+  const int64_t n = 2048;
+  std::vector<float> x = test_row(n, 12);
+  std::fill_n(x.begin() + 64, 32, 0.0f);  // a block of zeros
+  std::vector<uint8_t> q(dtype_row_bytes(DType::IQ4_NL, n));
+  std::vector<float> y(n);
+  quant::quantize_row(DType::IQ4_NL, x.data(), n, q.data());
+  quant::dequantize_row(DType::IQ4_NL, q.data(), n, y.data());
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const float d = quant::read_half(q.data() + b * 18);
+    float extreme = 0.0f;
+    for (int i = 0; i < 32; ++i)
+      if (std::fabs(x[b * 32 + i]) > std::fabs(extreme)) extreme = x[b * 32 + i];
+    EXPECT_GE(std::fabs(d), std::fabs(extreme) / 127.0f);
+    EXPECT_LE(std::fabs(d), std::fabs(extreme) / 127.0f * (1.0f + 1.0f / 1024.0f) + 6e-8f);
+    if (extreme != 0.0f) EXPECT_EQ(d < 0.0f, extreme > 0.0f) << "x_m maps to -127";
+    for (int i = 0; i < 32; ++i) {
+      const int64_t k = b * 32 + i;
+      ASSERT_LE(std::fabs(x[k] - y[k]), 14.0f * std::fabs(d) + 1e-6f * std::fabs(x[k])) << "element " << k;
+      for (int8_t v : quant::kIq4NlValues)
+        ASSERT_LE(std::fabs(x[k] - y[k]), std::fabs(x[k] - d * float(v)) * (1.0f + 1e-6f) + 1e-12f) << "element " << k;
+    }
+  }
+  for (int i = 64; i < 96; ++i) EXPECT_EQ(y[i], 0.0f);
 }
 
 // Q4_0 / Q5_0: Q8_0's grid with 7 / 15 steps each side, d rounded up: |x - value| <= d / 2.
@@ -566,7 +614,7 @@ TEST(Quant, InterleavedQ2_KBlocksFollowTheLayoutAndRoundTrip) {
 // says, checked field by field against the rows, and deinterleaving gives the rows back.
 TEST(Quant, InterleavedBlocksFollowTheLayoutAndRoundTrip) {
   const int slot_of_row[8] = {0, 1, 4, 5, 2, 3, 6, 7};  // rows 0, 1, 4, 5 first, then 2, 3, 6, 7
-  for (DType type : {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_1, DType::Q5_1, DType::Q4_K, DType::Q5_K}) {
+  for (DType type : {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_1, DType::Q5_1, DType::IQ4_NL, DType::Q4_K, DType::Q5_K}) {
     const bool small = type == DType::Q8_0 || quant::is_nibble_block(type);
     const int64_t n = small ? 32 : 256;
     const size_t block = dtype_row_bytes(type, n);
@@ -600,19 +648,22 @@ TEST(Quant, InterleavedBlocksFollowTheLayoutAndRoundTrip) {
         // Chunk k's low nibbles are Q8_0's chunk k of the row's values (0..15), its high nibbles
         // chunk k + 2 (values 16..31): value i of row r's q at byte 8 slot + i % 8 of chunk
         // i / 8 % 2; Q5_0's / Q5_1's top bit of it is bit i % 8 of byte slot of word i / 8. The
-        // values: q - 8 (Q4_0), q - 16 (Q5_0), q (Q4_1, Q5_1).
+        // values: q - 8 (Q4_0), q - 16 (Q5_0), q (Q4_1, Q5_1), the table's (IQ4_NL).
         const bool q5 = quant::has_fifth_bit(type);
         int8_t values[32];
         if (type == DType::Q4_0) quant::small_block_values<DType::Q4_0>(row, values);
         if (type == DType::Q5_0) quant::small_block_values<DType::Q5_0>(row, values);
         if (type == DType::Q4_1) quant::small_block_values<DType::Q4_1>(row, values);
         if (type == DType::Q5_1) quant::small_block_values<DType::Q5_1>(row, values);
+        if (type == DType::IQ4_NL) quant::small_block_values<DType::IQ4_NL>(row, values);
         const int bias = type == DType::Q4_0 ? 8 : type == DType::Q5_0 ? 16 : 0;
         const uint8_t* nibbles = group.data() + quant::small_group_nibbles(type);
         for (int i = 0; i < 32; ++i) {
           const uint8_t b = nibbles[64 * (i / 8 % 2) + 8 * slot_of_row[r] + i % 8];
           const int top = q5 ? (group[quant::small_group_high_bits(type) + 8 * (i / 8) + slot_of_row[r]] >> (i % 8)) & 1 : 0;
-          ASSERT_EQ((i < 16 ? b & 15 : b >> 4) + 16 * top - bias, values[i]) << dtype_name(type) << " value " << i << " of row " << r;
+          const int q = (i < 16 ? b & 15 : b >> 4) + 16 * top;
+          ASSERT_EQ(type == DType::IQ4_NL ? quant::kIq4NlValues[q] : q - bias, values[i])
+              << dtype_name(type) << " value " << i << " of row " << r;
         }
       }
       if (small) continue;

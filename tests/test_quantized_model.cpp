@@ -410,7 +410,7 @@ TEST(QuantizedModel, BadMetadataIsAClearError) {
     }
   };
   expect_error({{"crossmoe.dtype.v", "Q8_0"}}, "names a missing tensor", {2, 34}, "names no tensor");
-  expect_error({{"crossmoe.dtype.w", "IQ4_NL"}}, "unknown type", {2, 34}, "unknown block type 'IQ4_NL'");
+  expect_error({{"crossmoe.dtype.w", "IQ2_XXS"}}, "unknown type", {2, 34}, "unknown block type 'IQ2_XXS'");
   expect_error({{"crossmoe.dtype.w", "Q8_0"}}, "rows not whole blocks", {4, 17}, "multiple of 34");
   expect_error({{"crossmoe.dtype.w", "Q8_0"}}, "not a matrix", {68}, "stored as U8 [rows");
   // And the good case reads back as [rows, cols] of Q8_0.
@@ -424,7 +424,7 @@ TEST(QuantizedModel, CommandLine) {
   using testing_cli::run;
   const fs::path root = models().root, out = root / "cli_q8";
   const std::string model = models().original.string();
-  auto r = run("quantize " + model + " " + (root / "x").string() + " --type iq4_nl");
+  auto r = run("quantize " + model + " " + (root / "x").string() + " --type iq2_xxs");
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_EQ(r.out.rfind("error:", 0), 0u) << r.out;
   r = run("quantize " + (root / "missing").string() + " " + (root / "x").string() + " --type q8_0");

@@ -1,7 +1,7 @@
 #pragma once
 // CPU math. Activations are f32; weights stay in their stored dtype (f32, f16, bf16) and are
 // widened to f32 in registers, so a bf16 model is never converted as a whole. Block-quantized
-// weights (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: util/quant.hpp) multiply activations quantized to 8 bits (one step
+// weights (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: util/quant.hpp) multiply activations quantized to 8 bits (one step
 // per 32 or 256 columns: activation_group) with integer dot products, as llama.cpp does.
 // One dispatch point picks AVX-512 (with or without VNNI), AVX2 or portable code at run time.
 // Asked for (CROSSMOE_ISA=avx512_bf16), bf16 weights multiply activations rounded to bf16 with the
@@ -104,8 +104,8 @@ struct ActivationBlock {
   int32_t sum;
   int8_t q[32];
 };
-// Columns that share one activation scale against weights of a block type: 32 for Q8_0, Q4_0 and
-// Q5_0 (one block), 256 for Q4_K, Q5_K and Q6_K (a super-block, as llama.cpp's Q8_K: one float step per
+// Columns that share one activation scale against weights of a block type: 32 for the 32-value
+// types (one block), 256 for Q4_K, Q5_K and Q6_K (a super-block, as llama.cpp's Q8_K: one float step per
 // super-block lets the kernel apply the sub-block scales in integers).
 int64_t activation_group(DType weights);
 // n a multiple of group (32 or 256); every block of a group gets the group's d. The portable
@@ -129,7 +129,7 @@ void activation_sums_for(DType weights, const ActivationBlock* x, int64_t n, int
 // Avx512Bf16: the Avx512Vnni kernels with bf16 weights multiplied by VDPBF16PS, against the
 // activations rounded to bf16 (to nearest even, denormals to zero) once per matmul call: faster
 // prefill, but 8 significant bits of each activation, so never chosen unless asked for.
-// Amx: the Avx512Vnni kernels with Q8_0 / Q4_0 / Q5_0 / Q4_K / Q5_K / Q6_K weights times 16 tokens
+// Amx: the Avx512Vnni kernels with Q8_0 / Q4_0 / Q5_0 / IQ4_NL / Q4_K / Q5_K / Q6_K weights times 16 tokens
 // or more on AMX-INT8 tiles (the same bits: exact integer block sums, the same float steps); chosen
 // where the CPU has AMX-TILE and AMX-INT8 and Linux grants the process the tile data.
 enum class Isa { Generic, Avx2, Avx512, Avx512Vnni, Avx512Bf16, Amx };

@@ -1,16 +1,16 @@
 // AMX (Intel's tile unit, Sapphire Rapids and later): the quantized products of prefill (Q8_0,
-// Q4_0, Q5_0, Q4_K, Q5_K and Q6_K weights against many tokens) with AMX-INT8's tile dot
+// Q4_0, Q5_0, IQ4_NL, Q4_K, Q5_K and Q6_K weights against many tokens) with AMX-INT8's tile dot
 // products; everything else, and every product of fewer than kAmxMinTokens tokens, is the AVX-512
 // VNNI table's. Compiled with the
 // AVX-512, VNNI and AMX flags; dispatch.cpp gives this table only to CPUs that have AMX-TILE and
 // AMX-INT8 and whose kernel lets the process use the tile data (arch_prctl XCOMP_PERM).
 //
 // Same bits as every other ISA (quant_matmul_impl.hpp's contract): a tile dot product sums int8 x
-// int8 (TDPBSSD: Q8_0, and Q4_0 / Q5_0 / Q6_K unpacked to their int8 values q - 8 / q - 16 /
-// q - 32) or int8 x uint8 (TDPBSUD: Q4_K's nibbles, Q5_K's with their top bits) products in int32,
+// int8 (TDPBSSD: Q8_0, and Q4_0 / Q5_0 / IQ4_NL / Q6_K unpacked to their int8 values q - 8 / q - 16 /
+// the table's / q - 32) or int8 x uint8 (TDPBSUD: Q4_K's nibbles, Q5_K's with their top bits) products in int32,
 // exactly, so a tile whose K is one block of 32 columns (Q6_K: one sub-block of 16) gives each
 // (token, row) that block's integer sum, the same integer the other lanes compute. The float steps
-// after it are the other lanes' operations in their order: per block (Q8_0, Q4_0, Q5_0)
+// after it are the other lanes' operations in their order: per block (Q8_0, Q4_0, Q5_0, IQ4_NL)
 // acc = fma(float(sum), d * a.d, acc); per super-block (Q4_K, Q5_K)
 // acc = fma(float(sum_j sc[j] * sum_j), d * a.d, acc), then acc = fma(-float(sum_j m[j] * a_j.sum),
 // dmin * a.d, acc) (Q6_K: the first step only), the sub-blocks' scales applied in integers. So a token gets the same bits in this path, in the VNNI lane (fewer tokens, the rows
@@ -195,7 +195,7 @@ struct alignas(64) Q8Strip {
   int8_t b[8][64];
 };
 
-// Q8_0's, Q4_0's or Q5_0's groups (util/quant.hpp): each block's values as int8, the VNNI lane's
+// Q8_0's, Q4_0's, Q5_0's or IQ4_NL's groups (util/quant.hpp): each block's values as int8, the VNNI lane's
 // unpacking of a group's chunk k (Q8_0's chunk k, each value + its bias) less the bias.
 template <DType kType>
 void pack_small_blocks(const uint8_t* g0, const uint8_t* g1, int64_t blocks, Q8Strip* out) {
@@ -421,7 +421,8 @@ void q6_k_tile(const Q6Strip* w, const ActivationBlock* x, int64_t blocks, float
 template <class Tiles>
 void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t* sums, int tokens, float* y, int64_t r0,
                        int64_t r1) {
-  const bool small_blocks = m.dtype == DType::Q8_0 || m.dtype == DType::Q4_0 || m.dtype == DType::Q5_0;
+  const bool small_blocks =
+      m.dtype == DType::Q8_0 || m.dtype == DType::Q4_0 || m.dtype == DType::Q5_0 || m.dtype == DType::IQ4_NL;
   const bool super_blocks_with_mins = m.dtype == DType::Q4_K || m.dtype == DType::Q5_K;
   int64_t strip_end = r0;
   if (m.layout == Layout::Interleaved8 && (small_blocks || super_blocks_with_mins || m.dtype == DType::Q6_K) &&
@@ -444,7 +445,8 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
       packed.resize(size_t(strips * blocks));
       const auto pack = m.dtype == DType::Q8_0   ? &pack_small_blocks<DType::Q8_0>
                         : m.dtype == DType::Q4_0 ? &pack_small_blocks<DType::Q4_0>
-                                                 : &pack_small_blocks<DType::Q5_0>;
+                        : m.dtype == DType::Q5_0 ? &pack_small_blocks<DType::Q5_0>
+                                                 : &pack_small_blocks<DType::IQ4_NL>;
       for (int64_t s = 0; s < strips; ++s) pack(group(s, 0), group(s, 1), blocks, &packed[size_t(s * blocks)]);
       each_tile([&](int64_t s, const ActivationBlock* xt, float* yt) {
         q8_0_tile<Tiles>(&packed[size_t(s * blocks)], xt, blocks, yt, m.rows);

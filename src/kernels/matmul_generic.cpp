@@ -130,15 +130,11 @@ struct QuantLaneScalar {
   // Interleaved groups: each block index's 8 blocks put back in rows (quant::deinterleave8_block),
   // then the products of quant_matmul_impl.hpp's contract, row by row.
   static constexpr int x8_tokens = 4;  // tokens per interleaved tile
-  // Q8_0, or Q4_0 / Q5_0 / Q4_1 / Q5_1 (each block's values unpacked to Q8_0's int8 values first;
+  // Q8_0, or Q4_0 / Q5_0 / Q4_1 / Q5_1 / IQ4_NL (each block's values unpacked to Q8_0's int8 values first;
   // Q4_1's and Q5_1's q as stored, then small_block_tile's second step for m).
   template <int T, DType D = DType::Q8_0>
   static void q8_0_x8(const uint8_t* g, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
-    constexpr size_t kBlock = D == DType::Q4_0   ? 18
-                              : D == DType::Q5_0 ? 22
-                              : D == DType::Q4_1 ? 20
-                              : D == DType::Q5_1 ? 24
-                                                 : 34;
+    constexpr size_t kBlock = quant::small_block_bytes(D);
     float acc[T][8] = {};
     uint8_t plain[8 * kBlock];
     for (int64_t b = 0; b < blocks; ++b) {

@@ -79,8 +79,12 @@ struct QuantLaneAvx2 {
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(q8_sums(load32(w), load32(a))), _mm256_mul_ps(dw, _mm256_broadcast_ss(da)),
                            acc);
   }
-  // Q4_0 / Q5_0 (util/quant.hpp): the block's values as Q8_0's int8 (quant::small_block_values) in
-  // a register, then Q8_0's dot against each token's activation block, summed across exactly.
+  // IQ4_NL's 16 values (quant::kIq4NlValues) in both 128-bit lanes: vpshufb looks nibbles up in it.
+  static __m256i iq4_nl_values() {
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(quant::kIq4NlValues)));
+  }
+  // Q4_0 / Q5_0 / IQ4_NL (util/quant.hpp): the block's values as Q8_0's int8 (quant::small_block_values)
+  // in a register, then Q8_0's dot against each token's activation block, summed across exactly.
   // Q4_1 / Q5_1: the same bytes after d and m, their q as stored.
   template <DType kType>
   static __m256i small_block_values(const uint8_t* block) {
@@ -90,6 +94,7 @@ struct QuantLaneAvx2 {
     const __m128i low = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + kHeader + (kFiveBits ? 4 : 0)));
     // Values 0..15 are the low nibbles, 16..31 the high ones.
     __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(low, 4), low), _mm256_set1_epi8(15));
+    if constexpr (kType == DType::IQ4_NL) return _mm256_shuffle_epi8(iq4_nl_values(), q);
     if constexpr (kFiveBits) {
       // Bit i of qh into byte i: byte i takes qh's byte i / 8, keeps bit i % 8, and becomes 16 where it is set.
       int32_t qh;
@@ -291,16 +296,12 @@ struct QuantLaneAvx2 {
     return _mm256_set1_epi64x(v);
   }
   static constexpr int x8_tokens = 4;  // tokens per interleaved tile
-  // A group's bytes per block index: Q8_0's, or Q4_0's / Q5_0's / Q4_1's / Q5_1's (util/quant.hpp),
+  // A group's bytes per block index: Q8_0's, or Q4_0's / Q5_0's / Q4_1's / Q5_1's / IQ4_NL's (util/quant.hpp),
   // whose tiles are Q8_0's.
   template <DType D>
-  static constexpr size_t small_group_bytes = D == DType::Q4_0   ? 8 * 18
-                                              : D == DType::Q5_0 ? 8 * 22
-                                              : D == DType::Q4_1 ? 8 * 20
-                                              : D == DType::Q5_1 ? 8 * 24
-                                                                 : 8 * 34;
+  static constexpr size_t small_group_bytes = 8 * quant::small_block_bytes(D);
   // Half h (rows 0, 1, 4, 5 | 2, 3, 6, 7) of Q8_0's chunk k of a group's block as int8 values: Q8_0's
-  // bytes, or Q4_0's chunk k % 2 of nibbles (low for k < 2, high after) less 8; Q5_0's with the
+  // bytes, or Q4_0's chunk k % 2 of nibbles (low for k < 2, high after) less 8 (IQ4_NL's: looked up); Q5_0's with the
   // top bit of word k (one byte per row: each spread over its row's 8 bytes) as 16, less 16; Q4_1's
   // and Q5_1's q as they are.
   template <DType D>
@@ -310,6 +311,7 @@ struct QuantLaneAvx2 {
         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + quant::small_group_nibbles(D) + 64 * (k % 2) + 32 * h));
     const __m256i nibbles = _mm256_and_si256(k < 2 ? raw : _mm256_srli_epi16(raw, 4), _mm256_set1_epi8(15));
     if constexpr (D == DType::Q4_0) return _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8));
+    if constexpr (D == DType::IQ4_NL) return _mm256_shuffle_epi8(iq4_nl_values(), nibbles);
     if constexpr (D == DType::Q4_1) return nibbles;
     int64_t word;
     std::memcpy(&word, g + quant::small_group_high_bits(D) + 8 * k, 8);

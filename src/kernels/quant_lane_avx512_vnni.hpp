@@ -46,13 +46,20 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
   // Q5_0 adds its top bits (word k of the group: a byte mask of the chunk) as 16: q = value + 16.
   // Q4_1 and Q5_1 take their q as Q4_0 and Q5_0 do, with no bias (value = q * d + m), and a second
   // float step for m (min_step).
+  // IQ4_NL's nibbles index a table (quant::kIq4NlValues), kept here + 128 as unsigned bytes: the
+  // lanes exceed the products by 128 * a.sum, as Q8_0's.
   template <DType D>
   static constexpr int small_block_bias = D == DType::Q4_0 ? 8 : D == DType::Q5_0 ? 16 : quant::has_block_min(D) ? 0 : 128;
+  static __m512i iq4_nl_biased_values() {
+    return _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(quant::kIq4NlValues))),
+                            _mm512_set1_epi8(char(0x80)));
+  }
   template <DType D>
   static __m512i small_group_values(const uint8_t* g, int k) {  // Q8_0's chunk k, each value + bias
     if constexpr (D == DType::Q8_0) return _mm512_xor_si512(_mm512_loadu_si512(g + 16 + 64 * k), _mm512_set1_epi8(char(0x80)));
     const __m512i raw = _mm512_loadu_si512(g + quant::small_group_nibbles(D) + 64 * (k % 2));
     const __m512i nibbles = _mm512_and_si512(k < 2 ? raw : _mm512_srli_epi16(raw, 4), _mm512_set1_epi8(15));
+    if constexpr (D == DType::IQ4_NL) return _mm512_shuffle_epi8(iq4_nl_biased_values(), nibbles);
     if constexpr (!quant::has_fifth_bit(D)) return nibbles;
     __mmask64 top;
     std::memcpy(&top, g + quant::small_group_high_bits(D) + 8 * k, 8);

@@ -1,12 +1,12 @@
 #pragma once
-// Products of Q8_0 / Q4_0 / Q5_0 / Q4_1 / Q5_1 / Q2_K / Q3_K / Q4_K / Q5_K / Q6_K weight rows with quantized activations, written once over an
+// Products of Q8_0 / Q4_0 / Q5_0 / Q4_1 / Q5_1 / IQ4_NL / Q2_K / Q3_K / Q4_K / Q5_K / Q6_K weight rows with quantized activations, written once over an
 // integer "lane" type L. Each ISA's .cpp file includes this with its own L, compiled with its flags.
 //   L::Acc                      float accumulators;  L::Int  integer accumulators
 //   L::zero(), L::sum(Acc), L::int_zero()
 //   L::half(const uint8_t*)     an fp16 field as float
 //   L::Scale, L::splat(float)   a weight block's step, ready for every lane
 //   L::madd_q8(w, a, dw, da, acc)  acc + (dw * *da) * sum_i w[i] * a[i] over 32 int8 pairs
-//   L::small_block_sums<kType, T>(w, x, blocks, sums)  a Q4_0 / Q5_0 block (at w) unpacked once to
+//   L::small_block_sums<kType, T>(w, x, blocks, sums)  a Q4_0 / Q5_0 / IQ4_NL block (at w) unpacked once to
 //       Q8_0's int8 values (quant::small_block_values; Q4_1 / Q5_1: q as stored), then per token
 //       (activation block x[t * blocks]) Q8_0's dot, the exact int32 sums[t] = sum_i w[i] * a[i]
 //   L::madd_q4(q, a_lo, a_hi, s_lo, s_hi, iacc)
@@ -33,8 +33,8 @@
 //       Each (row, token) gets its block's (Q8_0) or super-block's (Q4_K) exact integer sums, then
 //       acc = fma(float(sum), d * a.d, acc) (Q4_K: then acc = fma(-float(min sum), dmin * a.d, acc))
 //       in block order, in every lane type and for every T: the same bits in every ISA.
-//   L::q8_0_x8<T, DType::Q4_0, Q5_0, Q4_1 or Q5_1>(...): the same for those types' groups, each block's q
-//       unpacked to Q8_0's int8 values (q - 8, q - 16; Q4_1 / Q5_1: q as stored): small_block_sums's exact dot and
+//   L::q8_0_x8<T, DType::Q4_0, Q5_0, Q4_1, Q5_1 or IQ4_NL>(...): the same for those types' groups, each block's q
+//       unpacked to Q8_0's int8 values (q - 8, q - 16, IQ4_NL's table; Q4_1 / Q5_1: q as stored): small_block_sums's exact dot and
 //       small_block_tile's float steps (Q4_1 / Q5_1: then the min's), the rows' bits.
 //   L::q4_k_x8<T, DType::Q5_K>(...): the same for Q5_K's groups (Q4_K's bytes and a span of top
 //       bits): the exact integers of q5_k_sums and the min terms, then Q4_K's two float steps, which
@@ -133,7 +133,7 @@ void q4_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, con
 template <class L, int R, int T, DType kType>
 void small_block_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int64_t blocks, float* y,
                       int64_t ldy) {
-  constexpr size_t kBlockBytes = kType == DType::Q4_0 ? 18 : kType == DType::Q5_0 ? 22 : kType == DType::Q4_1 ? 20 : 24;
+  constexpr size_t kBlockBytes = quant::small_block_bytes(kType);
   float acc[R][T] = {};
   for (int64_t b = 0; b < blocks; ++b)
     for (int r = 0; r < R; ++r) {
@@ -259,6 +259,7 @@ void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int1
       case DType::Q5_0: return small_block_tile<L, kRows, T, DType::Q5_0>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::Q4_1: return small_block_tile<L, kRows, T, DType::Q4_1>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::Q5_1: return small_block_tile<L, kRows, T, DType::Q5_1>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::IQ4_NL: return small_block_tile<L, kRows, T, DType::IQ4_NL>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::Q2_K: return low_bit_k_tile<L, kRows, T, DType::Q2_K>(w, row_bytes, x, sums, blocks, y + r, m.rows);
       case DType::Q3_K: return low_bit_k_tile<L, kRows, T, DType::Q3_K>(w, row_bytes, x, sums, blocks, y + r, m.rows);
       default: return q6_k_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
@@ -354,6 +355,7 @@ void interleaved_rows_for_tokens(const Matrix& m, const ActivationBlock* x, cons
     case DType::Q5_0: return groups.template operator()<DType::Q5_0>();
     case DType::Q4_1: return groups.template operator()<DType::Q4_1>();
     case DType::Q5_1: return groups.template operator()<DType::Q5_1>();
+    case DType::IQ4_NL: return groups.template operator()<DType::IQ4_NL>();
     case DType::Q5_K: return groups.template operator()<DType::Q5_K>();
     default: return groups.template operator()<DType::Q4_K>();
   }

@@ -83,6 +83,26 @@ void quantize_small_block_with_min(DType type, const float* x, uint8_t* block) {
   }
 }
 
+// IQ4_NL: the block's largest magnitude on the table's -127 (d negative when that value is
+// positive), then each value's nearest table entry.
+void quantize_iq4_nl(const float* x, uint8_t* block) {
+  const float extreme = *std::max_element(x, x + 32, [](float a, float b) { return std::fabs(a) < std::fabs(b); });
+  require(std::fabs(extreme) / 127.0f <= kHalfMax,
+          "value " + std::to_string(extreme) + " is too large for IQ4_NL's fp16 scale");
+  const uint16_t dh = uint16_t(half_at_least(std::fabs(extreme) / 127.0f) | (extreme > 0.0f ? 0x8000 : 0));
+  write_half(block, dh);
+  const float d = f16_to_f32(dh);
+  uint8_t q[32];
+  for (int i = 0; i < 32; ++i) {
+    q[i] = 8;  // the value nearest 0, for a block of zeros
+    if (d == 0.0f) continue;
+    const float target = x[i] / d;
+    for (uint8_t k = 0; k < 16; ++k)
+      if (std::fabs(target - float(kIq4NlValues[k])) < std::fabs(target - float(kIq4NlValues[q[i]]))) q[i] = k;
+  }
+  for (int i = 0; i < 16; ++i) block[2 + i] = uint8_t(q[i] | q[i + 16] << 4);
+}
+
 void quantize_q8_0(const float* x, uint8_t* block) {
   float amax = 0.0f;
   for (int i = 0; i < kQ8_0Block; ++i) amax = std::max(amax, std::fabs(x[i]));
@@ -350,6 +370,7 @@ void quantize_row(DType type, const float* x, int64_t n, void* out) {
     if (type == DType::Q8_0) quantize_q8_0(x + b * block, o + b * block_bytes);
     else if (type == DType::Q4_0 || type == DType::Q5_0) quantize_small_block(type, x + b * block, o + b * block_bytes);
     else if (has_block_min(type)) quantize_small_block_with_min(type, x + b * block, o + b * block_bytes);
+    else if (type == DType::IQ4_NL) quantize_iq4_nl(x + b * block, o + b * block_bytes);
     else if (type == DType::Q2_K) quantize_q2_k(x + b * block, o + b * block_bytes);
     else if (type == DType::Q3_K) quantize_q3_k(x + b * block, o + b * block_bytes);
     else if (type == DType::Q4_K) quantize_q4_k(x + b * block, o + b * block_bytes);
@@ -370,6 +391,7 @@ void dequantize_row(DType type, const void* in, int64_t n, float* out) {
     else if (type == DType::Q5_0) dequantize_small_block<DType::Q5_0>(p + b * block_bytes, out + b * block);
     else if (type == DType::Q4_1) dequantize_small_block<DType::Q4_1>(p + b * block_bytes, out + b * block);
     else if (type == DType::Q5_1) dequantize_small_block<DType::Q5_1>(p + b * block_bytes, out + b * block);
+    else if (type == DType::IQ4_NL) dequantize_small_block<DType::IQ4_NL>(p + b * block_bytes, out + b * block);
     else if (type == DType::Q2_K) dequantize_q2_k(p + b * block_bytes, out + b * block);
     else if (type == DType::Q3_K) dequantize_q3_k(p + b * block_bytes, out + b * block);
     else if (type == DType::Q4_K) dequantize_q4_k(p + b * block_bytes, out + b * block);

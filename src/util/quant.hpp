@@ -16,6 +16,10 @@
 //        value[i] = q[i] * d + m   (q in 0..15 / 0..31; the product rounded, then the sum, as ggml)
 //     Their products take the integer dot of q (small_block_values, as stored) and, for m, the
 //     activation block's sum: d * a.d * sum(q a) + m * a.d * sum(a).
+//   IQ4_NL, 18 bytes per 32 values: fp16 d | 16 bytes of 4-bit indices q, as Q4_0's q
+//        value[i] = d * kIq4NlValues[q[i]]   (a fixed table of 16 int8 values, non-linear)
+//     A Q8_0 block with 16 possible values: its products look its int8 values up
+//     (small_block_values) and take Q8_0's integer dot.
 //   Q4_K, 144 bytes per 256 values (8 sub-blocks j of 32): fp16 d | fp16 dmin | 12 bytes holding
 //        the 6-bit scale sc[j] and min m[j] of each sub-block | 128 bytes of 4-bit q
 //        value[32 j + i] = d * sc[j] * q[j][i] - dmin * m[j]        (q in 0..15)
@@ -51,6 +55,9 @@
 // bounds, which the tests check:
 //   Q8_0: d = max|x| / 127 rounded UP to fp16, q = round(x / d): |x - value| <= d / 2.
 //   Q4_0 / Q5_0: the same with 7 / 15 steps each side (q - 8 in -7..7, q - 16 in -15..15).
+//   IQ4_NL: d = -x_m / 127 for the block's value x_m of largest magnitude (so that x_m is the table's
+//     -127), its magnitude rounded UP to fp16, q = the table value nearest x / d: |x - value| <= 14 |d|
+//     (x / d lies in -127..127; the widest gap is 113..127, at the table's end).
 //   Q4_1 / Q5_1: m = min(x) rounded DOWN to fp16, d = (max(x) - m) / 15 (/ 31) rounded UP to fp16,
 //     q = round((x - m) / d): |x - value| <= d / 2 (and the float rounding of q * d + m).
 //   Q4_K: each sub-block's grid [-dmin * m, d * sc * 15 - dmin * m] is made to cover its values
@@ -82,6 +89,7 @@
 //   Q5_0, 176 bytes: fp16 d of rows 0..7 | 4 words k of 8 bytes: byte k of qh (the top bits of
 //        values 8k..8k+7) of rows 0, 1, 4, 5, 2, 3, 6, 7 | Q4_0's 2 chunks of nibbles. Word k is the
 //        top bits of Q8_0's chunk k, bit i of it the value at byte i of the chunk (a byte mask).
+//   IQ4_NL, 144 bytes: Q4_0's group (its nibbles are indices into kIq4NlValues).
 //   Q4_1, 160 bytes, and Q5_1, 192 bytes: Q4_0's and Q5_0's groups with the fp16 m of rows 0..7
 //        after the d's, everything after them 16 bytes further on (q as stored: no bias).
 //   Q4_K, 1152 bytes: fp16 d of rows 0..7 | fp16 dmin of rows 0..7 | 96 bytes of scales and mins |
@@ -140,11 +148,20 @@ void quantize_row(DType type, const float* x, int64_t n, void* out);
 // floats ggml's own dequantization gives.
 void dequantize_row(DType type, const void* in, int64_t n, float* out);
 
+// IQ4_NL's values, ggml's kvalues_iq4nl: value = d * kIq4NlValues[q].
+inline constexpr int8_t kIq4NlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
 // The legacy 32-value types with a min: value = q * d + m.
 constexpr bool has_block_min(DType t) { return t == DType::Q4_1 || t == DType::Q5_1; }
 // The legacy 32-value types whose q are nibbles (Q5_0, Q5_1: with a fifth bit in qh).
 constexpr bool has_fifth_bit(DType t) { return t == DType::Q5_0 || t == DType::Q5_1; }
-constexpr bool is_nibble_block(DType t) { return t == DType::Q4_0 || t == DType::Q4_1 || has_fifth_bit(t); }
+constexpr bool is_nibble_block(DType t) {
+  return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::IQ4_NL || has_fifth_bit(t);
+}
+// Bytes of one block of a 32-value type.
+constexpr size_t small_block_bytes(DType t) {
+  return t == DType::Q8_0 ? 34 : 18 + (has_block_min(t) ? 2 : 0) + (has_fifth_bit(t) ? 4 : 0);
+}
 // Where an interleaved Q4_0 / Q5_0 / Q4_1 / Q5_1 group's top bits (Q5_0, Q5_1) and nibbles start
 // (see above): after the 8 d's, and the 8 m's of Q4_1 / Q5_1.
 constexpr int64_t small_group_high_bits(DType t) { return has_block_min(t) ? 32 : 16; }
@@ -155,8 +172,8 @@ constexpr bool has_interleaved_layout(DType t) {
          t == DType::Q5_K || t == DType::Q6_K;
 }
 
-// A Q4_0 or Q5_0 block's 32 values in units of its d (q - 8 or q - 16) as int8, a Q8_0 block's q;
-// a Q4_1 or Q5_1 block's q as stored (0..15, 0..31).
+// A Q4_0, Q5_0 or IQ4_NL block's 32 values in units of its d (q - 8, q - 16, kIq4NlValues[q]) as
+// int8; a Q4_1 or Q5_1 block's q as stored (0..15, 0..31).
 // (inline: the kernels call it per block; each ISA's file vectorises it with its own flags).
 template <DType kType>
 inline void small_block_values(const uint8_t* block, int8_t* q) {
@@ -168,8 +185,13 @@ inline void small_block_values(const uint8_t* block, int8_t* q) {
   uint32_t qh = 0;
   if constexpr (kFiveBits) std::memcpy(&qh, block + kHeader, 4);  // little-endian, as the static_assert below requires
   for (int i = 0; i < 16; ++i) {
-    q[i] = int8_t(((qs[i] & 15) | ((qh >> i) & 1) << 4) - kBias);
-    q[i + 16] = int8_t(((qs[i] >> 4) | ((qh >> (i + 16)) & 1) << 4) - kBias);
+    if constexpr (kType == DType::IQ4_NL) {
+      q[i] = kIq4NlValues[qs[i] & 15];
+      q[i + 16] = kIq4NlValues[qs[i] >> 4];
+    } else {
+      q[i] = int8_t(((qs[i] & 15) | ((qh >> i) & 1) << 4) - kBias);
+      q[i + 16] = int8_t(((qs[i] >> 4) | ((qh >> (i + 16)) & 1) << 4) - kBias);
+    }
   }
 }
 static_assert(std::endian::native == std::endian::little, "Q5_0's qh is read as a native word");
@@ -243,7 +265,7 @@ inline void q4_k_scales_mins(const uint8_t* packed, uint8_t* scales, uint8_t* mi
 }
 void q4_k_pack_scales_mins(const int* scales, const int* mins, uint8_t* packed);
 
-// One block index of a group of 8 rows, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K or Q6_K: interleave8_block reads row r's block at
+// One block index of a group of 8 rows of any block type: interleave8_block reads row r's block at
 // rows + r * stride and writes the group's 8 * block bytes; deinterleave8_block is its inverse,
 // writing row r's block at out + r * block bytes.
 void interleave8_block(DType type, const void* rows, size_t stride, void* out);
