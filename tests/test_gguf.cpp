@@ -146,7 +146,7 @@ TEST(GgufFormat, WriterAndReaderAgreeOnEveryValueType) {
 }
 
 // Q4_0 (ggml type 2) and Q5_0 (6) are read and written as they are; a type this reader does not
-// take is refused by its ggml name: the same file with Q4_0's type number made IQ4_XS's (23).
+// take is refused by its ggml name: the same file with Q4_0's type number made IQ2_XXS's (16).
 TEST(GgufFormat, Q4_0AndQ5_0AreReadAndOtherTypesRefusedByName) {
   TempDir dir("gguf_q4_0");
   GgufWriter w;
@@ -168,12 +168,12 @@ TEST(GgufFormat, Q4_0AndQ5_0AreReadAndOtherTypesRefusedByName) {
   const auto* begin = reinterpret_cast<const uint8_t*>(bytes.data());
   const auto* at = std::search(begin, begin + bytes.size(), std::begin(entry), std::end(entry));
   ASSERT_NE(at, begin + bytes.size());
-  bytes[size_t(at - begin) + sizeof entry - 4] = std::byte{23};
+  bytes[size_t(at - begin) + sizeof entry - 4] = std::byte{16};
   try {
     GgufFile(bytes.data(), bytes.size(), "x");
-    ADD_FAILURE() << "IQ4_XS accepted";
+    ADD_FAILURE() << "IQ2_XXS accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("ggml type IQ4_XS (23) is not supported"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("ggml type IQ2_XXS (16) is not supported"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("Q4_0, Q5_0"), std::string::npos) << e.what();
   }
 }
@@ -658,7 +658,7 @@ TEST(DeepSeek2Export, RunsAsLlamaCppRunsTheFile) {
 // tests/fixtures/gguf/dense-q4_k_m.gguf and dense-q6_k.gguf: llama-quantize's Q4_K_M (Q4_K, with
 // Q6_K for output, attn_v and ffn_down, as the Hub's Q4_K_M files hold them) and --pure Q6_K of
 // a random 1-layer qwen3 model whose rows are whole 256-blocks (tests/fixtures/make_llama_quantize_goldens.sh);
-// likewise its Q5_K_M, Q3_K_M and Q2_K (each its own mix of K-quants), and the --pure legacy
+// likewise its Q5_K_M, Q3_K_M and Q2_K (each its own mix of K-quants) and --pure IQ4_XS, and the --pure legacy
 // Q4_0 / Q5_0 / Q4_1 / Q5_1 / IQ4_NL files of a smaller model.
 // Their *.dequant.json: the FNV-1a 64-bit hash of ggml's own to_float floats of every tensor.
 uint64_t fnv1a(const std::vector<float>& v, uint64_t h = 1469598103934665603ull) {
@@ -699,6 +699,7 @@ TEST_P(LlamaQuantized, TensorsDequantizeToGgmlsFloats) {
   if (GetParam() == "dense-q4_1") EXPECT_EQ(types[DType::Q4_1], 9) << "--pure: every matrix";
   if (GetParam() == "dense-q5_1") EXPECT_EQ(types[DType::Q5_1], 9) << "--pure: every matrix";
   if (GetParam() == "dense-iq4_nl") EXPECT_EQ(types[DType::IQ4_NL], 9) << "--pure: every matrix";
+  if (GetParam() == "dense-iq4_xs") EXPECT_EQ(types[DType::IQ4_XS], 9) << "--pure: every matrix";
   if (GetParam() == "dense-q3_k_m") EXPECT_GE(types[DType::Q3_K], 3);
   if (GetParam() == "dense-q2_k") EXPECT_GE(types[DType::Q2_K], 3);
 }
@@ -741,7 +742,7 @@ TEST_P(LlamaQuantized, RunsAsItsDequantizedValues) {
 }
 
 INSTANTIATE_TEST_SUITE_P(LlamaQuantize, LlamaQuantized, ::testing::Values("dense-q4_k_m", "dense-q5_k_m", "dense-q3_k_m", "dense-q2_k", "dense-q6_k",
-                                                           "dense-q4_0", "dense-q5_0", "dense-q4_1", "dense-q5_1", "dense-iq4_nl"),
+                                                           "dense-q4_0", "dense-q5_0", "dense-q4_1", "dense-q5_1", "dense-iq4_nl", "dense-iq4_xs"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n) if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';

@@ -122,6 +122,35 @@ TEST(Quant, Iq4NlHandBuiltBlockDecodes) {
   EXPECT_EQ(dtype_row_bytes(DType::IQ4_NL, 64), 36u);
 }
 
+// ggml's block_iq4_xs: d | scales_h | scales_l[4] | qs[128]; sub-block j's 6-bit ls has its low
+// 4 bits in nibble j % 2 of scales_l[j / 2] and its top 2 in bits 2j, 2j + 1 of scales_h; its
+// values are float(d * (ls - 32)) times the table's, its 16 bytes of nibbles as an IQ4_NL block's.
+TEST(Quant, Iq4XsHandBuiltBlockDecodes) {
+  const int8_t table[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+  const int ls[8] = {0, 63, 32, 31, 33, 17, 48, 5};
+  uint8_t block[136] = {};
+  put_half(block, 0.25f);
+  uint16_t scales_h = 0;
+  for (int j = 0; j < 8; ++j) {
+    block[4 + j / 2] |= uint8_t((ls[j] & 15) << (4 * (j % 2)));
+    scales_h |= uint16_t((ls[j] >> 4) << (2 * j));
+  }
+  block[2] = uint8_t(scales_h & 255);
+  block[3] = uint8_t(scales_h >> 8);
+  for (int j = 0; j < 8; ++j)
+    for (int i = 0; i < 16; ++i) block[8 + 16 * j + i] = uint8_t((i + j) % 16 | (15 - i) << 4);
+  std::vector<float> y(256);
+  quant::dequantize_row(DType::IQ4_XS, block, 256, y.data());
+  for (int j = 0; j < 8; ++j) {
+    const float step = 0.25f * float(ls[j] - 32);
+    for (int i = 0; i < 16; ++i) {
+      EXPECT_EQ(y[32 * j + i], step * float(table[(i + j) % 16])) << j << " " << i;
+      EXPECT_EQ(y[32 * j + i + 16], step * float(table[15 - i])) << j << " " << i;
+    }
+  }
+  EXPECT_EQ(dtype_row_bytes(DType::IQ4_XS, 512), 272u);
+}
+
 TEST(Quant, Q4_KHandBuiltBlockDecodes) {
   // Scales and mins with high bits set in sub-blocks 4..7, packed by hand from the layout:
   // bytes 0-3 sc[0..3] | (sc[4..7] >> 4) << 6, bytes 4-7 m[0..3] | (m[4..7] >> 4) << 6,
@@ -322,6 +351,46 @@ TEST(Quant, Iq4NlRoundTripsToTheNearestTableValue) {
         ASSERT_LE(std::fabs(x[k] - y[k]), std::fabs(x[k] - d * float(v)) * (1.0f + 1e-6f) + 1e-12f) << "element " << k;
     }
   }
+  for (int i = 64; i < 96; ++i) EXPECT_EQ(y[i], 0.0f);
+}
+
+// IQ4_XS: per sub-block IQ4_NL's ideal step s_j = -x_m / 127, d = max|s_j| / 31 rounded up, the step
+// float(d * (ls - 32)) at least |s_j| and under |s_j| + d, of s_j's sign; each value the nearest of
+// the 16 times the step: |x - value| <= 14 |step|.
+TEST(Quant, Iq4XsRoundTripsToTheNearestTableValue) {
+  const int64_t n = 2048;
+  std::vector<float> x = test_row(n, 13);
+  std::fill_n(x.begin() + 256, 256, 0.0f);  // a super-block of zeros
+  std::fill_n(x.begin() + 64, 32, 0.0f);    // and a sub-block
+  for (int i = 0; i < 32; ++i) x[512 + 32 + i] *= 40.0f;  // a sub-block far larger than the others
+  std::vector<uint8_t> q(dtype_row_bytes(DType::IQ4_XS, n));
+  std::vector<float> y(n);
+  quant::quantize_row(DType::IQ4_XS, x.data(), n, q.data());
+  quant::dequantize_row(DType::IQ4_XS, q.data(), n, y.data());
+  for (int64_t b = 0; b < n / 256; ++b) {
+    const uint8_t* block = q.data() + b * 136;
+    const float d = quant::read_half(block);
+    float largest = 0.0f;
+    for (int64_t j = 0; j < 8; ++j) {
+      float extreme = 0.0f;
+      for (int i = 0; i < 32; ++i)
+        if (std::fabs(x[b * 256 + j * 32 + i]) > std::fabs(extreme)) extreme = x[b * 256 + j * 32 + i];
+      largest = std::max(largest, std::fabs(extreme) / 127.0f);
+      const float step = quant::iq4_xs_step(block, int(j));
+      EXPECT_GE(std::fabs(step), std::fabs(extreme) / 127.0f * (1.0f - 1e-6f)) << b << " " << j;
+      EXPECT_LE(std::fabs(step), std::fabs(extreme) / 127.0f + d * (1.0f + 1e-6f)) << b << " " << j;
+      if (extreme != 0.0f) EXPECT_EQ(step < 0.0f, extreme > 0.0f) << "x_m maps to -127";
+      for (int i = 0; i < 32; ++i) {
+        const int64_t k = b * 256 + j * 32 + i;
+        ASSERT_LE(std::fabs(x[k] - y[k]), 14.0f * std::fabs(step) + 1e-6f * std::fabs(x[k])) << "element " << k;
+        for (int8_t v : quant::kIq4NlValues)
+          ASSERT_LE(std::fabs(x[k] - y[k]), std::fabs(x[k] - step * float(v)) * (1.0f + 1e-6f) + 1e-12f) << "element " << k;
+      }
+    }
+    EXPECT_GE(d, largest / 31.0f);
+    EXPECT_LE(d, largest / 31.0f * (1.0f + 1.0f / 1024.0f) + 6e-8f);
+  }
+  for (int i = 256; i < 512; ++i) EXPECT_EQ(y[i], 0.0f);
   for (int i = 64; i < 96; ++i) EXPECT_EQ(y[i], 0.0f);
 }
 
@@ -607,6 +676,33 @@ TEST(Quant, InterleavedQ2_KBlocksFollowTheLayoutAndRoundTrip) {
   }
   EXPECT_EQ(quant::kQ2_KMinSteps + 16, 8 * 84) << "the group keeps its rows' bytes";
   quant::deinterleave8_block(DType::Q2_K, group.data(), back.data());
+  EXPECT_EQ(back, rows);
+}
+
+// IQ4_XS's interleaved group: the 8 rows' d, scales_h and scales_l in row order, then per
+// sub-block j Q4_0's 2 chunks of the rows' 16 bytes of nibbles (byte i of row r's run j at
+// 64 (i / 8) + 8 slot + i % 8); deinterleaving gives the rows back.
+TEST(Quant, InterleavedIq4XsBlocksFollowTheLayoutAndRoundTrip) {
+  const int slot_of_row[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+  std::vector<uint8_t> rows(8 * 136), group(8 * 136), back(8 * 136);
+  std::vector<uint8_t> whole(dtype_row_bytes(DType::IQ4_XS, 1024));
+  for (int r = 0; r < 8; ++r) {  // super-block r % 4 of a test row: zeros, tiny and large values among them
+    quant::quantize_row(DType::IQ4_XS, test_row(1024, 60 + r).data(), 1024, whole.data());
+    std::memcpy(rows.data() + 136 * r, whole.data() + 136 * (r % 4), 136);
+  }
+  quant::interleave8_block(DType::IQ4_XS, rows.data(), 136, group.data());
+  for (int r = 0; r < 8; ++r) {
+    const uint8_t* row = rows.data() + 136 * r;
+    EXPECT_EQ(std::memcmp(group.data() + 2 * r, row, 2), 0) << "d of row " << r;
+    EXPECT_EQ(std::memcmp(group.data() + quant::kIq4XsHighScales + 2 * r, row + 2, 2), 0) << "scales_h of row " << r;
+    EXPECT_EQ(std::memcmp(group.data() + quant::kIq4XsLowScales + 4 * r, row + 4, 4), 0) << "scales_l of row " << r;
+    for (int j = 0; j < 8; ++j)
+      for (int i = 0; i < 16; ++i)
+        ASSERT_EQ(group[quant::kIq4XsNibbles + 128 * j + 64 * (i / 8) + 8 * slot_of_row[r] + i % 8], row[8 + 16 * j + i])
+            << "row " << r << " sub-block " << j << " byte " << i;
+  }
+  EXPECT_EQ(quant::kIq4XsNibbles + 8 * 128, 8 * 136) << "the group keeps its rows' bytes";
+  quant::deinterleave8_block(DType::IQ4_XS, group.data(), back.data());
   EXPECT_EQ(back, rows);
 }
 

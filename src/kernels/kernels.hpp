@@ -1,7 +1,7 @@
 #pragma once
 // CPU math. Activations are f32; weights stay in their stored dtype (f32, f16, bf16) and are
 // widened to f32 in registers, so a bf16 model is never converted as a whole. Block-quantized
-// weights (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: util/quant.hpp) multiply activations quantized to 8 bits (one step
+// weights (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: util/quant.hpp) multiply activations quantized to 8 bits (one step
 // per 32 or 256 columns: activation_group) with integer dot products, as llama.cpp does.
 // One dispatch point picks AVX-512 (with or without VNNI), AVX2 or portable code at run time.
 // Asked for (CROSSMOE_ISA=avx512_bf16), bf16 weights multiply activations rounded to bf16 with the
@@ -105,7 +105,7 @@ struct ActivationBlock {
   int8_t q[32];
 };
 // Columns that share one activation scale against weights of a block type: 32 for the 32-value
-// types (one block), 256 for Q4_K, Q5_K and Q6_K (a super-block, as llama.cpp's Q8_K: one float step per
+// types (one block) and IQ4_XS (a sub-block), 256 for Q4_K, Q5_K and Q6_K (a super-block, as llama.cpp's Q8_K: one float step per
 // super-block lets the kernel apply the sub-block scales in integers).
 int64_t activation_group(DType weights);
 // n a multiple of group (32 or 256); every block of a group gets the group's d. The portable

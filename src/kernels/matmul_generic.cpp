@@ -158,6 +158,29 @@ struct QuantLaneScalar {
     for (int t = 0; t < T; ++t)
       for (int r = 0; r < 8; ++r) y[t * ldy + r] = acc[t][r];
   }
+  // IQ4_XS: each sub-block's values looked up (as an IQ4_NL block's, whose nibbles lie after a
+  // 2-byte d), its exact dot, then iq4_xs_tile's float step.
+  template <int T>
+  static void iq4_xs_x8(const uint8_t* g, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
+    float acc[T][8] = {};
+    uint8_t plain[8 * 136];
+    for (int64_t b = 0; b < blocks; b += 8) {
+      quant::deinterleave8_block(DType::IQ4_XS, g + b / 8 * 8 * 136, plain);
+      for (int r = 0; r < 8; ++r)
+        for (int j = 0; j < 8; ++j) {
+          const uint8_t* block = plain + 136 * r;
+          int8_t values[32];
+          quant::small_block_values<DType::IQ4_NL>(block + 6 + 16 * j, values);
+          const float step = quant::iq4_xs_step(block, j);
+          for (int t = 0; t < T; ++t) {
+            const ActivationBlock& a = x[t * blocks + b + j];
+            acc[t][r] = std::fma(float(dot_q8(values, a.q)), step * a.d, acc[t][r]);
+          }
+        }
+    }
+    for (int t = 0; t < T; ++t)
+      for (int r = 0; r < 8; ++r) y[t * ldy + r] = acc[t][r];
+  }
   // Q4_K, or Q5_K (its integer q sums: q5_k_sums's on each row's super-block as stored).
   template <int T, DType D = DType::Q4_K>
   static void q4_k_x8(const uint8_t* g, const ActivationBlock* x, const int16_t* sums, int64_t blocks, float* y,

@@ -52,6 +52,7 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
     case DType::Q4_1:
     case DType::Q5_1:
     case DType::IQ4_NL:
+    case DType::IQ4_XS:
     case DType::Q2_K:
     case DType::Q3_K:
     case DType::Q4_K:
@@ -80,6 +81,8 @@ void interleave_rows8(Matrix& m, void* data) {
 }
 
 int64_t activation_group(DType weights) {
+  // IQ4_XS's sub-blocks have float steps (d * (ls - 32)), taken per sub-block as IQ4_NL's.
+  if (weights == DType::IQ4_XS) return 32;
   return dtype_block(weights);  // a block (32) or a super-block (256)
 }
 

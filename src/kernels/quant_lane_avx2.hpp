@@ -304,12 +304,15 @@ struct QuantLaneAvx2 {
   // bytes, or Q4_0's chunk k % 2 of nibbles (low for k < 2, high after) less 8 (IQ4_NL's: looked up); Q5_0's with the
   // top bit of word k (one byte per row: each spread over its row's 8 bytes) as 16, less 16; Q4_1's
   // and Q5_1's q as they are.
+  // Half h of Q8_0's chunk k of a group's 2 chunks of nibbles at q (Q4_0's, IQ4_NL's): the low nibbles for k < 2.
+  static __m256i chunk_nibbles(const uint8_t* q, int k, int h) {
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * (k % 2) + 32 * h));
+    return _mm256_and_si256(k < 2 ? raw : _mm256_srli_epi16(raw, 4), _mm256_set1_epi8(15));
+  }
   template <DType D>
   static __m256i small_group_values(const uint8_t* g, int k, int h) {
     if constexpr (D == DType::Q8_0) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 16 + 64 * k + 32 * h));
-    const __m256i raw =
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + quant::small_group_nibbles(D) + 64 * (k % 2) + 32 * h));
-    const __m256i nibbles = _mm256_and_si256(k < 2 ? raw : _mm256_srli_epi16(raw, 4), _mm256_set1_epi8(15));
+    const __m256i nibbles = chunk_nibbles(g + quant::small_group_nibbles(D), k, h);
     if constexpr (D == DType::Q4_0) return _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8));
     if constexpr (D == DType::IQ4_NL) return _mm256_shuffle_epi8(iq4_nl_values(), nibbles);
     if constexpr (D == DType::Q4_1) return nibbles;
@@ -323,6 +326,48 @@ struct QuantLaneAvx2 {
     const __m256i high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
     if constexpr (D == DType::Q5_1) return _mm256_or_si256(nibbles, high);
     return _mm256_sub_epi8(_mm256_or_si256(nibbles, high), _mm256_set1_epi8(16));
+  }
+  // IQ4_XS: per sub-block j, the 8 rows' IQ4_NL chunks against activation block 8 s + j and their
+  // steps float(d * (ls[j] - 32)) made for the 8 rows at once (as QuantLaneAvx512Vnni::iq4_xs_x8).
+  template <int T>
+  static void iq4_xs_x8(const uint8_t* g, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
+    __m256 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    const __m256i ones = _mm256_set1_epi16(1);
+    constexpr size_t kBytes = 8 * 136;
+    for (int64_t b = 0; b < blocks; b += 8, g += kBytes) {
+      if constexpr (T == 1)
+        for (size_t line = 0; line < kBytes; line += 64) __builtin_prefetch(g + 2 * kBytes + line);
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
+      const __m256i high =
+          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + quant::kIq4XsHighScales)));
+      const __m256i low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + quant::kIq4XsLowScales));
+      for (int j = 0; j < 8; ++j) {
+        const __m256i ls = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi32(low, 4 * j), _mm256_set1_epi32(15)),
+            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(high, 2 * j), _mm256_set1_epi32(3)), 4));
+        const __m256 step = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(ls, _mm256_set1_epi32(32))));
+        const uint8_t* q = g + quant::kIq4XsNibbles + 128 * j;
+        __m256i sums[T][2];
+        for (int t = 0; t < T; ++t) sums[t][0] = sums[t][1] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; ++k)
+          for (int h = 0; h < 2; ++h) {
+            const __m256i w = _mm256_shuffle_epi8(iq4_nl_values(), chunk_nibbles(q, k, h));
+            const __m256i w_abs = _mm256_sign_epi8(w, w);
+            for (int t = 0; t < T; ++t) {
+              const __m256i a = bytes8(x[t * blocks + b + j].q + 8 * k);
+              sums[t][h] = _mm256_add_epi32(sums[t][h], _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(a, w)), ones));
+            }
+          }
+        for (int t = 0; t < T; ++t) {
+          const ActivationBlock& a = x[t * blocks + b + j];
+          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(sums[t][0], sums[t][1])),
+                                   _mm256_mul_ps(step, _mm256_broadcast_ss(&a.d)), acc[t]);
+        }
+      }
+    }
+    for (int t = 0; t < T; ++t) _mm256_storeu_ps(y + t * ldy, acc[t]);
   }
   // Q4_1's / Q5_1's second step per block, small_block_tile's: acc + float(a.sum) * (m * a.d) for
   // the 8 rows' fp16 m at `m`.

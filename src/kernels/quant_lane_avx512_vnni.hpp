@@ -51,14 +51,19 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
   template <DType D>
   static constexpr int small_block_bias = D == DType::Q4_0 ? 8 : D == DType::Q5_0 ? 16 : quant::has_block_min(D) ? 0 : 128;
   static __m512i iq4_nl_biased_values() {
-    return _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(quant::kIq4NlValues))),
-                            _mm512_set1_epi8(char(0x80)));
+    // (the masked form: GCC 12 warns that the plain broadcast's unused source may be uninitialized)
+    const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(quant::kIq4NlValues));
+    return _mm512_xor_si512(_mm512_maskz_broadcast_i32x4(0xffff, table), _mm512_set1_epi8(char(0x80)));
+  }
+  // Q8_0's chunk k of a group's 2 chunks of nibbles at q (Q4_0's, IQ4_NL's): the low nibbles for k < 2.
+  static __m512i chunk_nibbles(const uint8_t* q, int k) {
+    const __m512i raw = _mm512_loadu_si512(q + 64 * (k % 2));
+    return _mm512_and_si512(k < 2 ? raw : _mm512_srli_epi16(raw, 4), _mm512_set1_epi8(15));
   }
   template <DType D>
   static __m512i small_group_values(const uint8_t* g, int k) {  // Q8_0's chunk k, each value + bias
     if constexpr (D == DType::Q8_0) return _mm512_xor_si512(_mm512_loadu_si512(g + 16 + 64 * k), _mm512_set1_epi8(char(0x80)));
-    const __m512i raw = _mm512_loadu_si512(g + quant::small_group_nibbles(D) + 64 * (k % 2));
-    const __m512i nibbles = _mm512_and_si512(k < 2 ? raw : _mm512_srli_epi16(raw, 4), _mm512_set1_epi8(15));
+    const __m512i nibbles = chunk_nibbles(g + quant::small_group_nibbles(D), k);
     if constexpr (D == DType::IQ4_NL) return _mm512_shuffle_epi8(iq4_nl_biased_values(), nibbles);
     if constexpr (!quant::has_fifth_bit(D)) return nibbles;
     __mmask64 top;
@@ -92,6 +97,48 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
         const __m256 da = _mm256_mul_ps(d, _mm256_broadcast_ss(&a.d));
         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows), da, acc[t]);
         if constexpr (quant::has_block_min(D)) acc[t] = QuantLaneAvx2::min_step(g + 16, a, acc[t]);
+      }
+    }
+    for (int t = 0; t < T; ++t) _mm256_storeu_ps(y + t * ldy, acc[t]);
+  }
+
+  // IQ4_XS (util/quant.hpp): per sub-block j, the 8 rows' IQ4_NL chunks (values + 128, as
+  // small_group_values) against activation block 8 s + j, and their steps float(d * (ls[j] - 32))
+  // made for the 8 rows at once from d, scales_h and scales_l (bits 4j.. and 2j.. of each row's
+  // word): iq4_xs_tile's integers and float steps, the rows' bits.
+  template <int T>
+  static void iq4_xs_x8(const uint8_t* g, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
+    __m256 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    constexpr size_t kBytes = 8 * 136;
+    for (int64_t b = 0; b < blocks; b += 8, g += kBytes) {
+      // One token: the lines of the group 8 super-blocks (8.5 KiB) ahead, as q8_0_x8.
+      if constexpr (T == 1)
+        for (size_t line = 0; line < kBytes; line += 64) __builtin_prefetch(g + 8 * kBytes + line);
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
+      const __m256i high =
+          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + quant::kIq4XsHighScales)));
+      const __m256i low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + quant::kIq4XsLowScales));
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        const __m256i ls = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi32(low, 4 * j), _mm256_set1_epi32(15)),
+            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(high, 2 * j), _mm256_set1_epi32(3)), 4));
+        const __m256 step = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(ls, _mm256_set1_epi32(32))));
+        const uint8_t* q = g + quant::kIq4XsNibbles + 128 * j;
+        __m512i sums[T];
+        for (int t = 0; t < T; ++t) sums[t] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; ++k) {
+          const __m512i w = _mm512_shuffle_epi8(iq4_nl_biased_values(), chunk_nibbles(q, k));
+          for (int t = 0; t < T; ++t) sums[t] = _mm512_dpbusd_epi32(sums[t], w, bytes8(x[t * blocks + b + j].q + 8 * k));
+        }
+        for (int t = 0; t < T; ++t) {
+          const ActivationBlock& a = x[t * blocks + b + j];
+          const __m256i rows = _mm256_sub_epi32(_mm256_hadd_epi32(low_half(sums[t]), high_half(sums[t])),
+                                                _mm256_set1_epi32(128 * a.sum));
+          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows), _mm256_mul_ps(step, _mm256_broadcast_ss(&a.d)), acc[t]);
+        }
       }
     }
     for (int t = 0; t < T; ++t) _mm256_storeu_ps(y + t * ldy, acc[t]);

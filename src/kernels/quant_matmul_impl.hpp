@@ -1,5 +1,5 @@
 #pragma once
-// Products of Q8_0 / Q4_0 / Q5_0 / Q4_1 / Q5_1 / IQ4_NL / Q2_K / Q3_K / Q4_K / Q5_K / Q6_K weight rows with quantized activations, written once over an
+// Products of Q8_0 / Q4_0 / Q5_0 / Q4_1 / Q5_1 / IQ4_NL / IQ4_XS / Q2_K / Q3_K / Q4_K / Q5_K / Q6_K weight rows with quantized activations, written once over an
 // integer "lane" type L. Each ISA's .cpp file includes this with its own L, compiled with its flags.
 //   L::Acc                      float accumulators;  L::Int  integer accumulators
 //   L::zero(), L::sum(Acc), L::int_zero()
@@ -47,6 +47,9 @@
 //   L::q6_k_x8<T, DType::Q3_K>(...): the same for Q3_K's groups (offsets sub_block_offsets<4>):
 //       per (row, token, super-block) the exact sum_j (sc[j] - 32) sum_i (q_i - 4) a_i, which is
 //       low_bit_k_sums's dots - mins, then low_bit_k_tile's float step: the rows' bits.
+//   L::iq4_xs_x8<T>(g, x, blocks, y, ldy): the same for IQ4_XS's groups: per sub-block, the exact
+//       integer of its IQ4_NL values against its activation block, then iq4_xs_tile's float step:
+//       the rows' bits.
 //   L::q6_k_x8<T, DType::Q2_K>(...): the same for Q2_K's groups (no offsets): low_bit_k_sums's dots
 //       and mins (the mins from half_sums, token t's at half_sums + 2 * t * blocks), then
 //       low_bit_k_tile's two float steps: the rows' bits.
@@ -149,6 +152,29 @@ void small_block_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock*
           const ActivationBlock& a = x[t * blocks + b];
           acc[r][t] = std::fma(float(a.sum), m * a.d, acc[r][t]);
         }
+      }
+    }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = acc[r][t];
+}
+
+// IQ4_XS rows against T tokens: each sub-block j taken as an IQ4_NL block (L::small_block_sums on
+// its nibbles, which lie where an IQ4_NL block's do after a 2-byte d) whose step is
+// float(d * (ls[j] - 32)), against its own activation block: acc = fma(float(dot), step * a.d, acc)
+// per sub-block in order, in a scalar: the same bits in every ISA for every T.
+template <class L, int R, int T>
+void iq4_xs_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
+  float acc[R][T] = {};
+  for (int64_t b = 0; b < blocks; b += 8)
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* wb = w + r * row_bytes + b / 8 * 136;
+      if constexpr (T == 1)
+        for (int line = 0; line < 136; line += 64) __builtin_prefetch(wb + R * row_bytes + line);
+      for (int j = 0; j < 8; ++j) {
+        int32_t sums[T];
+        L::template small_block_sums<DType::IQ4_NL, T>(wb + 6 + 16 * j, x + b + j, blocks, sums);
+        const float step = quant::iq4_xs_step(wb, j);
+        for (int t = 0; t < T; ++t) acc[r][t] = std::fma(float(sums[t]), step * x[t * blocks + b + j].d, acc[r][t]);
       }
     }
   for (int r = 0; r < R; ++r)
@@ -260,6 +286,7 @@ void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int1
       case DType::Q4_1: return small_block_tile<L, kRows, T, DType::Q4_1>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::Q5_1: return small_block_tile<L, kRows, T, DType::Q5_1>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::IQ4_NL: return small_block_tile<L, kRows, T, DType::IQ4_NL>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::IQ4_XS: return iq4_xs_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::Q2_K: return low_bit_k_tile<L, kRows, T, DType::Q2_K>(w, row_bytes, x, sums, blocks, y + r, m.rows);
       case DType::Q3_K: return low_bit_k_tile<L, kRows, T, DType::Q3_K>(w, row_bytes, x, sums, blocks, y + r, m.rows);
       default: return q6_k_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
@@ -310,6 +337,18 @@ void q6_k_groups(const Matrix& m, const ActivationBlock* x, const int16_t* half_
                                            m.rows);
 }
 
+// Interleaved IQ4_XS groups from r0 to r1 against T tokens, in tiles of at most L::x8_tokens tokens.
+template <class L, int T>
+void iq4_xs_groups(const Matrix& m, const ActivationBlock* x, float* y, int64_t r0, int64_t r1) {
+  const int64_t blocks = m.cols / 32;
+  const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
+  const auto* base = static_cast<const uint8_t*>(m.data);
+  constexpr int kGroupTokens = std::min(T, L::x8_tokens);
+  for (int64_t r = r0; r < r1; r += 8)
+    for (int t = 0; t < T; t += kGroupTokens)
+      L::template iq4_xs_x8<kGroupTokens>(base + size_t(r) * row_bytes, x + t * blocks, blocks, y + t * m.rows + r, m.rows);
+}
+
 // Groups of 8 interleaved rows from r0 to r1 (both multiples of 8). Several tokens on a lane with
 // tiles of two groups (kPairs) take the rows 16 at a time and a last odd group alone (in tiles of at
 // most L::x8_tokens tokens); one token alone keeps the one-group tile (decode, which prefetches its
@@ -321,6 +360,7 @@ void interleaved_rows_for_tokens(const Matrix& m, const ActivationBlock* x, cons
   if (m.dtype == DType::Q6_K) return q6_k_groups<L, T, DType::Q6_K>(m, x, nullptr, y, r0, r1);
   if (m.dtype == DType::Q3_K) return q6_k_groups<L, T, DType::Q3_K>(m, x, nullptr, y, r0, r1);
   if (m.dtype == DType::Q2_K) return q6_k_groups<L, T, DType::Q2_K>(m, x, sums, y, r0, r1);
+  if (m.dtype == DType::IQ4_XS) return iq4_xs_groups<L, T>(m, x, y, r0, r1);
   const int64_t blocks = m.cols / 32;
   const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
   const auto* base = static_cast<const uint8_t*>(m.data);

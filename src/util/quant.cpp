@@ -83,24 +83,59 @@ void quantize_small_block_with_min(DType type, const float* x, uint8_t* block) {
   }
 }
 
+// The value of 32 with the largest magnitude (IQ4_NL's and IQ4_XS's sub-blocks put it on the
+// table's -127).
+float extreme_value(const float* x) {
+  return *std::max_element(x, x + 32, [](float a, float b) { return std::fabs(a) < std::fabs(b); });
+}
+
+// 32 values' indices into kIq4NlValues, each the entry nearest x / step, as 16 bytes of nibbles
+// (value i low in byte i, value i + 16 high); a step of 0 gives every value 0.
+void iq4_nibbles(const float* x, float step, uint8_t* qs) {
+  uint8_t q[32];
+  for (int i = 0; i < 32; ++i) {
+    q[i] = 8;  // the entry nearest 0, for a step of 0
+    if (step == 0.0f) continue;
+    const float target = x[i] / step;
+    for (uint8_t k = 0; k < 16; ++k)
+      if (std::fabs(target - float(kIq4NlValues[k])) < std::fabs(target - float(kIq4NlValues[q[i]]))) q[i] = k;
+  }
+  for (int i = 0; i < 16; ++i) qs[i] = uint8_t(q[i] | q[i + 16] << 4);
+}
+
 // IQ4_NL: the block's largest magnitude on the table's -127 (d negative when that value is
 // positive), then each value's nearest table entry.
 void quantize_iq4_nl(const float* x, uint8_t* block) {
-  const float extreme = *std::max_element(x, x + 32, [](float a, float b) { return std::fabs(a) < std::fabs(b); });
+  const float extreme = extreme_value(x);
   require(std::fabs(extreme) / 127.0f <= kHalfMax,
           "value " + std::to_string(extreme) + " is too large for IQ4_NL's fp16 scale");
   const uint16_t dh = uint16_t(half_at_least(std::fabs(extreme) / 127.0f) | (extreme > 0.0f ? 0x8000 : 0));
   write_half(block, dh);
-  const float d = f16_to_f32(dh);
-  uint8_t q[32];
-  for (int i = 0; i < 32; ++i) {
-    q[i] = 8;  // the value nearest 0, for a block of zeros
-    if (d == 0.0f) continue;
-    const float target = x[i] / d;
-    for (uint8_t k = 0; k < 16; ++k)
-      if (std::fabs(target - float(kIq4NlValues[k])) < std::fabs(target - float(kIq4NlValues[q[i]]))) q[i] = k;
+  iq4_nibbles(x, f16_to_f32(dh), block + 2);
+}
+
+// IQ4_XS: each sub-block's IQ4_NL step s_j = -x_m / 127, d the largest |s_j| over 31 steps (rounded
+// up), ls - 32 = s_j's sign times the steps of d that reach |s_j|.
+void quantize_iq4_xs(const float* x, uint8_t* block) {
+  float ideal[8], largest = 0.0f;
+  for (int j = 0; j < 8; ++j) {
+    ideal[j] = -extreme_value(x + 32 * j) / 127.0f;
+    largest = std::max(largest, std::fabs(ideal[j]));
   }
-  for (int i = 0; i < 16; ++i) block[2 + i] = uint8_t(q[i] | q[i + 16] << 4);
+  require(largest / 31.0f <= kHalfMax, "value " + std::to_string(127.0f * largest) + " is too large for IQ4_XS's fp16 scale");
+  const uint16_t dh = half_at_least(largest / 31.0f);
+  write_half(block, dh);
+  const float d = f16_to_f32(dh);
+  uint16_t scales_h = 0;
+  std::fill_n(block + 4, 4, 0);
+  for (int j = 0; j < 8; ++j) {
+    const int steps = d == 0.0f ? 0 : std::min(31, int(std::ceil(std::fabs(ideal[j]) / d)));
+    const int ls = 32 + (ideal[j] < 0.0f ? -steps : steps);
+    block[4 + j / 2] |= uint8_t((ls & 15) << (4 * (j % 2)));
+    scales_h |= uint16_t((ls >> 4) << (2 * j));
+  }
+  std::memcpy(block + 2, &scales_h, 2);
+  for (int j = 0; j < 8; ++j) iq4_nibbles(x + 32 * j, iq4_xs_step(block, j), block + 8 + 16 * j);
 }
 
 void quantize_q8_0(const float* x, uint8_t* block) {
@@ -285,6 +320,17 @@ void dequantize_small_block(const uint8_t* block, float* y) {
   }
 }
 
+void dequantize_iq4_xs(const uint8_t* block, float* y) {
+  for (int j = 0; j < 8; ++j) {
+    const float step = iq4_xs_step(block, j);
+    const uint8_t* qs = block + 8 + 16 * j;
+    for (int i = 0; i < 16; ++i) {
+      y[32 * j + i] = step * float(kIq4NlValues[qs[i] & 15]);
+      y[32 * j + i + 16] = step * float(kIq4NlValues[qs[i] >> 4]);
+    }
+  }
+}
+
 void dequantize_q4_k(const uint8_t* block, float* y) {
   const float d = read_half(block), dmin = read_half(block + 2);
   const uint8_t* qs = block + 16;
@@ -371,6 +417,7 @@ void quantize_row(DType type, const float* x, int64_t n, void* out) {
     else if (type == DType::Q4_0 || type == DType::Q5_0) quantize_small_block(type, x + b * block, o + b * block_bytes);
     else if (has_block_min(type)) quantize_small_block_with_min(type, x + b * block, o + b * block_bytes);
     else if (type == DType::IQ4_NL) quantize_iq4_nl(x + b * block, o + b * block_bytes);
+    else if (type == DType::IQ4_XS) quantize_iq4_xs(x + b * block, o + b * block_bytes);
     else if (type == DType::Q2_K) quantize_q2_k(x + b * block, o + b * block_bytes);
     else if (type == DType::Q3_K) quantize_q3_k(x + b * block, o + b * block_bytes);
     else if (type == DType::Q4_K) quantize_q4_k(x + b * block, o + b * block_bytes);
@@ -392,6 +439,7 @@ void dequantize_row(DType type, const void* in, int64_t n, float* out) {
     else if (type == DType::Q4_1) dequantize_small_block<DType::Q4_1>(p + b * block_bytes, out + b * block);
     else if (type == DType::Q5_1) dequantize_small_block<DType::Q5_1>(p + b * block_bytes, out + b * block);
     else if (type == DType::IQ4_NL) dequantize_small_block<DType::IQ4_NL>(p + b * block_bytes, out + b * block);
+    else if (type == DType::IQ4_XS) dequantize_iq4_xs(p + b * block_bytes, out + b * block);
     else if (type == DType::Q2_K) dequantize_q2_k(p + b * block_bytes, out + b * block);
     else if (type == DType::Q3_K) dequantize_q3_k(p + b * block_bytes, out + b * block);
     else if (type == DType::Q4_K) dequantize_q4_k(p + b * block_bytes, out + b * block);
@@ -436,6 +484,17 @@ void interleave8_block(DType type, const void* rows, size_t stride, void* out) {
       if (has_fifth_bit(type))
         for (int k = 0; k < 4; ++k) o[high + 8 * k + kSlot[r]] = row(r)[header + k];
       for (int k = 0; k < 2; ++k) std::memcpy(o + nibbles + span_offset(r, 8 * k), row(r) + qs + 8 * k, 8);
+    }
+    return;
+  }
+  if (type == DType::IQ4_XS) {
+    for (int r = 0; r < 8; ++r) {
+      std::memcpy(o + 2 * r, row(r), 2);
+      std::memcpy(o + kIq4XsHighScales + 2 * r, row(r) + 2, 2);
+      std::memcpy(o + kIq4XsLowScales + 4 * r, row(r) + 4, 4);
+      for (int j = 0; j < 8; ++j)
+        for (int k = 0; k < 2; ++k)
+          std::memcpy(o + kIq4XsNibbles + 128 * j + span_offset(r, 8 * k), row(r) + 8 + 16 * j + 8 * k, 8);
     }
     return;
   }
@@ -513,6 +572,18 @@ void deinterleave8_block(DType type, const void* in, void* out) {
       if (has_fifth_bit(type))
         for (int k = 0; k < 4; ++k) b[header + k] = g[high + 8 * k + kSlot[r]];
       for (int k = 0; k < 2; ++k) std::memcpy(b + qs + 8 * k, g + nibbles + span_offset(r, 8 * k), 8);
+    }
+    return;
+  }
+  if (type == DType::IQ4_XS) {
+    for (int r = 0; r < 8; ++r) {
+      uint8_t* b = o + 136 * r;
+      std::memcpy(b, g + 2 * r, 2);
+      std::memcpy(b + 2, g + kIq4XsHighScales + 2 * r, 2);
+      std::memcpy(b + 4, g + kIq4XsLowScales + 4 * r, 4);
+      for (int j = 0; j < 8; ++j)
+        for (int k = 0; k < 2; ++k)
+          std::memcpy(b + 8 + 16 * j + 8 * k, g + kIq4XsNibbles + 128 * j + span_offset(r, 8 * k), 8);
     }
     return;
   }

@@ -20,6 +20,12 @@
 //        value[i] = d * kIq4NlValues[q[i]]   (a fixed table of 16 int8 values, non-linear)
 //     A Q8_0 block with 16 possible values: its products look its int8 values up
 //     (small_block_values) and take Q8_0's integer dot.
+//   IQ4_XS, 136 bytes per 256 values (8 sub-blocks j of 32): fp16 d | 16-bit word scales_h | 4 bytes
+//        scales_l | 8 runs of 16 bytes of 4-bit indices, run j sub-block j's as an IQ4_NL block's
+//        value[32 j + i] = float(d * (ls[j] - 32)) * kIq4NlValues[q[j][i]]      (ls in 0..63)
+//     ls[j]'s low 4 bits are bits 4j..4j+3 of scales_l (a little-endian word), its top 2 bits
+//     bits 2j, 2j + 1 of scales_h. Its products take each sub-block as an IQ4_NL block whose step
+//     is float(d * (ls[j] - 32)) (iq4_xs_step), against activations with a step per 32 values.
 //   Q4_K, 144 bytes per 256 values (8 sub-blocks j of 32): fp16 d | fp16 dmin | 12 bytes holding
 //        the 6-bit scale sc[j] and min m[j] of each sub-block | 128 bytes of 4-bit q
 //        value[32 j + i] = d * sc[j] * q[j][i] - dmin * m[j]        (q in 0..15)
@@ -58,6 +64,9 @@
 //   IQ4_NL: d = -x_m / 127 for the block's value x_m of largest magnitude (so that x_m is the table's
 //     -127), its magnitude rounded UP to fp16, q = the table value nearest x / d: |x - value| <= 14 |d|
 //     (x / d lies in -127..127; the widest gap is 113..127, at the table's end).
+//   IQ4_XS: per sub-block j, s_j = -x_m / 127 as IQ4_NL's d; d = max|s_j| / 31 rounded UP to fp16,
+//     ls[j] - 32 = s_j's sign times ceil(|s_j| / d) (in -31..31), and each q IQ4_NL's nearest to
+//     x / step_j for step_j = float(d * (ls[j] - 32)): |x - value| <= 14 |step_j|, |step_j| < |s_j| + d.
 //   Q4_1 / Q5_1: m = min(x) rounded DOWN to fp16, d = (max(x) - m) / 15 (/ 31) rounded UP to fp16,
 //     q = round((x - m) / d): |x - value| <= d / 2 (and the float rounding of q * d + m).
 //   Q4_K: each sub-block's grid [-dmin * m, d * sc * 15 - dmin * m] is made to cover its values
@@ -90,6 +99,8 @@
 //        values 8k..8k+7) of rows 0, 1, 4, 5, 2, 3, 6, 7 | Q4_0's 2 chunks of nibbles. Word k is the
 //        top bits of Q8_0's chunk k, bit i of it the value at byte i of the chunk (a byte mask).
 //   IQ4_NL, 144 bytes: Q4_0's group (its nibbles are indices into kIq4NlValues).
+//   IQ4_XS, 1088 bytes: fp16 d of rows 0..7 | scales_h of rows 0..7 | scales_l of rows 0..7 (4 bytes
+//        each) | per sub-block j, 128 bytes: Q4_0's 2 chunks of the 8 rows' runs j of nibbles.
 //   Q4_1, 160 bytes, and Q5_1, 192 bytes: Q4_0's and Q5_0's groups with the fp16 m of rows 0..7
 //        after the d's, everything after them 16 bytes further on (q as stored: no bias).
 //   Q4_K, 1152 bytes: fp16 d of rows 0..7 | fp16 dmin of rows 0..7 | 96 bytes of scales and mins |
@@ -140,6 +151,8 @@ constexpr int64_t kQ6_KScales = 1536, kQ6_KSteps = 1664, kQ5_KHighBits = 1152;
 // steps and min steps.
 constexpr int64_t kQ3_KHighBits = 512, kQ3_KScales = 768, kQ3_KSteps = 864;
 constexpr int64_t kQ2_KScales = 512, kQ2_KSteps = 640, kQ2_KMinSteps = 656;
+// Where an interleaved IQ4_XS group's scales_h, scales_l and sub-blocks' nibbles start.
+constexpr int64_t kIq4XsHighScales = 16, kIq4XsLowScales = 32, kIq4XsNibbles = 64;
 
 // Quantizes n values (a multiple of the type's block) into dtype_row_bytes(type, n) bytes.
 // Throws on a bad n, on values that are not finite, or on values too large for the fp16 scales.
@@ -168,7 +181,7 @@ constexpr int64_t small_group_high_bits(DType t) { return has_block_min(t) ? 32 
 constexpr int64_t small_group_nibbles(DType t) { return small_group_high_bits(t) + (has_fifth_bit(t) ? 32 : 0); }
 // The block types whose matrices the kernels also read interleaved 8 rows at a time (below): all.
 constexpr bool has_interleaved_layout(DType t) {
-  return t == DType::Q8_0 || is_nibble_block(t) || t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K ||
+  return t == DType::Q8_0 || is_nibble_block(t) || t == DType::IQ4_XS || t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K ||
          t == DType::Q5_K || t == DType::Q6_K;
 }
 
@@ -277,5 +290,13 @@ inline float read_half(const void* p) {
   std::memcpy(&h, p, 2);
   return f16_to_f32(h);
 }
+
+// IQ4_XS's sub-block j: its ls (0..63) from the block's scales_h and scales_l, as stored, and its
+// step float(d * (ls - 32)), the factor of its table values (ggml's dl).
+inline int iq4_xs_scale(const uint8_t* block, int j) {
+  const int high = (block[2] | block[3] << 8) >> (2 * j) & 3;
+  return (block[4 + j / 2] >> (4 * (j % 2)) & 15) | high << 4;
+}
+inline float iq4_xs_step(const uint8_t* block, int j) { return read_half(block) * float(iq4_xs_scale(block, j) - 32); }
 
 }  // namespace crossmoe::quant
