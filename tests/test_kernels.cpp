@@ -1097,7 +1097,8 @@ TEST(QuantKernels, AmxTilesGiveThePortableBitsOnRaggedShapes) {
                           {DType::Q4_K, 56, 512, 33, 32}, {DType::Q8_0, 64, 256, 15, 0},  {DType::Q6_K, 40, 768, 37, 8},
                           {DType::Q5_K, 40, 768, 37, 8},  {DType::Q4_0, 40, 288, 37, 8},
                           {DType::Q5_0, 40, 288, 37, 8},  {DType::Q5_K, 61, 256, 16, 8},  {DType::Q4_0, 61, 800, 16, 24},
-                          {DType::Q5_0, 32, 64, 71, 16},  {DType::Q6_K, 61, 512, 16, 24}};
+                          {DType::Q5_0, 32, 64, 71, 16},  {DType::Q6_K, 61, 512, 16, 24}, {DType::IQ4_NL, 40, 288, 37, 8},
+                          {DType::IQ4_NL, 61, 800, 16, 24}, {DType::IQ4_XS, 40, 512, 37, 8}};
   std::mt19937 rng(21);
   for (const auto& [type, rows, cols, tokens, split] : shapes) {
     QuantizedMatrix q = quantize_matrix(type, weight_like(size_t(rows) * cols, rng), rows, cols);
