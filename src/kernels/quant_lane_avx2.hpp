@@ -327,8 +327,22 @@ struct QuantLaneAvx2 {
     if constexpr (D == DType::Q5_1) return _mm256_or_si256(nibbles, high);
     return _mm256_sub_epi8(_mm256_or_si256(nibbles, high), _mm256_set1_epi8(16));
   }
+  // An interleaved IQ4_XS group's steps float(d * (ls[j] - 32)) of its 8 rows (in row order), per
+  // sub-block j: ls[j] from bits 4j.. of each row's scales_l and 2j.. of its scales_h.
+  static void iq4_xs_steps(const uint8_t* g, __m256* steps) {
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
+    const __m256i high =
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + quant::kIq4XsHighScales)));
+    const __m256i low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + quant::kIq4XsLowScales));
+    for (int j = 0; j < 8; ++j) {
+      const __m256i ls =
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(low, 4 * j), _mm256_set1_epi32(15)),
+                          _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(high, 2 * j), _mm256_set1_epi32(3)), 4));
+      steps[j] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(ls, _mm256_set1_epi32(32))));
+    }
+  }
   // IQ4_XS: per sub-block j, the 8 rows' IQ4_NL chunks against activation block 8 s + j and their
-  // steps float(d * (ls[j] - 32)) made for the 8 rows at once (as QuantLaneAvx512Vnni::iq4_xs_x8).
+  // steps (iq4_xs_steps), as QuantLaneAvx512Vnni::iq4_xs_x8.
   template <int T>
   static void iq4_xs_x8(const uint8_t* g, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
     __m256 acc[T];
@@ -338,15 +352,10 @@ struct QuantLaneAvx2 {
     for (int64_t b = 0; b < blocks; b += 8, g += kBytes) {
       if constexpr (T == 1)
         for (size_t line = 0; line < kBytes; line += 64) __builtin_prefetch(g + 2 * kBytes + line);
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
-      const __m256i high =
-          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + quant::kIq4XsHighScales)));
-      const __m256i low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + quant::kIq4XsLowScales));
+      __m256 steps[8];
+      iq4_xs_steps(g, steps);
       for (int j = 0; j < 8; ++j) {
-        const __m256i ls = _mm256_or_si256(
-            _mm256_and_si256(_mm256_srli_epi32(low, 4 * j), _mm256_set1_epi32(15)),
-            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(high, 2 * j), _mm256_set1_epi32(3)), 4));
-        const __m256 step = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(ls, _mm256_set1_epi32(32))));
+        const __m256 step = steps[j];
         const uint8_t* q = g + quant::kIq4XsNibbles + 128 * j;
         __m256i sums[T][2];
         for (int t = 0; t < T; ++t) sums[t][0] = sums[t][1] = _mm256_setzero_si256();

@@ -104,8 +104,7 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
 
   // IQ4_XS (util/quant.hpp): per sub-block j, the 8 rows' IQ4_NL chunks (values + 128, as
   // small_group_values) against activation block 8 s + j, and their steps float(d * (ls[j] - 32))
-  // made for the 8 rows at once from d, scales_h and scales_l (bits 4j.. and 2j.. of each row's
-  // word): iq4_xs_tile's integers and float steps, the rows' bits.
+  // made for the 8 rows at once (iq4_xs_steps): iq4_xs_tile's integers and float steps, the rows' bits.
   template <int T>
   static void iq4_xs_x8(const uint8_t* g, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
     __m256 acc[T];
@@ -115,16 +114,11 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
       // One token: the lines of the group 8 super-blocks (8.5 KiB) ahead, as q8_0_x8.
       if constexpr (T == 1)
         for (size_t line = 0; line < kBytes; line += 64) __builtin_prefetch(g + 8 * kBytes + line);
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
-      const __m256i high =
-          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + quant::kIq4XsHighScales)));
-      const __m256i low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + quant::kIq4XsLowScales));
+      __m256 steps[8];
+      iq4_xs_steps(g, steps);
 #pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {
-        const __m256i ls = _mm256_or_si256(
-            _mm256_and_si256(_mm256_srli_epi32(low, 4 * j), _mm256_set1_epi32(15)),
-            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(high, 2 * j), _mm256_set1_epi32(3)), 4));
-        const __m256 step = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(ls, _mm256_set1_epi32(32))));
+        const __m256 step = steps[j];
         const uint8_t* q = g + quant::kIq4XsNibbles + 128 * j;
         __m512i sums[T];
         for (int t = 0; t < T; ++t) sums[t] = _mm512_setzero_si512();
@@ -469,6 +463,48 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
       }
     }
     // Back in row order (the inverse of q8_0_order).
+    const __m512i rows = _mm512_setr_epi32(0, 2, 8, 10, 4, 6, 12, 14, 1, 3, 9, 11, 5, 7, 13, 15);
+    for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + t * ldy, _mm512_maskz_permutexvar_ps(0xffff, rows, acc[t]));
+  }
+  // IQ4_XS, two groups: iq4_xs_x8's sub-blocks on q8_0_x16's pairs, the 16 rows' steps in
+  // q8_0_order (the same float steps per row and token: the rows' bits).
+  template <int T>
+  static void iq4_xs_x16(const uint8_t* g, size_t group_bytes, const ActivationBlock* x, int64_t blocks, float* y,
+                         int64_t ldy, bool prefetch) {
+    __m512 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    const __m512i order = q8_0_order();
+    const uint8_t* h = g + group_bytes;
+    constexpr size_t kBytes = 8 * 136;
+    for (int64_t b = 0; b < blocks; b += 8, g += kBytes, h += kBytes) {
+      if (prefetch) prefetch_next_pair<kBytes>(g, h, group_bytes);
+      __m256 steps_g[8], steps_h[8];
+      iq4_xs_steps(g, steps_g);
+      iq4_xs_steps(h, steps_h);
+      for (int j = 0; j < 8; ++j) {
+        const __m512 step = _mm512_maskz_permutexvar_ps(
+            0xffff, order, _mm512_insertf32x8(_mm512_castps256_ps512(steps_g[j]), steps_h[j], 1));
+        const uint8_t* qg = g + quant::kIq4XsNibbles + 128 * j;
+        const uint8_t* qh = h + quant::kIq4XsNibbles + 128 * j;
+        __m512i sums_g[T], sums_h[T];
+        for (int t = 0; t < T; ++t) sums_g[t] = sums_h[t] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; ++k) {
+          const __m512i wg = _mm512_shuffle_epi8(iq4_nl_biased_values(), chunk_nibbles(qg, k));
+          const __m512i wh = _mm512_shuffle_epi8(iq4_nl_biased_values(), chunk_nibbles(qh, k));
+          for (int t = 0; t < T; ++t) {
+            const __m512i a = bytes8(x[t * blocks + b + j].q + 8 * k);
+            sums_g[t] = _mm512_dpbusd_epi32(sums_g[t], wg, a);
+            sums_h[t] = _mm512_dpbusd_epi32(sums_h[t], wh, a);
+          }
+        }
+        for (int t = 0; t < T; ++t) {
+          const ActivationBlock& a = x[t * blocks + b + j];
+          const __m512i rows = _mm512_sub_epi32(q8_0_rows16(sums_g[t], sums_h[t]), _mm512_set1_epi32(128 * a.sum));
+          acc[t] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, rows), _mm512_mul_ps(step, _mm512_set1_ps(a.d)), acc[t]);
+        }
+      }
+    }
     const __m512i rows = _mm512_setr_epi32(0, 2, 8, 10, 4, 6, 12, 14, 1, 3, 9, 11, 5, 7, 13, 15);
     for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + t * ldy, _mm512_maskz_permutexvar_ps(0xffff, rows, acc[t]));
   }

@@ -49,7 +49,7 @@
 //       low_bit_k_sums's dots - mins, then low_bit_k_tile's float step: the rows' bits.
 //   L::iq4_xs_x8<T>(g, x, blocks, y, ldy): the same for IQ4_XS's groups: per sub-block, the exact
 //       integer of its IQ4_NL values against its activation block, then iq4_xs_tile's float step:
-//       the rows' bits.
+//       the rows' bits (with PairedGroups, L::iq4_xs_x16<T> too, on two groups as q8_0_x16).
 //   L::q6_k_x8<T, DType::Q2_K>(...): the same for Q2_K's groups (no offsets): low_bit_k_sums's dots
 //       and mins (the mins from half_sums, token t's at half_sums + 2 * t * blocks), then
 //       low_bit_k_tile's two float steps: the rows' bits.
@@ -337,14 +337,21 @@ void q6_k_groups(const Matrix& m, const ActivationBlock* x, const int16_t* half_
                                            m.rows);
 }
 
-// Interleaved IQ4_XS groups from r0 to r1 against T tokens, in tiles of at most L::x8_tokens tokens.
-template <class L, int T>
-void iq4_xs_groups(const Matrix& m, const ActivationBlock* x, float* y, int64_t r0, int64_t r1) {
+// Interleaved IQ4_XS groups from r0 to r1 against T tokens: as interleaved_rows_for_tokens takes
+// the other types' groups (pairs of groups on lanes that have them, then one group at a time in
+// tiles of at most L::x8_tokens tokens).
+template <class L, int T, bool kPairs>
+void iq4_xs_groups(const Matrix& m, const ActivationBlock* x, float* y, int64_t r0, int64_t r1, bool first_turn) {
   const int64_t blocks = m.cols / 32;
   const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
   const auto* base = static_cast<const uint8_t*>(m.data);
+  int64_t r = r0;
+  if constexpr (kPairs && PairedGroups<L>)
+    for (; r + 16 <= r1; r += 16)
+      L::template iq4_xs_x16<T>(base + size_t(r) * row_bytes, 8 * row_bytes, x, blocks, y + r, m.rows,
+                                first_turn && r + 32 <= m.rows / 8 * 8);
   constexpr int kGroupTokens = std::min(T, L::x8_tokens);
-  for (int64_t r = r0; r < r1; r += 8)
+  for (; r < r1; r += 8)
     for (int t = 0; t < T; t += kGroupTokens)
       L::template iq4_xs_x8<kGroupTokens>(base + size_t(r) * row_bytes, x + t * blocks, blocks, y + t * m.rows + r, m.rows);
 }
@@ -360,7 +367,7 @@ void interleaved_rows_for_tokens(const Matrix& m, const ActivationBlock* x, cons
   if (m.dtype == DType::Q6_K) return q6_k_groups<L, T, DType::Q6_K>(m, x, nullptr, y, r0, r1);
   if (m.dtype == DType::Q3_K) return q6_k_groups<L, T, DType::Q3_K>(m, x, nullptr, y, r0, r1);
   if (m.dtype == DType::Q2_K) return q6_k_groups<L, T, DType::Q2_K>(m, x, sums, y, r0, r1);
-  if (m.dtype == DType::IQ4_XS) return iq4_xs_groups<L, T>(m, x, y, r0, r1);
+  if (m.dtype == DType::IQ4_XS) return iq4_xs_groups<L, T, kPairs>(m, x, y, r0, r1, first_turn);
   const int64_t blocks = m.cols / 32;
   const size_t row_bytes = dtype_row_bytes(m.dtype, m.cols);
   const auto* base = static_cast<const uint8_t*>(m.data);
