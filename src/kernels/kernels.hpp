@@ -129,7 +129,7 @@ void activation_sums_for(DType weights, const ActivationBlock* x, int64_t n, int
 // Avx512Bf16: the Avx512Vnni kernels with bf16 weights multiplied by VDPBF16PS, against the
 // activations rounded to bf16 (to nearest even, denormals to zero) once per matmul call: faster
 // prefill, but 8 significant bits of each activation, so never chosen unless asked for.
-// Amx: the Avx512Vnni kernels with Q8_0 / Q4_0 / Q5_0 / IQ4_NL / Q4_K / Q5_K / Q6_K weights times 16 tokens
+// Amx: the Avx512Vnni kernels with Q8_0 / Q4_0 / Q5_0 / IQ4_NL / IQ4_XS / Q4_K / Q5_K / Q6_K weights times 16 tokens
 // or more on AMX-INT8 tiles (the same bits: exact integer block sums, the same float steps); chosen
 // where the CPU has AMX-TILE and AMX-INT8 and Linux grants the process the tile data.
 enum class Isa { Generic, Avx2, Avx512, Avx512Vnni, Avx512Bf16, Amx };
