@@ -128,24 +128,28 @@ void matmul_batch(const MatmulJob* jobs, int count) {
   // small calls); the workers reach it through these references, not by the thread_local names.
   thread_local std::vector<int> source_storage;
   thread_local std::vector<size_t> prepared_at_storage;
-  thread_local std::vector<int64_t> first_block_storage;
+  thread_local std::vector<int64_t> first_block_storage, block_rows_storage;
+  thread_local std::vector<Prep> prep_storage;
   std::vector<int>& source = source_storage;  // the job whose prepared input job j reads
   std::vector<size_t>& prepared_at = prepared_at_storage;
   std::vector<int64_t>& first_block = first_block_storage;
+  std::vector<int64_t>& block_rows = block_rows_storage;  // rows per block of job j
+  std::vector<Prep>& prep = prep_storage;  // job j's input preparation, looked up once per call
   source.assign(count, -1);
   prepared_at.assign(count, 0);
+  prep.resize(count);
+  for (int j = 0; j < count; ++j) prep[j] = prep_of(j);
   size_t quantized_total = 0, reordered_total = 0;
   for (int j = 0; j < count; ++j) {
-    const Prep prep = prep_of(j);
-    if (prep == kNone) continue;
+    if (prep[j] == kNone) continue;
     source[j] = j;
     for (int i = 0; i < j && source[j] == j; ++i)
-      if (source[i] == i && prep_of(i) == prep && jobs[i].x == jobs[j].x && jobs[i].w.cols == jobs[j].w.cols &&
+      if (source[i] == i && prep[i] == prep[j] && jobs[i].x == jobs[j].x && jobs[i].w.cols == jobs[j].w.cols &&
           jobs[i].tokens == jobs[j].tokens)
         source[j] = i;
     if (source[j] != j) {
       prepared_at[j] = prepared_at[source[j]];
-    } else if (quantized_prep(prep)) {
+    } else if (quantized_prep(prep[j])) {
       prepared_at[j] = quantized_total;
       quantized_total += size_t(jobs[j].tokens) * size_t(jobs[j].w.cols / 32);
     } else {
@@ -160,7 +164,7 @@ void matmul_batch(const MatmulJob* jobs, int count) {
   if (reordered.size() * kLineFloats < reordered_total) reordered.resize(reordered_total / kLineFloats);
   for (int j = 0; j < count; ++j) {
     if (source[j] != j) continue;
-    if (quantized_prep(prep_of(j))) {
+    if (quantized_prep(prep[j])) {
       const int64_t n = int64_t(jobs[j].tokens) * jobs[j].w.cols;
       k.quantize_activations(jobs[j].x, n, activation_group(jobs[j].w.dtype), quantized.data() + prepared_at[j]);
       activation_sums_for(jobs[j].w.dtype, quantized.data() + prepared_at[j], n / 32, quantized_sums.data() + 2 * prepared_at[j]);
@@ -183,17 +187,19 @@ void matmul_batch(const MatmulJob* jobs, int count) {
   // each block reads every token's x from L3, so larger blocks read x fewer times (bf16 at 512
   // tokens, one thread: 1.05-1.4x per CPU second at 1024-2048 columns, 64 rows; 2816 columns gain
   // at 32 rows; 5632 columns lose past 16).
-  const auto block_rows = [&](int j) -> int64_t {
+  const auto rows_per_block = [&](int j) -> int64_t {
     if (jobs[j].tokens == 1) return 64;
-    if (quantized_prep(prep_of(j))) return jobs[j].tokens >= 32 ? 128 : 16;
+    if (quantized_prep(prep[j])) return jobs[j].tokens >= 32 ? 128 : 16;
     if (jobs[j].tokens <= 32) return 16;
     const size_t fit = (size_t(256) << 10) / dtype_row_bytes(jobs[j].w.dtype, jobs[j].w.cols);
     return fit >= 64 ? 64 : fit >= 32 ? 32 : 16;
   };
   first_block.assign(count + 1, 0);
+  block_rows.resize(count);
   int64_t work = 0;
   for (int j = 0; j < count; ++j) {
-    first_block[j + 1] = first_block[j] + (jobs[j].w.rows + block_rows(j) - 1) / block_rows(j);
+    block_rows[j] = rows_per_block(j);
+    first_block[j + 1] = first_block[j] + (jobs[j].w.rows + block_rows[j] - 1) / block_rows[j];
     work += jobs[j].w.rows * jobs[j].w.cols * int64_t(jobs[j].tokens);
   }
   const int64_t blocks = first_block[count];
@@ -201,13 +207,13 @@ void matmul_batch(const MatmulJob* jobs, int count) {
   const auto run_block = [&](int64_t b) {
     const int j = int(std::upper_bound(first_block.begin(), first_block.end(), b) - first_block.begin()) - 1;
     const MatmulJob& job = jobs[j];
-    const int64_t row = (b - first_block[j]) * block_rows(j);
-    const int64_t end = std::min(job.w.rows, row + block_rows(j));
+    const int64_t row = (b - first_block[j]) * block_rows[j];
+    const int64_t end = std::min(job.w.rows, row + block_rows[j]);
     if (source[j] < 0)
       k.matmul_rows(job.w, job.x, job.tokens, job.y, row, end);
-    else if (quantized_prep(prep_of(j)))
+    else if (quantized_prep(prep[j]))
       k.quant_matmul_rows(job.w, activations + prepared_at[j],
-                          prep_of(j) == kQuantized32 ? nullptr : block_sums + 2 * prepared_at[j], job.tokens, job.y,
+                          prep[j] == kQuantized32 ? nullptr : block_sums + 2 * prepared_at[j], job.tokens, job.y,
                           row, end);
     else
       k.matmul_rows(job.w, reordered_x + prepared_at[j], job.tokens, job.y, row, end);

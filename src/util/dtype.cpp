@@ -2,6 +2,7 @@
 
 #include <cctype>
 #include <cmath>
+#include <iterator>
 
 #include "util/error.hpp"
 
@@ -28,10 +29,18 @@ constexpr DTypeInfo kDTypes[] = {
     {DType::Q2_K, "Q2_K", 84, 256}, {DType::Q3_K, "Q3_K", 110, 256},
     {DType::IQ4_NL, "IQ4_NL", 18, 32}, {DType::IQ4_XS, "IQ4_XS", 136, 256}};
 
+// The table lists the types in the enum's order, so a type's entry is found by its value (the
+// kernels ask for row sizes per block of rows, in decode).
+constexpr bool in_enum_order() {
+  for (size_t i = 0; i < std::size(kDTypes); ++i)
+    if (size_t(kDTypes[i].type) != i) return false;
+  return true;
+}
+static_assert(in_enum_order(), "kDTypes must list the dtypes in DType's order");
+
 const DTypeInfo& info(DType t) {
-  for (const auto& d : kDTypes)
-    if (d.type == t) return d;
-  throw Error("unknown dtype");
+  if (size_t(t) >= std::size(kDTypes)) throw Error("unknown dtype");
+  return kDTypes[size_t(t)];
 }
 }  // namespace
 
