@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "model/init.hpp"
+#include "model/safetensors.hpp"
 #include "model/tensor_names.hpp"
 #include "runtime/cache_sim.hpp"
 #include "runtime/expert_cache.hpp"
@@ -123,6 +124,58 @@ TEST_P(SameLogits, UnderEveryBudget) {
 }
 
 INSTANTIATE_TEST_SUITE_P(ExpertCacheLayouts, SameLogits, ::testing::Values("moe", "megrez2", "rexmoe"));
+
+// Experts of different sizes, as llama.cpp's mixes store them (Q4_K_M, IQ4_XS, ...: some layers'
+// ffn_down_exps with more bits): here the last MoE layer's down projections widened from BF16 to
+// F32 (the same values). Every slot holds the largest expert; the logits stay the resident
+// model's, and the bytes read are the experts' own.
+TEST(ExpertCache, ExpertsOfDifferentSizesShareTheSlots) {
+  const ModelDir m("moe", "mixed_sizes");
+  const ModelConfig c = Model(m.dir, WeightResidency::InMemory).config();
+  int widened_layer = -1;
+  for (int l = 0; l < c.num_layers; ++l)
+    if (c.layers[l].owns_experts) widened_layer = l;
+  ASSERT_GE(widened_layer, 0);
+  {
+    const fs::path file = m.dir / "model.safetensors", rewritten = m.dir / "widened.safetensors";
+    std::vector<TensorToWrite> tensors;
+    std::vector<std::vector<float>> widened;
+    {
+      SafetensorsFile in(file);
+      in.load_into_memory();
+      widened.reserve(in.tensors().size());
+      for (const auto& [name, t] : in.tensors()) {
+        bool down = false;
+        for (int j = 0; j < c.moe.num_experts; ++j) down |= name == tensor_names::expert(c, widened_layer, j, Proj::Down);
+        if (!down) {
+          tensors.push_back({name, t.dtype, t.shape, t.data});
+          continue;
+        }
+        ASSERT_EQ(t.dtype, DType::BF16);
+        std::vector<float>& f = widened.emplace_back(size_t(t.numel()));
+        const auto* h = reinterpret_cast<const uint16_t*>(t.data);
+        for (size_t i = 0; i < f.size(); ++i) f[i] = bf16_to_f32(h[i]);
+        tensors.push_back({name, DType::F32, t.shape, f.data()});
+      }
+      write_safetensors(rewritten, tensors);
+    }
+    fs::rename(rewritten, file);
+  }
+  const std::vector<std::vector<float>> reference = decode(Model(m.dir, WeightResidency::InMemory), 8);
+  const ExpertCachePlan plan = Model(m.dir, budget("100%")).expert_cache()->plan();
+  const uint64_t down_bytes = uint64_t(c.hidden_size) * uint64_t(c.moe.expert_intermediate_size) * 2;
+  const uint64_t small = 3 * down_bytes, large = 4 * down_bytes;  // gate + up + down in BF16; the down in F32
+  EXPECT_EQ(plan.expert_bytes, large);
+  EXPECT_EQ(plan.routed_bytes, uint64_t(plan.experts - c.moe.num_experts) * small + uint64_t(c.moe.num_experts) * large);
+  for (bool prefetch : {false, true}) {
+    const Model model(m.dir, budget(std::to_string(uint64_t(plan.min_slots) * plan.expert_bytes), EvictionPolicy::Lru, prefetch));
+    EXPECT_EQ(model.expert_cache()->slots(), plan.min_slots);
+    EXPECT_EQ(decode(model, 8), reference) << "prefetch " << prefetch;
+    const ExpertCacheStats s = model.expert_cache()->stats();
+    EXPECT_GT(s.bytes_read, (s.misses + s.prefetch_reads) * int64_t(small)) << "some of the large experts were read";
+    EXPECT_LT(s.bytes_read, (s.misses + s.prefetch_reads) * int64_t(large)) << "and some of the small ones";
+  }
+}
 
 TEST(ExpertCache, SharedPoolIsReadOnceForItsGroup) {
   // Megrez2: three layers route into one pool of 16 experts. With room for all of them, no expert

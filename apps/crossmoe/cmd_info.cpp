@@ -31,7 +31,7 @@ std::string human(double n, const char* unit) {
 void print_budget(const ModelConfig& c, const Checkpoint& ck, const std::string& budget_text) {
   const ExpertCachePlan plan = plan_expert_cache(c, ck, parse_memory_budget(budget_text));
   const double resident = double(ck.total_bytes()) - double(plan.routed_bytes);
-  std::printf("budget       %s: %lld of %lld routed experts of %s (%.1f%% of their %s); one token needs %d\n",
+  std::printf("budget       %s: %lld of %lld routed experts of up to %s (%.1f%% of their %s); one token needs %d\n",
               budget_text.c_str(), (long long)plan.slots, (long long)plan.experts,
               human(double(plan.expert_bytes), "B").c_str(), 100.0 * double(plan.slots) / double(plan.experts),
               human(double(plan.routed_bytes), "B").c_str(), plan.min_slots);

@@ -189,16 +189,15 @@ ExpertCachePlan plan_expert_cache(const ModelConfig& c, const Checkpoint& ck, co
         // The aligned range around the tensor: at most one page more than its rounded size.
         room[p] = std::max(room[p], round_up(t->nbytes, kPage) + kPage);
       }
-      require(plan.experts == 0 || bytes == plan.expert_bytes,
-              "routed experts of " + ck.dir().string() + " differ in size (" + std::to_string(bytes) + " and " +
-                  std::to_string(plan.expert_bytes) + " bytes); --memory-budget needs experts of one size");
-      plan.expert_bytes = bytes;
+      // Experts may differ in size: llama.cpp's mixes (Q4_K_M, IQ4_XS, ...) give some layers'
+      // ffn_down_exps more bits. Every slot holds the largest.
+      plan.expert_bytes = std::max(plan.expert_bytes, bytes);
+      plan.routed_bytes += bytes;
       ++plan.experts;
     }
   }
   require(plan.experts > 0, "--memory-budget: " + ck.dir().string() + " has no routed experts to keep out of memory");
   plan.slot_bytes = room[0] + room[1] + room[2];
-  plan.routed_bytes = uint64_t(plan.experts) * plan.expert_bytes;
   plan.budget_bytes = budget.bytes > 0 ? budget.bytes : uint64_t(std::floor(double(plan.routed_bytes) * budget.percent / 100.0));
   plan.slots = std::min<int64_t>(plan.experts, int64_t(plan.budget_bytes / plan.expert_bytes));
   if (plan.slots < plan.min_slots) {
@@ -354,7 +353,7 @@ void ExpertCache::finish_load(int s, std::unique_lock<std::mutex>& lock) {
     lock.lock();
     slot.state = State::Ready;
     trace("loaded %d", slot.key);
-    stats_.bytes_read += int64_t(plan_.expert_bytes);
+    for (const Source& src : sources_[slot.key]) stats_.bytes_read += int64_t(src.bytes);
     if (slot.read_ahead) ++stats_.prefetch_reads;
   } else {
     read_error_[slot.key] = slot.read_error;

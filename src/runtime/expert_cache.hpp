@@ -120,9 +120,9 @@ struct ExpertCacheStats {
 // the cache allocates.
 struct ExpertCachePlan {
   int64_t experts = 0;           // routed experts stored (owned pools)
-  uint64_t expert_bytes = 0;     // one expert's gate + up + down as stored
-  uint64_t slot_bytes = 0;       // a slot: the expert plus the page-alignment room direct I/O needs
-  uint64_t routed_bytes = 0;     // experts * expert_bytes
+  uint64_t expert_bytes = 0;     // the largest expert's gate + up + down as stored (all of them, most often)
+  uint64_t slot_bytes = 0;       // a slot: that expert plus the page-alignment room direct I/O needs
+  uint64_t routed_bytes = 0;     // all routed experts' bytes
   uint64_t budget_bytes = 0;     // the budget resolved to bytes
   int64_t slots = 0;             // experts the budget holds, at most `experts`
   int min_slots = 0;             // one token's experts: top_k
