@@ -20,6 +20,7 @@
 #include "runtime/cache_sim.hpp"
 #include "runtime/expert_cache.hpp"
 #include "runtime/forward.hpp"
+#include "runtime/gguf_export.hpp"
 #include "small_models.hpp"
 #include "temp_dir.hpp"
 #include "util/error.hpp"
@@ -124,6 +125,28 @@ TEST_P(SameLogits, UnderEveryBudget) {
 }
 
 INSTANTIATE_TEST_SUITE_P(ExpertCacheLayouts, SameLogits, ::testing::Values("moe", "megrez2", "rexmoe"));
+
+// A GGUF file under a budget: each layer's merged expert tensors (ffn_*_exps) stay in the file
+// (no memory for them) and each expert is read from its slice; the logits are those of the same
+// file with everything in memory.
+TEST(ExpertCache, GgufExpertsAreReadFromTheirSlicesOfTheFile) {
+  const ModelDir m("moe", "gguf");
+  const fs::path gguf = m.dir / "model.gguf";
+  export_gguf(m.dir, gguf);
+  const std::vector<std::vector<float>> reference = decode(Model(gguf, WeightResidency::InMemory), 8);
+  const ExpertCachePlan plan = Model(gguf, budget("100%")).expert_cache()->plan();
+  const ModelConfig c = Model(gguf, WeightResidency::Mapped).config();
+  EXPECT_EQ(plan.experts, int64_t(c.num_layers) * c.moe.num_experts);
+  EXPECT_EQ(plan.expert_bytes, 3 * uint64_t(c.hidden_size) * uint64_t(c.moe.expert_intermediate_size) * 2) << "BF16";
+  for (bool prefetch : {false, true}) {
+    const Model model(gguf, budget(std::to_string(uint64_t(plan.min_slots) * plan.expert_bytes), EvictionPolicy::Lru, prefetch));
+    EXPECT_EQ(model.expert_cache()->slots(), plan.min_slots);
+    EXPECT_EQ(decode(model, 8), reference) << "prefetch " << prefetch;
+    const ExpertCacheStats s = model.expert_cache()->stats();
+    EXPECT_GT(s.misses + s.prefetch_reads, 0);
+    EXPECT_EQ(s.bytes_read, (s.misses + s.prefetch_reads) * int64_t(plan.expert_bytes));
+  }
+}
 
 // Experts of different sizes, as llama.cpp's mixes store them (Q4_K_M, IQ4_XS, ...: some layers'
 // ffn_down_exps with more bits): here the last MoE layer's down projections widened from BF16 to

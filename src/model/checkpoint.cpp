@@ -57,19 +57,17 @@ void Checkpoint::index_gguf() {
 
 void Checkpoint::load_into_memory(const std::function<bool(const std::string&)>& keep) {
   if (gguf_) {
-    require(!keep, dir_.string() + ": a GGUF model is loaded whole; --memory-budget (the expert cache) reads the "
-                                   "experts of safetensors checkpoints (crossmoe quantize writes one from a GGUF file)");
-    gguf_->copy_into_memory();
-    index_gguf();  // the views point into the moved data
+    gguf_->copy_into_memory(keep ? gguf_tensors_left_out(*gguf_, gguf_model_config(*gguf_), keep) : std::set<std::string>{});
+    index_gguf();  // the views point into the moved data (null for tensors left in the file)
     return;
   }
   for (auto& file : files_) file->load_into_memory(keep);
 }
 
-const SafetensorsFile& Checkpoint::file_of(const std::string& name) const {
-  const auto it = file_of_.find(name);
-  require(it != file_of_.end(), "checkpoint " + dir_.string() + " is missing tensor '" + name + "'");
-  return *it->second;
+const std::filesystem::path& Checkpoint::path_of(const std::string& name) const {
+  require(find(name) != nullptr, "checkpoint " + dir_.string() + " is missing tensor '" + name + "'");
+  if (gguf_) return gguf_->path();
+  return file_of_.at(name)->path();
 }
 
 const TensorView* Checkpoint::find(const std::string& name) const {

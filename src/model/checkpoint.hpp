@@ -19,11 +19,11 @@ class Checkpoint {
   explicit Checkpoint(const std::filesystem::path& model_dir);  // a directory or a .gguf file
   ~Checkpoint();
   // Reads the weights into anonymous memory, those `keep` accepts (all without it), and drops
-  // the file mappings (SafetensorsFile::load_into_memory). A GGUF file is copied whole: `keep`
-  // (the expert cache of a memory budget) is for safetensors checkpoints only.
+  // the file mappings (SafetensorsFile::load_into_memory, GgufFile::copy_into_memory). Tensors
+  // left out keep their file_offset and get no data: the expert cache reads them from the file.
   void load_into_memory(const std::function<bool(const std::string&)>& keep = {});
-  // The file that holds tensor `name` (which must exist).
-  const SafetensorsFile& file_of(const std::string& name) const;
+  // The file that holds tensor `name` (which must exist): a safetensors shard, or the GGUF file.
+  const std::filesystem::path& path_of(const std::string& name) const;
 
   // nullptr when absent.
   const TensorView* find(const std::string& name) const;

@@ -167,22 +167,32 @@ uint32_t dtype_to_ggml(DType type) {
   }
 }
 
-GgufFile::GgufFile(const std::filesystem::path& path) : label_(path.string()), file_(path, label_, 24, "GGUF") {
+GgufFile::GgufFile(const std::filesystem::path& path)
+    : path_(path), label_(path.string()), file_(path, label_, 24, "GGUF") {
   parse(file_.data(), file_.size());
 }
 
 GgufFile::GgufFile(const std::byte* bytes, size_t size, const std::string& label) : label_(label) { parse(bytes, size); }
 
-void GgufFile::copy_into_memory() {
+void GgufFile::copy_into_memory(const std::set<std::string>& left_out) {
   if (!file_.data() || data_size_ == 0) return;
   const std::byte* file = file_.data();
   // Keep the data's offset within a page, so alignment is what it was in the file.
   const size_t lead = size_t(data_begin_ - file) % 4096;
   const size_t size = lead + data_size_;
+  // The pages of tensors left out are never written, so they take no memory.
   memory_ = AnonymousMemory(size, "the weights of " + label_, {.huge_pages = true});
   std::byte* copy = memory_.data() + lead;
-  std::memcpy(copy, data_begin_, data_size_);
-  for (GgufTensor& t : tensors_) t.data = copy + (t.data - data_begin_);
+  if (left_out.empty()) std::memcpy(copy, data_begin_, data_size_);
+  for (GgufTensor& t : tensors_) {
+    std::byte* to = copy + (t.data - data_begin_);
+    if (left_out.count(t.name)) {
+      t.data = nullptr;
+      continue;
+    }
+    if (!left_out.empty()) std::memcpy(to, t.data, t.nbytes);
+    t.data = to;
+  }
   file_ = MappedFile();
   data_begin_ = copy;
 }
@@ -280,6 +290,7 @@ void GgufFile::parse(const std::byte* bytes, size_t size) {
                   std::to_string(info.offset) + " lie outside the data section of " + std::to_string(data_size_) +
                   " bytes (a truncated file?)");
     tensors_[i].data = data_begin_ + info.offset;
+    tensors_[i].file_offset = uint64_t(data_begin_ - bytes) + info.offset;
     spans.push_back({info.offset, info.offset + info.nbytes});
   }
   std::sort(spans.begin(), spans.end());

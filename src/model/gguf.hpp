@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -53,8 +54,9 @@ struct GgufTensor {
   std::string name;
   std::vector<int64_t> ne;  // as stored: ne[0] is the row length
   DType dtype = DType::F32;
-  const std::byte* data = nullptr;
+  const std::byte* data = nullptr;  // null for a tensor left in the file (copy_into_memory's left_out)
   size_t nbytes = 0;
+  uint64_t file_offset = 0;          // of its first byte in the file (in the image, for one in memory)
 };
 
 class GgufFile {
@@ -66,13 +68,16 @@ class GgufFile {
   GgufFile(const GgufFile&) = delete;
   GgufFile& operator=(const GgufFile&) = delete;
 
-  // As SafetensorsFile::load_into_memory: the data section moves to anonymous memory.
-  void copy_into_memory();
+  // As SafetensorsFile::load_into_memory: the data section moves to anonymous memory, but for the
+  // tensors named in left_out, which get none (their data becomes null; they are read by
+  // file_offset: a layer's routed experts under runtime/expert_cache).
+  void copy_into_memory(const std::set<std::string>& left_out = {});
 
   const std::map<std::string, GgufValue>& metadata() const { return metadata_; }
   const std::vector<GgufTensor>& tensors() const { return tensors_; }
   const GgufTensor* find_tensor(const std::string& name) const;
   const std::string& label() const { return label_; }
+  const std::filesystem::path& path() const { return path_; }  // empty for an in-memory image
   uint32_t version() const { return version_; }
 
   // Typed metadata access; errors name the file and key.
@@ -87,6 +92,7 @@ class GgufFile {
 
  private:
   void parse(const std::byte* bytes, size_t size);
+  std::filesystem::path path_;
   std::string label_;
   MappedFile file_;          // until copy_into_memory; none for an in-memory image
   uint32_t version_ = 0;

@@ -423,6 +423,20 @@ TensorView joined_kv_b(const GgufFile& f, const ModelConfig& c, int l, std::vect
 
 }  // namespace
 
+std::set<std::string> gguf_tensors_left_out(const GgufFile& f, const ModelConfig& c,
+                                            const std::function<bool(const std::string&)>& keep) {
+  const std::string arch = f.string("general.architecture");
+  std::map<std::string, bool> any_kept;  // per GGUF tensor: whether any tensor read from it is kept
+  for (const TensorSpec& spec : expected_tensors(c)) {
+    const GgufName g = gguf_name_of(c, arch, spec.name);
+    if (!g.name.empty()) any_kept[g.name] = any_kept[g.name] || keep(spec.name);
+  }
+  std::set<std::string> left_out;
+  for (const auto& [name, kept] : any_kept)
+    if (!kept) left_out.insert(name);
+  return left_out;
+}
+
 std::vector<TensorView> gguf_tensor_views(const GgufFile& f, const ModelConfig& c,
                                           std::vector<std::unique_ptr<std::byte[]>>& owned) {
   const std::string arch = f.string("general.architecture");
@@ -466,12 +480,14 @@ std::vector<TensorView> gguf_tensor_views(const GgufFile& f, const ModelConfig& 
       v.shape = shape;
       v.data = t.data;
       v.nbytes = t.nbytes;
+      v.file_offset = t.file_offset;
       if (g.expert >= 0) {
         require(shape.size() == 3 && shape[0] == c.moe.num_experts,
                 f.label() + ": tensor '" + t.name + "' must hold " + std::to_string(c.moe.num_experts) + " experts");
         v.shape = {shape[1], shape[2]};
         v.nbytes = t.nbytes / size_t(shape[0]);
-        v.data = t.data + v.nbytes * size_t(g.expert);
+        v.file_offset = t.file_offset + v.nbytes * size_t(g.expert);
+        v.data = t.data ? t.data + v.nbytes * size_t(g.expert) : nullptr;  // null: left in the file
       } else if (g.permute_heads > 0) {
         const int64_t rows = shape[0];
         const int heads = g.permute_heads;

@@ -30,9 +30,11 @@
 //     Writing does the same backwards, attention.q_lora_rank written as 0 without a q projection
 //     (llama.cpp requires the key unless the layer count is DeepSeek-V2-Lite's).
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -51,6 +53,10 @@ ModelConfig gguf_model_config(const GgufFile& file);
 // rest point into the file). Every tensor must have a place in the description.
 std::vector<TensorView> gguf_tensor_views(const GgufFile& file, const ModelConfig& config,
                                           std::vector<std::unique_ptr<std::byte[]>>& owned);
+// The file's tensors of which `keep` (over Hugging Face names) wants none: those GgufFile::
+// copy_into_memory leaves in the file (a layer's merged routed experts, for the expert cache).
+std::set<std::string> gguf_tensors_left_out(const GgufFile& file, const ModelConfig& config,
+                                            const std::function<bool(const std::string&)>& keep);
 
 // The llama.cpp architecture a description is written as; throws naming what no shared
 // architecture expresses (shared experts, cross-layer pools, sigmoid routers, ...).

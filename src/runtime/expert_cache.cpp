@@ -232,22 +232,22 @@ ExpertCache::ExpertCache(const ModelConfig& c, const Checkpoint& ck, const Model
         shapes_[key] = w.layers[l].experts[j];
         for (int p = 0; p < 3; ++p) {
           const std::string name = tensor_names::expert(c, l, j, kProjs[p]);
-          const SafetensorsFile& file = ck.file_of(name);
+          const std::filesystem::path& file = ck.path_of(name);
           const TensorView& t = *ck.find(name);
-          auto it = fd_of_path.find(file.label());
+          auto it = fd_of_path.find(file.string());
           if (it == fd_of_path.end()) {
             // Direct I/O keeps the reads out of the page cache; a file system that refuses it
             // (tmpfs) gets buffered reads whose pages are dropped after each read.
-            int fd = ::open(file.path().c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+            int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
             if (fd < 0 && errno == EINVAL) {
-              fd = ::open(file.path().c_str(), O_RDONLY | O_CLOEXEC);
+              fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
               direct_io_ = false;
             }
-            require(fd >= 0, "cannot open " + file.label() + ": " + std::strerror(errno));
+            require(fd >= 0, "cannot open " + file.string() + ": " + std::strerror(errno));
             fds_.push_back(fd);
-            it = fd_of_path.emplace(file.label(), fd).first;
+            it = fd_of_path.emplace(file.string(), fd).first;
           }
-          sources_[key][p] = {it->second, file.label(), t.file_offset, t.nbytes};
+          sources_[key][p] = {it->second, file.string(), t.file_offset, t.nbytes};
           room_[p] = std::max(room_[p], round_up(t.nbytes, kPage) + kPage);
         }
       }
