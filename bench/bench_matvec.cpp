@@ -1,8 +1,7 @@
 // Decode-shaped matmul (one token) against the machine's streaming read bandwidth, measured in
 // the same run: per ISA and weight dtype, the effective GB/s of weights read and its ratio to
 // the bandwidth limit. The block types are timed in both layouts (rows as stored; interleaved 8
-// at a time, as a model in memory holds them). Each figure is the best of 5 timed products, each
-// after reading a buffer of 512 MiB (or 4x the L3) so that the matrix comes from memory; on a
+// at a time, as a model in memory holds them). Each figure is the best of 5 timed products; on a
 // shared machine the probe and the products see different load, so compare the columns of one run.
 // With a token count above 1 it times prefill-shaped products instead (compute-bound: no probe):
 // multiply-adds per second, and the ratio of each time to the latest one of the first ISA listed
@@ -15,14 +14,12 @@
 //        avx512_vnni, avx512_bf16, amx, comma-separated, in the order to run them; or all, the
 //        default: every supported one; tokens: default 1)
 #include <immintrin.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
-#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -85,34 +82,10 @@ double fma_peak() {
   return best;
 }
 
-// A buffer read between one-token products so that each starts with the matrix out of the
-// caches: a matrix of a few times the L3 still left a third or more of itself there between two
-// passes on an AMD L3 (one-token rates of 105-125% of the probe on a 75-140 MB matrix, against
-// 73-93% for the same kernels cycling through 300 MB of matrices). 512 MiB, or 4 times the L3
-// where the system tells its size.
-class CacheFlush {
- public:
-  CacheFlush() {
-    const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
-    buffer_.assign(std::max<size_t>(size_t(512) << 20, l3 > 0 ? 4 * size_t(l3) : 0) / sizeof(uint64_t), 1);
-  }
-  void operator()() {
-    uint64_t sum = 0;
-    for (size_t i = 0; i < buffer_.size(); i += 8) sum += buffer_[i];  // a word per 64-byte line
-    sink_ = sink_ + sum;
-  }
-
- private:
-  std::vector<uint64_t> buffer_;
-  volatile uint64_t sink_ = 0;
-};
-
-// The best of 5 products after a warm-up; one token's (memory-bound) each after a cache flush.
-double best_seconds(const Matrix& m, const float* x, int tokens, float* y, CacheFlush* flush) {
+double best_seconds(const Matrix& m, const float* x, int tokens, float* y) {
   matmul(m, x, tokens, y);  // warm-up
   double best = 1e30;
   for (int r = 0; r < 5; ++r) {
-    if (flush) (*flush)();
     Stopwatch s;
     matmul(m, x, tokens, y);
     best = std::min(best, s.seconds());
@@ -201,12 +174,10 @@ int main(int argc, char** argv) {
     matrices.push_back({interleaved, dtype_name(dtype) + " interleaved"});
   }
   std::map<std::string, double> baseline;  // per matrix: the latest time of the first ISA listed
-  std::optional<CacheFlush> flush;
-  if (!prefill) flush.emplace();
   for (Isa isa : order) {
     set_isa(isa);
     for (const auto& [m, name] : matrices) {
-      const double seconds = best_seconds(m, x.data(), tokens, y.data(), flush ? &*flush : nullptr);
+      const double seconds = best_seconds(m, x.data(), tokens, y.data());
       if (prefill) {
         if (isa == order.front()) baseline[name] = seconds;
         const double macs = double(rows) * double(cols) * tokens / seconds;
