@@ -5,11 +5,13 @@
 
 #include <atomic>
 #include <bit>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -497,6 +499,36 @@ TEST(ThreadPool, RunsEveryIndexExactlyOnce) {
     std::atomic<int64_t> nested{0};
     parallel_for(8, [&](int64_t) { parallel_for(8, [&](int64_t j) { nested += j; }); });
     EXPECT_EQ(nested.load(), 8 * 28);
+  }
+  omp_set_num_threads(threads_before);
+}
+
+// Jobs of every small size back to back (the threads' runs empty, one item, uneven; a thread that
+// empties its run takes the others' items from their backs), some after a pause long enough for
+// the workers to sleep, and bodies of uneven cost: every index once, in every job.
+TEST(ThreadPool, UnevenJobsBackToBackAndAfterSleeping) {
+  const int threads_before = omp_get_max_threads();
+  std::mt19937 rng(5);
+  for (int threads : {2, 3}) {
+    omp_set_num_threads(threads);
+    std::vector<std::atomic<int>> hits(64);
+    int64_t wrong = 0;
+    for (int job = 0; job < 4000; ++job) {
+      const int64_t count = int64_t(rng() % 40);
+      const unsigned slow = rng() % 64;
+      for (auto& h : hits) h.store(0);
+      parallel_for(count, [&](int64_t i) {
+        if (unsigned(i) == slow) {  // one item much longer than the rest
+          const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(20);
+          while (std::chrono::steady_clock::now() < until) {
+          }
+        }
+        hits[size_t(i)].fetch_add(1);
+      });
+      for (int64_t i = 0; i < 64; ++i) wrong += hits[size_t(i)].load() != (i < count ? 1 : 0);
+      if (job % 500 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    EXPECT_EQ(wrong, 0) << threads << " threads";
   }
   omp_set_num_threads(threads_before);
 }

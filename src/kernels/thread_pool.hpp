@@ -4,9 +4,10 @@
 // shared with another busy process, each join then waits for a thread that sits behind that
 // process for whole scheduler slices (decode on the demo model fell from ~2,400 tokens/s on one
 // thread to 15 with two). Here the calling thread takes work too and never waits for a worker
-// that has not started: work items are claimed one at a time, so a late worker finds nothing
-// left. Idle workers spin for a few microseconds, then sleep. docs/benchmarks.md ("Threads under
-// load") has the measurements.
+// that has not started: each thread claims the items of its own run one at a time and then takes
+// the other runs' items, so a late worker finds its run taken. Idle workers spin for a few
+// microseconds, then sleep. docs/benchmarks.md ("Threads under load", "A run of items per
+// thread") has the measurements.
 #include <cstdint>
 #include <functional>
 
