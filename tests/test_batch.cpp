@@ -11,6 +11,7 @@
 
 #include <omp.h>
 
+#include "kernels/thread_pool.hpp"
 #include "model/init.hpp"
 #include "runtime/forward.hpp"
 #include "small_models.hpp"
@@ -213,17 +214,19 @@ TEST(BatchSession, ReusedPrefixGivesTheLogitsOfAFullPrefill) {
 // Latent attention keeps one kv head for every query head, so a decode step's attention is one
 // item of work unless its heads are split between threads. Every row's products are its own, so
 // the logits must be the same bits on one thread and on two (where a context this long splits the
-// four heads into two items of two).
+// four heads into two items of two: its attention is worth two threads, kernels::kMinParallelWork).
 TEST(BatchSession, LatentDecodeSplitsItsHeadsOverThreadsWithTheSameBits) {
   const SmallModel m("hf/deepseek_v3");
-  const int V = m.model->config().vocab_size;
+  const ModelConfig& c = m.model->config();
+  const int V = c.vocab_size;
+  const int length = int(kernels::kMinParallelWork / (int64_t(c.num_heads) * c.cache_key_dim())) + 64;
   std::vector<int> prompt;
-  for (int i = 0; i < 400; ++i) prompt.push_back((i * 37 + 11) % V);
+  for (int i = 0; i < length; ++i) prompt.push_back((i * 37 + 11) % V);
   const int threads_before = omp_get_max_threads();
   std::vector<std::vector<float>> steps[2];
   for (int run = 0; run < 2; ++run) {
     omp_set_num_threads(run + 1);
-    InferenceSession session(*m.model, 512);
+    InferenceSession session(*m.model, length + 8);
     const std::vector<float>* logits = &session.forward(prompt);
     for (int i = 0; i < 3; ++i) {
       steps[run].emplace_back(logits->begin(), logits->begin() + V);

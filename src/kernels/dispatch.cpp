@@ -203,7 +203,7 @@ void matmul_batch(const MatmulJob* jobs, int count) {
     work += jobs[j].w.rows * jobs[j].w.cols * int64_t(jobs[j].tokens);
   }
   const int64_t blocks = first_block[count];
-  const bool parallel = work >= (1 << 15) && blocks > 1;
+  const bool parallel = work >= kMinParallelWork && blocks > 1;
   const auto run_block = [&](int64_t b) {
     const int j = int(std::upper_bound(first_block.begin(), first_block.end(), b) - first_block.begin()) - 1;
     const MatmulJob& job = jobs[j];

@@ -13,6 +13,13 @@
 
 namespace crossmoe::kernels {
 
+// Multiply-adds below which a product (or a decode step's attention) stays on the calling thread:
+// a join costs about 1 us on these machines (a cache line crosses between two cores in about
+// 0.2 us each way, and a job moves a few), which one thread's share of 2^17 multiply-adds from
+// cache (1-3 us) barely pays. 2^15 before: decode at 2 threads 1.02-1.21x faster on two models of
+// small matrices (docs/benchmarks.md, "A run of items per thread").
+constexpr int64_t kMinParallelWork = int64_t(1) << 17;
+
 // Runs body(i) for every i in [0, count), spread over the calling thread and the workers, and
 // returns when all are done. The thread count is omp_get_max_threads() (`--threads`,
 // OMP_NUM_THREADS). Called from inside a body, it runs serially. body must not throw.

@@ -363,7 +363,7 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
   }
   // Fewer items than threads (a decode step with few kv heads: latent attention has one) split
   // the heads further, so that every thread has rows to score.
-  const int64_t min_items = work >= (1 << 15) ? k::thread_count() : 1;  // as matmul: small work stays on one thread
+  const int64_t min_items = work >= k::kMinParallelWork ? k::thread_count() : 1;  // as matmul
   const int64_t blocks = query_blocks_total * Hkv;
   if (blocks * ((group + part_heads - 1) / part_heads) < min_items)
     part_heads = std::max(1, int(group / std::min<int64_t>(group, (min_items + blocks - 1) / blocks)));
