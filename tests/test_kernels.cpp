@@ -552,7 +552,7 @@ struct QuantCase {
 constexpr QuantCase kQuantCases[] = {{37, 256, 1}, {64, 512, 5}, {130, 1024, 9}, {16, 2048, 4}, {3, 256, 17}, {38, 512, 21}};
 
 // Every block type the kernels multiply, all of which interleave_rows8 interleaves.
-constexpr DType kBlockTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_1, DType::Q5_1, DType::IQ4_NL, DType::IQ4_XS, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+constexpr DType kBlockTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_1, DType::Q5_1, DType::IQ4_NL, DType::MXFP4, DType::IQ4_XS, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K};
 
 std::vector<float> weight_like(size_t n, std::mt19937& rng) {
   std::normal_distribution<float> normal(0.0f, 0.05f);
@@ -1130,7 +1130,8 @@ TEST(QuantKernels, AmxTilesGiveThePortableBitsOnRaggedShapes) {
                           {DType::Q5_K, 40, 768, 37, 8},  {DType::Q4_0, 40, 288, 37, 8},
                           {DType::Q5_0, 40, 288, 37, 8},  {DType::Q5_K, 61, 256, 16, 8},  {DType::Q4_0, 61, 800, 16, 24},
                           {DType::Q5_0, 32, 64, 71, 16},  {DType::Q6_K, 61, 512, 16, 24}, {DType::IQ4_NL, 40, 288, 37, 8},
-                          {DType::IQ4_NL, 61, 800, 16, 24}, {DType::IQ4_XS, 40, 512, 37, 8}};
+                          {DType::IQ4_NL, 61, 800, 16, 24}, {DType::IQ4_XS, 40, 512, 37, 8}, {DType::MXFP4, 40, 288, 37, 8},
+                          {DType::MXFP4, 61, 800, 16, 24}};
   std::mt19937 rng(21);
   for (const auto& [type, rows, cols, tokens, split] : shapes) {
     QuantizedMatrix q = quantize_matrix(type, weight_like(size_t(rows) * cols, rng), rows, cols);

@@ -122,6 +122,30 @@ TEST(Quant, Iq4NlHandBuiltBlockDecodes) {
   EXPECT_EQ(dtype_row_bytes(DType::IQ4_NL, 64), 36u);
 }
 
+// ggml's block_mxfp4: byte e | Q4_0's 16 bytes of nibbles, each an index into ggml's kvalues_mxfp4
+// (0, 1, 2, 3, 4, 6, 8, 12 and their negatives, written out here as ggml-common.h has them), times
+// GGML_E8M0_TO_FP32_HALF(e) = 2^(e - 128): the denormals 2^-128 and 2^-127 for e = 0 and 1.
+TEST(Quant, Mxfp4HandBuiltBlockDecodes) {
+  const int8_t table[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+  for (int e : {0, 1, 2, 100, 127, 128, 133, 254}) {
+    uint8_t block[17];
+    block[0] = uint8_t(e);
+    for (int i = 0; i < 16; ++i) block[1 + i] = uint8_t(i | (15 - i) << 4);
+    std::vector<float> y(32);
+    quant::dequantize_row(DType::MXFP4, block, 32, y.data());
+    const float step = std::ldexp(1.0f, e - 128);
+    ASSERT_NE(step, 0.0f);
+    for (int i = 0; i < 16; ++i) {
+      EXPECT_EQ(y[i], step * float(table[i])) << "e " << e << " value " << i;
+      EXPECT_EQ(y[i + 16], step * float(table[15 - i])) << "e " << e << " value " << i + 16;
+    }
+  }
+  DType t;
+  ASSERT_TRUE(parse_block_dtype("mxfp4", &t));
+  EXPECT_EQ(t, DType::MXFP4);
+  EXPECT_EQ(dtype_row_bytes(DType::MXFP4, 64), 34u);
+}
+
 // ggml's block_iq4_xs: d | scales_h | scales_l[4] | qs[128]; sub-block j's 6-bit ls has its low
 // 4 bits in nibble j % 2 of scales_l[j / 2] and its top 2 in bits 2j, 2j + 1 of scales_h; its
 // values are float(d * (ls - 32)) times the table's, its 16 bytes of nibbles as an IQ4_NL block's.
@@ -351,6 +375,39 @@ TEST(Quant, Iq4NlRoundTripsToTheNearestTableValue) {
         ASSERT_LE(std::fabs(x[k] - y[k]), std::fabs(x[k] - d * float(v)) * (1.0f + 1e-6f) + 1e-12f) << "element " << k;
     }
   }
+  for (int i = 64; i < 96; ++i) EXPECT_EQ(y[i], 0.0f);
+}
+
+// MXFP4: ggml's rule (quant.hpp): e = floor(log2 max|x|) - 2 + 127, so the largest magnitude lies in
+// 8..16 steps; each value the nearest of the 16 table values times the step, |x - value| <= 4 steps
+// (past 12 steps, the table's end); a block of zeros gives e = 0 and zeros.
+TEST(Quant, Mxfp4RoundTripsToTheNearestTableValue) {
+  const int64_t n = 2048;
+  std::vector<float> x = test_row(n, 13);
+  std::fill_n(x.begin() + 64, 32, 0.0f);  // a block of zeros
+  x[128] = 4.0f;                          // a block whose largest magnitude is a power of two
+  std::vector<uint8_t> q(dtype_row_bytes(DType::MXFP4, n));
+  std::vector<float> y(n);
+  quant::quantize_row(DType::MXFP4, x.data(), n, q.data());
+  quant::dequantize_row(DType::MXFP4, q.data(), n, y.data());
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const uint8_t e = q[size_t(b) * 17];
+    const float step = quant::mxfp4_step(e);
+    float amax = 0.0f;
+    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[b * 32 + i]));
+    if (amax == 0.0f) {
+      EXPECT_EQ(e, 0) << "block " << b;
+    } else {
+      EXPECT_GE(amax / step, 8.0f) << "block " << b;
+      EXPECT_LT(amax / step, 16.0f) << "block " << b;
+    }
+    for (int i = 0; i < 32; ++i) {
+      const int64_t k = b * 32 + i;
+      ASSERT_LE(std::fabs(x[k] - y[k]), 4.0f * step) << "element " << k;
+      for (int8_t v : quant::kMxfp4Values) ASSERT_LE(std::fabs(x[k] - y[k]), std::fabs(x[k] - step * float(v))) << "element " << k;
+    }
+  }
+  EXPECT_EQ(q[4 * 17], 127 + 2 - 2) << "max |x| = 4: e = log2(4) - 2 + 127";
   for (int i = 64; i < 96; ++i) EXPECT_EQ(y[i], 0.0f);
 }
 
@@ -710,7 +767,7 @@ TEST(Quant, InterleavedIq4XsBlocksFollowTheLayoutAndRoundTrip) {
 // says, checked field by field against the rows, and deinterleaving gives the rows back.
 TEST(Quant, InterleavedBlocksFollowTheLayoutAndRoundTrip) {
   const int slot_of_row[8] = {0, 1, 4, 5, 2, 3, 6, 7};  // rows 0, 1, 4, 5 first, then 2, 3, 6, 7
-  for (DType type : {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_1, DType::Q5_1, DType::IQ4_NL, DType::Q4_K, DType::Q5_K}) {
+  for (DType type : {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_1, DType::Q5_1, DType::IQ4_NL, DType::MXFP4, DType::Q4_K, DType::Q5_K}) {
     const bool small = type == DType::Q8_0 || quant::is_nibble_block(type);
     const int64_t n = small ? 32 : 256;
     const size_t block = dtype_row_bytes(type, n);
@@ -726,7 +783,8 @@ TEST(Quant, InterleavedBlocksFollowTheLayoutAndRoundTrip) {
     quant::interleave8_block(type, rows.data(), block, group.data());
     for (int r = 0; r < 8; ++r) {
       const uint8_t* row = rows.data() + r * block;
-      EXPECT_EQ(std::memcmp(group.data() + 2 * r, row, 2), 0) << "d of row " << r;
+      const int scale = quant::small_block_scale_bytes(type);  // MXFP4's e: 1 byte
+      EXPECT_EQ(std::memcmp(group.data() + scale * r, row, scale), 0) << "d of row " << r;
       // The quants: 32 bytes per row and span (Q8_0's q, Q4_0's 16 bytes of nibbles; Q4_K's and
       // Q5_K's 4 pairs of sub-blocks of low nibbles, which a Q5_K row holds after its 32 bytes of
       // qh; then Q5_K's qh).
@@ -752,13 +810,14 @@ TEST(Quant, InterleavedBlocksFollowTheLayoutAndRoundTrip) {
         if (type == DType::Q4_1) quant::small_block_values<DType::Q4_1>(row, values);
         if (type == DType::Q5_1) quant::small_block_values<DType::Q5_1>(row, values);
         if (type == DType::IQ4_NL) quant::small_block_values<DType::IQ4_NL>(row, values);
+        if (type == DType::MXFP4) quant::small_block_values<DType::MXFP4>(row, values);
         const int bias = type == DType::Q4_0 ? 8 : type == DType::Q5_0 ? 16 : 0;
         const uint8_t* nibbles = group.data() + quant::small_group_nibbles(type);
         for (int i = 0; i < 32; ++i) {
           const uint8_t b = nibbles[64 * (i / 8 % 2) + 8 * slot_of_row[r] + i % 8];
           const int top = q5 ? (group[quant::small_group_high_bits(type) + 8 * (i / 8) + slot_of_row[r]] >> (i % 8)) & 1 : 0;
           const int q = (i < 16 ? b & 15 : b >> 4) + 16 * top;
-          ASSERT_EQ(type == DType::IQ4_NL ? quant::kIq4NlValues[q] : q - bias, values[i])
+          ASSERT_EQ(type == DType::IQ4_NL ? quant::kIq4NlValues[q] : type == DType::MXFP4 ? quant::kMxfp4Values[q] : q - bias, values[i])
               << dtype_name(type) << " value " << i << " of row " << r;
         }
       }

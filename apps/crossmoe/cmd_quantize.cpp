@@ -1,4 +1,4 @@
-// crossmoe quantize MODEL OUT --type q8_0|q4_0|q5_0|q4_1|q5_1|iq4_nl|iq4_xs|q2_k|q3_k|q4_k|q5_k|q6_k|mixed: a model directory with block-quantized matrices.
+// crossmoe quantize MODEL OUT --type q8_0|q4_0|q5_0|q4_1|q5_1|iq4_nl|mxfp4|iq4_xs|q2_k|q3_k|q4_k|q5_k|q6_k|mixed: a model directory with block-quantized matrices.
 #include <memory>
 
 #include "commands.hpp"
@@ -31,16 +31,16 @@ void add_quantize(CLI::App& app) {
   auto a = std::make_shared<QuantizeArgs>();
   CLI::App* cmd = app.add_subcommand(
       "quantize",
-      "Write a copy of a model with block-quantized matrices (Q8_0: 8.5 bits a weight, Q6_K: 6.56, Q5_1: 6, Q5_0: 5.5, Q5_K: 5.5, Q4_1: 5, Q4_0: 4.5, IQ4_NL: 4.5, Q4_K: 4.5, IQ4_XS: 4.25, Q3_K: 3.44, Q2_K: 2.63) that every "
+      "Write a copy of a model with block-quantized matrices (Q8_0: 8.5 bits a weight, Q6_K: 6.56, Q5_1: 6, Q5_0: 5.5, Q5_K: 5.5, Q4_1: 5, Q4_0: 4.5, IQ4_NL: 4.5, MXFP4: 4.25, Q4_K: 4.5, IQ4_XS: 4.25, Q3_K: 3.44, Q2_K: 2.63) that every "
       "command loads as it is stored; norms and biases keep their dtype");
   cmd->add_option("model", a->model, "Model directory or GGUF file (F32, BF16 or F16 weights)")->required()->check(CLI::ExistingPath);
   cmd->add_option("out", a->out, "New model directory to write (must not exist)")->required();
   cmd->add_option("--type", a->type,
-                  "q8_0, q4_0, q5_0, q4_1, q5_1, iq4_nl, iq4_xs, q2_k, q3_k, q4_k, q5_k or q6_k: every matrix; mixed: routed experts q4_k, the rest (attention, routers, shared "
+                  "q8_0, q4_0, q5_0, q4_1, q5_1, iq4_nl, mxfp4, iq4_xs, q2_k, q3_k, q4_k, q5_k or q6_k: every matrix; mixed: routed experts q4_k, the rest (attention, routers, shared "
                   "experts, dense FFNs, embeddings, LM head) q8_0. A matrix whose columns are not whole blocks "
                   "falls back to q8_0 (or keeps its dtype)")
       ->required()
-      ->check(CLI::IsMember({"q8_0", "q4_0", "q5_0", "q4_1", "q5_1", "iq4_nl", "iq4_xs", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "mixed"}));
+      ->check(CLI::IsMember({"q8_0", "q4_0", "q5_0", "q4_1", "q5_1", "iq4_nl", "mxfp4", "iq4_xs", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "mixed"}));
   add_threads_option(*cmd);
   cmd->callback([a] { run_quantize(*a); });
 }

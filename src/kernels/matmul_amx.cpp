@@ -1,16 +1,16 @@
 // AMX (Intel's tile unit, Sapphire Rapids and later): the quantized products of prefill (Q8_0,
-// Q4_0, Q5_0, IQ4_NL, IQ4_XS, Q4_K, Q5_K and Q6_K weights against many tokens) with AMX-INT8's tile dot
+// Q4_0, Q5_0, IQ4_NL, MXFP4, IQ4_XS, Q4_K, Q5_K and Q6_K weights against many tokens) with AMX-INT8's tile dot
 // products; everything else, and every product of fewer than kAmxMinTokens tokens, is the AVX-512
 // VNNI table's. Compiled with the
 // AVX-512, VNNI and AMX flags; dispatch.cpp gives this table only to CPUs that have AMX-TILE and
 // AMX-INT8 and whose kernel lets the process use the tile data (arch_prctl XCOMP_PERM).
 //
 // Same bits as every other ISA (quant_matmul_impl.hpp's contract): a tile dot product sums int8 x
-// int8 (TDPBSSD: Q8_0, and Q4_0 / Q5_0 / IQ4_NL / IQ4_XS / Q6_K unpacked to their int8 values q - 8 / q - 16 /
+// int8 (TDPBSSD: Q8_0, and Q4_0 / Q5_0 / IQ4_NL / MXFP4 / IQ4_XS / Q6_K unpacked to their int8 values q - 8 / q - 16 /
 // the table's / q - 32) or int8 x uint8 (TDPBSUD: Q4_K's nibbles, Q5_K's with their top bits) products in int32,
 // exactly, so a tile whose K is one block of 32 columns (Q6_K: one sub-block of 16) gives each
 // (token, row) that block's integer sum, the same integer the other lanes compute. The float steps
-// after it are the other lanes' operations in their order: per block (Q8_0, Q4_0, Q5_0, IQ4_NL; IQ4_XS's sub-blocks)
+// after it are the other lanes' operations in their order: per block (Q8_0, Q4_0, Q5_0, IQ4_NL, MXFP4: d its step; IQ4_XS's sub-blocks)
 // acc = fma(float(sum), d * a.d, acc); per super-block (Q4_K, Q5_K)
 // acc = fma(float(sum_j sc[j] * sum_j), d * a.d, acc), then acc = fma(-float(sum_j m[j] * a_j.sum),
 // dmin * a.d, acc) (Q6_K: the first step only), the sub-blocks' scales applied in integers. So a token gets the same bits in this path, in the VNNI lane (fewer tokens, the rows
@@ -203,7 +203,7 @@ void store_chunk(__m512i lo, __m512i hi, int k, Q8Strip& out) {
   _mm512_store_si512(out.b[2 * k + 1], _mm512_permutex2var_epi32(lo, odd, hi));
 }
 
-// Q8_0's, Q4_0's, Q5_0's or IQ4_NL's groups (util/quant.hpp): each block's values as int8, the VNNI lane's
+// Q8_0's, Q4_0's, Q5_0's, IQ4_NL's or MXFP4's groups (util/quant.hpp): each block's values as int8, the VNNI lane's
 // unpacking of a group's chunk k (Q8_0's chunk k, each value + its bias) less the bias.
 template <DType kType>
 void pack_small_blocks(const uint8_t* g0, const uint8_t* g1, int64_t blocks, Q8Strip* out) {
@@ -211,7 +211,8 @@ void pack_small_blocks(const uint8_t* g0, const uint8_t* g1, int64_t blocks, Q8S
   constexpr size_t kGroupBytes = Lane::small_group_bytes<kType>;
   const __m512i bias = _mm512_set1_epi8(char(Lane::small_block_bias<kType>));
   for (int64_t b = 0; b < blocks; ++b, g0 += kGroupBytes, g1 += kGroupBytes) {
-    _mm512_store_ps(out[b].d, halves16(g0, g1));
+    _mm256_store_ps(out[b].d, Lane::small_group_steps<kType>(g0));
+    _mm256_store_ps(out[b].d + 8, Lane::small_group_steps<kType>(g1));
     for (int k = 0; k < 4; ++k)
       store_chunk(_mm512_sub_epi8(Lane::small_group_values<kType>(g0, k), bias),
                   _mm512_sub_epi8(Lane::small_group_values<kType>(g1, k), bias), k, out[b]);
@@ -452,7 +453,7 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
                        int64_t r1) {
   // IQ4_XS's sub-blocks are IQ4_NL blocks with their own steps: the small blocks' tiles.
   const bool small_blocks = m.dtype == DType::Q8_0 || m.dtype == DType::Q4_0 || m.dtype == DType::Q5_0 ||
-                            m.dtype == DType::IQ4_NL || m.dtype == DType::IQ4_XS;
+                            m.dtype == DType::IQ4_NL || m.dtype == DType::MXFP4 || m.dtype == DType::IQ4_XS;
   const bool super_blocks_with_mins = m.dtype == DType::Q4_K || m.dtype == DType::Q5_K;
   int64_t strip_end = r0;
   if (m.layout == Layout::Interleaved8 && (small_blocks || super_blocks_with_mins || m.dtype == DType::Q6_K) &&
@@ -476,6 +477,7 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
       const auto pack = m.dtype == DType::Q8_0   ? &pack_small_blocks<DType::Q8_0>
                         : m.dtype == DType::Q4_0 ? &pack_small_blocks<DType::Q4_0>
                         : m.dtype == DType::Q5_0 ? &pack_small_blocks<DType::Q5_0>
+                        : m.dtype == DType::MXFP4 ? &pack_small_blocks<DType::MXFP4>
                                                  : &pack_small_blocks<DType::IQ4_NL>;
       for (int64_t s = 0; s < strips; ++s)
         if (m.dtype == DType::IQ4_XS) pack_iq4_xs(group(s, 0), group(s, 1), blocks / 8, &packed[size_t(s * blocks)]);

@@ -130,7 +130,7 @@ struct QuantLaneScalar {
   // Interleaved groups: each block index's 8 blocks put back in rows (quant::deinterleave8_block),
   // then the products of quant_matmul_impl.hpp's contract, row by row.
   static constexpr int x8_tokens = 4;  // tokens per interleaved tile
-  // Q8_0, or Q4_0 / Q5_0 / Q4_1 / Q5_1 / IQ4_NL (each block's values unpacked to Q8_0's int8 values first;
+  // Q8_0, or Q4_0 / Q5_0 / Q4_1 / Q5_1 / IQ4_NL / MXFP4 (each block's values unpacked to Q8_0's int8 values first;
   // Q4_1's and Q5_1's q as stored, then small_block_tile's second step for m).
   template <int T, DType D = DType::Q8_0>
   static void q8_0_x8(const uint8_t* g, const ActivationBlock* x, int64_t blocks, float* y, int64_t ldy) {
@@ -140,7 +140,7 @@ struct QuantLaneScalar {
     for (int64_t b = 0; b < blocks; ++b) {
       quant::deinterleave8_block(D, g + b * 8 * kBlock, plain);
       for (int r = 0; r < 8; ++r) {
-        const float d = quant::read_half(plain + kBlock * r);
+        const float d = quant::small_block_step<D>(plain + kBlock * r);
         int8_t values[32];
         if constexpr (D != DType::Q8_0) quant::small_block_values<D>(plain + kBlock * r, values);
         else std::memcpy(values, plain + kBlock * r + 2, 32);

@@ -52,6 +52,7 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
     case DType::Q4_1:
     case DType::Q5_1:
     case DType::IQ4_NL:
+    case DType::MXFP4:
     case DType::IQ4_XS:
     case DType::Q2_K:
     case DType::Q3_K:

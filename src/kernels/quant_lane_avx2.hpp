@@ -83,18 +83,23 @@ struct QuantLaneAvx2 {
   static __m256i iq4_nl_values() {
     return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(quant::kIq4NlValues)));
   }
-  // Q4_0 / Q5_0 / IQ4_NL (util/quant.hpp): the block's values as Q8_0's int8 (quant::small_block_values)
-  // in a register, then Q8_0's dot against each token's activation block, summed across exactly.
-  // Q4_1 / Q5_1: the same bytes after d and m, their q as stored.
+  // MXFP4's 16 values (quant::kMxfp4Values), the same way.
+  static __m256i mxfp4_values() {
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(quant::kMxfp4Values)));
+  }
+  // Q4_0 / Q5_0 / IQ4_NL / MXFP4 (util/quant.hpp): the block's values as Q8_0's int8
+  // (quant::small_block_values) in a register, then Q8_0's dot against each token's activation
+  // block, summed across exactly. Q4_1 / Q5_1: the same bytes after d and m, their q as stored.
   template <DType kType>
   static __m256i small_block_values(const uint8_t* block) {
     constexpr bool kFiveBits = kType == DType::Q5_0 || kType == DType::Q5_1;
-    constexpr int kHeader = quant::has_block_min(kType) ? 4 : 2;
+    constexpr int kHeader = quant::small_block_scale_bytes(kType) + (quant::has_block_min(kType) ? 2 : 0);
     constexpr char kBias = quant::has_block_min(kType) ? 0 : kFiveBits ? 16 : 8;
     const __m128i low = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + kHeader + (kFiveBits ? 4 : 0)));
     // Values 0..15 are the low nibbles, 16..31 the high ones.
     __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(low, 4), low), _mm256_set1_epi8(15));
     if constexpr (kType == DType::IQ4_NL) return _mm256_shuffle_epi8(iq4_nl_values(), q);
+    if constexpr (kType == DType::MXFP4) return _mm256_shuffle_epi8(mxfp4_values(), q);
     if constexpr (kFiveBits) {
       // Bit i of qh into byte i: byte i takes qh's byte i / 8, keeps bit i % 8, and becomes 16 where it is set.
       int32_t qh;
@@ -296,15 +301,15 @@ struct QuantLaneAvx2 {
     return _mm256_set1_epi64x(v);
   }
   static constexpr int x8_tokens = 4;  // tokens per interleaved tile
-  // A group's bytes per block index: Q8_0's, or Q4_0's / Q5_0's / Q4_1's / Q5_1's / IQ4_NL's (util/quant.hpp),
+  // A group's bytes per block index: Q8_0's, or Q4_0's / Q5_0's / Q4_1's / Q5_1's / IQ4_NL's / MXFP4's (util/quant.hpp),
   // whose tiles are Q8_0's.
   template <DType D>
   static constexpr size_t small_group_bytes = 8 * quant::small_block_bytes(D);
   // Half h (rows 0, 1, 4, 5 | 2, 3, 6, 7) of Q8_0's chunk k of a group's block as int8 values: Q8_0's
-  // bytes, or Q4_0's chunk k % 2 of nibbles (low for k < 2, high after) less 8 (IQ4_NL's: looked up); Q5_0's with the
+  // bytes, or Q4_0's chunk k % 2 of nibbles (low for k < 2, high after) less 8 (IQ4_NL's, MXFP4's: looked up); Q5_0's with the
   // top bit of word k (one byte per row: each spread over its row's 8 bytes) as 16, less 16; Q4_1's
   // and Q5_1's q as they are.
-  // Half h of Q8_0's chunk k of a group's 2 chunks of nibbles at q (Q4_0's, IQ4_NL's): the low nibbles for k < 2.
+  // Half h of Q8_0's chunk k of a group's 2 chunks of nibbles at q (Q4_0's, IQ4_NL's, MXFP4's): the low nibbles for k < 2.
   static __m256i chunk_nibbles(const uint8_t* q, int k, int h) {
     const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * (k % 2) + 32 * h));
     return _mm256_and_si256(k < 2 ? raw : _mm256_srli_epi16(raw, 4), _mm256_set1_epi8(15));
@@ -315,6 +320,7 @@ struct QuantLaneAvx2 {
     const __m256i nibbles = chunk_nibbles(g + quant::small_group_nibbles(D), k, h);
     if constexpr (D == DType::Q4_0) return _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8));
     if constexpr (D == DType::IQ4_NL) return _mm256_shuffle_epi8(iq4_nl_values(), nibbles);
+    if constexpr (D == DType::MXFP4) return _mm256_shuffle_epi8(mxfp4_values(), nibbles);
     if constexpr (D == DType::Q4_1) return nibbles;
     int64_t word;
     std::memcpy(&word, g + quant::small_group_high_bits(D) + 8 * k, 8);
@@ -326,6 +332,20 @@ struct QuantLaneAvx2 {
     const __m256i high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
     if constexpr (D == DType::Q5_1) return _mm256_or_si256(nibbles, high);
     return _mm256_sub_epi8(_mm256_or_si256(nibbles, high), _mm256_set1_epi8(16));
+  }
+  // A group's float steps of its 8 rows (in row order): their fp16 d, or MXFP4's 2^(e - 128)
+  // (quant::mxfp4_step on 8 lanes: e - 1 in the exponent field, the denormals 2^-128 and 2^-127
+  // for e = 0 and 1).
+  template <DType D>
+  static __m256 small_group_steps(const uint8_t* g) {
+    if constexpr (D == DType::MXFP4) {
+      const __m256i e = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g)));
+      const __m256i normal = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
+      const __m256i denormal = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
+      return _mm256_castsi256_ps(_mm256_blendv_epi8(normal, denormal, _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e)));
+    } else {
+      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
+    }
   }
   // An interleaved IQ4_XS group's steps float(d * (ls[j] - 32)) of its 8 rows (in row order), per
   // sub-block j: ls[j] from bits 4j.. of each row's scales_l and 2j.. of its scales_h.
@@ -395,7 +415,7 @@ struct QuantLaneAvx2 {
       // asked for (a group's blocks lie back to back; one line in four was not enough).
       if constexpr (T == 1)
         for (size_t line = 0; line < kBytes; line += 64) __builtin_prefetch(g + 8 * kBytes + line);
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
+      const __m256 d = small_group_steps<D>(g);
       __m256i sums[T][2];
       for (int t = 0; t < T; ++t) sums[t][0] = sums[t][1] = _mm256_setzero_si256();
 #pragma GCC unroll 4

@@ -47,14 +47,15 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
   // Q4_1 and Q5_1 take their q as Q4_0 and Q5_0 do, with no bias (value = q * d + m), and a second
   // float step for m (min_step).
   // IQ4_NL's nibbles index a table (quant::kIq4NlValues), kept here + 128 as unsigned bytes: the
-  // lanes exceed the products by 128 * a.sum, as Q8_0's.
+  // lanes exceed the products by 128 * a.sum, as Q8_0's. MXFP4's (quant::kMxfp4Values) the same.
   template <DType D>
   static constexpr int small_block_bias = D == DType::Q4_0 ? 8 : D == DType::Q5_0 ? 16 : quant::has_block_min(D) ? 0 : 128;
-  static __m512i iq4_nl_biased_values() {
+  static __m512i biased_table(const int8_t* values) {
     // (the masked form: GCC 12 warns that the plain broadcast's unused source may be uninitialized)
-    const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(quant::kIq4NlValues));
+    const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(values));
     return _mm512_xor_si512(_mm512_maskz_broadcast_i32x4(0xffff, table), _mm512_set1_epi8(char(0x80)));
   }
+  static __m512i iq4_nl_biased_values() { return biased_table(quant::kIq4NlValues); }
   // Q8_0's chunk k of a group's 2 chunks of nibbles at q (Q4_0's, IQ4_NL's): the low nibbles for k < 2.
   static __m512i chunk_nibbles(const uint8_t* q, int k) {
     const __m512i raw = _mm512_loadu_si512(q + 64 * (k % 2));
@@ -65,6 +66,7 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     if constexpr (D == DType::Q8_0) return _mm512_xor_si512(_mm512_loadu_si512(g + 16 + 64 * k), _mm512_set1_epi8(char(0x80)));
     const __m512i nibbles = chunk_nibbles(g + quant::small_group_nibbles(D), k);
     if constexpr (D == DType::IQ4_NL) return _mm512_shuffle_epi8(iq4_nl_biased_values(), nibbles);
+    if constexpr (D == DType::MXFP4) return _mm512_shuffle_epi8(biased_table(quant::kMxfp4Values), nibbles);
     if constexpr (!quant::has_fifth_bit(D)) return nibbles;
     __mmask64 top;
     std::memcpy(&top, g + quant::small_group_high_bits(D) + 8 * k, 8);
@@ -82,7 +84,7 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
       // between distances (docs/benchmarks.md, sixth round).
       if constexpr (T == 1)
         for (size_t line = 0; line < kBytes; line += 64) __builtin_prefetch(g + 32 * kBytes + line);
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
+      const __m256 d = small_group_steps<D>(g);
       __m512i sums[T];
       for (int t = 0; t < T; ++t) sums[t] = _mm512_setzero_si512();
 #pragma GCC unroll 4
@@ -423,6 +425,14 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
                                                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(h)),
                                                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(g)))));
   }
+  // The two groups' float steps (small_group_steps of g, then of h) in the lane order `order`.
+  template <DType D>
+  static __m512 steps16(const uint8_t* g, const uint8_t* h, __m512i order) {
+    if constexpr (D != DType::MXFP4) return halves16(g, h, order);
+    const __m512 both = _mm512_insertf32x8(_mm512_insertf32x8(_mm512_setzero_ps(), small_group_steps<D>(g), 0),
+                                           small_group_steps<D>(h), 1);
+    return _mm512_maskz_permutexvar_ps(0xffff, order, both);
+  }
   // The lines of the next two groups (2 * group_bytes on) beside the kBytes at g and at h.
   template <int kBytes>
   static void prefetch_next_pair(const uint8_t* g, const uint8_t* h, size_t group_bytes) {
@@ -441,7 +451,7 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     constexpr size_t kBytes = small_group_bytes<D>;
     for (int64_t b = 0; b < blocks; ++b, g += kBytes, h += kBytes) {
       if (prefetch) prefetch_next_pair<kBytes>(g, h, group_bytes);
-      const __m512 d = halves16(g, h, order);
+      const __m512 d = steps16<D>(g, h, order);
       const __m512 m = quant::has_block_min(D) ? halves16(g + 16, h + 16, order) : d;
       __m512i sums_g[T], sums_h[T];
       for (int t = 0; t < T; ++t) sums_g[t] = sums_h[t] = _mm512_setzero_si512();

@@ -126,8 +126,8 @@ void q4_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, con
     for (int t = 0; t < T; ++t) y[t * ldy + r] = L::sum(acc[r][t]);
 }
 
-// Q4_0 or Q5_0 rows (a matrix of fewer than 8 rows, or with a stride, and the rows after the last
-// group of 8) against T tokens: each block unpacked once to Q8_0's
+// Q4_0, Q5_0, IQ4_NL or MXFP4 rows (a matrix of fewer than 8 rows, or with a stride, and the rows
+// after the last group of 8) against T tokens: each block unpacked once to Q8_0's
 // int8 values, then per token Q8_0's exact integer dot (L::small_block_sums) and one float step
 // per block, acc = fma(float(dot), d * a.d, acc), in a scalar: the same bits in every ISA for
 // every T.
@@ -144,7 +144,7 @@ void small_block_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock*
       if constexpr (T == 1) __builtin_prefetch(wb + R * row_bytes);
       int32_t sums[T];
       L::template small_block_sums<kType, T>(wb, x + b, blocks, sums);
-      const float d = L::half(wb);
+      const float d = kType == DType::MXFP4 ? quant::mxfp4_step(wb[0]) : L::half(wb);
       for (int t = 0; t < T; ++t) acc[r][t] = std::fma(float(sums[t]), d * x[t * blocks + b].d, acc[r][t]);
       if constexpr (quant::has_block_min(kType)) {
         const float m = L::half(wb + 2);
@@ -286,6 +286,7 @@ void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int1
       case DType::Q4_1: return small_block_tile<L, kRows, T, DType::Q4_1>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::Q5_1: return small_block_tile<L, kRows, T, DType::Q5_1>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::IQ4_NL: return small_block_tile<L, kRows, T, DType::IQ4_NL>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::MXFP4: return small_block_tile<L, kRows, T, DType::MXFP4>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::IQ4_XS: return iq4_xs_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::Q2_K: return low_bit_k_tile<L, kRows, T, DType::Q2_K>(w, row_bytes, x, sums, blocks, y + r, m.rows);
       case DType::Q3_K: return low_bit_k_tile<L, kRows, T, DType::Q3_K>(w, row_bytes, x, sums, blocks, y + r, m.rows);
@@ -403,6 +404,7 @@ void interleaved_rows_for_tokens(const Matrix& m, const ActivationBlock* x, cons
     case DType::Q4_1: return groups.template operator()<DType::Q4_1>();
     case DType::Q5_1: return groups.template operator()<DType::Q5_1>();
     case DType::IQ4_NL: return groups.template operator()<DType::IQ4_NL>();
+    case DType::MXFP4: return groups.template operator()<DType::MXFP4>();
     case DType::Q5_K: return groups.template operator()<DType::Q5_K>();
     default: return groups.template operator()<DType::Q4_K>();
   }

@@ -112,14 +112,14 @@ size_t GgufValue::size() const {
 }
 
 namespace {
-constexpr const char* kReadTypes = "F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
+constexpr const char* kReadTypes = "F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, MXFP4, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
 
 // A ggml type this reader refuses, by ggml's name where it has one (ggml.h's enum), then its number.
 std::string unsupported_type_name(uint32_t type) {
   static const std::map<uint32_t, const char*> kNames = {
       {9, "Q8_1"},     {15, "Q8_K"},
       {16, "IQ2_XXS"}, {17, "IQ2_XS"}, {18, "IQ3_XXS"}, {19, "IQ1_S"},  {21, "IQ3_S"},
-      {22, "IQ2_S"},  {29, "IQ1_M"},   {34, "TQ1_0"},  {35, "TQ2_0"},   {39, "MXFP4"}};
+      {22, "IQ2_S"},  {29, "IQ1_M"},   {34, "TQ1_0"},  {35, "TQ2_0"}};
   const auto it = kNames.find(type);
   return it == kNames.end() ? std::to_string(type) : std::string(it->second) + " (" + std::to_string(type) + ")";
 }
@@ -135,6 +135,7 @@ bool ggml_to_dtype(uint32_t ggml_type, DType* out) {
     case GgmlType::Q4_1: *out = DType::Q4_1; return true;
     case GgmlType::Q5_1: *out = DType::Q5_1; return true;
     case GgmlType::IQ4_NL: *out = DType::IQ4_NL; return true;
+    case GgmlType::MXFP4: *out = DType::MXFP4; return true;
     case GgmlType::IQ4_XS: *out = DType::IQ4_XS; return true;
     case GgmlType::Q8_0: *out = DType::Q8_0; return true;
     case GgmlType::Q2_K: *out = DType::Q2_K; return true;
@@ -156,6 +157,7 @@ uint32_t dtype_to_ggml(DType type) {
     case DType::Q4_1: return uint32_t(GgmlType::Q4_1);
     case DType::Q5_1: return uint32_t(GgmlType::Q5_1);
     case DType::IQ4_NL: return uint32_t(GgmlType::IQ4_NL);
+    case DType::MXFP4: return uint32_t(GgmlType::MXFP4);
     case DType::IQ4_XS: return uint32_t(GgmlType::IQ4_XS);
     case DType::Q8_0: return uint32_t(GgmlType::Q8_0);
     case DType::Q2_K: return uint32_t(GgmlType::Q2_K);

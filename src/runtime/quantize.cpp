@@ -22,7 +22,7 @@ namespace crossmoe {
 namespace fs = std::filesystem;
 
 bool parse_quant_scheme(const std::string& name, QuantScheme* out) {
-  for (QuantScheme s : {QuantScheme::Q8_0, QuantScheme::Q4_0, QuantScheme::Q5_0, QuantScheme::Q4_1, QuantScheme::Q5_1, QuantScheme::IQ4_NL, QuantScheme::IQ4_XS,
+  for (QuantScheme s : {QuantScheme::Q8_0, QuantScheme::Q4_0, QuantScheme::Q5_0, QuantScheme::Q4_1, QuantScheme::Q5_1, QuantScheme::IQ4_NL, QuantScheme::MXFP4, QuantScheme::IQ4_XS,
                         QuantScheme::Q2_K, QuantScheme::Q3_K, QuantScheme::Q4_K, QuantScheme::Q5_K, QuantScheme::Q6_K, QuantScheme::Mixed})
     if (name == quant_scheme_name(s)) {
       *out = s;
@@ -42,6 +42,7 @@ std::string quant_scheme_name(QuantScheme scheme) {
     case QuantScheme::Q4_1: return "q4_1";
     case QuantScheme::Q5_1: return "q5_1";
     case QuantScheme::IQ4_NL: return "iq4_nl";
+    case QuantScheme::MXFP4: return "mxfp4";
     case QuantScheme::IQ4_XS: return "iq4_xs";
     case QuantScheme::Q2_K: return "q2_k";
     case QuantScheme::Q3_K: return "q3_k";
@@ -68,6 +69,7 @@ DType weight_type(QuantScheme scheme, bool routed_expert) {
     case QuantScheme::Q4_1: return DType::Q4_1;
     case QuantScheme::Q5_1: return DType::Q5_1;
     case QuantScheme::IQ4_NL: return DType::IQ4_NL;
+    case QuantScheme::MXFP4: return DType::MXFP4;
     case QuantScheme::IQ4_XS: return DType::IQ4_XS;
     case QuantScheme::Q2_K: return DType::Q2_K;
     case QuantScheme::Q3_K: return DType::Q3_K;

@@ -1,5 +1,5 @@
 #pragma once
-// `crossmoe quantize`: a model directory rewritten with block-quantized matrices (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K;
+// `crossmoe quantize`: a model directory rewritten with block-quantized matrices (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, MXFP4, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K;
 // util/quant.hpp), which the runtime binds as they are stored.
 //
 // OUT holds model.safetensors (block-type matrices as safetensors.hpp describes, norms and
@@ -25,12 +25,13 @@ enum class QuantScheme {
   Q4_1,   // every matrix Q4_1
   Q5_1,   // every matrix Q5_1
   IQ4_NL, // every matrix IQ4_NL
+  MXFP4,  // every matrix MXFP4
   IQ4_XS, // every matrix IQ4_XS
   Q2_K,   // every matrix Q2_K
   Q3_K,   // every matrix Q3_K
   Mixed,  // routed experts Q4_K; attention, routers, shared experts, dense FFNs, embeddings, LM head Q8_0
 };
-bool parse_quant_scheme(const std::string& name, QuantScheme* out);  // "q8_0", "q4_0", "q5_0", "q4_1", "q5_1", "iq4_nl", "iq4_xs", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "mixed"
+bool parse_quant_scheme(const std::string& name, QuantScheme* out);  // "q8_0", "q4_0", "q5_0", "q4_1", "q5_1", "iq4_nl", "mxfp4", "iq4_xs", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "mixed"
 std::string quant_scheme_name(QuantScheme scheme);
 
 // The type a matrix of `cols` columns gets when `wanted` is asked: a row must be whole blocks,

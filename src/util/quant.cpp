@@ -114,6 +114,24 @@ void quantize_iq4_nl(const float* x, uint8_t* block) {
   iq4_nibbles(x, f16_to_f32(dh), block + 2);
 }
 
+// MXFP4, as ggml's quantize_row_mxfp4_ref (see quant.hpp): e from the largest magnitude's binary
+// exponent, each value's nearest table entry by the same float comparisons, the first on a tie.
+void quantize_mxfp4(const float* x, uint8_t* block) {
+  float amax = 0.0f;
+  for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float exponent = amax > 0.0f ? std::floor(std::log2(amax)) - 2.0f + 127.0f : 0.0f;
+  const uint8_t e = uint8_t(std::clamp(exponent, 0.0f, 254.0f));
+  const float step = mxfp4_step(e);
+  const auto nearest = [&](float v) {
+    uint8_t best = 0;
+    for (uint8_t k = 1; k < 16; ++k)
+      if (std::fabs(float(kMxfp4Values[k]) * step - v) < std::fabs(float(kMxfp4Values[best]) * step - v)) best = k;
+    return best;
+  };
+  block[0] = e;
+  for (int i = 0; i < 16; ++i) block[1 + i] = uint8_t(nearest(x[i]) | nearest(x[i + 16]) << 4);
+}
+
 // IQ4_XS: each sub-block's IQ4_NL step s_j = -x_m / 127, d the largest |s_j| over 31 steps (rounded
 // up), ls - 32 = s_j's sign times the steps of d that reach |s_j|.
 void quantize_iq4_xs(const float* x, uint8_t* block) {
@@ -311,7 +329,7 @@ template <DType kType>
 void dequantize_small_block(const uint8_t* block, float* y) {
   int8_t q[32];
   small_block_values<kType>(block, q);
-  const float d = read_half(block);
+  const float d = small_block_step<kType>(block);
   if constexpr (has_block_min(kType)) {
     const float m = read_half(block + 2);
     for (int i = 0; i < 32; ++i) y[i] = float(q[i]) * d + m;
@@ -417,6 +435,7 @@ void quantize_row(DType type, const float* x, int64_t n, void* out) {
     else if (type == DType::Q4_0 || type == DType::Q5_0) quantize_small_block(type, x + b * block, o + b * block_bytes);
     else if (has_block_min(type)) quantize_small_block_with_min(type, x + b * block, o + b * block_bytes);
     else if (type == DType::IQ4_NL) quantize_iq4_nl(x + b * block, o + b * block_bytes);
+    else if (type == DType::MXFP4) quantize_mxfp4(x + b * block, o + b * block_bytes);
     else if (type == DType::IQ4_XS) quantize_iq4_xs(x + b * block, o + b * block_bytes);
     else if (type == DType::Q2_K) quantize_q2_k(x + b * block, o + b * block_bytes);
     else if (type == DType::Q3_K) quantize_q3_k(x + b * block, o + b * block_bytes);
@@ -439,6 +458,7 @@ void dequantize_row(DType type, const void* in, int64_t n, float* out) {
     else if (type == DType::Q4_1) dequantize_small_block<DType::Q4_1>(p + b * block_bytes, out + b * block);
     else if (type == DType::Q5_1) dequantize_small_block<DType::Q5_1>(p + b * block_bytes, out + b * block);
     else if (type == DType::IQ4_NL) dequantize_small_block<DType::IQ4_NL>(p + b * block_bytes, out + b * block);
+    else if (type == DType::MXFP4) dequantize_small_block<DType::MXFP4>(p + b * block_bytes, out + b * block);
     else if (type == DType::IQ4_XS) dequantize_iq4_xs(p + b * block_bytes, out + b * block);
     else if (type == DType::Q2_K) dequantize_q2_k(p + b * block_bytes, out + b * block);
     else if (type == DType::Q3_K) dequantize_q3_k(p + b * block_bytes, out + b * block);
@@ -477,9 +497,10 @@ void interleave8_block(DType type, const void* rows, size_t stride, void* out) {
   const auto row = [&](int r) { return in + size_t(r) * stride; };
   if (is_nibble_block(type)) {
     const int64_t high = small_group_high_bits(type), nibbles = small_group_nibbles(type);
-    const int header = has_block_min(type) ? 4 : 2, qs = header + (has_fifth_bit(type) ? 4 : 0);
+    const int scale = small_block_scale_bytes(type), header = scale + (has_block_min(type) ? 2 : 0),
+              qs = header + (has_fifth_bit(type) ? 4 : 0);
     for (int r = 0; r < 8; ++r) {
-      std::memcpy(o + 2 * r, row(r), 2);
+      std::memcpy(o + scale * r, row(r), scale);
       if (has_block_min(type)) std::memcpy(o + 16 + 2 * r, row(r) + 2, 2);
       if (has_fifth_bit(type))
         for (int k = 0; k < 4; ++k) o[high + 8 * k + kSlot[r]] = row(r)[header + k];
@@ -564,10 +585,11 @@ void deinterleave8_block(DType type, const void* in, void* out) {
   auto* o = static_cast<uint8_t*>(out);
   if (is_nibble_block(type)) {
     const int64_t high = small_group_high_bits(type), nibbles = small_group_nibbles(type);
-    const int header = has_block_min(type) ? 4 : 2, qs = header + (has_fifth_bit(type) ? 4 : 0);
+    const int scale = small_block_scale_bytes(type), header = scale + (has_block_min(type) ? 2 : 0),
+              qs = header + (has_fifth_bit(type) ? 4 : 0);
     for (int r = 0; r < 8; ++r) {
       uint8_t* b = o + (qs + 16) * r;
-      std::memcpy(b, g + 2 * r, 2);
+      std::memcpy(b, g + scale * r, scale);
       if (has_block_min(type)) std::memcpy(b + 2, g + 16 + 2 * r, 2);
       if (has_fifth_bit(type))
         for (int k = 0; k < 4; ++k) b[header + k] = g[high + 8 * k + kSlot[r]];

@@ -20,6 +20,10 @@
 //        value[i] = d * kIq4NlValues[q[i]]   (a fixed table of 16 int8 values, non-linear)
 //     A Q8_0 block with 16 possible values: its products look its int8 values up
 //     (small_block_values) and take Q8_0's integer dot.
+//   MXFP4, 17 bytes per 32 values: byte e | 16 bytes of 4-bit indices q, as Q4_0's q
+//        value[i] = 2^(e - 128) * kMxfp4Values[q[i]]   (the OCP MX format's E8M0 scale and E2M1
+//        values, ggml's doubled: 0, 0.5, 1, 1.5, 2, 3, 4, 6 and their negatives, times 2)
+//     Products as IQ4_NL's, with the float step 2^(e - 128) (mxfp4_step) in place of d.
 //   IQ4_XS, 136 bytes per 256 values (8 sub-blocks j of 32): fp16 d | 16-bit word scales_h | 4 bytes
 //        scales_l | 8 runs of 16 bytes of 4-bit indices, run j sub-block j's as an IQ4_NL block's
 //        value[32 j + i] = float(d * (ls[j] - 32)) * kIq4NlValues[q[j][i]]      (ls in 0..63)
@@ -64,6 +68,10 @@
 //   IQ4_NL: d = -x_m / 127 for the block's value x_m of largest magnitude (so that x_m is the table's
 //     -127), its magnitude rounded UP to fp16, q = the table value nearest x / d: |x - value| <= 14 |d|
 //     (x / d lies in -127..127; the widest gap is 113..127, at the table's end).
+//   MXFP4: ggml's rule (quantize_row_mxfp4_ref), so that its blocks are llama-quantize's byte for
+//     byte: e = floor(log2f(max|x|)) - 2 + 127 (0 for a block of zeros or below 2^-125), so that
+//     max|x| / step lies in 8..16, and q the table value nearest x / step (the first of two at
+//     equal distance): |x - value| <= 4 step (the values past 12 steps take 12).
 //   IQ4_XS: per sub-block j, s_j = -x_m / 127 as IQ4_NL's d; d = max|s_j| / 31 rounded UP to fp16,
 //     ls[j] - 32 = s_j's sign times ceil(|s_j| / d) (in -31..31), and each q IQ4_NL's nearest to
 //     x / step_j for step_j = float(d * (ls[j] - 32)): |x - value| <= 14 |step_j|, |step_j| < |s_j| + d.
@@ -99,6 +107,7 @@
 //        values 8k..8k+7) of rows 0, 1, 4, 5, 2, 3, 6, 7 | Q4_0's 2 chunks of nibbles. Word k is the
 //        top bits of Q8_0's chunk k, bit i of it the value at byte i of the chunk (a byte mask).
 //   IQ4_NL, 144 bytes: Q4_0's group (its nibbles are indices into kIq4NlValues).
+//   MXFP4, 136 bytes: byte e of rows 0..7 | Q4_0's 2 chunks of nibbles (indices into kMxfp4Values).
 //   IQ4_XS, 1088 bytes: fp16 d of rows 0..7 | scales_h of rows 0..7 | scales_l of rows 0..7 (4 bytes
 //        each) | per sub-block j, 128 bytes: Q4_0's 2 chunks of the 8 rows' runs j of nibbles.
 //   Q4_1, 160 bytes, and Q5_1, 192 bytes: Q4_0's and Q5_0's groups with the fp16 m of rows 0..7
@@ -164,20 +173,30 @@ void dequantize_row(DType type, const void* in, int64_t n, float* out);
 // IQ4_NL's values, ggml's kvalues_iq4nl: value = d * kIq4NlValues[q].
 inline constexpr int8_t kIq4NlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
+// MXFP4's values, ggml's kvalues_mxfp4 (E2M1 times 2): value = mxfp4_step(e) * kMxfp4Values[q].
+inline constexpr int8_t kMxfp4Values[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+// 2^(e - 128) as a float (ggml's GGML_E8M0_TO_FP32_HALF): e - 1 in the exponent field, and for
+// e = 0 and 1 the denormals 2^-128 and 2^-127.
+inline float mxfp4_step(uint8_t e) {
+  return std::bit_cast<float>(e < 2 ? uint32_t(0x00200000) << e : uint32_t(e - 1) << 23);
+}
+
 // The legacy 32-value types with a min: value = q * d + m.
 constexpr bool has_block_min(DType t) { return t == DType::Q4_1 || t == DType::Q5_1; }
 // The legacy 32-value types whose q are nibbles (Q5_0, Q5_1: with a fifth bit in qh).
 constexpr bool has_fifth_bit(DType t) { return t == DType::Q5_0 || t == DType::Q5_1; }
 constexpr bool is_nibble_block(DType t) {
-  return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::IQ4_NL || has_fifth_bit(t);
+  return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::IQ4_NL || t == DType::MXFP4 || has_fifth_bit(t);
 }
+// Bytes of a 32-value block's scale: an fp16 d, or MXFP4's byte e.
+constexpr int small_block_scale_bytes(DType t) { return t == DType::MXFP4 ? 1 : 2; }
 // Bytes of one block of a 32-value type.
 constexpr size_t small_block_bytes(DType t) {
-  return t == DType::Q8_0 ? 34 : 18 + (has_block_min(t) ? 2 : 0) + (has_fifth_bit(t) ? 4 : 0);
+  return t == DType::Q8_0 ? 34 : small_block_scale_bytes(t) + 16 + (has_block_min(t) ? 2 : 0) + (has_fifth_bit(t) ? 4 : 0);
 }
-// Where an interleaved Q4_0 / Q5_0 / Q4_1 / Q5_1 group's top bits (Q5_0, Q5_1) and nibbles start
-// (see above): after the 8 d's, and the 8 m's of Q4_1 / Q5_1.
-constexpr int64_t small_group_high_bits(DType t) { return has_block_min(t) ? 32 : 16; }
+// Where an interleaved Q4_0 / Q5_0 / Q4_1 / Q5_1 / IQ4_NL / MXFP4 group's top bits (Q5_0, Q5_1) and
+// nibbles start (see above): after the 8 scales, and the 8 m's of Q4_1 / Q5_1.
+constexpr int64_t small_group_high_bits(DType t) { return has_block_min(t) ? 32 : 8 * small_block_scale_bytes(t); }
 constexpr int64_t small_group_nibbles(DType t) { return small_group_high_bits(t) + (has_fifth_bit(t) ? 32 : 0); }
 // The block types whose matrices the kernels also read interleaved 8 rows at a time (below): all.
 constexpr bool has_interleaved_layout(DType t) {
@@ -185,22 +204,23 @@ constexpr bool has_interleaved_layout(DType t) {
          t == DType::Q5_K || t == DType::Q6_K;
 }
 
-// A Q4_0, Q5_0 or IQ4_NL block's 32 values in units of its d (q - 8, q - 16, kIq4NlValues[q]) as
-// int8; a Q4_1 or Q5_1 block's q as stored (0..15, 0..31).
+// A Q4_0, Q5_0, IQ4_NL or MXFP4 block's 32 values in units of its step (q - 8, q - 16,
+// kIq4NlValues[q], kMxfp4Values[q]) as int8; a Q4_1 or Q5_1 block's q as stored (0..15, 0..31).
 // (inline: the kernels call it per block; each ISA's file vectorises it with its own flags).
 template <DType kType>
 inline void small_block_values(const uint8_t* block, int8_t* q) {
   static_assert(is_nibble_block(kType));
   constexpr bool kFiveBits = has_fifth_bit(kType);
-  constexpr int kHeader = has_block_min(kType) ? 4 : 2;  // d, and m
+  constexpr int kHeader = small_block_scale_bytes(kType) + (has_block_min(kType) ? 2 : 0);  // d (or e), and m
   constexpr int kBias = has_block_min(kType) ? 0 : kFiveBits ? 16 : 8;
   const uint8_t* qs = block + kHeader + (kFiveBits ? 4 : 0);
   uint32_t qh = 0;
   if constexpr (kFiveBits) std::memcpy(&qh, block + kHeader, 4);  // little-endian, as the static_assert below requires
   for (int i = 0; i < 16; ++i) {
-    if constexpr (kType == DType::IQ4_NL) {
-      q[i] = kIq4NlValues[qs[i] & 15];
-      q[i + 16] = kIq4NlValues[qs[i] >> 4];
+    if constexpr (kType == DType::IQ4_NL || kType == DType::MXFP4) {
+      const int8_t* table = kType == DType::IQ4_NL ? kIq4NlValues : kMxfp4Values;
+      q[i] = table[qs[i] & 15];
+      q[i + 16] = table[qs[i] >> 4];
     } else {
       q[i] = int8_t(((qs[i] & 15) | ((qh >> i) & 1) << 4) - kBias);
       q[i + 16] = int8_t(((qs[i] >> 4) | ((qh >> (i + 16)) & 1) << 4) - kBias);
@@ -289,6 +309,13 @@ inline float read_half(const void* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
   return f16_to_f32(h);
+}
+
+// The float step of a block of a 32-value type: its fp16 d, or MXFP4's 2^(e - 128).
+template <DType kType>
+inline float small_block_step(const uint8_t* block) {
+  if constexpr (kType == DType::MXFP4) return mxfp4_step(block[0]);
+  else return read_half(block);
 }
 
 // IQ4_XS's sub-block j: its ls (0..63) from the block's scales_h and scales_l, as stored, and its
