@@ -658,8 +658,9 @@ TEST(DeepSeek2Export, RunsAsLlamaCppRunsTheFile) {
 // tests/fixtures/gguf/dense-q4_k_m.gguf and dense-q6_k.gguf: llama-quantize's Q4_K_M (Q4_K, with
 // Q6_K for output, attn_v and ffn_down, as the Hub's Q4_K_M files hold them) and --pure Q6_K of
 // a random 1-layer qwen3 model whose rows are whole 256-blocks (tests/fixtures/make_llama_quantize_goldens.sh);
-// likewise its Q5_K_M, Q3_K_M and Q2_K (each its own mix of K-quants) and --pure IQ4_XS, and the --pure legacy
-// Q4_0 / Q5_0 / Q4_1 / Q5_1 / IQ4_NL files of a smaller model.
+// likewise its Q5_K_M, Q3_K_M and Q2_K (each its own mix of K-quants) and --pure IQ4_XS, the --pure legacy
+// Q4_0 / Q5_0 / Q4_1 / Q5_1 / IQ4_NL and MXFP4 files of a smaller model, and MXFP4_MOE of a 1-layer
+// qwen3moe model (MXFP4 experts, Q8_0 elsewhere).
 // Their *.dequant.json: the FNV-1a 64-bit hash of ggml's own to_float floats of every tensor.
 uint64_t fnv1a(const std::vector<float>& v, uint64_t h = 1469598103934665603ull) {
   const auto* p = reinterpret_cast<const uint8_t*>(v.data());
@@ -700,6 +701,11 @@ TEST_P(LlamaQuantized, TensorsDequantizeToGgmlsFloats) {
   if (GetParam() == "dense-q5_1") EXPECT_EQ(types[DType::Q5_1], 9) << "--pure: every matrix";
   if (GetParam() == "dense-iq4_nl") EXPECT_EQ(types[DType::IQ4_NL], 9) << "--pure: every matrix";
   if (GetParam() == "dense-iq4_xs") EXPECT_EQ(types[DType::IQ4_XS], 9) << "--pure: every matrix";
+  if (GetParam() == "dense-mxfp4") EXPECT_EQ(types[DType::MXFP4], 9) << "--pure: every matrix";
+  if (GetParam() == "moe-mxfp4_moe") {
+    EXPECT_EQ(types[DType::MXFP4], 3) << "the merged gate, up and down experts";
+    EXPECT_GE(types[DType::Q8_0], 5) << "every other matrix";
+  }
   if (GetParam() == "dense-q3_k_m") EXPECT_GE(types[DType::Q3_K], 3);
   if (GetParam() == "dense-q2_k") EXPECT_GE(types[DType::Q2_K], 3);
 }
@@ -742,7 +748,8 @@ TEST_P(LlamaQuantized, RunsAsItsDequantizedValues) {
 }
 
 INSTANTIATE_TEST_SUITE_P(LlamaQuantize, LlamaQuantized, ::testing::Values("dense-q4_k_m", "dense-q5_k_m", "dense-q3_k_m", "dense-q2_k", "dense-q6_k",
-                                                           "dense-q4_0", "dense-q5_0", "dense-q4_1", "dense-q5_1", "dense-iq4_nl", "dense-iq4_xs"),
+                                                           "dense-q4_0", "dense-q5_0", "dense-q4_1", "dense-q5_1", "dense-iq4_nl", "dense-iq4_xs",
+                                                           "dense-mxfp4", "moe-mxfp4_moe"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n) if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
