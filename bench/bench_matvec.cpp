@@ -164,7 +164,7 @@ int main(int argc, char** argv) {
     matrices.push_back({Matrix{dtype == DType::F32 ? static_cast<const void*>(w32.data()) : w16.data(), dtype, rows, cols},
                         dtype_name(dtype)});
   std::vector<std::vector<uint8_t>> quantized;
-  for (DType dtype : {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_1, DType::Q5_1, DType::IQ4_NL, DType::IQ4_XS, DType::Q2_K, DType::Q3_K,
+  for (DType dtype : {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_1, DType::Q5_1, DType::IQ4_NL, DType::MXFP4, DType::IQ4_XS, DType::Q2_K, DType::Q3_K,
                       DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     quantized.push_back(quantized_matrix(dtype, rows, cols));
     matrices.push_back({Matrix{quantized.back().data(), dtype, rows, cols}, dtype_name(dtype) + " rows"});
