@@ -178,6 +178,33 @@ TEST(GgufFormat, Q4_0AndQ5_0AreReadAndOtherTypesRefusedByName) {
   }
 }
 
+// A file's weights copied into memory keep their bytes, each tensor on a cache line
+// (kTensorAlignment) although GGUF aligns tensors to 32 bytes only; tensors left out take none.
+TEST(GgufFormat, TensorsCopiedIntoMemoryStartOnCacheLines) {
+  const fs::path path = kFixtures + "/gguf/dense-q4_k_m.gguf";
+  for (const bool leave_one_out : {false, true}) {
+    GgufFile f(path);
+    std::map<std::string, std::vector<std::byte>> bytes;
+    int off_line = 0;
+    for (const GgufTensor& t : f.tensors()) {
+      bytes[t.name].assign(t.data, t.data + t.nbytes);
+      off_line += t.file_offset % kTensorAlignment != 0;
+    }
+    EXPECT_GT(off_line, 0) << "the fixture should hold tensors off a cache line";
+    const std::string left = f.tensors().front().name;
+    f.copy_into_memory(leave_one_out ? std::set<std::string>{left} : std::set<std::string>{});
+    for (const GgufTensor& t : f.tensors()) {
+      if (leave_one_out && t.name == left) {
+        EXPECT_EQ(t.data, nullptr);
+        continue;
+      }
+      ASSERT_NE(t.data, nullptr) << t.name;
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(t.data) % kTensorAlignment, 0u) << t.name;
+      EXPECT_EQ(std::memcmp(t.data, bytes[t.name].data(), t.nbytes), 0) << t.name;
+    }
+  }
+}
+
 TEST(GgufFormat, EveryTruncationAndDamagedHeaderIsAnError) {
   const std::vector<std::byte> bytes = read_bytes(kFixtures + "/gguf/llama-q8_0.gguf");
   ASSERT_GT(bytes.size(), 1000u);

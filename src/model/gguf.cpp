@@ -10,6 +10,7 @@
 #include "util/atomic_file.hpp"
 #include "util/error.hpp"
 #include "util/mapped_file.hpp"
+#include "util/round_up.hpp"
 
 namespace crossmoe {
 
@@ -178,22 +179,25 @@ GgufFile::GgufFile(const std::byte* bytes, size_t size, const std::string& label
 
 void GgufFile::copy_into_memory(const std::set<std::string>& left_out) {
   if (!file_.data() || data_size_ == 0) return;
-  const std::byte* file = file_.data();
-  // Keep the data's offset within a page, so alignment is what it was in the file.
-  const size_t lead = size_t(data_begin_ - file) % 4096;
-  const size_t size = lead + data_size_;
-  // The pages of tensors left out are never written, so they take no memory.
+  // Every tensor starts on a cache line (kTensorAlignment), whatever its offset in the file: GGUF
+  // aligns tensors to 32 bytes only, and the kernels' 64-byte loads of a matrix 32 bytes off a line
+  // each straddle two lines (docs/benchmarks.md, "Weights on cache lines"). Tensors left out take
+  // no memory.
+  size_t size = 0;
+  for (const GgufTensor& t : tensors_)
+    if (!left_out.count(t.name)) size = round_up(size, kTensorAlignment) + t.nbytes;
   memory_ = AnonymousMemory(size, "the weights of " + label_, {.huge_pages = true});
-  std::byte* copy = memory_.data() + lead;
-  if (left_out.empty()) std::memcpy(copy, data_begin_, data_size_);
+  std::byte* copy = memory_.data();
+  size_t at = 0;
   for (GgufTensor& t : tensors_) {
-    std::byte* to = copy + (t.data - data_begin_);
     if (left_out.count(t.name)) {
       t.data = nullptr;
       continue;
     }
-    if (!left_out.empty()) std::memcpy(to, t.data, t.nbytes);
-    t.data = to;
+    at = round_up(at, kTensorAlignment);
+    std::memcpy(copy + at, t.data, t.nbytes);
+    t.data = copy + at;
+    at += t.nbytes;
   }
   file_ = MappedFile();
   data_begin_ = copy;

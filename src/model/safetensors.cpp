@@ -12,6 +12,7 @@
 #include "util/atomic_file.hpp"
 #include "util/error.hpp"
 #include "util/mapped_file.hpp"
+#include "util/round_up.hpp"
 
 namespace crossmoe {
 
@@ -44,9 +45,10 @@ SafetensorsFile::SafetensorsFile(const std::byte* bytes, size_t size, const std:
 
 void SafetensorsFile::load_into_memory(const std::function<bool(const std::string&)>& keep) {
   if (file_.fd() < 0 || in_memory_) return;  // an in-memory image, or loaded already
-  // Runs of kept tensors that lie back to back in the file, each read with one range of reads.
-  // A run keeps its file offset modulo 64 in memory, so alignment is what it was in the file.
-  struct Run {
+  // Each kept tensor is read into its own place, on a cache line (kTensorAlignment): a file aligns
+  // tensors to 8 bytes, and the kernels' 64-byte loads of a matrix off a line each straddle two
+  // lines (docs/benchmarks.md, "Weights on cache lines").
+  struct Place {
     uint64_t file_offset, size;
     size_t at;  // in the new memory
   };
@@ -59,14 +61,11 @@ void SafetensorsFile::load_into_memory(const std::function<bool(const std::strin
     kept.push_back(&t);
   }
   std::sort(kept.begin(), kept.end(), [](const TensorView* a, const TensorView* b) { return a->file_offset < b->file_offset; });
-  std::vector<Run> runs;
+  std::vector<Place> places;
   size_t total = 0;
   for (TensorView* t : kept) {
-    if (runs.empty() || runs.back().file_offset + runs.back().size != t->file_offset) {
-      total += (t->file_offset + 64 - total % 64) % 64;
-      runs.push_back({t->file_offset, 0, total});
-    }
-    runs.back().size += t->nbytes;
+    total = round_up(total, kTensorAlignment);
+    places.push_back({t->file_offset, t->nbytes, total});
     total += t->nbytes;
   }
   AnonymousMemory loaded(total, "the weights of " + label_, {.huge_pages = true});
@@ -78,7 +77,7 @@ void SafetensorsFile::load_into_memory(const std::function<bool(const std::strin
     std::byte* out;
   };
   std::vector<Piece> pieces;
-  for (const Run& r : runs)
+  for (const Place& r : places)
     for (uint64_t done = 0; done < r.size; done += kPiece)
       pieces.push_back({r.file_offset + done, std::min(kPiece, r.size - done), memory + r.at + done});
   std::atomic<size_t> next{0};
@@ -109,10 +108,7 @@ void SafetensorsFile::load_into_memory(const std::function<bool(const std::strin
   read_pieces();
   for (auto& w : workers) w.join();
   if (!error.empty()) throw Error(error);
-  for (size_t i = 0, r = 0; i < kept.size(); ++i) {
-    while (kept[i]->file_offset >= runs[r].file_offset + runs[r].size) ++r;
-    kept[i]->data = memory + runs[r].at + (kept[i]->file_offset - runs[r].file_offset);
-  }
+  for (size_t i = 0; i < kept.size(); ++i) kept[i]->data = memory + places[i].at;
   file_.unmap();
   memory_ = std::move(loaded);
   in_memory_ = true;

@@ -8,6 +8,11 @@
 
 namespace crossmoe {
 
+// Where the model loaders start each tensor in their copies of a file's weights: a cache line, so
+// that the kernels' 64-byte loads of a matrix never straddle two lines (safetensors files align
+// tensors to 8 bytes, GGUF files to 32).
+inline constexpr size_t kTensorAlignment = 64;
+
 class AnonymousMemory {
  public:
   struct Options {
