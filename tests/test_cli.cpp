@@ -46,6 +46,7 @@ TEST_F(Cli, GeneratesInfoAndTrace) {
   const Result info = run("info " + good.string());
   EXPECT_EQ(info.code, 0);
   EXPECT_NE(info.out.find("shared_pool, r = 3"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("\ntypes        BF16 "), std::string::npos) << info.out;
   EXPECT_EQ(run("--help").code, 0);
   EXPECT_EQ(run("generate --help").code, 0);
 }

@@ -1,8 +1,12 @@
 // crossmoe info MODEL: layout, cross-layer groups, parameter counts and memory needed.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "commands.hpp"
 #include "memory_budget_options.hpp"
@@ -90,6 +94,15 @@ void run_info(const std::string& dir, int context, const std::string& budget) {
   if (ck) {
     std::printf("memory       %s of weights in %zu tensors, + %s KV cache for %d tokens\n",
                 human(double(ck->total_bytes()), "B").c_str(), ck->num_tensors(), human(kv_bytes, "B").c_str(), context);
+    // The dtypes by bytes, largest first: what a GGUF file's mix (Q4_K_M, MXFP4_MOE, ...) holds.
+    std::vector<std::pair<DType, std::pair<size_t, int>>> types;
+    for (const auto& entry : ck->bytes_by_dtype()) types.push_back(entry);
+    std::stable_sort(types.begin(), types.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+    std::string listed;
+    for (const auto& [type, bytes_tensors] : types)
+      listed += (listed.empty() ? "" : ", ") + dtype_name(type) + " " + human(double(bytes_tensors.first), "B") + " (" +
+                std::to_string(bytes_tensors.second) + ")";
+    std::printf("types        %s\n", listed.c_str());
   } else {
     std::printf("memory       %s of weights at bf16, + %s KV cache for %d tokens\n",
                 human(2.0 * double(p.stored), "B").c_str(), human(kv_bytes, "B").c_str(), context);

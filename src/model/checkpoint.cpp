@@ -93,6 +93,15 @@ size_t Checkpoint::total_bytes() const {
   return n;
 }
 
+std::map<DType, std::pair<size_t, int>> Checkpoint::bytes_by_dtype() const {
+  std::map<DType, std::pair<size_t, int>> by;
+  for (const auto& [name, t] : index_) {
+    by[t->dtype].first += t->nbytes;
+    ++by[t->dtype].second;
+  }
+  return by;
+}
+
 int64_t Checkpoint::total_elements() const {
   int64_t n = 0;
   for (const auto& [name, t] : index_) n += t->numel();

@@ -4,8 +4,10 @@
 // same names). Tensors are looked up by name with their shape checked.
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/config.hpp"
@@ -30,6 +32,8 @@ class Checkpoint {
   // The tensor, which must exist with exactly this shape; errors name the tensor and directory.
   const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) const;
   size_t total_bytes() const;
+  // Bytes and tensors of each dtype (a GGUF file's mix of block types, a directory's BF16 and Q8_0).
+  std::map<DType, std::pair<size_t, int>> bytes_by_dtype() const;
   int64_t total_elements() const;  // parameters stored, over all tensors
   size_t num_tensors() const { return index_.size(); }
   const std::filesystem::path& dir() const { return dir_; }
