@@ -449,9 +449,11 @@ long rss_kib(pid_t pid) {
 }
 
 TEST_F(Serve, RequestsPreemptedWhenThePoolRunsOutGetTheirOwnText) {
-  // A pool of about 10 blocks, requests that each need 2 blocks by the end and 1 to start: eight
-  // of them at once outgrow the pool mid-decode, so some are preempted and run again later.
-  // Each must still get exactly the greedy text it gets alone.
+  // A pool of about 10 blocks, requests that each need 2 blocks by the end and 1 to start: sixteen
+  // of them at once outgrow the pool mid-decode, so some are preempted and run again later. (Eight
+  // were once enough; with faster decoding, clients started late on a loaded machine could find
+  // the first ones done and the pool never full.) Each must still get exactly the greedy text it
+  // gets alone.
   const ModelConfig config = Model(dir_ / "model").config();
   const int64_t per_token = KvPool::bytes_per_position(config);
   // Whole key tiles, so that the pool's blocks hold no padding.
@@ -464,7 +466,7 @@ TEST_F(Serve, RequestsPreemptedWhenThePoolRunsOutGetTheirOwnText) {
   auto c = server.client(false);
   // Distinct from the first token on, so no two share a cached block.
   std::vector<std::string> prompts;
-  for (int i = 0; i < 8; ++i) prompts.push_back(std::to_string(i) + " the cat sat on the mat and");
+  for (int i = 0; i < 16; ++i) prompts.push_back(std::string(1, char('A' + i)) + " the cat sat on the mat and");
   const auto ask = [&](httplib::Client& client, const std::string& prompt) {
     const Json body = {{"prompt", prompt}, {"max_tokens", 2 * block - 24}, {"temperature", 0}};
     const auto r = client.Post("/v1/completions", body.dump(), "application/json");
