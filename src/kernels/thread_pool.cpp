@@ -44,7 +44,7 @@ constexpr uint64_t kBackOne = uint64_t(1) << kItemBits;
 uint64_t run_front(uint64_t word) { return word & kMaxItems; }
 uint64_t run_back(uint64_t word) { return (word >> kItemBits) & kMaxItems; }
 uint64_t run_job(uint64_t word) { return word >> (2 * kItemBits); }
-// job_: the current job's number (its low 24 bits are the runs') above its item count.
+// job_: the current job's number (24 bits, as the runs hold it) above its item count.
 uint64_t job_number(uint64_t job_word) { return job_word >> kItemBits; }
 constexpr uint64_t kMaxJob = (uint64_t(1) << (64 - 2 * kItemBits)) - 1;
 uint64_t run_word(uint64_t job, uint64_t front, uint64_t back) {
