@@ -146,7 +146,8 @@ TEST(GgufFormat, WriterAndReaderAgreeOnEveryValueType) {
 }
 
 // Q4_0 (ggml type 2) and Q5_0 (6) are read and written as they are; a type this reader does not
-// take is refused by its ggml name: the same file with Q4_0's type number made IQ2_XXS's (16).
+// take is refused by its ggml name: the same file with Q4_0's type number made Q8_K's (15: ggml's
+// activation blocks, never a weight type in a GGUF file).
 TEST(GgufFormat, Q4_0AndQ5_0AreReadAndOtherTypesRefusedByName) {
   TempDir dir("gguf_q4_0");
   GgufWriter w;
@@ -168,12 +169,12 @@ TEST(GgufFormat, Q4_0AndQ5_0AreReadAndOtherTypesRefusedByName) {
   const auto* begin = reinterpret_cast<const uint8_t*>(bytes.data());
   const auto* at = std::search(begin, begin + bytes.size(), std::begin(entry), std::end(entry));
   ASSERT_NE(at, begin + bytes.size());
-  bytes[size_t(at - begin) + sizeof entry - 4] = std::byte{16};
+  bytes[size_t(at - begin) + sizeof entry - 4] = std::byte{15};
   try {
     GgufFile(bytes.data(), bytes.size(), "x");
-    ADD_FAILURE() << "IQ2_XXS accepted";
+    ADD_FAILURE() << "Q8_K accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("ggml type IQ2_XXS (16) is not supported"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("ggml type Q8_K (15) is not supported"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("Q4_0, Q5_0"), std::string::npos) << e.what();
   }
 }
@@ -687,7 +688,8 @@ TEST(DeepSeek2Export, RunsAsLlamaCppRunsTheFile) {
 // a random 1-layer qwen3 model whose rows are whole 256-blocks (tests/fixtures/make_llama_quantize_goldens.sh);
 // likewise its Q5_K_M, Q3_K_M and Q2_K (each its own mix of K-quants) and --pure IQ4_XS, the --pure legacy
 // Q4_0 / Q5_0 / Q4_1 / Q5_1 / IQ4_NL and MXFP4 files of a smaller model, and MXFP4_MOE of a 1-layer
-// qwen3moe model (MXFP4 experts, Q8_0 elsewhere).
+// qwen3moe model (MXFP4 experts, Q8_0 elsewhere), and --pure IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S,
+// IQ1_S, IQ1_M, TQ1_0 and TQ2_0 of the first model (made with an importance matrix).
 // Their *.dequant.json: the FNV-1a 64-bit hash of ggml's own to_float floats of every tensor.
 uint64_t fnv1a(const std::vector<float>& v, uint64_t h = 1469598103934665603ull) {
   const auto* p = reinterpret_cast<const uint8_t*>(v.data());
@@ -729,6 +731,13 @@ TEST_P(LlamaQuantized, TensorsDequantizeToGgmlsFloats) {
   if (GetParam() == "dense-iq4_nl") EXPECT_EQ(types[DType::IQ4_NL], 9) << "--pure: every matrix";
   if (GetParam() == "dense-iq4_xs") EXPECT_EQ(types[DType::IQ4_XS], 9) << "--pure: every matrix";
   if (GetParam() == "dense-mxfp4") EXPECT_EQ(types[DType::MXFP4], 9) << "--pure: every matrix";
+  for (const char* codebook : {"IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "TQ1_0", "TQ2_0"}) {
+    DType type;
+    ASSERT_TRUE(parse_block_dtype(codebook, &type));
+    std::string name = std::string("dense-") + codebook;
+    for (char& c : name) c = char(std::tolower(static_cast<unsigned char>(c)));
+    if (GetParam() == name) EXPECT_EQ(types[type], 9) << "--pure: every matrix";
+  }
   if (GetParam() == "moe-mxfp4_moe") {
     EXPECT_EQ(types[DType::MXFP4], 3) << "the merged gate, up and down experts";
     EXPECT_GE(types[DType::Q8_0], 5) << "every other matrix";
@@ -776,7 +785,9 @@ TEST_P(LlamaQuantized, RunsAsItsDequantizedValues) {
 
 INSTANTIATE_TEST_SUITE_P(LlamaQuantize, LlamaQuantized, ::testing::Values("dense-q4_k_m", "dense-q5_k_m", "dense-q3_k_m", "dense-q2_k", "dense-q6_k",
                                                            "dense-q4_0", "dense-q5_0", "dense-q4_1", "dense-q5_1", "dense-iq4_nl", "dense-iq4_xs",
-                                                           "dense-mxfp4", "moe-mxfp4_moe"),
+                                                           "dense-mxfp4", "moe-mxfp4_moe", "dense-iq2_xxs", "dense-iq2_xs", "dense-iq2_s",
+                                                           "dense-iq3_xxs", "dense-iq3_s", "dense-iq1_s", "dense-iq1_m", "dense-tq1_0",
+                                                           "dense-tq2_0"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n) if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';

@@ -551,8 +551,17 @@ struct QuantCase {
 };
 constexpr QuantCase kQuantCases[] = {{37, 256, 1}, {64, 512, 5}, {130, 1024, 9}, {16, 2048, 4}, {3, 256, 17}, {38, 512, 21}};
 
-// Every block type the kernels multiply, all of which interleave_rows8 interleaves.
+// Every block type the kernels multiply that interleave_rows8 interleaves.
 constexpr DType kBlockTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_1, DType::Q5_1, DType::IQ4_NL, DType::MXFP4, DType::IQ4_XS, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+// The codebook and ternary types: read and multiplied as rows, never written by crossmoe (their
+// test matrices are random bytes with finite steps).
+constexpr DType kCodebookTypes[] = {DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S, DType::IQ3_XXS, DType::IQ3_S,
+                                    DType::IQ1_S,   DType::IQ1_M,  DType::TQ1_0, DType::TQ2_0};
+std::vector<DType> every_block_type() {
+  std::vector<DType> all(std::begin(kBlockTypes), std::end(kBlockTypes));
+  all.insert(all.end(), std::begin(kCodebookTypes), std::end(kCodebookTypes));
+  return all;
+}
 
 std::vector<float> weight_like(size_t n, std::mt19937& rng) {
   std::normal_distribution<float> normal(0.0f, 0.05f);
@@ -578,14 +587,33 @@ struct QuantizedMatrix {
   }
 };
 
+// Random super-blocks of a codebook or ternary type whose fp16 factor d is a step of 2^-13 .. 2^-10
+// (IQ1_M keeps its d in the top nibbles of its 4 scale words).
+void random_codebook_rows(DType t, size_t bytes, uint32_t seed, uint8_t* out) {
+  std::mt19937 rng(seed);
+  for (size_t i = 0; i < bytes; ++i) out[i] = uint8_t(rng());
+  const size_t block = dtype_row_bytes(t, 256);
+  std::uniform_real_distribution<float> step(1.0f / 8192, 1.0f / 1024);
+  for (uint8_t* b = out; b < out + bytes; b += block) {
+    const uint16_t d = f32_to_f16(step(rng));
+    if (t == DType::IQ1_M) {
+      for (int k = 0; k < 4; ++k) b[49 + 2 * k] = uint8_t((b[49 + 2 * k] & 0x0f) | ((d >> (4 * k)) & 15) << 4);
+    } else {
+      const size_t at = t == DType::TQ1_0 ? 52 : t == DType::TQ2_0 ? 64 : 0;
+      std::memcpy(b + at, &d, 2);
+    }
+  }
+}
+
 QuantizedMatrix quantize_matrix(DType t, const std::vector<float>& w, int rows, int cols) {
   QuantizedMatrix q;
   const size_t row_bytes = dtype_row_bytes(t, cols);
   q.bytes.resize(row_bytes * rows);
   q.values.resize(w.size());
   q.offsets.assign(w.size(), 0.0f);
+  if (quant::is_codebook_block(t)) random_codebook_rows(t, q.bytes.size(), std::bit_cast<uint32_t>(w[0]), q.bytes.data());
   for (int r = 0; r < rows; ++r) {
-    quant::quantize_row(t, w.data() + size_t(r) * cols, cols, q.bytes.data() + r * row_bytes);
+    if (!quant::is_codebook_block(t)) quant::quantize_row(t, w.data() + size_t(r) * cols, cols, q.bytes.data() + r * row_bytes);
     quant::dequantize_row(t, q.bytes.data() + r * row_bytes, cols, q.values.data() + size_t(r) * cols);
   }
   if (t == DType::Q4_K || t == DType::Q5_K || t == DType::Q2_K) {  // the same blocks with every q zero decode to -dmin * m
@@ -638,7 +666,7 @@ void quant_products(Isa isa, DType t, std::vector<std::vector<float>>* outputs, 
 
 void expect_isa_matches_portable(Isa isa) {
   if (!isa_supported(isa)) GTEST_SKIP() << "this CPU does not run " << isa_name(isa) << "; its kernels are untested here";
-  for (DType t : kBlockTypes) {
+  for (DType t : every_block_type()) {
     std::vector<std::vector<float>> portable, vector_isa;
     std::vector<std::vector<double>> magnitude, unused;
     quant_products(Isa::Generic, t, &portable, &magnitude);
@@ -741,7 +769,7 @@ TEST(QuantKernels, EveryIsaQuantizesActivationsToThePortableBytes) {
 }
 
 TEST(QuantKernels, PortableMatchesDequantizedWeightsWithinTheBound) {
-  for (DType t : kBlockTypes) {
+  for (DType t : every_block_type()) {
     std::vector<std::vector<float>> y;
     std::vector<std::vector<double>> m;
     quant_products(Isa::Generic, t, &y, &m);
@@ -1059,9 +1087,9 @@ TEST(QuantKernels, ATokenGetsTheSameBitsAloneOrInABatch) {
   std::mt19937 rng(6);
   const int rows = 38, cols = 512, tokens = 19;
   const std::vector<float> x = weight_like(size_t(tokens) * cols, rng);
-  for (DType t : kBlockTypes) {
+  for (DType t : every_block_type()) {
     QuantizedMatrix q = quantize_matrix(t, weight_like(size_t(rows) * cols, rng), rows, cols);
-    for (Layout layout : {Layout::Rows, Layout::Interleaved8}) {
+    for (Layout layout : {Layout::Rows, Layout::Interleaved8}) {  // (the codebook types stay rows)
       const Matrix m = q.in_layout(layout, t, rows, cols);
       for (Isa isa : supported()) {
         IsaGuard guard(isa);
@@ -1178,10 +1206,20 @@ TEST(QuantKernels, InterleavingLeavesTailRowsAndOtherMatricesAsTheyWere) {
 
 TEST(QuantKernels, RowsOfABlockTypeWidenToTheirDequantizedValues) {
   std::mt19937 rng(4);
-  for (DType t : kBlockTypes) {
+  for (DType t : every_block_type()) {
     const QuantizedMatrix q = quantize_matrix(t, weight_like(2 * 512, rng), 2, 512);
     std::vector<float> row(512);
     to_f32(q.bytes.data() + dtype_row_bytes(t, 512), t, 512, row.data());
     EXPECT_EQ(row, std::vector<float>(q.values.begin() + 512, q.values.end())) << dtype_name(t);
+  }
+}
+
+// The codebook and ternary types have no interleaved layout: the kernels read their rows as stored.
+TEST(QuantKernels, CodebookMatricesStayRows) {
+  std::mt19937 rng(12);
+  for (DType t : kCodebookTypes) {
+    QuantizedMatrix q = quantize_matrix(t, weight_like(16 * 256, rng), 16, 256);
+    EXPECT_EQ(q.interleaved(t, 16, 256).layout, Layout::Rows) << dtype_name(t);
+    EXPECT_EQ(q.interleaved_bytes, q.bytes) << dtype_name(t);
   }
 }

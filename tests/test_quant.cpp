@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "util/dtype.hpp"
@@ -69,6 +70,54 @@ TEST(Quant, BlockSizesAndNames) {
   EXPECT_EQ(t, DType::Q3_K);
   EXPECT_EQ(dtype_name(DType::Q2_K), "Q2_K");
   EXPECT_FALSE(parse_block_dtype("BF16", &t));
+}
+
+// The codebook and ternary types: ggml's block sizes (66, 74, 82, 98, 110, 50, 56, 54, 66 bytes per
+// 256 values), read but never written.
+TEST(Quant, CodebookTypesAreReadNotWritten) {
+  const std::pair<DType, size_t> sizes[] = {{DType::IQ2_XXS, 66}, {DType::IQ2_XS, 74}, {DType::IQ2_S, 82},
+                                            {DType::IQ3_XXS, 98}, {DType::IQ3_S, 110}, {DType::IQ1_S, 50},
+                                            {DType::IQ1_M, 56},   {DType::TQ1_0, 54},  {DType::TQ2_0, 66}};
+  std::vector<float> x(256, 0.5f);
+  for (const auto& [type, bytes] : sizes) {
+    EXPECT_EQ(dtype_row_bytes(type, 512), 2 * bytes) << dtype_name(type);
+    DType parsed;
+    ASSERT_TRUE(parse_block_dtype(dtype_name(type), &parsed));
+    EXPECT_EQ(parsed, type);
+    EXPECT_TRUE(quant::is_codebook_block(type));
+    EXPECT_FALSE(quant::has_interleaved_layout(type));
+    std::vector<uint8_t> out(bytes);
+    try {
+      quant::quantize_row(type, x.data(), 256, out.data());
+      ADD_FAILURE() << dtype_name(type) << " written";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("llama-quantize --imatrix"), std::string::npos) << e.what();
+    }
+  }
+}
+
+// An IQ2_XXS block by hand: grid point 0 is eight 8s, sign run 1 flips value 0 (and, for an even
+// count of minus signs, value 7), ls = 3: step d / 8 * 7. An IQ1_S block: grid point 0 is eight
+// -1s, delta +1/8, ls = 0: values d * (-1 + 1/8). (tests/test_gguf.cpp holds every type to ggml's
+// own floats on llama-quantize's files.)
+TEST(Quant, CodebookHandBuiltBlocksDecode) {
+  std::vector<uint8_t> iq2(66, 0);
+  const uint16_t d = f32_to_f16(0.5f);
+  std::memcpy(iq2.data(), &d, 2);
+  const uint32_t word = 1u | 3u << 28;  // sub-block 0: sign run 0 = 1, ls 3
+  std::memcpy(iq2.data() + 2 + 4, &word, 4);
+  std::vector<float> y(256);
+  quant::dequantize_row(DType::IQ2_XXS, iq2.data(), 256, y.data());
+  const float step = 0.5f / 8 * 7;
+  EXPECT_EQ(y[0], -8 * step);
+  for (int i = 1; i < 7; ++i) EXPECT_EQ(y[i], 8 * step) << i;
+  EXPECT_EQ(y[7], -8 * step) << "the eighth sign keeps the count of minus signs even";
+  EXPECT_EQ(y[32], 0.5f / 8 * 8) << "sub-block 1: ls 0, no signs";
+  std::vector<uint8_t> iq1(50, 0);
+  std::memcpy(iq1.data(), &d, 2);
+  quant::dequantize_row(DType::IQ1_S, iq1.data(), 256, y.data());
+  EXPECT_EQ(quant::kIq1SGrid[0], 0xffffffffffffffffull) << "ggml's first IQ1 grid point: all -1";
+  for (int i = 0; i < 256; ++i) ASSERT_EQ(y[i], 0.5f * (-1.0f + 0.125f)) << i;
 }
 
 TEST(Quant, Q8_0HandBuiltBlockDecodes) {

@@ -410,7 +410,7 @@ TEST(QuantizedModel, BadMetadataIsAClearError) {
     }
   };
   expect_error({{"crossmoe.dtype.v", "Q8_0"}}, "names a missing tensor", {2, 34}, "names no tensor");
-  expect_error({{"crossmoe.dtype.w", "IQ2_XXS"}}, "unknown type", {2, 34}, "unknown block type 'IQ2_XXS'");
+  expect_error({{"crossmoe.dtype.w", "Q8_K"}}, "unknown type", {2, 34}, "unknown block type 'Q8_K'");
   expect_error({{"crossmoe.dtype.w", "Q8_0"}}, "rows not whole blocks", {4, 17}, "multiple of 34");
   expect_error({{"crossmoe.dtype.w", "Q8_0"}}, "not a matrix", {68}, "stored as U8 [rows");
   // And the good case reads back as [rows, cols] of Q8_0.

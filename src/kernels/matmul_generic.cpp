@@ -60,6 +60,21 @@ struct QuantLaneScalar {
     quant::small_block_values<kType>(block, values);
     for (int t = 0; t < T; ++t) sums[t] = dot_q8(values, x[t * blocks].q);
   }
+  template <DType kType, int T>
+  static void codebook_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
+    int8_t q[256];
+    int16_t scale[16];
+    quant::codebook_block_values<kType>(w, q, scale);
+    for (int t = 0; t < T; ++t) {
+      int32_t sum = 0;
+      for (int j = 0; j < 16; ++j) {
+        int32_t dot = 0;
+        for (int i = 0; i < 16; ++i) dot += int32_t(q[16 * j + i]) * x[t * blocks + j / 2].q[16 * (j % 2) + i];
+        sum += scale[j] * dot;
+      }
+      sums[t] = sum;
+    }
+  }
   using Int = int32_t;
   static Int int_zero() { return 0; }
   static Int madd_q4(const uint8_t* q, const int8_t* a_lo, const int8_t* a_hi, int s_lo, int s_hi, Int acc) {

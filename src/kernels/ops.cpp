@@ -46,20 +46,9 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
     case DType::F32: std::memcpy(dst, src, size_t(n) * 4); break;
     case DType::BF16: for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(h[i]); break;
     case DType::F16: for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(h[i]); break;
-    case DType::Q8_0:
-    case DType::Q4_0:
-    case DType::Q5_0:
-    case DType::Q4_1:
-    case DType::Q5_1:
-    case DType::IQ4_NL:
-    case DType::MXFP4:
-    case DType::IQ4_XS:
-    case DType::Q2_K:
-    case DType::Q3_K:
-    case DType::Q4_K:
-    case DType::Q5_K:
-    case DType::Q6_K: quant::dequantize_row(dtype, src, n, dst); break;
-    default: break;  // dtypes are checked when weights are bound
+    default:  // the block types; the other dtypes are checked when weights are bound
+      if (dtype_block(dtype) > 1) quant::dequantize_row(dtype, src, n, dst);
+      break;
   }
 }
 
@@ -118,7 +107,7 @@ void activation_half_sums(const ActivationBlock* x, int64_t n, int16_t* out) {
 }
 
 int activation_sums_per_block(DType weights) {
-  if (activation_group(weights) != 256) return 0;
+  if (activation_group(weights) != 256 || quant::is_codebook_block(weights)) return 0;
   return weights == DType::Q2_K || weights == DType::Q3_K ? 2 : 1;
 }
 

@@ -4,6 +4,7 @@
 // for now, the AVX-512 one (where the same instructions get EVEX encodings), each with its flags.
 #include <immintrin.h>
 
+#include <array>
 #include <cstdint>
 #include <cstring>
 
@@ -186,6 +187,121 @@ struct QuantLaneAvx2 {
       for (int t = 0; t < T; ++t) {
         const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t * blocks + j].q));
         acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), scale));
+      }
+    }
+    for (int t = 0; t < T; ++t) sums[t] = sum_lanes(acc[t]);
+  }
+
+  // The codebook and ternary types (util/quant.hpp): sub-block j of a super-block (32 values) as
+  // byte magnitudes and signs (+-1, or the value itself: vpsignb's operand) and its two integer
+  // factors in 16-bit lanes (values 0..15 in the low 128 bits, 16..31 in the high), so that
+  // vpmaddubsw(magnitudes, sign(a, signs)) (magnitudes <= 62, |a| <= 127: at most 15,748, no
+  // saturation) and vpmaddwd by the factors give the exact sum of the sub-block's q a times scale.
+  struct CodebookPart {
+    __m256i magnitudes, signs, scales;
+  };
+  static __m256i grid8(uint64_t a, uint64_t b, uint64_t c, uint64_t d) {
+    return _mm256_setr_epi64x(int64_t(a), int64_t(b), int64_t(c), int64_t(d));
+  }
+  static __m256i grid4(const std::array<uint32_t, 256>& g, const uint8_t* i) {
+    return _mm256_setr_epi32(int(g[i[0]]), int(g[i[1]]), int(g[i[2]]), int(g[i[3]]), int(g[i[4]]), int(g[i[5]]),
+                             int(g[i[6]]), int(g[i[7]]));
+  }
+  static __m256i two_scales(int low, int high) {
+    return _mm256_set_m128i(_mm_set1_epi16(int16_t(high)), _mm_set1_epi16(int16_t(low)));
+  }
+  // Values that carry their own signs (IQ1's 8 g +- 1, the ternary types' digits).
+  static CodebookPart signed_part(__m256i q, __m256i scales) { return {_mm256_abs_epi8(q), q, scales}; }
+  template <DType kType>
+  static CodebookPart codebook_part(const uint8_t* w, int j, const int8_t* decoded) {
+    using quant::even_signs, quant::kSignBytes;
+    if constexpr (kType == DType::IQ2_XXS || kType == DType::IQ3_XXS) {
+      constexpr bool kThree = kType == DType::IQ3_XXS;
+      uint32_t word;
+      std::memcpy(&word, w + (kThree ? 66 + 4 * j : 2 + 8 * j + 4), 4);
+      const __m256i signs = grid8(kSignBytes[even_signs(word & 127)], kSignBytes[even_signs(word >> 7 & 127)],
+                                  kSignBytes[even_signs(word >> 14 & 127)], kSignBytes[even_signs(word >> 21 & 127)]);
+      const int scale = 2 * int(word >> 28) + 1;
+      const uint8_t* index = w + 2 + 8 * j;
+      if constexpr (kThree) return {grid4(quant::kIq3XxsGrid, index), signs, _mm256_set1_epi16(int16_t(scale))};
+      const auto& g = quant::kIq2XxsGrid;
+      return {grid8(g[index[0]], g[index[1]], g[index[2]], g[index[3]]), signs, _mm256_set1_epi16(int16_t(scale))};
+    } else if constexpr (kType == DType::IQ2_XS) {
+      uint16_t v[4];
+      std::memcpy(v, w + 2 + 8 * j, 8);
+      const auto& g = quant::kIq2XsGrid;
+      const uint8_t ls = w[66 + j];
+      return {grid8(g[v[0] & 511], g[v[1] & 511], g[v[2] & 511], g[v[3] & 511]),
+              grid8(kSignBytes[even_signs(v[0] >> 9)], kSignBytes[even_signs(v[1] >> 9)],
+                    kSignBytes[even_signs(v[2] >> 9)], kSignBytes[even_signs(v[3] >> 9)]),
+              two_scales(2 * (ls & 15) + 1, 2 * (ls >> 4) + 1)};
+    } else if constexpr (kType == DType::IQ2_S) {
+      const uint8_t* index = w + 2 + 4 * j;
+      const uint8_t* signs = w + 34 + 4 * j;
+      const int qh = w[66 + j];
+      const auto& g = quant::kIq2SGrid;
+      const uint8_t ls = w[74 + j];
+      return {grid8(g[index[0] | (qh << 8 & 0x300)], g[index[1] | (qh << 6 & 0x300)], g[index[2] | (qh << 4 & 0x300)],
+                    g[index[3] | (qh << 2 & 0x300)]),
+              grid8(kSignBytes[signs[0]], kSignBytes[signs[1]], kSignBytes[signs[2]], kSignBytes[signs[3]]),
+              two_scales(2 * (ls & 15) + 1, 2 * (ls >> 4) + 1)};
+    } else if constexpr (kType == DType::IQ3_S) {
+      const uint8_t* index = w + 2 + 8 * j;
+      const int qh = w[66 + j];
+      const uint8_t* signs = w + 74 + 4 * j;
+      const auto& g = quant::kIq3SGrid;
+      const __m256i magnitudes = _mm256_setr_epi32(
+          int(g[index[0] | (qh << 8 & 256)]), int(g[index[1] | (qh << 7 & 256)]), int(g[index[2] | (qh << 6 & 256)]),
+          int(g[index[3] | (qh << 5 & 256)]), int(g[index[4] | (qh << 4 & 256)]), int(g[index[5] | (qh << 3 & 256)]),
+          int(g[index[6] | (qh << 2 & 256)]), int(g[index[7] | (qh << 1 & 256)]));
+      const int scale = 2 * (w[106 + j / 2] >> (4 * (j % 2)) & 15) + 1;
+      return {magnitudes, grid8(kSignBytes[signs[0]], kSignBytes[signs[1]], kSignBytes[signs[2]], kSignBytes[signs[3]]),
+              _mm256_set1_epi16(int16_t(scale))};
+    } else if constexpr (kType == DType::IQ1_S || kType == DType::IQ1_M) {
+      // 8 g +- 1 for grid values g in -1..1: vpsignb of 8 by g, then the deltas.
+      const auto& g = quant::kIq1SGrid;
+      const uint8_t* index = w + (kType == DType::IQ1_S ? 2 : 0) + 4 * j;
+      __m256i grid, deltas, scales;
+      if constexpr (kType == DType::IQ1_S) {
+        const int h = w[34 + 2 * j] | w[35 + 2 * j] << 8;
+        grid = grid8(g[index[0] | (h & 7) << 8], g[index[1] | (h >> 3 & 7) << 8], g[index[2] | (h >> 6 & 7) << 8],
+                     g[index[3] | (h >> 9 & 7) << 8]);
+        deltas = _mm256_set1_epi8(h & 0x8000 ? -1 : 1);
+        scales = _mm256_set1_epi16(int16_t(2 * (h >> 12 & 7) + 1));
+      } else {
+        const int qh = w[32 + 2 * j] | w[33 + 2 * j] << 8;  // a nibble per 8 values: 3 index bits, the delta's sign
+        grid = grid8(g[index[0] | (qh & 7) << 8], g[index[1] | (qh >> 4 & 7) << 8], g[index[2] | (qh >> 8 & 7) << 8],
+                     g[index[3] | (qh >> 12 & 7) << 8]);
+        const auto delta = [&](int l) { return int64_t(qh >> (4 * l + 3) & 1 ? -1 : 0x0101010101010101); };
+        deltas = _mm256_setr_epi64x(delta(0), delta(1), delta(2), delta(3));
+        const int sc = (w[48 + 2 * (j / 2)] | w[49 + 2 * (j / 2)] << 8) >> (6 * (j % 2));
+        scales = two_scales(2 * (sc & 7) + 1, 2 * (sc >> 3 & 7) + 1);
+      }
+      return signed_part(_mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), grid), deltas), scales);
+    } else if constexpr (kType == DType::TQ2_0) {
+      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32 * (j / 4)));
+      const __m256i bits = _mm256_and_si256(_mm256_srli_epi16(bytes, 2 * (j % 4)), _mm256_set1_epi8(3));
+      return signed_part(_mm256_sub_epi8(bits, _mm256_set1_epi8(1)), _mm256_set1_epi16(1));
+    } else {  // TQ1_0: its base-3 digits decoded beforehand
+      return signed_part(load32(decoded + 32 * j), _mm256_set1_epi16(1));
+    }
+  }
+  // sums[t] = sum_j scale[j] sum_i q_i a_i over the super-block (at w), token t's 8 activation
+  // blocks at x + t * blocks: the exact integer.
+  template <DType kType, int T>
+  static void codebook_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
+    alignas(32) int8_t decoded[kType == DType::TQ1_0 ? 256 : 1];
+    if constexpr (kType == DType::TQ1_0) {
+      int16_t ones[16];
+      quant::codebook_block_values<kType>(w, decoded, ones);
+    }
+    __m256i acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; ++j) {
+      const CodebookPart p = codebook_part<kType>(w, j, decoded);
+      for (int t = 0; t < T; ++t) {
+        const __m256i a = _mm256_sign_epi8(load32(x[t * blocks + j].q), p.signs);
+        acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(p.magnitudes, a), p.scales));
       }
     }
     for (int t = 0; t < T; ++t) sums[t] = sum_lanes(acc[t]);

@@ -1,5 +1,5 @@
 #pragma once
-// Products of Q8_0 / Q4_0 / Q5_0 / Q4_1 / Q5_1 / IQ4_NL / IQ4_XS / Q2_K / Q3_K / Q4_K / Q5_K / Q6_K weight rows with quantized activations, written once over an
+// Products of block-quantized weight rows (every type of util/quant.hpp) with quantized activations, written once over an
 // integer "lane" type L. Each ISA's .cpp file includes this with its own L, compiled with its flags.
 //   L::Acc                      float accumulators;  L::Int  integer accumulators
 //   L::zero(), L::sum(Acc), L::int_zero()
@@ -53,6 +53,10 @@
 //   L::q6_k_x8<T, DType::Q2_K>(...): the same for Q2_K's groups (no offsets): low_bit_k_sums's dots
 //       and mins (the mins from half_sums, token t's at half_sums + 2 * t * blocks), then
 //       low_bit_k_tile's two float steps: the rows' bits.
+//   L::codebook_sums<kType, T>(w, x, blocks, sums)  a codebook or ternary super-block (at w) times
+//       T tokens' 8 activation blocks: sums[t] = sum_j scale[j] sum_i q_i a_i in
+//       quant::codebook_block_values's terms, exact; the tile then takes one float step per (row,
+//       token, super-block) in a scalar: the same bits in every ISA for every T.
 //   Optionally (PairedGroups): L::x16_tokens,
 //       L::q8_0_x16<T>(g, group_bytes, x, blocks, y, ldy, prefetch),
 //       L::q4_k_x16<T, D>(g, group_bytes, x, sums, blocks, y, ldy, prefetch) (D: Q4_K or Q5_K): two groups (16 rows, the
@@ -261,6 +265,31 @@ void low_bit_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x
     for (int t = 0; t < T; ++t) y[t * ldy + r] = acc[r][t];
 }
 
+// Codebook or ternary rows (util/quant.hpp: never interleaved) against T tokens: per super-block,
+// (row, token) the exact integer sum_j scale[j] sum_i q a of L::codebook_sums (the super-block's
+// values decoded once per tile, in the lane's registers), then acc = fma(float(sum), D * a.d, acc)
+// in a scalar: the same bits in every ISA for every T.
+template <class L, int R, int T, DType kType>
+void codebook_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int64_t blocks, float* y,
+                   int64_t ldy) {
+  constexpr size_t kBlockBytes = kType == DType::IQ2_XXS ? 66 : kType == DType::IQ2_XS ? 74 : kType == DType::IQ2_S ? 82
+                                 : kType == DType::IQ3_XXS ? 98 : kType == DType::IQ3_S ? 110 : kType == DType::IQ1_S ? 50
+                                 : kType == DType::IQ1_M ? 56 : kType == DType::TQ1_0 ? 54 : 66;
+  float acc[R][T] = {};
+  for (int64_t b = 0; b < blocks; b += 8)
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* wb = w + r * row_bytes + b / 8 * kBlockBytes;
+      if constexpr (T == 1)
+        for (size_t line = 0; line < kBlockBytes + 64; line += 64) __builtin_prefetch(wb + R * row_bytes + line);
+      int32_t sums[T];
+      L::template codebook_sums<kType, T>(wb, x + b, blocks, sums);
+      const float factor = quant::codebook_factor<kType>(wb);
+      for (int t = 0; t < T; ++t) acc[r][t] = std::fma(float(sums[t]), factor * x[t * blocks + b].d, acc[r][t]);
+    }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = acc[r][t];
+}
+
 // sums: for Q4_K, the activation blocks' sums as int16 (8 per super-block, as L::madd_mins
 // reads them), for Q2_K / Q3_K their half sums (16 per super-block), for the same tokens as x;
 // null for Q8_0 and unread for Q5_K's rows and Q6_K.
@@ -290,6 +319,15 @@ void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int1
       case DType::IQ4_XS: return iq4_xs_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::Q2_K: return low_bit_k_tile<L, kRows, T, DType::Q2_K>(w, row_bytes, x, sums, blocks, y + r, m.rows);
       case DType::Q3_K: return low_bit_k_tile<L, kRows, T, DType::Q3_K>(w, row_bytes, x, sums, blocks, y + r, m.rows);
+      case DType::IQ2_XXS: return codebook_tile<L, kRows, T, DType::IQ2_XXS>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::IQ2_XS: return codebook_tile<L, kRows, T, DType::IQ2_XS>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::IQ2_S: return codebook_tile<L, kRows, T, DType::IQ2_S>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::IQ3_XXS: return codebook_tile<L, kRows, T, DType::IQ3_XXS>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::IQ3_S: return codebook_tile<L, kRows, T, DType::IQ3_S>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::IQ1_S: return codebook_tile<L, kRows, T, DType::IQ1_S>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::IQ1_M: return codebook_tile<L, kRows, T, DType::IQ1_M>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::TQ1_0: return codebook_tile<L, kRows, T, DType::TQ1_0>(w, row_bytes, x, blocks, y + r, m.rows);
+      case DType::TQ2_0: return codebook_tile<L, kRows, T, DType::TQ2_0>(w, row_bytes, x, blocks, y + r, m.rows);
       default: return q6_k_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
     }
   };

@@ -113,14 +113,13 @@ size_t GgufValue::size() const {
 }
 
 namespace {
-constexpr const char* kReadTypes = "F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, MXFP4, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
+constexpr const char* kReadTypes = "F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, MXFP4, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, "
+                                   "IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M, TQ1_0, TQ2_0";
 
 // A ggml type this reader refuses, by ggml's name where it has one (ggml.h's enum), then its number.
 std::string unsupported_type_name(uint32_t type) {
   static const std::map<uint32_t, const char*> kNames = {
-      {9, "Q8_1"},     {15, "Q8_K"},
-      {16, "IQ2_XXS"}, {17, "IQ2_XS"}, {18, "IQ3_XXS"}, {19, "IQ1_S"},  {21, "IQ3_S"},
-      {22, "IQ2_S"},  {29, "IQ1_M"},   {34, "TQ1_0"},  {35, "TQ2_0"}};
+      {9, "Q8_1"}, {15, "Q8_K"}, {40, "NVFP4"}};
   const auto it = kNames.find(type);
   return it == kNames.end() ? std::to_string(type) : std::string(it->second) + " (" + std::to_string(type) + ")";
 }
@@ -144,6 +143,15 @@ bool ggml_to_dtype(uint32_t ggml_type, DType* out) {
     case GgmlType::Q4_K: *out = DType::Q4_K; return true;
     case GgmlType::Q5_K: *out = DType::Q5_K; return true;
     case GgmlType::Q6_K: *out = DType::Q6_K; return true;
+    case GgmlType::IQ2_XXS: *out = DType::IQ2_XXS; return true;
+    case GgmlType::IQ2_XS: *out = DType::IQ2_XS; return true;
+    case GgmlType::IQ2_S: *out = DType::IQ2_S; return true;
+    case GgmlType::IQ3_XXS: *out = DType::IQ3_XXS; return true;
+    case GgmlType::IQ3_S: *out = DType::IQ3_S; return true;
+    case GgmlType::IQ1_S: *out = DType::IQ1_S; return true;
+    case GgmlType::IQ1_M: *out = DType::IQ1_M; return true;
+    case GgmlType::TQ1_0: *out = DType::TQ1_0; return true;
+    case GgmlType::TQ2_0: *out = DType::TQ2_0; return true;
   }
   return false;
 }
@@ -166,6 +174,15 @@ uint32_t dtype_to_ggml(DType type) {
     case DType::Q4_K: return uint32_t(GgmlType::Q4_K);
     case DType::Q5_K: return uint32_t(GgmlType::Q5_K);
     case DType::Q6_K: return uint32_t(GgmlType::Q6_K);
+    case DType::IQ2_XXS: return uint32_t(GgmlType::IQ2_XXS);
+    case DType::IQ2_XS: return uint32_t(GgmlType::IQ2_XS);
+    case DType::IQ2_S: return uint32_t(GgmlType::IQ2_S);
+    case DType::IQ3_XXS: return uint32_t(GgmlType::IQ3_XXS);
+    case DType::IQ3_S: return uint32_t(GgmlType::IQ3_S);
+    case DType::IQ1_S: return uint32_t(GgmlType::IQ1_S);
+    case DType::IQ1_M: return uint32_t(GgmlType::IQ1_M);
+    case DType::TQ1_0: return uint32_t(GgmlType::TQ1_0);
+    case DType::TQ2_0: return uint32_t(GgmlType::TQ2_0);
     default: throw Error("GGUF: tensors of dtype " + dtype_name(type) + " cannot be written (" + std::string(kReadTypes) + ")");
   }
 }

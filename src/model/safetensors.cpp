@@ -199,7 +199,7 @@ void SafetensorsFile::parse(const std::byte* bytes, size_t size) {
     const auto it = tensors_.find(key.substr(kBlockDTypeMetadataPrefix.size()));
     if (it == tensors_.end()) fail(where + "names no tensor of this file");
     DType type;
-    if (!parse_block_dtype(value, &type)) fail(where + "unknown block type '" + value + "' (expected Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, MXFP4, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K or Q6_K)");
+    if (!parse_block_dtype(value, &type)) fail(where + "unknown block type '" + value + "' (expected Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, MXFP4, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M, TQ1_0 or TQ2_0)");
     TensorView& v = it->second;
     const auto block_bytes = int64_t(dtype_row_bytes(type, dtype_block(type)));
     if (v.dtype != DType::U8 || v.shape.size() != 2 || v.shape[1] % block_bytes != 0)

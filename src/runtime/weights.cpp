@@ -42,7 +42,7 @@ class Binder {
   static void check_dtype(const TensorView& t) {
     require(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16,
             "tensor '" + t.name + "' has dtype " + dtype_name(t.dtype) +
-                "; supported: F32, BF16, F16, and Q8_0 / Q4_0 / Q5_0 / Q4_1 / Q5_1 / IQ4_NL / MXFP4 / IQ4_XS / Q2_K / Q3_K / Q4_K / Q5_K / Q6_K for matrices");
+                "; supported: F32, BF16, F16, and the block types (Q8_0, Q4_K, IQ2_XXS, ...: util/quant.hpp) for matrices");
     require(reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) == 0,
             "tensor '" + t.name + "' is not aligned to its element size (re-save the checkpoint)");
   }

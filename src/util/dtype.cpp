@@ -15,7 +15,7 @@ struct DTypeInfo {
   size_t block_bytes;  // bytes of one block
   int64_t block = 1;   // elements of one block
 };
-// Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, MXFP4, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K are ggml's blocks of those names (util/quant.hpp spells out the bytes).
+// The block types are ggml's blocks of those names (util/quant.hpp spells out the bytes).
 constexpr DTypeInfo kDTypes[] = {
     {DType::F32, "F32", 4},   {DType::F16, "F16", 2},   {DType::BF16, "BF16", 2},
     {DType::F64, "F64", 8},   {DType::I64, "I64", 8},   {DType::I32, "I32", 4},
@@ -28,7 +28,11 @@ constexpr DTypeInfo kDTypes[] = {
     {DType::Q4_1, "Q4_1", 20, 32},  {DType::Q5_1, "Q5_1", 24, 32},
     {DType::Q2_K, "Q2_K", 84, 256}, {DType::Q3_K, "Q3_K", 110, 256},
     {DType::IQ4_NL, "IQ4_NL", 18, 32}, {DType::IQ4_XS, "IQ4_XS", 136, 256},
-    {DType::MXFP4, "MXFP4", 17, 32}};
+    {DType::MXFP4, "MXFP4", 17, 32},
+    {DType::IQ2_XXS, "IQ2_XXS", 66, 256}, {DType::IQ2_XS, "IQ2_XS", 74, 256}, {DType::IQ2_S, "IQ2_S", 82, 256},
+    {DType::IQ3_XXS, "IQ3_XXS", 98, 256}, {DType::IQ3_S, "IQ3_S", 110, 256},
+    {DType::IQ1_S, "IQ1_S", 50, 256},  {DType::IQ1_M, "IQ1_M", 56, 256},
+    {DType::TQ1_0, "TQ1_0", 54, 256},  {DType::TQ2_0, "TQ2_0", 66, 256}};
 
 // The table lists the types in the enum's order, so a type's entry is found by its value (the
 // kernels ask for row sizes per block of rows, in decode).

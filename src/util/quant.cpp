@@ -423,8 +423,39 @@ void q4_k_pack_scales_mins(const int* scales, const int* mins, uint8_t* packed) 
   }
 }
 
+namespace {
+
+// value = float(D * scale[j]) * q (quant.hpp: ggml's floats).
+void dequantize_codebook_block(DType type, const uint8_t* block, float* out) {
+  int8_t q[256];
+  int16_t scale[16];
+  const auto values = [&]<DType kType>() { return codebook_block_values<kType>(block, q, scale); };
+  float factor = 0.0f;
+  switch (type) {
+    case DType::IQ2_XXS: factor = values.operator()<DType::IQ2_XXS>(); break;
+    case DType::IQ2_XS: factor = values.operator()<DType::IQ2_XS>(); break;
+    case DType::IQ2_S: factor = values.operator()<DType::IQ2_S>(); break;
+    case DType::IQ3_XXS: factor = values.operator()<DType::IQ3_XXS>(); break;
+    case DType::IQ3_S: factor = values.operator()<DType::IQ3_S>(); break;
+    case DType::IQ1_S: factor = values.operator()<DType::IQ1_S>(); break;
+    case DType::IQ1_M: factor = values.operator()<DType::IQ1_M>(); break;
+    case DType::TQ1_0: factor = values.operator()<DType::TQ1_0>(); break;
+    case DType::TQ2_0: factor = values.operator()<DType::TQ2_0>(); break;
+    default: throw Error("not a codebook type: " + dtype_name(type));
+  }
+  for (int j = 0; j < 16; ++j) {
+    const float step = factor * float(scale[j]);
+    for (int i = 0; i < 16; ++i) out[16 * j + i] = step * float(q[16 * j + i]);
+  }
+}
+
+}  // namespace
+
 void quantize_row(DType type, const float* x, int64_t n, void* out) {
   require(dtype_block(type) > 1, "cannot quantize to " + dtype_name(type));
+  require(!is_codebook_block(type), "crossmoe reads " + dtype_name(type) +
+                                        " but does not write it (ggml's quantizer searches its codebook against an "
+                                        "importance matrix: make such files with llama-quantize --imatrix)");
   dtype_row_bytes(type, n);  // throws unless n is whole blocks
   const int64_t block = dtype_block(type), blocks = n / block;
   const size_t block_bytes = dtype_row_bytes(type, block);
@@ -464,7 +495,8 @@ void dequantize_row(DType type, const void* in, int64_t n, float* out) {
     else if (type == DType::Q3_K) dequantize_q3_k(p + b * block_bytes, out + b * block);
     else if (type == DType::Q4_K) dequantize_q4_k(p + b * block_bytes, out + b * block);
     else if (type == DType::Q5_K) dequantize_q5_k(p + b * block_bytes, out + b * block);
-    else dequantize_q6_k(p + b * block_bytes, out + b * block);
+    else if (type == DType::Q6_K) dequantize_q6_k(p + b * block_bytes, out + b * block);
+    else dequantize_codebook_block(type, p + b * block_bytes, out + b * block);
   }
 }
 

@@ -61,6 +61,39 @@
 //     Their products take a super-block as low_bit_k_values describes it (256 q and 16 integer
 //     factors of each kind; the vector lanes unpack them in registers).
 //
+// The codebook types (ggml's i-quants below 4 bits) and the ternary types: 256-value super-blocks
+// that crossmoe reads and multiplies but does not write (ggml's quantizers for them search the
+// codebooks against an importance matrix; llama-quantize makes them). Every one is, as the products
+// and the dequantization read it (codebook_block_values), 256 int8 values q, 16 integer factors
+// scale[j] (one per 16 values) and one float factor D:
+//        value[16 j + i] = float(D * scale[j]) * q[16 j + i]
+// which gives ggml's floats bit for bit: its steps are D * scale rounded once (d * (0.5 + ls) *
+// 0.25 is (d / 8) * (2 ls + 1) in every rounding, the factors being powers of two), and IQ1's
+// values dl * (g +- 1/8) are (dl / 8) * (8 g +- 1) exactly.
+//   IQ2_XXS, 66 bytes: fp16 d | 8 sub-blocks j of 32 values, 8 bytes each: 4 bytes of grid indices
+//        (kIq2XxsGrid, 8 magnitudes each), then a word w: 4 runs of 7 sign bits (bits 7l.., the
+//        eighth by even_signs) and ls = w >> 28:  q = +-grid, scale = 2 ls + 1, D = d / 8
+//   IQ2_XS, 74 bytes: fp16 d | 32 16-bit words (9 bits of index into kIq2XsGrid, 7 sign bits) |
+//        8 bytes of 4-bit ls (low nibble: values 0..15 of sub-block j, high: 16..31); D = d / 8
+//   IQ2_S, 82 bytes: fp16 d | 32 bytes of index low bits | 32 sign bytes | 8 bytes qh (2 more index
+//        bits per 8 values: bits 2l, 2l + 1 of qh[j]; kIq2SGrid) | 8 bytes of ls as IQ2_XS's; D = d / 8
+//   IQ3_XXS, 98 bytes: fp16 d | 64 bytes of indices into kIq3XxsGrid (4 values each) | 8 words as
+//        IQ2_XXS's (signs and ls): scale = 2 ls + 1, D = d / 4
+//   IQ3_S, 110 bytes: fp16 d | 64 bytes of index low bits | 8 bytes qh (bit k of qh[j]: the ninth
+//        bit of index k of sub-block j) | 32 sign bytes | 4 bytes: sub-block j's 4-bit s in byte
+//        j / 2 (low nibble for even j): scale = 2 s + 1, D = d (kIq3SGrid)
+//   IQ1_S, 50 bytes: fp16 d | 32 bytes of index low bits | 8 16-bit words h_j: 3 more bits per 8
+//        values (bits 3l..), ls = bits 12..14, the sign of delta (bit 15) (kIq1SGrid, values -1, 0,
+//        1):  q = 8 g + (bit 15 ? -1 : 1), scale = 2 ls + 1, D = d / 8
+//   IQ1_M, 56 bytes: 32 bytes of index low bits | 16 bytes qh (per 8 values a nibble: 3 index bits
+//        and the sign of delta) | 4 16-bit words: 3-bit s per 16 values, and in their top nibbles
+//        the fp16 d:  q = 8 g +- 1, scale = 2 s + 1, D = d / 8
+//   TQ1_0, 54 bytes: 48 bytes qs | 4 bytes qh | fp16 d: base-3 digits, 5 per qs byte and 4 per qh
+//        byte (digit n of byte b: (uint8(b * 3^n) * 3) >> 8): q = digit - 1, scale = 1, D = d
+//   TQ2_0, 66 bytes: 64 bytes qs (2 bits per value, Q2_K's order) | fp16 d: q = bits - 1, D = d
+//   Their products quantize activations per super-block (as ggml's Q8_K) and take, per (row, token,
+//   super-block), the exact sum_j scale[j] sum_i q a, then acc = fma(float(sum), D * a.d, acc).
+//
 // The quantizers here are this project's (not ggml's search for least squares); their error
 // bounds, which the tests check:
 //   Q8_0: d = max|x| / 127 rounded UP to fp16, q = round(x / d): |x - value| <= d / 2.
@@ -149,6 +182,7 @@
 #include <cstring>
 
 #include "util/dtype.hpp"
+#include "util/quant_grids.hpp"
 
 namespace crossmoe::quant {
 
@@ -316,6 +350,140 @@ template <DType kType>
 inline float small_block_step(const uint8_t* block) {
   if constexpr (kType == DType::MXFP4) return mxfp4_step(block[0]);
   else return read_half(block);
+}
+
+// The codebook and ternary types (see above).
+constexpr bool is_codebook_block(DType t) {
+  return t == DType::IQ2_XXS || t == DType::IQ2_XS || t == DType::IQ2_S || t == DType::IQ3_XXS || t == DType::IQ3_S ||
+         t == DType::IQ1_S || t == DType::IQ1_M || t == DType::TQ1_0 || t == DType::TQ2_0;
+}
+
+// A codebook or ternary super-block's float factor D alone (what codebook_block_values returns).
+template <DType kType>
+inline float codebook_factor(const uint8_t* block) {
+  static_assert(is_codebook_block(kType));
+  if constexpr (kType == DType::IQ1_M) {
+    uint16_t sc[4];
+    std::memcpy(sc, block + 48, 8);
+    return f16_to_f32(uint16_t((sc[0] >> 12) | (sc[1] >> 8 & 0x00f0) | (sc[2] >> 4 & 0x0f00) | (sc[3] & 0xf000))) * 0.125f;
+  } else if constexpr (kType == DType::TQ1_0 || kType == DType::TQ2_0) {
+    return read_half(block + (kType == DType::TQ1_0 ? 52 : 64));
+  } else {
+    constexpr float kFactor = kType == DType::IQ3_S ? 1.0f : kType == DType::IQ3_XXS ? 0.25f : 0.125f;
+    return read_half(block) * kFactor;
+  }
+}
+
+// A codebook or ternary super-block as the products and the dequantization read it: its 256 int8
+// values q, 16 integer factors scale (one per 16 values) and the float factor D it returns (see
+// above). (inline: the portable kernels call it per super-block.)
+template <DType kType>
+inline float codebook_block_values(const uint8_t* block, int8_t* q, int16_t* scale) {
+  static_assert(is_codebook_block(kType));
+  const auto word16 = [&](int at) { return uint32_t(block[at] | block[at + 1] << 8); };
+  const auto word32 = [&](int at) {
+    uint32_t w;
+    std::memcpy(&w, block + at, 4);
+    return w;
+  };
+  const auto put8 = [&](int8_t* to, uint64_t magnitudes, uint8_t signs) {
+    for (int k = 0; k < 8; ++k) {
+      const auto m = int8_t(magnitudes >> (8 * k));
+      to[k] = signs >> k & 1 ? int8_t(-m) : m;
+    }
+  };
+  const auto put4 = [&](int8_t* to, uint32_t magnitudes, unsigned signs) {
+    for (int k = 0; k < 4; ++k) {
+      const auto m = int8_t(magnitudes >> (8 * k));
+      to[k] = signs >> k & 1 ? int8_t(-m) : m;
+    }
+  };
+  const auto ternary = [&](int8_t* to, uint64_t grid, int delta) {  // IQ1's 8 g +- 1
+    for (int k = 0; k < 8; ++k) to[k] = int8_t(8 * int8_t(grid >> (8 * k)) + delta);
+  };
+  if constexpr (kType == DType::IQ2_XXS || kType == DType::IQ3_XXS) {
+    constexpr bool kThree = kType == DType::IQ3_XXS;
+    for (int j = 0; j < 8; ++j) {
+      const uint32_t w = kThree ? word32(66 + 4 * j) : word32(2 + 8 * j + 4);
+      for (int l = 0; l < 4; ++l) {
+        const uint8_t signs = even_signs(w >> (7 * l) & 127);
+        if constexpr (kThree) {
+          put4(q + 32 * j + 8 * l, kIq3XxsGrid[block[2 + 8 * j + 2 * l]], signs);
+          put4(q + 32 * j + 8 * l + 4, kIq3XxsGrid[block[2 + 8 * j + 2 * l + 1]], signs >> 4);
+        } else {
+          put8(q + 32 * j + 8 * l, kIq2XxsGrid[block[2 + 8 * j + l]], signs);
+        }
+      }
+      scale[2 * j] = scale[2 * j + 1] = int16_t(2 * (w >> 28) + 1);
+    }
+    return codebook_factor<kType>(block);
+  } else if constexpr (kType == DType::IQ2_XS || kType == DType::IQ2_S) {
+    constexpr bool kS = kType == DType::IQ2_S;
+    for (int j = 0; j < 8; ++j) {
+      for (int l = 0; l < 4; ++l) {
+        if constexpr (kS) {
+          const int index = block[2 + 4 * j + l] | (block[66 + j] << (8 - 2 * l) & 0x300);
+          put8(q + 32 * j + 8 * l, kIq2SGrid[index], block[34 + 4 * j + l]);
+        } else {
+          const uint32_t v = word16(2 + 2 * (4 * j + l));
+          put8(q + 32 * j + 8 * l, kIq2XsGrid[v & 511], even_signs(v >> 9));
+        }
+      }
+      const uint8_t ls = block[kS ? 74 + j : 66 + j];
+      scale[2 * j] = int16_t(2 * (ls & 15) + 1);
+      scale[2 * j + 1] = int16_t(2 * (ls >> 4) + 1);
+    }
+    return codebook_factor<kType>(block);
+  } else if constexpr (kType == DType::IQ3_S) {
+    for (int j = 0; j < 8; ++j) {
+      const int qh = block[66 + j];
+      for (int l = 0; l < 4; ++l) {
+        const uint8_t signs = block[74 + 4 * j + l];
+        put4(q + 32 * j + 8 * l, kIq3SGrid[block[2 + 8 * j + 2 * l] | (qh << (8 - 2 * l) & 256)], signs);
+        put4(q + 32 * j + 8 * l + 4, kIq3SGrid[block[2 + 8 * j + 2 * l + 1] | (qh << (7 - 2 * l) & 256)], signs >> 4);
+      }
+      scale[2 * j] = scale[2 * j + 1] = int16_t(2 * (block[106 + j / 2] >> (4 * (j % 2)) & 15) + 1);
+    }
+    return codebook_factor<kType>(block);
+  } else if constexpr (kType == DType::IQ1_S) {
+    for (int j = 0; j < 8; ++j) {
+      const uint32_t h = word16(34 + 2 * j);
+      for (int l = 0; l < 4; ++l)
+        ternary(q + 32 * j + 8 * l, kIq1SGrid[block[2 + 4 * j + l] | (h >> (3 * l) & 7) << 8], h & 0x8000 ? -1 : 1);
+      scale[2 * j] = scale[2 * j + 1] = int16_t(2 * (h >> 12 & 7) + 1);
+    }
+    return codebook_factor<kType>(block);
+  } else if constexpr (kType == DType::IQ1_M) {
+    uint32_t sc[4];
+    for (int k = 0; k < 4; ++k) sc[k] = word16(48 + 2 * k);
+    for (int j = 0; j < 8; ++j) {
+      for (int l = 0; l < 4; ++l) {
+        const int qh = block[32 + 2 * j + l / 2] >> (4 * (l % 2));  // this 8's nibble
+        ternary(q + 32 * j + 8 * l, kIq1SGrid[block[4 * j + l] | (qh & 7) << 8], qh & 8 ? -1 : 1);
+      }
+      scale[2 * j] = int16_t(2 * (sc[j / 2] >> (6 * (j % 2)) & 7) + 1);
+      scale[2 * j + 1] = int16_t(2 * (sc[j / 2] >> (6 * (j % 2) + 3) & 7) + 1);
+    }
+    return codebook_factor<kType>(block);
+  } else if constexpr (kType == DType::TQ2_0) {
+    for (int h = 0; h < 2; ++h)
+      for (int l = 0; l < 4; ++l)
+        for (int m = 0; m < 32; ++m) q[128 * h + 32 * l + m] = int8_t((block[32 * h + m] >> (2 * l) & 3) - 1);
+    for (int j = 0; j < 16; ++j) scale[j] = 1;
+    return codebook_factor<kType>(block);
+  } else {  // TQ1_0
+    constexpr uint8_t kPow3[5] = {1, 3, 9, 27, 81};
+    const auto digit = [&](uint8_t byte, int n) { return int8_t(((uint8_t(byte * kPow3[n]) * 3) >> 8) - 1); };
+    int v = 0;
+    for (int n = 0; n < 5; ++n)
+      for (int m = 0; m < 32; ++m) q[v++] = digit(block[m], n);
+    for (int n = 0; n < 5; ++n)
+      for (int m = 0; m < 16; ++m) q[v++] = digit(block[32 + m], n);
+    for (int n = 0; n < 4; ++n)
+      for (int m = 0; m < 4; ++m) q[v++] = digit(block[48 + m], n);
+    for (int j = 0; j < 16; ++j) scale[j] = 1;
+    return codebook_factor<kType>(block);
+  }
 }
 
 // IQ4_XS's sub-block j: its ls (0..63) from the block's scales_h and scales_l, as stored, and its
