@@ -35,7 +35,7 @@ void add_convert(CLI::App& app) {
       "convert",
       "Write a model as a GGUF file that llama.cpp loads: architecture llama (dense, or Mixtral-style MoE), qwen3, "
       "qwen3moe, olmoe or deepseek2 (DeepSeek-V2 / V3 latent attention); matrices keep their type (F32, F16, BF16, "
-      "Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, MXFP4, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K); the tokenizer goes along when the model has one (byte-level BPE with a "
+      "Q8_0, Q4_K, ... IQ2_XXS, TQ2_0: every block type); the tokenizer goes along when the model has one (byte-level BPE with a "
       "pre-tokenizer llama.cpp names, or SentencePiece-style BPE with byte fallback as LLaMA-2 / Mistral's)");
   cmd->add_option("model", a->model, "Model directory or GGUF file")->required()->check(CLI::ExistingPath);
   cmd->add_option("out", a->out, "GGUF file to write (replaced if it exists)")->required();
