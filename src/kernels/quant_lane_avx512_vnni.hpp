@@ -15,6 +15,7 @@
 // (the vphaddd that puts the rows in order, q4_k_finish) then give the same bits.
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -723,6 +724,85 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
     }
     for (int t = 0; t < T; ++t)
       _mm512_storeu_ps(y + t * ldy, _mm512_maskz_permutexvar_ps(0xffff, q4_k_order(), _mm512_loadu_ps(y + t * ldy)));
+  }
+
+  // The codebook and ternary types against several tokens (quant_matmul_impl's codebook_panels): each
+  // row's super-blocks decoded once per call into panels (QuantLaneAvx2::codebook_part's
+  // magnitudes and signs made int8 q, the 16 integer factors spread over vpmaddwd's 16-bit lanes,
+  // the excess 128 sum_j scale[j] sum q and the float factor), which every tile of tokens reads:
+  // per 64 values vpmaddubsw of the activations + 128 (a ^ 0x80, unsigned) by q (|q| <= 62: a pair
+  // is at most 2 * 255 * 62 = 31,620, no saturation), vpmaddwd by the factors, vpaddd. The excess
+  // is subtracted once per super-block: the same exact integers as codebook_sums, then the same
+  // float steps in the same order (codebook_tile's): the same bits.
+  struct alignas(64) CodebookPanel {
+    int8_t q[256];
+    int16_t scales[4][32];  // per 64 values c: lane k holds the factor of values 2k, 2k + 1 (16 (k / 8) ..)
+    int32_t excess;
+    float factor;
+  };
+  template <DType kType>
+  static void codebook_panel(const uint8_t* w, CodebookPanel* panel) {
+    alignas(32) int8_t decoded[kType == DType::TQ1_0 ? 256 : 1];
+    if constexpr (kType == DType::TQ1_0) {
+      int16_t ones[16];
+      quant::codebook_block_values<kType>(w, decoded, ones);
+    }
+    __m256i excess = _mm256_setzero_si256();
+    for (int j = 0; j < 8; ++j) {
+      const CodebookPart part = codebook_part<kType>(w, j, decoded);
+      const __m256i q = _mm256_sign_epi8(part.magnitudes, part.signs);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(panel->q + 32 * j), q);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(&panel->scales[j / 2][16 * (j % 2)]), part.scales);
+      excess = _mm256_add_epi32(excess, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q), part.scales));
+    }
+    panel->excess = 128 * sum_lanes(excess);
+    const uint16_t d = quant::codebook_half_bits<kType>(w);
+    panel->factor = half(reinterpret_cast<const uint8_t*>(&d)) * quant::codebook_factor_scale<kType>();
+  }
+  // Four tokens' sums of 16 lanes each, in one vector (lane t: token t's).
+  static __m128i sum4(const __m512i* v) {
+    __m128i h[4];
+    for (int t = 0; t < 4; ++t) {
+      const __m256i s = _mm256_add_epi32(low_half(v[t]), high_half(v[t]));
+      h[t] = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    }
+    return _mm_hadd_epi32(_mm_hadd_epi32(h[0], h[1]), _mm_hadd_epi32(h[2], h[3]));
+  }
+  // R rows' panels (row r's super-blocks at panels + r * superblocks) times T tokens (token t's
+  // activation blocks at x + t * blocks): acc[r][t] += each super-block's product, in order.
+  template <int R, int T>
+  static void codebook_panel_tile(const CodebookPanel* panels, int64_t superblocks, const ActivationBlock* x,
+                                  int64_t blocks, float (&acc)[R][T]) {
+    const __m512i bias = _mm512_set1_epi8(char(0x80));
+    for (int64_t sb = 0; sb < superblocks; ++sb) {
+      __m512i sums[R][T];
+      for (int r = 0; r < R; ++r)
+        for (int t = 0; t < T; ++t) sums[r][t] = _mm512_setzero_si512();
+      for (int c = 0; c < 4; ++c) {
+        __m512i a[T];
+        for (int t = 0; t < T; ++t) {
+          const ActivationBlock* ab = x + t * blocks + 8 * sb + 2 * c;
+          const __m512i low = _mm512_maskz_loadu_epi32(0x00ff, ab[0].q);  // block 2c's 32 bytes, zeros above
+          a[t] = _mm512_xor_si512(_mm512_maskz_inserti64x4(0xff, low, load32(ab[1].q), 1), bias);
+        }
+        for (int r = 0; r < R; ++r) {
+          const CodebookPanel& p = panels[r * superblocks + sb];
+          const __m512i q = _mm512_load_si512(p.q + 64 * c), scales = _mm512_load_si512(p.scales[c]);
+          for (int t = 0; t < T; ++t)
+            sums[r][t] = _mm512_add_epi32(sums[r][t], _mm512_madd_epi16(_mm512_maddubs_epi16(a[t], q), scales));
+        }
+      }
+      for (int r = 0; r < R; ++r) {
+        const CodebookPanel& p = panels[r * superblocks + sb];
+        int32_t exact[T];
+        if constexpr (T == 4) {
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(exact), _mm_sub_epi32(sum4(sums[r]), _mm_set1_epi32(p.excess)));
+        } else {
+          for (int t = 0; t < T; ++t) exact[t] = sum_lanes(_mm256_add_epi32(low_half(sums[r][t]), high_half(sums[r][t]))) - p.excess;
+        }
+        for (int t = 0; t < T; ++t) acc[r][t] = std::fma(float(exact[t]), p.factor * x[t * blocks + 8 * sb].d, acc[r][t]);
+      }
+    }
   }
 };
 

@@ -283,7 +283,8 @@ void codebook_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x,
         for (size_t line = 0; line < kBlockBytes + 64; line += 64) __builtin_prefetch(wb + R * row_bytes + line);
       int32_t sums[T];
       L::template codebook_sums<kType, T>(wb, x + b, blocks, sums);
-      const float factor = quant::codebook_factor<kType>(wb);
+      const uint16_t d = quant::codebook_half_bits<kType>(wb);
+      const float factor = L::half(reinterpret_cast<const uint8_t*>(&d)) * quant::codebook_factor_scale<kType>();
       for (int t = 0; t < T; ++t) acc[r][t] = std::fma(float(sums[t]), factor * x[t * blocks + b].d, acc[r][t]);
     }
   for (int r = 0; r < R; ++r)
@@ -448,6 +449,55 @@ void interleaved_rows_for_tokens(const Matrix& m, const ActivationBlock* x, cons
   }
 }
 
+template <class L>
+concept CodebookPanels = requires { typename L::CodebookPanel; };
+
+// Codebook or ternary rows against several tokens on a lane with panels (L::CodebookPanel): each
+// row's super-blocks decoded once (4 rows at a time), then every tile of 4 tokens (and the last
+// 1 to 3) reads the decoded panels: the exact integers and float steps of codebook_tile, in its
+// order, so the same bits as the rows' tiles and as a token alone.
+template <class L, DType kType>
+void codebook_panels(const Matrix& m, const ActivationBlock* x, int tokens, float* y, int64_t r0, int64_t r1) {
+  const int64_t blocks = m.cols / 32, superblocks = m.cols / 256;
+  const size_t row_bytes = dtype_row_bytes(m.dtype, m.row_stride()), block_bytes = dtype_row_bytes(kType, 256);
+  const auto* base = static_cast<const uint8_t*>(m.data);
+  thread_local std::vector<typename L::CodebookPanel> panels;
+  panels.resize(size_t(4 * superblocks));
+  const auto tile = [&]<int R, int T>(int64_t r, int t) {
+    float acc[R][T] = {};
+    L::template codebook_panel_tile<R, T>(panels.data(), superblocks, x + t * blocks, blocks, acc);
+    for (int i = 0; i < R; ++i)
+      for (int k = 0; k < T; ++k) y[(t + k) * m.rows + r + i] = acc[i][k];
+  };
+  const auto rows = [&]<int R>(int64_t r) {
+    for (int i = 0; i < R; ++i)
+      for (int64_t sb = 0; sb < superblocks; ++sb)
+        L::template codebook_panel<kType>(base + size_t(r + i) * row_bytes + size_t(sb) * block_bytes,
+                                          &panels[size_t(i * superblocks + sb)]);
+    int t = 0;
+    for (; t + 4 <= tokens; t += 4) tile.template operator()<R, 4>(r, t);
+    for (; t < tokens; ++t) tile.template operator()<R, 1>(r, t);
+  };
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) rows.template operator()<4>(r);
+  for (; r < r1; ++r) rows.template operator()<1>(r);
+}
+
+template <class L>
+void codebook_panel_rows(const Matrix& m, const ActivationBlock* x, int tokens, float* y, int64_t r0, int64_t r1) {
+  switch (m.dtype) {
+    case DType::IQ2_XXS: return codebook_panels<L, DType::IQ2_XXS>(m, x, tokens, y, r0, r1);
+    case DType::IQ2_XS: return codebook_panels<L, DType::IQ2_XS>(m, x, tokens, y, r0, r1);
+    case DType::IQ2_S: return codebook_panels<L, DType::IQ2_S>(m, x, tokens, y, r0, r1);
+    case DType::IQ3_XXS: return codebook_panels<L, DType::IQ3_XXS>(m, x, tokens, y, r0, r1);
+    case DType::IQ3_S: return codebook_panels<L, DType::IQ3_S>(m, x, tokens, y, r0, r1);
+    case DType::IQ1_S: return codebook_panels<L, DType::IQ1_S>(m, x, tokens, y, r0, r1);
+    case DType::IQ1_M: return codebook_panels<L, DType::IQ1_M>(m, x, tokens, y, r0, r1);
+    case DType::TQ1_0: return codebook_panels<L, DType::TQ1_0>(m, x, tokens, y, r0, r1);
+    default: return codebook_panels<L, DType::TQ2_0>(m, x, tokens, y, r0, r1);
+  }
+}
+
 // Token pairs take turns over the rows, which stay in cache while the pairs read them.
 // sums: Q4_K's and Q5_K's activation_sums of x (their min terms read each super-block's 8 as one
 // vector), null for Q8_0.
@@ -502,6 +552,8 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
       interleaved_rows_for_tokens<L, 1>(m, x + t * blocks, sums_of(t), y + t * m.rows, r0, grouped_end);
     r0 = grouped_end;  // the rows after the last whole group lie as rows
   }
+  if constexpr (CodebookPanels<L>)
+    if (quant::is_codebook_block(m.dtype) && tokens >= 8) return codebook_panel_rows<L>(m, x, tokens, y, r0, r1);
   int t = 0;
   // Q4_0, Q5_0, Q4_1, Q5_1, Q2_K, Q3_K, Q5_K and Q6_K unpack each block's values once per tile: 4
   // tokens share it.

@@ -358,20 +358,30 @@ constexpr bool is_codebook_block(DType t) {
          t == DType::IQ1_S || t == DType::IQ1_M || t == DType::TQ1_0 || t == DType::TQ2_0;
 }
 
-// A codebook or ternary super-block's float factor D alone (what codebook_block_values returns).
+// A codebook or ternary super-block's float factor D (what codebook_block_values returns) is its
+// fp16 d times a power of two: codebook_half_bits gives d's bits (IQ1_M assembles them from the top
+// nibbles of its 4 scale words), codebook_factor_scale the power of two.
 template <DType kType>
-inline float codebook_factor(const uint8_t* block) {
+inline uint16_t codebook_half_bits(const uint8_t* block) {
   static_assert(is_codebook_block(kType));
+  constexpr int kAt = kType == DType::TQ1_0 ? 52 : kType == DType::TQ2_0 ? 64 : 0;
   if constexpr (kType == DType::IQ1_M) {
     uint16_t sc[4];
     std::memcpy(sc, block + 48, 8);
-    return f16_to_f32(uint16_t((sc[0] >> 12) | (sc[1] >> 8 & 0x00f0) | (sc[2] >> 4 & 0x0f00) | (sc[3] & 0xf000))) * 0.125f;
-  } else if constexpr (kType == DType::TQ1_0 || kType == DType::TQ2_0) {
-    return read_half(block + (kType == DType::TQ1_0 ? 52 : 64));
+    return uint16_t((sc[0] >> 12) | (sc[1] >> 8 & 0x00f0) | (sc[2] >> 4 & 0x0f00) | (sc[3] & 0xf000));
   } else {
-    constexpr float kFactor = kType == DType::IQ3_S ? 1.0f : kType == DType::IQ3_XXS ? 0.25f : 0.125f;
-    return read_half(block) * kFactor;
+    return uint16_t(block[kAt] | block[kAt + 1] << 8);
   }
+}
+template <DType kType>
+constexpr float codebook_factor_scale() {
+  return kType == DType::IQ3_S || kType == DType::TQ1_0 || kType == DType::TQ2_0 ? 1.0f
+         : kType == DType::IQ3_XXS                                             ? 0.25f
+                                                                               : 0.125f;
+}
+template <DType kType>
+inline float codebook_factor(const uint8_t* block) {
+  return f16_to_f32(codebook_half_bits<kType>(block)) * codebook_factor_scale<kType>();
 }
 
 // A codebook or ternary super-block as the products and the dequantization read it: its 256 int8
