@@ -214,13 +214,13 @@ struct QuantLaneAvx2 {
   static CodebookPart signed_part(__m256i q, __m256i scales) { return {_mm256_abs_epi8(q), q, scales}; }
   template <DType kType>
   static CodebookPart codebook_part(const uint8_t* w, int j, const int8_t* decoded) {
-    using quant::even_signs, quant::kSignBytes;
+    using quant::kEvenSignBytes, quant::kSignBytes;
     if constexpr (kType == DType::IQ2_XXS || kType == DType::IQ3_XXS) {
       constexpr bool kThree = kType == DType::IQ3_XXS;
       uint32_t word;
       std::memcpy(&word, w + (kThree ? 66 + 4 * j : 2 + 8 * j + 4), 4);
-      const __m256i signs = grid8(kSignBytes[even_signs(word & 127)], kSignBytes[even_signs(word >> 7 & 127)],
-                                  kSignBytes[even_signs(word >> 14 & 127)], kSignBytes[even_signs(word >> 21 & 127)]);
+      const __m256i signs = grid8(kEvenSignBytes[word & 127], kEvenSignBytes[word >> 7 & 127],
+                                  kEvenSignBytes[word >> 14 & 127], kEvenSignBytes[word >> 21 & 127]);
       const int scale = 2 * int(word >> 28) + 1;
       const uint8_t* index = w + 2 + 8 * j;
       if constexpr (kThree) return {grid4(quant::kIq3XxsGrid, index), signs, _mm256_set1_epi16(int16_t(scale))};
@@ -232,8 +232,8 @@ struct QuantLaneAvx2 {
       const auto& g = quant::kIq2XsGrid;
       const uint8_t ls = w[66 + j];
       return {grid8(g[v[0] & 511], g[v[1] & 511], g[v[2] & 511], g[v[3] & 511]),
-              grid8(kSignBytes[even_signs(v[0] >> 9)], kSignBytes[even_signs(v[1] >> 9)],
-                    kSignBytes[even_signs(v[2] >> 9)], kSignBytes[even_signs(v[3] >> 9)]),
+              grid8(kEvenSignBytes[v[0] >> 9], kEvenSignBytes[v[1] >> 9],
+                    kEvenSignBytes[v[2] >> 9], kEvenSignBytes[v[3] >> 9]),
               two_scales(2 * (ls & 15) + 1, 2 * (ls >> 4) + 1)};
     } else if constexpr (kType == DType::IQ2_S) {
       const uint8_t* index = w + 2 + 4 * j;

@@ -330,6 +330,13 @@ constexpr std::array<uint64_t, 256> sign_bytes() {
   return t;
 }
 
+constexpr std::array<uint64_t, 128> even_sign_bytes() {
+  const std::array<uint64_t, 256> all = sign_bytes();
+  std::array<uint64_t, 128> t{};
+  for (unsigned k = 0; k < 128; ++k) t[k] = all[even_signs(k)];
+  return t;
+}
+
 }  // namespace
 
 // Constant-initialised (the expansions run at compile time).
@@ -340,5 +347,6 @@ constinit const std::array<uint32_t, 256> kIq3XxsGrid = expand<uint32_t, 4, 3>(k
 constinit const std::array<uint32_t, 512> kIq3SGrid = expand<uint32_t, 4, 3>(kIq3SCodes, kIq3SValues);
 constinit const std::array<uint64_t, 2048> kIq1SGrid = expand<uint64_t, 8, 2>(kIq1SCodes, kIq1Values);
 constinit const std::array<uint64_t, 256> kSignBytes = sign_bytes();
+constinit const std::array<uint64_t, 128> kEvenSignBytes = even_sign_bytes();
 
 }  // namespace crossmoe::quant

@@ -22,5 +22,7 @@ extern const std::array<uint64_t, 256> kSignBytes;
 // The IQ2_XXS / IQ2_XS / IQ3_XXS blocks store 7 of 8 sign bits: the eighth makes the count of
 // minus signs even (ggml's ksigns_iq2xs).
 constexpr uint8_t even_signs(unsigned seven) { return uint8_t(seven | (__builtin_popcount(seven) & 1) << 7); }
+// kSignBytes[even_signs(k)] for the 128 values of seven bits: one load instead of a count per 8 values.
+extern const std::array<uint64_t, 128> kEvenSignBytes;
 
 }  // namespace crossmoe::quant
