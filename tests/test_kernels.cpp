@@ -1080,6 +1080,31 @@ TEST(QuantKernels, BatchSharesQuantizedInputsAndMixesDtypes) {
   }
 }
 
+// A codebook matrix and a Q4_K one reading the same x (llama.cpp's IQ3_M files hold attn_q in IQ3_S
+// and attn_v in Q4_K): the codebook job's prepared input comes first and serves both, so it must
+// carry the sums Q4_K's min terms read.
+TEST(QuantKernels, BatchSharesInputsBetweenCodebookAndKQuantWeights) {
+  std::mt19937 rng(10);
+  const int cols = 512;
+  const std::vector<float> x = weight_like(3 * cols, rng);
+  const QuantizedMatrix k = quantize_matrix(DType::Q4_K, weight_like(24 * cols, rng), 24, cols);
+  const Matrix mk = k.matrix(DType::Q4_K, 24, cols);
+  for (DType t : kCodebookTypes) {
+    const QuantizedMatrix c = quantize_matrix(t, weight_like(16 * cols, rng), 16, cols);
+    const Matrix mc = c.matrix(t, 16, cols);
+    for (Isa isa : supported()) {
+      IsaGuard guard(isa);
+      std::vector<float> yc(48), yk(72), yc_ref(48), yk_ref(72);
+      const MatmulJob jobs[] = {{mc, x.data(), 3, yc.data()}, {mk, x.data(), 3, yk.data()}};
+      matmul_batch(jobs, 2);
+      matmul(mc, x.data(), 3, yc_ref.data());
+      matmul(mk, x.data(), 3, yk_ref.data());
+      EXPECT_EQ(yc, yc_ref) << isa_name(isa) << " " << dtype_name(t);
+      EXPECT_EQ(yk, yk_ref) << isa_name(isa) << " " << dtype_name(t);
+    }
+  }
+}
+
 TEST(QuantKernels, ATokenGetsTheSameBitsAloneOrInABatch) {
   // As for the other dtypes: the tiles of rows x tokens run each pair's operations in one order,
   // in both layouts (38 rows: 4 interleaved groups and 6 rows as they were; 19 tokens: AMX's

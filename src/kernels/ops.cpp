@@ -107,7 +107,9 @@ void activation_half_sums(const ActivationBlock* x, int64_t n, int16_t* out) {
 }
 
 int activation_sums_per_block(DType weights) {
-  if (activation_group(weights) != 256 || quant::is_codebook_block(weights)) return 0;
+  // (The codebook types read none, but matmul_batch shares one prepared input among the jobs of a
+  // kind, whose first may be a codebook matrix and the next a Q4_K one: they get Q4_K's sums.)
+  if (activation_group(weights) != 256) return 0;
   return weights == DType::Q2_K || weights == DType::Q3_K ? 2 : 1;
 }
 
