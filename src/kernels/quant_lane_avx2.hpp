@@ -91,6 +91,16 @@ struct QuantLaneAvx2 {
   // Q4_0 / Q5_0 / IQ4_NL / MXFP4 (util/quant.hpp): the block's values as Q8_0's int8
   // (quant::small_block_values) in a register, then Q8_0's dot against each token's activation
   // block, summed across exactly. Q4_1 / Q5_1: the same bytes after d and m, their q as stored.
+  // The 32 bits of a little-endian word at p as 32 bytes: 0xff in byte i where bit i is set (byte i
+  // takes the word's byte i / 8, keeps bit i % 8, and compares).
+  static __m256i bits_to_bytes(const uint8_t* p) {
+    int32_t word;
+    std::memcpy(&word, p, 4);
+    const __m256i spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(word), _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
+    const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
+    return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+  }
   template <DType kType>
   static __m256i small_block_values(const uint8_t* block) {
     constexpr bool kFiveBits = kType == DType::Q5_0 || kType == DType::Q5_1;
@@ -101,15 +111,8 @@ struct QuantLaneAvx2 {
     __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(low, 4), low), _mm256_set1_epi8(15));
     if constexpr (kType == DType::IQ4_NL) return _mm256_shuffle_epi8(iq4_nl_values(), q);
     if constexpr (kType == DType::MXFP4) return _mm256_shuffle_epi8(mxfp4_values(), q);
-    if constexpr (kFiveBits) {
-      // Bit i of qh into byte i: byte i takes qh's byte i / 8, keeps bit i % 8, and becomes 16 where it is set.
-      int32_t qh;
-      std::memcpy(&qh, block + kHeader, 4);
-      const __m256i spread = _mm256_shuffle_epi8(
-          _mm256_set1_epi32(qh), _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
-      const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
-      q = _mm256_or_si256(q, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16)));
-    }
+    if constexpr (kFiveBits)  // bit i of qh: 16 in byte i
+      q = _mm256_or_si256(q, _mm256_and_si256(bits_to_bytes(block + kHeader), _mm256_set1_epi8(16)));
     return kBias ? _mm256_sub_epi8(q, _mm256_set1_epi8(kBias)) : q;
   }
   template <DType kType, int T>
@@ -207,6 +210,8 @@ struct QuantLaneAvx2 {
     return _mm256_setr_epi32(int(g[i[0]]), int(g[i[1]]), int(g[i[2]]), int(g[i[3]]), int(g[i[4]]), int(g[i[5]]),
                              int(g[i[6]]), int(g[i[7]]));
   }
+  // 4 sign bytes (bit k of byte l: value 8 l + k negative) as +1 / -1 bytes.
+  static __m256i sign_bytes(const uint8_t* signs) { return _mm256_or_si256(bits_to_bytes(signs), _mm256_set1_epi8(1)); }
   static __m256i two_scales(int low, int high) {
     return _mm256_set_m128i(_mm_set1_epi16(int16_t(high)), _mm_set1_epi16(int16_t(low)));
   }
@@ -214,7 +219,7 @@ struct QuantLaneAvx2 {
   static CodebookPart signed_part(__m256i q, __m256i scales) { return {_mm256_abs_epi8(q), q, scales}; }
   template <DType kType>
   static CodebookPart codebook_part(const uint8_t* w, int j, const int8_t* decoded) {
-    using quant::kEvenSignBytes, quant::kSignBytes;
+    using quant::kEvenSignBytes;
     if constexpr (kType == DType::IQ2_XXS || kType == DType::IQ3_XXS) {
       constexpr bool kThree = kType == DType::IQ3_XXS;
       uint32_t word;
@@ -243,7 +248,7 @@ struct QuantLaneAvx2 {
       const uint8_t ls = w[74 + j];
       return {grid8(g[index[0] | (qh << 8 & 0x300)], g[index[1] | (qh << 6 & 0x300)], g[index[2] | (qh << 4 & 0x300)],
                     g[index[3] | (qh << 2 & 0x300)]),
-              grid8(kSignBytes[signs[0]], kSignBytes[signs[1]], kSignBytes[signs[2]], kSignBytes[signs[3]]),
+              sign_bytes(signs),
               two_scales(2 * (ls & 15) + 1, 2 * (ls >> 4) + 1)};
     } else if constexpr (kType == DType::IQ3_S) {
       const uint8_t* index = w + 2 + 8 * j;
@@ -255,7 +260,7 @@ struct QuantLaneAvx2 {
           int(g[index[3] | (qh << 5 & 256)]), int(g[index[4] | (qh << 4 & 256)]), int(g[index[5] | (qh << 3 & 256)]),
           int(g[index[6] | (qh << 2 & 256)]), int(g[index[7] | (qh << 1 & 256)]));
       const int scale = 2 * (w[106 + j / 2] >> (4 * (j % 2)) & 15) + 1;
-      return {magnitudes, grid8(kSignBytes[signs[0]], kSignBytes[signs[1]], kSignBytes[signs[2]], kSignBytes[signs[3]]),
+      return {magnitudes, sign_bytes(signs),
               _mm256_set1_epi16(int16_t(scale))};
     } else if constexpr (kType == DType::IQ1_S || kType == DType::IQ1_M) {
       // 8 g +- 1 for grid values g in -1..1: vpsignb of 8 by g, then the deltas.

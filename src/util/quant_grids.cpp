@@ -323,17 +323,10 @@ constexpr std::array<uint8_t, 8> kIq3XxsValues = {4, 12, 20, 28, 36, 44, 52, 62}
 constexpr std::array<uint8_t, 8> kIq3SValues = {1, 3, 5, 7, 9, 11, 13, 15};
 constexpr std::array<uint8_t, 4> kIq1Values = {0xff, 0, 1, 0};  // -1, 0, 1
 
-constexpr std::array<uint64_t, 256> sign_bytes() {
-  std::array<uint64_t, 256> t{};
-  for (unsigned s = 0; s < 256; ++s)
-    for (int j = 0; j < 8; ++j) t[s] |= uint64_t(s >> j & 1 ? 0xff : 0x01) << (8 * j);
-  return t;
-}
-
 constexpr std::array<uint64_t, 128> even_sign_bytes() {
-  const std::array<uint64_t, 256> all = sign_bytes();
   std::array<uint64_t, 128> t{};
-  for (unsigned k = 0; k < 128; ++k) t[k] = all[even_signs(k)];
+  for (unsigned k = 0; k < 128; ++k)
+    for (int j = 0; j < 8; ++j) t[k] |= uint64_t(even_signs(k) >> j & 1 ? 0xff : 0x01) << (8 * j);
   return t;
 }
 
@@ -346,7 +339,6 @@ constinit const std::array<uint64_t, 1024> kIq2SGrid = expand<uint64_t, 8, 2>(kI
 constinit const std::array<uint32_t, 256> kIq3XxsGrid = expand<uint32_t, 4, 3>(kIq3XxsCodes, kIq3XxsValues);
 constinit const std::array<uint32_t, 512> kIq3SGrid = expand<uint32_t, 4, 3>(kIq3SCodes, kIq3SValues);
 constinit const std::array<uint64_t, 2048> kIq1SGrid = expand<uint64_t, 8, 2>(kIq1SCodes, kIq1Values);
-constinit const std::array<uint64_t, 256> kSignBytes = sign_bytes();
 constinit const std::array<uint64_t, 128> kEvenSignBytes = even_sign_bytes();
 
 }  // namespace crossmoe::quant

@@ -16,13 +16,12 @@ extern const std::array<uint32_t, 256> kIq3XxsGrid;
 extern const std::array<uint32_t, 512> kIq3SGrid;
 extern const std::array<uint64_t, 2048> kIq1SGrid;
 
-// 8 bytes of +1 or -1 (0x01, 0xff): byte j is -1 where bit j of signs is set (the IQ2 / IQ3 blocks'
-// sign bytes, applied to their magnitudes by a byte-wise sign operation).
-extern const std::array<uint64_t, 256> kSignBytes;
 // The IQ2_XXS / IQ2_XS / IQ3_XXS blocks store 7 of 8 sign bits: the eighth makes the count of
 // minus signs even (ggml's ksigns_iq2xs).
 constexpr uint8_t even_signs(unsigned seven) { return uint8_t(seven | (__builtin_popcount(seven) & 1) << 7); }
-// kSignBytes[even_signs(k)] for the 128 values of seven bits: one load instead of a count per 8 values.
+// For each 7 stored sign bits, the 8 values' signs as bytes +1 or -1 (0x01, 0xff; byte j -1 where
+// bit j of even_signs is set), applied to the magnitudes by a byte-wise sign operation: one load
+// per 8 values.
 extern const std::array<uint64_t, 128> kEvenSignBytes;
 
 }  // namespace crossmoe::quant
