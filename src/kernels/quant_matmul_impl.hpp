@@ -320,16 +320,12 @@ void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int1
       case DType::IQ4_XS: return iq4_xs_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
       case DType::Q2_K: return low_bit_k_tile<L, kRows, T, DType::Q2_K>(w, row_bytes, x, sums, blocks, y + r, m.rows);
       case DType::Q3_K: return low_bit_k_tile<L, kRows, T, DType::Q3_K>(w, row_bytes, x, sums, blocks, y + r, m.rows);
-      case DType::IQ2_XXS: return codebook_tile<L, kRows, T, DType::IQ2_XXS>(w, row_bytes, x, blocks, y + r, m.rows);
-      case DType::IQ2_XS: return codebook_tile<L, kRows, T, DType::IQ2_XS>(w, row_bytes, x, blocks, y + r, m.rows);
-      case DType::IQ2_S: return codebook_tile<L, kRows, T, DType::IQ2_S>(w, row_bytes, x, blocks, y + r, m.rows);
-      case DType::IQ3_XXS: return codebook_tile<L, kRows, T, DType::IQ3_XXS>(w, row_bytes, x, blocks, y + r, m.rows);
-      case DType::IQ3_S: return codebook_tile<L, kRows, T, DType::IQ3_S>(w, row_bytes, x, blocks, y + r, m.rows);
-      case DType::IQ1_S: return codebook_tile<L, kRows, T, DType::IQ1_S>(w, row_bytes, x, blocks, y + r, m.rows);
-      case DType::IQ1_M: return codebook_tile<L, kRows, T, DType::IQ1_M>(w, row_bytes, x, blocks, y + r, m.rows);
-      case DType::TQ1_0: return codebook_tile<L, kRows, T, DType::TQ1_0>(w, row_bytes, x, blocks, y + r, m.rows);
-      case DType::TQ2_0: return codebook_tile<L, kRows, T, DType::TQ2_0>(w, row_bytes, x, blocks, y + r, m.rows);
-      default: return q6_k_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
+      default:
+        if (quant::is_codebook_block(m.dtype))
+          return quant::with_codebook_type(m.dtype, [&]<DType D>() {
+            codebook_tile<L, kRows, T, D>(w, row_bytes, x, blocks, y + r, m.rows);
+          });
+        return q6_k_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
     }
   };
   for (; r + R <= r1; r += R) tile.template operator()<R>();
@@ -483,21 +479,6 @@ void codebook_panels(const Matrix& m, const ActivationBlock* x, int tokens, floa
   for (; r < r1; ++r) rows.template operator()<1>(r);
 }
 
-template <class L>
-void codebook_panel_rows(const Matrix& m, const ActivationBlock* x, int tokens, float* y, int64_t r0, int64_t r1) {
-  switch (m.dtype) {
-    case DType::IQ2_XXS: return codebook_panels<L, DType::IQ2_XXS>(m, x, tokens, y, r0, r1);
-    case DType::IQ2_XS: return codebook_panels<L, DType::IQ2_XS>(m, x, tokens, y, r0, r1);
-    case DType::IQ2_S: return codebook_panels<L, DType::IQ2_S>(m, x, tokens, y, r0, r1);
-    case DType::IQ3_XXS: return codebook_panels<L, DType::IQ3_XXS>(m, x, tokens, y, r0, r1);
-    case DType::IQ3_S: return codebook_panels<L, DType::IQ3_S>(m, x, tokens, y, r0, r1);
-    case DType::IQ1_S: return codebook_panels<L, DType::IQ1_S>(m, x, tokens, y, r0, r1);
-    case DType::IQ1_M: return codebook_panels<L, DType::IQ1_M>(m, x, tokens, y, r0, r1);
-    case DType::TQ1_0: return codebook_panels<L, DType::TQ1_0>(m, x, tokens, y, r0, r1);
-    default: return codebook_panels<L, DType::TQ2_0>(m, x, tokens, y, r0, r1);
-  }
-}
-
 // Token pairs take turns over the rows, which stay in cache while the pairs read them.
 // sums: Q4_K's and Q5_K's activation_sums of x (their min terms read each super-block's 8 as one
 // vector), null for Q8_0.
@@ -553,7 +534,8 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
     r0 = grouped_end;  // the rows after the last whole group lie as rows
   }
   if constexpr (CodebookPanels<L>)
-    if (quant::is_codebook_block(m.dtype) && tokens >= 8) return codebook_panel_rows<L>(m, x, tokens, y, r0, r1);
+    if (quant::is_codebook_block(m.dtype) && tokens >= 8)
+      return quant::with_codebook_type(m.dtype, [&]<DType D>() { codebook_panels<L, D>(m, x, tokens, y, r0, r1); });
   int t = 0;
   // Q4_0, Q5_0, Q4_1, Q5_1, Q2_K, Q3_K, Q5_K and Q6_K unpack each block's values once per tile: 4
   // tokens share it.

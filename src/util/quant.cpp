@@ -429,20 +429,8 @@ namespace {
 void dequantize_codebook_block(DType type, const uint8_t* block, float* out) {
   int8_t q[256];
   int16_t scale[16];
-  const auto values = [&]<DType kType>() { return codebook_block_values<kType>(block, q, scale); };
-  float factor = 0.0f;
-  switch (type) {
-    case DType::IQ2_XXS: factor = values.operator()<DType::IQ2_XXS>(); break;
-    case DType::IQ2_XS: factor = values.operator()<DType::IQ2_XS>(); break;
-    case DType::IQ2_S: factor = values.operator()<DType::IQ2_S>(); break;
-    case DType::IQ3_XXS: factor = values.operator()<DType::IQ3_XXS>(); break;
-    case DType::IQ3_S: factor = values.operator()<DType::IQ3_S>(); break;
-    case DType::IQ1_S: factor = values.operator()<DType::IQ1_S>(); break;
-    case DType::IQ1_M: factor = values.operator()<DType::IQ1_M>(); break;
-    case DType::TQ1_0: factor = values.operator()<DType::TQ1_0>(); break;
-    case DType::TQ2_0: factor = values.operator()<DType::TQ2_0>(); break;
-    default: throw Error("not a codebook type: " + dtype_name(type));
-  }
+  if (!is_codebook_block(type)) throw Error("not a codebook type: " + dtype_name(type));
+  const float factor = with_codebook_type(type, [&]<DType kType>() { return codebook_block_values<kType>(block, q, scale); });
   for (int j = 0; j < 16; ++j) {
     const float step = factor * float(scale[j]);
     for (int i = 0; i < 16; ++i) out[16 * j + i] = step * float(q[16 * j + i]);

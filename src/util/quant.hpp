@@ -358,6 +358,24 @@ constexpr bool is_codebook_block(DType t) {
          t == DType::IQ1_S || t == DType::IQ1_M || t == DType::TQ1_0 || t == DType::TQ2_0;
 }
 
+// f.template operator()<kType>() for the codebook or ternary type t (is_codebook_block(t) must
+// hold): the one switch from a run-time type to the templates that the dequantization and the
+// kernels instantiate per type.
+template <class F>
+decltype(auto) with_codebook_type(DType t, F&& f) {
+  switch (t) {
+    case DType::IQ2_XXS: return f.template operator()<DType::IQ2_XXS>();
+    case DType::IQ2_XS: return f.template operator()<DType::IQ2_XS>();
+    case DType::IQ2_S: return f.template operator()<DType::IQ2_S>();
+    case DType::IQ3_XXS: return f.template operator()<DType::IQ3_XXS>();
+    case DType::IQ3_S: return f.template operator()<DType::IQ3_S>();
+    case DType::IQ1_S: return f.template operator()<DType::IQ1_S>();
+    case DType::IQ1_M: return f.template operator()<DType::IQ1_M>();
+    case DType::TQ1_0: return f.template operator()<DType::TQ1_0>();
+    default: return f.template operator()<DType::TQ2_0>();
+  }
+}
+
 // A codebook or ternary super-block's float factor D (what codebook_block_values returns) is its
 // fp16 d times a power of two: codebook_half_bits gives d's bits (IQ1_M assembles them from the top
 // nibbles of its 4 scale words), codebook_factor_scale the power of two.
