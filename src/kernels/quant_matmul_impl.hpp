@@ -272,15 +272,13 @@ void low_bit_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x
 template <class L, int R, int T, DType kType>
 void codebook_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int64_t blocks, float* y,
                    int64_t ldy) {
-  constexpr size_t kBlockBytes = kType == DType::IQ2_XXS ? 66 : kType == DType::IQ2_XS ? 74 : kType == DType::IQ2_S ? 82
-                                 : kType == DType::IQ3_XXS ? 98 : kType == DType::IQ3_S ? 110 : kType == DType::IQ1_S ? 50
-                                 : kType == DType::IQ1_M ? 56 : kType == DType::TQ1_0 ? 54 : 66;
+  const size_t block_bytes = dtype_row_bytes(kType, 256);
   float acc[R][T] = {};
   for (int64_t b = 0; b < blocks; b += 8)
     for (int r = 0; r < R; ++r) {
-      const uint8_t* wb = w + r * row_bytes + b / 8 * kBlockBytes;
+      const uint8_t* wb = w + r * row_bytes + b / 8 * block_bytes;
       if constexpr (T == 1)
-        for (size_t line = 0; line < kBlockBytes + 64; line += 64) __builtin_prefetch(wb + R * row_bytes + line);
+        for (size_t line = 0; line < block_bytes + 64; line += 64) __builtin_prefetch(wb + R * row_bytes + line);
       int32_t sums[T];
       L::template codebook_sums<kType, T>(wb, x + b, blocks, sums);
       const uint16_t d = quant::codebook_half_bits<kType>(wb);
