@@ -215,10 +215,65 @@ struct QuantLaneAvx2 {
   static __m256i two_scales(int low, int high) {
     return _mm256_set_m128i(_mm_set1_epi16(int16_t(high)), _mm_set1_epi16(int16_t(low)));
   }
+  // 16 codebook indices (16-bit lanes): the 16 bytes at low, each with high bits from the 8 bytes at
+  // high: their 16-bit words spread over the lanes by vpshufb, each lane's word times up or divided
+  // by 2^16 / down (16-bit lanes have no variable shifts in AVX2), masked.
+  static __m256i grid_indices(const uint8_t* low, const uint8_t* high, __m256i spread, __m256i up, __m256i down,
+                              int mask) {
+    int64_t bits;
+    std::memcpy(&bits, high, 8);
+    const __m256i words = _mm256_shuffle_epi8(_mm256_set1_epi64x(bits), spread);
+    const __m256i shifted = _mm256_or_si256(_mm256_mullo_epi16(words, up), _mm256_mulhi_epu16(words, down));
+    return _mm256_or_si256(_mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(low))),
+                           _mm256_and_si256(shifted, _mm256_set1_epi16(int16_t(mask))));
+  }
   // Values that carry their own signs (IQ1's 8 g +- 1, the ternary types' digits).
   static CodebookPart signed_part(__m256i q, __m256i scales) { return {_mm256_abs_epi8(q), q, scales}; }
+  // The grid indices of the types whose indices have high bits apart from their low bytes (IQ2_S,
+  // IQ3_S, IQ1_S, IQ1_M), assembled for the whole super-block in vector lanes: 4 (8 for IQ3_S) per
+  // sub-block, value order. Unused by the others.
+  using CodebookIndices = uint16_t[64];
   template <DType kType>
-  static CodebookPart codebook_part(const uint8_t* w, int j, const int8_t* decoded) {
+  static void codebook_indices(const uint8_t* w, CodebookIndices& index) {
+    const auto store = [&](int at, __m256i v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(index + at), v); };
+    // A 16-bit word per 4 lanes (IQ1: word j, in the 8 bytes read, for sub-block j's 4 indices);
+    // a byte per 4 lanes (IQ2_S: byte j), or per 8 (IQ3_S).
+    const __m256i words4 = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,
+                                            4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7);
+    constexpr char z = char(0x80);  // vpshufb: a zero byte
+    if constexpr (kType == DType::IQ1_S || kType == DType::IQ1_M) {
+      // Index l of sub-block j: byte 4 j + l, then 3 bits of word j above it: IQ1_S's bits 3 l ..,
+      // IQ1_M's 4 l .. (the nibble's top bit is the delta's sign).
+      constexpr bool kS = kType == DType::IQ1_S;
+      const __m256i up = kS ? _mm256_setr_epi16(256, 32, 4, 0, 256, 32, 4, 0, 256, 32, 4, 0, 256, 32, 4, 0)
+                            : _mm256_setr_epi16(256, 16, 1, 0, 256, 16, 1, 0, 256, 16, 1, 0, 256, 16, 1, 0);
+      const int16_t d = kS ? -32768 : 4096;
+      const __m256i down = _mm256_setr_epi16(0, 0, 0, d, 0, 0, 0, d, 0, 0, 0, d, 0, 0, 0, d);
+      for (int half = 0; half < 2; ++half)
+        store(16 * half, grid_indices(w + (kS ? 2 : 0) + 16 * half, w + (kS ? 34 : 32) + 8 * half, words4, up, down, 0x700));
+    } else if constexpr (kType == DType::IQ2_S) {
+      // Index l of sub-block j: byte 4 j + l, then bits 2 l, 2 l + 1 of byte j (at 66) above it.
+      const __m256i bytes4 = _mm256_setr_epi8(0, z, 0, z, 0, z, 0, z, 1, z, 1, z, 1, z, 1, z,
+                                              2, z, 2, z, 2, z, 2, z, 3, z, 3, z, 3, z, 3, z);
+      const __m256i up = _mm256_setr_epi16(256, 64, 16, 4, 256, 64, 16, 4, 256, 64, 16, 4, 256, 64, 16, 4);
+      for (int half = 0; half < 2; ++half)
+        store(16 * half, grid_indices(w + 2 + 16 * half, w + 66 + 4 * half, bytes4, up, _mm256_setzero_si256(), 0x300));
+    } else if constexpr (kType == DType::IQ3_S) {
+      // Index m of sub-block j: byte 8 j + m, then bit m of byte j (at 66) as bit 8.
+      const __m256i bytes8 = _mm256_setr_epi8(0, z, 0, z, 0, z, 0, z, 0, z, 0, z, 0, z, 0, z,
+                                              1, z, 1, z, 1, z, 1, z, 1, z, 1, z, 1, z, 1, z);
+      const __m256i up = _mm256_setr_epi16(256, 128, 64, 32, 16, 8, 4, 2, 256, 128, 64, 32, 16, 8, 4, 2);
+      for (int pair = 0; pair < 4; ++pair)
+        store(16 * pair, grid_indices(w + 2 + 16 * pair, w + 66 + 2 * pair, bytes8, up, _mm256_setzero_si256(), 0x100));
+    }
+  }
+  static __m256i iq1_grid(const uint16_t* index, int j) {
+    const auto& g = quant::kIq1SGrid;
+    const uint16_t* i = index + 4 * j;
+    return grid8(g[i[0]], g[i[1]], g[i[2]], g[i[3]]);
+  }
+  template <DType kType>
+  static CodebookPart codebook_part(const uint8_t* w, int j, const uint16_t* index) {
     using quant::kEvenSignBytes;
     if constexpr (kType == DType::IQ2_XXS || kType == DType::IQ3_XXS) {
       constexpr bool kThree = kType == DType::IQ3_XXS;
@@ -241,75 +296,129 @@ struct QuantLaneAvx2 {
                     kEvenSignBytes[v[2] >> 9], kEvenSignBytes[v[3] >> 9]),
               two_scales(2 * (ls & 15) + 1, 2 * (ls >> 4) + 1)};
     } else if constexpr (kType == DType::IQ2_S) {
-      const uint8_t* index = w + 2 + 4 * j;
-      const uint8_t* signs = w + 34 + 4 * j;
-      const int qh = w[66 + j];
+      const uint16_t* i = index + 4 * j;
       const auto& g = quant::kIq2SGrid;
       const uint8_t ls = w[74 + j];
-      return {grid8(g[index[0] | (qh << 8 & 0x300)], g[index[1] | (qh << 6 & 0x300)], g[index[2] | (qh << 4 & 0x300)],
-                    g[index[3] | (qh << 2 & 0x300)]),
-              sign_bytes(signs),
+      return {grid8(g[i[0]], g[i[1]], g[i[2]], g[i[3]]), sign_bytes(w + 34 + 4 * j),
               two_scales(2 * (ls & 15) + 1, 2 * (ls >> 4) + 1)};
     } else if constexpr (kType == DType::IQ3_S) {
-      const uint8_t* index = w + 2 + 8 * j;
-      const int qh = w[66 + j];
-      const uint8_t* signs = w + 74 + 4 * j;
+      const uint16_t* i = index + 8 * j;
       const auto& g = quant::kIq3SGrid;
-      const __m256i magnitudes = _mm256_setr_epi32(
-          int(g[index[0] | (qh << 8 & 256)]), int(g[index[1] | (qh << 7 & 256)]), int(g[index[2] | (qh << 6 & 256)]),
-          int(g[index[3] | (qh << 5 & 256)]), int(g[index[4] | (qh << 4 & 256)]), int(g[index[5] | (qh << 3 & 256)]),
-          int(g[index[6] | (qh << 2 & 256)]), int(g[index[7] | (qh << 1 & 256)]));
       const int scale = 2 * (w[106 + j / 2] >> (4 * (j % 2)) & 15) + 1;
-      return {magnitudes, sign_bytes(signs),
-              _mm256_set1_epi16(int16_t(scale))};
+      return {_mm256_setr_epi32(int(g[i[0]]), int(g[i[1]]), int(g[i[2]]), int(g[i[3]]), int(g[i[4]]), int(g[i[5]]),
+                                int(g[i[6]]), int(g[i[7]])),
+              sign_bytes(w + 74 + 4 * j), _mm256_set1_epi16(int16_t(scale))};
     } else if constexpr (kType == DType::IQ1_S || kType == DType::IQ1_M) {
       // 8 g +- 1 for grid values g in -1..1: vpsignb of 8 by g, then the deltas.
-      const auto& g = quant::kIq1SGrid;
-      const uint8_t* index = w + (kType == DType::IQ1_S ? 2 : 0) + 4 * j;
-      __m256i grid, deltas, scales;
+      const __m256i grid = iq1_grid(index, j);
+      __m256i deltas, scales;
       if constexpr (kType == DType::IQ1_S) {
         const int h = w[34 + 2 * j] | w[35 + 2 * j] << 8;
-        grid = grid8(g[index[0] | (h & 7) << 8], g[index[1] | (h >> 3 & 7) << 8], g[index[2] | (h >> 6 & 7) << 8],
-                     g[index[3] | (h >> 9 & 7) << 8]);
         deltas = _mm256_set1_epi8(h & 0x8000 ? -1 : 1);
         scales = _mm256_set1_epi16(int16_t(2 * (h >> 12 & 7) + 1));
       } else {
         const int qh = w[32 + 2 * j] | w[33 + 2 * j] << 8;  // a nibble per 8 values: 3 index bits, the delta's sign
-        grid = grid8(g[index[0] | (qh & 7) << 8], g[index[1] | (qh >> 4 & 7) << 8], g[index[2] | (qh >> 8 & 7) << 8],
-                     g[index[3] | (qh >> 12 & 7) << 8]);
         const auto delta = [&](int l) { return int64_t(qh >> (4 * l + 3) & 1 ? -1 : 0x0101010101010101); };
         deltas = _mm256_setr_epi64x(delta(0), delta(1), delta(2), delta(3));
         const int sc = (w[48 + 2 * (j / 2)] | w[49 + 2 * (j / 2)] << 8) >> (6 * (j % 2));
         scales = two_scales(2 * (sc & 7) + 1, 2 * (sc >> 3 & 7) + 1);
       }
       return signed_part(_mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), grid), deltas), scales);
-    } else if constexpr (kType == DType::TQ2_0) {
+    } else {  // the ternary types: q = u - 1
+      return signed_part(_mm256_sub_epi8(ternary_digits<kType>(w, j), _mm256_set1_epi8(1)), _mm256_set1_epi16(1));
+    }
+  }
+  // Bytes times a factor per 16-bit lane (the same for both bytes), modulo 256.
+  static __m256i multiply_bytes(__m256i v, __m256i factors) {
+    const __m256i high = _mm256_mullo_epi16(_mm256_and_si256(v, _mm256_set1_epi16(int16_t(0xff00))), factors);
+    return _mm256_blendv_epi8(_mm256_mullo_epi16(v, factors), high, _mm256_set1_epi16(int16_t(0xff00)));
+  }
+  // A ternary super-block's sub-block j as digits u = q + 1 (0..2; TQ2_0's 2-bit fields can hold 3).
+  // TQ1_0 packs 5 base-3 digits per byte, the first one most significant: digit n of byte b is
+  // (b 3^n mod 256) 3 / 256, 0 up to 85, 1 up to 170, 2 above. Sub-blocks 0..4 are digit j of bytes
+  // 0..31, 5 and 6 digits 0,1 / 2,3 of bytes 32..47 (a half each), 7 digit 4 of bytes 32..47 and
+  // digit n of bytes 48..51 at values 240 + 4 n.
+  template <DType kType>
+  static __m256i ternary_digits(const uint8_t* w, int j) {
+    if constexpr (kType == DType::TQ2_0) {
       const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32 * (j / 4)));
-      const __m256i bits = _mm256_and_si256(_mm256_srli_epi16(bytes, 2 * (j % 4)), _mm256_set1_epi8(3));
-      return signed_part(_mm256_sub_epi8(bits, _mm256_set1_epi8(1)), _mm256_set1_epi16(1));
-    } else {  // TQ1_0: its base-3 digits decoded beforehand
-      return signed_part(load32(decoded + 32 * j), _mm256_set1_epi16(1));
+      return _mm256_and_si256(_mm256_srli_epi16(bytes, 2 * (j % 4)), _mm256_set1_epi8(3));
+    } else {
+      static_assert(kType == DType::TQ1_0);
+      constexpr int16_t kPow3[5] = {1, 3, 9, 27, 81};
+      __m256i m;
+      const __m256i head = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+      if (j == 0) {
+        m = head;
+      } else if (j < 5) {
+        m = multiply_bytes(head, _mm256_set1_epi16(kPow3[j]));
+      } else {
+        const __m128i tail = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 32));
+        if (j < 7) {
+          m = multiply_bytes(_mm256_set_m128i(tail, tail),
+                             _mm256_set_m128i(_mm_set1_epi16(kPow3[2 * j - 9]), _mm_set1_epi16(kPow3[2 * j - 10])));
+        } else {
+          int32_t qh;
+          std::memcpy(&qh, w + 48, 4);
+          m = multiply_bytes(_mm256_set_m128i(_mm_set1_epi32(qh), tail),
+                             _mm256_set_m128i(_mm_setr_epi16(1, 1, 3, 3, 9, 9, 27, 27), _mm_set1_epi16(81)));
+        }
+      }
+      const __m256i flipped = _mm256_xor_si256(m, _mm256_set1_epi8(char(0x80)));  // unsigned order, signed compares
+      const __m256i above85 = _mm256_cmpgt_epi8(flipped, _mm256_set1_epi8(char(85 ^ 0x80)));
+      const __m256i above170 = _mm256_cmpgt_epi8(flipped, _mm256_set1_epi8(char(170 ^ 0x80)));
+      return _mm256_sub_epi8(_mm256_setzero_si256(), _mm256_add_epi8(above85, above170));
     }
   }
   // sums[t] = sum_j scale[j] sum_i q_i a_i over the super-block (at w), token t's 8 activation
-  // blocks at x + t * blocks: the exact integer.
+  // blocks at x + t * blocks: the exact integer. The ternary types multiply their digits u = q + 1
+  // (unsigned) by a directly and subtract the blocks' sums (8 sub-blocks' pairs, at most 8 * 2 *
+  // 3 * 127, stay in 16 bits); IQ1_S's 8 g + delta (one delta per 32 values) as 8 g, then delta
+  // times the block's sum.
   template <DType kType, int T>
   static void codebook_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
-    alignas(32) int8_t decoded[kType == DType::TQ1_0 ? 256 : 1];
-    if constexpr (kType == DType::TQ1_0) {
-      int16_t ones[16];
-      quant::codebook_block_values<kType>(w, decoded, ones);
-    }
     __m256i acc[T];
+    int32_t extra[T] = {};
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_si256();
-    for (int j = 0; j < 8; ++j) {
-      const CodebookPart p = codebook_part<kType>(w, j, decoded);
-      for (int t = 0; t < T; ++t) {
-        const __m256i a = _mm256_sign_epi8(load32(x[t * blocks + j].q), p.signs);
-        acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(p.magnitudes, a), p.scales));
+    if constexpr (kType == DType::TQ1_0 || kType == DType::TQ2_0) {
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        const __m256i u = ternary_digits<kType>(w, j);
+        for (int t = 0; t < T; ++t) {
+          acc[t] = _mm256_add_epi16(acc[t], _mm256_maddubs_epi16(u, load32(x[t * blocks + j].q)));
+          extra[t] -= x[t * blocks + j].sum;
+        }
+      }
+      for (int t = 0; t < T; ++t) acc[t] = _mm256_madd_epi16(acc[t], _mm256_set1_epi16(1));
+    } else if constexpr (kType == DType::IQ1_S) {
+      CodebookIndices index;
+      codebook_indices<kType>(w, index);
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        const int h = w[34 + 2 * j] | w[35 + 2 * j] << 8;
+        const __m256i grid = iq1_grid(index, j);
+        const int scale = 2 * (h >> 12 & 7) + 1;
+        const __m256i magnitudes = _mm256_abs_epi8(grid), scales = _mm256_set1_epi16(int16_t(8 * scale));
+        for (int t = 0; t < T; ++t) {
+          const ActivationBlock& a = x[t * blocks + j];
+          const __m256i products = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(load32(a.q), grid));
+          acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(products, scales));
+          extra[t] += (h & 0x8000 ? -scale : scale) * a.sum;
+        }
+      }
+    } else {
+      CodebookIndices index;
+      codebook_indices<kType>(w, index);
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        const CodebookPart p = codebook_part<kType>(w, j, index);
+        for (int t = 0; t < T; ++t) {
+          const __m256i a = _mm256_sign_epi8(load32(x[t * blocks + j].q), p.signs);
+          acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(p.magnitudes, a), p.scales));
+        }
       }
     }
-    for (int t = 0; t < T; ++t) sums[t] = sum_lanes(acc[t]);
+    for (int t = 0; t < T; ++t) sums[t] = sum_lanes(acc[t]) + extra[t];
   }
 
   // Q2_K / Q3_K: per activation block (half h of the super-block, quarter k), its 32 q from the 2-bit
