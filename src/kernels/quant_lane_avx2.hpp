@@ -215,24 +215,33 @@ struct QuantLaneAvx2 {
   static __m256i two_scales(int low, int high) {
     return _mm256_set_m128i(_mm_set1_epi16(int16_t(high)), _mm_set1_epi16(int16_t(low)));
   }
-  // 16 codebook indices (16-bit lanes): the 16 bytes at low, each with high bits from the 8 bytes at
-  // high: their 16-bit words spread over the lanes by vpshufb, each lane's word times up or divided
-  // by 2^16 / down (16-bit lanes have no variable shifts in AVX2), masked.
-  static __m256i grid_indices(const uint8_t* low, const uint8_t* high, __m256i spread, __m256i up, __m256i down,
-                              int mask) {
+  // The 8 bytes at p spread over 16-bit lanes by a vpshufb pattern.
+  static __m256i spread8(const uint8_t* p, __m256i pattern) {
     int64_t bits;
-    std::memcpy(&bits, high, 8);
-    const __m256i words = _mm256_shuffle_epi8(_mm256_set1_epi64x(bits), spread);
-    const __m256i shifted = _mm256_or_si256(_mm256_mullo_epi16(words, up), _mm256_mulhi_epu16(words, down));
-    return _mm256_or_si256(_mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(low))),
-                           _mm256_and_si256(shifted, _mm256_set1_epi16(int16_t(mask))));
+    std::memcpy(&bits, p, 8);
+    return _mm256_shuffle_epi8(_mm256_set1_epi64x(bits), pattern);
+  }
+  // Each 16-bit lane times up, plus its product by down's high half (a right shift: AVX2's 16-bit
+  // lanes have no variable shifts; one of the two is 0 per lane), masked.
+  static __m256i shift_lanes(__m256i v, __m256i up, __m256i down, int mask) {
+    const __m256i shifted = _mm256_or_si256(_mm256_mullo_epi16(v, up), _mm256_mulhi_epu16(v, down));
+    return _mm256_and_si256(shifted, _mm256_set1_epi16(int16_t(mask)));
+  }
+  // Bits 3 l .. 3 l + 2 of each lane's word (l = lane % 4) at bits 8..10: IQ1_S's index bits, IQ1_M's factors.
+  static __m256i three_bit_fields(__m256i words) {
+    return shift_lanes(words, _mm256_setr_epi16(256, 32, 4, 0, 256, 32, 4, 0, 256, 32, 4, 0, 256, 32, 4, 0),
+                       _mm256_setr_epi16(0, 0, 0, -32768, 0, 0, 0, -32768, 0, 0, 0, -32768, 0, 0, 0, -32768), 0x700);
+  }
+  // 16 grid indices: the 16 bytes at low with their high bits (in place, in 16-bit lanes).
+  static __m256i grid_indices(const uint8_t* low, __m256i high) {
+    return _mm256_or_si256(_mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(low))), high);
   }
   // Values that carry their own signs (IQ1's 8 g +- 1, the ternary types' digits).
   static CodebookPart signed_part(__m256i q, __m256i scales) { return {_mm256_abs_epi8(q), q, scales}; }
   // The grid indices of the types whose indices have high bits apart from their low bytes (IQ2_S,
   // IQ3_S, IQ1_S, IQ1_M), assembled for the whole super-block in vector lanes: 4 (8 for IQ3_S) per
-  // sub-block, value order. Unused by the others.
-  using CodebookIndices = uint16_t[64];
+  // sub-block, value order; IQ1_S's factors and IQ1_M's 16 factors at 64. Unused by the others.
+  using CodebookIndices = uint16_t[80];
   template <DType kType>
   static void codebook_indices(const uint8_t* w, CodebookIndices& index) {
     const auto store = [&](int at, __m256i v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(index + at), v); };
@@ -241,30 +250,40 @@ struct QuantLaneAvx2 {
     const __m256i words4 = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,
                                             4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7);
     constexpr char z = char(0x80);  // vpshufb: a zero byte
-    if constexpr (kType == DType::IQ1_S || kType == DType::IQ1_M) {
-      // Index l of sub-block j: byte 4 j + l, then 3 bits of word j above it: IQ1_S's bits 3 l ..,
-      // IQ1_M's 4 l .. (the nibble's top bit is the delta's sign).
-      constexpr bool kS = kType == DType::IQ1_S;
-      const __m256i up = kS ? _mm256_setr_epi16(256, 32, 4, 0, 256, 32, 4, 0, 256, 32, 4, 0, 256, 32, 4, 0)
-                            : _mm256_setr_epi16(256, 16, 1, 0, 256, 16, 1, 0, 256, 16, 1, 0, 256, 16, 1, 0);
-      const int16_t d = kS ? -32768 : 4096;
-      const __m256i down = _mm256_setr_epi16(0, 0, 0, d, 0, 0, 0, d, 0, 0, 0, d, 0, 0, 0, d);
+    const __m256i zero = _mm256_setzero_si256();
+    if constexpr (kType == DType::IQ1_S) {
+      // Index l of sub-block j: byte 4 j + l, then bits 3 l .. 3 l + 2 of word j above it.
       for (int half = 0; half < 2; ++half)
-        store(16 * half, grid_indices(w + (kS ? 2 : 0) + 16 * half, w + (kS ? 34 : 32) + 8 * half, words4, up, down, 0x700));
+        store(16 * half, grid_indices(w + 2 + 16 * half, three_bit_fields(spread8(w + 34 + 8 * half, words4))));
+      // Sub-block j's factor s = 2 h + 1 (h = bits 12..14 of word j) as 8 s at 64 + j, and s with the
+      // delta's sign (bit 15) at 72 + j (vpsignw's operand made odd: never 0).
+      const __m128i words = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 34));
+      const __m128i factors = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(words, 11), _mm_set1_epi16(14)), _mm_set1_epi16(1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(index + 64), _mm_slli_epi16(factors, 3));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(index + 72), _mm_sign_epi16(factors, _mm_or_si128(words, _mm_set1_epi16(1))));
+    } else if constexpr (kType == DType::IQ1_M) {
+      // Index l of sub-block j: byte 4 j + l, then bits 4 l .. 4 l + 2 of word j (the nibble's top
+      // bit is the delta's sign).
+      const __m256i up = _mm256_setr_epi16(256, 16, 1, 0, 256, 16, 1, 0, 256, 16, 1, 0, 256, 16, 1, 0);
+      const __m256i down = _mm256_setr_epi16(0, 0, 0, 4096, 0, 0, 0, 4096, 0, 0, 0, 4096, 0, 0, 0, 4096);
+      for (int half = 0; half < 2; ++half)
+        store(16 * half, grid_indices(w + 16 * half, shift_lanes(spread8(w + 32 + 8 * half, words4), up, down, 0x700)));
+      // The 16 factors 2 s + 1 after the indices: s = bits 3 l .. 3 l + 2 of word k / 4 at 48 (l = k % 4).
+      store(64, _mm256_or_si256(_mm256_srli_epi16(three_bit_fields(spread8(w + 48, words4)), 7), _mm256_set1_epi16(1)));
     } else if constexpr (kType == DType::IQ2_S) {
       // Index l of sub-block j: byte 4 j + l, then bits 2 l, 2 l + 1 of byte j (at 66) above it.
       const __m256i bytes4 = _mm256_setr_epi8(0, z, 0, z, 0, z, 0, z, 1, z, 1, z, 1, z, 1, z,
                                               2, z, 2, z, 2, z, 2, z, 3, z, 3, z, 3, z, 3, z);
       const __m256i up = _mm256_setr_epi16(256, 64, 16, 4, 256, 64, 16, 4, 256, 64, 16, 4, 256, 64, 16, 4);
       for (int half = 0; half < 2; ++half)
-        store(16 * half, grid_indices(w + 2 + 16 * half, w + 66 + 4 * half, bytes4, up, _mm256_setzero_si256(), 0x300));
+        store(16 * half, grid_indices(w + 2 + 16 * half, shift_lanes(spread8(w + 66 + 4 * half, bytes4), up, zero, 0x300)));
     } else if constexpr (kType == DType::IQ3_S) {
       // Index m of sub-block j: byte 8 j + m, then bit m of byte j (at 66) as bit 8.
       const __m256i bytes8 = _mm256_setr_epi8(0, z, 0, z, 0, z, 0, z, 0, z, 0, z, 0, z, 0, z,
                                               1, z, 1, z, 1, z, 1, z, 1, z, 1, z, 1, z, 1, z);
       const __m256i up = _mm256_setr_epi16(256, 128, 64, 32, 16, 8, 4, 2, 256, 128, 64, 32, 16, 8, 4, 2);
       for (int pair = 0; pair < 4; ++pair)
-        store(16 * pair, grid_indices(w + 2 + 16 * pair, w + 66 + 2 * pair, bytes8, up, _mm256_setzero_si256(), 0x100));
+        store(16 * pair, grid_indices(w + 2 + 16 * pair, shift_lanes(spread8(w + 66 + 2 * pair, bytes8), up, zero, 0x100)));
     }
   }
   static __m256i iq1_grid(const uint16_t* index, int j) {
@@ -317,11 +336,14 @@ struct QuantLaneAvx2 {
         deltas = _mm256_set1_epi8(h & 0x8000 ? -1 : 1);
         scales = _mm256_set1_epi16(int16_t(2 * (h >> 12 & 7) + 1));
       } else {
-        const int qh = w[32 + 2 * j] | w[33 + 2 * j] << 8;  // a nibble per 8 values: 3 index bits, the delta's sign
-        const auto delta = [&](int l) { return int64_t(qh >> (4 * l + 3) & 1 ? -1 : 0x0101010101010101); };
-        deltas = _mm256_setr_epi64x(delta(0), delta(1), delta(2), delta(3));
-        const int sc = (w[48 + 2 * (j / 2)] | w[49 + 2 * (j / 2)] << 8) >> (6 * (j % 2));
-        scales = two_scales(2 * (sc & 7) + 1, 2 * (sc >> 3 & 7) + 1);
+        // Word j holds a nibble per 8 values: 3 index bits, then the delta's sign (bits 3, 7 of its
+        // low byte for values 0..15, of its high byte for 16..31).
+        int16_t qh;
+        std::memcpy(&qh, w + 32 + 2 * j, 2);
+        const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi16(qh), _mm256_setr_epi64x(0, 0, 0x0101010101010101, 0x0101010101010101));
+        const __m256i bit = _mm256_setr_epi64x(0x0808080808080808, int64_t(0x8080808080808080), 0x0808080808080808, int64_t(0x8080808080808080));
+        deltas = _mm256_or_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(1));
+        scales = _mm256_blend_epi32(_mm256_set1_epi16(index[64 + 2 * j]), _mm256_set1_epi16(index[65 + 2 * j]), 0xf0);
       }
       return signed_part(_mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), grid), deltas), scales);
     } else {  // the ternary types: q = u - 1
@@ -395,15 +417,13 @@ struct QuantLaneAvx2 {
       codebook_indices<kType>(w, index);
 #pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {
-        const int h = w[34 + 2 * j] | w[35 + 2 * j] << 8;
         const __m256i grid = iq1_grid(index, j);
-        const int scale = 2 * (h >> 12 & 7) + 1;
-        const __m256i magnitudes = _mm256_abs_epi8(grid), scales = _mm256_set1_epi16(int16_t(8 * scale));
+        const __m256i magnitudes = _mm256_abs_epi8(grid), scales = _mm256_set1_epi16(int16_t(index[64 + j]));
         for (int t = 0; t < T; ++t) {
           const ActivationBlock& a = x[t * blocks + j];
           const __m256i products = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(load32(a.q), grid));
           acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(products, scales));
-          extra[t] += (h & 0x8000 ? -scale : scale) * a.sum;
+          extra[t] += int16_t(index[72 + j]) * a.sum;
         }
       }
     } else {
