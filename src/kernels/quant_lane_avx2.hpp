@@ -238,13 +238,19 @@ struct QuantLaneAvx2 {
   }
   // Values that carry their own signs (IQ1's 8 g +- 1, the ternary types' digits).
   static CodebookPart signed_part(__m256i q, __m256i scales) { return {_mm256_abs_epi8(q), q, scales}; }
-  // The grid indices of the types whose indices have high bits apart from their low bytes (IQ2_S,
-  // IQ3_S, IQ1_S, IQ1_M), assembled for the whole super-block in vector lanes: 4 (8 for IQ3_S) per
-  // sub-block, value order; IQ1_S's factors and IQ1_M's 16 factors at 64. Unused by the others.
-  using CodebookIndices = uint16_t[80];
+  // What the types with bit fields scattered over the super-block keep there, taken out for all 8
+  // sub-blocks at once in vector lanes (codebook_fields): the grid indices whose high bits lie apart
+  // from their low bytes (IQ2_S, IQ3_S, IQ1_S, IQ1_M; 4 per sub-block, 8 for IQ3_S, in value order),
+  // IQ1_M's 16 factors, IQ1_S's 8 as 8 s and as s with its delta's sign. Unused by the others.
+  struct CodebookFields {
+    alignas(32) uint16_t index[64];
+    alignas(32) int16_t factor[16];
+    int16_t signed_factor[8];
+  };
   template <DType kType>
-  static void codebook_indices(const uint8_t* w, CodebookIndices& index) {
-    const auto store = [&](int at, __m256i v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(index + at), v); };
+  static void codebook_fields(const uint8_t* w, CodebookFields& f) {
+    const auto store = [](void* to, __m256i v) { _mm256_storeu_si256(static_cast<__m256i*>(to), v); };
+    const auto store128 = [](void* to, __m128i v) { _mm_storeu_si128(static_cast<__m128i*>(to), v); };
     // A 16-bit word per 4 lanes (IQ1: word j, in the 8 bytes read, for sub-block j's 4 indices);
     // a byte per 4 lanes (IQ2_S: byte j), or per 8 (IQ3_S).
     const __m256i words4 = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,
@@ -254,36 +260,36 @@ struct QuantLaneAvx2 {
     if constexpr (kType == DType::IQ1_S) {
       // Index l of sub-block j: byte 4 j + l, then bits 3 l .. 3 l + 2 of word j above it.
       for (int half = 0; half < 2; ++half)
-        store(16 * half, grid_indices(w + 2 + 16 * half, three_bit_fields(spread8(w + 34 + 8 * half, words4))));
-      // Sub-block j's factor s = 2 h + 1 (h = bits 12..14 of word j) as 8 s at 64 + j, and s with the
-      // delta's sign (bit 15) at 72 + j (vpsignw's operand made odd: never 0).
+        store(f.index + 16 * half, grid_indices(w + 2 + 16 * half, three_bit_fields(spread8(w + 34 + 8 * half, words4))));
+      // Sub-block j's factor s = 2 h + 1 (h = bits 12..14 of word j) as 8 s, and s with the delta's
+      // sign (bit 15; vpsignw's operand made odd: never 0).
       const __m128i words = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 34));
       const __m128i factors = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(words, 11), _mm_set1_epi16(14)), _mm_set1_epi16(1));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(index + 64), _mm_slli_epi16(factors, 3));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(index + 72), _mm_sign_epi16(factors, _mm_or_si128(words, _mm_set1_epi16(1))));
+      store128(f.factor, _mm_slli_epi16(factors, 3));
+      store128(f.signed_factor, _mm_sign_epi16(factors, _mm_or_si128(words, _mm_set1_epi16(1))));
     } else if constexpr (kType == DType::IQ1_M) {
       // Index l of sub-block j: byte 4 j + l, then bits 4 l .. 4 l + 2 of word j (the nibble's top
       // bit is the delta's sign).
       const __m256i up = _mm256_setr_epi16(256, 16, 1, 0, 256, 16, 1, 0, 256, 16, 1, 0, 256, 16, 1, 0);
       const __m256i down = _mm256_setr_epi16(0, 0, 0, 4096, 0, 0, 0, 4096, 0, 0, 0, 4096, 0, 0, 0, 4096);
       for (int half = 0; half < 2; ++half)
-        store(16 * half, grid_indices(w + 16 * half, shift_lanes(spread8(w + 32 + 8 * half, words4), up, down, 0x700)));
-      // The 16 factors 2 s + 1 after the indices: s = bits 3 l .. 3 l + 2 of word k / 4 at 48 (l = k % 4).
-      store(64, _mm256_or_si256(_mm256_srli_epi16(three_bit_fields(spread8(w + 48, words4)), 7), _mm256_set1_epi16(1)));
+        store(f.index + 16 * half, grid_indices(w + 16 * half, shift_lanes(spread8(w + 32 + 8 * half, words4), up, down, 0x700)));
+      // The 16 factors 2 s + 1: s = bits 3 l .. 3 l + 2 of word k / 4 at 48 (l = k % 4).
+      store(f.factor, _mm256_or_si256(_mm256_srli_epi16(three_bit_fields(spread8(w + 48, words4)), 7), _mm256_set1_epi16(1)));
     } else if constexpr (kType == DType::IQ2_S) {
       // Index l of sub-block j: byte 4 j + l, then bits 2 l, 2 l + 1 of byte j (at 66) above it.
       const __m256i bytes4 = _mm256_setr_epi8(0, z, 0, z, 0, z, 0, z, 1, z, 1, z, 1, z, 1, z,
                                               2, z, 2, z, 2, z, 2, z, 3, z, 3, z, 3, z, 3, z);
       const __m256i up = _mm256_setr_epi16(256, 64, 16, 4, 256, 64, 16, 4, 256, 64, 16, 4, 256, 64, 16, 4);
       for (int half = 0; half < 2; ++half)
-        store(16 * half, grid_indices(w + 2 + 16 * half, shift_lanes(spread8(w + 66 + 4 * half, bytes4), up, zero, 0x300)));
+        store(f.index + 16 * half, grid_indices(w + 2 + 16 * half, shift_lanes(spread8(w + 66 + 4 * half, bytes4), up, zero, 0x300)));
     } else if constexpr (kType == DType::IQ3_S) {
       // Index m of sub-block j: byte 8 j + m, then bit m of byte j (at 66) as bit 8.
       const __m256i bytes8 = _mm256_setr_epi8(0, z, 0, z, 0, z, 0, z, 0, z, 0, z, 0, z, 0, z,
                                               1, z, 1, z, 1, z, 1, z, 1, z, 1, z, 1, z, 1, z);
       const __m256i up = _mm256_setr_epi16(256, 128, 64, 32, 16, 8, 4, 2, 256, 128, 64, 32, 16, 8, 4, 2);
       for (int pair = 0; pair < 4; ++pair)
-        store(16 * pair, grid_indices(w + 2 + 16 * pair, shift_lanes(spread8(w + 66 + 2 * pair, bytes8), up, zero, 0x100)));
+        store(f.index + 16 * pair, grid_indices(w + 2 + 16 * pair, shift_lanes(spread8(w + 66 + 2 * pair, bytes8), up, zero, 0x100)));
     }
   }
   static __m256i iq1_grid(const uint16_t* index, int j) {
@@ -292,7 +298,7 @@ struct QuantLaneAvx2 {
     return grid8(g[i[0]], g[i[1]], g[i[2]], g[i[3]]);
   }
   template <DType kType>
-  static CodebookPart codebook_part(const uint8_t* w, int j, const uint16_t* index) {
+  static CodebookPart codebook_part(const uint8_t* w, int j, const CodebookFields& f) {
     using quant::kEvenSignBytes;
     if constexpr (kType == DType::IQ2_XXS || kType == DType::IQ3_XXS) {
       constexpr bool kThree = kType == DType::IQ3_XXS;
@@ -315,13 +321,13 @@ struct QuantLaneAvx2 {
                     kEvenSignBytes[v[2] >> 9], kEvenSignBytes[v[3] >> 9]),
               two_scales(2 * (ls & 15) + 1, 2 * (ls >> 4) + 1)};
     } else if constexpr (kType == DType::IQ2_S) {
-      const uint16_t* i = index + 4 * j;
+      const uint16_t* i = f.index + 4 * j;
       const auto& g = quant::kIq2SGrid;
       const uint8_t ls = w[74 + j];
       return {grid8(g[i[0]], g[i[1]], g[i[2]], g[i[3]]), sign_bytes(w + 34 + 4 * j),
               two_scales(2 * (ls & 15) + 1, 2 * (ls >> 4) + 1)};
     } else if constexpr (kType == DType::IQ3_S) {
-      const uint16_t* i = index + 8 * j;
+      const uint16_t* i = f.index + 8 * j;
       const auto& g = quant::kIq3SGrid;
       const int scale = 2 * (w[106 + j / 2] >> (4 * (j % 2)) & 15) + 1;
       return {_mm256_setr_epi32(int(g[i[0]]), int(g[i[1]]), int(g[i[2]]), int(g[i[3]]), int(g[i[4]]), int(g[i[5]]),
@@ -329,7 +335,7 @@ struct QuantLaneAvx2 {
               sign_bytes(w + 74 + 4 * j), _mm256_set1_epi16(int16_t(scale))};
     } else if constexpr (kType == DType::IQ1_S || kType == DType::IQ1_M) {
       // 8 g +- 1 for grid values g in -1..1: vpsignb of 8 by g, then the deltas.
-      const __m256i grid = iq1_grid(index, j);
+      const __m256i grid = iq1_grid(f.index, j);
       __m256i deltas, scales;
       if constexpr (kType == DType::IQ1_S) {
         const int h = w[34 + 2 * j] | w[35 + 2 * j] << 8;
@@ -343,7 +349,7 @@ struct QuantLaneAvx2 {
         const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi16(qh), _mm256_setr_epi64x(0, 0, 0x0101010101010101, 0x0101010101010101));
         const __m256i bit = _mm256_setr_epi64x(0x0808080808080808, int64_t(0x8080808080808080), 0x0808080808080808, int64_t(0x8080808080808080));
         deltas = _mm256_or_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(1));
-        scales = _mm256_blend_epi32(_mm256_set1_epi16(index[64 + 2 * j]), _mm256_set1_epi16(index[65 + 2 * j]), 0xf0);
+        scales = _mm256_blend_epi32(_mm256_set1_epi16(f.factor[2 * j]), _mm256_set1_epi16(f.factor[2 * j + 1]), 0xf0);
       }
       return signed_part(_mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), grid), deltas), scales);
     } else {  // the ternary types: q = u - 1
@@ -413,25 +419,25 @@ struct QuantLaneAvx2 {
       }
       for (int t = 0; t < T; ++t) acc[t] = _mm256_madd_epi16(acc[t], _mm256_set1_epi16(1));
     } else if constexpr (kType == DType::IQ1_S) {
-      CodebookIndices index;
-      codebook_indices<kType>(w, index);
+      CodebookFields f;
+      codebook_fields<kType>(w, f);
 #pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {
-        const __m256i grid = iq1_grid(index, j);
-        const __m256i magnitudes = _mm256_abs_epi8(grid), scales = _mm256_set1_epi16(int16_t(index[64 + j]));
+        const __m256i grid = iq1_grid(f.index, j);
+        const __m256i magnitudes = _mm256_abs_epi8(grid), scales = _mm256_set1_epi16(f.factor[j]);
         for (int t = 0; t < T; ++t) {
           const ActivationBlock& a = x[t * blocks + j];
           const __m256i products = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(load32(a.q), grid));
           acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(products, scales));
-          extra[t] += int16_t(index[72 + j]) * a.sum;
+          extra[t] += f.signed_factor[j] * a.sum;
         }
       }
     } else {
-      CodebookIndices index;
-      codebook_indices<kType>(w, index);
+      CodebookFields f;
+      codebook_fields<kType>(w, f);
 #pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {
-        const CodebookPart p = codebook_part<kType>(w, j, index);
+        const CodebookPart p = codebook_part<kType>(w, j, f);
         for (int t = 0; t < T; ++t) {
           const __m256i a = _mm256_sign_epi8(load32(x[t * blocks + j].q), p.signs);
           acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(p.magnitudes, a), p.scales));

@@ -742,11 +742,11 @@ struct QuantLaneAvx512Vnni : QuantLaneAvx2 {
   };
   template <DType kType>
   static void codebook_panel(const uint8_t* w, CodebookPanel* panel) {
-    CodebookIndices index;
-    codebook_indices<kType>(w, index);
+    CodebookFields fields;
+    codebook_fields<kType>(w, fields);
     __m256i excess = _mm256_setzero_si256();
     for (int j = 0; j < 8; ++j) {
-      const CodebookPart part = codebook_part<kType>(w, j, index);
+      const CodebookPart part = codebook_part<kType>(w, j, fields);
       const __m256i q = _mm256_sign_epi8(part.magnitudes, part.signs);
       _mm256_store_si256(reinterpret_cast<__m256i*>(panel->q + 32 * j), q);
       _mm256_store_si256(reinterpret_cast<__m256i*>(&panel->scales[j / 2][16 * (j % 2)]), part.scales);
