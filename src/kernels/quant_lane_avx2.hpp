@@ -409,7 +409,7 @@ struct QuantLaneAvx2 {
     int32_t extra[T] = {};
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_si256();
     if constexpr (kType == DType::TQ1_0 || kType == DType::TQ2_0) {
-#pragma GCC unroll 8
+#pragma GCC unroll 8  // TQ1_0's digits take a different path per sub-block: resolved at compile time
       for (int j = 0; j < 8; ++j) {
         const __m256i u = ternary_digits<kType>(w, j);
         for (int t = 0; t < T; ++t) {
@@ -421,7 +421,6 @@ struct QuantLaneAvx2 {
     } else if constexpr (kType == DType::IQ1_S) {
       CodebookFields f;
       codebook_fields<kType>(w, f);
-#pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {
         const __m256i grid = iq1_grid(f.index, j);
         const __m256i magnitudes = _mm256_abs_epi8(grid), scales = _mm256_set1_epi16(f.factor[j]);
@@ -435,7 +434,6 @@ struct QuantLaneAvx2 {
     } else {
       CodebookFields f;
       codebook_fields<kType>(w, f);
-#pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {
         const CodebookPart p = codebook_part<kType>(w, j, f);
         for (int t = 0; t < T; ++t) {
