@@ -60,8 +60,9 @@ struct QuantLaneScalar {
     quant::small_block_values<kType>(block, values);
     for (int t = 0; t < T; ++t) sums[t] = dot_q8(values, x[t * blocks].q);
   }
+  // The values as they are (codebook_block_values), so the blocks' sums go unread.
   template <DType kType, int T>
-  static void codebook_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
+  static void codebook_sums(const uint8_t* w, const ActivationBlock* x, const int16_t*, int64_t blocks, int32_t* sums) {
     int8_t q[256];
     int16_t scale[16];
     quant::codebook_block_values<kType>(w, q, scale);

@@ -107,8 +107,9 @@ void activation_half_sums(const ActivationBlock* x, int64_t n, int16_t* out) {
 }
 
 int activation_sums_per_block(DType weights) {
-  // (The codebook types read none, but matmul_batch shares one prepared input among the jobs of a
-  // kind, whose first may be a codebook matrix and the next a Q4_K one: they get Q4_K's sums.)
+  // (The codebook and ternary types get Q4_K's sums: IQ1_S and the ternary types read them, and
+  // matmul_batch shares one prepared input among the jobs of a kind, a codebook matrix's with a
+  // Q4_K one's.)
   if (activation_group(weights) != 256) return 0;
   return weights == DType::Q2_K || weights == DType::Q3_K ? 2 : 1;
 }

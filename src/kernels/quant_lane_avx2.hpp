@@ -399,25 +399,25 @@ struct QuantLaneAvx2 {
     }
   }
   // sums[t] = sum_j scale[j] sum_i q_i a_i over the super-block (at w), token t's 8 activation
-  // blocks at x + t * blocks: the exact integer. The ternary types multiply their digits u = q + 1
-  // (unsigned) by a directly and subtract the blocks' sums (8 sub-blocks' pairs, at most 8 * 2 *
-  // 3 * 127, stay in 16 bits); IQ1_S's 8 g + delta (one delta per 32 values) as 8 g, then delta
-  // times the block's sum.
+  // blocks at x + t * blocks and their sums (int16) at block_sums + t * blocks: the exact integer.
+  // The ternary types multiply their digits u = q + 1 (unsigned) by a directly and subtract the
+  // blocks' sums (8 sub-blocks' pairs, at most 8 * 2 * 3 * 127, stay in 16 bits); IQ1_S's
+  // 8 g + delta (one delta per 32 values) as 8 g, then the deltas' factors times the blocks' sums
+  // (at most 15 * 4064 each).
   template <DType kType, int T>
-  static void codebook_sums(const uint8_t* w, const ActivationBlock* x, int64_t blocks, int32_t* sums) {
+  static void codebook_sums(const uint8_t* w, const ActivationBlock* x, const int16_t* block_sums, int64_t blocks,
+                            int32_t* sums) {
+    const auto sums8 = [&](int t) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(block_sums + t * blocks)); };
     __m256i acc[T];
-    int32_t extra[T] = {};
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_si256();
     if constexpr (kType == DType::TQ1_0 || kType == DType::TQ2_0) {
 #pragma GCC unroll 8  // TQ1_0's digits take a different path per sub-block: resolved at compile time
       for (int j = 0; j < 8; ++j) {
         const __m256i u = ternary_digits<kType>(w, j);
-        for (int t = 0; t < T; ++t) {
-          acc[t] = _mm256_add_epi16(acc[t], _mm256_maddubs_epi16(u, load32(x[t * blocks + j].q)));
-          extra[t] -= x[t * blocks + j].sum;
-        }
+        for (int t = 0; t < T; ++t) acc[t] = _mm256_add_epi16(acc[t], _mm256_maddubs_epi16(u, load32(x[t * blocks + j].q)));
       }
-      for (int t = 0; t < T; ++t) acc[t] = _mm256_madd_epi16(acc[t], _mm256_set1_epi16(1));
+      for (int t = 0; t < T; ++t)
+        acc[t] = _mm256_sub_epi32(_mm256_madd_epi16(acc[t], _mm256_set1_epi16(1)), _mm256_cvtepi16_epi32(sums8(t)));
     } else if constexpr (kType == DType::IQ1_S) {
       CodebookFields f;
       codebook_fields<kType>(w, f);
@@ -425,12 +425,12 @@ struct QuantLaneAvx2 {
         const __m256i grid = iq1_grid(f.index, j);
         const __m256i magnitudes = _mm256_abs_epi8(grid), scales = _mm256_set1_epi16(f.factor[j]);
         for (int t = 0; t < T; ++t) {
-          const ActivationBlock& a = x[t * blocks + j];
-          const __m256i products = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(load32(a.q), grid));
+          const __m256i products = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(load32(x[t * blocks + j].q), grid));
           acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(products, scales));
-          extra[t] += f.signed_factor[j] * a.sum;
         }
       }
+      const __m128i deltas = _mm_loadu_si128(reinterpret_cast<const __m128i*>(f.signed_factor));
+      for (int t = 0; t < T; ++t) acc[t] = _mm256_add_epi32(acc[t], _mm256_zextsi128_si256(_mm_madd_epi16(sums8(t), deltas)));
     } else {
       CodebookFields f;
       codebook_fields<kType>(w, f);
@@ -442,7 +442,7 @@ struct QuantLaneAvx2 {
         }
       }
     }
-    for (int t = 0; t < T; ++t) sums[t] = sum_lanes(acc[t]) + extra[t];
+    for (int t = 0; t < T; ++t) sums[t] = sum_lanes(acc[t]);
   }
 
   // Q2_K / Q3_K: per activation block (half h of the super-block, quarter k), its 32 q from the 2-bit

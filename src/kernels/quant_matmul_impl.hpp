@@ -53,8 +53,9 @@
 //   L::q6_k_x8<T, DType::Q2_K>(...): the same for Q2_K's groups (no offsets): low_bit_k_sums's dots
 //       and mins (the mins from half_sums, token t's at half_sums + 2 * t * blocks), then
 //       low_bit_k_tile's two float steps: the rows' bits.
-//   L::codebook_sums<kType, T>(w, x, blocks, sums)  a codebook or ternary super-block (at w) times
-//       T tokens' 8 activation blocks: sums[t] = sum_j scale[j] sum_i q_i a_i in
+//   L::codebook_sums<kType, T>(w, x, block_sums, blocks, sums)  a codebook or ternary super-block (at
+//       w) times T tokens' 8 activation blocks (their int16 sums at block_sums + t * blocks, which
+//       IQ1_S and the ternary types read): sums[t] = sum_j scale[j] sum_i q_i a_i in
 //       quant::codebook_block_values's terms, exact; the tile then takes one float step per (row,
 //       token, super-block) in a scalar: the same bits in every ISA for every T.
 //   Optionally (PairedGroups): L::x16_tokens,
@@ -265,13 +266,14 @@ void low_bit_k_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x
     for (int t = 0; t < T; ++t) y[t * ldy + r] = acc[r][t];
 }
 
-// Codebook or ternary rows (util/quant.hpp: never interleaved) against T tokens: per super-block,
+// Codebook or ternary rows (util/quant.hpp: never interleaved) against T tokens (the activation
+// blocks' sums at sums, token t's at sums + t * blocks): per super-block,
 // (row, token) the exact integer sum_j scale[j] sum_i q a of L::codebook_sums (the super-block's
 // values decoded once per tile, in the lane's registers), then acc = fma(float(sum), D * a.d, acc)
 // in a scalar: the same bits in every ISA for every T.
 template <class L, int R, int T, DType kType>
-void codebook_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, int64_t blocks, float* y,
-                   int64_t ldy) {
+void codebook_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x, const int16_t* sums, int64_t blocks,
+                   float* y, int64_t ldy) {
   const size_t block_bytes = dtype_row_bytes(kType, 256);
   float acc[R][T] = {};
   for (int64_t b = 0; b < blocks; b += 8)
@@ -279,11 +281,11 @@ void codebook_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x,
       const uint8_t* wb = w + r * row_bytes + b / 8 * block_bytes;
       if constexpr (T == 1)
         for (size_t line = 0; line < block_bytes + 64; line += 64) __builtin_prefetch(wb + R * row_bytes + line);
-      int32_t sums[T];
-      L::template codebook_sums<kType, T>(wb, x + b, blocks, sums);
+      int32_t dots[T];
+      L::template codebook_sums<kType, T>(wb, x + b, sums + b, blocks, dots);
       const uint16_t d = quant::codebook_half_bits<kType>(wb);
       const float factor = L::half(reinterpret_cast<const uint8_t*>(&d)) * quant::codebook_factor_scale<kType>();
-      for (int t = 0; t < T; ++t) acc[r][t] = std::fma(float(sums[t]), factor * x[t * blocks + b].d, acc[r][t]);
+      for (int t = 0; t < T; ++t) acc[r][t] = std::fma(float(dots[t]), factor * x[t * blocks + b].d, acc[r][t]);
     }
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) y[t * ldy + r] = acc[r][t];
@@ -291,7 +293,8 @@ void codebook_tile(const uint8_t* w, size_t row_bytes, const ActivationBlock* x,
 
 // sums: for Q4_K, the activation blocks' sums as int16 (8 per super-block, as L::madd_mins
 // reads them), for Q2_K / Q3_K their half sums (16 per super-block), for the same tokens as x;
-// null for Q8_0 and unread for Q5_K's rows and Q6_K.
+// the codebook and ternary types the blocks' sums as Q4_K's; null for Q8_0 and unread for Q5_K's
+// rows and Q6_K.
 template <class L, int T>
 void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int16_t* sums, float* y, int64_t r0,
                            int64_t r1) {
@@ -321,7 +324,7 @@ void quant_rows_for_tokens(const Matrix& m, const ActivationBlock* x, const int1
       default:
         if (quant::is_codebook_block(m.dtype))
           return quant::with_codebook_type(m.dtype, [&]<DType D>() {
-            codebook_tile<L, kRows, T, D>(w, row_bytes, x, blocks, y + r, m.rows);
+            codebook_tile<L, kRows, T, D>(w, row_bytes, x, sums, blocks, y + r, m.rows);
           });
         return q6_k_tile<L, kRows, T>(w, row_bytes, x, blocks, y + r, m.rows);
     }
