@@ -241,11 +241,13 @@ struct QuantLaneAvx2 {
   // What the types with bit fields scattered over the super-block keep there, taken out for all 8
   // sub-blocks at once in vector lanes (codebook_fields): the grid indices whose high bits lie apart
   // from their low bytes (IQ2_S, IQ3_S, IQ1_S, IQ1_M; 4 per sub-block, 8 for IQ3_S, in value order),
-  // IQ1_M's 16 factors, IQ1_S's 8 as 8 s and as s with its delta's sign. Unused by the others.
+  // IQ1_M's 16 factors, IQ1_S's 8 as 8 s and as s with its delta's sign, the ternary types' digits
+  // (for the panels; codebook_sums keeps them in registers). Unused by the others.
   struct CodebookFields {
     alignas(32) uint16_t index[64];
     alignas(32) int16_t factor[16];
     int16_t signed_factor[8];
+    alignas(32) int8_t digits[256];  // the ternary types' digits u (ternary_digits), for codebook_part
   };
   template <DType kType>
   static void codebook_fields(const uint8_t* w, CodebookFields& f) {
@@ -283,6 +285,10 @@ struct QuantLaneAvx2 {
       const __m256i up = _mm256_setr_epi16(256, 64, 16, 4, 256, 64, 16, 4, 256, 64, 16, 4, 256, 64, 16, 4);
       for (int half = 0; half < 2; ++half)
         store(f.index + 16 * half, grid_indices(w + 2 + 16 * half, shift_lanes(spread8(w + 66 + 4 * half, bytes4), up, zero, 0x300)));
+    } else if constexpr (kType == DType::TQ1_0 || kType == DType::TQ2_0) {
+      __m256i u[8];
+      ternary_digits<kType>(w, u);
+      for (int j = 0; j < 8; ++j) store(f.digits + 32 * j, u[j]);
     } else if constexpr (kType == DType::IQ3_S) {
       // Index m of sub-block j: byte 8 j + m, then bit m of byte j (at 66) as bit 8.
       const __m256i bytes8 = _mm256_setr_epi8(0, z, 0, z, 0, z, 0, z, 0, z, 0, z, 0, z, 0, z,
@@ -353,49 +359,49 @@ struct QuantLaneAvx2 {
       }
       return signed_part(_mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), grid), deltas), scales);
     } else {  // the ternary types: q = u - 1
-      return signed_part(_mm256_sub_epi8(ternary_digits<kType>(w, j), _mm256_set1_epi8(1)), _mm256_set1_epi16(1));
+      return signed_part(_mm256_sub_epi8(load32(f.digits + 32 * j), _mm256_set1_epi8(1)), _mm256_set1_epi16(1));
     }
   }
-  // Bytes times a factor per 16-bit lane (the same for both bytes), modulo 256.
-  static __m256i multiply_bytes(__m256i v, __m256i factors) {
-    const __m256i high = _mm256_mullo_epi16(_mm256_and_si256(v, _mm256_set1_epi16(int16_t(0xff00))), factors);
-    return _mm256_blendv_epi8(_mm256_mullo_epi16(v, factors), high, _mm256_set1_epi16(int16_t(0xff00)));
+  // Bytes times 3 and times a factor per 16-bit lane (the same for both bytes), modulo 256.
+  template <class V>
+  static V times3(V v) {
+    if constexpr (sizeof(V) == 32) return _mm256_add_epi8(v, _mm256_add_epi8(v, v));
+    else return _mm_add_epi8(v, _mm_add_epi8(v, v));
   }
-  // A ternary super-block's sub-block j as digits u = q + 1 (0..2; TQ2_0's 2-bit fields can hold 3).
+  static __m128i multiply_bytes(__m128i v, __m128i factors) {
+    const __m128i high = _mm_mullo_epi16(_mm_and_si128(v, _mm_set1_epi16(int16_t(0xff00))), factors);
+    return _mm_blendv_epi8(_mm_mullo_epi16(v, factors), high, _mm_set1_epi16(int16_t(0xff00)));
+  }
+  // A ternary super-block's 8 sub-blocks as digits u = q + 1 (0..2; TQ2_0's 2-bit fields can hold 3).
   // TQ1_0 packs 5 base-3 digits per byte, the first one most significant: digit n of byte b is
-  // (b 3^n mod 256) 3 / 256, 0 up to 85, 1 up to 170, 2 above. Sub-blocks 0..4 are digit j of bytes
-  // 0..31, 5 and 6 digits 0,1 / 2,3 of bytes 32..47 (a half each), 7 digit 4 of bytes 32..47 and
-  // digit n of bytes 48..51 at values 240 + 4 n.
+  // (b 3^n mod 256) 3 / 256, 0 up to 85, 1 up to 170, 2 above; the multiples by 3^n each from the
+  // one before. Sub-blocks 0..4 are digit j of bytes 0..31, 5 and 6 digits 0,1 / 2,3 of bytes 32..47
+  // (a half each), 7 digit 4 of bytes 32..47 and digit n of bytes 48..51 at values 240 + 4 n.
   template <DType kType>
-  static __m256i ternary_digits(const uint8_t* w, int j) {
+  static void ternary_digits(const uint8_t* w, __m256i (&u)[8]) {
     if constexpr (kType == DType::TQ2_0) {
-      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32 * (j / 4)));
-      return _mm256_and_si256(_mm256_srli_epi16(bytes, 2 * (j % 4)), _mm256_set1_epi8(3));
+      for (int j = 0; j < 8; ++j) {
+        const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32 * (j / 4)));
+        u[j] = _mm256_and_si256(_mm256_srli_epi16(bytes, 2 * (j % 4)), _mm256_set1_epi8(3));
+      }
     } else {
       static_assert(kType == DType::TQ1_0);
-      constexpr int16_t kPow3[5] = {1, 3, 9, 27, 81};
-      __m256i m;
-      const __m256i head = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
-      if (j == 0) {
-        m = head;
-      } else if (j < 5) {
-        m = multiply_bytes(head, _mm256_set1_epi16(kPow3[j]));
-      } else {
-        const __m128i tail = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 32));
-        if (j < 7) {
-          m = multiply_bytes(_mm256_set_m128i(tail, tail),
-                             _mm256_set_m128i(_mm_set1_epi16(kPow3[2 * j - 9]), _mm_set1_epi16(kPow3[2 * j - 10])));
-        } else {
-          int32_t qh;
-          std::memcpy(&qh, w + 48, 4);
-          m = multiply_bytes(_mm256_set_m128i(_mm_set1_epi32(qh), tail),
-                             _mm256_set_m128i(_mm_setr_epi16(1, 1, 3, 3, 9, 9, 27, 27), _mm_set1_epi16(81)));
-        }
+      u[0] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+      for (int j = 1; j < 5; ++j) u[j] = times3(u[j - 1]);
+      __m128i tail[5];
+      tail[0] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 32));
+      for (int n = 1; n < 5; ++n) tail[n] = times3(tail[n - 1]);
+      int32_t qh;
+      std::memcpy(&qh, w + 48, 4);
+      u[5] = _mm256_set_m128i(tail[1], tail[0]);
+      u[6] = _mm256_set_m128i(tail[3], tail[2]);
+      u[7] = _mm256_set_m128i(multiply_bytes(_mm_set1_epi32(qh), _mm_setr_epi16(1, 1, 3, 3, 9, 9, 27, 27)), tail[4]);
+      for (int j = 0; j < 8; ++j) {
+        const __m256i flipped = _mm256_xor_si256(u[j], _mm256_set1_epi8(char(0x80)));  // unsigned order, signed compares
+        const __m256i above85 = _mm256_cmpgt_epi8(flipped, _mm256_set1_epi8(char(85 ^ 0x80)));
+        const __m256i above170 = _mm256_cmpgt_epi8(flipped, _mm256_set1_epi8(char(170 ^ 0x80)));
+        u[j] = _mm256_sub_epi8(_mm256_setzero_si256(), _mm256_add_epi8(above85, above170));
       }
-      const __m256i flipped = _mm256_xor_si256(m, _mm256_set1_epi8(char(0x80)));  // unsigned order, signed compares
-      const __m256i above85 = _mm256_cmpgt_epi8(flipped, _mm256_set1_epi8(char(85 ^ 0x80)));
-      const __m256i above170 = _mm256_cmpgt_epi8(flipped, _mm256_set1_epi8(char(170 ^ 0x80)));
-      return _mm256_sub_epi8(_mm256_setzero_si256(), _mm256_add_epi8(above85, above170));
     }
   }
   // sums[t] = sum_j scale[j] sum_i q_i a_i over the super-block (at w), token t's 8 activation
@@ -411,11 +417,10 @@ struct QuantLaneAvx2 {
     __m256i acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_si256();
     if constexpr (kType == DType::TQ1_0 || kType == DType::TQ2_0) {
-#pragma GCC unroll 8  // TQ1_0's digits take a different path per sub-block: resolved at compile time
-      for (int j = 0; j < 8; ++j) {
-        const __m256i u = ternary_digits<kType>(w, j);
-        for (int t = 0; t < T; ++t) acc[t] = _mm256_add_epi16(acc[t], _mm256_maddubs_epi16(u, load32(x[t * blocks + j].q)));
-      }
+      __m256i u[8];
+      ternary_digits<kType>(w, u);
+      for (int j = 0; j < 8; ++j)
+        for (int t = 0; t < T; ++t) acc[t] = _mm256_add_epi16(acc[t], _mm256_maddubs_epi16(u[j], load32(x[t * blocks + j].q)));
       for (int t = 0; t < T; ++t)
         acc[t] = _mm256_sub_epi32(_mm256_madd_epi16(acc[t], _mm256_set1_epi16(1)), _mm256_cvtepi16_epi32(sums8(t)));
     } else if constexpr (kType == DType::IQ1_S) {
