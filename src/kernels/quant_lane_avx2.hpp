@@ -232,6 +232,15 @@ struct QuantLaneAvx2 {
     return shift_lanes(words, _mm256_setr_epi16(256, 32, 4, 0, 256, 32, 4, 0, 256, 32, 4, 0, 256, 32, 4, 0),
                        _mm256_setr_epi16(0, 0, 0, -32768, 0, 0, 0, -32768, 0, 0, 0, -32768, 0, 0, 0, -32768), 0x700);
   }
+  // Bytes of 7 sign bits (bit 7 clear) with the eighth that makes the count of minus signs even
+  // (quant::even_signs): the parity folded down to bit 0 of each byte (the 32-bit shifts move other
+  // bytes' bits only into bits 1..7), then put at bit 7.
+  static __m256i even_sign_bytes(__m256i seven) {
+    __m256i parity = _mm256_xor_si256(seven, _mm256_srli_epi32(seven, 4));
+    parity = _mm256_xor_si256(parity, _mm256_srli_epi32(parity, 2));
+    parity = _mm256_xor_si256(parity, _mm256_srli_epi32(parity, 1));
+    return _mm256_or_si256(seven, _mm256_slli_epi32(_mm256_and_si256(parity, _mm256_set1_epi8(1)), 7));
+  }
   // 16 grid indices: the 16 bytes at low with their high bits (in place, in 16-bit lanes).
   static __m256i grid_indices(const uint8_t* low, __m256i high) {
     return _mm256_or_si256(_mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(low))), high);
@@ -241,12 +250,14 @@ struct QuantLaneAvx2 {
   // What the types with bit fields scattered over the super-block keep there, taken out for all 8
   // sub-blocks at once in vector lanes (codebook_fields): the grid indices whose high bits lie apart
   // from their low bytes (IQ2_S, IQ3_S, IQ1_S, IQ1_M; 4 per sub-block, 8 for IQ3_S, in value order),
-  // IQ1_M's 16 factors, IQ1_S's 8 as 8 s and as s with its delta's sign, the ternary types' digits
+  // IQ1_M's 16 factors, IQ3_XXS's 8 and its sign bytes, IQ1_S's 8 as 8 s and as s with its delta's
+  // sign, the ternary types' digits
   // (for the panels; codebook_sums keeps them in registers). Unused by the others.
   struct CodebookFields {
     alignas(32) uint16_t index[64];
     alignas(32) int16_t factor[16];
     int16_t signed_factor[8];
+    alignas(32) uint8_t signs[32];  // IQ3_XXS's sign bytes, one per 8 values, as IQ2_S / IQ3_S store theirs
     alignas(32) int8_t digits[256];  // the ternary types' digits u (ternary_digits), for codebook_part
   };
   template <DType kType>
@@ -285,6 +296,17 @@ struct QuantLaneAvx2 {
       const __m256i up = _mm256_setr_epi16(256, 64, 16, 4, 256, 64, 16, 4, 256, 64, 16, 4, 256, 64, 16, 4);
       for (int half = 0; half < 2; ++half)
         store(f.index + 16 * half, grid_indices(w + 2 + 16 * half, shift_lanes(spread8(w + 66 + 4 * half, bytes4), up, zero, 0x300)));
+    } else if constexpr (kType == DType::IQ3_XXS) {
+      // Sub-block j's 32-bit word (at 66 + 4 j): 4 fields of 7 sign bits (field l at 7 l, moved up
+      // by l to byte l), its factor's 4 bits on top. (Reading IQ2_XXS's words, every other one of
+      // its 64 bytes, this way was slower than its 128-entry table: 0.91x.)
+      const __m256i words = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 66));
+      __m256i seven = _mm256_and_si256(words, _mm256_set1_epi32(0x7f));
+      for (int l = 1; l < 4; ++l)
+        seven = _mm256_or_si256(seven, _mm256_and_si256(_mm256_slli_epi32(words, l), _mm256_set1_epi32(0x7f << 8 * l)));
+      store(f.signs, even_sign_bytes(seven));
+      const __m256i factors = _mm256_or_si256(_mm256_slli_epi32(_mm256_srli_epi32(words, 28), 1), _mm256_set1_epi32(1));
+      store128(f.factor, _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packs_epi32(factors, factors), 0xd8)));
     } else if constexpr (kType == DType::TQ1_0 || kType == DType::TQ2_0) {
       __m256i u[8];
       ternary_digits<kType>(w, u);
@@ -306,17 +328,17 @@ struct QuantLaneAvx2 {
   template <DType kType>
   static CodebookPart codebook_part(const uint8_t* w, int j, const CodebookFields& f) {
     using quant::kEvenSignBytes;
-    if constexpr (kType == DType::IQ2_XXS || kType == DType::IQ3_XXS) {
-      constexpr bool kThree = kType == DType::IQ3_XXS;
+    if constexpr (kType == DType::IQ2_XXS) {
       uint32_t word;
-      std::memcpy(&word, w + (kThree ? 66 + 4 * j : 2 + 8 * j + 4), 4);
+      std::memcpy(&word, w + 2 + 8 * j + 4, 4);
       const __m256i signs = grid8(kEvenSignBytes[word & 127], kEvenSignBytes[word >> 7 & 127],
                                   kEvenSignBytes[word >> 14 & 127], kEvenSignBytes[word >> 21 & 127]);
-      const int scale = 2 * int(word >> 28) + 1;
-      const uint8_t* index = w + 2 + 8 * j;
-      if constexpr (kThree) return {grid4(quant::kIq3XxsGrid, index), signs, _mm256_set1_epi16(int16_t(scale))};
       const auto& g = quant::kIq2XxsGrid;
-      return {grid8(g[index[0]], g[index[1]], g[index[2]], g[index[3]]), signs, _mm256_set1_epi16(int16_t(scale))};
+      const uint8_t* index = w + 2 + 8 * j;
+      return {grid8(g[index[0]], g[index[1]], g[index[2]], g[index[3]]), signs,
+              _mm256_set1_epi16(int16_t(2 * int(word >> 28) + 1))};
+    } else if constexpr (kType == DType::IQ3_XXS) {
+      return {grid4(quant::kIq3XxsGrid, w + 2 + 8 * j), sign_bytes(f.signs + 4 * j), _mm256_set1_epi16(f.factor[j])};
     } else if constexpr (kType == DType::IQ2_XS) {
       uint16_t v[4];
       std::memcpy(v, w + 2 + 8 * j, 8);
