@@ -212,8 +212,20 @@ struct QuantLaneAvx2 {
   }
   // 4 sign bytes (bit k of byte l: value 8 l + k negative) as +1 / -1 bytes.
   static __m256i sign_bytes(const uint8_t* signs) { return _mm256_or_si256(bits_to_bytes(signs), _mm256_set1_epi8(1)); }
-  static __m256i two_scales(int low, int high) {
-    return _mm256_set_m128i(_mm_set1_epi16(int16_t(high)), _mm_set1_epi16(int16_t(low)));
+  // A super-block's 16 integer factors (16-bit lanes, factor k for values 16 k .. 16 k + 15) as two
+  // vectors of them doubled into 32-bit lanes (k = 0..3, 8..11 and k = 4..7, 12..15), from which
+  // two_scales takes sub-block j's pair by one vpermd: no trip through memory per sub-block.
+  struct FactorPairs {
+    __m256i low, high;
+  };
+  static FactorPairs factor_pairs(__m256i factors) {
+    return {_mm256_unpacklo_epi16(factors, factors), _mm256_unpackhi_epi16(factors, factors)};
+  }
+  // Factor 2 j for values 0..15 of sub-block j, 2 j + 1 for 16..31.
+  static __m256i two_scales(const FactorPairs& pairs, int j) {
+    const int at = 4 * (j / 4) + 2 * (j % 2);
+    return _mm256_permutevar8x32_epi32(j / 2 % 2 == 0 ? pairs.low : pairs.high,
+                                       _mm256_setr_epi32(at, at, at, at, at + 1, at + 1, at + 1, at + 1));
   }
   // The 8 bytes at p spread over 16-bit lanes by a vpshufb pattern.
   static __m256i spread8(const uint8_t* p, __m256i pattern) {
@@ -241,6 +253,15 @@ struct QuantLaneAvx2 {
     parity = _mm256_xor_si256(parity, _mm256_srli_epi32(parity, 1));
     return _mm256_or_si256(seven, _mm256_slli_epi32(_mm256_and_si256(parity, _mm256_set1_epi8(1)), 7));
   }
+  // 16 nibbles (the low then the high nibble of each of the 8 bytes at p) as factors 2 n + 1.
+  static __m256i nibble_factors(const uint8_t* p) {
+    constexpr char z = char(0x80);
+    const __m256i pairs = _mm256_setr_epi8(0, z, 0, z, 1, z, 1, z, 2, z, 2, z, 3, z, 3, z,
+                                           4, z, 4, z, 5, z, 5, z, 6, z, 6, z, 7, z, 7, z);
+    const __m256i up = _mm256_setr_epi16(16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1);
+    return _mm256_or_si256(_mm256_srli_epi16(shift_lanes(spread8(p, pairs), up, _mm256_setzero_si256(), 0xf0), 3),
+                           _mm256_set1_epi16(1));
+  }
   // 16 grid indices: the 16 bytes at low with their high bits (in place, in 16-bit lanes).
   static __m256i grid_indices(const uint8_t* low, __m256i high) {
     return _mm256_or_si256(_mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(low))), high);
@@ -254,6 +275,7 @@ struct QuantLaneAvx2 {
   // sign, the ternary types' digits
   // (for the panels; codebook_sums keeps them in registers). Unused by the others.
   struct CodebookFields {
+    FactorPairs pairs;  // the factors per 16 values of IQ2_XS, IQ2_S, IQ1_M
     alignas(32) uint16_t index[64];
     alignas(32) int16_t factor[16];
     int16_t signed_factor[8];
@@ -288,7 +310,7 @@ struct QuantLaneAvx2 {
       for (int half = 0; half < 2; ++half)
         store(f.index + 16 * half, grid_indices(w + 16 * half, shift_lanes(spread8(w + 32 + 8 * half, words4), up, down, 0x700)));
       // The 16 factors 2 s + 1: s = bits 3 l .. 3 l + 2 of word k / 4 at 48 (l = k % 4).
-      store(f.factor, _mm256_or_si256(_mm256_srli_epi16(three_bit_fields(spread8(w + 48, words4)), 7), _mm256_set1_epi16(1)));
+      f.pairs = factor_pairs(_mm256_or_si256(_mm256_srli_epi16(three_bit_fields(spread8(w + 48, words4)), 7), _mm256_set1_epi16(1)));
     } else if constexpr (kType == DType::IQ2_S) {
       // Index l of sub-block j: byte 4 j + l, then bits 2 l, 2 l + 1 of byte j (at 66) above it.
       const __m256i bytes4 = _mm256_setr_epi8(0, z, 0, z, 0, z, 0, z, 1, z, 1, z, 1, z, 1, z,
@@ -296,6 +318,9 @@ struct QuantLaneAvx2 {
       const __m256i up = _mm256_setr_epi16(256, 64, 16, 4, 256, 64, 16, 4, 256, 64, 16, 4, 256, 64, 16, 4);
       for (int half = 0; half < 2; ++half)
         store(f.index + 16 * half, grid_indices(w + 2 + 16 * half, shift_lanes(spread8(w + 66 + 4 * half, bytes4), up, zero, 0x300)));
+      f.pairs = factor_pairs(nibble_factors(w + 74));
+    } else if constexpr (kType == DType::IQ2_XS) {
+      f.pairs = factor_pairs(nibble_factors(w + 66));
     } else if constexpr (kType == DType::IQ3_XXS) {
       // Sub-block j's 32-bit word (at 66 + 4 j): 4 fields of 7 sign bits (field l at 7 l, moved up
       // by l to byte l), its factor's 4 bits on top. (Reading IQ2_XXS's words, every other one of
@@ -343,17 +368,15 @@ struct QuantLaneAvx2 {
       uint16_t v[4];
       std::memcpy(v, w + 2 + 8 * j, 8);
       const auto& g = quant::kIq2XsGrid;
-      const uint8_t ls = w[66 + j];
       return {grid8(g[v[0] & 511], g[v[1] & 511], g[v[2] & 511], g[v[3] & 511]),
               grid8(kEvenSignBytes[v[0] >> 9], kEvenSignBytes[v[1] >> 9],
                     kEvenSignBytes[v[2] >> 9], kEvenSignBytes[v[3] >> 9]),
-              two_scales(2 * (ls & 15) + 1, 2 * (ls >> 4) + 1)};
+              two_scales(f.pairs, j)};
     } else if constexpr (kType == DType::IQ2_S) {
       const uint16_t* i = f.index + 4 * j;
       const auto& g = quant::kIq2SGrid;
-      const uint8_t ls = w[74 + j];
       return {grid8(g[i[0]], g[i[1]], g[i[2]], g[i[3]]), sign_bytes(w + 34 + 4 * j),
-              two_scales(2 * (ls & 15) + 1, 2 * (ls >> 4) + 1)};
+              two_scales(f.pairs, j)};
     } else if constexpr (kType == DType::IQ3_S) {
       const uint16_t* i = f.index + 8 * j;
       const auto& g = quant::kIq3SGrid;
@@ -377,7 +400,7 @@ struct QuantLaneAvx2 {
         const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi16(qh), _mm256_setr_epi64x(0, 0, 0x0101010101010101, 0x0101010101010101));
         const __m256i bit = _mm256_setr_epi64x(0x0808080808080808, int64_t(0x8080808080808080), 0x0808080808080808, int64_t(0x8080808080808080));
         deltas = _mm256_or_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(1));
-        scales = _mm256_blend_epi32(_mm256_set1_epi16(f.factor[2 * j]), _mm256_set1_epi16(f.factor[2 * j + 1]), 0xf0);
+        scales = two_scales(f.pairs, j);
       }
       return signed_part(_mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), grid), deltas), scales);
     } else {  // the ternary types: q = u - 1
