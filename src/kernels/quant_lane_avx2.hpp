@@ -221,6 +221,8 @@ struct QuantLaneAvx2 {
   static FactorPairs factor_pairs(__m256i factors) {
     return {_mm256_unpacklo_epi16(factors, factors), _mm256_unpackhi_epi16(factors, factors)};
   }
+  // 32-bit lanes holding a 16-bit value with that value in both halves (a vpmaddwd operand).
+  static __m256i doubled_words(__m256i v) { return _mm256_or_si256(v, _mm256_slli_epi32(v, 16)); }
   // Factor 2 j for values 0..15 of sub-block j, 2 j + 1 for 16..31.
   static __m256i two_scales(const FactorPairs& pairs, int j) {
     const int at = 4 * (j / 4) + 2 * (j % 2);
@@ -271,17 +273,21 @@ struct QuantLaneAvx2 {
   // What the types with bit fields scattered over the super-block keep there, taken out for all 8
   // sub-blocks at once in vector lanes (codebook_fields): the grid indices whose high bits lie apart
   // from their low bytes (IQ2_S, IQ3_S, IQ1_S, IQ1_M; 4 per sub-block, 8 for IQ3_S, in value order),
-  // IQ1_M's 16 factors, IQ3_XXS's 8 and its sign bytes, IQ1_S's 8 as 8 s and as s with its delta's
-  // sign, the ternary types' digits
+  // the factors (per 16 values: IQ2_XS, IQ2_S, IQ1_M; per sub-block: IQ3_XXS, IQ1_S as 8 s) in
+  // registers, IQ3_XXS's sign bytes, IQ1_S's factors with its deltas' signs, the ternary types' digits
   // (for the panels; codebook_sums keeps them in registers). Unused by the others.
   struct CodebookFields {
     FactorPairs pairs;  // the factors per 16 values of IQ2_XS, IQ2_S, IQ1_M
     alignas(32) uint16_t index[64];
-    alignas(32) int16_t factor[16];
+    __m256i sub_block_factors;  // IQ3_XXS's and IQ1_S's (as 8 s) factor per sub-block, doubled into 32-bit lanes
     int16_t signed_factor[8];
     alignas(32) uint8_t signs[32];  // IQ3_XXS's sign bytes, one per 8 values, as IQ2_S / IQ3_S store theirs
     alignas(32) int8_t digits[256];  // the ternary types' digits u (ternary_digits), for codebook_part
   };
+  // Sub-block j's factor in every 16-bit lane.
+  static __m256i one_scale(const CodebookFields& f, int j) {
+    return _mm256_permutevar8x32_epi32(f.sub_block_factors, _mm256_set1_epi32(j));
+  }
   template <DType kType>
   static void codebook_fields(const uint8_t* w, CodebookFields& f) {
     const auto store = [](void* to, __m256i v) { _mm256_storeu_si256(static_cast<__m256i*>(to), v); };
@@ -300,7 +306,7 @@ struct QuantLaneAvx2 {
       // sign (bit 15; vpsignw's operand made odd: never 0).
       const __m128i words = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 34));
       const __m128i factors = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(words, 11), _mm_set1_epi16(14)), _mm_set1_epi16(1));
-      store128(f.factor, _mm_slli_epi16(factors, 3));
+      f.sub_block_factors = doubled_words(_mm256_cvtepu16_epi32(_mm_slli_epi16(factors, 3)));
       store128(f.signed_factor, _mm_sign_epi16(factors, _mm_or_si128(words, _mm_set1_epi16(1))));
     } else if constexpr (kType == DType::IQ1_M) {
       // Index l of sub-block j: byte 4 j + l, then bits 4 l .. 4 l + 2 of word j (the nibble's top
@@ -331,7 +337,7 @@ struct QuantLaneAvx2 {
         seven = _mm256_or_si256(seven, _mm256_and_si256(_mm256_slli_epi32(words, l), _mm256_set1_epi32(0x7f << 8 * l)));
       store(f.signs, even_sign_bytes(seven));
       const __m256i factors = _mm256_or_si256(_mm256_slli_epi32(_mm256_srli_epi32(words, 28), 1), _mm256_set1_epi32(1));
-      store128(f.factor, _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packs_epi32(factors, factors), 0xd8)));
+      f.sub_block_factors = doubled_words(factors);
     } else if constexpr (kType == DType::TQ1_0 || kType == DType::TQ2_0) {
       __m256i u[8];
       ternary_digits<kType>(w, u);
@@ -363,7 +369,7 @@ struct QuantLaneAvx2 {
       return {grid8(g[index[0]], g[index[1]], g[index[2]], g[index[3]]), signs,
               _mm256_set1_epi16(int16_t(2 * int(word >> 28) + 1))};
     } else if constexpr (kType == DType::IQ3_XXS) {
-      return {grid4(quant::kIq3XxsGrid, w + 2 + 8 * j), sign_bytes(f.signs + 4 * j), _mm256_set1_epi16(f.factor[j])};
+      return {grid4(quant::kIq3XxsGrid, w + 2 + 8 * j), sign_bytes(f.signs + 4 * j), one_scale(f, j)};
     } else if constexpr (kType == DType::IQ2_XS) {
       uint16_t v[4];
       std::memcpy(v, w + 2 + 8 * j, 8);
@@ -473,7 +479,7 @@ struct QuantLaneAvx2 {
       codebook_fields<kType>(w, f);
       for (int j = 0; j < 8; ++j) {
         const __m256i grid = iq1_grid(f.index, j);
-        const __m256i magnitudes = _mm256_abs_epi8(grid), scales = _mm256_set1_epi16(f.factor[j]);
+        const __m256i magnitudes = _mm256_abs_epi8(grid), scales = one_scale(f, j);
         for (int t = 0; t < T; ++t) {
           const __m256i products = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(load32(x[t * blocks + j].q), grid));
           acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(products, scales));
