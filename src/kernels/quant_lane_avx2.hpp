@@ -206,7 +206,9 @@ struct QuantLaneAvx2 {
   static __m256i grid8(uint64_t a, uint64_t b, uint64_t c, uint64_t d) {
     return _mm256_setr_epi64x(int64_t(a), int64_t(b), int64_t(c), int64_t(d));
   }
-  static __m256i grid4(const std::array<uint32_t, 256>& g, const uint8_t* i) {
+  // 8 grid points of 4 bytes (IQ3_XXS's, IQ3_S's) at indices i[0..7].
+  template <size_t N, class Index>
+  static __m256i grid4(const std::array<uint32_t, N>& g, const Index* i) {
     return _mm256_setr_epi32(int(g[i[0]]), int(g[i[1]]), int(g[i[2]]), int(g[i[3]]), int(g[i[4]]), int(g[i[5]]),
                              int(g[i[6]]), int(g[i[7]]));
   }
@@ -384,12 +386,8 @@ struct QuantLaneAvx2 {
       return {grid8(g[i[0]], g[i[1]], g[i[2]], g[i[3]]), sign_bytes(w + 34 + 4 * j),
               two_scales(f.pairs, j)};
     } else if constexpr (kType == DType::IQ3_S) {
-      const uint16_t* i = f.index + 8 * j;
-      const auto& g = quant::kIq3SGrid;
       const int scale = 2 * (w[106 + j / 2] >> (4 * (j % 2)) & 15) + 1;
-      return {_mm256_setr_epi32(int(g[i[0]]), int(g[i[1]]), int(g[i[2]]), int(g[i[3]]), int(g[i[4]]), int(g[i[5]]),
-                                int(g[i[6]]), int(g[i[7]])),
-              sign_bytes(w + 74 + 4 * j), _mm256_set1_epi16(int16_t(scale))};
+      return {grid4(quant::kIq3SGrid, f.index + 8 * j), sign_bytes(w + 74 + 4 * j), _mm256_set1_epi16(int16_t(scale))};
     } else if constexpr (kType == DType::IQ1_S || kType == DType::IQ1_M) {
       // 8 g +- 1 for grid values g in -1..1: vpsignb of 8 by g, then the deltas.
       const __m256i grid = iq1_grid(f.index, j);
