@@ -480,6 +480,49 @@ TEST(Kernels, NormSoftmaxSiluRope) {
   EXPECT_FLOAT_EQ(v[3], 1);
 }
 
+// silu_mul takes its exponentials from exp_floats: within a few float ulps of long double's
+// x / (1 + e^-x) * up over the float range (values past expf's range, infinities, NaN, zeros of
+// both signs; more than one piece of 256), and the same bits on every ISA. rmsnorm's partial sums:
+// within float rounding of a long double norm, for row lengths with and without a tail.
+TEST(Kernels, SiluMulAndRmsnormAgainstLongDouble) {
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
+  std::vector<float> gate(700), up(700);
+  for (size_t i = 0; i < gate.size(); ++i) gate[i] = std::ldexp(unit(rng), int(rng() % 16) - 6), up[i] = unit(rng);
+  const float specials[] = {0.0f, -0.0f, 88.0f, -88.0f, 100.0f, -100.0f, 1e30f, -1e30f, INFINITY, -INFINITY, NAN};
+  std::copy(std::begin(specials), std::end(specials), gate.begin() + 250);  // across the first piece's end
+  std::vector<float> first;
+  for (Isa isa : supported()) {
+    IsaGuard guard(isa);
+    std::vector<float> got = gate;
+    silu_mul(got.data(), up.data(), int(got.size()));
+    for (size_t i = 0; i < got.size(); ++i) {
+      const long double g = gate[i], want = g / (1 + std::exp(-g)) * up[i];
+      if (std::isnan(want)) {
+        EXPECT_TRUE(std::isnan(got[i])) << isa_name(isa) << " gate " << gate[i];
+        continue;
+      }
+      if (std::isinf(want)) {
+        EXPECT_EQ(got[i], float(want)) << isa_name(isa) << " gate " << gate[i];
+        continue;
+      }
+      EXPECT_LE(std::fabs(got[i] - want), 4e-7L * std::fabs(want) + 1e-37L) << isa_name(isa) << " gate " << gate[i];
+    }
+    if (first.empty()) first = got;
+    for (size_t i = 0; i < got.size(); ++i)
+      if (!std::isnan(got[i])) ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(first[i])) << isa_name(isa) << " " << i;
+  }
+  for (int n : {1, 7, 8, 13, 128, 2048, 2051}) {
+    std::vector<float> x(n), w(n), out(n);
+    for (int i = 0; i < n; ++i) x[i] = 3 * unit(rng), w[i] = unit(rng);
+    rmsnorm(x.data(), w.data(), n, 1e-6f, out.data());
+    long double ss = 0;
+    for (float v : x) ss += (long double)v * v;
+    const long double inv = 1 / std::sqrt(ss / n + 1e-6L);
+    for (int i = 0; i < n; ++i) EXPECT_NEAR(out[i], x[i] * inv * w[i], 1e-6 * (std::fabs(x[i] * inv * w[i]) + 1e-6)) << n << " " << i;
+  }
+}
+
 // The worker pool runs every index exactly once, for any thread count, for more indices than one
 // job word holds, back to back (workers arriving late must not touch the next job), and nested.
 TEST(ThreadPool, RunsEveryIndexExactlyOnce) {

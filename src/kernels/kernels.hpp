@@ -85,6 +85,9 @@ float attention_softmax(float* row, int n, float scale);
 
 // out = x / sqrt(mean(x^2) + eps) * weight
 void rmsnorm(const float* x, const float* weight, int n, float eps, float* out);
+// rmsnorm of each of `rows` rows of n (x and out [rows, n]), spread over the threads when there
+// are many (a prefill's tokens): the same bits as one row at a time.
+void rmsnorm_rows(const float* x, const float* weight, int rows, int n, float eps, float* out);
 // In place: x = softmax(x)
 void softmax(float* x, int n);
 // In place: gate = silu(gate) * up

@@ -5,15 +5,33 @@
 #include <vector>
 
 #include "kernels/kernels.hpp"
+#include "kernels/thread_pool.hpp"
 #include "util/quant.hpp"
 
 namespace crossmoe::kernels {
 
 void rmsnorm(const float* x, const float* weight, int n, float eps, float* out) {
-  double ss = 0.0;
-  for (int i = 0; i < n; ++i) ss += double(x[i]) * x[i];
-  const float inv = 1.0f / std::sqrt(float(ss / n) + eps);
-  for (int i = 0; i < n; ++i) out[i] = x[i] * inv * weight[i];
+  // The squares summed in double, in 8 partial sums (element i into sum i % 8) added in a fixed
+  // tree: one chain of n dependent additions cost as much as the rest of the norm several times.
+  constexpr int kSums = 8;
+  double partial[kSums] = {};
+  int i = 0;
+  for (; i + kSums <= n; i += kSums)
+    for (int j = 0; j < kSums; ++j) partial[j] += double(x[i + j]) * x[i + j];
+  for (int j = 0; i < n; ++i, ++j) partial[j] += double(x[i]) * x[i];
+  for (int width = kSums / 2; width > 0; width /= 2)
+    for (int j = 0; j < width; ++j) partial[j] += partial[j + width];
+  const float inv = 1.0f / std::sqrt(float(partial[0] / n) + eps);
+  for (i = 0; i < n; ++i) out[i] = x[i] * inv * weight[i];
+}
+
+void rmsnorm_rows(const float* x, const float* weight, int rows, int n, float eps, float* out) {
+  const auto norm_row = [&](int64_t r) { rmsnorm(x + r * n, weight, n, eps, out + r * n); };
+  if (int64_t(rows) * n < kMinParallelWork) {
+    for (int r = 0; r < rows; ++r) norm_row(r);
+    return;
+  }
+  parallel_for(rows, norm_row);
 }
 
 void softmax(float* x, int n) {
@@ -25,7 +43,17 @@ void softmax(float* x, int n) {
 }
 
 void silu_mul(float* gate, const float* up, int n) {
-  for (int i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  // e^-gate through exp_floats (vector lanes, the same bits on every ISA) a piece at a time: the
+  // C library's expf one value at a time was most of this function's time.
+  constexpr int kPiece = 256;
+  float e[kPiece];
+  for (int begin = 0; begin < n; begin += kPiece) {
+    const int m = std::min(kPiece, n - begin);
+    float* g = gate + begin;
+    for (int i = 0; i < m; ++i) e[i] = -g[i];
+    exp_floats(e, m, e);
+    for (int i = 0; i < m; ++i) g[i] = g[i] / (1.0f + e[i]) * up[begin + i];
+  }
 }
 
 void rope(float* x, int heads, int dim, const float* cos, const float* sin) {

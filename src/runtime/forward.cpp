@@ -161,12 +161,12 @@ void BatchSession::step(const std::vector<StepPiece>& pieces) {
     }
   for (int l = 0; l < c_.num_layers; ++l) {
     const LayerWeights& L = w.layers[l];
-    for (int t = 0; t < T; ++t) k::rmsnorm(&x_[size_t(t) * d], L.input_norm.data(), d, eps, &xn_[size_t(t) * d]);
+    k::rmsnorm_rows(x_.data(), L.input_norm.data(), T, d, eps, xn_.data());
     attention(l, pieces, starts);
     k::matmul(L.o, c_.latent_attention ? latent_out_.data() : att_.data(), T, tmp_.data());
     for (size_t i = 0; i < size_t(T) * d; ++i) x_[i] += tmp_[i];
 
-    for (int t = 0; t < T; ++t) k::rmsnorm(&x_[size_t(t) * d], L.post_attention_norm.data(), d, eps, &u_[size_t(t) * d]);
+    k::rmsnorm_rows(x_.data(), L.post_attention_norm.data(), T, d, eps, u_.data());
     if (c_.layers[l].is_moe) {
       // Pre-gated routers read the previous layer's FFN input.
       const bool pre = c_.moe.pre_gated && l > 0;
