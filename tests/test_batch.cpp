@@ -308,5 +308,43 @@ TEST(BatchSession, RejectsBadSteps) {
   EXPECT_THROW(BatchSession(*m.model, 4, 0), Error);
 }
 
+// A prefill's rows take their biases, q/k norms, rotation and cache writes over the threads once
+// there are enough of them (kernels::kMinParallelWork); in pieces of 7 they run one after the other
+// on one thread. Each row's work is its own, so both give the same bits: the logits after the
+// prompt and after decoded tokens (which read the cached keys and values) are equal.
+class PrefillRows : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(PrefillRows, OverThreadsOrInSmallPiecesGiveTheSameBits) {
+  const SmallModel m(GetParam());
+  const ModelConfig& c = m.model->config();
+  const int V = c.vocab_size;
+  const int64_t row_floats = int64_t(c.num_heads + c.cache_heads()) * c.cache_key_dim();
+  const int length = int(kernels::kMinParallelWork / row_floats) + 40;
+  std::vector<int> prompt;
+  for (int i = 0; i < length; ++i) prompt.push_back((i * 53 + 7) % V);
+  const int threads_before = omp_get_max_threads();
+  std::vector<std::vector<float>> steps[2];
+  for (int run = 0; run < 2; ++run) {
+    omp_set_num_threads(run == 0 ? 2 : 1);
+    InferenceSession session(*m.model, length + 8, length);  // the whole prompt in one step
+    const std::vector<float>* logits = nullptr;
+    if (run == 0) {
+      logits = &session.forward(prompt);
+    } else {
+      for (int at = 0; at < length; at += 7)
+        logits = &session.forward(std::vector<int>(prompt.begin() + at, prompt.begin() + std::min(length, at + 7)));
+    }
+    for (int i = 0; i < 3; ++i) {
+      steps[run].emplace_back(logits->begin(), logits->begin() + V);
+      logits = &session.forward({argmax(logits->data(), V)});
+    }
+  }
+  omp_set_num_threads(threads_before);
+  for (size_t i = 0; i < steps[0].size(); ++i)
+    EXPECT_EQ(std::memcmp(steps[0][i].data(), steps[1][i].data(), size_t(V) * sizeof(float)), 0) << "step " << i;
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, PrefillRows, ::testing::Values("dense", "moe", "megrez2", "hf/deepseek_v3"));
+
 }  // namespace
 }  // namespace crossmoe

@@ -291,54 +291,62 @@ void BatchSession::attention(int l, const std::vector<StepPiece>& pieces, const 
   // queries and keys, so scores are unchanged), they rotate as halves (i, i + rd/2).
   const int rd = c_.rope_dim(), nope = hd - rd;
   const bool interleaved = c_.latent_attention && c_.latent_attention->rope_interleave;
-  std::vector<float> cos(rd / 2), sin(rd / 2), pairs(interleaved ? rd : 0);
-  const auto rotate = [&](float* heads, int count) {
-    for (int h = 0; h < count; ++h) {
-      float* x = heads + size_t(h) * hd + nope;
-      if (interleaved) {
-        for (int i = 0; i < rd / 2; ++i) pairs[i] = x[2 * i], pairs[rd / 2 + i] = x[2 * i + 1];
-        std::copy(pairs.begin(), pairs.end(), x);
-      }
-      k::rope(x, 1, rd, cos.data(), sin.data());
-    }
-  };
-  for (size_t p = 0; p < pieces.size(); ++p) {
+  // Row t's biases, clipping, q/k norms and rotation, and its key and value into the cache: each
+  // row's own work, spread over the threads for a prefill's rows (serial, it was several percent of
+  // a two-thread prefill's time).
+  const auto prepare_row = [&](int64_t t) {
+    const int p = int(std::upper_bound(starts.begin(), starts.end(), int(t)) - starts.begin()) - 1;
     const Sequence& s = seq(pieces[p].sequence);
     const int length = int(s.tokens.size()) + pieces[p].count;
-    for (int t = starts[p]; t < starts[p] + pieces[p].count; ++t) {
-      float* q = &q_[size_t(t) * qw];
-      float* kk = &k_[size_t(t) * kvw];
-      float* v = v_.data() + size_t(t) * vw;
-      if (!L.q_bias.empty()) {
-        for (int i = 0; i < qw; ++i) q[i] += L.q_bias[i];
-        for (int i = 0; i < kvw; ++i) kk[i] += L.k_bias[i], v[i] += L.v_bias[i];  // vw == kvw with biases
+    thread_local std::vector<float> rope_buffer;
+    rope_buffer.resize(size_t(2 * rd));  // cos, sin; then the interleaved pairs
+    float *cos = rope_buffer.data(), *sin = cos + rd / 2, *pairs = sin + rd / 2;
+    const auto rotate = [&](float* heads, int count) {
+      for (int h = 0; h < count; ++h) {
+        float* x = heads + size_t(h) * hd + nope;
+        if (interleaved) {
+          for (int i = 0; i < rd / 2; ++i) pairs[i] = x[2 * i], pairs[rd / 2 + i] = x[2 * i + 1];
+          std::copy(pairs, pairs + rd, x);
+        }
+        k::rope(x, 1, rd, cos, sin);
       }
-      if (c_.clip_qkv) {
-        const float c = float(*c_.clip_qkv);
-        for (float* ptr : {q, kk, v})
-          for (int i = 0, n = ptr == q ? qw : kvw; i < n; ++i) ptr[i] = std::clamp(ptr[i], -c, c);
-      }
-      if (c_.qk_norm == QkNorm::PerHead) {
-        for (int h = 0; h < Hq; ++h) k::rmsnorm(q + h * hd, L.q_norm.data(), hd, eps, q + h * hd);
-        for (int h = 0; h < Hkv; ++h) k::rmsnorm(kk + h * hd, L.k_norm.data(), hd, eps, kk + h * hd);
-      } else if (c_.qk_norm == QkNorm::Full) {
-        k::rmsnorm(q, L.q_norm.data(), qw, eps, q);
-        k::rmsnorm(kk, L.k_norm.data(), kvw, eps, kk);
-      }
-      const int pos = row_position_[t];
-      rope_.at(pos, length, cos.data(), sin.data());
-      rotate(q, Hq);
-      rotate(kk, Hkv);
-      // Keys per head in tiles of kKeyTile positions, [head_dim][kKeyTile] each; values
-      // [block_size][value_head_dim] unless in the keys (KvPool).
-      const int block = s.blocks[pos / bs], at = pos % bs;
-      for (int g = 0; g < Hkv; ++g) {
-        float* key = pool_.keys(l, block, g) + size_t(at / k::kKeyTile) * k::kKeyTile * hd + at % k::kKeyTile;
-        for (int d = 0; d < hd; ++d) key[size_t(d) * k::kKeyTile] = kk[g * hd + d];
-        if (!values_in_keys) std::copy(v + g * vd, v + (g + 1) * vd, pool_.values(l, block, g) + size_t(at) * vd);
-      }
+    };
+    float* q = &q_[size_t(t) * qw];
+    float* kk = &k_[size_t(t) * kvw];
+    float* v = v_.data() + size_t(t) * vw;
+    if (!L.q_bias.empty()) {
+      for (int i = 0; i < qw; ++i) q[i] += L.q_bias[i];
+      for (int i = 0; i < kvw; ++i) kk[i] += L.k_bias[i], v[i] += L.v_bias[i];  // vw == kvw with biases
     }
-  }
+    if (c_.clip_qkv) {
+      const float c = float(*c_.clip_qkv);
+      for (float* ptr : {q, kk, v})
+        for (int i = 0, n = ptr == q ? qw : kvw; i < n; ++i) ptr[i] = std::clamp(ptr[i], -c, c);
+    }
+    if (c_.qk_norm == QkNorm::PerHead) {
+      for (int h = 0; h < Hq; ++h) k::rmsnorm(q + h * hd, L.q_norm.data(), hd, eps, q + h * hd);
+      for (int h = 0; h < Hkv; ++h) k::rmsnorm(kk + h * hd, L.k_norm.data(), hd, eps, kk + h * hd);
+    } else if (c_.qk_norm == QkNorm::Full) {
+      k::rmsnorm(q, L.q_norm.data(), qw, eps, q);
+      k::rmsnorm(kk, L.k_norm.data(), kvw, eps, kk);
+    }
+    const int pos = row_position_[size_t(t)];
+    rope_.at(pos, length, cos, sin);
+    rotate(q, Hq);
+    rotate(kk, Hkv);
+    // Keys per head in tiles of kKeyTile positions, [head_dim][kKeyTile] each; values
+    // [block_size][value_head_dim] unless in the keys (KvPool).
+    const int block = s.blocks[pos / bs], at = pos % bs;
+    for (int g = 0; g < Hkv; ++g) {
+      float* key = pool_.keys(l, block, g) + size_t(at / k::kKeyTile) * k::kKeyTile * hd + at % k::kKeyTile;
+      for (int d = 0; d < hd; ++d) key[size_t(d) * k::kKeyTile] = kk[g * hd + d];
+      if (!values_in_keys) std::copy(v + g * vd, v + (g + 1) * vd, pool_.values(l, block, g) + size_t(at) * vd);
+    }
+  };
+  if (int64_t(T) * (qw + kvw) < k::kMinParallelWork)
+    for (int t = 0; t < T; ++t) prepare_row(t);
+  else
+    k::parallel_for(T, prepare_row);
   // Per piece and kv head, for blocks of queries: scores = q K^T (scaled, causal, windowed),
   // softmax, out = P V. Each query's products are its own (kernels::attention_scores and
   // attention_values), so its result does not depend on the queries beside it. The query heads
