@@ -7,7 +7,8 @@
 #   check:   bash scripts/gpu_box_build.sh commands .carry  # the compile commands, one per line
 #   there:   bash scripts/gpu_box_build.sh kernel-tests .carry  # -> .carry/kernel_tests: the kernel and
 #            quantization tests (GoogleTest, from Debian's googletest sources), to run the ISA paths
-#            that machine's CPU has and ours may lack (AVX-512, AMX); and .carry/bench_matvec
+#            that machine's CPU has and ours may lack (AVX-512, AMX); and .carry/bench_matvec,
+#            .carry/bench_amx_bf16
 # (.carry is listed in .git/info/exclude and passed to the device tool's `carry`.)
 set -euo pipefail
 mode=$1; dir=$2
@@ -132,10 +133,12 @@ if [ "$mode" = commands ]; then compile_commands; exit 0; fi
 if [ "$mode" = kernel-tests ]; then
   # Kernels and their helpers need no torch; GoogleTest builds from its own sources.
   flags+=("-I$dir/gtest/include" "-I$dir/gtest" -Itests)
-  # bench_matvec too, for the kernels' speed on that CPU (prefill-shaped with a token count).
+  # bench_matvec and bench_amx_bf16 too, for the kernels' speed on that CPU.
   lib_srcs=(src/kernels/*.cpp src/util/*.cpp)
   test_srcs=(tests/test_kernels.cpp tests/test_quant.cpp "$dir/gtest/src/gtest-all.cc" "$dir/gtest/src/gtest_main.cc")
-  srcs=("${lib_srcs[@]}" "${test_srcs[@]}" bench/bench_matvec.cpp)
+  benches=(matvec amx_bf16)
+  srcs=("${lib_srcs[@]}" "${test_srcs[@]}")
+  for b in "${benches[@]}"; do srcs+=("bench/bench_$b.cpp"); done
   mkdir -p "$dir/obj"
   compile_commands | xargs -d '\n' -P "$(nproc)" -I{} bash -c '{}'
   lib_objs=()
@@ -143,8 +146,10 @@ if [ "$mode" = kernel-tests ]; then
   test_objs=()
   for f in "${test_srcs[@]}"; do test_objs+=("$(object "$f")"); done
   g++ -fopenmp -pthread -o "$dir/kernel_tests" "${lib_objs[@]}" "${test_objs[@]}"
-  g++ -fopenmp -pthread -o "$dir/bench_matvec" "${lib_objs[@]}" "$(object bench/bench_matvec.cpp)"
-  echo "built $dir/kernel_tests and $dir/bench_matvec"
+  for b in "${benches[@]}"; do
+    g++ -fopenmp -pthread -o "$dir/bench_$b" "${lib_objs[@]}" "$(object "bench/bench_$b.cpp")"
+  done
+  echo "built $dir/kernel_tests and ${benches[*]/#/$dir/bench_}"
   exit 0
 fi
 [ "$mode" = build ] || { echo "error: mode must be prepare, build, kernel-tests or commands, got '$mode'" >&2; exit 2; }
