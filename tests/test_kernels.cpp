@@ -523,6 +523,51 @@ TEST(Kernels, SiluMulAndRmsnormAgainstLongDouble) {
   }
 }
 
+// matmul_batch prepares a large input (a prefill's: quantized blocks and their sums, or bf16's
+// reordered floats) in pieces of tokens over the threads: each token's prepared values lie at its
+// own offset, so two threads give the bits of one, and every token the bits it gets alone. Q2_K
+// reads two sums per block (their offsets scale with it); two jobs share one input, a third has its own.
+TEST(Kernels, LargeInputsPreparedOverThreadsGiveTheBitsOfOneThread) {
+  const int rows = 24, cols = 2048, tokens = 70;  // 70 x 2048 values: past kMinParallelWork
+  ASSERT_GE(int64_t(tokens) * cols, kMinParallelWork);
+  std::mt19937 rng(23);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(size_t(tokens) * cols), x2(x.size()), w(size_t(rows) * cols);
+  for (float& v : x) v = normal(rng);
+  for (float& v : x2) v = normal(rng);
+  for (float& v : w) v = 0.05f * normal(rng);
+  const int threads_before = omp_get_max_threads();
+  for (DType dtype : {DType::Q8_0, DType::Q4_K, DType::Q2_K, DType::BF16}) {
+    const size_t row_bytes = dtype_row_bytes(dtype, cols);
+    std::vector<uint8_t> data(rows * row_bytes);
+    for (int r = 0; r < rows; ++r) {
+      if (dtype == DType::BF16)
+        for (int c = 0; c < cols; ++c) reinterpret_cast<uint16_t*>(data.data())[size_t(r) * cols + c] = f32_to_bf16(w[size_t(r) * cols + c]);
+      else
+        quant::quantize_row(dtype, &w[size_t(r) * cols], cols, data.data() + r * row_bytes);
+    }
+    const Matrix m{data.data(), dtype, rows, cols};
+    std::vector<float> out[2][3];
+    for (int run = 0; run < 2; ++run) {
+      omp_set_num_threads(run + 1);
+      for (auto& y : out[run]) y.assign(size_t(tokens) * rows, NAN);
+      const MatmulJob jobs[] = {{m, x.data(), tokens, out[run][0].data()},
+                                {m, x2.data(), tokens, out[run][1].data()},
+                                {m, x.data(), tokens, out[run][2].data()}};
+      matmul_batch(jobs, 3);
+    }
+    omp_set_num_threads(threads_before);
+    for (int j = 0; j < 3; ++j)
+      ASSERT_EQ(std::memcmp(out[0][j].data(), out[1][j].data(), out[0][j].size() * sizeof(float)), 0)
+          << dtype_name(dtype) << " job " << j;
+    std::vector<float> alone(rows);
+    for (int t : {0, 17, tokens - 1}) {
+      matmul(m, &x2[size_t(t) * cols], 1, alone.data());
+      ASSERT_EQ(std::memcmp(alone.data(), &out[1][1][size_t(t) * rows], rows * sizeof(float)), 0) << dtype_name(dtype) << " token " << t;
+    }
+  }
+}
+
 // The worker pool runs every index exactly once, for any thread count, for more indices than one
 // job word holds, back to back (workers arriving late must not touch the next job), and nested.
 TEST(ThreadPool, RunsEveryIndexExactlyOnce) {

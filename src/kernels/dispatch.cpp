@@ -162,19 +162,46 @@ void matmul_batch(const MatmulJob* jobs, int count) {
     quantized_sums.resize(2 * quantized_total);  // at most 2 per block, from 2 * prepared_at
   }
   if (reordered.size() * kLineFloats < reordered_total) reordered.resize(reordered_total / kLineFloats);
-  for (int j = 0; j < count; ++j) {
-    if (source[j] != j) continue;
+  // The caller's buffers, written by the preparation and read by every worker (by these pointers,
+  // not by their thread_local names).
+  ActivationBlock* const activations = quantized.data();
+  int16_t* const block_sums = quantized_sums.data();
+  float* const reordered_x = reinterpret_cast<float*>(reordered.data());
+  // Tokens [first, first + n) of job j's input prepared: each token's blocks, sums and reordered
+  // floats lie at its own offset, so token ranges can be prepared apart.
+  const auto prepare = [&](int j, int first, int n) {
+    const int64_t cols = jobs[j].w.cols;
+    const float* x = jobs[j].x + first * cols;
     if (quantized_prep(prep[j])) {
-      const int64_t n = int64_t(jobs[j].tokens) * jobs[j].w.cols;
-      k.quantize_activations(jobs[j].x, n, activation_group(jobs[j].w.dtype), quantized.data() + prepared_at[j]);
-      activation_sums_for(jobs[j].w.dtype, quantized.data() + prepared_at[j], n / 32, quantized_sums.data() + 2 * prepared_at[j]);
+      const int64_t at = int64_t(prepared_at[j]) + first * cols / 32, values = n * cols;
+      k.quantize_activations(x, values, activation_group(jobs[j].w.dtype), activations + at);
+      activation_sums_for(jobs[j].w.dtype, activations + at, values / 32,
+                          block_sums + 2 * prepared_at[j] + activation_sums_per_block(jobs[j].w.dtype) * (first * cols / 32));
     } else
-      k.bf16_x_layout(jobs[j].x, jobs[j].tokens, jobs[j].w.cols, reinterpret_cast<float*>(reordered.data()) + prepared_at[j]);
+      k.bf16_x_layout(x, n, cols, reordered_x + prepared_at[j] + first * cols);
+  };
+  int64_t prep_work = 0;
+  for (int j = 0; j < count; ++j)
+    if (source[j] == j) prep_work += int64_t(jobs[j].tokens) * jobs[j].w.cols;
+  if (prep_work < kMinParallelWork) {
+    for (int j = 0; j < count; ++j)
+      if (source[j] == j) prepare(j, 0, jobs[j].tokens);
+  } else {
+    // A prefill's inputs (or an MoE step's experts' inputs) in pieces of tokens over the threads:
+    // on the calling thread alone they were 1-3% of a prefill's samples, the other threads waiting.
+    struct Piece {
+      int job, first, count;
+    };
+    thread_local std::vector<Piece> pieces_storage;
+    std::vector<Piece>& pieces = pieces_storage;
+    pieces.clear();
+    constexpr int kPieceTokens = 16;
+    for (int j = 0; j < count; ++j)
+      if (source[j] == j)
+        for (int t = 0; t < jobs[j].tokens; t += kPieceTokens)
+          pieces.push_back({j, t, std::min(kPieceTokens, jobs[j].tokens - t)});
+    parallel_for(int64_t(pieces.size()), [&](int64_t i) { prepare(pieces[i].job, pieces[i].first, pieces[i].count); });
   }
-  // The caller's buffers, read by every worker.
-  const ActivationBlock* const activations = quantized.data();
-  const int16_t* const block_sums = quantized_sums.data();
-  const float* const reordered_x = reinterpret_cast<const float*>(reordered.data());
   // Blocks of 16 rows keep each thread on whole tiles; small work stays on one thread. Quantized
   // weights against many tokens take blocks of 128 rows: each block reads all the tokens'
   // activations (1.25 bytes per token and column, MiBs for a prompt: from L3), while its rows
