@@ -211,6 +211,23 @@ TEST(BatchSession, ReusedPrefixGivesTheLogitsOfAFullPrefill) {
   EXPECT_EQ(batch.reuse_prefix(c, other), 4);
 }
 
+// The logits a session gave (its first V) and those after each of 3 greedy tokens after them.
+std::vector<std::vector<float>> logits_then_greedy(InferenceSession& session, const std::vector<float>& first, int V) {
+  std::vector<std::vector<float>> steps;
+  const std::vector<float>* logits = &first;
+  for (int i = 0; i < 3; ++i) {
+    steps.emplace_back(logits->begin(), logits->begin() + V);
+    logits = &session.forward({argmax(logits->data(), V)});
+  }
+  return steps;
+}
+
+void expect_same_bits(const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_EQ(std::memcmp(a[i].data(), b[i].data(), a[i].size() * sizeof(float)), 0) << "step " << i;
+}
+
 // Latent attention keeps one kv head for every query head, so a decode step's attention is one
 // item of work unless its heads are split between threads. Every row's products are its own, so
 // the logits must be the same bits on one thread and on two (where a context this long splits the
@@ -227,15 +244,10 @@ TEST(BatchSession, LatentDecodeSplitsItsHeadsOverThreadsWithTheSameBits) {
   for (int run = 0; run < 2; ++run) {
     omp_set_num_threads(run + 1);
     InferenceSession session(*m.model, length + 8);
-    const std::vector<float>* logits = &session.forward(prompt);
-    for (int i = 0; i < 3; ++i) {
-      steps[run].emplace_back(logits->begin(), logits->begin() + V);
-      logits = &session.forward({argmax(logits->data(), V)});
-    }
+    steps[run] = logits_then_greedy(session, session.forward(prompt), V);
   }
   omp_set_num_threads(threads_before);
-  for (size_t i = 0; i < steps[0].size(); ++i)
-    EXPECT_EQ(std::memcmp(steps[0][i].data(), steps[1][i].data(), size_t(V) * sizeof(float)), 0) << "step " << i;
+  expect_same_bits(steps[0], steps[1]);
 }
 
 TEST(BatchSession, RewindIntoASharedBlockCopiesIt) {
@@ -334,14 +346,10 @@ TEST_P(PrefillRows, OverThreadsOrInSmallPiecesGiveTheSameBits) {
       for (int at = 0; at < length; at += 7)
         logits = &session.forward(std::vector<int>(prompt.begin() + at, prompt.begin() + std::min(length, at + 7)));
     }
-    for (int i = 0; i < 3; ++i) {
-      steps[run].emplace_back(logits->begin(), logits->begin() + V);
-      logits = &session.forward({argmax(logits->data(), V)});
-    }
+    steps[run] = logits_then_greedy(session, *logits, V);
   }
   omp_set_num_threads(threads_before);
-  for (size_t i = 0; i < steps[0].size(); ++i)
-    EXPECT_EQ(std::memcmp(steps[0][i].data(), steps[1][i].data(), size_t(V) * sizeof(float)), 0) << "step " << i;
+  expect_same_bits(steps[0], steps[1]);
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, PrefillRows, ::testing::Values("dense", "moe", "megrez2", "hf/deepseek_v3"));
