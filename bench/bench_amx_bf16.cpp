@@ -1,4 +1,6 @@
-// A design probe for bf16 weights on AMX (not yet a kernel of the library): f32 activations split
+// The design probe behind the library's bf16 tile products (matmul_amx.cpp's bf16_tile_matmul_rows,
+// built from arrangement (b) below and timed by bench_matvec as "BF16 tiles"); kept for the figures
+// of docs/benchmarks.md that only it measures (arrangement (a), repacking per call): f32 activations split
 // into three bf16 parts (hi = bf16(x), mid = bf16(x - hi), lo = bf16(x - hi - mid), whose sum is x
 // exactly), each part times the bf16 weights on the tile unit (TDPBF16PS: products of two bf16
 // values are exact in f32, the sums in f32), so the product keeps f32 activations as the default

@@ -1,7 +1,8 @@
 // Decode-shaped matmul (one token) against the machine's streaming read bandwidth, measured in
 // the same run: per ISA and weight dtype, the effective GB/s of weights read and its ratio to
 // the bandwidth limit. The block types are timed in both layouts (rows as stored; interleaved 8
-// at a time, as a model in memory holds them). Each figure is the best of 5 timed products; on a
+// at a time, as a model in memory holds them); bf16 in the tile unit's order too where the CPU has
+// AMX-BF16 ("BF16 tiles"). Each figure is the best of 5 timed products; on a
 // shared machine the probe and the products see different load, so compare the columns of one run.
 // With a token count above 1 it times prefill-shaped products instead (compute-bound: no probe):
 // multiply-adds per second, and the ratio of each time to the latest one of the first ISA listed
@@ -163,6 +164,15 @@ int main(int argc, char** argv) {
   for (DType dtype : {DType::BF16, DType::F16, DType::F32})
     matrices.push_back({Matrix{dtype == DType::F32 ? static_cast<const void*>(w32.data()) : w16.data(), dtype, rows, cols},
                         dtype_name(dtype)});
+  // Where the CPU has AMX-BF16, bf16 weights as a model in memory holds them there (the tile
+  // unit's order): multiplied on the tiles whatever the ISA listed.
+  std::vector<uint16_t> tiles16;
+  if (amx_bf16_supported()) {
+    tiles16 = w16;
+    Matrix tiles{tiles16.data(), DType::BF16, rows, cols};
+    pack_bf16_tiles(tiles, tiles16.data());
+    matrices.push_back({tiles, "BF16 tiles"});
+  }
   std::vector<std::vector<uint8_t>> quantized;
   for (DType dtype : {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_1, DType::Q5_1, DType::IQ4_NL, DType::MXFP4, DType::IQ4_XS, DType::Q2_K, DType::Q3_K,
                       DType::Q4_K, DType::Q5_K, DType::Q6_K}) {

@@ -122,7 +122,7 @@ compile_commands() {
       *avx2*) isa=(-mavx2 -mfma -mf16c -ffp-contract=off) ;;
       *avx512_bf16*) isa=(-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c -ffp-contract=off) ;;
       *avx512_vnni*) isa=(-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c -ffp-contract=off) ;;
-      *matmul_amx*) isa=(-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mamx-tile -mamx-int8 -mfma -mf16c -ffp-contract=off) ;;
+      *matmul_amx*) isa=(-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mamx-tile -mamx-int8 -mamx-bf16 -mfma -mf16c -ffp-contract=off) ;;
       *avx512*) isa=(-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c -ffp-contract=off) ;;
     esac
     printf '%q ' g++ "${flags[@]}" "${isa[@]}" -c "$f" -o "$(object "$f")"

@@ -354,5 +354,54 @@ TEST_P(PrefillRows, OverThreadsOrInSmallPiecesGiveTheSameBits) {
 
 INSTANTIATE_TEST_SUITE_P(Layouts, PrefillRows, ::testing::Values("dense", "moe", "megrez2", "hf/deepseek_v3"));
 
+// bf16 matrices in the tile unit's order (kernels::pack_bf16_tiles: where a CPU has AMX-BF16, the
+// model of its tiles here): every product of a token runs on the tiles, so a prompt in one step,
+// in pieces of 7 and one token at a time gives the same bits, and the logits stay within float
+// rounding of the rows' (the f32 activations' three bf16 parts keep all their bits).
+class Bf16Tiles : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(Bf16Tiles, PromptsInOneStepInPiecesOrTokenByTokenGiveTheSameBits) {
+  if (!kernels::isa_supported(kernels::Isa::Avx512Vnni)) GTEST_SKIP() << "this CPU runs neither AMX-BF16 nor the model of its tiles";
+  struct Guard {
+    ~Guard() { kernels::set_bf16_tiles(kernels::Bf16TilesUse::ByIsa); }
+  } guard;
+  const int length = 23;
+  std::vector<std::vector<float>> rows;
+  kernels::set_bf16_tiles(kernels::Bf16TilesUse::Never);
+  {
+    const SmallModel m(GetParam());
+    std::vector<int> prompt;
+    for (int i = 0; i < length; ++i) prompt.push_back((i * 53 + 7) % m.model->config().vocab_size);
+    InferenceSession session(*m.model, length + 8, length);
+    rows = logits_then_greedy(session, session.forward(prompt), m.model->config().vocab_size);
+  }
+  kernels::set_bf16_tiles(kernels::Bf16TilesUse::Always);
+  const SmallModel m(GetParam());
+  const int V = m.model->config().vocab_size;
+  std::vector<int> prompt;
+  for (int i = 0; i < length; ++i) prompt.push_back((i * 53 + 7) % V);
+  int packed = 0, bf16 = 0;  // kv_b stays as rows where latent attention reads it as k_up and v_up
+  const LayerWeights& first = m.model->weights().layers[0];
+  for (const kernels::Matrix* w : first.attention_matrices()) {
+    bf16 += w->dtype == DType::BF16 && w->cols % 32 == 0 && w->rows >= 16 && !(w == &first.kv_b && first.latent_up);
+    packed += w->layout == kernels::Layout::Bf16Tiles;
+  }
+  EXPECT_EQ(packed, bf16);
+  std::vector<std::vector<float>> steps[3];
+  for (int run = 0; run < 3; ++run) {
+    InferenceSession session(*m.model, length + 8, length);
+    const std::vector<float>* logits = nullptr;
+    const int piece = run == 0 ? length : run == 1 ? 7 : 1;
+    for (int at = 0; at < length; at += piece)
+      logits = &session.forward(std::vector<int>(prompt.begin() + at, prompt.begin() + std::min(length, at + piece)));
+    steps[run] = logits_then_greedy(session, *logits, V);
+  }
+  expect_same_bits(steps[0], steps[1]);
+  expect_same_bits(steps[0], steps[2]);
+  EXPECT_LT(max_diff(steps[0][0], rows[0]), 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, Bf16Tiles, ::testing::Values("dense", "moe", "megrez2", "hf/deepseek_v3"));
+
 }  // namespace
 }  // namespace crossmoe

@@ -3,6 +3,7 @@
 
 #include <omp.h>
 
+#include <array>
 #include <atomic>
 #include <bit>
 #include <chrono>
@@ -537,7 +538,10 @@ TEST(Kernels, LargeInputsPreparedOverThreadsGiveTheBitsOfOneThread) {
   for (float& v : x2) v = normal(rng);
   for (float& v : w) v = 0.05f * normal(rng);
   const int threads_before = omp_get_max_threads();
-  for (DType dtype : {DType::Q8_0, DType::Q4_K, DType::Q2_K, DType::BF16}) {
+  // (BF16 twice: as rows, then in the tiles' layout, whose inputs are bf16 parts.)
+  const bool tiles = isa_supported(Isa::Avx512Vnni);
+  for (int pass = 0; pass < (tiles ? 5 : 4); ++pass) {
+    const DType dtype = pass < 4 ? std::array{DType::Q8_0, DType::Q4_K, DType::Q2_K, DType::BF16}[pass] : DType::BF16;
     const size_t row_bytes = dtype_row_bytes(dtype, cols);
     std::vector<uint8_t> data(rows * row_bytes);
     for (int r = 0; r < rows; ++r) {
@@ -546,7 +550,8 @@ TEST(Kernels, LargeInputsPreparedOverThreadsGiveTheBitsOfOneThread) {
       else
         quant::quantize_row(dtype, &w[size_t(r) * cols], cols, data.data() + r * row_bytes);
     }
-    const Matrix m{data.data(), dtype, rows, cols};
+    Matrix m{data.data(), dtype, rows, cols};
+    if (pass == 4) pack_bf16_tiles(m, data.data());
     std::vector<float> out[2][3];
     for (int run = 0; run < 2; ++run) {
       omp_set_num_threads(run + 1);
@@ -566,6 +571,130 @@ TEST(Kernels, LargeInputsPreparedOverThreadsGiveTheBitsOfOneThread) {
       ASSERT_EQ(std::memcmp(alone.data(), &out[1][1][size_t(t) * rows], rows * sizeof(float)), 0) << dtype_name(dtype) << " token " << t;
     }
   }
+}
+
+// bf16 matrices in the tile unit's order (Bf16Tiles): the activations' three bf16 parts sum to
+// them exactly, so the products are exact-class (within the bound of f32 sums over the columns,
+// not bf16-rounded activations'); a token gets the same bits alone, among others and however the
+// rows are split; the rows after the last whole strip (packed per call) too.
+struct Bf16TilesGuard {
+  explicit Bf16TilesGuard(Bf16TilesUse use) { set_bf16_tiles(use); }
+  ~Bf16TilesGuard() { set_bf16_tiles(Bf16TilesUse::ByIsa); }
+};
+
+TEST(Kernels, Bf16PartsSumToTheActivationsExactly) {
+  std::mt19937 rng(29);
+  std::vector<float> x = {0.0f, -0.0f, 1.0f, -1.0f, 1.00390625f, 0.99999994f, 3.4e37f, -1.1754944e-38f * 16384};
+  for (int i = 0; i < 20000; ++i) {
+    const float mantissa = std::uniform_real_distribution<float>(1.0f, 2.0f)(rng);
+    x.push_back(std::ldexp(rng() % 2 ? mantissa : -mantissa, int(rng() % 201) - 100));
+  }
+  std::vector<uint16_t> parts(3 * x.size());
+  bf16_parts(x.data(), 1, int64_t(x.size()), parts.data());
+  for (size_t i = 0; i < x.size(); ++i) {
+    const float hi = bf16_to_f32(parts[i]), mid = bf16_to_f32(parts[x.size() + i]), lo = bf16_to_f32(parts[2 * x.size() + i]);
+    ASSERT_EQ((long double)hi + mid + lo, (long double)x[i]) << x[i];
+    ASSERT_EQ(parts[i], f32_to_bf16(x[i])) << x[i];  // hi is x rounded to nearest even
+    ASSERT_LE(std::fabs(mid), std::fabs(hi) * 0x1p-8f) << x[i];
+  }
+}
+
+TEST(Kernels, Bf16TilesAreExactClassAndGiveATokenItsBitsAlone) {
+  if (!isa_supported(Isa::Avx512Vnni)) GTEST_SKIP() << "this CPU runs neither AMX-BF16 nor the model of its tiles";
+  std::vector<const KernelTable*> tables = {&amx_emulated_kernels()};
+  if (amx_bf16_supported()) tables.push_back(&amx_kernels());
+  std::mt19937 rng(31);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  // Shapes: one strip; tails of 8 and 13 rows; 1 to 17 tokens (groups of 5 and a last one that
+  // overlaps); 2048 columns (prefetch distances inside the strip).
+  for (auto [rows, cols, tokens] : {std::tuple{16, 32, 1}, {40, 96, 7}, {64, 256, 17}, {77, 160, 11}, {130, 64, 6},
+                                    {48, 2048, 5}, {29, 32, 3}, {16, 64, 2}}) {
+    std::vector<uint16_t> w(size_t(rows) * cols), packed;
+    for (uint16_t& v : w) v = f32_to_bf16(dist(rng));
+    std::vector<float> x(size_t(tokens) * cols);
+    for (float& v : x) v = dist(rng) * (rng() % 8 == 0 ? 20.0f : 1.0f);
+    packed = w;
+    Matrix m{packed.data(), DType::BF16, rows, cols};
+    pack_bf16_tiles(m, packed.data());
+    ASSERT_EQ(m.layout, Layout::Bf16Tiles);
+    std::vector<uint16_t> parts(3 * x.size());
+    bf16_parts(x.data(), tokens, cols, parts.data());
+    const std::string shape = std::to_string(rows) + "x" + std::to_string(cols) + "x" + std::to_string(tokens);
+    for (const KernelTable* k : tables) {
+      const char* name = k == &amx_kernels() ? "amx" : "emulated amx";
+      std::vector<float> y(size_t(tokens) * rows, NAN), split(y.size(), NAN), alone(rows, NAN);
+      k->bf16_tile_matmul_rows(m, parts.data(), tokens, y.data(), 0, rows);
+      const int64_t at = std::min<int64_t>(rows, 16);  // rows split where matmul_batch's blocks may end
+      k->bf16_tile_matmul_rows(m, parts.data(), tokens, split.data(), 0, at);
+      k->bf16_tile_matmul_rows(m, parts.data(), tokens, split.data(), at, rows);
+      ASSERT_EQ(std::memcmp(y.data(), split.data(), y.size() * sizeof(float)), 0) << name << " " << shape;
+      for (int t = 0; t < tokens; ++t) {
+        for (int r = 0; r < rows; ++r) {
+          long double exact = 0, magnitude = 0;
+          for (int c = 0; c < cols; ++c) {
+            const long double term = (long double)bf16_to_f32(w[size_t(r) * cols + c]) * x[size_t(t) * cols + c];
+            exact += term, magnitude += std::fabs(term);
+          }
+          ASSERT_LE(std::fabs(y[size_t(t) * rows + r] - exact), (cols + 3) * 0x1p-24 * magnitude)
+              << name << " " << shape << " token " << t << " row " << r;
+        }
+        k->bf16_tile_matmul_rows(m, &parts[3 * size_t(t) * cols], 1, alone.data(), 0, rows);
+        ASSERT_EQ(std::memcmp(alone.data(), &y[size_t(t) * rows], rows * sizeof(float)), 0) << name << " " << shape << " token " << t;
+      }
+    }
+    // The dispatch sends a Bf16Tiles matrix to the tile unit (its model without AMX-BF16) whatever
+    // the active ISA, with the parts made per call.
+    const KernelTable& expected = amx_bf16_supported() ? amx_kernels() : amx_emulated_kernels();
+    std::vector<float> want(size_t(tokens) * rows), got(want.size());
+    expected.bf16_tile_matmul_rows(m, parts.data(), tokens, want.data(), 0, rows);
+    for (Isa isa : supported()) {
+      IsaGuard guard(isa);
+      matmul(m, x.data(), tokens, got.data());
+      ASSERT_EQ(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)), 0) << isa_name(isa) << " " << shape;
+    }
+  }
+}
+
+TEST(Kernels, ArrangeForMatmulPacksTheBf16MatricesTheTilesRead) {
+  if (!isa_supported(Isa::Avx512Vnni)) GTEST_SKIP() << "this CPU runs neither AMX-BF16 nor the model of its tiles";
+  const int cols = 64;
+  std::vector<uint16_t> original(size_t(40) * cols);
+  for (size_t i = 0; i < original.size(); ++i) original[i] = uint16_t(i);
+  {
+    const Bf16TilesGuard guard(Bf16TilesUse::Always);
+    EXPECT_TRUE(bf16_tiles_in_use());
+    std::vector<uint16_t> data = original;
+    Matrix m{data.data(), DType::BF16, 40, cols};
+    arrange_for_matmul(m, data.data());
+    ASSERT_EQ(m.layout, Layout::Bf16Tiles);
+    // Strip s, chunk c, line k, row n, pair element i: row 16s + n's column 32c + 2k + i.
+    for (int s = 0; s < 2; ++s)
+      for (int c = 0; c < 2; ++c)
+        for (int k = 0; k < 16; ++k)
+          for (int n = 0; n < 16; ++n)
+            for (int i = 0; i < 2; ++i)
+              ASSERT_EQ(data[size_t(s) * 16 * cols + 512 * c + 32 * k + 2 * n + i],
+                        original[size_t(16 * s + n) * cols + 32 * c + 2 * k + i]);
+    EXPECT_TRUE(std::equal(data.begin() + 32 * cols, data.end(), original.begin() + 32 * cols));  // the tail rows
+    // Left alone: columns not a multiple of 32, rows with a stride, fewer than 16 rows, f32.
+    for (Matrix other : {Matrix{data.data(), DType::BF16, 20, 48}, Matrix{data.data(), DType::BF16, 16, 32, 64},
+                         Matrix{data.data(), DType::BF16, 15, 64}, Matrix{data.data(), DType::F32, 16, 32}}) {
+      std::vector<uint16_t> before = data;
+      arrange_for_matmul(other, data.data());
+      EXPECT_EQ(other.layout, Layout::Rows);
+      EXPECT_EQ(before, data);
+    }
+  }
+  {
+    const Bf16TilesGuard guard(Bf16TilesUse::Never);
+    EXPECT_FALSE(bf16_tiles_in_use());
+    std::vector<uint16_t> data = original;
+    Matrix m{data.data(), DType::BF16, 40, cols};
+    arrange_for_matmul(m, data.data());
+    EXPECT_EQ(m.layout, Layout::Rows);
+    EXPECT_EQ(data, original);
+  }
+  EXPECT_EQ(bf16_tiles_in_use(), active_isa() == Isa::Amx && amx_bf16_supported());
 }
 
 // The worker pool runs every index exactly once, for any thread count, for more indices than one

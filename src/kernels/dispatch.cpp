@@ -41,6 +41,33 @@ bool amx_usable() {
   return usable;
 }
 
+// AMX-BF16 (CPUID leaf 7, EDX bit 22) beside the tiles amx_usable checks.
+bool amx_bf16_usable() {
+  static const bool usable = [] {
+    unsigned a, b, c, d;
+    return amx_usable() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & bit_AMX_BF16);
+  }();
+  return usable;
+}
+
+Bf16TilesUse& bf16_tiles_use() {
+  static Bf16TilesUse use = [] {
+    const char* env = std::getenv("CROSSMOE_BF16_TILES");
+    if (env && std::string(env) == "1") return Bf16TilesUse::Always;
+    if (env && std::string(env) == "0") return Bf16TilesUse::Never;
+    return Bf16TilesUse::ByIsa;
+  }();
+  return use;
+}
+
+// Where Bf16Tiles products run: the tile unit, or its scalar model on a CPU without AMX-BF16 (a
+// test's matrices: set_bf16_tiles).
+const KernelTable& bf16_tiles_table() {
+  if (amx_bf16_usable()) return amx_kernels();
+  require(isa_supported(Isa::Avx512Vnni), "a bf16 matrix in the tile layout needs AMX-BF16, or AVX-512 VNNI for its model");
+  return amx_emulated_kernels();
+}
+
 // The best ISA this CPU runs, unless CROSSMOE_ISA=generic|avx2|avx512|avx512_vnni|avx512_bf16|amx asks
 // for another. avx512_bf16 only when asked for: it rounds activations to bf16 against bf16 weights.
 const KernelTable* choose() {
@@ -95,6 +122,18 @@ void set_isa(Isa isa) {
   active() = &table_for(isa);
 }
 
+bool amx_bf16_supported() { return amx_bf16_usable(); }
+
+bool bf16_tiles_in_use() {
+  switch (bf16_tiles_use()) {
+    case Bf16TilesUse::Always: return true;
+    case Bf16TilesUse::Never: return false;
+    default: return active_isa() == Isa::Amx && amx_bf16_usable();
+  }
+}
+
+void set_bf16_tiles(Bf16TilesUse use) { bf16_tiles_use() = use; }
+
 void matmul(const Matrix& w, const float* x, int tokens, float* y) {
   const MatmulJob job{w, x, tokens, y};
   matmul_batch(&job, 1);
@@ -104,14 +143,21 @@ void matmul_batch(const MatmulJob* jobs, int count) {
   const KernelTable& k = *active();
   // Inputs are prepared once per distinct x (q, k and v share one; so do an expert's gate and
   // up), not once per block of rows: quantized for Q8_0/Q4_K weights (per block of 32 or per
-  // super-block of 256: activation_group), reordered for bf16 weights (bf16_x_layout).
+  // super-block of 256: activation_group), reordered for bf16 weights (bf16_x_layout), split into
+  // bf16 parts for bf16 weights in the tile layout (bf16_parts).
   // (Q2_K / Q3_K read their activations' sums per half block: a prep of their own.)
-  enum Prep { kNone, kQuantized32, kQuantized256, kQuantized256Halves, kBf16 };
+  enum Prep { kNone, kQuantized32, kQuantized256, kQuantized256Halves, kBf16, kBf16Parts };
   const auto prep_of = [&](int j) {
     const DType t = jobs[j].w.dtype;
     if (dtype_block(t) > 1)
       return activation_group(t) == 32 ? kQuantized32 : activation_sums_per_block(t) == 2 ? kQuantized256Halves : kQuantized256;
-    return t == DType::BF16 ? kBf16 : kNone;
+    if (t != DType::BF16) return kNone;
+    return jobs[j].w.layout == Layout::Bf16Tiles ? kBf16Parts : kBf16;
+  };
+  // Floats of job j's prepared input from token `first` on (bf16_parts: 3 bf16 per value, 1.5 floats).
+  const auto reordered_floats = [&](int j, int64_t first) {
+    const int64_t values = first * jobs[j].w.cols;
+    return prep_of(j) == kBf16Parts ? 3 * values / 2 : values;
   };
   const auto quantized_prep = [](Prep p) { return p == kQuantized32 || p == kQuantized256 || p == kQuantized256Halves; };
   thread_local std::vector<ActivationBlock> quantized;
@@ -139,6 +185,9 @@ void matmul_batch(const MatmulJob* jobs, int count) {
   prepared_at.assign(count, 0);
   prep.resize(count);
   for (int j = 0; j < count; ++j) prep[j] = prep_of(j);
+  const KernelTable* tiles = nullptr;  // where the call's Bf16Tiles products run, if it has any
+  for (int j = 0; j < count; ++j)
+    if (prep[j] == kBf16Parts) tiles = &bf16_tiles_table();
   size_t quantized_total = 0, reordered_total = 0;
   for (int j = 0; j < count; ++j) {
     if (prep[j] == kNone) continue;
@@ -154,7 +203,7 @@ void matmul_batch(const MatmulJob* jobs, int count) {
       quantized_total += size_t(jobs[j].tokens) * size_t(jobs[j].w.cols / 32);
     } else {
       prepared_at[j] = reordered_total;
-      reordered_total += round_up(size_t(jobs[j].tokens) * size_t(jobs[j].w.cols), kLineFloats);
+      reordered_total += round_up(size_t(reordered_floats(j, jobs[j].tokens)), kLineFloats);
     }
   }
   if (quantized.size() < quantized_total) {
@@ -177,6 +226,8 @@ void matmul_batch(const MatmulJob* jobs, int count) {
       k.quantize_activations(x, values, activation_group(jobs[j].w.dtype), activations + at);
       activation_sums_for(jobs[j].w.dtype, activations + at, values / 32,
                           block_sums + 2 * prepared_at[j] + activation_sums_per_block(jobs[j].w.dtype) * (first * cols / 32));
+    } else if (prep[j] == kBf16Parts) {
+      bf16_parts(x, n, cols, reinterpret_cast<uint16_t*>(reordered_x + prepared_at[j] + reordered_floats(j, first)));
     } else
       k.bf16_x_layout(x, n, cols, reordered_x + prepared_at[j] + first * cols);
   };
@@ -242,6 +293,9 @@ void matmul_batch(const MatmulJob* jobs, int count) {
       k.quant_matmul_rows(job.w, activations + prepared_at[j],
                           prep[j] == kQuantized32 ? nullptr : block_sums + 2 * prepared_at[j], job.tokens, job.y,
                           row, end);
+    else if (prep[j] == kBf16Parts)
+      tiles->bf16_tile_matmul_rows(job.w, reinterpret_cast<const uint16_t*>(reordered_x + prepared_at[j]), job.tokens,
+                                  job.y, row, end);
     else
       k.matmul_rows(job.w, reordered_x + prepared_at[j], job.tokens, job.y, row, end);
   };

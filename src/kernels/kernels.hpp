@@ -6,7 +6,9 @@
 // One dispatch point picks AVX-512 (with or without VNNI), AVX2 or portable code at run time.
 // Asked for (CROSSMOE_ISA=avx512_bf16), bf16 weights multiply activations rounded to bf16 with the
 // AVX512_BF16 dot product instead, as llama.cpp does (matmul_avx512_bf16.cpp). Where the CPU has
-// AMX (tiles and int8), the quantized products of many tokens run on the tile unit (matmul_amx.cpp).
+// AMX (tiles and int8), the quantized products of many tokens run on the tile unit (matmul_amx.cpp);
+// where it also has AMX-BF16, bf16 matrices in memory are stored in the tile unit's order and every
+// product with them runs on the tiles, against the activations split into three bf16 parts.
 #include <cstdint>
 #include <string>
 
@@ -14,9 +16,10 @@
 
 namespace crossmoe::kernels {
 
-// How a block-quantized matrix's rows lie: one after another, or interleaved 8 at a time
-// (util/quant.hpp) so that the products read 8 rows per pass over the activations.
-enum class Layout { Rows, Interleaved8 };
+// How a matrix's rows lie: one after another; a block-quantized matrix's interleaved 8 at a time
+// (util/quant.hpp) so that the products read 8 rows per pass over the activations; a bf16 matrix's
+// in the tile unit's order (Bf16Tiles: pack_bf16_tiles).
+enum class Layout { Rows, Interleaved8, Bf16Tiles };
 
 // A row-major [rows, cols] weight matrix in its stored dtype; row r starts at element r * stride
 // (stride 0 means cols: rows packed back to back). Rows of a block type are whole blocks.
@@ -37,6 +40,33 @@ struct Matrix {
 // than 8 rows, already interleaved) are left alone. Every ISA's kernels read
 // both layouts.
 void interleave_rows8(Matrix& m, void* data);
+
+// Rewrites a bf16 matrix whose rows lie back to back, cols a multiple of 32 and at least 16 rows,
+// into the Bf16Tiles layout, in place (`data` is m.data, writable): each strip of 16 rows becomes
+// its chunks of 32 columns one after another, a chunk being TDPBF16PS's B tile (16 lines of 64
+// bytes, line k holding columns 2k and 2k + 1 of each of the 16 rows: w[n][32c + 2k + i] at
+// element 32k + 2n + i); the rows after the last whole strip stay as they are. Other matrices are
+// left alone. A Bf16Tiles matrix is multiplied on the tile unit whatever the active ISA (on the
+// scalar model of it, amx_emulated_kernels, where the CPU has no AMX-BF16).
+void pack_bf16_tiles(Matrix& m, void* data);
+// Whether bf16 matrices in memory go to the tile unit (arrange_for_matmul packs them): ByIsa where
+// the active ISA is Amx and the CPU has AMX-BF16; Always (the scalar model of the tile unit
+// multiplies them on CPUs without AMX-BF16, which needs AVX-512 VNNI: for tests); Never (the other
+// ISAs' bits on an AMX machine). CROSSMOE_BF16_TILES=1 or 0 sets Always or Never at start.
+enum class Bf16TilesUse { ByIsa, Always, Never };
+// Whether this CPU's tile unit multiplies Bf16Tiles matrices (AMX-BF16, and the tile data granted).
+bool amx_bf16_supported();
+bool bf16_tiles_in_use();
+void set_bf16_tiles(Bf16TilesUse use);
+// The layout the runtime keeps a matrix in memory in, in place: interleave_rows8 for the block
+// types, pack_bf16_tiles for bf16 where bf16_tiles_in_use().
+void arrange_for_matmul(Matrix& m, void* data);
+
+// The three bf16 parts of x [tokens, cols] as the Bf16Tiles products read them: out
+// [tokens][3][cols], hi = bf16(x), mid = bf16(x - hi), lo = bf16(x - hi - mid) (each rounded to
+// nearest even; hi + mid + lo = x exactly for finite x whose parts are normal numbers: the tile
+// unit treats bf16 subnormals as zero, a relative 2^-126 at most).
+void bf16_parts(const float* x, int tokens, int64_t cols, uint16_t* out);
 
 // y[t, r] = sum_c x[t, c] * w[r, c] for t < tokens.  x: [tokens, cols], y: [tokens, rows].
 // Rows are split over all threads.
@@ -134,7 +164,10 @@ void activation_sums_for(DType weights, const ActivationBlock* x, int64_t n, int
 // prefill, but 8 significant bits of each activation, so never chosen unless asked for.
 // Amx: the Avx512Vnni kernels with Q8_0 / Q4_0 / Q5_0 / IQ4_NL / IQ4_XS / Q4_K / Q5_K / Q6_K weights times 16 tokens
 // or more on AMX-INT8 tiles (the same bits: exact integer block sums, the same float steps); chosen
-// where the CPU has AMX-TILE and AMX-INT8 and Linux grants the process the tile data.
+// where the CPU has AMX-TILE and AMX-INT8 and Linux grants the process the tile data. With
+// AMX-BF16, its Bf16Tiles products take every token count (matmul_amx.cpp): their bits are the tile
+// unit's own (its sums' order and rounding, which no IEEE sequence of the products reproduces, so
+// they differ from the other ISAs' in the last bits), a token's the same alone or among others.
 enum class Isa { Generic, Avx2, Avx512, Avx512Vnni, Avx512Bf16, Amx };
 // Every ISA that has kernels here, in order of preference (the last one a CPU supports is used,
 // Avx512Bf16 excepted: CROSSMOE_ISA only).
@@ -170,6 +203,10 @@ struct KernelTable {
                                    float* const* out);
   void (*exp_floats)(const float* x, int n, float* out);
   float (*attention_softmax)(float* row, int n, float scale);
+  // Rows [row_begin, row_end) (row_begin a multiple of 16) of a Bf16Tiles matrix against x's
+  // bf16_parts (the Amx tables only).
+  void (*bf16_tile_matmul_rows)(const Matrix& w, const uint16_t* parts, int tokens, float* y, int64_t row_begin,
+                                int64_t row_end) = nullptr;
 };
 const KernelTable& generic_kernels();
 const KernelTable& avx2_kernels();

@@ -1,11 +1,12 @@
 // AMX (Intel's tile unit, Sapphire Rapids and later): the quantized products of prefill (Q8_0,
 // Q4_0, Q5_0, IQ4_NL, MXFP4, IQ4_XS, Q4_K, Q5_K and Q6_K weights against many tokens) with AMX-INT8's tile dot
-// products; everything else, and every product of fewer than kAmxMinTokens tokens, is the AVX-512
-// VNNI table's. Compiled with the
+// products, and every product with a bf16 matrix in the tile unit's order (Bf16Tiles, any token
+// count) with AMX-BF16's (below, bf16_tile_matmul_rows); everything else, and every quantized product of fewer than
+// kAmxMinTokens tokens, is the AVX-512 VNNI table's. Compiled with the
 // AVX-512, VNNI and AMX flags; dispatch.cpp gives this table only to CPUs that have AMX-TILE and
 // AMX-INT8 and whose kernel lets the process use the tile data (arch_prctl XCOMP_PERM).
 //
-// Same bits as every other ISA (quant_matmul_impl.hpp's contract): a tile dot product sums int8 x
+// The quantized products give the same bits as every other ISA (quant_matmul_impl.hpp's contract): a tile dot product sums int8 x
 // int8 (TDPBSSD: Q8_0, and Q4_0 / Q5_0 / IQ4_NL / MXFP4 / IQ4_XS / Q6_K unpacked to their int8 values q - 8 / q - 16 /
 // the table's / q - 32) or int8 x uint8 (TDPBSUD: Q4_K's nibbles, Q5_K's with their top bits) products in int32,
 // exactly, so a tile whose K is one block of 32 columns (Q6_K: one sub-block of 16) gives each
@@ -113,6 +114,48 @@ struct AmxTiles {
     if constexpr (P == 0) _tile_stored(0, p, stride);
     else _tile_stored(1, p, stride);
   }
+  // The bf16 products' tiles by number (GCC's tile intrinsics paste their tile operands into the
+  // instruction's text: each number is spelled out). A 4, B 5 and 6, C 0..3.
+  template <int T>
+  static void tile_load(const void* p, int64_t stride) {
+    barrier();
+    static_assert(T >= 4 && T <= 6);
+    if constexpr (T == 4) _tile_loadd(4, p, stride);
+    else if constexpr (T == 5) _tile_loadd(5, p, stride);
+    else _tile_loadd(6, p, stride);
+  }
+  template <int T>
+  static void tile_zero() {
+    static_assert(T >= 0 && T <= 3);
+    if constexpr (T == 0) _tile_zero(0);
+    else if constexpr (T == 1) _tile_zero(1);
+    else if constexpr (T == 2) _tile_zero(2);
+    else _tile_zero(3);
+  }
+  template <int T>
+  static void tile_store(void* p, int64_t stride) {
+    static_assert(T >= 0 && T <= 3);
+    if constexpr (T == 0) _tile_stored(0, p, stride);
+    else if constexpr (T == 1) _tile_stored(1, p, stride);
+    else if constexpr (T == 2) _tile_stored(2, p, stride);
+    else _tile_stored(3, p, stride);
+  }
+  // C += A . B over bf16 pairs (TDPBF16PS), A tile 4.
+  template <int C, int A, int B>
+  static void dot_bf16() {
+    static_assert(A == 4 && (B == 5 || B == 6) && C >= 0 && C <= 3);
+    if constexpr (B == 5) {
+      if constexpr (C == 0) _tile_dpbf16ps(0, 4, 5);
+      else if constexpr (C == 1) _tile_dpbf16ps(1, 4, 5);
+      else if constexpr (C == 2) _tile_dpbf16ps(2, 4, 5);
+      else _tile_dpbf16ps(3, 4, 5);
+    } else {
+      if constexpr (C == 0) _tile_dpbf16ps(0, 4, 6);
+      else if constexpr (C == 1) _tile_dpbf16ps(1, 4, 6);
+      else if constexpr (C == 2) _tile_dpbf16ps(2, 4, 6);
+      else _tile_dpbf16ps(3, 4, 6);
+    }
+  }
 };
 
 // The same operations on a scalar model of the tile unit (the SDM's TILELOADD, TILEZERO,
@@ -161,6 +204,33 @@ struct EmulatedTiles {
   static void store_c(void* p, int64_t stride) {
     Unit& u = unit();
     for (int r = 0; r < u.rows[P]; ++r) std::memcpy(static_cast<uint8_t*>(p) + r * stride, u.data[P][r], u.colsb[P]);
+  }
+  template <int T>
+  static void tile_load(const void* p, int64_t stride) { load(T, p, stride); }
+  template <int T>
+  static void tile_zero() { std::memset(unit().data[T], 0, sizeof unit().data[T]); }
+  template <int T>
+  static void tile_store(void* p, int64_t stride) { store_c<T>(p, stride); }
+  // TDPBF16PS as the SDM writes it: C[m][n] += A[m][2k] * B[k][2n], then += A[m][2k + 1] * B[k][2n + 1],
+  // for k in order, each product exact in f32 and each sum rounded. The hardware sums in an order and
+  // width of its own (on a Sapphire Rapids class Xeon no such sequence of pairs or groups matched its
+  // bits), so this models the layout and the size of the errors, not the tile unit's last bits.
+  template <int C, int A, int B>
+  static void dot_bf16() {
+    Unit& u = unit();
+    const auto bf16 = [&](int t, int row, int element) {
+      uint16_t h;
+      std::memcpy(&h, &u.data[t][row][2 * element], 2);
+      return bf16_to_f32(h);
+    };
+    for (int m = 0; m < u.rows[C]; ++m)
+      for (int n = 0; n < u.colsb[C] / 4; ++n) {
+        float sum;
+        std::memcpy(&sum, &u.data[C][m][4 * n], 4);
+        for (int k = 0; k < u.colsb[A] / 4; ++k)
+          for (int i = 0; i < 2; ++i) sum += bf16(A, m, 2 * k + i) * bf16(B, k, 2 * n + i);
+        std::memcpy(&u.data[C][m][4 * n], &sum, 4);
+      }
   }
 };
 
@@ -508,23 +578,122 @@ void quant_matmul_rows(const Matrix& m, const ActivationBlock* x, const int16_t*
   if (strip_end < r1) avx512_vnni_kernels().quant_matmul_rows(m, x, sums, tokens, y, strip_end, r1);
 }
 
-KernelTable amx_table(void (*rows)(const Matrix&, const ActivationBlock*, const int16_t*, int, float*, int64_t,
-                                   int64_t)) {
+// The bf16 products (Bf16Tiles matrices, kernels.hpp: pack_bf16_tiles) against f32 activations
+// split into three bf16 parts (bf16_parts: hi + mid + lo = x), so the activations keep their 24
+// bits, as the other ISAs' widening products do, at the tile unit's rate. A token's three parts are
+// three rows of the A tile (5 tokens fill 15 of its 16 rows) and its outputs three rows of each C
+// tile, added at the end as (hi + mid) + lo: one TDPBF16PS per strip of 16 rows and chunk of 32
+// columns, whatever the token count. A row of C depends only on its row of A, so a token gets the
+// same bits alone and among others (decode and prefill alike), and every token count runs here
+// (the FMA path would give other bits). Weights packed at load (the stored layout is B's order):
+// packing per call ran one token at 2-6 GB/s on a Sapphire Rapids class Xeon.
+// Tiles: C 0..3, one per strip of a pass of up to 64 rows; A 4; B 5 and 6, strips in turn.
+constexpr int kPartTokens = 5;
+constexpr TileConfig bf16_tile_config(int a_rows) {
+  TileConfig c;
+  for (int t = 0; t < 5; ++t) c.colsb[t] = 64, c.rows[t] = uint8_t(a_rows);
+  for (int t = 5; t < 7; ++t) c.colsb[t] = 64, c.rows[t] = 16;
+  return c;
+}
+
+// One chunk of strip S: its B tile (asked for kAhead chunks before it is read: a tile load waits
+// for all of its 16 lines, and one token's weights come from memory), times A into C tile S.
+template <class Tiles, int S>
+void bf16_strip_chunk(const uint16_t* const* strips, int strip_count, int64_t c, int64_t chunks) {
+  if constexpr (S > 0)
+    if (S >= strip_count) return;
+  constexpr int64_t kAhead = 4;
+  const uint16_t* b = strips[S] + c * 512;
+  if (c + kAhead < chunks)
+    for (int line = 0; line < 16; ++line) _mm_prefetch(reinterpret_cast<const char*>(b + kAhead * 512 + 32 * line), _MM_HINT_T0);
+  Tiles::template tile_load<5 + S % 2>(b, 64);
+  Tiles::template dot_bf16<S, 4, 5 + S % 2>();
+}
+
+// C tile S's tokens [t, t + count) as y's rows, columns [first, first + valid).
+template <class Tiles, int S>
+void bf16_store(int strip_count, int count, int64_t first, int64_t valid, float* y, int64_t ldy) {
+  if constexpr (S > 0)
+    if (S >= strip_count) return;
+  alignas(64) float sums[16][16];
+  Tiles::template tile_store<S>(sums, 64);
+  const __mmask16 mask = __mmask16((1u << valid) - 1);
+  for (int i = 0; i < count; ++i) {
+    const __m512 v = _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(sums[3 * i]), _mm512_load_ps(sums[3 * i + 1])),
+                                   _mm512_load_ps(sums[3 * i + 2]));
+    _mm512_mask_storeu_ps(y + i * ldy + first, mask, v);
+  }
+}
+
+template <class Tiles>
+void bf16_tile_matmul_rows(const Matrix& m, const uint16_t* parts, int tokens, float* y, int64_t r0, int64_t r1) {
+  if (tokens == 0 || r1 <= r0) return;
+  const int64_t cols = m.cols, chunks = cols / 32, whole = m.rows / kStripRows * kStripRows;
+  const auto* w = static_cast<const uint16_t*>(m.data);
+  const int group = std::min(tokens, kPartTokens);
+  // The rows after the last whole strip lie as rows: packed here, per call, with zero rows after
+  // them (their outputs not stored).
+  thread_local std::vector<uint16_t> tail;
+  Tiles::begin(bf16_tile_config(3 * group));
+  for (int64_t s0 = r0; s0 < r1; s0 += 4 * kStripRows) {
+    const int strip_count = int(std::min<int64_t>(4, (r1 - s0 + kStripRows - 1) / kStripRows));
+    const uint16_t* strips[4];
+    for (int s = 0; s < strip_count; ++s) {
+      const int64_t first = s0 + kStripRows * s;
+      strips[s] = w + first * cols;
+      if (first < whole) continue;
+      tail.assign(size_t(16 * cols), 0);
+      for (int64_t c = 0; c < chunks; ++c)
+        for (int k = 0; k < 16; ++k)
+          for (int n = 0; n < m.rows - first; ++n)
+            for (int i = 0; i < 2; ++i) tail[size_t(512 * c + 32 * k + 2 * n + i)] = w[(first + n) * cols + 32 * c + 2 * k + i];
+      strips[s] = tail.data();
+    }
+    // Groups of `group` tokens; the last one ends at the last token, recomputing the ones it shares
+    // with the group before (the same operations: the same values written again).
+    for (int t0 = 0; t0 < tokens; t0 += group) {
+      const int t = std::min(t0, tokens - group);
+      const uint16_t* a = parts + size_t(3 * t) * size_t(cols);
+      Tiles::template tile_zero<0>();
+      Tiles::template tile_zero<1>();
+      Tiles::template tile_zero<2>();
+      Tiles::template tile_zero<3>();
+      for (int64_t c = 0; c < chunks; ++c) {
+        Tiles::template tile_load<4>(a + 32 * c, cols * 2);
+        bf16_strip_chunk<Tiles, 0>(strips, strip_count, c, chunks);
+        bf16_strip_chunk<Tiles, 1>(strips, strip_count, c, chunks);
+        bf16_strip_chunk<Tiles, 2>(strips, strip_count, c, chunks);
+        bf16_strip_chunk<Tiles, 3>(strips, strip_count, c, chunks);
+      }
+      float* yt = y + int64_t(t) * m.rows;
+      const auto valid = [&](int s) { return std::min<int64_t>(kStripRows, r1 - s0 - kStripRows * s); };
+      bf16_store<Tiles, 0>(strip_count, group, s0, valid(0), yt, m.rows);
+      bf16_store<Tiles, 1>(strip_count, group, s0 + 16, valid(1), yt, m.rows);
+      bf16_store<Tiles, 2>(strip_count, group, s0 + 32, valid(2), yt, m.rows);
+      bf16_store<Tiles, 3>(strip_count, group, s0 + 48, valid(3), yt, m.rows);
+    }
+  }
+  Tiles::end();
+}
+
+template <class Tiles>
+KernelTable amx_table() {
   KernelTable t = avx512_vnni_kernels();  // every other product is the VNNI table's
   t.isa = Isa::Amx;
-  t.quant_matmul_rows = rows;
+  t.quant_matmul_rows = &quant_matmul_rows<Tiles>;
+  t.bf16_tile_matmul_rows = &bf16_tile_matmul_rows<Tiles>;
   return t;
 }
 
 }  // namespace
 
 const KernelTable& amx_kernels() {
-  static const KernelTable table = amx_table(&quant_matmul_rows<AmxTiles>);
+  static const KernelTable table = amx_table<AmxTiles>();
   return table;
 }
 
 const KernelTable& amx_emulated_kernels() {
-  static const KernelTable table = amx_table(&quant_matmul_rows<EmulatedTiles>);
+  static const KernelTable table = amx_table<EmulatedTiles>();
   return table;
 }
 

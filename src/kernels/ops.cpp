@@ -98,6 +98,38 @@ void interleave_rows8(Matrix& m, void* data) {
   m.layout = Layout::Interleaved8;
 }
 
+void pack_bf16_tiles(Matrix& m, void* data) {
+  if (m.dtype != DType::BF16 || m.layout != Layout::Rows || m.row_stride() != m.cols || m.cols % 32 || m.rows < 16)
+    return;
+  const int64_t cols = m.cols;
+  auto* w = static_cast<uint16_t*>(data);
+  parallel_for(m.rows / 16, [&](int64_t s) {
+    thread_local std::vector<uint16_t> strip;  // the strip's rows as they were
+    uint16_t* at = w + s * 16 * cols;
+    strip.assign(at, at + 16 * cols);
+    for (int64_t c = 0; c < cols / 32; ++c, at += 512)
+      for (int k = 0; k < 16; ++k)
+        for (int n = 0; n < 16; ++n)
+          for (int i = 0; i < 2; ++i) at[32 * k + 2 * n + i] = strip[size_t(n * cols + 32 * c + 2 * k + i)];
+  });
+  m.layout = Layout::Bf16Tiles;
+}
+
+void arrange_for_matmul(Matrix& m, void* data) {
+  if (dtype_block(m.dtype) > 1) interleave_rows8(m, data);
+  else if (m.dtype == DType::BF16 && bf16_tiles_in_use()) pack_bf16_tiles(m, data);
+}
+
+void bf16_parts(const float* x, int tokens, int64_t cols, uint16_t* out) {
+  for (int t = 0; t < tokens; ++t, x += cols, out += 3 * cols)
+    for (int64_t c = 0; c < cols; ++c) {
+      const uint16_t hi = f32_to_bf16(x[c]);
+      const float rest = x[c] - bf16_to_f32(hi);  // exact: hi is x to 8 significant bits
+      const uint16_t mid = f32_to_bf16(rest);
+      out[c] = hi, out[cols + c] = mid, out[2 * cols + c] = f32_to_bf16(rest - bf16_to_f32(mid));
+    }
+}
+
 int64_t activation_group(DType weights) {
   // IQ4_XS's sub-blocks have float steps (d * (ls - 32)), taken per sub-block as IQ4_NL's.
   if (weights == DType::IQ4_XS) return 32;

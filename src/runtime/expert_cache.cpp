@@ -349,7 +349,7 @@ void ExpertCache::finish_load(int s, std::unique_lock<std::mutex>& lock) {
     // No other thread touches a loading slot's buffers, so this needs no lock.
     lock.unlock();
     for (kernels::Matrix* m : {&slot.weights.gate, &slot.weights.up, &slot.weights.down})
-      kernels::interleave_rows8(*m, const_cast<void*>(m->data));  // as resident weights are (runtime/weights.cpp)
+      kernels::arrange_for_matmul(*m, const_cast<void*>(m->data));  // as resident weights are (runtime/weights.cpp)
     lock.lock();
     slot.state = State::Ready;
     trace("loaded %d", slot.key);

@@ -88,25 +88,26 @@ void split_latent_up(const LatentAttention& a, int heads, LayerWeights& L) {
 }
 
 // The matrices in memory of the model's own (Checkpoint::load_into_memory's writable copies),
-// rewritten into the layout the kernels read fastest (kernels::interleave_rows8). The embedding
+// rewritten into the layout the kernels read fastest (kernels::arrange_for_matmul). The embedding
 // table is read by rows (one per token), so it and an LM head tied to it keep theirs; matrices
 // left in the files (a mapped model, the expert cache's experts) are not touched here.
-void interleave_in_memory(ModelWeights& w) {
-  const auto interleave = [&](kernels::Matrix& m) {
-    if (m.data && m.data != w.embed.data) kernels::interleave_rows8(m, const_cast<void*>(m.data));
+void arrange_in_memory(ModelWeights& w) {
+  const auto arrange = [&](kernels::Matrix& m) {
+    if (m.data && m.data != w.embed.data) kernels::arrange_for_matmul(m, const_cast<void*>(m.data));
   };
-  const auto interleave_swiglu = [&](SwiGluWeights& s) {
-    interleave(s.gate);
-    interleave(s.up);
-    interleave(s.down);
+  const auto arrange_swiglu = [&](SwiGluWeights& s) {
+    arrange(s.gate);
+    arrange(s.up);
+    arrange(s.down);
   };
-  interleave(w.lm_head);
+  arrange(w.lm_head);
   for (LayerWeights& L : w.layers) {
-    for (kernels::Matrix* m : L.attention_matrices()) interleave(*m);
-    interleave(L.router);
-    interleave_swiglu(L.dense);
-    interleave_swiglu(L.shared);
-    for (SwiGluWeights& e : L.experts) interleave_swiglu(e);
+    for (kernels::Matrix* m : L.attention_matrices())
+      if (!(m == &L.kv_b && L.latent_up)) arrange(*m);  // v_up may read kv_b's rows where they lie
+    arrange(L.router);
+    arrange_swiglu(L.dense);
+    arrange_swiglu(L.shared);
+    for (SwiGluWeights& e : L.experts) arrange_swiglu(e);
   }
 }
 
@@ -211,7 +212,7 @@ Model::Model(const std::filesystem::path& dir, const ExpertCacheOptions& options
   const std::set<std::string> routed = routed_expert_tensors(config_);
   checkpoint_.load_into_memory([&](const std::string& name) { return !routed.count(name); });
   weights_ = bind_weights(config_, checkpoint_);
-  interleave_in_memory(weights_);
+  arrange_in_memory(weights_);
   expert_cache_ = std::make_unique<ExpertCache>(config_, checkpoint_, weights_, plan, options);
 }
 
@@ -223,7 +224,7 @@ void Model::load(WeightResidency residency) {
   }
   if (residency == WeightResidency::InMemory) checkpoint_.load_into_memory();
   weights_ = bind_weights(config_, checkpoint_);
-  if (residency == WeightResidency::InMemory) interleave_in_memory(weights_);
+  if (residency == WeightResidency::InMemory) arrange_in_memory(weights_);
 }
 
 Model::~Model() = default;

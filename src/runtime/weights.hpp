@@ -74,6 +74,8 @@ class Model {
   ~Model();
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
+  // The files' index. A model in memory holds its tensors in the kernels' layouts
+  // (kernels::arrange_for_matmul), so their values are read from the files, not from here.
   const Checkpoint& checkpoint() const { return checkpoint_; }
   const std::filesystem::path& dir() const { return dir_; }
   // Bytes one decoded token reads: its weights (weight_bytes_per_token) and the keys and values
