@@ -660,12 +660,17 @@ TEST(Kernels, ArrangeForMatmulPacksTheBf16MatricesTheTilesRead) {
   const int cols = 64;
   std::vector<uint16_t> original(size_t(40) * cols);
   for (size_t i = 0; i < original.size(); ++i) original[i] = uint16_t(i);
-  {
-    const Bf16TilesGuard guard(Bf16TilesUse::Always);
-    EXPECT_TRUE(bf16_tiles_in_use());
+  for (Bf16TilesUse use : {Bf16TilesUse::Always, Bf16TilesUse::Never}) {
+    const Bf16TilesGuard guard(use);
+    EXPECT_EQ(bf16_tiles_in_use(), use == Bf16TilesUse::Always);
     std::vector<uint16_t> data = original;
     Matrix m{data.data(), DType::BF16, 40, cols};
     arrange_for_matmul(m, data.data());
+    if (use == Bf16TilesUse::Never) {
+      EXPECT_EQ(m.layout, Layout::Rows);
+      EXPECT_EQ(data, original);
+      continue;
+    }
     ASSERT_EQ(m.layout, Layout::Bf16Tiles);
     // Strip s, chunk c, line k, row n, pair element i: row 16s + n's column 32c + 2k + i.
     for (int s = 0; s < 2; ++s)
@@ -684,15 +689,6 @@ TEST(Kernels, ArrangeForMatmulPacksTheBf16MatricesTheTilesRead) {
       EXPECT_EQ(other.layout, Layout::Rows);
       EXPECT_EQ(before, data);
     }
-  }
-  {
-    const Bf16TilesGuard guard(Bf16TilesUse::Never);
-    EXPECT_FALSE(bf16_tiles_in_use());
-    std::vector<uint16_t> data = original;
-    Matrix m{data.data(), DType::BF16, 40, cols};
-    arrange_for_matmul(m, data.data());
-    EXPECT_EQ(m.layout, Layout::Rows);
-    EXPECT_EQ(data, original);
   }
   EXPECT_EQ(bf16_tiles_in_use(), active_isa() == Isa::Amx && amx_bf16_supported());
 }
