@@ -80,8 +80,9 @@ TEST(Kernels, MatmulMatchesDoubleLoopForEveryDtypeAndShape) {
 TEST(Kernels, MatmulGivesATokenTheSameBitsAloneOrInABatch) {
   // Batched decoding promises each sequence the tokens it gets alone, so a token's products
   // must not depend on the tile it shares with other tokens (a tail of 83 columns included),
-  // nor on how many tokens share the call (a prefill chunk).
-  for (auto [rows, cols, tokens] : {std::tuple{40, 83, 7}, {37, 600, 50}}) {
+  // nor on how many tokens share the call (a prefill chunk), nor on the spans of columns a prefill
+  // goes over (4200 columns: two spans of 2048, then 3 chunks and a tail).
+  for (auto [rows, cols, tokens] : {std::tuple{40, 83, 7}, {37, 600, 50}, {24, 4200, 40}}) {
     std::mt19937 rng(5);
     std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
     std::vector<float> w_f32(size_t(rows) * cols), x(size_t(tokens) * cols);
