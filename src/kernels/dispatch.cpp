@@ -41,15 +41,6 @@ bool amx_usable() {
   return usable;
 }
 
-// AMX-BF16 (CPUID leaf 7, EDX bit 22) beside the tiles amx_usable checks.
-bool amx_bf16_usable() {
-  static const bool usable = [] {
-    unsigned a, b, c, d;
-    return amx_usable() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & bit_AMX_BF16);
-  }();
-  return usable;
-}
-
 Bf16TilesUse& bf16_tiles_use() {
   static Bf16TilesUse use = [] {
     const char* env = std::getenv("CROSSMOE_BF16_TILES");
@@ -63,7 +54,7 @@ Bf16TilesUse& bf16_tiles_use() {
 // Where Bf16Tiles products run: the tile unit, or its scalar model on a CPU without AMX-BF16 (a
 // test's matrices: set_bf16_tiles).
 const KernelTable& bf16_tiles_table() {
-  if (amx_bf16_usable()) return amx_kernels();
+  if (amx_bf16_supported()) return amx_kernels();
   require(isa_supported(Isa::Avx512Vnni), "a bf16 matrix in the tile layout needs AMX-BF16, or AVX-512 VNNI for its model");
   return amx_emulated_kernels();
 }
@@ -122,13 +113,20 @@ void set_isa(Isa isa) {
   active() = &table_for(isa);
 }
 
-bool amx_bf16_supported() { return amx_bf16_usable(); }
+// AMX-BF16 (CPUID leaf 7, EDX bit 22) beside the tiles amx_usable checks.
+bool amx_bf16_supported() {
+  static const bool supported = [] {
+    unsigned a, b, c, d;
+    return amx_usable() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & bit_AMX_BF16);
+  }();
+  return supported;
+}
 
 bool bf16_tiles_in_use() {
   switch (bf16_tiles_use()) {
     case Bf16TilesUse::Always: return true;
     case Bf16TilesUse::Never: return false;
-    default: return active_isa() == Isa::Amx && amx_bf16_usable();
+    default: return active_isa() == Isa::Amx && amx_bf16_supported();
   }
 }
 
@@ -153,11 +151,6 @@ void matmul_batch(const MatmulJob* jobs, int count) {
       return activation_group(t) == 32 ? kQuantized32 : activation_sums_per_block(t) == 2 ? kQuantized256Halves : kQuantized256;
     if (t != DType::BF16) return kNone;
     return jobs[j].w.layout == Layout::Bf16Tiles ? kBf16Parts : kBf16;
-  };
-  // Floats of job j's prepared input from token `first` on (bf16_parts: 3 bf16 per value, 1.5 floats).
-  const auto reordered_floats = [&](int j, int64_t first) {
-    const int64_t values = first * jobs[j].w.cols;
-    return prep_of(j) == kBf16Parts ? 3 * values / 2 : values;
   };
   const auto quantized_prep = [](Prep p) { return p == kQuantized32 || p == kQuantized256 || p == kQuantized256Halves; };
   thread_local std::vector<ActivationBlock> quantized;
@@ -185,6 +178,11 @@ void matmul_batch(const MatmulJob* jobs, int count) {
   prepared_at.assign(count, 0);
   prep.resize(count);
   for (int j = 0; j < count; ++j) prep[j] = prep_of(j);
+  // Floats of job j's prepared input before token `first` (bf16_parts: 3 bf16 per value, 1.5 floats).
+  const auto reordered_floats = [&](int j, int64_t first) {
+    const int64_t values = first * jobs[j].w.cols;
+    return prep[j] == kBf16Parts ? 3 * values / 2 : values;
+  };
   const KernelTable* tiles = nullptr;  // where the call's Bf16Tiles products run, if it has any
   for (int j = 0; j < count; ++j)
     if (prep[j] == kBf16Parts) tiles = &bf16_tiles_table();
