@@ -15,9 +15,10 @@
 #
 # The models are random, made by crossmoe's own tools in DIR when missing (dense: hidden 2048,
 # FFN 5632, DENSE_LAYERS=10 layers, vocabulary 32000, 1.16 GB in bf16 (4 layers, the earlier
-# rounds' model: 623 MB); MoE: hidden 1024, 8 layers of 32 experts of width 704, top-4,
+# rounds' model: 623 MB); MoE: hidden 1024, MOE_LAYERS=8 layers of 32 experts of width 704, top-4,
 # vocabulary 32000, 1.28 GB in bf16), in bf16, Q8_0 and Q4_K, all several times a 32 MiB L3
-# (check lscpu on machines with more).
+# (check lscpu on machines with more: DENSE_LAYERS=24 MOE_LAYERS=20 make Q4_K files of 0.68 and
+# 1.08 GB, over twice a 300 MiB L3).
 # llama.cpp is built from a local copy of its source given by path (never part of this
 # repository), e.g. the one npm node-llama-cpp ships:
 #   git clone node_modules/node-llama-cpp/llama/gitRelease.bundle llama.cpp
@@ -37,7 +38,7 @@ if [ ${#files[@]} -eq 0 ]; then
   mkdir -p "$dir"
   [ -d "$dir/dense" ] || $crossmoe init "$dir/dense" --layout dense --vocab 32000 --hidden 2048 --layers "${DENSE_LAYERS:-10}" \
     --heads 16 --kv-heads 4 --head-dim 128 --intermediate 5632
-  [ -d "$dir/moe" ] || $crossmoe init "$dir/moe" --layout moe --vocab 32000 --hidden 1024 --layers 8 --heads 8 \
+  [ -d "$dir/moe" ] || $crossmoe init "$dir/moe" --layout moe --vocab 32000 --hidden 1024 --layers "${MOE_LAYERS:-8}" --heads 8 \
     --kv-heads 2 --head-dim 128 --experts 32 --expert-size 704 --top-k 4
   for m in dense moe; do
     for t in q8_0 q4_k; do
