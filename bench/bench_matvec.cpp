@@ -1,9 +1,11 @@
-// Decode-shaped matmul (one token) against the machine's streaming read bandwidth, measured in
-// the same run: per ISA and weight dtype, the effective GB/s of weights read and its ratio to
-// the bandwidth limit. The block types are timed in both layouts (rows as stored; interleaved 8
-// at a time, as a model in memory holds them); bf16 in the tile unit's order too where the CPU has
-// AMX-BF16 ("BF16 tiles"). Each figure is the best of 5 timed products; on a
-// shared machine the probe and the products see different load, so compare the columns of one run.
+// Decode-shaped matmul (one token) against the machine's streaming read bandwidth: per ISA and
+// weight dtype, the effective GB/s of weights read and its ratio to the bandwidth probed right
+// before that row (a shared machine's bandwidth moves by +-20% within a minute: one probe before
+// all the rows put some rows above 100% of it). The block types are timed in both layouts (rows as
+// stored; interleaved 8 at a time, as a model in memory holds them); bf16 in the tile unit's order
+// too where the CPU has AMX-BF16 ("BF16 tiles"). Each figure is the best of 5 timed products of
+// one matrix, so keep rows x cols several times the last-level cache; a model's decode share is
+// what `crossmoe bench` prints.
 // With a token count above 1 it times prefill-shaped products instead (compute-bound: no probe):
 // multiply-adds per second, and the ratio of each time to the latest one of the first ISA listed
 // on the same matrix in the same run, so that
@@ -144,16 +146,17 @@ int main(int argc, char** argv) {
     }
   }
   const bool prefill = tokens > 1;
-  const double bandwidth = prefill ? 0.0 : measure_read_bandwidth();
+  // The probe's reads per row: the default 1 GiB buffer, best of 2 passes.
+  const auto probe = [] { return measure_read_bandwidth(size_t(1) << 30, 2); };
   const double peak = prefill ? fma_peak() : 0.0;
   if (prefill) {
     std::printf("matrix %lld x %lld times %d tokens; f32 FMA peak %.2f GMAC/s (%d threads)\n", (long long)rows,
                 (long long)cols, tokens, peak / 1e9, thread_count());
     std::printf("%-12s %-18s %12s %10s %14s\n", "isa", "dtype", "GMAC/s", "ratio", "of FMA peak");
   } else {
-    std::printf("streaming read bandwidth: %.2f GB/s; matrix %lld x %lld\n", bandwidth / 1e9, (long long)rows,
-                (long long)cols);
-    std::printf("%-12s %-18s %10s %10s\n", "isa", "dtype", "GB/s", "of limit");
+    std::printf("matrix %lld x %lld, one token; the streaming read bandwidth probed before each row\n",
+                (long long)rows, (long long)cols);
+    std::printf("%-12s %-18s %10s %12s %10s\n", "isa", "dtype", "GB/s", "probe GB/s", "of probe");
   }
   std::vector<uint16_t> w16(size_t(rows * cols), f32_to_bf16(0.01f));
   std::vector<float> w32(size_t(rows * cols), 0.01f), x(size_t(cols) * tokens), y(size_t(rows) * tokens);
@@ -187,6 +190,7 @@ int main(int argc, char** argv) {
   for (Isa isa : order) {
     set_isa(isa);
     for (const auto& [m, name] : matrices) {
+      const double bandwidth = prefill ? 0.0 : probe();
       const double seconds = best_seconds(m, x.data(), tokens, y.data());
       if (prefill) {
         if (isa == order.front()) baseline[name] = seconds;
@@ -195,7 +199,8 @@ int main(int argc, char** argv) {
                     baseline[name] / seconds, peak > 0 ? 100 * macs / peak : 0.0);
       } else {
         const double gbs = double(rows) * double(dtype_row_bytes(m.dtype, cols)) / seconds;
-        std::printf("%-12s %-18s %10.2f %9.1f%%\n", isa_name(isa).c_str(), name.c_str(), gbs / 1e9, 100 * gbs / bandwidth);
+        std::printf("%-12s %-18s %10.2f %12.2f %9.1f%%\n", isa_name(isa).c_str(), name.c_str(), gbs / 1e9,
+                    bandwidth / 1e9, 100 * gbs / bandwidth);
       }
     }
   }
